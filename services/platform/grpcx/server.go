@@ -1,0 +1,152 @@
+// Package grpcx builds clinicchat's gRPC servers and client connections: bearer
+// token verification, typed-error mapping with internal errors masked behind an
+// error id, panic recovery, health and reflection.
+package grpcx
+
+import (
+	"context"
+	"errors"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/errs"
+	"github.com/clinicchat/clinicchat/services/platform/ids"
+	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+)
+
+// Server is a gRPC server with health and reflection registered.
+type Server struct {
+	*grpc.Server
+	Health *health.Server
+}
+
+// NewServer returns a server whose every call (but health and reflection) must
+// carry a bearer token that verifier accepts.
+func NewServer(log *zap.Logger, verifier auth.Verifier, opts ...grpc.ServerOption) *Server {
+	i := interceptors{log: log, verifier: verifier}
+	opts = append([]grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(i.unary),
+		grpc.ChainStreamInterceptor(i.stream),
+		grpc.MaxRecvMsgSize(8 << 20),
+	}, opts...)
+	s := grpc.NewServer(opts...)
+	h := health.NewServer()
+	healthpb.RegisterHealthServer(s, h)
+	reflection.Register(s)
+	return &Server{Server: s, Health: h}
+}
+
+// Shutdown marks every service NOT_SERVING and stops gracefully, forcing a
+// stop after timeout.
+func (s *Server) Shutdown(timeout time.Duration) {
+	s.Health.Shutdown()
+	done := make(chan struct{})
+	go func() { s.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		s.Stop()
+		<-done
+	}
+}
+
+type interceptors struct {
+	log      *zap.Logger
+	verifier auth.Verifier
+}
+
+func public(method string) bool {
+	return strings.HasPrefix(method, "/grpc.health.v1.Health/") || strings.HasPrefix(method, "/grpc.reflection.")
+}
+
+func (i interceptors) authenticate(ctx context.Context, method string) (context.Context, error) {
+	if public(method) {
+		return ctx, nil
+	}
+	tok := auth.TokenFromMetadata(ctx)
+	if tok == "" {
+		return ctx, errs.Unauthenticated("Sign in again: the request carries no bearer token")
+	}
+	id, err := i.verifier.Verify(ctx, tok)
+	if err != nil {
+		i.log.Debug("token rejected", zap.String(logkeys.Method, method), zap.Error(err))
+		return ctx, errs.Unauthenticated("Sign in again: the bearer token is not valid")
+	}
+	return auth.WithIdentity(ctx, id), nil
+}
+
+func (i interceptors) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	defer i.recover(info.FullMethod, &err)
+	ctx, err = i.authenticate(ctx, info.FullMethod)
+	if err == nil {
+		resp, err = handler(ctx, req)
+	}
+	return resp, i.toStatus(ctx, info.FullMethod, err)
+}
+
+type wrappedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (w wrappedStream) Context() context.Context { return w.ctx }
+
+func (i interceptors) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	defer i.recover(info.FullMethod, &err)
+	ctx, err := i.authenticate(ss.Context(), info.FullMethod)
+	if err == nil {
+		err = handler(srv, wrappedStream{ServerStream: ss, ctx: ctx})
+	}
+	return i.toStatus(ctx, info.FullMethod, err)
+}
+
+func (i interceptors) recover(method string, err *error) {
+	if r := recover(); r != nil {
+		id := ids.New()
+		i.log.Error("panic", zap.String(logkeys.Method, method), zap.String(logkeys.ErrorID, id),
+			zap.Any("panic", r), zap.ByteString("stack", debug.Stack()))
+		*err = status.Errorf(codes.Internal, "Something went wrong on our side (error id %s)", id)
+	}
+}
+
+// toStatus maps typed errors to their status, passes statuses through, and
+// masks everything else as INTERNAL with an error id, logging the original.
+func (i interceptors) toStatus(ctx context.Context, method string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *errs.Error
+	if errors.As(err, &e) {
+		return e.GRPCStatus().Err()
+	}
+	if errors.Is(err, context.Canceled) {
+		return status.Error(codes.Canceled, "request canceled")
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return status.Error(codes.DeadlineExceeded, "request timed out")
+	}
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.Internal, codes.Unknown, codes.DataLoss:
+		default:
+			return err
+		}
+	}
+	id := ids.New()
+	fields := []zap.Field{zap.String(logkeys.Method, method), zap.String(logkeys.ErrorID, id), zap.Error(err)}
+	if who, ok := auth.FromContext(ctx); ok {
+		fields = append(fields, zap.String(logkeys.Practice, who.Practice), zap.String(logkeys.Actor, who.Principal()))
+	}
+	i.log.Error("internal error", fields...)
+	return status.Errorf(codes.Internal, "Something went wrong on our side (error id %s)", id)
+}

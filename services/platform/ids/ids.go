@@ -1,0 +1,51 @@
+// Package ids makes opaque, URL-safe, unguessable resource ids.
+package ids
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"strings"
+)
+
+var enc = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+// New returns a random 26-character id (128 bits) of lower-case letters and digits.
+func New() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms.
+	return enc.EncodeToString(b[:])
+}
+
+// Valid reports whether s may stand as one segment of a resource name: 1 to 128
+// characters of letters, digits, '-', '_' and '.'.
+func Valid(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Parse splits an AIP resource name such as "conversations/c1/messages/m2"
+// against the collection ids given ("conversations", "messages") and returns
+// the ids. ok is false when the name does not have exactly that shape.
+func Parse(name string, collections ...string) (idsOut []string, ok bool) {
+	parts := strings.Split(name, "/")
+	if len(parts) != 2*len(collections) {
+		return nil, false
+	}
+	out := make([]string, len(collections))
+	for i, c := range collections {
+		if parts[2*i] != c || !Valid(parts[2*i+1]) {
+			return nil, false
+		}
+		out[i] = parts[2*i+1]
+	}
+	return out, true
+}

@@ -1,0 +1,75 @@
+package natsx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+)
+
+// ErrPoison marks a message that can never be handled (undecodable): it is
+// terminated with a log line instead of being redelivered forever.
+var ErrPoison = errors.New("poison message")
+
+// Handler handles one message. It returns nil after its own commit.
+type Handler func(ctx context.Context, msg jetstream.Msg) error
+
+// ConsumerSpec declares a durable consumer.
+type ConsumerSpec struct {
+	Stream         string
+	Durable        string
+	FilterSubjects []string
+	// MaxAckPending bounds the messages in flight (default 256).
+	MaxAckPending int
+}
+
+// Consume runs a durable, explicitly acked consumer until ctx ends. The
+// handler's success acks; ErrPoison terminates; any other error naks with a
+// growing delay so the message comes back.
+func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec ConsumerSpec, h Handler) error {
+	if spec.MaxAckPending == 0 {
+		spec.MaxAckPending = 256
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, spec.Stream, jetstream.ConsumerConfig{
+		Durable:        spec.Durable,
+		FilterSubjects: spec.FilterSubjects,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        30 * time.Second,
+		MaxDeliver:     -1,
+		MaxAckPending:  spec.MaxAckPending,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer %s on %s: %w", spec.Durable, spec.Stream, err)
+	}
+	log = log.With(zap.String(logkeys.Stream, spec.Stream), zap.String(logkeys.Consumer, spec.Durable))
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		err := h(ctx, m)
+		switch {
+		case err == nil:
+			_ = m.Ack()
+		case errors.Is(err, ErrPoison):
+			log.Error("poison message terminated", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
+			_ = m.Term()
+		default:
+			delay := time.Second
+			if md, mErr := m.Metadata(); mErr == nil {
+				delay = min(time.Duration(md.NumDelivered)*500*time.Millisecond, 30*time.Second)
+			}
+			log.Warn("handler failed; redelivering", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
+			_ = m.NakWithDelay(delay)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", spec.Durable, err)
+	}
+	<-ctx.Done()
+	cc.Drain()
+	<-cc.Closed()
+	return nil
+}

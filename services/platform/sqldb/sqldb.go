@@ -1,0 +1,383 @@
+// Package sqldb puts SQLite (modernc.org/sqlite, no cgo) and PostgreSQL (pgx)
+// behind one handle. Queries are written once with '?' placeholders and
+// rebound for PostgreSQL. Writes go through Write, which owns the transaction:
+// on SQLite, one writer goroutine group-commits concurrent writes into one
+// durable transaction (synchronous=FULL), each write in its own savepoint; on
+// PostgreSQL, each write is its own transaction and the server group-commits.
+package sqldb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+	_ "modernc.org/sqlite"             // registers "sqlite"
+)
+
+// Dialect is the SQL flavour behind a DB.
+type Dialect int
+
+const (
+	SQLite Dialect = iota + 1
+	Postgres
+)
+
+func (d Dialect) String() string {
+	if d == Postgres {
+		return "postgres"
+	}
+	return "sqlite"
+}
+
+// Querier is what reads need: a DB or a Tx.
+type Querier interface {
+	Query(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+	QueryRow(ctx context.Context, q string, args ...any) *sql.Row
+	Exec(ctx context.Context, q string, args ...any) (sql.Result, error)
+	Dialect() Dialect
+}
+
+// DB is a service's database.
+type DB struct {
+	dialect Dialect
+	read    *sql.DB
+	write   *sql.DB // SQLite: the single writer connection; Postgres: same as read
+	jobs    chan *job
+	stop    chan struct{}
+	wg      sync.WaitGroup
+
+	mu       sync.Mutex
+	onCommit []func()
+}
+
+// Open opens dsn: "postgres://…" or "postgresql://…" for PostgreSQL; anything
+// else is a SQLite file path, optionally prefixed "sqlite:" or "file:".
+func Open(ctx context.Context, dsn string) (*DB, error) {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		return openPostgres(ctx, dsn)
+	}
+	return openSQLite(ctx, dsn)
+}
+
+func openPostgres(ctx context.Context, dsn string) (*DB, error) {
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
+	db.SetMaxOpenConns(32)
+	db.SetMaxIdleConns(32)
+	if err := db.PingContext(ctx); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("connect postgres: %w", err)
+	}
+	return &DB{dialect: Postgres, read: db, write: db}, nil
+}
+
+func openSQLite(ctx context.Context, dsn string) (*DB, error) {
+	path := strings.TrimPrefix(strings.TrimPrefix(dsn, "sqlite:"), "file:")
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	if path == "" {
+		return nil, errors.New("open sqlite: empty path")
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("open sqlite: %w", err)
+	}
+	pragmas := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"} {
+		pragmas.Add("_pragma", p)
+	}
+	w, err := sql.Open("sqlite", "file:"+path+"?"+pragmas.Encode()+"&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite: %w", err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	if err := w.PingContext(ctx); err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", filepath.Base(path), err)
+	}
+	pragmas.Add("_pragma", "query_only(1)")
+	r, err := sql.Open("sqlite", "file:"+path+"?"+pragmas.Encode())
+	if err != nil {
+		_ = w.Close()
+		return nil, fmt.Errorf("open sqlite: %w", err)
+	}
+	r.SetMaxOpenConns(8)
+	r.SetMaxIdleConns(8)
+	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), stop: make(chan struct{})}
+	d.wg.Add(1)
+	go d.writer()
+	return d, nil
+}
+
+// Dialect reports the SQL flavour.
+func (d *DB) Dialect() Dialect { return d.dialect }
+
+// OnCommit registers f to run after every committed Write (e.g. to wake an
+// outbox relay). f must not block.
+func (d *DB) OnCommit(f func()) {
+	d.mu.Lock()
+	d.onCommit = append(d.onCommit, f)
+	d.mu.Unlock()
+}
+
+func (d *DB) committed() {
+	d.mu.Lock()
+	fs := d.onCommit
+	d.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}
+
+// Close stops the writer and closes the connections.
+func (d *DB) Close() error {
+	if d.stop != nil {
+		close(d.stop)
+		d.wg.Wait()
+	}
+	err := d.read.Close()
+	if d.write != d.read {
+		err = errors.Join(err, d.write.Close())
+	}
+	return err
+}
+
+// Raw is the underlying pool for reads (tests and migrations only).
+func (d *DB) Raw() *sql.DB { return d.read }
+
+// Query runs a read.
+func (d *DB) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return d.read.QueryContext(ctx, d.Rebind(q), args...)
+}
+
+// QueryRow runs a read of one row.
+func (d *DB) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	return d.read.QueryRowContext(ctx, d.Rebind(q), args...)
+}
+
+// Exec runs a statement outside Write; only for statements that need no
+// group commit (maintenance). On SQLite it goes through the writer.
+func (d *DB) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	var res sql.Result
+	err := d.Write(ctx, func(tx *Tx) error {
+		var err error
+		res, err = tx.Exec(ctx, q, args...)
+		return err
+	})
+	return res, err
+}
+
+// Rebind turns '?' placeholders into '$n' for PostgreSQL.
+func (d *DB) Rebind(q string) string { return rebind(d.dialect, q) }
+
+func rebind(d Dialect, q string) string {
+	if d != Postgres || !strings.Contains(q, "?") {
+		return q
+	}
+	var b strings.Builder
+	b.Grow(len(q) + 8)
+	n := 0
+	inQuote := false
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		switch {
+		case c == '\'':
+			inQuote = !inQuote
+			b.WriteByte(c)
+		case c == '?' && !inQuote:
+			n++
+			fmt.Fprintf(&b, "$%d", n)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// Tx is a write transaction (on SQLite, a savepoint inside a group commit).
+type Tx struct {
+	tx      *sql.Tx
+	dialect Dialect
+}
+
+// Dialect reports the SQL flavour.
+func (t *Tx) Dialect() Dialect { return t.dialect }
+
+// Exec runs a statement.
+func (t *Tx) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return t.tx.ExecContext(ctx, rebind(t.dialect, q), args...)
+}
+
+// Query runs a query.
+func (t *Tx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return t.tx.QueryContext(ctx, rebind(t.dialect, q), args...)
+}
+
+// QueryRow runs a query of one row.
+func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	return t.tx.QueryRowContext(ctx, rebind(t.dialect, q), args...)
+}
+
+// Write runs fn in a transaction and returns once it is durably committed.
+// If fn returns an error nothing it wrote is kept. fn may run again on
+// PostgreSQL after a serialization failure, so it must not have side effects
+// outside tx.
+func (d *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
+	if d.dialect == Postgres {
+		return d.writePostgres(ctx, fn)
+	}
+	j := &job{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	select {
+	case d.jobs <- j:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-d.stop:
+		return errors.New("database is closed")
+	}
+	// Once queued, the outcome is only known when the batch commits: wait for
+	// it even if ctx ends, so a caller never reports failure for a commit.
+	return <-j.done
+}
+
+func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
+	for attempt := 0; ; attempt++ {
+		tx, err := d.write.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("begin: %w", err)
+		}
+		if err := fn(&Tx{tx: tx, dialect: Postgres}); err != nil {
+			_ = tx.Rollback()
+			if isRetryable(err) && attempt < 5 {
+				continue
+			}
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			if isRetryable(err) && attempt < 5 {
+				continue
+			}
+			return fmt.Errorf("commit: %w", err)
+		}
+		d.committed()
+		return nil
+	}
+}
+
+func isRetryable(err error) bool {
+	var sqlState interface{ SQLState() string }
+	if errors.As(err, &sqlState) {
+		switch sqlState.SQLState() {
+		case "40001", "40P01": // serialization_failure, deadlock_detected
+			return true
+		}
+	}
+	return false
+}
+
+type job struct {
+	ctx  context.Context
+	fn   func(tx *Tx) error
+	done chan error
+}
+
+const maxBatch = 128
+
+func (d *DB) writer() {
+	defer d.wg.Done()
+	batch := make([]*job, 0, maxBatch)
+	for {
+		select {
+		case <-d.stop:
+			for {
+				select {
+				case j := <-d.jobs:
+					j.done <- errors.New("database is closed")
+				default:
+					return
+				}
+			}
+		case j := <-d.jobs:
+			batch = append(batch[:0], j)
+		fill:
+			for len(batch) < maxBatch {
+				select {
+				case j := <-d.jobs:
+					batch = append(batch, j)
+				default:
+					break fill
+				}
+			}
+			d.runBatch(batch)
+		}
+	}
+}
+
+// runBatch commits a batch in one transaction, each job in a savepoint so a
+// failing job leaves no trace and does not fail the others.
+func (d *DB) runBatch(batch []*job) {
+	results := make([]error, len(batch))
+	fail := func(err error) {
+		for _, j := range batch {
+			j.done <- err
+		}
+	}
+	ctx := context.Background()
+	tx, err := d.write.BeginTx(ctx, nil)
+	if err != nil {
+		fail(fmt.Errorf("begin: %w", err))
+		return
+	}
+	t := &Tx{tx: tx, dialect: SQLite}
+	single := len(batch) == 1
+	for i, j := range batch {
+		if err := j.ctx.Err(); err != nil {
+			results[i] = err
+			continue
+		}
+		if single {
+			results[i] = j.fn(t)
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
+			_ = tx.Rollback()
+			fail(fmt.Errorf("savepoint: %w", err))
+			return
+		}
+		if results[i] = j.fn(t); results[i] != nil {
+			if _, err := tx.ExecContext(ctx, "ROLLBACK TO w"); err != nil {
+				_ = tx.Rollback()
+				fail(fmt.Errorf("rollback to savepoint: %w", err))
+				return
+			}
+		}
+		if _, err := tx.ExecContext(ctx, "RELEASE w"); err != nil {
+			_ = tx.Rollback()
+			fail(fmt.Errorf("release savepoint: %w", err))
+			return
+		}
+	}
+	if single && results[0] != nil {
+		_ = tx.Rollback()
+		batch[0].done <- results[0]
+		return
+	}
+	if err := tx.Commit(); err != nil {
+		fail(fmt.Errorf("commit: %w", err))
+		return
+	}
+	d.committed()
+	for i, j := range batch {
+		j.done <- results[i]
+	}
+}
