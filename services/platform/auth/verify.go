@@ -244,3 +244,6 @@ func (k jwk) publicKey() (crypto.PublicKey, error) {
 	}
 	return nil, fmt.Errorf("kty %s", k.Kty)
 }
+
+// DevIssuerName is the iss claim of dev-mode tokens.
+const DevIssuerName = "clinicchat-dev"

@@ -11,29 +11,29 @@ import (
 // Subjects: clinicchat.<service>.<kind>.<verb>. Each service publishes only
 // under its own prefix, into its own stream.
 const (
-	SubjectConversationCreated  = "clinicchat.conversation.conversation.created"
-	SubjectConversationUpdated  = "clinicchat.conversation.conversation.updated"
-	SubjectConversationRead     = "clinicchat.conversation.conversation.read"
-	SubjectConversationUser     = "clinicchat.conversation.userstate.changed"
-	SubjectConversationAccess   = "clinicchat.conversation.access.recorded"
-	SubjectMessageCreated       = "clinicchat.delivery.message.created"
-	SubjectMessageUpdated       = "clinicchat.delivery.message.updated"
-	SubjectNotification         = "clinicchat.delivery.notification.requested"
-	SubjectDeliveryAccess       = "clinicchat.delivery.access.recorded"
-	SubjectAttachmentUploaded   = "clinicchat.attachment.attachment.uploaded"
-	SubjectAttachmentAccess     = "clinicchat.attachment.access.recorded"
-	SubjectPatientUpserted      = "clinicchat.preferences.patient.upserted"
-	SubjectPreferencesChanged   = "clinicchat.preferences.preferences.changed"
-	SubjectPreferencesAccess    = "clinicchat.preferences.access.recorded"
-	SubjectGatewayAccess        = "clinicchat.gateway.access.recorded"
-	StreamConversation          = "CLINICCHAT_CONVERSATION"
-	StreamDelivery              = "CLINICCHAT_DELIVERY"
-	StreamAttachment            = "CLINICCHAT_ATTACHMENT"
-	StreamPreferences           = "CLINICCHAT_PREFERENCES"
-	StreamGateway               = "CLINICCHAT_GATEWAY"
-	DefaultRetention            = 7 * 24 * time.Hour
-	DefaultDuplicateWindow      = 10 * time.Minute
-	defaultStreamMaxBytes int64 = 8 << 30
+	SubjectConversationCreated       = "clinicchat.conversation.conversation.created"
+	SubjectConversationUpdated       = "clinicchat.conversation.conversation.updated"
+	SubjectConversationRead          = "clinicchat.conversation.conversation.read"
+	SubjectConversationUser          = "clinicchat.conversation.userstate.changed"
+	SubjectConversationAccess        = "clinicchat.conversation.access.recorded"
+	SubjectMessageCreated            = "clinicchat.delivery.message.created"
+	SubjectMessageUpdated            = "clinicchat.delivery.message.updated"
+	SubjectNotification              = "clinicchat.delivery.notification.requested"
+	SubjectDeliveryAccess            = "clinicchat.delivery.access.recorded"
+	SubjectAttachmentUploaded        = "clinicchat.attachment.attachment.uploaded"
+	SubjectAttachmentAccess          = "clinicchat.attachment.access.recorded"
+	SubjectPatientUpserted           = "clinicchat.preferences.patient.upserted"
+	SubjectPreferencesChanged        = "clinicchat.preferences.preferences.changed"
+	SubjectPreferencesAccess         = "clinicchat.preferences.access.recorded"
+	SubjectGatewayAccess             = "clinicchat.gateway.access.recorded"
+	StreamConversation               = "CLINICCHAT_CONVERSATION"
+	StreamDelivery                   = "CLINICCHAT_DELIVERY"
+	StreamAttachment                 = "CLINICCHAT_ATTACHMENT"
+	StreamPreferences                = "CLINICCHAT_PREFERENCES"
+	StreamGateway                    = "CLINICCHAT_GATEWAY"
+	DefaultRetention                 = 7 * 24 * time.Hour
+	DefaultDuplicateWindow           = 10 * time.Minute
+	defaultStreamMaxBytes      int64 = 8 << 30
 )
 
 // StreamsConfig parameterizes the stream declarations.

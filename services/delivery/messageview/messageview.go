@@ -1,0 +1,72 @@
+// Package messageview decides how a message looks to one viewer. It is the
+// one place the sensitive-message rule lives: the delivery service applies it
+// to every read, and the gateway to every message it streams.
+package messageview
+
+import (
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+)
+
+// DefaultStepUpWindow is how recently a patient must have authenticated to
+// see a sensitive message (SPEC.md: 5 minutes).
+const DefaultStepUpWindow = 5 * time.Minute
+
+// Locked reports whether viewer may not see m's content now: a sensitive
+// message to a patient whose authentication is older than window. The
+// patient's own messages are never locked to them.
+func Locked(m *deliveryv1.Message, viewer auth.Identity, now time.Time, window time.Duration) bool {
+	if !m.GetSensitive() || !viewer.IsPatient() {
+		return false
+	}
+	if m.GetSender() == viewer.Principal() {
+		return false
+	}
+	return !viewer.SteppedUp(now, window)
+}
+
+// ForViewer returns m as viewer may see it: a copy with locked=true and no
+// text, attachments or artifact when Locked, else a copy with locked=false.
+func ForViewer(m *deliveryv1.Message, viewer auth.Identity, now time.Time, window time.Duration) *deliveryv1.Message {
+	out := proto.Clone(m).(*deliveryv1.Message)
+	if Locked(m, viewer, now, window) {
+		out.Locked = true
+		out.Text = ""
+		out.Attachments = nil
+		out.Artifact = nil
+	} else {
+		out.Locked = false
+	}
+	return out
+}
+
+// Preview is the conversation-list preview of m: never the content of a
+// sensitive message.
+func Preview(m *deliveryv1.Message) string {
+	switch {
+	case m.GetSensitive():
+		return "Sensitive message"
+	case m.GetText() != "":
+		r := []rune(m.GetText())
+		if len(r) > 120 {
+			return string(r[:119]) + "…"
+		}
+		return string(r)
+	case m.GetArtifact() != nil:
+		switch m.GetArtifact().GetType().String() {
+		case "APPOINTMENT":
+			return "Appointment"
+		case "INVOICE":
+			return "Invoice"
+		case "PRESCRIPTION":
+			return "Prescription"
+		}
+	case len(m.GetAttachments()) > 0:
+		return "Attachment"
+	}
+	return ""
+}

@@ -1,0 +1,214 @@
+// Package svcmain is the shared composition root of a standalone service
+// binary (services/<name>/cmd/<name>): typed config from flags and
+// CLINICCHAT_* environment variables, a Validate that reports every problem at
+// once, the logger, token verification, NATS and streams, the gRPC server with
+// health and reflection, and orderly shutdown.
+package svcmain
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/grpcx"
+	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+)
+
+// Common is the configuration every standalone service shares.
+type Common struct {
+	GRPCAddr      string
+	DatabaseDSN   string
+	NATS          natsx.Config
+	NATSReplicas  int
+	JWKSURL       string
+	JWTIssuer     string
+	JWTAudience   string
+	DevSigningKey string // dev only: HS256 key file instead of JWKS
+	DrainTimeout  time.Duration
+	LogLevel      string
+	NeedsDatabase bool
+}
+
+// Flags registers the common flags on fs; every flag also reads the
+// environment variable CLINICCHAT_<NAME> (dashes as underscores).
+func (c *Common) Flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address")
+	fs.StringVar(&c.DatabaseDSN, "database-dsn", "", "postgres://… or a SQLite file path")
+	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URLs, comma separated")
+	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS NKey/JWT credentials file")
+	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA bundle for the NATS servers")
+	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client certificate for NATS")
+	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client key for NATS")
+	fs.IntVar(&c.NATSReplicas, "nats-replicas", 1, "JetStream stream replicas (3 in a cluster)")
+	fs.StringVar(&c.JWKSURL, "jwks-url", "", "issuer JWKS URL for verifying bearer tokens")
+	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim")
+	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "required aud claim")
+	fs.StringVar(&c.DevSigningKey, "dev-signing-key-file", "", "dev only: HS256 key file (instead of --jwks-url)")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long in-flight calls may finish on SIGTERM")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+}
+
+// Validate reports every problem at once.
+func (c *Common) Validate() error {
+	var errs []error
+	if c.GRPCAddr == "" {
+		errs = append(errs, errors.New("--grpc-addr is required"))
+	}
+	if c.NeedsDatabase && c.DatabaseDSN == "" {
+		errs = append(errs, errors.New("--database-dsn is required"))
+	}
+	if c.NATS.URL == "" {
+		errs = append(errs, errors.New("--nats-url is required"))
+	}
+	if c.JWKSURL == "" && c.DevSigningKey == "" {
+		errs = append(errs, errors.New("one of --jwks-url or --dev-signing-key-file is required"))
+	}
+	if c.JWKSURL != "" && c.JWTIssuer == "" {
+		errs = append(errs, errors.New("--jwt-issuer is required with --jwks-url"))
+	}
+	if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
+		errs = append(errs, errors.New("--nats-replicas must be 1 to 5"))
+	}
+	if (c.NATS.TLSCert == "") != (c.NATS.TLSKey == "") {
+		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
+	}
+	return errors.Join(errs...)
+}
+
+// Parse parses flags after applying CLINICCHAT_* environment defaults.
+func Parse(fs *flag.FlagSet, args []string) error {
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "CLINICCHAT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v, ok := os.LookupEnv(env); ok {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", env, err))
+			}
+		}
+	})
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return fs.Parse(args)
+}
+
+// NewLogger returns a production JSON logger at level.
+func NewLogger(level, service string) (*zap.Logger, error) {
+	cfg := zap.NewProductionConfig()
+	if err := cfg.Level.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	l, err := cfg.Build()
+	if err != nil {
+		return nil, err
+	}
+	return l.With(zap.String(logkeys.Service, service)), nil
+}
+
+// Verifier builds the token verifier the config names.
+func (c *Common) Verifier() (auth.Verifier, error) {
+	if c.JWKSURL != "" {
+		return &auth.JWKSVerifier{URL: c.JWKSURL, Issuer: c.JWTIssuer, Audience: c.JWTAudience}, nil
+	}
+	key, err := os.ReadFile(c.DevSigningKey)
+	if err != nil {
+		return nil, fmt.Errorf("dev signing key: %w", err)
+	}
+	return auth.HMACVerifier{Key: key, Issuer: auth.DevIssuerName}, nil
+}
+
+// Runtime is what a service gets from Start.
+type Runtime struct {
+	Log    *zap.Logger
+	NC     *nats.Conn
+	JS     jetstream.JetStream
+	Server *grpcx.Server
+	Common *Common
+}
+
+// Service is what a standalone binary runs.
+type Service interface {
+	// Run runs background work (outbox relay, consumers) until ctx ends.
+	Run(ctx context.Context) error
+	// Close releases the database.
+	Close() error
+}
+
+// Main runs one service binary: build is called with the runtime and returns
+// the service after registering it on rt.Server.
+func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (Service, error)) error {
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("configuration:\n%w", err)
+	}
+	log, err := NewLogger(c.LogLevel, name)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	log.Info("starting", zap.String("grpc_addr", c.GRPCAddr), zap.String("nats_url", c.NATS.URL),
+		zap.Bool("database", c.DatabaseDSN != ""), zap.Bool("jwks", c.JWKSURL != ""), zap.Int("nats_replicas", c.NATSReplicas))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	verifier, err := c.Verifier()
+	if err != nil {
+		return err
+	}
+	c.NATS.Name = name
+	nc, err := natsx.Connect(c.NATS)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{Replicas: c.NATSReplicas}); err != nil {
+		return err
+	}
+	srv := grpcx.NewServer(log, verifier)
+	rt := &Runtime{Log: log, NC: nc, JS: js, Server: srv, Common: c}
+	svc, err := build(ctx, rt)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = svc.Close() }()
+	lis, err := net.Listen("tcp", c.GRPCAddr)
+	if err != nil {
+		return err
+	}
+	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Serve(lis) })
+	g.Go(func() error { return svc.Run(gctx) })
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down", zap.Duration("drain_timeout", c.DrainTimeout))
+		srv.Shutdown(c.DrainTimeout)
+		return nil
+	})
+	err = g.Wait()
+	_ = nc.Drain()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
