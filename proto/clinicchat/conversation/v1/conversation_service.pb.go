@@ -21,6 +21,52 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Request for ResolveConversation.
+type ResolveConversationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "conversations/{conversation}".
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolveConversationRequest) Reset() {
+	*x = ResolveConversationRequest{}
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolveConversationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolveConversationRequest) ProtoMessage() {}
+
+func (x *ResolveConversationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolveConversationRequest.ProtoReflect.Descriptor instead.
+func (*ResolveConversationRequest) Descriptor() ([]byte, []int) {
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ResolveConversationRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 // Request for CreateConversation.
 type CreateConversationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -32,7 +78,7 @@ type CreateConversationRequest struct {
 
 func (x *CreateConversationRequest) Reset() {
 	*x = CreateConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[0]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -44,7 +90,7 @@ func (x *CreateConversationRequest) String() string {
 func (*CreateConversationRequest) ProtoMessage() {}
 
 func (x *CreateConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[0]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -57,7 +103,7 @@ func (x *CreateConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConversationRequest.ProtoReflect.Descriptor instead.
 func (*CreateConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{0}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *CreateConversationRequest) GetConversation() *Conversation {
@@ -78,7 +124,7 @@ type GetConversationRequest struct {
 
 func (x *GetConversationRequest) Reset() {
 	*x = GetConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[1]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -90,7 +136,7 @@ func (x *GetConversationRequest) String() string {
 func (*GetConversationRequest) ProtoMessage() {}
 
 func (x *GetConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[1]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -103,7 +149,7 @@ func (x *GetConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConversationRequest.ProtoReflect.Descriptor instead.
 func (*GetConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{1}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *GetConversationRequest) GetName() string {
@@ -130,7 +176,7 @@ type ListConversationsRequest struct {
 
 func (x *ListConversationsRequest) Reset() {
 	*x = ListConversationsRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[2]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -142,7 +188,7 @@ func (x *ListConversationsRequest) String() string {
 func (*ListConversationsRequest) ProtoMessage() {}
 
 func (x *ListConversationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[2]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -155,7 +201,7 @@ func (x *ListConversationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversationsRequest.ProtoReflect.Descriptor instead.
 func (*ListConversationsRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{2}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ListConversationsRequest) GetQuery() string {
@@ -199,7 +245,7 @@ type ListConversationsResponse struct {
 
 func (x *ListConversationsResponse) Reset() {
 	*x = ListConversationsResponse{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[3]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -211,7 +257,7 @@ func (x *ListConversationsResponse) String() string {
 func (*ListConversationsResponse) ProtoMessage() {}
 
 func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[3]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -224,7 +270,7 @@ func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversationsResponse.ProtoReflect.Descriptor instead.
 func (*ListConversationsResponse) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{3}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListConversationsResponse) GetConversations() []*Conversation {
@@ -252,7 +298,7 @@ type PinConversationRequest struct {
 
 func (x *PinConversationRequest) Reset() {
 	*x = PinConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[4]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -264,7 +310,7 @@ func (x *PinConversationRequest) String() string {
 func (*PinConversationRequest) ProtoMessage() {}
 
 func (x *PinConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[4]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -277,7 +323,7 @@ func (x *PinConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinConversationRequest.ProtoReflect.Descriptor instead.
 func (*PinConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{4}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PinConversationRequest) GetName() string {
@@ -298,7 +344,7 @@ type UnpinConversationRequest struct {
 
 func (x *UnpinConversationRequest) Reset() {
 	*x = UnpinConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[5]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -310,7 +356,7 @@ func (x *UnpinConversationRequest) String() string {
 func (*UnpinConversationRequest) ProtoMessage() {}
 
 func (x *UnpinConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[5]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -323,7 +369,7 @@ func (x *UnpinConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpinConversationRequest.ProtoReflect.Descriptor instead.
 func (*UnpinConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{5}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UnpinConversationRequest) GetName() string {
@@ -344,7 +390,7 @@ type MuteConversationRequest struct {
 
 func (x *MuteConversationRequest) Reset() {
 	*x = MuteConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[6]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +402,7 @@ func (x *MuteConversationRequest) String() string {
 func (*MuteConversationRequest) ProtoMessage() {}
 
 func (x *MuteConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[6]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +415,7 @@ func (x *MuteConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MuteConversationRequest.ProtoReflect.Descriptor instead.
 func (*MuteConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{6}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MuteConversationRequest) GetName() string {
@@ -390,7 +436,7 @@ type UnmuteConversationRequest struct {
 
 func (x *UnmuteConversationRequest) Reset() {
 	*x = UnmuteConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[7]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +448,7 @@ func (x *UnmuteConversationRequest) String() string {
 func (*UnmuteConversationRequest) ProtoMessage() {}
 
 func (x *UnmuteConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[7]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +461,7 @@ func (x *UnmuteConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnmuteConversationRequest.ProtoReflect.Descriptor instead.
 func (*UnmuteConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{7}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *UnmuteConversationRequest) GetName() string {
@@ -438,7 +484,7 @@ type MarkConversationReadRequest struct {
 
 func (x *MarkConversationReadRequest) Reset() {
 	*x = MarkConversationReadRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[8]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -450,7 +496,7 @@ func (x *MarkConversationReadRequest) String() string {
 func (*MarkConversationReadRequest) ProtoMessage() {}
 
 func (x *MarkConversationReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[8]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -463,7 +509,7 @@ func (x *MarkConversationReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkConversationReadRequest.ProtoReflect.Descriptor instead.
 func (*MarkConversationReadRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{8}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MarkConversationReadRequest) GetName() string {
@@ -484,7 +530,9 @@ var File_clinicchat_conversation_v1_conversation_service_proto protoreflect.File
 
 const file_clinicchat_conversation_v1_conversation_service_proto_rawDesc = "" +
 	"\n" +
-	"5clinicchat/conversation/v1/conversation_service.proto\x12\x1aclinicchat.conversation.v1\x1a-clinicchat/conversation/v1/conversation.proto\"i\n" +
+	"5clinicchat/conversation/v1/conversation_service.proto\x12\x1aclinicchat.conversation.v1\x1a-clinicchat/conversation/v1/conversation.proto\"0\n" +
+	"\x1aResolveConversationRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"i\n" +
 	"\x19CreateConversationRequest\x12L\n" +
 	"\fconversation\x18\x01 \x01(\v2(.clinicchat.conversation.v1.ConversationR\fconversation\",\n" +
 	"\x16GetConversationRequest\x12\x12\n" +
@@ -508,7 +556,7 @@ const file_clinicchat_conversation_v1_conversation_service_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"F\n" +
 	"\x1bMarkConversationReadRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x13\n" +
-	"\x05up_to\x18\x02 \x01(\tR\x04upTo2\xcb\a\n" +
+	"\x05up_to\x18\x02 \x01(\tR\x04upTo2\xc4\b\n" +
 	"\x13ConversationService\x12u\n" +
 	"\x12CreateConversation\x125.clinicchat.conversation.v1.CreateConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12o\n" +
 	"\x0fGetConversation\x122.clinicchat.conversation.v1.GetConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12\x80\x01\n" +
@@ -517,7 +565,8 @@ const file_clinicchat_conversation_v1_conversation_service_proto_rawDesc = "" +
 	"\x11UnpinConversation\x124.clinicchat.conversation.v1.UnpinConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12q\n" +
 	"\x10MuteConversation\x123.clinicchat.conversation.v1.MuteConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12u\n" +
 	"\x12UnmuteConversation\x125.clinicchat.conversation.v1.UnmuteConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12y\n" +
-	"\x14MarkConversationRead\x127.clinicchat.conversation.v1.MarkConversationReadRequest\x1a(.clinicchat.conversation.v1.ConversationBRZPgithub.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1;conversationv1b\x06proto3"
+	"\x14MarkConversationRead\x127.clinicchat.conversation.v1.MarkConversationReadRequest\x1a(.clinicchat.conversation.v1.Conversation\x12w\n" +
+	"\x13ResolveConversation\x126.clinicchat.conversation.v1.ResolveConversationRequest\x1a(.clinicchat.conversation.v1.ConversationBRZPgithub.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1;conversationv1b\x06proto3"
 
 var (
 	file_clinicchat_conversation_v1_conversation_service_proto_rawDescOnce sync.Once
@@ -531,40 +580,43 @@ func file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP() []
 	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescData
 }
 
-var file_clinicchat_conversation_v1_conversation_service_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_clinicchat_conversation_v1_conversation_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_clinicchat_conversation_v1_conversation_service_proto_goTypes = []any{
-	(*CreateConversationRequest)(nil),   // 0: clinicchat.conversation.v1.CreateConversationRequest
-	(*GetConversationRequest)(nil),      // 1: clinicchat.conversation.v1.GetConversationRequest
-	(*ListConversationsRequest)(nil),    // 2: clinicchat.conversation.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),   // 3: clinicchat.conversation.v1.ListConversationsResponse
-	(*PinConversationRequest)(nil),      // 4: clinicchat.conversation.v1.PinConversationRequest
-	(*UnpinConversationRequest)(nil),    // 5: clinicchat.conversation.v1.UnpinConversationRequest
-	(*MuteConversationRequest)(nil),     // 6: clinicchat.conversation.v1.MuteConversationRequest
-	(*UnmuteConversationRequest)(nil),   // 7: clinicchat.conversation.v1.UnmuteConversationRequest
-	(*MarkConversationReadRequest)(nil), // 8: clinicchat.conversation.v1.MarkConversationReadRequest
-	(*Conversation)(nil),                // 9: clinicchat.conversation.v1.Conversation
+	(*ResolveConversationRequest)(nil),  // 0: clinicchat.conversation.v1.ResolveConversationRequest
+	(*CreateConversationRequest)(nil),   // 1: clinicchat.conversation.v1.CreateConversationRequest
+	(*GetConversationRequest)(nil),      // 2: clinicchat.conversation.v1.GetConversationRequest
+	(*ListConversationsRequest)(nil),    // 3: clinicchat.conversation.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),   // 4: clinicchat.conversation.v1.ListConversationsResponse
+	(*PinConversationRequest)(nil),      // 5: clinicchat.conversation.v1.PinConversationRequest
+	(*UnpinConversationRequest)(nil),    // 6: clinicchat.conversation.v1.UnpinConversationRequest
+	(*MuteConversationRequest)(nil),     // 7: clinicchat.conversation.v1.MuteConversationRequest
+	(*UnmuteConversationRequest)(nil),   // 8: clinicchat.conversation.v1.UnmuteConversationRequest
+	(*MarkConversationReadRequest)(nil), // 9: clinicchat.conversation.v1.MarkConversationReadRequest
+	(*Conversation)(nil),                // 10: clinicchat.conversation.v1.Conversation
 }
 var file_clinicchat_conversation_v1_conversation_service_proto_depIdxs = []int32{
-	9,  // 0: clinicchat.conversation.v1.CreateConversationRequest.conversation:type_name -> clinicchat.conversation.v1.Conversation
-	9,  // 1: clinicchat.conversation.v1.ListConversationsResponse.conversations:type_name -> clinicchat.conversation.v1.Conversation
-	0,  // 2: clinicchat.conversation.v1.ConversationService.CreateConversation:input_type -> clinicchat.conversation.v1.CreateConversationRequest
-	1,  // 3: clinicchat.conversation.v1.ConversationService.GetConversation:input_type -> clinicchat.conversation.v1.GetConversationRequest
-	2,  // 4: clinicchat.conversation.v1.ConversationService.ListConversations:input_type -> clinicchat.conversation.v1.ListConversationsRequest
-	4,  // 5: clinicchat.conversation.v1.ConversationService.PinConversation:input_type -> clinicchat.conversation.v1.PinConversationRequest
-	5,  // 6: clinicchat.conversation.v1.ConversationService.UnpinConversation:input_type -> clinicchat.conversation.v1.UnpinConversationRequest
-	6,  // 7: clinicchat.conversation.v1.ConversationService.MuteConversation:input_type -> clinicchat.conversation.v1.MuteConversationRequest
-	7,  // 8: clinicchat.conversation.v1.ConversationService.UnmuteConversation:input_type -> clinicchat.conversation.v1.UnmuteConversationRequest
-	8,  // 9: clinicchat.conversation.v1.ConversationService.MarkConversationRead:input_type -> clinicchat.conversation.v1.MarkConversationReadRequest
-	9,  // 10: clinicchat.conversation.v1.ConversationService.CreateConversation:output_type -> clinicchat.conversation.v1.Conversation
-	9,  // 11: clinicchat.conversation.v1.ConversationService.GetConversation:output_type -> clinicchat.conversation.v1.Conversation
-	3,  // 12: clinicchat.conversation.v1.ConversationService.ListConversations:output_type -> clinicchat.conversation.v1.ListConversationsResponse
-	9,  // 13: clinicchat.conversation.v1.ConversationService.PinConversation:output_type -> clinicchat.conversation.v1.Conversation
-	9,  // 14: clinicchat.conversation.v1.ConversationService.UnpinConversation:output_type -> clinicchat.conversation.v1.Conversation
-	9,  // 15: clinicchat.conversation.v1.ConversationService.MuteConversation:output_type -> clinicchat.conversation.v1.Conversation
-	9,  // 16: clinicchat.conversation.v1.ConversationService.UnmuteConversation:output_type -> clinicchat.conversation.v1.Conversation
-	9,  // 17: clinicchat.conversation.v1.ConversationService.MarkConversationRead:output_type -> clinicchat.conversation.v1.Conversation
-	10, // [10:18] is the sub-list for method output_type
-	2,  // [2:10] is the sub-list for method input_type
+	10, // 0: clinicchat.conversation.v1.CreateConversationRequest.conversation:type_name -> clinicchat.conversation.v1.Conversation
+	10, // 1: clinicchat.conversation.v1.ListConversationsResponse.conversations:type_name -> clinicchat.conversation.v1.Conversation
+	1,  // 2: clinicchat.conversation.v1.ConversationService.CreateConversation:input_type -> clinicchat.conversation.v1.CreateConversationRequest
+	2,  // 3: clinicchat.conversation.v1.ConversationService.GetConversation:input_type -> clinicchat.conversation.v1.GetConversationRequest
+	3,  // 4: clinicchat.conversation.v1.ConversationService.ListConversations:input_type -> clinicchat.conversation.v1.ListConversationsRequest
+	5,  // 5: clinicchat.conversation.v1.ConversationService.PinConversation:input_type -> clinicchat.conversation.v1.PinConversationRequest
+	6,  // 6: clinicchat.conversation.v1.ConversationService.UnpinConversation:input_type -> clinicchat.conversation.v1.UnpinConversationRequest
+	7,  // 7: clinicchat.conversation.v1.ConversationService.MuteConversation:input_type -> clinicchat.conversation.v1.MuteConversationRequest
+	8,  // 8: clinicchat.conversation.v1.ConversationService.UnmuteConversation:input_type -> clinicchat.conversation.v1.UnmuteConversationRequest
+	9,  // 9: clinicchat.conversation.v1.ConversationService.MarkConversationRead:input_type -> clinicchat.conversation.v1.MarkConversationReadRequest
+	0,  // 10: clinicchat.conversation.v1.ConversationService.ResolveConversation:input_type -> clinicchat.conversation.v1.ResolveConversationRequest
+	10, // 11: clinicchat.conversation.v1.ConversationService.CreateConversation:output_type -> clinicchat.conversation.v1.Conversation
+	10, // 12: clinicchat.conversation.v1.ConversationService.GetConversation:output_type -> clinicchat.conversation.v1.Conversation
+	4,  // 13: clinicchat.conversation.v1.ConversationService.ListConversations:output_type -> clinicchat.conversation.v1.ListConversationsResponse
+	10, // 14: clinicchat.conversation.v1.ConversationService.PinConversation:output_type -> clinicchat.conversation.v1.Conversation
+	10, // 15: clinicchat.conversation.v1.ConversationService.UnpinConversation:output_type -> clinicchat.conversation.v1.Conversation
+	10, // 16: clinicchat.conversation.v1.ConversationService.MuteConversation:output_type -> clinicchat.conversation.v1.Conversation
+	10, // 17: clinicchat.conversation.v1.ConversationService.UnmuteConversation:output_type -> clinicchat.conversation.v1.Conversation
+	10, // 18: clinicchat.conversation.v1.ConversationService.MarkConversationRead:output_type -> clinicchat.conversation.v1.Conversation
+	10, // 19: clinicchat.conversation.v1.ConversationService.ResolveConversation:output_type -> clinicchat.conversation.v1.Conversation
+	11, // [11:20] is the sub-list for method output_type
+	2,  // [2:11] is the sub-list for method input_type
 	2,  // [2:2] is the sub-list for extension type_name
 	2,  // [2:2] is the sub-list for extension extendee
 	0,  // [0:2] is the sub-list for field type_name
@@ -582,7 +634,7 @@ func file_clinicchat_conversation_v1_conversation_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clinicchat_conversation_v1_conversation_service_proto_rawDesc), len(file_clinicchat_conversation_v1_conversation_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	ConversationService_MuteConversation_FullMethodName     = "/clinicchat.conversation.v1.ConversationService/MuteConversation"
 	ConversationService_UnmuteConversation_FullMethodName   = "/clinicchat.conversation.v1.ConversationService/UnmuteConversation"
 	ConversationService_MarkConversationRead_FullMethodName = "/clinicchat.conversation.v1.ConversationService/MarkConversationRead"
+	ConversationService_ResolveConversation_FullMethodName  = "/clinicchat.conversation.v1.ConversationService/ResolveConversation"
 )
 
 // ConversationServiceClient is the client API for ConversationService service.
@@ -55,6 +56,11 @@ type ConversationServiceClient interface {
 	// Marks the thread read by the caller up to a message (or everything).
 	// Callers: the thread's participants.
 	MarkConversationRead(ctx context.Context, in *MarkConversationReadRequest, opts ...grpc.CallOption) (*Conversation, error)
+	// Checks that the caller may act in a thread and returns its routing fields
+	// only (name, patient, state, last_message_seq), without per-user state or
+	// PHI. For other services' authorization; not a view and not audited as one.
+	// Callers: the thread's participants; others get NOT_FOUND.
+	ResolveConversation(ctx context.Context, in *ResolveConversationRequest, opts ...grpc.CallOption) (*Conversation, error)
 }
 
 type conversationServiceClient struct {
@@ -145,6 +151,16 @@ func (c *conversationServiceClient) MarkConversationRead(ctx context.Context, in
 	return out, nil
 }
 
+func (c *conversationServiceClient) ResolveConversation(ctx context.Context, in *ResolveConversationRequest, opts ...grpc.CallOption) (*Conversation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Conversation)
+	err := c.cc.Invoke(ctx, ConversationService_ResolveConversation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ConversationServiceServer is the server API for ConversationService service.
 // All implementations must embed UnimplementedConversationServiceServer
 // for forward compatibility.
@@ -171,6 +187,11 @@ type ConversationServiceServer interface {
 	// Marks the thread read by the caller up to a message (or everything).
 	// Callers: the thread's participants.
 	MarkConversationRead(context.Context, *MarkConversationReadRequest) (*Conversation, error)
+	// Checks that the caller may act in a thread and returns its routing fields
+	// only (name, patient, state, last_message_seq), without per-user state or
+	// PHI. For other services' authorization; not a view and not audited as one.
+	// Callers: the thread's participants; others get NOT_FOUND.
+	ResolveConversation(context.Context, *ResolveConversationRequest) (*Conversation, error)
 	mustEmbedUnimplementedConversationServiceServer()
 }
 
@@ -204,6 +225,9 @@ func (UnimplementedConversationServiceServer) UnmuteConversation(context.Context
 }
 func (UnimplementedConversationServiceServer) MarkConversationRead(context.Context, *MarkConversationReadRequest) (*Conversation, error) {
 	return nil, status.Error(codes.Unimplemented, "method MarkConversationRead not implemented")
+}
+func (UnimplementedConversationServiceServer) ResolveConversation(context.Context, *ResolveConversationRequest) (*Conversation, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResolveConversation not implemented")
 }
 func (UnimplementedConversationServiceServer) mustEmbedUnimplementedConversationServiceServer() {}
 func (UnimplementedConversationServiceServer) testEmbeddedByValue()                             {}
@@ -370,6 +394,24 @@ func _ConversationService_MarkConversationRead_Handler(srv interface{}, ctx cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ConversationService_ResolveConversation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResolveConversationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConversationServiceServer).ResolveConversation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConversationService_ResolveConversation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConversationServiceServer).ResolveConversation(ctx, req.(*ResolveConversationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ConversationService_ServiceDesc is the grpc.ServiceDesc for ConversationService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -408,6 +450,10 @@ var ConversationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MarkConversationRead",
 			Handler:    _ConversationService_MarkConversationRead_Handler,
+		},
+		{
+			MethodName: "ResolveConversation",
+			Handler:    _ConversationService_ResolveConversation_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -300,6 +300,91 @@ func (x *ConversationRead) GetUpToSeq() int64 {
 	return 0
 }
 
+// Notification asks a notifier outside this product (push, e-mail, SMS) to tell
+// one recipient user that a message arrived. It never carries message text,
+// file names or anything about the patient's care. Staff who muted the thread
+// get none. Subject clinicchat.conversation.notification.requested.
+type Notification struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Who, what, when (action "notification.request", actor system).
+	Meta *v1.EventMeta `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
+	// "users/{u}" or "patients/{p}".
+	Recipient string `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	// The message's resource name.
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// "New message from {practice}".
+	Title string `protobuf:"bytes,4,opt,name=title,proto3" json:"title,omitempty"`
+	// The thread, so the notifier can deep-link to it.
+	Conversation  string `protobuf:"bytes,5,opt,name=conversation,proto3" json:"conversation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Notification) Reset() {
+	*x = Notification{}
+	mi := &file_clinicchat_conversation_v1_events_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Notification) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Notification) ProtoMessage() {}
+
+func (x *Notification) ProtoReflect() protoreflect.Message {
+	mi := &file_clinicchat_conversation_v1_events_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Notification.ProtoReflect.Descriptor instead.
+func (*Notification) Descriptor() ([]byte, []int) {
+	return file_clinicchat_conversation_v1_events_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Notification) GetMeta() *v1.EventMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *Notification) GetRecipient() string {
+	if x != nil {
+		return x.Recipient
+	}
+	return ""
+}
+
+func (x *Notification) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Notification) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *Notification) GetConversation() string {
+	if x != nil {
+		return x.Conversation
+	}
+	return ""
+}
+
 var File_clinicchat_conversation_v1_events_proto protoreflect.FileDescriptor
 
 const file_clinicchat_conversation_v1_events_proto_rawDesc = "" +
@@ -323,7 +408,13 @@ const file_clinicchat_conversation_v1_events_proto_rawDesc = "" +
 	"\x06reader\x18\x03 \x01(\tR\x06reader\x12\x1f\n" +
 	"\vreader_role\x18\x04 \x01(\tR\n" +
 	"readerRole\x12\x1a\n" +
-	"\tup_to_seq\x18\x05 \x01(\x03R\aupToSeqBRZPgithub.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1;conversationv1b\x06proto3"
+	"\tup_to_seq\x18\x05 \x01(\x03R\aupToSeq\"\xb3\x01\n" +
+	"\fNotification\x121\n" +
+	"\x04meta\x18\x01 \x01(\v2\x1d.clinicchat.type.v1.EventMetaR\x04meta\x12\x1c\n" +
+	"\trecipient\x18\x02 \x01(\tR\trecipient\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x14\n" +
+	"\x05title\x18\x04 \x01(\tR\x05title\x12\"\n" +
+	"\fconversation\x18\x05 \x01(\tR\fconversationBRZPgithub.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1;conversationv1b\x06proto3"
 
 var (
 	file_clinicchat_conversation_v1_events_proto_rawDescOnce sync.Once
@@ -337,27 +428,29 @@ func file_clinicchat_conversation_v1_events_proto_rawDescGZIP() []byte {
 	return file_clinicchat_conversation_v1_events_proto_rawDescData
 }
 
-var file_clinicchat_conversation_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_clinicchat_conversation_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_clinicchat_conversation_v1_events_proto_goTypes = []any{
 	(*ConversationCreated)(nil),          // 0: clinicchat.conversation.v1.ConversationCreated
 	(*ConversationUpdated)(nil),          // 1: clinicchat.conversation.v1.ConversationUpdated
 	(*ConversationUserStateChanged)(nil), // 2: clinicchat.conversation.v1.ConversationUserStateChanged
 	(*ConversationRead)(nil),             // 3: clinicchat.conversation.v1.ConversationRead
-	(*v1.EventMeta)(nil),                 // 4: clinicchat.type.v1.EventMeta
-	(*Conversation)(nil),                 // 5: clinicchat.conversation.v1.Conversation
+	(*Notification)(nil),                 // 4: clinicchat.conversation.v1.Notification
+	(*v1.EventMeta)(nil),                 // 5: clinicchat.type.v1.EventMeta
+	(*Conversation)(nil),                 // 6: clinicchat.conversation.v1.Conversation
 }
 var file_clinicchat_conversation_v1_events_proto_depIdxs = []int32{
-	4, // 0: clinicchat.conversation.v1.ConversationCreated.meta:type_name -> clinicchat.type.v1.EventMeta
-	5, // 1: clinicchat.conversation.v1.ConversationCreated.conversation:type_name -> clinicchat.conversation.v1.Conversation
-	4, // 2: clinicchat.conversation.v1.ConversationUpdated.meta:type_name -> clinicchat.type.v1.EventMeta
-	5, // 3: clinicchat.conversation.v1.ConversationUpdated.conversation:type_name -> clinicchat.conversation.v1.Conversation
-	4, // 4: clinicchat.conversation.v1.ConversationUserStateChanged.meta:type_name -> clinicchat.type.v1.EventMeta
-	4, // 5: clinicchat.conversation.v1.ConversationRead.meta:type_name -> clinicchat.type.v1.EventMeta
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	5, // 0: clinicchat.conversation.v1.ConversationCreated.meta:type_name -> clinicchat.type.v1.EventMeta
+	6, // 1: clinicchat.conversation.v1.ConversationCreated.conversation:type_name -> clinicchat.conversation.v1.Conversation
+	5, // 2: clinicchat.conversation.v1.ConversationUpdated.meta:type_name -> clinicchat.type.v1.EventMeta
+	6, // 3: clinicchat.conversation.v1.ConversationUpdated.conversation:type_name -> clinicchat.conversation.v1.Conversation
+	5, // 4: clinicchat.conversation.v1.ConversationUserStateChanged.meta:type_name -> clinicchat.type.v1.EventMeta
+	5, // 5: clinicchat.conversation.v1.ConversationRead.meta:type_name -> clinicchat.type.v1.EventMeta
+	5, // 6: clinicchat.conversation.v1.Notification.meta:type_name -> clinicchat.type.v1.EventMeta
+	7, // [7:7] is the sub-list for method output_type
+	7, // [7:7] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_clinicchat_conversation_v1_events_proto_init() }
@@ -372,7 +465,7 @@ func file_clinicchat_conversation_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clinicchat_conversation_v1_events_proto_rawDesc), len(file_clinicchat_conversation_v1_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

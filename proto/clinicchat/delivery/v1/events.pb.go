@@ -152,81 +152,6 @@ func (x *MessageUpdated) GetPatient() string {
 	return ""
 }
 
-// Notification: tell one recipient user that a message arrived. Never carries
-// message text, file names or anything about the patient's care.
-// Subject clinicchat.delivery.notification.requested.
-type Notification struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Who, what, when.
-	Meta *v1.EventMeta `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
-	// "users/{u}" or "patients/{p}".
-	Recipient string `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
-	// The message's resource name.
-	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
-	// "New message from {practice}".
-	Title         string `protobuf:"bytes,4,opt,name=title,proto3" json:"title,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *Notification) Reset() {
-	*x = Notification{}
-	mi := &file_clinicchat_delivery_v1_events_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *Notification) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*Notification) ProtoMessage() {}
-
-func (x *Notification) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_delivery_v1_events_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use Notification.ProtoReflect.Descriptor instead.
-func (*Notification) Descriptor() ([]byte, []int) {
-	return file_clinicchat_delivery_v1_events_proto_rawDescGZIP(), []int{2}
-}
-
-func (x *Notification) GetMeta() *v1.EventMeta {
-	if x != nil {
-		return x.Meta
-	}
-	return nil
-}
-
-func (x *Notification) GetRecipient() string {
-	if x != nil {
-		return x.Recipient
-	}
-	return ""
-}
-
-func (x *Notification) GetMessage() string {
-	if x != nil {
-		return x.Message
-	}
-	return ""
-}
-
-func (x *Notification) GetTitle() string {
-	if x != nil {
-		return x.Title
-	}
-	return ""
-}
-
 var File_clinicchat_delivery_v1_events_proto protoreflect.FileDescriptor
 
 const file_clinicchat_delivery_v1_events_proto_rawDesc = "" +
@@ -239,12 +164,7 @@ const file_clinicchat_delivery_v1_events_proto_rawDesc = "" +
 	"\x0eMessageUpdated\x121\n" +
 	"\x04meta\x18\x01 \x01(\v2\x1d.clinicchat.type.v1.EventMetaR\x04meta\x129\n" +
 	"\amessage\x18\x02 \x01(\v2\x1f.clinicchat.delivery.v1.MessageR\amessage\x12\x18\n" +
-	"\apatient\x18\x03 \x01(\tR\apatient\"\x8f\x01\n" +
-	"\fNotification\x121\n" +
-	"\x04meta\x18\x01 \x01(\v2\x1d.clinicchat.type.v1.EventMetaR\x04meta\x12\x1c\n" +
-	"\trecipient\x18\x02 \x01(\tR\trecipient\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\x12\x14\n" +
-	"\x05title\x18\x04 \x01(\tR\x05titleBJZHgithub.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1;deliveryv1b\x06proto3"
+	"\apatient\x18\x03 \x01(\tR\apatientBJZHgithub.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1;deliveryv1b\x06proto3"
 
 var (
 	file_clinicchat_delivery_v1_events_proto_rawDescOnce sync.Once
@@ -258,25 +178,23 @@ func file_clinicchat_delivery_v1_events_proto_rawDescGZIP() []byte {
 	return file_clinicchat_delivery_v1_events_proto_rawDescData
 }
 
-var file_clinicchat_delivery_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_clinicchat_delivery_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_clinicchat_delivery_v1_events_proto_goTypes = []any{
 	(*MessageCreated)(nil), // 0: clinicchat.delivery.v1.MessageCreated
 	(*MessageUpdated)(nil), // 1: clinicchat.delivery.v1.MessageUpdated
-	(*Notification)(nil),   // 2: clinicchat.delivery.v1.Notification
-	(*v1.EventMeta)(nil),   // 3: clinicchat.type.v1.EventMeta
-	(*Message)(nil),        // 4: clinicchat.delivery.v1.Message
+	(*v1.EventMeta)(nil),   // 2: clinicchat.type.v1.EventMeta
+	(*Message)(nil),        // 3: clinicchat.delivery.v1.Message
 }
 var file_clinicchat_delivery_v1_events_proto_depIdxs = []int32{
-	3, // 0: clinicchat.delivery.v1.MessageCreated.meta:type_name -> clinicchat.type.v1.EventMeta
-	4, // 1: clinicchat.delivery.v1.MessageCreated.message:type_name -> clinicchat.delivery.v1.Message
-	3, // 2: clinicchat.delivery.v1.MessageUpdated.meta:type_name -> clinicchat.type.v1.EventMeta
-	4, // 3: clinicchat.delivery.v1.MessageUpdated.message:type_name -> clinicchat.delivery.v1.Message
-	3, // 4: clinicchat.delivery.v1.Notification.meta:type_name -> clinicchat.type.v1.EventMeta
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	2, // 0: clinicchat.delivery.v1.MessageCreated.meta:type_name -> clinicchat.type.v1.EventMeta
+	3, // 1: clinicchat.delivery.v1.MessageCreated.message:type_name -> clinicchat.delivery.v1.Message
+	2, // 2: clinicchat.delivery.v1.MessageUpdated.meta:type_name -> clinicchat.type.v1.EventMeta
+	3, // 3: clinicchat.delivery.v1.MessageUpdated.message:type_name -> clinicchat.delivery.v1.Message
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_clinicchat_delivery_v1_events_proto_init() }
@@ -291,7 +209,7 @@ func file_clinicchat_delivery_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clinicchat_delivery_v1_events_proto_rawDesc), len(file_clinicchat_delivery_v1_events_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
