@@ -18,7 +18,7 @@ const (
 	SubjectConversationAccess        = "clinicchat.conversation.access.recorded"
 	SubjectMessageCreated            = "clinicchat.delivery.message.created"
 	SubjectMessageUpdated            = "clinicchat.delivery.message.updated"
-	SubjectNotification              = "clinicchat.delivery.notification.requested"
+	SubjectNotification              = "clinicchat.conversation.notification.requested"
 	SubjectDeliveryAccess            = "clinicchat.delivery.access.recorded"
 	SubjectAttachmentUploaded        = "clinicchat.attachment.attachment.uploaded"
 	SubjectAttachmentAccess          = "clinicchat.attachment.access.recorded"
