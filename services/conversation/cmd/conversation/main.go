@@ -1,0 +1,45 @@
+// Command conversation runs the conversation service on its own.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/clinicchat/clinicchat/services/conversation"
+	"github.com/clinicchat/clinicchat/services/platform/grpcx"
+	"github.com/clinicchat/clinicchat/services/platform/svcmain"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "conversation:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var common svcmain.Common
+	var cfg conversation.Config
+	fs := flag.NewFlagSet("conversation", flag.ContinueOnError)
+	common.Flags(fs)
+	cfg.Flags(fs)
+	if err := svcmain.Parse(fs, os.Args[1:]); err != nil {
+		return err
+	}
+	common.NeedsDatabase = true
+	return svcmain.Main("conversation", &common, func(ctx context.Context, rt *svcmain.Runtime) (svcmain.Service, error) {
+		prefs, err := grpcx.Dial(cfg.PreferencesAddr)
+		if err != nil {
+			return nil, err
+		}
+		cfg.DatabaseDSN = common.DatabaseDSN
+		svc, err := conversation.New(ctx, cfg, conversation.Deps{Log: rt.Log, JS: rt.JS, Preferences: prefs})
+		if err != nil {
+			return nil, err
+		}
+		svc.Register(rt.Server.Server)
+		return svc, nil
+	})
+}

@@ -1,0 +1,19 @@
+// Package conversation is the conversation service: the one chat thread per
+// patient of each practice, per-user pin, mute and read state, and the archive
+// sweeper.
+//
+// Data it owns (its own database): conversations, user_state (pin, mute,
+// read watermark per user), message_index (a projection of delivery's
+// messages: sequence number and side), outbox.
+//
+// Events it produces (stream CLINICCHAT_CONVERSATION): ConversationCreated,
+// ConversationUpdated (new message, archive), ConversationUserStateChanged
+// (pin/mute), ConversationRead (a participant's read watermark), Notification
+// (one per recipient user of a new message, none for who muted the thread) and
+// AccessRecorded (views and refused attempts).
+//
+// Events it consumes: delivery's MessageCreated (durable
+// "conversation-projection": last message, unread counts, reactivation,
+// notifications) and preferences' PatientUpserted (durable
+// "conversation-patients": display names).
+package conversation

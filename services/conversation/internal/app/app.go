@@ -1,0 +1,371 @@
+// Package app holds the conversation service's use cases and their
+// authorization. Every use case takes the verified caller from the context.
+package app
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
+	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
+	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/errs"
+	"github.com/clinicchat/clinicchat/services/platform/events"
+	"github.com/clinicchat/clinicchat/services/platform/ids"
+	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/textfold"
+)
+
+// Patient is what the conversation service needs of the patient directory.
+type Patient struct {
+	ID               string
+	DisplayName      string
+	HasPortalAccount bool
+}
+
+// PatientDirectory looks up a patient as the caller (port to preferences).
+type PatientDirectory interface {
+	GetPatient(ctx context.Context, patientID string) (Patient, error)
+}
+
+// App is the conversation service's application layer.
+type App struct {
+	repo         domain.Repository
+	patients     PatientDirectory
+	log          *zap.Logger
+	now          func() time.Time
+	ArchiveAfter time.Duration
+	// ProjectionWait is how long MarkRead waits for a message it was told of
+	// to reach the projection (derived state lags writes by well under this).
+	ProjectionWait time.Duration
+}
+
+// New returns the application layer.
+func New(repo domain.Repository, patients PatientDirectory, log *zap.Logger) *App {
+	return &App{repo: repo, patients: patients, log: log, now: time.Now, ArchiveAfter: 365 * 24 * time.Hour, ProjectionWait: 2 * time.Second}
+}
+
+func caller(ctx context.Context) (auth.Identity, error) {
+	id, ok := auth.FromContext(ctx)
+	if !ok {
+		return id, errs.Unauthenticated("Sign in again: no verified caller")
+	}
+	return id, nil
+}
+
+func viewer(id auth.Identity) domain.Viewer {
+	return domain.Viewer{Principal: id.Principal(), IsPatient: id.IsPatient()}
+}
+
+func ev(subject string, msg interface {
+	proto.Message
+	GetMeta() *typev1.EventMeta
+}) domain.Event {
+	return domain.Event{ID: msg.GetMeta().GetId(), Subject: subject, Msg: msg}
+}
+
+// denied records a refused attempt and returns err.
+func (a *App) denied(ctx context.Context, who auth.Identity, action, resource string, err error) error {
+	e := errs.Reason(err)
+	rec := &typev1.AccessRecorded{Meta: events.Denied(who, action, resource, e, a.now())}
+	if rerr := a.repo.Record(ctx, ev(natsx.SubjectConversationAccess, rec)); rerr != nil {
+		return rerr
+	}
+	return err
+}
+
+// ParseName parses "conversations/{id}".
+func ParseName(name string) (string, error) {
+	p, ok := ids.Parse(name, "conversations")
+	if !ok {
+		return "", domain.ErrBadName
+	}
+	return p[0], nil
+}
+
+// Create finds the patient's thread or starts it. Staff and system only.
+func (a *App) Create(ctx context.Context, patient string) (domain.Conversation, error) {
+	who, err := caller(ctx)
+	if err != nil {
+		return domain.Conversation{}, err
+	}
+	if !who.IsStaff() && !who.IsSystem() {
+		return domain.Conversation{}, a.denied(ctx, who, "conversation.create", "conversations", domain.ErrStaffOnly)
+	}
+	p, ok := ids.Parse(patient, "patients")
+	if !ok {
+		return domain.Conversation{}, domain.ErrBadPatient
+	}
+	pat, err := a.patients.GetPatient(ctx, p[0])
+	if err != nil {
+		return domain.Conversation{}, err
+	}
+	if !pat.HasPortalAccount {
+		return domain.Conversation{}, a.denied(ctx, who, "conversation.create", patient, domain.ErrNoPortal)
+	}
+	now := a.now().UTC()
+	c := domain.Conversation{Practice: who.Practice, ID: ids.New(), PatientID: pat.ID, PatientDisplayName: pat.DisplayName,
+		State: domain.Active, CreateTime: now}
+	out, created, err := a.repo.Create(ctx, c, func(c domain.Conversation) []domain.Event {
+		return []domain.Event{ev(natsx.SubjectConversationCreated, &conversationv1.ConversationCreated{
+			Meta: events.Meta(who, "conversation.create", c.Name(), now), Conversation: ToProto(c)})}
+	})
+	if err != nil {
+		return out, err
+	}
+	if !created {
+		// Found: the caller opens the existing thread.
+		if err := a.repo.Record(ctx, ev(natsx.SubjectConversationAccess,
+			&typev1.AccessRecorded{Meta: events.Meta(who, "conversation.view", out.Name(), now)})); err != nil {
+			return out, err
+		}
+	}
+	return a.repo.Get(ctx, who.Practice, out.ID, viewer(who))
+}
+
+// load gets a thread the caller participates in, or records a refusal of
+// action and answers NOT_FOUND.
+func (a *App) load(ctx context.Context, name, action string) (auth.Identity, domain.Conversation, error) {
+	who, err := caller(ctx)
+	if err != nil {
+		return who, domain.Conversation{}, err
+	}
+	id, err := ParseName(name)
+	if err != nil {
+		return who, domain.Conversation{}, err
+	}
+	c, err := a.repo.Get(ctx, who.Practice, id, viewer(who))
+	if err == nil && !domain.Participant(c, who.Practice, who.Subject, who.IsStaff() || who.IsSystem(), who.IsPatient()) {
+		err = domain.ErrNotFound
+	}
+	if errors.Is(err, domain.ErrNotFound) && action != "" {
+		return who, c, a.denied(ctx, who, action, name, err)
+	}
+	return who, c, err
+}
+
+// Get returns a thread and records the view.
+func (a *App) Get(ctx context.Context, name string) (domain.Conversation, error) {
+	who, c, err := a.load(ctx, name, "conversation.view")
+	if err != nil {
+		return c, err
+	}
+	return c, a.repo.Record(ctx, ev(natsx.SubjectConversationAccess,
+		&typev1.AccessRecorded{Meta: events.Meta(who, "conversation.view", c.Name(), a.now())}))
+}
+
+// Resolve authorizes the caller for a thread and returns it, for other
+// services; a refusal is recorded by the service that acts, not here.
+func (a *App) Resolve(ctx context.Context, name string) (domain.Conversation, error) {
+	_, c, err := a.load(ctx, name, "")
+	return c, err
+}
+
+// ListRequest is a list call.
+type ListRequest struct {
+	Query     string
+	Archived  bool
+	PageSize  int
+	PageToken string
+}
+
+// List lists the practice's threads for staff, the patient's own for a patient.
+func (a *App) List(ctx context.Context, r ListRequest) ([]domain.Conversation, string, error) {
+	who, err := caller(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	q := domain.ListQuery{Practice: who.Practice, Viewer: viewer(who), Words: textfold.Words(r.Query), Archived: r.Archived}
+	switch {
+	case who.IsPatient():
+		q.PatientID = who.Subject
+	case who.IsStaff() || who.IsSystem():
+	default:
+		return nil, "", domain.ErrStaffOnly
+	}
+	q.Limit = r.PageSize
+	if q.Limit <= 0 {
+		q.Limit = 50
+	}
+	q.Limit = min(q.Limit, 200)
+	if r.PageToken != "" {
+		cur, err := decodeCursor(r.PageToken)
+		if err != nil {
+			return nil, "", err
+		}
+		q.After = cur
+	}
+	list, next, err := a.repo.List(ctx, q)
+	if err != nil || next == nil {
+		return list, "", err
+	}
+	return list, encodeCursor(next), nil
+}
+
+func encodeCursor(c *domain.Cursor) string {
+	b, _ := json.Marshal(c)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeCursor(s string) (*domain.Cursor, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	var c domain.Cursor
+	if err == nil {
+		err = json.Unmarshal(b, &c)
+	}
+	if err != nil {
+		return nil, errs.InvalidArgument("pageToken is not one this service returned")
+	}
+	return &c, nil
+}
+
+// SetFlags pins, unpins, mutes or unmutes for the calling staff user.
+func (a *App) SetFlags(ctx context.Context, name, action string, f domain.UserFlags) (domain.Conversation, error) {
+	who, c, err := a.load(ctx, name, action)
+	if err != nil {
+		return c, err
+	}
+	if !who.IsStaff() {
+		return c, a.denied(ctx, who, action, name, domain.ErrStaffOnly)
+	}
+	now := a.now()
+	return a.repo.SetFlags(ctx, who.Practice, c.ID, viewer(who), f, func(c domain.Conversation) []domain.Event {
+		return []domain.Event{ev(natsx.SubjectConversationUser, &conversationv1.ConversationUserStateChanged{
+			Meta: events.Meta(who, action, c.Name(), now), Conversation: c.Name(), User: who.Principal(),
+			Pinned: c.Pinned, Muted: c.Muted})}
+	})
+}
+
+// MarkRead raises the caller's read watermark to upTo ("" = everything).
+func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversation, error) {
+	who, c, err := a.load(ctx, name, "conversation.read")
+	if err != nil {
+		return c, err
+	}
+	seq := c.LastMessageSeq
+	if upTo != "" {
+		p, ok := ids.Parse(upTo, "conversations", "messages")
+		if !ok || p[0] != c.ID {
+			return c, domain.ErrBadUpTo
+		}
+		n, err := strconv.ParseInt(p[1], 10, 64)
+		if err != nil || n <= 0 {
+			return c, domain.ErrBadUpTo
+		}
+		seq = n
+		if seq > c.LastMessageSeq {
+			// The caller saw a message the projection has not applied yet.
+			c = a.awaitSeq(ctx, who, c, seq)
+		}
+	}
+	now := a.now()
+	return a.repo.MarkRead(ctx, who.Practice, c.ID, viewer(who), seq, func(c domain.Conversation, advanced bool) []domain.Event {
+		if !advanced {
+			return []domain.Event{ev(natsx.SubjectConversationAccess,
+				&typev1.AccessRecorded{Meta: events.Meta(who, "conversation.read", c.Name(), now)})}
+		}
+		return []domain.Event{ev(natsx.SubjectConversationRead, &conversationv1.ConversationRead{
+			Meta: events.Meta(who, "conversation.read", c.Name(), now), Conversation: c.Name(),
+			Reader: who.Principal(), ReaderRole: who.Role, UpToSeq: c.ReadSeq})}
+	})
+}
+
+func (a *App) awaitSeq(ctx context.Context, who auth.Identity, c domain.Conversation, seq int64) domain.Conversation {
+	deadline := time.Now().Add(a.ProjectionWait)
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for c.LastMessageSeq < seq && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return c
+		case <-t.C:
+		}
+		if fresh, err := a.repo.Get(ctx, who.Practice, c.ID, viewer(who)); err == nil {
+			c = fresh
+		}
+	}
+	return c
+}
+
+// ApplyMessage projects a new message: last message fields, reactivation,
+// unread counts, and the notifications for its recipients.
+func (a *App) ApplyMessage(ctx context.Context, m domain.MessageApplied, practiceName string) error {
+	_, err := a.repo.ApplyMessage(ctx, m, func(c domain.Conversation, recipients []string) []domain.Event {
+		out := []domain.Event{ev(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
+			Meta: events.System(c.Practice, "conversation.activity", c.Name(), m.Time), Conversation: ToProto(Shared(c))})}
+		msgName := c.Name() + "/messages/" + strconv.FormatInt(m.Seq, 10)
+		for _, r := range recipients {
+			if r == m.Sender {
+				continue
+			}
+			out = append(out, ev(natsx.SubjectNotification, &conversationv1.Notification{
+				Meta:      events.System(c.Practice, "notification.request", msgName, m.Time),
+				Recipient: r, Message: msgName, Conversation: c.Name(),
+				Title: "New message from " + practiceName,
+			}))
+		}
+		return out
+	})
+	if errors.Is(err, domain.ErrNotFound) {
+		a.log.Error("message for an unknown conversation", zap.String(logkeys.Practice, m.Practice), zap.String(logkeys.Conversation, m.ConversationID))
+		return nil
+	}
+	return err
+}
+
+// RenamePatient follows the patient directory.
+func (a *App) RenamePatient(ctx context.Context, practice, patientID, displayName string) error {
+	return a.repo.RenamePatient(ctx, practice, patientID, displayName)
+}
+
+// ArchiveIdle archives every thread with no message for ArchiveAfter.
+func (a *App) ArchiveIdle(ctx context.Context) (int, error) {
+	before := a.now().Add(-a.ArchiveAfter)
+	total := 0
+	for {
+		n, err := a.repo.ArchiveIdle(ctx, before, 500, func(c domain.Conversation) []domain.Event {
+			return []domain.Event{ev(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
+				Meta: events.System(c.Practice, "conversation.archive", c.Name(), a.now()), Conversation: ToProto(c)})}
+		})
+		total += n
+		if err != nil || n < 500 {
+			return total, err
+		}
+	}
+}
+
+// Shared strips per-user fields, for events everyone may receive.
+func Shared(c domain.Conversation) domain.Conversation {
+	c.Pinned, c.Muted, c.ReadSeq, c.UnreadCount = false, false, 0, 0
+	return c
+}
+
+// ToProto renders a thread.
+func ToProto(c domain.Conversation) *conversationv1.Conversation {
+	out := &conversationv1.Conversation{
+		Name:               c.Name(),
+		Patient:            c.Patient(),
+		PatientDisplayName: c.PatientDisplayName,
+		State:              conversationv1.Conversation_State(c.State),
+		CreateTime:         timestamppb.New(c.CreateTime),
+		LastMessagePreview: c.LastMessagePreview,
+		UnreadCount:        int32(c.UnreadCount),
+		Pinned:             c.Pinned,
+		Muted:              c.Muted,
+		LastMessageSeq:     c.LastMessageSeq,
+	}
+	if !c.LastMessageTime.IsZero() {
+		out.LastMessageTime = timestamppb.New(c.LastMessageTime)
+	}
+	return out
+}

@@ -1,0 +1,140 @@
+// Package domain holds the conversation service's model, rules and ports.
+package domain
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/clinicchat/clinicchat/services/platform/errs"
+)
+
+// State of a thread.
+type State int
+
+const (
+	Active   State = 1
+	Archived State = 2
+)
+
+// Conversation is one thread between a practice and one patient. The per-user
+// fields are those of the viewer the conversation was loaded for.
+type Conversation struct {
+	Practice           string
+	ID                 string
+	PatientID          string
+	PatientDisplayName string // PHI
+	State              State
+	CreateTime         time.Time
+	LastMessageTime    time.Time
+	LastMessageSeq     int64
+	LastMessagePreview string // PHI
+
+	// Viewer's own state.
+	Pinned      bool
+	Muted       bool
+	ReadSeq     int64
+	UnreadCount int
+}
+
+// Name is the resource name.
+func (c Conversation) Name() string { return "conversations/" + c.ID }
+
+// Patient is the patient's resource name.
+func (c Conversation) Patient() string { return "patients/" + c.PatientID }
+
+// Viewer says whose per-user state to load.
+type Viewer struct {
+	Principal string // "users/u" or "patients/p"
+	IsPatient bool
+}
+
+// Cursor is a keyset position in a list.
+type Cursor struct {
+	Pinned       bool
+	LastActivity int64
+	ID           string
+}
+
+// ListQuery selects threads.
+type ListQuery struct {
+	Practice  string
+	PatientID string // set for a patient's own list
+	Viewer    Viewer
+	Words     []string // folded name prefixes
+	Archived  bool
+	Limit     int
+	After     *Cursor
+}
+
+// Event is an outbox entry written in the same transaction as a change.
+type Event struct {
+	ID      string
+	Subject string
+	Msg     proto.Message
+}
+
+// MessageApplied is the projection of one delivered message.
+type MessageApplied struct {
+	Practice       string
+	ConversationID string
+	Seq            int64
+	FromPatient    bool
+	Sender         string // "users/u" or "patients/p"
+	Time           time.Time
+	Preview        string
+}
+
+// UserFlags is a pin or mute change; nil leaves a flag as it is.
+type UserFlags struct {
+	Pinned *bool
+	Muted  *bool
+}
+
+// Repository stores threads. Every method is scoped by practice. Methods that
+// change data take the events to publish and write them in the same
+// transaction; an event builder is called with the stored state.
+type Repository interface {
+	// Create inserts c unless the patient has a thread; returns the thread and
+	// whether it was created. onCreate is written only when created.
+	Create(ctx context.Context, c Conversation, onCreate func(Conversation) []Event) (Conversation, bool, error)
+	// Get loads a thread with v's per-user state. ErrNotFound when absent.
+	Get(ctx context.Context, practice, id string, v Viewer) (Conversation, error)
+	// List returns up to q.Limit threads and the cursor after the last, if more.
+	List(ctx context.Context, q ListQuery) ([]Conversation, *Cursor, error)
+	// SetFlags changes v's pin/mute and writes the events.
+	SetFlags(ctx context.Context, practice, id string, v Viewer, f UserFlags, evs func(Conversation) []Event) (Conversation, error)
+	// MarkRead raises v's read watermark to upTo (never lowers it), capped at
+	// the newest known message. advanced reports whether it moved.
+	MarkRead(ctx context.Context, practice, id string, v Viewer, upTo int64, evs func(c Conversation, advanced bool) []Event) (Conversation, error)
+	// ApplyMessage projects a message; idempotent by (conversation, seq).
+	// applied is false for a replay.
+	ApplyMessage(ctx context.Context, m MessageApplied, evs func(c Conversation, recipients []string) []Event) (applied bool, err error)
+	// RenamePatient updates the display name on the patient's thread.
+	RenamePatient(ctx context.Context, practice, patientID, displayName string) error
+	// ArchiveIdle archives up to limit active threads idle since before.
+	ArchiveIdle(ctx context.Context, before time.Time, limit int, evs func(Conversation) []Event) (int, error)
+	// Record writes events that go with no change (accesses, refusals).
+	Record(ctx context.Context, evs ...Event) error
+}
+
+// Errors.
+var (
+	ErrNotFound = errs.NotFound("Conversation not found")
+	ErrNoPortal = errs.FailedPrecondition(errs.ReasonNoPortalAccount,
+		"This patient has no patient portal account, so chat is not possible; offer SMS instead")
+	ErrStaffOnly   = errs.PermissionDenied("Only practice staff can do this")
+	ErrBadName     = errs.InvalidArgument("Conversation name must look like conversations/{conversation}")
+	ErrBadPatient  = errs.InvalidArgument("Patient must look like patients/{patient}")
+	ErrBadUpTo     = errs.InvalidArgument("upTo must be a message of this conversation, conversations/{c}/messages/{m}")
+	ErrPatientGone = errs.NotFound("Patient not found")
+)
+
+// Participant reports whether someone of role in practice, with subject sub, may act in c.
+func Participant(c Conversation, practice, sub string, staffOrSystem, patient bool) bool {
+	if c.Practice != practice {
+		return false
+	}
+	return staffOrSystem || (patient && c.PatientID == sub)
+}

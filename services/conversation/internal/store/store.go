@@ -1,0 +1,369 @@
+// Package store is the conversation service's repository on SQLite or
+// PostgreSQL (portable SQL through sqldb).
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
+	"github.com/clinicchat/clinicchat/services/conversation/internal/store/migrations"
+	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+	"github.com/clinicchat/clinicchat/services/platform/textfold"
+)
+
+// Store implements domain.Repository.
+type Store struct {
+	db *sqldb.DB
+}
+
+var _ domain.Repository = (*Store)(nil)
+
+// New migrates db and returns the store.
+func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
+	if err := sqldb.Migrate(ctx, db, migrations.FS, "."); err != nil {
+		return nil, err
+	}
+	return &Store{db: db}, nil
+}
+
+func writeEvents(ctx context.Context, tx *sqldb.Tx, evs []domain.Event) error {
+	for _, e := range evs {
+		if err := outbox.Add(ctx, tx, e.ID, e.Subject, e.Msg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+const convColumns = `c.practice, c.id, c.patient_id, c.patient_display_name, c.state, c.create_time,
+	c.last_message_time, c.last_message_seq, c.last_message_preview`
+
+// viewerColumns are the per-user columns for the viewer joined as u; the
+// first argument is whether the viewer is staff (counts patient messages).
+const viewerColumns = `CASE WHEN u.pinned THEN 1 ELSE 0 END AS pin,
+	CASE WHEN u.muted THEN 1 ELSE 0 END AS mute,
+	COALESCE(u.read_seq, 0) AS read_seq,
+	(SELECT COUNT(*) FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+		AND m.from_patient = ? AND m.seq > COALESCE(u.read_seq, 0)) AS unread`
+
+const viewerJoin = `LEFT JOIN user_state u ON u.practice = c.practice AND u.conversation_id = c.id AND u.user_name = ?`
+
+type scanner interface{ Scan(...any) error }
+
+func scanConv(s scanner, withViewer bool, extra ...any) (domain.Conversation, error) {
+	var c domain.Conversation
+	var state int
+	var create, last int64
+	dest := []any{&c.Practice, &c.ID, &c.PatientID, &c.PatientDisplayName, &state, &create, &last, &c.LastMessageSeq, &c.LastMessagePreview}
+	var pin, mute int
+	if withViewer {
+		dest = append(dest, &pin, &mute, &c.ReadSeq, &c.UnreadCount)
+	}
+	dest = append(dest, extra...)
+	if err := s.Scan(dest...); err != nil {
+		return c, err
+	}
+	c.State = domain.State(state)
+	c.CreateTime = sqldb.FromMicros(create)
+	c.LastMessageTime = sqldb.FromMicros(last)
+	c.Pinned, c.Muted = pin == 1, mute == 1
+	return c, nil
+}
+
+func getTx(ctx context.Context, q sqldb.Querier, practice, id string, v domain.Viewer) (domain.Conversation, error) {
+	row := q.QueryRow(ctx, `SELECT `+convColumns+`, `+viewerColumns+` FROM conversations c `+viewerJoin+`
+		WHERE c.practice = ? AND c.id = ?`, !v.IsPatient, v.Principal, practice, id)
+	c, err := scanConv(row, true)
+	if errors.Is(err, sql.ErrNoRows) {
+		return c, domain.ErrNotFound
+	}
+	return c, err
+}
+
+// Create implements domain.Repository.
+func (s *Store) Create(ctx context.Context, c domain.Conversation, onCreate func(domain.Conversation) []domain.Event) (domain.Conversation, bool, error) {
+	var out domain.Conversation
+	var created bool
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		res, err := tx.Exec(ctx, `INSERT INTO conversations (practice, id, patient_id, patient_display_name, patient_name_key,
+			state, create_time, last_activity) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (practice, patient_id) DO NOTHING`,
+			c.Practice, c.ID, c.PatientID, c.PatientDisplayName, textfold.Key(c.PatientDisplayName), int(domain.Active),
+			sqldb.Micros(c.CreateTime), sqldb.Micros(c.CreateTime))
+		if err != nil {
+			return fmt.Errorf("insert conversation: %w", err)
+		}
+		n, _ := res.RowsAffected()
+		created = n == 1
+		row := tx.QueryRow(ctx, `SELECT `+convColumns+` FROM conversations c WHERE c.practice = ? AND c.patient_id = ?`, c.Practice, c.PatientID)
+		if out, err = scanConv(row, false); err != nil {
+			return fmt.Errorf("load conversation: %w", err)
+		}
+		if created {
+			return writeEvents(ctx, tx, onCreate(out))
+		}
+		return nil
+	})
+	return out, created, err
+}
+
+// Get implements domain.Repository.
+func (s *Store) Get(ctx context.Context, practice, id string, v domain.Viewer) (domain.Conversation, error) {
+	return getTx(ctx, s.db, practice, id, v)
+}
+
+// List implements domain.Repository.
+func (s *Store) List(ctx context.Context, q domain.ListQuery) ([]domain.Conversation, *domain.Cursor, error) {
+	state := domain.Active
+	if q.Archived {
+		state = domain.Archived
+	}
+	args := []any{!q.Viewer.IsPatient, q.Viewer.Principal, q.Practice, int(state)}
+	where := []string{"c.practice = ?", "c.state = ?"}
+	if q.PatientID != "" {
+		where = append(where, "c.patient_id = ?")
+		args = append(args, q.PatientID)
+	}
+	for _, w := range q.Words {
+		where = append(where, `(' ' || c.patient_name_key) LIKE ? ESCAPE '\'`)
+		args = append(args, "% "+escapeLike(w)+"%")
+	}
+	inner := `SELECT ` + convColumns + `, ` + viewerColumns + `, c.last_activity AS activity FROM conversations c ` + viewerJoin +
+		` WHERE ` + strings.Join(where, " AND ")
+	query := `SELECT * FROM (` + inner + `) q`
+	if a := q.After; a != nil {
+		pin := 0
+		if a.Pinned {
+			pin = 1
+		}
+		query += ` WHERE (pin < ? OR (pin = ? AND (activity < ? OR (activity = ? AND id > ?))))`
+		args = append(args, pin, pin, a.LastActivity, a.LastActivity, a.ID)
+	}
+	query += ` ORDER BY pin DESC, activity DESC, id ASC LIMIT ?`
+	args = append(args, q.Limit+1)
+	rows, err := s.db.Query(ctx, query, args...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list conversations: %w", err)
+	}
+	defer rows.Close()
+	var out []domain.Conversation
+	var activity []int64
+	for rows.Next() {
+		var act int64
+		c, err := scanConv(rows, true, &act)
+		if err != nil {
+			return nil, nil, err
+		}
+		out = append(out, c)
+		activity = append(activity, act)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	if len(out) <= q.Limit {
+		return out, nil, nil
+	}
+	out = out[:q.Limit]
+	last := out[len(out)-1]
+	return out, &domain.Cursor{Pinned: last.Pinned, LastActivity: activity[q.Limit-1], ID: last.ID}, nil
+}
+
+func escapeLike(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	return r.Replace(s)
+}
+
+func ensureUser(ctx context.Context, tx *sqldb.Tx, practice, id, user string, now time.Time) error {
+	_, err := tx.Exec(ctx, `INSERT INTO user_state (practice, conversation_id, user_name, update_time) VALUES (?, ?, ?, ?)
+		ON CONFLICT (practice, conversation_id, user_name) DO NOTHING`, practice, id, user, sqldb.Micros(now))
+	if err != nil {
+		return fmt.Errorf("insert user state: %w", err)
+	}
+	return nil
+}
+
+// SetFlags implements domain.Repository.
+func (s *Store) SetFlags(ctx context.Context, practice, id string, v domain.Viewer, f domain.UserFlags, evs func(domain.Conversation) []domain.Event) (domain.Conversation, error) {
+	var out domain.Conversation
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		if _, err := getTx(ctx, tx, practice, id, v); err != nil {
+			return err
+		}
+		now := time.Now()
+		if err := ensureUser(ctx, tx, practice, id, v.Principal, now); err != nil {
+			return err
+		}
+		if f.Pinned != nil {
+			if _, err := tx.Exec(ctx, `UPDATE user_state SET pinned = ?, update_time = ? WHERE practice = ? AND conversation_id = ? AND user_name = ?`,
+				*f.Pinned, sqldb.Micros(now), practice, id, v.Principal); err != nil {
+				return err
+			}
+		}
+		if f.Muted != nil {
+			if _, err := tx.Exec(ctx, `UPDATE user_state SET muted = ?, update_time = ? WHERE practice = ? AND conversation_id = ? AND user_name = ?`,
+				*f.Muted, sqldb.Micros(now), practice, id, v.Principal); err != nil {
+				return err
+			}
+		}
+		var err error
+		if out, err = getTx(ctx, tx, practice, id, v); err != nil {
+			return err
+		}
+		return writeEvents(ctx, tx, evs(out))
+	})
+	return out, err
+}
+
+// MarkRead implements domain.Repository.
+func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.Viewer, upTo int64, evs func(domain.Conversation, bool) []domain.Event) (domain.Conversation, error) {
+	var out domain.Conversation
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		c, err := getTx(ctx, tx, practice, id, v)
+		if err != nil {
+			return err
+		}
+		target := min(upTo, c.LastMessageSeq)
+		advanced := target > c.ReadSeq
+		if advanced {
+			now := time.Now()
+			if err := ensureUser(ctx, tx, practice, id, v.Principal, now); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE user_state SET read_seq = ?, update_time = ? WHERE practice = ? AND conversation_id = ?
+				AND user_name = ? AND read_seq < ?`, target, sqldb.Micros(now), practice, id, v.Principal, target); err != nil {
+				return err
+			}
+			if c, err = getTx(ctx, tx, practice, id, v); err != nil {
+				return err
+			}
+		}
+		out = c
+		return writeEvents(ctx, tx, evs(c, advanced))
+	})
+	return out, err
+}
+
+// ApplyMessage implements domain.Repository.
+func (s *Store) ApplyMessage(ctx context.Context, m domain.MessageApplied, evs func(domain.Conversation, []string) []domain.Event) (bool, error) {
+	applied := false
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		res, err := tx.Exec(ctx, `INSERT INTO message_index (practice, conversation_id, seq, from_patient) VALUES (?, ?, ?, ?)
+			ON CONFLICT (practice, conversation_id, seq) DO NOTHING`, m.Practice, m.ConversationID, m.Seq, m.FromPatient)
+		if err != nil {
+			return fmt.Errorf("insert message index: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil // replay
+		}
+		applied = true
+		at := sqldb.Micros(m.Time)
+		if _, err := tx.Exec(ctx, `UPDATE conversations SET last_message_time = ?, last_message_seq = ?, last_message_preview = ?,
+			last_activity = ?, state = ? WHERE practice = ? AND id = ? AND last_message_seq < ?`,
+			at, m.Seq, m.Preview, at, int(domain.Active), m.Practice, m.ConversationID, m.Seq); err != nil {
+			return fmt.Errorf("update conversation: %w", err)
+		}
+		if !m.FromPatient {
+			if err := ensureUser(ctx, tx, m.Practice, m.ConversationID, m.Sender, m.Time); err != nil {
+				return err
+			}
+		}
+		c, err := getTx(ctx, tx, m.Practice, m.ConversationID, domain.Viewer{Principal: m.Sender, IsPatient: m.FromPatient})
+		if err != nil {
+			return err
+		}
+		recipients, err := s.recipients(ctx, tx, c, m)
+		if err != nil {
+			return err
+		}
+		return writeEvents(ctx, tx, evs(c, recipients))
+	})
+	return applied, err
+}
+
+// recipients decides who is told about a new message, in one place: the
+// patient for staff messages; for a patient message, every staff participant
+// of the thread who has not muted it.
+func (s *Store) recipients(ctx context.Context, tx *sqldb.Tx, c domain.Conversation, m domain.MessageApplied) ([]string, error) {
+	if !m.FromPatient {
+		return []string{c.Patient()}, nil
+	}
+	rows, err := tx.Query(ctx, `SELECT user_name FROM user_state WHERE practice = ? AND conversation_id = ? AND muted = ?
+		AND user_name LIKE 'users/%' ORDER BY user_name`, m.Practice, m.ConversationID, false)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var u string
+		if err := rows.Scan(&u); err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// RenamePatient implements domain.Repository.
+func (s *Store) RenamePatient(ctx context.Context, practice, patientID, displayName string) error {
+	return s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE conversations SET patient_display_name = ?, patient_name_key = ? WHERE practice = ? AND patient_id = ?`,
+			displayName, textfold.Key(displayName), practice, patientID)
+		return err
+	})
+}
+
+// ArchiveIdle implements domain.Repository.
+func (s *Store) ArchiveIdle(ctx context.Context, before time.Time, limit int, evs func(domain.Conversation) []domain.Event) (int, error) {
+	n := 0
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT `+convColumns+` FROM conversations c WHERE c.state = ? AND c.last_activity < ?
+			ORDER BY c.last_activity LIMIT ?`, int(domain.Active), sqldb.Micros(before), limit)
+		if err != nil {
+			return err
+		}
+		var idle []domain.Conversation
+		for rows.Next() {
+			c, err := scanConv(rows, false)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			idle = append(idle, c)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, c := range idle {
+			res, err := tx.Exec(ctx, `UPDATE conversations SET state = ? WHERE practice = ? AND id = ? AND state = ? AND last_activity < ?`,
+				int(domain.Archived), c.Practice, c.ID, int(domain.Active), sqldb.Micros(before))
+			if err != nil {
+				return err
+			}
+			if k, _ := res.RowsAffected(); k == 0 {
+				continue
+			}
+			c.State = domain.Archived
+			if err := writeEvents(ctx, tx, evs(c)); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// Record implements domain.Repository.
+func (s *Store) Record(ctx context.Context, evs ...domain.Event) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	return s.db.Write(ctx, func(tx *sqldb.Tx) error { return writeEvents(ctx, tx, evs) })
+}

@@ -1,0 +1,48 @@
+package app
+
+import (
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	artifactv1 "github.com/clinicchat/clinicchat/proto/clinicchat/artifact/v1"
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
+)
+
+func ts(t interface{ IsZero() bool }, p *timestamppb.Timestamp) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return p
+}
+
+// ToProto renders a stored message in full (before the viewer rules).
+func ToProto(m domain.Message) *deliveryv1.Message {
+	out := &deliveryv1.Message{
+		Name:        m.Name(),
+		Sender:      m.Sender,
+		SenderRole:  m.SenderRole,
+		Text:        m.Text,
+		Sensitive:   m.Sensitive,
+		Status:      deliveryv1.Message_Status(m.Status),
+		CreateTime:  timestamppb.New(m.CreateTime),
+		DeliverTime: ts(m.DeliverTime, timestamppb.New(m.DeliverTime)),
+		ReadTime:    ts(m.ReadTime, timestamppb.New(m.ReadTime)),
+		RequestId:   m.RequestID,
+		Seq:         m.Seq,
+		ReadBy:      m.ReadBy,
+	}
+	for _, a := range m.Extras.Attachments {
+		out.Attachments = append(out.Attachments, &deliveryv1.Message_AttachmentRef{
+			Attachment: a.Name, Filename: a.Filename, ContentType: a.ContentType, SizeBytes: a.SizeBytes})
+	}
+	if a := m.Extras.Artifact; a != nil {
+		out.Artifact = ArtifactToProto(*a)
+	}
+	return out
+}
+
+// ArtifactToProto renders an artifact card.
+func ArtifactToProto(a domain.Artifact) *artifactv1.Artifact {
+	return &artifactv1.Artifact{Type: artifactv1.Artifact_Type(a.Type), Ref: a.Ref,
+		Preview: &artifactv1.ArtifactPreview{Title: a.Title, Subtitle: a.Subtitle, Date: a.Date, Amount: a.Amount}}
+}

@@ -1,0 +1,165 @@
+// Package domain holds the delivery service's model, rules and ports.
+package domain
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/clinicchat/clinicchat/services/platform/errs"
+)
+
+// Status of a message, as the sender's side sees it. It never goes backwards.
+type Status int
+
+const (
+	Sent      Status = 1
+	Delivered Status = 2
+	Read      Status = 3
+)
+
+// Limits (SPEC.md).
+const (
+	MaxTextRunes    = 10000
+	MaxAttachments  = 10
+	MaxRequestIDLen = 128
+)
+
+// AttachmentRef is an attachment as shown in a message. Filename is PHI.
+type AttachmentRef struct {
+	Name        string `json:"name"`
+	Filename    string `json:"filename"`
+	ContentType string `json:"contentType"`
+	SizeBytes   int64  `json:"sizeBytes"`
+}
+
+// Artifact is an appointment, invoice or prescription card. PHI.
+type Artifact struct {
+	Type     int    `json:"type"`
+	Ref      string `json:"ref"`
+	Title    string `json:"title,omitempty"`
+	Subtitle string `json:"subtitle,omitempty"`
+	Date     string `json:"date,omitempty"`
+	Amount   string `json:"amount,omitempty"`
+}
+
+// Extras is the stored non-text content of a message.
+type Extras struct {
+	Attachments []AttachmentRef `json:"attachments,omitempty"`
+	Artifact    *Artifact       `json:"artifact,omitempty"`
+}
+
+// Message is one message of a conversation.
+type Message struct {
+	Practice       string
+	ConversationID string
+	Seq            int64
+	PatientID      string
+	Sender         string // "users/u" or "patients/p"
+	SenderRole     string
+	FromPatient    bool
+	Text           string // PHI
+	Extras         Extras
+	Sensitive      bool
+	Status         Status
+	CreateTime     time.Time
+	DeliverTime    time.Time
+	ReadTime       time.Time
+	ReadBy         string
+	RequestID      string
+	ContentHash    string
+}
+
+// Name is the resource name.
+func (m Message) Name() string {
+	return "conversations/" + m.ConversationID + "/messages/" + strconv.FormatInt(m.Seq, 10)
+}
+
+// Conversation is the name of the message's thread.
+func (m Message) Conversation() string { return "conversations/" + m.ConversationID }
+
+// ContentHash identifies what a send asked for, to tell a retry from a reuse
+// of its request id for other content.
+func ContentHash(conversationID, text string, sensitive bool, attachments []string, artifactType int, artifactRef string) string {
+	b, _ := json.Marshal([]any{conversationID, text, sensitive, attachments, artifactType, artifactRef})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// ValidateSend checks a send's shape (SPEC.md message rules).
+func ValidateSend(text string, attachments int, hasArtifact bool, requestID string) error {
+	switch {
+	case requestID == "":
+		return errs.InvalidArgument("requestId is required, so a retried send is never stored twice")
+	case len(requestID) > MaxRequestIDLen:
+		return errs.InvalidArgument("requestId may be at most %d characters", MaxRequestIDLen)
+	case !utf8.ValidString(text):
+		return errs.InvalidArgument("Message text is not valid UTF-8")
+	case utf8.RuneCountInString(text) > MaxTextRunes:
+		return errs.InvalidArgument("Message text may be at most %d characters", MaxTextRunes)
+	case attachments > MaxAttachments:
+		return errs.InvalidArgument("A message may have at most %d attachments", MaxAttachments)
+	case text == "" && attachments == 0 && !hasArtifact:
+		return errs.InvalidArgument("Type a message, or attach a file or a record")
+	}
+	return nil
+}
+
+// Event is an outbox entry written in the same transaction as a change.
+type Event struct {
+	ID      string
+	Subject string
+	Msg     proto.Message
+}
+
+// Repository stores messages; every method is scoped by practice.
+type Repository interface {
+	// FindByRequest returns the sender's message with requestID, or ErrNotFound.
+	FindByRequest(ctx context.Context, practice, sender, requestID string) (Message, error)
+	// Send stores m with the conversation's next sequence number unless the
+	// sender already sent requestID: then it returns that message and
+	// created=false (or ErrRequestIDReused if its content differs).
+	Send(ctx context.Context, m Message, evs func(Message) []Event) (Message, bool, error)
+	// Get returns one message or ErrNotFound.
+	Get(ctx context.Context, practice, conversationID string, seq int64) (Message, error)
+	// List returns up to limit messages with seq < before (0: from the newest), newest first.
+	List(ctx context.Context, practice, conversationID string, before int64, limit int) ([]Message, error)
+	// Advance raises messages of the other side of reader up to upTo to status
+	// (Delivered or Read), never lowering one; returns the messages it changed.
+	Advance(ctx context.Context, a Advance, evs func([]Message) []Event) ([]Message, error)
+	// Record writes events that go with no change.
+	Record(ctx context.Context, evs ...Event) error
+}
+
+// Advance is a receipt watermark move.
+type Advance struct {
+	Practice        string
+	ConversationID  string
+	ReaderIsPatient bool // the reader's side; messages of the other side move
+	Reader          string
+	UpTo            int64
+	To              Status
+	At              time.Time
+}
+
+// Errors.
+var (
+	ErrNotFound         = errs.NotFound("Message not found")
+	ErrRequestIDReused  = errs.InvalidArgument("This requestId was already used for a different message; use a new requestId").WithReason(errs.ReasonRequestIDReused)
+	ErrOptedOut         = errs.FailedPrecondition(errs.ReasonChatOptedOut, "Patient has opted out of chat; offer SMS instead")
+	ErrSelfOptedOut     = errs.FailedPrecondition(errs.ReasonChatOptedOut, "You have turned chat off; turn it on in your communication preferences to send messages")
+	ErrNoPortal         = errs.FailedPrecondition(errs.ReasonNoPortalAccount, "This patient has no patient portal account, so chat is not possible; offer SMS instead")
+	ErrBadParent        = errs.InvalidArgument("parent must look like conversations/{conversation}")
+	ErrBadName          = errs.InvalidArgument("Message name must look like conversations/{c}/messages/{m}")
+	ErrStaffOnly        = errs.PermissionDenied("Only practice staff can do this")
+	ErrNotRecipient     = errs.PermissionDenied("Only a recipient can acknowledge delivery")
+	ErrAttachmentOther  = errs.InvalidArgument("An attachment belongs to another conversation; upload it to this one")
+	ErrNoArtifactSource = errs.FailedPrecondition("NO_ARTIFACT_PROVIDER", "No practice system is connected to look up appointments, invoices and prescriptions")
+	ErrBadArtifact      = errs.InvalidArgument("artifact needs a type (APPOINTMENT, INVOICE or PRESCRIPTION) and a ref")
+)
