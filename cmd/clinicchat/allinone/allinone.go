@@ -1,0 +1,303 @@
+package allinone
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/test/bufconn"
+
+	artifactv1 "github.com/clinicchat/clinicchat/proto/clinicchat/artifact/v1"
+	"github.com/clinicchat/clinicchat/gateway"
+	"github.com/clinicchat/clinicchat/services/attachment"
+	"github.com/clinicchat/clinicchat/services/audit"
+	"github.com/clinicchat/clinicchat/services/conversation"
+	"github.com/clinicchat/clinicchat/services/delivery"
+	"github.com/clinicchat/clinicchat/services/demoprovider"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/grpcx"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/preferences"
+)
+
+// service is what every service package offers the composition root.
+type service interface {
+	Register(*grpc.Server)
+	Run(context.Context) error
+	Close() error
+}
+
+// Instance is a running all-in-one.
+type Instance struct {
+	cfg      Config
+	log      *zap.Logger
+	ns       *server.Server
+	nc       *nats.Conn
+	grpcSrv  *grpcx.Server
+	httpSrv  *http.Server
+	internal *grpc.ClientConn
+	services []service
+	cancel   context.CancelFunc
+	runCtx   context.Context
+	// endStreams ends long-lived HTTP responses (SSE) at shutdown.
+	endStreams context.CancelFunc
+	group    *errgroup.Group
+	stopOnce sync.Once
+	stopErr  error
+
+	// HTTPAddr and GRPCAddr are the bound addresses (useful with port 0).
+	HTTPAddr string
+	GRPCAddr string
+	// DevIssuer signs tokens in dev mode (nil otherwise).
+	DevIssuer *auth.DevIssuer
+}
+
+// Start brings everything up and returns once the API is being served.
+func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("configuration:\n%w", err)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	in := &Instance{cfg: cfg, log: log}
+	defer func() {
+		if err != nil {
+			_ = in.Stop()
+		}
+	}()
+
+	verifier, err := in.verifier()
+	if err != nil {
+		return nil, err
+	}
+	in.ns, in.nc, err = natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: cfg.path("nats"), Listen: cfg.NATSListen}, log)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(in.nc)
+	if err != nil {
+		return nil, err
+	}
+	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{}); err != nil {
+		return nil, err
+	}
+
+	// One gRPC server hosts every service; internal calls reach it through
+	// an in-process listener, practice systems through --grpc-addr.
+	in.grpcSrv = grpcx.NewServer(log, verifier)
+	buf := bufconn.Listen(4 << 20)
+	in.internal, err = grpcx.DialListener(buf.DialContext)
+	if err != nil {
+		return nil, err
+	}
+	conn := in.internal
+
+	prefs, err := preferences.New(ctx, preferences.Config{DatabaseDSN: cfg.path("preferences.db")}, preferences.Deps{Log: log.Named("preferences"), JS: js})
+	if err != nil {
+		return nil, fmt.Errorf("preferences: %w", err)
+	}
+	in.services = append(in.services, prefs)
+	conv, err := conversation.New(ctx, conversation.Config{DatabaseDSN: cfg.path("conversation.db"), ArchiveAfter: cfg.ArchiveAfter,
+		ArchiveSweepInterval: cfg.ArchiveSweepInterval}, conversation.Deps{Log: log.Named("conversation"), JS: js, Preferences: conn})
+	if err != nil {
+		return nil, fmt.Errorf("conversation: %w", err)
+	}
+	in.services = append(in.services, conv)
+	del, err := delivery.New(ctx, delivery.Config{DatabaseDSN: cfg.path("delivery.db"), StepUpWindow: cfg.StepUpWindow},
+		delivery.Deps{Log: log.Named("delivery"), JS: js, Conversations: conn, Preferences: conn, Attachments: conn, Artifacts: conn})
+	if err != nil {
+		return nil, fmt.Errorf("delivery: %w", err)
+	}
+	in.services = append(in.services, del)
+	att, err := attachment.New(ctx, attachment.Config{DatabaseDSN: cfg.path("attachment.db"), BlobDir: cfg.path("blobs"), StepUpWindow: cfg.StepUpWindow},
+		attachment.Deps{Log: log.Named("attachment"), JS: js, Conversations: conn, Delivery: conn})
+	if err != nil {
+		return nil, fmt.Errorf("attachment: %w", err)
+	}
+	in.services = append(in.services, att)
+	keyFile := cfg.path("audit-checkpoint.key")
+	if err := audit.EnsureDevSignerKey(keyFile, "clinicchat-audit"); err != nil {
+		return nil, fmt.Errorf("audit key: %w", err)
+	}
+	aud, err := audit.New(ctx, audit.Config{DatabaseDSN: cfg.path("audit.db"), SignerKeyFile: keyFile, CheckpointInterval: time.Minute},
+		audit.Deps{Log: log.Named("audit"), JS: js})
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	in.services = append(in.services, aud)
+	for _, s := range in.services {
+		s.Register(in.grpcSrv.Server)
+	}
+	artifactv1.RegisterArtifactProviderServiceServer(in.grpcSrv.Server, &demoprovider.Provider{})
+
+	gw, err := gateway.New(gateway.Config{DevMode: cfg.Dev, StepUpWindow: cfg.StepUpWindow}, gateway.Deps{
+		Log: log.Named("gateway"), Verifier: verifier, DevIssuer: in.DevIssuer, JS: js,
+		Conversation: conn, Delivery: conn, Preferences: conn, Attachment: conn, Audit: conn,
+		Ready: in.ready,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+
+	grpcLis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--grpc-addr: %w", err)
+	}
+	httpLis, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		_ = grpcLis.Close()
+		return nil, fmt.Errorf("--http-addr: %w", err)
+	}
+	in.GRPCAddr, in.HTTPAddr = grpcLis.Addr().String(), httpLis.Addr().String()
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	in.cancel = cancel
+	g, gctx := errgroup.WithContext(runCtx)
+	in.group, in.runCtx = g, gctx
+	streamCtx, endStreams := context.WithCancel(context.Background())
+	in.endStreams = endStreams
+	g.Go(func() error { return in.grpcSrv.Serve(buf) })
+	g.Go(func() error { return in.grpcSrv.Serve(grpcLis) })
+	for _, s := range in.services {
+		g.Go(func() error { return s.Run(gctx) })
+	}
+	in.httpSrv = &http.Server{
+		Handler:           gw.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return streamCtx },
+	}
+	g.Go(func() error {
+		if err := in.httpSrv.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	in.grpcSrv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+
+	if cfg.Dev {
+		if err := in.seed(ctx); err != nil {
+			return nil, fmt.Errorf("seed demo practice: %w", err)
+		}
+	}
+	log.Info("clinicchat all-in-one ready", zap.String("http_addr", in.HTTPAddr), zap.String("grpc_addr", in.GRPCAddr), zap.Bool("dev", cfg.Dev))
+	return in, nil
+}
+
+func (in *Instance) verifier() (auth.Verifier, error) {
+	if !in.cfg.Dev {
+		return &auth.JWKSVerifier{URL: in.cfg.JWKSURL, Issuer: in.cfg.JWTIssuer, Audience: in.cfg.JWTAudience}, nil
+	}
+	key, err := loadOrCreateKey(in.cfg.path("dev-signing.key"))
+	if err != nil {
+		return nil, err
+	}
+	in.DevIssuer = &auth.DevIssuer{Key: key, Issuer: auth.DevIssuerName, TTL: 12 * time.Hour}
+	return auth.HMACVerifier{Key: key, Issuer: auth.DevIssuerName}, nil
+}
+
+// loadOrCreateKey keeps one random HMAC key per data dir, so dev tokens
+// survive a restart.
+func loadOrCreateKey(path string) ([]byte, error) {
+	key, err := os.ReadFile(path)
+	if err == nil && len(key) >= 32 {
+		return key, nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("dev signing key: %w", err)
+	}
+	key = make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, key, 0o600); err != nil {
+		return nil, fmt.Errorf("dev signing key: %w", err)
+	}
+	return key, nil
+}
+
+// ready reports whether the services answer health checks.
+func (in *Instance) ready(ctx context.Context) error {
+	if in.nc == nil || !in.nc.IsConnected() {
+		return errors.New("nats not connected")
+	}
+	resp, err := healthpb.NewHealthClient(in.internal).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		return errors.New("services not serving")
+	}
+	return nil
+}
+
+// Done is closed when a component fails on its own; the caller should Stop.
+func (in *Instance) Done() <-chan struct{} { return in.runCtx.Done() }
+
+// Stop drains and stops everything: health NOT_SERVING, live streams ended,
+// HTTP and gRPC drained within the drain timeout, then background work,
+// databases and NATS.
+func (in *Instance) Stop() error {
+	in.stopOnce.Do(func() {
+		drain := in.cfg.DrainTimeout
+		if drain <= 0 {
+			drain = 20 * time.Second
+		}
+		var errs []error
+		if in.grpcSrv != nil {
+			in.grpcSrv.Health.Shutdown()
+		}
+		if in.endStreams != nil {
+			in.endStreams()
+		}
+		if in.httpSrv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			if err := in.httpSrv.Shutdown(ctx); err != nil {
+				_ = in.httpSrv.Close()
+			}
+			cancel()
+		}
+		if in.grpcSrv != nil {
+			in.grpcSrv.Shutdown(drain)
+		}
+		if in.cancel != nil {
+			in.cancel()
+		}
+		if in.group != nil {
+			if err := in.group.Wait(); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, grpc.ErrServerStopped) {
+				errs = append(errs, err)
+			}
+		}
+		if in.internal != nil {
+			_ = in.internal.Close()
+		}
+		for _, s := range in.services {
+			if err := s.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if in.nc != nil {
+			_ = in.nc.Drain()
+			in.nc.Close()
+		}
+		if in.ns != nil {
+			in.ns.Shutdown()
+			in.ns.WaitForShutdown()
+		}
+		in.stopErr = errors.Join(errs...)
+	})
+	return in.stopErr
+}

@@ -1,0 +1,82 @@
+// Package allinone runs every clinicchat service, the gateway, an embedded
+// NATS server with JetStream and embedded SQLite files in one process: the
+// developer's and small clinic's deployment. The services talk over real gRPC
+// (an in-process bufconn listener), so authentication, authorization and error
+// mapping run exactly as in production; practice systems reach the same gRPC
+// server on --grpc-addr.
+package allinone
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"path/filepath"
+	"time"
+)
+
+// Config is the all-in-one's configuration.
+type Config struct {
+	HTTPAddr             string
+	GRPCAddr             string
+	DataDir              string
+	Dev                  bool
+	ArchiveAfter         time.Duration
+	ArchiveSweepInterval time.Duration
+	NATSListen           string
+	StepUpWindow         time.Duration
+	DrainTimeout         time.Duration
+	LogLevel             string
+	// JWKS settings for production-style token verification (Dev=false).
+	JWKSURL     string
+	JWTIssuer   string
+	JWTAudience string
+}
+
+// Flags registers the flags (SPEC.md section 4).
+func (c *Config) Flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:8080", "HTTP/JSON API, SSE and web client address")
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", "127.0.0.1:9090", "public gRPC address for practice systems (health and reflection included)")
+	fs.StringVar(&c.DataDir, "data-dir", "./.clinicchat", "where the SQLite files, blobs, NATS store and keys live")
+	fs.BoolVar(&c.Dev, "dev", true, "dev mode: token issuer at POST /v1/dev/tokens and the seeded demo practice")
+	fs.DurationVar(&c.ArchiveAfter, "archive-after", 8760*time.Hour, "archive a conversation with no message for this long")
+	fs.DurationVar(&c.ArchiveSweepInterval, "archive-sweep-interval", time.Hour, "how often to look for idle conversations")
+	fs.StringVar(&c.NATSListen, "nats-listen", "", "also serve the embedded NATS on this address (default: in-process only)")
+	fs.DurationVar(&c.StepUpWindow, "step-up-window", 5*time.Minute, "how recently a patient must have signed in to see a sensitive message")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long in-flight calls may finish on SIGTERM")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.JWKSURL, "jwks-url", "", "without --dev: the issuer's JWKS URL")
+	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "without --dev: the required iss claim")
+	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "without --dev: the required aud claim")
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var problems []error
+	if c.HTTPAddr == "" {
+		problems = append(problems, errors.New("--http-addr is required"))
+	}
+	if c.GRPCAddr == "" {
+		problems = append(problems, errors.New("--grpc-addr is required"))
+	}
+	if c.DataDir == "" {
+		problems = append(problems, errors.New("--data-dir is required"))
+	}
+	if c.ArchiveAfter <= 0 || c.ArchiveSweepInterval <= 0 {
+		problems = append(problems, errors.New("--archive-after and --archive-sweep-interval must be positive"))
+	}
+	if c.StepUpWindow <= 0 {
+		problems = append(problems, errors.New("--step-up-window must be positive"))
+	}
+	if !c.Dev && (c.JWKSURL == "" || c.JWTIssuer == "") {
+		problems = append(problems, errors.New("without --dev, --jwks-url and --jwt-issuer are required"))
+	}
+	return errors.Join(problems...)
+}
+
+func (c *Config) path(name string) string { return filepath.Join(c.DataDir, name) }
+
+// String is the configuration without secrets, for the start-up log.
+func (c *Config) String() string {
+	return fmt.Sprintf("http=%s grpc=%s data_dir=%s dev=%t archive_after=%s sweep=%s nats_listen=%q",
+		c.HTTPAddr, c.GRPCAddr, c.DataDir, c.Dev, c.ArchiveAfter, c.ArchiveSweepInterval, c.NATSListen)
+}

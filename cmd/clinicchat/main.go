@@ -1,0 +1,55 @@
+// Command clinicchat runs the whole product in one process: every service,
+// the gateway on --http-addr, the public gRPC API on --grpc-addr, an embedded
+// NATS server with JetStream and embedded SQLite files in --data-dir, with a
+// seeded demo practice in dev mode (the default).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"go.uber.org/zap"
+
+	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
+	"github.com/clinicchat/clinicchat/services/platform/svcmain"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "clinicchat:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var cfg allinone.Config
+	fs := flag.NewFlagSet("clinicchat", flag.ContinueOnError)
+	cfg.Flags(fs)
+	if err := svcmain.Parse(fs, os.Args[1:]); err != nil {
+		return err
+	}
+	log, err := svcmain.NewLogger(cfg.LogLevel, "clinicchat")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	log.Info("starting", zap.Stringer("config", &cfg))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	in, err := allinone.Start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case <-in.Done():
+		log.Error("a component stopped; shutting down")
+	}
+	return in.Stop()
+}

@@ -1,0 +1,89 @@
+package sqldb_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+	"github.com/clinicchat/clinicchat/services/platform/testkit"
+)
+
+func TestWriteGroupCommitKeepsEachWriteAtomic(t *testing.T) {
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			db := testkit.OpenDB(t, b)
+			_, err := db.Exec(ctx, `CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)`)
+			require.NoError(t, err)
+
+			commits := make(chan struct{}, 1000)
+			db.OnCommit(func() {
+				select {
+				case commits <- struct{}{}:
+				default:
+				}
+			})
+			errBoom := errors.New("boom")
+			var wg sync.WaitGroup
+			results := make([]error, 200)
+			for i := range 200 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					results[i] = db.Write(ctx, func(tx *sqldb.Tx) error {
+						if _, err := tx.Exec(ctx, `INSERT INTO kv (k, v) VALUES (?, ?)`, fmt.Sprintf("k%d", i), i); err != nil {
+							return err
+						}
+						if i%10 == 0 {
+							return errBoom // this write must leave nothing behind
+						}
+						return nil
+					})
+				}()
+			}
+			wg.Wait()
+			for i, err := range results {
+				if i%10 == 0 {
+					require.ErrorIs(t, err, errBoom)
+				} else {
+					require.NoError(t, err)
+				}
+			}
+			var n int
+			require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM kv`).Scan(&n))
+			require.Equal(t, 180, n)
+			require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM kv WHERE v % 10 = 0`).Scan(&n))
+			require.Zero(t, n)
+			require.NotEmpty(t, commits, "OnCommit hooks run")
+		})
+	}
+}
+
+func TestRebindSkipsQuotedQuestionMarks(t *testing.T) {
+	b := testkit.Backends()[1]
+	db := testkit.OpenDB(t, b)
+	require.Equal(t, `SELECT '?' , $1, $2`, db.Rebind(`SELECT '?' , ?, ?`))
+}
+
+func TestMigrateIsIdempotent(t *testing.T) {
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			db := testkit.OpenDB(t, b)
+			fsys := testFS{"m/" + db.Dialect().String() + "/0001_a.sql": "CREATE TABLE a (x BIGINT); CREATE TABLE b (y BIGINT)",
+				"m/" + db.Dialect().String() + "/0002_b.sql": "ALTER TABLE a ADD COLUMN z BIGINT"}
+			require.NoError(t, sqldb.Migrate(ctx, db, fsys.FS(), "m"))
+			require.NoError(t, sqldb.Migrate(ctx, db, fsys.FS(), "m"))
+			var n int
+			require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM schema_migrations`).Scan(&n))
+			require.Equal(t, 2, n)
+			_, err := db.Exec(ctx, `INSERT INTO a (x, z) VALUES (1, 2)`)
+			require.NoError(t, err)
+		})
+	}
+}
