@@ -20,8 +20,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/test/bufconn"
 
-	artifactv1 "github.com/clinicchat/clinicchat/proto/clinicchat/artifact/v1"
 	"github.com/clinicchat/clinicchat/gateway"
+	artifactv1 "github.com/clinicchat/clinicchat/proto/clinicchat/artifact/v1"
 	"github.com/clinicchat/clinicchat/services/attachment"
 	"github.com/clinicchat/clinicchat/services/audit"
 	"github.com/clinicchat/clinicchat/services/conversation"
@@ -54,9 +54,9 @@ type Instance struct {
 	runCtx   context.Context
 	// endStreams ends long-lived HTTP responses (SSE) at shutdown.
 	endStreams context.CancelFunc
-	group    *errgroup.Group
-	stopOnce sync.Once
-	stopErr  error
+	group      *errgroup.Group
+	stopOnce   sync.Once
+	stopErr    error
 
 	// HTTPAddr and GRPCAddr are the bound addresses (useful with port 0).
 	HTTPAddr string
