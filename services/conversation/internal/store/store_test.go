@@ -1,0 +1,191 @@
+package store_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
+	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
+	"github.com/clinicchat/clinicchat/services/conversation/internal/store"
+	"github.com/clinicchat/clinicchat/services/platform/ids"
+	"github.com/clinicchat/clinicchat/services/platform/testkit"
+)
+
+func newStore(t *testing.T, b testkit.Backend) *store.Store {
+	t.Helper()
+	s, err := store.New(context.Background(), testkit.OpenDB(t, b))
+	require.NoError(t, err)
+	return s
+}
+
+func event() domain.Event {
+	id := ids.New()
+	return domain.Event{ID: id, Subject: "clinicchat.conversation.test", Msg: &typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id}}}
+}
+
+func none(domain.Conversation) []domain.Event { return nil }
+
+var (
+	staff   = domain.Viewer{Principal: "users/u1"}
+	staff2  = domain.Viewer{Principal: "users/u2"}
+	patient = domain.Viewer{Principal: "patients/pa", IsPatient: true}
+)
+
+func create(t *testing.T, s *store.Store, patientID, name string, at time.Time) domain.Conversation {
+	t.Helper()
+	c, _, err := s.Create(context.Background(), domain.Conversation{Practice: "p1", ID: ids.New(), PatientID: patientID,
+		PatientDisplayName: name, State: domain.Active, CreateTime: at}, func(domain.Conversation) []domain.Event { return []domain.Event{event()} })
+	require.NoError(t, err)
+	return c
+}
+
+func apply(t *testing.T, s *store.Store, c domain.Conversation, seq int64, fromPatient bool, at time.Time) bool {
+	t.Helper()
+	sender := "users/u1"
+	if fromPatient {
+		sender = "patients/" + c.PatientID
+	}
+	applied, err := s.ApplyMessage(context.Background(), domain.MessageApplied{Practice: "p1", ConversationID: c.ID, Seq: seq,
+		FromPatient: fromPatient, Sender: sender, Time: at, Preview: "msg"}, func(domain.Conversation, []string) []domain.Event { return nil })
+	require.NoError(t, err)
+	return applied
+}
+
+func TestRepositoryContract(t *testing.T) {
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			t0 := time.Date(2026, 1, 1, 9, 0, 0, 0, time.UTC)
+
+			t.Run("find or start: one thread per patient", func(t *testing.T) {
+				s := newStore(t, b)
+				a := create(t, s, "pa", "Alice", t0)
+				again, created, err := s.Create(ctx, domain.Conversation{Practice: "p1", ID: ids.New(), PatientID: "pa",
+					PatientDisplayName: "Alice", State: domain.Active, CreateTime: t0}, none)
+				require.NoError(t, err)
+				require.False(t, created)
+				require.Equal(t, a.ID, again.ID)
+				other, created, err := s.Create(ctx, domain.Conversation{Practice: "p2", ID: ids.New(), PatientID: "pa",
+					PatientDisplayName: "Alice", State: domain.Active, CreateTime: t0}, none)
+				require.NoError(t, err)
+				require.True(t, created, "another practice's patient is another thread")
+				require.NotEqual(t, a.ID, other.ID)
+				_, err = s.Get(ctx, "p2", a.ID, staff)
+				require.ErrorIs(t, err, domain.ErrNotFound)
+			})
+
+			t.Run("pinned first, then newest message first, with keyset pages", func(t *testing.T) {
+				s := newStore(t, b)
+				a := create(t, s, "pa", "Alice Johnson", t0)
+				bb := create(t, s, "pb", "Bob Stone", t0.Add(time.Minute))
+				c := create(t, s, "pc", "Carol Davis", t0.Add(2*time.Minute))
+				apply(t, s, a, 1, true, t0.Add(time.Hour))
+				tr := true
+				_, err := s.SetFlags(ctx, "p1", c.ID, staff, domain.UserFlags{Pinned: &tr}, none)
+				require.NoError(t, err)
+
+				list, next, err := s.List(ctx, domain.ListQuery{Practice: "p1", Viewer: staff, Limit: 2})
+				require.NoError(t, err)
+				require.Equal(t, []string{c.ID, a.ID}, idsOf(list))
+				require.True(t, list[0].Pinned)
+				require.Equal(t, 1, list[1].UnreadCount)
+				require.NotNil(t, next)
+				list, next, err = s.List(ctx, domain.ListQuery{Practice: "p1", Viewer: staff, Limit: 2, After: next})
+				require.NoError(t, err)
+				require.Equal(t, []string{bb.ID}, idsOf(list))
+				require.Nil(t, next)
+
+				// Pins are per user.
+				list, _, err = s.List(ctx, domain.ListQuery{Practice: "p1", Viewer: staff2, Limit: 10})
+				require.NoError(t, err)
+				require.Equal(t, []string{a.ID, c.ID, bb.ID}, idsOf(list))
+
+				// Name filter: word prefixes.
+				list, _, err = s.List(ctx, domain.ListQuery{Practice: "p1", Viewer: staff, Limit: 10, Words: []string{"car", "dav"}})
+				require.NoError(t, err)
+				require.Equal(t, []string{c.ID}, idsOf(list))
+
+				// A patient sees only their own thread.
+				list, _, err = s.List(ctx, domain.ListQuery{Practice: "p1", PatientID: "pa", Viewer: patient, Limit: 10})
+				require.NoError(t, err)
+				require.Equal(t, []string{a.ID}, idsOf(list))
+			})
+
+			t.Run("read watermark: per user, capped, never lowered; unread counts the other side", func(t *testing.T) {
+				s := newStore(t, b)
+				a := create(t, s, "pa", "Alice", t0)
+				require.True(t, apply(t, s, a, 1, false, t0.Add(time.Minute)))
+				require.True(t, apply(t, s, a, 2, true, t0.Add(2*time.Minute)))
+				require.True(t, apply(t, s, a, 3, true, t0.Add(3*time.Minute)))
+				require.False(t, apply(t, s, a, 3, true, t0.Add(3*time.Minute)), "replay")
+
+				c, err := s.Get(ctx, "p1", a.ID, staff)
+				require.NoError(t, err)
+				require.Equal(t, 2, c.UnreadCount)
+				require.EqualValues(t, 3, c.LastMessageSeq)
+				p, err := s.Get(ctx, "p1", a.ID, patient)
+				require.NoError(t, err)
+				require.Equal(t, 1, p.UnreadCount)
+
+				var advanced []bool
+				rec := func(_ domain.Conversation, adv bool) []domain.Event { advanced = append(advanced, adv); return nil }
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff, 99, rec)
+				require.NoError(t, err)
+				require.EqualValues(t, 3, c.ReadSeq, "capped at the newest message")
+				require.Zero(t, c.UnreadCount)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff, 1, rec)
+				require.NoError(t, err)
+				require.EqualValues(t, 3, c.ReadSeq, "never lowered")
+				require.Equal(t, []bool{true, false}, advanced)
+				c, err = s.Get(ctx, "p1", a.ID, staff2)
+				require.NoError(t, err)
+				require.Equal(t, 2, c.UnreadCount, "another staff user's count is their own")
+			})
+
+			t.Run("archive idle threads; a new message reactivates", func(t *testing.T) {
+				s := newStore(t, b)
+				old := create(t, s, "pa", "Alice", t0)
+				fresh := create(t, s, "pb", "Bob", t0.Add(400*24*time.Hour))
+				n, err := s.ArchiveIdle(ctx, t0.Add(365*24*time.Hour), 10, func(domain.Conversation) []domain.Event { return []domain.Event{event()} })
+				require.NoError(t, err)
+				require.Equal(t, 1, n)
+				list, _, err := s.List(ctx, domain.ListQuery{Practice: "p1", Viewer: staff, Limit: 10})
+				require.NoError(t, err)
+				require.Equal(t, []string{fresh.ID}, idsOf(list))
+				list, _, err = s.List(ctx, domain.ListQuery{Practice: "p1", Viewer: staff, Limit: 10, Archived: true})
+				require.NoError(t, err)
+				require.Equal(t, []string{old.ID}, idsOf(list))
+				apply(t, s, old, 1, true, t0.Add(500*24*time.Hour))
+				c, err := s.Get(ctx, "p1", old.ID, staff)
+				require.NoError(t, err)
+				require.Equal(t, domain.Active, c.State)
+			})
+
+			t.Run("notification recipients: the patient, or unmuted staff participants", func(t *testing.T) {
+				s := newStore(t, b)
+				a := create(t, s, "pa", "Alice", t0)
+				var got [][]string
+				capture := func(_ domain.Conversation, r []string) []domain.Event { got = append(got, r); return nil }
+				_, err := s.ApplyMessage(ctx, domain.MessageApplied{Practice: "p1", ConversationID: a.ID, Seq: 1, Sender: "users/u1", Time: t0}, capture)
+				require.NoError(t, err)
+				tr := true
+				_, err = s.SetFlags(ctx, "p1", a.ID, staff2, domain.UserFlags{Muted: &tr}, none)
+				require.NoError(t, err)
+				_, err = s.ApplyMessage(ctx, domain.MessageApplied{Practice: "p1", ConversationID: a.ID, Seq: 2, FromPatient: true, Sender: "patients/pa", Time: t0}, capture)
+				require.NoError(t, err)
+				require.Equal(t, [][]string{{"patients/pa"}, {"users/u1"}}, got, "u2 muted the thread")
+			})
+		})
+	}
+}
+
+func idsOf(cs []domain.Conversation) []string {
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.ID
+	}
+	return out
+}

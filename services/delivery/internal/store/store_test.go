@@ -1,0 +1,154 @@
+package store_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
+	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
+	"github.com/clinicchat/clinicchat/services/delivery/internal/store"
+	"github.com/clinicchat/clinicchat/services/platform/ids"
+	"github.com/clinicchat/clinicchat/services/platform/testkit"
+)
+
+func newStore(t *testing.T, b testkit.Backend) (*store.Store, func() int) {
+	t.Helper()
+	db := testkit.OpenDB(t, b)
+	s, err := store.New(context.Background(), db)
+	require.NoError(t, err)
+	outboxRows := func() int {
+		var n int
+		require.NoError(t, db.QueryRow(context.Background(), `SELECT COUNT(*) FROM outbox`).Scan(&n))
+		return n
+	}
+	return s, outboxRows
+}
+
+func msg(conv, sender, requestID, text string) domain.Message {
+	fromPatient := sender[:8] == "patients"
+	role := "dentist"
+	if fromPatient {
+		role = "patient"
+	}
+	return domain.Message{Practice: "p1", ConversationID: conv, PatientID: "pat", Sender: sender, SenderRole: role,
+		FromPatient: fromPatient, Text: text, Status: domain.Sent, CreateTime: time.Now().UTC().Truncate(time.Microsecond),
+		RequestID: requestID, ContentHash: domain.ContentHash(conv, text, false, nil, 0, "")}
+}
+
+func oneEvent(m domain.Message) []domain.Event {
+	id := ids.New()
+	return []domain.Event{{ID: id, Subject: "clinicchat.delivery.message.created", Msg: &typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id}}}}
+}
+
+// The repository contract, run against every backend.
+func TestRepositoryContract(t *testing.T) {
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Run("sequence numbers and newest-first listing", func(t *testing.T) {
+				s, outboxRows := newStore(t, b)
+				ctx := context.Background()
+				for i, text := range []string{"one", "two", "three"} {
+					m, created, err := s.Send(ctx, msg("c1", "users/u1", ids.New(), text), oneEvent)
+					require.NoError(t, err)
+					require.True(t, created)
+					require.EqualValues(t, i+1, m.Seq)
+				}
+				other, _, err := s.Send(ctx, msg("c2", "users/u1", ids.New(), "other thread"), oneEvent)
+				require.NoError(t, err)
+				require.EqualValues(t, 1, other.Seq, "each conversation counts on its own")
+				list, err := s.List(ctx, "p1", "c1", 0, 2)
+				require.NoError(t, err)
+				require.Len(t, list, 2)
+				require.Equal(t, "three", list[0].Text)
+				require.Equal(t, "two", list[1].Text)
+				list, err = s.List(ctx, "p1", "c1", 2, 10)
+				require.NoError(t, err)
+				require.Len(t, list, 1)
+				require.Equal(t, "one", list[0].Text)
+				require.Equal(t, 4, outboxRows(), "one event per message, in the same transaction")
+				_, err = s.Get(ctx, "other-practice", "c1", 1)
+				require.ErrorIs(t, err, domain.ErrNotFound, "tenancy")
+			})
+			t.Run("a repeated request returns the first message; other content is refused", func(t *testing.T) {
+				s, outboxRows := newStore(t, b)
+				ctx := context.Background()
+				first, created, err := s.Send(ctx, msg("c1", "users/u1", "req-1", "hello"), oneEvent)
+				require.NoError(t, err)
+				require.True(t, created)
+				again, created, err := s.Send(ctx, msg("c1", "users/u1", "req-1", "hello"), oneEvent)
+				require.NoError(t, err)
+				require.False(t, created)
+				require.Equal(t, first.Seq, again.Seq)
+				_, _, err = s.Send(ctx, msg("c1", "users/u1", "req-1", "changed"), oneEvent)
+				require.ErrorIs(t, err, domain.ErrRequestIDReused)
+				_, created, err = s.Send(ctx, msg("c1", "users/u2", "req-1", "hello"), oneEvent)
+				require.NoError(t, err)
+				require.True(t, created, "request ids are per sender")
+				next, _, err := s.Send(ctx, msg("c1", "users/u1", "req-2", "next"), oneEvent)
+				require.NoError(t, err)
+				require.EqualValues(t, 3, next.Seq, "a refused repeat leaves no gap")
+				require.Equal(t, 3, outboxRows())
+			})
+			t.Run("concurrent repeats store exactly one message", func(t *testing.T) {
+				s, outboxRows := newStore(t, b)
+				ctx := context.Background()
+				var wg sync.WaitGroup
+				seqs := make([]int64, 20)
+				errsOut := make([]error, 20)
+				for i := range 20 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						m, _, err := s.Send(ctx, msg("c1", "users/u1", "same", "hi"), oneEvent)
+						seqs[i], errsOut[i] = m.Seq, err
+					}()
+				}
+				wg.Wait()
+				for i := range 20 {
+					require.NoError(t, errsOut[i])
+					require.EqualValues(t, 1, seqs[i])
+				}
+				list, err := s.List(ctx, "p1", "c1", 0, 100)
+				require.NoError(t, err)
+				require.Len(t, list, 1)
+				require.Equal(t, 1, outboxRows())
+			})
+			t.Run("receipts only rise and replays change nothing", func(t *testing.T) {
+				s, _ := newStore(t, b)
+				ctx := context.Background()
+				for _, sender := range []string{"users/u1", "users/u1", "patients/pat", "users/u1"} {
+					_, _, err := s.Send(ctx, msg("c1", sender, ids.New(), "x"), oneEvent)
+					require.NoError(t, err)
+				}
+				events := 0
+				count := func(ms []domain.Message) []domain.Event { events += len(ms); return nil }
+				at := time.Now().UTC()
+				read := domain.Advance{Practice: "p1", ConversationID: "c1", ReaderIsPatient: true, Reader: "patients/pat", UpTo: 2, To: domain.Read, At: at}
+				changed, err := s.Advance(ctx, read, count)
+				require.NoError(t, err)
+				require.Len(t, changed, 2, "staff messages 1 and 2")
+				// A late, lower DELIVERED receipt must not lower READ.
+				changed, err = s.Advance(ctx, domain.Advance{Practice: "p1", ConversationID: "c1", ReaderIsPatient: true, UpTo: 4, To: domain.Delivered, At: at}, count)
+				require.NoError(t, err)
+				require.Len(t, changed, 1, "only message 4 moves to delivered")
+				require.EqualValues(t, 4, changed[0].Seq)
+				changed, err = s.Advance(ctx, read, count) // replay
+				require.NoError(t, err)
+				require.Empty(t, changed)
+				m1, err := s.Get(ctx, "p1", "c1", 1)
+				require.NoError(t, err)
+				require.Equal(t, domain.Read, m1.Status)
+				require.Equal(t, "patients/pat", m1.ReadBy)
+				require.False(t, m1.DeliverTime.IsZero(), "read implies delivered")
+				m3, err := s.Get(ctx, "p1", "c1", 3)
+				require.NoError(t, err)
+				require.Equal(t, domain.Sent, m3.Status, "the patient's own message is not moved by the patient")
+				require.Equal(t, 3, events)
+			})
+		})
+	}
+}
