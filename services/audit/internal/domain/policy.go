@@ -1,0 +1,57 @@
+package domain
+
+import "github.com/clinicchat/clinicchat/services/platform/natsx"
+
+// This file is the one place that says which published events are audit
+// actions. The rule: every event on every clinicchat stream is an action and
+// becomes exactly one audit record, except
+//
+//   - events on the subjects in NonActionSubjects, which are requests to do
+//     something rather than something done; and
+//   - events whose actor is the product itself (meta.actor == "system") and
+//     whose action is in SystemEchoActions: receipts and state echoes that
+//     follow from a person's action that is already in the log.
+//
+// Anything with a person (or another practice system) as actor is logged,
+// whatever its action, and so is every other action of the product itself
+// (the archive sweeper's "conversation.archive", for one). A publisher that
+// adds a new event is audited by default; only adding it here removes it.
+
+// SystemActor is meta.actor for actions of the product itself.
+const SystemActor = "system"
+
+// NonActionSubjects are NATS subjects whose events are not audited at all,
+// with the reason.
+var NonActionSubjects = map[string]string{
+	// A request to an external notifier to tell a recipient about a new
+	// message; the send that caused it is logged as "message.send".
+	natsx.SubjectNotification: "notification request, not an action",
+}
+
+// SystemEchoActions are actions that are not audited when the actor is
+// SystemActor, with the reason. Keep this list small and explicit.
+var SystemEchoActions = map[string]string{
+	// The delivery service moving a message's receipt status (SENT →
+	// DELIVERED → READ) after a recipient fetched it, received it on a live
+	// stream or marked the thread read; the person's read is logged as
+	// "conversation.read" (markRead) and fetches as views.
+	"message.status": "receipt status echo",
+	// The conversation service updating a thread's last-message time,
+	// preview and unread counts after a message; the send is logged as
+	// "message.send".
+	"conversation.activity": "thread activity echo",
+}
+
+// Audited reports whether an event on subject with entry's metadata becomes an
+// audit record, and when not, why (a fixed phrase, no PHI).
+func Audited(subject string, e Entry) (bool, string) {
+	if why, ok := NonActionSubjects[subject]; ok {
+		return false, why
+	}
+	if e.Actor == SystemActor {
+		if why, ok := SystemEchoActions[e.Action]; ok {
+			return false, why
+		}
+	}
+	return true, ""
+}

@@ -1,0 +1,376 @@
+// Package store keeps the audit logs in SQLite or PostgreSQL (one SQL text,
+// rebound per dialect by sqldb): records, the tlog stored hashes of each
+// practice's Merkle tree, and signed checkpoints. The migrations install
+// triggers that refuse every UPDATE and DELETE of those tables.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/clinicchat/clinicchat/services/audit/internal/domain"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+)
+
+//go:embed migrations
+var migrations embed.FS
+
+// appendLockClass is the first key of the PostgreSQL advisory lock that
+// serializes appends to one practice's log across replicas (the second key is
+// a hash of the practice id).
+const appendLockClass = 7342002
+
+// Store implements domain.Repository.
+type Store struct {
+	db *sqldb.DB
+}
+
+var _ domain.Repository = (*Store)(nil)
+
+// New migrates db and returns the store.
+func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
+	if err := sqldb.Migrate(ctx, db, migrations, "migrations"); err != nil {
+		return nil, err
+	}
+	return &Store{db: db}, nil
+}
+
+const recordCols = `practice, idx, event_id, time_us, actor, actor_role, action, resource, outcome, detail, leaf_hash`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanRecord(s scanner) (domain.Record, error) {
+	var r domain.Record
+	var us int64
+	var outcome string
+	var hash []byte
+	if err := s.Scan(&r.Practice, &r.Index, &r.EventID, &us, &r.Actor, &r.ActorRole, &r.Action,
+		&r.Resource, &outcome, &r.Detail, &hash); err != nil {
+		return domain.Record{}, err
+	}
+	r.Time = time.UnixMicro(us).UTC() // not sqldb.FromMicros: 0 must stay the epoch, as hashed
+	r.Outcome = domain.Outcome(outcome)
+	copy(r.Hash[:], hash) // a wrong length leaves a hash that cannot match
+	return r, nil
+}
+
+// Append implements domain.Repository.
+func (s *Store) Append(ctx context.Context, e domain.Entry) (domain.Record, bool, error) {
+	e = e.Normalize()
+	var rec domain.Record
+	var added bool
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		added = false
+		if tx.Dialect() == sqldb.Postgres {
+			// Appends to one practice are serialized: each takes the next index.
+			if _, err := tx.Exec(ctx, fmt.Sprintf(`SELECT pg_advisory_xact_lock(%d, hashtext(?))`, appendLockClass), e.Practice); err != nil {
+				return fmt.Errorf("lock practice log: %w", err)
+			}
+		}
+		existing, err := scanRecord(tx.QueryRow(ctx, `SELECT `+recordCols+` FROM audit_events WHERE event_id = ?`, e.EventID))
+		switch {
+		case err == nil:
+			rec = existing
+			return nil
+		case !errors.Is(err, sql.ErrNoRows):
+			return fmt.Errorf("look up event: %w", err)
+		}
+		var last sql.NullInt64
+		if err := tx.QueryRow(ctx, `SELECT MAX(idx) FROM audit_events WHERE practice = ?`, e.Practice).Scan(&last); err != nil {
+			return fmt.Errorf("log size: %w", err)
+		}
+		n := int64(0)
+		if last.Valid {
+			n = last.Int64 + 1
+		}
+		rec = domain.Record{Entry: e, Index: n}
+		rec.Hash = rec.LeafHash()
+		hashes, err := tlog.StoredHashesForRecordHash(n, rec.Hash, &hashReader{ctx: ctx, q: tx, practice: e.Practice})
+		if err != nil {
+			return fmt.Errorf("tree hashes: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO audit_events (`+recordCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			e.Practice, n, e.EventID, e.Time.UnixMicro(), e.Actor, e.ActorRole, e.Action, e.Resource,
+			string(e.Outcome), e.Detail, rec.Hash[:]); err != nil {
+			return fmt.Errorf("insert record: %w", err)
+		}
+		base := tlog.StoredHashIndex(0, n)
+		args := make([]any, 0, 3*len(hashes))
+		for i, h := range hashes {
+			args = append(args, e.Practice, base+int64(i), h[:])
+		}
+		q := `INSERT INTO audit_hashes (practice, hidx, hash) VALUES (?, ?, ?)` + strings.Repeat(`, (?, ?, ?)`, len(hashes)-1)
+		if _, err := tx.Exec(ctx, q, args...); err != nil {
+			return fmt.Errorf("insert tree hashes: %w", err)
+		}
+		added = true
+		return nil
+	})
+	if err != nil {
+		return domain.Record{}, false, err
+	}
+	return rec, added, nil
+}
+
+// Size implements domain.Repository.
+func (s *Store) Size(ctx context.Context, practice string) (int64, error) {
+	var last sql.NullInt64
+	if err := s.db.QueryRow(ctx, `SELECT MAX(idx) FROM audit_events WHERE practice = ?`, practice).Scan(&last); err != nil {
+		return 0, fmt.Errorf("log size: %w", err)
+	}
+	if !last.Valid {
+		return 0, nil
+	}
+	return last.Int64 + 1, nil
+}
+
+// Sizes implements domain.Repository.
+func (s *Store) Sizes(ctx context.Context) (map[string]int64, error) {
+	rows, err := s.db.Query(ctx, `SELECT practice, MAX(idx) FROM audit_events GROUP BY practice`)
+	if err != nil {
+		return nil, fmt.Errorf("log sizes: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int64{}
+	for rows.Next() {
+		var p string
+		var last int64
+		if err := rows.Scan(&p, &last); err != nil {
+			return nil, err
+		}
+		out[p] = last + 1
+	}
+	return out, rows.Err()
+}
+
+// List implements domain.Repository.
+func (s *Store) List(ctx context.Context, q domain.ListQuery) ([]domain.Record, error) {
+	where := []string{`practice = ?`}
+	args := []any{q.Practice}
+	for _, c := range q.Filter.Conds {
+		switch c.Field {
+		case domain.FieldActor:
+			where, args = append(where, `actor = ?`), append(args, c.Value)
+		case domain.FieldAction:
+			where, args = append(where, `action = ?`), append(args, c.Value)
+		case domain.FieldOutcome:
+			where, args = append(where, `outcome = ?`), append(args, c.Value)
+		case domain.FieldResource:
+			// The resource itself and everything under it. substr counts
+			// characters in both dialects and, unlike LIKE, is case-sensitive
+			// in both and needs no escaping.
+			prefix := c.Value + "/"
+			where = append(where, `(resource = ? OR substr(resource, 1, ?) = ?)`)
+			args = append(args, c.Value, utf8.RuneCountInString(prefix), prefix)
+		case domain.FieldTime:
+			op := map[domain.Op]string{domain.OpGE: ">=", domain.OpGT: ">", domain.OpLE: "<=", domain.OpLT: "<"}[c.Op]
+			if op == "" {
+				return nil, fmt.Errorf("time filter: operator %q", c.Op)
+			}
+			where, args = append(where, `time_us `+op+` ?`), append(args, c.Time.UnixMicro())
+		default:
+			return nil, fmt.Errorf("filter field %q", c.Field)
+		}
+	}
+	order, cmp := `DESC`, `<`
+	if q.Ascending {
+		order, cmp = `ASC`, `>`
+	}
+	if q.After != nil {
+		where = append(where, `(time_us `+cmp+` ? OR (time_us = ? AND idx `+cmp+` ?))`)
+		args = append(args, q.After.TimeMicros, q.After.TimeMicros, q.After.Index)
+	}
+	limit := q.Limit
+	if limit <= 0 {
+		limit = 50
+	}
+	args = append(args, limit)
+	rows, err := s.db.Query(ctx, `SELECT `+recordCols+` FROM audit_events WHERE `+strings.Join(where, ` AND `)+
+		` ORDER BY time_us `+order+`, idx `+order+` LIMIT ?`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list records: %w", err)
+	}
+	return collect(rows)
+}
+
+func collect(rows *sql.Rows) ([]domain.Record, error) {
+	defer rows.Close()
+	var out []domain.Record
+	for rows.Next() {
+		r, err := scanRecord(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// Range implements domain.Repository.
+func (s *Store) Range(ctx context.Context, practice string, from, to int64) ([]domain.Record, error) {
+	rows, err := s.db.Query(ctx, `SELECT `+recordCols+` FROM audit_events WHERE practice = ? AND idx >= ? AND idx < ? ORDER BY idx`,
+		practice, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("read records: %w", err)
+	}
+	return collect(rows)
+}
+
+// StoredHashes implements domain.Repository.
+func (s *Store) StoredHashes(ctx context.Context, practice string, from, to int64) ([]domain.StoredHash, error) {
+	rows, err := s.db.Query(ctx, `SELECT hidx, hash FROM audit_hashes WHERE practice = ? AND hidx >= ? AND hidx < ? ORDER BY hidx`,
+		practice, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("read tree hashes: %w", err)
+	}
+	defer rows.Close()
+	var out []domain.StoredHash
+	for rows.Next() {
+		var sh domain.StoredHash
+		var h []byte
+		if err := rows.Scan(&sh.Index, &h); err != nil {
+			return nil, err
+		}
+		copy(sh.Hash[:], h)
+		out = append(out, sh)
+	}
+	return out, rows.Err()
+}
+
+// StoredHashCount implements domain.Repository.
+func (s *Store) StoredHashCount(ctx context.Context, practice string) (int64, error) {
+	var last sql.NullInt64
+	if err := s.db.QueryRow(ctx, `SELECT MAX(hidx) FROM audit_hashes WHERE practice = ?`, practice).Scan(&last); err != nil {
+		return 0, fmt.Errorf("tree hash count: %w", err)
+	}
+	if !last.Valid {
+		return 0, nil
+	}
+	return last.Int64 + 1, nil
+}
+
+// HashReader implements domain.Repository.
+func (s *Store) HashReader(ctx context.Context, practice string) tlog.HashReader {
+	return &hashReader{ctx: ctx, q: s.db, practice: practice}
+}
+
+// hashReader reads stored hashes through a DB or a Tx.
+type hashReader struct {
+	ctx      context.Context
+	q        sqldb.Querier
+	practice string
+}
+
+// ErrMissingHash means a stored hash that the tree needs is not in storage.
+var ErrMissingHash = errors.New("stored tree hash missing")
+
+func (r *hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	if len(indexes) == 0 {
+		return nil, nil
+	}
+	args := make([]any, 0, len(indexes)+1)
+	args = append(args, r.practice)
+	for _, x := range indexes {
+		args = append(args, x)
+	}
+	rows, err := r.q.Query(r.ctx, `SELECT hidx, hash FROM audit_hashes WHERE practice = ? AND hidx IN (?`+
+		strings.Repeat(`, ?`, len(indexes)-1)+`)`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read tree hashes: %w", err)
+	}
+	defer rows.Close()
+	got := make(map[int64]tlog.Hash, len(indexes))
+	for rows.Next() {
+		var x int64
+		var h []byte
+		if err := rows.Scan(&x, &h); err != nil {
+			return nil, err
+		}
+		var hh tlog.Hash
+		copy(hh[:], h)
+		got[x] = hh
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]tlog.Hash, len(indexes))
+	for i, x := range indexes {
+		h, ok := got[x]
+		if !ok {
+			return nil, fmt.Errorf("%w: index %d", ErrMissingHash, x)
+		}
+		out[i] = h
+	}
+	return out, nil
+}
+
+const checkpointCols = `practice, tree_size, root_hash, note, created_us`
+
+func scanCheckpoint(s scanner) (domain.Checkpoint, error) {
+	var c domain.Checkpoint
+	var root []byte
+	var us int64
+	if err := s.Scan(&c.Practice, &c.Size, &root, &c.Note, &us); err != nil {
+		return domain.Checkpoint{}, err
+	}
+	copy(c.Root[:], root)
+	c.Time = sqldb.FromMicros(us)
+	return c, nil
+}
+
+// SaveCheckpoint implements domain.Repository.
+func (s *Store) SaveCheckpoint(ctx context.Context, c domain.Checkpoint) (domain.Checkpoint, error) {
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO audit_checkpoints (`+checkpointCols+`) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (practice, tree_size) DO NOTHING`, c.Practice, c.Size, c.Root[:], c.Note, sqldb.Micros(c.Time))
+		return err
+	})
+	if err != nil {
+		return domain.Checkpoint{}, fmt.Errorf("save checkpoint: %w", err)
+	}
+	stored, err := scanCheckpoint(s.db.QueryRow(ctx, `SELECT `+checkpointCols+` FROM audit_checkpoints WHERE practice = ? AND tree_size = ?`,
+		c.Practice, c.Size))
+	if err != nil {
+		return domain.Checkpoint{}, fmt.Errorf("read checkpoint: %w", err)
+	}
+	return stored, nil
+}
+
+// LatestCheckpoint implements domain.Repository.
+func (s *Store) LatestCheckpoint(ctx context.Context, practice string) (domain.Checkpoint, bool, error) {
+	c, err := scanCheckpoint(s.db.QueryRow(ctx, `SELECT `+checkpointCols+` FROM audit_checkpoints WHERE practice = ?
+		ORDER BY tree_size DESC LIMIT 1`, practice))
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return domain.Checkpoint{}, false, nil
+	case err != nil:
+		return domain.Checkpoint{}, false, fmt.Errorf("latest checkpoint: %w", err)
+	}
+	return c, true, nil
+}
+
+// Checkpoints implements domain.Repository.
+func (s *Store) Checkpoints(ctx context.Context, practice string) ([]domain.Checkpoint, error) {
+	rows, err := s.db.Query(ctx, `SELECT `+checkpointCols+` FROM audit_checkpoints WHERE practice = ? ORDER BY tree_size`, practice)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoints: %w", err)
+	}
+	defer rows.Close()
+	var out []domain.Checkpoint
+	for rows.Next() {
+		c, err := scanCheckpoint(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,295 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/mod/sumdb/tlog"
+
+	"github.com/clinicchat/clinicchat/services/audit/internal/domain"
+	"github.com/clinicchat/clinicchat/services/audit/internal/store"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+	"github.com/clinicchat/clinicchat/services/platform/testkit"
+)
+
+// The repository contract: every test runs against every backend.
+func forEachBackend(t *testing.T, f func(t *testing.T, st *store.Store, db *sqldb.DB)) {
+	t.Helper()
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			db := testkit.OpenDB(t, b)
+			st, err := store.New(context.Background(), db)
+			require.NoError(t, err)
+			f(t, st, db)
+		})
+	}
+}
+
+var t0 = time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+
+func entry(practice, id string, i int) domain.Entry {
+	return domain.Entry{
+		EventID: id, Time: t0.Add(time.Duration(i) * time.Second), Practice: practice,
+		Actor: "users/u", ActorRole: "dentist", Action: "message.send", Resource: "conversations/c/messages/m" + fmt.Sprint(i),
+		Outcome: domain.OutcomeAllowed,
+	}
+}
+
+func TestAppend(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, st *store.Store, _ *sqldb.DB) {
+		ctx := context.Background()
+		for i := range 5 {
+			for _, p := range []string{"p1", "p2"} {
+				r, added, err := st.Append(ctx, entry(p, fmt.Sprintf("%s-e%d", p, i), i))
+				require.NoError(t, err)
+				require.True(t, added)
+				require.Equal(t, int64(i), r.Index)
+				require.True(t, r.Matches())
+			}
+		}
+		n, err := st.Size(ctx, "p1")
+		require.NoError(t, err)
+		require.Equal(t, int64(5), n)
+		n, err = st.Size(ctx, "nobody")
+		require.NoError(t, err)
+		require.Zero(t, n)
+		sizes, err := st.Sizes(ctx)
+		require.NoError(t, err)
+		require.Equal(t, map[string]int64{"p1": 5, "p2": 5}, sizes)
+
+		// The stored record reads back exactly, time and hash included.
+		e := entry("p1", "p1-e2", 2)
+		e.Time = e.Time.Add(123456789 * time.Nanosecond)
+		recs, err := st.Range(ctx, "p1", 2, 3)
+		require.NoError(t, err)
+		require.Len(t, recs, 1)
+		require.Equal(t, int64(2), recs[0].Index)
+		require.True(t, recs[0].Matches())
+		require.Equal(t, entry("p1", "p1-e2", 2).Normalize(), recs[0].Entry)
+	})
+}
+
+func TestAppendIgnoresDuplicateEventIDs(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, st *store.Store, _ *sqldb.DB) {
+		ctx := context.Background()
+		first, added, err := st.Append(ctx, entry("p", "e1", 0))
+		require.NoError(t, err)
+		require.True(t, added)
+		again := entry("p", "e1", 7) // a redelivery, even one that differs, changes nothing
+		r, added, err := st.Append(ctx, again)
+		require.NoError(t, err)
+		require.False(t, added)
+		require.Equal(t, first, r)
+		n, err := st.Size(ctx, "p")
+		require.NoError(t, err)
+		require.Equal(t, int64(1), n)
+	})
+}
+
+func TestConcurrentAppendsFormOneTree(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, st *store.Store, _ *sqldb.DB) {
+		ctx := context.Background()
+		const n = 60
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				// Every event twice, concurrently: still one record each.
+				_, _, err := st.Append(ctx, entry("p", fmt.Sprintf("e%d", i%(n/2)), i))
+				require.NoError(t, err)
+			})
+		}
+		wg.Wait()
+		size, err := st.Size(ctx, "p")
+		require.NoError(t, err)
+		require.Equal(t, int64(n/2), size)
+		recs, err := st.Range(ctx, "p", 0, size)
+		require.NoError(t, err)
+		require.Len(t, recs, n/2)
+		f := domain.NewFrontier()
+		for i, r := range recs {
+			require.Equal(t, int64(i), r.Index)
+			require.True(t, r.Matches())
+			want, err := f.Add(r.Hash)
+			require.NoError(t, err)
+			got, err := st.StoredHashes(ctx, "p", tlog.StoredHashIndex(0, r.Index), tlog.StoredHashCount(r.Index+1))
+			require.NoError(t, err)
+			require.Len(t, got, len(want))
+			for j := range want {
+				require.Equal(t, want[j], got[j].Hash)
+			}
+		}
+		count, err := st.StoredHashCount(ctx, "p")
+		require.NoError(t, err)
+		require.Equal(t, tlog.StoredHashCount(size), count)
+		root, err := tlog.TreeHash(size, st.HashReader(ctx, "p"))
+		require.NoError(t, err)
+		want, err := f.Root()
+		require.NoError(t, err)
+		require.Equal(t, want, root)
+
+		// Proofs from storage check against the root.
+		for i := range size {
+			p, err := tlog.ProveRecord(size, i, st.HashReader(ctx, "p"))
+			require.NoError(t, err)
+			require.NoError(t, tlog.CheckRecord(p, size, root, i, recs[i].Hash))
+		}
+		old, err := tlog.TreeHash(7, st.HashReader(ctx, "p"))
+		require.NoError(t, err)
+		tp, err := tlog.ProveTree(size, 7, st.HashReader(ctx, "p"))
+		require.NoError(t, err)
+		require.NoError(t, tlog.CheckTree(tp, size, root, 7, old))
+		_, err = st.HashReader(ctx, "other").ReadHashes([]int64{0})
+		require.ErrorIs(t, err, store.ErrMissingHash)
+	})
+}
+
+func TestList(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, st *store.Store, _ *sqldb.DB) {
+		ctx := context.Background()
+		actors := []string{"users/a", "users/b", "patients/p"}
+		resources := []string{"conversations/c1", "conversations/c1/messages/m1", "conversations/c10", "conversations/C1/messages/x", "attachments/a1"}
+		var all []domain.Record
+		for i := range 40 {
+			e := domain.Entry{
+				EventID: fmt.Sprintf("e%d", i), Practice: "p",
+				// Some times repeat and some go backwards: order is by (time, index).
+				Time:      t0.Add(time.Duration((i*7)%13) * time.Minute),
+				Actor:     actors[i%len(actors)],
+				ActorRole: "dentist",
+				Action:    []string{"message.send", "conversation.view"}[i%2],
+				Resource:  resources[i%len(resources)],
+				Outcome:   []domain.Outcome{domain.OutcomeAllowed, domain.OutcomeDenied}[i%3/2],
+			}
+			r, _, err := st.Append(ctx, e)
+			require.NoError(t, err)
+			all = append(all, r)
+		}
+		_, _, err := st.Append(ctx, entry("other", "x1", 0))
+		require.NoError(t, err)
+
+		filters := []string{
+			``,
+			`actor="users/a"`,
+			`action="conversation.view"`,
+			`resource="conversations/c1"`,
+			`resource="conversations/c10"`,
+			`resource="conversations/c1/messages/m1"`,
+			`outcome="DENIED"`,
+			`time>="2026-03-01T09:05:00Z" AND time<"2026-03-01T09:09:00Z"`,
+			`time>"2026-03-01T09:05:00Z" AND time<="2026-03-01T09:09:00Z"`,
+			`actor="patients/p" AND outcome="ALLOWED" AND resource="conversations"`,
+			`actor="nobody"`,
+		}
+		for _, fs := range filters {
+			f, err := domain.ParseFilter(fs)
+			require.NoError(t, err)
+			for _, asc := range []bool{false, true} {
+				var want []domain.Record
+				for _, r := range all {
+					if f.Match(r) {
+						want = append(want, r)
+					}
+				}
+				slices.SortFunc(want, func(a, b domain.Record) int {
+					if c := a.Time.Compare(b.Time); c != 0 {
+						return c
+					}
+					return int(a.Index - b.Index)
+				})
+				if !asc {
+					slices.Reverse(want)
+				}
+				// Page through 3 at a time.
+				var got []domain.Record
+				q := domain.ListQuery{Practice: "p", Filter: f, Limit: 3, Ascending: asc}
+				for {
+					page, err := st.List(ctx, q)
+					require.NoError(t, err)
+					got = append(got, page...)
+					if len(page) < 3 {
+						break
+					}
+					last := page[len(page)-1]
+					q.After = &domain.Cursor{TimeMicros: last.Time.UnixMicro(), Index: last.Index}
+				}
+				require.Equal(t, want, got, "filter %s ascending %v", fs, asc)
+			}
+		}
+	})
+}
+
+func TestCheckpoints(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, st *store.Store, _ *sqldb.DB) {
+		ctx := context.Background()
+		_, ok, err := st.LatestCheckpoint(ctx, "p")
+		require.NoError(t, err)
+		require.False(t, ok)
+		for _, n := range []int64{3, 1, 2} {
+			c := domain.Checkpoint{Practice: "p", Size: n, Root: tlog.RecordHash([]byte{byte(n)}), Note: fmt.Sprint("note ", n), Time: t0}
+			got, err := st.SaveCheckpoint(ctx, c)
+			require.NoError(t, err)
+			require.Equal(t, c, got)
+		}
+		// Saving another checkpoint of an existing size keeps the first.
+		got, err := st.SaveCheckpoint(ctx, domain.Checkpoint{Practice: "p", Size: 2, Note: "other", Time: t0})
+		require.NoError(t, err)
+		require.Equal(t, "note 2", got.Note)
+		latest, ok, err := st.LatestCheckpoint(ctx, "p")
+		require.NoError(t, err)
+		require.True(t, ok)
+		require.Equal(t, int64(3), latest.Size)
+		cps, err := st.Checkpoints(ctx, "p")
+		require.NoError(t, err)
+		require.Len(t, cps, 3)
+		for i, c := range cps {
+			require.Equal(t, int64(i+1), c.Size)
+		}
+	})
+}
+
+// The storage itself refuses to change or remove what it stored.
+func TestAppendOnly(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, st *store.Store, db *sqldb.DB) {
+		ctx := context.Background()
+		for i := range 3 {
+			_, _, err := st.Append(ctx, entry("p", fmt.Sprint("e", i), i))
+			require.NoError(t, err)
+		}
+		_, err := st.SaveCheckpoint(ctx, domain.Checkpoint{Practice: "p", Size: 3, Note: "n", Time: t0})
+		require.NoError(t, err)
+		stmts := []string{
+			`UPDATE audit_events SET actor = 'users/x' WHERE idx = 1`,
+			`UPDATE audit_events SET idx = idx + 10`,
+			`DELETE FROM audit_events WHERE idx = 2`,
+			`DELETE FROM audit_events`,
+			`UPDATE audit_hashes SET hash = hash`,
+			`DELETE FROM audit_hashes WHERE hidx = 0`,
+			`UPDATE audit_checkpoints SET note = 'forged'`,
+			`DELETE FROM audit_checkpoints`,
+		}
+		if db.Dialect() == sqldb.Postgres {
+			stmts = append(stmts, `TRUNCATE audit_events`, `TRUNCATE audit_hashes`, `TRUNCATE audit_checkpoints`)
+		}
+		for _, s := range stmts {
+			_, err := db.Exec(ctx, s)
+			require.Error(t, err, s)
+			require.Contains(t, err.Error(), "append-only", s)
+		}
+		recs, err := st.Range(ctx, "p", 0, 10)
+		require.NoError(t, err)
+		require.Len(t, recs, 3)
+		require.Equal(t, "users/u", recs[1].Actor)
+		count, err := st.StoredHashCount(ctx, "p")
+		require.NoError(t, err)
+		require.Equal(t, tlog.StoredHashCount(3), count)
+		cps, err := st.Checkpoints(ctx, "p")
+		require.NoError(t, err)
+		require.Len(t, cps, 1)
+		require.Equal(t, "n", cps[0].Note)
+	})
+}
