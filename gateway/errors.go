@@ -1,0 +1,219 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/textproto"
+	"strings"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"go.uber.org/zap"
+	"google.golang.org/genproto/googleapis/rpc/code"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/clinicchat/clinicchat/services/platform/errs"
+	"github.com/clinicchat/clinicchat/services/platform/ids"
+	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+)
+
+// Reasons the gateway itself produces, besides the errs package's.
+const (
+	// ReasonUnavailable: an upstream or NATS cannot be reached right now.
+	ReasonUnavailable = "UNAVAILABLE"
+	// ReasonInternal: something failed inside; the message carries an error id.
+	ReasonInternal = "INTERNAL"
+	// ReasonUnsupportedMediaType: a JSON body sent with another Content-Type.
+	ReasonUnsupportedMediaType = "UNSUPPORTED_MEDIA_TYPE"
+	// ReasonMethodNotAllowed: the path exists, but not with this method.
+	ReasonMethodNotAllowed = "METHOD_NOT_ALLOWED"
+)
+
+// maskedPrefix starts the message of an INTERNAL status that a clinicchat
+// service already masked (grpcx), so it is passed on as it is.
+const maskedPrefix = "Something went wrong on our side"
+
+// apiError is a status with ErrorInfo{reason, domain "clinicchat"}, and an
+// optional HTTP status that overrides the one derived from it.
+type apiError struct {
+	st   *status.Status
+	http int
+}
+
+func (e *apiError) Error() string              { return e.st.Message() }
+func (e *apiError) GRPCStatus() *status.Status { return e.st }
+
+// newAPIError builds an apiError; msg is for the person at the screen and
+// never carries PHI.
+func newAPIError(c codes.Code, reason, msg string) *apiError {
+	return &apiError{st: withInfo(status.New(c, msg), reason)}
+}
+
+func (e *apiError) withHTTP(code int) *apiError { e.http = code; return e }
+
+func invalidArgument(msg string) *apiError {
+	return newAPIError(codes.InvalidArgument, errs.ReasonInvalidArgument, msg)
+}
+
+func unauthenticated(msg string) *apiError {
+	return newAPIError(codes.Unauthenticated, errs.ReasonUnauthenticated, msg)
+}
+
+func notFound(msg string) *apiError { return newAPIError(codes.NotFound, errs.ReasonNotFound, msg) }
+
+func unavailable(msg string) *apiError {
+	return newAPIError(codes.Unavailable, ReasonUnavailable, msg)
+}
+
+// withInfo adds ErrorInfo{reason, clinicchat} to st.
+func withInfo(st *status.Status, reason string) *status.Status {
+	out, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: errs.Domain})
+	if err != nil {
+		return st
+	}
+	return out
+}
+
+// codeReason is the reason used for a status that arrives without one: the
+// canonical code name ("INVALID_ARGUMENT", "NOT_FOUND"...).
+func codeReason(c codes.Code) string { return code.Code(c).String() }
+
+// httpStatus maps a status to its HTTP code: SPEC.md's reasons first, then
+// grpc-gateway's standard code mapping.
+func httpStatus(st *status.Status) int {
+	switch errs.Reason(st.Err()) {
+	case errs.ReasonAttachmentTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case errs.ReasonUnsupportedType, ReasonUnsupportedMediaType:
+		return http.StatusUnsupportedMediaType
+	case ReasonMethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	}
+	return runtime.HTTPStatusFromCode(st.Code())
+}
+
+// handleError is the mux's error handler, and the one every handler of the
+// gateway uses: the body is a google.rpc.Status whose details carry an
+// ErrorInfo with the reason and domain "clinicchat".
+func (s *Server) handleError(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	s.writeError(w, r, err)
+}
+
+// handleRoutingError answers unknown paths and methods. Every /v1 path needs
+// a bearer token, so without a valid one the answer is 401 rather than 404.
+func (s *Server) handleRoutingError(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpCode int) {
+	if _, aerr := s.authenticate(r); aerr != nil {
+		s.writeError(w, r, aerr)
+		return
+	}
+	switch httpCode {
+	case http.StatusMethodNotAllowed:
+		s.writeError(w, r, newAPIError(codes.Unimplemented, ReasonMethodNotAllowed,
+			"This path does not accept the "+r.Method+" method"))
+	case http.StatusBadRequest:
+		s.writeError(w, r, invalidArgument("The request path is malformed"))
+	default:
+		s.writeError(w, r, notFound("There is no such API path"))
+	}
+}
+
+// notFound answers paths outside the API.
+func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
+	s.writeError(w, r, notFound("There is no such API path"))
+}
+
+// writeError writes err as a google.rpc.Status JSON body. Errors without
+// ErrorInfo get the code name as their reason; internal and transport errors
+// not already masked by a service are logged with an error id and masked.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	httpCode := 0
+	var ae *apiError
+	var hse *runtime.HTTPStatusError
+	switch {
+	case errors.As(err, &ae):
+		httpCode = ae.http
+	case errors.As(err, &hse):
+		// grpc-gateway's own errors (a malformed path escape): keep its HTTP code.
+		httpCode = hse.HTTPStatus
+		if _, ok := status.FromError(hse.Err); !ok && hse.HTTPStatus == http.StatusBadRequest {
+			err = invalidArgument("The request path is malformed")
+		} else {
+			err = hse.Err
+		}
+	}
+	st := s.normalize(r, status.Convert(err))
+	if httpCode == 0 {
+		httpCode = httpStatus(st)
+	}
+	body, merr := s.marshaler.Marshal(st.Proto())
+	if merr != nil {
+		s.log.Error("marshal error status", zap.Error(merr))
+		body = []byte(`{"code":13,"message":"Something went wrong on our side","details":[]}`)
+		httpCode = http.StatusInternalServerError
+	}
+	if st.Code() == codes.Unauthenticated {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="clinicchat"`)
+	}
+	writeJSON(w, httpCode, body)
+}
+
+// normalize makes every status presentable: a reason in ErrorInfo, and no
+// internal detail (addresses, Go errors) in the message.
+func (s *Server) normalize(r *http.Request, st *status.Status) *status.Status {
+	hasReason := errs.Reason(st.Err()) != ""
+	switch st.Code() {
+	case codes.Unknown, codes.Internal, codes.DataLoss:
+		if hasReason || strings.HasPrefix(st.Message(), maskedPrefix) {
+			break
+		}
+		id := ids.New()
+		s.log.Error("internal error", zap.String(logkeys.ErrorID, id), zap.String("route", routeOf(r)),
+			zap.Stringer(logkeys.Code, st.Code()), zap.String("error", st.Message()))
+		return withInfo(status.New(codes.Internal, maskedPrefix+" (error id "+id+")"), ReasonInternal)
+	case codes.Unavailable:
+		if hasReason {
+			break
+		}
+		id := ids.New()
+		s.log.Warn("upstream unavailable", zap.String(logkeys.ErrorID, id), zap.String("route", routeOf(r)),
+			zap.String("error", st.Message()))
+		return withInfo(status.New(codes.Unavailable,
+			"The service is temporarily unavailable; try again shortly (error id "+id+")"), ReasonUnavailable)
+	case codes.DeadlineExceeded:
+		if !hasReason {
+			return withInfo(status.New(codes.DeadlineExceeded, "The request took too long; try again"),
+				codeReason(codes.DeadlineExceeded))
+		}
+	case codes.Canceled:
+		if !hasReason {
+			return withInfo(status.New(codes.Canceled, "The request was canceled"), codeReason(codes.Canceled))
+		}
+	}
+	if hasReason {
+		return st
+	}
+	return withInfo(st, codeReason(st.Code()))
+}
+
+// incomingHeader decides which request headers become gRPC metadata. Only
+// Authorization matters to the services, and grpc-gateway forwards it by
+// itself (as "authorization"); clients may not inject other metadata
+// (Grpc-Metadata-*), so nothing else is forwarded but a request id.
+func incomingHeader(key string) (string, bool) {
+	if textproto.CanonicalMIMEHeaderKey(key) == "X-Request-Id" {
+		return "x-request-id", true
+	}
+	return "", false
+}
+
+// writeJSON writes a JSON body with its status.
+func writeJSON(w http.ResponseWriter, code int, body []byte) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Del("Content-Length")
+	w.WriteHeader(code)
+	_, _ = w.Write(body)
+}

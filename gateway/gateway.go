@@ -1,0 +1,329 @@
+// Package gateway is clinicchat's HTTP edge: the JSON API of SPEC.md section 3
+// (grpc-gateway in front of the conversation, delivery, preferences,
+// attachment and audit services), bearer-token verification, dev-mode token
+// issuing, streamed attachment uploads and downloads, the Server-Sent Events
+// stream fed from NATS JetStream, and /healthz, /readyz and /metrics.
+//
+// The gateway owns no data. It verifies the caller's JWT before anything else
+// and forwards it unchanged as the "authorization" metadata of every upstream
+// call; each service verifies and authorizes the caller again (by design: no
+// service trusts that the gateway checked). Live events are read from the
+// delivery and conversation streams with one pair of ordered JetStream
+// consumers per connection, filtered to what the caller may see.
+//
+// Logs carry ids only: never message text, file names or patient names.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	attachmentv1 "github.com/clinicchat/clinicchat/proto/clinicchat/attachment/v1"
+	auditv1 "github.com/clinicchat/clinicchat/proto/clinicchat/audit/v1"
+	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
+	"github.com/clinicchat/clinicchat/services/delivery/messageview"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+)
+
+// Defaults of Config.
+const (
+	// DefaultKeepAlive is how often an idle event stream gets a ": ping" comment.
+	DefaultKeepAlive = 15 * time.Second
+	// DefaultMaxUploadBytes is SPEC.md's attachment limit: 25 MiB.
+	DefaultMaxUploadBytes int64 = 26_214_400
+	// DefaultEventBuffer is how many events may wait for a slow event-stream
+	// client before it is told to reload.
+	DefaultEventBuffer = 1024
+)
+
+// Config is the gateway's behaviour. Upstream addresses and the HTTP listen
+// address belong to the binary that embeds the gateway.
+type Config struct {
+	// DevMode marks a development deployment (the all-in-one with --dev).
+	// It must be set exactly when Deps.DevIssuer is, so a dev token issuer
+	// never ends up in production by accident.
+	DevMode bool
+	// StepUpWindow is how recently a patient must have authenticated to see
+	// a sensitive message on the event stream (default 5m, as delivery's).
+	StepUpWindow time.Duration
+	// KeepAlive is the interval of ": ping" comments on idle event streams
+	// (default 15s).
+	KeepAlive time.Duration
+	// MaxUploadBytes is the largest attachment accepted (default 26,214,400).
+	MaxUploadBytes int64
+	// EventBuffer bounds the events queued for one event-stream client
+	// (default 1024); a client further behind gets "event: reset".
+	EventBuffer int
+}
+
+// Flags registers the gateway's flags on fs.
+func (c *Config) Flags(fs *flag.FlagSet) {
+	fs.DurationVar(&c.StepUpWindow, "step-up-window", messageview.DefaultStepUpWindow,
+		"how recently a patient must have signed in to see a sensitive message")
+	fs.DurationVar(&c.KeepAlive, "sse-keepalive", DefaultKeepAlive, "keep-alive comment interval on /v1/events")
+	fs.IntVar(&c.EventBuffer, "sse-buffer", DefaultEventBuffer,
+		"events queued per /v1/events client before it is told to reload")
+}
+
+// withDefaults fills zero fields with their defaults.
+func (c Config) withDefaults() Config {
+	if c.StepUpWindow == 0 {
+		c.StepUpWindow = messageview.DefaultStepUpWindow
+	}
+	if c.KeepAlive == 0 {
+		c.KeepAlive = DefaultKeepAlive
+	}
+	if c.MaxUploadBytes == 0 {
+		c.MaxUploadBytes = DefaultMaxUploadBytes
+	}
+	if c.EventBuffer == 0 {
+		c.EventBuffer = DefaultEventBuffer
+	}
+	return c
+}
+
+// Validate reports every problem at once.
+func (c Config) Validate() error {
+	var errs []error
+	if c.StepUpWindow < 0 {
+		errs = append(errs, errors.New("--step-up-window must not be negative"))
+	}
+	if c.KeepAlive < 0 {
+		errs = append(errs, errors.New("--sse-keepalive must not be negative"))
+	}
+	if c.MaxUploadBytes < 0 {
+		errs = append(errs, errors.New("the upload limit must not be negative"))
+	}
+	if c.EventBuffer < 0 {
+		errs = append(errs, errors.New("--sse-buffer must not be negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Deps are the gateway's collaborators.
+type Deps struct {
+	// Log receives ids only (default: no logging).
+	Log *zap.Logger
+	// Verifier checks bearer tokens.
+	Verifier auth.Verifier
+	// DevIssuer serves POST /v1/dev/tokens; nil in production.
+	DevIssuer *auth.DevIssuer
+	// JS reads the delivery and conversation streams for /v1/events.
+	JS jetstream.JetStream
+	// Connections to the upstream services. Each call carries the caller's
+	// token as "authorization" metadata.
+	Conversation, Delivery, Preferences, Attachment, Audit grpc.ClientConnInterface
+	// Ready reports whether the gateway can serve (upstreams and NATS
+	// reachable); nil means always ready.
+	Ready func(context.Context) error
+}
+
+// Server is the gateway. Serve Handler() on an http.Server and call Shutdown
+// when stopping.
+type Server struct {
+	cfg  Config
+	log  *zap.Logger
+	deps Deps
+
+	marshaler *runtime.JSONPb
+	mux       *runtime.ServeMux
+	handler   http.Handler
+	metrics   *metrics
+
+	conversations conversationv1.ConversationServiceClient
+	delivery      deliveryv1.DeliveryServiceClient
+	attachments   attachmentv1.AttachmentServiceClient
+
+	// closing is closed by Shutdown: event streams end and new ones are
+	// refused. mu orders closing against streams.Add.
+	mu      sync.Mutex
+	closing chan struct{}
+	// streams counts running event streams (and their background work).
+	streams sync.WaitGroup
+}
+
+// New builds the gateway and registers every route.
+func New(cfg Config, deps Deps) (*Server, error) {
+	cfg = cfg.withDefaults()
+	var problems []error
+	if err := cfg.Validate(); err != nil {
+		problems = append(problems, err)
+	}
+	if deps.Verifier == nil {
+		problems = append(problems, errors.New("gateway: Deps.Verifier is required"))
+	}
+	if deps.JS == nil {
+		problems = append(problems, errors.New("gateway: Deps.JS is required"))
+	}
+	for name, cc := range map[string]grpc.ClientConnInterface{
+		"Conversation": deps.Conversation, "Delivery": deps.Delivery, "Preferences": deps.Preferences,
+		"Attachment": deps.Attachment, "Audit": deps.Audit,
+	} {
+		if cc == nil {
+			problems = append(problems, fmt.Errorf("gateway: Deps.%s is required", name))
+		}
+	}
+	if cfg.DevMode && deps.DevIssuer == nil {
+		problems = append(problems, errors.New("gateway: DevMode needs Deps.DevIssuer"))
+	}
+	if !cfg.DevMode && deps.DevIssuer != nil {
+		problems = append(problems, errors.New("gateway: Deps.DevIssuer is set but DevMode is off"))
+	}
+	if err := errors.Join(problems...); err != nil {
+		return nil, err
+	}
+	if deps.Log == nil {
+		deps.Log = zap.NewNop()
+	}
+	s := &Server{
+		cfg:  cfg,
+		log:  deps.Log.Named("gateway"),
+		deps: deps,
+		marshaler: &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: true},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
+		},
+		metrics:       newMetrics(),
+		conversations: conversationv1.NewConversationServiceClient(deps.Conversation),
+		delivery:      deliveryv1.NewDeliveryServiceClient(deps.Delivery),
+		attachments:   attachmentv1.NewAttachmentServiceClient(deps.Attachment),
+		closing:       make(chan struct{}),
+	}
+	if err := s.routes(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Handler is the gateway's whole HTTP surface.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Shutdown ends every open event stream (each stops after the event it is
+// writing; clients reconnect elsewhere with Last-Event-ID), refuses new ones,
+// and waits until they and their background calls have finished or ctx ends.
+// Ordinary requests are not affected: stop those with http.Server.Shutdown,
+// which may run at the same time.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.shuttingDown() {
+		close(s.closing)
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.streams.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("gateway shutdown: event streams still open: %w", ctx.Err())
+	}
+}
+
+func (s *Server) shuttingDown() bool {
+	select {
+	case <-s.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// routes builds the handler tree.
+//
+//	/healthz /readyz /metrics      plain handlers, no auth
+//	POST /v1/dev/tokens            dev mode only, no auth
+//	/v1/...                        the grpc-gateway mux: every route needs a
+//	                               verified bearer token (auth middleware, and
+//	                               the routing-error handler for unknown paths)
+func (s *Server) routes() error {
+	s.mux = runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, s.marshaler),
+		runtime.WithErrorHandler(s.handleError),
+		runtime.WithRoutingErrorHandler(s.handleRoutingError),
+		runtime.WithIncomingHeaderMatcher(incomingHeader),
+		runtime.WithDisablePathLengthFallback(),
+		runtime.WithDisableHTTPMethodOverride(),
+		runtime.WithMiddlewares(s.tagRoute, s.requireAuth, s.requireJSON),
+	)
+	ctx := context.Background() // the Register functions only use it for the FromEndpoint variants
+	register := []func() error{
+		func() error {
+			return conversationv1.RegisterConversationServiceHandlerClient(ctx, s.mux, s.conversations)
+		},
+		func() error { return deliveryv1.RegisterDeliveryServiceHandlerClient(ctx, s.mux, s.delivery) },
+		func() error {
+			return preferencesv1.RegisterPreferencesServiceHandlerClient(ctx, s.mux,
+				preferencesv1.NewPreferencesServiceClient(s.deps.Preferences))
+		},
+		func() error {
+			return attachmentv1.RegisterAttachmentServiceHandlerClient(ctx, s.mux, s.attachments)
+		},
+		func() error {
+			return auditv1.RegisterAuditServiceHandlerClient(ctx, s.mux, auditv1.NewAuditServiceClient(s.deps.Audit))
+		},
+		// The gateway's own handlers. Registered last so they are matched
+		// first: "/v1/{name=attachments/*}" would otherwise take ":download".
+		func() error { return s.mux.HandlePath(http.MethodPost, routeUpload, s.upload) },
+		func() error { return s.mux.HandlePath(http.MethodGet, routeDownload, s.download) },
+		func() error { return s.mux.HandlePath(http.MethodGet, routeEvents, s.events) },
+	}
+	for _, r := range register {
+		if err := r(); err != nil {
+			return fmt.Errorf("gateway routes: %w", err)
+		}
+	}
+
+	top := http.NewServeMux()
+	top.Handle("GET /healthz", s.plainRoute("/healthz", http.HandlerFunc(s.healthz)))
+	top.Handle("GET /readyz", s.plainRoute("/readyz", http.HandlerFunc(s.readyz)))
+	top.Handle("GET /metrics", s.plainRoute("/metrics", s.metrics.handler()))
+	top.Handle("POST /v1/dev/tokens", s.plainRoute("/v1/dev/tokens", http.HandlerFunc(s.devTokens)))
+	top.Handle("/v1/", s.mux)
+	top.Handle("/", http.HandlerFunc(s.notFound))
+	s.handler = s.instrument(top)
+	return nil
+}
+
+// Routes of the gateway's own handlers, in grpc-gateway path syntax.
+const (
+	routeUpload   = "/v1/attachments"
+	routeDownload = "/v1/{name=attachments/*}:download"
+	routeEvents   = "/v1/events"
+)
+
+// healthz answers 200 while the process runs.
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, []byte(`{"status":"SERVING"}`))
+}
+
+// readyz answers 200 when Deps.Ready says the upstreams are reachable, and
+// 503 while shutting down.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.shuttingDown() {
+		s.writeError(w, r, unavailable("The gateway is shutting down"))
+		return
+	}
+	if s.deps.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		if err := s.deps.Ready(ctx); err != nil {
+			s.log.Warn("not ready", zap.Error(err))
+			s.writeError(w, r, unavailable("The gateway cannot reach its upstream services yet"))
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, []byte(`{"status":"SERVING"}`))
+}

@@ -1,0 +1,202 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+
+	"github.com/clinicchat/clinicchat/services/platform/ids"
+	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+)
+
+// metrics are the gateway's Prometheus metrics, in a registry the Server
+// owns. Routes are labelled by their pattern ("/v1/{name=conversations/*}"),
+// never by the raw path, so ids never become label values.
+type metrics struct {
+	reg         *prometheus.Registry
+	requests    *prometheus.CounterVec
+	latency     *prometheus.HistogramVec
+	sseClients  prometheus.Gauge
+	sseEvents   *prometheus.CounterVec
+	sseResets   *prometheus.CounterVec
+	uploadBytes prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinicchat_gateway_http_requests_total",
+			Help: "HTTP requests by route pattern, method and status code.",
+		}, []string{"route", "method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "clinicchat_gateway_http_request_duration_seconds",
+			Help:    "HTTP request latency by route pattern, method and status code (the /v1/events stream is not included: it lasts as long as the client stays).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"route", "method", "code"}),
+		sseClients: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "clinicchat_gateway_sse_clients",
+			Help: "Open /v1/events streams.",
+		}),
+		sseEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinicchat_gateway_sse_events_total",
+			Help: "Events written to /v1/events streams, by event type.",
+		}, []string{"event"}),
+		sseResets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinicchat_gateway_sse_resets_total",
+			Help: "Event streams ended with event: reset, by reason.",
+		}, []string{"reason"}),
+		uploadBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "clinicchat_gateway_upload_bytes_total",
+			Help: "Attachment bytes streamed to the attachment service.",
+		}),
+	}
+	m.reg.MustRegister(m.requests, m.latency, m.sseClients, m.sseEvents, m.sseResets, m.uploadBytes,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// observe records one finished request.
+func (m *metrics) observe(route, method string, code int, d time.Duration) {
+	c := strconv.Itoa(code)
+	m.requests.WithLabelValues(route, method, c).Inc()
+	if route != routeEvents {
+		m.latency.WithLabelValues(route, method, c).Observe(d.Seconds())
+	}
+}
+
+// routeTag carries a request's route pattern out of the handlers to the
+// instrumenting middleware.
+type routeTag struct{ pattern string }
+
+type routeKey struct{}
+
+// routeUnmatched labels requests that matched no route.
+const routeUnmatched = "unmatched"
+
+// routeOf returns the request's route pattern, for logs and metrics.
+func routeOf(r *http.Request) string {
+	if p, ok := runtime.HTTPPattern(r.Context()); ok {
+		return p.String()
+	}
+	if t, ok := r.Context().Value(routeKey{}).(*routeTag); ok {
+		return t.pattern
+	}
+	return routeUnmatched
+}
+
+func setRoute(ctx context.Context, pattern string) {
+	if t, ok := ctx.Value(routeKey{}).(*routeTag); ok {
+		t.pattern = pattern
+	}
+}
+
+// tagRoute is a grpc-gateway middleware that records the matched pattern.
+func (s *Server) tagRoute(next runtime.HandlerFunc) runtime.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+		if p, ok := runtime.HTTPPattern(r.Context()); ok {
+			setRoute(r.Context(), p.String())
+		}
+		next(w, r, params)
+	}
+}
+
+// plainRoute tags a handler of the top-level mux with its pattern.
+func (s *Server) plainRoute(pattern string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		setRoute(r.Context(), pattern)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// knownMethod keeps the method label's cardinality bounded.
+func knownMethod(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions:
+		return m
+	}
+	return "OTHER"
+}
+
+// instrument counts and times every request, and turns a panic into a
+// masked 500 (a deliberate http.ErrAbortHandler still aborts the response).
+func (s *Server) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		tag := &routeTag{pattern: routeUnmatched}
+		rec := &statusRecorder{ResponseWriter: w}
+		r = r.WithContext(context.WithValue(r.Context(), routeKey{}, tag))
+		defer func() {
+			p := recover()
+			code := rec.status()
+			if p != nil && p != http.ErrAbortHandler { //nolint:errorlint // sentinel compared as net/http does
+				id := ids.New()
+				s.log.Error("panic", zap.String(logkeys.ErrorID, id), zap.String("route", tag.pattern), zap.Any("panic", p),
+					zap.Stack("stack"))
+				if !rec.wrote {
+					s.writeError(rec, r, newAPIError(codes.Internal, ReasonInternal, maskedPrefix+" (error id "+id+")"))
+				}
+				code = http.StatusInternalServerError
+			}
+			s.metrics.observe(tag.pattern, knownMethod(r.Method), code, time.Since(start))
+			if p == http.ErrAbortHandler { //nolint:errorlint
+				panic(p)
+			}
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}
+
+// statusRecorder remembers the status code written. Unwrap lets
+// http.ResponseController reach the connection (flush, write deadlines).
+type statusRecorder struct {
+	http.ResponseWriter
+	code  int
+	wrote bool
+}
+
+func (w *statusRecorder) WriteHeader(code int) {
+	if !w.wrote {
+		w.code, w.wrote = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusRecorder) Write(b []byte) (int, error) {
+	if !w.wrote {
+		w.code, w.wrote = http.StatusOK, true
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Flush implements http.Flusher for code that type-asserts it.
+func (w *statusRecorder) Flush() {
+	if !w.wrote {
+		w.code, w.wrote = http.StatusOK, true
+	}
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusRecorder) status() int {
+	if !w.wrote {
+		return http.StatusOK
+	}
+	return w.code
+}
