@@ -36,7 +36,8 @@ func Parse(skey string) (*Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint signer key: %w", err)
 	}
-	parts := strings.Split(skey, "+")
+	parts := strings.SplitN(skey, "+", 5) // the base64 key may contain '+'
+
 	if len(parts) != 5 {
 		return nil, errors.New("checkpoint signer key: malformed")
 	}

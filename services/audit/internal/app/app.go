@@ -1,0 +1,98 @@
+// Package app holds the audit service's use cases: appending published events
+// to the practice logs, listing and exporting them for a practice
+// administrator, signing checkpoints, proofs, and verification.
+package app
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/clinicchat/clinicchat/services/audit/internal/domain"
+	"github.com/clinicchat/clinicchat/services/audit/internal/signer"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/errs"
+	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+)
+
+// Log field keys of this service (ids and counts only).
+const (
+	keyIndex    = "index"
+	keyTreeSize = "tree_size"
+	keyAction   = "action"
+)
+
+// ErrNotAdmin refuses everyone but a practice administrator.
+var ErrNotAdmin = errs.PermissionDenied("Only a practice administrator may read the audit log")
+
+// App is the audit service's use cases.
+type App struct {
+	repo domain.Repository
+	key  *signer.Key
+	log  *zap.Logger
+	now  func() time.Time
+
+	mu    sync.Mutex
+	dirty map[string]struct{} // practices appended to since their last checkpoint
+}
+
+// New returns the use cases over repo, signing checkpoints with key.
+func New(repo domain.Repository, key *signer.Key, log *zap.Logger) *App {
+	return &App{repo: repo, key: key, log: log, now: time.Now, dirty: map[string]struct{}{}}
+}
+
+// authorize admits the practice administrator of a practice; reads of the
+// audit log are not themselves audited.
+func authorize(ctx context.Context) (auth.Identity, error) {
+	who, ok := auth.FromContext(ctx)
+	if !ok {
+		return auth.Identity{}, errs.Unauthenticated("Sign in again: the request carries no bearer token")
+	}
+	if who.Role != auth.RolePracticeAdmin || who.Practice == "" {
+		return auth.Identity{}, ErrNotAdmin
+	}
+	return who, nil
+}
+
+// Ingest appends the event that arrived on subject, unless the audit policy
+// says it is not an action (domain.Audited) or its id is already in the log.
+// It returns once the record is committed.
+func (a *App) Ingest(ctx context.Context, subject string, e domain.Entry) error {
+	if ok, why := domain.Audited(subject, e); !ok {
+		a.log.Debug("event not audited", zap.String(logkeys.EventID, e.EventID), zap.String(keyAction, e.Action),
+			zap.String("why", why))
+		return nil
+	}
+	rec, added, err := a.repo.Append(ctx, e)
+	if err != nil {
+		return err
+	}
+	if !added {
+		a.log.Debug("duplicate event ignored", zap.String(logkeys.EventID, e.EventID), zap.String(logkeys.Practice, rec.Practice),
+			zap.Int64(keyIndex, rec.Index))
+		return nil
+	}
+	a.markDirty(rec.Practice)
+	a.log.Debug("audit record appended", zap.String(logkeys.EventID, e.EventID), zap.String(logkeys.Practice, rec.Practice),
+		zap.Int64(keyIndex, rec.Index))
+	return nil
+}
+
+func (a *App) markDirty(practice string) {
+	a.mu.Lock()
+	a.dirty[practice] = struct{}{}
+	a.mu.Unlock()
+}
+
+func (a *App) takeDirty() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]string, 0, len(a.dirty))
+	for p := range a.dirty {
+		out = append(out, p)
+	}
+	clear(a.dirty)
+	return out
+}
