@@ -162,9 +162,9 @@ func checkWorkload(t *testing.T, r *rendered, w string, production bool) {
 	if len(spec.Containers) != 1 || spec.Containers[0].Name != "server" {
 		t.Fatalf("%s: want exactly one container named server", id)
 	}
+	checkPodSecurity(t, id, spec)
 	c := spec.Containers[0]
 	id += " container server"
-	checkPodSecurity(t, id, spec)
 
 	// Port and Service.
 	wantPort, portName := int32(grpcPort), "grpc"
@@ -318,14 +318,16 @@ func checkRequiredSettings(t *testing.T, r *rendered, id, w string, fs *flag.Fla
 		if !strings.HasSuffix(f.Name, "-addr") || f.Name == listen {
 			return
 		}
-		v, ok := require(f.Name)
-		if !ok {
+		if optionalFlags[f.Name] {
+			if v, ok := get(f.Name); ok && v.value != "" {
+				if _, _, err := net.SplitHostPort(v.value); err != nil {
+					t.Errorf("%s: %s=%q is not host:port", id, envName(f.Name), v.value)
+				}
+			}
 			return
 		}
-		if f.Name == "artifact-provider-addr" { // outside the cluster
-			if _, _, err := net.SplitHostPort(v.value); err != nil {
-				t.Errorf("%s: %s=%q is not host:port", id, envName(f.Name), v.value)
-			}
+		v, ok := require(f.Name)
+		if !ok {
 			return
 		}
 		peer := strings.TrimSuffix(f.Name, "-addr")
@@ -471,7 +473,7 @@ func checkPodSecurity(t *testing.T, id string, spec corev1.PodSpec) {
 		t.Errorf("%s: uses the host's namespaces", id)
 	}
 	for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
-		cid := fmt.Sprintf("%s (%s)", id, c.Name)
+		cid := fmt.Sprintf("%s container %s", id, c.Name)
 		sc := c.SecurityContext
 		if sc == nil {
 			t.Errorf("%s: no securityContext", cid)

@@ -74,7 +74,7 @@ func podEndpoint(name, ns string, tmpl corev1.PodTemplateSpec) endpoint {
 // ingress; a pod selected by no policy of a direction is open in it.
 // Policies only govern pods of the overlay's namespace.
 func (r *rendered) allowed(src, dst endpoint, port int32, proto corev1.Protocol) bool {
-	return r.direction(src, dst, src, port, proto, networkingv1.PolicyTypeEgress) &&
+	return r.direction(src, dst, dst, port, proto, networkingv1.PolicyTypeEgress) &&
 		r.direction(dst, src, dst, port, proto, networkingv1.PolicyTypeIngress)
 }
 
@@ -269,10 +269,15 @@ func checkNetworkPolicies(t *testing.T, r *rendered) {
 	for _, src := range eps {
 		for _, dst := range eps {
 			for _, port := range policiedPorts {
-				got := r.allowed(src, dst, port, tcp)
-				if w := want[conn{src.name, dst.name, port}]; got != w {
-					verb := map[bool]string{true: "allow", false: "deny"}[w]
-					t.Errorf("%s: NetworkPolicies should %s %s -> %s:%d", r.overlay, verb, src, dst, port)
+				// Each side on its own, so that a rule opened on one side
+				// only (and so harmless today) fails as well.
+				w := want[conn{src.name, dst.name, port}]
+				verb := map[bool]string{true: "allow", false: "deny"}[w]
+				if got := r.direction(src, dst, dst, port, tcp, networkingv1.PolicyTypeEgress); got != w {
+					t.Errorf("%s: egress policies of %s should %s %s -> %s:%d", r.overlay, src, verb, src, dst, port)
+				}
+				if got := r.direction(dst, src, dst, port, tcp, networkingv1.PolicyTypeIngress); got != w {
+					t.Errorf("%s: ingress policies of %s should %s %s -> %s:%d", r.overlay, dst, verb, src, dst, port)
 				}
 			}
 		}
