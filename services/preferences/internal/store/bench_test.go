@@ -1,0 +1,151 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+	"github.com/clinicchat/clinicchat/services/platform/testkit"
+	"github.com/clinicchat/clinicchat/services/preferences/internal/domain"
+)
+
+// benchPatients is the size of the one practice the search benchmark fills.
+const benchPatients = 100_000
+
+// BenchmarkSearch fills one practice with 100,000 synthetic patients (one
+// transaction of multi-row inserts) on each backend and measures search
+// latency for one-, two- and three-word queries typed the way staff type
+// them: each word a prefix (of random length) of a word of a real patient's
+// name, the last word usually cut short. It reports p50 and p99 per query
+// (ms) with b.ReportMetric and prints a table. Run:
+//
+//	go test ./services/preferences/internal/store -run '^$' -bench Search -benchtime 2000x
+func BenchmarkSearch(b *testing.B) {
+	for _, be := range testkit.Backends() {
+		b.Run(be.Name, func(b *testing.B) {
+			ctx := context.Background()
+			db := testkit.OpenDB(b, be)
+			st, err := New(ctx, db)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ps := fill(b, db, benchPatients)
+			r := rand.New(rand.NewPCG(5, 5))
+			for _, words := range []int{1, 2, 3} {
+				for _, incl := range []bool{false, true} {
+					queries := benchQueries(r, ps, words, 1000)
+					label := fmt.Sprintf("words=%d/eligible-only", words)
+					if incl {
+						label = fmt.Sprintf("words=%d/include-ineligible", words)
+					}
+					b.Run(label, func(b *testing.B) {
+						lat := make([]time.Duration, 0, b.N)
+						type slow struct {
+							q string
+							d time.Duration
+							n int
+						}
+						var slows []slow
+						found := 0
+						b.ResetTimer()
+						for i := range b.N {
+							q := queries[i%len(queries)]
+							start := time.Now()
+							hits, err := st.SearchPatients(ctx, domain.SearchQuery{
+								Practice: "bench", Words: domain.QueryWords(q), IncludeIneligible: incl, Limit: 21,
+							})
+							lat = append(lat, time.Since(start))
+							if os.Getenv("BENCH_SLOW") != "" {
+								slows = append(slows, slow{q, lat[len(lat)-1], len(hits)})
+							}
+							if err != nil {
+								b.Fatal(err)
+							}
+							if len(hits) > 0 {
+								found++
+							}
+						}
+						b.StopTimer()
+						slices.Sort(lat)
+						p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
+						b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
+						b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
+						b.ReportMetric(float64(found)/float64(b.N), "nonempty")
+						slices.SortFunc(slows, func(a, b slow) int { return int(b.d - a.d) })
+						for _, x := range slows[:min(len(slows), 12)] {
+							b.Logf("slow: %q %v hits=%d", x.q, x.d, x.n)
+						}
+						b.Logf("%-8s %-32s n=%5d p50=%6.3fms p99=%6.3fms max=%6.3fms", be.Name, label, b.N,
+							ms(p50), ms(p99), ms(lat[len(lat)-1]))
+					})
+				}
+			}
+		})
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// fill inserts n synthetic patients into practice "bench" in one transaction
+// and refreshes the planner statistics.
+func fill(b *testing.B, db *sqldb.DB, n int) []domain.Patient {
+	b.Helper()
+	ctx := context.Background()
+	names := newNamer(1)
+	ps := make([]domain.Patient, n)
+	for i := range ps {
+		ps[i] = names.patient("bench", i)
+	}
+	start := time.Now()
+	if err := db.Write(ctx, func(tx *sqldb.Tx) error { return insertPatients(ctx, tx, ps) }); err != nil {
+		b.Fatal(err)
+	}
+	filled := time.Since(start)
+	if db.Dialect() == sqldb.Postgres {
+		_, err := db.Raw().ExecContext(ctx, `VACUUM ANALYZE`)
+		if err != nil {
+			b.Fatal(err)
+		}
+	} else if _, err := db.Exec(ctx, `ANALYZE`); err != nil {
+		b.Fatal(err)
+	}
+	var rows int
+	if err := db.QueryRow(ctx, `SELECT COUNT(*) FROM patient_prefixes`).Scan(&rows); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("%s: filled %d patients (%d search rows) in %v; analyzed in %v", db.Dialect(), n, rows, filled.Round(time.Millisecond),
+		(time.Since(start) - filled).Round(time.Millisecond))
+	return ps
+}
+
+// benchQueries makes n queries of the given number of words from the names of
+// random patients of ps: each word a prefix of a name word of at least 2 letters
+// (or the whole word), the last word cut shortest, as typed.
+func benchQueries(r *rand.Rand, ps []domain.Patient, words, n int) []string {
+	out := make([]string, 0, n)
+	for len(out) < n {
+		ws := strings.Fields(strings.ReplaceAll(ps[r.IntN(len(ps))].DisplayName, "-", " "))
+		if len(ws) < words {
+			continue
+		}
+		start := r.IntN(len(ws) - words + 1)
+		pick := ws[start : start+words]
+		q := make([]string, words)
+		for i, w := range pick {
+			rs := []rune(w)
+			keep := len(rs)
+			if i == words-1 || r.IntN(3) == 0 {
+				keep = min(len(rs), 2+r.IntN(len(rs)))
+			}
+			q[i] = string(rs[:keep])
+		}
+		out = append(out, strings.Join(q, " "))
+	}
+	return out
+}

@@ -1,0 +1,52 @@
+-- The patient directory of every practice, with each patient's chat opt-in.
+-- Text that is compared or ordered uses the "C" collation: byte order, the
+-- same as SQLite and Go, so word-prefix ranges and page tokens mean the same
+-- on every backend.
+-- name_key is the folded display name (words joined by single spaces): the
+-- sort key of "by name" and what an exact full-name match compares.
+CREATE TABLE patients (
+    practice           TEXT COLLATE "C" NOT NULL,
+    id                 TEXT COLLATE "C" NOT NULL,
+    external_id        TEXT COLLATE "C" NOT NULL,
+    display_name       TEXT    NOT NULL,
+    name_key           TEXT COLLATE "C" NOT NULL,
+    date_of_birth      TEXT    NOT NULL,
+    has_portal_account BOOLEAN NOT NULL,
+    chat_opt_in        BOOLEAN NOT NULL DEFAULT FALSE,
+    update_time        BIGINT  NOT NULL,
+    prefs_update_time  BIGINT  NOT NULL DEFAULT 0,
+    PRIMARY KEY (practice, id),
+    UNIQUE (practice, external_id)
+);
+
+-- Empty query and ordered scans: everyone, and the chat-eligible only.
+CREATE INDEX patients_by_name ON patients (practice, name_key, id);
+CREATE INDEX patients_eligible_by_name ON patients (practice, name_key, id)
+    WHERE has_portal_account AND chat_opt_in;
+
+-- Word-prefix search (internal/store/search.go): one row per prefix of every
+-- indexed word of a patient's name ("g", "ga", "gar", … "garcia"), so a query
+-- word is an equality lookup whose rows come back in name order. rank is 0
+-- when the whole name is that one word, 1 when the prefix is a whole word of
+-- the name, 2 otherwise. search_text is every indexed word of the name,
+-- space separated, with a leading and a trailing space, so the other query
+-- words are checked in the index: LIKE '% gar%' (prefix), '% garcia %' (whole
+-- word). The primary key INCLUDEs it for index-only scans.
+CREATE TABLE patient_prefixes (
+    practice    TEXT COLLATE "C" NOT NULL,
+    prefix      TEXT COLLATE "C" NOT NULL,
+    rank        SMALLINT NOT NULL,
+    name_key    TEXT COLLATE "C" NOT NULL,
+    patient_id  TEXT COLLATE "C" NOT NULL,
+    search_text TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (practice, prefix, rank, name_key, patient_id) INCLUDE (search_text)
+);
+
+-- Transactional outbox (services/platform/outbox).
+CREATE TABLE outbox (
+    seq        BIGSERIAL PRIMARY KEY,
+    id         TEXT   NOT NULL UNIQUE,
+    subject    TEXT   NOT NULL,
+    payload    BYTEA  NOT NULL,
+    created_at BIGINT NOT NULL
+);

@@ -1,0 +1,320 @@
+// Package store is the preferences service's repository on SQLite or
+// PostgreSQL (one portable implementation over sqldb): the patients table,
+// the patient_prefixes search index kept in step with it in the same
+// transaction, and the outbox.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+	"github.com/clinicchat/clinicchat/services/preferences/internal/domain"
+)
+
+// Store implements domain.Repository.
+type Store struct {
+	db *sqldb.DB
+}
+
+var _ domain.Repository = (*Store)(nil)
+
+// New migrates db and returns the store.
+func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
+	if err := sqldb.Migrate(ctx, db, migrationsFS, "migrations"); err != nil {
+		return nil, err
+	}
+	return &Store{db: db}, nil
+}
+
+const patientCols = `id, external_id, display_name, date_of_birth, has_portal_account, chat_opt_in, update_time, prefs_update_time`
+
+// prefixed returns patientCols qualified by alias.
+func prefixed(alias string) string {
+	cols := strings.Split(patientCols, ", ")
+	for i, c := range cols {
+		cols[i] = alias + "." + c
+	}
+	return strings.Join(cols, ", ")
+}
+
+func scanPatient(practice string, row interface{ Scan(...any) error }, extra ...any) (*domain.Patient, error) {
+	p := domain.Patient{Practice: practice}
+	var upd, prefs int64
+	dest := append([]any{&p.ID, &p.ExternalID, &p.DisplayName, &p.DateOfBirth, &p.HasPortalAccount, &p.ChatOptIn, &upd, &prefs}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		return nil, err
+	}
+	p.UpdateTime = sqldb.FromMicros(upd)
+	p.PrefsUpdateTime = sqldb.FromMicros(prefs)
+	return &p, nil
+}
+
+// forUpdate locks the row read in a write transaction on PostgreSQL (SQLite
+// has a single writer).
+func forUpdate(q sqldb.Querier) string {
+	if q.Dialect() == sqldb.Postgres {
+		return " FOR UPDATE"
+	}
+	return ""
+}
+
+func getPatient(ctx context.Context, q sqldb.Querier, practice, where string, arg string) (*domain.Patient, error) {
+	p, err := scanPatient(practice, q.QueryRow(ctx,
+		`SELECT `+patientCols+` FROM patients WHERE practice = ? AND `+where+` = ?`+forUpdate(q), practice, arg))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read patient: %w", err)
+	}
+	return p, nil
+}
+
+// GetPatient implements domain.Repository.
+func (s *Store) GetPatient(ctx context.Context, practice, id string) (*domain.Patient, error) {
+	p, err := scanPatient(practice, s.db.QueryRow(ctx,
+		`SELECT `+patientCols+` FROM patients WHERE practice = ? AND id = ?`, practice, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, domain.ErrPatientNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read patient: %w", err)
+	}
+	return p, nil
+}
+
+// UpsertPatient implements domain.Repository. On PostgreSQL two concurrent
+// creates of one external id collide on the unique key; the loser runs
+// again and finds the winner's row.
+func (s *Store) UpsertPatient(ctx context.Context, practice string, key domain.PatientKey, mutate domain.Mutation) (*domain.Patient, error) {
+	var out *domain.Patient
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		err = s.db.Write(ctx, func(tx *sqldb.Tx) error {
+			var cur *domain.Patient
+			var err error
+			if key.ID != "" {
+				cur, err = getPatient(ctx, tx, practice, "id", key.ID)
+			} else {
+				cur, err = getPatient(ctx, tx, practice, "external_id", key.ExternalID)
+			}
+			if err != nil {
+				return err
+			}
+			out, err = s.apply(ctx, tx, cur, mutate)
+			return err
+		})
+		if !isUniqueViolation(err) {
+			break
+		}
+	}
+	if isUniqueViolation(err) {
+		return nil, domain.ErrExternalIDInUse
+	}
+	return out, err
+}
+
+// UpdatePatient implements domain.Repository.
+func (s *Store) UpdatePatient(ctx context.Context, practice, id string, mutate domain.Mutation) (*domain.Patient, error) {
+	var out *domain.Patient
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		cur, err := getPatient(ctx, tx, practice, "id", id)
+		if err != nil {
+			return err
+		}
+		if cur == nil {
+			return domain.ErrPatientNotFound
+		}
+		out, err = s.apply(ctx, tx, cur, mutate)
+		return err
+	})
+	return out, err
+}
+
+// apply runs mutate on cur and writes the result, its search rows and its
+// events. It returns the patient as stored (cur when nothing changed).
+func (s *Store) apply(ctx context.Context, tx *sqldb.Tx, cur *domain.Patient, mutate domain.Mutation) (*domain.Patient, error) {
+	next, events, err := mutate(cur)
+	if err != nil {
+		return nil, err
+	}
+	if next == nil {
+		if cur == nil {
+			return nil, domain.ErrPatientNotFound
+		}
+		return cur, nil
+	}
+	if cur == nil || cur.ExternalID != next.ExternalID {
+		var other string
+		err := tx.QueryRow(ctx, `SELECT id FROM patients WHERE practice = ? AND external_id = ?`, next.Practice, next.ExternalID).Scan(&other)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return nil, fmt.Errorf("check external id: %w", err)
+		case other != next.ID:
+			return nil, domain.ErrExternalIDInUse
+		}
+	}
+	if cur == nil {
+		if err := insertPatients(ctx, tx, []domain.Patient{*next}); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := updatePatient(ctx, tx, cur, next); err != nil {
+			return nil, err
+		}
+	}
+	for _, e := range events {
+		if err := outbox.Add(ctx, tx, e.ID, e.Subject, e.Payload); err != nil {
+			return nil, err
+		}
+	}
+	return next, nil
+}
+
+func updatePatient(ctx context.Context, tx *sqldb.Tx, cur, next *domain.Patient) error {
+	newKeys := deriveSearch(next.DisplayName)
+	_, err := tx.Exec(ctx, `UPDATE patients SET external_id = ?, display_name = ?, name_key = ?, date_of_birth = ?,
+		has_portal_account = ?, chat_opt_in = ?, update_time = ?, prefs_update_time = ? WHERE practice = ? AND id = ?`,
+		next.ExternalID, next.DisplayName, newKeys.nameKey, next.DateOfBirth, next.HasPortalAccount, next.ChatOptIn,
+		sqldb.Micros(next.UpdateTime), sqldb.Micros(next.PrefsUpdateTime), cur.Practice, cur.ID)
+	if err != nil {
+		return fmt.Errorf("update patient: %w", err)
+	}
+	if cur.DisplayName == next.DisplayName {
+		return nil
+	}
+	oldKeys := deriveSearch(cur.DisplayName)
+	if oldKeys.nameKey == newKeys.nameKey && oldKeys.searchText == newKeys.searchText {
+		return nil
+	}
+	if err := deletePrefixes(ctx, tx, cur.Practice, cur.ID, oldKeys); err != nil {
+		return err
+	}
+	return insertPrefixes(ctx, tx, []domain.Patient{*next}, []searchRow{newKeys})
+}
+
+// deletePrefixes removes a patient's search rows by their full keys: one
+// statement per rank, each an IN list on prefix.
+func deletePrefixes(ctx context.Context, tx *sqldb.Tx, practice, id string, keys searchRow) error {
+	byRank := map[int][]any{}
+	for _, p := range keys.prefixes {
+		byRank[p.rank] = append(byRank[p.rank], p.prefix)
+	}
+	for rank, prefixes := range byRank {
+		args := append([]any{practice, rank, keys.nameKey, id}, prefixes...)
+		q := `DELETE FROM patient_prefixes WHERE practice = ? AND rank = ? AND name_key = ? AND patient_id = ? AND prefix IN (?` +
+			strings.Repeat(`, ?`, len(prefixes)-1) + `)`
+		if _, err := tx.Exec(ctx, q, args...); err != nil {
+			return fmt.Errorf("delete search rows: %w", err)
+		}
+	}
+	return nil
+}
+
+// insertPatients inserts new patients and their search rows with multi-row
+// statements.
+func insertPatients(ctx context.Context, tx *sqldb.Tx, ps []domain.Patient) error {
+	const cols = 10
+	keys := make([]searchRow, len(ps))
+	for i := range ps {
+		keys[i] = deriveSearch(ps[i].DisplayName)
+	}
+	for start := 0; start < len(ps); start += maxRowsPerInsert(cols) {
+		part := ps[start:min(start+maxRowsPerInsert(cols), len(ps))]
+		var b strings.Builder
+		b.WriteString(`INSERT INTO patients (practice, id, external_id, display_name, name_key, date_of_birth,
+			has_portal_account, chat_opt_in, update_time, prefs_update_time) VALUES `)
+		args := make([]any, 0, len(part)*cols)
+		for i, p := range part {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(`(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+			args = append(args, p.Practice, p.ID, p.ExternalID, p.DisplayName, keys[start+i].nameKey, p.DateOfBirth,
+				p.HasPortalAccount, p.ChatOptIn, sqldb.Micros(p.UpdateTime), sqldb.Micros(p.PrefsUpdateTime))
+		}
+		if _, err := tx.Exec(ctx, b.String(), args...); err != nil {
+			return fmt.Errorf("insert patients: %w", err)
+		}
+	}
+	return insertPrefixes(ctx, tx, ps, keys)
+}
+
+// insertPrefixes inserts the search rows of patients (keys[i] for ps[i]).
+func insertPrefixes(ctx context.Context, tx *sqldb.Tx, ps []domain.Patient, keys []searchRow) error {
+	const cols = 6
+	per := maxRowsPerInsert(cols)
+	var b strings.Builder
+	args := make([]any, 0, per*cols)
+	n := 0
+	flush := func() error {
+		if n == 0 {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, b.String(), args...); err != nil {
+			return fmt.Errorf("insert search rows: %w", err)
+		}
+		b.Reset()
+		args, n = args[:0], 0
+		return nil
+	}
+	for i, p := range ps {
+		for _, pr := range keys[i].prefixes {
+			if n == 0 {
+				b.WriteString(`INSERT INTO patient_prefixes (practice, prefix, rank, name_key, patient_id, search_text) VALUES `)
+			} else {
+				b.WriteString(", ")
+			}
+			b.WriteString(`(?, ?, ?, ?, ?, ?)`)
+			args = append(args, p.Practice, pr.prefix, pr.rank, keys[i].nameKey, p.ID, keys[i].searchText)
+			if n++; n == per {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return flush()
+}
+
+// maxRowsPerInsert keeps a multi-row INSERT under both backends' limits on
+// bound parameters (SQLite 32766, PostgreSQL 65535).
+func maxRowsPerInsert(cols int) int { return 30000 / cols }
+
+// RecordEvents implements domain.Repository.
+func (s *Store) RecordEvents(ctx context.Context, events ...domain.Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	return s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		for _, e := range events {
+			if err := outbox.Add(ctx, tx, e.ID, e.Subject, e.Payload); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// isUniqueViolation reports a unique-key violation of either backend.
+func isUniqueViolation(err error) bool {
+	if err == nil {
+		return false
+	}
+	var pg interface{ SQLState() string }
+	if errors.As(err, &pg) {
+		return pg.SQLState() == "23505"
+	}
+	var lite interface{ Code() int }
+	if errors.As(err, &lite) {
+		const constraintUnique, constraintPrimaryKey = 2067, 1555
+		return lite.Code() == constraintUnique || lite.Code() == constraintPrimaryKey
+	}
+	return false
+}
