@@ -835,3 +835,19 @@ func selects(sel *metav1.LabelSelector, lbls map[string]string) bool {
 	}
 	return s.Matches(labels.Set(lbls))
 }
+
+// TestREADMEDocumentsEveryFlag keeps the configuration reference complete:
+// every flag of every binary appears in README.md as its environment variable.
+func TestREADMEDocumentsEveryFlag(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range workloads {
+		flagsFor(w).VisitAll(func(f *flag.Flag) {
+			if !bytes.Contains(readme, []byte("`"+envName(f.Name)+"`")) {
+				t.Errorf("README.md does not document %s's --%s (%s)", w, f.Name, envName(f.Name))
+			}
+		})
+	}
+}
