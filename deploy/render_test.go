@@ -107,7 +107,9 @@ func render(t *testing.T, overlay string) *rendered {
 			if err := u.UnmarshalJSON(mustJSON(t, res)); err != nil {
 				t.Fatalf("%s: %v", id, err)
 			}
-			r.clusters[u.GetName()] = u
+			if err := add(r.clusters, u.GetName(), u); err != nil {
+				t.Errorf("%s: %v", id, err)
+			}
 			continue
 		}
 		if err != nil {
