@@ -1,0 +1,41 @@
+// Command preferences runs the preferences service on its own: the patient
+// directory and communication preferences over gRPC, configured by flags or
+// CLINICCHAT_* environment variables (see svcmain.Common).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/clinicchat/clinicchat/services/platform/svcmain"
+	"github.com/clinicchat/clinicchat/services/preferences"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "preferences:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	common := svcmain.Common{NeedsDatabase: true}
+	var cfg preferences.Config
+	fs := flag.NewFlagSet("preferences", flag.ContinueOnError)
+	common.Flags(fs)
+	cfg.Flags(fs)
+	if err := svcmain.Parse(fs, os.Args[1:]); err != nil {
+		return err
+	}
+	return svcmain.Main("preferences", &common, func(ctx context.Context, rt *svcmain.Runtime) (svcmain.Service, error) {
+		cfg.DatabaseDSN = rt.Common.DatabaseDSN
+		svc, err := preferences.New(ctx, cfg, preferences.Deps{Log: rt.Log, JS: rt.JS})
+		if err != nil {
+			return nil, err
+		}
+		svc.Register(rt.Server.Server)
+		return svc, nil
+	})
+}
