@@ -309,8 +309,11 @@ func checkNetworkPolicies(t *testing.T, r *rendered) {
 		if dst.name == "gateway" && !r.allowed(prometheus, dst, httpPort, tcp) {
 			t.Errorf("%s: Prometheus cannot scrape the gateway's /metrics", r.overlay)
 		}
-		if _, isDB := r.clusters[dst.name]; isDB && !r.allowed(cnpgOperator, dst, 8000, tcp) {
-			t.Errorf("%s: the CloudNativePG operator cannot reach %s:8000", r.overlay, dst)
+		_, isDB := r.clusters[dst.name]
+		for _, port := range []int32{8000, 5432} {
+			if got := r.allowed(cnpgOperator, dst, port, tcp); got != isDB {
+				t.Errorf("%s: CloudNativePG operator -> %s:%d allowed=%v, want %v", r.overlay, dst, port, got, isDB)
+			}
 		}
 	}
 	for _, w := range workloads {
