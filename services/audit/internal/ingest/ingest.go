@@ -1,0 +1,134 @@
+// Package ingest feeds the audit log from NATS JetStream: one durable consumer
+// per clinicchat stream, every subject; each message is decoded as a
+// typev1.EventEnvelope (field 1 of every event is its EventMeta) and appended
+// before it is acked. Nothing but the meta is read: message text and other
+// PHI in the rest of a payload are discarded undecoded.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+
+	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
+	"github.com/clinicchat/clinicchat/services/audit/internal/domain"
+	"github.com/clinicchat/clinicchat/services/platform/ids"
+	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+)
+
+// Sink appends one event (app.App.Ingest).
+type Sink interface {
+	Ingest(ctx context.Context, subject string, e domain.Entry) error
+}
+
+// DurablePrefix starts the name of each of the audit service's durable
+// consumers ("audit-conversation", "audit-delivery", …).
+const DurablePrefix = "audit-"
+
+// Errors that make a message poison (terminated, never redelivered).
+var (
+	ErrUndecodable = errors.New("payload is not a clinicchat event")
+	ErrNoMeta      = errors.New("event has no meta")
+	ErrBadMeta     = errors.New("event meta lacks an id, practice or action")
+)
+
+// Decode reads the audit entry of an event payload. fallback is the time
+// used when the meta carries none (the JetStream publish time).
+func Decode(payload []byte, fallback time.Time) (domain.Entry, error) {
+	var env typev1.EventEnvelope
+	if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(payload, &env); err != nil {
+		return domain.Entry{}, ErrUndecodable
+	}
+	m := env.GetMeta()
+	if m == nil {
+		return domain.Entry{}, ErrNoMeta
+	}
+	if !ids.Valid(m.GetId()) || m.GetPractice() == "" || m.GetAction() == "" {
+		return domain.Entry{}, ErrBadMeta
+	}
+	e := domain.Entry{
+		EventID:   m.GetId(),
+		Time:      fallback,
+		Practice:  m.GetPractice(),
+		Actor:     m.GetActor(),
+		ActorRole: m.GetActorRole(),
+		Action:    m.GetAction(),
+		Resource:  m.GetResource(),
+		Outcome:   domain.OutcomeAllowed,
+		Detail:    m.GetDetail(),
+	}
+	if m.GetTime() != nil && m.GetTime().IsValid() {
+		e.Time = m.GetTime().AsTime()
+	}
+	if m.GetOutcome() == typev1.EventMeta_DENIED {
+		e.Outcome = domain.OutcomeDenied
+	}
+	return e.Normalize(), nil
+}
+
+// Consumers runs the audit service's durable consumers.
+type Consumers struct {
+	JS   jetstream.JetStream
+	Sink Sink
+	Log  *zap.Logger
+}
+
+// Specs are the consumers: one per stream in natsx.Streams, on all of its
+// subjects (the audit policy, domain.Audited, skips the non-actions).
+func Specs() []natsx.ConsumerSpec {
+	var out []natsx.ConsumerSpec
+	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
+		out = append(out, natsx.ConsumerSpec{
+			Stream:         sc.Name,
+			Durable:        DurablePrefix + strings.ToLower(strings.TrimPrefix(sc.Name, "CLINICCHAT_")),
+			FilterSubjects: sc.Subjects,
+		})
+	}
+	return out
+}
+
+// Run consumes until ctx ends. A consumer that cannot be created (NATS
+// unreachable) is retried with backoff.
+func (c *Consumers) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for _, spec := range Specs() {
+		g.Go(func() error {
+			backoff := 250 * time.Millisecond
+			for {
+				err := natsx.Consume(ctx, c.JS, c.Log, spec, c.handle)
+				if ctx.Err() != nil {
+					return nil
+				}
+				c.Log.Warn("audit consumer not running; retrying", zap.String(logkeys.Stream, spec.Stream),
+					zap.Duration("backoff", backoff), zap.Error(err))
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, 10*time.Second)
+			}
+		})
+	}
+	return g.Wait()
+}
+
+func (c *Consumers) handle(ctx context.Context, m jetstream.Msg) error {
+	fallback := time.Now()
+	if md, err := m.Metadata(); err == nil {
+		fallback = md.Timestamp
+	}
+	e, err := Decode(m.Data(), fallback)
+	if err != nil {
+		return fmt.Errorf("%w: %w", natsx.ErrPoison, err)
+	}
+	return c.Sink.Ingest(ctx, m.Subject(), e)
+}
