@@ -9,6 +9,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/conversation"
 	"github.com/clinicchat/clinicchat/services/delivery"
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
+	"github.com/clinicchat/clinicchat/services/preferences"
 )
 
 // The binaries the manifests run, by workload (Deployment) name.
@@ -60,10 +61,7 @@ var binaryFlags = map[string]func(*flag.FlagSet){
 		"checkpoint-signer-key-file": stringFlag,
 		"checkpoint-interval":        durationFlag,
 	}),
-	// TODO(issue 6): (&preferences.Config{}).Flags(fs) from
-	// github.com/clinicchat/clinicchat/services/preferences once it is
-	// committed (it has no flags of its own so far).
-	"preferences": func(*flag.FlagSet) {},
+	"preferences": func(fs *flag.FlagSet) { (&preferences.Config{}).Flags(fs) },
 	// The gateway package registers its behaviour flags; the binary adds the
 	// listen and upstream addresses, NATS and token verification.
 	// TODO(issue 6): replace the table by the gateway binary's own
