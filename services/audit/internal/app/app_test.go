@@ -508,3 +508,66 @@ func TestParseKept(t *testing.T) {
 		require.Equal(t, codes.InvalidArgument, code(err), bad)
 	}
 }
+
+// Verification while events keep arriving never mistakes an append for
+// tampering.
+func TestVerifyDuringAppends(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		ingest(t, e, "p", 0, 3)
+		_, err := e.app.Checkpoint(admin)
+		require.NoError(t, err)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 3; i < 80; i++ {
+				err := e.app.Ingest(context.Background(), natsx.SubjectDeliveryAccess, domain.Entry{
+					EventID: fmt.Sprintf("p-e%d", i), Time: t0, Practice: "p", Actor: "users/u", ActorRole: "dentist",
+					Action: "conversation.view", Resource: "conversations/c"})
+				if err == nil && i%10 == 0 {
+					_, err = e.app.Checkpoint(admin)
+				}
+				if err != nil {
+					t.Error(err) // not require: this is not the test's goroutine
+					return
+				}
+			}
+		}()
+		for running := true; running; {
+			select {
+			case <-done:
+				running = false
+			default:
+			}
+			res, err := e.app.Verify(admin, nil)
+			require.NoError(t, err)
+			require.True(t, res.Valid, res.Reason)
+		}
+		res, err := e.app.Verify(admin, nil)
+		require.NoError(t, err)
+		require.True(t, res.Valid, res.Reason)
+		require.Equal(t, int64(80), res.TreeSize)
+	})
+}
+
+func TestVerifyEmptyAndSmallLogs(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testkit.Backends()[0])
+	res, err := e.app.Verify(admin, nil)
+	require.NoError(t, err)
+	require.True(t, res.Valid)
+	require.Zero(t, res.TreeSize)
+	_, err = e.app.Checkpoint(admin) // size 0
+	require.NoError(t, err)
+	for i := range 3 {
+		ingest(t, e, "p", i, i+1)
+		_, err = e.app.Checkpoint(admin)
+		require.NoError(t, err)
+		res, err = e.app.Verify(admin, nil)
+		require.NoError(t, err)
+		require.True(t, res.Valid, res.Reason)
+		require.Equal(t, int64(i+1), res.Checked)
+	}
+	cps, err := e.st.Checkpoints(context.Background(), "p")
+	require.NoError(t, err)
+	require.Len(t, cps, 4)
+}
