@@ -288,7 +288,12 @@ func (st *eventStream) enqueue(it streamItem) {
 	select {
 	case st.items <- it:
 	default:
-		st.overflowOnce.Do(func() { close(st.overflow) })
+		st.overflowOnce.Do(func() {
+			close(st.overflow)
+			if hook := st.s.onOverflow; hook != nil {
+				hook()
+			}
+		})
 	}
 }
 

@@ -153,6 +153,9 @@ type Server struct {
 	closing chan struct{}
 	// streams counts running event streams (and their background work).
 	streams sync.WaitGroup
+	// onOverflow, when set (by tests), is called when an event stream's
+	// buffer overflows.
+	onOverflow func()
 }
 
 // New builds the gateway and registers every route.

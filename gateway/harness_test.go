@@ -52,6 +52,8 @@ type harness struct {
 	conv   *fakeConversation
 	del    *fakeDelivery
 	att    *fakeAttachment
+	// overflowHook becomes Server.onOverflow before the server starts.
+	overflowHook func()
 }
 
 type harnessOption func(h *harness, c *Config, d *Deps)
@@ -86,6 +88,7 @@ func newHarness(t *testing.T, opts ...harnessOption) *harness {
 	}
 	h.gw, err = New(cfg, deps)
 	require.NoError(t, err)
+	h.gw.onOverflow = h.overflowHook
 	h.srv = httptest.NewServer(h.gw.Handler())
 	t.Cleanup(h.srv.Close)
 	t.Cleanup(func() {
@@ -201,17 +204,32 @@ type sseClient struct {
 // Last-Event-ID. It returns once the response headers arrived.
 func (h *harness) openEvents(token, lastID string) *sseClient {
 	h.t.Helper()
-	resp := h.connectEvents(token, lastID)
+	return h.openEventsQuery(token, lastID, "")
+}
+
+// openEventsQuery is openEvents with a query string ("lastEventId=…").
+func (h *harness) openEventsQuery(token, lastID, query string) *sseClient {
+	h.t.Helper()
+	resp := h.connectEvents(token, lastID, query)
 	require.Equal(h.t, http.StatusOK, resp.StatusCode)
+	return h.readEvents(resp)
+}
+
+// readEvents starts reading an event stream response.
+func (h *harness) readEvents(resp *http.Response) *sseClient {
 	c := &sseClient{t: h.t, resp: resp, events: make(chan sseEvent, 4096), done: make(chan struct{})}
 	go c.read()
 	h.t.Cleanup(c.close)
 	return c
 }
 
-func (h *harness) connectEvents(token, lastID string) *http.Response {
+func (h *harness) connectEvents(token, lastID, query string) *http.Response {
 	h.t.Helper()
-	req, err := http.NewRequest(http.MethodGet, h.srv.URL+"/v1/events", nil)
+	u := h.srv.URL + "/v1/events"
+	if query != "" {
+		u += "?" + query
+	}
+	req, err := http.NewRequest(http.MethodGet, u, nil)
 	require.NoError(h.t, err)
 	req.Header.Set("Authorization", "Bearer "+token)
 	if lastID != "" {
