@@ -30,7 +30,9 @@ func run() error {
 		return err
 	}
 	cfg.DatabaseDSN = common.DatabaseDSN
-	if err := errors.Join(common.Validate(), cfg.Validate()); err != nil {
+	own := cfg
+	own.DatabaseDSN = "(checked by common)" // a missing DSN is reported once, by common
+	if err := errors.Join(common.Validate(), own.Validate()); err != nil {
 		return fmt.Errorf("configuration:\n%w", err)
 	}
 	// Dev mode (tokens signed with a local key rather than an issuer's JWKS):
