@@ -74,7 +74,6 @@ type Deps struct {
 // Service is the audit service.
 type Service struct {
 	cfg       Config
-	log       *zap.Logger
 	db        *sqldb.DB
 	app       *app.App
 	consumers *ingest.Consumers
@@ -125,7 +124,6 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		zap.Duration("checkpoint_interval", cfg.CheckpointInterval), zap.String("database", db.Dialect().String()))
 	return &Service{
 		cfg:       cfg,
-		log:       log,
 		db:        db,
 		app:       a,
 		key:       key,
