@@ -1,0 +1,152 @@
+package attachment
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+
+	attachmentv1 "github.com/clinicchat/clinicchat/proto/clinicchat/attachment/v1"
+	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
+	"github.com/clinicchat/clinicchat/services/attachment/internal/adapters"
+	"github.com/clinicchat/clinicchat/services/attachment/internal/app"
+	"github.com/clinicchat/clinicchat/services/attachment/internal/blob"
+	"github.com/clinicchat/clinicchat/services/attachment/internal/domain"
+	"github.com/clinicchat/clinicchat/services/attachment/internal/grpcapi"
+	"github.com/clinicchat/clinicchat/services/attachment/internal/store"
+	"github.com/clinicchat/clinicchat/services/delivery/messageview"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+)
+
+// MaxBytes is the largest attachment accepted: 26,214,400 bytes (25 MiB).
+const MaxBytes = domain.MaxBytes
+
+// ConsumerLinks is the durable consumer of delivery's MessageCreated events.
+const ConsumerLinks = "attachment-links"
+
+// Config is the service's own configuration.
+type Config struct {
+	// DatabaseDSN is a postgres:// URL or a SQLite file path (svcmain's
+	// --database-dsn).
+	DatabaseDSN string
+	// BlobDir holds the attachment bytes; every replica must see the same
+	// directory. Required.
+	BlobDir string
+	// ConversationAddr is the conversation service (standalone binary only).
+	ConversationAddr string
+	// DeliveryAddr is the delivery service (standalone binary only).
+	DeliveryAddr string
+	// StepUpWindow is how recently a patient must have signed in to open an
+	// attachment of a sensitive message (default 5 minutes).
+	StepUpWindow time.Duration
+}
+
+// Flags registers the service-specific flags (the common ones are svcmain's).
+func (c *Config) Flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.BlobDir, "blob-dir", "", "directory of the attachment bytes, shared by every replica (required)")
+	fs.StringVar(&c.ConversationAddr, "conversation-addr", "conversation:9090", "conversation service gRPC address")
+	fs.StringVar(&c.DeliveryAddr, "delivery-addr", "delivery:9090", "delivery service gRPC address")
+	fs.DurationVar(&c.StepUpWindow, "step-up-window", messageview.DefaultStepUpWindow, "how recently a patient must have signed in to open an attachment of a sensitive message")
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var problems []error
+	if c.DatabaseDSN == "" {
+		problems = append(problems, errors.New("attachment: database DSN is required"))
+	}
+	if c.BlobDir == "" {
+		problems = append(problems, errors.New("attachment: --blob-dir is required"))
+	}
+	if c.StepUpWindow <= 0 {
+		problems = append(problems, errors.New("attachment: --step-up-window must be positive"))
+	}
+	return errors.Join(problems...)
+}
+
+// Deps are the service's collaborators. The gRPC connections must forward
+// the caller's token (grpcx.Dial, grpcx.DialListener).
+type Deps struct {
+	Log *zap.Logger
+	JS  jetstream.JetStream
+	// Conversations reaches the conversation service: every access is
+	// authorized with ResolveConversation as the caller. Required.
+	Conversations grpc.ClientConnInterface
+	// Delivery reaches the delivery service. Optional and not called yet:
+	// which messages carry an attachment is learned from delivery's
+	// MessageCreated events, as no DeliveryService RPC answers it.
+	Delivery grpc.ClientConnInterface
+}
+
+// Service is the attachment service.
+type Service struct {
+	deps  Deps
+	db    *sqldb.DB
+	app   *app.App
+	relay *outbox.Relay
+}
+
+// New opens and migrates the database and opens the blob directory.
+func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var problems []error
+	if deps.Log == nil {
+		problems = append(problems, errors.New("attachment: Deps.Log is required"))
+	}
+	if deps.JS == nil {
+		problems = append(problems, errors.New("attachment: Deps.JS is required"))
+	}
+	if deps.Conversations == nil {
+		problems = append(problems, errors.New("attachment: Deps.Conversations is required"))
+	}
+	if err := errors.Join(problems...); err != nil {
+		return nil, err
+	}
+	blobs, err := blob.Open(cfg.BlobDir)
+	if err != nil {
+		return nil, err
+	}
+	db, err := sqldb.Open(ctx, cfg.DatabaseDSN)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.New(ctx, db)
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	a := app.New(st, adapters.Conversations{Client: conversationv1.NewConversationServiceClient(deps.Conversations)},
+		adapters.Blobs{Store: blobs}, deps.Log, cfg.StepUpWindow)
+	return &Service{deps: deps, db: db, app: a, relay: outbox.NewRelay(db, deps.JS, deps.Log)}, nil
+}
+
+// Register registers the gRPC service.
+func (s *Service) Register(g *grpc.Server) {
+	attachmentv1.RegisterAttachmentServiceServer(g, &grpcapi.Server{App: s.app})
+}
+
+// Run relays the outbox and consumes delivery's MessageCreated events (which
+// messages carry which attachments) until ctx ends; it then returns nil.
+func (s *Service) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.relay.Run(ctx) })
+	g.Go(func() error {
+		return natsx.Consume(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
+			Stream: natsx.StreamDelivery, Durable: ConsumerLinks,
+			FilterSubjects: []string{natsx.SubjectMessageCreated},
+		}, s.app.HandleMessageCreated)
+	})
+	return g.Wait()
+}
+
+// Close closes the database.
+func (s *Service) Close() error { return s.db.Close() }

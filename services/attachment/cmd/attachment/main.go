@@ -1,0 +1,60 @@
+// Command attachment runs the attachment service on its own.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+
+	"google.golang.org/grpc"
+
+	"github.com/clinicchat/clinicchat/services/attachment"
+	"github.com/clinicchat/clinicchat/services/platform/grpcx"
+	"github.com/clinicchat/clinicchat/services/platform/svcmain"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "attachment:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var common svcmain.Common
+	var cfg attachment.Config
+	fs := flag.NewFlagSet("attachment", flag.ContinueOnError)
+	common.Flags(fs)
+	cfg.Flags(fs)
+	if err := svcmain.Parse(fs, os.Args[1:]); err != nil {
+		return err
+	}
+	common.NeedsDatabase = true
+	return svcmain.Main("attachment", &common, func(ctx context.Context, rt *svcmain.Runtime) (svcmain.Service, error) {
+		deps := attachment.Deps{Log: rt.Log, JS: rt.JS}
+		for _, peer := range []struct {
+			addr string
+			conn *grpc.ClientConnInterface
+		}{
+			{cfg.ConversationAddr, &deps.Conversations},
+			{cfg.DeliveryAddr, &deps.Delivery},
+		} {
+			if peer.addr == "" {
+				continue
+			}
+			conn, err := grpcx.Dial(peer.addr)
+			if err != nil {
+				return nil, err
+			}
+			*peer.conn = conn
+		}
+		cfg.DatabaseDSN = common.DatabaseDSN
+		svc, err := attachment.New(ctx, cfg, deps)
+		if err != nil {
+			return nil, err
+		}
+		svc.Register(rt.Server.Server)
+		return svc, nil
+	})
+}
