@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"go.uber.org/zap"
@@ -28,6 +29,11 @@ const chunkSize = 64 << 10
 
 // maxFormField bounds a non-file multipart part (conversation, filename).
 const maxFormField = 4 << 10
+
+// ioIdleTimeout bounds each read of an upload and each write of a download,
+// instead of a deadline for the whole transfer (which a 25 MiB file on a
+// slow line would exceed).
+const ioIdleTimeout = time.Minute
 
 // maxSkippedParts bounds the bytes of unknown multipart parts before "file".
 const maxSkippedParts = 1 << 20
@@ -82,10 +88,12 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, _ map[string]str
 		s.writeError(w, r, uploadError(stream, err))
 		return
 	}
+	rc := http.NewResponseController(w)
 	var total int64
 	for {
 		// A fresh buffer per frame: gRPC may still reference a sent message.
 		buf := make([]byte, chunkSize)
+		_ = rc.SetReadDeadline(time.Now().Add(ioIdleTimeout))
 		n, rerr := io.ReadFull(src.body, buf)
 		if n > 0 {
 			total += int64(n)
@@ -256,6 +264,9 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request, params map[str
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
 	h.Set("Content-Security-Policy", "default-src 'none'; sandbox")
+	// Per-chunk write deadlines replace the server's whole-response one.
+	rc := http.NewResponseController(w)
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	w.WriteHeader(http.StatusOK)
 	var sent int64
 	for {
@@ -272,6 +283,7 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request, params map[str
 			s.log.Error("download longer than its metadata says", zap.String("attachment", name))
 			panic(http.ErrAbortHandler)
 		}
+		_ = rc.SetWriteDeadline(time.Now().Add(ioIdleTimeout))
 		if _, err := w.Write(chunk); err != nil {
 			return // the client went away
 		}

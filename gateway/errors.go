@@ -143,7 +143,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 			err = hse.Err
 		}
 	}
-	st := s.normalize(r, status.Convert(err))
+	st := s.normalize(routeOf(r), status.Convert(err))
 	if httpCode == 0 {
 		httpCode = httpStatus(st)
 	}
@@ -161,7 +161,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 
 // normalize makes every status presentable: a reason in ErrorInfo, and no
 // internal detail (addresses, Go errors) in the message.
-func (s *Server) normalize(r *http.Request, st *status.Status) *status.Status {
+func (s *Server) normalize(route string, st *status.Status) *status.Status {
 	hasReason := errs.Reason(st.Err()) != ""
 	switch st.Code() {
 	case codes.Unknown, codes.Internal, codes.DataLoss:
@@ -169,7 +169,7 @@ func (s *Server) normalize(r *http.Request, st *status.Status) *status.Status {
 			break
 		}
 		id := ids.New()
-		s.log.Error("internal error", zap.String(logkeys.ErrorID, id), zap.String("route", routeOf(r)),
+		s.log.Error("internal error", zap.String(logkeys.ErrorID, id), zap.String("route", route),
 			zap.Stringer(logkeys.Code, st.Code()), zap.String("error", st.Message()))
 		return withInfo(status.New(codes.Internal, maskedPrefix+" (error id "+id+")"), ReasonInternal)
 	case codes.Unavailable:
@@ -177,7 +177,7 @@ func (s *Server) normalize(r *http.Request, st *status.Status) *status.Status {
 			break
 		}
 		id := ids.New()
-		s.log.Warn("upstream unavailable", zap.String(logkeys.ErrorID, id), zap.String("route", routeOf(r)),
+		s.log.Warn("upstream unavailable", zap.String(logkeys.ErrorID, id), zap.String("route", route),
 			zap.String("error", st.Message()))
 		return withInfo(status.New(codes.Unavailable,
 			"The service is temporarily unavailable; try again shortly (error id "+id+")"), ReasonUnavailable)
@@ -195,6 +195,16 @@ func (s *Server) normalize(r *http.Request, st *status.Status) *status.Status {
 		return st
 	}
 	return withInfo(st, codeReason(st.Code()))
+}
+
+// handleStreamError renders an error in the middle of a server-streaming
+// response (GET /v1/auditEvents:export) like every other error.
+func (s *Server) handleStreamError(ctx context.Context, err error) *status.Status {
+	route := routeUnmatched
+	if p, ok := runtime.HTTPPattern(ctx); ok {
+		route = p.String()
+	}
+	return s.normalize(route, status.Convert(err))
 }
 
 // incomingHeader decides which request headers become gRPC metadata. Only

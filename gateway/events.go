@@ -131,6 +131,8 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 		return
 	}
 	sw := newSSEWriter(w)
+	sw.detach()
+	defer sw.attach()
 	if resume != nil {
 		if !resumable(resume.d, head.delivery) || !resumable(resume.c, head.conversation) {
 			sw.start()
@@ -638,6 +640,14 @@ type sseWriter struct {
 func newSSEWriter(w http.ResponseWriter) *sseWriter {
 	return &sseWriter{w: w, rc: http.NewResponseController(w)}
 }
+
+// detach frees a long response from the embedding server's WriteTimeout,
+// if any (a whole-response deadline would end every stream); every write
+// gets its own deadline instead.
+func (sw *sseWriter) detach() { _ = sw.rc.SetWriteDeadline(time.Time{}) }
+
+// attach clears the per-write deadline before the connection is reused.
+func (sw *sseWriter) attach() { _ = sw.rc.SetWriteDeadline(time.Time{}) }
 
 // start sends the response headers.
 func (sw *sseWriter) start() {

@@ -253,6 +253,22 @@ func TestEventsKeepAlive(t *testing.T) {
 	}
 }
 
+func TestEventsOutliveServerTimeouts(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	h := newHarness(t, func(h *harness, c *Config, _ *Deps) {
+		c.KeepAlive = 10 * time.Millisecond
+		h.httpServer = func(s *http.Server) { s.ReadTimeout, s.WriteTimeout = timeout, timeout }
+	})
+	c := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "")
+	start := time.Now()
+	for time.Since(start) < 5*timeout { // keep-alives prove the stream is alive
+		_, ok := c.nextBlock()
+		require.True(t, ok, "the stream ended at the server's timeout")
+	}
+	h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m1", "users/doc", "x", 1, false))
+	requireMessage(t, c.next(), "conversations/ca/messages/m1")
+}
+
 func TestEventsSlowClientIsReset(t *testing.T) {
 	overflowed := make(chan struct{})
 	h := newHarness(t, func(h *harness, c *Config, _ *Deps) {

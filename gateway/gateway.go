@@ -256,6 +256,7 @@ func (s *Server) routes() error {
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, s.marshaler),
 		runtime.WithErrorHandler(s.handleError),
 		runtime.WithRoutingErrorHandler(s.handleRoutingError),
+		runtime.WithStreamErrorHandler(s.handleStreamError),
 		runtime.WithIncomingHeaderMatcher(incomingHeader),
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithDisableHTTPMethodOverride(),

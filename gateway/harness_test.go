@@ -54,6 +54,8 @@ type harness struct {
 	att    *fakeAttachment
 	// overflowHook becomes Server.onOverflow before the server starts.
 	overflowHook func()
+	// httpServer, when set, adjusts the test HTTP server before it starts.
+	httpServer func(*http.Server)
 }
 
 type harnessOption func(h *harness, c *Config, d *Deps)
@@ -89,7 +91,11 @@ func newHarness(t *testing.T, opts ...harnessOption) *harness {
 	h.gw, err = New(cfg, deps)
 	require.NoError(t, err)
 	h.gw.onOverflow = h.overflowHook
-	h.srv = httptest.NewServer(h.gw.Handler())
+	h.srv = httptest.NewUnstartedServer(h.gw.Handler())
+	if h.httpServer != nil {
+		h.httpServer(h.srv.Config)
+	}
+	h.srv.Start()
 	t.Cleanup(h.srv.Close)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
