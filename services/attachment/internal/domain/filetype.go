@@ -4,6 +4,7 @@ import (
 	"archive/zip"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"io"
 	"mime"
 	"slices"
@@ -334,6 +335,9 @@ func (c *textCheck) valid() bool { return c.ok && len(c.carry) == 0 }
 // Office Open XML by its [Content_Types].xml and main part. Macro-enabled
 // Office files are refused. Only a bounded amount is decompressed.
 func zipType(r io.ReaderAt, size int64) (FileType, bool) {
+	if n, ok := zipEntries(r, size); !ok || n > maxZipEntries {
+		return FileType{}, false
+	}
 	zr, err := zip.NewReader(r, size)
 	if err != nil || len(zr.File) == 0 {
 		return FileType{}, false
@@ -378,6 +382,35 @@ func zipType(r io.ReaderAt, size int64) (FileType, bool) {
 		return TypePPTX, true
 	}
 	return FileType{}, false
+}
+
+// maxZipEntries bounds the entries of a ZIP-based document (real ones have
+// tens to hundreds), so a crafted archive of countless tiny entries cannot
+// make the directory read take a lot of memory.
+const maxZipEntries = 10000
+
+// zipEntries reads the entry count from a ZIP's end-of-central-directory
+// record, before archive/zip loads the directory. ZIP64 archives (more than
+// 65,535 entries) are not documents.
+func zipEntries(r io.ReaderAt, size int64) (int, bool) {
+	const eocdLen, maxComment = 22, 65535
+	n := min(size, eocdLen+maxComment)
+	if n < eocdLen {
+		return 0, false
+	}
+	tail := make([]byte, n)
+	if _, err := r.ReadAt(tail, size-n); err != nil && !errors.Is(err, io.EOF) {
+		return 0, false
+	}
+	i := bytes.LastIndex(tail, []byte("PK\x05\x06"))
+	if i < 0 || len(tail)-i < eocdLen {
+		return 0, false
+	}
+	total := binary.LittleEndian.Uint16(tail[i+10:])
+	if total == 0xFFFF {
+		return 0, false
+	}
+	return int(total), true
 }
 
 // readZipEntry returns f's content when it is at most limit bytes.

@@ -137,3 +137,17 @@ func TestWithExtension(t *testing.T) {
 	require.Len(t, got, domain.MaxFilenameBytes)
 	require.True(t, strings.HasSuffix(got, ".jpg"))
 }
+
+func TestSniffRefusesHugeZipDirectories(t *testing.T) {
+	t.Parallel()
+	entries := make([][2]string, 10001)
+	entries[0] = [2]string{"[Content_Types].xml", "<Types/>"}
+	entries[1] = [2]string{"word/document.xml", "<w:document/>"}
+	for i := 2; i < len(entries); i++ {
+		entries[i] = [2]string{"word/media/x" + strings.Repeat("y", i%7) + string(rune('a'+i%26)) + ".xml", ""}
+	}
+	_, err := sniff(tf.Zip(entries...), 64<<10, "big.docx", "")
+	require.ErrorIs(t, err, domain.ErrUnsupported)
+	_, err = sniff(tf.Zip(entries[:100]...), 64<<10, "ok.docx", "")
+	require.NoError(t, err)
+}
