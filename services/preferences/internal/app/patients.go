@@ -111,7 +111,7 @@ func (a *App) UpsertPatient(ctx context.Context, who auth.Identity, in UpsertInp
 		} else if next.ID == "" {
 			next.ID = ids.New()
 		}
-		now := a.now().UTC()
+		now := a.now().UTC().Truncate(time.Microsecond) // as stored
 		next.UpdateTime = now
 		meta := events.Meta(who, ActionPatientUpsert, PatientName(next.ID), now)
 		ev := domain.Event{ID: meta.GetId(), Subject: natsx.SubjectPatientUpserted,

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"strconv"
+	"time"
 
 	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
@@ -41,7 +42,7 @@ func (a *App) UpdatePreferences(ctx context.Context, who auth.Identity, id strin
 			return nil, nil, nil
 		}
 		next := *cur
-		now := a.now().UTC()
+		now := a.now().UTC().Truncate(time.Microsecond) // as stored
 		next.ChatOptIn, next.PrefsUpdateTime = chatOptIn, now
 		meta := events.Meta(who, ActionPreferencesUpdate, resource, now)
 		meta.Detail = "chat_opt_in=" + strconv.FormatBool(chatOptIn)
