@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -31,6 +32,16 @@ func run() error {
 		return err
 	}
 	common.NeedsDatabase = true
+	cfg.DatabaseDSN = common.DatabaseDSN
+	// Report every problem at once: the common flags' and ours (a missing
+	// DSN is svcmain's to report).
+	probe := cfg
+	if probe.DatabaseDSN == "" {
+		probe.DatabaseDSN = "unset"
+	}
+	if err := errors.Join(common.Validate(), probe.Validate()); err != nil {
+		return fmt.Errorf("configuration:\n%w", err)
+	}
 	return svcmain.Main("attachment", &common, func(ctx context.Context, rt *svcmain.Runtime) (svcmain.Service, error) {
 		deps := attachment.Deps{Log: rt.Log, JS: rt.JS}
 		for _, peer := range []struct {
@@ -49,7 +60,6 @@ func run() error {
 			}
 			*peer.conn = conn
 		}
-		cfg.DatabaseDSN = common.DatabaseDSN
 		svc, err := attachment.New(ctx, cfg, deps)
 		if err != nil {
 			return nil, err
