@@ -235,4 +235,6 @@ func (s *sse) next(t *testing.T, types ...string) sseEvent {
 	}
 }
 
-func reqID(prefix string, i int) string { return fmt.Sprintf("%s-%d-%d", prefix, i, time.Now().UnixNano()) }
+func reqID(prefix string, i int) string {
+	return fmt.Sprintf("%s-%d-%d", prefix, i, time.Now().UnixNano())
+}
