@@ -113,7 +113,7 @@ func (a *App) Create(ctx context.Context, patient string) (domain.Conversation, 
 	if !pat.HasPortalAccount {
 		return domain.Conversation{}, a.denied(ctx, who, "conversation.create", patient, domain.ErrNoPortal)
 	}
-	now := a.now().UTC()
+	now := a.now().UTC().Truncate(time.Microsecond)
 	c := domain.Conversation{Practice: who.Practice, ID: ids.New(), PatientID: pat.ID, PatientDisplayName: pat.DisplayName,
 		State: domain.Active, CreateTime: now}
 	out, created, err := a.repo.Create(ctx, c, func(c domain.Conversation) []domain.Event {

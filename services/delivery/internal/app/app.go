@@ -175,7 +175,7 @@ func (a *App) Send(ctx context.Context, r SendRequest) (domain.Message, error) {
 	}
 	// The send is accepted at this instant: the eligibility read below comes
 	// after it, so a message is never stamped later than an opt-out it missed.
-	now := a.now().UTC()
+	now := a.now().UTC().Truncate(time.Microsecond)
 	st, err := a.patients.Status(ctx, conv.PatientID)
 	if err != nil {
 		return domain.Message{}, err
@@ -336,7 +336,7 @@ func (a *App) present(ctx context.Context, who auth.Identity, msgs []domain.Mess
 
 func (a *App) advance(ctx context.Context, who auth.Identity, convID string, upTo int64, to domain.Status) ([]domain.Message, error) {
 	return a.advanceAs(ctx, domain.Advance{Practice: who.Practice, ConversationID: convID, ReaderIsPatient: who.IsPatient(),
-		Reader: who.Principal(), UpTo: upTo, To: to, At: a.now().UTC()})
+		Reader: who.Principal(), UpTo: upTo, To: to, At: a.now().UTC().Truncate(time.Microsecond)})
 }
 
 func (a *App) advanceAs(ctx context.Context, adv domain.Advance) ([]domain.Message, error) {
@@ -376,7 +376,7 @@ func (a *App) MarkDelivered(ctx context.Context, parent string, upTo int64) (int
 // of conversation.read). Idempotent: replays and stale watermarks change nothing.
 func (a *App) ApplyRead(ctx context.Context, practice, conversationID, reader, readerRole string, upTo int64) error {
 	_, err := a.advanceAs(ctx, domain.Advance{Practice: practice, ConversationID: conversationID,
-		ReaderIsPatient: readerRole == auth.RolePatient, Reader: reader, UpTo: upTo, To: domain.Read, At: a.now().UTC()})
+		ReaderIsPatient: readerRole == auth.RolePatient, Reader: reader, UpTo: upTo, To: domain.Read, At: a.now().UTC().Truncate(time.Microsecond)})
 	return err
 }
 
