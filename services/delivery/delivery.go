@@ -122,3 +122,10 @@ func (s *Service) Run(ctx context.Context) error {
 
 // Close closes the database.
 func (s *Service) Close() error { return s.db.Close() }
+
+// Migrate applies the service's schema migrations to db (the "migrate"
+// subcommand; New applies them too).
+func Migrate(ctx context.Context, db *sqldb.DB) error {
+	_, err := store.New(ctx, db)
+	return err
+}

@@ -27,6 +27,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
 
 // Common is the configuration every standalone service shares.
@@ -211,4 +212,33 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 		err = nil
 	}
 	return err
+}
+
+// MigrateCommand reports whether args start with the "migrate" subcommand
+// ("<service> migrate --database-dsn=…": apply the schema and exit) and returns
+// the flags after it.
+func MigrateCommand(args []string) (bool, []string) {
+	if len(args) > 0 && args[0] == "migrate" {
+		return true, args[1:]
+	}
+	return false, args
+}
+
+// RunMigrate opens dsn, applies a service's migrations and closes it.
+func RunMigrate(dsn string, migrate func(context.Context, *sqldb.DB) error) error {
+	if dsn == "" {
+		return errors.New("migrate: --database-dsn is required")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	db, err := sqldb.Open(ctx, dsn)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := migrate(ctx, db); err != nil {
+		return err
+	}
+	fmt.Fprintln(os.Stdout, "migrations applied")
+	return nil
 }

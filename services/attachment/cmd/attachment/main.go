@@ -23,13 +23,17 @@ func main() {
 }
 
 func run() error {
+	migrate, args := svcmain.MigrateCommand(os.Args[1:])
 	var common svcmain.Common
 	var cfg attachment.Config
 	fs := flag.NewFlagSet("attachment", flag.ContinueOnError)
 	common.Flags(fs)
 	cfg.Flags(fs)
-	if err := svcmain.Parse(fs, os.Args[1:]); err != nil {
+	if err := svcmain.Parse(fs, args); err != nil {
 		return err
+	}
+	if migrate {
+		return svcmain.RunMigrate(common.DatabaseDSN, attachment.Migrate)
 	}
 	common.NeedsDatabase = true
 	cfg.DatabaseDSN = common.DatabaseDSN

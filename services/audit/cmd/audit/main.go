@@ -21,13 +21,17 @@ func main() {
 }
 
 func run() error {
+	migrate, args := svcmain.MigrateCommand(os.Args[1:])
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
 	common := svcmain.Common{NeedsDatabase: true}
 	common.Flags(fs)
 	var cfg audit.Config
 	cfg.Flags(fs)
-	if err := svcmain.Parse(fs, os.Args[1:]); err != nil {
+	if err := svcmain.Parse(fs, args); err != nil {
 		return err
+	}
+	if migrate {
+		return svcmain.RunMigrate(common.DatabaseDSN, audit.Migrate)
 	}
 	cfg.DatabaseDSN = common.DatabaseDSN
 	own := cfg

@@ -20,13 +20,17 @@ func main() {
 }
 
 func run() error {
+	migrate, args := svcmain.MigrateCommand(os.Args[1:])
 	var common svcmain.Common
 	var cfg conversation.Config
 	fs := flag.NewFlagSet("conversation", flag.ContinueOnError)
 	common.Flags(fs)
 	cfg.Flags(fs)
-	if err := svcmain.Parse(fs, os.Args[1:]); err != nil {
+	if err := svcmain.Parse(fs, args); err != nil {
 		return err
+	}
+	if migrate {
+		return svcmain.RunMigrate(common.DatabaseDSN, conversation.Migrate)
 	}
 	common.NeedsDatabase = true
 	return svcmain.Main("conversation", &common, func(ctx context.Context, rt *svcmain.Runtime) (svcmain.Service, error) {

@@ -22,13 +22,17 @@ func main() {
 }
 
 func run() error {
+	migrate, args := svcmain.MigrateCommand(os.Args[1:])
 	var common svcmain.Common
 	var cfg delivery.Config
 	fs := flag.NewFlagSet("delivery", flag.ContinueOnError)
 	common.Flags(fs)
 	cfg.Flags(fs)
-	if err := svcmain.Parse(fs, os.Args[1:]); err != nil {
+	if err := svcmain.Parse(fs, args); err != nil {
 		return err
+	}
+	if migrate {
+		return svcmain.RunMigrate(common.DatabaseDSN, delivery.Migrate)
 	}
 	common.NeedsDatabase = true
 	return svcmain.Main("delivery", &common, func(ctx context.Context, rt *svcmain.Runtime) (svcmain.Service, error) {
