@@ -81,7 +81,7 @@ func TestScriptedSessionIsAuditedExactlyOnce(t *testing.T) {
 
 	conv := staff.startConversation("alice")                                       // conversation.create
 	require.Equal(t, 200, staff.do("GET", "/v1/"+conv.Name, nil, &conversation{})) // conversation.view
-	code, att := alice.upload(conv.Name, "xray.png", "image/png", pngBytes(t))      // attachment.upload
+	code, att := alice.upload(conv.Name, "xray.png", "image/png", pngBytes(t))     // attachment.upload
 	require.Equal(t, 200, code, "%v", att)
 	attName := att["name"].(string)
 	var sent message
@@ -100,8 +100,8 @@ func TestScriptedSessionIsAuditedExactlyOnce(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, 200, resp.StatusCode)
 	require.Equal(t, 200, alice.do("PATCH", "/v1/patients/alice/communicationPreferences", map[string]any{"chatOptIn": false}, nil)) // preferences.update
-	require.Equal(t, 200, staff.do("POST", "/v1/"+conv.Name+":pin", map[string]any{}, nil))                                        // conversation.pin
-	require.Equal(t, 404, jose.do("GET", "/v1/"+conv.Name, nil, nil))                                                             // conversation.view DENIED
+	require.Equal(t, 200, staff.do("POST", "/v1/"+conv.Name+":pin", map[string]any{}, nil))                                          // conversation.pin
+	require.Equal(t, 404, jose.do("GET", "/v1/"+conv.Name, nil, nil))                                                                // conversation.view DENIED
 
 	type key struct{ actor, action, resource, outcome string }
 	want := []key{

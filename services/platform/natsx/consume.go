@@ -56,6 +56,8 @@ func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec 
 		case errors.Is(err, ErrPoison):
 			log.Error("poison message terminated", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
 			_ = m.Term()
+		case ctx.Err() != nil:
+			_ = m.Nak() // shutting down: another consumer instance takes it
 		default:
 			delay := time.Second
 			if md, mErr := m.Metadata(); mErr == nil {

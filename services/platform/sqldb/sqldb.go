@@ -258,12 +258,18 @@ func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
 		}
 		if err := fn(&Tx{tx: tx, dialect: Postgres}); err != nil {
 			_ = tx.Rollback()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			if isRetryable(err) && attempt < 5 {
 				continue
 			}
 			return err
 		}
 		if err := tx.Commit(); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err() // database/sql rolled back when ctx ended
+			}
 			if isRetryable(err) && attempt < 5 {
 				continue
 			}
