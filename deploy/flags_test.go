@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/clinicchat/clinicchat/gateway"
+	"github.com/clinicchat/clinicchat/services/attachment"
+	"github.com/clinicchat/clinicchat/services/audit"
 	"github.com/clinicchat/clinicchat/services/conversation"
 	"github.com/clinicchat/clinicchat/services/delivery"
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
@@ -18,8 +20,8 @@ var (
 	workloads    = append([]string{"gateway"}, grpcServices...)
 )
 
-// flagKind is how a flag's value parses, for the flags the test still
-// knows from a table.
+// flagKind is how a flag's value parses, for the flags the test knows from
+// a table (the gateway binary's, until it exists).
 type flagKind int
 
 const (
@@ -42,26 +44,15 @@ func tableFlags(table map[string]flagKind) func(*flag.FlagSet) {
 }
 
 // binaryFlags registers, for each workload, the flags its binary has on top
-// of svcmain.Common (the gateway binary does not use svcmain). Where the
-// service package exists, its own Config.Flags is used, so a renamed,
-// removed or retyped flag fails this test.
+// of svcmain.Common (the gateway binary does not use svcmain): the service
+// packages' own Config.Flags, so a renamed, removed or retyped flag fails
+// this test.
 var binaryFlags = map[string]func(*flag.FlagSet){
 	"conversation": func(fs *flag.FlagSet) { (&conversation.Config{}).Flags(fs) },
 	"delivery":     func(fs *flag.FlagSet) { (&delivery.Config{}).Flags(fs) },
-	// TODO(issue 6): (&attachment.Config{}).Flags(fs) from
-	// github.com/clinicchat/clinicchat/services/attachment once it is committed.
-	"attachment": tableFlags(map[string]flagKind{
-		"conversation-addr": stringFlag,
-		"delivery-addr":     stringFlag,
-		"blob-dir":          stringFlag,
-	}),
-	// TODO(issue 6): (&audit.Config{}).Flags(fs) from
-	// github.com/clinicchat/clinicchat/services/audit once it is committed.
-	"audit": tableFlags(map[string]flagKind{
-		"checkpoint-signer-key-file": stringFlag,
-		"checkpoint-interval":        durationFlag,
-	}),
-	"preferences": func(fs *flag.FlagSet) { (&preferences.Config{}).Flags(fs) },
+	"attachment":   func(fs *flag.FlagSet) { (&attachment.Config{}).Flags(fs) },
+	"audit":        func(fs *flag.FlagSet) { (&audit.Config{}).Flags(fs) },
+	"preferences":  func(fs *flag.FlagSet) { (&preferences.Config{}).Flags(fs) },
 	// The gateway package registers its behaviour flags; the binary adds the
 	// listen and upstream addresses, NATS and token verification.
 	// TODO(issue 6): replace the table by the gateway binary's own

@@ -53,6 +53,7 @@ func TestOverlays(t *testing.T) {
 				t.Run(w, func(t *testing.T) { checkWorkload(t, r, w, production) })
 			}
 			t.Run("images", func(t *testing.T) { checkImages(t, r) })
+			t.Run("shared-settings", func(t *testing.T) { checkSharedSettings(t, r) })
 			t.Run("nats", func(t *testing.T) { checkNATS(t, r, production) })
 			t.Run("postgres", func(t *testing.T) { checkClusters(t, r, production) })
 			t.Run("ingress", func(t *testing.T) { checkIngress(t, r, production) })
@@ -559,6 +560,26 @@ func checkImages(t *testing.T, r *rendered) {
 		}
 		if path.Dir(name) != repo || ref != tag {
 			t.Errorf("%s: Deployment %s image %q: want %s/%s:%s like the others", r.overlay, w, image, repo, w, tag)
+		}
+	}
+}
+
+// checkSharedSettings: a setting that several binaries read must have one
+// value, or they would disagree (e.g. whether a sensitive message is locked).
+func checkSharedSettings(t *testing.T, r *rendered) {
+	for _, name := range []string{"step-up-window", "nats-url", "jwks-url", "jwt-issuer", "jwt-audience", "nats-replicas"} {
+		values := map[string][]string{}
+		for _, w := range workloads {
+			d := r.deployments[w]
+			if d == nil {
+				continue
+			}
+			if v, ok := containerEnv(t, r, w, d.Spec.Template.Spec.Containers[0])[envName(name)]; ok && v.literal {
+				values[v.value] = append(values[v.value], w)
+			}
+		}
+		if len(values) > 1 {
+			t.Errorf("%s: %s differs between workloads: %v", r.overlay, envName(name), values)
 		}
 	}
 }
