@@ -275,16 +275,21 @@ func TestEventsSlowClientIsReset(t *testing.T) {
 		c.EventBuffer = 2
 		h.overflowHook = func() { close(overflowed) }
 	})
-	gate := make(chan struct{})
+	gate, gated := make(chan struct{}), make(chan struct{}, 1)
 	h.conv.add("conversations/ca", "p1", "patients/pa")
 	h.conv.mu.Lock()
-	h.conv.gate = gate
+	h.conv.gate, h.conv.gated = gate, gated
 	h.conv.mu.Unlock()
 
 	slow := h.openEvents(h.token("doc", auth.RoleDentist, "p1", 0), "")
 	// The writer is stuck on this event while more arrive.
 	h.publish(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
 		Meta: meta("p1", "system"), Conversation: &conversationv1.Conversation{Name: "conversations/ca", Patient: "patients/pa"}})
+	select {
+	case <-gated:
+	case <-time.After(waitFor):
+		t.Fatal("the stream never asked for the conversation")
+	}
 	for i := 1; i <= 5; i++ {
 		h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", fmt.Sprint(i), "users/doc", "x", int64(i), false))
 	}

@@ -378,8 +378,10 @@ type fakeConversation struct {
 	conversationv1.UnimplementedConversationServiceServer
 	mu    sync.Mutex
 	convs map[string]*convRecord
-	// gate, when set, is waited on by GetConversation.
-	gate chan struct{}
+	// gate, when set, is waited on by GetConversation, which first sends
+	// on gated (if set).
+	gate  chan struct{}
+	gated chan struct{}
 	// seenAuth is the authorization metadata of the last call.
 	seenAuth string
 	// createErr is returned by CreateConversation when set.
@@ -401,11 +403,14 @@ func (f *fakeConversation) add(name, practice, patient string) {
 func (f *fakeConversation) GetConversation(ctx context.Context, req *conversationv1.GetConversationRequest) (*conversationv1.Conversation, error) {
 	id, md := caller(ctx)
 	f.mu.Lock()
-	gate := f.gate
+	gate, gated := f.gate, f.gated
 	rec := f.convs[req.GetName()]
 	f.seenAuth = md
 	f.mu.Unlock()
 	if gate != nil {
+		if gated != nil {
+			gated <- struct{}{}
+		}
 		select {
 		case <-gate:
 		case <-ctx.Done():

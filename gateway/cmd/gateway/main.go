@@ -1,0 +1,256 @@
+// Command gateway runs clinicchat's HTTP edge on its own (one Deployment in
+// production): the JSON API, token verification, attachment streaming and
+// /v1/events, in front of the five gRPC services. Every flag can also be set
+// as CLINICCHAT_<FLAG> (dashes as underscores).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/clinicchat/clinicchat/gateway"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/grpcx"
+	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/svcmain"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}
+
+// config is the binary's configuration.
+type config struct {
+	HTTPAddr string
+	// Upstream gRPC addresses, in the order of upstreamNames.
+	Upstreams     [5]string
+	NATS          natsx.Config
+	JWKSURL       string
+	JWTIssuer     string
+	JWTAudience   string
+	DevSigningKey string
+	Dev           bool
+	DrainTimeout  time.Duration
+	LogLevel      string
+	Gateway       gateway.Config
+}
+
+// The upstream services, as named in their --<name>-addr flags.
+var upstreamNames = [5]string{"conversation", "delivery", "preferences", "attachment", "audit"}
+
+func (c *config) flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "HTTP listen address")
+	for i, name := range upstreamNames {
+		fs.StringVar(&c.Upstreams[i], name+"-addr", name+":9090", "gRPC address of the "+name+" service")
+	}
+	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URLs, comma separated")
+	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS NKey/JWT credentials file")
+	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA bundle for the NATS servers")
+	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client certificate for NATS")
+	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client key for NATS")
+	fs.StringVar(&c.JWKSURL, "jwks-url", "", "issuer JWKS URL for verifying bearer tokens")
+	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim")
+	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "required aud claim")
+	fs.StringVar(&c.DevSigningKey, "dev-signing-key-file", "", "dev only: HS256 key file (instead of --jwks-url)")
+	fs.BoolVar(&c.Dev, "dev", false, "dev only: serve POST /v1/dev/tokens, signing with --dev-signing-key-file")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long requests and streams may finish on SIGTERM")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	c.Gateway.Flags(fs)
+}
+
+// validate reports every problem at once.
+func (c *config) validate() error {
+	var errs []error
+	if c.HTTPAddr == "" {
+		errs = append(errs, errors.New("--http-addr is required"))
+	}
+	for i, name := range upstreamNames {
+		if c.Upstreams[i] == "" {
+			errs = append(errs, fmt.Errorf("--%s-addr is required", name))
+		}
+	}
+	if c.NATS.URL == "" {
+		errs = append(errs, errors.New("--nats-url is required"))
+	}
+	if (c.NATS.TLSCert == "") != (c.NATS.TLSKey == "") {
+		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
+	}
+	if c.JWKSURL == "" && c.DevSigningKey == "" {
+		errs = append(errs, errors.New("one of --jwks-url or --dev-signing-key-file is required"))
+	}
+	if c.JWKSURL != "" && c.JWTIssuer == "" {
+		errs = append(errs, errors.New("--jwt-issuer is required with --jwks-url"))
+	}
+	if c.Dev && (c.DevSigningKey == "" || c.JWKSURL != "") {
+		errs = append(errs, errors.New("--dev needs --dev-signing-key-file and no --jwks-url"))
+	}
+	if c.DrainTimeout <= 0 {
+		errs = append(errs, errors.New("--drain-timeout must be positive"))
+	}
+	if err := c.Gateway.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func run(args []string) error {
+	var cfg config
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	cfg.flags(fs)
+	if err := svcmain.Parse(fs, args); err != nil {
+		return err
+	}
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("configuration:\n%w", err)
+	}
+	log, err := svcmain.NewLogger(cfg.LogLevel, "gateway")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	cfg.Gateway.DevMode = cfg.Dev
+	log.Info("starting", zap.String(logkeys.Addr, cfg.HTTPAddr), zap.Strings("upstreams", cfg.Upstreams[:]),
+		zap.String("nats_url", cfg.NATS.URL), zap.Bool("jwks", cfg.JWKSURL != ""), zap.Bool("dev", cfg.Dev),
+		zap.Duration("step_up_window", cfg.Gateway.StepUpWindow), zap.Duration("sse_keepalive", cfg.Gateway.KeepAlive))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	common := svcmain.Common{JWKSURL: cfg.JWKSURL, JWTIssuer: cfg.JWTIssuer, JWTAudience: cfg.JWTAudience,
+		DevSigningKey: cfg.DevSigningKey}
+	verifier, err := common.Verifier()
+	if err != nil {
+		return err
+	}
+	var devIssuer *auth.DevIssuer
+	if cfg.Dev {
+		key, err := os.ReadFile(cfg.DevSigningKey)
+		if err != nil {
+			return fmt.Errorf("dev signing key: %w", err)
+		}
+		devIssuer = &auth.DevIssuer{Key: key, Issuer: auth.DevIssuerName}
+	}
+
+	cfg.NATS.Name = "gateway"
+	nc, err := natsx.Connect(cfg.NATS)
+	if err != nil {
+		return err
+	}
+	natsClosed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(natsClosed) })
+	defer nc.Close()
+	// The gateway only reads the streams; the services declare them.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+
+	var conns [5]*grpc.ClientConn
+	for i, addr := range cfg.Upstreams {
+		cc, err := grpcx.Dial(addr)
+		if err != nil {
+			return fmt.Errorf("--%s-addr: %w", upstreamNames[i], err)
+		}
+		defer func() { _ = cc.Close() }()
+		conns[i] = cc
+	}
+
+	gw, err := gateway.New(cfg.Gateway, gateway.Deps{
+		Log: log, Verifier: verifier, DevIssuer: devIssuer, JS: js,
+		Conversation: conns[0], Delivery: conns[1], Preferences: conns[2], Attachment: conns[3], Audit: conns[4],
+		Ready: func(ctx context.Context) error { return ready(ctx, nc, conns) },
+	})
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler: gw.Handler(),
+		// No ReadTimeout or WriteTimeout: uploads, downloads and event
+		// streams are long; the gateway bounds each read and write itself.
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          zap.NewStdLog(log.Named("http")),
+	}
+	lis, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		log.Info("shutting down", zap.Duration("drain_timeout", cfg.DrainTimeout))
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+		defer cancel()
+		// Stop accepting and let requests finish while event streams end
+		// (their clients reconnect to another replica with Last-Event-ID).
+		var sg errgroup.Group
+		sg.Go(func() error { return gw.Shutdown(sctx) })
+		sg.Go(func() error { return srv.Shutdown(sctx) })
+		if err := sg.Wait(); err != nil {
+			log.Warn("shutdown incomplete", zap.Error(err))
+			_ = srv.Close()
+		}
+		return nil
+	})
+	err = g.Wait()
+
+	// Drain NATS: consumers of closed streams are gone; flush what is left.
+	if derr := nc.Drain(); derr == nil {
+		select {
+		case <-natsClosed:
+		case <-time.After(5 * time.Second):
+			log.Warn("nats drain timed out")
+		}
+	}
+	log.Info("stopped")
+	return err
+}
+
+// ready reports whether NATS is connected and every upstream answers its
+// gRPC health check with SERVING.
+func ready(ctx context.Context, nc *nats.Conn, conns [5]*grpc.ClientConn) error {
+	if st := nc.Status(); st != nats.CONNECTED {
+		return fmt.Errorf("nats: %s", st)
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	for i, cc := range conns {
+		g.Go(func() error {
+			resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+			if err != nil {
+				return fmt.Errorf("%s: %w", upstreamNames[i], err)
+			}
+			if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+				return fmt.Errorf("%s: %s", upstreamNames[i], resp.GetStatus())
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
