@@ -10,33 +10,37 @@ import (
 	"github.com/clinicchat/clinicchat/services/preferences/internal/domain"
 )
 
-// Search plan (see BENCHMARKS.md for the measurements behind it).
+// Search plan (measurements in ../../BENCHMARKS.md).
 //
 // patient_prefixes holds one row per prefix of every indexed word of a name,
-// keyed (practice, prefix, rank, name_key, patient_id). For one query word d,
-// "prefix = d AND rank = r" is an index range already in name order, so the
-// first page of any tier is read straight off the index and the scan stops
-// as soon as the page is full, however many patients match. With several
-// query words, the store drives from the one with the fewest rows (a capped
-// count) and checks the other words on the same index row (search_text
-// LIKE), so no other table is touched until the page is known.
+// keyed (practice, prefix, rank, name_key, patient_id), with the name's
+// search_text and the patient's eligibility in the row. For a query word d,
+// "prefix = d AND rank = r" is an index range already in name order, so a
+// page is read straight off the index and the scan stops as soon as the page
+// is full, however many patients match. The other query words are checked on
+// the same index row (search_text LIKE '% w%' or '% w %'), so no other table
+// is touched until the page is known.
 //
-// Each tier is one or more of these ordered streams, each limited to the page
-// size; one statement UNIONs them, and the database merges at most a few
-// pages of rows:
+// Each tier is a few such ordered streams, each limited to the page size,
+// UNIONed in one statement; the database merges at most a few pages of rows:
 //
-//	tier 0 (whole name): patients WHERE name_key = query key
-//	tier 1 (whole words): rank 1 rows of d whose search_text has every other
-//	                      word whole (name_key <> query key)
-//	tier 2 (prefixes):    rank 2 rows of d, plus rank 0/1 rows of d where
-//	                      some other word is only a prefix, each with every
-//	                      other word as a prefix (name_key <> query key)
+//	tier 0 (whole name):  patients WHERE name_key = query key (by index)
+//	tier 1 (whole words): the rank 1 rows of the word with the fewest
+//	                      whole-word rows, every other word whole
+//	tier 2 (prefixes):    per query word i that is only a prefix (S_i, see
+//	                      plan), the rows of the word that promises fewest
+//
+// Tiers 0 and 1 run first; tier 2 only when they leave the page short. Row
+// counts capped at countCap, read in one statement, pick the driving words
+// and drop streams that cannot have rows (a word that is nowhere a whole
+// word, or nowhere only a prefix) — those would otherwise scan every row of
+// their driving word for nothing.
 //
 // Without query words, patients are listed by name from patients_by_name (or
-// its partial twin with the eligible only).
+// its partial twin, eligible patients only).
 
 // countCap bounds the row counts that pick the driving words: past it a
-// word is "common" and the longest common word drives.
+// word is "common", and of common words the longest drives.
 const countCap = 1000
 
 // SearchPatients implements domain.Repository.
@@ -60,8 +64,29 @@ func (s *Store) SearchPatients(ctx context.Context, q domain.SearchQuery) ([]dom
 	if err != nil {
 		return nil, err
 	}
-	sb := searchSQL{practice: q.Practice, limit: q.Limit, after: after, eligibleOnly: !q.IncludeIneligible}
-	query, args := sb.build(q.Words, pl)
+	// Tiers 0 and 1 first; tier 2 (whose streams can be the longest) only
+	// when they leave the page short.
+	var out []domain.SearchHit
+	for _, tiers := range [][2]int{{0, 1}, {2, 2}} {
+		need := q.Limit - len(out)
+		if need <= 0 {
+			break
+		}
+		sb := searchSQL{practice: q.Practice, limit: need, after: after, eligibleOnly: !q.IncludeIneligible}
+		query, args := sb.build(q.Words, pl, tiers[0], tiers[1])
+		if query == "" {
+			continue
+		}
+		hits, err := s.runSearch(ctx, q.Practice, query, args)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, hits...)
+	}
+	return out, nil
+}
+
+func (s *Store) runSearch(ctx context.Context, practice, query string, args []any) ([]domain.SearchHit, error) {
 	rows, err := s.db.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("search patients: %w", err)
@@ -70,7 +95,7 @@ func (s *Store) SearchPatients(ctx context.Context, q domain.SearchQuery) ([]dom
 	var out []domain.SearchHit
 	for rows.Next() {
 		var tier int
-		p, err := scanPatient(q.Practice, rows, &tier)
+		p, err := scanPatient(practice, rows, &tier)
 		if err != nil {
 			return nil, fmt.Errorf("search patients: %w", err)
 		}
@@ -117,23 +142,33 @@ func (s *Store) listByName(ctx context.Context, q domain.SearchQuery, after *cur
 	return out, rows.Err()
 }
 
-// plan says which word drives each tier and which streams can have rows.
+// plan says which streams make up each tier.
+//
+// Tier 1 is the rank 1 rows of its driving word, the word with the fewest
+// whole-word rows, with every other word whole.
+//
+// Tier 2 is split by the first query word that is only a prefix in the name:
+// S_i holds the names where words[i] is only a prefix, every earlier word is
+// whole and every later word a prefix. The S_i are disjoint, and each is
+// read from the word that promises the fewest rows: words[i]'s own rank 2
+// rows, or another word's rows of the ranks S_i allows it.
 type plan struct {
-	d1, d2 int // driving words of tiers 1 and 2
-	// wholeOK: every word is a whole word of some name (else tier 1 is empty).
-	wholeOK bool
-	// partialOK: some word other than words[d2] is somewhere only a prefix
-	// (else tier 2 has no rows where words[d2] is whole).
-	partialOK bool
+	// tier1 is the driving word of tier 1, -1 when tier 1 is empty.
+	tier1 int
+	// tier2 has one entry per S_i that can have rows.
+	tier2 []partialSet
 }
 
-// plan picks the driving word of each tier by counting, per query word, its
-// prefix rows (tier 2) and its whole-word rows (tier 1), each up to countCap;
-// the fewest rows drive (ties: the longer word). It also finds the streams
-// that cannot have rows, which would otherwise scan every row of their word.
+// partialSet is S_i read from words[drive].
+type partialSet struct {
+	i, drive int
+}
+
+// plan counts, per query word and up to countCap, its whole-word rows (rank
+// 0 or 1) and its prefix-only rows (rank 2), and picks the streams.
 func (s *Store) plan(ctx context.Context, practice string, words []string) (plan, error) {
 	if len(words) == 1 {
-		return plan{wholeOK: true}, nil
+		return plan{tier1: 0, tier2: []partialSet{{0, 0}}}, nil
 	}
 	var b strings.Builder
 	args := make([]any, 0, 4*len(words))
@@ -142,12 +177,11 @@ func (s *Store) plan(ctx context.Context, practice string, words []string) (plan
 		if i > 0 {
 			b.WriteString(`, `)
 		}
-		fmt.Fprintf(&b, `(SELECT COUNT(*) FROM (SELECT 1 FROM patient_prefixes WHERE practice = ? AND prefix = ? LIMIT %d) a%d), `, countCap, i)
 		fmt.Fprintf(&b, `(SELECT COUNT(*) FROM (SELECT 1 FROM patient_prefixes WHERE practice = ? AND prefix = ? AND rank <= %d LIMIT %d) w%d), `, rankWholeWord, countCap, i)
-		fmt.Fprintf(&b, `(SELECT COUNT(*) FROM (SELECT 1 FROM patient_prefixes WHERE practice = ? AND prefix = ? AND rank = %d LIMIT 1) p%d)`, rankPrefix, i)
-		args = append(args, practice, w, practice, w, practice, w)
+		fmt.Fprintf(&b, `(SELECT COUNT(*) FROM (SELECT 1 FROM patient_prefixes WHERE practice = ? AND prefix = ? AND rank = %d LIMIT %d) p%d)`, rankPrefix, countCap, i)
+		args = append(args, practice, w, practice, w)
 	}
-	counts := make([]int64, 3*len(words))
+	counts := make([]int64, 2*len(words))
 	dest := make([]any, len(counts))
 	for i := range counts {
 		dest[i] = &counts[i]
@@ -155,24 +189,45 @@ func (s *Store) plan(ctx context.Context, practice string, words []string) (plan
 	if err := s.db.QueryRow(ctx, b.String(), args...).Scan(dest...); err != nil {
 		return plan{}, fmt.Errorf("count search words: %w", err)
 	}
-	pick := func(off int) int {
-		best := 0
-		for i := 1; i < len(words); i++ {
-			c, cb := counts[3*i+off], counts[3*best+off]
-			if c < cb || (c == cb && len(words[i]) > len(words[best])) {
-				best = i
+	whole := func(i int) int64 { return counts[2*i] }
+	partial := func(i int) int64 { return counts[2*i+1] }
+	// better prefers fewer rows, then the longer word.
+	better := func(c int64, i int, bestC int64, best int) bool {
+		return best < 0 || c < bestC || (c == bestC && len(words[i]) > len(words[best]))
+	}
+	pl := plan{tier1: -1}
+	var bestC int64
+	for i := range words {
+		if whole(i) == 0 {
+			pl.tier1 = -1
+			break
+		}
+		if better(whole(i), i, bestC, pl.tier1) {
+			pl.tier1, bestC = i, whole(i)
+		}
+	}
+	for i := range words {
+		if partial(i) == 0 {
+			continue // words[i] is nowhere only a prefix
+		}
+		possible := true
+		for j := 0; j < i; j++ {
+			possible = possible && whole(j) > 0
+		}
+		if !possible {
+			continue
+		}
+		drive, cost := i, partial(i)
+		for j := range words {
+			c := whole(j)
+			if j > i {
+				c += partial(j)
+			}
+			if j != i && (c < cost || (c == cost && len(words[j]) > len(words[drive]))) {
+				drive, cost = j, c
 			}
 		}
-		return best
-	}
-	pl := plan{d1: pick(1), d2: pick(0), wholeOK: true}
-	for i := range words {
-		if counts[3*i+1] == 0 {
-			pl.wholeOK = false
-		}
-		if i != pl.d2 && counts[3*i+2] > 0 {
-			pl.partialOK = true
-		}
+		pl.tier2 = append(pl.tier2, partialSet{i: i, drive: drive})
 	}
 	return pl, nil
 }
@@ -189,21 +244,14 @@ type searchSQL struct {
 	n    int // streams written
 }
 
-// build returns the statement and its arguments for query words and plan.
-func (s *searchSQL) build(words []string, pl plan) (string, []any) {
-	split := func(drive int) (string, []string) {
-		var others []string
-		for i, w := range words {
-			if i != drive {
-				others = append(others, w)
-			}
-		}
-		return words[drive], others
-	}
+// build returns the statement and its arguments for tiers from..to of the
+// query words with plan, or "" when those tiers can have no rows.
+func (s *searchSQL) build(words []string, pl plan, from, to int) (string, []any) {
 	qkey := strings.Join(words, " ")
 	s.b.WriteString(`SELECT ` + prefixed("p") + `, s.tier FROM (`)
+	want := func(tier int) bool { return from <= tier && tier <= to && s.open(tier) }
 	// Tier 0: the whole name.
-	if s.open(0) {
+	if want(0) {
 		s.b.WriteString(`SELECT 0 AS tier, name_key, id AS patient_id FROM patients WHERE practice = ? AND name_key = ?`)
 		s.args = append(s.args, s.practice, qkey)
 		if s.eligibleOnly {
@@ -211,23 +259,44 @@ func (s *searchSQL) build(words []string, pl plan) (string, []any) {
 		}
 		s.close(0, "")
 	}
-	// Tier 1: every word whole.
-	if pl.wholeOK && s.open(1) {
-		d, others := split(pl.d1)
-		s.stream(1, d, rankWholeWord, qkey, others, true, false)
+	// Tier 1: every word whole, not the whole name.
+	if pl.tier1 >= 0 && want(1) {
+		conds := make([]wordCond, len(words))
+		for j := range conds {
+			conds[j] = condWhole
+		}
+		s.stream(1, words, pl.tier1, rankWholeWord, conds, qkey)
 	}
-	// Tier 2: the rest.
-	d, others := split(pl.d2)
-	if s.open(2) {
-		s.stream(2, d, rankPrefix, qkey, others, false, false)
-		if pl.partialOK {
-			if s.open(2) {
-				s.stream(2, d, rankWholeWord, qkey, others, false, true)
-			}
-			if s.open(2) {
-				s.stream(2, d, rankWholeName, qkey, others, false, true)
+	// Tier 2: some word only a prefix (S_i for each i).
+	for _, ps := range pl.tier2 {
+		conds := make([]wordCond, len(words))
+		for j := range conds {
+			switch {
+			case j < ps.i:
+				conds[j] = condWhole
+			case j == ps.i:
+				conds[j] = condPartial
+			default:
+				conds[j] = condPrefix
 			}
 		}
+		var ranks []int
+		switch conds[ps.drive] {
+		case condPartial:
+			ranks = []int{rankPrefix}
+		case condWhole:
+			ranks = []int{rankWholeWord, rankWholeName}
+		default:
+			ranks = []int{rankPrefix, rankWholeWord, rankWholeName}
+		}
+		for _, r := range ranks {
+			if want(2) {
+				s.stream(2, words, ps.drive, r, conds, "")
+			}
+		}
+	}
+	if s.n == 0 {
+		return "", nil
 	}
 	s.b.WriteString(`) s JOIN patients p ON p.practice = ? AND p.id = s.patient_id ORDER BY s.tier, s.name_key, s.patient_id LIMIT ?`)
 	s.args = append(s.args, s.practice, s.limit)
@@ -262,37 +331,41 @@ func (s *searchSQL) close(tier int, col string) {
 	s.args = append(s.args, s.limit)
 }
 
-// stream writes the rows of d with rank, in name order: with every other word
-// whole (allWhole), or with every other word a prefix and, when notAllWhole,
-// not every one whole.
-func (s *searchSQL) stream(tier int, d string, rank int, qkey string, others []string, allWhole, notAllWhole bool) {
+// wordCond is what a stream asks of one query word.
+type wordCond int
+
+const (
+	condPrefix  wordCond = iota // starts a word of the name
+	condWhole                   // is a word of the name
+	condPartial                 // starts a word of the name but is none
+)
+
+// stream writes the rows of words[drive] with rank, in name order, where every
+// other word meets its condition; with qkey set, not the whole name.
+func (s *searchSQL) stream(tier int, words []string, drive, rank int, conds []wordCond, qkey string) {
 	fmt.Fprintf(&s.b, `SELECT %d AS tier, x.name_key, x.patient_id FROM patient_prefixes x`, tier)
-	if s.eligibleOnly {
-		s.b.WriteString(` JOIN patients e ON e.practice = x.practice AND e.id = x.patient_id AND e.has_portal_account AND e.chat_opt_in`)
-	}
 	s.b.WriteString(` WHERE x.practice = ? AND x.prefix = ? AND x.rank = ?`)
-	s.args = append(s.args, s.practice, d, rank)
-	for _, w := range others {
-		if allWhole {
-			s.b.WriteString(` AND x.search_text LIKE ?`)
-			s.args = append(s.args, "% "+w+" %")
-		} else {
+	s.args = append(s.args, s.practice, words[drive], rank)
+	if s.eligibleOnly {
+		s.b.WriteString(` AND x.eligible`)
+	}
+	for j, w := range words {
+		if j == drive {
+			continue
+		}
+		switch conds[j] {
+		case condPrefix:
 			s.b.WriteString(` AND x.search_text LIKE ?`)
 			s.args = append(s.args, "% "+w+"%")
-		}
-	}
-	if notAllWhole {
-		s.b.WriteString(` AND NOT (`)
-		for i, w := range others {
-			if i > 0 {
-				s.b.WriteString(` AND `)
-			}
-			s.b.WriteString(`x.search_text LIKE ?`)
+		case condWhole:
+			s.b.WriteString(` AND x.search_text LIKE ?`)
 			s.args = append(s.args, "% "+w+" %")
+		case condPartial:
+			s.b.WriteString(` AND x.search_text LIKE ? AND x.search_text NOT LIKE ?`)
+			s.args = append(s.args, "% "+w+"%", "% "+w+" %")
 		}
-		s.b.WriteString(`)`)
 	}
-	if rank != rankPrefix || len(others) > 0 {
+	if qkey != "" {
 		s.b.WriteString(` AND x.name_key <> ?`)
 		s.args = append(s.args, qkey)
 	}

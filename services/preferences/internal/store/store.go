@@ -186,32 +186,41 @@ func updatePatient(ctx context.Context, tx *sqldb.Tx, cur, next *domain.Patient)
 	if err != nil {
 		return fmt.Errorf("update patient: %w", err)
 	}
-	if cur.DisplayName == next.DisplayName {
-		return nil
-	}
 	oldKeys := deriveSearch(cur.DisplayName)
-	if oldKeys.nameKey == newKeys.nameKey && oldKeys.searchText == newKeys.searchText {
-		return nil
+	if oldKeys.nameKey != newKeys.nameKey || oldKeys.searchText != newKeys.searchText {
+		if err := byPrefixKeys(ctx, tx, `DELETE FROM patient_prefixes`, nil, cur.Practice, cur.ID, oldKeys); err != nil {
+			return fmt.Errorf("delete search rows: %w", err)
+		}
+		return insertPrefixes(ctx, tx, []domain.Patient{*next}, []searchRow{newKeys})
 	}
-	if err := deletePrefixes(ctx, tx, cur.Practice, cur.ID, oldKeys); err != nil {
-		return err
+	if eligible(cur) != eligible(next) {
+		if err := byPrefixKeys(ctx, tx, `UPDATE patient_prefixes SET eligible = ?`, []any{eligible(next)}, cur.Practice, cur.ID, oldKeys); err != nil {
+			return fmt.Errorf("update search rows: %w", err)
+		}
 	}
-	return insertPrefixes(ctx, tx, []domain.Patient{*next}, []searchRow{newKeys})
+	return nil
 }
 
-// deletePrefixes removes a patient's search rows by their full keys: one
-// statement per rank, each an IN list on prefix.
-func deletePrefixes(ctx context.Context, tx *sqldb.Tx, practice, id string, keys searchRow) error {
+// eligible is the eligible column of p's search rows.
+func eligible(p *domain.Patient) bool {
+	ok, _ := p.Eligibility()
+	return ok
+}
+
+// byPrefixKeys runs stmt (DELETE or UPDATE … SET, with its own args first)
+// on a patient's search rows, found by their full keys: one statement per
+// rank, each an IN list on prefix.
+func byPrefixKeys(ctx context.Context, tx *sqldb.Tx, stmt string, stmtArgs []any, practice, id string, keys searchRow) error {
 	byRank := map[int][]any{}
 	for _, p := range keys.prefixes {
 		byRank[p.rank] = append(byRank[p.rank], p.prefix)
 	}
 	for rank, prefixes := range byRank {
-		args := append([]any{practice, rank, keys.nameKey, id}, prefixes...)
-		q := `DELETE FROM patient_prefixes WHERE practice = ? AND rank = ? AND name_key = ? AND patient_id = ? AND prefix IN (?` +
+		args := append(append(append([]any{}, stmtArgs...), practice, rank, keys.nameKey, id), prefixes...)
+		q := stmt + ` WHERE practice = ? AND rank = ? AND name_key = ? AND patient_id = ? AND prefix IN (?` +
 			strings.Repeat(`, ?`, len(prefixes)-1) + `)`
 		if _, err := tx.Exec(ctx, q, args...); err != nil {
-			return fmt.Errorf("delete search rows: %w", err)
+			return err
 		}
 	}
 	return nil
@@ -248,7 +257,7 @@ func insertPatients(ctx context.Context, tx *sqldb.Tx, ps []domain.Patient) erro
 
 // insertPrefixes inserts the search rows of patients (keys[i] for ps[i]).
 func insertPrefixes(ctx context.Context, tx *sqldb.Tx, ps []domain.Patient, keys []searchRow) error {
-	const cols = 6
+	const cols = 7
 	per := maxRowsPerInsert(cols)
 	var b strings.Builder
 	args := make([]any, 0, per*cols)
@@ -264,15 +273,16 @@ func insertPrefixes(ctx context.Context, tx *sqldb.Tx, ps []domain.Patient, keys
 		args, n = args[:0], 0
 		return nil
 	}
-	for i, p := range ps {
+	for i := range ps {
+		p := &ps[i]
 		for _, pr := range keys[i].prefixes {
 			if n == 0 {
-				b.WriteString(`INSERT INTO patient_prefixes (practice, prefix, rank, name_key, patient_id, search_text) VALUES `)
+				b.WriteString(`INSERT INTO patient_prefixes (practice, prefix, rank, name_key, patient_id, search_text, eligible) VALUES `)
 			} else {
 				b.WriteString(", ")
 			}
-			b.WriteString(`(?, ?, ?, ?, ?, ?)`)
-			args = append(args, p.Practice, pr.prefix, pr.rank, keys[i].nameKey, p.ID, keys[i].searchText)
+			b.WriteString(`(?, ?, ?, ?, ?, ?, ?)`)
+			args = append(args, p.Practice, pr.prefix, pr.rank, keys[i].nameKey, p.ID, keys[i].searchText, eligible(&ps[i]))
 			if n++; n == per {
 				if err := flush(); err != nil {
 					return err

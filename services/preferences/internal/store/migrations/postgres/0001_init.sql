@@ -31,7 +31,9 @@ CREATE INDEX patients_eligible_by_name ON patients (practice, name_key, id)
 -- the name, 2 otherwise. search_text is every indexed word of the name,
 -- space separated, with a leading and a trailing space, so the other query
 -- words are checked in the index: LIKE '% gar%' (prefix), '% garcia %' (whole
--- word). The primary key INCLUDEs it for index-only scans.
+-- word). eligible copies has_portal_account AND chat_opt_in of the patient, so
+-- the default search (the chat-eligible only) never leaves the index. The
+-- primary key INCLUDEs both for index-only scans.
 CREATE TABLE patient_prefixes (
     practice    TEXT COLLATE "C" NOT NULL,
     prefix      TEXT COLLATE "C" NOT NULL,
@@ -39,7 +41,8 @@ CREATE TABLE patient_prefixes (
     name_key    TEXT COLLATE "C" NOT NULL,
     patient_id  TEXT COLLATE "C" NOT NULL,
     search_text TEXT COLLATE "C" NOT NULL,
-    PRIMARY KEY (practice, prefix, rank, name_key, patient_id) INCLUDE (search_text)
+    eligible    BOOLEAN NOT NULL,
+    PRIMARY KEY (practice, prefix, rank, name_key, patient_id) INCLUDE (search_text, eligible)
 );
 
 -- Transactional outbox (services/platform/outbox).

@@ -28,7 +28,9 @@ CREATE INDEX patients_eligible_by_name ON patients (practice, name_key, id)
 -- the name, 2 otherwise. search_text is every indexed word of the name,
 -- space separated, with a leading and a trailing space, so the other query
 -- words are checked in the index row: LIKE '% gar%' (prefix), '% garcia %'
--- (whole word). WITHOUT ROWID: the table is its own covering index.
+-- (whole word). eligible copies has_portal_account AND chat_opt_in of the
+-- patient, so the default search (the chat-eligible only) never leaves the
+-- index. WITHOUT ROWID: the table is its own covering index.
 CREATE TABLE patient_prefixes (
     practice    TEXT    NOT NULL,
     prefix      TEXT    NOT NULL,
@@ -36,6 +38,7 @@ CREATE TABLE patient_prefixes (
     name_key    TEXT    NOT NULL,
     patient_id  TEXT    NOT NULL,
     search_text TEXT    NOT NULL,
+    eligible    INTEGER NOT NULL,
     PRIMARY KEY (practice, prefix, rank, name_key, patient_id)
 ) WITHOUT ROWID;
 
