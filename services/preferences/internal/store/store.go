@@ -107,17 +107,25 @@ func (s *Store) UpsertPatient(ctx context.Context, practice string, key domain.P
 				return err
 			}
 			out, err = s.apply(ctx, tx, cur, mutate)
+			if key.ID == "" && cur == nil && errors.Is(err, domain.ErrExternalIDInUse) {
+				// Found by external id after all: another create of it
+				// committed since our read. Run again to update that one.
+				return errConcurrentCreate
+			}
 			return err
 		})
-		if !isUniqueViolation(err) {
+		if !isUniqueViolation(err) && !errors.Is(err, errConcurrentCreate) {
 			break
 		}
 	}
-	if isUniqueViolation(err) {
+	if isUniqueViolation(err) || errors.Is(err, errConcurrentCreate) {
 		return nil, domain.ErrExternalIDInUse
 	}
 	return out, err
 }
+
+// errConcurrentCreate makes UpsertPatient run again.
+var errConcurrentCreate = errors.New("concurrent create of the same external id")
 
 // UpdatePatient implements domain.Repository.
 func (s *Store) UpdatePatient(ctx context.Context, practice, id string, mutate domain.Mutation) (*domain.Patient, error) {

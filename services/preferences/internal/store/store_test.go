@@ -294,3 +294,40 @@ func oracle(ps []domain.Patient, query string, incl bool) []string {
 	}
 	return out
 }
+
+// TestConcurrentCreatesOfOneExternalID: practice systems retrying one create
+// at once end with one patient, and every caller gets it.
+func TestConcurrentCreatesOfOneExternalID(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, st *Store, db *sqldb.DB) {
+		ctx := context.Background()
+		const n = 8
+		got := make(chan string, n)
+		errc := make(chan error, n)
+		for range n {
+			go func() {
+				p, err := st.UpsertPatient(ctx, "pr", domain.PatientKey{ExternalID: "ext-race"}, func(cur *domain.Patient) (*domain.Patient, []domain.Event, error) {
+					next := pat("pr", platformids.New(), "ext-race", "Rae Race", true, false)
+					return set(next)(cur)
+				})
+				errc <- err
+				if p != nil {
+					got <- p.ID
+				}
+			}()
+		}
+		first := ""
+		for range n {
+			require.NoError(t, <-errc)
+			id := <-got
+			if first == "" {
+				first = id
+			}
+			require.Equal(t, first, id)
+		}
+		var rows int
+		require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM patients WHERE practice = 'pr'`).Scan(&rows))
+		require.Equal(t, 1, rows)
+		require.Equal(t, 1, outboxRows(t, db), "one create, one event")
+	})
+}
