@@ -100,9 +100,12 @@ func TestDevTokens(t *testing.T) {
 		})
 	}
 	t.Run("not JSON", func(t *testing.T) {
-		resp, err := h.srv.Client().Post(h.srv.URL+"/v1/dev/tokens", "text/plain", strings.NewReader("subject=u"))
+		resp, err := h.srv.Client().Post(h.srv.URL+"/v1/dev/tokens", "application/x-www-form-urlencoded", strings.NewReader("subject=u"))
 		require.NoError(t, err)
 		requireError(t, resp, http.StatusUnsupportedMediaType, ReasonUnsupportedMediaType)
+		resp, err = h.srv.Client().Post(h.srv.URL+"/v1/dev/tokens", "text/plain", strings.NewReader("subject=u"))
+		require.NoError(t, err)
+		requireError(t, resp, http.StatusBadRequest, "INVALID_ARGUMENT")
 	})
 }
 
@@ -171,7 +174,7 @@ func TestErrorMapping(t *testing.T) {
 		requireError(t, h.do(http.MethodPost, "/v1/conversations", tok, `{"patient":5}`), 400, "INVALID_ARGUMENT")
 	})
 	t.Run("wrong content type", func(t *testing.T) {
-		for _, ct := range []string{"text/plain", "application/x-www-form-urlencoded", ""} {
+		for _, ct := range []string{"application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/xml"} {
 			req, err := http.NewRequest(http.MethodPost, h.srv.URL+"/v1/conversations", strings.NewReader(`{"patient":"patients/pa"}`))
 			require.NoError(t, err)
 			req.Header.Set("Authorization", "Bearer "+tok)

@@ -79,12 +79,17 @@ func (s *Server) requireJSON(next runtime.HandlerFunc) runtime.HandlerFunc {
 	}
 }
 
-// checkJSONContentType accepts application/json and any +json type; a
-// request that declares none but has a body is refused too.
+// checkJSONContentType accepts a body declared as application/json, any
+// +json type, text/plain (what a browser's fetch sends for a string body) or
+// nothing at all; the body must then parse as JSON (else 400). Other declared
+// types (forms, multipart, XML) are refused with 415.
 func checkJSONContentType(r *http.Request) *apiError {
 	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return nil
+	}
 	mt, _, err := mime.ParseMediaType(ct)
-	if ct != "" && err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json")) {
+	if err == nil && (mt == "application/json" || strings.HasSuffix(mt, "+json") || mt == "text/plain") {
 		return nil
 	}
 	return newAPIError(codes.InvalidArgument, ReasonUnsupportedMediaType,

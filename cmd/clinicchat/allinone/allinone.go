@@ -48,6 +48,7 @@ type Instance struct {
 	nc       *nats.Conn
 	grpcSrv  *grpcx.Server
 	httpSrv  *http.Server
+	gw       *gateway.Server
 	internal *grpc.ClientConn
 	services []service
 	cancel   context.CancelFunc
@@ -144,7 +145,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	}
 	artifactv1.RegisterArtifactProviderServiceServer(in.grpcSrv.Server, &demoprovider.Provider{})
 
-	gw, err := gateway.New(gateway.Config{DevMode: cfg.Dev, StepUpWindow: cfg.StepUpWindow}, gateway.Deps{
+	in.gw, err = gateway.New(gateway.Config{DevMode: cfg.Dev, StepUpWindow: cfg.StepUpWindow}, gateway.Deps{
 		Log: log.Named("gateway"), Verifier: verifier, DevIssuer: in.DevIssuer, JS: js,
 		Conversation: conn, Delivery: conn, Preferences: conn, Attachment: conn, Audit: conn,
 		Ready: in.ready,
@@ -176,7 +177,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		g.Go(func() error { return s.Run(gctx) })
 	}
 	in.httpSrv = &http.Server{
-		Handler:           gw.Handler(),
+		Handler:           in.gw.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return streamCtx },
 	}
@@ -265,9 +266,13 @@ func (in *Instance) Stop() error {
 		}
 		if in.httpSrv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), drain)
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() { defer wg.Done(); _ = in.gw.Shutdown(ctx) }() // ends event streams
 			if err := in.httpSrv.Shutdown(ctx); err != nil {
 				_ = in.httpSrv.Close()
 			}
+			wg.Wait()
 			cancel()
 		}
 		if in.grpcSrv != nil {

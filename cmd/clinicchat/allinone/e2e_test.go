@@ -1,6 +1,8 @@
 package allinone_test
 
 import (
+	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -173,4 +175,23 @@ func TestRestartKeepsEverything(t *testing.T) {
 	var again message
 	require.Equal(t, 200, staff.do("POST", "/v1/"+conv.Name+"/messages", map[string]any{"text": "message before restart", "requestId": sent[0].RequestID}, &again))
 	require.Equal(t, sent[0].Name, again.Name)
+}
+
+// A JSON body is read whether it is declared application/json, text/plain
+// (a browser fetch of a string) or not declared; a form is refused.
+func TestJSONBodiesWithoutTheJSONContentType(t *testing.T) {
+	h := harness{t: t, in: start(t, t.TempDir())}
+	staff := h.as("dr-lee", "dentist")
+	for ct, want := range map[string]int{"": 200, "text/plain;charset=UTF-8": 200, "application/json": 200, "application/x-www-form-urlencoded": 415} {
+		req, err := http.NewRequest("POST", staff.base+"/v1/conversations", strings.NewReader(`{"patient":"patients/alice"}`))
+		require.NoError(t, err)
+		req.Header.Set("Authorization", "Bearer "+staff.token)
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, want, resp.StatusCode, ct)
+	}
 }
