@@ -1,0 +1,160 @@
+package app_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/clinicchat/clinicchat/services/delivery/internal/app"
+	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
+	"github.com/clinicchat/clinicchat/services/delivery/internal/store"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/errs"
+	"github.com/clinicchat/clinicchat/services/platform/testkit"
+)
+
+// Hand-written fakes for the ports.
+type fakeConversations map[string]app.ConversationRef
+
+func (f fakeConversations) Resolve(_ context.Context, id string) (app.ConversationRef, error) {
+	c, ok := f[id]
+	if !ok {
+		return c, errs.NotFound("Conversation not found")
+	}
+	return c, nil
+}
+
+type fakePatients map[string]*app.PatientStatus
+
+func (f fakePatients) Status(_ context.Context, id string) (app.PatientStatus, error) {
+	return *f[id], nil
+}
+
+type fakeArtifacts struct{}
+
+func (fakeArtifacts) Get(_ context.Context, _, _ string, typ int, ref string) (domain.Artifact, error) {
+	if ref != "appt-1" {
+		return domain.Artifact{}, errs.NotFound("No such record for this patient")
+	}
+	return domain.Artifact{Type: typ, Ref: ref, Title: "Cleaning with Dr. Lee", Date: "2026-12-01"}, nil
+}
+
+func (fakeArtifacts) List(context.Context, string, string, int, int) ([]domain.Artifact, error) {
+	return nil, nil
+}
+
+type fixture struct {
+	app      *app.App
+	repo     *store.Store
+	patients fakePatients
+	staff    context.Context
+	patient  context.Context
+}
+
+func newFixture(t *testing.T) fixture {
+	t.Helper()
+	repo, err := store.New(context.Background(), testkit.OpenDB(t, testkit.Backends()[0]))
+	require.NoError(t, err)
+	pats := fakePatients{"pat": {HasPortalAccount: true, ChatOptIn: true}}
+	a := app.New(repo, fakeConversations{"c1": {ID: "c1", PatientID: "pat"}}, pats, nil, fakeArtifacts{}, testkit.Logger(t))
+	id := func(sub, role string, age time.Duration) context.Context {
+		return auth.WithIdentity(context.Background(), auth.Identity{Subject: sub, Role: role, Practice: "p1", AuthTime: time.Now().Add(-age)})
+	}
+	return fixture{app: a, repo: repo, patients: pats, staff: id("u1", "dentist", 0), patient: id("pat", "patient", time.Hour)}
+}
+
+func TestSendRules(t *testing.T) {
+	f := newFixture(t)
+	send := func(ctx context.Context, r app.SendRequest) error {
+		if r.Parent == "" {
+			r.Parent = "conversations/c1"
+		}
+		_, err := f.app.Send(ctx, r)
+		return err
+	}
+	cases := []struct {
+		name   string
+		ctx    context.Context
+		req    app.SendRequest
+		reason string
+	}{
+		{"empty text alone", f.staff, app.SendRequest{RequestID: "a"}, errs.ReasonInvalidArgument},
+		{"no request id", f.staff, app.SendRequest{Text: "hi"}, errs.ReasonInvalidArgument},
+		{"11 attachments", f.staff, app.SendRequest{Text: "hi", RequestID: "b", Attachments: make([]string, 11)}, errs.ReasonInvalidArgument},
+		{"artifact without a ref", f.staff, app.SendRequest{RequestID: "c", ArtifactType: 1}, errs.ReasonInvalidArgument},
+		{"unknown conversation", f.staff, app.SendRequest{Parent: "conversations/nope", Text: "hi", RequestID: "d"}, errs.ReasonNotFound},
+		{"malformed parent", f.staff, app.SendRequest{Parent: "threads/c1", Text: "hi", RequestID: "e"}, errs.ReasonInvalidArgument},
+		{"unknown artifact", f.staff, app.SendRequest{RequestID: "f", ArtifactType: 1, ArtifactRef: "nope"}, errs.ReasonNotFound},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			require.Equal(t, c.reason, errs.Reason(send(c.ctx, c.req)))
+		})
+	}
+
+	// An artifact alone is a message; its card comes from the provider.
+	m, err := f.app.Send(f.staff, app.SendRequest{Parent: "conversations/c1", RequestID: "g", ArtifactType: 1, ArtifactRef: "appt-1"})
+	require.NoError(t, err)
+	require.Equal(t, "Cleaning with Dr. Lee", m.Extras.Artifact.Title)
+
+	// Opt-out refuses both directions; a retry of an earlier send still answers.
+	first, err := f.app.Send(f.staff, app.SendRequest{Parent: "conversations/c1", Text: "before", RequestID: "h"})
+	require.NoError(t, err)
+	f.patients["pat"].ChatOptIn = false
+	require.Equal(t, errs.ReasonChatOptedOut, errs.Reason(send(f.staff, app.SendRequest{Text: "after", RequestID: "i"})))
+	require.Equal(t, errs.ReasonChatOptedOut, errs.Reason(send(f.patient, app.SendRequest{Text: "me", RequestID: "j"})))
+	again, err := f.app.Send(f.staff, app.SendRequest{Parent: "conversations/c1", Text: "before", RequestID: "h"})
+	require.NoError(t, err)
+	require.Equal(t, first.Seq, again.Seq)
+
+	// Losing the portal account stops chat too.
+	f.patients["pat"].ChatOptIn, f.patients["pat"].HasPortalAccount = true, false
+	require.Equal(t, errs.ReasonNoPortalAccount, errs.Reason(send(f.staff, app.SendRequest{Text: "x", RequestID: "k"})))
+	list, err := f.repo.List(context.Background(), "p1", "c1", 0, 100)
+	require.NoError(t, err)
+	require.Len(t, list, 2, "refusals store nothing")
+}
+
+func TestSensitiveMessagesLockUntilStepUp(t *testing.T) {
+	f := newFixture(t)
+	m, err := f.app.Send(f.staff, app.SendRequest{Parent: "conversations/c1", Text: "results", Sensitive: true, RequestID: "s"})
+	require.NoError(t, err)
+	got, err := f.app.Get(f.patient, m.Name()) // signed in an hour ago
+	require.NoError(t, err)
+	require.True(t, got.GetLocked())
+	require.Empty(t, got.GetText())
+	fresh := auth.WithIdentity(context.Background(), auth.Identity{Subject: "pat", Role: "patient", Practice: "p1", AuthTime: time.Now()})
+	got, err = f.app.Get(fresh, m.Name())
+	require.NoError(t, err)
+	require.False(t, got.GetLocked())
+	require.Equal(t, "results", got.GetText())
+	got, err = f.app.Get(f.staff, m.Name())
+	require.NoError(t, err)
+	require.False(t, got.GetLocked(), "staff are never locked out")
+}
+
+// Read receipts arriving out of order or twice leave the right final state.
+func TestReadReceiptsOutOfOrderAndDuplicated(t *testing.T) {
+	f := newFixture(t)
+	for i := range 5 {
+		_, err := f.app.Send(f.staff, app.SendRequest{Parent: "conversations/c1", Text: "m", RequestID: string(rune('a' + i))})
+		require.NoError(t, err)
+	}
+	for _, upTo := range []int64{4, 2, 4, 5, 3} {
+		require.NoError(t, f.app.ApplyRead(context.Background(), "p1", "c1", "patients/pat", "patient", upTo))
+	}
+	list, err := f.repo.List(context.Background(), "p1", "c1", 0, 10)
+	require.NoError(t, err)
+	for _, m := range list {
+		require.Equal(t, domain.Read, m.Status, "message %d", m.Seq)
+		require.Equal(t, "patients/pat", m.ReadBy)
+	}
+	// A delivery receipt after the read changes nothing.
+	_, err = f.app.MarkDelivered(f.patient, "conversations/c1", 5)
+	require.NoError(t, err)
+	got, err := f.repo.Get(context.Background(), "p1", "c1", 5)
+	require.NoError(t, err)
+	require.Equal(t, domain.Read, got.Status)
+}
