@@ -60,7 +60,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if deps.Log == nil || deps.JS == nil {
 		return nil, errors.New("preferences: Deps.Log and Deps.JS are required")
 	}
-	log := deps.Log.Named("preferences")
+	log := deps.Log
 	db, err := sqldb.Open(ctx, cfg.DatabaseDSN)
 	if err != nil {
 		return nil, fmt.Errorf("preferences: %w", err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 	"github.com/clinicchat/clinicchat/services/preferences/internal/domain"
 )
 
@@ -18,7 +19,7 @@ import (
 // "prefix = d AND rank = r" is an index range already in name order, so a
 // page is read straight off the index and the scan stops as soon as the page
 // is full, however many patients match. The other query words are checked on
-// the same index row (search_text LIKE '% w%' or '% w %'), so no other table
+// the same index row (search_text contains " w" or " w "), so no other table
 // is touched until the page is known.
 //
 // Each tier is a few such ordered streams, each limited to the page size,
@@ -30,18 +31,14 @@ import (
 //	tier 2 (prefixes):    per query word i that is only a prefix (S_i, see
 //	                      plan), the rows of the word that promises fewest
 //
-// Tiers 0 and 1 run first; tier 2 only when they leave the page short. Row
-// counts capped at countCap, read in one statement, pick the driving words
-// and drop streams that cannot have rows (a word that is nowhere a whole
-// word, or nowhere only a prefix) — those would otherwise scan every row of
-// their driving word for nothing.
+// Tiers 0 and 1 run first; tier 2 only when they leave the page short. The
+// per-prefix patient counts of prefix_counts pick the driving words and drop
+// streams that cannot have rows (a word that is nowhere a whole word, or
+// nowhere only a prefix) — those would otherwise scan every row of their
+// driving word for nothing.
 //
 // Without query words, patients are listed by name from patients_by_name (or
 // its partial twin, eligible patients only).
-
-// countCap bounds the row counts that pick the driving words: past it a
-// word is "common", and of common words the longest drives.
-const countCap = 1000
 
 // SearchPatients implements domain.Repository.
 func (s *Store) SearchPatients(ctx context.Context, q domain.SearchQuery) ([]domain.SearchHit, error) {
@@ -72,7 +69,10 @@ func (s *Store) SearchPatients(ctx context.Context, q domain.SearchQuery) ([]dom
 		if need <= 0 {
 			break
 		}
-		sb := searchSQL{practice: q.Practice, limit: need, after: after, eligibleOnly: !q.IncludeIneligible}
+		sb := searchSQL{practice: q.Practice, limit: need, after: after, eligibleOnly: !q.IncludeIneligible, contains: `instr(x.search_text, ?)`}
+		if s.db.Dialect() == sqldb.Postgres {
+			sb.contains = `strpos(x.search_text, ?)`
+		}
 		query, args := sb.build(q.Words, pl, tiers[0], tiers[1])
 		if query == "" {
 			continue
@@ -164,30 +164,38 @@ type partialSet struct {
 	i, drive int
 }
 
-// plan counts, per query word and up to countCap, its whole-word rows (rank
-// 0 or 1) and its prefix-only rows (rank 2), and picks the streams.
+// plan reads, per query word, how many patients have it as a whole word and
+// only as a prefix (prefix_counts), and picks the streams.
 func (s *Store) plan(ctx context.Context, practice string, words []string) (plan, error) {
 	if len(words) == 1 {
 		return plan{tier1: 0, tier2: []partialSet{{0, 0}}}, nil
 	}
-	var b strings.Builder
-	args := make([]any, 0, 4*len(words))
-	b.WriteString(`SELECT `)
-	for i, w := range words {
-		if i > 0 {
-			b.WriteString(`, `)
+	args := make([]any, 0, len(words)+1)
+	args = append(args, practice)
+	for _, w := range words {
+		args = append(args, w)
+	}
+	rows, err := s.db.Query(ctx, `SELECT prefix, whole, partial FROM prefix_counts WHERE practice = ? AND prefix IN (?`+
+		strings.Repeat(`, ?`, len(words)-1)+`)`, args...)
+	if err != nil {
+		return plan{}, fmt.Errorf("count search words: %w", err)
+	}
+	defer rows.Close()
+	byPrefix := map[string][2]int64{}
+	for rows.Next() {
+		var p string
+		var c [2]int64
+		if err := rows.Scan(&p, &c[0], &c[1]); err != nil {
+			return plan{}, fmt.Errorf("count search words: %w", err)
 		}
-		fmt.Fprintf(&b, `(SELECT COUNT(*) FROM (SELECT 1 FROM patient_prefixes WHERE practice = ? AND prefix = ? AND rank <= %d LIMIT %d) w%d), `, rankWholeWord, countCap, i)
-		fmt.Fprintf(&b, `(SELECT COUNT(*) FROM (SELECT 1 FROM patient_prefixes WHERE practice = ? AND prefix = ? AND rank = %d LIMIT %d) p%d)`, rankPrefix, countCap, i)
-		args = append(args, practice, w, practice, w)
+		byPrefix[p] = c
+	}
+	if err := rows.Err(); err != nil {
+		return plan{}, fmt.Errorf("count search words: %w", err)
 	}
 	counts := make([]int64, 2*len(words))
-	dest := make([]any, len(counts))
-	for i := range counts {
-		dest[i] = &counts[i]
-	}
-	if err := s.db.QueryRow(ctx, b.String(), args...).Scan(dest...); err != nil {
-		return plan{}, fmt.Errorf("count search words: %w", err)
+	for i, w := range words {
+		counts[2*i], counts[2*i+1] = byPrefix[w][0], byPrefix[w][1]
 	}
 	whole := func(i int) int64 { return counts[2*i] }
 	partial := func(i int) int64 { return counts[2*i+1] }
@@ -238,6 +246,10 @@ type searchSQL struct {
 	limit        int
 	after        *cursorKey
 	eligibleOnly bool
+	// contains is the dialect's substring test of search_text with one
+	// argument: instr (SQLite) or strpos (PostgreSQL), both faster than LIKE
+	// '%…%'.
+	contains string
 
 	b    strings.Builder
 	args []any
@@ -355,14 +367,14 @@ func (s *searchSQL) stream(tier int, words []string, drive, rank int, conds []wo
 		}
 		switch conds[j] {
 		case condPrefix:
-			s.b.WriteString(` AND x.search_text LIKE ?`)
-			s.args = append(s.args, "% "+w+"%")
+			fmt.Fprintf(&s.b, ` AND %s > 0`, s.contains)
+			s.args = append(s.args, " "+w)
 		case condWhole:
-			s.b.WriteString(` AND x.search_text LIKE ?`)
-			s.args = append(s.args, "% "+w+" %")
+			fmt.Fprintf(&s.b, ` AND %s > 0`, s.contains)
+			s.args = append(s.args, " "+w+" ")
 		case condPartial:
-			s.b.WriteString(` AND x.search_text LIKE ? AND x.search_text NOT LIKE ?`)
-			s.args = append(s.args, "% "+w+"%", "% "+w+" %")
+			fmt.Fprintf(&s.b, ` AND %s > 0 AND %s = 0`, s.contains, s.contains)
+			s.args = append(s.args, " "+w, " "+w+" ")
 		}
 	}
 	if qkey != "" {

@@ -9,6 +9,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/clinicchat/clinicchat/services/platform/outbox"
@@ -199,6 +200,9 @@ func updatePatient(ctx context.Context, tx *sqldb.Tx, cur, next *domain.Patient)
 		if err := byPrefixKeys(ctx, tx, `DELETE FROM patient_prefixes`, nil, cur.Practice, cur.ID, oldKeys); err != nil {
 			return fmt.Errorf("delete search rows: %w", err)
 		}
+		if err := addCounts(ctx, tx, cur.Practice, []searchRow{oldKeys}, -1); err != nil {
+			return err
+		}
 		return insertPrefixes(ctx, tx, []domain.Patient{*next}, []searchRow{newKeys})
 	}
 	if eligible(cur) != eligible(next) {
@@ -263,8 +267,65 @@ func insertPatients(ctx context.Context, tx *sqldb.Tx, ps []domain.Patient) erro
 	return insertPrefixes(ctx, tx, ps, keys)
 }
 
-// insertPrefixes inserts the search rows of patients (keys[i] for ps[i]).
+// addCounts adds sign (+1 or -1) per patient to prefix_counts for the
+// search rows in keys, all of practice. Rows go in prefix order in one
+// statement per chunk, so concurrent writers lock counters in the same order.
+func addCounts(ctx context.Context, tx *sqldb.Tx, practice string, keys []searchRow, sign int64) error {
+	type delta struct{ whole, partial int64 }
+	sum := map[string]*delta{}
+	for _, k := range keys {
+		for _, p := range k.prefixes {
+			d := sum[p.prefix]
+			if d == nil {
+				d = &delta{}
+				sum[p.prefix] = d
+			}
+			if p.rank == rankPrefix {
+				d.partial += sign
+			} else {
+				d.whole += sign
+			}
+		}
+	}
+	prefixes := make([]string, 0, len(sum))
+	for p := range sum {
+		prefixes = append(prefixes, p)
+	}
+	slices.Sort(prefixes)
+	const cols = 4
+	for start := 0; start < len(prefixes); start += maxRowsPerInsert(cols) {
+		part := prefixes[start:min(start+maxRowsPerInsert(cols), len(prefixes))]
+		var b strings.Builder
+		args := make([]any, 0, len(part)*cols)
+		b.WriteString(`INSERT INTO prefix_counts (practice, prefix, whole, partial) VALUES `)
+		for i, p := range part {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(`(?, ?, ?, ?)`)
+			args = append(args, practice, p, sum[p].whole, sum[p].partial)
+		}
+		b.WriteString(` ON CONFLICT (practice, prefix) DO UPDATE SET whole = prefix_counts.whole + excluded.whole,
+			partial = prefix_counts.partial + excluded.partial`)
+		if _, err := tx.Exec(ctx, b.String(), args...); err != nil {
+			return fmt.Errorf("count search rows: %w", err)
+		}
+	}
+	return nil
+}
+
+// insertPrefixes inserts the search rows of patients (keys[i] for ps[i]) and
+// counts them.
 func insertPrefixes(ctx context.Context, tx *sqldb.Tx, ps []domain.Patient, keys []searchRow) error {
+	byPractice := map[string][]searchRow{}
+	for i := range ps {
+		byPractice[ps[i].Practice] = append(byPractice[ps[i].Practice], keys[i])
+	}
+	for practice, ks := range byPractice {
+		if err := addCounts(ctx, tx, practice, ks, 1); err != nil {
+			return err
+		}
+	}
 	const cols = 7
 	per := maxRowsPerInsert(cols)
 	var b strings.Builder

@@ -139,6 +139,7 @@ func TestUpdatePatientKeepsSearchInStep(t *testing.T) {
 		var rows int
 		require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM patient_prefixes WHERE patient_id = 'a'`).Scan(&rows))
 		require.Equal(t, len(deriveSearch("Anaïs Dubois").prefixes), rows, "the old name's rows are gone")
+		requireCountsInStep(t, db)
 
 		// Preferences: opt in, then out; each read sees the last commit.
 		for _, optIn := range []bool{true, false} {
@@ -240,6 +241,7 @@ func TestSearchMatchesOracle(t *testing.T) {
 		// Some exact full-name twins and single-word names.
 		ps[1].DisplayName, ps[2].DisplayName, ps[3].DisplayName = ps[0].DisplayName, "María", "Maria"
 		require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return insertPatients(ctx, tx, ps) }))
+		requireCountsInStep(t, db)
 		r := rand.New(rand.NewPCG(1, 2))
 		queries := []string{"maria", "mar", "m", "maria garcia", "garcia maria", "jo gar", "ana mar lo", "o'brien", "zzz", "mar mari"}
 		for _, n := range []int{1, 2, 3} {
@@ -330,4 +332,17 @@ func TestConcurrentCreatesOfOneExternalID(t *testing.T) {
 		require.Equal(t, 1, rows)
 		require.Equal(t, 1, outboxRows(t, db), "one create, one event")
 	})
+}
+
+// requireCountsInStep checks prefix_counts against patient_prefixes.
+func requireCountsInStep(t *testing.T, db *sqldb.DB) {
+	t.Helper()
+	var bad int
+	require.NoError(t, db.QueryRow(context.Background(), `SELECT COUNT(*) FROM prefix_counts c WHERE
+		whole <> (SELECT COUNT(*) FROM patient_prefixes x WHERE x.practice = c.practice AND x.prefix = c.prefix AND x.rank <= 1) OR
+		partial <> (SELECT COUNT(*) FROM patient_prefixes x WHERE x.practice = c.practice AND x.prefix = c.prefix AND x.rank = 2)`).Scan(&bad))
+	require.Zero(t, bad)
+	require.NoError(t, db.QueryRow(context.Background(), `SELECT COUNT(*) FROM patient_prefixes x WHERE NOT EXISTS
+		(SELECT 1 FROM prefix_counts c WHERE c.practice = x.practice AND c.prefix = x.prefix)`).Scan(&bad))
+	require.Zero(t, bad)
 }
