@@ -535,11 +535,19 @@ func (st *eventStream) withToken(ctx context.Context) context.Context {
 }
 
 // conversation fetches the thread as the caller sees it (their unreadCount,
-// pinned, muted).
+// pinned, muted). It lists the one row rather than getting it: a pushed list
+// row is not the caller opening the thread, which the audit log records.
 func (st *eventStream) conversation(ctx context.Context, name string) (*conversationv1.Conversation, error) {
 	ctx, cancel := context.WithTimeout(st.withToken(ctx), upstreamTimeout)
 	defer cancel()
-	return st.s.conversations.GetConversation(ctx, &conversationv1.GetConversationRequest{Name: name})
+	resp, err := st.s.conversations.ListConversations(ctx, &conversationv1.ListConversationsRequest{Names: []string{name}, PageSize: 1})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.GetConversations()) == 0 {
+		return nil, status.Error(codes.NotFound, "Conversation not found")
+	}
+	return resp.GetConversations()[0], nil
 }
 
 // markDelivered records that the caller received messages up to seq. It

@@ -18,7 +18,9 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -426,6 +428,23 @@ func (f *fakeConversation) GetConversation(ctx context.Context, req *conversatio
 		UnreadCount: int32(len(id.Subject)), // per caller, so tests can tell whose view it is
 		Pinned:      id.Subject == "doc",
 	}, nil
+}
+
+// ListConversations serves the names filter the event stream uses, through
+// GetConversation's rules; a thread the caller may not see is left out.
+func (f *fakeConversation) ListConversations(ctx context.Context, req *conversationv1.ListConversationsRequest) (*conversationv1.ListConversationsResponse, error) {
+	out := &conversationv1.ListConversationsResponse{}
+	for _, name := range req.GetNames() {
+		c, err := f.GetConversation(ctx, &conversationv1.GetConversationRequest{Name: name})
+		if status.Code(err) == codes.NotFound {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out.Conversations = append(out.Conversations, c)
+	}
+	return out, nil
 }
 
 func (f *fakeConversation) CreateConversation(ctx context.Context, req *conversationv1.CreateConversationRequest) (*conversationv1.Conversation, error) {

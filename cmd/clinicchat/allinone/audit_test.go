@@ -79,6 +79,7 @@ func TestScriptedSessionIsAuditedExactlyOnce(t *testing.T) {
 	const canary = "CANARY-7f3a9c sensitive diagnosis text"
 	since := `time>="` + time.Now().UTC().Format(time.RFC3339Nano) + `"` // after the demo seed
 
+	staffEvents := staff.events("")                                                // live pushes of list rows are not views
 	conv := staff.startConversation("alice")                                       // conversation.create
 	require.Equal(t, 200, staff.do("GET", "/v1/"+conv.Name, nil, &conversation{})) // conversation.view
 	code, att := alice.upload(conv.Name, "xray.png", "image/png", pngBytes(t))     // attachment.upload
@@ -87,6 +88,7 @@ func TestScriptedSessionIsAuditedExactlyOnce(t *testing.T) {
 	var sent message
 	require.Equal(t, 200, staff.do("POST", "/v1/"+conv.Name+"/messages", map[string]any{ // message.send
 		"text": canary, "sensitive": true, "requestId": "audit-1"}, &sent))
+	staffEvents.next(t, "conversation.updated")
 	var list struct{ Messages []message }
 	require.Equal(t, 200, alice.do("GET", "/v1/"+conv.Name+"/messages", nil, &list)) // message.list + message.unlock
 	require.Len(t, list.Messages, 1)

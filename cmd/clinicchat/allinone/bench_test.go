@@ -358,109 +358,191 @@ func BenchmarkMarkReadToSenderStream(b *testing.B) {
 
 // throughputResult is one BenchmarkSendThroughput run.
 type throughputResult struct {
-	senders, msgs int
-	rate          float64 // messages per second
-	p50, p99      time.Duration
-	cpu           time.Duration // per message, until the system is idle again
-	busy          time.Duration // wall time until idle again
+	name   string
+	msgs   int
+	rate   float64 // messages per second
+	p50    time.Duration
+	p99    time.Duration
+	cpu    time.Duration // per message, until the system is idle again
+	busy   time.Duration // wall time until idle again
+	thread int           // messages in the longest thread at the end
 }
 
-// BenchmarkSendThroughput: 1, 8 and 32 concurrent staff senders, each on a
-// conversation of its own (patients created in a fresh practice by the
-// practice system, opted in by themselves). It reports accepted msgs/s (over
-// the time the POSTs took), p50/p99 of the POST, and the process's user+sys
-// CPU per message, counted until every JetStream consumer (conversation
-// projection, notifications, audit, receipts) has caught up, so the work each
-// message causes downstream is included. The process is the whole product
-// plus this load generator (HTTP client, JSON): CPU per message is an upper
-// bound. No event stream is open.
-func BenchmarkSendThroughput(b *testing.B) {
-	const practice = "bench"
-	senderCounts := []int{1, 8, 32}
-	maxSenders := slices.Max(senderCounts)
+// benchThreads is how many threads BenchmarkSendThroughput spreads its
+// messages over: a clinic has many, and a thread's length changes the cost of
+// a send (see BenchmarkSendLongThread).
+const benchThreads = 64
 
+// BenchmarkSendThroughput: 1, 8 and 32 concurrent staff senders; sender w of
+// n sends round-robin to threads w, w+n, w+2n… of 64 (patients created in a
+// fresh practice by the practice system and opted in by themselves), so no
+// two senders share a thread. It reports accepted msgs/s (over the time the
+// POSTs took), p50/p99 of the POST, and the process's user+sys CPU per
+// message counted until every JetStream consumer (conversation projection,
+// notifications, audit, receipts) has caught up and no stream grows, so the
+// work each message causes downstream is included. The process is the whole
+// product plus this load generator (HTTP client, JSON; about 2% of the CPU in
+// a profile), so CPU per message is a slight overestimate. No event stream is
+// open.
+func BenchmarkSendThroughput(b *testing.B) {
 	env := startBench(b)
-	pms := env.as(b, "pms", "system", practice)
-	type lane struct {
-		staff *bclient
-		conv  string
+	threads := env.threads(b, "bench", benchThreads)
+	idle := newIdleWatcher(b, env.nats)
+	var results []throughputResult
+	for _, n := range []int{1, 8, 32} {
+		b.Run(fmt.Sprintf("senders=%d", n), func(b *testing.B) {
+			r := runSenders(b, idle, threads, n)
+			// The last run of a sub-benchmark (the largest b.N) is the one
+			// go test reports: keep only that one.
+			if len(results) > 0 && results[len(results)-1].name == r.name {
+				results = results[:len(results)-1]
+			}
+			results = append(results, r)
+		})
 	}
-	lanes := make([]lane, maxSenders)
-	for i := range lanes {
+	printThroughput("BenchmarkSendThroughput", results)
+}
+
+// BenchmarkSendLongThread: one sender, one thread, first when the thread is
+// new and then once it holds 3,000 messages (filled, untimed, by 8 concurrent
+// senders): the same figures as BenchmarkSendThroughput. A send's cost should
+// not depend on the thread's length.
+func BenchmarkSendLongThread(b *testing.B) {
+	env := startBench(b)
+	idle := newIdleWatcher(b, env.nats)
+	var results []throughputResult
+	for _, fill := range []int{0, 3000} {
+		threads := env.threads(b, fmt.Sprintf("long-%d", fill), 1)
+		if fill > 0 {
+			fillers := make([]benchThread, 8)
+			for i := range fillers {
+				fillers[i] = benchThread{staff: env.as(b, fmt.Sprintf("filler-%02d", i), "dentist", threads[0].practice),
+					conv: threads[0].conv, practice: threads[0].practice}
+			}
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			errs := make([]error, len(fillers))
+			for w, f := range fillers {
+				wg.Go(func() {
+					for i := next.Add(1); i <= int64(fill); i = next.Add(1) {
+						if _, err := f.staff.send(f.conv, "Your appointment is confirmed", fmt.Sprintf("fill-%d", i)); err != nil {
+							errs[w] = err
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			if err := errors.Join(errs...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(fmt.Sprintf("thread=%d", fill), func(b *testing.B) {
+			r := runSenders(b, idle, threads, 1)
+			r.thread += fill
+			if len(results) > 0 && results[len(results)-1].name == r.name {
+				results = results[:len(results)-1]
+			}
+			results = append(results, r)
+		})
+	}
+	printThroughput("BenchmarkSendLongThread", results)
+}
+
+// benchThread is a thread and the staff member who sends to it.
+type benchThread struct {
+	staff    *bclient
+	conv     string
+	practice string
+	sent     int
+}
+
+// threads creates n patients in practice (by its practice system), opts
+// each in (as the patient) and starts a thread with each (as a staff member
+// of its own).
+func (e *benchEnv) threads(b *testing.B, practice string, n int) []*benchThread {
+	b.Helper()
+	pms := e.as(b, "pms", "system", practice)
+	out := make([]*benchThread, n)
+	for i := range out {
 		id := fmt.Sprintf("bench-patient-%02d", i)
 		if err := pms.call("POST", "/v1/patients", map[string]any{"patient": map[string]any{
 			"name": "patients/" + id, "externalId": fmt.Sprintf("B%04d", i), "displayName": fmt.Sprintf("Bench Patient %02d", i),
 			"dateOfBirth": "1990-01-01", "hasPortalAccount": true}}, nil); err != nil {
 			b.Fatal(err)
 		}
-		patient := env.as(b, id, "patient", practice)
+		patient := e.as(b, id, "patient", practice)
 		if err := patient.call("PATCH", "/v1/patients/"+id+"/communicationPreferences", map[string]any{"chatOptIn": true}, nil); err != nil {
 			b.Fatal(err)
 		}
-		staff := env.as(b, fmt.Sprintf("staff-%02d", i), "dentist", practice)
-		lanes[i] = lane{staff: staff, conv: staff.startConversation(b, id)}
+		staff := e.as(b, fmt.Sprintf("staff-%02d", i), "dentist", practice)
+		out[i] = &benchThread{staff: staff, conv: staff.startConversation(b, id), practice: practice}
 	}
-	idle := newIdleWatcher(b, env.nats)
-	var results []throughputResult
+	return out
+}
 
-	for _, n := range senderCounts {
-		b.Run(fmt.Sprintf("senders=%d", n), func(b *testing.B) {
-			idle.wait(b)
-			perWorker := make([]latencies, n)
-			errs := make([]error, n)
-			var next atomic.Int64
-			cpu0 := processCPU()
-			b.ResetTimer()
-			start := time.Now()
-			var wg sync.WaitGroup
-			for w := range n {
-				wg.Go(func() {
-					l := lanes[w]
-					for {
-						i := next.Add(1)
-						if i > int64(b.N) {
-							return
-						}
-						t0 := time.Now()
-						if _, err := l.staff.send(l.conv, "Your appointment is confirmed", fmt.Sprintf("%s-%d-%d", b.Name(), b.N, i)); err != nil {
-							errs[w] = err
-							return
-						}
-						perWorker[w] = append(perWorker[w], time.Since(t0))
-					}
-				})
+// runSenders sends b.N messages with n concurrent senders over threads and
+// measures them (see BenchmarkSendThroughput).
+func runSenders(b *testing.B, idle *idleWatcher, threads []*benchThread, n int) throughputResult {
+	idle.wait(b)
+	perWorker := make([]latencies, n)
+	errs := make([]error, n)
+	var next atomic.Int64
+	cpu0 := processCPU()
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range n {
+		wg.Go(func() {
+			for k := w; ; k += n {
+				i := next.Add(1)
+				if i > int64(b.N) {
+					return
+				}
+				t := threads[k%len(threads)]
+				t0 := time.Now()
+				if _, err := t.staff.send(t.conv, "Your appointment is confirmed", fmt.Sprintf("%s-%d-%d", b.Name(), b.N, i)); err != nil {
+					errs[w] = err
+					return
+				}
+				perWorker[w] = append(perWorker[w], time.Since(t0))
+				t.sent++
 			}
-			wg.Wait()
-			elapsed := time.Since(start)
-			b.StopTimer()
-			if err := errors.Join(errs...); err != nil {
-				b.Fatal(err)
-			}
-			idle.wait(b)
-			busy := time.Since(start)
-			cpu := processCPU() - cpu0
-
-			all := slices.Concat(perWorker...)
-			slices.Sort(all)
-			r := throughputResult{senders: n, msgs: b.N, rate: float64(b.N) / elapsed.Seconds(),
-				p50: all.pct(0.5), p99: all.pct(0.99), cpu: cpu / time.Duration(b.N), busy: busy}
-			b.ReportMetric(r.rate, "msgs/s")
-			b.ReportMetric(ms(r.p50), "post-p50-ms")
-			b.ReportMetric(ms(r.p99), "post-p99-ms")
-			b.ReportMetric(ms(r.cpu), "cpu-ms/msg")
-			// The last run of each sub-benchmark (the largest b.N) is the one
-			// go test reports: keep only that one.
-			if len(results) > 0 && results[len(results)-1].senders == n {
-				results = results[:len(results)-1]
-			}
-			results = append(results, r)
 		})
 	}
-	// A parent benchmark's log is shown only with -v: print the table.
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if err := errors.Join(errs...); err != nil {
+		b.Fatal(err)
+	}
+	idle.wait(b)
+	busy := time.Since(start)
+	cpu := processCPU() - cpu0
+
+	all := slices.Concat(perWorker...)
+	slices.Sort(all)
+	r := throughputResult{name: b.Name(), msgs: b.N, rate: float64(b.N) / elapsed.Seconds(),
+		p50: all.pct(0.5), p99: all.pct(0.99), cpu: cpu / time.Duration(b.N), busy: busy}
+	for _, t := range threads {
+		r.thread = max(r.thread, t.sent)
+	}
+	b.ReportMetric(r.rate, "msgs/s")
+	b.ReportMetric(ms(r.p50), "post-p50-ms")
+	b.ReportMetric(ms(r.p99), "post-p99-ms")
+	b.ReportMetric(ms(r.cpu), "cpu-ms/msg")
+	return r
+}
+
+// printThroughput prints a table of results (a parent benchmark's log is
+// shown only with -v, so it goes to stdout).
+func printThroughput(title string, results []throughputResult) {
 	var t strings.Builder
-	fmt.Fprintf(&t, "BenchmarkSendThroughput (CPU: whole process incl. this load generator, until idle)\n  %-8s %7s %9s %9s %9s %11s %11s\n", "senders", "msgs", "msgs/s", "p50 ms", "p99 ms", "CPU ms/msg", "until idle")
+	fmt.Fprintf(&t, "%s (CPU: the whole process, until idle)\n  %-12s %6s %8s %8s %8s %10s %10s %7s\n", title,
+		"", "msgs", "msgs/s", "p50 ms", "p99 ms", "CPU ms/msg", "until idle", "thread")
 	for _, r := range results {
-		fmt.Fprintf(&t, "  %-8d %7d %9.0f %9.2f %9.2f %11.3f %10.2fs\n", r.senders, r.msgs, r.rate, ms(r.p50), ms(r.p99), ms(r.cpu), r.busy.Seconds())
+		fmt.Fprintf(&t, "  %-12s %6d %8.0f %8.2f %8.2f %10.3f %9.2fs %7d\n", strings.TrimPrefix(r.name, title+"/"), r.msgs, r.rate, ms(r.p50), ms(r.p99),
+			ms(r.cpu), r.busy.Seconds(), r.thread)
 	}
 	fmt.Print(t.String())
 }

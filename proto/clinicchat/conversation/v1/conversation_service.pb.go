@@ -169,7 +169,11 @@ type ListConversationsRequest struct {
 	// At most this many (default 50, max 200).
 	PageSize int32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// From a previous response.
-	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only these threads ("conversations/{c}"), whatever their state: how a
+	// live view refreshes rows it shows. Up to 100. Like every list, not
+	// audited as a view of each thread.
+	Names         []string `protobuf:"bytes,5,rep,name=names,proto3" json:"names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -230,6 +234,13 @@ func (x *ListConversationsRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListConversationsRequest) GetNames() []string {
+	if x != nil {
+		return x.Names
+	}
+	return nil
 }
 
 // Response for ListConversations.
@@ -536,13 +547,14 @@ const file_clinicchat_conversation_v1_conversation_service_proto_rawDesc = "" +
 	"\x19CreateConversationRequest\x12L\n" +
 	"\fconversation\x18\x01 \x01(\v2(.clinicchat.conversation.v1.ConversationR\fconversation\",\n" +
 	"\x16GetConversationRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x88\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x9e\x01\n" +
 	"\x18ListConversationsRequest\x12\x14\n" +
 	"\x05query\x18\x01 \x01(\tR\x05query\x12\x1a\n" +
 	"\barchived\x18\x02 \x01(\bR\barchived\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x04 \x01(\tR\tpageToken\"\x93\x01\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\x12\x14\n" +
+	"\x05names\x18\x05 \x03(\tR\x05names\"\x93\x01\n" +
 	"\x19ListConversationsResponse\x12N\n" +
 	"\rconversations\x18\x01 \x03(\v2(.clinicchat.conversation.v1.ConversationR\rconversations\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n" +

@@ -175,6 +175,7 @@ func (a *App) Resolve(ctx context.Context, name string) (domain.Conversation, er
 type ListRequest struct {
 	Query     string
 	Archived  bool
+	Names     []string
 	PageSize  int
 	PageToken string
 }
@@ -192,6 +193,16 @@ func (a *App) List(ctx context.Context, r ListRequest) ([]domain.Conversation, s
 	case who.IsStaff() || who.IsSystem():
 	default:
 		return nil, "", domain.ErrStaffOnly
+	}
+	if len(r.Names) > 100 {
+		return nil, "", errs.InvalidArgument("names may list at most 100 conversations")
+	}
+	for _, n := range r.Names {
+		id, err := ParseName(n)
+		if err != nil {
+			return nil, "", err
+		}
+		q.IDs = append(q.IDs, id)
 	}
 	q.Limit = r.PageSize
 	if q.Limit <= 0 {

@@ -64,6 +64,7 @@ type ListQuery struct {
 	Viewer    Viewer
 	Words     []string // folded name prefixes
 	Archived  bool
+	IDs       []string // only these threads, in any state
 	Limit     int
 	After     *Cursor
 }

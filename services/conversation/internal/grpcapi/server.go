@@ -44,7 +44,7 @@ func (s *Server) ResolveConversation(ctx context.Context, r *conversationv1.Reso
 
 // ListConversations implements the RPC.
 func (s *Server) ListConversations(ctx context.Context, r *conversationv1.ListConversationsRequest) (*conversationv1.ListConversationsResponse, error) {
-	list, next, err := s.App.List(ctx, app.ListRequest{Query: r.GetQuery(), Archived: r.GetArchived(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken()})
+	list, next, err := s.App.List(ctx, app.ListRequest{Query: r.GetQuery(), Archived: r.GetArchived(), Names: r.GetNames(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken()})
 	if err != nil {
 		return nil, err
 	}

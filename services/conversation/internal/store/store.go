@@ -123,8 +123,17 @@ func (s *Store) List(ctx context.Context, q domain.ListQuery) ([]domain.Conversa
 	if q.Archived {
 		state = domain.Archived
 	}
-	args := []any{!q.Viewer.IsPatient, q.Viewer.Principal, q.Practice, int(state)}
-	where := []string{"c.practice = ?", "c.state = ?"}
+	args := []any{!q.Viewer.IsPatient, q.Viewer.Principal, q.Practice}
+	where := []string{"c.practice = ?"}
+	if len(q.IDs) > 0 {
+		where = append(where, "c.id IN (?"+strings.Repeat(", ?", len(q.IDs)-1)+")")
+		for _, id := range q.IDs {
+			args = append(args, id)
+		}
+	} else {
+		where = append(where, "c.state = ?")
+		args = append(args, int(state))
+	}
 	if q.PatientID != "" {
 		where = append(where, "c.patient_id = ?")
 		args = append(args, q.PatientID)
