@@ -51,5 +51,9 @@ func run() error {
 	case <-in.Done():
 		log.Error("a component stopped; shutting down")
 	}
-	return in.Stop()
+	if err := in.Stop(); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
 }
