@@ -129,7 +129,7 @@ func run(args []string) error {
 	defer func() { _ = log.Sync() }()
 	cfg.Gateway.DevMode = cfg.Dev
 	log.Info("starting", zap.String(logkeys.Addr, cfg.HTTPAddr), zap.Strings("upstreams", cfg.Upstreams[:]),
-		zap.String("nats_url", cfg.NATS.URL), zap.Bool("jwks", cfg.JWKSURL != ""), zap.Bool("dev", cfg.Dev),
+		zap.String("nats_url", svcmain.RedactURLs(cfg.NATS.URL)), zap.Bool("jwks", cfg.JWKSURL != ""), zap.Bool("dev", cfg.Dev),
 		zap.Duration("step_up_window", cfg.Gateway.StepUpWindow), zap.Duration("sse_keepalive", cfg.Gateway.KeepAlive))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

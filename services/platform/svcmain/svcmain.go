@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -161,7 +162,7 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	log.Info("starting", zap.String("grpc_addr", c.GRPCAddr), zap.String("nats_url", c.NATS.URL),
+	log.Info("starting", zap.String("grpc_addr", c.GRPCAddr), zap.String("nats_url", RedactURLs(c.NATS.URL)),
 		zap.Bool("database", c.DatabaseDSN != ""), zap.Bool("jwks", c.JWKSURL != ""), zap.Int("nats_replicas", c.NATSReplicas))
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -241,4 +242,15 @@ func RunMigrate(dsn string, migrate func(context.Context, *sqldb.DB) error) erro
 	}
 	fmt.Fprintln(os.Stdout, "migrations applied")
 	return nil
+}
+
+// RedactURLs hides passwords in a comma-separated list of URLs, for logs.
+func RedactURLs(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			parts[i] = u.Redacted()
+		}
+	}
+	return strings.Join(parts, ",")
 }
