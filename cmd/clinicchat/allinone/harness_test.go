@@ -21,8 +21,17 @@ import (
 // start runs a real all-in-one on loopback ports in dir.
 func start(t *testing.T, dir string) *allinone.Instance {
 	t.Helper()
+	return startWith(t, dir, nil)
+}
+
+// startWith is start with a configuration change.
+func startWith(t *testing.T, dir string, change func(*allinone.Config)) *allinone.Instance {
+	t.Helper()
 	cfg := allinone.Config{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: dir, Dev: true,
 		ArchiveAfter: 8760 * time.Hour, ArchiveSweepInterval: time.Hour, StepUpWindow: 5 * time.Minute, DrainTimeout: 5 * time.Second}
+	if change != nil {
+		change(&cfg)
+	}
 	in, err := allinone.Start(context.Background(), cfg, testkit.Logger(t))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = in.Stop() })
