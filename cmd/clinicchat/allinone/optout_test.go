@@ -32,6 +32,13 @@ func TestWhoCanBeChattedWith(t *testing.T) {
 	require.Equal(t, 400, staff.do("POST", "/v1/conversations", map[string]any{"patient": "patients/dave"}, &e))
 	require.Equal(t, "NO_PORTAL_ACCOUNT", e.reason())
 
+	var raw struct{ Patients []map[string]any }
+	require.Equal(t, 200, staff.do("GET", "/v1/patients?query=alice", nil, &raw))
+	require.Len(t, raw.Patients, 1)
+	require.Equal(t, true, raw.Patients[0]["chatEligible"])
+	require.NotContains(t, raw.Patients[0], "ineligibleReason", "an eligible patient has no reason")
+	require.Equal(t, "1985-03-14", raw.Patients[0]["dateOfBirth"])
+
 	// "Messages not delivering: patient opted out of chat."
 	emma := h.as("emma", "patient")
 	conv := staff.startConversation("emma")

@@ -93,8 +93,8 @@ type Patient struct {
 	ChatOptIn bool `protobuf:"varint,6,opt,name=chat_opt_in,json=chatOptIn,proto3" json:"chat_opt_in,omitempty"`
 	// Output only. Whether staff may chat with the patient now.
 	ChatEligible bool `protobuf:"varint,7,opt,name=chat_eligible,json=chatEligible,proto3" json:"chat_eligible,omitempty"`
-	// Output only. Why not, when chat_eligible is false.
-	IneligibleReason Patient_IneligibleReason `protobuf:"varint,8,opt,name=ineligible_reason,json=ineligibleReason,proto3,enum=clinicchat.preferences.v1.Patient_IneligibleReason" json:"ineligible_reason,omitempty"`
+	// Output only. Why not, when chat_eligible is false; absent when eligible.
+	IneligibleReason *Patient_IneligibleReason `protobuf:"varint,8,opt,name=ineligible_reason,json=ineligibleReason,proto3,enum=clinicchat.preferences.v1.Patient_IneligibleReason,oneof" json:"ineligible_reason,omitempty"`
 	// Output only. When the directory entry last changed.
 	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -181,8 +181,8 @@ func (x *Patient) GetChatEligible() bool {
 }
 
 func (x *Patient) GetIneligibleReason() Patient_IneligibleReason {
-	if x != nil {
-		return x.IneligibleReason
+	if x != nil && x.IneligibleReason != nil {
+		return *x.IneligibleReason
 	}
 	return Patient_INELIGIBLE_REASON_UNSPECIFIED
 }
@@ -262,7 +262,7 @@ var File_clinicchat_preferences_v1_patient_proto protoreflect.FileDescriptor
 
 const file_clinicchat_preferences_v1_patient_proto_rawDesc = "" +
 	"\n" +
-	"'clinicchat/preferences/v1/patient.proto\x12\x19clinicchat.preferences.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x03\n" +
+	"'clinicchat/preferences/v1/patient.proto\x12\x19clinicchat.preferences.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x04\n" +
 	"\aPatient\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vexternal_id\x18\x02 \x01(\tR\n" +
@@ -271,14 +271,15 @@ const file_clinicchat_preferences_v1_patient_proto_rawDesc = "" +
 	"\rdate_of_birth\x18\x04 \x01(\tR\vdateOfBirth\x12,\n" +
 	"\x12has_portal_account\x18\x05 \x01(\bR\x10hasPortalAccount\x12\x1e\n" +
 	"\vchat_opt_in\x18\x06 \x01(\bR\tchatOptIn\x12#\n" +
-	"\rchat_eligible\x18\a \x01(\bR\fchatEligible\x12`\n" +
-	"\x11ineligible_reason\x18\b \x01(\x0e23.clinicchat.preferences.v1.Patient.IneligibleReasonR\x10ineligibleReason\x12;\n" +
+	"\rchat_eligible\x18\a \x01(\bR\fchatEligible\x12e\n" +
+	"\x11ineligible_reason\x18\b \x01(\x0e23.clinicchat.preferences.v1.Patient.IneligibleReasonH\x00R\x10ineligibleReason\x88\x01\x01\x12;\n" +
 	"\vupdate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\"`\n" +
 	"\x10IneligibleReason\x12!\n" +
 	"\x1dINELIGIBLE_REASON_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11NO_PORTAL_ACCOUNT\x10\x01\x12\x12\n" +
-	"\x0eCHAT_OPTED_OUT\x10\x02\"\x8b\x01\n" +
+	"\x0eCHAT_OPTED_OUT\x10\x02B\x14\n" +
+	"\x12_ineligible_reason\"\x8b\x01\n" +
 	"\x18CommunicationPreferences\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\vchat_opt_in\x18\x02 \x01(\bR\tchatOptIn\x12;\n" +
@@ -321,6 +322,7 @@ func file_clinicchat_preferences_v1_patient_proto_init() {
 	if File_clinicchat_preferences_v1_patient_proto != nil {
 		return
 	}
+	file_clinicchat_preferences_v1_patient_proto_msgTypes[0].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

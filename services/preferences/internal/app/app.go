@@ -88,9 +88,9 @@ func PatientProto(p *domain.Patient) *preferencesv1.Patient {
 	}
 	switch why {
 	case domain.NoPortalAccount:
-		out.IneligibleReason = preferencesv1.Patient_NO_PORTAL_ACCOUNT
+		out.IneligibleReason = preferencesv1.Patient_NO_PORTAL_ACCOUNT.Enum()
 	case domain.ChatOptedOut:
-		out.IneligibleReason = preferencesv1.Patient_CHAT_OPTED_OUT
+		out.IneligibleReason = preferencesv1.Patient_CHAT_OPTED_OUT.Enum()
 	}
 	return out
 }
