@@ -251,6 +251,7 @@ func (s *Server) shuttingDown() bool {
 //	/v1/...                        the grpc-gateway mux: every route needs a
 //	                               verified bearer token (auth middleware, and
 //	                               the routing-error handler for unknown paths)
+//	GET / and /app/...             the web client (web.go), no auth
 func (s *Server) routes() error {
 	s.mux = runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, s.marshaler),
@@ -296,6 +297,12 @@ func (s *Server) routes() error {
 	top.Handle("GET /metrics", s.plainRoute("/metrics", s.metrics.handler()))
 	top.Handle("POST /v1/dev/tokens", s.plainRoute("/v1/dev/tokens", http.HandlerFunc(s.devTokens)))
 	top.Handle("/v1/", s.mux)
+	web, err := newWebHandler(http.HandlerFunc(s.notFound))
+	if err != nil {
+		return err
+	}
+	top.Handle("GET /{$}", s.plainRoute("/", web))
+	top.Handle("GET /app/", s.plainRoute("/app/", web))
 	top.Handle("/", http.HandlerFunc(s.notFound))
 	s.handler = s.instrument(top)
 	return nil

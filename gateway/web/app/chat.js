@@ -1,0 +1,567 @@
+// The Chat page (staff) and the Inbox (patients): a sidebar of
+// conversations and the open thread. Staff also search, start new
+// conversations, see archived threads, and pin or mute from the context
+// menu (right-click a thread).
+
+import { api, ApiError } from './api.js';
+import { Composer } from './composer.js';
+import { BlobCache, STATUS_RANK, isFromPractice, messageElement, seqOf } from './messages.js';
+import { session } from './session.js';
+import {
+  h, icon, clear, shortTime, dayLabel, dayKey, formatDate, initials, showMenu, toast,
+} from './ui.js';
+
+const PAGE_SIZE = 50;
+
+function byListOrder(a, b) {
+  if (!!a.pinned !== !!b.pinned) return a.pinned ? -1 : 1;
+  const ta = Date.parse(a.lastMessageTime || a.createTime || 0) || 0;
+  const tb = Date.parse(b.lastMessageTime || b.createTime || 0) || 0;
+  if (ta !== tb) return tb - ta;
+  return a.name < b.name ? -1 : 1;
+}
+
+function parentOf(messageName) {
+  const i = String(messageName).indexOf('/messages/');
+  return i > 0 ? messageName.slice(0, i) : '';
+}
+
+export class ChatView {
+  /** opts: {staff: boolean, devMode: boolean, reauthenticate(): Promise} */
+  constructor(opts) {
+    this.opts = opts;
+    this.staff = opts.staff;
+    this.tab = 'active';
+    this.query = '';
+    this.conversations = [];
+    this.current = null; // {conv, items: Map, nextPageToken, composer, ...}
+    this.listSeq = 0;
+    this.blobs = new BlobCache();
+    this.el = this.render();
+  }
+
+  // ---- layout ----------------------------------------------------------------
+
+  render() {
+    const title = this.staff ? 'Chat' : 'Inbox';
+    this.list = h('ul', { class: 'thread-list', 'aria-label': 'Conversations' });
+    this.listStatus = h('p', { class: 'list-status', role: 'status' });
+    const head = h('div', { class: 'sidebar-head' }, h('h1', { class: 'page-title' }, title));
+    const side = h('aside', { class: 'sidebar', 'aria-label': 'Conversations' }, head);
+    if (this.staff) {
+      head.append(h('button', {
+        type: 'button', class: 'btn btn-primary new-conv', onclick: () => this.newConversation(),
+      }, icon('plus'), 'New conversation'));
+      this.searchInput = h('input', {
+        type: 'search', id: 'conv-search', class: 'search-input', placeholder: 'Search by patient name',
+        autocomplete: 'off', spellcheck: 'false',
+        oninput: () => {
+          clearTimeout(this.searchTimer);
+          this.searchTimer = setTimeout(() => { this.query = this.searchInput.value.trim(); this.loadList(); }, 200);
+        },
+      });
+      this.tabs = {
+        active: h('button', { type: 'button', role: 'tab', id: 'tab-active', 'aria-selected': 'true', 'aria-controls': 'thread-list-panel', onclick: () => this.setTab('active') }, 'Active'),
+        archived: h('button', { type: 'button', role: 'tab', id: 'tab-archived', 'aria-selected': 'false', tabindex: '-1', 'aria-controls': 'thread-list-panel', onclick: () => this.setTab('archived') }, 'Archived'),
+      };
+      const tablist = h('div', { class: 'tabs', role: 'tablist', 'aria-label': 'Which conversations', onkeydown: (e) => this.onTabKey(e) },
+        this.tabs.active, this.tabs.archived);
+      side.append(
+        h('div', { class: 'search', role: 'search' },
+          h('label', { for: 'conv-search', class: 'visually-hidden' }, 'Search conversations by patient name'),
+          icon('search', 'search-icon'), this.searchInput),
+        tablist);
+    }
+    side.append(h('div', { id: 'thread-list-panel', class: 'thread-list-panel', role: this.staff ? 'tabpanel' : null, 'aria-labelledby': this.staff ? 'tab-active' : null },
+      this.listStatus, this.list));
+    this.side = side;
+    this.pane = h('section', { class: 'thread-pane', 'aria-label': 'Conversation' });
+    this.renderEmptyPane();
+    return h('div', { class: 'layout' }, side, this.pane);
+  }
+
+  renderEmptyPane() {
+    clear(this.pane);
+    this.pane.append(h('div', { class: 'empty-pane' },
+      h('div', { class: 'empty-art' }, icon('chat')),
+      h('h2', null, this.staff ? 'Select a conversation' : 'Your messages'),
+      h('p', { class: 'muted' }, this.staff
+        ? 'Choose a patient on the left, or start a new conversation.'
+        : 'Messages from your dental practice appear here. Choose a conversation to read and reply.')));
+    this.el?.classList.remove('thread-open');
+  }
+
+  onTabKey(e) {
+    if (e.key !== 'ArrowLeft' && e.key !== 'ArrowRight') return;
+    e.preventDefault();
+    const next = this.tab === 'active' ? 'archived' : 'active';
+    this.setTab(next);
+    this.tabs[next].focus();
+  }
+
+  setTab(tab) {
+    if (this.tab === tab) return;
+    this.tab = tab;
+    for (const [k, b] of Object.entries(this.tabs)) {
+      b.setAttribute('aria-selected', String(k === tab));
+      b.tabIndex = k === tab ? 0 : -1;
+    }
+    this.list.parentElement.setAttribute('aria-labelledby', 'tab-' + tab);
+    this.loadList();
+  }
+
+  // ---- the conversation list -----------------------------------------------
+
+  async loadList() {
+    const seq = ++this.listSeq;
+    this.listStatus.textContent = this.conversations.length ? '' : 'Loading conversations…';
+    try {
+      const res = await api.listConversations({ query: this.query, archived: this.tab === 'archived' });
+      if (seq !== this.listSeq) return;
+      this.conversations = (res.conversations || []).slice().sort(byListOrder);
+      this.renderList();
+    } catch (err) {
+      if (seq !== this.listSeq) return;
+      this.listStatus.textContent = err.message;
+    }
+  }
+
+  renderList() {
+    const focusedName = document.activeElement?.closest?.('.thread')?.dataset.name;
+    clear(this.list);
+    if (!this.conversations.length) {
+      this.listStatus.textContent = this.query
+        ? 'No conversation with a patient named “' + this.query + '”.'
+        : this.tab === 'archived'
+          ? 'No archived conversations. Threads are archived after 12 months without messages.'
+          : this.staff ? 'No conversations yet. Start one with New conversation.' : 'No messages yet. Your practice will message you here.';
+    } else {
+      this.listStatus.textContent = '';
+    }
+    for (const c of this.conversations) this.list.append(this.threadItem(c));
+    if (focusedName) this.list.querySelector(`.thread[data-name="${CSS.escape(focusedName)}"]`)?.focus();
+    this.updateTitle();
+  }
+
+  threadItem(c) {
+    const name = this.staff ? (c.patientDisplayName || c.patient) : 'Your dental practice';
+    const current = this.current && this.current.conv.name === c.name;
+    const unread = Number(c.unreadCount) || 0;
+    const flags = [];
+    if (c.pinned) flags.push(h('span', { class: 'flag', title: 'Pinned' }, icon('pin'), h('span', { class: 'visually-hidden' }, 'Pinned')));
+    if (c.muted) flags.push(h('span', { class: 'flag', title: 'Muted' }, icon('mute'), h('span', { class: 'visually-hidden' }, 'Muted')));
+    const btn = h('button', {
+      type: 'button', class: ['thread', unread ? 'unread' : '', c.pinned ? 'pinned' : ''],
+      dataset: { name: c.name },
+      'aria-current': current ? 'true' : null,
+      onclick: () => this.open(c),
+      oncontextmenu: this.staff ? (e) => this.threadMenu(e, c, btn) : null,
+    },
+    h('span', { class: 'avatar', 'aria-hidden': 'true' }, initials(name)),
+    h('span', { class: 'thread-main' },
+      h('span', { class: 'thread-top' },
+        h('span', { class: 'thread-name' }, name),
+        flags,
+        h('time', { class: 'thread-time', datetime: c.lastMessageTime || '' }, shortTime(c.lastMessageTime))),
+      h('span', { class: 'thread-bottom' },
+        h('span', { class: 'thread-preview' }, c.lastMessagePreview || (c.state === 'ARCHIVED' ? 'Archived' : 'No messages yet')),
+        unread ? h('span', { class: 'badge', 'aria-label': unread + ' unread' }, String(unread)) : null)));
+    return h('li', null, btn);
+  }
+
+  threadMenu(e, c, btn) {
+    e.preventDefault();
+    let x = e.clientX, y = e.clientY;
+    if (!x && !y) { // opened from the keyboard (context-menu key, Shift+F10)
+      const r = btn.getBoundingClientRect();
+      x = r.left + 24; y = r.bottom - 4;
+    }
+    this.openActions(c, { x, y, returnTo: btn });
+  }
+
+  openActions(c, { x, y, returnTo }) {
+    const who = c.patientDisplayName || 'this conversation';
+    showMenu({
+      x, y, returnTo, label: 'Actions for ' + who,
+      items: [
+        { label: c.pinned ? 'Unpin' : 'Pin to top', icon: 'pin', onSelect: () => this.act(c, c.pinned ? 'unpin' : 'pin') },
+        { label: c.muted ? 'Unmute' : 'Mute notifications', icon: c.muted ? 'bell' : 'mute', onSelect: () => this.act(c, c.muted ? 'unmute' : 'mute') },
+      ],
+    });
+  }
+
+  async act(c, action) {
+    try {
+      const updated = await api.conversationAction(c.name, action);
+      this.applyConversation(updated);
+      const who = updated.patientDisplayName || 'Conversation';
+      toast({ pin: who + ' pinned to the top', unpin: who + ' unpinned', mute: who + ' muted', unmute: who + ' unmuted' }[action]);
+    } catch (err) {
+      toast(err.message);
+    }
+  }
+
+  /** applyConversation merges a conversation (from an answer or an event). */
+  applyConversation(c) {
+    const i = this.conversations.findIndex((x) => x.name === c.name);
+    const inTab = (c.state === 'ARCHIVED') === (this.tab === 'archived');
+    const prev = i >= 0 ? this.conversations[i] : null;
+    if (i >= 0) {
+      if (inTab) this.conversations[i] = c;
+      else this.conversations.splice(i, 1);
+    } else if (inTab) {
+      if (this.query) { this.scheduleListReload(); } else { this.conversations.push(c); }
+    }
+    this.conversations.sort(byListOrder);
+    this.renderList();
+    if (this.current && this.current.conv.name === c.name) {
+      this.current.conv = c;
+      this.renderThreadHead();
+    }
+    this.notify(prev, c);
+  }
+
+  scheduleListReload() {
+    clearTimeout(this.reloadTimer);
+    this.reloadTimer = setTimeout(() => this.loadList(), 300);
+  }
+
+  notify(prev, c) {
+    const before = prev ? Number(prev.unreadCount) || 0 : 0;
+    const now = Number(c.unreadCount) || 0;
+    if (now <= before || c.muted) return;
+    if (this.current && this.current.conv.name === c.name && document.visibilityState === 'visible') return;
+    toast(this.staff ? 'New message from ' + (c.patientDisplayName || 'a patient') : 'New message from your dental practice');
+  }
+
+  updateTitle() {
+    const unread = this.conversations.filter((c) => !c.muted).reduce((n, c) => n + (Number(c.unreadCount) || 0), 0);
+    document.title = (unread ? '(' + unread + ') ' : '') + (this.staff ? 'Chat' : 'Inbox') + ' — clinicchat';
+  }
+
+  // ---- new conversation (staff) ---------------------------------------------
+
+  newConversation() {
+    const input = h('input', {
+      type: 'search', id: 'patient-search', class: 'search-input', autocomplete: 'off', spellcheck: 'false',
+      placeholder: 'Patient name',
+      oninput: () => { clearTimeout(timer); timer = setTimeout(search, 200); },
+    });
+    const results = h('ul', { class: 'patient-results', 'aria-label': 'Patients' });
+    const status = h('p', { class: 'picker-status', role: 'status' });
+    const dialog = h('dialog', { class: 'dialog new-conv-dialog', 'aria-labelledby': 'new-conv-title' },
+      h('div', { class: 'dialog-head' },
+        h('h2', { id: 'new-conv-title' }, 'New conversation'),
+        h('button', { type: 'button', class: 'icon-btn', 'aria-label': 'Close', onclick: () => dialog.close() }, icon('close'))),
+      h('div', { class: 'search' },
+        h('label', { for: 'patient-search', class: 'field-label' }, 'Search for a patient'),
+        h('div', { class: 'search-field' }, icon('search', 'search-icon'), input)),
+      status, results);
+    let timer;
+    let ctrl = null;
+    const search = async () => {
+      if (ctrl) ctrl.abort();
+      ctrl = new AbortController();
+      const mine = ctrl;
+      status.textContent = 'Searching…';
+      try {
+        const res = await api.searchPatients(input.value.trim(), mine.signal);
+        if (mine !== ctrl) return;
+        const patients = res.patients || [];
+        clear(results);
+        status.textContent = patients.length ? patients.length + (patients.length === 1 ? ' patient' : ' patients') : 'No patient matches “' + input.value.trim() + '”.';
+        for (const p of patients) results.append(this.patientItem(p, dialog));
+      } catch (err) {
+        if (err.name === 'AbortError') return;
+        status.textContent = err.message;
+      }
+    };
+    dialog.addEventListener('close', () => { dialog.remove(); });
+    document.body.append(dialog);
+    dialog.showModal();
+    input.focus();
+    search();
+  }
+
+  patientItem(p, dialog) {
+    const reason = p.chatEligible ? '' : p.ineligibleReason === 'NO_PORTAL_ACCOUNT'
+      ? 'No portal account — offer SMS instead'
+      : p.ineligibleReason === 'CHAT_OPTED_OUT' ? 'Opted out of chat — offer SMS instead' : 'Cannot chat — offer SMS instead';
+    const dob = p.dateOfBirth ? 'Born ' + formatDate(p.dateOfBirth) : '';
+    const descId = 'pdesc-' + String(p.name).replace(/[^a-z0-9]/gi, '-');
+    const btn = h('button', {
+      type: 'button', class: ['patient', p.chatEligible ? '' : 'ineligible'],
+      dataset: { name: p.name },
+      'aria-describedby': descId,
+      disabled: !p.chatEligible,
+      onclick: async () => {
+        btn.setAttribute('aria-busy', 'true');
+        try {
+          const conv = await api.createConversation(p.name);
+          dialog.close();
+          if (this.tab !== 'active') this.setTab('active');
+          this.applyConversation(conv);
+          this.open(conv);
+        } catch (err) {
+          btn.removeAttribute('aria-busy');
+          dialog.querySelector('.picker-status').textContent = err.message;
+        }
+      },
+    },
+    h('span', { class: 'avatar', 'aria-hidden': 'true' }, initials(p.displayName)),
+    h('span', { class: 'patient-main' },
+      h('span', { class: 'patient-name' }, p.displayName),
+      h('span', { id: descId, class: 'patient-desc' },
+        dob, p.externalId ? h('span', { class: 'muted' }, ' · ' + p.externalId) : null,
+        reason ? h('span', { class: 'ineligible-reason' }, reason) : null)));
+    return h('li', null, btn);
+  }
+
+  // ---- the open thread ----------------------------------------------------------
+
+  async open(c) {
+    if (this.current && this.current.conv.name === c.name) {
+      this.current.composer.focus();
+      this.markRead();
+      return;
+    }
+    this.closeThread();
+    const cur = {
+      conv: c, items: new Map(), nextPageToken: '', seq: 0,
+    };
+    this.current = cur;
+    this.el.classList.add('thread-open');
+    for (const b of this.list.querySelectorAll('.thread')) {
+      if (b.dataset.name === c.name) b.setAttribute('aria-current', 'true'); else b.removeAttribute('aria-current');
+    }
+    clear(this.pane);
+    cur.head = h('header', { class: 'thread-head' });
+    cur.olderBtn = h('button', { type: 'button', class: 'btn btn-secondary btn-small load-older', hidden: true, onclick: () => this.loadOlder() }, 'Load older messages');
+    cur.listEl = h('ol', { class: 'messages', 'aria-label': 'Messages' });
+    cur.status = h('p', { class: 'thread-status', role: 'status' }, 'Loading messages…');
+    cur.scroller = h('div', { class: 'scroller', role: 'log', 'aria-live': 'polite', 'aria-relevant': 'additions', tabindex: '0', 'aria-label': 'Messages' },
+      h('div', { class: 'older' }, cur.olderBtn), cur.status, cur.listEl);
+    cur.composer = new Composer({
+      conversation: c.name, patient: c.patient, patientName: c.patientDisplayName, staff: this.staff,
+      onSent: (m) => { this.upsert(m); this.scrollToBottom(); },
+    });
+    this.pane.append(cur.head, cur.scroller, cur.composer.el);
+    this.renderThreadHead();
+    await this.loadNewest(cur);
+    if (this.current !== cur) return;
+    this.scrollToBottom();
+    cur.composer.focus();
+    this.markRead();
+  }
+
+  closeThread() {
+    if (!this.current) return;
+    this.current = null;
+    this.blobs.clear();
+  }
+
+  back() {
+    this.closeThread();
+    this.renderEmptyPane();
+    for (const b of this.list.querySelectorAll('.thread[aria-current]')) b.removeAttribute('aria-current');
+    this.list.querySelector('.thread')?.focus();
+  }
+
+  renderThreadHead() {
+    const cur = this.current;
+    const c = cur.conv;
+    clear(cur.head);
+    const name = this.staff ? (c.patientDisplayName || c.patient) : 'Your dental practice';
+    const sub = [];
+    if (this.staff) {
+      if (c.state === 'ARCHIVED') sub.push('Archived — a new message reactivates it');
+      if (c.pinned) sub.push('Pinned');
+      if (c.muted) sub.push('Muted');
+    } else {
+      sub.push('Secure messages with your care team');
+    }
+    cur.head.append(
+      h('button', { type: 'button', class: 'icon-btn back-btn', 'aria-label': 'Back to conversations', onclick: () => this.back() }, icon('back')),
+      h('span', { class: 'avatar', 'aria-hidden': 'true' }, initials(name)),
+      h('div', { class: 'thread-title' },
+        h('h2', null, name),
+        sub.length ? h('p', { class: 'muted' }, sub.join(' · ')) : null));
+    if (this.staff) {
+      const more = h('button', {
+        type: 'button', class: 'icon-btn', 'aria-label': 'Conversation actions', 'aria-haspopup': 'menu',
+        onclick: () => {
+          const r = more.getBoundingClientRect();
+          this.openActions(cur.conv, { x: r.right - 200, y: r.bottom + 4, returnTo: more });
+        },
+      }, icon('more', 'icon-more'));
+      cur.head.append(more);
+    }
+  }
+
+  async loadNewest(cur) {
+    try {
+      const res = await api.listMessages(cur.conv.name, { pageSize: PAGE_SIZE });
+      if (this.current !== cur) return;
+      cur.status.textContent = '';
+      if (!cur.loadedOnce) {
+        cur.loadedOnce = true;
+        cur.nextPageToken = res.nextPageToken || '';
+        cur.olderBtn.hidden = !cur.nextPageToken;
+      }
+      for (const m of res.messages || []) this.upsert(m, { quiet: true });
+      if (!cur.items.size) cur.status.textContent = this.staff ? 'No messages yet. Say hello below.' : 'No messages yet.';
+    } catch (err) {
+      if (this.current !== cur) return;
+      cur.status.textContent = err.message;
+    }
+  }
+
+  async loadOlder() {
+    const cur = this.current;
+    if (!cur || !cur.nextPageToken) return;
+    cur.olderBtn.disabled = true;
+    const before = cur.scroller.scrollHeight - cur.scroller.scrollTop;
+    try {
+      const res = await api.listMessages(cur.conv.name, { pageToken: cur.nextPageToken, pageSize: PAGE_SIZE });
+      if (this.current !== cur) return;
+      for (const m of res.messages || []) this.upsert(m, { quiet: true });
+      cur.nextPageToken = res.nextPageToken || '';
+      cur.olderBtn.hidden = !cur.nextPageToken;
+      cur.scroller.scrollTop = cur.scroller.scrollHeight - before;
+    } catch (err) {
+      toast(err.message);
+    } finally {
+      cur.olderBtn.disabled = false;
+    }
+  }
+
+  /** upsert adds or replaces a message of the open thread, in order. */
+  upsert(m, { quiet = false } = {}) {
+    const cur = this.current;
+    if (!cur || parentOf(m.name) !== cur.conv.name) return;
+    const old = cur.items.get(m.name);
+    if (old) {
+      // Receipts only move forward; an older copy must not undo one.
+      if ((STATUS_RANK[old.msg.status] || 0) > (STATUS_RANK[m.status] || 0)) {
+        m = { ...m, status: old.msg.status, deliverTime: old.msg.deliverTime, readTime: old.msg.readTime };
+      }
+      if (old.msg.status === m.status && old.msg.locked === m.locked && old.msg.text === m.text &&
+        (old.msg.attachments || []).length === (m.attachments || []).length) {
+        old.msg = m;
+        return;
+      }
+    }
+    const nearBottom = this.nearBottom();
+    const el = messageElement(m, {
+      blobs: this.blobs, patientName: cur.conv.patientDisplayName,
+      canUnlockHere: this.opts.devMode, onUnlock: () => this.unlock(),
+    });
+    if (old) {
+      old.el.replaceWith(el);
+    } else {
+      const seq = seqOf(m);
+      let after = null;
+      for (const li of cur.listEl.children) {
+        if (Number(li.dataset.seq) > seq) { after = li; break; }
+      }
+      cur.listEl.insertBefore(el, after);
+      cur.status.textContent = '';
+    }
+    cur.items.set(m.name, { msg: m, el });
+    this.daySeparators();
+    if (!quiet && !old && nearBottom) this.scrollToBottom();
+  }
+
+  daySeparators() {
+    let prev = null;
+    for (const li of this.current.listEl.children) {
+      const m = this.current.items.get(li.dataset.name)?.msg;
+      if (!m) continue;
+      const key = dayKey(m.createTime);
+      const sep = li.querySelector(':scope > .day-sep');
+      if (key !== prev) {
+        if (!sep) li.prepend(h('div', { class: 'day-sep' }, h('span', null, dayLabel(m.createTime))));
+      } else if (sep) {
+        sep.remove();
+      }
+      prev = key;
+    }
+  }
+
+  nearBottom() {
+    const s = this.current?.scroller;
+    return !s || s.scrollHeight - s.scrollTop - s.clientHeight < 80;
+  }
+
+  scrollToBottom() {
+    const s = this.current?.scroller;
+    if (s) s.scrollTop = s.scrollHeight;
+  }
+
+  async markRead() {
+    const cur = this.current;
+    if (!cur) return;
+    try {
+      const conv = await api.markRead(cur.conv.name);
+      if (conv && conv.name) this.applyConversation(conv);
+    } catch (err) {
+      if (!(err instanceof ApiError)) return;
+      console.debug('markRead', err.message);
+    }
+  }
+
+  /** unlock signs in again (step-up) and reloads the thread. */
+  async unlock() {
+    try {
+      await this.opts.reauthenticate();
+    } catch (err) {
+      toast(err.message);
+      return;
+    }
+    const cur = this.current;
+    if (!cur) return;
+    this.blobs.clear();
+    await this.loadNewest(cur);
+    toast('Signed in again');
+  }
+
+  // ---- live events -------------------------------------------------------------
+
+  onEvent(type, payload) {
+    if (type === 'conversation.updated' && payload.conversation) {
+      this.applyConversation(payload.conversation);
+    } else if ((type === 'message.created' || type === 'message.updated') && payload.message) {
+      const m = payload.message;
+      const cur = this.current;
+      if (!cur || parentOf(m.name) !== cur.conv.name) return;
+      this.upsert(m);
+      const fromOtherSide = session.isPatient ? isFromPractice(m) : !isFromPractice(m);
+      if (type === 'message.created' && fromOtherSide && document.visibilityState === 'visible') {
+        clearTimeout(this.readTimer);
+        this.readTimer = setTimeout(() => this.markRead(), 150);
+      }
+    }
+  }
+
+  /** reload refreshes what is shown (after a reset or a fresh connection). */
+  reload() {
+    this.loadList();
+    if (this.current) this.loadNewest(this.current);
+  }
+
+  onVisible() {
+    const c = this.current && this.conversations.find((x) => x.name === this.current.conv.name);
+    if (c && Number(c.unreadCount) > 0) this.markRead();
+  }
+
+  start() {
+    this.loadList();
+  }
+
+  destroy() {
+    this.closeThread();
+    clearTimeout(this.searchTimer);
+    clearTimeout(this.reloadTimer);
+    clearTimeout(this.readTimer);
+  }
+}
