@@ -3,6 +3,7 @@ package allinone_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"image"
 	"image/color"
@@ -16,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
@@ -519,6 +522,93 @@ func TestBrowserChat(t *testing.T) {
 		alice.screenshot(t, "locked")
 		alice.do(t, chromedp.Click(chromedp.CSS(".unlock-btn")))
 		alice.wait(t, "the message unlocked", messageWithText("theirs", "Your biopsy result is benign.")+` !== undefined && !document.querySelector('.locked-title')`)
+	}}, {"offline: the stream resumes with Last-Event-ID and a retried send keeps its requestId", func(t *testing.T) {
+		type sent struct{ url, method, lastEventID, body string }
+		var mu sync.Mutex
+		var requests []sent
+		require.NoError(t, chromedp.Listen(staff.ctx, func(ev any) {
+			if e, ok := ev.(*network.EventRequestWillBeSent); ok && e.Request != nil {
+				r := sent{url: e.Request.URL, method: e.Request.Method}
+				if v, ok := e.Request.Headers["Last-Event-ID"].(string); ok {
+					r.lastEventID = v
+				}
+				for _, p := range e.Request.PostDataEntries {
+					r.body += string(p.Bytes)
+				}
+				mu.Lock()
+				requests = append(requests, r)
+				mu.Unlock()
+			}
+		}))
+		matching := func(f func(sent) bool) []sent {
+			mu.Lock()
+			defer mu.Unlock()
+			var out []sent
+			for _, r := range requests {
+				if f(r) {
+					out = append(out, r)
+				}
+			}
+			return out
+		}
+		offline := func(off bool) chromedp.Action[chromedp.Void] {
+			return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+				if _, err := cdp.Call(ctx, tg, network.Enable, network.EnableParams{}); err != nil {
+					return err
+				}
+				var rules []*network.Conditions
+				if off {
+					rules = []*network.Conditions{{Offline: true, DownloadThroughput: -1, UploadThroughput: -1}}
+				}
+				if _, err := cdp.Call(ctx, tg, network.EmulateNetworkConditionsByRule,
+					network.EmulateNetworkConditionsByRuleParams{MatchedNetworkConditions: rules}); err != nil {
+					return err
+				}
+				_, err := cdp.Call(ctx, tg, network.OverrideNetworkState,
+					network.OverrideNetworkStateParams{Offline: off, DownloadThroughput: -1, UploadThroughput: -1})
+				return err
+			})
+		}
+
+		staff.do(t, offline(true))
+		staff.wait(t, "the stream to drop", `document.querySelector('.live-status').dataset.state === 'reconnecting'`)
+		const question = "Did the new retainer fit well?"
+		staff.do(t, chromedp.SendKeys(chromedp.CSS(".composer-input"), question+"\r"))
+		staff.wait(t, "the send refused offline, with Retry", `document.querySelector('.composer-error')?.textContent.startsWith('Not sent: cannot reach the server.') &&
+			document.querySelector('.composer-error button')?.textContent === 'Retry' && document.querySelector('.composer-input').value === `+js(question))
+		staff.screenshot(t, "offline")
+		// Alice answers meanwhile; staff get it when back online.
+		const answer = "Yes, it fits perfectly."
+		h.as("alice", "patient").send(conv.Name, answer, reqID("browser-alice", 1))
+
+		staff.do(t, offline(false))
+		staff.waitLive(t)
+		staff.wait(t, "Alice's answer after the reconnect", messageWithText("theirs", answer)+` !== undefined`)
+		streams := matching(func(r sent) bool { return r.method == "GET" && strings.HasSuffix(r.url, "/v1/events") })
+		require.NotEmpty(t, streams)
+		require.NotEmpty(t, streams[len(streams)-1].lastEventID, "the reconnect resumes with Last-Event-ID")
+
+		staff.do(t, chromedp.Click(chromedp.CSS(".composer-error button")))
+		staff.wait(t, "the retried message sent", messageWithText("mine", question)+`?.querySelector('.status') != null &&
+			document.querySelector('.composer-input').value === '' && !document.querySelector('.composer-error span')`)
+		sends := matching(func(r sent) bool { return r.method == "POST" && strings.HasSuffix(r.url, "/messages") })
+		require.Len(t, sends, 2, "the offline attempt and the retry")
+		id := func(body string) string {
+			var v struct{ RequestID string }
+			require.NoError(t, json.Unmarshal([]byte(body), &v), body)
+			return v.RequestID
+		}
+		require.NotEmpty(t, id(sends[0].body))
+		require.Equal(t, id(sends[0].body), id(sends[1].body), "a retry reuses the requestId")
+		var list struct{ Messages []message }
+		require.Equal(t, 200, api.do("GET", "/v1/"+conv.Name+"/messages", nil, &list))
+		n := 0
+		for _, m := range list.Messages {
+			if m.Text == question {
+				n++
+			}
+		}
+		require.Equal(t, 1, n)
 	}}, {"narrow screens show one pane at a time", func(t *testing.T) {
 		alice.do(t, chromedp.EmulateViewport(390, 760))
 		alice.wait(t, "the thread alone", `getComputedStyle(document.querySelector('.sidebar')).display === 'none' &&

@@ -8,6 +8,9 @@ import { session } from './session.js';
 
 const MIN_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 30000;
+// The server sends a keep-alive comment every 15 seconds: a stream silent
+// for this long is dead (a half-open connection after a network change).
+const SILENCE_MS = 45000;
 
 /**
  * parseSSE feeds decoded text to an incremental Server-Sent Events parser
@@ -84,11 +87,16 @@ export class LiveEvents {
   start() {
     if (this.running) return;
     this.running = true;
+    // When the browser goes offline the connection is gone or soon will be:
+    // drop it now and reconnect (with the cursor) once back online.
+    this.onOffline = () => { if (this.controller) this.controller.abort(); };
+    window.addEventListener('offline', this.onOffline);
     this.loop();
   }
 
   stop() {
     this.running = false;
+    window.removeEventListener('offline', this.onOffline);
     if (this.controller) this.controller.abort();
     if (this.wake) this.wake();
   }
@@ -135,8 +143,8 @@ export class LiveEvents {
       }
       if (!this.running) return;
       this.onStatus('reconnecting');
-      if (controller.signal.aborted) {
-        // restart() or a reset: reconnect at once.
+      if (controller.signal.aborted && navigator.onLine !== false) {
+        // restart(), a reset or a silent stream: reconnect at once.
         continue;
       }
       const delay = Math.min(backoff, MAX_BACKOFF_MS) * (0.75 + Math.random() * 0.5);
@@ -172,10 +180,13 @@ export class LiveEvents {
     }, (id) => {
       if (!reset) this.lastEventId = id;
     });
+    let silence = setTimeout(() => controller.abort(), SILENCE_MS);
     try {
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
+        clearTimeout(silence);
+        silence = setTimeout(() => controller.abort(), SILENCE_MS);
         feed(value);
         if (reset) {
           controller.abort();
@@ -183,6 +194,7 @@ export class LiveEvents {
         }
       }
     } finally {
+      clearTimeout(silence);
       reader.releaseLock?.();
     }
     if (reset) {
