@@ -447,6 +447,37 @@ func TestBrowserChat(t *testing.T) {
 			!document.querySelector('.thread-list .thread') && document.querySelector('.list-status').textContent.startsWith('No conversation')`)
 		staff.do(t, chromedp.Click(chromedp.CSS("#tab-active")), setValue("#conv-search", ""), chromedp.SendKeys(chromedp.CSS("#conv-search"), " "))
 		staff.wait(t, "both threads back", `document.querySelectorAll('.thread-list .thread').length === 2`)
+	}}, {"older messages load on demand, oldest at the top", func(t *testing.T) {
+		emma := api.startConversation("emma") // find or start: the thread from before
+		for i := range 60 {
+			api.send(emma.Name, fmt.Sprintf("Note %02d", i), reqID("browser-page", i))
+		}
+		staff.do(t, chromedp.Click(chromedp.CSS(threadSel(emma.Name))))
+		staff.wait(t, "the newest page", `(() => {
+			const texts = [...document.querySelectorAll('.msg .text')].map((e) => e.textContent);
+			return texts.length === 50 && texts.at(-1) === 'Note 59' && texts[0] === 'Note 10' &&
+				!document.querySelector('.load-older').hidden;
+		})()`)
+		staff.do(t, chromedp.Click(chromedp.CSS(".load-older")))
+		staff.wait(t, "every message in order", `(() => {
+			const texts = [...document.querySelectorAll('.msg .text')].map((e) => e.textContent);
+			return texts.length === 61 && texts[0] === 'Reminder: cleaning on Thursday' && texts[1] === 'Note 00' &&
+				texts.at(-1) === 'Note 59' && document.querySelector('.load-older').hidden;
+		})()`)
+		// Arrow keys move between threads in the sidebar.
+		staff.do(t, chromedp.Focus(chromedp.CSS(threadSel(emma.Name))), chromedp.KeyEvent(kb.ArrowUp))
+		staff.wait(t, "focus on the thread above", `document.activeElement === document.querySelector('.thread-list .thread')`)
+	}}, {"a patient who opted out: the send is refused in words", func(t *testing.T) {
+		carol := api.startConversation("carol")
+		staff.wait(t, "Carol's thread", threadWith(carol.Name)+` != null`)
+		staff.do(t,
+			chromedp.Click(chromedp.CSS(threadSel(carol.Name))),
+			chromedp.WaitVisible(chromedp.CSS(".composer-input")),
+			chromedp.SendKeys(chromedp.CSS(".composer-input"), "Hello Carol\r"),
+		)
+		staff.wait(t, "the refusal", `document.querySelector('.composer-error')?.textContent === 'Patient has opted out of chat; offer SMS instead' &&
+			document.querySelector('.composer-input').value === 'Hello Carol' && !document.querySelector('.composer-error button')`)
+		staff.screenshot(t, "opted-out")
 	}}, {"/appt attaches an appointment card", func(t *testing.T) {
 		staff.do(t,
 			chromedp.Click(chromedp.CSS(threadSel(conv.Name))),

@@ -44,7 +44,10 @@ export class ChatView {
 
   render() {
     const title = this.staff ? 'Chat' : 'Inbox';
-    this.list = h('ul', { class: 'thread-list', 'aria-label': 'Conversations' });
+    this.list = h('ul', {
+      class: 'thread-list', 'aria-label': 'Conversations',
+      onkeydown: (e) => this.onListKey(e),
+    });
     this.listStatus = h('p', { class: 'list-status', role: 'status' });
     const head = h('div', { class: 'sidebar-head' }, h('h1', { class: 'page-title' }, title));
     const side = h('aside', { class: 'sidebar', 'aria-label': 'Conversations' }, head);
@@ -91,6 +94,17 @@ export class ChatView {
     this.el?.classList.remove('thread-open');
   }
 
+  /** onListKey moves between threads with the arrow keys, Home and End. */
+  onListKey(e) {
+    const items = [...this.list.querySelectorAll('.thread')];
+    const i = items.indexOf(document.activeElement);
+    if (i < 0 || e.altKey || e.ctrlKey || e.metaKey) return;
+    const to = { ArrowDown: i + 1, ArrowUp: i - 1, Home: 0, End: items.length - 1 }[e.key];
+    if (to === undefined || to < 0 || to >= items.length) return;
+    e.preventDefault();
+    items[to].focus();
+  }
+
   onTabKey(e) {
     if (e.key !== 'ArrowLeft' && e.key !== 'ArrowRight') return;
     e.preventDefault();
@@ -116,9 +130,18 @@ export class ChatView {
     const seq = ++this.listSeq;
     this.listStatus.textContent = this.conversations.length ? '' : 'Loading conversations…';
     try {
-      const res = await api.listConversations({ query: this.query, archived: this.tab === 'archived' });
+      let list;
+      if (this.staff) {
+        const res = await api.listConversations({ query: this.query, archived: this.tab === 'archived' });
+        list = res.conversations || [];
+      } else {
+        // A patient's Inbox keeps their thread even once it is archived.
+        const [active, archived] = await Promise.all([
+          api.listConversations({}), api.listConversations({ archived: true })]);
+        list = [...(active.conversations || []), ...(archived.conversations || [])];
+      }
       if (seq !== this.listSeq) return;
-      this.conversations = (res.conversations || []).slice().sort(byListOrder);
+      this.conversations = list.slice().sort(byListOrder);
       this.renderList();
     } catch (err) {
       if (seq !== this.listSeq) return;
@@ -204,7 +227,7 @@ export class ChatView {
   /** applyConversation merges a conversation (from an answer or an event). */
   applyConversation(c) {
     const i = this.conversations.findIndex((x) => x.name === c.name);
-    const inTab = (c.state === 'ARCHIVED') === (this.tab === 'archived');
+    const inTab = !this.staff || (c.state === 'ARCHIVED') === (this.tab === 'archived');
     const prev = i >= 0 ? this.conversations[i] : null;
     if (i >= 0) {
       if (inTab) this.conversations[i] = c;
@@ -245,7 +268,14 @@ export class ChatView {
     const input = h('input', {
       type: 'search', id: 'patient-search', class: 'search-input', autocomplete: 'off', spellcheck: 'false',
       placeholder: 'Patient name',
-      oninput: () => { clearTimeout(timer); timer = setTimeout(search, 200); },
+      oninput: () => { clearTimeout(timer); timer = setTimeout(() => { timer = null; search(); }, 200); },
+      onkeydown: async (e) => {
+        // Enter starts the conversation with the first patient who can chat.
+        if (e.key !== 'Enter' || e.isComposing) return;
+        e.preventDefault();
+        if (timer) { clearTimeout(timer); timer = null; await search(); }
+        results.querySelector('.patient:not(:disabled)')?.click();
+      },
     });
     const results = h('ul', { class: 'patient-results', 'aria-label': 'Patients' });
     const status = h('p', { class: 'picker-status', role: 'status' });
