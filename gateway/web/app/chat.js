@@ -369,7 +369,8 @@ export class ChatView {
     cur.olderBtn = h('button', { type: 'button', class: 'btn btn-secondary btn-small load-older', hidden: true, onclick: () => this.loadOlder() }, 'Load older messages');
     cur.listEl = h('ol', { class: 'messages', 'aria-label': 'Messages' });
     cur.status = h('p', { class: 'thread-status', role: 'status' }, 'Loading messages…');
-    cur.scroller = h('div', { class: 'scroller', role: 'log', 'aria-live': 'polite', 'aria-relevant': 'additions', tabindex: '0', 'aria-label': 'Messages' },
+    // Announced as they arrive, but not the history loaded on opening.
+    cur.scroller = h('div', { class: 'scroller', role: 'log', 'aria-live': 'off', 'aria-relevant': 'additions', tabindex: '0', 'aria-label': 'Messages' },
       h('div', { class: 'older' }, cur.olderBtn), cur.status, cur.listEl);
     cur.composer = new Composer({
       conversation: c.name, patient: c.patient, patientName: c.patientDisplayName, staff: this.staff,
@@ -379,6 +380,7 @@ export class ChatView {
     this.renderThreadHead();
     await this.loadNewest(cur);
     if (this.current !== cur) return;
+    cur.scroller.setAttribute('aria-live', 'polite');
     this.scrollToBottom();
     cur.composer.focus();
     this.markRead();
@@ -391,10 +393,12 @@ export class ChatView {
   }
 
   back() {
+    const was = this.current?.conv.name;
     this.closeThread();
     this.renderEmptyPane();
     for (const b of this.list.querySelectorAll('.thread[aria-current]')) b.removeAttribute('aria-current');
-    this.list.querySelector('.thread')?.focus();
+    const items = [...this.list.querySelectorAll('.thread')];
+    (items.find((b) => b.dataset.name === was) || items[0])?.focus();
   }
 
   renderThreadHead() {
