@@ -657,6 +657,10 @@ func TestBrowserChat(t *testing.T) {
 		alice.wait(t, "the list alone", `getComputedStyle(document.querySelector('.thread-pane')).display === 'none' &&
 			document.activeElement?.classList.contains('thread')`)
 		alice.screenshot(t, "narrow-list")
+		staff.do(t, chromedp.EmulateViewport(390, 760), chromedp.Click(chromedp.CSS(".back-btn")))
+		staff.wait(t, "the staff list alone", `getComputedStyle(document.querySelector('.thread-pane')).display === 'none' &&
+			document.querySelector('.new-conv').getBoundingClientRect().right <= 390`)
+		staff.screenshot(t, "narrow-list")
 	}}, {"sign out", func(t *testing.T) {
 		staff.do(t, chromedp.Click(chromedp.CSS(".signout")))
 		staff.wait(t, "the sign-in screen", `document.querySelector('#signin-user') != null && !sessionStorage.getItem('clinicchat.token')`)

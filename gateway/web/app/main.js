@@ -71,7 +71,7 @@ function topBar() {
       h('span', { class: 'user' },
         h('span', { class: 'user-name' }, session.displayName),
         h('span', { class: 'user-role' }, roleLabel(session.role))),
-      h('button', { type: 'button', class: 'btn btn-ghost signout', onclick: () => signOut() },
+      h('button', { type: 'button', class: 'btn btn-ghost signout', 'aria-label': 'Sign out', onclick: () => signOut() },
         icon('signout'), h('span', { class: 'signout-label' }, 'Sign out'))));
 }
 
