@@ -106,6 +106,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return natsx.Consume(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
 			Stream: natsx.StreamDelivery, Durable: "conversation-projection",
 			FilterSubjects: []string{natsx.SubjectMessageCreated},
+			Concurrency:    16, // idempotent and order-free: writes group-commit
 		}, func(ctx context.Context, m jetstream.Msg) error {
 			return s.app.HandleMessageCreated(ctx, m, s.deps.PracticeName)
 		})

@@ -115,6 +115,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return natsx.Consume(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
 			Stream: natsx.StreamConversation, Durable: "delivery-receipts",
 			FilterSubjects: []string{natsx.SubjectConversationRead},
+			Concurrency:    16, // idempotent and order-free: writes group-commit
 		}, s.app.HandleConversationRead)
 	})
 	return g.Wait()

@@ -653,11 +653,11 @@ func TestBrowserChat(t *testing.T) {
 		alice.wait(t, "the thread alone", `getComputedStyle(document.querySelector('.sidebar')).display === 'none' &&
 			getComputedStyle(document.querySelector('.back-btn')).display !== 'none'`)
 		alice.screenshot(t, "narrow-thread")
-		alice.do(t, chromedp.Click(chromedp.CSS(".back-btn")))
+		alice.do(t, clickNow(".back-btn"))
 		alice.wait(t, "the list alone", `getComputedStyle(document.querySelector('.thread-pane')).display === 'none' &&
 			document.activeElement?.classList.contains('thread')`)
 		alice.screenshot(t, "narrow-list")
-		staff.do(t, chromedp.EmulateViewport(390, 760), chromedp.Click(chromedp.CSS(".back-btn")))
+		staff.do(t, chromedp.EmulateViewport(390, 760), clickNow(".back-btn"))
 		staff.wait(t, "the staff list alone", `getComputedStyle(document.querySelector('.thread-pane')).display === 'none' &&
 			document.querySelector('.new-conv').getBoundingClientRect().right <= 390`)
 		staff.screenshot(t, "narrow-list")
@@ -671,4 +671,10 @@ func TestBrowserChat(t *testing.T) {
 		}
 	}
 	require.Empty(t, b.pageErrors(), "JavaScript errors in the pages")
+}
+
+// clickNow clicks the element selector matches at this instant, in the page:
+// for controls that a live update may re-render between a query and a click.
+func clickNow(selector string) chromedp.Action[chromedp.Void] {
+	return chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => { document.querySelector(%q).click() })()`, selector))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,6 +27,10 @@ type ConsumerSpec struct {
 	FilterSubjects []string
 	// MaxAckPending bounds the messages in flight (default 256).
 	MaxAckPending int
+	// Concurrency is how many messages are handled at once (default 1: in
+	// order). Above 1 the handler must not depend on order (idempotent,
+	// monotonic watermarks); concurrent handlers' writes group-commit.
+	Concurrency int
 }
 
 // Consume runs a durable, explicitly acked consumer until ctx ends. The
@@ -48,7 +53,7 @@ func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec 
 		return fmt.Errorf("consumer %s on %s: %w", spec.Durable, spec.Stream, err)
 	}
 	log = log.With(zap.String(logkeys.Stream, spec.Stream), zap.String(logkeys.Consumer, spec.Durable))
-	cc, err := cons.Consume(func(m jetstream.Msg) {
+	handle := func(m jetstream.Msg) {
 		err := h(ctx, m)
 		switch {
 		case err == nil:
@@ -66,6 +71,20 @@ func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec 
 			log.Warn("handler failed; redelivering", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
 			_ = m.NakWithDelay(delay)
 		}
+	}
+	sem := make(chan struct{}, max(spec.Concurrency, 1))
+	var inflight sync.WaitGroup
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		if spec.Concurrency <= 1 {
+			handle(m)
+			return
+		}
+		sem <- struct{}{}
+		inflight.Add(1)
+		go func() {
+			defer func() { <-sem; inflight.Done() }()
+			handle(m)
+		}()
 	})
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", spec.Durable, err)
@@ -73,5 +92,6 @@ func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec 
 	<-ctx.Done()
 	cc.Drain()
 	<-cc.Closed()
+	inflight.Wait()
 	return nil
 }

@@ -49,6 +49,13 @@ type Relay struct {
 	kick  chan struct{}
 	Poll  time.Duration // how often to look without a kick (default 1s)
 	Batch int           // rows per round (default 256)
+
+	// SQLite: rows up to published are on JetStream; they are deleted in
+	// one statement once a second or every 1024 rows, not after every round
+	// (a delete is a durable commit: an fsync). A crash before the delete
+	// republishes them, and JetStream drops them as duplicates.
+	published, undeleted int64
+	lastDelete           time.Time
 }
 
 // NewRelay returns a relay that wakes after every commit of db.
@@ -131,21 +138,26 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 		}
 		return n, err
 	}
-	rows, err := load(ctx, r.db, `SELECT seq, id, subject, payload FROM outbox ORDER BY seq LIMIT ?`, r.Batch)
-	if err != nil || len(rows) == 0 {
+	rows, err := load(ctx, r.db, `SELECT seq, id, subject, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`, r.published, r.Batch)
+	if err != nil {
 		return 0, err
 	}
 	done, perr := r.publish(ctx, rows)
 	if len(done) > 0 {
-		if err := r.db.Write(ctx, func(tx *sqldb.Tx) error { return deleteRows(ctx, tx, done) }); err != nil {
-			return 0, err
+		r.published = done[len(done)-1]
+		r.undeleted += int64(len(done))
+	}
+	if r.undeleted > 0 && (r.undeleted >= 1024 || time.Since(r.lastDelete) >= time.Second) {
+		if _, err := r.db.Exec(ctx, `DELETE FROM outbox WHERE seq <= ?`, r.published); err != nil {
+			return len(done), err
 		}
+		r.undeleted, r.lastDelete = 0, time.Now()
 	}
 	return len(done), perr
 }
 
-func load(ctx context.Context, q sqldb.Querier, query string, limit int) ([]row, error) {
-	rs, err := q.Query(ctx, query, limit)
+func load(ctx context.Context, q sqldb.Querier, query string, args ...any) ([]row, error) {
+	rs, err := q.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("load outbox: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -55,6 +56,79 @@ type DB struct {
 
 	mu       sync.Mutex
 	onCommit []func()
+
+	// SQLite only: prepared statements, so a query is parsed once per
+	// connection instead of on every call. readStmts is shared by callers;
+	// writeStmts and toPrepare belong to the writer goroutine.
+	readStmts  stmtCache
+	writeStmts map[string]*sql.Stmt
+	toPrepare  []string
+}
+
+// maxStmts bounds each statement cache (queries built with a variable
+// number of placeholders would otherwise grow it without end).
+const maxStmts = 256
+
+// cacheable reports whether q is worth keeping prepared: one DML statement.
+func cacheable(q string) bool {
+	q = strings.TrimSpace(q)
+	if strings.Contains(strings.TrimSuffix(q, ";"), ";") {
+		return false
+	}
+	head := strings.ToUpper(q[:min(len(q), 6)])
+	switch head {
+	case "SELECT", "INSERT", "UPDATE", "DELETE":
+		return true
+	}
+	return false
+}
+
+// stmtCache holds statements prepared on a read pool.
+type stmtCache struct {
+	mu sync.RWMutex
+	m  map[string]*sql.Stmt
+}
+
+func (c *stmtCache) get(ctx context.Context, pool *sql.DB, q string) *sql.Stmt {
+	c.mu.RLock()
+	st, ok := c.m[q]
+	full := len(c.m) >= maxStmts
+	c.mu.RUnlock()
+	if ok {
+		return st
+	}
+	if full || !cacheable(q) {
+		return nil
+	}
+	// Prepare without holding the lock: it may wait for a free connection.
+	st, err := pool.PrepareContext(ctx, q)
+	if err != nil {
+		return nil // the caller runs q unprepared and sees the error
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if prev, ok := c.m[q]; ok {
+		_ = st.Close()
+		return prev
+	}
+	if len(c.m) >= maxStmts {
+		_ = st.Close()
+		return nil
+	}
+	if c.m == nil {
+		c.m = map[string]*sql.Stmt{}
+	}
+	c.m[q] = st
+	return st
+}
+
+func (c *stmtCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.m {
+		_ = st.Close()
+	}
+	c.m = nil
 }
 
 // Open opens dsn: "postgres://…" or "postgresql://…" for PostgreSQL; anything
@@ -114,7 +188,8 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	}
 	r.SetMaxOpenConns(8)
 	r.SetMaxIdleConns(8)
-	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), stop: make(chan struct{})}
+	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), stop: make(chan struct{}),
+		writeStmts: map[string]*sql.Stmt{}}
 	d.wg.Add(1)
 	go d.writer()
 	return d, nil
@@ -145,6 +220,10 @@ func (d *DB) Close() error {
 	if d.stop != nil {
 		close(d.stop)
 		d.wg.Wait()
+		for _, st := range d.writeStmts {
+			_ = st.Close()
+		}
+		d.readStmts.close()
 	}
 	err := d.read.Close()
 	if d.write != d.read {
@@ -158,11 +237,21 @@ func (d *DB) Raw() *sql.DB { return d.read }
 
 // Query runs a read.
 func (d *DB) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	if d.dialect == SQLite {
+		if st := d.readStmts.get(ctx, d.read, q); st != nil {
+			return st.QueryContext(ctx, args...)
+		}
+	}
 	return d.read.QueryContext(ctx, d.Rebind(q), args...)
 }
 
 // QueryRow runs a read of one row.
 func (d *DB) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	if d.dialect == SQLite {
+		if st := d.readStmts.get(ctx, d.read, q); st != nil {
+			return st.QueryRowContext(ctx, args...)
+		}
+	}
 	return d.read.QueryRowContext(ctx, d.Rebind(q), args...)
 }
 
@@ -209,6 +298,23 @@ func rebind(d Dialect, q string) string {
 type Tx struct {
 	tx      *sql.Tx
 	dialect Dialect
+	db      *DB // SQLite: the statement cache of the writer
+}
+
+// stmt returns q prepared on the writer connection for this transaction, or
+// nil (PostgreSQL: pgx caches statements itself). A query seen for the first
+// time is prepared after the batch, when the writer connection is free.
+func (t *Tx) stmt(ctx context.Context, q string) *sql.Stmt {
+	if t.db == nil {
+		return nil
+	}
+	if st, ok := t.db.writeStmts[q]; ok {
+		return t.tx.StmtContext(ctx, st)
+	}
+	if len(t.db.writeStmts)+len(t.db.toPrepare) < maxStmts && cacheable(q) && !slices.Contains(t.db.toPrepare, q) {
+		t.db.toPrepare = append(t.db.toPrepare, q)
+	}
+	return nil
 }
 
 // Dialect reports the SQL flavour.
@@ -216,16 +322,25 @@ func (t *Tx) Dialect() Dialect { return t.dialect }
 
 // Exec runs a statement.
 func (t *Tx) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	if st := t.stmt(ctx, q); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
 	return t.tx.ExecContext(ctx, rebind(t.dialect, q), args...)
 }
 
 // Query runs a query.
 func (t *Tx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	if st := t.stmt(ctx, q); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
 	return t.tx.QueryContext(ctx, rebind(t.dialect, q), args...)
 }
 
 // QueryRow runs a query of one row.
 func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	if st := t.stmt(ctx, q); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
 	return t.tx.QueryRowContext(ctx, rebind(t.dialect, q), args...)
 }
 
@@ -329,6 +444,17 @@ func (d *DB) writer() {
 	}
 }
 
+// prepareSeen prepares, on the now idle writer connection, the queries the
+// last batch ran for the first time.
+func (d *DB) prepareSeen() {
+	for _, q := range d.toPrepare {
+		if st, err := d.write.PrepareContext(context.Background(), q); err == nil {
+			d.writeStmts[q] = st
+		}
+	}
+	d.toPrepare = d.toPrepare[:0]
+}
+
 // runBatch commits a batch in one transaction, each job in a savepoint so a
 // failing job leaves no trace and does not fail the others.
 func (d *DB) runBatch(batch []*job) {
@@ -344,7 +470,8 @@ func (d *DB) runBatch(batch []*job) {
 		fail(fmt.Errorf("begin: %w", err))
 		return
 	}
-	t := &Tx{tx: tx, dialect: SQLite}
+	defer d.prepareSeen()
+	t := &Tx{tx: tx, dialect: SQLite, db: d}
 	single := len(batch) == 1
 	for i, j := range batch {
 		if err := j.ctx.Err(); err != nil {

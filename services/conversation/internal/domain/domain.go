@@ -102,6 +102,8 @@ type Repository interface {
 	Create(ctx context.Context, c Conversation, onCreate func(Conversation) []Event) (Conversation, bool, error)
 	// Get loads a thread with v's per-user state. ErrNotFound when absent.
 	Get(ctx context.Context, practice, id string, v Viewer) (Conversation, error)
+	// GetShared loads a thread without per-user state (cheaper: no unread count).
+	GetShared(ctx context.Context, practice, id string) (Conversation, error)
 	// List returns up to q.Limit threads and the cursor after the last, if more.
 	List(ctx context.Context, q ListQuery) ([]Conversation, *Cursor, error)
 	// SetFlags changes v's pin/mute and writes the events.

@@ -86,6 +86,21 @@ func getTx(ctx context.Context, q sqldb.Querier, practice, id string, v domain.V
 	return c, err
 }
 
+// getShared loads a thread without any viewer's state (no unread count).
+func getShared(ctx context.Context, q sqldb.Querier, practice, id string) (domain.Conversation, error) {
+	row := q.QueryRow(ctx, `SELECT `+convColumns+` FROM conversations c WHERE c.practice = ? AND c.id = ?`, practice, id)
+	c, err := scanConv(row, false)
+	if errors.Is(err, sql.ErrNoRows) {
+		return c, domain.ErrNotFound
+	}
+	return c, err
+}
+
+// GetShared implements domain.Repository.
+func (s *Store) GetShared(ctx context.Context, practice, id string) (domain.Conversation, error) {
+	return getShared(ctx, s.db, practice, id)
+}
+
 // Create implements domain.Repository.
 func (s *Store) Create(ctx context.Context, c domain.Conversation, onCreate func(domain.Conversation) []domain.Event) (domain.Conversation, bool, error) {
 	var out domain.Conversation
@@ -281,7 +296,7 @@ func (s *Store) ApplyMessage(ctx context.Context, m domain.MessageApplied, evs f
 				return err
 			}
 		}
-		c, err := getTx(ctx, tx, m.Practice, m.ConversationID, domain.Viewer{Principal: m.Sender, IsPatient: m.FromPatient})
+		c, err := getShared(ctx, tx, m.Practice, m.ConversationID)
 		if err != nil {
 			return err
 		}
