@@ -50,6 +50,9 @@ func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec 
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return fmt.Errorf("consumer %s on %s: %w", spec.Durable, spec.Stream, err)
 	}
 	log = log.With(zap.String(logkeys.Stream, spec.Stream), zap.String(logkeys.Consumer, spec.Durable))
@@ -87,6 +90,9 @@ func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec 
 		}()
 	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("consume %s: %w", spec.Durable, err)
 	}
 	<-ctx.Done()
