@@ -191,6 +191,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Log == nil {
 		deps.Log = zap.NewNop()
 	}
+	deps.Verifier = auth.NewCachingVerifier(deps.Verifier, 0)
 	s := &Server{
 		cfg:  cfg,
 		log:  deps.Log.Named("gateway"),

@@ -96,3 +96,38 @@ func TestDevIssuerTokensCarryAuthAgeNotExpiry(t *testing.T) {
 	_, err = iss.Issue("alice", "wizard", "demo", "", 0)
 	require.Error(t, err)
 }
+
+type countingVerifier struct {
+	calls int
+	id    auth.Identity
+}
+
+func (c *countingVerifier) Verify(context.Context, string) (auth.Identity, error) {
+	c.calls++
+	if c.id.Subject == "" {
+		return auth.Identity{}, auth.ErrInvalidToken
+	}
+	return c.id, nil
+}
+
+func TestCachingVerifierKeepsAcceptedTokensUntilExpiry(t *testing.T) {
+	inner := &countingVerifier{id: auth.Identity{Subject: "u", Expiry: time.Now().Add(50 * time.Millisecond)}}
+	v := auth.NewCachingVerifier(inner, 2)
+	for range 3 {
+		_, err := v.Verify(context.Background(), "t1")
+		require.NoError(t, err)
+	}
+	require.Equal(t, 1, inner.calls, "verified once")
+	require.Eventually(t, func() bool {
+		_, _ = v.Verify(context.Background(), "t1")
+		return inner.calls > 1
+	}, 5*time.Second, 5*time.Millisecond, "an expired token is checked again")
+
+	bad := &countingVerifier{}
+	vb := auth.NewCachingVerifier(bad, 2)
+	for range 2 {
+		_, err := vb.Verify(context.Background(), "nope")
+		require.ErrorIs(t, err, auth.ErrInvalidToken)
+	}
+	require.Equal(t, 2, bad.calls, "refusals are not cached")
+}

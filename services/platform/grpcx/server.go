@@ -33,7 +33,7 @@ type Server struct {
 // NewServer returns a server whose every call (but health and reflection) must
 // carry a bearer token that verifier accepts.
 func NewServer(log *zap.Logger, verifier auth.Verifier, opts ...grpc.ServerOption) *Server {
-	i := interceptors{log: log, verifier: verifier}
+	i := interceptors{log: log, verifier: auth.NewCachingVerifier(verifier, 0)}
 	opts = append([]grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(i.unary),
 		grpc.ChainStreamInterceptor(i.stream),
