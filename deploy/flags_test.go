@@ -53,32 +53,11 @@ var binaryFlags = map[string]func(*flag.FlagSet){
 	"attachment":   func(fs *flag.FlagSet) { (&attachment.Config{}).Flags(fs) },
 	"audit":        func(fs *flag.FlagSet) { (&audit.Config{}).Flags(fs) },
 	"preferences":  func(fs *flag.FlagSet) { (&preferences.Config{}).Flags(fs) },
-	// The gateway package registers its behaviour flags; the binary adds the
-	// listen and upstream addresses, NATS and token verification.
-	// TODO(issue 6): replace the table by the gateway binary's own
-	// registration once gateway/cmd/gateway exists. dev-signing-key-file is
-	// its dev mode (HS256 tokens with a shared key, issue 2), named like
-	// svcmain's flag so one setting configures every binary in the dev overlay.
-	"gateway": func(fs *flag.FlagSet) {
-		(&gateway.Config{}).Flags(fs)
-		tableFlags(map[string]flagKind{
-			"http-addr":            stringFlag,
-			"conversation-addr":    stringFlag,
-			"delivery-addr":        stringFlag,
-			"preferences-addr":     stringFlag,
-			"attachment-addr":      stringFlag,
-			"audit-addr":           stringFlag,
-			"nats-url":             stringFlag,
-			"nats-creds":           stringFlag,
-			"nats-tls-ca":          stringFlag,
-			"nats-tls-cert":        stringFlag,
-			"nats-tls-key":         stringFlag,
-			"jwks-url":             stringFlag,
-			"jwt-issuer":           stringFlag,
-			"jwt-audience":         stringFlag,
-			"dev-signing-key-file": stringFlag,
-		})(fs)
-	},
+	// The gateway binary's own flags (gateway.BinaryConfig, which includes
+	// the gateway package's Config). dev-signing-key-file is its dev mode
+	// (HS256 tokens with a shared key), named like svcmain's flag so one
+	// setting configures every binary in the dev overlay.
+	"gateway": func(fs *flag.FlagSet) { (&gateway.BinaryConfig{}).Flags(fs) },
 }
 
 // optionalFlags may be left unset although their names end in -addr.

@@ -38,88 +38,14 @@ func main() {
 	}
 }
 
-// config is the binary's configuration.
-type config struct {
-	HTTPAddr string
-	// Upstream gRPC addresses, in the order of upstreamNames.
-	Upstreams     [5]string
-	NATS          natsx.Config
-	JWKSURL       string
-	JWTIssuer     string
-	JWTAudience   string
-	DevSigningKey string
-	Dev           bool
-	DrainTimeout  time.Duration
-	LogLevel      string
-	Gateway       gateway.Config
-}
-
-// The upstream services, as named in their --<name>-addr flags.
-var upstreamNames = [5]string{"conversation", "delivery", "preferences", "attachment", "audit"}
-
-func (c *config) flags(fs *flag.FlagSet) {
-	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "HTTP listen address")
-	for i, name := range upstreamNames {
-		fs.StringVar(&c.Upstreams[i], name+"-addr", name+":9090", "gRPC address of the "+name+" service")
-	}
-	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URLs, comma separated")
-	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS NKey/JWT credentials file")
-	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA bundle for the NATS servers")
-	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client certificate for NATS")
-	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client key for NATS")
-	fs.StringVar(&c.JWKSURL, "jwks-url", "", "issuer JWKS URL for verifying bearer tokens")
-	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim")
-	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "required aud claim")
-	fs.StringVar(&c.DevSigningKey, "dev-signing-key-file", "", "dev only: HS256 key file (instead of --jwks-url)")
-	fs.BoolVar(&c.Dev, "dev", false, "dev only: serve POST /v1/dev/tokens, signing with --dev-signing-key-file")
-	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long requests and streams may finish on SIGTERM")
-	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
-	c.Gateway.Flags(fs)
-}
-
-// validate reports every problem at once.
-func (c *config) validate() error {
-	var errs []error
-	if c.HTTPAddr == "" {
-		errs = append(errs, errors.New("--http-addr is required"))
-	}
-	for i, name := range upstreamNames {
-		if c.Upstreams[i] == "" {
-			errs = append(errs, fmt.Errorf("--%s-addr is required", name))
-		}
-	}
-	if c.NATS.URL == "" {
-		errs = append(errs, errors.New("--nats-url is required"))
-	}
-	if (c.NATS.TLSCert == "") != (c.NATS.TLSKey == "") {
-		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
-	}
-	if c.JWKSURL == "" && c.DevSigningKey == "" {
-		errs = append(errs, errors.New("one of --jwks-url or --dev-signing-key-file is required"))
-	}
-	if c.JWKSURL != "" && c.JWTIssuer == "" {
-		errs = append(errs, errors.New("--jwt-issuer is required with --jwks-url"))
-	}
-	if c.Dev && (c.DevSigningKey == "" || c.JWKSURL != "") {
-		errs = append(errs, errors.New("--dev needs --dev-signing-key-file and no --jwks-url"))
-	}
-	if c.DrainTimeout <= 0 {
-		errs = append(errs, errors.New("--drain-timeout must be positive"))
-	}
-	if err := c.Gateway.Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
-}
-
 func run(args []string) error {
-	var cfg config
+	var cfg gateway.BinaryConfig
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
-	cfg.flags(fs)
+	cfg.Flags(fs)
 	if err := svcmain.Parse(fs, args); err != nil {
 		return err
 	}
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("configuration:\n%w", err)
 	}
 	log, err := svcmain.NewLogger(cfg.LogLevel, "gateway")
@@ -168,7 +94,7 @@ func run(args []string) error {
 	for i, addr := range cfg.Upstreams {
 		cc, err := grpcx.Dial(addr)
 		if err != nil {
-			return fmt.Errorf("--%s-addr: %w", upstreamNames[i], err)
+			return fmt.Errorf("--%s-addr: %w", gateway.UpstreamNames[i], err)
 		}
 		defer func() { _ = cc.Close() }()
 		conns[i] = cc
@@ -244,10 +170,10 @@ func ready(ctx context.Context, nc *nats.Conn, conns [5]*grpc.ClientConn) error 
 		g.Go(func() error {
 			resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
 			if err != nil {
-				return fmt.Errorf("%s: %w", upstreamNames[i], err)
+				return fmt.Errorf("%s: %w", gateway.UpstreamNames[i], err)
 			}
 			if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-				return fmt.Errorf("%s: %s", upstreamNames[i], resp.GetStatus())
+				return fmt.Errorf("%s: %s", gateway.UpstreamNames[i], resp.GetStatus())
 			}
 			return nil
 		})

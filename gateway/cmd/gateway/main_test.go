@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/clinicchat/clinicchat/gateway"
+
 	"flag"
 	"io"
 	"testing"
@@ -11,16 +13,16 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
 )
 
-func parse(t *testing.T, args ...string) (*config, error) {
+func parse(t *testing.T, args ...string) (*gateway.BinaryConfig, error) {
 	t.Helper()
-	var cfg config
+	var cfg gateway.BinaryConfig
 	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	cfg.flags(fs)
+	cfg.Flags(fs)
 	if err := svcmain.Parse(fs, args); err != nil {
 		return nil, err
 	}
-	return &cfg, cfg.validate()
+	return &cfg, cfg.Validate()
 }
 
 func TestConfigDefaultsAndEnvironment(t *testing.T) {

@@ -1,0 +1,87 @@
+package gateway
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+)
+
+// BinaryConfig is the configuration of the standalone gateway binary
+// (gateway/cmd/gateway): listen and upstream addresses, NATS, token
+// verification and the gateway's own Config.
+type BinaryConfig struct {
+	HTTPAddr string
+	// Upstream gRPC addresses, in the order of UpstreamNames.
+	Upstreams     [5]string
+	NATS          natsx.Config
+	JWKSURL       string
+	JWTIssuer     string
+	JWTAudience   string
+	DevSigningKey string
+	Dev           bool
+	DrainTimeout  time.Duration
+	LogLevel      string
+	Gateway       Config
+}
+
+// UpstreamNames are the upstream services, as named in their --<name>-addr flags.
+var UpstreamNames = [5]string{"conversation", "delivery", "preferences", "attachment", "audit"}
+
+// Flags registers every flag of the binary.
+func (c *BinaryConfig) Flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "HTTP listen address")
+	for i, name := range UpstreamNames {
+		fs.StringVar(&c.Upstreams[i], name+"-addr", name+":9090", "gRPC address of the "+name+" service")
+	}
+	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URLs, comma separated")
+	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS NKey/JWT credentials file")
+	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA bundle for the NATS servers")
+	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client certificate for NATS")
+	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client key for NATS")
+	fs.StringVar(&c.JWKSURL, "jwks-url", "", "issuer JWKS URL for verifying bearer tokens")
+	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim")
+	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "required aud claim")
+	fs.StringVar(&c.DevSigningKey, "dev-signing-key-file", "", "dev only: HS256 key file (instead of --jwks-url)")
+	fs.BoolVar(&c.Dev, "dev", false, "dev only: serve POST /v1/dev/tokens, signing with --dev-signing-key-file")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long requests and streams may finish on SIGTERM")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	c.Gateway.Flags(fs)
+}
+
+// Validate reports every problem at once.
+func (c *BinaryConfig) Validate() error {
+	var errs []error
+	if c.HTTPAddr == "" {
+		errs = append(errs, errors.New("--http-addr is required"))
+	}
+	for i, name := range UpstreamNames {
+		if c.Upstreams[i] == "" {
+			errs = append(errs, fmt.Errorf("--%s-addr is required", name))
+		}
+	}
+	if c.NATS.URL == "" {
+		errs = append(errs, errors.New("--nats-url is required"))
+	}
+	if (c.NATS.TLSCert == "") != (c.NATS.TLSKey == "") {
+		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
+	}
+	if c.JWKSURL == "" && c.DevSigningKey == "" {
+		errs = append(errs, errors.New("one of --jwks-url or --dev-signing-key-file is required"))
+	}
+	if c.JWKSURL != "" && c.JWTIssuer == "" {
+		errs = append(errs, errors.New("--jwt-issuer is required with --jwks-url"))
+	}
+	if c.Dev && (c.DevSigningKey == "" || c.JWKSURL != "") {
+		errs = append(errs, errors.New("--dev needs --dev-signing-key-file and no --jwks-url"))
+	}
+	if c.DrainTimeout <= 0 {
+		errs = append(errs, errors.New("--drain-timeout must be positive"))
+	}
+	if err := c.Gateway.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
