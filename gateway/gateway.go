@@ -285,6 +285,7 @@ func (s *Server) routes() error {
 		func() error { return s.mux.HandlePath(http.MethodPost, routeUpload, s.upload) },
 		func() error { return s.mux.HandlePath(http.MethodGet, routeDownload, s.download) },
 		func() error { return s.mux.HandlePath(http.MethodGet, routeEvents, s.events) },
+		func() error { return s.mux.HandlePath(http.MethodGet, routeExport, s.exportAudit) },
 	}
 	for _, r := range register {
 		if err := r(); err != nil {

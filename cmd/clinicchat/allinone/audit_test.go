@@ -154,6 +154,29 @@ func TestScriptedSessionIsAuditedExactlyOnce(t *testing.T) {
 	require.Len(t, denied, 1)
 	require.Equal(t, "conversation.view", denied[0].Action)
 
+	// The NDJSON export: one AuditEvent per line, oldest first.
+	req, _ = http.NewRequest("GET", admin.base+"/v1/auditEvents:export?filter="+url.QueryEscape(`actor="patients/jose" AND outcome="DENIED"`), nil)
+	req.Header.Set("Authorization", "Bearer "+admin.token)
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, 200, resp.StatusCode)
+	require.Equal(t, "application/x-ndjson", resp.Header.Get("Content-Type"))
+	lines := strings.Split(strings.TrimSpace(string(body)), "\n")
+	require.Len(t, lines, 1)
+	var exported auditEvent
+	require.NoError(t, json.Unmarshal([]byte(lines[0]), &exported))
+	require.Equal(t, "conversation.view", exported.Action)
+	require.Equal(t, "DENIED", exported.Outcome)
+	req, _ = http.NewRequest("GET", staff.base+"/v1/auditEvents:export", nil)
+	req.Header.Set("Authorization", "Bearer "+staff.token)
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, 403, resp.StatusCode, "only a practice admin exports")
+
 	// Only a practice admin reads the log.
 	require.Equal(t, 403, staff.do("GET", "/v1/auditEvents", nil, nil))
 
