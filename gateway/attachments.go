@@ -259,7 +259,7 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request, params map[str
 	}
 	h := w.Header()
 	h.Set("Content-Type", safeContentType(att.GetContentType()))
-	h.Set("Content-Length", strconv.FormatInt(att.GetSizeBytes(), 10))
+	h.Set("Content-Length", strconv.FormatInt(int64(att.GetSizeBytes()), 10))
 	h.Set("Content-Disposition", contentDisposition(att.GetFilename()))
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
@@ -279,7 +279,7 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request, params map[str
 			panic(http.ErrAbortHandler)
 		}
 		chunk := frame.GetChunk()
-		if sent+int64(len(chunk)) > att.GetSizeBytes() {
+		if sent+int64(len(chunk)) > int64(att.GetSizeBytes()) {
 			s.log.Error("download longer than its metadata says", zap.String("attachment", name))
 			panic(http.ErrAbortHandler)
 		}
@@ -289,7 +289,7 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request, params map[str
 		}
 		sent += int64(len(chunk))
 	}
-	if sent != att.GetSizeBytes() {
+	if sent != int64(att.GetSizeBytes()) {
 		s.log.Error("download shorter than its metadata says", zap.String("attachment", name))
 		panic(http.ErrAbortHandler)
 	}

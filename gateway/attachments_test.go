@@ -79,7 +79,7 @@ func TestUploadRaw(t *testing.T) {
 	require.Equal(t, "conversations/c1", body["conversation"])
 	require.Equal(t, "Röntgen befund.pdf", body["filename"])
 	require.Equal(t, "application/pdf", body["contentType"])
-	require.Equal(t, strconv.Itoa(len(data)), body["sizeBytes"]) // int64 is a JSON string
+	require.Equal(t, float64(len(data)), body["sizeBytes"]) // a JSON number
 	require.Equal(t, hex.EncodeToString(sum[:]), body["sha256"])
 
 	rec := h.nextUpload()
@@ -106,7 +106,7 @@ func TestUploadTooLargeIsStoppedWhileStreaming(t *testing.T) {
 	// Exactly the limit is fine.
 	resp = h.upload(tok, uploadQuery("conversations/c1", "exact.png"), "image/png", &patternReader{left: limit})
 	body := decodeJSON(t, resp)
-	require.Equal(t, strconv.FormatInt(limit, 10), body["sizeBytes"])
+	require.Equal(t, float64(limit), body["sizeBytes"])
 	require.Equal(t, limit, h.nextUpload().received)
 
 	metrics := h.do(http.MethodGet, "/metrics", "", nil)
@@ -203,7 +203,7 @@ func TestDownload(t *testing.T) {
 	h.att.mu.Lock()
 	h.att.files["attachments/a1"] = storedFile{data: data, att: &attachmentv1.Attachment{
 		Name: "attachments/a1", Conversation: "conversations/c1", Filename: `Zahn "röntgen";1.png`,
-		ContentType: "image/png", SizeBytes: int64(len(data)), CreateTime: timestamppb.Now(),
+		ContentType: "image/png", SizeBytes: int32(len(data)), CreateTime: timestamppb.Now(),
 	}}
 	h.att.mu.Unlock()
 

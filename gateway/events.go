@@ -485,7 +485,7 @@ func (st *eventStream) write(ctx context.Context, sw *sseWriter, it streamItem, 
 		s.metrics.sseEvents.WithLabelValues(event).Inc()
 		if it.kind == itemMessageCreated && isRecipient(st.id, it.message) {
 			if conv := parentOf(it.message.GetName()); conv != "" && it.message.GetSeq() > 0 {
-				st.marks.add(conv, it.message.GetSeq())
+				st.marks.add(conv, int64(it.message.GetSeq()))
 			}
 		}
 	case itemConversation:

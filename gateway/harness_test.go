@@ -359,7 +359,7 @@ func messageCreated(practice, conv, patient, id, sender, text string, seq int64,
 		Patient: "patients/" + patient,
 		Message: &deliveryv1.Message{
 			Name: "conversations/" + conv + "/messages/" + id, Sender: sender, Text: text, Sensitive: sensitive,
-			Status: deliveryv1.Message_SENT, CreateTime: timestamppb.Now(), Seq: seq,
+			Status: deliveryv1.Message_SENT, CreateTime: timestamppb.Now(), Seq: int32(seq),
 			Attachments: []*deliveryv1.Message_AttachmentRef{{Attachment: "attachments/a1", Filename: "x-ray.png"}},
 		},
 	}
@@ -554,7 +554,7 @@ func (f *fakeAttachment) UploadAttachment(stream attachmentv1.AttachmentService_
 	rec.completed = true
 	att := &attachmentv1.Attachment{
 		Name: "attachments/up1", Conversation: rec.header.GetConversation(), Filename: rec.header.GetFilename(),
-		ContentType: rec.header.GetDeclaredContentType(), SizeBytes: rec.received,
+		ContentType: rec.header.GetDeclaredContentType(), SizeBytes: int32(rec.received),
 		Sha256: hex.EncodeToString(hash.Sum(nil)), CreateTime: timestamppb.Now(),
 	}
 	f.mu.Lock()

@@ -185,11 +185,11 @@ func TestSIGKILLLosesNothingAcknowledged(t *testing.T) {
 	require.Eventually(t, func() bool {
 		var list struct {
 			Conversations []struct {
-				LastMessageSeq string `json:"lastMessageSeq"`
+				LastMessageSeq int `json:"lastMessageSeq"`
 			}
 		}
 		code, err := p2.call("GET", "/v1/conversations", staff, nil, &list)
-		return err == nil && code == 200 && len(list.Conversations) == 1 && list.Conversations[0].LastMessageSeq == fmt.Sprint(newest)
+		return err == nil && code == 200 && len(list.Conversations) == 1 && list.Conversations[0].LastMessageSeq == newest
 	}, 20*time.Second, 50*time.Millisecond)
 }
 

@@ -280,7 +280,7 @@ func TestUploadAccepted(t *testing.T) {
 			require.Equal(t, "conversations/c1", att.GetConversation())
 			require.Equal(t, tc.wantName, att.GetFilename())
 			require.Equal(t, tc.wantType, att.GetContentType())
-			require.Equal(t, int64(len(tc.data)), att.GetSizeBytes())
+			require.Equal(t, int32(len(tc.data)), att.GetSizeBytes())
 			require.Equal(t, sum(tc.data), att.GetSha256())
 			require.WithinDuration(t, time.Now(), att.GetCreateTime().AsTime(), time.Minute)
 
@@ -348,7 +348,7 @@ func TestUploadSizeLimit(t *testing.T) {
 		att, err := e.upload(e.staff(t), "conversations/c1", "big.pdf", "application/pdf",
 			io.TeeReader(&sized{prefix: pdf, size: attachment.MaxBytes}, h))
 		require.NoError(t, err)
-		require.Equal(t, int64(26_214_400), att.GetSizeBytes())
+		require.Equal(t, int32(26_214_400), att.GetSizeBytes())
 		require.Equal(t, hex.EncodeToString(h.Sum(nil)), att.GetSha256())
 		require.Len(t, e.blobFiles(t), 1)
 		require.Equal(t, 1, e.rows(t))
@@ -370,7 +370,7 @@ func TestUploadSizeLimit(t *testing.T) {
 			n += int64(len(frame.GetChunk()))
 			got.Write(frame.GetChunk())
 		}
-		require.Equal(t, att.GetSizeBytes(), n)
+		require.Equal(t, int64(att.GetSizeBytes()), n)
 		require.Equal(t, att.GetSha256(), hex.EncodeToString(got.Sum(nil)))
 	})
 }

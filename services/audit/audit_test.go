@@ -317,7 +317,7 @@ func TestPoisonMessagesAreDroppedWithoutBlocking(t *testing.T) {
 	h.publish(natsx.SubjectMessageCreated, &deliveryv1.MessageCreated{Meta: m}, m)
 	got := h.waitFor(`action="message.send"`, 1)
 	require.Len(t, got, 1)
-	require.Equal(t, int64(0), got[0].GetIndex())
+	require.Equal(t, int32(0), got[0].GetIndex())
 }
 
 // With the audit service stopped, events wait in JetStream; when it starts
@@ -352,7 +352,7 @@ func TestStoppedServiceCatchesUpWithEveryEvent(t *testing.T) {
 	stream, err := h.client.ExportAuditEvents(h.admin(), &auditv1.ExportAuditEventsRequest{Filter: `action="message.send"`})
 	require.NoError(t, err)
 	seen := map[string]bool{}
-	var last int64 = -1
+	var last int32 = -1
 	for {
 		e, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -369,7 +369,7 @@ func TestStoppedServiceCatchesUpWithEveryEvent(t *testing.T) {
 	v, err := h.client.VerifyAuditLog(h.admin(), &auditv1.VerifyAuditLogRequest{})
 	require.NoError(t, err)
 	require.True(t, v.GetValid(), v.GetReason())
-	require.Equal(t, int64(n+5), v.GetTreeSize())
+	require.Equal(t, int32(n+5), v.GetTreeSize())
 }
 
 // Message text and other PHI in an event's payload never reach the log.
@@ -500,7 +500,7 @@ func TestCheckpointProofsAndVerifyOverGRPC(t *testing.T) {
 	h.waitFor("", 7)
 	cp, err := h.client.GetCheckpoint(h.admin(), &auditv1.GetCheckpointRequest{})
 	require.NoError(t, err)
-	require.Equal(t, int64(7), cp.GetTreeSize())
+	require.Equal(t, int32(7), cp.GetTreeSize())
 
 	// The note verifies with the service's public key and says what the
 	// response says.
@@ -513,16 +513,16 @@ func TestCheckpointProofsAndVerifyOverGRPC(t *testing.T) {
 	require.NoError(t, err)
 	tree, err := tlog.ParseTree([]byte(n.Text))
 	require.NoError(t, err)
-	require.Equal(t, cp.GetTreeSize(), tree.N)
+	require.Equal(t, int64(cp.GetTreeSize()), tree.N)
 	require.Equal(t, cp.GetRootHash(), tree.Hash.String())
 
 	// Every listed event is provably in the checkpointed tree.
 	for _, e := range h.list("") {
-		p, err := h.client.GetInclusionProof(h.admin(), &auditv1.GetInclusionProofRequest{Index: e.GetIndex(), TreeSize: cp.GetTreeSize()})
+		p, err := h.client.GetInclusionProof(h.admin(), &auditv1.GetInclusionProofRequest{Index: int64(e.GetIndex()), TreeSize: int64(cp.GetTreeSize())})
 		require.NoError(t, err)
 		leaf, err := tlog.ParseHash(e.GetHash())
 		require.NoError(t, err)
-		require.NoError(t, tlog.CheckRecord(parseHashes(t, p.GetHashes()), cp.GetTreeSize(), tree.Hash, e.GetIndex(), leaf))
+		require.NoError(t, tlog.CheckRecord(parseHashes(t, p.GetHashes()), int64(cp.GetTreeSize()), tree.Hash, int64(e.GetIndex()), leaf))
 	}
 
 	for i := range 5 {
@@ -532,25 +532,25 @@ func TestCheckpointProofsAndVerifyOverGRPC(t *testing.T) {
 	h.waitFor("", 12)
 	cp2, err := h.client.GetCheckpoint(h.admin(), &auditv1.GetCheckpointRequest{})
 	require.NoError(t, err)
-	require.Equal(t, int64(12), cp2.GetTreeSize())
+	require.Equal(t, int32(12), cp2.GetTreeSize())
 	root2, err := tlog.ParseHash(cp2.GetRootHash())
 	require.NoError(t, err)
 	cons, err := h.client.GetConsistencyProof(h.admin(), &auditv1.GetConsistencyProofRequest{FromTreeSize: 7})
 	require.NoError(t, err)
 	require.NoError(t, tlog.CheckTree(parseHashes(t, cons.GetHashes()), 12, root2, 7, tree.Hash))
 
-	res, err := h.client.VerifyAuditLog(h.admin(), &auditv1.VerifyAuditLogRequest{CheckpointTreeSize: cp.GetTreeSize(), CheckpointRootHash: cp.GetRootHash()})
+	res, err := h.client.VerifyAuditLog(h.admin(), &auditv1.VerifyAuditLogRequest{CheckpointTreeSize: int64(cp.GetTreeSize()), CheckpointRootHash: cp.GetRootHash()})
 	require.NoError(t, err)
 	require.True(t, res.GetValid(), res.GetReason())
-	require.Equal(t, int64(12), res.GetChecked())
-	require.Equal(t, int64(12), res.GetTreeSize())
+	require.Equal(t, int32(12), res.GetChecked())
+	require.Equal(t, int32(12), res.GetTreeSize())
 	require.Equal(t, cp2.GetRootHash(), res.GetRootHash())
 
 	// A kept checkpoint that the log does not match.
 	res, err = h.client.VerifyAuditLog(h.admin(), &auditv1.VerifyAuditLogRequest{CheckpointTreeSize: 40, CheckpointRootHash: cp.GetRootHash()})
 	require.NoError(t, err)
 	require.False(t, res.GetValid())
-	require.Equal(t, int64(12), res.GetFirstBadIndex())
+	require.Equal(t, int32(12), res.GetFirstBadIndex())
 	_, err = h.client.VerifyAuditLog(h.admin(), &auditv1.VerifyAuditLogRequest{CheckpointTreeSize: 3})
 	require.Equal(t, codes.InvalidArgument, status.Code(err))
 

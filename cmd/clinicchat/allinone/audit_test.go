@@ -17,7 +17,7 @@ import (
 
 type auditEvent struct {
 	Name      string `json:"name"`
-	Index     string `json:"index"`
+	Index     int    `json:"index"`
 	Actor     string `json:"actor"`
 	ActorRole string `json:"actorRole"`
 	Action    string `json:"action"`
@@ -182,15 +182,17 @@ func TestScriptedSessionIsAuditedExactlyOnce(t *testing.T) {
 
 	var verify struct {
 		Valid    bool   `json:"valid"`
-		Checked  string `json:"checked"`
-		TreeSize string `json:"treeSize"`
+		Checked  int    `json:"checked"`
+		TreeSize int    `json:"treeSize"`
 		RootHash string `json:"rootHash"`
 	}
 	require.Equal(t, 200, admin.do("GET", "/v1/auditEvents:verify", nil, &verify))
 	require.True(t, verify.Valid)
+	require.Positive(t, verify.TreeSize, "sizes are JSON numbers")
+	require.Equal(t, verify.TreeSize, verify.Checked)
 	require.NotEmpty(t, verify.RootHash)
 	var cp struct {
-		TreeSize string `json:"treeSize"`
+		TreeSize int    `json:"treeSize"`
 		RootHash string `json:"rootHash"`
 		Note     string `json:"note"`
 	}

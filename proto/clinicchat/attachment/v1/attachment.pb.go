@@ -35,7 +35,7 @@ type Attachment struct {
 	// Media type sniffed from the bytes.
 	ContentType string `protobuf:"bytes,4,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	// Size in bytes.
-	SizeBytes int64 `protobuf:"varint,5,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	SizeBytes int32 `protobuf:"varint,5,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// Lower-case hex SHA-256 of the bytes.
 	Sha256 string `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	// Output only.
@@ -102,7 +102,7 @@ func (x *Attachment) GetContentType() string {
 	return ""
 }
 
-func (x *Attachment) GetSizeBytes() int64 {
+func (x *Attachment) GetSizeBytes() int32 {
 	if x != nil {
 		return x.SizeBytes
 	}
@@ -135,7 +135,7 @@ const file_clinicchat_attachment_v1_attachment_proto_rawDesc = "" +
 	"\bfilename\x18\x03 \x01(\tR\bfilename\x12!\n" +
 	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x05 \x01(\x03R\tsizeBytes\x12\x16\n" +
+	"size_bytes\x18\x05 \x01(\x05R\tsizeBytes\x12\x16\n" +
 	"\x06sha256\x18\x06 \x01(\tR\x06sha256\x12;\n" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTimeBNZLgithub.com/clinicchat/clinicchat/proto/clinicchat/attachment/v1;attachmentv1b\x06proto3"

@@ -82,7 +82,7 @@ type AuditEvent struct {
 	// Resource name "auditEvents/{event}".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// 0-based leaf index in the practice's log.
-	Index int64 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Index int32 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
 	// When the action happened (UTC).
 	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
 	// Practice (tenant) id.
@@ -142,7 +142,7 @@ func (x *AuditEvent) GetName() string {
 	return ""
 }
 
-func (x *AuditEvent) GetIndex() int64 {
+func (x *AuditEvent) GetIndex() int32 {
 	if x != nil {
 		return x.Index
 	}
@@ -216,7 +216,7 @@ func (x *AuditEvent) GetHash() string {
 type Checkpoint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Number of leaves.
-	TreeSize int64 `protobuf:"varint,1,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	TreeSize int32 `protobuf:"varint,1,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
 	// Base64 RFC 6962 root hash.
 	RootHash string `protobuf:"bytes,2,opt,name=root_hash,json=rootHash,proto3" json:"root_hash,omitempty"`
 	// A signed note (golang.org/x/mod/sumdb/note) over the size and hash.
@@ -255,7 +255,7 @@ func (*Checkpoint) Descriptor() ([]byte, []int) {
 	return file_clinicchat_audit_v1_audit_event_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *Checkpoint) GetTreeSize() int64 {
+func (x *Checkpoint) GetTreeSize() int32 {
 	if x != nil {
 		return x.TreeSize
 	}
@@ -284,7 +284,7 @@ const file_clinicchat_audit_v1_audit_event_proto_rawDesc = "" +
 	"\n" +
 	"AuditEvent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x03R\x05index\x12.\n" +
+	"\x05index\x18\x02 \x01(\x05R\x05index\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1a\n" +
 	"\bpractice\x18\x04 \x01(\tR\bpractice\x12\x14\n" +
 	"\x05actor\x18\x05 \x01(\tR\x05actor\x12\x1d\n" +
@@ -303,7 +303,7 @@ const file_clinicchat_audit_v1_audit_event_proto_rawDesc = "" +
 	"\x06DENIED\x10\x02\"Z\n" +
 	"\n" +
 	"Checkpoint\x12\x1b\n" +
-	"\ttree_size\x18\x01 \x01(\x03R\btreeSize\x12\x1b\n" +
+	"\ttree_size\x18\x01 \x01(\x05R\btreeSize\x12\x1b\n" +
 	"\troot_hash\x18\x02 \x01(\tR\brootHash\x12\x12\n" +
 	"\x04note\x18\x03 \x01(\tR\x04noteBDZBgithub.com/clinicchat/clinicchat/proto/clinicchat/audit/v1;auditv1b\x06proto3"
 

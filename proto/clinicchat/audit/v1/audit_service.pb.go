@@ -248,13 +248,13 @@ type VerifyAuditLogResponse struct {
 	// True when every leaf and the tree match.
 	Valid bool `protobuf:"varint,1,opt,name=valid,proto3" json:"valid,omitempty"`
 	// Leaves checked.
-	Checked int64 `protobuf:"varint,2,opt,name=checked,proto3" json:"checked,omitempty"`
+	Checked int32 `protobuf:"varint,2,opt,name=checked,proto3" json:"checked,omitempty"`
 	// Leaves in the log.
-	TreeSize int64 `protobuf:"varint,3,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
+	TreeSize int32 `protobuf:"varint,3,opt,name=tree_size,json=treeSize,proto3" json:"tree_size,omitempty"`
 	// Base64 root hash recomputed.
 	RootHash string `protobuf:"bytes,4,opt,name=root_hash,json=rootHash,proto3" json:"root_hash,omitempty"`
 	// When not valid: the first index that does not match.
-	FirstBadIndex int64 `protobuf:"varint,5,opt,name=first_bad_index,json=firstBadIndex,proto3" json:"first_bad_index,omitempty"`
+	FirstBadIndex int32 `protobuf:"varint,5,opt,name=first_bad_index,json=firstBadIndex,proto3" json:"first_bad_index,omitempty"`
 	// When not valid: why, without PHI.
 	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -298,14 +298,14 @@ func (x *VerifyAuditLogResponse) GetValid() bool {
 	return false
 }
 
-func (x *VerifyAuditLogResponse) GetChecked() int64 {
+func (x *VerifyAuditLogResponse) GetChecked() int32 {
 	if x != nil {
 		return x.Checked
 	}
 	return 0
 }
 
-func (x *VerifyAuditLogResponse) GetTreeSize() int64 {
+func (x *VerifyAuditLogResponse) GetTreeSize() int32 {
 	if x != nil {
 		return x.TreeSize
 	}
@@ -319,7 +319,7 @@ func (x *VerifyAuditLogResponse) GetRootHash() string {
 	return ""
 }
 
-func (x *VerifyAuditLogResponse) GetFirstBadIndex() int64 {
+func (x *VerifyAuditLogResponse) GetFirstBadIndex() int32 {
 	if x != nil {
 		return x.FirstBadIndex
 	}
@@ -601,10 +601,10 @@ const file_clinicchat_audit_v1_audit_service_proto_rawDesc = "" +
 	"\x14checkpoint_root_hash\x18\x02 \x01(\tR\x12checkpointRootHash\"\xc2\x01\n" +
 	"\x16VerifyAuditLogResponse\x12\x14\n" +
 	"\x05valid\x18\x01 \x01(\bR\x05valid\x12\x18\n" +
-	"\achecked\x18\x02 \x01(\x03R\achecked\x12\x1b\n" +
-	"\ttree_size\x18\x03 \x01(\x03R\btreeSize\x12\x1b\n" +
+	"\achecked\x18\x02 \x01(\x05R\achecked\x12\x1b\n" +
+	"\ttree_size\x18\x03 \x01(\x05R\btreeSize\x12\x1b\n" +
 	"\troot_hash\x18\x04 \x01(\tR\brootHash\x12&\n" +
-	"\x0ffirst_bad_index\x18\x05 \x01(\x03R\rfirstBadIndex\x12\x16\n" +
+	"\x0ffirst_bad_index\x18\x05 \x01(\x05R\rfirstBadIndex\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\"\x16\n" +
 	"\x14GetCheckpointRequest\"M\n" +
 	"\x18GetInclusionProofRequest\x12\x14\n" +

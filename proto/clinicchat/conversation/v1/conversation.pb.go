@@ -100,7 +100,7 @@ type Conversation struct {
 	// Output only. Muted by the calling staff user.
 	Muted bool `protobuf:"varint,10,opt,name=muted,proto3" json:"muted,omitempty"`
 	// Output only. Sequence number of the newest message (1-based; 0: none yet).
-	LastMessageSeq int64 `protobuf:"varint,11,opt,name=last_message_seq,json=lastMessageSeq,proto3" json:"last_message_seq,omitempty"`
+	LastMessageSeq int32 `protobuf:"varint,11,opt,name=last_message_seq,json=lastMessageSeq,proto3" json:"last_message_seq,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -205,7 +205,7 @@ func (x *Conversation) GetMuted() bool {
 	return false
 }
 
-func (x *Conversation) GetLastMessageSeq() int64 {
+func (x *Conversation) GetLastMessageSeq() int32 {
 	if x != nil {
 		return x.LastMessageSeq
 	}
@@ -230,7 +230,7 @@ const file_clinicchat_conversation_v1_conversation_proto_rawDesc = "" +
 	"\x06pinned\x18\t \x01(\bR\x06pinned\x12\x14\n" +
 	"\x05muted\x18\n" +
 	" \x01(\bR\x05muted\x12(\n" +
-	"\x10last_message_seq\x18\v \x01(\x03R\x0elastMessageSeq\"8\n" +
+	"\x10last_message_seq\x18\v \x01(\x05R\x0elastMessageSeq\"8\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +

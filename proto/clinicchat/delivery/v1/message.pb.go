@@ -110,7 +110,7 @@ type Message struct {
 	// The sender's idempotency key.
 	RequestId string `protobuf:"bytes,13,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Output only. 1-based position in the conversation.
-	Seq int64 `protobuf:"varint,14,opt,name=seq,proto3" json:"seq,omitempty"`
+	Seq int32 `protobuf:"varint,14,opt,name=seq,proto3" json:"seq,omitempty"`
 	// Output only. Who read it first on the recipient side ("users/{u}" or "patients/{p}").
 	ReadBy        string `protobuf:"bytes,15,opt,name=read_by,json=readBy,proto3" json:"read_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -238,7 +238,7 @@ func (x *Message) GetRequestId() string {
 	return ""
 }
 
-func (x *Message) GetSeq() int64 {
+func (x *Message) GetSeq() int32 {
 	if x != nil {
 		return x.Seq
 	}
@@ -262,7 +262,7 @@ type Message_AttachmentRef struct {
 	// Sniffed media type.
 	ContentType string `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	// Size in bytes.
-	SizeBytes     int64 `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	SizeBytes     int32 `protobuf:"varint,4,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -318,7 +318,7 @@ func (x *Message_AttachmentRef) GetContentType() string {
 	return ""
 }
 
-func (x *Message_AttachmentRef) GetSizeBytes() int64 {
+func (x *Message_AttachmentRef) GetSizeBytes() int32 {
 	if x != nil {
 		return x.SizeBytes
 	}
@@ -348,7 +348,7 @@ const file_clinicchat_delivery_v1_message_proto_rawDesc = "" +
 	"\tread_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\breadTime\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\r \x01(\tR\trequestId\x12\x10\n" +
-	"\x03seq\x18\x0e \x01(\x03R\x03seq\x12\x17\n" +
+	"\x03seq\x18\x0e \x01(\x05R\x03seq\x12\x17\n" +
 	"\aread_by\x18\x0f \x01(\tR\x06readBy\x1a\x8d\x01\n" +
 	"\rAttachmentRef\x12\x1e\n" +
 	"\n" +
@@ -357,7 +357,7 @@ const file_clinicchat_delivery_v1_message_proto_rawDesc = "" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\x12!\n" +
 	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\x04 \x01(\x03R\tsizeBytes\"C\n" +
+	"size_bytes\x18\x04 \x01(\x05R\tsizeBytes\"C\n" +
 	"\x06Status\x12\x16\n" +
 	"\x12STATUS_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04SENT\x10\x01\x12\r\n" +

@@ -415,7 +415,7 @@ func (v *verifier) Close() error { return v.rc.Close() }
 func ToProto(a domain.Attachment) *attachmentv1.Attachment {
 	return &attachmentv1.Attachment{
 		Name: a.Name(), Conversation: a.Conversation(), Filename: a.Filename, ContentType: a.ContentType,
-		SizeBytes: a.SizeBytes, Sha256: a.SHA256, CreateTime: timestamppb.New(a.CreateTime),
+		SizeBytes: int32(a.SizeBytes), Sha256: a.SHA256, CreateTime: timestamppb.New(a.CreateTime),
 	}
 }
 

@@ -54,9 +54,9 @@ func (s *Server) VerifyAuditLog(ctx context.Context, req *auditv1.VerifyAuditLog
 	}
 	out := &auditv1.VerifyAuditLogResponse{
 		Valid:         res.Valid,
-		Checked:       res.Checked,
-		TreeSize:      res.TreeSize,
-		FirstBadIndex: res.FirstBadIndex,
+		Checked:       int32(res.Checked),
+		TreeSize:      int32(res.TreeSize),
+		FirstBadIndex: int32(res.FirstBadIndex),
 		Reason:        res.Reason,
 	}
 	if res.Valid {
@@ -71,7 +71,7 @@ func (s *Server) GetCheckpoint(ctx context.Context, _ *auditv1.GetCheckpointRequ
 	if err != nil {
 		return nil, err
 	}
-	return &auditv1.Checkpoint{TreeSize: c.Size, RootHash: c.Root.String(), Note: c.Note}, nil
+	return &auditv1.Checkpoint{TreeSize: int32(c.Size), RootHash: c.Root.String(), Note: c.Note}, nil
 }
 
 // GetInclusionProof implements auditv1.AuditServiceServer.
@@ -108,7 +108,7 @@ func ToProto(r domain.Record) *auditv1.AuditEvent {
 	}
 	return &auditv1.AuditEvent{
 		Name:      "auditEvents/" + r.EventID,
-		Index:     r.Index,
+		Index:     int32(r.Index),
 		Time:      timestamppb.New(r.Time),
 		Practice:  r.Practice,
 		Actor:     r.Actor,

@@ -378,7 +378,7 @@ func ToProto(c domain.Conversation) *conversationv1.Conversation {
 		UnreadCount:        int32(c.UnreadCount),
 		Pinned:             c.Pinned,
 		Muted:              c.Muted,
-		LastMessageSeq:     c.LastMessageSeq,
+		LastMessageSeq:     int32(c.LastMessageSeq),
 	}
 	if !c.LastMessageTime.IsZero() {
 		out.LastMessageTime = timestamppb.New(c.LastMessageTime)

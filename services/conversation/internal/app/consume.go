@@ -30,7 +30,7 @@ func (a *App) HandleMessageCreated(ctx context.Context, m jetstream.Msg, practic
 	return a.ApplyMessage(ctx, domain.MessageApplied{
 		Practice:       practice,
 		ConversationID: p[0],
-		Seq:            msg.GetSeq(),
+		Seq:            int64(msg.GetSeq()),
 		FromPatient:    msg.GetSenderRole() == "patient",
 		Sender:         msg.GetSender(),
 		Time:           msg.GetCreateTime().AsTime(),

@@ -39,7 +39,7 @@ func (s *Server) ResolveConversation(ctx context.Context, r *conversationv1.Reso
 		return nil, err
 	}
 	return &conversationv1.Conversation{Name: c.Name(), Patient: c.Patient(), State: conversationv1.Conversation_State(c.State),
-		LastMessageSeq: c.LastMessageSeq}, nil
+		LastMessageSeq: int32(c.LastMessageSeq)}, nil
 }
 
 // ListConversations implements the RPC.

@@ -60,7 +60,7 @@ func (a Attachments) Get(ctx context.Context, name string) (app.AttachmentInfo, 
 		return app.AttachmentInfo{}, errs.FromStatus(err)
 	}
 	return app.AttachmentInfo{Conversation: att.GetConversation(), AttachmentRef: domain.AttachmentRef{
-		Name: att.GetName(), Filename: att.GetFilename(), ContentType: att.GetContentType(), SizeBytes: att.GetSizeBytes()}}, nil
+		Name: att.GetName(), Filename: att.GetFilename(), ContentType: att.GetContentType(), SizeBytes: int64(att.GetSizeBytes())}}, nil
 }
 
 // Artifacts is a practice system's ArtifactProvider.

@@ -28,12 +28,12 @@ func ToProto(m domain.Message) *deliveryv1.Message {
 		DeliverTime: ts(m.DeliverTime, timestamppb.New(m.DeliverTime)),
 		ReadTime:    ts(m.ReadTime, timestamppb.New(m.ReadTime)),
 		RequestId:   m.RequestID,
-		Seq:         m.Seq,
+		Seq:         int32(m.Seq),
 		ReadBy:      m.ReadBy,
 	}
 	for _, a := range m.Extras.Attachments {
 		out.Attachments = append(out.Attachments, &deliveryv1.Message_AttachmentRef{
-			Attachment: a.Name, Filename: a.Filename, ContentType: a.ContentType, SizeBytes: a.SizeBytes})
+			Attachment: a.Name, Filename: a.Filename, ContentType: a.ContentType, SizeBytes: int32(a.SizeBytes)})
 	}
 	if a := m.Extras.Artifact; a != nil {
 		out.Artifact = ArtifactToProto(*a)
