@@ -27,6 +27,24 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
 
+// Event is one event to write with a change: its id (EventMeta.id, also the
+// Nats-Msg-Id), its subject and its payload.
+type Event struct {
+	ID      string
+	Subject string
+	Msg     proto.Message
+}
+
+// AddAll writes events into the outbox inside tx.
+func AddAll(ctx context.Context, tx *sqldb.Tx, events []Event) error {
+	for _, e := range events {
+		if err := Add(ctx, tx, e.ID, e.Subject, e.Msg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Add writes one event into the outbox inside tx.
 func Add(ctx context.Context, tx *sqldb.Tx, id, subject string, msg proto.Message) error {
 	payload, err := proto.Marshal(msg)

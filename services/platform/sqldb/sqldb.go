@@ -406,6 +406,24 @@ func isRetryable(err error) bool {
 	return false
 }
 
+// IsUniqueViolation reports a unique-key or primary-key violation on either
+// backend (PostgreSQL SQLSTATE 23505; SQLite extended codes 2067 and 1555).
+func IsUniqueViolation(err error) bool {
+	if err == nil {
+		return false
+	}
+	var pg interface{ SQLState() string }
+	if errors.As(err, &pg) {
+		return pg.SQLState() == "23505"
+	}
+	var lite interface{ Code() int }
+	if errors.As(err, &lite) {
+		const constraintUnique, constraintPrimaryKey = 2067, 1555
+		return lite.Code() == constraintUnique || lite.Code() == constraintPrimaryKey
+	}
+	return false
+}
+
 type job struct {
 	ctx  context.Context
 	fn   func(tx *Tx) error

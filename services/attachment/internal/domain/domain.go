@@ -5,10 +5,10 @@ package domain
 
 import (
 	"context"
+	"github.com/clinicchat/clinicchat/services/platform/outbox"
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/clinicchat/clinicchat/services/platform/errs"
 )
@@ -51,11 +51,7 @@ type Link struct {
 }
 
 // Event is an outbox entry written in the same transaction as a change.
-type Event struct {
-	ID      string
-	Subject string
-	Msg     proto.Message
-}
+type Event = outbox.Event
 
 // Repository stores attachment metadata and message links; every method is
 // scoped by practice. Blobs are not its business.

@@ -31,15 +31,6 @@ func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
 
 const columns = `practice, id, conversation_id, uploader, uploader_role, filename, content_type, size_bytes, sha256, create_time`
 
-func writeEvents(ctx context.Context, tx *sqldb.Tx, evs []domain.Event) error {
-	for _, e := range evs {
-		if err := outbox.Add(ctx, tx, e.ID, e.Subject, e.Msg); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // Create implements domain.Repository.
 func (s *Store) Create(ctx context.Context, a domain.Attachment, evs ...domain.Event) error {
 	return s.db.Write(ctx, func(tx *sqldb.Tx) error {
@@ -48,7 +39,7 @@ func (s *Store) Create(ctx context.Context, a domain.Attachment, evs ...domain.E
 			a.SizeBytes, a.SHA256, sqldb.Micros(a.CreateTime)); err != nil {
 			return fmt.Errorf("insert attachment: %w", err)
 		}
-		return writeEvents(ctx, tx, evs)
+		return outbox.AddAll(ctx, tx, evs)
 	})
 }
 
@@ -112,5 +103,5 @@ func (s *Store) Record(ctx context.Context, evs ...domain.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	return s.db.Write(ctx, func(tx *sqldb.Tx) error { return writeEvents(ctx, tx, evs) })
+	return s.db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, evs) })
 }

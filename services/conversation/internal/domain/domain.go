@@ -3,9 +3,8 @@ package domain
 
 import (
 	"context"
+	"github.com/clinicchat/clinicchat/services/platform/outbox"
 	"time"
-
-	"google.golang.org/protobuf/proto"
 
 	"github.com/clinicchat/clinicchat/services/platform/errs"
 )
@@ -70,11 +69,7 @@ type ListQuery struct {
 }
 
 // Event is an outbox entry written in the same transaction as a change.
-type Event struct {
-	ID      string
-	Subject string
-	Msg     proto.Message
-}
+type Event = outbox.Event
 
 // MessageApplied is the projection of one delivered message.
 type MessageApplied struct {

@@ -32,15 +32,6 @@ func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	return &Store{db: db}, nil
 }
 
-func writeEvents(ctx context.Context, tx *sqldb.Tx, evs []domain.Event) error {
-	for _, e := range evs {
-		if err := outbox.Add(ctx, tx, e.ID, e.Subject, e.Msg); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 const convColumns = `c.practice, c.id, c.patient_id, c.patient_display_name, c.state, c.create_time,
 	c.last_message_time, c.last_message_seq, c.last_message_preview`
 
@@ -120,7 +111,7 @@ func (s *Store) Create(ctx context.Context, c domain.Conversation, onCreate func
 			return fmt.Errorf("load conversation: %w", err)
 		}
 		if created {
-			return writeEvents(ctx, tx, onCreate(out))
+			return outbox.AddAll(ctx, tx, onCreate(out))
 		}
 		return nil
 	})
@@ -238,7 +229,7 @@ func (s *Store) SetFlags(ctx context.Context, practice, id string, v domain.View
 		if out, err = getTx(ctx, tx, practice, id, v); err != nil {
 			return err
 		}
-		return writeEvents(ctx, tx, evs(out))
+		return outbox.AddAll(ctx, tx, evs(out))
 	})
 	return out, err
 }
@@ -267,7 +258,7 @@ func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.View
 			}
 		}
 		out = c
-		return writeEvents(ctx, tx, evs(c, advanced))
+		return outbox.AddAll(ctx, tx, evs(c, advanced))
 	})
 	return out, err
 }
@@ -304,7 +295,7 @@ func (s *Store) ApplyMessage(ctx context.Context, m domain.MessageApplied, evs f
 		if err != nil {
 			return err
 		}
-		return writeEvents(ctx, tx, evs(c, recipients))
+		return outbox.AddAll(ctx, tx, evs(c, recipients))
 	})
 	return applied, err
 }
@@ -374,7 +365,7 @@ func (s *Store) ArchiveIdle(ctx context.Context, before time.Time, limit int, ev
 				continue
 			}
 			c.State = domain.Archived
-			if err := writeEvents(ctx, tx, evs(c)); err != nil {
+			if err := outbox.AddAll(ctx, tx, evs(c)); err != nil {
 				return err
 			}
 			n++
@@ -389,5 +380,5 @@ func (s *Store) Record(ctx context.Context, evs ...domain.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	return s.db.Write(ctx, func(tx *sqldb.Tx) error { return writeEvents(ctx, tx, evs) })
+	return s.db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, evs) })
 }

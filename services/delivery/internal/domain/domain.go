@@ -6,11 +6,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"github.com/clinicchat/clinicchat/services/platform/outbox"
 	"strconv"
 	"time"
 	"unicode/utf8"
-
-	"google.golang.org/protobuf/proto"
 
 	"github.com/clinicchat/clinicchat/services/platform/errs"
 )
@@ -112,11 +111,7 @@ func ValidateSend(text string, attachments int, hasArtifact bool, requestID stri
 }
 
 // Event is an outbox entry written in the same transaction as a change.
-type Event struct {
-	ID      string
-	Subject string
-	Msg     proto.Message
-}
+type Event = outbox.Event
 
 // Repository stores messages; every method is scoped by practice.
 type Repository interface {

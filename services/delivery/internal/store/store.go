@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/store/migrations"
@@ -61,15 +60,6 @@ func one(row *sql.Row) (domain.Message, error) {
 	return m, err
 }
 
-func writeEvents(ctx context.Context, tx *sqldb.Tx, evs []domain.Event) error {
-	for _, e := range evs {
-		if err := outbox.Add(ctx, tx, e.ID, e.Subject, e.Msg); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // FindByRequest implements domain.Repository.
 func (s *Store) FindByRequest(ctx context.Context, practice, sender, requestID string) (domain.Message, error) {
 	return one(s.db.QueryRow(ctx, `SELECT `+columns+` FROM messages WHERE practice = ? AND sender = ? AND request_id = ?`,
@@ -110,7 +100,7 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 				sqldb.Micros(out.ReadTime), out.ReadBy, out.RequestID, out.ContentHash); err != nil {
 				return fmt.Errorf("insert message: %w", err)
 			}
-			return writeEvents(ctx, tx, evs(out))
+			return outbox.AddAll(ctx, tx, evs(out))
 		})
 		switch {
 		case err == nil:
@@ -120,20 +110,12 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 				return existing, false, domain.ErrRequestIDReused
 			}
 			return existing, false, nil
-		case isUniqueViolation(err) && attempt < 3:
+		case sqldb.IsUniqueViolation(err) && attempt < 3:
 			continue // a concurrent repeat in another thread won: look again
 		default:
 			return out, false, err
 		}
 	}
-}
-
-func isUniqueViolation(err error) bool {
-	var st interface{ SQLState() string }
-	if errors.As(err, &st) && st.SQLState() == "23505" {
-		return true
-	}
-	return strings.Contains(err.Error(), "UNIQUE constraint failed")
 }
 
 // Get implements domain.Repository.
@@ -206,7 +188,7 @@ func (s *Store) Advance(ctx context.Context, a domain.Advance, evs func([]domain
 		if len(changed) == 0 {
 			return nil
 		}
-		return writeEvents(ctx, tx, evs(changed))
+		return outbox.AddAll(ctx, tx, evs(changed))
 	})
 	return changed, err
 }
@@ -216,5 +198,5 @@ func (s *Store) Record(ctx context.Context, evs ...domain.Event) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	return s.db.Write(ctx, func(tx *sqldb.Tx) error { return writeEvents(ctx, tx, evs) })
+	return s.db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, evs) })
 }

@@ -115,7 +115,7 @@ func (a *App) UpsertPatient(ctx context.Context, who auth.Identity, in UpsertInp
 		next.UpdateTime = now
 		meta := events.Meta(who, ActionPatientUpsert, PatientName(next.ID), now)
 		ev := domain.Event{ID: meta.GetId(), Subject: natsx.SubjectPatientUpserted,
-			Payload: &preferencesv1.PatientUpserted{Meta: meta, Patient: PatientProto(&next)}}
+			Msg: &preferencesv1.PatientUpserted{Meta: meta, Patient: PatientProto(&next)}}
 		return &next, []domain.Event{ev}, nil
 	})
 }

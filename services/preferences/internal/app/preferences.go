@@ -47,7 +47,7 @@ func (a *App) UpdatePreferences(ctx context.Context, who auth.Identity, id strin
 		meta := events.Meta(who, ActionPreferencesUpdate, resource, now)
 		meta.Detail = "chat_opt_in=" + strconv.FormatBool(chatOptIn)
 		ev := domain.Event{ID: meta.GetId(), Subject: natsx.SubjectPreferencesChanged,
-			Payload: &preferencesv1.PreferencesChanged{Meta: meta, Preferences: PreferencesProto(&next)}}
+			Msg: &preferencesv1.PreferencesChanged{Meta: meta, Preferences: PreferencesProto(&next)}}
 		return &next, []domain.Event{ev}, nil
 	})
 }

@@ -3,19 +3,12 @@ package domain
 import (
 	"context"
 
-	"google.golang.org/protobuf/proto"
+	"github.com/clinicchat/clinicchat/services/platform/outbox"
 )
 
 // Event is an event to publish through the outbox, in the same transaction as
 // the change it describes.
-type Event struct {
-	// ID is the event id (EventMeta.id), also its Nats-Msg-Id.
-	ID string
-	// Subject is the NATS subject (natsx.Subject…).
-	Subject string
-	// Payload is the event message.
-	Payload proto.Message
-}
+type Event = outbox.Event
 
 // Mutation computes the next state of a patient from its current state
 // (nil when there is none) inside the repository's transaction. It returns

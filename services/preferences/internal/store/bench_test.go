@@ -81,7 +81,7 @@ func benchWrites(b *testing.B, st *Store, ps []domain.Patient, rename bool) {
 			} else {
 				next.ChatOptIn = !cur.ChatOptIn
 			}
-			ev := domain.Event{ID: fmt.Sprintf("bench-%d-%d", i, time.Now().UnixNano()), Subject: "clinicchat.preferences.patient.upserted", Payload: &emptypb.Empty{}}
+			ev := domain.Event{ID: fmt.Sprintf("bench-%d-%d", i, time.Now().UnixNano()), Subject: "clinicchat.preferences.patient.upserted", Msg: &emptypb.Empty{}}
 			return &next, []domain.Event{ev}, nil
 		})
 		lat = append(lat, time.Since(start))

@@ -115,11 +115,11 @@ func (s *Store) UpsertPatient(ctx context.Context, practice string, key domain.P
 			}
 			return err
 		})
-		if !isUniqueViolation(err) && !errors.Is(err, errConcurrentCreate) {
+		if !sqldb.IsUniqueViolation(err) && !errors.Is(err, errConcurrentCreate) {
 			break
 		}
 	}
-	if isUniqueViolation(err) || errors.Is(err, errConcurrentCreate) {
+	if sqldb.IsUniqueViolation(err) || errors.Is(err, errConcurrentCreate) {
 		return nil, domain.ErrExternalIDInUse
 	}
 	return out, err
@@ -178,10 +178,8 @@ func (s *Store) apply(ctx context.Context, tx *sqldb.Tx, cur *domain.Patient, mu
 			return nil, err
 		}
 	}
-	for _, e := range events {
-		if err := outbox.Add(ctx, tx, e.ID, e.Subject, e.Payload); err != nil {
-			return nil, err
-		}
+	if err := outbox.AddAll(ctx, tx, events); err != nil {
+		return nil, err
 	}
 	return next, nil
 }
@@ -371,29 +369,5 @@ func (s *Store) RecordEvents(ctx context.Context, events ...domain.Event) error 
 	if len(events) == 0 {
 		return nil
 	}
-	return s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		for _, e := range events {
-			if err := outbox.Add(ctx, tx, e.ID, e.Subject, e.Payload); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-// isUniqueViolation reports a unique-key violation of either backend.
-func isUniqueViolation(err error) bool {
-	if err == nil {
-		return false
-	}
-	var pg interface{ SQLState() string }
-	if errors.As(err, &pg) {
-		return pg.SQLState() == "23505"
-	}
-	var lite interface{ Code() int }
-	if errors.As(err, &lite) {
-		const constraintUnique, constraintPrimaryKey = 2067, 1555
-		return lite.Code() == constraintUnique || lite.Code() == constraintPrimaryKey
-	}
-	return false
+	return s.db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, events) })
 }

@@ -46,7 +46,7 @@ func set(p domain.Patient) domain.Mutation {
 			}
 			p.ID, p.ChatOptIn = cur.ID, cur.ChatOptIn
 		}
-		ev := domain.Event{ID: platformids.New(), Subject: "clinicchat.preferences.patient.upserted", Payload: wrapperspb.String(p.ID)}
+		ev := domain.Event{ID: platformids.New(), Subject: "clinicchat.preferences.patient.upserted", Msg: wrapperspb.String(p.ID)}
 		return &p, []domain.Event{ev}, nil
 	}
 }
