@@ -118,21 +118,28 @@ func (p *proc) token(t *testing.T, sub, role string) string {
 	return out.Token
 }
 
+// startThread builds and launches the binary on a fresh data dir and starts
+// a staff member's thread with patient.
+func startThread(t *testing.T, patient string) (bin, dir string, p *proc, staff, conv string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin, dir = build(t), t.TempDir()
+	p = launch(t, bin, dir)
+	staff = p.token(t, "dr-lee", "dentist")
+	var c struct{ Name string }
+	code, err := p.call("POST", "/v1/conversations", staff, map[string]any{"patient": "patients/" + patient}, &c)
+	require.NoError(t, err)
+	require.Equal(t, 200, code)
+	return bin, dir, p, staff, c.Name
+}
+
 // SIGKILL in the middle of concurrent sends loses nothing that was
 // acknowledged: after a restart on the same data dir every acknowledged
 // message is there, and its event still reaches the conversation list.
 func TestSIGKILLLosesNothingAcknowledged(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
-	bin := build(t)
-	dir := t.TempDir()
-	p := launch(t, bin, dir)
-	staff := p.token(t, "dr-lee", "dentist")
-	var conv struct{ Name string }
-	code, err := p.call("POST", "/v1/conversations", staff, map[string]any{"patient": "patients/alice"}, &conv)
-	require.NoError(t, err)
-	require.Equal(t, 200, code)
+	bin, dir, p, staff, conv := startThread(t, "alice")
 
 	var mu sync.Mutex
 	acked := map[string]bool{}
@@ -145,7 +152,7 @@ func TestSIGKILLLosesNothingAcknowledged(t *testing.T) {
 			defer wg.Done()
 			for i := 0; ; i++ {
 				var m struct{ Name string }
-				code, err := p.call("POST", "/v1/"+conv.Name+"/messages", staff, map[string]any{
+				code, err := p.call("POST", "/v1/"+conv+"/messages", staff, map[string]any{
 					"text": fmt.Sprintf("w%d m%d", w, i), "requestId": fmt.Sprintf("kill-%d-%d", w, i)}, &m)
 				if err != nil {
 					return // the process is gone
@@ -168,7 +175,7 @@ func TestSIGKILLLosesNothingAcknowledged(t *testing.T) {
 
 	p2 := launch(t, bin, dir)
 	staff = p2.token(t, "dr-lee", "dentist")
-	stored := p2.messages(t, staff, conv.Name)
+	stored := p2.messages(t, staff, conv)
 	mu.Lock()
 	defer mu.Unlock()
 	for name := range acked {
@@ -197,17 +204,7 @@ func TestSIGKILLLosesNothingAcknowledged(t *testing.T) {
 // complete or fail cleanly, and everything acknowledged is there after a
 // restart.
 func TestSIGTERMDrainsAndStopsCleanly(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
-	bin := build(t)
-	dir := t.TempDir()
-	p := launch(t, bin, dir)
-	staff := p.token(t, "dr-lee", "dentist")
-	var conv struct{ Name string }
-	code, err := p.call("POST", "/v1/conversations", staff, map[string]any{"patient": "patients/emma"}, &conv)
-	require.NoError(t, err)
-	require.Equal(t, 200, code)
+	bin, dir, p, staff, conv := startThread(t, "emma")
 
 	var mu sync.Mutex
 	var acked []string
@@ -220,7 +217,7 @@ func TestSIGTERMDrainsAndStopsCleanly(t *testing.T) {
 			defer wg.Done()
 			for i := 0; ; i++ {
 				var m struct{ Name string }
-				code, err := p.call("POST", "/v1/"+conv.Name+"/messages", staff, map[string]any{
+				code, err := p.call("POST", "/v1/"+conv+"/messages", staff, map[string]any{
 					"text": "draining", "requestId": fmt.Sprintf("term-%d-%d", w, i)}, &m)
 				if err != nil || code != 200 {
 					return // refused or closed while stopping
@@ -248,7 +245,7 @@ func TestSIGTERMDrainsAndStopsCleanly(t *testing.T) {
 
 	p2 := launch(t, bin, dir)
 	staff = p2.token(t, "dr-lee", "dentist")
-	stored := p2.messages(t, staff, conv.Name)
+	stored := p2.messages(t, staff, conv)
 	mu.Lock()
 	defer mu.Unlock()
 	for _, name := range acked {
