@@ -20,10 +20,10 @@ import (
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
-	"github.com/clinicchat/clinicchat/services/delivery/messageview"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
 )
 
 // Event types written on /v1/events.

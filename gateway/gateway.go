@@ -34,8 +34,8 @@ import (
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
-	"github.com/clinicchat/clinicchat/services/delivery/messageview"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
 )
 
 // Defaults of Config.

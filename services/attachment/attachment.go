@@ -19,9 +19,9 @@ import (
 	"github.com/clinicchat/clinicchat/services/attachment/internal/domain"
 	"github.com/clinicchat/clinicchat/services/attachment/internal/grpcapi"
 	"github.com/clinicchat/clinicchat/services/attachment/internal/store"
-	"github.com/clinicchat/clinicchat/services/delivery/messageview"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
 

@@ -20,9 +20,9 @@ import (
 	"github.com/clinicchat/clinicchat/services/delivery/internal/app"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/grpcapi"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/store"
-	"github.com/clinicchat/clinicchat/services/delivery/messageview"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
 

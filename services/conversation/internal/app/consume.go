@@ -10,9 +10,9 @@ import (
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
 	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
-	"github.com/clinicchat/clinicchat/services/delivery/messageview"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
 )
 
 // HandleMessageCreated is the durable consumer of delivery's message.created.

@@ -14,12 +14,12 @@ import (
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
-	"github.com/clinicchat/clinicchat/services/delivery/messageview"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/errs"
 	"github.com/clinicchat/clinicchat/services/platform/events"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
 )
 
 // ConversationRef is what delivery needs of a thread.
