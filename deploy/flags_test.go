@@ -63,6 +63,7 @@ var binaryFlags = map[string]func(*flag.FlagSet){
 // optionalFlags may be left unset although their names end in -addr.
 var optionalFlags = map[string]bool{
 	"artifact-provider-addr": true, // empty: no practice system connected
+	"debug-addr":             true, // operator-only pprof listener, off by default
 }
 
 // flagsFor returns a fresh FlagSet with every flag the workload's binary

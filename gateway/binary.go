@@ -24,6 +24,7 @@ type BinaryConfig struct {
 	Dev           bool
 	DrainTimeout  time.Duration
 	LogLevel      string
+	DebugAddr     string
 	Gateway       Config
 }
 
@@ -48,6 +49,7 @@ func (c *BinaryConfig) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Dev, "dev", false, "dev only: serve POST /v1/dev/tokens, signing with --dev-signing-key-file")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long requests and streams may finish on SIGTERM")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.DebugAddr, "debug-addr", "", "operator-only listener for pprof and runtime metrics (off when empty)")
 	c.Gateway.Flags(fs)
 }
 

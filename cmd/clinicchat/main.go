@@ -2,6 +2,9 @@
 // the gateway on --http-addr, the public gRPC API on --grpc-addr, an embedded
 // NATS server with JetStream and embedded SQLite files in --data-dir, with a
 // seeded demo practice in dev mode (the default).
+//
+// `clinicchat bench` is the load tool: it runs against any deployment in dev
+// mode (see package bench).
 package main
 
 import (
@@ -15,10 +18,18 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
+	"github.com/clinicchat/clinicchat/cmd/clinicchat/bench"
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "bench" {
+		if err := bench.Main(os.Args[2:], os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "clinicchat bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "clinicchat:", err)
 		os.Exit(1)

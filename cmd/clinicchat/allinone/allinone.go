@@ -28,6 +28,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/delivery"
 	"github.com/clinicchat/clinicchat/services/demoprovider"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/debugserver"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/preferences"
@@ -48,6 +49,7 @@ type Instance struct {
 	nc       *nats.Conn
 	grpcSrv  *grpcx.Server
 	httpSrv  *http.Server
+	debug    *debugserver.Server
 	gw       *gateway.Server
 	internal *grpc.ClientConn
 	services []service
@@ -187,6 +189,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		}
 		return nil
 	})
+	if in.debug, err = debugserver.Start(cfg.DebugAddr, log); err != nil {
+		return nil, err
+	}
 	in.grpcSrv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
 	if cfg.Dev {
@@ -261,6 +266,7 @@ func (in *Instance) Stop() error {
 		if in.grpcSrv != nil {
 			in.grpcSrv.Health.Shutdown()
 		}
+		_ = in.debug.Stop()
 		if in.endStreams != nil {
 			in.endStreams()
 		}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/clinicchat/clinicchat/gateway"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/debugserver"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
@@ -121,6 +122,11 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	debug, err := debugserver.Start(cfg.DebugAddr, log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = debug.Stop() }()
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {

@@ -25,6 +25,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/debugserver"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
@@ -43,6 +44,7 @@ type Common struct {
 	DevSigningKey string // dev only: HS256 key file instead of JWKS
 	DrainTimeout  time.Duration
 	LogLevel      string
+	DebugAddr     string
 	NeedsDatabase bool
 }
 
@@ -63,6 +65,7 @@ func (c *Common) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DevSigningKey, "dev-signing-key-file", "", "dev only: HS256 key file (instead of --jwks-url)")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long in-flight calls may finish on SIGTERM")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.DebugAddr, "debug-addr", "", "operator-only listener for pprof and runtime metrics (off when empty)")
 }
 
 // Validate reports every problem at once.
@@ -198,6 +201,11 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 	}
 	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
+	debug, err := debugserver.Start(c.DebugAddr, log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = debug.Stop() }()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(lis) })
 	g.Go(func() error { return svc.Run(gctx) })

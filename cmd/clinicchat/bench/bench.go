@@ -1,0 +1,416 @@
+// Package bench is clinicchat's load tool (`clinicchat bench`): against any
+// running deployment in dev mode (the all-in-one, or deploy/local/up) it
+// creates a practice's patients and threads, opens each recipient's live
+// event stream, sends flat out with C senders (or at a target rate) through
+// the HTTP gateway or over gRPC, marks threads read, and reports sends/s,
+// send → ack and send → recipient-stream latency, receipts/s, errors by
+// reason, and messages lost (acknowledged, never seen by the recipient) or
+// duplicated (seen twice). Given the server's pid or /metrics URL it adds the
+// server's CPU per message and peak RSS.
+//
+// Tokens come from the deployment's dev issuer (POST /v1/dev/tokens), so the
+// tool runs against dev-mode deployments; a production deployment is measured
+// through a staging copy of it in dev mode.
+package bench
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config is what one run does.
+type Config struct {
+	// HTTPURL is the gateway's base URL (http://127.0.0.1:8080).
+	HTTPURL string
+	// GRPCAddr, when set, sends over gRPC to this address instead of
+	// through the HTTP gateway (streams and set-up still use HTTP).
+	GRPCAddr string
+	// Practice is the practice the run creates its patients in; empty
+	// picks a new one ("bench-<time>"), so runs never see each other.
+	Practice string
+	// Senders is the number of concurrent senders, each a staff user
+	// writing to a thread of its own (closed loop: send, wait for the ack).
+	Senders int
+	// Messages is how many messages the run sends in all.
+	Messages int
+	// Rate, when above zero, paces the sends at this many per second in
+	// all (open loop, at most Senders in flight) instead of flat out.
+	Rate float64
+	// TextBytes is the size of each message's text.
+	TextBytes int
+	// MarkReadEvery makes each recipient mark its thread read after every
+	// this many messages it received (0: never).
+	MarkReadEvery int
+	// Wait bounds how long the run waits for recipients' streams to catch up
+	// after the last ack before it counts what never arrived as lost.
+	Wait time.Duration
+	// ServerPID and MetricsURL, when set, let the run measure the server's
+	// CPU and memory (/proc/<pid>, or process_* series on /metrics).
+	ServerPID  int
+	MetricsURL string
+	// Progress, when set, receives a progress line while the run goes on.
+	Progress func(sent, total int)
+}
+
+// Flags registers the configuration's flags on fs.
+func (c *Config) Flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.HTTPURL, "url", "http://127.0.0.1:8080", "the gateway's base URL")
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", "", "send over gRPC to this address instead of through the HTTP gateway")
+	fs.StringVar(&c.Practice, "practice", "", "practice to create the run's patients in (default: a new bench-<time> practice)")
+	fs.IntVar(&c.Senders, "senders", 8, "concurrent senders, each a staff user with a thread of its own")
+	fs.IntVar(&c.Messages, "messages", 2000, "messages to send in all")
+	fs.Float64Var(&c.Rate, "rate", 0, "target sends per second in all (0: flat out, closed loop)")
+	fs.IntVar(&c.TextBytes, "text-bytes", 64, "size of each message's text")
+	fs.IntVar(&c.MarkReadEvery, "mark-read-every", 10, "each recipient marks its thread read after this many messages (0: never)")
+	fs.DurationVar(&c.Wait, "wait", 30*time.Second, "how long to wait for recipients' streams after the last ack")
+	fs.IntVar(&c.ServerPID, "server-pid", 0, "the server's process id (same machine): adds its CPU per message and peak RSS")
+	fs.StringVar(&c.MetricsURL, "metrics-url", "", "the server's Prometheus /metrics URL: adds its CPU per message and RSS")
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if !strings.HasPrefix(c.HTTPURL, "http://") && !strings.HasPrefix(c.HTTPURL, "https://") {
+		errs = append(errs, errors.New("--url must be an http:// or https:// URL"))
+	}
+	if c.Senders < 1 || c.Senders > 1000 {
+		errs = append(errs, errors.New("--senders must be 1 to 1000"))
+	}
+	if c.Messages < 1 {
+		errs = append(errs, errors.New("--messages must be at least 1"))
+	}
+	if c.Rate < 0 {
+		errs = append(errs, errors.New("--rate must not be negative"))
+	}
+	if c.TextBytes < 1 || c.TextBytes > 10000 {
+		errs = append(errs, errors.New("--text-bytes must be 1 to 10000 (SPEC: text up to 10,000 characters)"))
+	}
+	if c.MarkReadEvery < 0 {
+		errs = append(errs, errors.New("--mark-read-every must not be negative"))
+	}
+	if c.Wait <= 0 {
+		errs = append(errs, errors.New("--wait must be positive"))
+	}
+	return errors.Join(errs...)
+}
+
+// Result is what a run measured.
+type Result struct {
+	Practice  string  `json:"practice"`
+	Transport string  `json:"transport"`
+	Senders   int     `json:"senders"`
+	Attempted int     `json:"attempted"`
+	Acked     int     `json:"acked"`
+	Seconds   float64 `json:"seconds"`
+	SendsPerS float64 `json:"sendsPerSecond"`
+	// Ack is send → acknowledgement; Stream is send → the recipient's
+	// stream (message.created read off the SSE connection).
+	Ack    Latency `json:"ack"`
+	Stream Latency `json:"stream"`
+	// Receipts counts markRead calls that succeeded, and their rate.
+	Receipts     int     `json:"receipts"`
+	ReceiptsPerS float64 `json:"receiptsPerSecond"`
+	// Errors counts failed calls by reason (SPEC reason, HTTP status or
+	// transport error).
+	Errors map[string]int `json:"errors"`
+	// Lost: acknowledged but never seen on the recipient's stream within
+	// the wait. Duplicated: seen more than once.
+	Lost       int `json:"lost"`
+	Duplicated int `json:"duplicated"`
+	// Resets counts `reset` events on the recipients' streams.
+	Resets int `json:"resets"`
+	// Server figures, when a pid or metrics URL was given.
+	Server *ServerFigures `json:"server,omitempty"`
+}
+
+// ServerFigures are the server's CPU and memory over the run.
+type ServerFigures struct {
+	// CPUMsPerMessage is the server's CPU (user+system) from the first send
+	// until the recipients saw the last message, per acknowledged message.
+	CPUMsPerMessage float64 `json:"cpuMsPerMessage"`
+	// PeakRSSMiB is the highest resident set size seen (sampled every
+	// 100 ms, or the kernel's high-water mark with a pid).
+	PeakRSSMiB float64 `json:"peakRssMiB"`
+}
+
+// Failed reports whether the run lost, duplicated or failed anything.
+func (r *Result) Failed() bool {
+	n := 0
+	for _, v := range r.Errors {
+		n += v
+	}
+	return r.Lost > 0 || r.Duplicated > 0 || n > 0 || r.Resets > 0
+}
+
+// thread is one sender's conversation with its patient.
+type thread struct {
+	conv    string
+	staff   *client
+	patient *client
+	stream  *stream
+}
+
+// Run performs one load run and returns its figures.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Practice == "" {
+		cfg.Practice = fmt.Sprintf("bench-%d", time.Now().UnixNano())
+	}
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConns: 4 * cfg.Senders, MaxIdleConnsPerHost: 4 * cfg.Senders,
+		IdleConnTimeout: time.Minute}}
+	defer hc.CloseIdleConnections()
+	base := &client{hc: hc, url: strings.TrimRight(cfg.HTTPURL, "/")}
+
+	threads, err := setUp(ctx, base, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, th := range threads {
+			th.stream.close()
+		}
+	}()
+	var sender messageSender = httpSender{}
+	transport := "http"
+	if cfg.GRPCAddr != "" {
+		gs, err := newGRPCSender(cfg.GRPCAddr)
+		if err != nil {
+			return nil, err
+		}
+		defer gs.close()
+		sender, transport = gs, "grpc"
+	}
+
+	srv := newServerWatch(cfg.ServerPID, cfg.MetricsURL, hc)
+	if err := srv.start(ctx); err != nil {
+		return nil, err
+	}
+	defer srv.stop()
+
+	res := &Result{Practice: cfg.Practice, Transport: transport, Senders: cfg.Senders, Errors: map[string]int{}}
+	var (
+		mu      sync.Mutex
+		acks    []time.Duration
+		sent    = map[string]time.Time{} // message name → send start
+		next    atomic.Int64
+		done    atomic.Int64
+		pace    <-chan time.Time
+		errsMu  sync.Mutex
+		lastAck time.Time
+	)
+	countErr := func(reason string) {
+		errsMu.Lock()
+		res.Errors[reason]++
+		errsMu.Unlock()
+	}
+	if cfg.Rate > 0 {
+		t := time.NewTicker(time.Duration(float64(time.Second) / cfg.Rate))
+		defer t.Stop()
+		pace = t.C
+	}
+	text := strings.Repeat("x", cfg.TextBytes)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w, th := range threads {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1)
+				if i > int64(cfg.Messages) || ctx.Err() != nil {
+					return
+				}
+				if pace != nil {
+					select {
+					case <-pace:
+					case <-ctx.Done():
+						return
+					}
+				}
+				reqID := fmt.Sprintf("bench-%d-%d", w, i)
+				t0 := time.Now()
+				name, err := sender.send(ctx, th, text, reqID)
+				d := time.Since(t0)
+				if err != nil {
+					countErr(reasonOf(err))
+				} else {
+					mu.Lock()
+					acks = append(acks, d)
+					sent[name] = t0
+					if now := time.Now(); now.After(lastAck) {
+						lastAck = now
+					}
+					mu.Unlock()
+				}
+				n := done.Add(1)
+				if cfg.Progress != nil {
+					cfg.Progress(int(n), cfg.Messages)
+				}
+			}
+		}()
+	}
+
+	// Recipients mark read as messages arrive.
+	readCtx, stopReads := context.WithCancel(ctx)
+	var receipts atomic.Int64
+	var readWG sync.WaitGroup
+	if cfg.MarkReadEvery > 0 {
+		for _, th := range threads {
+			readWG.Add(1)
+			go func() {
+				defer readWG.Done()
+				markReads(readCtx, th, cfg.MarkReadEvery, &receipts, countErr)
+			}()
+		}
+	}
+	wg.Wait()
+	sendEnd := time.Now()
+	mu.Lock()
+	res.Attempted = int(done.Load())
+	res.Acked = len(acks)
+	if !lastAck.IsZero() {
+		sendEnd = lastAck
+	}
+	mu.Unlock()
+	res.Seconds = sendEnd.Sub(start).Seconds()
+	if res.Seconds > 0 {
+		res.SendsPerS = float64(res.Acked) / res.Seconds
+	}
+	res.Ack = summarize(acks)
+
+	// Wait until every acknowledged message reached its recipient's stream.
+	expect := map[*stream][]string{}
+	owner := map[string]*stream{}
+	for _, th := range threads {
+		owner[th.conv] = th.stream
+	}
+	for name := range sent {
+		if s := owner[parentOf(name)]; s != nil {
+			expect[s] = append(expect[s], name)
+		}
+	}
+	deadline := time.Now().Add(cfg.Wait)
+	for s, names := range expect {
+		s.waitFor(ctx, names, deadline)
+	}
+	stopReads()
+	readWG.Wait()
+	var streamLat []time.Duration
+	for s, names := range expect {
+		seen := s.snapshot()
+		for _, name := range names {
+			at, ok := seen.first[name]
+			if !ok {
+				res.Lost++
+				continue
+			}
+			streamLat = append(streamLat, at.Sub(sent[name]))
+		}
+		res.Duplicated += seen.duplicates
+		res.Resets += seen.resets
+	}
+	res.Stream = summarize(streamLat)
+	res.Receipts = int(receipts.Load())
+	if res.Seconds > 0 {
+		res.ReceiptsPerS = float64(res.Receipts) / res.Seconds
+	}
+	if figures, ok := srv.figures(ctx, res.Acked); ok {
+		res.Server = &figures
+	}
+	return res, nil
+}
+
+// setUp creates the run's patients (opted in, with portal accounts), a staff
+// user and a thread per sender, and opens each patient's event stream.
+func setUp(ctx context.Context, base *client, cfg Config) ([]*thread, error) {
+	system, err := base.as(ctx, "bench-pms", "system", cfg.Practice)
+	if err != nil {
+		return nil, fmt.Errorf("dev token (is the deployment in dev mode?): %w", err)
+	}
+	threads := make([]*thread, cfg.Senders)
+	for i := range threads {
+		id := fmt.Sprintf("bench-patient-%d", i)
+		if err := system.call(ctx, "POST", "/v1/patients", map[string]any{"patient": map[string]any{
+			"name": "patients/" + id, "externalId": id, "displayName": fmt.Sprintf("Bench Patient %d", i),
+			"dateOfBirth": "1980-01-01", "hasPortalAccount": true,
+		}}, nil); err != nil {
+			return nil, fmt.Errorf("create patient: %w", err)
+		}
+		patient, err := base.as(ctx, id, "patient", cfg.Practice)
+		if err != nil {
+			return nil, err
+		}
+		if err := patient.call(ctx, "PATCH", "/v1/patients/"+id+"/communicationPreferences",
+			map[string]any{"chatOptIn": true}, nil); err != nil {
+			return nil, fmt.Errorf("opt in: %w", err)
+		}
+		staff, err := base.as(ctx, fmt.Sprintf("bench-staff-%d", i), "dentist", cfg.Practice)
+		if err != nil {
+			return nil, err
+		}
+		var conv struct {
+			Name string `json:"name"`
+		}
+		if err := staff.call(ctx, "POST", "/v1/conversations", map[string]any{"patient": "patients/" + id}, &conv); err != nil {
+			return nil, fmt.Errorf("create conversation: %w", err)
+		}
+		s, err := patient.openStream(ctx)
+		if err != nil {
+			for _, th := range threads[:i] {
+				th.stream.close()
+			}
+			return nil, fmt.Errorf("open event stream: %w", err)
+		}
+		threads[i] = &thread{conv: conv.Name, staff: staff, patient: patient, stream: s}
+	}
+	return threads, nil
+}
+
+// markReads marks th read as its stream receives messages, every n of them,
+// until ctx ends; a final mark covers the rest.
+func markReads(ctx context.Context, th *thread, n int, receipts *atomic.Int64, countErr func(string)) {
+	marked := 0
+	for {
+		got, changed := th.stream.count()
+		if got-marked < n {
+			select {
+			case <-ctx.Done():
+				return
+			case <-changed:
+			}
+			continue
+		}
+		if err := th.patient.call(ctx, "POST", "/v1/"+th.conv+":markRead", map[string]any{}, nil); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			countErr(reasonOf(err))
+			// Back off instead of hammering a failing server.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		receipts.Add(1)
+		marked = got
+	}
+}
+
+// parentOf is "conversations/c" of "conversations/c/messages/m".
+func parentOf(message string) string {
+	if i := strings.Index(message, "/messages/"); i > 0 {
+		return message[:i]
+	}
+	return ""
+}

@@ -1,0 +1,318 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+)
+
+// client calls the HTTP API as one signed-in user.
+type client struct {
+	hc    *http.Client
+	url   string
+	token string
+}
+
+// apiError is a refused HTTP call, with the SPEC reason when the body has one.
+type apiError struct {
+	status int
+	reason string
+}
+
+func (e *apiError) Error() string {
+	if e.reason != "" {
+		return fmt.Sprintf("HTTP %d %s", e.status, e.reason)
+	}
+	return fmt.Sprintf("HTTP %d", e.status)
+}
+
+// reasonOf names an error for the report's "errors by reason".
+func reasonOf(err error) string {
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+		if ae.reason != "" {
+			return ae.reason
+		}
+		return fmt.Sprintf("HTTP_%d", ae.status)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return "CANCELLED"
+	}
+	if st, ok := status.FromError(err); ok {
+		for _, d := range st.Details() {
+			if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() != "" {
+				return info.GetReason()
+			}
+		}
+		return st.Code().String()
+	}
+	return "TRANSPORT"
+}
+
+// as returns a client signed in with a dev token for subject.
+func (c *client) as(ctx context.Context, subject, role, practice string) (*client, error) {
+	var out struct {
+		Token string `json:"token"`
+	}
+	if err := c.call(ctx, "POST", "/v1/dev/tokens", map[string]any{"subject": subject, "role": role, "practice": practice}, &out); err != nil {
+		return nil, err
+	}
+	if out.Token == "" {
+		return nil, errors.New("the dev token issuer answered no token")
+	}
+	return &client{hc: c.hc, url: c.url, token: out.Token}, nil
+}
+
+// call sends a JSON request and decodes a 200 answer into out (if not nil).
+func (c *client) call(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		raw, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.url+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		ae := &apiError{status: resp.StatusCode}
+		var st struct {
+			Details []struct {
+				Reason string `json:"reason"`
+			} `json:"details"`
+		}
+		if json.Unmarshal(raw, &st) == nil {
+			for _, d := range st.Details {
+				if d.Reason != "" {
+					ae.reason = d.Reason
+				}
+			}
+		}
+		return ae
+	}
+	if out != nil {
+		return json.Unmarshal(raw, out)
+	}
+	return nil
+}
+
+// messageSender sends one message into a thread and returns its name.
+type messageSender interface {
+	send(ctx context.Context, th *thread, text, requestID string) (string, error)
+}
+
+// httpSender sends through the gateway: POST /v1/{conversation}/messages.
+type httpSender struct{}
+
+func (httpSender) send(ctx context.Context, th *thread, text, requestID string) (string, error) {
+	var m struct {
+		Name string `json:"name"`
+	}
+	err := th.staff.call(ctx, "POST", "/v1/"+th.conv+"/messages", map[string]any{"text": text, "requestId": requestID}, &m)
+	return m.Name, err
+}
+
+// grpcSender sends over gRPC (DeliveryService.CreateMessage), as a practice
+// system would, with the staff member's bearer token in the metadata.
+type grpcSender struct {
+	conn *grpc.ClientConn
+	dc   deliveryv1.DeliveryServiceClient
+}
+
+func newGRPCSender(addr string) (*grpcSender, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	return &grpcSender{conn: conn, dc: deliveryv1.NewDeliveryServiceClient(conn)}, nil
+}
+
+func (g *grpcSender) close() { _ = g.conn.Close() }
+
+func (g *grpcSender) send(ctx context.Context, th *thread, text, requestID string) (string, error) {
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+th.staff.token)
+	m, err := g.dc.CreateMessage(ctx, &deliveryv1.CreateMessageRequest{Parent: th.conv, Text: text, RequestId: requestID})
+	return m.GetName(), err
+}
+
+// stream is a live /v1/events connection whose reader stamps each
+// message.created as it reads it.
+type stream struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu sync.Mutex
+	// changed is closed (and replaced) whenever a new message is read.
+	changed    chan struct{}
+	first      map[string]time.Time
+	duplicates int
+	resets     int
+	err        error
+}
+
+// seen is a copy of what a stream has read.
+type seen struct {
+	first      map[string]time.Time
+	duplicates int
+	resets     int
+}
+
+// openStream opens /v1/events; it returns once the subscription is live
+// (SPEC: the response headers are sent once the subscription is live).
+func (c *client) openStream(ctx context.Context) (*stream, error) {
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	req, err := http.NewRequestWithContext(sctx, "GET", c.url+"/v1/events", nil)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		cancel()
+		return nil, &apiError{status: resp.StatusCode}
+	}
+	s := &stream{cancel: cancel, done: make(chan struct{}), changed: make(chan struct{}), first: map[string]time.Time{}}
+	go s.read(resp.Body)
+	return s, nil
+}
+
+func (s *stream) read(body io.ReadCloser) {
+	defer close(s.done)
+	defer body.Close()
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	var typ string
+	var data []byte
+	for sc.Scan() {
+		line := sc.Bytes()
+		switch {
+		case len(line) == 0:
+			switch typ {
+			case "message.created":
+				at := time.Now()
+				var d struct {
+					Message struct {
+						Name string `json:"name"`
+					} `json:"message"`
+				}
+				if json.Unmarshal(data, &d) == nil && d.Message.Name != "" {
+					s.mu.Lock()
+					if _, dup := s.first[d.Message.Name]; dup {
+						s.duplicates++
+					} else {
+						s.first[d.Message.Name] = at
+						close(s.changed)
+						s.changed = make(chan struct{})
+					}
+					s.mu.Unlock()
+				}
+			case "reset":
+				s.mu.Lock()
+				s.resets++
+				s.mu.Unlock()
+			}
+			typ, data = "", data[:0]
+		case bytes.HasPrefix(line, []byte("event:")):
+			typ = strings.TrimSpace(string(line[len("event:"):]))
+		case bytes.HasPrefix(line, []byte("data:")):
+			data = append(data, bytes.TrimPrefix(line[len("data:"):], []byte(" "))...)
+		}
+	}
+	s.mu.Lock()
+	s.err = sc.Err()
+	s.mu.Unlock()
+}
+
+// count is how many distinct messages the stream has read, and a channel
+// closed when it reads another.
+func (s *stream) count() (int, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.first), s.changed
+}
+
+// waitFor returns when every name has been read, the stream ended, or the
+// deadline passed.
+func (s *stream) waitFor(ctx context.Context, names []string, deadline time.Time) {
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		missing := 0
+		for _, n := range names {
+			if _, ok := s.first[n]; !ok {
+				missing++
+			}
+		}
+		changed := s.changed
+		s.mu.Unlock()
+		if missing == 0 {
+			return
+		}
+		select {
+		case <-changed:
+		case <-s.done:
+			return
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (s *stream) snapshot() seen {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := seen{first: make(map[string]time.Time, len(s.first)), duplicates: s.duplicates, resets: s.resets}
+	for k, v := range s.first {
+		out.first[k] = v
+	}
+	return out
+}
+
+func (s *stream) close() {
+	s.cancel()
+	<-s.done
+}

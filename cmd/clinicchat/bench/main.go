@@ -1,0 +1,64 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+)
+
+// ErrFailed is returned by Main when the run lost, duplicated or failed
+// anything: the command then exits non-zero, so CI can run it as a check.
+var ErrFailed = errors.New("the run lost, duplicated or failed messages")
+
+// Main runs `clinicchat bench [flags]`.
+func Main(args []string, stdout, stderr io.Writer) error {
+	var cfg Config
+	fs := flag.NewFlagSet("clinicchat bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg.Flags(fs)
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	quiet := fs.Bool("quiet", false, "no progress bar")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "Usage: clinicchat bench [flags]")
+		fmt.Fprintln(stderr, "\nLoad test against a running clinicchat in dev mode (the all-in-one or deploy/local/up).")
+		fmt.Fprintln(stderr, "Exits 1 when any message is lost or duplicated, or any call fails.")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice == 0 {
+		*quiet = true // not a terminal: no progress bar
+	}
+	if !*quiet && !*asJSON {
+		bar := &progressBar{w: stderr}
+		var mu sync.Mutex
+		cfg.Progress = func(sent, total int) { mu.Lock(); bar.update(sent, total); mu.Unlock() }
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		if err := res.WriteJSON(stdout); err != nil {
+			return err
+		}
+	} else {
+		res.WriteText(stdout)
+	}
+	if res.Failed() {
+		return ErrFailed
+	}
+	return nil
+}

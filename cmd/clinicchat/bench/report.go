@@ -1,0 +1,90 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Latency is a sample's summary in milliseconds.
+type Latency struct {
+	Count int     `json:"count"`
+	P50   float64 `json:"p50Ms"`
+	P95   float64 `json:"p95Ms"`
+	P99   float64 `json:"p99Ms"`
+	Max   float64 `json:"maxMs"`
+}
+
+func summarize(d []time.Duration) Latency {
+	if len(d) == 0 {
+		return Latency{}
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	pct := func(q float64) float64 {
+		i := int(q*float64(len(s))+0.5) - 1
+		return ms(s[min(max(i, 0), len(s)-1)])
+	}
+	return Latency{Count: len(s), P50: pct(0.50), P95: pct(0.95), P99: pct(0.99), Max: ms(s[len(s)-1])}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// WriteText prints the result for a person.
+func (r *Result) WriteText(w io.Writer) {
+	fmt.Fprintf(w, "clinicchat bench: %d senders over %s, practice %s\n", r.Senders, r.Transport, r.Practice)
+	fmt.Fprintf(w, "  sends         %d acknowledged of %d in %.2fs: %.0f sends/s\n", r.Acked, r.Attempted, r.Seconds, r.SendsPerS)
+	fmt.Fprintf(w, "  send → ack    p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms\n", r.Ack.P50, r.Ack.P95, r.Ack.P99, r.Ack.Max)
+	fmt.Fprintf(w, "  send → stream p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms (%d seen)\n",
+		r.Stream.P50, r.Stream.P95, r.Stream.P99, r.Stream.Max, r.Stream.Count)
+	fmt.Fprintf(w, "  receipts      %d markRead, %.0f/s\n", r.Receipts, r.ReceiptsPerS)
+	fmt.Fprintf(w, "  lost %d, duplicated %d, stream resets %d\n", r.Lost, r.Duplicated, r.Resets)
+	if len(r.Errors) == 0 {
+		fmt.Fprintln(w, "  errors        none")
+	} else {
+		keys := make([]string, 0, len(r.Errors))
+		for k := range r.Errors {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		parts := make([]string, 0, len(keys))
+		for _, k := range keys {
+			parts = append(parts, fmt.Sprintf("%s %d", k, r.Errors[k]))
+		}
+		fmt.Fprintf(w, "  errors        %s\n", strings.Join(parts, ", "))
+	}
+	if r.Server != nil {
+		fmt.Fprintf(w, "  server        %.3f ms CPU per message (until the recipients had them), peak RSS %.0f MiB\n",
+			r.Server.CPUMsPerMessage, r.Server.PeakRSSMiB)
+	}
+}
+
+// WriteJSON prints the result for a machine.
+func (r *Result) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// progressBar draws "[#####.....] sent/total" on w, at most every 100 ms.
+type progressBar struct {
+	w    io.Writer
+	last time.Time
+}
+
+func (p *progressBar) update(sent, total int) {
+	now := time.Now()
+	if sent < total && now.Sub(p.last) < 100*time.Millisecond {
+		return
+	}
+	p.last = now
+	const width = 30
+	n := width * sent / max(total, 1)
+	fmt.Fprintf(p.w, "\r[%s%s] %d/%d", strings.Repeat("#", n), strings.Repeat(".", width-n), sent, total)
+	if sent >= total {
+		fmt.Fprintln(p.w)
+	}
+}

@@ -1,0 +1,188 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// clockTicks is the kernel's USER_HZ, the unit of /proc/<pid>/stat times
+// (100 on every Linux architecture Go supports).
+const clockTicks = 100
+
+// serverWatch samples the server's CPU and memory, from /proc/<pid> on
+// this machine or from the process_* series of its /metrics.
+type serverWatch struct {
+	pid     int
+	metrics string
+	hc      *http.Client
+
+	stopOnce sync.Once
+	stopCh   chan struct{}
+	done     chan struct{}
+
+	mu      sync.Mutex
+	cpu0    float64 // seconds
+	peakRSS float64 // bytes
+	ok      bool
+}
+
+func newServerWatch(pid int, metricsURL string, hc *http.Client) *serverWatch {
+	return &serverWatch{pid: pid, metrics: metricsURL, hc: hc, stopCh: make(chan struct{}), done: make(chan struct{})}
+}
+
+func (w *serverWatch) enabled() bool { return w.pid > 0 || w.metrics != "" }
+
+// start records the CPU used so far and samples RSS every 100 ms.
+func (w *serverWatch) start(ctx context.Context) error {
+	if !w.enabled() {
+		close(w.done)
+		return nil
+	}
+	cpu, rss, err := w.sample(ctx)
+	if err != nil {
+		close(w.done)
+		return fmt.Errorf("server figures: %w", err)
+	}
+	w.cpu0, w.peakRSS, w.ok = cpu, rss, true
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-w.stopCh:
+				return
+			case <-t.C:
+				if _, rss, err := w.sample(ctx); err == nil {
+					w.mu.Lock()
+					w.peakRSS = max(w.peakRSS, rss)
+					w.mu.Unlock()
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+func (w *serverWatch) stop() {
+	w.stopOnce.Do(func() { close(w.stopCh) })
+	<-w.done
+}
+
+// figures is the CPU per message since start and the peak RSS.
+func (w *serverWatch) figures(ctx context.Context, messages int) (ServerFigures, bool) {
+	if !w.ok || messages == 0 {
+		return ServerFigures{}, false
+	}
+	cpu, rss, err := w.sample(ctx)
+	if err != nil {
+		return ServerFigures{}, false
+	}
+	w.stop()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	peak := max(w.peakRSS, rss)
+	if w.pid > 0 {
+		if hwm, err := procHWM(w.pid); err == nil {
+			peak = max(peak, hwm)
+		}
+	}
+	return ServerFigures{CPUMsPerMessage: (cpu - w.cpu0) * 1000 / float64(messages), PeakRSSMiB: peak / (1 << 20)}, true
+}
+
+// sample is the server's total CPU seconds and current RSS bytes.
+func (w *serverWatch) sample(ctx context.Context) (cpu, rss float64, err error) {
+	if w.pid > 0 {
+		return procSample(w.pid)
+	}
+	return w.metricsSample(ctx)
+}
+
+// procSample reads utime+stime and rss of pid from /proc.
+func procSample(pid int) (cpu, rss float64, err error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	// The command name (field 2) may hold spaces: fields count from after ')'.
+	s := string(raw)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	// After ')': state(3) ... utime(14) stime(15) ... rss(24).
+	if len(f) < 22 {
+		return 0, 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	pages, err3 := strconv.ParseFloat(f[21], 64)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return 0, 0, fmt.Errorf("unexpected /proc/%d/stat", pid)
+	}
+	return (ut + st) / clockTicks, pages * float64(os.Getpagesize()), nil
+}
+
+// procHWM is the kernel's peak RSS of pid (VmHWM), in bytes.
+func procHWM(pid int) (float64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+}
+
+// metricsSample reads process_cpu_seconds_total and
+// process_resident_memory_bytes from a Prometheus text endpoint.
+func (w *serverWatch) metricsSample(ctx context.Context) (cpu, rss float64, err error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", w.metrics, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	resp, err := w.hc.Do(req)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, 0, fmt.Errorf("%s: HTTP %d", w.metrics, resp.StatusCode)
+	}
+	var haveCPU, haveRSS bool
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		name, value, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		switch name {
+		case "process_cpu_seconds_total":
+			cpu, err = strconv.ParseFloat(strings.TrimSpace(value), 64)
+			haveCPU = err == nil
+		case "process_resident_memory_bytes":
+			rss, err = strconv.ParseFloat(strings.TrimSpace(value), 64)
+			haveRSS = err == nil
+		}
+	}
+	if !haveCPU || !haveRSS {
+		return 0, 0, fmt.Errorf("%s has no process_cpu_seconds_total and process_resident_memory_bytes", w.metrics)
+	}
+	return cpu, rss, nil
+}

@@ -1,0 +1,112 @@
+// Package debugserver is the operator-only listener: net/http/pprof profiles
+// and the runtime's metrics, so a production profile is one command away
+// (`go tool pprof http://ADDR/debug/pprof/profile?seconds=30`). It is off
+// unless an address is configured, and belongs on loopback or a port no
+// Service exposes: profiles show code paths and heap contents, not PHI by
+// design, but nothing about them is for the public.
+package debugserver
+
+import (
+	"context"
+	"errors"
+	"expvar"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"runtime/metrics"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Handler serves /debug/pprof/… and /debug/vars (expvar: memstats, the
+// command line) and /debug/metrics (every runtime/metrics sample as text).
+func Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/vars", expvar.Handler())
+	mux.HandleFunc("/debug/metrics", runtimeMetrics)
+	return mux
+}
+
+// runtimeMetrics writes every runtime/metrics sample, one "name value" line
+// each (histograms as their count of buckets and total count).
+func runtimeMetrics(w http.ResponseWriter, _ *http.Request) {
+	descs := metrics.All()
+	samples := make([]metrics.Sample, len(descs))
+	for i := range descs {
+		samples[i].Name = descs[i].Name
+	}
+	metrics.Read(samples)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	for _, s := range samples {
+		switch s.Value.Kind() {
+		case metrics.KindUint64:
+			fmt.Fprintf(w, "%s %d\n", s.Name, s.Value.Uint64())
+		case metrics.KindFloat64:
+			fmt.Fprintf(w, "%s %g\n", s.Name, s.Value.Float64())
+		case metrics.KindFloat64Histogram:
+			h := s.Value.Float64Histogram()
+			var n uint64
+			for _, c := range h.Counts {
+				n += c
+			}
+			fmt.Fprintf(w, "%s histogram buckets=%d count=%d\n", s.Name, len(h.Counts), n)
+		}
+	}
+}
+
+// Server is a running debug listener.
+type Server struct {
+	srv  *http.Server
+	done chan error
+	// Addr is the bound address (useful with port 0).
+	Addr string
+}
+
+// Start listens on addr and serves Handler until Stop. An empty addr starts
+// nothing and returns a nil *Server (whose Stop does nothing).
+func Start(addr string, log *zap.Logger) (*Server, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--debug-addr: %w", err)
+	}
+	s := &Server{
+		srv: &http.Server{Handler: Handler(), ReadHeaderTimeout: 10 * time.Second,
+			// A CPU profile or trace runs for as long as it asks (seconds=N).
+			IdleTimeout: time.Minute},
+		done: make(chan error, 1),
+		Addr: lis.Addr().String(),
+	}
+	go func() {
+		err := s.srv.Serve(lis)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		s.done <- err
+	}()
+	log.Warn("operator debug listener on: keep it off public networks", zap.String("debug_addr", s.Addr))
+	return s, nil
+}
+
+// Stop closes the listener and its connections.
+func (s *Server) Stop() error {
+	if s == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.srv.Shutdown(ctx); err != nil {
+		_ = s.srv.Close()
+	}
+	return <-s.done
+}
