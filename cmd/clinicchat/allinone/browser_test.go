@@ -202,10 +202,22 @@ func (tb *tab) rightClick(t *testing.T, sel string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(tb.ctx, stepTimeout)
 	defer cancel()
-	nodes, err := chromedp.Run(ctx, chromedp.Nodes(chromedp.CSS(sel), chromedp.NodeVisible))
-	require.NoError(t, err)
-	require.NotEmpty(t, nodes)
-	tb.do(t, chromedp.MouseClickNode(nodes[0], chromedp.ButtonRight))
+	// A live event may re-render the list between finding the node and
+	// clicking it; then the node is gone and the click is retried on the
+	// element that replaced it (bounded by the step timeout).
+	for {
+		nodes, err := chromedp.Run(ctx, chromedp.Nodes(chromedp.CSS(sel), chromedp.NodeVisible))
+		require.NoError(t, err)
+		require.NotEmpty(t, nodes)
+		err = chromedp.Do(ctx, chromedp.MouseClickNode(nodes[0], chromedp.ButtonRight))
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil || !strings.Contains(err.Error(), "Could not find node") {
+			tb.screenshot(t, "failed")
+			require.NoError(t, err)
+		}
+	}
 }
 
 // setValue sets a form control's value as a script would, then fires change.
