@@ -112,9 +112,14 @@ type Message struct {
 	// Output only. 1-based position in the conversation.
 	Seq int32 `protobuf:"varint,14,opt,name=seq,proto3" json:"seq,omitempty"`
 	// Output only. Who read it first on the recipient side ("users/{u}" or "patients/{p}").
-	ReadBy        string `protobuf:"bytes,15,opt,name=read_by,json=readBy,proto3" json:"read_by,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ReadBy string `protobuf:"bytes,15,opt,name=read_by,json=readBy,proto3" json:"read_by,omitempty"`
+	// Output only. The sender's display name at send time, for showing who wrote:
+	// for staff the `name` claim of their token (empty when it had none), for the
+	// patient their display name in the practice's patient directory. PHI for a
+	// patient sender.
+	SenderDisplayName string `protobuf:"bytes,16,opt,name=sender_display_name,json=senderDisplayName,proto3" json:"sender_display_name,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Message) Reset() {
@@ -252,6 +257,13 @@ func (x *Message) GetReadBy() string {
 	return ""
 }
 
+func (x *Message) GetSenderDisplayName() string {
+	if x != nil {
+		return x.SenderDisplayName
+	}
+	return ""
+}
+
 // An attachment as shown in a message.
 type Message_AttachmentRef struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -329,7 +341,7 @@ var File_clinicchat_delivery_v1_message_proto protoreflect.FileDescriptor
 
 const file_clinicchat_delivery_v1_message_proto_rawDesc = "" +
 	"\n" +
-	"$clinicchat/delivery/v1/message.proto\x12\x16clinicchat.delivery.v1\x1a%clinicchat/artifact/v1/artifact.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x06\n" +
+	"$clinicchat/delivery/v1/message.proto\x12\x16clinicchat.delivery.v1\x1a%clinicchat/artifact/v1/artifact.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x06\n" +
 	"\aMessage\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06sender\x18\x02 \x01(\tR\x06sender\x12\x1f\n" +
@@ -349,7 +361,8 @@ const file_clinicchat_delivery_v1_message_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\r \x01(\tR\trequestId\x12\x10\n" +
 	"\x03seq\x18\x0e \x01(\x05R\x03seq\x12\x17\n" +
-	"\aread_by\x18\x0f \x01(\tR\x06readBy\x1a\x8d\x01\n" +
+	"\aread_by\x18\x0f \x01(\tR\x06readBy\x12.\n" +
+	"\x13sender_display_name\x18\x10 \x01(\tR\x11senderDisplayName\x1a\x8d\x01\n" +
 	"\rAttachmentRef\x12\x1e\n" +
 	"\n" +
 	"attachment\x18\x01 \x01(\tR\n" +

@@ -45,7 +45,8 @@ func (p Patients) Status(ctx context.Context, id string) (app.PatientStatus, err
 	if err != nil {
 		return app.PatientStatus{}, errs.FromStatus(err)
 	}
-	return app.PatientStatus{HasPortalAccount: pat.GetHasPortalAccount(), ChatOptIn: pat.GetChatOptIn()}, nil
+	return app.PatientStatus{HasPortalAccount: pat.GetHasPortalAccount(), ChatOptIn: pat.GetChatOptIn(),
+		DisplayName: pat.GetDisplayName()}, nil
 }
 
 // Attachments is the attachment service.

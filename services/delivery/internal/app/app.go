@@ -37,6 +37,8 @@ type Conversations interface {
 type PatientStatus struct {
 	HasPortalAccount bool
 	ChatOptIn        bool
+	// DisplayName is the patient's name in the directory (PHI).
+	DisplayName string
 }
 
 // Patients reads a patient's current chat eligibility (port to preferences).
@@ -192,7 +194,10 @@ func (a *App) Send(ctx context.Context, r SendRequest) (domain.Message, error) {
 		Practice: who.Practice, ConversationID: conv.ID, PatientID: conv.PatientID,
 		Sender: who.Principal(), SenderRole: who.Role, FromPatient: who.IsPatient(),
 		Text: r.Text, Sensitive: r.Sensitive, Status: domain.Sent, CreateTime: now,
-		RequestID: r.RequestID, ContentHash: hash,
+		RequestID: r.RequestID, ContentHash: hash, SenderDisplayName: who.Name,
+	}
+	if who.IsPatient() {
+		m.SenderDisplayName = st.DisplayName
 	}
 	for _, name := range r.Attachments {
 		info, err := a.attachments.Get(ctx, name)

@@ -158,3 +158,30 @@ func TestReadReceiptsOutOfOrderAndDuplicated(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, domain.Read, got.Status)
 }
+
+// A message carries who wrote it as a person reads it: a staff member's token
+// name (none when the token has none), the patient's directory display name.
+func TestSenderDisplayName(t *testing.T) {
+	f := newFixture(t)
+	f.patients["pat"].DisplayName = "Alice Johnson"
+	named := auth.WithIdentity(context.Background(), auth.Identity{Subject: "u2", Role: "dentist", Practice: "p1", Name: "Dr. Lee", AuthTime: time.Now()})
+	cases := []struct {
+		name string
+		ctx  context.Context
+		want string
+	}{
+		{"staff with a name claim", named, "Dr. Lee"},
+		{"staff without one", f.staff, ""},
+		{"the patient", f.patient, "Alice Johnson"},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m, err := f.app.Send(c.ctx, app.SendRequest{Parent: "conversations/c1", Text: "hi", RequestID: "n" + string(rune('a'+i))})
+			require.NoError(t, err)
+			require.Equal(t, c.want, m.SenderDisplayName)
+			got, err := f.app.Get(f.staff, m.Name())
+			require.NoError(t, err)
+			require.Equal(t, c.want, got.GetSenderDisplayName(), "stored with the message")
+		})
+	}
+}

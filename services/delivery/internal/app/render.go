@@ -18,18 +18,19 @@ func ts(t interface{ IsZero() bool }, p *timestamppb.Timestamp) *timestamppb.Tim
 // ToProto renders a stored message in full (before the viewer rules).
 func ToProto(m domain.Message) *deliveryv1.Message {
 	out := &deliveryv1.Message{
-		Name:        m.Name(),
-		Sender:      m.Sender,
-		SenderRole:  m.SenderRole,
-		Text:        m.Text,
-		Sensitive:   m.Sensitive,
-		Status:      deliveryv1.Message_Status(m.Status),
-		CreateTime:  timestamppb.New(m.CreateTime),
-		DeliverTime: ts(m.DeliverTime, timestamppb.New(m.DeliverTime)),
-		ReadTime:    ts(m.ReadTime, timestamppb.New(m.ReadTime)),
-		RequestId:   m.RequestID,
-		Seq:         int32(m.Seq),
-		ReadBy:      m.ReadBy,
+		Name:              m.Name(),
+		Sender:            m.Sender,
+		SenderRole:        m.SenderRole,
+		SenderDisplayName: m.SenderDisplayName,
+		Text:              m.Text,
+		Sensitive:         m.Sensitive,
+		Status:            deliveryv1.Message_Status(m.Status),
+		CreateTime:        timestamppb.New(m.CreateTime),
+		DeliverTime:       ts(m.DeliverTime, timestamppb.New(m.DeliverTime)),
+		ReadTime:          ts(m.ReadTime, timestamppb.New(m.ReadTime)),
+		RequestId:         m.RequestID,
+		Seq:               int32(m.Seq),
+		ReadBy:            m.ReadBy,
 	}
 	for _, a := range m.Extras.Attachments {
 		out.Attachments = append(out.Attachments, &deliveryv1.Message_AttachmentRef{

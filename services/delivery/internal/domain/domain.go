@@ -62,17 +62,20 @@ type Message struct {
 	PatientID      string
 	Sender         string // "users/u" or "patients/p"
 	SenderRole     string
-	FromPatient    bool
-	Text           string // PHI
-	Extras         Extras
-	Sensitive      bool
-	Status         Status
-	CreateTime     time.Time
-	DeliverTime    time.Time
-	ReadTime       time.Time
-	ReadBy         string
-	RequestID      string
-	ContentHash    string
+	// SenderDisplayName is who wrote, as a person reads it: a staff member's
+	// token name claim, or the patient's directory display name (PHI).
+	SenderDisplayName string
+	FromPatient       bool
+	Text              string // PHI
+	Extras            Extras
+	Sensitive         bool
+	Status            Status
+	CreateTime        time.Time
+	DeliverTime       time.Time
+	ReadTime          time.Time
+	ReadBy            string
+	RequestID         string
+	ContentHash       string
 }
 
 // Name is the resource name.

@@ -30,7 +30,7 @@ func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
 }
 
 const columns = `practice, conversation_id, seq, patient_id, sender, sender_role, from_patient, text, extras, sensitive,
-	status, create_time, deliver_time, read_time, read_by, request_id, content_hash`
+	status, create_time, deliver_time, read_time, read_by, request_id, content_hash, sender_display_name`
 
 type scanner interface{ Scan(...any) error }
 
@@ -40,7 +40,7 @@ func scan(s scanner) (domain.Message, error) {
 	var status int
 	var create, deliver, read int64
 	err := s.Scan(&m.Practice, &m.ConversationID, &m.Seq, &m.PatientID, &m.Sender, &m.SenderRole, &m.FromPatient, &m.Text,
-		&extras, &m.Sensitive, &status, &create, &deliver, &read, &m.ReadBy, &m.RequestID, &m.ContentHash)
+		&extras, &m.Sensitive, &status, &create, &deliver, &read, &m.ReadBy, &m.RequestID, &m.ContentHash, &m.SenderDisplayName)
 	if err != nil {
 		return m, err
 	}
@@ -94,10 +94,10 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 			case !errors.Is(err, domain.ErrNotFound):
 				return err
 			}
-			if _, err := tx.Exec(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			if _, err := tx.Exec(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 				out.Practice, out.ConversationID, out.Seq, out.PatientID, out.Sender, out.SenderRole, out.FromPatient, out.Text,
 				string(extras), out.Sensitive, int(out.Status), sqldb.Micros(out.CreateTime), sqldb.Micros(out.DeliverTime),
-				sqldb.Micros(out.ReadTime), out.ReadBy, out.RequestID, out.ContentHash); err != nil {
+				sqldb.Micros(out.ReadTime), out.ReadBy, out.RequestID, out.ContentHash, out.SenderDisplayName); err != nil {
 				return fmt.Errorf("insert message: %w", err)
 			}
 			return outbox.AddAll(ctx, tx, evs(out))
