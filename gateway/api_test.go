@@ -70,6 +70,9 @@ func TestDevTokens(t *testing.T) {
 	})
 	verifier := h.gw.deps.Verifier
 
+	t.Run("the client config says so, without a token", func(t *testing.T) {
+		require.Equal(t, true, decodeJSON(t, h.do(http.MethodGet, "/v1/clientConfig", "", nil))["devTokens"])
+	})
 	t.Run("issues a verifiable token", func(t *testing.T) {
 		body := decodeJSON(t, h.do(http.MethodPost, "/v1/dev/tokens", "", map[string]any{
 			"subject": "pa", "role": "patient", "practice": "demo", "authAgeSeconds": 600, "name": "Pat",
@@ -81,6 +84,7 @@ func TestDevTokens(t *testing.T) {
 		require.Equal(t, "pa", id.Subject)
 		require.Equal(t, auth.RolePatient, id.Role)
 		require.Equal(t, "demo", id.Practice)
+		require.Equal(t, "Pat", id.Name, "the optional name becomes the name claim")
 		require.WithinDuration(t, time.Now().Add(-10*time.Minute), id.AuthTime, time.Minute)
 		require.WithinDuration(t, time.Now().Add(12*time.Hour), id.Expiry, time.Minute)
 		// And the gateway accepts it.
@@ -111,6 +115,9 @@ func TestDevTokens(t *testing.T) {
 
 func TestDevTokensAbsentInProduction(t *testing.T) {
 	h := newHarness(t)
+	resp := h.do(http.MethodGet, "/v1/clientConfig", "", nil)
+	require.Equal(t, "no-store", resp.Header.Get("Cache-Control"))
+	require.Equal(t, map[string]any{"devTokens": false, "archiveAfterSeconds": float64(365 * 24 * 3600)}, decodeJSON(t, resp))
 	requireError(t, h.do(http.MethodPost, "/v1/dev/tokens", "",
 		map[string]any{"subject": "u", "role": "dentist", "practice": "demo"}), http.StatusNotFound, "NOT_FOUND")
 }

@@ -47,6 +47,8 @@ const (
 	// DefaultEventBuffer is how many events may wait for a slow event-stream
 	// client before it is told to reload.
 	DefaultEventBuffer = 1024
+	// DefaultArchiveAfter is the conversation service's default archive period.
+	DefaultArchiveAfter = 8760 * time.Hour
 )
 
 // Config is the gateway's behaviour. Upstream addresses and the HTTP listen
@@ -67,6 +69,10 @@ type Config struct {
 	// EventBuffer bounds the events queued for one event-stream client
 	// (default 1024); a client further behind gets "event: reset".
 	EventBuffer int
+	// ArchiveAfter is the conversation service's archive period (its
+	// --archive-after), told to the web client by GET /v1/clientConfig so
+	// the Archived tab can name it (default 8760h).
+	ArchiveAfter time.Duration
 }
 
 // Flags registers the gateway's flags on fs.
@@ -76,6 +82,8 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.KeepAlive, "sse-keepalive", DefaultKeepAlive, "keep-alive comment interval on /v1/events")
 	fs.IntVar(&c.EventBuffer, "sse-buffer", DefaultEventBuffer,
 		"events queued per /v1/events client before it is told to reload")
+	fs.DurationVar(&c.ArchiveAfter, "archive-after", DefaultArchiveAfter,
+		"the conversation service's --archive-after, named to staff by the web client")
 }
 
 // withDefaults fills zero fields with their defaults.
@@ -91,6 +99,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.EventBuffer == 0 {
 		c.EventBuffer = DefaultEventBuffer
+	}
+	if c.ArchiveAfter == 0 {
+		c.ArchiveAfter = DefaultArchiveAfter
 	}
 	return c
 }
@@ -109,6 +120,9 @@ func (c Config) Validate() error {
 	}
 	if c.EventBuffer < 0 {
 		errs = append(errs, errors.New("--sse-buffer must not be negative"))
+	}
+	if c.ArchiveAfter < 0 {
+		errs = append(errs, errors.New("--archive-after must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -249,6 +263,7 @@ func (s *Server) shuttingDown() bool {
 //
 //	/healthz /readyz /metrics      plain handlers, no auth
 //	POST /v1/dev/tokens            dev mode only, no auth
+//	GET /v1/clientConfig           what the web client needs before sign-in, no auth
 //	/v1/...                        the grpc-gateway mux: every route needs a
 //	                               verified bearer token (auth middleware, and
 //	                               the routing-error handler for unknown paths)
@@ -298,6 +313,7 @@ func (s *Server) routes() error {
 	top.Handle("GET /readyz", s.plainRoute("/readyz", http.HandlerFunc(s.readyz)))
 	top.Handle("GET /metrics", s.plainRoute("/metrics", s.metrics.handler()))
 	top.Handle("POST /v1/dev/tokens", s.plainRoute("/v1/dev/tokens", http.HandlerFunc(s.devTokens)))
+	top.Handle("GET /v1/clientConfig", s.plainRoute("/v1/clientConfig", http.HandlerFunc(s.clientConfig)))
 	top.Handle("/v1/", s.mux)
 	web, err := newWebHandler(http.HandlerFunc(s.notFound))
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"mime"
@@ -106,4 +107,29 @@ func (h *webHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(a.body)
 	}
+}
+
+// ClientConfig is the body of GET /v1/clientConfig: what the web client
+// needs to know of the deployment before anyone signs in. It carries no
+// user data and needs no token (an addition to SPEC.md's paths).
+type ClientConfig struct {
+	// DevTokens is true when POST /v1/dev/tokens is served (dev mode).
+	DevTokens bool `json:"devTokens"`
+	// ArchiveAfterSeconds is how long a conversation may go without a
+	// message before it is archived.
+	ArchiveAfterSeconds int64 `json:"archiveAfterSeconds"`
+}
+
+// clientConfig answers GET /v1/clientConfig.
+func (s *Server) clientConfig(w http.ResponseWriter, r *http.Request) {
+	body, err := json.Marshal(ClientConfig{
+		DevTokens:           s.deps.DevIssuer != nil,
+		ArchiveAfterSeconds: int64(s.cfg.ArchiveAfter.Seconds()),
+	})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, body)
 }

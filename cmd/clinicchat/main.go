@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -40,7 +41,16 @@ func run() error {
 	var cfg allinone.Config
 	fs := flag.NewFlagSet("clinicchat", flag.ContinueOnError)
 	cfg.Flags(fs)
-	if err := svcmain.Parse(fs, os.Args[1:]); err != nil {
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: clinicchat [flags]\n\n"+
+			"Runs clinicchat in one process (every service, the gateway and the web client,\n"+
+			"embedded NATS and SQLite) with a seeded demo practice in dev mode.\n"+
+			"Every flag can also be set as CLINICCHAT_<FLAG> (dashes as underscores).\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := svcmain.Parse(fs, os.Args[1:]); errors.Is(err, flag.ErrHelp) {
+		return nil // -h or --help: the usage is printed
+	} else if err != nil {
 		return err
 	}
 	log, err := svcmain.NewLogger(cfg.LogLevel, "clinicchat")
