@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/cdp"
+	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
@@ -64,6 +65,9 @@ type browser struct {
 	mu     sync.Mutex
 	shots  int
 	errors []string
+	// logged are the browser log's errors, such as "Failed to load
+	// resource: … 400" for every request answered with an error.
+	logged []string
 }
 
 func newBrowser(t *testing.T, base string) *browser {
@@ -113,6 +117,12 @@ func (b *browser) tab(t *testing.T, name string) *tab {
 	require.NoError(t, chromedp.Listen(ctx, func(ev any) {
 		var line string
 		switch e := ev.(type) {
+		case *cdplog.EventEntryAdded:
+			if e.Entry != nil && e.Entry.Level == cdplog.EntryLevelError {
+				b.mu.Lock()
+				b.logged = append(b.logged, name+": "+e.Entry.Text+" "+e.Entry.URL)
+				b.mu.Unlock()
+			}
 		case *runtime.EventExceptionThrown:
 			line = "exception: " + e.ExceptionDetails.Text
 			if e.ExceptionDetails.Exception != nil {
@@ -145,6 +155,14 @@ func (b *browser) pageErrors() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]string(nil), b.errors...)
+}
+
+// loggedErrors are the browser log's errors recorded so far (failed
+// requests among them).
+func (b *browser) loggedErrors() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]string(nil), b.logged...)
 }
 
 // do runs actions in the tab.
@@ -532,7 +550,11 @@ func TestBrowserChat(t *testing.T) {
 		require.NoError(t, f.Close())
 		staff.do(t, chromedp.SetUploadFiles(chromedp.CSS(`.composer input[type="file"]`), []string{huge}))
 		staff.wait(t, "the size refusal", `document.querySelector('.chip.chip-error .chip-msg')?.textContent === 'File over 25 MB — compress and retry'`)
+		// Sending is refused until the failed file is removed; then the banner goes.
+		staff.do(t, chromedp.SendKeys(chromedp.CSS(".composer-input"), "\r"))
+		staff.wait(t, "the banner", `document.querySelector('.composer-error')?.textContent === 'Remove the attachments that failed before sending.'`)
 		staff.do(t, chromedp.Click(chromedp.CSS(`.chip.chip-error .chip-remove`)))
+		staff.wait(t, "the banner gone", `document.querySelector('.composer-error').textContent === '' && !document.querySelector('.chip')`)
 		staff.do(t, chromedp.SetUploadFiles(chromedp.CSS(`.composer input[type="file"]`), []string{bad}))
 		staff.wait(t, "the refusal in words", `document.querySelector('.chip.chip-error .chip-msg')?.textContent.includes('can be attached')`)
 		staff.screenshot(t, "unsupported-file")

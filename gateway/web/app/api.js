@@ -110,10 +110,8 @@ export function v1(name) {
 }
 
 export const api = {
-  devTokenProbe: () => fetch('/v1/dev/tokens', {
-    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}', cache: 'no-store',
-    credentials: 'omit',
-  }).then((r) => r.status !== 404, () => false),
+  /** clientConfig: {devTokens, archiveAfterSeconds}; needs no token. */
+  clientConfig: () => request('GET', '/v1/clientConfig', { auth: false }),
   devToken: (req) => request('POST', '/v1/dev/tokens', { body: req, auth: false }),
 
   listConversations: ({ query, archived, pageToken, pageSize = 100 } = {}) =>
@@ -136,7 +134,47 @@ export const api = {
     query: { conversation, filename: file.name || 'file' }, body: file,
   }),
   download: (attachment) => request('GET', v1(attachment) + ':download', { raw: true }),
+
+  listPatients: ({ pageToken, pageSize = 100 } = {}) =>
+    request('GET', '/v1/patients', { query: { includeIneligible: 'true', pageToken, pageSize } }),
+  getPreferences: (patient) => request('GET', v1(patient) + '/communicationPreferences'),
+  updatePreferences: (patient, prefs) => request('PATCH', v1(patient) + '/communicationPreferences', { body: prefs }),
+
+  listAuditEvents: ({ filter, pageToken, pageSize = 50 } = {}) =>
+    request('GET', '/v1/auditEvents', { query: { filter, pageToken, pageSize } }),
+  verifyAudit: () => request('GET', '/v1/auditEvents:verify'),
+  auditCheckpoint: () => request('GET', '/v1/auditEvents:checkpoint'),
+  exportAudit: (filter) => request('GET', '/v1/auditEvents:export', { query: { filter }, raw: true }),
 };
+
+/**
+ * allPages collects a list call's pages (at most maxPages of them), e.g.
+ * allPages((t) => api.listPatients({pageToken: t}), 'patients').
+ */
+export async function allPages(call, field, maxPages = 20) {
+  const out = [];
+  let token = '';
+  for (let i = 0; i < maxPages; i++) {
+    const res = await call(token);
+    out.push(...(res[field] || []));
+    token = res.nextPageToken || '';
+    if (!token) break;
+  }
+  return out;
+}
+
+/** saveFile offers blob to the user as a download named filename. */
+export function saveFile(blob, filename) {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = filename;
+  a.className = 'visually-hidden';
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
 
 /** newRequestId is a fresh idempotency key for a send. */
 export function newRequestId() {

@@ -8,7 +8,7 @@ import { Composer } from './composer.js';
 import { BlobCache, STATUS_RANK, isFromPractice, messageElement, seqOf } from './messages.js';
 import { session } from './session.js';
 import {
-  h, icon, clear, shortTime, dayLabel, dayKey, formatDate, initials, showMenu, toast,
+  h, icon, clear, shortTime, dayLabel, dayKey, formatDate, initials, periodLabel, showMenu, toast,
 } from './ui.js';
 
 const PAGE_SIZE = 50;
@@ -27,7 +27,7 @@ function parentOf(messageName) {
 }
 
 export class ChatView {
-  /** opts: {staff: boolean, devMode: boolean, reauthenticate(): Promise} */
+  /** opts: {staff: boolean, devMode: boolean, archiveAfterSeconds: number, reauthenticate(): Promise} */
   constructor(opts) {
     this.opts = opts;
     this.staff = opts.staff;
@@ -51,6 +51,14 @@ export class ChatView {
     this.listStatus = h('p', { class: 'list-status', role: 'status' });
     const head = h('div', { class: 'sidebar-head' }, h('h1', { class: 'page-title' }, title));
     const side = h('aside', { class: 'sidebar', 'aria-label': 'Conversations' }, head);
+    if (!this.staff) {
+      // The patient's communication preferences, from the Inbox; and, while
+      // chat is off, what that means and how to turn it back on.
+      head.append(h('a', { href: '#preferences', class: 'btn btn-secondary btn-small prefs-link' },
+        icon('settings'), 'Communication preferences'));
+      this.optOutNotice = h('div', { class: 'optout-notice', role: 'status', hidden: true });
+      side.append(this.optOutNotice);
+    }
     if (this.staff) {
       head.append(h('button', {
         type: 'button', class: 'btn btn-primary new-conv', onclick: () => this.newConversation(),
@@ -156,7 +164,8 @@ export class ChatView {
       this.listStatus.textContent = this.query
         ? 'No conversation with a patient named “' + this.query + '”.'
         : this.tab === 'archived'
-          ? 'No archived conversations. Threads are archived after 12 months without messages.'
+          ? 'No archived conversations. Threads are archived after ' +
+            periodLabel(this.opts.archiveAfterSeconds || 365 * 86400) + ' without messages.'
           : this.staff ? 'No conversations yet. Start one with New conversation.' : 'No messages yet. Your practice will message you here.';
     } else {
       this.listStatus.textContent = '';
@@ -590,6 +599,26 @@ export class ChatView {
 
   start() {
     this.loadList();
+    if (!this.staff) this.loadOptIn();
+  }
+
+  /** loadOptIn shows, while the patient has chat turned off, what it means. */
+  async loadOptIn() {
+    try {
+      const prefs = await api.getPreferences('patients/' + session.subject);
+      const off = !prefs.chatOptIn;
+      clear(this.optOutNotice);
+      this.optOutNotice.hidden = !off;
+      if (off) {
+        this.optOutNotice.append(
+          h('p', { class: 'optout-title' }, icon('alert'), 'Chat messages are turned off'),
+          h('p', null, 'Your practice cannot message you by chat. To turn chat back on, open ',
+            h('a', { href: '#preferences' }, 'Communication preferences'),
+            ' and switch on “Chat messages from my practice”.'));
+      }
+    } catch (err) {
+      console.debug('communication preferences', err.message);
+    }
   }
 
   destroy() {

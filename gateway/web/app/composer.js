@@ -30,6 +30,7 @@ export class Composer {
     this.sending = false;
     this.pending = null; // {key, requestId} of a send that may be retried
     this.slash = null; // {start, end, options, active}
+    this.trayError = ''; // 'failed' | 'uploading' while the error shown is about the attachments
     this.el = this.render();
   }
 
@@ -265,6 +266,11 @@ export class Composer {
   }
 
   renderTray() {
+    // An error about the attachments goes once they are fixed.
+    if ((this.trayError === 'failed' && !this.attachments.some((a) => a.state === 'error')) ||
+      (this.trayError === 'uploading' && !this.attachments.some((a) => a.state === 'uploading'))) {
+      this.showError('');
+    }
     clear(this.tray);
     for (const item of this.attachments) {
       const state = item.state === 'uploading' ? 'Uploading…' : item.state === 'error' ? '' : formatBytes(item.file.size);
@@ -290,7 +296,8 @@ export class Composer {
 
   // ---- sending -------------------------------------------------------------
 
-  showError(text, retry) {
+  showError(text, retry, trayError = '') {
+    this.trayError = text ? trayError : '';
     clear(this.errorEl);
     if (!text) return;
     this.errorEl.append(h('span', null, text));
@@ -314,11 +321,11 @@ export class Composer {
     this.closeSlash();
     const text = this.textarea.value.trim();
     if (this.attachments.some((a) => a.state === 'uploading')) {
-      this.showError('Wait for the attachments to finish uploading.');
+      this.showError('Wait for the attachments to finish uploading.', null, 'uploading');
       return;
     }
     if (this.attachments.some((a) => a.state === 'error')) {
-      this.showError('Remove the attachments that failed before sending.');
+      this.showError('Remove the attachments that failed before sending.', null, 'failed');
       return;
     }
     const attachments = this.attachments.map((a) => a.name);

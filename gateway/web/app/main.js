@@ -1,9 +1,14 @@
-// clinicchat web client: staff Chat and the patient Inbox.
+// clinicchat web client: staff Chat (and, for the practice admin, the Audit
+// log) and the patient Inbox (and their Communication preferences).
 // Plain JavaScript modules, no build step; served by the gateway at "/".
+// Pages are chosen by the URL fragment: "#audit", "#preferences", else Chat.
 
 import { api, onUnauthorized } from './api.js';
+import { AuditView } from './audit.js';
 import { ChatView } from './chat.js';
 import { LiveEvents } from './events.js';
+import { forgetNames, learnName } from './people.js';
+import { PreferencesView } from './preferences.js';
 import { session } from './session.js';
 import { devSignInView, portalSignInView } from './signin.js';
 import { h, icon, clear, roleLabel, closeMenu } from './ui.js';
@@ -12,25 +17,45 @@ const root = document.getElementById('root');
 
 const app = {
   devMode: false,
+  archiveAfterSeconds: 365 * 86400,
+  page: 'chat',
   view: null,
   live: null,
+  main: null,
+  nav: null,
 };
 
 async function boot() {
   session.restore();
-  app.devMode = await api.devTokenProbe();
+  try {
+    const cfg = await api.clientConfig();
+    app.devMode = !!cfg.devTokens;
+    if (Number(cfg.archiveAfterSeconds) > 0) app.archiveAfterSeconds = Number(cfg.archiveAfterSeconds);
+  } catch {
+    app.devMode = false; // an older gateway, or unreachable: the portal sign-in
+  }
   onUnauthorized(() => signOut('Your session has ended. Sign in again.'));
   document.addEventListener('visibilitychange', () => {
-    if (document.visibilityState === 'visible' && app.view) app.view.onVisible();
+    if (document.visibilityState === 'visible' && app.view) app.view.onVisible?.();
   });
   window.addEventListener('hashchange', () => {
     if (new URLSearchParams(location.hash.slice(1)).get('token')) {
       stopApp();
       session.restore();
       render();
+    } else if (app.main) {
+      showPage(pageFromHash());
     }
   });
   render();
+}
+
+/** pageFromHash is the page the fragment asks for, if this user has it. */
+function pageFromHash() {
+  const want = location.hash.replace(/^#/, '');
+  if (want === 'audit' && session.role === 'practice_admin') return 'audit';
+  if (want === 'preferences' && session.isPatient) return 'preferences';
+  return 'chat';
 }
 
 function render(notice) {
@@ -55,17 +80,30 @@ function render(notice) {
   startApp();
 }
 
+// The pages of each role: [page, label, fragment].
+function pagesFor() {
+  if (session.isPatient) return [['chat', 'Inbox', '#'], ['preferences', 'Preferences', '#preferences']];
+  const pages = [['chat', 'Chat', '#']];
+  if (session.role === 'practice_admin') pages.push(['audit', 'Audit log', '#audit']);
+  return pages;
+}
+
 function topBar() {
-  const staff = session.isStaff;
   app.liveEl = h('span', { class: 'live-status', role: 'status', dataset: { state: 'connecting' } }, 'Connecting…');
+  app.nav = h('nav', { class: 'topnav', 'aria-label': 'Main' },
+    pagesFor().map(([page, label, href]) => h('a', {
+      href, class: 'nav-link', dataset: { page },
+      onclick: (e) => {
+        // Chat again from Chat: back to the list (closes the open thread).
+        if (page === 'chat' && app.page === 'chat') { e.preventDefault(); app.view?.back?.(); }
+      },
+    }, label)));
   return h('header', { class: 'topbar' },
     h('div', { class: 'brand' },
       h('span', { class: 'logo', 'aria-hidden': 'true' }, icon('chat')),
       h('span', { class: 'brand-name' }, 'clinicchat'),
       session.practice ? h('span', { class: 'practice' }, session.practice) : null),
-    h('nav', { class: 'topnav', 'aria-label': 'Main' },
-      h('a', { href: '/', class: 'nav-link', 'aria-current': 'page', onclick: (e) => { e.preventDefault(); app.view?.back(); } },
-        staff ? 'Chat' : 'Inbox')),
+    app.nav,
     h('div', { class: 'topbar-end' },
       app.liveEl,
       h('span', { class: 'user' },
@@ -81,15 +119,39 @@ function setLiveStatus(state) {
   app.liveEl.textContent = state === 'live' ? 'Live' : state === 'reconnecting' ? 'Reconnecting…' : 'Connecting…';
 }
 
-function startApp() {
-  const view = new ChatView({ staff: session.isStaff, devMode: app.devMode, reauthenticate });
+const TITLES = { chat: '', audit: 'Audit log — clinicchat', preferences: 'Communication preferences — clinicchat' };
+
+/** showPage swaps the page under the top bar; the event stream stays open. */
+function showPage(page) {
+  if (app.view && app.page === page) return;
+  closeMenu({ restoreFocus: false });
+  if (app.view) app.view.destroy();
+  for (const d of document.querySelectorAll('dialog')) d.remove();
+  app.page = page;
+  let view;
+  if (page === 'audit') view = new AuditView();
+  else if (page === 'preferences') view = new PreferencesView();
+  else view = new ChatView({ staff: session.isStaff, devMode: app.devMode, archiveAfterSeconds: app.archiveAfterSeconds, reauthenticate });
   app.view = view;
-  const main = h('main', { id: 'main', class: 'main' }, view.el);
-  root.append(topBar(), main);
+  clear(app.main);
+  app.main.append(view.el);
+  for (const a of app.nav.querySelectorAll('.nav-link')) {
+    if (a.dataset.page === page) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
+  }
+  if (TITLES[page]) document.title = TITLES[page];
   view.start();
+  if (page !== 'chat') view.el.querySelector('h1')?.setAttribute('tabindex', '-1');
+  if (page !== 'chat') view.el.querySelector('h1')?.focus();
+}
+
+function startApp() {
+  learnName(session.principal, session.claims?.name);
+  app.main = h('main', { id: 'main', class: 'main' });
+  root.append(topBar(), app.main);
+  showPage(pageFromHash());
   app.live = new LiveEvents({
-    onEvent: (type, payload) => app.view === view && view.onEvent(type, payload),
-    onReload: () => app.view === view && view.reload(),
+    onEvent: (type, payload) => app.view?.onEvent?.(type, payload),
+    onReload: () => app.view?.reload?.(),
     onStatus: setLiveStatus,
     onUnauthorized: () => signOut('Your session has ended. Sign in again.'),
   });
@@ -101,12 +163,15 @@ function stopApp() {
   app.live = null;
   if (app.view) app.view.destroy();
   app.view = null;
+  app.main = null;
   for (const d of document.querySelectorAll('dialog')) d.remove();
 }
 
 function signOut(notice) {
   stopApp();
   session.clear();
+  forgetNames();
+  if (location.hash) history.replaceState(null, '', location.pathname + location.search);
   render(notice);
 }
 

@@ -1,6 +1,7 @@
 // Rendering of messages, attachments and artifact preview cards.
 
 import { api } from './api.js';
+import { learnName } from './people.js';
 import { session } from './session.js';
 import { h, icon, clockTime, fullTime, formatDate, formatBytes, roleLabel } from './ui.js';
 
@@ -112,11 +113,15 @@ export function messageElement(m, ctx) {
   const practice = isFromPractice(m);
   const mine = session.isPatient ? !practice : practice;
   const own = m.sender === session.principal;
+  learnName(m.sender, m.senderDisplayName);
   let who;
   if (own) who = 'You';
   else if (practice) {
-    const id = String(m.sender || '').replace(/^users\//, '');
-    who = session.isPatient ? roleLabel(m.senderRole) || 'Your practice' : id + ' · ' + roleLabel(m.senderRole);
+    // "Dr. Lee · Dentist"; a sender whose token had no name: the role alone
+    // for a patient, the user id for colleagues.
+    const name = m.senderDisplayName || (session.isPatient ? '' : String(m.sender || '').replace(/^users\//, ''));
+    const role = roleLabel(m.senderRole);
+    who = [name, role].filter(Boolean).join(' · ') || 'Your practice';
   } else {
     who = ctx.patientName || 'Patient';
   }

@@ -6,13 +6,14 @@ import { api } from './api.js';
 import { STAFF_ROLES } from './session.js';
 import { h, icon, roleLabel } from './ui.js';
 
-// The demo practice's users (README, "The demo practice").
+// The demo practice's users (README, "The demo practice"; the seed in
+// cmd/clinicchat/allinone/seed.go). Their tokens carry these names.
 const DEMO_STAFF = [
   { subject: 'dr-lee', role: 'dentist', name: 'Dr. Lee' },
-  { subject: 'hana', role: 'hygienist', name: 'Hana' },
-  { subject: 'sam', role: 'assistant', name: 'Sam' },
-  { subject: 'fiona', role: 'front_desk', name: 'Fiona' },
-  { subject: 'adam', role: 'practice_admin', name: 'Adam' },
+  { subject: 'hana', role: 'hygienist', name: 'Hana Kim' },
+  { subject: 'sam', role: 'assistant', name: 'Sam Rivera' },
+  { subject: 'fiona', role: 'front_desk', name: 'Fiona Walsh' },
+  { subject: 'adam', role: 'practice_admin', name: 'Adam Novak' },
 ];
 const DEMO_PATIENTS = [
   { subject: 'alice', name: 'Alice Johnson' },

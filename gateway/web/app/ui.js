@@ -73,6 +73,10 @@ const ICONS = {
   archive: ['M3 4h18v4H3z', 'M5 8v12h14V8', 'M10 12h4'],
   chat: ['M4 5h16v11H9l-5 4z'],
   download: ['M12 4v12', 'M7 11l5 5 5-5', 'M5 20h14'],
+  shield: ['M12 3l8 3v6c0 5-3.5 8-8 9-4.5-1-8-4-8-9V6z', 'M9 12l2 2 4-4'],
+  settings: ['M4 7h10', 'M18 7h2', 'M4 17h4', 'M12 17h8', 'M16 5v4', 'M10 15v4'],
+  alert: ['M12 3 2 20h20z', 'M12 10v4', 'M12 17h.01'],
+  refresh: ['M20 11a8 8 0 1 0-2.3 5.7', 'M20 4v7h-7'],
 };
 
 /** icon returns a decorative SVG icon (hidden from assistive technology). */
@@ -161,6 +165,19 @@ const ROLE_LABELS = {
   practice_admin: 'Practice admin', patient: 'Patient', system: 'Practice system',
 };
 export function roleLabel(role) { return ROLE_LABELS[role] || role || ''; }
+
+/** periodLabel names a duration in seconds: "12 months", "30 days", "2 hours". */
+export function periodLabel(seconds) {
+  const s = Number(seconds) || 0;
+  const plural = (n, unit) => n + ' ' + unit + (n === 1 ? '' : 's');
+  const days = s / 86400;
+  if (days >= 365 && days % 365 === 0) return plural(days / 365 * 12, 'month');
+  if (days >= 30 && days % 30 === 0) return plural(days / 30, 'month');
+  if (days >= 1 && Number.isInteger(days)) return plural(days, 'day');
+  const hours = s / 3600;
+  if (hours >= 1 && Number.isInteger(hours)) return plural(hours, 'hour');
+  return plural(Math.max(1, Math.round(s / 60)), 'minute');
+}
 
 export function initials(name) {
   const parts = String(name || '?').trim().split(/\s+/).filter(Boolean);
