@@ -120,7 +120,7 @@ func (s *Server) devTokens(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
 	if err := dec.Decode(&req); err != nil {
 		if errors.Is(err, io.EOF) {
-			s.writeError(w, r, invalidArgument("Send a JSON body: {\"subject\",\"role\",\"practice\",\"authAgeSeconds\"}"))
+			s.writeError(w, r, invalidArgument("Send a JSON body: {\"subject\",\"role\",\"practice\",\"authAgeSeconds\",\"name\"}"))
 			return
 		}
 		s.writeError(w, r, invalidArgument("The request body is not valid JSON: "+err.Error()))

@@ -150,6 +150,7 @@ func TestBrowserScreens(t *testing.T) {
 			return n && !n.hidden && n.textContent.includes('Your practice cannot message you by chat') &&
 				n.querySelector('a[href="#preferences"]') != null;
 		})()`)
+		alice.screenshot(t, "optout-notice")
 		alice.do(t, chromedp.Click(chromedp.CSS(".optout-notice a")))
 		alice.wait(t, "the switch, off", `document.querySelector('#chat-opt-in')?.getAttribute('aria-checked') === 'false' && !document.querySelector('#chat-opt-in').disabled`)
 		alice.do(t, chromedp.Click(chromedp.CSS("#chat-opt-in")))
@@ -241,6 +242,18 @@ func TestBrowserScreens(t *testing.T) {
 			require.Equal(t, 403, api.do("GET", path, nil, &e), path)
 			require.Equal(t, "PERMISSION_DENIED", e.reason(), path)
 		}
+	}}, {"narrow screens: the new pages fit", func(t *testing.T) {
+		fits := `(() => {
+			const p = document.querySelector('.page'), bar = document.querySelector('.topbar');
+			return p && p.scrollWidth <= p.clientWidth && bar.scrollWidth <= bar.clientWidth &&
+				[...document.querySelectorAll('.topnav .nav-link, .signout')].every((e) => e.getBoundingClientRect().right <= 390);
+		})()`
+		alice.do(t, chromedp.EmulateViewport(390, 760), chromedp.Click(chromedp.CSS(`.topnav a[href="#preferences"]`)))
+		alice.wait(t, "the preferences page within the width", `document.querySelector('#chat-opt-in') != null && `+fits)
+		alice.screenshot(t, "narrow-preferences")
+		admin.do(t, chromedp.EmulateViewport(390, 760))
+		admin.wait(t, "the audit log within the width", fits)
+		admin.screenshot(t, "narrow-audit")
 	}}}
 	for _, s := range steps {
 		if !t.Run(s.name, s.run) {

@@ -54,8 +54,7 @@ export class ChatView {
     if (!this.staff) {
       // The patient's communication preferences, from the Inbox; and, while
       // chat is off, what that means and how to turn it back on.
-      head.append(h('a', { href: '#preferences', class: 'btn btn-secondary btn-small prefs-link' },
-        icon('settings'), 'Communication preferences'));
+      side.append(h('a', { href: '#preferences', class: 'prefs-link' }, icon('settings'), 'Communication preferences'));
       this.optOutNotice = h('div', { class: 'optout-notice', role: 'status', hidden: true });
       side.append(this.optOutNotice);
     }
