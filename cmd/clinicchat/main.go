@@ -42,7 +42,7 @@ func run() error {
 	fs := flag.NewFlagSet("clinicchat", flag.ContinueOnError)
 	cfg.Flags(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: clinicchat [flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "Usage: clinicchat [flags]\n       clinicchat bench [flags]   (a load tool; see clinicchat bench --help)\n\n"+
 			"Runs clinicchat in one process (every service, the gateway and the web client,\n"+
 			"embedded NATS and SQLite) with a seeded demo practice in dev mode.\n"+
 			"Every flag can also be set as CLINICCHAT_<FLAG> (dashes as underscores).\n\nFlags:\n")
