@@ -73,6 +73,17 @@ func TestRepositoryContract(t *testing.T) {
 				_, err = s.Get(ctx, "other-practice", "c1", 1)
 				require.ErrorIs(t, err, domain.ErrNotFound, "tenancy")
 			})
+			t.Run("the sender's display name is stored with the message", func(t *testing.T) {
+				s, _ := newStore(t, b)
+				ctx := context.Background()
+				m := msg("c1", "users/u1", ids.New(), "hi")
+				m.SenderDisplayName = "Dr. Lee"
+				_, _, err := s.Send(ctx, m, oneEvent)
+				require.NoError(t, err)
+				got, err := s.Get(ctx, "p1", "c1", 1)
+				require.NoError(t, err)
+				require.Equal(t, "Dr. Lee", got.SenderDisplayName)
+			})
 			t.Run("a repeated request returns the first message; other content is refused", func(t *testing.T) {
 				s, outboxRows := newStore(t, b)
 				ctx := context.Background()
