@@ -12,6 +12,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -31,15 +32,18 @@ func main() {
 		}
 		return
 	}
-	if err := run(); err != nil {
+	if err := run(os.Args[1:], os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "clinicchat:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+// run parses args (usage and flag errors go to out) and runs until a
+// signal; -h or --help prints the usage and returns nil.
+func run(args []string, out io.Writer) error {
 	var cfg allinone.Config
 	fs := flag.NewFlagSet("clinicchat", flag.ContinueOnError)
+	fs.SetOutput(out)
 	cfg.Flags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: clinicchat [flags]\n       clinicchat bench [flags]   (a load tool; see clinicchat bench --help)\n\n"+
@@ -48,7 +52,7 @@ func run() error {
 			"Every flag can also be set as CLINICCHAT_<FLAG> (dashes as underscores).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := svcmain.Parse(fs, os.Args[1:]); errors.Is(err, flag.ErrHelp) {
+	if err := svcmain.Parse(fs, args); errors.Is(err, flag.ErrHelp) {
 		return nil // -h or --help: the usage is printed
 	} else if err != nil {
 		return err

@@ -90,7 +90,9 @@ func newBrowser(t *testing.T, base string) *browser {
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.WindowSize(1280, 800),
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// A cap on the whole browser session; each step has its own stepTimeout.
+	// Generous: on a busy shared machine a whole test has taken over 2 minutes.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
 	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx, opts...)
 	t.Cleanup(cancelAlloc)
