@@ -4,6 +4,11 @@
 // dropped by the stream's duplicate window) and deletes each row after its
 // PubAck. The database is the system of record; JetStream only carries events.
 //
+// The relay wakes on the commit of a transaction that wrote outbox rows
+// (sqldb signal Topic) and otherwise looks once per Poll; an idle relay
+// commits nothing. See Relay for how several PostgreSQL replicas share one
+// outbox.
+//
 // Each service's migrations create the table:
 //
 //	SQLite:   outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
@@ -13,9 +18,11 @@ package outbox
 
 import (
 	"context"
+	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
-	"strings"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -56,17 +63,43 @@ func Add(ctx context.Context, tx *sqldb.Tx, id, subject string, msg proto.Messag
 	if err != nil {
 		return fmt.Errorf("insert outbox: %w", err)
 	}
+	tx.Signal(Topic)
 	return nil
 }
 
+// Topic is the sqldb signal of a transaction that wrote outbox rows: its
+// commit wakes the relay (and no other commit does).
+const Topic = "outbox"
+
 // Relay publishes outbox rows to JetStream.
+//
+// PostgreSQL, where several replicas relay one database: a round that finds
+// the outbox empty is one read and nothing else. Otherwise the relay takes
+// the outbox's advisory lock (one per schema) on a connection of its own,
+// reads a batch in seq order, publishes it outside any transaction, deletes
+// the acknowledged rows and releases the lock: one relay publishes at a time,
+// in seq order, so events keep their order per conversation whichever
+// replica wrote them, and no transaction or row lock is open while NATS is
+// slow. While it holds the lock its session has idle_session_timeout = Lease:
+// a frozen relay loses its session, and with it the lock, after Lease and
+// another replica publishes the rows again (JetStream drops the duplicates
+// by Nats-Msg-Id within its duplicate window; a crashed relay's session
+// ends at once).
 type Relay struct {
 	db    *sqldb.DB
 	js    jetstream.JetStream
 	log   *zap.Logger
 	kick  chan struct{}
-	Poll  time.Duration // how often to look without a kick (default 1s)
+	Poll  time.Duration // how often to look without a kick, for rows of other replicas (default 1s)
 	Batch int           // rows per round (default 256)
+	// Lease bounds how long a relay that stops responding keeps the
+	// PostgreSQL outbox lock (default 30s; keep it above the 10s publish
+	// timeout, or a slow relay loses the lock and its rows are published
+	// twice, the second time dropped as duplicates).
+	Lease time.Duration
+
+	// afterClaim runs after a PostgreSQL round has read its batch (tests).
+	afterClaim func(ctx context.Context)
 
 	// SQLite: rows up to published are on JetStream; they are deleted in
 	// one statement once a second or every 1024 rows, not after every round
@@ -76,10 +109,11 @@ type Relay struct {
 	lastDelete           time.Time
 }
 
-// NewRelay returns a relay that wakes after every commit of db.
+// NewRelay returns a relay that wakes after every commit of db that wrote
+// outbox rows.
 func NewRelay(db *sqldb.DB, js jetstream.JetStream, log *zap.Logger) *Relay {
-	r := &Relay{db: db, js: js, log: log, kick: make(chan struct{}, 1), Poll: time.Second, Batch: 256}
-	db.OnCommit(r.Kick)
+	r := &Relay{db: db, js: js, log: log, kick: make(chan struct{}, 1), Poll: time.Second, Batch: 256, Lease: 30 * time.Second}
+	db.OnSignal(Topic, r.Kick)
 	return r
 }
 
@@ -134,27 +168,7 @@ type row struct {
 // Flush publishes one batch and returns how many rows it published.
 func (r *Relay) Flush(ctx context.Context) (int, error) {
 	if r.db.Dialect() == sqldb.Postgres {
-		// Several replicas may relay at once: claim rows with SKIP LOCKED and
-		// keep the claim until they are deleted.
-		n := 0
-		err := r.db.Write(ctx, func(tx *sqldb.Tx) error {
-			rows, err := load(ctx, tx, `SELECT seq, id, subject, payload FROM outbox ORDER BY seq LIMIT ? FOR UPDATE SKIP LOCKED`, r.Batch)
-			if err != nil {
-				return err
-			}
-			done, perr := r.publish(ctx, rows)
-			n = len(done)
-			if err := deleteRows(ctx, tx, done); err != nil {
-				return err
-			}
-			return perr
-		})
-		if err != nil && n > 0 {
-			// The publish error rolled back the deletes; those rows will be
-			// republished and dropped as duplicates by JetStream.
-			n = 0
-		}
-		return n, err
+		return r.flushPostgres(ctx)
 	}
 	rows, err := load(ctx, r.db, `SELECT seq, id, subject, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`, r.published, r.Batch)
 	if err != nil {
@@ -174,11 +188,84 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 	return len(done), perr
 }
 
+// lockKey is the first half of the outbox's advisory lock; the second is a
+// hash of the schema, so services sharing a database do not share the lock.
+const lockKey = 7342002
+
+func (r *Relay) flushPostgres(ctx context.Context) (n int, err error) {
+	var one int
+	switch err := r.db.QueryRow(ctx, `SELECT 1 FROM outbox LIMIT 1`).Scan(&one); {
+	case errors.Is(err, sql.ErrNoRows):
+		return 0, nil // idle: one read, no commit of ours
+	case err != nil:
+		return 0, fmt.Errorf("outbox: %w", err)
+	}
+	conn, err := r.db.Raw().Conn(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("outbox: %w", err)
+	}
+	lease := r.Lease
+	if lease <= 0 {
+		lease = 30 * time.Second
+	}
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false)`,
+		lockKey, strconv.FormatInt(lease.Milliseconds(), 10)); err != nil {
+		discard(conn)
+		return 0, fmt.Errorf("outbox lock: %w", err)
+	}
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if _, uerr := conn.ExecContext(uctx, `SELECT pg_advisory_unlock($1, hashtext(current_schema())), set_config('idle_session_timeout', '0', false)`, lockKey); uerr != nil {
+			discard(conn) // the session (and with it the lock) is gone or going
+			if err == nil && ctx.Err() == nil {
+				err = fmt.Errorf("outbox unlock: %w", uerr)
+			}
+			return
+		}
+		_ = conn.Close()
+	}()
+	rows, err := loadConn(ctx, conn, r.Batch)
+	if err != nil || len(rows) == 0 {
+		return 0, err
+	}
+	if r.afterClaim != nil {
+		r.afterClaim(ctx)
+	}
+	done, perr := r.publish(ctx, rows)
+	if len(done) > 0 {
+		if _, err := r.db.Raw().ExecContext(ctx, `DELETE FROM outbox WHERE seq = ANY($1)`, done); err != nil {
+			// Published but not deleted: the next round publishes them
+			// again and JetStream drops the duplicates.
+			return 0, errors.Join(perr, fmt.Errorf("delete outbox rows: %w", err))
+		}
+	}
+	return len(done), perr
+}
+
+// discard closes conn instead of returning it to the pool.
+func discard(conn *sql.Conn) {
+	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	_ = conn.Close()
+}
+
+func loadConn(ctx context.Context, conn *sql.Conn, limit int) ([]row, error) {
+	rs, err := conn.QueryContext(ctx, `SELECT seq, id, subject, payload FROM outbox ORDER BY seq LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("load outbox: %w", err)
+	}
+	return scan(rs)
+}
+
 func load(ctx context.Context, q sqldb.Querier, query string, args ...any) ([]row, error) {
 	rs, err := q.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("load outbox: %w", err)
 	}
+	return scan(rs)
+}
+
+func scan(rs *sql.Rows) ([]row, error) {
 	defer rs.Close()
 	var out []row
 	for rs.Next() {
@@ -225,20 +312,4 @@ func (r *Relay) publish(ctx context.Context, rows []row) ([]int64, error) {
 		r.log.Debug("outbox relayed", zap.Int(logkeys.Count, len(done)))
 	}
 	return done, err
-}
-
-func deleteRows(ctx context.Context, tx *sqldb.Tx, seqs []int64) error {
-	for len(seqs) > 0 {
-		n := min(len(seqs), 200)
-		args := make([]any, n)
-		for i := range n {
-			args[i] = seqs[i]
-		}
-		q := `DELETE FROM outbox WHERE seq IN (?` + strings.Repeat(`, ?`, n-1) + `)`
-		if _, err := tx.Exec(ctx, q, args...); err != nil {
-			return fmt.Errorf("delete outbox rows: %w", err)
-		}
-		seqs = seqs[n:]
-	}
-	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/proto"
 
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
@@ -123,6 +125,239 @@ func TestRelayPublishesEachEventOnceAcrossANATSOutage(t *testing.T) {
 			require.Len(t, seen, 60)
 			cancel()
 			require.NoError(t, <-done)
+		})
+	}
+}
+
+// read returns the AccessRecorded events of the delivery stream in stream order.
+func read(t *testing.T, ctx context.Context, js jetstream.JetStream, want int) []*typev1.AccessRecorded {
+	t.Helper()
+	stream, err := js.Stream(ctx, natsx.StreamDelivery)
+	require.NoError(t, err)
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	require.NoError(t, err)
+	var out []*typev1.AccessRecorded
+	for len(out) < want {
+		batch, err := cons.Fetch(want-len(out), jetstream.FetchMaxWait(5*time.Second))
+		require.NoError(t, err)
+		got := 0
+		for m := range batch.Messages() {
+			var e typev1.AccessRecorded
+			require.NoError(t, proto.Unmarshal(m.Data(), &e))
+			out = append(out, &e)
+			got++
+		}
+		require.NoError(t, batch.Error())
+		require.Positive(t, got, "no more events after %d of %d", len(out), want)
+	}
+	return out
+}
+
+func streamMsgs(t *testing.T, ctx context.Context, js jetstream.JetStream) uint64 {
+	t.Helper()
+	stream, err := js.Stream(ctx, natsx.StreamDelivery)
+	require.NoError(t, err)
+	info, err := stream.Info(ctx)
+	require.NoError(t, err)
+	return info.State.Msgs
+}
+
+func addFor(t *testing.T, db *sqldb.DB, conv string, i int) {
+	t.Helper()
+	ctx := context.Background()
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
+		id := fmt.Sprintf("ev-%s-%04d", conv, i)
+		return outbox.Add(ctx, tx, id, natsx.SubjectDeliveryAccess,
+			&typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p", Resource: conv, Detail: fmt.Sprint(i)}})
+	}))
+}
+
+func openPostgresTwice(t *testing.T) (*sqldb.DB, *sqldb.DB) {
+	t.Helper()
+	dsn := testkit.PostgresSchema(t)
+	var dbs [2]*sqldb.DB
+	for i := range dbs {
+		db, err := sqldb.Open(context.Background(), dsn)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = db.Close() })
+		dbs[i] = db
+	}
+	_, err := dbs[0].Exec(context.Background(), pgSchema)
+	require.NoError(t, err)
+	return dbs[0], dbs[1]
+}
+
+// Two replicas write and relay one PostgreSQL outbox at once: every event is
+// published exactly once, and each conversation's events in the order they
+// were written.
+func TestTwoPostgresRelaysPublishOnceInOrderPerConversation(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, js := testkit.NATS(t)
+	dbA, dbB := openPostgresTwice(t)
+	var runs errgroup.Group
+	for _, db := range []*sqldb.DB{dbA, dbB} {
+		r := outbox.NewRelay(db, js, testkit.Logger(t))
+		r.Batch = 16 // many rounds, so the replicas take turns
+		runs.Go(func() error { return r.Run(ctx) })
+	}
+
+	const convs, per = 6, 60
+	var writers errgroup.Group
+	for c := range convs {
+		conv := fmt.Sprintf("c%d", c)
+		writers.Go(func() error {
+			for i := range per {
+				// A conversation's writes alternate between the replicas.
+				db := dbA
+				if (i+c)%2 == 1 {
+					db = dbB
+				}
+				addFor(t, db, conv, i)
+			}
+			return nil
+		})
+	}
+	require.NoError(t, writers.Wait())
+
+	events := read(t, ctx, js, convs*per)
+	next := map[string]int{}
+	for _, e := range events {
+		conv := e.GetMeta().GetResource()
+		require.Equal(t, fmt.Sprint(next[conv]), e.GetMeta().GetDetail(), "conversation %s out of order or duplicated", conv)
+		next[conv]++
+	}
+	for c := range convs {
+		require.Equal(t, per, next[fmt.Sprintf("c%d", c)])
+	}
+	require.Eventually(t, func() bool {
+		var n int
+		return dbA.QueryRow(ctx, `SELECT COUNT(*) FROM outbox`).Scan(&n) == nil && n == 0
+	}, 10*time.Second, 10*time.Millisecond, "published rows are deleted")
+	require.EqualValues(t, convs*per, streamMsgs(t, ctx, js), "each event exactly once")
+	cancel()
+	require.NoError(t, runs.Wait())
+}
+
+// A relay that stops after claiming a batch (a frozen process) keeps the
+// outbox only for its lease; then the other replica publishes the rows, and
+// the frozen relay's late publish is dropped as a duplicate.
+func TestFrozenPostgresRelayLosesTheOutboxAfterItsLease(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, js := testkit.NATS(t)
+	dbA, dbB := openPostgresTwice(t)
+	for i := range 20 {
+		addFor(t, dbA, "c", i)
+	}
+
+	frozen := outbox.NewRelay(dbA, js, testkit.Logger(t))
+	frozen.Lease = time.Second
+	claimed, thaw := make(chan struct{}), make(chan struct{})
+	outbox.SetAfterClaim(frozen, func(context.Context) {
+		close(claimed)
+		<-thaw
+	})
+	frozenDone := make(chan error, 1)
+	go func() {
+		_, err := frozen.Flush(ctx)
+		frozenDone <- err
+	}()
+	<-claimed
+
+	other := outbox.NewRelay(dbB, js, testkit.Logger(t))
+	other.Poll = 50 * time.Millisecond
+	runDone := make(chan error, 1)
+	go func() { runDone <- other.Run(ctx) }()
+
+	events := read(t, ctx, js, 20)
+	for i, e := range events {
+		require.Equal(t, fmt.Sprint(i), e.GetMeta().GetDetail())
+	}
+	require.Eventually(t, func() bool {
+		var n int
+		return dbB.QueryRow(ctx, `SELECT COUNT(*) FROM outbox`).Scan(&n) == nil && n == 0
+	}, 10*time.Second, 10*time.Millisecond)
+
+	close(thaw) // the frozen relay wakes and publishes its stale batch
+	<-frozenDone
+	require.EqualValues(t, 20, streamMsgs(t, ctx, js), "the late publish was dropped as duplicates")
+	cancel()
+	require.NoError(t, <-runDone)
+}
+
+// A relay whose context ends between its claim and its publish releases the
+// outbox at once, and the other replica publishes the rows.
+func TestCancelledPostgresRelayHandsTheOutboxOver(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, js := testkit.NATS(t)
+	dbA, dbB := openPostgresTwice(t)
+	for i := range 20 {
+		addFor(t, dbA, "c", i)
+	}
+	killedCtx, kill := context.WithCancel(ctx)
+	killed := outbox.NewRelay(dbA, js, testkit.Logger(t))
+	outbox.SetAfterClaim(killed, func(context.Context) { kill() })
+	require.NoError(t, killed.Run(killedCtx))
+	var left int
+	require.NoError(t, dbA.QueryRow(ctx, `SELECT COUNT(*) FROM outbox`).Scan(&left))
+	require.Positive(t, left, "the killed relay deleted nothing it had not published")
+
+	other := outbox.NewRelay(dbB, js, testkit.Logger(t))
+	runDone := make(chan error, 1)
+	go func() { runDone <- other.Run(ctx) }()
+	require.Eventually(t, func() bool {
+		var n int
+		return dbB.QueryRow(ctx, `SELECT COUNT(*) FROM outbox`).Scan(&n) == nil && n == 0
+	}, 10*time.Second, 10*time.Millisecond)
+	events := read(t, ctx, js, 20)
+	for i, e := range events {
+		require.Equal(t, fmt.Sprint(i), e.GetMeta().GetDetail())
+	}
+	require.EqualValues(t, 20, streamMsgs(t, ctx, js), "each event exactly once")
+	cancel()
+	require.NoError(t, <-runDone)
+}
+
+// A relay round that finds nothing commits nothing, and only commits that
+// wrote outbox rows wake the relay.
+func TestIdleRelayCommitsNothing(t *testing.T) {
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			_, _, js := testkit.NATS(t)
+			db := testkit.OpenDB(t, b)
+			ddl := schema
+			if db.Dialect() == sqldb.Postgres {
+				ddl = pgSchema
+			}
+			_, err := db.Exec(ctx, ddl)
+			require.NoError(t, err)
+			var commits atomic.Int64
+			db.OnCommit(func() { commits.Add(1) })
+			r := outbox.NewRelay(db, js, testkit.Logger(t))
+			for range 20 {
+				n, err := r.Flush(ctx)
+				require.NoError(t, err)
+				require.Zero(t, n)
+			}
+			require.Zero(t, commits.Load(), "an empty round commits nothing")
+
+			// A commit without outbox rows does not wake the relay.
+			_, err = db.Exec(ctx, `CREATE TABLE other (x INTEGER)`)
+			require.NoError(t, err)
+			select {
+			case <-outbox.Kicked(r):
+				t.Fatal("a commit without outbox rows woke the relay")
+			default:
+			}
+			add(t, db, 1)
+			select {
+			case <-outbox.Kicked(r):
+			default:
+				t.Fatal("a commit with outbox rows did not wake the relay")
+			}
 		})
 	}
 }

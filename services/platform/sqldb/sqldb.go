@@ -56,6 +56,7 @@ type DB struct {
 
 	mu       sync.Mutex
 	onCommit []func()
+	onSignal map[string][]func()
 
 	// SQLite only: prepared statements, so a query is parsed once per
 	// connection instead of on every call. readStmts is shared by callers;
@@ -206,11 +207,30 @@ func (d *DB) OnCommit(f func()) {
 	d.mu.Unlock()
 }
 
-func (d *DB) committed() {
+// OnSignal registers f to run after every committed Write whose transaction
+// called Signal(topic): the outbox relay wakes only for commits that wrote
+// outbox rows, not for its own or anybody else's. f must not block.
+func (d *DB) OnSignal(topic string, f func()) {
+	d.mu.Lock()
+	if d.onSignal == nil {
+		d.onSignal = map[string][]func(){}
+	}
+	d.onSignal[topic] = append(d.onSignal[topic], f)
+	d.mu.Unlock()
+}
+
+func (d *DB) committed(signals []string) {
 	d.mu.Lock()
 	fs := d.onCommit
+	var sigs []func()
+	for _, s := range signals {
+		sigs = append(sigs, d.onSignal[s]...)
+	}
 	d.mu.Unlock()
 	for _, f := range fs {
+		f()
+	}
+	for _, f := range sigs {
 		f()
 	}
 }
@@ -298,7 +318,16 @@ func rebind(d Dialect, q string) string {
 type Tx struct {
 	tx      *sql.Tx
 	dialect Dialect
-	db      *DB // SQLite: the statement cache of the writer
+	db      *DB      // SQLite: the statement cache of the writer
+	signals []string // topics to signal after the commit
+}
+
+// Signal runs the hooks registered with DB.OnSignal(topic) once this
+// transaction has committed (never when it rolls back).
+func (t *Tx) Signal(topic string) {
+	if !slices.Contains(t.signals, topic) {
+		t.signals = append(t.signals, topic)
+	}
 }
 
 // stmt returns q prepared on the writer connection for this transaction, or
@@ -371,7 +400,8 @@ func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
 		if err != nil {
 			return fmt.Errorf("begin: %w", err)
 		}
-		if err := fn(&Tx{tx: tx, dialect: Postgres}); err != nil {
+		t := &Tx{tx: tx, dialect: Postgres}
+		if err := fn(t); err != nil {
 			_ = tx.Rollback()
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -390,7 +420,7 @@ func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
 			}
 			return fmt.Errorf("commit: %w", err)
 		}
-		d.committed()
+		d.committed(t.signals)
 		return nil
 	}
 }
@@ -500,12 +530,14 @@ func (d *DB) runBatch(batch []*job) {
 			results[i] = j.fn(t)
 			continue
 		}
+		signalled := len(t.signals)
 		if _, err := tx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
 			_ = tx.Rollback()
 			fail(fmt.Errorf("savepoint: %w", err))
 			return
 		}
 		if results[i] = j.fn(t); results[i] != nil {
+			t.signals = t.signals[:signalled] // its writes are undone
 			if _, err := tx.ExecContext(ctx, "ROLLBACK TO w"); err != nil {
 				_ = tx.Rollback()
 				fail(fmt.Errorf("rollback to savepoint: %w", err))
@@ -527,7 +559,7 @@ func (d *DB) runBatch(batch []*job) {
 		fail(fmt.Errorf("commit: %w", err))
 		return
 	}
-	d.committed()
+	d.committed(t.signals)
 	for i, j := range batch {
 		j.done <- results[i]
 	}

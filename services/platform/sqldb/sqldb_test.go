@@ -87,3 +87,61 @@ func TestMigrateIsIdempotent(t *testing.T) {
 		})
 	}
 }
+
+// OnSignal hooks run once per committed write that signalled their topic,
+// never for a write that failed (on SQLite, rolled back inside a group
+// commit that others committed).
+func TestSignalRunsOnlyForCommittedWritesThatSignalled(t *testing.T) {
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			db := testkit.OpenDB(t, b)
+			_, err := db.Exec(ctx, `CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)`)
+			require.NoError(t, err)
+			var mu sync.Mutex
+			fired := 0
+			db.OnSignal("kv", func() { mu.Lock(); fired++; mu.Unlock() })
+
+			errBoom := errors.New("boom")
+			var wg sync.WaitGroup
+			for i := range 50 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_ = db.Write(ctx, func(tx *sqldb.Tx) error {
+						if _, err := tx.Exec(ctx, `INSERT INTO kv (k, v) VALUES (?, ?)`, fmt.Sprintf("k%d", i), i); err != nil {
+							return err
+						}
+						if i%2 == 0 {
+							tx.Signal("kv")
+						}
+						if i%5 == 0 {
+							return errBoom
+						}
+						return nil
+					})
+				}()
+			}
+			wg.Wait()
+			mu.Lock()
+			defer mu.Unlock()
+			require.Positive(t, fired, "signalled commits ran the hook")
+			if b.Name == "postgres" {
+				// One transaction per write: exactly the 20 even writes that
+				// were not also multiples of 5.
+				require.Equal(t, 20, fired)
+			} else {
+				require.LessOrEqual(t, fired, 20, "group commits run the hook at most once per signalled write")
+			}
+			// A write without a signal runs no hook.
+			before := fired
+			mu.Unlock()
+			_, err = db.Exec(ctx, `INSERT INTO kv (k, v) VALUES ('quiet', 1)`)
+			require.NoError(t, err)
+			// Nor does a signalled write that fails.
+			require.ErrorIs(t, db.Write(ctx, func(tx *sqldb.Tx) error { tx.Signal("kv"); return errBoom }), errBoom)
+			mu.Lock()
+			require.Equal(t, before, fired)
+		})
+	}
+}

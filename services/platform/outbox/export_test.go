@@ -1,0 +1,9 @@
+package outbox
+
+import "context"
+
+// SetAfterClaim makes r call f after each PostgreSQL round has read its batch.
+func SetAfterClaim(r *Relay, f func(ctx context.Context)) { r.afterClaim = f }
+
+// Kicked is the relay's wake-up channel.
+func Kicked(r *Relay) <-chan struct{} { return r.kick }
