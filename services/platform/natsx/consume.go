@@ -101,3 +101,14 @@ func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec 
 	inflight.Wait()
 	return nil
 }
+
+// Permanent reports an error the JetStream server answered (a refused
+// consumer or stream configuration, an unsupported feature): retrying the
+// same request cannot succeed. Connection loss and timeouts are not permanent.
+func Permanent(err error) bool {
+	var api *jetstream.APIError
+	if !errors.As(err, &api) {
+		return false
+	}
+	return api.Code >= 400 && api.Code < 500 && api.Code != 408
+}

@@ -95,8 +95,9 @@ func Specs() []natsx.ConsumerSpec {
 	return out
 }
 
-// Run consumes until ctx ends. A consumer that cannot be created (NATS
-// unreachable) is retried with backoff.
+// Run consumes until ctx ends. A consumer that cannot be created while NATS
+// is unreachable is retried with backoff; one the server refuses (a
+// JetStream API error) ends Run with that error.
 func (c *Consumers) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	for _, spec := range Specs() {
@@ -106,6 +107,9 @@ func (c *Consumers) Run(ctx context.Context) error {
 				err := natsx.Consume(ctx, c.JS, c.Log, spec, c.handle)
 				if ctx.Err() != nil {
 					return nil
+				}
+				if natsx.Permanent(err) {
+					return err // the server refuses the consumer: retrying will not help
 				}
 				c.Log.Warn("audit consumer not running; retrying", zap.String(logkeys.Stream, spec.Stream),
 					zap.Duration("backoff", backoff), zap.Error(err))

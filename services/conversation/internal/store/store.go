@@ -335,6 +335,15 @@ func (s *Store) RenamePatient(ctx context.Context, practice, patientID, displayN
 
 // ArchiveIdle implements domain.Repository.
 func (s *Store) ArchiveIdle(ctx context.Context, before time.Time, limit int, evs func(domain.Conversation) []domain.Event) (int, error) {
+	// A sweep that finds nothing commits nothing.
+	var one int
+	switch err := s.db.QueryRow(ctx, `SELECT 1 FROM conversations WHERE state = ? AND last_activity < ? LIMIT 1`,
+		int(domain.Active), sqldb.Micros(before)).Scan(&one); {
+	case errors.Is(err, sql.ErrNoRows):
+		return 0, nil
+	case err != nil:
+		return 0, err
+	}
 	n := 0
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT `+convColumns+` FROM conversations c WHERE c.state = ? AND c.last_activity < ?
