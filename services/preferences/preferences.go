@@ -87,3 +87,10 @@ func (s *Service) Run(ctx context.Context) error { return s.relay.Run(ctx) }
 
 // Close closes the database. Call it after Run has returned.
 func (s *Service) Close() error { return s.db.Close() }
+
+// Migrate applies the service's schema migrations to db (the "migrate"
+// subcommand; New applies them too).
+func Migrate(ctx context.Context, db *sqldb.DB) error {
+	_, err := store.New(ctx, db)
+	return err
+}

@@ -13,7 +13,17 @@ import (
 // Migrate applies the numbered migrations in dir of fsys ("0001_init.sql", …)
 // that are not applied yet, each in its own transaction, in order. The dir
 // for a dialect is "<dir>/sqlite" or "<dir>/postgres".
+//
+// A database migrated by a newer release (a version above every file) is
+// refused with ErrSchemaNewer; under CheckOnly(ctx) nothing is applied and
+// the schema is only checked (CheckSchema).
 func Migrate(ctx context.Context, db *DB, fsys fs.FS, dir string) error {
+	if checkOnly(ctx) {
+		return CheckSchema(ctx, db, fsys, dir)
+	}
+	if err := refuseNewer(ctx, db, fsys, dir); err != nil {
+		return err
+	}
 	dir = path.Join(dir, db.dialect.String())
 	entries, err := fs.ReadDir(fsys, dir)
 	if err != nil {

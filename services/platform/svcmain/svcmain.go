@@ -10,10 +10,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -46,6 +49,11 @@ type Common struct {
 	LogLevel      string
 	DebugAddr     string
 	NeedsDatabase bool
+	// MigrateOnStart applies the schema migrations when the service starts
+	// (default). Off, the service only checks that the database is at the
+	// version it needs, and a separate `<service> migrate` (a Kubernetes Job)
+	// applies them.
+	MigrateOnStart bool
 }
 
 // Flags registers the common flags on fs; every flag also reads the
@@ -66,6 +74,7 @@ func (c *Common) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long in-flight calls may finish on SIGTERM")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "operator-only listener for pprof and runtime metrics (off when empty)")
+	fs.BoolVar(&c.MigrateOnStart, "migrate-on-start", true, "apply schema migrations at start (false: only check the schema version; run `migrate` first)")
 }
 
 // Validate reports every problem at once.
@@ -185,12 +194,19 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 	if err != nil {
 		return err
 	}
+	if err := natsx.CheckServer(ctx, nc, js); err != nil {
+		return err
+	}
 	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{Replicas: c.NATSReplicas}); err != nil {
 		return err
 	}
 	srv := grpcx.NewServer(log, verifier)
 	rt := &Runtime{Log: log, NC: nc, JS: js, Server: srv, Common: c}
-	svc, err := build(ctx, rt)
+	bctx := ctx
+	if !c.MigrateOnStart {
+		bctx = sqldb.CheckOnly(ctx) // New checks the schema version instead of migrating
+	}
+	svc, err := build(bctx, rt)
 	if err != nil {
 		return err
 	}
@@ -233,10 +249,12 @@ func MigrateCommand(args []string) (bool, []string) {
 	return false, args
 }
 
-// RunMigrate opens dsn, applies a service's migrations and closes it.
-func RunMigrate(dsn string, migrate func(context.Context, *sqldb.DB) error) error {
+// RunMigrate is the "migrate" subcommand: it opens dsn, applies the
+// service's migrations, writes which versions it applied to out and closes
+// the database. It never starts the service.
+func RunMigrate(name, dsn string, out io.Writer, migrate func(context.Context, *sqldb.DB) error) error {
 	if dsn == "" {
-		return errors.New("migrate: --database-dsn is required")
+		return errors.New("migrate: --database-dsn (or CLINICCHAT_DATABASE_DSN) is required")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -245,11 +263,33 @@ func RunMigrate(dsn string, migrate func(context.Context, *sqldb.DB) error) erro
 		return err
 	}
 	defer db.Close()
-	if err := migrate(ctx, db); err != nil {
+	before, err := sqldb.AppliedVersions(ctx, db)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintln(os.Stdout, "migrations applied")
-	return nil
+	if err := migrate(ctx, db); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	after, err := sqldb.AppliedVersions(ctx, db)
+	if err != nil {
+		return err
+	}
+	var applied []string
+	for _, v := range after {
+		if !slices.Contains(before, v) {
+			applied = append(applied, strconv.FormatInt(v, 10))
+		}
+	}
+	version := int64(0)
+	if len(after) > 0 {
+		version = after[len(after)-1]
+	}
+	if len(applied) == 0 {
+		_, err = fmt.Fprintf(out, "%s: %s schema already at version %d; nothing to apply\n", name, db.Dialect(), version)
+	} else {
+		_, err = fmt.Fprintf(out, "%s: applied %s migration(s) %s; schema at version %d\n", name, db.Dialect(), strings.Join(applied, ", "), version)
+	}
+	return err
 }
 
 // RedactURLs hides passwords in a comma-separated list of URLs, for logs.

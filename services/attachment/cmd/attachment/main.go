@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"google.golang.org/grpc"
@@ -16,14 +17,16 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "attachment:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	migrate, args := svcmain.MigrateCommand(os.Args[1:])
+// run runs the binary with args (after the program name); the migrate
+// subcommand reports to stdout.
+func run(args []string, stdout io.Writer) error {
+	migrate, args := svcmain.MigrateCommand(args)
 	var common svcmain.Common
 	var cfg attachment.Config
 	fs := flag.NewFlagSet("attachment", flag.ContinueOnError)
@@ -33,7 +36,7 @@ func run() error {
 		return err
 	}
 	if migrate {
-		return svcmain.RunMigrate(common.DatabaseDSN, attachment.Migrate)
+		return svcmain.RunMigrate("attachment", common.DatabaseDSN, stdout, attachment.Migrate)
 	}
 	common.NeedsDatabase = true
 	cfg.DatabaseDSN = common.DatabaseDSN

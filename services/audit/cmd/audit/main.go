@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/clinicchat/clinicchat/services/audit"
@@ -14,14 +15,16 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "audit:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	migrate, args := svcmain.MigrateCommand(os.Args[1:])
+// run runs the binary with args (after the program name); the migrate
+// subcommand reports to stdout.
+func run(args []string, stdout io.Writer) error {
+	migrate, args := svcmain.MigrateCommand(args)
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
 	common := svcmain.Common{NeedsDatabase: true}
 	common.Flags(fs)
@@ -31,7 +34,7 @@ func run() error {
 		return err
 	}
 	if migrate {
-		return svcmain.RunMigrate(common.DatabaseDSN, audit.Migrate)
+		return svcmain.RunMigrate("audit", common.DatabaseDSN, stdout, audit.Migrate)
 	}
 	cfg.DatabaseDSN = common.DatabaseDSN
 	own := cfg

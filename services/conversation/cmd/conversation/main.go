@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/clinicchat/clinicchat/services/conversation"
@@ -13,14 +14,16 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "conversation:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	migrate, args := svcmain.MigrateCommand(os.Args[1:])
+// run runs the binary with args (after the program name); the migrate
+// subcommand reports to stdout.
+func run(args []string, stdout io.Writer) error {
+	migrate, args := svcmain.MigrateCommand(args)
 	var common svcmain.Common
 	var cfg conversation.Config
 	fs := flag.NewFlagSet("conversation", flag.ContinueOnError)
@@ -30,7 +33,7 @@ func run() error {
 		return err
 	}
 	if migrate {
-		return svcmain.RunMigrate(common.DatabaseDSN, conversation.Migrate)
+		return svcmain.RunMigrate("conversation", common.DatabaseDSN, stdout, conversation.Migrate)
 	}
 	common.NeedsDatabase = true
 	return svcmain.Main("conversation", &common, func(ctx context.Context, rt *svcmain.Runtime) (svcmain.Service, error) {

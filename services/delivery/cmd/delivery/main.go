@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"google.golang.org/grpc"
@@ -15,14 +16,16 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "delivery:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
-	migrate, args := svcmain.MigrateCommand(os.Args[1:])
+// run runs the binary with args (after the program name); the migrate
+// subcommand reports to stdout.
+func run(args []string, stdout io.Writer) error {
+	migrate, args := svcmain.MigrateCommand(args)
 	var common svcmain.Common
 	var cfg delivery.Config
 	fs := flag.NewFlagSet("delivery", flag.ContinueOnError)
@@ -32,7 +35,7 @@ func run() error {
 		return err
 	}
 	if migrate {
-		return svcmain.RunMigrate(common.DatabaseDSN, delivery.Migrate)
+		return svcmain.RunMigrate("delivery", common.DatabaseDSN, stdout, delivery.Migrate)
 	}
 	common.NeedsDatabase = true
 	return svcmain.Main("delivery", &common, func(ctx context.Context, rt *svcmain.Runtime) (svcmain.Service, error) {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
@@ -14,20 +15,26 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "preferences:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+// run runs the binary with args (after the program name); the migrate
+// subcommand reports to stdout.
+func run(args []string, stdout io.Writer) error {
+	migrate, args := svcmain.MigrateCommand(args)
 	common := svcmain.Common{NeedsDatabase: true}
 	var cfg preferences.Config
 	fs := flag.NewFlagSet("preferences", flag.ContinueOnError)
 	common.Flags(fs)
 	cfg.Flags(fs)
-	if err := svcmain.Parse(fs, os.Args[1:]); err != nil {
+	if err := svcmain.Parse(fs, args); err != nil {
 		return err
+	}
+	if migrate {
+		return svcmain.RunMigrate("preferences", common.DatabaseDSN, stdout, preferences.Migrate)
 	}
 	return svcmain.Main("preferences", &common, func(ctx context.Context, rt *svcmain.Runtime) (svcmain.Service, error) {
 		cfg.DatabaseDSN = rt.Common.DatabaseDSN
