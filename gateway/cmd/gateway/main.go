@@ -90,6 +90,9 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := natsx.CheckServer(ctx, nc, js); err != nil {
+		return err
+	}
 
 	var conns [5]*grpc.ClientConn
 	for i, addr := range cfg.Upstreams {

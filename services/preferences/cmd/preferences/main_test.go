@@ -7,9 +7,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/clinicchat/clinicchat/services/preferences"
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
+	"github.com/clinicchat/clinicchat/services/preferences"
 )
 
 // "preferences migrate" applies the schema and exits, configured by flags or, as a
