@@ -48,6 +48,8 @@ type App struct {
 	// ProjectionWait is how long MarkRead waits for a message it was told of
 	// to reach the projection (derived state lags writes by well under this).
 	ProjectionWait time.Duration
+
+	seqs seqWaiters // MarkRead calls waiting for the projection
 }
 
 // New returns the application layer.
@@ -279,6 +281,9 @@ func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversat
 			return c, domain.ErrBadUpTo
 		}
 		seq = n
+		if seq > c.LastMessageSeq+MaxUpToAhead {
+			return c, domain.ErrUpToAhead
+		}
 		if seq > c.LastMessageSeq {
 			// The caller saw a message the projection has not applied yet.
 			c = a.awaitSeq(ctx, who, c, seq)
@@ -294,23 +299,6 @@ func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversat
 			Meta: events.Meta(who, "conversation.read", c.Name(), now), Conversation: c.Name(),
 			Reader: who.Principal(), ReaderRole: who.Role, UpToSeq: c.ReadSeq})}
 	})
-}
-
-func (a *App) awaitSeq(ctx context.Context, who auth.Identity, c domain.Conversation, seq int64) domain.Conversation {
-	deadline := time.Now().Add(a.ProjectionWait)
-	t := time.NewTicker(time.Millisecond)
-	defer t.Stop()
-	for c.LastMessageSeq < seq && time.Now().Before(deadline) {
-		select {
-		case <-ctx.Done():
-			return c
-		case <-t.C:
-		}
-		if fresh, err := a.repo.Get(ctx, who.Practice, c.ID, viewer(who)); err == nil {
-			c = fresh
-		}
-	}
-	return c
 }
 
 // ApplyMessage projects a new message: last message fields, reactivation,
@@ -332,6 +320,9 @@ func (a *App) ApplyMessage(ctx context.Context, m domain.MessageApplied, practic
 		}
 		return out
 	})
+	if err == nil {
+		a.seqs.fire(convKey(m.Practice, m.ConversationID))
+	}
 	if errors.Is(err, domain.ErrNotFound) {
 		a.log.Error("message for an unknown conversation", zap.String(logkeys.Practice, m.Practice), zap.String(logkeys.Conversation, m.ConversationID))
 		return nil

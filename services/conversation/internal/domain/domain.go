@@ -126,6 +126,7 @@ var (
 	ErrBadName     = errs.InvalidArgument("Conversation name must look like conversations/{conversation}")
 	ErrBadPatient  = errs.InvalidArgument("Patient must look like patients/{patient}")
 	ErrBadUpTo     = errs.InvalidArgument("upTo must be a message of this conversation, conversations/{c}/messages/{m}")
+	ErrUpToAhead   = errs.InvalidArgument("upTo is more than 1000 messages past the last message of this conversation: no such message can exist yet")
 	ErrPatientGone = errs.NotFound("Patient not found")
 )
 
