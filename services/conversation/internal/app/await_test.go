@@ -33,7 +33,9 @@ func message(c domain.Conversation, seq int64) domain.MessageApplied {
 		Sender: "patients/pa", Time: time.Now(), Preview: "hi"}
 }
 
-func upTo(c domain.Conversation, seq int64) string { return fmt.Sprintf("%s/messages/%d", c.Name(), seq) }
+func upTo(c domain.Conversation, seq int64) string {
+	return fmt.Sprintf("%s/messages/%d", c.Name(), seq)
+}
 
 // MarkRead up to a message the projection has not applied yet waits for the
 // projection's commit and then reads up to it; a message that never comes
