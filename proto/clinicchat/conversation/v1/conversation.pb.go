@@ -101,8 +101,20 @@ type Conversation struct {
 	Muted bool `protobuf:"varint,10,opt,name=muted,proto3" json:"muted,omitempty"`
 	// Output only. Sequence number of the newest message (1-based; 0: none yet).
 	LastMessageSeq int32 `protobuf:"varint,11,opt,name=last_message_seq,json=lastMessageSeq,proto3" json:"last_message_seq,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Output only. Needs reply: the time of the patient's oldest message that no
+	// staff message has followed. Absent when staff had the last word or there
+	// are no messages. May lag a write by up to a second. Staff only (absent for
+	// a patient).
+	AwaitingReplySince *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=awaiting_reply_since,json=awaitingReplySince,proto3" json:"awaiting_reply_since,omitempty"`
+	// The staff user the practice assigned the thread to, "users/{u}"; empty
+	// when unassigned. Set with AssignConversation. Staff only (empty for a
+	// patient).
+	Assignee string `protobuf:"bytes,13,opt,name=assignee,proto3" json:"assignee,omitempty"`
+	// Output only. The assignee's display name (the "name" claim of their
+	// latest token; their user id when their tokens carry none). Staff only.
+	AssigneeDisplayName string `protobuf:"bytes,14,opt,name=assignee_display_name,json=assigneeDisplayName,proto3" json:"assignee_display_name,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Conversation) Reset() {
@@ -212,11 +224,108 @@ func (x *Conversation) GetLastMessageSeq() int32 {
 	return 0
 }
 
+func (x *Conversation) GetAwaitingReplySince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AwaitingReplySince
+	}
+	return nil
+}
+
+func (x *Conversation) GetAssignee() string {
+	if x != nil {
+		return x.Assignee
+	}
+	return ""
+}
+
+func (x *Conversation) GetAssigneeDisplayName() string {
+	if x != nil {
+		return x.AssigneeDisplayName
+	}
+	return ""
+}
+
+// A StaffMember is a staff user the practice has seen: staff need no
+// provisioning, so the practice learns them, with their names, from the tokens
+// of those who have used it.
+type StaffMember struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resource name "users/{u}" (the token's subject).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The "name" claim of their latest token; their user id when it carries none.
+	DisplayName string `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	// The "role" claim of their latest token (dentist, hygienist, assistant,
+	// front_desk, practice_admin).
+	Role string `protobuf:"bytes,3,opt,name=role,proto3" json:"role,omitempty"`
+	// When the practice last saw them with a changed name or role, or first saw them.
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StaffMember) Reset() {
+	*x = StaffMember{}
+	mi := &file_clinicchat_conversation_v1_conversation_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StaffMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StaffMember) ProtoMessage() {}
+
+func (x *StaffMember) ProtoReflect() protoreflect.Message {
+	mi := &file_clinicchat_conversation_v1_conversation_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StaffMember.ProtoReflect.Descriptor instead.
+func (*StaffMember) Descriptor() ([]byte, []int) {
+	return file_clinicchat_conversation_v1_conversation_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *StaffMember) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StaffMember) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *StaffMember) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *StaffMember) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
 var File_clinicchat_conversation_v1_conversation_proto protoreflect.FileDescriptor
 
 const file_clinicchat_conversation_v1_conversation_proto_rawDesc = "" +
 	"\n" +
-	"-clinicchat/conversation/v1/conversation.proto\x12\x1aclinicchat.conversation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x04\n" +
+	"-clinicchat/conversation/v1/conversation.proto\x12\x1aclinicchat.conversation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x05\n" +
 	"\fConversation\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\apatient\x18\x02 \x01(\tR\apatient\x120\n" +
@@ -230,12 +339,21 @@ const file_clinicchat_conversation_v1_conversation_proto_rawDesc = "" +
 	"\x06pinned\x18\t \x01(\bR\x06pinned\x12\x14\n" +
 	"\x05muted\x18\n" +
 	" \x01(\bR\x05muted\x12(\n" +
-	"\x10last_message_seq\x18\v \x01(\x05R\x0elastMessageSeq\"8\n" +
+	"\x10last_message_seq\x18\v \x01(\x05R\x0elastMessageSeq\x12L\n" +
+	"\x14awaiting_reply_since\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x12awaitingReplySince\x12\x1a\n" +
+	"\bassignee\x18\r \x01(\tR\bassignee\x122\n" +
+	"\x15assignee_display_name\x18\x0e \x01(\tR\x13assigneeDisplayName\"8\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
 	"\x06ACTIVE\x10\x01\x12\f\n" +
-	"\bARCHIVED\x10\x02BRZPgithub.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1;conversationv1b\x06proto3"
+	"\bARCHIVED\x10\x02\"\x95\x01\n" +
+	"\vStaffMember\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\x12;\n" +
+	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTimeBRZPgithub.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1;conversationv1b\x06proto3"
 
 var (
 	file_clinicchat_conversation_v1_conversation_proto_rawDescOnce sync.Once
@@ -250,21 +368,24 @@ func file_clinicchat_conversation_v1_conversation_proto_rawDescGZIP() []byte {
 }
 
 var file_clinicchat_conversation_v1_conversation_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_clinicchat_conversation_v1_conversation_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_clinicchat_conversation_v1_conversation_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_clinicchat_conversation_v1_conversation_proto_goTypes = []any{
 	(Conversation_State)(0),       // 0: clinicchat.conversation.v1.Conversation.State
 	(*Conversation)(nil),          // 1: clinicchat.conversation.v1.Conversation
-	(*timestamppb.Timestamp)(nil), // 2: google.protobuf.Timestamp
+	(*StaffMember)(nil),           // 2: clinicchat.conversation.v1.StaffMember
+	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
 }
 var file_clinicchat_conversation_v1_conversation_proto_depIdxs = []int32{
 	0, // 0: clinicchat.conversation.v1.Conversation.state:type_name -> clinicchat.conversation.v1.Conversation.State
-	2, // 1: clinicchat.conversation.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
-	2, // 2: clinicchat.conversation.v1.Conversation.last_message_time:type_name -> google.protobuf.Timestamp
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	3, // 1: clinicchat.conversation.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
+	3, // 2: clinicchat.conversation.v1.Conversation.last_message_time:type_name -> google.protobuf.Timestamp
+	3, // 3: clinicchat.conversation.v1.Conversation.awaiting_reply_since:type_name -> google.protobuf.Timestamp
+	3, // 4: clinicchat.conversation.v1.StaffMember.update_time:type_name -> google.protobuf.Timestamp
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_clinicchat_conversation_v1_conversation_proto_init() }
@@ -278,7 +399,7 @@ func file_clinicchat_conversation_v1_conversation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clinicchat_conversation_v1_conversation_proto_rawDesc), len(file_clinicchat_conversation_v1_conversation_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   1,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

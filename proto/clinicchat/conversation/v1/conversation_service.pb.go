@@ -21,6 +21,171 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Request for AssignConversation.
+type AssignConversationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "conversations/{conversation}".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// "users/{u}": a staff user the practice has seen. Empty: unassign.
+	Assignee      string `protobuf:"bytes,2,opt,name=assignee,proto3" json:"assignee,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AssignConversationRequest) Reset() {
+	*x = AssignConversationRequest{}
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AssignConversationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AssignConversationRequest) ProtoMessage() {}
+
+func (x *AssignConversationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AssignConversationRequest.ProtoReflect.Descriptor instead.
+func (*AssignConversationRequest) Descriptor() ([]byte, []int) {
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AssignConversationRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AssignConversationRequest) GetAssignee() string {
+	if x != nil {
+		return x.Assignee
+	}
+	return ""
+}
+
+// Request for ListStaff.
+type ListStaffRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many (default 200, max 1000).
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStaffRequest) Reset() {
+	*x = ListStaffRequest{}
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStaffRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStaffRequest) ProtoMessage() {}
+
+func (x *ListStaffRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStaffRequest.ProtoReflect.Descriptor instead.
+func (*ListStaffRequest) Descriptor() ([]byte, []int) {
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ListStaffRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListStaffRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// Response for ListStaff.
+type ListStaffResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// By display name, then name.
+	Staff []*StaffMember `protobuf:"bytes,1,rep,name=staff,proto3" json:"staff,omitempty"`
+	// Empty when there are no more.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListStaffResponse) Reset() {
+	*x = ListStaffResponse{}
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListStaffResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListStaffResponse) ProtoMessage() {}
+
+func (x *ListStaffResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListStaffResponse.ProtoReflect.Descriptor instead.
+func (*ListStaffResponse) Descriptor() ([]byte, []int) {
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListStaffResponse) GetStaff() []*StaffMember {
+	if x != nil {
+		return x.Staff
+	}
+	return nil
+}
+
+func (x *ListStaffResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 // Request for ResolveConversation.
 type ResolveConversationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -32,7 +197,7 @@ type ResolveConversationRequest struct {
 
 func (x *ResolveConversationRequest) Reset() {
 	*x = ResolveConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[0]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -44,7 +209,7 @@ func (x *ResolveConversationRequest) String() string {
 func (*ResolveConversationRequest) ProtoMessage() {}
 
 func (x *ResolveConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[0]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -57,7 +222,7 @@ func (x *ResolveConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveConversationRequest.ProtoReflect.Descriptor instead.
 func (*ResolveConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{0}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ResolveConversationRequest) GetName() string {
@@ -78,7 +243,7 @@ type CreateConversationRequest struct {
 
 func (x *CreateConversationRequest) Reset() {
 	*x = CreateConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[1]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -90,7 +255,7 @@ func (x *CreateConversationRequest) String() string {
 func (*CreateConversationRequest) ProtoMessage() {}
 
 func (x *CreateConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[1]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -103,7 +268,7 @@ func (x *CreateConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConversationRequest.ProtoReflect.Descriptor instead.
 func (*CreateConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{1}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateConversationRequest) GetConversation() *Conversation {
@@ -124,7 +289,7 @@ type GetConversationRequest struct {
 
 func (x *GetConversationRequest) Reset() {
 	*x = GetConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[2]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -136,7 +301,7 @@ func (x *GetConversationRequest) String() string {
 func (*GetConversationRequest) ProtoMessage() {}
 
 func (x *GetConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[2]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -149,7 +314,7 @@ func (x *GetConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConversationRequest.ProtoReflect.Descriptor instead.
 func (*GetConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{2}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetConversationRequest) GetName() string {
@@ -173,14 +338,19 @@ type ListConversationsRequest struct {
 	// Only these threads ("conversations/{c}"), whatever their state: how a
 	// live view refreshes rows it shows. Up to 100. Like every list, not
 	// audited as a view of each thread.
-	Names         []string `protobuf:"bytes,5,rep,name=names,proto3" json:"names,omitempty"`
+	Names []string `protobuf:"bytes,5,rep,name=names,proto3" json:"names,omitempty"`
+	// Needs reply: only threads awaiting a reply (awaiting_reply_since set),
+	// longest-waiting first instead of the default order. Staff only.
+	AwaitingReply bool `protobuf:"varint,6,opt,name=awaiting_reply,json=awaitingReply,proto3" json:"awaiting_reply,omitempty"`
+	// Only threads assigned to this staff user, "users/{u}". Staff only.
+	Assignee      string `protobuf:"bytes,7,opt,name=assignee,proto3" json:"assignee,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListConversationsRequest) Reset() {
 	*x = ListConversationsRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[3]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -192,7 +362,7 @@ func (x *ListConversationsRequest) String() string {
 func (*ListConversationsRequest) ProtoMessage() {}
 
 func (x *ListConversationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[3]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -205,7 +375,7 @@ func (x *ListConversationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversationsRequest.ProtoReflect.Descriptor instead.
 func (*ListConversationsRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{3}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListConversationsRequest) GetQuery() string {
@@ -243,10 +413,25 @@ func (x *ListConversationsRequest) GetNames() []string {
 	return nil
 }
 
+func (x *ListConversationsRequest) GetAwaitingReply() bool {
+	if x != nil {
+		return x.AwaitingReply
+	}
+	return false
+}
+
+func (x *ListConversationsRequest) GetAssignee() string {
+	if x != nil {
+		return x.Assignee
+	}
+	return ""
+}
+
 // Response for ListConversations.
 type ListConversationsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Pinned first, then by last_message_time, newest first.
+	// Pinned first, then by last_message_time, newest first (awaiting_reply:
+	// longest-waiting first).
 	Conversations []*Conversation `protobuf:"bytes,1,rep,name=conversations,proto3" json:"conversations,omitempty"`
 	// Empty when there are no more.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
@@ -256,7 +441,7 @@ type ListConversationsResponse struct {
 
 func (x *ListConversationsResponse) Reset() {
 	*x = ListConversationsResponse{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[4]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -268,7 +453,7 @@ func (x *ListConversationsResponse) String() string {
 func (*ListConversationsResponse) ProtoMessage() {}
 
 func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[4]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -281,7 +466,7 @@ func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversationsResponse.ProtoReflect.Descriptor instead.
 func (*ListConversationsResponse) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{4}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListConversationsResponse) GetConversations() []*Conversation {
@@ -309,7 +494,7 @@ type PinConversationRequest struct {
 
 func (x *PinConversationRequest) Reset() {
 	*x = PinConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[5]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -321,7 +506,7 @@ func (x *PinConversationRequest) String() string {
 func (*PinConversationRequest) ProtoMessage() {}
 
 func (x *PinConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[5]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -334,7 +519,7 @@ func (x *PinConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinConversationRequest.ProtoReflect.Descriptor instead.
 func (*PinConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{5}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PinConversationRequest) GetName() string {
@@ -355,7 +540,7 @@ type UnpinConversationRequest struct {
 
 func (x *UnpinConversationRequest) Reset() {
 	*x = UnpinConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[6]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -367,7 +552,7 @@ func (x *UnpinConversationRequest) String() string {
 func (*UnpinConversationRequest) ProtoMessage() {}
 
 func (x *UnpinConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[6]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -380,7 +565,7 @@ func (x *UnpinConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpinConversationRequest.ProtoReflect.Descriptor instead.
 func (*UnpinConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{6}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UnpinConversationRequest) GetName() string {
@@ -401,7 +586,7 @@ type MuteConversationRequest struct {
 
 func (x *MuteConversationRequest) Reset() {
 	*x = MuteConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[7]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -413,7 +598,7 @@ func (x *MuteConversationRequest) String() string {
 func (*MuteConversationRequest) ProtoMessage() {}
 
 func (x *MuteConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[7]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -426,7 +611,7 @@ func (x *MuteConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MuteConversationRequest.ProtoReflect.Descriptor instead.
 func (*MuteConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{7}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MuteConversationRequest) GetName() string {
@@ -447,7 +632,7 @@ type UnmuteConversationRequest struct {
 
 func (x *UnmuteConversationRequest) Reset() {
 	*x = UnmuteConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[8]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -459,7 +644,7 @@ func (x *UnmuteConversationRequest) String() string {
 func (*UnmuteConversationRequest) ProtoMessage() {}
 
 func (x *UnmuteConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[8]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -472,7 +657,7 @@ func (x *UnmuteConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnmuteConversationRequest.ProtoReflect.Descriptor instead.
 func (*UnmuteConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{8}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UnmuteConversationRequest) GetName() string {
@@ -495,7 +680,7 @@ type MarkConversationReadRequest struct {
 
 func (x *MarkConversationReadRequest) Reset() {
 	*x = MarkConversationReadRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[9]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +692,7 @@ func (x *MarkConversationReadRequest) String() string {
 func (*MarkConversationReadRequest) ProtoMessage() {}
 
 func (x *MarkConversationReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[9]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +705,7 @@ func (x *MarkConversationReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkConversationReadRequest.ProtoReflect.Descriptor instead.
 func (*MarkConversationReadRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{9}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MarkConversationReadRequest) GetName() string {
@@ -541,20 +726,32 @@ var File_clinicchat_conversation_v1_conversation_service_proto protoreflect.File
 
 const file_clinicchat_conversation_v1_conversation_service_proto_rawDesc = "" +
 	"\n" +
-	"5clinicchat/conversation/v1/conversation_service.proto\x12\x1aclinicchat.conversation.v1\x1a-clinicchat/conversation/v1/conversation.proto\"0\n" +
+	"5clinicchat/conversation/v1/conversation_service.proto\x12\x1aclinicchat.conversation.v1\x1a-clinicchat/conversation/v1/conversation.proto\"K\n" +
+	"\x19AssignConversationRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
+	"\bassignee\x18\x02 \x01(\tR\bassignee\"N\n" +
+	"\x10ListStaffRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"z\n" +
+	"\x11ListStaffResponse\x12=\n" +
+	"\x05staff\x18\x01 \x03(\v2'.clinicchat.conversation.v1.StaffMemberR\x05staff\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"0\n" +
 	"\x1aResolveConversationRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"i\n" +
 	"\x19CreateConversationRequest\x12L\n" +
 	"\fconversation\x18\x01 \x01(\v2(.clinicchat.conversation.v1.ConversationR\fconversation\",\n" +
 	"\x16GetConversationRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x9e\x01\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\xe1\x01\n" +
 	"\x18ListConversationsRequest\x12\x14\n" +
 	"\x05query\x18\x01 \x01(\tR\x05query\x12\x1a\n" +
 	"\barchived\x18\x02 \x01(\bR\barchived\x12\x1b\n" +
 	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x04 \x01(\tR\tpageToken\x12\x14\n" +
-	"\x05names\x18\x05 \x03(\tR\x05names\"\x93\x01\n" +
+	"\x05names\x18\x05 \x03(\tR\x05names\x12%\n" +
+	"\x0eawaiting_reply\x18\x06 \x01(\bR\rawaitingReply\x12\x1a\n" +
+	"\bassignee\x18\a \x01(\tR\bassignee\"\x93\x01\n" +
 	"\x19ListConversationsResponse\x12N\n" +
 	"\rconversations\x18\x01 \x03(\v2(.clinicchat.conversation.v1.ConversationR\rconversations\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\",\n" +
@@ -568,7 +765,8 @@ const file_clinicchat_conversation_v1_conversation_service_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"F\n" +
 	"\x1bMarkConversationReadRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x13\n" +
-	"\x05up_to\x18\x02 \x01(\tR\x04upTo2\xc4\b\n" +
+	"\x05up_to\x18\x02 \x01(\tR\x04upTo2\xa5\n" +
+	"\n" +
 	"\x13ConversationService\x12u\n" +
 	"\x12CreateConversation\x125.clinicchat.conversation.v1.CreateConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12o\n" +
 	"\x0fGetConversation\x122.clinicchat.conversation.v1.GetConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12\x80\x01\n" +
@@ -578,7 +776,9 @@ const file_clinicchat_conversation_v1_conversation_service_proto_rawDesc = "" +
 	"\x10MuteConversation\x123.clinicchat.conversation.v1.MuteConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12u\n" +
 	"\x12UnmuteConversation\x125.clinicchat.conversation.v1.UnmuteConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12y\n" +
 	"\x14MarkConversationRead\x127.clinicchat.conversation.v1.MarkConversationReadRequest\x1a(.clinicchat.conversation.v1.Conversation\x12w\n" +
-	"\x13ResolveConversation\x126.clinicchat.conversation.v1.ResolveConversationRequest\x1a(.clinicchat.conversation.v1.ConversationBRZPgithub.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1;conversationv1b\x06proto3"
+	"\x13ResolveConversation\x126.clinicchat.conversation.v1.ResolveConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12u\n" +
+	"\x12AssignConversation\x125.clinicchat.conversation.v1.AssignConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12h\n" +
+	"\tListStaff\x12,.clinicchat.conversation.v1.ListStaffRequest\x1a-.clinicchat.conversation.v1.ListStaffResponseBRZPgithub.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1;conversationv1b\x06proto3"
 
 var (
 	file_clinicchat_conversation_v1_conversation_service_proto_rawDescOnce sync.Once
@@ -592,46 +792,55 @@ func file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP() []
 	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescData
 }
 
-var file_clinicchat_conversation_v1_conversation_service_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_clinicchat_conversation_v1_conversation_service_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_clinicchat_conversation_v1_conversation_service_proto_goTypes = []any{
-	(*ResolveConversationRequest)(nil),  // 0: clinicchat.conversation.v1.ResolveConversationRequest
-	(*CreateConversationRequest)(nil),   // 1: clinicchat.conversation.v1.CreateConversationRequest
-	(*GetConversationRequest)(nil),      // 2: clinicchat.conversation.v1.GetConversationRequest
-	(*ListConversationsRequest)(nil),    // 3: clinicchat.conversation.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),   // 4: clinicchat.conversation.v1.ListConversationsResponse
-	(*PinConversationRequest)(nil),      // 5: clinicchat.conversation.v1.PinConversationRequest
-	(*UnpinConversationRequest)(nil),    // 6: clinicchat.conversation.v1.UnpinConversationRequest
-	(*MuteConversationRequest)(nil),     // 7: clinicchat.conversation.v1.MuteConversationRequest
-	(*UnmuteConversationRequest)(nil),   // 8: clinicchat.conversation.v1.UnmuteConversationRequest
-	(*MarkConversationReadRequest)(nil), // 9: clinicchat.conversation.v1.MarkConversationReadRequest
-	(*Conversation)(nil),                // 10: clinicchat.conversation.v1.Conversation
+	(*AssignConversationRequest)(nil),   // 0: clinicchat.conversation.v1.AssignConversationRequest
+	(*ListStaffRequest)(nil),            // 1: clinicchat.conversation.v1.ListStaffRequest
+	(*ListStaffResponse)(nil),           // 2: clinicchat.conversation.v1.ListStaffResponse
+	(*ResolveConversationRequest)(nil),  // 3: clinicchat.conversation.v1.ResolveConversationRequest
+	(*CreateConversationRequest)(nil),   // 4: clinicchat.conversation.v1.CreateConversationRequest
+	(*GetConversationRequest)(nil),      // 5: clinicchat.conversation.v1.GetConversationRequest
+	(*ListConversationsRequest)(nil),    // 6: clinicchat.conversation.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),   // 7: clinicchat.conversation.v1.ListConversationsResponse
+	(*PinConversationRequest)(nil),      // 8: clinicchat.conversation.v1.PinConversationRequest
+	(*UnpinConversationRequest)(nil),    // 9: clinicchat.conversation.v1.UnpinConversationRequest
+	(*MuteConversationRequest)(nil),     // 10: clinicchat.conversation.v1.MuteConversationRequest
+	(*UnmuteConversationRequest)(nil),   // 11: clinicchat.conversation.v1.UnmuteConversationRequest
+	(*MarkConversationReadRequest)(nil), // 12: clinicchat.conversation.v1.MarkConversationReadRequest
+	(*StaffMember)(nil),                 // 13: clinicchat.conversation.v1.StaffMember
+	(*Conversation)(nil),                // 14: clinicchat.conversation.v1.Conversation
 }
 var file_clinicchat_conversation_v1_conversation_service_proto_depIdxs = []int32{
-	10, // 0: clinicchat.conversation.v1.CreateConversationRequest.conversation:type_name -> clinicchat.conversation.v1.Conversation
-	10, // 1: clinicchat.conversation.v1.ListConversationsResponse.conversations:type_name -> clinicchat.conversation.v1.Conversation
-	1,  // 2: clinicchat.conversation.v1.ConversationService.CreateConversation:input_type -> clinicchat.conversation.v1.CreateConversationRequest
-	2,  // 3: clinicchat.conversation.v1.ConversationService.GetConversation:input_type -> clinicchat.conversation.v1.GetConversationRequest
-	3,  // 4: clinicchat.conversation.v1.ConversationService.ListConversations:input_type -> clinicchat.conversation.v1.ListConversationsRequest
-	5,  // 5: clinicchat.conversation.v1.ConversationService.PinConversation:input_type -> clinicchat.conversation.v1.PinConversationRequest
-	6,  // 6: clinicchat.conversation.v1.ConversationService.UnpinConversation:input_type -> clinicchat.conversation.v1.UnpinConversationRequest
-	7,  // 7: clinicchat.conversation.v1.ConversationService.MuteConversation:input_type -> clinicchat.conversation.v1.MuteConversationRequest
-	8,  // 8: clinicchat.conversation.v1.ConversationService.UnmuteConversation:input_type -> clinicchat.conversation.v1.UnmuteConversationRequest
-	9,  // 9: clinicchat.conversation.v1.ConversationService.MarkConversationRead:input_type -> clinicchat.conversation.v1.MarkConversationReadRequest
-	0,  // 10: clinicchat.conversation.v1.ConversationService.ResolveConversation:input_type -> clinicchat.conversation.v1.ResolveConversationRequest
-	10, // 11: clinicchat.conversation.v1.ConversationService.CreateConversation:output_type -> clinicchat.conversation.v1.Conversation
-	10, // 12: clinicchat.conversation.v1.ConversationService.GetConversation:output_type -> clinicchat.conversation.v1.Conversation
-	4,  // 13: clinicchat.conversation.v1.ConversationService.ListConversations:output_type -> clinicchat.conversation.v1.ListConversationsResponse
-	10, // 14: clinicchat.conversation.v1.ConversationService.PinConversation:output_type -> clinicchat.conversation.v1.Conversation
-	10, // 15: clinicchat.conversation.v1.ConversationService.UnpinConversation:output_type -> clinicchat.conversation.v1.Conversation
-	10, // 16: clinicchat.conversation.v1.ConversationService.MuteConversation:output_type -> clinicchat.conversation.v1.Conversation
-	10, // 17: clinicchat.conversation.v1.ConversationService.UnmuteConversation:output_type -> clinicchat.conversation.v1.Conversation
-	10, // 18: clinicchat.conversation.v1.ConversationService.MarkConversationRead:output_type -> clinicchat.conversation.v1.Conversation
-	10, // 19: clinicchat.conversation.v1.ConversationService.ResolveConversation:output_type -> clinicchat.conversation.v1.Conversation
-	11, // [11:20] is the sub-list for method output_type
-	2,  // [2:11] is the sub-list for method input_type
-	2,  // [2:2] is the sub-list for extension type_name
-	2,  // [2:2] is the sub-list for extension extendee
-	0,  // [0:2] is the sub-list for field type_name
+	13, // 0: clinicchat.conversation.v1.ListStaffResponse.staff:type_name -> clinicchat.conversation.v1.StaffMember
+	14, // 1: clinicchat.conversation.v1.CreateConversationRequest.conversation:type_name -> clinicchat.conversation.v1.Conversation
+	14, // 2: clinicchat.conversation.v1.ListConversationsResponse.conversations:type_name -> clinicchat.conversation.v1.Conversation
+	4,  // 3: clinicchat.conversation.v1.ConversationService.CreateConversation:input_type -> clinicchat.conversation.v1.CreateConversationRequest
+	5,  // 4: clinicchat.conversation.v1.ConversationService.GetConversation:input_type -> clinicchat.conversation.v1.GetConversationRequest
+	6,  // 5: clinicchat.conversation.v1.ConversationService.ListConversations:input_type -> clinicchat.conversation.v1.ListConversationsRequest
+	8,  // 6: clinicchat.conversation.v1.ConversationService.PinConversation:input_type -> clinicchat.conversation.v1.PinConversationRequest
+	9,  // 7: clinicchat.conversation.v1.ConversationService.UnpinConversation:input_type -> clinicchat.conversation.v1.UnpinConversationRequest
+	10, // 8: clinicchat.conversation.v1.ConversationService.MuteConversation:input_type -> clinicchat.conversation.v1.MuteConversationRequest
+	11, // 9: clinicchat.conversation.v1.ConversationService.UnmuteConversation:input_type -> clinicchat.conversation.v1.UnmuteConversationRequest
+	12, // 10: clinicchat.conversation.v1.ConversationService.MarkConversationRead:input_type -> clinicchat.conversation.v1.MarkConversationReadRequest
+	3,  // 11: clinicchat.conversation.v1.ConversationService.ResolveConversation:input_type -> clinicchat.conversation.v1.ResolveConversationRequest
+	0,  // 12: clinicchat.conversation.v1.ConversationService.AssignConversation:input_type -> clinicchat.conversation.v1.AssignConversationRequest
+	1,  // 13: clinicchat.conversation.v1.ConversationService.ListStaff:input_type -> clinicchat.conversation.v1.ListStaffRequest
+	14, // 14: clinicchat.conversation.v1.ConversationService.CreateConversation:output_type -> clinicchat.conversation.v1.Conversation
+	14, // 15: clinicchat.conversation.v1.ConversationService.GetConversation:output_type -> clinicchat.conversation.v1.Conversation
+	7,  // 16: clinicchat.conversation.v1.ConversationService.ListConversations:output_type -> clinicchat.conversation.v1.ListConversationsResponse
+	14, // 17: clinicchat.conversation.v1.ConversationService.PinConversation:output_type -> clinicchat.conversation.v1.Conversation
+	14, // 18: clinicchat.conversation.v1.ConversationService.UnpinConversation:output_type -> clinicchat.conversation.v1.Conversation
+	14, // 19: clinicchat.conversation.v1.ConversationService.MuteConversation:output_type -> clinicchat.conversation.v1.Conversation
+	14, // 20: clinicchat.conversation.v1.ConversationService.UnmuteConversation:output_type -> clinicchat.conversation.v1.Conversation
+	14, // 21: clinicchat.conversation.v1.ConversationService.MarkConversationRead:output_type -> clinicchat.conversation.v1.Conversation
+	14, // 22: clinicchat.conversation.v1.ConversationService.ResolveConversation:output_type -> clinicchat.conversation.v1.Conversation
+	14, // 23: clinicchat.conversation.v1.ConversationService.AssignConversation:output_type -> clinicchat.conversation.v1.Conversation
+	2,  // 24: clinicchat.conversation.v1.ConversationService.ListStaff:output_type -> clinicchat.conversation.v1.ListStaffResponse
+	14, // [14:25] is the sub-list for method output_type
+	3,  // [3:14] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_clinicchat_conversation_v1_conversation_service_proto_init() }
@@ -646,7 +855,7 @@ func file_clinicchat_conversation_v1_conversation_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clinicchat_conversation_v1_conversation_service_proto_rawDesc), len(file_clinicchat_conversation_v1_conversation_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,8 @@ const (
 	ConversationService_UnmuteConversation_FullMethodName   = "/clinicchat.conversation.v1.ConversationService/UnmuteConversation"
 	ConversationService_MarkConversationRead_FullMethodName = "/clinicchat.conversation.v1.ConversationService/MarkConversationRead"
 	ConversationService_ResolveConversation_FullMethodName  = "/clinicchat.conversation.v1.ConversationService/ResolveConversation"
+	ConversationService_AssignConversation_FullMethodName   = "/clinicchat.conversation.v1.ConversationService/AssignConversation"
+	ConversationService_ListStaff_FullMethodName            = "/clinicchat.conversation.v1.ConversationService/ListStaff"
 )
 
 // ConversationServiceClient is the client API for ConversationService service.
@@ -61,6 +63,15 @@ type ConversationServiceClient interface {
 	// PHI. For other services' authorization; not a view and not audited as one.
 	// Callers: the thread's participants; others get NOT_FOUND.
 	ResolveConversation(ctx context.Context, in *ResolveConversationRequest, opts ...grpc.CallOption) (*Conversation, error)
+	// Assigns the thread to one staff user of the practice, or clears the
+	// assignment (empty assignee). The assignee must be someone the practice has
+	// seen (ListStaff); anyone else is INVALID_ARGUMENT naming them. Shared by the
+	// practice, audited ("conversation.assign") and published as
+	// ConversationUpdated. Callers: staff.
+	AssignConversation(ctx context.Context, in *AssignConversationRequest, opts ...grpc.CallOption) (*Conversation, error)
+	// Lists the practice's staff users seen so far (for the assign dialog), by
+	// display name. Callers: staff.
+	ListStaff(ctx context.Context, in *ListStaffRequest, opts ...grpc.CallOption) (*ListStaffResponse, error)
 }
 
 type conversationServiceClient struct {
@@ -161,6 +172,26 @@ func (c *conversationServiceClient) ResolveConversation(ctx context.Context, in 
 	return out, nil
 }
 
+func (c *conversationServiceClient) AssignConversation(ctx context.Context, in *AssignConversationRequest, opts ...grpc.CallOption) (*Conversation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Conversation)
+	err := c.cc.Invoke(ctx, ConversationService_AssignConversation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *conversationServiceClient) ListStaff(ctx context.Context, in *ListStaffRequest, opts ...grpc.CallOption) (*ListStaffResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListStaffResponse)
+	err := c.cc.Invoke(ctx, ConversationService_ListStaff_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ConversationServiceServer is the server API for ConversationService service.
 // All implementations must embed UnimplementedConversationServiceServer
 // for forward compatibility.
@@ -192,6 +223,15 @@ type ConversationServiceServer interface {
 	// PHI. For other services' authorization; not a view and not audited as one.
 	// Callers: the thread's participants; others get NOT_FOUND.
 	ResolveConversation(context.Context, *ResolveConversationRequest) (*Conversation, error)
+	// Assigns the thread to one staff user of the practice, or clears the
+	// assignment (empty assignee). The assignee must be someone the practice has
+	// seen (ListStaff); anyone else is INVALID_ARGUMENT naming them. Shared by the
+	// practice, audited ("conversation.assign") and published as
+	// ConversationUpdated. Callers: staff.
+	AssignConversation(context.Context, *AssignConversationRequest) (*Conversation, error)
+	// Lists the practice's staff users seen so far (for the assign dialog), by
+	// display name. Callers: staff.
+	ListStaff(context.Context, *ListStaffRequest) (*ListStaffResponse, error)
 	mustEmbedUnimplementedConversationServiceServer()
 }
 
@@ -228,6 +268,12 @@ func (UnimplementedConversationServiceServer) MarkConversationRead(context.Conte
 }
 func (UnimplementedConversationServiceServer) ResolveConversation(context.Context, *ResolveConversationRequest) (*Conversation, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResolveConversation not implemented")
+}
+func (UnimplementedConversationServiceServer) AssignConversation(context.Context, *AssignConversationRequest) (*Conversation, error) {
+	return nil, status.Error(codes.Unimplemented, "method AssignConversation not implemented")
+}
+func (UnimplementedConversationServiceServer) ListStaff(context.Context, *ListStaffRequest) (*ListStaffResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListStaff not implemented")
 }
 func (UnimplementedConversationServiceServer) mustEmbedUnimplementedConversationServiceServer() {}
 func (UnimplementedConversationServiceServer) testEmbeddedByValue()                             {}
@@ -412,6 +458,42 @@ func _ConversationService_ResolveConversation_Handler(srv interface{}, ctx conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ConversationService_AssignConversation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AssignConversationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConversationServiceServer).AssignConversation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConversationService_AssignConversation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConversationServiceServer).AssignConversation(ctx, req.(*AssignConversationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ConversationService_ListStaff_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListStaffRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConversationServiceServer).ListStaff(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConversationService_ListStaff_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConversationServiceServer).ListStaff(ctx, req.(*ListStaffRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ConversationService_ServiceDesc is the grpc.ServiceDesc for ConversationService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -454,6 +536,14 @@ var ConversationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResolveConversation",
 			Handler:    _ConversationService_ResolveConversation_Handler,
+		},
+		{
+			MethodName: "AssignConversation",
+			Handler:    _ConversationService_AssignConversation_Handler,
+		},
+		{
+			MethodName: "ListStaff",
+			Handler:    _ConversationService_ListStaff_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -49,7 +49,8 @@ type App struct {
 	// to reach the projection (derived state lags writes by well under this).
 	ProjectionWait time.Duration
 
-	seqs seqWaiters // MarkRead calls waiting for the projection
+	seqs  seqWaiters // MarkRead calls waiting for the projection
+	staff staffCache
 }
 
 // New returns the application layer.
@@ -63,6 +64,16 @@ func caller(ctx context.Context) (auth.Identity, error) {
 		return id, errs.Unauthenticated("Sign in again: no verified caller")
 	}
 	return id, nil
+}
+
+// caller is the verified caller; a staff caller is recorded as seen by the
+// practice (for assignment) when new or when their name or role changed.
+func (a *App) caller(ctx context.Context) (auth.Identity, error) {
+	who, err := caller(ctx)
+	if err != nil || !who.IsStaff() {
+		return who, err
+	}
+	return who, a.staff.see(ctx, a.repo, who, a.now())
 }
 
 func viewer(id auth.Identity) domain.Viewer {
@@ -97,7 +108,7 @@ func ParseName(name string) (string, error) {
 
 // Create finds the patient's thread or starts it. Staff and system only.
 func (a *App) Create(ctx context.Context, patient string) (domain.Conversation, error) {
-	who, err := caller(ctx)
+	who, err := a.caller(ctx)
 	if err != nil {
 		return domain.Conversation{}, err
 	}
@@ -138,7 +149,7 @@ func (a *App) Create(ctx context.Context, patient string) (domain.Conversation, 
 // load gets a thread the caller participates in, or records a refusal of
 // action and answers NOT_FOUND.
 func (a *App) load(ctx context.Context, name, action string) (auth.Identity, domain.Conversation, error) {
-	who, err := caller(ctx)
+	who, err := a.caller(ctx)
 	if err != nil {
 		return who, domain.Conversation{}, err
 	}
@@ -167,7 +178,7 @@ func (a *App) Get(ctx context.Context, name string) (domain.Conversation, error)
 	if err != nil {
 		return c, err
 	}
-	return c, a.repo.Record(ctx, ev(natsx.SubjectConversationAccess,
+	return ForViewer(who, c), a.repo.Record(ctx, ev(natsx.SubjectConversationAccess,
 		&typev1.AccessRecorded{Meta: events.Meta(who, "conversation.view", c.Name(), a.now())}))
 }
 
@@ -185,17 +196,29 @@ type ListRequest struct {
 	Names     []string
 	PageSize  int
 	PageToken string
+	// AwaitingReply and Assignee are staff-only filters.
+	AwaitingReply bool
+	Assignee      string
 }
 
 // List lists the practice's threads for staff, the patient's own for a patient.
 func (a *App) List(ctx context.Context, r ListRequest) ([]domain.Conversation, string, error) {
-	who, err := caller(ctx)
+	who, err := a.caller(ctx)
 	if err != nil {
 		return nil, "", err
 	}
-	q := domain.ListQuery{Practice: who.Practice, Viewer: viewer(who), Words: textfold.Words(r.Query), Archived: r.Archived}
+	q := domain.ListQuery{Practice: who.Practice, Viewer: viewer(who), Words: textfold.Words(r.Query), Archived: r.Archived,
+		AwaitingReply: r.AwaitingReply, Assignee: r.Assignee}
+	if r.Assignee != "" {
+		if _, ok := ids.Parse(r.Assignee, "users"); !ok {
+			return nil, "", errs.InvalidArgument("assignee must look like users/{u}")
+		}
+	}
 	switch {
 	case who.IsPatient():
+		if r.AwaitingReply || r.Assignee != "" {
+			return nil, "", domain.ErrStaffOnly
+		}
 		q.PatientID = who.Subject
 	case who.IsStaff() || who.IsSystem():
 	default:
@@ -221,9 +244,15 @@ func (a *App) List(ctx context.Context, r ListRequest) ([]domain.Conversation, s
 		if err != nil {
 			return nil, "", err
 		}
+		if cur.Awaiting != q.AwaitingReply {
+			return nil, "", errBadPageToken
+		}
 		q.After = cur
 	}
 	list, next, err := a.repo.List(ctx, q)
+	for i := range list {
+		list[i] = ForViewer(who, list[i])
+	}
 	if err != nil || next == nil {
 		return list, "", err
 	}
@@ -242,10 +271,12 @@ func decodeCursor(s string) (*domain.Cursor, error) {
 		err = json.Unmarshal(b, &c)
 	}
 	if err != nil {
-		return nil, errs.InvalidArgument("pageToken is not one this service returned")
+		return nil, errBadPageToken
 	}
 	return &c, nil
 }
+
+var errBadPageToken = errs.InvalidArgument("pageToken is not one this service returned")
 
 // SetFlags pins, unpins, mutes or unmutes for the calling staff user.
 func (a *App) SetFlags(ctx context.Context, name, action string, f domain.UserFlags) (domain.Conversation, error) {
@@ -290,7 +321,7 @@ func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversat
 		}
 	}
 	now := a.now()
-	return a.repo.MarkRead(ctx, who.Practice, c.ID, viewer(who), seq, func(c domain.Conversation, advanced bool) []domain.Event {
+	out, err := a.repo.MarkRead(ctx, who.Practice, c.ID, viewer(who), seq, func(c domain.Conversation, advanced bool) []domain.Event {
 		if !advanced {
 			return []domain.Event{ev(natsx.SubjectConversationAccess,
 				&typev1.AccessRecorded{Meta: events.Meta(who, "conversation.read", c.Name(), now)})}
@@ -299,6 +330,7 @@ func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversat
 			Meta: events.Meta(who, "conversation.read", c.Name(), now), Conversation: c.Name(),
 			Reader: who.Principal(), ReaderRole: who.Role, UpToSeq: c.ReadSeq})}
 	})
+	return ForViewer(who, out), err
 }
 
 // ApplyMessage projects a new message: last message fields, reactivation,
@@ -351,6 +383,75 @@ func (a *App) ArchiveIdle(ctx context.Context) (int, error) {
 	}
 }
 
+// Assign assigns the thread to a staff user the practice has seen ("users/u"),
+// or clears the assignment (""). Staff only; audited as conversation.assign
+// and published as ConversationUpdated.
+func (a *App) Assign(ctx context.Context, name, assignee string) (domain.Conversation, error) {
+	const action = "conversation.assign"
+	who, c, err := a.load(ctx, name, action)
+	if err != nil {
+		return c, err
+	}
+	if !who.IsStaff() {
+		return c, a.denied(ctx, who, action, name, domain.ErrStaffOnly)
+	}
+	if assignee != "" {
+		if _, ok := ids.Parse(assignee, "users"); !ok {
+			return c, domain.ErrBadAssignee
+		}
+	}
+	now := a.now()
+	return a.repo.Assign(ctx, who.Practice, c.ID, assignee, viewer(who), func(c domain.Conversation) []domain.Event {
+		meta := events.Meta(who, action, c.Name(), now)
+		meta.Detail = "assignee=" + assignee // a user id, not PHI; empty: unassigned
+		return []domain.Event{ev(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
+			Meta: meta, Conversation: ToProto(Shared(c))})}
+	})
+}
+
+// ListStaff lists the staff users the practice has seen. Staff only.
+func (a *App) ListStaff(ctx context.Context, pageSize int, pageToken string) ([]domain.StaffMember, string, error) {
+	who, err := a.caller(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	if !who.IsStaff() {
+		return nil, "", a.denied(ctx, who, "staff.list", "staff", domain.ErrStaffOnly)
+	}
+	limit := pageSize
+	if limit <= 0 {
+		limit = 200
+	}
+	limit = min(limit, 1000)
+	var after *domain.StaffCursor
+	if pageToken != "" {
+		b, err := base64.RawURLEncoding.DecodeString(pageToken)
+		var c domain.StaffCursor
+		if err == nil {
+			err = json.Unmarshal(b, &c)
+		}
+		if err != nil {
+			return nil, "", errBadPageToken
+		}
+		after = &c
+	}
+	list, more, err := a.repo.ListStaff(ctx, who.Practice, after, limit)
+	if err != nil || !more {
+		return list, "", err
+	}
+	last := list[len(list)-1]
+	b, _ := json.Marshal(domain.StaffCursor{DisplayName: last.DisplayName, User: last.User})
+	return list, base64.RawURLEncoding.EncodeToString(b), nil
+}
+
+// ForViewer hides staff-only fields (needs reply, assignment) from a patient.
+func ForViewer(who auth.Identity, c domain.Conversation) domain.Conversation {
+	if !who.IsStaff() && !who.IsSystem() {
+		c.AwaitingReplySince, c.Assignee, c.AssigneeDisplayName = time.Time{}, "", ""
+	}
+	return c
+}
+
 // Shared strips per-user fields, for events everyone may receive.
 func Shared(c domain.Conversation) domain.Conversation {
 	c.Pinned, c.Muted, c.ReadSeq, c.UnreadCount = false, false, 0, 0
@@ -360,19 +461,24 @@ func Shared(c domain.Conversation) domain.Conversation {
 // ToProto renders a thread.
 func ToProto(c domain.Conversation) *conversationv1.Conversation {
 	out := &conversationv1.Conversation{
-		Name:               c.Name(),
-		Patient:            c.Patient(),
-		PatientDisplayName: c.PatientDisplayName,
-		State:              conversationv1.Conversation_State(c.State),
-		CreateTime:         timestamppb.New(c.CreateTime),
-		LastMessagePreview: c.LastMessagePreview,
-		UnreadCount:        int32(c.UnreadCount),
-		Pinned:             c.Pinned,
-		Muted:              c.Muted,
-		LastMessageSeq:     int32(c.LastMessageSeq),
+		Name:                c.Name(),
+		Patient:             c.Patient(),
+		PatientDisplayName:  c.PatientDisplayName,
+		State:               conversationv1.Conversation_State(c.State),
+		CreateTime:          timestamppb.New(c.CreateTime),
+		LastMessagePreview:  c.LastMessagePreview,
+		UnreadCount:         int32(c.UnreadCount),
+		Pinned:              c.Pinned,
+		Muted:               c.Muted,
+		LastMessageSeq:      int32(c.LastMessageSeq),
+		Assignee:            c.Assignee,
+		AssigneeDisplayName: c.AssigneeDisplayName,
 	}
 	if !c.LastMessageTime.IsZero() {
 		out.LastMessageTime = timestamppb.New(c.LastMessageTime)
+	}
+	if !c.AwaitingReplySince.IsZero() {
+		out.AwaitingReplySince = timestamppb.New(c.AwaitingReplySince)
 	}
 	return out
 }

@@ -3,8 +3,10 @@ package domain
 
 import (
 	"context"
-	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"strings"
 	"time"
+
+	"github.com/clinicchat/clinicchat/services/platform/outbox"
 
 	"github.com/clinicchat/clinicchat/services/platform/errs"
 )
@@ -29,6 +31,13 @@ type Conversation struct {
 	LastMessageTime    time.Time
 	LastMessageSeq     int64
 	LastMessagePreview string // PHI
+	// AwaitingReplySince is the time of the patient's oldest message that no
+	// staff message has followed; zero when staff had the last word.
+	AwaitingReplySince time.Time
+	// Assignee is "users/{u}" or "" (unassigned); AssigneeDisplayName their
+	// name as the practice last saw it.
+	Assignee            string
+	AssigneeDisplayName string
 
 	// Viewer's own state.
 	Pinned      bool
@@ -49,11 +58,13 @@ type Viewer struct {
 	IsPatient bool
 }
 
-// Cursor is a keyset position in a list.
+// Cursor is a keyset position in a list. Awaiting marks a position in the
+// needs-reply order (LastActivity then holds awaiting_reply_since).
 type Cursor struct {
 	Pinned       bool
 	LastActivity int64
 	ID           string
+	Awaiting     bool `json:",omitempty"`
 }
 
 // ListQuery selects threads.
@@ -64,8 +75,11 @@ type ListQuery struct {
 	Words     []string // folded name prefixes
 	Archived  bool
 	IDs       []string // only these threads, in any state
-	Limit     int
-	After     *Cursor
+	// AwaitingReply lists only threads awaiting a reply, longest-waiting first.
+	AwaitingReply bool
+	Assignee      string // only threads assigned to "users/{u}"
+	Limit         int
+	After         *Cursor
 }
 
 // Event is an outbox entry written in the same transaction as a change.
@@ -80,6 +94,23 @@ type MessageApplied struct {
 	Sender         string // "users/u" or "patients/p"
 	Time           time.Time
 	Preview        string
+}
+
+// StaffMember is a staff user the practice has seen.
+type StaffMember struct {
+	Practice    string
+	User        string // "users/{u}"
+	DisplayName string // the token's name claim; may be empty
+	Role        string
+	UpdateTime  time.Time
+}
+
+// ShownName is the display name, or the user id when there is none.
+func (m StaffMember) ShownName() string {
+	if m.DisplayName != "" {
+		return m.DisplayName
+	}
+	return strings.TrimPrefix(m.User, "users/")
 }
 
 // UserFlags is a pin or mute change; nil leaves a flag as it is.
@@ -115,6 +146,21 @@ type Repository interface {
 	ArchiveIdle(ctx context.Context, before time.Time, limit int, evs func(Conversation) []Event) (int, error)
 	// Record writes events that go with no change (accesses, refusals).
 	Record(ctx context.Context, evs ...Event) error
+	// Assign sets the thread's assignee ("users/{u}" or "" to clear) and
+	// writes the events; ErrUnknownStaff (wrapped) when the practice has not
+	// seen that user.
+	Assign(ctx context.Context, practice, id, assignee string, v Viewer, evs func(Conversation) []Event) (Conversation, error)
+	// SaveStaff records a staff user as seen (insert, or update the name and role).
+	SaveStaff(ctx context.Context, m StaffMember) error
+	// ListStaff lists the practice's staff by display name, then user id,
+	// after (displayName, user) when set; up to limit, and whether there are more.
+	ListStaff(ctx context.Context, practice string, after *StaffCursor, limit int) ([]StaffMember, bool, error)
+}
+
+// StaffCursor is a keyset position in the staff list.
+type StaffCursor struct {
+	DisplayName string
+	User        string
 }
 
 // Errors.
@@ -128,7 +174,13 @@ var (
 	ErrBadUpTo     = errs.InvalidArgument("upTo must be a message of this conversation, conversations/{c}/messages/{m}")
 	ErrUpToAhead   = errs.InvalidArgument("upTo is more than 1000 messages past the last message of this conversation: no such message can exist yet")
 	ErrPatientGone = errs.NotFound("Patient not found")
+	ErrBadAssignee = errs.InvalidArgument("assignee must look like users/{u}, or be empty to unassign")
 )
+
+// UnknownStaff is the error for assigning someone the practice has never seen.
+func UnknownStaff(user string) error {
+	return errs.InvalidArgument("%s has not signed in to this practice yet; only staff who have used chat can be assigned", user)
+}
 
 // Participant reports whether someone of role in practice, with subject sub, may act in c.
 func Participant(c Conversation, practice, sub string, staffOrSystem, patient bool) bool {

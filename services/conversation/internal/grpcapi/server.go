@@ -4,6 +4,8 @@ package grpcapi
 import (
 	"context"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	"github.com/clinicchat/clinicchat/services/conversation/internal/app"
 	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
@@ -44,7 +46,8 @@ func (s *Server) ResolveConversation(ctx context.Context, r *conversationv1.Reso
 
 // ListConversations implements the RPC.
 func (s *Server) ListConversations(ctx context.Context, r *conversationv1.ListConversationsRequest) (*conversationv1.ListConversationsResponse, error) {
-	list, next, err := s.App.List(ctx, app.ListRequest{Query: r.GetQuery(), Archived: r.GetArchived(), Names: r.GetNames(), PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken()})
+	list, next, err := s.App.List(ctx, app.ListRequest{Query: r.GetQuery(), Archived: r.GetArchived(), Names: r.GetNames(),
+		PageSize: int(r.GetPageSize()), PageToken: r.GetPageToken(), AwaitingReply: r.GetAwaitingReply(), Assignee: r.GetAssignee()})
 	if err != nil {
 		return nil, err
 	}
@@ -80,4 +83,23 @@ func (s *Server) UnmuteConversation(ctx context.Context, r *conversationv1.Unmut
 // MarkConversationRead implements the RPC.
 func (s *Server) MarkConversationRead(ctx context.Context, r *conversationv1.MarkConversationReadRequest) (*conversationv1.Conversation, error) {
 	return render(s.App.MarkRead(ctx, r.GetName(), r.GetUpTo()))
+}
+
+// AssignConversation implements the RPC.
+func (s *Server) AssignConversation(ctx context.Context, r *conversationv1.AssignConversationRequest) (*conversationv1.Conversation, error) {
+	return render(s.App.Assign(ctx, r.GetName(), r.GetAssignee()))
+}
+
+// ListStaff implements the RPC.
+func (s *Server) ListStaff(ctx context.Context, r *conversationv1.ListStaffRequest) (*conversationv1.ListStaffResponse, error) {
+	list, next, err := s.App.ListStaff(ctx, int(r.GetPageSize()), r.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	out := &conversationv1.ListStaffResponse{NextPageToken: next}
+	for _, m := range list {
+		out.Staff = append(out.Staff, &conversationv1.StaffMember{Name: m.User, DisplayName: m.ShownName(), Role: m.Role,
+			UpdateTime: timestamppb.New(m.UpdateTime)})
+	}
+	return out, nil
 }

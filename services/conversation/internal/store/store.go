@@ -33,7 +33,8 @@ func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
 }
 
 const convColumns = `c.practice, c.id, c.patient_id, c.patient_display_name, c.state, c.create_time,
-	c.last_message_time, c.last_message_seq, c.last_message_preview`
+	c.last_message_time, c.last_message_seq, c.last_message_preview, c.awaiting_reply_since, c.assignee,
+	COALESCE((SELECT s.display_name FROM staff s WHERE s.practice = c.practice AND s.user_name = c.assignee), '') AS assignee_display_name`
 
 // viewerColumns are the per-user columns for the viewer joined as u; the
 // first argument is whether the viewer is staff (counts patient messages).
@@ -50,8 +51,9 @@ type scanner interface{ Scan(...any) error }
 func scanConv(s scanner, withViewer bool, extra ...any) (domain.Conversation, error) {
 	var c domain.Conversation
 	var state int
-	var create, last int64
-	dest := []any{&c.Practice, &c.ID, &c.PatientID, &c.PatientDisplayName, &state, &create, &last, &c.LastMessageSeq, &c.LastMessagePreview}
+	var create, last, awaiting int64
+	dest := []any{&c.Practice, &c.ID, &c.PatientID, &c.PatientDisplayName, &state, &create, &last, &c.LastMessageSeq, &c.LastMessagePreview,
+		&awaiting, &c.Assignee, &c.AssigneeDisplayName}
 	var pin, mute int
 	if withViewer {
 		dest = append(dest, &pin, &mute, &c.ReadSeq, &c.UnreadCount)
@@ -63,6 +65,12 @@ func scanConv(s scanner, withViewer bool, extra ...any) (domain.Conversation, er
 	c.State = domain.State(state)
 	c.CreateTime = sqldb.FromMicros(create)
 	c.LastMessageTime = sqldb.FromMicros(last)
+	if awaiting > 0 {
+		c.AwaitingReplySince = sqldb.FromMicros(awaiting)
+	}
+	if c.Assignee != "" && c.AssigneeDisplayName == "" {
+		c.AssigneeDisplayName = strings.TrimPrefix(c.Assignee, "users/")
+	}
 	c.Pinned, c.Muted = pin == 1, mute == 1
 	return c, nil
 }
@@ -148,6 +156,13 @@ func (s *Store) List(ctx context.Context, q domain.ListQuery) ([]domain.Conversa
 		where = append(where, `(' ' || c.patient_name_key) LIKE ? ESCAPE '\'`)
 		args = append(args, "% "+escapeLike(w)+"%")
 	}
+	if q.Assignee != "" {
+		where = append(where, "c.assignee = ?")
+		args = append(args, q.Assignee)
+	}
+	if q.AwaitingReply {
+		return s.listAwaiting(ctx, q, where, args)
+	}
 	inner := `SELECT ` + convColumns + `, ` + viewerColumns + `, c.last_activity AS activity FROM conversations c ` + viewerJoin +
 		` WHERE ` + strings.Join(where, " AND ")
 	query := `SELECT * FROM (` + inner + `) q`
@@ -186,6 +201,40 @@ func (s *Store) List(ctx context.Context, q domain.ListQuery) ([]domain.Conversa
 	out = out[:q.Limit]
 	last := out[len(out)-1]
 	return out, &domain.Cursor{Pinned: last.Pinned, LastActivity: activity[q.Limit-1], ID: last.ID}, nil
+}
+
+// listAwaiting lists threads awaiting a reply, longest-waiting first.
+func (s *Store) listAwaiting(ctx context.Context, q domain.ListQuery, where []string, args []any) ([]domain.Conversation, *domain.Cursor, error) {
+	where = append(where, "c.awaiting_reply_since > 0")
+	if a := q.After; a != nil {
+		where = append(where, "(c.awaiting_reply_since > ? OR (c.awaiting_reply_since = ? AND c.id > ?))")
+		args = append(args, a.LastActivity, a.LastActivity, a.ID)
+	}
+	query := `SELECT ` + convColumns + `, ` + viewerColumns + ` FROM conversations c ` + viewerJoin +
+		` WHERE ` + strings.Join(where, " AND ") + ` ORDER BY c.awaiting_reply_since ASC, c.id ASC LIMIT ?`
+	args = append(args, q.Limit+1)
+	rows, err := s.db.Query(ctx, query, args...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list conversations awaiting reply: %w", err)
+	}
+	defer rows.Close()
+	var out []domain.Conversation
+	for rows.Next() {
+		c, err := scanConv(rows, true)
+		if err != nil {
+			return nil, nil, err
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	if len(out) <= q.Limit {
+		return out, nil, nil
+	}
+	out = out[:q.Limit]
+	last := out[len(out)-1]
+	return out, &domain.Cursor{Awaiting: true, LastActivity: sqldb.Micros(last.AwaitingReplySince), ID: last.ID}, nil
 }
 
 func escapeLike(s string) string {
@@ -267,8 +316,8 @@ func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.View
 func (s *Store) ApplyMessage(ctx context.Context, m domain.MessageApplied, evs func(domain.Conversation, []string) []domain.Event) (bool, error) {
 	applied := false
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		res, err := tx.Exec(ctx, `INSERT INTO message_index (practice, conversation_id, seq, from_patient) VALUES (?, ?, ?, ?)
-			ON CONFLICT (practice, conversation_id, seq) DO NOTHING`, m.Practice, m.ConversationID, m.Seq, m.FromPatient)
+		res, err := tx.Exec(ctx, `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (practice, conversation_id, seq) DO NOTHING`, m.Practice, m.ConversationID, m.Seq, m.FromPatient, sqldb.Micros(m.Time))
 		if err != nil {
 			return fmt.Errorf("insert message index: %w", err)
 		}
@@ -281,6 +330,16 @@ func (s *Store) ApplyMessage(ctx context.Context, m domain.MessageApplied, evs f
 			last_activity = ?, state = ? WHERE practice = ? AND id = ? AND last_message_seq < ?`,
 			at, m.Seq, m.Preview, at, int(domain.Active), m.Practice, m.ConversationID, m.Seq); err != nil {
 			return fmt.Errorf("update conversation: %w", err)
+		}
+		// Needs reply, recomputed from the index so that the order messages
+		// arrive in does not matter: the oldest patient message after the
+		// newest staff message (index message_index_by_side).
+		if _, err := tx.Exec(ctx, `UPDATE conversations SET awaiting_reply_since = COALESCE((SELECT MIN(m.create_time)
+			FROM message_index m WHERE m.practice = ? AND m.conversation_id = ? AND m.from_patient = ?
+			AND m.seq > COALESCE((SELECT MAX(s.seq) FROM message_index s WHERE s.practice = ? AND s.conversation_id = ?
+			AND s.from_patient = ?), 0)), 0) WHERE practice = ? AND id = ?`,
+			m.Practice, m.ConversationID, true, m.Practice, m.ConversationID, false, m.Practice, m.ConversationID); err != nil {
+			return fmt.Errorf("update awaiting reply: %w", err)
 		}
 		if !m.FromPatient {
 			if err := ensureUser(ctx, tx, m.Practice, m.ConversationID, m.Sender, m.Time); err != nil {
@@ -382,6 +441,81 @@ func (s *Store) ArchiveIdle(ctx context.Context, before time.Time, limit int, ev
 		return nil
 	})
 	return n, err
+}
+
+// Assign implements domain.Repository.
+func (s *Store) Assign(ctx context.Context, practice, id, assignee string, v domain.Viewer, evs func(domain.Conversation) []domain.Event) (domain.Conversation, error) {
+	var out domain.Conversation
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		if assignee != "" {
+			var n int
+			if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM staff WHERE practice = ? AND user_name = ?`, practice, assignee).Scan(&n); err != nil {
+				return fmt.Errorf("look up staff: %w", err)
+			}
+			if n == 0 {
+				return domain.UnknownStaff(assignee)
+			}
+		}
+		res, err := tx.Exec(ctx, `UPDATE conversations SET assignee = ? WHERE practice = ? AND id = ?`, assignee, practice, id)
+		if err != nil {
+			return fmt.Errorf("assign conversation: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return domain.ErrNotFound
+		}
+		if out, err = getTx(ctx, tx, practice, id, v); err != nil {
+			return err
+		}
+		return outbox.AddAll(ctx, tx, evs(out))
+	})
+	return out, err
+}
+
+// SaveStaff implements domain.Repository.
+func (s *Store) SaveStaff(ctx context.Context, m domain.StaffMember) error {
+	return s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO staff (practice, user_name, display_name, role, update_time) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (practice, user_name) DO UPDATE SET display_name = excluded.display_name, role = excluded.role,
+			update_time = excluded.update_time`, m.Practice, m.User, m.DisplayName, m.Role, sqldb.Micros(m.UpdateTime))
+		if err != nil {
+			return fmt.Errorf("save staff: %w", err)
+		}
+		return nil
+	})
+}
+
+// ListStaff implements domain.Repository.
+func (s *Store) ListStaff(ctx context.Context, practice string, after *domain.StaffCursor, limit int) ([]domain.StaffMember, bool, error) {
+	args := []any{practice}
+	query := `SELECT practice, user_name, display_name, role, update_time FROM staff WHERE practice = ?`
+	if after != nil {
+		query += ` AND (display_name > ? OR (display_name = ? AND user_name > ?))`
+		args = append(args, after.DisplayName, after.DisplayName, after.User)
+	}
+	query += ` ORDER BY display_name, user_name LIMIT ?`
+	args = append(args, limit+1)
+	rows, err := s.db.Query(ctx, query, args...)
+	if err != nil {
+		return nil, false, fmt.Errorf("list staff: %w", err)
+	}
+	defer rows.Close()
+	var out []domain.StaffMember
+	for rows.Next() {
+		var m domain.StaffMember
+		var at int64
+		if err := rows.Scan(&m.Practice, &m.User, &m.DisplayName, &m.Role, &at); err != nil {
+			return nil, false, err
+		}
+		m.UpdateTime = sqldb.FromMicros(at)
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, false, err
+	}
+	if len(out) > limit {
+		return out[:limit], true, nil
+	}
+	return out, false, nil
 }
 
 // Record implements domain.Repository.

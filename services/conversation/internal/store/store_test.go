@@ -181,6 +181,96 @@ func TestRepositoryContract(t *testing.T) {
 				require.NoError(t, err)
 				require.Equal(t, [][]string{{"patients/pa"}, {"users/u1"}}, got, "u2 muted the thread")
 			})
+
+			t.Run("needs reply: the oldest patient message no staff message followed, whatever the arrival order", func(t *testing.T) {
+				s := newStore(t, b)
+				a := create(t, s, "pa", "Alice", t0)
+				bb := create(t, s, "pb", "Bob", t0)
+				cc := create(t, s, "pc", "Carol", t0)
+				get := func(c domain.Conversation) domain.Conversation {
+					t.Helper()
+					got, err := s.Get(ctx, "p1", c.ID, staff)
+					require.NoError(t, err)
+					return got
+				}
+				require.True(t, get(a).AwaitingReplySince.IsZero(), "no messages")
+				apply(t, s, a, 1, true, t0.Add(1*time.Minute))
+				apply(t, s, a, 2, true, t0.Add(2*time.Minute))
+				require.True(t, t0.Add(time.Minute).Equal(get(a).AwaitingReplySince), "the oldest unanswered patient message")
+				// Staff message 4 arrives before patient message 3: 3 is answered.
+				apply(t, s, a, 4, false, t0.Add(4*time.Minute))
+				require.True(t, get(a).AwaitingReplySince.IsZero(), "staff had the last word")
+				apply(t, s, a, 3, true, t0.Add(3*time.Minute))
+				require.True(t, get(a).AwaitingReplySince.IsZero(), "a late patient message before the staff reply stays answered")
+				apply(t, s, a, 6, true, t0.Add(6*time.Minute))
+				apply(t, s, a, 5, true, t0.Add(5*time.Minute))
+				require.True(t, t0.Add(5*time.Minute).Equal(get(a).AwaitingReplySince))
+
+				apply(t, s, bb, 1, true, t0.Add(30*time.Second)) // waiting longest
+				apply(t, s, cc, 1, false, t0.Add(time.Minute))   // staff wrote last
+
+				list, next, err := s.List(ctx, domain.ListQuery{Practice: "p1", Viewer: staff, AwaitingReply: true, Limit: 1})
+				require.NoError(t, err)
+				require.Equal(t, []string{bb.ID}, idsOf(list))
+				require.NotNil(t, next)
+				require.True(t, next.Awaiting)
+				list, next, err = s.List(ctx, domain.ListQuery{Practice: "p1", Viewer: staff, AwaitingReply: true, Limit: 1, After: next})
+				require.NoError(t, err)
+				require.Equal(t, []string{a.ID}, idsOf(list))
+				require.Nil(t, next)
+			})
+
+			t.Run("assignment: only staff the practice has seen, shared, filterable", func(t *testing.T) {
+				s := newStore(t, b)
+				a := create(t, s, "pa", "Alice", t0)
+				bb := create(t, s, "pb", "Bob", t0)
+				var got []domain.Conversation
+				capture := func(c domain.Conversation) []domain.Event { got = append(got, c); return []domain.Event{event()} }
+
+				_, err := s.Assign(ctx, "p1", a.ID, "users/u2", staff, capture)
+				require.ErrorContains(t, err, "users/u2", "never seen: refused, naming them")
+				require.Empty(t, got)
+				require.NoError(t, s.SaveStaff(ctx, domain.StaffMember{Practice: "p2", User: "users/u2", DisplayName: "Other", Role: "dentist", UpdateTime: t0}))
+				_, err = s.Assign(ctx, "p1", a.ID, "users/u2", staff, capture)
+				require.Error(t, err, "seen by another practice only")
+
+				require.NoError(t, s.SaveStaff(ctx, domain.StaffMember{Practice: "p1", User: "users/u2", DisplayName: "Dr Old", Role: "dentist", UpdateTime: t0}))
+				require.NoError(t, s.SaveStaff(ctx, domain.StaffMember{Practice: "p1", User: "users/u2", DisplayName: "Dr Grace Lee", Role: "dentist", UpdateTime: t0}))
+				require.NoError(t, s.SaveStaff(ctx, domain.StaffMember{Practice: "p1", User: "users/u1", DisplayName: "Amy Front", Role: "front_desk", UpdateTime: t0}))
+				c, err := s.Assign(ctx, "p1", a.ID, "users/u2", staff, capture)
+				require.NoError(t, err)
+				require.Equal(t, "users/u2", c.Assignee)
+				require.Equal(t, "Dr Grace Lee", c.AssigneeDisplayName, "the latest name")
+				require.Len(t, got, 1)
+				require.Equal(t, "users/u2", got[0].Assignee)
+
+				other, err := s.Get(ctx, "p1", a.ID, staff2)
+				require.NoError(t, err)
+				require.Equal(t, "users/u2", other.Assignee, "shared by the practice")
+				list, _, err := s.List(ctx, domain.ListQuery{Practice: "p1", Viewer: staff, Assignee: "users/u2", Limit: 10})
+				require.NoError(t, err)
+				require.Equal(t, []string{a.ID}, idsOf(list))
+				list, _, err = s.List(ctx, domain.ListQuery{Practice: "p1", Viewer: staff, Assignee: "users/u1", Limit: 10})
+				require.NoError(t, err)
+				require.Empty(t, list)
+
+				c, err = s.Assign(ctx, "p1", a.ID, "", staff, capture)
+				require.NoError(t, err)
+				require.Empty(t, c.Assignee)
+				require.Empty(t, c.AssigneeDisplayName)
+				_, err = s.Assign(ctx, "p2", bb.ID, "", staff, capture)
+				require.ErrorIs(t, err, domain.ErrNotFound, "another practice's thread")
+
+				staffList, more, err := s.ListStaff(ctx, "p1", nil, 1)
+				require.NoError(t, err)
+				require.True(t, more)
+				require.Equal(t, "users/u1", staffList[0].User)
+				staffList, more, err = s.ListStaff(ctx, "p1", &domain.StaffCursor{DisplayName: staffList[0].DisplayName, User: staffList[0].User}, 10)
+				require.NoError(t, err)
+				require.False(t, more)
+				require.Len(t, staffList, 1)
+				require.Equal(t, "Dr Grace Lee", staffList[0].DisplayName)
+			})
 		})
 	}
 }
