@@ -2,12 +2,15 @@
 // patient of each practice, per-user pin, mute and read state, and the archive
 // sweeper.
 //
-// Data it owns (its own database): conversations, user_state (pin, mute,
+// Data it owns (its own database): conversations (with needs reply,
+// awaiting_reply_since, and the shared assignee), user_state (pin, mute,
 // read watermark per user), message_index (a projection of delivery's
-// messages: sequence number and side), outbox.
+// messages: sequence number, side and time), staff (the staff users each
+// practice has seen, with the name and role of their latest token: recorded on
+// their calls, written only when new or changed), outbox.
 //
 // Events it produces (stream CLINICCHAT_CONVERSATION): ConversationCreated,
-// ConversationUpdated (new message, archive), ConversationUserStateChanged
+// ConversationUpdated (new message, archive, assignment: "conversation.assign"), ConversationUserStateChanged
 // (pin/mute), ConversationRead (a participant's read watermark), Notification
 // (one per recipient user of a new message, none for who muted the thread) and
 // AccessRecorded (views and refused attempts).
