@@ -7,7 +7,8 @@
 // read watermark per user), message_index (a projection of delivery's
 // messages: sequence number, side and time), staff (the staff users each
 // practice has seen, with the name and role of their latest token: recorded on
-// their calls, written only when new or changed), outbox.
+// their calls, written only when new or changed), message_templates (reply
+// templates per practice), outbox.
 //
 // Events it produces (stream CLINICCHAT_CONVERSATION): ConversationCreated,
 // ConversationUpdated (new message, archive, assignment: "conversation.assign"), ConversationUserStateChanged

@@ -321,6 +321,83 @@ func (x *StaffMember) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// A MessageTemplate is one of a practice's reply templates: practice_admin
+// writes them, staff insert them in the composer (the client expands the
+// placeholders before the message is sent).
+type MessageTemplate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resource name "messageTemplates/{template}". Output only on create.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the composer's picker shows, 1 to 100 characters. Not PHI.
+	Title string `protobuf:"bytes,2,opt,name=title,proto3" json:"title,omitempty"`
+	// The text, 1 to 2,000 characters, with placeholders {patient.firstName},
+	// {patient.displayName}, {staff.displayName} and {practice.name}; any other
+	// {…} is INVALID_ARGUMENT naming it. Should not carry PHI.
+	Text string `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
+	// Output only. When it was created or last changed.
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MessageTemplate) Reset() {
+	*x = MessageTemplate{}
+	mi := &file_clinicchat_conversation_v1_conversation_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MessageTemplate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MessageTemplate) ProtoMessage() {}
+
+func (x *MessageTemplate) ProtoReflect() protoreflect.Message {
+	mi := &file_clinicchat_conversation_v1_conversation_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MessageTemplate.ProtoReflect.Descriptor instead.
+func (*MessageTemplate) Descriptor() ([]byte, []int) {
+	return file_clinicchat_conversation_v1_conversation_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MessageTemplate) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MessageTemplate) GetTitle() string {
+	if x != nil {
+		return x.Title
+	}
+	return ""
+}
+
+func (x *MessageTemplate) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *MessageTemplate) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
 var File_clinicchat_conversation_v1_conversation_proto protoreflect.FileDescriptor
 
 const file_clinicchat_conversation_v1_conversation_proto_rawDesc = "" +
@@ -353,6 +430,12 @@ const file_clinicchat_conversation_v1_conversation_proto_rawDesc = "" +
 	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x12\n" +
 	"\x04role\x18\x03 \x01(\tR\x04role\x12;\n" +
 	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\"\x8c\x01\n" +
+	"\x0fMessageTemplate\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05title\x18\x02 \x01(\tR\x05title\x12\x12\n" +
+	"\x04text\x18\x03 \x01(\tR\x04text\x12;\n" +
+	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTimeBRZPgithub.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1;conversationv1b\x06proto3"
 
 var (
@@ -368,24 +451,26 @@ func file_clinicchat_conversation_v1_conversation_proto_rawDescGZIP() []byte {
 }
 
 var file_clinicchat_conversation_v1_conversation_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_clinicchat_conversation_v1_conversation_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_clinicchat_conversation_v1_conversation_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_clinicchat_conversation_v1_conversation_proto_goTypes = []any{
 	(Conversation_State)(0),       // 0: clinicchat.conversation.v1.Conversation.State
 	(*Conversation)(nil),          // 1: clinicchat.conversation.v1.Conversation
 	(*StaffMember)(nil),           // 2: clinicchat.conversation.v1.StaffMember
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(*MessageTemplate)(nil),       // 3: clinicchat.conversation.v1.MessageTemplate
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
 }
 var file_clinicchat_conversation_v1_conversation_proto_depIdxs = []int32{
 	0, // 0: clinicchat.conversation.v1.Conversation.state:type_name -> clinicchat.conversation.v1.Conversation.State
-	3, // 1: clinicchat.conversation.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
-	3, // 2: clinicchat.conversation.v1.Conversation.last_message_time:type_name -> google.protobuf.Timestamp
-	3, // 3: clinicchat.conversation.v1.Conversation.awaiting_reply_since:type_name -> google.protobuf.Timestamp
-	3, // 4: clinicchat.conversation.v1.StaffMember.update_time:type_name -> google.protobuf.Timestamp
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	4, // 1: clinicchat.conversation.v1.Conversation.create_time:type_name -> google.protobuf.Timestamp
+	4, // 2: clinicchat.conversation.v1.Conversation.last_message_time:type_name -> google.protobuf.Timestamp
+	4, // 3: clinicchat.conversation.v1.Conversation.awaiting_reply_since:type_name -> google.protobuf.Timestamp
+	4, // 4: clinicchat.conversation.v1.StaffMember.update_time:type_name -> google.protobuf.Timestamp
+	4, // 5: clinicchat.conversation.v1.MessageTemplate.update_time:type_name -> google.protobuf.Timestamp
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_clinicchat_conversation_v1_conversation_proto_init() }
@@ -399,7 +484,7 @@ func file_clinicchat_conversation_v1_conversation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clinicchat_conversation_v1_conversation_proto_rawDesc), len(file_clinicchat_conversation_v1_conversation_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

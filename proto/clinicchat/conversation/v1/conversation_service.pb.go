@@ -9,6 +9,8 @@ package conversationv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -20,6 +22,264 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// Request for ListMessageTemplates.
+type ListMessageTemplatesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many (default and max 200, the most a practice may have, so
+	// one page holds them all).
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response (unused while one page holds every template).
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListMessageTemplatesRequest) Reset() {
+	*x = ListMessageTemplatesRequest{}
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListMessageTemplatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListMessageTemplatesRequest) ProtoMessage() {}
+
+func (x *ListMessageTemplatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListMessageTemplatesRequest.ProtoReflect.Descriptor instead.
+func (*ListMessageTemplatesRequest) Descriptor() ([]byte, []int) {
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ListMessageTemplatesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListMessageTemplatesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// Response for ListMessageTemplates.
+type ListMessageTemplatesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// By title, then name.
+	MessageTemplates []*MessageTemplate `protobuf:"bytes,1,rep,name=message_templates,json=messageTemplates,proto3" json:"message_templates,omitempty"`
+	// Empty when there are no more.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListMessageTemplatesResponse) Reset() {
+	*x = ListMessageTemplatesResponse{}
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListMessageTemplatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListMessageTemplatesResponse) ProtoMessage() {}
+
+func (x *ListMessageTemplatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListMessageTemplatesResponse.ProtoReflect.Descriptor instead.
+func (*ListMessageTemplatesResponse) Descriptor() ([]byte, []int) {
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ListMessageTemplatesResponse) GetMessageTemplates() []*MessageTemplate {
+	if x != nil {
+		return x.MessageTemplates
+	}
+	return nil
+}
+
+func (x *ListMessageTemplatesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Request for CreateMessageTemplate.
+type CreateMessageTemplateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// title and text are read; name is assigned.
+	MessageTemplate *MessageTemplate `protobuf:"bytes,1,opt,name=message_template,json=messageTemplate,proto3" json:"message_template,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *CreateMessageTemplateRequest) Reset() {
+	*x = CreateMessageTemplateRequest{}
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateMessageTemplateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateMessageTemplateRequest) ProtoMessage() {}
+
+func (x *CreateMessageTemplateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateMessageTemplateRequest.ProtoReflect.Descriptor instead.
+func (*CreateMessageTemplateRequest) Descriptor() ([]byte, []int) {
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CreateMessageTemplateRequest) GetMessageTemplate() *MessageTemplate {
+	if x != nil {
+		return x.MessageTemplate
+	}
+	return nil
+}
+
+// Request for UpdateMessageTemplate.
+type UpdateMessageTemplateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The template, by name; the fields in update_mask (title, text) are set.
+	MessageTemplate *MessageTemplate `protobuf:"bytes,1,opt,name=message_template,json=messageTemplate,proto3" json:"message_template,omitempty"`
+	// Fields to change; empty: every non-empty field of message_template.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateMessageTemplateRequest) Reset() {
+	*x = UpdateMessageTemplateRequest{}
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateMessageTemplateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateMessageTemplateRequest) ProtoMessage() {}
+
+func (x *UpdateMessageTemplateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateMessageTemplateRequest.ProtoReflect.Descriptor instead.
+func (*UpdateMessageTemplateRequest) Descriptor() ([]byte, []int) {
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *UpdateMessageTemplateRequest) GetMessageTemplate() *MessageTemplate {
+	if x != nil {
+		return x.MessageTemplate
+	}
+	return nil
+}
+
+func (x *UpdateMessageTemplateRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// Request for DeleteMessageTemplate.
+type DeleteMessageTemplateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "messageTemplates/{template}".
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteMessageTemplateRequest) Reset() {
+	*x = DeleteMessageTemplateRequest{}
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMessageTemplateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMessageTemplateRequest) ProtoMessage() {}
+
+func (x *DeleteMessageTemplateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMessageTemplateRequest.ProtoReflect.Descriptor instead.
+func (*DeleteMessageTemplateRequest) Descriptor() ([]byte, []int) {
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *DeleteMessageTemplateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
 
 // Request for AssignConversation.
 type AssignConversationRequest struct {
@@ -34,7 +294,7 @@ type AssignConversationRequest struct {
 
 func (x *AssignConversationRequest) Reset() {
 	*x = AssignConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[0]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +306,7 @@ func (x *AssignConversationRequest) String() string {
 func (*AssignConversationRequest) ProtoMessage() {}
 
 func (x *AssignConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[0]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +319,7 @@ func (x *AssignConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignConversationRequest.ProtoReflect.Descriptor instead.
 func (*AssignConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{0}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AssignConversationRequest) GetName() string {
@@ -89,7 +349,7 @@ type ListStaffRequest struct {
 
 func (x *ListStaffRequest) Reset() {
 	*x = ListStaffRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[1]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -101,7 +361,7 @@ func (x *ListStaffRequest) String() string {
 func (*ListStaffRequest) ProtoMessage() {}
 
 func (x *ListStaffRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[1]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -114,7 +374,7 @@ func (x *ListStaffRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStaffRequest.ProtoReflect.Descriptor instead.
 func (*ListStaffRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{1}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListStaffRequest) GetPageSize() int32 {
@@ -144,7 +404,7 @@ type ListStaffResponse struct {
 
 func (x *ListStaffResponse) Reset() {
 	*x = ListStaffResponse{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[2]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -156,7 +416,7 @@ func (x *ListStaffResponse) String() string {
 func (*ListStaffResponse) ProtoMessage() {}
 
 func (x *ListStaffResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[2]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -169,7 +429,7 @@ func (x *ListStaffResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListStaffResponse.ProtoReflect.Descriptor instead.
 func (*ListStaffResponse) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{2}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListStaffResponse) GetStaff() []*StaffMember {
@@ -197,7 +457,7 @@ type ResolveConversationRequest struct {
 
 func (x *ResolveConversationRequest) Reset() {
 	*x = ResolveConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[3]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -209,7 +469,7 @@ func (x *ResolveConversationRequest) String() string {
 func (*ResolveConversationRequest) ProtoMessage() {}
 
 func (x *ResolveConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[3]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -222,7 +482,7 @@ func (x *ResolveConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveConversationRequest.ProtoReflect.Descriptor instead.
 func (*ResolveConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{3}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ResolveConversationRequest) GetName() string {
@@ -243,7 +503,7 @@ type CreateConversationRequest struct {
 
 func (x *CreateConversationRequest) Reset() {
 	*x = CreateConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[4]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +515,7 @@ func (x *CreateConversationRequest) String() string {
 func (*CreateConversationRequest) ProtoMessage() {}
 
 func (x *CreateConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[4]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +528,7 @@ func (x *CreateConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConversationRequest.ProtoReflect.Descriptor instead.
 func (*CreateConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{4}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateConversationRequest) GetConversation() *Conversation {
@@ -289,7 +549,7 @@ type GetConversationRequest struct {
 
 func (x *GetConversationRequest) Reset() {
 	*x = GetConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[5]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +561,7 @@ func (x *GetConversationRequest) String() string {
 func (*GetConversationRequest) ProtoMessage() {}
 
 func (x *GetConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[5]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +574,7 @@ func (x *GetConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConversationRequest.ProtoReflect.Descriptor instead.
 func (*GetConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{5}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetConversationRequest) GetName() string {
@@ -350,7 +610,7 @@ type ListConversationsRequest struct {
 
 func (x *ListConversationsRequest) Reset() {
 	*x = ListConversationsRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[6]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +622,7 @@ func (x *ListConversationsRequest) String() string {
 func (*ListConversationsRequest) ProtoMessage() {}
 
 func (x *ListConversationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[6]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +635,7 @@ func (x *ListConversationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversationsRequest.ProtoReflect.Descriptor instead.
 func (*ListConversationsRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{6}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListConversationsRequest) GetQuery() string {
@@ -441,7 +701,7 @@ type ListConversationsResponse struct {
 
 func (x *ListConversationsResponse) Reset() {
 	*x = ListConversationsResponse{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[7]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +713,7 @@ func (x *ListConversationsResponse) String() string {
 func (*ListConversationsResponse) ProtoMessage() {}
 
 func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[7]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +726,7 @@ func (x *ListConversationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConversationsResponse.ProtoReflect.Descriptor instead.
 func (*ListConversationsResponse) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{7}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListConversationsResponse) GetConversations() []*Conversation {
@@ -494,7 +754,7 @@ type PinConversationRequest struct {
 
 func (x *PinConversationRequest) Reset() {
 	*x = PinConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[8]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +766,7 @@ func (x *PinConversationRequest) String() string {
 func (*PinConversationRequest) ProtoMessage() {}
 
 func (x *PinConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[8]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +779,7 @@ func (x *PinConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PinConversationRequest.ProtoReflect.Descriptor instead.
 func (*PinConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{8}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PinConversationRequest) GetName() string {
@@ -540,7 +800,7 @@ type UnpinConversationRequest struct {
 
 func (x *UnpinConversationRequest) Reset() {
 	*x = UnpinConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[9]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +812,7 @@ func (x *UnpinConversationRequest) String() string {
 func (*UnpinConversationRequest) ProtoMessage() {}
 
 func (x *UnpinConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[9]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +825,7 @@ func (x *UnpinConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnpinConversationRequest.ProtoReflect.Descriptor instead.
 func (*UnpinConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{9}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UnpinConversationRequest) GetName() string {
@@ -586,7 +846,7 @@ type MuteConversationRequest struct {
 
 func (x *MuteConversationRequest) Reset() {
 	*x = MuteConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[10]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +858,7 @@ func (x *MuteConversationRequest) String() string {
 func (*MuteConversationRequest) ProtoMessage() {}
 
 func (x *MuteConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[10]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +871,7 @@ func (x *MuteConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MuteConversationRequest.ProtoReflect.Descriptor instead.
 func (*MuteConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{10}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MuteConversationRequest) GetName() string {
@@ -632,7 +892,7 @@ type UnmuteConversationRequest struct {
 
 func (x *UnmuteConversationRequest) Reset() {
 	*x = UnmuteConversationRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[11]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +904,7 @@ func (x *UnmuteConversationRequest) String() string {
 func (*UnmuteConversationRequest) ProtoMessage() {}
 
 func (x *UnmuteConversationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[11]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +917,7 @@ func (x *UnmuteConversationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnmuteConversationRequest.ProtoReflect.Descriptor instead.
 func (*UnmuteConversationRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{11}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UnmuteConversationRequest) GetName() string {
@@ -680,7 +940,7 @@ type MarkConversationReadRequest struct {
 
 func (x *MarkConversationReadRequest) Reset() {
 	*x = MarkConversationReadRequest{}
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[12]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +952,7 @@ func (x *MarkConversationReadRequest) String() string {
 func (*MarkConversationReadRequest) ProtoMessage() {}
 
 func (x *MarkConversationReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[12]
+	mi := &file_clinicchat_conversation_v1_conversation_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +965,7 @@ func (x *MarkConversationReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarkConversationReadRequest.ProtoReflect.Descriptor instead.
 func (*MarkConversationReadRequest) Descriptor() ([]byte, []int) {
-	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{12}
+	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MarkConversationReadRequest) GetName() string {
@@ -726,7 +986,22 @@ var File_clinicchat_conversation_v1_conversation_service_proto protoreflect.File
 
 const file_clinicchat_conversation_v1_conversation_service_proto_rawDesc = "" +
 	"\n" +
-	"5clinicchat/conversation/v1/conversation_service.proto\x12\x1aclinicchat.conversation.v1\x1a-clinicchat/conversation/v1/conversation.proto\"K\n" +
+	"5clinicchat/conversation/v1/conversation_service.proto\x12\x1aclinicchat.conversation.v1\x1a-clinicchat/conversation/v1/conversation.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"Y\n" +
+	"\x1bListMessageTemplatesRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xa0\x01\n" +
+	"\x1cListMessageTemplatesResponse\x12X\n" +
+	"\x11message_templates\x18\x01 \x03(\v2+.clinicchat.conversation.v1.MessageTemplateR\x10messageTemplates\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"v\n" +
+	"\x1cCreateMessageTemplateRequest\x12V\n" +
+	"\x10message_template\x18\x01 \x01(\v2+.clinicchat.conversation.v1.MessageTemplateR\x0fmessageTemplate\"\xb3\x01\n" +
+	"\x1cUpdateMessageTemplateRequest\x12V\n" +
+	"\x10message_template\x18\x01 \x01(\v2+.clinicchat.conversation.v1.MessageTemplateR\x0fmessageTemplate\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"2\n" +
+	"\x1cDeleteMessageTemplateRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"K\n" +
 	"\x19AssignConversationRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1a\n" +
 	"\bassignee\x18\x02 \x01(\tR\bassignee\"N\n" +
@@ -765,8 +1040,7 @@ const file_clinicchat_conversation_v1_conversation_service_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"F\n" +
 	"\x1bMarkConversationReadRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x13\n" +
-	"\x05up_to\x18\x02 \x01(\tR\x04upTo2\xa5\n" +
-	"\n" +
+	"\x05up_to\x18\x02 \x01(\tR\x04upTo2\x9c\x0e\n" +
 	"\x13ConversationService\x12u\n" +
 	"\x12CreateConversation\x125.clinicchat.conversation.v1.CreateConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12o\n" +
 	"\x0fGetConversation\x122.clinicchat.conversation.v1.GetConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12\x80\x01\n" +
@@ -778,7 +1052,11 @@ const file_clinicchat_conversation_v1_conversation_service_proto_rawDesc = "" +
 	"\x14MarkConversationRead\x127.clinicchat.conversation.v1.MarkConversationReadRequest\x1a(.clinicchat.conversation.v1.Conversation\x12w\n" +
 	"\x13ResolveConversation\x126.clinicchat.conversation.v1.ResolveConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12u\n" +
 	"\x12AssignConversation\x125.clinicchat.conversation.v1.AssignConversationRequest\x1a(.clinicchat.conversation.v1.Conversation\x12h\n" +
-	"\tListStaff\x12,.clinicchat.conversation.v1.ListStaffRequest\x1a-.clinicchat.conversation.v1.ListStaffResponseBRZPgithub.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1;conversationv1b\x06proto3"
+	"\tListStaff\x12,.clinicchat.conversation.v1.ListStaffRequest\x1a-.clinicchat.conversation.v1.ListStaffResponse\x12\x89\x01\n" +
+	"\x14ListMessageTemplates\x127.clinicchat.conversation.v1.ListMessageTemplatesRequest\x1a8.clinicchat.conversation.v1.ListMessageTemplatesResponse\x12~\n" +
+	"\x15CreateMessageTemplate\x128.clinicchat.conversation.v1.CreateMessageTemplateRequest\x1a+.clinicchat.conversation.v1.MessageTemplate\x12~\n" +
+	"\x15UpdateMessageTemplate\x128.clinicchat.conversation.v1.UpdateMessageTemplateRequest\x1a+.clinicchat.conversation.v1.MessageTemplate\x12i\n" +
+	"\x15DeleteMessageTemplate\x128.clinicchat.conversation.v1.DeleteMessageTemplateRequest\x1a\x16.google.protobuf.EmptyBRZPgithub.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1;conversationv1b\x06proto3"
 
 var (
 	file_clinicchat_conversation_v1_conversation_service_proto_rawDescOnce sync.Once
@@ -792,55 +1070,75 @@ func file_clinicchat_conversation_v1_conversation_service_proto_rawDescGZIP() []
 	return file_clinicchat_conversation_v1_conversation_service_proto_rawDescData
 }
 
-var file_clinicchat_conversation_v1_conversation_service_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_clinicchat_conversation_v1_conversation_service_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_clinicchat_conversation_v1_conversation_service_proto_goTypes = []any{
-	(*AssignConversationRequest)(nil),   // 0: clinicchat.conversation.v1.AssignConversationRequest
-	(*ListStaffRequest)(nil),            // 1: clinicchat.conversation.v1.ListStaffRequest
-	(*ListStaffResponse)(nil),           // 2: clinicchat.conversation.v1.ListStaffResponse
-	(*ResolveConversationRequest)(nil),  // 3: clinicchat.conversation.v1.ResolveConversationRequest
-	(*CreateConversationRequest)(nil),   // 4: clinicchat.conversation.v1.CreateConversationRequest
-	(*GetConversationRequest)(nil),      // 5: clinicchat.conversation.v1.GetConversationRequest
-	(*ListConversationsRequest)(nil),    // 6: clinicchat.conversation.v1.ListConversationsRequest
-	(*ListConversationsResponse)(nil),   // 7: clinicchat.conversation.v1.ListConversationsResponse
-	(*PinConversationRequest)(nil),      // 8: clinicchat.conversation.v1.PinConversationRequest
-	(*UnpinConversationRequest)(nil),    // 9: clinicchat.conversation.v1.UnpinConversationRequest
-	(*MuteConversationRequest)(nil),     // 10: clinicchat.conversation.v1.MuteConversationRequest
-	(*UnmuteConversationRequest)(nil),   // 11: clinicchat.conversation.v1.UnmuteConversationRequest
-	(*MarkConversationReadRequest)(nil), // 12: clinicchat.conversation.v1.MarkConversationReadRequest
-	(*StaffMember)(nil),                 // 13: clinicchat.conversation.v1.StaffMember
-	(*Conversation)(nil),                // 14: clinicchat.conversation.v1.Conversation
+	(*ListMessageTemplatesRequest)(nil),  // 0: clinicchat.conversation.v1.ListMessageTemplatesRequest
+	(*ListMessageTemplatesResponse)(nil), // 1: clinicchat.conversation.v1.ListMessageTemplatesResponse
+	(*CreateMessageTemplateRequest)(nil), // 2: clinicchat.conversation.v1.CreateMessageTemplateRequest
+	(*UpdateMessageTemplateRequest)(nil), // 3: clinicchat.conversation.v1.UpdateMessageTemplateRequest
+	(*DeleteMessageTemplateRequest)(nil), // 4: clinicchat.conversation.v1.DeleteMessageTemplateRequest
+	(*AssignConversationRequest)(nil),    // 5: clinicchat.conversation.v1.AssignConversationRequest
+	(*ListStaffRequest)(nil),             // 6: clinicchat.conversation.v1.ListStaffRequest
+	(*ListStaffResponse)(nil),            // 7: clinicchat.conversation.v1.ListStaffResponse
+	(*ResolveConversationRequest)(nil),   // 8: clinicchat.conversation.v1.ResolveConversationRequest
+	(*CreateConversationRequest)(nil),    // 9: clinicchat.conversation.v1.CreateConversationRequest
+	(*GetConversationRequest)(nil),       // 10: clinicchat.conversation.v1.GetConversationRequest
+	(*ListConversationsRequest)(nil),     // 11: clinicchat.conversation.v1.ListConversationsRequest
+	(*ListConversationsResponse)(nil),    // 12: clinicchat.conversation.v1.ListConversationsResponse
+	(*PinConversationRequest)(nil),       // 13: clinicchat.conversation.v1.PinConversationRequest
+	(*UnpinConversationRequest)(nil),     // 14: clinicchat.conversation.v1.UnpinConversationRequest
+	(*MuteConversationRequest)(nil),      // 15: clinicchat.conversation.v1.MuteConversationRequest
+	(*UnmuteConversationRequest)(nil),    // 16: clinicchat.conversation.v1.UnmuteConversationRequest
+	(*MarkConversationReadRequest)(nil),  // 17: clinicchat.conversation.v1.MarkConversationReadRequest
+	(*MessageTemplate)(nil),              // 18: clinicchat.conversation.v1.MessageTemplate
+	(*fieldmaskpb.FieldMask)(nil),        // 19: google.protobuf.FieldMask
+	(*StaffMember)(nil),                  // 20: clinicchat.conversation.v1.StaffMember
+	(*Conversation)(nil),                 // 21: clinicchat.conversation.v1.Conversation
+	(*emptypb.Empty)(nil),                // 22: google.protobuf.Empty
 }
 var file_clinicchat_conversation_v1_conversation_service_proto_depIdxs = []int32{
-	13, // 0: clinicchat.conversation.v1.ListStaffResponse.staff:type_name -> clinicchat.conversation.v1.StaffMember
-	14, // 1: clinicchat.conversation.v1.CreateConversationRequest.conversation:type_name -> clinicchat.conversation.v1.Conversation
-	14, // 2: clinicchat.conversation.v1.ListConversationsResponse.conversations:type_name -> clinicchat.conversation.v1.Conversation
-	4,  // 3: clinicchat.conversation.v1.ConversationService.CreateConversation:input_type -> clinicchat.conversation.v1.CreateConversationRequest
-	5,  // 4: clinicchat.conversation.v1.ConversationService.GetConversation:input_type -> clinicchat.conversation.v1.GetConversationRequest
-	6,  // 5: clinicchat.conversation.v1.ConversationService.ListConversations:input_type -> clinicchat.conversation.v1.ListConversationsRequest
-	8,  // 6: clinicchat.conversation.v1.ConversationService.PinConversation:input_type -> clinicchat.conversation.v1.PinConversationRequest
-	9,  // 7: clinicchat.conversation.v1.ConversationService.UnpinConversation:input_type -> clinicchat.conversation.v1.UnpinConversationRequest
-	10, // 8: clinicchat.conversation.v1.ConversationService.MuteConversation:input_type -> clinicchat.conversation.v1.MuteConversationRequest
-	11, // 9: clinicchat.conversation.v1.ConversationService.UnmuteConversation:input_type -> clinicchat.conversation.v1.UnmuteConversationRequest
-	12, // 10: clinicchat.conversation.v1.ConversationService.MarkConversationRead:input_type -> clinicchat.conversation.v1.MarkConversationReadRequest
-	3,  // 11: clinicchat.conversation.v1.ConversationService.ResolveConversation:input_type -> clinicchat.conversation.v1.ResolveConversationRequest
-	0,  // 12: clinicchat.conversation.v1.ConversationService.AssignConversation:input_type -> clinicchat.conversation.v1.AssignConversationRequest
-	1,  // 13: clinicchat.conversation.v1.ConversationService.ListStaff:input_type -> clinicchat.conversation.v1.ListStaffRequest
-	14, // 14: clinicchat.conversation.v1.ConversationService.CreateConversation:output_type -> clinicchat.conversation.v1.Conversation
-	14, // 15: clinicchat.conversation.v1.ConversationService.GetConversation:output_type -> clinicchat.conversation.v1.Conversation
-	7,  // 16: clinicchat.conversation.v1.ConversationService.ListConversations:output_type -> clinicchat.conversation.v1.ListConversationsResponse
-	14, // 17: clinicchat.conversation.v1.ConversationService.PinConversation:output_type -> clinicchat.conversation.v1.Conversation
-	14, // 18: clinicchat.conversation.v1.ConversationService.UnpinConversation:output_type -> clinicchat.conversation.v1.Conversation
-	14, // 19: clinicchat.conversation.v1.ConversationService.MuteConversation:output_type -> clinicchat.conversation.v1.Conversation
-	14, // 20: clinicchat.conversation.v1.ConversationService.UnmuteConversation:output_type -> clinicchat.conversation.v1.Conversation
-	14, // 21: clinicchat.conversation.v1.ConversationService.MarkConversationRead:output_type -> clinicchat.conversation.v1.Conversation
-	14, // 22: clinicchat.conversation.v1.ConversationService.ResolveConversation:output_type -> clinicchat.conversation.v1.Conversation
-	14, // 23: clinicchat.conversation.v1.ConversationService.AssignConversation:output_type -> clinicchat.conversation.v1.Conversation
-	2,  // 24: clinicchat.conversation.v1.ConversationService.ListStaff:output_type -> clinicchat.conversation.v1.ListStaffResponse
-	14, // [14:25] is the sub-list for method output_type
-	3,  // [3:14] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	18, // 0: clinicchat.conversation.v1.ListMessageTemplatesResponse.message_templates:type_name -> clinicchat.conversation.v1.MessageTemplate
+	18, // 1: clinicchat.conversation.v1.CreateMessageTemplateRequest.message_template:type_name -> clinicchat.conversation.v1.MessageTemplate
+	18, // 2: clinicchat.conversation.v1.UpdateMessageTemplateRequest.message_template:type_name -> clinicchat.conversation.v1.MessageTemplate
+	19, // 3: clinicchat.conversation.v1.UpdateMessageTemplateRequest.update_mask:type_name -> google.protobuf.FieldMask
+	20, // 4: clinicchat.conversation.v1.ListStaffResponse.staff:type_name -> clinicchat.conversation.v1.StaffMember
+	21, // 5: clinicchat.conversation.v1.CreateConversationRequest.conversation:type_name -> clinicchat.conversation.v1.Conversation
+	21, // 6: clinicchat.conversation.v1.ListConversationsResponse.conversations:type_name -> clinicchat.conversation.v1.Conversation
+	9,  // 7: clinicchat.conversation.v1.ConversationService.CreateConversation:input_type -> clinicchat.conversation.v1.CreateConversationRequest
+	10, // 8: clinicchat.conversation.v1.ConversationService.GetConversation:input_type -> clinicchat.conversation.v1.GetConversationRequest
+	11, // 9: clinicchat.conversation.v1.ConversationService.ListConversations:input_type -> clinicchat.conversation.v1.ListConversationsRequest
+	13, // 10: clinicchat.conversation.v1.ConversationService.PinConversation:input_type -> clinicchat.conversation.v1.PinConversationRequest
+	14, // 11: clinicchat.conversation.v1.ConversationService.UnpinConversation:input_type -> clinicchat.conversation.v1.UnpinConversationRequest
+	15, // 12: clinicchat.conversation.v1.ConversationService.MuteConversation:input_type -> clinicchat.conversation.v1.MuteConversationRequest
+	16, // 13: clinicchat.conversation.v1.ConversationService.UnmuteConversation:input_type -> clinicchat.conversation.v1.UnmuteConversationRequest
+	17, // 14: clinicchat.conversation.v1.ConversationService.MarkConversationRead:input_type -> clinicchat.conversation.v1.MarkConversationReadRequest
+	8,  // 15: clinicchat.conversation.v1.ConversationService.ResolveConversation:input_type -> clinicchat.conversation.v1.ResolveConversationRequest
+	5,  // 16: clinicchat.conversation.v1.ConversationService.AssignConversation:input_type -> clinicchat.conversation.v1.AssignConversationRequest
+	6,  // 17: clinicchat.conversation.v1.ConversationService.ListStaff:input_type -> clinicchat.conversation.v1.ListStaffRequest
+	0,  // 18: clinicchat.conversation.v1.ConversationService.ListMessageTemplates:input_type -> clinicchat.conversation.v1.ListMessageTemplatesRequest
+	2,  // 19: clinicchat.conversation.v1.ConversationService.CreateMessageTemplate:input_type -> clinicchat.conversation.v1.CreateMessageTemplateRequest
+	3,  // 20: clinicchat.conversation.v1.ConversationService.UpdateMessageTemplate:input_type -> clinicchat.conversation.v1.UpdateMessageTemplateRequest
+	4,  // 21: clinicchat.conversation.v1.ConversationService.DeleteMessageTemplate:input_type -> clinicchat.conversation.v1.DeleteMessageTemplateRequest
+	21, // 22: clinicchat.conversation.v1.ConversationService.CreateConversation:output_type -> clinicchat.conversation.v1.Conversation
+	21, // 23: clinicchat.conversation.v1.ConversationService.GetConversation:output_type -> clinicchat.conversation.v1.Conversation
+	12, // 24: clinicchat.conversation.v1.ConversationService.ListConversations:output_type -> clinicchat.conversation.v1.ListConversationsResponse
+	21, // 25: clinicchat.conversation.v1.ConversationService.PinConversation:output_type -> clinicchat.conversation.v1.Conversation
+	21, // 26: clinicchat.conversation.v1.ConversationService.UnpinConversation:output_type -> clinicchat.conversation.v1.Conversation
+	21, // 27: clinicchat.conversation.v1.ConversationService.MuteConversation:output_type -> clinicchat.conversation.v1.Conversation
+	21, // 28: clinicchat.conversation.v1.ConversationService.UnmuteConversation:output_type -> clinicchat.conversation.v1.Conversation
+	21, // 29: clinicchat.conversation.v1.ConversationService.MarkConversationRead:output_type -> clinicchat.conversation.v1.Conversation
+	21, // 30: clinicchat.conversation.v1.ConversationService.ResolveConversation:output_type -> clinicchat.conversation.v1.Conversation
+	21, // 31: clinicchat.conversation.v1.ConversationService.AssignConversation:output_type -> clinicchat.conversation.v1.Conversation
+	7,  // 32: clinicchat.conversation.v1.ConversationService.ListStaff:output_type -> clinicchat.conversation.v1.ListStaffResponse
+	1,  // 33: clinicchat.conversation.v1.ConversationService.ListMessageTemplates:output_type -> clinicchat.conversation.v1.ListMessageTemplatesResponse
+	18, // 34: clinicchat.conversation.v1.ConversationService.CreateMessageTemplate:output_type -> clinicchat.conversation.v1.MessageTemplate
+	18, // 35: clinicchat.conversation.v1.ConversationService.UpdateMessageTemplate:output_type -> clinicchat.conversation.v1.MessageTemplate
+	22, // 36: clinicchat.conversation.v1.ConversationService.DeleteMessageTemplate:output_type -> google.protobuf.Empty
+	22, // [22:37] is the sub-list for method output_type
+	7,  // [7:22] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_clinicchat_conversation_v1_conversation_service_proto_init() }
@@ -855,7 +1153,7 @@ func file_clinicchat_conversation_v1_conversation_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clinicchat_conversation_v1_conversation_service_proto_rawDesc), len(file_clinicchat_conversation_v1_conversation_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

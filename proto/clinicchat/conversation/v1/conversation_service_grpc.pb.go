@@ -11,6 +11,7 @@ import (
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
+	emptypb "google.golang.org/protobuf/types/known/emptypb"
 )
 
 // This is a compile-time assertion to ensure that this generated file
@@ -19,17 +20,21 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ConversationService_CreateConversation_FullMethodName   = "/clinicchat.conversation.v1.ConversationService/CreateConversation"
-	ConversationService_GetConversation_FullMethodName      = "/clinicchat.conversation.v1.ConversationService/GetConversation"
-	ConversationService_ListConversations_FullMethodName    = "/clinicchat.conversation.v1.ConversationService/ListConversations"
-	ConversationService_PinConversation_FullMethodName      = "/clinicchat.conversation.v1.ConversationService/PinConversation"
-	ConversationService_UnpinConversation_FullMethodName    = "/clinicchat.conversation.v1.ConversationService/UnpinConversation"
-	ConversationService_MuteConversation_FullMethodName     = "/clinicchat.conversation.v1.ConversationService/MuteConversation"
-	ConversationService_UnmuteConversation_FullMethodName   = "/clinicchat.conversation.v1.ConversationService/UnmuteConversation"
-	ConversationService_MarkConversationRead_FullMethodName = "/clinicchat.conversation.v1.ConversationService/MarkConversationRead"
-	ConversationService_ResolveConversation_FullMethodName  = "/clinicchat.conversation.v1.ConversationService/ResolveConversation"
-	ConversationService_AssignConversation_FullMethodName   = "/clinicchat.conversation.v1.ConversationService/AssignConversation"
-	ConversationService_ListStaff_FullMethodName            = "/clinicchat.conversation.v1.ConversationService/ListStaff"
+	ConversationService_CreateConversation_FullMethodName    = "/clinicchat.conversation.v1.ConversationService/CreateConversation"
+	ConversationService_GetConversation_FullMethodName       = "/clinicchat.conversation.v1.ConversationService/GetConversation"
+	ConversationService_ListConversations_FullMethodName     = "/clinicchat.conversation.v1.ConversationService/ListConversations"
+	ConversationService_PinConversation_FullMethodName       = "/clinicchat.conversation.v1.ConversationService/PinConversation"
+	ConversationService_UnpinConversation_FullMethodName     = "/clinicchat.conversation.v1.ConversationService/UnpinConversation"
+	ConversationService_MuteConversation_FullMethodName      = "/clinicchat.conversation.v1.ConversationService/MuteConversation"
+	ConversationService_UnmuteConversation_FullMethodName    = "/clinicchat.conversation.v1.ConversationService/UnmuteConversation"
+	ConversationService_MarkConversationRead_FullMethodName  = "/clinicchat.conversation.v1.ConversationService/MarkConversationRead"
+	ConversationService_ResolveConversation_FullMethodName   = "/clinicchat.conversation.v1.ConversationService/ResolveConversation"
+	ConversationService_AssignConversation_FullMethodName    = "/clinicchat.conversation.v1.ConversationService/AssignConversation"
+	ConversationService_ListStaff_FullMethodName             = "/clinicchat.conversation.v1.ConversationService/ListStaff"
+	ConversationService_ListMessageTemplates_FullMethodName  = "/clinicchat.conversation.v1.ConversationService/ListMessageTemplates"
+	ConversationService_CreateMessageTemplate_FullMethodName = "/clinicchat.conversation.v1.ConversationService/CreateMessageTemplate"
+	ConversationService_UpdateMessageTemplate_FullMethodName = "/clinicchat.conversation.v1.ConversationService/UpdateMessageTemplate"
+	ConversationService_DeleteMessageTemplate_FullMethodName = "/clinicchat.conversation.v1.ConversationService/DeleteMessageTemplate"
 )
 
 // ConversationServiceClient is the client API for ConversationService service.
@@ -72,6 +77,16 @@ type ConversationServiceClient interface {
 	// Lists the practice's staff users seen so far (for the assign dialog), by
 	// display name. Callers: staff.
 	ListStaff(ctx context.Context, in *ListStaffRequest, opts ...grpc.CallOption) (*ListStaffResponse, error)
+	// Lists the practice's reply templates by title. Callers: staff.
+	ListMessageTemplates(ctx context.Context, in *ListMessageTemplatesRequest, opts ...grpc.CallOption) (*ListMessageTemplatesResponse, error)
+	// Creates a reply template (at most 200 per practice). Audited
+	// ("template.create"). Callers: practice_admin.
+	CreateMessageTemplate(ctx context.Context, in *CreateMessageTemplateRequest, opts ...grpc.CallOption) (*MessageTemplate, error)
+	// Changes a template's title or text. Audited ("template.update").
+	// Callers: practice_admin.
+	UpdateMessageTemplate(ctx context.Context, in *UpdateMessageTemplateRequest, opts ...grpc.CallOption) (*MessageTemplate, error)
+	// Removes a template. Audited ("template.delete"). Callers: practice_admin.
+	DeleteMessageTemplate(ctx context.Context, in *DeleteMessageTemplateRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 }
 
 type conversationServiceClient struct {
@@ -192,6 +207,46 @@ func (c *conversationServiceClient) ListStaff(ctx context.Context, in *ListStaff
 	return out, nil
 }
 
+func (c *conversationServiceClient) ListMessageTemplates(ctx context.Context, in *ListMessageTemplatesRequest, opts ...grpc.CallOption) (*ListMessageTemplatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListMessageTemplatesResponse)
+	err := c.cc.Invoke(ctx, ConversationService_ListMessageTemplates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *conversationServiceClient) CreateMessageTemplate(ctx context.Context, in *CreateMessageTemplateRequest, opts ...grpc.CallOption) (*MessageTemplate, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MessageTemplate)
+	err := c.cc.Invoke(ctx, ConversationService_CreateMessageTemplate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *conversationServiceClient) UpdateMessageTemplate(ctx context.Context, in *UpdateMessageTemplateRequest, opts ...grpc.CallOption) (*MessageTemplate, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MessageTemplate)
+	err := c.cc.Invoke(ctx, ConversationService_UpdateMessageTemplate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *conversationServiceClient) DeleteMessageTemplate(ctx context.Context, in *DeleteMessageTemplateRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, ConversationService_DeleteMessageTemplate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ConversationServiceServer is the server API for ConversationService service.
 // All implementations must embed UnimplementedConversationServiceServer
 // for forward compatibility.
@@ -232,6 +287,16 @@ type ConversationServiceServer interface {
 	// Lists the practice's staff users seen so far (for the assign dialog), by
 	// display name. Callers: staff.
 	ListStaff(context.Context, *ListStaffRequest) (*ListStaffResponse, error)
+	// Lists the practice's reply templates by title. Callers: staff.
+	ListMessageTemplates(context.Context, *ListMessageTemplatesRequest) (*ListMessageTemplatesResponse, error)
+	// Creates a reply template (at most 200 per practice). Audited
+	// ("template.create"). Callers: practice_admin.
+	CreateMessageTemplate(context.Context, *CreateMessageTemplateRequest) (*MessageTemplate, error)
+	// Changes a template's title or text. Audited ("template.update").
+	// Callers: practice_admin.
+	UpdateMessageTemplate(context.Context, *UpdateMessageTemplateRequest) (*MessageTemplate, error)
+	// Removes a template. Audited ("template.delete"). Callers: practice_admin.
+	DeleteMessageTemplate(context.Context, *DeleteMessageTemplateRequest) (*emptypb.Empty, error)
 	mustEmbedUnimplementedConversationServiceServer()
 }
 
@@ -274,6 +339,18 @@ func (UnimplementedConversationServiceServer) AssignConversation(context.Context
 }
 func (UnimplementedConversationServiceServer) ListStaff(context.Context, *ListStaffRequest) (*ListStaffResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListStaff not implemented")
+}
+func (UnimplementedConversationServiceServer) ListMessageTemplates(context.Context, *ListMessageTemplatesRequest) (*ListMessageTemplatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListMessageTemplates not implemented")
+}
+func (UnimplementedConversationServiceServer) CreateMessageTemplate(context.Context, *CreateMessageTemplateRequest) (*MessageTemplate, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateMessageTemplate not implemented")
+}
+func (UnimplementedConversationServiceServer) UpdateMessageTemplate(context.Context, *UpdateMessageTemplateRequest) (*MessageTemplate, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateMessageTemplate not implemented")
+}
+func (UnimplementedConversationServiceServer) DeleteMessageTemplate(context.Context, *DeleteMessageTemplateRequest) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteMessageTemplate not implemented")
 }
 func (UnimplementedConversationServiceServer) mustEmbedUnimplementedConversationServiceServer() {}
 func (UnimplementedConversationServiceServer) testEmbeddedByValue()                             {}
@@ -494,6 +571,78 @@ func _ConversationService_ListStaff_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ConversationService_ListMessageTemplates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListMessageTemplatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConversationServiceServer).ListMessageTemplates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConversationService_ListMessageTemplates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConversationServiceServer).ListMessageTemplates(ctx, req.(*ListMessageTemplatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ConversationService_CreateMessageTemplate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateMessageTemplateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConversationServiceServer).CreateMessageTemplate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConversationService_CreateMessageTemplate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConversationServiceServer).CreateMessageTemplate(ctx, req.(*CreateMessageTemplateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ConversationService_UpdateMessageTemplate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateMessageTemplateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConversationServiceServer).UpdateMessageTemplate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConversationService_UpdateMessageTemplate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConversationServiceServer).UpdateMessageTemplate(ctx, req.(*UpdateMessageTemplateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ConversationService_DeleteMessageTemplate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteMessageTemplateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ConversationServiceServer).DeleteMessageTemplate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ConversationService_DeleteMessageTemplate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ConversationServiceServer).DeleteMessageTemplate(ctx, req.(*DeleteMessageTemplateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ConversationService_ServiceDesc is the grpc.ServiceDesc for ConversationService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -544,6 +693,22 @@ var ConversationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListStaff",
 			Handler:    _ConversationService_ListStaff_Handler,
+		},
+		{
+			MethodName: "ListMessageTemplates",
+			Handler:    _ConversationService_ListMessageTemplates_Handler,
+		},
+		{
+			MethodName: "CreateMessageTemplate",
+			Handler:    _ConversationService_CreateMessageTemplate_Handler,
+		},
+		{
+			MethodName: "UpdateMessageTemplate",
+			Handler:    _ConversationService_UpdateMessageTemplate_Handler,
+		},
+		{
+			MethodName: "DeleteMessageTemplate",
+			Handler:    _ConversationService_DeleteMessageTemplate_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -155,6 +155,7 @@ type Repository interface {
 	// ListStaff lists the practice's staff by display name, then user id,
 	// after (displayName, user) when set; up to limit, and whether there are more.
 	ListStaff(ctx context.Context, practice string, after *StaffCursor, limit int) ([]StaffMember, bool, error)
+	TemplateRepository
 }
 
 // StaffCursor is a keyset position in the staff list.

@@ -4,11 +4,13 @@ package grpcapi
 import (
 	"context"
 
+	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	"github.com/clinicchat/clinicchat/services/conversation/internal/app"
 	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
+	"github.com/clinicchat/clinicchat/services/platform/errs"
 )
 
 // Server implements conversationv1.ConversationServiceServer.
@@ -102,4 +104,70 @@ func (s *Server) ListStaff(ctx context.Context, r *conversationv1.ListStaffReque
 			UpdateTime: timestamppb.New(m.UpdateTime)})
 	}
 	return out, nil
+}
+
+func renderTemplate(t domain.Template) *conversationv1.MessageTemplate {
+	return &conversationv1.MessageTemplate{Name: t.Name(), Title: t.Title, Text: t.Text, UpdateTime: timestamppb.New(t.UpdateTime)}
+}
+
+// ListMessageTemplates implements the RPC: one page holds every template.
+func (s *Server) ListMessageTemplates(ctx context.Context, _ *conversationv1.ListMessageTemplatesRequest) (*conversationv1.ListMessageTemplatesResponse, error) {
+	list, err := s.App.ListTemplates(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := &conversationv1.ListMessageTemplatesResponse{MessageTemplates: []*conversationv1.MessageTemplate{}}
+	for _, t := range list {
+		out.MessageTemplates = append(out.MessageTemplates, renderTemplate(t))
+	}
+	return out, nil
+}
+
+// CreateMessageTemplate implements the RPC.
+func (s *Server) CreateMessageTemplate(ctx context.Context, r *conversationv1.CreateMessageTemplateRequest) (*conversationv1.MessageTemplate, error) {
+	t, err := s.App.CreateTemplate(ctx, r.GetMessageTemplate().GetTitle(), r.GetMessageTemplate().GetText())
+	if err != nil {
+		return nil, err
+	}
+	return renderTemplate(t), nil
+}
+
+// UpdateMessageTemplate implements the RPC.
+func (s *Server) UpdateMessageTemplate(ctx context.Context, r *conversationv1.UpdateMessageTemplateRequest) (*conversationv1.MessageTemplate, error) {
+	in := r.GetMessageTemplate()
+	var title, text *string
+	paths := r.GetUpdateMask().GetPaths()
+	if len(paths) == 0 {
+		if in.GetTitle() != "" {
+			paths = append(paths, "title")
+		}
+		if in.GetText() != "" {
+			paths = append(paths, "text")
+		}
+	}
+	for _, p := range paths {
+		switch p {
+		case "title":
+			title = &in.Title
+		case "text":
+			text = &in.Text
+		case "name", "update_time":
+			// Identify the template or are output only.
+		default:
+			return nil, errs.InvalidArgument("updateMask: %q cannot be changed; use title or text", p)
+		}
+	}
+	t, err := s.App.UpdateTemplate(ctx, in.GetName(), title, text)
+	if err != nil {
+		return nil, err
+	}
+	return renderTemplate(t), nil
+}
+
+// DeleteMessageTemplate implements the RPC.
+func (s *Server) DeleteMessageTemplate(ctx context.Context, r *conversationv1.DeleteMessageTemplateRequest) (*emptypb.Empty, error) {
+	if err := s.App.DeleteTemplate(ctx, r.GetName()); err != nil {
+		return nil, err
+	}
+	return &emptypb.Empty{}, nil
 }

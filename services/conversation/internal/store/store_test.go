@@ -271,9 +271,52 @@ func TestRepositoryContract(t *testing.T) {
 				require.Len(t, staffList, 1)
 				require.Equal(t, "Dr Grace Lee", staffList[0].DisplayName)
 			})
+
+			t.Run("templates: per practice, by title, capped, changes carry their events", func(t *testing.T) {
+				s := newStore(t, b)
+				n := 0
+				count := func(domain.Template) []domain.Event { n++; return []domain.Event{event()} }
+				mk := func(practice, title string) domain.Template {
+					t.Helper()
+					tpl, err := s.CreateTemplate(ctx, domain.Template{Practice: practice, ID: ids.New(), Title: title, Text: "Hi {patient.firstName}", UpdateTime: t0}, count)
+					require.NoError(t, err)
+					return tpl
+				}
+				recall := mk("p1", "Recall")
+				mk("p1", "Appointment moved")
+				mk("p2", "Other practice")
+				list, err := s.ListTemplates(ctx, "p1")
+				require.NoError(t, err)
+				require.Len(t, list, 2)
+				require.Equal(t, "Appointment moved", list[0].Title)
+
+				text := "See you soon, {patient.displayName}"
+				got, err := s.UpdateTemplate(ctx, "p1", recall.ID, nil, &text, t0.Add(time.Hour), count)
+				require.NoError(t, err)
+				require.Equal(t, "Recall", got.Title)
+				require.Equal(t, text, got.Text)
+				require.True(t, t0.Add(time.Hour).Equal(got.UpdateTime))
+				_, err = s.UpdateTemplate(ctx, "p2", recall.ID, nil, &text, t0, count)
+				require.ErrorIs(t, err, domain.ErrTemplateNotFound, "another practice's template")
+				require.ErrorIs(t, s.DeleteTemplate(ctx, "p2", recall.ID, count), domain.ErrTemplateNotFound)
+				require.NoError(t, s.DeleteTemplate(ctx, "p1", recall.ID, count))
+				list, err = s.ListTemplates(ctx, "p1")
+				require.NoError(t, err)
+				require.Len(t, list, 1)
+				require.Equal(t, 5, n, "three creates, one update, one delete")
+
+				for i := 0; i < domain.MaxTemplatesPerPractice; i++ {
+					_, err = s.CreateTemplate(ctx, domain.Template{Practice: "p3", ID: ids.New(), Title: "t", Text: "x", UpdateTime: t0}, none2)
+					require.NoError(t, err)
+				}
+				_, err = s.CreateTemplate(ctx, domain.Template{Practice: "p3", ID: ids.New(), Title: "t", Text: "x", UpdateTime: t0}, none2)
+				require.ErrorIs(t, err, domain.ErrTooManyTemplates)
+			})
 		})
 	}
 }
+
+func none2(domain.Template) []domain.Event { return nil }
 
 func idsOf(cs []domain.Conversation) []string {
 	out := make([]string, len(cs))
