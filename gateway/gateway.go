@@ -301,6 +301,7 @@ func (s *Server) routes() error {
 		func() error { return s.mux.HandlePath(http.MethodGet, routeDownload, s.download) },
 		func() error { return s.mux.HandlePath(http.MethodGet, routeEvents, s.events) },
 		func() error { return s.mux.HandlePath(http.MethodGet, routeExport, s.exportAudit) },
+		func() error { return s.mux.HandlePath(http.MethodGet, routeConversationExport, s.exportConversation) },
 	}
 	for _, r := range register {
 		if err := r(); err != nil {
