@@ -14,7 +14,7 @@ func TestTemplateText(t *testing.T) {
 		text, wantErr string
 	}{
 		{"Hi {patient.firstName}, {staff.displayName} at {practice.name} here. {patient.displayName}", ""},
-		{"Any other {…} is refused: { are }", "Unknown placeholder { are }"},
+		{"Any other is refused: { are }", "Unknown placeholder { are }"},
 		{"Hi {patient.lastName}", "Unknown placeholder {patient.lastName}"},
 		{"Hi {}", "Unknown placeholder {}"},
 		{"   ", "text is required"},
