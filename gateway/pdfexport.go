@@ -163,6 +163,8 @@ func threadPDF(practice string, conv *conversationv1.Conversation, patient *pref
 	for _, m := range msgs {
 		sender := m.GetSender()
 		switch {
+		case m.GetSenderDisplayName() != "":
+			sender = m.GetSenderDisplayName() // the name at send time
 		case m.GetSenderRole() == auth.RolePatient:
 			sender = patient.GetDisplayName()
 		case staffNames[m.GetSender()] != "":

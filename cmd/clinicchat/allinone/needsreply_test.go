@@ -6,20 +6,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
 )
-
-// asNamed is as with a display name in the token's name claim.
-func (h harness) asNamed(subject, role, name string) *client {
-	h.t.Helper()
-	c := &client{t: h.t, base: "http://" + h.in.HTTPAddr}
-	var out struct{ Token string }
-	require.Equal(h.t, 200, c.do("POST", "/v1/dev/tokens", map[string]any{"subject": subject, "role": role,
-		"practice": allinone.DemoPractice, "name": name}, &out))
-	c.token = out.Token
-	return c
-}
 
 type triagedConversation struct {
 	Name                string `json:"name"`
