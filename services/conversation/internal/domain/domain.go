@@ -3,7 +3,7 @@ package domain
 
 import (
 	"context"
-	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/eventtype"
 	"time"
 
 	"github.com/clinicchat/clinicchat/services/platform/errs"
@@ -69,7 +69,7 @@ type ListQuery struct {
 }
 
 // Event is an outbox entry written in the same transaction as a change.
-type Event = outbox.Event
+type Event = eventtype.Event
 
 // MessageApplied is the projection of one delivered message.
 type MessageApplied struct {
