@@ -20,29 +20,6 @@ var (
 	workloads    = append([]string{"gateway"}, grpcServices...)
 )
 
-// flagKind is how a flag's value parses, for the flags the test knows from
-// a table (the gateway binary's, until it exists).
-type flagKind int
-
-const (
-	stringFlag flagKind = iota
-	durationFlag
-)
-
-// tableFlags registers a table of flags on fs.
-func tableFlags(table map[string]flagKind) func(*flag.FlagSet) {
-	return func(fs *flag.FlagSet) {
-		for name, kind := range table {
-			switch kind {
-			case durationFlag:
-				fs.Duration(name, 0, "")
-			default:
-				fs.String(name, "", "")
-			}
-		}
-	}
-}
-
 // binaryFlags registers, for each workload, the flags its binary has on top
 // of svcmain.Common (the gateway binary does not use svcmain): the service
 // packages' own Config.Flags, so a renamed, removed or retyped flag fails

@@ -154,7 +154,7 @@ func TestErrorMapping(t *testing.T) {
 		{"resource exhausted", &errs.Error{Code: codes.ResourceExhausted, Reason: "RATE_LIMITED", Msg: "Slow down"}, 429, "RATE_LIMITED"},
 		{"too large", errs.InvalidArgument("The file is too large").WithReason(errs.ReasonAttachmentTooLarge), 413, "ATTACHMENT_TOO_LARGE"},
 		{"unsupported type", errs.InvalidArgument("Images, PDFs and documents only").WithReason(errs.ReasonUnsupportedType), 415, "UNSUPPORTED_FILE_TYPE"},
-		{"unimplemented", errs.Unimplemented("Search"), 501, "UNIMPLEMENTED"},
+		{"unimplemented", status.Error(codes.Unimplemented, "Search is not available"), 501, "UNIMPLEMENTED"},
 		{"status without reason", status.Error(codes.FailedPrecondition, "Thread is archived"), 400, "FAILED_PRECONDITION"},
 		{"internal, masked by the service", errors.New("database password rejected"), 500, "INTERNAL"},
 		{"unavailable", status.Error(codes.Unavailable, "dial tcp 10.1.2.3:9090: connection refused"), 503, "UNAVAILABLE"},

@@ -520,7 +520,7 @@ func (f *fakeAttachment) UploadAttachment(stream attachmentv1.AttachmentService_
 	unimpl := f.unimplemented
 	f.mu.Unlock()
 	if unimpl {
-		return errs.Unimplemented("Attachments")
+		return status.Error(codes.Unimplemented, "Attachments is not available")
 	}
 	id, _ := caller(stream.Context())
 	rec := uploadRecord{caller: id.Principal()}
@@ -569,7 +569,7 @@ func (f *fakeAttachment) DownloadAttachment(req *attachmentv1.DownloadAttachment
 	file, ok := f.files[req.GetName()]
 	f.mu.Unlock()
 	if unimpl {
-		return errs.Unimplemented("Attachment downloads")
+		return status.Error(codes.Unimplemented, "Attachment downloads is not available")
 	}
 	if !ok {
 		return errs.NotFound("Attachment not found")

@@ -41,8 +41,6 @@ type Config struct {
 	BlobDir string
 	// ConversationAddr is the conversation service (standalone binary only).
 	ConversationAddr string
-	// DeliveryAddr is the delivery service (standalone binary only).
-	DeliveryAddr string
 	// StepUpWindow is how recently a patient must have signed in to open an
 	// attachment of a sensitive message (default 5 minutes).
 	StepUpWindow time.Duration
@@ -52,7 +50,6 @@ type Config struct {
 func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.BlobDir, "blob-dir", "", "directory of the attachment bytes, shared by every replica (required)")
 	fs.StringVar(&c.ConversationAddr, "conversation-addr", "conversation:9090", "conversation service gRPC address")
-	fs.StringVar(&c.DeliveryAddr, "delivery-addr", "delivery:9090", "delivery service gRPC address")
 	fs.DurationVar(&c.StepUpWindow, "step-up-window", messageview.DefaultStepUpWindow, "how recently a patient must have signed in to open an attachment of a sensitive message")
 }
 
@@ -79,10 +76,6 @@ type Deps struct {
 	// Conversations reaches the conversation service: every access is
 	// authorized with ResolveConversation as the caller. Required.
 	Conversations grpc.ClientConnInterface
-	// Delivery reaches the delivery service. Optional and not called yet:
-	// which messages carry an attachment is learned from delivery's
-	// MessageCreated events, as no DeliveryService RPC answers it.
-	Delivery grpc.ClientConnInterface
 }
 
 // Service is the attachment service.

@@ -127,7 +127,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	}
 	in.services = append(in.services, del)
 	att, err := attachment.New(ctx, attachment.Config{DatabaseDSN: cfg.path("attachment.db"), BlobDir: cfg.path("blobs"), StepUpWindow: cfg.StepUpWindow},
-		attachment.Deps{Log: log.Named("attachment"), JS: js, Conversations: conn, Delivery: conn})
+		attachment.Deps{Log: log.Named("attachment"), JS: js, Conversations: conn})
 	if err != nil {
 		return nil, fmt.Errorf("attachment: %w", err)
 	}

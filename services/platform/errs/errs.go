@@ -29,7 +29,6 @@ const (
 	ReasonAttachmentTooLarge = "ATTACHMENT_TOO_LARGE"
 	ReasonUnsupportedType    = "UNSUPPORTED_FILE_TYPE"
 	ReasonStepUpRequired     = "STEP_UP_REQUIRED"
-	ReasonUnimplemented      = "UNIMPLEMENTED"
 )
 
 // Error is a typed, user-presentable error. Msg must never carry PHI.
@@ -97,11 +96,6 @@ func (e *Error) WithReason(reason string) *Error {
 	c := *e
 	c.Reason = reason
 	return &c
-}
-
-// Unimplemented says which issue delivers an RPC.
-func Unimplemented(what string) *Error {
-	return newErr(codes.Unimplemented, ReasonUnimplemented, "%s is not available yet", what)
 }
 
 // Reason returns the ErrorInfo reason of err (a typed error or a status error

@@ -30,17 +30,15 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/clinicchat/clinicchat/services/platform/eventtype"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
 
 // Event is one event to write with a change: its id (EventMeta.id, also the
-// Nats-Msg-Id), its subject and its payload.
-type Event struct {
-	ID      string
-	Subject string
-	Msg     proto.Message
-}
+// Nats-Msg-Id), its subject and its payload. Domains name it as
+// eventtype.Event, which links no adapter.
+type Event = eventtype.Event
 
 // AddAll writes events into the outbox inside tx.
 func AddAll(ctx context.Context, tx *sqldb.Tx, events []Event) error {

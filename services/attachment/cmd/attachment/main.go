@@ -56,7 +56,6 @@ func run(args []string, stdout io.Writer) error {
 			conn *grpc.ClientConnInterface
 		}{
 			{cfg.ConversationAddr, &deps.Conversations},
-			{cfg.DeliveryAddr, &deps.Delivery},
 		} {
 			if peer.addr == "" {
 				continue

@@ -5,7 +5,7 @@ package domain
 
 import (
 	"context"
-	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/eventtype"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -51,7 +51,7 @@ type Link struct {
 }
 
 // Event is an outbox entry written in the same transaction as a change.
-type Event = outbox.Event
+type Event = eventtype.Event
 
 // Repository stores attachment metadata and message links; every method is
 // scoped by practice. Blobs are not its business.

@@ -1,7 +1,5 @@
 package domain
 
-import "github.com/clinicchat/clinicchat/services/platform/natsx"
-
 // This file is the one place that says which published events are audit
 // actions. The rule: every event on every clinicchat stream is an action and
 // becomes exactly one audit record, except
@@ -20,12 +18,17 @@ import "github.com/clinicchat/clinicchat/services/platform/natsx"
 // SystemActor is meta.actor for actions of the product itself.
 const SystemActor = "system"
 
+// SubjectNotification is the subject of notification requests
+// (natsx.SubjectNotification; spelled here so the domain links no NATS
+// adapter, and a test in this package keeps the two equal).
+const SubjectNotification = "clinicchat.conversation.notification.requested"
+
 // NonActionSubjects are NATS subjects whose events are not audited at all,
 // with the reason.
 var NonActionSubjects = map[string]string{
 	// A request to an external notifier to tell a recipient about a new
 	// message; the send that caused it is logged as "message.send".
-	natsx.SubjectNotification: "notification request, not an action",
+	SubjectNotification: "notification request, not an action",
 }
 
 // SystemEchoActions are actions that are not audited when the actor is

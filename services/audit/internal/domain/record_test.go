@@ -69,6 +69,13 @@ func TestNormalize(t *testing.T) {
 	require.Equal(t, domain.OutcomeAllowed, e.Outcome)
 }
 
+// The domain spells the notification subject itself (it links no NATS
+// adapter); it must stay the subject the conversation service publishes on.
+func TestSubjectNotificationMatchesNATS(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, natsx.SubjectNotification, domain.SubjectNotification)
+}
+
 func TestAudited(t *testing.T) {
 	t.Parallel()
 	person := domain.Entry{Actor: "users/u", Action: "message.status"}

@@ -6,9 +6,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/clinicchat/clinicchat/services/platform/outbox"
-
 	"github.com/clinicchat/clinicchat/services/platform/errs"
+	"github.com/clinicchat/clinicchat/services/platform/eventtype"
 )
 
 // State of a thread.
@@ -83,7 +82,7 @@ type ListQuery struct {
 }
 
 // Event is an outbox entry written in the same transaction as a change.
-type Event = outbox.Event
+type Event = eventtype.Event
 
 // MessageApplied is the projection of one delivered message.
 type MessageApplied struct {

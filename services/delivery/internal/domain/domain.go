@@ -6,7 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/eventtype"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -114,7 +114,7 @@ func ValidateSend(text string, attachments int, hasArtifact bool, requestID stri
 }
 
 // Event is an outbox entry written in the same transaction as a change.
-type Event = outbox.Event
+type Event = eventtype.Event
 
 // Repository stores messages; every method is scoped by practice.
 type Repository interface {

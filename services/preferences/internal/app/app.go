@@ -56,6 +56,15 @@ func PreferencesName(id string) string { return "patients/" + id + "/communicati
 // deny records a refused attempt (AccessRecorded, outcome DENIED, detail the
 // reason code) and returns err. The refusal stands even if recording fails;
 // that failure is logged.
+// caller is the verified caller the gRPC interceptor put in ctx.
+func caller(ctx context.Context) (auth.Identity, error) {
+	who, ok := auth.FromContext(ctx)
+	if !ok {
+		return auth.Identity{}, errs.Unauthenticated("Sign in again: the request carries no bearer token")
+	}
+	return who, nil
+}
+
 func (a *App) deny(ctx context.Context, who auth.Identity, action, resource string, err *errs.Error) error {
 	meta := events.Denied(who, action, resource, err.Reason, a.now().UTC())
 	ev := domain.Event{ID: meta.GetId(), Subject: natsx.SubjectPreferencesAccess, Msg: &typev1.AccessRecorded{Meta: meta}}

@@ -84,7 +84,11 @@ func (in *UpsertInput) validate(today time.Time) error {
 // by ExternalID (a new patient then gets a fresh id). An upsert that changes
 // nothing writes and publishes nothing. A new patient has not opted in to
 // chat; an update keeps their opt-in. Callers: system and practice_admin.
-func (a *App) UpsertPatient(ctx context.Context, who auth.Identity, in UpsertInput) (*domain.Patient, error) {
+func (a *App) UpsertPatient(ctx context.Context, in UpsertInput) (*domain.Patient, error) {
+	who, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if !who.IsSystem() && who.Role != auth.RolePracticeAdmin {
 		return nil, a.deny(ctx, who, ActionPatientUpsert, "patients",
 			errs.PermissionDenied("Only the practice management system or a practice admin can change the patient directory"))
@@ -123,7 +127,11 @@ func (a *App) UpsertPatient(ctx context.Context, who auth.Identity, in UpsertInp
 // GetPatient returns one patient of the caller's practice. Callers: staff and
 // system, and the patient themself; another patient's entry answers
 // NOT_FOUND and is recorded as a denied view.
-func (a *App) GetPatient(ctx context.Context, who auth.Identity, id string) (*domain.Patient, error) {
+func (a *App) GetPatient(ctx context.Context, id string) (*domain.Patient, error) {
+	who, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if err := a.mayRead(ctx, who, id, ActionPatientView, PatientName(id)); err != nil {
 		return nil, err
 	}
@@ -153,7 +161,11 @@ type SearchInput struct {
 // domain.SearchQuery for matching and order), the chat-eligible only unless
 // IncludeIneligible. It returns one page and the token of the next ("" at
 // the end). Callers: staff and system.
-func (a *App) SearchPatients(ctx context.Context, who auth.Identity, in SearchInput) ([]domain.SearchHit, string, error) {
+func (a *App) SearchPatients(ctx context.Context, in SearchInput) ([]domain.SearchHit, string, error) {
+	who, err := caller(ctx)
+	if err != nil {
+		return nil, "", err
+	}
 	if !who.IsStaff() && !who.IsSystem() {
 		return nil, "", a.deny(ctx, who, ActionPatientSearch, "patients",
 			errs.PermissionDenied("Only practice staff can search the patient directory"))

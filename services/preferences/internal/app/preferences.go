@@ -6,7 +6,6 @@ import (
 	"time"
 
 	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
-	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/errs"
 	"github.com/clinicchat/clinicchat/services/platform/events"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
@@ -16,7 +15,11 @@ import (
 // GetPreferences returns patient id's communication preferences, read from
 // the database (no cache). Callers: staff, system and the patient themself.
 // A patient not in the directory answers NOT_FOUND.
-func (a *App) GetPreferences(ctx context.Context, who auth.Identity, id string) (*domain.Patient, error) {
+func (a *App) GetPreferences(ctx context.Context, id string) (*domain.Patient, error) {
+	who, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if err := a.mayRead(ctx, who, id, ActionPreferencesView, PreferencesName(id)); err != nil {
 		return nil, err
 	}
@@ -28,7 +31,11 @@ func (a *App) GetPreferences(ctx context.Context, who auth.Identity, id string) 
 // patient answers NOT_FOUND, both recorded as denied. The change commits with
 // its PreferencesChanged event (action preferences.update) and governs the
 // very next read; setting the value it already has changes nothing.
-func (a *App) UpdatePreferences(ctx context.Context, who auth.Identity, id string, chatOptIn bool) (*domain.Patient, error) {
+func (a *App) UpdatePreferences(ctx context.Context, id string, chatOptIn bool) (*domain.Patient, error) {
+	who, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
 	resource := PreferencesName(id)
 	switch {
 	case !who.IsPatient():

@@ -3,12 +3,12 @@ package domain
 import (
 	"context"
 
-	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/eventtype"
 )
 
 // Event is an event to publish through the outbox, in the same transaction as
 // the change it describes.
-type Event = outbox.Event
+type Event = eventtype.Event
 
 // Mutation computes the next state of a patient from its current state
 // (nil when there is none) inside the repository's transaction. It returns

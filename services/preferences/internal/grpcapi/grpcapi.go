@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
-	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/errs"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/preferences/internal/app"
@@ -23,14 +22,6 @@ type Server struct {
 
 // New returns the gRPC server of a.
 func New(a *app.App) *Server { return &Server{app: a} }
-
-func caller(ctx context.Context) (auth.Identity, error) {
-	who, ok := auth.FromContext(ctx)
-	if !ok {
-		return auth.Identity{}, errs.Unauthenticated("Sign in again: the request carries no bearer token")
-	}
-	return who, nil
-}
 
 // patientID parses "patients/{patient}".
 func patientID(name, field string) (string, error) {
@@ -52,10 +43,6 @@ func preferencesID(name, field string) (string, error) {
 
 // UpsertPatient implements preferencesv1.PreferencesServiceServer.
 func (s *Server) UpsertPatient(ctx context.Context, req *preferencesv1.UpsertPatientRequest) (*preferencesv1.Patient, error) {
-	who, err := caller(ctx)
-	if err != nil {
-		return nil, err
-	}
 	p := req.GetPatient()
 	if p == nil {
 		return nil, errs.InvalidArgument("patient is required")
@@ -67,11 +54,12 @@ func (s *Server) UpsertPatient(ctx context.Context, req *preferencesv1.UpsertPat
 		HasPortalAccount: p.GetHasPortalAccount(),
 	}
 	if p.GetName() != "" {
+		var err error
 		if in.ID, err = patientID(p.GetName(), "patient.name"); err != nil {
 			return nil, err
 		}
 	}
-	out, err := s.app.UpsertPatient(ctx, who, in)
+	out, err := s.app.UpsertPatient(ctx, in)
 	if err != nil {
 		return nil, err
 	}
@@ -80,15 +68,11 @@ func (s *Server) UpsertPatient(ctx context.Context, req *preferencesv1.UpsertPat
 
 // GetPatient implements preferencesv1.PreferencesServiceServer.
 func (s *Server) GetPatient(ctx context.Context, req *preferencesv1.GetPatientRequest) (*preferencesv1.Patient, error) {
-	who, err := caller(ctx)
-	if err != nil {
-		return nil, err
-	}
 	id, err := patientID(req.GetName(), "name")
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.app.GetPatient(ctx, who, id)
+	out, err := s.app.GetPatient(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -97,11 +81,7 @@ func (s *Server) GetPatient(ctx context.Context, req *preferencesv1.GetPatientRe
 
 // ListPatients implements preferencesv1.PreferencesServiceServer.
 func (s *Server) ListPatients(ctx context.Context, req *preferencesv1.ListPatientsRequest) (*preferencesv1.ListPatientsResponse, error) {
-	who, err := caller(ctx)
-	if err != nil {
-		return nil, err
-	}
-	hits, next, err := s.app.SearchPatients(ctx, who, app.SearchInput{
+	hits, next, err := s.app.SearchPatients(ctx, app.SearchInput{
 		Query:             req.GetQuery(),
 		IncludeIneligible: req.GetIncludeIneligible(),
 		PageSize:          int(req.GetPageSize()),
@@ -119,15 +99,11 @@ func (s *Server) ListPatients(ctx context.Context, req *preferencesv1.ListPatien
 
 // GetCommunicationPreferences implements preferencesv1.PreferencesServiceServer.
 func (s *Server) GetCommunicationPreferences(ctx context.Context, req *preferencesv1.GetCommunicationPreferencesRequest) (*preferencesv1.CommunicationPreferences, error) {
-	who, err := caller(ctx)
-	if err != nil {
-		return nil, err
-	}
 	id, err := preferencesID(req.GetName(), "name")
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.app.GetPreferences(ctx, who, id)
+	out, err := s.app.GetPreferences(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -136,10 +112,6 @@ func (s *Server) GetCommunicationPreferences(ctx context.Context, req *preferenc
 
 // UpdateCommunicationPreferences implements preferencesv1.PreferencesServiceServer.
 func (s *Server) UpdateCommunicationPreferences(ctx context.Context, req *preferencesv1.UpdateCommunicationPreferencesRequest) (*preferencesv1.CommunicationPreferences, error) {
-	who, err := caller(ctx)
-	if err != nil {
-		return nil, err
-	}
 	prefs := req.GetCommunicationPreferences()
 	if prefs == nil {
 		return nil, errs.InvalidArgument("communication_preferences is required")
@@ -148,7 +120,7 @@ func (s *Server) UpdateCommunicationPreferences(ctx context.Context, req *prefer
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.app.UpdatePreferences(ctx, who, id, prefs.GetChatOptIn())
+	out, err := s.app.UpdatePreferences(ctx, id, prefs.GetChatOptIn())
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,4 @@
+// Package leak imports a service's package: forbidden.
+package leak
+
+import _ "example.com/house/services/a"

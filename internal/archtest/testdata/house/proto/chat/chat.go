@@ -1,0 +1,2 @@
+// Package chat stands for generated protos.
+package chat

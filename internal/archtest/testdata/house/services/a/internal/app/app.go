@@ -1,0 +1,2 @@
+// Package app is fine.
+package app

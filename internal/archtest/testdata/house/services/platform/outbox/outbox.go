@@ -1,0 +1,4 @@
+// Package outbox is an adapter.
+package outbox
+
+import _ "database/sql"
