@@ -20,12 +20,13 @@ import "github.com/clinicchat/clinicchat/services/platform/natsx"
 // SystemActor is meta.actor for actions of the product itself.
 const SystemActor = "system"
 
-// NonActionSubjects are NATS subjects whose events are not audited at all,
-// with the reason.
+// NonActionSubjects are the kinds of event (natsx.Kind: the NATS subject
+// without prefix and tenant tokens) that are not audited at all, with the
+// reason.
 var NonActionSubjects = map[string]string{
 	// A request to an external notifier to tell a recipient about a new
 	// message; the send that caused it is logged as "message.send".
-	natsx.SubjectNotification: "notification request, not an action",
+	"conversation.notification.requested": "notification request, not an action",
 }
 
 // SystemEchoActions are actions that are not audited when the actor is
@@ -45,7 +46,7 @@ var SystemEchoActions = map[string]string{
 // Audited reports whether an event on subject with entry's metadata becomes an
 // audit record, and when not, why (a fixed phrase, no PHI).
 func Audited(subject string, e Entry) (bool, string) {
-	if why, ok := NonActionSubjects[subject]; ok {
+	if why, ok := NonActionSubjects[natsx.Kind(subject)]; ok {
 		return false, why
 	}
 	if e.Actor == SystemActor {
