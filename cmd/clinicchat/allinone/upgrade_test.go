@@ -118,7 +118,8 @@ func TestUpgradeFromPreTenantSubjects(t *testing.T) {
 		}, 10*time.Second, 10*time.Millisecond)
 		require.Len(t, admin.auditEvents(`resource="`+m.GetMessage().GetName()+`" AND action="message.send"`), 1)
 	}
-	staff.send(conv.Name, "after", reqID("u", 2))
+	after := staff.send(conv.Name, "after", reqID("u", 2))
 	next := resumed.next(t, "message.created").message(t)
-	require.Equal(t, conv.Name+"/messages/4", next.Name, "nothing twice, then live")
+	require.Equal(t, after.Name, next.Name, "nothing twice, then live")
+	require.Equal(t, "after", next.Text)
 }
