@@ -17,6 +17,7 @@ type BinaryConfig struct {
 	// Upstream gRPC addresses, in the order of UpstreamNames.
 	Upstreams     [5]string
 	NATS          natsx.Config
+	NATSPrefix    string
 	JWKSURL       string
 	JWTIssuer     string
 	JWTAudience   string
@@ -42,6 +43,7 @@ func (c *BinaryConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA bundle for the NATS servers")
 	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client certificate for NATS")
 	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client key for NATS")
+	natsx.PrefixFlag(fs, &c.NATSPrefix)
 	fs.StringVar(&c.JWKSURL, "jwks-url", "", "issuer JWKS URL for verifying bearer tokens")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "required aud claim")

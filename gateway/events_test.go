@@ -278,10 +278,12 @@ func TestEventsSlowClientIsReset(t *testing.T) {
 	gate, gated := make(chan struct{}), make(chan struct{}, 1)
 	h.conv.add("conversations/ca", "p1", "patients/pa")
 	h.conv.mu.Lock()
-	h.conv.gate, h.conv.gated = gate, gated
+	h.conv.gate, h.conv.gated, h.conv.gateOnly = gate, gated, "doc"
 	h.conv.mu.Unlock()
 
 	slow := h.openEvents(h.token("doc", auth.RoleDentist, "p1", 0), "")
+	// Another reader of the same practice, and the same events.
+	fast := h.openEvents(h.token("nurse", auth.RoleHygienist, "p1", 0), "")
 	// The writer is stuck on this event while more arrive.
 	h.publish(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
 		Meta: meta("p1", "system"), Conversation: &conversationv1.Conversation{Name: "conversations/ca", Patient: "patients/pa"}})
@@ -290,8 +292,13 @@ func TestEventsSlowClientIsReset(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatal("the stream never asked for the conversation")
 	}
+	// The stuck stream slows nobody else: the other reader gets each event
+	// while the first is stuck (and it reads each before the next is sent,
+	// so its own small buffer never fills).
+	require.Equal(t, EventConversationUpdated, fast.next().Event)
 	for i := 1; i <= 5; i++ {
 		h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", fmt.Sprint(i), "users/doc", "x", int64(i), false))
+		requireMessage(t, fast.next(), fmt.Sprint("conversations/ca/messages/", i))
 	}
 	select {
 	case <-overflowed:

@@ -8,8 +8,9 @@
 // and forwards it unchanged as the "authorization" metadata of every upstream
 // call; each service verifies and authorizes the caller again (by design: no
 // service trusts that the gateway checked). Live events are read from the
-// delivery and conversation streams with one pair of ordered JetStream
-// consumers per connection, filtered to what the caller may see.
+// delivery and conversation streams by one fan-out per process (hub.go: one
+// ordered JetStream consumer per stream, however many connections), which
+// hands each event only to the connections allowed to see it.
 //
 // Logs carry ids only: never message text, file names or patient names.
 package gateway
@@ -49,6 +50,11 @@ const (
 	DefaultEventBuffer = 1024
 	// DefaultArchiveAfter is the conversation service's default archive period.
 	DefaultArchiveAfter = 8760 * time.Hour
+	// DefaultMaxStreamsPerIdentity is SPEC.md's limit of concurrent event
+	// streams per identity.
+	DefaultMaxStreamsPerIdentity = 10
+	// DefaultMaxStreams is the per-gateway ceiling of event streams.
+	DefaultMaxStreams = 20000
 )
 
 // Config is the gateway's behaviour. Upstream addresses and the HTTP listen
@@ -73,6 +79,12 @@ type Config struct {
 	// --archive-after), told to the web client by GET /v1/clientConfig so
 	// the Archived tab can name it (default 8760h).
 	ArchiveAfter time.Duration
+	// MaxStreamsPerIdentity bounds one identity's concurrent event streams
+	// (default 10); past it a stream gets 429 RESOURCE_EXHAUSTED.
+	MaxStreamsPerIdentity int
+	// MaxStreams bounds the gateway's concurrent event streams (default
+	// 20,000); past it a stream gets 429 RESOURCE_EXHAUSTED.
+	MaxStreams int
 }
 
 // Flags registers the gateway's flags on fs.
@@ -84,6 +96,9 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 		"events queued per /v1/events client before it is told to reload")
 	fs.DurationVar(&c.ArchiveAfter, "archive-after", DefaultArchiveAfter,
 		"the conversation service's --archive-after, named to staff by the web client")
+	fs.IntVar(&c.MaxStreamsPerIdentity, "max-streams-per-identity", DefaultMaxStreamsPerIdentity,
+		"concurrent /v1/events streams one identity may hold")
+	fs.IntVar(&c.MaxStreams, "max-streams", DefaultMaxStreams, "concurrent /v1/events streams this gateway serves")
 }
 
 // withDefaults fills zero fields with their defaults.
@@ -102,6 +117,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ArchiveAfter == 0 {
 		c.ArchiveAfter = DefaultArchiveAfter
+	}
+	if c.MaxStreamsPerIdentity == 0 {
+		c.MaxStreamsPerIdentity = DefaultMaxStreamsPerIdentity
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = DefaultMaxStreams
 	}
 	return c
 }
@@ -123,6 +144,9 @@ func (c Config) Validate() error {
 	}
 	if c.ArchiveAfter < 0 {
 		errs = append(errs, errors.New("--archive-after must not be negative"))
+	}
+	if c.MaxStreamsPerIdentity < 0 || c.MaxStreams < 0 {
+		errs = append(errs, errors.New("--max-streams-per-identity and --max-streams must not be negative"))
 	}
 	return errors.Join(errs...)
 }
@@ -167,6 +191,9 @@ type Server struct {
 	closing chan struct{}
 	// streams counts running event streams (and their background work).
 	streams sync.WaitGroup
+	// hub is the event fan-out; limits bound the streams.
+	hub    *hub
+	limits *streamLimits
 	// onOverflow, when set (by tests), is called when an event stream's
 	// buffer overflows.
 	onOverflow func()
@@ -220,6 +247,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		attachments:   attachmentv1.NewAttachmentServiceClient(deps.Attachment),
 		closing:       make(chan struct{}),
 	}
+	s.hub = newHub(s)
+	s.limits = newStreamLimits(cfg.MaxStreamsPerIdentity, cfg.MaxStreams)
+	s.metrics.registerHub(func() float64 { return float64(s.hub.queued.Load()) })
 	if err := s.routes(); err != nil {
 		return nil, err
 	}
@@ -244,6 +274,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { s.streams.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.hub.stop()
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("gateway shutdown: event streams still open: %w", ctx.Err())

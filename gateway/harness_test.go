@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc/codes"
@@ -34,6 +36,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/errs"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
@@ -48,6 +51,7 @@ const waitFor = 10 * time.Second
 type harness struct {
 	t      *testing.T
 	gw     *Server
+	ns     *server.Server
 	srv    *httptest.Server
 	js     jetstream.JetStream
 	tokens *testkit.Tokens
@@ -64,11 +68,29 @@ type harnessOption func(h *harness, c *Config, d *Deps)
 
 func newHarness(t *testing.T, opts ...harnessOption) *harness {
 	t.Helper()
+	return newHarnessOn(t, nil, opts...)
+}
+
+// newHarnessOn is newHarness on from's NATS server and token issuer (nil:
+// its own): a second gateway replica, or the same one after a restart.
+func newHarnessOn(t *testing.T, from *harness, opts ...harnessOption) *harness {
+	t.Helper()
 	log := testkit.Logger(t)
-	_, _, js := testkit.NATS(t)
-	tokens, verifier := testkit.NewTokens()
-	h := &harness{t: t, js: js, tokens: tokens,
-		conv: newFakeConversation(), del: newFakeDelivery(), att: newFakeAttachment()}
+	h := &harness{t: t, conv: newFakeConversation(), del: newFakeDelivery(), att: newFakeAttachment()}
+	if from != nil {
+		// Its own NATS connection, as another process would have.
+		nc, err := nats.Connect(from.ns.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+		require.NoError(t, err)
+		t.Cleanup(nc.Close)
+		h.ns, h.tokens = from.ns, from.tokens
+		h.js, err = jetstream.New(nc)
+		require.NoError(t, err)
+	} else {
+		h.ns, _, h.js = testkit.NATS(t)
+		h.tokens, _ = testkit.NewTokens()
+	}
+	tokens := h.tokens
+	verifier := auth.HMACVerifier{Key: tokens.Issuer.Key, Issuer: tokens.Issuer.Issuer}
 
 	lis := bufconn.Listen(1 << 20)
 	gs := grpcx.NewServer(log, verifier)
@@ -85,7 +107,7 @@ func newHarness(t *testing.T, opts ...harnessOption) *harness {
 	t.Cleanup(func() { _ = cc.Close() })
 
 	cfg := Config{}
-	deps := Deps{Log: log, Verifier: verifier, JS: js,
+	deps := Deps{Log: log, Verifier: verifier, JS: h.js,
 		Conversation: cc, Delivery: cc, Preferences: cc, Attachment: cc, Audit: cc}
 	for _, o := range opts {
 		o(h, &cfg, &deps)
@@ -180,8 +202,33 @@ func decodeJSON(t *testing.T, resp *http.Response) map[string]any {
 	return out
 }
 
-// publish puts an event straight into JetStream, as a service's outbox would.
-func (h *harness) publish(subject string, m proto.Message) uint64 {
+// publish puts an event straight into JetStream on base's tenant subject,
+// as a service's outbox would.
+func (h *harness) publish(base string, m proto.Message) uint64 {
+	h.t.Helper()
+	return h.publishLegacy(tenantSubject(base, m), m)
+}
+
+// tenantSubject is the subject the services publish m on (natsx.Tenant with
+// the practice, then the thread's patient or the user).
+func tenantSubject(base string, m proto.Message) string {
+	tokens := []string{m.(interface{ GetMeta() *typev1.EventMeta }).GetMeta().GetPractice()}
+	switch m := m.(type) {
+	case interface{ GetPatient() string }:
+		tokens = append(tokens, m.GetPatient())
+	case *conversationv1.ConversationCreated:
+		tokens = append(tokens, m.GetConversation().GetPatient())
+	case *conversationv1.ConversationUpdated:
+		tokens = append(tokens, m.GetConversation().GetPatient())
+	case *conversationv1.ConversationUserStateChanged:
+		tokens = append(tokens, m.GetUser())
+	}
+	return natsx.Tenant(base, tokens...)
+}
+
+// publishLegacy puts an event on exactly subject: with a base subject, the
+// pre-tenant form that versions before tenant subjects published.
+func (h *harness) publishLegacy(subject string, m proto.Message) uint64 {
 	h.t.Helper()
 	raw, err := proto.Marshal(m)
 	require.NoError(h.t, err)
@@ -384,6 +431,8 @@ type fakeConversation struct {
 	// on gated (if set).
 	gate  chan struct{}
 	gated chan struct{}
+	// gateOnly, when set, gates only the caller with this subject.
+	gateOnly string
 	// seenAuth is the authorization metadata of the last call.
 	seenAuth string
 	// createErr is returned by CreateConversation when set.
@@ -406,6 +455,9 @@ func (f *fakeConversation) GetConversation(ctx context.Context, req *conversatio
 	id, md := caller(ctx)
 	f.mu.Lock()
 	gate, gated := f.gate, f.gated
+	if f.gateOnly != "" && f.gateOnly != id.Subject {
+		gate, gated = nil, nil
+	}
 	rec := f.convs[req.GetName()]
 	f.seenAuth = md
 	f.mu.Unlock()

@@ -27,6 +27,9 @@ type metrics struct {
 	sseClients  prometheus.Gauge
 	sseEvents   *prometheus.CounterVec
 	sseResets   *prometheus.CounterVec
+	sseRefused  *prometheus.CounterVec
+	sseDropped  prometheus.Counter
+	hubDecoded  prometheus.Counter
 	uploadBytes prometheus.Counter
 }
 
@@ -54,14 +57,36 @@ func newMetrics() *metrics {
 			Name: "clinicchat_gateway_sse_resets_total",
 			Help: "Event streams ended with event: reset, by reason.",
 		}, []string{"reason"}),
+		sseRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinicchat_gateway_sse_refused_total",
+			Help: "/v1/events streams refused, by reason: per_identity and gateway_full (429), unavailable (503: NATS unreachable), shutting_down.",
+		}, []string{"reason"}),
+		sseDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "clinicchat_gateway_sse_dropped_events_total",
+			Help: "Events dropped for event-stream clients that read too slowly (each such client is told to reload).",
+		}),
+		hubDecoded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "clinicchat_gateway_hub_events_decoded_total",
+			Help: "Events the fan-out decoded (once per event with an audience on this gateway; events of practices without open streams here are not decoded).",
+		}),
 		uploadBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "clinicchat_gateway_upload_bytes_total",
 			Help: "Attachment bytes streamed to the attachment service.",
 		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.sseClients, m.sseEvents, m.sseResets, m.uploadBytes,
+	m.reg.MustRegister(m.requests, m.latency, m.sseClients, m.sseEvents, m.sseResets, m.sseRefused, m.sseDropped,
+		m.hubDecoded, m.uploadBytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// registerHub adds the fan-out's queue depth: events waiting in event-stream
+// connections' queues.
+func (m *metrics) registerHub(queued func() float64) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "clinicchat_gateway_hub_queue_depth",
+		Help: "Events queued by the fan-out and not yet written to their event-stream clients.",
+	}, queued))
 }
 
 func (m *metrics) handler() http.Handler {

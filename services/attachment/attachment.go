@@ -135,7 +135,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return natsx.Consume(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
 			Stream: natsx.StreamDelivery, Durable: ConsumerLinks,
-			FilterSubjects: []string{natsx.SubjectMessageCreated},
+			FilterSubjects: natsx.Filter(natsx.SubjectMessageCreated),
 		}, s.app.HandleMessageCreated)
 	})
 	return g.Wait()

@@ -221,7 +221,7 @@ func waitEvent[T proto.Message](t *testing.T, js jetstream.JetStream, stream, su
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: natsx.Filter(subject)})
 	require.NoError(t, err)
 	for ctx.Err() == nil {
 		m, err := cons.Next(jetstream.FetchMaxWait(time.Second))

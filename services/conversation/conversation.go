@@ -105,7 +105,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return natsx.Consume(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
 			Stream: natsx.StreamDelivery, Durable: "conversation-projection",
-			FilterSubjects: []string{natsx.SubjectMessageCreated},
+			FilterSubjects: natsx.Filter(natsx.SubjectMessageCreated),
 			Concurrency:    16, // idempotent and order-free: writes group-commit
 		}, func(ctx context.Context, m jetstream.Msg) error {
 			return s.app.HandleMessageCreated(ctx, m, s.deps.PracticeName)
@@ -114,7 +114,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return natsx.Consume(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
 			Stream: natsx.StreamPreferences, Durable: "conversation-patients",
-			FilterSubjects: []string{natsx.SubjectPatientUpserted},
+			FilterSubjects: natsx.Filter(natsx.SubjectPatientUpserted),
 		}, s.app.HandlePatientUpserted)
 	})
 	g.Go(func() error { return s.sweep(ctx) })

@@ -114,7 +114,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return natsx.Consume(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
 			Stream: natsx.StreamConversation, Durable: "delivery-receipts",
-			FilterSubjects: []string{natsx.SubjectConversationRead},
+			FilterSubjects: natsx.Filter(natsx.SubjectConversationRead),
 			Concurrency:    16, // idempotent and order-free: writes group-commit
 		}, s.app.HandleConversationRead)
 	})

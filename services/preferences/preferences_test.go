@@ -63,7 +63,7 @@ func newEnv(t *testing.T, b testkit.Backend) *env {
 	})
 	e := &env{t: t, client: preferencesv1.NewPreferencesServiceClient(conn), tokens: tokens, js: js, events: map[string]jetstream.Consumer{}}
 	for _, subject := range []string{natsx.SubjectPatientUpserted, natsx.SubjectPreferencesChanged, natsx.SubjectPreferencesAccess} {
-		c, err := js.OrderedConsumer(context.Background(), natsx.StreamPreferences, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+		c, err := js.OrderedConsumer(context.Background(), natsx.StreamPreferences, jetstream.OrderedConsumerConfig{FilterSubjects: natsx.Filter(subject)})
 		require.NoError(t, err)
 		e.events[subject] = c
 	}

@@ -147,7 +147,8 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	}
 	artifactv1.RegisterArtifactProviderServiceServer(in.grpcSrv.Server, &demoprovider.Provider{})
 
-	in.gw, err = gateway.New(gateway.Config{DevMode: cfg.Dev, StepUpWindow: cfg.StepUpWindow, ArchiveAfter: cfg.ArchiveAfter}, gateway.Deps{
+	in.gw, err = gateway.New(gateway.Config{DevMode: cfg.Dev, StepUpWindow: cfg.StepUpWindow, ArchiveAfter: cfg.ArchiveAfter,
+		MaxStreamsPerIdentity: cfg.MaxStreamsPerIdentity, MaxStreams: cfg.MaxStreams}, gateway.Deps{
 		Log: log.Named("gateway"), Verifier: verifier, DevIssuer: in.DevIssuer, JS: js,
 		Conversation: conn, Delivery: conn, Preferences: conn, Attachment: conn, Audit: conn,
 		Ready: in.ready,

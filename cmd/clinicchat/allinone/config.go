@@ -32,6 +32,9 @@ type Config struct {
 	JWKSURL     string
 	JWTIssuer   string
 	JWTAudience string
+	// Event-stream limits (gateway.Config; 0 = the gateway's defaults).
+	MaxStreamsPerIdentity int
+	MaxStreams            int
 }
 
 // Flags registers the flags (SPEC.md section 4).
@@ -50,6 +53,8 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.JWKSURL, "jwks-url", "", "without --dev: the issuer's JWKS URL")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "without --dev: the required iss claim")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "without --dev: the required aud claim")
+	fs.IntVar(&c.MaxStreamsPerIdentity, "max-streams-per-identity", 10, "concurrent /v1/events streams one identity may hold")
+	fs.IntVar(&c.MaxStreams, "max-streams", 20000, "concurrent /v1/events streams this process serves")
 }
 
 // Validate reports every problem at once.

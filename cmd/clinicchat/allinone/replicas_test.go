@@ -20,6 +20,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/delivery"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 	"github.com/clinicchat/clinicchat/services/preferences"
 )
@@ -146,14 +147,33 @@ func TestTwoGatewaysTwoDeliveryReplicas(t *testing.T) {
 	require.Equal(t, viaA.Name, events.next(t, "message.created").message(t).Name, "the first message came once")
 
 	// Both replicas relay one outbox table: each event is published once.
+	var sent []string
 	for i := range 20 {
-		staffB.send(c.Name, "more", reqID("m", i))
+		sent = append(sent, staffB.send(c.Name, "more", reqID("m", i)).Name)
 	}
-	stream, err := deliveryA.js.Stream(context.Background(), "CLINICCHAT_DELIVERY")
+	stream, err := deliveryA.js.Stream(context.Background(), natsx.StreamDelivery)
 	require.NoError(t, err)
+	subject := natsx.Tenant(natsx.SubjectMessageCreated, "north", "patients/pat1")
 	require.Eventually(t, func() bool {
-		info, err := stream.Info(context.Background(), jetstream.WithSubjectFilter("clinicchat.delivery.message.created"))
-		return err == nil && info.State.Subjects["clinicchat.delivery.message.created"] == 22
+		info, err := stream.Info(context.Background(), jetstream.WithSubjectFilter(natsx.SubjectMessageCreated+".>"))
+		return err == nil && len(info.State.Subjects) == 1 && info.State.Subjects[subject] == 22
 	}, 10*time.Second, 20*time.Millisecond)
 	require.Equal(t, http.StatusOK, staffA.do("GET", "/v1/"+c.Name+"/messages", nil, nil))
+
+	// The patient reads ten on gateway A, drops, and resumes on gateway B:
+	// the cursor is the streams' sequences, which both gateways share.
+	var lastID string
+	for _, name := range sent[:10] {
+		ev := events.next(t, "message.created")
+		require.Equal(t, name, ev.message(t).Name)
+		lastID = ev.ID
+	}
+	events.cancel()
+	patientB := &client{t: t, base: gatewayB, token: patientA.token}
+	resumed := patientB.events(lastID)
+	for _, name := range sent[10:] {
+		require.Equal(t, name, resumed.next(t, "message.created").message(t).Name)
+	}
+	live := staffA.send(c.Name, "after the move", "a-2")
+	require.Equal(t, live.Name, resumed.next(t, "message.created").message(t).Name, "nothing twice, then live")
 }

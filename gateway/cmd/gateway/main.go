@@ -77,6 +77,9 @@ func run(args []string) error {
 		devIssuer = &auth.DevIssuer{Key: key, Issuer: auth.DevIssuerName}
 	}
 
+	if err := natsx.SetPrefix(cfg.NATSPrefix); err != nil {
+		return err
+	}
 	cfg.NATS.Name = "gateway"
 	nc, err := natsx.Connect(cfg.NATS)
 	if err != nil {

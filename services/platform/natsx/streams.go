@@ -2,39 +2,286 @@ package natsx
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Subjects: clinicchat.<service>.<kind>.<verb>. Each service publishes only
-// under its own prefix, into its own stream.
-const (
-	SubjectConversationCreated       = "clinicchat.conversation.conversation.created"
-	SubjectConversationUpdated       = "clinicchat.conversation.conversation.updated"
-	SubjectConversationRead          = "clinicchat.conversation.conversation.read"
-	SubjectConversationUser          = "clinicchat.conversation.userstate.changed"
-	SubjectConversationAccess        = "clinicchat.conversation.access.recorded"
-	SubjectMessageCreated            = "clinicchat.delivery.message.created"
-	SubjectMessageUpdated            = "clinicchat.delivery.message.updated"
-	SubjectNotification              = "clinicchat.conversation.notification.requested"
-	SubjectDeliveryAccess            = "clinicchat.delivery.access.recorded"
-	SubjectAttachmentUploaded        = "clinicchat.attachment.attachment.uploaded"
-	SubjectAttachmentAccess          = "clinicchat.attachment.access.recorded"
-	SubjectPatientUpserted           = "clinicchat.preferences.patient.upserted"
-	SubjectPreferencesChanged        = "clinicchat.preferences.preferences.changed"
-	SubjectPreferencesAccess         = "clinicchat.preferences.access.recorded"
-	SubjectGatewayAccess             = "clinicchat.gateway.access.recorded"
-	StreamConversation               = "CLINICCHAT_CONVERSATION"
-	StreamDelivery                   = "CLINICCHAT_DELIVERY"
-	StreamAttachment                 = "CLINICCHAT_ATTACHMENT"
-	StreamPreferences                = "CLINICCHAT_PREFERENCES"
-	StreamGateway                    = "CLINICCHAT_GATEWAY"
-	DefaultRetention                 = 7 * 24 * time.Hour
-	DefaultDuplicateWindow           = 10 * time.Minute
-	defaultStreamMaxBytes      int64 = 8 << 30
+// Subjects. Every event is published on
+//
+//	<prefix>.<service>.<kind>.<verb>.<practice>[.<more>]
+//
+// where <prefix>.<service>.<kind>.<verb> is one of the Subject* variables
+// below (the event's "base" subject) and the tokens after it carry the tenant:
+// the practice always, and for thread events the patient (so that a
+// subscriber can ask only for one practice, or one patient's thread). Build a
+// subject with Tenant, filter with Filter, read it back with Base and Tokens.
+//
+// Before tenant tokens existed events were published on the base subject
+// alone; Filter matches both forms, so events and outbox rows written by an
+// older version are still consumed after an upgrade.
+//
+// The variables are set from the prefix ("clinicchat" by default, see
+// SetPrefix) and must not be assigned otherwise.
+var (
+	SubjectConversationCreated string
+	SubjectConversationUpdated string
+	SubjectConversationRead    string
+	SubjectConversationUser    string
+	SubjectConversationAccess  string
+	SubjectMessageCreated      string
+	SubjectMessageUpdated      string
+	SubjectNotification        string
+	SubjectDeliveryAccess      string
+	SubjectAttachmentUploaded  string
+	SubjectAttachmentAccess    string
+	SubjectPatientUpserted     string
+	SubjectPreferencesChanged  string
+	SubjectPreferencesAccess   string
+	SubjectGatewayAccess       string
+	StreamConversation         string
+	StreamDelivery             string
+	StreamAttachment           string
+	StreamPreferences          string
+	StreamGateway              string
 )
+
+const (
+	// DefaultPrefix is the subject prefix and (upper-cased) stream-name
+	// prefix of a deployment that does not set one.
+	DefaultPrefix                = "clinicchat"
+	DefaultRetention             = 7 * 24 * time.Hour
+	DefaultDuplicateWindow       = 10 * time.Minute
+	defaultStreamMaxBytes  int64 = 8 << 30
+)
+
+// domains are the services that own a stream, in stream order.
+var domains = []struct{ name, desc string }{
+	{"conversation", "conversation service events"},
+	{"delivery", "delivery service events: messages, receipts, notifications"},
+	{"attachment", "attachment service events"},
+	{"preferences", "preferences service events"},
+	{"gateway", "gateway access events"},
+}
+
+var prefix string
+
+func init() { setPrefix(DefaultPrefix) }
+
+var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,31}$`)
+
+// SetPrefix sets the subject prefix ("acme" gives subjects "acme.delivery…"
+// and streams "ACME_DELIVERY"), so that deployments can share one NATS
+// account. Call it once at process start, before any subject or stream is
+// used; every process of a deployment must use the same prefix.
+func SetPrefix(p string) error {
+	if p == "" {
+		p = DefaultPrefix
+	}
+	if !prefixRE.MatchString(p) {
+		return fmt.Errorf("NATS prefix %q: want a lower-case letter, then up to 31 of a-z, 0-9, _ and -", p)
+	}
+	setPrefix(p)
+	return nil
+}
+
+// Prefix is the current subject prefix.
+func Prefix() string { return prefix }
+
+// PrefixFlag registers --nats-prefix on fs; apply it with SetPrefix.
+func PrefixFlag(fs *flag.FlagSet, p *string) {
+	fs.StringVar(p, "nats-prefix", DefaultPrefix,
+		"prefix of every NATS subject and (upper-cased) stream name, so deployments can share a NATS account")
+}
+
+func setPrefix(p string) {
+	prefix = p
+	s := func(rest string) string { return p + "." + rest }
+	SubjectConversationCreated = s("conversation.conversation.created")
+	SubjectConversationUpdated = s("conversation.conversation.updated")
+	SubjectConversationRead = s("conversation.conversation.read")
+	SubjectConversationUser = s("conversation.userstate.changed")
+	SubjectConversationAccess = s("conversation.access.recorded")
+	SubjectMessageCreated = s("delivery.message.created")
+	SubjectMessageUpdated = s("delivery.message.updated")
+	SubjectNotification = s("conversation.notification.requested")
+	SubjectDeliveryAccess = s("delivery.access.recorded")
+	SubjectAttachmentUploaded = s("attachment.attachment.uploaded")
+	SubjectAttachmentAccess = s("attachment.access.recorded")
+	SubjectPatientUpserted = s("preferences.patient.upserted")
+	SubjectPreferencesChanged = s("preferences.preferences.changed")
+	SubjectPreferencesAccess = s("preferences.access.recorded")
+	SubjectGatewayAccess = s("gateway.access.recorded")
+	StreamConversation = streamName("conversation")
+	StreamDelivery = streamName("delivery")
+	StreamAttachment = streamName("attachment")
+	StreamPreferences = streamName("preferences")
+	StreamGateway = streamName("gateway")
+}
+
+func streamName(domain string) string {
+	return strings.ToUpper(strings.ReplaceAll(prefix, "-", "_")) + "_" + strings.ToUpper(domain)
+}
+
+// StreamDomain is the service part of a stream name, lower-case
+// ("CLINICCHAT_DELIVERY" → "delivery").
+func StreamDomain(stream string) string {
+	return strings.ToLower(strings.TrimPrefix(stream, streamName("")))
+}
+
+// Tenant is base followed by the encoded tokens (Token): the subject an
+// event is published on. base is one of the Subject* variables; the first
+// token is the practice.
+func Tenant(base string, tokens ...string) string {
+	var b strings.Builder
+	b.Grow(len(base) + 24*len(tokens))
+	b.WriteString(base)
+	for _, t := range tokens {
+		b.WriteByte('.')
+		b.WriteString(Token(t))
+	}
+	return b.String()
+}
+
+// Filter is what a consumer of base events filters on: the tenant form
+// (base.>) and the pre-tenant form (base alone) that older versions
+// published.
+func Filter(base ...string) []string {
+	out := make([]string, 0, 2*len(base))
+	for _, b := range base {
+		out = append(out, b, b+".>")
+	}
+	return out
+}
+
+// baseTokens is how many tokens a base subject has after the prefix.
+const baseTokens = 3
+
+// Base is the base subject of an event's subject (the subject itself for
+// the pre-tenant form), or "" if subject is not one of ours.
+func Base(subject string) string {
+	rest, ok := strings.CutPrefix(subject, prefix+".")
+	if !ok {
+		return ""
+	}
+	end := len(prefix) + 1
+	for i := 0; i < baseTokens; i++ {
+		j := strings.IndexByte(rest, '.')
+		if j < 0 {
+			if i == baseTokens-1 && rest != "" {
+				return subject
+			}
+			return ""
+		}
+		end += j + 1
+		rest = rest[j+1:]
+	}
+	return subject[:end-1]
+}
+
+// Kind is the base subject without the prefix
+// ("conversation.notification.requested"): what an event is, the same in
+// every deployment. "" if subject is not one of ours.
+func Kind(subject string) string {
+	b := Base(subject)
+	if b == "" {
+		return ""
+	}
+	return b[len(prefix)+1:]
+}
+
+// Tokens returns the (still encoded) tenant tokens after subject's base:
+// none for the pre-tenant form.
+func Tokens(subject string) []string {
+	b := Base(subject)
+	if b == "" || len(b) == len(subject) {
+		return nil
+	}
+	return strings.Split(subject[len(b)+1:], ".")
+}
+
+// Token encodes an id (a practice id, "patients/p", "users/u": any
+// characters) as one subject token: '.', '*', '>', '%', and every byte
+// outside printable ASCII become %XX; the empty string is "_" (and "_"
+// itself "%5F"). Decode with Untoken.
+func Token(id string) string {
+	if id == "" {
+		return "_"
+	}
+	if id == "_" {
+		return "%5F"
+	}
+	n := 0
+	for i := 0; i < len(id); i++ {
+		if escaped(id[i]) {
+			n++
+		}
+	}
+	if n == 0 {
+		return id
+	}
+	const hex = "0123456789ABCDEF"
+	out := make([]byte, 0, len(id)+2*n)
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if escaped(c) {
+			out = append(out, '%', hex[c>>4], hex[c&15])
+		} else {
+			out = append(out, c)
+		}
+	}
+	return string(out)
+}
+
+func escaped(c byte) bool {
+	return c <= ' ' || c >= 0x7f || c == '.' || c == '*' || c == '>' || c == '%'
+}
+
+var errBadToken = errors.New("not an encoded subject token")
+
+// Untoken decodes a token made by Token.
+func Untoken(tok string) (string, error) {
+	if tok == "_" {
+		return "", nil
+	}
+	if !strings.Contains(tok, "%") {
+		return tok, nil
+	}
+	out := make([]byte, 0, len(tok))
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
+		if c != '%' {
+			out = append(out, c)
+			continue
+		}
+		if i+2 >= len(tok) {
+			return "", errBadToken
+		}
+		hi, ok1 := unhex(tok[i+1])
+		lo, ok2 := unhex(tok[i+2])
+		if !ok1 || !ok2 {
+			return "", errBadToken
+		}
+		out = append(out, hi<<4|lo)
+		i += 2
+	}
+	return string(out), nil
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
 
 // StreamsConfig parameterizes the stream declarations.
 type StreamsConfig struct {
@@ -42,7 +289,8 @@ type StreamsConfig struct {
 	Retention time.Duration // how long events stay (the SSE resume window); default 7 days
 }
 
-// Streams returns clinicchat's streams as data.
+// Streams returns clinicchat's streams as data. Each holds
+// "<prefix>.<service>.>": the tenant tokens need no stream change.
 func Streams(cfg StreamsConfig) []jetstream.StreamConfig {
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
@@ -50,11 +298,12 @@ func Streams(cfg StreamsConfig) []jetstream.StreamConfig {
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
 	}
-	mk := func(name, prefix, desc string) jetstream.StreamConfig {
-		return jetstream.StreamConfig{
-			Name:        name,
-			Description: desc,
-			Subjects:    []string{prefix + ".>"},
+	out := make([]jetstream.StreamConfig, 0, len(domains))
+	for _, d := range domains {
+		out = append(out, jetstream.StreamConfig{
+			Name:        streamName(d.name),
+			Description: d.desc,
+			Subjects:    []string{prefix + "." + d.name + ".>"},
 			Storage:     jetstream.FileStorage,
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      cfg.Retention,
@@ -62,15 +311,9 @@ func Streams(cfg StreamsConfig) []jetstream.StreamConfig {
 			Duplicates:  DefaultDuplicateWindow,
 			Replicas:    cfg.Replicas,
 			Discard:     jetstream.DiscardOld,
-		}
+		})
 	}
-	return []jetstream.StreamConfig{
-		mk(StreamConversation, "clinicchat.conversation", "conversation service events"),
-		mk(StreamDelivery, "clinicchat.delivery", "delivery service events: messages, receipts, notifications"),
-		mk(StreamAttachment, "clinicchat.attachment", "attachment service events"),
-		mk(StreamPreferences, "clinicchat.preferences", "preferences service events"),
-		mk(StreamGateway, "clinicchat.gateway", "gateway access events"),
-	}
+	return out
 }
 
 // EnsureStreams creates or updates every stream to match its declaration.

@@ -41,6 +41,7 @@ type Common struct {
 	DatabaseDSN   string
 	NATS          natsx.Config
 	NATSReplicas  int
+	NATSPrefix    string
 	JWKSURL       string
 	JWTIssuer     string
 	JWTAudience   string
@@ -67,6 +68,7 @@ func (c *Common) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client certificate for NATS")
 	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client key for NATS")
 	fs.IntVar(&c.NATSReplicas, "nats-replicas", 1, "JetStream stream replicas (3 in a cluster)")
+	natsx.PrefixFlag(fs, &c.NATSPrefix)
 	fs.StringVar(&c.JWKSURL, "jwks-url", "", "issuer JWKS URL for verifying bearer tokens")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "required aud claim")
@@ -182,6 +184,9 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 
 	verifier, err := c.Verifier()
 	if err != nil {
+		return err
+	}
+	if err := natsx.SetPrefix(c.NATSPrefix); err != nil {
 		return err
 	}
 	c.NATS.Name = name

@@ -118,7 +118,7 @@ func caller(ctx context.Context) (auth.Identity, error) {
 }
 
 func access(meta *typev1.EventMeta) domain.Event {
-	return domain.Event{ID: meta.GetId(), Subject: natsx.SubjectAttachmentAccess, Msg: &typev1.AccessRecorded{Meta: meta}}
+	return domain.Event{ID: meta.GetId(), Subject: natsx.Tenant(natsx.SubjectAttachmentAccess, meta.GetPractice()), Msg: &typev1.AccessRecorded{Meta: meta}}
 }
 
 // refuse records a refused attempt and returns err. The record is written
@@ -242,7 +242,7 @@ func (a *App) Upload(ctx context.Context, h UploadHeader, src Chunks) (domain.At
 	}
 	meta := events.Meta(who, ActionUpload, att.Name(), now)
 	meta.Detail = att.Conversation()
-	ev := domain.Event{ID: meta.GetId(), Subject: natsx.SubjectAttachmentUploaded,
+	ev := domain.Event{ID: meta.GetId(), Subject: natsx.Tenant(natsx.SubjectAttachmentUploaded, meta.GetPractice()),
 		Msg: &attachmentv1.AttachmentUploaded{Meta: meta, Attachment: ToProto(att)}}
 	if err := a.repo.Create(ctx, att, ev); err != nil {
 		if rerr := a.blobs.Remove(att.ID); rerr != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/errs"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
 // Log field keys of this service (ids and counts only).
@@ -60,7 +61,7 @@ func authorize(ctx context.Context) (auth.Identity, error) {
 // says it is not an action (domain.Audited) or its id is already in the log.
 // It returns once the record is committed.
 func (a *App) Ingest(ctx context.Context, subject string, e domain.Entry) error {
-	if ok, why := domain.Audited(subject, e); !ok {
+	if ok, why := domain.Audited(natsx.Kind(subject), e); !ok {
 		a.log.Debug("event not audited", zap.String(logkeys.EventID, e.EventID), zap.String(keyAction, e.Action),
 			zap.String("why", why))
 		return nil

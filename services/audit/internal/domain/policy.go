@@ -18,17 +18,13 @@ package domain
 // SystemActor is meta.actor for actions of the product itself.
 const SystemActor = "system"
 
-// SubjectNotification is the subject of notification requests
-// (natsx.SubjectNotification; spelled here so the domain links no NATS
-// adapter, and a test in this package keeps the two equal).
-const SubjectNotification = "clinicchat.conversation.notification.requested"
-
-// NonActionSubjects are NATS subjects whose events are not audited at all,
-// with the reason.
+// NonActionSubjects are the kinds of event (natsx.Kind: the NATS subject
+// without prefix and tenant tokens) that are not audited at all, with the
+// reason.
 var NonActionSubjects = map[string]string{
 	// A request to an external notifier to tell a recipient about a new
 	// message; the send that caused it is logged as "message.send".
-	SubjectNotification: "notification request, not an action",
+	"conversation.notification.requested": "notification request, not an action",
 }
 
 // SystemEchoActions are actions that are not audited when the actor is
@@ -45,10 +41,11 @@ var SystemEchoActions = map[string]string{
 	"conversation.activity": "thread activity echo",
 }
 
-// Audited reports whether an event on subject with entry's metadata becomes an
-// audit record, and when not, why (a fixed phrase, no PHI).
-func Audited(subject string, e Entry) (bool, string) {
-	if why, ok := NonActionSubjects[subject]; ok {
+// Audited reports whether an event of kind (its NATS subject without the
+// prefix and the tenant tokens, e.g. "delivery.message.created") with entry's
+// metadata becomes an audit record, and when not, why (a fixed phrase, no PHI).
+func Audited(kind string, e Entry) (bool, string) {
+	if why, ok := NonActionSubjects[kind]; ok {
 		return false, why
 	}
 	if e.Actor == SystemActor {

@@ -69,11 +69,12 @@ func TestNormalize(t *testing.T) {
 	require.Equal(t, domain.OutcomeAllowed, e.Outcome)
 }
 
-// The domain spells the notification subject itself (it links no NATS
-// adapter); it must stay the subject the conversation service publishes on.
-func TestSubjectNotificationMatchesNATS(t *testing.T) {
+// The domain names event kinds itself (it links no NATS adapter); the
+// notification kind must stay the one the conversation service publishes.
+func TestNotificationKindMatchesNATS(t *testing.T) {
 	t.Parallel()
-	require.Equal(t, natsx.SubjectNotification, domain.SubjectNotification)
+	_, ok := domain.NonActionSubjects[natsx.Kind(natsx.SubjectNotification)]
+	require.True(t, ok)
 }
 
 func TestAudited(t *testing.T) {
@@ -96,7 +97,7 @@ func TestAudited(t *testing.T) {
 		{"practice system as users/x", natsx.SubjectPatientUpserted, domain.Entry{Actor: "users/pms", ActorRole: "system", Action: "message.status"}, true},
 	}
 	for _, tt := range tests {
-		got, why := domain.Audited(tt.subject, tt.e)
+		got, why := domain.Audited(natsx.Kind(tt.subject), tt.e)
 		require.Equal(t, tt.want, got, tt.name)
 		require.Equal(t, tt.want, why == "", tt.name)
 	}

@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -88,7 +87,7 @@ func Specs() []natsx.ConsumerSpec {
 	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
 		out = append(out, natsx.ConsumerSpec{
 			Stream:         sc.Name,
-			Durable:        DurablePrefix + strings.ToLower(strings.TrimPrefix(sc.Name, "CLINICCHAT_")),
+			Durable:        DurablePrefix + natsx.StreamDomain(sc.Name),
 			FilterSubjects: sc.Subjects,
 		})
 	}

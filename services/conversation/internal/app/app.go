@@ -80,11 +80,23 @@ func viewer(id auth.Identity) domain.Viewer {
 	return domain.Viewer{Principal: id.Principal(), IsPatient: id.IsPatient()}
 }
 
-func ev(subject string, msg interface {
+// ev is an event on base's subject for its practice, then (natsx.Tenant)
+// the thread's patient for thread events, or the user for a user's own
+// state, so a patient's event stream can ask for its own thread only.
+func ev(base string, msg interface {
 	proto.Message
 	GetMeta() *typev1.EventMeta
 }) domain.Event {
-	return domain.Event{ID: msg.GetMeta().GetId(), Subject: subject, Msg: msg}
+	tokens := []string{msg.GetMeta().GetPractice()}
+	switch m := msg.(type) {
+	case *conversationv1.ConversationCreated:
+		tokens = append(tokens, m.GetConversation().GetPatient())
+	case *conversationv1.ConversationUpdated:
+		tokens = append(tokens, m.GetConversation().GetPatient())
+	case *conversationv1.ConversationUserStateChanged:
+		tokens = append(tokens, m.GetUser())
+	}
+	return domain.Event{ID: msg.GetMeta().GetId(), Subject: natsx.Tenant(base, tokens...), Msg: msg}
 }
 
 // denied records a refused attempt and returns err.

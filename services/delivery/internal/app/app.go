@@ -96,8 +96,14 @@ type metaEvent interface {
 	GetMeta() *typev1.EventMeta
 }
 
-func ev(subject string, msg metaEvent) domain.Event {
-	return domain.Event{ID: msg.GetMeta().GetId(), Subject: subject, Msg: msg}
+// ev is an event on base's subject for its practice, and for message
+// events the thread's patient (natsx.Tenant).
+func ev(base string, msg metaEvent) domain.Event {
+	tokens := []string{msg.GetMeta().GetPractice()}
+	if p, ok := msg.(interface{ GetPatient() string }); ok {
+		tokens = append(tokens, p.GetPatient())
+	}
+	return domain.Event{ID: msg.GetMeta().GetId(), Subject: natsx.Tenant(base, tokens...), Msg: msg}
 }
 
 func access(subject string, meta *typev1.EventMeta) domain.Event {

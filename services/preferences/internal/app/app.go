@@ -67,7 +67,7 @@ func caller(ctx context.Context) (auth.Identity, error) {
 
 func (a *App) deny(ctx context.Context, who auth.Identity, action, resource string, err *errs.Error) error {
 	meta := events.Denied(who, action, resource, err.Reason, a.now().UTC())
-	ev := domain.Event{ID: meta.GetId(), Subject: natsx.SubjectPreferencesAccess, Msg: &typev1.AccessRecorded{Meta: meta}}
+	ev := domain.Event{ID: meta.GetId(), Subject: natsx.Tenant(natsx.SubjectPreferencesAccess, meta.GetPractice()), Msg: &typev1.AccessRecorded{Meta: meta}}
 	if rerr := a.repo.RecordEvents(ctx, ev); rerr != nil {
 		a.log.Error("record denied access", zap.String(logkeys.Practice, who.Practice), zap.String(logkeys.Actor, who.Principal()),
 			zap.String(logkeys.EventID, meta.GetId()), zap.String("action", action), zap.Error(rerr))

@@ -118,7 +118,7 @@ func (a *App) UpsertPatient(ctx context.Context, in UpsertInput) (*domain.Patien
 		now := a.now().UTC().Truncate(time.Microsecond) // as stored
 		next.UpdateTime = now
 		meta := events.Meta(who, ActionPatientUpsert, PatientName(next.ID), now)
-		ev := domain.Event{ID: meta.GetId(), Subject: natsx.SubjectPatientUpserted,
+		ev := domain.Event{ID: meta.GetId(), Subject: natsx.Tenant(natsx.SubjectPatientUpserted, meta.GetPractice()),
 			Msg: &preferencesv1.PatientUpserted{Meta: meta, Patient: PatientProto(&next)}}
 		return &next, []domain.Event{ev}, nil
 	})

@@ -53,7 +53,7 @@ func (a *App) UpdatePreferences(ctx context.Context, id string, chatOptIn bool) 
 		next.ChatOptIn, next.PrefsUpdateTime = chatOptIn, now
 		meta := events.Meta(who, ActionPreferencesUpdate, resource, now)
 		meta.Detail = "chat_opt_in=" + strconv.FormatBool(chatOptIn)
-		ev := domain.Event{ID: meta.GetId(), Subject: natsx.SubjectPreferencesChanged,
+		ev := domain.Event{ID: meta.GetId(), Subject: natsx.Tenant(natsx.SubjectPreferencesChanged, meta.GetPractice()),
 			Msg: &preferencesv1.PreferencesChanged{Meta: meta, Preferences: PreferencesProto(&next)}}
 		return &next, []domain.Event{ev}, nil
 	})

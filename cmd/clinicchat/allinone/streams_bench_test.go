@@ -1,0 +1,419 @@
+package allinone_test
+
+// Event-stream load benchmarks (issue 9). The streams are opened by a child
+// process (this test binary running TestStreamLoadClient), so the
+// all-in-one's memory and CPU figures are the server's alone:
+//
+//	go test ./cmd/clinicchat/allinone -run '^$' -bench 'IdleStreams' -benchtime 1x
+//	go test ./cmd/clinicchat/allinone -run '^$' -bench 'NeverReadingStreams' -benchtime 1x
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// raiseNoFile lifts this process's open-file limit to its hard limit:
+// thousands of streams need thousands of sockets.
+func raiseNoFile() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < l.Max {
+		l.Cur = l.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}
+
+// rssBytes is this process's resident set size.
+func rssBytes() int64 {
+	raw, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// TestStreamLoadClient is the benchmarks' load client, run as their child
+// process: it opens CLINICCHAT_LOAD_USERS × CLINICCHAT_LOAD_PER_USER
+// /v1/events streams as users "<prefix>-<i>" of CLINICCHAT_LOAD_PRACTICE
+// with role CLINICCHAT_LOAD_ROLE, over raw sockets with small buffers;
+// reads them (CLINICCHAT_LOAD_READ=1) or never reads past the headers;
+// prints "open <n> refused <m>"; and holds them until stdin closes.
+func TestStreamLoadClient(t *testing.T) {
+	addr := os.Getenv("CLINICCHAT_LOAD_ADDR")
+	if addr == "" {
+		t.Skip("the event-stream benchmarks' load client; runs only as their child process")
+	}
+	raiseNoFile()
+	users, _ := strconv.Atoi(os.Getenv("CLINICCHAT_LOAD_USERS"))
+	perUser, _ := strconv.Atoi(os.Getenv("CLINICCHAT_LOAD_PER_USER"))
+	practice, role, prefix := os.Getenv("CLINICCHAT_LOAD_PRACTICE"), os.Getenv("CLINICCHAT_LOAD_ROLE"), os.Getenv("CLINICCHAT_LOAD_PREFIX")
+	read := os.Getenv("CLINICCHAT_LOAD_READ") == "1"
+	hc := &http.Client{}
+	var open, refused atomic.Int64
+	var conns []net.Conn
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for u := range users {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			token, err := devToken(hc, addr, fmt.Sprintf("%s-%02d", prefix, u), role, practice)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			for range perUser {
+				c, ok, err := openRawStream(addr, token)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !ok {
+					refused.Add(1)
+					continue
+				}
+				open.Add(1)
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+				if read {
+					go func() { _, _ = io.CopyBuffer(io.Discard, c, make([]byte, 512)) }()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	fmt.Printf("open %d refused %d\n", open.Load(), refused.Load())
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
+
+func devToken(hc *http.Client, addr, subject, role, practice string) (string, error) {
+	body := fmt.Sprintf(`{"subject":%q,"role":%q,"practice":%q}`, subject, role, practice)
+	resp, err := hc.Post("http://"+addr+"/v1/dev/tokens", "application/json", strings.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	_, rest, ok := strings.Cut(string(raw), `"token":"`)
+	if !ok {
+		return "", fmt.Errorf("dev token: HTTP %d", resp.StatusCode)
+	}
+	tok, _, _ := strings.Cut(rest, `"`)
+	return tok, nil
+}
+
+// openRawStream sends GET /v1/events and reads the status line and headers
+// only; ok is false for a refusal (its body read and the socket closed).
+func openRawStream(addr, token string) (net.Conn, bool, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, false, err
+	}
+	if _, err := fmt.Fprintf(c, "GET /v1/events HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nAccept: text/event-stream\r\n\r\n", addr, token); err != nil {
+		return nil, false, err
+	}
+	// Byte by byte, so nothing after the headers is consumed.
+	var head []byte
+	b := make([]byte, 1)
+	for !strings.HasSuffix(string(head), "\r\n\r\n") {
+		if _, err := c.Read(b); err != nil {
+			return nil, false, fmt.Errorf("read headers: %w", err)
+		}
+		head = append(head, b[0])
+	}
+	if !strings.HasPrefix(string(head), "HTTP/1.1 200") {
+		_ = c.Close()
+		return nil, false, nil
+	}
+	return c, true, nil
+}
+
+// loadClient is a running TestStreamLoadClient child.
+type loadClient struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	open  int
+}
+
+func startLoadClient(b *testing.B, addr string, users, perUser int, practice, role, prefix string, read bool) *loadClient {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestStreamLoadClient$", "-test.count=1")
+	r := "0"
+	if read {
+		r = "1"
+	}
+	cmd.Env = append(os.Environ(), "CLINICCHAT_LOAD_ADDR="+addr, "CLINICCHAT_LOAD_USERS="+strconv.Itoa(users),
+		"CLINICCHAT_LOAD_PER_USER="+strconv.Itoa(perUser), "CLINICCHAT_LOAD_PRACTICE="+practice,
+		"CLINICCHAT_LOAD_ROLE="+role, "CLINICCHAT_LOAD_PREFIX="+prefix, "CLINICCHAT_LOAD_READ="+r)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	lc := &loadClient{cmd: cmd, stdin: stdin}
+	b.Cleanup(lc.stop)
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		var open, refused int
+		if n, _ := fmt.Sscanf(sc.Text(), "open %d refused %d", &open, &refused); n == 2 {
+			lc.open = open
+			if refused > 0 {
+				b.Fatalf("%d of %d streams refused", refused, users*perUser)
+			}
+			go func() { _, _ = io.Copy(io.Discard, stdout) }()
+			return lc
+		}
+	}
+	b.Fatal("the load client ended before opening its streams")
+	return nil
+}
+
+func (lc *loadClient) stop() {
+	if lc.stdin != nil {
+		_ = lc.stdin.Close()
+		lc.stdin = nil
+		_ = lc.cmd.Wait()
+	}
+}
+
+// roundResult is one round of sends at 8 senders.
+type roundResult struct {
+	label    string
+	msgs     int
+	cpuPer   time.Duration
+	lat      latencies
+	rssBytes int64
+}
+
+// sendRound: each of len(threads) senders sends perSender messages to its
+// own thread, one at a time, each timed from just before the POST until it
+// reaches the thread's patient's stream; CPU is counted until the pipeline
+// is idle again.
+func sendRound(b *testing.B, idle *idleWatcher, threads []*benchThread, patients []*benchStream, perSender int, text, label string) roundResult {
+	b.Helper()
+	idle.wait(b)
+	cpu0 := processCPU()
+	lat := make([]latencies, len(threads))
+	errs := make([]error, len(threads))
+	var wg sync.WaitGroup
+	for w, t := range threads {
+		wg.Go(func() {
+			for i := range perSender {
+				t0 := time.Now()
+				m, err := t.staff.send(t.conv, text, fmt.Sprintf("%s-%d-%d-%d", label, w, i, t0.UnixNano()))
+				if err != nil {
+					errs[w] = err
+					return
+				}
+				at, err := patients[w].wait("message.created", m.Name, "")
+				if err != nil {
+					errs[w] = err
+					return
+				}
+				lat[w] = append(lat[w], at.Sub(t0))
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	idle.wait(b)
+	var all latencies
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	n := len(threads) * perSender
+	return roundResult{label: label, msgs: n, cpuPer: (processCPU() - cpu0) / time.Duration(n), lat: all, rssBytes: rssBytes()}
+}
+
+func (r roundResult) print() {
+	s := append(latencies(nil), r.lat...)
+	sortLatencies(s)
+	fmt.Printf("  %-28s %5d msgs  cpu %.2f ms/msg  send→stream p50 %.1f p95 %.1f p99 %.1f ms  rss %d MiB\n",
+		r.label, r.msgs, ms(r.cpuPer), ms(s.pct(.5)), ms(s.pct(.95)), ms(s.pct(.99)), r.rssBytes>>20)
+}
+
+func sortLatencies(l latencies) { slices.Sort(l) }
+
+// patientStreams opens each thread's patient's stream.
+func (e *benchEnv) patientStreams(b *testing.B, practice string, n int) []*benchStream {
+	out := make([]*benchStream, n)
+	for i := range out {
+		out[i] = e.as(b, fmt.Sprintf("bench-patient-%02d", i), "patient", practice).stream(b)
+	}
+	return out
+}
+
+// BenchmarkIdleStreams: 5,000 idle /v1/events streams of 1,000 staff users
+// of another practice (5 each). Reports the server's memory per stream and
+// a send's CPU and send → recipient stream latency at 8 senders, with none
+// and with all of them open.
+func BenchmarkIdleStreams(b *testing.B) {
+	raiseNoFile()
+	env := startBench(b)
+	threads := env.threads(b, "bench", 8)
+	patients := env.patientStreams(b, "bench", 8)
+	idle := newIdleWatcher(b, env.nats)
+	const perSender = 50
+	text := "Your appointment is confirmed"
+	sendRound(b, idle, threads, patients, 10, text, "warm-up")
+	runtime.GC()
+	none := sendRound(b, idle, threads, patients, perSender, text, "no other streams")
+	runtime.GC()
+	rss0 := rssBytes()
+	var ms0 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	t0 := time.Now()
+	lc := startLoadClient(b, env.in.HTTPAddr, 1000, 5, "other", "dentist", "idle", true)
+	openTime := time.Since(t0)
+	runtime.GC()
+	rss1 := rssBytes()
+	var ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms1)
+	with := sendRound(b, idle, threads, patients, perSender, text, fmt.Sprintf("%d idle streams open", lc.open))
+	decoded := metricValue(b, env, "clinicchat_gateway_hub_events_decoded_total")
+	clients := metricValue(b, env, "clinicchat_gateway_sse_clients")
+
+	perStream := float64(rss1-rss0) / float64(lc.open)
+	heapStack := float64((ms1.HeapInuse+ms1.StackInuse)-(ms0.HeapInuse+ms0.StackInuse)) / float64(lc.open)
+	fmt.Printf("BenchmarkIdleStreams: %d streams of 1,000 staff of another practice opened in %s (sse_clients %v)\n",
+		lc.open, openTime.Round(time.Millisecond), clients)
+	fmt.Printf("  server RSS %d → %d MiB: %.1f KiB per stream (Go heap+stacks %.1f KiB per stream)\n",
+		rss0>>20, rss1>>20, perStream/1024, heapStack/1024)
+	none.print()
+	with.print()
+	fmt.Printf("  CPU per send with them open / none open: %.2f×; hub events decoded in all: %v\n",
+		float64(with.cpuPer)/float64(none.cpuPer), decoded)
+	b.ReportMetric(perStream/1024, "KiB/stream")
+	b.ReportMetric(float64(with.cpuPer)/float64(none.cpuPer), "cpu-ratio")
+	s := append(latencies(nil), with.lat...)
+	sortLatencies(s)
+	b.ReportMetric(ms(s.pct(.99)), "p99-ms-open")
+}
+
+// BenchmarkNeverReadingStreams: 150 streams (15 patients × 10) that never
+// read past the headers while 300 messages of 10,000 characters go to
+// their threads; meanwhile /readyz is polled and another practice's
+// patient receives 8 senders' messages as usual.
+func BenchmarkNeverReadingStreams(b *testing.B) {
+	raiseNoFile()
+	env := startBench(b)
+	stuck := env.threads(b, "stuck", 15)
+	threads := env.threads(b, "bench", 8)
+	patients := env.patientStreams(b, "bench", 8)
+	idle := newIdleWatcher(b, env.nats)
+	text := "Your appointment is confirmed"
+	sendRound(b, idle, threads, patients, 10, text, "warm-up")
+	runtime.GC()
+	before := sendRound(b, idle, threads, patients, 30, text, "before")
+	lc := startLoadClient(b, env.in.HTTPAddr, 15, 10, "stuck", "patient", "bench-patient", false)
+	rss0 := rssBytes()
+
+	// /readyz every 20 ms for the whole run.
+	stop := make(chan struct{})
+	var polls, notReady atomic.Int64
+	pollDone := make(chan struct{})
+	go func() {
+		defer close(pollDone)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			resp, err := env.hc.Get("http://" + env.in.HTTPAddr + "/readyz")
+			polls.Add(1)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				notReady.Add(1)
+			}
+			if err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+			}
+		}
+	}()
+	big := strings.Repeat("x", 10000)
+	var wg sync.WaitGroup
+	var sendErrs atomic.Int64
+	var next atomic.Int64
+	t0 := time.Now()
+	for w := range 4 {
+		wg.Go(func() {
+			for i := next.Add(1); i <= 300; i = next.Add(1) {
+				t := stuck[int(i)%len(stuck)]
+				if _, err := t.staff.send(t.conv, big, fmt.Sprintf("big-%d-%d", w, i)); err != nil {
+					sendErrs.Add(1)
+				}
+			}
+		})
+	}
+	during := sendRound(b, idle, threads, patients, 30, text, "during, other practice")
+	wg.Wait()
+	bigTime := time.Since(t0)
+	idle.wait(b)
+	close(stop)
+	<-pollDone
+	runtime.GC()
+	rss1 := rssBytes()
+	dropped := metricValue(b, env, "clinicchat_gateway_sse_dropped_events_total")
+	queued := metricValue(b, env, "clinicchat_gateway_hub_queue_depth")
+	fmt.Printf("BenchmarkNeverReadingStreams: %d never-reading streams; 300 × 10,000-character messages to their threads in %s (%d send errors)\n",
+		lc.open, bigTime.Round(time.Millisecond), sendErrs.Load())
+	fmt.Printf("  /readyz: %d polls, %d not 200; server RSS %d → %d MiB; hub queue depth %v, events dropped for slow clients %v\n",
+		polls.Load(), notReady.Load(), rss0>>20, rss1>>20, queued, dropped)
+	before.print()
+	during.print()
+	b.ReportMetric(float64(notReady.Load()), "readyz-failures")
+}
+
+// metricValue reads one unlabelled metric from /metrics.
+func metricValue(b *testing.B, env *benchEnv, name string) float64 {
+	b.Helper()
+	resp, err := env.hc.Get("http://" + env.in.HTTPAddr + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
+}

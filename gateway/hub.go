@@ -1,0 +1,412 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+)
+
+// The hub is the gateway's one fan-out: one ordered JetStream consumer per
+// stream for the whole process (never one per connection). Each event's
+// subject carries its practice and patient (natsx.Tenant), so an event of a
+// practice with no open stream here is skipped without being decoded; an
+// event that has an audience is decoded once and queued, without blocking,
+// on the connections of that practice allowed to see it (staff; the
+// thread's patient). A connection whose queue is full is dropped with
+// "reset" (TOO_FAR_BEHIND); the hub never waits for one.
+
+// The two streams the event path reads, as indexes of per-stream arrays.
+const (
+	streamD = 0 // delivery: message.created, message.updated
+	streamC = 1 // conversation: conversation.created/updated, userstate.changed
+)
+
+func streamNames() [2]string { return [2]string{natsx.StreamDelivery, natsx.StreamConversation} }
+
+// hubBases are the base subjects (natsx) each stream's consumers read.
+func hubBases(stream int) []string {
+	if stream == streamD {
+		return []string{natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated}
+	}
+	return []string{natsx.SubjectConversationCreated, natsx.SubjectConversationUpdated, natsx.SubjectConversationUser}
+}
+
+// event is one decoded, visible-to-someone event, shared by every
+// connection it is queued on. It is never modified after dispatch.
+type event struct {
+	kind   itemKind
+	stream int
+	seq    uint64
+	// practice is the practice id (decoded); patient the thread's patient
+	// ("patients/p"); user the owner of a userstate change.
+	practice, patient, user string
+	// message, for message events (not yet filtered for the viewer).
+	message *deliveryv1.Message
+	// conversation, for conversation events: the thread whose caller view
+	// is fetched per connection.
+	conversation string
+
+	// staffView is the message rendered for staff, once for all of them
+	// (staff views do not depend on who they are).
+	staffOnce sync.Once
+	staffView []byte
+}
+
+// visibleTo is the tenancy rule: events of the caller's practice only; for
+// a patient only their own thread; a user's pin/mute/read only to them.
+func (e *event) visibleTo(id auth.Identity) bool {
+	if e.practice == "" || e.practice != id.Practice {
+		return false
+	}
+	if e.kind == itemUserState {
+		return e.user == id.Principal()
+	}
+	if id.IsPatient() {
+		return e.patient == id.Principal()
+	}
+	return id.IsStaff() || id.IsSystem()
+}
+
+// decodeEvent decodes a message of the hub's subjects; nil for subjects it
+// does not stream and for undecodable payloads (logged).
+func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data []byte) *event {
+	base := natsx.Base(subject)
+	e := &event{stream: stream, seq: seq}
+	var meta *typev1.EventMeta
+	switch base {
+	case natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated:
+		var ev interface {
+			proto.Message
+			GetMeta() *typev1.EventMeta
+			GetMessage() *deliveryv1.Message
+			GetPatient() string
+		} = &deliveryv1.MessageCreated{}
+		e.kind = itemMessageCreated
+		if base == natsx.SubjectMessageUpdated {
+			ev, e.kind = &deliveryv1.MessageUpdated{}, itemMessageUpdated
+		}
+		if err := proto.Unmarshal(data, ev); err != nil {
+			log.Warn("undecodable event skipped", zap.String(logkeys.Stream, natsx.StreamDelivery), zap.Uint64("seq", seq), zap.Error(err))
+			return nil
+		}
+		if ev.GetMessage() == nil {
+			return nil
+		}
+		meta, e.message, e.patient = ev.GetMeta(), ev.GetMessage(), ev.GetPatient()
+	case natsx.SubjectConversationCreated, natsx.SubjectConversationUpdated:
+		var ev interface {
+			proto.Message
+			GetMeta() *typev1.EventMeta
+			GetConversation() *conversationv1.Conversation
+		} = &conversationv1.ConversationUpdated{}
+		if base == natsx.SubjectConversationCreated {
+			ev = &conversationv1.ConversationCreated{}
+		}
+		if err := proto.Unmarshal(data, ev); err != nil {
+			log.Warn("undecodable event skipped", zap.String(logkeys.Stream, natsx.StreamConversation), zap.Uint64("seq", seq), zap.Error(err))
+			return nil
+		}
+		e.kind = itemConversation
+		meta, e.conversation, e.patient = ev.GetMeta(), ev.GetConversation().GetName(), ev.GetConversation().GetPatient()
+	case natsx.SubjectConversationUser:
+		ev := &conversationv1.ConversationUserStateChanged{}
+		if err := proto.Unmarshal(data, ev); err != nil {
+			log.Warn("undecodable event skipped", zap.String(logkeys.Stream, natsx.StreamConversation), zap.Uint64("seq", seq), zap.Error(err))
+			return nil
+		}
+		e.kind = itemUserState
+		meta, e.conversation, e.user = ev.GetMeta(), ev.GetConversation(), ev.GetUser()
+	default:
+		return nil
+	}
+	if e.kind != itemMessageCreated && e.kind != itemMessageUpdated && e.conversation == "" {
+		return nil
+	}
+	e.practice = meta.GetPractice()
+	return e
+}
+
+// practiceConns are the connections of one practice on this gateway.
+type practiceConns struct {
+	staff map[*conn]struct{}
+	// byPrincipal holds every connection by its principal's subject token
+	// (natsx.Token("patients/p"), natsx.Token("users/u")).
+	byPrincipal map[string]map[*conn]struct{}
+	// decoded and dispatched count this practice's events (tests, metrics).
+	decoded, dispatched atomic.Uint64
+}
+
+// hubStats are the hub's counters for one practice.
+type hubStats struct{ decoded, dispatched uint64 }
+
+type hub struct {
+	s   *Server
+	log *zap.Logger
+
+	mu sync.RWMutex
+	// practices indexes connections by practice subject token.
+	practices map[string]*practiceConns
+	// pos is the last sequence of each stream the hub has dispatched; it is
+	// written under mu's read lock after the dispatch, so a connection that
+	// registers (write lock) gets every later event and none before.
+	pos [2]atomic.Uint64
+
+	// startMu guards starting; running is set once the consumers run.
+	startMu sync.Mutex
+	running atomic.Bool
+	cancel  context.CancelFunc
+	done    chan struct{}
+
+	decodedTotal atomic.Uint64
+	queued       atomic.Int64 // items waiting in connection queues
+}
+
+func newHub(s *Server) *hub {
+	return &hub{s: s, log: s.log.Named("hub"), practices: map[string]*practiceConns{}}
+}
+
+// ready reports whether live events can be served: the consumers run and
+// NATS is connected. It starts the consumers on first use (and after a
+// failed start).
+func (h *hub) ready(ctx context.Context) error {
+	if nc := h.s.deps.JS.Conn(); nc != nil && nc.Status() != nats.CONNECTED {
+		return errors.New("nats is not connected")
+	}
+	if h.running.Load() {
+		return nil
+	}
+	h.startMu.Lock()
+	defer h.startMu.Unlock()
+	if h.running.Load() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, upstreamTimeout)
+	defer cancel()
+	var heads [2]uint64
+	for i, name := range streamNames() {
+		str, err := h.s.deps.JS.Stream(ctx, name)
+		if err != nil {
+			return err
+		}
+		info, err := str.Info(ctx)
+		if err != nil {
+			return err
+		}
+		heads[i] = info.State.LastSeq
+	}
+	for i := range heads {
+		if h.pos[i].Load() < heads[i] {
+			h.pos[i].Store(heads[i])
+		}
+	}
+	runCtx, runCancel := context.WithCancel(context.Background())
+	h.cancel, h.done = runCancel, make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range heads {
+		wg.Add(1)
+		go func() { defer wg.Done(); h.consume(runCtx, i) }()
+	}
+	go func() { wg.Wait(); close(h.done) }()
+	h.running.Store(true)
+	return nil
+}
+
+// consume runs the stream's ordered consumer from the hub's position until
+// ctx ends, re-creating it from its last position whenever it stops (the
+// ordered consumer already re-creates itself across NATS reconnects).
+func (h *hub) consume(ctx context.Context, stream int) {
+	name := streamNames()[stream]
+	backoff := 250 * time.Millisecond
+	for ctx.Err() == nil {
+		err := h.consumeOnce(ctx, stream)
+		if ctx.Err() != nil {
+			return
+		}
+		h.log.Warn("hub consumer stopped; re-creating", zap.String(logkeys.Stream, name), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (h *hub) consumeOnce(ctx context.Context, stream int) error {
+	name := streamNames()[stream]
+	cons, err := h.s.deps.JS.OrderedConsumer(ctx, name, jetstream.OrderedConsumerConfig{
+		FilterSubjects: natsx.Filter(hubBases(stream)...),
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    h.pos[stream].Load() + 1,
+	})
+	if err != nil {
+		return err
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) { h.dispatch(stream, m) },
+		jetstream.PullMaxMessages(pullBatch),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			h.log.Debug("hub consumer", zap.String(logkeys.Stream, name), zap.Error(err))
+		}))
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		cc.Stop()
+		<-cc.Closed()
+		return nil
+	case <-cc.Closed():
+		return errors.New("consumer closed")
+	}
+}
+
+// stop ends the consumers and waits for them.
+func (h *hub) stop() {
+	h.startMu.Lock()
+	defer h.startMu.Unlock()
+	if h.cancel != nil {
+		h.cancel()
+		<-h.done
+		h.cancel = nil
+	}
+	h.running.Store(false)
+}
+
+// dispatch handles one message of a hub consumer (NATS callback).
+func (h *hub) dispatch(stream int, m jetstream.Msg) {
+	md, err := m.Metadata()
+	if err != nil {
+		return
+	}
+	seq := md.Sequence.Stream
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if seq <= h.pos[stream].Load() {
+		return // re-delivered after a consumer reset
+	}
+	defer h.pos[stream].Store(seq)
+	subject := m.Subject()
+	tokens := natsx.Tokens(subject)
+	var pc *practiceConns
+	if len(tokens) > 0 {
+		// The tenant form: skip events nobody here may see before decoding.
+		pc = h.practices[tokens[0]]
+		if pc == nil {
+			return
+		}
+		if len(tokens) > 1 && len(pc.staff) == 0 && len(pc.byPrincipal[tokens[1]]) == 0 {
+			return
+		}
+	}
+	e := decodeEvent(h.log, stream, seq, subject, m.Data())
+	h.decodedTotal.Add(1)
+	h.s.metrics.hubDecoded.Inc()
+	if e == nil {
+		return
+	}
+	if pc == nil {
+		// The pre-tenant form (published before the upgrade): the practice
+		// is only known now.
+		pc = h.practices[natsx.Token(e.practice)]
+		if pc == nil {
+			return
+		}
+	}
+	pc.decoded.Add(1)
+	deliver := func(c *conn) {
+		if e.visibleTo(c.id) && c.push(e) {
+			pc.dispatched.Add(1)
+		}
+	}
+	switch e.kind {
+	case itemUserState:
+		for c := range pc.byPrincipal[natsx.Token(e.user)] {
+			deliver(c)
+		}
+	default:
+		for c := range pc.staff {
+			deliver(c)
+		}
+		for c := range pc.byPrincipal[natsx.Token(e.patient)] {
+			if c.id.IsPatient() {
+				deliver(c)
+			}
+		}
+	}
+}
+
+// register adds c to the fan-out and returns the position from which it
+// receives every event: everything after pos.
+func (h *hub) register(c *conn) (pos cursor) {
+	pt, ut := natsx.Token(c.id.Practice), natsx.Token(c.id.Principal())
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	pc := h.practices[pt]
+	if pc == nil {
+		pc = &practiceConns{staff: map[*conn]struct{}{}, byPrincipal: map[string]map[*conn]struct{}{}}
+		h.practices[pt] = pc
+	}
+	if !c.id.IsPatient() {
+		pc.staff[c] = struct{}{}
+	}
+	byp := pc.byPrincipal[ut]
+	if byp == nil {
+		byp = map[*conn]struct{}{}
+		pc.byPrincipal[ut] = byp
+	}
+	byp[c] = struct{}{}
+	return cursor{d: h.pos[streamD].Load(), c: h.pos[streamC].Load()}
+}
+
+// unregister removes c; the practice's entry goes with its last connection.
+func (h *hub) unregister(c *conn) {
+	pt, ut := natsx.Token(c.id.Practice), natsx.Token(c.id.Principal())
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	pc := h.practices[pt]
+	if pc == nil {
+		return
+	}
+	delete(pc.staff, c)
+	if byp := pc.byPrincipal[ut]; byp != nil {
+		delete(byp, c)
+		if len(byp) == 0 {
+			delete(pc.byPrincipal, ut)
+		}
+	}
+	if len(pc.byPrincipal) == 0 {
+		delete(h.practices, pt)
+	}
+	h.queued.Add(-int64(c.drop()))
+}
+
+// position is the hub's current position.
+func (h *hub) position() cursor {
+	return cursor{d: h.pos[streamD].Load(), c: h.pos[streamC].Load()}
+}
+
+// stats returns the counters of a practice (by id) while it has
+// connections here.
+func (h *hub) stats(practice string) hubStats {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	pc := h.practices[natsx.Token(practice)]
+	if pc == nil {
+		return hubStats{}
+	}
+	return hubStats{decoded: pc.decoded.Load(), dispatched: pc.dispatched.Load()}
+}

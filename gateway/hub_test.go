@@ -1,0 +1,252 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	natstest "github.com/nats-io/nats-server/v2/test"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+)
+
+// waitHub waits until the hub has handled the delivery stream up to seq.
+func (h *harness) waitHub(seq uint64) {
+	h.t.Helper()
+	require.Eventually(h.t, func() bool { return h.gw.hub.position().d >= seq }, waitFor, time.Millisecond)
+}
+
+// consumers is the number of consumers on stream.
+func (h *harness) consumers(stream string) int {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	str, err := h.js.Stream(ctx, stream)
+	require.NoError(h.t, err)
+	info, err := str.Info(ctx)
+	require.NoError(h.t, err)
+	return info.State.Consumers
+}
+
+func TestHubDecodesAndDispatchesPerPractice(t *testing.T) {
+	h := newHarness(t)
+	// Practice p2: three staff streams and a patient's. Practice p1: one
+	// patient's stream only. Practice p3: nobody here.
+	p2 := []*sseClient{
+		h.openEvents(h.token("doc", auth.RoleDentist, "p2", 0), ""),
+		h.openEvents(h.token("nurse", auth.RoleHygienist, "p2", 0), ""),
+		h.openEvents(h.token("desk", auth.RoleAssistant, "p2", 0), ""),
+	}
+	pz := h.openEvents(h.token("pz", auth.RolePatient, "p2", 0), "")
+	pa := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "")
+	require.Equal(t, 1, h.consumers(natsx.StreamDelivery), "one consumer for the whole gateway")
+	require.Equal(t, 1, h.consumers(natsx.StreamConversation))
+	before := h.gw.hub.decodedTotal.Load()
+
+	for i := range 20 {
+		h.publish(natsx.SubjectMessageCreated, messageCreated("p3", "c3", "p3p", fmt.Sprint(i), "users/x", "p3 text", int64(i+1), false))
+	}
+	h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "cb", "pb", "b1", "users/doc", "pb text", 1, false))
+	h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "a1", "users/doc", "pa text", 1, false))
+	last := h.publish(natsx.SubjectMessageCreated, messageCreated("p2", "cz", "pz", "z1", "users/doc", "pz text", 1, false))
+	h.waitHub(last)
+
+	// Decoded: p1's message to pa and p2's, once each; not p3's (nobody
+	// here), not p1's message to pb (no staff of p1 here, pb not here).
+	require.Equal(t, uint64(2), h.gw.hub.decodedTotal.Load()-before)
+	require.Equal(t, hubStats{decoded: 1, dispatched: 1}, h.gw.hub.stats("p1"))
+	require.Equal(t, hubStats{decoded: 1, dispatched: 4}, h.gw.hub.stats("p2"), "three staff and the thread's patient")
+	require.Equal(t, hubStats{}, h.gw.hub.stats("p3"))
+
+	for _, c := range append(p2, pz) {
+		requireMessage(t, c.next(), "conversations/cz/messages/z1")
+	}
+	requireMessage(t, pa.next(), "conversations/ca/messages/a1")
+	require.Equal(t, 1, h.consumers(natsx.StreamDelivery))
+}
+
+func TestEventsPatientOnlyOwnThread(t *testing.T) {
+	h := newHarness(t)
+	// Ids with subject metacharacters: "p.a" must not match "p", nor "p.*".
+	tok := h.token("p.a", auth.RolePatient, "demo.1", 0)
+	mine := h.openEvents(tok, "")
+	other := h.openEvents(h.token("p", auth.RolePatient, "demo.1", 0), "")
+	star := h.openEvents(h.token("p.*", auth.RolePatient, "demo.1", 0), "")
+
+	h.publish(natsx.SubjectMessageCreated, messageCreated("demo.1", "cp", "p", "1", "users/doc", "for p", 1, false))
+	h.publish(natsx.SubjectMessageCreated, messageCreated("demo.1", "cs", "p.*", "2", "users/doc", "for p.*", 1, false))
+	h.publish(natsx.SubjectMessageCreated, messageCreated("demo", "cx", "p.a", "3", "users/doc", "other practice", 1, false))
+	h.publish(natsx.SubjectMessageCreated, messageCreated("demo.1", "ca", "p.a", "4", "users/doc", "for p.a", 1, false))
+	requireMessage(t, mine.next(), "conversations/ca/messages/4")
+	requireMessage(t, other.next(), "conversations/cp/messages/1")
+	requireMessage(t, star.next(), "conversations/cs/messages/2")
+
+	// Catch-up reads the same subjects: only the patient's own thread.
+	again := h.openEvents(tok, "d0.c0")
+	requireMessage(t, again.next(), "conversations/ca/messages/4")
+	h.publish(natsx.SubjectMessageCreated, messageCreated("demo.1", "ca", "p.a", "5", "users/doc", "live", 2, false))
+	requireMessage(t, again.next(), "conversations/ca/messages/5")
+	requireMessage(t, mine.next(), "conversations/ca/messages/5")
+}
+
+// Events and pending outbox rows written before the upgrade carry the
+// pre-tenant subjects; live streams and catch-up both still deliver them,
+// once, to whoever may see them.
+func TestEventsPreTenantSubjects(t *testing.T) {
+	h := newHarness(t)
+	h.conv.add("conversations/ca", "p1", "patients/pa")
+	h.publishLegacy(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "old1", "users/doc", "old", 1, false))
+	h.publishLegacy(natsx.SubjectMessageCreated, messageCreated("p1", "cb", "pb", "old2", "users/doc", "not pa's", 1, false))
+	h.publishLegacy(natsx.SubjectMessageCreated, messageCreated("p2", "ca", "pa", "old3", "users/doc", "other practice", 1, false))
+	h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "new1", "users/doc", "new", 2, false))
+	h.publishLegacy(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
+		Meta: meta("p1", "system"), Conversation: &conversationv1.Conversation{Name: "conversations/ca", Patient: "patients/pa"}})
+
+	pa := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "d0.c0")
+	requireMessage(t, pa.next(), "conversations/ca/messages/old1")
+	requireMessage(t, pa.next(), "conversations/ca/messages/new1")
+	ev := pa.next()
+	require.Equal(t, EventConversationUpdated, ev.Event)
+	require.Equal(t, "d4.c1", ev.ID)
+
+	doc := h.openEvents(h.token("doc", auth.RoleDentist, "p1", 0), "")
+	h.publishLegacy(natsx.SubjectMessageCreated, messageCreated("p2", "cx", "px", "live0", "users/doc", "other practice", 1, false))
+	h.publishLegacy(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "live1", "users/doc", "live old form", 3, false))
+	h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "live2", "users/doc", "live new form", 4, false))
+	for _, c := range []*sseClient{pa, doc} {
+		requireMessage(t, c.next(), "conversations/ca/messages/live1")
+		requireMessage(t, c.next(), "conversations/ca/messages/live2")
+	}
+}
+
+func TestEventsStreamLimits(t *testing.T) {
+	h := newHarness(t)
+	tok := h.token("doc", auth.RoleDentist, "p1", 0)
+	var open []*sseClient
+	for range DefaultMaxStreamsPerIdentity {
+		open = append(open, h.openEvents(tok, ""))
+	}
+	resp := h.connectEvents(tok, "", "")
+	require.Equal(t, "5", resp.Header.Get("Retry-After"))
+	requireError(t, resp, http.StatusTooManyRequests, "RESOURCE_EXHAUSTED")
+	// Another identity (the same user id in another practice) is not affected.
+	h.openEvents(h.token("doc", auth.RoleDentist, "p2", 0), "")
+
+	// Closing one frees its slot.
+	open[0].close()
+	require.Eventually(t, func() bool {
+		resp := h.connectEvents(tok, "", "")
+		if resp.StatusCode == http.StatusOK {
+			h.readEvents(resp)
+			return true
+		}
+		_ = resp.Body.Close()
+		return false
+	}, waitFor, 5*time.Millisecond)
+
+	resp = h.do(http.MethodGet, "/metrics", "", nil)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	raw := string(b)
+	require.Contains(t, raw, `clinicchat_gateway_sse_refused_total{reason="per_identity"}`)
+	require.Contains(t, raw, `clinicchat_gateway_sse_clients 11`)
+	require.Contains(t, raw, `clinicchat_gateway_hub_queue_depth`)
+	require.Contains(t, raw, `clinicchat_gateway_hub_events_decoded_total`)
+	require.Contains(t, raw, `clinicchat_gateway_sse_dropped_events_total`)
+}
+
+func TestEventsGatewayCeiling(t *testing.T) {
+	h := newHarness(t, func(_ *harness, c *Config, _ *Deps) { c.MaxStreams = 2 })
+	h.openEvents(h.token("a", auth.RoleDentist, "p1", 0), "")
+	h.openEvents(h.token("b", auth.RoleDentist, "p1", 0), "")
+	resp := h.connectEvents(h.token("c", auth.RoleDentist, "p1", 0), "", "")
+	require.NotEmpty(t, resp.Header.Get("Retry-After"))
+	requireError(t, resp, http.StatusTooManyRequests, "RESOURCE_EXHAUSTED")
+}
+
+// A client resumes on another gateway (a restart, or a second replica):
+// the cursor is the streams' sequences, which every gateway shares.
+func TestEventsResumeOnAnotherGateway(t *testing.T) {
+	g1 := newHarness(t)
+	g2 := newHarnessOn(t, g1)
+	tok := g1.token("pa", auth.RolePatient, "p1", 0)
+	c := g1.openEvents(tok, "")
+	g1.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m0", "users/doc", "x", 1, false))
+	ev := c.next()
+	requireMessage(t, ev, "conversations/ca/messages/m0")
+	// g2 is running (its hub is ahead of the client) while g1 goes away.
+	g2.openEvents(g2.token("doc", auth.RoleDentist, "p9", 0), "")
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	require.NoError(t, g1.gw.Shutdown(ctx))
+	c.requireEnd()
+
+	for i := 1; i <= 5; i++ {
+		g1.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", fmt.Sprint("m", i), "users/doc", "x", int64(i+1), false))
+		g1.publish(natsx.SubjectMessageCreated, messageCreated("p1", "cb", "pb", fmt.Sprint("x", i), "users/doc", "x", int64(i), false))
+	}
+	g2.waitHub(11)
+	again := g2.openEvents(tok, ev.ID)
+	for i := 1; i <= 5; i++ {
+		requireMessage(t, again.next(), fmt.Sprint("conversations/ca/messages/m", i))
+	}
+	g1.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "live", "users/doc", "x", 7, false))
+	requireMessage(t, again.next(), "conversations/ca/messages/live")
+
+	// A gateway started after the events (a restart) catches up the same way.
+	g3 := newHarnessOn(t, g1)
+	third := g3.openEvents(tok, ev.ID)
+	for i := 1; i <= 5; i++ {
+		requireMessage(t, third.next(), fmt.Sprint("conversations/ca/messages/m", i))
+	}
+	requireMessage(t, third.next(), "conversations/ca/messages/live")
+}
+
+// Live updates answer 503 only while NATS is unreachable; open streams and
+// the hub recover by themselves when it is back, losing nothing.
+func TestEventsRecoverWhenNATSReturns(t *testing.T) {
+	h := newHarness(t)
+	tok := h.token("doc", auth.RoleDentist, "p1", 0)
+	c := h.openEvents(tok, "")
+	h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m1", "users/doc", "x", 1, false))
+	requireMessage(t, c.next(), "conversations/ca/messages/m1")
+
+	// The same server again later: its port and its store.
+	opts := natstest.DefaultTestOptions
+	opts.JetStream = true
+	opts.Port = h.ns.Addr().(*net.TCPAddr).Port
+	opts.StoreDir = filepath.Dir(h.ns.StoreDir())
+	h.ns.Shutdown()
+	h.ns.WaitForShutdown()
+	require.Eventually(t, func() bool {
+		resp := h.connectEvents(tok, "", "")
+		defer resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	}, waitFor, 10*time.Millisecond)
+
+	h.ns = natstest.RunServer(&opts)
+	t.Cleanup(h.ns.Shutdown)
+	m2 := messageCreated("p1", "ca", "pa", "m2", "users/doc", "x", 2, false)
+	raw, err := proto.Marshal(m2)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		// With a message id, as the outbox relay publishes: a retry is no duplicate.
+		_, err := h.js.Publish(ctx, tenantSubject(natsx.SubjectMessageCreated, m2), raw, jetstream.WithMsgID("m2"))
+		return err == nil
+	}, waitFor, 50*time.Millisecond)
+	requireMessage(t, c.next(), "conversations/ca/messages/m2")
+	requireMessage(t, h.openEvents(tok, "d1.c0").next(), "conversations/ca/messages/m2")
+}

@@ -1,0 +1,115 @@
+package gateway
+
+import (
+	"context"
+	"strings"
+	"sync"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+)
+
+// deliveryMarks records DELIVERED receipts for what a stream wrote to its
+// recipient. "Delivered up to seq" is coalesced per conversation, so a burst
+// of messages costs one call per thread, and marked off the stream's
+// goroutine: a goroutine runs only while marks are pending (an idle stream
+// holds none), and the stream never waits for it.
+type deliveryMarks struct {
+	mark func(conv string, seq int64)
+
+	mu      sync.Mutex
+	pending map[string]int64
+	done    map[string]int64
+	running bool
+	wg      sync.WaitGroup
+}
+
+func newDeliveryMarks(mark func(conv string, seq int64)) *deliveryMarks {
+	return &deliveryMarks{mark: mark}
+}
+
+// add asks for conv to be marked delivered up to seq; it never blocks.
+func (d *deliveryMarks) add(conv string, seq int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if seq <= d.pending[conv] || seq <= d.done[conv] {
+		return
+	}
+	if d.pending == nil {
+		d.pending, d.done = map[string]int64{}, map[string]int64{}
+	}
+	d.pending[conv] = seq
+	if !d.running {
+		d.running = true
+		d.wg.Add(1)
+		go d.run()
+	}
+}
+
+// run marks pending entries until none are left.
+func (d *deliveryMarks) run() {
+	defer d.wg.Done()
+	for {
+		d.mu.Lock()
+		batch := d.pending
+		if len(batch) == 0 {
+			d.running = false
+			d.mu.Unlock()
+			return
+		}
+		d.pending = map[string]int64{}
+		for conv, seq := range batch {
+			d.done[conv] = seq
+		}
+		d.mu.Unlock()
+		for conv, seq := range batch {
+			d.mark(conv, seq)
+		}
+	}
+}
+
+// wait returns once no mark is running or pending.
+func (d *deliveryMarks) wait() { d.wg.Wait() }
+
+// markDelivered records that the caller received messages up to seq. It
+// outlives a disconnect by at most upstreamTimeout.
+func (s *Server) markDelivered(id auth.Identity, conv string, seq int64) {
+	ctx, cancel := context.WithTimeout(withToken(context.Background(), id), upstreamTimeout)
+	defer cancel()
+	_, err := s.delivery.MarkMessagesDelivered(ctx, &deliveryv1.MarkMessagesDeliveredRequest{Parent: conv, UpToSeq: seq})
+	if err != nil {
+		s.log.Warn("mark delivered", zap.String(logkeys.Conversation, conv), zap.Int64("up_to_seq", seq),
+			zap.String(logkeys.Actor, id.Principal()), zap.Stringer(logkeys.Code, status.Code(err)))
+	}
+}
+
+// withToken makes an upstream call as the stream's caller.
+func withToken(ctx context.Context, id auth.Identity) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, auth.MetadataKey, "Bearer "+id.Token)
+}
+
+// isRecipient reports whether the caller is on the receiving side of m: a
+// patient receiving from the practice, or staff receiving from the patient.
+func isRecipient(id auth.Identity, m *deliveryv1.Message) bool {
+	switch {
+	case id.IsPatient():
+		return m.GetSender() != id.Principal()
+	case id.IsStaff():
+		return strings.HasPrefix(m.GetSender(), "patients/")
+	}
+	return false
+}
+
+// parentOf is "conversations/c" of "conversations/c/messages/m".
+func parentOf(message string) string {
+	i := strings.Index(message, "/messages/")
+	if i <= 0 {
+		return ""
+	}
+	return message[:i]
+}

@@ -1,0 +1,77 @@
+package natsx
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestToken(t *testing.T) {
+	for in, want := range map[string]string{
+		"":               "_",
+		"_":              "%5F",
+		"demo":           "demo",
+		"patients/p-1_x": "patients/p-1_x",
+		"a.b":            "a%2Eb",
+		"*>":             "%2A%3E",
+		"50%":            "50%25",
+		"a b\tc\n":       "a%20b%09c%0A",
+		"é":              "%C3%A9",
+	} {
+		require.Equal(t, want, Token(in), "Token(%q)", in)
+		back, err := Untoken(want)
+		require.NoError(t, err)
+		require.Equal(t, in, back)
+	}
+	for _, bad := range []string{"%", "%4", "%zz", "a%G0"} {
+		_, err := Untoken(bad)
+		require.Error(t, err, bad)
+	}
+}
+
+func FuzzToken(f *testing.F) {
+	for _, s := range []string{"", "_", "demo", "a.b*c>d", "%41", "patients/x y", "\x00\xff"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		tok := Token(id)
+		require.NotEmpty(t, tok)
+		require.False(t, strings.ContainsAny(tok, ".*> \t\r\n"), tok)
+		for i := 0; i < len(tok); i++ {
+			require.True(t, tok[i] > ' ' && tok[i] < 0x7f, tok)
+		}
+		back, err := Untoken(tok)
+		require.NoError(t, err)
+		require.Equal(t, id, back)
+	})
+}
+
+func TestSubjects(t *testing.T) {
+	s := Tenant(SubjectMessageCreated, "demo", "patients/a.b")
+	require.Equal(t, "clinicchat.delivery.message.created.demo.patients/a%2Eb", s)
+	require.Equal(t, SubjectMessageCreated, Base(s))
+	require.Equal(t, []string{"demo", "patients/a%2Eb"}, Tokens(s))
+	require.Equal(t, SubjectMessageCreated, Base(SubjectMessageCreated), "the pre-tenant form")
+	require.Empty(t, Tokens(SubjectMessageCreated))
+	require.Empty(t, Base("other.delivery.message.created"))
+	require.Empty(t, Base("clinicchat.delivery.message"))
+	require.Equal(t, []string{SubjectMessageCreated, SubjectMessageCreated + ".>"}, Filter(SubjectMessageCreated))
+	require.Equal(t, "delivery", StreamDomain(StreamDelivery))
+	require.Equal(t, "delivery.message.created", Kind(s))
+	require.Equal(t, "delivery.message.created", Kind(SubjectMessageCreated))
+}
+
+func TestSetPrefix(t *testing.T) {
+	t.Cleanup(func() { require.NoError(t, SetPrefix(DefaultPrefix)) })
+	require.Error(t, SetPrefix("Bad.Prefix"))
+	require.Error(t, SetPrefix("a.b"))
+	require.NoError(t, SetPrefix("acme-2"))
+	require.Equal(t, "acme-2.delivery.message.created", SubjectMessageCreated)
+	require.Equal(t, "ACME_2_DELIVERY", StreamDelivery)
+	require.Equal(t, "delivery", StreamDomain(StreamDelivery))
+	require.Equal(t, []string{"acme-2.delivery.>"}, Streams(StreamsConfig{})[1].Subjects)
+	require.Equal(t, SubjectMessageCreated, Base(Tenant(SubjectMessageCreated, "p")))
+	require.Equal(t, "delivery.message.created", Kind(Tenant(SubjectMessageCreated, "p")))
+	require.Empty(t, Kind("clinicchat.delivery.message.created"), "another deployment's subject")
+}
