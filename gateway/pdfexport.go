@@ -124,7 +124,7 @@ func (s *Server) recordAccess(ctx context.Context, ev *typev1.AccessRecorded) er
 	}
 	ctx, cancel := context.WithTimeout(ctx, upstreamTimeout)
 	defer cancel()
-	if _, err := s.deps.JS.Publish(ctx, natsx.SubjectGatewayAccess, data, jetstream.WithMsgID(ev.GetMeta().GetId())); err != nil {
+	if _, err := s.deps.JS.Publish(ctx, natsx.Tenant(natsx.SubjectGatewayAccess, ev.GetMeta().GetPractice()), data, jetstream.WithMsgID(ev.GetMeta().GetId())); err != nil {
 		return fmt.Errorf("record access: %w", err)
 	}
 	return nil
