@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
@@ -14,6 +15,8 @@ import (
 // verification and the gateway's own Config.
 type BinaryConfig struct {
 	HTTPAddr string
+	// GRPCAddr serves the public gRPC edge (GRPCEdge) when set.
+	GRPCAddr string
 	// Upstream gRPC addresses, in the order of UpstreamNames.
 	Upstreams     [5]string
 	NATS          natsx.Config
@@ -34,8 +37,10 @@ var UpstreamNames = [5]string{"conversation", "delivery", "preferences", "attach
 // Flags registers every flag of the binary.
 func (c *BinaryConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "HTTP listen address")
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", "", "public gRPC address for practice systems: every public service, health and reflection (empty: off)")
 	for i, name := range UpstreamNames {
-		fs.StringVar(&c.Upstreams[i], name+"-addr", name+":9090", "gRPC address of the "+name+" service")
+		fs.StringVar(&c.Upstreams[i], name+"-addr", name+":9090",
+			"gRPC address of the "+name+" service: host:port (every address DNS gives, round-robin) or a comma-separated list of replicas")
 	}
 	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URLs, comma separated")
 	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS NKey/JWT credentials file")
@@ -62,6 +67,8 @@ func (c *BinaryConfig) Validate() error {
 	for i, name := range UpstreamNames {
 		if c.Upstreams[i] == "" {
 			errs = append(errs, fmt.Errorf("--%s-addr is required", name))
+		} else if _, _, err := grpcx.Target(c.Upstreams[i]); err != nil {
+			errs = append(errs, fmt.Errorf("--%s-addr: %w", name, err))
 		}
 	}
 	if c.NATS.URL == "" {

@@ -55,7 +55,7 @@ func run(args []string) error {
 	}
 	defer func() { _ = log.Sync() }()
 	cfg.Gateway.DevMode = cfg.Dev
-	log.Info("starting", zap.String(logkeys.Addr, cfg.HTTPAddr), zap.Strings("upstreams", cfg.Upstreams[:]),
+	log.Info("starting", zap.String(logkeys.Addr, cfg.HTTPAddr), zap.String("grpc_addr", cfg.GRPCAddr), zap.Strings("upstreams", cfg.Upstreams[:]),
 		zap.String("nats_url", svcmain.RedactURLs(cfg.NATS.URL)), zap.Bool("jwks", cfg.JWKSURL != ""), zap.Bool("dev", cfg.Dev),
 		zap.Duration("step_up_window", cfg.Gateway.StepUpWindow), zap.Duration("sse_keepalive", cfg.Gateway.KeepAlive))
 
@@ -95,6 +95,7 @@ func run(args []string) error {
 	}
 
 	var conns [5]*grpc.ClientConn
+	upstreams := map[string]grpc.ClientConnInterface{}
 	for i, addr := range cfg.Upstreams {
 		cc, err := grpcx.Dial(addr)
 		if err != nil {
@@ -102,6 +103,7 @@ func run(args []string) error {
 		}
 		defer func() { _ = cc.Close() }()
 		conns[i] = cc
+		upstreams[gateway.UpstreamNames[i]] = cc
 	}
 
 	gw, err := gateway.New(cfg.Gateway, gateway.Deps{
@@ -131,6 +133,19 @@ func run(args []string) error {
 	}
 	defer func() { _ = debug.Stop() }()
 
+	var edge *gateway.GRPCEdge
+	var edgeLis net.Listener
+	if cfg.GRPCAddr != "" {
+		if edge, err = gateway.NewGRPCEdge(upstreams); err != nil {
+			return err
+		}
+		if edgeLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+			_ = lis.Close()
+			return fmt.Errorf("--grpc-addr: %w", err)
+		}
+		edge.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	}
+
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
@@ -138,6 +153,9 @@ func run(args []string) error {
 		}
 		return nil
 	})
+	if edge != nil {
+		g.Go(func() error { return edge.Serve(edgeLis) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down", zap.Duration("drain_timeout", cfg.DrainTimeout))
@@ -148,6 +166,9 @@ func run(args []string) error {
 		var sg errgroup.Group
 		sg.Go(func() error { return gw.Shutdown(sctx) })
 		sg.Go(func() error { return srv.Shutdown(sctx) })
+		if edge != nil {
+			sg.Go(func() error { edge.Shutdown(cfg.DrainTimeout); return nil })
+		}
 		if err := sg.Wait(); err != nil {
 			log.Warn("shutdown incomplete", zap.Error(err))
 			_ = srv.Close()
