@@ -25,6 +25,7 @@ type BinaryConfig struct {
 	JWTAudience   string
 	DevSigningKey string
 	Dev           bool
+	SeedDemo      bool
 	DrainTimeout  time.Duration
 	LogLevel      string
 	DebugAddr     string
@@ -52,6 +53,7 @@ func (c *BinaryConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "required aud claim")
 	fs.StringVar(&c.DevSigningKey, "dev-signing-key-file", "", "dev only: HS256 key file (instead of --jwks-url)")
 	fs.BoolVar(&c.Dev, "dev", false, "dev only: serve POST /v1/dev/tokens, signing with --dev-signing-key-file")
+	fs.BoolVar(&c.SeedDemo, "seed-demo", false, "dev only (with --dev): fill the demo practice through the preferences service at start, once")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long requests and streams may finish on SIGTERM")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "operator-only listener for pprof and runtime metrics (off when empty)")
@@ -85,6 +87,9 @@ func (c *BinaryConfig) Validate() error {
 	}
 	if c.Dev && (c.DevSigningKey == "" || c.JWKSURL != "") {
 		errs = append(errs, errors.New("--dev needs --dev-signing-key-file and no --jwks-url"))
+	}
+	if c.SeedDemo && !c.Dev {
+		errs = append(errs, errors.New("--seed-demo needs --dev"))
 	}
 	if c.DrainTimeout <= 0 {
 		errs = append(errs, errors.New("--drain-timeout must be positive"))

@@ -24,6 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/clinicchat/clinicchat/gateway"
+	"github.com/clinicchat/clinicchat/services/demoprovider"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/debugserver"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
@@ -147,6 +148,9 @@ func run(args []string) error {
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
+	if cfg.SeedDemo {
+		g.Go(func() error { seedDemo(gctx, log, conns[2], devIssuer); return nil })
+	}
 	g.Go(func() error {
 		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -209,4 +213,25 @@ func ready(ctx context.Context, nc *nats.Conn, conns [5]*grpc.ClientConn) error 
 		})
 	}
 	return g.Wait()
+}
+
+// seedDemo fills the demo practice through the preferences service (dev
+// mode), retrying until the service answers; a failure is logged, never
+// fatal.
+func seedDemo(ctx context.Context, log *zap.Logger, prefs grpc.ClientConnInterface, issuer *auth.DevIssuer) {
+	for attempt := 1; attempt <= 60; attempt++ {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		seeded, err := demoprovider.Seed(sctx, prefs, issuer)
+		cancel()
+		if err == nil {
+			log.Info("demo practice", zap.Bool("seeded_now", seeded))
+			return
+		}
+		log.Warn("seeding the demo practice", zap.Int("attempt", attempt), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
 }
