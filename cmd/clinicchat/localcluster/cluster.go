@@ -188,8 +188,16 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 	for _, svc := range Services {
 		if svc == "delivery" {
 			for i := range cfg.DeliveryReplicas {
-				if err := c.startService("delivery", fmt.Sprintf("delivery-%d", i+1), authArgs); err != nil {
+				name := fmt.Sprintf("delivery-%d", i+1)
+				if err := c.startService("delivery", name, authArgs); err != nil {
 					return c, err
+				}
+				if i == 0 && cfg.DeliveryReplicas > 1 {
+					// The first replica applies the migrations (it listens
+					// once they are done); the others find them applied.
+					if err := c.waitTCP(ctx, c.Addrs[name]); err != nil {
+						return c, fmt.Errorf("%s: %w", name, err)
+					}
 				}
 			}
 			continue
@@ -492,7 +500,7 @@ func terminate(p *proc, grace time.Duration) {
 
 // waitReady polls the gateway's /readyz (NATS and every upstream serving).
 func (c *Cluster) waitReady(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	client := &http.Client{Timeout: 2 * time.Second}
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -520,7 +528,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 }
 
 func (c *Cluster) waitTCP(ctx context.Context, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
