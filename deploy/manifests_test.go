@@ -172,8 +172,15 @@ func checkWorkload(t *testing.T, r *rendered, w string, production bool) {
 	if w == "gateway" {
 		wantPort, portName = httpPort, "http"
 	}
-	if len(c.Ports) != 1 || c.Ports[0].Name != portName || c.Ports[0].ContainerPort != wantPort || c.Ports[0].Protocol != corev1.ProtocolTCP {
-		t.Errorf("%s: ports %+v, want exactly %s %d/TCP", id, c.Ports, portName, wantPort)
+	wantPorts := 1
+	if w == "gateway" {
+		wantPorts = 2 // and the public gRPC edge
+		if len(c.Ports) != 2 || c.Ports[1].Name != "grpc" || c.Ports[1].ContainerPort != grpcPort || c.Ports[1].Protocol != corev1.ProtocolTCP {
+			t.Errorf("%s: ports %+v, want http %d/TCP then grpc %d/TCP (the gRPC edge)", id, c.Ports, httpPort, grpcPort)
+		}
+	}
+	if len(c.Ports) != wantPorts || c.Ports[0].Name != portName || c.Ports[0].ContainerPort != wantPort || c.Ports[0].Protocol != corev1.ProtocolTCP {
+		t.Errorf("%s: ports %+v, want %s %d/TCP first", id, c.Ports, portName, wantPort)
 	}
 	checkService(t, r, w, pod.Labels, portName, wantPort)
 
@@ -307,6 +314,18 @@ func checkRequiredSettings(t *testing.T, r *rendered, id, w string, fs *flag.Fla
 	case !(jwks && iss) && !devKey:
 		t.Errorf("%s: set CLINICCHAT_JWKS_URL and CLINICCHAT_JWT_ISSUER, or CLINICCHAT_DEV_SIGNING_KEY_FILE", id)
 	}
+	// Dev mode (the dev token issuer and the demo practice): the dev
+	// overlay's gateway runs it; production refuses it.
+	for _, name := range []string{"dev", "seed-demo"} {
+		v, set := get(name)
+		on := set && v.value == "true"
+		switch {
+		case production && set:
+			t.Errorf("%s: production must not set %s (dev mode)", id, envName(name))
+		case !production && w == "gateway" && !on:
+			t.Errorf("%s: the dev overlay runs in dev mode: set %s=true", id, envName(name))
+		}
+	}
 	if v, ok := get("jwks-url"); ok {
 		if u, err := url.Parse(v.value); err != nil || u.Scheme != "https" || u.Host == "" {
 			t.Errorf("%s: CLINICCHAT_JWKS_URL=%q is not an https URL", id, v.value)
@@ -315,8 +334,15 @@ func checkRequiredSettings(t *testing.T, r *rendered, id, w string, fs *flag.Fla
 
 	// Peers: every address flag is set, and an in-cluster one names a
 	// Service and port of the overlay.
+	if w == "gateway" {
+		if v, ok := require("grpc-addr"); ok {
+			if _, port, err := net.SplitHostPort(v.value); err != nil || port != strconv.Itoa(grpcPort) {
+				t.Errorf("%s: CLINICCHAT_GRPC_ADDR=%q (the gRPC edge) does not listen on the container port grpc %d", id, v.value, grpcPort)
+			}
+		}
+	}
 	fs.VisitAll(func(f *flag.Flag) {
-		if !strings.HasSuffix(f.Name, "-addr") || f.Name == listen {
+		if !strings.HasSuffix(f.Name, "-addr") || f.Name == listen || (w == "gateway" && f.Name == "grpc-addr") {
 			return
 		}
 		if optionalFlags[f.Name] {
@@ -424,8 +450,20 @@ func checkService(t *testing.T, r *rendered, w string, podLabels map[string]stri
 	if len(svc.Spec.Selector) == 0 || !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(podLabels)) {
 		t.Errorf("%s: selector %v does not select the %s pods", id, svc.Spec.Selector, w)
 	}
-	if len(svc.Spec.Ports) != 1 {
-		t.Errorf("%s: want one port, got %d", id, len(svc.Spec.Ports))
+	wantPorts := 1
+	if w == "gateway" {
+		wantPorts = 2
+		if len(svc.Spec.Ports) == 2 {
+			if p := svc.Spec.Ports[1]; p.Name != "grpc" || p.Port != grpcPort || p.TargetPort != intstr.FromString("grpc") {
+				t.Errorf("%s: second port %+v, want grpc %d -> container port grpc (the gRPC edge)", id, p, grpcPort)
+			}
+		}
+	} else if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		// Clients resolve every ready pod and balance per call (grpcx.Dial).
+		t.Errorf("%s: must be headless (clusterIP: None), so that gRPC clients reach every replica", id)
+	}
+	if len(svc.Spec.Ports) != wantPorts {
+		t.Errorf("%s: want %d ports, got %d", id, wantPorts, len(svc.Spec.Ports))
 		return
 	}
 	p := svc.Spec.Ports[0]
@@ -773,6 +811,40 @@ func checkIngress(t *testing.T, r *rendered, production bool) {
 	}
 	if production && len(ing.Spec.TLS) == 0 {
 		t.Errorf("%s: production serves HTTPS: spec.tls is required", id)
+	}
+
+	// The public gRPC edge: gRPC to the gateway's grpc port, TLS in production.
+	grpcIng := r.ingresses["gateway-grpc"]
+	if grpcIng == nil {
+		t.Fatalf("%s: no Ingress gateway-grpc (the public gRPC edge)", r.overlay)
+	}
+	id = r.overlay + ": Ingress gateway-grpc"
+	if grpcIng.Annotations["nginx.ingress.kubernetes.io/backend-protocol"] != "GRPC" {
+		t.Errorf("%s: needs nginx.ingress.kubernetes.io/backend-protocol: GRPC", id)
+	}
+	for _, rule := range grpcIng.Spec.Rules {
+		if rule.HTTP == nil || len(rule.HTTP.Paths) == 0 {
+			t.Errorf("%s: rule without paths", id)
+			continue
+		}
+		for _, p := range rule.HTTP.Paths {
+			if b := p.Backend.Service; b == nil || b.Name != "gateway" || (b.Port.Name != "grpc" && b.Port.Number != grpcPort) {
+				t.Errorf("%s: path %s must route to Service gateway port grpc", id, p.Path)
+			}
+		}
+	}
+	if production {
+		hosts := map[string]bool{}
+		for _, tls := range grpcIng.Spec.TLS {
+			for _, h := range tls.Hosts {
+				hosts[h] = tls.SecretName != ""
+			}
+		}
+		for _, rule := range grpcIng.Spec.Rules {
+			if !hosts[rule.Host] {
+				t.Errorf("%s: production serves gRPC over TLS: host %q needs a spec.tls entry with a Secret", id, rule.Host)
+			}
+		}
 	}
 	if production {
 		pvc := r.pvcs["attachment-blobs"]

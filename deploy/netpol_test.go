@@ -301,7 +301,11 @@ func checkNetworkPolicies(t *testing.T, r *rendered) {
 		if got := r.allowed(ingressNginx, dst, httpPort, tcp); got != wantEdge {
 			t.Errorf("%s: ingress controller -> %s:%d allowed=%v, want %v", r.overlay, dst, httpPort, got, wantEdge)
 		}
-		for _, port := range []int32{grpcPort, 4222, 5432} {
+		// The gateway's gRPC edge is public too (its own port 9090).
+		if got := r.allowed(ingressNginx, dst, grpcPort, tcp); got != wantEdge {
+			t.Errorf("%s: ingress controller -> %s:%d allowed=%v, want %v", r.overlay, dst, grpcPort, got, wantEdge)
+		}
+		for _, port := range []int32{4222, 5432} {
 			if r.allowed(ingressNginx, dst, port, tcp) {
 				t.Errorf("%s: ingress controller may reach %s:%d", r.overlay, dst, port)
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
@@ -14,6 +15,8 @@ import (
 // verification and the gateway's own Config.
 type BinaryConfig struct {
 	HTTPAddr string
+	// GRPCAddr serves the public gRPC edge (GRPCEdge) when set.
+	GRPCAddr string
 	// Upstream gRPC addresses, in the order of UpstreamNames.
 	Upstreams     [5]string
 	NATS          natsx.Config
@@ -23,6 +26,7 @@ type BinaryConfig struct {
 	JWTAudience   string
 	DevSigningKey string
 	Dev           bool
+	SeedDemo      bool
 	DrainTimeout  time.Duration
 	LogLevel      string
 	DebugAddr     string
@@ -35,8 +39,10 @@ var UpstreamNames = [5]string{"conversation", "delivery", "preferences", "attach
 // Flags registers every flag of the binary.
 func (c *BinaryConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "HTTP listen address")
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", "", "public gRPC address for practice systems: every public service, health and reflection (empty: off)")
 	for i, name := range UpstreamNames {
-		fs.StringVar(&c.Upstreams[i], name+"-addr", name+":9090", "gRPC address of the "+name+" service")
+		fs.StringVar(&c.Upstreams[i], name+"-addr", name+":9090",
+			"gRPC address of the "+name+" service: host:port (every address DNS gives, round-robin) or a comma-separated list of replicas")
 	}
 	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URLs, comma separated")
 	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS NKey/JWT credentials file")
@@ -49,6 +55,7 @@ func (c *BinaryConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "required aud claim")
 	fs.StringVar(&c.DevSigningKey, "dev-signing-key-file", "", "dev only: HS256 key file (instead of --jwks-url)")
 	fs.BoolVar(&c.Dev, "dev", false, "dev only: serve POST /v1/dev/tokens, signing with --dev-signing-key-file")
+	fs.BoolVar(&c.SeedDemo, "seed-demo", false, "dev only (with --dev): fill the demo practice through the preferences service at start, once")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long requests and streams may finish on SIGTERM")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "operator-only listener for pprof and runtime metrics (off when empty)")
@@ -64,6 +71,8 @@ func (c *BinaryConfig) Validate() error {
 	for i, name := range UpstreamNames {
 		if c.Upstreams[i] == "" {
 			errs = append(errs, fmt.Errorf("--%s-addr is required", name))
+		} else if _, _, err := grpcx.Target(c.Upstreams[i]); err != nil {
+			errs = append(errs, fmt.Errorf("--%s-addr: %w", name, err))
 		}
 	}
 	if c.NATS.URL == "" {
@@ -80,6 +89,9 @@ func (c *BinaryConfig) Validate() error {
 	}
 	if c.Dev && (c.DevSigningKey == "" || c.JWKSURL != "") {
 		errs = append(errs, errors.New("--dev needs --dev-signing-key-file and no --jwks-url"))
+	}
+	if c.SeedDemo && !c.Dev {
+		errs = append(errs, errors.New("--seed-demo needs --dev"))
 	}
 	if c.DrainTimeout <= 0 {
 		errs = append(errs, errors.New("--drain-timeout must be positive"))

@@ -3,46 +3,23 @@ package allinone
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"time"
 
-	"google.golang.org/grpc/metadata"
-
-	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
-	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/demoprovider"
 )
 
 // DemoPractice is the seeded practice id.
-const DemoPractice = "demo"
+const DemoPractice = demoprovider.DemoPractice
 
-// DemoStaff are the demo practice's staff: one of every role (subject → role).
-var DemoStaff = []struct{ Subject, Role, Name string }{
-	{"dr-lee", auth.RoleDentist, "Dr. Lee"},
-	{"hana", auth.RoleHygienist, "Hana Kim"},
-	{"sam", auth.RoleAssistant, "Sam Rivera"},
-	{"fiona", auth.RoleFrontDesk, "Fiona Walsh"},
-	{"adam", auth.RolePracticeAdmin, "Adam Novak"},
-	{"pms", auth.RoleSystem, "Practice management system"},
-}
+// DemoStaff are the demo practice's staff (see demoprovider.DemoStaff).
+var DemoStaff = demoprovider.DemoStaff
 
 // DemoPatient is a seeded patient.
-type DemoPatient struct {
-	ID, ExternalID, Name, DateOfBirth string
-	Portal, OptIn                     bool
-}
+type DemoPatient = demoprovider.DemoPatient
 
-// DemoPatients cover every case of the product guide: portal and opted in,
-// portal but not opted in, no portal account, accents, and two John Smiths.
-var DemoPatients = []DemoPatient{
-	{"alice", "PMS-1001", "Alice Johnson", "1985-03-14", true, true},
-	{"jose", "PMS-1002", "José García", "1979-11-02", true, true},
-	{"emma", "PMS-1003", "Emma Wilson", "1992-07-21", true, true},
-	{"john-smith-1", "PMS-1004", "John Smith", "1970-01-30", true, true},
-	{"john-smith-2", "PMS-1005", "John Smith", "1998-09-09", true, true},
-	{"carol", "PMS-1006", "Carol Davis", "1964-05-05", true, false},
-	{"dave", "PMS-1007", "David Brown", "2001-12-12", false, false},
-}
+// DemoPatients are the seeded patients (see demoprovider.DemoPatients).
+var DemoPatients = demoprovider.DemoPatients
 
 // seed creates the demo practice once per data dir (a marker file records
 // it, so a patient who later opts out stays opted out across restarts).
@@ -53,37 +30,10 @@ func (in *Instance) seed(ctx context.Context) error {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	prefs := preferencesv1.NewPreferencesServiceClient(in.internal)
-	as := func(sub, role string) (context.Context, error) {
-		tok, err := in.DevIssuer.Issue(sub, role, DemoPractice, "", 0)
-		if err != nil {
-			return nil, err
-		}
-		return metadata.AppendToOutgoingContext(ctx, auth.MetadataKey, "Bearer "+tok), nil
-	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	sys, err := as("pms", auth.RoleSystem)
-	if err != nil {
+	if _, err := demoprovider.Seed(ctx, in.internal, in.DevIssuer); err != nil {
 		return err
-	}
-	for _, p := range DemoPatients {
-		_, err := prefs.UpsertPatient(sys, &preferencesv1.UpsertPatientRequest{Patient: &preferencesv1.Patient{
-			Name: "patients/" + p.ID, ExternalId: p.ExternalID, DisplayName: p.Name, DateOfBirth: p.DateOfBirth, HasPortalAccount: p.Portal}})
-		if err != nil {
-			return fmt.Errorf("patient %s: %w", p.ID, err)
-		}
-		if !p.OptIn {
-			continue
-		}
-		pat, err := as(p.ID, auth.RolePatient)
-		if err != nil {
-			return err
-		}
-		if _, err := prefs.UpdateCommunicationPreferences(pat, &preferencesv1.UpdateCommunicationPreferencesRequest{
-			CommunicationPreferences: &preferencesv1.CommunicationPreferences{Name: "patients/" + p.ID + "/communicationPreferences", ChatOptIn: true}}); err != nil {
-			return fmt.Errorf("opt in %s: %w", p.ID, err)
-		}
 	}
 	return os.WriteFile(marker, []byte("seeded "+time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600)
 }

@@ -24,6 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/clinicchat/clinicchat/gateway"
+	"github.com/clinicchat/clinicchat/services/demoprovider"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/debugserver"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
@@ -55,7 +56,7 @@ func run(args []string) error {
 	}
 	defer func() { _ = log.Sync() }()
 	cfg.Gateway.DevMode = cfg.Dev
-	log.Info("starting", zap.String(logkeys.Addr, cfg.HTTPAddr), zap.Strings("upstreams", cfg.Upstreams[:]),
+	log.Info("starting", zap.String(logkeys.Addr, cfg.HTTPAddr), zap.String("grpc_addr", cfg.GRPCAddr), zap.Strings("upstreams", cfg.Upstreams[:]),
 		zap.String("nats_url", svcmain.RedactURLs(cfg.NATS.URL)), zap.Bool("jwks", cfg.JWKSURL != ""), zap.Bool("dev", cfg.Dev),
 		zap.Duration("step_up_window", cfg.Gateway.StepUpWindow), zap.Duration("sse_keepalive", cfg.Gateway.KeepAlive))
 
@@ -98,6 +99,7 @@ func run(args []string) error {
 	}
 
 	var conns [5]*grpc.ClientConn
+	upstreams := map[string]grpc.ClientConnInterface{}
 	for i, addr := range cfg.Upstreams {
 		cc, err := grpcx.Dial(addr)
 		if err != nil {
@@ -105,6 +107,7 @@ func run(args []string) error {
 		}
 		defer func() { _ = cc.Close() }()
 		conns[i] = cc
+		upstreams[gateway.UpstreamNames[i]] = cc
 	}
 
 	gw, err := gateway.New(cfg.Gateway, gateway.Deps{
@@ -134,13 +137,32 @@ func run(args []string) error {
 	}
 	defer func() { _ = debug.Stop() }()
 
+	var edge *gateway.GRPCEdge
+	var edgeLis net.Listener
+	if cfg.GRPCAddr != "" {
+		if edge, err = gateway.NewGRPCEdge(upstreams); err != nil {
+			return err
+		}
+		if edgeLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+			_ = lis.Close()
+			return fmt.Errorf("--grpc-addr: %w", err)
+		}
+		edge.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	}
+
 	g, gctx := errgroup.WithContext(ctx)
+	if cfg.SeedDemo {
+		g.Go(func() error { seedDemo(gctx, log, conns[2], devIssuer); return nil })
+	}
 	g.Go(func() error {
 		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
 	})
+	if edge != nil {
+		g.Go(func() error { return edge.Serve(edgeLis) })
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down", zap.Duration("drain_timeout", cfg.DrainTimeout))
@@ -151,6 +173,9 @@ func run(args []string) error {
 		var sg errgroup.Group
 		sg.Go(func() error { return gw.Shutdown(sctx) })
 		sg.Go(func() error { return srv.Shutdown(sctx) })
+		if edge != nil {
+			sg.Go(func() error { edge.Shutdown(cfg.DrainTimeout); return nil })
+		}
 		if err := sg.Wait(); err != nil {
 			log.Warn("shutdown incomplete", zap.Error(err))
 			_ = srv.Close()
@@ -191,4 +216,25 @@ func ready(ctx context.Context, nc *nats.Conn, conns [5]*grpc.ClientConn) error 
 		})
 	}
 	return g.Wait()
+}
+
+// seedDemo fills the demo practice through the preferences service (dev
+// mode), retrying until the service answers; a failure is logged, never
+// fatal.
+func seedDemo(ctx context.Context, log *zap.Logger, prefs grpc.ClientConnInterface, issuer *auth.DevIssuer) {
+	for attempt := 1; attempt <= 60; attempt++ {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		seeded, err := demoprovider.Seed(sctx, prefs, issuer)
+		cancel()
+		if err == nil {
+			log.Info("demo practice", zap.Bool("seeded_now", seeded))
+			return
+		}
+		log.Warn("seeding the demo practice", zap.Int("attempt", attempt), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
 }

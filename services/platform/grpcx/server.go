@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -38,6 +39,11 @@ func NewServer(log *zap.Logger, verifier auth.Verifier, opts ...grpc.ServerOptio
 		grpc.ChainUnaryInterceptor(i.unary),
 		grpc.ChainStreamInterceptor(i.stream),
 		grpc.MaxRecvMsgSize(8 << 20),
+		// Peers ping idle connections (Keepalive); allow it. Connections are
+		// recycled every few minutes so that clients re-resolve DNS and
+		// spread over replicas added since they connected.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: 5 * time.Minute, MaxConnectionAgeGrace: 10 * time.Minute}),
 	}, opts...)
 	s := grpc.NewServer(opts...)
 	h := health.NewServer()

@@ -1,0 +1,596 @@
+package localcluster
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+
+	"github.com/clinicchat/clinicchat/services/audit"
+	"github.com/clinicchat/clinicchat/services/demoprovider"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/grpcx"
+)
+
+// Services are the five gRPC services, each with a database of its own.
+var Services = []string{"preferences", "conversation", "delivery", "attachment", "audit"}
+
+// packages are the binaries a cluster runs, by binary name.
+var packages = map[string]string{
+	"nats-server":  "github.com/nats-io/nats-server/v2",
+	"gateway":      "github.com/clinicchat/clinicchat/gateway/cmd/gateway",
+	"demoprovider": "github.com/clinicchat/clinicchat/services/demoprovider/cmd/demoprovider",
+	"preferences":  "github.com/clinicchat/clinicchat/services/preferences/cmd/preferences",
+	"conversation": "github.com/clinicchat/clinicchat/services/conversation/cmd/conversation",
+	"delivery":     "github.com/clinicchat/clinicchat/services/delivery/cmd/delivery",
+	"attachment":   "github.com/clinicchat/clinicchat/services/attachment/cmd/attachment",
+	"audit":        "github.com/clinicchat/clinicchat/services/audit/cmd/audit",
+}
+
+// Build compiles every binary into dir with `go build` (run inside the
+// clinicchat module, so nats-server is the version go.mod requires).
+func Build(ctx context.Context, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	for _, name := range slices.Sorted(maps.Keys(packages)) {
+		args = append(args, packages[name])
+	}
+	out, err := exec.CommandContext(ctx, "go", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// Cluster is a running local cluster.
+type Cluster struct {
+	cfg    Config
+	logDir string
+	// HTTPAddr and GRPCAddr are the gateway's bound addresses.
+	HTTPAddr, GRPCAddr string
+	// NATSURL is the NATS server the processes use.
+	NATSURL string
+	// DevIssuer signs tokens in dev mode (nil otherwise).
+	DevIssuer *auth.DevIssuer
+	// DatabaseDSN is each service's database.
+	DatabaseDSN map[string]string
+	// Addrs is each process's gRPC address ("delivery-1", …; "delivery" is
+	// the comma-separated list of replicas).
+	Addrs map[string]string
+
+	mu      sync.Mutex
+	procs   map[string]*proc
+	order   []string
+	failed  chan struct{}
+	failErr error
+	stopped bool
+	once    sync.Once
+}
+
+type proc struct {
+	name string
+	bin  string
+	args []string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+	// expected is set before the cluster stops or kills the process itself.
+	expected bool
+}
+
+// Start creates the databases, starts every process, waits until the
+// gateway is ready and seeds the demo practice (dev mode). progress gets a
+// line per step (nil: none). On error everything started is stopped.
+func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("configuration:\n%w", err)
+	}
+	if progress == nil {
+		progress = io.Discard
+	}
+	say := func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) }
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	cfg.DataDir = dataDir
+	c = &Cluster{cfg: cfg, logDir: filepath.Join(dataDir, "logs"), procs: map[string]*proc{}, failed: make(chan struct{}),
+		DatabaseDSN: map[string]string{}, Addrs: map[string]string{}}
+	for _, d := range []string{c.logDir, c.path("blobs")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	defer func() {
+		if err != nil {
+			_ = c.Stop()
+			c = nil
+		}
+	}()
+
+	if cfg.BinDir == "" {
+		cfg.BinDir = c.path("bin")
+		say("building the binaries into %s", cfg.BinDir)
+		if err := Build(ctx, cfg.BinDir); err != nil {
+			return c, err
+		}
+		c.cfg.BinDir = cfg.BinDir
+	}
+	say("creating the databases %s_<service> on %s", cfg.DBPrefix, redact(cfg.PGURL))
+	if err := c.createDatabases(ctx); err != nil {
+		return c, err
+	}
+
+	if c.NATSURL = cfg.NATSURL; c.NATSURL == "" {
+		addr, err := freeAddr("127.0.0.1:0")
+		if err != nil {
+			return c, err
+		}
+		host, port, _ := net.SplitHostPort(addr)
+		if err := c.start("nats", "nats-server", "-a", host, "-p", port, "-js", "-sd", c.path("nats"), "--server_name", "clinicchat-local"); err != nil {
+			return c, err
+		}
+		c.NATSURL = "nats://" + addr
+		if err := c.waitTCP(ctx, addr); err != nil {
+			return c, fmt.Errorf("nats-server: %w", err)
+		}
+		say("NATS started on %s (store %s)", c.NATSURL, c.path("nats"))
+	}
+
+	authArgs, err := c.authArgs()
+	if err != nil {
+		return c, err
+	}
+	// Every address is decided first: processes dial their peers lazily.
+	for _, name := range []string{"preferences", "conversation", "attachment", "audit", "demoprovider"} {
+		if c.Addrs[name], err = freeAddr("127.0.0.1:0"); err != nil {
+			return c, err
+		}
+	}
+	var replicas []string
+	for i := range cfg.DeliveryReplicas {
+		name := fmt.Sprintf("delivery-%d", i+1)
+		if c.Addrs[name], err = freeAddr("127.0.0.1:0"); err != nil {
+			return c, err
+		}
+		replicas = append(replicas, c.Addrs[name])
+	}
+	c.Addrs["delivery"] = strings.Join(replicas, ",")
+	if c.HTTPAddr, err = freeAddr(cfg.HTTPAddr); err != nil {
+		return c, fmt.Errorf("--http-addr: %w", err)
+	}
+	if c.GRPCAddr, err = freeAddr(cfg.GRPCAddr); err != nil {
+		return c, fmt.Errorf("--grpc-addr: %w", err)
+	}
+
+	if err := c.start("demoprovider", "demoprovider", append([]string{"--grpc-addr", c.Addrs["demoprovider"], "--log-level", cfg.LogLevel}, authArgs...)...); err != nil {
+		return c, err
+	}
+	for _, svc := range Services {
+		if svc == "delivery" {
+			for i := range cfg.DeliveryReplicas {
+				name := fmt.Sprintf("delivery-%d", i+1)
+				if err := c.startService("delivery", name, authArgs); err != nil {
+					return c, err
+				}
+				if i == 0 && cfg.DeliveryReplicas > 1 {
+					// The first replica applies the migrations (it listens
+					// once they are done); the others find them applied.
+					if err := c.waitTCP(ctx, c.Addrs[name]); err != nil {
+						return c, fmt.Errorf("%s: %w", name, err)
+					}
+				}
+			}
+			continue
+		}
+		if err := c.startService(svc, svc, authArgs); err != nil {
+			return c, err
+		}
+	}
+	gw := []string{"--http-addr", c.HTTPAddr, "--grpc-addr", c.GRPCAddr, "--nats-url", c.NATSURL,
+		"--log-level", cfg.LogLevel, "--drain-timeout", "5s"}
+	for _, svc := range Services {
+		gw = append(gw, "--"+svc+"-addr", c.Addrs[svc])
+	}
+	if cfg.Dev {
+		gw = append(gw, "--dev")
+	}
+	if err := c.start("gateway", "gateway", append(gw, authArgs...)...); err != nil {
+		return c, err
+	}
+	say("waiting for every service (logs in %s)", c.logDir)
+	if err := c.waitReady(ctx); err != nil {
+		return c, err
+	}
+	if cfg.Dev {
+		seeded, err := c.seed(ctx)
+		if err != nil {
+			return c, fmt.Errorf("seed the demo practice: %w", err)
+		}
+		if seeded {
+			say("seeded the demo practice")
+		}
+	}
+	return c, nil
+}
+
+func (c *Cluster) path(name string) string { return filepath.Join(c.cfg.DataDir, name) }
+
+// authArgs are the token settings every process gets.
+func (c *Cluster) authArgs() ([]string, error) {
+	if !c.cfg.Dev {
+		args := []string{"--jwks-url", c.cfg.JWKSURL, "--jwt-issuer", c.cfg.JWTIssuer}
+		if c.cfg.JWTAudience != "" {
+			args = append(args, "--jwt-audience", c.cfg.JWTAudience)
+		}
+		return args, nil
+	}
+	keyFile := c.path("dev-signing.key")
+	key, err := os.ReadFile(keyFile)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && len(key) < 32) {
+		key = make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, err
+		}
+		err = os.WriteFile(keyFile, key, 0o600)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dev signing key: %w", err)
+	}
+	c.DevIssuer = &auth.DevIssuer{Key: key, Issuer: auth.DevIssuerName, TTL: 12 * time.Hour}
+	return []string{"--dev-signing-key-file", keyFile}, nil
+}
+
+// serviceArgs are one service's flags: the common ones and its peers'.
+func (c *Cluster) serviceArgs(svc, name string) ([]string, error) {
+	args := []string{"--grpc-addr", c.Addrs[name], "--database-dsn", c.DatabaseDSN[svc], "--nats-url", c.NATSURL,
+		"--log-level", c.cfg.LogLevel, "--drain-timeout", "5s"}
+	switch svc {
+	case "conversation":
+		args = append(args, "--preferences-addr", c.Addrs["preferences"],
+			"--archive-after", c.cfg.ArchiveAfter.String(), "--archive-sweep-interval", c.cfg.ArchiveSweepInterval.String())
+	case "delivery":
+		args = append(args, "--conversation-addr", c.Addrs["conversation"], "--preferences-addr", c.Addrs["preferences"],
+			"--attachment-addr", c.Addrs["attachment"], "--artifact-provider-addr", c.Addrs["demoprovider"])
+	case "attachment":
+		args = append(args, "--conversation-addr", c.Addrs["conversation"], "--delivery-addr", c.Addrs["delivery"],
+			"--blob-dir", c.path("blobs"))
+	case "audit":
+		key := c.path("audit-checkpoint.key")
+		if err := audit.EnsureDevSignerKey(key, audit.DefaultSignerName); err != nil {
+			return nil, fmt.Errorf("audit checkpoint key: %w", err)
+		}
+		args = append(args, "--checkpoint-signer-key-file", key)
+	}
+	return args, nil
+}
+
+func (c *Cluster) startService(svc, name string, authArgs []string) error {
+	args, err := c.serviceArgs(svc, name)
+	if err != nil {
+		return err
+	}
+	return c.start(name, svc, append(args, authArgs...)...)
+}
+
+// createDatabases creates DBPrefix_<service> for each service that is not
+// there yet.
+func (c *Cluster) createDatabases(ctx context.Context) error {
+	db, err := sql.Open("pgx", c.cfg.PGURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := db.PingContext(ctx); err != nil {
+		return fmt.Errorf("PostgreSQL at %s: %w", redact(c.cfg.PGURL), err)
+	}
+	u, _ := url.Parse(c.cfg.PGURL)
+	for _, svc := range Services {
+		name := c.cfg.DBPrefix + "_" + svc
+		var exists bool
+		if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+			return err
+		}
+		if !exists {
+			// The name is checked by Validate (letters, digits, _).
+			if _, err := db.ExecContext(ctx, `CREATE DATABASE `+name); err != nil {
+				return fmt.Errorf("create database %s: %w", name, err)
+			}
+		}
+		d := *u
+		d.Path = "/" + name
+		c.DatabaseDSN[svc] = d.String()
+	}
+	return nil
+}
+
+// DropDatabases removes the cluster's databases (after Stop; for tests).
+func DropDatabases(ctx context.Context, pgURL, prefix string) error {
+	if !dbPrefix.MatchString(prefix) {
+		return fmt.Errorf("bad prefix %q", prefix)
+	}
+	db, err := sql.Open("pgx", pgURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var errs []error
+	for _, svc := range Services {
+		if _, err := db.ExecContext(ctx, `DROP DATABASE IF EXISTS `+prefix+"_"+svc+` WITH (FORCE)`); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// start launches one process, its output appended to logs/<name>.log.
+func (c *Cluster) start(name, bin string, args ...string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return errors.New("cluster stopped")
+	}
+	logFile, err := os.OpenFile(filepath.Join(c.logDir, name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	p := &proc{name: name, bin: bin, args: args, done: make(chan struct{})}
+	p.cmd = exec.Command(filepath.Join(c.cfg.BinDir, bin), args...)
+	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
+	p.cmd.Env = childEnv()
+	p.cmd.SysProcAttr = sysProcAttr()
+	if err := startCmd(p.cmd); err != nil {
+		_ = logFile.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	if _, ok := c.procs[name]; !ok {
+		c.order = append(c.order, name)
+	}
+	c.procs[name] = p
+	go func() {
+		p.err = p.cmd.Wait()
+		_ = logFile.Close()
+		close(p.done)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if !p.expected && !c.stopped {
+			c.fail(fmt.Errorf("%s exited: %v (see %s)", name, p.err, filepath.Join(c.logDir, name+".log")))
+		}
+	}()
+	return nil
+}
+
+// fail records the first unexpected exit; c.mu is held.
+func (c *Cluster) fail(err error) {
+	c.once.Do(func() {
+		c.failErr = err
+		close(c.failed)
+	})
+}
+
+// childEnv is the environment without CLINICCHAT_* settings, so that every
+// process gets exactly the flags the cluster gives it.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CLINICCHAT_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// Done is closed when a process exits without being asked to; Err says which.
+func (c *Cluster) Done() <-chan struct{} { return c.failed }
+
+// Err is why Done closed.
+func (c *Cluster) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.failErr
+}
+
+// Kill SIGKILLs one process (e.g. "delivery-1"), as a crash would.
+func (c *Cluster) Kill(name string) error {
+	c.mu.Lock()
+	p, ok := c.procs[name]
+	if ok {
+		p.expected = true
+	}
+	c.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("no process %s", name)
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+	return nil
+}
+
+// Restart stops one service process (SIGTERM, drained) and starts it again
+// with its flags plus extra (later flags win), then waits until the gateway
+// is ready again.
+func (c *Cluster) Restart(ctx context.Context, name string, extra ...string) error {
+	c.mu.Lock()
+	p, ok := c.procs[name]
+	if ok {
+		p.expected = true
+	}
+	c.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("no process %s", name)
+	}
+	terminate(p, 10*time.Second)
+	if err := c.start(name, p.bin, append(slices.Clone(p.args), extra...)...); err != nil {
+		return err
+	}
+	return c.waitReady(ctx)
+}
+
+// Stop stops every process: the gateway first, then the services, the demo
+// provider and NATS last; each gets SIGTERM and a few seconds to drain, then
+// its whole process group is killed.
+func (c *Cluster) Stop() error {
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return nil
+	}
+	c.stopped = true
+	var gateway, services, last []*proc
+	for _, name := range c.order {
+		p := c.procs[name]
+		p.expected = true
+		switch name {
+		case "gateway":
+			gateway = append(gateway, p)
+		case "demoprovider", "nats":
+			last = append(last, p)
+		default:
+			services = append(services, p)
+		}
+	}
+	c.mu.Unlock()
+	for _, group := range [][]*proc{gateway, services, last} {
+		var wg sync.WaitGroup
+		for _, p := range group {
+			wg.Add(1)
+			go func() { defer wg.Done(); terminate(p, 10*time.Second) }()
+		}
+		wg.Wait()
+	}
+	return nil
+}
+
+// terminate sends SIGTERM, waits up to grace, then kills the process group.
+func terminate(p *proc, grace time.Duration) {
+	select {
+	case <-p.done:
+	default:
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(grace):
+		}
+	}
+	// Anything left in its group (it has none of its own, but be sure).
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
+
+// waitReady polls the gateway's /readyz (NATS and every upstream serving).
+func (c *Cluster) waitReady(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	client := &http.Client{Timeout: 2 * time.Second}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		resp, err := client.Get("http://" + c.HTTPAddr + "/readyz")
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("/readyz: %s", resp.Status)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the cluster did not become ready: %v (logs in %s)", last, c.logDir)
+		case <-c.failed:
+			return c.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+func (c *Cluster) waitTCP(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			return conn.Close()
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-c.failed:
+			return c.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// seed fills the demo practice through the preferences service (once).
+func (c *Cluster) seed(ctx context.Context) (bool, error) {
+	cc, err := grpcx.Dial(c.Addrs["preferences"])
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = cc.Close() }()
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	return demoprovider.Seed(ctx, cc, c.DevIssuer)
+}
+
+// freeAddr returns addr, with a free port in place of port 0.
+func freeAddr(addr string) (string, error) {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", err
+	}
+	if _, err := strconv.Atoi(port); err != nil {
+		return "", fmt.Errorf("port %q", port)
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", err // in use (by another cluster or all-in-one?)
+	}
+	defer lis.Close()
+	return lis.Addr().String(), nil
+}
+
+func redact(dsn string) string {
+	if u, err := url.Parse(dsn); err == nil {
+		return u.Redacted()
+	}
+	return "(url)"
+}
+
+// Summary lists each process and its address, for the start-up message.
+func (c *Cluster) Summary() string {
+	var parts []string
+	for _, name := range slices.Sorted(maps.Keys(c.Addrs)) {
+		if name != "delivery" { // listed as delivery-1, …
+			parts = append(parts, name+"="+c.Addrs[name])
+		}
+	}
+	parts = append(parts, "nats="+c.NATSURL)
+	return strings.Join(parts, " ")
+}

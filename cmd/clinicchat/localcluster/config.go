@@ -1,0 +1,90 @@
+// Package localcluster runs clinicchat's production shape on one machine:
+// every service (conversation, delivery, attachment, preferences, audit), the
+// gateway and the demo ArtifactProvider as separate processes on loopback
+// ports, against a PostgreSQL server (one database per service) and a NATS
+// server (given, or started from the nats-server of the version in go.mod).
+// deploy/local/up runs it; its tests start the same stack.
+package localcluster
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"regexp"
+	"time"
+)
+
+// Config is a local cluster's configuration.
+type Config struct {
+	// PGURL is a PostgreSQL server URL; its database is only used to create
+	// one database per service, named DBPrefix_<service>.
+	PGURL    string
+	DBPrefix string
+	// NATSURL is a NATS server with JetStream; empty: start one under DataDir.
+	NATSURL string
+	// DataDir holds the dev keys, attachment blobs, NATS store and logs.
+	DataDir  string
+	HTTPAddr string
+	GRPCAddr string
+	// Dev runs the dev token issuer and seeds the demo practice; without it
+	// JWKSURL and JWTIssuer are required.
+	Dev                  bool
+	JWKSURL              string
+	JWTIssuer            string
+	JWTAudience          string
+	DeliveryReplicas     int
+	ArchiveAfter         time.Duration
+	ArchiveSweepInterval time.Duration
+	LogLevel             string
+	// BinDir holds the binaries (Build); empty: build them into DataDir/bin.
+	BinDir string
+}
+
+// Flags registers the flags of deploy/local/up.
+func (c *Config) Flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.PGURL, "pg-url", "postgres://postgres@127.0.0.1:5432/postgres", "PostgreSQL server: one database per service is created there")
+	fs.StringVar(&c.DBPrefix, "db-prefix", "clinicchat", "database names are <db-prefix>_<service>")
+	fs.StringVar(&c.NATSURL, "nats-url", "", "NATS server with JetStream (2.10+); empty: start the nats-server of go.mod's version under --data-dir")
+	fs.StringVar(&c.DataDir, "data-dir", "./.clinicchat-local", "dev keys, attachment blobs, the NATS store, binaries and logs")
+	fs.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:8080", "the gateway's HTTP API, SSE and web client")
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", "127.0.0.1:9090", "the gateway's public gRPC edge (every public service, health, reflection)")
+	fs.BoolVar(&c.Dev, "dev", true, "dev token issuer (POST /v1/dev/tokens) and the demo practice; --dev=false needs --jwks-url and --jwt-issuer")
+	fs.StringVar(&c.JWKSURL, "jwks-url", "", "without --dev: the token issuer's JWKS URL")
+	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "without --dev: the required iss claim")
+	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "without --dev: the required aud claim")
+	fs.IntVar(&c.DeliveryReplicas, "delivery-replicas", 1, "delivery processes behind the gateway (1-4)")
+	fs.DurationVar(&c.ArchiveAfter, "archive-after", 8760*time.Hour, "archive a conversation with no message for this long")
+	fs.DurationVar(&c.ArchiveSweepInterval, "archive-sweep-interval", time.Hour, "how often the archive sweeper looks")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "the processes' log level: debug, info, warn or error")
+	fs.StringVar(&c.BinDir, "bin-dir", "", "use the binaries already built there (empty: go build them into --data-dir/bin)")
+}
+
+var dbPrefix = regexp.MustCompile(`^[a-z][a-z0-9_]{0,40}$`)
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if u, err := url.Parse(c.PGURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		errs = append(errs, errors.New("--pg-url must be a postgres:// URL"))
+	}
+	if !dbPrefix.MatchString(c.DBPrefix) {
+		errs = append(errs, errors.New("--db-prefix must be lower-case letters, digits and _ (starting with a letter, at most 41)"))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("--data-dir is required"))
+	}
+	if c.HTTPAddr == "" || c.GRPCAddr == "" {
+		errs = append(errs, errors.New("--http-addr and --grpc-addr are required"))
+	}
+	if !c.Dev && (c.JWKSURL == "" || c.JWTIssuer == "") {
+		errs = append(errs, errors.New("without --dev, --jwks-url and --jwt-issuer are required"))
+	}
+	if c.DeliveryReplicas < 1 || c.DeliveryReplicas > 4 {
+		errs = append(errs, fmt.Errorf("--delivery-replicas must be 1 to 4 (got %d)", c.DeliveryReplicas))
+	}
+	if c.ArchiveAfter <= 0 || c.ArchiveSweepInterval <= 0 {
+		errs = append(errs, errors.New("--archive-after and --archive-sweep-interval must be positive"))
+	}
+	return errors.Join(errs...)
+}
