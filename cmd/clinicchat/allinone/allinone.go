@@ -205,7 +205,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 
 func (in *Instance) verifier() (auth.Verifier, error) {
 	if !in.cfg.Dev {
-		return &auth.JWKSVerifier{URL: in.cfg.JWKSURL, Issuer: in.cfg.JWTIssuer, Audience: in.cfg.JWTAudience}, nil
+		return auth.NewJWKSVerifier(auth.JWKSConfig{URL: in.cfg.JWKSURL, Issuer: in.cfg.JWTIssuer, Audience: in.cfg.JWTAudience})
 	}
 	key, err := loadOrCreateKey(in.cfg.path("dev-signing.key"))
 	if err != nil {

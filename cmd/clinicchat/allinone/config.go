@@ -70,8 +70,8 @@ func (c *Config) Validate() error {
 	if c.StepUpWindow <= 0 {
 		problems = append(problems, errors.New("--step-up-window must be positive"))
 	}
-	if !c.Dev && (c.JWKSURL == "" || c.JWTIssuer == "") {
-		problems = append(problems, errors.New("without --dev, --jwks-url and --jwt-issuer are required"))
+	if !c.Dev && (c.JWKSURL == "" || c.JWTIssuer == "" || c.JWTAudience == "") {
+		problems = append(problems, errors.New("without --dev, --jwks-url, --jwt-issuer and --jwt-audience are required"))
 	}
 	return errors.Join(problems...)
 }
