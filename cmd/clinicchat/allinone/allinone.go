@@ -52,6 +52,10 @@ type Instance struct {
 	debug    *debugserver.Server
 	gw       *gateway.Server
 	internal *grpc.ClientConn
+	// providerSrv is the demo practice system; artifacts is delivery's
+	// connection to it.
+	providerSrv *grpcx.Server
+	artifacts   *grpc.ClientConn
 	services []service
 	cancel   context.CancelFunc
 	runCtx   context.Context
@@ -120,8 +124,20 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		return nil, fmt.Errorf("conversation: %w", err)
 	}
 	in.services = append(in.services, conv)
+	// The demo practice system runs on its own in-process server that
+	// accepts only the delivery service's own credential, as a real one
+	// would; the user's token never reaches it.
+	providerToken := rand.Text()
+	in.providerSrv = grpcx.NewServer(log.Named("demoprovider"), demoprovider.ServiceVerifier{Token: providerToken})
+	artifactv1.RegisterArtifactProviderServiceServer(in.providerSrv.Server, &demoprovider.Provider{})
+	providerLis := bufconn.Listen(1 << 20)
+	in.artifacts, err = delivery.DialArtifactProvider(ctx, delivery.ArtifactProviderConfig{InProcess: providerLis.DialContext,
+		Token: providerToken})
+	if err != nil {
+		return nil, fmt.Errorf("demo provider: %w", err)
+	}
 	del, err := delivery.New(ctx, delivery.Config{DatabaseDSN: cfg.path("delivery.db"), StepUpWindow: cfg.StepUpWindow},
-		delivery.Deps{Log: log.Named("delivery"), JS: js, Conversations: conn, Preferences: conn, Attachments: conn, Artifacts: conn})
+		delivery.Deps{Log: log.Named("delivery"), JS: js, Conversations: conn, Preferences: conn, Attachments: conn, Artifacts: in.artifacts})
 	if err != nil {
 		return nil, fmt.Errorf("delivery: %w", err)
 	}
@@ -145,7 +161,6 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	for _, s := range in.services {
 		s.Register(in.grpcSrv.Server)
 	}
-	artifactv1.RegisterArtifactProviderServiceServer(in.grpcSrv.Server, &demoprovider.Provider{})
 
 	in.gw, err = gateway.New(gateway.Config{DevMode: cfg.Dev, StepUpWindow: cfg.StepUpWindow, ArchiveAfter: cfg.ArchiveAfter}, gateway.Deps{
 		Log: log.Named("gateway"), Verifier: verifier, DevIssuer: in.DevIssuer, JS: js,
@@ -174,6 +189,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	streamCtx, endStreams := context.WithCancel(context.Background())
 	in.endStreams = endStreams
 	g.Go(func() error { return in.grpcSrv.Serve(buf) })
+	g.Go(func() error { return in.providerSrv.Serve(providerLis) })
 	g.Go(func() error { return in.grpcSrv.Serve(grpcLis) })
 	for _, s := range in.services {
 		g.Go(func() error { return s.Run(gctx) })
@@ -284,6 +300,9 @@ func (in *Instance) Stop() error {
 		if in.grpcSrv != nil {
 			in.grpcSrv.Shutdown(drain)
 		}
+		if in.providerSrv != nil {
+			in.providerSrv.Shutdown(drain)
+		}
 		if in.cancel != nil {
 			in.cancel()
 		}
@@ -294,6 +313,9 @@ func (in *Instance) Stop() error {
 		}
 		if in.internal != nil {
 			_ = in.internal.Close()
+		}
+		if in.artifacts != nil {
+			_ = in.artifacts.Close()
 		}
 		for _, s := range in.services {
 			if err := s.Close(); err != nil {
