@@ -28,14 +28,14 @@ import (
 
 // Config is the service's own configuration.
 type Config struct {
-	DatabaseDSN          string
-	ConversationAddr     string // standalone binary only
-	PreferencesAddr      string
-	AttachmentAddr       string
+	DatabaseDSN      string
+	ConversationAddr string // standalone binary only
+	PreferencesAddr  string
+	AttachmentAddr   string
 	// ArtifactProvider: the practice system's ArtifactProvider (standalone
 	// binary; no address: none connected).
 	ArtifactProvider ArtifactProviderConfig
-	StepUpWindow         time.Duration
+	StepUpWindow     time.Duration
 }
 
 // Flags registers the service-specific flags (the common ones are svcmain's).

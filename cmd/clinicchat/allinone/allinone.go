@@ -56,9 +56,9 @@ type Instance struct {
 	// connection to it.
 	providerSrv *grpcx.Server
 	artifacts   *grpc.ClientConn
-	services []service
-	cancel   context.CancelFunc
-	runCtx   context.Context
+	services    []service
+	cancel      context.CancelFunc
+	runCtx      context.Context
 	// endStreams ends long-lived HTTP responses (SSE) at shutdown.
 	endStreams context.CancelFunc
 	group      *errgroup.Group
