@@ -95,7 +95,12 @@ func newEnv(t *testing.T) *env {
 	dir := t.TempDir()
 	e := &env{tokens: tokens, js: js, blobDir: filepath.Join(dir, "blobs"), dsn: filepath.Join(dir, "attachment.db")}
 	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := attachment.New(ctx, attachment.Config{DatabaseDSN: e.dsn, BlobDir: e.blobDir, StepUpWindow: 5 * time.Minute},
+	kek := filepath.Join(dir, "keys", "attachment.kek")
+	require.NoError(t, os.MkdirAll(filepath.Dir(kek), 0o700))
+	_, err = attachment.EnsureDevKEK(kek)
+	require.NoError(t, err)
+	svc, err := attachment.New(ctx, attachment.Config{DatabaseDSN: e.dsn, BlobDir: e.blobDir, StepUpWindow: 5 * time.Minute,
+		Encryption: attachment.Encryption{KEKFile: kek}},
 		attachment.Deps{Log: log, JS: js, Conversations: convConn})
 	require.NoError(t, err)
 	lis := bufconn.Listen(1 << 20)
