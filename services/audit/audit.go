@@ -64,7 +64,6 @@ type Config struct {
 func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.SignerKeyFile, "audit-signing-key-file", "",
 		"note signer key file (golang.org/x/mod/sumdb/note format) that signs audit checkpoints, provided by the operator apart from the database; generated if missing in dev")
-	fs.StringVar(&c.SignerKeyFile, "checkpoint-signer-key-file", "", "deprecated name of --audit-signing-key-file")
 	fs.StringVar(&c.PreviousVerifierKeys, "audit-previous-verifier-keys", "", "comma-separated note verifier keys of earlier signing keys (key rotation)")
 	fs.StringVar(&c.WitnessURL, "audit-witness-url", "", "HTTP witness that receives every signed checkpoint (POST) and answers the latest ones (GET)")
 	fs.StringVar(&c.WitnessFile, "audit-witness-file", "", "file witness (JSON lines) instead of --audit-witness-url, kept away from the database")
