@@ -73,7 +73,11 @@ func (a *App) checkpoint(ctx context.Context, practice string) (domain.Checkpoin
 		return domain.Checkpoint{}, err
 	}
 	a.log.Debug("checkpoint signed", zap.String(logkeys.Practice, practice), zap.Int64(keyTreeSize, size))
-	a.postWitness(ctx, cp)
+	from := int64(0)
+	if ok {
+		from = latest.Size
+	}
+	a.postWitness(ctx, cp, from)
 	return cp, nil
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/clinicchat/clinicchat/services/audit/internal/domain"
 	"github.com/clinicchat/clinicchat/services/audit/internal/witness"
@@ -34,11 +35,20 @@ func (a *App) verifiers() note.Verifiers {
 	return note.VerifierList(append([]note.Verifier{a.key.Verifier}, a.previous...)...)
 }
 
-func (a *App) postWitness(ctx context.Context, cp domain.Checkpoint) {
+func (a *App) postWitness(ctx context.Context, cp domain.Checkpoint, from int64) {
 	if a.witness == nil {
 		return
 	}
-	if err := a.witness.Post(ctx, witness.New(cp.Practice, cp.Size, cp.Root, cp.Note)); err != nil {
+	c := witness.New(cp.Practice, cp.Size, cp.Root, cp.Note)
+	recs, err := a.repo.Range(ctx, cp.Practice, from, cp.Size)
+	if err == nil && int64(len(recs)) == cp.Size-from {
+		leaves := make([]tlog.Hash, len(recs))
+		for i, r := range recs {
+			leaves[i] = r.Hash
+		}
+		c = c.WithLeaves(from, leaves)
+	}
+	if err := a.witness.Post(ctx, c); err != nil {
 		a.log.Warn("checkpoint not sent to the witness", zap.String(logkeys.Practice, cp.Practice), zap.Int64(keyTreeSize, cp.Size), zap.Error(err))
 	}
 }
@@ -121,7 +131,7 @@ func (a *App) CheckLogs(ctx context.Context) Health {
 				h.Problems[p] = "the witness's checkpoint is malformed"
 				continue
 			}
-			kept = &Kept{Size: c.TreeSize, Root: root}
+			kept = &Kept{Size: c.TreeSize, Root: root, Leaves: c.AllLeaves}
 		}
 		res, err := a.verify(ctx, p, kept)
 		if err != nil {
@@ -150,4 +160,24 @@ func (a *App) RunChecks(ctx context.Context, interval time.Duration, after func(
 			after(a.CheckLogs(ctx))
 		}
 	}
+}
+
+// witnessKept is what the witness last saw of practice, for Verify.
+func (a *App) witnessKept(ctx context.Context, practice string) (*Kept, error) {
+	if a.witness == nil {
+		return nil, nil
+	}
+	seen, err := a.witness.Latest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c, ok := seen[practice]
+	if !ok {
+		return nil, nil
+	}
+	root, err := c.Root()
+	if err != nil {
+		return nil, err
+	}
+	return &Kept{Size: c.TreeSize, Root: root, Leaves: c.AllLeaves}, nil
 }

@@ -31,6 +31,53 @@ type Checkpoint struct {
 	TreeSize int64  `json:"treeSize"`
 	RootHash string `json:"rootHash"` // base64
 	Note     string `json:"note"`
+	// LeavesFrom and Leaves: the leaf hashes (base64) of records
+	// LeavesFrom… TreeSize-1, the ones added since the previous checkpoint.
+	// Hashes only, no content. With them verify names the first record that
+	// differs from what the witness saw, not only a range.
+	LeavesFrom int64    `json:"leavesFrom,omitempty"`
+	Leaves     []string `json:"leaves,omitempty"`
+	// AllLeaves is filled by Latest: every leaf the witness holds from
+	// record 0 on, without a gap.
+	AllLeaves []tlog.Hash `json:"-"`
+}
+
+// LeafHashes decodes Leaves.
+func (c Checkpoint) LeafHashes() ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(c.Leaves))
+	for i, l := range c.Leaves {
+		b, err := base64.StdEncoding.DecodeString(l)
+		if err != nil || len(b) != tlog.HashSize {
+			return nil, errors.New("witness: bad leaf hash")
+		}
+		copy(out[i][:], b)
+	}
+	return out, nil
+}
+
+// WithLeaves adds the leaf hashes of records from… to c.
+func (c Checkpoint) WithLeaves(from int64, leaves []tlog.Hash) Checkpoint {
+	c.LeavesFrom = from
+	c.Leaves = make([]string, len(leaves))
+	for i, h := range leaves {
+		c.Leaves[i] = base64.StdEncoding.EncodeToString(h[:])
+	}
+	return c
+}
+
+// merge keeps the largest checkpoint of each practice and appends c's
+// leaves to the practice's gapless leaf list.
+func merge(out map[string]Checkpoint, c Checkpoint) {
+	prev := out[c.Practice]
+	all := prev.AllLeaves
+	if hs, err := c.LeafHashes(); err == nil && c.LeavesFrom <= int64(len(all)) && c.LeavesFrom+int64(len(hs)) > int64(len(all)) {
+		all = append(all[:c.LeavesFrom:c.LeavesFrom], hs...)
+	}
+	if c.TreeSize >= prev.TreeSize {
+		prev = c
+	}
+	prev.Leaves, prev.AllLeaves = nil, all
+	out[c.Practice] = prev
 }
 
 // Root decodes RootHash.
@@ -98,15 +145,13 @@ func (w *File) Latest(_ context.Context) (map[string]Checkpoint, error) {
 	defer f.Close()
 	out := map[string]Checkpoint{}
 	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	sc.Buffer(make([]byte, 64<<10), 256<<20)
 	for sc.Scan() {
 		var c Checkpoint
 		if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
 			continue // a torn last line
 		}
-		if c.TreeSize >= out[c.Practice].TreeSize {
-			out[c.Practice] = c
-		}
+		merge(out, c)
 	}
 	return out, sc.Err()
 }
@@ -174,9 +219,7 @@ func (w *HTTP) Latest(ctx context.Context) (map[string]Checkpoint, error) {
 	}
 	out := map[string]Checkpoint{}
 	for _, c := range body.Checkpoints {
-		if c.TreeSize >= out[c.Practice].TreeSize {
-			out[c.Practice] = c
-		}
+		merge(out, c)
 	}
 	return out, nil
 }
