@@ -25,7 +25,8 @@ type JWKSConfig struct {
 	// background (default 1h).
 	RefreshInterval time.Duration
 	// UnknownKIDInterval is the least time between two refetches caused by
-	// a token naming a key id the set does not have (default 1m). A token
+	// a token naming a key id the set does not have (default 1m, at least
+	// 2s). A token
 	// with an unknown kid beyond that rate is refused at once, without a
 	// fetch and without waiting.
 	UnknownKIDInterval time.Duration
@@ -74,15 +75,18 @@ func NewJWKSVerifier(cfg JWKSConfig) (*JWKSVerifier, error) {
 	if cfg.UnknownKIDInterval <= 0 {
 		cfg.UnknownKIDInterval = time.Minute
 	}
+	cfg.UnknownKIDInterval = max(cfg.UnknownKIDInterval, 2*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{cfg.URL}, keyfunc.Override{
 		Client:          cfg.Client,
 		HTTPTimeout:     cfg.Client.Timeout,
 		RefreshInterval: cfg.RefreshInterval,
-		// One refetch per interval for unknown kids; a token that would
-		// have to wait for the limiter is refused at once.
+		// One refetch per interval for unknown kids. A token that would
+		// have to wait longer than a second for the limiter is refused at
+		// once (rate.Limiter.Wait fails fast when the wait exceeds the
+		// deadline); the second leaves room for a busy scheduler.
 		RefreshUnknownKID:       rate.NewLimiter(rate.Every(cfg.UnknownKIDInterval), 1),
-		RateLimitWaitMax:        time.Millisecond,
+		RateLimitWaitMax:        time.Second,
 		RefreshErrorHandlerFunc: func(string) func(context.Context, error) { return func(context.Context, error) {} },
 	})
 	if err != nil {
