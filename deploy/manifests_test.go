@@ -366,14 +366,14 @@ func checkRequiredSettings(t *testing.T, r *rendered, id, w string, fs *flag.Fla
 	})
 
 	// Files: each path lives on a volume of the right kind.
-	for _, name := range []string{"dev-signing-key-file", "checkpoint-signer-key-file", "nats-creds", "nats-tls-ca", "nats-tls-cert", "nats-tls-key"} {
+	for _, name := range []string{"dev-signing-key-file", "audit-signing-key-file", "nats-creds", "nats-tls-ca", "nats-tls-cert", "nats-tls-key"} {
 		if v, ok := get(name); ok {
 			checkMountedFile(t, id, envName(name), v.value, spec, r, "secret")
 		}
 	}
 	switch w {
 	case "audit":
-		if v, ok := require("checkpoint-signer-key-file"); ok && v.value == "" {
+		if v, ok := require("audit-signing-key-file"); ok && v.value == "" {
 			t.Errorf("%s: CLINICCHAT_CHECKPOINT_SIGNER_KEY_FILE is empty", id)
 		}
 	case "attachment":

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"net/http"
 	"sync"
 	"time"
@@ -167,6 +168,9 @@ type Deps struct {
 	// Ready reports whether the gateway can serve (upstreams and NATS
 	// reachable); nil means always ready.
 	Ready func(context.Context) error
+	// Metrics are other components' collectors served on /metrics too (the
+	// all-in-one's audit verification status).
+	Metrics []prometheus.Collector
 }
 
 // Server is the gateway. Serve Handler() on an http.Server and call Shutdown
@@ -252,6 +256,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.metrics.registerHub(func() float64 { return float64(s.hub.queued.Load()) })
 	if err := s.routes(); err != nil {
 		return nil, err
+	}
+	for _, c := range deps.Metrics {
+		if err := s.metrics.reg.Register(c); err != nil {
+			return nil, fmt.Errorf("gateway metrics: %w", err)
+		}
 	}
 	return s, nil
 }

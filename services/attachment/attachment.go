@@ -44,6 +44,8 @@ type Config struct {
 	// StepUpWindow is how recently a patient must have signed in to open an
 	// attachment of a sensitive message (default 5 minutes).
 	StepUpWindow time.Duration
+	// Encryption at rest (encryption.go).
+	Encryption Encryption
 }
 
 // Flags registers the service-specific flags (the common ones are svcmain's).
@@ -51,6 +53,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.BlobDir, "blob-dir", "", "directory of the attachment bytes, shared by every replica (required)")
 	fs.StringVar(&c.ConversationAddr, "conversation-addr", "conversation:9090", "conversation service gRPC address")
 	fs.DurationVar(&c.StepUpWindow, "step-up-window", messageview.DefaultStepUpWindow, "how recently a patient must have signed in to open an attachment of a sensitive message")
+	c.Encryption.Flags(fs)
 }
 
 // Validate reports every problem at once.
@@ -61,6 +64,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BlobDir == "" {
 		problems = append(problems, errors.New("attachment: --blob-dir is required"))
+	}
+	if err := c.Encryption.Validate(); err != nil {
+		problems = append(problems, err)
 	}
 	if c.StepUpWindow <= 0 {
 		problems = append(problems, errors.New("attachment: --step-up-window must be positive"))
@@ -104,10 +110,15 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	if err := errors.Join(problems...); err != nil {
 		return nil, err
 	}
-	blobs, err := blob.Open(cfg.BlobDir)
+	keys, err := cfg.Encryption.keyring()
 	if err != nil {
 		return nil, err
 	}
+	blobs, err := blob.OpenEncrypted(cfg.BlobDir, keys)
+	if err != nil {
+		return nil, err
+	}
+	deps.Log.Info("attachments encrypted at rest", zap.String("kek_id", keys.CurrentID()))
 	db, err := sqldb.Open(ctx, cfg.DatabaseDSN)
 	if err != nil {
 		return nil, err

@@ -77,7 +77,7 @@ type env struct {
 // interceptors, token verification) with an embedded NATS server, a SQLite
 // database and a blob directory of its own. Conversation c1 is patient p1's,
 // c2 patient p2's.
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	_, _, js := testkit.NATS(t)
 	tokens, verifier := testkit.NewTokens()
@@ -95,7 +95,12 @@ func newEnv(t *testing.T) *env {
 	dir := t.TempDir()
 	e := &env{tokens: tokens, js: js, blobDir: filepath.Join(dir, "blobs"), dsn: filepath.Join(dir, "attachment.db")}
 	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := attachment.New(ctx, attachment.Config{DatabaseDSN: e.dsn, BlobDir: e.blobDir, StepUpWindow: 5 * time.Minute},
+	kek := filepath.Join(dir, "keys", "attachment.kek")
+	require.NoError(t, os.MkdirAll(filepath.Dir(kek), 0o700))
+	_, err = attachment.EnsureDevKEK(kek)
+	require.NoError(t, err)
+	svc, err := attachment.New(ctx, attachment.Config{DatabaseDSN: e.dsn, BlobDir: e.blobDir, StepUpWindow: 5 * time.Minute,
+		Encryption: attachment.Encryption{KEKFile: kek}},
 		attachment.Deps{Log: log, JS: js, Conversations: convConn})
 	require.NoError(t, err)
 	lis := bufconn.Listen(1 << 20)
@@ -119,13 +124,13 @@ func newEnv(t *testing.T) *env {
 
 // as returns a context calling as subject with role; authAge is how long
 // ago they signed in.
-func (e *env) as(t *testing.T, subject, role string, authAge time.Duration) context.Context {
+func (e *env) as(t testing.TB, subject, role string, authAge time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	return metadata.AppendToOutgoingContext(ctx, auth.MetadataKey, "Bearer "+e.tokens.Token(t, subject, role, practice, authAge))
 }
 
-func (e *env) staff(t *testing.T) context.Context { return e.as(t, "dr-a", auth.RoleDentist, 0) }
+func (e *env) staff(t testing.TB) context.Context { return e.as(t, "dr-a", auth.RoleDentist, 0) }
 
 // upload streams r in 64 KiB frames, each in a fresh buffer, as the gateway does.
 func (e *env) upload(ctx context.Context, conversation, filename, declared string, r io.Reader) (*attachmentv1.Attachment, error) {

@@ -55,6 +55,7 @@ type harness struct {
 	cfg    audit.Config
 	svc    *audit.Service
 	client auditv1.AuditServiceClient
+	conn   *grpc.ClientConn
 	stop   func()
 }
 
@@ -77,9 +78,9 @@ func newHarness(t *testing.T) *harness {
 func (h *harness) start() {
 	t := h.t
 	ctx := context.Background()
-	svc, err := audit.New(ctx, h.cfg, audit.Deps{Log: testkit.Logger(t), JS: h.js})
-	require.NoError(t, err)
 	srv := grpcx.NewServer(testkit.Logger(t), h.verif)
+	svc, err := audit.New(ctx, h.cfg, audit.Deps{Log: testkit.Logger(t), JS: h.js, Health: srv.Health})
+	require.NoError(t, err)
 	svc.Register(srv.Server)
 	lis := bufconn.Listen(1 << 20)
 	go func() { _ = srv.Serve(lis) }()
@@ -90,7 +91,7 @@ func (h *harness) start() {
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(runCtx) }()
-	h.svc, h.client = svc, auditv1.NewAuditServiceClient(conn)
+	h.svc, h.client, h.conn = svc, auditv1.NewAuditServiceClient(conn), conn
 	stopped := false
 	h.stop = func() {
 		if stopped {
@@ -577,7 +578,7 @@ func TestConfig(t *testing.T) {
 	require.Error(t, c.Validate())
 	err := (&audit.Config{CheckpointInterval: -1}).Validate()
 	require.ErrorContains(t, err, "--database-dsn")
-	require.ErrorContains(t, err, "--checkpoint-signer-key-file")
+	require.ErrorContains(t, err, "--audit-signing-key-file")
 	require.ErrorContains(t, err, "--checkpoint-interval")
 	require.NoError(t, (&audit.Config{DatabaseDSN: "x", SignerKeyFile: "k"}).Validate())
 

@@ -28,12 +28,14 @@ import (
 
 // Config is the service's own configuration.
 type Config struct {
-	DatabaseDSN          string
-	ConversationAddr     string // standalone binary only
-	PreferencesAddr      string
-	AttachmentAddr       string
-	ArtifactProviderAddr string // empty: no practice system connected
-	StepUpWindow         time.Duration
+	DatabaseDSN      string
+	ConversationAddr string // standalone binary only
+	PreferencesAddr  string
+	AttachmentAddr   string
+	// ArtifactProvider: the practice system's ArtifactProvider (standalone
+	// binary; no address: none connected).
+	ArtifactProvider ArtifactProviderConfig
+	StepUpWindow     time.Duration
 }
 
 // Flags registers the service-specific flags (the common ones are svcmain's).
@@ -41,7 +43,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ConversationAddr, "conversation-addr", "conversation:9090", "conversation service gRPC address")
 	fs.StringVar(&c.PreferencesAddr, "preferences-addr", "preferences:9090", "preferences service gRPC address")
 	fs.StringVar(&c.AttachmentAddr, "attachment-addr", "attachment:9090", "attachment service gRPC address")
-	fs.StringVar(&c.ArtifactProviderAddr, "artifact-provider-addr", "", "the practice system's ArtifactProvider gRPC address (empty: none)")
+	c.ArtifactProvider.Flags(fs)
 	fs.DurationVar(&c.StepUpWindow, "step-up-window", messageview.DefaultStepUpWindow, "how recently a patient must have signed in to see a sensitive message")
 }
 
@@ -54,10 +56,16 @@ func (c *Config) Validate() error {
 	if c.StepUpWindow <= 0 {
 		problems = append(problems, errors.New("delivery: --step-up-window must be positive"))
 	}
+	if err := c.ArtifactProvider.Validate(); err != nil {
+		problems = append(problems, err)
+	}
 	return errors.Join(problems...)
 }
 
-// Deps are the service's collaborators (gRPC connections forward the caller's token).
+// Deps are the service's collaborators. The connections to the other
+// clinicchat services forward the caller's token; Artifacts is the practice
+// system's ArtifactProvider and must carry the service's own credential
+// (DialArtifactProvider), never the caller's token.
 type Deps struct {
 	Log           *zap.Logger
 	JS            jetstream.JetStream

@@ -7,6 +7,7 @@ package demoprovider
 
 import (
 	"context"
+	"crypto/subtle"
 	"fmt"
 	"hash/fnv"
 	"time"
@@ -67,15 +68,19 @@ func (p *Provider) records(patient string) []*artifactv1.ArtifactRecord {
 	return out
 }
 
+// authorize accepts the clinicchat service (its own credential, checked by
+// the server's ServiceVerifier), which has authorized the user and names the
+// practice and patient in the request. A caller whose identity is scoped to
+// one practice may ask about that practice only.
 func authorize(ctx context.Context, practice, patient string) error {
 	who, ok := auth.FromContext(ctx)
-	if !ok {
-		return errs.Unauthenticated("Sign in again")
+	if !ok || !who.IsSystem() {
+		return errs.Unauthenticated("Only the clinicchat service may call the artifact provider")
 	}
-	if who.Practice != practice {
-		return errs.NotFound("Patient not found")
+	if practice == "" {
+		return errs.InvalidArgument("practice is required")
 	}
-	if !who.IsStaff() && !who.IsSystem() && !(who.IsPatient() && "patients/"+who.Subject == patient) {
+	if who.Practice != "" && who.Practice != practice {
 		return errs.NotFound("Patient not found")
 	}
 	if _, ok := ids.Parse(patient, "patients"); !ok {
@@ -119,6 +124,19 @@ func (p *Provider) GetArtifactRecord(ctx context.Context, r *artifactv1.GetArtif
 		}
 	}
 	return nil, errs.NotFound("No such record for this patient")
+}
+
+// ServiceVerifier accepts exactly one bearer token, the clinicchat
+// service's credential for this provider, as a system identity bound to no
+// practice. End users' tokens are refused.
+type ServiceVerifier struct{ Token string }
+
+// Verify implements auth.Verifier.
+func (v ServiceVerifier) Verify(_ context.Context, token string) (auth.Identity, error) {
+	if v.Token == "" || subtle.ConstantTimeCompare([]byte(token), []byte(v.Token)) != 1 {
+		return auth.Identity{}, auth.ErrInvalidToken
+	}
+	return auth.Identity{Subject: "clinicchat", Role: auth.RoleSystem}, nil
 }
 
 func sortNewestFirst(rs []*artifactv1.ArtifactRecord) {

@@ -52,9 +52,14 @@ type Instance struct {
 	debug    *debugserver.Server
 	gw       *gateway.Server
 	internal *grpc.ClientConn
-	services []service
-	cancel   context.CancelFunc
-	runCtx   context.Context
+	// providerSrv is the demo practice system; artifacts is delivery's
+	// connection to it.
+	providerSrv *grpcx.Server
+	audit       *audit.Service
+	artifacts   *grpc.ClientConn
+	services    []service
+	cancel      context.CancelFunc
+	runCtx      context.Context
 	// endStreams ends long-lived HTTP responses (SSE) at shutdown.
 	endStreams context.CancelFunc
 	group      *errgroup.Group
@@ -120,38 +125,51 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		return nil, fmt.Errorf("conversation: %w", err)
 	}
 	in.services = append(in.services, conv)
+	// The demo practice system runs on its own in-process server that
+	// accepts only the delivery service's own credential, as a real one
+	// would; the user's token never reaches it.
+	providerToken := rand.Text()
+	in.providerSrv = grpcx.NewServer(log.Named("demoprovider"), demoprovider.ServiceVerifier{Token: providerToken})
+	artifactv1.RegisterArtifactProviderServiceServer(in.providerSrv.Server, &demoprovider.Provider{})
+	providerLis := bufconn.Listen(1 << 20)
+	in.artifacts, err = delivery.DialArtifactProvider(ctx, delivery.ArtifactProviderConfig{InProcess: providerLis.DialContext,
+		Token: providerToken})
+	if err != nil {
+		return nil, fmt.Errorf("demo provider: %w", err)
+	}
 	del, err := delivery.New(ctx, delivery.Config{DatabaseDSN: cfg.path("delivery.db"), StepUpWindow: cfg.StepUpWindow},
-		delivery.Deps{Log: log.Named("delivery"), JS: js, Conversations: conn, Preferences: conn, Attachments: conn, Artifacts: conn})
+		delivery.Deps{Log: log.Named("delivery"), JS: js, Conversations: conn, Preferences: conn, Attachments: conn, Artifacts: in.artifacts})
 	if err != nil {
 		return nil, fmt.Errorf("delivery: %w", err)
 	}
 	in.services = append(in.services, del)
-	att, err := attachment.New(ctx, attachment.Config{DatabaseDSN: cfg.path("attachment.db"), BlobDir: cfg.path("blobs"), StepUpWindow: cfg.StepUpWindow},
+	if err := in.devKeys(); err != nil {
+		return nil, err
+	}
+	att, err := attachment.New(ctx, attachment.Config{DatabaseDSN: cfg.path("attachment.db"), BlobDir: cfg.path("blobs"), StepUpWindow: cfg.StepUpWindow,
+		Encryption: attachment.Encryption{KEKFile: cfg.kekFile()}},
 		attachment.Deps{Log: log.Named("attachment"), JS: js, Conversations: conn})
 	if err != nil {
 		return nil, fmt.Errorf("attachment: %w", err)
 	}
 	in.services = append(in.services, att)
-	keyFile := cfg.path("audit-checkpoint.key")
-	if err := audit.EnsureDevSignerKey(keyFile, "clinicchat-audit"); err != nil {
-		return nil, fmt.Errorf("audit key: %w", err)
-	}
-	aud, err := audit.New(ctx, audit.Config{DatabaseDSN: cfg.path("audit.db"), SignerKeyFile: keyFile, CheckpointInterval: time.Minute},
-		audit.Deps{Log: log.Named("audit"), JS: js})
+	aud, err := audit.New(ctx, audit.Config{DatabaseDSN: cfg.path("audit.db"), SignerKeyFile: cfg.auditKeyFile(), CheckpointInterval: time.Minute,
+		WitnessFile: cfg.witnessFile()},
+		audit.Deps{Log: log.Named("audit"), JS: js, Health: in.grpcSrv.Health})
 	if err != nil {
 		return nil, fmt.Errorf("audit: %w", err)
 	}
 	in.services = append(in.services, aud)
+	in.audit = aud
 	for _, s := range in.services {
 		s.Register(in.grpcSrv.Server)
 	}
-	artifactv1.RegisterArtifactProviderServiceServer(in.grpcSrv.Server, &demoprovider.Provider{})
 
 	in.gw, err = gateway.New(gateway.Config{DevMode: cfg.Dev, StepUpWindow: cfg.StepUpWindow, ArchiveAfter: cfg.ArchiveAfter,
 		MaxStreamsPerIdentity: cfg.MaxStreamsPerIdentity, MaxStreams: cfg.MaxStreams}, gateway.Deps{
 		Log: log.Named("gateway"), Verifier: verifier, DevIssuer: in.DevIssuer, JS: js,
 		Conversation: conn, Delivery: conn, Preferences: conn, Attachment: conn, Audit: conn,
-		Ready: in.ready,
+		Ready: in.ready, Metrics: aud.Collectors(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -175,6 +193,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	streamCtx, endStreams := context.WithCancel(context.Background())
 	in.endStreams = endStreams
 	g.Go(func() error { return in.grpcSrv.Serve(buf) })
+	g.Go(func() error { return in.providerSrv.Serve(providerLis) })
 	g.Go(func() error { return in.grpcSrv.Serve(grpcLis) })
 	for _, s := range in.services {
 		g.Go(func() error { return s.Run(gctx) })
@@ -206,7 +225,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 
 func (in *Instance) verifier() (auth.Verifier, error) {
 	if !in.cfg.Dev {
-		return &auth.JWKSVerifier{URL: in.cfg.JWKSURL, Issuer: in.cfg.JWTIssuer, Audience: in.cfg.JWTAudience}, nil
+		return auth.NewJWKSVerifier(auth.JWKSConfig{URL: in.cfg.JWKSURL, Issuer: in.cfg.JWTIssuer, Audience: in.cfg.JWTAudience})
 	}
 	key, err := loadOrCreateKey(in.cfg.path("dev-signing.key"))
 	if err != nil {
@@ -214,6 +233,46 @@ func (in *Instance) verifier() (auth.Verifier, error) {
 	}
 	in.DevIssuer = &auth.DevIssuer{Key: key, Issuer: auth.DevIssuerName, TTL: 12 * time.Hour}
 	return auth.HMACVerifier{Key: key, Issuer: auth.DevIssuerName}, nil
+}
+
+// devKeys makes the keys that must not sit with the data: in dev mode the
+// keys dir gets an audit signing key and an attachment KEK when missing (a
+// signing key left in the data dir by an earlier version is moved there, so
+// its checkpoints still verify); without --dev they must exist.
+func (in *Instance) devKeys() error {
+	cfg := in.cfg
+	if !cfg.Dev {
+		for _, f := range []string{cfg.auditKeyFile(), cfg.kekFile()} {
+			if _, err := os.Stat(f); err != nil {
+				return fmt.Errorf("without --dev the operator provides the keys: %w", err)
+			}
+		}
+		return nil
+	}
+	if err := os.MkdirAll(cfg.keysDir(), 0o700); err != nil {
+		return fmt.Errorf("keys dir: %w", err)
+	}
+	legacy := cfg.path("audit-checkpoint.key")
+	if _, err := os.Stat(cfg.auditKeyFile()); errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(legacy); err == nil {
+			if err := os.Rename(legacy, cfg.auditKeyFile()); err != nil {
+				return fmt.Errorf("moving the audit key out of the data dir: %w", err)
+			}
+			_ = os.Rename(legacy+".pub", cfg.auditKeyFile()+".pub")
+			in.log.Warn("moved the audit signing key out of the data dir", zap.String("to", cfg.auditKeyFile()))
+		}
+	}
+	if err := audit.EnsureDevSignerKey(cfg.auditKeyFile(), audit.DefaultSignerName); err != nil {
+		return fmt.Errorf("audit key: %w", err)
+	}
+	made, err := attachment.EnsureDevKEK(cfg.kekFile())
+	if err != nil {
+		return fmt.Errorf("attachment key: %w", err)
+	}
+	in.log.Info("dev keys (kept apart from the data dir)", zap.String("keys_dir", cfg.keysDir()),
+		zap.String("audit_signing_key", cfg.auditKeyFile()), zap.String("attachment_kek", cfg.kekFile()), zap.Bool("kek_generated", made),
+		zap.String("audit_witness_file", cfg.witnessFile()))
+	return nil
 }
 
 // loadOrCreateKey keeps one random HMAC key per data dir, so dev tokens
@@ -247,6 +306,12 @@ func (in *Instance) ready(ctx context.Context) error {
 	}
 	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		return errors.New("services not serving")
+	}
+	// Not ready while an audit log does not verify (its detail is logged).
+	if in.audit != nil {
+		if err := in.audit.Verification(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -285,6 +350,9 @@ func (in *Instance) Stop() error {
 		if in.grpcSrv != nil {
 			in.grpcSrv.Shutdown(drain)
 		}
+		if in.providerSrv != nil {
+			in.providerSrv.Shutdown(drain)
+		}
 		if in.cancel != nil {
 			in.cancel()
 		}
@@ -295,6 +363,9 @@ func (in *Instance) Stop() error {
 		}
 		if in.internal != nil {
 			_ = in.internal.Close()
+		}
+		if in.artifacts != nil {
+			_ = in.artifacts.Close()
 		}
 		for _, s := range in.services {
 			if err := s.Close(); err != nil {

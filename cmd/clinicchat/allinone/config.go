@@ -35,6 +35,17 @@ type Config struct {
 	// Event-stream limits (gateway.Config; 0 = the gateway's defaults).
 	MaxStreamsPerIdentity int
 	MaxStreams            int
+	// KeysDir holds the keys that must not sit with the data: the audit
+	// checkpoint signing key and the attachments' key-encryption key
+	// (default: <data-dir>-keys beside the data dir; dev mode generates them).
+	KeysDir string
+	// AuditSigningKeyFile and AttachmentKEKFile override the files in KeysDir
+	// (required without --dev unless KeysDir holds them).
+	AuditSigningKeyFile string
+	AttachmentKEKFile   string
+	// AuditWitnessFile receives every signed audit checkpoint (default:
+	// <data-dir>-witness.jsonl beside the data dir).
+	AuditWitnessFile string
 }
 
 // Flags registers the flags (SPEC.md section 4).
@@ -55,6 +66,10 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "without --dev: the required aud claim")
 	fs.IntVar(&c.MaxStreamsPerIdentity, "max-streams-per-identity", 10, "concurrent /v1/events streams one identity may hold")
 	fs.IntVar(&c.MaxStreams, "max-streams", 20000, "concurrent /v1/events streams this process serves")
+	fs.StringVar(&c.KeysDir, "keys-dir", "", "where the audit signing key and the attachment key-encryption key live, apart from the data (default: <data-dir>-keys)")
+	fs.StringVar(&c.AuditSigningKeyFile, "audit-signing-key-file", "", "audit checkpoint signing key (default: <keys-dir>/audit-signing.key, generated in dev mode)")
+	fs.StringVar(&c.AttachmentKEKFile, "attachment-kek-file", "", "attachment key-encryption key (default: <keys-dir>/attachment.kek, generated in dev mode)")
+	fs.StringVar(&c.AuditWitnessFile, "audit-witness-file", "", "file that witnesses every signed audit checkpoint (default: <data-dir>-witness.jsonl)")
 }
 
 // Validate reports every problem at once.
@@ -75,13 +90,42 @@ func (c *Config) Validate() error {
 	if c.StepUpWindow <= 0 {
 		problems = append(problems, errors.New("--step-up-window must be positive"))
 	}
-	if !c.Dev && (c.JWKSURL == "" || c.JWTIssuer == "") {
-		problems = append(problems, errors.New("without --dev, --jwks-url and --jwt-issuer are required"))
+	if !c.Dev && (c.JWKSURL == "" || c.JWTIssuer == "" || c.JWTAudience == "") {
+		problems = append(problems, errors.New("without --dev, --jwks-url, --jwt-issuer and --jwt-audience are required"))
 	}
 	return errors.Join(problems...)
 }
 
 func (c *Config) path(name string) string { return filepath.Join(c.DataDir, name) }
+
+// keysDir is --keys-dir, by default a sibling of the data dir.
+func (c *Config) keysDir() string {
+	if c.KeysDir != "" {
+		return c.KeysDir
+	}
+	return filepath.Clean(c.DataDir) + "-keys"
+}
+
+func (c *Config) auditKeyFile() string {
+	if c.AuditSigningKeyFile != "" {
+		return c.AuditSigningKeyFile
+	}
+	return filepath.Join(c.keysDir(), "audit-signing.key")
+}
+
+func (c *Config) kekFile() string {
+	if c.AttachmentKEKFile != "" {
+		return c.AttachmentKEKFile
+	}
+	return filepath.Join(c.keysDir(), "attachment.kek")
+}
+
+func (c *Config) witnessFile() string {
+	if c.AuditWitnessFile != "" {
+		return c.AuditWitnessFile
+	}
+	return filepath.Clean(c.DataDir) + "-witness.jsonl"
+}
 
 // String is the configuration without secrets, for the start-up log.
 func (c *Config) String() string {

@@ -28,7 +28,7 @@ func parse(t *testing.T, args ...string) (*gateway.BinaryConfig, error) {
 func TestConfigDefaultsAndEnvironment(t *testing.T) {
 	t.Setenv("CLINICCHAT_AUDIT_ADDR", "audit.internal:9443")
 	t.Setenv("CLINICCHAT_STEP_UP_WINDOW", "2m")
-	cfg, err := parse(t, "--jwks-url", "https://id.example/jwks", "--jwt-issuer", "https://id.example")
+	cfg, err := parse(t, "--jwks-url", "https://id.example/jwks", "--jwt-issuer", "https://id.example", "--jwt-audience", "clinicchat")
 	require.NoError(t, err)
 	require.Equal(t, ":8080", cfg.HTTPAddr)
 	require.Equal(t, "conversation:9090", cfg.Upstreams[0])

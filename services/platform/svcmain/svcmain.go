@@ -97,6 +97,9 @@ func (c *Common) Validate() error {
 	if c.JWKSURL != "" && c.JWTIssuer == "" {
 		errs = append(errs, errors.New("--jwt-issuer is required with --jwks-url"))
 	}
+	if c.JWKSURL != "" && c.JWTAudience == "" {
+		errs = append(errs, errors.New("--jwt-audience is required with --jwks-url"))
+	}
 	if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
 		errs = append(errs, errors.New("--nats-replicas must be 1 to 5"))
 	}
@@ -139,7 +142,7 @@ func NewLogger(level, service string) (*zap.Logger, error) {
 // Verifier builds the token verifier the config names.
 func (c *Common) Verifier() (auth.Verifier, error) {
 	if c.JWKSURL != "" {
-		return &auth.JWKSVerifier{URL: c.JWKSURL, Issuer: c.JWTIssuer, Audience: c.JWTAudience}, nil
+		return auth.NewJWKSVerifier(auth.JWKSConfig{URL: c.JWKSURL, Issuer: c.JWTIssuer, Audience: c.JWTAudience})
 	}
 	key, err := os.ReadFile(c.DevSigningKey)
 	if err != nil {

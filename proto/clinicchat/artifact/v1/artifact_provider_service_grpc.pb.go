@@ -29,8 +29,11 @@ const (
 //
 // ArtifactProviderService is implemented by a practice system (PMS, billing) and
 // called by clinicchat to look up a patient's appointments, invoices and
-// prescriptions. The caller's bearer token (role of the staff user, or system)
-// is forwarded in the "authorization" metadata.
+// prescriptions. clinicchat calls it over TLS with its own service credential
+// in the "authorization" metadata ("Bearer <token>": a configured static token
+// or an OAuth 2.0 client-credentials access token), never an end user's token;
+// clinicchat has authorized the user, and the practice and the patient travel
+// as request fields.
 type ArtifactProviderServiceClient interface {
 	// Recent records of one patient, newest first.
 	ListArtifactRecords(ctx context.Context, in *ListArtifactRecordsRequest, opts ...grpc.CallOption) (*ListArtifactRecordsResponse, error)
@@ -72,8 +75,11 @@ func (c *artifactProviderServiceClient) GetArtifactRecord(ctx context.Context, i
 //
 // ArtifactProviderService is implemented by a practice system (PMS, billing) and
 // called by clinicchat to look up a patient's appointments, invoices and
-// prescriptions. The caller's bearer token (role of the staff user, or system)
-// is forwarded in the "authorization" metadata.
+// prescriptions. clinicchat calls it over TLS with its own service credential
+// in the "authorization" metadata ("Bearer <token>": a configured static token
+// or an OAuth 2.0 client-credentials access token), never an end user's token;
+// clinicchat has authorized the user, and the practice and the patient travel
+// as request fields.
 type ArtifactProviderServiceServer interface {
 	// Recent records of one patient, newest first.
 	ListArtifactRecords(context.Context, *ListArtifactRecordsRequest) (*ListArtifactRecordsResponse, error)

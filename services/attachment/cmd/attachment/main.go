@@ -24,9 +24,13 @@ func main() {
 }
 
 // run runs the binary with args (after the program name); the migrate
-// subcommand reports to stdout.
+// and rewrap subcommands report to stdout.
 func run(args []string, stdout io.Writer) error {
 	migrate, args := svcmain.MigrateCommand(args)
+	rewrap := len(args) > 0 && args[0] == "rewrap" // attachment rewrap --blob-dir=… --attachment-kek-file=…
+	if rewrap {
+		args = args[1:]
+	}
 	var common svcmain.Common
 	var cfg attachment.Config
 	fs := flag.NewFlagSet("attachment", flag.ContinueOnError)
@@ -37,6 +41,16 @@ func run(args []string, stdout io.Writer) error {
 	}
 	if migrate {
 		return svcmain.RunMigrate("attachment", common.DatabaseDSN, stdout, attachment.Migrate)
+	}
+	if rewrap {
+		// KEK rotation: --attachment-kek-file is the new key, the old ones
+		// in --attachment-previous-kek-files; only headers are rewritten.
+		n, err := attachment.Rewrap(cfg.BlobDir, cfg.Encryption)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%d blobs re-wrapped\n", n)
+		return nil
 	}
 	common.NeedsDatabase = true
 	cfg.DatabaseDSN = common.DatabaseDSN

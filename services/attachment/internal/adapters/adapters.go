@@ -46,18 +46,8 @@ var _ app.Blobs = Blobs{}
 func (b Blobs) Create() (app.TempBlob, error) { return b.Store.Create() }
 
 // Open implements app.Blobs.
-func (b Blobs) Open(id string) (io.ReadCloser, int64, error) {
-	f, err := b.Store.Open(id)
-	if err != nil {
-		return nil, 0, err
-	}
-	info, err := f.Stat()
-	if err != nil {
-		_ = f.Close()
-		return nil, 0, err
-	}
-	return f, info.Size(), nil
-}
+// The bytes are decrypted as they are read; the size is the plaintext's.
+func (b Blobs) Open(id string) (io.ReadCloser, int64, error) { return b.Store.Read(id) }
 
 // Remove implements app.Blobs.
 func (b Blobs) Remove(id string) error { return b.Store.Remove(id) }

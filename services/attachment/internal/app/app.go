@@ -23,6 +23,7 @@ import (
 	attachmentv1 "github.com/clinicchat/clinicchat/proto/clinicchat/attachment/v1"
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
 	"github.com/clinicchat/clinicchat/services/attachment/internal/domain"
+	"github.com/clinicchat/clinicchat/services/attachment/internal/imagemeta"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/errs"
 	"github.com/clinicchat/clinicchat/services/platform/events"
@@ -201,7 +202,10 @@ func (a *App) Upload(ctx context.Context, h UploadHeader, src Chunks) (domain.At
 	defer tmp.Abort() // nothing is left behind unless committed
 	sum := sha256.New()
 	sniff := domain.NewSniffer()
-	w := io.MultiWriter(tmp, sum, sniff)
+	// The sniffer sees the bytes as they came; what is stored, hashed and
+	// served is the file less its image metadata (imagemeta).
+	clean := imagemeta.NewStripper(io.MultiWriter(tmp, sum))
+	w := io.MultiWriter(clean, sniff)
 	var size int64
 	checked := false
 	for {
@@ -216,6 +220,9 @@ func (a *App) Upload(ctx context.Context, h UploadHeader, src Chunks) (domain.At
 			return refuse(domain.ErrTooLarge)
 		}
 		if _, err := w.Write(chunk); err != nil {
+			if errors.Is(err, imagemeta.ErrMalformed) {
+				return refuse(domain.ErrUnsupported)
+			}
 			return domain.Attachment{}, fmt.Errorf("write upload: %w", err)
 		}
 		size += int64(len(chunk))
@@ -226,6 +233,12 @@ func (a *App) Upload(ctx context.Context, h UploadHeader, src Chunks) (domain.At
 			}
 		}
 	}
+	if err := clean.Close(); err != nil {
+		if errors.Is(err, imagemeta.ErrMalformed) {
+			return refuse(domain.ErrUnsupported)
+		}
+		return domain.Attachment{}, fmt.Errorf("write upload: %w", err)
+	}
 	ft, err := sniff.Finish(tmp, filename, h.DeclaredContentType)
 	if err != nil {
 		return refuse(err)
@@ -235,7 +248,7 @@ func (a *App) Upload(ctx context.Context, h UploadHeader, src Chunks) (domain.At
 		Practice: who.Practice, ID: ids.New(), ConversationID: conv.ID,
 		Uploader: who.Principal(), UploaderRole: who.Role,
 		Filename: domain.WithExtension(filename, ft), ContentType: ft.ContentType,
-		SizeBytes: size, SHA256: hex.EncodeToString(sum.Sum(nil)), CreateTime: now,
+		SizeBytes: clean.Written(), SHA256: hex.EncodeToString(sum.Sum(nil)), CreateTime: now,
 	}
 	if err := tmp.Commit(att.ID); err != nil {
 		return domain.Attachment{}, err

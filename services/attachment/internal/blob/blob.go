@@ -27,7 +27,22 @@ var ErrNotFound = errors.New("blob not found")
 
 // Store is a directory of blobs.
 type Store struct {
-	dir string
+	dir  string
+	keys *Keyring // nil: blobs are written in plaintext (tests of the layout only)
+}
+
+// OpenEncrypted is Open with every new blob encrypted under keys (see
+// crypt.go); plaintext blobs written before encryption stay readable.
+func OpenEncrypted(dir string, keys *Keyring) (*Store, error) {
+	if keys == nil {
+		return nil, errors.New("blob: a keyring is required")
+	}
+	s, err := Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	s.keys = keys
+	return s, nil
 }
 
 // Open creates dir (and its tmp directory) when missing and removes stale
@@ -72,7 +87,14 @@ func (s *Store) Create() (*Temp, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create temp blob: %w", err)
 	}
-	return &Temp{store: s, f: f}, nil
+	t := &Temp{store: s, f: f}
+	if s.keys != nil {
+		if t.enc, err = newSealer(f); err != nil {
+			t.Abort()
+			return nil, fmt.Errorf("create temp blob: %w", err)
+		}
+	}
+	return t, nil
 }
 
 // Open opens blob id for reading.
@@ -104,14 +126,25 @@ func (s *Store) Remove(id string) error {
 type Temp struct {
 	store *Store
 	f     *os.File
+	enc   *sealer // nil: plaintext
 	done  bool
 }
 
 // Write appends p.
-func (t *Temp) Write(p []byte) (int, error) { return t.f.Write(p) }
+func (t *Temp) Write(p []byte) (int, error) {
+	if t.enc != nil {
+		return t.enc.Write(p)
+	}
+	return t.f.Write(p)
+}
 
 // ReadAt reads what was written (for inspecting a container's directory).
-func (t *Temp) ReadAt(p []byte, off int64) (int, error) { return t.f.ReadAt(p, off) }
+func (t *Temp) ReadAt(p []byte, off int64) (int, error) {
+	if t.enc != nil {
+		return t.enc.ReadAt(p, off)
+	}
+	return t.f.ReadAt(p, off)
+}
 
 // Commit makes the written bytes durable and renames them into place as
 // blob id. After Commit the temporary file is gone; on error it is removed.
@@ -123,6 +156,12 @@ func (t *Temp) Commit(id string) error {
 	if err != nil {
 		t.Abort()
 		return err
+	}
+	if t.enc != nil {
+		if err := t.enc.finish(t.store.keys, id); err != nil {
+			t.Abort()
+			return fmt.Errorf("seal blob: %w", err)
+		}
 	}
 	if err := t.f.Sync(); err != nil {
 		t.Abort()

@@ -51,7 +51,7 @@ func run(args []string, stdout io.Writer) error {
 		}
 	}
 	return svcmain.Main("audit", &common, func(ctx context.Context, rt *svcmain.Runtime) (svcmain.Service, error) {
-		svc, err := audit.New(ctx, cfg, audit.Deps{Log: rt.Log, JS: rt.JS})
+		svc, err := audit.New(ctx, cfg, audit.Deps{Log: rt.Log, JS: rt.JS, Health: rt.Server.Health})
 		if err != nil {
 			return nil, err
 		}

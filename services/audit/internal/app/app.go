@@ -5,6 +5,7 @@ package app
 
 import (
 	"context"
+	"golang.org/x/mod/sumdb/note"
 	"sync"
 	"time"
 
@@ -37,6 +38,10 @@ type App struct {
 
 	mu    sync.Mutex
 	dirty map[string]struct{} // practices appended to since their last checkpoint
+
+	witness  Witness         // nil: none
+	previous []note.Verifier // earlier signing keys
+	health   healthState
 }
 
 // New returns the use cases over repo, signing checkpoints with key.

@@ -73,13 +73,18 @@ func (a *App) checkpoint(ctx context.Context, practice string) (domain.Checkpoin
 		return domain.Checkpoint{}, err
 	}
 	a.log.Debug("checkpoint signed", zap.String(logkeys.Practice, practice), zap.Int64(keyTreeSize, size))
+	from := int64(0)
+	if ok {
+		from = latest.Size
+	}
+	a.postWitness(ctx, cp, from)
 	return cp, nil
 }
 
 // openCheckpoint checks a stored checkpoint's signature and that the signed
 // text says what its columns say.
 func (a *App) openCheckpoint(c domain.Checkpoint) error {
-	n, err := note.Open([]byte(c.Note), note.VerifierList(a.key.Verifier))
+	n, err := note.Open([]byte(c.Note), a.verifiers())
 	if err != nil {
 		var unknown *note.UnknownVerifierError
 		if errors.As(err, &unknown) {

@@ -30,6 +30,10 @@ type VerifyResult struct {
 type Kept struct {
 	Size int64
 	Root tlog.Hash
+	// Leaves, when known (a witness that keeps them), are the leaf hashes
+	// of records 0… as they were: verify then names the first record whose
+	// recomputed leaf differs, even after a consistent rewrite.
+	Leaves []tlog.Hash
 }
 
 // ParseKept reads a kept checkpoint's size and base64 root hash; a zero size
@@ -69,6 +73,12 @@ func (a *App) Verify(ctx context.Context, kept *Kept) (VerifyResult, error) {
 	who, err := authorize(ctx)
 	if err != nil {
 		return VerifyResult{}, err
+	}
+	if kept == nil {
+		// Without a checkpoint of the caller's, what the witness saw.
+		if kept, err = a.witnessKept(ctx, who.Practice); err != nil {
+			return VerifyResult{}, err
+		}
 	}
 	return a.verify(ctx, who.Practice, kept)
 }
@@ -114,6 +124,9 @@ func (a *App) verify(ctx context.Context, practice string, kept *Kept) (VerifyRe
 			leaf := r.LeafHash()
 			if leaf != r.Hash {
 				return bad(i, "record %d does not match its leaf hash: its fields were changed", i)
+			}
+			if kept != nil && i < int64(len(kept.Leaves)) && kept.Leaves[i] != leaf {
+				return bad(i, "record %d differs from what the witness saw: it was rewritten", i)
 			}
 			created, err := v.tree.Add(leaf)
 			if err != nil {

@@ -47,7 +47,6 @@ func run(args []string, stdout io.Writer) error {
 			{cfg.ConversationAddr, &deps.Conversations},
 			{cfg.PreferencesAddr, &deps.Preferences},
 			{cfg.AttachmentAddr, &deps.Attachments},
-			{cfg.ArtifactProviderAddr, &deps.Artifacts},
 		} {
 			if peer.addr == "" {
 				continue
@@ -57,6 +56,14 @@ func run(args []string, stdout io.Writer) error {
 				return nil, err
 			}
 			*peer.conn = conn
+		}
+		if cfg.ArtifactProvider.Addr != "" {
+			// TLS and the service's own credential; never the user's token.
+			conn, err := delivery.DialArtifactProvider(ctx, cfg.ArtifactProvider)
+			if err != nil {
+				return nil, err
+			}
+			deps.Artifacts = conn
 		}
 		cfg.DatabaseDSN = common.DatabaseDSN
 		svc, err := delivery.New(ctx, cfg, deps)
