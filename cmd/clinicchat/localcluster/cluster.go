@@ -2,12 +2,18 @@ package localcluster
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"database/sql"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"math/big"
 	"net"
 	"net/http"
 	"net/url"
@@ -23,6 +29,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 
+	"github.com/clinicchat/clinicchat/services/attachment"
 	"github.com/clinicchat/clinicchat/services/audit"
 	"github.com/clinicchat/clinicchat/services/demoprovider"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
@@ -182,7 +189,14 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 		return c, fmt.Errorf("--grpc-addr: %w", err)
 	}
 
-	if err := c.start("demoprovider", "demoprovider", append([]string{"--grpc-addr", c.Addrs["demoprovider"], "--log-level", cfg.LogLevel}, authArgs...)...); err != nil {
+	// The demo practice system is called as a real one is: over TLS, with
+	// the delivery service's own credential (never a user's token).
+	if err := c.providerCredentials(); err != nil {
+		return c, fmt.Errorf("demo provider credentials: %w", err)
+	}
+	if err := c.start("demoprovider", "demoprovider", "--grpc-addr", c.Addrs["demoprovider"], "--log-level", cfg.LogLevel,
+		"--service-token-file", c.path("provider.token"), "--tls-cert-file", c.path("provider.crt"),
+		"--tls-key-file", c.path("provider.key")); err != nil {
 		return c, err
 	}
 	for _, svc := range Services {
@@ -235,6 +249,51 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 
 func (c *Cluster) path(name string) string { return filepath.Join(c.cfg.DataDir, name) }
 
+// keyPath is where a key that must not sit with the data lives: beside the
+// data dir, as the all-in-one keeps its keys (<data-dir>-keys).
+func (c *Cluster) keyPath(name string) string {
+	dir := c.cfg.DataDir + "-keys"
+	_ = os.MkdirAll(dir, 0o700)
+	return filepath.Join(dir, name)
+}
+
+// providerCredentials makes the demo provider's self-signed certificate for
+// 127.0.0.1 and the delivery service's token, once per data dir.
+func (c *Cluster) providerCredentials() error {
+	if _, err := os.Stat(c.path("provider.token")); err == nil {
+		return nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "clinicchat demo provider"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(10 * 365 * 24 * time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:     []string{"localhost"},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(c.path("provider.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(c.path("provider.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(c.path("provider.token"), []byte(rand.Text()), 0o600)
+}
+
 // authArgs are the token settings every process gets.
 func (c *Cluster) authArgs() ([]string, error) {
 	if !c.cfg.Dev {
@@ -270,16 +329,21 @@ func (c *Cluster) serviceArgs(svc, name string) ([]string, error) {
 			"--archive-after", c.cfg.ArchiveAfter.String(), "--archive-sweep-interval", c.cfg.ArchiveSweepInterval.String())
 	case "delivery":
 		args = append(args, "--conversation-addr", c.Addrs["conversation"], "--preferences-addr", c.Addrs["preferences"],
-			"--attachment-addr", c.Addrs["attachment"], "--artifact-provider-addr", c.Addrs["demoprovider"])
+			"--attachment-addr", c.Addrs["attachment"], "--artifact-provider-addr", c.Addrs["demoprovider"],
+			"--artifact-provider-ca-file", c.path("provider.crt"), "--artifact-provider-token-file", c.path("provider.token"))
 	case "attachment":
-		args = append(args, "--conversation-addr", c.Addrs["conversation"], "--delivery-addr", c.Addrs["delivery"],
-			"--blob-dir", c.path("blobs"))
-	case "audit":
-		key := c.path("audit-checkpoint.key")
-		if err := audit.EnsureDevSignerKey(key, audit.DefaultSignerName); err != nil {
-			return nil, fmt.Errorf("audit checkpoint key: %w", err)
+		kek := c.keyPath("attachment.kek")
+		if _, err := attachment.EnsureDevKEK(kek); err != nil {
+			return nil, fmt.Errorf("attachment key-encryption key: %w", err)
 		}
-		args = append(args, "--checkpoint-signer-key-file", key)
+		args = append(args, "--conversation-addr", c.Addrs["conversation"], "--blob-dir", c.path("blobs"),
+			"--attachment-kek-file", kek)
+	case "audit":
+		key := c.keyPath("audit-signing.key")
+		if err := audit.EnsureDevSignerKey(key, audit.DefaultSignerName); err != nil {
+			return nil, fmt.Errorf("audit signing key: %w", err)
+		}
+		args = append(args, "--audit-signing-key-file", key, "--audit-witness-file", c.cfg.DataDir+"-witness.jsonl")
 	}
 	return args, nil
 }

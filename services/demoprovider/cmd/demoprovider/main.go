@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -24,6 +25,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	artifactv1 "github.com/clinicchat/clinicchat/proto/clinicchat/artifact/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/clinicchat/clinicchat/services/demoprovider"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
@@ -40,6 +44,11 @@ func main() {
 type config struct {
 	svcmain.Common
 	PreferencesAddr string
+	// A practice system is called with clinicchat's own credential over TLS
+	// (never a user's token): the token it accepts and its certificate.
+	ServiceTokenFile string
+	TLSCertFile      string
+	TLSKeyFile       string
 }
 
 func (c *config) flags(fs *flag.FlagSet, seed bool) {
@@ -53,6 +62,9 @@ func (c *config) flags(fs *flag.FlagSet, seed bool) {
 		return
 	}
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address")
+	fs.StringVar(&c.ServiceTokenFile, "service-token-file", "", "file holding the one bearer token accepted: the delivery service's own credential (its --artifact-provider-token-file)")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", "", "PEM certificate served to callers (TLS)")
+	fs.StringVar(&c.TLSKeyFile, "tls-key-file", "", "the certificate's PEM key")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long in-flight calls may finish on SIGTERM")
 }
 
@@ -105,19 +117,30 @@ func runSeed(ctx context.Context, cfg config) error {
 }
 
 func serve(ctx context.Context, cfg config) error {
-	if cfg.JWKSURL == "" && cfg.DevSigningKey == "" {
-		return errors.New("configuration: one of --jwks-url or --dev-signing-key-file is required")
+	var problems []error
+	if cfg.ServiceTokenFile == "" {
+		problems = append(problems, errors.New("--service-token-file is required: delivery calls with its own credential, never a user's token"))
+	}
+	if cfg.TLSCertFile == "" || cfg.TLSKeyFile == "" {
+		problems = append(problems, errors.New("--tls-cert-file and --tls-key-file are required: delivery calls practice systems over TLS only"))
+	}
+	if err := errors.Join(problems...); err != nil {
+		return err
+	}
+	token, err := os.ReadFile(cfg.ServiceTokenFile)
+	if err != nil {
+		return fmt.Errorf("--service-token-file: %w", err)
+	}
+	creds, err := credentials.NewServerTLSFromFile(cfg.TLSCertFile, cfg.TLSKeyFile)
+	if err != nil {
+		return fmt.Errorf("--tls-cert-file: %w", err)
 	}
 	log, err := svcmain.NewLogger(cfg.LogLevel, "demoprovider")
 	if err != nil {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	verifier, err := cfg.Verifier()
-	if err != nil {
-		return err
-	}
-	srv := grpcx.NewServer(log, verifier)
+	srv := grpcx.NewServer(log, demoprovider.ServiceVerifier{Token: strings.TrimSpace(string(token))}, grpc.Creds(creds))
 	artifactv1.RegisterArtifactProviderServiceServer(srv.Server, &demoprovider.Provider{})
 	lis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
