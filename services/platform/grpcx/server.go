@@ -6,15 +6,18 @@ package grpcx
 import (
 	"context"
 	"errors"
+	"net"
 	"runtime/debug"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -38,6 +41,16 @@ func NewServer(log *zap.Logger, verifier auth.Verifier, opts ...grpc.ServerOptio
 		grpc.ChainUnaryInterceptor(i.unary),
 		grpc.ChainStreamInterceptor(i.stream),
 		grpc.MaxRecvMsgSize(8 << 20),
+		// Hostile or broken clients: pings more often than every 10 s end
+		// the connection, idle connections close after 5 minutes, a
+		// connection holds at most MaxConcurrentStreams calls, and the
+		// handshake must finish within 10 s.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute,
+			Time: time.Minute, Timeout: 20 * time.Second}),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.ConnectionTimeout(10 * time.Second),
+		grpc.MaxHeaderListSize(64 << 10),
 	}, opts...)
 	s := grpc.NewServer(opts...)
 	h := health.NewServer()
@@ -45,6 +58,16 @@ func NewServer(log *zap.Logger, verifier auth.Verifier, opts ...grpc.ServerOptio
 	reflection.Register(s)
 	return &Server{Server: s, Health: h}
 }
+
+// MaxConcurrentStreams bounds the calls in flight on one connection.
+const MaxConcurrentStreams = 1000
+
+// MaxConnections bounds the connections a public gRPC listener accepts at
+// once (LimitListener).
+const MaxConnections = 4096
+
+// LimitListener accepts at most MaxConnections connections at once on lis.
+func LimitListener(lis net.Listener) net.Listener { return netutil.LimitListener(lis, MaxConnections) }
 
 // Shutdown marks every service NOT_SERVING and stops gracefully, forcing a
 // stop after timeout.
