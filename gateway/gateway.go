@@ -25,6 +25,7 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -143,6 +144,9 @@ type Deps struct {
 	// Ready reports whether the gateway can serve (upstreams and NATS
 	// reachable); nil means always ready.
 	Ready func(context.Context) error
+	// Collectors are registered on the gateway's /metrics besides its own
+	// (the services' limit counters in the all-in-one).
+	Collectors []prometheus.Collector
 }
 
 // Server is the gateway. Serve Handler() on an http.Server and call Shutdown
@@ -212,9 +216,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		deps: deps,
 		marshaler: &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: true},
-			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
+			// Strict: a misspelt field ("sensitve") is refused, naming it,
+			// instead of silently dropped (decodeError).
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		},
-		metrics:       newMetrics(),
+		metrics:       newMetrics(deps.Collectors...),
 		conversations: conversationv1.NewConversationServiceClient(deps.Conversation),
 		delivery:      deliveryv1.NewDeliveryServiceClient(deps.Delivery),
 		attachments:   attachmentv1.NewAttachmentServiceClient(deps.Attachment),
@@ -275,6 +281,10 @@ func (s *Server) routes() error {
 		runtime.WithRoutingErrorHandler(s.handleRoutingError),
 		runtime.WithStreamErrorHandler(s.handleStreamError),
 		runtime.WithIncomingHeaderMatcher(incomingHeader),
+		// No upstream metadata or trailer becomes a response header
+		// (Grpc-Metadata-*, Grpc-Trailer-*).
+		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithDisableHTTPMethodOverride(),
 		runtime.WithMiddlewares(s.tagRoute, s.requireAuth, s.requireJSON),
