@@ -52,6 +52,16 @@ const (
 	DefaultArchiveAfter = 8760 * time.Hour
 )
 
+// Settings of every http.Server that serves the gateway: a client must send
+// its request headers (at most MaxHeaderBytes) within ReadHeaderTimeout, and
+// an idle keep-alive connection is closed after IdleTimeout. Bodies are
+// bounded per read instead (uploads and event streams run long).
+const (
+	ReadHeaderTimeout = 10 * time.Second
+	IdleTimeout       = 2 * time.Minute
+	MaxHeaderBytes    = 64 << 10
+)
+
 // Config is the gateway's behaviour. Upstream addresses and the HTTP listen
 // address belong to the binary that embeds the gateway.
 type Config struct {
@@ -215,7 +225,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		log:  deps.Log.Named("gateway"),
 		deps: deps,
 		marshaler: &runtime.JSONPb{
-			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: true},
+			MarshalOptions: protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: true},
 			// Strict: a misspelt field ("sensitve") is refused, naming it,
 			// instead of silently dropped (decodeError).
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -31,6 +32,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/debugserver"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/ratelimit"
 	"github.com/clinicchat/clinicchat/services/preferences"
 )
 
@@ -52,9 +54,11 @@ type Instance struct {
 	debug    *debugserver.Server
 	gw       *gateway.Server
 	internal *grpc.ClientConn
-	services []service
-	cancel   context.CancelFunc
-	runCtx   context.Context
+	// providerConn reaches --artifact-provider-addr (nil without it).
+	providerConn *grpc.ClientConn
+	services     []service
+	cancel       context.CancelFunc
+	runCtx       context.Context
 	// endStreams ends long-lived HTTP responses (SSE) at shutdown.
 	endStreams context.CancelFunc
 	group      *errgroup.Group
@@ -101,7 +105,12 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 
 	// One gRPC server hosts every service; internal calls reach it through
 	// an in-process listener, practice systems through --grpc-addr.
-	in.grpcSrv = grpcx.NewServer(log, verifier)
+	if cfg.Dev && cfg.DevAllowNonLoopback {
+		log.Warn("DEV MODE ON A NON-LOOPBACK ADDRESS: anyone who can reach " + cfg.HTTPAddr +
+			" can mint a token for any practice and role (--dev-allow-non-loopback). Never do this with real patients.")
+	}
+	limitMetrics := ratelimit.NewMetrics()
+	in.grpcSrv = grpcx.NewServer(log, verifier, ratelimit.NewInterceptors(cfg.Limits, limitMetrics).ServerOptions()...)
 	buf := bufconn.Listen(4 << 20)
 	in.internal, err = grpcx.DialListener(buf.DialContext)
 	if err != nil {
@@ -120,8 +129,23 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		return nil, fmt.Errorf("conversation: %w", err)
 	}
 	in.services = append(in.services, conv)
+	// Appointments, invoices and prescriptions: the demo provider in dev
+	// mode only (it invents records for any patient), else the practice
+	// system's, if one is configured.
+	var artifacts grpc.ClientConnInterface
+	switch {
+	case cfg.Dev:
+		artifacts = conn
+	case cfg.ArtifactProviderAddr != "":
+		pc, err := grpcx.Dial(cfg.ArtifactProviderAddr)
+		if err != nil {
+			return nil, fmt.Errorf("--artifact-provider-addr: %w", err)
+		}
+		in.providerConn = pc
+		artifacts = pc
+	}
 	del, err := delivery.New(ctx, delivery.Config{DatabaseDSN: cfg.path("delivery.db"), StepUpWindow: cfg.StepUpWindow},
-		delivery.Deps{Log: log.Named("delivery"), JS: js, Conversations: conn, Preferences: conn, Attachments: conn, Artifacts: conn})
+		delivery.Deps{Log: log.Named("delivery"), JS: js, Conversations: conn, Preferences: conn, Attachments: conn, Artifacts: artifacts})
 	if err != nil {
 		return nil, fmt.Errorf("delivery: %w", err)
 	}
@@ -145,12 +169,14 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	for _, s := range in.services {
 		s.Register(in.grpcSrv.Server)
 	}
-	artifactv1.RegisterArtifactProviderServiceServer(in.grpcSrv.Server, &demoprovider.Provider{})
+	if cfg.Dev {
+		artifactv1.RegisterArtifactProviderServiceServer(in.grpcSrv.Server, &demoprovider.Provider{})
+	}
 
 	in.gw, err = gateway.New(gateway.Config{DevMode: cfg.Dev, StepUpWindow: cfg.StepUpWindow, ArchiveAfter: cfg.ArchiveAfter}, gateway.Deps{
 		Log: log.Named("gateway"), Verifier: verifier, DevIssuer: in.DevIssuer, JS: js,
 		Conversation: conn, Delivery: conn, Preferences: conn, Attachment: conn, Audit: conn,
-		Ready: in.ready,
+		Ready: in.ready, Collectors: []prometheus.Collector{limitMetrics},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -160,6 +186,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	if err != nil {
 		return nil, fmt.Errorf("--grpc-addr: %w", err)
 	}
+	grpcLis = grpcx.LimitListener(grpcLis)
 	httpLis, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		_ = grpcLis.Close()
@@ -180,7 +207,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	}
 	in.httpSrv = &http.Server{
 		Handler:           in.gw.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: gateway.ReadHeaderTimeout,
+		IdleTimeout:       gateway.IdleTimeout,
+		MaxHeaderBytes:    gateway.MaxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return streamCtx },
 	}
 	g.Go(func() error {
@@ -294,6 +323,9 @@ func (in *Instance) Stop() error {
 		}
 		if in.internal != nil {
 			_ = in.internal.Close()
+		}
+		if in.providerConn != nil {
+			_ = in.providerConn.Close()
 		}
 		for _, s := range in.services {
 			if err := s.Close(); err != nil {

@@ -29,7 +29,7 @@ const (
 
 // Methods the limits apply to.
 const (
-	MethodSendMessage      = "/clinicchat.delivery.v1.DeliveryService/SendMessage"
+	MethodCreateMessage      = "/clinicchat.delivery.v1.DeliveryService/CreateMessage"
 	MethodUploadAttachment = "/clinicchat.attachment.v1.AttachmentService/UploadAttachment"
 )
 
@@ -233,7 +233,7 @@ func (i *Interceptors) ServerOptions() []grpc.ServerOption {
 
 // Unary limits message sends.
 func (i *Interceptors) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if info.FullMethod == MethodSendMessage {
+	if info.FullMethod == MethodCreateMessage {
 		if err := i.sends.Allow(ctx, 1, "You are sending messages faster than the practice allows; wait a moment and try again"); err != nil {
 			return nil, err
 		}
