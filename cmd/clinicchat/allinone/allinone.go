@@ -150,7 +150,8 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		return nil, fmt.Errorf("delivery: %w", err)
 	}
 	in.services = append(in.services, del)
-	att, err := attachment.New(ctx, attachment.Config{DatabaseDSN: cfg.path("attachment.db"), BlobDir: cfg.path("blobs"), StepUpWindow: cfg.StepUpWindow},
+	att, err := attachment.New(ctx, attachment.Config{DatabaseDSN: cfg.path("attachment.db"), BlobDir: cfg.path("blobs"), StepUpWindow: cfg.StepUpWindow,
+		PendingUploadQuota: cfg.PendingUploadQuota, LimitMetrics: limitMetrics},
 		attachment.Deps{Log: log.Named("attachment"), JS: js, Conversations: conn})
 	if err != nil {
 		return nil, fmt.Errorf("attachment: %w", err)

@@ -29,7 +29,7 @@ const (
 
 // Methods the limits apply to.
 const (
-	MethodCreateMessage      = "/clinicchat.delivery.v1.DeliveryService/CreateMessage"
+	MethodCreateMessage    = "/clinicchat.delivery.v1.DeliveryService/CreateMessage"
 	MethodUploadAttachment = "/clinicchat.attachment.v1.AttachmentService/UploadAttachment"
 )
 
