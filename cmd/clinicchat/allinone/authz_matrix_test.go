@@ -78,6 +78,12 @@ var authzMatrix = map[string]row{
 	"/clinicchat.conversation.v1.ConversationService/UnmuteConversation":           allow(ok, ok, pd, pd, nf, nf),
 	"/clinicchat.conversation.v1.ConversationService/MarkConversationRead":         allow(ok, ok, ok, ok, nf, nf),
 	"/clinicchat.conversation.v1.ConversationService/ResolveConversation":          allow(ok, ok, ok, ok, nf, nf),
+	"/clinicchat.conversation.v1.ConversationService/AssignConversation":           allow(ok, ok, pd, pd, nf, nf),
+	"/clinicchat.conversation.v1.ConversationService/ListStaff":                    allow(ok, ok, pd, pd, pd, ok), // their own practice's
+	"/clinicchat.conversation.v1.ConversationService/ListMessageTemplates":         allow(ok, ok, pd, pd, pd, ok), // their own practice's
+	"/clinicchat.conversation.v1.ConversationService/CreateMessageTemplate":        allow(pd, ok, pd, pd, pd, pd),
+	"/clinicchat.conversation.v1.ConversationService/UpdateMessageTemplate":        allow(pd, nf, pd, pd, pd, pd), // no template "none"
+	"/clinicchat.conversation.v1.ConversationService/DeleteMessageTemplate":        allow(pd, nf, pd, pd, pd, pd),
 	"/clinicchat.delivery.v1.DeliveryService/CreateMessage":                        allow(ok, ok, ok, ok, nf, nf),
 	"/clinicchat.delivery.v1.DeliveryService/GetMessage":                           allow(ok, ok, ok, ok, nf, nf),
 	"/clinicchat.delivery.v1.DeliveryService/ListMessages":                         allow(ok, ok, ok, ok, nf, nf),
@@ -147,6 +153,18 @@ func TestAuthorizationMatrix(t *testing.T) {
 			return &conversationv1.CreateConversationRequest{Conversation: &conversationv1.Conversation{Patient: "patients/alice"}}
 		case "/clinicchat.conversation.v1.ConversationService/ListConversations":
 			return &conversationv1.ListConversationsRequest{}
+		case "/clinicchat.conversation.v1.ConversationService/AssignConversation":
+			return &conversationv1.AssignConversationRequest{Name: conv.Name}
+		case "/clinicchat.conversation.v1.ConversationService/ListStaff":
+			return &conversationv1.ListStaffRequest{}
+		case "/clinicchat.conversation.v1.ConversationService/ListMessageTemplates":
+			return &conversationv1.ListMessageTemplatesRequest{}
+		case "/clinicchat.conversation.v1.ConversationService/CreateMessageTemplate":
+			return &conversationv1.CreateMessageTemplateRequest{MessageTemplate: &conversationv1.MessageTemplate{Title: rid, Text: "See you soon"}}
+		case "/clinicchat.conversation.v1.ConversationService/UpdateMessageTemplate":
+			return &conversationv1.UpdateMessageTemplateRequest{MessageTemplate: &conversationv1.MessageTemplate{Name: "messageTemplates/none", Title: "x", Text: "y"}}
+		case "/clinicchat.conversation.v1.ConversationService/DeleteMessageTemplate":
+			return &conversationv1.DeleteMessageTemplateRequest{Name: "messageTemplates/none"}
 		case "/clinicchat.delivery.v1.DeliveryService/CreateMessage":
 			return &deliveryv1.CreateMessageRequest{Parent: conv.Name, Text: "hi", RequestId: rid}
 		case "/clinicchat.delivery.v1.DeliveryService/GetMessage":
@@ -201,7 +219,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 	for _, md := range methods {
 		full := "/" + string(md.Parent().FullName()) + "/" + string(md.Name())
 		want, hasRow := authzMatrix[full]
-		require.True(t, hasRow, "%s has no row in authzMatrix: add what every caller may do", full)
+		if !hasRow {
+			mismatches = append(mismatches, full+" has no row in authzMatrix: add what every caller may do")
+		}
 		got := make([]string, len(matrixCallers))
 		for i, c := range matrixCallers {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
