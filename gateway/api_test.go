@@ -215,9 +215,9 @@ func TestErrorMapping(t *testing.T) {
 func TestJSONIsLowerCamelCaseWithDefaults(t *testing.T) {
 	h := newHarness(t)
 	tok := h.token("doc", auth.RoleDentist, "p1", 0)
-	// Unknown request fields are ignored.
+	// (Unknown request fields are refused: TestUnknownJSONFieldIsRefused.)
 	body := decodeJSON(t, h.do(http.MethodPost, "/v1/conversations", tok,
-		`{"patient":"patients/pa","someFutureField":true}`))
+		`{"patient":"patients/pa"}`))
 	require.Equal(t, "conversations/c1", body["name"])
 	require.Equal(t, "patients/pa", body["patient"])
 	require.Equal(t, "ACTIVE", body["state"])

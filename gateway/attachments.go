@@ -35,8 +35,36 @@ const maxFormField = 4 << 10
 // slow line would exceed).
 const ioIdleTimeout = time.Minute
 
-// maxSkippedParts bounds the bytes of unknown multipart parts before "file".
-const maxSkippedParts = 1 << 20
+// Multipart limits: the parts before "file" (form fields, unknown parts)
+// and every part header among them share maxMultipartPreamble bytes, and
+// there are at most maxMultipartParts of them; the bytes of a part header
+// are buffered whole by mime/multipart, so this bounds the memory an upload
+// can make the gateway hold before the file starts.
+const (
+	maxMultipartPreamble = 64 << 10
+	maxMultipartParts    = 16
+)
+
+// budgetReader reads from r until budget bytes are used, then fails with
+// errBudget; the budget can be raised as a request moves on.
+type budgetReader struct {
+	r      io.Reader
+	budget int64
+}
+
+var errBudget = errors.New("multipart framing over its limit")
+
+func (b *budgetReader) Read(p []byte) (int, error) {
+	if b.budget <= 0 {
+		return 0, errBudget
+	}
+	if int64(len(p)) > b.budget {
+		p = p[:b.budget]
+	}
+	n, err := b.r.Read(p)
+	b.budget -= int64(n)
+	return n, err
+}
 
 // tooLarge is the 413 of an attachment over the limit.
 func (s *Server) tooLarge() *apiError {
@@ -153,6 +181,14 @@ func (s *Server) uploadSource(w http.ResponseWriter, r *http.Request) (*uploadSo
 	src := &uploadSource{conversation: q.Get("conversation"), filename: q.Get("filename")}
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if mt == "multipart/form-data" {
+		// The framing up to the file's first byte has a small budget; then
+		// the file may take MaxUploadBytes+1 (upload detects the one byte
+		// over) plus room for the closing boundary.
+		body := &budgetReader{r: r.Body, budget: maxMultipartPreamble}
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{body, r.Body}
 		mr, err := r.MultipartReader()
 		if err != nil {
 			return nil, invalidArgument("The multipart body is malformed")
@@ -160,6 +196,7 @@ func (s *Server) uploadSource(w http.ResponseWriter, r *http.Request) (*uploadSo
 		if err := s.findFilePart(mr, src); err != nil {
 			return nil, err
 		}
+		body.budget += s.cfg.MaxUploadBytes + 1 + maxMultipartPreamble
 	} else {
 		if r.ContentLength > s.cfg.MaxUploadBytes {
 			// The declared length is already too much: refuse before reading.
@@ -185,11 +222,16 @@ func (s *Server) uploadSource(w http.ResponseWriter, r *http.Request) (*uploadSo
 // findFilePart advances mr to the part named "file", taking conversation and
 // filename from earlier form fields when the query did not give them.
 func (s *Server) findFilePart(mr *multipart.Reader, src *uploadSource) *apiError {
-	var skipped int64
-	for {
+	for parts := 0; ; parts++ {
+		if parts >= maxMultipartParts {
+			return invalidArgument(fmt.Sprintf("The multipart body has more than %d parts before the file; put the file in a part named \"file\"", maxMultipartParts))
+		}
 		part, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
 			return invalidArgument("The multipart body has no part named \"file\"")
+		}
+		if errors.Is(err, errBudget) {
+			return s.framingTooLarge()
 		}
 		if err != nil {
 			return invalidArgument("The multipart body is malformed")
@@ -206,6 +248,9 @@ func (s *Server) findFilePart(mr *multipart.Reader, src *uploadSource) *apiError
 			return nil
 		case "conversation", "filename":
 			v, err := io.ReadAll(io.LimitReader(part, maxFormField+1))
+			if errors.Is(err, errBudget) {
+				return s.framingTooLarge()
+			}
 			if err != nil || len(v) > maxFormField {
 				return invalidArgument("The multipart field " + part.FormName() + " is malformed or too long")
 			}
@@ -216,13 +261,22 @@ func (s *Server) findFilePart(mr *multipart.Reader, src *uploadSource) *apiError
 				src.filename = string(v)
 			}
 		default:
-			n, err := io.Copy(io.Discard, io.LimitReader(part, maxSkippedParts-skipped+1))
-			skipped += n
-			if err != nil || skipped > maxSkippedParts {
+			if _, err := io.Copy(io.Discard, part); err != nil {
+				if errors.Is(err, errBudget) {
+					return s.framingTooLarge()
+				}
 				return invalidArgument("The multipart body is malformed: put the file in a part named \"file\"")
 			}
 		}
 	}
+}
+
+// framingTooLarge is the 413 of multipart parts and headers before the file
+// that pass their budget.
+func (s *Server) framingTooLarge() *apiError {
+	return newAPIError(codes.InvalidArgument, ReasonRequestTooLarge, fmt.Sprintf(
+		"The multipart body has more than %d KiB of fields and headers before the file; send the file in a part named \"file\"",
+		maxMultipartPreamble>>10))
 }
 
 // download handles GET /v1/attachments/{a}:download: the first frame of

@@ -74,6 +74,10 @@ func (s *Server) requireJSON(next runtime.HandlerFunc) runtime.HandlerFunc {
 				return
 			}
 		}
+		if r.ContentLength > maxJSONBody {
+			s.writeError(w, r, decodeError("http: request body too large"))
+			return
+		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxJSONBody)
 		next(w, r, params)
 	}
@@ -118,6 +122,7 @@ func (s *Server) devTokens(w http.ResponseWriter, r *http.Request) {
 	}
 	var req devTokenRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		if errors.Is(err, io.EOF) {
 			s.writeError(w, r, invalidArgument("Send a JSON body: {\"subject\",\"role\",\"practice\",\"authAgeSeconds\",\"name\"}"))

@@ -3,9 +3,13 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/textproto"
+	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"go.uber.org/zap"
@@ -29,6 +33,8 @@ const (
 	ReasonUnsupportedMediaType = "UNSUPPORTED_MEDIA_TYPE"
 	// ReasonMethodNotAllowed: the path exists, but not with this method.
 	ReasonMethodNotAllowed = "METHOD_NOT_ALLOWED"
+	// ReasonRequestTooLarge: a request body over its limit (HTTP 413).
+	ReasonRequestTooLarge = "REQUEST_TOO_LARGE"
 )
 
 // maskedPrefix starts the message of an INTERNAL status that a clinicchat
@@ -90,6 +96,8 @@ func httpStatus(st *status.Status) int {
 		return http.StatusUnsupportedMediaType
 	case ReasonMethodNotAllowed:
 		return http.StatusMethodNotAllowed
+	case ReasonRequestTooLarge:
+		return http.StatusRequestEntityTooLarge
 	}
 	return runtime.HTTPStatusFromCode(st.Code())
 }
@@ -156,13 +164,39 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if st.Code() == codes.Unauthenticated {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="clinicchat"`)
 	}
+	switch httpCode {
+	case http.StatusTooManyRequests:
+		wait := max(errs.RetryAfter(st.Err()), time.Second)
+		w.Header().Set("Retry-After", strconv.FormatInt(int64((wait+time.Second-1)/time.Second), 10))
+		s.metrics.limited.WithLabelValues(limitOf(st)).Inc()
+	case http.StatusRequestEntityTooLarge:
+		s.metrics.limited.WithLabelValues(strings.ToLower(errs.Reason(st.Err()))).Inc()
+	}
 	writeJSON(w, httpCode, body)
+}
+
+// limitOf is the ErrorInfo "limit" of a RESOURCE_EXHAUSTED status (a
+// bounded set of names chosen by the services), for the metrics label.
+func limitOf(st *status.Status) string {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetMetadata()[errs.MetaLimit] != "" {
+			return info.GetMetadata()[errs.MetaLimit]
+		}
+	}
+	return "other"
 }
 
 // normalize makes every status presentable: a reason in ErrorInfo, and no
 // internal detail (addresses, Go errors) in the message.
 func (s *Server) normalize(route string, st *status.Status) *status.Status {
 	hasReason := errs.Reason(st.Err()) != ""
+	if st.Code() == codes.InvalidArgument && !hasReason {
+		// grpc-gateway reports a body it cannot decode as INVALID_ARGUMENT
+		// with the decoder's own words.
+		if de := decodeError(st.Message()); de != nil {
+			return de.st
+		}
+	}
 	switch st.Code() {
 	case codes.Unknown, codes.Internal, codes.DataLoss:
 		if hasReason || strings.HasPrefix(st.Message(), maskedPrefix) {
@@ -226,4 +260,52 @@ func writeJSON(w http.ResponseWriter, code int, body []byte) {
 	h.Del("Content-Length")
 	w.WriteHeader(code)
 	_, _ = w.Write(body)
+}
+
+// protojson's errors (its "proto:" prefix uses a space or a no-break space).
+var (
+	reDecodePrefix  = regexp.MustCompile(`^proto:[\s\x{00a0}]`)
+	reUnknownField  = regexp.MustCompile(`unknown field "([^"]{1,100})"`)
+	reInvalidValue  = regexp.MustCompile(`invalid value for (\w+) field (\w{1,100})`)
+	reDuplicateName = regexp.MustCompile(`duplicate field "([^"]{1,100})"`)
+)
+
+// kindWords says what a field of a protobuf kind must be, for a person.
+var kindWords = map[string]string{
+	"string": "a string", "bool": "true or false", "enum": "one of its listed values (a string)",
+	"message": "an object", "bytes": "base64-encoded data", "double": "a number", "float": "a number",
+	"int32": "a whole number", "int64": "a whole number", "uint32": "a whole number", "uint64": "a whole number",
+	"sint32": "a whole number", "sint64": "a whole number", "fixed32": "a whole number",
+	"fixed64": "a whole number", "sfixed32": "a whole number", "sfixed64": "a whole number",
+}
+
+// decodeError turns the message of a request body that could not be decoded
+// into an error a person understands: an unknown field is named, a value
+// of the wrong type says what it must be, a body over its limit is 413.
+// Other messages are not decoding errors: nil.
+func decodeError(msg string) *apiError {
+	switch {
+	case strings.Contains(msg, "http: request body too large"):
+		return newAPIError(codes.InvalidArgument, ReasonRequestTooLarge,
+			fmt.Sprintf("The request body is larger than %s; send less", humanBytes(maxJSONBody)))
+	case reDecodePrefix.MatchString(msg):
+		if m := reUnknownField.FindStringSubmatch(msg); m != nil {
+			return invalidArgument(fmt.Sprintf("Unknown field %q: check its spelling", m[1]))
+		}
+		if m := reInvalidValue.FindStringSubmatch(msg); m != nil {
+			what, ok := kindWords[m[1]]
+			if !ok {
+				what = "of another type"
+			}
+			return invalidArgument(fmt.Sprintf("Field %q must be %s", m[2], what))
+		}
+		if m := reDuplicateName.FindStringSubmatch(msg); m != nil {
+			return invalidArgument(fmt.Sprintf("Field %q appears more than once", m[1]))
+		}
+		return invalidArgument("The request body is not valid JSON for this request")
+	case strings.HasPrefix(msg, "invalid character"), strings.HasPrefix(msg, "unexpected EOF"),
+		strings.HasPrefix(msg, "json: "):
+		return invalidArgument("The request body is not valid JSON")
+	}
+	return nil
 }

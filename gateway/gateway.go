@@ -58,6 +58,16 @@ const (
 	DefaultMaxStreams = 20000
 )
 
+// Settings of every http.Server that serves the gateway: a client must send
+// its request headers (at most MaxHeaderBytes) within ReadHeaderTimeout, and
+// an idle keep-alive connection is closed after IdleTimeout. Bodies are
+// bounded per read instead (uploads and event streams run long).
+const (
+	ReadHeaderTimeout = 10 * time.Second
+	IdleTimeout       = 2 * time.Minute
+	MaxHeaderBytes    = 64 << 10
+)
+
 // Config is the gateway's behaviour. Upstream addresses and the HTTP listen
 // address belong to the binary that embeds the gateway.
 type Config struct {
@@ -242,8 +252,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		log:  deps.Log.Named("gateway"),
 		deps: deps,
 		marshaler: &runtime.JSONPb{
-			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: true},
-			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
+			MarshalOptions: protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: true},
+			// Strict: a misspelt field ("sensitve") is refused, naming it,
+			// instead of silently dropped (decodeError).
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		},
 		metrics:       newMetrics(),
 		conversations: conversationv1.NewConversationServiceClient(deps.Conversation),
@@ -315,6 +327,10 @@ func (s *Server) routes() error {
 		runtime.WithRoutingErrorHandler(s.handleRoutingError),
 		runtime.WithStreamErrorHandler(s.handleStreamError),
 		runtime.WithIncomingHeaderMatcher(incomingHeader),
+		// No upstream metadata or trailer becomes a response header
+		// (Grpc-Metadata-*, Grpc-Trailer-*).
+		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithDisableHTTPMethodOverride(),
 		runtime.WithMiddlewares(s.tagRoute, s.requireAuth, s.requireJSON),

@@ -31,9 +31,10 @@ type metrics struct {
 	sseDropped  prometheus.Counter
 	hubDecoded  prometheus.Counter
 	uploadBytes prometheus.Counter
+	limited     *prometheus.CounterVec
 }
 
-func newMetrics() *metrics {
+func newMetrics(extra ...prometheus.Collector) *metrics {
 	m := &metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -73,10 +74,15 @@ func newMetrics() *metrics {
 			Name: "clinicchat_gateway_upload_bytes_total",
 			Help: "Attachment bytes streamed to the attachment service.",
 		}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinicchat_gateway_limited_total",
+			Help: "Requests refused at the edge by a limit (HTTP 429 or 413), by limit.",
+		}, []string{"limit"}),
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.sseClients, m.sseEvents, m.sseResets, m.sseRefused, m.sseDropped,
-		m.hubDecoded, m.uploadBytes,
+		m.hubDecoded, m.uploadBytes, m.limited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(extra...)
 	return m
 }
 
@@ -164,6 +170,11 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 		tag := &routeTag{pattern: routeUnmatched}
 		rec := &statusRecorder{ResponseWriter: w}
 		r = r.WithContext(context.WithValue(r.Context(), routeKey{}, tag))
+		// Every response may carry health data: never cached, never sniffed
+		// into something else (a handler may loosen Cache-Control for
+		// static web assets).
+		w.Header().Set("Cache-Control", "no-store")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
 		defer func() {
 			p := recover()
 			code := rec.status()

@@ -22,6 +22,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/outbox"
 	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
+	"github.com/clinicchat/clinicchat/services/platform/ratelimit"
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
 
@@ -46,7 +47,23 @@ type Config struct {
 	StepUpWindow time.Duration
 	// Encryption at rest (encryption.go).
 	Encryption Encryption
+	// PendingUploadQuota bounds the bytes of one identity's uploads that no
+	// message carries yet (default 200 MiB).
+	PendingUploadQuota int64
+	// UnattachedTTL is how long an upload no message carries is kept
+	// (default a day); UnattachedSweepInterval how often they are looked
+	// for (default an hour).
+	UnattachedTTL           time.Duration
+	UnattachedSweepInterval time.Duration
+	// LimitMetrics counts quota refusals (optional).
+	LimitMetrics *ratelimit.Metrics
 }
+
+// Defaults of Config.
+const (
+	DefaultUnattachedTTL           = 24 * time.Hour
+	DefaultUnattachedSweepInterval = time.Hour
+)
 
 // Flags registers the service-specific flags (the common ones are svcmain's).
 func (c *Config) Flags(fs *flag.FlagSet) {
@@ -54,6 +71,9 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ConversationAddr, "conversation-addr", "conversation:9090", "conversation service gRPC address")
 	fs.DurationVar(&c.StepUpWindow, "step-up-window", messageview.DefaultStepUpWindow, "how recently a patient must have signed in to open an attachment of a sensitive message")
 	c.Encryption.Flags(fs)
+	fs.Int64Var(&c.PendingUploadQuota, "pending-upload-quota", app.DefaultPendingQuota, "bytes of uploads not yet on a message that one identity may hold")
+	fs.DurationVar(&c.UnattachedTTL, "unattached-ttl", DefaultUnattachedTTL, "remove uploads that no message carries after this long")
+	fs.DurationVar(&c.UnattachedSweepInterval, "unattached-sweep-interval", DefaultUnattachedSweepInterval, "how often to look for uploads no message carries")
 }
 
 // Validate reports every problem at once.
@@ -71,6 +91,9 @@ func (c *Config) Validate() error {
 	if c.StepUpWindow <= 0 {
 		problems = append(problems, errors.New("attachment: --step-up-window must be positive"))
 	}
+	if c.PendingUploadQuota < 0 || c.UnattachedTTL < 0 || c.UnattachedSweepInterval < 0 {
+		problems = append(problems, errors.New("attachment: --pending-upload-quota, --unattached-ttl and --unattached-sweep-interval must not be negative"))
+	}
 	return errors.Join(problems...)
 }
 
@@ -86,6 +109,7 @@ type Deps struct {
 
 // Service is the attachment service.
 type Service struct {
+	cfg   Config
 	deps  Deps
 	db    *sqldb.DB
 	app   *app.App
@@ -130,7 +154,14 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	a := app.New(st, adapters.Conversations{Client: conversationv1.NewConversationServiceClient(deps.Conversations)},
 		adapters.Blobs{Store: blobs}, deps.Log, cfg.StepUpWindow)
-	return &Service{deps: deps, db: db, app: a, relay: outbox.NewRelay(db, deps.JS, deps.Log)}, nil
+	a.PendingQuota, a.Limits = cfg.PendingUploadQuota, cfg.LimitMetrics
+	if cfg.UnattachedTTL == 0 {
+		cfg.UnattachedTTL = DefaultUnattachedTTL
+	}
+	if cfg.UnattachedSweepInterval == 0 {
+		cfg.UnattachedSweepInterval = DefaultUnattachedSweepInterval
+	}
+	return &Service{cfg: cfg, deps: deps, db: db, app: a, relay: outbox.NewRelay(db, deps.JS, deps.Log)}, nil
 }
 
 // Register registers the gRPC service.
@@ -149,7 +180,30 @@ func (s *Service) Run(ctx context.Context) error {
 			FilterSubjects: natsx.Filter(natsx.SubjectMessageCreated),
 		}, s.app.HandleMessageCreated)
 	})
+	g.Go(func() error { s.sweep(ctx); return nil })
 	return g.Wait()
+}
+
+// sweep removes never-attached uploads at start and every
+// UnattachedSweepInterval until ctx ends. A failed sweep is logged and
+// retried at the next tick.
+func (s *Service) sweep(ctx context.Context) {
+	t := time.NewTicker(s.cfg.UnattachedSweepInterval)
+	defer t.Stop()
+	for {
+		n, err := s.app.SweepUnattached(ctx, s.cfg.UnattachedTTL)
+		if err != nil && ctx.Err() == nil {
+			s.deps.Log.Warn("sweep of never-attached uploads failed", zap.Error(err))
+		}
+		if n > 0 {
+			s.deps.Log.Info("never-attached uploads removed", zap.Int("count", n))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Close closes the database.

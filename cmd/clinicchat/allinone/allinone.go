@@ -31,6 +31,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/debugserver"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/ratelimit"
 	"github.com/clinicchat/clinicchat/services/preferences"
 )
 
@@ -106,7 +107,12 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 
 	// One gRPC server hosts every service; internal calls reach it through
 	// an in-process listener, practice systems through --grpc-addr.
-	in.grpcSrv = grpcx.NewServer(log, verifier)
+	if cfg.Dev && cfg.DevAllowNonLoopback {
+		log.Warn("DEV MODE ON A NON-LOOPBACK ADDRESS: anyone who can reach " + cfg.HTTPAddr +
+			" can mint a token for any practice and role (--dev-allow-non-loopback). Never do this with real patients.")
+	}
+	limitMetrics := ratelimit.NewMetrics()
+	in.grpcSrv = grpcx.NewServer(log, verifier, ratelimit.NewInterceptors(cfg.Limits, limitMetrics).ServerOptions()...)
 	buf := bufconn.Listen(4 << 20)
 	in.internal, err = grpcx.DialListener(buf.DialContext)
 	if err != nil {
@@ -125,20 +131,26 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		return nil, fmt.Errorf("conversation: %w", err)
 	}
 	in.services = append(in.services, conv)
-	// The demo practice system runs on its own in-process server that
-	// accepts only the delivery service's own credential, as a real one
-	// would; the user's token never reaches it.
-	providerToken := rand.Text()
-	in.providerSrv = grpcx.NewServer(log.Named("demoprovider"), demoprovider.ServiceVerifier{Token: providerToken})
-	artifactv1.RegisterArtifactProviderServiceServer(in.providerSrv.Server, &demoprovider.Provider{})
+	// Appointments, invoices and prescriptions: in dev mode the demo
+	// practice system, on its own in-process server that accepts only the
+	// delivery service's own credential, as a real one would (the user's
+	// token never reaches it). Without dev mode there is none: the demo
+	// provider invents records for any patient.
+	var artifacts grpc.ClientConnInterface
 	providerLis := bufconn.Listen(1 << 20)
-	in.artifacts, err = delivery.DialArtifactProvider(ctx, delivery.ArtifactProviderConfig{InProcess: providerLis.DialContext,
-		Token: providerToken})
-	if err != nil {
-		return nil, fmt.Errorf("demo provider: %w", err)
+	if cfg.Dev {
+		providerToken := rand.Text()
+		in.providerSrv = grpcx.NewServer(log.Named("demoprovider"), demoprovider.ServiceVerifier{Token: providerToken})
+		artifactv1.RegisterArtifactProviderServiceServer(in.providerSrv.Server, &demoprovider.Provider{})
+		in.artifacts, err = delivery.DialArtifactProvider(ctx, delivery.ArtifactProviderConfig{InProcess: providerLis.DialContext,
+			Token: providerToken})
+		if err != nil {
+			return nil, fmt.Errorf("demo provider: %w", err)
+		}
+		artifacts = in.artifacts
 	}
 	del, err := delivery.New(ctx, delivery.Config{DatabaseDSN: cfg.path("delivery.db"), StepUpWindow: cfg.StepUpWindow},
-		delivery.Deps{Log: log.Named("delivery"), JS: js, Conversations: conn, Preferences: conn, Attachments: conn, Artifacts: in.artifacts})
+		delivery.Deps{Log: log.Named("delivery"), JS: js, Conversations: conn, Preferences: conn, Attachments: conn, Artifacts: artifacts})
 	if err != nil {
 		return nil, fmt.Errorf("delivery: %w", err)
 	}
@@ -147,7 +159,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		return nil, err
 	}
 	att, err := attachment.New(ctx, attachment.Config{DatabaseDSN: cfg.path("attachment.db"), BlobDir: cfg.path("blobs"), StepUpWindow: cfg.StepUpWindow,
-		Encryption: attachment.Encryption{KEKFile: cfg.kekFile()}},
+		Encryption: attachment.Encryption{KEKFile: cfg.kekFile()}, PendingUploadQuota: cfg.PendingUploadQuota, LimitMetrics: limitMetrics},
 		attachment.Deps{Log: log.Named("attachment"), JS: js, Conversations: conn})
 	if err != nil {
 		return nil, fmt.Errorf("attachment: %w", err)
@@ -169,7 +181,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		MaxStreamsPerIdentity: cfg.MaxStreamsPerIdentity, MaxStreams: cfg.MaxStreams}, gateway.Deps{
 		Log: log.Named("gateway"), Verifier: verifier, DevIssuer: in.DevIssuer, JS: js,
 		Conversation: conn, Delivery: conn, Preferences: conn, Attachment: conn, Audit: conn,
-		Ready: in.ready, Metrics: aud.Collectors(),
+		Ready: in.ready, Metrics: append(aud.Collectors(), limitMetrics),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -179,6 +191,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	if err != nil {
 		return nil, fmt.Errorf("--grpc-addr: %w", err)
 	}
+	grpcLis = grpcx.LimitListener(grpcLis)
 	httpLis, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		_ = grpcLis.Close()
@@ -193,14 +206,18 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	streamCtx, endStreams := context.WithCancel(context.Background())
 	in.endStreams = endStreams
 	g.Go(func() error { return in.grpcSrv.Serve(buf) })
-	g.Go(func() error { return in.providerSrv.Serve(providerLis) })
+	if in.providerSrv != nil {
+		g.Go(func() error { return in.providerSrv.Serve(providerLis) })
+	}
 	g.Go(func() error { return in.grpcSrv.Serve(grpcLis) })
 	for _, s := range in.services {
 		g.Go(func() error { return s.Run(gctx) })
 	}
 	in.httpSrv = &http.Server{
 		Handler:           in.gw.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: gateway.ReadHeaderTimeout,
+		IdleTimeout:       gateway.IdleTimeout,
+		MaxHeaderBytes:    gateway.MaxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return streamCtx },
 	}
 	g.Go(func() error {

@@ -10,16 +10,27 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"path/filepath"
 	"time"
+
+	"github.com/clinicchat/clinicchat/services/platform/ratelimit"
 )
 
 // Config is the all-in-one's configuration.
 type Config struct {
-	HTTPAddr             string
-	GRPCAddr             string
-	DataDir              string
-	Dev                  bool
+	HTTPAddr string
+	GRPCAddr string
+	DataDir  string
+	Dev      bool
+	// DevAllowNonLoopback lets dev mode (anyone may mint any token) listen
+	// on an address other than loopback. Never in production.
+	DevAllowNonLoopback bool
+	// Limits are the per-identity limits.
+	Limits ratelimit.Config
+	// PendingUploadQuota bounds the bytes of uploads an identity holds that
+	// no message carries yet (0: the attachment service's default).
+	PendingUploadQuota   int64
 	ArchiveAfter         time.Duration
 	ArchiveSweepInterval time.Duration
 	NATSListen           string
@@ -53,7 +64,11 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:8080", "HTTP/JSON API, SSE and web client address")
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", "127.0.0.1:9090", "public gRPC address for practice systems (health and reflection included)")
 	fs.StringVar(&c.DataDir, "data-dir", "./.clinicchat", "where the SQLite files, blobs, NATS store and keys live")
-	fs.BoolVar(&c.Dev, "dev", true, "dev mode: token issuer at POST /v1/dev/tokens and the seeded demo practice")
+	fs.BoolVar(&c.Dev, "dev", true, "dev mode: token issuer at POST /v1/dev/tokens, the seeded demo practice and the demo artifact provider (loopback addresses only)")
+	fs.BoolVar(&c.DevAllowNonLoopback, "dev-allow-non-loopback", false,
+		"DANGEROUS: let dev mode listen on non-loopback addresses, where anyone who reaches it can mint a token for any practice and role")
+	fs.Int64Var(&c.PendingUploadQuota, "pending-upload-quota", 0, "bytes of uploads not yet on a message that one identity may hold (0: 200 MiB)")
+	c.Limits.Flags(fs)
 	fs.DurationVar(&c.ArchiveAfter, "archive-after", 8760*time.Hour, "archive a conversation with no message for this long")
 	fs.DurationVar(&c.ArchiveSweepInterval, "archive-sweep-interval", time.Hour, "how often to look for idle conversations")
 	fs.StringVar(&c.NATSListen, "nats-listen", "", "also serve the embedded NATS on this address (default: in-process only)")
@@ -93,7 +108,37 @@ func (c *Config) Validate() error {
 	if !c.Dev && (c.JWKSURL == "" || c.JWTIssuer == "" || c.JWTAudience == "") {
 		problems = append(problems, errors.New("without --dev, --jwks-url, --jwt-issuer and --jwt-audience are required"))
 	}
+	if c.Dev && !c.DevAllowNonLoopback {
+		for flagName, addr := range map[string]string{"--http-addr": c.HTTPAddr, "--grpc-addr": c.GRPCAddr, "--nats-listen": c.NATSListen} {
+			if addr != "" && !IsLoopback(addr) {
+				problems = append(problems, fmt.Errorf("%s %q is not a loopback address: dev mode lets anyone mint tokens, "+
+					"so it listens on 127.0.0.1 or ::1 only (run with --dev=false and --jwks-url for a network, "+
+					"or --dev-allow-non-loopback if you really mean it)", flagName, addr))
+			}
+		}
+	}
+	if err := c.Limits.Validate(); err != nil {
+		problems = append(problems, err)
+	}
+	if c.PendingUploadQuota < 0 {
+		problems = append(problems, errors.New("--pending-upload-quota must not be negative"))
+	}
 	return errors.Join(problems...)
+}
+
+// IsLoopback reports whether a listen address (host:port) binds loopback
+// only: 127.0.0.0/8, ::1 or "localhost". An empty host or 0.0.0.0 binds
+// every interface.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (c *Config) path(name string) string { return filepath.Join(c.DataDir, name) }
@@ -129,6 +174,6 @@ func (c *Config) witnessFile() string {
 
 // String is the configuration without secrets, for the start-up log.
 func (c *Config) String() string {
-	return fmt.Sprintf("http=%s grpc=%s data_dir=%s dev=%t archive_after=%s sweep=%s nats_listen=%q",
-		c.HTTPAddr, c.GRPCAddr, c.DataDir, c.Dev, c.ArchiveAfter, c.ArchiveSweepInterval, c.NATSListen)
+	return fmt.Sprintf("http=%s grpc=%s data_dir=%s dev=%t dev_allow_non_loopback=%t archive_after=%s sweep=%s nats_listen=%q",
+		c.HTTPAddr, c.GRPCAddr, c.DataDir, c.Dev, c.DevAllowNonLoopback, c.ArchiveAfter, c.ArchiveSweepInterval, c.NATSListen)
 }

@@ -1,6 +1,8 @@
 package allinone_test
 
 import (
+	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
+	"github.com/clinicchat/clinicchat/services/platform/ratelimit"
 	"sync"
 	"testing"
 	"time"
@@ -62,7 +64,10 @@ func TestWhoCanBeChattedWith(t *testing.T) {
 // Staff send continuously while the patient opts out: no send that starts
 // after the opt-out's commit is accepted, and nothing is half-written.
 func TestNoMessageAcceptedAfterOptOut(t *testing.T) {
-	h := harness{t: t, in: start(t, t.TempDir())}
+	// As fast as the machine goes, from one identity: past any send limit.
+	h := harness{t: t, in: startWith(t, t.TempDir(), func(c *allinone.Config) {
+		c.Limits = ratelimit.Config{SendsPerSecond: 1e9, SendBurst: 1e9}
+	})}
 	staff := h.as("dr-lee", "dentist")
 	jose := h.as("jose", "patient")
 	conv := staff.startConversation("jose")

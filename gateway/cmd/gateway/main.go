@@ -122,9 +122,9 @@ func run(args []string) error {
 		Handler: gw.Handler(),
 		// No ReadTimeout or WriteTimeout: uploads, downloads and event
 		// streams are long; the gateway bounds each read and write itself.
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
+		ReadHeaderTimeout: gateway.ReadHeaderTimeout,
+		IdleTimeout:       gateway.IdleTimeout,
+		MaxHeaderBytes:    gateway.MaxHeaderBytes,
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
 	}
 	lis, err := net.Listen("tcp", cfg.HTTPAddr)

@@ -8,10 +8,13 @@ package errs
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // Domain is the ErrorInfo domain of every clinicchat error.
@@ -29,7 +32,14 @@ const (
 	ReasonAttachmentTooLarge = "ATTACHMENT_TOO_LARGE"
 	ReasonUnsupportedType    = "UNSUPPORTED_FILE_TYPE"
 	ReasonStepUpRequired     = "STEP_UP_REQUIRED"
+	// ReasonResourceExhausted: a per-identity limit (ErrorInfo metadata
+	// "limit" names which); the status carries a google.rpc.RetryInfo.
+	ReasonResourceExhausted = "RESOURCE_EXHAUSTED"
 )
+
+// MetaLimit is the ErrorInfo metadata key naming the limit a
+// RESOURCE_EXHAUSTED error is about ("sends", "upload_bytes"...).
+const MetaLimit = "limit"
 
 // Error is a typed, user-presentable error. Msg must never carry PHI.
 type Error struct {
@@ -38,6 +48,9 @@ type Error struct {
 	Msg    string
 	// Meta is copied into ErrorInfo.metadata (ids only).
 	Meta map[string]string
+	// RetryAfter, when positive, becomes a google.rpc.RetryInfo detail (and
+	// the edge's Retry-After header).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string { return e.Msg }
@@ -55,11 +68,43 @@ func (e *Error) GRPCStatus() *status.Status {
 	if e.Reason == "" {
 		return st
 	}
-	withInfo, err := st.WithDetails(&errdetails.ErrorInfo{Reason: e.Reason, Domain: Domain, Metadata: e.Meta})
+	details := []protoadapt.MessageV1{&errdetails.ErrorInfo{Reason: e.Reason, Domain: Domain, Metadata: e.Meta}}
+	if e.RetryAfter > 0 {
+		details = append(details, &errdetails.RetryInfo{RetryDelay: durationpb.New(e.RetryAfter)})
+	}
+	withInfo, err := st.WithDetails(details...)
 	if err != nil {
 		return st
 	}
 	return withInfo
+}
+
+// ResourceExhausted is a 429: the caller passed a per-identity limit (named
+// by limit) and may try again after retryAfter.
+func ResourceExhausted(limit string, retryAfter time.Duration, format string, args ...any) *Error {
+	e := newErr(codes.ResourceExhausted, ReasonResourceExhausted, format, args...)
+	e.Meta = map[string]string{MetaLimit: limit}
+	e.RetryAfter = retryAfter
+	return e
+}
+
+// RetryAfter returns the RetryInfo delay of err (a typed error or a status
+// error), or 0.
+func RetryAfter(err error) time.Duration {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return 0
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok {
+			return ri.GetRetryDelay().AsDuration()
+		}
+	}
+	return 0
 }
 
 func newErr(c codes.Code, reason, format string, args ...any) *Error {
@@ -138,9 +183,12 @@ func FromStatus(err error) error {
 	}
 	out := &Error{Code: st.Code(), Msg: st.Message()}
 	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			out.Reason = info.GetReason()
-			out.Meta = info.GetMetadata()
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			out.Reason = d.GetReason()
+			out.Meta = d.GetMetadata()
+		case *errdetails.RetryInfo:
+			out.RetryAfter = d.GetRetryDelay().AsDuration()
 		}
 	}
 	return out

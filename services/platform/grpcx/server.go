@@ -6,11 +6,13 @@ package grpcx
 import (
 	"context"
 	"errors"
+	"net"
 	"runtime/debug"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -39,11 +41,20 @@ func NewServer(log *zap.Logger, verifier auth.Verifier, opts ...grpc.ServerOptio
 		grpc.ChainUnaryInterceptor(i.unary),
 		grpc.ChainStreamInterceptor(i.stream),
 		grpc.MaxRecvMsgSize(8 << 20),
-		// Peers ping idle connections (Keepalive); allow it. Connections are
-		// recycled every few minutes so that clients re-resolve DNS and
-		// spread over replicas added since they connected.
+		// Peers ping idle connections (Keepalive, every 30 s); a client that
+		// pings more often than every 10 s loses the connection. Idle
+		// connections close after 5 minutes, and every connection is
+		// recycled after 5 minutes (with a grace for calls in flight) so
+		// that clients re-resolve DNS and spread over replicas added since
+		// they connected. A connection holds at most MaxConcurrentStreams
+		// calls, and the handshake must finish within 10 s.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: 5 * time.Minute, MaxConnectionAgeGrace: 10 * time.Minute}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute,
+			MaxConnectionAge: 5 * time.Minute, MaxConnectionAgeGrace: 10 * time.Minute,
+			Time: time.Minute, Timeout: 20 * time.Second}),
+		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
+		grpc.ConnectionTimeout(10 * time.Second),
+		grpc.MaxHeaderListSize(64 << 10),
 	}, opts...)
 	s := grpc.NewServer(opts...)
 	h := health.NewServer()
@@ -51,6 +62,16 @@ func NewServer(log *zap.Logger, verifier auth.Verifier, opts ...grpc.ServerOptio
 	reflection.Register(s)
 	return &Server{Server: s, Health: h}
 }
+
+// MaxConcurrentStreams bounds the calls in flight on one connection.
+const MaxConcurrentStreams = 1000
+
+// MaxConnections bounds the connections a public gRPC listener accepts at
+// once (LimitListener).
+const MaxConnections = 4096
+
+// LimitListener accepts at most MaxConnections connections at once on lis.
+func LimitListener(lis net.Listener) net.Listener { return netutil.LimitListener(lis, MaxConnections) }
 
 // Shutdown marks every service NOT_SERVING and stops gracefully, forcing a
 // stop after timeout.

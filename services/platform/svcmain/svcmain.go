@@ -32,6 +32,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/ratelimit"
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
 
@@ -55,6 +56,8 @@ type Common struct {
 	// version it needs, and a separate `<service> migrate` (a Kubernetes Job)
 	// applies them.
 	MigrateOnStart bool
+	// Limits are the per-identity limits of the gRPC server.
+	Limits ratelimit.Config
 }
 
 // Flags registers the common flags on fs; every flag also reads the
@@ -77,6 +80,7 @@ func (c *Common) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "operator-only listener for pprof and runtime metrics (off when empty)")
 	fs.BoolVar(&c.MigrateOnStart, "migrate-on-start", true, "apply schema migrations at start (false: only check the schema version; run `migrate` first)")
+	c.Limits.Flags(fs)
 }
 
 // Validate reports every problem at once.
@@ -105,6 +109,9 @@ func (c *Common) Validate() error {
 	}
 	if (c.NATS.TLSCert == "") != (c.NATS.TLSKey == "") {
 		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
+	}
+	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -208,7 +215,7 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{Replicas: c.NATSReplicas}); err != nil {
 		return err
 	}
-	srv := grpcx.NewServer(log, verifier)
+	srv := grpcx.NewServer(log, verifier, ratelimit.NewInterceptors(c.Limits, nil).ServerOptions()...)
 	rt := &Runtime{Log: log, NC: nc, JS: js, Server: srv, Common: c}
 	bctx := ctx
 	if !c.MigrateOnStart {
@@ -223,6 +230,7 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 	if err != nil {
 		return err
 	}
+	lis = grpcx.LimitListener(lis)
 	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
 	debug, err := debugserver.Start(c.DebugAddr, log)

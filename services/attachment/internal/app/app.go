@@ -30,6 +30,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/ratelimit"
 )
 
 // Audited actions.
@@ -43,6 +44,13 @@ const (
 // message is known to carry yet waits for the message to arrive (see
 // App.LinkWait).
 const DefaultLinkWait = 3 * time.Second
+
+// DefaultPendingQuota is the bytes of uploads no message carries yet that
+// one identity may hold: 200 MiB, eight files of the largest size.
+const DefaultPendingQuota int64 = 200 << 20
+
+// LimitPendingUploads names the quota in errors and metrics.
+const LimitPendingUploads = "pending_uploads"
 
 // linkPoll is how often a waiting access looks for links recorded by
 // another replica's consumer (this replica's wake it at once).
@@ -95,6 +103,11 @@ type App struct {
 	// StepUpWindow is how recently a patient must have signed in to open an
 	// attachment of a sensitive message.
 	StepUpWindow time.Duration
+	// PendingQuota bounds the bytes of an identity's uploads that no
+	// message carries yet (DefaultPendingQuota when 0).
+	PendingQuota int64
+	// Limits counts quota refusals (may be nil).
+	Limits *ratelimit.Metrics
 	// LinkWait bounds how long a patient who has not signed in recently
 	// waits, when opening an attachment someone else uploaded that no
 	// message is known to carry yet, for the message's event (it is usually
@@ -194,6 +207,17 @@ func (a *App) Upload(ctx context.Context, h UploadHeader, src Chunks) (domain.At
 	refuse := func(err error) (domain.Attachment, error) {
 		return domain.Attachment{}, a.refuse(ctx, who, ActionUpload, h.Conversation, err)
 	}
+	quota := a.PendingQuota
+	if quota <= 0 {
+		quota = DefaultPendingQuota
+	}
+	pending, err := a.repo.PendingBytes(ctx, who.Practice, who.Principal())
+	if err != nil {
+		return domain.Attachment{}, err
+	}
+	if pending >= quota {
+		return refuse(a.overQuota(quota))
+	}
 
 	tmp, err := a.blobs.Create()
 	if err != nil {
@@ -243,6 +267,13 @@ func (a *App) Upload(ctx context.Context, h UploadHeader, src Chunks) (domain.At
 	if err != nil {
 		return refuse(err)
 	}
+	// Again with this file's size, and what finished meanwhile.
+	if pending, err = a.repo.PendingBytes(ctx, who.Practice, who.Principal()); err != nil {
+		return domain.Attachment{}, err
+	}
+	if pending+size > quota {
+		return refuse(a.overQuota(quota))
+	}
 	now := a.now().UTC().Truncate(time.Microsecond) // as stored
 	att := domain.Attachment{
 		Practice: who.Practice, ID: ids.New(), ConversationID: conv.ID,
@@ -266,6 +297,50 @@ func (a *App) Upload(ctx context.Context, h UploadHeader, src Chunks) (domain.At
 	a.log.Info("attachment stored", zap.String(keyAttachment, att.ID), zap.String(logkeys.Conversation, att.ConversationID),
 		zap.String(logkeys.Practice, att.Practice), zap.String(logkeys.Actor, att.Uploader), zap.Int64("size_bytes", att.SizeBytes))
 	return att, nil
+}
+
+// overQuota is the refusal of an upload past PendingQuota (counted).
+func (a *App) overQuota(quota int64) error {
+	a.Limits.Refused(LimitPendingUploads)
+	return errs.ResourceExhausted(LimitPendingUploads, time.Hour,
+		"You have %d MiB of uploaded files not yet sent in a message; send them, or wait a day for unsent ones to be removed",
+		quota>>20)
+}
+
+// SweepBatch is how many never-attached uploads one sweep query handles.
+const SweepBatch = 500
+
+// SweepUnattached removes uploads older than ttl that no message carries:
+// the row first (only if still no message carries it), then the bytes. It
+// returns how many it removed. Each batch is of the oldest; the sweep ends
+// when a batch is short, so it is bounded by the uploads there are.
+func (a *App) SweepUnattached(ctx context.Context, ttl time.Duration) (int, error) {
+	before := a.now().Add(-ttl)
+	removed := 0
+	for {
+		batch, err := a.repo.Unattached(ctx, before, SweepBatch)
+		if err != nil {
+			return removed, err
+		}
+		kept := 0
+		for _, att := range batch {
+			ok, err := a.repo.DeleteUnattached(ctx, att.Practice, att.ID)
+			if err != nil {
+				return removed, err
+			}
+			if !ok {
+				kept++ // a message carries it now
+				continue
+			}
+			if err := a.blobs.Remove(att.ID); err != nil {
+				a.log.Error("could not remove the bytes of a never-attached upload", zap.String(keyAttachment, att.ID), zap.Error(err))
+			}
+			removed++
+		}
+		if len(batch) < SweepBatch || kept == len(batch) {
+			return removed, nil
+		}
+	}
 }
 
 // authorize loads attachment name for the caller: a participant of its

@@ -10,8 +10,9 @@ import (
 // A minimal reader of the directory of a Compound File Binary (OLE2) file
 // ([MS-CFB]), the container of legacy .doc, .xls and .ppt files: enough to
 // list the names of its storages and streams. Every offset and count is
-// checked against the file's size, and chains are bounded, so a crafted file
-// cannot make it loop or read far.
+// checked against the file's size, and every chain is walked at most once
+// per sector actually in the file (a chain that revisits a sector is
+// refused), so a crafted file cannot make it loop or read far.
 
 const (
 	cfbMaxRegSect  = 0xFFFFFFFA
@@ -67,11 +68,16 @@ func cfbNames(r io.ReaderAt, size int64) ([]string, error) {
 		fatSectors = append(fatSectors, le.Uint32(h[76+4*i:]))
 	}
 	buf := make([]byte, ssz)
+	// Every chain below is walked at most once per sector of the file, and a
+	// chain that comes back to a sector it has visited is malformed: the
+	// work is bounded by the file's real size, whatever its header claims.
+	difatSeen := make(map[uint32]bool)
 	next := le.Uint32(h[68:])
-	for hops := int64(0); int64(len(fatSectors)) < numFAT; hops++ {
-		if next > cfbMaxRegSect || hops > sectors {
+	for int64(len(fatSectors)) < numFAT {
+		if next > cfbMaxRegSect || difatSeen[next] || int64(len(difatSeen)) >= sectors {
 			return nil, errCFB
 		}
+		difatSeen[next] = true
 		if err := readSector(next, buf); err != nil {
 			return nil, err
 		}
@@ -81,7 +87,12 @@ func cfbNames(r io.ReaderAt, size int64) ([]string, error) {
 		}
 		next = le.Uint32(buf[ssz-4:])
 	}
-	fat := make([]uint32, 0, numFAT*ssz/4)
+	// Only the FAT entries of sectors that exist matter: read no more FAT
+	// sectors than cover the file.
+	perFAT := ssz / 4
+	need := (sectors + perFAT - 1) / perFAT
+	fatSectors = fatSectors[:min(int64(len(fatSectors)), need)]
+	fat := make([]uint32, 0, int64(len(fatSectors))*perFAT)
 	for _, s := range fatSectors {
 		if err := readSector(s, buf); err != nil {
 			return nil, err
@@ -90,14 +101,17 @@ func cfbNames(r io.ReaderAt, size int64) ([]string, error) {
 			fat = append(fat, le.Uint32(buf[i:]))
 		}
 	}
+	fat = fat[:min(int64(len(fat)), sectors)]
 
-	// Walk the directory chain.
+	// Walk the directory chain: each sector at most once.
 	var names []string
+	seen := make([]bool, len(fat))
 	s := le.Uint32(h[48:])
-	for hops := 0; s != cfbEndOfChain; hops++ {
-		if hops > len(fat) || int(s) >= len(fat) || len(names) > cfbMaxEntries {
+	for s != cfbEndOfChain {
+		if int64(s) >= int64(len(fat)) || seen[s] || len(names) > cfbMaxEntries {
 			return nil, errCFB
 		}
+		seen[s] = true
 		if err := readSector(s, buf); err != nil {
 			return nil, err
 		}

@@ -66,6 +66,15 @@ type Repository interface {
 	AddLinks(ctx context.Context, links ...Link) error
 	// Record writes events that go with no change (accesses, refusals).
 	Record(ctx context.Context, evs ...Event) error
+	// PendingBytes is the total size of uploader's attachments that no
+	// message carries.
+	PendingBytes(ctx context.Context, practice, uploader string) (int64, error)
+	// Unattached returns up to limit attachments created before before
+	// that no message carries, oldest first (practice, id and uploader set).
+	Unattached(ctx context.Context, before time.Time, limit int) ([]Attachment, error)
+	// DeleteUnattached removes an attachment's row if still no message
+	// carries it, and reports whether it did.
+	DeleteUnattached(ctx context.Context, practice, id string) (bool, error)
 }
 
 // Errors. Messages are for the person at the screen and never carry PHI.

@@ -209,9 +209,10 @@ func WithExtension(filename string, t FileType) string {
 // fly whether the whole is valid UTF-8 text. ZIP and OLE2 containers are
 // named by Finish, which reads their directory from the stored file.
 type Sniffer struct {
-	head []byte
-	size int64
-	text textCheck
+	head   []byte
+	size   int64
+	text   textCheck
+	markup markupCheck
 }
 
 // NewSniffer returns an empty sniffer.
@@ -226,6 +227,7 @@ func (s *Sniffer) Write(p []byte) (int, error) {
 	}
 	s.size += int64(len(p))
 	s.text.write(p)
+	s.markup.write(p)
 	return len(p), nil
 }
 
@@ -237,7 +239,7 @@ func (s *Sniffer) Ready() bool { return len(s.head) >= SniffBytes }
 // declared Content-Type. A file that passes may still fail Finish.
 func (s *Sniffer) Check(filename, declared string) error {
 	fam := familyOf(s.head)
-	if fam == famText && !s.text.ok {
+	if fam == famText && (!s.text.ok || s.markup.found || looksActive(s.head)) {
 		return ErrUnsupported
 	}
 	for _, t := range fam.candidates() {
@@ -259,7 +261,7 @@ func (s *Sniffer) Finish(r io.ReaderAt, filename, declared string) (FileType, er
 	case famNone:
 		return FileType{}, ErrUnsupported
 	case famText:
-		if !s.text.valid() {
+		if !s.text.valid() || s.markup.found || looksActive(s.head) {
 			return FileType{}, ErrUnsupported
 		}
 		t = TypeText
@@ -283,6 +285,62 @@ func (s *Sniffer) Finish(r io.ReaderAt, filename, declared string) (FileType, er
 		return FileType{}, ErrUnsupported
 	}
 	return t, nil
+}
+
+// looksActive reports whether text starts like a document a browser or a
+// shell would run: HTML (the WHATWG sniffing table's tags), SVG or XML, or a
+// script with a "#!" line. Such a file is refused whatever its declared
+// type or name: served back, it could run in someone's browser.
+func looksActive(head []byte) bool {
+	t := bytes.TrimLeft(bytes.TrimPrefix(head, []byte("\xEF\xBB\xBF")), " \t\r\n\f")
+	if bytes.HasPrefix(t, []byte("#!")) {
+		return true
+	}
+	if len(t) == 0 || t[0] != '<' {
+		return false
+	}
+	low := bytes.ToLower(t[:min(len(t), 16)])
+	for _, tag := range activeTags {
+		if rest, ok := bytes.CutPrefix(low, []byte(tag)); ok {
+			if tag == "<!--" || tag == "<?xml" || len(rest) == 0 || rest[0] == ' ' || rest[0] == '>' ||
+				rest[0] == '\t' || rest[0] == '\n' || rest[0] == '\r' || rest[0] == '/' {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// activeTags open an HTML, XML or SVG document (WHATWG MIME sniffing, plus
+// XML and SVG).
+var activeTags = []string{"<!doctype html", "<html", "<head", "<script", "<iframe", "<h1", "<div", "<font",
+	"<table", "<a", "<style", "<title", "<b", "<body", "<br", "<p", "<!--", "<?xml", "<svg", "<object", "<embed"}
+
+// markupNeedles are tags that make text a live document wherever they are.
+var markupNeedles = [][]byte{[]byte("<script"), []byte("<svg"), []byte("<html"), []byte("<iframe"),
+	[]byte("<!doctype html"), []byte("<object"), []byte("<embed")}
+
+// markupCheck finds markupNeedles anywhere in a stream, case-insensitively,
+// across chunk boundaries, keeping only the last few bytes.
+type markupCheck struct {
+	found bool
+	tail  []byte
+}
+
+func (c *markupCheck) write(p []byte) {
+	const keep = 15 // longest needle - 1
+	for len(p) > 0 && !c.found {
+		n := min(len(p), 64<<10)
+		buf := append(c.tail, bytes.ToLower(p[:n])...)
+		for _, needle := range markupNeedles {
+			if bytes.Contains(buf, needle) {
+				c.found = true
+				return
+			}
+		}
+		c.tail = append(c.tail[:0], buf[max(0, len(buf)-keep):]...)
+		p = p[n:]
+	}
 }
 
 // textCheck validates UTF-8 across chunk boundaries and looks for NULs.

@@ -151,3 +151,37 @@ func TestSniffRefusesHugeZipDirectories(t *testing.T) {
 	_, err = sniff(tf.Zip(entries[:100]...), 64<<10, "ok.docx", "")
 	require.NoError(t, err)
 }
+
+// TestHTMLDeclaredPlainTextIsRefused: bytes that are HTML, SVG or a script
+// are UNSUPPORTED_FILE_TYPE whatever the declared type and name (an HTML
+// document declared text/plain was stored before).
+func TestHTMLDeclaredPlainTextIsRefused(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("Post-op care: rinse gently.\n", 40)
+	tests := []struct {
+		name, data, filename, declared string
+	}{
+		{"html as text", "<!DOCTYPE html><html><body><script>alert(1)</script></body></html>", "notes.txt", "text/plain"},
+		{"html without doctype", "<html><body>hi</body></html>", "notes.txt", "text/plain"},
+		{"html tag after BOM and spaces", "\xEF\xBB\xBF  \n<HTML>hi", "notes.txt", "text/plain"},
+		{"svg", `<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>`, "pic.txt", "text/plain"},
+		{"xml svg", `<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>`, "pic.txt", ""},
+		{"script late in the file", long + "<ScRiPt>alert(1)</script>", "notes.txt", "text/plain"},
+		{"svg late in a csv", long + "a,<svg onload=x>", "list.csv", "text/csv"},
+		{"shell script", "#!/bin/sh\nrm -rf /\n", "run.txt", "text/plain"},
+		{"html as csv", "<table><tr><td>1</td></tr></table>", "list.csv", "text/csv"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			for _, chunk := range []int{1, 7, 64 << 10} {
+				_, err := sniff([]byte(tc.data), chunk, tc.filename, tc.declared)
+				require.ErrorIs(t, err, domain.ErrUnsupported, "chunk %d", chunk)
+			}
+		})
+	}
+	// Text that merely mentions angle brackets is still text.
+	got, err := sniff([]byte("Dose < 5 mg; see <b>notes</b> a<b\n"), 7, "notes.txt", "text/plain")
+	require.NoError(t, err)
+	require.Equal(t, domain.TypeText.ContentType, got.ContentType)
+}

@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/clinicchat/clinicchat/services/attachment/internal/domain"
 	"github.com/clinicchat/clinicchat/services/attachment/internal/store/migrations"
@@ -104,4 +105,52 @@ func (s *Store) Record(ctx context.Context, evs ...domain.Event) error {
 		return nil
 	}
 	return s.db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, evs) })
+}
+
+// notLinked is the condition of an attachment (alias a) no message carries.
+const notLinked = `NOT EXISTS (SELECT 1 FROM attachment_links l WHERE l.practice = a.practice AND l.attachment_id = a.id)`
+
+// PendingBytes implements domain.Repository.
+func (s *Store) PendingBytes(ctx context.Context, practice, uploader string) (int64, error) {
+	var n int64
+	err := s.db.QueryRow(ctx, `SELECT COALESCE(SUM(a.size_bytes), 0) FROM attachments a
+		WHERE a.practice = ? AND a.uploader = ? AND `+notLinked, practice, uploader).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("pending upload bytes: %w", err)
+	}
+	return n, nil
+}
+
+// Unattached implements domain.Repository.
+func (s *Store) Unattached(ctx context.Context, before time.Time, limit int) ([]domain.Attachment, error) {
+	rows, err := s.db.Query(ctx, `SELECT a.practice, a.id, a.uploader FROM attachments a
+		WHERE a.create_time < ? AND `+notLinked+` ORDER BY a.create_time LIMIT ?`, sqldb.Micros(before), limit)
+	if err != nil {
+		return nil, fmt.Errorf("list unattached uploads: %w", err)
+	}
+	defer rows.Close()
+	var out []domain.Attachment
+	for rows.Next() {
+		var a domain.Attachment
+		if err := rows.Scan(&a.Practice, &a.ID, &a.Uploader); err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// DeleteUnattached implements domain.Repository.
+func (s *Store) DeleteUnattached(ctx context.Context, practice, id string) (bool, error) {
+	var n int64
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		res, err := tx.Exec(ctx, `DELETE FROM attachments WHERE practice = ? AND id = ? AND NOT EXISTS
+			(SELECT 1 FROM attachment_links l WHERE l.practice = ? AND l.attachment_id = ?)`, practice, id, practice, id)
+		if err != nil {
+			return fmt.Errorf("delete unattached upload: %w", err)
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return n == 1, err
 }

@@ -203,3 +203,37 @@ func XLS() []byte { return CFB("Workbook") }
 
 // MSI is a compound file that is no document (an installer's tables).
 func MSI() []byte { return CFB("\u4840\u3f3f\u4577") }
+
+// CraftedDOC is a hostile compound file of the given number of 512-byte
+// sectors after its header, named like a Word document: it declares one FAT
+// sector per sector of the file (all the same zero-filled sector, listed by
+// a DIFAT sector that points to itself), so its FAT is sectors×128 entries
+// long, and its directory chain loops on one sector forever. A reader that
+// bounds the directory walk by the FAT's length instead of the file's
+// sectors does millions of reads.
+func CraftedDOC(sectors int) []byte {
+	const ssz = 512
+	le := binary.LittleEndian
+	out := make([]byte, ssz*(sectors+1))
+	h := out[:ssz]
+	copy(h, []byte{0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1})
+	le.PutUint16(h[24:], 0x3E)
+	le.PutUint16(h[26:], 3)
+	le.PutUint16(h[28:], 0xFFFE)
+	le.PutUint16(h[30:], 9)
+	le.PutUint16(h[32:], 6)
+	le.PutUint32(h[44:], uint32(sectors)) // as many FAT sectors as the file has
+	le.PutUint32(h[48:], 1)               // directory at sector 1
+	le.PutUint32(h[56:], 4096)
+	le.PutUint32(h[60:], 0xFFFFFFFE)
+	le.PutUint32(h[68:], 0) // the DIFAT chain starts at sector 0
+	for i := range 109 {
+		le.PutUint32(h[76+4*i:], 1) // every FAT sector is sector 1 (zeros)
+	}
+	difat := out[ssz : 2*ssz] // sector 0
+	for i := 0; i < ssz-4; i += 4 {
+		le.PutUint32(difat[i:], 1)
+	}
+	le.PutUint32(difat[ssz-4:], 0) // next DIFAT sector: itself
+	return out
+}

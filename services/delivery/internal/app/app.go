@@ -155,6 +155,7 @@ func (a *App) Send(ctx context.Context, r SendRequest) (domain.Message, error) {
 	if !who.IsStaff() && !who.IsSystem() && !who.IsPatient() {
 		return domain.Message{}, errs.PermissionDenied("This role cannot send messages")
 	}
+	r.Text = domain.NormalizeText(r.Text)
 	hasArtifact := r.ArtifactType != 0 || r.ArtifactRef != ""
 	if err := domain.ValidateSend(r.Text, len(r.Attachments), hasArtifact, r.RequestID); err != nil {
 		return domain.Message{}, err
@@ -406,6 +407,15 @@ func (a *App) ListArtifacts(ctx context.Context, parent string, typ int, pageSiz
 	}
 	if a.artifacts == nil {
 		return nil, domain.ErrNoArtifactSource
+	}
+	// The patient must be one of the caller's practice (the preferences
+	// service answers as the caller): another practice's, or an invented
+	// id, is NOT_FOUND before the practice system is asked.
+	if _, err := a.patients.Status(ctx, p[0]); err != nil {
+		if errors.Is(err, errs.NotFound("")) {
+			return nil, a.refuse(ctx, who, "artifact.list", parent, errs.NotFound("Patient not found"))
+		}
+		return nil, err
 	}
 	if pageSize <= 0 {
 		pageSize = 10

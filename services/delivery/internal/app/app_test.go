@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -29,7 +30,11 @@ func (f fakeConversations) Resolve(_ context.Context, id string) (app.Conversati
 type fakePatients map[string]*app.PatientStatus
 
 func (f fakePatients) Status(_ context.Context, id string) (app.PatientStatus, error) {
-	return *f[id], nil
+	p, ok := f[id]
+	if !ok {
+		return app.PatientStatus{}, errs.NotFound("Patient not found")
+	}
+	return *p, nil
 }
 
 type fakeArtifacts struct{}
@@ -41,8 +46,10 @@ func (fakeArtifacts) Get(_ context.Context, _, _ string, typ int, ref string) (d
 	return domain.Artifact{Type: typ, Ref: ref, Title: "Cleaning with Dr. Lee", Date: "2026-12-01"}, nil
 }
 
+// List answers for any patient, as the demo provider does: the caller must
+// check the patient first.
 func (fakeArtifacts) List(context.Context, string, string, int, int) ([]domain.Artifact, error) {
-	return nil, nil
+	return []domain.Artifact{{Type: 1, Ref: "appt-1", Title: "Cleaning with Dr. Lee"}}, nil
 }
 
 type fixture struct {
@@ -184,4 +191,34 @@ func TestSenderDisplayName(t *testing.T) {
 			require.Equal(t, c.want, got.GetSenderDisplayName(), "stored with the message")
 		})
 	}
+}
+
+// TestWhitespaceOnlyTextIsEmpty: text of spaces, line breaks or invisible
+// characters alone is refused as empty (it was stored as a blank bubble).
+func TestWhitespaceOnlyTextIsEmpty(t *testing.T) {
+	f := newFixture(t)
+	for i, text := range []string{" ", "\n\t  \r\n", "\u00a0\u3000", "\u200b\ufeff "} {
+		_, err := f.app.Send(f.staff, app.SendRequest{Parent: "conversations/c1", Text: text, RequestID: fmt.Sprint("ws", i)})
+		require.Equal(t, errs.ReasonInvalidArgument, errs.Reason(err), "%q", text)
+	}
+	// With an artifact, white space alone is stored as no text.
+	m, err := f.app.Send(f.staff, app.SendRequest{Parent: "conversations/c1", Text: "  \n", RequestID: "ws-art",
+		ArtifactType: 1, ArtifactRef: "appt-1"})
+	require.NoError(t, err)
+	require.Empty(t, m.Text)
+	list, err := f.repo.List(context.Background(), "p1", "c1", 0, 100)
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+}
+
+// TestArtifactsOfUnknownPatientAreNotFound: a patient who is not one of the
+// caller's practice (the preferences service does not know them for the
+// caller) gets NOT_FOUND, not the practice system's records.
+func TestArtifactsOfUnknownPatientAreNotFound(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.app.ListArtifacts(f.staff, "patients/made-up", 1, 10)
+	require.Equal(t, errs.ReasonNotFound, errs.Reason(err))
+	arts, err := f.app.ListArtifacts(f.staff, "patients/pat", 1, 10)
+	require.NoError(t, err)
+	require.Len(t, arts, 1)
 }

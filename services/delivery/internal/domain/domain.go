@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"github.com/clinicchat/clinicchat/services/platform/eventtype"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/clinicchat/clinicchat/services/platform/errs"
@@ -92,6 +94,18 @@ func ContentHash(conversationID, text string, sensitive bool, attachments []stri
 	b, _ := json.Marshal([]any{conversationID, text, sensitive, attachments, artifactType, artifactRef})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// NormalizeText returns "" for text that is only white space (Unicode
+// spaces, line breaks, and the invisible zero-width characters and BOM), so
+// such text counts as empty; other text is returned unchanged.
+func NormalizeText(text string) string {
+	if strings.TrimFunc(text, func(r rune) bool {
+		return unicode.IsSpace(r) || r == '\u200B' || r == '\u200C' || r == '\u200D' || r == '\u2060' || r == '\uFEFF'
+	}) == "" {
+		return ""
+	}
+	return text
 }
 
 // ValidateSend checks a send's shape (SPEC.md message rules).
