@@ -166,8 +166,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	switch httpCode {
 	case http.StatusTooManyRequests:
-		wait := max(errs.RetryAfter(st.Err()), time.Second)
-		w.Header().Set("Retry-After", strconv.FormatInt(int64((wait+time.Second-1)/time.Second), 10))
+		if w.Header().Get("Retry-After") == "" { // a handler may know better (event streams)
+			wait := max(errs.RetryAfter(st.Err()), time.Second)
+			w.Header().Set("Retry-After", strconv.FormatInt(int64((wait+time.Second-1)/time.Second), 10))
+		}
 		s.metrics.limited.WithLabelValues(limitOf(st)).Inc()
 	case http.StatusRequestEntityTooLarge:
 		s.metrics.limited.WithLabelValues(strings.ToLower(errs.Reason(st.Err()))).Inc()

@@ -27,6 +27,7 @@ import (
 
 	artifactv1 "github.com/clinicchat/clinicchat/proto/clinicchat/artifact/v1"
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
 	"github.com/clinicchat/clinicchat/services/delivery"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
@@ -99,8 +100,18 @@ func startDelivery(t *testing.T, cfg delivery.ArtifactProviderConfig) (deliveryv
 	unused, err := grpcx.Dial("127.0.0.1:1")
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = unused.Close() })
+	// The directory knows the patient (ListArtifacts checks the patient is
+	// of the caller's practice before it asks the practice system).
+	dirSrv := grpc.NewServer()
+	preferencesv1.RegisterPreferencesServiceServer(dirSrv, fakeDirectory{})
+	dirLis := bufconn.Listen(1 << 20)
+	go func() { _ = dirSrv.Serve(dirLis) }()
+	t.Cleanup(dirSrv.Stop)
+	directory, err := grpcx.DialListener(dirLis.DialContext)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = directory.Close() })
 	svc, err := delivery.New(ctx, delivery.Config{DatabaseDSN: filepath.Join(t.TempDir(), "delivery.db"), StepUpWindow: time.Minute},
-		delivery.Deps{Log: testkit.Logger(t), JS: js, Conversations: unused, Preferences: unused, Attachments: unused, Artifacts: artifacts})
+		delivery.Deps{Log: testkit.Logger(t), JS: js, Conversations: unused, Preferences: directory, Attachments: unused, Artifacts: artifacts})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = svc.Close() })
 	srv := grpcx.NewServer(testkit.Logger(t), verifier)
@@ -194,4 +205,14 @@ func TestArtifactProviderConfigNeedsServiceCredential(t *testing.T) {
 	cfg = delivery.ArtifactProviderConfig{Addr: "pms.example:443", TokenFile: "t", OAuthTokenURL: "https://idp/token"}
 	require.ErrorContains(t, cfg.Validate(), "exclude each other")
 	require.NoError(t, (&delivery.ArtifactProviderConfig{}).Validate(), "no provider: nothing to configure")
+}
+
+// fakeDirectory is a PreferencesService that knows every patient (a
+// hand-written fake of delivery's directory port).
+type fakeDirectory struct {
+	preferencesv1.UnimplementedPreferencesServiceServer
+}
+
+func (fakeDirectory) GetPatient(_ context.Context, r *preferencesv1.GetPatientRequest) (*preferencesv1.Patient, error) {
+	return &preferencesv1.Patient{Name: r.GetName(), DisplayName: "Alice Johnson", HasPortalAccount: true, ChatOptIn: true}, nil
 }

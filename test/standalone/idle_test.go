@@ -85,8 +85,11 @@ func TestIdleStackOnPostgresDoesNotSpin(t *testing.T) {
 		delivery.Deps{Log: log, JS: js, Conversations: servers["conversation"].conn,
 			Preferences: servers["preferences"].conn, Attachments: servers["attachment"].conn})
 	build("delivery", d, err)
+	kek := filepath.Join(t.TempDir(), "attachment.kek")
+	_, err = attachment.EnsureDevKEK(kek)
+	require.NoError(t, err)
 	a, err := attachment.New(ctx, attachment.Config{DatabaseDSN: dsn["attachment"], BlobDir: t.TempDir(),
-		StepUpWindow: 5 * time.Minute}, attachment.Deps{Log: log, JS: js, Conversations: servers["conversation"].conn})
+		StepUpWindow: 5 * time.Minute, Encryption: attachment.Encryption{KEKFile: kek}}, attachment.Deps{Log: log, JS: js, Conversations: servers["conversation"].conn})
 	build("attachment", a, err)
 	key := filepath.Join(t.TempDir(), "audit.key")
 	require.NoError(t, audit.EnsureDevSignerKey(key, ""))

@@ -2,8 +2,11 @@ package allinone_test
 
 import (
 	"context"
+	"github.com/clinicchat/clinicchat/services/attachment"
+	"github.com/clinicchat/clinicchat/services/audit"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -58,11 +61,20 @@ func TestDemoProviderOnlyInDevMode(t *testing.T) {
 		}
 		return out
 	}
+	// The demo provider runs on its own in-process server that only the
+	// delivery service reaches, with its own credential: never on the
+	// public address, in dev mode or not.
 	const provider = "clinicchat.artifact.v1.ArtifactProviderService"
-	require.Contains(t, services(start(t, t.TempDir())), provider)
+	require.NotContains(t, services(start(t, t.TempDir())), provider)
 	prod := startWith(t, t.TempDir(), func(c *allinone.Config) {
 		c.Dev = false
-		c.JWKSURL, c.JWTIssuer = "http://127.0.0.1:1/jwks.json", "https://issuer.example"
+		c.JWKSURL, c.JWTIssuer, c.JWTAudience = "http://127.0.0.1:1/jwks.json", "https://issuer.example", "clinicchat"
+		// Without dev mode the operator provides the keys.
+		c.KeysDir = t.TempDir()
+		c.AuditSigningKeyFile, c.AttachmentKEKFile = filepath.Join(c.KeysDir, "audit.key"), filepath.Join(c.KeysDir, "kek")
+		require.NoError(t, audit.EnsureDevSignerKey(c.AuditSigningKeyFile, audit.DefaultSignerName))
+		_, err := attachment.EnsureDevKEK(c.AttachmentKEKFile)
+		require.NoError(t, err)
 	})
 	require.Nil(t, prod.DevIssuer)
 	require.NotContains(t, services(prod), provider)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/bench"
+	"github.com/clinicchat/clinicchat/services/platform/ratelimit"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
@@ -20,7 +21,8 @@ import (
 // or duplicated message or any error, never on a time.
 func TestBenchFindsNothingLost(t *testing.T) {
 	cfg := allinone.Config{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: t.TempDir(), Dev: true,
-		ArchiveAfter: 8760 * time.Hour, ArchiveSweepInterval: time.Hour, StepUpWindow: 5 * time.Minute, DrainTimeout: 5 * time.Second}
+		ArchiveAfter: 8760 * time.Hour, ArchiveSweepInterval: time.Hour, StepUpWindow: 5 * time.Minute, DrainTimeout: 5 * time.Second,
+		Limits: ratelimit.Config{SendsPerSecond: 1e9, SendBurst: 1e9, UploadBytesPerMinute: ratelimit.DefaultUploadBytesPerMin}} // load, not people
 	in, err := allinone.Start(context.Background(), cfg, testkit.Logger(t))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = in.Stop() })

@@ -353,6 +353,7 @@ func (c *Cluster) startService(svc, name string, authArgs []string) error {
 	if err != nil {
 		return err
 	}
+	args = append(args, c.cfg.ServiceArgs...)
 	return c.start(name, svc, append(args, authArgs...)...)
 }
 
@@ -463,6 +464,23 @@ func childEnv() []string {
 		}
 	}
 	return env
+}
+
+// PIDs are the running processes' ids by name (for measurements).
+func (c *Cluster) PIDs() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]int{}
+	for name, p := range c.procs {
+		if p.cmd != nil && p.cmd.Process != nil {
+			select {
+			case <-p.done:
+			default:
+				out[name] = p.cmd.Process.Pid
+			}
+		}
+	}
+	return out
 }
 
 // Done is closed when a process exits without being asked to; Err says which.

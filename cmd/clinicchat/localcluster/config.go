@@ -39,6 +39,9 @@ type Config struct {
 	LogLevel             string
 	// BinDir holds the binaries (Build); empty: build them into DataDir/bin.
 	BinDir string
+	// ServiceArgs are extra flags for every service process (e.g. load
+	// tests raise the per-identity --limit-sends-per-second).
+	ServiceArgs []string
 }
 
 // Flags registers the flags of deploy/local/up.

@@ -127,9 +127,16 @@ func env(c *localcluster.Cluster) e2e.Env {
 // the middle of sends. Archiving is checked after restarting conversation
 // with a short --archive-after.
 func TestDistributedStack(t *testing.T) {
-	c := start(t, func(cfg *localcluster.Config) { cfg.DeliveryReplicas = 2 })
+	var prefix string
+	c := start(t, func(cfg *localcluster.Config) {
+		cfg.DeliveryReplicas = 2
+		prefix = cfg.DBPrefix
+		// The kill test sends as fast as the machine goes: load, not people.
+		cfg.ServiceArgs = []string{"--limit-sends-per-second", "1e9", "--limit-send-burst", "1000000000"}
+	})
 	e := env(c)
 
+	t.Run("IdleDoesNotSpin", func(t *testing.T) { idle(t, c, prefix) })
 	e2e.Run(t, e)
 	t.Run("GRPCEdge", func(t *testing.T) { grpcEdge(t, c) })
 	t.Run("DeliveryReplicaKilledMidSends", func(t *testing.T) { replicaKilled(t, c, e) })
@@ -244,4 +251,76 @@ func replicaKilled(t *testing.T, c *localcluster.Cluster, e e2e.Env) {
 	}
 	// The gateway keeps answering through the surviving replica.
 	staff.Send(conv.Name, "after the kill", e2e.ReqID("after", 0))
+}
+
+// idleCommitsPerSecond bounds each service database's commits at rest. The
+// relay's poll is one read a second; preferences shows ~10/s in this stack
+// (not in test/standalone's one-process composition, where it is ~2/s) —
+// still unexplained, see BENCHMARKS.md. Before issue 17 it was thousands.
+const idleCommitsPerSecond = 15
+
+// idle asserts that the stack at rest commits at most a few transactions
+// per second per service database (pg_stat_database.xact_commit) and that
+// all its processes together use well under a core: no outbox relay,
+// consumer or sweeper spins (issue 17). It prints both figures.
+func idle(t *testing.T, c *localcluster.Cluster, prefix string) {
+	db, err := sql.Open("pgx", pgURL(t))
+	require.NoError(t, err)
+	defer db.Close()
+	commits := func() map[string]int64 {
+		rows, err := db.Query(`SELECT datname, xact_commit FROM pg_stat_database WHERE datname LIKE $1`, prefix+"\\_%")
+		require.NoError(t, err)
+		defer rows.Close()
+		out := map[string]int64{}
+		for rows.Next() {
+			var name string
+			var n int64
+			require.NoError(t, rows.Scan(&name, &n))
+			out[name] = n
+		}
+		require.NoError(t, rows.Err())
+		return out
+	}
+	cpu := func() time.Duration {
+		var total time.Duration
+		for _, pid := range c.PIDs() {
+			raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+			if err != nil {
+				continue // not Linux, or the process is gone
+			}
+			s := string(raw)
+			f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+			var ut, st int64
+			_, _ = fmt.Sscan(f[11], &ut)
+			_, _ = fmt.Sscan(f[12], &st)
+			total += time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ = 100
+		}
+		return total
+	}
+	// Let start-up work (migrations, the demo seed, consumers catching up)
+	// finish: the window starts once a second passes with few commits.
+	prev := commits()
+	require.Eventually(t, func() bool {
+		cur := commits()
+		quiet := true
+		for k, v := range cur {
+			quiet = quiet && v-prev[k] <= idleCommitsPerSecond
+		}
+		prev = cur
+		return quiet
+	}, 60*time.Second, time.Second, "the stack never became idle")
+	c0, cpu0, t0 := commits(), cpu(), time.Now()
+	window := 4 * time.Second
+	timer := time.NewTimer(window)
+	<-timer.C
+	c1, cpu1, el := commits(), cpu(), time.Since(t0)
+	require.Len(t, c1, len(localcluster.Services), "one database per service")
+	for name, n := range c1 {
+		rate := float64(n-c0[name]) / el.Seconds()
+		t.Logf("idle %s: %.1f commits/s", name, rate)
+		require.LessOrEqual(t, rate, float64(idleCommitsPerSecond), "%s commits %.1f transactions/s at rest", name, rate)
+	}
+	share := float64(cpu1-cpu0) / float64(el)
+	t.Logf("idle CPU of every process together: %.1f%% of one core", 100*share)
+	require.Less(t, share, 0.10, "the stack at rest uses %.1f%% of a core", 100*share)
 }
