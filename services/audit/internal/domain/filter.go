@@ -1,7 +1,6 @@
 package domain
 
 import (
-	"strconv"
 	"strings"
 	"time"
 
@@ -108,9 +107,25 @@ func (f Filter) String() string {
 		if c.Field == FieldTime {
 			v = c.Time.UTC().Format(time.RFC3339Nano)
 		}
-		parts[i] = string(c.Field) + string(c.Op) + strconv.Quote(v)
+		parts[i] = string(c.Field) + string(c.Op) + quote(v)
 	}
 	return strings.Join(parts, " AND ")
+}
+
+// quote writes v as the grammar reads it back: double quotes around it,
+// with only \" and \\ escaped (strconv.Quote's \x00 would read as "x00").
+func quote(v string) string {
+	var b strings.Builder
+	b.Grow(len(v) + 2)
+	b.WriteByte('"')
+	for i := 0; i < len(v); i++ {
+		if v[i] == '"' || v[i] == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(v[i])
+	}
+	b.WriteByte('"')
+	return b.String()
 }
 
 // Match reports whether r satisfies every condition (the reference semantics
