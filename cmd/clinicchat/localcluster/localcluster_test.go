@@ -254,9 +254,10 @@ func replicaKilled(t *testing.T, c *localcluster.Cluster, e e2e.Env) {
 }
 
 // idleCommitsPerSecond bounds each service database's commits at rest. The
-// relay's poll is one read a second; preferences shows ~10/s in this stack
-// (not in test/standalone's one-process composition, where it is ~2/s) —
-// still unexplained, see BENCHMARKS.md. Before issue 17 it was thousands.
+// relay's poll is one read a second; in the seconds right after start-up
+// preferences still shows ~10/s (the demo seed's aftermath), and ~2/s once
+// the stack has stood a minute, like every service (BENCHMARKS.md). Before
+// issue 17 it was thousands.
 const idleCommitsPerSecond = 15
 
 // idle asserts that the stack at rest commits at most a few transactions
