@@ -36,7 +36,7 @@ func TestStaffMessageReachesPatientLive(t *testing.T) {
 	require.Equal(t, "users/dr-lee", sent.Sender)
 
 	ev := aliceEvents.next(t, "message.created")
-	got := ev.message(t)
+	got := eventMessage(t, ev)
 	require.Equal(t, sent.Name, got.Name)
 	require.Equal(t, "Your crown is ready for fitting", got.Text)
 	require.NotEmpty(t, ev.ID, "events carry a cursor")
@@ -59,7 +59,7 @@ func TestStaffMessageReachesPatientLive(t *testing.T) {
 	// Ordered streams: when jose's own message arrives first, alice's never came.
 	joseConv := staff.startConversation("jose")
 	marker := staff.send(joseConv.Name, "marker for jose", reqID("m", 1))
-	require.Equal(t, marker.Name, joseEvents.next(t, "message.created").message(t).Name)
+	require.Equal(t, marker.Name, eventMessage(t, joseEvents.next(t, "message.created")).Name)
 
 	otherPMS := h.asIn("pms", "system", "other-practice", 0)
 	var p map[string]any
@@ -69,7 +69,7 @@ func TestStaffMessageReachesPatientLive(t *testing.T) {
 	require.Equal(t, 200, zed.do("PATCH", "/v1/patients/zed/communicationPreferences", map[string]any{"chatOptIn": true}, &p))
 	zedConv := outsider.startConversation("zed")
 	zedMsg := outsider.send(zedConv.Name, "marker for the other practice", reqID("z", 1))
-	require.Equal(t, zedMsg.Name, outsiderEvents.next(t, "message.created").message(t).Name)
+	require.Equal(t, zedMsg.Name, eventMessage(t, outsiderEvents.next(t, "message.created")).Name)
 }
 
 // Twenty concurrent sends with one requestId store exactly one message.

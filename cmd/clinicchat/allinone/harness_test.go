@@ -1,20 +1,19 @@
 package allinone_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
+	"github.com/clinicchat/clinicchat/cmd/clinicchat/internal/e2e"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
@@ -167,13 +166,11 @@ type sse struct {
 	cancel context.CancelFunc
 }
 
-type sseEvent struct {
-	Type string
-	ID   string
-	Data map[string]json.RawMessage
-}
+// sseEvent is one server-sent event (e2e.ReadEvents parses them).
+type sseEvent = e2e.Event
 
-func (e sseEvent) message(t *testing.T) message {
+// eventMessage decodes the event's message.
+func eventMessage(t *testing.T, e sseEvent) message {
 	var m message
 	require.NoError(t, json.Unmarshal(e.Data["message"], &m))
 	return m
@@ -198,28 +195,7 @@ func (c *client) events(lastEventID string) *sse {
 	s := &sse{events: make(chan sseEvent, 1024), cancel: cancel}
 	go func() {
 		defer resp.Body.Close()
-		defer close(s.events)
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		var ev sseEvent
-		var data strings.Builder
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case line == "":
-				if ev.Type != "" {
-					_ = json.Unmarshal([]byte(data.String()), &ev.Data)
-					s.events <- ev
-				}
-				ev, data = sseEvent{}, strings.Builder{}
-			case strings.HasPrefix(line, "event:"):
-				ev.Type = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
-			case strings.HasPrefix(line, "id:"):
-				ev.ID = strings.TrimSpace(strings.TrimPrefix(line, "id:"))
-			case strings.HasPrefix(line, "data:"):
-				data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
-			}
-		}
+		e2e.ReadEvents(resp.Body, s.events)
 	}()
 	c.t.Cleanup(cancel)
 	return s

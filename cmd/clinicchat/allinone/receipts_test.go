@@ -11,7 +11,7 @@ func waitStatus(t *testing.T, s *sse, name, status string) message {
 	t.Helper()
 	for {
 		ev := s.next(t, "message.updated")
-		m := ev.message(t)
+		m := eventMessage(t, ev)
 		if m.Name == name && m.Status == status {
 			return m
 		}
@@ -33,7 +33,7 @@ func TestReceiptsBothWays(t *testing.T) {
 	aliceEvents := alice.events("")
 
 	sent := staff.send(conv.Name, "Please confirm Tuesday 10:00", reqID("r", 1))
-	require.Equal(t, sent.Name, aliceEvents.next(t, "message.created").message(t).Name)
+	require.Equal(t, sent.Name, eventMessage(t, aliceEvents.next(t, "message.created")).Name)
 	waitStatus(t, staffEvents, sent.Name, "DELIVERED")
 
 	var c conversation
@@ -49,7 +49,7 @@ func TestReceiptsBothWays(t *testing.T) {
 	// The reverse direction: any staff member reading counts.
 	reply := alice.send(conv.Name, "Confirmed, thank you", reqID("a", 1))
 	require.Equal(t, "patients/alice", reply.Sender)
-	require.Equal(t, reply.Name, staffEvents.next(t, "message.created").message(t).Name)
+	require.Equal(t, reply.Name, eventMessage(t, staffEvents.next(t, "message.created")).Name)
 	waitStatus(t, aliceEvents, reply.Name, "DELIVERED")
 	require.Equal(t, 200, colleague.do("POST", "/v1/"+conv.Name+":markRead", map[string]any{"upTo": reply.Name}, &c))
 	waitStatus(t, aliceEvents, reply.Name, "READ")
@@ -72,7 +72,7 @@ func TestReconnectResumesWithNothingMissed(t *testing.T) {
 	first := alice.events("")
 	m0 := staff.send(conv.Name, "before the disconnect", reqID("b", 0))
 	ev := first.next(t, "message.created")
-	require.Equal(t, m0.Name, ev.message(t).Name)
+	require.Equal(t, m0.Name, eventMessage(t, ev).Name)
 	cursor := ev.ID
 	first.cancel()
 
@@ -83,12 +83,12 @@ func TestReconnectResumesWithNothingMissed(t *testing.T) {
 	resumed := alice.events(cursor)
 	got := map[string]int{}
 	for len(got) < 50 {
-		m := resumed.next(t, "message.created").message(t)
+		m := eventMessage(t, resumed.next(t, "message.created"))
 		require.True(t, want[m.Name], "unexpected %s", m.Name)
 		got[m.Name]++
 	}
 	marker := staff.send(conv.Name, "after the reconnect", reqID("a", 0))
-	require.Equal(t, marker.Name, resumed.next(t, "message.created").message(t).Name, "nothing twice")
+	require.Equal(t, marker.Name, eventMessage(t, resumed.next(t, "message.created")).Name, "nothing twice")
 	for name, n := range got {
 		require.Equal(t, 1, n, name)
 	}

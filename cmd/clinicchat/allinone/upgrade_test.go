@@ -108,8 +108,8 @@ func TestUpgradeFromPreTenantSubjects(t *testing.T) {
 
 	// A stream resuming from before the upgrade gets both, once, in order.
 	resumed := staff.events(cursor)
-	require.Equal(t, m2.GetMessage().GetName(), resumed.next(t, "message.created").message(t).Name)
-	require.Equal(t, m3.GetMessage().GetName(), resumed.next(t, "message.created").message(t).Name)
+	require.Equal(t, m2.GetMessage().GetName(), eventMessage(t, resumed.next(t, "message.created")).Name)
+	require.Equal(t, m3.GetMessage().GetName(), eventMessage(t, resumed.next(t, "message.created")).Name)
 
 	admin := h.as("adam", "practice_admin")
 	for _, m := range []*deliveryv1.MessageCreated{m2, m3} {
@@ -119,7 +119,7 @@ func TestUpgradeFromPreTenantSubjects(t *testing.T) {
 		require.Len(t, admin.auditEvents(`resource="`+m.GetMessage().GetName()+`" AND action="message.send"`), 1)
 	}
 	after := staff.send(conv.Name, "after", reqID("u", 2))
-	next := resumed.next(t, "message.created").message(t)
+	next := eventMessage(t, resumed.next(t, "message.created"))
 	require.Equal(t, after.Name, next.Name, "nothing twice, then live")
 	require.Equal(t, "after", next.Text)
 }

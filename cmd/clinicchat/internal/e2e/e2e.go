@@ -210,31 +210,38 @@ func (c *Client) Events() *Stream {
 	s := &Stream{events: make(chan Event, 1024), cancel: cancel}
 	go func() {
 		defer resp.Body.Close()
-		defer close(s.events)
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		var ev Event
-		var data strings.Builder
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case line == "":
-				if ev.Type != "" {
-					_ = json.Unmarshal([]byte(data.String()), &ev.Data)
-					s.events <- ev
-				}
-				ev, data = Event{}, strings.Builder{}
-			case strings.HasPrefix(line, "event:"):
-				ev.Type = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
-			case strings.HasPrefix(line, "id:"):
-				ev.ID = strings.TrimSpace(strings.TrimPrefix(line, "id:"))
-			case strings.HasPrefix(line, "data:"):
-				data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
-			}
-		}
+		ReadEvents(resp.Body, s.events)
 	}()
 	c.t.Cleanup(cancel)
 	return s
+}
+
+// ReadEvents parses a text/event-stream body into out, one Event per
+// dispatched block (id-only blocks and comments are skipped), and closes
+// out when the body ends.
+func ReadEvents(body io.Reader, out chan<- Event) {
+	defer close(out)
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var ev Event
+	var data strings.Builder
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			if ev.Type != "" {
+				_ = json.Unmarshal([]byte(data.String()), &ev.Data)
+				out <- ev
+			}
+			ev, data = Event{}, strings.Builder{}
+		case strings.HasPrefix(line, "event:"):
+			ev.Type = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+		case strings.HasPrefix(line, "id:"):
+			ev.ID = strings.TrimSpace(strings.TrimPrefix(line, "id:"))
+		case strings.HasPrefix(line, "data:"):
+			data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
+		}
+	}
 }
 
 // Next waits for the next event of one of types (others are skipped).
