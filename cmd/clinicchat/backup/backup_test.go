@@ -1,6 +1,7 @@
 package backup_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"os"
@@ -89,7 +90,8 @@ func TestCapturesWhatOnlyJetStreamHolds(t *testing.T) {
 	require.NoError(t, os.MkdirAll(keysDir, 0o700))
 	require.NoError(t, os.WriteFile(filepath.Join(keysDir, "attachment.kek"), []byte("kek"), 0o600))
 	witness := filepath.Join(root, "witness.jsonl")
-	require.NoError(t, os.WriteFile(witness, []byte(`{"practice":"demo"}`+"\n"), 0o600))
+	// A checkpoint being appended at the cut (no newline yet) is left out.
+	require.NoError(t, os.WriteFile(witness, []byte(`{"practice":"demo"}`+"\n"+`{"practice":"de`), 0o600))
 
 	src := backup.Source{DataDir: dataDir, Databases: []string{"svc.db"}, BlobDir: filepath.Join(dataDir, "blobs"), AttachmentDB: "svc.db",
 		JS: js, WitnessFile: witness, Keys: map[string]string{"attachment.kek": filepath.Join(keysDir, "attachment.kek")}}
@@ -136,7 +138,7 @@ func TestCapturesWhatOnlyJetStreamHolds(t *testing.T) {
 	require.Equal(t, "sealed bytes", string(blob))
 	w, err := os.ReadFile(filepath.Join(root, "restored-witness.jsonl"))
 	require.NoError(t, err)
-	require.Contains(t, string(w), "demo")
+	require.Equal(t, `{"practice":"demo"}`+"\n", string(w))
 	rdb := openDB(t, filepath.Join(target.DataDir, "svc.db"))
 	var left []string
 	rows, err := rdb.Query(`SELECT id FROM outbox ORDER BY seq`)
@@ -169,4 +171,28 @@ func TestCapturesWhatOnlyJetStreamHolds(t *testing.T) {
 		require.Equal(t, id, msg.Header.Get(jetstream.MsgIDHeader))
 		require.Equal(t, "event "+id, string(msg.Data))
 	}
+}
+
+// The commands: usage on --help, required flags, a clear error when no
+// instance listens, and --check on something that is not an archive.
+func TestCommands(t *testing.T) {
+	var out, errOut bytes.Buffer
+	require.NoError(t, backup.Main("backup", []string{"--help"}, &out, &errOut))
+	require.Contains(t, errOut.String(), "Usage: clinicchat backup --out FILE")
+	require.NoError(t, backup.Main("restore", []string{"-h"}, &out, &errOut))
+	require.Contains(t, errOut.String(), "Usage: clinicchat restore --from FILE --data-dir DIR")
+	require.ErrorContains(t, backup.Main("backup", nil, &out, &errOut), "--out is required")
+	require.ErrorContains(t, backup.Main("restore", []string{"--data-dir", t.TempDir()}, &out, &errOut), "--from is required")
+
+	dir := t.TempDir()
+	err := backup.Main("backup", []string{"--data-dir", dir, "--out", filepath.Join(dir, "b.tar.gz")}, &out, &errOut)
+	require.ErrorContains(t, err, "is clinicchat running with this --data-dir?")
+	require.NoFileExists(t, filepath.Join(dir, "b.tar.gz.partial"), "a failed backup leaves no file")
+
+	junk := filepath.Join(dir, "junk.tar.gz")
+	require.NoError(t, os.WriteFile(junk, []byte("not an archive"), 0o600))
+	require.ErrorContains(t, backup.Main("restore", []string{"--check", "--from", junk}, &out, &errOut), "not a clinicchat backup")
+	target := filepath.Join(dir, "restored")
+	require.Error(t, backup.Main("restore", []string{"--from", junk, "--data-dir", target}, &out, &errOut))
+	require.NoDirExists(t, target)
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -94,7 +95,7 @@ func Restore(ctx context.Context, archive string, t Target, log *zap.Logger) (*M
 		return nil, err
 	}
 	for _, d := range m.Databases {
-		db, err := openSQLite(filepath.Join(staging, d.Name), "")
+		db, err := openSQLite(filepath.Join(staging, d.Name), "", 10*time.Second)
 		if err != nil {
 			return nil, fmt.Errorf("database %s: %w", d.Name, err)
 		}

@@ -2,6 +2,7 @@ package backup
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"database/sql"
@@ -54,8 +55,13 @@ type Options struct {
 	IncludeKeys bool
 }
 
-// cutTimeout bounds the wait for every database's write lock.
-const cutTimeout = 10 * time.Second
+// lockWait bounds the wait for one database's write lock; a cut that does
+// not get every lock releases them all and tries again (up to cutAttempts
+// times), so the services' writers (busy timeout 10 s) never wait long.
+const (
+	lockWait    = 2 * time.Second
+	cutAttempts = 5
+)
 
 // Write takes a consistent snapshot of src while it serves and writes the
 // archive to w. The cut:
@@ -77,6 +83,13 @@ const cutTimeout = 10 * time.Second
 //  5. the blobs are copied: blobs are written before their row commits and
 //     never change, so every attachment row of the snapshot has its blob.
 func Write(ctx context.Context, src Source, opts Options, w io.Writer) (*Manifest, error) {
+	// Scratch dirs of a backup cut off by a crash (one backup runs at a
+	// time, and one process serves a data dir).
+	if stale, err := filepath.Glob(filepath.Join(src.DataDir, ".backup-*")); err == nil {
+		for _, d := range stale {
+			_ = os.RemoveAll(d)
+		}
+	}
 	tmp, err := os.MkdirTemp(src.DataDir, ".backup-")
 	if err != nil {
 		return nil, fmt.Errorf("backup scratch dir: %w", err)
@@ -89,13 +102,27 @@ func Write(ctx context.Context, src Source, opts Options, w io.Writer) (*Manifes
 	if err != nil {
 		return nil, err
 	}
-	c, err := takeCut(ctx, src, streams, filepath.Join(tmp, "witness.jsonl"))
+	var c *cut
+	for attempt := 1; ; attempt++ {
+		if c, err = takeCut(ctx, src, streams); err == nil || attempt == cutAttempts || ctx.Err() != nil {
+			break
+		}
+		select { // a database was busy for lockWait: let its writer finish
+		case <-ctx.Done():
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		}
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cut: %w", err)
 	}
 	defer c.close()
 	m.CutMillis = float64(c.held.Microseconds()) / 1000
-	m.Witness = c.witness
+	if c.witnessSize >= 0 {
+		if err := copyPrefix(src.WitnessFile, filepath.Join(tmp, "witness.jsonl"), c.witnessSize); err != nil {
+			return nil, fmt.Errorf("witness file: %w", err)
+		}
+		m.Witness = true
+	}
 
 	// The databases, from their read transactions.
 	for i, name := range src.Databases {
@@ -223,11 +250,14 @@ func ackFloors(ctx context.Context, js jetstream.JetStream, streams []jetstream.
 
 // cut holds the read transactions of one instant.
 type cut struct {
-	pools   []*sql.DB
-	pins    []*sql.Conn
-	last    map[string]uint64
-	witness bool
-	held    time.Duration
+	pools []*sql.DB
+	pins  []*sql.Conn
+	last  map[string]uint64
+	// witnessSize is the witness file's size at the cut (-1: no file). The
+	// file is append-only, so its first witnessSize bytes are its content
+	// at the cut, copied after the locks are released.
+	witnessSize int64
+	held        time.Duration
 }
 
 func (c *cut) close() {
@@ -241,11 +271,11 @@ func (c *cut) close() {
 	c.pins, c.pools = nil, nil
 }
 
-func openSQLite(path string, extra string) (*sql.DB, error) {
+func openSQLite(path string, extra string, busy time.Duration) (*sql.DB, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, err // never create a database that is not there
 	}
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)"+extra)
+	db, err := sql.Open("sqlite", fmt.Sprintf("file:%s?_pragma=busy_timeout(%d)%s", path, busy.Milliseconds(), extra))
 	if err != nil {
 		return nil, err
 	}
@@ -254,11 +284,9 @@ func openSQLite(path string, extra string) (*sql.DB, error) {
 }
 
 // takeCut holds every database's write lock, opens a read transaction on
-// each, copies the witness file and reads each stream's last sequence.
-func takeCut(ctx context.Context, src Source, streams []jetstream.StreamConfig, witnessCopy string) (_ *cut, err error) {
-	ctx, cancel := context.WithTimeout(ctx, cutTimeout)
-	defer cancel()
-	c := &cut{last: map[string]uint64{}}
+// each, notes the witness file's size and each stream's last sequence.
+func takeCut(ctx context.Context, src Source, streams []jetstream.StreamConfig) (_ *cut, err error) {
+	c := &cut{last: map[string]uint64{}, witnessSize: -1}
 	var locks []*sql.Conn
 	release := func() {
 		for _, l := range locks {
@@ -275,7 +303,7 @@ func takeCut(ctx context.Context, src Source, streams []jetstream.StreamConfig, 
 	}()
 	for _, name := range src.Databases {
 		p := filepath.Join(src.DataDir, name)
-		lockPool, err := openSQLite(p, "")
+		lockPool, err := openSQLite(p, "", lockWait)
 		if err != nil {
 			return nil, fmt.Errorf("database %s: %w", name, err)
 		}
@@ -292,7 +320,7 @@ func takeCut(ctx context.Context, src Source, streams []jetstream.StreamConfig, 
 	}
 	start := time.Now()
 	for _, name := range src.Databases {
-		pinPool, err := openSQLite(filepath.Join(src.DataDir, name), "&_pragma=query_only(1)")
+		pinPool, err := openSQLite(filepath.Join(src.DataDir, name), "&_pragma=query_only(1)", lockWait)
 		if err != nil {
 			return nil, err
 		}
@@ -311,9 +339,9 @@ func takeCut(ctx context.Context, src Source, streams []jetstream.StreamConfig, 
 		}
 	}
 	if src.WitnessFile != "" {
-		switch err := copyFile(src.WitnessFile, witnessCopy); {
+		switch st, err := os.Stat(src.WitnessFile); {
 		case err == nil:
-			c.witness = true
+			c.witnessSize = st.Size()
 		case !errors.Is(err, fs.ErrNotExist):
 			return nil, fmt.Errorf("witness file: %w", err)
 		}
@@ -370,7 +398,7 @@ func snapshotDB(ctx context.Context, pin *sql.Conn, dst string) error {
 // checks it.
 func finishDB(ctx context.Context, p string, captured map[string]bool) (Database, error) {
 	var d Database
-	db, err := openSQLite(p, "")
+	db, err := openSQLite(p, "", 10*time.Second)
 	if err != nil {
 		return d, err
 	}
@@ -439,7 +467,7 @@ func integrityCheck(ctx context.Context, db *sql.DB) error {
 
 // attachmentIDs lists the attachments the snapshot knows.
 func attachmentIDs(ctx context.Context, p string) ([]string, error) {
-	db, err := openSQLite(p, "&_pragma=query_only(1)")
+	db, err := openSQLite(p, "&_pragma=query_only(1)", 10*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -556,6 +584,30 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// copyPrefix copies the first n bytes of src to dst, up to the last whole
+// line (a checkpoint being appended at the cut is left out: it is in the
+// database, and the next one covers it).
+func copyPrefix(src, dst string, n int64) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	buf, err := io.ReadAll(io.LimitReader(in, n))
+	if err != nil {
+		return err
+	}
+	if int64(len(buf)) != n {
+		return fmt.Errorf("%d bytes, %d at the cut: the file was cut short", len(buf), n)
+	}
+	if i := bytes.LastIndexByte(buf, '\n'); i >= 0 {
+		buf = buf[:i+1]
+	} else {
+		buf = nil
+	}
+	return os.WriteFile(dst, buf, 0o600)
 }
 
 func fileSHA256(p string) (string, error) {
