@@ -3,11 +3,13 @@ package allinone_test
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -16,9 +18,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
+	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/backup"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
@@ -123,7 +129,8 @@ func (c *client) download(name string) (int, string) {
 	return resp.StatusCode, hex.EncodeToString(h.Sum(nil))
 }
 
-// Patients send (some with files) while the all-in-one is backed up; the
+// Patients send (some with files) while the all-in-one is backed up, with
+// the audit service behind on their events (its consumer paused); the
 // archive restores into a fresh data dir where an all-in-one finds every
 // message acknowledged before the backup began — once —, every file
 // downloadable with its bytes, each send audited once, and the audit log
@@ -131,7 +138,8 @@ func (c *client) download(name string) (int, string) {
 // writing nothing.
 func TestBackupRestoreUnderLoad(t *testing.T) {
 	root := t.TempDir()
-	live := startWith(t, filepath.Join(root, "live"), nil)
+	natsAddr := freeLoopback(t)
+	live := startWith(t, filepath.Join(root, "live"), func(c *allinone.Config) { c.NATSListen = natsAddr })
 	h := harness{t: t, in: live}
 	staff := h.as("dr-lee", "dentist")
 	patients := []string{"alice", "jose", "emma", "john-smith-1"}
@@ -139,6 +147,18 @@ func TestBackupRestoreUnderLoad(t *testing.T) {
 	for _, p := range patients {
 		convs[p] = staff.startConversation(p).Name
 	}
+
+	// The audit service falls behind on the delivery stream (its consumer
+	// paused), so at the backup the sends' events live only in JetStream:
+	// published, gone from delivery's outbox, not yet in the audit log.
+	nc, err := nats.Connect("nats://" + natsAddr)
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	const auditDurable = "audit-delivery"
+	_, err = js.PauseConsumer(context.Background(), natsx.StreamDelivery, auditDurable, time.Now().Add(10*time.Minute))
+	require.NoError(t, err, "the audit service's consumer of the delivery stream")
 
 	var (
 		mu       sync.Mutex
@@ -210,6 +230,27 @@ func TestBackupRestoreUnderLoad(t *testing.T) {
 	}
 
 	waitSends(150)
+	deliveryDB, err := sql.Open("sqlite", "file:"+filepath.Join(root, "live", "delivery.db")+"?_pragma=query_only(1)")
+	require.NoError(t, err)
+	defer deliveryDB.Close()
+	var onlyInJetStream uint64
+	require.Eventually(t, func() bool { // no event to wait on: the relay deletes published rows once a second
+		var rows uint64
+		if deliveryDB.QueryRow("SELECT count(*) FROM outbox").Scan(&rows) != nil {
+			return false
+		}
+		ci, err := js.Consumer(context.Background(), natsx.StreamDelivery, auditDurable)
+		if err != nil {
+			return false
+		}
+		info, err := ci.Info(context.Background())
+		if err != nil {
+			return false
+		}
+		unread := info.NumPending + uint64(info.NumAckPending)
+		onlyInJetStream = unread - min(rows, unread)
+		return onlyInJetStream >= 50
+	}, 30*time.Second, 20*time.Millisecond, "events the audit service has not read are gone from delivery's outbox")
 	mu.Lock()
 	before := append([]loadSent(nil), acked...) // acknowledged before the backup began
 	mu.Unlock()
@@ -224,6 +265,11 @@ func TestBackupRestoreUnderLoad(t *testing.T) {
 	require.Empty(t, failures, "no send fails because of a backup")
 	mu.Unlock()
 	require.Empty(t, m.MissingBlobs)
+	for _, st := range m.Streams {
+		if st.Name == natsx.StreamDelivery {
+			require.GreaterOrEqual(t, uint64(st.Events), onlyInJetStream, "the archive carries the events only JetStream held")
+		}
+	}
 	require.True(t, m.KeysIncluded)
 	require.True(t, m.Witness)
 	require.Len(t, m.Databases, 5)
@@ -325,4 +371,13 @@ func eventCountOf(m *backup.Manifest) int {
 		n += s.Events
 	}
 	return n
+}
+
+// freeLoopback is a loopback address no one listens on (for --nats-listen).
+func freeLoopback(t *testing.T) string {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := lis.Addr().String()
+	require.NoError(t, lis.Close())
+	return addr
 }
