@@ -11,7 +11,6 @@ import (
 	"io"
 	"os"
 	"path"
-	"slices"
 	"strings"
 	"time"
 )
@@ -101,8 +100,16 @@ func validName(name string) bool {
 			return false
 		}
 	}
-	top, _, _ := strings.Cut(name, "/")
-	return slices.Contains([]string{"data", "events", "keys"}, top) && strings.Contains(name, "/")
+	top, rest, _ := strings.Cut(name, "/")
+	switch top {
+	case "data": // the databases and files of the data dir's top, and blobs/
+		return strings.HasPrefix(rest, "blobs/") || !strings.Contains(rest, "/") && !strings.HasPrefix(rest, ".")
+	case "events":
+		return !strings.Contains(rest, "/") && strings.HasSuffix(rest, ".jsonl")
+	case "keys":
+		return !strings.Contains(rest, "/") && !strings.HasPrefix(rest, ".")
+	}
+	return false
 }
 
 // writer writes an archive: tar in gzip, a hash for every entry, the
@@ -114,7 +121,9 @@ type writer struct {
 }
 
 func newWriter(w io.Writer) *writer {
-	gz := gzip.NewWriter(w)
+	// Fastest compression: blobs are encrypted (incompressible), and the
+	// backup runs beside live traffic.
+	gz, _ := gzip.NewWriterLevel(w, gzip.BestSpeed)
 	return &writer{gz: gz, tw: tar.NewWriter(gz)}
 }
 

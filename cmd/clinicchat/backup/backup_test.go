@@ -1,7 +1,9 @@
 package backup_test
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"database/sql"
 	"os"
@@ -195,4 +197,36 @@ func TestCommands(t *testing.T) {
 	target := filepath.Join(dir, "restored")
 	require.Error(t, backup.Main("restore", []string{"--from", junk, "--data-dir", target}, &out, &errOut))
 	require.NoDirExists(t, target)
+}
+
+// An archive entry outside the layout (a path that climbs out, an absolute
+// path, a hidden staging name, a link) is refused before anything is
+// written.
+func TestRefusesEntriesOutsideTheLayout(t *testing.T) {
+	for _, h := range []tar.Header{
+		{Name: "../evil", Typeflag: tar.TypeReg},
+		{Name: "data/../../evil", Typeflag: tar.TypeReg},
+		{Name: "/etc/evil", Typeflag: tar.TypeReg},
+		{Name: "data/.restore-keys/attachment.kek", Typeflag: tar.TypeReg},
+		{Name: "events/x/y.jsonl", Typeflag: tar.TypeReg},
+		{Name: "data/blobs/ab/link", Typeflag: tar.TypeSymlink, Linkname: "/etc/passwd"},
+	} {
+		t.Run(h.Name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, "a.tar.gz")
+			f, err := os.Create(p)
+			require.NoError(t, err)
+			gz := gzip.NewWriter(f)
+			tw := tar.NewWriter(gz)
+			h.Mode = 0o600
+			require.NoError(t, tw.WriteHeader(&h))
+			require.NoError(t, tw.Close())
+			require.NoError(t, gz.Close())
+			require.NoError(t, f.Close())
+			_, err = backup.Restore(context.Background(), p, backup.Target{DataDir: filepath.Join(dir, "restored")}, testkit.Logger(t))
+			require.ErrorContains(t, err, "not a file this backup writes")
+			require.NoDirExists(t, filepath.Join(dir, "restored"))
+			require.NoFileExists(t, filepath.Join(dir, "evil"))
+		})
+	}
 }

@@ -152,6 +152,10 @@ func Restore(ctx context.Context, archive string, t Target, log *zap.Logger) (*M
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	committed = true
+	if d, err := os.Open(parent); err == nil { // the rename itself durable
+		_ = d.Sync()
+		_ = d.Close()
+	}
 	return m, nil
 }
 

@@ -595,19 +595,29 @@ func copyPrefix(src, dst string, n int64) error {
 		return err
 	}
 	defer in.Close()
-	buf, err := io.ReadAll(io.LimitReader(in, n))
+	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	if int64(len(buf)) != n {
-		return fmt.Errorf("%d bytes, %d at the cut: the file was cut short", len(buf), n)
+	defer out.Close()
+	if _, err := io.CopyN(out, in, n); err != nil {
+		return fmt.Errorf("%d bytes at the cut: %w", n, err)
 	}
-	if i := bytes.LastIndexByte(buf, '\n'); i >= 0 {
-		buf = buf[:i+1]
-	} else {
-		buf = nil
+	// Find the last newline, reading backwards a block at a time.
+	buf := make([]byte, 64<<10)
+	end := n
+	for end > 0 {
+		start := max(0, end-int64(len(buf)))
+		chunk := buf[:end-start]
+		if _, err := out.ReadAt(chunk, start); err != nil {
+			return err
+		}
+		if i := bytes.LastIndexByte(chunk, '\n'); i >= 0 {
+			return out.Truncate(start + int64(i) + 1)
+		}
+		end = start
 	}
-	return os.WriteFile(dst, buf, 0o600)
+	return out.Truncate(0)
 }
 
 func fileSHA256(p string) (string, error) {
