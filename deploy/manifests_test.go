@@ -56,6 +56,7 @@ func TestOverlays(t *testing.T) {
 			t.Run("shared-settings", func(t *testing.T) { checkSharedSettings(t, r) })
 			t.Run("nats", func(t *testing.T) { checkNATS(t, r, production) })
 			t.Run("postgres", func(t *testing.T) { checkClusters(t, r, production) })
+			t.Run("postgres-backups", func(t *testing.T) { checkBackups(t, r, production) })
 			t.Run("ingress", func(t *testing.T) { checkIngress(t, r, production) })
 			if production {
 				t.Run("autoscaling", func(t *testing.T) { checkHPAs(t, r) })

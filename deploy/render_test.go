@@ -27,6 +27,13 @@ var overlays = []string{"dev", "production"}
 // (its Go types would pull the operator's dependency tree into this module).
 var cnpgCluster = schema.GroupVersionKind{Group: "postgresql.cnpg.io", Version: "v1", Kind: "Cluster"}
 
+// The backup kinds: CloudNativePG's ScheduledBackup and the Barman Cloud
+// plugin's ObjectStore (unstructured too).
+var (
+	cnpgScheduledBackup = schema.GroupVersionKind{Group: "postgresql.cnpg.io", Version: "v1", Kind: "ScheduledBackup"}
+	barmanObjectStore   = schema.GroupVersionKind{Group: "barmancloud.cnpg.io", Version: "v1", Kind: "ObjectStore"}
+)
+
 // rendered is one overlay's output, decoded into the Kubernetes API types.
 type rendered struct {
 	overlay   string
@@ -44,6 +51,9 @@ type rendered struct {
 	pdbs         map[string]*policyv1.PodDisruptionBudget
 	hpas         map[string]*autoscalingv2.HorizontalPodAutoscaler
 	clusters     map[string]*unstructured.Unstructured // CloudNativePG
+	// scheduledBackups and objectStores: PostgreSQL backups (components/postgres/backup).
+	scheduledBackups map[string]*unstructured.Unstructured
+	objectStores     map[string]*unstructured.Unstructured
 }
 
 func newScheme() *runtime.Scheme {
@@ -87,6 +97,9 @@ func render(t *testing.T, overlay string) *rendered {
 		pdbs:         map[string]*policyv1.PodDisruptionBudget{},
 		hpas:         map[string]*autoscalingv2.HorizontalPodAutoscaler{},
 		clusters:     map[string]*unstructured.Unstructured{},
+
+		scheduledBackups: map[string]*unstructured.Unstructured{},
+		objectStores:     map[string]*unstructured.Unstructured{},
 	}
 	var objectNamespaces []string
 	for _, res := range resMap.Resources() {
@@ -102,12 +115,13 @@ func render(t *testing.T, overlay string) *rendered {
 		}
 
 		obj, gvk, err := strict.Decode(y, nil, nil)
-		if runtime.IsNotRegisteredError(err) && gvk != nil && *gvk == cnpgCluster {
+		if into := map[schema.GroupVersionKind]map[string]*unstructured.Unstructured{cnpgCluster: r.clusters,
+			cnpgScheduledBackup: r.scheduledBackups, barmanObjectStore: r.objectStores}; runtime.IsNotRegisteredError(err) && gvk != nil && into[*gvk] != nil {
 			u := &unstructured.Unstructured{}
 			if err := u.UnmarshalJSON(mustJSON(t, res)); err != nil {
 				t.Fatalf("%s: %v", id, err)
 			}
-			if err := add(r.clusters, u.GetName(), u); err != nil {
+			if err := add(into[*gvk], u.GetName(), u); err != nil {
 				t.Errorf("%s: %v", id, err)
 			}
 			continue

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
+	"github.com/clinicchat/clinicchat/cmd/clinicchat/backup"
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/bench"
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
 )
@@ -28,6 +29,13 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "bench" {
 		if err := bench.Main(os.Args[2:], os.Stdout, os.Stderr); err != nil {
 			fmt.Fprintln(os.Stderr, "clinicchat bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && (os.Args[1] == "backup" || os.Args[1] == "restore") {
+		if err := backup.Main(os.Args[1], os.Args[2:], os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintf(os.Stderr, "clinicchat %s: %s\n", os.Args[1], err)
 			os.Exit(1)
 		}
 		return
@@ -46,7 +54,9 @@ func run(args []string, out io.Writer) error {
 	fs.SetOutput(out)
 	cfg.Flags(fs)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: clinicchat [flags]\n       clinicchat bench [flags]   (a load tool; see clinicchat bench --help)\n\n"+
+		fmt.Fprintf(fs.Output(), "Usage: clinicchat [flags]\n       clinicchat bench [flags]   (a load tool; see clinicchat bench --help)\n"+
+			"       clinicchat backup --out FILE [flags]   (a consistent snapshot of the running instance)\n"+
+			"       clinicchat restore --from FILE --data-dir DIR [flags]   (into a new data dir)\n\n"+
 			"Runs clinicchat in one process (every service, the gateway and the web client,\n"+
 			"embedded NATS and SQLite) with a seeded demo practice in dev mode.\n"+
 			"Every flag can also be set as CLINICCHAT_<FLAG> (dashes as underscores).\n\nFlags:\n")

@@ -20,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/test/bufconn"
 
+	"github.com/clinicchat/clinicchat/cmd/clinicchat/backup"
 	"github.com/clinicchat/clinicchat/gateway"
 	artifactv1 "github.com/clinicchat/clinicchat/proto/clinicchat/artifact/v1"
 	"github.com/clinicchat/clinicchat/services/attachment"
@@ -48,6 +49,8 @@ type Instance struct {
 	log      *zap.Logger
 	ns       *server.Server
 	nc       *nats.Conn
+	js       jetstream.JetStream
+	admin    *backup.Admin
 	grpcSrv  *grpcx.Server
 	httpSrv  *http.Server
 	debug    *debugserver.Server
@@ -101,6 +104,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	if err != nil {
 		return nil, err
 	}
+	in.js = js
 	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{}); err != nil {
 		return nil, err
 	}
@@ -229,6 +233,12 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	if in.debug, err = debugserver.Start(cfg.DebugAddr, log); err != nil {
 		return nil, err
 	}
+	if sock := cfg.adminSocket(); len(sock) > maxSocketPath {
+		// A Unix socket path is limited (108 bytes on Linux, 104 on macOS).
+		log.Warn("admin socket path too long: clinicchat backup is off; set --admin-socket to a shorter path", zap.String("admin_socket", sock))
+	} else if in.admin, err = backup.ListenAdmin(sock, in.backupSource, log.Named("admin")); err != nil {
+		return nil, err
+	}
 	in.grpcSrv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
 	if cfg.Dev {
@@ -239,6 +249,26 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	log.Info("clinicchat all-in-one ready", zap.String("http_addr", in.HTTPAddr), zap.String("grpc_addr", in.GRPCAddr), zap.Bool("dev", cfg.Dev))
 	return in, nil
 }
+
+// maxSocketPath is the longest Unix socket path every platform accepts.
+const maxSocketPath = 100
+
+// databases are the all-in-one's SQLite files in the data dir.
+var databases = []string{"preferences.db", "conversation.db", "delivery.db", "attachment.db", "audit.db"}
+
+// backupSource is what `clinicchat backup` snapshots (the admin socket).
+func (in *Instance) backupSource() backup.Source {
+	cfg := in.cfg
+	return backup.Source{
+		DataDir: cfg.DataDir, Databases: databases, Files: []string{"dev-signing.key"},
+		BlobDir: cfg.path("blobs"), AttachmentDB: "attachment.db", JS: in.js, WitnessFile: cfg.witnessFile(),
+		Keys: map[string]string{"audit-signing.key": cfg.auditKeyFile(), "audit-signing.key.pub": cfg.auditKeyFile() + ".pub",
+			"attachment.kek": cfg.kekFile()},
+	}
+}
+
+// AdminSocket is the path of the admin socket (`clinicchat backup` asks it).
+func (in *Instance) AdminSocket() string { return in.cfg.adminSocket() }
 
 func (in *Instance) verifier() (auth.Verifier, error) {
 	if !in.cfg.Dev {
@@ -350,6 +380,7 @@ func (in *Instance) Stop() error {
 			in.grpcSrv.Health.Shutdown()
 		}
 		_ = in.debug.Stop()
+		_ = in.admin.Close()
 		if in.endStreams != nil {
 			in.endStreams()
 		}

@@ -57,6 +57,9 @@ type Config struct {
 	// AuditWitnessFile receives every signed audit checkpoint (default:
 	// <data-dir>-witness.jsonl beside the data dir).
 	AuditWitnessFile string
+	// AdminSocket is the Unix socket `clinicchat backup` asks for a
+	// snapshot (default: <data-dir>/admin.sock; mode 0600).
+	AdminSocket string
 }
 
 // Flags registers the flags (SPEC.md section 4).
@@ -84,6 +87,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.KeysDir, "keys-dir", "", "where the audit signing key and the attachment key-encryption key live, apart from the data (default: <data-dir>-keys)")
 	fs.StringVar(&c.AuditSigningKeyFile, "audit-signing-key-file", "", "audit checkpoint signing key (default: <keys-dir>/audit-signing.key, generated in dev mode)")
 	fs.StringVar(&c.AttachmentKEKFile, "attachment-kek-file", "", "attachment key-encryption key (default: <keys-dir>/attachment.kek, generated in dev mode)")
+	fs.StringVar(&c.AdminSocket, "admin-socket", "", "Unix socket (mode 0600) where clinicchat backup asks this process for a snapshot (default: <data-dir>/admin.sock)")
 	fs.StringVar(&c.AuditWitnessFile, "audit-witness-file", "", "file that witnesses every signed audit checkpoint (default: <data-dir>-witness.jsonl)")
 }
 
@@ -163,6 +167,13 @@ func (c *Config) kekFile() string {
 		return c.AttachmentKEKFile
 	}
 	return filepath.Join(c.keysDir(), "attachment.kek")
+}
+
+func (c *Config) adminSocket() string {
+	if c.AdminSocket != "" {
+		return c.AdminSocket
+	}
+	return c.path("admin.sock")
 }
 
 func (c *Config) witnessFile() string {
