@@ -312,21 +312,17 @@ func (st *eventStream) write(ctx context.Context, sw *sseWriter, e *event, cur c
 			}
 		}
 	case itemConversation, itemUserState:
-		conv, err := st.conversation(ctx, e.conversation)
+		data, err := st.conversationView(ctx, e)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if err != nil {
 			switch status.Code(err) {
 			case codes.NotFound, codes.PermissionDenied:
-			case codes.Canceled:
-				return err
 			default:
-				s.log.Warn("event stream: get conversation", zap.String(logkeys.Conversation, e.conversation),
-					zap.Stringer(logkeys.Code, status.Code(err)))
+				s.log.Warn("event stream: conversation view", zap.String(logkeys.Conversation, e.conversation),
+					zap.Stringer(logkeys.Code, status.Code(err)), zap.Error(err))
 			}
-			return nil
-		}
-		data, err := s.render("conversation", conv)
-		if err != nil {
-			s.log.Error("render conversation event", zap.String(logkeys.Conversation, e.conversation), zap.Error(err))
 			return nil
 		}
 		if err := sw.event(EventConversationUpdated, cur, data); err != nil {
@@ -376,6 +372,25 @@ func (s *Server) render(field string, m proto.Message) ([]byte, error) {
 	out = append(out, b...)
 	out = append(out, '}')
 	return out, nil
+}
+
+// conversationView is e's thread as the caller sees it, fetched and
+// rendered once per user and event, and shared by that user's tabs. The
+// fetch is not tied to the connection that makes it, so a tab that leaves
+// meanwhile does not fail the others.
+func (st *eventStream) conversationView(ctx context.Context, e *event) ([]byte, error) {
+	v := e.convView(st.id)
+	v.once.Do(func() {
+		conv, err := st.conversation(context.WithoutCancel(ctx), e.conversation)
+		if err == nil {
+			v.data, err = st.s.render("conversation", conv)
+		}
+		v.err = err
+		if e.pc != nil {
+			e.pc.fetched.Add(1)
+		}
+	})
+	return v.data, v.err
 }
 
 // conversation fetches the thread as the caller sees it (their unreadCount,

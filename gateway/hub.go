@@ -63,8 +63,29 @@ type event struct {
 	// views are the message rendered once per viewer class and shared by
 	// every connection of that class (events.go, renderMessage).
 	views [viewClasses]renderedView
+	// convViews are a conversation event's thread as each user sees it
+	// (their unreadCount, pinned, muted), fetched and rendered once per
+	// user and shared by that user's tabs; by convViewKey.
+	convMu    sync.Mutex
+	convViews map[string]*renderedView
 	// pc counts the renders of a dispatched event (nil for catch-up).
 	pc *practiceConns
+}
+
+// convView is the shared view of a conversation event for the user of id.
+func (e *event) convView(id auth.Identity) *renderedView {
+	key := id.Practice + "\x00" + id.Principal() + "\x00" + id.Role
+	e.convMu.Lock()
+	defer e.convMu.Unlock()
+	if e.convViews == nil {
+		e.convViews = map[string]*renderedView{}
+	}
+	v := e.convViews[key]
+	if v == nil {
+		v = &renderedView{}
+		e.convViews[key] = v
+	}
+	return v
 }
 
 // Viewer classes of a message event: how a message looks depends on the
@@ -166,12 +187,13 @@ type practiceConns struct {
 	// (natsx.Token("patients/p"), natsx.Token("users/u")).
 	byPrincipal map[string]map[*conn]struct{}
 	// decoded and dispatched count this practice's events, rendered the
-	// message views encoded for them (tests, metrics).
-	decoded, dispatched, rendered atomic.Uint64
+	// message views encoded for them, fetched the conversation views
+	// fetched for them (tests).
+	decoded, dispatched, rendered, fetched atomic.Uint64
 }
 
 // hubStats are the hub's counters for one practice.
-type hubStats struct{ decoded, dispatched, rendered uint64 }
+type hubStats struct{ decoded, dispatched, rendered, fetched uint64 }
 
 type hub struct {
 	s   *Server
@@ -438,5 +460,5 @@ func (h *hub) stats(practice string) hubStats {
 	if pc == nil {
 		return hubStats{}
 	}
-	return hubStats{decoded: pc.decoded.Load(), dispatched: pc.dispatched.Load(), rendered: pc.rendered.Load()}
+	return hubStats{decoded: pc.decoded.Load(), dispatched: pc.dispatched.Load(), rendered: pc.rendered.Load(), fetched: pc.fetched.Load()}
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -324,4 +325,58 @@ func TestEventsRecoverWhenNATSReturns(t *testing.T) {
 	}, waitFor, 50*time.Millisecond)
 	requireMessage(t, c.next(), "conversations/ca/messages/m2")
 	requireMessage(t, h.openEvents(tok, "d1.c0").next(), "conversations/ca/messages/m2")
+}
+
+// TestHubSharesConversationViewsPerUser: a conversation event is fetched
+// and rendered once per user (their unreadCount, pinned), shared by that
+// user's tabs, never by another user's; another patient and another
+// practice get nothing.
+func TestHubSharesConversationViewsPerUser(t *testing.T) {
+	h := newHarness(t)
+	h.conv.add("conversations/ca", "p1", "patients/pa")
+	tabs := map[string][]*sseClient{}
+	for _, u := range []struct {
+		subject, role string
+		n             int
+	}{{"doc", auth.RoleDentist, 3}, {"nurse", auth.RoleHygienist, 1}, {"pa", auth.RolePatient, 2}} {
+		for range u.n {
+			tabs[u.subject] = append(tabs[u.subject], h.openEvents(h.token(u.subject, u.role, "p1", 0), ""))
+		}
+	}
+	pb := h.openEvents(h.token("pb", auth.RolePatient, "p1", 0), "")
+	other := h.openEvents(h.token("doc", auth.RoleDentist, "p2", 0), "")
+
+	h.publish(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
+		Meta: meta("p1", "system"), Conversation: &conversationv1.Conversation{Name: "conversations/ca", Patient: "patients/pa"}})
+	for subject, cs := range tabs {
+		for _, c := range cs {
+			ev := c.next()
+			require.Equal(t, EventConversationUpdated, ev.Event)
+			var body struct {
+				Conversation struct {
+					Name        string
+					UnreadCount int
+					Pinned      bool
+				}
+			}
+			require.NoError(t, json.Unmarshal([]byte(ev.Data), &body))
+			require.Equal(t, "conversations/ca", body.Conversation.Name)
+			require.Equal(t, len(subject), body.Conversation.UnreadCount, "%s's own view", subject)
+			require.Equal(t, subject == "doc", body.Conversation.Pinned)
+		}
+	}
+	st := h.gw.hub.stats("p1")
+	require.Equal(t, uint64(6), st.dispatched)
+	require.Equal(t, uint64(3), st.fetched, "once per user (doc, nurse, pa), not per tab")
+	require.Equal(t, hubStats{}, h.gw.hub.stats("p2"))
+	for _, c := range []*sseClient{pb, other} {
+		for drained := false; !drained; {
+			select {
+			case ev := <-c.events:
+				require.Empty(t, ev.Data, "an event reached a stream that may not see it")
+			default:
+				drained = true
+			}
+		}
+	}
 }
