@@ -348,7 +348,6 @@ func (st *eventStream) renderMessage(e *event) ([]byte, error) {
 		// ForViewer depends on the viewer only through Locked, which is
 		// this class for the caller at now.
 		v.data, v.err = st.s.render("message", messageview.ForViewer(e.message, st.id, now, window))
-		st.s.hub.renderedTotal.Add(1)
 		if e.pc != nil {
 			e.pc.rendered.Add(1)
 		}

@@ -56,8 +56,8 @@ type event struct {
 	practice, patient, user string
 	// message, for message events (not yet filtered for the viewer).
 	message *deliveryv1.Message
-	// conversation, for conversation events: the thread whose caller view
-	// is fetched per connection.
+	// conversation, for conversation events: the thread whose view is
+	// fetched once per user (convViews).
 	conversation string
 
 	// views are the message rendered once per viewer class and shared by
@@ -65,7 +65,8 @@ type event struct {
 	views [viewClasses]renderedView
 	// convViews are a conversation event's thread as each user sees it
 	// (their unreadCount, pinned, muted), fetched and rendered once per
-	// user and shared by that user's tabs; by convViewKey.
+	// user and shared by that user's tabs; keyed by practice, principal
+	// and role.
 	convMu    sync.Mutex
 	convViews map[string]*renderedView
 	// pc counts the renders of a dispatched event (nil for catch-up).
@@ -214,10 +215,7 @@ type hub struct {
 	done    chan struct{}
 
 	decodedTotal atomic.Uint64
-	// renderedTotal counts message views rendered (once per event and
-	// viewer class, shared by the connections of that class).
-	renderedTotal atomic.Uint64
-	queued        atomic.Int64 // items waiting in connection queues
+	queued       atomic.Int64 // items waiting in connection queues
 
 	// keepAlive schedules every connection's keep-alive.
 	keepAlive *keepAliveWheel
