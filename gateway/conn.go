@@ -24,12 +24,36 @@ type conn struct {
 	head     int
 	overflow bool
 	closed   bool
-	// wake has room for one signal: something was pushed, or overflow.
+	// ping is set by the keep-alive wheel when a keep-alive is due.
+	ping bool
+	// wake has room for one signal: something was pushed, overflow, or a
+	// keep-alive is due.
 	wake chan struct{}
+
+	// kaSlot is the keep-alive wheel's slot holding c, -1 when none (the
+	// wheel's mutex guards it).
+	kaSlot int
 }
 
 func newConn(h *hub, id auth.Identity, limit int) *conn {
-	return &conn{h: h, id: id, limit: limit, wake: make(chan struct{}, 1)}
+	return &conn{h: h, id: id, limit: limit, wake: make(chan struct{}, 1), kaSlot: -1}
+}
+
+// pingDue asks c's stream for a keep-alive (the wheel's tick).
+func (c *conn) pingDue() {
+	c.mu.Lock()
+	c.ping = true
+	c.mu.Unlock()
+	c.signal()
+}
+
+// takePing reports whether a keep-alive is due and clears it.
+func (c *conn) takePing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.ping
+	c.ping = false
+	return p
 }
 
 // push queues e; false when the connection is gone or too far behind (then

@@ -221,8 +221,6 @@ func (s *Server) streamHeads(ctx context.Context) ([2]jetstream.StreamState, err
 // gateway shuts down, or the client falls too far behind.
 func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
 	s := st.s
-	keepAlive := time.NewTicker(s.cfg.KeepAlive)
-	defer keepAlive.Stop()
 	var expired <-chan time.Time
 	if !st.id.Expiry.IsZero() {
 		t := time.NewTimer(time.Until(st.id.Expiry))
@@ -257,7 +255,10 @@ func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
 			_ = sw.comment("token expired; sign in again")
 			return
 		case <-st.c.wake:
-		case <-keepAlive.C:
+			// Events, overflow, or the keep-alive wheel (keepalive.go).
+			if !st.c.takePing() {
+				continue
+			}
 			// Idle: move the cursor past events this caller does not see, so
 			// a later resume starts close to the head. The hub's position is
 			// read first: every event up to it is in the queue or written.
@@ -311,21 +312,17 @@ func (st *eventStream) write(ctx context.Context, sw *sseWriter, e *event, cur c
 			}
 		}
 	case itemConversation, itemUserState:
-		conv, err := st.conversation(ctx, e.conversation)
+		data, err := st.conversationView(ctx, e)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if err != nil {
 			switch status.Code(err) {
 			case codes.NotFound, codes.PermissionDenied:
-			case codes.Canceled:
-				return err
 			default:
-				s.log.Warn("event stream: get conversation", zap.String(logkeys.Conversation, e.conversation),
-					zap.Stringer(logkeys.Code, status.Code(err)))
+				s.log.Warn("event stream: conversation view", zap.String(logkeys.Conversation, e.conversation),
+					zap.Stringer(logkeys.Code, status.Code(err)), zap.Error(err))
 			}
-			return nil
-		}
-		data, err := s.render("conversation", conv)
-		if err != nil {
-			s.log.Error("render conversation event", zap.String(logkeys.Conversation, e.conversation), zap.Error(err))
 			return nil
 		}
 		if err := sw.event(EventConversationUpdated, cur, data); err != nil {
@@ -336,21 +333,29 @@ func (st *eventStream) write(ctx context.Context, sw *sseWriter, e *event, cur c
 	return nil
 }
 
-// renderMessage is e's message as the caller may see it. Staff all see the
-// same view, rendered once per event for all of them; a patient's depends
-// on how recently they signed in (messageview).
+// renderMessage is e's message as the caller may see it, rendered once per
+// viewer class (hub.go) and shared by every connection of the class: the
+// encode does not multiply with connections. The class is the caller's own
+// (messageview.Locked), so a locked message stays locked.
 func (st *eventStream) renderMessage(e *event) ([]byte, error) {
-	if !st.id.IsPatient() {
-		var err error
-		e.staffOnce.Do(func() {
-			e.staffView, err = st.s.render("message", messageview.ForViewer(e.message, st.id, time.Now(), st.s.cfg.StepUpWindow))
-		})
-		if err != nil || e.staffView == nil {
-			return nil, errRender
-		}
-		return e.staffView, nil
+	now, window := time.Now(), st.s.cfg.StepUpWindow
+	class := viewUnlocked
+	if messageview.Locked(e.message, st.id, now, window) {
+		class = viewLocked
 	}
-	return st.s.render("message", messageview.ForViewer(e.message, st.id, time.Now(), st.s.cfg.StepUpWindow))
+	v := &e.views[class]
+	v.once.Do(func() {
+		// ForViewer depends on the viewer only through Locked, which is
+		// this class for the caller at now.
+		v.data, v.err = st.s.render("message", messageview.ForViewer(e.message, st.id, now, window))
+		if e.pc != nil {
+			e.pc.rendered.Add(1)
+		}
+	})
+	if v.err != nil || v.data == nil {
+		return nil, errRender
+	}
+	return v.data, nil
 }
 
 // render is {"<field>": <resource>} with the REST API's JSON options.
@@ -366,6 +371,25 @@ func (s *Server) render(field string, m proto.Message) ([]byte, error) {
 	out = append(out, b...)
 	out = append(out, '}')
 	return out, nil
+}
+
+// conversationView is e's thread as the caller sees it, fetched and
+// rendered once per user and event, and shared by that user's tabs. The
+// fetch is not tied to the connection that makes it, so a tab that leaves
+// meanwhile does not fail the others.
+func (st *eventStream) conversationView(ctx context.Context, e *event) ([]byte, error) {
+	v := e.convView(st.id)
+	v.once.Do(func() {
+		conv, err := st.conversation(context.WithoutCancel(ctx), e.conversation)
+		if err == nil {
+			v.data, err = st.s.render("conversation", conv)
+		}
+		v.err = err
+		if e.pc != nil {
+			e.pc.fetched.Add(1)
+		}
+	})
+	return v.data, v.err
 }
 
 // conversation fetches the thread as the caller sees it (their unreadCount,

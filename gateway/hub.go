@@ -56,14 +56,55 @@ type event struct {
 	practice, patient, user string
 	// message, for message events (not yet filtered for the viewer).
 	message *deliveryv1.Message
-	// conversation, for conversation events: the thread whose caller view
-	// is fetched per connection.
+	// conversation, for conversation events: the thread whose view is
+	// fetched once per user (convViews).
 	conversation string
 
-	// staffView is the message rendered for staff, once for all of them
-	// (staff views do not depend on who they are).
-	staffOnce sync.Once
-	staffView []byte
+	// views are the message rendered once per viewer class and shared by
+	// every connection of that class (events.go, renderMessage).
+	views [viewClasses]renderedView
+	// convViews are a conversation event's thread as each user sees it
+	// (their unreadCount, pinned, muted), fetched and rendered once per
+	// user and shared by that user's tabs; keyed by practice, principal
+	// and role.
+	convMu    sync.Mutex
+	convViews map[string]*renderedView
+	// pc counts the renders of a dispatched event (nil for catch-up).
+	pc *practiceConns
+}
+
+// convView is the shared view of a conversation event for the user of id.
+func (e *event) convView(id auth.Identity) *renderedView {
+	key := id.Practice + "\x00" + id.Principal() + "\x00" + id.Role
+	e.convMu.Lock()
+	defer e.convMu.Unlock()
+	if e.convViews == nil {
+		e.convViews = map[string]*renderedView{}
+	}
+	v := e.convViews[key]
+	if v == nil {
+		v = &renderedView{}
+		e.convViews[key] = v
+	}
+	return v
+}
+
+// Viewer classes of a message event: how a message looks depends on the
+// viewer only through messageview.Locked, so every viewer who may read it
+// (staff; the thread's patient when it is theirs, not sensitive, or they
+// stepped up) shares one rendering, and every patient it is locked for
+// shares the other.
+const (
+	viewUnlocked = iota
+	viewLocked
+	viewClasses
+)
+
+// renderedView is one class's encoded view of an event.
+type renderedView struct {
+	once sync.Once
+	data []byte
+	err  error
 }
 
 // visibleTo is the tenancy rule: events of the caller's practice only; for
@@ -146,12 +187,14 @@ type practiceConns struct {
 	// byPrincipal holds every connection by its principal's subject token
 	// (natsx.Token("patients/p"), natsx.Token("users/u")).
 	byPrincipal map[string]map[*conn]struct{}
-	// decoded and dispatched count this practice's events (tests, metrics).
-	decoded, dispatched atomic.Uint64
+	// decoded and dispatched count this practice's events, rendered the
+	// message views encoded for them, fetched the conversation views
+	// fetched for them (tests).
+	decoded, dispatched, rendered, fetched atomic.Uint64
 }
 
 // hubStats are the hub's counters for one practice.
-type hubStats struct{ decoded, dispatched uint64 }
+type hubStats struct{ decoded, dispatched, rendered, fetched uint64 }
 
 type hub struct {
 	s   *Server
@@ -173,10 +216,14 @@ type hub struct {
 
 	decodedTotal atomic.Uint64
 	queued       atomic.Int64 // items waiting in connection queues
+
+	// keepAlive schedules every connection's keep-alive.
+	keepAlive *keepAliveWheel
 }
 
 func newHub(s *Server) *hub {
-	return &hub{s: s, log: s.log.Named("hub"), practices: map[string]*practiceConns{}}
+	return &hub{s: s, log: s.log.Named("hub"), practices: map[string]*practiceConns{},
+		keepAlive: newKeepAliveWheel(s.cfg.KeepAlive)}
 }
 
 // ready reports whether live events can be served: the consumers run and
@@ -327,6 +374,7 @@ func (h *hub) dispatch(stream int, m jetstream.Msg) {
 		}
 	}
 	pc.decoded.Add(1)
+	e.pc = pc
 	deliver := func(c *conn) {
 		if e.visibleTo(c.id) && c.push(e) {
 			pc.dispatched.Add(1)
@@ -369,12 +417,14 @@ func (h *hub) register(c *conn) (pos cursor) {
 		pc.byPrincipal[ut] = byp
 	}
 	byp[c] = struct{}{}
+	h.keepAlive.add(c)
 	return cursor{d: h.pos[streamD].Load(), c: h.pos[streamC].Load()}
 }
 
 // unregister removes c; the practice's entry goes with its last connection.
 func (h *hub) unregister(c *conn) {
 	pt, ut := natsx.Token(c.id.Practice), natsx.Token(c.id.Principal())
+	h.keepAlive.remove(c)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	pc := h.practices[pt]
@@ -408,5 +458,5 @@ func (h *hub) stats(practice string) hubStats {
 	if pc == nil {
 		return hubStats{}
 	}
-	return hubStats{decoded: pc.decoded.Load(), dispatched: pc.dispatched.Load()}
+	return hubStats{decoded: pc.decoded.Load(), dispatched: pc.dispatched.Load(), rendered: pc.rendered.Load(), fetched: pc.fetched.Load()}
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -64,8 +65,9 @@ func TestHubDecodesAndDispatchesPerPractice(t *testing.T) {
 	// Decoded: p1's message to pa and p2's, once each; not p3's (nobody
 	// here), not p1's message to pb (no staff of p1 here, pb not here).
 	require.Equal(t, uint64(2), h.gw.hub.decodedTotal.Load()-before)
-	require.Equal(t, hubStats{decoded: 1, dispatched: 1}, h.gw.hub.stats("p1"))
-	require.Equal(t, hubStats{decoded: 1, dispatched: 4}, h.gw.hub.stats("p2"), "three staff and the thread's patient")
+	p1, p2s := h.gw.hub.stats("p1"), h.gw.hub.stats("p2")
+	require.Equal(t, [2]uint64{1, 1}, [2]uint64{p1.decoded, p1.dispatched})
+	require.Equal(t, [2]uint64{1, 4}, [2]uint64{p2s.decoded, p2s.dispatched}, "three staff and the thread's patient")
 	require.Equal(t, hubStats{}, h.gw.hub.stats("p3"))
 
 	for _, c := range append(p2, pz) {
@@ -73,6 +75,80 @@ func TestHubDecodesAndDispatchesPerPractice(t *testing.T) {
 	}
 	requireMessage(t, pa.next(), "conversations/ca/messages/a1")
 	require.Equal(t, 1, h.consumers(natsx.StreamDelivery))
+	// Rendered once per practice: four readers of p2 share one encoding.
+	require.Equal(t, uint64(1), h.gw.hub.stats("p2").rendered)
+	require.Equal(t, uint64(1), h.gw.hub.stats("p1").rendered)
+	require.Equal(t, uint64(0), h.gw.hub.stats("p3").rendered)
+}
+
+// TestHubRendersOncePerViewerClass: an event is encoded once per viewer
+// class, whatever the number of connections of the class, and each class
+// keeps its rights: a sensitive message stays locked for the patient who
+// has not signed in recently, on every one of their tabs, while staff and
+// the stepped-up patient share the unlocked view. Practice p2's
+// connections never decode or render p1's events.
+func TestHubRendersOncePerViewerClass(t *testing.T) {
+	h := newHarness(t)
+	var staff, locked, fresh []*sseClient
+	for i := range 6 {
+		staff = append(staff, h.openEvents(h.token(fmt.Sprintf("staff%d", i%3), auth.RoleDentist, "p1", 0), ""))
+	}
+	for range 3 {
+		locked = append(locked, h.openEvents(h.token("pa", auth.RolePatient, "p1", 10*time.Minute), ""))
+		fresh = append(fresh, h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), ""))
+	}
+	other := []*sseClient{
+		h.openEvents(h.token("staff0", auth.RoleDentist, "p2", 0), ""), // same user id, another practice
+		h.openEvents(h.token("pa", auth.RolePatient, "p2", 0), ""),
+	}
+
+	const n = 5
+	var last uint64
+	for i := range n {
+		last = h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", fmt.Sprint("s", i), "users/staff0", "secret", int64(i+1), true))
+	}
+	h.waitHub(last)
+	texts := map[string]int{}
+	for _, c := range staff {
+		for i := range n {
+			m := requireMessage(t, c.next(), fmt.Sprint("conversations/ca/messages/s", i))
+			require.Equal(t, false, m["locked"])
+			texts[m["text"].(string)]++
+		}
+	}
+	for _, c := range fresh {
+		for i := range n {
+			m := requireMessage(t, c.next(), fmt.Sprint("conversations/ca/messages/s", i))
+			require.Equal(t, false, m["locked"])
+			require.Equal(t, "secret", m["text"])
+		}
+	}
+	for _, c := range locked {
+		for i := range n {
+			ev := c.next()
+			m := requireMessage(t, ev, fmt.Sprint("conversations/ca/messages/s", i))
+			require.Equal(t, true, m["locked"])
+			require.NotContains(t, ev.Data, "secret")
+			require.Empty(t, m["attachments"])
+		}
+	}
+	require.Equal(t, map[string]int{"secret": 6 * n}, texts)
+
+	p1 := h.gw.hub.stats("p1")
+	require.Equal(t, uint64(n), p1.decoded)
+	require.Equal(t, uint64(12*n), p1.dispatched, "six staff and six patient tabs")
+	require.Equal(t, uint64(2*n), p1.rendered, "one unlocked and one locked view per event, not one per connection")
+	require.Equal(t, hubStats{}, h.gw.hub.stats("p2"), "p1's events are never decoded nor rendered for p2's connections")
+	for _, c := range other {
+		for drained := false; !drained; {
+			select {
+			case ev := <-c.events:
+				require.Empty(t, ev.Data, "p2 received an event of p1")
+			default:
+				drained = true
+			}
+		}
+	}
 }
 
 func TestEventsPatientOnlyOwnThread(t *testing.T) {
@@ -249,4 +325,58 @@ func TestEventsRecoverWhenNATSReturns(t *testing.T) {
 	}, waitFor, 50*time.Millisecond)
 	requireMessage(t, c.next(), "conversations/ca/messages/m2")
 	requireMessage(t, h.openEvents(tok, "d1.c0").next(), "conversations/ca/messages/m2")
+}
+
+// TestHubSharesConversationViewsPerUser: a conversation event is fetched
+// and rendered once per user (their unreadCount, pinned), shared by that
+// user's tabs, never by another user's; another patient and another
+// practice get nothing.
+func TestHubSharesConversationViewsPerUser(t *testing.T) {
+	h := newHarness(t)
+	h.conv.add("conversations/ca", "p1", "patients/pa")
+	tabs := map[string][]*sseClient{}
+	for _, u := range []struct {
+		subject, role string
+		n             int
+	}{{"doc", auth.RoleDentist, 3}, {"nurse", auth.RoleHygienist, 1}, {"pa", auth.RolePatient, 2}} {
+		for range u.n {
+			tabs[u.subject] = append(tabs[u.subject], h.openEvents(h.token(u.subject, u.role, "p1", 0), ""))
+		}
+	}
+	pb := h.openEvents(h.token("pb", auth.RolePatient, "p1", 0), "")
+	other := h.openEvents(h.token("doc", auth.RoleDentist, "p2", 0), "")
+
+	h.publish(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
+		Meta: meta("p1", "system"), Conversation: &conversationv1.Conversation{Name: "conversations/ca", Patient: "patients/pa"}})
+	for subject, cs := range tabs {
+		for _, c := range cs {
+			ev := c.next()
+			require.Equal(t, EventConversationUpdated, ev.Event)
+			var body struct {
+				Conversation struct {
+					Name        string
+					UnreadCount int
+					Pinned      bool
+				}
+			}
+			require.NoError(t, json.Unmarshal([]byte(ev.Data), &body))
+			require.Equal(t, "conversations/ca", body.Conversation.Name)
+			require.Equal(t, len(subject), body.Conversation.UnreadCount, "%s's own view", subject)
+			require.Equal(t, subject == "doc", body.Conversation.Pinned)
+		}
+	}
+	st := h.gw.hub.stats("p1")
+	require.Equal(t, uint64(6), st.dispatched)
+	require.Equal(t, uint64(3), st.fetched, "once per user (doc, nurse, pa), not per tab")
+	require.Equal(t, hubStats{}, h.gw.hub.stats("p2"))
+	for _, c := range []*sseClient{pb, other} {
+		for drained := false; !drained; {
+			select {
+			case ev := <-c.events:
+				require.Empty(t, ev.Data, "an event reached a stream that may not see it")
+			default:
+				drained = true
+			}
+		}
+	}
 }

@@ -6,6 +6,10 @@ package allinone_test
 //
 //	go test ./cmd/clinicchat/allinone -run '^$' -bench 'IdleStreams' -benchtime 1x
 //	go test ./cmd/clinicchat/allinone -run '^$' -bench 'NeverReadingStreams' -benchtime 1x
+//
+// BenchmarkIdleStreams prints memory per stream, the CPU ratio and the
+// send → recipient stream p50/p95/p99 at 8 senders with 5,000 streams open
+// (more samples: CLINICCHAT_BENCH_SENDS=400 messages per sender).
 
 import (
 	"bufio"
@@ -15,7 +19,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,6 +31,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/clinicchat/clinicchat/gateway"
 )
 
 // raiseNoFile lifts this process's open-file limit to its hard limit:
@@ -223,6 +232,7 @@ type roundResult struct {
 func sendRound(b *testing.B, idle *idleWatcher, threads []*benchThread, patients []*benchStream, perSender int, text, label string) roundResult {
 	b.Helper()
 	idle.wait(b)
+	stopProfile := startRoundProfile(b, label)
 	cpu0 := processCPU()
 	lat := make([]latencies, len(threads))
 	errs := make([]error, len(threads))
@@ -252,12 +262,41 @@ func sendRound(b *testing.B, idle *idleWatcher, threads []*benchThread, patients
 		}
 	}
 	idle.wait(b)
+	cpu := processCPU() - cpu0
+	stopProfile()
 	var all latencies
 	for _, l := range lat {
 		all = append(all, l...)
 	}
 	n := len(threads) * perSender
-	return roundResult{label: label, msgs: n, cpuPer: (processCPU() - cpu0) / time.Duration(n), lat: all, rssBytes: rssBytes()}
+	return roundResult{label: label, msgs: n, cpuPer: cpu / time.Duration(n), lat: all, rssBytes: rssBytes()}
+}
+
+// startRoundProfile writes a CPU profile of one send round to
+// $CLINICCHAT_BENCH_CPUPROFILE/<label>.pprof when that variable names a
+// directory (go tool pprof -top -diff_base none.pprof open.pprof), and
+// returns the function that ends it.
+func startRoundProfile(b *testing.B, label string) func() {
+	dir := os.Getenv("CLINICCHAT_BENCH_CPUPROFILE")
+	if dir == "" {
+		return func() {}
+	}
+	name := filepath.Join(dir, strings.NewReplacer(" ", "-", ",", "", "/", "-").Replace(label)+".pprof")
+	f, err := os.Create(name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Fatal(err)
+		}
+		fmt.Printf("  CPU profile of %q: %s\n", label, name)
+	}
 }
 
 func (r roundResult) print() {
@@ -279,42 +318,65 @@ func (e *benchEnv) patientStreams(b *testing.B, practice string, n int) []*bench
 }
 
 // BenchmarkIdleStreams: 5,000 idle /v1/events streams of 1,000 staff users
-// of another practice (5 each). Reports the server's memory per stream and
-// a send's CPU and send → recipient stream latency at 8 senders, with none
-// and with all of them open.
+// of another practice (5 each). Reports the server's memory per stream, the
+// CPU the idle streams cost by themselves, and a send's CPU and send →
+// recipient stream latency (p50/p95/p99) at 8 senders, with none and with
+// all of them open. Each measured round follows a warm-up round in the same
+// state, so neither pays the heap's one-time growth (reported apart: the
+// first round after the streams open).
+//
+// CLINICCHAT_BENCH_CPUPROFILE=dir writes a CPU profile of each round and a
+// heap profile with the streams open into dir; CLINICCHAT_BENCH_SENDS sets
+// the messages per sender of a measured round (default 100).
 func BenchmarkIdleStreams(b *testing.B) {
 	raiseNoFile()
 	env := startBench(b)
 	threads := env.threads(b, "bench", 8)
 	patients := env.patientStreams(b, "bench", 8)
 	idle := newIdleWatcher(b, env.nats)
-	const perSender = 50
+	perSender := 100
+	if n, err := strconv.Atoi(os.Getenv("CLINICCHAT_BENCH_SENDS")); err == nil && n > 0 {
+		perSender = n
+	}
 	text := "Your appointment is confirmed"
 	sendRound(b, idle, threads, patients, 10, text, "warm-up")
 	runtime.GC()
 	none := sendRound(b, idle, threads, patients, perSender, text, "no other streams")
-	runtime.GC()
+	idleCPU0 := idleCPUShare(b, idle, 5*time.Second, "idle, no other streams")
+	// A GC that also returns freed pages to the OS, so RSS is what is live.
+	debug.FreeOSMemory()
 	rss0 := rssBytes()
 	var ms0 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
+	g0 := runtime.NumGoroutine()
 	t0 := time.Now()
 	lc := startLoadClient(b, env.in.HTTPAddr, 1000, 5, "other", "dentist", "idle", true)
 	openTime := time.Since(t0)
-	runtime.GC()
+	debug.FreeOSMemory()
 	rss1 := rssBytes()
 	var ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms1)
+	g1 := runtime.NumGoroutine()
+	writeHeapProfile(b, "streams-open-heap")
+	// Longer than a keep-alive interval, so every stream's ping falls in it.
+	idleCPU := idleCPUShare(b, idle, gateway.DefaultKeepAlive+time.Second, "idle, streams open")
+	first := sendRound(b, idle, threads, patients, 10, text, "first round after opening")
 	with := sendRound(b, idle, threads, patients, perSender, text, fmt.Sprintf("%d idle streams open", lc.open))
+	rssAfter := rssBytes()
 	decoded := metricValue(b, env, "clinicchat_gateway_hub_events_decoded_total")
 	clients := metricValue(b, env, "clinicchat_gateway_sse_clients")
 
 	perStream := float64(rss1-rss0) / float64(lc.open)
 	heapStack := float64((ms1.HeapInuse+ms1.StackInuse)-(ms0.HeapInuse+ms0.StackInuse)) / float64(lc.open)
-	fmt.Printf("BenchmarkIdleStreams: %d streams of 1,000 staff of another practice opened in %s (sse_clients %v)\n",
-		lc.open, openTime.Round(time.Millisecond), clients)
-	fmt.Printf("  server RSS %d → %d MiB: %.1f KiB per stream (Go heap+stacks %.1f KiB per stream)\n",
-		rss0>>20, rss1>>20, perStream/1024, heapStack/1024)
+	stack := float64(ms1.StackInuse-ms0.StackInuse) / float64(lc.open)
+	fmt.Printf("BenchmarkIdleStreams: %d streams of 1,000 staff of another practice opened in %s (sse_clients %v; %.2f goroutines per stream)\n",
+		lc.open, openTime.Round(time.Millisecond), clients, float64(g1-g0)/float64(lc.open))
+	fmt.Printf("  process RSS %d → %d MiB after GC (Go heap+stacks in use %d → %d MiB): %.1f KiB per stream (Go heap+stacks %.1f KiB, of which stacks %.1f KiB); RSS after the sends %d MiB\n",
+		rss0>>20, rss1>>20, (ms0.HeapInuse+ms0.StackInuse)>>20, (ms1.HeapInuse+ms1.StackInuse)>>20, perStream/1024, heapStack/1024, stack/1024, rssAfter>>20)
+	fmt.Printf("  idle CPU of the whole process: %.2f%% of one core with no other streams (5 s), %.2f%% with them open (%s: every stream's keep-alive)\n",
+		idleCPU0*100, idleCPU*100, gateway.DefaultKeepAlive+time.Second)
 	none.print()
+	first.print()
 	with.print()
 	fmt.Printf("  CPU per send with them open / none open: %.2f×; hub events decoded in all: %v\n",
 		float64(with.cpuPer)/float64(none.cpuPer), decoded)
@@ -322,7 +384,39 @@ func BenchmarkIdleStreams(b *testing.B) {
 	b.ReportMetric(float64(with.cpuPer)/float64(none.cpuPer), "cpu-ratio")
 	s := append(latencies(nil), with.lat...)
 	sortLatencies(s)
+	b.ReportMetric(ms(s.pct(.5)), "p50-ms-open")
 	b.ReportMetric(ms(s.pct(.99)), "p99-ms-open")
+	s = append(latencies(nil), none.lat...)
+	sortLatencies(s)
+	b.ReportMetric(ms(s.pct(.99)), "p99-ms-none")
+}
+
+// idleCPUShare is the share of one core the process uses over d once the
+// pipeline is idle.
+func idleCPUShare(b *testing.B, idle *idleWatcher, d time.Duration, label string) float64 {
+	b.Helper()
+	idle.wait(b)
+	stopProfile := startRoundProfile(b, label)
+	defer stopProfile()
+	c0, t0 := processCPU(), time.Now()
+	<-time.After(d) // a span of wall time to measure over, not a wait for an event
+	return float64(processCPU()-c0) / float64(time.Since(t0))
+}
+
+// writeHeapProfile writes $CLINICCHAT_BENCH_CPUPROFILE/<name>.pprof, if set.
+func writeHeapProfile(b *testing.B, name string) {
+	dir := os.Getenv("CLINICCHAT_BENCH_CPUPROFILE")
+	if dir == "" {
+		return
+	}
+	f, err := os.Create(filepath.Join(dir, name+".pprof"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // BenchmarkNeverReadingStreams: 150 streams (15 patients × 10) that never

@@ -74,6 +74,10 @@ type Cluster struct {
 	logDir string
 	// HTTPAddr and GRPCAddr are the gateway's bound addresses.
 	HTTPAddr, GRPCAddr string
+	// GatewayHTTPAddrs are every gateway's HTTP address (Config's
+	// GatewayReplicas), HTTPAddr first; the processes are "gateway",
+	// "gateway-2", ….
+	GatewayHTTPAddrs []string
 	// NATSURL is the NATS server the processes use.
 	NATSURL string
 	// DevIssuer signs tokens in dev mode (nil otherwise).
@@ -232,6 +236,10 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 	if err := c.start("gateway", "gateway", append(gw, authArgs...)...); err != nil {
 		return c, err
 	}
+	c.GatewayHTTPAddrs = []string{c.HTTPAddr}
+	if err := c.startGatewayReplicas(gw, authArgs); err != nil {
+		return c, err
+	}
 	say("waiting for every service (logs in %s)", c.logDir)
 	if err := c.waitReady(ctx); err != nil {
 		return c, err
@@ -246,6 +254,27 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 		}
 	}
 	return c, nil
+}
+
+// startGatewayReplicas starts gateways 2…GatewayReplicas with the first
+// one's flags (later flags win) on free loopback addresses.
+func (c *Cluster) startGatewayReplicas(gw, authArgs []string) error {
+	for i := 2; i <= c.cfg.GatewayReplicas; i++ {
+		httpAddr, err := freeAddr("127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		grpcAddr, err := freeAddr("127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		args := append(slices.Concat(gw, authArgs), "--http-addr", httpAddr, "--grpc-addr", grpcAddr)
+		if err := c.start(fmt.Sprintf("gateway-%d", i), "gateway", args...); err != nil {
+			return err
+		}
+		c.GatewayHTTPAddrs = append(c.GatewayHTTPAddrs, httpAddr)
+	}
+	return nil
 }
 
 func (c *Cluster) path(name string) string { return filepath.Join(c.cfg.DataDir, name) }
@@ -562,10 +591,10 @@ func (c *Cluster) Stop() error {
 	for _, name := range c.order {
 		p := c.procs[name]
 		p.expected = true
-		switch name {
-		case "gateway":
+		switch {
+		case name == "gateway" || strings.HasPrefix(name, "gateway-"):
 			gateway = append(gateway, p)
-		case "demoprovider", "nats":
+		case name == "demoprovider" || name == "nats":
 			last = append(last, p)
 		default:
 			services = append(services, p)
@@ -599,7 +628,7 @@ func terminate(p *proc, grace time.Duration) {
 	<-p.done
 }
 
-// waitReady polls the gateway's /readyz (NATS and every upstream serving).
+// waitReady polls every gateway's /readyz (NATS and every upstream serving).
 func (c *Cluster) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
@@ -607,15 +636,20 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var last error
-	for {
-		resp, err := client.Get("http://" + c.HTTPAddr + "/readyz")
+	addrs := c.GatewayHTTPAddrs
+	if len(addrs) == 0 {
+		addrs = []string{c.HTTPAddr}
+	}
+	for i := 0; i < len(addrs); {
+		resp, err := client.Get("http://" + addrs[i] + "/readyz")
 		if err == nil {
 			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return nil
+				i++ // this gateway is ready; the next one
+				continue
 			}
-			err = fmt.Errorf("/readyz: %s", resp.Status)
+			err = fmt.Errorf("%s/readyz: %s", addrs[i], resp.Status)
 		}
 		last = err
 		select {
@@ -626,6 +660,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+	return nil
 }
 
 func (c *Cluster) waitTCP(ctx context.Context, addr string) error {

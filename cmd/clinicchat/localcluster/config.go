@@ -43,6 +43,10 @@ type Config struct {
 	// ServiceArgs are extra flags for every service process (e.g. load
 	// tests raise the per-identity --limit-sends-per-second).
 	ServiceArgs []string
+	// GatewayReplicas is the number of gateway processes (0 means 1); the
+	// first listens on HTTPAddr and GRPCAddr, the others on free loopback
+	// ports (Cluster.GatewayHTTPAddrs).
+	GatewayReplicas int
 }
 
 // Flags registers the flags of deploy/local/up.
@@ -93,6 +97,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DeliveryReplicas < 1 || c.DeliveryReplicas > 4 {
 		errs = append(errs, fmt.Errorf("--delivery-replicas must be 1 to 4 (got %d)", c.DeliveryReplicas))
+	}
+	if c.GatewayReplicas < 0 || c.GatewayReplicas > 4 {
+		errs = append(errs, fmt.Errorf("the gateway replicas must be 0 to 4 (got %d)", c.GatewayReplicas))
 	}
 	if c.ArchiveAfter <= 0 || c.ArchiveSweepInterval <= 0 {
 		errs = append(errs, errors.New("--archive-after and --archive-sweep-interval must be positive"))

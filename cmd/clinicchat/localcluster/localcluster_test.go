@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 
 // pgURL is the test PostgreSQL server; the test skips without one locally
 // and fails under CI=true (as testkit does).
-func pgURL(t *testing.T) string {
+func pgURL(t testing.TB) string {
 	t.Helper()
 	dsn := testkit.PostgresDSN()
 	db, err := sql.Open("pgx", dsn)
@@ -65,7 +65,7 @@ func pgURL(t *testing.T) string {
 
 // start runs the distributed stack, as deploy/local/up does, on fresh
 // databases that are dropped afterwards.
-func start(t *testing.T, change func(*localcluster.Config)) *localcluster.Cluster {
+func start(t testing.TB, change func(*localcluster.Config)) *localcluster.Cluster {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds and runs every binary")
@@ -108,7 +108,7 @@ func start(t *testing.T, change func(*localcluster.Config)) *localcluster.Cluste
 	return c
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
 
