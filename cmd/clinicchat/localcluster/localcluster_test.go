@@ -121,7 +121,7 @@ func env(c *localcluster.Cluster) e2e.Env {
 }
 
 // The distributed stack — every service its own process on PostgreSQL,
-// two delivery replicas — passes the end-to-end suite through the HTTP
+// two delivery replicas and two gateways — passes the end-to-end suite through the HTTP
 // gateway, serves practice systems on the gRPC edge, and keeps answering,
 // losing and duplicating nothing, when a delivery replica is SIGKILLed in
 // the middle of sends. Archiving is checked after restarting conversation
@@ -129,7 +129,7 @@ func env(c *localcluster.Cluster) e2e.Env {
 func TestDistributedStack(t *testing.T) {
 	var prefix, dataDir string
 	c := start(t, func(cfg *localcluster.Config) {
-		cfg.DeliveryReplicas = 2
+		cfg.DeliveryReplicas, cfg.GatewayReplicas = 2, 2
 		prefix, dataDir = cfg.DBPrefix, cfg.DataDir
 		// The kill test sends as fast as the machine goes: load, not people.
 		cfg.ServiceArgs = []string{"--limit-sends-per-second", "1e9", "--limit-send-burst", "1000000000"}
@@ -148,6 +148,7 @@ func TestDistributedStack(t *testing.T) {
 	t.Run("IdleDoesNotSpin", func(t *testing.T) { idle(t, c, prefix) })
 	e2e.Run(t, e)
 	t.Run("GRPCEdge", func(t *testing.T) { grpcEdge(t, c) })
+	t.Run("GatewayConsumersDoNotGrowWithStreams", func(t *testing.T) { gatewayConsumersDoNotGrowWithStreams(t, c) })
 	t.Run("DeliveryReplicaKilledMidSends", func(t *testing.T) { replicaKilled(t, c, e) })
 	t.Run("Archive", func(t *testing.T) {
 		require.NoError(t, c.Restart(context.Background(), "conversation", "--archive-after", "3s", "--archive-sweep-interval", "100ms"))

@@ -272,9 +272,8 @@ type twoGatewaysResult struct {
 // streams on each and counts consumers, then opens perGateway streams on
 // each (1 per 5 staff users of another practice) and counts again; both
 // gateways must deliver an event at both points.
-func twoGateways(tb testing.TB, perGateway int) twoGatewaysResult {
+func twoGateways(tb testing.TB, c *localcluster.Cluster, perGateway int) twoGatewaysResult {
 	raiseNoFile(tb)
-	c := start(tb, func(cfg *localcluster.Config) { cfg.GatewayReplicas = 2 })
 	if len(c.GatewayHTTPAddrs) != 2 {
 		tb.Fatalf("gateways: %v", c.GatewayHTTPAddrs)
 	}
@@ -305,12 +304,12 @@ func twoGateways(tb testing.TB, perGateway int) twoGatewaysResult {
 	return r
 }
 
-// TestTwoGatewaysConsumersDoNotGrowWithStreams: with two gateways in
-// distributed mode, each stream the gateways read has exactly one consumer
-// per gateway with 5 event streams open on each and with 205; since each
-// gateway delivered an event (so holds at least one), that is one each.
-func TestTwoGatewaysConsumersDoNotGrowWithStreams(t *testing.T) {
-	r := twoGateways(t, 200)
+// gatewayConsumersDoNotGrowWithStreams (a part of TestDistributedStack,
+// which runs two gateways): each stream the gateways read has exactly one
+// consumer per gateway with 5 event streams open on each and with 205; since
+// each gateway delivered an event (so holds at least one), that is one each.
+func gatewayConsumersDoNotGrowWithStreams(t *testing.T, c *localcluster.Cluster) {
+	r := twoGateways(t, c, 200)
 	want := map[string]int{natsx.StreamDelivery: 2, natsx.StreamConversation: 2}
 	if fmt.Sprint(r.few) != fmt.Sprint(want) || fmt.Sprint(r.many) != fmt.Sprint(want) {
 		t.Fatalf("the gateways' consumers: %v with %d streams per gateway, %v with %d; want %v both times",
@@ -322,7 +321,7 @@ func TestTwoGatewaysConsumersDoNotGrowWithStreams(t *testing.T) {
 // them; prints the gateways' consumers per stream with 10 and with 10,010
 // streams, and each gateway's memory per stream.
 func BenchmarkTwoGatewaysStreams(b *testing.B) {
-	r := twoGateways(b, 5000)
+	r := twoGateways(b, start(b, func(cfg *localcluster.Config) { cfg.GatewayReplicas = 2 }), 5000)
 	fmt.Printf("BenchmarkTwoGatewaysStreams: 2 gateways, %d streams in all (%d on each) opened in %s, all answered 200\n",
 		2*r.streams, r.streams, r.openTime.Round(time.Millisecond))
 	fmt.Printf("  gateways' NATS consumers per stream (2 gateways): with %d streams %v; with %d streams %v\n",
