@@ -3,12 +3,11 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
-	"github.com/go-pdf/fpdf"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -26,7 +25,7 @@ import (
 const routeConversationExport = "/v1/{name=conversations/*}:export"
 
 // exportConversation answers GET /v1/conversations/{c}:export with the whole
-// thread as a PDF for the patient's chart (staff only): the practice, the
+// thread as a streamed PDF for the patient's chart (staff only): the practice, the
 // patient (name, date of birth), the date range, and every message oldest
 // first with sender name and role, time, status, attachment names and sizes
 // and artifact cards; sensitive messages are included and marked. It pages
@@ -68,29 +67,52 @@ func (s *Server) exportConversation(w http.ResponseWriter, r *http.Request, para
 		s.writeError(w, r, err)
 		return
 	}
-	var msgs []*deliveryv1.Message
+	// The service lists newest first and a chart reads oldest first: the
+	// pages go to an encrypted spool on disk, then into the PDF from the end,
+	// so memory stays flat however long the thread (see pdfwriter.go).
+	spool, err := newMessageSpool()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer spool.Close()
+	var newest, oldest time.Time
 	for token := ""; ; {
 		page, err := s.delivery.ListMessages(ctx, &deliveryv1.ListMessagesRequest{Parent: conv.GetName(), PageSize: 200, PageToken: token})
 		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		msgs = append(msgs, page.GetMessages()...)
+		for _, m := range page.GetMessages() {
+			if newest.IsZero() {
+				newest = m.GetCreateTime().AsTime()
+			}
+			oldest = m.GetCreateTime().AsTime()
+			if err := spool.Add(m); err != nil {
+				s.writeError(w, r, err)
+				return
+			}
+		}
 		if token = page.GetNextPageToken(); token == "" {
 			break
 		}
 	}
-	slices.Reverse(msgs) // the service lists newest first; a chart reads oldest first
 	if err := s.recordAccess(ctx, &typev1.AccessRecorded{Meta: events.Meta(who, "conversation.export", conv.GetName(), time.Now())}); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	doc := threadPDF(who.Practice, conv, patient, msgs, staffNames)
 	w.Header().Set("Content-Type", "application/pdf")
 	w.Header().Set("Content-Disposition", `attachment; filename="conversation-`+strings.TrimPrefix(conv.GetName(), "conversations/")+`.pdf"`)
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	if err := doc.Output(w); err != nil {
+	// A long export is bounded by time only: each page pushes the write
+	// deadline on, so a client that stops reading is still cut off.
+	rc := http.NewResponseController(w)
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+	_ = rc.SetWriteDeadline(time.Now().Add(time.Minute))
+	summary := threadSummary{count: spool.Len(), oldest: oldest, newest: newest}
+	if err := writeThreadPDF(w, who.Practice, conv, patient, summary, spool.Reverse, staffNames,
+		func() { _ = rc.SetWriteDeadline(time.Now().Add(time.Minute)) }); err != nil {
 		panic(http.ErrAbortHandler) // never a silently truncated PDF
 	}
 }
@@ -130,37 +152,34 @@ func (s *Server) recordAccess(ctx context.Context, ev *typev1.AccessRecorded) er
 	return nil
 }
 
-// threadPDF lays the thread out on A4 pages.
-func threadPDF(practice string, conv *conversationv1.Conversation, patient *preferencesv1.Patient,
-	msgs []*deliveryv1.Message, staffNames map[string]string) *fpdf.Fpdf {
-	pdf := fpdf.New("P", "mm", "A4", "")
-	pdf.SetTitle("Conversation "+conv.GetName(), true)
-	pdf.SetCreator("clinicchat", true)
-	pdf.SetAutoPageBreak(true, 15)
-	tr := pdf.UnicodeTranslatorFromDescriptor("") // core fonts speak cp1252
-	pdf.SetFooterFunc(func() {
-		pdf.SetY(-12)
-		pdf.SetFont("Helvetica", "I", 8)
-		pdf.CellFormat(0, 8, fmt.Sprintf("Page %d", pdf.PageNo()), "", 0, "C", false, 0, "")
-	})
-	pdf.AddPage()
-	line := func(style string, size float64, h float64, text string) {
-		pdf.SetFont("Helvetica", style, size)
-		pdf.MultiCell(0, h, tr(text), "", "L", false)
+// threadSummary is what the PDF's heading says about the messages.
+type threadSummary struct {
+	count          int
+	oldest, newest time.Time
+}
+
+// writeThreadPDF lays the thread out on A4 pages and streams them to w: the
+// heading, then each message that each calls fn with, oldest first. Memory
+// holds one page and one message at a time.
+func writeThreadPDF(w io.Writer, practice string, conv *conversationv1.Conversation, patient *preferencesv1.Patient,
+	sum threadSummary, each func(func(*deliveryv1.Message) error) error, staffNames map[string]string, onPage func()) error {
+	pdf, err := newStreamPDF(w, "Conversation "+conv.GetName(), onPage)
+	if err != nil {
+		return err
 	}
-	line("B", 16, 8, "Chat conversation for the patient's chart")
-	line("", 10, 5, "Practice: "+practice)
-	line("", 10, 5, "Patient: "+patient.GetDisplayName()+" ("+conv.GetPatient()+")")
-	line("", 10, 5, "Date of birth: "+patient.GetDateOfBirth())
+	pdf.text("B", 16, 22, "Chat conversation for the patient's chart")
+	pdf.text("", 10, 14, "Practice: "+practice)
+	pdf.text("", 10, 14, "Patient: "+patient.GetDisplayName()+" ("+conv.GetPatient()+")")
+	pdf.text("", 10, 14, "Date of birth: "+patient.GetDateOfBirth())
 	from, to := "no messages", ""
-	if len(msgs) > 0 {
-		from = msgs[0].GetCreateTime().AsTime().UTC().Format(time.RFC3339)
-		to = " to " + msgs[len(msgs)-1].GetCreateTime().AsTime().UTC().Format(time.RFC3339)
+	if sum.count > 0 {
+		from = sum.oldest.UTC().Format(time.RFC3339)
+		to = " to " + sum.newest.UTC().Format(time.RFC3339)
 	}
-	line("", 10, 5, "Messages: "+fmt.Sprint(len(msgs))+", "+from+to+" (UTC)")
-	line("", 10, 5, "Exported: "+time.Now().UTC().Format(time.RFC3339))
-	pdf.Ln(4)
-	for _, m := range msgs {
+	pdf.text("", 10, 14, "Messages: "+fmt.Sprint(sum.count)+", "+from+to+" (UTC)")
+	pdf.text("", 10, 14, "Exported: "+time.Now().UTC().Format(time.RFC3339))
+	pdf.gap(10)
+	err = each(func(m *deliveryv1.Message) error {
 		sender := m.GetSender()
 		switch {
 		case m.GetSenderDisplayName() != "":
@@ -175,15 +194,13 @@ func threadPDF(practice string, conv *conversationv1.Conversation, patient *pref
 		if m.GetSensitive() {
 			head += " [SENSITIVE]"
 		}
-		pdf.SetDrawColor(200, 200, 200)
-		pdf.Line(pdf.GetX(), pdf.GetY(), 200, pdf.GetY())
-		pdf.Ln(1)
-		line("B", 10, 5, head)
+		pdf.rule()
+		pdf.text("B", 10, 14, head)
 		if m.GetText() != "" {
-			line("", 10, 5, m.GetText())
+			pdf.text("", 10, 14, m.GetText())
 		}
 		for _, a := range m.GetAttachments() {
-			line("I", 9, 4.5, fmt.Sprintf("Attachment: %s (%s, %d bytes)", a.GetFilename(), a.GetContentType(), a.GetSizeBytes()))
+			pdf.text("I", 9, 12.75, fmt.Sprintf("Attachment: %s (%s, %d bytes)", a.GetFilename(), a.GetContentType(), a.GetSizeBytes()))
 		}
 		if art := m.GetArtifact(); art != nil {
 			p := art.GetPreview()
@@ -193,9 +210,13 @@ func threadPDF(practice string, conv *conversationv1.Conversation, patient *pref
 					card = append(card, "- "+x)
 				}
 			}
-			line("I", 9, 4.5, strings.Join(card, " "))
+			pdf.text("I", 9, 12.75, strings.Join(card, " "))
 		}
-		pdf.Ln(2)
+		pdf.gap(6)
+		return pdf.out.err
+	})
+	if err != nil {
+		return err
 	}
-	return pdf
+	return pdf.Close()
 }

@@ -31,6 +31,10 @@ const ACTIONS = {
   'conversation.unmute': ['Unmuted a conversation', 'unmuted'],
   'conversation.archive': ['Archived a conversation', 'archived'],
   'conversation.export': ['Exported a conversation as PDF', 'exported as a PDF'],
+  'conversation.assign': ['Assigned a conversation', 'assigned'],
+  'template.create': ['Added a reply template', 'added'],
+  'template.update': ['Changed a reply template', 'changed'],
+  'template.delete': ['Deleted a reply template', 'deleted'],
   'attachment.upload': ['Uploaded a file', 'uploaded a file to'],
   'attachment.download': ['Downloaded a file', 'downloaded a file from'],
   'attachment.view': ['Looked up a file', 'looked up a file in'],
@@ -107,6 +111,7 @@ export class AuditView {
     }
     if (r === 'patients' || r === '') return 'the patient list';
     if (parts[0] === 'attachments') return 'a conversation (file ' + (parts[1] || '') + ')';
+    if (parts[0] === 'messageTemplates') return parts[1] ? 'a reply template (' + parts[1] + ')' : 'the reply templates';
     return r;
   }
 

@@ -1,0 +1,370 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"compress/zlib"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/go-pdf/fpdf"
+	"google.golang.org/protobuf/proto"
+
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+)
+
+// A PDF of a whole thread must not cost memory in proportion to the thread:
+// the thread's size is bounded only by time. Go's PDF libraries (go-pdf/fpdf,
+// signintech/gopdf, pdfcpu) all build the whole document in memory before the
+// first byte goes out (fpdf keeps every page's content and then the whole
+// output in buffers). The PDF format itself is written front to back: objects,
+// then a table of their offsets. So streamPDF writes text pages itself, one
+// page in memory at a time, and takes from fpdf what is hard to get right:
+// the standard fonts' glyph widths (for wrapping) and the translation of text
+// to the fonts' Windows-1252 encoding. What grows with the thread goes to
+// temporary files, unlinked at once: the offset table (20 bytes per object,
+// no PHI) and, in messageSpool, the messages themselves (encrypted with a key
+// that lives only in memory for the one export).
+
+// A4 in points, and the layout's margins.
+const (
+	pdfPageW   = 595.28
+	pdfPageH   = 841.89
+	pdfMargin  = 42.52 // 15 mm
+	pdfBottom  = 56.69 // 20 mm: room for the footer
+	pdfTextW   = pdfPageW - 2*pdfMargin
+	pdfObjFont = 3 // first font object; fonts are 3..6
+)
+
+// pdfFonts are the standard fonts the document uses, by resource name.
+var pdfFonts = []struct{ res, base, style string }{
+	{"F1", "Helvetica", ""}, {"F2", "Helvetica-Bold", "B"}, {"F3", "Helvetica-Oblique", "I"}, {"F4", "Helvetica-BoldOblique", "BI"},
+}
+
+// countingWriter counts the bytes written, for the offset table.
+type countingWriter struct {
+	w   *bufio.Writer
+	n   int64
+	err error
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	c.err = err
+	return n, err
+}
+
+func (c *countingWriter) printf(format string, args ...any) { _, _ = fmt.Fprintf(c, format, args...) }
+
+// streamPDF writes a text-only A4 document page by page.
+type streamPDF struct {
+	out     *countingWriter
+	xref    *os.File // object n's 20-byte offset entry at (n-1)*20
+	nobj    int
+	pages   int
+	page    bytes.Buffer // the current page's content stream, uncompressed
+	y       float64      // the next line's top, from the top of the page
+	metrics *fpdf.Fpdf   // font metrics only: never given a page
+	tr      func(string) string
+	onPage  func() // called after each page is written (flush, write deadline)
+	zbuf    bytes.Buffer
+}
+
+// newStreamPDF starts a document on w: the header, catalog, fonts and info.
+func newStreamPDF(w io.Writer, title string, onPage func()) (*streamPDF, error) {
+	xref, err := os.CreateTemp("", "clinicchat-pdf-xref-*")
+	if err != nil {
+		return nil, fmt.Errorf("pdf offset table: %w", err)
+	}
+	_ = os.Remove(xref.Name()) // gone when closed, whatever happens
+	metrics := fpdf.New("P", "pt", "A4", "")
+	p := &streamPDF{
+		out: &countingWriter{w: bufio.NewWriterSize(w, 32<<10)}, xref: xref, metrics: metrics,
+		tr: metrics.UnicodeTranslatorFromDescriptor(""), onPage: onPage,
+	}
+	p.out.printf("%%PDF-1.4\n%%\xe2\xe3\xcf\xd3\n")
+	p.object(1, "<< /Type /Catalog /Pages 2 0 R >>")
+	p.nobj = 2 // 2 is the page tree, written last
+	for _, f := range pdfFonts {
+		p.object(p.next(), "<< /Type /Font /Subtype /Type1 /BaseFont /"+f.base+" /Encoding /WinAnsiEncoding >>")
+	}
+	p.object(p.next(), "<< /Title "+pdfString(p.tr(title))+" /Creator (clinicchat) /Producer (clinicchat) >>")
+	return p, p.out.err
+}
+
+func (p *streamPDF) next() int { p.nobj++; return p.nobj }
+
+// object writes object n with its offset in the table.
+func (p *streamPDF) object(n int, body string) {
+	p.offset(n)
+	p.out.printf("%d 0 obj\n%s\nendobj\n", n, body)
+}
+
+func (p *streamPDF) offset(n int) {
+	if _, err := p.xref.WriteAt([]byte(fmt.Sprintf("%010d 00000 n \n", p.out.n)), int64(n-1)*20); err != nil && p.out.err == nil {
+		p.out.err = fmt.Errorf("pdf offset table: %w", err)
+	}
+}
+
+// pdfString is a PDF literal string of Windows-1252 bytes.
+func pdfString(s string) string {
+	return "(" + strings.NewReplacer(`\`, `\\`, "(", `\(`, ")", `\)`, "\r", `\r`).Replace(s) + ")"
+}
+
+// fontFor sets the metrics font and returns its resource name.
+func (p *streamPDF) fontFor(style string, size float64) string {
+	p.metrics.SetFont("Helvetica", style, size)
+	for _, f := range pdfFonts {
+		if f.style == style {
+			return f.res
+		}
+	}
+	return "F1"
+}
+
+// wrap splits Windows-1252 text into lines at most width wide, breaking at
+// spaces, and inside a word only when the word alone is wider.
+func (p *streamPDF) wrap(text string, width float64) []string {
+	var lines []string
+	for _, para := range strings.Split(strings.ReplaceAll(text, "\r", ""), "\n") {
+		line := ""
+		for _, word := range strings.Split(para, " ") {
+			try := word
+			if line != "" {
+				try = line + " " + word
+			}
+			if p.metrics.GetStringWidth(try) <= width {
+				line = try
+				continue
+			}
+			if line != "" {
+				lines = append(lines, line)
+			}
+			for p.metrics.GetStringWidth(word) > width && len(word) > 1 {
+				cut := len(word) - 1
+				for cut > 1 && p.metrics.GetStringWidth(word[:cut]) > width {
+					cut = cut * 3 / 4
+				}
+				for cut+1 < len(word) && p.metrics.GetStringWidth(word[:cut+1]) <= width {
+					cut++
+				}
+				lines = append(lines, word[:cut])
+				word = word[cut:]
+			}
+			line = word
+		}
+		lines = append(lines, line)
+	}
+	return lines
+}
+
+// text writes UTF-8 text in the style, wrapped, leading points per line,
+// starting new pages as needed.
+func (p *streamPDF) text(style string, size, leading float64, text string) {
+	res := p.fontFor(style, size)
+	for _, line := range p.wrap(p.tr(text), pdfTextW) {
+		p.space(leading)
+		fmt.Fprintf(&p.page, "BT /%s %.1f Tf %.2f %.2f Td %s Tj ET\n", res, size, pdfMargin, pdfPageH-p.y-size, pdfString(line))
+		p.y += leading
+	}
+}
+
+// rule draws a light line across the page.
+func (p *streamPDF) rule() {
+	p.space(4)
+	fmt.Fprintf(&p.page, "0.8 G 0.5 w %.2f %.2f m %.2f %.2f l S 0 G\n", pdfMargin, pdfPageH-p.y, pdfPageW-pdfMargin, pdfPageH-p.y)
+	p.y += 4
+}
+
+// gap leaves vertical space (never carried to a new page).
+func (p *streamPDF) gap(h float64) {
+	if p.pages > 0 && p.y+h < pdfPageH-pdfBottom {
+		p.y += h
+	}
+}
+
+// space makes sure h points fit on the page, starting a new one if not.
+func (p *streamPDF) space(h float64) {
+	if p.pages == 0 || p.y+h > pdfPageH-pdfBottom {
+		p.endPage()
+		p.pages++
+		p.y = pdfMargin
+	}
+}
+
+// endPage writes the current page (with its footer) and its content stream.
+func (p *streamPDF) endPage() {
+	if p.pages == 0 {
+		return
+	}
+	res := p.fontFor("I", 8)
+	footer := fmt.Sprintf("Page %d", p.pages)
+	fmt.Fprintf(&p.page, "BT /%s 8 Tf %.2f 28.35 Td %s Tj ET\n", res, (pdfPageW-p.metrics.GetStringWidth(footer))/2, pdfString(footer))
+	p.zbuf.Reset()
+	zw := zlib.NewWriter(&p.zbuf)
+	_, _ = zw.Write(p.page.Bytes())
+	_ = zw.Close()
+	p.page.Reset()
+	content := p.next()
+	p.offset(content)
+	p.out.printf("%d 0 obj\n<< /Length %d /Filter /FlateDecode >>\nstream\n", content, p.zbuf.Len())
+	_, _ = p.out.Write(p.zbuf.Bytes())
+	p.out.printf("\nendstream\nendobj\n")
+	fonts := ""
+	for i, f := range pdfFonts {
+		fonts += fmt.Sprintf("/%s %d 0 R ", f.res, pdfObjFont+i)
+	}
+	p.object(p.next(), fmt.Sprintf("<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %.2f %.2f] /Resources << /Font << %s>> >> /Contents %d 0 R >>",
+		pdfPageW, pdfPageH, fonts, content))
+	if p.out.err == nil {
+		p.out.err = p.out.w.Flush()
+	}
+	if p.onPage != nil {
+		p.onPage()
+	}
+}
+
+// Close ends the last page and writes the page tree, the offset table and
+// the trailer. The page tree lists every page: pages are objects
+// firstPage+1, +3, … (each follows its content stream), so it is written
+// from a count, not from a list kept in memory.
+func (p *streamPDF) Close() error {
+	defer p.xref.Close()
+	p.space(0) // a document has at least one page
+	p.endPage()
+	firstPage := pdfObjFont + len(pdfFonts) + 1 // after the fonts and the info object
+	p.offset(2)
+	p.out.printf("2 0 obj\n<< /Type /Pages /Count %d /Kids [", p.pages)
+	for i := range p.pages {
+		p.out.printf(" %d 0 R", firstPage+1+2*i)
+	}
+	p.out.printf(" ] >>\nendobj\n")
+	start := p.out.n
+	p.out.printf("xref\n0 %d\n0000000000 65535 f \n", p.nobj+1)
+	if _, err := io.Copy(p.out, io.NewSectionReader(p.xref, 0, int64(p.nobj)*20)); err != nil && p.out.err == nil {
+		p.out.err = err
+	}
+	p.out.printf("trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\nstartxref\n%d\n%%%%EOF\n", p.nobj+1, pdfObjFont+len(pdfFonts), start)
+	if p.out.err == nil {
+		p.out.err = p.out.w.Flush()
+	}
+	return p.out.err
+}
+
+// messageSpool keeps a thread's messages on disk while the export turns the
+// service's newest-first pages into an oldest-first document: one record per
+// message, read back from the end. Each record is sealed with AES-GCM under a
+// key made for this export and held only in memory, so the temporary file
+// holds no readable PHI; the file is unlinked as soon as it is made.
+type messageSpool struct {
+	f    *os.File
+	w    *bufio.Writer
+	aead cipher.AEAD
+	n    uint64 // records written (the nonce counter)
+	size int64
+}
+
+func newMessageSpool() (*messageSpool, error) {
+	f, err := os.CreateTemp("", "clinicchat-export-*")
+	if err != nil {
+		return nil, fmt.Errorf("export spool: %w", err)
+	}
+	_ = os.Remove(f.Name())
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		f.Close()
+		return nil, err
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &messageSpool{f: f, w: bufio.NewWriterSize(f, 64<<10), aead: aead}, nil
+}
+
+func (s *messageSpool) nonce(i uint64) []byte {
+	n := make([]byte, s.aead.NonceSize())
+	binary.BigEndian.PutUint64(n[len(n)-8:], i)
+	return n
+}
+
+// Add appends one message: [sealed][uint32 length of sealed].
+func (s *messageSpool) Add(m *deliveryv1.Message) error {
+	plain, err := proto.Marshal(m)
+	if err != nil {
+		return err
+	}
+	sealed := s.aead.Seal(nil, s.nonce(s.n), plain, nil)
+	s.n++
+	var l [4]byte
+	binary.BigEndian.PutUint32(l[:], uint32(len(sealed)))
+	if _, err := s.w.Write(sealed); err != nil {
+		return fmt.Errorf("export spool: %w", err)
+	}
+	if _, err := s.w.Write(l[:]); err != nil {
+		return fmt.Errorf("export spool: %w", err)
+	}
+	s.size += int64(len(sealed)) + 4
+	return nil
+}
+
+// Len is the number of messages added.
+func (s *messageSpool) Len() int { return int(s.n) }
+
+// Reverse calls fn with each message, the last added first.
+func (s *messageSpool) Reverse(fn func(*deliveryv1.Message) error) error {
+	if err := s.w.Flush(); err != nil {
+		return fmt.Errorf("export spool: %w", err)
+	}
+	pos, i := s.size, s.n
+	var l [4]byte
+	var buf []byte
+	for pos > 0 {
+		if _, err := s.f.ReadAt(l[:], pos-4); err != nil {
+			return fmt.Errorf("export spool: %w", err)
+		}
+		n := int64(binary.BigEndian.Uint32(l[:]))
+		if n > pos-4 {
+			return fmt.Errorf("export spool: a record is longer than the file before it")
+		}
+		if int64(cap(buf)) < n {
+			buf = make([]byte, n)
+		}
+		buf = buf[:n]
+		if _, err := s.f.ReadAt(buf, pos-4-n); err != nil {
+			return fmt.Errorf("export spool: %w", err)
+		}
+		i--
+		plain, err := s.aead.Open(buf[:0], s.nonce(i), buf, nil)
+		if err != nil {
+			return fmt.Errorf("export spool: %w", err)
+		}
+		m := &deliveryv1.Message{}
+		if err := proto.Unmarshal(plain, m); err != nil {
+			return fmt.Errorf("export spool: %w", err)
+		}
+		if err := fn(m); err != nil {
+			return err
+		}
+		pos -= 4 + n
+	}
+	return nil
+}
+
+func (s *messageSpool) Close() error { return s.f.Close() }
