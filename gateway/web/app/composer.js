@@ -44,8 +44,11 @@ export class Composer {
 
   /** loadTemplates fetches the practice's templates for the "/" menu. */
   async loadTemplates() {
+    this.templatesAt = Date.now();
     try {
-      this.templates = await templates();
+      const list = await templates();
+      if (list === this.templates) return;
+      this.templates = list;
       if (this.slash) this.updateSlash();
     } catch (err) {
       console.debug('templates', err.message); // the shortcuts still work
@@ -173,7 +176,7 @@ export class Composer {
     const m = /(^|\s)(\/[^\s/]*)$/.exec(before);
     if (!m || t.selectionStart !== t.selectionEnd) { this.closeSlash(); return; }
     const word = m[2].toLowerCase();
-    if (this.templates.length === 0 && this.opts.staff) this.loadTemplates(); // asked again once the cache expires
+    if (Date.now() - (this.templatesAt || 0) > 60000) this.loadTemplates(); // asked again once a minute old
     // The shortcuts first, then the templates whose title holds the word.
     const options = [
       ...COMMANDS.filter((c) => c.command.startsWith(word)),
