@@ -78,6 +78,7 @@ type streamPDF struct {
 	tr      func(string) string
 	onPage  func() // called after each page is written (flush, write deadline)
 	zbuf    bytes.Buffer
+	zw      *zlib.Writer // reused for every page
 }
 
 // newStreamPDF starts a document on w: the header, catalog, fonts and info.
@@ -116,10 +117,11 @@ func (p *streamPDF) offset(n int) {
 	}
 }
 
+// pdfEscape escapes a PDF literal string's delimiters.
+var pdfEscape = strings.NewReplacer(`\`, `\\`, "(", `\(`, ")", `\)`, "\r", `\r`)
+
 // pdfString is a PDF literal string of Windows-1252 bytes.
-func pdfString(s string) string {
-	return "(" + strings.NewReplacer(`\`, `\\`, "(", `\(`, ")", `\)`, "\r", `\r`).Replace(s) + ")"
-}
+func pdfString(s string) string { return "(" + pdfEscape.Replace(s) + ")" }
 
 // fontFor sets the metrics font and returns its resource name.
 func (p *streamPDF) fontFor(style string, size float64) string {
@@ -211,9 +213,13 @@ func (p *streamPDF) endPage() {
 	footer := fmt.Sprintf("Page %d", p.pages)
 	fmt.Fprintf(&p.page, "BT /%s 8 Tf %.2f 28.35 Td %s Tj ET\n", res, (pdfPageW-p.metrics.GetStringWidth(footer))/2, pdfString(footer))
 	p.zbuf.Reset()
-	zw := zlib.NewWriter(&p.zbuf)
-	_, _ = zw.Write(p.page.Bytes())
-	_ = zw.Close()
+	if p.zw == nil {
+		p.zw = zlib.NewWriter(&p.zbuf)
+	} else {
+		p.zw.Reset(&p.zbuf)
+	}
+	_, _ = p.zw.Write(p.page.Bytes())
+	_ = p.zw.Close()
 	p.page.Reset()
 	content := p.next()
 	p.offset(content)
