@@ -61,7 +61,9 @@ func TestBrowserClinicWorkflow(t *testing.T) {
 				document.querySelector('#tpl-error').textContent === '' && document.querySelector('#tpl-title').value === '';
 		})()`)
 		adam.docScreenshot(t, "reply-templates", 720)
-		var list struct{ MessageTemplates []struct{ Title, Text string } }
+		var list struct {
+			MessageTemplates []struct{ Title, Text string }
+		}
 		require.Equal(t, 200, h.asNamed("hana", "hygienist", "Hana Kim").do("GET", "/v1/messageTemplates", nil, &list))
 		require.Len(t, list.MessageTemplates, 1)
 		require.Equal(t, tplText, list.MessageTemplates[0].Text)
