@@ -60,7 +60,8 @@ func TestBrowserClinicWorkflow(t *testing.T) {
 				items[0].querySelector('.tpl-item-text').textContent === `+js(tplText)+` &&
 				document.querySelector('#tpl-error').textContent === '' && document.querySelector('#tpl-title').value === '';
 		})()`)
-		adam.docScreenshot(t, "reply-templates", 720)
+		adam.do(t, chromedp.Evaluate[chromedp.Void](`document.querySelector('.page').scrollTop = 0; document.activeElement.blur()`))
+		adam.docScreenshot(t, "reply-templates", 980)
 		var list struct {
 			MessageTemplates []struct{ Title, Text string }
 		}
@@ -111,7 +112,8 @@ func TestBrowserClinicWorkflow(t *testing.T) {
 		require.Equal(t, 200, h.asNamed("dr-lee", "dentist", "Dr. Lee").do("GET", "/v1/"+conv.Name, nil, &got))
 		require.Equal(t, "users/hana", got.Assignee)
 		require.Equal(t, "Hana Kim", got.AssigneeDisplayName)
-		drLee.docScreenshot(t, "needs-reply", 560)
+		drLee.do(t, chromedp.Evaluate[chromedp.Void](`document.querySelectorAll('.toast').forEach((e) => e.remove())`))
+		drLee.docScreenshot(t, "needs-reply", 480)
 	}}, {"the colleague finds it under Assigned to me and answers with the template", func(t *testing.T) {
 		hana.do(t, chromedp.Click(chromedp.CSS("#filter-mine")))
 		hana.wait(t, "the thread, assigned to her", `[...document.querySelectorAll('.thread-list .thread')].map((b) => b.dataset.name).join() === `+js(conv.Name)+` &&
