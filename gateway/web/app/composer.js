@@ -148,6 +148,7 @@ export class Composer {
   // ---- keyboard ----------------------------------------------------------
 
   onKeyDown(e) {
+    this.swallowEnter = false;
     if (e.isComposing || e.keyCode === 229) return;
     if (this.slash) {
       const n = this.slash.options.length;
@@ -155,7 +156,7 @@ export class Composer {
       if (e.key === 'ArrowUp' && n) { e.preventDefault(); this.setActive((this.slash.active - 1 + n) % n); return; }
       if ((e.key === 'Enter' || e.key === 'Tab') && !e.shiftKey && n) {
         e.preventDefault();
-        this.swallowEnter = e.key === 'Enter';
+        this.swallowEnter = e.key === 'Enter' && !!this.slash.options[this.slash.active].template;
         this.chooseCommand(this.slash.options[this.slash.active]);
         return;
       }
