@@ -67,35 +67,20 @@ func (s *Server) exportConversation(w http.ResponseWriter, r *http.Request, para
 		s.writeError(w, r, err)
 		return
 	}
-	// The service lists newest first and a chart reads oldest first: the
-	// pages go to an encrypted spool on disk, then into the PDF from the end,
-	// so memory stays flat however long the thread (see pdfwriter.go).
-	spool, err := newMessageSpool()
-	if err != nil {
+	// The service lists newest first and a chart reads oldest first. A first
+	// pass counts the messages and keeps each page's token (a few bytes a
+	// page, on disk: see pageTokens); the PDF is then written from the
+	// oldest page back, one page of messages in memory at a time. Pages are
+	// cursors over an append-only thread, so the second pass reads exactly
+	// the messages the first counted; the newest page is kept from the first
+	// pass (a message sent meanwhile is not in this export).
+	pass := exportPass{list: func(token string) (*deliveryv1.ListMessagesResponse, error) {
+		return s.delivery.ListMessages(ctx, &deliveryv1.ListMessagesRequest{Parent: conv.GetName(), PageSize: exportPageSize, PageToken: token})
+	}}
+	defer pass.close()
+	if err := pass.count(); err != nil {
 		s.writeError(w, r, err)
 		return
-	}
-	defer spool.Close()
-	var newest, oldest time.Time
-	for token := ""; ; {
-		page, err := s.delivery.ListMessages(ctx, &deliveryv1.ListMessagesRequest{Parent: conv.GetName(), PageSize: 200, PageToken: token})
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		for _, m := range page.GetMessages() {
-			if newest.IsZero() {
-				newest = m.GetCreateTime().AsTime()
-			}
-			oldest = m.GetCreateTime().AsTime()
-			if err := spool.Add(m); err != nil {
-				s.writeError(w, r, err)
-				return
-			}
-		}
-		if token = page.GetNextPageToken(); token == "" {
-			break
-		}
 	}
 	if err := s.recordAccess(ctx, &typev1.AccessRecorded{Meta: events.Meta(who, "conversation.export", conv.GetName(), time.Now())}); err != nil {
 		s.writeError(w, r, err)
@@ -110,10 +95,82 @@ func (s *Server) exportConversation(w http.ResponseWriter, r *http.Request, para
 	rc := http.NewResponseController(w)
 	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	_ = rc.SetWriteDeadline(time.Now().Add(time.Minute))
-	summary := threadSummary{count: spool.Len(), oldest: oldest, newest: newest}
-	if err := writeThreadPDF(w, who.Practice, conv, patient, summary, spool.Reverse, staffNames,
+	if err := writeThreadPDF(w, who.Practice, conv, patient, pass.summary, pass.oldestFirst, staffNames,
 		func() { _ = rc.SetWriteDeadline(time.Now().Add(time.Minute)) }); err != nil {
 		panic(http.ErrAbortHandler) // never a silently truncated PDF
+	}
+}
+
+// exportPageSize is how many messages the export asks the service for at once.
+const exportPageSize = 200
+
+// exportPass walks a thread for the export: count, then oldestFirst.
+type exportPass struct {
+	list    func(token string) (*deliveryv1.ListMessagesResponse, error)
+	summary threadSummary
+	newest  []*deliveryv1.Message // the first page, newest first
+	tokens  *pageTokens           // the tokens of the pages after it
+}
+
+// count reads the thread newest first, keeping the first page and the
+// other pages' tokens, and sums it up for the heading.
+func (p *exportPass) count() error {
+	tokens, err := newPageTokens()
+	if err != nil {
+		return err
+	}
+	p.tokens = tokens
+	for token := ""; ; {
+		page, err := p.list(token)
+		if err != nil {
+			return err
+		}
+		msgs := page.GetMessages()
+		if token == "" {
+			p.newest = msgs
+		} else if err := p.tokens.push(token); err != nil {
+			return err
+		}
+		if len(msgs) > 0 {
+			if p.summary.count == 0 {
+				p.summary.newest = msgs[0].GetCreateTime().AsTime()
+			}
+			p.summary.oldest = msgs[len(msgs)-1].GetCreateTime().AsTime()
+			p.summary.count += len(msgs)
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			return nil
+		}
+	}
+}
+
+// oldestFirst calls fn with every message counted, oldest first: the pages
+// again from the last token back, then the first page.
+func (p *exportPass) oldestFirst(fn func(*deliveryv1.Message) error) error {
+	each := func(msgs []*deliveryv1.Message) error {
+		for i := len(msgs) - 1; i >= 0; i-- {
+			if err := fn(msgs[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	err := p.tokens.popAll(func(token string) error {
+		page, err := p.list(token)
+		if err != nil {
+			return err
+		}
+		return each(page.GetMessages())
+	})
+	if err != nil {
+		return err
+	}
+	return each(p.newest)
+}
+
+func (p *exportPass) close() {
+	if p.tokens != nil {
+		p.tokens.close()
 	}
 }
 

@@ -43,47 +43,73 @@ func pdfToText(t *testing.T, pdf []byte) string {
 	return string(out)
 }
 
-// spoolThread spools n messages the way the export gets them from the
-// service: newest first. Message i (0 oldest) says "Message number i".
-func spoolThread(t testing.TB, n int) *messageSpool {
-	t.Helper()
-	spool, err := newMessageSpool()
-	require.NoError(t, err)
+// testMessage is message i (0 the oldest) of a test thread.
+func testMessage(i int) *deliveryv1.Message {
 	t0 := time.Date(2026, 1, 2, 9, 0, 0, 0, time.UTC)
-	for i := n - 1; i >= 0; i-- {
-		m := &deliveryv1.Message{
-			Name: fmt.Sprintf("conversations/c1/messages/%d", i+1), Sender: "patients/alice", SenderRole: "patient",
-			Text:   fmt.Sprintf("Message number %d: could you look at my crown again, it still hurts when I bite down on the left side.", i),
-			Status: deliveryv1.Message_READ, CreateTime: timestamppb.New(t0.Add(time.Duration(i) * time.Minute)),
-		}
-		if i%2 == 1 {
-			m.Sender, m.SenderRole, m.SenderDisplayName = "users/dr-lee", "dentist", "Dr Grace Lee"
-		}
-		require.NoError(t, spool.Add(m))
+	m := &deliveryv1.Message{
+		Name: fmt.Sprintf("conversations/c1/messages/%d", i+1), Seq: int32(i + 1), Sender: "patients/alice", SenderRole: "patient",
+		Text:   fmt.Sprintf("Message number %d: could you look at my crown again, it still hurts when I bite down on the left side.", i),
+		Status: deliveryv1.Message_READ, CreateTime: timestamppb.New(t0.Add(time.Duration(i) * time.Minute)),
 	}
-	return spool
+	if i%2 == 1 {
+		m.Sender, m.SenderRole, m.SenderDisplayName = "users/dr-lee", "dentist", "Dr Grace Lee"
+	}
+	return m
 }
 
-func writeTestThread(w io.Writer, spool *messageSpool, n int) error {
-	return writeTestThreadPaged(w, spool, n, nil)
+// fakeThread is a thread of messages listed as the delivery service lists
+// them: newest first, pageSize at a time, the page token the seq to read
+// below. Messages may be appended while it is read.
+type fakeThread struct {
+	msgs  []*deliveryv1.Message
+	calls int
 }
 
-func writeTestThreadPaged(w io.Writer, spool *messageSpool, n int, onPage func()) error {
+func newFakeThread(n int) *fakeThread {
+	f := &fakeThread{}
+	for i := range n {
+		f.msgs = append(f.msgs, testMessage(i))
+	}
+	return f
+}
+
+func (f *fakeThread) list(token string) (*deliveryv1.ListMessagesResponse, error) {
+	f.calls++
+	before := len(f.msgs) + 1
+	if token != "" {
+		if _, err := fmt.Sscan(token, &before); err != nil {
+			return nil, err
+		}
+	}
+	out := &deliveryv1.ListMessagesResponse{}
+	for seq := before - 1; seq >= 1 && len(out.Messages) < exportPageSize; seq-- {
+		out.Messages = append(out.Messages, f.msgs[seq-1])
+	}
+	if last := len(out.Messages); last == exportPageSize && out.Messages[last-1].GetSeq() > 1 {
+		out.NextPageToken = fmt.Sprint(out.Messages[last-1].GetSeq())
+	}
+	return out, nil
+}
+
+// exportThread writes the PDF of a thread read through exportPass.
+func exportThread(t testing.TB, w io.Writer, thread *fakeThread, onPage func()) {
+	t.Helper()
+	pass := exportPass{list: thread.list}
+	require.NoError(t, pass.count())
+	defer pass.close()
 	conv := &conversationv1.Conversation{Name: "conversations/c1", Patient: "patients/alice"}
 	patient := &preferencesv1.Patient{DisplayName: "Alice Johnson", DateOfBirth: "1990-04-01"}
-	t0 := time.Date(2026, 1, 2, 9, 0, 0, 0, time.UTC)
-	sum := threadSummary{count: n, oldest: t0, newest: t0.Add(time.Duration(n-1) * time.Minute)}
-	return writeThreadPDF(w, "demo", conv, patient, sum, spool.Reverse, map[string]string{}, onPage)
+	require.NoError(t, writeThreadPDF(w, "demo", conv, patient, pass.summary, pass.oldestFirst, map[string]string{}, onPage))
 }
 
 // A long thread comes out whole, oldest first, as a PDF that poppler reads
 // without complaint: the streamed writer's offsets, page tree and wrapping.
 func TestThreadPDFLongThread(t *testing.T) {
 	const n = 3000
-	spool := spoolThread(t, n)
-	defer spool.Close()
+	thread := newFakeThread(n)
 	var out bytes.Buffer
-	require.NoError(t, writeTestThread(&out, spool, n))
+	exportThread(t, &out, thread, nil)
+	require.Equal(t, 2*((n+exportPageSize-1)/exportPageSize)-1, thread.calls, "every page twice, but the newest")
 	require.True(t, bytes.HasPrefix(out.Bytes(), []byte("%PDF-1.4")))
 	text := strings.Join(strings.Fields(pdfToText(t, out.Bytes())), " ")
 	require.Contains(t, text, "Messages: 3000, 2026-01-02T09:00:00Z to 2026-01-04T10:59:00Z (UTC)")
@@ -101,17 +127,35 @@ func TestThreadPDFLongThread(t *testing.T) {
 	require.Contains(t, text, fmt.Sprintf("Page %d", pages), "numbered to the end")
 }
 
+// A message sent while the export runs is not in it: the heading's count
+// and the messages agree, and none is missing or twice.
+func TestExportPassIsTheThreadAsCounted(t *testing.T) {
+	const n = 450
+	thread := newFakeThread(n)
+	pass := exportPass{list: thread.list}
+	require.NoError(t, pass.count())
+	defer pass.close()
+	require.Equal(t, n, pass.summary.count)
+	thread.msgs = append(thread.msgs, testMessage(n)) // sent meanwhile
+	var seqs []int32
+	require.NoError(t, pass.oldestFirst(func(m *deliveryv1.Message) error {
+		seqs = append(seqs, m.GetSeq())
+		return nil
+	}))
+	require.Len(t, seqs, n)
+	for i, seq := range seqs {
+		require.Equal(t, int32(i+1), seq, "oldest first, each once")
+	}
+}
+
 // Long words and lines wrap inside the page; text outside Windows-1252 and
 // PDF string delimiters do not break the document.
 func TestThreadPDFWrapsAndEscapes(t *testing.T) {
-	spool, err := newMessageSpool()
-	require.NoError(t, err)
-	defer spool.Close()
 	long := strings.Repeat("x", 400)
-	require.NoError(t, spool.Add(&deliveryv1.Message{Sender: "patients/alice", SenderRole: "patient", Status: deliveryv1.Message_SENT,
-		Text: "Brackets (like these) and a back\\slash, café, 牙医\n" + long, CreateTime: timestamppb.Now()}))
+	thread := &fakeThread{msgs: []*deliveryv1.Message{{Seq: 1, Sender: "patients/alice", SenderRole: "patient", Status: deliveryv1.Message_SENT,
+		Text: "Brackets (like these) and a back\\slash, café, 牙医\n" + long, CreateTime: timestamppb.Now()}}}
 	var out bytes.Buffer
-	require.NoError(t, writeTestThread(&out, spool, 1))
+	exportThread(t, &out, thread, nil)
 	text := pdfToText(t, out.Bytes())
 	require.Contains(t, text, "Brackets (like these) and a back\\slash, café")
 	xs, lines := 0, 0
@@ -124,7 +168,8 @@ func TestThreadPDFWrapsAndEscapes(t *testing.T) {
 	require.Greater(t, lines, 1, "split across lines")
 }
 
-// BenchmarkThreadPDF prints, against the thread's length, the heap the
+// BenchmarkThreadPDF prints, against the thread's length (the messages
+// themselves live in a fake service, outside the figures), the heap the
 // export keeps live (measured after a GC every 16 pages: what it holds, not
 // its garbage) and its peak heap including garbage not yet collected. Both
 // are flat, since one page and one message are in memory at a time. Run:
@@ -133,8 +178,7 @@ func TestThreadPDFWrapsAndEscapes(t *testing.T) {
 func BenchmarkThreadPDF(b *testing.B) {
 	for _, n := range []int{1000, 4000, 16000} {
 		b.Run(fmt.Sprintf("messages=%d", n), func(b *testing.B) {
-			spool := spoolThread(b, n)
-			defer spool.Close()
+			thread := newFakeThread(n)
 			var peak, live uint64
 			var written int64
 			for b.Loop() {
@@ -151,9 +195,7 @@ func BenchmarkThreadPDF(b *testing.B) {
 						}
 					}
 				}
-				if err := writeTestThreadPaged(cw, spool, n, onPage); err != nil {
-					b.Fatal(err)
-				}
+				exportThread(b, cw, thread, onPage)
 				stop()
 				written = cw.n
 			}

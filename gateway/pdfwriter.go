@@ -4,9 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"compress/zlib"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -14,9 +11,6 @@ import (
 	"strings"
 
 	"github.com/go-pdf/fpdf"
-	"google.golang.org/protobuf/proto"
-
-	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 )
 
 // A PDF of a whole thread must not cost memory in proportion to the thread:
@@ -28,9 +22,9 @@ import (
 // page in memory at a time, and takes from fpdf what is hard to get right:
 // the standard fonts' glyph widths (for wrapping) and the translation of text
 // to the fonts' Windows-1252 encoding. What grows with the thread goes to
-// temporary files, unlinked at once: the offset table (20 bytes per object,
-// no PHI) and, in messageSpool, the messages themselves (encrypted with a key
-// that lives only in memory for the one export).
+// temporary files, unlinked at once and holding no PHI: the offset table (20
+// bytes per PDF object) and, in pageTokens, the service's page tokens (a few
+// bytes per 200 messages).
 
 // A4 in points, and the layout's margins.
 const (
@@ -267,110 +261,66 @@ func (p *streamPDF) Close() error {
 	return p.out.err
 }
 
-// messageSpool keeps a thread's messages on disk while the export turns the
-// service's newest-first pages into an oldest-first document: one record per
-// message, read back from the end. Each record is sealed with AES-GCM under a
-// key made for this export and held only in memory, so the temporary file
-// holds no readable PHI; the file is unlinked as soon as it is made.
-type messageSpool struct {
+// pageTokens is a stack of page tokens on disk, for reading a thread's pages
+// back from the oldest: a few bytes a page (the tokens are cursors, not PHI),
+// so the export's memory does not grow with the thread. The file is unlinked
+// as soon as it is made.
+type pageTokens struct {
 	f    *os.File
 	w    *bufio.Writer
-	aead cipher.AEAD
-	n    uint64 // records written (the nonce counter)
 	size int64
 }
 
-func newMessageSpool() (*messageSpool, error) {
-	f, err := os.CreateTemp("", "clinicchat-export-*")
+func newPageTokens() (*pageTokens, error) {
+	f, err := os.CreateTemp("", "clinicchat-export-pages-*")
 	if err != nil {
-		return nil, fmt.Errorf("export spool: %w", err)
+		return nil, fmt.Errorf("export page tokens: %w", err)
 	}
 	_ = os.Remove(f.Name())
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		f.Close()
-		return nil, err
-	}
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return &messageSpool{f: f, w: bufio.NewWriterSize(f, 64<<10), aead: aead}, nil
+	return &pageTokens{f: f, w: bufio.NewWriter(f)}, nil
 }
 
-func (s *messageSpool) nonce(i uint64) []byte {
-	n := make([]byte, s.aead.NonceSize())
-	binary.BigEndian.PutUint64(n[len(n)-8:], i)
-	return n
-}
-
-// Add appends one message: [sealed][uint32 length of sealed].
-func (s *messageSpool) Add(m *deliveryv1.Message) error {
-	plain, err := proto.Marshal(m)
-	if err != nil {
-		return err
+// push adds a token: [token][uint16 length].
+func (t *pageTokens) push(token string) error {
+	if len(token) > 0xffff {
+		return fmt.Errorf("export page tokens: a token of %d bytes", len(token))
 	}
-	sealed := s.aead.Seal(nil, s.nonce(s.n), plain, nil)
-	s.n++
-	var l [4]byte
-	binary.BigEndian.PutUint32(l[:], uint32(len(sealed)))
-	if _, err := s.w.Write(sealed); err != nil {
-		return fmt.Errorf("export spool: %w", err)
+	var l [2]byte
+	binary.BigEndian.PutUint16(l[:], uint16(len(token)))
+	if _, err := t.w.WriteString(token); err != nil {
+		return fmt.Errorf("export page tokens: %w", err)
 	}
-	if _, err := s.w.Write(l[:]); err != nil {
-		return fmt.Errorf("export spool: %w", err)
+	if _, err := t.w.Write(l[:]); err != nil {
+		return fmt.Errorf("export page tokens: %w", err)
 	}
-	s.size += int64(len(sealed)) + 4
+	t.size += int64(len(token)) + 2
 	return nil
 }
 
-// Len is the number of messages added.
-func (s *messageSpool) Len() int { return int(s.n) }
-
-// Reverse calls fn with each message, the last added first.
-func (s *messageSpool) Reverse(fn func(*deliveryv1.Message) error) error {
-	if err := s.w.Flush(); err != nil {
-		return fmt.Errorf("export spool: %w", err)
+// popAll calls fn with each token, the last pushed first.
+func (t *pageTokens) popAll(fn func(string) error) error {
+	if err := t.w.Flush(); err != nil {
+		return fmt.Errorf("export page tokens: %w", err)
 	}
-	pos, i := s.size, s.n
-	var l [4]byte
-	var buf []byte
-	for pos > 0 {
-		if _, err := s.f.ReadAt(l[:], pos-4); err != nil {
-			return fmt.Errorf("export spool: %w", err)
+	var l [2]byte
+	buf := make([]byte, 0xffff)
+	for pos := t.size; pos > 0; {
+		if _, err := t.f.ReadAt(l[:], pos-2); err != nil {
+			return fmt.Errorf("export page tokens: %w", err)
 		}
-		n := int64(binary.BigEndian.Uint32(l[:]))
-		if n > pos-4 {
-			return fmt.Errorf("export spool: a record is longer than the file before it")
+		n := int64(binary.BigEndian.Uint16(l[:]))
+		if n > pos-2 {
+			return fmt.Errorf("export page tokens: a record is longer than the file before it")
 		}
-		if int64(cap(buf)) < n {
-			buf = make([]byte, n)
+		if _, err := t.f.ReadAt(buf[:n], pos-2-n); err != nil {
+			return fmt.Errorf("export page tokens: %w", err)
 		}
-		buf = buf[:n]
-		if _, err := s.f.ReadAt(buf, pos-4-n); err != nil {
-			return fmt.Errorf("export spool: %w", err)
-		}
-		i--
-		plain, err := s.aead.Open(buf[:0], s.nonce(i), buf, nil)
-		if err != nil {
-			return fmt.Errorf("export spool: %w", err)
-		}
-		m := &deliveryv1.Message{}
-		if err := proto.Unmarshal(plain, m); err != nil {
-			return fmt.Errorf("export spool: %w", err)
-		}
-		if err := fn(m); err != nil {
+		if err := fn(string(buf[:n])); err != nil {
 			return err
 		}
-		pos -= 4 + n
+		pos -= 2 + n
 	}
 	return nil
 }
 
-func (s *messageSpool) Close() error { return s.f.Close() }
+func (t *pageTokens) close() { _ = t.f.Close() }
