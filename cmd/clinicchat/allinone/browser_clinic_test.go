@@ -159,6 +159,24 @@ func TestBrowserClinicWorkflow(t *testing.T) {
 			require.Contains(t, text, want)
 		}
 		require.Less(t, strings.Index(text, patientText), strings.Index(text, expanded), "oldest first")
+	}}, {"unassign from the thread's menu, with the keyboard; it leaves the colleague's Assigned to me", func(t *testing.T) {
+		hana.do(t, chromedp.Click(chromedp.CSS("#filter-mine")))
+		hana.wait(t, "her assigned thread", threadWith(conv.Name)+` != null`)
+		drLee.do(t, chromedp.Click(chromedp.CSS(`.thread-head [aria-label="Conversation actions"]`)))
+		drLee.wait(t, "the thread menu, focused", `document.activeElement?.dataset.action === 'pin'`)
+		drLee.do(t, chromedp.KeyEvent(kb.ArrowDown+kb.ArrowDown+kb.Enter)) // Pin, Mute, Assign…
+		drLee.wait(t, "the dialog, the current assignee focused", `document.querySelector('.assign-current')?.textContent === 'Assigned to Hana Kim.' &&
+			document.activeElement?.dataset.name === 'users/hana' && document.activeElement.getAttribute('aria-pressed') === 'true' &&
+			!document.querySelector('#assign-clear').hidden`)
+		drLee.do(t, chromedp.Click(chromedp.CSS("#assign-clear")))
+		drLee.wait(t, "no assignee", `!document.querySelector('.assign-dialog') &&
+			!`+threadWith(conv.Name)+`.querySelector('.tag-assignee') && !document.querySelector('.thread-sub')?.textContent.includes('Assigned')`)
+		drLee.wait(t, "focus back on the menu button", `document.activeElement?.getAttribute('aria-label') === 'Conversation actions'`)
+		hana.wait(t, "gone from Assigned to me", threadWith(conv.Name)+` == null &&
+			document.querySelector('.list-status').textContent === 'No conversation is assigned to you.'`)
+		var got struct{ Assignee string }
+		require.Equal(t, 200, h.asNamed("dr-lee", "dentist", "Dr. Lee").do("GET", "/v1/"+conv.Name, nil, &got))
+		require.Empty(t, got.Assignee)
 	}}, {"patients see none of it", func(t *testing.T) {
 		alice.wait(t, "no filters, no menu, no Templates", `document.querySelector('.sidebar') != null &&
 			!document.querySelector('.filters') && !document.querySelector('[aria-label="Conversation actions"]') &&

@@ -295,14 +295,15 @@ export class ChatView {
     this.openActions(c, { x, y, returnTo: btn });
   }
 
-  openActions(c, { x, y, returnTo }) {
+  /** openActions shows a thread's menu; from: 'head' (the open thread's ⋯ button) or 'list'. */
+  openActions(c, { x, y, returnTo, from = 'list' }) {
     const who = c.patientDisplayName || 'this conversation';
     showMenu({
       x, y, returnTo, label: 'Actions for ' + who,
       items: [
         { id: 'pin', label: c.pinned ? 'Unpin' : 'Pin to top', icon: 'pin', onSelect: () => this.act(c, c.pinned ? 'unpin' : 'pin') },
         { id: 'mute', label: c.muted ? 'Unmute' : 'Mute notifications', icon: c.muted ? 'bell' : 'mute', onSelect: () => this.act(c, c.muted ? 'unmute' : 'mute') },
-        { id: 'assign', label: 'Assign…', icon: 'user', onSelect: () => this.assignDialog(c, returnTo) },
+        { id: 'assign', label: 'Assign…', icon: 'user', onSelect: () => this.assignDialog(c, returnTo, from) },
         { id: 'export', label: 'Export PDF', icon: 'download', onSelect: () => this.exportPDF(c) },
       ],
     });
@@ -314,7 +315,7 @@ export class ChatView {
    * assignDialog offers the practice's staff (GET /v1/staff: everyone the
    * practice has seen signed in, by name) and, when assigned, Unassign.
    */
-  assignDialog(c, returnTo) {
+  assignDialog(c, returnTo, from) {
     const who = c.patientDisplayName || 'this conversation';
     const list = h('ul', { class: 'staff-list', 'aria-label': 'Staff' }, h('li', { class: 'muted' }, 'Loading staff…'));
     const status = h('p', { class: 'picker-status', role: 'status' });
@@ -331,9 +332,14 @@ export class ChatView {
       current,
       h('div', { class: 'dialog-sub assign-actions' }, unassign),
       status, list);
+    // Focus goes back where the menu was opened; the assignment may have
+    // drawn that button or thread again meanwhile.
     dialog.addEventListener('close', () => {
       dialog.remove();
-      if (returnTo && returnTo.isConnected) returnTo.focus();
+      const back = returnTo?.isConnected ? returnTo : from === 'head'
+        ? this.pane.querySelector('.thread-head [aria-haspopup="menu"]')
+        : this.list.querySelector(`.thread[data-name="${CSS.escape(c.name)}"]`);
+      back?.focus();
     });
     document.body.append(dialog);
     dialog.showModal();
@@ -584,6 +590,8 @@ export class ChatView {
   renderThreadHead() {
     const cur = this.current;
     const c = cur.conv;
+    // Drawn again on every change of the thread: keep the focus on the same button.
+    const focused = cur.head.contains(document.activeElement) ? document.activeElement.getAttribute('aria-label') : null;
     clear(cur.head);
     const name = this.staff ? (c.patientDisplayName || c.patient) : 'Your dental practice';
     const sub = [];
@@ -607,11 +615,12 @@ export class ChatView {
         type: 'button', class: 'icon-btn', 'aria-label': 'Conversation actions', 'aria-haspopup': 'menu',
         onclick: () => {
           const r = more.getBoundingClientRect();
-          this.openActions(cur.conv, { x: r.right - 200, y: r.bottom + 4, returnTo: more });
+          this.openActions(cur.conv, { x: r.right - 200, y: r.bottom + 4, returnTo: more, from: 'head' });
         },
       }, icon('more', 'icon-more'));
       cur.head.append(more);
     }
+    if (focused) cur.head.querySelector(`[aria-label="${CSS.escape(focused)}"]`)?.focus();
   }
 
   async loadNewest(cur) {
