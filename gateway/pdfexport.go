@@ -3,12 +3,11 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
-	"github.com/go-pdf/fpdf"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -26,7 +25,7 @@ import (
 const routeConversationExport = "/v1/{name=conversations/*}:export"
 
 // exportConversation answers GET /v1/conversations/{c}:export with the whole
-// thread as a PDF for the patient's chart (staff only): the practice, the
+// thread as a streamed PDF for the patient's chart (staff only): the practice, the
 // patient (name, date of birth), the date range, and every message oldest
 // first with sender name and role, time, status, attachment names and sizes
 // and artifact cards; sensitive messages are included and marked. It pages
@@ -68,30 +67,110 @@ func (s *Server) exportConversation(w http.ResponseWriter, r *http.Request, para
 		s.writeError(w, r, err)
 		return
 	}
-	var msgs []*deliveryv1.Message
-	for token := ""; ; {
-		page, err := s.delivery.ListMessages(ctx, &deliveryv1.ListMessagesRequest{Parent: conv.GetName(), PageSize: 200, PageToken: token})
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		msgs = append(msgs, page.GetMessages()...)
-		if token = page.GetNextPageToken(); token == "" {
-			break
-		}
+	// The service lists newest first and a chart reads oldest first. A first
+	// pass counts the messages and keeps each page's token (a few bytes a
+	// page, on disk: see pageTokens); the PDF is then written from the
+	// oldest page back, one page of messages in memory at a time. Pages are
+	// cursors over an append-only thread, so the second pass reads exactly
+	// the messages the first counted; the newest page is kept from the first
+	// pass (a message sent meanwhile is not in this export).
+	pass := exportPass{list: func(token string) (*deliveryv1.ListMessagesResponse, error) {
+		return s.delivery.ListMessages(ctx, &deliveryv1.ListMessagesRequest{Parent: conv.GetName(), PageSize: exportPageSize, PageToken: token})
+	}}
+	defer pass.close()
+	if err := pass.count(); err != nil {
+		s.writeError(w, r, err)
+		return
 	}
-	slices.Reverse(msgs) // the service lists newest first; a chart reads oldest first
 	if err := s.recordAccess(ctx, &typev1.AccessRecorded{Meta: events.Meta(who, "conversation.export", conv.GetName(), time.Now())}); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	doc := threadPDF(who.Practice, conv, patient, msgs, staffNames)
 	w.Header().Set("Content-Type", "application/pdf")
 	w.Header().Set("Content-Disposition", `attachment; filename="conversation-`+strings.TrimPrefix(conv.GetName(), "conversations/")+`.pdf"`)
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
-	if err := doc.Output(w); err != nil {
+	// A long export is bounded by time only: each page pushes the write
+	// deadline on, so a client that stops reading is still cut off.
+	rc := http.NewResponseController(w)
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+	_ = rc.SetWriteDeadline(time.Now().Add(time.Minute))
+	if err := writeThreadPDF(w, who.Practice, conv, patient, pass.summary, pass.oldestFirst, staffNames,
+		func() { _ = rc.SetWriteDeadline(time.Now().Add(time.Minute)) }); err != nil {
 		panic(http.ErrAbortHandler) // never a silently truncated PDF
+	}
+}
+
+// exportPageSize is how many messages the export asks the service for at once.
+const exportPageSize = 200
+
+// exportPass walks a thread for the export: count, then oldestFirst.
+type exportPass struct {
+	list    func(token string) (*deliveryv1.ListMessagesResponse, error)
+	summary threadSummary
+	newest  []*deliveryv1.Message // the first page, newest first
+	tokens  *pageTokens           // the tokens of the pages after it
+}
+
+// count reads the thread newest first, keeping the first page and the
+// other pages' tokens, and sums it up for the heading.
+func (p *exportPass) count() error {
+	tokens, err := newPageTokens()
+	if err != nil {
+		return err
+	}
+	p.tokens = tokens
+	for token := ""; ; {
+		page, err := p.list(token)
+		if err != nil {
+			return err
+		}
+		msgs := page.GetMessages()
+		if token == "" {
+			p.newest = msgs
+		} else if err := p.tokens.push(token); err != nil {
+			return err
+		}
+		if len(msgs) > 0 {
+			if p.summary.count == 0 {
+				p.summary.newest = msgs[0].GetCreateTime().AsTime()
+			}
+			p.summary.oldest = msgs[len(msgs)-1].GetCreateTime().AsTime()
+			p.summary.count += len(msgs)
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			return nil
+		}
+	}
+}
+
+// oldestFirst calls fn with every message counted, oldest first: the pages
+// again from the last token back, then the first page.
+func (p *exportPass) oldestFirst(fn func(*deliveryv1.Message) error) error {
+	each := func(msgs []*deliveryv1.Message) error {
+		for i := len(msgs) - 1; i >= 0; i-- {
+			if err := fn(msgs[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	err := p.tokens.popAll(func(token string) error {
+		page, err := p.list(token)
+		if err != nil {
+			return err
+		}
+		return each(page.GetMessages())
+	})
+	if err != nil {
+		return err
+	}
+	return each(p.newest)
+}
+
+func (p *exportPass) close() {
+	if p.tokens != nil {
+		p.tokens.close()
 	}
 }
 
@@ -130,37 +209,34 @@ func (s *Server) recordAccess(ctx context.Context, ev *typev1.AccessRecorded) er
 	return nil
 }
 
-// threadPDF lays the thread out on A4 pages.
-func threadPDF(practice string, conv *conversationv1.Conversation, patient *preferencesv1.Patient,
-	msgs []*deliveryv1.Message, staffNames map[string]string) *fpdf.Fpdf {
-	pdf := fpdf.New("P", "mm", "A4", "")
-	pdf.SetTitle("Conversation "+conv.GetName(), true)
-	pdf.SetCreator("clinicchat", true)
-	pdf.SetAutoPageBreak(true, 15)
-	tr := pdf.UnicodeTranslatorFromDescriptor("") // core fonts speak cp1252
-	pdf.SetFooterFunc(func() {
-		pdf.SetY(-12)
-		pdf.SetFont("Helvetica", "I", 8)
-		pdf.CellFormat(0, 8, fmt.Sprintf("Page %d", pdf.PageNo()), "", 0, "C", false, 0, "")
-	})
-	pdf.AddPage()
-	line := func(style string, size float64, h float64, text string) {
-		pdf.SetFont("Helvetica", style, size)
-		pdf.MultiCell(0, h, tr(text), "", "L", false)
+// threadSummary is what the PDF's heading says about the messages.
+type threadSummary struct {
+	count          int
+	oldest, newest time.Time
+}
+
+// writeThreadPDF lays the thread out on A4 pages and streams them to w: the
+// heading, then each message that each calls fn with, oldest first. Memory
+// holds one page and one message at a time.
+func writeThreadPDF(w io.Writer, practice string, conv *conversationv1.Conversation, patient *preferencesv1.Patient,
+	sum threadSummary, each func(func(*deliveryv1.Message) error) error, staffNames map[string]string, onPage func()) error {
+	pdf, err := newStreamPDF(w, "Conversation "+conv.GetName(), onPage)
+	if err != nil {
+		return err
 	}
-	line("B", 16, 8, "Chat conversation for the patient's chart")
-	line("", 10, 5, "Practice: "+practice)
-	line("", 10, 5, "Patient: "+patient.GetDisplayName()+" ("+conv.GetPatient()+")")
-	line("", 10, 5, "Date of birth: "+patient.GetDateOfBirth())
+	pdf.text("B", 16, 22, "Chat conversation for the patient's chart")
+	pdf.text("", 10, 14, "Practice: "+practice)
+	pdf.text("", 10, 14, "Patient: "+patient.GetDisplayName()+" ("+conv.GetPatient()+")")
+	pdf.text("", 10, 14, "Date of birth: "+patient.GetDateOfBirth())
 	from, to := "no messages", ""
-	if len(msgs) > 0 {
-		from = msgs[0].GetCreateTime().AsTime().UTC().Format(time.RFC3339)
-		to = " to " + msgs[len(msgs)-1].GetCreateTime().AsTime().UTC().Format(time.RFC3339)
+	if sum.count > 0 {
+		from = sum.oldest.UTC().Format(time.RFC3339)
+		to = " to " + sum.newest.UTC().Format(time.RFC3339)
 	}
-	line("", 10, 5, "Messages: "+fmt.Sprint(len(msgs))+", "+from+to+" (UTC)")
-	line("", 10, 5, "Exported: "+time.Now().UTC().Format(time.RFC3339))
-	pdf.Ln(4)
-	for _, m := range msgs {
+	pdf.text("", 10, 14, "Messages: "+fmt.Sprint(sum.count)+", "+from+to+" (UTC)")
+	pdf.text("", 10, 14, "Exported: "+time.Now().UTC().Format(time.RFC3339))
+	pdf.gap(10)
+	err = each(func(m *deliveryv1.Message) error {
 		sender := m.GetSender()
 		switch {
 		case m.GetSenderDisplayName() != "":
@@ -175,15 +251,13 @@ func threadPDF(practice string, conv *conversationv1.Conversation, patient *pref
 		if m.GetSensitive() {
 			head += " [SENSITIVE]"
 		}
-		pdf.SetDrawColor(200, 200, 200)
-		pdf.Line(pdf.GetX(), pdf.GetY(), 200, pdf.GetY())
-		pdf.Ln(1)
-		line("B", 10, 5, head)
+		pdf.rule()
+		pdf.text("B", 10, 14, head)
 		if m.GetText() != "" {
-			line("", 10, 5, m.GetText())
+			pdf.text("", 10, 14, m.GetText())
 		}
 		for _, a := range m.GetAttachments() {
-			line("I", 9, 4.5, fmt.Sprintf("Attachment: %s (%s, %d bytes)", a.GetFilename(), a.GetContentType(), a.GetSizeBytes()))
+			pdf.text("I", 9, 12.75, fmt.Sprintf("Attachment: %s (%s, %d bytes)", a.GetFilename(), a.GetContentType(), a.GetSizeBytes()))
 		}
 		if art := m.GetArtifact(); art != nil {
 			p := art.GetPreview()
@@ -193,9 +267,13 @@ func threadPDF(practice string, conv *conversationv1.Conversation, patient *pref
 					card = append(card, "- "+x)
 				}
 			}
-			line("I", 9, 4.5, strings.Join(card, " "))
+			pdf.text("I", 9, 12.75, strings.Join(card, " "))
 		}
-		pdf.Ln(2)
+		pdf.gap(6)
+		return pdf.out.err
+	})
+	if err != nil {
+		return err
 	}
-	return pdf
+	return pdf.Close()
 }

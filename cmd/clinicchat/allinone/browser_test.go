@@ -448,7 +448,7 @@ func TestBrowserChat(t *testing.T) {
 		staff.wait(t, "Emma's newer thread first", `document.querySelector('.thread-list .thread')?.dataset.name === `+js(emma.Name))
 
 		staff.rightClick(t, threadSel(conv.Name))
-		staff.wait(t, "the context menu", `[...document.querySelectorAll('.menu [role="menuitem"]')].map((b) => b.textContent).join('|') === 'Pin to top|Mute notifications' &&
+		staff.wait(t, "the context menu", `[...document.querySelectorAll('.menu [role="menuitem"]')].map((b) => b.textContent).join('|') === 'Pin to top|Mute notifications|Assign…|Export PDF' &&
 			document.activeElement?.getAttribute('role') === 'menuitem'`)
 		staff.screenshot(t, "context-menu")
 		staff.do(t, chromedp.Click(chromedp.CSS(`.menu [role="menuitem"]:first-child`)))

@@ -114,12 +114,24 @@ export const api = {
   clientConfig: () => request('GET', '/v1/clientConfig', { auth: false }),
   devToken: (req) => request('POST', '/v1/dev/tokens', { body: req, auth: false }),
 
-  listConversations: ({ query, archived, pageToken, pageSize = 100 } = {}) =>
-    request('GET', '/v1/conversations', { query: { query, archived: archived ? 'true' : '', pageToken, pageSize } }),
+  listConversations: ({ query, archived, awaitingReply, assignee, pageToken, pageSize = 100 } = {}) =>
+    request('GET', '/v1/conversations', {
+      query: { query, archived: archived ? 'true' : '', awaitingReply: awaitingReply ? 'true' : '', assignee, pageToken, pageSize },
+    }),
   getConversation: (name) => request('GET', v1(name)),
   createConversation: (patient) => request('POST', '/v1/conversations', { body: { patient } }),
   conversationAction: (name, action) => request('POST', v1(name) + ':' + action, { body: {} }),
   markRead: (name, upTo) => request('POST', v1(name) + ':markRead', { body: upTo ? { upTo } : {} }),
+  /** assign: assignee "users/u", or '' to unassign. */
+  assign: (name, assignee) => request('POST', v1(name) + ':assign', { body: { assignee } }),
+  /** exportConversation: the thread as a PDF (the Response, for its blob). */
+  exportConversation: (name) => request('GET', v1(name) + ':export', { raw: true }),
+  listStaff: ({ pageToken, pageSize = 1000 } = {}) => request('GET', '/v1/staff', { query: { pageToken, pageSize } }),
+
+  listTemplates: () => request('GET', '/v1/messageTemplates', { query: { pageSize: 200 } }),
+  createTemplate: (t) => request('POST', '/v1/messageTemplates', { body: { title: t.title, text: t.text } }),
+  updateTemplate: (name, t) => request('PATCH', v1(name), { body: { title: t.title, text: t.text } }),
+  deleteTemplate: (name) => request('DELETE', v1(name)),
 
   listMessages: (conversation, { pageToken, pageSize = 50 } = {}) =>
     request('GET', v1(conversation) + '/messages', { query: { pageToken, pageSize } }),

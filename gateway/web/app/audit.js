@@ -5,11 +5,12 @@
 // names here, in the browser, for display only — the log holds no PHI.
 //   patients:       GET /v1/patients (the practice's directory)
 //   conversations:  GET /v1/conversations (active and archived)
-//   staff:          learned from messages this tab has shown (people.js),
-//                   and the admin's own token; otherwise the user id.
+//   staff:          GET /v1/staff (everyone the practice has seen signed
+//                   in), and what this tab has learned (people.js);
+//                   otherwise the user id.
 
 import { api, allPages, saveFile } from './api.js';
-import { knownStaff, staffName } from './people.js';
+import { knownStaff, learnName, staffName } from './people.js';
 import { session } from './session.js';
 import { h, icon, clear, fullTime, roleLabel } from './ui.js';
 
@@ -31,6 +32,10 @@ const ACTIONS = {
   'conversation.unmute': ['Unmuted a conversation', 'unmuted'],
   'conversation.archive': ['Archived a conversation', 'archived'],
   'conversation.export': ['Exported a conversation as PDF', 'exported as a PDF'],
+  'conversation.assign': ['Assigned a conversation', 'assigned'],
+  'template.create': ['Added a reply template', 'added'],
+  'template.update': ['Changed a reply template', 'changed'],
+  'template.delete': ['Deleted a reply template', 'deleted'],
   'attachment.upload': ['Uploaded a file', 'uploaded a file to'],
   'attachment.download': ['Downloaded a file', 'downloaded a file from'],
   'attachment.view': ['Looked up a file', 'looked up a file in'],
@@ -107,6 +112,7 @@ export class AuditView {
     }
     if (r === 'patients' || r === '') return 'the patient list';
     if (parts[0] === 'attachments') return 'a conversation (file ' + (parts[1] || '') + ')';
+    if (parts[0] === 'messageTemplates') return parts[1] ? 'a reply template (' + parts[1] + ')' : 'the reply templates';
     return r;
   }
 
@@ -124,11 +130,13 @@ export class AuditView {
   }
 
   async loadDirectory() {
-    const [patients, active, archived] = await Promise.all([
+    const [patients, active, archived, staff] = await Promise.all([
       allPages((t) => api.listPatients({ pageToken: t }), 'patients'),
       allPages((t) => api.listConversations({ pageToken: t }), 'conversations'),
       allPages((t) => api.listConversations({ archived: true, pageToken: t }), 'conversations'),
+      allPages((t) => api.listStaff({ pageToken: t }), 'staff').catch(() => []),
     ]);
+    for (const m of staff) learnName(m.name, m.displayName);
     for (const p of patients) this.patients.set(p.name, p.displayName);
     for (const c of [...active, ...archived]) {
       this.conversations.set(c.name, c.patient);
@@ -208,7 +216,7 @@ export class AuditView {
         h('div', { class: 'card table-card' }, this.listStatus, this.table,
           h('div', { class: 'pager' }, this.newerBtn, this.pageLabel, this.olderBtn)),
         h('p', { class: 'muted footnote' },
-          'Names are shown for reading only; the log itself records ids. Staff appear by name once this browser tab has shown a message from them, otherwise by their user id.')));
+          'Names are shown for reading only; the log itself records ids. Staff appear by the name of their latest sign-in, or by their user id when it carried none.')));
   }
 
   fillSelects() {

@@ -1,14 +1,17 @@
 // The Chat page (staff) and the Inbox (patients): a sidebar of
 // conversations and the open thread. Staff also search, start new
-// conversations, see archived threads, and pin or mute from the context
-// menu (right-click a thread).
+// conversations, see archived threads, filter to the threads that need a
+// reply (with how long the patient has waited) or are assigned to them, and
+// from the thread's menu (or a right-click on a thread) pin, mute, assign
+// the thread to a colleague and export it as a PDF for the patient's chart.
 
-import { api, ApiError } from './api.js';
+import { api, ApiError, allPages, saveFile } from './api.js';
 import { Composer } from './composer.js';
 import { BlobCache, STATUS_RANK, isFromPractice, messageElement, seqOf } from './messages.js';
+import { learnName } from './people.js';
 import { session } from './session.js';
 import {
-  h, icon, clear, shortTime, dayLabel, dayKey, formatDate, initials, periodLabel, showMenu, toast,
+  h, icon, clear, shortTime, dayLabel, dayKey, formatDate, initials, periodLabel, roleLabel, showMenu, toast,
 } from './ui.js';
 
 const PAGE_SIZE = 50;
@@ -21,6 +24,29 @@ function byListOrder(a, b) {
   return a.name < b.name ? -1 : 1;
 }
 
+// Longest-waiting first, as the API lists ?awaitingReply=true.
+function byWaiting(a, b) {
+  const ta = Date.parse(a.awaitingReplySince || 0) || 0;
+  const tb = Date.parse(b.awaitingReplySince || 0) || 0;
+  if (ta !== tb) return ta - tb;
+  return a.name < b.name ? -1 : 1;
+}
+
+/** waitedLabel says how long a patient has waited: "waiting 5 min", "waiting 2 h", "waiting 3 d". */
+export function waitedLabel(since, now = Date.now()) {
+  const t = Date.parse(since || '');
+  if (!t) return '';
+  const min = Math.max(0, Math.floor((now - t) / 60000));
+  if (min < 1) return 'waiting < 1 min';
+  if (min < 60) return 'waiting ' + min + ' min';
+  const hours = Math.floor(min / 60);
+  if (hours < 48) return 'waiting ' + hours + ' h';
+  return 'waiting ' + Math.floor(hours / 24) + ' d';
+}
+
+// The sidebar's filters (staff): [key, label].
+const FILTERS = [['all', 'All'], ['needs-reply', 'Needs reply'], ['mine', 'Assigned to me']];
+
 function parentOf(messageName) {
   const i = String(messageName).indexOf('/messages/');
   return i > 0 ? messageName.slice(0, i) : '';
@@ -32,6 +58,7 @@ export class ChatView {
     this.opts = opts;
     this.staff = opts.staff;
     this.tab = 'active';
+    this.filter = 'all'; // 'all' | 'needs-reply' | 'mine'
     this.query = '';
     this.conversations = [];
     this.current = null; // {conv, items: Map, nextPageToken, composer, ...}
@@ -76,10 +103,15 @@ export class ChatView {
       };
       const tablist = h('div', { class: 'tabs', role: 'tablist', 'aria-label': 'Which conversations', onkeydown: (e) => this.onTabKey(e) },
         this.tabs.active, this.tabs.archived);
+      this.filterBtns = Object.fromEntries(FILTERS.map(([key, label]) => [key, h('button', {
+        type: 'button', id: 'filter-' + key, class: 'filter-chip', 'aria-pressed': String(key === this.filter),
+        onclick: () => this.setFilter(key),
+      }, label)]));
       side.append(
         h('div', { class: 'search', role: 'search' },
           h('label', { for: 'conv-search', class: 'visually-hidden' }, 'Search conversations by patient name'),
           icon('search', 'search-icon'), this.searchInput),
+        h('div', { class: 'filters', role: 'group', 'aria-label': 'Show' }, Object.values(this.filterBtns)),
         tablist);
     }
     side.append(h('div', { id: 'thread-list-panel', class: 'thread-list-panel', role: this.staff ? 'tabpanel' : null, 'aria-labelledby': this.staff ? 'tab-active' : null },
@@ -120,6 +152,28 @@ export class ChatView {
     this.tabs[next].focus();
   }
 
+  setFilter(key) {
+    if (this.filter === key) return;
+    this.filter = key;
+    for (const [k, b] of Object.entries(this.filterBtns)) b.setAttribute('aria-pressed', String(k === key));
+    this.conversations = [];
+    clear(this.list);
+    this.loadList();
+  }
+
+  /** inView says whether a conversation belongs in the list as filtered now. */
+  inView(c) {
+    if (!this.staff) return true;
+    if ((c.state === 'ARCHIVED') !== (this.tab === 'archived')) return false;
+    if (this.filter === 'needs-reply') return !!c.awaitingReplySince;
+    if (this.filter === 'mine') return c.assignee === session.principal;
+    return true;
+  }
+
+  sortList() {
+    this.conversations.sort(this.staff && this.filter === 'needs-reply' ? byWaiting : byListOrder);
+  }
+
   setTab(tab) {
     if (this.tab === tab) return;
     this.tab = tab;
@@ -139,7 +193,10 @@ export class ChatView {
     try {
       let list;
       if (this.staff) {
-        const res = await api.listConversations({ query: this.query, archived: this.tab === 'archived' });
+        const res = await api.listConversations({
+          query: this.query, archived: this.tab === 'archived',
+          awaitingReply: this.filter === 'needs-reply', assignee: this.filter === 'mine' ? session.principal : '',
+        });
         list = res.conversations || [];
       } else {
         // A patient's Inbox keeps their thread even once it is archived.
@@ -148,7 +205,8 @@ export class ChatView {
         list = [...(active.conversations || []), ...(archived.conversations || [])];
       }
       if (seq !== this.listSeq) return;
-      this.conversations = list.slice().sort(byListOrder);
+      this.conversations = list.slice();
+      this.sortList();
       this.renderList();
     } catch (err) {
       if (seq !== this.listSeq) return;
@@ -161,7 +219,9 @@ export class ChatView {
     clear(this.list);
     if (!this.conversations.length) {
       this.listStatus.textContent = this.query
-        ? 'No conversation with a patient named “' + this.query + '”.'
+        ? 'No conversation with a patient named “' + this.query + '”' + (this.filter === 'all' ? '.' : ' here.')
+        : this.staff && this.filter === 'needs-reply' ? 'No patient is waiting for a reply.'
+        : this.staff && this.filter === 'mine' ? 'No conversation is assigned to you.'
         : this.tab === 'archived'
           ? 'No archived conversations. Threads are archived after ' +
             periodLabel(this.opts.archiveAfterSeconds || 365 * 86400) + ' without messages.'
@@ -170,6 +230,7 @@ export class ChatView {
       this.listStatus.textContent = '';
     }
     for (const c of this.conversations) this.list.append(this.threadItem(c));
+    this.tickWaiting();
     if (focusedName) this.list.querySelector(`.thread[data-name="${CSS.escape(focusedName)}"]`)?.focus();
     this.updateTitle();
   }
@@ -181,6 +242,16 @@ export class ChatView {
     const flags = [];
     if (c.pinned) flags.push(h('span', { class: 'flag', title: 'Pinned' }, icon('pin'), h('span', { class: 'visually-hidden' }, 'Pinned')));
     if (c.muted) flags.push(h('span', { class: 'flag', title: 'Muted' }, icon('mute'), h('span', { class: 'visually-hidden' }, 'Muted')));
+    // Staff see who owns the thread and how long the patient has waited.
+    const tags = [];
+    if (this.staff && c.awaitingReplySince) {
+      tags.push(h('span', { class: 'tag tag-waiting', dataset: { since: c.awaitingReplySince } },
+        icon('clock'), h('span', { class: 'waited' }, waitedLabel(c.awaitingReplySince))));
+    }
+    if (this.staff && c.assignee) {
+      tags.push(h('span', { class: 'tag tag-assignee', title: 'Assigned to ' + this.assigneeName(c) },
+        h('span', { class: 'visually-hidden' }, 'Assigned to '), this.assigneeName(c)));
+    }
     const btn = h('button', {
       type: 'button', class: ['thread', unread ? 'unread' : '', c.pinned ? 'pinned' : ''],
       dataset: { name: c.name },
@@ -196,8 +267,22 @@ export class ChatView {
         h('time', { class: 'thread-time', datetime: c.lastMessageTime || '' }, shortTime(c.lastMessageTime))),
       h('span', { class: 'thread-bottom' },
         h('span', { class: 'thread-preview' }, c.lastMessagePreview || (c.state === 'ARCHIVED' ? 'Archived' : 'No messages yet')),
-        unread ? h('span', { class: 'badge', 'aria-label': unread + ' unread' }, String(unread)) : null)));
+        unread ? h('span', { class: 'badge', 'aria-label': unread + ' unread' }, String(unread)) : null),
+      tags.length ? h('span', { class: 'thread-tags' }, tags) : null));
     return h('li', null, btn);
+  }
+
+  assigneeName(c) {
+    if (c.assignee === session.principal) return 'you';
+    return c.assigneeDisplayName || String(c.assignee).replace(/^users\//, '');
+  }
+
+  /** tickWaiting refreshes the "waiting …" labels, and again each minute while shown. */
+  tickWaiting() {
+    clearTimeout(this.waitTimer);
+    const labels = this.list.querySelectorAll('.tag-waiting');
+    for (const el of labels) el.querySelector('.waited').textContent = waitedLabel(el.dataset.since);
+    if (labels.length) this.waitTimer = setTimeout(() => this.tickWaiting(), 30000);
   }
 
   threadMenu(e, c, btn) {
@@ -210,15 +295,108 @@ export class ChatView {
     this.openActions(c, { x, y, returnTo: btn });
   }
 
-  openActions(c, { x, y, returnTo }) {
+  /** openActions shows a thread's menu; from: 'head' (the open thread's ⋯ button) or 'list'. */
+  openActions(c, { x, y, returnTo, from = 'list' }) {
     const who = c.patientDisplayName || 'this conversation';
     showMenu({
       x, y, returnTo, label: 'Actions for ' + who,
       items: [
-        { label: c.pinned ? 'Unpin' : 'Pin to top', icon: 'pin', onSelect: () => this.act(c, c.pinned ? 'unpin' : 'pin') },
-        { label: c.muted ? 'Unmute' : 'Mute notifications', icon: c.muted ? 'bell' : 'mute', onSelect: () => this.act(c, c.muted ? 'unmute' : 'mute') },
+        { id: 'pin', label: c.pinned ? 'Unpin' : 'Pin to top', icon: 'pin', onSelect: () => this.act(c, c.pinned ? 'unpin' : 'pin') },
+        { id: 'mute', label: c.muted ? 'Unmute' : 'Mute notifications', icon: c.muted ? 'bell' : 'mute', onSelect: () => this.act(c, c.muted ? 'unmute' : 'mute') },
+        { id: 'assign', label: 'Assign…', icon: 'user', onSelect: () => this.assignDialog(c, returnTo, from) },
+        { id: 'export', label: 'Export PDF', icon: 'download', onSelect: () => this.exportPDF(c) },
       ],
     });
+  }
+
+  // ---- assignment and export (staff) -----------------------------------------
+
+  /**
+   * assignDialog offers the practice's staff (GET /v1/staff: everyone the
+   * practice has seen signed in, by name) and, when assigned, Unassign.
+   */
+  assignDialog(c, returnTo, from) {
+    const who = c.patientDisplayName || 'this conversation';
+    const list = h('ul', { class: 'staff-list', 'aria-label': 'Staff' }, h('li', { class: 'muted' }, 'Loading staff…'));
+    const status = h('p', { class: 'picker-status', role: 'status' });
+    const current = h('p', { class: 'muted dialog-sub assign-current' },
+      c.assignee ? 'Assigned to ' + this.assigneeName(c) + '.' : 'Not assigned.');
+    const unassign = h('button', {
+      type: 'button', class: 'btn btn-secondary btn-small', id: 'assign-clear', hidden: !c.assignee,
+      onclick: () => this.assign(c, '', dialog, status),
+    }, 'Unassign');
+    const dialog = h('dialog', { class: 'dialog assign-dialog', 'aria-labelledby': 'assign-title' },
+      h('div', { class: 'dialog-head' },
+        h('h2', { id: 'assign-title', tabindex: '-1', autofocus: true }, 'Assign ' + who),
+        h('button', { type: 'button', class: 'icon-btn', 'aria-label': 'Close', onclick: () => dialog.close() }, icon('close'))),
+      current,
+      h('div', { class: 'dialog-sub assign-actions' }, unassign),
+      status, list);
+    // Focus goes back where the menu was opened; the assignment may have
+    // drawn that button or thread again meanwhile.
+    dialog.addEventListener('close', () => {
+      dialog.remove();
+      const back = returnTo?.isConnected ? returnTo : from === 'head'
+        ? this.pane.querySelector('.thread-head [aria-haspopup="menu"]')
+        : this.list.querySelector(`.thread[data-name="${CSS.escape(c.name)}"]`);
+      back?.focus();
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    (async () => {
+      try {
+        const staff = await allPages((t) => api.listStaff({ pageToken: t }), 'staff');
+        clear(list);
+        if (!staff.length) list.append(h('li', { class: 'muted empty' }, 'No staff yet.'));
+        for (const m of staff) {
+          learnName(m.name, m.displayName);
+          const mine = m.name === c.assignee;
+          list.append(h('li', null, h('button', {
+            type: 'button', class: 'patient staff-option', dataset: { name: m.name }, 'aria-pressed': String(mine),
+            onclick: () => this.assign(c, m.name, dialog, status),
+          },
+          h('span', { class: 'avatar', 'aria-hidden': 'true' }, initials(m.displayName)),
+          h('span', { class: 'patient-main' },
+            h('span', { class: 'patient-name' }, m.displayName || m.name,
+              m.name === session.principal ? ' (you)' : ''),
+            h('span', { class: 'patient-desc' }, roleLabel(m.role), mine ? ' · assigned now' : '')))));
+        }
+        (list.querySelector('[aria-pressed="true"]') || list.querySelector('button'))?.focus();
+      } catch (err) {
+        clear(list);
+        status.textContent = err.message;
+        status.classList.add('error-text');
+      }
+    })();
+  }
+
+  async assign(c, assignee, dialog, status) {
+    status.classList.remove('error-text');
+    status.textContent = assignee ? 'Assigning…' : 'Unassigning…';
+    try {
+      const updated = await api.assign(c.name, assignee);
+      dialog.close();
+      this.applyConversation(updated);
+      const who = updated.patientDisplayName || 'Conversation';
+      toast(assignee ? who + ' assigned to ' + this.assigneeName(updated) : who + ' unassigned');
+    } catch (err) {
+      status.textContent = err.message;
+      status.classList.add('error-text');
+    }
+  }
+
+  /** exportPDF downloads the thread as a PDF for the patient's chart (audited). */
+  async exportPDF(c) {
+    toast('Preparing the PDF…');
+    try {
+      const res = await api.exportConversation(c.name);
+      const blob = await res.blob();
+      const m = /filename="([^"]+)"/.exec(res.headers.get('Content-Disposition') || '');
+      saveFile(blob, m ? m[1] : 'conversation.pdf');
+      toast('Exported the conversation with ' + (c.patientDisplayName || 'the patient') + ' as a PDF');
+    } catch (err) {
+      toast(err.message);
+    }
   }
 
   async act(c, action) {
@@ -235,7 +413,7 @@ export class ChatView {
   /** applyConversation merges a conversation (from an answer or an event). */
   applyConversation(c) {
     const i = this.conversations.findIndex((x) => x.name === c.name);
-    const inTab = !this.staff || (c.state === 'ARCHIVED') === (this.tab === 'archived');
+    const inTab = this.inView(c);
     const prev = i >= 0 ? this.conversations[i] : null;
     if (i >= 0) {
       if (inTab) this.conversations[i] = c;
@@ -243,7 +421,7 @@ export class ChatView {
     } else if (inTab) {
       if (this.query) { this.scheduleListReload(); } else { this.conversations.push(c); }
     }
-    this.conversations.sort(byListOrder);
+    this.sortList();
     this.renderList();
     if (this.current && this.current.conv.name === c.name) {
       this.current.conv = c;
@@ -412,11 +590,15 @@ export class ChatView {
   renderThreadHead() {
     const cur = this.current;
     const c = cur.conv;
+    // Drawn again on every change of the thread: keep the focus on the same button.
+    const focused = cur.head.contains(document.activeElement) ? document.activeElement.getAttribute('aria-label') : null;
     clear(cur.head);
     const name = this.staff ? (c.patientDisplayName || c.patient) : 'Your dental practice';
     const sub = [];
     if (this.staff) {
       if (c.state === 'ARCHIVED') sub.push('Archived — a new message reactivates it');
+      if (c.assignee) sub.push('Assigned to ' + this.assigneeName(c));
+      if (c.awaitingReplySince) sub.push(waitedLabel(c.awaitingReplySince).replace(/^waiting/, 'Waiting'));
       if (c.pinned) sub.push('Pinned');
       if (c.muted) sub.push('Muted');
     } else {
@@ -427,17 +609,18 @@ export class ChatView {
       h('span', { class: 'avatar', 'aria-hidden': 'true' }, initials(name)),
       h('div', { class: 'thread-title' },
         h('h2', null, name),
-        sub.length ? h('p', { class: 'muted' }, sub.join(' · ')) : null));
+        sub.length ? h('p', { class: 'muted thread-sub' }, sub.join(' · ')) : null));
     if (this.staff) {
       const more = h('button', {
         type: 'button', class: 'icon-btn', 'aria-label': 'Conversation actions', 'aria-haspopup': 'menu',
         onclick: () => {
           const r = more.getBoundingClientRect();
-          this.openActions(cur.conv, { x: r.right - 200, y: r.bottom + 4, returnTo: more });
+          this.openActions(cur.conv, { x: r.right - 200, y: r.bottom + 4, returnTo: more, from: 'head' });
         },
       }, icon('more', 'icon-more'));
       cur.head.append(more);
     }
+    if (focused) cur.head.querySelector(`[aria-label="${CSS.escape(focused)}"]`)?.focus();
   }
 
   async loadNewest(cur) {
@@ -625,5 +808,6 @@ export class ChatView {
     clearTimeout(this.searchTimer);
     clearTimeout(this.reloadTimer);
     clearTimeout(this.readTimer);
+    clearTimeout(this.waitTimer);
   }
 }

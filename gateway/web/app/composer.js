@@ -1,19 +1,25 @@
 // The message composer: Enter sends, Shift+Enter starts a new line; the
 // paperclip attaches files; for staff, "/" offers /appt, /invoice and /rx
-// (a picker of the patient's records) and the lock marks a message
-// sensitive. Every send carries a fresh requestId; a retry of the same
+// (a picker of the patient's records), then the practice's reply templates
+// by title (inserted with their placeholders filled in, for editing before
+// sending), and the lock marks a message sensitive. Every send carries a fresh requestId; a retry of the same
 // content after a network error reuses it, so it is never sent twice.
 
 import { api, ApiError, NetworkError, MAX_UPLOAD_BYTES, TOO_LARGE_MESSAGE, newRequestId } from './api.js';
 import { ARTIFACT_KINDS, artifactCard } from './messages.js';
+import { session } from './session.js';
+import { expandTemplate, templates } from './templates.js';
 import { h, icon, clear, formatBytes } from './ui.js';
 
 const MAX_TEXT = 10000;
 const MAX_ATTACHMENTS = 10;
 
 const COMMANDS = Object.entries(ARTIFACT_KINDS).map(([type, k]) => ({
-  type, command: k.command, label: k.label, hint: 'Attach ' + k.what,
+  type, command: k.command, label: k.label, hint: 'Attach ' + k.what, optId: type,
 }));
+
+/** squash is a title as the "/" word matches it: lower case, no spaces. */
+function squash(s) { return String(s).toLowerCase().replace(/\s+/g, ''); }
 
 let uid = 0;
 
@@ -31,7 +37,29 @@ export class Composer {
     this.pending = null; // {key, requestId} of a send that may be retried
     this.slash = null; // {start, end, options, active}
     this.trayError = ''; // 'failed' | 'uploading' while the error shown is about the attachments
+    this.templates = []; // the practice's reply templates (staff)
     this.el = this.render();
+    if (opts.staff) this.loadTemplates();
+  }
+
+  /** loadTemplates fetches the practice's templates for the "/" menu. */
+  async loadTemplates() {
+    this.templatesAt = Date.now();
+    try {
+      const list = await templates();
+      if (list === this.templates) return;
+      this.templates = list;
+      if (this.slash) this.updateSlash();
+    } catch (err) {
+      console.debug('templates', err.message); // the shortcuts still work
+    }
+  }
+
+  /** expand fills a template's placeholders for this thread and this user. */
+  expand(text) {
+    return expandTemplate(text, {
+      patientName: this.opts.patientName || '', staffName: session.displayName, practiceName: session.practice,
+    });
   }
 
   render() {
@@ -42,6 +70,12 @@ export class Composer {
       'aria-describedby': this.id + '-hint',
       autocomplete: 'off',
       onkeydown: (e) => this.onKeyDown(e),
+      // The Enter that chose a template must not also type a new line (a
+      // browser that sends the key's character apart from its keydown).
+      onbeforeinput: (e) => {
+        if (this.swallowEnter && (e.inputType === 'insertLineBreak' || e.inputType === 'insertParagraph')) e.preventDefault();
+      },
+      onkeyup: (e) => { if (e.key === 'Enter') this.swallowEnter = false; },
       oninput: () => { this.autosize(); this.updateSlash(); },
       onblur: () => setTimeout(() => { if (!this.el.contains(document.activeElement)) this.closeSlash(); }, 150),
     });
@@ -114,6 +148,7 @@ export class Composer {
   // ---- keyboard ----------------------------------------------------------
 
   onKeyDown(e) {
+    this.swallowEnter = false;
     if (e.isComposing || e.keyCode === 229) return;
     if (this.slash) {
       const n = this.slash.options.length;
@@ -121,6 +156,7 @@ export class Composer {
       if (e.key === 'ArrowUp' && n) { e.preventDefault(); this.setActive((this.slash.active - 1 + n) % n); return; }
       if ((e.key === 'Enter' || e.key === 'Tab') && !e.shiftKey && n) {
         e.preventDefault();
+        this.swallowEnter = e.key === 'Enter' && !!this.slash.options[this.slash.active].template;
         this.chooseCommand(this.slash.options[this.slash.active]);
         return;
       }
@@ -138,33 +174,45 @@ export class Composer {
     if (!this.opts.staff) return;
     const t = this.textarea;
     const before = t.value.slice(0, t.selectionStart);
-    const m = /(^|\s)(\/[a-z]*)$/i.exec(before);
+    const m = /(^|\s)(\/[^\s/]*)$/.exec(before);
     if (!m || t.selectionStart !== t.selectionEnd) { this.closeSlash(); return; }
     const word = m[2].toLowerCase();
-    const options = COMMANDS.filter((c) => c.command.startsWith(word));
+    if (Date.now() - (this.templatesAt || 0) > 60000) this.loadTemplates(); // asked again once a minute old
+    // The shortcuts first, then the templates whose title holds the word.
+    const options = [
+      ...COMMANDS.filter((c) => c.command.startsWith(word)),
+      ...this.templates.filter((tp) => squash(tp.title).includes(squash(word.slice(1))))
+        .map((tp) => ({ template: tp, optId: 'tpl-' + this.templates.indexOf(tp) })),
+    ];
     if (!options.length) { this.closeSlash(); return; }
     const start = t.selectionStart - m[2].length;
     const prevActive = this.slash ? this.slash.options[this.slash.active] : null;
-    let active = prevActive ? options.indexOf(prevActive) : 0;
+    let active = prevActive ? options.findIndex((o) => o.optId === prevActive.optId) : 0;
     if (active < 0) active = 0;
     this.slash = { start, end: t.selectionStart, options, active };
     clear(this.slashList);
     options.forEach((c, i) => {
-      this.slashList.append(h('li', {
-        id: this.id + '-opt-' + c.type, role: 'option', class: 'slash-option',
-        'aria-selected': String(i === active), dataset: { command: c.command },
+      const attrs = {
+        id: this.id + '-opt-' + c.optId, role: 'option', class: ['slash-option', c.template ? 'slash-template' : ''],
+        'aria-selected': String(i === active),
+        dataset: c.template ? { template: c.template.name } : { command: c.command },
         onmousedown: (e) => { e.preventDefault(); this.chooseCommand(c); },
-      }, h('span', { class: 'slash-cmd' }, c.command), h('span', { class: 'slash-hint' }, c.hint)));
+      };
+      this.slashList.append(c.template
+        ? h('li', attrs, h('span', { class: 'slash-title' }, c.template.title),
+          h('span', { class: 'slash-hint' }, this.expand(c.template.text)))
+        : h('li', attrs, h('span', { class: 'slash-cmd' }, c.command), h('span', { class: 'slash-hint' }, c.hint)));
     });
     this.slashList.hidden = false;
     t.setAttribute('aria-expanded', 'true');
-    t.setAttribute('aria-activedescendant', this.id + '-opt-' + options[active].type);
+    t.setAttribute('aria-activedescendant', this.id + '-opt-' + options[active].optId);
   }
 
   setActive(i) {
     this.slash.active = i;
     [...this.slashList.children].forEach((li, j) => li.setAttribute('aria-selected', String(j === i)));
-    this.textarea.setAttribute('aria-activedescendant', this.id + '-opt-' + this.slash.options[i].type);
+    this.textarea.setAttribute('aria-activedescendant', this.id + '-opt-' + this.slash.options[i].optId);
+    this.slashList.children[i]?.scrollIntoView({ block: 'nearest' });
   }
 
   closeSlash() {
@@ -178,6 +226,16 @@ export class Composer {
   chooseCommand(c) {
     const { start, end } = this.slash;
     const t = this.textarea;
+    if (c.template) {
+      // The expanded text replaces the "/" word, for editing before it is sent.
+      const text = this.expand(c.template.text).slice(0, MAX_TEXT - (t.value.length - (end - start)));
+      t.value = t.value.slice(0, start) + text + t.value.slice(end);
+      t.setSelectionRange(start + text.length, start + text.length);
+      this.closeSlash();
+      this.autosize();
+      this.focus();
+      return;
+    }
     t.value = t.value.slice(0, start) + t.value.slice(end);
     t.setSelectionRange(start, start);
     this.closeSlash();

@@ -1,7 +1,9 @@
 // clinicchat web client: staff Chat (and, for the practice admin, the Audit
-// log) and the patient Inbox (and their Communication preferences).
+// log and the reply Templates) and the patient Inbox (and their
+// Communication preferences).
 // Plain JavaScript modules, no build step; served by the gateway at "/".
-// Pages are chosen by the URL fragment: "#audit", "#preferences", else Chat.
+// Pages are chosen by the URL fragment: "#audit", "#templates",
+// "#preferences", else Chat.
 
 import { api, onUnauthorized } from './api.js';
 import { AuditView } from './audit.js';
@@ -11,6 +13,7 @@ import { forgetNames, learnName } from './people.js';
 import { PreferencesView } from './preferences.js';
 import { session } from './session.js';
 import { devSignInView, portalSignInView } from './signin.js';
+import { TemplatesView, forgetTemplates } from './templates.js';
 import { h, icon, clear, roleLabel, closeMenu } from './ui.js';
 
 const root = document.getElementById('root');
@@ -54,6 +57,7 @@ async function boot() {
 function pageFromHash() {
   const want = location.hash.replace(/^#/, '');
   if (want === 'audit' && session.role === 'practice_admin') return 'audit';
+  if (want === 'templates' && session.role === 'practice_admin') return 'templates';
   if (want === 'preferences' && session.isPatient) return 'preferences';
   return 'chat';
 }
@@ -84,7 +88,7 @@ function render(notice) {
 function pagesFor() {
   if (session.isPatient) return [['chat', 'Inbox', '#'], ['preferences', 'Preferences', '#preferences']];
   const pages = [['chat', 'Chat', '#']];
-  if (session.role === 'practice_admin') pages.push(['audit', 'Audit log', '#audit']);
+  if (session.role === 'practice_admin') pages.push(['audit', 'Audit log', '#audit'], ['templates', 'Templates', '#templates']);
   return pages;
 }
 
@@ -119,7 +123,9 @@ function setLiveStatus(state) {
   app.liveEl.textContent = state === 'live' ? 'Live' : state === 'reconnecting' ? 'Reconnecting…' : 'Connecting…';
 }
 
-const TITLES = { chat: '', audit: 'Audit log — clinicchat', preferences: 'Communication preferences — clinicchat' };
+const TITLES = {
+  chat: '', audit: 'Audit log — clinicchat', templates: 'Reply templates — clinicchat', preferences: 'Communication preferences — clinicchat',
+};
 
 /** showPage swaps the page under the top bar; the event stream stays open. */
 function showPage(page) {
@@ -130,6 +136,7 @@ function showPage(page) {
   app.page = page;
   let view;
   if (page === 'audit') view = new AuditView();
+  else if (page === 'templates') view = new TemplatesView();
   else if (page === 'preferences') view = new PreferencesView();
   else view = new ChatView({ staff: session.isStaff, devMode: app.devMode, archiveAfterSeconds: app.archiveAfterSeconds, reauthenticate });
   app.view = view;
@@ -171,6 +178,7 @@ function signOut(notice) {
   stopApp();
   session.clear();
   forgetNames();
+  forgetTemplates();
   if (location.hash) history.replaceState(null, '', location.pathname + location.search);
   render(notice);
 }

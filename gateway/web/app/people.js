@@ -1,7 +1,7 @@
 // Names of the practice's staff, for display. The audit log and a
-// message's sender carry user ids ("users/dr-lee"); there is no staff
-// directory to ask. Names are learned from what this tab has seen: the
-// senderDisplayName of messages it showed and the signed-in user's own
+// message's sender carry user ids ("users/dr-lee"). Names are learned from
+// what this tab has seen: GET /v1/staff (the assign dialog, the audit log),
+// the senderDisplayName of messages it showed and the signed-in user's own
 // token. Kept for the tab's session (sessionStorage), at most 500.
 // A staff member never seen here is shown by their user id.
 

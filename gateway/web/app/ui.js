@@ -77,6 +77,7 @@ const ICONS = {
   settings: ['M4 7h10', 'M18 7h2', 'M4 17h4', 'M12 17h8', 'M16 5v4', 'M10 15v4'],
   alert: ['M12 3 2 20h20z', 'M12 10v4', 'M12 17h.01'],
   refresh: ['M20 11a8 8 0 1 0-2.3 5.7', 'M20 4v7h-7'],
+  user: ['M12 4a4 4 0 1 0 0 8 4 4 0 0 0 0-8z', 'M4 21a8 8 0 0 1 16 0'],
 };
 
 /** icon returns a decorative SVG icon (hidden from assistive technology). */
@@ -210,13 +211,13 @@ export function closeMenu({ restoreFocus = true } = {}) {
 }
 
 /**
- * showMenu opens a menu of items [{label, icon, onSelect}] at (x, y), with
+ * showMenu opens a menu of items [{label, icon, onSelect, id?}] at (x, y), with
  * arrow-key navigation; Escape or a click elsewhere closes it.
  */
 export function showMenu({ x, y, items, label, returnTo }) {
   closeMenu({ restoreFocus: false });
   const buttons = items.map((it) => h('button', {
-    type: 'button', role: 'menuitem', class: 'menu-item', tabindex: '-1',
+    type: 'button', role: 'menuitem', class: 'menu-item', tabindex: '-1', dataset: it.id ? { action: it.id } : null,
     onclick: () => { closeMenu(); it.onSelect(); },
   }, it.icon ? icon(it.icon) : null, h('span', null, it.label)));
   const el = h('div', { class: 'menu', role: 'menu', 'aria-label': label }, buttons);
