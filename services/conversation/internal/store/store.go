@@ -475,7 +475,8 @@ func (s *Store) Assign(ctx context.Context, practice, id, assignee string, v dom
 func (s *Store) SaveStaff(ctx context.Context, m domain.StaffMember) error {
 	return s.db.Write(ctx, func(tx *sqldb.Tx) error {
 		_, err := tx.Exec(ctx, `INSERT INTO staff (practice, user_name, display_name, role, update_time) VALUES (?, ?, ?, ?, ?)
-			ON CONFLICT (practice, user_name) DO UPDATE SET display_name = excluded.display_name, role = excluded.role,
+			ON CONFLICT (practice, user_name) DO UPDATE SET
+			display_name = CASE WHEN excluded.display_name = '' THEN staff.display_name ELSE excluded.display_name END, role = excluded.role,
 			update_time = excluded.update_time`, m.Practice, m.User, m.DisplayName, m.Role, sqldb.Micros(m.UpdateTime))
 		if err != nil {
 			return fmt.Errorf("save staff: %w", err)

@@ -241,6 +241,11 @@ func TestRepositoryContract(t *testing.T) {
 				require.NoError(t, err)
 				require.Equal(t, "users/u2", c.Assignee)
 				require.Equal(t, "Dr Grace Lee", c.AssigneeDisplayName, "the latest name")
+				// A token without a name claim keeps the name the practice knows.
+				require.NoError(t, s.SaveStaff(ctx, domain.StaffMember{Practice: "p1", User: "users/u2", Role: "dentist", UpdateTime: t0}))
+				c, err = s.Get(ctx, "p1", a.ID, staff)
+				require.NoError(t, err)
+				require.Equal(t, "Dr Grace Lee", c.AssigneeDisplayName, "a nameless token keeps the known name")
 				require.Len(t, got, 1)
 				require.Equal(t, "users/u2", got[0].Assignee)
 
