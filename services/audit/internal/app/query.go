@@ -22,8 +22,10 @@ const (
 
 // Page is one page of a listing.
 type Page struct {
-	Records       []domain.Record // newest first
-	NextPageToken string          // empty on the last page
+	Records []domain.Record // newest first
+	// Integrity is each record's verdict, checked as the page was read.
+	Integrity     []Integrity
+	NextPageToken string // empty on the last page
 }
 
 var errBadPageToken = errs.InvalidArgument("The page token is not valid for this filter; start again without it")
@@ -67,6 +69,9 @@ func (a *App) List(ctx context.Context, filter string, pageSize int32, pageToken
 		p.NextPageToken = encodeToken(domain.Cursor{TimeMicros: last.Time.UnixMicro(), Index: last.Index}, fp)
 	}
 	p.Records = recs
+	if p.Integrity, err = a.integrity(ctx, who.Practice, recs); err != nil {
+		return Page{}, err
+	}
 	return p, nil
 }
 
