@@ -27,6 +27,12 @@ var overlays = []string{"dev", "production"}
 // (its Go types would pull the operator's dependency tree into this module).
 var cnpgCluster = schema.GroupVersionKind{Group: "postgresql.cnpg.io", Version: "v1", Kind: "Cluster"}
 
+// cert-manager's kinds, also checked through unstructured.
+var (
+	cmCertificate = schema.GroupVersionKind{Group: "cert-manager.io", Version: "v1", Kind: "Certificate"}
+	cmIssuer      = schema.GroupVersionKind{Group: "cert-manager.io", Version: "v1", Kind: "Issuer"}
+)
+
 // rendered is one overlay's output, decoded into the Kubernetes API types.
 type rendered struct {
 	overlay   string
@@ -44,6 +50,8 @@ type rendered struct {
 	pdbs         map[string]*policyv1.PodDisruptionBudget
 	hpas         map[string]*autoscalingv2.HorizontalPodAutoscaler
 	clusters     map[string]*unstructured.Unstructured // CloudNativePG
+	certificates map[string]*unstructured.Unstructured // cert-manager
+	issuers      map[string]*unstructured.Unstructured // cert-manager
 }
 
 func newScheme() *runtime.Scheme {
@@ -87,6 +95,8 @@ func render(t *testing.T, overlay string) *rendered {
 		pdbs:         map[string]*policyv1.PodDisruptionBudget{},
 		hpas:         map[string]*autoscalingv2.HorizontalPodAutoscaler{},
 		clusters:     map[string]*unstructured.Unstructured{},
+		certificates: map[string]*unstructured.Unstructured{},
+		issuers:      map[string]*unstructured.Unstructured{},
 	}
 	var objectNamespaces []string
 	for _, res := range resMap.Resources() {
@@ -102,15 +112,19 @@ func render(t *testing.T, overlay string) *rendered {
 		}
 
 		obj, gvk, err := strict.Decode(y, nil, nil)
-		if runtime.IsNotRegisteredError(err) && gvk != nil && *gvk == cnpgCluster {
-			u := &unstructured.Unstructured{}
-			if err := u.UnmarshalJSON(mustJSON(t, res)); err != nil {
-				t.Fatalf("%s: %v", id, err)
+		if runtime.IsNotRegisteredError(err) && gvk != nil {
+			into := map[schema.GroupVersionKind]map[string]*unstructured.Unstructured{
+				cnpgCluster: r.clusters, cmCertificate: r.certificates, cmIssuer: r.issuers}[*gvk]
+			if into != nil {
+				u := &unstructured.Unstructured{}
+				if err := u.UnmarshalJSON(mustJSON(t, res)); err != nil {
+					t.Fatalf("%s: %v", id, err)
+				}
+				if err := add(into, u.GetName(), u); err != nil {
+					t.Errorf("%s: %v", id, err)
+				}
+				continue
 			}
-			if err := add(r.clusters, u.GetName(), u); err != nil {
-				t.Errorf("%s: %v", id, err)
-			}
-			continue
 		}
 		if err != nil {
 			t.Errorf("%s does not decode strictly: %v", id, err)
