@@ -306,7 +306,7 @@ export class AuditView {
         h('td', { class: 'col-time' }, h('time', { datetime: ev.time || '' }, fullTime(ev.time))),
         h('td', null,
           tampered ? h('p', { class: 'audit-tampered', role: 'note' }, icon('alert'),
-            'Altered after it was logged: this event does not match the signed audit log. Do not rely on it; use Verify integrity and tell your administrator.') : null,
+            'Altered after it was logged: this event no longer matches the signed audit log, so do not rely on it. Run Verify integrity and report it to whoever runs clinicchat for your practice.') : null,
           h('p', { class: 'audit-sentence' }, this.sentence(ev)),
           h('p', { class: 'audit-tech' }, tech, ev.detail ? ' · ' + ev.detail : '',
             integrity === 'UNVERIFIED' ? h('span', { class: 'audit-unsealed', title: 'Not yet in a signed checkpoint: it is sealed within a minute or so.' }, ' · not yet sealed') : null)),
