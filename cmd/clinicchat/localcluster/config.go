@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -67,6 +68,13 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "the processes' log level: debug, info, warn or error")
 	fs.BoolVar(&c.PlaintextServices, "plaintext-services", false, "no TLS between the processes (default: mutual TLS with a local CA and certificates under --data-dir/tls)")
 	fs.StringVar(&c.BinDir, "bin-dir", "", "use the binaries already built there (empty: go build them into --data-dir/bin)")
+	fs.Func("service-flag", "an extra flag for every service process, repeatable (e.g. --service-flag=--limit-sends-per-second=1000 for a load test)", func(v string) error {
+		if !strings.HasPrefix(v, "-") {
+			return fmt.Errorf("%q is not a flag (it starts with -)", v)
+		}
+		c.ServiceArgs = append(c.ServiceArgs, v)
+		return nil
+	})
 }
 
 var dbPrefix = regexp.MustCompile(`^[a-z][a-z0-9_]{0,40}$`)
