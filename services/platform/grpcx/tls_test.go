@@ -137,3 +137,35 @@ func TestTLSConfigValidate(t *testing.T) {
 }
 
 func writeFile(name string, b []byte) error { return os.WriteFile(name, b, 0o600) }
+
+// The kubelet's gRPC probe cannot speak TLS: the plaintext health listener
+// answers the TLS server's health, and nothing else.
+func TestHealthServerIsPlaintextHealthOnly(t *testing.T) {
+	_, _, server, _ := newPKI(t)
+	_, verifier := testkit.NewTokens()
+	opts, err := server.ServerOptions()
+	require.NoError(t, err)
+	srv := grpcx.NewServer(testkit.Logger(t), verifier, opts...)
+	hs := grpcx.NewHealthServer(srv.Health)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = hs.Serve(lis) }()
+	t.Cleanup(hs.Stop)
+
+	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	cc, err := grpcx.Dial(lis.Addr().String())
+	require.NoError(t, err)
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	require.NoError(t, err)
+	require.Equal(t, healthpb.HealthCheckResponse_NOT_SERVING, resp.GetStatus())
+	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	resp, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	require.NoError(t, err)
+	require.Equal(t, healthpb.HealthCheckResponse_SERVING, resp.GetStatus(), "the TLS server's status")
+
+	err = cc.Invoke(ctx, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})
+	require.Equal(t, codes.Unimplemented, status.Code(err), "nothing but health")
+}
