@@ -20,7 +20,7 @@ import (
 )
 
 // startTLSServer serves health over TLS from cfg on a loopback port.
-func startTLSServer(t *testing.T, cfg grpcx.TLSConfig) string {
+func startTLSServer(t testing.TB, cfg grpcx.TLSConfig) string {
 	t.Helper()
 	_, verifier := testkit.NewTokens()
 	opts, err := cfg.ServerOptions()
@@ -52,7 +52,7 @@ func dialOpts(t *testing.T, cfg grpcx.TLSConfig) []grpc.DialOption {
 	return opts
 }
 
-func newPKI(t *testing.T) (dir string, ca *grpcx.DevCA, server, client grpcx.TLSConfig) {
+func newPKI(t testing.TB) (dir string, ca *grpcx.DevCA, server, client grpcx.TLSConfig) {
 	t.Helper()
 	dir = t.TempDir()
 	ca, err := grpcx.LoadOrCreateDevCA(dir, "test CA")
