@@ -12,7 +12,9 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
@@ -168,4 +170,38 @@ func TestHealthServerIsPlaintextHealthOnly(t *testing.T) {
 
 	err = cc.Invoke(ctx, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})
 	require.Equal(t, codes.Unimplemented, status.Code(err), "nothing but health")
+}
+
+// A client's rotated certificate is presented from its next connection on,
+// with the same dial options (no restart).
+func TestTLSClientPresentsRotatedCertificate(t *testing.T) {
+	dir, ca, server, client := newPKI(t)
+	seen := make(chan *x509.Certificate, 4)
+	_, verifier := testkit.NewTokens()
+	opts, err := server.ServerOptions()
+	require.NoError(t, err)
+	srv := grpcx.NewServer(testkit.Logger(t), verifier, append(opts, grpc.ChainUnaryInterceptor(
+		func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if p, ok := peer.FromContext(ctx); ok {
+				if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+					seen <- ti.State.PeerCertificates[0]
+				}
+			}
+			return h(ctx, req)
+		}))...)
+	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+
+	dial := dialOpts(t, client) // one set of options, as a process keeps them
+	require.NoError(t, check(t, lis.Addr().String(), dial...))
+	first := <-seen
+	rotated, err := ca.WriteCert(dir, "gateway", []string{"gateway"})
+	require.NoError(t, err)
+	require.Equal(t, client, rotated)
+	require.NoError(t, check(t, lis.Addr().String(), dial...))
+	second := <-seen
+	require.NotEqual(t, first.SerialNumber, second.SerialNumber, "the new connection presents the rotated certificate")
 }
