@@ -216,6 +216,15 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 	if err != nil {
 		return err
 	}
+	// The certificate files load before anything connects: a bad one fails at once.
+	tlsOpts, err := c.TLS.ServerOptions()
+	if err != nil {
+		return err
+	}
+	dialOpts, err := c.TLS.DialOptions()
+	if err != nil {
+		return err
+	}
 	if err := natsx.SetPrefix(c.NATSPrefix); err != nil {
 		return err
 	}
@@ -233,14 +242,6 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 		return err
 	}
 	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{Replicas: c.NATSReplicas}); err != nil {
-		return err
-	}
-	tlsOpts, err := c.TLS.ServerOptions()
-	if err != nil {
-		return err
-	}
-	dialOpts, err := c.TLS.DialOptions()
-	if err != nil {
 		return err
 	}
 	srv := grpcx.NewServer(log, verifier, append(ratelimit.NewInterceptors(c.Limits, nil).ServerOptions(), tlsOpts...)...)
