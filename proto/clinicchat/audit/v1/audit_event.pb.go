@@ -79,7 +79,7 @@ func (AuditEvent_Outcome) EnumDescriptor() ([]byte, []int) {
 type AuditEvent_Integrity int32
 
 const (
-	// Not checked (export does not check each record; use VerifyAuditLog).
+	// Not used.
 	AuditEvent_INTEGRITY_UNSPECIFIED AuditEvent_Integrity = 0
 	// Its fields hash to its leaf, and the leaf is included in the latest
 	// signed checkpoint (an inclusion proof from the stored tree).
@@ -163,7 +163,7 @@ type AuditEvent struct {
 	Detail string `protobuf:"bytes,10,opt,name=detail,proto3" json:"detail,omitempty"`
 	// Base64 RFC 6962 leaf hash of the canonical record.
 	Hash string `protobuf:"bytes,11,opt,name=hash,proto3" json:"hash,omitempty"`
-	// Set by ListAuditEvents on every record of the page.
+	// Set by ListAuditEvents and ExportAuditEvents on every record.
 	Integrity     AuditEvent_Integrity `protobuf:"varint,12,opt,name=integrity,proto3,enum=clinicchat.audit.v1.AuditEvent_Integrity" json:"integrity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

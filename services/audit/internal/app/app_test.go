@@ -83,7 +83,7 @@ func TestOnlyPracticeAdminsRead(t *testing.T) {
 		ctx := as(role, "p")
 		_, err := e.app.List(ctx, "", 0, "")
 		require.Equal(t, codes.PermissionDenied, code(err), role)
-		require.Equal(t, codes.PermissionDenied, code(e.app.Export(ctx, "", func(domain.Record) error { return nil })), role)
+		require.Equal(t, codes.PermissionDenied, code(e.app.Export(ctx, "", func(domain.Record, app.Integrity) error { return nil })), role)
 		_, err = e.app.Verify(ctx, nil)
 		require.Equal(t, codes.PermissionDenied, code(err), role)
 		_, err = e.app.Checkpoint(ctx)
@@ -172,8 +172,9 @@ func TestListPages(t *testing.T) {
 	require.Len(t, p.Records, 25)
 
 	var exported []int64
-	require.NoError(t, e.app.Export(admin, `time>="2026-03-01T09:00:20Z"`, func(r domain.Record) error {
+	require.NoError(t, e.app.Export(admin, `time>="2026-03-01T09:00:20Z"`, func(r domain.Record, v app.Integrity) error {
 		exported = append(exported, r.Index)
+		require.Equal(t, app.IntegrityUnverified, v, "intact, and no checkpoint yet")
 		return nil
 	}))
 	require.Equal(t, []int64{20, 21, 22, 23, 24}, exported, "oldest first")
@@ -656,6 +657,11 @@ func TestListFlagsTamperedRows(t *testing.T) {
 					}
 					got := verdicts(t, e)
 					require.Len(t, got, size)
+					// The export gives each record the same verdict.
+					require.NoError(t, e.app.Export(admin, "", func(r domain.Record, v app.Integrity) error {
+						require.Equal(t, got[r.Index], v, "exported record %d", r.Index)
+						return nil
+					}))
 					for i := range int64(size) {
 						want := app.IntegrityVerified
 						if i >= signedSize {

@@ -76,8 +76,9 @@ func (a *App) List(ctx context.Context, filter string, pageSize int32, pageToken
 }
 
 // Export calls emit with every record of the caller's practice matching
-// filter, oldest first, reading in batches.
-func (a *App) Export(ctx context.Context, filter string, emit func(domain.Record) error) error {
+// filter, oldest first, reading in batches, with its integrity verdict (as
+// List gives, checked per batch).
+func (a *App) Export(ctx context.Context, filter string, emit func(domain.Record, Integrity) error) error {
 	who, err := authorize(ctx)
 	if err != nil {
 		return err
@@ -92,8 +93,12 @@ func (a *App) Export(ctx context.Context, filter string, emit func(domain.Record
 		if err != nil {
 			return err
 		}
-		for _, r := range recs {
-			if err := emit(r); err != nil {
+		verdicts, err := a.integrity(ctx, who.Practice, recs)
+		if err != nil {
+			return err
+		}
+		for i, r := range recs {
+			if err := emit(r, verdicts[i]); err != nil {
 				return err
 			}
 		}

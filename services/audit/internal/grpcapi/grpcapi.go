@@ -44,8 +44,10 @@ var integrity = map[app.Integrity]auditv1.AuditEvent_Integrity{
 
 // ExportAuditEvents implements auditv1.AuditServiceServer.
 func (s *Server) ExportAuditEvents(req *auditv1.ExportAuditEventsRequest, stream auditv1.AuditService_ExportAuditEventsServer) error {
-	return s.app.Export(stream.Context(), req.GetFilter(), func(r domain.Record) error {
-		return stream.Send(ToProto(r))
+	return s.app.Export(stream.Context(), req.GetFilter(), func(r domain.Record, v app.Integrity) error {
+		e := ToProto(r)
+		e.Integrity = integrity[v]
+		return stream.Send(e)
 	})
 }
 
