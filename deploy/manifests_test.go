@@ -62,6 +62,7 @@ func TestOverlays(t *testing.T) {
 				t.Run("autoscaling", func(t *testing.T) { checkHPAs(t, r) })
 				t.Run("disruption-budgets", func(t *testing.T) { checkPDBs(t, r) })
 				t.Run("network-policies", func(t *testing.T) { checkNetworkPolicies(t, r) })
+				t.Run("service-tls", func(t *testing.T) { checkServiceTLS(t, r) })
 			}
 		})
 	}
@@ -174,6 +175,17 @@ func checkWorkload(t *testing.T, r *rendered, w string, production bool) {
 		wantPort, portName = httpPort, "http"
 	}
 	wantPorts := 1
+	// With TLS (the cert-manager component) the kubelet probes a plaintext
+	// health-only port instead, the service's second container port.
+	probePort := int32(grpcPort)
+	if v, ok := containerEnv(t, r, id, c)[envName("grpc-health-addr")]; ok && w != "gateway" {
+		_, port, err := net.SplitHostPort(v.value)
+		probePort = int32(atoi(port))
+		wantPorts = 2
+		if err != nil || len(c.Ports) != 2 || c.Ports[1].Name != "grpc-health" || c.Ports[1].ContainerPort != probePort || c.Ports[1].Protocol != corev1.ProtocolTCP {
+			t.Errorf("%s: CLINICCHAT_GRPC_HEALTH_ADDR=%q: want ports grpc %d/TCP then grpc-health on its port, got %+v", id, v.value, grpcPort, c.Ports)
+		}
+	}
 	if w == "gateway" {
 		wantPorts = 2 // and the public gRPC edge
 		if len(c.Ports) != 2 || c.Ports[1].Name != "grpc" || c.Ports[1].ContainerPort != grpcPort || c.Ports[1].Protocol != corev1.ProtocolTCP {
@@ -198,8 +210,8 @@ func checkWorkload(t *testing.T, r *rendered, w string, production bool) {
 				t.Errorf("%s: %s must be a native grpc probe", id, name)
 				continue
 			}
-			if p.GRPC.Port != grpcPort || (p.GRPC.Service != nil && *p.GRPC.Service != "") {
-				t.Errorf("%s: %s checks port %d service %v, want %d and the server's overall health", id, name, p.GRPC.Port, p.GRPC.Service, grpcPort)
+			if p.GRPC.Port != probePort || (p.GRPC.Service != nil && *p.GRPC.Service != "") {
+				t.Errorf("%s: %s checks port %d service %v, want %d and the server's overall health", id, name, p.GRPC.Port, p.GRPC.Service, probePort)
 			}
 		}
 	}
@@ -404,7 +416,8 @@ func checkRequiredSettings(t *testing.T, r *rendered, id, w string, fs *flag.Fla
 	})
 
 	// Files: each path lives on a volume of the right kind.
-	for _, name := range []string{"dev-signing-key-file", "audit-signing-key-file", "nats-creds", "nats-tls-ca", "nats-tls-cert", "nats-tls-key"} {
+	for _, name := range []string{"dev-signing-key-file", "audit-signing-key-file", "nats-creds", "nats-tls-ca", "nats-tls-cert", "nats-tls-key",
+		"tls-cert-file", "tls-key-file", "tls-ca-file", "upstream-tls-cert-file", "upstream-tls-key-file", "upstream-tls-ca-file"} {
 		if v, ok := get(name); ok {
 			checkMountedFile(t, id, envName(name), v.value, spec, r, "secret")
 		}

@@ -245,7 +245,7 @@ func checkNetworkPolicies(t *testing.T, r *rendered) {
 				if u, err := url.Parse(v.value); err == nil {
 					external[w] = append(external[w], int32(atoiOr(u.Port(), 443)))
 				}
-			case strings.HasSuffix(name, "_ADDR") && name != envName("grpc-addr") && name != envName("http-addr"):
+			case strings.HasSuffix(name, "_ADDR") && name != envName("grpc-addr") && name != envName("http-addr") && name != envName("grpc-health-addr"):
 				host, port, err := net.SplitHostPort(v.value)
 				if err != nil {
 					continue

@@ -32,6 +32,9 @@ var cnpgCluster = schema.GroupVersionKind{Group: "postgresql.cnpg.io", Version: 
 var (
 	cnpgScheduledBackup = schema.GroupVersionKind{Group: "postgresql.cnpg.io", Version: "v1", Kind: "ScheduledBackup"}
 	barmanObjectStore   = schema.GroupVersionKind{Group: "barmancloud.cnpg.io", Version: "v1", Kind: "ObjectStore"}
+	// cert-manager's kinds, also checked through unstructured.
+	cmCertificate = schema.GroupVersionKind{Group: "cert-manager.io", Version: "v1", Kind: "Certificate"}
+	cmIssuer      = schema.GroupVersionKind{Group: "cert-manager.io", Version: "v1", Kind: "Issuer"}
 )
 
 // rendered is one overlay's output, decoded into the Kubernetes API types.
@@ -54,6 +57,8 @@ type rendered struct {
 	// scheduledBackups and objectStores: PostgreSQL backups (components/postgres/backup).
 	scheduledBackups map[string]*unstructured.Unstructured
 	objectStores     map[string]*unstructured.Unstructured
+	certificates     map[string]*unstructured.Unstructured // cert-manager
+	issuers          map[string]*unstructured.Unstructured // cert-manager
 }
 
 func newScheme() *runtime.Scheme {
@@ -100,6 +105,8 @@ func render(t *testing.T, overlay string) *rendered {
 
 		scheduledBackups: map[string]*unstructured.Unstructured{},
 		objectStores:     map[string]*unstructured.Unstructured{},
+		certificates:     map[string]*unstructured.Unstructured{},
+		issuers:          map[string]*unstructured.Unstructured{},
 	}
 	var objectNamespaces []string
 	for _, res := range resMap.Resources() {
@@ -115,16 +122,20 @@ func render(t *testing.T, overlay string) *rendered {
 		}
 
 		obj, gvk, err := strict.Decode(y, nil, nil)
-		if into := map[schema.GroupVersionKind]map[string]*unstructured.Unstructured{cnpgCluster: r.clusters,
-			cnpgScheduledBackup: r.scheduledBackups, barmanObjectStore: r.objectStores}; runtime.IsNotRegisteredError(err) && gvk != nil && into[*gvk] != nil {
-			u := &unstructured.Unstructured{}
-			if err := u.UnmarshalJSON(mustJSON(t, res)); err != nil {
-				t.Fatalf("%s: %v", id, err)
+		if runtime.IsNotRegisteredError(err) && gvk != nil {
+			into := map[schema.GroupVersionKind]map[string]*unstructured.Unstructured{
+				cnpgCluster: r.clusters, cmCertificate: r.certificates, cmIssuer: r.issuers,
+				cnpgScheduledBackup: r.scheduledBackups, barmanObjectStore: r.objectStores}[*gvk]
+			if into != nil {
+				u := &unstructured.Unstructured{}
+				if err := u.UnmarshalJSON(mustJSON(t, res)); err != nil {
+					t.Fatalf("%s: %v", id, err)
+				}
+				if err := add(into, u.GetName(), u); err != nil {
+					t.Errorf("%s: %v", id, err)
+				}
+				continue
 			}
-			if err := add(into[*gvk], u.GetName(), u); err != nil {
-				t.Errorf("%s: %v", id, err)
-			}
-			continue
 		}
 		if err != nil {
 			t.Errorf("%s does not decode strictly: %v", id, err)

@@ -18,7 +18,9 @@ type BinaryConfig struct {
 	// GRPCAddr serves the public gRPC edge (GRPCEdge) when set.
 	GRPCAddr string
 	// Upstream gRPC addresses, in the order of UpstreamNames.
-	Upstreams     [5]string
+	Upstreams [5]string
+	// UpstreamTLS is TLS to the upstream services (their --tls-* files).
+	UpstreamTLS   grpcx.TLSConfig
 	NATS          natsx.Config
 	NATSPrefix    string
 	JWKSURL       string
@@ -49,6 +51,7 @@ func (c *BinaryConfig) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA bundle for the NATS servers")
 	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client certificate for NATS")
 	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client key for NATS")
+	c.UpstreamTLS.ClientFlags(fs, "upstream-")
 	natsx.PrefixFlag(fs, &c.NATSPrefix)
 	fs.StringVar(&c.JWKSURL, "jwks-url", "", "issuer JWKS URL for verifying bearer tokens")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim")
@@ -77,6 +80,9 @@ func (c *BinaryConfig) Validate() error {
 	}
 	if c.NATS.URL == "" {
 		errs = append(errs, errors.New("--nats-url is required"))
+	}
+	if err := c.UpstreamTLS.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if (c.NATS.TLSCert == "") != (c.NATS.TLSKey == "") {
 		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))

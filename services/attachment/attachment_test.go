@@ -143,8 +143,8 @@ func (e *env) upload(ctx context.Context, conversation, filename, declared strin
 	}}); err != nil {
 		return nil, err
 	}
+	buf := make([]byte, 64<<10) // Send has encoded the frame when it returns
 	for {
-		buf := make([]byte, 64<<10)
 		n, rerr := io.ReadFull(r, buf)
 		if n > 0 {
 			err := stream.Send(&attachmentv1.UploadAttachmentRequest{Frame: &attachmentv1.UploadAttachmentRequest_Chunk{Chunk: buf[:n]}})
@@ -173,6 +173,7 @@ func (e *env) download(ctx context.Context, name string) (*attachmentv1.Attachme
 		return nil, nil, err
 	}
 	var data bytes.Buffer
+	data.Grow(int(min(first.GetAttachment().GetSizeBytes(), 32<<20)))
 	for {
 		frame, err := stream.Recv()
 		if errors.Is(err, io.EOF) {

@@ -517,8 +517,10 @@ func TestCheckpointProofsAndVerifyOverGRPC(t *testing.T) {
 	require.Equal(t, int64(cp.GetTreeSize()), tree.N)
 	require.Equal(t, cp.GetRootHash(), tree.Hash.String())
 
-	// Every listed event is provably in the checkpointed tree.
+	// Every listed event is provably in the checkpointed tree, and the list
+	// says so itself.
 	for _, e := range h.list("") {
+		require.Equal(t, auditv1.AuditEvent_VERIFIED, e.GetIntegrity(), "event %d", e.GetIndex())
 		p, err := h.client.GetInclusionProof(h.admin(), &auditv1.GetInclusionProofRequest{Index: int64(e.GetIndex()), TreeSize: int64(cp.GetTreeSize())})
 		require.NoError(t, err)
 		leaf, err := tlog.ParseHash(e.GetHash())
@@ -531,6 +533,12 @@ func TestCheckpointProofsAndVerifyOverGRPC(t *testing.T) {
 		h.publish(natsx.SubjectConversationAccess, &typev1.AccessRecorded{Meta: m}, m)
 	}
 	h.waitFor("", 12)
+	// Logged after the checkpoint: intact, sealed or not yet (the periodic
+	// signer runs every 50 ms here).
+	for _, e := range h.list("") {
+		require.Contains(t, []auditv1.AuditEvent_Integrity{auditv1.AuditEvent_VERIFIED, auditv1.AuditEvent_UNVERIFIED},
+			e.GetIntegrity(), "event %d", e.GetIndex())
+	}
 	cp2, err := h.client.GetCheckpoint(h.admin(), &auditv1.GetCheckpointRequest{})
 	require.NoError(t, err)
 	require.Equal(t, int32(12), cp2.GetTreeSize())
@@ -560,6 +568,9 @@ func TestCheckpointProofsAndVerifyOverGRPC(t *testing.T) {
 		c, err := h.client.GetCheckpoint(h.admin(), &auditv1.GetCheckpointRequest{})
 		return err == nil && c.GetTreeSize() == 12
 	}, 10*time.Second, 20*time.Millisecond)
+	for _, e := range h.list("") {
+		require.Equal(t, auditv1.AuditEvent_VERIFIED, e.GetIntegrity(), "event %d, under the checkpoint of size 12", e.GetIndex())
+	}
 }
 
 func parseHashes(t *testing.T, in []string) []tlog.Hash {

@@ -88,6 +88,9 @@ type Cluster struct {
 	// the comma-separated list of replicas).
 	Addrs map[string]string
 
+	// tls is each process's TLS files (empty with PlaintextServices).
+	tls map[string]grpcx.TLSConfig
+
 	mu      sync.Mutex
 	procs   map[string]*proc
 	order   []string
@@ -206,6 +209,9 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 	if err := c.providerCredentials(); err != nil {
 		return c, fmt.Errorf("demo provider credentials: %w", err)
 	}
+	if err := c.serviceCerts(); err != nil {
+		return c, fmt.Errorf("service certificates: %w", err)
+	}
 	if err := c.start("demoprovider", "demoprovider", "--grpc-addr", c.Addrs["demoprovider"], "--log-level", cfg.LogLevel,
 		"--service-token-file", c.path("provider.token"), "--tls-cert-file", c.path("provider.crt"),
 		"--tls-key-file", c.path("provider.key")); err != nil {
@@ -230,6 +236,7 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 	for _, svc := range Services {
 		gw = append(gw, "--"+svc+"-addr", c.Addrs[svc])
 	}
+	gw = append(gw, c.tlsArgs("gateway", "upstream-")...)
 	if cfg.Dev {
 		gw = append(gw, "--dev")
 	}
@@ -375,7 +382,7 @@ func (c *Cluster) serviceArgs(svc, name string) ([]string, error) {
 		}
 		args = append(args, "--audit-signing-key-file", key, "--audit-witness-file", c.cfg.DataDir+"-witness.jsonl")
 	}
-	return args, nil
+	return append(args, c.tlsArgs(name, "")...), nil
 }
 
 func (c *Cluster) startService(svc, name string, authArgs []string) error {
@@ -685,7 +692,11 @@ func (c *Cluster) waitTCP(ctx context.Context, addr string) error {
 
 // seed fills the demo practice through the preferences service (once).
 func (c *Cluster) seed(ctx context.Context) (bool, error) {
-	cc, err := grpcx.Dial(c.Addrs["preferences"])
+	opts, err := c.tls["localcluster"].DialOptions()
+	if err != nil {
+		return false, err
+	}
+	cc, err := grpcx.Dial(c.Addrs["preferences"], opts...)
 	if err != nil {
 		return false, err
 	}

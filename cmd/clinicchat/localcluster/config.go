@@ -40,6 +40,11 @@ type Config struct {
 	LogLevel             string
 	// BinDir holds the binaries (Build); empty: build them into DataDir/bin.
 	BinDir string
+	// PlaintextServices turns service-to-service TLS off. By default every
+	// service serves mutual TLS with a certificate of a local CA generated
+	// under DataDir/tls, and every client of it (peers, the gateway) calls
+	// with its own.
+	PlaintextServices bool
 	// ServiceArgs are extra flags for every service process (e.g. load
 	// tests raise the per-identity --limit-sends-per-second).
 	ServiceArgs []string
@@ -65,6 +70,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ArchiveAfter, "archive-after", 8760*time.Hour, "archive a conversation with no message for this long")
 	fs.DurationVar(&c.ArchiveSweepInterval, "archive-sweep-interval", time.Hour, "how often the archive sweeper looks")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "the processes' log level: debug, info, warn or error")
+	fs.BoolVar(&c.PlaintextServices, "plaintext-services", false, "no TLS between the processes (default: mutual TLS with a local CA and certificates under --data-dir/tls)")
 	fs.StringVar(&c.BinDir, "bin-dir", "", "use the binaries already built there (empty: go build them into --data-dir/bin)")
 	fs.Func("service-flag", "an extra flag for every service process, repeatable (e.g. --service-flag=--limit-sends-per-second=1000 for a load test)", func(v string) error {
 		if !strings.HasPrefix(v, "-") {

@@ -136,6 +136,7 @@ func TestDistributedStack(t *testing.T) {
 	})
 	e := env(c)
 
+	t.Run("ServicesRefusePlaintext", func(t *testing.T) { refusePlaintext(t, c) })
 	t.Run("MigratedBeforeTheServers", func(t *testing.T) {
 		// As the manifests' init containers do: `<service> migrate` applied
 		// each schema, and the servers (--migrate-on-start=false) found it.
@@ -158,6 +159,20 @@ func TestDistributedStack(t *testing.T) {
 	case <-c.Done():
 		t.Fatalf("a process failed: %v", c.Err())
 	default:
+	}
+}
+
+// Every service serves mutual TLS (the default): a plaintext client — all
+// the stack's own calls go over TLS, as the passing suite shows — is refused.
+func refusePlaintext(t *testing.T, c *localcluster.Cluster) {
+	for _, name := range []string{"preferences", "conversation", "attachment", "audit", "delivery-1"} {
+		cc, err := grpc.NewClient(c.Addrs[name], grpc.WithTransportCredentials(insecure.NewCredentials()))
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		_ = cc.Close()
+		require.Equal(t, codes.Unavailable, status.Code(err), "%s answers a plaintext client: %v", name, err)
 	}
 }
 

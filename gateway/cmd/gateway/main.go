@@ -98,10 +98,15 @@ func run(args []string) error {
 		return err
 	}
 
+	// TLS to the services (the public gRPC edge forwards over these too).
+	dialOpts, err := cfg.UpstreamTLS.DialOptions()
+	if err != nil {
+		return fmt.Errorf("upstream TLS: %w", err)
+	}
 	var conns [5]*grpc.ClientConn
 	upstreams := map[string]grpc.ClientConnInterface{}
 	for i, addr := range cfg.Upstreams {
-		cc, err := grpcx.Dial(addr)
+		cc, err := grpcx.Dial(addr, dialOpts...)
 		if err != nil {
 			return fmt.Errorf("--%s-addr: %w", gateway.UpstreamNames[i], err)
 		}

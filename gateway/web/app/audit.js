@@ -303,11 +303,21 @@ export class AuditView {
     for (const ev of events) {
       const denied = ev.outcome === 'DENIED';
       const tech = [ev.action, ev.resource, roleLabel(ev.actorRole), '#' + (ev.index ?? 0)].filter(Boolean).join(' · ');
-      this.rows.append(h('tr', { class: denied ? 'denied' : '', dataset: { index: String(ev.index ?? 0), action: ev.action || '' } },
+      // The service checks every listed event against the signed log:
+      // TAMPERED is a row changed after it was logged.
+      const tampered = ev.integrity === 'TAMPERED';
+      const integrity = ev.integrity || 'INTEGRITY_UNSPECIFIED';
+      this.rows.append(h('tr', {
+        class: [denied ? 'denied' : '', tampered ? 'tampered' : ''].filter(Boolean).join(' '),
+        dataset: { index: String(ev.index ?? 0), action: ev.action || '', integrity },
+      },
         h('td', { class: 'col-time' }, h('time', { datetime: ev.time || '' }, fullTime(ev.time))),
         h('td', null,
+          tampered ? h('p', { class: 'audit-tampered', role: 'note' }, icon('alert'),
+            'Altered after it was logged: this event no longer matches the signed audit log, so do not rely on it. Run Verify integrity and report it to whoever runs clinicchat for your practice.') : null,
           h('p', { class: 'audit-sentence' }, this.sentence(ev)),
-          h('p', { class: 'audit-tech' }, tech, ev.detail ? ' · ' + ev.detail : '')),
+          h('p', { class: 'audit-tech' }, tech, ev.detail ? ' · ' + ev.detail : '',
+            integrity === 'UNVERIFIED' ? h('span', { class: 'audit-unsealed', title: 'Not yet in a signed checkpoint: it is sealed within a minute or so.' }, ' · not yet sealed') : null)),
         h('td', { class: 'col-outcome' },
           h('span', { class: ['outcome', denied ? 'outcome-denied' : 'outcome-allowed'] }, denied ? 'Refused' : 'Allowed'))));
     }

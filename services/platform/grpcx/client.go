@@ -62,8 +62,9 @@ var Keepalive = keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 *
 //
 // Calls are balanced round-robin over the addresses and retried on another
 // when one answers UNAVAILABLE (ServiceConfig). The caller's bearer token is
-// forwarded on every call. Transport security between services is the mesh's
-// job in production.
+// forwarded on every call, so between services it travels over TLS in
+// production: pass TLSConfig.DialOptions (a later transport credential
+// replaces the plaintext default).
 func Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	target, extra, err := Target(target)
 	if err != nil {
@@ -104,7 +105,9 @@ func Target(addr string) (string, []grpc.DialOption, error) {
 		if _, _, err := net.SplitHostPort(a); err != nil {
 			return "", nil, fmt.Errorf("address %q: %w", a, err)
 		}
-		state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+		host, _, _ := net.SplitHostPort(a)
+		// Each replica's certificate is checked against its own host.
+		state.Addresses = append(state.Addresses, resolver.Address{Addr: a, ServerName: host})
 	}
 	// A resolver of its own per connection: it answers with the list, always.
 	r := manual.NewBuilderWithScheme(fmt.Sprintf("clinicchat-static-%d", staticSeq.Add(1)))

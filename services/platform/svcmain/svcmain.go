@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/clinicchat/clinicchat/services/platform/auth"
@@ -58,6 +59,12 @@ type Common struct {
 	MigrateOnStart bool
 	// Limits are the per-identity limits of the gRPC server.
 	Limits ratelimit.Config
+	// TLS is service-to-service TLS: the gRPC listener serves it and every
+	// peer connection (Runtime.Dial) uses it.
+	TLS grpcx.TLSConfig
+	// HealthAddr is an optional plaintext listener serving only gRPC health,
+	// for probes that cannot speak TLS (the kubelet's gRPC probe).
+	HealthAddr string
 }
 
 // Flags registers the common flags on fs; every flag also reads the
@@ -81,6 +88,8 @@ func (c *Common) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "operator-only listener for pprof and runtime metrics (off when empty)")
 	fs.BoolVar(&c.MigrateOnStart, "migrate-on-start", true, "apply schema migrations at start (false: only check the schema version; run `migrate` first)")
 	c.Limits.Flags(fs)
+	c.TLS.Flags(fs)
+	fs.StringVar(&c.HealthAddr, "grpc-health-addr", "", "plaintext listener serving only gRPC health, for probes that cannot speak TLS (empty: off)")
 }
 
 // Validate reports every problem at once.
@@ -111,6 +120,9 @@ func (c *Common) Validate() error {
 		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
 	}
 	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.TLS.ValidateServer(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -165,6 +177,14 @@ type Runtime struct {
 	JS     jetstream.JetStream
 	Server *grpcx.Server
 	Common *Common
+	// dialOpts are the peer connections' options (TLS when configured).
+	dialOpts []grpc.DialOption
+}
+
+// Dial opens a connection to a peer service (grpcx.Dial) over the
+// configured service-to-service TLS.
+func (rt *Runtime) Dial(target string) (*grpc.ClientConn, error) {
+	return grpcx.Dial(target, rt.dialOpts...)
 }
 
 // Service is what a standalone binary runs.
@@ -196,6 +216,15 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 	if err != nil {
 		return err
 	}
+	// The certificate files load before anything connects: a bad one fails at once.
+	tlsOpts, err := c.TLS.ServerOptions()
+	if err != nil {
+		return err
+	}
+	dialOpts, err := c.TLS.DialOptions()
+	if err != nil {
+		return err
+	}
 	if err := natsx.SetPrefix(c.NATSPrefix); err != nil {
 		return err
 	}
@@ -215,8 +244,8 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{Replicas: c.NATSReplicas}); err != nil {
 		return err
 	}
-	srv := grpcx.NewServer(log, verifier, ratelimit.NewInterceptors(c.Limits, nil).ServerOptions()...)
-	rt := &Runtime{Log: log, NC: nc, JS: js, Server: srv, Common: c}
+	srv := grpcx.NewServer(log, verifier, append(ratelimit.NewInterceptors(c.Limits, nil).ServerOptions(), tlsOpts...)...)
+	rt := &Runtime{Log: log, NC: nc, JS: js, Server: srv, Common: c, dialOpts: dialOpts}
 	bctx := ctx
 	if !c.MigrateOnStart {
 		bctx = sqldb.CheckOnly(ctx) // New checks the schema version instead of migrating
@@ -231,7 +260,18 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 		return err
 	}
 	lis = grpcx.LimitListener(lis)
+	var healthSrv *grpc.Server
+	var healthLis net.Listener
+	if c.HealthAddr != "" {
+		if healthLis, err = net.Listen("tcp", c.HealthAddr); err != nil {
+			_ = lis.Close()
+			return fmt.Errorf("--grpc-health-addr: %w", err)
+		}
+		healthSrv = grpcx.NewHealthServer(srv.Health)
+	}
 	srv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	log.Info("serving", zap.String("grpc_addr", lis.Addr().String()), zap.Bool("tls", c.TLS.Enabled()),
+		zap.Bool("mutual_tls", c.TLS.CAFile != ""))
 
 	debug, err := debugserver.Start(c.DebugAddr, log)
 	if err != nil {
@@ -240,11 +280,17 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 	defer func() { _ = debug.Stop() }()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return srv.Serve(lis) })
+	if healthSrv != nil {
+		g.Go(func() error { return healthSrv.Serve(healthLis) })
+	}
 	g.Go(func() error { return svc.Run(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		log.Info("shutting down", zap.Duration("drain_timeout", c.DrainTimeout))
 		srv.Shutdown(c.DrainTimeout)
+		if healthSrv != nil {
+			healthSrv.Stop()
+		}
 		return nil
 	})
 	err = g.Wait()

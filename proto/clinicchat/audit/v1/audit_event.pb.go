@@ -75,6 +75,68 @@ func (AuditEvent_Outcome) EnumDescriptor() ([]byte, []int) {
 	return file_clinicchat_audit_v1_audit_event_proto_rawDescGZIP(), []int{0, 0}
 }
 
+// Whether a listed record is intact, as checked when it was read.
+type AuditEvent_Integrity int32
+
+const (
+	// Not used.
+	AuditEvent_INTEGRITY_UNSPECIFIED AuditEvent_Integrity = 0
+	// Its fields hash to its leaf, and the leaf is included in the latest
+	// signed checkpoint (an inclusion proof from the stored tree).
+	AuditEvent_VERIFIED AuditEvent_Integrity = 1
+	// Its fields no longer hash to its leaf, or its leaf is not in the tree
+	// the latest signed checkpoint vouches for: it or the tree around it was
+	// changed after it was logged.
+	AuditEvent_TAMPERED AuditEvent_Integrity = 2
+	// Its fields hash to its leaf, but no signed checkpoint covers it yet
+	// (checkpoints follow within --checkpoint-interval), or the latest
+	// checkpoint's signature does not verify.
+	AuditEvent_UNVERIFIED AuditEvent_Integrity = 3
+)
+
+// Enum value maps for AuditEvent_Integrity.
+var (
+	AuditEvent_Integrity_name = map[int32]string{
+		0: "INTEGRITY_UNSPECIFIED",
+		1: "VERIFIED",
+		2: "TAMPERED",
+		3: "UNVERIFIED",
+	}
+	AuditEvent_Integrity_value = map[string]int32{
+		"INTEGRITY_UNSPECIFIED": 0,
+		"VERIFIED":              1,
+		"TAMPERED":              2,
+		"UNVERIFIED":            3,
+	}
+)
+
+func (x AuditEvent_Integrity) Enum() *AuditEvent_Integrity {
+	p := new(AuditEvent_Integrity)
+	*p = x
+	return p
+}
+
+func (x AuditEvent_Integrity) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AuditEvent_Integrity) Descriptor() protoreflect.EnumDescriptor {
+	return file_clinicchat_audit_v1_audit_event_proto_enumTypes[1].Descriptor()
+}
+
+func (AuditEvent_Integrity) Type() protoreflect.EnumType {
+	return &file_clinicchat_audit_v1_audit_event_proto_enumTypes[1]
+}
+
+func (x AuditEvent_Integrity) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AuditEvent_Integrity.Descriptor instead.
+func (AuditEvent_Integrity) EnumDescriptor() ([]byte, []int) {
+	return file_clinicchat_audit_v1_audit_event_proto_rawDescGZIP(), []int{0, 1}
+}
+
 // An AuditEvent is one leaf of a practice's append-only, tamper-evident log.
 // It holds ids and roles only, never message text, file names or other PHI.
 type AuditEvent struct {
@@ -100,7 +162,9 @@ type AuditEvent struct {
 	// Non-PHI detail.
 	Detail string `protobuf:"bytes,10,opt,name=detail,proto3" json:"detail,omitempty"`
 	// Base64 RFC 6962 leaf hash of the canonical record.
-	Hash          string `protobuf:"bytes,11,opt,name=hash,proto3" json:"hash,omitempty"`
+	Hash string `protobuf:"bytes,11,opt,name=hash,proto3" json:"hash,omitempty"`
+	// Set by ListAuditEvents and ExportAuditEvents on every record.
+	Integrity     AuditEvent_Integrity `protobuf:"varint,12,opt,name=integrity,proto3,enum=clinicchat.audit.v1.AuditEvent_Integrity" json:"integrity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -212,6 +276,13 @@ func (x *AuditEvent) GetHash() string {
 	return ""
 }
 
+func (x *AuditEvent) GetIntegrity() AuditEvent_Integrity {
+	if x != nil {
+		return x.Integrity
+	}
+	return AuditEvent_INTEGRITY_UNSPECIFIED
+}
+
 // A Checkpoint is a signed statement of a log's size and root hash.
 type Checkpoint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -280,7 +351,7 @@ var File_clinicchat_audit_v1_audit_event_proto protoreflect.FileDescriptor
 
 const file_clinicchat_audit_v1_audit_event_proto_rawDesc = "" +
 	"\n" +
-	"%clinicchat/audit/v1/audit_event.proto\x12\x13clinicchat.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x03\n" +
+	"%clinicchat/audit/v1/audit_event.proto\x12\x13clinicchat.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\x04\n" +
 	"\n" +
 	"AuditEvent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -295,12 +366,19 @@ const file_clinicchat_audit_v1_audit_event_proto_rawDesc = "" +
 	"\aoutcome\x18\t \x01(\x0e2'.clinicchat.audit.v1.AuditEvent.OutcomeR\aoutcome\x12\x16\n" +
 	"\x06detail\x18\n" +
 	" \x01(\tR\x06detail\x12\x12\n" +
-	"\x04hash\x18\v \x01(\tR\x04hash\";\n" +
+	"\x04hash\x18\v \x01(\tR\x04hash\x12G\n" +
+	"\tintegrity\x18\f \x01(\x0e2).clinicchat.audit.v1.AuditEvent.IntegrityR\tintegrity\";\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\v\n" +
 	"\aALLOWED\x10\x01\x12\n" +
 	"\n" +
-	"\x06DENIED\x10\x02\"Z\n" +
+	"\x06DENIED\x10\x02\"R\n" +
+	"\tIntegrity\x12\x19\n" +
+	"\x15INTEGRITY_UNSPECIFIED\x10\x00\x12\f\n" +
+	"\bVERIFIED\x10\x01\x12\f\n" +
+	"\bTAMPERED\x10\x02\x12\x0e\n" +
+	"\n" +
+	"UNVERIFIED\x10\x03\"Z\n" +
 	"\n" +
 	"Checkpoint\x12\x1b\n" +
 	"\ttree_size\x18\x01 \x01(\x05R\btreeSize\x12\x1b\n" +
@@ -319,22 +397,24 @@ func file_clinicchat_audit_v1_audit_event_proto_rawDescGZIP() []byte {
 	return file_clinicchat_audit_v1_audit_event_proto_rawDescData
 }
 
-var file_clinicchat_audit_v1_audit_event_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_clinicchat_audit_v1_audit_event_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_clinicchat_audit_v1_audit_event_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_clinicchat_audit_v1_audit_event_proto_goTypes = []any{
 	(AuditEvent_Outcome)(0),       // 0: clinicchat.audit.v1.AuditEvent.Outcome
-	(*AuditEvent)(nil),            // 1: clinicchat.audit.v1.AuditEvent
-	(*Checkpoint)(nil),            // 2: clinicchat.audit.v1.Checkpoint
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(AuditEvent_Integrity)(0),     // 1: clinicchat.audit.v1.AuditEvent.Integrity
+	(*AuditEvent)(nil),            // 2: clinicchat.audit.v1.AuditEvent
+	(*Checkpoint)(nil),            // 3: clinicchat.audit.v1.Checkpoint
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
 }
 var file_clinicchat_audit_v1_audit_event_proto_depIdxs = []int32{
-	3, // 0: clinicchat.audit.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	4, // 0: clinicchat.audit.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
 	0, // 1: clinicchat.audit.v1.AuditEvent.outcome:type_name -> clinicchat.audit.v1.AuditEvent.Outcome
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	1, // 2: clinicchat.audit.v1.AuditEvent.integrity:type_name -> clinicchat.audit.v1.AuditEvent.Integrity
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_clinicchat_audit_v1_audit_event_proto_init() }
@@ -347,7 +427,7 @@ func file_clinicchat_audit_v1_audit_event_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_clinicchat_audit_v1_audit_event_proto_rawDesc), len(file_clinicchat_audit_v1_audit_event_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,

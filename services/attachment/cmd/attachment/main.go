@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/clinicchat/clinicchat/services/attachment"
-	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
 )
 
@@ -74,7 +73,7 @@ func run(args []string, stdout io.Writer) error {
 			if peer.addr == "" {
 				continue
 			}
-			conn, err := grpcx.Dial(peer.addr)
+			conn, err := rt.Dial(peer.addr)
 			if err != nil {
 				return nil, err
 			}

@@ -226,8 +226,17 @@ func (s *Sniffer) Write(p []byte) (int, error) {
 		s.head = append(s.head, p[:n]...)
 	}
 	s.size += int64(len(p))
-	s.text.write(p)
-	s.markup.write(p)
+	// Both checks only matter for text: a file that is not (its first bytes
+	// say another family, or it is not UTF-8 without NULs) is not scanned
+	// further, which is most of the cost of a large binary upload.
+	if s.text.ok && (len(s.head) < SniffBytes || familyOf(s.head) == famText) {
+		s.text.write(p)
+		if s.text.ok {
+			s.markup.write(p)
+		}
+	} else {
+		s.text.ok = false
+	}
 	return len(p), nil
 }
 
@@ -320,18 +329,26 @@ var activeTags = []string{"<!doctype html", "<html", "<head", "<script", "<ifram
 var markupNeedles = [][]byte{[]byte("<script"), []byte("<svg"), []byte("<html"), []byte("<iframe"),
 	[]byte("<!doctype html"), []byte("<object"), []byte("<embed")}
 
-// markupCheck finds markupNeedles anywhere in a stream, case-insensitively,
-// across chunk boundaries, keeping only the last few bytes.
+// markupCheck finds markupNeedles anywhere in a stream, ASCII
+// case-insensitively (as browsers match tag names), across chunk boundaries,
+// keeping only the last few bytes and one reused buffer.
 type markupCheck struct {
 	found bool
 	tail  []byte
+	buf   []byte
 }
 
 func (c *markupCheck) write(p []byte) {
 	const keep = 15 // longest needle - 1
 	for len(p) > 0 && !c.found {
 		n := min(len(p), 64<<10)
-		buf := append(c.tail, bytes.ToLower(p[:n])...)
+		buf := append(append(c.buf[:0], c.tail...), p[:n]...)
+		for i, b := range buf {
+			if 'A' <= b && b <= 'Z' {
+				buf[i] = b + ('a' - 'A')
+			}
+		}
+		c.buf = buf
 		for _, needle := range markupNeedles {
 			if bytes.Contains(buf, needle) {
 				c.found = true

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -82,7 +83,7 @@ func TestOnlyPracticeAdminsRead(t *testing.T) {
 		ctx := as(role, "p")
 		_, err := e.app.List(ctx, "", 0, "")
 		require.Equal(t, codes.PermissionDenied, code(err), role)
-		require.Equal(t, codes.PermissionDenied, code(e.app.Export(ctx, "", func(domain.Record) error { return nil })), role)
+		require.Equal(t, codes.PermissionDenied, code(e.app.Export(ctx, "", func(domain.Record, app.Integrity) error { return nil })), role)
 		_, err = e.app.Verify(ctx, nil)
 		require.Equal(t, codes.PermissionDenied, code(err), role)
 		_, err = e.app.Checkpoint(ctx)
@@ -171,8 +172,9 @@ func TestListPages(t *testing.T) {
 	require.Len(t, p.Records, 25)
 
 	var exported []int64
-	require.NoError(t, e.app.Export(admin, `time>="2026-03-01T09:00:20Z"`, func(r domain.Record) error {
+	require.NoError(t, e.app.Export(admin, `time>="2026-03-01T09:00:20Z"`, func(r domain.Record, v app.Integrity) error {
 		exported = append(exported, r.Index)
+		require.Equal(t, app.IntegrityUnverified, v, "intact, and no checkpoint yet")
 		return nil
 	}))
 	require.Equal(t, []int64{20, 21, 22, 23, 24}, exported, "oldest first")
@@ -570,4 +572,127 @@ func TestVerifyEmptyAndSmallLogs(t *testing.T) {
 	cps, err := e.st.Checkpoints(context.Background(), "p")
 	require.NoError(t, err)
 	require.Len(t, cps, 4)
+}
+
+// Lists flag tampered rows: each listed record carries a verdict, and a row
+// changed in the database is TAMPERED while its neighbours stay VERIFIED
+// (covered by the signed checkpoint) or UNVERIFIED (logged after it).
+func TestListFlagsTamperedRows(t *testing.T) {
+	const signedSize, size = 12, 15
+	verdicts := func(t *testing.T, e *env) map[int64]app.Integrity {
+		t.Helper()
+		p, err := e.app.List(admin, "", app.MaxPageSize, "")
+		require.NoError(t, err)
+		require.Len(t, p.Integrity, len(p.Records))
+		out := map[int64]app.Integrity{}
+		for i, r := range p.Records {
+			out[r.Index] = p.Integrity[i]
+		}
+		return out
+	}
+	tests := []struct {
+		name     string
+		tamper   func(t *testing.T, e *env, conn *sql.Conn)
+		tampered []int64
+		// all: every other record's verdict is unknown (the whole tree was
+		// rewritten); only the tampered ones are asserted.
+		all bool
+	}{
+		{name: "untouched"},
+		{
+			name: "change a field",
+			tamper: func(t *testing.T, e *env, conn *sql.Conn) {
+				exec(t, conn, e.db, `UPDATE audit_events SET actor = 'users/mallory' WHERE practice = 'p' AND idx = 5`)
+			},
+			tampered: []int64{5},
+		},
+		{
+			name: "change the outcome and the leaf hash",
+			tamper: func(t *testing.T, e *env, conn *sql.Conn) {
+				recs, err := e.st.Range(context.Background(), "p", 6, 7)
+				require.NoError(t, err)
+				r := recs[0]
+				r.Outcome = domain.OutcomeDenied
+				h := r.LeafHash()
+				exec(t, conn, e.db, `UPDATE audit_events SET outcome = 'DENIED', leaf_hash = ? WHERE practice = 'p' AND idx = 6`, h[:])
+			},
+			tampered: []int64{6},
+		},
+		{
+			name: "change a row not yet under a checkpoint",
+			tamper: func(t *testing.T, e *env, conn *sql.Conn) {
+				exec(t, conn, e.db, `UPDATE audit_events SET detail = 'x' WHERE practice = 'p' AND idx = 13`)
+			},
+			tampered: []int64{13},
+		},
+		{
+			name: "swap two rows",
+			tamper: func(t *testing.T, e *env, conn *sql.Conn) {
+				exec(t, conn, e.db, `UPDATE audit_events SET idx = -1 WHERE practice = 'p' AND idx = 3`)
+				exec(t, conn, e.db, `UPDATE audit_events SET idx = 3 WHERE practice = 'p' AND idx = 8`)
+				exec(t, conn, e.db, `UPDATE audit_events SET idx = 8 WHERE practice = 'p' AND idx = -1`)
+			},
+			tampered: []int64{3, 8},
+		},
+		{
+			name: "rewrite a record and every hash consistently",
+			tamper: func(t *testing.T, e *env, conn *sql.Conn) {
+				exec(t, conn, e.db, `UPDATE audit_events SET action = 'conversation.list' WHERE practice = 'p' AND idx = 7`)
+				rehash(t, e, conn)
+			},
+			tampered: []int64{7}, all: true,
+		},
+	}
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					e := newEnv(t, b)
+					ingest(t, e, "p", 0, signedSize)
+					_, err := e.app.Checkpoint(admin)
+					require.NoError(t, err)
+					ingest(t, e, "p", signedSize, size)
+					if tt.tamper != nil {
+						tt.tamper(t, e, attacker(t, e.db))
+					}
+					got := verdicts(t, e)
+					require.Len(t, got, size)
+					// The export gives each record the same verdict.
+					require.NoError(t, e.app.Export(admin, "", func(r domain.Record, v app.Integrity) error {
+						require.Equal(t, got[r.Index], v, "exported record %d", r.Index)
+						return nil
+					}))
+					for i := range int64(size) {
+						want := app.IntegrityVerified
+						if i >= signedSize {
+							want = app.IntegrityUnverified
+						}
+						if slices.Contains(tt.tampered, i) {
+							want = app.IntegrityTampered
+						} else if tt.all {
+							continue
+						}
+						require.Equal(t, want, got[i], "record %d", i)
+					}
+				})
+			}
+		})
+	}
+}
+
+// A checkpoint whose signature does not verify vouches for nothing: the
+// records it covered are UNVERIFIED, never VERIFIED.
+func TestListWithForgedCheckpointVerifiesNothing(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, e *env) {
+		ingest(t, e, "p", 0, 4)
+		_, err := e.app.Checkpoint(admin)
+		require.NoError(t, err)
+		exec(t, attacker(t, e.db), e.db, `UPDATE audit_checkpoints SET note = 'forged' WHERE practice = 'p'`)
+		p, err := e.app.List(admin, "", 0, "")
+		require.NoError(t, err)
+		require.Len(t, p.Integrity, 4)
+		for _, v := range p.Integrity {
+			require.Equal(t, app.IntegrityUnverified, v)
+		}
+	})
 }

@@ -22,8 +22,10 @@ const (
 
 // Page is one page of a listing.
 type Page struct {
-	Records       []domain.Record // newest first
-	NextPageToken string          // empty on the last page
+	Records []domain.Record // newest first
+	// Integrity is each record's verdict, checked as the page was read.
+	Integrity     []Integrity
+	NextPageToken string // empty on the last page
 }
 
 var errBadPageToken = errs.InvalidArgument("The page token is not valid for this filter; start again without it")
@@ -67,12 +69,16 @@ func (a *App) List(ctx context.Context, filter string, pageSize int32, pageToken
 		p.NextPageToken = encodeToken(domain.Cursor{TimeMicros: last.Time.UnixMicro(), Index: last.Index}, fp)
 	}
 	p.Records = recs
+	if p.Integrity, err = a.integrity(ctx, who.Practice, recs); err != nil {
+		return Page{}, err
+	}
 	return p, nil
 }
 
 // Export calls emit with every record of the caller's practice matching
-// filter, oldest first, reading in batches.
-func (a *App) Export(ctx context.Context, filter string, emit func(domain.Record) error) error {
+// filter, oldest first, reading in batches, with its integrity verdict (as
+// List gives, checked per batch).
+func (a *App) Export(ctx context.Context, filter string, emit func(domain.Record, Integrity) error) error {
 	who, err := authorize(ctx)
 	if err != nil {
 		return err
@@ -87,8 +93,12 @@ func (a *App) Export(ctx context.Context, filter string, emit func(domain.Record
 		if err != nil {
 			return err
 		}
-		for _, r := range recs {
-			if err := emit(r); err != nil {
+		verdicts, err := a.integrity(ctx, who.Practice, recs)
+		if err != nil {
+			return err
+		}
+		for i, r := range recs {
+			if err := emit(r, verdicts[i]); err != nil {
 				return err
 			}
 		}

@@ -2,6 +2,7 @@ package domain
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"golang.org/x/mod/sumdb/tlog"
@@ -37,6 +38,10 @@ type ListQuery struct {
 	Limit     int
 	Ascending bool // oldest first; default newest first
 }
+
+// ErrMissingHash means a stored hash that the tree needs is not in storage
+// (a HashReader's error wraps it).
+var ErrMissingHash = errors.New("stored tree hash missing")
 
 // Repository stores the practice logs. Implementations refuse to update or
 // delete anything they stored (the storage itself enforces it).

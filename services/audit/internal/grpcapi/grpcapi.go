@@ -31,14 +31,23 @@ func (s *Server) ListAuditEvents(ctx context.Context, req *auditv1.ListAuditEven
 	out := &auditv1.ListAuditEventsResponse{NextPageToken: p.NextPageToken, AuditEvents: make([]*auditv1.AuditEvent, len(p.Records))}
 	for i, r := range p.Records {
 		out.AuditEvents[i] = ToProto(r)
+		out.AuditEvents[i].Integrity = integrity[p.Integrity[i]]
 	}
 	return out, nil
 }
 
+var integrity = map[app.Integrity]auditv1.AuditEvent_Integrity{
+	app.IntegrityVerified:   auditv1.AuditEvent_VERIFIED,
+	app.IntegrityTampered:   auditv1.AuditEvent_TAMPERED,
+	app.IntegrityUnverified: auditv1.AuditEvent_UNVERIFIED,
+}
+
 // ExportAuditEvents implements auditv1.AuditServiceServer.
 func (s *Server) ExportAuditEvents(req *auditv1.ExportAuditEventsRequest, stream auditv1.AuditService_ExportAuditEventsServer) error {
-	return s.app.Export(stream.Context(), req.GetFilter(), func(r domain.Record) error {
-		return stream.Send(ToProto(r))
+	return s.app.Export(stream.Context(), req.GetFilter(), func(r domain.Record, v app.Integrity) error {
+		e := ToProto(r)
+		e.Integrity = integrity[v]
+		return stream.Send(e)
 	})
 }
 

@@ -270,7 +270,7 @@ type hashReader struct {
 }
 
 // ErrMissingHash means a stored hash that the tree needs is not in storage.
-var ErrMissingHash = errors.New("stored tree hash missing")
+var ErrMissingHash = domain.ErrMissingHash
 
 func (r *hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	if len(indexes) == 0 {

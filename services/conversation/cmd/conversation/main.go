@@ -9,7 +9,6 @@ import (
 	"os"
 
 	"github.com/clinicchat/clinicchat/services/conversation"
-	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
 )
 
@@ -37,7 +36,7 @@ func run(args []string, stdout io.Writer) error {
 	}
 	common.NeedsDatabase = true
 	return svcmain.Main("conversation", &common, func(ctx context.Context, rt *svcmain.Runtime) (svcmain.Service, error) {
-		prefs, err := grpcx.Dial(cfg.PreferencesAddr)
+		prefs, err := rt.Dial(cfg.PreferencesAddr)
 		if err != nil {
 			return nil, err
 		}

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/clinicchat/clinicchat/services/delivery"
-	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
 )
 
@@ -51,7 +50,7 @@ func run(args []string, stdout io.Writer) error {
 			if peer.addr == "" {
 				continue
 			}
-			conn, err := grpcx.Dial(peer.addr)
+			conn, err := rt.Dial(peer.addr)
 			if err != nil {
 				return nil, err
 			}

@@ -59,6 +59,7 @@ func (c *config) flags(fs *flag.FlagSet, seed bool) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	if seed {
 		fs.StringVar(&c.PreferencesAddr, "preferences-addr", "preferences:9090", "preferences service gRPC address")
+		c.TLS.ClientFlags(fs, "") // the services' TLS, when they serve it
 		return
 	}
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address")
@@ -97,7 +98,14 @@ func runSeed(ctx context.Context, cfg config) error {
 	if err != nil {
 		return fmt.Errorf("dev signing key: %w", err)
 	}
-	cc, err := grpcx.Dial(cfg.PreferencesAddr)
+	if err := cfg.TLS.Validate(); err != nil {
+		return err
+	}
+	opts, err := cfg.TLS.DialOptions()
+	if err != nil {
+		return err
+	}
+	cc, err := grpcx.Dial(cfg.PreferencesAddr, opts...)
 	if err != nil {
 		return fmt.Errorf("--preferences-addr: %w", err)
 	}
