@@ -148,7 +148,8 @@ type ServerFigures struct {
 	// (projections, receipts, notifications, audit) included.
 	CPUMsPerMessageUntilIdle float64 `json:"cpuMsPerMessageUntilIdle"`
 	// BusyAfterLastAckS is how long the server kept working after the last
-	// acknowledgement: the pipeline's backlog (0 when it was idle at once).
+	// acknowledgement: at least until the recipients' streams had every
+	// message, and on while projections, receipts and the audit log catch up.
 	BusyAfterLastAckS float64 `json:"busyAfterLastAckSeconds"`
 	// PeakRSSMiB is the highest resident set size seen (sampled every
 	// 100 ms, or the kernel's high-water mark with a pid).
@@ -212,7 +213,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		// Measure from a quiet server: the prefill's projections and audit
 		// are not the run's.
-		if _, err := srv.waitQuiet(ctx, time.Now(), time.Minute); err != nil {
+		if _, err := srv.waitQuiet(ctx, time.Minute); err != nil {
 			return nil, err
 		}
 	}
@@ -349,7 +350,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.ReceiptsPerS = float64(res.Receipts) / res.Seconds
 	}
 	if figures, ok := srv.figures(ctx, res.Acked); ok {
-		if lastBusy, err := srv.waitQuiet(ctx, sendEnd, time.Minute); err == nil {
+		if lastBusy, err := srv.waitQuiet(ctx, time.Minute); err == nil {
 			if cpu, _, err := srv.sample(ctx); err == nil {
 				figures.CPUMsPerMessageUntilIdle = (cpu - srv.cpu0) * 1000 / float64(res.Acked)
 				figures.BusyAfterLastAckS = max(lastBusy.Sub(sendEnd).Seconds(), 0)

@@ -98,9 +98,10 @@ func (w *serverWatch) figures(ctx context.Context, messages int) (ServerFigures,
 }
 
 // waitQuiet waits until the server has used under 5% of a core in each of
-// four consecutive 250 ms windows, at most maxWait, and returns the end of
-// the last busy window (from, if it was quiet from the start).
-func (w *serverWatch) waitQuiet(ctx context.Context, from time.Time, maxWait time.Duration) (time.Time, error) {
+// four consecutive 250 ms windows, at most maxWait, and returns when it went
+// quiet: the end of the last busy window, or the call if there was none.
+func (w *serverWatch) waitQuiet(ctx context.Context, maxWait time.Duration) (time.Time, error) {
+	from := time.Now()
 	if !w.enabled() {
 		return from, nil
 	}
