@@ -82,8 +82,9 @@ func (a *App) IngestAll(ctx context.Context, in []Arrival) error {
 	entries := make([]domain.Entry, 0, len(in))
 	for _, x := range in {
 		if ok, why := domain.Audited(natsx.Kind(x.Subject), x.Entry); !ok {
-			a.log.Debug("event not audited", zap.String(logkeys.EventID, x.Entry.EventID), zap.String(keyAction, x.Entry.Action),
-				zap.String("why", why))
+			if ce := a.log.Check(zap.DebugLevel, "event not audited"); ce != nil {
+				ce.Write(zap.String(logkeys.EventID, x.Entry.EventID), zap.String(keyAction, x.Entry.Action), zap.String("why", why))
+			}
 			continue
 		}
 		entries = append(entries, x.Entry)
@@ -96,14 +97,16 @@ func (a *App) IngestAll(ctx context.Context, in []Arrival) error {
 		return err
 	}
 	for i, rec := range recs {
-		if !added[i] {
-			a.log.Debug("duplicate event ignored", zap.String(logkeys.EventID, entries[i].EventID), zap.String(logkeys.Practice, rec.Practice),
-				zap.Int64(keyIndex, rec.Index))
-			continue
+		msg := "audit record appended"
+		if added[i] {
+			a.markDirty(rec.Practice)
+		} else {
+			msg = "duplicate event ignored"
 		}
-		a.markDirty(rec.Practice)
-		a.log.Debug("audit record appended", zap.String(logkeys.EventID, entries[i].EventID), zap.String(logkeys.Practice, rec.Practice),
-			zap.Int64(keyIndex, rec.Index))
+		// Check first: building the fields of a disabled level still allocates.
+		if ce := a.log.Check(zap.DebugLevel, msg); ce != nil {
+			ce.Write(zap.String(logkeys.EventID, entries[i].EventID), zap.String(logkeys.Practice, rec.Practice), zap.Int64(keyIndex, rec.Index))
+		}
 	}
 	return nil
 }
