@@ -102,7 +102,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		arts = adapters.Artifacts{Client: artifactv1.NewArtifactProviderServiceClient(deps.Artifacts)}
 	}
 	a := app.New(st,
-		adapters.Conversations{Client: conversationv1.NewConversationServiceClient(deps.Conversations)},
+		&adapters.CachingConversations{Inner: adapters.Conversations{Client: conversationv1.NewConversationServiceClient(deps.Conversations)}},
 		adapters.Patients{Client: preferencesv1.NewPreferencesServiceClient(deps.Preferences)},
 		adapters.Attachments{Client: attachmentv1.NewAttachmentServiceClient(deps.Attachments)},
 		arts, deps.Log)

@@ -36,6 +36,10 @@ import (
 	"github.com/clinicchat/clinicchat/services/preferences"
 )
 
+// internalPipeBytes is the buffer of each direction of an in-process gRPC
+// connection (bufconn).
+const internalPipeBytes = 256 << 10
+
 // service is what every service package offers the composition root.
 type service interface {
 	Register(*grpc.Server)
@@ -117,7 +121,10 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	}
 	limitMetrics := ratelimit.NewMetrics()
 	in.grpcSrv = grpcx.NewServer(log, verifier, ratelimit.NewInterceptors(cfg.Limits, limitMetrics).ServerOptions()...)
-	buf := bufconn.Listen(4 << 20)
+	// Each in-process connection is two ring buffers of this size, and the
+	// ring is cycled through whole: 4 MiB ones kept 8 MiB resident and
+	// walked the cache; 256 KiB still holds several 64 KiB upload frames.
+	buf := bufconn.Listen(internalPipeBytes)
 	in.internal, err = grpcx.DialListener(buf.DialContext)
 	if err != nil {
 		return nil, err
@@ -141,7 +148,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	// token never reaches it). Without dev mode there is none: the demo
 	// provider invents records for any patient.
 	var artifacts grpc.ClientConnInterface
-	providerLis := bufconn.Listen(1 << 20)
+	providerLis := bufconn.Listen(internalPipeBytes)
 	if cfg.Dev {
 		providerToken := rand.Text()
 		in.providerSrv = grpcx.NewServer(log.Named("demoprovider"), demoprovider.ServiceVerifier{Token: providerToken})

@@ -420,7 +420,7 @@ func BenchmarkSendLongThread(b *testing.B) {
 	env := startBench(b)
 	idle := newIdleWatcher(b, env.nats)
 	var results []throughputResult
-	for _, fill := range []int{0, 3000} {
+	for _, fill := range []int{0, 10000} {
 		threads := env.threads(b, fmt.Sprintf("long-%d", fill), 1)
 		if fill > 0 {
 			fillers := make([]benchThread, 8)

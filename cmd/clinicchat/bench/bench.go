@@ -51,6 +51,10 @@ type Config struct {
 	// Wait bounds how long the run waits for recipients' streams to catch up
 	// after the last ack before it counts what never arrived as lost.
 	Wait time.Duration
+	// Prefill sends this many messages into each thread before the measured
+	// run (not counted), which its patient then marks read: how a send's
+	// cost grows with its thread's length.
+	Prefill int
 	// ServerPID and MetricsURL, when set, let the run measure the server's
 	// CPU and memory (/proc/<pid>, or process_* series on /metrics).
 	ServerPID  int
@@ -70,6 +74,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.TextBytes, "text-bytes", 64, "size of each message's text")
 	fs.IntVar(&c.MarkReadEvery, "mark-read-every", 10, "each recipient marks its thread read after this many messages (0: never)")
 	fs.DurationVar(&c.Wait, "wait", 30*time.Second, "how long to wait for recipients' streams after the last ack")
+	fs.IntVar(&c.Prefill, "prefill", 0, "messages sent into each thread before the measured run (not counted), then marked read")
 	fs.IntVar(&c.ServerPID, "server-pid", 0, "the server's process id (same machine): adds its CPU per message and peak RSS")
 	fs.StringVar(&c.MetricsURL, "metrics-url", "", "the server's Prometheus /metrics URL: adds its CPU per message and RSS")
 }
@@ -94,6 +99,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MarkReadEvery < 0 {
 		errs = append(errs, errors.New("--mark-read-every must not be negative"))
+	}
+	if c.Prefill < 0 || c.Prefill > 1_000_000 {
+		errs = append(errs, errors.New("--prefill must be 0 to 1,000,000"))
 	}
 	if c.Wait <= 0 {
 		errs = append(errs, errors.New("--wait must be positive"))
@@ -135,6 +143,14 @@ type ServerFigures struct {
 	// CPUMsPerMessage is the server's CPU (user+system) from the first send
 	// until the recipients saw the last message, per acknowledged message.
 	CPUMsPerMessage float64 `json:"cpuMsPerMessage"`
+	// CPUMsPerMessageUntilIdle counts on until the server is idle again
+	// (below 5% of a core for a second): everything the messages caused
+	// (projections, receipts, notifications, audit) included.
+	CPUMsPerMessageUntilIdle float64 `json:"cpuMsPerMessageUntilIdle"`
+	// BusyAfterLastAckS is how long the server kept working after the last
+	// acknowledgement: at least until the recipients' streams had every
+	// message, and on while projections, receipts and the audit log catch up.
+	BusyAfterLastAckS float64 `json:"busyAfterLastAckSeconds"`
 	// PeakRSSMiB is the highest resident set size seen (sampled every
 	// 100 ms, or the kernel's high-water mark with a pid).
 	PeakRSSMiB float64 `json:"peakRssMiB"`
@@ -191,6 +207,16 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 
 	srv := newServerWatch(cfg.ServerPID, cfg.MetricsURL, hc)
+	if cfg.Prefill > 0 {
+		if err := prefill(ctx, threads, cfg.Prefill); err != nil {
+			return nil, err
+		}
+		// Measure from a quiet server: the prefill's projections and audit
+		// are not the run's.
+		if _, err := srv.waitQuiet(ctx, time.Minute); err != nil {
+			return nil, err
+		}
+	}
 	if err := srv.start(ctx); err != nil {
 		return nil, err
 	}
@@ -324,9 +350,43 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.ReceiptsPerS = float64(res.Receipts) / res.Seconds
 	}
 	if figures, ok := srv.figures(ctx, res.Acked); ok {
+		if lastBusy, err := srv.waitQuiet(ctx, time.Minute); err == nil {
+			if cpu, _, err := srv.sample(ctx); err == nil {
+				figures.CPUMsPerMessageUntilIdle = (cpu - srv.cpu0) * 1000 / float64(res.Acked)
+				figures.BusyAfterLastAckS = max(lastBusy.Sub(sendEnd).Seconds(), 0)
+			}
+		}
 		res.Server = &figures
 	}
 	return res, nil
+}
+
+// prefill sends n messages into each thread (8 at a time per thread), and
+// has each patient mark the thread read.
+func prefill(ctx context.Context, threads []*thread, n int) error {
+	for ti, th := range threads {
+		var next atomic.Int64
+		errs := make([]error, 8)
+		var wg sync.WaitGroup
+		for w := range errs {
+			wg.Go(func() {
+				for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+					if _, err := (httpSender{}).send(ctx, th, "Your appointment is confirmed", fmt.Sprintf("prefill-%d-%d", ti, i)); err != nil {
+						errs[w] = fmt.Errorf("prefill: %w", err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		if err := th.patient.call(ctx, "POST", "/v1/"+th.conv+":markRead", map[string]any{}, nil); err != nil {
+			return fmt.Errorf("prefill: mark read: %w", err)
+		}
+	}
+	return nil
 }
 
 // setUp creates the run's patients (opted in, with portal accounts), a staff

@@ -31,15 +31,17 @@ func TestBenchFindsNothingLost(t *testing.T) {
 		name     string
 		grpcAddr string
 		messages int
+		prefill  int
 	}{
-		{"http", "", 300},
-		{"grpc", in.GRPCAddr, 150},
+		{"http", "", 300, 0},
+		{"grpc", in.GRPCAddr, 150, 0},
+		{"long threads", in.GRPCAddr, 100, 60}, // the prefill is not counted
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
 			res, err := bench.Run(ctx, bench.Config{HTTPURL: "http://" + in.HTTPAddr, GRPCAddr: tc.grpcAddr, Senders: 4,
-				Messages: tc.messages, TextBytes: 64, MarkReadEvery: 5, Wait: time.Minute, ServerPID: os.Getpid()})
+				Messages: tc.messages, TextBytes: 64, MarkReadEvery: 5, Wait: time.Minute, ServerPID: os.Getpid(), Prefill: tc.prefill})
 			require.NoError(t, err)
 			var out bytes.Buffer
 			res.WriteText(&out)
@@ -53,6 +55,7 @@ func TestBenchFindsNothingLost(t *testing.T) {
 			require.Positive(t, res.Receipts, "recipients marked their threads read")
 			require.NotNil(t, res.Server)
 			require.Positive(t, res.Server.CPUMsPerMessage)
+			require.GreaterOrEqual(t, res.Server.CPUMsPerMessageUntilIdle, res.Server.CPUMsPerMessage, "counted on until idle")
 			require.False(t, res.Failed())
 		})
 	}

@@ -59,6 +59,10 @@ func (r *Result) WriteText(w io.Writer) {
 	if r.Server != nil {
 		fmt.Fprintf(w, "  server        %.3f ms CPU per message (until the recipients had them), peak RSS %.0f MiB\n",
 			r.Server.CPUMsPerMessage, r.Server.PeakRSSMiB)
+		if r.Server.CPUMsPerMessageUntilIdle > 0 {
+			fmt.Fprintf(w, "  until idle    %.3f ms CPU per message; busy %.2fs after the last ack\n",
+				r.Server.CPUMsPerMessageUntilIdle, r.Server.BusyAfterLastAckS)
+		}
 	}
 }
 

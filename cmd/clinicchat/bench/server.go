@@ -97,6 +97,46 @@ func (w *serverWatch) figures(ctx context.Context, messages int) (ServerFigures,
 	return ServerFigures{CPUMsPerMessage: (cpu - w.cpu0) * 1000 / float64(messages), PeakRSSMiB: peak / (1 << 20)}, true
 }
 
+// waitQuiet waits until the server has used under 5% of a core in each of
+// four consecutive 250 ms windows, at most maxWait, and returns when it went
+// quiet: the end of the last busy window, or the call if there was none.
+func (w *serverWatch) waitQuiet(ctx context.Context, maxWait time.Duration) (time.Time, error) {
+	from := time.Now()
+	if !w.enabled() {
+		return from, nil
+	}
+	const window, quietCPU, quietWindows = 250 * time.Millisecond, 0.05, 4
+	last, _, err := w.sample(ctx)
+	if err != nil {
+		return from, err
+	}
+	lastBusy, quiet := from, 0
+	t := time.NewTicker(window)
+	defer t.Stop()
+	deadline := time.Now().Add(maxWait)
+	for quiet < quietWindows {
+		if time.Now().After(deadline) {
+			return lastBusy, fmt.Errorf("the server did not go quiet within %s", maxWait)
+		}
+		select {
+		case <-ctx.Done():
+			return lastBusy, ctx.Err()
+		case now := <-t.C:
+			cpu, _, err := w.sample(ctx)
+			if err != nil {
+				return lastBusy, err
+			}
+			if cpu-last < quietCPU*window.Seconds() {
+				quiet++
+			} else {
+				quiet, lastBusy = 0, now
+			}
+			last = cpu
+		}
+	}
+	return lastBusy, nil
+}
+
 // sample is the server's total CPU seconds and current RSS bytes.
 func (w *serverWatch) sample(ctx context.Context) (cpu, rss float64, err error) {
 	if w.pid > 0 {

@@ -167,7 +167,9 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
 	pragmas := url.Values{}
-	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"} {
+	// temp_store(2): a batch's savepoint journals stay in memory instead of
+	// spilling to a temporary file (an open, writes and an unlink per batch).
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)", "temp_store(2)"} {
 		pragmas.Add("_pragma", p)
 	}
 	w, err := sql.Open("sqlite", "file:"+path+"?"+pragmas.Encode()+"&_txlock=immediate")
@@ -349,8 +351,22 @@ func (t *Tx) stmt(ctx context.Context, q string) *sql.Stmt {
 // Dialect reports the SQL flavour.
 func (t *Tx) Dialect() Dialect { return t.dialect }
 
+// stmtCtx is the context a statement runs under. On SQLite the statements
+// of every job of a batch share one transaction on one connection: a
+// caller's cancellation must not interrupt the connection (SQLite would roll
+// back the whole batch, other callers' writes included), and a context
+// without Done also spares modernc.org/sqlite a watcher goroutine per
+// statement. The caller still gets its answer only after the commit.
+func (t *Tx) stmtCtx(ctx context.Context) context.Context {
+	if t.dialect == SQLite {
+		return context.WithoutCancel(ctx)
+	}
+	return ctx
+}
+
 // Exec runs a statement.
 func (t *Tx) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	ctx = t.stmtCtx(ctx)
 	if st := t.stmt(ctx, q); st != nil {
 		return st.ExecContext(ctx, args...)
 	}
@@ -359,6 +375,7 @@ func (t *Tx) Exec(ctx context.Context, q string, args ...any) (sql.Result, error
 
 // Query runs a query.
 func (t *Tx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	ctx = t.stmtCtx(ctx)
 	if st := t.stmt(ctx, q); st != nil {
 		return st.QueryContext(ctx, args...)
 	}
@@ -367,6 +384,7 @@ func (t *Tx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error
 
 // QueryRow runs a query of one row.
 func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
+	ctx = t.stmtCtx(ctx)
 	if st := t.stmt(ctx, q); st != nil {
 		return st.QueryRowContext(ctx, args...)
 	}

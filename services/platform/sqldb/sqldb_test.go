@@ -145,3 +145,35 @@ func TestSignalRunsOnlyForCommittedWritesThatSignalled(t *testing.T) {
 		})
 	}
 }
+
+// On SQLite a caller that gives up while its write runs does not interrupt
+// the shared connection: its write and the others in the batch commit.
+func TestSQLiteWriteIgnoresCancellationOnceRunning(t *testing.T) {
+	ctx := context.Background()
+	db := testkit.OpenDB(t, testkit.Backends()[0])
+	require.Equal(t, sqldb.SQLite, db.Dialect())
+	_, err := db.Exec(ctx, `CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)`)
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	results := make([]error, 50)
+	for i := range results {
+		wg.Go(func() {
+			cctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			results[i] = db.Write(cctx, func(tx *sqldb.Tx) error {
+				if i%2 == 0 {
+					cancel() // the caller gives up mid-write
+				}
+				_, err := tx.Exec(cctx, `INSERT INTO kv (k, v) VALUES (?, ?)`, fmt.Sprintf("k%d", i), i)
+				return err
+			})
+		})
+	}
+	wg.Wait()
+	for i, err := range results {
+		require.NoError(t, err, i)
+	}
+	var n int
+	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM kv`).Scan(&n))
+	require.Equal(t, len(results), n)
+}

@@ -13,12 +13,24 @@ import (
 
 // Fold lower-cases s and strips accents.
 func Fold(s string) string {
+	if isASCII(s) {
+		return strings.ToLower(s) // nothing to decompose: skip the transformer
+	}
 	t := transform.Chain(norm.NFD, runes.Remove(runes.In(unicode.Mn)), norm.NFC)
 	out, _, err := transform.String(t, s)
 	if err != nil {
 		out = s
 	}
 	return strings.ToLower(out)
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // Words splits the folded s into words of letters and digits.

@@ -66,23 +66,48 @@ func authorize(ctx context.Context) (auth.Identity, error) {
 // says it is not an action (domain.Audited) or its id is already in the log.
 // It returns once the record is committed.
 func (a *App) Ingest(ctx context.Context, subject string, e domain.Entry) error {
-	if ok, why := domain.Audited(natsx.Kind(subject), e); !ok {
-		a.log.Debug("event not audited", zap.String(logkeys.EventID, e.EventID), zap.String(keyAction, e.Action),
-			zap.String("why", why))
+	return a.IngestAll(ctx, []Arrival{{Subject: subject, Entry: e}})
+}
+
+// Arrival is an event as it arrived: its subject and its audit entry.
+type Arrival struct {
+	Subject string
+	Entry   domain.Entry
+}
+
+// IngestAll is Ingest for a batch of events in one transaction (one durable
+// commit), appended in the order given. It returns once all are committed;
+// on an error none is.
+func (a *App) IngestAll(ctx context.Context, in []Arrival) error {
+	entries := make([]domain.Entry, 0, len(in))
+	for _, x := range in {
+		if ok, why := domain.Audited(natsx.Kind(x.Subject), x.Entry); !ok {
+			if ce := a.log.Check(zap.DebugLevel, "event not audited"); ce != nil {
+				ce.Write(zap.String(logkeys.EventID, x.Entry.EventID), zap.String(keyAction, x.Entry.Action), zap.String("why", why))
+			}
+			continue
+		}
+		entries = append(entries, x.Entry)
+	}
+	if len(entries) == 0 {
 		return nil
 	}
-	rec, added, err := a.repo.Append(ctx, e)
+	recs, added, err := a.repo.AppendAll(ctx, entries)
 	if err != nil {
 		return err
 	}
-	if !added {
-		a.log.Debug("duplicate event ignored", zap.String(logkeys.EventID, e.EventID), zap.String(logkeys.Practice, rec.Practice),
-			zap.Int64(keyIndex, rec.Index))
-		return nil
+	for i, rec := range recs {
+		msg := "audit record appended"
+		if added[i] {
+			a.markDirty(rec.Practice)
+		} else {
+			msg = "duplicate event ignored"
+		}
+		// Check first: building the fields of a disabled level still allocates.
+		if ce := a.log.Check(zap.DebugLevel, msg); ce != nil {
+			ce.Write(zap.String(logkeys.EventID, entries[i].EventID), zap.String(logkeys.Practice, rec.Practice), zap.Int64(keyIndex, rec.Index))
+		}
 	}
-	a.markDirty(rec.Practice)
-	a.log.Debug("audit record appended", zap.String(logkeys.EventID, e.EventID), zap.String(logkeys.Practice, rec.Practice),
-		zap.Int64(keyIndex, rec.Index))
 	return nil
 }
 

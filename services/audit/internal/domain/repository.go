@@ -51,6 +51,10 @@ type Repository interface {
 	// is already in the log, it returns that record and false, and changes
 	// nothing.
 	Append(ctx context.Context, e Entry) (Record, bool, error)
+	// AppendAll appends each entry as Append does, in the order given, in
+	// one transaction: all of them are committed or none. added[i] is false
+	// for an entry whose id was already in the log (or earlier in es).
+	AppendAll(ctx context.Context, es []Entry) (recs []Record, added []bool, err error)
 	// Size is the number of records in the practice's log (its last index + 1).
 	Size(ctx context.Context, practice string) (int64, error)
 	// Sizes returns the size of every practice's log.

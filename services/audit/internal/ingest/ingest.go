@@ -17,16 +17,21 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
+	"github.com/clinicchat/clinicchat/services/audit/internal/app"
 	"github.com/clinicchat/clinicchat/services/audit/internal/domain"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
-// Sink appends one event (app.App.Ingest).
+// Sink appends a batch of events in one transaction (app.App.IngestAll).
 type Sink interface {
-	Ingest(ctx context.Context, subject string, e domain.Entry) error
+	IngestAll(ctx context.Context, in []app.Arrival) error
 }
+
+// MaxBatch is how many events of one stream are appended in one transaction
+// at most (one durable commit for all of them).
+const MaxBatch = 128
 
 // DurablePrefix starts the name of each of the audit service's durable
 // consumers ("audit-conversation", "audit-delivery", …).
@@ -103,7 +108,7 @@ func (c *Consumers) Run(ctx context.Context) error {
 		g.Go(func() error {
 			backoff := 250 * time.Millisecond
 			for {
-				err := natsx.Consume(ctx, c.JS, c.Log, spec, c.handle)
+				err := natsx.ConsumeBatch(ctx, c.JS, c.Log, spec, MaxBatch, c.handle)
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -124,14 +129,29 @@ func (c *Consumers) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-func (c *Consumers) handle(ctx context.Context, m jetstream.Msg) error {
-	fallback := time.Now()
-	if md, err := m.Metadata(); err == nil {
-		fallback = md.Timestamp
+// handle decodes a batch (an undecodable message is poison on its own) and
+// appends the rest in one transaction; they are acked after its commit.
+func (c *Consumers) handle(ctx context.Context, msgs []jetstream.Msg) []error {
+	errs := make([]error, len(msgs))
+	in := make([]app.Arrival, 0, len(msgs))
+	idx := make([]int, 0, len(msgs))
+	for i, m := range msgs {
+		fallback := time.Now()
+		if md, err := m.Metadata(); err == nil {
+			fallback = md.Timestamp
+		}
+		e, err := Decode(m.Data(), fallback)
+		if err != nil {
+			errs[i] = fmt.Errorf("%w: %w", natsx.ErrPoison, err)
+			continue
+		}
+		in = append(in, app.Arrival{Subject: m.Subject(), Entry: e})
+		idx = append(idx, i)
 	}
-	e, err := Decode(m.Data(), fallback)
-	if err != nil {
-		return fmt.Errorf("%w: %w", natsx.ErrPoison, err)
+	if err := c.Sink.IngestAll(ctx, in); err != nil {
+		for _, i := range idx {
+			errs[i] = err
+		}
 	}
-	return c.Sink.Ingest(ctx, m.Subject(), e)
+	return errs
 }

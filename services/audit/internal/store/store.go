@@ -10,6 +10,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -64,60 +65,95 @@ func scanRecord(s scanner) (domain.Record, error) {
 
 // Append implements domain.Repository.
 func (s *Store) Append(ctx context.Context, e domain.Entry) (domain.Record, bool, error) {
-	e = e.Normalize()
-	var rec domain.Record
-	var added bool
-	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		added = false
-		if tx.Dialect() == sqldb.Postgres {
-			// Appends to one practice are serialized: each takes the next index.
-			if _, err := tx.Exec(ctx, fmt.Sprintf(`SELECT pg_advisory_xact_lock(%d, hashtext(?))`, appendLockClass), e.Practice); err != nil {
-				return fmt.Errorf("lock practice log: %w", err)
-			}
-		}
-		existing, err := scanRecord(tx.QueryRow(ctx, `SELECT `+recordCols+` FROM audit_events WHERE event_id = ?`, e.EventID))
-		switch {
-		case err == nil:
-			rec = existing
-			return nil
-		case !errors.Is(err, sql.ErrNoRows):
-			return fmt.Errorf("look up event: %w", err)
-		}
-		var last sql.NullInt64
-		if err := tx.QueryRow(ctx, `SELECT MAX(idx) FROM audit_events WHERE practice = ?`, e.Practice).Scan(&last); err != nil {
-			return fmt.Errorf("log size: %w", err)
-		}
-		n := int64(0)
-		if last.Valid {
-			n = last.Int64 + 1
-		}
-		rec = domain.Record{Entry: e, Index: n}
-		rec.Hash = rec.LeafHash()
-		hashes, err := tlog.StoredHashesForRecordHash(n, rec.Hash, &hashReader{ctx: ctx, q: tx, practice: e.Practice})
-		if err != nil {
-			return fmt.Errorf("tree hashes: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO audit_events (`+recordCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			e.Practice, n, e.EventID, e.Time.UnixMicro(), e.Actor, e.ActorRole, e.Action, e.Resource,
-			string(e.Outcome), e.Detail, rec.Hash[:]); err != nil {
-			return fmt.Errorf("insert record: %w", err)
-		}
-		base := tlog.StoredHashIndex(0, n)
-		args := make([]any, 0, 3*len(hashes))
-		for i, h := range hashes {
-			args = append(args, e.Practice, base+int64(i), h[:])
-		}
-		q := `INSERT INTO audit_hashes (practice, hidx, hash) VALUES (?, ?, ?)` + strings.Repeat(`, (?, ?, ?)`, len(hashes)-1)
-		if _, err := tx.Exec(ctx, q, args...); err != nil {
-			return fmt.Errorf("insert tree hashes: %w", err)
-		}
-		added = true
-		return nil
-	})
+	recs, added, err := s.AppendAll(ctx, []domain.Entry{e})
 	if err != nil {
 		return domain.Record{}, false, err
 	}
-	return rec, added, nil
+	return recs[0], added[0], nil
+}
+
+// AppendAll implements domain.Repository: every entry in one transaction
+// (one durable commit for a batch of events), in the order given.
+func (s *Store) AppendAll(ctx context.Context, es []domain.Entry) ([]domain.Record, []bool, error) {
+	if len(es) == 0 {
+		return nil, nil, nil
+	}
+	es = slices.Clone(es)
+	for i := range es {
+		es[i] = es[i].Normalize()
+	}
+	recs := make([]domain.Record, len(es))
+	added := make([]bool, len(es))
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		clear(added)
+		if tx.Dialect() == sqldb.Postgres {
+			// Appends to one practice are serialized: each takes the next
+			// index. The locks of a batch are taken up front in one order, so
+			// two batches over the same practices cannot deadlock.
+			practices := make([]string, 0, 1)
+			for _, e := range es {
+				practices = append(practices, e.Practice)
+			}
+			slices.Sort(practices)
+			for _, p := range slices.Compact(practices) {
+				if _, err := tx.Exec(ctx, fmt.Sprintf(`SELECT pg_advisory_xact_lock(%d, hashtext(?))`, appendLockClass), p); err != nil {
+					return fmt.Errorf("lock practice log: %w", err)
+				}
+			}
+		}
+		for i, e := range es {
+			var err error
+			if recs[i], added[i], err = appendTx(ctx, tx, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return recs, added, nil
+}
+
+// appendTx appends e at its practice's next index inside tx, unless its
+// event id is already in the log (then it returns that record and false).
+func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry) (domain.Record, bool, error) {
+	existing, err := scanRecord(tx.QueryRow(ctx, `SELECT `+recordCols+` FROM audit_events WHERE event_id = ?`, e.EventID))
+	switch {
+	case err == nil:
+		return existing, false, nil
+	case !errors.Is(err, sql.ErrNoRows):
+		return domain.Record{}, false, fmt.Errorf("look up event: %w", err)
+	}
+	var last sql.NullInt64
+	if err := tx.QueryRow(ctx, `SELECT MAX(idx) FROM audit_events WHERE practice = ?`, e.Practice).Scan(&last); err != nil {
+		return domain.Record{}, false, fmt.Errorf("log size: %w", err)
+	}
+	n := int64(0)
+	if last.Valid {
+		n = last.Int64 + 1
+	}
+	rec := domain.Record{Entry: e, Index: n}
+	rec.Hash = rec.LeafHash()
+	hashes, err := tlog.StoredHashesForRecordHash(n, rec.Hash, &hashReader{ctx: ctx, q: tx, practice: e.Practice})
+	if err != nil {
+		return domain.Record{}, false, fmt.Errorf("tree hashes: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO audit_events (`+recordCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		e.Practice, n, e.EventID, e.Time.UnixMicro(), e.Actor, e.ActorRole, e.Action, e.Resource,
+		string(e.Outcome), e.Detail, rec.Hash[:]); err != nil {
+		return domain.Record{}, false, fmt.Errorf("insert record: %w", err)
+	}
+	base := tlog.StoredHashIndex(0, n)
+	args := make([]any, 0, 3*len(hashes))
+	for i, h := range hashes {
+		args = append(args, e.Practice, base+int64(i), h[:])
+	}
+	q := `INSERT INTO audit_hashes (practice, hidx, hash) VALUES (?, ?, ?)` + strings.Repeat(`, (?, ?, ?)`, len(hashes)-1)
+	if _, err := tx.Exec(ctx, q, args...); err != nil {
+		return domain.Record{}, false, fmt.Errorf("insert tree hashes: %w", err)
+	}
+	return rec, true, nil
 }
 
 // Size implements domain.Repository.

@@ -294,3 +294,66 @@ func TestAppendOnly(t *testing.T) {
 		require.Equal(t, "n", cps[0].Note)
 	})
 }
+
+// A batch is appended in its order in one transaction; ids repeated within
+// it or already stored add nothing; concurrent batches that touch the same
+// practices in opposite orders neither deadlock (PostgreSQL's per-practice
+// locks) nor break either practice's tree.
+func TestAppendAllBatches(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, st *store.Store, _ *sqldb.DB) {
+		ctx := context.Background()
+		_, _, err := st.Append(ctx, entry("p1", "p1-e0", 0))
+		require.NoError(t, err)
+		batch := []domain.Entry{entry("p1", "p1-e1", 1), entry("p2", "p2-e0", 0), entry("p1", "p1-e0", 9),
+			entry("p1", "p1-e2", 2), entry("p1", "p1-e1", 8)}
+		recs, added, err := st.AppendAll(ctx, batch)
+		require.NoError(t, err)
+		require.Equal(t, []bool{true, true, false, true, false}, added)
+		require.Equal(t, []int64{1, 0, 0, 2, 1}, []int64{recs[0].Index, recs[1].Index, recs[2].Index, recs[3].Index, recs[4].Index})
+		require.Equal(t, "p1-e1", recs[4].EventID)
+		require.Equal(t, t0.Add(time.Second), recs[4].Time, "a repeated id returns the first record")
+
+		const rounds = 20
+		var wg sync.WaitGroup
+		for w := range 4 {
+			wg.Go(func() {
+				for r := range rounds {
+					ps := []string{"p1", "p2", "p3"}
+					if w%2 == 1 {
+						slices.Reverse(ps)
+					}
+					var b []domain.Entry
+					for _, p := range ps {
+						// Workers 0 and 1 (and 2 and 3) send the same ids: each
+						// is stored once.
+						b = append(b, entry(p, fmt.Sprintf("%s-w%d-r%d", p, w/2, r), r))
+					}
+					if _, _, err := st.AppendAll(ctx, b); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		for p, want := range map[string]int64{"p1": 3 + 2*rounds, "p2": 1 + 2*rounds, "p3": 2 * rounds} {
+			size, err := st.Size(ctx, p)
+			require.NoError(t, err)
+			require.Equal(t, want, size, p)
+			recs, err := st.Range(ctx, p, 0, size)
+			require.NoError(t, err)
+			f := domain.NewFrontier()
+			for i, r := range recs {
+				require.Equal(t, int64(i), r.Index)
+				require.True(t, r.Matches())
+				_, err := f.Add(r.Hash)
+				require.NoError(t, err)
+			}
+			root, err := tlog.TreeHash(size, st.HashReader(ctx, p))
+			require.NoError(t, err)
+			wantRoot, err := f.Root()
+			require.NoError(t, err)
+			require.Equal(t, wantRoot, root, p)
+		}
+	})
+}

@@ -1,0 +1,139 @@
+package natsx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+)
+
+// BatchHandler handles messages in the order they arrived, typically in one
+// database transaction, and returns once that is committed: one error per
+// message (nil: ack; ErrPoison: terminate; other: redeliver).
+type BatchHandler func(ctx context.Context, msgs []jetstream.Msg) []error
+
+// DefaultMaxBatch is ConsumeBatch's batch size when the spec sets none.
+const DefaultMaxBatch = 64
+
+// ConsumeBatch runs a durable, explicitly acked consumer until ctx ends,
+// handing h whatever messages have arrived (at least one, at most maxBatch)
+// in stream order, one batch at a time. Messages are acked only after h
+// returns, so a batch is acked once its commit is durable; a crash before
+// then redelivers the whole batch, which h must tolerate (idempotent by
+// event id). It is how a consumer commits once per batch instead of once
+// per message, without giving up the stream's order.
+func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec ConsumerSpec, maxBatch int, h BatchHandler) error {
+	if spec.MaxAckPending == 0 {
+		spec.MaxAckPending = 256
+	}
+	if maxBatch <= 0 {
+		maxBatch = DefaultMaxBatch
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, spec.Stream, jetstream.ConsumerConfig{
+		Durable:        spec.Durable,
+		FilterSubjects: spec.FilterSubjects,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        30 * time.Second,
+		MaxDeliver:     -1,
+		MaxAckPending:  spec.MaxAckPending,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
+		return fmt.Errorf("consumer %s on %s: %w", spec.Durable, spec.Stream, err)
+	}
+	log = log.With(zap.String(logkeys.Stream, spec.Stream), zap.String(logkeys.Consumer, spec.Durable))
+
+	// The client delivers messages one at a time from one goroutine; they
+	// queue here (the callback blocks when the queue is full, so at most
+	// maxBatch wait beside the batch being handled) and the worker takes
+	// everything queued as one batch.
+	queue := make(chan jetstream.Msg, maxBatch)
+	closed := make(chan struct{})
+	done := make(chan struct{})
+	handle := func(batch []jetstream.Msg) {
+		errs := h(ctx, batch)
+		for i, m := range batch {
+			var err error
+			if i < len(errs) {
+				err = errs[i]
+			} else {
+				err = errors.New("batch handler returned no result for the message")
+			}
+			settleMsg(ctx, log, m, err)
+		}
+	}
+	go func() {
+		defer close(done)
+		batch := make([]jetstream.Msg, 0, maxBatch)
+		for {
+			select {
+			case m := <-queue:
+				batch = append(batch[:0], m)
+			fill:
+				for len(batch) < maxBatch {
+					select {
+					case m := <-queue:
+						batch = append(batch, m)
+					default:
+						break fill
+					}
+				}
+				handle(batch)
+				clear(batch) // do not hold the payloads until the next batch
+			case <-closed:
+				// No more deliveries: hand over what is still queued.
+				batch = batch[:0]
+				for len(queue) > 0 {
+					batch = append(batch, <-queue)
+				}
+				if len(batch) > 0 {
+					handle(batch)
+				}
+				return
+			}
+		}
+	}()
+	cc, err := cons.Consume(func(m jetstream.Msg) { queue <- m })
+	if err != nil {
+		close(closed)
+		<-done
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("consume %s: %w", spec.Durable, err)
+	}
+	<-ctx.Done()
+	cc.Drain()
+	<-cc.Closed()
+	close(closed)
+	<-done
+	return nil
+}
+
+// settleMsg acks, terminates or naks m by the handler's err, as Consume does.
+func settleMsg(ctx context.Context, log *zap.Logger, m jetstream.Msg, err error) {
+	switch {
+	case err == nil:
+		_ = m.Ack()
+	case errors.Is(err, ErrPoison):
+		log.Error("poison message terminated", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
+		_ = m.Term()
+	case ctx.Err() != nil:
+		_ = m.Nak() // shutting down: another consumer instance takes it
+	default:
+		delay := time.Second
+		if md, mErr := m.Metadata(); mErr == nil {
+			delay = min(time.Duration(md.NumDelivered)*500*time.Millisecond, 30*time.Second)
+		}
+		log.Warn("handler failed; redelivering", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
+		_ = m.NakWithDelay(delay)
+	}
+}
