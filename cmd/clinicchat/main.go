@@ -16,12 +16,14 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/bench"
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 func main() {
@@ -66,6 +68,18 @@ func run(args []string, out io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Tracing (OTEL_* variables) before anything is built: off unless set.
+	shutdownTracing, err := telemetry.Setup(ctx, "clinicchat")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := shutdownTracing(fctx); err != nil {
+			log.Warn("flushing traces", zap.Error(err))
+		}
+	}()
 	in, err := allinone.Start(ctx, cfg, log)
 	if err != nil {
 		return err
