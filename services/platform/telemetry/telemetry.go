@@ -73,6 +73,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		c.Enabled = true
 	case "":
 		c.Enabled = getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
+		if !c.Enabled {
+			return Config{}, nil
+		}
 	default:
 		return Config{}, fmt.Errorf("OTEL_TRACES_EXPORTER=%q: only otlp or none are supported", exp)
 	}
