@@ -41,6 +41,7 @@ var binaryFlags = map[string]func(*flag.FlagSet){
 var optionalFlags = map[string]bool{
 	"artifact-provider-addr": true, // empty: no practice system connected
 	"debug-addr":             true, // operator-only pprof listener, off by default
+	"metrics-addr":           true, // checked by checkMetricsPort
 }
 
 // flagsFor returns a fresh FlagSet with every flag the workload's binary

@@ -26,8 +26,9 @@ import (
 
 // Ports of the binaries (SPEC §4 and svcmain defaults).
 const (
-	grpcPort = 9090
-	httpPort = 8080
+	grpcPort    = 9090
+	httpPort    = 8080
+	metricsPort = 9464 // --metrics-addr in clinicchat-common
 )
 
 func TestEveryOverlayIsTested(t *testing.T) {
@@ -172,10 +173,10 @@ func checkWorkload(t *testing.T, r *rendered, w string, production bool) {
 	if w == "gateway" {
 		wantPort, portName = httpPort, "http"
 	}
-	wantPorts := 1
+	wantPorts := 2 // and "metrics" last
 	if w == "gateway" {
-		wantPorts = 2 // and the public gRPC edge
-		if len(c.Ports) != 2 || c.Ports[1].Name != "grpc" || c.Ports[1].ContainerPort != grpcPort || c.Ports[1].Protocol != corev1.ProtocolTCP {
+		wantPorts = 3 // and the public gRPC edge
+		if len(c.Ports) != 3 || c.Ports[1].Name != "grpc" || c.Ports[1].ContainerPort != grpcPort || c.Ports[1].Protocol != corev1.ProtocolTCP {
 			t.Errorf("%s: ports %+v, want http %d/TCP then grpc %d/TCP (the gRPC edge)", id, c.Ports, httpPort, grpcPort)
 		}
 	}
@@ -183,6 +184,7 @@ func checkWorkload(t *testing.T, r *rendered, w string, production bool) {
 		t.Errorf("%s: ports %+v, want %s %d/TCP first", id, c.Ports, portName, wantPort)
 	}
 	checkService(t, r, w, pod.Labels, portName, wantPort)
+	checkMetricsPort(t, r, id, w, pod, c)
 
 	// Probes.
 	if w == "gateway" {
@@ -231,6 +233,33 @@ func checkWorkload(t *testing.T, r *rendered, w string, production bool) {
 	grace := time.Duration(ptrOr(spec.TerminationGracePeriodSeconds, 30)) * time.Second
 	if grace <= drain+preStop {
 		t.Errorf("%s: terminationGracePeriodSeconds %v <= preStop %v + drain timeout %v", id, grace, preStop, drain)
+	}
+}
+
+// checkMetricsPort: the binary serves /metrics (--metrics-addr) on the
+// container port named "metrics", which the scrape annotations name too;
+// no Service exposes it (Prometheus scrapes the pods).
+func checkMetricsPort(t *testing.T, r *rendered, id, w string, pod corev1.PodTemplateSpec, c corev1.Container) {
+	last := c.Ports[len(c.Ports)-1]
+	if last.Name != "metrics" || last.ContainerPort != metricsPort || last.Protocol != corev1.ProtocolTCP {
+		t.Errorf("%s: last port %+v, want metrics %d/TCP", id, last, metricsPort)
+	}
+	v, ok := containerEnv(t, r, id, c)[envName("metrics-addr")]
+	if !ok || !v.literal {
+		t.Errorf("%s: %s is not set: nothing serves /metrics", id, envName("metrics-addr"))
+	} else if _, port, err := net.SplitHostPort(v.value); err != nil || port != strconv.Itoa(metricsPort) {
+		t.Errorf("%s: %s=%q, want the metrics port :%d", id, envName("metrics-addr"), v.value, metricsPort)
+	}
+	a := pod.Annotations
+	if a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != strconv.Itoa(metricsPort) || a["prometheus.io/path"] != "/metrics" {
+		t.Errorf("%s: scrape annotations %v, want prometheus.io/scrape=true, port=%d, path=/metrics", id, a, metricsPort)
+	}
+	if svc := r.services[w]; svc != nil {
+		for _, p := range svc.Spec.Ports {
+			if p.Port == metricsPort || p.TargetPort.String() == "metrics" {
+				t.Errorf("%s: Service %s exposes the metrics port", id, w)
+			}
+		}
 	}
 }
 
