@@ -42,6 +42,9 @@ type Config struct {
 	// ServiceArgs are extra flags for every service process (e.g. load
 	// tests raise the per-identity --limit-sends-per-second).
 	ServiceArgs []string
+	// Env is extra environment for every process ("OTEL_EXPORTER_OTLP_ENDPOINT=…"
+	// turns tracing on; CLINICCHAT_* settings are never passed on).
+	Env []string
 }
 
 // Flags registers the flags of deploy/local/up.
