@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -73,13 +72,7 @@ func run(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := shutdownTracing(fctx); err != nil {
-			log.Warn("flushing traces", zap.Error(err))
-		}
-	}()
+	defer svcmain.FlushTraces(log, shutdownTracing)
 	in, err := allinone.Start(ctx, cfg, log)
 	if err != nil {
 		return err

@@ -70,13 +70,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	defer func() {
-		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := shutdownTracing(fctx); err != nil {
-			log.Warn("flushing traces", zap.Error(err))
-		}
-	}()
+	defer svcmain.FlushTraces(log, shutdownTracing)
 
 	common := svcmain.Common{JWKSURL: cfg.JWKSURL, JWTIssuer: cfg.JWTIssuer, JWTAudience: cfg.JWTAudience,
 		DevSigningKey: cfg.DevSigningKey}

@@ -204,7 +204,7 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 	if err != nil {
 		return err
 	}
-	defer flushTraces(log, shutdownTracing)
+	defer FlushTraces(log, shutdownTracing)
 
 	verifier, err := c.Verifier()
 	if err != nil {
@@ -303,8 +303,9 @@ func Registry(name string, srv *grpcx.Server, js jetstream.JetStream, svc any) (
 	return reg, nil
 }
 
-// flushTraces exports the spans still buffered, for at most 5 seconds.
-func flushTraces(log *zap.Logger, shutdown func(context.Context) error) {
+// FlushTraces exports the spans still buffered (telemetry.Setup's shutdown),
+// for at most 5 seconds.
+func FlushTraces(log *zap.Logger, shutdown func(context.Context) error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := shutdown(ctx); err != nil {
