@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -129,28 +130,49 @@ func TestDistributedTraceAndMetrics(t *testing.T) {
 		return len(found) == len(want)
 	}, 30*time.Second, 50*time.Millisecond, "one trace with a span of each process on the way")
 
-	byID := map[string]span{}
-	for _, s := range trace {
-		byID[s.id] = s
+	deliveryServer := "delivery:clinicchat.delivery.v1.DeliveryService/CreateMessage"
+	paths := map[[2]string][]string{ // span (process, name) → its ancestry, root first
+		{"audit", "consume audit-delivery"}: {"gateway:" + root, "gateway:clinicchat.delivery.v1.DeliveryService/CreateMessage",
+			deliveryServer, "delivery:publish clinicchat.delivery.message.created", "audit:consume audit-delivery"},
+		{"gateway", "sse write"}: {"gateway:" + root, "gateway:clinicchat.delivery.v1.DeliveryService/CreateMessage", deliveryServer,
+			"delivery:publish clinicchat.delivery.message.created", "gateway:fanout clinicchat.delivery.message.created", "gateway:sse write"},
 	}
-	ancestors := func(name, service string) []string {
-		for _, s := range trace {
-			if s.name == name && s.service == service {
-				var path []string
-				for cur, ok := s, true; ok; cur, ok = byID[cur.parent] {
-					path = append([]string{cur.service + ":" + cur.name}, path...)
-				}
-				return path
+	// Every path from a span of that name to the root (the trace goes on past
+	// the projection: its conversation.updated is streamed too); spans end,
+	// and are exported, in their own time.
+	ancestors := func(service, name string) [][]string {
+		var in []span
+		for _, s := range rcv.all() {
+			if s.trace == trace[0].trace {
+				in = append(in, s)
 			}
 		}
-		return nil
+		byID := map[string]span{}
+		for _, s := range in {
+			byID[s.id] = s
+		}
+		var out [][]string
+		for _, s := range in {
+			if s.name == name && s.service == service {
+				var path []string
+				for cur, ok := s, true; ok && len(path) <= len(in); cur, ok = byID[cur.parent] {
+					path = append([]string{cur.service + ":" + cur.name}, path...)
+				}
+				out = append(out, path)
+			}
+		}
+		return out
 	}
-	deliveryServer := "delivery:clinicchat.delivery.v1.DeliveryService/CreateMessage"
-	require.Equal(t, []string{"gateway:" + root, "gateway:clinicchat.delivery.v1.DeliveryService/CreateMessage", deliveryServer,
-		"delivery:publish clinicchat.delivery.message.created", "audit:consume audit-delivery"}, ancestors("consume audit-delivery", "audit"))
-	require.Equal(t, []string{"gateway:" + root, "gateway:clinicchat.delivery.v1.DeliveryService/CreateMessage", deliveryServer,
-		"delivery:publish clinicchat.delivery.message.created", "gateway:fanout clinicchat.delivery.message.created", "gateway:sse write"},
-		ancestors("sse write", "gateway"))
+	for span, path := range paths {
+		require.Eventually(t, func() bool {
+			for _, p := range ancestors(span[0], span[1]) {
+				if slices.Equal(p, path) {
+					return true
+				}
+			}
+			return false
+		}, 30*time.Second, 50*time.Millisecond, "ancestry of %s: %v", span, ancestors(span[0], span[1]))
+	}
 
 	// Metrics, process by process.
 	scrape := func(name string) map[string]*dto.MetricFamily {
