@@ -148,6 +148,17 @@ func GRPCServerOptions() []grpc.ServerOption {
 		otelgrpc.WithTracerProvider(otel.GetTracerProvider()), otelgrpc.WithPropagators(propagation.TraceContext{})))}
 }
 
+// GRPCPublicServerOptions trace every call a public server (the gateway's
+// gRPC edge) receives: a caller's traceparent is linked, never adopted as
+// the parent (none when off).
+func GRPCPublicServerOptions() []grpc.ServerOption {
+	if !Enabled() {
+		return nil
+	}
+	return []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithPublicEndpoint(),
+		otelgrpc.WithTracerProvider(otel.GetTracerProvider()), otelgrpc.WithPropagators(propagation.TraceContext{})))}
+}
+
 // GRPCDialOptions trace every call a client connection makes (none when off).
 func GRPCDialOptions() []grpc.DialOption {
 	if !Enabled() {
