@@ -42,6 +42,7 @@ var optionalFlags = map[string]bool{
 	"artifact-provider-addr": true, // empty: no practice system connected
 	"debug-addr":             true, // operator-only pprof listener, off by default
 	"grpc-health-addr":       true, // plaintext health for probes, with TLS only
+	"metrics-addr":           true, // checked by checkMetricsPort
 }
 
 // flagsFor returns a fresh FlagSet with every flag the workload's binary

@@ -26,8 +26,9 @@ import (
 
 // Ports of the binaries (SPEC §4 and svcmain defaults).
 const (
-	grpcPort = 9090
-	httpPort = 8080
+	grpcPort    = 9090
+	httpPort    = 8080
+	metricsPort = 9464 // --metrics-addr in clinicchat-common
 )
 
 func TestEveryOverlayIsTested(t *testing.T) {
@@ -174,21 +175,21 @@ func checkWorkload(t *testing.T, r *rendered, w string, production bool) {
 	if w == "gateway" {
 		wantPort, portName = httpPort, "http"
 	}
-	wantPorts := 1
+	wantPorts := 2 // the first, and "metrics"
 	// With TLS (the cert-manager component) the kubelet probes a plaintext
-	// health-only port instead, the service's second container port.
+	// health-only port instead, the container port named grpc-health.
 	probePort := int32(grpcPort)
 	if v, ok := containerEnv(t, r, id, c)[envName("grpc-health-addr")]; ok && w != "gateway" {
 		_, port, err := net.SplitHostPort(v.value)
 		probePort = int32(atoi(port))
-		wantPorts = 2
-		if err != nil || len(c.Ports) != 2 || c.Ports[1].Name != "grpc-health" || c.Ports[1].ContainerPort != probePort || c.Ports[1].Protocol != corev1.ProtocolTCP {
-			t.Errorf("%s: CLINICCHAT_GRPC_HEALTH_ADDR=%q: want ports grpc %d/TCP then grpc-health on its port, got %+v", id, v.value, grpcPort, c.Ports)
+		wantPorts++
+		if p := portNamed(c, "grpc-health"); err != nil || p == nil || p.ContainerPort != probePort || p.Protocol != corev1.ProtocolTCP {
+			t.Errorf("%s: CLINICCHAT_GRPC_HEALTH_ADDR=%q: want a port grpc-health on its port, got %+v", id, v.value, c.Ports)
 		}
 	}
 	if w == "gateway" {
-		wantPorts = 2 // and the public gRPC edge
-		if len(c.Ports) != 2 || c.Ports[1].Name != "grpc" || c.Ports[1].ContainerPort != grpcPort || c.Ports[1].Protocol != corev1.ProtocolTCP {
+		wantPorts++ // and the public gRPC edge
+		if p := portNamed(c, "grpc"); p == nil || p.ContainerPort != grpcPort || p.Protocol != corev1.ProtocolTCP {
 			t.Errorf("%s: ports %+v, want http %d/TCP then grpc %d/TCP (the gRPC edge)", id, c.Ports, httpPort, grpcPort)
 		}
 	}
@@ -196,6 +197,7 @@ func checkWorkload(t *testing.T, r *rendered, w string, production bool) {
 		t.Errorf("%s: ports %+v, want %s %d/TCP first", id, c.Ports, portName, wantPort)
 	}
 	checkService(t, r, w, pod.Labels, portName, wantPort)
+	checkMetricsPort(t, r, id, w, pod, c)
 
 	// Probes.
 	if w == "gateway" {
@@ -282,6 +284,42 @@ func checkMigrate(t *testing.T, r *rendered, id, w string, server corev1.Contain
 	if v, ok := env[envName("migrate-on-start")]; !ok || v.value != "false" {
 		t.Errorf("%s: with the migrate init container, set CLINICCHAT_MIGRATE_ON_START=false (the server only checks the schema)", id)
 	}
+}
+
+// checkMetricsPort: the binary serves /metrics (--metrics-addr) on the
+// container port named "metrics", which the scrape annotations name too;
+// no Service exposes it (Prometheus scrapes the pods).
+func checkMetricsPort(t *testing.T, r *rendered, id, w string, pod corev1.PodTemplateSpec, c corev1.Container) {
+	if p := portNamed(c, "metrics"); p == nil || p.ContainerPort != metricsPort || p.Protocol != corev1.ProtocolTCP {
+		t.Errorf("%s: ports %+v, want metrics %d/TCP", id, c.Ports, metricsPort)
+	}
+	v, ok := containerEnv(t, r, id, c)[envName("metrics-addr")]
+	if !ok || !v.literal {
+		t.Errorf("%s: %s is not set: nothing serves /metrics", id, envName("metrics-addr"))
+	} else if _, port, err := net.SplitHostPort(v.value); err != nil || port != strconv.Itoa(metricsPort) {
+		t.Errorf("%s: %s=%q, want the metrics port :%d", id, envName("metrics-addr"), v.value, metricsPort)
+	}
+	a := pod.Annotations
+	if a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != strconv.Itoa(metricsPort) || a["prometheus.io/path"] != "/metrics" {
+		t.Errorf("%s: scrape annotations %v, want prometheus.io/scrape=true, port=%d, path=/metrics", id, a, metricsPort)
+	}
+	if svc := r.services[w]; svc != nil {
+		for _, p := range svc.Spec.Ports {
+			if p.Port == metricsPort || p.TargetPort.String() == "metrics" {
+				t.Errorf("%s: Service %s exposes the metrics port", id, w)
+			}
+		}
+	}
+}
+
+// portNamed is c's port of that name (nil: none).
+func portNamed(c corev1.Container, name string) *corev1.ContainerPort {
+	for i := range c.Ports {
+		if c.Ports[i].Name == name {
+			return &c.Ports[i]
+		}
+	}
+	return nil
 }
 
 func ptrOr[T any](p *T, def T) T {

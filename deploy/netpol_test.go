@@ -34,7 +34,7 @@ var (
 	cnpgOperator  = endpoint{name: "cnpg-operator", ns: "cnpg-system", labels: map[string]string{"app.kubernetes.io/name": "cloudnative-pg"}}
 	internet      = endpoint{name: "internet (203.0.113.10)", ip: net.ParseIP("203.0.113.10")}
 	tcp, udp      = corev1.ProtocolTCP, corev1.ProtocolUDP
-	policiedPorts = []int32{grpcPort, httpPort, 4222, 6222, 8222, 5432, 8000}
+	policiedPorts = []int32{grpcPort, httpPort, metricsPort, 4222, 6222, 8222, 5432, 8000}
 )
 
 // endpoints are the overlay's own pods: the workloads, the NATS servers and
@@ -245,7 +245,8 @@ func checkNetworkPolicies(t *testing.T, r *rendered) {
 				if u, err := url.Parse(v.value); err == nil {
 					external[w] = append(external[w], int32(atoiOr(u.Port(), 443)))
 				}
-			case strings.HasSuffix(name, "_ADDR") && name != envName("grpc-addr") && name != envName("http-addr") && name != envName("grpc-health-addr"):
+			case strings.HasSuffix(name, "_ADDR") && !slices.Contains([]string{envName("grpc-addr"), envName("http-addr"),
+				envName("metrics-addr"), envName("debug-addr"), envName("grpc-health-addr")}, name):
 				host, port, err := net.SplitHostPort(v.value)
 				if err != nil {
 					continue
@@ -312,6 +313,14 @@ func checkNetworkPolicies(t *testing.T, r *rendered) {
 		}
 		if dst.name == "gateway" && !r.allowed(prometheus, dst, httpPort, tcp) {
 			t.Errorf("%s: Prometheus cannot scrape the gateway's /metrics", r.overlay)
+		}
+		// Every workload's operator port, from Prometheus only.
+		_, isWorkload := r.deployments[dst.name]
+		if got := r.allowed(prometheus, dst, metricsPort, tcp); got != isWorkload {
+			t.Errorf("%s: Prometheus -> %s:%d allowed=%v, want %v", r.overlay, dst, metricsPort, got, isWorkload)
+		}
+		if r.allowed(ingressNginx, dst, metricsPort, tcp) {
+			t.Errorf("%s: ingress controller may reach %s:%d (metrics)", r.overlay, dst, metricsPort)
 		}
 		_, isDB := r.clusters[dst.name]
 		for _, port := range []int32{8000, 5432} {

@@ -32,7 +32,10 @@ type BinaryConfig struct {
 	DrainTimeout  time.Duration
 	LogLevel      string
 	DebugAddr     string
-	Gateway       Config
+	// MetricsAddr serves Prometheus /metrics (off when empty); /metrics on
+	// the HTTP address stays for existing scrapers.
+	MetricsAddr string
+	Gateway     Config
 }
 
 // UpstreamNames are the upstream services, as named in their --<name>-addr flags.
@@ -62,6 +65,7 @@ func (c *BinaryConfig) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long requests and streams may finish on SIGTERM")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "operator-only listener for pprof and runtime metrics (off when empty)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "operator listener serving Prometheus /metrics, e.g. :9464 (off when empty)")
 	c.Gateway.Flags(fs)
 }
 

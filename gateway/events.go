@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -17,6 +19,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 // The /v1/events handler: limits, resume, catch-up, then the live events
@@ -291,6 +294,13 @@ func (st *eventStream) tooFarBehind(sw *sseWriter) {
 // (the conversation is not the caller's) is skipped.
 func (st *eventStream) write(ctx context.Context, sw *sseWriter, e *event, cur cursor) error {
 	s := st.s
+	if e.span.IsValid() {
+		// The recipient's stream: the last hop of the send's trace.
+		var span trace.Span
+		ctx, span = telemetry.Tracer().Start(trace.ContextWithRemoteSpanContext(ctx, e.span), "sse write",
+			trace.WithAttributes(attribute.String("clinicchat.viewer", st.id.Principal())))
+		defer span.End()
+	}
 	switch e.kind {
 	case itemMessageCreated, itemMessageUpdated:
 		data, err := st.renderMessage(e)

@@ -38,6 +38,7 @@ import (
 	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 // Defaults of Config.
@@ -379,7 +380,9 @@ func (s *Server) routes() error {
 	top.Handle("GET /{$}", s.plainRoute("/", web))
 	top.Handle("GET /app/", s.plainRoute("/app/", web))
 	top.Handle("/", http.HandlerFunc(s.notFound))
-	s.handler = s.instrument(top)
+	// Traced when tracing is on: the span of each request is the root of
+	// its trace (a client's traceparent is only linked).
+	s.handler = telemetry.HTTPHandler(s.instrument(top), "gateway")
 	return nil
 }
 

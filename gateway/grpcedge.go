@@ -26,6 +26,7 @@ import (
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 // EdgeServices are the public gRPC services of the edge, by full name, with
@@ -63,7 +64,7 @@ func NewGRPCEdge(upstreams map[string]grpc.ClientConnInterface) (*GRPCEdge, erro
 		}
 		e.routes[svc] = cc
 	}
-	e.Server = grpc.NewServer(
+	e.Server = grpc.NewServer(append(telemetry.GRPCPublicServerOptions(), // traced when tracing is on
 		grpc.ForceServerCodec(frameCodec{}),
 		grpc.UnknownServiceHandler(e.forward),
 		grpc.MaxRecvMsgSize(8<<20),
@@ -72,7 +73,7 @@ func NewGRPCEdge(upstreams map[string]grpc.ClientConnInterface) (*GRPCEdge, erro
 		grpc.MaxConcurrentStreams(100),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 15 * time.Minute, Time: time.Minute, Timeout: 20 * time.Second}),
-	)
+	)...)
 	healthpb.RegisterHealthServer(e.Server, e.Health)
 	opts := reflection.ServerOptions{Services: e, DescriptorResolver: protoregistry.GlobalFiles, ExtensionResolver: protoregistry.GlobalTypes}
 	reflectionv1.RegisterServerReflectionServer(e.Server, reflection.NewServerV1(opts))
@@ -105,7 +106,10 @@ func (e *GRPCEdge) Shutdown(timeout time.Duration) {
 }
 
 // hopHeaders are request headers of the transport, not of the call.
-var hopHeaders = map[string]bool{"content-type": true, "user-agent": true, "te": true, "host": true, "connection": true}
+var hopHeaders = map[string]bool{"content-type": true, "user-agent": true, "te": true, "host": true, "connection": true,
+	// A caller's trace context never reaches the services: the edge's own
+	// span (linked to it) is the services' parent when tracing is on.
+	"traceparent": true, "tracestate": true, "baggage": true}
 
 // forward proxies one call of any kind (unary or streaming either way).
 func (e *GRPCEdge) forward(_ any, ss grpc.ServerStream) error {

@@ -9,6 +9,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 // The hub is the gateway's one fan-out: one ordered JetStream consumer per
@@ -59,6 +62,10 @@ type event struct {
 	// conversation, for conversation events: the thread whose view is
 	// fetched once per user (convViews).
 	conversation string
+
+	// span is the fan-out span of the event when it was traced (invalid
+	// otherwise): each connection's write is its child.
+	span trace.SpanContext
 
 	// views are the message rendered once per viewer class and shared by
 	// every connection of that class (events.go, renderMessage).
@@ -375,6 +382,10 @@ func (h *hub) dispatch(stream int, m jetstream.Msg) {
 	}
 	pc.decoded.Add(1)
 	e.pc = pc
+	if hdr := m.Headers(); hdr != nil {
+		end := h.traceFanout(hdr, subject, e)
+		defer end()
+	}
 	deliver := func(c *conn) {
 		if e.visibleTo(c.id) && c.push(e) {
 			pc.dispatched.Add(1)
@@ -395,6 +406,19 @@ func (h *hub) dispatch(stream int, m jetstream.Msg) {
 			}
 		}
 	}
+}
+
+// traceFanout starts the fan-out span of a traced event, child of the span
+// that published it, and keeps its context on e for the connections' writes.
+func (h *hub) traceFanout(hdr nats.Header, subject string, e *event) (end func()) {
+	ctx, traced := telemetry.FromHeader(context.Background(), hdr)
+	if !traced || !telemetry.Enabled() {
+		return func() {}
+	}
+	_, span := telemetry.Tracer().Start(ctx, "fanout "+natsx.Base(subject), trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", subject)))
+	e.span = span.SpanContext()
+	return func() { span.End() }
 }
 
 // register adds c to the fan-out and returns the position from which it

@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 
@@ -94,6 +96,10 @@ func (m *metrics) registerHub(queued func() float64) {
 		Help: "Events queued by the fan-out and not yet written to their event-stream clients.",
 	}, queued))
 }
+
+// Gatherer is the gateway's metrics registry, for an operator listener
+// (debugserver.StartMetrics) besides /metrics.
+func (s *Server) Gatherer() prometheus.Gatherer { return s.metrics.reg }
 
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
@@ -188,6 +194,10 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 				code = http.StatusInternalServerError
 			}
 			s.metrics.observe(tag.pattern, knownMethod(r.Method), code, time.Since(start))
+			if span := trace.SpanFromContext(r.Context()); span.IsRecording() {
+				span.SetName(knownMethod(r.Method) + " " + tag.pattern)
+				span.SetAttributes(attribute.String("http.route", tag.pattern))
+			}
 			if p == http.ErrAbortHandler { //nolint:errorlint
 				panic(p)
 			}

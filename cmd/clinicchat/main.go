@@ -23,6 +23,7 @@ import (
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/backup"
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/bench"
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 func main() {
@@ -76,6 +77,12 @@ func run(args []string, out io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Tracing (OTEL_* variables) before anything is built: off unless set.
+	shutdownTracing, err := telemetry.Setup(ctx, "clinicchat")
+	if err != nil {
+		return err
+	}
+	defer svcmain.FlushTraces(log, shutdownTracing)
 	in, err := allinone.Start(ctx, cfg, log)
 	if err != nil {
 		return err

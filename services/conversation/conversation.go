@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -141,6 +142,11 @@ func (s *Service) sweep(ctx context.Context) error {
 
 // Close closes the database.
 func (s *Service) Close() error { return s.db.Close() }
+
+// Collectors are the service's Prometheus metrics: its outbox backlog.
+func (s *Service) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{s.relay.Collector("conversation")}
+}
 
 // Migrate applies the service's schema migrations to db (the "migrate"
 // subcommand; New applies them too).

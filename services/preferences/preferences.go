@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
@@ -87,6 +88,11 @@ func (s *Service) Run(ctx context.Context) error { return s.relay.Run(ctx) }
 
 // Close closes the database. Call it after Run has returned.
 func (s *Service) Close() error { return s.db.Close() }
+
+// Collectors are the service's Prometheus metrics: its outbox backlog.
+func (s *Service) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{s.relay.Collector("preferences")}
+}
 
 // Migrate applies the service's schema migrations to db (the "migrate"
 // subcommand; New applies them too).

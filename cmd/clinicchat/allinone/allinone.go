@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -49,17 +50,19 @@ type service interface {
 
 // Instance is a running all-in-one.
 type Instance struct {
-	cfg      Config
-	log      *zap.Logger
-	ns       *server.Server
-	nc       *nats.Conn
-	js       jetstream.JetStream
-	admin    *backup.Admin
-	grpcSrv  *grpcx.Server
-	httpSrv  *http.Server
-	debug    *debugserver.Server
-	gw       *gateway.Server
-	internal *grpc.ClientConn
+	cfg     Config
+	log     *zap.Logger
+	ns      *server.Server
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	admin   *backup.Admin
+	grpcSrv *grpcx.Server
+	httpSrv *http.Server
+	debug   *debugserver.Server
+	// metricsSrv serves /metrics on --metrics-addr (nil when off).
+	metricsSrv *debugserver.Server
+	gw         *gateway.Server
+	internal   *grpc.ClientConn
 	// providerSrv is the demo practice system; artifacts is delivery's
 	// connection to it.
 	providerSrv *grpcx.Server
@@ -77,6 +80,8 @@ type Instance struct {
 	// HTTPAddr and GRPCAddr are the bound addresses (useful with port 0).
 	HTTPAddr string
 	GRPCAddr string
+	// MetricsAddr is the bound --metrics-addr ("" when off).
+	MetricsAddr string
 	// DevIssuer signs tokens in dev mode (nil otherwise).
 	DevIssuer *auth.DevIssuer
 }
@@ -187,12 +192,21 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	for _, s := range in.services {
 		s.Register(in.grpcSrv.Server)
 	}
+	in.grpcSrv.InitMetrics()
+	// One /metrics for the process: the gateway's, the gRPC server's, every
+	// outbox's backlog, every durable consumer's lag, the audit log's.
+	metrics := []prometheus.Collector{in.grpcSrv.Metrics, limitMetrics, natsx.LagCollector(js, "")}
+	for _, s := range in.services {
+		if c, ok := s.(interface{ Collectors() []prometheus.Collector }); ok {
+			metrics = append(metrics, c.Collectors()...)
+		}
+	}
 
 	in.gw, err = gateway.New(gateway.Config{DevMode: cfg.Dev, StepUpWindow: cfg.StepUpWindow, ArchiveAfter: cfg.ArchiveAfter,
 		MaxStreamsPerIdentity: cfg.MaxStreamsPerIdentity, MaxStreams: cfg.MaxStreams}, gateway.Deps{
 		Log: log.Named("gateway"), Verifier: verifier, DevIssuer: in.DevIssuer, JS: js,
 		Conversation: conn, Delivery: conn, Preferences: conn, Attachment: conn, Audit: conn,
-		Ready: in.ready, Metrics: append(aud.Collectors(), limitMetrics),
+		Ready: in.ready, Metrics: metrics,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
@@ -245,6 +259,12 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		log.Warn("admin socket path too long: clinicchat backup is off; set --admin-socket to a shorter path", zap.String("admin_socket", sock))
 	} else if in.admin, err = backup.ListenAdmin(sock, in.backupSource, log.Named("admin")); err != nil {
 		return nil, err
+	}
+	if in.metricsSrv, err = debugserver.StartMetrics(cfg.MetricsAddr, in.gw.Gatherer(), log); err != nil {
+		return nil, err
+	}
+	if in.metricsSrv != nil {
+		in.MetricsAddr = in.metricsSrv.Addr
 	}
 	in.grpcSrv.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
@@ -388,6 +408,7 @@ func (in *Instance) Stop() error {
 		}
 		_ = in.debug.Stop()
 		_ = in.admin.Close()
+		_ = in.metricsSrv.Stop()
 		if in.endStreams != nil {
 			in.endStreams()
 		}

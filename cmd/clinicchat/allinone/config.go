@@ -39,6 +39,9 @@ type Config struct {
 	LogLevel             string
 	// DebugAddr serves pprof and runtime metrics for operators (off when empty).
 	DebugAddr string
+	// MetricsAddr serves Prometheus /metrics for operators (off when
+	// empty); the HTTP address serves the same on /metrics.
+	MetricsAddr string
 	// JWKS settings for production-style token verification (Dev=false).
 	JWKSURL     string
 	JWTIssuer   string
@@ -79,6 +82,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long in-flight calls may finish on SIGTERM")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "operator-only listener for pprof and runtime metrics, e.g. 127.0.0.1:6060 (off when empty)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "operator listener serving Prometheus /metrics, e.g. :9464 (off when empty)")
 	fs.StringVar(&c.JWKSURL, "jwks-url", "", "without --dev: the issuer's JWKS URL")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "without --dev: the required iss claim")
 	fs.StringVar(&c.JWTAudience, "jwt-audience", "", "without --dev: the required aud claim")

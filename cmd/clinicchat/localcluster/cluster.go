@@ -87,6 +87,9 @@ type Cluster struct {
 	// Addrs is each process's gRPC address ("delivery-1", …; "delivery" is
 	// the comma-separated list of replicas).
 	Addrs map[string]string
+	// MetricsAddrs is each clinicchat process's --metrics-addr (Prometheus
+	// /metrics): the services by process name, and "gateway".
+	MetricsAddrs map[string]string
 
 	// tls is each process's TLS files (empty with PlaintextServices).
 	tls map[string]grpcx.TLSConfig
@@ -128,7 +131,7 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 	}
 	cfg.DataDir = dataDir
 	c = &Cluster{cfg: cfg, logDir: filepath.Join(dataDir, "logs"), procs: map[string]*proc{}, failed: make(chan struct{}),
-		DatabaseDSN: map[string]string{}, Addrs: map[string]string{}}
+		DatabaseDSN: map[string]string{}, Addrs: map[string]string{}, MetricsAddrs: map[string]string{}}
 	for _, d := range []string{c.logDir, c.path("blobs")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
@@ -197,6 +200,18 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 		replicas = append(replicas, c.Addrs[name])
 	}
 	c.Addrs["delivery"] = strings.Join(replicas, ",")
+	// Every clinicchat process serves Prometheus /metrics on a port of its own.
+	for name := range c.Addrs {
+		if name == "delivery" || name == "demoprovider" {
+			continue // the replicas' list; the demo practice system has none
+		}
+		if c.MetricsAddrs[name], err = freeAddr("127.0.0.1:0"); err != nil {
+			return c, err
+		}
+	}
+	if c.MetricsAddrs["gateway"], err = freeAddr("127.0.0.1:0"); err != nil {
+		return c, err
+	}
 	if c.HTTPAddr, err = freeAddr(cfg.HTTPAddr); err != nil {
 		return c, fmt.Errorf("--http-addr: %w", err)
 	}
@@ -232,7 +247,7 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 		}
 	}
 	gw := []string{"--http-addr", c.HTTPAddr, "--grpc-addr", c.GRPCAddr, "--nats-url", c.NATSURL,
-		"--log-level", cfg.LogLevel, "--drain-timeout", "5s"}
+		"--log-level", cfg.LogLevel, "--drain-timeout", "5s", "--metrics-addr", c.MetricsAddrs["gateway"]}
 	for _, svc := range Services {
 		gw = append(gw, "--"+svc+"-addr", c.Addrs[svc])
 	}
@@ -275,8 +290,12 @@ func (c *Cluster) startGatewayReplicas(gw, authArgs []string) error {
 		if err != nil {
 			return err
 		}
-		args := append(slices.Concat(gw, authArgs), "--http-addr", httpAddr, "--grpc-addr", grpcAddr)
-		if err := c.start(fmt.Sprintf("gateway-%d", i), "gateway", args...); err != nil {
+		name := fmt.Sprintf("gateway-%d", i)
+		if c.MetricsAddrs[name], err = freeAddr("127.0.0.1:0"); err != nil {
+			return err
+		}
+		args := append(slices.Concat(gw, authArgs), "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--metrics-addr", c.MetricsAddrs[name])
+		if err := c.start(name, "gateway", args...); err != nil {
 			return err
 		}
 		c.GatewayHTTPAddrs = append(c.GatewayHTTPAddrs, httpAddr)
@@ -359,7 +378,8 @@ func (c *Cluster) authArgs() ([]string, error) {
 // serviceArgs are one service's flags: the common ones and its peers'.
 func (c *Cluster) serviceArgs(svc, name string) ([]string, error) {
 	args := []string{"--grpc-addr", c.Addrs[name], "--database-dsn", c.DatabaseDSN[svc], "--nats-url", c.NATSURL,
-		"--log-level", c.cfg.LogLevel, "--drain-timeout", "5s", "--migrate-on-start=false"}
+		"--log-level", c.cfg.LogLevel, "--drain-timeout", "5s", "--migrate-on-start=false",
+		"--metrics-addr", c.MetricsAddrs[name]}
 	switch svc {
 	case "conversation":
 		args = append(args, "--preferences-addr", c.Addrs["preferences"],
@@ -478,7 +498,7 @@ func (c *Cluster) start(name, bin string, args ...string) error {
 	p := &proc{name: name, bin: bin, args: args, done: make(chan struct{})}
 	p.cmd = exec.Command(filepath.Join(c.cfg.BinDir, bin), args...)
 	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
-	p.cmd.Env = childEnv()
+	p.cmd.Env = append(childEnv(), c.cfg.Env...)
 	p.cmd.SysProcAttr = sysProcAttr()
 	if err := startCmd(p.cmd); err != nil {
 		_ = logFile.Close()
@@ -739,5 +759,8 @@ func (c *Cluster) Summary() string {
 		}
 	}
 	parts = append(parts, "nats="+c.NATSURL)
+	for _, name := range slices.Sorted(maps.Keys(c.MetricsAddrs)) {
+		parts = append(parts, name+"-metrics="+c.MetricsAddrs[name])
+	}
 	return strings.Join(parts, " ")
 }

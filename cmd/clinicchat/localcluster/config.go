@@ -52,6 +52,9 @@ type Config struct {
 	// first listens on HTTPAddr and GRPCAddr, the others on free loopback
 	// ports (Cluster.GatewayHTTPAddrs).
 	GatewayReplicas int
+	// Env is extra environment for every process ("OTEL_EXPORTER_OTLP_ENDPOINT=…"
+	// turns tracing on; CLINICCHAT_* settings are never passed on).
+	Env []string
 }
 
 // Flags registers the flags of deploy/local/up.

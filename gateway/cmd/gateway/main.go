@@ -31,6 +31,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 func main() {
@@ -62,6 +63,14 @@ func run(args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+
+	// Tracing first (OTEL_* variables): the upstream connections and the
+	// HTTP handler built below are traced only when it is on.
+	shutdownTracing, err := telemetry.Setup(ctx, "gateway")
+	if err != nil {
+		return err
+	}
+	defer svcmain.FlushTraces(log, shutdownTracing)
 
 	common := svcmain.Common{JWKSURL: cfg.JWKSURL, JWTIssuer: cfg.JWTIssuer, JWTAudience: cfg.JWTAudience,
 		DevSigningKey: cfg.DevSigningKey}
@@ -141,6 +150,11 @@ func run(args []string) error {
 		return err
 	}
 	defer func() { _ = debug.Stop() }()
+	metricsSrv, err := debugserver.StartMetrics(cfg.MetricsAddr, gw.Gatherer(), log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = metricsSrv.Stop() }()
 
 	var edge *gateway.GRPCEdge
 	var edgeLis net.Listener

@@ -1,7 +1,9 @@
-// Package debugserver is the operator-only listener: net/http/pprof profiles
-// and the runtime's metrics, so a production profile is one command away
-// (`go tool pprof http://ADDR/debug/pprof/profile?seconds=30`). It is off
-// unless an address is configured, and belongs on loopback or a port no
+// Package debugserver is the operator-only listeners. --metrics-addr serves
+// Prometheus /metrics (StartMetrics) for the cluster's Prometheus.
+// --debug-addr serves net/http/pprof profiles and the runtime's metrics, so
+// a production profile is one command away (`go tool pprof
+// http://ADDR/debug/pprof/profile?seconds=30`). Each is off unless an
+// address is configured; the debug listener belongs on loopback or a port no
 // Service exposes: profiles show code paths and heap contents, not PHI by
 // design, but nothing about them is for the public.
 package debugserver
@@ -17,6 +19,8 @@ import (
 	"runtime/metrics"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 )
 
@@ -62,7 +66,32 @@ func runtimeMetrics(w http.ResponseWriter, _ *http.Request) {
 	}
 }
 
-// Server is a running debug listener.
+// MetricsHandler serves /metrics from g in the Prometheus text format. A
+// collector that fails (the database or NATS unreachable at scrape) drops
+// its own series and the rest are still served.
+func MetricsHandler(g prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	return mux
+}
+
+// StartMetrics listens on addr (--metrics-addr) and serves MetricsHandler
+// until Stop. An empty addr starts nothing and returns a nil *Server. The
+// metrics carry no PHI (ids are never label values), but the listener is
+// for the cluster's Prometheus, not the public.
+func StartMetrics(addr string, g prometheus.Gatherer, log *zap.Logger) (*Server, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	s, err := serve(addr, MetricsHandler(g))
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	log.Info("metrics listener on", zap.String("metrics_addr", s.Addr))
+	return s, nil
+}
+
+// Server is a running debug or metrics listener.
 type Server struct {
 	srv  *http.Server
 	done chan error
@@ -76,12 +105,21 @@ func Start(addr string, log *zap.Logger) (*Server, error) {
 	if addr == "" {
 		return nil, nil
 	}
-	lis, err := net.Listen("tcp", addr)
+	s, err := serve(addr, Handler())
 	if err != nil {
 		return nil, fmt.Errorf("--debug-addr: %w", err)
 	}
+	log.Warn("operator debug listener on: keep it off public networks", zap.String("debug_addr", s.Addr))
+	return s, nil
+}
+
+func serve(addr string, h http.Handler) (*Server, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
-		srv: &http.Server{Handler: Handler(), ReadHeaderTimeout: 10 * time.Second,
+		srv: &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
 			// A CPU profile or trace runs for as long as it asks (seconds=N).
 			IdleTimeout: time.Minute},
 		done: make(chan error, 1),
@@ -94,7 +132,6 @@ func Start(addr string, log *zap.Logger) (*Server, error) {
 		}
 		s.done <- err
 	}()
-	log.Warn("operator debug listener on: keep it off public networks", zap.String("debug_addr", s.Addr))
 	return s, nil
 }
 

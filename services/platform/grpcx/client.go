@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/resolver/manual"
 
 	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 // ServiceConfig is every peer connection's gRPC service config: calls are
@@ -62,7 +63,7 @@ var Keepalive = keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 *
 //
 // Calls are balanced round-robin over the addresses and retried on another
 // when one answers UNAVAILABLE (ServiceConfig). The caller's bearer token is
-// forwarded on every call, so between services it travels over TLS in
+// forwarded on every call (traced when tracing is on), so between services it travels over TLS in
 // production: pass TLSConfig.DialOptions (a later transport credential
 // replaces the plaintext default).
 func Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
@@ -77,7 +78,7 @@ func Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8 << 20)),
 		grpc.WithDefaultServiceConfig(ServiceConfig),
 		grpc.WithKeepaliveParams(Keepalive),
-	}, extra...), opts...)
+	}, append(telemetry.GRPCDialOptions(), extra...)...), opts...)
 	return grpc.NewClient(target, opts...)
 }
 

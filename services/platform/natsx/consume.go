@@ -11,7 +11,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
+
+func noEnd(error) {}
 
 // ErrPoison marks a message that can never be handled (undecodable): it is
 // terminated with a log line instead of being redelivered forever.
@@ -35,7 +38,9 @@ type ConsumerSpec struct {
 
 // Consume runs a durable, explicitly acked consumer until ctx ends. The
 // handler's success acks; ErrPoison terminates; any other error naks with a
-// growing delay so the message comes back.
+// growing delay so the message comes back. A message with a traceparent
+// header is handled in a consumer span, child of the span that wrote the
+// event (telemetry).
 func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec ConsumerSpec, h Handler) error {
 	if spec.MaxAckPending == 0 {
 		spec.MaxAckPending = 256
@@ -57,7 +62,13 @@ func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec 
 	}
 	log = log.With(zap.String(logkeys.Stream, spec.Stream), zap.String(logkeys.Consumer, spec.Durable))
 	handle := func(m jetstream.Msg) {
-		err := h(ctx, m)
+		hctx, end := ctx, noEnd
+		if hdr := m.Headers(); hdr != nil {
+			// The event carries the trace of the request that caused it.
+			hctx, end = telemetry.StartConsumer(ctx, hdr, spec.Durable, m.Subject())
+		}
+		err := h(hctx, m)
+		end(err)
 		switch {
 		case err == nil:
 			_ = m.Ack()

@@ -12,8 +12,14 @@
 // Each service's migrations create the table:
 //
 //	SQLite:   outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
-//	          subject TEXT NOT NULL, payload BLOB NOT NULL, created_at BIGINT NOT NULL)
+//	          subject TEXT NOT NULL, payload BLOB NOT NULL, created_at BIGINT NOT NULL,
+//	          traceparent TEXT)
 //	Postgres: the same with seq BIGSERIAL and payload BYTEA.
+//
+// traceparent is the W3C trace context of the transaction that wrote the row
+// (NULL when tracing is off): the relay publishes the event with it as the
+// "traceparent" NATS header, so the event's consumers continue the trace of
+// the request that caused it (package telemetry).
 package outbox
 
 import (
@@ -23,16 +29,21 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/clinicchat/clinicchat/services/platform/eventtype"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 // Event is one event to write with a change: its id (EventMeta.id, also the
@@ -56,8 +67,12 @@ func Add(ctx context.Context, tx *sqldb.Tx, id, subject string, msg proto.Messag
 	if err != nil {
 		return fmt.Errorf("marshal event %s: %w", subject, err)
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO outbox (id, subject, payload, created_at) VALUES (?, ?, ?, ?)`,
-		id, subject, payload, time.Now().UnixMicro())
+	var traceparent any // NULL unless ctx is traced
+	if tp := telemetry.Traceparent(ctx); tp != "" {
+		traceparent = tp
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO outbox (id, subject, payload, created_at, traceparent) VALUES (?, ?, ?, ?, ?)`,
+		id, subject, payload, time.Now().UnixMicro(), traceparent)
 	if err != nil {
 		return fmt.Errorf("insert outbox: %w", err)
 	}
@@ -105,6 +120,8 @@ type Relay struct {
 	// republishes them, and JetStream drops them as duplicates.
 	published, undeleted int64
 	lastDelete           time.Time
+	// publishedMark is published, for the backlog metric (read at scrape).
+	publishedMark atomic.Int64
 }
 
 // NewRelay returns a relay that wakes after every commit of db that wrote
@@ -157,10 +174,11 @@ func (r *Relay) Run(ctx context.Context) error {
 }
 
 type row struct {
-	seq     int64
-	id      string
-	subject string
-	payload []byte
+	seq         int64
+	id          string
+	subject     string
+	payload     []byte
+	traceparent sql.NullString
 }
 
 // Flush publishes one batch and returns how many rows it published.
@@ -168,7 +186,7 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 	if r.db.Dialect() == sqldb.Postgres {
 		return r.flushPostgres(ctx)
 	}
-	rows, err := load(ctx, r.db, `SELECT seq, id, subject, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`, r.published, r.Batch)
+	rows, err := load(ctx, r.db, `SELECT seq, id, subject, payload, traceparent FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`, r.published, r.Batch)
 	if err != nil {
 		return 0, err
 	}
@@ -176,6 +194,7 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 	if len(done) > 0 {
 		r.published = done[len(done)-1]
 		r.undeleted += int64(len(done))
+		r.publishedMark.Store(r.published)
 	}
 	if r.undeleted > 0 && (r.undeleted >= 1024 || time.Since(r.lastDelete) >= time.Second) {
 		if _, err := r.db.Exec(ctx, `DELETE FROM outbox WHERE seq <= ?`, r.published); err != nil {
@@ -248,7 +267,7 @@ func discard(conn *sql.Conn) {
 }
 
 func loadConn(ctx context.Context, conn *sql.Conn, limit int) ([]row, error) {
-	rs, err := conn.QueryContext(ctx, `SELECT seq, id, subject, payload FROM outbox ORDER BY seq LIMIT $1`, limit)
+	rs, err := conn.QueryContext(ctx, `SELECT seq, id, subject, payload, traceparent FROM outbox ORDER BY seq LIMIT $1`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("load outbox: %w", err)
 	}
@@ -268,7 +287,7 @@ func scan(rs *sql.Rows) ([]row, error) {
 	var out []row
 	for rs.Next() {
 		var x row
-		if err := rs.Scan(&x.seq, &x.id, &x.subject, &x.payload); err != nil {
+		if err := rs.Scan(&x.seq, &x.id, &x.subject, &x.payload, &x.traceparent); err != nil {
 			return nil, err
 		}
 		out = append(out, x)
@@ -281,9 +300,13 @@ func scan(rs *sql.Rows) ([]row, error) {
 func (r *Relay) publish(ctx context.Context, rows []row) ([]int64, error) {
 	futures := make([]jetstream.PubAckFuture, 0, len(rows))
 	var err error
-	for _, x := range rows {
+	var spans []trace.Span // of traced rows, by index; nil when none is
+	for i, x := range rows {
 		m := nats.NewMsg(x.subject)
 		m.Data = x.payload
+		if x.traceparent.Valid && telemetry.Enabled() {
+			spans = r.startPublish(ctx, spans, len(rows), i, x, m)
+		}
 		var f jetstream.PubAckFuture
 		f, err = r.js.PublishMsgAsync(m, jetstream.WithMsgID(x.id))
 		if err != nil {
@@ -291,6 +314,7 @@ func (r *Relay) publish(ctx context.Context, rows []row) ([]int64, error) {
 		}
 		futures = append(futures, f)
 	}
+	defer endSpans(spans)
 	done := make([]int64, 0, len(futures))
 	timeout := time.NewTimer(10 * time.Second)
 	defer timeout.Stop()
@@ -310,4 +334,32 @@ func (r *Relay) publish(ctx context.Context, rows []row) ([]int64, error) {
 		r.log.Debug("outbox relayed", zap.Int(logkeys.Count, len(done)))
 	}
 	return done, err
+}
+
+// startPublish starts the producer span of publishing row x, child of the
+// transaction that wrote it, and puts the span's context in m's traceparent
+// header for the consumers.
+func (r *Relay) startPublish(ctx context.Context, spans []trace.Span, n, i int, x row, m *nats.Msg) []trace.Span {
+	if spans == nil {
+		spans = make([]trace.Span, n)
+	}
+	pctx := telemetry.FromTraceparent(ctx, x.traceparent.String)
+	sctx, span := telemetry.Tracer().Start(pctx, "publish "+natsx.Base(x.subject), trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", x.subject),
+			attribute.String("messaging.message.id", x.id)))
+	spans[i] = span
+	if tp := telemetry.Traceparent(sctx); tp != "" {
+		m.Header.Set(telemetry.HeaderTraceparent, tp)
+	}
+	return spans
+}
+
+// endSpans ends the publish spans (at the acknowledgement, or when the
+// round gives up).
+func endSpans(spans []trace.Span) {
+	for _, s := range spans {
+		if s != nil {
+			s.End()
+		}
+	}
 }

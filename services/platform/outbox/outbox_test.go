@@ -24,10 +24,10 @@ import (
 )
 
 const schema = `CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
-	subject TEXT NOT NULL, payload BLOB NOT NULL, created_at BIGINT NOT NULL)`
+	subject TEXT NOT NULL, payload BLOB NOT NULL, created_at BIGINT NOT NULL, traceparent TEXT)`
 
 const pgSchema = `CREATE TABLE outbox (seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE,
-	subject TEXT NOT NULL, payload BYTEA NOT NULL, created_at BIGINT NOT NULL)`
+	subject TEXT NOT NULL, payload BYTEA NOT NULL, created_at BIGINT NOT NULL, traceparent TEXT)`
 
 func runNATS(port int, dir string) *server.Server {
 	opts := natstest.DefaultTestOptions

@@ -23,6 +23,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -35,6 +37,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/ratelimit"
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 // Common is the configuration every standalone service shares.
@@ -51,6 +54,8 @@ type Common struct {
 	DrainTimeout  time.Duration
 	LogLevel      string
 	DebugAddr     string
+	// MetricsAddr serves Prometheus /metrics (off when empty).
+	MetricsAddr   string
 	NeedsDatabase bool
 	// MigrateOnStart applies the schema migrations when the service starts
 	// (default). Off, the service only checks that the database is at the
@@ -86,6 +91,7 @@ func (c *Common) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 20*time.Second, "how long in-flight calls may finish on SIGTERM")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "operator-only listener for pprof and runtime metrics (off when empty)")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", "", "operator listener serving Prometheus /metrics, e.g. :9464 (off when empty)")
 	fs.BoolVar(&c.MigrateOnStart, "migrate-on-start", true, "apply schema migrations at start (false: only check the schema version; run `migrate` first)")
 	c.Limits.Flags(fs)
 	c.TLS.Flags(fs)
@@ -212,6 +218,14 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	// Tracing first: the gRPC server and client connections built below
+	// are traced only when it is on (OTEL_* variables).
+	shutdownTracing, err := telemetry.Setup(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer FlushTraces(log, shutdownTracing)
+
 	verifier, err := c.Verifier()
 	if err != nil {
 		return err
@@ -255,6 +269,16 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 		return err
 	}
 	defer func() { _ = svc.Close() }()
+	srv.InitMetrics()
+	reg, err := Registry(name, srv, js, svc)
+	if err != nil {
+		return err
+	}
+	metricsSrv, err := debugserver.StartMetrics(c.MetricsAddr, reg, log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = metricsSrv.Stop() }()
 	lis, err := net.Listen("tcp", c.GRPCAddr)
 	if err != nil {
 		return err
@@ -299,6 +323,40 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 		err = nil
 	}
 	return err
+}
+
+// Collectors is what a service with metrics of its own implements (the
+// outbox backlog, the audit log's verification and checkpoint age).
+type Collectors interface {
+	Collectors() []prometheus.Collector
+}
+
+// Registry is a service's /metrics: the Go runtime and process, the gRPC
+// server's metrics, the lag of the service's durable consumers (those named
+// "<name>-…") and svc's own collectors when it has any.
+func Registry(name string, srv *grpcx.Server, js jetstream.JetStream, svc any) (*prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	cs := []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		srv.Metrics, natsx.LagCollector(js, name+"-")}
+	if own, ok := svc.(Collectors); ok {
+		cs = append(cs, own.Collectors()...)
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
+	return reg, nil
+}
+
+// FlushTraces exports the spans still buffered (telemetry.Setup's shutdown),
+// for at most 5 seconds.
+func FlushTraces(log *zap.Logger, shutdown func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := shutdown(ctx); err != nil {
+		log.Warn("flushing traces", zap.Error(err))
+	}
 }
 
 // MigrateCommand reports whether args start with the "migrate" subcommand

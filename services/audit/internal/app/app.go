@@ -38,6 +38,9 @@ type App struct {
 
 	mu    sync.Mutex
 	dirty map[string]struct{} // practices appended to since their last checkpoint
+	// pending holds, per practice whose log has records no checkpoint
+	// covers yet, when this process first saw such a record (CheckpointAge).
+	pending map[string]time.Time
 
 	witness  Witness         // nil: none
 	previous []note.Verifier // earlier signing keys
@@ -46,7 +49,7 @@ type App struct {
 
 // New returns the use cases over repo, signing checkpoints with key.
 func New(repo domain.Repository, key *signer.Key, log *zap.Logger) *App {
-	return &App{repo: repo, key: key, log: log, now: time.Now, dirty: map[string]struct{}{}}
+	return &App{repo: repo, key: key, log: log, now: time.Now, dirty: map[string]struct{}{}, pending: map[string]time.Time{}}
 }
 
 // authorize admits the practice administrator of a practice; reads of the
@@ -114,7 +117,41 @@ func (a *App) IngestAll(ctx context.Context, in []Arrival) error {
 func (a *App) markDirty(practice string) {
 	a.mu.Lock()
 	a.dirty[practice] = struct{}{}
+	if _, ok := a.pending[practice]; !ok {
+		a.pending[practice] = a.now()
+	}
 	a.mu.Unlock()
+}
+
+// signed notes that practice's log was covered by a checkpoint signed at
+// time at: unless records arrived meanwhile, nothing of it is pending.
+func (a *App) signed(practice string, at time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, again := a.dirty[practice]; again {
+		a.pending[practice] = at // grew while signing: pending since about then
+		return
+	}
+	delete(a.pending, practice)
+}
+
+// CheckpointAge is how long the oldest record that no signed checkpoint
+// covers has waited (since this process saw it; records found at start-up
+// count from then): 0 when every log is covered. Checkpoints are signed
+// every CheckpointInterval, so it stays below that unless signing fails.
+func (a *App) CheckpointAge() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var oldest time.Time
+	for _, t := range a.pending {
+		if oldest.IsZero() || t.Before(oldest) {
+			oldest = t
+		}
+	}
+	if oldest.IsZero() {
+		return 0
+	}
+	return max(a.now().Sub(oldest), 0)
 }
 
 func (a *App) takeDirty() []string {

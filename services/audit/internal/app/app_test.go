@@ -696,3 +696,23 @@ func TestListWithForgedCheckpointVerifiesNothing(t *testing.T) {
 		}
 	})
 }
+
+// The checkpoint age counts from the first record no checkpoint covers and
+// returns to zero once one is signed.
+func TestCheckpointAgeFollowsUncoveredRecords(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testkit.Backends()[0])
+	require.Zero(t, e.app.CheckpointAge(), "nothing waits in an empty log")
+	ingest(t, e, "p", 0, 3)
+	require.Positive(t, e.app.CheckpointAge(), "three records wait for a checkpoint")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- e.app.RunCheckpoints(ctx, 10*time.Millisecond) }()
+	require.Eventually(t, func() bool { return e.app.CheckpointAge() == 0 }, 10*time.Second, 10*time.Millisecond)
+	c, ok, err := e.st.LatestCheckpoint(context.Background(), "p")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, int64(3), c.Size, "zero once a checkpoint covers every record")
+	cancel()
+	require.NoError(t, <-done)
+}

@@ -144,11 +144,14 @@ func (a *App) markUncheckpointed(ctx context.Context) error {
 
 func (a *App) checkpointDirty(ctx context.Context) {
 	for _, p := range a.takeDirty() {
+		at := a.now()
 		if _, err := a.checkpoint(ctx, p); err != nil {
 			if !errors.Is(err, errInconsistent) {
 				a.markDirty(p) // try again next time
 			}
 			a.log.Warn("checkpoint not signed", zap.String(logkeys.Practice, p), zap.Error(err))
+			continue
 		}
+		a.signed(p, at)
 	}
 }

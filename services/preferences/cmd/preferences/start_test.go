@@ -28,7 +28,7 @@ func TestStartWithoutMigrationsRefusesAnOldSchema(t *testing.T) {
 	ns, _, _ := testkit.NATS(t)
 	dsn := filepath.Join(t.TempDir(), "p.db")
 	err := run(startArgs(t, ns.ClientURL(), dsn, "--migrate-on-start=false"), os.Stdout)
-	require.ErrorContains(t, err, "the database is at version 0, this binary needs 2: run the service's `migrate` command first")
+	require.ErrorContains(t, err, "the database is at version 0, this binary needs 3: run the service's `migrate` command first")
 }
 
 // A NATS server older than 2.10 ends the process with one clear line instead
