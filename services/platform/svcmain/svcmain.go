@@ -65,11 +65,7 @@ type Common struct {
 func (c *Common) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address")
 	fs.StringVar(&c.DatabaseDSN, "database-dsn", "", "postgres://… or a SQLite file path")
-	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URLs, comma separated")
-	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS NKey/JWT credentials file")
-	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA bundle for the NATS servers")
-	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client certificate for NATS")
-	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client key for NATS")
+	natsx.ConnFlags(fs, &c.NATS)
 	fs.IntVar(&c.NATSReplicas, "nats-replicas", 1, "JetStream stream replicas (3 in a cluster)")
 	natsx.PrefixFlag(fs, &c.NATSPrefix)
 	fs.StringVar(&c.JWKSURL, "jwks-url", "", "issuer JWKS URL for verifying bearer tokens")
@@ -92,8 +88,8 @@ func (c *Common) Validate() error {
 	if c.NeedsDatabase && c.DatabaseDSN == "" {
 		errs = append(errs, errors.New("--database-dsn is required"))
 	}
-	if c.NATS.URL == "" {
-		errs = append(errs, errors.New("--nats-url is required"))
+	if err := c.NATS.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.JWKSURL == "" && c.DevSigningKey == "" {
 		errs = append(errs, errors.New("one of --jwks-url or --dev-signing-key-file is required"))
@@ -106,9 +102,6 @@ func (c *Common) Validate() error {
 	}
 	if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
 		errs = append(errs, errors.New("--nats-replicas must be 1 to 5"))
-	}
-	if (c.NATS.TLSCert == "") != (c.NATS.TLSKey == "") {
-		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
 	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)
