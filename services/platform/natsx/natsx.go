@@ -27,10 +27,10 @@ type Config struct {
 	// NKeySeedFile logs in with an NKey (the seed file's public key is
 	// the user in the server's configuration).
 	NKeySeedFile string
-	TLSCA     string // CA bundle for the server certificate
-	TLSCert   string // client certificate (mutual TLS)
-	TLSKey    string
-	Name      string // connection name, e.g. the service
+	TLSCA        string // CA bundle for the server certificate
+	TLSCert      string // client certificate (mutual TLS)
+	TLSKey       string
+	Name         string // connection name, e.g. the service
 }
 
 // Connect dials NATS and keeps reconnecting forever.
