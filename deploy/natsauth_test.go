@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -49,6 +50,29 @@ func TestNATSTLSAndUsers(t *testing.T) {
 			cfg, err := conf.Parse(raw)
 			if err != nil {
 				t.Fatalf("%s: nats.conf does not parse: %v", overlay, err)
+			}
+
+			// Every stream's byte limit is reserved on each server holding a
+			// replica: all of them must fit max_file_store, or JetStream
+			// refuses to place them.
+			js, _ := cfg["jetstream"].(map[string]any)
+			store, _ := js["max_file_store"].(int64)
+			for _, w := range grpcServices {
+				d := r.deployments[w]
+				if d == nil {
+					continue
+				}
+				v := containerEnv(t, r, overlay+": Deployment "+w, d.Spec.Template.Spec.Containers[0])["CLINICCHAT_NATS_STREAM_MAX_BYTES"]
+				perStream := natsx.DefaultStreamMaxBytes
+				if v.literal {
+					if perStream, err = strconv.ParseInt(v.value, 10, 64); err != nil {
+						t.Errorf("%s: %s: CLINICCHAT_NATS_STREAM_MAX_BYTES=%q: %v", overlay, w, v.value, err)
+					}
+				}
+				if need := int64(natsx.StreamCount()) * perStream; store <= 0 || need > store {
+					t.Errorf("%s: %s declares %d streams of %d bytes (%d) but nats.conf max_file_store is %d: JetStream would not place them",
+						overlay, w, natsx.StreamCount(), perStream, need, store)
+				}
 			}
 
 			// TLS for clients and routes, from files on the nats-tls Secret.

@@ -54,10 +54,13 @@ var (
 const (
 	// DefaultPrefix is the subject prefix and (upper-cased) stream-name
 	// prefix of a deployment that does not set one.
-	DefaultPrefix                = "clinicchat"
-	DefaultRetention             = 7 * 24 * time.Hour
-	DefaultDuplicateWindow       = 10 * time.Minute
-	defaultStreamMaxBytes  int64 = 8 << 30
+	DefaultPrefix          = "clinicchat"
+	DefaultRetention       = 7 * 24 * time.Hour
+	DefaultDuplicateWindow = 10 * time.Minute
+	// DefaultStreamMaxBytes bounds each stream. JetStream reserves it on
+	// every server holding a replica: the streams (StreamCount of them)
+	// must fit the servers' max_file_store together.
+	DefaultStreamMaxBytes int64 = 8 << 30
 )
 
 // domains are the services that own a stream, in stream order.
@@ -287,7 +290,13 @@ func unhex(c byte) (byte, bool) {
 type StreamsConfig struct {
 	Replicas  int           // 1 embedded, 3 in a cluster
 	Retention time.Duration // how long events stay (the SSE resume window); default 7 days
+	// MaxBytes bounds each stream (default DefaultStreamMaxBytes); the
+	// oldest events go first when it is reached.
+	MaxBytes int64
 }
+
+// StreamCount is how many streams Streams declares.
+func StreamCount() int { return len(domains) }
 
 // Streams returns clinicchat's streams as data. Each holds
 // "<prefix>.<service>.>": the tenant tokens need no stream change.
@@ -298,6 +307,9 @@ func Streams(cfg StreamsConfig) []jetstream.StreamConfig {
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
 	}
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = DefaultStreamMaxBytes
+	}
 	out := make([]jetstream.StreamConfig, 0, len(domains))
 	for _, d := range domains {
 		out = append(out, jetstream.StreamConfig{
@@ -307,7 +319,7 @@ func Streams(cfg StreamsConfig) []jetstream.StreamConfig {
 			Storage:     jetstream.FileStorage,
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      cfg.Retention,
-			MaxBytes:    defaultStreamMaxBytes,
+			MaxBytes:    cfg.MaxBytes,
 			Duplicates:  DefaultDuplicateWindow,
 			Replicas:    cfg.Replicas,
 			Discard:     jetstream.DiscardOld,

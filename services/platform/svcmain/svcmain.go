@@ -38,19 +38,22 @@ import (
 
 // Common is the configuration every standalone service shares.
 type Common struct {
-	GRPCAddr      string
-	DatabaseDSN   string
-	NATS          natsx.Config
-	NATSReplicas  int
-	NATSPrefix    string
-	JWKSURL       string
-	JWTIssuer     string
-	JWTAudience   string
-	DevSigningKey string // dev only: HS256 key file instead of JWKS
-	DrainTimeout  time.Duration
-	LogLevel      string
-	DebugAddr     string
-	NeedsDatabase bool
+	GRPCAddr     string
+	DatabaseDSN  string
+	NATS         natsx.Config
+	NATSReplicas int
+	// NATSStreamMaxBytes bounds each stream (JetStream reserves it on every
+	// server holding a replica).
+	NATSStreamMaxBytes int64
+	NATSPrefix         string
+	JWKSURL            string
+	JWTIssuer          string
+	JWTAudience        string
+	DevSigningKey      string // dev only: HS256 key file instead of JWKS
+	DrainTimeout       time.Duration
+	LogLevel           string
+	DebugAddr          string
+	NeedsDatabase      bool
 	// MigrateOnStart applies the schema migrations when the service starts
 	// (default). Off, the service only checks that the database is at the
 	// version it needs, and a separate `<service> migrate` (a Kubernetes Job)
@@ -67,6 +70,8 @@ func (c *Common) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DatabaseDSN, "database-dsn", "", "postgres://… or a SQLite file path")
 	natsx.ConnFlags(fs, &c.NATS)
 	fs.IntVar(&c.NATSReplicas, "nats-replicas", 1, "JetStream stream replicas (3 in a cluster)")
+	fs.Int64Var(&c.NATSStreamMaxBytes, "nats-stream-max-bytes", natsx.DefaultStreamMaxBytes,
+		"bytes each JetStream stream may hold (oldest events go first); the servers reserve it per replica, so all the streams must fit their max_file_store")
 	natsx.PrefixFlag(fs, &c.NATSPrefix)
 	fs.StringVar(&c.JWKSURL, "jwks-url", "", "issuer JWKS URL for verifying bearer tokens")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim")
@@ -102,6 +107,9 @@ func (c *Common) Validate() error {
 	}
 	if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
 		errs = append(errs, errors.New("--nats-replicas must be 1 to 5"))
+	}
+	if c.NATSStreamMaxBytes != 0 && c.NATSStreamMaxBytes < 1<<20 {
+		errs = append(errs, errors.New("--nats-stream-max-bytes must be at least 1 MiB"))
 	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)
@@ -205,7 +213,7 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 	if err := natsx.CheckServer(ctx, nc, js); err != nil {
 		return err
 	}
-	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{Replicas: c.NATSReplicas}); err != nil {
+	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{Replicas: c.NATSReplicas, MaxBytes: c.NATSStreamMaxBytes}); err != nil {
 		return err
 	}
 	srv := grpcx.NewServer(log, verifier, ratelimit.NewInterceptors(c.Limits, nil).ServerOptions()...)
