@@ -73,6 +73,9 @@ type Config struct {
 	Retry bool
 	// AttemptTimeout bounds one send attempt (0: none).
 	AttemptTimeout time.Duration
+	// Duration, when above zero, stops starting sends after this long
+	// (Messages still caps them).
+	Duration time.Duration
 	// Observe, when set, is called after every send attempt with its
 	// start, its duration and the error's reason ("" when acknowledged).
 	Observe func(start time.Time, took time.Duration, reason string)
@@ -148,6 +151,10 @@ type Result struct {
 	// OutOfOrder counts messages a recipient read before one of its
 	// thread sent (and acknowledged) earlier.
 	OutOfOrder int `json:"outOfOrder"`
+	// Extra counts messages read on a recipient's stream that no
+	// acknowledged send returned: with Retry, a retry that made a second
+	// message instead of returning the first (requestId not honoured).
+	Extra int `json:"extra"`
 	// Reconnects counts streams reconnecting to a gateway (failover).
 	Reconnects int `json:"reconnects"`
 	// AckedNames are the acknowledged messages' names.
@@ -256,7 +263,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			defer wg.Done()
 			for {
 				i := next.Add(1)
-				if i > int64(cfg.Messages) || ctx.Err() != nil {
+				if i > int64(cfg.Messages) || ctx.Err() != nil || (cfg.Duration > 0 && time.Since(start) > cfg.Duration) {
 					return
 				}
 				if pace != nil {
@@ -364,7 +371,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.AckedNames = append(res.AckedNames, name)
 	}
 	for _, th := range threads {
-		res.OutOfOrder += outOfOrder(ackOrder[th.conv], th.stream.snapshot().order)
+		order := th.stream.snapshot().order
+		res.OutOfOrder += outOfOrder(ackOrder[th.conv], order)
+		for _, name := range order {
+			if _, ok := sent[name]; !ok {
+				res.Extra++
+			}
+		}
 	}
 	for s, names := range expect {
 		seen := s.snapshot()
