@@ -42,7 +42,7 @@ func TestFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the fault rig builds every binary and runs 14 processes across 8 namespaces")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	start := time.Now()
 	r := startRig(t, ctx)
@@ -71,10 +71,10 @@ func TestFaults(t *testing.T) {
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n| fault | sends during | errors by reason | time to recover | p99 during | lost | duplicated |\n|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "\n| fault | sends/s (run) | sends during | errors by reason | time to recover | p99 during | lost | duplicated |\n|---|---|---|---|---|---|---|---|\n")
 	for _, f := range all {
-		fmt.Fprintf(&b, "| %s | %d | %s | %s | %.0f ms | %d | %d |\n", f.name, f.sends, f.errorsText(), f.recover.Round(10*time.Millisecond),
-			f.p99ms, f.lost, f.duplicated)
+		fmt.Fprintf(&b, "| %s | %.0f | %d | %s | %s | %.0f ms | %d | %d |\n", f.name, f.rate, f.sends, f.errorsText(),
+			f.recover.Round(100*time.Millisecond), f.p99ms, f.lost, f.duplicated)
 	}
 	t.Logf("figures (run took %s):%s", time.Since(start).Round(time.Second), b.String())
 }
@@ -88,6 +88,8 @@ type figures struct {
 	p99ms            float64
 	lost, duplicated int
 	rate             float64
+	// failedP50ms is how long a failed attempt took (fail fast or not).
+	failedP50ms float64
 }
 
 func (f figures) errorsText() string {
@@ -188,7 +190,7 @@ func (r *rig) underLoad(t *testing.T, ctx context.Context, name string, do func(
 	}
 	fig := figures{name: name, errors: map[string]int{}, recover: recovered.Sub(injected), lost: res.Lost + res.Extra,
 		duplicated: res.Duplicated, rate: res.SendsPerS}
-	var lat []time.Duration
+	var lat, failed []time.Duration
 	for _, a := range attempts {
 		end := a.start.Add(a.took)
 		if end.Before(injected) || a.start.After(windowEnd) {
@@ -198,7 +200,12 @@ func (r *rig) underLoad(t *testing.T, ctx context.Context, name string, do func(
 		lat = append(lat, a.took)
 		if a.reason != "" {
 			fig.errors[a.reason]++
+			failed = append(failed, a.took)
 		}
+	}
+	if len(failed) > 0 {
+		slices.Sort(failed)
+		fig.failedP50ms = float64(failed[len(failed)/2]) / float64(time.Millisecond)
 	}
 	if len(lat) > 0 {
 		slices.Sort(lat)
@@ -206,10 +213,15 @@ func (r *rig) underLoad(t *testing.T, ctx context.Context, name string, do func(
 	}
 	t.Logf("%s: load %d acked of %d at %.0f sends/s (ack p99 %.0f ms, stream p99 %.0f ms), %d stream reconnects, %d resets",
 		name, res.Acked, res.Attempted, res.SendsPerS, res.Ack.P99, res.Stream.P99, res.Reconnects, res.Resets)
-	t.Logf("%s: during the fault (%s from injection, healed after %s): %d sends, errors %s, recovered after %s, p99 %.0f ms; lost %d, duplicated %d, out of order %d, extra messages %d",
-		name, windowEnd.Sub(injected).Round(time.Millisecond), healed.Sub(injected).Round(time.Millisecond), fig.sends, fig.errorsText(),
+	t.Logf("%s: during the fault (%s from injection, healed after %s): %d sends, errors %s (a failed attempt took p50 %.0f ms), recovered after %s, p99 %.0f ms; lost %d, duplicated %d, out of order %d, extra messages %d",
+		name, windowEnd.Sub(injected).Round(time.Millisecond), healed.Sub(injected).Round(time.Millisecond), fig.sends, fig.errorsText(), fig.failedP50ms,
 		fig.recover.Round(time.Millisecond), fig.p99ms, res.Lost, res.Duplicated, res.OutOfOrder, res.Extra)
 
+	// An infrastructure fault is a retryable UNAVAILABLE (or a timeout or
+	// broken connection the client retries), never INTERNAL.
+	if n := fig.errors["INTERNAL"]; n > 0 {
+		t.Errorf("%d sends failed INTERNAL during the fault: a fault the client should retry must be UNAVAILABLE", n)
+	}
 	if res.Acked == 0 {
 		t.Errorf("the load acknowledged no send")
 	}
