@@ -220,6 +220,7 @@ func checkWorkload(t *testing.T, r *rendered, w string, production bool) {
 		}
 	}
 	checkRequiredSettings(t, r, id, w, fs, env, spec, production)
+	checkMigrate(t, r, id, w, c, env, spec)
 
 	// Graceful termination: preStop, then SIGTERM and the drain, all within
 	// the grace period.
@@ -231,6 +232,42 @@ func checkWorkload(t *testing.T, r *rendered, w string, production bool) {
 	grace := time.Duration(ptrOr(spec.TerminationGracePeriodSeconds, 30)) * time.Second
 	if grace <= drain+preStop {
 		t.Errorf("%s: terminationGracePeriodSeconds %v <= preStop %v + drain timeout %v", id, grace, preStop, drain)
+	}
+}
+
+// checkMigrate: a stateful service's pod applies its schema in an init
+// container (`<service> migrate`, the server's image, its database only)
+// before the server starts, and the server, with --migrate-on-start=false,
+// only checks it. The gateway has no database and no init container.
+func checkMigrate(t *testing.T, r *rendered, id, w string, server corev1.Container, env map[string]envValue, spec corev1.PodSpec) {
+	t.Helper()
+	if w == "gateway" {
+		if len(spec.InitContainers) != 0 {
+			t.Errorf("%s: the gateway has no database: no init containers", id)
+		}
+		return
+	}
+	if len(spec.InitContainers) != 1 || spec.InitContainers[0].Name != "migrate" {
+		t.Errorf("%s: want one init container named migrate (the schema before the server starts)", id)
+		return
+	}
+	m := spec.InitContainers[0]
+	if m.Image != server.Image {
+		t.Errorf("%s: init container migrate runs %q, want the server's image %q", id, m.Image, server.Image)
+	}
+	if !slices.Equal(m.Args, []string{"migrate"}) || len(m.Command) != 0 {
+		t.Errorf("%s: init container migrate: command %q args %q, want the image's binary with args [migrate]", id, m.Command, m.Args)
+	}
+	menv := containerEnv(t, r, id+" init container migrate", m)
+	dsn, srv := menv[envName("database-dsn")], env[envName("database-dsn")]
+	if dsn.secret == nil || srv.secret == nil || *dsn.secret != *srv.secret {
+		t.Errorf("%s: init container migrate must read CLINICCHAT_DATABASE_DSN from the server's Secret", id)
+	}
+	if len(menv) != 1 {
+		t.Errorf("%s: init container migrate gets %d variables, want only CLINICCHAT_DATABASE_DSN", id, len(menv))
+	}
+	if v, ok := env[envName("migrate-on-start")]; !ok || v.value != "false" {
+		t.Errorf("%s: with the migrate init container, set CLINICCHAT_MIGRATE_ON_START=false (the server only checks the schema)", id)
 	}
 }
 

@@ -147,6 +147,14 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 		return c, err
 	}
 
+	// As the Kubernetes manifests do (an init container per service), the
+	// schema is applied by `<service> migrate` before any server starts;
+	// the servers run with --migrate-on-start=false and only check it.
+	say("migrating the databases")
+	if err := c.migrate(ctx); err != nil {
+		return c, err
+	}
+
 	if c.NATSURL = cfg.NATSURL; c.NATSURL == "" {
 		addr, err := freeAddr("127.0.0.1:0")
 		if err != nil {
@@ -205,13 +213,6 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 				name := fmt.Sprintf("delivery-%d", i+1)
 				if err := c.startService("delivery", name, authArgs); err != nil {
 					return c, err
-				}
-				if i == 0 && cfg.DeliveryReplicas > 1 {
-					// The first replica applies the migrations (it listens
-					// once they are done); the others find them applied.
-					if err := c.waitTCP(ctx, c.Addrs[name]); err != nil {
-						return c, fmt.Errorf("%s: %w", name, err)
-					}
 				}
 			}
 			continue
@@ -322,7 +323,7 @@ func (c *Cluster) authArgs() ([]string, error) {
 // serviceArgs are one service's flags: the common ones and its peers'.
 func (c *Cluster) serviceArgs(svc, name string) ([]string, error) {
 	args := []string{"--grpc-addr", c.Addrs[name], "--database-dsn", c.DatabaseDSN[svc], "--nats-url", c.NATSURL,
-		"--log-level", c.cfg.LogLevel, "--drain-timeout", "5s"}
+		"--log-level", c.cfg.LogLevel, "--drain-timeout", "5s", "--migrate-on-start=false"}
 	switch svc {
 	case "conversation":
 		args = append(args, "--preferences-addr", c.Addrs["preferences"],
@@ -386,6 +387,24 @@ func (c *Cluster) createDatabases(ctx context.Context) error {
 		d := *u
 		d.Path = "/" + name
 		c.DatabaseDSN[svc] = d.String()
+	}
+	return nil
+}
+
+// migrate runs `<service> migrate` for every service, one after the other,
+// and fails with the command's output when one fails.
+func (c *Cluster) migrate(ctx context.Context) error {
+	for _, svc := range Services {
+		cmd := exec.CommandContext(ctx, filepath.Join(c.cfg.BinDir, svc), "migrate", "--database-dsn", c.DatabaseDSN[svc])
+		cmd.Env = childEnv()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s migrate: %w\n%s", svc, err, out)
+		}
+		if f, err := os.OpenFile(filepath.Join(c.logDir, svc+"-migrate.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
+			_, _ = f.Write(out)
+			_ = f.Close()
+		}
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -61,6 +62,13 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ArchiveSweepInterval, "archive-sweep-interval", time.Hour, "how often the archive sweeper looks")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "the processes' log level: debug, info, warn or error")
 	fs.StringVar(&c.BinDir, "bin-dir", "", "use the binaries already built there (empty: go build them into --data-dir/bin)")
+	fs.Func("service-flag", "an extra flag for every service process, repeatable (e.g. --service-flag=--limit-sends-per-second=1000 for a load test)", func(v string) error {
+		if !strings.HasPrefix(v, "-") {
+			return fmt.Errorf("%q is not a flag (it starts with -)", v)
+		}
+		c.ServiceArgs = append(c.ServiceArgs, v)
+		return nil
+	})
 }
 
 var dbPrefix = regexp.MustCompile(`^[a-z][a-z0-9_]{0,40}$`)

@@ -127,15 +127,24 @@ func env(c *localcluster.Cluster) e2e.Env {
 // the middle of sends. Archiving is checked after restarting conversation
 // with a short --archive-after.
 func TestDistributedStack(t *testing.T) {
-	var prefix string
+	var prefix, dataDir string
 	c := start(t, func(cfg *localcluster.Config) {
 		cfg.DeliveryReplicas = 2
-		prefix = cfg.DBPrefix
+		prefix, dataDir = cfg.DBPrefix, cfg.DataDir
 		// The kill test sends as fast as the machine goes: load, not people.
 		cfg.ServiceArgs = []string{"--limit-sends-per-second", "1e9", "--limit-send-burst", "1000000000"}
 	})
 	e := env(c)
 
+	t.Run("MigratedBeforeTheServers", func(t *testing.T) {
+		// As the manifests' init containers do: `<service> migrate` applied
+		// each schema, and the servers (--migrate-on-start=false) found it.
+		for _, svc := range localcluster.Services {
+			out, err := os.ReadFile(filepath.Join(dataDir, "logs", svc+"-migrate.log"))
+			require.NoError(t, err)
+			require.Contains(t, string(out), svc+": applied postgres migration(s) ")
+		}
+	})
 	t.Run("IdleDoesNotSpin", func(t *testing.T) { idle(t, c, prefix) })
 	e2e.Run(t, e)
 	t.Run("GRPCEdge", func(t *testing.T) { grpcEdge(t, c) })

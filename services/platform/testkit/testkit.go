@@ -4,10 +4,12 @@
 package testkit
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"database/sql"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,6 +21,7 @@ import (
 	natstest "github.com/nats-io/nats-server/v2/test"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
@@ -165,4 +168,46 @@ func (k *Tokens) Token(t testing.TB, subject, role, practice string, authAge tim
 func (k *Tokens) Identity(t testing.TB, subject, role, practice string) auth.Identity {
 	tok := k.Token(t, subject, role, practice, 0)
 	return auth.Identity{Subject: subject, Role: role, Practice: practice, AuthTime: time.Now(), Token: tok}
+}
+
+// MigrateSubcommand checks a service binary's "migrate" subcommand on every
+// backend: it applies the schema and exits, configured by flags or, as a
+// Kubernetes init container runs it, by CLINICCHAT_* environment variables
+// alone, and a second run has nothing to apply. run is the binary's run
+// (args without the program name); migrate is the service's Migrate.
+func MigrateSubcommand(t *testing.T, name string, run func(args []string, out io.Writer) error, migrate func(context.Context, *sqldb.DB) error) {
+	t.Helper()
+	for _, b := range Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			var out bytes.Buffer
+			byFlag := b.DSN(t)
+			require.NoError(t, run([]string{"migrate", "--database-dsn", byFlag}, &out))
+			require.Contains(t, out.String(), name+": applied")
+			requireLatestSchema(t, byFlag, migrate)
+
+			byEnv := b.DSN(t)
+			t.Setenv("CLINICCHAT_DATABASE_DSN", byEnv)
+			out.Reset()
+			require.NoError(t, run([]string{"migrate"}, &out))
+			require.Contains(t, out.String(), name+": applied")
+			requireLatestSchema(t, byEnv, migrate)
+
+			out.Reset()
+			require.NoError(t, run([]string{"migrate"}, &out))
+			require.Contains(t, out.String(), "nothing to apply")
+		})
+	}
+}
+
+// requireLatestSchema checks that dsn's schema is the version migrate needs.
+func requireLatestSchema(t *testing.T, dsn string, migrate func(context.Context, *sqldb.DB) error) {
+	t.Helper()
+	ctx := context.Background()
+	db, err := sqldb.Open(ctx, dsn)
+	require.NoError(t, err)
+	defer db.Close()
+	v, err := sqldb.SchemaVersion(ctx, db)
+	require.NoError(t, err)
+	require.Positive(t, v)
+	require.NoError(t, migrate(sqldb.CheckOnly(ctx), db), "schema at the latest version")
 }
