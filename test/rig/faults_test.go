@@ -71,10 +71,10 @@ func TestFaults(t *testing.T) {
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n| fault | sends/s (run) | sends during | errors by reason | time to recover | p99 during | lost | duplicated |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "\n| fault | sends/s (run) | sends during | errors by reason | time to recover | p99 during | send → stream p99 (run) | lost | duplicated |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, f := range all {
-		fmt.Fprintf(&b, "| %s | %.0f | %d | %s | %s | %.0f ms | %d | %d |\n", f.name, f.rate, f.sends, f.errorsText(),
-			f.recover.Round(100*time.Millisecond), f.p99ms, f.lost, f.duplicated)
+		fmt.Fprintf(&b, "| %s | %.0f | %d | %s | %s | %.0f ms | %.0f ms | %d | %d |\n", f.name, f.rate, f.sends, f.errorsText(),
+			f.recover.Round(100*time.Millisecond), f.p99ms, f.streamP99ms, f.lost, f.duplicated)
 	}
 	t.Logf("figures (run took %s):%s", time.Since(start).Round(time.Second), b.String())
 }
@@ -90,6 +90,8 @@ type figures struct {
 	rate             float64
 	// failedP50ms is how long a failed attempt took (fail fast or not).
 	failedP50ms float64
+	// streamP99ms is send → recipient's stream over the whole run.
+	streamP99ms float64
 }
 
 func (f figures) errorsText() string {
@@ -189,7 +191,7 @@ func (r *rig) underLoad(t *testing.T, ctx context.Context, name string, do func(
 		windowEnd = healed
 	}
 	fig := figures{name: name, errors: map[string]int{}, recover: recovered.Sub(injected), lost: res.Lost + res.Extra,
-		duplicated: res.Duplicated, rate: res.SendsPerS}
+		duplicated: res.Duplicated, rate: res.SendsPerS, streamP99ms: res.Stream.P99}
 	var lat, failed []time.Duration
 	for _, a := range attempts {
 		end := a.start.Add(a.took)
