@@ -55,15 +55,32 @@ func TestFaults(t *testing.T) {
 	for _, f := range []struct {
 		name string
 		do   func(ctx context.Context) (healed time.Time, err error)
+		// check asserts what the fault must have made clients see (never a time).
+		check func(t *testing.T, res *bench.Result, fig figures)
 	}{
-		{"NATS stream leader SIGKILLed, restarted", r.killNATSLeader},
-		{"gateway host g1 cut off (link down 8s)", r.cutGateway},
-		{"PostgreSQL restarted", r.restartPostgres},
-		{"rolling restart of every service and gateway (SIGTERM)", r.rollingRestart},
-		{"delivery replica SIGKILLed while relaying its outbox", r.killDelivery},
+		{"NATS stream leader SIGKILLed, restarted", r.killNATSLeader, nil},
+		{"gateway host g1 cut off (link down 8s)", r.cutGateway, func(t *testing.T, res *bench.Result, _ figures) {
+			if res.Reconnects == 0 {
+				t.Error("no recipient stream reconnected: g1's clients did not fail over to g2")
+			}
+		}},
+		{"PostgreSQL restarted", r.restartPostgres, func(t *testing.T, _ *bench.Result, fig figures) {
+			if fig.errors["UNAVAILABLE"] == 0 {
+				t.Errorf("no send failed UNAVAILABLE while PostgreSQL was down (errors: %s)", fig.errorsText())
+			}
+		}},
+		{"rolling restart of every service and gateway (SIGTERM)", r.rollingRestart, func(t *testing.T, res *bench.Result, _ figures) {
+			if res.Reconnects == 0 {
+				t.Error("no recipient stream reconnected although every gateway restarted")
+			}
+		}},
+		{"delivery replica SIGKILLed while relaying its outbox", r.killDelivery, nil},
 	} {
 		ok := t.Run(f.name, func(t *testing.T) {
-			fig := r.underLoad(t, ctx, f.name, f.do)
+			fig, res := r.underLoad(t, ctx, f.name, f.do)
+			if f.check != nil {
+				f.check(t, res, fig)
+			}
 			all = append(all, fig)
 		})
 		if !ok && ctx.Err() != nil {
@@ -132,7 +149,7 @@ const slowAttempt = 2 * time.Second
 
 // underLoad runs the load, injects the fault after a steady stretch (do
 // returns when it has healed), lets the load run on, and checks.
-func (r *rig) underLoad(t *testing.T, ctx context.Context, name string, do func(context.Context) (time.Time, error)) figures {
+func (r *rig) underLoad(t *testing.T, ctx context.Context, name string, do func(context.Context) (time.Time, error)) (figures, *bench.Result) {
 	const seconds = 25
 	rc := &recorder{first: make(chan struct{})}
 	cfg := bench.Config{HTTPURL: r.gwURLs[0], FailoverURLs: r.gwURLs[1:], Senders: loadSenders, Messages: int(loadRate * seconds),
@@ -238,7 +255,7 @@ func (r *rig) underLoad(t *testing.T, ctx context.Context, name string, do func(
 		t.Errorf("after the fault: %v", err)
 	}
 	r.checkAudit(t, ctx, res)
-	return fig
+	return fig, res
 }
 
 // checkAudit: every acknowledged send has its message.send event in the
