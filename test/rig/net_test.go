@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"strconv"
 	"strings"
 	"testing"
@@ -51,6 +52,9 @@ func canRun() string {
 		if _, err := exec.LookPath(bin); err != nil {
 			return "the fault rig needs " + bin + " on PATH (PostgreSQL's own instance)"
 		}
+	}
+	if _, err := user.Lookup("postgres"); err != nil {
+		return "the fault rig runs its PostgreSQL as the postgres user, which this machine lacks"
 	}
 	return ""
 }
