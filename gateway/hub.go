@@ -258,11 +258,6 @@ func (h *hub) consumeOnce(ctx context.Context, stream int) error {
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) { h.dispatch(stream, m) },
 		jetstream.PullMaxMessages(pullBatch),
-		// The ordered consumer lives on one NATS server; when that server
-		// dies the client notices after two missed heartbeats and re-creates
-		// it. The default (5s) held every stream ~10s after a NATS node was
-		// killed (test/rig, RELIABILITY.md); 1s makes it ~2s.
-		jetstream.PullHeartbeat(hubHeartbeat),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			h.log.Debug("hub consumer", zap.String(logkeys.Stream, name), zap.Error(err))
 		}))
@@ -278,9 +273,6 @@ func (h *hub) consumeOnce(ctx context.Context, stream int) error {
 		return errors.New("consumer closed")
 	}
 }
-
-// hubHeartbeat is the hub consumers' idle heartbeat.
-const hubHeartbeat = time.Second
 
 // stop ends the consumers and waits for them.
 func (h *hub) stop() {
