@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -277,16 +276,6 @@ func scan(rs *sql.Rows) ([]row, error) {
 	return out, rs.Err()
 }
 
-// sameStream reports whether two subjects are in one stream: streams hold
-// <prefix>.<service>.>, and a relay publishes one service's events.
-func sameStream(a, b string) bool {
-	ap, arest, _ := strings.Cut(a, ".")
-	bp, brest, _ := strings.Cut(b, ".")
-	as, _, _ := strings.Cut(arest, ".")
-	bs, _, _ := strings.Cut(brest, ".")
-	return ap == bp && as == bs
-}
-
 // ackWait is how long publish waits for JetStream's acknowledgements
 // before sending the rest again (deduplicated by Nats-Msg-Id). When the
 // server leading a stream dies, the publishes it had are never
@@ -296,28 +285,14 @@ const ackWait = 3 * time.Second
 
 // publish sends rows in order, pipelined, and returns the seqs acknowledged
 // (a prefix of rows: it stops at the first failure to keep order).
-//
-// Pipelining alone could store a row before the one ahead of it: when the
-// server leading the stream dies (or the connection drops and the client
-// flushes what it buffered after reconnecting), row k can be lost while
-// row k+1 reaches the new leader, and k, sent again, lands after it — a
-// thread's messages then reach their readers out of order (the fault rig
-// saw it). So each row after the first expects, in the same stream, the
-// row before it as the stream's last message (Nats-Expected-Last-Msg-Id):
-// JetStream refuses k+1 unless k is there, and both are sent again, in
-// order (a row already stored is acknowledged as a duplicate).
 func (r *Relay) publish(ctx context.Context, rows []row) ([]int64, error) {
 	futures := make([]jetstream.PubAckFuture, 0, len(rows))
 	var err error
-	for i, x := range rows {
+	for _, x := range rows {
 		m := nats.NewMsg(x.subject)
 		m.Data = x.payload
-		opts := []jetstream.PublishOpt{jetstream.WithMsgID(x.id)}
-		if i > 0 && sameStream(rows[i-1].subject, x.subject) {
-			opts = append(opts, jetstream.WithExpectLastMsgID(rows[i-1].id))
-		}
 		var f jetstream.PubAckFuture
-		f, err = r.js.PublishMsgAsync(m, opts...)
+		f, err = r.js.PublishMsgAsync(m, jetstream.WithMsgID(x.id))
 		if err != nil {
 			break
 		}
