@@ -40,12 +40,6 @@ func Connect(cfg Config) (*nats.Conn, error) {
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.RetryOnFailedConnect(true),
-		// No publish is buffered while reconnecting: it fails, and the
-		// outbox sends it again, in order. A buffer flushed after the
-		// reconnect would store rows after one that the dead connection
-		// lost (which the outbox then sends again, behind them): a thread's
-		// messages out of order after a NATS server died (test/rig).
-		nats.ReconnectBufSize(-1),
 	}
 	if cfg.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))

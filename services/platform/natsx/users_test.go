@@ -127,27 +127,3 @@ func TestConfigValidate(t *testing.T) {
 		require.ErrorContains(t, err, want)
 	}
 }
-
-// TestNoPublishIsBufferedWhileReconnecting: with the server gone, a
-// publish fails at once instead of waiting in a buffer to be flushed after
-// the reconnect, out of order with what the outbox sends again.
-func TestNoPublishIsBufferedWhileReconnecting(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
-	require.NoError(t, err)
-	go ns.Start()
-	require.True(t, ns.ReadyForConnections(10*time.Second))
-	nc, err := Connect(Config{URL: ns.ClientURL(), Name: "t"})
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	require.NoError(t, waitConnected(ctx, nc))
-	lost := nc.StatusChanged(nats.RECONNECTING)
-	ns.Shutdown()
-	select {
-	case <-lost:
-	case <-ctx.Done():
-		t.Fatal("the client did not notice the server going")
-	}
-	require.ErrorIs(t, nc.Publish("x", []byte("while reconnecting")), nats.ErrReconnectBufExceeded)
-}
