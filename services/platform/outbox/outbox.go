@@ -276,13 +276,6 @@ func scan(rs *sql.Rows) ([]row, error) {
 	return out, rs.Err()
 }
 
-// ackWait is how long publish waits for JetStream's acknowledgements
-// before sending the rest again (deduplicated by Nats-Msg-Id). When the
-// server leading a stream dies, the publishes it had are never
-// acknowledged: with 10s every event then reached its readers ~10s late
-// (the fault rig, RELIABILITY.md).
-const ackWait = 3 * time.Second
-
 // publish sends rows in order, pipelined, and returns the seqs acknowledged
 // (a prefix of rows: it stops at the first failure to keep order).
 func (r *Relay) publish(ctx context.Context, rows []row) ([]int64, error) {
@@ -299,7 +292,7 @@ func (r *Relay) publish(ctx context.Context, rows []row) ([]int64, error) {
 		futures = append(futures, f)
 	}
 	done := make([]int64, 0, len(futures))
-	timeout := time.NewTimer(ackWait)
+	timeout := time.NewTimer(10 * time.Second)
 	defer timeout.Stop()
 	for i, f := range futures {
 		select {
@@ -308,7 +301,7 @@ func (r *Relay) publish(ctx context.Context, rows []row) ([]int64, error) {
 		case e := <-f.Err():
 			return done, errors.Join(err, fmt.Errorf("publish %s: %w", rows[i].subject, e))
 		case <-timeout.C:
-			return done, errors.Join(err, fmt.Errorf("publish: no acknowledgement in %s", ackWait))
+			return done, errors.Join(err, errors.New("publish: no acknowledgement in 10s"))
 		case <-ctx.Done():
 			return done, ctx.Err()
 		}
