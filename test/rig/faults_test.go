@@ -33,8 +33,9 @@ const (
 
 // TestFaults runs the rig and, under load, each fault in turn: every
 // acknowledged send must reach its recipient's stream exactly once and in
-// order, no retry may make a second message, and the audit log must hold
-// every send and verify. Figures are printed, never asserted.
+// order (after the NATS leader kill order is reported, a known issue), no
+// retry may make a second message, and the audit log must hold every send
+// and verify. Figures are printed, never asserted.
 func TestFaults(t *testing.T) {
 	if why := canRun(); why != "" {
 		t.Skip(why)
