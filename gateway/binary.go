@@ -49,11 +49,7 @@ func (c *BinaryConfig) Flags(fs *flag.FlagSet) {
 		fs.StringVar(&c.Upstreams[i], name+"-addr", name+":9090",
 			"gRPC address of the "+name+" service: host:port (every address DNS gives, round-robin) or a comma-separated list of replicas")
 	}
-	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URLs, comma separated")
-	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS NKey/JWT credentials file")
-	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA bundle for the NATS servers")
-	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client certificate for NATS")
-	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client key for NATS")
+	natsx.ConnFlags(fs, &c.NATS)
 	c.UpstreamTLS.ClientFlags(fs, "upstream-")
 	natsx.PrefixFlag(fs, &c.NATSPrefix)
 	fs.StringVar(&c.JWKSURL, "jwks-url", "", "issuer JWKS URL for verifying bearer tokens")
@@ -82,14 +78,11 @@ func (c *BinaryConfig) Validate() error {
 			errs = append(errs, fmt.Errorf("--%s-addr: %w", name, err))
 		}
 	}
-	if c.NATS.URL == "" {
-		errs = append(errs, errors.New("--nats-url is required"))
+	if err := c.NATS.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := c.UpstreamTLS.Validate(); err != nil {
 		errs = append(errs, err)
-	}
-	if (c.NATS.TLSCert == "") != (c.NATS.TLSKey == "") {
-		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
 	}
 	if c.JWKSURL == "" && c.DevSigningKey == "" {
 		errs = append(errs, errors.New("one of --jwks-url or --dev-signing-key-file is required"))

@@ -61,6 +61,28 @@ type Config struct {
 	MetricsURL string
 	// Progress, when set, receives a progress line while the run goes on.
 	Progress func(sent, total int)
+
+	// FailoverURLs are more gateways of the same deployment (for fault
+	// tests). Thread i starts on the i-th of HTTPURL and these; a stream
+	// that ends, or reads nothing for StreamIdle, reconnects to the next
+	// with Last-Event-ID, and a retrying sender's next attempt goes to
+	// the next.
+	FailoverURLs []string
+	// StreamIdle treats a stream that reads nothing, not even a
+	// keep-alive, for this long as ended (0: never).
+	StreamIdle time.Duration
+	// Retry makes a sender retry a failed send with the same requestId
+	// until it is acknowledged or ctx ends, as a careful client does;
+	// every failed attempt counts in Errors.
+	Retry bool
+	// AttemptTimeout bounds one send attempt (0: none).
+	AttemptTimeout time.Duration
+	// Duration, when above zero, stops starting sends after this long
+	// (Messages still caps them).
+	Duration time.Duration
+	// Observe, when set, is called after every send attempt with its
+	// start, its duration and the error's reason ("" when acknowledged).
+	Observe func(start time.Time, took time.Duration, reason string)
 }
 
 // Flags registers the configuration's flags on fs.
@@ -134,6 +156,17 @@ type Result struct {
 	Duplicated int `json:"duplicated"`
 	// Resets counts `reset` events on the recipients' streams.
 	Resets int `json:"resets"`
+	// OutOfOrder counts messages a recipient read before one of its
+	// thread sent (and acknowledged) earlier.
+	OutOfOrder int `json:"outOfOrder"`
+	// Extra counts messages read on a recipient's stream that no
+	// acknowledged send returned: with Retry, a retry that made a second
+	// message instead of returning the first (requestId not honoured).
+	Extra int `json:"extra"`
+	// Reconnects counts streams reconnecting to a gateway (failover).
+	Reconnects int `json:"reconnects"`
+	// AckedNames are the acknowledged messages' names.
+	AckedNames []string `json:"-"`
 	// Server figures, when a pid or metrics URL was given.
 	Server *ServerFigures `json:"server,omitempty"`
 }
@@ -167,8 +200,10 @@ func (r *Result) Failed() bool {
 
 // thread is one sender's conversation with its patient.
 type thread struct {
-	conv    string
-	staff   *client
+	conv  string
+	staff *client
+	// staffs is staff on each gateway (FailoverURLs), from the thread's own.
+	staffs  []*client
 	patient *client
 	stream  *stream
 }
@@ -224,14 +259,16 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	res := &Result{Practice: cfg.Practice, Transport: transport, Senders: cfg.Senders, Errors: map[string]int{}}
 	var (
-		mu      sync.Mutex
-		acks    []time.Duration
-		sent    = map[string]time.Time{} // message name → send start
-		next    atomic.Int64
-		done    atomic.Int64
-		pace    <-chan time.Time
-		errsMu  sync.Mutex
-		lastAck time.Time
+		mu   sync.Mutex
+		acks []time.Duration
+		sent = map[string]time.Time{} // message name → send start
+		// ackOrder is each thread's acknowledged messages in order.
+		ackOrder = map[string][]string{}
+		next     atomic.Int64
+		done     atomic.Int64
+		pace     <-chan time.Time
+		errsMu   sync.Mutex
+		lastAck  time.Time
 	)
 	countErr := func(reason string) {
 		errsMu.Lock()
@@ -252,7 +289,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			defer wg.Done()
 			for {
 				i := next.Add(1)
-				if i > int64(cfg.Messages) || ctx.Err() != nil {
+				if i > int64(cfg.Messages) || ctx.Err() != nil || (cfg.Duration > 0 && time.Since(start) > cfg.Duration) {
 					return
 				}
 				if pace != nil {
@@ -264,14 +301,39 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				}
 				reqID := fmt.Sprintf("bench-%d-%d", w, i)
 				t0 := time.Now()
-				name, err := sender.send(ctx, th, text, reqID)
+				var name string
+				var err error
+				for attempt := 0; ; attempt++ {
+					th.staff = th.staffs[attempt%len(th.staffs)]
+					a0 := time.Now()
+					actx, cancel := ctx, context.CancelFunc(func() {})
+					if cfg.AttemptTimeout > 0 {
+						actx, cancel = context.WithTimeout(ctx, cfg.AttemptTimeout)
+					}
+					name, err = sender.send(actx, th, text, reqID)
+					cancel()
+					reason := ""
+					if err != nil {
+						reason = reasonOf(err)
+						countErr(reason)
+					}
+					if cfg.Observe != nil {
+						cfg.Observe(a0, time.Since(a0), reason)
+					}
+					if err == nil || !cfg.Retry || ctx.Err() != nil {
+						break
+					}
+					select {
+					case <-ctx.Done():
+					case <-time.After(min(time.Duration(attempt+1)*50*time.Millisecond, time.Second)):
+					}
+				}
 				d := time.Since(t0)
-				if err != nil {
-					countErr(reasonOf(err))
-				} else {
+				if err == nil {
 					mu.Lock()
 					acks = append(acks, d)
 					sent[name] = t0
+					ackOrder[th.conv] = append(ackOrder[th.conv], name)
 					if now := time.Now(); now.After(lastAck) {
 						lastAck = now
 					}
@@ -331,6 +393,18 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	stopReads()
 	readWG.Wait()
 	var streamLat []time.Duration
+	for name := range sent {
+		res.AckedNames = append(res.AckedNames, name)
+	}
+	for _, th := range threads {
+		order := th.stream.snapshot().order
+		res.OutOfOrder += outOfOrder(ackOrder[th.conv], order)
+		for _, name := range order {
+			if _, ok := sent[name]; !ok {
+				res.Extra++
+			}
+		}
+	}
 	for s, names := range expect {
 		seen := s.snapshot()
 		for _, name := range names {
@@ -343,6 +417,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		res.Duplicated += seen.duplicates
 		res.Resets += seen.resets
+		res.Reconnects += seen.reconnects
 	}
 	res.Stream = summarize(streamLat)
 	res.Receipts = int(receipts.Load())
@@ -423,14 +498,24 @@ func setUp(ctx context.Context, base *client, cfg Config) ([]*thread, error) {
 		if err := staff.call(ctx, "POST", "/v1/conversations", map[string]any{"patient": "patients/" + id}, &conv); err != nil {
 			return nil, fmt.Errorf("create conversation: %w", err)
 		}
-		s, err := patient.openStream(ctx)
+		urls := append([]string{base.url}, cfg.FailoverURLs...)
+		for j := range urls {
+			urls[j] = strings.TrimRight(urls[j], "/")
+		}
+		own := i % len(urls)
+		urls = append(urls[own:], urls[:own]...) // the thread's own gateway first
+		var staffs []*client
+		for _, u := range urls {
+			staffs = append(staffs, staff.at(u))
+		}
+		s, err := patient.at(urls[0]).openStream(ctx, urls, cfg.StreamIdle)
 		if err != nil {
 			for _, th := range threads[:i] {
 				th.stream.close()
 			}
 			return nil, fmt.Errorf("open event stream: %w", err)
 		}
-		threads[i] = &thread{conv: conv.Name, staff: staff, patient: patient, stream: s}
+		threads[i] = &thread{conv: conv.Name, staff: staffs[0], staffs: staffs, patient: patient.at(urls[0]), stream: s}
 	}
 	return threads, nil
 }
@@ -473,4 +558,26 @@ func parentOf(message string) string {
 		return message[:i]
 	}
 	return ""
+}
+
+// outOfOrder counts the messages of read (a recipient's stream, in the
+// order read) that came after a message acknowledged later than them.
+func outOfOrder(acked, read []string) int {
+	pos := make(map[string]int, len(acked))
+	for i, n := range acked {
+		pos[n] = i
+	}
+	n, last := 0, -1
+	for _, name := range read {
+		i, ok := pos[name]
+		if !ok {
+			continue
+		}
+		if i < last {
+			n++
+			continue
+		}
+		last = i
+	}
+	return n
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +29,9 @@ type client struct {
 	url   string
 	token string
 }
+
+// at is the same user on another gateway of the deployment.
+func (c *client) at(url string) *client { return &client{hc: c.hc, url: url, token: c.token} }
 
 // apiError is a refused HTTP call, with the SPEC reason when the body has one.
 type apiError struct {
@@ -170,8 +174,15 @@ func (g *grpcSender) send(ctx context.Context, th *thread, text, requestID strin
 }
 
 // stream is a live /v1/events connection whose reader stamps each
-// message.created as it reads it.
+// message.created as it reads it. With more than one gateway URL it
+// fails over: when the connection ends (or reads nothing, not even a
+// keep-alive, for idle) it reconnects to the next gateway with
+// Last-Event-ID, as a browser's EventSource would.
 type stream struct {
+	c      *client
+	urls   []string
+	idle   time.Duration
+	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -179,52 +190,125 @@ type stream struct {
 	// changed is closed (and replaced) whenever a new message is read.
 	changed    chan struct{}
 	first      map[string]time.Time
+	order      []string // message names in the order first read
 	duplicates int
 	resets     int
+	reconnects int
+	lastID     string
 	err        error
 }
 
 // seen is a copy of what a stream has read.
 type seen struct {
 	first      map[string]time.Time
+	order      []string
 	duplicates int
 	resets     int
+	reconnects int
 }
 
-// openStream opens /v1/events; it returns once the subscription is live
-// (SPEC: the response headers are sent once the subscription is live).
-func (c *client) openStream(ctx context.Context) (*stream, error) {
+// openStream opens /v1/events on urls[0] (the client's own URL when
+// urls is empty); it returns once the subscription is live (SPEC: the
+// response headers are sent once the subscription is live).
+func (c *client) openStream(ctx context.Context, urls []string, idle time.Duration) (*stream, error) {
+	if len(urls) == 0 {
+		urls = []string{c.url}
+	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	req, err := http.NewRequestWithContext(sctx, "GET", c.url+"/v1/events", nil)
+	s := &stream{c: c, urls: urls, idle: idle, ctx: sctx, cancel: cancel, done: make(chan struct{}),
+		changed: make(chan struct{}), first: map[string]time.Time{}}
+	body, stop, err := s.connect(ctx, urls[0])
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	req.Header.Set("Accept", "text/event-stream")
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		cancel()
-		return nil, &apiError{status: resp.StatusCode}
-	}
-	s := &stream{cancel: cancel, done: make(chan struct{}), changed: make(chan struct{}), first: map[string]time.Time{}}
-	go s.read(resp.Body)
+	go s.run(body, stop)
 	return s, nil
 }
 
-func (s *stream) read(body io.ReadCloser) {
+// connect opens one connection to url, resuming after the last event id.
+func (s *stream) connect(ctx context.Context, url string) (io.ReadCloser, context.CancelFunc, error) {
+	cctx, stop := context.WithCancel(s.ctx)
+	go func() {
+		select {
+		case <-ctx.Done():
+			stop()
+		case <-cctx.Done():
+		}
+	}()
+	req, err := http.NewRequestWithContext(cctx, "GET", url+"/v1/events", nil)
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+s.c.token)
+	req.Header.Set("Accept", "text/event-stream")
+	s.mu.Lock()
+	if s.lastID != "" {
+		req.Header.Set("Last-Event-ID", s.lastID)
+	}
+	s.mu.Unlock()
+	// Only the response headers are bounded; the body streams.
+	t := time.AfterFunc(10*time.Second, stop)
+	resp, err := s.c.hc.Do(req)
+	t.Stop()
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		stop()
+		return nil, nil, &apiError{status: resp.StatusCode}
+	}
+	return resp.Body, stop, nil
+}
+
+// run reads connection after connection until the stream is closed.
+func (s *stream) run(body io.ReadCloser, stop context.CancelFunc) {
 	defer close(s.done)
+	for i := 0; ; {
+		s.read(body, stop)
+		stop()
+		if s.ctx.Err() != nil || len(s.urls) < 2 {
+			return
+		}
+		// Fail over: the next gateway, then round again, with a short
+		// pause between rounds.
+		for {
+			i = (i + 1) % len(s.urls)
+			var err error
+			body, stop, err = s.connect(s.ctx, s.urls[i])
+			if err == nil {
+				s.mu.Lock()
+				s.reconnects++
+				s.mu.Unlock()
+				break
+			}
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+}
+
+func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 	defer body.Close()
+	var idle *time.Timer
+	if s.idle > 0 {
+		idle = time.AfterFunc(s.idle, stop)
+		defer idle.Stop()
+	}
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	var typ string
+	var typ, id string
 	var data []byte
 	for sc.Scan() {
+		if idle != nil {
+			idle.Reset(s.idle)
+		}
 		line := sc.Bytes()
 		switch {
 		case len(line) == 0:
@@ -242,6 +326,7 @@ func (s *stream) read(body io.ReadCloser) {
 						s.duplicates++
 					} else {
 						s.first[d.Message.Name] = at
+						s.order = append(s.order, d.Message.Name)
 						close(s.changed)
 						s.changed = make(chan struct{})
 					}
@@ -250,11 +335,20 @@ func (s *stream) read(body io.ReadCloser) {
 			case "reset":
 				s.mu.Lock()
 				s.resets++
+				s.lastID = "" // SPEC: reconnect without Last-Event-ID
+				s.mu.Unlock()
+				id = ""
+			}
+			if id != "" {
+				s.mu.Lock()
+				s.lastID = id
 				s.mu.Unlock()
 			}
-			typ, data = "", data[:0]
+			typ, id, data = "", "", data[:0]
 		case bytes.HasPrefix(line, []byte("event:")):
 			typ = strings.TrimSpace(string(line[len("event:"):]))
+		case bytes.HasPrefix(line, []byte("id:")):
+			id = strings.TrimSpace(string(line[len("id:"):]))
 		case bytes.HasPrefix(line, []byte("data:")):
 			data = append(data, bytes.TrimPrefix(line[len("data:"):], []byte(" "))...)
 		}
@@ -305,7 +399,8 @@ func (s *stream) waitFor(ctx context.Context, names []string, deadline time.Time
 func (s *stream) snapshot() seen {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := seen{first: make(map[string]time.Time, len(s.first)), duplicates: s.duplicates, resets: s.resets}
+	out := seen{first: make(map[string]time.Time, len(s.first)), order: slices.Clone(s.order),
+		duplicates: s.duplicates, resets: s.resets, reconnects: s.reconnects}
 	for k, v := range s.first {
 		out.first[k] = v
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/errs"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
@@ -185,6 +186,12 @@ func (i interceptors) toStatus(ctx context.Context, method string, err error) er
 		default:
 			return err
 		}
+	}
+	if sqldb.Unavailable(err) {
+		// The database restarts or fails over: the caller may retry (with
+		// the same requestId for a send).
+		i.log.Warn("database unavailable", zap.String(logkeys.Method, method), zap.Error(err))
+		return status.Error(codes.Unavailable, "The database is unavailable; try again shortly")
 	}
 	id := ids.New()
 	fields := []zap.Field{zap.String(logkeys.Method, method), zap.String(logkeys.ErrorID, id), zap.Error(err)}

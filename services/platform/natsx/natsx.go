@@ -20,10 +20,17 @@ import (
 type Config struct {
 	URL       string // nats://host:4222[,nats://…]
 	CredsFile string // NKey/JWT user credentials file
-	TLSCA     string // CA bundle for the server certificate
-	TLSCert   string // client certificate (mutual TLS)
-	TLSKey    string
-	Name      string // connection name, e.g. the service
+	// User and Password log in as a user of the server's authorization
+	// block (see PublishAllow for what each process's user may publish).
+	User     string
+	Password string
+	// NKeySeedFile logs in with an NKey (the seed file's public key is
+	// the user in the server's configuration).
+	NKeySeedFile string
+	TLSCA        string // CA bundle for the server certificate
+	TLSCert      string // client certificate (mutual TLS)
+	TLSKey       string
+	Name         string // connection name, e.g. the service
 }
 
 // Connect dials NATS and keeps reconnecting forever.
@@ -36,6 +43,16 @@ func Connect(cfg Config) (*nats.Conn, error) {
 	}
 	if cfg.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	if cfg.NKeySeedFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(cfg.NKeySeedFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats nkey seed: %w", err)
+		}
+		opts = append(opts, opt)
 	}
 	if cfg.TLSCA != "" || cfg.TLSCert != "" {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}

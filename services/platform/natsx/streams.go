@@ -63,8 +63,11 @@ const (
 	// (~100 B each, ~5 events per message): 10 minutes at 1,000 sends/s was
 	// ~300 MB of heap; 2 minutes is a fifth of that. Consumers are
 	// idempotent by event id beyond it.
-	DefaultDuplicateWindow       = 2 * time.Minute
-	defaultStreamMaxBytes  int64 = 8 << 30
+	DefaultDuplicateWindow = 2 * time.Minute
+	// DefaultStreamMaxBytes bounds each stream. JetStream reserves it on
+	// every server holding a replica: the streams (StreamCount of them)
+	// must fit the servers' max_file_store together.
+	DefaultStreamMaxBytes int64 = 8 << 30
 )
 
 // domains are the services that own a stream, in stream order.
@@ -294,7 +297,13 @@ func unhex(c byte) (byte, bool) {
 type StreamsConfig struct {
 	Replicas  int           // 1 embedded, 3 in a cluster
 	Retention time.Duration // how long events stay (the SSE resume window); default 7 days
+	// MaxBytes bounds each stream (default DefaultStreamMaxBytes); the
+	// oldest events go first when it is reached.
+	MaxBytes int64
 }
+
+// StreamCount is how many streams Streams declares.
+func StreamCount() int { return len(domains) }
 
 // Streams returns clinicchat's streams as data. Each holds
 // "<prefix>.<service>.>": the tenant tokens need no stream change.
@@ -305,6 +314,9 @@ func Streams(cfg StreamsConfig) []jetstream.StreamConfig {
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
 	}
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = DefaultStreamMaxBytes
+	}
 	out := make([]jetstream.StreamConfig, 0, len(domains))
 	for _, d := range domains {
 		out = append(out, jetstream.StreamConfig{
@@ -314,7 +326,7 @@ func Streams(cfg StreamsConfig) []jetstream.StreamConfig {
 			Storage:     jetstream.FileStorage,
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      cfg.Retention,
-			MaxBytes:    defaultStreamMaxBytes,
+			MaxBytes:    cfg.MaxBytes,
 			Duplicates:  DefaultDuplicateWindow,
 			Replicas:    cfg.Replicas,
 			Discard:     jetstream.DiscardOld,

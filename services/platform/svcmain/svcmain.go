@@ -42,18 +42,21 @@ import (
 
 // Common is the configuration every standalone service shares.
 type Common struct {
-	GRPCAddr      string
-	DatabaseDSN   string
-	NATS          natsx.Config
-	NATSReplicas  int
-	NATSPrefix    string
-	JWKSURL       string
-	JWTIssuer     string
-	JWTAudience   string
-	DevSigningKey string // dev only: HS256 key file instead of JWKS
-	DrainTimeout  time.Duration
-	LogLevel      string
-	DebugAddr     string
+	GRPCAddr     string
+	DatabaseDSN  string
+	NATS         natsx.Config
+	NATSReplicas int
+	// NATSStreamMaxBytes bounds each stream (JetStream reserves it on every
+	// server holding a replica).
+	NATSStreamMaxBytes int64
+	NATSPrefix         string
+	JWKSURL            string
+	JWTIssuer          string
+	JWTAudience        string
+	DevSigningKey      string // dev only: HS256 key file instead of JWKS
+	DrainTimeout       time.Duration
+	LogLevel           string
+	DebugAddr          string
 	// MetricsAddr serves Prometheus /metrics (off when empty).
 	MetricsAddr   string
 	NeedsDatabase bool
@@ -77,12 +80,10 @@ type Common struct {
 func (c *Common) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", ":9090", "gRPC listen address")
 	fs.StringVar(&c.DatabaseDSN, "database-dsn", "", "postgres://… or a SQLite file path")
-	fs.StringVar(&c.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URLs, comma separated")
-	fs.StringVar(&c.NATS.CredsFile, "nats-creds", "", "NATS NKey/JWT credentials file")
-	fs.StringVar(&c.NATS.TLSCA, "nats-tls-ca", "", "CA bundle for the NATS servers")
-	fs.StringVar(&c.NATS.TLSCert, "nats-tls-cert", "", "client certificate for NATS")
-	fs.StringVar(&c.NATS.TLSKey, "nats-tls-key", "", "client key for NATS")
+	natsx.ConnFlags(fs, &c.NATS)
 	fs.IntVar(&c.NATSReplicas, "nats-replicas", 1, "JetStream stream replicas (3 in a cluster)")
+	fs.Int64Var(&c.NATSStreamMaxBytes, "nats-stream-max-bytes", natsx.DefaultStreamMaxBytes,
+		"bytes each JetStream stream may hold (oldest events go first); the servers reserve it per replica, so all the streams must fit their max_file_store")
 	natsx.PrefixFlag(fs, &c.NATSPrefix)
 	fs.StringVar(&c.JWKSURL, "jwks-url", "", "issuer JWKS URL for verifying bearer tokens")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim")
@@ -107,8 +108,8 @@ func (c *Common) Validate() error {
 	if c.NeedsDatabase && c.DatabaseDSN == "" {
 		errs = append(errs, errors.New("--database-dsn is required"))
 	}
-	if c.NATS.URL == "" {
-		errs = append(errs, errors.New("--nats-url is required"))
+	if err := c.NATS.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.JWKSURL == "" && c.DevSigningKey == "" {
 		errs = append(errs, errors.New("one of --jwks-url or --dev-signing-key-file is required"))
@@ -122,8 +123,8 @@ func (c *Common) Validate() error {
 	if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
 		errs = append(errs, errors.New("--nats-replicas must be 1 to 5"))
 	}
-	if (c.NATS.TLSCert == "") != (c.NATS.TLSKey == "") {
-		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
+	if c.NATSStreamMaxBytes != 0 && c.NATSStreamMaxBytes < 1<<20 {
+		errs = append(errs, errors.New("--nats-stream-max-bytes must be at least 1 MiB"))
 	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)
@@ -255,7 +256,7 @@ func Main(name string, c *Common, build func(ctx context.Context, rt *Runtime) (
 	if err := natsx.CheckServer(ctx, nc, js); err != nil {
 		return err
 	}
-	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{Replicas: c.NATSReplicas}); err != nil {
+	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{Replicas: c.NATSReplicas, MaxBytes: c.NATSStreamMaxBytes}); err != nil {
 		return err
 	}
 	srv := grpcx.NewServer(log, verifier, append(ratelimit.NewInterceptors(c.Limits, nil).ServerOptions(), tlsOpts...)...)
