@@ -908,8 +908,8 @@ func checkIngress(t *testing.T, r *rendered, production bool) {
 		t.Fatalf("%s: no Ingress gateway-grpc (the public gRPC edge)", r.overlay)
 	}
 	id = r.overlay + ": Ingress gateway-grpc"
-	if grpcIng.Annotations["nginx.ingress.kubernetes.io/backend-protocol"] != "GRPC" {
-		t.Errorf("%s: needs nginx.ingress.kubernetes.io/backend-protocol: GRPC", id)
+	if bp := grpcIng.Annotations["nginx.ingress.kubernetes.io/backend-protocol"]; bp != "GRPC" && bp != "GRPCS" {
+		t.Errorf("%s: needs nginx.ingress.kubernetes.io/backend-protocol: GRPC (GRPCS when the gateway serves TLS)", id)
 	}
 	for _, rule := range grpcIng.Spec.Rules {
 		if rule.HTTP == nil || len(rule.HTTP.Paths) == 0 {

@@ -67,6 +67,7 @@ func checkServiceTLS(t *testing.T, r *rendered) {
 			t.Errorf("%s: Certificate %s lacks the client auth usage (mutual TLS)", id, cert.GetName())
 		}
 		if w == "gateway" {
+			checkGatewayTLS(t, r, id, env, c, secret, usages, dns)
 			continue
 		}
 		if !slices.Contains(usages, "server auth") {
@@ -134,4 +135,35 @@ func secretVolumeOf(spec corev1.PodSpec, p string) string {
 		}
 	}
 	return ""
+}
+
+// checkGatewayTLS: the gateway serves its HTTP listener and gRPC edge over
+// TLS with its certificate (from the same Secret), the Ingresses re-encrypt
+// to it, and the kubelet probes it over HTTPS: a bearer token never crosses
+// the cluster network in clear, not even from the Ingress to the pod.
+func checkGatewayTLS(t *testing.T, r *rendered, id string, env map[string]envValue, c corev1.Container, secret string, usages, dns []string) {
+	t.Helper()
+	spec := r.deployments["gateway"].Spec.Template.Spec
+	for flagName, key := range map[string]string{"http-tls-cert-file": "tls.crt", "http-tls-key-file": "tls.key"} {
+		v, ok := env[envName(flagName)]
+		switch {
+		case !ok || !v.literal:
+			t.Errorf("%s: %s is not set: the Ingress would reach the gateway in plaintext", id, envName(flagName))
+		case path.Base(v.value) != key || secretVolumeOf(spec, v.value) != secret:
+			t.Errorf("%s: %s=%s, want %s of the Secret %s", id, envName(flagName), v.value, key, secret)
+		}
+	}
+	if !slices.Contains(usages, "server auth") || !slices.Contains(dns, "gateway") || !slices.Contains(dns, "gateway."+r.namespace+".svc") {
+		t.Errorf("%s: the gateway's Certificate needs server auth and the names gateway, gateway.%s.svc (usages %v, dnsNames %v)", id, r.namespace, usages, dns)
+	}
+	for name, p := range map[string]*corev1.Probe{"startupProbe": c.StartupProbe, "livenessProbe": c.LivenessProbe, "readinessProbe": c.ReadinessProbe} {
+		if p != nil && (p.HTTPGet == nil || p.HTTPGet.Scheme != corev1.URISchemeHTTPS) {
+			t.Errorf("%s: %s must use scheme HTTPS (the listener serves TLS)", id, name)
+		}
+	}
+	for ing, want := range map[string]string{"gateway": "HTTPS", "gateway-grpc": "GRPCS"} {
+		if i := r.ingresses[ing]; i == nil || i.Annotations["nginx.ingress.kubernetes.io/backend-protocol"] != want {
+			t.Errorf("%s: Ingress %s must re-encrypt to the gateway: nginx.ingress.kubernetes.io/backend-protocol: %s", r.overlay, ing, want)
+		}
+	}
 }

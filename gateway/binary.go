@@ -20,18 +20,22 @@ type BinaryConfig struct {
 	// Upstream gRPC addresses, in the order of UpstreamNames.
 	Upstreams [5]string
 	// UpstreamTLS is TLS to the upstream services (their --tls-* files).
-	UpstreamTLS   grpcx.TLSConfig
-	NATS          natsx.Config
-	NATSPrefix    string
-	JWKSURL       string
-	JWTIssuer     string
-	JWTAudience   string
-	DevSigningKey string
-	Dev           bool
-	SeedDemo      bool
-	DrainTimeout  time.Duration
-	LogLevel      string
-	DebugAddr     string
+	UpstreamTLS grpcx.TLSConfig
+	// HTTPTLSCertFile and HTTPTLSKeyFile make the HTTP listener and the
+	// public gRPC edge serve TLS (behind an ingress that re-encrypts, so a
+	// bearer token never crosses the cluster network in clear).
+	HTTPTLSCertFile, HTTPTLSKeyFile string
+	NATS                            natsx.Config
+	NATSPrefix                      string
+	JWKSURL                         string
+	JWTIssuer                       string
+	JWTAudience                     string
+	DevSigningKey                   string
+	Dev                             bool
+	SeedDemo                        bool
+	DrainTimeout                    time.Duration
+	LogLevel                        string
+	DebugAddr                       string
 	// MetricsAddr serves Prometheus /metrics (off when empty); /metrics on
 	// the HTTP address stays for existing scrapers.
 	MetricsAddr string
@@ -51,6 +55,8 @@ func (c *BinaryConfig) Flags(fs *flag.FlagSet) {
 	}
 	natsx.ConnFlags(fs, &c.NATS)
 	c.UpstreamTLS.ClientFlags(fs, "upstream-")
+	fs.StringVar(&c.HTTPTLSCertFile, "http-tls-cert-file", "", "PEM certificate served on --http-addr and --grpc-addr (TLS; re-read when it changes; empty: plaintext)")
+	fs.StringVar(&c.HTTPTLSKeyFile, "http-tls-key-file", "", "the --http-tls-cert-file's PEM key")
 	natsx.PrefixFlag(fs, &c.NATSPrefix)
 	fs.StringVar(&c.JWKSURL, "jwks-url", "", "issuer JWKS URL for verifying bearer tokens")
 	fs.StringVar(&c.JWTIssuer, "jwt-issuer", "", "required iss claim")
@@ -83,6 +89,9 @@ func (c *BinaryConfig) Validate() error {
 	}
 	if err := c.UpstreamTLS.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if (c.HTTPTLSCertFile == "") != (c.HTTPTLSKeyFile == "") {
+		errs = append(errs, errors.New("--http-tls-cert-file and --http-tls-key-file go together"))
 	}
 	if c.JWKSURL == "" && c.DevSigningKey == "" {
 		errs = append(errs, errors.New("one of --jwks-url or --dev-signing-key-file is required"))

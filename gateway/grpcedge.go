@@ -55,7 +55,7 @@ type GRPCEdge struct {
 
 // NewGRPCEdge returns the edge routing each service of EdgeServices to the
 // upstream connection of that name (keys of UpstreamNames).
-func NewGRPCEdge(upstreams map[string]grpc.ClientConnInterface) (*GRPCEdge, error) {
+func NewGRPCEdge(upstreams map[string]grpc.ClientConnInterface, serverOpts ...grpc.ServerOption) (*GRPCEdge, error) {
 	e := &GRPCEdge{routes: map[string]grpc.ClientConnInterface{}, Health: health.NewServer()}
 	for svc, name := range EdgeServices {
 		cc, ok := upstreams[name]
@@ -64,7 +64,7 @@ func NewGRPCEdge(upstreams map[string]grpc.ClientConnInterface) (*GRPCEdge, erro
 		}
 		e.routes[svc] = cc
 	}
-	e.Server = grpc.NewServer(append(telemetry.GRPCPublicServerOptions(), // traced when tracing is on
+	e.Server = grpc.NewServer(append(append(telemetry.GRPCPublicServerOptions(), // traced when tracing is on
 		grpc.ForceServerCodec(frameCodec{}),
 		grpc.UnknownServiceHandler(e.forward),
 		grpc.MaxRecvMsgSize(8<<20),
@@ -73,7 +73,7 @@ func NewGRPCEdge(upstreams map[string]grpc.ClientConnInterface) (*GRPCEdge, erro
 		grpc.MaxConcurrentStreams(100),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 15 * time.Minute, Time: time.Minute, Timeout: 20 * time.Second}),
-	)...)
+	), serverOpts...)...)
 	healthpb.RegisterHealthServer(e.Server, e.Health)
 	opts := reflection.ServerOptions{Services: e, DescriptorResolver: protoregistry.GlobalFiles, ExtensionResolver: protoregistry.GlobalTypes}
 	reflectionv1.RegisterServerReflectionServer(e.Server, reflection.NewServerV1(opts))

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/clinicchat/clinicchat/gateway"
@@ -141,6 +142,16 @@ func run(args []string) error {
 		MaxHeaderBytes:    gateway.MaxHeaderBytes,
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
 	}
+	var edgeOpts []grpc.ServerOption
+	if cfg.HTTPTLSCertFile != "" {
+		// TLS on both public listeners (a bad file stops the start here).
+		if srv.TLSConfig, err = grpcx.ServingTLS(cfg.HTTPTLSCertFile, cfg.HTTPTLSKeyFile, "http-"); err != nil {
+			return err
+		}
+		edgeTLS := srv.TLSConfig.Clone()
+		edgeTLS.NextProtos = []string{"h2"}
+		edgeOpts = append(edgeOpts, grpc.Creds(credentials.NewTLS(edgeTLS)))
+	}
 	lis, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return err
@@ -159,7 +170,7 @@ func run(args []string) error {
 	var edge *gateway.GRPCEdge
 	var edgeLis net.Listener
 	if cfg.GRPCAddr != "" {
-		if edge, err = gateway.NewGRPCEdge(upstreams); err != nil {
+		if edge, err = gateway.NewGRPCEdge(upstreams, edgeOpts...); err != nil {
 			return err
 		}
 		if edgeLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
@@ -174,7 +185,11 @@ func run(args []string) error {
 		g.Go(func() error { seedDemo(gctx, log, conns[2], devIssuer); return nil })
 	}
 	g.Go(func() error {
-		if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+		serve := func() error { return srv.Serve(lis) }
+		if srv.TLSConfig != nil {
+			serve = func() error { return srv.ServeTLS(lis, "", "") }
+		}
+		if err := serve(); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil

@@ -226,3 +226,24 @@ func NewHealthServer(h healthpb.HealthServer) *grpc.Server {
 	healthpb.RegisterHealthServer(s, h)
 	return s
 }
+
+// ServingTLS is the tls.Config of a public listener that serves this
+// certificate without asking clients for one (the gateway's HTTP listener
+// and gRPC edge behind an ingress): the files are re-read at each handshake
+// as for service-to-service TLS. prefix names the flags in messages.
+func ServingTLS(certFile, keyFile, prefix string) (*tls.Config, error) {
+	if certFile == "" || keyFile == "" {
+		return nil, fmt.Errorf("--%[1]stls-cert-file and --%[1]stls-key-file go together", prefix)
+	}
+	f, err := TLSConfig{CertFile: certFile, KeyFile: keyFile, flagPrefix: prefix}.files()
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		m, err := f.load()
+		if err != nil {
+			return nil, err
+		}
+		return m.cert, nil
+	}}, nil
+}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -204,4 +206,56 @@ func TestTLSClientPresentsRotatedCertificate(t *testing.T) {
 	require.NoError(t, check(t, lis.Addr().String(), dial...))
 	second := <-seen
 	require.NotEqual(t, first.SerialNumber, second.SerialNumber, "the new connection presents the rotated certificate")
+}
+
+// The gateway's public listeners behind an ingress: HTTPS (HTTP/2 and
+// HTTP/1.1) with the served certificate, no client certificate asked, the
+// rotated certificate from the next handshake, and a plaintext request gets
+// no answer of the application.
+func TestServingTLS(t *testing.T) {
+	dir, ca, server, _ := newPKI(t)
+	cfg, err := grpcx.ServingTLS(server.CertFile, server.KeyFile, "http-")
+	require.NoError(t, err)
+	srv := &http.Server{TLSConfig: cfg, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, r.Proto)
+	})}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go func() { _ = srv.ServeTLS(lis, "", "") }()
+	t.Cleanup(func() { _ = srv.Close() })
+	url := "https://" + lis.Addr().String() + "/"
+
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(ca.CertPEM))
+	get := func(h2 bool) (string, *x509.Certificate) {
+		t.Helper()
+		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: h2}
+		defer tr.CloseIdleConnections()
+		resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(url)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return string(body), resp.TLS.PeerCertificates[0]
+	}
+	proto, before := get(true)
+	require.Equal(t, "HTTP/2.0", proto)
+	proto, _ = get(false)
+	require.Equal(t, "HTTP/1.1", proto)
+
+	_, err = ca.WriteCert(dir, "conversation", []string{"127.0.0.1", "conversation"})
+	require.NoError(t, err)
+	_, after := get(true)
+	require.NotEqual(t, before.SerialNumber, after.SerialNumber, "the rotated certificate is served")
+
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + lis.Addr().String() + "/")
+	if err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NotContains(t, string(body), "HTTP/", "plaintext never reaches the handler")
+		require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	}
+
+	_, err = grpcx.ServingTLS(server.CertFile, "", "http-")
+	require.ErrorContains(t, err, "--http-tls-cert-file and --http-tls-key-file go together")
 }
