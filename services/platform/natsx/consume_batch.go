@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 // BatchHandler handles messages in the order they arrived, typically in one
@@ -58,7 +59,18 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 	queue := make(chan jetstream.Msg, maxBatch)
 	closed := make(chan struct{})
 	done := make(chan struct{})
+	ends := make([]func(error), 0, maxBatch)
 	handle := func(batch []jetstream.Msg) {
+		// Each event carries the trace of the request that caused it: its
+		// consumer span covers the batch's handling and commit.
+		ends = ends[:0]
+		for _, m := range batch {
+			end := noEnd
+			if hdr := m.Headers(); hdr != nil {
+				_, end = telemetry.StartConsumer(ctx, hdr, spec.Durable, m.Subject())
+			}
+			ends = append(ends, end)
+		}
 		errs := h(ctx, batch)
 		for i, m := range batch {
 			var err error
@@ -67,6 +79,7 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 			} else {
 				err = errors.New("batch handler returned no result for the message")
 			}
+			ends[i](err)
 			settleMsg(ctx, log, m, err)
 		}
 	}
