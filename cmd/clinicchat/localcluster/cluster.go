@@ -124,6 +124,9 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 	if progress == nil {
 		progress = io.Discard
 	}
+	if cfg.DBConns == 0 {
+		cfg.DBConns = 8
+	}
 	say := func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) }
 	dataDir, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
@@ -442,6 +445,11 @@ func (c *Cluster) createDatabases(ctx context.Context) error {
 		}
 		d := *u
 		d.Path = "/" + name
+		// Every process shares one server: keep them under its
+		// max_connections together (100 by default).
+		q := d.Query()
+		q.Set("pool_max_conns", strconv.Itoa(c.cfg.DBConns))
+		d.RawQuery = q.Encode()
 		c.DatabaseDSN[svc] = d.String()
 	}
 	return nil

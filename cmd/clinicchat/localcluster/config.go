@@ -38,6 +38,8 @@ type Config struct {
 	ArchiveAfter         time.Duration
 	ArchiveSweepInterval time.Duration
 	LogLevel             string
+	// DBConns is each service process's PostgreSQL connections (0: 8).
+	DBConns int
 	// BinDir holds the binaries (Build); empty: build them into DataDir/bin.
 	BinDir string
 	// PlaintextServices turns service-to-service TLS off. By default every
@@ -75,6 +77,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", "info", "the processes' log level: debug, info, warn or error")
 	fs.BoolVar(&c.PlaintextServices, "plaintext-services", false, "no TLS between the processes (default: mutual TLS with a local CA and certificates under --data-dir/tls)")
 	fs.StringVar(&c.BinDir, "bin-dir", "", "use the binaries already built there (empty: go build them into --data-dir/bin)")
+	fs.IntVar(&c.DBConns, "db-conns", 8, "PostgreSQL connections of each service process (all of them together stay under the server's max_connections)")
 	fs.Func("service-flag", "an extra flag for every service process, repeatable (e.g. --service-flag=--limit-sends-per-second=1000 for a load test)", func(v string) error {
 		if !strings.HasPrefix(v, "-") {
 			return fmt.Errorf("%q is not a flag (it starts with -)", v)
@@ -109,6 +112,9 @@ func (c *Config) Validate() error {
 	}
 	if c.GatewayReplicas < 0 || c.GatewayReplicas > 4 {
 		errs = append(errs, fmt.Errorf("the gateway replicas must be 0 to 4 (got %d)", c.GatewayReplicas))
+	}
+	if c.DBConns < 0 || c.DBConns > 100 {
+		errs = append(errs, fmt.Errorf("--db-conns must be 1 to 100 (got %d)", c.DBConns))
 	}
 	if c.ArchiveAfter <= 0 || c.ArchiveSweepInterval <= 0 {
 		errs = append(errs, errors.New("--archive-after and --archive-sweep-interval must be positive"))

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -141,13 +142,23 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 	return openSQLite(ctx, dsn)
 }
 
+// DefaultPostgresConns is a process's connections to its PostgreSQL
+// database unless the DSN says otherwise (pool_max_conns=N, as pgxpool
+// spells it): several processes sharing one server (deploy/local/up) must
+// stay under its max_connections together.
+const DefaultPostgresConns = 32
+
 func openPostgres(ctx context.Context, dsn string) (*DB, error) {
+	dsn, conns, err := poolMaxConns(dsn)
+	if err != nil {
+		return nil, err
+	}
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
-	db.SetMaxOpenConns(32)
-	db.SetMaxIdleConns(32)
+	db.SetMaxOpenConns(conns)
+	db.SetMaxIdleConns(conns)
 	if err := db.PingContext(ctx); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("connect postgres: %w", err)
@@ -581,4 +592,26 @@ func (d *DB) runBatch(batch []*job) {
 	for i, j := range batch {
 		j.done <- results[i]
 	}
+}
+
+// poolMaxConns takes pool_max_conns out of a postgres:// DSN (the server
+// would refuse it as an unknown setting) and returns its value, or
+// DefaultPostgresConns without it.
+func poolMaxConns(dsn string) (string, int, error) {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "", 0, errors.New("open postgres: the DSN is not a URL")
+	}
+	q := u.Query()
+	v := q.Get("pool_max_conns")
+	if v == "" {
+		return dsn, DefaultPostgresConns, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 1000 {
+		return "", 0, fmt.Errorf("open postgres: pool_max_conns=%q must be a whole number from 1 to 1000", v)
+	}
+	q.Del("pool_max_conns")
+	u.RawQuery = q.Encode()
+	return u.String(), n, nil
 }

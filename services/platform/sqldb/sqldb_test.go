@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"testing"
 
@@ -176,4 +178,29 @@ func TestSQLiteWriteIgnoresCancellationOnceRunning(t *testing.T) {
 	var n int
 	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM kv`).Scan(&n))
 	require.Equal(t, len(results), n)
+}
+
+// pool_max_conns in a postgres:// DSN sizes the pool (deploy/local/up keeps
+// several processes under one server's max_connections) and never reaches
+// the server, which would refuse it as an unknown setting.
+func TestPostgresPoolMaxConns(t *testing.T) {
+	dsn := testkit.PostgresDSN()
+	if _, err := sqldb.Open(context.Background(), dsn); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("PostgreSQL is not reachable in CI: %v", err)
+		}
+		t.Skipf("PostgreSQL not reachable (%v)", err)
+	}
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	db, err := sqldb.Open(context.Background(), dsn+sep+"pool_max_conns=3")
+	require.NoError(t, err)
+	defer db.Close()
+	var one int
+	require.NoError(t, db.QueryRow(context.Background(), `SELECT 1`).Scan(&one))
+	require.Equal(t, 1, one)
+	_, err = sqldb.Open(context.Background(), dsn+sep+"pool_max_conns=lots")
+	require.ErrorContains(t, err, `pool_max_conns="lots"`)
 }
