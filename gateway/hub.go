@@ -300,6 +300,12 @@ func (h *hub) consume(ctx context.Context, stream int) {
 	}
 }
 
+// hubHeartbeat is the hub consumers' idle heartbeat. The ordered consumer
+// is re-created after two missed heartbeats: when the server holding it
+// dies (it has one replica), that is how long live events stop (the
+// library's default, 5 s, stopped them for 10 s after a NATS server died).
+const hubHeartbeat = time.Second
+
 func (h *hub) consumeOnce(ctx context.Context, stream int) error {
 	name := streamNames()[stream]
 	cons, err := h.s.deps.JS.OrderedConsumer(ctx, name, jetstream.OrderedConsumerConfig{
@@ -312,6 +318,7 @@ func (h *hub) consumeOnce(ctx context.Context, stream int) error {
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) { h.dispatch(stream, m) },
 		jetstream.PullMaxMessages(pullBatch),
+		jetstream.PullHeartbeat(hubHeartbeat),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			h.log.Debug("hub consumer", zap.String(logkeys.Stream, name), zap.Error(err))
 		}))
