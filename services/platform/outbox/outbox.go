@@ -106,11 +106,12 @@ type Relay struct {
 	Poll  time.Duration // how often to look without a kick, for rows of other replicas (default 1s)
 	Batch int           // rows per round (default 256)
 	// Lease bounds how long a relay that stops responding keeps the
-	// PostgreSQL outbox lock (default 30s; keep it above the 10s publish
-	// timeout, or a slow relay loses the lock and its rows are published
-	// twice, the second time dropped as duplicates).
+	// PostgreSQL outbox lock (default 30s; keep it well above AckWait, or
+	// a slow relay loses the lock and its rows are published twice, the
+	// second time dropped as duplicates).
 	Lease time.Duration
-	// AckWait bounds the wait for a publish's acknowledgement (default 10s).
+	// AckWait bounds the wait for a publish's acknowledgement (default
+	// DefaultAckWait).
 	AckWait time.Duration
 
 	// afterClaim runs after a PostgreSQL round has read its batch (tests).
@@ -142,12 +143,20 @@ func (r *Relay) Kick() {
 	}
 }
 
+// DefaultAckWait is how long the relay waits for a publish's
+// acknowledgement before it sends the row again (a duplicate, should it
+// have been stored after all, is dropped by its Nats-Msg-Id). A publish
+// the stream's dying leader took gets no answer at all: every event behind
+// it waits this long, so it is short (it was 10 s, which was most of the
+// recipients' ~10 s lag after a NATS server died); acknowledgements take
+// milliseconds.
+const DefaultAckWait = 3 * time.Second
+
 // maxBackoff bounds the wait between failed rounds. Failures are mostly a
-// stream with no leader for the seconds of an election (its publishes fail
-// at once with "no response from stream"): a longer wait would hold every
-// event back for up to that long after the new leader is up, which is
-// what made recipients' streams lag ~10 s after a leader died (4-9 s of
-// election, then up to 5 s more of backoff).
+// stream with no leader for the seconds of an election (4-9 s after its
+// leader dies; its publishes fail at once with "no response from stream"):
+// a longer wait would hold every event back for up to that long after the
+// new leader is up.
 const maxBackoff = time.Second
 
 // Run publishes until ctx ends. Errors (NATS down) are retried with backoff.
@@ -233,10 +242,7 @@ func (r *Relay) flushPostgres(ctx context.Context) (n int, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("outbox: %w", err)
 	}
-	lease := r.Lease
-	if lease <= 0 {
-		lease = 30 * time.Second
-	}
+	lease := r.lease()
 	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false)`,
 		lockKey, strconv.FormatInt(lease.Milliseconds(), 10)); err != nil {
 		discard(conn)
@@ -273,6 +279,14 @@ func (r *Relay) flushPostgres(ctx context.Context) (n int, err error) {
 		}
 	}
 	return len(done), perr
+}
+
+// lease is Lease or its default.
+func (r *Relay) lease() time.Duration {
+	if r.Lease <= 0 {
+		return 30 * time.Second
+	}
+	return r.Lease
 }
 
 // discard closes conn instead of returning it to the pool.
@@ -330,7 +344,7 @@ func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix 
 	defer func() { endSpans(spans) }()
 	wait := r.AckWait
 	if wait <= 0 {
-		wait = 10 * time.Second
+		wait = DefaultAckWait
 	}
 	// wave[i] is row i's place among the batch's rows of its subject.
 	wave := make([]int, len(rows))
@@ -345,7 +359,13 @@ func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix 
 	acked = make([]int64, 0, len(rows))
 	idx := make([]int, 0, len(rows))
 	futures := make([]jetstream.PubAckFuture, 0, len(rows))
-	for w := 0; w < waves && err == nil; w++ {
+	// A round that has taken half the PostgreSQL lease starts no further
+	// wave (the rest waits for the next round), so that the lock is not
+	// lost while waves wait on NATS. Order would hold even then, as a row
+	// is only sent once the earlier rows of its subject are stored, but
+	// the other replica would publish the same rows again.
+	deadline := time.Now().Add(r.lease() / 2)
+	for w := 0; w < waves && err == nil && (w == 0 || time.Now().Before(deadline)); w++ {
 		idx, futures = idx[:0], futures[:0]
 		for i, x := range rows {
 			if wave[i] != w {
