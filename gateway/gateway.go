@@ -9,7 +9,7 @@
 // call; each service verifies and authorizes the caller again (by design: no
 // service trusts that the gateway checked). Live events are read from the
 // delivery and conversation streams by one fan-out per process (hub.go: one
-// ordered JetStream consumer per stream, however many connections), which
+// ephemeral JetStream consumer per stream, however many connections), which
 // hands each event only to the connections allowed to see it.
 //
 // Logs carry ids only: never message text, file names or patient names.

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,7 +24,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
-// The hub is the gateway's one fan-out: one ordered JetStream consumer per
+// The hub is the gateway's one fan-out: one ephemeral JetStream consumer per
 // stream for the whole process (never one per connection). Each event's
 // subject carries its practice and patient (natsx.Tenant), so an event of a
 // practice with no open stream here is skipped without being decoded; an
@@ -279,16 +280,19 @@ func (h *hub) ready(ctx context.Context) error {
 	return nil
 }
 
-// consume runs the stream's ordered consumer from the hub's position until
-// ctx ends, re-creating it from its last position whenever it stops (the
-// ordered consumer already re-creates itself across NATS reconnects).
+// consume runs the stream's consumer from the hub's position until ctx
+// ends, re-creating it from its last position whenever it stops.
 func (h *hub) consume(ctx context.Context, stream int) {
 	name := streamNames()[stream]
 	backoff := 250 * time.Millisecond
 	for ctx.Err() == nil {
+		t0 := time.Now()
 		err := h.consumeOnce(ctx, stream)
 		if ctx.Err() != nil {
 			return
+		}
+		if time.Since(t0) > 10*time.Second {
+			backoff = 250 * time.Millisecond // it ran: not the same outage
 		}
 		h.log.Warn("hub consumer stopped; re-creating", zap.String(logkeys.Stream, name), zap.Error(err))
 		select {
@@ -296,36 +300,98 @@ func (h *hub) consume(ctx context.Context, stream int) {
 			return
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 5*time.Second)
+		backoff = min(2*backoff, time.Second)
 	}
 }
 
+// hubHeartbeat is the hub consumers' idle heartbeat: a consumer that
+// misses two is re-created (the server holding it, it has one replica,
+// died).
+const hubHeartbeat = time.Second
+
+// hubCreateTimeout bounds creating a hub consumer. While a NATS cluster
+// elects its metadata leader, its servers drop JetStream API requests
+// without an answer; a short wait and another try (consume) gets the
+// consumer soon after the election. (The library's ordered consumer waits
+// 10 s for each attempt to re-create itself, then backs off: live events
+// stopped for 10-13 s whenever a NATS server died.)
+const hubCreateTimeout = 2 * time.Second
+
+// consumeOnce runs one ephemeral consumer of the stream from the hub's
+// position, as the library's ordered consumer would (no acks, one replica,
+// in memory), until ctx ends or the consumer fails: a missed heartbeat, the
+// consumer gone, or a gap in its delivery sequence. consume then
+// re-creates it from the hub's position.
 func (h *hub) consumeOnce(ctx context.Context, stream int) error {
 	name := streamNames()[stream]
-	cons, err := h.s.deps.JS.OrderedConsumer(ctx, name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: natsx.Filter(hubBases(stream)...),
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    h.pos[stream].Load() + 1,
-	})
+	cfg := jetstream.ConsumerConfig{
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       h.pos[stream].Load() + 1,
+		AckPolicy:         jetstream.AckNonePolicy,
+		InactiveThreshold: time.Minute,
+		Replicas:          1,
+		MemoryStorage:     true,
+	}
+	if f := natsx.Filter(hubBases(stream)...); len(f) == 1 {
+		cfg.FilterSubject = f[0]
+	} else {
+		cfg.FilterSubjects = f
+	}
+	cctx, cancel := context.WithTimeout(ctx, hubCreateTimeout)
+	cons, err := h.s.deps.JS.CreateOrUpdateConsumer(cctx, name, cfg)
+	cancel()
 	if err != nil {
 		return err
 	}
-	cc, err := cons.Consume(func(m jetstream.Msg) { h.dispatch(stream, m) },
+	defer func() {
+		go func() { // best effort: InactiveThreshold removes it otherwise
+			dctx, cancel := context.WithTimeout(context.Background(), hubCreateTimeout)
+			defer cancel()
+			_ = h.s.deps.JS.DeleteConsumer(dctx, name, cons.CachedInfo().Name)
+		}()
+	}()
+	failed := make(chan error, 1)
+	fail := func(err error) {
+		select {
+		case failed <- err:
+		default:
+		}
+	}
+	next := uint64(1) // the consumer sequence expected next
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		md, err := m.Metadata()
+		if err != nil {
+			return
+		}
+		if md.Sequence.Consumer != next {
+			fail(fmt.Errorf("consumer sequence %d, expected %d", md.Sequence.Consumer, next))
+			return
+		}
+		next++
+		h.dispatch(stream, m, md.Sequence.Stream)
+	},
 		jetstream.PullMaxMessages(pullBatch),
+		jetstream.PullHeartbeat(hubHeartbeat),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			h.log.Debug("hub consumer", zap.String(logkeys.Stream, name), zap.Error(err))
+			if errors.Is(err, jetstream.ErrNoHeartbeat) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+				errors.Is(err, jetstream.ErrConsumerNotFound) {
+				fail(err)
+			}
 		}))
 	if err != nil {
 		return err
 	}
 	select {
 	case <-ctx.Done():
-		cc.Stop()
-		<-cc.Closed()
-		return nil
+		err = nil
+	case err = <-failed:
 	case <-cc.Closed():
 		return errors.New("consumer closed")
 	}
+	cc.Stop()
+	<-cc.Closed()
+	return err
 }
 
 // stop ends the consumers and waits for them.
@@ -341,12 +407,7 @@ func (h *hub) stop() {
 }
 
 // dispatch handles one message of a hub consumer (NATS callback).
-func (h *hub) dispatch(stream int, m jetstream.Msg) {
-	md, err := m.Metadata()
-	if err != nil {
-		return
-	}
-	seq := md.Sequence.Stream
+func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	if seq <= h.pos[stream].Load() {

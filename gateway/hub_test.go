@@ -380,3 +380,31 @@ func TestHubSharesConversationViewsPerUser(t *testing.T) {
 		}
 	}
 }
+
+// TestHubRecreatesItsConsumerFromItsPosition: when the hub's consumer goes
+// away (deleted, or its server died) the hub makes a new one from where it
+// was: the next events arrive, in order, and nothing is sent twice.
+func TestHubRecreatesItsConsumerFromItsPosition(t *testing.T) {
+	h := newHarness(t)
+	tok := h.token("doc", auth.RoleDentist, "p1", 0)
+	c := h.openEvents(tok, "")
+	h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m1", "users/doc", "x", 1, false))
+	requireMessage(t, c.next(), "conversations/ca/messages/m1")
+
+	ctx := context.Background()
+	str, err := h.js.Stream(ctx, natsx.StreamDelivery)
+	require.NoError(t, err)
+	names := str.ConsumerNames(ctx)
+	var deleted int
+	for name := range names.Name() {
+		require.NoError(t, str.DeleteConsumer(ctx, name))
+		deleted++
+	}
+	require.NoError(t, names.Err())
+	require.Positive(t, deleted, "the hub's consumer")
+
+	h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m2", "users/doc", "x", 2, false))
+	h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m3", "users/doc", "x", 3, false))
+	requireMessage(t, c.next(), "conversations/ca/messages/m2")
+	requireMessage(t, c.next(), "conversations/ca/messages/m3")
+}

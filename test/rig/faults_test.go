@@ -33,7 +33,7 @@ const (
 
 // TestFaults runs the rig and, under load, each fault in turn: every
 // acknowledged send must reach its recipient's stream exactly once and in
-// order (after the NATS leader kill order is reported, a known issue), no
+// order per thread, no
 // retry may make a second message, and the audit log must hold every send
 // and verify. Figures are printed, never asserted.
 func TestFaults(t *testing.T) {
@@ -144,11 +144,6 @@ func (rc *recorder) observe(start time.Time, took time.Duration, reason string) 
 	rc.attempts = append(rc.attempts, attempt{start, took, reason})
 	rc.mu.Unlock()
 }
-
-// knownReorder are the faults after which a thread's messages may still
-// reach their readers out of order: an open bug, reported in the figures
-// and RELIABILITY.md rather than failing every run until it is fixed.
-var knownReorder = map[string]bool{natsLeaderFault: true}
 
 const natsLeaderFault = "NATS stream leader SIGKILLed, restarted"
 
@@ -262,13 +257,7 @@ func (r *rig) underLoad(t *testing.T, ctx context.Context, name string, do func(
 			res.Lost, res.Duplicated, res.Extra)
 	}
 	if res.OutOfOrder != 0 {
-		if knownReorder[name] {
-			// Open (RELIABILITY.md, "Open: order after a NATS server dies"):
-			// reported, not failed, until it is fixed.
-			t.Logf("KNOWN ISSUE: %d messages reached their recipient after a later one of their thread", res.OutOfOrder)
-		} else {
-			t.Errorf("%d messages reached their recipient after a later one of their thread: must be 0", res.OutOfOrder)
-		}
+		t.Errorf("%d messages reached their recipient after a later one of their thread: must be 0", res.OutOfOrder)
 	}
 	if err := r.ps.check(); err != nil {
 		t.Errorf("after the fault: %v", err)

@@ -106,10 +106,13 @@ type Relay struct {
 	Poll  time.Duration // how often to look without a kick, for rows of other replicas (default 1s)
 	Batch int           // rows per round (default 256)
 	// Lease bounds how long a relay that stops responding keeps the
-	// PostgreSQL outbox lock (default 30s; keep it above the 10s publish
-	// timeout, or a slow relay loses the lock and its rows are published
-	// twice, the second time dropped as duplicates).
+	// PostgreSQL outbox lock (default 30s; keep it well above AckWait, or
+	// a slow relay loses the lock and its rows are published twice, the
+	// second time dropped as duplicates).
 	Lease time.Duration
+	// AckWait bounds the wait for a publish's acknowledgement (default
+	// DefaultAckWait).
+	AckWait time.Duration
 
 	// afterClaim runs after a PostgreSQL round has read its batch (tests).
 	afterClaim func(ctx context.Context)
@@ -140,6 +143,22 @@ func (r *Relay) Kick() {
 	}
 }
 
+// DefaultAckWait is how long the relay waits for a publish's
+// acknowledgement before it sends the row again (a duplicate, should it
+// have been stored after all, is dropped by its Nats-Msg-Id). A publish
+// the stream's dying leader took gets no answer at all: every event behind
+// it waits this long, so it is short (it was 10 s, which was most of the
+// recipients' ~10 s lag after a NATS server died); acknowledgements take
+// milliseconds.
+const DefaultAckWait = 3 * time.Second
+
+// maxBackoff bounds the wait between failed rounds. Failures are mostly a
+// stream with no leader for the seconds of an election (4-9 s after its
+// leader dies; its publishes fail at once with "no response from stream"):
+// a longer wait would hold every event back for up to that long after the
+// new leader is up.
+const maxBackoff = time.Second
+
 // Run publishes until ctx ends. Errors (NATS down) are retried with backoff.
 func (r *Relay) Run(ctx context.Context) error {
 	t := time.NewTicker(r.Poll)
@@ -157,7 +176,7 @@ func (r *Relay) Run(ctx context.Context) error {
 				return nil
 			case <-time.After(backoff):
 			}
-			backoff = min(backoff*2, 5*time.Second)
+			backoff = min(backoff*2, maxBackoff)
 			continue
 		case n >= r.Batch:
 			backoff = 100 * time.Millisecond
@@ -190,10 +209,12 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	done, perr := r.publish(ctx, rows)
-	if len(done) > 0 {
-		r.published = done[len(done)-1]
-		r.undeleted += int64(len(done))
+	// Rows acknowledged after one that failed are sent again next round
+	// (behind it) and dropped as duplicates: published marks the prefix.
+	done, prefix, perr := r.publish(ctx, rows)
+	if prefix > 0 {
+		r.published = rows[prefix-1].seq
+		r.undeleted += int64(prefix)
 		r.publishedMark.Store(r.published)
 	}
 	if r.undeleted > 0 && (r.undeleted >= 1024 || time.Since(r.lastDelete) >= time.Second) {
@@ -221,10 +242,7 @@ func (r *Relay) flushPostgres(ctx context.Context) (n int, err error) {
 	if err != nil {
 		return 0, fmt.Errorf("outbox: %w", err)
 	}
-	lease := r.Lease
-	if lease <= 0 {
-		lease = 30 * time.Second
-	}
+	lease := r.lease()
 	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false)`,
 		lockKey, strconv.FormatInt(lease.Milliseconds(), 10)); err != nil {
 		discard(conn)
@@ -249,7 +267,10 @@ func (r *Relay) flushPostgres(ctx context.Context) (n int, err error) {
 	if r.afterClaim != nil {
 		r.afterClaim(ctx)
 	}
-	done, perr := r.publish(ctx, rows)
+	// Delete every acknowledged row, also those after a row that failed:
+	// a row is only sent after the earlier rows of its subject were
+	// acknowledged, so what stays is the failed rows and those behind them.
+	done, _, perr := r.publish(ctx, rows)
 	if len(done) > 0 {
 		if _, err := r.db.Raw().ExecContext(ctx, `DELETE FROM outbox WHERE seq = ANY($1)`, done); err != nil {
 			// Published but not deleted: the next round publishes them
@@ -258,6 +279,14 @@ func (r *Relay) flushPostgres(ctx context.Context) (n int, err error) {
 		}
 	}
 	return len(done), perr
+}
+
+// lease is Lease or its default.
+func (r *Relay) lease() time.Duration {
+	if r.Lease <= 0 {
+		return 30 * time.Second
+	}
+	return r.Lease
 }
 
 // discard closes conn instead of returning it to the pool.
@@ -295,45 +324,101 @@ func scan(rs *sql.Rows) ([]row, error) {
 	return out, rs.Err()
 }
 
-// publish sends rows in order, pipelined, and returns the seqs acknowledged
-// (a prefix of rows: it stops at the first failure to keep order).
-func (r *Relay) publish(ctx context.Context, rows []row) ([]int64, error) {
-	futures := make([]jetstream.PubAckFuture, 0, len(rows))
-	var err error
+// publish sends rows and returns the seqs acknowledged, and how many rows
+// at the head of rows those are (the acknowledged prefix).
+//
+// Events of one subject (one thread's) must be stored in the order of their
+// rows, and a publish that fails may or may not be stored: while the
+// server leading the stream dies and another is elected, a publish gets no
+// response, or is taken by the dying leader and never committed, while a
+// later one reaches the new leader and is stored. Had that later row of the
+// same subject been in flight, it would now be stored ahead of the first,
+// which the next round sends again behind it. So a row is only sent once
+// every earlier row of its subject has been acknowledged: publish sends the
+// rows in waves, the first row of every subject, pipelined, then, once all
+// are acknowledged, the second row of every subject, and so on, and it
+// sends no further wave after one that failed. Rows of different subjects
+// are pipelined together, as they need no order between them.
+func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix int, err error) {
 	var spans []trace.Span // of traced rows, by index; nil when none is
+	defer func() { endSpans(spans) }()
+	wait := r.AckWait
+	if wait <= 0 {
+		wait = DefaultAckWait
+	}
+	// wave[i] is row i's place among the batch's rows of its subject.
+	wave := make([]int, len(rows))
+	perSubject := make(map[string]int, len(rows))
+	waves := 0
 	for i, x := range rows {
-		m := nats.NewMsg(x.subject)
-		m.Data = x.payload
-		if x.traceparent.Valid && telemetry.Enabled() {
-			spans = r.startPublish(ctx, spans, len(rows), i, x, m)
-		}
-		var f jetstream.PubAckFuture
-		f, err = r.js.PublishMsgAsync(m, jetstream.WithMsgID(x.id))
-		if err != nil {
-			break
-		}
-		futures = append(futures, f)
+		wave[i] = perSubject[x.subject]
+		perSubject[x.subject]++
+		waves = max(waves, wave[i]+1)
 	}
-	defer endSpans(spans)
-	done := make([]int64, 0, len(futures))
-	timeout := time.NewTimer(10 * time.Second)
-	defer timeout.Stop()
-	for i, f := range futures {
-		select {
-		case <-f.Ok():
-			done = append(done, rows[i].seq)
-		case e := <-f.Err():
-			return done, errors.Join(err, fmt.Errorf("publish %s: %w", rows[i].subject, e))
-		case <-timeout.C:
-			return done, errors.Join(err, errors.New("publish: no acknowledgement in 10s"))
-		case <-ctx.Done():
-			return done, ctx.Err()
+	ok := make([]bool, len(rows))
+	acked = make([]int64, 0, len(rows))
+	idx := make([]int, 0, len(rows))
+	futures := make([]jetstream.PubAckFuture, 0, len(rows))
+	// A round that has taken half the PostgreSQL lease starts no further
+	// wave (the rest waits for the next round), so that the lock is not
+	// lost while waves wait on NATS. Order would hold even then, as a row
+	// is only sent once the earlier rows of its subject are stored, but
+	// the other replica would publish the same rows again.
+	deadline := time.Now().Add(r.lease() / 2)
+	for w := 0; w < waves && err == nil && (w == 0 || time.Now().Before(deadline)); w++ {
+		idx, futures = idx[:0], futures[:0]
+		for i, x := range rows {
+			if wave[i] != w {
+				continue
+			}
+			m := nats.NewMsg(x.subject)
+			m.Data = x.payload
+			if x.traceparent.Valid && telemetry.Enabled() {
+				spans = r.startPublish(ctx, spans, len(rows), i, x, m)
+			}
+			f, perr := r.js.PublishMsgAsync(m, jetstream.WithMsgID(x.id))
+			if perr != nil {
+				err = fmt.Errorf("publish %s: %w", x.subject, perr)
+				break
+			}
+			idx, futures = append(idx, i), append(futures, f)
+		}
+		// Wait for every publish of the wave, even after a failure: what
+		// is acknowledged is stored, and need not be sent again.
+		timeout := time.NewTimer(wait)
+	collect:
+		for k, f := range futures {
+			i := idx[k]
+			select {
+			case <-f.Ok():
+				ok[i] = true
+				acked = append(acked, rows[i].seq)
+			case e := <-f.Err():
+				err = errors.Join(err, fmt.Errorf("publish %s: %w", rows[i].subject, e))
+			case <-timeout.C:
+				err = errors.Join(err, fmt.Errorf("publish: no acknowledgement in %s", wait))
+				break collect
+			case <-ctx.Done():
+				timeout.Stop()
+				return acked, prefixOf(ok), ctx.Err()
+			}
+		}
+		timeout.Stop()
+	}
+	if len(acked) > 0 {
+		r.log.Debug("outbox relayed", zap.Int(logkeys.Count, len(acked)))
+	}
+	return acked, prefixOf(ok), err
+}
+
+// prefixOf is how many leading entries of ok are true.
+func prefixOf(ok []bool) int {
+	for i, v := range ok {
+		if !v {
+			return i
 		}
 	}
-	if len(done) > 0 {
-		r.log.Debug("outbox relayed", zap.Int(logkeys.Count, len(done)))
-	}
-	return done, err
+	return len(ok)
 }
 
 // startPublish starts the producer span of publishing row x, child of the
