@@ -37,9 +37,20 @@ func (sw *sseWriter) start() {
 	sw.w.WriteHeader(http.StatusOK)
 }
 
+// sseKeepBuf is the largest block buffer a stream keeps between writes: a
+// stream lives for hours, and one large message would otherwise pin a
+// buffer its size for all of them (thousands of streams × 10 KB).
+const sseKeepBuf = 4 << 10
+
 // send writes the buffered block and flushes it.
 func (sw *sseWriter) send() error {
-	defer sw.buf.Reset()
+	defer func() {
+		if sw.buf.Cap() > sseKeepBuf {
+			sw.buf = bytes.Buffer{}
+		} else {
+			sw.buf.Reset()
+		}
+	}()
 	if err := sw.rc.SetWriteDeadline(time.Now().Add(sseWriteTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return err
 	}

@@ -10,8 +10,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/clinicchat/clinicchat/services/platform/ratelimit"
@@ -63,6 +66,9 @@ type Config struct {
 	// AdminSocket is the Unix socket `clinicchat backup` asks for a
 	// snapshot (default: <data-dir>/admin.sock; mode 0600).
 	AdminSocket string
+	// MemoryLimit is the Go runtime's soft memory limit in bytes
+	// (runtime/debug.SetMemoryLimit; 0: leave it to GOMEMLIMIT, if set).
+	MemoryLimit int64
 }
 
 // Flags registers the flags (SPEC.md section 4).
@@ -92,6 +98,13 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.AuditSigningKeyFile, "audit-signing-key-file", "", "audit checkpoint signing key (default: <keys-dir>/audit-signing.key, generated in dev mode)")
 	fs.StringVar(&c.AttachmentKEKFile, "attachment-kek-file", "", "attachment key-encryption key (default: <keys-dir>/attachment.kek, generated in dev mode)")
 	fs.StringVar(&c.AdminSocket, "admin-socket", "", "Unix socket (mode 0600) where clinicchat backup asks this process for a snapshot (default: <data-dir>/admin.sock)")
+	fs.Func("memory-limit", "soft limit of the Go runtime's memory, e.g. 96MiB (the process adds ~25 MiB of program and ~20 MiB of SQLite caches); "+
+		"the garbage collector works harder near it. Set it above the live heap (see BENCHMARKS.md). Default: GOMEMLIMIT if set, else none",
+		func(v string) error {
+			n, err := ParseBytes(v)
+			c.MemoryLimit = n
+			return err
+		})
 	fs.StringVar(&c.AuditWitnessFile, "audit-witness-file", "", "file that witnesses every signed audit checkpoint (default: <data-dir>-witness.jsonl)")
 }
 
@@ -128,10 +141,34 @@ func (c *Config) Validate() error {
 	if err := c.Limits.Validate(); err != nil {
 		problems = append(problems, err)
 	}
+	if c.MemoryLimit < 0 {
+		problems = append(problems, errors.New("--memory-limit must not be negative"))
+	}
 	if c.PendingUploadQuota < 0 {
 		problems = append(problems, errors.New("--pending-upload-quota must not be negative"))
 	}
 	return errors.Join(problems...)
+}
+
+// ParseBytes reads a size as GOMEMLIMIT writes it: a whole number of
+// bytes with an optional B, KiB, MiB or GiB suffix ("96MiB").
+func ParseBytes(s string) (int64, error) {
+	v := strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"B", 1}} {
+		if rest, ok := strings.CutSuffix(v, u.suffix); ok {
+			v, mult = rest, u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("%q is not a size: want bytes, or a whole number of KiB, MiB or GiB (e.g. 96MiB)", s)
+	}
+	return n * mult, nil
 }
 
 // IsLoopback reports whether a listen address (host:port) binds loopback

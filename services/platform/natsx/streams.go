@@ -62,7 +62,8 @@ const (
 	// publish timeout). The server holds every id of the window in memory
 	// (~100 B each, ~5 events per message): 10 minutes at 1,000 sends/s was
 	// ~300 MB of heap; 2 minutes is a fifth of that. Consumers are
-	// idempotent by event id beyond it.
+	// idempotent by event id beyond it. A deployment whose relays all run
+	// on SQLite (the all-in-one) sets a shorter StreamsConfig.DuplicateWindow.
 	DefaultDuplicateWindow = 2 * time.Minute
 	// DefaultStreamMaxBytes bounds each stream. JetStream reserves it on
 	// every server holding a replica: the streams (StreamCount of them)
@@ -300,6 +301,10 @@ type StreamsConfig struct {
 	// MaxBytes bounds each stream (default DefaultStreamMaxBytes); the
 	// oldest events go first when it is reached.
 	MaxBytes int64
+	// DuplicateWindow is how long the server remembers each published
+	// event id to drop a republished one (default DefaultDuplicateWindow).
+	// Its memory grows with it: ~140 B per event, ~5 events per message.
+	DuplicateWindow time.Duration
 }
 
 // StreamCount is how many streams Streams declares.
@@ -317,6 +322,9 @@ func Streams(cfg StreamsConfig) []jetstream.StreamConfig {
 	if cfg.MaxBytes <= 0 {
 		cfg.MaxBytes = DefaultStreamMaxBytes
 	}
+	if cfg.DuplicateWindow <= 0 {
+		cfg.DuplicateWindow = DefaultDuplicateWindow
+	}
 	out := make([]jetstream.StreamConfig, 0, len(domains))
 	for _, d := range domains {
 		out = append(out, jetstream.StreamConfig{
@@ -327,7 +335,7 @@ func Streams(cfg StreamsConfig) []jetstream.StreamConfig {
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      cfg.Retention,
 			MaxBytes:    cfg.MaxBytes,
-			Duplicates:  DefaultDuplicateWindow,
+			Duplicates:  cfg.DuplicateWindow,
 			Replicas:    cfg.Replicas,
 			Discard:     jetstream.DiscardOld,
 		})

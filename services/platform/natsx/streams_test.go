@@ -3,6 +3,7 @@ package natsx
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -74,4 +75,13 @@ func TestSetPrefix(t *testing.T) {
 	require.Equal(t, SubjectMessageCreated, Base(Tenant(SubjectMessageCreated, "p")))
 	require.Equal(t, "delivery.message.created", Kind(Tenant(SubjectMessageCreated, "p")))
 	require.Empty(t, Kind("clinicchat.delivery.message.created"), "another deployment's subject")
+}
+
+func TestStreamsDuplicateWindow(t *testing.T) {
+	for _, sc := range Streams(StreamsConfig{}) {
+		require.Equal(t, DefaultDuplicateWindow, sc.Duplicates, sc.Name)
+	}
+	for _, sc := range Streams(StreamsConfig{DuplicateWindow: 30 * time.Second}) {
+		require.Equal(t, 30*time.Second, sc.Duplicates, sc.Name)
+	}
 }

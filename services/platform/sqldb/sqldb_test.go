@@ -2,6 +2,7 @@ package sqldb_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -203,4 +204,30 @@ func TestPostgresPoolMaxConns(t *testing.T) {
 	require.Equal(t, 1, one)
 	_, err = sqldb.Open(context.Background(), dsn+sep+"pool_max_conns=lots")
 	require.ErrorContains(t, err, `pool_max_conns="lots"`)
+}
+
+// SQLite's read connections have a bounded page cache each (outside the Go
+// heap, one per pooled connection); the writer keeps SQLite's default.
+func TestSQLiteReadConnectionsHaveSmallPageCache(t *testing.T) {
+	ctx := context.Background()
+	db := testkit.OpenDB(t, testkit.Backends()[0])
+	require.Equal(t, sqldb.SQLite, db.Dialect())
+	// Hold several read connections at once, so more than one is asked.
+	var conns []*sql.Conn
+	for range 3 {
+		c, err := db.Raw().Conn(ctx)
+		require.NoError(t, err)
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		var size int
+		require.NoError(t, c.QueryRowContext(ctx, `PRAGMA cache_size`).Scan(&size))
+		require.Equal(t, -512, size, "KiB, as a negative number")
+		require.NoError(t, c.Close())
+	}
+	var writer int
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
+		return tx.QueryRow(ctx, `PRAGMA cache_size`).Scan(&writer)
+	}))
+	require.Equal(t, -2000, writer, "SQLite's default")
 }

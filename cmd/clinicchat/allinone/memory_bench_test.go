@@ -1,0 +1,169 @@
+package allinone_test
+
+// BenchmarkSteadyRateMemory (issue 10: "under 150 MB RSS at 1,000 sends/s
+// however long the run"): 8 senders send at a steady total rate to 8
+// patients whose /v1/events streams are open (read by a child process, so
+// delivered receipts flow as in production), and the process's memory is
+// printed at every quarter of the run and after the pipeline is idle:
+//
+//	CLINICCHAT_BENCH_RATE=1000 CLINICCHAT_BENCH_MESSAGES=60000 \
+//	  go test ./cmd/clinicchat/allinone -run '^$' -bench SteadyRateMemory -benchtime 1x
+//
+// (defaults: 300 sends/s, 18,000 messages; CLINICCHAT_BENCH_CPUPROFILE=dir
+// writes a heap profile once the pipeline is idle). When the machine cannot keep
+// the rate, the senders run flat out and the achieved rate is printed.
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/metrics"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// memSample is the process's memory at one moment.
+type memSample struct {
+	label               string
+	msgs                int64
+	rss, anon, file     int64 // /proc/self/smaps_rollup
+	goMapped, goResid   int64 // Go runtime: mapped, and mapped less released to the OS
+	heapLive, heapGoal  int64
+	stacks              int64
+	goroutines, gcCount int64
+}
+
+func readMemSample(label string, msgs int64) memSample {
+	s := memSample{label: label, msgs: msgs}
+	if raw, err := os.ReadFile("/proc/self/smaps_rollup"); err == nil {
+		for _, line := range strings.Split(string(raw), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			switch f[0] {
+			case "Rss:":
+				s.rss = kb << 10
+			case "Anonymous:":
+				s.anon = kb << 10
+			case "Pss_File:":
+				s.file = kb << 10
+			}
+		}
+	}
+	ms := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"},
+		{Name: "/gc/heap/live:bytes"}, {Name: "/gc/heap/goal:bytes"}, {Name: "/memory/classes/heap/stacks:bytes"},
+		{Name: "/sched/goroutines:goroutines"}, {Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(ms)
+	v := func(i int) int64 { return int64(ms[i].Value.Uint64()) }
+	s.goMapped, s.goResid = v(0), v(0)-v(1)
+	s.heapLive, s.heapGoal, s.stacks, s.goroutines, s.gcCount = v(2), v(3), v(4), v(5), v(6)
+	return s
+}
+
+func (s memSample) print() {
+	fmt.Printf("  %-26s %7d msgs  RSS %4d MiB (anon %4d, file %3d)  Go resident %4d MiB (heap live %4d, goal %4d, stacks %2d)  non-Go anon %3d MiB  goroutines %5d  GCs %d\n",
+		s.label, s.msgs, s.rss>>20, s.anon>>20, s.file>>20, s.goResid>>20, s.heapLive>>20, s.heapGoal>>20, s.stacks>>20,
+		(s.anon-s.goResid)>>20, s.goroutines, s.gcCount)
+}
+
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+func BenchmarkSteadyRateMemory(b *testing.B) {
+	raiseNoFile()
+	rate := envInt("CLINICCHAT_BENCH_RATE", 300)
+	total := envInt("CLINICCHAT_BENCH_MESSAGES", 18000)
+	env := startBench(b)
+	threads := env.threads(b, "bench", 8)
+	idle := newIdleWatcher(b, env.nats)
+	lc := startLoadClient(b, env.in.HTTPAddr, 8, 1, "bench", "patient", "bench-patient", true)
+	idle.wait(b)
+	runtime.GC()
+	samples := []memSample{readMemSample("before", 0)}
+	peak := samples[0].rss
+
+	var sent atomic.Int64
+	var mu sync.Mutex
+	errs := make([]error, len(threads))
+	interval := time.Second / time.Duration(rate)
+	start := time.Now()
+	cpu0 := processCPU()
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() { // RSS peak and the quarter marks, every 100 ms
+		defer close(sampled)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		next := int64(total / 4)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			s := readMemSample("", sent.Load())
+			mu.Lock()
+			peak = max(peak, s.rss)
+			if s.msgs >= next && next < int64(total) {
+				s.label = fmt.Sprintf("after %d%% of the sends", 100*next/int64(total))
+				samples = append(samples, s)
+				next += int64(total / 4)
+			}
+			mu.Unlock()
+		}
+	}()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w, t := range threads {
+		wg.Go(func() {
+			for i := next.Add(1); i <= int64(total); i = next.Add(1) {
+				// The rate's schedule: message i leaves at start + i·interval,
+				// at once when the senders are behind it.
+				if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
+					<-time.After(d)
+				}
+				if _, err := t.staff.send(t.conv, "Your appointment is confirmed", fmt.Sprintf("steady-%d-%d", i, start.UnixNano())); err != nil {
+					errs[w] = err
+					return
+				}
+				sent.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err := errors.Join(errs...); err != nil {
+		b.Fatal(err)
+	}
+	idle.wait(b)
+	cpu := processCPU() - cpu0
+	close(stop)
+	<-sampled
+	samples = append(samples, readMemSample("pipeline idle", sent.Load()))
+	writeHeapProfile(b, "steady-rate-heap") // with CLINICCHAT_BENCH_CPUPROFILE=dir
+	runtime.GC()
+	samples = append(samples, readMemSample("idle, after a GC", sent.Load()))
+	lc.stop()
+
+	fmt.Printf("BenchmarkSteadyRateMemory: %d messages at a target of %d sends/s: %.0f sends/s achieved over %s, %.2f ms of CPU per message (the whole test process, until idle)\n",
+		total, rate, float64(total)/elapsed.Seconds(), elapsed.Round(time.Millisecond), ms(cpu/time.Duration(total)))
+	for _, s := range samples {
+		s.print()
+	}
+	last := samples[len(samples)-1]
+	fmt.Printf("  peak RSS %d MiB; live heap after the run %.0f B per message sent (minus before)\n",
+		peak>>20, float64(samples[len(samples)-2].heapLive-samples[0].heapLive)/float64(total))
+	b.ReportMetric(float64(peak)/(1<<20), "peak-RSS-MiB")
+	b.ReportMetric(float64(last.heapLive)/(1<<20), "live-heap-MiB")
+}

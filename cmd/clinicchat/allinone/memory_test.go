@@ -1,0 +1,96 @@
+package allinone_test
+
+import (
+	"context"
+	"flag"
+	"path/filepath"
+	"runtime/debug"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/testkit"
+)
+
+// streamWindows opens dir's NATS store (the all-in-one stopped) and returns
+// each stream's duplicate window.
+func streamWindows(t *testing.T, dir string, ensure *natsx.StreamsConfig) map[string]time.Duration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats")}, testkit.Logger(t))
+	require.NoError(t, err)
+	defer func() {
+		nc.Close()
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	if ensure != nil {
+		require.NoError(t, natsx.EnsureStreams(ctx, js, *ensure))
+	}
+	out := map[string]time.Duration{}
+	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
+		str, err := js.Stream(ctx, sc.Name)
+		require.NoError(t, err)
+		out[sc.Name] = str.CachedInfo().Config.Duplicates
+	}
+	return out
+}
+
+// The all-in-one's streams remember published event ids for 30 s, not the
+// distributed default of 2 minutes (the server holds every id of the window
+// in memory), and a data dir made with the 2-minute window is reconciled.
+func TestAllInOneDuplicateWindow(t *testing.T) {
+	dir := t.TempDir()
+	for name, w := range streamWindows(t, dir, &natsx.StreamsConfig{}) {
+		require.Equal(t, natsx.DefaultDuplicateWindow, w, "the earlier version's data dir: %s", name)
+	}
+	in := start(t, dir)
+	require.NoError(t, in.Stop())
+	windows := streamWindows(t, dir, nil)
+	require.Len(t, windows, natsx.StreamCount())
+	for name, w := range windows {
+		require.Equal(t, 30*time.Second, w, name)
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "1048576": 1 << 20, "512B": 512, "64KiB": 64 << 10, "96MiB": 96 << 20, " 2GiB ": 2 << 30} {
+		got, err := allinone.ParseBytes(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got, in)
+	}
+	for _, bad := range []string{"", "MiB", "-1MiB", "1.5GiB", "96MB", "96 MiB", "9223372036854775807GiB"} {
+		_, err := allinone.ParseBytes(bad)
+		require.Error(t, err, bad)
+	}
+}
+
+// --memory-limit sets the Go runtime's soft limit; without it the limit is
+// left as it was (GOMEMLIMIT, or none).
+func TestMemoryLimitFlag(t *testing.T) {
+	prev := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
+
+	fs := flag.NewFlagSet("clinicchat", flag.ContinueOnError)
+	var cfg allinone.Config
+	cfg.Flags(fs)
+	require.Error(t, fs.Parse([]string{"--memory-limit", "lots"}))
+	require.NoError(t, fs.Parse([]string{"--memory-limit", "200MiB"}))
+	require.Equal(t, int64(200<<20), cfg.MemoryLimit)
+
+	in := startWith(t, t.TempDir(), func(c *allinone.Config) { c.MemoryLimit = cfg.MemoryLimit })
+	require.Equal(t, int64(200<<20), debug.SetMemoryLimit(-1))
+	require.NoError(t, in.Stop())
+
+	debug.SetMemoryLimit(prev)
+	in = start(t, t.TempDir())
+	require.Equal(t, prev, debug.SetMemoryLimit(-1), "no flag: unchanged")
+	require.NoError(t, in.Stop())
+}
