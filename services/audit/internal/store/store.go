@@ -101,9 +101,10 @@ func (s *Store) AppendAll(ctx context.Context, es []domain.Entry) ([]domain.Reco
 				}
 			}
 		}
+		sizes := map[string]int64{} // each practice's log size, read once per batch
 		for i, e := range es {
 			var err error
-			if recs[i], added[i], err = appendTx(ctx, tx, e); err != nil {
+			if recs[i], added[i], err = appendTx(ctx, tx, e, sizes); err != nil {
 				return err
 			}
 		}
@@ -117,7 +118,9 @@ func (s *Store) AppendAll(ctx context.Context, es []domain.Entry) ([]domain.Reco
 
 // appendTx appends e at its practice's next index inside tx, unless its
 // event id is already in the log (then it returns that record and false).
-func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry) (domain.Record, bool, error) {
+// sizes holds the log sizes this transaction has read or made (the practice
+// is locked for the transaction, so they cannot change under it).
+func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry, sizes map[string]int64) (domain.Record, bool, error) {
 	existing, err := scanRecord(tx.QueryRow(ctx, `SELECT `+recordCols+` FROM audit_events WHERE event_id = ?`, e.EventID))
 	switch {
 	case err == nil:
@@ -125,13 +128,15 @@ func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry) (domain.Record,
 	case !errors.Is(err, sql.ErrNoRows):
 		return domain.Record{}, false, fmt.Errorf("look up event: %w", err)
 	}
-	var last sql.NullInt64
-	if err := tx.QueryRow(ctx, `SELECT MAX(idx) FROM audit_events WHERE practice = ?`, e.Practice).Scan(&last); err != nil {
-		return domain.Record{}, false, fmt.Errorf("log size: %w", err)
-	}
-	n := int64(0)
-	if last.Valid {
-		n = last.Int64 + 1
+	n, ok := sizes[e.Practice]
+	if !ok {
+		var last sql.NullInt64
+		if err := tx.QueryRow(ctx, `SELECT MAX(idx) FROM audit_events WHERE practice = ?`, e.Practice).Scan(&last); err != nil {
+			return domain.Record{}, false, fmt.Errorf("log size: %w", err)
+		}
+		if last.Valid {
+			n = last.Int64 + 1
+		}
 	}
 	rec := domain.Record{Entry: e, Index: n}
 	rec.Hash = rec.LeafHash()
@@ -153,6 +158,7 @@ func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry) (domain.Record,
 	if _, err := tx.Exec(ctx, q, args...); err != nil {
 		return domain.Record{}, false, fmt.Errorf("insert tree hashes: %w", err)
 	}
+	sizes[e.Practice] = n + 1
 	return rec, true, nil
 }
 
