@@ -101,11 +101,21 @@ func (s *Store) AppendAll(ctx context.Context, es []domain.Entry) ([]domain.Reco
 				}
 			}
 		}
+		known, err := recordsByEventID(ctx, tx, es)
+		if err != nil {
+			return err
+		}
+		sizes := map[string]int64{} // each practice's log size, read once per batch
 		for i, e := range es {
-			var err error
-			if recs[i], added[i], err = appendTx(ctx, tx, e); err != nil {
+			if r, ok := known[e.EventID]; ok {
+				recs[i] = r // already in the log, or earlier in this batch
+				continue
+			}
+			if recs[i], err = appendTx(ctx, tx, e, sizes); err != nil {
 				return err
 			}
+			added[i] = true
+			known[e.EventID] = recs[i]
 		}
 		return nil
 	})
@@ -115,34 +125,64 @@ func (s *Store) AppendAll(ctx context.Context, es []domain.Entry) ([]domain.Reco
 	return recs, added, nil
 }
 
-// appendTx appends e at its practice's next index inside tx, unless its
-// event id is already in the log (then it returns that record and false).
-func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry) (domain.Record, bool, error) {
-	existing, err := scanRecord(tx.QueryRow(ctx, `SELECT `+recordCols+` FROM audit_events WHERE event_id = ?`, e.EventID))
-	switch {
-	case err == nil:
-		return existing, false, nil
-	case !errors.Is(err, sql.ErrNoRows):
-		return domain.Record{}, false, fmt.Errorf("look up event: %w", err)
+// recordsByEventID are the records already in the log for es's event ids,
+// read in one query per eventLookupChunk ids.
+func recordsByEventID(ctx context.Context, tx *sqldb.Tx, es []domain.Entry) (map[string]domain.Record, error) {
+	known := make(map[string]domain.Record, len(es))
+	for chunk := range slices.Chunk(es, eventLookupChunk) {
+		args := make([]any, len(chunk))
+		for i, e := range chunk {
+			args[i] = e.EventID
+		}
+		rows, err := tx.Query(ctx, `SELECT `+recordCols+` FROM audit_events WHERE event_id IN (?`+strings.Repeat(`, ?`, len(chunk)-1)+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("look up events: %w", err)
+		}
+		for rows.Next() {
+			r, err := scanRecord(rows)
+			if err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("look up events: %w", err)
+			}
+			known[r.EventID] = r
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, fmt.Errorf("look up events: %w", err)
+		}
 	}
-	var last sql.NullInt64
-	if err := tx.QueryRow(ctx, `SELECT MAX(idx) FROM audit_events WHERE practice = ?`, e.Practice).Scan(&last); err != nil {
-		return domain.Record{}, false, fmt.Errorf("log size: %w", err)
-	}
-	n := int64(0)
-	if last.Valid {
-		n = last.Int64 + 1
+	return known, nil
+}
+
+// eventLookupChunk bounds the parameters of one event id lookup.
+const eventLookupChunk = 256
+
+// appendTx appends e, whose event id is not in the log, at its practice's
+// next index inside tx. sizes holds the log sizes this transaction has read
+// or made (the practice is locked for the transaction, so they cannot change
+// under it).
+func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry, sizes map[string]int64) (domain.Record, error) {
+	n, ok := sizes[e.Practice]
+	if !ok {
+		var last sql.NullInt64
+		if err := tx.QueryRow(ctx, `SELECT MAX(idx) FROM audit_events WHERE practice = ?`, e.Practice).Scan(&last); err != nil {
+			return domain.Record{}, fmt.Errorf("log size: %w", err)
+		}
+		if last.Valid {
+			n = last.Int64 + 1
+		}
 	}
 	rec := domain.Record{Entry: e, Index: n}
 	rec.Hash = rec.LeafHash()
 	hashes, err := tlog.StoredHashesForRecordHash(n, rec.Hash, &hashReader{ctx: ctx, q: tx, practice: e.Practice})
 	if err != nil {
-		return domain.Record{}, false, fmt.Errorf("tree hashes: %w", err)
+		return domain.Record{}, fmt.Errorf("tree hashes: %w", err)
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO audit_events (`+recordCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		e.Practice, n, e.EventID, e.Time.UnixMicro(), e.Actor, e.ActorRole, e.Action, e.Resource,
 		string(e.Outcome), e.Detail, rec.Hash[:]); err != nil {
-		return domain.Record{}, false, fmt.Errorf("insert record: %w", err)
+		return domain.Record{}, fmt.Errorf("insert record: %w", err)
 	}
 	base := tlog.StoredHashIndex(0, n)
 	args := make([]any, 0, 3*len(hashes))
@@ -151,9 +191,10 @@ func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry) (domain.Record,
 	}
 	q := `INSERT INTO audit_hashes (practice, hidx, hash) VALUES (?, ?, ?)` + strings.Repeat(`, (?, ?, ?)`, len(hashes)-1)
 	if _, err := tx.Exec(ctx, q, args...); err != nil {
-		return domain.Record{}, false, fmt.Errorf("insert tree hashes: %w", err)
+		return domain.Record{}, fmt.Errorf("insert tree hashes: %w", err)
 	}
-	return rec, true, nil
+	sizes[e.Practice] = n + 1
+	return rec, nil
 }
 
 // Size implements domain.Repository.

@@ -36,6 +36,10 @@ const convColumns = `c.practice, c.id, c.patient_id, c.patient_display_name, c.s
 	c.last_message_time, c.last_message_seq, c.last_message_preview, c.awaiting_reply_since, c.assignee,
 	COALESCE((SELECT s.display_name FROM staff s WHERE s.practice = c.practice AND s.user_name = c.assignee), '') AS assignee_display_name`
 
+// returningConvColumns are convColumns for an UPDATE's RETURNING, which
+// SQLite lets name the table but not an alias.
+var returningConvColumns = strings.ReplaceAll(convColumns, "c.", "conversations.")
+
 // viewerColumns are the per-user columns for the viewer joined as u; the
 // first argument is whether the viewer is staff (counts patient messages).
 const viewerColumns = `CASE WHEN u.pinned THEN 1 ELSE 0 END AS pin,
@@ -326,29 +330,34 @@ func (s *Store) ApplyMessage(ctx context.Context, m domain.MessageApplied, evs f
 		}
 		applied = true
 		at := sqldb.Micros(m.Time)
-		if _, err := tx.Exec(ctx, `UPDATE conversations SET last_message_time = ?, last_message_seq = ?, last_message_preview = ?,
-			last_activity = ?, state = ? WHERE practice = ? AND id = ? AND last_message_seq < ?`,
-			at, m.Seq, m.Preview, at, int(domain.Active), m.Practice, m.ConversationID, m.Seq); err != nil {
-			return fmt.Errorf("update conversation: %w", err)
-		}
-		// Needs reply, recomputed from the index so that the order messages
-		// arrive in does not matter: the oldest patient message after the
-		// newest staff message (index message_index_by_side).
-		if _, err := tx.Exec(ctx, `UPDATE conversations SET awaiting_reply_since = COALESCE((SELECT MIN(m.create_time)
+		// One statement: the newest message's fields only when m is newer
+		// than the stored one (SET reads the row as it was), and needs reply
+		// recomputed from the index so that the order messages arrive in does
+		// not matter: the oldest patient message after the newest staff
+		// message (index message_index_by_side). RETURNING gives the thread
+		// as updated (getShared's columns).
+		c, err := scanConv(tx.QueryRow(ctx, `UPDATE conversations SET
+			last_message_time = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_time END,
+			last_message_preview = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_preview END,
+			last_activity = CASE WHEN last_message_seq < ? THEN ? ELSE last_activity END,
+			state = CASE WHEN last_message_seq < ? THEN ? ELSE state END,
+			last_message_seq = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_seq END,
+			awaiting_reply_since = COALESCE((SELECT MIN(m.create_time)
 			FROM message_index m WHERE m.practice = ? AND m.conversation_id = ? AND m.from_patient = ?
 			AND m.seq > COALESCE((SELECT MAX(s.seq) FROM message_index s WHERE s.practice = ? AND s.conversation_id = ?
-			AND s.from_patient = ?), 0)), 0) WHERE practice = ? AND id = ?`,
-			m.Practice, m.ConversationID, true, m.Practice, m.ConversationID, false, m.Practice, m.ConversationID); err != nil {
-			return fmt.Errorf("update awaiting reply: %w", err)
+			AND s.from_patient = ?), 0)), 0) WHERE practice = ? AND id = ? RETURNING `+returningConvColumns,
+			m.Seq, at, m.Seq, m.Preview, m.Seq, at, m.Seq, int(domain.Active), m.Seq, m.Seq,
+			m.Practice, m.ConversationID, true, m.Practice, m.ConversationID, false, m.Practice, m.ConversationID), false)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return domain.ErrNotFound
+		case err != nil:
+			return fmt.Errorf("update conversation: %w", err)
 		}
 		if !m.FromPatient {
 			if err := ensureUser(ctx, tx, m.Practice, m.ConversationID, m.Sender, m.Time); err != nil {
 				return err
 			}
-		}
-		c, err := getShared(ctx, tx, m.Practice, m.ConversationID)
-		if err != nil {
-			return err
 		}
 		recipients, err := s.recipients(ctx, tx, c, m)
 		if err != nil {

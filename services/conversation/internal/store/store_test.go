@@ -202,6 +202,8 @@ func TestRepositoryContract(t *testing.T) {
 				require.True(t, get(a).AwaitingReplySince.IsZero(), "staff had the last word")
 				apply(t, s, a, 3, true, t0.Add(3*time.Minute))
 				require.True(t, get(a).AwaitingReplySince.IsZero(), "a late patient message before the staff reply stays answered")
+				require.Equal(t, int64(4), get(a).LastMessageSeq, "a late message leaves the newest one's fields")
+				require.True(t, t0.Add(4*time.Minute).Equal(get(a).LastMessageTime))
 				apply(t, s, a, 6, true, t0.Add(6*time.Minute))
 				apply(t, s, a, 5, true, t0.Add(5*time.Minute))
 				require.True(t, t0.Add(5*time.Minute).Equal(get(a).AwaitingReplySince))

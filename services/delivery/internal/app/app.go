@@ -168,18 +168,50 @@ func (a *App) Send(ctx context.Context, r SendRequest) (domain.Message, error) {
 		return domain.Message{}, domain.ErrBadParent
 	}
 	hash := domain.ContentHash(p[0], r.Text, r.Sensitive, r.Attachments, r.ArtifactType, r.ArtifactRef)
-	// A retry of a stored send answers with the first message, whatever has
-	// changed since (an opt-out refuses new messages, not old ones).
-	if prev, err := a.repo.FindByRequest(ctx, who.Practice, who.Principal(), r.RequestID); err == nil {
-		if prev.ContentHash != hash {
-			return prev, domain.ErrRequestIDReused
+	m, err := a.prepareSend(ctx, who, r, p[0], hash)
+	if err != nil {
+		// A retry of a stored send answers with the first message, whatever
+		// has changed since (an opt-out refuses new messages, not old ones):
+		// looked up only when the send cannot go ahead, since a send that
+		// can finds its retry inside the repository's write.
+		if prev, ferr := a.repo.FindByRequest(ctx, who.Practice, who.Principal(), r.RequestID); ferr == nil {
+			if prev.ContentHash != hash {
+				return prev, domain.ErrRequestIDReused
+			}
+			return prev, nil
+		} else if !errors.Is(ferr, domain.ErrNotFound) {
+			return domain.Message{}, ferr
 		}
-		return prev, nil
-	} else if !errors.Is(err, domain.ErrNotFound) {
+		var d refusal
+		if errors.As(err, &d) {
+			return domain.Message{}, a.refuse(ctx, who, "message.send", r.Parent, d.err)
+		}
 		return domain.Message{}, err
 	}
-	conv, err := a.resolve(ctx, who, r.Parent, "message.send")
+	now := m.CreateTime
+	out, _, err := a.repo.Send(ctx, m, func(m domain.Message) []domain.Event {
+		return []domain.Event{ev(natsx.SubjectMessageCreated, &deliveryv1.MessageCreated{
+			Meta: events.Meta(who, "message.send", m.Name(), now), Message: ToProto(m), Patient: "patients/" + m.PatientID})}
+	})
+	return out, err
+}
+
+// refusal is a send refused for its caller or thread, recorded (refuse)
+// unless the send turns out to be a retry of a stored one.
+type refusal struct{ err error }
+
+func (r refusal) Error() string { return r.err.Error() }
+
+// prepareSend checks a new send against its thread, the patient's status,
+// its attachments and artifact, and builds the message; a refusal to record
+// comes back as refusal.
+func (a *App) prepareSend(ctx context.Context, who auth.Identity, r SendRequest, convID, hash string) (domain.Message, error) {
+	conv, err := a.conversations.Resolve(ctx, convID)
 	if err != nil {
+		var e *errs.Error
+		if errors.As(err, &e) {
+			return domain.Message{}, refusal{err}
+		}
 		return domain.Message{}, err
 	}
 	// The send is accepted at this instant: the eligibility read below comes
@@ -191,11 +223,11 @@ func (a *App) Send(ctx context.Context, r SendRequest) (domain.Message, error) {
 	}
 	switch {
 	case !st.HasPortalAccount:
-		return domain.Message{}, a.refuse(ctx, who, "message.send", r.Parent, domain.ErrNoPortal)
+		return domain.Message{}, refusal{domain.ErrNoPortal}
 	case !st.ChatOptIn && who.IsPatient():
-		return domain.Message{}, a.refuse(ctx, who, "message.send", r.Parent, domain.ErrSelfOptedOut)
+		return domain.Message{}, refusal{domain.ErrSelfOptedOut}
 	case !st.ChatOptIn:
-		return domain.Message{}, a.refuse(ctx, who, "message.send", r.Parent, domain.ErrOptedOut)
+		return domain.Message{}, refusal{domain.ErrOptedOut}
 	}
 	m := domain.Message{
 		Practice: who.Practice, ConversationID: conv.ID, PatientID: conv.PatientID,
@@ -216,6 +248,7 @@ func (a *App) Send(ctx context.Context, r SendRequest) (domain.Message, error) {
 		}
 		m.Extras.Attachments = append(m.Extras.Attachments, info.AttachmentRef)
 	}
+	hasArtifact := r.ArtifactType != 0 || r.ArtifactRef != ""
 	if hasArtifact {
 		if a.artifacts == nil {
 			return domain.Message{}, domain.ErrNoArtifactSource
@@ -226,11 +259,7 @@ func (a *App) Send(ctx context.Context, r SendRequest) (domain.Message, error) {
 		}
 		m.Extras.Artifact = &art
 	}
-	out, _, err := a.repo.Send(ctx, m, func(m domain.Message) []domain.Event {
-		return []domain.Event{ev(natsx.SubjectMessageCreated, &deliveryv1.MessageCreated{
-			Meta: events.Meta(who, "message.send", m.Name(), now), Message: ToProto(m), Patient: "patients/" + m.PatientID})}
-	})
-	return out, err
+	return m, nil
 }
 
 // parseMessage parses "conversations/{c}/messages/{seq}".

@@ -115,6 +115,15 @@ func TestSendRules(t *testing.T) {
 	again, err := f.app.Send(f.staff, app.SendRequest{Parent: "conversations/c1", Text: "before", RequestID: "h"})
 	require.NoError(t, err)
 	require.Equal(t, first.Seq, again.Seq)
+	require.Equal(t, errs.ReasonRequestIDReused, errs.Reason(send(f.staff, app.SendRequest{Text: "changed", RequestID: "h"})),
+		"a refused send that reuses a request id says so")
+	f.patients["pat"].ChatOptIn = true
+	require.Equal(t, errs.ReasonRequestIDReused, errs.Reason(send(f.staff, app.SendRequest{Text: "changed", RequestID: "h"})),
+		"so does one that can go ahead (found inside the write)")
+	again, err = f.app.Send(f.staff, app.SendRequest{Parent: "conversations/c1", Text: "before", RequestID: "h"})
+	require.NoError(t, err)
+	require.Equal(t, first.Seq, again.Seq)
+	f.patients["pat"].ChatOptIn = false
 
 	// Losing the portal account stops chat too.
 	f.patients["pat"].ChatOptIn, f.patients["pat"].HasPortalAccount = true, false
