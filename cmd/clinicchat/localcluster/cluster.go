@@ -14,6 +14,7 @@ import (
 	"io"
 	"maps"
 	"math/big"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -742,6 +743,20 @@ func freeAddr(addr string) (string, error) {
 	}
 	if _, err := strconv.Atoi(port); err != nil {
 		return "", fmt.Errorf("port %q", port)
+	}
+	if port == "0" {
+		// The port is released before its process binds it. A port the
+		// kernel picks (the ephemeral range, 32768+) is the next one it
+		// gives an outgoing connection, which then takes it first; a
+		// random one below that range is taken only by another bind.
+		host, _, _ := net.SplitHostPort(addr)
+		for range 100 {
+			lis, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(20000+mrand.IntN(12000))))
+			if err == nil {
+				defer lis.Close()
+				return lis.Addr().String(), nil
+			}
+		}
 	}
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
