@@ -90,19 +90,25 @@ func start(t testing.TB, change func(*localcluster.Config)) *localcluster.Cluste
 		defer cancel()
 		require.NoError(t, localcluster.DropDatabases(ctx, pg, cfg.DBPrefix))
 	})
+	dumpLogs := func() {
+		logs, _ := filepath.Glob(filepath.Join(cfg.DataDir, "logs", "*.log"))
+		for _, l := range logs {
+			b, _ := os.ReadFile(l)
+			if len(b) > 4000 {
+				b = b[len(b)-4000:]
+			}
+			t.Logf("== %s\n%s", filepath.Base(l), b)
+		}
+	}
 	c, err := localcluster.Start(context.Background(), cfg, testWriter{t})
+	if err != nil {
+		dumpLogs()
+	}
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		require.NoError(t, c.Stop())
 		if t.Failed() {
-			logs, _ := filepath.Glob(filepath.Join(cfg.DataDir, "logs", "*.log"))
-			for _, l := range logs {
-				b, _ := os.ReadFile(l)
-				if len(b) > 4000 {
-					b = b[len(b)-4000:]
-				}
-				t.Logf("== %s\n%s", filepath.Base(l), b)
-			}
+			dumpLogs()
 		}
 	})
 	return c
