@@ -36,12 +36,9 @@ type ConsumerSpec struct {
 	Concurrency int
 }
 
-// Consume runs a durable, explicitly acked consumer until ctx ends. The
-// handler's success acks; ErrPoison terminates; any other error naks with a
-// growing delay so the message comes back. A message with a traceparent
-// header is handled in a consumer span, child of the span that wrote the
-// event (telemetry).
-func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec ConsumerSpec, h Handler) error {
+// durable creates or updates spec's durable, explicitly acked consumer
+// (nil, nil when ctx ended while starting).
+func durable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec) (jetstream.Consumer, error) {
 	if spec.MaxAckPending == 0 {
 		spec.MaxAckPending = 256
 	}
@@ -56,9 +53,22 @@ func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec 
 	})
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil // stopped while starting
+			return nil, nil
 		}
-		return fmt.Errorf("consumer %s on %s: %w", spec.Durable, spec.Stream, err)
+		return nil, fmt.Errorf("consumer %s on %s: %w", spec.Durable, spec.Stream, err)
+	}
+	return cons, nil
+}
+
+// Consume runs a durable, explicitly acked consumer until ctx ends. The
+// handler's success acks; ErrPoison terminates; any other error naks with a
+// growing delay so the message comes back. A message with a traceparent
+// header is handled in a consumer span, child of the span that wrote the
+// event (telemetry).
+func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec ConsumerSpec, h Handler) error {
+	cons, err := durable(ctx, js, spec)
+	if err != nil || cons == nil {
+		return err // nil: stopped while starting
 	}
 	log = log.With(zap.String(logkeys.Stream, spec.Stream), zap.String(logkeys.Consumer, spec.Durable))
 	handle := func(m jetstream.Msg) {

@@ -29,26 +29,12 @@ const DefaultMaxBatch = 64
 // event id). It is how a consumer commits once per batch instead of once
 // per message, without giving up the stream's order.
 func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec ConsumerSpec, maxBatch int, h BatchHandler) error {
-	if spec.MaxAckPending == 0 {
-		spec.MaxAckPending = 256
-	}
 	if maxBatch <= 0 {
 		maxBatch = DefaultMaxBatch
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, spec.Stream, jetstream.ConsumerConfig{
-		Durable:        spec.Durable,
-		FilterSubjects: spec.FilterSubjects,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        30 * time.Second,
-		MaxDeliver:     -1,
-		MaxAckPending:  spec.MaxAckPending,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil // stopped while starting
-		}
-		return fmt.Errorf("consumer %s on %s: %w", spec.Durable, spec.Stream, err)
+	cons, err := durable(ctx, js, spec)
+	if err != nil || cons == nil {
+		return err // nil: stopped while starting
 	}
 	log = log.With(zap.String(logkeys.Stream, spec.Stream), zap.String(logkeys.Consumer, spec.Durable))
 
