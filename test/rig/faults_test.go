@@ -13,11 +13,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/bench"
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/localcluster"
@@ -278,46 +280,28 @@ func (r *rig) checkAudit(t *testing.T, ctx context.Context, res *bench.Result) {
 	for _, n := range res.AckedNames {
 		want[n] = true
 	}
-	deadline := time.Now().Add(90 * time.Second)
-	var missing int
-	for {
-		got := map[string]bool{}
-		token := ""
-		for {
-			q := url.Values{"filter": {`action="message.send"`}, "pageSize": {"1000"}}
-			if token != "" {
-				q.Set("pageToken", token)
-			}
-			var page struct {
-				AuditEvents []struct {
-					Resource string `json:"resource"`
-				} `json:"auditEvents"`
-				NextPageToken string `json:"nextPageToken"`
-			}
-			if err := getJSON(ctx, r.gwURLs[1]+"/v1/auditEvents?"+q.Encode(), admin, &page); err != nil {
-				t.Errorf("audit list: %v", err)
-				return
-			}
-			for _, e := range page.AuditEvents {
-				got[e.Resource] = true
-			}
-			if token = page.NextPageToken; token == "" {
-				break
+	// The audit log consumes the streams on its own time: poll until every
+	// acknowledged send is in it.
+	var missing atomic.Int64
+	caughtUp := func() bool {
+		got, err := r.auditedSends(ctx, admin)
+		if err != nil {
+			t.Errorf("audit list: %v", err)
+			return true
+		}
+		n := 0
+		for name := range want {
+			if !got[name] {
+				n++
 			}
 		}
-		missing = 0
-		for n := range want {
-			if !got[n] {
-				missing++
-			}
-		}
-		if missing == 0 || time.Now().After(deadline) || ctx.Err() != nil {
-			break
-		}
-		time.Sleep(500 * time.Millisecond) // the audit log consumes the streams: poll until it caught up
+		missing.Store(int64(n))
+		return n == 0 || ctx.Err() != nil
 	}
-	if missing > 0 {
-		t.Errorf("audit log incomplete: %d of %d acknowledged sends have no message.send event", missing, len(want))
+	missing.Store(int64(len(want)))
+	assert.Eventually(t, caughtUp, 90*time.Second, 500*time.Millisecond, "the audit log catches up with the acknowledged sends")
+	if m := missing.Load(); m > 0 {
+		t.Errorf("audit log incomplete: %d of %d acknowledged sends have no message.send event", m, len(want))
 	}
 	var v struct {
 		Valid   bool `json:"valid"`
@@ -331,6 +315,34 @@ func (r *rig) checkAudit(t *testing.T, ctx context.Context, res *bench.Result) {
 		t.Errorf("audit log of %s does not verify: %+v", res.Practice, v)
 	}
 	t.Logf("audit: %d message.send events found, log valid (%d checked)", len(want), v.Checked)
+}
+
+// auditedSends lists the resources of every message.send event in the
+// practice's audit log, page by page.
+func (r *rig) auditedSends(ctx context.Context, admin string) (map[string]bool, error) {
+	got := map[string]bool{}
+	token := ""
+	for {
+		q := url.Values{"filter": {`action="message.send"`}, "pageSize": {"1000"}}
+		if token != "" {
+			q.Set("pageToken", token)
+		}
+		var page struct {
+			AuditEvents []struct {
+				Resource string `json:"resource"`
+			} `json:"auditEvents"`
+			NextPageToken string `json:"nextPageToken"`
+		}
+		if err := getJSON(ctx, r.gwURLs[1]+"/v1/auditEvents?"+q.Encode(), admin, &page); err != nil {
+			return nil, err
+		}
+		for _, e := range page.AuditEvents {
+			got[e.Resource] = true
+		}
+		if token = page.NextPageToken; token == "" {
+			return got, nil
+		}
+	}
 }
 
 func devToken(ctx context.Context, base, subject, role, practice string) (string, error) {
@@ -531,14 +543,24 @@ func (r *rig) killDelivery(ctx context.Context) (time.Time, error) {
 	defer db.Close()
 	// Catch the relay with rows still to publish (no event says so: poll).
 	pending := 0
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	give := time.After(5 * time.Second)
+poll:
+	for {
 		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM outbox`).Scan(&pending); err != nil {
 			return time.Time{}, err
 		}
 		if pending > 0 {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		select {
+		case <-tick.C:
+		case <-give:
+			break poll // kill it anyway: the relay was never caught with rows
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		}
 	}
 	p.stop(syscall.SIGKILL, 0)
 	r.t.Logf("killed %s under load, %d outbox rows not yet published", p.name, pending)
