@@ -167,7 +167,9 @@ func (s *Store) Advance(ctx context.Context, a domain.Advance, evs func([]domain
 			q = `UPDATE messages SET status = ?, deliver_time = ?`
 			args = append(args, int(domain.Delivered), at)
 		}
-		q += ` WHERE practice = ? AND conversation_id = ? AND from_patient = ? AND seq <= ? AND status < ? RETURNING ` + columns
+		// "status < 3" (below Read) is messages_unadvanced's predicate: it
+		// lets the planner use that partial index.
+		q += ` WHERE practice = ? AND conversation_id = ? AND from_patient = ? AND seq <= ? AND status < ? AND status < 3 RETURNING ` + columns
 		args = append(args, a.Practice, a.ConversationID, !a.ReaderIsPatient, a.UpTo, int(a.To))
 		rows, err := tx.Query(ctx, q, args...)
 		if err != nil {
