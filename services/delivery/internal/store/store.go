@@ -85,20 +85,27 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 				RETURNING last_seq`, m.Practice, m.ConversationID).Scan(&out.Seq); err != nil {
 				return fmt.Errorf("next sequence: %w", err)
 			}
-			prev, err := one(tx.QueryRow(ctx, `SELECT `+columns+` FROM messages WHERE practice = ? AND sender = ? AND request_id = ?`,
-				m.Practice, m.Sender, m.RequestID))
-			switch {
-			case err == nil:
-				existing = prev
-				return errDuplicate // rolls back the counter
-			case !errors.Is(err, domain.ErrNotFound):
-				return err
-			}
-			if _, err := tx.Exec(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			// A repeat of the request is found by the insert itself (the
+			// unique messages_by_request), not by a lookup before it: one
+			// statement and one index search fewer for every new message.
+			res, err := tx.Exec(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+				ON CONFLICT (practice, sender, request_id) DO NOTHING`,
 				out.Practice, out.ConversationID, out.Seq, out.PatientID, out.Sender, out.SenderRole, out.FromPatient, out.Text,
 				string(extras), out.Sensitive, int(out.Status), sqldb.Micros(out.CreateTime), sqldb.Micros(out.DeliverTime),
-				sqldb.Micros(out.ReadTime), out.ReadBy, out.RequestID, out.ContentHash, out.SenderDisplayName); err != nil {
+				sqldb.Micros(out.ReadTime), out.ReadBy, out.RequestID, out.ContentHash, out.SenderDisplayName)
+			if err != nil {
 				return fmt.Errorf("insert message: %w", err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return fmt.Errorf("insert message: %w", err)
+			} else if n == 0 {
+				prev, err := one(tx.QueryRow(ctx, `SELECT `+columns+` FROM messages WHERE practice = ? AND sender = ? AND request_id = ?`,
+					m.Practice, m.Sender, m.RequestID))
+				if err != nil {
+					return fmt.Errorf("find repeated request: %w", err)
+				}
+				existing = prev
+				return errDuplicate // rolls back the counter
 			}
 			return outbox.AddAll(ctx, tx, evs(out))
 		})
