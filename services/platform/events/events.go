@@ -11,10 +11,11 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 )
 
-// Meta returns metadata for an action by who on resource, with a fresh id.
+// Meta returns metadata for an action by who on resource, with a fresh id
+// (time-ordered: see ids.NewOrdered).
 func Meta(who auth.Identity, action, resource string, at time.Time) *typev1.EventMeta {
 	return &typev1.EventMeta{
-		Id:        ids.New(),
+		Id:        ids.NewOrdered(at),
 		Time:      timestamppb.New(at),
 		Practice:  who.Practice,
 		Actor:     who.Principal(),
@@ -37,7 +38,7 @@ func Denied(who auth.Identity, action, resource, detail string, at time.Time) *t
 // sweeper, a consumer) in practice.
 func System(practice, action, resource string, at time.Time) *typev1.EventMeta {
 	return &typev1.EventMeta{
-		Id:        ids.New(),
+		Id:        ids.NewOrdered(at),
 		Time:      timestamppb.New(at),
 		Practice:  practice,
 		Actor:     "system",

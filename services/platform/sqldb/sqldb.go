@@ -520,19 +520,23 @@ func (d *DB) writer() {
 				}
 			}
 		case j := <-d.jobs:
-			batch = append(batch[:0], j)
-		fill:
-			for len(batch) < maxBatch {
-				select {
-				case j := <-d.jobs:
-					batch = append(batch, j)
-				default:
-					break fill
-				}
-			}
+			batch = d.fill(append(batch[:0], j))
 			d.runBatch(batch)
 		}
 	}
+}
+
+// fill adds the queued jobs to batch, up to maxBatch, without waiting.
+func (d *DB) fill(batch []*job) []*job {
+	for len(batch) < maxBatch {
+		select {
+		case j := <-d.jobs:
+			batch = append(batch, j)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 // prepareSeen prepares, on the now idle writer connection, the queries the
@@ -547,9 +551,12 @@ func (d *DB) prepareSeen() {
 }
 
 // runBatch commits a batch in one transaction, each job in a savepoint so a
-// failing job leaves no trace and does not fail the others.
+// failing job leaves no trace and does not fail the others. Jobs queued while
+// the batch's statements ran join it before the commit: they would wait for
+// that commit anyway, and one commit (one fsync, and the pages the jobs share
+// written once) then serves them all.
 func (d *DB) runBatch(batch []*job) {
-	results := make([]error, len(batch))
+	results := make([]error, 0, maxBatch)
 	fail := func(err error) {
 		for _, j := range batch {
 			j.done <- err
@@ -563,40 +570,52 @@ func (d *DB) runBatch(batch []*job) {
 	}
 	defer d.prepareSeen()
 	t := &Tx{tx: tx, dialect: SQLite, db: d}
-	single := len(batch) == 1
-	for i, j := range batch {
-		if err := j.ctx.Err(); err != nil {
-			results[i] = err
-			continue
-		}
-		if single {
-			results[i] = j.fn(t)
-			continue
-		}
-		signalled := len(t.signals)
-		if _, err := tx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
-			_ = tx.Rollback()
-			fail(fmt.Errorf("savepoint: %w", err))
-			return
-		}
-		if results[i] = j.fn(t); results[i] != nil {
-			t.signals = t.signals[:signalled] // its writes are undone
-			if _, err := tx.ExecContext(ctx, "ROLLBACK TO w"); err != nil {
+	// A batch of one job runs it without a savepoint: if it fails, the
+	// transaction is rolled back instead.
+	bare := len(batch) == 1
+	for {
+		for i := len(results); i < len(batch); i++ {
+			j := batch[i]
+			if err := j.ctx.Err(); err != nil {
+				results = append(results, err)
+				continue
+			}
+			if bare {
+				results = append(results, j.fn(t))
+				continue
+			}
+			signalled := len(t.signals)
+			if _, err := tx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
 				_ = tx.Rollback()
-				fail(fmt.Errorf("rollback to savepoint: %w", err))
+				fail(fmt.Errorf("savepoint: %w", err))
+				return
+			}
+			err := j.fn(t)
+			results = append(results, err)
+			if err != nil {
+				t.signals = t.signals[:signalled] // its writes are undone
+				if _, err := tx.ExecContext(ctx, "ROLLBACK TO w"); err != nil {
+					_ = tx.Rollback()
+					fail(fmt.Errorf("rollback to savepoint: %w", err))
+					return
+				}
+			}
+			if _, err := tx.ExecContext(ctx, "RELEASE w"); err != nil {
+				_ = tx.Rollback()
+				fail(fmt.Errorf("release savepoint: %w", err))
 				return
 			}
 		}
-		if _, err := tx.ExecContext(ctx, "RELEASE w"); err != nil {
+		if bare && results[0] != nil {
 			_ = tx.Rollback()
-			fail(fmt.Errorf("release savepoint: %w", err))
+			batch[0].done <- results[0]
 			return
 		}
-	}
-	if single && results[0] != nil {
-		_ = tx.Rollback()
-		batch[0].done <- results[0]
-		return
+		bare = false
+		n := len(batch)
+		if batch = d.fill(batch); len(batch) == n {
+			break
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		fail(fmt.Errorf("commit: %w", err))

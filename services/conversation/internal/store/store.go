@@ -321,7 +321,7 @@ func (s *Store) ApplyMessage(ctx context.Context, m domain.MessageApplied, evs f
 	applied := false
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
 		res, err := tx.Exec(ctx, `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time) VALUES (?, ?, ?, ?, ?)
-			ON CONFLICT (practice, conversation_id, seq) DO NOTHING`, m.Practice, m.ConversationID, m.Seq, m.FromPatient, sqldb.Micros(m.Time))
+			ON CONFLICT (practice, conversation_id, from_patient, seq) DO NOTHING`, m.Practice, m.ConversationID, m.Seq, m.FromPatient, sqldb.Micros(m.Time))
 		if err != nil {
 			return fmt.Errorf("insert message index: %w", err)
 		}
@@ -334,7 +334,7 @@ func (s *Store) ApplyMessage(ctx context.Context, m domain.MessageApplied, evs f
 		// than the stored one (SET reads the row as it was), and needs reply
 		// recomputed from the index so that the order messages arrive in does
 		// not matter: the oldest patient message after the newest staff
-		// message (index message_index_by_side). RETURNING gives the thread
+		// message (message_index's key leads with the side). RETURNING gives the thread
 		// as updated (getShared's columns).
 		c, err := scanConv(tx.QueryRow(ctx, `UPDATE conversations SET
 			last_message_time = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_time END,

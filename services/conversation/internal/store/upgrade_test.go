@@ -58,3 +58,56 @@ func TestUpgradeBackfillsNeedsReply(t *testing.T) {
 		})
 	}
 }
+
+// The projected messages of a database made before message_index was keyed
+// by side (0005) still count as unread and for needs reply, and replays of
+// them are still refused.
+func TestUpgradeKeepsMessageIndex(t *testing.T) {
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			db := testkit.OpenDB(t, b)
+			old := fstest.MapFS{}
+			for _, d := range []string{"sqlite", "postgres"} {
+				for _, f := range []string{"0001_init.sql", "0002_needs_reply_assignment.sql", "0003_message_templates.sql", "0004_outbox_traceparent.sql"} {
+					body, err := fs.ReadFile(migrations.FS, d+"/"+f)
+					require.NoError(t, err)
+					old[d+"/"+f] = &fstest.MapFile{Data: body}
+				}
+			}
+			require.NoError(t, sqldb.Migrate(ctx, db, old, "."))
+			t0 := time.Date(2026, 1, 1, 9, 0, 0, 0, time.UTC)
+			require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
+				if _, err := tx.Exec(ctx, `INSERT INTO conversations (practice, id, patient_id, patient_display_name, patient_name_key,
+					state, create_time, last_message_time, last_message_seq, last_activity, awaiting_reply_since) VALUES (?, ?, ?, ?, ?, 1, ?, ?, 3, ?, ?)`,
+					"p1", "c1", "pa", "X", "x", sqldb.Micros(t0), sqldb.Micros(t0.Add(3*time.Minute)), sqldb.Micros(t0.Add(3*time.Minute)),
+					sqldb.Micros(t0.Add(2*time.Minute))); err != nil {
+					return err
+				}
+				// staff wrote 1, the patient 2 and 3.
+				for seq, fromPatient := range map[int64]bool{1: false, 2: true, 3: true} {
+					if _, err := tx.Exec(ctx, `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time) VALUES (?, ?, ?, ?, ?)`,
+						"p1", "c1", seq, fromPatient, sqldb.Micros(t0.Add(time.Duration(seq)*time.Minute))); err != nil {
+						return err
+					}
+				}
+				return nil
+			}))
+			s, err := store.New(ctx, db)
+			require.NoError(t, err)
+			c, err := s.Get(ctx, "p1", "c1", staff)
+			require.NoError(t, err)
+			require.Equal(t, 2, c.UnreadCount)
+			require.True(t, t0.Add(2*time.Minute).Equal(c.AwaitingReplySince))
+			c, err = s.Get(ctx, "p1", "c1", patient)
+			require.NoError(t, err)
+			require.Equal(t, 1, c.UnreadCount)
+
+			require.False(t, apply(t, s, c, 3, true, t0.Add(3*time.Minute)), "a replay of a message projected before the upgrade")
+			require.True(t, apply(t, s, c, 4, false, t0.Add(4*time.Minute)))
+			c, err = s.Get(ctx, "p1", "c1", staff)
+			require.NoError(t, err)
+			require.True(t, c.AwaitingReplySince.IsZero(), "staff answered")
+		})
+	}
+}

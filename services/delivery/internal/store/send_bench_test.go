@@ -13,7 +13,7 @@ import (
 )
 
 // BenchmarkSend measures the delivery send path at the repository: Send with
-// one outbox event (sequence upsert, duplicate check, message insert, outbox
+// one outbox event (sequence upsert, message insert that finds a repeat, outbox
 // insert in one durable Write), on SQLite (synchronous=FULL, group commit) and
 // PostgreSQL, by one goroutine and by 8 and 32 goroutines at once, each on a
 // conversation of its own. It reports sends/s and writes/commit: how many

@@ -85,20 +85,27 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 				RETURNING last_seq`, m.Practice, m.ConversationID).Scan(&out.Seq); err != nil {
 				return fmt.Errorf("next sequence: %w", err)
 			}
-			prev, err := one(tx.QueryRow(ctx, `SELECT `+columns+` FROM messages WHERE practice = ? AND sender = ? AND request_id = ?`,
-				m.Practice, m.Sender, m.RequestID))
-			switch {
-			case err == nil:
-				existing = prev
-				return errDuplicate // rolls back the counter
-			case !errors.Is(err, domain.ErrNotFound):
-				return err
-			}
-			if _, err := tx.Exec(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			// A repeat of the request is found by the insert itself (the
+			// unique messages_by_request), not by a lookup before it: one
+			// statement and one index search fewer for every new message.
+			res, err := tx.Exec(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+				ON CONFLICT (practice, sender, request_id) DO NOTHING`,
 				out.Practice, out.ConversationID, out.Seq, out.PatientID, out.Sender, out.SenderRole, out.FromPatient, out.Text,
 				string(extras), out.Sensitive, int(out.Status), sqldb.Micros(out.CreateTime), sqldb.Micros(out.DeliverTime),
-				sqldb.Micros(out.ReadTime), out.ReadBy, out.RequestID, out.ContentHash, out.SenderDisplayName); err != nil {
+				sqldb.Micros(out.ReadTime), out.ReadBy, out.RequestID, out.ContentHash, out.SenderDisplayName)
+			if err != nil {
 				return fmt.Errorf("insert message: %w", err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return fmt.Errorf("insert message: %w", err)
+			} else if n == 0 {
+				prev, err := one(tx.QueryRow(ctx, `SELECT `+columns+` FROM messages WHERE practice = ? AND sender = ? AND request_id = ?`,
+					m.Practice, m.Sender, m.RequestID))
+				if err != nil {
+					return fmt.Errorf("find repeated request: %w", err)
+				}
+				existing = prev
+				return errDuplicate // rolls back the counter
 			}
 			return outbox.AddAll(ctx, tx, evs(out))
 		})
@@ -167,7 +174,9 @@ func (s *Store) Advance(ctx context.Context, a domain.Advance, evs func([]domain
 			q = `UPDATE messages SET status = ?, deliver_time = ?`
 			args = append(args, int(domain.Delivered), at)
 		}
-		q += ` WHERE practice = ? AND conversation_id = ? AND from_patient = ? AND seq <= ? AND status < ? RETURNING ` + columns
+		// "status < 3" (below Read) is messages_unadvanced's predicate: it
+		// lets the planner use that partial index.
+		q += ` WHERE practice = ? AND conversation_id = ? AND from_patient = ? AND seq <= ? AND status < ? AND status < 3 RETURNING ` + columns
 		args = append(args, a.Practice, a.ConversationID, !a.ReaderIsPatient, a.UpTo, int(a.To))
 		rows, err := tx.Query(ctx, q, args...)
 		if err != nil {

@@ -1,0 +1,4 @@
+-- SQLite's 0002 makes audit_events and audit_hashes WITHOUT ROWID tables
+-- (one b-tree each instead of a table plus its primary key index). A
+-- PostgreSQL table is a heap with its primary key index either way: nothing
+-- to change here; the file keeps both dialects at one version.
