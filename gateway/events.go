@@ -75,11 +75,13 @@ type eventStream struct {
 	marks *deliveryMarks
 	// unflushed are the events buffered in the writer, not yet written.
 	unflushed []written
+	// raw is the taken-over connection, nil on net/http's path.
+	raw *hijackedStream
 }
 
 // events serves GET /v1/events as Server-Sent Events (SPEC.md section 3).
 // An HTTP/1.1 stream is taken over from net/http once it is accepted
-// (hijack.go): its own goroutines serve it, and net/http's goroutine and
+// (hijack.go): one goroutine of its own serves it, and net/http's goroutine and
 // buffers for the connection are freed. HTTP/2 streams stay on net/http.
 func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	id, ok := auth.FromContext(r.Context())
@@ -144,12 +146,15 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 
 	st := &eventStream{s: s, id: id}
 	if hs, err := s.hijackStream(w, r); err == nil {
-		// From here the connection is the stream's own: served by a fresh
+		// From here the connection is the stream's own: served by one fresh
 		// goroutine (small stack), and this handler returns.
+		st.raw = hs
 		go func() {
 			defer end()
 			defer hs.close()
-			st.serve(hs.ctx, hs.sw, resume)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			st.serve(ctx, hs.sw, resume)
 		}()
 		return
 	} else if !errors.Is(err, errNoHijack) {
@@ -169,7 +174,11 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 // the catch-up of a resume, then the live events until the stream ends.
 func (st *eventStream) serve(ctx context.Context, sw *sseWriter, resume *cursor) {
 	s, id := st.s, st.id
+	sw.writes = s.metrics.sseWrites
 	st.c = newConn(s.hub, id, s.cfg.EventBuffer)
+	if st.raw != nil {
+		st.c.onSignal = st.raw.wake
+	}
 	st.marks = newDeliveryMarks(func(conv string, seq int64) { s.markDelivered(id, conv, seq) })
 	defer st.marks.wait()
 	// Registered first: from here every event after pos reaches the queue.
@@ -274,9 +283,14 @@ func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
 	s := st.s
 	var expired <-chan time.Time
 	if !st.id.Expiry.IsZero() {
-		t := time.NewTimer(time.Until(st.id.Expiry))
-		defer t.Stop()
-		expired = t.C
+		if st.raw != nil {
+			t := time.AfterFunc(time.Until(st.id.Expiry), st.raw.expire)
+			defer t.Stop()
+		} else {
+			t := time.NewTimer(time.Until(st.id.Expiry))
+			defer t.Stop()
+			expired = t.C
+		}
 	}
 	for {
 		// Write everything queued before waiting again, in one write per
@@ -308,15 +322,13 @@ func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
 		if err := st.flush(sw); err != nil {
 			return
 		}
-		select {
-		case <-ctx.Done():
+		switch st.wait(ctx, expired) {
+		case waitEnd:
 			return
-		case <-s.closing:
-			return
-		case <-expired:
+		case waitExpired:
 			_ = sw.comment("token expired; sign in again")
 			return
-		case <-st.c.wake:
+		case waitWoken:
 			// Events, overflow, or the keep-alive wheel (keepalive.go).
 			if !st.c.takePing() {
 				continue
@@ -338,6 +350,36 @@ func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
 				return
 			}
 		}
+	}
+}
+
+// waitOutcome is what ended a stream's wait.
+type waitOutcome int
+
+const (
+	// waitWoken: events, overflow, or a keep-alive is due.
+	waitWoken waitOutcome = iota
+	// waitEnd: the client left or the gateway is shutting down.
+	waitEnd
+	// waitExpired: the caller's token expired.
+	waitExpired
+)
+
+// wait blocks until the stream has something to do or must end. A stream
+// on a taken-over connection waits in a read of it (hijack.go).
+func (st *eventStream) wait(ctx context.Context, expired <-chan time.Time) waitOutcome {
+	if st.raw != nil {
+		return st.raw.wait(st)
+	}
+	select {
+	case <-ctx.Done():
+		return waitEnd
+	case <-st.s.closing:
+		return waitEnd
+	case <-expired:
+		return waitExpired
+	case <-st.c.wake:
+		return waitWoken
 	}
 }
 

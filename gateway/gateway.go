@@ -296,6 +296,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		close(s.closing)
 	}
 	s.mu.Unlock()
+	s.raw.wakeAll() // streams on taken-over connections wait in a read
 	done := make(chan struct{})
 	go func() { s.streams.Wait(); close(done) }()
 	select {

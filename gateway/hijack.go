@@ -2,11 +2,12 @@ package gateway
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"net"
 	"net/http"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -16,23 +17,27 @@ import (
 // a stream's memory. Once a stream is accepted, the gateway takes its
 // connection over: it writes the response head itself, then the event
 // stream with "Connection: close" (the body ends when the connection
-// does), from its own small buffer. Two fresh goroutines serve it, with
-// small stacks: the writer, and a reader parked in a 1-byte read that
-// ends the stream when the client disconnects (as net/http's background
-// read did). HTTP/2 cannot be taken over and stays on net/http.
+// does), from its own small buffer. One fresh goroutine, with a small
+// stack, serves it: it writes what is queued, then waits in a 1-byte read
+// of the connection, which returns when the client disconnects (the
+// stream ends at once, as with net/http's background read) or when the
+// stream is woken (events, keep-alive, token expiry, shutdown) by a read
+// deadline in the past. HTTP/2 cannot be taken over and stays on net/http.
 
 // errNoHijack says the stream stays on net/http (HTTP/2, or turned off).
 var errNoHijack = errors.New("event stream not taken over")
 
+// aLongTimeAgo is a read deadline in the past: it wakes a blocked read.
+var aLongTimeAgo = time.Unix(1, 0)
+
 // hijackedStream is an event stream on a connection taken over from
 // net/http.
 type hijackedStream struct {
-	s      *Server
-	conn   net.Conn
-	sw     *sseWriter
-	ctx    context.Context // ends when the client disconnects or the stream closes
-	cancel context.CancelFunc
-	read   chan struct{} // closed when the reader has returned
+	s       *Server
+	conn    net.Conn
+	sw      *sseWriter
+	expired atomic.Bool
+	b       [1]byte // the wait's read
 }
 
 // hijackStream takes the connection of an accepted HTTP/1.1 event stream
@@ -68,37 +73,47 @@ func (s *Server) hijackStream(w http.ResponseWriter, r *http.Request) (*hijacked
 	}
 	// Whatever the client sent after its request (it should send nothing)
 	// is left unread in net/http's buffer, which goes with it.
-	ctx, cancel := context.WithCancel(context.Background())
-	hs := &hijackedStream{s: s, conn: c, sw: newRawSSEWriter(c, head.Bytes()), ctx: ctx, cancel: cancel,
-		read: make(chan struct{})}
-	if !s.raw.add(c) {
-		// Shutdown closed the connections already: end at once.
-		cancel()
-	}
-	go hs.readUntilGone()
+	hs := &hijackedStream{s: s, conn: c, sw: newRawSSEWriter(c, head.Bytes())}
+	s.raw.add(c)
 	return hs, nil
 }
 
-// readUntilGone waits for the client to disconnect (or the connection to
-// be closed) and ends the stream. Bytes the client sends are discarded.
-func (hs *hijackedStream) readUntilGone() {
-	defer close(hs.read)
-	defer hs.cancel()
-	var b [1]byte
+// wait reads the connection until the client disconnects (waitEnd) or the
+// stream is woken. Bytes the client sends are discarded.
+func (hs *hijackedStream) wait(st *eventStream) waitOutcome {
 	for {
-		if _, err := hs.conn.Read(b[:]); err != nil {
-			return
+		// Cleared before looking: a wake from here on fails the read at
+		// once, and one before it is seen below.
+		_ = hs.conn.SetReadDeadline(time.Time{})
+		select {
+		case <-hs.s.closing:
+			return waitEnd
+		case <-st.c.wake:
+			return waitWoken
+		default:
+		}
+		if hs.expired.Load() {
+			return waitExpired
+		}
+		if _, err := hs.conn.Read(hs.b[:]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return waitEnd
 		}
 	}
 }
 
-// close ends the connection once the stream has finished writing, and
-// waits for its reader.
+// wake makes the stream's wait look again.
+func (hs *hijackedStream) wake() { _ = hs.conn.SetReadDeadline(aLongTimeAgo) }
+
+// expire ends the stream: the caller's token expired.
+func (hs *hijackedStream) expire() {
+	hs.expired.Store(true)
+	hs.wake()
+}
+
+// close ends the connection once the stream has finished.
 func (hs *hijackedStream) close() {
-	hs.cancel()
 	hs.s.raw.remove(hs.conn)
 	_ = hs.conn.Close()
-	<-hs.read
 }
 
 // rawConns are the connections taken over by event streams:
@@ -110,24 +125,33 @@ type rawConns struct {
 	closed bool
 }
 
-// add tracks c; false once closeAll ran.
-func (rc *rawConns) add(c net.Conn) bool {
+// add tracks c; closed at once if closeAll ran.
+func (rc *rawConns) add(c net.Conn) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	if rc.closed {
-		return false
+		_ = c.Close()
+		return
 	}
 	if rc.m == nil {
 		rc.m = map[net.Conn]struct{}{}
 	}
 	rc.m[c] = struct{}{}
-	return true
 }
 
 func (rc *rawConns) remove(c net.Conn) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	delete(rc.m, c)
+}
+
+// wakeAll wakes every tracked stream's wait (Shutdown: they end).
+func (rc *rawConns) wakeAll() {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	for c := range rc.m {
+		_ = c.SetReadDeadline(aLongTimeAgo)
+	}
 }
 
 // closeAll closes every tracked connection and any added later.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
@@ -156,8 +157,20 @@ func TestShutdownClosesTakenOverStreams(t *testing.T) {
 func TestEventsOverTLS(t *testing.T) {
 	for _, http2 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("http2=%v", http2), func(t *testing.T) {
-			h := newHarness(t, func(h *harness, _ *Config, _ *Deps) { h.tls, h.http2 = true, http2 })
+			h := newHarness(t, func(h *harness, c *Config, _ *Deps) {
+				h.tls, h.http2 = true, http2
+				c.KeepAlive = 10 * time.Millisecond
+			})
 			c := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "")
+			// Each keep-alive wakes the stream out of its read of the TLS
+			// connection; the connection keeps working after.
+			for pings := 0; pings < 3; {
+				b, ok := c.nextBlock()
+				require.True(t, ok)
+				if len(b.Comments) > 0 && b.Comments[0] == "ping" {
+					pings++
+				}
+			}
 			if http2 {
 				require.Equal(t, 2, c.resp.ProtoMajor)
 			} else {
@@ -169,6 +182,60 @@ func TestEventsOverTLS(t *testing.T) {
 			requireMessage(t, c.next(), "conversations/ca/messages/m1")
 			c.close()
 			require.Eventually(t, func() bool { return h.gw.openLimitSlots() == 0 }, waitFor, 5*time.Millisecond)
+		})
+	}
+}
+
+// metricValue reads one unlabelled sample from /metrics ("name value").
+func (h *harness) metricValue(name string) string {
+	h.t.Helper()
+	for _, line := range strings.Split(h.metricsText(), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	h.t.Fatalf("no sample %s", name)
+	return ""
+}
+
+// Events that queue up while a stream's writer is busy are written
+// together: one write for the batch, not one per event.
+func TestEventsBatchQueuedEventsInOneWrite(t *testing.T) {
+	for _, noHijack := range []bool{false, true} {
+		t.Run(fmt.Sprintf("netHTTP=%v", noHijack), func(t *testing.T) {
+			h := newHarness(t, func(h *harness, c *Config, _ *Deps) {
+				h.noHijack = noHijack
+				c.KeepAlive = time.Hour
+			})
+			gate, gated := make(chan struct{}), make(chan struct{}, 1)
+			h.conv.add("conversations/ca", "p1", "patients/pa")
+			h.conv.mu.Lock()
+			h.conv.gate, h.conv.gated = gate, gated
+			h.conv.mu.Unlock()
+			c := h.openEvents(h.token("doc", auth.RoleDentist, "p1", 0), "")
+			_, ok := c.nextBlock() // connected: the first write
+			require.True(t, ok)
+			require.Equal(t, "1", h.metricValue("clinicchat_gateway_sse_writes_total"))
+
+			// The writer waits for the thread's view while messages queue.
+			h.publish(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
+				Meta: meta("p1", "system"), Conversation: &conversationv1.Conversation{Name: "conversations/ca", Patient: "patients/pa"}})
+			select {
+			case <-gated:
+			case <-time.After(waitFor):
+				t.Fatal("the stream never asked for the conversation")
+			}
+			for i := 1; i <= 5; i++ {
+				h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", fmt.Sprint(i), "patients/pa", "x", int64(i), false))
+			}
+			require.Eventually(t, func() bool { return h.gw.hub.queued.Load() == 5 }, waitFor, 5*time.Millisecond)
+			close(gate)
+
+			require.Equal(t, EventConversationUpdated, c.next().Event)
+			for i := 1; i <= 5; i++ {
+				requireMessage(t, c.next(), fmt.Sprint("conversations/ca/messages/", i))
+			}
+			require.Equal(t, "2", h.metricValue("clinicchat_gateway_sse_writes_total"), "6 events in one write")
 		})
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // sseWriter writes the text/event-stream framing. Blocks are buffered and
@@ -18,6 +20,8 @@ type sseWriter struct {
 	rc  *http.ResponseController
 	raw net.Conn // set when the connection was taken over
 	buf bytes.Buffer
+	// writes, when set, counts the writes.
+	writes prometheus.Counter
 }
 
 func newSSEWriter(w http.ResponseWriter) *sseWriter {
@@ -79,6 +83,9 @@ func (sw *sseWriter) full() bool { return sw.buf.Len() >= sseFlushAt }
 func (sw *sseWriter) flush() error {
 	if sw.buf.Len() == 0 {
 		return nil
+	}
+	if sw.writes != nil {
+		sw.writes.Inc()
 	}
 	defer func() {
 		if sw.buf.Cap() > sseKeepBuf {
