@@ -16,6 +16,7 @@ import (
 
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
@@ -152,6 +153,13 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 		go func() {
 			defer end()
 			defer hs.close()
+			defer func() {
+				// As net/http would: a panic ends this stream, not the process.
+				if p := recover(); p != nil {
+					s.log.Error("panic", zap.String(logkeys.ErrorID, ids.New()), zap.String("route", routeEvents),
+						zap.Any("panic", p), zap.Stack("stack"))
+				}
+			}()
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			st.serve(ctx, hs.sw, resume)
@@ -166,7 +174,6 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 	sw := newSSEWriter(w)
 	sw.detach()
 	defer sw.attach()
-	sw.start()
 	st.serve(ctx, sw, resume)
 }
 
@@ -184,6 +191,9 @@ func (st *eventStream) serve(ctx context.Context, sw *sseWriter, resume *cursor)
 	// Registered first: from here every event after pos reaches the queue.
 	pos := s.hub.register(st.c)
 	defer s.hub.unregister(st.c)
+	if st.raw == nil {
+		sw.start() // a taken-over connection's head goes out with the hello
+	}
 
 	s.metrics.sseClients.Inc()
 	defer s.metrics.sseClients.Dec()
