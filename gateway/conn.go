@@ -33,6 +33,9 @@ type conn struct {
 	// kaSlot is the keep-alive wheel's slot holding c, -1 when none (the
 	// wheel's mutex guards it).
 	kaSlot int
+	// onSignal, when set, wakes the stream after each signal on wake (a
+	// stream on a taken-over connection waits in a read, not on wake).
+	onSignal func()
 }
 
 func newConn(h *hub, id auth.Identity, limit int) *conn {
@@ -85,6 +88,9 @@ func (c *conn) signal() {
 	select {
 	case c.wake <- struct{}{}:
 	default:
+	}
+	if c.onSignal != nil {
+		c.onSignal()
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
@@ -73,9 +74,16 @@ type eventStream struct {
 	id    auth.Identity
 	c     *conn
 	marks *deliveryMarks
+	// unflushed are the events buffered in the writer, not yet written.
+	unflushed []written
+	// raw is the taken-over connection, nil on net/http's path.
+	raw *hijackedStream
 }
 
 // events serves GET /v1/events as Server-Sent Events (SPEC.md section 3).
+// An HTTP/1.1 stream is taken over from net/http once it is accepted
+// (hijack.go): one goroutine of its own serves it, and net/http's goroutine and
+// buffers for the connection are freed. HTTP/2 streams stay on net/http.
 func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]string) {
 	id, ok := auth.FromContext(r.Context())
 	if !ok {
@@ -96,32 +104,40 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 		s.writeError(w, r, unavailable("The gateway is shutting down; reconnect"))
 		return
 	}
-	defer s.streams.Done()
 	release, refused := s.limits.acquire(id.Practice + "\x00" + id.Principal())
 	if refused != "" {
+		s.streams.Done()
 		s.refuseStream(w, r, refused)
 		return
 	}
-	defer release()
+	// end frees the stream's limit slot and lets Shutdown return; it runs
+	// when the stream ends, on whichever goroutine serves it.
+	end := func() {
+		release()
+		s.streams.Done()
+	}
 
 	ctx := r.Context()
 	if err := s.hub.ready(ctx); err != nil {
+		end()
 		s.log.Warn("event stream: live updates unavailable", zap.Error(err))
 		s.metrics.sseRefused.WithLabelValues(refusedUnavailable).Inc()
 		s.writeError(w, r, unavailable("Live updates are unavailable right now; try again shortly"))
 		return
 	}
-	sw := newSSEWriter(w)
-	sw.detach()
-	defer sw.attach()
 	if resume != nil {
 		head, err := s.streamHeads(ctx)
 		if err != nil {
+			end()
 			s.log.Warn("event stream: stream info", zap.Error(err))
 			s.writeError(w, r, unavailable("Live updates are unavailable right now; try again shortly"))
 			return
 		}
 		if !resumable(resume.d, head[streamD]) || !resumable(resume.c, head[streamC]) {
+			defer end()
+			sw := newSSEWriter(w)
+			sw.detach()
+			defer sw.attach()
 			sw.start()
 			s.metrics.sseResets.WithLabelValues(ResetResumeWindowExceeded).Inc()
 			_ = sw.reset(ResetResumeWindowExceeded)
@@ -129,14 +145,56 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 		}
 	}
 
-	st := &eventStream{s: s, id: id, c: newConn(s.hub, id, s.cfg.EventBuffer)}
+	st := &eventStream{s: s, id: id}
+	if hs, err := s.hijackStream(w, r); err == nil {
+		// From here the connection is the stream's own: served by one fresh
+		// goroutine (small stack), and this handler returns.
+		st.raw = hs
+		go func() {
+			defer end()
+			defer hs.close()
+			defer func() {
+				// As net/http would: a panic ends this stream, not the process.
+				if p := recover(); p != nil {
+					s.log.Error("panic", zap.String(logkeys.ErrorID, ids.New()), zap.String("route", routeEvents),
+						zap.Any("panic", p), zap.Stack("stack"))
+				}
+			}()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			st.serve(ctx, hs.sw, resume)
+		}()
+		return
+	} else if !errors.Is(err, errNoHijack) {
+		end()
+		s.log.Warn("event stream: take over the connection", zap.Error(err))
+		return
+	}
+	defer end()
+	sw := newSSEWriter(w)
+	sw.detach()
+	defer sw.attach()
+	st.serve(ctx, sw, resume)
+}
+
+// serve runs an accepted stream: registered with the hub, the hello,
+// the catch-up of a resume, then the live events until the stream ends.
+func (st *eventStream) serve(ctx context.Context, sw *sseWriter, resume *cursor) {
+	s, id := st.s, st.id
+	sw.writes = s.metrics.sseWrites
+	st.c = newConn(s.hub, id, s.cfg.EventBuffer)
+	if st.raw != nil {
+		st.c.onSignal = st.raw.wake
+	}
 	st.marks = newDeliveryMarks(func(conv string, seq int64) { s.markDelivered(id, conv, seq) })
 	defer st.marks.wait()
 	// Registered first: from here every event after pos reaches the queue.
 	pos := s.hub.register(st.c)
 	defer s.hub.unregister(st.c)
+	if st.raw == nil {
+		sw.start() // a taken-over connection's head goes out with the hello
+	}
 
-	sw.start()
 	s.metrics.sseClients.Inc()
 	defer s.metrics.sseClients.Dec()
 	s.log.Debug("event stream open", zap.String(logkeys.Practice, id.Practice), zap.String(logkeys.Actor, id.Principal()),
@@ -156,8 +214,17 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 		}{{streamD, cur.d, pos.d}, {streamC, cur.c, pos.c}} {
 			err := s.hub.catchUp(ctx, id, sp.stream, sp.from, sp.to, func(e *event) error {
 				cur = cur.with(e.stream, e.seq)
-				return st.write(ctx, sw, e, cur)
+				if err := st.write(ctx, sw, e, cur); err != nil {
+					return err
+				}
+				if sw.full() {
+					return st.flush(sw)
+				}
+				return nil
 			})
+			if err == nil {
+				err = st.flush(sw)
+			}
 			if err != nil {
 				if ctx.Err() == nil {
 					s.log.Warn("event stream: catch-up", zap.Error(err))
@@ -226,16 +293,24 @@ func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
 	s := st.s
 	var expired <-chan time.Time
 	if !st.id.Expiry.IsZero() {
-		t := time.NewTimer(time.Until(st.id.Expiry))
-		defer t.Stop()
-		expired = t.C
+		if st.raw != nil {
+			t := time.AfterFunc(time.Until(st.id.Expiry), st.raw.expire)
+			defer t.Stop()
+		} else {
+			t := time.NewTimer(time.Until(st.id.Expiry))
+			defer t.Stop()
+			expired = t.C
+		}
 	}
 	for {
-		// Write everything queued before waiting again.
+		// Write everything queued before waiting again, in one write per
+		// batch (several writes only past sseFlushAt bytes).
 		for {
 			e, overflowed := st.c.pop()
 			if overflowed {
-				st.tooFarBehind(sw)
+				if st.flush(sw) == nil {
+					st.tooFarBehind(sw)
+				}
 				return
 			}
 			if e == nil {
@@ -248,16 +323,22 @@ func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
 			if err := st.write(ctx, sw, e, cur); err != nil {
 				return
 			}
+			if sw.full() {
+				if err := st.flush(sw); err != nil {
+					return
+				}
+			}
 		}
-		select {
-		case <-ctx.Done():
+		if err := st.flush(sw); err != nil {
 			return
-		case <-s.closing:
+		}
+		switch st.wait(ctx, expired) {
+		case waitEnd:
 			return
-		case <-expired:
+		case waitExpired:
 			_ = sw.comment("token expired; sign in again")
 			return
-		case <-st.c.wake:
+		case waitWoken:
 			// Events, overflow, or the keep-alive wheel (keepalive.go).
 			if !st.c.takePing() {
 				continue
@@ -279,6 +360,36 @@ func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
 				return
 			}
 		}
+	}
+}
+
+// waitOutcome is what ended a stream's wait.
+type waitOutcome int
+
+const (
+	// waitWoken: events, overflow, or a keep-alive is due.
+	waitWoken waitOutcome = iota
+	// waitEnd: the client left or the gateway is shutting down.
+	waitEnd
+	// waitExpired: the caller's token expired.
+	waitExpired
+)
+
+// wait blocks until the stream has something to do or must end. A stream
+// on a taken-over connection waits in a read of it (hijack.go).
+func (st *eventStream) wait(ctx context.Context, expired <-chan time.Time) waitOutcome {
+	if st.raw != nil {
+		return st.raw.wait(st)
+	}
+	select {
+	case <-ctx.Done():
+		return waitEnd
+	case <-st.s.closing:
+		return waitEnd
+	case <-expired:
+		return waitExpired
+	case <-st.c.wake:
+		return waitWoken
 	}
 }
 
@@ -312,16 +423,19 @@ func (st *eventStream) write(ctx context.Context, sw *sseWriter, e *event, cur c
 		if e.kind == itemMessageCreated {
 			event = EventMessageCreated
 		}
-		if err := sw.event(event, cur, data); err != nil {
-			return err
-		}
-		s.metrics.sseEvents.WithLabelValues(event).Inc()
+		sw.event(event, cur, data)
+		w := written{event: event}
 		if e.kind == itemMessageCreated && isRecipient(st.id, e.message) {
 			if conv := parentOf(e.message.GetName()); conv != "" && e.message.GetSeq() > 0 {
-				st.marks.add(conv, int64(e.message.GetSeq()))
+				w.conv, w.seq = conv, int64(e.message.GetSeq())
 			}
 		}
+		st.unflushed = append(st.unflushed, w)
 	case itemConversation, itemUserState:
+		// What is buffered goes out before the (upstream) fetch.
+		if err := st.flush(sw); err != nil {
+			return err
+		}
 		data, err := st.conversationView(ctx, e)
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -335,10 +449,37 @@ func (st *eventStream) write(ctx context.Context, sw *sseWriter, e *event, cur c
 			}
 			return nil
 		}
-		if err := sw.event(EventConversationUpdated, cur, data); err != nil {
-			return err
+		sw.event(EventConversationUpdated, cur, data)
+		st.unflushed = append(st.unflushed, written{event: EventConversationUpdated})
+	}
+	return nil
+}
+
+// written is an event buffered by the writer: counted, and its delivery
+// marked, once it is written to the client.
+type written struct {
+	event string
+	conv  string // the conversation to mark delivered up to seq, if any
+	seq   int64
+}
+
+// flush writes the buffered events and then counts them and marks them
+// delivered.
+func (st *eventStream) flush(sw *sseWriter) error {
+	if err := sw.flush(); err != nil {
+		return err
+	}
+	for i, w := range st.unflushed {
+		st.s.metrics.sseEvents.WithLabelValues(w.event).Inc()
+		if w.conv != "" {
+			st.marks.add(w.conv, w.seq)
 		}
-		s.metrics.sseEvents.WithLabelValues(EventConversationUpdated).Inc()
+		st.unflushed[i] = written{}
+	}
+	if cap(st.unflushed) > 64 {
+		st.unflushed = nil
+	} else {
+		st.unflushed = st.unflushed[:0]
 	}
 	return nil
 }

@@ -212,6 +212,10 @@ type Server struct {
 	// onOverflow, when set (by tests), is called when an event stream's
 	// buffer overflows.
 	onOverflow func()
+	// raw are the connections event streams took over (hijack.go);
+	// noHijack (tests) keeps every stream on net/http.
+	raw      rawConns
+	noHijack bool
 }
 
 // New builds the gateway and registers every route.
@@ -292,6 +296,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		close(s.closing)
 	}
 	s.mu.Unlock()
+	s.raw.wakeAll() // streams on taken-over connections wait in a read
 	done := make(chan struct{})
 	go func() { s.streams.Wait(); close(done) }()
 	select {
@@ -299,6 +304,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.hub.stop()
 		return nil
 	case <-ctx.Done():
+		// Streams stuck writing to clients that do not read: their
+		// taken-over connections are closed here (http.Server does not
+		// know them).
+		s.raw.closeAll()
 		return fmt.Errorf("gateway shutdown: event streams still open: %w", ctx.Err())
 	}
 }

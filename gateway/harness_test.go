@@ -62,6 +62,9 @@ type harness struct {
 	overflowHook func()
 	// httpServer, when set, adjusts the test HTTP server before it starts.
 	httpServer func(*http.Server)
+	// tls serves HTTPS (HTTP/2 too when http2); noHijack keeps event
+	// streams on net/http.
+	tls, http2, noHijack bool
 }
 
 type harnessOption func(h *harness, c *Config, d *Deps)
@@ -115,11 +118,17 @@ func newHarnessOn(t *testing.T, from *harness, opts ...harnessOption) *harness {
 	h.gw, err = New(cfg, deps)
 	require.NoError(t, err)
 	h.gw.onOverflow = h.overflowHook
+	h.gw.noHijack = h.noHijack
 	h.srv = httptest.NewUnstartedServer(h.gw.Handler())
 	if h.httpServer != nil {
 		h.httpServer(h.srv.Config)
 	}
-	h.srv.Start()
+	if h.tls {
+		h.srv.EnableHTTP2 = h.http2
+		h.srv.StartTLS()
+	} else {
+		h.srv.Start()
+	}
 	t.Cleanup(h.srv.Close)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)

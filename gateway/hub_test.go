@@ -50,8 +50,10 @@ func TestHubDecodesAndDispatchesPerPractice(t *testing.T) {
 	}
 	pz := h.openEvents(h.token("pz", auth.RolePatient, "p2", 0), "")
 	pa := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "")
-	require.Equal(t, 1, h.consumers(natsx.StreamDelivery), "one consumer for the whole gateway")
-	require.Equal(t, 1, h.consumers(natsx.StreamConversation))
+	// The hub creates its consumers in the background once it is ready.
+	require.Eventually(t, func() bool {
+		return h.consumers(natsx.StreamDelivery) == 1 && h.consumers(natsx.StreamConversation) == 1
+	}, waitFor, 5*time.Millisecond, "one consumer per stream for the whole gateway")
 	before := h.gw.hub.decodedTotal.Load()
 
 	for i := range 20 {

@@ -1,7 +1,9 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -31,6 +33,7 @@ type metrics struct {
 	sseResets   *prometheus.CounterVec
 	sseRefused  *prometheus.CounterVec
 	sseDropped  prometheus.Counter
+	sseWrites   prometheus.Counter
 	hubDecoded  prometheus.Counter
 	uploadBytes prometheus.Counter
 	limited     *prometheus.CounterVec
@@ -68,6 +71,10 @@ func newMetrics(extra ...prometheus.Collector) *metrics {
 			Name: "clinicchat_gateway_sse_dropped_events_total",
 			Help: "Events dropped for event-stream clients that read too slowly (each such client is told to reload).",
 		}),
+		sseWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "clinicchat_gateway_sse_writes_total",
+			Help: "Writes to /v1/events connections: each writes every event queued for the stream at that moment, so fewer than events under load.",
+		}),
 		hubDecoded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "clinicchat_gateway_hub_events_decoded_total",
 			Help: "Events the fan-out decoded (once per event with an audience on this gateway; events of practices without open streams here are not decoded).",
@@ -81,7 +88,7 @@ func newMetrics(extra ...prometheus.Collector) *metrics {
 			Help: "Requests refused at the edge by a limit (HTTP 429 or 413), by limit.",
 		}, []string{"limit"}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.sseClients, m.sseEvents, m.sseResets, m.sseRefused, m.sseDropped,
+	m.reg.MustRegister(m.requests, m.latency, m.sseClients, m.sseEvents, m.sseResets, m.sseRefused, m.sseDropped, m.sseWrites,
 		m.hubDecoded, m.uploadBytes, m.limited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(extra...)
@@ -236,6 +243,16 @@ func (w *statusRecorder) Flush() {
 	if f, ok := w.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// Hijack takes the connection over (an HTTP/1.1 event stream, hijack.go),
+// recorded as the 200 the stream then writes itself.
+func (w *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil && !w.wrote {
+		w.code, w.wrote = http.StatusOK, true
+	}
+	return c, brw, err
 }
 
 func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -16,9 +16,11 @@ func TestSSEWriterDoesNotKeepLargeBuffers(t *testing.T) {
 	sw := newSSEWriter(rec)
 	sw.start()
 	big := `{"text":"` + strings.Repeat("x", 10000) + `"}`
-	require.NoError(t, sw.event(EventMessageCreated, cursor{d: 1, c: 2}, []byte(big)))
+	sw.event(EventMessageCreated, cursor{d: 1, c: 2}, []byte(big))
+	require.NoError(t, sw.flush())
 	require.LessOrEqual(t, sw.buf.Cap(), sseKeepBuf)
-	require.NoError(t, sw.event(EventMessageCreated, cursor{d: 2, c: 2}, []byte(`{"text":"hi"}`)))
+	sw.event(EventMessageCreated, cursor{d: 2, c: 2}, []byte(`{"text":"hi"}`))
+	require.NoError(t, sw.flush())
 	require.NotZero(t, sw.buf.Cap(), "a small block's buffer is kept for the next one")
 	require.LessOrEqual(t, sw.buf.Cap(), sseKeepBuf)
 	body := rec.Body.String()
