@@ -117,9 +117,11 @@ const Topic = "outbox"
 // order, so events keep their order per conversation whichever replica
 // wrote them, and no transaction or row lock is open while NATS is slow.
 // While rows keep coming (a wake-up within Linger) the relay keeps the lock,
-// and each further round is one statement that deletes the rows the last
-// round published and reads the next batch; a round that finds nothing
-// more releases the lock. While it holds the lock its session has
+// and each further round is one statement that reads the next batch past
+// the rows already published, and deletes those every deleteRows rows or
+// deleteAfter (a durable commit, not one per round); once no wake-up came
+// within Linger, a round that finds nothing more deletes the rest and
+// releases the lock. While it holds the lock its session has
 // idle_session_timeout = Lease: a frozen relay loses its session, and with
 // it the lock, after Lease and another replica publishes the rows again
 // (JetStream drops the duplicates by Nats-Msg-Id within its duplicate
@@ -209,7 +211,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	backoff := 100 * time.Millisecond
 	lingered := false // the last wait for a wake-up ran out
 	for {
-		n, err := r.round(ctx)
+		n, err := r.round(ctx, lingered)
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -271,18 +273,18 @@ type row struct {
 // Flush publishes one batch and returns how many rows it published. On
 // PostgreSQL it takes the outbox lock and releases it before it returns.
 func (r *Relay) Flush(ctx context.Context) (int, error) {
-	n, err := r.round(ctx)
+	n, err := r.round(ctx, true)
 	if rerr := r.release(ctx); rerr != nil {
 		err = errors.Join(err, rerr)
 	}
 	return n, err
 }
 
-// round publishes one batch; on PostgreSQL it keeps the outbox lock when it
-// found rows (release gives it up).
-func (r *Relay) round(ctx context.Context) (int, error) {
+// round publishes one batch; on PostgreSQL it keeps the outbox lock (release
+// gives it up), and last asks it to delete every row published so far.
+func (r *Relay) round(ctx context.Context, last bool) (int, error) {
 	if r.db.Dialect() == sqldb.Postgres {
-		return r.roundPostgres(ctx)
+		return r.roundPostgres(ctx, last)
 	}
 	rows, err := load(ctx, r.db, `SELECT seq, id, subject, payload, traceparent FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`, r.published, r.Batch)
 	if err != nil {
@@ -310,25 +312,36 @@ func (r *Relay) round(ctx context.Context) (int, error) {
 const lockKey = 7342002
 
 // pgLock is the PostgreSQL outbox lock held between rounds: the session
-// that holds it, and the rows the last round published, which the next
-// statement on it deletes.
+// that holds it, and the rows published and not yet deleted. They are
+// deleted by a later round's statement once there are deleteRows of them
+// or the oldest is deleteAfter old (a delete is a durable commit: a WAL
+// flush), and always before the lock is released.
 type pgLock struct {
 	conn      *sql.Conn
 	published []int64
+	since     time.Time // when the oldest of published was acknowledged
 }
 
-// PostgreSQL statements of a round. claimSQL deletes the rows the last
-// round published ($1) and reads the next batch: the DELETE in WITH is not
-// visible to the SELECT's snapshot, hence the seq <> ALL($1).
+// deleteRows and deleteAfter bound the published rows a PostgreSQL relay
+// keeps before it deletes them (each round's read steps over them).
+const (
+	deleteRows  = 128
+	deleteAfter = 100 * time.Millisecond
+)
+
+// PostgreSQL statements of a round. claimSQL deletes published rows ($1)
+// and reads the next batch past every published row ($2, a superset of
+// $1: the DELETE in WITH is not visible to the SELECT's snapshot). Without
+// rows to delete it commits nothing durable.
 const (
 	probeSQL  = `SELECT 1 FROM outbox LIMIT 1`
 	lockSQL   = `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false)`
-	claimSQL  = `WITH done AS (DELETE FROM outbox WHERE seq = ANY($1)) SELECT seq, id, subject, payload, traceparent FROM outbox WHERE seq <> ALL($1) ORDER BY seq LIMIT $2`
+	claimSQL  = `WITH done AS (DELETE FROM outbox WHERE seq = ANY($1)) SELECT seq, id, subject, payload, traceparent FROM outbox WHERE seq <> ALL($2) ORDER BY seq LIMIT $3`
 	deleteSQL = `DELETE FROM outbox WHERE seq = ANY($1)`
 	unlockSQL = `SELECT pg_advisory_unlock($1, hashtext(current_schema())), set_config('idle_session_timeout', '0', false)`
 )
 
-func (r *Relay) roundPostgres(ctx context.Context) (int, error) {
+func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 	if r.held == nil {
 		var one int
 		switch err := r.db.QueryRow(ctx, probeSQL).Scan(&one); {
@@ -348,11 +361,12 @@ func (r *Relay) roundPostgres(ctx context.Context) (int, error) {
 		r.held = &pgLock{conn: conn}
 	}
 	h := r.held
-	published := h.published
-	if published == nil {
-		published = []int64{} // NULL would match no row of seq <> ALL
+	// NULL would match no row of seq <> ALL: empty arrays, not nil.
+	published, del := append([]int64{}, h.published...), []int64{}
+	if len(published) > 0 && (last || len(published) >= deleteRows || time.Since(h.since) >= deleteAfter) {
+		del = published
 	}
-	rs, err := h.conn.QueryContext(ctx, claimSQL, published, r.Batch)
+	rs, err := h.conn.QueryContext(ctx, claimSQL, del, published, r.Batch)
 	if err != nil {
 		r.drop() // the rows of the last round are published again, as duplicates
 		return 0, fmt.Errorf("load outbox: %w", err)
@@ -362,7 +376,9 @@ func (r *Relay) roundPostgres(ctx context.Context) (int, error) {
 		r.drop()
 		return 0, fmt.Errorf("load outbox: %w", err)
 	}
-	h.published = nil
+	if len(del) > 0 {
+		h.published = h.published[:0]
+	}
 	if len(rows) == 0 {
 		return 0, nil
 	}
@@ -373,7 +389,10 @@ func (r *Relay) roundPostgres(ctx context.Context) (int, error) {
 	// failed: a row is only sent after the earlier rows of its subject were
 	// acknowledged, so what stays is the failed rows and those behind them.
 	done, _, perr := r.publish(ctx, rows)
-	h.published = done
+	if len(h.published) == 0 {
+		h.since = time.Now()
+	}
+	h.published = append(h.published, done...)
 	return len(done), perr
 }
 
