@@ -12,7 +12,9 @@ import (
 // Backlog is the outbox's waiting rows: how many events are written but not
 // yet acknowledged by JetStream, and when the oldest of them was written
 // (zero when none waits). On SQLite, rows already published but not yet
-// deleted (the relay deletes once a second) do not count.
+// deleted (the relay deletes once a second) do not count; on PostgreSQL the
+// last batch a relay published counts until its next round deletes it
+// (within Relay.Linger).
 func (r *Relay) Backlog(ctx context.Context) (rows int64, oldest time.Time, err error) {
 	var first sql.NullInt64
 	if err := r.db.QueryRow(ctx, `SELECT count(*), min(created_at) FROM outbox WHERE seq > ?`, r.publishedMark.Load()).

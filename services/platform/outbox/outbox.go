@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -51,33 +52,55 @@ import (
 // eventtype.Event, which links no adapter.
 type Event = eventtype.Event
 
-// AddAll writes events into the outbox inside tx.
+// AddAll writes events into the outbox inside tx: one INSERT for up to
+// insertRows events (a statement is a round trip and most of a small
+// statement's cost on PostgreSQL; a send writes two or three events).
 func AddAll(ctx context.Context, tx *sqldb.Tx, events []Event) error {
-	for _, e := range events {
-		if err := Add(ctx, tx, e.ID, e.Subject, e.Msg); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// Add writes one event into the outbox inside tx.
-func Add(ctx context.Context, tx *sqldb.Tx, id, subject string, msg proto.Message) error {
-	payload, err := proto.Marshal(msg)
-	if err != nil {
-		return fmt.Errorf("marshal event %s: %w", subject, err)
+	if len(events) == 0 {
+		return nil
 	}
 	var traceparent any // NULL unless ctx is traced
 	if tp := telemetry.Traceparent(ctx); tp != "" {
 		traceparent = tp
 	}
-	_, err = tx.Exec(ctx, `INSERT INTO outbox (id, subject, payload, created_at, traceparent) VALUES (?, ?, ?, ?, ?)`,
-		id, subject, payload, time.Now().UnixMicro(), traceparent)
-	if err != nil {
-		return fmt.Errorf("insert outbox: %w", err)
+	now := time.Now().UnixMicro()
+	for len(events) > 0 {
+		n := min(len(events), insertRows)
+		args := make([]any, 0, 5*n)
+		for _, e := range events[:n] {
+			payload, err := proto.Marshal(e.Msg)
+			if err != nil {
+				return fmt.Errorf("marshal event %s: %w", e.Subject, err)
+			}
+			args = append(args, e.ID, e.Subject, payload, now, traceparent)
+		}
+		if _, err := tx.Exec(ctx, insertSQL[n], args...); err != nil {
+			return fmt.Errorf("insert outbox: %w", err)
+		}
+		events = events[n:]
 	}
 	tx.Signal(Topic)
 	return nil
+}
+
+// insertRows bounds the rows of one INSERT, and so the number of distinct
+// statements the statement caches hold for it.
+const insertRows = 16
+
+// insertSQL[n] inserts n rows (seq order is the order of the VALUES list:
+// both databases assign a multi-row INSERT's serial values in list order).
+var insertSQL = func() [insertRows + 1]string {
+	var qs [insertRows + 1]string
+	for n := 1; n <= insertRows; n++ {
+		qs[n] = `INSERT INTO outbox (id, subject, payload, created_at, traceparent) VALUES (?, ?, ?, ?, ?)` +
+			strings.Repeat(`, (?, ?, ?, ?, ?)`, n-1)
+	}
+	return qs
+}()
+
+// Add writes one event into the outbox inside tx.
+func Add(ctx context.Context, tx *sqldb.Tx, id, subject string, msg proto.Message) error {
+	return AddAll(ctx, tx, []Event{{ID: id, Subject: subject, Msg: msg}})
 }
 
 // Topic is the sqldb signal of a transaction that wrote outbox rows: its
@@ -89,15 +112,21 @@ const Topic = "outbox"
 // PostgreSQL, where several replicas relay one database: a round that finds
 // the outbox empty is one read and nothing else. Otherwise the relay takes
 // the outbox's advisory lock (one per schema) on a connection of its own,
-// reads a batch in seq order, publishes it outside any transaction, deletes
-// the acknowledged rows and releases the lock: one relay publishes at a time,
-// in seq order, so events keep their order per conversation whichever
-// replica wrote them, and no transaction or row lock is open while NATS is
-// slow. While it holds the lock its session has idle_session_timeout = Lease:
-// a frozen relay loses its session, and with it the lock, after Lease and
-// another replica publishes the rows again (JetStream drops the duplicates
-// by Nats-Msg-Id within its duplicate window; a crashed relay's session
-// ends at once).
+// reads a batch in seq order, publishes it outside any transaction, and
+// deletes the acknowledged rows: one relay publishes at a time, in seq
+// order, so events keep their order per conversation whichever replica
+// wrote them, and no transaction or row lock is open while NATS is slow.
+// While rows keep coming (a wake-up within Linger) the relay keeps the lock,
+// and each further round is one statement that reads the next batch past
+// the rows already published, and deletes those every deleteRows rows or
+// deleteAfter (a durable commit, not one per round); once no wake-up came
+// within Linger, a round that finds nothing more deletes the rest and
+// releases the lock. While it holds the lock its session has
+// idle_session_timeout = Lease: a frozen relay loses its session, and with
+// it the lock, after Lease and another replica publishes the rows again
+// (JetStream drops the duplicates by Nats-Msg-Id within its duplicate
+// window; a crashed relay's session ends at once). Another replica's rows
+// wait for the holder's next round, at most Linger.
 type Relay struct {
 	db    *sqldb.DB
 	js    jetstream.JetStream
@@ -113,6 +142,13 @@ type Relay struct {
 	// AckWait bounds the wait for a publish's acknowledgement (default
 	// DefaultAckWait).
 	AckWait time.Duration
+	// Linger is how long a PostgreSQL relay keeps the outbox lock after a
+	// round that published rows, waiting for the next wake-up (default
+	// DefaultLinger). Keep it well below Lease.
+	Linger time.Duration
+
+	// held is the PostgreSQL outbox lock between rounds (nil when not held).
+	held *pgLock
 
 	// afterClaim runs after a PostgreSQL round has read its batch (tests).
 	afterClaim func(ctx context.Context)
@@ -152,6 +188,11 @@ func (r *Relay) Kick() {
 // milliseconds.
 const DefaultAckWait = 3 * time.Second
 
+// DefaultLinger is Relay.Linger's default: at a few sends a second every
+// round takes and releases the lock, as before; under load the relay keeps
+// it, and a round is one statement instead of five.
+const DefaultLinger = 20 * time.Millisecond
+
 // maxBackoff bounds the wait between failed rounds. Failures are mostly a
 // stream with no leader for the seconds of an election (4-9 s after its
 // leader dies; its publishes fail at once with "no response from stream"):
@@ -163,13 +204,21 @@ const maxBackoff = time.Second
 func (r *Relay) Run(ctx context.Context) error {
 	t := time.NewTicker(r.Poll)
 	defer t.Stop()
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	defer linger.Stop()
+	defer r.release(ctx)
 	backoff := 100 * time.Millisecond
+	lingered := false // the last wait for a wake-up ran out
 	for {
-		n, err := r.Flush(ctx)
+		n, err := r.round(ctx, lingered)
 		switch {
 		case ctx.Err() != nil:
 			return nil
 		case err != nil:
+			if rerr := r.release(ctx); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
 			r.log.Warn("outbox relay: publish failed; will retry", zap.Error(err), zap.Duration("backoff", backoff))
 			select {
 			case <-ctx.Done():
@@ -183,6 +232,27 @@ func (r *Relay) Run(ctx context.Context) error {
 			continue // more waiting
 		}
 		backoff = 100 * time.Millisecond
+		if r.held != nil && (n > 0 || !lingered) {
+			// Keep the lock for the next wake-up (a round woken by a
+			// commit whose rows the last round took finds nothing);
+			// without one, a last round deletes what the previous one
+			// published and takes the other replicas' rows.
+			linger.Reset(r.linger())
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-r.kick:
+				linger.Stop()
+				lingered = false
+			case <-linger.C:
+				lingered = true
+			}
+			continue
+		}
+		lingered = false
+		if err := r.release(ctx); err != nil {
+			r.log.Warn("outbox relay: release failed", zap.Error(err))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -200,10 +270,21 @@ type row struct {
 	traceparent sql.NullString
 }
 
-// Flush publishes one batch and returns how many rows it published.
+// Flush publishes one batch and returns how many rows it published. On
+// PostgreSQL it takes the outbox lock and releases it before it returns.
 func (r *Relay) Flush(ctx context.Context) (int, error) {
+	n, err := r.round(ctx, true)
+	if rerr := r.release(ctx); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	return n, err
+}
+
+// round publishes one batch; on PostgreSQL it keeps the outbox lock (release
+// gives it up), and last asks it to delete every row published so far.
+func (r *Relay) round(ctx context.Context, last bool) (int, error) {
 	if r.db.Dialect() == sqldb.Postgres {
-		return r.flushPostgres(ctx)
+		return r.roundPostgres(ctx, last)
 	}
 	rows, err := load(ctx, r.db, `SELECT seq, id, subject, payload, traceparent FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`, r.published, r.Batch)
 	if err != nil {
@@ -230,55 +311,130 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 // hash of the schema, so services sharing a database do not share the lock.
 const lockKey = 7342002
 
-func (r *Relay) flushPostgres(ctx context.Context) (n int, err error) {
-	var one int
-	switch err := r.db.QueryRow(ctx, `SELECT 1 FROM outbox LIMIT 1`).Scan(&one); {
-	case errors.Is(err, sql.ErrNoRows):
-		return 0, nil // idle: one read, no commit of ours
-	case err != nil:
-		return 0, fmt.Errorf("outbox: %w", err)
-	}
-	conn, err := r.db.Raw().Conn(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("outbox: %w", err)
-	}
-	lease := r.lease()
-	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false)`,
-		lockKey, strconv.FormatInt(lease.Milliseconds(), 10)); err != nil {
-		discard(conn)
-		return 0, fmt.Errorf("outbox lock: %w", err)
-	}
-	defer func() {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if _, uerr := conn.ExecContext(uctx, `SELECT pg_advisory_unlock($1, hashtext(current_schema())), set_config('idle_session_timeout', '0', false)`, lockKey); uerr != nil {
-			discard(conn) // the session (and with it the lock) is gone or going
-			if err == nil && ctx.Err() == nil {
-				err = fmt.Errorf("outbox unlock: %w", uerr)
-			}
-			return
+// pgLock is the PostgreSQL outbox lock held between rounds: the session
+// that holds it, and the rows published and not yet deleted. They are
+// deleted by a later round's statement once there are deleteRows of them
+// or the oldest is deleteAfter old (a delete is a durable commit: a WAL
+// flush), and always before the lock is released.
+type pgLock struct {
+	conn      *sql.Conn
+	published []int64
+	since     time.Time // when the oldest of published was acknowledged
+}
+
+// deleteRows and deleteAfter bound the published rows a PostgreSQL relay
+// keeps before it deletes them (each round's read steps over them).
+const (
+	deleteRows  = 128
+	deleteAfter = 100 * time.Millisecond
+)
+
+// PostgreSQL statements of a round. claimSQL deletes published rows ($1)
+// and reads the next batch past every published row ($2, a superset of
+// $1: the DELETE in WITH is not visible to the SELECT's snapshot). Without
+// rows to delete it commits nothing durable.
+const (
+	probeSQL  = `SELECT 1 FROM outbox LIMIT 1`
+	lockSQL   = `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false)`
+	claimSQL  = `WITH done AS (DELETE FROM outbox WHERE seq = ANY($1)) SELECT seq, id, subject, payload, traceparent FROM outbox WHERE seq <> ALL($2) ORDER BY seq LIMIT $3`
+	deleteSQL = `DELETE FROM outbox WHERE seq = ANY($1)`
+	unlockSQL = `SELECT pg_advisory_unlock($1, hashtext(current_schema())), set_config('idle_session_timeout', '0', false)`
+)
+
+func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
+	if r.held == nil {
+		var one int
+		switch err := r.db.QueryRow(ctx, probeSQL).Scan(&one); {
+		case errors.Is(err, sql.ErrNoRows):
+			return 0, nil // idle: one read, no commit of ours
+		case err != nil:
+			return 0, fmt.Errorf("outbox: %w", err)
 		}
-		_ = conn.Close()
-	}()
-	rows, err := loadConn(ctx, conn, r.Batch)
-	if err != nil || len(rows) == 0 {
-		return 0, err
+		conn, err := r.db.Raw().Conn(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("outbox: %w", err)
+		}
+		if _, err := conn.ExecContext(ctx, lockSQL, lockKey, strconv.FormatInt(r.lease().Milliseconds(), 10)); err != nil {
+			discard(conn)
+			return 0, fmt.Errorf("outbox lock: %w", err)
+		}
+		r.held = &pgLock{conn: conn}
+	}
+	h := r.held
+	// NULL would match no row of seq <> ALL: empty arrays, not nil.
+	published, del := append([]int64{}, h.published...), []int64{}
+	if len(published) > 0 && (last || len(published) >= deleteRows || time.Since(h.since) >= deleteAfter) {
+		del = published
+	}
+	rs, err := h.conn.QueryContext(ctx, claimSQL, del, published, r.Batch)
+	if err != nil {
+		r.drop() // the rows of the last round are published again, as duplicates
+		return 0, fmt.Errorf("load outbox: %w", err)
+	}
+	rows, err := scan(rs)
+	if err != nil {
+		r.drop()
+		return 0, fmt.Errorf("load outbox: %w", err)
+	}
+	if len(del) > 0 {
+		h.published = h.published[:0]
+	}
+	if len(rows) == 0 {
+		return 0, nil
 	}
 	if r.afterClaim != nil {
 		r.afterClaim(ctx)
 	}
-	// Delete every acknowledged row, also those after a row that failed:
-	// a row is only sent after the earlier rows of its subject were
+	// Every acknowledged row is deleted, also those after a row that
+	// failed: a row is only sent after the earlier rows of its subject were
 	// acknowledged, so what stays is the failed rows and those behind them.
 	done, _, perr := r.publish(ctx, rows)
-	if len(done) > 0 {
-		if _, err := r.db.Raw().ExecContext(ctx, `DELETE FROM outbox WHERE seq = ANY($1)`, done); err != nil {
+	if len(h.published) == 0 {
+		h.since = time.Now()
+	}
+	h.published = append(h.published, done...)
+	return len(done), perr
+}
+
+// release deletes the rows the last round published and gives the outbox
+// lock up, if the relay holds it. It runs even when ctx has ended.
+func (r *Relay) release(ctx context.Context) (err error) {
+	h := r.held
+	if h == nil {
+		return nil
+	}
+	r.held = nil
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if len(h.published) > 0 {
+		if _, err := h.conn.ExecContext(ctx, deleteSQL, h.published); err != nil {
 			// Published but not deleted: the next round publishes them
 			// again and JetStream drops the duplicates.
-			return 0, errors.Join(perr, fmt.Errorf("delete outbox rows: %w", err))
+			discard(h.conn) // the session (and with it the lock) is gone or going
+			return fmt.Errorf("delete outbox rows: %w", err)
 		}
 	}
-	return len(done), perr
+	if _, err := h.conn.ExecContext(ctx, unlockSQL, lockKey); err != nil {
+		discard(h.conn)
+		return fmt.Errorf("outbox unlock: %w", err)
+	}
+	return h.conn.Close()
+}
+
+// drop gives the outbox lock up by ending its session.
+func (r *Relay) drop() {
+	if r.held != nil {
+		discard(r.held.conn)
+		r.held = nil
+	}
+}
+
+// linger is Linger or its default.
+func (r *Relay) linger() time.Duration {
+	if r.Linger <= 0 {
+		return DefaultLinger
+	}
+	return r.Linger
 }
 
 // lease is Lease or its default.
@@ -293,14 +449,6 @@ func (r *Relay) lease() time.Duration {
 func discard(conn *sql.Conn) {
 	_ = conn.Raw(func(any) error { return driver.ErrBadConn })
 	_ = conn.Close()
-}
-
-func loadConn(ctx context.Context, conn *sql.Conn, limit int) ([]row, error) {
-	rs, err := conn.QueryContext(ctx, `SELECT seq, id, subject, payload, traceparent FROM outbox ORDER BY seq LIMIT $1`, limit)
-	if err != nil {
-		return nil, fmt.Errorf("load outbox: %w", err)
-	}
-	return scan(rs)
 }
 
 func load(ctx context.Context, q sqldb.Querier, query string, args ...any) ([]row, error) {

@@ -361,3 +361,156 @@ func TestIdleRelayCommitsNothing(t *testing.T) {
 		})
 	}
 }
+
+// lockHeld reports whether some session holds db's outbox lock.
+func lockHeld(t *testing.T, db *sqldb.DB) bool {
+	t.Helper()
+	var n int
+	require.NoError(t, db.QueryRow(context.Background(), `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+		AND classid = 7342002 AND objid = hashtext(current_schema())::oid AND granted`).Scan(&n))
+	return n > 0
+}
+
+func outboxRows(t *testing.T, db *sqldb.DB) int {
+	t.Helper()
+	var n int
+	require.NoError(t, db.QueryRow(context.Background(), `SELECT count(*) FROM outbox`).Scan(&n))
+	return n
+}
+
+// Events written together keep their order on the stream, also past the
+// rows of one INSERT.
+func TestAddAllKeepsOrder(t *testing.T) {
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			_, _, js := testkit.NATS(t)
+			db := testkit.OpenDB(t, b)
+			ddl := schema
+			if db.Dialect() == sqldb.Postgres {
+				ddl = pgSchema
+			}
+			_, err := db.Exec(ctx, ddl)
+			require.NoError(t, err)
+			const n = 40
+			var evs []outbox.Event
+			for i := range n {
+				id := fmt.Sprintf("ev-%04d", i)
+				evs = append(evs, outbox.Event{ID: id, Subject: natsx.Tenant(natsx.SubjectDeliveryAccess, "p", "c"),
+					Msg: &typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p", Detail: fmt.Sprint(i)}}})
+			}
+			require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, evs) }))
+			require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, nil) }))
+			relay := outbox.NewRelay(db, js, testkit.Logger(t))
+			for left := n; left > 0; {
+				k, err := relay.Flush(ctx)
+				require.NoError(t, err)
+				require.Positive(t, k)
+				left -= k
+			}
+			for i, e := range read(t, ctx, js, n) {
+				require.Equal(t, fmt.Sprint(i), e.GetMeta().GetDetail())
+			}
+			require.EqualValues(t, n, streamMsgs(t, ctx, js))
+		})
+	}
+}
+
+// While rows keep coming, a PostgreSQL relay keeps the outbox lock between
+// rounds; its rounds publish the other replicas' rows too, in seq order,
+// and when it stops it deletes what it published and releases the lock.
+func TestPostgresRelayKeepsTheLockWhileBusy(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, js := testkit.NATS(t)
+	dbA, dbB := openPostgresTwice(t)
+	relay := outbox.NewRelay(dbA, js, testkit.Logger(t))
+	relay.Linger = time.Hour // every wake-up finds the lock held
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+
+	addFor(t, dbA, "c", 0)
+	require.Equal(t, fmt.Sprint(0), read(t, ctx, js, 1)[0].GetMeta().GetDetail())
+	require.True(t, lockHeld(t, dbB), "the relay keeps the lock after a round that published")
+	addFor(t, dbB, "c", 1) // another replica's row: no wake-up of this relay
+	addFor(t, dbA, "c", 2)
+	for i, e := range read(t, ctx, js, 3) {
+		require.Equal(t, fmt.Sprint(i), e.GetMeta().GetDetail())
+	}
+	require.True(t, lockHeld(t, dbB))
+
+	cancel()
+	require.NoError(t, <-done)
+	require.False(t, lockHeld(t, dbB), "a relay that stops releases the lock")
+	require.Zero(t, outboxRows(t, dbB), "and deletes what it published")
+	require.EqualValues(t, 3, streamMsgs(t, context.Background(), js), "each event exactly once")
+}
+
+// A relay that finds nothing more after its linger deletes what it
+// published and releases the lock, and another replica then takes it.
+func TestPostgresRelayReleasesTheLockWhenIdle(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, js := testkit.NATS(t)
+	dbA, dbB := openPostgresTwice(t)
+	var runs errgroup.Group
+	for _, db := range []*sqldb.DB{dbA, dbB} {
+		r := outbox.NewRelay(db, js, testkit.Logger(t))
+		runs.Go(func() error { return r.Run(ctx) })
+	}
+	for i := range 5 {
+		addFor(t, dbA, "c", i)
+	}
+	require.Eventually(t, func() bool { return outboxRows(t, dbA) == 0 && !lockHeld(t, dbA) },
+		10*time.Second, 5*time.Millisecond, "rows deleted and the lock released")
+	for i := 5; i < 10; i++ {
+		addFor(t, dbB, "c", i)
+	}
+	for i, e := range read(t, ctx, js, 10) {
+		require.Equal(t, fmt.Sprint(i), e.GetMeta().GetDetail())
+	}
+	require.Eventually(t, func() bool { return outboxRows(t, dbA) == 0 && !lockHeld(t, dbA) },
+		10*time.Second, 5*time.Millisecond)
+	require.EqualValues(t, 10, streamMsgs(t, ctx, js), "each event exactly once")
+	cancel()
+	require.NoError(t, runs.Wait())
+}
+
+// A relay that holds the lock longer than its lease without a round (a
+// frozen process; here a linger above the lease) loses its session and the
+// lock: the other replica publishes the rows, and the first one recovers
+// on its next round. Nothing is lost, and duplicates are dropped.
+func TestLingeringPostgresRelayLosesTheLockAfterItsLease(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, js := testkit.NATS(t)
+	dbA, dbB := openPostgresTwice(t)
+	frozen := outbox.NewRelay(dbA, js, testkit.Logger(t))
+	frozen.Lease, frozen.Linger = time.Second, time.Hour
+	var runs errgroup.Group
+	runs.Go(func() error { return frozen.Run(ctx) })
+	for i := range 5 {
+		addFor(t, dbA, "c", i)
+	}
+	read(t, ctx, js, 5)
+	require.Eventually(t, func() bool { return !lockHeld(t, dbB) }, 10*time.Second, 10*time.Millisecond,
+		"the session idle past its lease ends, and the lock with it")
+
+	other := outbox.NewRelay(dbB, js, testkit.Logger(t))
+	runs.Go(func() error { return other.Run(ctx) })
+	for i := 5; i < 10; i++ {
+		addFor(t, dbA, "c", i) // wakes the relay whose session is gone
+		addFor(t, dbB, "c", i+5)
+	}
+	require.Eventually(t, func() bool { return outboxRows(t, dbB) == 0 }, 10*time.Second, 10*time.Millisecond)
+	events := read(t, ctx, js, 15)
+	got := make([]string, len(events))
+	for i, e := range events {
+		got[i] = e.GetMeta().GetDetail()
+	}
+	require.Equal(t, []string{"0", "1", "2", "3", "4", "5", "10", "6", "11", "7", "12", "8", "13", "9", "14"}, got)
+	require.EqualValues(t, 15, streamMsgs(t, ctx, js), "each event exactly once")
+	cancel()
+	require.NoError(t, runs.Wait())
+}
