@@ -174,12 +174,17 @@ func (d detached) Value(any) any                         { return nil }
 func (d detached) AfterFunc(f func()) (stop func() bool) { return context.AfterFunc(d.parent, f) }
 
 // serverContext is the handler's context of a call whose caller's context
-// (after the client interceptors and stats handler) is ctx.
-func serverContext(ctx context.Context, sts grpc.ServerTransportStream) context.Context {
+// (after the client interceptors and stats handler) is ctx; cancel ends it
+// when the call is over, as a server does. Its root is a cancel context
+// (registered with the caller's through AfterFunc), so that the contexts a
+// handler derives from it find a cancel context among their parents and
+// start no goroutine each.
+func serverContext(ctx context.Context, sts grpc.ServerTransportStream) (_ context.Context, cancel context.CancelFunc) {
 	md, _ := metadata.FromOutgoingContext(ctx) // a copy, keys lowercased
-	sctx := metadata.NewIncomingContext(detached{ctx}, md)
+	sctx, cancel := context.WithCancel(detached{ctx})
+	sctx = metadata.NewIncomingContext(sctx, md)
 	sctx = peer.NewContext(sctx, inprocPeer)
-	return grpc.NewContextWithServerTransportStream(sctx, sts)
+	return grpc.NewContextWithServerTransportStream(sctx, sts), cancel
 }
 
 // callOptions are the call options an in-process call honours.
@@ -328,7 +333,7 @@ func (p *inProcess) invoke(ctx context.Context, method string, req, reply any, _
 		defer func() { p.clientStats.HandleRPC(ctx, &stats.End{Client: true, EndTime: time.Now(), Error: err}) }()
 	}
 	sts := &headerStream{method: method}
-	sctx := serverContext(ctx, sts)
+	sctx, cancel := serverContext(ctx, sts)
 	// The request is copied into the handler's message before the handler
 	// runs; decoded tells the caller that it no longer reads req.
 	decoded := make(chan struct{})
@@ -346,6 +351,7 @@ func (p *inProcess) invoke(ctx context.Context, method string, req, reply any, _
 	done := make(chan unaryResult, 1)
 	go func() {
 		defer markDecoded()
+		defer cancel()
 		var r unaryResult
 		r.resp, r.err = p.serveUnary(sctx, method, m, dec)
 		r.header, r.trailer = sts.flushHeader(), sts.getTrailer()
@@ -423,9 +429,11 @@ func (p *inProcess) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *grp
 		requests: make(chan proto.Message, 1), responses: make(chan frame, 1), serverDone: make(chan struct{})}
 	ss := &serverStream{p: p, requests: cs.requests, responses: cs.responses, clientDone: ctx.Done()}
 	ss.hs = &headerStream{method: method, onSend: ss.sendHeader}
-	ss.ctx = serverContext(ctx, ss.hs)
+	var cancel context.CancelFunc
+	ss.ctx, cancel = serverContext(ctx, ss.hs)
 	go func() {
 		defer close(cs.serverDone)
+		defer cancel()
 		err := p.serveStream(ss, method, m)
 		// The end, unless the caller has gone (its context is done).
 		ss.hs.flushHeader()
