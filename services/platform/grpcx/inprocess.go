@@ -432,9 +432,11 @@ func (p *inProcess) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *grp
 	var cancel context.CancelFunc
 	ss.ctx, cancel = serverContext(ctx, ss.hs)
 	go func() {
-		defer close(cs.serverDone)
 		defer cancel()
 		err := p.serveStream(ss, method, m)
+		// The handler is done: a caller still sending is told so (it may
+		// be blocked on a full request buffer) and reads the status next.
+		close(cs.serverDone)
 		// The end, unless the caller has gone (its context is done).
 		ss.hs.flushHeader()
 		select {
@@ -532,7 +534,7 @@ type clientStream struct {
 	serverStreams bool
 	requests      chan proto.Message
 	responses     chan frame
-	serverDone    chan struct{}
+	serverDone    chan struct{} // closed when the handler has returned
 
 	sendMu     sync.Mutex
 	sendClosed bool

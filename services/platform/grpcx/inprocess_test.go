@@ -256,6 +256,10 @@ func TestInProcessStreams(t *testing.T) {
 	require.Equal(t, codes.ResourceExhausted, status.Code(err), "past 100 bytes a minute")
 	_, err = upload(e.as(t, "kim"), 30)
 	require.NoError(t, err, "another identity has its own budget")
+	// The handler ends at the first chunk over the limit while the caller
+	// still sends: the caller's sends end and it gets the status.
+	_, err = upload(e.as(t, "ann"), 40, 40, 40, 40, 40, 40, 40, 40)
+	require.Equal(t, codes.ResourceExhausted, status.Code(err))
 	_, err = upload(t.Context(), 1)
 	require.Equal(t, codes.Unauthenticated, status.Code(err))
 
