@@ -166,7 +166,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 }
 
 // Register registers the gRPC service.
-func (s *Service) Register(g *grpc.Server) {
+func (s *Service) Register(g grpc.ServiceRegistrar) {
 	attachmentv1.RegisterAttachmentServiceServer(g, &grpcapi.Server{App: s.app})
 }
 

@@ -244,7 +244,7 @@ func (s *Service) Collectors() []prometheus.Collector {
 }
 
 // Register registers auditv1.AuditService on g.
-func (s *Service) Register(g *grpc.Server) {
+func (s *Service) Register(g grpc.ServiceRegistrar) {
 	auditv1.RegisterAuditServiceServer(g, grpcapi.New(s.app))
 }
 

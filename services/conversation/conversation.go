@@ -95,7 +95,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 }
 
 // Register registers the gRPC service.
-func (s *Service) Register(g *grpc.Server) {
+func (s *Service) Register(g grpc.ServiceRegistrar) {
 	conversationv1.RegisterConversationServiceServer(g, &grpcapi.Server{App: s.app})
 }
 

@@ -112,7 +112,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 }
 
 // Register registers the gRPC service.
-func (s *Service) Register(g *grpc.Server) {
+func (s *Service) Register(g grpc.ServiceRegistrar) {
 	deliveryv1.RegisterDeliveryServiceServer(g, &grpcapi.Server{App: s.app})
 }
 

@@ -79,7 +79,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 }
 
 // Register registers the PreferencesService on s.
-func (s *Service) Register(srv *grpc.Server) {
+func (s *Service) Register(srv grpc.ServiceRegistrar) {
 	preferencesv1.RegisterPreferencesServiceServer(srv, s.api)
 }
 

@@ -38,8 +38,8 @@ import (
 	"github.com/clinicchat/clinicchat/services/preferences"
 )
 
-// internalPipeBytes is the buffer of each direction of an in-process gRPC
-// connection (bufconn).
+// internalPipeBytes is the buffer of each direction of the demo practice
+// system's in-process gRPC connection (bufconn).
 const internalPipeBytes = 256 << 10
 
 // duplicateWindow is the streams' duplicate window here. Every relay of
@@ -53,7 +53,7 @@ const duplicateWindow = 30 * time.Second
 
 // service is what every service package offers the composition root.
 type service interface {
-	Register(*grpc.Server)
+	Register(grpc.ServiceRegistrar)
 	Run(context.Context) error
 	Close() error
 }
@@ -72,7 +72,8 @@ type Instance struct {
 	// metricsSrv serves /metrics on --metrics-addr (nil when off).
 	metricsSrv *debugserver.Server
 	gw         *gateway.Server
-	internal   *grpc.ClientConn
+	// internal reaches the services of grpcSrv in process (grpcx.InProcess).
+	internal grpc.ClientConnInterface
 	// providerSrv is the demo practice system; artifacts is delivery's
 	// connection to it.
 	providerSrv *grpcx.Server
@@ -132,22 +133,17 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		return nil, err
 	}
 
-	// One gRPC server hosts every service; internal calls reach it through
-	// an in-process listener, practice systems through --grpc-addr.
+	// One gRPC server hosts every service; internal calls reach it in
+	// process (through its interceptors, without the HTTP/2 transport),
+	// practice systems through --grpc-addr.
 	if cfg.Dev && cfg.DevAllowNonLoopback {
 		log.Warn("DEV MODE ON A NON-LOOPBACK ADDRESS: anyone who can reach " + cfg.HTTPAddr +
 			" can mint a token for any practice and role (--dev-allow-non-loopback). Never do this with real patients.")
 	}
 	limitMetrics := ratelimit.NewMetrics()
-	in.grpcSrv = grpcx.NewServer(log, verifier, ratelimit.NewInterceptors(cfg.Limits, limitMetrics).ServerOptions()...)
-	// Each in-process connection is two ring buffers of this size, and the
-	// ring is cycled through whole: 4 MiB ones kept 8 MiB resident and
-	// walked the cache; 256 KiB still holds several 64 KiB upload frames.
-	buf := bufconn.Listen(internalPipeBytes)
-	in.internal, err = grpcx.DialListener(buf.DialContext)
-	if err != nil {
-		return nil, err
-	}
+	limits := ratelimit.NewInterceptors(cfg.Limits, limitMetrics)
+	in.grpcSrv = grpcx.NewServer(log, verifier, grpcx.Intercept(limits.Unary, limits.Stream))
+	in.internal = in.grpcSrv.InProcess()
 	conn := in.internal
 
 	prefs, err := preferences.New(ctx, preferences.Config{DatabaseDSN: cfg.path("preferences.db")}, preferences.Deps{Log: log.Named("preferences"), JS: js})
@@ -161,6 +157,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		return nil, fmt.Errorf("conversation: %w", err)
 	}
 	in.services = append(in.services, conv)
+	// Each bufconn connection is two ring buffers of internalPipeBytes, and
+	// the ring is cycled through whole: 4 MiB ones kept 8 MiB resident and
+	// walked the cache; 256 KiB still holds several 64 KiB upload frames.
 	// Appointments, invoices and prescriptions: in dev mode the demo
 	// practice system, on its own in-process server that accepts only the
 	// delivery service's own credential, as a real one would (the user's
@@ -204,7 +203,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	in.services = append(in.services, aud)
 	in.audit = aud
 	for _, s := range in.services {
-		s.Register(in.grpcSrv.Server)
+		s.Register(in.grpcSrv)
 	}
 	in.grpcSrv.InitMetrics()
 	// One /metrics for the process: the gateway's, the gRPC server's, every
@@ -244,7 +243,6 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	in.group, in.runCtx = g, gctx
 	streamCtx, endStreams := context.WithCancel(context.Background())
 	in.endStreams = endStreams
-	g.Go(func() error { return in.grpcSrv.Serve(buf) })
 	if in.providerSrv != nil {
 		g.Go(func() error { return in.providerSrv.Serve(providerLis) })
 	}
@@ -451,8 +449,10 @@ func (in *Instance) Stop() error {
 				errs = append(errs, err)
 			}
 		}
-		if in.internal != nil {
-			_ = in.internal.Close()
+		// Every in-process caller (HTTP handlers, gRPC handlers, the
+		// services' background work) has stopped: the databases may close.
+		if in.grpcSrv != nil && !in.grpcSrv.StopInProcess(drain) {
+			in.log.Warn("in-process calls still running after the drain timeout")
 		}
 		if in.artifacts != nil {
 			_ = in.artifacts.Close()

@@ -1,9 +1,11 @@
 // Package allinone runs every clinicchat service, the gateway, an embedded
 // NATS server with JetStream and embedded SQLite files in one process: the
-// developer's and small clinic's deployment. The services talk over real gRPC
-// (an in-process bufconn listener), so authentication, authorization and error
-// mapping run exactly as in production; practice systems reach the same gRPC
-// server on --grpc-addr.
+// developer's and small clinic's deployment. The services call each other
+// through the gRPC server's in-process channel (grpcx.Server.InProcess: no
+// HTTP/2, no protobuf encoding), whose every call runs the server's
+// interceptors, so authentication, authorization, rate limits, metrics,
+// tracing and error mapping run exactly as in production; practice systems
+// reach the same gRPC server on --grpc-addr.
 package allinone
 
 import (

@@ -21,7 +21,8 @@ import (
 // BenchmarkUnaryHop is one gRPC call over an in-process connection (a
 // health check: no token, no handler work), to isolate what a hop costs:
 // "bare" is a plain grpc.Server, "grpcx" adds our interceptors and the
-// Prometheus server metrics with tracing off (the default), "traced" adds
+// Prometheus server metrics with tracing off (the default), "inprocess" is
+// grpcx through Server.InProcess (no bufconn, no HTTP/2), "traced" adds
 // the otelgrpc client and server handlers with every span recorded and
 // batched to an exporter that drops them.
 //
@@ -54,6 +55,17 @@ func BenchmarkUnaryHop(b *testing.B) {
 	b.Run("grpcx", func(b *testing.B) {
 		s := grpcx.NewServer(zap.NewNop(), verifier)
 		run(b, s.Server, s.Health)
+	})
+	b.Run("inprocess", func(b *testing.B) {
+		s := grpcx.NewServer(zap.NewNop(), verifier)
+		s.Health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		client := healthpb.NewHealthClient(s.InProcess())
+		ctx := context.Background()
+		for b.Loop() {
+			if _, err := client.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil {
+				b.Fatal(err)
+			}
+		}
 	})
 	b.Run("traced", func(b *testing.B) {
 		tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(tracetest.NewNoopExporter()))

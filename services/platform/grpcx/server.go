@@ -39,17 +39,37 @@ type Server struct {
 	// counted outside every other interceptor, so codes are the ones the
 	// client sees. Register it on the /metrics registry.
 	Metrics *grpcprom.ServerMetrics
+	inproc  *inProcess
 }
 
 // NewServer returns a server whose every call (but health and reflection) must
 // carry a bearer token that verifier accepts. When tracing is on (telemetry)
-// every call is traced (otelgrpc).
+// every call is traced (otelgrpc). Its services are also reachable in
+// process (InProcess), through the same interceptors: those given with
+// Intercept, not those of a plain grpc.ChainUnaryInterceptor option.
 func NewServer(log *zap.Logger, verifier auth.Verifier, opts ...grpc.ServerOption) *Server {
 	i := interceptors{log: log, verifier: auth.NewCachingVerifier(verifier, 0)}
 	m := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(handlingBuckets)))
+	unary := []grpc.UnaryServerInterceptor{m.UnaryServerInterceptor(), i.unary}
+	stream := []grpc.StreamServerInterceptor{m.StreamServerInterceptor(), i.stream}
+	for _, o := range opts {
+		if o, ok := o.(interceptOption); ok {
+			if o.unary != nil {
+				unary = append(unary, o.unary)
+			}
+			if o.stream != nil {
+				stream = append(stream, o.stream)
+			}
+		}
+	}
+	var tracing []grpc.ServerOption
+	serverStats := telemetry.GRPCServerHandler()
+	if serverStats != nil {
+		tracing = append(tracing, grpc.StatsHandler(serverStats))
+	}
 	opts = append([]grpc.ServerOption{
-		grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor(), i.unary),
-		grpc.ChainStreamInterceptor(m.StreamServerInterceptor(), i.stream),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(8 << 20),
 		// Peers ping idle connections (Keepalive, every 30 s); a client that
 		// pings more often than every 10 s loses the connection. Idle
@@ -65,12 +85,12 @@ func NewServer(log *zap.Logger, verifier auth.Verifier, opts ...grpc.ServerOptio
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.ConnectionTimeout(10 * time.Second),
 		grpc.MaxHeaderListSize(64 << 10),
-	}, append(telemetry.GRPCServerOptions(), opts...)...)
-	s := grpc.NewServer(opts...)
-	h := health.NewServer()
-	healthpb.RegisterHealthServer(s, h)
-	reflection.Register(s)
-	return &Server{Server: s, Health: h, Metrics: m}
+	}, append(tracing, opts...)...)
+	s := &Server{Server: grpc.NewServer(opts...), Health: health.NewServer(), Metrics: m,
+		inproc: newInProcess(unary, stream, serverStats, telemetry.GRPCClientHandler())}
+	healthpb.RegisterHealthServer(s, s.Health)
+	reflection.Register(s.Server)
+	return s
 }
 
 // handlingBuckets are the buckets of grpc_server_handling_seconds: the send

@@ -35,6 +35,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/stats"
 )
 
 // InstrumentationName names the tracer of clinicchat's own spans (outbox
@@ -141,11 +142,21 @@ func Tracer() trace.Tracer { return otel.GetTracerProvider().Tracer(Instrumentat
 
 // GRPCServerOptions trace every call a server receives (none when off).
 func GRPCServerOptions() []grpc.ServerOption {
+	h := GRPCServerHandler()
+	if h == nil {
+		return nil
+	}
+	return []grpc.ServerOption{grpc.StatsHandler(h)}
+}
+
+// GRPCServerHandler is the stats handler of GRPCServerOptions (nil when
+// off), for a transport that takes one directly (grpcx's in-process
+// channel).
+func GRPCServerHandler() stats.Handler {
 	if !Enabled() {
 		return nil
 	}
-	return []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(
-		otelgrpc.WithTracerProvider(otel.GetTracerProvider()), otelgrpc.WithPropagators(propagation.TraceContext{})))}
+	return otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(otel.GetTracerProvider()), otelgrpc.WithPropagators(propagation.TraceContext{}))
 }
 
 // GRPCPublicServerOptions trace every call a public server (the gateway's
@@ -161,11 +172,19 @@ func GRPCPublicServerOptions() []grpc.ServerOption {
 
 // GRPCDialOptions trace every call a client connection makes (none when off).
 func GRPCDialOptions() []grpc.DialOption {
+	h := GRPCClientHandler()
+	if h == nil {
+		return nil
+	}
+	return []grpc.DialOption{grpc.WithStatsHandler(h)}
+}
+
+// GRPCClientHandler is the stats handler of GRPCDialOptions (nil when off).
+func GRPCClientHandler() stats.Handler {
 	if !Enabled() {
 		return nil
 	}
-	return []grpc.DialOption{grpc.WithStatsHandler(otelgrpc.NewClientHandler(
-		otelgrpc.WithTracerProvider(otel.GetTracerProvider()), otelgrpc.WithPropagators(propagation.TraceContext{})))}
+	return otelgrpc.NewClientHandler(otelgrpc.WithTracerProvider(otel.GetTracerProvider()), otelgrpc.WithPropagators(propagation.TraceContext{}))
 }
 
 // HTTPHandler traces every request h serves (h itself when off). The edge is
