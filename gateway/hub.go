@@ -36,7 +36,7 @@ import (
 // The two streams the event path reads, as indexes of per-stream arrays.
 const (
 	streamD = 0 // delivery: message.created, message.updated
-	streamC = 1 // conversation: conversation.created/updated, userstate.changed
+	streamC = 1 // conversation: conversation.created/updated/read, userstate.changed
 )
 
 func streamNames() [2]string { return [2]string{natsx.StreamDelivery, natsx.StreamConversation} }
@@ -46,7 +46,8 @@ func hubBases(stream int) []string {
 	if stream == streamD {
 		return []string{natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated}
 	}
-	return []string{natsx.SubjectConversationCreated, natsx.SubjectConversationUpdated, natsx.SubjectConversationUser}
+	return []string{natsx.SubjectConversationCreated, natsx.SubjectConversationUpdated, natsx.SubjectConversationUser,
+		natsx.SubjectConversationRead}
 }
 
 // event is one decoded, visible-to-someone event, shared by every
@@ -56,8 +57,13 @@ type event struct {
 	stream int
 	seq    uint64
 	// practice is the practice id (decoded); patient the thread's patient
-	// ("patients/p"); user the owner of a userstate change.
+	// ("patients/p"); user the owner of a userstate change or the reader of
+	// a conversation.read.
 	practice, patient, user string
+	// updated is a conversation.updated or conversation.created event's
+	// payload: the thread's shared fields, and which message it projects
+	// (convview.go renders a user's view from it without a fetch).
+	updated *conversationv1.ConversationUpdated
 	// message, for message events (not yet filtered for the viewer).
 	message *deliveryv1.Message
 	// conversation, for conversation events: the thread whose view is
@@ -121,7 +127,7 @@ func (e *event) visibleTo(id auth.Identity) bool {
 	if e.practice == "" || e.practice != id.Practice {
 		return false
 	}
-	if e.kind == itemUserState {
+	if e.kind == itemUserState || e.kind == itemConversationRead {
 		return e.user == id.Principal()
 	}
 	if id.IsPatient() {
@@ -171,6 +177,17 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 		}
 		e.kind = itemConversation
 		meta, e.conversation, e.patient = ev.GetMeta(), ev.GetConversation().GetName(), ev.GetConversation().GetPatient()
+		if u, ok := ev.(*conversationv1.ConversationUpdated); ok {
+			e.updated = u
+		}
+	case natsx.SubjectConversationRead:
+		ev := &conversationv1.ConversationRead{}
+		if err := proto.Unmarshal(data, ev); err != nil {
+			log.Warn("undecodable event skipped", zap.String(logkeys.Stream, natsx.StreamConversation), zap.Uint64("seq", seq), zap.Error(err))
+			return nil
+		}
+		e.kind = itemConversationRead
+		meta, e.conversation, e.user = ev.GetMeta(), ev.GetConversation(), ev.GetReader()
 	case natsx.SubjectConversationUser:
 		ev := &conversationv1.ConversationUserStateChanged{}
 		if err := proto.Unmarshal(data, ev); err != nil {
@@ -453,7 +470,7 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64) {
 		}
 	}
 	switch e.kind {
-	case itemUserState:
+	case itemUserState, itemConversationRead:
 		for c := range pc.byPrincipal[natsx.Token(e.user)] {
 			deliver(c)
 		}
