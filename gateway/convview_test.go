@@ -83,3 +83,33 @@ func TestConvStatesFollowOnlyWhatTheyKnow(t *testing.T) {
 	}
 	require.LessOrEqual(t, len(cs.m), maxConvStates, "bounded")
 }
+
+// renderFixture is a conversation as an event carries it.
+func renderFixture() *conversationv1.Conversation {
+	return &conversationv1.Conversation{Name: "conversations/c", Patient: "patients/pa", PatientDisplayName: "Alice Johnson",
+		State: conversationv1.Conversation_ACTIVE, CreateTime: timestamppb.Now(), LastMessageTime: timestamppb.Now(),
+		LastMessagePreview: "Your crown is ready", UnreadCount: 3, LastMessageSeq: 12, Assignee: "users/amy", AssigneeDisplayName: "Amy"}
+}
+
+// TestRenderIsTheAPIsJSON: an event's data is {"<field>": …} around exactly
+// what the REST API's marshaler writes for the resource.
+func TestRenderIsTheAPIsJSON(t *testing.T) {
+	s := &Server{marshaler: newMarshaler()}
+	c := renderFixture()
+	want, err := s.marshaler.Marshal(c)
+	require.NoError(t, err)
+	got, err := s.render("conversation", c)
+	require.NoError(t, err)
+	require.Equal(t, `{"conversation":`+string(want)+`}`, string(got))
+}
+
+func BenchmarkRenderConversation(b *testing.B) {
+	s := &Server{marshaler: newMarshaler()}
+	c := renderFixture()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.render("conversation", c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -516,17 +516,17 @@ func (st *eventStream) renderMessage(e *event) ([]byte, error) {
 	return v.data, nil
 }
 
-// render is {"<field>": <resource>} with the REST API's JSON options.
+// render is {"<field>": <resource>} with the REST API's JSON options,
+// encoded straight after the prefix (what s.marshaler.Marshal writes for a
+// proto message, without its two copies).
 func (s *Server) render(field string, m proto.Message) ([]byte, error) {
-	b, err := s.marshaler.Marshal(m)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]byte, 0, len(b)+len(field)+5)
+	out := make([]byte, 0, 512)
 	out = append(out, `{"`...)
 	out = append(out, field...)
 	out = append(out, `":`...)
-	out = append(out, b...)
-	out = append(out, '}')
-	return out, nil
+	out, err := s.marshaler.MarshalOptions.MarshalAppend(out, m)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, '}'), nil
 }
