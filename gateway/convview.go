@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -116,12 +117,14 @@ func (cs *convStates) keep(c *conversationv1.Conversation) {
 // longer known.
 func (cs *convStates) read(e *event) { delete(cs.m, e.conversation) }
 
-// conversationView is e's thread as the caller sees it, rendered once per
-// user and event and shared by that user's tabs: from the event and the
-// stream's state of the thread when it has one (convStates), read back
-// otherwise. Every tab follows the event in its own state, whichever tab
-// renders. The read back is not tied to the connection that makes it, so a
-// tab that leaves meanwhile does not fail the others.
+// conversationView is e's thread as the caller sees it: from the event and
+// the stream's state of the thread when it has one (convStates), rendered
+// once per distinct view (staff or patient, unreadCount, pinned, muted) and
+// shared by every user who sees that one; read back otherwise, once per
+// user and shared by that user's tabs. Every tab follows the event in its
+// own state, whichever tab renders. The read back is not tied to the
+// connection that makes it, so a tab that leaves meanwhile does not fail
+// the others.
 func (st *eventStream) conversationView(ctx context.Context, e *event) ([]byte, error) {
 	var known *conversationv1.Conversation
 	if e.kind == itemConversation {
@@ -129,13 +132,19 @@ func (st *eventStream) conversationView(ctx context.Context, e *event) ([]byte, 
 	} else {
 		st.views.read(e) // pin or mute: read back
 	}
-	v := e.convView(st.id)
-	v.once.Do(func() {
-		if known != nil {
+	if known != nil {
+		v := e.convViewKeyed(viewKey(st.id, known))
+		v.once.Do(func() {
 			v.data, v.err = st.s.render("conversation", known)
 			st.s.metrics.convViews.WithLabelValues("event").Inc()
-			return
-		}
+			if e.pc != nil {
+				e.pc.composed.Add(1)
+			}
+		})
+		return v.data, v.err
+	}
+	v := e.convView(st.id)
+	v.once.Do(func() {
 		conv, err := st.conversation(context.WithoutCancel(ctx), e.conversation)
 		if err == nil {
 			st.views.keep(conv)
@@ -148,6 +157,17 @@ func (st *eventStream) conversationView(ctx context.Context, e *event) ([]byte, 
 		}
 	})
 	return v.data, v.err
+}
+
+// viewKey names a view built from an event by everything in it that
+// depends on the viewer (follow): whether staff-only fields are shown, and
+// the viewer's own fields.
+func viewKey(id auth.Identity, c *conversationv1.Conversation) string {
+	side := "patient"
+	if id.IsStaff() || id.IsSystem() {
+		side = "staff"
+	}
+	return fmt.Sprintf("\x01event\x00%s\x00%d\x00%t\x00%t", side, c.GetUnreadCount(), c.GetPinned(), c.GetMuted())
 }
 
 // conversation fetches the thread as the caller sees it (their unreadCount,

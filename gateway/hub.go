@@ -78,9 +78,11 @@ type event struct {
 	// every connection of that class (events.go, renderMessage).
 	views [viewClasses]renderedView
 	// convViews are a conversation event's thread as each user sees it
-	// (their unreadCount, pinned, muted), fetched and rendered once per
-	// user and shared by that user's tabs; keyed by practice, principal
-	// and role.
+	// (their unreadCount, pinned, muted): fetched and rendered once per
+	// user and shared by that user's tabs, keyed by practice, principal
+	// and role; or, built from the event (convview.go), rendered once per
+	// distinct view and shared by every user who sees that one, keyed by
+	// its per-user fields.
 	convMu    sync.Mutex
 	convViews map[string]*renderedView
 	// pc counts the renders of a dispatched event (nil for catch-up).
@@ -89,7 +91,11 @@ type event struct {
 
 // convView is the shared view of a conversation event for the user of id.
 func (e *event) convView(id auth.Identity) *renderedView {
-	key := id.Practice + "\x00" + id.Principal() + "\x00" + id.Role
+	return e.convViewKeyed(id.Practice + "\x00" + id.Principal() + "\x00" + id.Role)
+}
+
+// convViewKeyed is the shared view of a conversation event under key.
+func (e *event) convViewKeyed(key string) *renderedView {
 	e.convMu.Lock()
 	defer e.convMu.Unlock()
 	if e.convViews == nil {
@@ -214,12 +220,12 @@ type practiceConns struct {
 	byPrincipal map[string]map[*conn]struct{}
 	// decoded and dispatched count this practice's events, rendered the
 	// message views encoded for them, fetched the conversation views
-	// fetched for them (tests).
-	decoded, dispatched, rendered, fetched atomic.Uint64
+	// fetched for them, composed those built from the event (tests).
+	decoded, dispatched, rendered, fetched, composed atomic.Uint64
 }
 
 // hubStats are the hub's counters for one practice.
-type hubStats struct{ decoded, dispatched, rendered, fetched uint64 }
+type hubStats struct{ decoded, dispatched, rendered, fetched, composed uint64 }
 
 type hub struct {
 	s   *Server
@@ -560,5 +566,6 @@ func (h *hub) stats(practice string) hubStats {
 	if pc == nil {
 		return hubStats{}
 	}
-	return hubStats{decoded: pc.decoded.Load(), dispatched: pc.dispatched.Load(), rendered: pc.rendered.Load(), fetched: pc.fetched.Load()}
+	return hubStats{decoded: pc.decoded.Load(), dispatched: pc.dispatched.Load(), rendered: pc.rendered.Load(), fetched: pc.fetched.Load(),
+		composed: pc.composed.Load()}
 }
