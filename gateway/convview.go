@@ -21,8 +21,10 @@ import (
 //
 //   - a new message (conversation.activity, carrying message_seq and its
 //     side) newer than every message the state accounts for adds one
-//     unread when it is from the other side; any other message (an older
-//     sequence: applied out of order, or already in what was read back)
+//     unread when it is from the other side; an older one that the hub had
+//     dispatched before the state was read back (so it was committed, and
+//     is in it) changes nothing; any other older one (applied out of
+//     order, or committed before the read back but not yet dispatched)
 //     discards the state;
 //   - an assignment or archive changes no per-user field;
 //   - the caller's own markRead (conversation.read, reader-addressed) and
@@ -42,6 +44,9 @@ type convState struct {
 	// seq is the newest message the state accounts for: the thread's
 	// last_message_seq when read back, then each counted message's.
 	seq int64
+	// pos is the hub's conversation stream position when the state was
+	// read back: every event up to it was committed before.
+	pos uint64
 }
 
 // maxConvStates bounds the threads a stream keeps state for (a staff
@@ -76,14 +81,18 @@ func (cs *convStates) follow(e *event, id auth.Identity) *conversationv1.Convers
 	switch u.GetMeta().GetAction() {
 	case actionActivity:
 		seq := u.GetMessageSeq()
-		if seq <= st.seq { // unknown side, out of order, or counted already
+		switch {
+		case seq > st.seq:
+			if u.GetMessageFromPatient() != id.IsPatient() {
+				st.unread++
+			}
+			st.seq = seq
+		case seq > 0 && e.seq <= st.pos:
+			// In what was read back.
+		default: // unknown, out of order, or maybe not in what was read back
 			delete(cs.m, e.conversation)
 			return nil
 		}
-		if u.GetMessageFromPatient() != id.IsPatient() {
-			st.unread++
-		}
-		st.seq = seq
 	case actionAssign, actionArchive:
 	default:
 		delete(cs.m, e.conversation)
@@ -98,8 +107,9 @@ func (cs *convStates) follow(e *event, id auth.Identity) *conversationv1.Convers
 	return c
 }
 
-// keep records the caller's fields of a thread just read back.
-func (cs *convStates) keep(c *conversationv1.Conversation) {
+// keep records the caller's fields of a thread read back when the hub's
+// conversation stream position was pos.
+func (cs *convStates) keep(c *conversationv1.Conversation, pos uint64) {
 	if cs.m == nil {
 		cs.m = map[string]*convState{}
 	}
@@ -110,7 +120,7 @@ func (cs *convStates) keep(c *conversationv1.Conversation) {
 		}
 	}
 	cs.m[c.GetName()] = &convState{unread: c.GetUnreadCount(), pinned: c.GetPinned(), muted: c.GetMuted(),
-		seq: int64(c.GetLastMessageSeq())}
+		seq: int64(c.GetLastMessageSeq()), pos: pos}
 }
 
 // read is the caller's own markRead of e's thread: its unread count is no
@@ -145,9 +155,10 @@ func (st *eventStream) conversationView(ctx context.Context, e *event) ([]byte, 
 	}
 	v := e.convView(st.id)
 	v.once.Do(func() {
+		pos := st.s.hub.position().c // read first: everything up to it is in the read back
 		conv, err := st.conversation(context.WithoutCancel(ctx), e.conversation)
 		if err == nil {
-			st.views.keep(conv)
+			st.views.keep(conv, pos)
 			v.data, err = st.s.render("conversation", conv)
 		}
 		v.err = err

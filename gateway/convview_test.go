@@ -20,8 +20,11 @@ func TestConvStatesFollowOnlyWhatTheyKnow(t *testing.T) {
 	const name = "conversations/c"
 	staff := auth.Identity{Practice: "p", Subject: "doc", Role: auth.RoleDentist}
 	patient := auth.Identity{Practice: "p", Subject: "pa", Role: auth.RolePatient}
+	// Events at stream positions 101 and later; the state is read back at 100.
+	streamSeq := uint64(100)
 	updated := func(action string, seq int64, fromPatient bool) *event {
-		return &event{kind: itemConversation, conversation: name, updated: &conversationv1.ConversationUpdated{
+		streamSeq++
+		return &event{kind: itemConversation, conversation: name, seq: streamSeq, updated: &conversationv1.ConversationUpdated{
 			Meta: &typev1.EventMeta{Practice: "p", Action: action}, MessageSeq: seq, MessageFromPatient: fromPatient,
 			Conversation: &conversationv1.Conversation{Name: name, Patient: "patients/pa", LastMessageSeq: int32(seq),
 				AwaitingReplySince: timestamppb.Now(), Assignee: "users/amy", AssigneeDisplayName: "Amy"}}}
@@ -41,7 +44,10 @@ func TestConvStatesFollowOnlyWhatTheyKnow(t *testing.T) {
 			{updated(actionActivity, 6, true), 3}, {updated(actionActivity, 7, false), 3}, {updated(actionActivity, 8, true), 4}}},
 		{"patient: staff messages count", patient, []step{
 			{updated(actionActivity, 6, false), 3}, {updated(actionActivity, 7, true), 3}}},
-		{"a message already read back", staff, []step{{updated(actionActivity, 5, true), -1}, {updated(actionActivity, 6, true), -1}}},
+		{"a message maybe not in what was read back", staff, []step{{updated(actionActivity, 5, true), -1}, {updated(actionActivity, 6, true), -1}}},
+		{"a message dispatched before the read back", staff, []step{
+			{func() *event { e := updated(actionActivity, 4, true); e.seq = 99; return e }(), 2},
+			{updated(actionActivity, 6, true), 3}}},
 		{"out of order", staff, []step{{updated(actionActivity, 7, true), 3}, {updated(actionActivity, 6, true), -1}}},
 		{"an activity without its message (older publisher)", staff, []step{{updated(actionActivity, 0, true), -1}}},
 		{"assignment and archive keep the state", staff, []step{
@@ -55,7 +61,7 @@ func TestConvStatesFollowOnlyWhatTheyKnow(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var cs convStates
-			cs.keep(readBack)
+			cs.keep(readBack, 100)
 			for i, s := range tc.steps {
 				if s.e.kind == itemConversationRead {
 					cs.read(s.e)
@@ -79,7 +85,7 @@ func TestConvStatesFollowOnlyWhatTheyKnow(t *testing.T) {
 
 	var cs convStates
 	for i := range maxConvStates + 10 {
-		cs.keep(&conversationv1.Conversation{Name: name + string(rune('a'+i%26)) + string(rune('0'+i/26))})
+		cs.keep(&conversationv1.Conversation{Name: name + string(rune('a'+i%26)) + string(rune('0'+i/26))}, 0)
 	}
 	require.LessOrEqual(t, len(cs.m), maxConvStates, "bounded")
 }
