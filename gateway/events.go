@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
@@ -66,6 +65,9 @@ const (
 	itemMessageUpdated
 	itemConversation
 	itemUserState
+	// itemConversationRead is the caller's own markRead: never written,
+	// it keeps the caller's unread counts true (convview.go).
+	itemConversationRead
 )
 
 // eventStream is one /v1/events response.
@@ -78,6 +80,9 @@ type eventStream struct {
 	unflushed []written
 	// raw is the taken-over connection, nil on net/http's path.
 	raw *hijackedStream
+	// views is the caller's per-thread state for conversation.updated
+	// (convview.go); the stream's goroutine owns it.
+	views convStates
 }
 
 // events serves GET /v1/events as Server-Sent Events (SPEC.md section 3).
@@ -451,6 +456,8 @@ func (st *eventStream) write(ctx context.Context, sw *sseWriter, e *event, cur c
 		}
 		sw.event(EventConversationUpdated, cur, data)
 		st.unflushed = append(st.unflushed, written{event: EventConversationUpdated})
+	case itemConversationRead:
+		st.views.read(e)
 	}
 	return nil
 }
@@ -509,52 +516,17 @@ func (st *eventStream) renderMessage(e *event) ([]byte, error) {
 	return v.data, nil
 }
 
-// render is {"<field>": <resource>} with the REST API's JSON options.
+// render is {"<field>": <resource>} with the REST API's JSON options,
+// encoded straight after the prefix (what s.marshaler.Marshal writes for a
+// proto message, without its two copies).
 func (s *Server) render(field string, m proto.Message) ([]byte, error) {
-	b, err := s.marshaler.Marshal(m)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]byte, 0, len(b)+len(field)+5)
+	out := make([]byte, 0, 512)
 	out = append(out, `{"`...)
 	out = append(out, field...)
 	out = append(out, `":`...)
-	out = append(out, b...)
-	out = append(out, '}')
-	return out, nil
-}
-
-// conversationView is e's thread as the caller sees it, fetched and
-// rendered once per user and event, and shared by that user's tabs. The
-// fetch is not tied to the connection that makes it, so a tab that leaves
-// meanwhile does not fail the others.
-func (st *eventStream) conversationView(ctx context.Context, e *event) ([]byte, error) {
-	v := e.convView(st.id)
-	v.once.Do(func() {
-		conv, err := st.conversation(context.WithoutCancel(ctx), e.conversation)
-		if err == nil {
-			v.data, err = st.s.render("conversation", conv)
-		}
-		v.err = err
-		if e.pc != nil {
-			e.pc.fetched.Add(1)
-		}
-	})
-	return v.data, v.err
-}
-
-// conversation fetches the thread as the caller sees it (their unreadCount,
-// pinned, muted). It lists the one row rather than getting it: a pushed list
-// row is not the caller opening the thread, which the audit log records.
-func (st *eventStream) conversation(ctx context.Context, name string) (*conversationv1.Conversation, error) {
-	ctx, cancel := context.WithTimeout(withToken(ctx, st.id), upstreamTimeout)
-	defer cancel()
-	resp, err := st.s.conversations.ListConversations(ctx, &conversationv1.ListConversationsRequest{Names: []string{name}, PageSize: 1})
+	out, err := s.marshaler.MarshalOptions.MarshalAppend(out, m)
 	if err != nil {
 		return nil, err
 	}
-	if len(resp.GetConversations()) == 0 {
-		return nil, status.Error(codes.NotFound, "Conversation not found")
-	}
-	return resp.GetConversations()[0], nil
+	return append(out, '}'), nil
 }

@@ -218,6 +218,16 @@ type Server struct {
 	noHijack bool
 }
 
+// newMarshaler is the REST API's JSON, also of /v1/events' data.
+func newMarshaler() *runtime.JSONPb {
+	return &runtime.JSONPb{
+		MarshalOptions: protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: true},
+		// Strict: a misspelt field ("sensitve") is refused, naming it,
+		// instead of silently dropped (decodeError).
+		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+	}
+}
+
 // New builds the gateway and registers every route.
 func New(cfg Config, deps Deps) (*Server, error) {
 	cfg = cfg.withDefaults()
@@ -253,15 +263,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	deps.Verifier = auth.NewCachingVerifier(deps.Verifier, 0)
 	s := &Server{
-		cfg:  cfg,
-		log:  deps.Log.Named("gateway"),
-		deps: deps,
-		marshaler: &runtime.JSONPb{
-			MarshalOptions: protojson.MarshalOptions{UseProtoNames: false, EmitUnpopulated: true},
-			// Strict: a misspelt field ("sensitve") is refused, naming it,
-			// instead of silently dropped (decodeError).
-			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-		},
+		cfg:           cfg,
+		log:           deps.Log.Named("gateway"),
+		deps:          deps,
+		marshaler:     newMarshaler(),
 		metrics:       newMetrics(),
 		conversations: conversationv1.NewConversationServiceClient(deps.Conversation),
 		delivery:      deliveryv1.NewDeliveryServiceClient(deps.Delivery),

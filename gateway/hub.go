@@ -36,7 +36,7 @@ import (
 // The two streams the event path reads, as indexes of per-stream arrays.
 const (
 	streamD = 0 // delivery: message.created, message.updated
-	streamC = 1 // conversation: conversation.created/updated, userstate.changed
+	streamC = 1 // conversation: conversation.created/updated/read, userstate.changed
 )
 
 func streamNames() [2]string { return [2]string{natsx.StreamDelivery, natsx.StreamConversation} }
@@ -46,7 +46,8 @@ func hubBases(stream int) []string {
 	if stream == streamD {
 		return []string{natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated}
 	}
-	return []string{natsx.SubjectConversationCreated, natsx.SubjectConversationUpdated, natsx.SubjectConversationUser}
+	return []string{natsx.SubjectConversationCreated, natsx.SubjectConversationUpdated, natsx.SubjectConversationUser,
+		natsx.SubjectConversationRead}
 }
 
 // event is one decoded, visible-to-someone event, shared by every
@@ -56,8 +57,13 @@ type event struct {
 	stream int
 	seq    uint64
 	// practice is the practice id (decoded); patient the thread's patient
-	// ("patients/p"); user the owner of a userstate change.
+	// ("patients/p"); user the owner of a userstate change or the reader of
+	// a conversation.read.
 	practice, patient, user string
+	// updated is a conversation.updated or conversation.created event's
+	// payload: the thread's shared fields, and which message it projects
+	// (convview.go renders a user's view from it without a fetch).
+	updated *conversationv1.ConversationUpdated
 	// message, for message events (not yet filtered for the viewer).
 	message *deliveryv1.Message
 	// conversation, for conversation events: the thread whose view is
@@ -72,9 +78,11 @@ type event struct {
 	// every connection of that class (events.go, renderMessage).
 	views [viewClasses]renderedView
 	// convViews are a conversation event's thread as each user sees it
-	// (their unreadCount, pinned, muted), fetched and rendered once per
-	// user and shared by that user's tabs; keyed by practice, principal
-	// and role.
+	// (their unreadCount, pinned, muted): fetched and rendered once per
+	// user and shared by that user's tabs, keyed by practice, principal
+	// and role; or, built from the event (convview.go), rendered once per
+	// distinct view and shared by every user who sees that one, keyed by
+	// its per-user fields.
 	convMu    sync.Mutex
 	convViews map[string]*renderedView
 	// pc counts the renders of a dispatched event (nil for catch-up).
@@ -83,7 +91,11 @@ type event struct {
 
 // convView is the shared view of a conversation event for the user of id.
 func (e *event) convView(id auth.Identity) *renderedView {
-	key := id.Practice + "\x00" + id.Principal() + "\x00" + id.Role
+	return e.convViewKeyed(id.Practice + "\x00" + id.Principal() + "\x00" + id.Role)
+}
+
+// convViewKeyed is the shared view of a conversation event under key.
+func (e *event) convViewKeyed(key string) *renderedView {
 	e.convMu.Lock()
 	defer e.convMu.Unlock()
 	if e.convViews == nil {
@@ -121,7 +133,7 @@ func (e *event) visibleTo(id auth.Identity) bool {
 	if e.practice == "" || e.practice != id.Practice {
 		return false
 	}
-	if e.kind == itemUserState {
+	if e.kind == itemUserState || e.kind == itemConversationRead {
 		return e.user == id.Principal()
 	}
 	if id.IsPatient() {
@@ -171,6 +183,17 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 		}
 		e.kind = itemConversation
 		meta, e.conversation, e.patient = ev.GetMeta(), ev.GetConversation().GetName(), ev.GetConversation().GetPatient()
+		if u, ok := ev.(*conversationv1.ConversationUpdated); ok {
+			e.updated = u
+		}
+	case natsx.SubjectConversationRead:
+		ev := &conversationv1.ConversationRead{}
+		if err := proto.Unmarshal(data, ev); err != nil {
+			log.Warn("undecodable event skipped", zap.String(logkeys.Stream, natsx.StreamConversation), zap.Uint64("seq", seq), zap.Error(err))
+			return nil
+		}
+		e.kind = itemConversationRead
+		meta, e.conversation, e.user = ev.GetMeta(), ev.GetConversation(), ev.GetReader()
 	case natsx.SubjectConversationUser:
 		ev := &conversationv1.ConversationUserStateChanged{}
 		if err := proto.Unmarshal(data, ev); err != nil {
@@ -197,12 +220,12 @@ type practiceConns struct {
 	byPrincipal map[string]map[*conn]struct{}
 	// decoded and dispatched count this practice's events, rendered the
 	// message views encoded for them, fetched the conversation views
-	// fetched for them (tests).
-	decoded, dispatched, rendered, fetched atomic.Uint64
+	// fetched for them, composed those built from the event (tests).
+	decoded, dispatched, rendered, fetched, composed atomic.Uint64
 }
 
 // hubStats are the hub's counters for one practice.
-type hubStats struct{ decoded, dispatched, rendered, fetched uint64 }
+type hubStats struct{ decoded, dispatched, rendered, fetched, composed uint64 }
 
 type hub struct {
 	s   *Server
@@ -453,7 +476,7 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64) {
 		}
 	}
 	switch e.kind {
-	case itemUserState:
+	case itemUserState, itemConversationRead:
 		for c := range pc.byPrincipal[natsx.Token(e.user)] {
 			deliver(c)
 		}
@@ -543,5 +566,6 @@ func (h *hub) stats(practice string) hubStats {
 	if pc == nil {
 		return hubStats{}
 	}
-	return hubStats{decoded: pc.decoded.Load(), dispatched: pc.dispatched.Load(), rendered: pc.rendered.Load(), fetched: pc.fetched.Load()}
+	return hubStats{decoded: pc.decoded.Load(), dispatched: pc.dispatched.Load(), rendered: pc.rendered.Load(), fetched: pc.fetched.Load(),
+		composed: pc.composed.Load()}
 }

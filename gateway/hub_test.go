@@ -410,3 +410,44 @@ func TestHubRecreatesItsConsumerFromItsPosition(t *testing.T) {
 	requireMessage(t, c.next(), "conversations/ca/messages/m2")
 	requireMessage(t, c.next(), "conversations/ca/messages/m3")
 }
+
+// TestHubSharesConversationViewsBuiltFromEvents: once each user's own
+// fields are known (read back at the first event), a new message's
+// conversation.updated is built from the event, rendered once per distinct
+// view and shared by every user who sees that one, not read back or
+// rendered per user; each user still gets their own count.
+func TestHubSharesConversationViewsBuiltFromEvents(t *testing.T) {
+	h := newHarness(t)
+	h.conv.add("conversations/ca", "p1", "patients/pa")
+	var staff []*sseClient
+	for _, u := range []string{"ann", "bob", "cat"} { // the fake's unreadCount is len(subject): 3 each
+		staff = append(staff, h.openEvents(h.token(u, auth.RoleDentist, "p1", 0), ""))
+	}
+	pa := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "") // unreadCount 2
+	activity := func(seq int64, fromPatient bool) *conversationv1.ConversationUpdated {
+		m := meta("p1", "system")
+		m.Action = actionActivity
+		return &conversationv1.ConversationUpdated{Meta: m, MessageSeq: seq, MessageFromPatient: fromPatient,
+			Conversation: &conversationv1.Conversation{Name: "conversations/ca", Patient: "patients/pa", LastMessageSeq: int32(seq)}}
+	}
+	unread := func(c *sseClient) int {
+		ev := c.next()
+		require.Equal(t, EventConversationUpdated, ev.Event)
+		var body struct{ Conversation struct{ UnreadCount int } }
+		require.NoError(t, json.Unmarshal([]byte(ev.Data), &body))
+		return body.Conversation.UnreadCount
+	}
+	for i, step := range []struct {
+		fromPatient       bool
+		staffWant, paWant int
+	}{{false, 3, 2}, {false, 3, 3}, {true, 4, 3}} {
+		h.publish(natsx.SubjectConversationUpdated, activity(int64(i+1), step.fromPatient))
+		for _, c := range staff {
+			require.Equal(t, step.staffWant, unread(c), "step %d", i)
+		}
+		require.Equal(t, step.paWant, unread(pa), "step %d", i)
+	}
+	st := h.gw.hub.stats("p1")
+	require.Equal(t, uint64(4), st.fetched, "each user's first event only")
+	require.Equal(t, uint64(4), st.composed, "one view for the three staff and one for the patient, twice")
+}

@@ -35,6 +35,7 @@ type metrics struct {
 	sseDropped  prometheus.Counter
 	sseWrites   prometheus.Counter
 	hubDecoded  prometheus.Counter
+	convViews   *prometheus.CounterVec
 	uploadBytes prometheus.Counter
 	limited     *prometheus.CounterVec
 }
@@ -79,6 +80,10 @@ func newMetrics(extra ...prometheus.Collector) *metrics {
 			Name: "clinicchat_gateway_hub_events_decoded_total",
 			Help: "Events the fan-out decoded (once per event with an audience on this gateway; events of practices without open streams here are not decoded).",
 		}),
+		convViews: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "clinicchat_gateway_conversation_views_total",
+			Help: "Conversation views rendered for conversation.updated (once per user and event), by source: fetch (read back from the conversation service) or event (the event's thread with the user's known state).",
+		}, []string{"source"}),
 		uploadBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "clinicchat_gateway_upload_bytes_total",
 			Help: "Attachment bytes streamed to the attachment service.",
@@ -89,7 +94,7 @@ func newMetrics(extra ...prometheus.Collector) *metrics {
 		}, []string{"limit"}),
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.sseClients, m.sseEvents, m.sseResets, m.sseRefused, m.sseDropped, m.sseWrites,
-		m.hubDecoded, m.uploadBytes, m.limited,
+		m.hubDecoded, m.convViews, m.uploadBytes, m.limited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(extra...)
 	return m

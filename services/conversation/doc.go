@@ -11,8 +11,10 @@
 // templates per practice), outbox.
 //
 // Events it produces (stream CLINICCHAT_CONVERSATION): ConversationCreated,
-// ConversationUpdated (new message, archive, assignment: "conversation.assign"), ConversationUserStateChanged
-// (pin/mute), ConversationRead (a participant's read watermark), Notification
+// ConversationUpdated (new message, with its sequence number and side; archive;
+// assignment: "conversation.assign"), ConversationUserStateChanged
+// (pin/mute), ConversationRead (a participant's read watermark; its subject
+// names the reader after the practice), Notification
 // (one per recipient user of a new message, none for who muted the thread) and
 // AccessRecorded (views and refused attempts).
 //

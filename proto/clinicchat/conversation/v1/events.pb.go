@@ -85,9 +85,17 @@ type ConversationUpdated struct {
 	// Who, what, when.
 	Meta *v1.EventMeta `protobuf:"bytes,1,opt,name=meta,proto3" json:"meta,omitempty"`
 	// The thread, without per-user fields.
-	Conversation  *Conversation `protobuf:"bytes,2,opt,name=conversation,proto3" json:"conversation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Conversation *Conversation `protobuf:"bytes,2,opt,name=conversation,proto3" json:"conversation,omitempty"`
+	// The sequence number of the message whose arrival this update projects
+	// (action "conversation.activity"); 0 for an update that is not a new
+	// message (assignment, archive) and in events published before this field.
+	// With message_from_patient it lets a reader keep a user's unread count
+	// without reading it back.
+	MessageSeq int64 `protobuf:"varint,3,opt,name=message_seq,json=messageSeq,proto3" json:"message_seq,omitempty"`
+	// Whether the message of message_seq is the patient's (false: staff's).
+	MessageFromPatient bool `protobuf:"varint,4,opt,name=message_from_patient,json=messageFromPatient,proto3" json:"message_from_patient,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ConversationUpdated) Reset() {
@@ -132,6 +140,20 @@ func (x *ConversationUpdated) GetConversation() *Conversation {
 		return x.Conversation
 	}
 	return nil
+}
+
+func (x *ConversationUpdated) GetMessageSeq() int64 {
+	if x != nil {
+		return x.MessageSeq
+	}
+	return 0
+}
+
+func (x *ConversationUpdated) GetMessageFromPatient() bool {
+	if x != nil {
+		return x.MessageFromPatient
+	}
+	return false
 }
 
 // ConversationUserStateChanged: one user's pin, mute or read state changed.
@@ -392,10 +414,13 @@ const file_clinicchat_conversation_v1_events_proto_rawDesc = "" +
 	"'clinicchat/conversation/v1/events.proto\x12\x1aclinicchat.conversation.v1\x1a-clinicchat/conversation/v1/conversation.proto\x1a\x1eclinicchat/type/v1/event.proto\"\x96\x01\n" +
 	"\x13ConversationCreated\x121\n" +
 	"\x04meta\x18\x01 \x01(\v2\x1d.clinicchat.type.v1.EventMetaR\x04meta\x12L\n" +
-	"\fconversation\x18\x02 \x01(\v2(.clinicchat.conversation.v1.ConversationR\fconversation\"\x96\x01\n" +
+	"\fconversation\x18\x02 \x01(\v2(.clinicchat.conversation.v1.ConversationR\fconversation\"\xe9\x01\n" +
 	"\x13ConversationUpdated\x121\n" +
 	"\x04meta\x18\x01 \x01(\v2\x1d.clinicchat.type.v1.EventMetaR\x04meta\x12L\n" +
-	"\fconversation\x18\x02 \x01(\v2(.clinicchat.conversation.v1.ConversationR\fconversation\"\xb7\x01\n" +
+	"\fconversation\x18\x02 \x01(\v2(.clinicchat.conversation.v1.ConversationR\fconversation\x12\x1f\n" +
+	"\vmessage_seq\x18\x03 \x01(\x03R\n" +
+	"messageSeq\x120\n" +
+	"\x14message_from_patient\x18\x04 \x01(\bR\x12messageFromPatient\"\xb7\x01\n" +
 	"\x1cConversationUserStateChanged\x121\n" +
 	"\x04meta\x18\x01 \x01(\v2\x1d.clinicchat.type.v1.EventMetaR\x04meta\x12\"\n" +
 	"\fconversation\x18\x02 \x01(\tR\fconversation\x12\x12\n" +

@@ -95,6 +95,9 @@ func ev(base string, msg interface {
 		tokens = append(tokens, m.GetConversation().GetPatient())
 	case *conversationv1.ConversationUserStateChanged:
 		tokens = append(tokens, m.GetUser())
+	case *conversationv1.ConversationRead:
+		// The reader: a gateway keeping the reader's unread counts reads it.
+		tokens = append(tokens, m.GetReader())
 	}
 	return domain.Event{ID: msg.GetMeta().GetId(), Subject: natsx.Tenant(base, tokens...), Msg: msg}
 }
@@ -350,7 +353,8 @@ func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversat
 func (a *App) ApplyMessage(ctx context.Context, m domain.MessageApplied, practiceName string) error {
 	_, err := a.repo.ApplyMessage(ctx, m, func(c domain.Conversation, recipients []string) []domain.Event {
 		out := []domain.Event{ev(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
-			Meta: events.System(c.Practice, "conversation.activity", c.Name(), m.Time), Conversation: ToProto(Shared(c))})}
+			Meta: events.System(c.Practice, "conversation.activity", c.Name(), m.Time), Conversation: ToProto(Shared(c)),
+			MessageSeq: m.Seq, MessageFromPatient: m.FromPatient})}
 		msgName := c.Name() + "/messages/" + strconv.FormatInt(m.Seq, 10)
 		for _, r := range recipients {
 			if r == m.Sender {

@@ -1,0 +1,198 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+)
+
+// A conversation.updated is the thread as the caller sees it: the thread's
+// shared fields, which the event carries, and the caller's own unreadCount,
+// pinned and muted, which it does not. Reading the thread back for every
+// user at every event (a ListConversations each) was the fan-out's largest
+// cost, so each stream keeps its caller's own fields per thread, read back
+// once, and follows them along the events it receives in stream order:
+//
+//   - a new message (conversation.activity, carrying message_seq and its
+//     side) newer than every message the state accounts for adds one
+//     unread when it is from the other side; an older one that the hub had
+//     dispatched before the state was read back (so it was committed, and
+//     is in it) changes nothing; any other older one (applied out of
+//     order, or committed before the read back but not yet dispatched)
+//     discards the state;
+//   - an assignment or archive changes no per-user field;
+//   - the caller's own markRead (conversation.read, reader-addressed) and
+//     pin/mute (userstate.changed) discard the state, and so does any
+//     event this does not know.
+//
+// A discarded or unknown state is read back (ListConversations, as before),
+// so a view is never built from state that an event seen since may have
+// changed. Read back state is at least as new as the event being rendered
+// (the event was published after its commit), and only messages newer than
+// the thread's newest at that read are counted on top of it.
+
+// convState is the caller's own fields of one thread, as of seq.
+type convState struct {
+	unread        int32
+	pinned, muted bool
+	// seq is the newest message the state accounts for: the thread's
+	// last_message_seq when read back, then each counted message's.
+	seq int64
+	// pos is the hub's conversation stream position when the state was
+	// read back: every event up to it was committed before.
+	pos uint64
+}
+
+// maxConvStates bounds the threads a stream keeps state for (a staff
+// stream sees every thread of the practice); past it one is dropped and is
+// read back at its next event.
+const maxConvStates = 512
+
+// convStates is one stream's per-thread state, owned by its goroutine.
+type convStates struct {
+	m map[string]*convState
+}
+
+// Actions of ConversationUpdated events (conversation service).
+const (
+	actionActivity = "conversation.activity"
+	actionAssign   = "conversation.assign"
+	actionArchive  = "conversation.archive"
+)
+
+// follow applies e to the caller's state of e's thread and returns the
+// caller's view of it, or nil when it must be read back.
+func (cs *convStates) follow(e *event, id auth.Identity) *conversationv1.Conversation {
+	st := cs.m[e.conversation]
+	if st == nil {
+		return nil
+	}
+	u := e.updated
+	if u == nil || u.GetConversation() == nil {
+		delete(cs.m, e.conversation) // created, pin/mute: read back
+		return nil
+	}
+	switch u.GetMeta().GetAction() {
+	case actionActivity:
+		seq := u.GetMessageSeq()
+		switch {
+		case seq > st.seq:
+			if u.GetMessageFromPatient() != id.IsPatient() {
+				st.unread++
+			}
+			st.seq = seq
+		case seq > 0 && e.seq <= st.pos:
+			// In what was read back.
+		default: // unknown, out of order, or maybe not in what was read back
+			delete(cs.m, e.conversation)
+			return nil
+		}
+	case actionAssign, actionArchive:
+	default:
+		delete(cs.m, e.conversation)
+		return nil
+	}
+	c := proto.Clone(u.GetConversation()).(*conversationv1.Conversation)
+	c.UnreadCount, c.Pinned, c.Muted = st.unread, st.pinned, st.muted
+	if !id.IsStaff() && !id.IsSystem() {
+		// As the conversation service shows a thread to a patient.
+		c.AwaitingReplySince, c.Assignee, c.AssigneeDisplayName = nil, "", ""
+	}
+	return c
+}
+
+// keep records the caller's fields of a thread read back when the hub's
+// conversation stream position was pos.
+func (cs *convStates) keep(c *conversationv1.Conversation, pos uint64) {
+	if cs.m == nil {
+		cs.m = map[string]*convState{}
+	}
+	if _, ok := cs.m[c.GetName()]; !ok && len(cs.m) >= maxConvStates {
+		for k := range cs.m {
+			delete(cs.m, k)
+			break
+		}
+	}
+	cs.m[c.GetName()] = &convState{unread: c.GetUnreadCount(), pinned: c.GetPinned(), muted: c.GetMuted(),
+		seq: int64(c.GetLastMessageSeq()), pos: pos}
+}
+
+// read is the caller's own markRead of e's thread: its unread count is no
+// longer known.
+func (cs *convStates) read(e *event) { delete(cs.m, e.conversation) }
+
+// conversationView is e's thread as the caller sees it: from the event and
+// the stream's state of the thread when it has one (convStates), rendered
+// once per distinct view (staff or patient, unreadCount, pinned, muted) and
+// shared by every user who sees that one; read back otherwise, once per
+// user and shared by that user's tabs. Every tab follows the event in its
+// own state, whichever tab renders. The read back is not tied to the
+// connection that makes it, so a tab that leaves meanwhile does not fail
+// the others.
+func (st *eventStream) conversationView(ctx context.Context, e *event) ([]byte, error) {
+	var known *conversationv1.Conversation
+	if e.kind == itemConversation {
+		known = st.views.follow(e, st.id)
+	} else {
+		st.views.read(e) // pin or mute: read back
+	}
+	if known != nil {
+		v := e.convViewKeyed(viewKey(st.id, known))
+		v.once.Do(func() {
+			v.data, v.err = st.s.render("conversation", known)
+			st.s.metrics.convViews.WithLabelValues("event").Inc()
+			if e.pc != nil {
+				e.pc.composed.Add(1)
+			}
+		})
+		return v.data, v.err
+	}
+	v := e.convView(st.id)
+	v.once.Do(func() {
+		pos := st.s.hub.position().c // read first: everything up to it is in the read back
+		conv, err := st.conversation(context.WithoutCancel(ctx), e.conversation)
+		if err == nil {
+			st.views.keep(conv, pos)
+			v.data, err = st.s.render("conversation", conv)
+		}
+		v.err = err
+		st.s.metrics.convViews.WithLabelValues("fetch").Inc()
+		if e.pc != nil {
+			e.pc.fetched.Add(1)
+		}
+	})
+	return v.data, v.err
+}
+
+// viewKey names a view built from an event by everything in it that
+// depends on the viewer (follow): whether staff-only fields are shown, and
+// the viewer's own fields.
+func viewKey(id auth.Identity, c *conversationv1.Conversation) string {
+	side := "patient"
+	if id.IsStaff() || id.IsSystem() {
+		side = "staff"
+	}
+	return fmt.Sprintf("\x01event\x00%s\x00%d\x00%t\x00%t", side, c.GetUnreadCount(), c.GetPinned(), c.GetMuted())
+}
+
+// conversation fetches the thread as the caller sees it (their unreadCount,
+// pinned, muted). It lists the one row rather than getting it: a pushed list
+// row is not the caller opening the thread, which the audit log records.
+func (st *eventStream) conversation(ctx context.Context, name string) (*conversationv1.Conversation, error) {
+	ctx, cancel := context.WithTimeout(withToken(ctx, st.id), upstreamTimeout)
+	defer cancel()
+	resp, err := st.s.conversations.ListConversations(ctx, &conversationv1.ListConversationsRequest{Names: []string{name}, PageSize: 1})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.GetConversations()) == 0 {
+		return nil, status.Error(codes.NotFound, "Conversation not found")
+	}
+	return resp.GetConversations()[0], nil
+}

@@ -1,0 +1,121 @@
+package gateway
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
+	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+)
+
+// TestConvStatesFollowOnlyWhatTheyKnow: a stream's state of its caller's
+// own fields counts new messages from the other side on top of what it read
+// back, and is dropped (so the next view is read back) by anything it cannot
+// account for: an older or unnumbered message, the caller's markRead or
+// pin/mute, another kind of update.
+func TestConvStatesFollowOnlyWhatTheyKnow(t *testing.T) {
+	const name = "conversations/c"
+	staff := auth.Identity{Practice: "p", Subject: "doc", Role: auth.RoleDentist}
+	patient := auth.Identity{Practice: "p", Subject: "pa", Role: auth.RolePatient}
+	// Events at stream positions 101 and later; the state is read back at 100.
+	streamSeq := uint64(100)
+	updated := func(action string, seq int64, fromPatient bool) *event {
+		streamSeq++
+		return &event{kind: itemConversation, conversation: name, seq: streamSeq, updated: &conversationv1.ConversationUpdated{
+			Meta: &typev1.EventMeta{Practice: "p", Action: action}, MessageSeq: seq, MessageFromPatient: fromPatient,
+			Conversation: &conversationv1.Conversation{Name: name, Patient: "patients/pa", LastMessageSeq: int32(seq),
+				AwaitingReplySince: timestamppb.Now(), Assignee: "users/amy", AssigneeDisplayName: "Amy"}}}
+	}
+	readBack := &conversationv1.Conversation{Name: name, UnreadCount: 2, Pinned: true, Muted: true, LastMessageSeq: 5}
+
+	type step struct {
+		e      *event
+		unread int32 // want the view with this unread count; -1: read back
+	}
+	for _, tc := range []struct {
+		name  string
+		id    auth.Identity
+		steps []step
+	}{
+		{"staff: patient messages count, staff ones do not", staff, []step{
+			{updated(actionActivity, 6, true), 3}, {updated(actionActivity, 7, false), 3}, {updated(actionActivity, 8, true), 4}}},
+		{"patient: staff messages count", patient, []step{
+			{updated(actionActivity, 6, false), 3}, {updated(actionActivity, 7, true), 3}}},
+		{"a message maybe not in what was read back", staff, []step{{updated(actionActivity, 5, true), -1}, {updated(actionActivity, 6, true), -1}}},
+		{"a message dispatched before the read back", staff, []step{
+			{func() *event { e := updated(actionActivity, 4, true); e.seq = 99; return e }(), 2},
+			{updated(actionActivity, 6, true), 3}}},
+		{"out of order", staff, []step{{updated(actionActivity, 7, true), 3}, {updated(actionActivity, 6, true), -1}}},
+		{"an activity without its message (older publisher)", staff, []step{{updated(actionActivity, 0, true), -1}}},
+		{"assignment and archive keep the state", staff, []step{
+			{updated(actionAssign, 0, false), 2}, {updated(actionArchive, 0, false), 2}, {updated(actionActivity, 6, true), 3}}},
+		{"an unknown update", staff, []step{{updated("conversation.something", 0, false), -1}}},
+		{"the caller's markRead", staff, []step{
+			{&event{kind: itemConversationRead, conversation: name}, -1}, {updated(actionActivity, 6, true), -1}}},
+		{"a created thread or a pin", staff, []step{
+			{&event{kind: itemConversation, conversation: name}, -1}, {updated(actionActivity, 6, true), -1}}},
+		{"another thread", staff, []step{{func() *event { e := updated(actionActivity, 6, true); e.conversation = "conversations/x"; return e }(), -1}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var cs convStates
+			cs.keep(readBack, 100)
+			for i, s := range tc.steps {
+				if s.e.kind == itemConversationRead {
+					cs.read(s.e)
+					continue
+				}
+				got := cs.follow(s.e, tc.id)
+				if s.unread < 0 {
+					require.Nil(t, got, "step %d: read back", i)
+					continue
+				}
+				require.NotNil(t, got, "step %d", i)
+				require.Equal(t, s.unread, got.GetUnreadCount(), "step %d", i)
+				require.True(t, got.GetPinned() && got.GetMuted(), "the caller's own pin and mute")
+				require.Equal(t, s.e.updated.GetConversation().GetLastMessageSeq(), got.GetLastMessageSeq(), "the event's shared fields")
+				require.Equal(t, tc.id.IsStaff(), got.GetAwaitingReplySince() != nil, "needs reply is staff only")
+				require.Equal(t, tc.id.IsStaff(), got.GetAssignee() != "", "the assignee is staff only")
+				require.Zero(t, s.e.updated.GetConversation().GetUnreadCount(), "the shared event is not changed")
+			}
+		})
+	}
+
+	var cs convStates
+	for i := range maxConvStates + 10 {
+		cs.keep(&conversationv1.Conversation{Name: name + string(rune('a'+i%26)) + string(rune('0'+i/26))}, 0)
+	}
+	require.LessOrEqual(t, len(cs.m), maxConvStates, "bounded")
+}
+
+// renderFixture is a conversation as an event carries it.
+func renderFixture() *conversationv1.Conversation {
+	return &conversationv1.Conversation{Name: "conversations/c", Patient: "patients/pa", PatientDisplayName: "Alice Johnson",
+		State: conversationv1.Conversation_ACTIVE, CreateTime: timestamppb.Now(), LastMessageTime: timestamppb.Now(),
+		LastMessagePreview: "Your crown is ready", UnreadCount: 3, LastMessageSeq: 12, Assignee: "users/amy", AssigneeDisplayName: "Amy"}
+}
+
+// TestRenderIsTheAPIsJSON: an event's data is {"<field>": …} around exactly
+// what the REST API's marshaler writes for the resource.
+func TestRenderIsTheAPIsJSON(t *testing.T) {
+	s := &Server{marshaler: newMarshaler()}
+	c := renderFixture()
+	want, err := s.marshaler.Marshal(c)
+	require.NoError(t, err)
+	got, err := s.render("conversation", c)
+	require.NoError(t, err)
+	require.Equal(t, `{"conversation":`+string(want)+`}`, string(got))
+}
+
+func BenchmarkRenderConversation(b *testing.B) {
+	s := &Server{marshaler: newMarshaler()}
+	c := renderFixture()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.render("conversation", c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
