@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc/metadata"
@@ -19,18 +20,32 @@ import (
 // of messages costs one call per thread, and marked off the stream's
 // goroutine: a goroutine runs only while marks are pending (an idle stream
 // holds none), and the stream never waits for it.
+//
+// Marks are also spaced: after a round of calls the next waits until
+// markInterval has passed, so a busy thread costs at most one receipt write
+// (and its event, fan-out and audit record) per interval however fast its
+// messages come, while the first message after a quiet spell is marked at
+// once. The end of the stream cuts the wait short.
 type deliveryMarks struct {
-	mark func(conv string, seq int64)
+	mark     func(conv string, seq int64)
+	interval time.Duration
 
 	mu      sync.Mutex
 	pending map[string]int64
 	done    map[string]int64
 	running bool
+	last    time.Time     // when the last round of calls started
+	closing chan struct{} // closed by wait: mark what is pending now
 	wg      sync.WaitGroup
 }
 
+// markInterval is the least time between two rounds of delivery marks of a
+// stream: a sender's "delivered" can show up to this much later when their
+// messages come faster than that.
+const markInterval = 50 * time.Millisecond
+
 func newDeliveryMarks(mark func(conv string, seq int64)) *deliveryMarks {
-	return &deliveryMarks{mark: mark}
+	return &deliveryMarks{mark: mark, interval: markInterval, closing: make(chan struct{})}
 }
 
 // add asks for conv to be marked delivered up to seq; it never blocks.
@@ -51,10 +66,22 @@ func (d *deliveryMarks) add(conv string, seq int64) {
 	}
 }
 
-// run marks pending entries until none are left.
+// run marks pending entries until none are left, a round at most every
+// interval.
 func (d *deliveryMarks) run() {
 	defer d.wg.Done()
 	for {
+		d.mu.Lock()
+		wait := d.interval - time.Since(d.last)
+		d.mu.Unlock()
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-d.closing:
+				t.Stop()
+			}
+		}
 		d.mu.Lock()
 		batch := d.pending
 		if len(batch) == 0 {
@@ -66,6 +93,7 @@ func (d *deliveryMarks) run() {
 		for conv, seq := range batch {
 			d.done[conv] = seq
 		}
+		d.last = time.Now()
 		d.mu.Unlock()
 		for conv, seq := range batch {
 			d.mark(conv, seq)
@@ -73,8 +101,12 @@ func (d *deliveryMarks) run() {
 	}
 }
 
-// wait returns once no mark is running or pending.
-func (d *deliveryMarks) wait() { d.wg.Wait() }
+// wait marks what is pending without waiting for the interval and returns
+// once no mark is running or pending. The stream calls it once, at its end.
+func (d *deliveryMarks) wait() {
+	close(d.closing)
+	d.wg.Wait()
+}
 
 // markDelivered records that the caller received messages up to seq. It
 // outlives a disconnect by at most upstreamTimeout.
