@@ -65,7 +65,7 @@ func TestIdleStackOnPostgresDoesNotSpin(t *testing.T) {
 	}
 
 	type service interface {
-		Register(*grpc.Server)
+		Register(grpc.ServiceRegistrar)
 		Run(context.Context) error
 		Close() error
 	}
