@@ -509,16 +509,12 @@ func (r *rig) restartPostgres(ctx context.Context) (time.Time, error) {
 	return time.Now(), nil
 }
 
-// rollingRestart SIGTERMs every service, one replica at a time, waiting
-// for each to serve again before the next; then the gateways.
+// rollingRestart SIGTERMs each gateway, waiting for it to serve again
+// before the next, then every service, one replica at a time. Gateways go
+// first so that their restarts fall inside the load run whatever the
+// services' restarts take (ten of them take ~20 s), and recipients' streams
+// must fail over and resume.
 func (r *rig) rollingRestart(ctx context.Context) (time.Time, error) {
-	for _, svc := range append([]string{"demoprovider"}, localcluster.Services...) {
-		for _, h := range r.svcHosts {
-			if err := restart(ctx, r.svc[svc+"@"+h.name], syscall.SIGTERM, fmt.Sprintf("%s:%d", h.ip, servicePorts[svc])); err != nil {
-				return time.Time{}, err
-			}
-		}
-	}
 	for i, g := range r.gw {
 		g.stop(syscall.SIGTERM, 15*time.Second)
 		if err := g.start(); err != nil {
@@ -526,6 +522,13 @@ func (r *rig) rollingRestart(ctx context.Context) (time.Time, error) {
 		}
 		if err := waitReady(ctx, r.gwURLs[i], g); err != nil {
 			return time.Time{}, err
+		}
+	}
+	for _, svc := range append([]string{"demoprovider"}, localcluster.Services...) {
+		for _, h := range r.svcHosts {
+			if err := restart(ctx, r.svc[svc+"@"+h.name], syscall.SIGTERM, fmt.Sprintf("%s:%d", h.ip, servicePorts[svc])); err != nil {
+				return time.Time{}, err
+			}
 		}
 	}
 	return time.Now(), nil
