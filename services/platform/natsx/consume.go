@@ -79,22 +79,7 @@ func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec 
 		}
 		err := h(hctx, m)
 		end(err)
-		switch {
-		case err == nil:
-			_ = m.Ack()
-		case errors.Is(err, ErrPoison):
-			log.Error("poison message terminated", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
-			_ = m.Term()
-		case ctx.Err() != nil:
-			_ = m.Nak() // shutting down: another consumer instance takes it
-		default:
-			delay := time.Second
-			if md, mErr := m.Metadata(); mErr == nil {
-				delay = min(time.Duration(md.NumDelivered)*500*time.Millisecond, 30*time.Second)
-			}
-			log.Warn("handler failed; redelivering", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
-			_ = m.NakWithDelay(delay)
-		}
+		settleMsg(ctx, log, m, err)
 	}
 	sem := make(chan struct{}, max(spec.Concurrency, 1))
 	var inflight sync.WaitGroup

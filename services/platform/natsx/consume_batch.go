@@ -117,7 +117,9 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 	return nil
 }
 
-// settleMsg acks, terminates or naks m by the handler's err, as Consume does.
+// settleMsg acks, terminates or naks m by its handler's err (Consume and
+// ConsumeBatch): poison is terminated, a shutdown naks for another instance,
+// any other failure is redelivered with a growing delay.
 func settleMsg(ctx context.Context, log *zap.Logger, m jetstream.Msg, err error) {
 	switch {
 	case err == nil:
