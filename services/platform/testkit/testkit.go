@@ -10,11 +10,13 @@ import (
 	"database/sql"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -210,4 +212,30 @@ func requireLatestSchema(t *testing.T, dsn string, migrate func(context.Context,
 	require.NoError(t, err)
 	require.Positive(t, v)
 	require.NoError(t, migrate(sqldb.CheckOnly(ctx), db), "schema at the latest version")
+}
+
+// MigrateBefore brings db to the schema a service had before migration
+// version (e.g. "0005"): it applies, with sqldb.Migrate, the migrations of
+// fsys's dir (sqlite/ and postgres/) whose files sort before version. An
+// upgrade test then writes data the old way and migrates the rest.
+func MigrateBefore(t testing.TB, db *sqldb.DB, fsys fs.FS, dir, version string) {
+	t.Helper()
+	old := fstest.MapFS{}
+	for _, dialect := range []string{"sqlite", "postgres"} {
+		d := dialect
+		if dir != "." {
+			d = dir + "/" + dialect
+		}
+		entries, err := fs.ReadDir(fsys, d)
+		require.NoError(t, err)
+		for _, e := range entries {
+			if e.IsDir() || e.Name() >= version {
+				continue
+			}
+			body, err := fs.ReadFile(fsys, d+"/"+e.Name())
+			require.NoError(t, err)
+			old[d+"/"+e.Name()] = &fstest.MapFile{Data: body}
+		}
+	}
+	require.NoError(t, sqldb.Migrate(context.Background(), db, old, dir))
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"testing"
-	"testing/fstest"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/mod/sumdb/tlog"
@@ -23,13 +22,7 @@ func TestUpgradeKeepsTheLog(t *testing.T) {
 		t.Run(b.Name, func(t *testing.T) {
 			ctx := context.Background()
 			db := testkit.OpenDB(t, b)
-			old := fstest.MapFS{}
-			for _, d := range []string{"sqlite", "postgres"} {
-				body, err := os.ReadFile("migrations/" + d + "/0001_init.sql")
-				require.NoError(t, err)
-				old["migrations/"+d+"/0001_init.sql"] = &fstest.MapFile{Data: body}
-			}
-			require.NoError(t, sqldb.Migrate(ctx, db, old, "migrations"))
+			testkit.MigrateBefore(t, db, os.DirFS("."), "migrations", "0002")
 
 			// Three records and their stored hashes, as the old schema held them.
 			var stored []tlog.Hash

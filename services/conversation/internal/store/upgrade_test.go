@@ -2,9 +2,7 @@ package store_test
 
 import (
 	"context"
-	"io/fs"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/stretchr/testify/require"
@@ -22,13 +20,7 @@ func TestUpgradeBackfillsNeedsReply(t *testing.T) {
 		t.Run(b.Name, func(t *testing.T) {
 			ctx := context.Background()
 			db := testkit.OpenDB(t, b)
-			old := fstest.MapFS{}
-			for _, d := range []string{"sqlite", "postgres"} {
-				body, err := fs.ReadFile(migrations.FS, d+"/0001_init.sql")
-				require.NoError(t, err)
-				old[d+"/0001_init.sql"] = &fstest.MapFile{Data: body}
-			}
-			require.NoError(t, sqldb.Migrate(ctx, db, old, "."))
+			testkit.MigrateBefore(t, db, migrations.FS, ".", "0002")
 			t0 := time.Date(2026, 1, 1, 9, 0, 0, 0, time.UTC)
 			require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
 				for _, c := range []struct {
@@ -67,15 +59,7 @@ func TestUpgradeKeepsMessageIndex(t *testing.T) {
 		t.Run(b.Name, func(t *testing.T) {
 			ctx := context.Background()
 			db := testkit.OpenDB(t, b)
-			old := fstest.MapFS{}
-			for _, d := range []string{"sqlite", "postgres"} {
-				for _, f := range []string{"0001_init.sql", "0002_needs_reply_assignment.sql", "0003_message_templates.sql", "0004_outbox_traceparent.sql"} {
-					body, err := fs.ReadFile(migrations.FS, d+"/"+f)
-					require.NoError(t, err)
-					old[d+"/"+f] = &fstest.MapFile{Data: body}
-				}
-			}
-			require.NoError(t, sqldb.Migrate(ctx, db, old, "."))
+			testkit.MigrateBefore(t, db, migrations.FS, ".", "0005")
 			t0 := time.Date(2026, 1, 1, 9, 0, 0, 0, time.UTC)
 			require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
 				if _, err := tx.Exec(ctx, `INSERT INTO conversations (practice, id, patient_id, patient_display_name, patient_name_key,

@@ -3,9 +3,7 @@ package store_test
 import (
 	"context"
 	"fmt"
-	"io/fs"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/stretchr/testify/require"
@@ -24,15 +22,7 @@ func TestUpgradeKeepsReceipts(t *testing.T) {
 		t.Run(b.Name, func(t *testing.T) {
 			ctx := context.Background()
 			db := testkit.OpenDB(t, b)
-			old := fstest.MapFS{}
-			for _, d := range []string{"sqlite", "postgres"} {
-				for _, f := range []string{"0001_init.sql", "0002_sender_display_name.sql", "0003_messages_unadvanced.sql", "0004_outbox_traceparent.sql"} {
-					body, err := fs.ReadFile(migrations.FS, d+"/"+f)
-					require.NoError(t, err)
-					old[d+"/"+f] = &fstest.MapFile{Data: body}
-				}
-			}
-			require.NoError(t, sqldb.Migrate(ctx, db, old, "."))
+			testkit.MigrateBefore(t, db, migrations.FS, ".", "0005")
 			t0 := time.Date(2026, 1, 1, 9, 0, 0, 0, time.UTC)
 			require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
 				for seq, status := range map[int64]domain.Status{1: domain.Read, 2: domain.Delivered, 3: domain.Sent} {
