@@ -148,6 +148,14 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 	base := natsx.Base(subject)
 	e := &event{stream: stream, seq: seq}
 	var meta *typev1.EventMeta
+	// decoded unmarshals data into ev, or logs why it is skipped.
+	decoded := func(streamName string, ev proto.Message) bool {
+		if err := proto.Unmarshal(data, ev); err != nil {
+			log.Warn("undecodable event skipped", zap.String(logkeys.Stream, streamName), zap.Uint64("seq", seq), zap.Error(err))
+			return false
+		}
+		return true
+	}
 	switch base {
 	case natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated:
 		var ev interface {
@@ -160,8 +168,7 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 		if base == natsx.SubjectMessageUpdated {
 			ev, e.kind = &deliveryv1.MessageUpdated{}, itemMessageUpdated
 		}
-		if err := proto.Unmarshal(data, ev); err != nil {
-			log.Warn("undecodable event skipped", zap.String(logkeys.Stream, natsx.StreamDelivery), zap.Uint64("seq", seq), zap.Error(err))
+		if !decoded(natsx.StreamDelivery, ev) {
 			return nil
 		}
 		if ev.GetMessage() == nil {
@@ -177,8 +184,7 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 		if base == natsx.SubjectConversationCreated {
 			ev = &conversationv1.ConversationCreated{}
 		}
-		if err := proto.Unmarshal(data, ev); err != nil {
-			log.Warn("undecodable event skipped", zap.String(logkeys.Stream, natsx.StreamConversation), zap.Uint64("seq", seq), zap.Error(err))
+		if !decoded(natsx.StreamConversation, ev) {
 			return nil
 		}
 		e.kind = itemConversation
@@ -188,16 +194,14 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 		}
 	case natsx.SubjectConversationRead:
 		ev := &conversationv1.ConversationRead{}
-		if err := proto.Unmarshal(data, ev); err != nil {
-			log.Warn("undecodable event skipped", zap.String(logkeys.Stream, natsx.StreamConversation), zap.Uint64("seq", seq), zap.Error(err))
+		if !decoded(natsx.StreamConversation, ev) {
 			return nil
 		}
 		e.kind = itemConversationRead
 		meta, e.conversation, e.user = ev.GetMeta(), ev.GetConversation(), ev.GetReader()
 	case natsx.SubjectConversationUser:
 		ev := &conversationv1.ConversationUserStateChanged{}
-		if err := proto.Unmarshal(data, ev); err != nil {
-			log.Warn("undecodable event skipped", zap.String(logkeys.Stream, natsx.StreamConversation), zap.Uint64("seq", seq), zap.Error(err))
+		if !decoded(natsx.StreamConversation, ev) {
 			return nil
 		}
 		e.kind = itemUserState
