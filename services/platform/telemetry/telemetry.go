@@ -140,18 +140,9 @@ func Enabled() bool {
 // Tracer is the tracer of clinicchat's own spans.
 func Tracer() trace.Tracer { return otel.GetTracerProvider().Tracer(InstrumentationName) }
 
-// GRPCServerOptions trace every call a server receives (none when off).
-func GRPCServerOptions() []grpc.ServerOption {
-	h := GRPCServerHandler()
-	if h == nil {
-		return nil
-	}
-	return []grpc.ServerOption{grpc.StatsHandler(h)}
-}
-
-// GRPCServerHandler is the stats handler of GRPCServerOptions (nil when
-// off), for a transport that takes one directly (grpcx's in-process
-// channel).
+// GRPCServerHandler traces every call a server receives (nil when off):
+// grpcx's server takes it as a stats handler, and its in-process channel
+// calls it directly.
 func GRPCServerHandler() stats.Handler {
 	if !Enabled() {
 		return nil

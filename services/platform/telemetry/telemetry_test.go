@@ -49,7 +49,7 @@ func TestConfigFromEnv(t *testing.T) {
 // Off, nothing is instrumented and no trace context is made up.
 func TestOffCostsNothing(t *testing.T) {
 	require.False(t, telemetry.Enabled())
-	require.Empty(t, telemetry.GRPCServerOptions())
+	require.Nil(t, telemetry.GRPCServerHandler())
 	require.Empty(t, telemetry.GRPCDialOptions())
 	require.Empty(t, telemetry.Traceparent(context.Background()))
 	ctx := context.Background()
