@@ -100,7 +100,7 @@ func (cs *convStates) follow(e *event, id auth.Identity) *conversationv1.Convers
 	}
 	c := proto.Clone(u.GetConversation()).(*conversationv1.Conversation)
 	c.UnreadCount, c.Pinned, c.Muted = st.unread, st.pinned, st.muted
-	if !id.IsStaff() && !id.IsSystem() {
+	if !seesPracticeFields(id) {
 		// As the conversation service shows a thread to a patient.
 		c.AwaitingReplySince, c.Assignee, c.AssigneeDisplayName = nil, "", ""
 	}
@@ -170,12 +170,16 @@ func (st *eventStream) conversationView(ctx context.Context, e *event) ([]byte, 
 	return v.data, v.err
 }
 
+// seesPracticeFields: staff (and the system) see a thread's practice-side
+// fields (needs reply, assignee); a patient does not.
+func seesPracticeFields(id auth.Identity) bool { return id.IsStaff() || id.IsSystem() }
+
 // viewKey names a view built from an event by everything in it that
 // depends on the viewer (follow): whether staff-only fields are shown, and
 // the viewer's own fields.
 func viewKey(id auth.Identity, c *conversationv1.Conversation) string {
 	side := "patient"
-	if id.IsStaff() || id.IsSystem() {
+	if seesPracticeFields(id) {
 		side = "staff"
 	}
 	return fmt.Sprintf("\x01event\x00%s\x00%d\x00%t\x00%t", side, c.GetUnreadCount(), c.GetPinned(), c.GetMuted())
