@@ -21,11 +21,14 @@ import (
 //
 //   - a new message (conversation.activity, carrying message_seq and its
 //     side) newer than every message the state accounts for adds one
-//     unread when it is from the other side; an older one that the hub had
-//     dispatched before the state was read back (so it was committed, and
-//     is in it) changes nothing; any other older one (applied out of
-//     order, or committed before the read back but not yet dispatched)
-//     discards the state;
+//     unread when it is from the other side; an older one changes nothing
+//     when it is known to be in the state: the hub had dispatched it before
+//     the state was read back (so it was committed), or it was projected in
+//     order at or below the newest message the read back had (the event's
+//     thread has it as its newest, so the read back's newest was projected
+//     at the same time or after it: last_message_seq only grows); any other
+//     older one (projected out of order, so maybe after the read back, or
+//     one counted already and received again) discards the state;
 //   - an assignment or archive changes no per-user field;
 //   - the caller's own markRead (conversation.read, reader-addressed) and
 //     pin/mute (userstate.changed) discard the state, and so does any
@@ -44,6 +47,8 @@ type convState struct {
 	// seq is the newest message the state accounts for: the thread's
 	// last_message_seq when read back, then each counted message's.
 	seq int64
+	// readSeq is the thread's last_message_seq when read back.
+	readSeq int64
 	// pos is the hub's conversation stream position when the state was
 	// read back: every event up to it was committed before.
 	pos uint64
@@ -87,8 +92,11 @@ func (cs *convStates) follow(e *event, id auth.Identity) *conversationv1.Convers
 				st.unread++
 			}
 			st.seq = seq
-		case seq > 0 && e.seq <= st.pos:
-			// In what was read back.
+		case seq > 0 && (e.seq <= st.pos || seq <= st.readSeq && int64(u.GetConversation().GetLastMessageSeq()) == seq):
+			// In what was read back: dispatched before it, or projected in
+			// order at or below the read back's newest message. Without the
+			// second, a fan-out that lags the projection (so that every read
+			// back is ahead of the stream) would read back at every event.
 		default: // unknown, out of order, or maybe not in what was read back
 			delete(cs.m, e.conversation)
 			return nil
@@ -120,7 +128,7 @@ func (cs *convStates) keep(c *conversationv1.Conversation, pos uint64) {
 		}
 	}
 	cs.m[c.GetName()] = &convState{unread: c.GetUnreadCount(), pinned: c.GetPinned(), muted: c.GetMuted(),
-		seq: int64(c.GetLastMessageSeq()), pos: pos}
+		seq: int64(c.GetLastMessageSeq()), readSeq: int64(c.GetLastMessageSeq()), pos: pos}
 }
 
 // read is the caller's own markRead of e's thread: its unread count is no

@@ -44,7 +44,17 @@ func TestConvStatesFollowOnlyWhatTheyKnow(t *testing.T) {
 			{updated(actionActivity, 6, true), 3}, {updated(actionActivity, 7, false), 3}, {updated(actionActivity, 8, true), 4}}},
 		{"patient: staff messages count", patient, []step{
 			{updated(actionActivity, 6, false), 3}, {updated(actionActivity, 7, true), 3}}},
-		{"a message maybe not in what was read back", staff, []step{{updated(actionActivity, 5, true), -1}, {updated(actionActivity, 6, true), -1}}},
+		{"a message projected in order is in what was read back", staff, []step{
+			{updated(actionActivity, 4, true), 2}, {updated(actionActivity, 5, true), 2}, {updated(actionActivity, 6, true), 3}}},
+		{"a message counted already, received again", staff, []step{
+			{updated(actionActivity, 6, true), 3}, {updated(actionActivity, 6, true), -1}}},
+		{"a message projected out of order may not be in what was read back", staff, []step{
+			{func() *event {
+				e := updated(actionActivity, 4, true)
+				e.updated.Conversation.LastMessageSeq = 5
+				return e
+			}(), -1},
+			{updated(actionActivity, 6, true), -1}}},
 		{"a message dispatched before the read back", staff, []step{
 			{func() *event { e := updated(actionActivity, 4, true); e.seq = 99; return e }(), 2},
 			{updated(actionActivity, 6, true), 3}}},
