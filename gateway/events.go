@@ -524,7 +524,10 @@ func (s *Server) render(field string, m proto.Message) ([]byte, error) {
 	out = append(out, `{"`...)
 	out = append(out, field...)
 	out = append(out, `":`...)
-	out, err := s.marshaler.MarshalOptions.MarshalAppend(out, m)
+	if b, ok := appendJSON(out, m.ProtoReflect()); ok {
+		return append(b, '}'), nil
+	}
+	out, err := s.marshaler.MarshalOptions.MarshalAppend(out, m) // out: still just the prefix
 	if err != nil {
 		return nil, err
 	}
