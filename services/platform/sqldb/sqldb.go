@@ -65,6 +65,9 @@ type DB struct {
 	readStmts  stmtCache
 	writeStmts map[string]*sql.Stmt
 	toPrepare  []string
+
+	name    string         // SQLite: the file name without ".db", the metrics' label
+	metrics *sqliteMetrics // SQLite only
 }
 
 // readConns is the size of a SQLite database's read pool, and
@@ -217,7 +220,7 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	r.SetMaxOpenConns(readConns)
 	r.SetMaxIdleConns(readConns)
 	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), stop: make(chan struct{}),
-		writeStmts: map[string]*sql.Stmt{}}
+		writeStmts: map[string]*sql.Stmt{}, name: dbName(path), metrics: newSQLiteMetrics(dbName(path))}
 	d.wg.Add(1)
 	go d.writer()
 	return d, nil
@@ -621,6 +624,8 @@ func (d *DB) runBatch(batch []*job) {
 		fail(fmt.Errorf("commit: %w", err))
 		return
 	}
+	d.metrics.commits.Inc()
+	d.metrics.jobs.Observe(float64(len(batch)))
 	d.committed(t.signals)
 	for i, j := range batch {
 		j.done <- results[i]

@@ -1,0 +1,110 @@
+package sqldb
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"modernc.org/sqlite"
+)
+
+// sqliteMetrics counts a SQLite database's group commits: how many, how
+// many writes each carried, and the WAL frames (pages) they wrote. Commits
+// per message and frames per commit are what a send costs in fsyncs and
+// pwrites (BENCHMARKS.md, sqlite10).
+type sqliteMetrics struct {
+	commits prometheus.Counter
+	jobs    prometheus.Histogram
+	frames  atomic.Uint64 // WAL frames written by the writer, as of the last scrape
+}
+
+func newSQLiteMetrics(name string) *sqliteMetrics {
+	labels := prometheus.Labels{"db": name}
+	return &sqliteMetrics{
+		commits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name:        "clinicchat_sqldb_commits_total",
+			Help:        "Durable commits (fsyncs of the WAL) of the SQLite database's writer; each carries one or more writes (group commit).",
+			ConstLabels: labels,
+		}),
+		jobs: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "clinicchat_sqldb_batch_jobs",
+			Help:        "Writes (DB.Write calls) carried by each commit of the SQLite database's writer.",
+			ConstLabels: labels,
+			Buckets:     []float64{1, 2, 4, 8, 16, 32, 64, 128},
+		}),
+	}
+}
+
+// dbName is the label of the database at path: its file name without
+// ".db" (conversation, delivery…).
+func dbName(path string) string {
+	return strings.TrimSuffix(filepath.Base(path), ".db")
+}
+
+var walFramesDesc = prometheus.NewDesc("clinicchat_sqldb_wal_frames_total",
+	"WAL frames (database pages) written by the SQLite database's writer connection, read at scrape.", []string{"db"}, nil)
+
+// Collector reports the SQLite database's commits, writes per commit and
+// WAL frames written (nothing on PostgreSQL, which group-commits itself).
+func (d *DB) Collector() prometheus.Collector { return dbCollector{d} }
+
+type dbCollector struct{ d *DB }
+
+func (c dbCollector) Describe(ch chan<- *prometheus.Desc) {
+	if c.d.metrics == nil {
+		return
+	}
+	c.d.metrics.commits.Describe(ch)
+	c.d.metrics.jobs.Describe(ch)
+	ch <- walFramesDesc
+}
+
+func (c dbCollector) Collect(ch chan<- prometheus.Metric) {
+	m := c.d.metrics
+	if m == nil {
+		return
+	}
+	m.commits.Collect(ch)
+	m.jobs.Collect(ch)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	n, err := c.d.walFrames(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(walFramesDesc, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(walFramesDesc, prometheus.CounterValue, float64(n), c.d.name)
+}
+
+// walFrames is the number of WAL frames the writer connection has written:
+// SQLite's per-connection page-write counter (SQLITE_DBSTATUS_CACHE_WRITE,
+// which counts the frames a WAL commit appends), read and reset, added to
+// the total (the C counter is 32 bits).
+func (d *DB) walFrames(ctx context.Context) (uint64, error) {
+	err := d.rawWriter(ctx, func(dc any) error {
+		st, ok := dc.(sqlite.DBStatus)
+		if !ok {
+			return nil
+		}
+		cur, _, err := st.Status(sqlite.DBStatusCacheWrite, true)
+		if err != nil {
+			return err
+		}
+		d.metrics.frames.Add(uint64(cur))
+		return nil
+	})
+	return d.metrics.frames.Load(), err
+}
+
+// rawWriter runs f on the writer's driver connection, between batches.
+func (d *DB) rawWriter(ctx context.Context, f func(dc any) error) error {
+	c, err := d.write.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Raw(f)
+}
