@@ -66,7 +66,6 @@ type DB struct {
 	writeStmts map[string]*sql.Stmt
 	toPrepare  []string
 
-	name    string         // SQLite: the file name without ".db", the metrics' label
 	metrics *sqliteMetrics // SQLite only
 }
 
@@ -220,7 +219,7 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	r.SetMaxOpenConns(readConns)
 	r.SetMaxIdleConns(readConns)
 	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), stop: make(chan struct{}),
-		writeStmts: map[string]*sql.Stmt{}, name: dbName(path), metrics: newSQLiteMetrics(dbName(path))}
+		writeStmts: map[string]*sql.Stmt{}, metrics: newSQLiteMetrics(dbName(path))}
 	d.wg.Add(1)
 	go d.writer()
 	return d, nil

@@ -16,9 +16,10 @@ import (
 // per message and frames per commit are what a send costs in fsyncs and
 // pwrites (BENCHMARKS.md, sqlite10).
 type sqliteMetrics struct {
-	commits prometheus.Counter
-	jobs    prometheus.Histogram
-	frames  atomic.Uint64 // WAL frames written by the writer, as of the last scrape
+	commits    prometheus.Counter
+	jobs       prometheus.Histogram
+	framesDesc *prometheus.Desc
+	frames     atomic.Uint64 // WAL frames written by the writer, as of the last scrape
 }
 
 func newSQLiteMetrics(name string) *sqliteMetrics {
@@ -35,6 +36,8 @@ func newSQLiteMetrics(name string) *sqliteMetrics {
 			ConstLabels: labels,
 			Buckets:     []float64{1, 2, 4, 8, 16, 32, 64, 128},
 		}),
+		framesDesc: prometheus.NewDesc("clinicchat_sqldb_wal_frames_total",
+			"WAL frames (database pages) written by the SQLite database's writer connection, read at scrape.", nil, labels),
 	}
 }
 
@@ -43,9 +46,6 @@ func newSQLiteMetrics(name string) *sqliteMetrics {
 func dbName(path string) string {
 	return strings.TrimSuffix(filepath.Base(path), ".db")
 }
-
-var walFramesDesc = prometheus.NewDesc("clinicchat_sqldb_wal_frames_total",
-	"WAL frames (database pages) written by the SQLite database's writer connection, read at scrape.", []string{"db"}, nil)
 
 // Collector reports the SQLite database's commits, writes per commit and
 // WAL frames written (nothing on PostgreSQL, which group-commits itself).
@@ -59,7 +59,7 @@ func (c dbCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	c.d.metrics.commits.Describe(ch)
 	c.d.metrics.jobs.Describe(ch)
-	ch <- walFramesDesc
+	ch <- c.d.metrics.framesDesc
 }
 
 func (c dbCollector) Collect(ch chan<- prometheus.Metric) {
@@ -73,10 +73,10 @@ func (c dbCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	n, err := c.d.walFrames(ctx)
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(walFramesDesc, err)
+		ch <- prometheus.NewInvalidMetric(m.framesDesc, err)
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(walFramesDesc, prometheus.CounterValue, float64(n), c.d.name)
+	ch <- prometheus.MustNewConstMetric(m.framesDesc, prometheus.CounterValue, float64(n))
 }
 
 // walFrames is the number of WAL frames the writer connection has written:
