@@ -192,6 +192,16 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)", "temp_store(2)"} {
 		pragmas.Add("_pragma", p)
 	}
+	// The "unix-excl" VFS: the first connection takes an exclusive POSIX
+	// lock on the database file for the whole process, once, and from then
+	// on every lock — the writer's WAL write lock and each reader's read
+	// mark, four fcntl calls per transaction with the default "unix" VFS —
+	// is taken in memory between this process's connections, and the
+	// wal-index (the -shm file) lives in heap memory. Every connection of a
+	// database is in this process (the all-in-one's backup too), and a
+	// second process opening the same data dir gets "database is locked"
+	// instead of sharing it.
+	pragmas.Set("vfs", "unix-excl")
 	w, err := sql.Open("sqlite", "file:"+path+"?"+pragmas.Encode()+"&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite: %w", err)
