@@ -1,14 +1,11 @@
 package sqldb
 
 import (
-	"context"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"modernc.org/sqlite"
 )
 
 // sqliteMetrics counts a SQLite database's group commits: how many, how
@@ -19,7 +16,7 @@ type sqliteMetrics struct {
 	commits    prometheus.Counter
 	jobs       prometheus.Histogram
 	framesDesc *prometheus.Desc
-	frames     atomic.Uint64 // WAL frames written by the writer, as of the last scrape
+	frames     atomic.Uint64 // WAL frames written by the writer (counted after each commit)
 }
 
 func newSQLiteMetrics(name string) *sqliteMetrics {
@@ -37,7 +34,7 @@ func newSQLiteMetrics(name string) *sqliteMetrics {
 			Buckets:     []float64{1, 2, 4, 8, 16, 32, 64, 128},
 		}),
 		framesDesc: prometheus.NewDesc("clinicchat_sqldb_wal_frames_total",
-			"WAL frames (database pages) written by the SQLite database's writer connection, read at scrape.", nil, labels),
+			"WAL frames (database pages) written by the SQLite database's commits.", nil, labels),
 	}
 }
 
@@ -69,42 +66,5 @@ func (c dbCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	m.commits.Collect(ch)
 	m.jobs.Collect(ch)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	n, err := c.d.walFrames(ctx)
-	if err != nil {
-		ch <- prometheus.NewInvalidMetric(m.framesDesc, err)
-		return
-	}
-	ch <- prometheus.MustNewConstMetric(m.framesDesc, prometheus.CounterValue, float64(n))
-}
-
-// walFrames is the number of WAL frames the writer connection has written:
-// SQLite's per-connection page-write counter (SQLITE_DBSTATUS_CACHE_WRITE,
-// which counts the frames a WAL commit appends), read and reset, added to
-// the total (the C counter is 32 bits).
-func (d *DB) walFrames(ctx context.Context) (uint64, error) {
-	err := d.rawWriter(ctx, func(dc any) error {
-		st, ok := dc.(sqlite.DBStatus)
-		if !ok {
-			return nil
-		}
-		cur, _, err := st.Status(sqlite.DBStatusCacheWrite, true)
-		if err != nil {
-			return err
-		}
-		d.metrics.frames.Add(uint64(cur))
-		return nil
-	})
-	return d.metrics.frames.Load(), err
-}
-
-// rawWriter runs f on the writer's driver connection, between batches.
-func (d *DB) rawWriter(ctx context.Context, f func(dc any) error) error {
-	c, err := d.write.Conn(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	return c.Raw(f)
+	ch <- prometheus.MustNewConstMetric(m.framesDesc, prometheus.CounterValue, float64(m.frames.Load()))
 }
