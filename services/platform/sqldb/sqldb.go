@@ -373,7 +373,6 @@ func (t *Tx) Signal(topic string) {
 	}
 }
 
-
 // Dialect reports the SQL flavour.
 func (t *Tx) Dialect() Dialect { return t.dialect }
 
