@@ -202,7 +202,8 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	// second process opening the same data dir gets "database is locked"
 	// instead of sharing it.
 	pragmas.Set("vfs", "unix-excl")
-	w, err := sql.Open("sqlite", "file:"+path+"?"+pragmas.Encode()+"&_txlock=immediate")
+	// The writer runs BEGIN IMMEDIATE itself (sqliteWriter).
+	w, err := sql.Open("sqlite", "file:"+path+"?"+pragmas.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
