@@ -210,9 +210,10 @@ func (s *Service) sweep(ctx context.Context) {
 // Close closes the database.
 func (s *Service) Close() error { return s.db.Close() }
 
-// Collectors are the service's Prometheus metrics: its outbox backlog.
+// Collectors are the service's Prometheus metrics: its outbox backlog
+// and its database's commits.
 func (s *Service) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.relay.Collector("attachment")}
+	return []prometheus.Collector{s.relay.Collector("attachment"), s.db.Collector()}
 }
 
 // Migrate applies the service's schema migrations to db (the "migrate"

@@ -235,9 +235,10 @@ func (s *Service) Verification() error {
 }
 
 // Collectors are the service's Prometheus metrics: whether the logs
-// verified, when they were last checked, and the checkpoint age.
+// verified, when they were last checked, the checkpoint age and the
+// database's commits.
 func (s *Service) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.valid, s.checked, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	return []prometheus.Collector{s.valid, s.checked, s.db.Collector(), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "clinicchat_audit_checkpoint_age_seconds",
 		Help: "How long the oldest audit record that no signed checkpoint covers has waited (0 when every log is covered; checkpoints are signed every --checkpoint-interval).",
 	}, func() float64 { return s.app.CheckpointAge().Seconds() })}

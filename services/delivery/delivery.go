@@ -133,9 +133,10 @@ func (s *Service) Run(ctx context.Context) error {
 // Close closes the database.
 func (s *Service) Close() error { return s.db.Close() }
 
-// Collectors are the service's Prometheus metrics: its outbox backlog.
+// Collectors are the service's Prometheus metrics: its outbox backlog
+// and its database's commits.
 func (s *Service) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.relay.Collector("delivery")}
+	return []prometheus.Collector{s.relay.Collector("delivery"), s.db.Collector()}
 }
 
 // Migrate applies the service's schema migrations to db (the "migrate"

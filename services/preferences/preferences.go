@@ -89,9 +89,10 @@ func (s *Service) Run(ctx context.Context) error { return s.relay.Run(ctx) }
 // Close closes the database. Call it after Run has returned.
 func (s *Service) Close() error { return s.db.Close() }
 
-// Collectors are the service's Prometheus metrics: its outbox backlog.
+// Collectors are the service's Prometheus metrics: its outbox backlog
+// and its database's commits.
 func (s *Service) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.relay.Collector("preferences")}
+	return []prometheus.Collector{s.relay.Collector("preferences"), s.db.Collector()}
 }
 
 // Migrate applies the service's schema migrations to db (the "migrate"

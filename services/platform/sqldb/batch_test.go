@@ -3,11 +3,15 @@ package sqldb
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 )
 
@@ -65,4 +69,50 @@ func TestQueuedWritesJoinTheRunningBatch(t *testing.T) {
 	}
 	require.NoError(t, rows.Err())
 	require.Equal(t, []string{"first", "joined"}, keys)
+}
+
+// /metrics counts each commit, the writes it carried and the WAL frames it
+// wrote; a write that fails alone rolls back and leaves the writer ready.
+func TestSQLiteCommitMetrics(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(t.TempDir(), "orders.db"))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	_, err = db.Exec(ctx, `CREATE TABLE kv (k TEXT PRIMARY KEY)`)
+	require.NoError(t, err)
+	commits0 := testutil.ToFloat64(db.metrics.commits)
+	frames0 := db.metrics.frames.Load()
+
+	boom := errors.New("boom")
+	require.ErrorIs(t, db.Write(ctx, func(tx *Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO kv (k) VALUES ('undone')`); err != nil {
+			return err
+		}
+		return boom
+	}), boom)
+	for _, k := range []string{"a", "b", "c"} {
+		_, err := db.Exec(ctx, `INSERT INTO kv (k) VALUES (?)`, k)
+		require.NoError(t, err)
+	}
+	var n int
+	require.NoError(t, db.QueryRow(ctx, `SELECT count(*) FROM kv`).Scan(&n))
+	require.Equal(t, 3, n, "the failed write left nothing")
+
+	require.Equal(t, 3.0, testutil.ToFloat64(db.metrics.commits)-commits0, "one commit per write, none for the failed one")
+	frames := db.metrics.frames.Load() - frames0
+	require.GreaterOrEqual(t, frames, uint64(3), "each commit writes at least one page")
+	n, err = testutil.GatherAndCount(registry(t, db), "clinicchat_sqldb_commits_total", "clinicchat_sqldb_batch_jobs", "clinicchat_sqldb_wal_frames_total")
+	require.NoError(t, err)
+	require.Equal(t, 3, n)
+	require.NoError(t, testutil.GatherAndCompare(registry(t, db), strings.NewReader(fmt.Sprintf(`
+# HELP clinicchat_sqldb_wal_frames_total WAL frames (database pages) written by the SQLite database's commits.
+# TYPE clinicchat_sqldb_wal_frames_total counter
+clinicchat_sqldb_wal_frames_total{db="orders"} %d
+`, db.metrics.frames.Load())), "clinicchat_sqldb_wal_frames_total"))
+}
+
+func registry(t *testing.T, db *DB) *prometheus.Registry {
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(db.Collector()))
+	return reg
 }

@@ -61,10 +61,12 @@ type DB struct {
 
 	// SQLite only: prepared statements, so a query is parsed once per
 	// connection instead of on every call. readStmts is shared by callers;
-	// writeStmts and toPrepare belong to the writer goroutine.
-	readStmts  stmtCache
-	writeStmts map[string]*sql.Stmt
-	toPrepare  []string
+	// w (the writer connection and its statements) belongs to the writer
+	// goroutine.
+	readStmts stmtCache
+	w         *sqliteWriter
+
+	metrics *sqliteMetrics // SQLite only
 }
 
 // readConns is the size of a SQLite database's read pool, and
@@ -190,7 +192,18 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)", "temp_store(2)"} {
 		pragmas.Add("_pragma", p)
 	}
-	w, err := sql.Open("sqlite", "file:"+path+"?"+pragmas.Encode()+"&_txlock=immediate")
+	// The "unix-excl" VFS: the first connection takes an exclusive POSIX
+	// lock on the database file for the whole process, once, and from then
+	// on every lock — the writer's WAL write lock and each reader's read
+	// mark, four fcntl calls per transaction with the default "unix" VFS —
+	// is taken in memory between this process's connections, and the
+	// wal-index (the -shm file) lives in heap memory. Every connection of a
+	// database is in this process (the all-in-one's backup too), and a
+	// second process opening the same data dir gets "database is locked"
+	// instead of sharing it.
+	pragmas.Set("vfs", "unix-excl")
+	// The writer runs BEGIN IMMEDIATE itself (sqliteWriter).
+	w, err := sql.Open("sqlite", "file:"+path+"?"+pragmas.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
@@ -216,8 +229,14 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	}
 	r.SetMaxOpenConns(readConns)
 	r.SetMaxIdleConns(readConns)
+	sw, err := newSQLiteWriter(ctx, w)
+	if err != nil {
+		_ = r.Close()
+		_ = w.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", filepath.Base(path), err)
+	}
 	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), stop: make(chan struct{}),
-		writeStmts: map[string]*sql.Stmt{}}
+		w: sw, metrics: newSQLiteMetrics(dbName(path))}
 	d.wg.Add(1)
 	go d.writer()
 	return d, nil
@@ -267,9 +286,7 @@ func (d *DB) Close() error {
 	if d.stop != nil {
 		close(d.stop)
 		d.wg.Wait()
-		for _, st := range d.writeStmts {
-			_ = st.Close()
-		}
+		_ = d.w.close()
 		d.readStmts.close()
 	}
 	err := d.read.Close()
@@ -343,9 +360,9 @@ func rebind(d Dialect, q string) string {
 
 // Tx is a write transaction (on SQLite, a savepoint inside a group commit).
 type Tx struct {
-	tx      *sql.Tx
+	tx      *sql.Tx // PostgreSQL
 	dialect Dialect
-	db      *DB      // SQLite: the statement cache of the writer
+	db      *DB      // SQLite: the writer's connection and statements
 	signals []string // topics to signal after the commit
 }
 
@@ -355,22 +372,6 @@ func (t *Tx) Signal(topic string) {
 	if !slices.Contains(t.signals, topic) {
 		t.signals = append(t.signals, topic)
 	}
-}
-
-// stmt returns q prepared on the writer connection for this transaction, or
-// nil (PostgreSQL: pgx caches statements itself). A query seen for the first
-// time is prepared after the batch, when the writer connection is free.
-func (t *Tx) stmt(ctx context.Context, q string) *sql.Stmt {
-	if t.db == nil {
-		return nil
-	}
-	if st, ok := t.db.writeStmts[q]; ok {
-		return t.tx.StmtContext(ctx, st)
-	}
-	if len(t.db.writeStmts)+len(t.db.toPrepare) < maxStmts && cacheable(q) && !slices.Contains(t.db.toPrepare, q) {
-		t.db.toPrepare = append(t.db.toPrepare, q)
-	}
-	return nil
 }
 
 // Dialect reports the SQL flavour.
@@ -392,8 +393,11 @@ func (t *Tx) stmtCtx(ctx context.Context) context.Context {
 // Exec runs a statement.
 func (t *Tx) Exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
 	ctx = t.stmtCtx(ctx)
-	if st := t.stmt(ctx, q); st != nil {
-		return st.ExecContext(ctx, args...)
+	if t.db != nil { // SQLite: on the writer's connection, in its transaction
+		if st := t.db.w.stmt(ctx, q); st != nil {
+			return st.ExecContext(ctx, args...)
+		}
+		return t.db.w.conn.ExecContext(ctx, q, args...)
 	}
 	return t.tx.ExecContext(ctx, rebind(t.dialect, q), args...)
 }
@@ -401,8 +405,11 @@ func (t *Tx) Exec(ctx context.Context, q string, args ...any) (sql.Result, error
 // Query runs a query.
 func (t *Tx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
 	ctx = t.stmtCtx(ctx)
-	if st := t.stmt(ctx, q); st != nil {
-		return st.QueryContext(ctx, args...)
+	if t.db != nil {
+		if st := t.db.w.stmt(ctx, q); st != nil {
+			return st.QueryContext(ctx, args...)
+		}
+		return t.db.w.conn.QueryContext(ctx, q, args...)
 	}
 	return t.tx.QueryContext(ctx, rebind(t.dialect, q), args...)
 }
@@ -410,8 +417,11 @@ func (t *Tx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error
 // QueryRow runs a query of one row.
 func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
 	ctx = t.stmtCtx(ctx)
-	if st := t.stmt(ctx, q); st != nil {
-		return st.QueryRowContext(ctx, args...)
+	if t.db != nil {
+		if st := t.db.w.stmt(ctx, q); st != nil {
+			return st.QueryRowContext(ctx, args...)
+		}
+		return t.db.w.conn.QueryRowContext(ctx, q, args...)
 	}
 	return t.tx.QueryRowContext(ctx, rebind(t.dialect, q), args...)
 }
@@ -495,136 +505,6 @@ func IsUniqueViolation(err error) bool {
 		return lite.Code() == constraintUnique || lite.Code() == constraintPrimaryKey
 	}
 	return false
-}
-
-type job struct {
-	ctx  context.Context
-	fn   func(tx *Tx) error
-	done chan error
-}
-
-const maxBatch = 128
-
-func (d *DB) writer() {
-	defer d.wg.Done()
-	batch := make([]*job, 0, maxBatch)
-	for {
-		select {
-		case <-d.stop:
-			for {
-				select {
-				case j := <-d.jobs:
-					j.done <- errors.New("database is closed")
-				default:
-					return
-				}
-			}
-		case j := <-d.jobs:
-			batch = d.fill(append(batch[:0], j))
-			d.runBatch(batch)
-		}
-	}
-}
-
-// fill adds the queued jobs to batch, up to maxBatch, without waiting.
-func (d *DB) fill(batch []*job) []*job {
-	for len(batch) < maxBatch {
-		select {
-		case j := <-d.jobs:
-			batch = append(batch, j)
-		default:
-			return batch
-		}
-	}
-	return batch
-}
-
-// prepareSeen prepares, on the now idle writer connection, the queries the
-// last batch ran for the first time.
-func (d *DB) prepareSeen() {
-	for _, q := range d.toPrepare {
-		if st, err := d.write.PrepareContext(context.Background(), q); err == nil {
-			d.writeStmts[q] = st
-		}
-	}
-	d.toPrepare = d.toPrepare[:0]
-}
-
-// runBatch commits a batch in one transaction, each job in a savepoint so a
-// failing job leaves no trace and does not fail the others. Jobs queued while
-// the batch's statements ran join it before the commit: they would wait for
-// that commit anyway, and one commit (one fsync, and the pages the jobs share
-// written once) then serves them all.
-func (d *DB) runBatch(batch []*job) {
-	results := make([]error, 0, maxBatch)
-	fail := func(err error) {
-		for _, j := range batch {
-			j.done <- err
-		}
-	}
-	ctx := context.Background()
-	tx, err := d.write.BeginTx(ctx, nil)
-	if err != nil {
-		fail(fmt.Errorf("begin: %w", err))
-		return
-	}
-	defer d.prepareSeen()
-	t := &Tx{tx: tx, dialect: SQLite, db: d}
-	// A batch of one job runs it without a savepoint: if it fails, the
-	// transaction is rolled back instead.
-	bare := len(batch) == 1
-	for {
-		for i := len(results); i < len(batch); i++ {
-			j := batch[i]
-			if err := j.ctx.Err(); err != nil {
-				results = append(results, err)
-				continue
-			}
-			if bare {
-				results = append(results, j.fn(t))
-				continue
-			}
-			signalled := len(t.signals)
-			if _, err := tx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
-				_ = tx.Rollback()
-				fail(fmt.Errorf("savepoint: %w", err))
-				return
-			}
-			err := j.fn(t)
-			results = append(results, err)
-			if err != nil {
-				t.signals = t.signals[:signalled] // its writes are undone
-				if _, err := tx.ExecContext(ctx, "ROLLBACK TO w"); err != nil {
-					_ = tx.Rollback()
-					fail(fmt.Errorf("rollback to savepoint: %w", err))
-					return
-				}
-			}
-			if _, err := tx.ExecContext(ctx, "RELEASE w"); err != nil {
-				_ = tx.Rollback()
-				fail(fmt.Errorf("release savepoint: %w", err))
-				return
-			}
-		}
-		if bare && results[0] != nil {
-			_ = tx.Rollback()
-			batch[0].done <- results[0]
-			return
-		}
-		bare = false
-		n := len(batch)
-		if batch = d.fill(batch); len(batch) == n {
-			break
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		fail(fmt.Errorf("commit: %w", err))
-		return
-	}
-	d.committed(t.signals)
-	for i, j := range batch {
-		j.done <- results[i]
-	}
 }
 
 // poolMaxConns takes pool_max_conns out of a postgres:// DSN (the server

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
@@ -25,6 +26,10 @@ import (
 //     fsync) per write;
 //   - sqlite-normal-tx-per-write: the same with synchronous=NORMAL (no fsync
 //     at commit in WAL mode: not durable, shown only as the floor).
+//
+// cpu-ns/op is the process's CPU time (user and system, every goroutine and
+// thread) per write: unlike ns/op it does not grow when other processes
+// take the cores.
 //
 // Run:
 //
@@ -137,6 +142,7 @@ func benchWrite(b *testing.B, w writer, stmts, goroutines int) {
 	var keys atomic.Int64
 	key := func() string { return fmt.Sprintf("k%d", keys.Add(1)) }
 	c0 := w.commits()
+	cpu0 := processCPU()
 	b.ResetTimer()
 	if goroutines == 1 {
 		for range b.N {
@@ -156,8 +162,63 @@ func benchWrite(b *testing.B, w writer, stmts, goroutines int) {
 		})
 	}
 	b.StopTimer()
+	b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "writes/s")
 	if n := w.commits() - c0; n > 0 {
 		b.ReportMetric(float64(b.N)/float64(n), "writes/commit")
 	}
+}
+
+// BenchmarkReadAfterWrite is a write and then a read of what it wrote, by 1
+// and 8 goroutines: the services' shape (a send, then the projection or a
+// receipt reads it). Each read after a commit starts a read transaction on
+// a newer WAL snapshot.
+//
+//	go test ./services/platform/sqldb -run '^$' -bench ReadAfterWrite -benchtime 2000x
+func BenchmarkReadAfterWrite(b *testing.B) {
+	for _, g := range []int{1, 8} {
+		b.Run(fmt.Sprintf("goroutines=%d", g), func(b *testing.B) {
+			ctx := context.Background()
+			w := openSQLDB(b, testkit.Backends()[0]).(*sqldbWriter)
+			var keys atomic.Int64
+			op := func() error {
+				k := fmt.Sprintf("k%d", keys.Add(1))
+				if err := w.write(ctx, k, 1); err != nil {
+					return err
+				}
+				var v string
+				return w.db.QueryRow(ctx, `SELECT v FROM kv WHERE k = ? AND i = 0`, k).Scan(&v)
+			}
+			cpu0 := processCPU()
+			b.ResetTimer()
+			b.SetParallelism(max(1, g/runtime.GOMAXPROCS(0)))
+			if g == 1 {
+				for range b.N {
+					if err := op(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			} else {
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if err := op(); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+// processCPU is the CPU time the process has used, in nanoseconds.
+func processCPU() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }

@@ -1,0 +1,218 @@
+package sqldb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"modernc.org/sqlite"
+)
+
+// sqliteWriter is a SQLite database's one write connection, held by the
+// writer goroutine for the database's life, with its statements prepared
+// on it. The writer runs BEGIN, SAVEPOINT… and COMMIT itself instead of
+// through a sql.Tx: a sql.Tx costs a pool round trip per batch, a
+// Tx.StmtContext wrapper per statement (two allocations and a dependency
+// entry under the pool's lock) and, in the driver, a BEGIN and a COMMIT
+// parsed anew each time.
+type sqliteWriter struct {
+	conn  *sql.Conn
+	stmts map[string]*sql.Stmt // the callers' statements, up to maxStmts
+
+	begin, commit, rollback, savepoint, rollbackTo, release *sql.Stmt
+}
+
+func newSQLiteWriter(ctx context.Context, pool *sql.DB) (*sqliteWriter, error) {
+	c, err := pool.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	w := &sqliteWriter{conn: c, stmts: map[string]*sql.Stmt{}}
+	for _, p := range []struct {
+		st **sql.Stmt
+		q  string
+	}{
+		{&w.begin, "BEGIN IMMEDIATE"}, {&w.commit, "COMMIT"}, {&w.rollback, "ROLLBACK"},
+		{&w.savepoint, "SAVEPOINT w"}, {&w.rollbackTo, "ROLLBACK TO w"}, {&w.release, "RELEASE w"},
+	} {
+		if *p.st, err = c.PrepareContext(ctx, p.q); err != nil {
+			w.close()
+			return nil, fmt.Errorf("prepare %s: %w", p.q, err)
+		}
+	}
+	return w, nil
+}
+
+func (w *sqliteWriter) close() error {
+	for _, st := range []*sql.Stmt{w.begin, w.commit, w.rollback, w.savepoint, w.rollbackTo, w.release} {
+		if st != nil {
+			_ = st.Close()
+		}
+	}
+	for _, st := range w.stmts {
+		_ = st.Close()
+	}
+	return w.conn.Close()
+}
+
+// stmt returns q prepared on the writer connection, or nil for a query not
+// worth keeping (or once the cache is full): the caller then runs it
+// unprepared, and sees its error if it does not prepare.
+func (w *sqliteWriter) stmt(ctx context.Context, q string) *sql.Stmt {
+	if st, ok := w.stmts[q]; ok {
+		return st
+	}
+	if len(w.stmts) >= maxStmts || !cacheable(q) {
+		return nil
+	}
+	st, err := w.conn.PrepareContext(ctx, q)
+	if err != nil {
+		return nil
+	}
+	w.stmts[q] = st
+	return st
+}
+
+// abort ends the open transaction, if any (SQLite has already rolled back
+// after some errors: ROLLBACK then fails, harmlessly).
+func (w *sqliteWriter) abort() {
+	_, _ = w.rollback.ExecContext(context.Background())
+}
+
+// walFrames adds the WAL frames the connection wrote since the last call
+// (SQLITE_DBSTATUS_CACHE_WRITE: a WAL commit counts the frames it appends;
+// read and reset, the C counter being 32 bits) to total.
+func (w *sqliteWriter) walFrames(total interface{ Add(uint64) uint64 }) {
+	_ = w.conn.Raw(func(dc any) error {
+		st, ok := dc.(sqlite.DBStatus)
+		if !ok {
+			return nil
+		}
+		n, _, err := st.Status(sqlite.DBStatusCacheWrite, true)
+		if err == nil && n > 0 {
+			total.Add(uint64(n))
+		}
+		return err
+	})
+}
+
+type job struct {
+	ctx  context.Context
+	fn   func(tx *Tx) error
+	done chan error
+}
+
+const maxBatch = 128
+
+func (d *DB) writer() {
+	defer d.wg.Done()
+	batch := make([]*job, 0, maxBatch)
+	results := make([]error, 0, maxBatch)
+	for {
+		select {
+		case <-d.stop:
+			for {
+				select {
+				case j := <-d.jobs:
+					j.done <- errors.New("database is closed")
+				default:
+					return
+				}
+			}
+		case j := <-d.jobs:
+			batch = d.fill(append(batch[:0], j))
+			d.runBatch(batch, results[:0])
+			clear(batch[:cap(batch)]) // let the jobs go
+		}
+	}
+}
+
+// fill adds the queued jobs to batch, up to maxBatch, without waiting.
+func (d *DB) fill(batch []*job) []*job {
+	for len(batch) < maxBatch {
+		select {
+		case j := <-d.jobs:
+			batch = append(batch, j)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// runBatch commits a batch in one transaction, each job in a savepoint so a
+// failing job leaves no trace and does not fail the others. Jobs queued while
+// the batch's statements ran join it before the commit: they would wait for
+// that commit anyway, and one commit (one fsync, and the pages the jobs share
+// written once) then serves them all.
+func (d *DB) runBatch(batch []*job, results []error) {
+	w := d.w
+	fail := func(err error) {
+		w.abort()
+		for _, j := range batch {
+			j.done <- err
+		}
+	}
+	ctx := context.Background()
+	if _, err := w.begin.ExecContext(ctx); err != nil {
+		fail(fmt.Errorf("begin: %w", err))
+		return
+	}
+	t := &Tx{dialect: SQLite, db: d}
+	// A batch of one job runs it without a savepoint: if it fails, the
+	// transaction is rolled back instead.
+	bare := len(batch) == 1
+	for {
+		for i := len(results); i < len(batch); i++ {
+			j := batch[i]
+			if err := j.ctx.Err(); err != nil {
+				results = append(results, err)
+				continue
+			}
+			if bare {
+				results = append(results, j.fn(t))
+				continue
+			}
+			signalled := len(t.signals)
+			if _, err := w.savepoint.ExecContext(ctx); err != nil {
+				fail(fmt.Errorf("savepoint: %w", err))
+				return
+			}
+			err := j.fn(t)
+			results = append(results, err)
+			if err != nil {
+				t.signals = t.signals[:signalled] // its writes are undone
+				if _, err := w.rollbackTo.ExecContext(ctx); err != nil {
+					fail(fmt.Errorf("rollback to savepoint: %w", err))
+					return
+				}
+			}
+			if _, err := w.release.ExecContext(ctx); err != nil {
+				fail(fmt.Errorf("release savepoint: %w", err))
+				return
+			}
+		}
+		if bare && results[0] != nil {
+			w.abort()
+			batch[0].done <- results[0]
+			return
+		}
+		bare = false
+		n := len(batch)
+		if batch = d.fill(batch); len(batch) == n {
+			break
+		}
+	}
+	if _, err := w.commit.ExecContext(ctx); err != nil {
+		fail(fmt.Errorf("commit: %w", err))
+		return
+	}
+	d.metrics.commits.Inc()
+	d.metrics.jobs.Observe(float64(len(batch)))
+	w.walFrames(&d.metrics.frames)
+	d.committed(t.signals)
+	for i, j := range batch {
+		j.done <- results[i]
+	}
+}
