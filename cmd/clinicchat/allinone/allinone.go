@@ -87,6 +87,8 @@ type Instance struct {
 	group      *errgroup.Group
 	stopOnce   sync.Once
 	stopErr    error
+	// dirLock holds the data dir's lock file (lockDataDir) until Stop.
+	dirLock *os.File
 
 	// HTTPAddr and GRPCAddr are the bound addresses (useful with port 0).
 	HTTPAddr string
@@ -106,6 +108,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 	in := &Instance{cfg: cfg, log: log}
+	if in.dirLock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
 	if cfg.MemoryLimit > 0 {
 		debug.SetMemoryLimit(cfg.MemoryLimit)
 		log.Info("go memory limit", zap.Int64("bytes", cfg.MemoryLimit))
@@ -469,6 +474,9 @@ func (in *Instance) Stop() error {
 		if in.ns != nil {
 			in.ns.Shutdown()
 			in.ns.WaitForShutdown()
+		}
+		if in.dirLock != nil {
+			_ = in.dirLock.Close() // releases the data dir
 		}
 		in.stopErr = errors.Join(errs...)
 	})
