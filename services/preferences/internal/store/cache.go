@@ -6,8 +6,9 @@ import (
 	"github.com/clinicchat/clinicchat/services/preferences/internal/domain"
 )
 
-// maxCachedPatients bounds patientCache; past it the cache starts over.
-const maxCachedPatients = 100_000
+// maxCachedPatients bounds patientCache (a few MB); past it the cache
+// starts over.
+const maxCachedPatients = 20_000
 
 // patientKey names a patient of a practice.
 type patientKey struct{ practice, id string }
