@@ -137,11 +137,11 @@ const routeUnmatched = "unmatched"
 
 // routeOf returns the request's route pattern, for logs and metrics.
 func routeOf(r *http.Request) string {
+	if t, ok := r.Context().Value(routeKey{}).(*routeTag); ok && t.pattern != routeUnmatched {
+		return t.pattern // set by tagRoute or plainRoute
+	}
 	if p, ok := runtime.HTTPPattern(r.Context()); ok {
 		return p.String()
-	}
-	if t, ok := r.Context().Value(routeKey{}).(*routeTag); ok {
-		return t.pattern
 	}
 	return routeUnmatched
 }

@@ -26,6 +26,7 @@
 //     or preferences, staff changing a patient's preferences, a patient
 //     searching the directory, an upsert by a role that may not.
 //
-// It consumes no events. Reads go to the database, so a change governs the
-// very next request.
+// It consumes no events. A change governs the very next request: reads go to
+// the database, or on SQLite (where this process is the only writer) to a
+// cache of patients that every write invalidates before it returns.
 package preferences

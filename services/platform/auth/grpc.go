@@ -11,10 +11,10 @@ import (
 // MetadataKey is the gRPC metadata key of the bearer token.
 const MetadataKey = "authorization"
 
-// TokenFromMetadata returns the bearer token of an incoming call.
+// TokenFromMetadata returns the bearer token of an incoming call (reading
+// the one key: FromIncomingContext would copy all of the call's metadata).
 func TokenFromMetadata(ctx context.Context) string {
-	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get(MetadataKey) {
+	for _, v := range metadata.ValueFromIncomingContext(ctx, MetadataKey) {
 		if t, ok := BearerToken(v); ok {
 			return t
 		}
@@ -62,6 +62,5 @@ func ForwardStream() grpc.StreamClientInterceptor {
 }
 
 func hasOutgoingToken(ctx context.Context) bool {
-	md, _ := metadata.FromOutgoingContext(ctx)
-	return len(md.Get(MetadataKey)) > 0
+	return len(metadata.ValueFromOutgoingContext(ctx, MetadataKey)) > 0
 }

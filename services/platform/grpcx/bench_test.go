@@ -13,7 +13,10 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/test/bufconn"
 
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
+	"github.com/clinicchat/clinicchat/services/platform/ratelimit"
 	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
@@ -73,5 +76,57 @@ func BenchmarkUnaryHop(b *testing.B) {
 		b.Cleanup(func() { telemetry.Install(noop.NewTracerProvider()); _ = tp.Shutdown(context.Background()) })
 		s := grpcx.NewServer(zap.NewNop(), verifier)
 		run(b, s.Server, s.Health)
+	})
+}
+
+// benchDelivery answers CreateMessage with a message naming the caller.
+type benchDelivery struct {
+	deliveryv1.UnimplementedDeliveryServiceServer
+}
+
+func (benchDelivery) CreateMessage(ctx context.Context, req *deliveryv1.CreateMessageRequest) (*deliveryv1.Message, error) {
+	who, _ := auth.FromContext(ctx)
+	return &deliveryv1.Message{Name: req.GetParent() + "/messages/1", Sender: who.Principal(), Text: req.GetText()}, nil
+}
+
+// BenchmarkSendHop is a send's hop into the delivery service without the
+// service's work: CreateMessage with a bearer token (verified once, then
+// from the cache), the per-identity send limit and the metrics, "inprocess"
+// through Server.InProcess (the gateway's hop in the all-in-one), "grpc"
+// over bufconn (a practice system's call on --grpc-addr).
+//
+//	go test ./services/platform/grpcx -run XXX -bench SendHop -benchmem -count 5
+func BenchmarkSendHop(b *testing.B) {
+	tokens, verifier := testkit.NewTokens()
+	server := func() *grpcx.Server {
+		limits := ratelimit.NewInterceptors(ratelimit.Config{SendsPerSecond: 1e9, SendBurst: 1e9}, nil)
+		s := grpcx.NewServer(zap.NewNop(), verifier, grpcx.Intercept(limits.Unary, limits.Stream))
+		deliveryv1.RegisterDeliveryServiceServer(s, benchDelivery{})
+		return s
+	}
+	ctx := auth.WithIdentity(context.Background(), tokens.Identity(b, "u1", auth.RoleDentist, "demo"))
+	req := &deliveryv1.CreateMessageRequest{Parent: "conversations/c1", Text: "hello", RequestId: "r1"}
+	send := func(b *testing.B, client deliveryv1.DeliveryServiceClient, ctx context.Context) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := client.CreateMessage(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("inprocess", func(b *testing.B) {
+		send(b, deliveryv1.NewDeliveryServiceClient(server().InProcess()), ctx)
+	})
+	b.Run("grpc", func(b *testing.B) {
+		s := server()
+		lis := bufconn.Listen(1 << 20)
+		go func() { _ = s.Serve(lis) }()
+		b.Cleanup(s.Stop)
+		cc, err := grpcx.DialListener(lis.DialContext)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = cc.Close() })
+		send(b, deliveryv1.NewDeliveryServiceClient(cc), auth.Outgoing(ctx))
 	})
 }

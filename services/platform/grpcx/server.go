@@ -85,6 +85,10 @@ func NewServer(log *zap.Logger, verifier auth.Verifier, opts ...grpc.ServerOptio
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.ConnectionTimeout(10 * time.Second),
 		grpc.MaxHeaderListSize(64 << 10),
+		// Calls run on goroutines kept for the next call (more start when
+		// they are all busy): a new goroutine per call grew its stack again
+		// through the interceptors, the handler and SQLite every time.
+		grpc.NumStreamWorkers(StreamWorkers),
 	}, append(tracing, opts...)...)
 	s := &Server{Server: grpc.NewServer(opts...), Health: health.NewServer(), Metrics: m,
 		inproc: newInProcess(unary, stream, serverStats, telemetry.GRPCClientHandler())}
@@ -100,6 +104,9 @@ var handlingBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2
 // InitMetrics creates every method's series at zero (call it after every
 // service is registered), so rates and alerts see them before the first call.
 func (s *Server) InitMetrics() { s.Metrics.InitializeMetrics(s.Server) }
+
+// StreamWorkers is how many goroutines a server keeps to run calls on.
+const StreamWorkers = 32
 
 // MaxConcurrentStreams bounds the calls in flight on one connection.
 const MaxConcurrentStreams = 1000

@@ -13,7 +13,7 @@ import (
 )
 
 // GetPreferences returns patient id's communication preferences, read from
-// the database (no cache). Callers: staff, system and the patient themself.
+// the repository (which sees every write that has returned). Callers: staff, system and the patient themself.
 // A patient not in the directory answers NOT_FOUND.
 func (a *App) GetPreferences(ctx context.Context, id string) (*domain.Patient, error) {
 	who, err := caller(ctx)

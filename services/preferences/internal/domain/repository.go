@@ -27,7 +27,7 @@ type PatientKey struct {
 
 // Repository is the patient directory's storage port. Every method is scoped
 // to one practice; a patient of another practice does not exist for it.
-// Reads see every committed write (no cache).
+// Reads see every write that has returned (a cache, if any, is exact).
 type Repository interface {
 	// UpsertPatient finds the patient by key in practice and stores what
 	// mutate returns, with its events, in one transaction. It fails with

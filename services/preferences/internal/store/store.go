@@ -20,6 +20,9 @@ import (
 // Store implements domain.Repository.
 type Store struct {
 	db *sqldb.DB
+	// cache answers GetPatient without a database read where this process
+	// is the only writer (SQLite); nil on PostgreSQL.
+	cache *patientCache
 }
 
 var _ domain.Repository = (*Store)(nil)
@@ -29,7 +32,11 @@ func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	if err := sqldb.Migrate(ctx, db, migrationsFS, "migrations"); err != nil {
 		return nil, err
 	}
-	return &Store{db: db}, nil
+	st := &Store{db: db}
+	if db.Dialect() == sqldb.SQLite {
+		st.cache = newPatientCache()
+	}
+	return st, nil
 }
 
 const patientCols = `id, external_id, display_name, date_of_birth, has_portal_account, chat_opt_in, update_time, prefs_update_time`
@@ -76,8 +83,18 @@ func getPatient(ctx context.Context, q sqldb.Querier, practice, where string, ar
 	return p, nil
 }
 
-// GetPatient implements domain.Repository.
+// GetPatient implements domain.Repository: from the cache when there is one
+// (patientCache: exact), else one read of the primary key.
 func (s *Store) GetPatient(ctx context.Context, practice, id string) (*domain.Patient, error) {
+	var gen uint64
+	k := patientKey{practice, id}
+	if s.cache != nil {
+		p, ok, g := s.cache.get(k)
+		if ok {
+			return &p, nil
+		}
+		gen = g
+	}
 	p, err := scanPatient(practice, s.db.QueryRow(ctx,
 		`SELECT `+patientCols+` FROM patients WHERE practice = ? AND id = ?`, practice, id))
 	if errors.Is(err, sql.ErrNoRows) {
@@ -86,15 +103,42 @@ func (s *Store) GetPatient(ctx context.Context, practice, id string) (*domain.Pa
 	if err != nil {
 		return nil, fmt.Errorf("read patient: %w", err)
 	}
+	if s.cache != nil {
+		s.cache.fill(k, *p, gen)
+	}
 	return p, nil
+}
+
+// writing brackets a write of patients with the cache (patientCache.begin);
+// the returned function ends it with the patient written (nil: unknown) and
+// the write's error.
+func (s *Store) writing(practice, id string) func(written *domain.Patient, err error) {
+	if s.cache == nil {
+		return func(*domain.Patient, error) {}
+	}
+	var k *patientKey
+	if id != "" {
+		k = &patientKey{practice, id}
+	}
+	s.cache.begin(k)
+	return func(written *domain.Patient, err error) {
+		switch {
+		case k != nil:
+			s.cache.end(k, false) // only this patient can have changed
+		case err == nil && written != nil:
+			s.cache.end(&patientKey{practice, written.ID}, false)
+		default:
+			s.cache.end(nil, true)
+		}
+	}
 }
 
 // UpsertPatient implements domain.Repository. On PostgreSQL two concurrent
 // creates of one external id collide on the unique key; the loser runs
 // again and finds the winner's row.
-func (s *Store) UpsertPatient(ctx context.Context, practice string, key domain.PatientKey, mutate domain.Mutation) (*domain.Patient, error) {
-	var out *domain.Patient
-	var err error
+func (s *Store) UpsertPatient(ctx context.Context, practice string, key domain.PatientKey, mutate domain.Mutation) (out *domain.Patient, err error) {
+	done := s.writing(practice, key.ID)
+	defer func() { done(out, err) }()
 	for attempt := 0; attempt < 3; attempt++ {
 		err = s.db.Write(ctx, func(tx *sqldb.Tx) error {
 			var cur *domain.Patient
@@ -129,9 +173,10 @@ func (s *Store) UpsertPatient(ctx context.Context, practice string, key domain.P
 var errConcurrentCreate = errors.New("concurrent create of the same external id")
 
 // UpdatePatient implements domain.Repository.
-func (s *Store) UpdatePatient(ctx context.Context, practice, id string, mutate domain.Mutation) (*domain.Patient, error) {
-	var out *domain.Patient
-	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+func (s *Store) UpdatePatient(ctx context.Context, practice, id string, mutate domain.Mutation) (out *domain.Patient, err error) {
+	done := s.writing(practice, id)
+	defer func() { done(out, err) }()
+	err = s.db.Write(ctx, func(tx *sqldb.Tx) error {
 		cur, err := getPatient(ctx, tx, practice, "id", id)
 		if err != nil {
 			return err
