@@ -121,14 +121,18 @@ func (s *Service) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.relay.Run(ctx) })
 	g.Go(func() error {
-		return natsx.Consume(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
+		// One transaction per batch of read receipts (idempotent and
+		// order-free), acked after its commit.
+		return natsx.ConsumeBatch(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
 			Stream: natsx.StreamConversation, Durable: "delivery-receipts",
 			FilterSubjects: natsx.Filter(natsx.SubjectConversationRead),
-			Concurrency:    16, // idempotent and order-free: writes group-commit
-		}, s.app.HandleConversationRead)
+		}, readBatch, s.app.HandleConversationReads)
 	})
 	return g.Wait()
 }
+
+// readBatch bounds the read receipts of one transaction.
+const readBatch = 32
 
 // Close closes the database.
 func (s *Service) Close() error { return s.db.Close() }

@@ -381,17 +381,20 @@ func (a *App) advance(ctx context.Context, who auth.Identity, convID string, upT
 }
 
 func (a *App) advanceAs(ctx context.Context, adv domain.Advance) ([]domain.Message, error) {
-	changed, err := a.repo.Advance(ctx, adv, func(ms []domain.Message) []domain.Event {
-		sort.Slice(ms, func(i, j int) bool { return ms[i].Seq < ms[j].Seq })
-		out := make([]domain.Event, 0, len(ms))
-		for _, m := range ms {
-			out = append(out, ev(natsx.SubjectMessageUpdated, &deliveryv1.MessageUpdated{
-				Meta: events.System(m.Practice, "message.status", m.Name(), adv.At), Message: ToProto(m), Patient: "patients/" + m.PatientID}))
-		}
-		return out
-	})
+	changed, err := a.repo.Advance(ctx, adv, func(ms []domain.Message) []domain.Event { return updated(adv, ms) })
 	sort.Slice(changed, func(i, j int) bool { return changed[i].Seq < changed[j].Seq })
 	return changed, err
+}
+
+// updated is a receipt's message.updated events, in seq order.
+func updated(adv domain.Advance, ms []domain.Message) []domain.Event {
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Seq < ms[j].Seq })
+	out := make([]domain.Event, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, ev(natsx.SubjectMessageUpdated, &deliveryv1.MessageUpdated{
+			Meta: events.System(m.Practice, "message.status", m.Name(), adv.At), Message: ToProto(m), Patient: "patients/" + m.PatientID}))
+	}
+	return out
 }
 
 // MarkDelivered records that messages reached a live stream of the caller.
@@ -416,9 +419,13 @@ func (a *App) MarkDelivered(ctx context.Context, parent string, upTo int64) (int
 // ApplyRead moves messages of the other side of reader to READ (the consumer
 // of conversation.read). Idempotent: replays and stale watermarks change nothing.
 func (a *App) ApplyRead(ctx context.Context, practice, conversationID, reader, readerRole string, upTo int64) error {
-	_, err := a.advanceAs(ctx, domain.Advance{Practice: practice, ConversationID: conversationID,
-		ReaderIsPatient: readerRole == auth.RolePatient, Reader: reader, UpTo: upTo, To: domain.Read, At: a.now().UTC().Truncate(time.Microsecond)})
+	_, err := a.advanceAs(ctx, a.readAdvance(practice, conversationID, reader, readerRole, upTo))
 	return err
+}
+
+func (a *App) readAdvance(practice, conversationID, reader, readerRole string, upTo int64) domain.Advance {
+	return domain.Advance{Practice: practice, ConversationID: conversationID, ReaderIsPatient: readerRole == auth.RolePatient,
+		Reader: reader, UpTo: upTo, To: domain.Read, At: a.now().UTC().Truncate(time.Microsecond)}
 }
 
 // ListArtifacts lists a patient's recent records for the slash shortcuts.

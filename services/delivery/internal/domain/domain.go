@@ -145,6 +145,8 @@ type Repository interface {
 	// Advance raises messages of the other side of reader up to upTo to status
 	// (Delivered or Read), never lowering one; returns the messages it changed.
 	Advance(ctx context.Context, a Advance, evs func([]Message) []Event) ([]Message, error)
+	// AdvanceAll is Advance for each of as, in order, in one transaction.
+	AdvanceAll(ctx context.Context, as []Advance, evs func(Advance, []Message) []Event) error
 	// Record writes events that go with no change.
 	Record(ctx context.Context, evs ...Event) error
 }

@@ -44,8 +44,11 @@ func scan(s scanner) (domain.Message, error) {
 	if err != nil {
 		return m, err
 	}
-	if err := json.Unmarshal([]byte(extras), &m.Extras); err != nil {
-		return m, fmt.Errorf("decode message extras: %w", err)
+	// Most messages have neither attachments nor an artifact: "{}".
+	if extras != "{}" {
+		if err := json.Unmarshal([]byte(extras), &m.Extras); err != nil {
+			return m, fmt.Errorf("decode message extras: %w", err)
+		}
 	}
 	m.Status = domain.Status(status)
 	m.CreateTime, m.DeliverTime, m.ReadTime = sqldb.FromMicros(create), sqldb.FromMicros(deliver), sqldb.FromMicros(read)
@@ -80,25 +83,17 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 	for attempt := 0; ; attempt++ {
 		out := m
 		err = s.db.Write(ctx, func(tx *sqldb.Tx) error {
-			if err := tx.QueryRow(ctx, `INSERT INTO conversation_seq (practice, conversation_id, last_seq) VALUES (?, ?, 1)
-				ON CONFLICT (practice, conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1
-				RETURNING last_seq`, m.Practice, m.ConversationID).Scan(&out.Seq); err != nil {
-				return fmt.Errorf("next sequence: %w", err)
+			var seq int64
+			var err error
+			if tx.Dialect() == sqldb.Postgres {
+				seq, err = insertPostgres(ctx, tx, out, extras)
+			} else {
+				seq, err = insertSQLite(ctx, tx, out, extras)
 			}
-			// A repeat of the request is found by the insert itself (the
-			// unique messages_by_request), not by a lookup before it: one
-			// statement and one index search fewer for every new message.
-			res, err := tx.Exec(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-				ON CONFLICT (practice, sender, request_id) DO NOTHING`,
-				out.Practice, out.ConversationID, out.Seq, out.PatientID, out.Sender, out.SenderRole, out.FromPatient, out.Text,
-				string(extras), out.Sensitive, int(out.Status), sqldb.Micros(out.CreateTime), sqldb.Micros(out.DeliverTime),
-				sqldb.Micros(out.ReadTime), out.ReadBy, out.RequestID, out.ContentHash, out.SenderDisplayName)
 			if err != nil {
-				return fmt.Errorf("insert message: %w", err)
+				return err
 			}
-			if n, err := res.RowsAffected(); err != nil {
-				return fmt.Errorf("insert message: %w", err)
-			} else if n == 0 {
+			if seq == 0 {
 				prev, err := one(tx.QueryRow(ctx, `SELECT `+columns+` FROM messages WHERE practice = ? AND sender = ? AND request_id = ?`,
 					m.Practice, m.Sender, m.RequestID))
 				if err != nil {
@@ -107,6 +102,7 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 				existing = prev
 				return errDuplicate // rolls back the counter
 			}
+			out.Seq = seq
 			return outbox.AddAll(ctx, tx, evs(out))
 		})
 		switch {
@@ -123,6 +119,59 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 			return out, false, err
 		}
 	}
+}
+
+// insertSQLite takes the thread's next seq and inserts m with it; 0: the
+// sender already sent m's request id (nothing inserted). A repeat is found
+// by the insert itself (the unique messages_by_request), not by a lookup
+// before it: one statement and one index search fewer for every new message.
+func insertSQLite(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras []byte) (int64, error) {
+	if err := tx.QueryRow(ctx, `INSERT INTO conversation_seq (practice, conversation_id, last_seq) VALUES (?, ?, 1)
+		ON CONFLICT (practice, conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1
+		RETURNING last_seq`, m.Practice, m.ConversationID).Scan(&m.Seq); err != nil {
+		return 0, fmt.Errorf("next sequence: %w", err)
+	}
+	res, err := tx.Exec(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (practice, sender, request_id) DO NOTHING`,
+		m.Practice, m.ConversationID, m.Seq, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
+		string(extras), m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
+		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName)
+	if err != nil {
+		return 0, fmt.Errorf("insert message: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return 0, fmt.Errorf("insert message: %w", err)
+	} else if n == 0 {
+		return 0, nil
+	}
+	return m.Seq, nil
+}
+
+// insertPostgres is insertSQLite in one statement (a round trip fewer per
+// send): the counter upsert is a WITH of the message insert, which returns
+// no row for a repeated request.
+func insertPostgres(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras []byte) (int64, error) {
+	var seq int64
+	err := tx.QueryRow(ctx, `WITH next AS (INSERT INTO conversation_seq (practice, conversation_id, last_seq) VALUES (?, ?, 1)
+			ON CONFLICT (practice, conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1
+			RETURNING last_seq)
+		INSERT INTO messages (`+columns+`)
+		SELECT CAST(? AS TEXT), CAST(? AS TEXT), next.last_seq, CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BOOLEAN),
+			CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BOOLEAN), CAST(? AS INTEGER), CAST(? AS BIGINT), CAST(? AS BIGINT),
+			CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT) FROM next
+		ON CONFLICT (practice, sender, request_id) DO NOTHING
+		RETURNING seq`,
+		m.Practice, m.ConversationID,
+		m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
+		string(extras), m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
+		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName).Scan(&seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("insert message: %w", err)
+	}
+	return seq, nil
 }
 
 // Get implements domain.Repository.
@@ -159,47 +208,156 @@ func (s *Store) List(ctx context.Context, practice, conversationID string, befor
 
 // Advance implements domain.Repository. The status only rises, so a replayed
 // or out-of-order receipt changes nothing.
+//
+// receipt_marks keeps, per thread and side, the seq up to which every message
+// of that side is at least DELIVERED and at least READ (0006). A receipt
+// updates only the messages above its mark, found by the primary key, and
+// raises the mark to its upTo, but never past the thread's last committed
+// message: a later message must still be advanced by a later receipt. Sends
+// take their seq under conversation_seq's row lock and commit before the next
+// seq is taken, so when message N is visible every message below N is too. The mark is only a lower
+// bound of the range: a stale one (a concurrent receipt not yet committed)
+// widens it, and "status < ?" still keeps any message from changing twice.
 func (s *Store) Advance(ctx context.Context, a domain.Advance, evs func([]domain.Message) []domain.Event) ([]domain.Message, error) {
 	var changed []domain.Message
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		changed = changed[:0]
-		at := sqldb.Micros(a.At)
-		var q string
-		args := []any{}
-		if a.To == domain.Read {
-			q = `UPDATE messages SET status = ?, read_time = ?, read_by = ?,
-				deliver_time = CASE WHEN deliver_time = 0 THEN ? ELSE deliver_time END`
-			args = append(args, int(domain.Read), at, a.Reader, at)
-		} else {
-			q = `UPDATE messages SET status = ?, deliver_time = ?`
-			args = append(args, int(domain.Delivered), at)
-		}
-		// "status < 3" (below Read) is messages_unadvanced's predicate: it
-		// lets the planner use that partial index.
-		q += ` WHERE practice = ? AND conversation_id = ? AND from_patient = ? AND seq <= ? AND status < ? AND status < 3 RETURNING ` + columns
-		args = append(args, a.Practice, a.ConversationID, !a.ReaderIsPatient, a.UpTo, int(a.To))
-		rows, err := tx.Query(ctx, q, args...)
-		if err != nil {
-			return fmt.Errorf("advance receipts: %w", err)
-		}
-		for rows.Next() {
-			m, err := scan(rows)
-			if err != nil {
-				rows.Close()
-				return err
-			}
-			changed = append(changed, m)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		var err error
+		changed, err = advance(ctx, tx, a, changed[:0])
+		if err != nil || len(changed) == 0 {
 			return err
-		}
-		if len(changed) == 0 {
-			return nil
 		}
 		return outbox.AddAll(ctx, tx, evs(changed))
 	})
 	return changed, err
+}
+
+// AdvanceAll implements domain.Repository: Advance for each of as in order,
+// in one transaction.
+func (s *Store) AdvanceAll(ctx context.Context, as []domain.Advance, evs func(domain.Advance, []domain.Message) []domain.Event) error {
+	return s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		var all []domain.Event
+		var changed []domain.Message
+		for _, a := range as {
+			var err error
+			if changed, err = advance(ctx, tx, a, changed[:0]); err != nil {
+				return err
+			}
+			if len(changed) > 0 {
+				all = append(all, evs(a, changed)...)
+			}
+		}
+		return outbox.AddAll(ctx, tx, all)
+	})
+}
+
+// advance runs one receipt in tx and appends the messages it changed to changed.
+func advance(ctx context.Context, tx *sqldb.Tx, a domain.Advance, changed []domain.Message) ([]domain.Message, error) {
+	var rows *sql.Rows
+	var err error
+	if tx.Dialect() == sqldb.Postgres {
+		rows, err = advancePostgres(ctx, tx, a)
+	} else {
+		rows, err = advanceSQLite(ctx, tx, a)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("advance receipts: %w", err)
+	}
+	if rows == nil {
+		return changed, nil
+	}
+	defer rows.Close()
+	for rows.Next() {
+		m, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		changed = append(changed, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("advance receipts: %w", err)
+	}
+	return changed, nil
+}
+
+// set is the SET clause of a receipt's UPDATE and its arguments.
+func set(a domain.Advance) (string, []any) {
+	at := sqldb.Micros(a.At)
+	if a.To == domain.Read {
+		return `status = ?, read_time = ?, read_by = ?, deliver_time = CASE WHEN deliver_time = 0 THEN ? ELSE deliver_time END`,
+			[]any{int(domain.Read), at, a.Reader, at}
+	}
+	return `status = ?, deliver_time = ?`, []any{int(domain.Delivered), at}
+}
+
+// markColumn is the receipt_marks column of a receipt's target status.
+func markColumn(to domain.Status) string {
+	if to == domain.Read {
+		return "read_seq"
+	}
+	return "delivered_seq"
+}
+
+// advancePostgres is the receipt in one statement: the mark and the thread's
+// last seq read in the statement's snapshot (the same the UPDATE sees), the mark raised (only when it
+// moves, so a replay writes nothing), the messages above the old mark updated
+// and returned.
+func advancePostgres(ctx context.Context, tx *sqldb.Tx, a domain.Advance) (*sql.Rows, error) {
+	from, read := !a.ReaderIsPatient, 0
+	if a.To == domain.Read {
+		read = 1 // a READ mark is a DELIVERED mark too
+	}
+	setClause, args := set(a)
+	q := `WITH lo AS (SELECT COALESCE(MAX(` + markColumn(a.To) + `), 0) AS seq FROM receipt_marks
+			WHERE practice = ? AND conversation_id = ? AND from_patient = ?),
+		hi AS (SELECT LEAST(CAST(? AS BIGINT), COALESCE(MAX(seq), 0)) AS seq FROM messages
+			WHERE practice = ? AND conversation_id = ?),
+		mark AS (INSERT INTO receipt_marks (practice, conversation_id, from_patient, delivered_seq, read_seq)
+			SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BOOLEAN), hi.seq, hi.seq * CAST(? AS BIGINT) FROM hi, lo WHERE hi.seq > lo.seq
+			ON CONFLICT (practice, conversation_id, from_patient) DO UPDATE SET
+				delivered_seq = GREATEST(receipt_marks.delivered_seq, EXCLUDED.delivered_seq),
+				read_seq = GREATEST(receipt_marks.read_seq, EXCLUDED.read_seq))
+		UPDATE messages SET ` + setClause + `
+		WHERE practice = ? AND conversation_id = ? AND seq > (SELECT seq FROM lo) AND seq <= ? AND from_patient = ? AND status < ?
+		RETURNING ` + columns
+	args = append([]any{a.Practice, a.ConversationID, from, a.UpTo, a.Practice, a.ConversationID,
+		a.Practice, a.ConversationID, from, read}, args...)
+	args = append(args, a.Practice, a.ConversationID, a.UpTo, from, int(a.To))
+	return tx.Query(ctx, q, args...)
+}
+
+// advanceSQLite is the same in three statements (SQLite has no writing
+// WITH): read the mark and the last seq, update above the mark, raise it.
+// The writer runs one transaction at a time, so nothing moves in between.
+// rows is nil when nothing can change.
+func advanceSQLite(ctx context.Context, tx *sqldb.Tx, a domain.Advance) (*sql.Rows, error) {
+	from := !a.ReaderIsPatient
+	var lo, hi int64
+	if err := tx.QueryRow(ctx, `SELECT
+			COALESCE((SELECT `+markColumn(a.To)+` FROM receipt_marks WHERE practice = ? AND conversation_id = ? AND from_patient = ?), 0),
+			COALESCE((SELECT MAX(seq) FROM messages WHERE practice = ? AND conversation_id = ?), 0)`,
+		a.Practice, a.ConversationID, from, a.Practice, a.ConversationID).Scan(&lo, &hi); err != nil {
+		return nil, err
+	}
+	hi = min(hi, a.UpTo)
+	if hi <= lo {
+		return nil, nil
+	}
+	read := int64(0)
+	if a.To == domain.Read {
+		read = hi
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO receipt_marks (practice, conversation_id, from_patient, delivered_seq, read_seq)
+		VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (practice, conversation_id, from_patient) DO UPDATE SET
+			delivered_seq = MAX(delivered_seq, excluded.delivered_seq), read_seq = MAX(read_seq, excluded.read_seq)`,
+		a.Practice, a.ConversationID, from, hi, read); err != nil {
+		return nil, err
+	}
+	setClause, args := set(a)
+	args = append(args, a.Practice, a.ConversationID, lo, hi, from, int(a.To))
+	return tx.Query(ctx, `UPDATE messages SET `+setClause+`
+		WHERE practice = ? AND conversation_id = ? AND seq > ? AND seq <= ? AND from_patient = ? AND status < ?
+		RETURNING `+columns, args...)
 }
 
 // Record implements domain.Repository.

@@ -2,6 +2,8 @@ package store_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -159,6 +161,148 @@ func TestRepositoryContract(t *testing.T) {
 				require.NoError(t, err)
 				require.Equal(t, domain.Sent, m3.Status, "the patient's own message is not moved by the patient")
 				require.Equal(t, 3, events)
+			})
+			t.Run("a receipt beyond the last message still leaves later messages to later receipts", func(t *testing.T) {
+				s, _ := newStore(t, b)
+				ctx := context.Background()
+				send := func(sender string) {
+					_, _, err := s.Send(ctx, msg("c1", sender, ids.New(), "x"), oneEvent)
+					require.NoError(t, err)
+				}
+				seqs := func(ms []domain.Message) []int64 {
+					var out []int64
+					for _, m := range ms {
+						out = append(out, m.Seq)
+					}
+					return out
+				}
+				none := func([]domain.Message) []domain.Event { return nil }
+				at := time.Now().UTC()
+				delivered := domain.Advance{Practice: "p1", ConversationID: "c1", ReaderIsPatient: true, UpTo: 100, To: domain.Delivered, At: at}
+				read := domain.Advance{Practice: "p1", ConversationID: "c1", ReaderIsPatient: true, Reader: "patients/pat", UpTo: 100, To: domain.Read, At: at}
+				send("users/u1")
+				send("users/u1")
+				changed, err := s.Advance(ctx, delivered, none)
+				require.NoError(t, err)
+				require.ElementsMatch(t, []int64{1, 2}, seqs(changed))
+				send("patients/pat")
+				send("users/u1")
+				changed, err = s.Advance(ctx, delivered, none)
+				require.NoError(t, err)
+				require.Equal(t, []int64{4}, seqs(changed), "message 4 came after the first receipt's upTo 100")
+				changed, err = s.Advance(ctx, read, none)
+				require.NoError(t, err)
+				require.ElementsMatch(t, []int64{1, 2, 4}, seqs(changed))
+				send("users/u1")
+				changed, err = s.Advance(ctx, delivered, none)
+				require.NoError(t, err)
+				require.Equal(t, []int64{5}, seqs(changed), "a READ mark does not cover a later message")
+				changed, err = s.Advance(ctx, read, none)
+				require.NoError(t, err)
+				require.Equal(t, []int64{5}, seqs(changed))
+				// The patient's own message is the staff side's to advance.
+				changed, err = s.Advance(ctx, domain.Advance{Practice: "p1", ConversationID: "c1", Reader: "users/u1", UpTo: 100, To: domain.Read, At: at}, none)
+				require.NoError(t, err)
+				require.Equal(t, []int64{3}, seqs(changed))
+			})
+			t.Run("AdvanceAll runs a batch of receipts in order in one write", func(t *testing.T) {
+				s, outboxRows := newStore(t, b)
+				ctx := context.Background()
+				for _, conv := range []string{"c1", "c2"} {
+					for _, sender := range []string{"users/u1", "patients/pat", "users/u1"} {
+						_, _, err := s.Send(ctx, msg(conv, sender, ids.New(), "x"), oneEvent)
+						require.NoError(t, err)
+					}
+				}
+				at := time.Now().UTC()
+				byPatient := func(conv string, upTo int64) domain.Advance {
+					return domain.Advance{Practice: "p1", ConversationID: conv, ReaderIsPatient: true, Reader: "patients/pat", UpTo: upTo, To: domain.Read, At: at}
+				}
+				batch := []domain.Advance{byPatient("c1", 1), byPatient("c1", 3), byPatient("c2", 3),
+					{Practice: "p1", ConversationID: "c2", Reader: "users/u2", UpTo: 3, To: domain.Read, At: at}}
+				var got []string
+				evs := func(a domain.Advance, ms []domain.Message) []domain.Event {
+					var out []domain.Event
+					slices.SortFunc(ms, func(a, b domain.Message) int { return int(a.Seq - b.Seq) }) // RETURNING has no order
+					for _, m := range ms {
+						got = append(got, fmt.Sprintf("%s/%d by %s", m.ConversationID, m.Seq, m.ReadBy))
+						out = append(out, oneEvent(m)...)
+					}
+					return out
+				}
+				before := outboxRows()
+				require.NoError(t, s.AdvanceAll(ctx, batch, evs))
+				require.Equal(t, []string{"c1/1 by patients/pat", "c1/3 by patients/pat", "c2/1 by patients/pat", "c2/3 by patients/pat",
+					"c2/2 by users/u2"}, got)
+				require.Equal(t, before+5, outboxRows(), "one event per changed message")
+				got = nil
+				require.NoError(t, s.AdvanceAll(ctx, batch, evs), "a redelivered batch")
+				require.Empty(t, got)
+				require.Equal(t, before+5, outboxRows())
+			})
+			t.Run("concurrent receipts and sends advance every message once per status", func(t *testing.T) {
+				s, _ := newStore(t, b)
+				ctx := context.Background()
+				const n = 60
+				var mu sync.Mutex
+				moves := map[int64][]domain.Status{}
+				record := func(ms []domain.Message) []domain.Event {
+					mu.Lock()
+					defer mu.Unlock()
+					for _, m := range ms {
+						moves[m.Seq] = append(moves[m.Seq], m.Status)
+					}
+					return nil
+				}
+				var wg sync.WaitGroup
+				errc := make(chan error, 4*n)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range n {
+						if _, _, err := s.Send(ctx, msg("c1", "users/u1", ids.New(), "x"), oneEvent); err != nil {
+							errc <- err
+						}
+					}
+				}()
+				for w := range 6 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for i := range n {
+							to := domain.Delivered
+							if (i+w)%3 == 0 {
+								to = domain.Read
+							}
+							if _, err := s.Advance(ctx, domain.Advance{Practice: "p1", ConversationID: "c1", ReaderIsPatient: true,
+								Reader: "patients/pat", UpTo: int64(i + w), To: to, At: time.Now().UTC()}, record); err != nil {
+								errc <- err
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				close(errc)
+				for err := range errc {
+					require.NoError(t, err)
+				}
+				// Whatever the interleaving, a last READ receipt reaches every message.
+				_, err := s.Advance(ctx, domain.Advance{Practice: "p1", ConversationID: "c1", ReaderIsPatient: true,
+					Reader: "patients/pat", UpTo: n, To: domain.Read, At: time.Now().UTC()}, record)
+				require.NoError(t, err)
+				list, err := s.List(ctx, "p1", "c1", 0, 2*n)
+				require.NoError(t, err)
+				require.Len(t, list, n)
+				for _, m := range list {
+					require.Equal(t, domain.Read, m.Status, "message %d", m.Seq)
+					got := moves[m.Seq]
+					require.NotEmpty(t, got, "message %d", m.Seq)
+					require.LessOrEqual(t, len(got), 2, "message %d moved %v", m.Seq, got)
+					require.Equal(t, domain.Read, got[len(got)-1], "message %d", m.Seq)
+					if len(got) == 2 {
+						require.Equal(t, domain.Delivered, got[0], "message %d moved %v", m.Seq, got)
+					}
+				}
 			})
 		})
 	}

@@ -15,8 +15,9 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
-// Messages stored before messages_unadvanced became partial (0005) are
-// advanced by receipts as before: the unread ones, once.
+// Messages stored before messages_unadvanced became partial (0005), and
+// before receipt_marks (0006: no mark for their thread), are advanced by
+// receipts as before: the unread ones, once.
 func TestUpgradeKeepsReceipts(t *testing.T) {
 	for _, b := range testkit.Backends() {
 		t.Run(b.Name, func(t *testing.T) {
