@@ -1,0 +1,375 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
+	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+)
+
+// The projection of new messages (delivery's message.created), a batch per
+// transaction. Per thread of a batch it reads the thread once, inserts the
+// index rows of its messages in one statement, derives the thread as of each
+// message in Go, and writes the result with one UPDATE; the events of all
+// messages go to the outbox together. What it derives is what one UPDATE per
+// message used to compute from the index (see threadState).
+
+// sidesColumns follow convColumns in the thread read: the newest staff and
+// patient sequence numbers in the index, and needs reply as the index has it
+// (the oldest patient message after the newest staff message; 0: none).
+// Arguments: false, true, true, false.
+const sidesColumns = `COALESCE((SELECT MAX(m.seq) FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+		AND m.from_patient = ?), 0),
+	COALESCE((SELECT MAX(m.seq) FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+		AND m.from_patient = ?), 0),
+	COALESCE((SELECT MIN(m.create_time) FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+		AND m.from_patient = ? AND m.seq > COALESCE((SELECT MAX(s.seq) FROM message_index s WHERE s.practice = c.practice
+		AND s.conversation_id = c.id AND s.from_patient = ?), 0)), 0)`
+
+// indexRows bounds the rows of one message_index INSERT (and so the distinct
+// statements the statement cache holds for it).
+const indexRows = 16
+
+// insertIndexSQL[n] inserts n index rows and returns the keys of those that
+// were new (a replay's row exists: ON CONFLICT skips it and returns nothing).
+var insertIndexSQL = func() [indexRows + 1]string {
+	var qs [indexRows + 1]string
+	for n := 1; n <= indexRows; n++ {
+		qs[n] = `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time) VALUES (?, ?, ?, ?, ?)` +
+			strings.Repeat(`, (?, ?, ?, ?, ?)`, n-1) +
+			` ON CONFLICT (practice, conversation_id, from_patient, seq) DO NOTHING RETURNING seq, from_patient`
+	}
+	return qs
+}()
+
+// thread is one thread's messages of a batch: indexes into the batch, in
+// sequence order (a duplicate after the first of its key).
+type thread struct {
+	practice, id string
+	msgs         []int
+}
+
+// byThread groups ms by thread; threads come in (practice, id) order, so
+// that two transactions lock the threads they share in the same order.
+func byThread(ms []domain.MessageApplied) []thread {
+	pos := map[[2]string]int{}
+	var out []thread
+	for i, m := range ms {
+		k := [2]string{m.Practice, m.ConversationID}
+		j, ok := pos[k]
+		if !ok {
+			j = len(out)
+			pos[k] = j
+			out = append(out, thread{practice: m.Practice, id: m.ConversationID})
+		}
+		out[j].msgs = append(out[j].msgs, i)
+	}
+	for _, t := range out {
+		slices.SortStableFunc(t.msgs, func(a, b int) int { return cmp.Compare(ms[a].Seq, ms[b].Seq) })
+	}
+	slices.SortFunc(out, func(a, b thread) int {
+		return cmp.Or(strings.Compare(a.practice, b.practice), strings.Compare(a.id, b.id))
+	})
+	return out
+}
+
+// ApplyMessages implements domain.Repository.
+func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
+	evs func(m domain.MessageApplied, c domain.Conversation, recipients []string) []domain.Event) ([]domain.Outcome, error) {
+	threads := byThread(ms)
+	out := make([]domain.Outcome, len(ms))
+	var events []domain.Event
+	emit := func(m domain.MessageApplied, c domain.Conversation, recipients []string) {
+		events = append(events, evs(m, c, recipients)...)
+	}
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		events = events[:0] // PostgreSQL may run this again
+		for _, t := range threads {
+			if err := applyThread(ctx, tx, ms, t, out, emit); err != nil {
+				return err
+			}
+		}
+		return outbox.AddAll(ctx, tx, events)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// applyThread projects t's messages and sets their outcomes.
+func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, t thread, out []domain.Outcome,
+	emit func(domain.MessageApplied, domain.Conversation, []string)) error {
+	setAll := func(o domain.Outcome) {
+		for _, i := range t.msgs {
+			out[i] = o
+		}
+	}
+	if tx.Dialect() == sqldb.Postgres {
+		// Lock the thread before reading the index: another transaction
+		// projecting this thread (another replica, a redelivery) has then
+		// committed its index rows, and the reads below, each with a
+		// snapshot of its own, see them.
+		var one int
+		switch err := tx.QueryRow(ctx, `SELECT 1 FROM conversations WHERE practice = ? AND id = ? FOR UPDATE`,
+			t.practice, t.id).Scan(&one); {
+		case errors.Is(err, sql.ErrNoRows):
+			setAll(domain.NoThread)
+			return nil
+		case err != nil:
+			return fmt.Errorf("lock conversation: %w", err)
+		}
+	}
+	var st threadState
+	c, err := scanConv(tx.QueryRow(ctx, `SELECT `+convColumns+`, `+sidesColumns+` FROM conversations c WHERE c.practice = ? AND c.id = ?`,
+		false, true, true, false, t.practice, t.id), false, &st.staffSeq, &st.patientSeq, &st.awaiting)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		setAll(domain.NoThread)
+		return nil
+	case err != nil:
+		return fmt.Errorf("load conversation: %w", err)
+	}
+	st.c, st.lastSeq = c, c.LastMessageSeq
+	st.awaitingBefore = st.awaiting
+
+	// The new index rows; a key seen twice in the batch is a replay after
+	// its first.
+	type key struct {
+		seq         int64
+		fromPatient bool
+	}
+	fresh := make([]int, 0, len(t.msgs))
+	seen := make(map[key]bool, len(t.msgs))
+	for _, i := range t.msgs {
+		k := key{ms[i].Seq, ms[i].FromPatient}
+		if seen[k] {
+			out[i] = domain.Replayed
+			continue
+		}
+		seen[k] = true
+		fresh = append(fresh, i)
+	}
+	// A staff message older than a patient message already in the index
+	// (arrived out of order) leaves those newer patient messages waiting:
+	// their oldest time is read now, before this batch's rows are in.
+	for _, i := range fresh {
+		m := ms[i]
+		if m.FromPatient || m.Seq <= st.staffSeq || m.Seq >= st.patientSeq {
+			continue
+		}
+		var at int64
+		if err := tx.QueryRow(ctx, `SELECT COALESCE(MIN(create_time), 0) FROM message_index WHERE practice = ? AND conversation_id = ?
+			AND from_patient = ? AND seq > ?`, t.practice, t.id, true, m.Seq).Scan(&at); err != nil {
+			return fmt.Errorf("read needs reply: %w", err)
+		}
+		if st.waitingAfter == nil {
+			st.waitingAfter = map[int64]int64{}
+		}
+		st.waitingAfter[m.Seq] = at
+	}
+	inserted := make(map[key]bool, len(fresh))
+	for rest := fresh; len(rest) > 0; {
+		n := min(len(rest), indexRows)
+		args := make([]any, 0, 5*n)
+		for _, i := range rest[:n] {
+			m := ms[i]
+			args = append(args, m.Practice, m.ConversationID, m.Seq, m.FromPatient, sqldb.Micros(m.Time))
+		}
+		if err := func() error {
+			rows, err := tx.Query(ctx, insertIndexSQL[n], args...)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var k key
+				if err := rows.Scan(&k.seq, &k.fromPatient); err != nil {
+					return err
+				}
+				inserted[k] = true
+			}
+			return rows.Err()
+		}(); err != nil {
+			return fmt.Errorf("insert message index: %w", err)
+		}
+		rest = rest[n:]
+	}
+
+	var users threadUsers
+	applied := false
+	for _, i := range fresh {
+		m := ms[i]
+		if !inserted[key{m.Seq, m.FromPatient}] {
+			out[i] = domain.Replayed
+			continue
+		}
+		out[i], applied = domain.Applied, true
+		st.apply(m)
+		var recipients []string
+		if m.FromPatient {
+			if recipients, err = users.staff(ctx, tx, t); err != nil {
+				return err
+			}
+		} else {
+			if err := users.ensure(ctx, tx, t, m); err != nil {
+				return err
+			}
+			recipients = []string{st.c.Patient()}
+		}
+		emit(m, st.c, recipients)
+	}
+	if !applied {
+		return nil
+	}
+	return st.save(ctx, tx)
+}
+
+// threadState is a thread as each message of a batch leaves it, derived as
+// the per-message UPDATE did from the index: the newest message's fields
+// change only for a message newer than the newest so far (reactivating the
+// thread), and needs reply is the oldest patient message after the newest
+// staff message, whatever order messages arrive in.
+type threadState struct {
+	c        domain.Conversation
+	lastSeq  int64 // last_message_seq before the batch
+	newest   bool  // a message of the batch is newer than lastSeq
+	staffSeq int64 // newest staff message in the index so far
+	// patientSeq is the newest patient message in the index before the batch.
+	patientSeq int64
+	// awaiting is needs reply so far (micros; 0: none) and awaitingBefore
+	// before the batch.
+	awaiting, awaitingBefore int64
+	// waitingAfter[s] is the oldest patient message in the index before the
+	// batch with a sequence number above s (0: none), for the staff
+	// messages older than patientSeq.
+	waitingAfter map[int64]int64
+}
+
+// apply advances the state by m, the next message in sequence order.
+func (st *threadState) apply(m domain.MessageApplied) {
+	at := sqldb.Micros(m.Time)
+	if m.Seq > st.c.LastMessageSeq {
+		st.c.LastMessageTime, st.c.LastMessagePreview = sqldb.FromMicros(at), m.Preview
+		st.c.State, st.c.LastMessageSeq = domain.Active, m.Seq
+		st.newest = true
+	}
+	switch {
+	case m.FromPatient && m.Seq > st.staffSeq:
+		// Unanswered: it waits unless an older one already does.
+		if st.awaiting == 0 || at < st.awaiting {
+			st.awaiting = at
+		}
+	case !m.FromPatient && m.Seq > st.staffSeq:
+		// Answers everything before it. The batch's patient messages so far
+		// are older (sequence order); what still waits is the index's
+		// patient messages newer than m from before the batch.
+		st.staffSeq = m.Seq
+		st.awaiting = 0
+		if m.Seq < st.patientSeq {
+			st.awaiting = st.waitingAfter[m.Seq]
+		}
+	}
+	st.c.AwaitingReplySince = time.Time{}
+	if st.awaiting > 0 {
+		st.c.AwaitingReplySince = sqldb.FromMicros(st.awaiting)
+	}
+}
+
+// save writes the state after the batch's last message.
+func (st *threadState) save(ctx context.Context, tx *sqldb.Tx) error {
+	c := st.c
+	var err error
+	switch {
+	case st.newest:
+		at := sqldb.Micros(c.LastMessageTime)
+		_, err = tx.Exec(ctx, `UPDATE conversations SET last_message_time = ?, last_message_preview = ?, last_activity = ?,
+			state = ?, last_message_seq = ?, awaiting_reply_since = ? WHERE practice = ? AND id = ?`,
+			at, c.LastMessagePreview, at, int(c.State), c.LastMessageSeq, st.awaiting, c.Practice, c.ID)
+	case st.awaiting != st.awaitingBefore:
+		_, err = tx.Exec(ctx, `UPDATE conversations SET awaiting_reply_since = ? WHERE practice = ? AND id = ?`,
+			st.awaiting, c.Practice, c.ID)
+	}
+	if err != nil {
+		return fmt.Errorf("update conversation: %w", err)
+	}
+	return nil
+}
+
+// threadUsers is a thread's user_state rows, read when a patient message
+// needs its recipients, and kept in step with the staff senders the batch
+// adds as participants.
+type threadUsers struct {
+	loaded     bool
+	muted      map[string]bool // user_name → muted
+	ensured    map[string]bool // staff senders added before loading
+	recipients []string        // cached staff(); nil: recompute
+}
+
+// ensure makes m's sender a participant of the thread (ensureUser), once.
+func (u *threadUsers) ensure(ctx context.Context, tx *sqldb.Tx, t thread, m domain.MessageApplied) error {
+	if u.loaded {
+		if _, ok := u.muted[m.Sender]; ok {
+			return nil
+		}
+	} else if u.ensured[m.Sender] {
+		return nil
+	}
+	if err := ensureUser(ctx, tx, t.practice, t.id, m.Sender, m.Time); err != nil {
+		return err
+	}
+	if u.loaded {
+		u.muted[m.Sender] = false
+		u.recipients = nil
+		return nil
+	}
+	if u.ensured == nil {
+		u.ensured = map[string]bool{}
+	}
+	u.ensured[m.Sender] = true
+	return nil
+}
+
+// staff are the recipients of a patient message: every staff participant of
+// the thread who has not muted it, by name. The slice must not be changed.
+func (u *threadUsers) staff(ctx context.Context, tx *sqldb.Tx, t thread) ([]string, error) {
+	if !u.loaded {
+		rows, err := tx.Query(ctx, `SELECT user_name, muted FROM user_state WHERE practice = ? AND conversation_id = ?
+			AND user_name LIKE 'users/%'`, t.practice, t.id)
+		if err != nil {
+			return nil, fmt.Errorf("read participants: %w", err)
+		}
+		defer rows.Close()
+		u.muted = map[string]bool{}
+		for rows.Next() {
+			var name string
+			var muted bool
+			if err := rows.Scan(&name, &muted); err != nil {
+				return nil, err
+			}
+			u.muted[name] = muted
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+		u.loaded, u.ensured = true, nil
+	}
+	if u.recipients == nil {
+		u.recipients = make([]string, 0, len(u.muted))
+		for name, muted := range u.muted {
+			if !muted && strings.HasPrefix(name, "users/") {
+				u.recipients = append(u.recipients, name)
+			}
+		}
+		slices.Sort(u.recipients)
+	}
+	return u.recipients, nil
+}
