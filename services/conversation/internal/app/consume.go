@@ -13,6 +13,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 // HandleMessagesCreated is the durable consumer of delivery's
@@ -23,11 +24,15 @@ func (a *App) HandleMessagesCreated(ctx context.Context, msgs []jetstream.Msg, p
 	errs := make([]error, len(msgs))
 	ms := make([]domain.MessageApplied, 0, len(msgs))
 	idx := make([]int, 0, len(msgs))
+	mctxs := natsx.MessageContexts(ctx)
 	for i, m := range msgs {
 		d, err := decodeMessageCreated(m.Data())
 		if err != nil {
 			errs[i] = err
 			continue
+		}
+		if i < len(mctxs) {
+			d.Traceparent = telemetry.Traceparent(mctxs[i]) // its events continue its trace
 		}
 		ms = append(ms, d)
 		idx = append(idx, i)

@@ -93,6 +93,9 @@ type MessageApplied struct {
 	Sender         string // "users/u" or "patients/p"
 	Time           time.Time
 	Preview        string
+	// Traceparent is the trace (W3C traceparent) the message's events
+	// continue; empty: the caller's context's.
+	Traceparent string
 }
 
 // Outcome is what projecting one message did.

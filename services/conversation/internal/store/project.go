@@ -13,6 +13,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
 	"github.com/clinicchat/clinicchat/services/platform/outbox"
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
 // The projection of new messages (delivery's message.created), a batch per
@@ -87,17 +88,34 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 	threads := byThread(ms)
 	out := make([]domain.Outcome, len(ms))
 	var events []domain.Event
+	var traces []string // of each event, its message's Traceparent
 	emit := func(m domain.MessageApplied, c domain.Conversation, recipients []string) {
-		events = append(events, evs(m, c, recipients)...)
+		evs := evs(m, c, recipients)
+		events = append(events, evs...)
+		for range evs {
+			traces = append(traces, m.Traceparent)
+		}
 	}
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		events = events[:0] // PostgreSQL may run this again
+		events, traces = events[:0], traces[:0] // PostgreSQL may run this again
 		for _, t := range threads {
 			if err := applyThread(ctx, tx, ms, t, out, emit); err != nil {
 				return err
 			}
 		}
-		return outbox.AddAll(ctx, tx, events)
+		// One AddAll for the events of messages of one trace (all of them
+		// when tracing is off), their rows carrying it.
+		for len(events) > 0 {
+			n := 1
+			for n < len(events) && traces[n] == traces[0] {
+				n++
+			}
+			if err := outbox.AddAll(telemetry.FromTraceparent(ctx, traces[0]), tx, events[:n]); err != nil {
+				return err
+			}
+			events, traces = events[n:], traces[n:]
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, err
