@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
@@ -96,10 +97,13 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 			traces = append(traces, m.Traceparent)
 		}
 	}
+	var joined []string // participants the batch made sure of
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		events, traces = events[:0], traces[:0] // PostgreSQL may run this again
+		// PostgreSQL may run this again.
+		events, traces, joined = events[:0], traces[:0], joined[:0]
 		for _, t := range threads {
-			if err := applyThread(ctx, tx, ms, t, out, emit); err != nil {
+			users := threadUsers{known: &s.participants, joined: &joined}
+			if err := applyThread(ctx, tx, ms, t, out, &users, emit); err != nil {
 				return err
 			}
 		}
@@ -120,12 +124,13 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 	if err != nil {
 		return nil, err
 	}
+	s.participants.add(joined) // committed: they are participants for good
 	return out, nil
 }
 
 // applyThread projects t's messages and sets their outcomes.
 func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, t thread, out []domain.Outcome,
-	emit func(domain.MessageApplied, domain.Conversation, []string)) error {
+	users *threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
 	setAll := func(o domain.Outcome) {
 		for _, i := range t.msgs {
 			out[i] = o
@@ -222,7 +227,6 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 		rest = rest[n:]
 	}
 
-	var users threadUsers
 	applied := false
 	for _, i := range fresh {
 		m := ms[i]
@@ -326,9 +330,11 @@ func (st *threadState) save(ctx context.Context, tx *sqldb.Tx) error {
 // needs its recipients, and kept in step with the staff senders the batch
 // adds as participants.
 type threadUsers struct {
+	known      *participants // committed participants (no statement needed)
+	joined     *[]string     // participants this transaction makes sure of
 	loaded     bool
 	muted      map[string]bool // user_name → muted
-	ensured    map[string]bool // staff senders added before loading
+	ensured    map[string]bool // staff senders made sure of before loading
 	recipients []string        // cached staff(); nil: recompute
 }
 
@@ -341,8 +347,12 @@ func (u *threadUsers) ensure(ctx context.Context, tx *sqldb.Tx, t thread, m doma
 	} else if u.ensured[m.Sender] {
 		return nil
 	}
-	if err := ensureUser(ctx, tx, t.practice, t.id, m.Sender, m.Time); err != nil {
-		return err
+	key := participantKey(t.practice, t.id, m.Sender)
+	if !u.known.has(key) {
+		if err := ensureUser(ctx, tx, t.practice, t.id, m.Sender, m.Time); err != nil {
+			return err
+		}
+		*u.joined = append(*u.joined, key)
 	}
 	if u.loaded {
 		u.muted[m.Sender] = false
@@ -390,4 +400,40 @@ func (u *threadUsers) staff(ctx context.Context, tx *sqldb.Tx, t thread) ([]stri
 		slices.Sort(u.recipients)
 	}
 	return u.recipients, nil
+}
+
+// maxParticipants bounds the participants cache (about 100 bytes each); when
+// full it starts afresh.
+const maxParticipants = 1 << 15
+
+// participants remembers (practice, thread, user) triples known to have a
+// user_state row, so that a staff message need not insert it again. A row
+// is never deleted, so an entry never goes stale; entries are added only
+// after the commit that wrote or saw them.
+type participants struct {
+	mu sync.Mutex
+	m  map[string]struct{}
+}
+
+func participantKey(practice, id, user string) string { return practice + "\x00" + id + "\x00" + user }
+
+func (p *participants) has(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.m[key]
+	return ok
+}
+
+func (p *participants) add(keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil || len(p.m)+len(keys) > maxParticipants {
+		p.m = make(map[string]struct{}, len(keys))
+	}
+	for _, k := range keys {
+		p.m[k] = struct{}{}
+	}
 }

@@ -19,7 +19,8 @@ import (
 
 // Store implements domain.Repository.
 type Store struct {
-	db *sqldb.DB
+	db           *sqldb.DB
+	participants participants // the projection's cache of user_state rows
 }
 
 var _ domain.Repository = (*Store)(nil)
