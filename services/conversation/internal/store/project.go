@@ -18,11 +18,13 @@ import (
 )
 
 // The projection of new messages (delivery's message.created), a batch per
-// transaction. Per thread of a batch it reads the thread once, inserts the
-// index rows of its messages in one statement, derives the thread as of each
-// message in Go, and writes the result with one UPDATE; the events of all
-// messages go to the outbox together. What it derives is what one UPDATE per
-// message used to compute from the index (see threadState).
+// transaction. A thread with one new message in the batch takes its index
+// row and one UPDATE that derives the thread from the index (applyOne). A
+// thread with several: one read of the thread, the index rows of its
+// messages in one statement, the thread as of each message derived in Go
+// (threadState: what that UPDATE would compute after each message), and
+// one UPDATE with the result. The events of all messages go to the outbox
+// together.
 
 // sidesColumns follow convColumns in the thread read: the newest staff and
 // patient sequence numbers in the index, and needs reply as the index has it
@@ -51,6 +53,12 @@ var insertIndexSQL = func() [indexRows + 1]string {
 	}
 	return qs
 }()
+
+// indexKey is a message_index row's key within its thread.
+type indexKey struct {
+	seq         int64
+	fromPatient bool
+}
 
 // thread is one thread's messages of a batch: indexes into the batch, in
 // sequence order (a duplicate after the first of its key).
@@ -151,6 +159,21 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 			return fmt.Errorf("lock conversation: %w", err)
 		}
 	}
+	// A key seen twice in the batch is a replay after its first.
+	fresh := make([]int, 0, len(t.msgs))
+	seen := make(map[indexKey]bool, len(t.msgs))
+	for _, i := range t.msgs {
+		k := indexKey{ms[i].Seq, ms[i].FromPatient}
+		if seen[k] {
+			out[i] = domain.Replayed
+			continue
+		}
+		seen[k] = true
+		fresh = append(fresh, i)
+	}
+	if len(fresh) == 1 {
+		return applyOne(ctx, tx, ms[fresh[0]], fresh[0], out, users, emit)
+	}
 	var st threadState
 	c, err := scanConv(tx.QueryRow(ctx, `SELECT `+convColumns+`, `+sidesColumns+` FROM conversations c WHERE c.practice = ? AND c.id = ?`,
 		false, true, true, false, t.practice, t.id), false, &st.staffSeq, &st.patientSeq, &st.awaiting)
@@ -164,23 +187,6 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 	st.c, st.lastSeq = c, c.LastMessageSeq
 	st.awaitingBefore = st.awaiting
 
-	// The new index rows; a key seen twice in the batch is a replay after
-	// its first.
-	type key struct {
-		seq         int64
-		fromPatient bool
-	}
-	fresh := make([]int, 0, len(t.msgs))
-	seen := make(map[key]bool, len(t.msgs))
-	for _, i := range t.msgs {
-		k := key{ms[i].Seq, ms[i].FromPatient}
-		if seen[k] {
-			out[i] = domain.Replayed
-			continue
-		}
-		seen[k] = true
-		fresh = append(fresh, i)
-	}
 	// A staff message older than a patient message already in the index
 	// (arrived out of order) leaves those newer patient messages waiting:
 	// their oldest time is read now, before this batch's rows are in.
@@ -199,7 +205,7 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 		}
 		st.waitingAfter[m.Seq] = at
 	}
-	inserted := make(map[key]bool, len(fresh))
+	inserted := make(map[indexKey]bool, len(fresh))
 	for rest := fresh; len(rest) > 0; {
 		n := min(len(rest), indexRows)
 		args := make([]any, 0, 5*n)
@@ -214,7 +220,7 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 			}
 			defer rows.Close()
 			for rows.Next() {
-				var k key
+				var k indexKey
 				if err := rows.Scan(&k.seq, &k.fromPatient); err != nil {
 					return err
 				}
@@ -230,7 +236,7 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 	applied := false
 	for _, i := range fresh {
 		m := ms[i]
-		if !inserted[key{m.Seq, m.FromPatient}] {
+		if !inserted[indexKey{m.Seq, m.FromPatient}] {
 			out[i] = domain.Replayed
 			continue
 		}
@@ -253,6 +259,65 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 		return nil
 	}
 	return st.save(ctx, tx)
+}
+
+// applyOne projects a thread's only new message of the batch (the common
+// case) in two statements: its index row (if the thread exists and the row
+// is new), then one UPDATE that derives the thread from the index and
+// returns it.
+func applyOne(ctx context.Context, tx *sqldb.Tx, m domain.MessageApplied, i int, out []domain.Outcome,
+	users *threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
+	at := sqldb.Micros(m.Time)
+	res, err := tx.Exec(ctx, `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time)
+		SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM conversations WHERE practice = ? AND id = ?)
+		ON CONFLICT (practice, conversation_id, from_patient, seq) DO NOTHING`,
+		m.Practice, m.ConversationID, m.Seq, m.FromPatient, at, m.Practice, m.ConversationID)
+	if err != nil {
+		return fmt.Errorf("insert message index: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		// A replay, or a thread that does not exist.
+		var one int
+		switch err := tx.QueryRow(ctx, `SELECT 1 FROM conversations WHERE practice = ? AND id = ?`, m.Practice, m.ConversationID).Scan(&one); {
+		case errors.Is(err, sql.ErrNoRows):
+			out[i] = domain.NoThread
+		case err != nil:
+			return fmt.Errorf("load conversation: %w", err)
+		default:
+			out[i] = domain.Replayed
+		}
+		return nil
+	}
+	// The newest message's fields only when m is newer than the stored one
+	// (SET reads the row as it was), and needs reply from the index
+	// (message_index's key leads with the side).
+	c, err := scanConv(tx.QueryRow(ctx, `UPDATE conversations SET
+		last_message_time = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_time END,
+		last_message_preview = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_preview END,
+		last_activity = CASE WHEN last_message_seq < ? THEN ? ELSE last_activity END,
+		state = CASE WHEN last_message_seq < ? THEN ? ELSE state END,
+		last_message_seq = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_seq END,
+		awaiting_reply_since = COALESCE((SELECT MIN(m.create_time)
+		FROM message_index m WHERE m.practice = ? AND m.conversation_id = ? AND m.from_patient = ?
+		AND m.seq > COALESCE((SELECT MAX(s.seq) FROM message_index s WHERE s.practice = ? AND s.conversation_id = ?
+		AND s.from_patient = ?), 0)), 0) WHERE practice = ? AND id = ? RETURNING `+returningConvColumns,
+		m.Seq, at, m.Seq, m.Preview, m.Seq, at, m.Seq, int(domain.Active), m.Seq, m.Seq,
+		m.Practice, m.ConversationID, true, m.Practice, m.ConversationID, false, m.Practice, m.ConversationID), false)
+	if err != nil {
+		return fmt.Errorf("update conversation: %w", err) // it exists: the INSERT saw it
+	}
+	out[i] = domain.Applied
+	t := thread{practice: m.Practice, id: m.ConversationID}
+	recipients := []string{c.Patient()}
+	if m.FromPatient {
+		if recipients, err = users.staff(ctx, tx, t); err != nil {
+			return err
+		}
+	} else if err := users.ensure(ctx, tx, t, m); err != nil {
+		return err
+	}
+	emit(m, c, recipients)
+	return nil
 }
 
 // threadState is a thread as each message of a batch leaves it, derived as
