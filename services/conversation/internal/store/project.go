@@ -184,7 +184,7 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 	case err != nil:
 		return fmt.Errorf("load conversation: %w", err)
 	}
-	st.c, st.lastSeq = c, c.LastMessageSeq
+	st.c = c
 	st.awaitingBefore = st.awaiting
 
 	// A staff message older than a patient message already in the index
@@ -320,15 +320,14 @@ func applyOne(ctx context.Context, tx *sqldb.Tx, m domain.MessageApplied, i int,
 	return nil
 }
 
-// threadState is a thread as each message of a batch leaves it, derived as
-// the per-message UPDATE did from the index: the newest message's fields
+// threadState is a thread as each message of a batch leaves it, as
+// applyOne's UPDATE derives it from the index: the newest message's fields
 // change only for a message newer than the newest so far (reactivating the
 // thread), and needs reply is the oldest patient message after the newest
 // staff message, whatever order messages arrive in.
 type threadState struct {
 	c        domain.Conversation
-	lastSeq  int64 // last_message_seq before the batch
-	newest   bool  // a message of the batch is newer than lastSeq
+	newest   bool  // a message of the batch is newer than the thread's last
 	staffSeq int64 // newest staff message in the index so far
 	// patientSeq is the newest patient message in the index before the batch.
 	patientSeq int64
