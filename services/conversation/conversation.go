@@ -24,6 +24,10 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
 
+// projectionBatch is how many message.created events the projection
+// applies in one transaction at most.
+const projectionBatch = 64
+
 // Config is the service's own configuration.
 type Config struct {
 	DatabaseDSN          string
@@ -104,12 +108,13 @@ func (s *Service) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.relay.Run(ctx) })
 	g.Go(func() error {
-		return natsx.Consume(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
+		// A batch of messages per transaction (one commit), in stream order,
+		// each acked after that commit.
+		return natsx.ConsumeBatch(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
 			Stream: natsx.StreamDelivery, Durable: "conversation-projection",
 			FilterSubjects: natsx.Filter(natsx.SubjectMessageCreated),
-			Concurrency:    16, // idempotent and order-free: writes group-commit
-		}, func(ctx context.Context, m jetstream.Msg) error {
-			return s.app.HandleMessageCreated(ctx, m, s.deps.PracticeName)
+		}, projectionBatch, func(ctx context.Context, msgs []jetstream.Msg) []error {
+			return s.app.HandleMessagesCreated(ctx, msgs, s.deps.PracticeName)
 		})
 	})
 	g.Go(func() error {

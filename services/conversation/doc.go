@@ -19,7 +19,7 @@
 // AccessRecorded (views and refused attempts).
 //
 // Events it consumes: delivery's MessageCreated (durable
-// "conversation-projection": last message, unread counts, reactivation,
-// notifications) and preferences' PatientUpserted (durable
-// "conversation-patients": display names).
+// "conversation-projection", a batch per transaction in stream order: last
+// message, unread counts, reactivation, notifications) and preferences'
+// PatientUpserted (durable "conversation-patients": display names).
 package conversation

@@ -46,18 +46,21 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 	closed := make(chan struct{})
 	done := make(chan struct{})
 	ends := make([]func(error), 0, maxBatch)
+	mctxs := make([]context.Context, 0, maxBatch)
 	handle := func(batch []jetstream.Msg) {
 		// Each event carries the trace of the request that caused it: its
-		// consumer span covers the batch's handling and commit.
-		ends = ends[:0]
+		// consumer span covers the batch's handling and commit, and the
+		// handler finds its context with MessageContexts.
+		ends, mctxs = ends[:0], mctxs[:0]
 		for _, m := range batch {
-			end := noEnd
+			mctx, end := ctx, noEnd
 			if hdr := m.Headers(); hdr != nil {
-				_, end = telemetry.StartConsumer(ctx, hdr, spec.Durable, m.Subject())
+				mctx, end = telemetry.StartConsumer(ctx, hdr, spec.Durable, m.Subject())
 			}
-			ends = append(ends, end)
+			ends, mctxs = append(ends, end), append(mctxs, mctx)
 		}
-		errs := h(ctx, batch)
+		errs := h(context.WithValue(ctx, messageContextsKey{}, mctxs), batch)
+		clear(mctxs)
 		for i, m := range batch {
 			var err error
 			if i < len(errs) {
@@ -115,6 +118,18 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 	close(closed)
 	<-done
 	return nil
+}
+
+type messageContextsKey struct{}
+
+// MessageContexts returns, inside a BatchHandler, the context of each message
+// of the batch (in order): ctx with the message's consumer span when its
+// event carries a trace, so that what the handler writes for that message
+// (outbox rows) continues the message's trace. Nil outside a BatchHandler;
+// valid only until the handler returns.
+func MessageContexts(ctx context.Context) []context.Context {
+	mctxs, _ := ctx.Value(messageContextsKey{}).([]context.Context)
+	return mctxs
 }
 
 // settleMsg acks, terminates or naks m by its handler's err (Consume and

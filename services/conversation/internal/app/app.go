@@ -348,34 +348,77 @@ func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversat
 	return ForViewer(who, out), err
 }
 
-// ApplyMessage projects a new message: last message fields, reactivation,
-// unread counts, and the notifications for its recipients.
+// ApplyMessage projects one new message (ApplyMessages of one).
 func (a *App) ApplyMessage(ctx context.Context, m domain.MessageApplied, practiceName string) error {
-	_, err := a.repo.ApplyMessage(ctx, m, func(c domain.Conversation, recipients []string) []domain.Event {
-		out := []domain.Event{ev(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
-			Meta: events.System(c.Practice, "conversation.activity", c.Name(), m.Time), Conversation: ToProto(Shared(c)),
-			MessageSeq: m.Seq, MessageFromPatient: m.FromPatient})}
-		msgName := c.Name() + "/messages/" + strconv.FormatInt(m.Seq, 10)
-		for _, r := range recipients {
-			if r == m.Sender {
-				continue
-			}
-			out = append(out, ev(natsx.SubjectNotification, &conversationv1.Notification{
-				Meta:      events.System(c.Practice, "notification.request", msgName, m.Time),
-				Recipient: r, Message: msgName, Conversation: c.Name(),
-				Title: "New message from " + practiceName,
-			}))
-		}
-		return out
+	return a.ApplyMessages(ctx, []domain.MessageApplied{m}, func(string) string { return practiceName })[0]
+}
+
+// ApplyMessages projects new messages in one transaction: last message
+// fields, reactivation, needs reply, unread counts, and for each message a
+// ConversationUpdated with the thread as of that message and the
+// notifications of its recipients. It returns one error per message: when
+// the transaction fails, the batch is split in halves and each applied on
+// its own, down to single messages, so that one message that cannot be
+// applied fails alone. A message for an unknown thread is logged and
+// dropped (nil).
+func (a *App) ApplyMessages(ctx context.Context, ms []domain.MessageApplied, practiceName func(string) string) []error {
+	errs := make([]error, len(ms))
+	a.applyMessages(ctx, ms, practiceName, errs)
+	return errs
+}
+
+func (a *App) applyMessages(ctx context.Context, ms []domain.MessageApplied, practiceName func(string) string, errs []error) {
+	out, err := a.repo.ApplyMessages(ctx, ms, func(m domain.MessageApplied, c domain.Conversation, recipients []string) []domain.Event {
+		return messageEvents(m, c, recipients, practiceName)
 	})
-	if err == nil {
-		a.seqs.fire(convKey(m.Practice, m.ConversationID))
+	if err != nil {
+		if len(ms) == 1 || ctx.Err() != nil {
+			for i := range errs {
+				errs[i] = err
+			}
+			return
+		}
+		h := len(ms) / 2 // the earlier half first: the stream's order
+		a.applyMessages(ctx, ms[:h], practiceName, errs[:h])
+		a.applyMessages(ctx, ms[h:], practiceName, errs[h:])
+		return
 	}
-	if errors.Is(err, domain.ErrNotFound) {
-		a.log.Error("message for an unknown conversation", zap.String(logkeys.Practice, m.Practice), zap.String(logkeys.Conversation, m.ConversationID))
-		return nil
+	fired := map[string]bool{}
+	for i, m := range ms {
+		switch out[i] {
+		case domain.Applied:
+			if k := convKey(m.Practice, m.ConversationID); !fired[k] {
+				fired[k] = true
+				a.seqs.fire(k)
+			}
+		case domain.NoThread:
+			a.log.Error("message for an unknown conversation", zap.String(logkeys.Practice, m.Practice), zap.String(logkeys.Conversation, m.ConversationID))
+		}
 	}
-	return err
+}
+
+// messageEvents are the events of message m, applied to thread c: the
+// thread's update, then a notification for each recipient but the sender.
+func messageEvents(m domain.MessageApplied, c domain.Conversation, recipients []string, practiceName func(string) string) []domain.Event {
+	out := make([]domain.Event, 0, 1+len(recipients))
+	out = append(out, ev(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
+		Meta: events.System(c.Practice, "conversation.activity", c.Name(), m.Time), Conversation: ToProto(Shared(c)),
+		MessageSeq: m.Seq, MessageFromPatient: m.FromPatient}))
+	msgName := c.Name() + "/messages/" + strconv.FormatInt(m.Seq, 10)
+	title := ""
+	for _, r := range recipients {
+		if r == m.Sender {
+			continue
+		}
+		if title == "" {
+			title = "New message from " + practiceName(c.Practice)
+		}
+		out = append(out, ev(natsx.SubjectNotification, &conversationv1.Notification{
+			Meta:      events.System(c.Practice, "notification.request", msgName, m.Time),
+			Recipient: r, Message: msgName, Conversation: c.Name(), Title: title,
+		}))
+	}
+	return out
 }
 
 // RenamePatient follows the patient directory.

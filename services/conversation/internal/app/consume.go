@@ -13,29 +13,59 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
 )
 
-// HandleMessageCreated is the durable consumer of delivery's message.created.
-func (a *App) HandleMessageCreated(ctx context.Context, m jetstream.Msg, practiceName func(string) string) error {
+// HandleMessagesCreated is the durable consumer of delivery's
+// message.created, a batch at a time (natsx.ConsumeBatch): one error per
+// message. An event that cannot be decoded is poison on its own; the others
+// are projected in one transaction (ApplyMessages).
+func (a *App) HandleMessagesCreated(ctx context.Context, msgs []jetstream.Msg, practiceName func(string) string) []error {
+	errs := make([]error, len(msgs))
+	ms := make([]domain.MessageApplied, 0, len(msgs))
+	idx := make([]int, 0, len(msgs))
+	mctxs := natsx.MessageContexts(ctx)
+	for i, m := range msgs {
+		d, err := decodeMessageCreated(m.Data())
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		if i < len(mctxs) {
+			d.Traceparent = telemetry.Traceparent(mctxs[i]) // its events continue its trace
+		}
+		ms = append(ms, d)
+		idx = append(idx, i)
+	}
+	if len(ms) == 0 {
+		return errs
+	}
+	for j, err := range a.ApplyMessages(ctx, ms, practiceName) {
+		errs[idx[j]] = err
+	}
+	return errs
+}
+
+// decodeMessageCreated reads the projection's view of a message.created.
+func decodeMessageCreated(data []byte) (domain.MessageApplied, error) {
 	var e deliveryv1.MessageCreated
-	if err := proto.Unmarshal(m.Data(), &e); err != nil {
-		return fmt.Errorf("%w: %v", natsx.ErrPoison, err)
+	if err := proto.Unmarshal(data, &e); err != nil {
+		return domain.MessageApplied{}, fmt.Errorf("%w: %v", natsx.ErrPoison, err)
 	}
 	msg := e.GetMessage()
 	p, ok := ids.Parse(msg.GetName(), "conversations", "messages")
 	if !ok || e.GetMeta().GetPractice() == "" {
-		return fmt.Errorf("%w: message name", natsx.ErrPoison)
+		return domain.MessageApplied{}, fmt.Errorf("%w: message name", natsx.ErrPoison)
 	}
-	practice := e.GetMeta().GetPractice()
-	return a.ApplyMessage(ctx, domain.MessageApplied{
-		Practice:       practice,
+	return domain.MessageApplied{
+		Practice:       e.GetMeta().GetPractice(),
 		ConversationID: p[0],
 		Seq:            int64(msg.GetSeq()),
 		FromPatient:    msg.GetSenderRole() == "patient",
 		Sender:         msg.GetSender(),
 		Time:           msg.GetCreateTime().AsTime(),
 		Preview:        messageview.Preview(msg),
-	}, practiceName(practice))
+	}, nil
 }
 
 // HandlePatientUpserted keeps display names in step with the directory.

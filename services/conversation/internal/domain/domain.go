@@ -93,7 +93,22 @@ type MessageApplied struct {
 	Sender         string // "users/u" or "patients/p"
 	Time           time.Time
 	Preview        string
+	// Traceparent is the trace (W3C traceparent) the message's events
+	// continue; empty: the caller's context's.
+	Traceparent string
 }
+
+// Outcome is what projecting one message did.
+type Outcome int
+
+const (
+	// Applied: the message is in the thread now, and its events are written.
+	Applied Outcome = iota + 1
+	// Replayed: the message was projected before; nothing is written.
+	Replayed
+	// NoThread: the message's thread does not exist; nothing is written.
+	NoThread
+)
 
 // StaffMember is a staff user the practice has seen.
 type StaffMember struct {
@@ -136,9 +151,13 @@ type Repository interface {
 	// MarkRead raises v's read watermark to upTo (never lowers it), capped at
 	// the newest known message. advanced reports whether it moved.
 	MarkRead(ctx context.Context, practice, id string, v Viewer, upTo int64, evs func(c Conversation, advanced bool) []Event) (Conversation, error)
-	// ApplyMessage projects a message; idempotent by (conversation, seq).
-	// applied is false for a replay.
-	ApplyMessage(ctx context.Context, m MessageApplied, evs func(c Conversation, recipients []string) []Event) (applied bool, err error)
+	// ApplyMessages projects messages in one transaction, idempotent by
+	// (conversation, seq): out[i] is ms[i]'s outcome; an error fails them all
+	// (nothing is written). A thread's messages are applied in sequence order,
+	// and evs is called once for each message applied, in that order, with the
+	// thread as of that message and the users to notify; its events are
+	// written in that order.
+	ApplyMessages(ctx context.Context, ms []MessageApplied, evs func(m MessageApplied, c Conversation, recipients []string) []Event) (out []Outcome, err error)
 	// RenamePatient updates the display name on the patient's thread.
 	RenamePatient(ctx context.Context, practice, patientID, displayName string) error
 	// ArchiveIdle archives up to limit active threads idle since before.

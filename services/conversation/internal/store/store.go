@@ -19,7 +19,8 @@ import (
 
 // Store implements domain.Repository.
 type Store struct {
-	db *sqldb.DB
+	db           *sqldb.DB
+	participants participants // the projection's cache of user_state rows
 }
 
 var _ domain.Repository = (*Store)(nil)
@@ -314,82 +315,6 @@ func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.View
 		return outbox.AddAll(ctx, tx, evs(c, advanced))
 	})
 	return out, err
-}
-
-// ApplyMessage implements domain.Repository.
-func (s *Store) ApplyMessage(ctx context.Context, m domain.MessageApplied, evs func(domain.Conversation, []string) []domain.Event) (bool, error) {
-	applied := false
-	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		res, err := tx.Exec(ctx, `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time) VALUES (?, ?, ?, ?, ?)
-			ON CONFLICT (practice, conversation_id, from_patient, seq) DO NOTHING`, m.Practice, m.ConversationID, m.Seq, m.FromPatient, sqldb.Micros(m.Time))
-		if err != nil {
-			return fmt.Errorf("insert message index: %w", err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return nil // replay
-		}
-		applied = true
-		at := sqldb.Micros(m.Time)
-		// One statement: the newest message's fields only when m is newer
-		// than the stored one (SET reads the row as it was), and needs reply
-		// recomputed from the index so that the order messages arrive in does
-		// not matter: the oldest patient message after the newest staff
-		// message (message_index's key leads with the side). RETURNING gives the thread
-		// as updated (getShared's columns).
-		c, err := scanConv(tx.QueryRow(ctx, `UPDATE conversations SET
-			last_message_time = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_time END,
-			last_message_preview = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_preview END,
-			last_activity = CASE WHEN last_message_seq < ? THEN ? ELSE last_activity END,
-			state = CASE WHEN last_message_seq < ? THEN ? ELSE state END,
-			last_message_seq = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_seq END,
-			awaiting_reply_since = COALESCE((SELECT MIN(m.create_time)
-			FROM message_index m WHERE m.practice = ? AND m.conversation_id = ? AND m.from_patient = ?
-			AND m.seq > COALESCE((SELECT MAX(s.seq) FROM message_index s WHERE s.practice = ? AND s.conversation_id = ?
-			AND s.from_patient = ?), 0)), 0) WHERE practice = ? AND id = ? RETURNING `+returningConvColumns,
-			m.Seq, at, m.Seq, m.Preview, m.Seq, at, m.Seq, int(domain.Active), m.Seq, m.Seq,
-			m.Practice, m.ConversationID, true, m.Practice, m.ConversationID, false, m.Practice, m.ConversationID), false)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			return domain.ErrNotFound
-		case err != nil:
-			return fmt.Errorf("update conversation: %w", err)
-		}
-		if !m.FromPatient {
-			if err := ensureUser(ctx, tx, m.Practice, m.ConversationID, m.Sender, m.Time); err != nil {
-				return err
-			}
-		}
-		recipients, err := s.recipients(ctx, tx, c, m)
-		if err != nil {
-			return err
-		}
-		return outbox.AddAll(ctx, tx, evs(c, recipients))
-	})
-	return applied, err
-}
-
-// recipients decides who is told about a new message, in one place: the
-// patient for staff messages; for a patient message, every staff participant
-// of the thread who has not muted it.
-func (s *Store) recipients(ctx context.Context, tx *sqldb.Tx, c domain.Conversation, m domain.MessageApplied) ([]string, error) {
-	if !m.FromPatient {
-		return []string{c.Patient()}, nil
-	}
-	rows, err := tx.Query(ctx, `SELECT user_name FROM user_state WHERE practice = ? AND conversation_id = ? AND muted = ?
-		AND user_name LIKE 'users/%' ORDER BY user_name`, m.Practice, m.ConversationID, false)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var u string
-		if err := rows.Scan(&u); err != nil {
-			return nil, err
-		}
-		out = append(out, u)
-	}
-	return out, rows.Err()
 }
 
 // RenamePatient implements domain.Repository.

@@ -48,11 +48,13 @@ func apply(t *testing.T, s *store.Store, c domain.Conversation, seq int64, fromP
 	if fromPatient {
 		sender = "patients/" + c.PatientID
 	}
-	applied, err := s.ApplyMessage(context.Background(), domain.MessageApplied{Practice: "p1", ConversationID: c.ID, Seq: seq,
-		FromPatient: fromPatient, Sender: sender, Time: at, Preview: "msg"}, func(domain.Conversation, []string) []domain.Event { return nil })
+	out, err := s.ApplyMessages(context.Background(), []domain.MessageApplied{{Practice: "p1", ConversationID: c.ID, Seq: seq,
+		FromPatient: fromPatient, Sender: sender, Time: at, Preview: "msg"}}, noEvents)
 	require.NoError(t, err)
-	return applied
+	return out[0] == domain.Applied
 }
+
+func noEvents(domain.MessageApplied, domain.Conversation, []string) []domain.Event { return nil }
 
 func TestRepositoryContract(t *testing.T) {
 	for _, b := range testkit.Backends() {
@@ -171,13 +173,16 @@ func TestRepositoryContract(t *testing.T) {
 				s := newStore(t, b)
 				a := create(t, s, "pa", "Alice", t0)
 				var got [][]string
-				capture := func(_ domain.Conversation, r []string) []domain.Event { got = append(got, r); return nil }
-				_, err := s.ApplyMessage(ctx, domain.MessageApplied{Practice: "p1", ConversationID: a.ID, Seq: 1, Sender: "users/u1", Time: t0}, capture)
+				capture := func(_ domain.MessageApplied, _ domain.Conversation, r []string) []domain.Event {
+					got = append(got, r)
+					return nil
+				}
+				_, err := s.ApplyMessages(ctx, []domain.MessageApplied{{Practice: "p1", ConversationID: a.ID, Seq: 1, Sender: "users/u1", Time: t0}}, capture)
 				require.NoError(t, err)
 				tr := true
 				_, err = s.SetFlags(ctx, "p1", a.ID, staff2, domain.UserFlags{Muted: &tr}, none)
 				require.NoError(t, err)
-				_, err = s.ApplyMessage(ctx, domain.MessageApplied{Practice: "p1", ConversationID: a.ID, Seq: 2, FromPatient: true, Sender: "patients/pa", Time: t0}, capture)
+				_, err = s.ApplyMessages(ctx, []domain.MessageApplied{{Practice: "p1", ConversationID: a.ID, Seq: 2, FromPatient: true, Sender: "patients/pa", Time: t0}}, capture)
 				require.NoError(t, err)
 				require.Equal(t, [][]string{{"patients/pa"}, {"users/u1"}}, got, "u2 muted the thread")
 			})

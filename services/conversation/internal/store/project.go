@@ -1,0 +1,503 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
+	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+	"github.com/clinicchat/clinicchat/services/platform/telemetry"
+)
+
+// The projection of new messages (delivery's message.created), a batch per
+// transaction. A thread with one new message in the batch takes its index
+// row and one UPDATE that derives the thread from the index (applyOne). A
+// thread with several: one read of the thread, the index rows of its
+// messages in one statement, the thread as of each message derived in Go
+// (threadState: what that UPDATE would compute after each message), and
+// one UPDATE with the result. The events of all messages go to the outbox
+// together.
+
+// sidesColumns follow convColumns in the thread read: the newest staff and
+// patient sequence numbers in the index, and needs reply as the index has it
+// (the oldest patient message after the newest staff message; 0: none).
+// Arguments: false, true, true, false.
+const sidesColumns = `COALESCE((SELECT MAX(m.seq) FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+		AND m.from_patient = ?), 0),
+	COALESCE((SELECT MAX(m.seq) FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+		AND m.from_patient = ?), 0),
+	COALESCE((SELECT MIN(m.create_time) FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+		AND m.from_patient = ? AND m.seq > COALESCE((SELECT MAX(s.seq) FROM message_index s WHERE s.practice = c.practice
+		AND s.conversation_id = c.id AND s.from_patient = ?), 0)), 0)`
+
+// indexRows bounds the rows of one message_index INSERT (and so the distinct
+// statements the statement cache holds for it).
+const indexRows = 16
+
+// insertIndexSQL[n] inserts n index rows and returns the keys of those that
+// were new (a replay's row exists: ON CONFLICT skips it and returns nothing).
+var insertIndexSQL = func() [indexRows + 1]string {
+	var qs [indexRows + 1]string
+	for n := 1; n <= indexRows; n++ {
+		qs[n] = `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time) VALUES (?, ?, ?, ?, ?)` +
+			strings.Repeat(`, (?, ?, ?, ?, ?)`, n-1) +
+			` ON CONFLICT (practice, conversation_id, from_patient, seq) DO NOTHING RETURNING seq, from_patient`
+	}
+	return qs
+}()
+
+// indexKey is a message_index row's key within its thread.
+type indexKey struct {
+	seq         int64
+	fromPatient bool
+}
+
+// thread is one thread's messages of a batch: indexes into the batch, in
+// sequence order (a duplicate after the first of its key).
+type thread struct {
+	practice, id string
+	msgs         []int
+}
+
+// byThread groups ms by thread; threads come in (practice, id) order, so
+// that two transactions lock the threads they share in the same order.
+func byThread(ms []domain.MessageApplied) []thread {
+	pos := map[[2]string]int{}
+	var out []thread
+	for i, m := range ms {
+		k := [2]string{m.Practice, m.ConversationID}
+		j, ok := pos[k]
+		if !ok {
+			j = len(out)
+			pos[k] = j
+			out = append(out, thread{practice: m.Practice, id: m.ConversationID})
+		}
+		out[j].msgs = append(out[j].msgs, i)
+	}
+	for _, t := range out {
+		slices.SortStableFunc(t.msgs, func(a, b int) int { return cmp.Compare(ms[a].Seq, ms[b].Seq) })
+	}
+	slices.SortFunc(out, func(a, b thread) int {
+		return cmp.Or(strings.Compare(a.practice, b.practice), strings.Compare(a.id, b.id))
+	})
+	return out
+}
+
+// ApplyMessages implements domain.Repository.
+func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
+	evs func(m domain.MessageApplied, c domain.Conversation, recipients []string) []domain.Event) ([]domain.Outcome, error) {
+	threads := byThread(ms)
+	out := make([]domain.Outcome, len(ms))
+	var events []domain.Event
+	var traces []string // of each event, its message's Traceparent
+	emit := func(m domain.MessageApplied, c domain.Conversation, recipients []string) {
+		evs := evs(m, c, recipients)
+		events = append(events, evs...)
+		for range evs {
+			traces = append(traces, m.Traceparent)
+		}
+	}
+	var joined []string // participants the batch made sure of
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		// PostgreSQL may run this again.
+		events, traces, joined = events[:0], traces[:0], joined[:0]
+		for _, t := range threads {
+			users := threadUsers{known: &s.participants, joined: &joined}
+			if err := applyThread(ctx, tx, ms, t, out, &users, emit); err != nil {
+				return err
+			}
+		}
+		// One AddAll for the events of messages of one trace (all of them
+		// when tracing is off), their rows carrying it.
+		for len(events) > 0 {
+			n := 1
+			for n < len(events) && traces[n] == traces[0] {
+				n++
+			}
+			if err := outbox.AddAll(telemetry.FromTraceparent(ctx, traces[0]), tx, events[:n]); err != nil {
+				return err
+			}
+			events, traces = events[n:], traces[n:]
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.participants.add(joined) // committed: they are participants for good
+	return out, nil
+}
+
+// applyThread projects t's messages and sets their outcomes.
+func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, t thread, out []domain.Outcome,
+	users *threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
+	setAll := func(o domain.Outcome) {
+		for _, i := range t.msgs {
+			out[i] = o
+		}
+	}
+	if tx.Dialect() == sqldb.Postgres {
+		// Lock the thread before reading the index: another transaction
+		// projecting this thread (another replica, a redelivery) has then
+		// committed its index rows, and the reads below, each with a
+		// snapshot of its own, see them.
+		var one int
+		switch err := tx.QueryRow(ctx, `SELECT 1 FROM conversations WHERE practice = ? AND id = ? FOR UPDATE`,
+			t.practice, t.id).Scan(&one); {
+		case errors.Is(err, sql.ErrNoRows):
+			setAll(domain.NoThread)
+			return nil
+		case err != nil:
+			return fmt.Errorf("lock conversation: %w", err)
+		}
+	}
+	// A key seen twice in the batch is a replay after its first.
+	fresh := make([]int, 0, len(t.msgs))
+	seen := make(map[indexKey]bool, len(t.msgs))
+	for _, i := range t.msgs {
+		k := indexKey{ms[i].Seq, ms[i].FromPatient}
+		if seen[k] {
+			out[i] = domain.Replayed
+			continue
+		}
+		seen[k] = true
+		fresh = append(fresh, i)
+	}
+	if len(fresh) == 1 {
+		return applyOne(ctx, tx, ms[fresh[0]], fresh[0], out, users, emit)
+	}
+	var st threadState
+	c, err := scanConv(tx.QueryRow(ctx, `SELECT `+convColumns+`, `+sidesColumns+` FROM conversations c WHERE c.practice = ? AND c.id = ?`,
+		false, true, true, false, t.practice, t.id), false, &st.staffSeq, &st.patientSeq, &st.awaiting)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		setAll(domain.NoThread)
+		return nil
+	case err != nil:
+		return fmt.Errorf("load conversation: %w", err)
+	}
+	st.c = c
+	st.awaitingBefore = st.awaiting
+
+	// A staff message older than a patient message already in the index
+	// (arrived out of order) leaves those newer patient messages waiting:
+	// their oldest time is read now, before this batch's rows are in.
+	for _, i := range fresh {
+		m := ms[i]
+		if m.FromPatient || m.Seq <= st.staffSeq || m.Seq >= st.patientSeq {
+			continue
+		}
+		var at int64
+		if err := tx.QueryRow(ctx, `SELECT COALESCE(MIN(create_time), 0) FROM message_index WHERE practice = ? AND conversation_id = ?
+			AND from_patient = ? AND seq > ?`, t.practice, t.id, true, m.Seq).Scan(&at); err != nil {
+			return fmt.Errorf("read needs reply: %w", err)
+		}
+		if st.waitingAfter == nil {
+			st.waitingAfter = map[int64]int64{}
+		}
+		st.waitingAfter[m.Seq] = at
+	}
+	inserted := make(map[indexKey]bool, len(fresh))
+	for rest := fresh; len(rest) > 0; {
+		n := min(len(rest), indexRows)
+		args := make([]any, 0, 5*n)
+		for _, i := range rest[:n] {
+			m := ms[i]
+			args = append(args, m.Practice, m.ConversationID, m.Seq, m.FromPatient, sqldb.Micros(m.Time))
+		}
+		if err := func() error {
+			rows, err := tx.Query(ctx, insertIndexSQL[n], args...)
+			if err != nil {
+				return err
+			}
+			defer rows.Close()
+			for rows.Next() {
+				var k indexKey
+				if err := rows.Scan(&k.seq, &k.fromPatient); err != nil {
+					return err
+				}
+				inserted[k] = true
+			}
+			return rows.Err()
+		}(); err != nil {
+			return fmt.Errorf("insert message index: %w", err)
+		}
+		rest = rest[n:]
+	}
+
+	applied := false
+	for _, i := range fresh {
+		m := ms[i]
+		if !inserted[indexKey{m.Seq, m.FromPatient}] {
+			out[i] = domain.Replayed
+			continue
+		}
+		out[i], applied = domain.Applied, true
+		st.apply(m)
+		var recipients []string
+		if m.FromPatient {
+			if recipients, err = users.staff(ctx, tx, t); err != nil {
+				return err
+			}
+		} else {
+			if err := users.ensure(ctx, tx, t, m); err != nil {
+				return err
+			}
+			recipients = []string{st.c.Patient()}
+		}
+		emit(m, st.c, recipients)
+	}
+	if !applied {
+		return nil
+	}
+	return st.save(ctx, tx)
+}
+
+// applyOne projects a thread's only new message of the batch (the common
+// case) in two statements: its index row (if the thread exists and the row
+// is new), then one UPDATE that derives the thread from the index and
+// returns it.
+func applyOne(ctx context.Context, tx *sqldb.Tx, m domain.MessageApplied, i int, out []domain.Outcome,
+	users *threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
+	at := sqldb.Micros(m.Time)
+	res, err := tx.Exec(ctx, `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time)
+		SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM conversations WHERE practice = ? AND id = ?)
+		ON CONFLICT (practice, conversation_id, from_patient, seq) DO NOTHING`,
+		m.Practice, m.ConversationID, m.Seq, m.FromPatient, at, m.Practice, m.ConversationID)
+	if err != nil {
+		return fmt.Errorf("insert message index: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		// A replay, or a thread that does not exist.
+		var one int
+		switch err := tx.QueryRow(ctx, `SELECT 1 FROM conversations WHERE practice = ? AND id = ?`, m.Practice, m.ConversationID).Scan(&one); {
+		case errors.Is(err, sql.ErrNoRows):
+			out[i] = domain.NoThread
+		case err != nil:
+			return fmt.Errorf("load conversation: %w", err)
+		default:
+			out[i] = domain.Replayed
+		}
+		return nil
+	}
+	// The newest message's fields only when m is newer than the stored one
+	// (SET reads the row as it was), and needs reply from the index
+	// (message_index's key leads with the side).
+	c, err := scanConv(tx.QueryRow(ctx, `UPDATE conversations SET
+		last_message_time = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_time END,
+		last_message_preview = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_preview END,
+		last_activity = CASE WHEN last_message_seq < ? THEN ? ELSE last_activity END,
+		state = CASE WHEN last_message_seq < ? THEN ? ELSE state END,
+		last_message_seq = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_seq END,
+		awaiting_reply_since = COALESCE((SELECT MIN(m.create_time)
+		FROM message_index m WHERE m.practice = ? AND m.conversation_id = ? AND m.from_patient = ?
+		AND m.seq > COALESCE((SELECT MAX(s.seq) FROM message_index s WHERE s.practice = ? AND s.conversation_id = ?
+		AND s.from_patient = ?), 0)), 0) WHERE practice = ? AND id = ? RETURNING `+returningConvColumns,
+		m.Seq, at, m.Seq, m.Preview, m.Seq, at, m.Seq, int(domain.Active), m.Seq, m.Seq,
+		m.Practice, m.ConversationID, true, m.Practice, m.ConversationID, false, m.Practice, m.ConversationID), false)
+	if err != nil {
+		return fmt.Errorf("update conversation: %w", err) // it exists: the INSERT saw it
+	}
+	out[i] = domain.Applied
+	t := thread{practice: m.Practice, id: m.ConversationID}
+	recipients := []string{c.Patient()}
+	if m.FromPatient {
+		if recipients, err = users.staff(ctx, tx, t); err != nil {
+			return err
+		}
+	} else if err := users.ensure(ctx, tx, t, m); err != nil {
+		return err
+	}
+	emit(m, c, recipients)
+	return nil
+}
+
+// threadState is a thread as each message of a batch leaves it, as
+// applyOne's UPDATE derives it from the index: the newest message's fields
+// change only for a message newer than the newest so far (reactivating the
+// thread), and needs reply is the oldest patient message after the newest
+// staff message, whatever order messages arrive in.
+type threadState struct {
+	c        domain.Conversation
+	newest   bool  // a message of the batch is newer than the thread's last
+	staffSeq int64 // newest staff message in the index so far
+	// patientSeq is the newest patient message in the index before the batch.
+	patientSeq int64
+	// awaiting is needs reply so far (micros; 0: none) and awaitingBefore
+	// before the batch.
+	awaiting, awaitingBefore int64
+	// waitingAfter[s] is the oldest patient message in the index before the
+	// batch with a sequence number above s (0: none), for the staff
+	// messages older than patientSeq.
+	waitingAfter map[int64]int64
+}
+
+// apply advances the state by m, the next message in sequence order.
+func (st *threadState) apply(m domain.MessageApplied) {
+	at := sqldb.Micros(m.Time)
+	if m.Seq > st.c.LastMessageSeq {
+		st.c.LastMessageTime, st.c.LastMessagePreview = sqldb.FromMicros(at), m.Preview
+		st.c.State, st.c.LastMessageSeq = domain.Active, m.Seq
+		st.newest = true
+	}
+	switch {
+	case m.FromPatient && m.Seq > st.staffSeq:
+		// Unanswered: it waits unless an older one already does.
+		if st.awaiting == 0 || at < st.awaiting {
+			st.awaiting = at
+		}
+	case !m.FromPatient && m.Seq > st.staffSeq:
+		// Answers everything before it. The batch's patient messages so far
+		// are older (sequence order); what still waits is the index's
+		// patient messages newer than m from before the batch.
+		st.staffSeq = m.Seq
+		st.awaiting = 0
+		if m.Seq < st.patientSeq {
+			st.awaiting = st.waitingAfter[m.Seq]
+		}
+	}
+	st.c.AwaitingReplySince = time.Time{}
+	if st.awaiting > 0 {
+		st.c.AwaitingReplySince = sqldb.FromMicros(st.awaiting)
+	}
+}
+
+// save writes the state after the batch's last message.
+func (st *threadState) save(ctx context.Context, tx *sqldb.Tx) error {
+	c := st.c
+	var err error
+	switch {
+	case st.newest:
+		at := sqldb.Micros(c.LastMessageTime)
+		_, err = tx.Exec(ctx, `UPDATE conversations SET last_message_time = ?, last_message_preview = ?, last_activity = ?,
+			state = ?, last_message_seq = ?, awaiting_reply_since = ? WHERE practice = ? AND id = ?`,
+			at, c.LastMessagePreview, at, int(c.State), c.LastMessageSeq, st.awaiting, c.Practice, c.ID)
+	case st.awaiting != st.awaitingBefore:
+		_, err = tx.Exec(ctx, `UPDATE conversations SET awaiting_reply_since = ? WHERE practice = ? AND id = ?`,
+			st.awaiting, c.Practice, c.ID)
+	}
+	if err != nil {
+		return fmt.Errorf("update conversation: %w", err)
+	}
+	return nil
+}
+
+// threadUsers is a thread's user_state rows, read when a patient message
+// needs its recipients, and kept in step with the staff senders the batch
+// adds as participants.
+type threadUsers struct {
+	known      *participants // committed participants (no statement needed)
+	joined     *[]string     // participants this transaction makes sure of
+	loaded     bool
+	muted      map[string]bool // user_name → muted
+	ensured    map[string]bool // staff senders made sure of before loading
+	recipients []string        // cached staff(); nil: recompute
+}
+
+// ensure makes m's sender a participant of the thread (ensureUser), once.
+func (u *threadUsers) ensure(ctx context.Context, tx *sqldb.Tx, t thread, m domain.MessageApplied) error {
+	if u.loaded {
+		if _, ok := u.muted[m.Sender]; ok {
+			return nil
+		}
+	} else if u.ensured[m.Sender] {
+		return nil
+	}
+	key := participantKey(t.practice, t.id, m.Sender)
+	if !u.known.has(key) {
+		if err := ensureUser(ctx, tx, t.practice, t.id, m.Sender, m.Time); err != nil {
+			return err
+		}
+		*u.joined = append(*u.joined, key)
+	}
+	if u.loaded {
+		u.muted[m.Sender] = false
+		u.recipients = nil
+		return nil
+	}
+	if u.ensured == nil {
+		u.ensured = map[string]bool{}
+	}
+	u.ensured[m.Sender] = true
+	return nil
+}
+
+// staff are the recipients of a patient message: every staff participant of
+// the thread who has not muted it, by name. The slice must not be changed.
+func (u *threadUsers) staff(ctx context.Context, tx *sqldb.Tx, t thread) ([]string, error) {
+	if !u.loaded {
+		rows, err := tx.Query(ctx, `SELECT user_name, muted FROM user_state WHERE practice = ? AND conversation_id = ?
+			AND user_name LIKE 'users/%'`, t.practice, t.id)
+		if err != nil {
+			return nil, fmt.Errorf("read participants: %w", err)
+		}
+		defer rows.Close()
+		u.muted = map[string]bool{}
+		for rows.Next() {
+			var name string
+			var muted bool
+			if err := rows.Scan(&name, &muted); err != nil {
+				return nil, err
+			}
+			u.muted[name] = muted
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+		u.loaded, u.ensured = true, nil
+	}
+	if u.recipients == nil {
+		u.recipients = make([]string, 0, len(u.muted))
+		for name, muted := range u.muted {
+			if !muted && strings.HasPrefix(name, "users/") {
+				u.recipients = append(u.recipients, name)
+			}
+		}
+		slices.Sort(u.recipients)
+	}
+	return u.recipients, nil
+}
+
+// maxParticipants bounds the participants cache (about 100 bytes each); when
+// full it starts afresh.
+const maxParticipants = 1 << 15
+
+// participants remembers (practice, thread, user) triples known to have a
+// user_state row, so that a staff message need not insert it again. A row
+// is never deleted, so an entry never goes stale; entries are added only
+// after the commit that wrote or saw them.
+type participants struct {
+	mu sync.Mutex
+	m  map[string]struct{}
+}
+
+func participantKey(practice, id, user string) string { return practice + "\x00" + id + "\x00" + user }
+
+func (p *participants) has(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.m[key]
+	return ok
+}
+
+func (p *participants) add(keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil || len(p.m)+len(keys) > maxParticipants {
+		p.m = make(map[string]struct{}, len(keys))
+	}
+	for _, k := range keys {
+		p.m[k] = struct{}{}
+	}
+}
