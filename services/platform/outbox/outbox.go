@@ -161,6 +161,8 @@ type Relay struct {
 	lastDelete           time.Time
 	// publishedMark is published, for the backlog metric (read at scrape).
 	publishedMark atomic.Int64
+
+	stats relayStats
 }
 
 // NewRelay returns a relay that wakes after every commit of db that wrote
@@ -533,6 +535,9 @@ func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix 
 		}
 		// Wait for every publish of the wave, even after a failure: what
 		// is acknowledged is stored, and need not be sent again.
+		if len(futures) > 0 {
+			r.stats.waits.Add(1)
+		}
 		timeout := time.NewTimer(wait)
 	collect:
 		for k, f := range futures {
@@ -554,6 +559,7 @@ func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix 
 		timeout.Stop()
 	}
 	if len(acked) > 0 {
+		r.stats.published.Add(int64(len(acked)))
 		r.log.Debug("outbox relayed", zap.Int(logkeys.Count, len(acked)))
 	}
 	return acked, prefixOf(ok), err
