@@ -543,7 +543,18 @@ func scan(rs *sql.Rows) ([]row, error) {
 // keeps it while every row of every round is acknowledged as the sequence
 // it predicted, and forgets it after anything else (a failure, a
 // rejection, a duplicate, a PostgreSQL lock released or lost); without it
-// the round is sent in waves.
+// the round is sent in waves. One gap is left: a PostgreSQL relay frozen
+// past its lease in the middle of sending a batch (another replica has
+// published since) could send the rest of it with an L that is too low;
+// it stops sending once half its lease has passed since it read the batch,
+// but a message already in the client's write buffer still goes out when
+// it thaws. Waves have no such gap.
+//
+// Overlapping a round with the next (reading and sending the next batch,
+// chained on the predicted sequences, while the acknowledgements of this
+// one are awaited) would save the read and the wake-up between rounds; it
+// is not done, as a failure would then also reject the rows of the next
+// round, and a round is already one wait.
 func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix int, err error) {
 	if len(rows) == 0 {
 		return nil, 0, nil
