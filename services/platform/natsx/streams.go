@@ -145,6 +145,25 @@ func StreamDomain(stream string) string {
 	return strings.ToLower(strings.TrimPrefix(stream, streamName("")))
 }
 
+// StreamOf is the name of the stream that holds subject (Streams: stream
+// "<PREFIX>_<SERVICE>" holds "<prefix>.<service>.>"), or "" if none does.
+func StreamOf(subject string) string {
+	rest, ok := strings.CutPrefix(subject, prefix+".")
+	if !ok {
+		return ""
+	}
+	domain, _, ok := strings.Cut(rest, ".")
+	if !ok {
+		return ""
+	}
+	for _, d := range domains {
+		if d.name == domain {
+			return streamName(domain)
+		}
+	}
+	return ""
+}
+
 // Tenant is base followed by the encoded tokens (Token): the subject an
 // event is published on. base is one of the Subject* variables; the first
 // token is the practice.

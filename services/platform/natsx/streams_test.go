@@ -85,3 +85,20 @@ func TestStreamsDuplicateWindow(t *testing.T) {
 		require.Equal(t, 30*time.Second, sc.Duplicates, sc.Name)
 	}
 }
+
+func TestStreamOf(t *testing.T) {
+	for subject, want := range map[string]string{
+		Tenant(SubjectMessageCreated, "p", "patients/x"): StreamDelivery,
+		SubjectConversationRead:                          StreamConversation,
+		Tenant(SubjectGatewayAccess, "p"):                StreamGateway,
+		"clinicchat.unknown.x.y":                         "",
+		"clinicchat.delivery":                            "",
+		"other.delivery.message.created":                 "",
+	} {
+		require.Equal(t, want, StreamOf(subject), subject)
+	}
+	// Every stream holds what StreamOf says it does.
+	for _, sc := range Streams(StreamsConfig{}) {
+		require.Equal(t, sc.Name, StreamOf(strings.TrimSuffix(sc.Subjects[0], ">")+"kind.verb.p"))
+	}
+}

@@ -227,6 +227,8 @@ func TestRelayKeepsOrderPerSubjectWhenTheStreamLeaderDies(t *testing.T) {
 	info, err = stream.Info(ctx)
 	require.NoError(t, err)
 	require.EqualValues(t, convs*per, info.State.Msgs, "each event exactly once")
+	published, waits := relay.Stats()
+	t.Logf("%d events acknowledged in %d waits for acknowledgements", published, waits)
 	cancel()
 	require.NoError(t, <-done)
 }

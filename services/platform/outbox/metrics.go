@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,7 +33,25 @@ var (
 		"Events written to the service's outbox and not yet acknowledged by JetStream (read at scrape).", nil, nil)
 	oldestDesc = prometheus.NewDesc("clinicchat_outbox_oldest_event_age_seconds",
 		"Age of the oldest event waiting in the outbox (0 when none waits).", nil, nil)
+	publishedDesc = prometheus.NewDesc("clinicchat_outbox_published_events_total",
+		"Events the relay published and JetStream acknowledged.", nil, nil)
+	waitsDesc = prometheus.NewDesc("clinicchat_outbox_publish_waits_total",
+		"Times the relay waited for JetStream's acknowledgements of the publishes it had in flight: "+
+			"the sequential round trips of its publishing (divided by the events, round trips per event).", nil, nil)
 )
+
+// relayStats counts the relay's publishing (read at scrape).
+type relayStats struct {
+	published atomic.Int64 // rows acknowledged
+	waits     atomic.Int64 // waits for the acknowledgements of what is in flight
+}
+
+// Stats returns how many rows r has published (acknowledged) and how many
+// times it waited for acknowledgements: waits/published is its sequential
+// round trips per event.
+func (r *Relay) Stats() (published, waits int64) {
+	return r.stats.published.Load(), r.stats.waits.Load()
+}
 
 // Collector reports the outbox backlog at every scrape, labelled with
 // service (one query on the outbox, bounded by a 2 s timeout).
@@ -45,9 +64,14 @@ type backlogCollector struct{ r *Relay }
 func (c backlogCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- backlogDesc
 	ch <- oldestDesc
+	ch <- publishedDesc
+	ch <- waitsDesc
 }
 
 func (c backlogCollector) Collect(ch chan<- prometheus.Metric) {
+	published, waits := c.r.Stats()
+	ch <- prometheus.MustNewConstMetric(publishedDesc, prometheus.CounterValue, float64(published))
+	ch <- prometheus.MustNewConstMetric(waitsDesc, prometheus.CounterValue, float64(waits))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	n, oldest, err := c.r.Backlog(ctx)

@@ -161,12 +161,25 @@ type Relay struct {
 	lastDelete           time.Time
 	// publishedMark is published, for the backlog metric (read at scrape).
 	publishedMark atomic.Int64
+
+	stats relayStats
+
+	// last is, per stream, the sequence of the last message on it, while
+	// the relay knows it exactly (see publish); again is set by a round
+	// that left rows JetStream refused as out of turn without a failure
+	// (behind a duplicate), for the next round to go at once.
+	last  map[string]uint64
+	again bool
+	// claimed is when the PostgreSQL round read its batch: the lock is
+	// the relay's for Lease after it (zero on SQLite).
+	claimed time.Time
 }
 
 // NewRelay returns a relay that wakes after every commit of db that wrote
 // outbox rows.
 func NewRelay(db *sqldb.DB, js jetstream.JetStream, log *zap.Logger) *Relay {
-	r := &Relay{db: db, js: js, log: log, kick: make(chan struct{}, 1), Poll: time.Second, Batch: 256, Lease: 30 * time.Second}
+	r := &Relay{db: db, js: js, log: log, kick: make(chan struct{}, 1), Poll: time.Second, Batch: 256, Lease: 30 * time.Second,
+		last: map[string]uint64{}}
 	db.OnSignal(Topic, r.Kick)
 	return r
 }
@@ -227,7 +240,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 			backoff = min(backoff*2, maxBackoff)
 			continue
-		case n >= r.Batch:
+		case n >= r.Batch || r.again:
 			backoff = 100 * time.Millisecond
 			continue // more waiting
 		}
@@ -283,6 +296,7 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 // round publishes one batch; on PostgreSQL it keeps the outbox lock (release
 // gives it up), and last asks it to delete every row published so far.
 func (r *Relay) round(ctx context.Context, last bool) (int, error) {
+	r.again = false
 	if r.db.Dialect() == sqldb.Postgres {
 		return r.roundPostgres(ctx, last)
 	}
@@ -359,6 +373,9 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 			return 0, fmt.Errorf("outbox lock: %w", err)
 		}
 		r.held = &pgLock{conn: conn}
+		// Another replica may have published since this one last held
+		// the lock: the streams' last sequences are learnt again.
+		clear(r.last)
 	}
 	h := r.held
 	// NULL would match no row of seq <> ALL: empty arrays, not nil.
@@ -376,6 +393,7 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 		r.drop()
 		return 0, fmt.Errorf("load outbox: %w", err)
 	}
+	r.claimed = time.Now()
 	if len(del) > 0 {
 		h.published = h.published[:0]
 	}
@@ -386,8 +404,8 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 		r.afterClaim(ctx)
 	}
 	// Every acknowledged row is deleted, also those after a row that
-	// failed: a row is only sent after the earlier rows of its subject were
-	// acknowledged, so what stays is the failed rows and those behind them.
+	// failed: a row is only stored behind the earlier rows of its subject
+	// (publish), so what stays is the failed rows and those behind them.
 	done, _, perr := r.publish(ctx, rows)
 	if len(h.published) == 0 {
 		h.since = time.Now()
@@ -404,6 +422,7 @@ func (r *Relay) release(ctx context.Context) (err error) {
 		return nil
 	}
 	r.held = nil
+	clear(r.last)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if len(h.published) > 0 {
@@ -426,6 +445,7 @@ func (r *Relay) drop() {
 	if r.held != nil {
 		discard(r.held.conn)
 		r.held = nil
+		clear(r.last)
 	}
 }
 
@@ -481,19 +501,179 @@ func scan(rs *sql.Rows) ([]row, error) {
 // response, or is taken by the dying leader and never committed, while a
 // later one reaches the new leader and is stored. Had that later row of the
 // same subject been in flight, it would now be stored ahead of the first,
-// which the next round sends again behind it. So a row is only sent once
-// every earlier row of its subject has been acknowledged: publish sends the
-// rows in waves, the first row of every subject, pipelined, then, once all
-// are acknowledged, the second row of every subject, and so on, and it
-// sends no further wave after one that failed. Rows of different subjects
-// are pipelined together, as they need no order between them.
+// which the next round sends again behind it.
+//
+// So a later row must either wait for the earlier one's acknowledgement
+// (publishWaves: a wave of the first row of every subject, pipelined, then
+// the second row of every subject, …: as many sequential round trips as the
+// busiest subject has rows in the batch, ~16 for 128 rows of 8 busy
+// threads), or carry a condition under which JetStream stores it only
+// behind the earlier one (publishChained: every row pipelined, one round
+// trip per batch). The condition is Nats-Expected-Last-Sequence: the relay
+// is its stream's only writer (each stream holds one service's subjects,
+// and only one relay publishes a service's outbox: on PostgreSQL the holder
+// of the outbox lock), so once it knows the stream's last sequence L, its
+// k-th row of the batch for that stream is stored at L+k+1 if every row
+// before it was, and it sends it expecting L+k. If an earlier row was lost,
+// or rejected, the stream's last sequence is below L+k when the later row
+// is checked (a rejected row takes no sequence), and JetStream rejects it
+// rather than store it ahead: the round ends there and the next one sends
+// the rows again from the first that was not acknowledged. The leader
+// checks the expectation before it proposes the message, against the
+// sequence of its last proposal (in flight ones included), so this holds
+// in a cluster too and across a change of leader.
+//
+// The alternatives do not hold up (nats-server 2.15.2):
+//   - Nats-Expected-Last-Subject-Sequence (per subject) is refused by a
+//     clustered stream while an earlier message of the subject is in flight
+//     ("wrong last sequence", code 10164): a subject's rows could still not
+//     be pipelined, which is the whole point.
+//   - Nats-Expected-Last-Msg-Id is checked only when a clustered stream
+//     applies the message, and a mismatch there stops the stream taking
+//     any write (the replicas' apply fails; seen in a 3-server cluster).
+//   - Atomic batch publish (AllowAtomicPublish, 2.12+) rejects a whole
+//     batch holding a message id the stream already has, so the resend of
+//     a batch whose commit was stored but not acknowledged fails forever,
+//     and nats.go has no API for it.
+//
+// L must be exact, not just recent: were it below the stream's last
+// sequence, a row after one that was rejected could find its expectation
+// met. The relay learns it from a round sent in waves that ended with
+// every row acknowledged (the highest sequence stored, duplicates aside),
+// keeps it while every row of every round is acknowledged as the sequence
+// it predicted, and forgets it after anything else (a failure, a
+// rejection, a duplicate, a PostgreSQL lock released or lost); without it
+// the round is sent in waves. One gap is left: a PostgreSQL relay frozen
+// past its lease in the middle of sending a batch (another replica has
+// published since) could send the rest of it with an L that is too low;
+// it stops sending once half its lease has passed since it read the batch,
+// but a message already in the client's write buffer still goes out when
+// it thaws. Waves have no such gap.
+//
+// Overlapping a round with the next (reading and sending the next batch,
+// chained on the predicted sequences, while the acknowledgements of this
+// one are awaited) would save the read and the wake-up between rounds; it
+// is not done, as a failure would then also reject the rows of the next
+// round, and a round is already one wait.
 func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix int, err error) {
+	if len(rows) == 0 {
+		return nil, 0, nil
+	}
+	streams := make([]string, len(rows))
+	chained := true
+	for i, x := range rows {
+		streams[i] = natsx.StreamOf(x.subject)
+		if _, ok := r.last[streams[i]]; !ok {
+			chained = false
+		}
+	}
+	ok := make([]bool, len(rows))
+	if chained {
+		acked, err = r.publishChained(ctx, rows, streams, ok)
+	} else {
+		acked, err = r.publishWaves(ctx, rows, streams, ok)
+	}
+	if len(acked) > 0 {
+		r.stats.published.Add(int64(len(acked)))
+		r.log.Debug("outbox relayed", zap.Int(logkeys.Count, len(acked)))
+	}
+	return acked, prefixOf(ok), err
+}
+
+// wrongLastSequence is JetStream's error code for a publish whose
+// Nats-Expected-Last-Sequence was not the stream's last sequence
+// (JSStreamWrongLastSequenceErrF).
+const wrongLastSequence jetstream.ErrorCode = 10071
+
+// publishChained sends every row at once, each expecting the stream's last
+// sequence to be that of the row before it (see publish). It sets ok[i] for
+// the rows acknowledged.
+func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string, ok []bool) (acked []int64, err error) {
+	var spans []trace.Span
+	defer func() { endSpans(spans) }()
+	next := make(map[string]uint64, 1) // expectation of the stream's next row
+	for s, l := range r.last {
+		next[s] = l
+	}
+	clear(r.last) // known again only if every row is acknowledged as predicted
+	expect := make([]uint64, 0, len(rows))
+	futures := make([]jetstream.PubAckFuture, 0, len(rows))
+	for i, x := range rows {
+		if !r.claimed.IsZero() && time.Since(r.claimed) > r.lease()/2 {
+			// Frozen in between: the lock may be another replica's by
+			// now, and with it the stream; the rest waits for a round.
+			break
+		}
+		m := nats.NewMsg(x.subject)
+		m.Data = x.payload
+		if x.traceparent.Valid && telemetry.Enabled() {
+			spans = r.startPublish(ctx, spans, len(rows), i, x, m)
+		}
+		e := next[streams[i]]
+		f, perr := r.js.PublishMsgAsync(m, jetstream.WithMsgID(x.id), jetstream.WithExpectLastSequence(e))
+		if perr != nil {
+			err = fmt.Errorf("publish %s: %w", x.subject, perr)
+			break
+		}
+		next[streams[i]] = e + 1
+		expect, futures = append(expect, e), append(futures, f)
+	}
+	if len(futures) == 0 {
+		return nil, err
+	}
+	r.stats.waits.Add(1)
+	acked = make([]int64, 0, len(futures))
+	predicted := true // every row acknowledged as stored where expected
+	rejected := false // a row was refused as out of turn
+	failed := err != nil
+	timeout := time.NewTimer(r.ackWait())
+	defer timeout.Stop()
+	for i, f := range futures {
+		select {
+		case a := <-f.Ok():
+			ok[i] = true
+			acked = append(acked, rows[i].seq)
+			if a.Duplicate || a.Sequence != expect[i]+1 || a.Stream != streams[i] {
+				predicted = false
+			}
+		case e := <-f.Err():
+			predicted = false
+			var apiErr *jetstream.APIError
+			if errors.As(e, &apiErr) && apiErr.ErrorCode == wrongLastSequence {
+				// Not stored. Behind a failure, part of it; else an
+				// earlier row was a duplicate (it takes no sequence).
+				rejected = true
+				continue
+			}
+			failed = true
+			err = errors.Join(err, fmt.Errorf("publish %s: %w", rows[i].subject, e))
+		case <-timeout.C:
+			return acked, errors.Join(err, fmt.Errorf("publish: no acknowledgement in %s", r.ackWait()))
+		case <-ctx.Done():
+			return acked, ctx.Err()
+		}
+	}
+	if predicted && !failed {
+		for s, e := range next {
+			r.last[s] = e
+		}
+	}
+	if rejected && !failed {
+		r.again = true // the rejected rows go out in the next round, at once
+	}
+	return acked, err
+}
+
+// publishWaves sends the first row of every subject, pipelined, then once
+// all are acknowledged the second row of every subject, and so on; it sends
+// no further wave after one that failed (see publish). A round whose every
+// row is acknowledged teaches the relay each stream's last sequence. It sets
+// ok[i] for the rows acknowledged.
+func (r *Relay) publishWaves(ctx context.Context, rows []row, streams []string, ok []bool) (acked []int64, err error) {
 	var spans []trace.Span // of traced rows, by index; nil when none is
 	defer func() { endSpans(spans) }()
-	wait := r.AckWait
-	if wait <= 0 {
-		wait = DefaultAckWait
-	}
+	wait := r.ackWait()
+	clear(r.last)
 	// wave[i] is row i's place among the batch's rows of its subject.
 	wave := make([]int, len(rows))
 	perSubject := make(map[string]int, len(rows))
@@ -503,8 +683,9 @@ func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix 
 		perSubject[x.subject]++
 		waves = max(waves, wave[i]+1)
 	}
-	ok := make([]bool, len(rows))
 	acked = make([]int64, 0, len(rows))
+	last := map[string]uint64{} // highest sequence stored per stream
+	learn := true               // every acknowledgement names the stream expected
 	idx := make([]int, 0, len(rows))
 	futures := make([]jetstream.PubAckFuture, 0, len(rows))
 	// A round that has taken half the PostgreSQL lease starts no further
@@ -513,7 +694,8 @@ func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix 
 	// is only sent once the earlier rows of its subject are stored, but
 	// the other replica would publish the same rows again.
 	deadline := time.Now().Add(r.lease() / 2)
-	for w := 0; w < waves && err == nil && (w == 0 || time.Now().Before(deadline)); w++ {
+	w := 0
+	for ; w < waves && err == nil && (w == 0 || time.Now().Before(deadline)); w++ {
 		idx, futures = idx[:0], futures[:0]
 		for i, x := range rows {
 			if wave[i] != w {
@@ -533,14 +715,23 @@ func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix 
 		}
 		// Wait for every publish of the wave, even after a failure: what
 		// is acknowledged is stored, and need not be sent again.
+		if len(futures) > 0 {
+			r.stats.waits.Add(1)
+		}
 		timeout := time.NewTimer(wait)
 	collect:
 		for k, f := range futures {
 			i := idx[k]
 			select {
-			case <-f.Ok():
+			case a := <-f.Ok():
 				ok[i] = true
 				acked = append(acked, rows[i].seq)
+				switch {
+				case a.Stream != streams[i]:
+					learn = false
+				case !a.Duplicate:
+					last[a.Stream] = max(last[a.Stream], a.Sequence)
+				}
 			case e := <-f.Err():
 				err = errors.Join(err, fmt.Errorf("publish %s: %w", rows[i].subject, e))
 			case <-timeout.C:
@@ -548,15 +739,28 @@ func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix 
 				break collect
 			case <-ctx.Done():
 				timeout.Stop()
-				return acked, prefixOf(ok), ctx.Err()
+				return acked, ctx.Err()
 			}
 		}
 		timeout.Stop()
 	}
-	if len(acked) > 0 {
-		r.log.Debug("outbox relayed", zap.Int(logkeys.Count, len(acked)))
+	if err == nil && w == waves && learn {
+		// Every row is stored; nothing of this relay's is in flight, and
+		// no other writer publishes to the stream: its last sequence is
+		// the highest that this round stored, if it stored any.
+		for s, l := range last {
+			r.last[s] = l
+		}
 	}
-	return acked, prefixOf(ok), err
+	return acked, err
+}
+
+// ackWait is AckWait or its default.
+func (r *Relay) ackWait() time.Duration {
+	if r.AckWait <= 0 {
+		return DefaultAckWait
+	}
+	return r.AckWait
 }
 
 // prefixOf is how many leading entries of ok are true.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -513,4 +514,140 @@ func TestLingeringPostgresRelayLosesTheLockAfterItsLease(t *testing.T) {
 	require.EqualValues(t, 15, streamMsgs(t, ctx, js), "each event exactly once")
 	cancel()
 	require.NoError(t, runs.Wait())
+}
+
+// A publish that fails in the middle of a batch: no later row of its
+// subject is stored ahead of it (nor, sent with expectations, any later row
+// at all), and the next rounds store the rest behind it, each event once.
+// Once the relay knows the stream's last sequence the whole batch goes out
+// pipelined (one wait for acknowledgements); before that, in waves.
+func TestRelayNeverStoresARowAheadOfOneThatFailed(t *testing.T) {
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			_, _, js := testkit.NATS(t)
+			db := testkit.OpenDB(t, b)
+			ddl := schema
+			if db.Dialect() == sqldb.Postgres {
+				ddl = pgSchema
+			}
+			_, err := db.Exec(ctx, ddl)
+			require.NoError(t, err)
+			stream, err := js.Stream(ctx, natsx.StreamDelivery)
+			require.NoError(t, err)
+			limit := func(maxMsgSize int32) {
+				cfg := stream.CachedInfo().Config
+				cfg.MaxMsgSize = maxMsgSize
+				_, err := js.UpdateStream(ctx, cfg)
+				require.NoError(t, err)
+			}
+			limit(512) // a row with a larger payload fails
+			write := func(evs ...[2]string) {
+				var out []outbox.Event
+				for _, e := range evs {
+					id := "ev-" + e[0] + "-" + e[1]
+					out = append(out, outbox.Event{ID: id, Subject: natsx.Tenant(natsx.SubjectDeliveryAccess, "p", e[0]),
+						Msg: &typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p", Resource: e[0], Detail: e[1]}}})
+				}
+				require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, out) }))
+			}
+			relay := outbox.NewRelay(db, js, testkit.Logger(t))
+			write([2]string{"c", "0"})
+			n, err := relay.Flush(ctx)
+			require.NoError(t, err)
+			require.Equal(t, 1, n)
+
+			big := strings.Repeat("x", 600)
+			write([2]string{"a", "1"}, [2]string{"a", big}, [2]string{"b", "1"}, [2]string{"a", "3"}, [2]string{"a", "4"}, [2]string{"b", "2"})
+			_, waits0 := relay.Stats()
+			_, err = relay.Flush(ctx)
+			require.Error(t, err, "the large row fails")
+			_, waits1 := relay.Stats()
+			if db.Dialect() == sqldb.SQLite {
+				// The SQLite relay kept the stream's last sequence from
+				// its first round: one wait for the whole batch.
+				require.EqualValues(t, 1, waits1-waits0, "waits for acknowledgements")
+			}
+			details := func() map[string][]string {
+				info, err := stream.Info(ctx)
+				require.NoError(t, err)
+				got := map[string][]string{}
+				for _, e := range read(t, ctx, js, int(info.State.Msgs)) {
+					got[e.GetMeta().GetResource()] = append(got[e.GetMeta().GetResource()], e.GetMeta().GetDetail())
+				}
+				return got
+			}
+			stored := details()
+			require.Equal(t, []string{"1"}, stored["a"], "nothing of a behind its failed row")
+			// In waves b's second row goes out beside a's failed one.
+			require.Subset(t, []string{"1", "2"}, stored["b"])
+			if len(stored["b"]) == 1 {
+				require.Equal(t, "1", stored["b"][0])
+			}
+
+			limit(-1)
+			for {
+				n, err := relay.Flush(ctx)
+				require.NoError(t, err)
+				if n == 0 {
+					break
+				}
+			}
+			stored = details()
+			require.Equal(t, []string{"1", big, "3", "4"}, stored["a"])
+			require.Equal(t, []string{"1", "2"}, stored["b"])
+			require.EqualValues(t, 7, streamMsgs(t, ctx, js), "each event exactly once")
+		})
+	}
+}
+
+// A relay that starts over rows already on the stream (an SQLite relay
+// deletes what it published once a second: a restart publishes them again)
+// stores each event once, learns the stream's last sequence from a round
+// sent in waves, and then pipelines.
+func TestRestartedRelayRepublishesThenPipelines(t *testing.T) {
+	ctx := context.Background()
+	_, _, js := testkit.NATS(t)
+	db := testkit.OpenDB(t, testkit.Backends()[0])
+	_, err := db.Exec(ctx, schema)
+	require.NoError(t, err)
+	flush := func(r *outbox.Relay) {
+		for {
+			n, err := r.Flush(ctx)
+			require.NoError(t, err)
+			if n == 0 {
+				return
+			}
+		}
+	}
+	for i := range 10 {
+		addFor(t, db, fmt.Sprint("c", i%2), i)
+	}
+	flush(outbox.NewRelay(db, js, testkit.Logger(t)))
+	// The restarted relay finds them in the outbox again.
+	_, err = db.Exec(ctx, `DELETE FROM outbox`)
+	require.NoError(t, err)
+	for i := range 10 {
+		addFor(t, db, fmt.Sprint("c", i%2), i)
+	}
+
+	relay := outbox.NewRelay(db, js, testkit.Logger(t))
+	for i := 10; i < 20; i++ {
+		addFor(t, db, fmt.Sprint("c", i%2), i)
+	}
+	flush(relay) // duplicates first: in waves
+	_, waits0 := relay.Stats()
+	for i := 20; i < 30; i++ {
+		addFor(t, db, fmt.Sprint("c", i%2), i)
+	}
+	flush(relay)
+	_, waits1 := relay.Stats()
+	require.EqualValues(t, 1, waits1-waits0, "the second round is one wait")
+	next := map[string]int{"c0": 0, "c1": 1}
+	for _, e := range read(t, ctx, js, 30) {
+		conv := e.GetMeta().GetResource()
+		require.Equal(t, fmt.Sprint(next[conv]), e.GetMeta().GetDetail(), "%s out of order or duplicated", conv)
+		next[conv] += 2
+	}
+	require.EqualValues(t, 30, streamMsgs(t, ctx, js), "each event exactly once")
 }
