@@ -65,13 +65,7 @@ func TestRelayPublishesEachEventOnceAcrossANATSOutage(t *testing.T) {
 			require.NoError(t, err)
 			require.NoError(t, natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{}))
 
-			db := testkit.OpenDB(t, b)
-			ddl := schema
-			if db.Dialect() == sqldb.Postgres {
-				ddl = pgSchema
-			}
-			_, err = db.Exec(ctx, ddl)
-			require.NoError(t, err)
+			db := openOutboxDB(t, b)
 
 			relay := outbox.NewRelay(db, js, testkit.Logger(t))
 			relay.Poll = 20 * time.Millisecond
@@ -328,13 +322,7 @@ func TestIdleRelayCommitsNothing(t *testing.T) {
 		t.Run(b.Name, func(t *testing.T) {
 			ctx := context.Background()
 			_, _, js := testkit.NATS(t)
-			db := testkit.OpenDB(t, b)
-			ddl := schema
-			if db.Dialect() == sqldb.Postgres {
-				ddl = pgSchema
-			}
-			_, err := db.Exec(ctx, ddl)
-			require.NoError(t, err)
+			db := openOutboxDB(t, b)
 			var commits atomic.Int64
 			db.OnCommit(func() { commits.Add(1) })
 			r := outbox.NewRelay(db, js, testkit.Logger(t))
@@ -346,7 +334,7 @@ func TestIdleRelayCommitsNothing(t *testing.T) {
 			require.Zero(t, commits.Load(), "an empty round commits nothing")
 
 			// A commit without outbox rows does not wake the relay.
-			_, err = db.Exec(ctx, `CREATE TABLE other (x INTEGER)`)
+			_, err := db.Exec(ctx, `CREATE TABLE other (x INTEGER)`)
 			require.NoError(t, err)
 			select {
 			case <-outbox.Kicked(r):
@@ -387,13 +375,7 @@ func TestAddAllKeepsOrder(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			_, _, js := testkit.NATS(t)
-			db := testkit.OpenDB(t, b)
-			ddl := schema
-			if db.Dialect() == sqldb.Postgres {
-				ddl = pgSchema
-			}
-			_, err := db.Exec(ctx, ddl)
-			require.NoError(t, err)
+			db := openOutboxDB(t, b)
 			const n = 40
 			var evs []outbox.Event
 			for i := range n {
@@ -526,13 +508,7 @@ func TestRelayNeverStoresARowAheadOfOneThatFailed(t *testing.T) {
 		t.Run(b.Name, func(t *testing.T) {
 			ctx := context.Background()
 			_, _, js := testkit.NATS(t)
-			db := testkit.OpenDB(t, b)
-			ddl := schema
-			if db.Dialect() == sqldb.Postgres {
-				ddl = pgSchema
-			}
-			_, err := db.Exec(ctx, ddl)
-			require.NoError(t, err)
+			db := openOutboxDB(t, b)
 			stream, err := js.Stream(ctx, natsx.StreamDelivery)
 			require.NoError(t, err)
 			limit := func(maxMsgSize int32) {
@@ -650,4 +626,17 @@ func TestRestartedRelayRepublishesThenPipelines(t *testing.T) {
 		next[conv] += 2
 	}
 	require.EqualValues(t, 30, streamMsgs(t, ctx, js), "each event exactly once")
+}
+
+// openOutboxDB opens a database of backend b with the outbox table of its
+// dialect.
+func openOutboxDB(t *testing.T, b testkit.Backend) *sqldb.DB {
+	db := testkit.OpenDB(t, b)
+	ddl := schema
+	if db.Dialect() == sqldb.Postgres {
+		ddl = pgSchema
+	}
+	_, err := db.Exec(context.Background(), ddl)
+	require.NoError(t, err)
+	return db
 }

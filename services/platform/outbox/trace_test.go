@@ -49,13 +49,7 @@ func TestRelayCarriesTheTraceContextToConsumers(t *testing.T) {
 			js, err := jetstream.New(nc)
 			require.NoError(t, err)
 			require.NoError(t, natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{}))
-			db := testkit.OpenDB(t, b)
-			ddl := schema
-			if db.Dialect() == sqldb.Postgres {
-				ddl = pgSchema
-			}
-			_, err = db.Exec(ctx, ddl)
-			require.NoError(t, err)
+			db := openOutboxDB(t, b)
 
 			// A traced write and an untraced one.
 			tctx, txSpan := telemetry.Tracer().Start(ctx, "send")
