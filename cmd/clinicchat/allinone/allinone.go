@@ -213,7 +213,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	in.grpcSrv.InitMetrics()
 	// One /metrics for the process: the gateway's, the gRPC server's, every
 	// outbox's backlog, every durable consumer's lag, the audit log's.
-	metrics := []prometheus.Collector{in.grpcSrv.Metrics, limitMetrics, natsx.LagCollector(js, "")}
+	metrics := []prometheus.Collector{in.grpcSrv.Metrics, limitMetrics, natsx.LagCollector(js, ""), natsx.ConnCollector(in.nc)}
 	for _, s := range in.services {
 		if c, ok := s.(interface{ Collectors() []prometheus.Collector }); ok {
 			metrics = append(metrics, c.Collectors()...)

@@ -334,11 +334,12 @@ type Collectors interface {
 
 // Registry is a service's /metrics: the Go runtime and process, the gRPC
 // server's metrics, the lag of the service's durable consumers (those named
-// "<name>-…") and svc's own collectors when it has any.
+// "<name>-…"), the traffic of its NATS connection and svc's own collectors
+// when it has any.
 func Registry(name string, srv *grpcx.Server, js jetstream.JetStream, svc any) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	cs := []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		srv.Metrics, natsx.LagCollector(js, name+"-")}
+		srv.Metrics, natsx.LagCollector(js, name+"-"), natsx.ConnCollector(js.Conn())}
 	if own, ok := svc.(Collectors); ok {
 		cs = append(cs, own.Collectors()...)
 	}
