@@ -254,6 +254,13 @@ func TestMetricsListenerServesTheOperatorsMetrics(t *testing.T) {
 	for _, c := range []string{"audit-delivery", "conversation-projection", "attachment-links", "delivery-receipts"} {
 		require.NotNil(t, value(fams, "clinicchat_nats_consumer_pending_messages", map[string]string{"consumer": c}), c)
 	}
+	// Each send's event crossed the in-process NATS connection at least
+	// once each way (its publish and its acknowledgement).
+	for _, dir := range []string{"out", "in"} {
+		n := value(fams, "clinicchat_nats_connection_messages_total", map[string]string{"direction": dir})
+		require.NotNil(t, n, dir)
+		require.GreaterOrEqual(t, *n, float64(sends), dir)
+	}
 
 	// Everything sent is relayed and consumed: the backlog and the lag of
 	// the delivery stream's consumers settle at zero.

@@ -1,0 +1,105 @@
+package natsx_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+)
+
+// BenchmarkEventPipeline is the all-in-one's NATS work for one event: the
+// embedded server (file store) and its in-process connection, an event
+// published as the outbox relay does (a message id, asynchronously, up to
+// 256 in flight) and handled by each of `consumers` durable ConsumeBatch
+// consumers (an empty handler, acked per message). It reports the process's
+// CPU per event and the messages that crossed the connection per event:
+// the slope between consumer counts is what each consumer of an event costs.
+//
+//	go test ./services/platform/natsx -run '^$' -bench EventPipeline -benchtime 20000x
+func BenchmarkEventPipeline(b *testing.B) {
+	for _, consumers := range []int{0, 1, 2, 4} {
+		b.Run(fmt.Sprintf("consumers=%d", consumers), func(b *testing.B) { benchPipeline(b, consumers) })
+	}
+}
+
+func benchPipeline(b *testing.B, consumers int) {
+	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: b.TempDir()}, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ns.Shutdown()
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(256))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{DuplicateWindow: 30 * time.Second}); err != nil {
+		b.Fatal(err)
+	}
+	var handled atomic.Int64
+	all := make(chan struct{})
+	want := int64(consumers * b.N)
+	h := func(_ context.Context, msgs []jetstream.Msg) []error {
+		if handled.Add(int64(len(msgs))) == want {
+			close(all)
+		}
+		return make([]error, len(msgs))
+	}
+	stopped := make(chan error, consumers)
+	for i := range consumers {
+		spec := natsx.ConsumerSpec{Stream: natsx.StreamDelivery, Durable: fmt.Sprint("bench-", i),
+			FilterSubjects: natsx.Filter(natsx.SubjectMessageCreated)}
+		go func() { stopped <- natsx.ConsumeBatch(ctx, js, zap.NewNop(), spec, natsx.DefaultMaxBatch, h) }()
+	}
+	subject := natsx.Tenant(natsx.SubjectMessageCreated, "practice", "patients/p")
+	payload := make([]byte, 200)
+	st0, cpu0 := nc.Stats(), cpuTime()
+	b.ResetTimer()
+	for i := range b.N {
+		msg := &nats.Msg{Subject: subject, Data: payload, Header: nats.Header{}}
+		if _, err := js.PublishMsgAsync(msg, jetstream.WithMsgID(fmt.Sprint("event-", i))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		b.Fatal("publish acks missing")
+	}
+	if consumers > 0 {
+		select {
+		case <-all:
+		case <-time.After(time.Minute):
+			b.Fatalf("handled %d of %d", handled.Load(), want)
+		}
+	}
+	b.StopTimer()
+	st1, cpu1 := nc.Stats(), cpuTime()
+	n := float64(b.N)
+	b.ReportMetric(float64((cpu1-cpu0).Microseconds())/n, "cpu-µs/event")
+	b.ReportMetric(float64(st1.OutMsgs-st0.OutMsgs)/n, "out-msgs/event")
+	b.ReportMetric(float64(st1.InMsgs-st0.InMsgs)/n, "in-msgs/event")
+	cancel()
+	for range consumers {
+		<-stopped
+	}
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
