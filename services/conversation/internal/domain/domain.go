@@ -149,9 +149,7 @@ type Repository interface {
 	// SetFlags changes v's pin/mute and writes the events.
 	SetFlags(ctx context.Context, practice, id string, v Viewer, f UserFlags, evs func(Conversation) []Event) (Conversation, error)
 	// MarkRead raises v's read watermark to upTo (never lowers it), capped at
-	// the newest known message. advanced reports whether it moved; the
-	// thread evs gets has only its name's fields, LastMessageSeq and v's
-	// ReadSeq. It returns the thread as v sees it after the commit.
+	// the newest known message. advanced reports whether it moved.
 	MarkRead(ctx context.Context, practice, id string, v Viewer, upTo int64, evs func(c Conversation, advanced bool) []Event) (Conversation, error)
 	// ApplyMessages projects messages in one transaction, idempotent by
 	// (conversation, seq): out[i] is ms[i]'s outcome; an error fails them all
