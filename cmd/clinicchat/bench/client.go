@@ -216,8 +216,12 @@ type stream struct {
 	duplicates int
 	// reads stamps each message first read with status READ on a
 	// message.updated (a read receipt); readDups counts READ seen again.
-	reads      map[string]time.Time
-	readDups   int
+	reads    map[string]time.Time
+	readDups int
+	// receiptsOf, when set, is the one thread whose receipts the stream
+	// counts: others' are skipped without decoding them (a staff stream
+	// carries every thread's receipts of the practice).
+	receiptsOf []byte
 	resets     int
 	reconnects int
 	lastID     string
@@ -362,6 +366,12 @@ func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 				}
 			case "message.updated":
 				at := time.Now()
+				s.mu.Lock()
+				only := s.receiptsOf
+				s.mu.Unlock()
+				if only != nil && !bytes.Contains(data, only) {
+					break
+				}
 				var d struct {
 					Message struct {
 						Name   string `json:"name"`
@@ -402,6 +412,13 @@ func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 	}
 	s.mu.Lock()
 	s.err = sc.Err()
+	s.mu.Unlock()
+}
+
+// countReceiptsOf makes the stream count only conversation's receipts.
+func (s *stream) countReceiptsOf(conversation string) {
+	s.mu.Lock()
+	s.receiptsOf = []byte(`"` + conversation + `/messages/`)
 	s.mu.Unlock()
 }
 

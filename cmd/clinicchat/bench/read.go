@@ -16,6 +16,9 @@ import (
 // open. A receipt counts when its message.updated with status READ reaches
 // the sender's stream; markRead → that event is the Stream latency.
 func runReads(ctx context.Context, cfg Config, threads []*thread, marker readMarker, transport string, srv *serverWatch) (*Result, error) {
+	for _, th := range threads {
+		th.stream.countReceiptsOf(th.conv)
+	}
 	names, err := prefill(ctx, threads, func(i int) int { // thread i's share of the receipts
 		n := cfg.Messages / len(threads)
 		if i < cfg.Messages%len(threads) {
