@@ -108,7 +108,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Wait, "wait", 30*time.Second, "how long to wait for recipients' streams after the last ack")
 	fs.IntVar(&c.Prefill, "prefill", 0, "messages sent into each thread before the measured run (not counted), then marked read")
 	fs.IntVar(&c.ServerPID, "server-pid", 0, "the server's process id (same machine): adds its CPU per message and peak RSS")
-	fs.StringVar(&c.MetricsURL, "metrics-url", "", "the server's Prometheus /metrics URL: adds its CPU per message and RSS")
+	fs.StringVar(&c.MetricsURL, "metrics-url", "", "the server's Prometheus /metrics URL: adds its CPU per message, RSS and database commits per message")
 }
 
 // Validate reports every problem at once.
@@ -219,6 +219,10 @@ type ServerFigures struct {
 	// acknowledgement: at least until the recipients' streams had every
 	// message, and on while projections, receipts and the audit log catch up.
 	BusyAfterLastAckS float64 `json:"busyAfterLastAckSeconds"`
+	// CommitsPerMessage is the database commits (all the deployment's
+	// databases, clinicchat_sqldb_commits_total) per message until idle;
+	// only with a metrics URL.
+	CommitsPerMessage float64 `json:"commitsPerMessage,omitempty"`
 	// PeakRSSMiB is the highest resident set size seen (sampled every
 	// 100 ms, or the kernel's high-water mark with a pid).
 	PeakRSSMiB float64 `json:"peakRssMiB"`
@@ -466,15 +470,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if res.Seconds > 0 {
 		res.ReceiptsPerS = float64(res.Receipts) / res.Seconds
 	}
-	if figures, ok := srv.figures(ctx, res.Acked); ok {
-		if lastBusy, err := srv.waitQuiet(ctx, time.Minute); err == nil {
-			if cpu, _, err := srv.sample(ctx); err == nil {
-				figures.CPUMsPerMessageUntilIdle = (cpu - srv.cpu0) * 1000 / float64(res.Acked)
-				figures.BusyAfterLastAckS = max(lastBusy.Sub(sendEnd).Seconds(), 0)
-			}
-		}
-		res.Server = &figures
-	}
+	res.Server = srv.finish(ctx, res.Acked, sendEnd)
 	return res, nil
 }
 

@@ -72,7 +72,7 @@ func TestBenchReadReceipts(t *testing.T) {
 			defer cancel()
 			const receipts = 90
 			res, err := bench.Run(ctx, bench.Config{Mode: bench.ModeRead, HTTPURL: "http://" + in.HTTPAddr, GRPCAddr: tc.grpcAddr,
-				Senders: 4, Messages: receipts, TextBytes: 64, Wait: time.Minute, ServerPID: os.Getpid()})
+				Senders: 4, Messages: receipts, TextBytes: 64, Wait: time.Minute, ServerPID: os.Getpid(), MetricsURL: "http://" + in.HTTPAddr + "/metrics"})
 			require.NoError(t, err)
 			var out bytes.Buffer
 			res.WriteText(&out)
@@ -88,6 +88,7 @@ func TestBenchReadReceipts(t *testing.T) {
 			require.Equal(t, receipts, res.Stream.Count)
 			require.Positive(t, res.ReceiptsPerS)
 			require.NotNil(t, res.Server)
+			require.Positive(t, res.Server.CommitsPerMessage, "receipts are durable commits")
 			require.False(t, res.Failed())
 		})
 	}

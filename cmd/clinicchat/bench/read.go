@@ -117,14 +117,6 @@ func runReads(ctx context.Context, cfg Config, threads []*thread, marker readMar
 	if s := lastSeen.Sub(start).Seconds(); s > 0 {
 		res.ReceiptsPerS = float64(res.Receipts) / s
 	}
-	if figures, ok := srv.figures(ctx, res.Acked); ok {
-		if lastBusy, err := srv.waitQuiet(ctx, time.Minute); err == nil {
-			if cpu, _, err := srv.sample(ctx); err == nil {
-				figures.CPUMsPerMessageUntilIdle = (cpu - srv.cpu0) * 1000 / float64(res.Acked)
-				figures.BusyAfterLastAckS = max(lastBusy.Sub(lastAck).Seconds(), 0)
-			}
-		}
-		res.Server = &figures
-	}
+	res.Server = srv.finish(ctx, res.Acked, lastAck)
 	return res, nil
 }
