@@ -14,11 +14,14 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,10 +38,16 @@ type Config struct {
 	// Practice is the practice the run creates its patients in; empty
 	// picks a new one ("bench-<time>"), so runs never see each other.
 	Practice string
+	// Mode is "send" (the default: senders send, recipients' streams
+	// count the messages) or "read" (read receipts flat out: see runReads).
+	Mode string
 	// Senders is the number of concurrent senders, each a staff user
 	// writing to a thread of its own (closed loop: send, wait for the ack).
+	// In read mode it is the number of threads, each with its patient
+	// marking read and its staff sender's stream open.
 	Senders int
-	// Messages is how many messages the run sends in all.
+	// Messages is how many messages the run sends in all; in read mode,
+	// how many markRead calls (receipts) it makes in all.
 	Messages int
 	// Rate, when above zero, paces the sends at this many per second in
 	// all (open loop, at most Senders in flight) instead of flat out.
@@ -89,21 +98,28 @@ type Config struct {
 func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HTTPURL, "url", "http://127.0.0.1:8080", "the gateway's base URL")
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", "", "send over gRPC to this address instead of through the HTTP gateway")
+	fs.StringVar(&c.Mode, "mode", ModeSend, `"send": staff send, patients' streams count the messages; "read": threads prefilled with --messages/--senders staff messages, patients mark read one message at a time flat out, the staff senders' streams count the receipts`)
 	fs.StringVar(&c.Practice, "practice", "", "practice to create the run's patients in (default: a new bench-<time> practice)")
-	fs.IntVar(&c.Senders, "senders", 8, "concurrent senders, each a staff user with a thread of its own")
-	fs.IntVar(&c.Messages, "messages", 2000, "messages to send in all")
+	fs.IntVar(&c.Senders, "senders", 8, "concurrent senders, each a staff user with a thread of its own (read mode: threads, each with a patient marking read)")
+	fs.IntVar(&c.Messages, "messages", 2000, "messages to send in all (read mode: markRead calls in all)")
 	fs.Float64Var(&c.Rate, "rate", 0, "target sends per second in all (0: flat out, closed loop)")
 	fs.IntVar(&c.TextBytes, "text-bytes", 64, "size of each message's text")
 	fs.IntVar(&c.MarkReadEvery, "mark-read-every", 10, "each recipient marks its thread read after this many messages (0: never)")
 	fs.DurationVar(&c.Wait, "wait", 30*time.Second, "how long to wait for recipients' streams after the last ack")
 	fs.IntVar(&c.Prefill, "prefill", 0, "messages sent into each thread before the measured run (not counted), then marked read")
 	fs.IntVar(&c.ServerPID, "server-pid", 0, "the server's process id (same machine): adds its CPU per message and peak RSS")
-	fs.StringVar(&c.MetricsURL, "metrics-url", "", "the server's Prometheus /metrics URL: adds its CPU per message and RSS")
+	fs.StringVar(&c.MetricsURL, "metrics-url", "", "the server's Prometheus /metrics URL: adds its CPU per message, RSS and database commits per message")
 }
 
 // Validate reports every problem at once.
 func (c *Config) Validate() error {
 	var errs []error
+	if c.Mode == "" {
+		c.Mode = ModeSend
+	}
+	if c.Mode != ModeSend && c.Mode != ModeRead {
+		errs = append(errs, errors.New(`--mode must be "send" or "read"`))
+	}
 	if !strings.HasPrefix(c.HTTPURL, "http://") && !strings.HasPrefix(c.HTTPURL, "https://") {
 		errs = append(errs, errors.New("--url must be an http:// or https:// URL"))
 	}
@@ -125,14 +141,33 @@ func (c *Config) Validate() error {
 	if c.Prefill < 0 || c.Prefill > 1_000_000 {
 		errs = append(errs, errors.New("--prefill must be 0 to 1,000,000"))
 	}
+	if c.Mode == ModeRead && c.Prefill > 0 {
+		errs = append(errs, errors.New("--prefill is for send mode (read mode fills its threads with the messages it marks read)"))
+	}
+	if c.Mode == ModeRead && c.Messages < c.Senders {
+		errs = append(errs, errors.New("--messages must be at least --senders in read mode (each thread marks read at least once)"))
+	}
 	if c.Wait <= 0 {
 		errs = append(errs, errors.New("--wait must be positive"))
 	}
 	return errors.Join(errs...)
 }
 
-// Result is what a run measured.
+// The modes of a run.
+const (
+	ModeSend = "send"
+	ModeRead = "read"
+)
+
+// Result is what a run measured. In read mode the send fields are the
+// markRead calls': Attempted/Acked count markReads, SendsPerS is
+// markReads acknowledged per second, Ack is markRead → acknowledgement and
+// Stream markRead → the READ receipt on the staff sender's stream; Lost is
+// a markRead acknowledged whose receipt never reached that stream,
+// Duplicated a receipt seen twice, Receipts and ReceiptsPerS the receipts
+// seen there (per second of the run up to the last one seen).
 type Result struct {
+	Mode      string  `json:"mode"`
 	Practice  string  `json:"practice"`
 	Transport string  `json:"transport"`
 	Senders   int     `json:"senders"`
@@ -184,6 +219,10 @@ type ServerFigures struct {
 	// acknowledgement: at least until the recipients' streams had every
 	// message, and on while projections, receipts and the audit log catch up.
 	BusyAfterLastAckS float64 `json:"busyAfterLastAckSeconds"`
+	// CommitsPerMessage is the database commits (all the deployment's
+	// databases, clinicchat_sqldb_commits_total) per message until idle;
+	// only with a metrics URL.
+	CommitsPerMessage float64 `json:"commitsPerMessage,omitempty"`
 	// PeakRSSMiB is the highest resident set size seen (sampled every
 	// 100 ms, or the kernel's high-water mark with a pid).
 	PeakRSSMiB float64 `json:"peakRssMiB"`
@@ -242,8 +281,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 
 	srv := newServerWatch(cfg.ServerPID, cfg.MetricsURL, hc)
+	if cfg.Mode == ModeRead {
+		var marker readMarker = httpMarker{}
+		if gs, ok := sender.(*grpcSender); ok {
+			marker = gs
+		}
+		return runReads(ctx, cfg, threads, marker, transport, srv)
+	}
 	if cfg.Prefill > 0 {
-		if err := prefill(ctx, threads, cfg.Prefill); err != nil {
+		if _, err := prefill(ctx, threads, func(int) int { return cfg.Prefill }, true); err != nil {
 			return nil, err
 		}
 		// Measure from a quiet server: the prefill's projections and audit
@@ -257,7 +303,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	defer srv.stop()
 
-	res := &Result{Practice: cfg.Practice, Transport: transport, Senders: cfg.Senders, Errors: map[string]int{}}
+	res := &Result{Mode: ModeSend, Practice: cfg.Practice, Transport: transport, Senders: cfg.Senders, Errors: map[string]int{}}
 	var (
 		mu   sync.Mutex
 		acks []time.Duration
@@ -388,7 +434,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	deadline := time.Now().Add(cfg.Wait)
 	for s, names := range expect {
-		s.waitFor(ctx, names, deadline)
+		s.waitFor(ctx, names, false, deadline)
 	}
 	stopReads()
 	readWG.Wait()
@@ -424,48 +470,61 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if res.Seconds > 0 {
 		res.ReceiptsPerS = float64(res.Receipts) / res.Seconds
 	}
-	if figures, ok := srv.figures(ctx, res.Acked); ok {
-		if lastBusy, err := srv.waitQuiet(ctx, time.Minute); err == nil {
-			if cpu, _, err := srv.sample(ctx); err == nil {
-				figures.CPUMsPerMessageUntilIdle = (cpu - srv.cpu0) * 1000 / float64(res.Acked)
-				figures.BusyAfterLastAckS = max(lastBusy.Sub(sendEnd).Seconds(), 0)
-			}
-		}
-		res.Server = &figures
-	}
+	res.Server = srv.finish(ctx, res.Acked, sendEnd)
 	return res, nil
 }
 
-// prefill sends n messages into each thread (8 at a time per thread), and
-// has each patient mark the thread read.
-func prefill(ctx context.Context, threads []*thread, n int) error {
+// prefill sends count(i) messages into thread i (8 at a time per thread)
+// and, with markRead, has each patient mark the thread read. It returns each
+// thread's message names in thread order.
+func prefill(ctx context.Context, threads []*thread, count func(i int) int, markRead bool) ([][]string, error) {
+	names := make([][]string, len(threads))
 	for ti, th := range threads {
+		n := count(ti)
 		var next atomic.Int64
 		errs := make([]error, 8)
+		got := make([]string, n)
 		var wg sync.WaitGroup
 		for w := range errs {
 			wg.Go(func() {
 				for i := next.Add(1); i <= int64(n); i = next.Add(1) {
-					if _, err := (httpSender{}).send(ctx, th, "Your appointment is confirmed", fmt.Sprintf("prefill-%d-%d", ti, i)); err != nil {
+					name, err := (httpSender{}).send(ctx, th, "Your appointment is confirmed", fmt.Sprintf("prefill-%d-%d", ti, i))
+					if err != nil {
 						errs[w] = fmt.Errorf("prefill: %w", err)
 						return
 					}
+					got[i-1] = name
 				}
 			})
 		}
 		wg.Wait()
 		if err := errors.Join(errs...); err != nil {
-			return err
+			return nil, err
+		}
+		slices.SortFunc(got, func(a, b string) int { return cmp.Compare(seqOf(a), seqOf(b)) })
+		names[ti] = got
+		if !markRead {
+			continue
 		}
 		if err := th.patient.call(ctx, "POST", "/v1/"+th.conv+":markRead", map[string]any{}, nil); err != nil {
-			return fmt.Errorf("prefill: mark read: %w", err)
+			return nil, fmt.Errorf("prefill: mark read: %w", err)
 		}
 	}
-	return nil
+	return names, nil
+}
+
+// seqOf is m of "conversations/c/messages/m" (-1 when it is not a number).
+func seqOf(message string) int64 {
+	n, err := strconv.ParseInt(message[strings.LastIndexByte(message, '/')+1:], 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // setUp creates the run's patients (opted in, with portal accounts), a staff
-// user and a thread per sender, and opens each patient's event stream.
+// user and a thread per sender, and opens each patient's event stream (in
+// read mode each staff user's).
 func setUp(ctx context.Context, base *client, cfg Config) ([]*thread, error) {
 	system, err := base.as(ctx, "bench-pms", "system", cfg.Practice)
 	if err != nil {
@@ -508,7 +567,11 @@ func setUp(ctx context.Context, base *client, cfg Config) ([]*thread, error) {
 		for _, u := range urls {
 			staffs = append(staffs, staff.at(u))
 		}
-		s, err := patient.at(urls[0]).openStream(ctx, urls, cfg.StreamIdle)
+		watcher := patient // send mode: the recipient's stream
+		if cfg.Mode == ModeRead {
+			watcher = staff // read mode: the sender's stream, where receipts arrive
+		}
+		s, err := watcher.at(urls[0]).openStream(ctx, urls, cfg.StreamIdle)
 		if err != nil {
 			for _, th := range threads[:i] {
 				th.stream.close()

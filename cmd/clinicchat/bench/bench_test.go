@@ -20,12 +20,7 @@ import (
 // recipients' streams open and read receipts flowing. It fails on any lost
 // or duplicated message or any error, never on a time.
 func TestBenchFindsNothingLost(t *testing.T) {
-	cfg := allinone.Config{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: t.TempDir(), Dev: true,
-		ArchiveAfter: 8760 * time.Hour, ArchiveSweepInterval: time.Hour, StepUpWindow: 5 * time.Minute, DrainTimeout: 5 * time.Second,
-		Limits: ratelimit.Config{SendsPerSecond: 1e9, SendBurst: 1e9, UploadBytesPerMinute: ratelimit.DefaultUploadBytesPerMin}} // load, not people
-	in, err := allinone.Start(context.Background(), cfg, testkit.Logger(t))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = in.Stop() })
+	in := startAllInOne(t)
 
 	for _, tc := range []struct {
 		name     string
@@ -61,12 +56,67 @@ func TestBenchFindsNothingLost(t *testing.T) {
 	}
 }
 
+// TestBenchReadReceipts is read mode against a real all-in-one, through the
+// gateway and over gRPC: every markRead advances its thread by one message,
+// and each must reach the staff sender's stream as exactly one READ
+// receipt. It fails on any lost or duplicated receipt or any error, never
+// on a time.
+func TestBenchReadReceipts(t *testing.T) {
+	in := startAllInOne(t)
+	for _, tc := range []struct {
+		name     string
+		grpcAddr string
+	}{{"http", ""}, {"grpc", in.GRPCAddr}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			const receipts = 90
+			res, err := bench.Run(ctx, bench.Config{Mode: bench.ModeRead, HTTPURL: "http://" + in.HTTPAddr, GRPCAddr: tc.grpcAddr,
+				Senders: 4, Messages: receipts, TextBytes: 64, Wait: time.Minute, ServerPID: os.Getpid(), MetricsURL: "http://" + in.HTTPAddr + "/metrics"})
+			require.NoError(t, err)
+			var out bytes.Buffer
+			res.WriteText(&out)
+			t.Log("\n" + out.String())
+			require.Equal(t, bench.ModeRead, res.Mode)
+			require.Equal(t, receipts, res.Attempted)
+			require.Equal(t, receipts, res.Acked, "every markRead acknowledged")
+			require.Len(t, res.AckedNames, receipts)
+			require.Zero(t, res.Lost, "a markRead acknowledged whose receipt never reached the sender's stream")
+			require.Zero(t, res.Duplicated, "a receipt seen twice on the sender's stream")
+			require.Empty(t, res.Errors)
+			require.Equal(t, receipts, res.Receipts)
+			require.Equal(t, receipts, res.Stream.Count)
+			require.Positive(t, res.ReceiptsPerS)
+			require.NotNil(t, res.Server)
+			require.Positive(t, res.Server.CommitsPerMessage, "receipts are durable commits")
+			require.False(t, res.Failed())
+		})
+	}
+}
+
 // TestBenchRefusesBadFlags: every problem is reported at once.
 func TestBenchRefusesBadFlags(t *testing.T) {
 	var stderr bytes.Buffer
-	err := bench.Main([]string{"--url", "ftp://x", "--senders", "0", "--messages", "0", "--text-bytes", "20000"}, &bytes.Buffer{}, &stderr)
+	err := bench.Main([]string{"--url", "ftp://x", "--senders", "0", "--messages", "0", "--text-bytes", "20000", "--mode", "both"}, &bytes.Buffer{}, &stderr)
 	require.Error(t, err)
-	for _, want := range []string{"--url", "--senders", "--messages", "--text-bytes"} {
+	for _, want := range []string{"--url", "--senders", "--messages", "--text-bytes", "--mode"} {
 		require.Contains(t, err.Error(), want)
 	}
+	err = bench.Main([]string{"--mode", "read", "--senders", "8", "--messages", "4", "--prefill", "10"}, &bytes.Buffer{}, &stderr)
+	require.Error(t, err)
+	for _, want := range []string{"--messages must be at least --senders", "--prefill is for send mode"} {
+		require.Contains(t, err.Error(), want)
+	}
+}
+
+// startAllInOne starts a dev all-in-one whose limits are for load, not people.
+func startAllInOne(t *testing.T) *allinone.Instance {
+	t.Helper()
+	cfg := allinone.Config{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: t.TempDir(), Dev: true,
+		ArchiveAfter: 8760 * time.Hour, ArchiveSweepInterval: time.Hour, StepUpWindow: 5 * time.Minute, DrainTimeout: 5 * time.Second,
+		Limits: ratelimit.Config{SendsPerSecond: 1e9, SendBurst: 1e9, UploadBytesPerMinute: ratelimit.DefaultUploadBytesPerMin}}
+	in, err := allinone.Start(context.Background(), cfg, testkit.Logger(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = in.Stop() })
+	return in
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 )
 
@@ -150,11 +152,25 @@ func (httpSender) send(ctx context.Context, th *thread, text, requestID string) 
 	return m.Name, err
 }
 
+// readMarker marks a thread read up to one message, as its patient.
+type readMarker interface {
+	markRead(ctx context.Context, th *thread, upTo string) error
+}
+
+// httpMarker marks read through the gateway: POST /v1/{conversation}:markRead.
+type httpMarker struct{}
+
+func (httpMarker) markRead(ctx context.Context, th *thread, upTo string) error {
+	return th.patient.call(ctx, "POST", "/v1/"+th.conv+":markRead", map[string]any{"upTo": upTo}, nil)
+}
+
 // grpcSender sends over gRPC (DeliveryService.CreateMessage), as a practice
-// system would, with the staff member's bearer token in the metadata.
+// system would, with the staff member's bearer token in the metadata; it
+// marks read (ConversationService.MarkConversationRead) with the patient's.
 type grpcSender struct {
 	conn *grpc.ClientConn
 	dc   deliveryv1.DeliveryServiceClient
+	cc   conversationv1.ConversationServiceClient
 }
 
 func newGRPCSender(addr string) (*grpcSender, error) {
@@ -162,7 +178,7 @@ func newGRPCSender(addr string) (*grpcSender, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &grpcSender{conn: conn, dc: deliveryv1.NewDeliveryServiceClient(conn)}, nil
+	return &grpcSender{conn: conn, dc: deliveryv1.NewDeliveryServiceClient(conn), cc: conversationv1.NewConversationServiceClient(conn)}, nil
 }
 
 func (g *grpcSender) close() { _ = g.conn.Close() }
@@ -171,6 +187,12 @@ func (g *grpcSender) send(ctx context.Context, th *thread, text, requestID strin
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+th.staff.token)
 	m, err := g.dc.CreateMessage(ctx, &deliveryv1.CreateMessageRequest{Parent: th.conv, Text: text, RequestId: requestID})
 	return m.GetName(), err
+}
+
+func (g *grpcSender) markRead(ctx context.Context, th *thread, upTo string) error {
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+th.patient.token)
+	_, err := g.cc.MarkConversationRead(ctx, &conversationv1.MarkConversationReadRequest{Name: th.conv, UpTo: upTo})
+	return err
 }
 
 // stream is a live /v1/events connection whose reader stamps each
@@ -192,6 +214,14 @@ type stream struct {
 	first      map[string]time.Time
 	order      []string // message names in the order first read
 	duplicates int
+	// reads stamps each message first read with status READ on a
+	// message.updated (a read receipt); readDups counts READ seen again.
+	reads    map[string]time.Time
+	readDups int
+	// receiptsOf, when set, is the one thread whose receipts the stream
+	// counts: others' are skipped without decoding them (a staff stream
+	// carries every thread's receipts of the practice).
+	receiptsOf []byte
 	resets     int
 	reconnects int
 	lastID     string
@@ -203,6 +233,8 @@ type seen struct {
 	first      map[string]time.Time
 	order      []string
 	duplicates int
+	reads      map[string]time.Time
+	readDups   int
 	resets     int
 	reconnects int
 }
@@ -216,7 +248,7 @@ func (c *client) openStream(ctx context.Context, urls []string, idle time.Durati
 	}
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s := &stream{c: c, urls: urls, idle: idle, ctx: sctx, cancel: cancel, done: make(chan struct{}),
-		changed: make(chan struct{}), first: map[string]time.Time{}}
+		changed: make(chan struct{}), first: map[string]time.Time{}, reads: map[string]time.Time{}}
 	body, stop, err := s.connect(ctx, urls[0])
 	if err != nil {
 		cancel()
@@ -332,6 +364,31 @@ func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 					}
 					s.mu.Unlock()
 				}
+			case "message.updated":
+				at := time.Now()
+				s.mu.Lock()
+				only := s.receiptsOf
+				s.mu.Unlock()
+				if only != nil && !bytes.Contains(data, only) {
+					break
+				}
+				var d struct {
+					Message struct {
+						Name   string `json:"name"`
+						Status string `json:"status"`
+					} `json:"message"`
+				}
+				if json.Unmarshal(data, &d) == nil && d.Message.Status == "READ" {
+					s.mu.Lock()
+					if _, dup := s.reads[d.Message.Name]; dup {
+						s.readDups++
+					} else {
+						s.reads[d.Message.Name] = at
+						close(s.changed)
+						s.changed = make(chan struct{})
+					}
+					s.mu.Unlock()
+				}
 			case "reset":
 				s.mu.Lock()
 				s.resets++
@@ -358,6 +415,13 @@ func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 	s.mu.Unlock()
 }
 
+// countReceiptsOf makes the stream count only conversation's receipts.
+func (s *stream) countReceiptsOf(conversation string) {
+	s.mu.Lock()
+	s.receiptsOf = []byte(`"` + conversation + `/messages/`)
+	s.mu.Unlock()
+}
+
 // count is how many distinct messages the stream has read, and a channel
 // closed when it reads another.
 func (s *stream) count() (int, <-chan struct{}) {
@@ -366,16 +430,20 @@ func (s *stream) count() (int, <-chan struct{}) {
 	return len(s.first), s.changed
 }
 
-// waitFor returns when every name has been read, the stream ended, or the
-// deadline passed.
-func (s *stream) waitFor(ctx context.Context, names []string, deadline time.Time) {
+// waitFor returns when every name has been read (as message.created, or
+// with receipts as a READ receipt), the stream ended, or the deadline passed.
+func (s *stream) waitFor(ctx context.Context, names []string, receipts bool, deadline time.Time) {
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	for {
 		s.mu.Lock()
+		seen := s.first
+		if receipts {
+			seen = s.reads
+		}
 		missing := 0
 		for _, n := range names {
-			if _, ok := s.first[n]; !ok {
+			if _, ok := seen[n]; !ok {
 				missing++
 			}
 		}
@@ -400,7 +468,8 @@ func (s *stream) snapshot() seen {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := seen{first: make(map[string]time.Time, len(s.first)), order: slices.Clone(s.order),
-		duplicates: s.duplicates, resets: s.resets, reconnects: s.reconnects}
+		duplicates: s.duplicates, resets: s.resets, reconnects: s.reconnects,
+		reads: maps.Clone(s.reads), readDups: s.readDups}
 	for k, v := range s.first {
 		out.first[k] = v
 	}

@@ -27,7 +27,9 @@ func Main(args []string, stdout, stderr io.Writer) error {
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: clinicchat bench [flags]")
 		fmt.Fprintln(stderr, "\nLoad test against a running clinicchat in dev mode (the all-in-one or deploy/local/up).")
-		fmt.Fprintln(stderr, "Exits 1 when any message is lost or duplicated, or any call fails.")
+		fmt.Fprintln(stderr, "--mode read drives read receipts flat out instead: patients mark read one message further per call,")
+		fmt.Fprintln(stderr, "the staff senders' own streams count the READ receipts (markRead → sender latency, lost, duplicated).")
+		fmt.Fprintln(stderr, "Exits 1 when any message (or receipt) is lost or duplicated, or any call fails.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

@@ -35,6 +35,10 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 // WriteText prints the result for a person.
 func (r *Result) WriteText(w io.Writer) {
+	if r.Mode == ModeRead {
+		r.writeReadText(w)
+		return
+	}
 	fmt.Fprintf(w, "clinicchat bench: %d senders over %s, practice %s\n", r.Senders, r.Transport, r.Practice)
 	fmt.Fprintf(w, "  sends         %d acknowledged of %d in %.2fs: %.0f sends/s\n", r.Acked, r.Attempted, r.Seconds, r.SendsPerS)
 	fmt.Fprintf(w, "  send → ack    p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms\n", r.Ack.P50, r.Ack.P95, r.Ack.P99, r.Ack.Max)
@@ -42,6 +46,41 @@ func (r *Result) WriteText(w io.Writer) {
 		r.Stream.P50, r.Stream.P95, r.Stream.P99, r.Stream.Max, r.Stream.Count)
 	fmt.Fprintf(w, "  receipts      %d markRead, %.0f/s\n", r.Receipts, r.ReceiptsPerS)
 	fmt.Fprintf(w, "  lost %d, duplicated %d, stream resets %d\n", r.Lost, r.Duplicated, r.Resets)
+	r.writeErrors(w)
+	r.writeServer(w, "message", "the recipients")
+}
+
+// writeReadText prints a read-mode result.
+func (r *Result) writeReadText(w io.Writer) {
+	fmt.Fprintf(w, "clinicchat bench: read receipts, %d threads over %s, practice %s\n", r.Senders, r.Transport, r.Practice)
+	fmt.Fprintf(w, "  markRead         %d acknowledged of %d in %.2fs: %.0f/s\n", r.Acked, r.Attempted, r.Seconds, r.SendsPerS)
+	fmt.Fprintf(w, "  receipts         %d on the senders' streams, %.0f/s\n", r.Receipts, r.ReceiptsPerS)
+	fmt.Fprintf(w, "  markRead → ack    p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms\n", r.Ack.P50, r.Ack.P95, r.Ack.P99, r.Ack.Max)
+	fmt.Fprintf(w, "  markRead → sender p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms\n", r.Stream.P50, r.Stream.P95, r.Stream.P99, r.Stream.Max)
+	fmt.Fprintf(w, "  lost %d, duplicated %d, stream resets %d\n", r.Lost, r.Duplicated, r.Resets)
+	r.writeErrors(w)
+	r.writeServer(w, "receipt", "the senders")
+}
+
+// writeServer prints the server's figures per unit (message or receipt),
+// the first counted until who had them.
+func (r *Result) writeServer(w io.Writer, unit, who string) {
+	if r.Server == nil {
+		return
+	}
+	fmt.Fprintf(w, "  server        %.3f ms CPU per %s (until %s had them), peak RSS %.0f MiB\n",
+		r.Server.CPUMsPerMessage, unit, who, r.Server.PeakRSSMiB)
+	if r.Server.CPUMsPerMessageUntilIdle > 0 {
+		fmt.Fprintf(w, "  until idle    %.3f ms CPU per %s; busy %.2fs after the last ack\n",
+			r.Server.CPUMsPerMessageUntilIdle, unit, r.Server.BusyAfterLastAckS)
+	}
+	if r.Server.CommitsPerMessage > 0 {
+		fmt.Fprintf(w, "  commits       %.2f database commits per %s, until idle\n", r.Server.CommitsPerMessage, unit)
+	}
+}
+
+// writeErrors prints the errors by reason.
+func (r *Result) writeErrors(w io.Writer) {
 	if len(r.Errors) == 0 {
 		fmt.Fprintln(w, "  errors        none")
 	} else {
@@ -55,14 +94,6 @@ func (r *Result) WriteText(w io.Writer) {
 			parts = append(parts, fmt.Sprintf("%s %d", k, r.Errors[k]))
 		}
 		fmt.Fprintf(w, "  errors        %s\n", strings.Join(parts, ", "))
-	}
-	if r.Server != nil {
-		fmt.Fprintf(w, "  server        %.3f ms CPU per message (until the recipients had them), peak RSS %.0f MiB\n",
-			r.Server.CPUMsPerMessage, r.Server.PeakRSSMiB)
-		if r.Server.CPUMsPerMessageUntilIdle > 0 {
-			fmt.Fprintf(w, "  until idle    %.3f ms CPU per message; busy %.2fs after the last ack\n",
-				r.Server.CPUMsPerMessageUntilIdle, r.Server.BusyAfterLastAckS)
-		}
 	}
 }
 

@@ -31,6 +31,9 @@ type serverWatch struct {
 	cpu0    float64 // seconds
 	peakRSS float64 // bytes
 	ok      bool
+	// commits0 is the database commits at start (clinicchat_sqldb_commits_total
+	// on /metrics, all databases); -1 without a metrics URL.
+	commits0 float64
 }
 
 func newServerWatch(pid int, metricsURL string, hc *http.Client) *serverWatch {
@@ -51,6 +54,7 @@ func (w *serverWatch) start(ctx context.Context) error {
 		return fmt.Errorf("server figures: %w", err)
 	}
 	w.cpu0, w.peakRSS, w.ok = cpu, rss, true
+	w.commits0 = w.commits(ctx)
 	go func() {
 		defer close(w.done)
 		t := time.NewTicker(100 * time.Millisecond)
@@ -97,6 +101,25 @@ func (w *serverWatch) figures(ctx context.Context, messages int) (ServerFigures,
 	return ServerFigures{CPUMsPerMessage: (cpu - w.cpu0) * 1000 / float64(messages), PeakRSSMiB: peak / (1 << 20)}, true
 }
 
+// finish is the run's server figures for n messages (nil when not
+// measured): figures, then on until the server is quiet again.
+func (w *serverWatch) finish(ctx context.Context, n int, lastAck time.Time) *ServerFigures {
+	figures, ok := w.figures(ctx, n)
+	if !ok {
+		return nil
+	}
+	if lastBusy, err := w.waitQuiet(ctx, time.Minute); err == nil {
+		if cpu, _, err := w.sample(ctx); err == nil {
+			figures.CPUMsPerMessageUntilIdle = (cpu - w.cpu0) * 1000 / float64(n)
+			figures.BusyAfterLastAckS = max(lastBusy.Sub(lastAck).Seconds(), 0)
+		}
+		if c := w.commits(ctx); c >= 0 && w.commits0 >= 0 {
+			figures.CommitsPerMessage = (c - w.commits0) / float64(n)
+		}
+	}
+	return &figures
+}
+
 // waitQuiet waits until the server has used under 5% of a core in each of
 // four consecutive 250 ms windows, at most maxWait, and returns when it went
 // quiet: the end of the last busy window, or the call if there was none.
@@ -135,6 +158,26 @@ func (w *serverWatch) waitQuiet(ctx context.Context, maxWait time.Duration) (tim
 		}
 	}
 	return lastBusy, nil
+}
+
+// commits is the sum of clinicchat_sqldb_commits_total on the metrics URL
+// (every database of the deployment behind it), or -1.
+func (w *serverWatch) commits(ctx context.Context) float64 {
+	if w.metrics == "" {
+		return -1
+	}
+	n, found := 0.0, false
+	err := w.scrape(ctx, func(name, value string) {
+		if name == "clinicchat_sqldb_commits_total" || strings.HasPrefix(name, "clinicchat_sqldb_commits_total{") {
+			if v, err := strconv.ParseFloat(value, 64); err == nil {
+				n, found = n+v, true
+			}
+		}
+	})
+	if err != nil || !found {
+		return -1
+	}
+	return n
 }
 
 // sample is the server's total CPU seconds and current RSS bytes.
@@ -191,38 +234,48 @@ func procHWM(pid int) (float64, error) {
 // metricsSample reads process_cpu_seconds_total and
 // process_resident_memory_bytes from a Prometheus text endpoint.
 func (w *serverWatch) metricsSample(ctx context.Context) (cpu, rss float64, err error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", w.metrics, nil)
-	if err != nil {
-		return 0, 0, err
-	}
-	resp, err := w.hc.Do(req)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, 0, fmt.Errorf("%s: HTTP %d", w.metrics, resp.StatusCode)
-	}
 	var haveCPU, haveRSS bool
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		name, value, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
+	if err := w.scrape(ctx, func(name, value string) {
 		switch name {
 		case "process_cpu_seconds_total":
-			cpu, err = strconv.ParseFloat(strings.TrimSpace(value), 64)
-			haveCPU = err == nil
+			var perr error
+			cpu, perr = strconv.ParseFloat(value, 64)
+			haveCPU = perr == nil
 		case "process_resident_memory_bytes":
-			rss, err = strconv.ParseFloat(strings.TrimSpace(value), 64)
-			haveRSS = err == nil
+			var perr error
+			rss, perr = strconv.ParseFloat(value, 64)
+			haveRSS = perr == nil
 		}
+	}); err != nil {
+		return 0, 0, err
 	}
 	if !haveCPU || !haveRSS {
 		return 0, 0, fmt.Errorf("%s has no process_cpu_seconds_total and process_resident_memory_bytes", w.metrics)
 	}
 	return cpu, rss, nil
+}
+
+// scrape calls f with each sample line's series (name and labels) and value.
+func (w *serverWatch) scrape(ctx context.Context, f func(series, value string)) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", w.metrics, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := w.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: HTTP %d", w.metrics, resp.StatusCode)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if i := strings.LastIndexByte(line, ' '); i > 0 && !strings.HasPrefix(line, "#") {
+			f(line[:i], strings.TrimSpace(line[i+1:]))
+		}
+	}
+	return sc.Err()
 }

@@ -164,6 +164,12 @@ func (a *App) Create(ctx context.Context, patient string) (domain.Conversation, 
 // load gets a thread the caller participates in, or records a refusal of
 // action and answers NOT_FOUND.
 func (a *App) load(ctx context.Context, name, action string) (auth.Identity, domain.Conversation, error) {
+	return a.loadFrom(ctx, name, action, action == "")
+}
+
+// loadFrom is load; shared reads the thread without the caller's per-user
+// state (no unread count, which scans the unread messages).
+func (a *App) loadFrom(ctx context.Context, name, action string, shared bool) (auth.Identity, domain.Conversation, error) {
 	who, err := a.caller(ctx)
 	if err != nil {
 		return who, domain.Conversation{}, err
@@ -173,7 +179,7 @@ func (a *App) load(ctx context.Context, name, action string) (auth.Identity, dom
 		return who, domain.Conversation{}, err
 	}
 	var c domain.Conversation
-	if action == "" {
+	if shared {
 		c, err = a.repo.GetShared(ctx, who.Practice, id) // authorization only
 	} else {
 		c, err = a.repo.Get(ctx, who.Practice, id, viewer(who))
@@ -311,8 +317,10 @@ func (a *App) SetFlags(ctx context.Context, name, action string, f domain.UserFl
 }
 
 // MarkRead raises the caller's read watermark to upTo ("" = everything).
+// It authorizes on the shared thread: the caller's watermark and unread
+// count are read in the write's transaction.
 func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversation, error) {
-	who, c, err := a.load(ctx, name, "conversation.read")
+	who, c, err := a.loadFrom(ctx, name, "conversation.read", true)
 	if err != nil {
 		return c, err
 	}

@@ -133,7 +133,12 @@ func TestRepositoryContract(t *testing.T) {
 				require.Equal(t, 1, p.UnreadCount)
 
 				var advanced []bool
-				rec := func(_ domain.Conversation, adv bool) []domain.Event { advanced = append(advanced, adv); return nil }
+				var upTo []int64 // the watermark each event carries
+				rec := func(c domain.Conversation, adv bool) []domain.Event {
+					require.Equal(t, a.Name(), c.Name())
+					advanced, upTo = append(advanced, adv), append(upTo, c.ReadSeq)
+					return nil
+				}
 				c, err = s.MarkRead(ctx, "p1", a.ID, staff, 99, rec)
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq, "capped at the newest message")
@@ -145,6 +150,21 @@ func TestRepositoryContract(t *testing.T) {
 				c, err = s.Get(ctx, "p1", a.ID, staff2)
 				require.NoError(t, err)
 				require.Equal(t, 2, c.UnreadCount, "another staff user's count is their own")
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, 2, rec)
+				require.NoError(t, err)
+				require.EqualValues(t, 2, c.ReadSeq)
+				require.Equal(t, 1, c.UnreadCount)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, 3, rec)
+				require.NoError(t, err)
+				require.EqualValues(t, 3, c.ReadSeq, "an existing watermark raised")
+				require.Zero(t, c.UnreadCount)
+				require.Equal(t, []bool{true, false, true, true}, advanced)
+				require.Equal(t, []int64{3, 3, 2, 3}, upTo)
+				c, err = s.Get(ctx, "p1", a.ID, staff)
+				require.NoError(t, err)
+				require.EqualValues(t, 3, c.ReadSeq, "the other staff user's own watermark")
+				_, err = s.MarkRead(ctx, "p1", "missing", staff, 1, rec)
+				require.ErrorIs(t, err, domain.ErrNotFound)
 			})
 
 			t.Run("archive idle threads; a new message reactivates", func(t *testing.T) {

@@ -37,12 +37,36 @@ func (a *App) HandleConversationReads(ctx context.Context, msgs []jetstream.Msg)
 		return errs
 	}
 	sort.Stable(byThread(advs))
-	if err := a.repo.AdvanceAll(ctx, advs, updated); err != nil {
+	if err := a.repo.AdvanceAll(ctx, coalesce(advs), updated); err != nil {
 		for _, i := range idx {
 			errs[i] = err
 		}
 	}
 	return errs
+}
+
+// coalesce merges each run of sorted receipts of one thread, side and
+// reader into one advance to the highest watermark of the run, at the run's
+// latest time (all of a batch's are read within microseconds): one advance
+// turns the same messages READ as the run did, with one event each, in a
+// third of the statements per receipt. It reuses as.
+func coalesce(as []domain.Advance) []domain.Advance {
+	out := as[:0]
+	for _, adv := range as {
+		if n := len(out); n > 0 {
+			last := &out[n-1]
+			if last.Practice == adv.Practice && last.ConversationID == adv.ConversationID &&
+				last.ReaderIsPatient == adv.ReaderIsPatient && last.Reader == adv.Reader && last.To == adv.To {
+				last.UpTo = max(last.UpTo, adv.UpTo)
+				if adv.At.After(last.At) {
+					last.At = adv.At
+				}
+				continue
+			}
+		}
+		out = append(out, adv)
+	}
+	return out
 }
 
 type byThread []domain.Advance

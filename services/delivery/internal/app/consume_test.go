@@ -1,0 +1,92 @@
+package app_test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
+	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
+	"github.com/clinicchat/clinicchat/services/delivery/internal/app"
+	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
+	"github.com/clinicchat/clinicchat/services/delivery/internal/store"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/testkit"
+)
+
+// readMsg is a conversation.read event as the consumer receives it (only
+// its payload is read).
+type readMsg struct {
+	jetstream.Msg
+	data []byte
+}
+
+func (m readMsg) Data() []byte { return m.data }
+
+func readEvent(t *testing.T, reader, role string, upTo int64) jetstream.Msg {
+	raw, err := proto.Marshal(&conversationv1.ConversationRead{Meta: &typev1.EventMeta{Practice: "p1"},
+		Conversation: "conversations/c1", Reader: reader, ReaderRole: role, UpToSeq: upTo})
+	require.NoError(t, err)
+	return readMsg{data: raw}
+}
+
+// A batch of receipts, several of one reader of a thread among them (stale
+// ones too), turns each message READ once, by its reader, with exactly one
+// message.updated per message; an undecodable receipt fails alone.
+func TestHandleConversationReadsBatch(t *testing.T) {
+	ctx := context.Background()
+	db := testkit.OpenDB(t, testkit.Backends()[0])
+	repo, err := store.New(ctx, db)
+	require.NoError(t, err)
+	a := app.New(repo, fakeConversations{"c1": {ID: "c1", PatientID: "pat"}},
+		fakePatients{"pat": {HasPortalAccount: true, ChatOptIn: true}}, nil, fakeArtifacts{}, testkit.Logger(t))
+	staff := auth.WithIdentity(ctx, auth.Identity{Subject: "u1", Role: "dentist", Practice: "p1"})
+	patient := auth.WithIdentity(ctx, auth.Identity{Subject: "pat", Role: "patient", Practice: "p1"})
+	for i := range 5 { // seq 1-5 from staff, 6 from the patient
+		_, err := a.Send(staff, app.SendRequest{Parent: "conversations/c1", Text: "m", RequestID: string(rune('a' + i))})
+		require.NoError(t, err)
+	}
+	_, err = a.Send(patient, app.SendRequest{Parent: "conversations/c1", Text: "p", RequestID: "p"})
+	require.NoError(t, err)
+
+	batch := []jetstream.Msg{
+		readEvent(t, "patients/pat", "patient", 2),
+		readEvent(t, "patients/pat", "patient", 1), // stale
+		readEvent(t, "users/u1", "dentist", 6),
+		readMsg{data: []byte{0xff}}, // undecodable
+		readEvent(t, "patients/pat", "patient", 4),
+		readEvent(t, "patients/pat", "patient", 6), // capped: 6 is the patient's own
+	}
+	errs := a.HandleConversationReads(ctx, batch)
+	for i, err := range errs {
+		if i == 3 {
+			require.Error(t, err, "poison")
+			continue
+		}
+		require.NoError(t, err, "receipt %d", i)
+	}
+	list, err := repo.List(ctx, "p1", "c1", 0, 10)
+	require.NoError(t, err)
+	require.Len(t, list, 6)
+	for _, m := range list {
+		require.Equal(t, domain.Read, m.Status, "message %d", m.Seq)
+		want := "patients/pat"
+		if m.Seq == 6 {
+			want = "users/u1"
+		}
+		require.Equal(t, want, m.ReadBy, "message %d", m.Seq)
+	}
+	var updates int
+	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM outbox WHERE subject LIKE '%.message.updated.%'`).Scan(&updates))
+	require.Equal(t, 6, updates, "one message.updated per message")
+
+	// The same batch again (redelivered) changes nothing and tells nothing.
+	for _, err := range a.HandleConversationReads(ctx, batch) {
+		_ = err
+	}
+	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM outbox WHERE subject LIKE '%.message.updated.%'`).Scan(&updates))
+	require.Equal(t, 6, updates, "a replay tells nothing")
+}
