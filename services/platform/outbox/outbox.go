@@ -179,7 +179,7 @@ type Relay struct {
 // outbox rows.
 func NewRelay(db *sqldb.DB, js jetstream.JetStream, log *zap.Logger) *Relay {
 	r := &Relay{db: db, js: js, log: log, kick: make(chan struct{}, 1), Poll: time.Second, Batch: 256, Lease: 30 * time.Second,
-		last: map[string]uint64{}}
+		last: map[string]uint64{}, stats: newRelayStats()}
 	db.OnSignal(Topic, r.Kick)
 	return r
 }
@@ -281,6 +281,7 @@ type row struct {
 	subject     string
 	payload     []byte
 	traceparent sql.NullString
+	created     int64 // when the row was written, µs since the epoch
 }
 
 // Flush publishes one batch and returns how many rows it published. On
@@ -300,7 +301,7 @@ func (r *Relay) round(ctx context.Context, last bool) (int, error) {
 	if r.db.Dialect() == sqldb.Postgres {
 		return r.roundPostgres(ctx, last)
 	}
-	rows, err := load(ctx, r.db, `SELECT seq, id, subject, payload, traceparent FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`, r.published, r.Batch)
+	rows, err := load(ctx, r.db, `SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`, r.published, r.Batch)
 	if err != nil {
 		return 0, err
 	}
@@ -350,7 +351,7 @@ const (
 const (
 	probeSQL  = `SELECT 1 FROM outbox LIMIT 1`
 	lockSQL   = `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false)`
-	claimSQL  = `WITH done AS (DELETE FROM outbox WHERE seq = ANY($1)) SELECT seq, id, subject, payload, traceparent FROM outbox WHERE seq <> ALL($2) ORDER BY seq LIMIT $3`
+	claimSQL  = `WITH done AS (DELETE FROM outbox WHERE seq = ANY($1)) SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq <> ALL($2) ORDER BY seq LIMIT $3`
 	deleteSQL = `DELETE FROM outbox WHERE seq = ANY($1)`
 	unlockSQL = `SELECT pg_advisory_unlock($1, hashtext(current_schema())), set_config('idle_session_timeout', '0', false)`
 )
@@ -484,7 +485,7 @@ func scan(rs *sql.Rows) ([]row, error) {
 	var out []row
 	for rs.Next() {
 		var x row
-		if err := rs.Scan(&x.seq, &x.id, &x.subject, &x.payload, &x.traceparent); err != nil {
+		if err := rs.Scan(&x.seq, &x.id, &x.subject, &x.payload, &x.traceparent, &x.created); err != nil {
 			return nil, err
 		}
 		out = append(out, x)
@@ -568,6 +569,16 @@ func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix 
 		}
 	}
 	ok := make([]bool, len(rows))
+	sent := time.Now()
+	for _, x := range rows {
+		r.stats.wait.Observe(sent.Sub(time.UnixMicro(x.created)).Seconds())
+	}
+	defer func() {
+		d := time.Since(sent).Seconds()
+		for range acked {
+			r.stats.ack.Observe(d)
+		}
+	}()
 	if chained {
 		acked, err = r.publishChained(ctx, rows, streams, ok)
 	} else {
