@@ -156,9 +156,14 @@ type Relay struct {
 	// SQLite: rows up to published are on JetStream; they are deleted in
 	// one statement once a second or every 1024 rows, not after every round
 	// (a delete is a durable commit: an fsync). A crash before the delete
-	// republishes them, and JetStream drops them as duplicates.
+	// republishes them, and JetStream drops them as duplicates. Under Run
+	// the delete is a goroutine's of its own (deletes takes the highest
+	// seq to delete up to), so the rounds behind it do not wait for its
+	// commit: inside a round it held back every event committed meanwhile
+	// for the length of an fsync, once a second (BENCHMARKS.md, stream9).
 	published, undeleted int64
 	lastDelete           time.Time
+	deletes              chan int64
 	// publishedMark is published, for the backlog metric (read at scrape).
 	publishedMark atomic.Int64
 
@@ -221,6 +226,12 @@ func (r *Relay) Run(ctx context.Context) error {
 	linger.Stop()
 	defer linger.Stop()
 	defer r.release(ctx)
+	if r.db.Dialect() != sqldb.Postgres {
+		r.deletes = make(chan int64, 1)
+		stop, done := make(chan struct{}), make(chan struct{})
+		go func() { defer close(done); r.deleter(ctx, stop) }()
+		defer func() { close(stop); <-done; r.deletes = nil }()
+	}
 	backoff := 100 * time.Millisecond
 	lingered := false // the last wait for a wake-up ran out
 	for {
@@ -314,12 +325,59 @@ func (r *Relay) round(ctx context.Context, last bool) (int, error) {
 		r.publishedMark.Store(r.published)
 	}
 	if r.undeleted > 0 && (r.undeleted >= 1024 || time.Since(r.lastDelete) >= time.Second) {
-		if _, err := r.db.Exec(ctx, `DELETE FROM outbox WHERE seq <= ?`, r.published); err != nil {
+		if r.deletes != nil {
+			// Run's deleter: only the latest mark matters (one producer).
+			select {
+			case <-r.deletes:
+			default:
+			}
+			r.deletes <- r.published
+		} else if err := r.deleteUpTo(ctx, r.published); err != nil {
 			return len(done), err
 		}
 		r.undeleted, r.lastDelete = 0, time.Now()
 	}
 	return len(done), perr
+}
+
+// deleteUpTo deletes the SQLite outbox rows up to seq (published).
+func (r *Relay) deleteUpTo(ctx context.Context, seq int64) error {
+	_, err := r.db.Exec(ctx, `DELETE FROM outbox WHERE seq <= ?`, seq)
+	return err
+}
+
+// deleter deletes the published SQLite rows the rounds hand it (round)
+// until stop closes, and then what is still to delete. A failed delete is
+// tried again with the next mark, or at stop.
+func (r *Relay) deleter(ctx context.Context, stop <-chan struct{}) {
+	var pending int64
+	for {
+		select {
+		case seq := <-r.deletes:
+			pending = max(pending, seq)
+			if err := r.deleteUpTo(ctx, pending); err != nil {
+				if ctx.Err() == nil {
+					r.log.Warn("outbox relay: delete of published rows failed; will retry", zap.Error(err))
+				}
+				continue
+			}
+			pending = 0
+		case <-stop:
+			select {
+			case seq := <-r.deletes:
+				pending = max(pending, seq)
+			default:
+			}
+			if pending > 0 {
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				if err := r.deleteUpTo(dctx, pending); err != nil {
+					r.log.Warn("outbox relay: delete of published rows failed", zap.Error(err))
+				}
+				cancel()
+			}
+			return
+		}
+	}
 }
 
 // lockKey is the first half of the outbox's advisory lock; the second is a
