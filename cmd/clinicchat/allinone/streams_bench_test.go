@@ -294,8 +294,16 @@ var stageSeries = []struct{ name, series string }{
 	{"written (→ on the socket)", `clinicchat_gateway_event_stage_seconds_bucket{stage="written",`},
 }
 
-// stageHists are cumulative bucket counts by upper bound, per stageSeries.
+// stageHists are cumulative bucket counts by upper bound, per stageSeries,
+// and then two more entries of one "bucket" each: the delivery relay's
+// published events and its waits for acknowledgements (counters).
 type stageHists [][]stageBucket
+
+// relayCounters are the counters after the histograms in a stageHists.
+var relayCounters = []string{
+	`clinicchat_outbox_published_events_total{service="delivery"} `,
+	`clinicchat_outbox_publish_waits_total{service="delivery"} `,
+}
 
 type stageBucket struct {
 	le    float64 // seconds; +Inf for the last
@@ -310,11 +318,17 @@ func scrapeStages(b *testing.B, env *benchEnv) stageHists {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
-	out := make(stageHists, len(stageSeries))
+	out := make(stageHists, len(stageSeries)+len(relayCounters))
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
+		for i, name := range relayCounters {
+			if v, ok := strings.CutPrefix(line, name); ok {
+				c, _ := strconv.ParseFloat(v, 64)
+				out[len(stageSeries)+i] = []stageBucket{{le: math.Inf(1), count: c}}
+			}
+		}
 		for i, st := range stageSeries {
 			rest, ok := strings.CutPrefix(line, st.series)
 			if !ok {
@@ -415,6 +429,11 @@ func (r roundResult) print() {
 		p90, _ := quantile(r.stages[i], .9)
 		p99, _ := quantile(r.stages[i], .99)
 		fmt.Printf("    %-30s p50 %5.2f p90 %5.2f p99 %5.2f ms  (%.0f)\n", st.name, ms(p50), ms(p90), ms(p99), n)
+	}
+	if n := len(stageSeries); len(r.stages) == n+2 && len(r.stages[n]) == 1 && len(r.stages[n+1]) == 1 {
+		published, waits := r.stages[n][0].count, r.stages[n+1][0].count
+		fmt.Printf("    delivery relay: %.0f events in %.0f waits for acknowledgements (%.2f events per wait)\n",
+			published, waits, published/max(waits, 1))
 	}
 }
 
