@@ -686,14 +686,7 @@ func (f *gatedFuture) Msg() *nats.Msg               { return f.f.Msg() }
 func TestRelaySendsRowsCommittedWhileItWaits(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ns := runNATS(-1, t.TempDir())
-	defer ns.Shutdown()
-	nc, err := nats.Connect(ns.ClientURL())
-	require.NoError(t, err)
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
-	require.NoError(t, natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{}))
+	_, _, js := testkit.NATS(t)
 	db := openOutboxDB(t, testkit.Backends()[0])
 	require.NotEqual(t, sqldb.Postgres, db.Dialect())
 	g := &gatedJS{JetStream: js, gate: make(chan struct{}), published: make(chan string, 64)}
