@@ -78,9 +78,9 @@ type event struct {
 	// consumer (zero for other kinds): the recipient's stream times its
 	// queueing and write from it (eventStages).
 	dispatched time.Time
-	// written is the event's EventMeta time (message.created only): when
+	// wroteAt is the event's EventMeta time (message.created only): when
 	// the sender's transaction wrote it.
-	written time.Time
+	wroteAt time.Time
 
 	// views are the message rendered once per viewer class and shared by
 	// every connection of that class (events.go, renderMessage).
@@ -221,8 +221,8 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 		return nil
 	}
 	e.practice = meta.GetPractice()
-	if e.kind == itemMessageCreated {
-		e.written = meta.GetTime().AsTime()
+	if e.kind == itemMessageCreated && meta.GetTime() != nil {
+		e.wroteAt = meta.GetTime().AsTime()
 	}
 	return e
 }
@@ -486,9 +486,9 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64, stored time.Time
 	}
 	pc.decoded.Add(1)
 	e.pc = pc
-	if e.kind == itemMessageCreated && !e.written.IsZero() {
+	if e.kind == itemMessageCreated && !e.wroteAt.IsZero() {
 		e.dispatched = time.Now()
-		h.stages.observe(stageStored, stored.Sub(e.written))
+		h.stages.observe(stageStored, stored.Sub(e.wroteAt))
 		h.stages.observe(stageConsumed, e.dispatched.Sub(stored))
 	}
 	if hdr := m.Headers(); hdr != nil {
@@ -606,6 +606,10 @@ func (h *hub) stats(practice string) hubStats {
 //	queued    the fan-out took it → the recipient's stream took it off its
 //	          queue (the stream's goroutine woke up; the render is next)
 //	written   taken off the queue → rendered and written to the socket
+//
+// stored and consumed compare clocks of the writing service, the NATS server
+// and the gateway: across hosts they include the hosts' clock offsets (in
+// the all-in-one there is one clock).
 const (
 	stageStored = iota
 	stageConsumed
