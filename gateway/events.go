@@ -419,6 +419,11 @@ func (st *eventStream) write(ctx context.Context, sw *sseWriter, e *event, cur c
 	}
 	switch e.kind {
 	case itemMessageCreated, itemMessageUpdated:
+		recipient := e.kind == itemMessageCreated && isRecipient(st.id, e.message)
+		var popped time.Time
+		if recipient && !e.dispatched.IsZero() {
+			popped = time.Now()
+		}
 		data, err := st.renderMessage(e)
 		if err != nil {
 			s.log.Error("render message event", zap.String(logkeys.Message, e.message.GetName()), zap.Error(err))
@@ -429,8 +434,8 @@ func (st *eventStream) write(ctx context.Context, sw *sseWriter, e *event, cur c
 			event = EventMessageCreated
 		}
 		sw.event(event, cur, data)
-		w := written{event: event}
-		if e.kind == itemMessageCreated && isRecipient(st.id, e.message) {
+		w := written{event: event, dispatched: e.dispatched, popped: popped}
+		if recipient {
 			if conv := parentOf(e.message.GetName()); conv != "" && e.message.GetSeq() > 0 {
 				w.conv, w.seq = conv, int64(e.message.GetSeq())
 			}
@@ -468,6 +473,10 @@ type written struct {
 	event string
 	conv  string // the conversation to mark delivered up to seq, if any
 	seq   int64
+	// dispatched and popped time the recipient's message.created (zero
+	// otherwise): when the fan-out took it and this stream took it off
+	// its queue (hub.go, eventStages).
+	dispatched, popped time.Time
 }
 
 // flush writes the buffered events and then counts them and marks them
@@ -476,7 +485,15 @@ func (st *eventStream) flush(sw *sseWriter) error {
 	if err := sw.flush(); err != nil {
 		return err
 	}
+	var now time.Time
 	for i, w := range st.unflushed {
+		if !w.popped.IsZero() {
+			if now.IsZero() {
+				now = time.Now()
+			}
+			st.s.hub.stages.observe(stageQueued, w.popped.Sub(w.dispatched))
+			st.s.hub.stages.observe(stageWritten, now.Sub(w.popped))
+		}
 		st.s.metrics.sseEvents.WithLabelValues(w.event).Inc()
 		if w.conv != "" {
 			st.marks.add(w.conv, w.seq)

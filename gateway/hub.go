@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
@@ -73,6 +74,13 @@ type event struct {
 	// span is the fan-out span of the event when it was traced (invalid
 	// otherwise): each connection's write is its child.
 	span trace.SpanContext
+	// dispatched is when the fan-out took a message.created off its
+	// consumer (zero for other kinds): the recipient's stream times its
+	// queueing and write from it (eventStages).
+	dispatched time.Time
+	// wroteAt is the event's EventMeta time (message.created only): when
+	// the sender's transaction wrote it.
+	wroteAt time.Time
 
 	// views are the message rendered once per viewer class and shared by
 	// every connection of that class (events.go, renderMessage).
@@ -213,6 +221,9 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 		return nil
 	}
 	e.practice = meta.GetPractice()
+	if e.kind == itemMessageCreated && meta.GetTime() != nil {
+		e.wroteAt = meta.GetTime().AsTime()
+	}
 	return e
 }
 
@@ -254,11 +265,15 @@ type hub struct {
 
 	// keepAlive schedules every connection's keep-alive.
 	keepAlive *keepAliveWheel
+	// stages times a message's trip to its recipient's stream.
+	stages eventStages
 }
 
 func newHub(s *Server) *hub {
-	return &hub{s: s, log: s.log.Named("hub"), practices: map[string]*practiceConns{},
-		keepAlive: newKeepAliveWheel(s.cfg.KeepAlive)}
+	h := &hub{s: s, log: s.log.Named("hub"), practices: map[string]*practiceConns{},
+		keepAlive: newKeepAliveWheel(s.cfg.KeepAlive), stages: newEventStages()}
+	s.metrics.reg.MustRegister(h.stages.hist)
+	return h
 }
 
 // ready reports whether live events can be served: the consumers run and
@@ -395,7 +410,7 @@ func (h *hub) consumeOnce(ctx context.Context, stream int) error {
 			return
 		}
 		next++
-		h.dispatch(stream, m, md.Sequence.Stream)
+		h.dispatch(stream, m, md.Sequence.Stream, md.Timestamp)
 	},
 		jetstream.PullMaxMessages(pullBatch),
 		jetstream.PullHeartbeat(hubHeartbeat),
@@ -434,7 +449,8 @@ func (h *hub) stop() {
 }
 
 // dispatch handles one message of a hub consumer (NATS callback).
-func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64) {
+// stored is when JetStream stored it.
+func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64, stored time.Time) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	if seq <= h.pos[stream].Load() {
@@ -470,6 +486,11 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64) {
 	}
 	pc.decoded.Add(1)
 	e.pc = pc
+	if e.kind == itemMessageCreated && !e.wroteAt.IsZero() {
+		e.dispatched = time.Now()
+		h.stages.observe(stageStored, stored.Sub(e.wroteAt))
+		h.stages.observe(stageConsumed, e.dispatched.Sub(stored))
+	}
 	if hdr := m.Headers(); hdr != nil {
 		end := h.traceFanout(hdr, subject, e)
 		defer end()
@@ -573,3 +594,50 @@ func (h *hub) stats(practice string) hubStats {
 	return hubStats{decoded: pc.decoded.Load(), dispatched: pc.dispatched.Load(), rendered: pc.rendered.Load(), fetched: pc.fetched.Load(),
 		composed: pc.composed.Load()}
 }
+
+// The stages of a message's trip to its recipient's /v1/events stream, as
+// clinicchat_gateway_event_stage_seconds{stage} observes them (message.created
+// only; the queued and written stages on the recipients' streams only):
+//
+//	stored    the sender's transaction wrote the event (EventMeta.time) →
+//	          JetStream stored it: the rest of the transaction, the commit,
+//	          the outbox relay's wake-up, read and publish
+//	consumed  stored → the fan-out took it off its consumer
+//	queued    the fan-out took it → the recipient's stream took it off its
+//	          queue (the stream's goroutine woke up; the render is next)
+//	written   taken off the queue → rendered and written to the socket
+//
+// stored and consumed compare clocks of the writing service, the NATS server
+// and the gateway: across hosts they include the hosts' clock offsets (in
+// the all-in-one there is one clock).
+const (
+	stageStored = iota
+	stageConsumed
+	stageQueued
+	stageWritten
+	stageCount
+)
+
+var stageNames = [stageCount]string{"stored", "consumed", "queued", "written"}
+
+// eventStages is the stage histogram, its children looked up once.
+type eventStages struct {
+	hist *prometheus.HistogramVec
+	by   [stageCount]prometheus.Observer
+}
+
+func newEventStages() eventStages {
+	st := eventStages{hist: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "clinicchat_gateway_event_stage_seconds",
+		Help: "Time each stage of a message.created's trip to its recipient's event stream took " +
+			"(stored: written by the sender's transaction → stored by JetStream; consumed: → taken by the fan-out; " +
+			"queued: → taken by the recipient's stream; written: → on the recipient's socket).",
+		Buckets: []float64{.0001, .00025, .0005, .001, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .1, .25, 1},
+	}, []string{"stage"})}
+	for i, n := range stageNames {
+		st.by[i] = st.hist.WithLabelValues(n)
+	}
+	return st
+}
+
+func (st *eventStages) observe(stage int, d time.Duration) { st.by[stage].Observe(d.Seconds()) }

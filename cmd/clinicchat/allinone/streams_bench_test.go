@@ -15,6 +15,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -222,6 +223,8 @@ type roundResult struct {
 	msgs     int
 	cpuPer   time.Duration
 	lat      latencies
+	post     latencies // the POST alone (until the send is committed)
+	stages   stageHists
 	rssBytes int64
 }
 
@@ -232,9 +235,12 @@ type roundResult struct {
 func sendRound(b *testing.B, idle *idleWatcher, threads []*benchThread, patients []*benchStream, perSender int, text, label string) roundResult {
 	b.Helper()
 	idle.wait(b)
+	env := threads[0].staff.env
+	stages0 := scrapeStages(b, env)
 	stopProfile := startRoundProfile(b, label)
 	cpu0 := processCPU()
 	lat := make([]latencies, len(threads))
+	post := make([]latencies, len(threads))
 	errs := make([]error, len(threads))
 	var wg sync.WaitGroup
 	for w, t := range threads {
@@ -246,6 +252,7 @@ func sendRound(b *testing.B, idle *idleWatcher, threads []*benchThread, patients
 					errs[w] = err
 					return
 				}
+				post[w] = append(post[w], time.Since(t0))
 				at, err := patients[w].wait("message.created", m.Name, "")
 				if err != nil {
 					errs[w] = err
@@ -264,12 +271,119 @@ func sendRound(b *testing.B, idle *idleWatcher, threads []*benchThread, patients
 	idle.wait(b)
 	cpu := processCPU() - cpu0
 	stopProfile()
-	var all latencies
-	for _, l := range lat {
+	var all, posts latencies
+	for w, l := range lat {
 		all = append(all, l...)
+		posts = append(posts, post[w]...)
 	}
 	n := len(threads) * perSender
-	return roundResult{label: label, msgs: n, cpuPer: cpu / time.Duration(n), lat: all, rssBytes: rssBytes()}
+	return roundResult{label: label, msgs: n, cpuPer: cpu / time.Duration(n), lat: all, post: posts,
+		stages: scrapeStages(b, env).since(stages0), rssBytes: rssBytes()}
+}
+
+// stageSeries are the histograms of a message's trip, in trip order: the
+// delivery outbox relay's (row written → sent, sent → acknowledged) and the
+// gateway's (outbox/metrics.go, gateway/hub.go eventStages). The relay's
+// count every delivery event (also the delivered receipts).
+var stageSeries = []struct{ name, series string }{
+	{"relay wait (written → sent)", `clinicchat_outbox_relay_wait_seconds_bucket{service="delivery",`},
+	{"relay ack (sent → acked)", `clinicchat_outbox_relay_ack_seconds_bucket{service="delivery",`},
+	{"stored (written → stored)", `clinicchat_gateway_event_stage_seconds_bucket{stage="stored",`},
+	{"consumed (→ fan-out)", `clinicchat_gateway_event_stage_seconds_bucket{stage="consumed",`},
+	{"queued (→ stream took it)", `clinicchat_gateway_event_stage_seconds_bucket{stage="queued",`},
+	{"written (→ on the socket)", `clinicchat_gateway_event_stage_seconds_bucket{stage="written",`},
+}
+
+// stageHists are cumulative bucket counts by upper bound, per stageSeries,
+// and then two more entries of one "bucket" each: the delivery relay's
+// published events and its waits for acknowledgements (counters).
+type stageHists [][]stageBucket
+
+// relayCounters are the counters after the histograms in a stageHists.
+var relayCounters = []string{
+	`clinicchat_outbox_published_events_total{service="delivery"} `,
+	`clinicchat_outbox_publish_waits_total{service="delivery"} `,
+}
+
+type stageBucket struct {
+	le    float64 // seconds; +Inf for the last
+	count float64
+}
+
+// scrapeStages reads the stage histograms from /metrics.
+func scrapeStages(b *testing.B, env *benchEnv) stageHists {
+	b.Helper()
+	resp, err := env.hc.Get("http://" + env.in.HTTPAddr + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := make(stageHists, len(stageSeries)+len(relayCounters))
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		for i, name := range relayCounters {
+			if v, ok := strings.CutPrefix(line, name); ok {
+				c, _ := strconv.ParseFloat(v, 64)
+				out[len(stageSeries)+i] = []stageBucket{{le: math.Inf(1), count: c}}
+			}
+		}
+		for i, st := range stageSeries {
+			rest, ok := strings.CutPrefix(line, st.series)
+			if !ok {
+				continue
+			}
+			le, count, ok := strings.Cut(strings.TrimPrefix(rest, `le="`), `"} `)
+			if !ok {
+				continue
+			}
+			bound, _ := strconv.ParseFloat(le, 64) // "+Inf" parses as +Inf
+			c, _ := strconv.ParseFloat(count, 64)
+			out[i] = append(out[i], stageBucket{le: bound, count: c})
+		}
+	}
+	return out
+}
+
+// since is h minus an earlier scrape of the same histograms.
+func (h stageHists) since(before stageHists) stageHists {
+	out := make(stageHists, len(h))
+	for i, bs := range h {
+		for j, bk := range bs {
+			if j < len(before[i]) {
+				bk.count -= before[i][j].count
+			}
+			out[i] = append(out[i], bk)
+		}
+	}
+	return out
+}
+
+// quantile interpolates the q-quantile within its bucket (Prometheus'
+// histogram_quantile); 0 without observations.
+func quantile(bs []stageBucket, q float64) (time.Duration, float64) {
+	if len(bs) == 0 || bs[len(bs)-1].count == 0 {
+		return 0, 0
+	}
+	total := bs[len(bs)-1].count
+	rank := q * total
+	lo, below := 0.0, 0.0
+	for _, bk := range bs {
+		if bk.count >= rank {
+			if math.IsInf(bk.le, 1) {
+				return time.Duration(lo * float64(time.Second)), total
+			}
+			in := bk.count - below
+			f := 1.0
+			if in > 0 {
+				f = (rank - below) / in
+			}
+			return time.Duration((lo + (bk.le-lo)*f) * float64(time.Second)), total
+		}
+		lo, below = bk.le, bk.count
+	}
+	return 0, total
 }
 
 // startRoundProfile writes a CPU profile of one send round to
@@ -304,6 +418,23 @@ func (r roundResult) print() {
 	sortLatencies(s)
 	fmt.Printf("  %-28s %5d msgs  cpu %.2f ms/msg  send→stream p50 %.1f p95 %.1f p99 %.1f ms  rss %d MiB\n",
 		r.label, r.msgs, ms(r.cpuPer), ms(s.pct(.5)), ms(s.pct(.95)), ms(s.pct(.99)), r.rssBytes>>20)
+	p := append(latencies(nil), r.post...)
+	sortLatencies(p)
+	fmt.Printf("    %-30s p50 %5.2f p90 %5.2f p99 %5.2f ms  (%d)\n", "POST (until committed)", ms(p.pct(.5)), ms(p.pct(.9)), ms(p.pct(.99)), len(p))
+	for i, st := range stageSeries {
+		if i >= len(r.stages) {
+			break
+		}
+		p50, n := quantile(r.stages[i], .5)
+		p90, _ := quantile(r.stages[i], .9)
+		p99, _ := quantile(r.stages[i], .99)
+		fmt.Printf("    %-30s p50 %5.2f p90 %5.2f p99 %5.2f ms  (%.0f)\n", st.name, ms(p50), ms(p90), ms(p99), n)
+	}
+	if n := len(stageSeries); len(r.stages) == n+2 && len(r.stages[n]) == 1 && len(r.stages[n+1]) == 1 {
+		published, waits := r.stages[n][0].count, r.stages[n+1][0].count
+		fmt.Printf("    delivery relay: %.0f events in %.0f waits for acknowledgements (%.2f events per wait)\n",
+			published, waits, published/max(waits, 1))
+	}
 }
 
 func sortLatencies(l latencies) { slices.Sort(l) }

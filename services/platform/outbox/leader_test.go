@@ -2,8 +2,10 @@ package outbox_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -14,6 +16,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
@@ -34,7 +37,7 @@ func freePort(t *testing.T) int {
 }
 
 // natsChildEnv names the environment variable that makes the test binary
-// a NATS server (TestMain): "<name> <client port> <cluster port> <routes> <store dir>".
+// a NATS server (TestMain): "<name> <client port> <cluster port> <monitor port> <routes> <store dir>".
 const natsChildEnv = "OUTBOX_TEST_NATS_SERVER"
 
 func TestMain(m *testing.M) {
@@ -48,14 +51,14 @@ func TestMain(m *testing.M) {
 // runNATSChild runs one server of the cluster until the process is killed.
 func runNATSChild(spec string) {
 	var name, routes, dir string
-	var port, clusterPort int
-	if _, err := fmt.Sscan(spec, &name, &port, &clusterPort, &routes, &dir); err != nil {
+	var port, clusterPort, monitorPort int
+	if _, err := fmt.Sscan(spec, &name, &port, &clusterPort, &monitorPort, &routes, &dir); err != nil {
 		fmt.Fprintln(os.Stderr, "bad", natsChildEnv, err)
 		os.Exit(2)
 	}
 	ns, err := server.NewServer(&server.Options{
 		ServerName: name, Host: "127.0.0.1", Port: port,
-		JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true,
+		JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true, HTTPHost: "127.0.0.1", HTTPPort: monitorPort,
 		Cluster: server.ClusterOpts{Name: "c", Host: "127.0.0.1", Port: clusterPort},
 		Routes:  server.RoutesFromStr(routes),
 	})
@@ -71,9 +74,10 @@ func runNATSChild(spec string) {
 // be SIGKILLed as a crashed host would be (an embedded server's Shutdown
 // hands its leaderships over first).
 type natsProc struct {
-	name string
-	url  string
-	cmd  *exec.Cmd
+	name    string
+	url     string
+	monitor string // its monitoring endpoint, http://host:port
+	cmd     *exec.Cmd
 }
 
 // runCluster starts three NATS servers in one JetStream cluster, each in a
@@ -88,16 +92,77 @@ func runCluster(t *testing.T) []*natsProc {
 	}
 	procs := make([]*natsProc, len(clusterPorts))
 	for i := range clusterPorts {
-		name, port := fmt.Sprintf("n%d", i+1), freePort(t)
+		name, port, monitorPort := fmt.Sprintf("n%d", i+1), freePort(t), freePort(t)
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %d %s %s", natsChildEnv, name, port, clusterPorts[i], strings.Join(routes, ","), t.TempDir()))
+		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s %d %d %d %s %s", natsChildEnv, name, port, clusterPorts[i], monitorPort,
+			strings.Join(routes, ","), t.TempDir()))
 		cmd.Stderr = os.Stderr
 		require.NoError(t, cmd.Start())
-		p := &natsProc{name: name, url: fmt.Sprintf("nats://127.0.0.1:%d", port), cmd: cmd}
+		p := &natsProc{name: name, url: fmt.Sprintf("nats://127.0.0.1:%d", port),
+			monitor: fmt.Sprintf("http://127.0.0.1:%d", monitorPort), cmd: cmd}
 		t.Cleanup(p.kill)
 		procs[i] = p
 	}
 	return procs
+}
+
+// waitClusterReady waits until the cluster can take replicated streams:
+// every server answers /healthz (JetStream enabled, in contact and current
+// with the metadata leader), and every server names the same metadata
+// leader, counts a cluster of all of them, and sees the other servers as
+// current members. A stream declared before that fails or times out (a
+// cluster still electing drops JetStream API requests), and declaring it
+// again while the first try is still being applied fails too.
+func waitClusterReady(t *testing.T, servers []*natsProc) {
+	t.Helper()
+	hc := &http.Client{Timeout: 2 * time.Second}
+	get := func(url string, out any) (int, error) {
+		resp, err := hc.Get(url)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		if out == nil {
+			return resp.StatusCode, nil
+		}
+		return resp.StatusCode, json.NewDecoder(resp.Body).Decode(out)
+	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		leader := ""
+		jszOf := map[string]*server.JSInfo{}
+		for _, p := range servers {
+			code, err := get(p.monitor+"/healthz", nil)
+			if !assert.NoError(c, err) || !assert.Equal(c, http.StatusOK, code, "%s /healthz", p.name) {
+				return
+			}
+			var jsz server.JSInfo
+			if _, err := get(p.monitor+"/jsz", &jsz); !assert.NoError(c, err) {
+				return
+			}
+			m := jsz.Meta
+			if !assert.NotNil(c, m, "%s: no metadata cluster", p.name) || !assert.NotEmpty(c, m.Leader, "%s: no metadata leader", p.name) ||
+				!assert.Equal(c, len(servers), m.Size, "%s: metadata cluster size", p.name) {
+				return
+			}
+			if leader != "" && !assert.Equal(c, leader, m.Leader, "%s: metadata leader", p.name) {
+				return
+			}
+			leader, jszOf[p.name] = m.Leader, &jsz
+		}
+		// The leader knows every other server as a current member that is
+		// online with JetStream (where it places a stream's replicas).
+		m := jszOf[leader]
+		if !assert.NotNil(c, m, "the metadata leader %q is none of the servers", leader) {
+			return
+		}
+		current := 0
+		for _, r := range m.Meta.Replicas {
+			if r.Current && !r.Offline {
+				current++
+			}
+		}
+		assert.Equal(c, len(servers)-1, current, "other servers current with the leader %s: %+v", leader, m.Meta.Replicas)
+	}, 2*time.Minute, 50*time.Millisecond, "JetStream cluster ready")
 }
 
 // kill SIGKILLs the server and waits for it to end.
@@ -128,11 +193,16 @@ func TestRelayKeepsOrderPerSubjectWhenTheStreamLeaderDies(t *testing.T) {
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+	waitClusterReady(t, servers)
+	// Ready, the declaration succeeds at the first try unless the machine
+	// is so loaded that an R3 stream's election outlasts the wait: each
+	// try waits long, and a failed one is retried (a declaration is
+	// idempotent).
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
 		defer ccancel()
-		return natsx.EnsureStreams(cctx, js, natsx.StreamsConfig{Replicas: 3}) == nil
-	}, 60*time.Second, 200*time.Millisecond, "streams declared on the cluster")
+		assert.NoError(c, natsx.EnsureStreams(cctx, js, natsx.StreamsConfig{Replicas: 3}))
+	}, 3*time.Minute, 200*time.Millisecond, "streams declared on the cluster")
 
 	db := testkit.OpenDB(t, testkit.Backends()[0])
 	_, err = db.Exec(ctx, schema)

@@ -44,6 +44,24 @@ var (
 type relayStats struct {
 	published atomic.Int64 // rows acknowledged
 	waits     atomic.Int64 // waits for the acknowledgements of what is in flight
+	// wait is each row's time from its write (created_at, inside the
+	// writer's transaction) to the relay sending it: the rest of that
+	// transaction, its commit, the relay's wake-up and read, and the
+	// rounds ahead of it; ack is the time from sending a round to its
+	// last acknowledgement, once per acknowledged row.
+	wait, ack prometheus.Histogram
+}
+
+// relayBuckets are the relay histograms' buckets, in seconds.
+var relayBuckets = []float64{.0001, .00025, .0005, .001, .002, .003, .005, .0075, .01, .015, .02, .03, .05, .1, .25, 1, 5}
+
+func newRelayStats() relayStats {
+	return relayStats{
+		wait: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "clinicchat_outbox_relay_wait_seconds", Buckets: relayBuckets,
+			Help: "Time from an outbox row's write (inside its transaction) to the relay sending it to JetStream."}),
+		ack: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "clinicchat_outbox_relay_ack_seconds", Buckets: relayBuckets,
+			Help: "Time from the relay sending a round of rows to their acknowledgement by JetStream, per row."}),
+	}
 }
 
 // Stats returns how many rows r has published (acknowledged) and how many
@@ -66,12 +84,16 @@ func (c backlogCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- oldestDesc
 	ch <- publishedDesc
 	ch <- waitsDesc
+	c.r.stats.wait.Describe(ch)
+	c.r.stats.ack.Describe(ch)
 }
 
 func (c backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	published, waits := c.r.Stats()
 	ch <- prometheus.MustNewConstMetric(publishedDesc, prometheus.CounterValue, float64(published))
 	ch <- prometheus.MustNewConstMetric(waitsDesc, prometheus.CounterValue, float64(waits))
+	c.r.stats.wait.Collect(ch)
+	c.r.stats.ack.Collect(ch)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	n, oldest, err := c.r.Backlog(ctx)

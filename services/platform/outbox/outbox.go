@@ -156,9 +156,14 @@ type Relay struct {
 	// SQLite: rows up to published are on JetStream; they are deleted in
 	// one statement once a second or every 1024 rows, not after every round
 	// (a delete is a durable commit: an fsync). A crash before the delete
-	// republishes them, and JetStream drops them as duplicates.
+	// republishes them, and JetStream drops them as duplicates. Under Run
+	// the delete is a goroutine's of its own (deletes takes the highest
+	// seq to delete up to), so the rounds behind it do not wait for its
+	// commit: inside a round it held back every event committed meanwhile
+	// for the length of an fsync, once a second (BENCHMARKS.md, stream9).
 	published, undeleted int64
 	lastDelete           time.Time
+	deletes              chan int64
 	// publishedMark is published, for the backlog metric (read at scrape).
 	publishedMark atomic.Int64
 
@@ -179,7 +184,7 @@ type Relay struct {
 // outbox rows.
 func NewRelay(db *sqldb.DB, js jetstream.JetStream, log *zap.Logger) *Relay {
 	r := &Relay{db: db, js: js, log: log, kick: make(chan struct{}, 1), Poll: time.Second, Batch: 256, Lease: 30 * time.Second,
-		last: map[string]uint64{}}
+		last: map[string]uint64{}, stats: newRelayStats()}
 	db.OnSignal(Topic, r.Kick)
 	return r
 }
@@ -221,6 +226,12 @@ func (r *Relay) Run(ctx context.Context) error {
 	linger.Stop()
 	defer linger.Stop()
 	defer r.release(ctx)
+	if r.db.Dialect() != sqldb.Postgres {
+		r.deletes = make(chan int64, 1)
+		stop, done := make(chan struct{}), make(chan struct{})
+		go func() { defer close(done); r.deleter(ctx, stop) }()
+		defer func() { close(stop); <-done; r.deletes = nil }()
+	}
 	backoff := 100 * time.Millisecond
 	lingered := false // the last wait for a wake-up ran out
 	for {
@@ -281,6 +292,7 @@ type row struct {
 	subject     string
 	payload     []byte
 	traceparent sql.NullString
+	created     int64 // when the row was written, µs since the epoch
 }
 
 // Flush publishes one batch and returns how many rows it published. On
@@ -300,25 +312,72 @@ func (r *Relay) round(ctx context.Context, last bool) (int, error) {
 	if r.db.Dialect() == sqldb.Postgres {
 		return r.roundPostgres(ctx, last)
 	}
-	rows, err := load(ctx, r.db, `SELECT seq, id, subject, payload, traceparent FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`, r.published, r.Batch)
+	rows, err := load(ctx, r.db, `SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`, r.published, r.Batch)
 	if err != nil {
 		return 0, err
 	}
 	// Rows acknowledged after one that failed are sent again next round
 	// (behind it) and dropped as duplicates: published marks the prefix.
-	done, prefix, perr := r.publish(ctx, rows)
+	rows, done, prefix, perr := r.publish(ctx, rows)
 	if prefix > 0 {
 		r.published = rows[prefix-1].seq
 		r.undeleted += int64(prefix)
 		r.publishedMark.Store(r.published)
 	}
 	if r.undeleted > 0 && (r.undeleted >= 1024 || time.Since(r.lastDelete) >= time.Second) {
-		if _, err := r.db.Exec(ctx, `DELETE FROM outbox WHERE seq <= ?`, r.published); err != nil {
+		if r.deletes != nil {
+			// Run's deleter: only the latest mark matters (one producer).
+			select {
+			case <-r.deletes:
+			default:
+			}
+			r.deletes <- r.published
+		} else if err := r.deleteUpTo(ctx, r.published); err != nil {
 			return len(done), err
 		}
 		r.undeleted, r.lastDelete = 0, time.Now()
 	}
 	return len(done), perr
+}
+
+// deleteUpTo deletes the SQLite outbox rows up to seq (published).
+func (r *Relay) deleteUpTo(ctx context.Context, seq int64) error {
+	_, err := r.db.Exec(ctx, `DELETE FROM outbox WHERE seq <= ?`, seq)
+	return err
+}
+
+// deleter deletes the published SQLite rows the rounds hand it (round)
+// until stop closes, and then what is still to delete. A failed delete is
+// tried again with the next mark, or at stop.
+func (r *Relay) deleter(ctx context.Context, stop <-chan struct{}) {
+	var pending int64
+	for {
+		select {
+		case seq := <-r.deletes:
+			pending = max(pending, seq)
+			if err := r.deleteUpTo(ctx, pending); err != nil {
+				if ctx.Err() == nil {
+					r.log.Warn("outbox relay: delete of published rows failed; will retry", zap.Error(err))
+				}
+				continue
+			}
+			pending = 0
+		case <-stop:
+			select {
+			case seq := <-r.deletes:
+				pending = max(pending, seq)
+			default:
+			}
+			if pending > 0 {
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+				if err := r.deleteUpTo(dctx, pending); err != nil {
+					r.log.Warn("outbox relay: delete of published rows failed", zap.Error(err))
+				}
+				cancel()
+			}
+			return
+		}
+	}
 }
 
 // lockKey is the first half of the outbox's advisory lock; the second is a
@@ -350,7 +409,7 @@ const (
 const (
 	probeSQL  = `SELECT 1 FROM outbox LIMIT 1`
 	lockSQL   = `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false)`
-	claimSQL  = `WITH done AS (DELETE FROM outbox WHERE seq = ANY($1)) SELECT seq, id, subject, payload, traceparent FROM outbox WHERE seq <> ALL($2) ORDER BY seq LIMIT $3`
+	claimSQL  = `WITH done AS (DELETE FROM outbox WHERE seq = ANY($1)) SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq <> ALL($2) ORDER BY seq LIMIT $3`
 	deleteSQL = `DELETE FROM outbox WHERE seq = ANY($1)`
 	unlockSQL = `SELECT pg_advisory_unlock($1, hashtext(current_schema())), set_config('idle_session_timeout', '0', false)`
 )
@@ -406,7 +465,7 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 	// Every acknowledged row is deleted, also those after a row that
 	// failed: a row is only stored behind the earlier rows of its subject
 	// (publish), so what stays is the failed rows and those behind them.
-	done, _, perr := r.publish(ctx, rows)
+	_, done, _, perr := r.publish(ctx, rows)
 	if len(h.published) == 0 {
 		h.since = time.Now()
 	}
@@ -484,7 +543,7 @@ func scan(rs *sql.Rows) ([]row, error) {
 	var out []row
 	for rs.Next() {
 		var x row
-		if err := rs.Scan(&x.seq, &x.id, &x.subject, &x.payload, &x.traceparent); err != nil {
+		if err := rs.Scan(&x.seq, &x.id, &x.subject, &x.payload, &x.traceparent, &x.created); err != nil {
 			return nil, err
 		}
 		out = append(out, x)
@@ -550,14 +609,15 @@ func scan(rs *sql.Rows) ([]row, error) {
 // but a message already in the client's write buffer still goes out when
 // it thaws. Waves have no such gap.
 //
-// Overlapping a round with the next (reading and sending the next batch,
-// chained on the predicted sequences, while the acknowledgements of this
-// one are awaited) would save the read and the wake-up between rounds; it
-// is not done, as a failure would then also reject the rows of the next
-// round, and a round is already one wait.
-func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix int, err error) {
+// On SQLite a chained round also takes the rows committed while it waits
+// for its acknowledgements and sends them chained behind the rows in
+// flight (publishChained), up to Batch rows in all: they need not wait for
+// the round to end and the next to read them. A failure rejects them with
+// the rest of the round, and the next round sends them again. (PostgreSQL
+// rounds do not: a round there is bounded by the outbox lock's lease.)
+func (r *Relay) publish(ctx context.Context, rows []row) (sent []row, acked []int64, prefix int, err error) {
 	if len(rows) == 0 {
-		return nil, 0, nil
+		return nil, nil, 0, nil
 	}
 	streams := make([]string, len(rows))
 	chained := true
@@ -568,16 +628,29 @@ func (r *Relay) publish(ctx context.Context, rows []row) (acked []int64, prefix 
 		}
 	}
 	ok := make([]bool, len(rows))
+	r.observeWait(rows, time.Now())
 	if chained {
-		acked, err = r.publishChained(ctx, rows, streams, ok)
+		rows, ok, acked, err = r.publishChained(ctx, rows, streams, ok)
 	} else {
+		t0 := time.Now()
 		acked, err = r.publishWaves(ctx, rows, streams, ok)
+		d := time.Since(t0).Seconds()
+		for range acked {
+			r.stats.ack.Observe(d)
+		}
 	}
 	if len(acked) > 0 {
 		r.stats.published.Add(int64(len(acked)))
 		r.log.Debug("outbox relayed", zap.Int(logkeys.Count, len(acked)))
 	}
-	return acked, prefixOf(ok), err
+	return rows, acked, prefixOf(ok), err
+}
+
+// observeWait records the rows' time from their write to being sent.
+func (r *Relay) observeWait(rows []row, sent time.Time) {
+	for _, x := range rows {
+		r.stats.wait.Observe(sent.Sub(time.UnixMicro(x.created)).Seconds())
+	}
 }
 
 // wrongLastSequence is JetStream's error code for a publish whose
@@ -588,7 +661,16 @@ const wrongLastSequence jetstream.ErrorCode = 10071
 // publishChained sends every row at once, each expecting the stream's last
 // sequence to be that of the row before it (see publish). It sets ok[i] for
 // the rows acknowledged.
-func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string, ok []bool) (acked []int64, err error) {
+//
+// On SQLite it also takes rows committed while it waits (a wake-up of the
+// relay), up to Batch in all, and sends them at once, chained behind the
+// rows in flight: they need not wait for this round's acknowledgements and
+// the next round's read (the wait that was most of an event's time in the
+// relay under load; BENCHMARKS.md, stream9). They are part of the round:
+// rows and ok come back with them appended. It stops taking more after
+// anything unforeseen (a failure, a rejection, a duplicate), as the rows
+// behind it would be refused anyway.
+func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string, ok []bool) (_ []row, _ []bool, acked []int64, err error) {
 	var spans []trace.Span
 	defer func() { endSpans(spans) }()
 	next := make(map[string]uint64, 1) // expectation of the stream's next row
@@ -598,28 +680,39 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 	clear(r.last) // known again only if every row is acknowledged as predicted
 	expect := make([]uint64, 0, len(rows))
 	futures := make([]jetstream.PubAckFuture, 0, len(rows))
-	for i, x := range rows {
-		if !r.claimed.IsZero() && time.Since(r.claimed) > r.lease()/2 {
-			// Frozen in between: the lock may be another replica's by
-			// now, and with it the stream; the rest waits for a round.
-			break
+	sentAt := make([]time.Time, 0, len(rows))
+	// send publishes rows[from:], chained; false after a failed send.
+	send := func(from int) bool {
+		now := time.Now()
+		for i := from; i < len(rows); i++ {
+			x := rows[i]
+			if !r.claimed.IsZero() && time.Since(r.claimed) > r.lease()/2 {
+				// Frozen in between: the lock may be another replica's by
+				// now, and with it the stream; the rest waits for a round.
+				return false
+			}
+			m := nats.NewMsg(x.subject)
+			m.Data = x.payload
+			if x.traceparent.Valid && telemetry.Enabled() {
+				if spans != nil && len(spans) < len(rows) {
+					spans = append(spans, make([]trace.Span, len(rows)-len(spans))...)
+				}
+				spans = r.startPublish(ctx, spans, len(rows), i, x, m)
+			}
+			e := next[streams[i]]
+			f, perr := r.js.PublishMsgAsync(m, jetstream.WithMsgID(x.id), jetstream.WithExpectLastSequence(e))
+			if perr != nil {
+				err = fmt.Errorf("publish %s: %w", x.subject, perr)
+				return false
+			}
+			next[streams[i]] = e + 1
+			expect, futures, sentAt = append(expect, e), append(futures, f), append(sentAt, now)
 		}
-		m := nats.NewMsg(x.subject)
-		m.Data = x.payload
-		if x.traceparent.Valid && telemetry.Enabled() {
-			spans = r.startPublish(ctx, spans, len(rows), i, x, m)
-		}
-		e := next[streams[i]]
-		f, perr := r.js.PublishMsgAsync(m, jetstream.WithMsgID(x.id), jetstream.WithExpectLastSequence(e))
-		if perr != nil {
-			err = fmt.Errorf("publish %s: %w", x.subject, perr)
-			break
-		}
-		next[streams[i]] = e + 1
-		expect, futures = append(expect, e), append(futures, f)
+		return true
 	}
+	more := send(0) && r.db.Dialect() != sqldb.Postgres
 	if len(futures) == 0 {
-		return nil, err
+		return rows, ok, nil, err
 	}
 	r.stats.waits.Add(1)
 	acked = make([]int64, 0, len(futures))
@@ -628,11 +721,51 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 	failed := err != nil
 	timeout := time.NewTimer(r.ackWait())
 	defer timeout.Stop()
-	for i, f := range futures {
+	for i := 0; i < len(futures); i++ {
+		f := futures[i]
+		var wake chan struct{} // a wake-up: rows may have been committed
+		if more && predicted && !failed && len(rows) < r.Batch {
+			wake = r.kick
+		}
+	wait:
 		select {
+		case <-wake:
+			wake = nil
+			extra, lerr := load(ctx, r.db, `SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`,
+				rows[len(rows)-1].seq, r.Batch-len(rows))
+			if lerr != nil {
+				more = false
+				r.Kick() // the next round reads again
+				goto wait
+			}
+			if len(extra) == 0 {
+				goto wait
+			}
+			if len(extra) == r.Batch-len(rows) {
+				r.Kick() // there may be more: the next round looks at once
+			}
+			from := len(rows)
+			for _, x := range extra {
+				rows, ok, streams = append(rows, x), append(ok, false), append(streams, natsx.StreamOf(x.subject))
+				if _, known := next[streams[len(streams)-1]]; !known {
+					// A stream this round has not learnt: the rest
+					// waits for a round of its own (in waves).
+					rows, ok, streams = rows[:len(rows)-1], ok[:len(ok)-1], streams[:len(streams)-1]
+					r.Kick()
+					break
+				}
+			}
+			r.observeWait(rows[from:], time.Now())
+			if !send(from) {
+				more, failed = false, true
+			}
+			rows, ok = rows[:len(futures)], ok[:len(futures)] // what was sent
+			timeout.Reset(r.ackWait())
+			goto wait
 		case a := <-f.Ok():
 			ok[i] = true
 			acked = append(acked, rows[i].seq)
+			r.stats.ack.Observe(time.Since(sentAt[i]).Seconds())
 			if a.Duplicate || a.Sequence != expect[i]+1 || a.Stream != streams[i] {
 				predicted = false
 			}
@@ -648,9 +781,9 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 			failed = true
 			err = errors.Join(err, fmt.Errorf("publish %s: %w", rows[i].subject, e))
 		case <-timeout.C:
-			return acked, errors.Join(err, fmt.Errorf("publish: no acknowledgement in %s", r.ackWait()))
+			return rows, ok, acked, errors.Join(err, fmt.Errorf("publish: no acknowledgement in %s", r.ackWait()))
 		case <-ctx.Done():
-			return acked, ctx.Err()
+			return rows, ok, acked, ctx.Err()
 		}
 	}
 	if predicted && !failed {
@@ -661,7 +794,7 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 	if rejected && !failed {
 		r.again = true // the rejected rows go out in the next round, at once
 	}
-	return acked, err
+	return rows, ok, acked, err
 }
 
 // publishWaves sends the first row of every subject, pipelined, then once

@@ -640,3 +640,112 @@ func openOutboxDB(t *testing.T, b testkit.Backend) *sqldb.DB {
 	require.NoError(t, err)
 	return db
 }
+
+// gatedJS holds back the acknowledgements of the publishes made while it
+// is armed until gate closes, and reports each such publish's message id.
+type gatedJS struct {
+	jetstream.JetStream
+	armed     atomic.Bool
+	gate      chan struct{}
+	published chan string
+}
+
+func (g *gatedJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	f, err := g.JetStream.PublishMsgAsync(m, opts...)
+	if err != nil || !g.armed.Load() {
+		return f, err
+	}
+	g.published <- m.Header.Get(jetstream.MsgIDHeader)
+	gf := &gatedFuture{f: f, ok: make(chan *jetstream.PubAck, 1), err: make(chan error, 1)}
+	go func() {
+		<-g.gate
+		select {
+		case a := <-f.Ok():
+			gf.ok <- a
+		case e := <-f.Err():
+			gf.err <- e
+		}
+	}()
+	return gf, nil
+}
+
+type gatedFuture struct {
+	f   jetstream.PubAckFuture
+	ok  chan *jetstream.PubAck
+	err chan error
+}
+
+func (f *gatedFuture) Ok() <-chan *jetstream.PubAck { return f.ok }
+func (f *gatedFuture) Err() <-chan error            { return f.err }
+func (f *gatedFuture) Msg() *nats.Msg               { return f.f.Msg() }
+
+// Rows committed while the SQLite relay waits for a round's
+// acknowledgements are sent at once, chained behind the rows in flight, in
+// the same round (one wait), and each event is still stored once, in order
+// per conversation.
+func TestRelaySendsRowsCommittedWhileItWaits(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, js := testkit.NATS(t)
+	db := openOutboxDB(t, testkit.Backends()[0])
+	require.NotEqual(t, sqldb.Postgres, db.Dialect())
+	g := &gatedJS{JetStream: js, gate: make(chan struct{}), published: make(chan string, 64)}
+	subject := func(c int) string { return natsx.Tenant(natsx.SubjectDeliveryAccess, "p", fmt.Sprintf("c%d", c)) }
+	write := func(prefix string) {
+		require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
+			for c := range 4 {
+				id := fmt.Sprintf("%s-c%d", prefix, c)
+				if err := outbox.Add(ctx, tx, id, subject(c),
+					&typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p", Resource: fmt.Sprintf("c%d", c), Detail: prefix}}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+	}
+
+	relay := outbox.NewRelay(db, g, testkit.Logger(t))
+	relay.AckWait = time.Minute
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+	// A first round (in waves) teaches the relay the stream's last sequence.
+	write("a")
+	require.Eventually(t, func() bool { return streamMsgs(t, ctx, js) == 4 }, 10*time.Second, 5*time.Millisecond)
+
+	// The next round is chained; its acknowledgements are held back while
+	// more rows commit.
+	g.armed.Store(true)
+	write("b")
+	for range 4 {
+		<-g.published
+	}
+	write("c")
+	var sentWhileWaiting []string
+	for len(sentWhileWaiting) < 4 {
+		select {
+		case id := <-g.published:
+			sentWhileWaiting = append(sentWhileWaiting, id)
+		case <-time.After(10 * time.Second): // a bound on a hang, not a wait for an event
+			t.Fatalf("rows committed during the wait were not sent before its acknowledgements (sent: %v)", sentWhileWaiting)
+		}
+	}
+	close(g.gate)
+	require.Equal(t, []string{"c-c0", "c-c1", "c-c2", "c-c3"}, sentWhileWaiting)
+
+	events := read(t, ctx, js, 12)
+	require.Len(t, events, 12)
+	order := map[string]string{}
+	for _, e := range events {
+		conv := e.GetMeta().GetResource()
+		order[conv] += e.GetMeta().GetDetail()
+	}
+	for c := range 4 {
+		require.Equal(t, "abc", order[fmt.Sprintf("c%d", c)], "conversation c%d's events in write order", c)
+	}
+	require.EqualValues(t, 12, streamMsgs(t, ctx, js), "each event once")
+	published, waits := relay.Stats()
+	require.EqualValues(t, 12, published)
+	require.EqualValues(t, 2, waits, "one wait for the first round's wave, one for the second round with the rows taken while it waited")
+	cancel()
+	require.NoError(t, <-done)
+}
