@@ -29,9 +29,15 @@ type Sink interface {
 	IngestAll(ctx context.Context, in []app.Arrival) error
 }
 
-// MaxBatch is how many events of one stream are appended in one transaction
-// at most (one durable commit for all of them).
+// MaxBatch is how many events of one stream are handed to the log at once
+// at most.
 const MaxBatch = 128
+
+// DefaultCommitInterval is the least time between two of the log's commits
+// while events keep coming (see group): under load every stream's batches of
+// the last interval share one commit; an event after a quiet spell is
+// appended at once.
+const DefaultCommitInterval = 25 * time.Millisecond
 
 // DurablePrefix starts the name of each of the audit service's durable
 // consumers ("audit-conversation", "audit-delivery", …).
@@ -83,6 +89,11 @@ type Consumers struct {
 	JS   jetstream.JetStream
 	Sink Sink
 	Log  *zap.Logger
+	// CommitInterval is the least time between two commits while events
+	// keep coming (0: DefaultCommitInterval).
+	CommitInterval time.Duration
+
+	group *group
 }
 
 // Specs are the consumers: one per stream in natsx.Streams, on all of its
@@ -103,7 +114,13 @@ func Specs() []natsx.ConsumerSpec {
 // is unreachable is retried with backoff; one the server refuses (a
 // JetStream API error) ends Run with that error.
 func (c *Consumers) Run(ctx context.Context) error {
+	interval := c.CommitInterval
+	if interval <= 0 {
+		interval = DefaultCommitInterval
+	}
+	c.group = newGroup(c.Sink, interval)
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { c.group.run(ctx); return nil })
 	for _, spec := range Specs() {
 		g.Go(func() error {
 			backoff := 250 * time.Millisecond
@@ -130,7 +147,8 @@ func (c *Consumers) Run(ctx context.Context) error {
 }
 
 // handle decodes a batch (an undecodable message is poison on its own) and
-// appends the rest in one transaction; they are acked after its commit.
+// appends the rest, with what the other streams' consumers hand over at the
+// same time, in one transaction; they are acked after its commit.
 func (c *Consumers) handle(ctx context.Context, msgs []jetstream.Msg) []error {
 	errs := make([]error, len(msgs))
 	in := make([]app.Arrival, 0, len(msgs))
@@ -148,7 +166,7 @@ func (c *Consumers) handle(ctx context.Context, msgs []jetstream.Msg) []error {
 		in = append(in, app.Arrival{Subject: m.Subject(), Entry: e})
 		idx = append(idx, i)
 	}
-	if err := c.Sink.IngestAll(ctx, in); err != nil {
+	if err := c.group.ingest(ctx, in); err != nil {
 		for _, i := range idx {
 			errs[i] = err
 		}
