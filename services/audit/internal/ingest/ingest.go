@@ -1,5 +1,6 @@
 // Package ingest feeds the audit log from NATS JetStream: one durable consumer
-// per clinicchat stream, every subject; each message is decoded as a
+// per clinicchat stream, every subject but the non-actions
+// (domain.NonActionSubjects); each message is decoded as a
 // typev1.EventEnvelope (field 1 of every event is its EventMeta) and appended
 // before it is acked. Nothing but the meta is read: message text and other
 // PHI in the rest of a payload are discarded undecoded.
@@ -96,15 +97,35 @@ type Consumers struct {
 	group *group
 }
 
-// Specs are the consumers: one per stream in natsx.Streams, on all of its
-// subjects (the audit policy, domain.Audited, skips the non-actions).
+// Specs are the consumers: one per stream in natsx.Streams. A stream with
+// no subject in domain.NonActionSubjects is consumed whole (a subject added
+// later is audited without a change here); a stream with one is consumed on
+// each of its other subjects (natsx.Kinds), so that JetStream never delivers
+// its non-actions to the audit service at all.
 func Specs() []natsx.ConsumerSpec {
 	var out []natsx.ConsumerSpec
 	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
+		filter := sc.Subjects
+		var actions []string
+		skipped := false
+		for _, k := range natsx.Kinds() {
+			base := natsx.Prefix() + "." + k
+			if natsx.StreamOf(base) != sc.Name {
+				continue
+			}
+			if _, ok := domain.NonActionSubjects[k]; ok {
+				skipped = true
+				continue
+			}
+			actions = append(actions, base)
+		}
+		if skipped {
+			filter = natsx.Filter(actions...)
+		}
 		out = append(out, natsx.ConsumerSpec{
 			Stream:         sc.Name,
 			Durable:        DurablePrefix + natsx.StreamDomain(sc.Name),
-			FilterSubjects: sc.Subjects,
+			FilterSubjects: filter,
 		})
 	}
 	return out
