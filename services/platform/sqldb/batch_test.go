@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -115,4 +116,71 @@ func registry(t *testing.T, db *DB) *prometheus.Registry {
 	reg := prometheus.NewPedanticRegistry()
 	require.NoError(t, reg.Register(db.Collector()))
 	return reg
+}
+
+// A deferred write starts no commit of its own: it joins the batch another
+// write starts (here one queued behind a running batch, and one already
+// waiting when an ordinary write comes), and commits alone only when its
+// delay has passed.
+func TestDeferredWritesJoinAnotherWritesCommit(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(t.TempDir(), "t.db"))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	_, err = db.Exec(ctx, `CREATE TABLE kv (k TEXT PRIMARY KEY)`)
+	require.NoError(t, err)
+	var commits atomic.Int64
+	db.OnCommit(func() { commits.Add(1) })
+	insert := func(k string) func(tx *Tx) error {
+		return func(tx *Tx) error {
+			_, err := tx.Exec(ctx, `INSERT INTO kv (k) VALUES (?)`, k)
+			return err
+		}
+	}
+	const never = time.Hour
+
+	// Queued while a batch runs: it joins that batch.
+	joined := make(chan error, 1)
+	require.NoError(t, db.Write(ctx, func(tx *Tx) error {
+		go func() { joined <- db.WriteDeferred(ctx, never, insert("queued")) }()
+		for len(db.deferred) < 1 {
+			runtime.Gosched()
+		}
+		return insert("running")(tx)
+	}))
+	require.NoError(t, <-joined)
+	require.Equal(t, int64(1), commits.Load())
+
+	// Waiting in the writer: the next ordinary write's batch takes it.
+	j := &job{ctx: ctx, fn: insert("waiting"), done: make(chan error, 1), due: time.Now().Add(never)}
+	db.deferred <- j
+	for len(db.deferred) > 0 { // taken by the idle writer, which holds it
+		runtime.Gosched()
+	}
+	require.Equal(t, int64(1), commits.Load(), "a deferred write alone does not commit before its time")
+	require.NoError(t, db.Write(ctx, insert("ordinary")))
+	require.NoError(t, <-j.done)
+	require.Equal(t, int64(2), commits.Load())
+
+	// Alone: committed once its delay has passed.
+	require.NoError(t, db.WriteDeferred(ctx, time.Millisecond, insert("alone")))
+	require.Equal(t, int64(3), commits.Load())
+	var n int
+	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM kv`).Scan(&n))
+	require.Equal(t, 5, n)
+}
+
+// Deferred writes still waiting when the database closes are refused, not
+// left hanging.
+func TestDeferredWritesFailAtClose(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(t.TempDir(), "t.db"))
+	require.NoError(t, err)
+	j := &job{ctx: ctx, fn: func(*Tx) error { return nil }, done: make(chan error, 1), due: time.Now().Add(time.Hour)}
+	db.deferred <- j
+	for len(db.deferred) > 0 {
+		runtime.Gosched()
+	}
+	require.NoError(t, db.Close())
+	require.Error(t, <-j.done)
 }
