@@ -83,7 +83,7 @@ func New(repo domain.Repository, c Conversations, p Patients, att Attachments, a
 	a := &App{repo: repo, conversations: c, patients: p, attachments: att, artifacts: art, log: log, now: time.Now,
 		StepUpWindow: messageview.DefaultStepUpWindow}
 	a.marks = &marks{window: DefaultMarkWindow, write: func(ctx context.Context, as []domain.Advance) error {
-		return repo.AdvanceAll(ctx, as, updated)
+		return repo.MarkDelivered(ctx, markJoinDelay, as, updated)
 	}}
 	return a
 }

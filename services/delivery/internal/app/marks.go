@@ -10,18 +10,25 @@ import (
 )
 
 // DefaultMarkWindow is how long a DELIVERED receipt may wait for others to
-// share its transaction (see marks): at most this much is added to the
-// MarkMessagesDelivered call, which the gateway makes off the stream.
-const DefaultMarkWindow = 20 * time.Millisecond
+// share its transaction (see marks), and markJoinDelay how long that
+// transaction may then wait for another write's commit to join (on SQLite: a
+// send's): at most their sum is added to the MarkMessagesDelivered call,
+// which the gateway makes off the stream.
+const (
+	DefaultMarkWindow = 20 * time.Millisecond
+	markJoinDelay     = 10 * time.Millisecond
+)
 
 // maxMarks is the most receipts one transaction takes.
 const maxMarks = 256
 
 // marks groups the DELIVERED receipts that the gateway reports
-// (MarkMessagesDelivered) into one transaction (repo.AdvanceAll): one
+// (MarkMessagesDelivered) into one transaction (repo.MarkDelivered): one
 // commit, and on SQLite one job of the writer's group commit, for every
 // receipt of every thread that arrived within the window, instead of one
-// each. No goroutine of its own: the first call of a batch leads it. It
+// each; on SQLite that job joins another write's commit if one comes within
+// markJoinDelay (repo.MarkDelivered), so that under load receipts cost no
+// commit of their own. No goroutine of its own: the first call of a batch leads it. It
 // starts the batch at once when the previous one started more than window
 // ago (a receipt after a quiet spell is not delayed), else when window has
 // passed since then, or when maxMarks receipts are waiting; it commits the
