@@ -16,28 +16,34 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Writes queued while a batch runs join it before its commit: one commit for
-// all, the first write (run without a savepoint, alone when it started) kept,
-// a failing joiner undone alone.
-func TestQueuedWritesJoinTheRunningBatch(t *testing.T) {
+// openKV opens a SQLite database with a table kv (k TEXT PRIMARY KEY) and
+// returns it, its commits so far, and a write that inserts a key.
+func openKV(t *testing.T) (*DB, *atomic.Int64, func(k string) func(tx *Tx) error) {
 	ctx := context.Background()
 	db, err := Open(ctx, filepath.Join(t.TempDir(), "t.db"))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 	_, err = db.Exec(ctx, `CREATE TABLE kv (k TEXT PRIMARY KEY)`)
 	require.NoError(t, err)
-	var commits atomic.Int64
+	commits := &atomic.Int64{}
 	db.OnCommit(func() { commits.Add(1) })
-
-	insert := func(k string) func(tx *Tx) error {
+	return db, commits, func(k string) func(tx *Tx) error {
 		return func(tx *Tx) error {
 			_, err := tx.Exec(ctx, `INSERT INTO kv (k) VALUES (?)`, k)
 			return err
 		}
 	}
+}
+
+// Writes queued while a batch runs join it before its commit: one commit for
+// all, the first write (run without a savepoint, alone when it started) kept,
+// a failing joiner undone alone.
+func TestQueuedWritesJoinTheRunningBatch(t *testing.T) {
+	ctx := context.Background()
+	db, commits, insert := openKV(t)
 	boom := errors.New("boom")
 	joined := make(chan error, 2)
-	err = db.Write(ctx, func(tx *Tx) error {
+	err := db.Write(ctx, func(tx *Tx) error {
 		if err := insert("first")(tx); err != nil {
 			return err
 		}
@@ -124,19 +130,7 @@ func registry(t *testing.T, db *DB) *prometheus.Registry {
 // delay has passed.
 func TestDeferredWritesJoinAnotherWritesCommit(t *testing.T) {
 	ctx := context.Background()
-	db, err := Open(ctx, filepath.Join(t.TempDir(), "t.db"))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = db.Close() })
-	_, err = db.Exec(ctx, `CREATE TABLE kv (k TEXT PRIMARY KEY)`)
-	require.NoError(t, err)
-	var commits atomic.Int64
-	db.OnCommit(func() { commits.Add(1) })
-	insert := func(k string) func(tx *Tx) error {
-		return func(tx *Tx) error {
-			_, err := tx.Exec(ctx, `INSERT INTO kv (k) VALUES (?)`, k)
-			return err
-		}
-	}
+	db, commits, insert := openKV(t)
 	const never = time.Hour
 
 	// Queued while a batch runs: it joins that batch.
