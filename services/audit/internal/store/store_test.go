@@ -337,23 +337,58 @@ func TestAppendAllBatches(t *testing.T) {
 		}
 		wg.Wait()
 		for p, want := range map[string]int64{"p1": 3 + 2*rounds, "p2": 1 + 2*rounds, "p3": 2 * rounds} {
-			size, err := st.Size(ctx, p)
-			require.NoError(t, err)
-			require.Equal(t, want, size, p)
-			recs, err := st.Range(ctx, p, 0, size)
-			require.NoError(t, err)
-			f := domain.NewFrontier()
-			for i, r := range recs {
-				require.Equal(t, int64(i), r.Index)
-				require.True(t, r.Matches())
-				_, err := f.Add(r.Hash)
-				require.NoError(t, err)
+			requireTree(t, st, p, want)
+		}
+	})
+}
+
+// requireTree checks that p's log has size records, indexed from 0, each
+// matching its hash, and that the stored tree's root is theirs.
+func requireTree(t *testing.T, st *store.Store, p string, size int64) {
+	ctx := context.Background()
+	got, err := st.Size(ctx, p)
+	require.NoError(t, err)
+	require.Equal(t, size, got, p)
+	recs, err := st.Range(ctx, p, 0, size)
+	require.NoError(t, err)
+	f := domain.NewFrontier()
+	for i, r := range recs {
+		require.Equal(t, int64(i), r.Index)
+		require.True(t, r.Matches())
+		_, err := f.Add(r.Hash)
+		require.NoError(t, err)
+	}
+	root, err := tlog.TreeHash(size, st.HashReader(ctx, p))
+	require.NoError(t, err)
+	wantRoot, err := f.Root()
+	require.NoError(t, err)
+	require.Equal(t, wantRoot, root, p)
+	count, err := st.StoredHashCount(ctx, p)
+	require.NoError(t, err)
+	require.Equal(t, tlog.StoredHashCount(size), count, p)
+}
+
+// A batch of hundreds of records over several practices (inserted many rows
+// per statement, its tree read back from the batch itself), on an empty log
+// and then on one that already has a tree.
+func TestAppendAllLargeBatches(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, st *store.Store, _ *sqldb.DB) {
+		ctx := context.Background()
+		sizes := map[string]int64{}
+		for round, n := range []int{301, 77} {
+			var b []domain.Entry
+			for i := range n {
+				p := fmt.Sprintf("p%d", i%3)
+				b = append(b, entry(p, fmt.Sprintf("r%d-e%d", round, i), i))
+				sizes[p]++
 			}
-			root, err := tlog.TreeHash(size, st.HashReader(ctx, p))
+			recs, added, err := st.AppendAll(ctx, b)
 			require.NoError(t, err)
-			wantRoot, err := f.Root()
-			require.NoError(t, err)
-			require.Equal(t, wantRoot, root, p)
+			require.Len(t, recs, n)
+			require.NotContains(t, added, false)
+		}
+		for p, size := range sizes {
+			requireTree(t, st, p, size)
 		}
 	})
 }
