@@ -105,33 +105,8 @@ func TestConcurrentAppendsFormOneTree(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		size, err := st.Size(ctx, "p")
-		require.NoError(t, err)
-		require.Equal(t, int64(n/2), size)
-		recs, err := st.Range(ctx, "p", 0, size)
-		require.NoError(t, err)
-		require.Len(t, recs, n/2)
-		f := domain.NewFrontier()
-		for i, r := range recs {
-			require.Equal(t, int64(i), r.Index)
-			require.True(t, r.Matches())
-			want, err := f.Add(r.Hash)
-			require.NoError(t, err)
-			got, err := st.StoredHashes(ctx, "p", tlog.StoredHashIndex(0, r.Index), tlog.StoredHashCount(r.Index+1))
-			require.NoError(t, err)
-			require.Len(t, got, len(want))
-			for j := range want {
-				require.Equal(t, want[j], got[j].Hash)
-			}
-		}
-		count, err := st.StoredHashCount(ctx, "p")
-		require.NoError(t, err)
-		require.Equal(t, tlog.StoredHashCount(size), count)
-		root, err := tlog.TreeHash(size, st.HashReader(ctx, "p"))
-		require.NoError(t, err)
-		want, err := f.Root()
-		require.NoError(t, err)
-		require.Equal(t, want, root)
+		size := int64(n / 2)
+		recs, root := requireTree(t, st, "p", size)
 
 		// Proofs from storage check against the root.
 		for i := range size {
@@ -343,29 +318,38 @@ func TestAppendAllBatches(t *testing.T) {
 }
 
 // requireTree checks that p's log has size records, indexed from 0, each
-// matching its hash, and that the stored tree's root is theirs.
-func requireTree(t *testing.T, st *store.Store, p string, size int64) {
+// matching its hash, that the stored hashes are those of the tree of their
+// leaves, and returns the records and the tree's root.
+func requireTree(t *testing.T, st *store.Store, p string, size int64) ([]domain.Record, tlog.Hash) {
 	ctx := context.Background()
 	got, err := st.Size(ctx, p)
 	require.NoError(t, err)
 	require.Equal(t, size, got, p)
 	recs, err := st.Range(ctx, p, 0, size)
 	require.NoError(t, err)
+	require.Len(t, recs, int(size))
 	f := domain.NewFrontier()
 	for i, r := range recs {
 		require.Equal(t, int64(i), r.Index)
 		require.True(t, r.Matches())
-		_, err := f.Add(r.Hash)
+		want, err := f.Add(r.Hash)
 		require.NoError(t, err)
+		stored, err := st.StoredHashes(ctx, p, tlog.StoredHashIndex(0, r.Index), tlog.StoredHashCount(r.Index+1))
+		require.NoError(t, err)
+		require.Len(t, stored, len(want))
+		for j := range want {
+			require.Equal(t, want[j], stored[j].Hash)
+		}
 	}
+	count, err := st.StoredHashCount(ctx, p)
+	require.NoError(t, err)
+	require.Equal(t, tlog.StoredHashCount(size), count, p)
 	root, err := tlog.TreeHash(size, st.HashReader(ctx, p))
 	require.NoError(t, err)
 	wantRoot, err := f.Root()
 	require.NoError(t, err)
 	require.Equal(t, wantRoot, root, p)
-	count, err := st.StoredHashCount(ctx, p)
-	require.NoError(t, err)
-	require.Equal(t, tlog.StoredHashCount(size), count, p)
+	return recs, root
 }
 
 // A batch of hundreds of records over several practices (inserted many rows
