@@ -4,6 +4,8 @@
 // on SQLite, one writer goroutine group-commits concurrent writes into one
 // durable transaction (synchronous=FULL), each write in its own savepoint; on
 // PostgreSQL, each write is its own transaction and the server group-commits.
+// WriteDeferred is a write that on SQLite waits a little for another write's
+// group commit to join instead of starting one.
 package sqldb
 
 import (
