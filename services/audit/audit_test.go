@@ -36,6 +36,7 @@ import (
 	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
 	"github.com/clinicchat/clinicchat/services/audit"
+	"github.com/clinicchat/clinicchat/services/audit/internal/ingest"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/events"
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
@@ -61,6 +62,11 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	_, _, js := testkit.NATS(t)
+	return newHarnessOn(t, js)
+}
+
+// newHarnessOn is newHarness on an existing JetStream.
+func newHarnessOn(t *testing.T, js jetstream.JetStream) *harness {
 	tokens, verifier := testkit.NewTokens()
 	dir := t.TempDir()
 	h := &harness{t: t, js: js, tokens: tokens, verif: verifier, cfg: audit.Config{
@@ -282,6 +288,53 @@ func TestEveryActionOnEveryStreamIsLoggedOnce(t *testing.T) {
 	denied := h.list(`outcome="DENIED" AND time>="` + now.Format(time.RFC3339Nano) + `"`)
 	require.Len(t, denied, 2)
 	require.Equal(t, "users/drsmith", h.list(`actor="users/drsmith" AND action="message.send"`)[0].GetActor())
+}
+
+// The durable consumers of a version that consumed every subject (an
+// existing data dir) are narrowed to the new filters at start: the events
+// they had not consumed yet are all logged once, and the non-actions are
+// never delivered to the service again.
+func TestConsumersOfAnOlderVersionAreNarrowed(t *testing.T) {
+	t.Parallel()
+	_, _, js := testkit.NATS(t)
+	ctx := context.Background()
+	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
+		_, err := js.CreateOrUpdateConsumer(ctx, sc.Name, jetstream.ConsumerConfig{
+			Durable: ingest.DurablePrefix + natsx.StreamDomain(sc.Name), FilterSubjects: sc.Subjects,
+			AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second, MaxDeliver: -1, MaxAckPending: 256,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+		})
+		require.NoError(t, err)
+	}
+	h := &harness{t: t, js: js}
+	msg := "conversations/c1/messages/1"
+	send := events.Meta(dentist, "message.send", msg, time.Now())
+	h.publish(natsx.Tenant(natsx.SubjectMessageCreated, practice, "patients/p1"), &deliveryv1.MessageCreated{Meta: send}, send)
+	note := events.System(practice, "notification.request", msg, time.Now())
+	h.publish(natsx.Tenant(natsx.SubjectNotification, practice, "patients/p1"), &conversationv1.Notification{Meta: note}, note)
+	view := events.Meta(patient, "conversation.view", "conversations/c1", time.Now())
+	h.publish(natsx.Tenant(natsx.SubjectConversationAccess, practice), &typev1.AccessRecorded{Meta: view}, view)
+
+	h = newHarnessOn(t, js)
+	h.sentinel()
+	require.Len(t, h.list(`action="message.send"`), 1)
+	require.Len(t, h.list(`action="conversation.view"`), 1)
+	for _, spec := range ingest.Specs() {
+		info, err := js.Consumer(ctx, spec.Stream, spec.Durable)
+		require.NoError(t, err)
+		c := info.CachedInfo()
+		filters := c.Config.FilterSubjects
+		if c.Config.FilterSubject != "" { // the server's form of a single filter
+			filters = append(filters, c.Config.FilterSubject)
+		}
+		require.ElementsMatch(t, spec.FilterSubjects, filters, spec.Durable)
+		require.Zero(t, c.NumAckPending, spec.Durable)
+		if spec.Stream == natsx.StreamConversation {
+			// The notification is behind the consumer, never delivered.
+			require.Zero(t, c.NumPending)
+			require.Zero(t, c.NumRedelivered)
+		}
+	}
 }
 
 func TestRedeliveredAndDuplicateEventsAreLoggedOnce(t *testing.T) {

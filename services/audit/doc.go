@@ -21,11 +21,15 @@
 //
 // Events consumed: every subject of every clinicchat stream
 // (CLINICCHAT_CONVERSATION, _DELIVERY, _ATTACHMENT, _PREFERENCES, _GATEWAY)
-// through durable JetStream consumers "audit-<stream>", acked after the
-// record's commit; redeliveries are ignored by event id. Which events are
-// actions is decided in one place, internal/domain/policy.go: everything but
-// notification requests and a short list of the product's own receipt and
-// state echoes. Events produced: none.
+// but the non-action subjects of internal/domain/policy.go (notification
+// requests), which the consumers' filters leave out, through durable
+// JetStream consumers "audit-<stream>", acked after the record's commit;
+// redeliveries are ignored by event id. The consumers' batches share one
+// transaction, at most one commit per 25 ms while events keep coming
+// (internal/ingest/group.go). Which events are actions is decided in one
+// place, internal/domain/policy.go: everything but notification requests and
+// a short list of the product's own receipt and state echoes. Events
+// produced: none.
 //
 // API: auditv1.AuditService, for the practice_admin of a practice only; reads
 // of the log are not themselves audited.

@@ -27,7 +27,8 @@ import (
 // older version are still consumed after an upgrade.
 //
 // The variables are set from the prefix ("clinicchat" by default, see
-// SetPrefix) and must not be assigned otherwise.
+// SetPrefix) and must not be assigned otherwise; a new one is declared in
+// kinds too (Kinds lists them: the audit service's consumers filter on them).
 var (
 	SubjectConversationCreated string
 	SubjectConversationUpdated string
@@ -110,24 +111,45 @@ func PrefixFlag(fs *flag.FlagSet, p *string) {
 		"prefix of every NATS subject and (upper-cased) stream name, so deployments can share a NATS account")
 }
 
+// kinds are the event kinds ("<service>.<kind>.<verb>", the subject
+// without prefix and tenant tokens) and the variable holding each one's
+// base subject: setPrefix sets every Subject* variable from here, and Kinds
+// lists them.
+var kinds = []struct {
+	v    *string
+	kind string
+}{
+	{&SubjectConversationCreated, "conversation.conversation.created"},
+	{&SubjectConversationUpdated, "conversation.conversation.updated"},
+	{&SubjectConversationRead, "conversation.conversation.read"},
+	{&SubjectConversationUser, "conversation.userstate.changed"},
+	{&SubjectConversationAccess, "conversation.access.recorded"},
+	{&SubjectMessageCreated, "delivery.message.created"},
+	{&SubjectMessageUpdated, "delivery.message.updated"},
+	{&SubjectNotification, "conversation.notification.requested"},
+	{&SubjectDeliveryAccess, "delivery.access.recorded"},
+	{&SubjectAttachmentUploaded, "attachment.attachment.uploaded"},
+	{&SubjectAttachmentAccess, "attachment.access.recorded"},
+	{&SubjectPatientUpserted, "preferences.patient.upserted"},
+	{&SubjectPreferencesChanged, "preferences.preferences.changed"},
+	{&SubjectPreferencesAccess, "preferences.access.recorded"},
+	{&SubjectGatewayAccess, "gateway.access.recorded"},
+}
+
+// Kinds lists every event kind (Kind of its subject), in declaration order.
+func Kinds() []string {
+	out := make([]string, len(kinds))
+	for i, k := range kinds {
+		out[i] = k.kind
+	}
+	return out
+}
+
 func setPrefix(p string) {
 	prefix = p
-	s := func(rest string) string { return p + "." + rest }
-	SubjectConversationCreated = s("conversation.conversation.created")
-	SubjectConversationUpdated = s("conversation.conversation.updated")
-	SubjectConversationRead = s("conversation.conversation.read")
-	SubjectConversationUser = s("conversation.userstate.changed")
-	SubjectConversationAccess = s("conversation.access.recorded")
-	SubjectMessageCreated = s("delivery.message.created")
-	SubjectMessageUpdated = s("delivery.message.updated")
-	SubjectNotification = s("conversation.notification.requested")
-	SubjectDeliveryAccess = s("delivery.access.recorded")
-	SubjectAttachmentUploaded = s("attachment.attachment.uploaded")
-	SubjectAttachmentAccess = s("attachment.access.recorded")
-	SubjectPatientUpserted = s("preferences.patient.upserted")
-	SubjectPreferencesChanged = s("preferences.preferences.changed")
-	SubjectPreferencesAccess = s("preferences.access.recorded")
-	SubjectGatewayAccess = s("gateway.access.recorded")
+	for _, k := range kinds {
+		*k.v = p + "." + k.kind
+	}
 	StreamConversation = streamName("conversation")
 	StreamDelivery = streamName("delivery")
 	StreamAttachment = streamName("attachment")

@@ -102,3 +102,19 @@ func TestStreamOf(t *testing.T) {
 		require.Equal(t, sc.Name, StreamOf(strings.TrimSuffix(sc.Subjects[0], ">")+"kind.verb.p"))
 	}
 }
+
+// Kinds lists each subject once, and each subject's kind is its Kind and
+// belongs to a declared stream.
+func TestKinds(t *testing.T) {
+	seen := map[string]bool{}
+	for _, k := range Kinds() {
+		require.False(t, seen[k], k)
+		seen[k] = true
+		subject := prefix + "." + k
+		require.Equal(t, k, Kind(subject))
+		require.NotEmpty(t, StreamOf(subject), k)
+	}
+	require.True(t, seen[Kind(SubjectNotification)])
+	require.True(t, seen[Kind(SubjectGatewayAccess)])
+	require.Len(t, kinds, len(seen))
+}

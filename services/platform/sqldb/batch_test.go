@@ -9,34 +9,41 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 )
 
-// Writes queued while a batch runs join it before its commit: one commit for
-// all, the first write (run without a savepoint, alone when it started) kept,
-// a failing joiner undone alone.
-func TestQueuedWritesJoinTheRunningBatch(t *testing.T) {
+// openKV opens a SQLite database with a table kv (k TEXT PRIMARY KEY) and
+// returns it, its commits so far, and a write that inserts a key.
+func openKV(t *testing.T) (*DB, *atomic.Int64, func(k string) func(tx *Tx) error) {
 	ctx := context.Background()
 	db, err := Open(ctx, filepath.Join(t.TempDir(), "t.db"))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = db.Close() })
 	_, err = db.Exec(ctx, `CREATE TABLE kv (k TEXT PRIMARY KEY)`)
 	require.NoError(t, err)
-	var commits atomic.Int64
+	commits := &atomic.Int64{}
 	db.OnCommit(func() { commits.Add(1) })
-
-	insert := func(k string) func(tx *Tx) error {
+	return db, commits, func(k string) func(tx *Tx) error {
 		return func(tx *Tx) error {
 			_, err := tx.Exec(ctx, `INSERT INTO kv (k) VALUES (?)`, k)
 			return err
 		}
 	}
+}
+
+// Writes queued while a batch runs join it before its commit: one commit for
+// all, the first write (run without a savepoint, alone when it started) kept,
+// a failing joiner undone alone.
+func TestQueuedWritesJoinTheRunningBatch(t *testing.T) {
+	ctx := context.Background()
+	db, commits, insert := openKV(t)
 	boom := errors.New("boom")
 	joined := make(chan error, 2)
-	err = db.Write(ctx, func(tx *Tx) error {
+	err := db.Write(ctx, func(tx *Tx) error {
 		if err := insert("first")(tx); err != nil {
 			return err
 		}
@@ -115,4 +122,59 @@ func registry(t *testing.T, db *DB) *prometheus.Registry {
 	reg := prometheus.NewPedanticRegistry()
 	require.NoError(t, reg.Register(db.Collector()))
 	return reg
+}
+
+// A deferred write starts no commit of its own: it joins the batch another
+// write starts (here one queued behind a running batch, and one already
+// waiting when an ordinary write comes), and commits alone only when its
+// delay has passed.
+func TestDeferredWritesJoinAnotherWritesCommit(t *testing.T) {
+	ctx := context.Background()
+	db, commits, insert := openKV(t)
+	const never = time.Hour
+
+	// Queued while a batch runs: it joins that batch.
+	joined := make(chan error, 1)
+	require.NoError(t, db.Write(ctx, func(tx *Tx) error {
+		go func() { joined <- db.WriteDeferred(ctx, never, insert("queued")) }()
+		for len(db.deferred) < 1 {
+			runtime.Gosched()
+		}
+		return insert("running")(tx)
+	}))
+	require.NoError(t, <-joined)
+	require.Equal(t, int64(1), commits.Load())
+
+	// Waiting in the writer: the next ordinary write's batch takes it.
+	j := &job{ctx: ctx, fn: insert("waiting"), done: make(chan error, 1), due: time.Now().Add(never)}
+	db.deferred <- j
+	for len(db.deferred) > 0 { // taken by the idle writer, which holds it
+		runtime.Gosched()
+	}
+	require.Equal(t, int64(1), commits.Load(), "a deferred write alone does not commit before its time")
+	require.NoError(t, db.Write(ctx, insert("ordinary")))
+	require.NoError(t, <-j.done)
+	require.Equal(t, int64(2), commits.Load())
+
+	// Alone: committed once its delay has passed.
+	require.NoError(t, db.WriteDeferred(ctx, time.Millisecond, insert("alone")))
+	require.Equal(t, int64(3), commits.Load())
+	var n int
+	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM kv`).Scan(&n))
+	require.Equal(t, 5, n)
+}
+
+// Deferred writes still waiting when the database closes are refused, not
+// left hanging.
+func TestDeferredWritesFailAtClose(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(t.TempDir(), "t.db"))
+	require.NoError(t, err)
+	j := &job{ctx: ctx, fn: func(*Tx) error { return nil }, done: make(chan error, 1), due: time.Now().Add(time.Hour)}
+	db.deferred <- j
+	for len(db.deferred) > 0 {
+		runtime.Gosched()
+	}
+	require.NoError(t, db.Close())
+	require.Error(t, <-j.done)
 }

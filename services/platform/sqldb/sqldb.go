@@ -4,6 +4,8 @@
 // on SQLite, one writer goroutine group-commits concurrent writes into one
 // durable transaction (synchronous=FULL), each write in its own savepoint; on
 // PostgreSQL, each write is its own transaction and the server group-commits.
+// WriteDeferred is a write that on SQLite waits a little for another write's
+// group commit to join instead of starting one.
 package sqldb
 
 import (
@@ -18,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 	_ "modernc.org/sqlite"             // registers "sqlite"
@@ -52,8 +55,11 @@ type DB struct {
 	read    *sql.DB
 	write   *sql.DB // SQLite: the single writer connection; Postgres: same as read
 	jobs    chan *job
-	stop    chan struct{}
-	wg      sync.WaitGroup
+	// deferred holds WriteDeferred's jobs (SQLite): they start no batch
+	// of their own until their due time.
+	deferred chan *job
+	stop     chan struct{}
+	wg       sync.WaitGroup
 
 	mu       sync.Mutex
 	onCommit []func()
@@ -235,7 +241,7 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 		_ = w.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", filepath.Base(path), err)
 	}
-	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), stop: make(chan struct{}),
+	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), deferred: make(chan *job, 1024), stop: make(chan struct{}),
 		w: sw, metrics: newSQLiteMetrics(dbName(path))}
 	d.wg.Add(1)
 	go d.writer()
@@ -434,9 +440,25 @@ func (d *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
 	if d.dialect == Postgres {
 		return d.writePostgres(ctx, fn)
 	}
-	j := &job{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	return d.enqueue(ctx, d.jobs, &job{ctx: ctx, fn: fn, done: make(chan error, 1)})
+}
+
+// WriteDeferred is Write for a write that need not commit at once: on
+// SQLite it waits up to delay for another write to start a group commit and
+// joins it (no commit of its own), or commits alone when delay has passed.
+// It returns once fn is durably committed, as Write. Meant for writes whose
+// caller does not wait on them (receipts): a commit saved costs their
+// caller up to delay. On PostgreSQL, whose server group-commits, it is Write.
+func (d *DB) WriteDeferred(ctx context.Context, delay time.Duration, fn func(tx *Tx) error) error {
+	if d.dialect == Postgres {
+		return d.writePostgres(ctx, fn)
+	}
+	return d.enqueue(ctx, d.deferred, &job{ctx: ctx, fn: fn, done: make(chan error, 1), due: time.Now().Add(delay)})
+}
+
+func (d *DB) enqueue(ctx context.Context, q chan *job, j *job) error {
 	select {
-	case d.jobs <- j:
+	case q <- j:
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-d.stop:

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 
 	"modernc.org/sqlite"
 )
@@ -101,6 +102,7 @@ type job struct {
 	ctx  context.Context
 	fn   func(tx *Tx) error
 	done chan error
+	due  time.Time // WriteDeferred: when it runs even if no other write came
 }
 
 const maxBatch = 128
@@ -109,30 +111,58 @@ func (d *DB) writer() {
 	defer d.wg.Done()
 	batch := make([]*job, 0, maxBatch)
 	results := make([]error, 0, maxBatch)
+	// Deferred writes (WriteDeferred) wait here, at most maxBatch/2 of
+	// them, for another write to start a batch, or for the first one's due
+	// time.
+	var waiting []*job
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for {
 		select {
 		case <-d.stop:
+			for _, j := range waiting {
+				j.done <- errors.New("database is closed")
+			}
 			for {
 				select {
 				case j := <-d.jobs:
+					j.done <- errors.New("database is closed")
+				case j := <-d.deferred:
 					j.done <- errors.New("database is closed")
 				default:
 					return
 				}
 			}
+		case j := <-d.deferred:
+			if waiting = append(waiting, j); len(waiting) == 1 {
+				timer.Reset(time.Until(j.due))
+			}
+			if len(waiting) < maxBatch/2 {
+				continue
+			}
+			batch = append(batch[:0], waiting...)
+		case <-timer.C:
+			batch = append(batch[:0], waiting...)
 		case j := <-d.jobs:
-			batch = d.fill(append(batch[:0], j))
-			d.runBatch(batch, results[:0])
-			clear(batch[:cap(batch)]) // let the jobs go
+			batch = append(append(batch[:0], j), waiting...)
 		}
+		clear(waiting)
+		waiting = waiting[:0]
+		timer.Stop()
+		batch = d.fill(batch)
+		d.runBatch(batch, results[:0])
+		clear(batch[:cap(batch)]) // let the jobs go
 	}
 }
 
-// fill adds the queued jobs to batch, up to maxBatch, without waiting.
+// fill adds the queued jobs, deferred ones included, to batch, up to
+// maxBatch, without waiting.
 func (d *DB) fill(batch []*job) []*job {
 	for len(batch) < maxBatch {
 		select {
 		case j := <-d.jobs:
+			batch = append(batch, j)
+		case j := <-d.deferred:
 			batch = append(batch, j)
 		default:
 			return batch

@@ -20,7 +20,8 @@ const SystemActor = "system"
 
 // NonActionSubjects are the kinds of event (natsx.Kind: the NATS subject
 // without prefix and tenant tokens) that are not audited at all, with the
-// reason.
+// reason. The audit service's consumers do not even receive the events of
+// these subjects (their JetStream filters leave them out).
 var NonActionSubjects = map[string]string{
 	// A request to an external notifier to tell a recipient about a new
 	// message; the send that caused it is logged as "message.send".

@@ -1,5 +1,6 @@
 // Package ingest feeds the audit log from NATS JetStream: one durable consumer
-// per clinicchat stream, every subject; each message is decoded as a
+// per clinicchat stream, every subject but the non-actions
+// (domain.NonActionSubjects); each message is decoded as a
 // typev1.EventEnvelope (field 1 of every event is its EventMeta) and appended
 // before it is acked. Nothing but the meta is read: message text and other
 // PHI in the rest of a payload are discarded undecoded.
@@ -29,9 +30,15 @@ type Sink interface {
 	IngestAll(ctx context.Context, in []app.Arrival) error
 }
 
-// MaxBatch is how many events of one stream are appended in one transaction
-// at most (one durable commit for all of them).
+// MaxBatch is how many events of one stream are handed to the log at once
+// at most.
 const MaxBatch = 128
+
+// DefaultCommitInterval is the least time between two of the log's commits
+// while events keep coming (see group): under load every stream's batches of
+// the last interval share one commit; an event after a quiet spell is
+// appended at once.
+const DefaultCommitInterval = 25 * time.Millisecond
 
 // DurablePrefix starts the name of each of the audit service's durable
 // consumers ("audit-conversation", "audit-delivery", …).
@@ -83,17 +90,42 @@ type Consumers struct {
 	JS   jetstream.JetStream
 	Sink Sink
 	Log  *zap.Logger
+	// CommitInterval is the least time between two commits while events
+	// keep coming (0: DefaultCommitInterval).
+	CommitInterval time.Duration
+
+	group *group
 }
 
-// Specs are the consumers: one per stream in natsx.Streams, on all of its
-// subjects (the audit policy, domain.Audited, skips the non-actions).
+// Specs are the consumers: one per stream in natsx.Streams. A stream with
+// no subject in domain.NonActionSubjects is consumed whole (a subject added
+// later is audited without a change here); a stream with one is consumed on
+// each of its other subjects (natsx.Kinds), so that JetStream never delivers
+// its non-actions to the audit service at all.
 func Specs() []natsx.ConsumerSpec {
 	var out []natsx.ConsumerSpec
 	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
+		filter := sc.Subjects
+		var actions []string
+		skipped := false
+		for _, k := range natsx.Kinds() {
+			base := natsx.Prefix() + "." + k
+			if natsx.StreamOf(base) != sc.Name {
+				continue
+			}
+			if _, ok := domain.NonActionSubjects[k]; ok {
+				skipped = true
+				continue
+			}
+			actions = append(actions, base)
+		}
+		if skipped {
+			filter = natsx.Filter(actions...)
+		}
 		out = append(out, natsx.ConsumerSpec{
 			Stream:         sc.Name,
 			Durable:        DurablePrefix + natsx.StreamDomain(sc.Name),
-			FilterSubjects: sc.Subjects,
+			FilterSubjects: filter,
 		})
 	}
 	return out
@@ -103,7 +135,13 @@ func Specs() []natsx.ConsumerSpec {
 // is unreachable is retried with backoff; one the server refuses (a
 // JetStream API error) ends Run with that error.
 func (c *Consumers) Run(ctx context.Context) error {
+	interval := c.CommitInterval
+	if interval <= 0 {
+		interval = DefaultCommitInterval
+	}
+	c.group = newGroup(c.Sink, interval)
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { c.group.run(ctx); return nil })
 	for _, spec := range Specs() {
 		g.Go(func() error {
 			backoff := 250 * time.Millisecond
@@ -130,7 +168,8 @@ func (c *Consumers) Run(ctx context.Context) error {
 }
 
 // handle decodes a batch (an undecodable message is poison on its own) and
-// appends the rest in one transaction; they are acked after its commit.
+// appends the rest, with what the other streams' consumers hand over at the
+// same time, in one transaction; they are acked after its commit.
 func (c *Consumers) handle(ctx context.Context, msgs []jetstream.Msg) []error {
 	errs := make([]error, len(msgs))
 	in := make([]app.Arrival, 0, len(msgs))
@@ -148,7 +187,7 @@ func (c *Consumers) handle(ctx context.Context, msgs []jetstream.Msg) []error {
 		in = append(in, app.Arrival{Subject: m.Subject(), Entry: e})
 		idx = append(idx, i)
 	}
-	if err := c.Sink.IngestAll(ctx, in); err != nil {
+	if err := c.group.ingest(ctx, in); err != nil {
 		for _, i := range idx {
 			errs[i] = err
 		}

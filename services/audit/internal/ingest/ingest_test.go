@@ -1,6 +1,7 @@
 package ingest_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -59,18 +60,62 @@ func TestDecode(t *testing.T) {
 	}
 }
 
+// matches reports whether NATS delivers subject to a filter (tokens, "*"
+// for one token, a final ">" for one or more).
+func matches(filter, subject string) bool {
+	f, s := strings.Split(filter, "."), strings.Split(subject, ".")
+	for i, tok := range f {
+		if tok == ">" {
+			return len(s) > i
+		}
+		if i >= len(s) || (tok != "*" && tok != s[i]) {
+			return false
+		}
+	}
+	return len(f) == len(s)
+}
+
+func delivered(spec natsx.ConsumerSpec, subject string) bool {
+	for _, f := range spec.FilterSubjects {
+		if matches(f, subject) {
+			return true
+		}
+	}
+	return false
+}
+
+// Every stream has its consumer; it receives every event kind that can be an
+// action, in the tenant and the pre-tenant form, and none of the
+// non-actions.
 func TestSpecsCoverEveryStream(t *testing.T) {
 	t.Parallel()
 	specs := ingest.Specs()
 	streams := natsx.Streams(natsx.StreamsConfig{})
 	require.Len(t, specs, len(streams))
 	durables := map[string]bool{}
+	byStream := map[string]natsx.ConsumerSpec{}
 	for i, s := range specs {
 		require.Equal(t, streams[i].Name, s.Stream)
-		require.Equal(t, streams[i].Subjects, s.FilterSubjects)
 		require.False(t, durables[s.Durable])
 		durables[s.Durable] = true
+		byStream[s.Stream] = s
 	}
 	require.True(t, durables["audit-conversation"])
 	require.True(t, durables["audit-gateway"])
+	skipped := 0
+	for _, k := range natsx.Kinds() {
+		base := natsx.Prefix() + "." + k
+		spec := byStream[natsx.StreamOf(base)]
+		_, nonAction := domain.NonActionSubjects[k]
+		for _, subject := range []string{base, natsx.Tenant(base, "demo"), natsx.Tenant(base, "demo", "patients/p1")} {
+			require.Equal(t, !nonAction, delivered(spec, subject), subject)
+		}
+		if nonAction {
+			skipped++
+		}
+	}
+	require.Equal(t, len(domain.NonActionSubjects), skipped, "every non-action subject is a kind of natsx")
+	// A stream without non-actions is consumed whole: a subject added later
+	// is audited.
+	require.Equal(t, []string{natsx.Prefix() + ".gateway.>"}, byStream[natsx.StreamGateway].FilterSubjects)
 }

@@ -105,19 +105,19 @@ func (s *Store) AppendAll(ctx context.Context, es []domain.Entry) ([]domain.Reco
 		if err != nil {
 			return err
 		}
-		sizes := map[string]int64{} // each practice's log size, read once per batch
+		b := newAppendBatch()
 		for i, e := range es {
 			if r, ok := known[e.EventID]; ok {
 				recs[i] = r // already in the log, or earlier in this batch
 				continue
 			}
-			if recs[i], err = appendTx(ctx, tx, e, sizes); err != nil {
+			if recs[i], err = appendTx(ctx, tx, e, b); err != nil {
 				return err
 			}
 			added[i] = true
 			known[e.EventID] = recs[i]
 		}
-		return nil
+		return b.insert(ctx, tx)
 	})
 	if err != nil {
 		return nil, nil, err
@@ -158,12 +158,36 @@ func recordsByEventID(ctx context.Context, tx *sqldb.Tx, es []domain.Entry) (map
 // eventLookupChunk bounds the parameters of one event id lookup.
 const eventLookupChunk = 256
 
+// appendBatch is what one AppendAll transaction appended: each practice's log
+// size as the transaction made it (read once; the practice is locked for the
+// transaction, so it cannot change under it), and the records and tree
+// hashes not inserted yet. They are inserted at the end, a few rows per
+// statement, and the tree reads the hashes the batch made from here.
+type appendBatch struct {
+	sizes    map[string]int64
+	hashes   map[string]map[int64]tlog.Hash // practice → stored hash index → hash
+	recArgs  []any                          // recordArgs per record
+	hashArgs []any                          // practice, index, hash per stored hash
+}
+
+func newAppendBatch() *appendBatch {
+	return &appendBatch{sizes: map[string]int64{}, hashes: map[string]map[int64]tlog.Hash{}}
+}
+
+// recordArgs is how many arguments a record row takes (recordCols).
+const recordArgs = 11
+
+// Rows per INSERT at most: the statements are prepared once per power of two
+// up to these (insertRows), so a batch never fills the statement cache.
+const (
+	maxRecordRows = 64
+	maxHashRows   = 128
+)
+
 // appendTx appends e, whose event id is not in the log, at its practice's
-// next index inside tx. sizes holds the log sizes this transaction has read
-// or made (the practice is locked for the transaction, so they cannot change
-// under it).
-func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry, sizes map[string]int64) (domain.Record, error) {
-	n, ok := sizes[e.Practice]
+// next index to b.
+func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry, b *appendBatch) (domain.Record, error) {
+	n, ok := b.sizes[e.Practice]
 	if !ok {
 		var last sql.NullInt64
 		if err := tx.QueryRow(ctx, `SELECT MAX(idx) FROM audit_events WHERE practice = ?`, e.Practice).Scan(&last); err != nil {
@@ -175,26 +199,53 @@ func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry, sizes map[strin
 	}
 	rec := domain.Record{Entry: e, Index: n}
 	rec.Hash = rec.LeafHash()
-	hashes, err := tlog.StoredHashesForRecordHash(n, rec.Hash, &hashReader{ctx: ctx, q: tx, practice: e.Practice})
+	made := b.hashes[e.Practice]
+	if made == nil {
+		made = map[int64]tlog.Hash{}
+		b.hashes[e.Practice] = made
+	}
+	hashes, err := tlog.StoredHashesForRecordHash(n, rec.Hash, &hashReader{ctx: ctx, q: tx, practice: e.Practice, made: made})
 	if err != nil {
 		return domain.Record{}, fmt.Errorf("tree hashes: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO audit_events (`+recordCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		e.Practice, n, e.EventID, e.Time.UnixMicro(), e.Actor, e.ActorRole, e.Action, e.Resource,
-		string(e.Outcome), e.Detail, rec.Hash[:]); err != nil {
-		return domain.Record{}, fmt.Errorf("insert record: %w", err)
-	}
+	b.recArgs = append(b.recArgs, e.Practice, n, e.EventID, e.Time.UnixMicro(), e.Actor, e.ActorRole, e.Action, e.Resource,
+		string(e.Outcome), e.Detail, rec.Hash[:])
 	base := tlog.StoredHashIndex(0, n)
-	args := make([]any, 0, 3*len(hashes))
 	for i, h := range hashes {
-		args = append(args, e.Practice, base+int64(i), h[:])
+		made[base+int64(i)] = h
+		b.hashArgs = append(b.hashArgs, e.Practice, base+int64(i), h[:])
 	}
-	q := `INSERT INTO audit_hashes (practice, hidx, hash) VALUES (?, ?, ?)` + strings.Repeat(`, (?, ?, ?)`, len(hashes)-1)
-	if _, err := tx.Exec(ctx, q, args...); err != nil {
-		return domain.Record{}, fmt.Errorf("insert tree hashes: %w", err)
-	}
-	sizes[e.Practice] = n + 1
+	b.sizes[e.Practice] = n + 1
 	return rec, nil
+}
+
+// insert writes b's records and hashes.
+func (b *appendBatch) insert(ctx context.Context, tx *sqldb.Tx) error {
+	if err := insertRows(ctx, tx, `INSERT INTO audit_events (`+recordCols+`) VALUES `, recordArgs, maxRecordRows, b.recArgs); err != nil {
+		return fmt.Errorf("insert records: %w", err)
+	}
+	if err := insertRows(ctx, tx, `INSERT INTO audit_hashes (practice, hidx, hash) VALUES `, 3, maxHashRows, b.hashArgs); err != nil {
+		return fmt.Errorf("insert tree hashes: %w", err)
+	}
+	return nil
+}
+
+// insertRows inserts the rows of args (cols arguments each) with head, in
+// statements of a power of two rows, at most maxRows each.
+func insertRows(ctx context.Context, tx *sqldb.Tx, head string, cols, maxRows int, args []any) error {
+	row := `(?` + strings.Repeat(`, ?`, cols-1) + `)`
+	for len(args) > 0 {
+		k := min(len(args)/cols, maxRows)
+		for k&(k-1) != 0 {
+			k &= k - 1 // the largest power of two not above it
+		}
+		q := head + row + strings.Repeat(`, `+row, k-1)
+		if _, err := tx.Exec(ctx, q, args[:k*cols]...); err != nil {
+			return err
+		}
+		args = args[k*cols:]
+	}
+	return nil
 }
 
 // Size implements domain.Repository.
@@ -344,6 +395,7 @@ type hashReader struct {
 	ctx      context.Context
 	q        sqldb.Querier
 	practice string
+	made     map[int64]tlog.Hash // hashes not in storage yet (appendBatch); nil: none
 }
 
 // ErrMissingHash means a stored hash that the tree needs is not in storage.
@@ -353,30 +405,20 @@ func (r *hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	if len(indexes) == 0 {
 		return nil, nil
 	}
+	got := make(map[int64]tlog.Hash, len(indexes))
 	args := make([]any, 0, len(indexes)+1)
 	args = append(args, r.practice)
 	for _, x := range indexes {
-		args = append(args, x)
+		if h, ok := r.made[x]; ok {
+			got[x] = h
+		} else {
+			args = append(args, x)
+		}
 	}
-	rows, err := r.q.Query(r.ctx, `SELECT hidx, hash FROM audit_hashes WHERE practice = ? AND hidx IN (?`+
-		strings.Repeat(`, ?`, len(indexes)-1)+`)`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("read tree hashes: %w", err)
-	}
-	defer rows.Close()
-	got := make(map[int64]tlog.Hash, len(indexes))
-	for rows.Next() {
-		var x int64
-		var h []byte
-		if err := rows.Scan(&x, &h); err != nil {
+	if len(args) > 1 {
+		if err := r.read(args, got); err != nil {
 			return nil, err
 		}
-		var hh tlog.Hash
-		copy(hh[:], h)
-		got[x] = hh
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
 	}
 	out := make([]tlog.Hash, len(indexes))
 	for i, x := range indexes {
@@ -387,6 +429,28 @@ func (r *hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 		out[i] = h
 	}
 	return out, nil
+}
+
+// read adds the stored hashes of args (the practice, then indexes) to got.
+func (r *hashReader) read(args []any, got map[int64]tlog.Hash) error {
+	n := len(args) - 1
+	rows, err := r.q.Query(r.ctx, `SELECT hidx, hash FROM audit_hashes WHERE practice = ? AND hidx IN (?`+
+		strings.Repeat(`, ?`, n-1)+`)`, args...)
+	if err != nil {
+		return fmt.Errorf("read tree hashes: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var x int64
+		var h []byte
+		if err := rows.Scan(&x, &h); err != nil {
+			return err
+		}
+		var hh tlog.Hash
+		copy(hh[:], h)
+		got[x] = hh
+	}
+	return rows.Err()
 }
 
 const checkpointCols = `practice, tree_size, root_hash, note, created_us`

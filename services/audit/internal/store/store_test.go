@@ -105,33 +105,8 @@ func TestConcurrentAppendsFormOneTree(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		size, err := st.Size(ctx, "p")
-		require.NoError(t, err)
-		require.Equal(t, int64(n/2), size)
-		recs, err := st.Range(ctx, "p", 0, size)
-		require.NoError(t, err)
-		require.Len(t, recs, n/2)
-		f := domain.NewFrontier()
-		for i, r := range recs {
-			require.Equal(t, int64(i), r.Index)
-			require.True(t, r.Matches())
-			want, err := f.Add(r.Hash)
-			require.NoError(t, err)
-			got, err := st.StoredHashes(ctx, "p", tlog.StoredHashIndex(0, r.Index), tlog.StoredHashCount(r.Index+1))
-			require.NoError(t, err)
-			require.Len(t, got, len(want))
-			for j := range want {
-				require.Equal(t, want[j], got[j].Hash)
-			}
-		}
-		count, err := st.StoredHashCount(ctx, "p")
-		require.NoError(t, err)
-		require.Equal(t, tlog.StoredHashCount(size), count)
-		root, err := tlog.TreeHash(size, st.HashReader(ctx, "p"))
-		require.NoError(t, err)
-		want, err := f.Root()
-		require.NoError(t, err)
-		require.Equal(t, want, root)
+		size := int64(n / 2)
+		recs, root := requireTree(t, st, "p", size)
 
 		// Proofs from storage check against the root.
 		for i := range size {
@@ -337,23 +312,67 @@ func TestAppendAllBatches(t *testing.T) {
 		}
 		wg.Wait()
 		for p, want := range map[string]int64{"p1": 3 + 2*rounds, "p2": 1 + 2*rounds, "p3": 2 * rounds} {
-			size, err := st.Size(ctx, p)
-			require.NoError(t, err)
-			require.Equal(t, want, size, p)
-			recs, err := st.Range(ctx, p, 0, size)
-			require.NoError(t, err)
-			f := domain.NewFrontier()
-			for i, r := range recs {
-				require.Equal(t, int64(i), r.Index)
-				require.True(t, r.Matches())
-				_, err := f.Add(r.Hash)
-				require.NoError(t, err)
+			requireTree(t, st, p, want)
+		}
+	})
+}
+
+// requireTree checks that p's log has size records, indexed from 0, each
+// matching its hash, that the stored hashes are those of the tree of their
+// leaves, and returns the records and the tree's root.
+func requireTree(t *testing.T, st *store.Store, p string, size int64) ([]domain.Record, tlog.Hash) {
+	ctx := context.Background()
+	got, err := st.Size(ctx, p)
+	require.NoError(t, err)
+	require.Equal(t, size, got, p)
+	recs, err := st.Range(ctx, p, 0, size)
+	require.NoError(t, err)
+	require.Len(t, recs, int(size))
+	f := domain.NewFrontier()
+	for i, r := range recs {
+		require.Equal(t, int64(i), r.Index)
+		require.True(t, r.Matches())
+		want, err := f.Add(r.Hash)
+		require.NoError(t, err)
+		stored, err := st.StoredHashes(ctx, p, tlog.StoredHashIndex(0, r.Index), tlog.StoredHashCount(r.Index+1))
+		require.NoError(t, err)
+		require.Len(t, stored, len(want))
+		for j := range want {
+			require.Equal(t, want[j], stored[j].Hash)
+		}
+	}
+	count, err := st.StoredHashCount(ctx, p)
+	require.NoError(t, err)
+	require.Equal(t, tlog.StoredHashCount(size), count, p)
+	root, err := tlog.TreeHash(size, st.HashReader(ctx, p))
+	require.NoError(t, err)
+	wantRoot, err := f.Root()
+	require.NoError(t, err)
+	require.Equal(t, wantRoot, root, p)
+	return recs, root
+}
+
+// A batch of hundreds of records over several practices (inserted many rows
+// per statement, its tree read back from the batch itself), on an empty log
+// and then on one that already has a tree.
+func TestAppendAllLargeBatches(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, st *store.Store, _ *sqldb.DB) {
+		ctx := context.Background()
+		sizes := map[string]int64{}
+		for round, n := range []int{301, 77} {
+			var b []domain.Entry
+			for i := range n {
+				p := fmt.Sprintf("p%d", i%3)
+				b = append(b, entry(p, fmt.Sprintf("r%d-e%d", round, i), i))
+				sizes[p]++
 			}
-			root, err := tlog.TreeHash(size, st.HashReader(ctx, p))
+			recs, added, err := st.AppendAll(ctx, b)
 			require.NoError(t, err)
-			wantRoot, err := f.Root()
-			require.NoError(t, err)
-			require.Equal(t, wantRoot, root, p)
+			require.Len(t, recs, n)
+			require.NotContains(t, added, false)
+		}
+		for p, size := range sizes {
+			requireTree(t, st, p, size)
 		}
 	})
 }

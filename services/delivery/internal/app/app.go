@@ -75,12 +75,17 @@ type App struct {
 	log           *zap.Logger
 	now           func() time.Time
 	StepUpWindow  time.Duration
+	marks         *marks
 }
 
 // New returns the application layer.
 func New(repo domain.Repository, c Conversations, p Patients, att Attachments, art Artifacts, log *zap.Logger) *App {
-	return &App{repo: repo, conversations: c, patients: p, attachments: att, artifacts: art, log: log, now: time.Now,
+	a := &App{repo: repo, conversations: c, patients: p, attachments: att, artifacts: art, log: log, now: time.Now,
 		StepUpWindow: messageview.DefaultStepUpWindow}
+	a.marks = &marks{window: DefaultMarkWindow, write: func(ctx context.Context, as []domain.Advance) error {
+		return repo.MarkDelivered(ctx, markJoinDelay, as, updated)
+	}}
+	return a
 }
 
 func caller(ctx context.Context) (auth.Identity, error) {
@@ -376,8 +381,13 @@ func (a *App) present(ctx context.Context, who auth.Identity, msgs []domain.Mess
 }
 
 func (a *App) advance(ctx context.Context, who auth.Identity, convID string, upTo int64, to domain.Status) ([]domain.Message, error) {
-	return a.advanceAs(ctx, domain.Advance{Practice: who.Practice, ConversationID: convID, ReaderIsPatient: who.IsPatient(),
-		Reader: who.Principal(), UpTo: upTo, To: to, At: a.now().UTC().Truncate(time.Microsecond)})
+	return a.advanceAs(ctx, a.receipt(who, convID, upTo, to))
+}
+
+// receipt is who's receipt for the thread's messages up to upTo, now.
+func (a *App) receipt(who auth.Identity, convID string, upTo int64, to domain.Status) domain.Advance {
+	return domain.Advance{Practice: who.Practice, ConversationID: convID, ReaderIsPatient: who.IsPatient(),
+		Reader: who.Principal(), UpTo: upTo, To: to, At: a.now().UTC().Truncate(time.Microsecond)}
 }
 
 func (a *App) advanceAs(ctx context.Context, adv domain.Advance) ([]domain.Message, error) {
@@ -398,6 +408,7 @@ func updated(adv domain.Advance, ms []domain.Message) []domain.Event {
 }
 
 // MarkDelivered records that messages reached a live stream of the caller.
+// It returns once the receipt is durably committed.
 func (a *App) MarkDelivered(ctx context.Context, parent string, upTo int64) (int64, error) {
 	who, err := caller(ctx)
 	if err != nil {
@@ -410,7 +421,9 @@ func (a *App) MarkDelivered(ctx context.Context, parent string, upTo int64) (int
 	if err != nil {
 		return 0, err
 	}
-	if _, err := a.advance(ctx, who, conv.ID, upTo, domain.Delivered); err != nil {
+	// Grouped with the other receipts of the moment into one transaction
+	// (marks); answered once it is committed.
+	if err := a.marks.mark(ctx, a.receipt(who, conv.ID, upTo, domain.Delivered)); err != nil {
 		return 0, err
 	}
 	return upTo, nil

@@ -147,6 +147,9 @@ type Repository interface {
 	Advance(ctx context.Context, a Advance, evs func([]Message) []Event) ([]Message, error)
 	// AdvanceAll is Advance for each of as, in order, in one transaction.
 	AdvanceAll(ctx context.Context, as []Advance, evs func(Advance, []Message) []Event) error
+	// MarkDelivered is AdvanceAll for receipts whose caller can wait: the
+	// transaction may wait up to delay to share another write's commit.
+	MarkDelivered(ctx context.Context, delay time.Duration, as []Advance, evs func(Advance, []Message) []Event) error
 	// Record writes events that go with no change.
 	Record(ctx context.Context, evs ...Event) error
 }

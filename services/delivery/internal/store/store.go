@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/store/migrations"
@@ -234,20 +235,29 @@ func (s *Store) Advance(ctx context.Context, a domain.Advance, evs func([]domain
 // AdvanceAll implements domain.Repository: Advance for each of as in order,
 // in one transaction.
 func (s *Store) AdvanceAll(ctx context.Context, as []domain.Advance, evs func(domain.Advance, []domain.Message) []domain.Event) error {
-	return s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		var all []domain.Event
-		var changed []domain.Message
-		for _, a := range as {
-			var err error
-			if changed, err = advance(ctx, tx, a, changed[:0]); err != nil {
-				return err
-			}
-			if len(changed) > 0 {
-				all = append(all, evs(a, changed)...)
-			}
+	return s.db.Write(ctx, func(tx *sqldb.Tx) error { return advanceAll(ctx, tx, as, evs) })
+}
+
+// MarkDelivered implements domain.Repository: AdvanceAll as a deferred write
+// (sqldb.WriteDeferred), which on SQLite joins another write's commit (a
+// send's) if one starts within delay.
+func (s *Store) MarkDelivered(ctx context.Context, delay time.Duration, as []domain.Advance, evs func(domain.Advance, []domain.Message) []domain.Event) error {
+	return s.db.WriteDeferred(ctx, delay, func(tx *sqldb.Tx) error { return advanceAll(ctx, tx, as, evs) })
+}
+
+func advanceAll(ctx context.Context, tx *sqldb.Tx, as []domain.Advance, evs func(domain.Advance, []domain.Message) []domain.Event) error {
+	var all []domain.Event
+	var changed []domain.Message
+	for _, a := range as {
+		var err error
+		if changed, err = advance(ctx, tx, a, changed[:0]); err != nil {
+			return err
 		}
-		return outbox.AddAll(ctx, tx, all)
-	})
+		if len(changed) > 0 {
+			all = append(all, evs(a, changed)...)
+		}
+	}
+	return outbox.AddAll(ctx, tx, all)
 }
 
 // advance runs one receipt in tx and appends the messages it changed to changed.

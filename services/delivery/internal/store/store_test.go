@@ -240,6 +240,37 @@ func TestRepositoryContract(t *testing.T) {
 				require.Empty(t, got)
 				require.Equal(t, before+5, outboxRows())
 			})
+			t.Run("MarkDelivered runs a batch of delivered receipts in one write", func(t *testing.T) {
+				s, outboxRows := newStore(t, b)
+				ctx := context.Background()
+				for _, sender := range []string{"users/u1", "patients/pat", "users/u1"} {
+					_, _, err := s.Send(ctx, msg("c1", sender, ids.New(), "x"), oneEvent)
+					require.NoError(t, err)
+				}
+				at := time.Now().UTC()
+				batch := []domain.Advance{
+					{Practice: "p1", ConversationID: "c1", ReaderIsPatient: true, Reader: "patients/pat", UpTo: 3, To: domain.Delivered, At: at},
+					{Practice: "p1", ConversationID: "c1", Reader: "users/u2", UpTo: 3, To: domain.Delivered, At: at},
+				}
+				var got []int64
+				evs := func(_ domain.Advance, ms []domain.Message) []domain.Event {
+					var out []domain.Event
+					for _, m := range ms {
+						require.Equal(t, domain.Delivered, m.Status)
+						got = append(got, m.Seq)
+						out = append(out, oneEvent(m)...)
+					}
+					return out
+				}
+				before := outboxRows()
+				require.NoError(t, s.MarkDelivered(ctx, time.Millisecond, batch, evs))
+				slices.Sort(got)
+				require.Equal(t, []int64{1, 2, 3}, got)
+				require.Equal(t, before+3, outboxRows(), "one event per changed message")
+				got = nil
+				require.NoError(t, s.MarkDelivered(ctx, time.Millisecond, batch, evs), "a repeated batch")
+				require.Empty(t, got)
+			})
 			t.Run("concurrent receipts and sends advance every message once per status", func(t *testing.T) {
 				s, _ := newStore(t, b)
 				ctx := context.Background()
