@@ -337,7 +337,7 @@ func (s *Server) shuttingDown() bool {
 //	GET / and /app/...             the web client (web.go), no auth
 func (s *Server) routes() error {
 	s.mux = runtime.NewServeMux(
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, s.marshaler),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, apiMarshaler{s.marshaler}),
 		runtime.WithErrorHandler(s.handleError),
 		runtime.WithRoutingErrorHandler(s.handleRoutingError),
 		runtime.WithStreamErrorHandler(s.handleStreamError),
