@@ -127,6 +127,23 @@ const Topic = "outbox"
 // (JetStream drops the duplicates by Nats-Msg-Id within its duplicate
 // window; a crashed relay's session ends at once). Another replica's rows
 // wait for the holder's next round, at most Linger.
+//
+// Order on PostgreSQL. A row's seq is taken by its INSERT (nextval, not
+// transactional), and transactions commit in any order, so the rows a round
+// reads are committed rows in seq order with gaps: a row whose transaction
+// took a lower seq and commits later is read by a later round (there is no
+// cursor to pass it: a round reads every row not yet published) and goes out
+// after rows with a higher seq. Rows are never skipped, only reordered, and
+// only against rows their writer did not wait for. Events that must keep
+// their order (a thread's) get it from their writers: each takes a row lock
+// (a delivery send the thread's message counter row, a preferences change
+// the patient row FOR UPDATE, a conversation change the row it updates)
+// before it writes its outbox rows and keeps it until it commits, so a
+// later writer of the same thing takes a higher seq and commits after it; any
+// snapshot that sees the later row sees the earlier one, and the relay sends
+// it first (TestConcurrentSendsReachTheStreamInSeqOrder in the delivery store
+// fails as soon as the seq is taken before the lock). A writer whose events
+// need order must keep AddAll after its locking statement.
 type Relay struct {
 	db    *sqldb.DB
 	js    jetstream.JetStream
