@@ -624,7 +624,18 @@ func scan(rs *sql.Rows) ([]row, error) {
 // published since) could send the rest of it with an L that is too low;
 // it stops sending once half its lease has passed since it read the batch,
 // but a message already in the client's write buffer still goes out when
-// it thaws. Waves have no such gap.
+// it thaws. Most such rows are refused (the stream has moved past their
+// expectation) or dropped as duplicates, but not all: if the other relay
+// has stored rows this batch never read (a row with a lower seq that
+// committed after this relay's read) so that the stream's last sequence is
+// exactly a stale row's expectation when it arrives, while an earlier row
+// of its thread was refused and is not stored yet, the stale row is stored
+// ahead of it (TestFrozenPostgresRelayCanStoreALaterRowFirst builds that
+// interleave). Waves have no such gap: they send a row only after every
+// earlier row of its subject is stored, so a stale row can only be stored
+// behind them, or dropped as a duplicate. JetStream offers no fence that
+// would refuse a former holder's messages (see above), so closing it means
+// waves on PostgreSQL, at their cost in round trips for busy threads.
 //
 // On SQLite a chained round also takes the rows committed while it waits
 // for its acknowledgements and sends them chained behind the rows in

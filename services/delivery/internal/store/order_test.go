@@ -92,7 +92,7 @@ func TestConcurrentSendsReachTheStreamInSeqOrder(t *testing.T) {
 		require.Positive(t, n, "no more events after %d of %d", got, want)
 		got += n
 	}
-	require.Empty(t, late, "a thread's events out of seq order")
+	require.Empty(t, late, "a thread's events out of seq order: %d", len(late))
 	var total int64
 	for _, n := range next {
 		total += n
