@@ -122,7 +122,7 @@ func TestFrozenPostgresRelayCanStoreALaterRowFirst(t *testing.T) {
 	}
 	hA := &heldJS{JetStream: js, queued: make(chan struct{}, 16)}
 	a := outbox.NewRelay(dbA, hA, testkit.Logger(t))
-	a.Lease, a.AckWait = 3*time.Second, time.Minute
+	a.Lease, a.AckWait = 5*time.Second, time.Minute
 	write(dbA, "t9", "w0")
 	n, err := outbox.Round(a, ctx) // in waves: A learns the stream's last sequence
 	require.NoError(t, err)
@@ -149,8 +149,13 @@ func TestFrozenPostgresRelayCanStoreALaterRowFirst(t *testing.T) {
 	hA.mu.Unlock()
 	frozen := make(chan error, 1)
 	go func() { _, err := outbox.Round(a, ctx); frozen <- err }() // chained, and frozen with both rows in its buffer
-	<-hA.queued
-	<-hA.queued
+	for range 2 {
+		select {
+		case <-hA.queued:
+		case err := <-frozen:
+			t.Fatalf("A's chained round ended before sending (its lease ran out first?): %v", err)
+		}
+	}
 	close(commit)
 	require.NoError(t, <-late)
 	require.Eventually(t, func() bool { return !lockHeld(t, dbB) }, 30*time.Second, 20*time.Millisecond, "A's lease runs out")
