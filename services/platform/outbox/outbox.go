@@ -169,6 +169,9 @@ type Relay struct {
 
 	// afterClaim runs after a PostgreSQL round has read its batch (tests).
 	afterClaim func(ctx context.Context)
+	// waves makes every round go in waves (benchmarks: the cost of
+	// closing the frozen relay's gap, see publish).
+	waves bool
 
 	// SQLite: rows up to published are on JetStream; they are deleted in
 	// one statement once a second or every 1024 rows, not after every round
@@ -648,7 +651,7 @@ func (r *Relay) publish(ctx context.Context, rows []row) (sent []row, acked []in
 		return nil, nil, 0, nil
 	}
 	streams := make([]string, len(rows))
-	chained := true
+	chained := !r.waves
 	for i, x := range rows {
 		streams[i] = natsx.StreamOf(x.subject)
 		if _, ok := r.last[streams[i]]; !ok {
