@@ -7,3 +7,9 @@ func SetAfterClaim(r *Relay, f func(ctx context.Context)) { r.afterClaim = f }
 
 // Kicked is the relay's wake-up channel.
 func Kicked(r *Relay) <-chan struct{} { return r.kick }
+
+// Round runs one round of r, keeping the PostgreSQL outbox lock (Run's step).
+func Round(r *Relay, ctx context.Context) (int, error) { return r.round(ctx, false) }
+
+// SetWaves makes r send every round in waves.
+func SetWaves(r *Relay, on bool) { r.waves = on }

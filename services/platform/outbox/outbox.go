@@ -127,6 +127,23 @@ const Topic = "outbox"
 // (JetStream drops the duplicates by Nats-Msg-Id within its duplicate
 // window; a crashed relay's session ends at once). Another replica's rows
 // wait for the holder's next round, at most Linger.
+//
+// Order on PostgreSQL. A row's seq is taken by its INSERT (nextval, not
+// transactional), and transactions commit in any order, so the rows a round
+// reads are committed rows in seq order with gaps: a row whose transaction
+// took a lower seq and commits later is read by a later round (there is no
+// cursor to pass it: a round reads every row not yet published) and goes out
+// after rows with a higher seq. Rows are never skipped, only reordered, and
+// only against rows their writer did not wait for. Events that must keep
+// their order (a thread's) get it from their writers: each takes a row lock
+// (a delivery send the thread's message counter row, a preferences change
+// the patient row FOR UPDATE, a conversation change the row it updates)
+// before it writes its outbox rows and keeps it until it commits, so a
+// later writer of the same thing takes a higher seq and commits after it; any
+// snapshot that sees the later row sees the earlier one, and the relay sends
+// it first (TestConcurrentSendsReachTheStreamInSeqOrder in the delivery store
+// fails as soon as the seq is taken before the lock). A writer whose events
+// need order must keep AddAll after its locking statement.
 type Relay struct {
 	db    *sqldb.DB
 	js    jetstream.JetStream
@@ -152,6 +169,9 @@ type Relay struct {
 
 	// afterClaim runs after a PostgreSQL round has read its batch (tests).
 	afterClaim func(ctx context.Context)
+	// waves makes every round go in waves (benchmarks: the cost of
+	// closing the frozen relay's gap, see publish).
+	waves bool
 
 	// SQLite: rows up to published are on JetStream; they are deleted in
 	// one statement once a second or every 1024 rows, not after every round
@@ -607,7 +627,18 @@ func scan(rs *sql.Rows) ([]row, error) {
 // published since) could send the rest of it with an L that is too low;
 // it stops sending once half its lease has passed since it read the batch,
 // but a message already in the client's write buffer still goes out when
-// it thaws. Waves have no such gap.
+// it thaws. Most such rows are refused (the stream has moved past their
+// expectation) or dropped as duplicates, but not all: if the other relay
+// has stored rows this batch never read (a row with a lower seq that
+// committed after this relay's read) so that the stream's last sequence is
+// exactly a stale row's expectation when it arrives, while an earlier row
+// of its thread was refused and is not stored yet, the stale row is stored
+// ahead of it (TestFrozenPostgresRelayCanStoreALaterRowFirst builds that
+// interleave). Waves have no such gap: they send a row only after every
+// earlier row of its subject is stored, so a stale row can only be stored
+// behind them, or dropped as a duplicate. JetStream offers no fence that
+// would refuse a former holder's messages (see above), so closing it means
+// waves on PostgreSQL, at their cost in round trips for busy threads.
 //
 // On SQLite a chained round also takes the rows committed while it waits
 // for its acknowledgements and sends them chained behind the rows in
@@ -620,7 +651,7 @@ func (r *Relay) publish(ctx context.Context, rows []row) (sent []row, acked []in
 		return nil, nil, 0, nil
 	}
 	streams := make([]string, len(rows))
-	chained := true
+	chained := !r.waves
 	for i, x := range rows {
 		streams[i] = natsx.StreamOf(x.subject)
 		if _, ok := r.last[streams[i]]; !ok {

@@ -749,3 +749,50 @@ func TestRelaySendsRowsCommittedWhileItWaits(t *testing.T) {
 	cancel()
 	require.NoError(t, <-done)
 }
+
+// The PostgreSQL relay reads every row not yet published, with no cursor: a
+// row whose transaction took its seq first but committed after a later row
+// was published goes out in the next round, after it (never skipped). The
+// two are of different threads here: rows of one thread cannot do this, as
+// their writers take the thread's row lock before the outbox row's seq
+// (see Relay).
+func TestPostgresRelayPublishesARowCommittedLateWithALowerSeq(t *testing.T) {
+	ctx := context.Background()
+	_, _, js := testkit.NATS(t)
+	db := openOutboxDB(t, testkit.Backends()[1])
+	r := outbox.NewRelay(db, js, testkit.Logger(t))
+	inserted, commit := make(chan struct{}), make(chan struct{})
+	late := make(chan error, 1)
+	go func() {
+		late <- db.Write(ctx, func(tx *sqldb.Tx) error {
+			if err := outbox.Add(ctx, tx, "late", natsx.SubjectDeliveryAccess,
+				&typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: "late", Practice: "p", Resource: "c1"}}); err != nil {
+				return err
+			}
+			close(inserted)
+			<-commit
+			return nil
+		})
+	}()
+	<-inserted
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
+		return outbox.Add(ctx, tx, "early", natsx.SubjectDeliveryAccess,
+			&typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: "early", Practice: "p", Resource: "c2"}})
+	}))
+	n, err := r.Flush(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "only the committed row")
+	close(commit)
+	require.NoError(t, <-late)
+	var lateSeq, rows int
+	require.NoError(t, db.QueryRow(ctx, `SELECT seq, (SELECT count(*) FROM outbox) FROM outbox WHERE id = 'late'`).Scan(&lateSeq, &rows))
+	require.Equal(t, 1, rows, "the published row is deleted")
+	require.Equal(t, 1, lateSeq, "the late row took the lower seq")
+	n, err = r.Flush(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	events := read(t, ctx, js, 2)
+	require.Equal(t, "early", events[0].GetMeta().GetId())
+	require.Equal(t, "late", events[1].GetMeta().GetId())
+	require.Zero(t, outboxRows(t, db))
+}

@@ -73,3 +73,56 @@ func cpuTime(b *testing.B) time.Duration {
 	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkRelayRoundsPostgres is BenchmarkRelayFlush on PostgreSQL, by
+// rounds under one hold of the outbox lock (as Run under load; Flush gives
+// the lock up, and with it the stream's last sequence, after every round),
+// chained as the relay does and in waves throughout (what closing the
+// frozen relay's gap would cost, RELIABILITY.md). Run:
+//
+//	go test ./services/platform/outbox -run '^$' -bench RelayRoundsPostgres -benchtime 10x
+func BenchmarkRelayRoundsPostgres(b *testing.B) {
+	for _, waves := range []bool{false, true} {
+		for _, subjects := range []int{1, 8, 256} {
+			b.Run(fmt.Sprintf("waves=%t/subjects=%d", waves, subjects), func(b *testing.B) {
+				ctx := context.Background()
+				_, _, js := testkit.NATS(b)
+				db := testkit.OpenDB(b, testkit.Backends()[1])
+				_, err := db.Exec(ctx, pgSchema)
+				require.NoError(b, err)
+				relay := outbox.NewRelay(db, js, testkit.Logger(b))
+				outbox.SetWaves(relay, waves)
+				defer func() { _, _ = relay.Flush(ctx) }() // gives the lock up
+				const rows = 1024
+				var total, cpu time.Duration
+				_, waits0 := relay.Stats()
+				for n := 0; b.Loop(); n++ {
+					b.StopTimer()
+					require.NoError(b, db.Write(ctx, func(tx *sqldb.Tx) error {
+						for i := range rows {
+							id := fmt.Sprintf("bench-%d-%d", n, i)
+							subject := natsx.Tenant(natsx.SubjectDeliveryAccess, "p", fmt.Sprintf("c%d", i%subjects))
+							if err := outbox.Add(ctx, tx, id, subject, &typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p"}}); err != nil {
+								return err
+							}
+						}
+						return nil
+					}))
+					b.StartTimer()
+					t0, c0 := time.Now(), cpuTime(b)
+					for left := rows; left > 0; {
+						k, err := outbox.Round(relay, ctx)
+						require.NoError(b, err)
+						left -= k
+					}
+					total += time.Since(t0)
+					cpu += cpuTime(b) - c0
+				}
+				_, waits1 := relay.Stats()
+				b.ReportMetric(float64(rows*b.N)/total.Seconds(), "rows/s")
+				b.ReportMetric(float64(waits1-waits0)/float64(rows*b.N), "waits/row")
+				b.ReportMetric(float64(cpu.Microseconds())/float64(rows*b.N), "cpu-µs/row")
+			})
+		}
+	}
+}

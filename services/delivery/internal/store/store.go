@@ -75,6 +75,13 @@ var errDuplicate = errors.New("duplicate request")
 // Send implements domain.Repository. The conversation's counter row is taken
 // first, so concurrent sends to one thread serialize on it and a concurrent
 // repeat of a request sees the first one's commit.
+//
+// The outbox row is written after it, under that row lock: on PostgreSQL its
+// outbox seq (the relay's order) is taken by that INSERT, so a thread's
+// later message takes a higher outbox seq and commits after the earlier one,
+// and the relay publishes a thread's events in seq order (outbox.Relay;
+// TestConcurrentSendsReachTheStreamInSeqOrder, which fails once the outbox
+// seq is taken before the counter). Keep the outbox write after the counter.
 func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Message) []domain.Event) (domain.Message, bool, error) {
 	extras, err := json.Marshal(m.Extras)
 	if err != nil {
