@@ -402,7 +402,7 @@ func (a *App) advanceAs(ctx context.Context, adv domain.Advance) ([]domain.Messa
 }
 
 // updated is a receipt's message.updated events, in seq order (system
-// echoes: published on natsx.SubjectMessageStatusEcho).
+// echoes: natsx.PublishBase puts them on delivery.message.status).
 func updated(adv domain.Advance, ms []domain.Message) []domain.Event {
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Seq < ms[j].Seq })
 	out := make([]domain.Event, 0, len(ms))
