@@ -42,13 +42,16 @@ const (
 
 func streamNames() [2]string { return [2]string{natsx.StreamDelivery, natsx.StreamConversation} }
 
-// hubBases are the base subjects (natsx) each stream's consumers read.
+// hubBases are the base subjects (natsx) each stream's consumers read: the
+// product's echoes (receipt status, thread activity) have kinds of their
+// own, and the audited kinds still carry a person's updates and every
+// update published before the echo kinds existed.
 func hubBases(stream int) []string {
 	if stream == streamD {
-		return []string{natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated}
+		return []string{natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated, natsx.SubjectMessageStatusEcho}
 	}
-	return []string{natsx.SubjectConversationCreated, natsx.SubjectConversationUpdated, natsx.SubjectConversationUser,
-		natsx.SubjectConversationRead}
+	return []string{natsx.SubjectConversationCreated, natsx.SubjectConversationUpdated, natsx.SubjectConversationEcho,
+		natsx.SubjectConversationUser, natsx.SubjectConversationRead}
 }
 
 // event is one decoded, visible-to-someone event, shared by every
@@ -165,7 +168,7 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 		return true
 	}
 	switch base {
-	case natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated:
+	case natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated, natsx.SubjectMessageStatusEcho:
 		var ev interface {
 			proto.Message
 			GetMeta() *typev1.EventMeta
@@ -173,7 +176,7 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 			GetPatient() string
 		} = &deliveryv1.MessageCreated{}
 		e.kind = itemMessageCreated
-		if base == natsx.SubjectMessageUpdated {
+		if base != natsx.SubjectMessageCreated {
 			ev, e.kind = &deliveryv1.MessageUpdated{}, itemMessageUpdated
 		}
 		if !decoded(natsx.StreamDelivery, ev) {
@@ -183,7 +186,7 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 			return nil
 		}
 		meta, e.message, e.patient = ev.GetMeta(), ev.GetMessage(), ev.GetPatient()
-	case natsx.SubjectConversationCreated, natsx.SubjectConversationUpdated:
+	case natsx.SubjectConversationCreated, natsx.SubjectConversationUpdated, natsx.SubjectConversationEcho:
 		var ev interface {
 			proto.Message
 			GetMeta() *typev1.EventMeta

@@ -15,8 +15,11 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
@@ -450,4 +453,63 @@ func TestHubSharesConversationViewsBuiltFromEvents(t *testing.T) {
 	st := h.gw.hub.stats("p1")
 	require.Equal(t, uint64(4), st.fetched, "each user's first event only")
 	require.Equal(t, uint64(4), st.composed, "one view for the three staff and one for the patient, twice")
+}
+
+// The product's echoes (receipt status, thread activity) are published on
+// kinds of their own since the audit stopped reading them; events of the
+// same kinds published before, on message.updated and conversation.updated,
+// are still in the streams. Catch-up, a resume across the upgrade
+// (Last-Event-ID) and live streams deliver both forms, once, in order.
+func TestEventsEchoKindsAndTheSubjectsBeforeThem(t *testing.T) {
+	h := newHarness(t)
+	h.conv.add("conversations/ca", "p1", "patients/pa")
+	status := func(s deliveryv1.Message_Status) *deliveryv1.MessageUpdated {
+		m := messageCreated("p1", "ca", "pa", "1", "users/doc", "hi", 1, false).GetMessage()
+		m.Status = s
+		return &deliveryv1.MessageUpdated{Meta: &typev1.EventMeta{Id: "ev-" + s.String(), Time: timestamppb.Now(),
+			Practice: "p1", Actor: natsx.SystemActor, Action: "message.status", Outcome: typev1.EventMeta_ALLOWED},
+			Message: m, Patient: "patients/pa"}
+	}
+	activity := func() *conversationv1.ConversationUpdated {
+		return &conversationv1.ConversationUpdated{Meta: &typev1.EventMeta{Id: "ev-act", Time: timestamppb.Now(),
+			Practice: "p1", Actor: natsx.SystemActor, Action: "conversation.activity", Outcome: typev1.EventMeta_ALLOWED},
+			Conversation: &conversationv1.Conversation{Name: "conversations/ca", Patient: "patients/pa"}}
+	}
+	// Before the upgrade: on the audited kinds.
+	h.publish(natsx.SubjectMessageUpdated, status(deliveryv1.Message_DELIVERED))
+	h.publish(natsx.SubjectConversationUpdated, activity())
+	// After: on the echo kinds (where natsx.PublishBase puts them).
+	require.Equal(t, natsx.SubjectMessageStatusEcho, natsx.PublishBase(natsx.SubjectMessageUpdated, natsx.SystemActor, "message.status"))
+	h.publish(natsx.SubjectMessageStatusEcho, status(deliveryv1.Message_READ))
+	h.publish(natsx.SubjectConversationEcho, activity())
+
+	tok := h.token("doc", auth.RoleDentist, "p1", 0)
+	read := func(c *sseClient, n int) map[string]string {
+		got := map[string]string{}
+		for range n {
+			ev := c.next()
+			got[ev.ID] = ev.Event
+			if ev.Event == EventMessageUpdated {
+				got[ev.ID] += " " + ev.message(t)["status"].(string)
+			}
+		}
+		return got
+	}
+	all := h.openEvents(tok, "d0.c0")
+	require.Equal(t, map[string]string{
+		"d1.c0": EventMessageUpdated + " DELIVERED", "d2.c0": EventMessageUpdated + " READ",
+		"d2.c1": EventConversationUpdated, "d2.c2": EventConversationUpdated,
+	}, read(all, 4))
+
+	// Resumed after the last event on the old subjects: the echoes since.
+	resumed := h.openEvents(tok, "d1.c1")
+	require.Equal(t, map[string]string{"d2.c1": EventMessageUpdated + " READ", "d2.c2": EventConversationUpdated},
+		read(resumed, 2))
+
+	// Live: both forms still reach open streams.
+	h.publish(natsx.SubjectMessageUpdated, status(deliveryv1.Message_DELIVERED))
+	h.publish(natsx.SubjectMessageStatusEcho, status(deliveryv1.Message_READ))
+	for _, c := range []*sseClient{all, resumed} {
+		require.Equal(t, map[string]string{"d3.c2": EventMessageUpdated + " DELIVERED", "d4.c2": EventMessageUpdated + " READ"}, read(c, 2))
+	}
 }

@@ -292,8 +292,10 @@ func TestEveryActionOnEveryStreamIsLoggedOnce(t *testing.T) {
 
 // The durable consumers of a version that consumed every subject (an
 // existing data dir) are narrowed to the new filters at start: the events
-// they had not consumed yet are all logged once, and the non-actions are
-// never delivered to the service again.
+// they had not consumed yet are all logged once (the product's echoes that
+// an older version published on the audited kinds are delivered and skipped
+// by the policy), and the non-actions and echo kinds are never delivered to
+// the service again.
 func TestConsumersOfAnOlderVersionAreNarrowed(t *testing.T) {
 	t.Parallel()
 	_, _, js := testkit.NATS(t)
@@ -314,11 +316,33 @@ func TestConsumersOfAnOlderVersionAreNarrowed(t *testing.T) {
 	h.publish(natsx.Tenant(natsx.SubjectNotification, practice, "patients/p1"), &conversationv1.Notification{Meta: note}, note)
 	view := events.Meta(patient, "conversation.view", "conversations/c1", time.Now())
 	h.publish(natsx.Tenant(natsx.SubjectConversationAccess, practice), &typev1.AccessRecorded{Meta: view}, view)
+	// The product's echoes as an older version published them (on the
+	// audited kinds), as this one does (on the echo kinds), and a person's
+	// update with an echo's action (audited, on the audited kind).
+	oldStatus := events.System(practice, "message.status", msg, time.Now())
+	h.publish(natsx.Tenant(natsx.SubjectMessageUpdated, practice, "patients/p1"), &deliveryv1.MessageUpdated{Meta: oldStatus}, oldStatus)
+	newStatus := events.System(practice, "message.status", msg, time.Now())
+	h.publish(natsx.Tenant(natsx.SubjectMessageStatusEcho, practice, "patients/p1"), &deliveryv1.MessageUpdated{Meta: newStatus}, newStatus)
+	oldActivity := events.System(practice, "conversation.activity", "conversations/c1", time.Now())
+	h.publish(natsx.Tenant(natsx.SubjectConversationUpdated, practice, "patients/p1"), &conversationv1.ConversationUpdated{Meta: oldActivity}, oldActivity)
+	newActivity := events.System(practice, "conversation.activity", "conversations/c1", time.Now())
+	h.publish(natsx.Tenant(natsx.SubjectConversationEcho, practice, "patients/p1"), &conversationv1.ConversationUpdated{Meta: newActivity}, newActivity)
+	personal := events.Meta(patient, "message.status", msg, time.Now())
+	h.publish(natsx.Tenant(natsx.PublishBase(natsx.SubjectMessageStatusEcho, personal.GetActor(), personal.GetAction()), practice, "patients/p1"),
+		&deliveryv1.MessageUpdated{Meta: personal}, personal)
 
 	h = newHarnessOn(t, js)
 	h.sentinel()
 	require.Len(t, h.list(`action="message.send"`), 1)
 	require.Len(t, h.list(`action="conversation.view"`), 1)
+	status := h.list(`action="message.status"`)
+	require.Len(t, status, 1, "the person's update only")
+	require.Equal(t, "auditEvents/"+personal.GetId(), status[0].GetName())
+	require.Empty(t, h.list(`action="conversation.activity"`))
+	// Delivered to the audit: each stream's actions, the sentinel and the
+	// echoes published before the echo kinds; never a non-action or an echo
+	// on its own kind.
+	delivered := map[string]uint64{natsx.StreamDelivery: 4, natsx.StreamConversation: 3}
 	for _, spec := range ingest.Specs() {
 		info, err := js.Consumer(ctx, spec.Stream, spec.Durable)
 		require.NoError(t, err)
@@ -329,10 +353,11 @@ func TestConsumersOfAnOlderVersionAreNarrowed(t *testing.T) {
 		}
 		require.ElementsMatch(t, spec.FilterSubjects, filters, spec.Durable)
 		require.Zero(t, c.NumAckPending, spec.Durable)
-		if spec.Stream == natsx.StreamConversation {
-			// The notification is behind the consumer, never delivered.
+		if want, ok := delivered[spec.Stream]; ok {
+			// The skipped kinds are behind the consumer, never delivered.
 			require.Zero(t, c.NumPending)
 			require.Zero(t, c.NumRedelivered)
+			require.Equal(t, want, c.Delivered.Consumer, spec.Durable)
 		}
 	}
 }

@@ -21,8 +21,9 @@
 //
 // Events consumed: every subject of every clinicchat stream
 // (CLINICCHAT_CONVERSATION, _DELIVERY, _ATTACHMENT, _PREFERENCES, _GATEWAY)
-// but the non-action subjects of internal/domain/policy.go (notification
-// requests), which the consumers' filters leave out, through durable
+// but the skipped kinds of internal/domain/policy.go (notification
+// requests, and the kinds that carry only the product's receipt-status and
+// thread-activity echoes), which the consumers' filters leave out, through durable
 // JetStream consumers "audit-<stream>", acked after the record's commit;
 // redeliveries are ignored by event id. The consumers' batches share one
 // transaction, at most one commit per 25 ms while events keep coming

@@ -11,8 +11,10 @@
 // templates per practice), outbox.
 //
 // Events it produces (stream CLINICCHAT_CONVERSATION): ConversationCreated,
-// ConversationUpdated (new message, with its sequence number and side; archive;
-// assignment: "conversation.assign"), ConversationUserStateChanged
+// ConversationUpdated (new message, with its sequence number and side: the
+// product's activity echo, on its own kind conversation.conversation.activity,
+// which the audit does not read; archive; assignment: "conversation.assign"),
+// ConversationUserStateChanged
 // (pin/mute), ConversationRead (a participant's read watermark; its subject
 // names the reader after the practice), Notification
 // (one per recipient user of a new message, none for who muted the thread) and

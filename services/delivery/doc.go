@@ -9,7 +9,9 @@
 // a status only rises (SENT → DELIVERED → READ), so replays are harmless.
 //
 // Events it produces (stream CLINICCHAT_DELIVERY): MessageCreated,
-// MessageUpdated (status), AccessRecorded (views, unlocks, refused attempts).
+// MessageUpdated (status: the receipts' echoes, actor system, on their own
+// kind delivery.message.status, which the audit does not read),
+// AccessRecorded (views, unlocks, refused attempts).
 //
 // Events it consumes: conversation's ConversationRead (durable
 // "delivery-receipts": a read watermark turns the other side's messages READ).

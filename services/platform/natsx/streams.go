@@ -32,11 +32,13 @@ import (
 var (
 	SubjectConversationCreated string
 	SubjectConversationUpdated string
+	SubjectConversationEcho    string
 	SubjectConversationRead    string
 	SubjectConversationUser    string
 	SubjectConversationAccess  string
 	SubjectMessageCreated      string
 	SubjectMessageUpdated      string
+	SubjectMessageStatusEcho   string
 	SubjectNotification        string
 	SubjectDeliveryAccess      string
 	SubjectAttachmentUploaded  string
@@ -134,6 +136,58 @@ var kinds = []struct {
 	{&SubjectPreferencesChanged, "preferences.preferences.changed"},
 	{&SubjectPreferencesAccess, "preferences.access.recorded"},
 	{&SubjectGatewayAccess, "gateway.access.recorded"},
+	{&SubjectMessageStatusEcho, "delivery.message.status"},
+	{&SubjectConversationEcho, "conversation.conversation.activity"},
+}
+
+// SystemActor is EventMeta.actor for actions of the product itself
+// (events.System).
+const SystemActor = "system"
+
+// echoes are the kinds that carry only the product's own echoes of an
+// action already logged (the audit service's consumers do not receive
+// them): each is the kind of base subject "of", for events whose actor is
+// SystemActor and whose action is "action". PublishBase routes every event
+// of either kind, so that an echo kind never carries anything else.
+var echoes = []struct {
+	echo, of *string
+	action   string
+}{
+	// delivery moving a receipt's status (SENT → DELIVERED → READ)
+	{&SubjectMessageStatusEcho, &SubjectMessageUpdated, "message.status"},
+	// conversation updating a thread's last message, preview and counts
+	{&SubjectConversationEcho, &SubjectConversationUpdated, "conversation.activity"},
+}
+
+// PublishBase is the base subject to publish an event of base's kind on,
+// given its meta's actor and action: for a kind with an echo kind (or an
+// echo kind itself), the echo kind when the actor is SystemActor and the
+// action is the echo's, the echoed kind otherwise (a person's action is
+// never published on an echo kind); base for any other kind.
+func PublishBase(base, actor, action string) string {
+	for _, e := range echoes {
+		if base != *e.of && base != *e.echo {
+			continue
+		}
+		if actor == SystemActor && action == e.action {
+			return *e.echo
+		}
+		return *e.of
+	}
+	return base
+}
+
+// Echo describes an echo kind: the kind it echoes and the one action (by
+// SystemActor) it carries.
+type Echo struct{ Kind, Of, Action string }
+
+// Echoes lists the echo kinds (Kind strings, without prefix).
+func Echoes() []Echo {
+	out := make([]Echo, len(echoes))
+	for i, e := range echoes {
+		out[i] = Echo{Kind: (*e.echo)[len(prefix)+1:], Of: (*e.of)[len(prefix)+1:], Action: e.action}
+	}
+	return out
 }
 
 // Kinds lists every event kind (Kind of its subject), in declaration order.

@@ -118,3 +118,27 @@ func TestKinds(t *testing.T) {
 	require.True(t, seen[Kind(SubjectGatewayAccess)])
 	require.Len(t, kinds, len(seen))
 }
+
+// An echo kind carries only its one system action: a person's event of the
+// echoed kind, or one handed to PublishBase with the echo kind itself, is
+// published on the echoed (audited) kind.
+func TestPublishBaseKeepsPersonsOffEchoKinds(t *testing.T) {
+	require.Len(t, Echoes(), 2)
+	for _, e := range Echoes() {
+		echo, of := prefix+"."+e.Kind, prefix+"."+e.Of
+		require.Contains(t, Kinds(), e.Kind)
+		require.Contains(t, Kinds(), e.Of)
+		require.Equal(t, StreamOf(of), StreamOf(echo), "an echo is in the stream of what it echoes")
+		for _, base := range []string{of, echo} {
+			require.Equal(t, echo, PublishBase(base, SystemActor, e.Action), e.Kind)
+			require.Equal(t, of, PublishBase(base, "users/u1", e.Action), "a person's action is audited: %s", e.Kind)
+			require.Equal(t, of, PublishBase(base, "patients/p1", e.Action), e.Kind)
+			require.Equal(t, of, PublishBase(base, SystemActor, "conversation.archive"), "another system action: %s", e.Kind)
+			require.Equal(t, of, PublishBase(base, "", ""), e.Kind)
+		}
+	}
+	require.Equal(t, SubjectMessageStatusEcho, PublishBase(SubjectMessageUpdated, SystemActor, "message.status"))
+	require.Equal(t, SubjectConversationEcho, PublishBase(SubjectConversationUpdated, SystemActor, "conversation.activity"))
+	require.Equal(t, SubjectMessageCreated, PublishBase(SubjectMessageCreated, SystemActor, "message.status"))
+	require.Equal(t, SubjectNotification, PublishBase(SubjectNotification, SystemActor, "conversation.activity"))
+}

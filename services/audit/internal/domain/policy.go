@@ -14,6 +14,11 @@ package domain
 // whatever its action, and so is every other action of the product itself
 // (the archive sweeper's "conversation.archive", for one). A publisher that
 // adds a new event is audited by default; only adding it here removes it.
+//
+// The system echoes are published on kinds of their own (SystemEchoSubjects)
+// so that JetStream leaves them out of the audit consumers' filters; events
+// of the same actions published before those kinds existed are on the
+// audited kinds and skipped here by actor and action.
 
 // SystemActor is meta.actor for actions of the product itself.
 const SystemActor = "system"
@@ -26,6 +31,28 @@ var NonActionSubjects = map[string]string{
 	// A request to an external notifier to tell a recipient about a new
 	// message; the send that caused it is logged as "message.send".
 	"conversation.notification.requested": "notification request, not an action",
+}
+
+// SystemEchoSubjects are the kinds of event that carry only the product's
+// own echoes (natsx.Echoes), each with the one action it carries: the
+// publishers choose the subject by actor and action (natsx.PublishBase), so
+// an event on one of these has SystemActor as actor and its action is in
+// SystemEchoActions; a person's update of the same kind goes on the audited
+// kind it echoes. The audit service's consumers do not receive these kinds.
+// Should an event with another actor or action reach the audit on one of
+// them, Audited still logs it (the rules below do not look at the kind).
+var SystemEchoSubjects = map[string]string{
+	"delivery.message.status":            "message.status",
+	"conversation.conversation.activity": "conversation.activity",
+}
+
+// Skipped reports whether the audit service's consumers leave kind out of
+// their JetStream filters (NonActionSubjects, SystemEchoSubjects). Every
+// other kind is delivered to them and judged by Audited.
+func Skipped(kind string) bool {
+	_, non := NonActionSubjects[kind]
+	_, echo := SystemEchoSubjects[kind]
+	return non || echo
 }
 
 // SystemEchoActions are actions that are not audited when the actor is

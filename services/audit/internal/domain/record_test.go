@@ -75,6 +75,9 @@ func TestNotificationKindMatchesNATS(t *testing.T) {
 	t.Parallel()
 	_, ok := domain.NonActionSubjects[natsx.Kind(natsx.SubjectNotification)]
 	require.True(t, ok)
+	require.Equal(t, "message.status", domain.SystemEchoSubjects[natsx.Kind(natsx.SubjectMessageStatusEcho)])
+	require.Equal(t, "conversation.activity", domain.SystemEchoSubjects[natsx.Kind(natsx.SubjectConversationEcho)])
+	require.Equal(t, natsx.SystemActor, domain.SystemActor)
 }
 
 func TestAudited(t *testing.T) {
@@ -92,6 +95,13 @@ func TestAudited(t *testing.T) {
 		{"system status echo", natsx.SubjectMessageUpdated, withAction(system, "message.status"), false},
 		{"system activity echo", natsx.SubjectConversationUpdated, withAction(system, "conversation.activity"), false},
 		{"person with an echo action", natsx.SubjectMessageUpdated, person, true},
+		{"system status echo on its kind", natsx.SubjectMessageStatusEcho, withAction(system, "message.status"), false},
+		{"system activity echo on its kind", natsx.SubjectConversationEcho, withAction(system, "conversation.activity"), false},
+		// natsx.PublishBase never puts these on an echo kind; were one
+		// delivered there, the policy would still log it.
+		{"person on an echo kind", natsx.SubjectMessageStatusEcho, person, true},
+		{"person on the activity echo kind", natsx.SubjectConversationEcho, domain.Entry{Actor: "patients/p", Action: "conversation.activity"}, true},
+		{"system archive on an echo kind", natsx.SubjectConversationEcho, withAction(system, "conversation.archive"), true},
 		{"system archive", natsx.SubjectConversationUpdated, withAction(system, "conversation.archive"), true},
 		{"system anything else", natsx.SubjectGatewayAccess, withAction(system, "something.new"), true},
 		{"practice system as users/x", natsx.SubjectPatientUpserted, domain.Entry{Actor: "users/pms", ActorRole: "system", Action: "message.status"}, true},

@@ -98,10 +98,12 @@ type Consumers struct {
 }
 
 // Specs are the consumers: one per stream in natsx.Streams. A stream with
-// no subject in domain.NonActionSubjects is consumed whole (a subject added
-// later is audited without a change here); a stream with one is consumed on
-// each of its other subjects (natsx.Kinds), so that JetStream never delivers
-// its non-actions to the audit service at all.
+// no skipped kind (domain.Skipped: non-actions and the product's echoes) is
+// consumed whole (a subject added later is audited without a change here);
+// a stream with one is consumed on each of its other kinds (natsx.Kinds), so
+// that JetStream never delivers the skipped kinds to the audit service at
+// all. TestEveryKindIsAuditedOrSkipped holds that every kind a service
+// publishes is one of the two.
 func Specs() []natsx.ConsumerSpec {
 	var out []natsx.ConsumerSpec
 	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
@@ -113,7 +115,7 @@ func Specs() []natsx.ConsumerSpec {
 			if natsx.StreamOf(base) != sc.Name {
 				continue
 			}
-			if _, ok := domain.NonActionSubjects[k]; ok {
+			if domain.Skipped(k) {
 				skipped = true
 				continue
 			}

@@ -1,6 +1,10 @@
 package ingest_test
 
 import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -85,37 +89,131 @@ func delivered(spec natsx.ConsumerSpec, subject string) bool {
 }
 
 // Every stream has its consumer; it receives every event kind that can be an
-// action, in the tenant and the pre-tenant form, and none of the
-// non-actions.
+// action, in the tenant and the pre-tenant form, and none of the skipped
+// kinds (non-actions, the product's echoes).
 func TestSpecsCoverEveryStream(t *testing.T) {
 	t.Parallel()
 	specs := ingest.Specs()
 	streams := natsx.Streams(natsx.StreamsConfig{})
 	require.Len(t, specs, len(streams))
 	durables := map[string]bool{}
-	byStream := map[string]natsx.ConsumerSpec{}
 	for i, s := range specs {
 		require.Equal(t, streams[i].Name, s.Stream)
 		require.False(t, durables[s.Durable])
 		durables[s.Durable] = true
-		byStream[s.Stream] = s
 	}
 	require.True(t, durables["audit-conversation"])
 	require.True(t, durables["audit-gateway"])
+	// A stream without skipped kinds is consumed whole: a subject added
+	// later is audited.
+	require.Equal(t, []string{natsx.Prefix() + ".gateway.>"}, specByStream()[natsx.StreamGateway].FilterSubjects)
+}
+
+func specByStream() map[string]natsx.ConsumerSpec {
+	out := map[string]natsx.ConsumerSpec{}
+	for _, s := range ingest.Specs() {
+		out[s.Stream] = s
+	}
+	return out
+}
+
+// Audited by default: every kind of event (natsx.Kinds, which every
+// publisher's subject is: TestPublishedSubjectsAreDeclaredKinds) is either
+// in its stream's audit consumer's filter, in every form it is published
+// in, or declared skipped by the policy (a non-action, or an echo kind that
+// natsx.PublishBase keeps to its one system action). A kind added without
+// either is delivered (its stream's filter lists kinds: this fails until it
+// is classified).
+func TestEveryKindIsAuditedOrSkipped(t *testing.T) {
+	t.Parallel()
+	byStream := specByStream()
 	skipped := 0
 	for _, k := range natsx.Kinds() {
 		base := natsx.Prefix() + "." + k
 		spec := byStream[natsx.StreamOf(base)]
-		_, nonAction := domain.NonActionSubjects[k]
 		for _, subject := range []string{base, natsx.Tenant(base, "demo"), natsx.Tenant(base, "demo", "patients/p1")} {
-			require.Equal(t, !nonAction, delivered(spec, subject), subject)
+			require.Equal(t, !domain.Skipped(k), delivered(spec, subject), subject)
 		}
-		if nonAction {
+		if domain.Skipped(k) {
 			skipped++
 		}
 	}
-	require.Equal(t, len(domain.NonActionSubjects), skipped, "every non-action subject is a kind of natsx")
-	// A stream without non-actions is consumed whole: a subject added later
-	// is audited.
-	require.Equal(t, []string{natsx.Prefix() + ".gateway.>"}, byStream[natsx.StreamGateway].FilterSubjects)
+	require.Equal(t, len(domain.NonActionSubjects)+len(domain.SystemEchoSubjects), skipped,
+		"every skipped kind is a kind of natsx, and declared once")
+
+	// The policy's echo kinds are natsx's, with the same action, and that
+	// action is one the policy skips only for the system actor.
+	echoes := map[string]string{}
+	for _, e := range natsx.Echoes() {
+		echoes[e.Kind] = e.Action
+		require.Contains(t, domain.SystemEchoActions, e.Action)
+		require.False(t, domain.Skipped(e.Of), "the echoed kind %s is audited", e.Of)
+		// A person's action on either kind is published on the audited one.
+		of := natsx.Prefix() + "." + e.Of
+		for _, base := range []string{of, natsx.Prefix() + "." + e.Kind} {
+			require.Equal(t, of, natsx.PublishBase(base, "users/u1", e.Action))
+			require.True(t, delivered(byStream[natsx.StreamOf(of)], natsx.Tenant(natsx.PublishBase(base, "patients/p1", e.Action), "demo")))
+		}
+	}
+	require.Equal(t, domain.SystemEchoSubjects, echoes)
+}
+
+// Every subject a service publishes on is one of natsx's kinds: publishers
+// name them with natsx.Subject* (declared in natsx's kinds table, checked
+// here from the source) and no code outside natsx and the policy spells a
+// kind itself.
+func TestPublishedSubjectsAreDeclaredKinds(t *testing.T) {
+	t.Parallel()
+	root := filepath.Join("..", "..", "..", "..")
+	table, err := os.ReadFile(filepath.Join(root, "services", "platform", "natsx", "streams.go"))
+	require.NoError(t, err)
+	declared := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\{&(Subject\w+), "([a-z.]+)"\}`).FindAllStringSubmatch(string(table), -1) {
+		declared[m[1]] = true
+		require.Contains(t, natsx.Kinds(), m[2])
+	}
+	require.Len(t, declared, len(natsx.Kinds()))
+	// The echo kinds' variables: no publisher names them (natsx.PublishBase
+	// alone puts an event there, for the system actor's one action); only
+	// the gateway, which reads them, does.
+	echoVars := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\{&(Subject\w+), &Subject\w+, "`).FindAllStringSubmatch(string(table), -1) {
+		echoVars[m[1]] = true
+	}
+	require.Len(t, echoVars, len(natsx.Echoes()))
+	use := regexp.MustCompile(`natsx\.(Subject\w+)`)
+	literal := regexp.MustCompile(`"(?:[a-z][a-z0-9_-]*\.)?(?:conversation|delivery|attachment|preferences|gateway)\.[a-z_]+\.[a-z_]+[".]`)
+	files := 0
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (d.Name() == ".git" || d.Name() == "node_modules") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") || strings.HasSuffix(path, ".pb.go") {
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		files++
+		slash := filepath.ToSlash(path)
+		for _, m := range use.FindAllStringSubmatch(string(src), -1) {
+			require.True(t, declared[m[1]], "%s: natsx.%s is not in natsx's kinds table", path, m[1])
+			require.False(t, echoVars[m[1]] && !strings.HasPrefix(slash, filepath.ToSlash(root)+"/gateway/"),
+				"%s names natsx.%s: publish on the echoed kind, natsx.PublishBase picks the echo", path, m[1])
+		}
+		if strings.HasSuffix(slash, "services/platform/natsx/streams.go") || strings.HasSuffix(slash, "services/audit/internal/domain/policy.go") {
+			return nil
+		}
+		for _, m := range literal.FindAllString(string(src), -1) {
+			kind := strings.TrimPrefix(strings.Trim(m, `".`), natsx.Prefix()+".")
+			require.Contains(t, natsx.Kinds(), kind, "%s spells a subject that is not a kind of natsx", path)
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	require.Greater(t, files, 100, "the walk reached the repository")
 }

@@ -82,12 +82,17 @@ func viewer(id auth.Identity) domain.Viewer {
 
 // ev is an event on base's subject for its practice, then (natsx.Tenant)
 // the thread's patient for thread events, or the user for a user's own
-// state, so a patient's event stream can ask for its own thread only.
+// state, so a patient's event stream can ask for its own thread only. The
+// base is chosen by the event's actor and action (natsx.PublishBase): the
+// product's thread activity echoes go on their own kind, which the audit
+// does not read, and any other conversation.updated on the audited one.
 func ev(base string, msg interface {
 	proto.Message
 	GetMeta() *typev1.EventMeta
 }) domain.Event {
-	tokens := []string{msg.GetMeta().GetPractice()}
+	meta := msg.GetMeta()
+	base = natsx.PublishBase(base, meta.GetActor(), meta.GetAction())
+	tokens := []string{meta.GetPractice()}
 	switch m := msg.(type) {
 	case *conversationv1.ConversationCreated:
 		tokens = append(tokens, m.GetConversation().GetPatient())
@@ -99,7 +104,7 @@ func ev(base string, msg interface {
 		// The reader: a gateway keeping the reader's unread counts reads it.
 		tokens = append(tokens, m.GetReader())
 	}
-	return domain.Event{ID: msg.GetMeta().GetId(), Subject: natsx.Tenant(base, tokens...), Msg: msg}
+	return domain.Event{ID: meta.GetId(), Subject: natsx.Tenant(base, tokens...), Msg: msg}
 }
 
 // denied records a refused attempt and returns err.

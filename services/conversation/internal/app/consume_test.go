@@ -89,7 +89,7 @@ func TestBatchConsumerTerminatesPoisonAloneAndKeepsEachTrace(t *testing.T) {
 			for rows.Next() {
 				var subject, tp string
 				require.NoError(t, rows.Scan(&subject, &tp))
-				if strings.HasPrefix(subject, natsx.SubjectConversationUpdated) {
+				if strings.HasPrefix(subject, natsx.SubjectConversationEcho+".") { // the thread activity echo
 					require.Len(t, tp, 55, "a traceparent")
 					told = append(told, tp[3:35])
 				}

@@ -102,13 +102,18 @@ type metaEvent interface {
 }
 
 // ev is an event on base's subject for its practice, and for message
-// events the thread's patient (natsx.Tenant).
+// events the thread's patient (natsx.Tenant). The base is chosen by the
+// event's actor and action (natsx.PublishBase): the product's receipt
+// status echoes go on their own kind, which the audit does not read, and a
+// person's message.updated on the audited one.
 func ev(base string, msg metaEvent) domain.Event {
-	tokens := []string{msg.GetMeta().GetPractice()}
+	meta := msg.GetMeta()
+	base = natsx.PublishBase(base, meta.GetActor(), meta.GetAction())
+	tokens := []string{meta.GetPractice()}
 	if p, ok := msg.(interface{ GetPatient() string }); ok {
 		tokens = append(tokens, p.GetPatient())
 	}
-	return domain.Event{ID: msg.GetMeta().GetId(), Subject: natsx.Tenant(base, tokens...), Msg: msg}
+	return domain.Event{ID: meta.GetId(), Subject: natsx.Tenant(base, tokens...), Msg: msg}
 }
 
 func access(subject string, meta *typev1.EventMeta) domain.Event {
@@ -396,7 +401,8 @@ func (a *App) advanceAs(ctx context.Context, adv domain.Advance) ([]domain.Messa
 	return changed, err
 }
 
-// updated is a receipt's message.updated events, in seq order.
+// updated is a receipt's message.updated events, in seq order (system
+// echoes: natsx.PublishBase puts them on delivery.message.status).
 func updated(adv domain.Advance, ms []domain.Message) []domain.Event {
 	sort.Slice(ms, func(i, j int) bool { return ms[i].Seq < ms[j].Seq })
 	out := make([]domain.Event, 0, len(ms))

@@ -14,6 +14,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/store"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
@@ -79,14 +80,18 @@ func TestHandleConversationReadsBatch(t *testing.T) {
 		}
 		require.Equal(t, want, m.ReadBy, "message %d", m.Seq)
 	}
-	var updates int
-	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM outbox WHERE subject LIKE '%.message.updated.%'`).Scan(&updates))
+	// The receipts are the product's echoes: on their own kind, none on
+	// the audited message.updated.
+	var updates, audited int
+	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM outbox WHERE subject LIKE '`+natsx.SubjectMessageStatusEcho+`.%'`).Scan(&updates))
 	require.Equal(t, 6, updates, "one message.updated per message")
+	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM outbox WHERE subject LIKE '`+natsx.SubjectMessageUpdated+`.%'`).Scan(&audited))
+	require.Zero(t, audited)
 
 	// The same batch again (redelivered) changes nothing and tells nothing.
 	for _, err := range a.HandleConversationReads(ctx, batch) {
 		_ = err
 	}
-	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM outbox WHERE subject LIKE '%.message.updated.%'`).Scan(&updates))
+	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM outbox WHERE subject LIKE '`+natsx.SubjectMessageStatusEcho+`.%'`).Scan(&updates))
 	require.Equal(t, 6, updates, "a replay tells nothing")
 }
