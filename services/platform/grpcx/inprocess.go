@@ -201,36 +201,23 @@ func serverContext(ctx context.Context, sts grpc.ServerTransportStream) (_ conte
 	return grpc.NewContextWithServerTransportStream(sctx, sts), cancel
 }
 
-// callOptions are the call options an in-process call honours.
-type callOptions struct {
-	headers, trailers []*metadata.MD
-	peers             []*peer.Peer
-}
+// callOptions are a call's options; done honours the header, trailer and
+// peer ones (read when the call ends, so that a call allocates nothing for
+// them).
+type callOptions []grpc.CallOption
 
-func parseCallOptions(opts []grpc.CallOption) callOptions {
-	var c callOptions
-	for _, o := range opts {
-		switch o := o.(type) {
-		case grpc.HeaderCallOption:
-			c.headers = append(c.headers, o.HeaderAddr)
-		case grpc.TrailerCallOption:
-			c.trailers = append(c.trailers, o.TrailerAddr)
-		case grpc.PeerCallOption:
-			c.peers = append(c.peers, o.PeerAddr)
-		}
-	}
-	return c
-}
+func parseCallOptions(opts []grpc.CallOption) callOptions { return opts }
 
 func (c callOptions) done(header, trailer metadata.MD) {
-	for _, h := range c.headers {
-		*h = header
-	}
-	for _, t := range c.trailers {
-		*t = trailer
-	}
-	for _, p := range c.peers {
-		*p = *inprocPeer
+	for _, o := range c {
+		switch o := o.(type) {
+		case grpc.HeaderCallOption:
+			*o.HeaderAddr = header
+		case grpc.TrailerCallOption:
+			*o.TrailerAddr = trailer
+		case grpc.PeerCallOption:
+			*o.PeerAddr = *inprocPeer
+		}
 	}
 }
 
