@@ -185,7 +185,10 @@ func (d detached) AfterFunc(f func()) (stop func() bool) { return context.AfterF
 // copy, keys lowercased) with the caller's bearer token added when it has
 // none, as auth.ForwardUnary adds it to a network call's: built here at
 // once instead of through a second outgoing context and a second copy.
-func serverContext(ctx context.Context, sts grpc.ServerTransportStream) (_ context.Context, cancel context.CancelFunc) {
+//
+// d is where the detached root goes (a field of the call, so that it is not
+// an allocation of its own); nil allocates one.
+func serverContext(ctx context.Context, d *detached, sts grpc.ServerTransportStream) (_ context.Context, cancel context.CancelFunc) {
 	md, _ := metadata.FromOutgoingContext(ctx) // a copy, keys lowercased
 	if len(md[auth.MetadataKey]) == 0 {
 		if id, ok := auth.FromContext(ctx); ok && id.Token != "" {
@@ -195,7 +198,11 @@ func serverContext(ctx context.Context, sts grpc.ServerTransportStream) (_ conte
 			md[auth.MetadataKey] = []string{"Bearer " + id.Token}
 		}
 	}
-	sctx, cancel := context.WithCancel(detached{ctx})
+	if d == nil {
+		d = new(detached)
+	}
+	d.parent = ctx
+	sctx, cancel := context.WithCancel(d)
 	sctx = metadata.NewIncomingContext(sctx, md)
 	sctx = peer.NewContext(sctx, inprocPeer)
 	return grpc.NewContextWithServerTransportStream(sctx, sts), cancel
@@ -367,6 +374,7 @@ type unaryCall struct {
 	in     proto.Message // the caller's request, read until decoded
 	sctx   context.Context
 	cancel context.CancelFunc
+	det    detached // the root of sctx
 	hs     headerStream
 
 	decodeOnce sync.Once
@@ -430,7 +438,7 @@ func (p *inProcess) invoke(ctx context.Context, method string, req, reply any, o
 	}
 	c := &unaryCall{p: p, method: method, m: m, in: in}
 	c.hs.method = method
-	c.sctx, c.cancel = serverContext(ctx, &c.hs)
+	c.sctx, c.cancel = serverContext(ctx, &c.det, &c.hs)
 	c.decoded.Add(1)
 	ctxDone := ctx.Done()
 	if ctxDone != nil {
@@ -516,7 +524,7 @@ func (p *inProcess) newStream(ctx context.Context, desc *grpc.StreamDesc, method
 	ss := &serverStream{p: p, requests: cs.requests, responses: cs.responses, clientDone: ctx.Done()}
 	ss.hs = &headerStream{method: method, onSend: ss.sendHeader}
 	var cancel context.CancelFunc
-	ss.ctx, cancel = serverContext(ctx, ss.hs)
+	ss.ctx, cancel = serverContext(ctx, nil, ss.hs)
 	go func() {
 		defer cancel()
 		err := p.serveStream(ss, method, m)
