@@ -93,7 +93,8 @@ func (benchDelivery) CreateMessage(ctx context.Context, req *deliveryv1.CreateMe
 // service's work: CreateMessage with a bearer token (verified once, then
 // from the cache), the per-identity send limit and the metrics, "inprocess"
 // through Server.InProcess (the gateway's hop in the all-in-one), "grpc"
-// over bufconn (a practice system's call on --grpc-addr).
+// over bufconn (a practice system's call on --grpc-addr); "inprocess"'s
+// context never ends, "inprocess-cancelable"'s can.
 //
 //	go test ./services/platform/grpcx -run XXX -bench SendHop -benchmem -count 5
 func BenchmarkSendHop(b *testing.B) {
@@ -115,6 +116,13 @@ func BenchmarkSendHop(b *testing.B) {
 		}
 	}
 	b.Run("inprocess", func(b *testing.B) {
+		send(b, deliveryv1.NewDeliveryServiceClient(server().InProcess()), ctx)
+	})
+	// A caller whose context can end (a request's, a handler's): the call
+	// waits on a channel and the caller's cancellation together.
+	b.Run("inprocess-cancelable", func(b *testing.B) {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
 		send(b, deliveryv1.NewDeliveryServiceClient(server().InProcess()), ctx)
 	})
 	b.Run("grpc", func(b *testing.B) {

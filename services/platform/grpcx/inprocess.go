@@ -42,12 +42,14 @@ type interceptOption struct {
 // from the network does — authentication from the bearer token of the
 // outgoing metadata (which becomes the handler's incoming metadata), rate
 // limits (Intercept), Prometheus metrics, error mapping, panic recovery —
-// and the caller's side forwards the bearer token (auth.ForwardUnary) and
-// is traced as Dial's connections are. The handler's context carries the
+// and the caller's side forwards the bearer token of the caller's identity
+// when its outgoing metadata has none (as auth.ForwardUnary does) and is
+// traced as Dial's connections are. The handler's context carries the
 // caller's deadline and cancellation but none of its values. An error
 // reaches the caller as a status, code and details, as over the network.
 // Messages are deep-copied each way (proto.Clone/Merge), so caller and
-// handler never share one. Unary and streaming calls both work; unlike a
+// handler never share one (a handler changing its request, or the answer
+// it returned, changes nothing the caller sees, and the reverse). Unary and streaming calls both work; unlike a
 // network connection there is no retry on UNAVAILABLE and no message size
 // limit.
 func (s *Server) InProcess() grpc.ClientConnInterface { return s.inproc }
@@ -72,8 +74,6 @@ type inProcess struct {
 	stream      grpc.StreamServerInterceptor
 	serverStats stats.Handler // nil when tracing is off
 	clientStats stats.Handler
-	forwardU    grpc.UnaryClientInterceptor
-	forwardS    grpc.StreamClientInterceptor
 	workers     workers
 
 	mu     sync.Mutex
@@ -95,8 +95,7 @@ func newInProcess(unary []grpc.UnaryServerInterceptor, stream []grpc.StreamServe
 		methods: map[string]*inprocMethod{},
 		unary:   chainUnary(unary), stream: chainStream(stream),
 		serverStats: serverStats, clientStats: clientStats,
-		forwardU: auth.ForwardUnary(), forwardS: auth.ForwardStream(),
-		workers: workers{calls: make(chan func()), max: workerCalls},
+		workers: workers{calls: make(chan job), max: workerCalls},
 		idle:    make(chan struct{}),
 	}
 }
@@ -181,44 +180,51 @@ func (d detached) AfterFunc(f func()) (stop func() bool) { return context.AfterF
 // (registered with the caller's through AfterFunc), so that the contexts a
 // handler derives from it find a cancel context among their parents and
 // start no goroutine each.
-func serverContext(ctx context.Context, sts grpc.ServerTransportStream) (_ context.Context, cancel context.CancelFunc) {
+//
+// The handler's incoming metadata is the caller's outgoing metadata (a
+// copy, keys lowercased) with the caller's bearer token added when it has
+// none, as auth.ForwardUnary adds it to a network call's: built here at
+// once instead of through a second outgoing context and a second copy.
+//
+// d is where the detached root goes (a field of the call, so that it is not
+// an allocation of its own); nil allocates one.
+func serverContext(ctx context.Context, d *detached, sts grpc.ServerTransportStream) (_ context.Context, cancel context.CancelFunc) {
 	md, _ := metadata.FromOutgoingContext(ctx) // a copy, keys lowercased
-	sctx, cancel := context.WithCancel(detached{ctx})
+	if len(md[auth.MetadataKey]) == 0 {
+		if id, ok := auth.FromContext(ctx); ok && id.Token != "" {
+			if md == nil {
+				md = make(metadata.MD, 1)
+			}
+			md[auth.MetadataKey] = []string{"Bearer " + id.Token}
+		}
+	}
+	if d == nil {
+		d = new(detached)
+	}
+	d.parent = ctx
+	sctx, cancel := context.WithCancel(d)
 	sctx = metadata.NewIncomingContext(sctx, md)
 	sctx = peer.NewContext(sctx, inprocPeer)
 	return grpc.NewContextWithServerTransportStream(sctx, sts), cancel
 }
 
-// callOptions are the call options an in-process call honours.
-type callOptions struct {
-	headers, trailers []*metadata.MD
-	peers             []*peer.Peer
-}
+// callOptions are a call's options; done honours the header, trailer and
+// peer ones (read when the call ends, so that a call allocates nothing for
+// them).
+type callOptions []grpc.CallOption
 
-func parseCallOptions(opts []grpc.CallOption) callOptions {
-	var c callOptions
-	for _, o := range opts {
-		switch o := o.(type) {
-		case grpc.HeaderCallOption:
-			c.headers = append(c.headers, o.HeaderAddr)
-		case grpc.TrailerCallOption:
-			c.trailers = append(c.trailers, o.TrailerAddr)
-		case grpc.PeerCallOption:
-			c.peers = append(c.peers, o.PeerAddr)
-		}
-	}
-	return c
-}
+func parseCallOptions(opts []grpc.CallOption) callOptions { return opts }
 
 func (c callOptions) done(header, trailer metadata.MD) {
-	for _, h := range c.headers {
-		*h = header
-	}
-	for _, t := range c.trailers {
-		*t = trailer
-	}
-	for _, p := range c.peers {
-		*p = *inprocPeer
+	for _, o := range c {
+		switch o := o.(type) {
+		case grpc.HeaderCallOption:
+			*o.HeaderAddr = header
+		case grpc.TrailerCallOption:
+			*o.TrailerAddr = trailer
+		case grpc.PeerCallOption:
+			*o.PeerAddr = *inprocPeer
+		}
 	}
 }
 
@@ -308,16 +314,25 @@ func (h *headerStream) getTrailer() metadata.MD {
 // (then a new one starts, with a small stack again, as grpc-go's own stream
 // workers do); when every worker is busy, another starts.
 type workers struct {
-	calls chan func()
+	calls chan job
 	max   int // calls a worker runs (workerCalls)
 }
+
+// job is a call a worker runs: a *unaryCall (an interface holding a pointer
+// costs no allocation, where a closure per call did).
+type job interface{ run() }
+
+// jobFunc is a func as a job.
+type jobFunc func()
+
+func (f jobFunc) run() { f() }
 
 const (
 	workerIdle  = 2 * time.Second
 	workerCalls = 1 << 16
 )
 
-func (w *workers) run(f func()) {
+func (w *workers) run(f job) {
 	select {
 	case w.calls <- f: // a worker was waiting
 	default:
@@ -325,11 +340,11 @@ func (w *workers) run(f func()) {
 	}
 }
 
-func (w *workers) work(f func()) {
+func (w *workers) work(f job) {
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
 	for n := 1; ; n++ {
-		f()
+		f.run()
 		if n == w.max {
 			return // the next call starts a worker with a small stack
 		}
@@ -346,18 +361,63 @@ func (w *workers) work(f func()) {
 // goroutine of its own (a worker), so that the caller returns at its
 // deadline or cancellation whatever the handler does (as over the network).
 func (p *inProcess) Invoke(ctx context.Context, method string, req, reply any, opts ...grpc.CallOption) error {
-	return p.forwardU(ctx, method, req, reply, nil, p.invoke, opts...)
+	return p.invoke(ctx, method, req, reply, opts...)
 }
 
-type unaryResult struct {
-	resp    any
-	err     error
-	header  metadata.MD
-	trailer metadata.MD
+// unaryCall is one unary call: what its worker needs and what it answers,
+// in one allocation (the header stream, the wait for the request's copy and
+// for the end are fields, not objects of their own).
+type unaryCall struct {
+	p      *inProcess
+	method string
+	m      *inprocMethod
+	in     proto.Message // the caller's request, read until decoded
+	sctx   context.Context
+	cancel context.CancelFunc
+	det    detached // the root of sctx
+	hs     headerStream
+
+	decodeOnce sync.Once
+	decoded    sync.WaitGroup // done once the handler has its copy of in
+	// The end: done is sent to when the caller's context can end (it
+	// selects on both), else ended is marked done.
+	done  chan struct{}
+	ended sync.WaitGroup
+
+	resp            any
+	err             error
+	header, trailer metadata.MD
 }
 
-func (p *inProcess) invoke(ctx context.Context, method string, req, reply any, _ *grpc.ClientConn, opts ...grpc.CallOption) (err error) {
-	copts := parseCallOptions(opts)
+func (c *unaryCall) markDecoded() { c.decodeOnce.Do(c.decoded.Done) }
+
+// decode copies the request into the handler's message.
+func (c *unaryCall) decode(m any) error {
+	defer c.markDecoded()
+	dst, ok := m.(proto.Message)
+	if !ok || dst.ProtoReflect().Descriptor() != c.in.ProtoReflect().Descriptor() {
+		return status.Errorf(codes.Internal, "in-process call: cannot decode %T into %T", c.in, m)
+	}
+	proto.Merge(dst, c.in)
+	return nil
+}
+
+// run is the worker's part: the server side, then the end.
+func (c *unaryCall) run() {
+	func() {
+		defer c.markDecoded()
+		defer c.cancel()
+		c.resp, c.err = c.p.serveUnary(c.sctx, c.method, c.m, c.decode)
+		c.header, c.trailer = c.hs.flushHeader(), c.hs.getTrailer()
+	}()
+	if c.done != nil {
+		c.done <- struct{}{}
+	} else {
+		c.ended.Done()
+	}
+}
+
+func (p *inProcess) invoke(ctx context.Context, method string, req, reply any, opts ...grpc.CallOption) (err error) {
 	m := p.methods[method]
 	if m == nil || m.unary == nil {
 		return status.Errorf(codes.Unimplemented, "unknown method %s", method)
@@ -376,51 +436,41 @@ func (p *inProcess) invoke(ctx context.Context, method string, req, reply any, _
 		p.clientStats.HandleRPC(ctx, &stats.OutPayload{Client: true, Payload: req, SentTime: time.Now()})
 		defer func() { p.clientStats.HandleRPC(ctx, &stats.End{Client: true, EndTime: time.Now(), Error: err}) }()
 	}
-	sts := &headerStream{method: method}
-	sctx, cancel := serverContext(ctx, sts)
-	// The request is copied into the handler's message before the handler
-	// runs; decoded tells the caller that it no longer reads req.
-	decoded := make(chan struct{})
-	var decodeOnce sync.Once
-	markDecoded := func() { decodeOnce.Do(func() { close(decoded) }) }
-	dec := func(m any) error {
-		defer markDecoded()
-		dst, ok := m.(proto.Message)
-		if !ok || dst.ProtoReflect().Descriptor() != in.ProtoReflect().Descriptor() {
-			return status.Errorf(codes.Internal, "in-process call: cannot decode %T into %T", req, m)
-		}
-		proto.Merge(dst, in)
-		return nil
+	c := &unaryCall{p: p, method: method, m: m, in: in}
+	c.hs.method = method
+	c.sctx, c.cancel = serverContext(ctx, &c.det, &c.hs)
+	c.decoded.Add(1)
+	ctxDone := ctx.Done()
+	if ctxDone != nil {
+		c.done = make(chan struct{}, 1)
+	} else {
+		c.ended.Add(1)
 	}
-	done := make(chan unaryResult, 1)
-	p.workers.run(func() {
-		defer markDecoded()
-		defer cancel()
-		var r unaryResult
-		r.resp, r.err = p.serveUnary(sctx, method, m, dec)
-		r.header, r.trailer = sts.flushHeader(), sts.getTrailer()
-		done <- r
-	})
-	select {
-	case r := <-done:
-		copts.done(r.header, r.trailer)
-		if r.err != nil {
-			return toClientError(r.err)
+	p.workers.run(c)
+	if ctxDone == nil {
+		c.ended.Wait() // the caller's context never ends: nothing to select
+	} else {
+		select {
+		case <-c.done:
+		case <-ctxDone:
+			c.decoded.Wait() // the caller may reuse req once the handler has its copy
+			return status.FromContextError(ctx.Err()).Err()
 		}
-		if p.clientStats != nil {
-			p.clientStats.HandleRPC(ctx, &stats.InPayload{Client: true, Payload: r.resp, RecvTime: time.Now()})
-		}
-		resp, ok := r.resp.(proto.Message)
-		if !ok || resp.ProtoReflect().Descriptor() != out.ProtoReflect().Descriptor() {
-			return status.Errorf(codes.Internal, "in-process call: cannot copy %T into %T", r.resp, reply)
-		}
-		proto.Reset(out)
-		proto.Merge(out, resp)
-		return nil
-	case <-ctx.Done():
-		<-decoded // the caller may reuse req once the handler has its copy
-		return status.FromContextError(ctx.Err()).Err()
 	}
+	parseCallOptions(opts).done(c.header, c.trailer)
+	if c.err != nil {
+		return toClientError(c.err)
+	}
+	if p.clientStats != nil {
+		p.clientStats.HandleRPC(ctx, &stats.InPayload{Client: true, Payload: c.resp, RecvTime: time.Now()})
+	}
+	resp, ok := c.resp.(proto.Message)
+	if !ok || resp.ProtoReflect().Descriptor() != out.ProtoReflect().Descriptor() {
+		return status.Errorf(codes.Internal, "in-process call: cannot copy %T into %T", c.resp, reply)
+	}
+	proto.Reset(out)
+	proto.Merge(out, resp)
+	return nil
 }
 
 // serveUnary is the server side of a unary call: the stats handler, the
@@ -446,7 +496,7 @@ func (p *inProcess) serveUnary(ctx context.Context, method string, m *inprocMeth
 // NewStream starts a streaming call: the client interceptors, then the
 // handler on its own goroutine, messages passed (copied) over channels.
 func (p *inProcess) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	return p.forwardS(ctx, desc, nil, method, p.newStream, opts...)
+	return p.newStream(ctx, desc, method, opts...)
 }
 
 // frame is one thing a handler sends its caller: a header, a message, or
@@ -459,7 +509,7 @@ type frame struct {
 	err     error
 }
 
-func (p *inProcess) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *grpc.ClientConn, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+func (p *inProcess) newStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 	m := p.methods[method]
 	if m == nil || m.stream == nil {
 		return nil, status.Errorf(codes.Unimplemented, "unknown method %s", method)
@@ -474,7 +524,7 @@ func (p *inProcess) newStream(ctx context.Context, desc *grpc.StreamDesc, _ *grp
 	ss := &serverStream{p: p, requests: cs.requests, responses: cs.responses, clientDone: ctx.Done()}
 	ss.hs = &headerStream{method: method, onSend: ss.sendHeader}
 	var cancel context.CancelFunc
-	ss.ctx, cancel = serverContext(ctx, ss.hs)
+	ss.ctx, cancel = serverContext(ctx, nil, ss.hs)
 	go func() {
 		defer cancel()
 		err := p.serveStream(ss, method, m)
@@ -723,10 +773,16 @@ func (c *clientStream) RecvMsg(m any) error {
 }
 
 // chainUnary runs ints in order, the first outermost (as
-// grpc.ChainUnaryInterceptor does).
+// grpc.ChainUnaryInterceptor does); the first is called directly, so a call
+// allocates a handler for each of the others only.
 func chainUnary(ints []grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
+	if len(ints) == 0 {
+		return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			return handler(ctx, req)
+		}
+	}
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		return unaryAt(ints, 0, info, handler)(ctx, req)
+		return ints[0](ctx, req, info, unaryAt(ints, 1, info, handler))
 	}
 }
 
@@ -741,8 +797,13 @@ func unaryAt(ints []grpc.UnaryServerInterceptor, i int, info *grpc.UnaryServerIn
 
 // chainStream is chainUnary for streams.
 func chainStream(ints []grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
+	if len(ints) == 0 {
+		return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+			return handler(srv, ss)
+		}
+	}
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		return streamAt(ints, 0, info, handler)(srv, ss)
+		return ints[0](srv, ss, info, streamAt(ints, 1, info, handler))
 	}
 }
 

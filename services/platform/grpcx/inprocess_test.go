@@ -320,3 +320,40 @@ func TestInProcessIsTraced(t *testing.T) {
 	require.Equal(t, client.SpanContext.SpanID(), server.Parent.SpanID())
 	require.Equal(t, client.SpanContext.TraceID(), server.SpanContext.TraceID())
 }
+
+// A call whose context can never end (no cancellation, no deadline) takes
+// the path without a channel: the handler still gets the forwarded token
+// and the caller's metadata, and caller and handler still change only their
+// own copies of the request and the answer. A token already in the
+// outgoing metadata is the one forwarded, as auth.ForwardUnary does.
+func TestInProcessCallWithoutCancellation(t *testing.T) {
+	e := newInprocEnv(t, ratelimit.Config{})
+	client := deliveryv1.NewDeliveryServiceClient(e.conn)
+	lee := e.tokens.Identity(t, "lee", "dentist", "p1")
+	ctx := auth.WithIdentity(metadata.AppendToOutgoingContext(context.Background(), "x-probe", "probe"), lee)
+	require.Nil(t, ctx.Done())
+
+	req := &deliveryv1.CreateMessageRequest{Parent: "conversations/c", Text: "hello"}
+	var header, trailer metadata.MD
+	msg, err := client.CreateMessage(ctx, req, grpc.Header(&header), grpc.Trailer(&trailer))
+	require.NoError(t, err)
+	require.Equal(t, "users/lee", msg.GetSender())
+	require.Equal(t, "probe", msg.GetText())
+	require.Equal(t, "hello", req.GetText(), "the handler changed its own copy")
+	msg.Name = "changed by the caller"
+	require.Equal(t, "conversations/c/messages/1", e.delivery.kept.GetName(), "the caller changed its own copy")
+	e.delivery.kept.Text = "changed by the handler afterwards"
+	require.Equal(t, "probe", msg.GetText())
+
+	// kim's token in the outgoing metadata wins over lee's identity.
+	kim := e.tokens.Identity(t, "kim", "dentist", "p1")
+	ctx = auth.WithIdentity(metadata.AppendToOutgoingContext(context.Background(),
+		"x-probe", "probe", auth.MetadataKey, "Bearer "+kim.Token), lee)
+	msg, err = client.CreateMessage(ctx, req)
+	require.NoError(t, err)
+	require.Equal(t, "users/kim", msg.GetSender())
+
+	// No identity and no token: refused, as before.
+	_, err = client.CreateMessage(context.Background(), req)
+	require.Equal(t, codes.Unauthenticated, status.Code(err))
+}

@@ -12,10 +12,10 @@ import (
 // the call a worker receives as its last (it leaves after max calls).
 func TestWorkersRunEveryCall(t *testing.T) {
 	t.Parallel()
-	w := &workers{calls: make(chan func()), max: 3}
+	w := &workers{calls: make(chan job), max: 3}
 	for range 20 {
 		ran := make(chan struct{})
-		w.run(func() { close(ran) })
+		w.run(jobFunc(func() { close(ran) }))
 		<-ran // a call that never ran would hang here (and the test time out)
 	}
 
@@ -25,13 +25,13 @@ func TestWorkersRunEveryCall(t *testing.T) {
 	release := make(chan struct{})
 	for range 50 {
 		wg.Add(1)
-		w.run(func() {
+		w.run(jobFunc(func() {
 			defer wg.Done()
 			<-release
 			mu.Lock()
 			ran++
 			mu.Unlock()
-		})
+		}))
 	}
 	close(release)
 	wg.Wait()
