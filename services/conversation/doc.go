@@ -5,7 +5,8 @@
 // Data it owns (its own database): conversations (with needs reply,
 // awaiting_reply_since, and the shared assignee), user_state (pin, mute,
 // read watermark per user), message_index (a projection of delivery's
-// messages: sequence number, side and time), staff (the staff users each
+// messages: sequence number, side, time and rank within its side, for the
+// unread count), staff (the staff users each
 // practice has seen, with the name and role of their latest token: recorded on
 // their calls, written only when new or changed), message_templates (reply
 // templates per practice), outbox.

@@ -25,18 +25,31 @@ import (
 // (threadState: what that UPDATE would compute after each message), and
 // one UPDATE with the result. The events of all messages go to the outbox
 // together.
+//
+// Each index row carries its ordinal within its side of the thread (1 for
+// the side's oldest message; the unread count subtracts two of them). A
+// message newer than its side's newest takes the next ordinal; one that
+// arrives out of order (older than a row of its side already there) has the
+// side numbered again from it (renumber), so the ordinals stay exact in any
+// arrival order. The thread's rows are written by one transaction at a time
+// (SQLite's single writer; on PostgreSQL applyThread locks the thread first).
 
 // sidesColumns follow convColumns in the thread read: the newest staff and
 // patient sequence numbers in the index, and needs reply as the index has it
 // (the oldest patient message after the newest staff message; 0: none).
-// Arguments: false, true, true, false.
+// Then the ordinals of the newest staff and patient rows.
+// Arguments: false, true, true, false, false, true.
 const sidesColumns = `COALESCE((SELECT MAX(m.seq) FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
 		AND m.from_patient = ?), 0),
 	COALESCE((SELECT MAX(m.seq) FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
 		AND m.from_patient = ?), 0),
 	COALESCE((SELECT MIN(m.create_time) FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
 		AND m.from_patient = ? AND m.seq > COALESCE((SELECT MAX(s.seq) FROM message_index s WHERE s.practice = c.practice
-		AND s.conversation_id = c.id AND s.from_patient = ?), 0)), 0)`
+		AND s.conversation_id = c.id AND s.from_patient = ?), 0)), 0),
+	COALESCE((SELECT m.ordinal FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+		AND m.from_patient = ? ORDER BY m.seq DESC LIMIT 1), 0),
+	COALESCE((SELECT m.ordinal FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+		AND m.from_patient = ? ORDER BY m.seq DESC LIMIT 1), 0)`
 
 // indexRows bounds the rows of one message_index INSERT (and so the distinct
 // statements the statement cache holds for it).
@@ -47,8 +60,8 @@ const indexRows = 16
 var insertIndexSQL = func() [indexRows + 1]string {
 	var qs [indexRows + 1]string
 	for n := 1; n <= indexRows; n++ {
-		qs[n] = `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time) VALUES (?, ?, ?, ?, ?)` +
-			strings.Repeat(`, (?, ?, ?, ?, ?)`, n-1) +
+		qs[n] = `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time, ordinal) VALUES (?, ?, ?, ?, ?, ?)` +
+			strings.Repeat(`, (?, ?, ?, ?, ?, ?)`, n-1) +
 			` ON CONFLICT (practice, conversation_id, from_patient, seq) DO NOTHING RETURNING seq, from_patient`
 	}
 	return qs
@@ -175,8 +188,9 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 		return applyOne(ctx, tx, ms[fresh[0]], fresh[0], out, users, emit)
 	}
 	var st threadState
+	var ord [2]int64 // the newest staff and patient rows' ordinals
 	c, err := scanConv(tx.QueryRow(ctx, `SELECT `+convColumns+`, `+sidesColumns+` FROM conversations c WHERE c.practice = ? AND c.id = ?`,
-		false, true, true, false, t.practice, t.id), false, &st.staffSeq, &st.patientSeq, &st.awaiting)
+		false, true, true, false, false, true, t.practice, t.id), false, &st.staffSeq, &st.patientSeq, &st.awaiting, &ord[0], &ord[1])
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		setAll(domain.NoThread)
@@ -205,13 +219,22 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 		}
 		st.waitingAfter[m.Seq] = at
 	}
+	// A message newer than its side's newest takes the next ordinal (it
+	// cannot be a replay); an older one 0 until its side is numbered again
+	// (below), if it was new.
+	newest := [2]int64{st.staffSeq, st.patientSeq}
 	inserted := make(map[indexKey]bool, len(fresh))
 	for rest := fresh; len(rest) > 0; {
 		n := min(len(rest), indexRows)
-		args := make([]any, 0, 5*n)
+		args := make([]any, 0, 6*n)
 		for _, i := range rest[:n] {
 			m := ms[i]
-			args = append(args, m.Practice, m.ConversationID, m.Seq, m.FromPatient, sqldb.Micros(m.Time))
+			side, ordinal := sideOf(m.FromPatient), int64(0)
+			if m.Seq > newest[side] {
+				ord[side]++
+				ordinal = ord[side]
+			}
+			args = append(args, m.Practice, m.ConversationID, m.Seq, m.FromPatient, sqldb.Micros(m.Time), ordinal)
 		}
 		if err := func() error {
 			rows, err := tx.Query(ctx, insertIndexSQL[n], args...)
@@ -231,6 +254,20 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 			return fmt.Errorf("insert message index: %w", err)
 		}
 		rest = rest[n:]
+	}
+	// Number a side again from its oldest new row older than the side's
+	// newest before the batch (fresh is in sequence order).
+	var renumbered [2]bool
+	for _, i := range fresh {
+		m := ms[i]
+		side := sideOf(m.FromPatient)
+		if renumbered[side] || m.Seq > newest[side] || !inserted[indexKey{m.Seq, m.FromPatient}] {
+			continue
+		}
+		if err := renumber(ctx, tx, t.practice, t.id, m.FromPatient, m.Seq); err != nil {
+			return err
+		}
+		renumbered[side] = true
 	}
 
 	applied := false
@@ -261,17 +298,47 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 	return st.save(ctx, tx)
 }
 
+// sideOf indexes per-side arrays: 0 staff, 1 patient.
+func sideOf(fromPatient bool) int {
+	if fromPatient {
+		return 1
+	}
+	return 0
+}
+
+// renumber sets the ordinals of a side's rows from seq from on: the ordinal
+// of the side's newest row below from, plus their rank. It reads and writes
+// only those rows (after an out-of-order arrival, the side's messages newer
+// than it).
+func renumber(ctx context.Context, tx *sqldb.Tx, practice, id string, fromPatient bool, from int64) error {
+	_, err := tx.Exec(ctx, `UPDATE message_index SET ordinal = r.n FROM (SELECT seq, ROW_NUMBER() OVER (ORDER BY seq)
+		+ COALESCE((SELECT p.ordinal FROM message_index p WHERE p.practice = ? AND p.conversation_id = ? AND p.from_patient = ?
+		AND p.seq < ? ORDER BY p.seq DESC LIMIT 1), 0) AS n
+		FROM message_index WHERE practice = ? AND conversation_id = ? AND from_patient = ? AND seq >= ?) r
+		WHERE message_index.practice = ? AND message_index.conversation_id = ? AND message_index.from_patient = ?
+		AND message_index.seq = r.seq`,
+		practice, id, fromPatient, from, practice, id, fromPatient, from, practice, id, fromPatient)
+	if err != nil {
+		return fmt.Errorf("number message index: %w", err)
+	}
+	return nil
+}
+
 // applyOne projects a thread's only new message of the batch (the common
 // case) in two statements: its index row (if the thread exists and the row
-// is new), then one UPDATE that derives the thread from the index and
-// returns it.
+// is new) with the ordinal after its side's previous row, then one UPDATE
+// that derives the thread from the index and returns it. A message older
+// than the thread's last (out of order) has its side numbered again from it.
 func applyOne(ctx context.Context, tx *sqldb.Tx, m domain.MessageApplied, i int, out []domain.Outcome,
 	users *threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
 	at := sqldb.Micros(m.Time)
-	res, err := tx.Exec(ctx, `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time)
-		SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM conversations WHERE practice = ? AND id = ?)
+	res, err := tx.Exec(ctx, `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time, ordinal)
+		SELECT ?, ?, ?, ?, ?, COALESCE((SELECT p.ordinal FROM message_index p WHERE p.practice = ? AND p.conversation_id = ?
+		AND p.from_patient = ? AND p.seq < ? ORDER BY p.seq DESC LIMIT 1), 0) + 1
+		WHERE EXISTS (SELECT 1 FROM conversations WHERE practice = ? AND id = ?)
 		ON CONFLICT (practice, conversation_id, from_patient, seq) DO NOTHING`,
-		m.Practice, m.ConversationID, m.Seq, m.FromPatient, at, m.Practice, m.ConversationID)
+		m.Practice, m.ConversationID, m.Seq, m.FromPatient, at, m.Practice, m.ConversationID, m.FromPatient, m.Seq,
+		m.Practice, m.ConversationID)
 	if err != nil {
 		return fmt.Errorf("insert message index: %w", err)
 	}
@@ -305,6 +372,13 @@ func applyOne(ctx context.Context, tx *sqldb.Tx, m domain.MessageApplied, i int,
 		m.Practice, m.ConversationID, true, m.Practice, m.ConversationID, false, m.Practice, m.ConversationID), false)
 	if err != nil {
 		return fmt.Errorf("update conversation: %w", err) // it exists: the INSERT saw it
+	}
+	// last_message_seq is the newest projected message of either side: no
+	// row is newer than m unless it is.
+	if c.LastMessageSeq > m.Seq {
+		if err := renumber(ctx, tx, m.Practice, m.ConversationID, m.FromPatient, m.Seq); err != nil {
+			return err
+		}
 	}
 	out[i] = domain.Applied
 	t := thread{practice: m.Practice, id: m.ConversationID}

@@ -42,12 +42,17 @@ const convColumns = `c.practice, c.id, c.patient_id, c.patient_display_name, c.s
 var returningConvColumns = strings.ReplaceAll(convColumns, "c.", "conversations.")
 
 // viewerColumns are the per-user columns for the viewer joined as u; the
-// first argument is whether the viewer is staff (counts patient messages).
+// first two arguments are whether the viewer is staff (counts patient
+// messages). The unread count is the ordinal of the other side's newest
+// message less that of its newest message at or below read_seq: two
+// lookups on message_index's key, whatever the backlog.
 const viewerColumns = `CASE WHEN u.pinned THEN 1 ELSE 0 END AS pin,
 	CASE WHEN u.muted THEN 1 ELSE 0 END AS mute,
 	COALESCE(u.read_seq, 0) AS read_seq,
-	(SELECT COUNT(*) FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
-		AND m.from_patient = ? AND m.seq > COALESCE(u.read_seq, 0)) AS unread`
+	COALESCE((SELECT m.ordinal FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+		AND m.from_patient = ? ORDER BY m.seq DESC LIMIT 1), 0)
+	- COALESCE((SELECT m.ordinal FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+		AND m.from_patient = ? AND m.seq <= COALESCE(u.read_seq, 0) ORDER BY m.seq DESC LIMIT 1), 0) AS unread`
 
 const viewerJoin = `LEFT JOIN user_state u ON u.practice = c.practice AND u.conversation_id = c.id AND u.user_name = ?`
 
@@ -82,7 +87,7 @@ func scanConv(s scanner, withViewer bool, extra ...any) (domain.Conversation, er
 
 func getTx(ctx context.Context, q sqldb.Querier, practice, id string, v domain.Viewer) (domain.Conversation, error) {
 	row := q.QueryRow(ctx, `SELECT `+convColumns+`, `+viewerColumns+` FROM conversations c `+viewerJoin+`
-		WHERE c.practice = ? AND c.id = ?`, !v.IsPatient, v.Principal, practice, id)
+		WHERE c.practice = ? AND c.id = ?`, !v.IsPatient, !v.IsPatient, v.Principal, practice, id)
 	c, err := scanConv(row, true)
 	if errors.Is(err, sql.ErrNoRows) {
 		return c, domain.ErrNotFound
@@ -142,7 +147,7 @@ func (s *Store) List(ctx context.Context, q domain.ListQuery) ([]domain.Conversa
 	if q.Archived {
 		state = domain.Archived
 	}
-	args := []any{!q.Viewer.IsPatient, q.Viewer.Principal, q.Practice}
+	args := []any{!q.Viewer.IsPatient, !q.Viewer.IsPatient, q.Viewer.Principal, q.Practice}
 	where := []string{"c.practice = ?"}
 	if len(q.IDs) > 0 {
 		where = append(where, "c.id IN (?"+strings.Repeat(", ?", len(q.IDs)-1)+")")
@@ -291,8 +296,7 @@ func (s *Store) SetFlags(ctx context.Context, practice, id string, v domain.View
 // MarkRead implements domain.Repository. Before the write it reads only the
 // thread's last seq and the viewer's watermark, raises the watermark in one
 // upsert that never lowers it, and reads the thread as the viewer sees it
-// once, after the write: the unread count scans the unread messages. That
-// read stays in the transaction: outside it, concurrent callers spend that
+// once, after the write. That read stays in the transaction: outside it, concurrent callers spend that
 // time away from the writer, its batches are smaller, and the commits per
 // receipt (fsyncs, the larger cost) rise (BenchmarkMarkRead).
 func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.Viewer, upTo int64, evs func(domain.Conversation, bool) []domain.Event) (domain.Conversation, error) {
