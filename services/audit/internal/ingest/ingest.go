@@ -1,6 +1,6 @@
 // Package ingest feeds the audit log from NATS JetStream: one durable consumer
-// per clinicchat stream, every subject but the non-actions
-// (domain.NonActionSubjects); each message is decoded as a
+// per clinicchat stream, every subject but the kinds the audit skips
+// (domain.NonActionSubjects and domain.SystemEchoSubjects); each message is decoded as a
 // typev1.EventEnvelope (field 1 of every event is its EventMeta) and appended
 // before it is acked. Nothing but the meta is read: message text and other
 // PHI in the rest of a payload are discarded undecoded.
