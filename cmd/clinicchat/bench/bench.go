@@ -219,6 +219,14 @@ type ServerFigures struct {
 	// acknowledgement: at least until the recipients' streams had every
 	// message, and on while projections, receipts and the audit log catch up.
 	BusyAfterLastAckS float64 `json:"busyAfterLastAckSeconds"`
+	// CaughtUpAfterLastAckS is when, after the last acknowledgement, the
+	// deployment first had nothing queued: every durable consumer
+	// (projections, receipts, audit) and every outbox empty
+	// (clinicchat_nats_consumer_*pending_messages and
+	// clinicchat_outbox_backlog_events on /metrics, polled every 20 ms
+	// once the recipients' streams had every message; so at least that
+	// long). Only with a metrics URL that serves those series.
+	CaughtUpAfterLastAckS float64 `json:"caughtUpAfterLastAckSeconds,omitempty"`
 	// CommitsPerMessage is the database commits (all the deployment's
 	// databases, clinicchat_sqldb_commits_total) per message until idle;
 	// only with a metrics URL.

@@ -89,6 +89,7 @@ func TestBenchReadReceipts(t *testing.T) {
 			require.Positive(t, res.ReceiptsPerS)
 			require.NotNil(t, res.Server)
 			require.Positive(t, res.Server.CommitsPerMessage, "receipts are durable commits")
+			require.Positive(t, res.Server.CaughtUpAfterLastAckS, "the deployment's consumers and outboxes seen empty after the last ack")
 			require.False(t, res.Failed())
 		})
 	}

@@ -74,6 +74,9 @@ func (r *Result) writeServer(w io.Writer, unit, who string) {
 		fmt.Fprintf(w, "  until idle    %.3f ms CPU per %s; busy %.2fs after the last ack\n",
 			r.Server.CPUMsPerMessageUntilIdle, unit, r.Server.BusyAfterLastAckS)
 	}
+	if r.Server.CaughtUpAfterLastAckS > 0 {
+		fmt.Fprintf(w, "  caught up     %.2fs after the last ack (every consumer and outbox empty)\n", r.Server.CaughtUpAfterLastAckS)
+	}
 	if r.Server.CommitsPerMessage > 0 {
 		fmt.Fprintf(w, "  commits       %.2f database commits per %s, until idle\n", r.Server.CommitsPerMessage, unit)
 	}

@@ -108,6 +108,9 @@ func (w *serverWatch) finish(ctx context.Context, n int, lastAck time.Time) *Ser
 	if !ok {
 		return nil
 	}
+	if at, err := w.waitCaughtUp(ctx, time.Minute); err == nil {
+		figures.CaughtUpAfterLastAckS = max(at.Sub(lastAck).Seconds(), 0)
+	}
 	if lastBusy, err := w.waitQuiet(ctx, time.Minute); err == nil {
 		if cpu, _, err := w.sample(ctx); err == nil {
 			figures.CPUMsPerMessageUntilIdle = (cpu - w.cpu0) * 1000 / float64(n)
@@ -158,6 +161,63 @@ func (w *serverWatch) waitQuiet(ctx context.Context, maxWait time.Duration) (tim
 		}
 	}
 	return lastBusy, nil
+}
+
+// backlogSeries are the series whose sum is the work the deployment still
+// has queued: events not yet handled by a durable consumer (pending or
+// delivered and not acked) and events not yet acknowledged by JetStream.
+var backlogSeries = []string{
+	"clinicchat_nats_consumer_pending_messages",
+	"clinicchat_nats_consumer_ack_pending_messages",
+	"clinicchat_outbox_backlog_events",
+}
+
+// backlog is the sum of backlogSeries on the metrics URL; found is false
+// when it serves none of them (or there is no metrics URL).
+func (w *serverWatch) backlog(ctx context.Context) (n float64, found bool, err error) {
+	if w.metrics == "" {
+		return 0, false, nil
+	}
+	err = w.scrape(ctx, func(series, value string) {
+		name, _, _ := strings.Cut(series, "{")
+		for _, b := range backlogSeries {
+			if name == b {
+				if v, perr := strconv.ParseFloat(value, 64); perr == nil {
+					n, found = n+v, true
+				}
+			}
+		}
+	})
+	return n, found, err
+}
+
+// waitCaughtUp polls the metrics URL until nothing is queued (backlog is 0)
+// and returns when that scrape started: every projection, the audit log and
+// every outbox had caught up by then. It fails without the series, or when
+// the backlog is not empty within maxWait.
+func (w *serverWatch) waitCaughtUp(ctx context.Context, maxWait time.Duration) (time.Time, error) {
+	deadline := time.Now().Add(maxWait)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		at := time.Now()
+		n, found, err := w.backlog(ctx)
+		switch {
+		case err != nil:
+			return at, err
+		case !found:
+			return at, fmt.Errorf("%s serves no consumer or outbox backlog", w.metrics)
+		case n == 0:
+			return at, nil
+		case at.After(deadline):
+			return at, fmt.Errorf("%.0f events still queued after %s", n, maxWait)
+		}
+		select {
+		case <-ctx.Done():
+			return at, ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // commits is the sum of clinicchat_sqldb_commits_total on the metrics URL
