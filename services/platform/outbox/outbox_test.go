@@ -630,7 +630,7 @@ func TestRestartedRelayRepublishesThenPipelines(t *testing.T) {
 
 // openOutboxDB opens a database of backend b with the outbox table of its
 // dialect.
-func openOutboxDB(t *testing.T, b testkit.Backend) *sqldb.DB {
+func openOutboxDB(t testing.TB, b testkit.Backend) *sqldb.DB {
 	db := testkit.OpenDB(t, b)
 	ddl := schema
 	if db.Dialect() == sqldb.Postgres {

@@ -28,43 +28,49 @@ import (
 func BenchmarkRelayFlush(b *testing.B) {
 	for _, subjects := range []int{1, 8, 16, 256} {
 		b.Run(fmt.Sprintf("subjects=%d", subjects), func(b *testing.B) {
-			ctx := context.Background()
 			_, _, js := testkit.NATS(b)
-			db := testkit.OpenDB(b, testkit.Backends()[0])
-			_, err := db.Exec(ctx, schema)
-			require.NoError(b, err)
+			db := openOutboxDB(b, testkit.Backends()[0])
 			relay := outbox.NewRelay(db, js, testkit.Logger(b))
-			const rows = 1024
-			var total, cpu time.Duration
-			_, waits0 := relay.Stats()
-			for n := 0; b.Loop(); n++ {
-				b.StopTimer()
-				require.NoError(b, db.Write(ctx, func(tx *sqldb.Tx) error {
-					for i := range rows {
-						id := fmt.Sprintf("bench-%d-%d", n, i)
-						subject := natsx.Tenant(natsx.SubjectDeliveryAccess, "p", fmt.Sprintf("c%d", i%subjects))
-						if err := outbox.Add(ctx, tx, id, subject, &typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p"}}); err != nil {
-							return err
-						}
-					}
-					return nil
-				}))
-				b.StartTimer()
-				t0, c0 := time.Now(), cpuTime(b)
-				for left := rows; left > 0; {
-					k, err := relay.Flush(ctx)
-					require.NoError(b, err)
-					left -= k
-				}
-				total += time.Since(t0)
-				cpu += cpuTime(b) - c0
-			}
-			_, waits1 := relay.Stats()
-			b.ReportMetric(float64(rows*b.N)/total.Seconds(), "rows/s")
-			b.ReportMetric(float64(waits1-waits0)/float64(rows*b.N), "waits/row")
-			b.ReportMetric(float64(cpu.Microseconds())/float64(rows*b.N), "cpu-µs/row")
+			benchRelay(b, db, relay, subjects, relay.Flush)
 		})
 	}
+}
+
+// benchRelay writes a backlog of 1024 rows spread over subjects per
+// iteration and times relaying it with round (Flush, or one round under a
+// held lock), reporting rows/s, waits for acknowledgements per row and CPU
+// time per row.
+func benchRelay(b *testing.B, db *sqldb.DB, relay *outbox.Relay, subjects int, round func(context.Context) (int, error)) {
+	ctx := context.Background()
+	const rows = 1024
+	var total, cpu time.Duration
+	_, waits0 := relay.Stats()
+	for n := 0; b.Loop(); n++ {
+		b.StopTimer()
+		require.NoError(b, db.Write(ctx, func(tx *sqldb.Tx) error {
+			for i := range rows {
+				id := fmt.Sprintf("bench-%d-%d", n, i)
+				subject := natsx.Tenant(natsx.SubjectDeliveryAccess, "p", fmt.Sprintf("c%d", i%subjects))
+				if err := outbox.Add(ctx, tx, id, subject, &typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p"}}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+		b.StartTimer()
+		t0, c0 := time.Now(), cpuTime(b)
+		for left := rows; left > 0; {
+			k, err := round(ctx)
+			require.NoError(b, err)
+			left -= k
+		}
+		total += time.Since(t0)
+		cpu += cpuTime(b) - c0
+	}
+	_, waits1 := relay.Stats()
+	b.ReportMetric(float64(rows*b.N)/total.Seconds(), "rows/s")
+	b.ReportMetric(float64(waits1-waits0)/float64(rows*b.N), "waits/row")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(rows*b.N), "cpu-µs/row")
 }
 
 // cpuTime is the CPU time (user and system) the process has used.
@@ -87,41 +93,11 @@ func BenchmarkRelayRoundsPostgres(b *testing.B) {
 			b.Run(fmt.Sprintf("waves=%t/subjects=%d", waves, subjects), func(b *testing.B) {
 				ctx := context.Background()
 				_, _, js := testkit.NATS(b)
-				db := testkit.OpenDB(b, testkit.Backends()[1])
-				_, err := db.Exec(ctx, pgSchema)
-				require.NoError(b, err)
+				db := openOutboxDB(b, testkit.Backends()[1])
 				relay := outbox.NewRelay(db, js, testkit.Logger(b))
 				outbox.SetWaves(relay, waves)
 				defer func() { _, _ = relay.Flush(ctx) }() // gives the lock up
-				const rows = 1024
-				var total, cpu time.Duration
-				_, waits0 := relay.Stats()
-				for n := 0; b.Loop(); n++ {
-					b.StopTimer()
-					require.NoError(b, db.Write(ctx, func(tx *sqldb.Tx) error {
-						for i := range rows {
-							id := fmt.Sprintf("bench-%d-%d", n, i)
-							subject := natsx.Tenant(natsx.SubjectDeliveryAccess, "p", fmt.Sprintf("c%d", i%subjects))
-							if err := outbox.Add(ctx, tx, id, subject, &typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p"}}); err != nil {
-								return err
-							}
-						}
-						return nil
-					}))
-					b.StartTimer()
-					t0, c0 := time.Now(), cpuTime(b)
-					for left := rows; left > 0; {
-						k, err := outbox.Round(relay, ctx)
-						require.NoError(b, err)
-						left -= k
-					}
-					total += time.Since(t0)
-					cpu += cpuTime(b) - c0
-				}
-				_, waits1 := relay.Stats()
-				b.ReportMetric(float64(rows*b.N)/total.Seconds(), "rows/s")
-				b.ReportMetric(float64(waits1-waits0)/float64(rows*b.N), "waits/row")
-				b.ReportMetric(float64(cpu.Microseconds())/float64(rows*b.N), "cpu-µs/row")
+				benchRelay(b, db, relay, subjects, func(ctx context.Context) (int, error) { return outbox.Round(relay, ctx) })
 			})
 		}
 	}
