@@ -9,6 +9,7 @@ import (
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
 // Meta returns metadata for an action by who on resource, with a fresh id
@@ -41,7 +42,7 @@ func System(practice, action, resource string, at time.Time) *typev1.EventMeta {
 		Id:        ids.NewOrdered(at),
 		Time:      timestamppb.New(at),
 		Practice:  practice,
-		Actor:     "system",
+		Actor:     natsx.SystemActor,
 		ActorRole: auth.RoleSystem,
 		Action:    action,
 		Resource:  resource,

@@ -141,7 +141,7 @@ var kinds = []struct {
 }
 
 // SystemActor is EventMeta.actor for actions of the product itself
-// (events.System).
+// (events.System sets it; PublishBase routes echoes by it).
 const SystemActor = "system"
 
 // echoes are the kinds that carry only the product's own echoes of an
