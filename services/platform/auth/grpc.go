@@ -34,11 +34,21 @@ func BearerToken(header string) (string, bool) {
 // Outgoing returns ctx with the caller's token attached for a call to
 // another service, so that service authorizes the same caller.
 func Outgoing(ctx context.Context) context.Context {
-	id, ok := FromContext(ctx)
-	if !ok || id.Token == "" {
+	v := Bearer(ctx)
+	if v == "" {
 		return ctx
 	}
-	return metadata.AppendToOutgoingContext(ctx, MetadataKey, "Bearer "+id.Token)
+	return metadata.AppendToOutgoingContext(ctx, MetadataKey, v)
+}
+
+// Bearer is the MetadataKey value that forwards the token of ctx's
+// identity ("Bearer <token>"), or "" when it has none.
+func Bearer(ctx context.Context) string {
+	id, ok := FromContext(ctx)
+	if !ok || id.Token == "" {
+		return ""
+	}
+	return "Bearer " + id.Token
 }
 
 // ForwardUnary is a client interceptor that forwards the caller's token.

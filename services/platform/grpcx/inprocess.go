@@ -191,11 +191,11 @@ func (d detached) AfterFunc(f func()) (stop func() bool) { return context.AfterF
 func serverContext(ctx context.Context, d *detached, sts grpc.ServerTransportStream) (_ context.Context, cancel context.CancelFunc) {
 	md, _ := metadata.FromOutgoingContext(ctx) // a copy, keys lowercased
 	if len(md[auth.MetadataKey]) == 0 {
-		if id, ok := auth.FromContext(ctx); ok && id.Token != "" {
+		if v := auth.Bearer(ctx); v != "" {
 			if md == nil {
 				md = make(metadata.MD, 1)
 			}
-			md[auth.MetadataKey] = []string{"Bearer " + id.Token}
+			md[auth.MetadataKey] = []string{v}
 		}
 	}
 	if d == nil {
