@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"crypto/rand"
 	"runtime"
-	"syscall"
 	"testing"
 	"time"
 
 	tf "github.com/clinicchat/clinicchat/services/attachment/internal/testfiles"
+	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
 func heapMiB() float64 {
@@ -16,14 +16,6 @@ func heapMiB() float64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return float64(m.HeapAlloc) / (1 << 20)
-}
-
-// cpuTime is the process's user+system CPU time so far: unlike wall-clock
-// time it does not grow when other processes share the cores.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkUploadDownload25MiB streams a 25 MiB PDF up and down through the
@@ -55,18 +47,18 @@ func BenchmarkUploadDownload25MiB(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
-		start, cpu := time.Now(), cpuTime()
+		start, cpu := time.Now(), testkit.CPUTime()
 		att, err := e.upload(e.staff(b), "conversations/c1", "scan.pdf", "application/pdf", bytes.NewReader(data))
 		up += time.Since(start)
-		upCPU += cpuTime() - cpu
+		upCPU += testkit.CPUTime() - cpu
 		if err != nil {
 			b.Fatal(err)
 		}
 		upHeap = max(upHeap, heapMiB()-base)
-		start, cpu = time.Now(), cpuTime()
+		start, cpu = time.Now(), testkit.CPUTime()
 		_, got, err := e.download(e.staff(b), att.GetName())
 		down += time.Since(start)
-		downCPU += cpuTime() - cpu
+		downCPU += testkit.CPUTime() - cpu
 		if err != nil || len(got) != len(data) {
 			b.Fatal(err, len(got))
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
 // BenchmarkEventPipeline is the all-in-one's NATS work for one event: the
@@ -63,7 +63,7 @@ func benchPipeline(b *testing.B, consumers int) {
 	}
 	subject := natsx.Tenant(natsx.SubjectMessageCreated, "practice", "patients/p")
 	payload := make([]byte, 200)
-	st0, cpu0 := nc.Stats(), cpuTime()
+	st0, cpu0 := nc.Stats(), testkit.CPUTime()
 	b.ResetTimer()
 	for i := range b.N {
 		msg := &nats.Msg{Subject: subject, Data: payload, Header: nats.Header{}}
@@ -84,7 +84,7 @@ func benchPipeline(b *testing.B, consumers int) {
 		}
 	}
 	b.StopTimer()
-	st1, cpu1 := nc.Stats(), cpuTime()
+	st1, cpu1 := nc.Stats(), testkit.CPUTime()
 	n := float64(b.N)
 	b.ReportMetric(float64((cpu1-cpu0).Microseconds())/n, "cpu-µs/event")
 	b.ReportMetric(float64(st1.OutMsgs-st0.OutMsgs)/n, "out-msgs/event")
@@ -93,13 +93,4 @@ func benchPipeline(b *testing.B, consumers int) {
 	for range consumers {
 		<-stopped
 	}
-}
-
-// cpuTime is the process's user and system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -3,7 +3,6 @@ package outbox_test
 import (
 	"context"
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
@@ -58,26 +57,19 @@ func benchRelay(b *testing.B, db *sqldb.DB, relay *outbox.Relay, subjects int, r
 			return nil
 		}))
 		b.StartTimer()
-		t0, c0 := time.Now(), cpuTime(b)
+		t0, c0 := time.Now(), testkit.CPUTime()
 		for left := rows; left > 0; {
 			k, err := round(ctx)
 			require.NoError(b, err)
 			left -= k
 		}
 		total += time.Since(t0)
-		cpu += cpuTime(b) - c0
+		cpu += testkit.CPUTime() - c0
 	}
 	_, waits1 := relay.Stats()
 	b.ReportMetric(float64(rows*b.N)/total.Seconds(), "rows/s")
 	b.ReportMetric(float64(waits1-waits0)/float64(rows*b.N), "waits/row")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(rows*b.N), "cpu-µs/row")
-}
-
-// cpuTime is the CPU time (user and system) the process has used.
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	require.NoError(b, syscall.Getrusage(syscall.RUSAGE_SELF, &ru))
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkRelayRoundsPostgres is BenchmarkRelayFlush on PostgreSQL, by

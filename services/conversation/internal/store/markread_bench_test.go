@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -59,8 +58,7 @@ func BenchmarkMarkRead(b *testing.B) {
 				return []domain.Event{{ID: id, Subject: "clinicchat.conversation.test",
 					Msg: &typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: c.Practice, Resource: c.Name()}}}}
 			}
-			var before syscall.Rusage
-			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+			before := testkit.CPUTime()
 			mu.Lock()
 			c0 := commits
 			mu.Unlock()
@@ -80,9 +78,7 @@ func BenchmarkMarkRead(b *testing.B) {
 			}
 			wg.Wait()
 			b.StopTimer()
-			var after syscall.Rusage
-			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &after)
-			cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+			cpu := testkit.CPUTime() - before
 			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/receipt")
 			mu.Lock()
 			b.ReportMetric(float64(commits-c0)/float64(b.N), "commits/receipt")

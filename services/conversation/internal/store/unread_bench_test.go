@@ -3,7 +3,6 @@ package store_test
 import (
 	"context"
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
@@ -73,14 +72,12 @@ func BenchmarkUnreadBacklog(b *testing.B) {
 // cpuPerOp runs op b.N times and reports the process CPU time per op.
 func cpuPerOp(b *testing.B, op func()) {
 	b.ReportAllocs()
-	var before, after syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
+	before := testkit.CPUTime()
 	b.ResetTimer()
 	for range b.N {
 		op()
 	}
 	b.StopTimer()
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &after)
-	cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
+	cpu := testkit.CPUTime() - before
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
 }

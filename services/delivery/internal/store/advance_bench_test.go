@@ -2,7 +2,6 @@ package store_test
 
 import (
 	"context"
-	"syscall"
 	"testing"
 	"time"
 
@@ -47,8 +46,8 @@ func BenchmarkAdvance(b *testing.B) {
 			}
 			var cpu time.Duration
 			advance := func(to domain.Status) {
-				t0 := cpuTime()
-				defer func() { cpu += cpuTime() - t0 }()
+				t0 := testkit.CPUTime()
+				defer func() { cpu += testkit.CPUTime() - t0 }()
 				if _, err := s.Advance(ctx, domain.Advance{Practice: "p1", ConversationID: "c1", ReaderIsPatient: true,
 					Reader: "patients/pat", UpTo: last, To: to, At: time.Now().UTC()}, perMessage); err != nil {
 					b.Fatal(err)
@@ -73,12 +72,4 @@ func BenchmarkAdvance(b *testing.B) {
 			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
 		})
 	}
-}
-
-// cpuTime is the process's user and system CPU so far: the receipts' own
-// cost, group-commit writer included, whatever the machine's load.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
