@@ -9,7 +9,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
 
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
@@ -28,21 +27,9 @@ import (
 //	go test ./services/platform/natsx -run '^$' -bench DuplicateWindow -benchtime 50000x
 func BenchmarkDuplicateWindow(b *testing.B) {
 	const window = 2 * time.Second
-	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: b.TempDir()}, zap.NewNop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ns.Shutdown()
-	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(256))
-	if err != nil {
-		b.Fatal(err)
-	}
+	_, js := benchStreams(b, window)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{DuplicateWindow: window}); err != nil {
-		b.Fatal(err)
-	}
 	subject := natsx.Tenant(natsx.SubjectMessageCreated, "practice", "patients/p")
 	payload := make([]byte, 200)
 	id := func(i int) string { return fmt.Sprintf("01JDBENCHEVENT%012d", i) } // ids.NewOrdered's length
@@ -52,7 +39,7 @@ func BenchmarkDuplicateWindow(b *testing.B) {
 		runtime.ReadMemStats(&ms)
 		return ms.HeapAlloc
 	}
-	h0, cpu0 := heap(), testkit.CPUTime()
+	cpu0 := testkit.CPUTime()
 	b.ResetTimer()
 	for i := range b.N {
 		msg := &nats.Msg{Subject: subject, Data: payload, Header: nats.Header{}}
@@ -90,5 +77,4 @@ func BenchmarkDuplicateWindow(b *testing.B) {
 	b.ReportMetric(float64((cpu1-cpu0).Microseconds())/n, "publish-cpu-µs/event")
 	b.ReportMetric(float64((cpu2-cpu1).Microseconds())/n, "purge-cpu-µs/event")
 	b.ReportMetric((float64(h1)-float64(h2))/n, "heap-B/id")
-	_ = h0
 }
