@@ -31,21 +31,9 @@ func BenchmarkEventPipeline(b *testing.B) {
 }
 
 func benchPipeline(b *testing.B, consumers int) {
-	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: b.TempDir()}, zap.NewNop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ns.Shutdown()
-	defer nc.Close()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(256))
-	if err != nil {
-		b.Fatal(err)
-	}
+	nc, js := benchStreams(b, 30*time.Second)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{DuplicateWindow: 30 * time.Second}); err != nil {
-		b.Fatal(err)
-	}
 	var handled atomic.Int64
 	all := make(chan struct{})
 	want := int64(consumers * b.N)
@@ -92,5 +80,102 @@ func benchPipeline(b *testing.B, consumers int) {
 	cancel()
 	for range consumers {
 		<-stopped
+	}
+}
+
+// benchStreams starts an embedded server (file store) with clinicchat's
+// streams, their duplicate window set to window, and returns its
+// in-process connection and a JetStream client that keeps up to 256
+// publishes in flight, as the outbox relay does. Both stop when b ends.
+func benchStreams(b *testing.B, window time.Duration) (*nats.Conn, jetstream.JetStream) {
+	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: b.TempDir()}, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { nc.Close(); ns.Shutdown() })
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(256))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{DuplicateWindow: window}); err != nil {
+		b.Fatal(err)
+	}
+	return nc, js
+}
+
+// BenchmarkCatchUp is a durable ConsumeBatch consumer of message.created
+// catching up on a stream it is far behind (b.N created events of 1,000
+// threads, each followed by two status echoes the consumer skips): the
+// CPU per created event until it has handled them all, with natsx.Filter's
+// two filter subjects (the tenant and pre-tenant forms) and with the
+// tenant form alone, and with no filter (the echoes delivered too, and
+// dropped by the handler). With two or more filter subjects the server finds a
+// lagging consumer's next message by intersecting the block's subjects
+// with the filter on every fetch (BENCHMARKS.md, js11).
+//
+//	go test ./services/platform/natsx -run '^$' -bench CatchUp -benchtime 20000x
+func BenchmarkCatchUp(b *testing.B) {
+	for _, f := range []struct {
+		name   string
+		filter []string
+	}{
+		{"filter=pair", natsx.Filter(natsx.SubjectMessageCreated)},
+		{"filter=tenant", []string{natsx.SubjectMessageCreated + ".>"}},
+		{"filter=none", nil}, // every event delivered, the echoes dropped by the handler
+	} {
+		b.Run(f.name, func(b *testing.B) { benchCatchUp(b, f.filter) })
+	}
+}
+
+func benchCatchUp(b *testing.B, filter []string) {
+	_, js := benchStreams(b, 30*time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	payload := make([]byte, 200)
+	for i := range b.N {
+		thread := fmt.Sprint("patients/p", i%1000)
+		for k, base := range []string{natsx.SubjectMessageCreated, natsx.SubjectMessageStatusEcho, natsx.SubjectMessageStatusEcho} {
+			msg := &nats.Msg{Subject: natsx.Tenant(base, "practice", thread), Data: payload, Header: nats.Header{}}
+			if _, err := js.PublishMsgAsync(msg, jetstream.WithMsgID(fmt.Sprint("event-", i, "-", k)), jetstream.WithStallWait(time.Minute)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		b.Fatal("publish acks missing")
+	}
+	var handled atomic.Int64
+	all := make(chan struct{})
+	h := func(_ context.Context, msgs []jetstream.Msg) []error {
+		created := 0
+		for _, m := range msgs {
+			if natsx.Base(m.Subject()) == natsx.SubjectMessageCreated {
+				created++
+			}
+		}
+		if created > 0 && handled.Add(int64(created)) == int64(b.N) {
+			close(all)
+		}
+		return make([]error, len(msgs))
+	}
+	spec := natsx.ConsumerSpec{Stream: natsx.StreamDelivery, Durable: "catch-up", FilterSubjects: filter}
+	stopped := make(chan error, 1)
+	cpu0 := testkit.CPUTime()
+	b.ResetTimer()
+	go func() { stopped <- natsx.ConsumeBatch(ctx, js, zap.NewNop(), spec, natsx.DefaultMaxBatch, h) }()
+	select {
+	case <-all:
+	case <-time.After(5 * time.Minute):
+		b.Fatalf("handled %d of %d", handled.Load(), b.N)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64((testkit.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/event")
+	cancel()
+	if err := <-stopped; err != nil {
+		b.Fatal(err)
 	}
 }

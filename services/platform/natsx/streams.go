@@ -398,7 +398,8 @@ type StreamsConfig struct {
 	MaxBytes int64
 	// DuplicateWindow is how long the server remembers each published
 	// event id to drop a republished one (default DefaultDuplicateWindow).
-	// Its memory grows with it: ~140 B per event, ~5 events per message.
+	// Its memory grows with it (~110 B per event, ~5 events per message);
+	// its CPU does not (each id is purged once: BenchmarkDuplicateWindow).
 	DuplicateWindow time.Duration
 }
 
