@@ -72,9 +72,10 @@ func (s *Store) FindByRequest(ctx context.Context, practice, sender, requestID s
 
 var errDuplicate = errors.New("duplicate request")
 
-// Send implements domain.Repository. The conversation's counter row is taken
-// first, so concurrent sends to one thread serialize on it and a concurrent
-// repeat of a request sees the first one's commit.
+// Send implements domain.Repository. On PostgreSQL the conversation's
+// counter row is taken first, so concurrent sends to one thread serialize on
+// it and a concurrent repeat of a request sees the first one's commit (on
+// SQLite the writer runs one transaction at a time).
 //
 // The outbox row is written after it, under that row lock: on PostgreSQL its
 // outbox seq (the relay's order) is taken by that INSERT, so a thread's
@@ -129,30 +130,31 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 	}
 }
 
-// insertSQLite takes the thread's next seq and inserts m with it; 0: the
-// sender already sent m's request id (nothing inserted). A repeat is found
-// by the insert itself (the unique messages_by_request), not by a lookup
-// before it: one statement and one index search fewer for every new message.
+// insertSQLite inserts m with the thread's next seq, one above its last
+// message's, in one statement; 0: the sender already sent m's request id
+// (nothing inserted). The writer runs one transaction at a time and
+// messages are never deleted, so the thread's highest seq is its counter:
+// SQLite keeps no conversation_seq (0007), and a send is one index search
+// and one row fewer than with it. A repeat is found by the insert itself
+// (the unique messages_by_request), not by a lookup before it.
 func insertSQLite(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras []byte) (int64, error) {
-	if err := tx.QueryRow(ctx, `INSERT INTO conversation_seq (practice, conversation_id, last_seq) VALUES (?, ?, 1)
-		ON CONFLICT (practice, conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1
-		RETURNING last_seq`, m.Practice, m.ConversationID).Scan(&m.Seq); err != nil {
-		return 0, fmt.Errorf("next sequence: %w", err)
-	}
-	res, err := tx.Exec(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (practice, sender, request_id) DO NOTHING`,
-		m.Practice, m.ConversationID, m.Seq, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
+	var seq int64
+	err := tx.QueryRow(ctx, `INSERT INTO messages (`+columns+`)
+		SELECT ?, ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+		FROM messages WHERE practice = ? AND conversation_id = ?
+		ON CONFLICT (practice, sender, request_id) DO NOTHING
+		RETURNING seq`,
+		m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
 		string(extras), m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
-		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName)
+		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName,
+		m.Practice, m.ConversationID).Scan(&seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
 	if err != nil {
 		return 0, fmt.Errorf("insert message: %w", err)
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return 0, fmt.Errorf("insert message: %w", err)
-	} else if n == 0 {
-		return 0, nil
-	}
-	return m.Seq, nil
+	return seq, nil
 }
 
 // insertPostgres is insertSQLite in one statement (a round trip fewer per
@@ -279,9 +281,6 @@ func advance(ctx context.Context, tx *sqldb.Tx, a domain.Advance, changed []doma
 	if err != nil {
 		return nil, fmt.Errorf("advance receipts: %w", err)
 	}
-	if rows == nil {
-		return changed, nil
-	}
 	defer rows.Close()
 	for rows.Next() {
 		m, err := scan(rows)
@@ -292,6 +291,11 @@ func advance(ctx context.Context, tx *sqldb.Tx, a domain.Advance, changed []doma
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("advance receipts: %w", err)
+	}
+	if tx.Dialect() == sqldb.SQLite {
+		if err := markSQLite(ctx, tx, a); err != nil {
+			return nil, fmt.Errorf("advance receipts: %w", err)
+		}
 	}
 	return changed, nil
 }
@@ -342,39 +346,40 @@ func advancePostgres(ctx context.Context, tx *sqldb.Tx, a domain.Advance) (*sql.
 	return tx.Query(ctx, q, args...)
 }
 
-// advanceSQLite is the same in three statements (SQLite has no writing
-// WITH): read the mark and the last seq, update above the mark, raise it.
-// The writer runs one transaction at a time, so nothing moves in between.
-// rows is nil when nothing can change.
+// advanceSQLite is the same in two statements (SQLite has no writing
+// WITH): update the messages above the mark, read in the UPDATE itself, then
+// raise the mark to the thread's last seq (also read in the statement) or
+// upTo, whichever is lower; a mark that does not move is not written. The
+// writer runs one transaction at a time, so nothing moves in between. The
+// caller reads the UPDATE's rows before the mark is raised (markSQLite).
 func advanceSQLite(ctx context.Context, tx *sqldb.Tx, a domain.Advance) (*sql.Rows, error) {
 	from := !a.ReaderIsPatient
-	var lo, hi int64
-	if err := tx.QueryRow(ctx, `SELECT
-			COALESCE((SELECT `+markColumn(a.To)+` FROM receipt_marks WHERE practice = ? AND conversation_id = ? AND from_patient = ?), 0),
-			COALESCE((SELECT MAX(seq) FROM messages WHERE practice = ? AND conversation_id = ?), 0)`,
-		a.Practice, a.ConversationID, from, a.Practice, a.ConversationID).Scan(&lo, &hi); err != nil {
-		return nil, err
-	}
-	hi = min(hi, a.UpTo)
-	if hi <= lo {
-		return nil, nil
-	}
-	read := int64(0)
-	if a.To == domain.Read {
-		read = hi
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO receipt_marks (practice, conversation_id, from_patient, delivered_seq, read_seq)
-		VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT (practice, conversation_id, from_patient) DO UPDATE SET
-			delivered_seq = MAX(delivered_seq, excluded.delivered_seq), read_seq = MAX(read_seq, excluded.read_seq)`,
-		a.Practice, a.ConversationID, from, hi, read); err != nil {
-		return nil, err
-	}
 	setClause, args := set(a)
-	args = append(args, a.Practice, a.ConversationID, lo, hi, from, int(a.To))
+	args = append(args, a.Practice, a.ConversationID, a.Practice, a.ConversationID, from, a.UpTo, from, int(a.To))
 	return tx.Query(ctx, `UPDATE messages SET `+setClause+`
-		WHERE practice = ? AND conversation_id = ? AND seq > ? AND seq <= ? AND from_patient = ? AND status < ?
+		WHERE practice = ? AND conversation_id = ?
+			AND seq > COALESCE((SELECT `+markColumn(a.To)+` FROM receipt_marks WHERE practice = ? AND conversation_id = ? AND from_patient = ?), 0)
+			AND seq <= ? AND from_patient = ? AND status < ?
 		RETURNING `+columns, args...)
+}
+
+// markSQLite raises a's mark after advanceSQLite (a READ mark is a
+// DELIVERED mark too). The last seq is a scalar subquery: as an aggregate
+// of the FROM clause SQLite reads the whole thread for it, as a scalar
+// subquery it seeks the primary key's last entry.
+func markSQLite(ctx context.Context, tx *sqldb.Tx, a domain.Advance) error {
+	read := 0
+	if a.To == domain.Read {
+		read = 1
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO receipt_marks (practice, conversation_id, from_patient, delivered_seq, read_seq)
+		SELECT ?, ?, ?, hi, hi * ? FROM (SELECT MIN(?, COALESCE((SELECT MAX(seq) FROM messages WHERE practice = ? AND conversation_id = ?), 0)) AS hi)
+		WHERE hi > 0
+		ON CONFLICT (practice, conversation_id, from_patient) DO UPDATE SET
+			delivered_seq = MAX(delivered_seq, excluded.delivered_seq), read_seq = MAX(read_seq, excluded.read_seq)
+		WHERE excluded.delivered_seq > delivered_seq OR excluded.read_seq > read_seq`,
+		a.Practice, a.ConversationID, !a.ReaderIsPatient, read, a.UpTo, a.Practice, a.ConversationID)
+	return err
 }
 
 // Record implements domain.Repository.
