@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -63,6 +64,61 @@ func TestReceiptMarks(t *testing.T) {
 			d, r = mark()
 			require.EqualValues(t, 4, d, "a lower receipt does not lower the mark")
 			require.EqualValues(t, 4, r)
+		})
+	}
+}
+
+// A batch of more receipts than one statement raises (raiseMarks' 16 on
+// SQLite), two of them for one thread: every thread's mark is raised, the
+// thread's to the higher receipt, and the next batch moves only what is
+// above the marks.
+func TestAdvanceAllRaisesEveryMark(t *testing.T) {
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			ctx := context.Background()
+			db := testkit.OpenDB(t, b)
+			s, err := store.New(ctx, db)
+			require.NoError(t, err)
+			const threads = 21
+			for i := range threads {
+				for range 3 {
+					_, _, err := s.Send(ctx, msg(fmt.Sprint("c", i), "users/u1", ids.New(), "x"), oneEvent)
+					require.NoError(t, err)
+				}
+			}
+			batch := func(upTo int64) []domain.Advance {
+				var as []domain.Advance
+				for i := range threads {
+					as = append(as, domain.Advance{Practice: "p1", ConversationID: fmt.Sprint("c", i), ReaderIsPatient: true,
+						Reader: "patients/pat", UpTo: upTo, To: domain.Read, At: time.Now().UTC()})
+				}
+				return as
+			}
+			moved := map[string][]int64{}
+			evs := func(a domain.Advance, ms []domain.Message) []domain.Event {
+				for _, m := range ms {
+					moved[m.ConversationID] = append(moved[m.ConversationID], m.Seq)
+				}
+				return nil
+			}
+			first := batch(1)
+			first = append(first, batch(2)[5]) // c5 twice: to 1, then to 2
+			require.NoError(t, s.AdvanceAll(ctx, first, evs))
+			var n int
+			require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM receipt_marks WHERE read_seq = 1 AND delivered_seq = 1`).Scan(&n))
+			require.Equal(t, threads-1, n)
+			require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM receipt_marks WHERE read_seq = 2 AND conversation_id = 'c5'`).Scan(&n))
+			require.Equal(t, 1, n)
+			clear(moved)
+			require.NoError(t, s.AdvanceAll(ctx, batch(3), evs))
+			require.Len(t, moved, threads)
+			for conv, seqs := range moved {
+				if conv == "c5" {
+					require.Equal(t, []int64{3}, seqs)
+				} else {
+					require.ElementsMatch(t, []int64{2, 3}, seqs, conv)
+				}
+			}
 		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
@@ -84,7 +85,7 @@ var errDuplicate = errors.New("duplicate request")
 // TestConcurrentSendsReachTheStreamInSeqOrder, which fails once the outbox
 // seq is taken before the counter). Keep the outbox write after the counter.
 func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Message) []domain.Event) (domain.Message, bool, error) {
-	extras, err := json.Marshal(m.Extras)
+	extras, err := encodeExtras(m.Extras)
 	if err != nil {
 		return m, false, err
 	}
@@ -130,6 +131,17 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 	}
 }
 
+// encodeExtras is m.Extras as stored: "{}" for a message with neither
+// attachments nor an artifact (most of them; what json.Marshal writes for
+// it, without its reflection), else its JSON.
+func encodeExtras(e domain.Extras) (string, error) {
+	if len(e.Attachments) == 0 && e.Artifact == nil {
+		return "{}", nil
+	}
+	b, err := json.Marshal(e)
+	return string(b), err
+}
+
 // insertSQLite inserts m with the thread's next seq, one above its last
 // message's, in one statement; 0: the sender already sent m's request id
 // (nothing inserted). The writer runs one transaction at a time and
@@ -137,7 +149,7 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 // SQLite keeps no conversation_seq (0007), and a send is one index search
 // and one row fewer than with it. A repeat is found by the insert itself
 // (the unique messages_by_request), not by a lookup before it.
-func insertSQLite(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras []byte) (int64, error) {
+func insertSQLite(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras string) (int64, error) {
 	var seq int64
 	err := tx.QueryRow(ctx, `INSERT INTO messages (`+columns+`)
 		SELECT ?, ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
@@ -145,7 +157,7 @@ func insertSQLite(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras []
 		ON CONFLICT (practice, sender, request_id) DO NOTHING
 		RETURNING seq`,
 		m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
-		string(extras), m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
+		extras, m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
 		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName,
 		m.Practice, m.ConversationID).Scan(&seq)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -160,7 +172,7 @@ func insertSQLite(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras []
 // insertPostgres is insertSQLite in one statement (a round trip fewer per
 // send): the counter upsert is a WITH of the message insert, which returns
 // no row for a repeated request.
-func insertPostgres(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras []byte) (int64, error) {
+func insertPostgres(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras string) (int64, error) {
 	var seq int64
 	err := tx.QueryRow(ctx, `WITH next AS (INSERT INTO conversation_seq (practice, conversation_id, last_seq) VALUES (?, ?, 1)
 			ON CONFLICT (practice, conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1
@@ -173,7 +185,7 @@ func insertPostgres(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras 
 		RETURNING seq`,
 		m.Practice, m.ConversationID,
 		m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
-		string(extras), m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
+		extras, m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
 		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName).Scan(&seq)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil
@@ -232,8 +244,10 @@ func (s *Store) Advance(ctx context.Context, a domain.Advance, evs func([]domain
 	var changed []domain.Message
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
 		var err error
-		changed, err = advance(ctx, tx, a, changed[:0])
-		if err != nil || len(changed) == 0 {
+		if changed, err = advance(ctx, tx, a, changed[:0]); err != nil {
+			return err
+		}
+		if err := raiseMarks(ctx, tx, []domain.Advance{a}); err != nil || len(changed) == 0 {
 			return err
 		}
 		return outbox.AddAll(ctx, tx, evs(changed))
@@ -266,6 +280,9 @@ func advanceAll(ctx context.Context, tx *sqldb.Tx, as []domain.Advance, evs func
 			all = append(all, evs(a, changed)...)
 		}
 	}
+	if err := raiseMarks(ctx, tx, as); err != nil {
+		return err
+	}
 	return outbox.AddAll(ctx, tx, all)
 }
 
@@ -291,11 +308,6 @@ func advance(ctx context.Context, tx *sqldb.Tx, a domain.Advance, changed []doma
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("advance receipts: %w", err)
-	}
-	if tx.Dialect() == sqldb.SQLite {
-		if err := markSQLite(ctx, tx, a); err != nil {
-			return nil, fmt.Errorf("advance receipts: %w", err)
-		}
 	}
 	return changed, nil
 }
@@ -346,12 +358,13 @@ func advancePostgres(ctx context.Context, tx *sqldb.Tx, a domain.Advance) (*sql.
 	return tx.Query(ctx, q, args...)
 }
 
-// advanceSQLite is the same in two statements (SQLite has no writing
-// WITH): update the messages above the mark, read in the UPDATE itself, then
-// raise the mark to the thread's last seq (also read in the statement) or
-// upTo, whichever is lower; a mark that does not move is not written. The
-// writer runs one transaction at a time, so nothing moves in between. The
-// caller reads the UPDATE's rows before the mark is raised (markSQLite).
+// advanceSQLite is the same in fewer statements (SQLite has no writing
+// WITH): update the messages above the mark, read in the UPDATE itself;
+// raiseMarks then raises the marks of a transaction's receipts in one
+// statement. The writer runs one transaction at a time, so nothing moves in
+// between. A later receipt of the same transaction, thread and side reads
+// the mark before the earlier one raised it: its range is only wider, and
+// "status < ?" keeps a message from changing twice (as with a stale mark).
 func advanceSQLite(ctx context.Context, tx *sqldb.Tx, a domain.Advance) (*sql.Rows, error) {
 	from := !a.ReaderIsPatient
 	setClause, args := set(a)
@@ -363,24 +376,56 @@ func advanceSQLite(ctx context.Context, tx *sqldb.Tx, a domain.Advance) (*sql.Ro
 		RETURNING `+columns, args...)
 }
 
-// markSQLite raises a's mark after advanceSQLite (a READ mark is a
-// DELIVERED mark too). The last seq is a scalar subquery: as an aggregate
-// of the FROM clause SQLite reads the whole thread for it, as a scalar
-// subquery it seeks the primary key's last entry.
-func markSQLite(ctx context.Context, tx *sqldb.Tx, a domain.Advance) error {
-	read := 0
-	if a.To == domain.Read {
-		read = 1
+// raiseMarks raises the marks of as after their UPDATEs (SQLite; on
+// PostgreSQL advancePostgres did): each to its upTo or the thread's last
+// seq, whichever is lower (a READ mark is a DELIVERED mark too), up to
+// maxMarkRows receipts per statement. A mark that does not move is not
+// written; a thread without messages gets none. Two receipts of one thread
+// and side in one statement leave the higher mark (the upsert keeps the
+// maximum). The last seq is a scalar subquery: as an aggregate of the
+// FROM clause SQLite would read the whole thread for it.
+func raiseMarks(ctx context.Context, tx *sqldb.Tx, as []domain.Advance) error {
+	if tx.Dialect() != sqldb.SQLite {
+		return nil
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO receipt_marks (practice, conversation_id, from_patient, delivered_seq, read_seq)
-		SELECT ?, ?, ?, hi, hi * ? FROM (SELECT MIN(?, COALESCE((SELECT MAX(seq) FROM messages WHERE practice = ? AND conversation_id = ?), 0)) AS hi)
+	for len(as) > 0 {
+		n := min(len(as), maxMarkRows)
+		args := make([]any, 0, 5*n)
+		for _, a := range as[:n] {
+			read := 0
+			if a.To == domain.Read {
+				read = 1
+			}
+			args = append(args, a.Practice, a.ConversationID, !a.ReaderIsPatient, a.UpTo, read)
+		}
+		if _, err := tx.Exec(ctx, raiseMarksSQL[n], args...); err != nil {
+			return fmt.Errorf("raise receipt marks: %w", err)
+		}
+		as = as[n:]
+	}
+	return nil
+}
+
+// maxMarkRows bounds the receipts of one raiseMarks statement, and so the
+// number of distinct statements the writer keeps prepared for it.
+const maxMarkRows = 16
+
+// raiseMarksSQL[n] raises n receipts' marks (VALUES columns: practice,
+// conversation, from_patient, upTo, READ as 1).
+var raiseMarksSQL = func() [maxMarkRows + 1]string {
+	var qs [maxMarkRows + 1]string
+	for n := 1; n <= maxMarkRows; n++ {
+		qs[n] = `INSERT INTO receipt_marks (practice, conversation_id, from_patient, delivered_seq, read_seq)
+		SELECT column1, column2, column3, hi, hi * column5 FROM (SELECT column1, column2, column3, column5,
+			MIN(column4, COALESCE((SELECT MAX(seq) FROM messages WHERE practice = column1 AND conversation_id = column2), 0)) AS hi
+			FROM (VALUES (?, ?, ?, ?, ?)` + strings.Repeat(`, (?, ?, ?, ?, ?)`, n-1) + `))
 		WHERE hi > 0
 		ON CONFLICT (practice, conversation_id, from_patient) DO UPDATE SET
 			delivered_seq = MAX(delivered_seq, excluded.delivered_seq), read_seq = MAX(read_seq, excluded.read_seq)
-		WHERE excluded.delivered_seq > delivered_seq OR excluded.read_seq > read_seq`,
-		a.Practice, a.ConversationID, !a.ReaderIsPatient, read, a.UpTo, a.Practice, a.ConversationID)
-	return err
-}
+		WHERE excluded.delivered_seq > delivered_seq OR excluded.read_seq > read_seq`
+	}
+	return qs
+}()
 
 // Record implements domain.Repository.
 func (s *Store) Record(ctx context.Context, evs ...domain.Event) error {
