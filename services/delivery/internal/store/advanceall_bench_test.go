@@ -9,7 +9,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
-	"github.com/clinicchat/clinicchat/services/delivery/internal/store"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
@@ -29,11 +28,7 @@ func BenchmarkAdvanceAll(b *testing.B) {
 	for _, be := range testkit.Backends() {
 		b.Run(be.Name, func(b *testing.B) {
 			ctx := context.Background()
-			db := testkit.OpenDB(b, be)
-			s, err := store.New(ctx, db)
-			if err != nil {
-				b.Fatal(err)
-			}
+			s, _ := openStore(b, be)
 			var sends errgroup.Group // at once: they share commits
 			for i := range threads {
 				sends.Go(func() error {

@@ -13,6 +13,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/store"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
@@ -23,9 +24,7 @@ func TestReceiptMarks(t *testing.T) {
 	for _, b := range testkit.Backends() {
 		t.Run(b.Name, func(t *testing.T) {
 			ctx := context.Background()
-			db := testkit.OpenDB(t, b)
-			s, err := store.New(ctx, db)
-			require.NoError(t, err)
+			s, db := openStore(t, b)
 			mark := func() (delivered, read int64) {
 				err := db.QueryRow(ctx, `SELECT delivered_seq, read_seq FROM receipt_marks
 					WHERE practice = 'p1' AND conversation_id = 'c1' AND from_patient = ?`, false).Scan(&delivered, &read)
@@ -76,9 +75,7 @@ func TestAdvanceAllRaisesEveryMark(t *testing.T) {
 	for _, b := range testkit.Backends() {
 		t.Run(b.Name, func(t *testing.T) {
 			ctx := context.Background()
-			db := testkit.OpenDB(t, b)
-			s, err := store.New(ctx, db)
-			require.NoError(t, err)
+			s, db := openStore(t, b)
 			const threads = 21
 			for i := range threads {
 				for range 3 {
@@ -121,4 +118,13 @@ func TestAdvanceAllRaisesEveryMark(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openStore is a migrated store on b and its database.
+func openStore(t testing.TB, b testkit.Backend) (*store.Store, *sqldb.DB) {
+	t.Helper()
+	db := testkit.OpenDB(t, b)
+	s, err := store.New(context.Background(), db)
+	require.NoError(t, err)
+	return s, db
 }

@@ -27,9 +27,7 @@ func TestUpgradeKeepsReceipts(t *testing.T) {
 			t0 := time.Date(2026, 1, 1, 9, 0, 0, 0, time.UTC)
 			require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
 				for seq, status := range map[int64]domain.Status{1: domain.Read, 2: domain.Delivered, 3: domain.Sent} {
-					if _, err := tx.Exec(ctx, `INSERT INTO messages (practice, conversation_id, seq, patient_id, sender, sender_role,
-						from_patient, text, extras, sensitive, status, create_time, request_id, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-						"p1", "c1", seq, "pat", "users/u1", "dentist", false, "hi", "{}", false, int(status), sqldb.Micros(t0), fmt.Sprint("r", seq), "h"); err != nil {
+					if err := insertRaw(ctx, tx, seq, status, t0); err != nil {
 						return err
 					}
 				}
@@ -66,9 +64,7 @@ func TestUpgradeKeepsSeq(t *testing.T) {
 			t0 := time.Date(2026, 1, 1, 9, 0, 0, 0, time.UTC)
 			require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
 				for seq := int64(1); seq <= 3; seq++ {
-					if _, err := tx.Exec(ctx, `INSERT INTO messages (practice, conversation_id, seq, patient_id, sender, sender_role,
-						from_patient, text, extras, sensitive, status, create_time, request_id, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-						"p1", "c1", seq, "pat", "users/u1", "dentist", false, "hi", "{}", false, int(domain.Sent), sqldb.Micros(t0), fmt.Sprint("r", seq), "h"); err != nil {
+					if err := insertRaw(ctx, tx, seq, domain.Sent, t0); err != nil {
 						return err
 					}
 				}
@@ -92,4 +88,12 @@ func TestUpgradeKeepsSeq(t *testing.T) {
 			require.Equal(t, int64(1), m.Seq)
 		})
 	}
+}
+
+// insertRaw stores staff message seq of p1/c1 as an older release did.
+func insertRaw(ctx context.Context, tx *sqldb.Tx, seq int64, status domain.Status, at time.Time) error {
+	_, err := tx.Exec(ctx, `INSERT INTO messages (practice, conversation_id, seq, patient_id, sender, sender_role,
+		from_patient, text, extras, sensitive, status, create_time, request_id, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		"p1", "c1", seq, "pat", "users/u1", "dentist", false, "hi", "{}", false, int(status), sqldb.Micros(at), fmt.Sprint("r", seq), "h")
+	return err
 }
