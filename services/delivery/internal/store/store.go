@@ -148,18 +148,20 @@ func encodeExtras(e domain.Extras) (string, error) {
 // messages are never deleted, so the thread's highest seq is its counter:
 // SQLite keeps no conversation_seq (0007), and a send is one index search
 // and one row fewer than with it. A repeat is found by the insert itself
-// (the unique messages_by_request), not by a lookup before it.
+// (the unique messages_by_request), not by a lookup before it. VALUES with
+// a scalar subquery, not INSERT … SELECT … FROM messages: SQLite copies the
+// rows of a SELECT from the table it inserts into to a temporary table
+// first.
 func insertSQLite(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras string) (int64, error) {
 	var seq int64
-	err := tx.QueryRow(ctx, `INSERT INTO messages (`+columns+`)
-		SELECT ?, ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
-		FROM messages WHERE practice = ? AND conversation_id = ?
+	err := tx.QueryRow(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?,
+			COALESCE((SELECT MAX(seq) FROM messages WHERE practice = ? AND conversation_id = ?), 0) + 1,
+			?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (practice, sender, request_id) DO NOTHING
 		RETURNING seq`,
-		m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
+		m.Practice, m.ConversationID, m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
 		extras, m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
-		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName,
-		m.Practice, m.ConversationID).Scan(&seq)
+		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName).Scan(&seq)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil
 	}
