@@ -110,7 +110,7 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 					return fmt.Errorf("find repeated request: %w", err)
 				}
 				existing = prev
-				return errDuplicate // rolls back the counter
+				return errDuplicate // rolls back the counter (PostgreSQL)
 			}
 			out.Seq = seq
 			return outbox.AddAll(ctx, tx, evs(out))
@@ -171,8 +171,9 @@ func insertSQLite(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras st
 	return seq, nil
 }
 
-// insertPostgres is insertSQLite in one statement (a round trip fewer per
-// send): the counter upsert is a WITH of the message insert, which returns
+// insertPostgres takes the thread's next seq from its counter row and
+// inserts m with it in one statement (a round trip fewer per send): the
+// counter upsert is a WITH of the message insert, which returns
 // no row for a repeated request.
 func insertPostgres(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras string) (int64, error) {
 	var seq int64
