@@ -1,7 +1,8 @@
 // Package delivery is the delivery service: messages and their receipts.
 //
 // Data it owns (its own database): messages (never deleted; text and extras
-// are PHI), conversation_seq (each thread's message counter), outbox.
+// are PHI), conversation_seq (each thread's message counter, on PostgreSQL;
+// SQLite takes the next seq from the thread's last message), outbox.
 //
 // A send is idempotent on (sender, requestId); it is refused with
 // CHAT_OPTED_OUT or NO_PORTAL_ACCOUNT by the patient's current preferences,

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
@@ -72,9 +73,10 @@ func (s *Store) FindByRequest(ctx context.Context, practice, sender, requestID s
 
 var errDuplicate = errors.New("duplicate request")
 
-// Send implements domain.Repository. The conversation's counter row is taken
-// first, so concurrent sends to one thread serialize on it and a concurrent
-// repeat of a request sees the first one's commit.
+// Send implements domain.Repository. On PostgreSQL the conversation's
+// counter row is taken first, so concurrent sends to one thread serialize on
+// it and a concurrent repeat of a request sees the first one's commit (on
+// SQLite the writer runs one transaction at a time).
 //
 // The outbox row is written after it, under that row lock: on PostgreSQL its
 // outbox seq (the relay's order) is taken by that INSERT, so a thread's
@@ -83,7 +85,7 @@ var errDuplicate = errors.New("duplicate request")
 // TestConcurrentSendsReachTheStreamInSeqOrder, which fails once the outbox
 // seq is taken before the counter). Keep the outbox write after the counter.
 func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Message) []domain.Event) (domain.Message, bool, error) {
-	extras, err := json.Marshal(m.Extras)
+	extras, err := encodeExtras(m.Extras)
 	if err != nil {
 		return m, false, err
 	}
@@ -108,7 +110,7 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 					return fmt.Errorf("find repeated request: %w", err)
 				}
 				existing = prev
-				return errDuplicate // rolls back the counter
+				return errDuplicate // rolls back the counter (PostgreSQL)
 			}
 			out.Seq = seq
 			return outbox.AddAll(ctx, tx, evs(out))
@@ -129,36 +131,51 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 	}
 }
 
-// insertSQLite takes the thread's next seq and inserts m with it; 0: the
-// sender already sent m's request id (nothing inserted). A repeat is found
-// by the insert itself (the unique messages_by_request), not by a lookup
-// before it: one statement and one index search fewer for every new message.
-func insertSQLite(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras []byte) (int64, error) {
-	if err := tx.QueryRow(ctx, `INSERT INTO conversation_seq (practice, conversation_id, last_seq) VALUES (?, ?, 1)
-		ON CONFLICT (practice, conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1
-		RETURNING last_seq`, m.Practice, m.ConversationID).Scan(&m.Seq); err != nil {
-		return 0, fmt.Errorf("next sequence: %w", err)
+// encodeExtras is m.Extras as stored: "{}" for a message with neither
+// attachments nor an artifact (most of them; what json.Marshal writes for
+// it, without its reflection), else its JSON.
+func encodeExtras(e domain.Extras) (string, error) {
+	if len(e.Attachments) == 0 && e.Artifact == nil {
+		return "{}", nil
 	}
-	res, err := tx.Exec(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (practice, sender, request_id) DO NOTHING`,
-		m.Practice, m.ConversationID, m.Seq, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
-		string(extras), m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
-		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName)
+	b, err := json.Marshal(e)
+	return string(b), err
+}
+
+// insertSQLite inserts m with the thread's next seq, one above its last
+// message's, in one statement; 0: the sender already sent m's request id
+// (nothing inserted). The writer runs one transaction at a time and
+// messages are never deleted, so the thread's highest seq is its counter:
+// SQLite keeps no conversation_seq (0007), and a send is one index search
+// and one row fewer than with it. A repeat is found by the insert itself
+// (the unique messages_by_request), not by a lookup before it. VALUES with
+// a scalar subquery, not INSERT … SELECT … FROM messages: SQLite copies the
+// rows of a SELECT from the table it inserts into to a temporary table
+// first.
+func insertSQLite(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras string) (int64, error) {
+	var seq int64
+	err := tx.QueryRow(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?,
+			COALESCE((SELECT MAX(seq) FROM messages WHERE practice = ? AND conversation_id = ?), 0) + 1,
+			?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (practice, sender, request_id) DO NOTHING
+		RETURNING seq`,
+		m.Practice, m.ConversationID, m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
+		extras, m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
+		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName).Scan(&seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
 	if err != nil {
 		return 0, fmt.Errorf("insert message: %w", err)
 	}
-	if n, err := res.RowsAffected(); err != nil {
-		return 0, fmt.Errorf("insert message: %w", err)
-	} else if n == 0 {
-		return 0, nil
-	}
-	return m.Seq, nil
+	return seq, nil
 }
 
-// insertPostgres is insertSQLite in one statement (a round trip fewer per
-// send): the counter upsert is a WITH of the message insert, which returns
+// insertPostgres takes the thread's next seq from its counter row and
+// inserts m with it in one statement (a round trip fewer per send): the
+// counter upsert is a WITH of the message insert, which returns
 // no row for a repeated request.
-func insertPostgres(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras []byte) (int64, error) {
+func insertPostgres(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras string) (int64, error) {
 	var seq int64
 	err := tx.QueryRow(ctx, `WITH next AS (INSERT INTO conversation_seq (practice, conversation_id, last_seq) VALUES (?, ?, 1)
 			ON CONFLICT (practice, conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1
@@ -171,7 +188,7 @@ func insertPostgres(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras 
 		RETURNING seq`,
 		m.Practice, m.ConversationID,
 		m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
-		string(extras), m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
+		extras, m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
 		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName).Scan(&seq)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, nil
@@ -230,8 +247,10 @@ func (s *Store) Advance(ctx context.Context, a domain.Advance, evs func([]domain
 	var changed []domain.Message
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
 		var err error
-		changed, err = advance(ctx, tx, a, changed[:0])
-		if err != nil || len(changed) == 0 {
+		if changed, err = advance(ctx, tx, a, changed[:0]); err != nil {
+			return err
+		}
+		if err := raiseMarks(ctx, tx, []domain.Advance{a}); err != nil || len(changed) == 0 {
 			return err
 		}
 		return outbox.AddAll(ctx, tx, evs(changed))
@@ -264,6 +283,9 @@ func advanceAll(ctx context.Context, tx *sqldb.Tx, as []domain.Advance, evs func
 			all = append(all, evs(a, changed)...)
 		}
 	}
+	if err := raiseMarks(ctx, tx, as); err != nil {
+		return err
+	}
 	return outbox.AddAll(ctx, tx, all)
 }
 
@@ -278,9 +300,6 @@ func advance(ctx context.Context, tx *sqldb.Tx, a domain.Advance, changed []doma
 	}
 	if err != nil {
 		return nil, fmt.Errorf("advance receipts: %w", err)
-	}
-	if rows == nil {
-		return changed, nil
 	}
 	defer rows.Close()
 	for rows.Next() {
@@ -342,40 +361,74 @@ func advancePostgres(ctx context.Context, tx *sqldb.Tx, a domain.Advance) (*sql.
 	return tx.Query(ctx, q, args...)
 }
 
-// advanceSQLite is the same in three statements (SQLite has no writing
-// WITH): read the mark and the last seq, update above the mark, raise it.
-// The writer runs one transaction at a time, so nothing moves in between.
-// rows is nil when nothing can change.
+// advanceSQLite is the same in fewer statements (SQLite has no writing
+// WITH): update the messages above the mark, read in the UPDATE itself;
+// raiseMarks then raises the marks of a transaction's receipts in one
+// statement. The writer runs one transaction at a time, so nothing moves in
+// between. A later receipt of the same transaction, thread and side reads
+// the mark before the earlier one raised it: its range is only wider, and
+// "status < ?" keeps a message from changing twice (as with a stale mark).
 func advanceSQLite(ctx context.Context, tx *sqldb.Tx, a domain.Advance) (*sql.Rows, error) {
 	from := !a.ReaderIsPatient
-	var lo, hi int64
-	if err := tx.QueryRow(ctx, `SELECT
-			COALESCE((SELECT `+markColumn(a.To)+` FROM receipt_marks WHERE practice = ? AND conversation_id = ? AND from_patient = ?), 0),
-			COALESCE((SELECT MAX(seq) FROM messages WHERE practice = ? AND conversation_id = ?), 0)`,
-		a.Practice, a.ConversationID, from, a.Practice, a.ConversationID).Scan(&lo, &hi); err != nil {
-		return nil, err
-	}
-	hi = min(hi, a.UpTo)
-	if hi <= lo {
-		return nil, nil
-	}
-	read := int64(0)
-	if a.To == domain.Read {
-		read = hi
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO receipt_marks (practice, conversation_id, from_patient, delivered_seq, read_seq)
-		VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT (practice, conversation_id, from_patient) DO UPDATE SET
-			delivered_seq = MAX(delivered_seq, excluded.delivered_seq), read_seq = MAX(read_seq, excluded.read_seq)`,
-		a.Practice, a.ConversationID, from, hi, read); err != nil {
-		return nil, err
-	}
 	setClause, args := set(a)
-	args = append(args, a.Practice, a.ConversationID, lo, hi, from, int(a.To))
+	args = append(args, a.Practice, a.ConversationID, a.Practice, a.ConversationID, from, a.UpTo, from, int(a.To))
 	return tx.Query(ctx, `UPDATE messages SET `+setClause+`
-		WHERE practice = ? AND conversation_id = ? AND seq > ? AND seq <= ? AND from_patient = ? AND status < ?
+		WHERE practice = ? AND conversation_id = ?
+			AND seq > COALESCE((SELECT `+markColumn(a.To)+` FROM receipt_marks WHERE practice = ? AND conversation_id = ? AND from_patient = ?), 0)
+			AND seq <= ? AND from_patient = ? AND status < ?
 		RETURNING `+columns, args...)
 }
+
+// raiseMarks raises the marks of as after their UPDATEs (SQLite; on
+// PostgreSQL advancePostgres did): each to its upTo or the thread's last
+// seq, whichever is lower (a READ mark is a DELIVERED mark too), up to
+// maxMarkRows receipts per statement. A mark that does not move is not
+// written; a thread without messages gets none. Two receipts of one thread
+// and side in one statement leave the higher mark (the upsert keeps the
+// maximum). The last seq is a scalar subquery: as an aggregate of the
+// FROM clause SQLite would read the whole thread for it.
+func raiseMarks(ctx context.Context, tx *sqldb.Tx, as []domain.Advance) error {
+	if tx.Dialect() != sqldb.SQLite {
+		return nil
+	}
+	for len(as) > 0 {
+		n := min(len(as), maxMarkRows)
+		args := make([]any, 0, 5*n)
+		for _, a := range as[:n] {
+			read := 0
+			if a.To == domain.Read {
+				read = 1
+			}
+			args = append(args, a.Practice, a.ConversationID, !a.ReaderIsPatient, a.UpTo, read)
+		}
+		if _, err := tx.Exec(ctx, raiseMarksSQL[n], args...); err != nil {
+			return fmt.Errorf("raise receipt marks: %w", err)
+		}
+		as = as[n:]
+	}
+	return nil
+}
+
+// maxMarkRows bounds the receipts of one raiseMarks statement, and so the
+// number of distinct statements the writer keeps prepared for it.
+const maxMarkRows = 16
+
+// raiseMarksSQL[n] raises n receipts' marks (VALUES columns: practice,
+// conversation, from_patient, upTo, READ as 1).
+var raiseMarksSQL = func() [maxMarkRows + 1]string {
+	var qs [maxMarkRows + 1]string
+	for n := 1; n <= maxMarkRows; n++ {
+		qs[n] = `INSERT INTO receipt_marks (practice, conversation_id, from_patient, delivered_seq, read_seq)
+		SELECT column1, column2, column3, hi, hi * column5 FROM (SELECT column1, column2, column3, column5,
+			MIN(column4, COALESCE((SELECT MAX(seq) FROM messages WHERE practice = column1 AND conversation_id = column2), 0)) AS hi
+			FROM (VALUES (?, ?, ?, ?, ?)` + strings.Repeat(`, (?, ?, ?, ?, ?)`, n-1) + `))
+		WHERE hi > 0
+		ON CONFLICT (practice, conversation_id, from_patient) DO UPDATE SET
+			delivered_seq = MAX(delivered_seq, excluded.delivered_seq), read_seq = MAX(read_seq, excluded.read_seq)
+		WHERE excluded.delivered_seq > delivered_seq OR excluded.read_seq > read_seq`
+	}
+	return qs
+}()
 
 // Record implements domain.Repository.
 func (s *Store) Record(ctx context.Context, evs ...domain.Event) error {
