@@ -38,6 +38,10 @@ type metrics struct {
 	convViews   *prometheus.CounterVec
 	uploadBytes prometheus.Counter
 	limited     *prometheus.CounterVec
+	// sseEventsBy are sseEvents' series of the events a stream writes,
+	// looked up once (a label lookup per written event and stream was a
+	// hash of the label and a map read under a lock).
+	sseEventsBy map[string]prometheus.Counter
 }
 
 func newMetrics(extra ...prometheus.Collector) *metrics {
@@ -92,6 +96,10 @@ func newMetrics(extra ...prometheus.Collector) *metrics {
 			Name: "clinicchat_gateway_limited_total",
 			Help: "Requests refused at the edge by a limit (HTTP 429 or 413), by limit.",
 		}, []string{"limit"}),
+	}
+	m.sseEventsBy = map[string]prometheus.Counter{}
+	for _, ev := range []string{EventMessageCreated, EventMessageUpdated, EventConversationUpdated} {
+		m.sseEventsBy[ev] = m.sseEvents.WithLabelValues(ev)
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.sseClients, m.sseEvents, m.sseResets, m.sseRefused, m.sseDropped, m.sseWrites,
 		m.hubDecoded, m.convViews, m.uploadBytes, m.limited,
