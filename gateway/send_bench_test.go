@@ -44,6 +44,18 @@ func (f *sendDelivery) CreateMessage(ctx context.Context, req *deliveryv1.Create
 	}, nil
 }
 
+// readConversation answers MarkConversationRead as the conversation service
+// does, with no storage behind it.
+type readConversation struct {
+	conversationv1.UnimplementedConversationServiceServer
+}
+
+func (readConversation) MarkConversationRead(_ context.Context, req *conversationv1.MarkConversationReadRequest) (*conversationv1.Conversation, error) {
+	return &conversationv1.Conversation{Name: req.GetName(), Patient: "patients/p1", PatientDisplayName: "Pat Bench",
+		State: conversationv1.Conversation_ACTIVE, CreateTime: timestamppb.Now(), LastMessageSeq: 42,
+		LastMessagePreview: "Your crown is ready", LastMessageTime: timestamppb.Now()}, nil
+}
+
 // sendBench is a gateway on a grpcx server reached in process (as in the
 // all-in-one), the same server on a loopback TCP port for the gRPC path,
 // and a staff token.
@@ -60,7 +72,7 @@ func newSendBench(b testing.TB) *sendBench {
 	tokens, verifier := testkit.NewTokens()
 	gs := grpcx.NewServer(log, verifier)
 	deliveryv1.RegisterDeliveryServiceServer(gs, &sendDelivery{})
-	conversationv1.RegisterConversationServiceServer(gs, conversationv1.UnimplementedConversationServiceServer{})
+	conversationv1.RegisterConversationServiceServer(gs, readConversation{})
 	attachmentv1.RegisterAttachmentServiceServer(gs, attachmentv1.UnimplementedAttachmentServiceServer{})
 	preferencesv1.RegisterPreferencesServiceServer(gs, preferencesv1.UnimplementedPreferencesServiceServer{})
 	auditv1.RegisterAuditServiceServer(gs, auditv1.UnimplementedAuditServiceServer{})
@@ -149,4 +161,25 @@ func BenchmarkSendEdge(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkMarkReadEdge is one markRead's cost at the edge with a
+// conversation service that does nothing (the gateway's http.Handler alone).
+//
+//	go test ./gateway -run '^$' -bench MarkReadEdge -benchmem
+func BenchmarkMarkReadEdge(b *testing.B) {
+	sb := newSendBench(b)
+	h := sb.gw.Handler()
+	b.ReportAllocs()
+	for i := range b.N {
+		req := httptest.NewRequest(http.MethodPost, "/v1/conversations/c1:markRead",
+			bytes.NewReader(fmt.Appendf(nil, `{"upTo":"conversations/c1/messages/m%d"}`, i)))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+sb.token)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			b.Fatalf("status %d: %s", rec.Code, rec.Body)
+		}
+	}
 }
