@@ -110,18 +110,7 @@ const sendPath = "/v1/conversations/c1/messages"
 func BenchmarkSendEdge(b *testing.B) {
 	sb := newSendBench(b)
 	b.Run("handler", func(b *testing.B) {
-		h := sb.gw.Handler()
-		b.ReportAllocs()
-		for i := range b.N {
-			req := httptest.NewRequest(http.MethodPost, sendPath, bytes.NewReader(sendBody(i)))
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Authorization", "Bearer "+sb.token)
-			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, req)
-			if rec.Code != http.StatusOK {
-				b.Fatalf("status %d: %s", rec.Code, rec.Body)
-			}
-		}
+		sb.serveEach(b, func(i int) (string, []byte) { return sendPath, sendBody(i) })
 	})
 	b.Run("http", func(b *testing.B) {
 		srv := httptest.NewServer(sb.gw.Handler())
@@ -168,16 +157,23 @@ func BenchmarkSendEdge(b *testing.B) {
 //
 //	go test ./gateway -run '^$' -bench MarkReadEdge -benchmem
 func BenchmarkMarkReadEdge(b *testing.B) {
-	sb := newSendBench(b)
+	newSendBench(b).serveEach(b, func(i int) (string, []byte) {
+		return "/v1/conversations/c1:markRead", fmt.Appendf(nil, `{"upTo":"conversations/c1/messages/m%d"}`, i)
+	})
+}
+
+// serveEach POSTs b.N requests, the ith one's path and JSON body from req,
+// to the gateway's http.Handler, each expected to answer 200.
+func (sb *sendBench) serveEach(b *testing.B, req func(i int) (path string, body []byte)) {
 	h := sb.gw.Handler()
 	b.ReportAllocs()
 	for i := range b.N {
-		req := httptest.NewRequest(http.MethodPost, "/v1/conversations/c1:markRead",
-			bytes.NewReader(fmt.Appendf(nil, `{"upTo":"conversations/c1/messages/m%d"}`, i)))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+sb.token)
+		path, body := req(i)
+		r := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("Authorization", "Bearer "+sb.token)
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
+		h.ServeHTTP(rec, r)
 		if rec.Code != http.StatusOK {
 			b.Fatalf("status %d: %s", rec.Code, rec.Body)
 		}
