@@ -253,6 +253,7 @@ func TestHealthReadyMetrics(t *testing.T) {
 
 	h.conv.add("conversations/c42", "p1", "patients/pa")
 	decodeJSON(t, h.do(http.MethodGet, "/v1/conversations/c42", tok, nil))
+	decodeJSON(t, h.do(http.MethodGet, "/v1/conversations/c42", tok, nil)) // the series kept from the first
 	requireError(t, h.do(http.MethodGet, "/v1/conversations/c43", tok, nil), 404, "NOT_FOUND")
 	requireError(t, h.do(http.MethodGet, "/v1/nothing/c44", tok, nil), 404, "NOT_FOUND")
 
@@ -261,11 +262,11 @@ func TestHealthReadyMetrics(t *testing.T) {
 	require.NoError(t, err)
 	_ = resp.Body.Close()
 	text := string(raw)
-	require.Contains(t, text, `clinicchat_gateway_http_requests_total{code="200",method="GET",route="/v1/{name=conversations/*}"} 1`)
+	require.Contains(t, text, `clinicchat_gateway_http_requests_total{code="200",method="GET",route="/v1/{name=conversations/*}"} 2`)
 	require.Contains(t, text, `clinicchat_gateway_http_requests_total{code="404",method="GET",route="/v1/{name=conversations/*}"} 1`)
 	require.Contains(t, text, `clinicchat_gateway_http_requests_total{code="404",method="GET",route="unmatched"} 1`)
 	require.Contains(t, text, `clinicchat_gateway_http_requests_total{code="503",method="GET",route="/readyz"} 1`)
-	require.Contains(t, text, `clinicchat_gateway_http_request_duration_seconds_bucket{code="200",method="GET",route="/v1/{name=conversations/*}"`)
+	require.Contains(t, text, `clinicchat_gateway_http_request_duration_seconds_count{code="200",method="GET",route="/v1/{name=conversations/*}"} 2`)
 	require.Contains(t, text, "clinicchat_gateway_sse_clients 0")
 	require.Contains(t, text, "clinicchat_gateway_upload_bytes_total 0")
 	for _, id := range []string{"c42", "c43", "c44"} {

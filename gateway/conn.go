@@ -30,6 +30,10 @@ type conn struct {
 	// keep-alive is due.
 	wake chan struct{}
 
+	// wakeDue[stream]: c waits in that stream's wakeBatch (its mutex
+	// guards it).
+	wakeDue [2]bool
+
 	// kaSlot is the keep-alive wheel's slot holding c, -1 when none (the
 	// wheel's mutex guards it).
 	kaSlot int
@@ -59,8 +63,10 @@ func (c *conn) takePing() bool {
 	return p
 }
 
-// push queues e; false when the connection is gone or too far behind (then
-// it is told to reset by its own goroutine). Never blocks.
+// push queues e without waking the stream (the hub wakes it at the end of
+// the burst, wakeBatch); false when the connection is gone or too far
+// behind (then it is woken at once, to be told to reset by its own
+// goroutine). Never blocks.
 func (c *conn) push(e *event) bool {
 	c.mu.Lock()
 	if c.closed || c.overflow {
@@ -80,7 +86,6 @@ func (c *conn) push(e *event) bool {
 	c.items = append(c.items, e)
 	c.mu.Unlock()
 	c.h.queued.Add(1)
-	c.signal()
 	return true
 }
 

@@ -143,13 +143,8 @@ func (cs *convStates) read(e *event) { delete(cs.m, e.conversation) }
 // own state, whichever tab renders. The read back is not tied to the
 // connection that makes it, so a tab that leaves meanwhile does not fail
 // the others.
-func (st *eventStream) conversationView(ctx context.Context, e *event) ([]byte, error) {
-	var known *conversationv1.Conversation
-	if e.kind == itemConversation {
-		known = st.views.follow(e, st.id)
-	} else {
-		st.views.read(e) // pin or mute: read back
-	}
+// known is knownView's answer for e.
+func (st *eventStream) conversationView(ctx context.Context, e *event, known *conversationv1.Conversation) ([]byte, error) {
 	if known != nil {
 		v := e.convViewKeyed(viewKey(st.id, known))
 		v.once.Do(func() {
@@ -176,6 +171,17 @@ func (st *eventStream) conversationView(ctx context.Context, e *event) ([]byte, 
 		}
 	})
 	return v.data, v.err
+}
+
+// knownView follows e in the stream's state of its thread and returns the
+// caller's view built from it, or nil when the view must be read back (the
+// state is dropped then). Call it once per event, in stream order.
+func (st *eventStream) knownView(e *event) *conversationv1.Conversation {
+	if e.kind == itemConversation {
+		return st.views.follow(e, st.id)
+	}
+	st.views.read(e) // pin or mute: read back
+	return nil
 }
 
 // seesPracticeFields: staff (and the system) see a thread's practice-side

@@ -17,8 +17,12 @@ type cursor struct {
 	d, c uint64
 }
 
-func (c cursor) String() string {
-	return "d" + strconv.FormatUint(c.d, 10) + ".c" + strconv.FormatUint(c.c, 10)
+func (c cursor) String() string { return string(c.append(make([]byte, 0, 24))) }
+
+// append appends c's String to b.
+func (c cursor) append(b []byte) []byte {
+	b = strconv.AppendUint(append(b, 'd'), c.d, 10)
+	return strconv.AppendUint(append(b, ".c"...), c.c, 10)
 }
 
 var errBadCursor = errors.New("bad cursor")

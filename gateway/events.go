@@ -442,11 +442,15 @@ func (st *eventStream) write(ctx context.Context, sw *sseWriter, e *event, cur c
 		}
 		st.unflushed = append(st.unflushed, w)
 	case itemConversation, itemUserState:
-		// What is buffered goes out before the (upstream) fetch.
-		if err := st.flush(sw); err != nil {
-			return err
+		known := st.knownView(e)
+		if known == nil {
+			// What is buffered goes out before the (upstream) fetch; a view
+			// built from the event keeps the batch going.
+			if err := st.flush(sw); err != nil {
+				return err
+			}
 		}
-		data, err := st.conversationView(ctx, e)
+		data, err := st.conversationView(ctx, e, known)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -494,7 +498,7 @@ func (st *eventStream) flush(sw *sseWriter) error {
 			st.s.hub.stages.observe(stageQueued, w.popped.Sub(w.dispatched))
 			st.s.hub.stages.observe(stageWritten, now.Sub(w.popped))
 		}
-		st.s.metrics.sseEvents.WithLabelValues(w.event).Inc()
+		st.s.metrics.sseEventsBy[w.event].Inc()
 		if w.conv != "" {
 			st.marks.add(w.conv, w.seq)
 		}

@@ -346,6 +346,7 @@ func TestCursor(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, cursor{d: 12, c: 7}, c)
 	require.Equal(t, "d12.c7", c.String())
+	require.Equal(t, "id: d18446744073709551615.c0", string(cursor{d: 1<<64 - 1}.append([]byte("id: "))))
 	for _, bad := range []string{"", "d12", "c7.d12", "d-1.c0", "dx.c1", "d1.c1.e1", "12.7"} {
 		_, err := parseCursor(bad)
 		require.Error(t, err, bad)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
@@ -238,4 +239,55 @@ func TestEventsBatchQueuedEventsInOneWrite(t *testing.T) {
 			require.Equal(t, "2", h.metricValue("clinicchat_gateway_sse_writes_total"), "6 events in one write")
 		})
 	}
+}
+
+// A conversation.updated built from the event (no read back) stays in the
+// write batch: the events that queue while the stream waits for another
+// thread's read back go out in one write with it, in order.
+func TestEventsConversationViewFromTheEventStaysInTheBatch(t *testing.T) {
+	h := newHarness(t, func(_ *harness, c *Config, _ *Deps) { c.KeepAlive = time.Hour })
+	h.conv.add("conversations/ca", "p1", "patients/pa")
+	h.conv.add("conversations/cb", "p1", "patients/pb")
+	activity := func(conv, patient string, seq int64) *conversationv1.ConversationUpdated {
+		m := meta("p1", "system")
+		m.Action = actionActivity
+		return &conversationv1.ConversationUpdated{Meta: m, MessageSeq: seq,
+			Conversation: &conversationv1.Conversation{Name: "conversations/" + conv, Patient: "patients/" + patient, LastMessageSeq: int32(seq)}}
+	}
+	c := h.openEvents(h.token("doc", auth.RoleDentist, "p1", 0), "")
+	_, ok := c.nextBlock() // connected
+	require.True(t, ok)
+	h.publish(natsx.SubjectConversationUpdated, activity("ca", "pa", 1)) // read back: ca's state is known from here
+	require.Equal(t, EventConversationUpdated, c.next().Event)
+	require.Equal(t, "2", h.metricValue("clinicchat_gateway_sse_writes_total"))
+
+	gate, gated := make(chan struct{}), make(chan struct{}, 1)
+	h.conv.mu.Lock()
+	h.conv.gate, h.conv.gated = gate, gated
+	h.conv.mu.Unlock()
+	h.publish(natsx.SubjectConversationUpdated, activity("cb", "pb", 1)) // cb's read back waits
+	select {
+	case <-gated:
+	case <-time.After(waitFor):
+		t.Fatal("the stream never asked for the conversation")
+	}
+	queue := func(n int64, base string, m proto.Message) {
+		h.publish(base, m)
+		require.Eventually(t, func() bool { return h.gw.hub.queued.Load() == n }, waitFor, time.Millisecond)
+	}
+	queue(1, natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m2", "users/doc", "x", 2, false))
+	queue(2, natsx.SubjectConversationUpdated, activity("ca", "pa", 2))
+	queue(3, natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m3", "users/doc", "x", 3, false))
+	close(gate)
+
+	ev := c.next()
+	require.Equal(t, EventConversationUpdated, ev.Event)
+	require.Contains(t, ev.Data, "conversations/cb")
+	requireMessage(t, c.next(), "conversations/ca/messages/m2")
+	ev = c.next()
+	require.Equal(t, EventConversationUpdated, ev.Event)
+	require.Contains(t, ev.Data, "conversations/ca")
+	requireMessage(t, c.next(), "conversations/ca/messages/m3")
+	require.Equal(t, uint64(1), h.gw.hub.stats("p1").composed, "ca's view built from the event")
+	require.Equal(t, "3", h.metricValue("clinicchat_gateway_sse_writes_total"), "cb's view and the three after it in one write")
 }

@@ -266,6 +266,10 @@ type hub struct {
 	decodedTotal atomic.Uint64
 	queued       atomic.Int64 // items waiting in connection queues
 
+	// wakes are each stream's connections with events queued but not yet
+	// woken (wakeBatch).
+	wakes [2]*wakeBatch
+
 	// keepAlive schedules every connection's keep-alive.
 	keepAlive *keepAliveWheel
 	// stages times a message's trip to its recipient's stream.
@@ -275,6 +279,9 @@ type hub struct {
 func newHub(s *Server) *hub {
 	h := &hub{s: s, log: s.log.Named("hub"), practices: map[string]*practiceConns{},
 		keepAlive: newKeepAliveWheel(s.cfg.KeepAlive), stages: newEventStages()}
+	for i := range h.wakes {
+		h.wakes[i] = newWakeBatch(i, wakeWait)
+	}
 	s.metrics.reg.MustRegister(h.stages.hist)
 	return h
 }
@@ -402,18 +409,26 @@ func (h *hub) consumeOnce(ctx context.Context, stream int) error {
 		default:
 		}
 	}
-	next := uint64(1) // the consumer sequence expected next
+	wakes := h.wakes[stream]
+	defer wakes.flush() // nothing queued stays unwoken when the consumer goes
+	next := uint64(1)   // the consumer sequence expected next
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		md, err := m.Metadata()
 		if err != nil {
 			return
 		}
 		if md.Sequence.Consumer != next {
+			wakes.flush()
 			fail(fmt.Errorf("consumer sequence %d, expected %d", md.Sequence.Consumer, next))
 			return
 		}
 		next++
 		h.dispatch(stream, m, md.Sequence.Stream, md.Timestamp)
+		if md.NumPending == 0 {
+			// The end of what the stream held when this one was delivered:
+			// wake the connections the burst queued on, once each.
+			wakes.flush()
+		}
 	},
 		jetstream.PullMaxMessages(pullBatch),
 		jetstream.PullHeartbeat(hubHeartbeat),
@@ -498,9 +513,11 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64, stored time.Time
 		end := h.traceFanout(hdr, subject, e)
 		defer end()
 	}
+	wakes := h.wakes[stream]
 	deliver := func(c *conn) {
 		if e.visibleTo(c.id) && c.push(e) {
 			pc.dispatched.Add(1)
+			wakes.add(c)
 		}
 	}
 	switch e.kind {
@@ -644,3 +661,91 @@ func newEventStages() eventStages {
 }
 
 func (st *eventStages) observe(stage int, d time.Duration) { st.by[stage].Observe(d.Seconds()) }
+
+// Waking a stream costs a goroutine wake-up and, once it has written what
+// is queued, a write and another wait; a burst of events for the same
+// stream (the practice's staff see every thread's) should cost one. The
+// hub queues each event at once but wakes the connections it queued on at
+// the end of the burst: when the consumer delivers an event after which
+// the stream held nothing more for it (JetStream's pending count, taken
+// when it was delivered, is 0), after wakeMax events, or after wakeWait
+// at the latest. Nothing waits for a wake-up: an event queued is written
+// by whichever wake-up comes first (a keep-alive's too), in queue order.
+const (
+	// wakeWait bounds how long an event waits for the rest of its burst.
+	wakeWait = 2 * time.Millisecond
+	// wakeMax is the most events a burst holds back.
+	wakeMax = 64
+)
+
+// wakeBatch is one stream's connections with events queued but not yet
+// woken. The stream's consumer callback adds and flushes; its timer and the
+// consumer's end flush too.
+type wakeBatch struct {
+	stream int
+	mu     sync.Mutex
+	conns  []*conn
+	events int
+	timer  *time.Timer
+	wait   time.Duration
+	// armed: the timer runs for the current batch.
+	armed bool
+	// wakes counts flushes that woke connections, timed those the timer
+	// made (tests).
+	wakes, timed atomic.Uint64
+}
+
+func newWakeBatch(stream int, wait time.Duration) *wakeBatch {
+	b := &wakeBatch{stream: stream, wait: wait}
+	b.timer = time.AfterFunc(time.Hour, func() {
+		if b.flush() {
+			b.timed.Add(1)
+		}
+	})
+	b.timer.Stop()
+	return b
+}
+
+// add records that c has an event queued to wake it for.
+func (b *wakeBatch) add(c *conn) {
+	b.mu.Lock()
+	if !c.wakeDue[b.stream] {
+		c.wakeDue[b.stream] = true
+		b.conns = append(b.conns, c)
+	}
+	b.events++
+	full := b.events >= wakeMax
+	if !b.armed && !full {
+		b.armed = true
+		b.timer.Reset(b.wait)
+	}
+	b.mu.Unlock()
+	if full {
+		b.flush()
+	}
+}
+
+// flush wakes every connection added since the last flush; false when
+// there was none.
+func (b *wakeBatch) flush() bool {
+	b.mu.Lock()
+	conns := b.conns
+	if len(conns) == 0 {
+		b.mu.Unlock()
+		return false
+	}
+	b.conns, b.events = nil, 0
+	if b.armed {
+		b.armed = false
+		b.timer.Stop()
+	}
+	for _, c := range conns {
+		c.wakeDue[b.stream] = false
+	}
+	b.mu.Unlock()
+	for _, c := range conns {
+		c.signal()
+	}
+	b.wakes.Add(1)
+	return true
+}

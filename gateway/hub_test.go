@@ -513,3 +513,93 @@ func TestEventsEchoKindsAndTheSubjectsBeforeThem(t *testing.T) {
 		require.Equal(t, map[string]string{"d3.c2": EventMessageUpdated + " DELIVERED", "d4.c2": EventMessageUpdated + " READ"}, read(c, 2))
 	}
 }
+
+// TestHubWakesAStreamOncePerBurst: events the stream already held when the
+// hub's consumer took them (here: published while the consumer was gone,
+// then delivered at once by its successor) wake each connection once, at
+// the end of the burst, so the stream writes them together, in order, each
+// with its own id; a lone event is woken as soon as it is dispatched, not
+// by the time bound.
+func TestHubWakesAStreamOncePerBurst(t *testing.T) {
+	for _, noHijack := range []bool{false, true} {
+		t.Run(fmt.Sprintf("netHTTP=%v", noHijack), func(t *testing.T) {
+			h := newHarness(t, func(h *harness, c *Config, _ *Deps) {
+				h.noHijack = noHijack
+				c.KeepAlive = time.Hour
+			})
+			wakes := h.gw.hub.wakes[streamD]
+			wakes.mu.Lock()
+			wakes.wait = time.Hour // the end of the burst must wake, not the timer
+			wakes.mu.Unlock()
+			doc := h.openEvents(h.token("doc", auth.RoleDentist, "p1", 0), "")
+			nurse := h.openEvents(h.token("nurse", auth.RoleDentist, "p1", 0), "")
+			patient := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "")
+			h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m0", "users/doc", "x", 1, false))
+			for _, c := range []*sseClient{doc, nurse, patient} {
+				requireMessage(t, c.next(), "conversations/ca/messages/m0")
+			}
+			require.Equal(t, "6", h.metricValue("clinicchat_gateway_sse_writes_total"), "three hellos, then m0 once per stream")
+			require.Zero(t, wakes.timed.Load(), "a lone event is woken at once")
+			require.Equal(t, uint64(1), wakes.wakes.Load())
+
+			ctx := context.Background()
+			str, err := h.js.Stream(ctx, natsx.StreamDelivery)
+			require.NoError(t, err)
+			names := str.ConsumerNames(ctx)
+			for name := range names.Name() {
+				require.NoError(t, str.DeleteConsumer(ctx, name))
+			}
+			require.NoError(t, names.Err())
+			const n = 6
+			for i := 1; i <= n; i++ {
+				h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", fmt.Sprint("m", i), "users/doc", "x", int64(i+1), false))
+			}
+			for _, c := range []*sseClient{doc, nurse, patient} {
+				last := cursor{}
+				for i := 1; i <= n; i++ {
+					ev := c.next()
+					requireMessage(t, ev, fmt.Sprint("conversations/ca/messages/m", i))
+					cur, err := parseCursor(ev.ID)
+					require.NoError(t, err)
+					require.Greater(t, cur.d, last.d, "each event its own, later id")
+					last = cur
+				}
+			}
+			require.Equal(t, "9", h.metricValue("clinicchat_gateway_sse_writes_total"), "the burst in one write per stream")
+			require.Equal(t, fmt.Sprint(3*(n+1)), h.metricValue(`clinicchat_gateway_sse_events_total{event="message.created"}`))
+			require.Equal(t, uint64(2), wakes.wakes.Load(), "one wake-up for the burst")
+			require.Zero(t, wakes.timed.Load())
+		})
+	}
+}
+
+// TestWakeBatchTimeBound: a burst whose end never comes is woken after the
+// wait, each connection once.
+func TestWakeBatchTimeBound(t *testing.T) {
+	b := newWakeBatch(streamD, time.Millisecond)
+	c1, c2 := &conn{wake: make(chan struct{}, 1)}, &conn{wake: make(chan struct{}, 1)}
+	b.add(c1)
+	b.add(c2)
+	b.add(c1)
+	for _, c := range []*conn{c1, c2} {
+		select {
+		case <-c.wake:
+		case <-time.After(waitFor):
+			t.Fatal("never woken")
+		}
+	}
+	require.Eventually(t, func() bool { return b.timed.Load() == 1 }, waitFor, time.Millisecond)
+	require.False(t, b.flush(), "nothing left")
+	for _, c := range []*conn{c1, c2} {
+		require.Empty(t, c.wake, "woken once")
+	}
+
+	// wakeMax events wake at once, without the timer.
+	b = newWakeBatch(streamD, time.Hour)
+	for range wakeMax {
+		b.add(c1)
+	}
+	require.Len(t, c1.wake, 1)
+	require.Equal(t, uint64(1), b.wakes.Load())
+	require.Zero(t, b.timed.Load())
+}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -38,6 +39,13 @@ type metrics struct {
 	convViews   *prometheus.CounterVec
 	uploadBytes prometheus.Counter
 	limited     *prometheus.CounterVec
+	// sseEventsBy are sseEvents' series of the events a stream writes,
+	// looked up once (a label lookup per written event and stream was a
+	// hash of the label and a map read under a lock).
+	sseEventsBy map[string]prometheus.Counter
+	// series caches requests' and latency's series by requestKey.
+	seriesMu sync.RWMutex
+	series   map[requestKey]*requestSeries
 }
 
 func newMetrics(extra ...prometheus.Collector) *metrics {
@@ -93,6 +101,10 @@ func newMetrics(extra ...prometheus.Collector) *metrics {
 			Help: "Requests refused at the edge by a limit (HTTP 429 or 413), by limit.",
 		}, []string{"limit"}),
 	}
+	m.sseEventsBy = map[string]prometheus.Counter{}
+	for _, ev := range []string{EventMessageCreated, EventMessageUpdated, EventConversationUpdated} {
+		m.sseEventsBy[ev] = m.sseEvents.WithLabelValues(ev)
+	}
 	m.reg.MustRegister(m.requests, m.latency, m.sseClients, m.sseEvents, m.sseResets, m.sseRefused, m.sseDropped, m.sseWrites,
 		m.hubDecoded, m.convViews, m.uploadBytes, m.limited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -119,11 +131,40 @@ func (m *metrics) handler() http.Handler {
 
 // observe records one finished request.
 func (m *metrics) observe(route, method string, code int, d time.Duration) {
-	c := strconv.Itoa(code)
-	m.requests.WithLabelValues(route, method, c).Inc()
-	if route != routeEvents {
-		m.latency.WithLabelValues(route, method, c).Observe(d.Seconds())
+	k := requestKey{route, method, code}
+	m.seriesMu.RLock()
+	rs := m.series[k]
+	m.seriesMu.RUnlock()
+	if rs == nil {
+		c := strconv.Itoa(code)
+		rs = &requestSeries{requests: m.requests.WithLabelValues(route, method, c)}
+		if route != routeEvents {
+			rs.latency = m.latency.WithLabelValues(route, method, c)
+		}
+		m.seriesMu.Lock()
+		if m.series == nil {
+			m.series = map[requestKey]*requestSeries{}
+		}
+		m.series[k] = rs
+		m.seriesMu.Unlock()
 	}
+	rs.requests.Inc()
+	if rs.latency != nil {
+		rs.latency.Observe(d.Seconds())
+	}
+}
+
+// requestKey names a request's series: route patterns, known methods and
+// the codes the handlers write are few, so the cache stays small.
+type requestKey struct {
+	route, method string
+	code          int
+}
+
+// requestSeries are one requestKey's series, looked up once.
+type requestSeries struct {
+	requests prometheus.Counter
+	latency  prometheus.Observer // nil for the event stream
 }
 
 // routeTag carries a request's route pattern out of the handlers to the

@@ -44,6 +44,18 @@ func (f *sendDelivery) CreateMessage(ctx context.Context, req *deliveryv1.Create
 	}, nil
 }
 
+// readConversation answers MarkConversationRead as the conversation service
+// does, with no storage behind it.
+type readConversation struct {
+	conversationv1.UnimplementedConversationServiceServer
+}
+
+func (readConversation) MarkConversationRead(_ context.Context, req *conversationv1.MarkConversationReadRequest) (*conversationv1.Conversation, error) {
+	return &conversationv1.Conversation{Name: req.GetName(), Patient: "patients/p1", PatientDisplayName: "Pat Bench",
+		State: conversationv1.Conversation_ACTIVE, CreateTime: timestamppb.Now(), LastMessageSeq: 42,
+		LastMessagePreview: "Your crown is ready", LastMessageTime: timestamppb.Now()}, nil
+}
+
 // sendBench is a gateway on a grpcx server reached in process (as in the
 // all-in-one), the same server on a loopback TCP port for the gRPC path,
 // and a staff token.
@@ -60,7 +72,7 @@ func newSendBench(b testing.TB) *sendBench {
 	tokens, verifier := testkit.NewTokens()
 	gs := grpcx.NewServer(log, verifier)
 	deliveryv1.RegisterDeliveryServiceServer(gs, &sendDelivery{})
-	conversationv1.RegisterConversationServiceServer(gs, conversationv1.UnimplementedConversationServiceServer{})
+	conversationv1.RegisterConversationServiceServer(gs, readConversation{})
 	attachmentv1.RegisterAttachmentServiceServer(gs, attachmentv1.UnimplementedAttachmentServiceServer{})
 	preferencesv1.RegisterPreferencesServiceServer(gs, preferencesv1.UnimplementedPreferencesServiceServer{})
 	auditv1.RegisterAuditServiceServer(gs, auditv1.UnimplementedAuditServiceServer{})
@@ -98,18 +110,7 @@ const sendPath = "/v1/conversations/c1/messages"
 func BenchmarkSendEdge(b *testing.B) {
 	sb := newSendBench(b)
 	b.Run("handler", func(b *testing.B) {
-		h := sb.gw.Handler()
-		b.ReportAllocs()
-		for i := range b.N {
-			req := httptest.NewRequest(http.MethodPost, sendPath, bytes.NewReader(sendBody(i)))
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Authorization", "Bearer "+sb.token)
-			rec := httptest.NewRecorder()
-			h.ServeHTTP(rec, req)
-			if rec.Code != http.StatusOK {
-				b.Fatalf("status %d: %s", rec.Code, rec.Body)
-			}
-		}
+		sb.serveEach(b, func(i int) (string, []byte) { return sendPath, sendBody(i) })
 	})
 	b.Run("http", func(b *testing.B) {
 		srv := httptest.NewServer(sb.gw.Handler())
@@ -149,4 +150,32 @@ func BenchmarkSendEdge(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkMarkReadEdge is one markRead's cost at the edge with a
+// conversation service that does nothing (the gateway's http.Handler alone).
+//
+//	go test ./gateway -run '^$' -bench MarkReadEdge -benchmem
+func BenchmarkMarkReadEdge(b *testing.B) {
+	newSendBench(b).serveEach(b, func(i int) (string, []byte) {
+		return "/v1/conversations/c1:markRead", fmt.Appendf(nil, `{"upTo":"conversations/c1/messages/m%d"}`, i)
+	})
+}
+
+// serveEach POSTs b.N requests, the ith one's path and JSON body from req,
+// to the gateway's http.Handler, each expected to answer 200.
+func (sb *sendBench) serveEach(b *testing.B, req func(i int) (path string, body []byte)) {
+	h := sb.gw.Handler()
+	b.ReportAllocs()
+	for i := range b.N {
+		path, body := req(i)
+		r := httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("Authorization", "Bearer "+sb.token)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		if rec.Code != http.StatusOK {
+			b.Fatalf("status %d: %s", rec.Code, rec.Body)
+		}
+	}
 }

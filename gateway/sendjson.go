@@ -21,10 +21,12 @@ import (
 //   - a Message or Conversation answer is written by appendJSON (as event
 //     data is) instead of protojson, which sorted the fields of every
 //     message it wrote (a third of the gateway's own CPU of a send);
-//   - a send's body (CreateMessageRequest) in its everyday shape is decoded
-//     by decodeCreateMessage; any other body, and every body it declines,
-//     goes to JSONPb's decoder, so that what is refused is refused by
-//     protojson with the same words (FuzzDecodeCreateMessage).
+//   - a send's body (CreateMessageRequest) or a markRead's
+//     (MarkConversationReadRequest) in its everyday shape is decoded by
+//     decodeCreateMessage or decodeMarkRead; any other body, and every body
+//     they decline, goes to JSONPb's decoder, so that what is refused is
+//     refused by protojson with the same words (FuzzDecodeCreateMessage,
+//     FuzzDecodeMarkRead).
 type apiMarshaler struct{ *runtime.JSONPb }
 
 // Marshal implements runtime.Marshaler.
@@ -68,12 +70,13 @@ const fastBodyLimit = 64 << 10
 
 // Decode implements runtime.Decoder.
 func (d *apiDecoder) Decode(v any) error {
-	req, ok := v.(*deliveryv1.CreateMessageRequest)
-	if !ok {
+	switch v.(type) {
+	case *deliveryv1.CreateMessageRequest, *conversationv1.MarkConversationReadRequest:
+	default:
 		return d.jsonpb.NewDecoder(d.r).Decode(v)
 	}
 	body, rest := readUpTo(d.r, fastBodyLimit)
-	if rest == nil && decodeCreateMessage(body, req) {
+	if rest == nil && decodeFast(body, v) {
 		return nil
 	}
 	// JSONPb reads exactly the bytes it would have read from d.r.
@@ -81,6 +84,17 @@ func (d *apiDecoder) Decode(v any) error {
 		rest = eofReader{}
 	}
 	return d.jsonpb.NewDecoder(io.MultiReader(bytes.NewReader(body), rest)).Decode(v)
+}
+
+// decodeFast decodes body into a request the fast path knows.
+func decodeFast(body []byte, v any) bool {
+	switch req := v.(type) {
+	case *deliveryv1.CreateMessageRequest:
+		return decodeCreateMessage(body, req)
+	case *conversationv1.MarkConversationReadRequest:
+		return decodeMarkRead(body, req)
+	}
+	return false
 }
 
 // readUpTo reads r to its end if that comes within limit bytes: rest is
@@ -120,12 +134,55 @@ func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 // perhaps written part of req: the caller then decodes with protojson, which
 // resets req first.
 func decodeCreateMessage(b []byte, req *deliveryv1.CreateMessageRequest) bool {
+	req.Reset()
+	return decodeObject(b, func(p *jsonScanner, key string) (bit uint8, ok bool) {
+		switch key {
+		case "parent":
+			req.Parent, ok = p.str()
+			return 1, ok
+		case "text":
+			req.Text, ok = p.str()
+			return 2, ok
+		case "requestId":
+			req.RequestId, ok = p.str()
+			return 4, ok
+		case "sensitive":
+			req.Sensitive, ok = p.boolean()
+			return 8, ok
+		case "attachments":
+			req.Attachments, ok = p.strings()
+			return 16, ok
+		}
+		return 0, false
+	})
+}
+
+// decodeMarkRead decodes a markRead's body ({"upTo":"…"}; "name" too, which
+// the path then sets) under decodeCreateMessage's rules.
+func decodeMarkRead(b []byte, req *conversationv1.MarkConversationReadRequest) bool {
+	req.Reset()
+	return decodeObject(b, func(p *jsonScanner, key string) (bit uint8, ok bool) {
+		switch key {
+		case "name":
+			req.Name, ok = p.str()
+			return 1, ok
+		case "upTo":
+			req.UpTo, ok = p.str()
+			return 2, ok
+		}
+		return 0, false
+	})
+}
+
+// decodeObject reads b as exactly one JSON object (whitespace around it
+// allowed) whose every value field reads: it returns the key's bit (each
+// key once) and whether its value was read. False for anything else.
+func decodeObject(b []byte, field func(p *jsonScanner, key string) (bit uint8, ok bool)) bool {
 	p := jsonScanner{b: b}
 	p.space()
 	if !p.byte('{') {
 		return false
 	}
-	req.Reset()
 	var seen uint8
 	p.space()
 	if !p.byte('}') {
@@ -140,26 +197,7 @@ func decodeCreateMessage(b []byte, req *deliveryv1.CreateMessageRequest) bool {
 				return false
 			}
 			p.space()
-			var bit uint8
-			switch key {
-			case "parent":
-				bit = 1
-				req.Parent, ok = p.str()
-			case "text":
-				bit = 2
-				req.Text, ok = p.str()
-			case "requestId":
-				bit = 4
-				req.RequestId, ok = p.str()
-			case "sensitive":
-				bit = 8
-				req.Sensitive, ok = p.boolean()
-			case "attachments":
-				bit = 16
-				req.Attachments, ok = p.strings()
-			default:
-				return false
-			}
+			bit, ok := field(&p, key)
 			if !ok || seen&bit != 0 {
 				return false
 			}
@@ -203,7 +241,7 @@ func (p *jsonScanner) byte(c byte) bool {
 }
 
 // plainKey is an object key without escapes (the names decodeCreateMessage
-// knows have none).
+// and decodeMarkRead know have none).
 func (p *jsonScanner) plainKey() (string, bool) {
 	if !p.byte('"') {
 		return "", false
@@ -225,6 +263,10 @@ func (p *jsonScanner) plainKey() (string, bool) {
 				return "sensitive", true
 			case "attachments":
 				return "attachments", true
+			case "name":
+				return "name", true
+			case "upTo":
+				return "upTo", true
 			}
 			return "", false
 		}

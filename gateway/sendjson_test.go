@@ -56,10 +56,50 @@ func TestAPIMarshalerIsJSONPb(t *testing.T) {
 // connection may).
 func decodeBoth(body []byte) (want, got *deliveryv1.CreateMessageRequest, werr, gerr error) {
 	want, got = &deliveryv1.CreateMessageRequest{}, &deliveryv1.CreateMessageRequest{}
+	werr, gerr = decodeBothInto(body, want, got)
+	return want, got, werr, gerr
+}
+
+// decodeBothInto is decodeBoth into want and got.
+func decodeBothInto(body []byte, want, got proto.Message) (werr, gerr error) {
 	jsonpb := newMarshaler()
 	werr = jsonpb.NewDecoder(bytes.NewReader(body)).Decode(want)
 	gerr = apiMarshaler{jsonpb}.NewDecoder(iotest.OneByteReader(bytes.NewReader(body))).Decode(got)
+	return werr, gerr
+}
+
+// decodeMarkReadBoth is decodeBoth for a markRead's request.
+func decodeMarkReadBoth(body []byte) (want, got *conversationv1.MarkConversationReadRequest, werr, gerr error) {
+	want, got = &conversationv1.MarkConversationReadRequest{}, &conversationv1.MarkConversationReadRequest{}
+	werr, gerr = decodeBothInto(body, want, got)
 	return want, got, werr, gerr
+}
+
+// markReadBodies are everyday markRead bodies and near misses (every send
+// body is one too).
+var markReadBodies = []string{
+	`{"upTo":"conversations/c1/messages/m1"}`, ` {"upTo" : "conversations/c1/messages/m\u0031"} `, `{}`,
+	`{"name":"conversations/c1","upTo":"conversations/c1/messages/m2"}`, `{"upTo":""}`,
+	`{"up_to":"conversations/c1/messages/m1"}`, `{"upTo":"a","upTo":"b"}`, `{"upTo":null}`, `{"upTo":1}`,
+	`{"upTo":"a","up_to":"b"}`, `{"upto":"a"}`, `{"upTo":"a",}`, `{"upTo":"a"} x`, `{"upTo":["a"]}`,
+	"{\"upTo\":\"\xff\"}", `{"name":"conversations/c1"}`, `{"upTo":"a"`,
+}
+
+// TestDecodeMarkReadIsJSONPb: for every markRead and send body, the mux's
+// decoder gives JSONPb's result for a markRead's request.
+func TestDecodeMarkReadIsJSONPb(t *testing.T) {
+	fast := 0
+	for _, body := range append(markReadBodies, sendBodies...) {
+		want, got, werr, gerr := decodeMarkReadBoth([]byte(body))
+		require.Equal(t, errString(werr), errString(gerr), "%q", body)
+		if werr == nil {
+			require.True(t, proto.Equal(want, got), "%q: %v, want %v", body, got, want)
+		}
+		if decodeMarkRead([]byte(body), &conversationv1.MarkConversationReadRequest{}) {
+			fast++
+		}
+	}
+	require.GreaterOrEqual(t, fast, 5, "the everyday bodies take the fast path")
 }
 
 // sendBodies are everyday sends and near misses.
@@ -162,9 +202,10 @@ func errString(err error) string {
 }
 
 // FuzzDecodeCreateMessage: whatever the body, the mux's decoder and JSONPb
-// give the same request or the same error.
+// give the same request or the same error, for a send's request and for a
+// markRead's.
 func FuzzDecodeCreateMessage(f *testing.F) {
-	for _, b := range sendBodies {
+	for _, b := range append(sendBodies, markReadBodies...) {
 		f.Add([]byte(b))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -174,6 +215,13 @@ func FuzzDecodeCreateMessage(f *testing.F) {
 		}
 		if werr == nil && !proto.Equal(want, got) {
 			t.Fatalf("%q: %v, want %v", body, got, want)
+		}
+		rwant, rgot, werr, gerr := decodeMarkReadBoth(body)
+		if errString(werr) != errString(gerr) {
+			t.Fatalf("markRead %q: error %v, want %v", body, gerr, werr)
+		}
+		if werr == nil && !proto.Equal(rwant, rgot) {
+			t.Fatalf("markRead %q: %v, want %v", body, rgot, rwant)
 		}
 	})
 }

@@ -115,7 +115,7 @@ func (sw *sseWriter) flush() error {
 // reconnect misses nothing even then.
 func (sw *sseWriter) hello(cur cursor) error {
 	sw.buf.WriteString(": connected\nid: ")
-	sw.buf.WriteString(cur.String())
+	sw.buf.Write(cur.append(sw.buf.AvailableBuffer()))
 	sw.buf.WriteString("\n\n")
 	return sw.flush()
 }
@@ -125,7 +125,7 @@ func (sw *sseWriter) event(event string, cur cursor, data []byte) {
 	sw.buf.WriteString("event: ")
 	sw.buf.WriteString(event)
 	sw.buf.WriteString("\nid: ")
-	sw.buf.WriteString(cur.String())
+	sw.buf.Write(cur.append(sw.buf.AvailableBuffer()))
 	sw.buf.WriteString("\ndata: ")
 	sw.buf.Write(data)
 	sw.buf.WriteString("\n\n")
@@ -137,7 +137,7 @@ func (sw *sseWriter) ping(cur cursor, withID bool) error {
 	sw.buf.WriteString(": ping\n")
 	if withID {
 		sw.buf.WriteString("id: ")
-		sw.buf.WriteString(cur.String())
+		sw.buf.Write(cur.append(sw.buf.AvailableBuffer()))
 		sw.buf.WriteString("\n")
 	}
 	sw.buf.WriteString("\n")

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
@@ -38,7 +37,7 @@ type Server struct {
 	// grpc_server_handled_total by code, grpc_server_handling_seconds, …),
 	// counted outside every other interceptor, so codes are the ones the
 	// client sees. Register it on the /metrics registry.
-	Metrics *grpcprom.ServerMetrics
+	Metrics *ServerMetrics
 	inproc  *inProcess
 }
 
@@ -49,7 +48,7 @@ type Server struct {
 // Intercept, not those of a plain grpc.ChainUnaryInterceptor option.
 func NewServer(log *zap.Logger, verifier auth.Verifier, opts ...grpc.ServerOption) *Server {
 	i := interceptors{log: log, verifier: auth.NewCachingVerifier(verifier, 0)}
-	m := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramBuckets(handlingBuckets)))
+	m := newServerMetrics(handlingBuckets)
 	unary := []grpc.UnaryServerInterceptor{m.UnaryServerInterceptor(), i.unary}
 	stream := []grpc.StreamServerInterceptor{m.StreamServerInterceptor(), i.stream}
 	for _, o := range opts {
