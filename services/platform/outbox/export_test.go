@@ -13,3 +13,10 @@ func Round(r *Relay, ctx context.Context) (int, error) { return r.round(ctx, fal
 
 // SetWaves makes r send every round in waves.
 func SetWaves(r *Relay, on bool) { r.waves = on }
+
+// Loaded is how many SQLite rows r has read from the table (the rest were
+// handed over by their commits).
+func Loaded(r *Relay) int64 { return r.stats.loaded.Load() }
+
+// SetHandoffRows bounds r's hand-off queue to n rows.
+func SetHandoffRows(r *Relay, n int) { r.hand.max = n }

@@ -44,6 +44,7 @@ var (
 type relayStats struct {
 	published atomic.Int64 // rows acknowledged
 	waits     atomic.Int64 // waits for the acknowledgements of what is in flight
+	loaded    atomic.Int64 // SQLite rows read from the table (not handed over)
 	// wait is each row's time from its write (created_at, inside the
 	// writer's transaction) to the relay sending it: the rest of that
 	// transaction, its commit, the relay's wake-up and read, and the

@@ -1,0 +1,175 @@
+package outbox_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
+
+	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+	"github.com/clinicchat/clinicchat/services/platform/testkit"
+)
+
+// handoffEvents are n events of one subject, ids prefix-0…, in order.
+func handoffEvents(prefix string, n int) []outbox.Event {
+	evs := make([]outbox.Event, n)
+	for i := range evs {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		evs[i] = outbox.Event{ID: id, Subject: natsx.Tenant(natsx.SubjectDeliveryAccess, "p", "c"),
+			Msg: &typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p", Detail: id}}}
+	}
+	return evs
+}
+
+// tableOrder is the ids of the outbox rows in seq order.
+func tableOrder(t *testing.T, db *sqldb.DB) []string {
+	t.Helper()
+	rows, err := db.Query(context.Background(), `SELECT id FROM outbox ORDER BY seq`)
+	require.NoError(t, err)
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		require.NoError(t, rows.Scan(&id))
+		ids = append(ids, id)
+	}
+	require.NoError(t, rows.Err())
+	return ids
+}
+
+// flushAll flushes r until it has published n rows.
+func flushAll(t *testing.T, r *outbox.Relay, n int) {
+	t.Helper()
+	for left := n; left > 0; {
+		k, err := r.Flush(context.Background())
+		require.NoError(t, err)
+		require.Positive(t, k, "%d rows left", left)
+		left -= k
+	}
+}
+
+// idsOf is the events' ids.
+func idsOf(events []*typev1.AccessRecorded) []string {
+	ids := make([]string, len(events))
+	for i, e := range events {
+		ids[i] = e.GetMeta().GetId()
+	}
+	return ids
+}
+
+// On SQLite the relay publishes the rows their commits handed over without
+// reading them back, exactly the committed ones in seq order: the rows of
+// a write that rolled back (alone, or as a job of a group commit whose
+// others committed, their seqs then taken again) never go out.
+func TestHandedOverRowsArePublishedOnlyOnceCommitted(t *testing.T) {
+	ctx := context.Background()
+	_, _, js := testkit.NATS(t)
+	db := openOutboxDB(t, testkit.Backends()[0])
+	relay := outbox.NewRelay(db, js, testkit.Logger(t))
+	n, err := relay.Flush(ctx) // reads the empty table: from now on the queue has every row
+	require.NoError(t, err)
+	require.Zero(t, n)
+
+	boom := errors.New("boom")
+	require.ErrorIs(t, db.Write(ctx, func(tx *sqldb.Tx) error {
+		if err := outbox.AddAll(ctx, tx, handoffEvents("alone-rolled-back", 3)); err != nil {
+			return err
+		}
+		return boom
+	}), boom)
+	// Concurrent writes share group commits; every other one fails after
+	// writing its rows.
+	var wg sync.WaitGroup
+	const writers = 16
+	for w := range writers {
+		wg.Go(func() {
+			err := db.Write(ctx, func(tx *sqldb.Tx) error {
+				if err := outbox.AddAll(ctx, tx, handoffEvents(fmt.Sprintf("w%d", w), 2)); err != nil {
+					return err
+				}
+				if w%2 == 1 {
+					return boom
+				}
+				return nil
+			})
+			if w%2 == 1 {
+				require.ErrorIs(t, err, boom)
+			} else {
+				require.NoError(t, err)
+			}
+		})
+	}
+	wg.Wait()
+	committed := tableOrder(t, db)
+	require.Len(t, committed, writers)
+
+	flushAll(t, relay, len(committed))
+	require.Zero(t, outbox.Loaded(relay), "every row came from the hand-off, none from the table")
+	require.Equal(t, committed, idsOf(read(t, ctx, js, len(committed))), "exactly the committed rows, in seq order")
+	require.EqualValues(t, len(committed), streamMsgs(t, ctx, js))
+}
+
+// A commit that finds the hand-off queue full is dropped from it, and the
+// relay reads its rows from the table, in order after the queued ones.
+func TestFullHandoffQueueFallsBackToTheTable(t *testing.T) {
+	ctx := context.Background()
+	_, _, js := testkit.NATS(t)
+	db := openOutboxDB(t, testkit.Backends()[0])
+	relay := outbox.NewRelay(db, js, testkit.Logger(t))
+	outbox.SetHandoffRows(relay, 8)
+	_, err := relay.Flush(ctx)
+	require.NoError(t, err)
+
+	for i := range 4 { // 5 rows each: the first commit is queued, the others find it full
+		require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
+			return outbox.AddAll(ctx, tx, handoffEvents(fmt.Sprintf("tx%d", i), 5))
+		}))
+	}
+	committed := tableOrder(t, db)
+	require.Len(t, committed, 20)
+	flushAll(t, relay, 20)
+	require.EqualValues(t, 15, outbox.Loaded(relay), "the queued commit from the queue, the dropped ones from the table")
+	require.Equal(t, committed, idsOf(read(t, ctx, js, 20)))
+	require.EqualValues(t, 20, streamMsgs(t, ctx, js))
+
+	// Once the table is caught up, commits are taken from the queue again.
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("after", 3)) }))
+	flushAll(t, relay, 3)
+	require.EqualValues(t, 15, outbox.Loaded(relay))
+	require.EqualValues(t, 23, streamMsgs(t, ctx, js))
+}
+
+// Rows the queue never had (written before the relay started, or not by
+// AddAll) are a gap in its seqs: the relay reads them from the table, and
+// the rows queued behind them go out after them, in seq order, once.
+func TestRelayKeepsSeqOrderAcrossTheTableAndTheHandoff(t *testing.T) {
+	ctx := context.Background()
+	_, _, js := testkit.NATS(t)
+	db := openOutboxDB(t, testkit.Backends()[0])
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("before", 2)) }))
+	relay := outbox.NewRelay(db, js, testkit.Logger(t))
+	relay.Batch = 8
+	raw, err := proto.Marshal(&typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: "raw-0", Practice: "p"}})
+	require.NoError(t, err)
+	_, err = db.Exec(ctx, `INSERT INTO outbox (id, subject, payload, created_at) VALUES ('raw-0', ?, ?, 0)`,
+		natsx.Tenant(natsx.SubjectDeliveryAccess, "p", "c"), raw)
+	require.NoError(t, err)
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("queued", 3)) }))
+
+	flushAll(t, relay, 6) // the gap: all six from the table
+	require.EqualValues(t, 6, outbox.Loaded(relay))
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("later", 3)) }))
+	flushAll(t, relay, 3) // the queue, past the three it also had
+	require.EqualValues(t, 6, outbox.Loaded(relay))
+
+	want := []string{"before-0", "before-1", "raw-0", "queued-0", "queued-1", "queued-2", "later-0", "later-1", "later-2"}
+	require.Equal(t, want, idsOf(read(t, ctx, js, len(want))))
+	require.EqualValues(t, len(want), streamMsgs(t, ctx, js), "each row once")
+}
