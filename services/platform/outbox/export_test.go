@@ -20,3 +20,6 @@ func Loaded(r *Relay) int64 { return r.stats.loaded.Load() }
 
 // SetHandoffRows bounds r's hand-off queue to n rows.
 func SetHandoffRows(r *Relay, n int) { r.hand.max = n }
+
+// StreamOf is r's remembered natsx.StreamOf.
+func StreamOf(r *Relay, subject string) string { return r.streamOf(subject) }

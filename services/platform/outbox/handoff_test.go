@@ -173,3 +173,18 @@ func TestRelayKeepsSeqOrderAcrossTheTableAndTheHandoff(t *testing.T) {
 	require.Equal(t, want, idsOf(read(t, ctx, js, len(want))))
 	require.EqualValues(t, len(want), streamMsgs(t, ctx, js), "each row once")
 }
+
+// The relay's remembered stream of a subject is natsx.StreamOf's, the
+// second time too.
+func TestRelayStreamOfIsNatsxStreamOf(t *testing.T) {
+	relay := outbox.NewRelay(openOutboxDB(t, testkit.Backends()[0]), nil, testkit.Logger(t))
+	subjects := []string{"", "clinicchat", "clinicchat.", "clinicchat.delivery", "other.delivery.x",
+		"clinicchat.nosuchservice.x", natsx.SubjectDeliveryAccess, natsx.Tenant(natsx.SubjectDeliveryAccess, "p", "c1"),
+		natsx.Tenant(natsx.SubjectDeliveryAccess, "p", "c2")}
+	for range 2 {
+		for _, s := range subjects {
+			require.Equal(t, natsx.StreamOf(s), outbox.StreamOf(relay, s), s)
+		}
+	}
+	require.Equal(t, natsx.StreamDelivery, outbox.StreamOf(relay, natsx.Tenant(natsx.SubjectDeliveryAccess, "p", "c3")))
+}

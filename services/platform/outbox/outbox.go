@@ -7,7 +7,8 @@
 // The relay wakes on the commit of a transaction that wrote outbox rows
 // (sqldb signal Topic) and otherwise looks once per Poll; an idle relay
 // commits nothing. See Relay for how several PostgreSQL replicas share one
-// outbox.
+// outbox. On SQLite the commit also hands the rows it wrote to the relay, in
+// memory, so that it publishes them without reading them back (handoff.go).
 //
 // Each service's migrations create the table:
 //
@@ -226,14 +227,17 @@ type Relay struct {
 	claimed time.Time
 
 	// SQLite: hand is the queue of rows handed over by their commits
-	// (handoff.go); readTable is set while the table may hold rows past
-	// published that the queue lacks (at start, after a gap, a full queue,
-	// a full batch read from the table or a failed publish): the next
-	// round reads the table. poll makes a round read the table if the
-	// queue has nothing (Run's ticker, Flush).
+	// (handoff.go). readTable is set while the table may hold rows past
+	// published that the queue lacks (at start, after a full batch read
+	// from the table, a failed publish or rows taken and not sent): a
+	// round that finds nothing next in the queue reads the table then,
+	// and also when poll is set (Run's ticker, Flush).
 	hand      *handoff
 	readTable bool
 	poll      bool
+
+	// streams remembers natsx.StreamOf by "<prefix>.<service>" (streamOf).
+	streams map[string]string
 }
 
 // NewRelay returns a relay that wakes after every commit of db that wrote
@@ -410,16 +414,16 @@ func (r *Relay) round(ctx context.Context, last bool) (int, error) {
 const loadSQL = `SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`
 
 // next returns up to n of the SQLite outbox's rows past seq after, in seq
-// order: from the hand-off queue when it has them, else from the table if
-// it may hold rows the queue lacks (readTable), or if poll. Rows committed
-// later are not missed: their commit hands them over and wakes the relay.
+// order: from the hand-off queue when it has the next ones, else from the
+// table if it may hold rows the queue lacks (readTable, or the queue says
+// so), or if poll. Rows committed later are not missed: their commit hands
+// them over and wakes the relay.
 func (r *Relay) next(ctx context.Context, after int64, n int, poll bool) ([]row, error) {
-	if r.hand != nil && !r.readTable {
+	if r.hand != nil {
 		rows, ok := r.hand.take(after, n)
-		if len(rows) > 0 || (ok && !poll) {
+		if len(rows) > 0 || (ok && !r.readTable && !poll) {
 			return rows, nil
 		}
-		r.readTable = r.readTable || !ok
 	}
 	rows, err := load(ctx, r.db, loadSQL, after, n)
 	if err != nil {
@@ -725,7 +729,7 @@ func (r *Relay) publish(ctx context.Context, rows []row) (sent []row, acked []in
 	streams := make([]string, len(rows))
 	chained := !r.waves
 	for i, x := range rows {
-		streams[i] = natsx.StreamOf(x.subject)
+		streams[i] = r.streamOf(x.subject)
 		if _, ok := r.last[streams[i]]; !ok {
 			chained = false
 		}
@@ -747,6 +751,32 @@ func (r *Relay) publish(ctx context.Context, rows []row) (sent []row, acked []in
 		r.log.Debug("outbox relayed", zap.Int(logkeys.Count, len(acked)))
 	}
 	return rows, acked, prefixOf(ok), err
+}
+
+// streamOf is natsx.StreamOf(subject), remembered by the subject's first
+// two tokens (all it depends on: "<prefix>.<service>"), which StreamOf
+// would build anew, in three allocations, for every row.
+func (r *Relay) streamOf(subject string) string {
+	i := strings.IndexByte(subject, '.')
+	j := -1
+	if i >= 0 {
+		j = strings.IndexByte(subject[i+1:], '.')
+	}
+	if j < 0 {
+		return natsx.StreamOf(subject)
+	}
+	key := subject[:i+1+j]
+	s, ok := r.streams[key]
+	if !ok {
+		s = natsx.StreamOf(subject)
+		if r.streams == nil {
+			r.streams = map[string]string{}
+		}
+		if len(r.streams) < 64 { // a few services' worth; others are not remembered
+			r.streams[key] = s
+		}
+	}
+	return s
 }
 
 // observeWait records the rows' time from their write to being sent.
@@ -848,7 +878,7 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 			}
 			from := len(rows)
 			for _, x := range extra {
-				rows, ok, streams = append(rows, x), append(ok, false), append(streams, natsx.StreamOf(x.subject))
+				rows, ok, streams = append(rows, x), append(ok, false), append(streams, r.streamOf(x.subject))
 				if _, known := next[streams[len(streams)-1]]; !known {
 					// A stream this round has not learnt: the rest
 					// waits for a round of its own (in waves).
