@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
@@ -187,4 +189,45 @@ func TestRelayStreamOfIsNatsxStreamOf(t *testing.T) {
 		}
 	}
 	require.Equal(t, natsx.StreamDelivery, outbox.StreamOf(relay, natsx.Tenant(natsx.SubjectDeliveryAccess, "p", "c3")))
+}
+
+// A running relay publishes what concurrent writers commit from the
+// hand-off alone (its first round found the table empty, and no poll
+// comes), each writer's events in their order, each once.
+func TestRunningRelayPublishesFromTheHandoffInOrder(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, js := testkit.NATS(t)
+	db := openOutboxDB(t, testkit.Backends()[0])
+	relay := outbox.NewRelay(db, js, testkit.Logger(t))
+	relay.Poll = time.Hour
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+
+	const writers, each = 4, 25
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				id := fmt.Sprintf("w%d-%02d", w, i)
+				require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
+					return outbox.Add(ctx, tx, id, natsx.Tenant(natsx.SubjectDeliveryAccess, "p", fmt.Sprintf("c%d", w)),
+						&typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p", Resource: fmt.Sprint(w)}})
+				}))
+			}
+		})
+	}
+	wg.Wait()
+	events := read(t, ctx, js, writers*each)
+	next := make([]int, writers)
+	for _, e := range events {
+		w, err := strconv.Atoi(e.GetMeta().GetResource())
+		require.NoError(t, err)
+		require.Equal(t, fmt.Sprintf("w%d-%02d", w, next[w]), e.GetMeta().GetId(), "writer %d's events in order", w)
+		next[w]++
+	}
+	require.EqualValues(t, writers*each, streamMsgs(t, ctx, js), "each event once")
+	require.Zero(t, outbox.Loaded(relay), "no row read back from the table")
+	cancel()
+	require.NoError(t, <-done)
 }
