@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
@@ -138,6 +140,11 @@ func TestFullHandoffQueueFallsBackToTheTable(t *testing.T) {
 	require.Len(t, committed, 20)
 	flushAll(t, relay, 20)
 	require.EqualValues(t, 15, outbox.Loaded(relay), "the queued commit from the queue, the dropped ones from the table")
+	require.NoError(t, testutil.CollectAndCompare(relay.Collector("delivery"), strings.NewReader(`
+# HELP clinicchat_outbox_read_events_total Events the relay read from the outbox table: on SQLite only those its commit did not hand over (after a restart, a gap, a full hand-off queue or a failed publish); on PostgreSQL every event it publishes, and again after a failure.
+# TYPE clinicchat_outbox_read_events_total counter
+clinicchat_outbox_read_events_total{service="delivery"} 15
+`), "clinicchat_outbox_read_events_total"))
 	require.Equal(t, committed, idsOf(read(t, ctx, js, 20)))
 	require.EqualValues(t, 20, streamMsgs(t, ctx, js))
 

@@ -548,6 +548,7 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 		r.drop()
 		return 0, fmt.Errorf("load outbox: %w", err)
 	}
+	r.stats.loaded.Add(int64(len(rows)))
 	r.claimed = time.Now()
 	if len(del) > 0 {
 		h.published = h.published[:0]
