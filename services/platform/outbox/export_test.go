@@ -13,3 +13,13 @@ func Round(r *Relay, ctx context.Context) (int, error) { return r.round(ctx, fal
 
 // SetWaves makes r send every round in waves.
 func SetWaves(r *Relay, on bool) { r.waves = on }
+
+// Loaded is how many rows r has read from the table (on SQLite the rest
+// were handed over by their commits).
+func Loaded(r *Relay) int64 { return r.stats.loaded.Load() }
+
+// SetHandoffRows bounds r's hand-off queue to n rows.
+func SetHandoffRows(r *Relay, n int) { r.hand.max = n }
+
+// StreamOf is r's remembered natsx.StreamOf.
+func StreamOf(r *Relay, subject string) string { return r.streamOf(subject) }

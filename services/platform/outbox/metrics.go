@@ -38,12 +38,16 @@ var (
 	waitsDesc = prometheus.NewDesc("clinicchat_outbox_publish_waits_total",
 		"Times the relay waited for JetStream's acknowledgements of the publishes it had in flight: "+
 			"the sequential round trips of its publishing (divided by the events, round trips per event).", nil, nil)
+	readDesc = prometheus.NewDesc("clinicchat_outbox_read_events_total",
+		"Events the relay read from the outbox table: on SQLite only those its commit did not hand over "+
+			"(after a restart, a gap, a full hand-off queue or a failed publish); on PostgreSQL every event it publishes, and again after a failure.", nil, nil)
 )
 
 // relayStats counts the relay's publishing (read at scrape).
 type relayStats struct {
 	published atomic.Int64 // rows acknowledged
 	waits     atomic.Int64 // waits for the acknowledgements of what is in flight
+	loaded    atomic.Int64 // rows read from the table (on SQLite: not handed over)
 	// wait is each row's time from its write (created_at, inside the
 	// writer's transaction) to the relay sending it: the rest of that
 	// transaction, its commit, the relay's wake-up and read, and the
@@ -84,6 +88,7 @@ func (c backlogCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- oldestDesc
 	ch <- publishedDesc
 	ch <- waitsDesc
+	ch <- readDesc
 	c.r.stats.wait.Describe(ch)
 	c.r.stats.ack.Describe(ch)
 }
@@ -92,6 +97,7 @@ func (c backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	published, waits := c.r.Stats()
 	ch <- prometheus.MustNewConstMetric(publishedDesc, prometheus.CounterValue, float64(published))
 	ch <- prometheus.MustNewConstMetric(waitsDesc, prometheus.CounterValue, float64(waits))
+	ch <- prometheus.MustNewConstMetric(readDesc, prometheus.CounterValue, float64(c.r.stats.loaded.Load()))
 	c.r.stats.wait.Collect(ch)
 	c.r.stats.ack.Collect(ch)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

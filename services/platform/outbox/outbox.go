@@ -7,7 +7,8 @@
 // The relay wakes on the commit of a transaction that wrote outbox rows
 // (sqldb signal Topic) and otherwise looks once per Poll; an idle relay
 // commits nothing. See Relay for how several PostgreSQL replicas share one
-// outbox.
+// outbox. On SQLite the commit also hands the rows it wrote to the relay, in
+// memory, so that it publishes them without reading them back (handoff.go).
 //
 // Each service's migrations create the table:
 //
@@ -64,18 +65,44 @@ func AddAll(ctx context.Context, tx *sqldb.Tx, events []Event) error {
 		traceparent = tp
 	}
 	now := time.Now().UnixMicro()
+	// On SQLite the rows go to the relay with the commit (handoff.go).
+	handing := tx.Handing(Topic)
+	args := make([]any, 0, 5*min(len(events), insertRows))
 	for len(events) > 0 {
 		n := min(len(events), insertRows)
-		args := make([]any, 0, 5*n)
-		for _, e := range events[:n] {
+		args = args[:0]
+		var rows []row
+		if handing {
+			rows = make([]row, n)
+		}
+		for i, e := range events[:n] {
 			payload, err := proto.Marshal(e.Msg)
 			if err != nil {
 				return fmt.Errorf("marshal event %s: %w", e.Subject, err)
 			}
 			args = append(args, e.ID, e.Subject, payload, now, traceparent)
+			if handing {
+				rows[i] = row{id: e.ID, subject: e.Subject, payload: payload, created: now}
+				if tp, ok := traceparent.(string); ok {
+					rows[i].traceparent = sql.NullString{String: tp, Valid: true}
+				}
+			}
 		}
-		if _, err := tx.Exec(ctx, insertSQL[n], args...); err != nil {
+		res, err := tx.Exec(ctx, insertSQL[n], args...)
+		if err != nil {
 			return fmt.Errorf("insert outbox: %w", err)
+		}
+		if handing {
+			// The writer is SQLite's only one: the statement's rows took
+			// the seqs up to its last, one after another.
+			last, err := res.LastInsertId()
+			if err != nil {
+				return fmt.Errorf("insert outbox: %w", err)
+			}
+			for i := range rows {
+				rows[i].seq = last - int64(n-1-i)
+			}
+			tx.Hand(Topic, rows)
 		}
 		events = events[n:]
 	}
@@ -198,6 +225,19 @@ type Relay struct {
 	// claimed is when the PostgreSQL round read its batch: the lock is
 	// the relay's for Lease after it (zero on SQLite).
 	claimed time.Time
+
+	// SQLite: hand is the queue of rows handed over by their commits
+	// (handoff.go). readTable is set while the table may hold rows past
+	// published that the queue lacks (at start, after a full batch read
+	// from the table, a failed publish or rows taken and not sent): a
+	// round that finds nothing next in the queue reads the table then,
+	// and also when poll is set (Run's ticker, Flush).
+	hand      *handoff
+	readTable bool
+	poll      bool
+
+	// streams remembers natsx.StreamOf by "<prefix>.<service>" (streamOf).
+	streams map[string]string
 }
 
 // NewRelay returns a relay that wakes after every commit of db that wrote
@@ -205,6 +245,10 @@ type Relay struct {
 func NewRelay(db *sqldb.DB, js jetstream.JetStream, log *zap.Logger) *Relay {
 	r := &Relay{db: db, js: js, log: log, kick: make(chan struct{}, 1), Poll: time.Second, Batch: 256, Lease: 30 * time.Second,
 		last: map[string]uint64{}, stats: newRelayStats()}
+	if db.Dialect() == sqldb.SQLite {
+		r.hand, r.readTable = &handoff{max: handoffRows}, true
+		db.OnHand(Topic, r.hand.push)
+	}
 	db.OnSignal(Topic, r.Kick)
 	return r
 }
@@ -302,6 +346,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			return nil
 		case <-r.kick:
 		case <-t.C:
+			r.poll = true
 		}
 	}
 }
@@ -318,6 +363,7 @@ type row struct {
 // Flush publishes one batch and returns how many rows it published. On
 // PostgreSQL it takes the outbox lock and releases it before it returns.
 func (r *Relay) Flush(ctx context.Context) (int, error) {
+	r.poll = true
 	n, err := r.round(ctx, true)
 	if rerr := r.release(ctx); rerr != nil {
 		err = errors.Join(err, rerr)
@@ -332,13 +378,17 @@ func (r *Relay) round(ctx context.Context, last bool) (int, error) {
 	if r.db.Dialect() == sqldb.Postgres {
 		return r.roundPostgres(ctx, last)
 	}
-	rows, err := load(ctx, r.db, `SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`, r.published, r.Batch)
+	rows, err := r.next(ctx, r.published, r.Batch, r.poll)
 	if err != nil {
 		return 0, err
 	}
+	r.poll = false
 	// Rows acknowledged after one that failed are sent again next round
 	// (behind it) and dropped as duplicates: published marks the prefix.
 	rows, done, prefix, perr := r.publish(ctx, rows)
+	if prefix < len(rows) || perr != nil {
+		r.readTable = true // the rest (and rows taken but not sent) is in the table only
+	}
 	if prefix > 0 {
 		r.published = rows[prefix-1].seq
 		r.undeleted += int64(prefix)
@@ -358,6 +408,32 @@ func (r *Relay) round(ctx context.Context, last bool) (int, error) {
 		r.undeleted, r.lastDelete = 0, time.Now()
 	}
 	return len(done), perr
+}
+
+// loadSQL reads the SQLite outbox's next rows past a seq.
+const loadSQL = `SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`
+
+// next returns up to n of the SQLite outbox's rows past seq after, in seq
+// order: from the hand-off queue when it has the next ones, else from the
+// table if it may hold rows the queue lacks (readTable, or the queue says
+// so), or if poll. Rows committed later are not missed: their commit hands
+// them over and wakes the relay.
+func (r *Relay) next(ctx context.Context, after int64, n int, poll bool) ([]row, error) {
+	if r.hand != nil {
+		rows, ok := r.hand.take(after, n)
+		if len(rows) > 0 || (ok && !r.readTable && !poll) {
+			return rows, nil
+		}
+	}
+	rows, err := load(ctx, r.db, loadSQL, after, n)
+	if err != nil {
+		return nil, err
+	}
+	r.stats.loaded.Add(int64(len(rows)))
+	// A read of less than n rows has every row committed before it; the
+	// later ones are in the queue, or the queue knows it lost some.
+	r.readTable = len(rows) == n
+	return rows, nil
 }
 
 // deleteUpTo deletes the SQLite outbox rows up to seq (published).
@@ -472,6 +548,7 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 		r.drop()
 		return 0, fmt.Errorf("load outbox: %w", err)
 	}
+	r.stats.loaded.Add(int64(len(rows)))
 	r.claimed = time.Now()
 	if len(del) > 0 {
 		h.published = h.published[:0]
@@ -653,7 +730,7 @@ func (r *Relay) publish(ctx context.Context, rows []row) (sent []row, acked []in
 	streams := make([]string, len(rows))
 	chained := !r.waves
 	for i, x := range rows {
-		streams[i] = natsx.StreamOf(x.subject)
+		streams[i] = r.streamOf(x.subject)
 		if _, ok := r.last[streams[i]]; !ok {
 			chained = false
 		}
@@ -675,6 +752,32 @@ func (r *Relay) publish(ctx context.Context, rows []row) (sent []row, acked []in
 		r.log.Debug("outbox relayed", zap.Int(logkeys.Count, len(acked)))
 	}
 	return rows, acked, prefixOf(ok), err
+}
+
+// streamOf is natsx.StreamOf(subject), remembered by the subject's first
+// two tokens (all it depends on: "<prefix>.<service>"), which StreamOf
+// would build anew, in three allocations, for every row.
+func (r *Relay) streamOf(subject string) string {
+	i := strings.IndexByte(subject, '.')
+	j := -1
+	if i >= 0 {
+		j = strings.IndexByte(subject[i+1:], '.')
+	}
+	if j < 0 {
+		return natsx.StreamOf(subject)
+	}
+	key := subject[:i+1+j]
+	s, ok := r.streams[key]
+	if !ok {
+		s = natsx.StreamOf(subject)
+		if r.streams == nil {
+			r.streams = map[string]string{}
+		}
+		if len(r.streams) < 64 { // a few services' worth; others are not remembered
+			r.streams[key] = s
+		}
+	}
+	return s
 }
 
 // observeWait records the rows' time from their write to being sent.
@@ -762,8 +865,7 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 		select {
 		case <-wake:
 			wake = nil
-			extra, lerr := load(ctx, r.db, `SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?`,
-				rows[len(rows)-1].seq, r.Batch-len(rows))
+			extra, lerr := r.next(ctx, rows[len(rows)-1].seq, r.Batch-len(rows), false)
 			if lerr != nil {
 				more = false
 				r.Kick() // the next round reads again
@@ -777,11 +879,12 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 			}
 			from := len(rows)
 			for _, x := range extra {
-				rows, ok, streams = append(rows, x), append(ok, false), append(streams, natsx.StreamOf(x.subject))
+				rows, ok, streams = append(rows, x), append(ok, false), append(streams, r.streamOf(x.subject))
 				if _, known := next[streams[len(streams)-1]]; !known {
 					// A stream this round has not learnt: the rest
 					// waits for a round of its own (in waves).
 					rows, ok, streams = rows[:len(rows)-1], ok[:len(ok)-1], streams[:len(streams)-1]
+					r.readTable = true // the rest may have come from the queue
 					r.Kick()
 					break
 				}
@@ -789,6 +892,9 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 			r.observeWait(rows[from:], time.Now())
 			if !send(from) {
 				more, failed = false, true
+			}
+			if len(futures) < len(rows) {
+				r.readTable = true // rows taken and not sent
 			}
 			rows, ok = rows[:len(futures)], ok[:len(futures)] // what was sent
 			timeout.Reset(r.ackWait())

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -177,4 +178,70 @@ func TestDeferredWritesFailAtClose(t *testing.T) {
 	}
 	require.NoError(t, db.Close())
 	require.Error(t, <-j.done)
+}
+
+// Values handed over with a write reach the receiver after its commit, in
+// commit order, before the write returns; those of a write that failed (a
+// job of a group commit undone alone, or a write rolled back alone) never
+// do. A transaction with no receiver for its topic hands nothing over.
+func TestHandedValuesArriveInCommitOrderAndNeverFromARollback(t *testing.T) {
+	ctx := context.Background()
+	db, _, insert := openKV(t)
+	var mu sync.Mutex
+	var got []string
+	db.OnHand("kv", func(v any) {
+		mu.Lock()
+		got = append(got, v.(string))
+		mu.Unlock()
+	})
+	handed := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), got...)
+	}
+	boom := errors.New("boom")
+	write := func(k string, fail bool) func(tx *Tx) error {
+		return func(tx *Tx) error {
+			if err := insert(k)(tx); err != nil {
+				return err
+			}
+			require.True(t, tx.Handing("kv"))
+			require.False(t, tx.Handing("other"))
+			tx.Hand("kv", k)
+			tx.Hand("other", "nobody takes it")
+			if fail {
+				return boom
+			}
+			return nil
+		}
+	}
+
+	require.ErrorIs(t, db.Write(ctx, write("alone-failed", true)), boom)
+	require.Empty(t, handed(), "a write rolled back alone hands nothing over")
+
+	joined := make(chan error, 3)
+	require.NoError(t, db.Write(ctx, func(tx *Tx) error {
+		go func() { joined <- db.Write(ctx, write("joined-failed", true)) }()
+		go func() { joined <- db.Write(ctx, write("joined-1", false)) }()
+		go func() { joined <- db.Write(ctx, write("joined-2", false)) }()
+		for len(db.jobs) < 3 {
+			runtime.Gosched()
+		}
+		return write("first", false)(tx)
+	}))
+	require.ElementsMatch(t, []error{nil, nil, boom}, []error{<-joined, <-joined, <-joined})
+
+	var keys []string
+	rows, err := db.Query(ctx, `SELECT k FROM kv ORDER BY rowid`)
+	require.NoError(t, err)
+	defer rows.Close()
+	for rows.Next() {
+		var k string
+		require.NoError(t, rows.Scan(&k))
+		keys = append(keys, k)
+	}
+	require.NoError(t, rows.Err())
+	require.Len(t, keys, 3)
+	require.Equal(t, "first", keys[0])
+	require.Equal(t, keys, handed(), "exactly the committed writes, in commit order")
 }

@@ -64,6 +64,7 @@ type DB struct {
 	mu       sync.Mutex
 	onCommit []func()
 	onSignal map[string][]func()
+	onHand   map[string][]func(any) // SQLite only
 
 	// SQLite only: prepared statements, so a query is parsed once per
 	// connection instead of on every call. readStmts is shared by callers;
@@ -271,7 +272,37 @@ func (d *DB) OnSignal(topic string, f func()) {
 	d.mu.Unlock()
 }
 
-func (d *DB) committed(signals []string) {
+// OnHand registers f as the receiver of the values a SQLite transaction
+// hands over with Tx.Hand(topic, v): f(v) runs once the transaction has
+// committed, on the writer goroutine, in commit order (and in the order of
+// the Hand calls within a transaction), before the commit's OnCommit and
+// OnSignal hooks; never for a transaction (or a job of a group commit) that
+// rolled back. f must not block. On PostgreSQL nothing is handed over
+// (Tx.Handing is false).
+func (d *DB) OnHand(topic string, f func(v any)) {
+	if d.dialect != SQLite {
+		return
+	}
+	d.mu.Lock()
+	if d.onHand == nil {
+		d.onHand = map[string][]func(any){}
+	}
+	d.onHand[topic] = append(d.onHand[topic], f)
+	d.mu.Unlock()
+}
+
+// handed is a value a transaction hands over after its commit (Tx.Hand).
+type handed struct {
+	to []func(any)
+	v  any
+}
+
+func (d *DB) committed(signals []string, hands []handed) {
+	for _, h := range hands {
+		for _, f := range h.to {
+			f(h.v)
+		}
+	}
 	d.mu.Lock()
 	fs := d.onCommit
 	var sigs []func()
@@ -370,6 +401,32 @@ type Tx struct {
 	dialect Dialect
 	db      *DB      // SQLite: the writer's connection and statements
 	signals []string // topics to signal after the commit
+	hands   []handed // values to hand over after the commit (SQLite)
+}
+
+// Handing reports whether Hand(topic, …) reaches a receiver (DB.OnHand):
+// a caller need not build a value nobody takes.
+func (t *Tx) Handing(topic string) bool {
+	return t.receivers(topic) != nil
+}
+
+func (t *Tx) receivers(topic string) []func(any) {
+	if t.db == nil {
+		return nil
+	}
+	t.db.mu.Lock()
+	fs := t.db.onHand[topic]
+	t.db.mu.Unlock()
+	return fs
+}
+
+// Hand gives v to the receiver of topic (DB.OnHand) once this transaction
+// has committed, and never if it rolls back. Without a receiver it does
+// nothing.
+func (t *Tx) Hand(topic string, v any) {
+	if fs := t.receivers(topic); fs != nil {
+		t.hands = append(t.hands, handed{to: fs, v: v})
+	}
 }
 
 // Signal runs the hooks registered with DB.OnSignal(topic) once this
@@ -495,7 +552,7 @@ func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
 			}
 			return fmt.Errorf("commit: %w", err)
 		}
-		d.committed(t.signals)
+		d.committed(t.signals, nil)
 		return nil
 	}
 }

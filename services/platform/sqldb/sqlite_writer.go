@@ -204,7 +204,7 @@ func (d *DB) runBatch(batch []*job, results []error) {
 				results = append(results, j.fn(t))
 				continue
 			}
-			signalled := len(t.signals)
+			signalled, handed := len(t.signals), len(t.hands)
 			if _, err := w.savepoint.ExecContext(ctx); err != nil {
 				fail(fmt.Errorf("savepoint: %w", err))
 				return
@@ -212,7 +212,10 @@ func (d *DB) runBatch(batch []*job, results []error) {
 			err := j.fn(t)
 			results = append(results, err)
 			if err != nil {
-				t.signals = t.signals[:signalled] // its writes are undone
+				// Its writes are undone: so are its signals and hand-offs.
+				t.signals = t.signals[:signalled]
+				clear(t.hands[handed:])
+				t.hands = t.hands[:handed]
 				if _, err := w.rollbackTo.ExecContext(ctx); err != nil {
 					fail(fmt.Errorf("rollback to savepoint: %w", err))
 					return
@@ -241,7 +244,7 @@ func (d *DB) runBatch(batch []*job, results []error) {
 	d.metrics.commits.Inc()
 	d.metrics.jobs.Observe(float64(len(batch)))
 	w.walFrames(&d.metrics.frames)
-	d.committed(t.signals)
+	d.committed(t.signals, t.hands)
 	for i, j := range batch {
 		j.done <- results[i]
 	}
