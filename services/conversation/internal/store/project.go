@@ -546,7 +546,7 @@ var updateOnesSQL = func() [indexRows + 1]string {
 }()
 
 // threadState is a thread as each message of a batch leaves it, as
-// applyOne's UPDATE derives it from the index: the newest message's fields
+// applyOnes' UPDATE derives it from the index: the newest message's fields
 // change only for a message newer than the newest so far (reactivating the
 // thread), and needs reply is the oldest patient message after the newest
 // staff message, whatever order messages arrive in.

@@ -49,7 +49,7 @@ func needsReply(t *testing.T, db *sqldb.DB, id string) time.Time {
 }
 
 // A batch projects exactly as its messages one at a time (where the index
-// derives each state: applyOne's UPDATE), in the order the batch applies
+// derives each state: applyOnes' UPDATE), in the order the batch applies
 // them (each thread's in sequence order): the same outcomes,
 // and for every applied message the same thread as of that message (last
 // message, reactivation, needs reply as the index defines it) and the same
