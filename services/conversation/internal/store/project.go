@@ -18,9 +18,10 @@ import (
 )
 
 // The projection of new messages (delivery's message.created), a batch per
-// transaction. A thread with one new message in the batch takes its index
-// row and one UPDATE that derives the thread from the index (applyOne). A
-// thread with several: one read of the thread, the index rows of its
+// transaction. The threads with one new message in the batch (the common
+// case) take their index rows in one statement and one UPDATE that derives
+// each of them from the index (applyOnes: two statements for up to 16
+// threads). A thread with several: one read of the thread, the index rows of its
 // messages in one statement, the thread as of each message derived in Go
 // (threadState: what that UPDATE would compute after each message), and
 // one UPDATE with the result. The events of all messages go to the outbox
@@ -32,7 +33,8 @@ import (
 // arrives out of order (older than a row of its side already there) has the
 // side numbered again from it (renumber), so the ordinals stay exact in any
 // arrival order. The thread's rows are written by one transaction at a time
-// (SQLite's single writer; on PostgreSQL applyThread locks the thread first).
+// (SQLite's single writer; on PostgreSQL lockThreads locks the batch's
+// threads first).
 
 // sidesColumns follow convColumns in the thread read: the newest staff and
 // patient sequence numbers in the index, and needs reply as the index has it
@@ -122,11 +124,34 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
 		// PostgreSQL may run this again.
 		events, traces, joined = events[:0], traces[:0], joined[:0]
-		for _, t := range threads {
+		live, err := lockThreads(ctx, tx, threads)
+		if err != nil {
+			return err
+		}
+		var ones []int // the batch's messages that are their thread's only new one
+		for ti, t := range threads {
+			if live != nil && !live[ti] {
+				for _, i := range t.msgs {
+					out[i] = domain.NoThread
+				}
+				continue
+			}
+			fresh := freshOf(ms, t, out)
+			if len(fresh) == 1 {
+				ones = append(ones, fresh[0])
+				continue
+			}
 			users := threadUsers{known: &s.participants, joined: &joined}
-			if err := applyThread(ctx, tx, ms, t, out, &users, emit); err != nil {
+			if err := applyThread(ctx, tx, ms, t, fresh, out, &users, emit); err != nil {
 				return err
 			}
+		}
+		for rest := ones; len(rest) > 0; {
+			n := min(len(rest), indexRows)
+			if err := applyOnes(ctx, tx, ms, rest[:n], out, &s.participants, &joined, emit); err != nil {
+				return err
+			}
+			rest = rest[n:]
 		}
 		// One AddAll for the events of messages of one trace (all of them
 		// when tracing is off), their rows carrying it.
@@ -149,30 +174,48 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 	return out, nil
 }
 
-// applyThread projects t's messages and sets their outcomes.
-func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, t thread, out []domain.Outcome,
-	users *threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
-	setAll := func(o domain.Outcome) {
-		for _, i := range t.msgs {
-			out[i] = o
+// lockThreads locks the batch's threads on PostgreSQL, before the index is
+// read: another transaction projecting one of them (another replica, a
+// redelivery) has then committed its index rows, and the reads after it,
+// each with a snapshot of its own, see them. Threads are locked in their
+// (practice, id) byte order (COLLATE "C", byThread's order), so that two
+// transactions lock the threads they share in the same order. live[i] says
+// whether threads[i] exists; nil on SQLite (one writer: nothing to lock).
+func lockThreads(ctx context.Context, tx *sqldb.Tx, threads []thread) ([]bool, error) {
+	if tx.Dialect() != sqldb.Postgres {
+		return nil, nil
+	}
+	locked := make(map[[2]string]bool, len(threads))
+	for from := 0; from < len(threads); from += indexRows {
+		chunk := threads[from:min(from+indexRows, len(threads))]
+		args := make([]any, 0, 2*len(chunk))
+		for _, t := range chunk {
+			args = append(args, t.practice, t.id)
+		}
+		if err := scanKeys(ctx, tx, lockThreadsSQL[len(chunk)], args, locked); err != nil {
+			return nil, fmt.Errorf("lock conversations: %w", err)
 		}
 	}
-	if tx.Dialect() == sqldb.Postgres {
-		// Lock the thread before reading the index: another transaction
-		// projecting this thread (another replica, a redelivery) has then
-		// committed its index rows, and the reads below, each with a
-		// snapshot of its own, see them.
-		var one int
-		switch err := tx.QueryRow(ctx, `SELECT 1 FROM conversations WHERE practice = ? AND id = ? FOR UPDATE`,
-			t.practice, t.id).Scan(&one); {
-		case errors.Is(err, sql.ErrNoRows):
-			setAll(domain.NoThread)
-			return nil
-		case err != nil:
-			return fmt.Errorf("lock conversation: %w", err)
-		}
+	live := make([]bool, len(threads))
+	for i, t := range threads {
+		live[i] = locked[[2]string{t.practice, t.id}]
 	}
-	// A key seen twice in the batch is a replay after its first.
+	return live, nil
+}
+
+// lockThreadsSQL[n] locks n threads (PostgreSQL only).
+var lockThreadsSQL = func() [indexRows + 1]string {
+	var qs [indexRows + 1]string
+	for n := 1; n <= indexRows; n++ {
+		qs[n] = `SELECT practice, id FROM conversations WHERE (practice, id) IN ((?, ?)` + strings.Repeat(`, (?, ?)`, n-1) +
+			`) ORDER BY practice COLLATE "C", id COLLATE "C" FOR UPDATE`
+	}
+	return qs
+}()
+
+// freshOf is t's messages less those seen earlier in the batch (a key seen
+// twice is a replay after its first), in sequence order.
+func freshOf(ms []domain.MessageApplied, t thread, out []domain.Outcome) []int {
 	fresh := make([]int, 0, len(t.msgs))
 	seen := make(map[indexKey]bool, len(t.msgs))
 	for _, i := range t.msgs {
@@ -184,8 +227,16 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 		seen[k] = true
 		fresh = append(fresh, i)
 	}
-	if len(fresh) == 1 {
-		return applyOne(ctx, tx, ms[fresh[0]], fresh[0], out, users, emit)
+	return fresh
+}
+
+// applyThread projects t's fresh messages (several) and sets their outcomes.
+func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, t thread, fresh []int, out []domain.Outcome,
+	users *threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
+	setAll := func(o domain.Outcome) {
+		for _, i := range t.msgs {
+			out[i] = o
+		}
 	}
 	var st threadState
 	var ord [2]int64 // the newest staff and patient rows' ordinals
@@ -324,25 +375,31 @@ func renumber(ctx context.Context, tx *sqldb.Tx, practice, id string, fromPatien
 	return nil
 }
 
-// applyOne projects a thread's only new message of the batch (the common
-// case) in two statements: its index row (if the thread exists and the row
-// is new) with the ordinal after its side's previous row, then one UPDATE
-// that derives the thread from the index and returns it. A message older
-// than the thread's last (out of order) has its side numbered again from it.
-func applyOne(ctx context.Context, tx *sqldb.Tx, m domain.MessageApplied, i int, out []domain.Outcome,
-	users *threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
-	at := sqldb.Micros(m.Time)
-	res, err := tx.Exec(ctx, `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time, ordinal)
-		SELECT ?, ?, ?, ?, ?, COALESCE((SELECT p.ordinal FROM message_index p WHERE p.practice = ? AND p.conversation_id = ?
-		AND p.from_patient = ? AND p.seq < ? ORDER BY p.seq DESC LIMIT 1), 0) + 1
-		WHERE EXISTS (SELECT 1 FROM conversations WHERE practice = ? AND id = ?)
-		ON CONFLICT (practice, conversation_id, from_patient, seq) DO NOTHING`,
-		m.Practice, m.ConversationID, m.Seq, m.FromPatient, at, m.Practice, m.ConversationID, m.FromPatient, m.Seq,
-		m.Practice, m.ConversationID)
-	if err != nil {
+// applyOnes projects messages that are each their thread's only new one in
+// the batch (the common case: a sender waits for each send), up to
+// indexRows of them, in two statements whatever their number: their index
+// rows (for threads that exist, rows that are new), each with the ordinal
+// after its side's previous row, then one UPDATE that derives each of their
+// threads from the index and returns it. A message older than its thread's
+// last (out of order) has its side numbered again from it.
+func applyOnes(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, idx []int, out []domain.Outcome,
+	known *participants, joined *[]string, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
+	args := make([]any, 0, 5*len(idx)+3)
+	for _, i := range idx {
+		m := ms[i]
+		args = append(args, m.Practice, m.ConversationID, m.Seq, m.FromPatient, sqldb.Micros(m.Time))
+	}
+	inserted := make(map[[2]string]bool, len(idx)) // one message per thread
+	if err := scanKeys(ctx, tx, insertOnesSQL[len(idx)], args, inserted); err != nil {
 		return fmt.Errorf("insert message index: %w", err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
+	applied := make([]int, 0, len(idx))
+	for _, i := range idx {
+		m := ms[i]
+		if inserted[[2]string{m.Practice, m.ConversationID}] {
+			applied = append(applied, i)
+			continue
+		}
 		// A replay, or a thread that does not exist.
 		var one int
 		switch err := tx.QueryRow(ctx, `SELECT 1 FROM conversations WHERE practice = ? AND id = ?`, m.Practice, m.ConversationID).Scan(&one); {
@@ -353,49 +410,143 @@ func applyOne(ctx context.Context, tx *sqldb.Tx, m domain.MessageApplied, i int,
 		default:
 			out[i] = domain.Replayed
 		}
+	}
+	if len(applied) == 0 {
 		return nil
 	}
-	// The newest message's fields only when m is newer than the stored one
-	// (SET reads the row as it was), and needs reply from the index
-	// (message_index's key leads with the side).
-	c, err := scanConv(tx.QueryRow(ctx, `UPDATE conversations SET
-		last_message_time = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_time END,
-		last_message_preview = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_preview END,
-		last_activity = CASE WHEN last_message_seq < ? THEN ? ELSE last_activity END,
-		state = CASE WHEN last_message_seq < ? THEN ? ELSE state END,
-		last_message_seq = CASE WHEN last_message_seq < ? THEN ? ELSE last_message_seq END,
-		awaiting_reply_since = COALESCE((SELECT MIN(m.create_time)
-		FROM message_index m WHERE m.practice = ? AND m.conversation_id = ? AND m.from_patient = ?
-		AND m.seq > COALESCE((SELECT MAX(s.seq) FROM message_index s WHERE s.practice = ? AND s.conversation_id = ?
-		AND s.from_patient = ?), 0)), 0) WHERE practice = ? AND id = ? RETURNING `+returningConvColumns,
-		m.Seq, at, m.Seq, m.Preview, m.Seq, at, m.Seq, int(domain.Active), m.Seq, m.Seq,
-		m.Practice, m.ConversationID, true, m.Practice, m.ConversationID, false, m.Practice, m.ConversationID), false)
-	if err != nil {
-		return fmt.Errorf("update conversation: %w", err) // it exists: the INSERT saw it
+	args = append(args[:0], int(domain.Active), true, false)
+	for _, i := range applied {
+		m := ms[i]
+		args = append(args, m.Practice, m.ConversationID, m.Seq, sqldb.Micros(m.Time), m.Preview)
 	}
-	// last_message_seq is the newest projected message of either side: no
-	// row is newer than m unless it is.
-	if c.LastMessageSeq > m.Seq {
-		if err := renumber(ctx, tx, m.Practice, m.ConversationID, m.FromPatient, m.Seq); err != nil {
+	convs := make(map[[2]string]domain.Conversation, len(applied))
+	if err := func() error {
+		rows, err := tx.Query(ctx, updateOnesSQL[len(applied)], args...)
+		if err != nil {
 			return err
 		}
+		defer rows.Close()
+		for rows.Next() {
+			c, err := scanConv(rows, false)
+			if err != nil {
+				return err
+			}
+			convs[[2]string{c.Practice, c.ID}] = c
+		}
+		return rows.Err()
+	}(); err != nil {
+		return fmt.Errorf("update conversation: %w", err)
 	}
-	out[i] = domain.Applied
-	t := thread{practice: m.Practice, id: m.ConversationID}
-	recipients := []string{c.Patient()}
-	if m.FromPatient {
-		if recipients, err = users.staff(ctx, tx, t); err != nil {
+	for _, i := range applied {
+		m := ms[i]
+		c, ok := convs[[2]string{m.Practice, m.ConversationID}]
+		if !ok { // it exists: the INSERT saw it
+			return fmt.Errorf("update conversation %s/%s: not returned", m.Practice, m.ConversationID)
+		}
+		// last_message_seq is the newest projected message of either side:
+		// no row is newer than m unless it is.
+		if c.LastMessageSeq > m.Seq {
+			if err := renumber(ctx, tx, m.Practice, m.ConversationID, m.FromPatient, m.Seq); err != nil {
+				return err
+			}
+		}
+		out[i] = domain.Applied
+		t := thread{practice: m.Practice, id: m.ConversationID}
+		users := threadUsers{known: known, joined: joined}
+		recipients := []string{c.Patient()}
+		if m.FromPatient {
+			var err error
+			if recipients, err = users.staff(ctx, tx, t); err != nil {
+				return err
+			}
+		} else if err := users.ensure(ctx, tx, t, m); err != nil {
 			return err
 		}
-	} else if err := users.ensure(ctx, tx, t, m); err != nil {
-		return err
+		emit(m, c, recipients)
 	}
-	emit(m, c, recipients)
 	return nil
 }
 
+// scanKeys runs q and adds the (practice, conversation) of each row it
+// returns to keys.
+func scanKeys(ctx context.Context, tx *sqldb.Tx, q string, args []any, keys map[[2]string]bool) error {
+	rows, err := tx.Query(ctx, q, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k [2]string
+		if err := rows.Scan(&k[0], &k[1]); err != nil {
+			return err
+		}
+		keys[k] = true
+	}
+	return rows.Err()
+}
+
+// valuesSQL is a VALUES list of n rows of the given column types (each
+// value cast, so that PostgreSQL knows the parameters' types).
+func valuesSQL(n int, types ...string) string {
+	row := make([]string, len(types))
+	for i, t := range types {
+		row[i] = "CAST(? AS " + t + ")"
+	}
+	one := "(" + strings.Join(row, ", ") + ")"
+	return "VALUES " + one + strings.Repeat(", "+one, n-1)
+}
+
+// The rows of insertOnesSQL and updateOnesSQL are a VALUES list in FROM
+// (the statement starts with INSERT or UPDATE, which sqldb keeps prepared;
+// a WITH it would parse every time), whose columns are column1, column2…
+// on both dialects.
+
+// insertOnesSQL[n] inserts the index rows of n messages of distinct threads
+// (practice, conversation, seq, from patient, create time), each with the
+// ordinal after its side's previous row (the statement's reads do not see
+// its own rows: one row per thread), if its thread exists; it returns the
+// threads whose row was new.
+var insertOnesSQL = func() [indexRows + 1]string {
+	var qs [indexRows + 1]string
+	for n := 1; n <= indexRows; n++ {
+		qs[n] = `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time, ordinal)
+			SELECT v.column1, v.column2, v.column3, v.column4, v.column5,
+			COALESCE((SELECT p.ordinal FROM message_index p WHERE p.practice = v.column1 AND p.conversation_id = v.column2
+			AND p.from_patient = v.column4 AND p.seq < v.column3 ORDER BY p.seq DESC LIMIT 1), 0) + 1
+			FROM (` + valuesSQL(n, "TEXT", "TEXT", "BIGINT", "BOOLEAN", "BIGINT") + `) AS v
+			WHERE EXISTS (SELECT 1 FROM conversations c WHERE c.practice = v.column1 AND c.id = v.column2)
+			ON CONFLICT (practice, conversation_id, from_patient, seq) DO NOTHING RETURNING practice, conversation_id`
+	}
+	return qs
+}()
+
+// updateOnesSQL[n] updates n threads (practice, id, seq, create time,
+// preview), each by its one new message: the newest message's fields only
+// when the message is newer than the stored one (SET reads the row as it
+// was), and needs reply from the index (message_index's key leads with the
+// side). It returns the threads. Arguments before the rows: domain.Active,
+// true, false.
+var updateOnesSQL = func() [indexRows + 1]string {
+	var qs [indexRows + 1]string
+	for n := 1; n <= indexRows; n++ {
+		qs[n] = `UPDATE conversations SET
+			last_message_time = CASE WHEN conversations.last_message_seq < v.column3 THEN v.column4 ELSE conversations.last_message_time END,
+			last_message_preview = CASE WHEN conversations.last_message_seq < v.column3 THEN v.column5 ELSE conversations.last_message_preview END,
+			last_activity = CASE WHEN conversations.last_message_seq < v.column3 THEN v.column4 ELSE conversations.last_activity END,
+			state = CASE WHEN conversations.last_message_seq < v.column3 THEN ? ELSE conversations.state END,
+			last_message_seq = CASE WHEN conversations.last_message_seq < v.column3 THEN v.column3 ELSE conversations.last_message_seq END,
+			awaiting_reply_since = COALESCE((SELECT MIN(m.create_time)
+			FROM message_index m WHERE m.practice = conversations.practice AND m.conversation_id = conversations.id AND m.from_patient = ?
+			AND m.seq > COALESCE((SELECT MAX(s.seq) FROM message_index s WHERE s.practice = conversations.practice
+			AND s.conversation_id = conversations.id AND s.from_patient = ?), 0)), 0)
+			FROM (` + valuesSQL(n, "TEXT", "TEXT", "BIGINT", "BIGINT", "TEXT") + `) AS v
+			WHERE conversations.practice = v.column1 AND conversations.id = v.column2 RETURNING ` + returningConvColumns
+	}
+	return qs
+}()
+
 // threadState is a thread as each message of a batch leaves it, as
-// applyOne's UPDATE derives it from the index: the newest message's fields
+// applyOnes' UPDATE derives it from the index: the newest message's fields
 // change only for a message newer than the newest so far (reactivating the
 // thread), and needs reply is the oldest patient message after the newest
 // staff message, whatever order messages arrive in.

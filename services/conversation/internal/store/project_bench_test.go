@@ -104,7 +104,7 @@ func BenchmarkApplyMessages(b *testing.B) {
 				})
 			})
 		})
-		for _, n := range []int{1, 4, 16, 64} {
+		for _, n := range []int{1, 4, 8, 16, 64} {
 			b.Run(fmt.Sprintf("%s/batch=%d", backend.Name, n), func(b *testing.B) {
 				benchProjection(b, backend, func(ctx context.Context, s *store.Store, ms []domain.MessageApplied) {
 					for i := 0; i < len(ms); i += n {

@@ -49,7 +49,7 @@ func needsReply(t *testing.T, db *sqldb.DB, id string) time.Time {
 }
 
 // A batch projects exactly as its messages one at a time (where the index
-// derives each state: applyOne's UPDATE), in the order the batch applies
+// derives each state: applyOnes' UPDATE), in the order the batch applies
 // them (each thread's in sequence order): the same outcomes,
 // and for every applied message the same thread as of that message (last
 // message, reactivation, needs reply as the index defines it) and the same
@@ -73,8 +73,12 @@ func TestApplyMessagesBatchIsMessageByMessage(t *testing.T) {
 				return side{db: db, s: s, r: recorder{}}
 			}
 			one, batched := open(), open()
+			// More threads than one statement of applyOnes takes (indexRows),
+			// so that a batch of one message per thread spans two.
+			const nThreads = 20
 			var threads []string
-			for _, p := range []string{"pa", "pb", "pc"} {
+			for ti := range nThreads {
+				p := "p" + string(rune('a'+ti))
 				id := ids.New()
 				threads = append(threads, id)
 				for _, sd := range []side{one, batched} {
@@ -117,7 +121,7 @@ func TestApplyMessagesBatchIsMessageByMessage(t *testing.T) {
 			}
 			// The threads interleaved, each in its own order.
 			var arrivals []domain.MessageApplied
-			for len(arrivals) < 3*40 {
+			for len(arrivals) < nThreads*40 {
 				ti := rnd.IntN(len(perThread))
 				if len(perThread[ti]) > 0 {
 					arrivals = append(arrivals, perThread[ti][0])
@@ -132,7 +136,7 @@ func TestApplyMessagesBatchIsMessageByMessage(t *testing.T) {
 
 			var outOne, outBatched []domain.Outcome
 			for rest := arrivals; len(rest) > 0; {
-				n := min(len(rest), 1+rnd.IntN(16))
+				n := min(len(rest), 1+rnd.IntN(40))
 				batch := rest[:n]
 				rest = rest[n:]
 				got, err := batched.s.ApplyMessages(ctx, batch, batched.r.evs)
@@ -181,7 +185,7 @@ func TestApplyMessagesBatchIsMessageByMessage(t *testing.T) {
 					applied++
 				}
 			}
-			require.Equal(t, 3*40, applied, "every message once")
+			require.Equal(t, nThreads*40, applied, "every message once")
 			require.Contains(t, outBatched, domain.NoThread)
 			require.Contains(t, outBatched, domain.Replayed)
 			require.Equal(t, one.r, batched.r)

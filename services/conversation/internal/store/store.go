@@ -293,39 +293,30 @@ func (s *Store) SetFlags(ctx context.Context, practice, id string, v domain.View
 	return out, err
 }
 
-// MarkRead implements domain.Repository. Before the write it reads only the
-// thread's last seq and the viewer's watermark, raises the watermark in one
-// upsert that never lowers it, and reads the thread as the viewer sees it
-// once, after the write. That read stays in the transaction: outside it, concurrent callers spend that
-// time away from the writer, its batches are smaller, and the commits per
-// receipt (fsyncs, the larger cost) rise (BenchmarkMarkRead).
+// MarkRead implements domain.Repository. It raises the viewer's watermark
+// to upTo, capped at the thread's last message, in one upsert that never
+// lowers it (and changes no row when it would not rise: advanced), then
+// reads the thread as the viewer sees it once. That read stays in the
+// transaction: outside it, concurrent callers spend that time away from the
+// writer, its batches are smaller, and the commits per receipt (fsyncs, the
+// larger cost) rise (BenchmarkMarkRead).
 func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.Viewer, upTo int64, evs func(domain.Conversation, bool) []domain.Event) (domain.Conversation, error) {
 	var out domain.Conversation
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		var last, read int64
-		err := tx.QueryRow(ctx, `SELECT c.last_message_seq, COALESCE((SELECT u.read_seq FROM user_state u
-			WHERE u.practice = c.practice AND u.conversation_id = c.id AND u.user_name = ?), 0)
-			FROM conversations c WHERE c.practice = ? AND c.id = ?`, v.Principal, practice, id).Scan(&last, &read)
-		if errors.Is(err, sql.ErrNoRows) {
-			return domain.ErrNotFound
-		}
+		res, err := tx.Exec(ctx, `INSERT INTO user_state (practice, conversation_id, user_name, read_seq, update_time)
+			SELECT c.practice, c.id, ?, CASE WHEN c.last_message_seq < ? THEN c.last_message_seq ELSE ? END, ?
+			FROM conversations c WHERE c.practice = ? AND c.id = ? AND c.last_message_seq > 0 AND CAST(? AS BIGINT) > 0
+			ON CONFLICT (practice, conversation_id, user_name) DO UPDATE
+			SET read_seq = excluded.read_seq, update_time = excluded.update_time WHERE user_state.read_seq < excluded.read_seq`,
+			v.Principal, upTo, upTo, sqldb.Micros(time.Now()), practice, id, upTo)
 		if err != nil {
-			return err
+			return fmt.Errorf("raise read watermark: %w", err)
 		}
-		target := min(upTo, last)
-		advanced := target > read
-		if advanced {
-			if _, err := tx.Exec(ctx, `INSERT INTO user_state (practice, conversation_id, user_name, read_seq, update_time)
-				VALUES (?, ?, ?, ?, ?) ON CONFLICT (practice, conversation_id, user_name) DO UPDATE
-				SET read_seq = excluded.read_seq, update_time = excluded.update_time WHERE user_state.read_seq < excluded.read_seq`,
-				practice, id, v.Principal, target, sqldb.Micros(time.Now())); err != nil {
-				return fmt.Errorf("raise read watermark: %w", err)
-			}
-		}
+		n, _ := res.RowsAffected()
 		if out, err = getTx(ctx, tx, practice, id, v); err != nil {
-			return err
+			return err // ErrNotFound: nothing was written
 		}
-		return outbox.AddAll(ctx, tx, evs(out, advanced))
+		return outbox.AddAll(ctx, tx, evs(out, n > 0))
 	})
 	return out, err
 }

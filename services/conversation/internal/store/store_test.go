@@ -158,8 +158,20 @@ func TestRepositoryContract(t *testing.T) {
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq, "an existing watermark raised")
 				require.Zero(t, c.UnreadCount)
-				require.Equal(t, []bool{true, false, true, true}, advanced)
-				require.Equal(t, []int64{3, 3, 2, 3}, upTo)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, 3, rec)
+				require.NoError(t, err)
+				require.EqualValues(t, 3, c.ReadSeq)
+				require.Equal(t, []bool{true, false, true, true, false}, advanced, "the same watermark again does not advance")
+				require.Equal(t, []int64{3, 3, 2, 3, 3}, upTo)
+				empty := create(t, s, "pe", "Eve", t0)
+				advanced = nil
+				c, err = s.MarkRead(ctx, "p1", empty.ID, staff2, 5, func(_ domain.Conversation, adv bool) []domain.Event {
+					advanced = append(advanced, adv)
+					return nil
+				})
+				require.NoError(t, err)
+				require.Zero(t, c.ReadSeq, "a thread without messages: nothing to read")
+				require.Equal(t, []bool{false}, advanced)
 				c, err = s.Get(ctx, "p1", a.ID, staff)
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq, "the other staff user's own watermark")
