@@ -42,9 +42,16 @@ func durable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec) (je
 	if spec.MaxAckPending == 0 {
 		spec.MaxAckPending = 256
 	}
+	// The pre-tenant forms that cannot match past what the durable has
+	// handled are left out (an existing durable is updated in place: its
+	// position and acks stay).
+	var floor uint64
+	if c, err := js.Consumer(ctx, spec.Stream, spec.Durable); err == nil {
+		floor = c.CachedInfo().AckFloor.Stream
+	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, spec.Stream, jetstream.ConsumerConfig{
 		Durable:        spec.Durable,
-		FilterSubjects: spec.FilterSubjects,
+		FilterSubjects: Narrow(ctx, js, spec.Stream, spec.FilterSubjects, floor),
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		AckWait:        30 * time.Second,
 		MaxDeliver:     -1,
