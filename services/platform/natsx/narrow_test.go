@@ -2,6 +2,8 @@ package natsx_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -151,4 +153,84 @@ func TestADurableIsNarrowedInPlaceAndContinuesFromItsAckFloor(t *testing.T) {
 	cons, err := js.Consumer(context.Background(), spec.Stream, spec.Durable)
 	require.NoError(t, err)
 	require.Equal(t, uint64(5), cons.CachedInfo().Delivered.Consumer, "five events delivered in all, none again")
+}
+
+// A durable with several filter subjects that starts further behind than
+// CatchUpPending is delivered every event of the stream: its handler gets
+// only its kinds, in stream order, the others are acked without it; once
+// caught up it is narrowed again in place, and the next events of other
+// kinds are no longer delivered.
+func TestAFarBehindDurableCatchesUpUnfilteredAndIsFilteredAgain(t *testing.T) {
+	js := embeddedStreams(t)
+	old := natsx.CatchUpPending
+	natsx.CatchUpPending = 3
+	t.Cleanup(func() { natsx.CatchUpPending = old })
+	created, updated := natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated
+	spec := natsx.ConsumerSpec{Stream: natsx.StreamDelivery, Durable: "audit-like", FilterSubjects: natsx.Filter(created, updated)}
+	echo := natsx.Tenant(natsx.SubjectMessageStatusEcho, "p", "patients/a")
+	var want []string
+	for i := range 5 {
+		for _, base := range []string{created, updated} {
+			s := natsx.Tenant(base, "p", "patients/a")
+			publish(t, js, s, fmt.Sprint(i))
+			want = append(want, s+" "+fmt.Sprint(i))
+		}
+		publish(t, js, echo, "echo")
+	}
+	publish(t, js, created, "pre-tenant")
+	want = append(want, created+" pre-tenant")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	var got []string
+	more := make(chan struct{}, 100)
+	stopped := make(chan error, 1)
+	go func() {
+		stopped <- natsx.ConsumeBatch(ctx, js, zap.NewNop(), spec, 0, func(_ context.Context, msgs []jetstream.Msg) []error {
+			mu.Lock()
+			for _, m := range msgs {
+				got = append(got, m.Subject()+" "+string(m.Data()))
+			}
+			mu.Unlock()
+			more <- struct{}{}
+			return make([]error, len(msgs))
+		})
+	}()
+	handled := func(n int) []string {
+		for {
+			mu.Lock()
+			g := slices.Clone(got)
+			mu.Unlock()
+			if len(g) >= n {
+				return g
+			}
+			select {
+			case <-more:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("handled %v, want %d events", g, n)
+			}
+		}
+	}
+	require.Equal(t, want, handled(len(want)), "its kinds, both forms, in stream order; no echo")
+
+	cons, err := js.Consumer(ctx, spec.Stream, spec.Durable)
+	require.NoError(t, err)
+	var info *jetstream.ConsumerInfo
+	require.Eventually(t, func() bool {
+		info, err = cons.Info(ctx)
+		return err == nil && slices.Equal(info.Config.FilterSubjects, spec.FilterSubjects) &&
+			info.NumAckPending == 0 && info.AckFloor.Stream == 16
+	}, 10*time.Second, 5*time.Millisecond, "filtered again in place, everything acked")
+	require.Equal(t, uint64(16), info.Delivered.Consumer, "unfiltered while behind: the echoes were delivered")
+
+	publish(t, js, echo, "echo")
+	last := natsx.Tenant(created, "p", "patients/a")
+	publish(t, js, last, "last")
+	require.Equal(t, last+" last", handled(len(want) + 1)[len(want)])
+	info, err = cons.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(17), info.Delivered.Consumer, "the new echo is not delivered")
+	cancel()
+	require.NoError(t, <-stopped)
 }
