@@ -51,16 +51,19 @@ func durable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, wid
 	// The pre-tenant forms that cannot match past what the durable has
 	// handled are left out (an existing durable is updated in place: its
 	// position and acks stay).
+	// These look-ups only choose the filter: a failed one keeps spec's.
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	var floor uint64
 	pending := uint64(0)
 	known := false
-	if c, err := js.Consumer(ctx, spec.Stream, spec.Durable); err == nil {
+	if c, err := js.Consumer(pctx, spec.Stream, spec.Durable); err == nil {
 		floor, pending, known = c.CachedInfo().AckFloor.Stream, c.CachedInfo().NumPending, true
 	}
-	cu := catchUp{filter: Narrow(ctx, js, spec.Stream, spec.FilterSubjects, floor)}
+	cu := catchUp{filter: Narrow(pctx, js, spec.Stream, spec.FilterSubjects, floor)}
 	if wide && len(cu.filter) > 1 {
 		if !known {
-			if s, err := js.Stream(ctx, spec.Stream); err == nil {
+			if s, err := js.Stream(pctx, spec.Stream); err == nil {
 				pending = s.CachedInfo().State.Msgs
 			}
 		}
