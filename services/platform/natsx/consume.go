@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,27 +38,108 @@ type ConsumerSpec struct {
 }
 
 // durable creates or updates spec's durable, explicitly acked consumer
-// (nil, nil when ctx ended while starting).
-func durable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec) (jetstream.Consumer, error) {
+// (nil, nil when ctx ended while starting). Its filter is spec's, narrowed
+// (Narrow) past its ack floor; with wide, a durable left with several
+// filter subjects that is more than CatchUpPending events behind is
+// created or updated with none (catchUp), and the narrowed filter is
+// returned for the caller to apply to what is delivered and to set once
+// caught up.
+func durable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, wide bool) (jetstream.Consumer, catchUp, error) {
 	if spec.MaxAckPending == 0 {
 		spec.MaxAckPending = 256
 	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, spec.Stream, jetstream.ConsumerConfig{
+	// The pre-tenant forms that cannot match past what the durable has
+	// handled are left out (an existing durable is updated in place: its
+	// position and acks stay).
+	// These look-ups only choose the filter: a failed one keeps spec's.
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var floor uint64
+	pending := uint64(0)
+	known := false
+	if c, err := js.Consumer(pctx, spec.Stream, spec.Durable); err == nil {
+		floor, pending, known = c.CachedInfo().AckFloor.Stream, c.CachedInfo().NumPending, true
+	}
+	cu := catchUp{filter: Narrow(pctx, js, spec.Stream, spec.FilterSubjects, floor)}
+	if wide && len(cu.filter) > 1 {
+		if !known {
+			if s, err := js.Stream(pctx, spec.Stream); err == nil {
+				pending = s.CachedInfo().State.Msgs
+			}
+		}
+		cu.wide = pending > CatchUpPending
+	}
+	cfg := jetstream.ConsumerConfig{
 		Durable:        spec.Durable,
-		FilterSubjects: spec.FilterSubjects,
+		FilterSubjects: cu.filter,
 		AckPolicy:      jetstream.AckExplicitPolicy,
 		AckWait:        30 * time.Second,
 		MaxDeliver:     -1,
 		MaxAckPending:  spec.MaxAckPending,
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
+	}
+	if cu.wide {
+		cfg.FilterSubjects = nil
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, spec.Stream, cfg)
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, nil
+			return nil, cu, nil
 		}
-		return nil, fmt.Errorf("consumer %s on %s: %w", spec.Durable, spec.Stream, err)
+		return nil, cu, fmt.Errorf("consumer %s on %s: %w", spec.Durable, spec.Stream, err)
 	}
-	return cons, nil
+	return cons, cu, nil
+}
+
+// CatchUpPending is how far behind (events pending) a ConsumeBatch durable
+// with several filter subjects must be to catch up unfiltered. Past its
+// ack floor JetStream finds such a consumer's next event by intersecting
+// every subject of a block with the filter (~1 µs per thread of the block
+// per event: 0.9 ms at 1,000 threads); unfiltered, it is delivered every
+// event (~35 µs each, the others acked without the handler), and is
+// narrowed again in place once it has caught up. At the head, the filter
+// costs nothing of the kind and saves the deliveries.
+var CatchUpPending uint64 = 1000
+
+// catchUp is how a durable was started: filter is what its handler is
+// given (the spec's, narrowed); wide, that the consumer delivers every
+// event of the stream until it is caught up.
+type catchUp struct {
+	filter []string
+	wide   bool
+}
+
+// matches reports whether subject matches one of filter (every subject
+// when filter is empty).
+func matches(filter []string, subject string) bool {
+	if len(filter) == 0 {
+		return true
+	}
+	for _, f := range filter {
+		if subjectMatch(f, subject) {
+			return true
+		}
+	}
+	return false
+}
+
+// subjectMatch is NATS subject matching of a literal subject against a
+// filter with '*' and '>' tokens.
+func subjectMatch(filter, subject string) bool {
+	for {
+		ft, frest, fmore := strings.Cut(filter, ".")
+		if ft == ">" {
+			return subject != ""
+		}
+		st, srest, smore := strings.Cut(subject, ".")
+		if ft != "*" && ft != st {
+			return false
+		}
+		if !fmore || !smore {
+			return fmore == smore
+		}
+		filter, subject = frest, srest
+	}
 }
 
 // Consume runs a durable, explicitly acked consumer until ctx ends. The
@@ -66,7 +148,7 @@ func durable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec) (je
 // header is handled in a consumer span, child of the span that wrote the
 // event (telemetry).
 func Consume(ctx context.Context, js jetstream.JetStream, log *zap.Logger, spec ConsumerSpec, h Handler) error {
-	cons, err := durable(ctx, js, spec)
+	cons, _, err := durable(ctx, js, spec, false)
 	if err != nil || cons == nil {
 		return err // nil: stopped while starting
 	}

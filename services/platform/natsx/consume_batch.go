@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,11 +33,37 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 	if maxBatch <= 0 {
 		maxBatch = DefaultMaxBatch
 	}
-	cons, err := durable(ctx, js, spec)
+	cons, cu, err := durable(ctx, js, spec, true)
 	if err != nil || cons == nil {
 		return err // nil: stopped while starting
 	}
 	log = log.With(zap.String(logkeys.Stream, spec.Stream), zap.String(logkeys.Consumer, spec.Durable))
+	// With several filter subjects the durable may deliver every event
+	// (this or another replica started it behind: durable, CatchUpPending):
+	// the others are acked without the handler.
+	filtered := len(cu.filter) > 1
+	var narrowOnce sync.Once
+	narrowIn := func(md *jetstream.MsgMetadata) {
+		if md == nil || md.NumPending > 0 {
+			return
+		}
+		narrowOnce.Do(func() {
+			// Caught up: the filter again, in place (position and acks stay).
+			cfg := cons.CachedInfo().Config
+			cfg.FilterSubjects = cu.filter
+			uctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if _, err := js.UpdateConsumer(uctx, spec.Stream, cfg); err != nil {
+				log.Warn("caught up; consumer not narrowed (next start does)", zap.Error(err))
+				return
+			}
+			log.Info("caught up unfiltered; consumer filter set again", zap.Strings("filter", cu.filter))
+		})
+	}
+	if cu.wide {
+		log.Info("far behind: catching up unfiltered", zap.Strings("filter", cu.filter))
+	}
+	skipped := make([]jetstream.Msg, 0, maxBatch)
 
 	// The client delivers messages one at a time from one goroutine; they
 	// queue here (the callback blocks when the queue is full, so at most
@@ -48,6 +75,28 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 	ends := make([]func(error), 0, maxBatch)
 	mctxs := make([]context.Context, 0, maxBatch)
 	handle := func(batch []jetstream.Msg) {
+		if filtered {
+			skipped = skipped[:0]
+			n := 0
+			for _, m := range batch {
+				if matches(cu.filter, m.Subject()) {
+					batch[n] = m
+					n++
+				} else {
+					skipped = append(skipped, m)
+				}
+			}
+			batch = batch[:n]
+			defer func() {
+				for _, m := range skipped {
+					settleMsg(ctx, log, m, nil)
+				}
+				clear(skipped)
+			}()
+			if n == 0 {
+				return
+			}
+		}
 		// Each event carries the trace of the request that caused it: its
 		// consumer span covers the batch's handling and commit, and the
 		// handler finds its context with MessageContexts.
@@ -103,7 +152,13 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 			}
 		}
 	}()
-	cc, err := cons.Consume(func(m jetstream.Msg) { queue <- m })
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		if cu.wide {
+			md, _ := m.Metadata()
+			narrowIn(md)
+		}
+		queue <- m
+	})
 	if err != nil {
 		close(closed)
 		<-done

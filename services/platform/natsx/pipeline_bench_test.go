@@ -3,6 +3,7 @@ package natsx_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,25 +108,47 @@ func benchStreams(b *testing.B, window time.Duration) (*nats.Conn, jetstream.Jet
 
 // BenchmarkCatchUp is a durable ConsumeBatch consumer of message.created
 // catching up on a stream it is far behind (b.N created events of 1,000
-// threads, each followed by two status echoes the consumer skips): the
-// CPU per created event until it has handled them all, with natsx.Filter's
-// two filter subjects (the tenant and pre-tenant forms) and with the
-// tenant form alone, and with no filter (the echoes delivered too, and
-// dropped by the handler). With two or more filter subjects the server finds a
-// lagging consumer's next message by intersecting the block's subjects
-// with the filter on every fetch (BENCHMARKS.md, js11).
+// threads, each followed by two status echoes): the CPU per created event
+// until it has handled them all, with the real consumers' filter sets as
+// they were (before: both forms of every base, natsx.TenantGrace not yet
+// passed) and as durable() now starts them (after: the pre-tenant forms
+// narrowed away, natsx.Narrow; a multi-kind durable behind by more than
+// natsx.CatchUpPending delivered everything until caught up). With two
+// or more filter subjects the server finds a lagging consumer's next
+// message by intersecting the block's subjects with the filter on every
+// fetch (BENCHMARKS.md, js11 and filter11).
 //
 //	go test ./services/platform/natsx -run '^$' -bench CatchUp -benchtime 20000x
 func BenchmarkCatchUp(b *testing.B) {
+	created, updated := natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated
 	for _, f := range []struct {
 		name   string
 		filter []string
+		after  bool // TenantGrace passed, CatchUpPending as set
 	}{
-		{"filter=pair", natsx.Filter(natsx.SubjectMessageCreated)},
-		{"filter=tenant", []string{natsx.SubjectMessageCreated + ".>"}},
-		{"filter=none", nil}, // every event delivered, the echoes dropped by the handler
+		// the projection, attachment links, delivery's reads: one kind
+		{"single/before", natsx.Filter(created), false},
+		{"single/after", natsx.Filter(created), true},
+		// the audit's durable of the delivery stream: every kind but the echo
+		{"audit/before", natsx.Filter(created, updated, natsx.SubjectDeliveryAccess), false},
+		{"audit/after", natsx.Filter(created, updated, natsx.SubjectDeliveryAccess), true},
+		// the gateway hub's kinds of the delivery stream (its consumer is
+		// ephemeral, created in gateway/hub.go, not by durable())
+		{"hub/before", natsx.Filter(created, updated, natsx.SubjectMessageStatusEcho), false},
+		{"hub/tenant-forms", []string{created + ".>", updated + ".>", natsx.SubjectMessageStatusEcho + ".>"}, false},
+		{"hub/one-wildcard", []string{natsx.Prefix() + ".delivery.message.>"}, false},
+		{"none", nil, false}, // every event delivered, the echoes dropped by the handler
 	} {
-		b.Run(f.name, func(b *testing.B) { benchCatchUp(b, f.filter) })
+		b.Run(f.name, func(b *testing.B) {
+			grace, pending := natsx.TenantGrace, natsx.CatchUpPending
+			defer func() { natsx.TenantGrace, natsx.CatchUpPending = grace, pending }()
+			if f.after {
+				natsx.TenantGrace = 0
+			} else {
+				natsx.CatchUpPending = math.MaxUint64
+			}
+			benchCatchUp(b, f.filter)
+		})
 	}
 }
 

@@ -256,7 +256,8 @@ func Tenant(base string, tokens ...string) string {
 
 // Filter is what a consumer of base events filters on: the tenant form
 // (base.>) and the pre-tenant form (base alone) that older versions
-// published.
+// published. A durable started by Consume or ConsumeBatch leaves the
+// pre-tenant forms out once none can match (Narrow).
 func Filter(base ...string) []string {
 	out := make([]string, 0, 2*len(base))
 	for _, b := range base {
