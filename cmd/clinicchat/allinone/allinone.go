@@ -163,7 +163,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	}
 	in.services = append(in.services, prefs)
 	conv, err := conversation.New(ctx, conversation.Config{DatabaseDSN: cfg.path("conversation.db"), ArchiveAfter: cfg.ArchiveAfter,
-		ArchiveSweepInterval: cfg.ArchiveSweepInterval}, conversation.Deps{Log: log.Named("conversation"), JS: js, Preferences: conn})
+		ArchiveSweepInterval: cfg.ArchiveSweepInterval,
+		// Without --nats-listen no notifier can connect to the embedded NATS.
+		NoNotificationRequests: cfg.NATSListen == ""}, conversation.Deps{Log: log.Named("conversation"), JS: js, Preferences: conn})
 	if err != nil {
 		return nil, fmt.Errorf("conversation: %w", err)
 	}

@@ -48,6 +48,9 @@ type App struct {
 	// ProjectionWait is how long MarkRead waits for a message it was told of
 	// to reach the projection (derived state lags writes by well under this).
 	ProjectionWait time.Duration
+	// NoNotificationRequests: a new message publishes no
+	// notification.requested events (where no notifier can read them).
+	NoNotificationRequests bool
 
 	seqs  seqWaiters // MarkRead calls waiting for the projection
 	staff staffCache
@@ -382,6 +385,9 @@ func (a *App) ApplyMessages(ctx context.Context, ms []domain.MessageApplied, pra
 
 func (a *App) applyMessages(ctx context.Context, ms []domain.MessageApplied, practiceName func(string) string, errs []error) {
 	out, err := a.repo.ApplyMessages(ctx, ms, func(m domain.MessageApplied, c domain.Conversation, recipients []string) []domain.Event {
+		if a.NoNotificationRequests {
+			recipients = nil
+		}
 		return messageEvents(m, c, recipients, practiceName)
 	})
 	if err != nil {

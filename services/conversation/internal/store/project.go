@@ -141,14 +141,15 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 				ones = append(ones, fresh[0])
 				continue
 			}
-			users := threadUsers{known: &s.participants, joined: &joined}
+			users := threadUsers{known: &s.participants, joined: &joined, noRecipients: s.NoRecipients}
 			if err := applyThread(ctx, tx, ms, t, fresh, out, &users, emit); err != nil {
 				return err
 			}
 		}
 		for rest := ones; len(rest) > 0; {
 			n := min(len(rest), indexRows)
-			if err := applyOnes(ctx, tx, ms, rest[:n], out, &s.participants, &joined, emit); err != nil {
+			users := threadUsers{known: &s.participants, joined: &joined, noRecipients: s.NoRecipients}
+			if err := applyOnes(ctx, tx, ms, rest[:n], out, users, emit); err != nil {
 				return err
 			}
 			rest = rest[n:]
@@ -383,7 +384,7 @@ func renumber(ctx context.Context, tx *sqldb.Tx, practice, id string, fromPatien
 // threads from the index and returns it. A message older than its thread's
 // last (out of order) has its side numbered again from it.
 func applyOnes(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, idx []int, out []domain.Outcome,
-	known *participants, joined *[]string, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
+	batchUsers threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
 	args := make([]any, 0, 5*len(idx)+3)
 	for _, i := range idx {
 		m := ms[i]
@@ -452,7 +453,7 @@ func applyOnes(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, id
 		}
 		out[i] = domain.Applied
 		t := thread{practice: m.Practice, id: m.ConversationID}
-		users := threadUsers{known: known, joined: joined}
+		users := batchUsers // a fresh one per thread: nothing loaded yet
 		recipients := []string{c.Patient()}
 		if m.FromPatient {
 			var err error
@@ -619,12 +620,15 @@ func (st *threadState) save(ctx context.Context, tx *sqldb.Tx) error {
 // needs its recipients, and kept in step with the staff senders the batch
 // adds as participants.
 type threadUsers struct {
-	known      *participants // committed participants (no statement needed)
-	joined     *[]string     // participants this transaction makes sure of
-	loaded     bool
-	muted      map[string]bool // user_name → muted
-	ensured    map[string]bool // staff senders made sure of before loading
-	recipients []string        // cached staff(); nil: recompute
+	known  *participants // committed participants (no statement needed)
+	joined *[]string     // participants this transaction makes sure of
+	// noRecipients: staff answers no recipients without reading them
+	// (Store.NoRecipients).
+	noRecipients bool
+	loaded       bool
+	muted        map[string]bool // user_name → muted
+	ensured      map[string]bool // staff senders made sure of before loading
+	recipients   []string        // cached staff(); nil: recompute
 }
 
 // ensure makes m's sender a participant of the thread (ensureUser), once.
@@ -658,6 +662,9 @@ func (u *threadUsers) ensure(ctx context.Context, tx *sqldb.Tx, t thread, m doma
 // staff are the recipients of a patient message: every staff participant of
 // the thread who has not muted it, by name. The slice must not be changed.
 func (u *threadUsers) staff(ctx context.Context, tx *sqldb.Tx, t thread) ([]string, error) {
+	if u.noRecipients {
+		return nil, nil
+	}
 	if !u.loaded {
 		rows, err := tx.Query(ctx, `SELECT user_name, muted FROM user_state WHERE practice = ? AND conversation_id = ?
 			AND user_name LIKE 'users/%'`, t.practice, t.id)

@@ -21,6 +21,12 @@ import (
 type Store struct {
 	db           *sqldb.DB
 	participants participants // the projection's cache of user_state rows
+	// NoRecipients: ApplyMessages does not read a patient message's
+	// recipients (the thread's staff who have not muted it) and hands its
+	// events function none; they only address notification requests, so a
+	// deployment where nothing can read those sets it (Service's
+	// NoNotificationRequests).
+	NoRecipients bool
 }
 
 var _ domain.Repository = (*Store)(nil)

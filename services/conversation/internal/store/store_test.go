@@ -219,6 +219,34 @@ func TestRepositoryContract(t *testing.T) {
 				require.Equal(t, [][]string{{"patients/pa"}, {"users/u1"}}, got, "u2 muted the thread")
 			})
 
+			t.Run("no recipients read where no notification is requested", func(t *testing.T) {
+				s := newStore(t, b)
+				s.NoRecipients = true
+				a := create(t, s, "pa", "Alice", t0)
+				var got [][]string
+				capture := func(_ domain.MessageApplied, _ domain.Conversation, r []string) []domain.Event {
+					got = append(got, r)
+					return nil
+				}
+				// A staff message (u1 joins), then patient messages alone and
+				// two in one batch: the patient's have no recipients.
+				_, err := s.ApplyMessages(ctx, []domain.MessageApplied{{Practice: "p1", ConversationID: a.ID, Seq: 1, Sender: "users/u1", Time: t0}}, capture)
+				require.NoError(t, err)
+				_, err = s.ApplyMessages(ctx, []domain.MessageApplied{{Practice: "p1", ConversationID: a.ID, Seq: 2, FromPatient: true, Sender: "patients/pa", Time: t0}}, capture)
+				require.NoError(t, err)
+				_, err = s.ApplyMessages(ctx, []domain.MessageApplied{
+					{Practice: "p1", ConversationID: a.ID, Seq: 3, FromPatient: true, Sender: "patients/pa", Time: t0},
+					{Practice: "p1", ConversationID: a.ID, Seq: 4, Sender: "users/u2", Time: t0}}, capture)
+				require.NoError(t, err)
+				require.Equal(t, [][]string{{"patients/pa"}, nil, nil, {"patients/pa"}}, got)
+				// The staff senders still became participants (u2 in the batch).
+				s.NoRecipients = false
+				got = nil
+				_, err = s.ApplyMessages(ctx, []domain.MessageApplied{{Practice: "p1", ConversationID: a.ID, Seq: 5, FromPatient: true, Sender: "patients/pa", Time: t0}}, capture)
+				require.NoError(t, err)
+				require.Equal(t, [][]string{{"users/u1", "users/u2"}}, got)
+			})
+
 			t.Run("needs reply: the oldest patient message no staff message followed, whatever the arrival order", func(t *testing.T) {
 				s := newStore(t, b)
 				a := create(t, s, "pa", "Alice", t0)
