@@ -167,15 +167,33 @@ func (b *browser) loggedErrors() []string {
 	return append([]string(nil), b.logged...)
 }
 
-// do runs actions in the tab.
+// do runs actions in the tab, one after the other. An action that finds
+// its node replaced between the query and the use (the page re-rendered a
+// list on a live event: "Could not find node with given id") runs again on
+// the new node; a click fails so before its mouse events, so it never
+// clicks twice.
 func (tb *tab) do(t *testing.T, actions ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(tb.ctx, stepTimeout)
 	defer cancel()
-	if err := chromedp.Do(ctx, actions...); err != nil {
-		tb.screenshot(t, "failed")
-		require.NoError(t, err)
+	for _, a := range actions {
+		err := chromedp.Do(ctx, a)
+		for try := 1; err != nil && try < 5 && nodeReplaced(err); try++ {
+			err = chromedp.Do(ctx, a)
+		}
+		if err != nil {
+			tb.screenshot(t, "failed")
+			require.NoError(t, err)
+		}
 	}
+}
+
+// nodeReplaced tells whether err is Chromium's answer about a node that
+// left the document after it was queried.
+func nodeReplaced(err error) bool {
+	m := err.Error()
+	return strings.Contains(m, "Could not find node with given id") || strings.Contains(m, "Node is detached from document") ||
+		strings.Contains(m, "No node with given id found")
 }
 
 // eval returns the value of a JavaScript expression.
