@@ -1,0 +1,10 @@
+package sqldb
+
+// NetworkWrites is how many network writes tx's connection has made so far
+// (PostgreSQL with BEGIN pipelined; -1 otherwise).
+func NetworkWrites(tx *Tx) int {
+	if tx.pg == nil || tx.pg.filter == nil {
+		return -1
+	}
+	return tx.pg.filter.writes
+}
