@@ -8,3 +8,8 @@ func NetworkWrites(tx *Tx) int {
 	}
 	return tx.pg.filter.writes
 }
+
+// PipelineBegin switches a PostgreSQL DB between BEGIN with the first
+// statement (the default) and BEGIN on its own (sql.Tx, as before), for
+// comparing the two in one process.
+func PipelineBegin(d *DB, on bool) { d.pipelined = on }
