@@ -22,8 +22,9 @@ import (
 	"sync"
 	"time"
 
-	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
-	_ "modernc.org/sqlite"             // registers "sqlite"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib" // also registers "pgx"
+	_ "modernc.org/sqlite"           // registers "sqlite"
 )
 
 // Dialect is the SQL flavour behind a DB.
@@ -74,6 +75,9 @@ type DB struct {
 	w         *sqliteWriter
 
 	metrics *sqliteMetrics // SQLite only
+
+	// PostgreSQL: BEGIN goes with a write's first statement (pgTx).
+	pipelined bool
 }
 
 // readConns is the size of a SQLite database's read pool, and
@@ -169,17 +173,22 @@ func openPostgres(ctx context.Context, dsn string) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db, err := sql.Open("pgx", dsn)
+	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
+	pipelined := pipelineBegin(cfg)
+	if pipelined {
+		cfg.BuildFrontend = buildBeginFrontend
+	}
+	db := stdlib.OpenDB(*cfg)
 	db.SetMaxOpenConns(conns)
 	db.SetMaxIdleConns(conns)
 	if err := db.PingContext(ctx); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("connect postgres: %w", err)
 	}
-	return &DB{dialect: Postgres, read: db, write: db}, nil
+	return &DB{dialect: Postgres, read: db, write: db, pipelined: pipelined}, nil
 }
 
 func openSQLite(ctx context.Context, dsn string) (*DB, error) {
@@ -397,7 +406,8 @@ func rebind(d Dialect, q string) string {
 
 // Tx is a write transaction (on SQLite, a savepoint inside a group commit).
 type Tx struct {
-	tx      *sql.Tx // PostgreSQL
+	tx      *sql.Tx // PostgreSQL, BEGIN on its own
+	pg      *pgTx   // PostgreSQL, BEGIN with the first statement
 	dialect Dialect
 	db      *DB      // SQLite: the writer's connection and statements
 	signals []string // topics to signal after the commit
@@ -462,6 +472,9 @@ func (t *Tx) Exec(ctx context.Context, q string, args ...any) (sql.Result, error
 		}
 		return t.db.w.conn.ExecContext(ctx, q, args...)
 	}
+	if t.pg != nil {
+		return t.pg.pgExec(ctx, rebind(t.dialect, q), args)
+	}
 	return t.tx.ExecContext(ctx, rebind(t.dialect, q), args...)
 }
 
@@ -474,6 +487,9 @@ func (t *Tx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error
 		}
 		return t.db.w.conn.QueryContext(ctx, q, args...)
 	}
+	if t.pg != nil {
+		return t.pg.pgQuery(ctx, rebind(t.dialect, q), args)
+	}
 	return t.tx.QueryContext(ctx, rebind(t.dialect, q), args...)
 }
 
@@ -485,6 +501,9 @@ func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
 			return st.QueryRowContext(ctx, args...)
 		}
 		return t.db.w.conn.QueryRowContext(ctx, q, args...)
+	}
+	if t.pg != nil {
+		return t.pg.pgQueryRow(ctx, rebind(t.dialect, q), args)
 	}
 	return t.tx.QueryRowContext(ctx, rebind(t.dialect, q), args...)
 }
@@ -527,6 +546,9 @@ func (d *DB) enqueue(ctx context.Context, q chan *job, j *job) error {
 }
 
 func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
+	if d.pipelined {
+		return d.writePipelined(ctx, fn)
+	}
 	for attempt := 0; ; attempt++ {
 		tx, err := d.write.BeginTx(ctx, nil)
 		if err != nil {

@@ -1,0 +1,193 @@
+package sqldb
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// pgTx is a PostgreSQL write transaction whose BEGIN travels with its first
+// statement (beginFilter). It runs on a connection of its own taken from
+// the pool (database/sql still builds the statements' Rows and Results, and
+// pgx still caches their prepared statements); sqldb sends BEGIN, COMMIT
+// and ROLLBACK itself. The connection goes back to the pool only idle (no
+// transaction open): else it is closed.
+type pgTx struct {
+	conn   *sql.Conn
+	filter *beginFilter
+	begun  bool // BEGIN is sent or armed to go with the next statement
+}
+
+// rollbackTimeout bounds a ROLLBACK sent after the caller's context ended.
+const rollbackTimeout = 5 * time.Second
+
+func (d *DB) beginPipelined(ctx context.Context) (*pgTx, error) {
+	conn, err := d.write.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p := &pgTx{conn: conn}
+	_ = conn.Raw(func(dc any) error {
+		if c, ok := dc.(*stdlib.Conn); ok {
+			p.filter = filterOf(c.Conn().PgConn())
+		}
+		return nil
+	})
+	if p.filter == nil { // not opened by openPostgres: BEGIN alone
+		if err := p.exec(ctx, "begin"); err != nil {
+			p.release()
+			return nil, err
+		}
+		p.begun = true
+	}
+	return p, nil
+}
+
+// raw runs f on the connection's pgx.Conn.
+func (p *pgTx) raw(f func(c *pgx.Conn) error) error {
+	return p.conn.Raw(func(dc any) error { return f(dc.(*stdlib.Conn).Conn()) })
+}
+
+func (p *pgTx) exec(ctx context.Context, q string) error {
+	return p.raw(func(c *pgx.Conn) error {
+		_, err := c.Exec(ctx, q)
+		return err
+	})
+}
+
+// before readies BEGIN for a statement: armed to go in the statement's
+// network write or, before a statement pgx sends with the simple protocol
+// (Exec without arguments), sent on its own.
+func (p *pgTx) before(ctx context.Context, simple bool) error {
+	if p.begun {
+		return nil
+	}
+	if simple {
+		if err := p.exec(ctx, "begin"); err != nil {
+			return err
+		}
+	} else {
+		p.filter.armed = true
+	}
+	p.begun = true
+	return nil
+}
+
+// after notes a statement that never reached the network (its context
+// ended first, or its arguments did not encode): BEGIN did not go either.
+func (p *pgTx) after() {
+	if p.filter != nil && p.filter.armed {
+		p.filter.armed = false
+		p.begun = false
+	}
+}
+
+func (p *pgTx) commit(ctx context.Context) error {
+	if !p.begun {
+		return nil // nothing ran
+	}
+	return p.raw(func(c *pgx.Conn) error {
+		tag, err := c.Exec(ctx, "commit")
+		if err == nil && tag.String() != "COMMIT" {
+			// A statement failed and fn went on: the server rolled back.
+			err = pgx.ErrTxCommitRollback
+		}
+		return err
+	})
+}
+
+// rollback ends whatever transaction the connection is in, even after ctx
+// ended.
+func (p *pgTx) rollback(ctx context.Context) {
+	_ = p.raw(func(c *pgx.Conn) error {
+		pc := c.PgConn()
+		if pc.IsClosed() || pc.TxStatus() == 'I' {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		defer cancel()
+		_, err := c.Exec(ctx, "rollback")
+		return err
+	})
+}
+
+// release gives the connection back to the pool if it is idle and sound,
+// else closes it.
+func (p *pgTx) release() {
+	_ = p.raw(func(c *pgx.Conn) error {
+		pc := c.PgConn()
+		if pc.IsClosed() || pc.TxStatus() != 'I' || (p.filter != nil && (p.filter.armed || p.filter.skip > 0)) {
+			return driver.ErrBadConn // database/sql closes it
+		}
+		return nil
+	})
+	_ = p.conn.Close()
+}
+
+func (d *DB) writePipelined(ctx context.Context, fn func(tx *Tx) error) error {
+	for attempt := 0; ; attempt++ {
+		p, err := d.beginPipelined(ctx)
+		if err != nil {
+			return fmt.Errorf("begin: %w", err)
+		}
+		t := &Tx{pg: p, dialect: Postgres}
+		if err := fn(t); err != nil {
+			p.rollback(ctx)
+			p.release()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if isRetryable(err) && attempt < 5 {
+				continue
+			}
+			return err
+		}
+		if err := p.commit(ctx); err != nil {
+			p.rollback(ctx)
+			p.release()
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if isRetryable(err) && attempt < 5 {
+				continue
+			}
+			return fmt.Errorf("commit: %w", err)
+		}
+		p.release()
+		d.committed(t.signals, nil)
+		return nil
+	}
+}
+
+// pipelineBegin reports whether cfg lets BEGIN go with the first statement:
+// pgx must send statements with the extended protocol on named prepared
+// statements (its default mode, with its statement cache).
+func pipelineBegin(cfg *pgx.ConnConfig) bool {
+	return cfg.DefaultQueryExecMode == pgx.QueryExecModeCacheStatement && cfg.StatementCacheCapacity > 0
+}
+
+// pgExec, pgQuery and pgQueryRow run a statement of a pipelined transaction.
+func (p *pgTx) pgExec(ctx context.Context, q string, args []any) (sql.Result, error) {
+	if err := p.before(ctx, len(args) == 0); err != nil {
+		return nil, err
+	}
+	defer p.after()
+	return p.conn.ExecContext(ctx, q, args...)
+}
+
+func (p *pgTx) pgQuery(ctx context.Context, q string, args []any) (*sql.Rows, error) {
+	_ = p.before(ctx, false) // arming cannot fail
+	defer p.after()
+	return p.conn.QueryContext(ctx, q, args...)
+}
+
+func (p *pgTx) pgQueryRow(ctx context.Context, q string, args []any) *sql.Row {
+	_ = p.before(ctx, false)
+	defer p.after()
+	return p.conn.QueryRowContext(ctx, q, args...)
+}
