@@ -358,10 +358,14 @@ func markColumn(to domain.Status) string {
 // to the highest of its receipts' ranges, never falls.
 //
 // Locks: the statement locks the messages it changes in the order of the
-// primary key (practice, thread, seq) — whatever the order of as, the plan
-// or the join — and only then the marks it raises, in the order of their
-// key (the upsert runs after the main statement: it is a WITH that nothing
-// reads). Two concurrent batches (replicas, the read consumer against the
+// primary key (practice, thread, seq), whatever the order of as — "first"
+// is sorted by it, and each of its rows is locked by a LATERAL subquery (FOR
+// UPDATE), one after another in that order — and only then the marks it
+// raises, in the order of their key (the upsert runs after the main
+// statement: it is a WITH that nothing reads). The LATERAL … OFFSET 0
+// subqueries also keep the plan on the primary key: joined plainly, a
+// generic plan read the whole messages table into a hash join (3.8 ms
+// against 0.9 ms for 8 receipts on 3,000 messages). Two concurrent batches (replicas, the read consumer against the
 // delivered receipts) touching the same threads take their locks in one
 // order and so wait for each other, never deadlock
 // (TestConcurrentBatchesDoNotDeadlock). After a wait, FOR UPDATE rechecks
@@ -433,20 +437,20 @@ func advanceSQL(to domain.Status) string {
 	return `WITH r AS (SELECT * FROM unnest(CAST($1 AS TEXT[]), CAST($2 AS TEXT[]), CAST($3 AS BOOLEAN[]),
 			CAST($4 AS BIGINT[]), CAST($5 AS BIGINT[]), CAST($6 AS TEXT[]))
 			WITH ORDINALITY AS r (practice, conversation_id, from_patient, up_to, at, reader, ord)),
-		rng AS (SELECT r.*, COALESCE(k.` + markColumn(to) + `, 0) AS lo,
+		rng AS (SELECT r.*, COALESCE((SELECT k.` + markColumn(to) + ` FROM receipt_marks k WHERE k.practice = r.practice
+					AND k.conversation_id = r.conversation_id AND k.from_patient = r.from_patient), 0) AS lo,
 				LEAST(r.up_to, COALESCE((SELECT MAX(seq) FROM messages x
 					WHERE x.practice = r.practice AND x.conversation_id = r.conversation_id), 0)) AS hi
-			FROM r LEFT JOIN receipt_marks k ON k.practice = r.practice AND k.conversation_id = r.conversation_id
-				AND k.from_patient = r.from_patient),
+			FROM r),
 		first AS (SELECT DISTINCT ON (m.practice, m.conversation_id, m.seq) m.practice, m.conversation_id, m.seq,
 				rng.ord, rng.at, rng.reader
-			FROM rng JOIN messages m ON m.practice = rng.practice AND m.conversation_id = rng.conversation_id
-				AND m.seq > rng.lo AND m.seq <= rng.up_to AND m.from_patient = rng.from_patient AND m.status < ` + status + `
+			FROM rng CROSS JOIN LATERAL (SELECT practice, conversation_id, seq FROM messages m
+				WHERE m.practice = rng.practice AND m.conversation_id = rng.conversation_id AND m.seq > rng.lo
+					AND m.seq <= rng.up_to AND m.from_patient = rng.from_patient AND m.status < ` + status + ` OFFSET 0) m
 			ORDER BY m.practice, m.conversation_id, m.seq, rng.ord),
-		locked AS (SELECT m.practice, m.conversation_id, m.seq, f.ord, f.at, f.reader
-			FROM first f JOIN messages m ON m.practice = f.practice AND m.conversation_id = f.conversation_id AND m.seq = f.seq
-			WHERE m.status < ` + status + `
-			ORDER BY m.practice, m.conversation_id, m.seq FOR UPDATE OF m),
+		locked AS MATERIALIZED (SELECT f.* FROM first f CROSS JOIN LATERAL (SELECT 1 FROM messages m
+				WHERE m.practice = f.practice AND m.conversation_id = f.conversation_id AND m.seq = f.seq
+					AND m.status < ` + status + ` OFFSET 0 FOR UPDATE) k),
 		mark AS (INSERT INTO receipt_marks (practice, conversation_id, from_patient, delivered_seq, read_seq)
 			SELECT practice, conversation_id, from_patient, MAX(hi), ` + readSeq + ` FROM rng WHERE hi > lo
 			GROUP BY practice, conversation_id, from_patient ORDER BY practice, conversation_id, from_patient
