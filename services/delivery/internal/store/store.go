@@ -275,6 +275,14 @@ func (s *Store) MarkDelivered(ctx context.Context, delay time.Duration, as []dom
 func advanceAll(ctx context.Context, tx *sqldb.Tx, as []domain.Advance, evs func(domain.Advance, []domain.Message) []domain.Event) error {
 	var all []domain.Event
 	if tx.Dialect() == sqldb.Postgres {
+		// The batch statement's generic plan (its receipts as arrays) is
+		// the one wanted for any batch size, but for small batches
+		// PostgreSQL keeps choosing a custom plan for each call: 1.4 ms of
+		// planning per batch in the read bench, more than the statement's
+		// execution. A round trip is cheaper.
+		if _, err := tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_generic_plan`); err != nil {
+			return fmt.Errorf("advance receipts: %w", err)
+		}
 		// One statement per run of receipts of one target status (the read
 		// consumer's and the delivered receipts' batches are one run each).
 		for len(as) > 0 {
