@@ -19,8 +19,9 @@ import (
 // side's messages READ. Every decodable receipt of the batch runs in one
 // transaction, acked after its commit (an undecodable one is poison on its
 // own). The receipts run grouped by thread and side, in stream order within
-// each, so that concurrent batches (other replicas) take the threads' locks
-// in one order.
+// each, so that coalesce merges each thread's run (the store locks the
+// messages in key order itself: concurrent batches of other replicas wait
+// for each other, never deadlock).
 func (a *App) HandleConversationReads(ctx context.Context, msgs []jetstream.Msg) []error {
 	errs := make([]error, len(msgs))
 	advs := make([]domain.Advance, 0, len(msgs))

@@ -86,10 +86,10 @@ func (m *marks) mark(ctx context.Context, adv domain.Advance) error {
 	m.last = time.Now()
 	advs := b.advs
 	m.mu.Unlock()
-	// In one order by thread and side, as the read receipts' batches, so
-	// that concurrent transactions (PostgreSQL, several replicas) lock the
-	// threads in one order. The other calls wait on this one: the leader's
-	// cancellation must not fail their receipts.
+	// In one order by thread and side, as the read receipts' batches (the
+	// store locks in key order itself on PostgreSQL, whatever this order).
+	// The other calls wait on this one: the leader's cancellation must not
+	// fail their receipts.
 	sort.Stable(byThread(advs))
 	b.err = m.write(context.WithoutCancel(ctx), advs)
 	close(b.done)

@@ -1,0 +1,21 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+
+	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
+)
+
+// AdvancePostgres is the batch statement of as (one target status) on a
+// plain PostgreSQL transaction: unlike sqldb.DB.Write, it does not retry a
+// deadlock, so a test sees one.
+func AdvancePostgres(ctx context.Context, tx *sql.Tx, as []domain.Advance) ([][]domain.Message, error) {
+	return advancePostgres(ctx, plainTx{tx}, as)
+}
+
+type plainTx struct{ tx *sql.Tx }
+
+func (p plainTx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	return p.tx.QueryContext(ctx, q, args...)
+}
