@@ -349,6 +349,7 @@ func (s *Store) ArchiveIdle(ctx context.Context, before time.Time, limit int, ev
 	}
 	n := 0
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+		n = 0 // PostgreSQL may run this again (a serialization failure or deadlock)
 		rows, err := tx.Query(ctx, `SELECT `+convColumns+` FROM conversations c WHERE c.state = ? AND c.last_activity < ?
 			ORDER BY c.last_activity LIMIT ?`, int(domain.Active), sqldb.Micros(before), limit)
 		if err != nil {
