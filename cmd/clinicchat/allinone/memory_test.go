@@ -16,21 +16,32 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
+// openNATSStore serves the NATS store of a stopped instance's data dir
+// dir on an embedded server of its own, until stop.
+func openNATSStore(t *testing.T, dir string) (js jetstream.JetStream, stop func()) {
+	t.Helper()
+	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats")}, testkit.Logger(t))
+	require.NoError(t, err)
+	stop = func() {
+		nc.Close()
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}
+	if js, err = jetstream.New(nc); err != nil {
+		stop()
+		require.NoError(t, err)
+	}
+	return js, stop
+}
+
 // streamWindows opens dir's NATS store (the all-in-one stopped) and returns
 // each stream's duplicate window.
 func streamWindows(t *testing.T, dir string, ensure *natsx.StreamsConfig) map[string]time.Duration {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats")}, testkit.Logger(t))
-	require.NoError(t, err)
-	defer func() {
-		nc.Close()
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	}()
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	js, closeStore := openNATSStore(t, dir)
+	defer closeStore()
 	if ensure != nil {
 		require.NoError(t, natsx.EnsureStreams(ctx, js, *ensure))
 	}

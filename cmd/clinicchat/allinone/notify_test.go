@@ -3,7 +3,6 @@ package allinone_test
 import (
 	"context"
 	"encoding/json"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
-	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
 // Notification requests are for a notifier outside the process, which can
@@ -67,15 +65,8 @@ func subjectCounts(t *testing.T, dir string) (updated, notified int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats")}, testkit.Logger(t))
-	require.NoError(t, err)
-	defer func() {
-		nc.Close()
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	}()
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	js, closeStore := openNATSStore(t, dir)
+	defer closeStore()
 	str, err := js.Stream(ctx, natsx.StreamOf(natsx.SubjectNotification))
 	require.NoError(t, err)
 	count := func(base string) int {
