@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -602,4 +603,46 @@ func TestWakeBatchTimeBound(t *testing.T) {
 	require.Len(t, c1.wake, 1)
 	require.Equal(t, uint64(1), b.wakes.Load())
 	require.Zero(t, b.timed.Load())
+}
+
+// The hub's delivery consumer filters on one wildcard; it must take exactly
+// hubBases' kinds of that stream, in the tenant and the pre-tenant form.
+func TestHubFilterIsHubBases(t *testing.T) {
+	for stream := range streamNames() {
+		want := map[string]bool{}
+		for _, b := range hubBases(stream) {
+			want[natsx.Kind(b)] = true
+		}
+		filter := hubFilter(stream)
+		for _, kind := range natsx.Kinds() {
+			base := natsx.Prefix() + "." + kind
+			if natsx.StreamOf(base) != streamNames()[stream] {
+				continue
+			}
+			for _, subject := range []string{base, natsx.Tenant(base, "demo", "c1")} {
+				matched := false
+				for _, f := range filter {
+					matched = matched || subjectMatches(f, subject)
+				}
+				require.Equal(t, want[kind], matched, "stream %d, %s against %v", stream, subject, filter)
+			}
+		}
+	}
+	require.Len(t, hubFilter(streamD), 1, "the delivery stream's consumer has one filter subject")
+}
+
+// subjectMatches applies NATS's wildcards: * is one token, a final > one or more.
+func subjectMatches(filter, subject string) bool {
+	f, s := strings.Split(filter, "."), strings.Split(subject, ".")
+	for i, tok := range f {
+		switch {
+		case tok == ">":
+			return i == len(f)-1 && len(s) > i
+		case i >= len(s):
+			return false
+		case tok != "*" && tok != s[i]:
+			return false
+		}
+	}
+	return len(f) == len(s)
 }
