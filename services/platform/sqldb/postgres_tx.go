@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
-	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -129,39 +128,27 @@ func (p *pgTx) release() {
 	_ = p.conn.Close()
 }
 
-func (d *DB) writePipelined(ctx context.Context, fn func(tx *Tx) error) error {
-	for attempt := 0; ; attempt++ {
-		p, err := d.beginPipelined(ctx)
+// beginPipelinedTx begins a write whose BEGIN travels with its first
+// statement (writePostgres): the Tx, and how to commit it or roll it back,
+// each giving the connection back.
+func (d *DB) beginPipelinedTx(ctx context.Context) (t *Tx, commit func() error, rollback func(), err error) {
+	p, err := d.beginPipelined(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	commit = func() error {
+		err := p.commit(ctx)
 		if err != nil {
-			return fmt.Errorf("begin: %w", err)
-		}
-		t := &Tx{pg: p, dialect: Postgres}
-		if err := fn(t); err != nil {
 			p.rollback(ctx)
-			p.release()
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if isRetryable(err) && attempt < 5 {
-				continue
-			}
-			return err
-		}
-		if err := p.commit(ctx); err != nil {
-			p.rollback(ctx)
-			p.release()
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if isRetryable(err) && attempt < 5 {
-				continue
-			}
-			return fmt.Errorf("commit: %w", err)
 		}
 		p.release()
-		d.committed(t.signals, nil)
-		return nil
+		return err
 	}
+	rollback = func() {
+		p.rollback(ctx)
+		p.release()
+	}
+	return &Tx{pg: p, dialect: Postgres}, commit, rollback, nil
 }
 
 // pipelineBegin reports whether cfg lets BEGIN go with the first statement:

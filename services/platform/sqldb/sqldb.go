@@ -548,17 +548,13 @@ func (d *DB) enqueue(ctx context.Context, q chan *job, j *job) error {
 }
 
 func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
-	if d.pipelined {
-		return d.writePipelined(ctx, fn)
-	}
 	for attempt := 0; ; attempt++ {
-		tx, err := d.write.BeginTx(ctx, nil)
+		t, commit, rollback, err := d.beginPostgres(ctx)
 		if err != nil {
 			return fmt.Errorf("begin: %w", err)
 		}
-		t := &Tx{tx: tx, dialect: Postgres}
 		if err := fn(t); err != nil {
-			_ = tx.Rollback()
+			rollback()
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -567,9 +563,9 @@ func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
 			}
 			return err
 		}
-		if err := tx.Commit(); err != nil {
+		if err := commit(); err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err() // database/sql rolled back when ctx ended
+				return ctx.Err() // rolled back (database/sql does when ctx ends)
 			}
 			if isRetryable(err) && attempt < 5 {
 				continue
@@ -579,6 +575,19 @@ func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
 		d.committed(t.signals, nil)
 		return nil
 	}
+}
+
+// beginPostgres begins a write transaction: with BEGIN pipelined
+// (beginPipelinedTx) when the connection allows it, else as a sql.Tx.
+func (d *DB) beginPostgres(ctx context.Context) (t *Tx, commit func() error, rollback func(), err error) {
+	if d.pipelined {
+		return d.beginPipelinedTx(ctx)
+	}
+	tx, err := d.write.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return &Tx{tx: tx, dialect: Postgres}, tx.Commit, func() { _ = tx.Rollback() }, nil
 }
 
 func isRetryable(err error) bool {
