@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 )
@@ -24,12 +25,14 @@ func Main(args []string, stdout, stderr io.Writer) error {
 	cfg.Flags(fs)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	cpuProfile := fs.String("cpuprofile", "", "write the bench client's own CPU profile to this file (go tool pprof FILE)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: clinicchat bench [flags]")
 		fmt.Fprintln(stderr, "\nLoad test against a running clinicchat in dev mode (the all-in-one or deploy/local/up).")
 		fmt.Fprintln(stderr, "--mode read drives read receipts flat out instead: patients mark read one message further per call,")
 		fmt.Fprintln(stderr, "the staff senders' own streams count the READ receipts (markRead → sender latency, lost, duplicated).")
 		fmt.Fprintln(stderr, "Exits 1 when any message (or receipt) is lost or duplicated, or any call fails.")
+		fmt.Fprintln(stderr, "--cpuprofile FILE profiles the client itself (it shares the machine's cores with a local server).")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -48,6 +51,17 @@ func Main(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	res, err := Run(ctx, cfg)
 	if err != nil {
 		return err
