@@ -11,7 +11,6 @@ import (
 	"maps"
 	"net/http"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -220,7 +219,8 @@ type stream struct {
 	readDups int
 	// receiptsOf, when set, is the one thread whose receipts the stream
 	// counts: others' are skipped without decoding them (a staff stream
-	// carries every thread's receipts of the practice).
+	// carries every thread's receipts of the practice). Until it is set
+	// the stream counts no receipts (send mode counts none).
 	receiptsOf []byte
 	resets     int
 	reconnects int
@@ -326,6 +326,11 @@ func (s *stream) run(body io.ReadCloser, stop context.CancelFunc) {
 	}
 }
 
+// read reads one connection's events until it ends. It runs for every event
+// of every recipient on the cores the server under test uses, so it reads
+// only what the run counts: the name of each message.created, and the name
+// and status of each message.updated when the stream counts receipts
+// (countReceiptsOf; send mode never looks at them).
 func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 	defer body.Close()
 	var idle *time.Timer
@@ -335,8 +340,17 @@ func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 	}
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	var typ, id string
-	var data []byte
+	// Only this goroutine uses lastID (connect runs on it between reads):
+	// it is kept here and handed back when the connection ends.
+	s.mu.Lock()
+	lastID := []byte(s.lastID)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.lastID = string(lastID)
+		s.mu.Unlock()
+	}()
+	var typ, id, data []byte
 	for sc.Scan() {
 		if idle != nil {
 			idle.Reset(s.idle)
@@ -344,21 +358,17 @@ func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 		line := sc.Bytes()
 		switch {
 		case len(line) == 0:
-			switch typ {
+			switch string(typ) {
 			case "message.created":
 				at := time.Now()
-				var d struct {
-					Message struct {
-						Name string `json:"name"`
-					} `json:"message"`
-				}
-				if json.Unmarshal(data, &d) == nil && d.Message.Name != "" {
+				if name, _, ok := messageFields(data); ok && len(name) > 0 {
 					s.mu.Lock()
-					if _, dup := s.first[d.Message.Name]; dup {
+					if _, dup := s.first[string(name)]; dup {
 						s.duplicates++
 					} else {
-						s.first[d.Message.Name] = at
-						s.order = append(s.order, d.Message.Name)
+						name := string(name)
+						s.first[name] = at
+						s.order = append(s.order, name)
 						close(s.changed)
 						s.changed = make(chan struct{})
 					}
@@ -369,21 +379,15 @@ func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 				s.mu.Lock()
 				only := s.receiptsOf
 				s.mu.Unlock()
-				if only != nil && !bytes.Contains(data, only) {
+				if only == nil || !bytes.Contains(data, only) {
 					break
 				}
-				var d struct {
-					Message struct {
-						Name   string `json:"name"`
-						Status string `json:"status"`
-					} `json:"message"`
-				}
-				if json.Unmarshal(data, &d) == nil && d.Message.Status == "READ" {
+				if name, status, ok := messageFields(data); ok && string(status) == "READ" {
 					s.mu.Lock()
-					if _, dup := s.reads[d.Message.Name]; dup {
+					if _, dup := s.reads[string(name)]; dup {
 						s.readDups++
 					} else {
-						s.reads[d.Message.Name] = at
+						s.reads[string(name)] = at
 						close(s.changed)
 						s.changed = make(chan struct{})
 					}
@@ -392,20 +396,18 @@ func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 			case "reset":
 				s.mu.Lock()
 				s.resets++
-				s.lastID = "" // SPEC: reconnect without Last-Event-ID
 				s.mu.Unlock()
-				id = ""
+				lastID = lastID[:0] // SPEC: reconnect without Last-Event-ID
+				id = id[:0]
 			}
-			if id != "" {
-				s.mu.Lock()
-				s.lastID = id
-				s.mu.Unlock()
+			if len(id) > 0 {
+				lastID = append(lastID[:0], id...)
 			}
-			typ, id, data = "", "", data[:0]
+			typ, id, data = typ[:0], id[:0], data[:0]
 		case bytes.HasPrefix(line, []byte("event:")):
-			typ = strings.TrimSpace(string(line[len("event:"):]))
+			typ = append(typ[:0], bytes.TrimSpace(line[len("event:"):])...)
 		case bytes.HasPrefix(line, []byte("id:")):
-			id = strings.TrimSpace(string(line[len("id:"):]))
+			id = append(id[:0], bytes.TrimSpace(line[len("id:"):])...)
 		case bytes.HasPrefix(line, []byte("data:")):
 			data = append(data, bytes.TrimPrefix(line[len("data:"):], []byte(" "))...)
 		}
