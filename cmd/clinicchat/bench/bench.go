@@ -596,7 +596,7 @@ func setUp(ctx context.Context, base *client, cfg Config) ([]*thread, error) {
 func markReads(ctx context.Context, th *thread, n int, receipts *atomic.Int64, countErr func(string)) {
 	marked := 0
 	for {
-		got, changed := th.stream.count()
+		got, changed := th.stream.count(marked + n)
 		if got-marked < n {
 			select {
 			case <-ctx.Done():

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net/http"
 	"slices"
 	"sync"
@@ -208,8 +209,12 @@ type stream struct {
 	done   chan struct{}
 
 	mu sync.Mutex
-	// changed is closed (and replaced) whenever a new message is read.
+	// changed is closed (and replaced) once the stream has read wakeAt
+	// distinct messages and receipts in all: only when a waiter (count,
+	// waitFor) asked for it, not at every message (a wake-up per message
+	// costs the cores the server under test runs on).
 	changed    chan struct{}
+	wakeAt     int
 	first      map[string]time.Time
 	order      []string // message names in the order first read
 	duplicates int
@@ -246,16 +251,22 @@ func (c *client) openStream(ctx context.Context, urls []string, idle time.Durati
 	if len(urls) == 0 {
 		urls = []string{c.url}
 	}
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s := &stream{c: c, urls: urls, idle: idle, ctx: sctx, cancel: cancel, done: make(chan struct{}),
-		changed: make(chan struct{}), first: map[string]time.Time{}, reads: map[string]time.Time{}}
+	s := newStream(ctx, c, urls, idle)
 	body, stop, err := s.connect(ctx, urls[0])
 	if err != nil {
-		cancel()
+		s.cancel()
 		return nil, err
 	}
 	go s.run(body, stop)
 	return s, nil
+}
+
+// newStream is a stream of c's events on urls, not connected yet; it lives
+// until closed, whatever becomes of ctx.
+func newStream(ctx context.Context, c *client, urls []string, idle time.Duration) *stream {
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	return &stream{c: c, urls: urls, idle: idle, ctx: sctx, cancel: cancel, done: make(chan struct{}),
+		changed: make(chan struct{}), wakeAt: math.MaxInt, first: map[string]time.Time{}, reads: map[string]time.Time{}}
 }
 
 // connect opens one connection to url, resuming after the last event id.
@@ -369,8 +380,7 @@ func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 						name := string(name)
 						s.first[name] = at
 						s.order = append(s.order, name)
-						close(s.changed)
-						s.changed = make(chan struct{})
+						s.progressed()
 					}
 					s.mu.Unlock()
 				}
@@ -388,8 +398,7 @@ func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 						s.readDups++
 					} else {
 						s.reads[string(name)] = at
-						close(s.changed)
-						s.changed = make(chan struct{})
+						s.progressed()
 					}
 					s.mu.Unlock()
 				}
@@ -424,11 +433,31 @@ func (s *stream) countReceiptsOf(conversation string) {
 	s.mu.Unlock()
 }
 
+// progressed wakes the waiters once the stream has read what they wait
+// for; s.mu is held.
+func (s *stream) progressed() {
+	if len(s.first)+len(s.reads) >= s.wakeAt {
+		close(s.changed)
+		s.changed = make(chan struct{})
+		s.wakeAt = math.MaxInt
+	}
+}
+
+// wakeWhen has changed closed once the stream has read n more distinct
+// messages or receipts than now (or earlier, for another waiter); s.mu is held.
+func (s *stream) wakeWhen(n int) {
+	s.wakeAt = min(s.wakeAt, len(s.first)+len(s.reads)+n)
+}
+
 // count is how many distinct messages the stream has read, and a channel
-// closed when it reads another.
-func (s *stream) count() (int, <-chan struct{}) {
+// closed by the time it has read atLeast (or read something else: a waiter
+// checks again).
+func (s *stream) count(atLeast int) (int, <-chan struct{}) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if len(s.first) < atLeast {
+		s.wakeWhen(atLeast - len(s.first))
+	}
 	return len(s.first), s.changed
 }
 
@@ -449,6 +478,7 @@ func (s *stream) waitFor(ctx context.Context, names []string, receipts bool, dea
 				missing++
 			}
 		}
+		s.wakeWhen(1)
 		changed := s.changed
 		s.mu.Unlock()
 		if missing == 0 {

@@ -62,11 +62,7 @@ func senderStream(n, threads int) []byte {
 	return b.Bytes()
 }
 
-func newTestStream() *stream {
-	ctx, cancel := context.WithCancel(context.Background())
-	return &stream{ctx: ctx, cancel: cancel, done: make(chan struct{}), changed: make(chan struct{}),
-		first: map[string]time.Time{}, reads: map[string]time.Time{}}
-}
+func newTestStream() *stream { return newStream(context.Background(), nil, nil, 0) }
 
 // BenchmarkStreamRead is the client's cost of reading a recipient's
 // stream, per message (three events each), and of a read-mode sender's
@@ -205,4 +201,58 @@ func FuzzMessageFields(f *testing.F) {
 			t.Fatalf("messageFields(%s) = %q, %q; encoding/json: %q, %q", data, name, status, d.Message.Name, d.Message.Status)
 		}
 	})
+}
+
+// TestStreamWakes: a waiter is woken once the stream has what it asked for,
+// not at every message before; waitFor returns once every name was read.
+func TestStreamWakes(t *testing.T) {
+	created := func(seq int) string {
+		return "event: message.created\nid: d1.c1\ndata: " + sseMessage("c0", seq, "SENT") + "\n\n"
+	}
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	s := newTestStream()
+	got, ch := s.count(2)
+	if got != 0 {
+		t.Fatalf("count %d before any event", got)
+	}
+	s.read(io.NopCloser(strings.NewReader(created(1))), func() {})
+	if closed(ch) {
+		t.Error("woken at 1 message, asked for 2")
+	}
+	s.read(io.NopCloser(strings.NewReader(created(2))), func() {})
+	if !closed(ch) {
+		t.Fatal("not woken at 2 messages")
+	}
+	if got, _ := s.count(2); got != 2 {
+		t.Errorf("count %d, want 2", got)
+	}
+
+	// waitFor, with the events arriving while it waits.
+	pr, pw := io.Pipe()
+	go func() {
+		defer close(s.done)
+		s.read(pr, func() {})
+	}()
+	waited := make(chan struct{})
+	go func() {
+		defer close(waited)
+		s.waitFor(context.Background(), []string{"conversations/c0/messages/3", "conversations/c0/messages/4"}, false, time.Now().Add(time.Hour))
+	}()
+	for _, seq := range []int{3, 4} {
+		if _, err := io.WriteString(pw, created(seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-waited // hangs (the test times out) if a wake-up is lost
+	pw.Close()
+	if got, _ := s.count(0); got != 4 {
+		t.Errorf("count %d, want 4", got)
+	}
 }
