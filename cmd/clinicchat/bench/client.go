@@ -385,11 +385,14 @@ func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 					s.mu.Unlock()
 				}
 			case "message.updated":
-				at := time.Now()
 				s.mu.Lock()
 				only := s.receiptsOf
 				s.mu.Unlock()
-				if only == nil || !bytes.Contains(data, only) {
+				if only == nil { // send mode: no receipts counted
+					break
+				}
+				at := time.Now()
+				if !bytes.Contains(data, only) {
 					break
 				}
 				if name, status, ok := messageFields(data); ok && string(status) == "READ" {
