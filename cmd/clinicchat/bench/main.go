@@ -32,7 +32,9 @@ func Main(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "--mode read drives read receipts flat out instead: patients mark read one message further per call,")
 		fmt.Fprintln(stderr, "the staff senders' own streams count the READ receipts (markRead → sender latency, lost, duplicated).")
 		fmt.Fprintln(stderr, "Exits 1 when any message (or receipt) is lost or duplicated, or any call fails.")
-		fmt.Fprintln(stderr, "--cpuprofile FILE profiles the client itself (it shares the machine's cores with a local server).")
+		fmt.Fprintln(stderr, "--cpuprofile FILE profiles the client itself. On the server's own machine every ms of the client's CPU")
+		fmt.Fprintln(stderr, "is the server's: GOMAXPROCS=1 clinicchat bench … spends about a sixth less (fewer scheduler wake-ups),")
+		fmt.Fprintln(stderr, "at the price of the client's goroutines queueing for one core (measured in BENCHMARKS.md).")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
