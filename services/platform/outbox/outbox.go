@@ -289,6 +289,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	linger.Stop()
 	defer linger.Stop()
 	defer r.release(ctx)
+	defer r.pub.close()
 	if r.db.Dialect() != sqldb.Postgres {
 		r.deletes = make(chan int64, 1)
 		stop, done := make(chan struct{}), make(chan struct{})
