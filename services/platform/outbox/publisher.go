@@ -74,7 +74,7 @@ func (p *publisher) begin(n int) (uint64, error) {
 		if err != nil {
 			return 0, err
 		}
-		// Every PubAck of a round may wait here until the relay reads it.
+		// receive only files a reply: no slow-consumer limit is needed.
 		_ = sub.SetPendingLimits(-1, -1)
 		p.sub = sub
 	}
