@@ -1,6 +1,11 @@
 package outbox
 
-import "context"
+import (
+	"context"
+	"slices"
+
+	"github.com/nats-io/nats.go"
+)
 
 // SetAfterClaim makes r call f after each PostgreSQL round has read its batch.
 func SetAfterClaim(r *Relay, f func(ctx context.Context)) { r.afterClaim = f }
@@ -23,3 +28,16 @@ func SetHandoffRows(r *Relay, n int) { r.hand.max = n }
 
 // StreamOf is r's remembered natsx.StreamOf.
 func StreamOf(r *Relay, subject string) string { return r.streamOf(subject) }
+
+// OnPublish makes r hand every message it publishes to f instead: a copy
+// (r reuses its own), with r's connection. f publishes it (or not) itself.
+func OnPublish(r *Relay, f func(m *nats.Msg, nc *nats.Conn) error) {
+	nc := r.pub.nc
+	r.pub.publish = func(m *nats.Msg) error {
+		c := &nats.Msg{Subject: m.Subject, Reply: m.Reply, Data: slices.Clone(m.Data), Header: nats.Header{}}
+		for k, v := range m.Header {
+			c.Header[k] = slices.Clone(v)
+		}
+		return f(c, nc)
+	}
+}

@@ -34,7 +34,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -173,7 +172,7 @@ const Topic = "outbox"
 // need order must keep AddAll after its locking statement.
 type Relay struct {
 	db    *sqldb.DB
-	js    jetstream.JetStream
+	pub   *publisher // sends the rows to JetStream and collects their PubAcks
 	log   *zap.Logger
 	kick  chan struct{}
 	Poll  time.Duration // how often to look without a kick, for rows of other replicas (default 1s)
@@ -243,8 +242,8 @@ type Relay struct {
 // NewRelay returns a relay that wakes after every commit of db that wrote
 // outbox rows.
 func NewRelay(db *sqldb.DB, js jetstream.JetStream, log *zap.Logger) *Relay {
-	r := &Relay{db: db, js: js, log: log, kick: make(chan struct{}, 1), Poll: time.Second, Batch: 256, Lease: 30 * time.Second,
-		last: map[string]uint64{}, stats: newRelayStats()}
+	r := &Relay{db: db, pub: newPublisher(js), log: log, kick: make(chan struct{}, 1), Poll: time.Second, Batch: 256,
+		Lease: 30 * time.Second, last: map[string]uint64{}, stats: newRelayStats()}
 	if db.Dialect() == sqldb.SQLite {
 		r.hand, r.readTable = &handoff{max: handoffRows}, true
 		db.OnHand(Topic, r.hand.push)
@@ -290,6 +289,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	linger.Stop()
 	defer linger.Stop()
 	defer r.release(ctx)
+	defer r.pub.close()
 	if r.db.Dialect() != sqldb.Postgres {
 		r.deletes = make(chan int64, 1)
 		stop, done := make(chan struct{}), make(chan struct{})
@@ -812,8 +812,11 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 		next[s] = l
 	}
 	clear(r.last) // known again only if every row is acknowledged as predicted
+	round, err := r.pub.begin(len(rows))
+	if err != nil {
+		return rows, ok, nil, fmt.Errorf("publish: %w", err)
+	}
 	expect := make([]uint64, 0, len(rows))
-	futures := make([]jetstream.PubAckFuture, 0, len(rows))
 	sentAt := make([]time.Time, 0, len(rows))
 	// send publishes rows[from:], chained; false after a failed send.
 	send := func(from int) bool {
@@ -825,88 +828,89 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 				// now, and with it the stream; the rest waits for a round.
 				return false
 			}
-			m := nats.NewMsg(x.subject)
-			m.Data = x.payload
+			var tp string
 			if x.traceparent.Valid && telemetry.Enabled() {
 				if spans != nil && len(spans) < len(rows) {
 					spans = append(spans, make([]trace.Span, len(rows)-len(spans))...)
 				}
-				spans = r.startPublish(ctx, spans, len(rows), i, x, m)
+				spans, tp = r.startPublish(ctx, spans, len(rows), i, x)
 			}
 			e := next[streams[i]]
-			f, perr := r.js.PublishMsgAsync(m, jetstream.WithMsgID(x.id), jetstream.WithExpectLastSequence(e))
-			if perr != nil {
+			if perr := r.pub.send(round, i, x.subject, x.payload, x.id, true, e, tp); perr != nil {
 				err = fmt.Errorf("publish %s: %w", x.subject, perr)
 				return false
 			}
 			next[streams[i]] = e + 1
-			expect, futures, sentAt = append(expect, e), append(futures, f), append(sentAt, now)
+			expect, sentAt = append(expect, e), append(sentAt, now)
 		}
 		return true
 	}
 	more := send(0) && r.db.Dialect() != sqldb.Postgres
-	if len(futures) == 0 {
+	if len(expect) == 0 {
 		return rows, ok, nil, err
 	}
 	r.stats.waits.Add(1)
-	acked = make([]int64, 0, len(futures))
+	acked = make([]int64, 0, len(expect))
 	predicted := true // every row acknowledged as stored where expected
 	rejected := false // a row was refused as out of turn
 	failed := err != nil
 	timeout := time.NewTimer(r.ackWait())
 	defer timeout.Stop()
-	for i := 0; i < len(futures); i++ {
-		f := futures[i]
+	for i := 0; i < len(expect); i++ {
 		var wake chan struct{} // a wake-up: rows may have been committed
 		if more && predicted && !failed && len(rows) < r.Batch {
 			wake = r.kick
 		}
 	wait:
-		select {
-		case <-wake:
-			wake = nil
-			extra, lerr := r.next(ctx, rows[len(rows)-1].seq, r.Batch-len(rows), false)
-			if lerr != nil {
-				more = false
-				r.Kick() // the next round reads again
-				goto wait
-			}
-			if len(extra) == 0 {
-				goto wait
-			}
-			if len(extra) == r.Batch-len(rows) {
-				r.Kick() // there may be more: the next round looks at once
-			}
-			from := len(rows)
-			for _, x := range extra {
-				rows, ok, streams = append(rows, x), append(ok, false), append(streams, r.streamOf(x.subject))
-				if _, known := next[streams[len(streams)-1]]; !known {
-					// A stream this round has not learnt: the rest
-					// waits for a round of its own (in waves).
-					rows, ok, streams = rows[:len(rows)-1], ok[:len(ok)-1], streams[:len(streams)-1]
-					r.readTable = true // the rest may have come from the queue
-					r.Kick()
-					break
+		reply := r.pub.ack(i)
+		if reply == nil {
+			select {
+			case <-wake:
+				wake = nil
+				extra, lerr := r.next(ctx, rows[len(rows)-1].seq, r.Batch-len(rows), false)
+				if lerr != nil {
+					more = false
+					r.Kick() // the next round reads again
+					goto wait
 				}
+				if len(extra) == 0 {
+					goto wait
+				}
+				if len(extra) == r.Batch-len(rows) {
+					r.Kick() // there may be more: the next round looks at once
+				}
+				from := len(rows)
+				for _, x := range extra {
+					rows, ok, streams = append(rows, x), append(ok, false), append(streams, r.streamOf(x.subject))
+					if _, known := next[streams[len(streams)-1]]; !known {
+						// A stream this round has not learnt: the rest
+						// waits for a round of its own (in waves).
+						rows, ok, streams = rows[:len(rows)-1], ok[:len(ok)-1], streams[:len(streams)-1]
+						r.readTable = true // the rest may have come from the queue
+						r.Kick()
+						break
+					}
+				}
+				r.observeWait(rows[from:], time.Now())
+				if !send(from) {
+					more, failed = false, true
+				}
+				if len(expect) < len(rows) {
+					r.readTable = true // rows taken and not sent
+				}
+				rows, ok = rows[:len(expect)], ok[:len(expect)] // what was sent
+				timeout.Reset(r.ackWait())
+				goto wait
+			case <-r.pub.notify:
+				goto wait
+			case <-timeout.C:
+				return rows, ok, acked, errors.Join(err, fmt.Errorf("publish: no acknowledgement in %s", r.ackWait()))
+			case <-ctx.Done():
+				return rows, ok, acked, ctx.Err()
 			}
-			r.observeWait(rows[from:], time.Now())
-			if !send(from) {
-				more, failed = false, true
-			}
-			if len(futures) < len(rows) {
-				r.readTable = true // rows taken and not sent
-			}
-			rows, ok = rows[:len(futures)], ok[:len(futures)] // what was sent
-			timeout.Reset(r.ackWait())
-			goto wait
-		case a := <-f.Ok():
-			ok[i] = true
-			acked = append(acked, rows[i].seq)
-			r.stats.ack.Observe(time.Since(sentAt[i]).Seconds())
-			if a.Duplicate || a.Sequence != expect[i]+1 || a.Stream != streams[i] {
-				predicted = false
-			}
-		case e := <-f.Err():
+		}
+		a, e := parseAck(reply)
+		if e != nil {
 			predicted = false
 			var apiErr *jetstream.APIError
 			if errors.As(e, &apiErr) && apiErr.ErrorCode == wrongLastSequence {
@@ -917,10 +921,13 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 			}
 			failed = true
 			err = errors.Join(err, fmt.Errorf("publish %s: %w", rows[i].subject, e))
-		case <-timeout.C:
-			return rows, ok, acked, errors.Join(err, fmt.Errorf("publish: no acknowledgement in %s", r.ackWait()))
-		case <-ctx.Done():
-			return rows, ok, acked, ctx.Err()
+			continue
+		}
+		ok[i] = true
+		acked = append(acked, rows[i].seq)
+		r.stats.ack.Observe(time.Since(sentAt[i]).Seconds())
+		if a.duplicate || a.seq != expect[i]+1 || string(a.stream) != streams[i] {
+			predicted = false
 		}
 	}
 	if predicted && !failed {
@@ -957,7 +964,6 @@ func (r *Relay) publishWaves(ctx context.Context, rows []row, streams []string, 
 	last := map[string]uint64{} // highest sequence stored per stream
 	learn := true               // every acknowledgement names the stream expected
 	idx := make([]int, 0, len(rows))
-	futures := make([]jetstream.PubAckFuture, 0, len(rows))
 	// A round that has taken half the PostgreSQL lease starts no further
 	// wave (the rest waits for the next round), so that the lock is not
 	// lost while waves wait on NATS. Order would hold even then, as a row
@@ -966,50 +972,59 @@ func (r *Relay) publishWaves(ctx context.Context, rows []row, streams []string, 
 	deadline := time.Now().Add(r.lease() / 2)
 	w := 0
 	for ; w < waves && err == nil && (w == 0 || time.Now().Before(deadline)); w++ {
-		idx, futures = idx[:0], futures[:0]
+		idx = idx[:0]
+		round, berr := r.pub.begin(len(rows))
+		if berr != nil {
+			err = fmt.Errorf("publish: %w", berr)
+			break
+		}
 		for i, x := range rows {
 			if wave[i] != w {
 				continue
 			}
-			m := nats.NewMsg(x.subject)
-			m.Data = x.payload
+			var tp string
 			if x.traceparent.Valid && telemetry.Enabled() {
-				spans = r.startPublish(ctx, spans, len(rows), i, x, m)
+				spans, tp = r.startPublish(ctx, spans, len(rows), i, x)
 			}
-			f, perr := r.js.PublishMsgAsync(m, jetstream.WithMsgID(x.id))
-			if perr != nil {
+			if perr := r.pub.send(round, len(idx), x.subject, x.payload, x.id, false, 0, tp); perr != nil {
 				err = fmt.Errorf("publish %s: %w", x.subject, perr)
 				break
 			}
-			idx, futures = append(idx, i), append(futures, f)
+			idx = append(idx, i)
 		}
 		// Wait for every publish of the wave, even after a failure: what
 		// is acknowledged is stored, and need not be sent again.
-		if len(futures) > 0 {
+		if len(idx) > 0 {
 			r.stats.waits.Add(1)
 		}
 		timeout := time.NewTimer(wait)
 	collect:
-		for k, f := range futures {
-			i := idx[k]
-			select {
-			case a := <-f.Ok():
-				ok[i] = true
-				acked = append(acked, rows[i].seq)
-				switch {
-				case a.Stream != streams[i]:
-					learn = false
-				case !a.Duplicate:
-					last[a.Stream] = max(last[a.Stream], a.Sequence)
+		for k, i := range idx {
+			reply := r.pub.ack(k)
+			for reply == nil {
+				select {
+				case <-r.pub.notify:
+					reply = r.pub.ack(k)
+				case <-timeout.C:
+					err = errors.Join(err, fmt.Errorf("publish: no acknowledgement in %s", wait))
+					break collect
+				case <-ctx.Done():
+					timeout.Stop()
+					return acked, ctx.Err()
 				}
-			case e := <-f.Err():
+			}
+			a, e := parseAck(reply)
+			if e != nil {
 				err = errors.Join(err, fmt.Errorf("publish %s: %w", rows[i].subject, e))
-			case <-timeout.C:
-				err = errors.Join(err, fmt.Errorf("publish: no acknowledgement in %s", wait))
-				break collect
-			case <-ctx.Done():
-				timeout.Stop()
-				return acked, ctx.Err()
+				continue
+			}
+			ok[i] = true
+			acked = append(acked, rows[i].seq)
+			switch {
+			case string(a.stream) != streams[i]:
+				learn = false
+			case !a.duplicate:
+				last[streams[i]] = max(last[streams[i]], a.seq)
 			}
 		}
 		timeout.Stop()
@@ -1044,9 +1059,9 @@ func prefixOf(ok []bool) int {
 }
 
 // startPublish starts the producer span of publishing row x, child of the
-// transaction that wrote it, and puts the span's context in m's traceparent
-// header for the consumers.
-func (r *Relay) startPublish(ctx context.Context, spans []trace.Span, n, i int, x row, m *nats.Msg) []trace.Span {
+// transaction that wrote it, and returns the span's context as the
+// traceparent header for the consumers.
+func (r *Relay) startPublish(ctx context.Context, spans []trace.Span, n, i int, x row) (_ []trace.Span, traceparent string) {
 	if spans == nil {
 		spans = make([]trace.Span, n)
 	}
@@ -1055,10 +1070,7 @@ func (r *Relay) startPublish(ctx context.Context, spans []trace.Span, n, i int, 
 		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", x.subject),
 			attribute.String("messaging.message.id", x.id)))
 	spans[i] = span
-	if tp := telemetry.Traceparent(sctx); tp != "" {
-		m.Header.Set(telemetry.HeaderTraceparent, tp)
-	}
-	return spans
+	return spans, telemetry.Traceparent(sctx)
 }
 
 // endSpans ends the publish spans (at the acknowledgement, or when the

@@ -641,43 +641,29 @@ func openOutboxDB(t testing.TB, b testkit.Backend) *sqldb.DB {
 	return db
 }
 
-// gatedJS holds back the acknowledgements of the publishes made while it
+// gatedPub holds back the acknowledgements of the publishes made while it
 // is armed until gate closes, and reports each such publish's message id.
-type gatedJS struct {
-	jetstream.JetStream
+type gatedPub struct {
 	armed     atomic.Bool
 	gate      chan struct{}
 	published chan string
 }
 
-func (g *gatedJS) PublishMsgAsync(m *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
-	f, err := g.JetStream.PublishMsgAsync(m, opts...)
-	if err != nil || !g.armed.Load() {
-		return f, err
+func (g *gatedPub) publish(m *nats.Msg, nc *nats.Conn) error {
+	if !g.armed.Load() {
+		return nc.PublishMsg(m)
+	}
+	i, err := publishIntercepted(nc, m)
+	if err != nil {
+		return err
 	}
 	g.published <- m.Header.Get(jetstream.MsgIDHeader)
-	gf := &gatedFuture{f: f, ok: make(chan *jetstream.PubAck, 1), err: make(chan error, 1)}
 	go func() {
 		<-g.gate
-		select {
-		case a := <-f.Ok():
-			gf.ok <- a
-		case e := <-f.Err():
-			gf.err <- e
-		}
+		_ = i.forward()
 	}()
-	return gf, nil
+	return nil
 }
-
-type gatedFuture struct {
-	f   jetstream.PubAckFuture
-	ok  chan *jetstream.PubAck
-	err chan error
-}
-
-func (f *gatedFuture) Ok() <-chan *jetstream.PubAck { return f.ok }
-func (f *gatedFuture) Err() <-chan error            { return f.err }
-func (f *gatedFuture) Msg() *nats.Msg               { return f.f.Msg() }
 
 // Rows committed while the SQLite relay waits for a round's
 // acknowledgements are sent at once, chained behind the rows in flight, in
@@ -689,7 +675,7 @@ func TestRelaySendsRowsCommittedWhileItWaits(t *testing.T) {
 	_, _, js := testkit.NATS(t)
 	db := openOutboxDB(t, testkit.Backends()[0])
 	require.NotEqual(t, sqldb.Postgres, db.Dialect())
-	g := &gatedJS{JetStream: js, gate: make(chan struct{}), published: make(chan string, 64)}
+	g := &gatedPub{gate: make(chan struct{}), published: make(chan string, 64)}
 	subject := func(c int) string { return natsx.Tenant(natsx.SubjectDeliveryAccess, "p", fmt.Sprintf("c%d", c)) }
 	write := func(prefix string) {
 		require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
@@ -704,7 +690,8 @@ func TestRelaySendsRowsCommittedWhileItWaits(t *testing.T) {
 		}))
 	}
 
-	relay := outbox.NewRelay(db, g, testkit.Logger(t))
+	relay := outbox.NewRelay(db, js, testkit.Logger(t))
+	outbox.OnPublish(relay, g.publish)
 	relay.AckWait = time.Minute
 	done := make(chan error, 1)
 	go func() { done <- relay.Run(ctx) }()
