@@ -522,7 +522,9 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64, stored time.Time
 		h.stages.observe(stageStored, stored.Sub(e.wroteAt))
 		h.stages.observe(stageConsumed, e.dispatched.Sub(stored))
 	}
-	if hdr := m.Headers(); hdr != nil {
+	if hdr := m.Headers(); hdr != nil && telemetry.Enabled() {
+		// (Enabled first: reading the trace header canonicalizes its key,
+		// a string allocated per event for nothing when tracing is off.)
 		end := h.traceFanout(hdr, subject, e)
 		defer end()
 	}
