@@ -104,11 +104,12 @@ type event struct {
 	// convViews are a conversation event's thread as each user sees it
 	// (their unreadCount, pinned, muted): fetched and rendered once per
 	// user and shared by that user's tabs, keyed by practice, principal
-	// and role; or, built from the event (convview.go), rendered once per
-	// distinct view and shared by every user who sees that one, keyed by
-	// its per-user fields.
+	// and role. (Views built from the event are eventViews.)
 	convMu    sync.Mutex
 	convViews map[string]*renderedView
+	// eventViews are the views built from the event, by what they depend
+	// on besides it (convview.go).
+	eventViews map[ownView]*renderedView
 	// pc counts the renders of a dispatched event (nil for catch-up).
 	pc *practiceConns
 }
@@ -129,6 +130,22 @@ func (e *event) convViewKeyed(key string) *renderedView {
 	if v == nil {
 		v = &renderedView{}
 		e.convViews[key] = v
+	}
+	return v
+}
+
+// eventView is the shared view of a conversation event built from it for
+// viewers of own.
+func (e *event) eventView(own ownView) *renderedView {
+	e.convMu.Lock()
+	defer e.convMu.Unlock()
+	if e.eventViews == nil {
+		e.eventViews = map[ownView]*renderedView{}
+	}
+	v := e.eventViews[own]
+	if v == nil {
+		v = &renderedView{}
+		e.eventViews[own] = v
 	}
 	return v
 }
