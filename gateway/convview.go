@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"fmt"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -71,17 +70,37 @@ const (
 	actionArchive  = "conversation.archive"
 )
 
-// follow applies e to the caller's state of e's thread and returns the
-// caller's view of it, or nil when it must be read back.
-func (cs *convStates) follow(e *event, id auth.Identity) *conversationv1.Conversation {
+// ownView is what a view of a thread built from its event depends on
+// besides the event: whether the viewer sees the practice-side fields, and
+// their own fields. Views are shared by it (event.eventViews).
+type ownView struct {
+	staff         bool
+	unread        int32
+	pinned, muted bool
+}
+
+// conversation is the event's thread c as a viewer of v sees it (a copy).
+func (v ownView) conversation(c *conversationv1.Conversation) *conversationv1.Conversation {
+	c = proto.Clone(c).(*conversationv1.Conversation)
+	c.UnreadCount, c.Pinned, c.Muted = v.unread, v.pinned, v.muted
+	if !v.staff {
+		// As the conversation service shows a thread to a patient.
+		c.AwaitingReplySince, c.Assignee, c.AssigneeDisplayName = nil, "", ""
+	}
+	return c
+}
+
+// follow applies e to the caller's state of e's thread and returns what the
+// caller's view of it depends on; false when it must be read back.
+func (cs *convStates) follow(e *event, id auth.Identity) (ownView, bool) {
 	st := cs.m[e.conversation]
 	if st == nil {
-		return nil
+		return ownView{}, false
 	}
 	u := e.updated
 	if u == nil || u.GetConversation() == nil {
 		delete(cs.m, e.conversation) // created, pin/mute: read back
-		return nil
+		return ownView{}, false
 	}
 	switch u.GetMeta().GetAction() {
 	case actionActivity:
@@ -99,20 +118,14 @@ func (cs *convStates) follow(e *event, id auth.Identity) *conversationv1.Convers
 			// back is ahead of the stream) would read back at every event.
 		default: // unknown, out of order, or maybe not in what was read back
 			delete(cs.m, e.conversation)
-			return nil
+			return ownView{}, false
 		}
 	case actionAssign, actionArchive:
 	default:
 		delete(cs.m, e.conversation)
-		return nil
+		return ownView{}, false
 	}
-	c := proto.Clone(u.GetConversation()).(*conversationv1.Conversation)
-	c.UnreadCount, c.Pinned, c.Muted = st.unread, st.pinned, st.muted
-	if !seesPracticeFields(id) {
-		// As the conversation service shows a thread to a patient.
-		c.AwaitingReplySince, c.Assignee, c.AssigneeDisplayName = nil, "", ""
-	}
-	return c
+	return ownView{staff: seesPracticeFields(id), unread: st.unread, pinned: st.pinned, muted: st.muted}, true
 }
 
 // keep records the caller's fields of a thread read back when the hub's
@@ -143,12 +156,12 @@ func (cs *convStates) read(e *event) { delete(cs.m, e.conversation) }
 // own state, whichever tab renders. The read back is not tied to the
 // connection that makes it, so a tab that leaves meanwhile does not fail
 // the others.
-// known is knownView's answer for e.
-func (st *eventStream) conversationView(ctx context.Context, e *event, known *conversationv1.Conversation) ([]byte, error) {
-	if known != nil {
-		v := e.convViewKeyed(viewKey(st.id, known))
+// known and ok are knownView's answer for e.
+func (st *eventStream) conversationView(ctx context.Context, e *event, known ownView, ok bool) ([]byte, error) {
+	if ok {
+		v := e.eventView(known)
 		v.once.Do(func() {
-			v.data, v.err = st.s.render("conversation", known)
+			v.data, v.err = st.s.render("conversation", known.conversation(e.updated.GetConversation()))
 			st.s.metrics.convViews.WithLabelValues("event").Inc()
 			if e.pc != nil {
 				e.pc.composed.Add(1)
@@ -173,31 +186,21 @@ func (st *eventStream) conversationView(ctx context.Context, e *event, known *co
 	return v.data, v.err
 }
 
-// knownView follows e in the stream's state of its thread and returns the
-// caller's view built from it, or nil when the view must be read back (the
-// state is dropped then). Call it once per event, in stream order.
-func (st *eventStream) knownView(e *event) *conversationv1.Conversation {
+// knownView follows e in the stream's state of its thread and returns what
+// the caller's view built from it depends on; false when the view must be
+// read back (the state is dropped then). Call it once per event, in stream
+// order.
+func (st *eventStream) knownView(e *event) (ownView, bool) {
 	if e.kind == itemConversation {
 		return st.views.follow(e, st.id)
 	}
 	st.views.read(e) // pin or mute: read back
-	return nil
+	return ownView{}, false
 }
 
 // seesPracticeFields: staff (and the system) see a thread's practice-side
 // fields (needs reply, assignee); a patient does not.
 func seesPracticeFields(id auth.Identity) bool { return id.IsStaff() || id.IsSystem() }
-
-// viewKey names a view built from an event by everything in it that
-// depends on the viewer (follow): whether staff-only fields are shown, and
-// the viewer's own fields.
-func viewKey(id auth.Identity, c *conversationv1.Conversation) string {
-	side := "patient"
-	if seesPracticeFields(id) {
-		side = "staff"
-	}
-	return fmt.Sprintf("\x01event\x00%s\x00%d\x00%t\x00%t", side, c.GetUnreadCount(), c.GetPinned(), c.GetMuted())
-}
 
 // conversation fetches the thread as the caller sees it (their unreadCount,
 // pinned, muted). It lists the one row rather than getting it: a pushed list

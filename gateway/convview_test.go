@@ -2,10 +2,12 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
@@ -79,12 +81,13 @@ func TestConvStatesFollowOnlyWhatTheyKnow(t *testing.T) {
 					cs.read(s.e)
 					continue
 				}
-				got := cs.follow(s.e, tc.id)
+				own, ok := cs.follow(s.e, tc.id)
 				if s.unread < 0 {
-					require.Nil(t, got, "step %d: read back", i)
+					require.False(t, ok, "step %d: read back", i)
 					continue
 				}
-				require.NotNil(t, got, "step %d", i)
+				require.True(t, ok, "step %d", i)
+				got := own.conversation(s.e.updated.GetConversation())
 				require.Equal(t, s.unread, got.GetUnreadCount(), "step %d", i)
 				require.True(t, got.GetPinned() && got.GetMuted(), "the caller's own pin and mute")
 				require.Equal(t, s.e.updated.GetConversation().GetLastMessageSeq(), got.GetLastMessageSeq(), "the event's shared fields")
@@ -130,6 +133,43 @@ func BenchmarkRenderConversation(b *testing.B) {
 	for b.Loop() {
 		if _, err := s.render("conversation", c); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkConversationViewFanout is one conversation.updated built from
+// the event for 20 staff streams of a practice that follow the thread (the
+// per-stream part of the fan-out: follow, the shared view's lookup; one
+// render in all).
+//
+//	go test ./gateway -run '^$' -bench ConversationViewFanout -benchmem
+func BenchmarkConversationViewFanout(b *testing.B) {
+	s := &Server{marshaler: newMarshaler(), metrics: newMetrics()}
+	const name = "conversations/c"
+	streams := make([]*eventStream, 20)
+	for i := range streams {
+		streams[i] = &eventStream{s: s, id: auth.Identity{Practice: "p", Subject: "doc" + string(rune('a'+i)), Role: auth.RoleDentist}}
+		streams[i].views.keep(&conversationv1.Conversation{Name: name, UnreadCount: int32(i % 3), LastMessageSeq: 5}, 0)
+	}
+	c := renderFixture()
+	c.Name = name
+	b.ReportAllocs()
+	seq := int64(5)
+	for b.Loop() {
+		seq++
+		c := proto.Clone(c).(*conversationv1.Conversation)
+		c.LastMessageSeq = int32(seq)
+		e := &event{kind: itemConversation, conversation: name, seq: uint64(seq), updated: &conversationv1.ConversationUpdated{
+			Meta: &typev1.EventMeta{Practice: "p", Action: actionActivity}, MessageSeq: seq, MessageFromPatient: false,
+			Conversation: c}}
+		for _, st := range streams {
+			known, ok := st.knownView(e)
+			if !ok {
+				b.Fatal("read back")
+			}
+			if _, err := st.conversationView(context.Background(), e, known, ok); err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
 }

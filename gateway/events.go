@@ -442,15 +442,15 @@ func (st *eventStream) write(ctx context.Context, sw *sseWriter, e *event, cur c
 		}
 		st.unflushed = append(st.unflushed, w)
 	case itemConversation, itemUserState:
-		known := st.knownView(e)
-		if known == nil {
+		known, ok := st.knownView(e)
+		if !ok {
 			// What is buffered goes out before the (upstream) fetch; a view
 			// built from the event keeps the batch going.
 			if err := st.flush(sw); err != nil {
 				return err
 			}
 		}
-		data, err := st.conversationView(ctx, e, known)
+		data, err := st.conversationView(ctx, e, known, ok)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -566,12 +567,51 @@ func TestHubWakesAStreamOncePerBurst(t *testing.T) {
 					last = cur
 				}
 			}
-			require.Equal(t, "9", h.metricValue("clinicchat_gateway_sse_writes_total"), "the burst in one write per stream")
+			// The staff streams get the burst in one write each; the
+			// patient, its recipient, is woken at once for each message
+			// (TestHubWakesARecipientAtOnce), so gets 1 to n writes.
+			writes, err := strconv.Atoi(h.metricValue("clinicchat_gateway_sse_writes_total"))
+			require.NoError(t, err)
+			require.GreaterOrEqual(t, writes, 6+2+1)
+			require.LessOrEqual(t, writes, 6+2+n, "the burst in one write per staff stream")
 			require.Equal(t, fmt.Sprint(3*(n+1)), h.metricValue(`clinicchat_gateway_sse_events_total{event="message.created"}`))
 			require.Equal(t, uint64(2), wakes.wakes.Load(), "one wake-up for the burst")
 			require.Zero(t, wakes.timed.Load())
 		})
 	}
+}
+
+// TestHubWakesARecipientAtOnce: a new message wakes its recipient's stream
+// as soon as it is dispatched, not at the end of its burst (issue 9's send
+// → recipient stream latency); the other streams that see it wait for the
+// burst's end as before.
+func TestHubWakesARecipientAtOnce(t *testing.T) {
+	h := newHarness(t, func(_ *harness, c *Config, _ *Deps) { c.KeepAlive = time.Hour })
+	doc := h.openEvents(h.token("doc", auth.RoleDentist, "p1", 0), "")
+	patient := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "")
+	// The hub's consumers stop: this test dispatches the event itself, as
+	// their callback does, but without the end of the burst.
+	h.gw.hub.stop()
+	wakes := h.gw.hub.wakes[streamD]
+	wakes.mu.Lock()
+	wakes.wait = time.Hour // only the end of the burst would wake the others
+	wakes.mu.Unlock()
+	seq := h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m1", "users/doc", "x", 1, false))
+	ctx := context.Background()
+	cons, err := h.js.OrderedConsumer(ctx, natsx.StreamDelivery, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: seq})
+	require.NoError(t, err)
+	m, err := cons.Next(jetstream.FetchMaxWait(waitFor))
+	require.NoError(t, err)
+	h.gw.hub.dispatch(streamD, m, seq, time.Now())
+
+	requireMessage(t, patient.next(), "conversations/ca/messages/m1")
+	wakes.mu.Lock()
+	held := len(wakes.conns)
+	wakes.mu.Unlock()
+	require.Equal(t, 1, held, "the staff stream, not the message's recipient, waits for the end of the burst")
+	require.True(t, wakes.flush())
+	requireMessage(t, doc.next(), "conversations/ca/messages/m1")
 }
 
 // TestWakeBatchTimeBound: a burst whose end never comes is woken after the
