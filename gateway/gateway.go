@@ -216,9 +216,6 @@ type Server struct {
 	// noHijack (tests) keeps every stream on net/http.
 	raw      rawConns
 	noHijack bool
-	// noFastRoutes leaves the send and markRead to grpc-gateway's generated
-	// handlers (tests compare both).
-	noFastRoutes bool
 }
 
 // newMarshaler is the REST API's JSON, also of /v1/events' data.
@@ -376,9 +373,6 @@ func (s *Server) routes() error {
 		func() error { return s.mux.HandlePath(http.MethodGet, routeEvents, s.events) },
 		func() error { return s.mux.HandlePath(http.MethodGet, routeExport, s.exportAudit) },
 		func() error { return s.mux.HandlePath(http.MethodGet, routeConversationExport, s.exportConversation) },
-	}
-	if !s.noFastRoutes {
-		register = append(register, s.fastRoutes) // after the generated ones: tried first (fastroute.go)
 	}
 	for _, r := range register {
 		if err := r(); err != nil {
