@@ -1,6 +1,20 @@
 package outbox
 
-import "context"
+import (
+	"context"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+)
+
+// AddNow is Add with the INSERT run at once, also on PostgreSQL (where
+// AddAll sends it with the COMMIT): the row's seq is taken well before its
+// transaction commits, the interleaving the relay must handle however short
+// the window between the two.
+func AddNow(ctx context.Context, tx *sqldb.Tx, id, subject string, msg proto.Message) error {
+	return addAll(ctx, tx, []Event{{ID: id, Subject: subject, Msg: msg}}, false)
+}
 
 // SetAfterClaim makes r call f after each PostgreSQL round has read its batch.
 func SetAfterClaim(r *Relay, f func(ctx context.Context)) { r.afterClaim = f }
@@ -23,3 +37,11 @@ func SetHandoffRows(r *Relay, n int) { r.hand.max = n }
 
 // StreamOf is r's remembered natsx.StreamOf.
 func StreamOf(r *Relay, subject string) string { return r.streamOf(subject) }
+
+// HeldSetting is the setting name of the session that holds r's PostgreSQL
+// outbox lock.
+func HeldSetting(r *Relay, ctx context.Context, name string) (string, error) {
+	var v string
+	err := r.held.conn.QueryRowContext(ctx, `SELECT current_setting($1)`, name).Scan(&v)
+	return v, err
+}

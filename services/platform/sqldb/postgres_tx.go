@@ -20,6 +20,14 @@ type pgTx struct {
 	conn   *sql.Conn
 	filter *beginFilter
 	begun  bool // BEGIN is sent or armed to go with the next statement
+	// atCommit holds ExecAtCommit's statements: they go with COMMIT, in
+	// one network write (commitWith).
+	atCommit []atCommitStmt
+}
+
+type atCommitStmt struct {
+	q    string
+	args []any
 }
 
 // rollbackTimeout bounds a ROLLBACK sent after the caller's context ended.
@@ -87,6 +95,9 @@ func (p *pgTx) after() {
 }
 
 func (p *pgTx) commit(ctx context.Context) error {
+	if len(p.atCommit) > 0 {
+		return p.commitWith(ctx)
+	}
 	if !p.begun {
 		return nil // nothing ran
 	}
@@ -97,6 +108,46 @@ func (p *pgTx) commit(ctx context.Context) error {
 			err = pgx.ErrTxCommitRollback
 		}
 		return err
+	})
+}
+
+// commitWith sends the statements held back by ExecAtCommit and then
+// COMMIT as one pipeline (pgx's batch: Bind and Execute of each, one Sync at
+// the end, in one network write; a statement not yet prepared on the
+// connection is prepared first, in a round trip of its own, as for any
+// statement): the write's last round trip carries its last statements.
+// If one of them fails, the server skips the rest up to the Sync, COMMIT
+// included, and the transaction is rolled back (rollback). When no other
+// statement ran (no BEGIN was sent), they go without BEGIN and COMMIT: the
+// statements up to a Sync are one implicit transaction, committed at the
+// Sync, all or nothing, as durably as an explicit COMMIT.
+func (p *pgTx) commitWith(ctx context.Context) error {
+	return p.raw(func(c *pgx.Conn) error {
+		b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(p.atCommit)+1)}
+		for _, s := range p.atCommit {
+			b.Queue(s.q, s.args...)
+		}
+		if p.begun {
+			b.Queue("commit")
+		}
+		br := c.SendBatch(ctx, b)
+		for range p.atCommit {
+			if _, err := br.Exec(); err != nil {
+				_ = br.Close()
+				return err
+			}
+		}
+		if p.begun {
+			tag, err := br.Exec()
+			if err == nil && tag.String() != "COMMIT" {
+				err = pgx.ErrTxCommitRollback // as in commit
+			}
+			if err != nil {
+				_ = br.Close()
+				return err
+			}
+		}
+		return br.Close()
 	})
 }
 
@@ -171,6 +222,12 @@ func (p *pgTx) pgQuery(ctx context.Context, q string, args []any) (*sql.Rows, er
 	_ = p.before(ctx, false) // arming cannot fail
 	defer p.after()
 	return p.conn.QueryContext(ctx, q, args...)
+}
+
+// execAtCommit holds q back to go with COMMIT (commitWith). args are
+// copied: the caller may reuse its slice.
+func (p *pgTx) execAtCommit(q string, args []any) {
+	p.atCommit = append(p.atCommit, atCommitStmt{q: q, args: append([]any(nil), args...)})
 }
 
 func (p *pgTx) pgQueryRow(ctx context.Context, q string, args []any) *sql.Row {

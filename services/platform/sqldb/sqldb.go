@@ -510,6 +510,25 @@ func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
 	return t.tx.QueryRowContext(ctx, rebind(t.dialect, q), args...)
 }
 
+// ExecAtCommit runs q, a statement whose result the transaction does not
+// need (outbox rows, say), as one of its last: on PostgreSQL with BEGIN
+// pipelined it is held back and sent with COMMIT, in the same network
+// write — after every statement of Exec, Query and QueryRow, in the order
+// of the ExecAtCommit calls, and under every lock the transaction took.
+// A write whose only statements are ExecAtCommit's sends them without BEGIN
+// or COMMIT (one implicit transaction). A held-back statement's error is
+// the commit's: Write returns it (retrying a serialization failure or a
+// deadlock as for any statement) and nothing of the write is kept; fn
+// does not see it. Elsewhere (SQLite, BEGIN on its own) it is Exec.
+func (t *Tx) ExecAtCommit(ctx context.Context, q string, args ...any) error {
+	if t.pg != nil {
+		t.pg.execAtCommit(rebind(t.dialect, q), args)
+		return nil
+	}
+	_, err := t.Exec(ctx, q, args...)
+	return err
+}
+
 // Write runs fn in a transaction and returns once it is durably committed.
 // If fn returns an error nothing it wrote is kept. fn may run again on
 // PostgreSQL after a serialization failure, so it must not have side effects
