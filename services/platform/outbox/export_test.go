@@ -37,11 +37,3 @@ func SetHandoffRows(r *Relay, n int) { r.hand.max = n }
 
 // StreamOf is r's remembered natsx.StreamOf.
 func StreamOf(r *Relay, subject string) string { return r.streamOf(subject) }
-
-// HeldSetting is the setting name of the session that holds r's PostgreSQL
-// outbox lock.
-func HeldSetting(r *Relay, ctx context.Context, name string) (string, error) {
-	var v string
-	err := r.held.conn.QueryRowContext(ctx, `SELECT current_setting($1)`, name).Scan(&v)
-	return v, err
-}

@@ -519,21 +519,12 @@ const (
 // and reads the next batch past every published row ($2, a superset of
 // $1: the DELETE in WITH is not visible to the SELECT's snapshot). Without
 // rows to delete it commits nothing durable.
-//
-// The session that holds the lock runs its statements with generic plans
-// (plan_cache_mode, set by lockSQL and reset to the connection's own by
-// unlockSQL): claimSQL's plan is the same whatever its arrays hold (the
-// primary key in seq order), but PostgreSQL kept planning it again for
-// most calls (0.66–0.89 plans per call in the distributed stack, ~0.2 ms
-// each: a quarter of the PostgreSQL planning a message caused).
 const (
 	probeSQL  = `SELECT 1 FROM outbox LIMIT 1`
-	lockSQL   = `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false),
-		set_config('plan_cache_mode', 'force_generic_plan', false)`
+	lockSQL   = `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false)`
 	claimSQL  = `WITH done AS (DELETE FROM outbox WHERE seq = ANY($1)) SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq <> ALL($2) ORDER BY seq LIMIT $3`
 	deleteSQL = `DELETE FROM outbox WHERE seq = ANY($1)`
-	unlockSQL = `SELECT pg_advisory_unlock($1, hashtext(current_schema())), set_config('idle_session_timeout', '0', false),
-		set_config('plan_cache_mode', NULL, false)`
+	unlockSQL = `SELECT pg_advisory_unlock($1, hashtext(current_schema())), set_config('idle_session_timeout', '0', false)`
 )
 
 func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
