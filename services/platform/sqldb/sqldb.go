@@ -529,6 +529,24 @@ func (t *Tx) ExecAtCommit(ctx context.Context, q string, args ...any) error {
 	return err
 }
 
+// SetLocal sets a PostgreSQL setting for the rest of the transaction (SET
+// LOCAL name = 'value'), e.g. plan_cache_mode for a statement whose generic
+// plan is the one wanted. With BEGIN pipelined it costs no round trip: it
+// goes ahead of the transaction's next statement, in the same network
+// write (if no statement follows, it is not sent); an error (an unknown
+// setting, a bad value) is that statement's. Elsewhere it runs at once.
+// On SQLite, which has no such settings, it is an error.
+func (t *Tx) SetLocal(ctx context.Context, name, value string) error {
+	switch {
+	case t.pg != nil:
+		return t.pg.setLocal(ctx, name, value)
+	case t.dialect == Postgres:
+		_, err := t.tx.ExecContext(ctx, `SELECT set_config($1, $2, true)`, name, value)
+		return err
+	}
+	return errors.New("sqldb: SetLocal is for PostgreSQL")
+}
+
 // Write runs fn in a transaction and returns once it is durably committed.
 // If fn returns an error nothing it wrote is kept. fn may run again on
 // PostgreSQL after a serialization failure, so it must not have side effects
