@@ -5,7 +5,18 @@ import (
 	"slices"
 
 	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
+
+// AddNow is Add with the INSERT run at once, also on PostgreSQL (where
+// AddAll sends it with the COMMIT): the row's seq is taken well before its
+// transaction commits, the interleaving the relay must handle however short
+// the window between the two.
+func AddNow(ctx context.Context, tx *sqldb.Tx, id, subject string, msg proto.Message) error {
+	return addAll(ctx, tx, []Event{{ID: id, Subject: subject, Msg: msg}}, false)
+}
 
 // SetAfterClaim makes r call f after each PostgreSQL round has read its batch.
 func SetAfterClaim(r *Relay, f func(ctx context.Context)) { r.afterClaim = f }

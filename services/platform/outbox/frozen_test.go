@@ -123,12 +123,14 @@ func TestFrozenPostgresRelayCanStoreALaterRowFirst(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
 
-	// z takes a seq below a1 and a2 and commits after A has read them.
+	// z takes a seq below a1 and a2 and commits after A has read them (its
+	// INSERT run at once: AddAll's goes with the COMMIT, which narrows the
+	// window between seq and commit but does not close it).
 	inserted, commit := make(chan struct{}), make(chan struct{})
 	late := make(chan error, 1)
 	go func() {
 		late <- dbB.Write(ctx, func(tx *sqldb.Tx) error {
-			if err := outbox.Add(ctx, tx, "z", natsx.Tenant(natsx.SubjectDeliveryAccess, "p", "t5"),
+			if err := outbox.AddNow(ctx, tx, "z", natsx.Tenant(natsx.SubjectDeliveryAccess, "p", "t5"),
 				&typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: "z", Practice: "p", Resource: "t5"}}); err != nil {
 				return err
 			}

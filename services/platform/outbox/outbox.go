@@ -54,8 +54,18 @@ type Event = eventtype.Event
 
 // AddAll writes events into the outbox inside tx: one INSERT for up to
 // insertRows events (a statement is a round trip and most of a small
-// statement's cost on PostgreSQL; a send writes two or three events).
+// statement's cost on PostgreSQL; a send writes two or three events). On
+// PostgreSQL the INSERTs go with the transaction's COMMIT, in its last round
+// trip (sqldb.Tx.ExecAtCommit): after the transaction's other statements,
+// under every lock it took, so a writer that locks before AddAll still
+// orders its rows (see Relay); an INSERT that fails fails the write.
 func AddAll(ctx context.Context, tx *sqldb.Tx, events []Event) error {
+	return addAll(ctx, tx, events, true)
+}
+
+// addAll is AddAll; atCommit=false runs the INSERTs at once on PostgreSQL
+// too (tests: a row whose seq is taken well before its commit).
+func addAll(ctx context.Context, tx *sqldb.Tx, events []Event, atCommit bool) error {
 	if len(events) == 0 {
 		return nil
 	}
@@ -86,6 +96,13 @@ func AddAll(ctx context.Context, tx *sqldb.Tx, events []Event) error {
 					rows[i].traceparent = sql.NullString{String: tp, Valid: true}
 				}
 			}
+		}
+		if atCommit && tx.Dialect() == sqldb.Postgres {
+			if err := tx.ExecAtCommit(ctx, insertSQL[n], args...); err != nil {
+				return fmt.Errorf("insert outbox: %w", err)
+			}
+			events = events[n:]
+			continue
 		}
 		res, err := tx.Exec(ctx, insertSQL[n], args...)
 		if err != nil {

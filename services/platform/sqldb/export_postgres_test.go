@@ -13,3 +13,13 @@ func NetworkWrites(tx *Tx) int {
 // statement (the default) and BEGIN on its own (sql.Tx, as before), for
 // comparing the two in one process.
 func PipelineBegin(d *DB, on bool) { d.pipelined = on }
+
+// WriteCounter reads the network writes of tx's connection (as
+// NetworkWrites) at any later time: a write's COMMIT goes after fn returns.
+func WriteCounter(tx *Tx) func() int {
+	if tx.pg == nil || tx.pg.filter == nil {
+		return func() int { return -1 }
+	}
+	f := tx.pg.filter
+	return func() int { return f.writes }
+}

@@ -31,7 +31,8 @@ import (
 // which openPostgres requires for this). A simple-protocol query (pgx's
 // Exec without arguments) cannot follow it without a Sync: Tx sends BEGIN
 // on its own before such a statement, and Write refuses it as a protocol
-// error should one come.
+// error should one come. A transaction's SET LOCALs (Tx.SetLocal) go the
+// same way, after BEGIN or ahead of a later statement.
 //
 // Only the goroutine running a pgx operation on the connection calls Read
 // and Write, and the one holding the connection arms it: no locking.
@@ -39,11 +40,18 @@ type beginFilter struct {
 	r io.Reader
 	w io.Writer
 
-	armed bool   // the next Write carries BEGIN ahead of itself
-	skip  int    // BEGIN's replies still to take out of the stream
+	armed bool   // the next Write carries BEGIN (or pre) ahead of itself
+	skip  int    // the replies to what went ahead still to take out of the stream
 	in    []byte // bytes read while skip > 0, handed on from off
 	off   int
 	wbuf  []byte
+	// pre and preTags, when set, are what the armed write carries instead
+	// of BEGIN alone: parameterless statements as Parse, Bind and Execute
+	// on the unnamed statement and portal (encodeSimple), and their
+	// CommandComplete tags in order (BEGIN with a SET LOCAL: pgTx.before).
+	pre     []byte
+	preTags []string
+	tags    []string // the tags of what went ahead with the last armed write
 
 	writes int // network writes (tests)
 }
@@ -51,13 +59,15 @@ type beginFilter struct {
 // beginMsgs is BEGIN as Parse, Bind and Execute on the unnamed statement
 // and portal; beginReplies are the server's answers to them in order.
 var (
-	beginMsgs    = encodeBegin()
+	beginMsgs    = encodeSimple(nil, "begin")
 	beginReplies = [...]byte{'1', '2', 'C'} // ParseComplete, BindComplete, CommandComplete
+	beginTags    = []string{"BEGIN"}
 )
 
-func encodeBegin() []byte {
-	var b []byte
-	for _, m := range []pgproto3.FrontendMessage{&pgproto3.Parse{Query: "begin"}, &pgproto3.Bind{}, &pgproto3.Execute{}} {
+// encodeSimple appends q, a statement without parameters, as Parse, Bind
+// and Execute on the unnamed statement and portal, with no Sync.
+func encodeSimple(b []byte, q string) []byte {
+	for _, m := range []pgproto3.FrontendMessage{&pgproto3.Parse{Query: q}, &pgproto3.Bind{}, &pgproto3.Execute{}} {
 		var err error
 		if b, err = m.Encode(b); err != nil {
 			panic(err)
@@ -77,13 +87,25 @@ func (f *beginFilter) Write(b []byte) (int, error) {
 	if len(b) == 0 || b[0] == 'Q' {
 		return 0, errSimpleAfterBegin // pgx closes the connection
 	}
-	f.wbuf = append(append(f.wbuf[:0], beginMsgs...), b...)
-	f.skip = len(beginReplies)
+	pre, tags := beginMsgs, beginTags
+	if f.pre != nil {
+		pre, tags = f.pre, f.preTags
+		f.pre, f.preTags = nil, nil
+	}
+	f.wbuf = append(append(f.wbuf[:0], pre...), b...)
+	f.tags = tags
+	f.skip = len(beginReplies) * len(tags)
 	n, err := f.w.Write(f.wbuf)
 	if cap(f.wbuf) > 4096 {
 		f.wbuf = nil
 	}
-	return max(n-len(beginMsgs), 0), err
+	return max(n-len(pre), 0), err
+}
+
+// disarm undoes an arming whose statement never reached the network.
+func (f *beginFilter) disarm() {
+	f.armed = false
+	f.pre, f.preTags = nil, nil
 }
 
 func (f *beginFilter) Read(p []byte) (int, error) {
@@ -125,10 +147,11 @@ func (f *beginFilter) strip() error {
 		if len(f.in)-pos < size {
 			return nil
 		}
+		i := len(beginReplies)*len(f.tags) - f.skip // the reply's place in what went ahead
 		switch typ {
-		case beginReplies[len(beginReplies)-f.skip]:
-			if typ == 'C' && string(f.in[pos+5:pos+size]) != "BEGIN\x00" {
-				return fmt.Errorf("sqldb: BEGIN answered %q", f.in[pos+5:pos+size])
+		case beginReplies[i%len(beginReplies)]:
+			if tag := f.tags[i/len(beginReplies)]; typ == 'C' && string(f.in[pos+5:pos+size]) != tag+"\x00" {
+				return fmt.Errorf("sqldb: %s answered %q", tag, f.in[pos+5:pos+size])
 			}
 			f.in = append(f.in[:pos], f.in[pos+size:]...)
 			f.skip--

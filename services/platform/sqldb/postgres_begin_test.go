@@ -83,3 +83,42 @@ func TestBeginFilterRefusesTheUnexpected(t *testing.T) {
 	require.ErrorIs(t, err, errSimpleAfterBegin)
 	require.Zero(t, wire.Len())
 }
+
+// Armed with statements of its own (BEGIN and a SET LOCAL), the filter
+// writes them ahead of the statement and takes out exactly their replies,
+// tag by tag; a SET's error ends the stripping and is handed on.
+func TestBeginFilterCarriesSetLocal(t *testing.T) {
+	stmt := []byte("B....E....S....")
+	pre := encodeSimple(encodeSimple(nil, "begin"), "SET LOCAL x.y = 'z'")
+	replies := func(tag string) []pgproto3.BackendMessage {
+		return []pgproto3.BackendMessage{&pgproto3.ParseComplete{}, &pgproto3.BindComplete{}, &pgproto3.CommandComplete{CommandTag: []byte(tag)}}
+	}
+	answer := []pgproto3.BackendMessage{&pgproto3.BindComplete{}, &pgproto3.CommandComplete{CommandTag: []byte("INSERT 0 1")}, &pgproto3.ReadyForQuery{TxStatus: 'T'}}
+	failed := []pgproto3.BackendMessage{&pgproto3.ErrorResponse{Severity: "ERROR", Code: "22023"}, &pgproto3.ReadyForQuery{TxStatus: 'E'}}
+	for _, c := range []struct {
+		name             string
+		server, handedOn []pgproto3.BackendMessage
+		err              string
+	}{
+		{"both", append(append(replies("BEGIN"), replies("SET")...), answer...), answer, ""},
+		{"set-failed", append(append(replies("BEGIN"), &pgproto3.ParseComplete{}, &pgproto3.BindComplete{}), failed...), failed, ""},
+		{"second-tag-wrong", append(append(replies("BEGIN"), replies("BEGIN")...), answer...), nil, "SET answered"},
+	} {
+		var wire bytes.Buffer
+		f := &beginFilter{r: iotest.OneByteReader(bytes.NewReader(backend(t, c.server...))), w: &wire}
+		f.armed, f.pre, f.preTags = true, pre, []string{"BEGIN", "SET"}
+		n, err := f.Write(stmt)
+		require.NoError(t, err)
+		require.Equal(t, len(stmt), n)
+		require.Equal(t, append(append([]byte(nil), pre...), stmt...), wire.Bytes(), c.name)
+		require.Nil(t, f.pre, "used once")
+		got, err := io.ReadAll(f)
+		if c.err != "" {
+			require.ErrorContains(t, err, c.err, c.name)
+			continue
+		}
+		require.NoError(t, err)
+		require.Equal(t, backend(t, c.handedOn...), got, c.name)
+		require.Equal(t, 0, f.skip)
+	}
+}

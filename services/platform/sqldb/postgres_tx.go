@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -20,6 +22,19 @@ type pgTx struct {
 	conn   *sql.Conn
 	filter *beginFilter
 	begun  bool // BEGIN is sent or armed to go with the next statement
+	// atCommit holds ExecAtCommit's statements: they go with COMMIT, in
+	// one network write (commitWith).
+	atCommit []atCommitStmt
+	// sets are SET LOCAL statements to go ahead of the next statement
+	// (SetLocal); armedBegin and armedSets what the filter is armed with.
+	sets       []string
+	armedBegin bool
+	armedSets  []string
+}
+
+type atCommitStmt struct {
+	q    string
+	args []any
 }
 
 // rollbackTimeout bounds a ROLLBACK sent after the caller's context ended.
@@ -59,34 +74,91 @@ func (p *pgTx) exec(ctx context.Context, q string) error {
 	})
 }
 
-// before readies BEGIN for a statement: armed to go in the statement's
-// network write or, before a statement pgx sends with the simple protocol
-// (Exec without arguments), sent on its own.
+// before readies BEGIN and the pending SET LOCALs (setLocal) for a
+// statement: armed to go in the statement's network write or, before a
+// statement pgx sends with the simple protocol (Exec without arguments),
+// sent on their own.
 func (p *pgTx) before(ctx context.Context, simple bool) error {
-	if p.begun {
+	if p.begun && len(p.sets) == 0 {
 		return nil
 	}
 	if simple {
-		if err := p.exec(ctx, "begin"); err != nil {
-			return err
+		if !p.begun {
+			if err := p.exec(ctx, "begin"); err != nil {
+				return err
+			}
+			p.begun = true
 		}
-	} else {
-		p.filter.armed = true
+		for len(p.sets) > 0 {
+			if err := p.exec(ctx, p.sets[0]); err != nil {
+				return err
+			}
+			p.sets = p.sets[1:]
+		}
+		return nil
 	}
-	p.begun = true
+	p.filter.armed = true
+	if len(p.sets) > 0 {
+		var pre []byte
+		var tags []string
+		if !p.begun {
+			pre, tags = append(pre, beginMsgs...), append(tags, beginTags...)
+		}
+		for _, q := range p.sets {
+			pre, tags = encodeSimple(pre, q), append(tags, "SET")
+		}
+		p.filter.pre, p.filter.preTags = pre, tags
+	}
+	p.armedBegin, p.armedSets = !p.begun, p.sets
+	p.begun, p.sets = true, nil
 	return nil
 }
 
 // after notes a statement that never reached the network (its context
-// ended first, or its arguments did not encode): BEGIN did not go either.
+// ended first, or its arguments did not encode): what was armed to go with
+// it did not go either.
 func (p *pgTx) after() {
 	if p.filter != nil && p.filter.armed {
-		p.filter.armed = false
-		p.begun = false
+		p.filter.disarm()
+		p.begun = p.begun && !p.armedBegin
+		p.sets = append(p.armedSets, p.sets...)
 	}
+	p.armedBegin, p.armedSets = false, nil
+}
+
+// setLocal readies SET LOCAL name = value to go ahead of the transaction's
+// next statement, in its network write (before). Without a filter BEGIN
+// has gone already: it runs at once.
+func (p *pgTx) setLocal(ctx context.Context, name, value string) error {
+	if !validSettingName(name) {
+		return fmt.Errorf("sqldb: SetLocal: bad setting name %q", name)
+	}
+	q := "SET LOCAL " + name + " = '" + strings.ReplaceAll(value, "'", "''") + "'"
+	if p.filter == nil {
+		return p.exec(ctx, q)
+	}
+	p.sets = append(p.sets, q)
+	return nil
+}
+
+// validSettingName: letters, digits, '_' and '.' (a custom setting's
+// prefix), not starting with a digit.
+func validSettingName(name string) bool {
+	if name == "" || (name[0] >= '0' && name[0] <= '9') {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
 }
 
 func (p *pgTx) commit(ctx context.Context) error {
+	if len(p.atCommit) > 0 {
+		return p.commitWith(ctx)
+	}
 	if !p.begun {
 		return nil // nothing ran
 	}
@@ -97,6 +169,58 @@ func (p *pgTx) commit(ctx context.Context) error {
 			err = pgx.ErrTxCommitRollback
 		}
 		return err
+	})
+}
+
+// commitWith sends the statements held back by ExecAtCommit and then
+// COMMIT as one pipeline (pgx's batch: Bind and Execute of each, one Sync at
+// the end, in one network write; a statement not yet prepared on the
+// connection is prepared first, in a round trip of its own, as for any
+// statement): the write's last round trip carries its last statements.
+// If one of them fails, the server skips the rest up to the Sync, COMMIT
+// included, and the transaction is rolled back (rollback). When no other
+// statement ran (no BEGIN was sent), they go without BEGIN and COMMIT: the
+// statements up to a Sync are one implicit transaction, committed at the
+// Sync, all or nothing, as durably as an explicit COMMIT.
+func (p *pgTx) commitWith(ctx context.Context) error {
+	return p.raw(func(c *pgx.Conn) error {
+		b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(p.atCommit)+len(p.sets)+2)}
+		// SET LOCALs still pending apply to the held-back statements too:
+		// they go first, in a transaction of their own (begin) if none is.
+		ahead := len(p.sets)
+		if ahead > 0 && !p.begun {
+			b.Queue("begin")
+			p.begun = true
+			ahead++
+		}
+		for _, q := range p.sets {
+			b.Queue(q)
+		}
+		p.sets = nil
+		for _, s := range p.atCommit {
+			b.Queue(s.q, s.args...)
+		}
+		if p.begun {
+			b.Queue("commit")
+		}
+		br := c.SendBatch(ctx, b)
+		for range ahead + len(p.atCommit) {
+			if _, err := br.Exec(); err != nil {
+				_ = br.Close()
+				return err
+			}
+		}
+		if p.begun {
+			tag, err := br.Exec()
+			if err == nil && tag.String() != "COMMIT" {
+				err = pgx.ErrTxCommitRollback // as in commit
+			}
+			if err != nil {
+				_ = br.Close()
+				return err
+			}
+		}
+		return br.Close()
 	})
 }
 
@@ -171,6 +295,12 @@ func (p *pgTx) pgQuery(ctx context.Context, q string, args []any) (*sql.Rows, er
 	_ = p.before(ctx, false) // arming cannot fail
 	defer p.after()
 	return p.conn.QueryContext(ctx, q, args...)
+}
+
+// execAtCommit holds q back to go with COMMIT (commitWith). args are
+// copied: the caller may reuse its slice.
+func (p *pgTx) execAtCommit(q string, args []any) {
+	p.atCommit = append(p.atCommit, atCommitStmt{q: q, args: append([]any(nil), args...)})
 }
 
 func (p *pgTx) pgQueryRow(ctx context.Context, q string, args []any) *sql.Row {

@@ -510,6 +510,43 @@ func (t *Tx) QueryRow(ctx context.Context, q string, args ...any) *sql.Row {
 	return t.tx.QueryRowContext(ctx, rebind(t.dialect, q), args...)
 }
 
+// ExecAtCommit runs q, a statement whose result the transaction does not
+// need (outbox rows, say), as one of its last: on PostgreSQL with BEGIN
+// pipelined it is held back and sent with COMMIT, in the same network
+// write — after every statement of Exec, Query and QueryRow, in the order
+// of the ExecAtCommit calls, and under every lock the transaction took.
+// A write whose only statements are ExecAtCommit's sends them without BEGIN
+// or COMMIT (one implicit transaction). A held-back statement's error is
+// the commit's: Write returns it (retrying a serialization failure or a
+// deadlock as for any statement) and nothing of the write is kept; fn
+// does not see it. Elsewhere (SQLite, BEGIN on its own) it is Exec.
+func (t *Tx) ExecAtCommit(ctx context.Context, q string, args ...any) error {
+	if t.pg != nil {
+		t.pg.execAtCommit(rebind(t.dialect, q), args)
+		return nil
+	}
+	_, err := t.Exec(ctx, q, args...)
+	return err
+}
+
+// SetLocal sets a PostgreSQL setting for the rest of the transaction (SET
+// LOCAL name = 'value'), e.g. plan_cache_mode for a statement whose generic
+// plan is the one wanted. With BEGIN pipelined it costs no round trip: it
+// goes ahead of the transaction's next statement, in the same network
+// write (if no statement follows, it is not sent); an error (an unknown
+// setting, a bad value) is that statement's. Elsewhere it runs at once.
+// On SQLite, which has no such settings, it is an error.
+func (t *Tx) SetLocal(ctx context.Context, name, value string) error {
+	switch {
+	case t.pg != nil:
+		return t.pg.setLocal(ctx, name, value)
+	case t.dialect == Postgres:
+		_, err := t.tx.ExecContext(ctx, `SELECT set_config($1, $2, true)`, name, value)
+		return err
+	}
+	return errors.New("sqldb: SetLocal is for PostgreSQL")
+}
+
 // Write runs fn in a transaction and returns once it is durably committed.
 // If fn returns an error nothing it wrote is kept. fn may run again on
 // PostgreSQL after a serialization failure, so it must not have side effects

@@ -231,7 +231,10 @@ func (b *appendBatch) insert(ctx context.Context, tx *sqldb.Tx) error {
 }
 
 // insertRows inserts the rows of args (cols arguments each) with head, in
-// statements of a power of two rows, at most maxRows each.
+// statements of a power of two rows, at most maxRows each. Nothing in the
+// transaction reads them after: on PostgreSQL they go with its COMMIT
+// (sqldb.Tx.ExecAtCommit), in its last round trip, still under the
+// practices' locks.
 func insertRows(ctx context.Context, tx *sqldb.Tx, head string, cols, maxRows int, args []any) error {
 	row := `(?` + strings.Repeat(`, ?`, cols-1) + `)`
 	for len(args) > 0 {
@@ -240,7 +243,7 @@ func insertRows(ctx context.Context, tx *sqldb.Tx, head string, cols, maxRows in
 			k &= k - 1 // the largest power of two not above it
 		}
 		q := head + row + strings.Repeat(`, `+row, k-1)
-		if _, err := tx.Exec(ctx, q, args[:k*cols]...); err != nil {
+		if err := tx.ExecAtCommit(ctx, q, args[:k*cols]...); err != nil {
 			return err
 		}
 		args = args[k*cols:]

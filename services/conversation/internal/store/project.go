@@ -596,18 +596,22 @@ func (st *threadState) apply(m domain.MessageApplied) {
 	}
 }
 
-// save writes the state after the batch's last message.
+// save writes the state after the batch's last message. It is the last
+// statement of the thread's (its row is locked by lockThreads), and no
+// later statement of the batch reads that row (each thread is applied once
+// per batch): on PostgreSQL it goes with the COMMIT (sqldb.Tx.ExecAtCommit),
+// in the transaction's last round trip.
 func (st *threadState) save(ctx context.Context, tx *sqldb.Tx) error {
 	c := st.c
 	var err error
 	switch {
 	case st.newest:
 		at := sqldb.Micros(c.LastMessageTime)
-		_, err = tx.Exec(ctx, `UPDATE conversations SET last_message_time = ?, last_message_preview = ?, last_activity = ?,
+		err = tx.ExecAtCommit(ctx, `UPDATE conversations SET last_message_time = ?, last_message_preview = ?, last_activity = ?,
 			state = ?, last_message_seq = ?, awaiting_reply_since = ? WHERE practice = ? AND id = ?`,
 			at, c.LastMessagePreview, at, int(c.State), c.LastMessageSeq, st.awaiting, c.Practice, c.ID)
 	case st.awaiting != st.awaitingBefore:
-		_, err = tx.Exec(ctx, `UPDATE conversations SET awaiting_reply_since = ? WHERE practice = ? AND id = ?`,
+		err = tx.ExecAtCommit(ctx, `UPDATE conversations SET awaiting_reply_since = ? WHERE practice = ? AND id = ?`,
 			st.awaiting, c.Practice, c.ID)
 	}
 	if err != nil {

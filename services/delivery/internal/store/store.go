@@ -279,10 +279,9 @@ func advanceAll(ctx context.Context, tx *sqldb.Tx, as []domain.Advance, evs func
 		// the one wanted for any batch size, but for small batches
 		// PostgreSQL keeps choosing a custom plan for each call: 1.4 ms of
 		// planning per batch in the read bench, more than the statement's
-		// execution. A round trip is cheaper. (SET LOCAL as set_config with
-		// a parameter: a statement with arguments travels with BEGIN,
-		// sqldb's pipelined BEGIN; one without goes after a BEGIN of its own.)
-		if _, err := tx.Exec(ctx, `SELECT set_config('plan_cache_mode', ?, true)`, "force_generic_plan"); err != nil {
+		// execution. SET LOCAL goes ahead of the statement in its network
+		// write, with BEGIN (sqldb's Tx.SetLocal): no round trip of its own.
+		if err := tx.SetLocal(ctx, "plan_cache_mode", "force_generic_plan"); err != nil {
 			return fmt.Errorf("advance receipts: %w", err)
 		}
 		// One statement per run of receipts of one target status (the read
