@@ -411,19 +411,21 @@ func finishDB(ctx context.Context, p string, captured map[string]bool) (Database
 		return d, err
 	}
 	if hasOutbox > 0 && len(captured) > 0 {
-		rows, err := db.QueryContext(ctx, "SELECT id FROM outbox")
+		// By seq, the key: the send path's outboxes have no index on id.
+		rows, err := db.QueryContext(ctx, "SELECT seq, id FROM outbox")
 		if err != nil {
 			return d, err
 		}
-		var drop []string
+		var drop []int64
 		for rows.Next() {
+			var seq int64
 			var id string
-			if err := rows.Scan(&id); err != nil {
+			if err := rows.Scan(&seq, &id); err != nil {
 				rows.Close()
 				return d, err
 			}
 			if captured[id] {
-				drop = append(drop, id)
+				drop = append(drop, seq)
 			}
 		}
 		rows.Close()
@@ -434,8 +436,8 @@ func finishDB(ctx context.Context, p string, captured map[string]bool) (Database
 		if err != nil {
 			return d, err
 		}
-		for _, id := range drop {
-			if _, err := tx.ExecContext(ctx, "DELETE FROM outbox WHERE id = ?", id); err != nil {
+		for _, seq := range drop {
+			if _, err := tx.ExecContext(ctx, "DELETE FROM outbox WHERE seq = ?", seq); err != nil {
 				_ = tx.Rollback()
 				return d, err
 			}

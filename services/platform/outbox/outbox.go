@@ -17,6 +17,16 @@
 //	          traceparent TEXT)
 //	Postgres: the same with seq BIGSERIAL and payload BYTEA.
 //
+// On SQLite the services of the send path (delivery, conversation) make the
+// id plain TEXT NOT NULL, without the UNIQUE index (sqlite12): no statement
+// reads a row by id and ids are fresh per event, so the index was a b-tree
+// insert per event written and a delete per event published. A repeated id
+// could only be among the unpublished rows (deleted within a second of
+// their PubAck), which the stream's duplicate window drops, and consumers
+// are idempotent by event id. AUTOINCREMENT stays everywhere: a seq is never
+// taken twice, even after the relay emptied the table, which the hand-off's
+// "next seq" rule relies on. The relay works with either table.
+//
 // traceparent is the W3C trace context of the transaction that wrote the row
 // (NULL when tracing is off): the relay publishes the event with it as the
 // "traceparent" NATS header, so the event's consumers continue the trace of

@@ -24,7 +24,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
-const schema = `CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+const schema = `CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,
 	subject TEXT NOT NULL, payload BLOB NOT NULL, created_at BIGINT NOT NULL, traceparent TEXT)`
 
 const pgSchema = `CREATE TABLE outbox (seq BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE,
