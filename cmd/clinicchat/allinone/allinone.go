@@ -117,6 +117,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	if in.dirLock, err = lockDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	if n, changed := applyGoMaxProcs(cfg.GoMaxProcs); changed {
+		log.Info("go scheduler processors", zap.Int("gomaxprocs", n))
+	}
 	if cfg.MemoryLimit > 0 {
 		debug.SetMemoryLimit(cfg.MemoryLimit)
 		log.Info("go memory limit", zap.Int64("bytes", cfg.MemoryLimit))

@@ -71,6 +71,10 @@ type Config struct {
 	// MemoryLimit is the Go runtime's soft memory limit in bytes
 	// (runtime/debug.SetMemoryLimit; 0: leave it to GOMEMLIMIT, if set).
 	MemoryLimit int64
+	// GoMaxProcs is the Go scheduler's processors (runtime.GOMAXPROCS); 0:
+	// the CPUs the runtime sees plus ExtraProcs, unless $GOMAXPROCS is set
+	// (see applyGoMaxProcs).
+	GoMaxProcs int
 }
 
 // Flags registers the flags (SPEC.md section 4).
@@ -107,6 +111,8 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 			c.MemoryLimit = n
 			return err
 		})
+	fs.IntVar(&c.GoMaxProcs, "gomaxprocs", 0, fmt.Sprintf("Go scheduler processors (0: the CPUs Go sees plus %d, for the goroutines blocked in SQLite's "+
+		"file writes and fsyncs; $GOMAXPROCS, if set, wins over 0)", ExtraProcs))
 	fs.StringVar(&c.AuditWitnessFile, "audit-witness-file", "", "file that witnesses every signed audit checkpoint (default: <data-dir>-witness.jsonl)")
 }
 
@@ -145,6 +151,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MemoryLimit < 0 {
 		problems = append(problems, errors.New("--memory-limit must not be negative"))
+	}
+	if c.GoMaxProcs < 0 {
+		problems = append(problems, errors.New("--gomaxprocs must not be negative"))
 	}
 	if c.PendingUploadQuota < 0 {
 		problems = append(problems, errors.New("--pending-upload-quota must not be negative"))
