@@ -211,8 +211,26 @@ func (tb *tab) wait(t *testing.T, what, expr string) {
 		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(stepTimeout)))
 	if err != nil {
 		tb.screenshot(t, "failed")
-		require.NoError(t, err, "%s: waiting for %s", tb.name, what)
+		require.NoError(t, err, "%s: waiting for %s; the page then: %s", tb.name, what, tb.pageState())
 	}
+}
+
+// pageState summarises what a failed wait found: the live status, the
+// composer's text and error, and the thread's last messages.
+func (tb *tab) pageState() string {
+	ctx, cancel := context.WithTimeout(tb.ctx, 2*time.Second)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[string](`JSON.stringify({
+		live: document.querySelector('.live-status')?.dataset.state,
+		composer: document.querySelector('.composer-input')?.value,
+		composerError: document.querySelector('.composer-error')?.textContent,
+		lastMessages: [...document.querySelectorAll('.msg')].slice(-3).map((m) => m.textContent.slice(0, 80)),
+		online: navigator.onLine,
+	})`))
+	if err != nil {
+		return "(unreadable: " + err.Error() + ")"
+	}
+	return v
 }
 
 // screenshot saves the viewport when CLINICCHAT_SCREENSHOTS is set.
