@@ -29,6 +29,10 @@ import (
 // counted.
 const idleWindow = 4 * time.Second
 
+// maxIdleCommits is the most transactions per second a service's database
+// may see while the stack is idle.
+const maxIdleCommits = 10.0
+
 // An idle stack on PostgreSQL does (almost) nothing: each service's database
 // sees at most a few commits per second (its outbox relay's bounded poll) and
 // the process — five services and the NATS server — uses a sliver of a core.
@@ -141,8 +145,12 @@ func TestIdleStackOnPostgresDoesNotSpin(t *testing.T) {
 		rates[n] = float64(after[n]-before[n]) / elapsed.Seconds()
 		t.Logf("idle %s: %.1f commits/s", n, rates[n])
 	}
+	// A few per second is the relays' and consumers' bounded polling (1.7–4.7
+	// per service on main, Dec 1); the spin this guards against was hundreds to
+	// tens of thousands. 10 leaves room for the start's last work spilling into
+	// the window (conversation once measured 5.5 in CI).
 	for _, n := range names {
-		require.LessOrEqual(t, rates[n], 5.0, "%s commits %.0f transactions per second while idle", n, rates[n])
+		require.LessOrEqual(t, rates[n], maxIdleCommits, "%s commits %.1f transactions per second while idle", n, rates[n])
 	}
 	require.LessOrEqual(t, cpuShare, 0.05, "an idle stack used %.1f%% of a core", 100*cpuShare)
 }
