@@ -123,15 +123,7 @@ func (e *event) convView(id auth.Identity) *renderedView {
 func (e *event) convViewKeyed(key string) *renderedView {
 	e.convMu.Lock()
 	defer e.convMu.Unlock()
-	if e.convViews == nil {
-		e.convViews = map[string]*renderedView{}
-	}
-	v := e.convViews[key]
-	if v == nil {
-		v = &renderedView{}
-		e.convViews[key] = v
-	}
-	return v
+	return sharedView(&e.convViews, key)
 }
 
 // eventView is the shared view of a conversation event built from it for
@@ -139,13 +131,19 @@ func (e *event) convViewKeyed(key string) *renderedView {
 func (e *event) eventView(own ownView) *renderedView {
 	e.convMu.Lock()
 	defer e.convMu.Unlock()
-	if e.eventViews == nil {
-		e.eventViews = map[ownView]*renderedView{}
+	return sharedView(&e.eventViews, own)
+}
+
+// sharedView is (*m)[k], made (with the map) when missing. Locked by the
+// caller (convMu).
+func sharedView[K comparable](m *map[K]*renderedView, k K) *renderedView {
+	if *m == nil {
+		*m = map[K]*renderedView{}
 	}
-	v := e.eventViews[own]
+	v := (*m)[k]
 	if v == nil {
 		v = &renderedView{}
-		e.eventViews[own] = v
+		(*m)[k] = v
 	}
 	return v
 }
