@@ -145,10 +145,13 @@ func TestIdleStackOnPostgresDoesNotSpin(t *testing.T) {
 		rates[n] = float64(after[n]-before[n]) / elapsed.Seconds()
 		t.Logf("idle %s: %.1f commits/s", n, rates[n])
 	}
-	// A few per second is the relays' and consumers' bounded polling (1.7–4.7
-	// per service on main, Dec 1); the spin this guards against was hundreds to
-	// tens of thousands. 10 leaves room for the start's last work spilling into
-	// the window (conversation once measured 5.5 in CI).
+	// A few per second is bounded polling (1.5–4.7 per service on main, Dec 1).
+	// With log_statement=all on these databases, an idle window held only each
+	// relay's probe (`SELECT 1 FROM outbox LIMIT 1`, once per Poll) and pgx's
+	// `-- ping` of a pooled connection reused after a pause: one each per
+	// second; the rest was the start's migrations spilling into the window.
+	// The spin this guards against was hundreds to tens of thousands. 10 leaves
+	// room for that spill (conversation once measured 5.5 in CI).
 	for _, n := range names {
 		require.LessOrEqual(t, rates[n], maxIdleCommits, "%s commits %.1f transactions per second while idle", n, rates[n])
 	}
