@@ -159,6 +159,10 @@ func catchUpFilters(id auth.Identity, stream int) []string {
 			out = append(out, base+"."+pt+"."+ut)
 		case id.IsPatient():
 			out = append(out, base+"."+pt+"."+ut)
+			if base == natsx.SubjectMessageCreated {
+				// A message without attachments (natsx.CreatedSubject).
+				out = append(out, base+"."+pt+"."+ut+".>")
+			}
 		default:
 			out = append(out, base+"."+pt+".>")
 		}

@@ -178,7 +178,9 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return natsx.Consume(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
 			Stream: natsx.StreamDelivery, Durable: ConsumerLinks,
-			FilterSubjects: natsx.Filter(natsx.SubjectMessageCreated),
+			// Only the messages that may carry attachments (the others'
+			// subjects end in natsx.NoAttachments).
+			FilterSubjects: natsx.CreatedWithAttachments(),
 		}, s.app.HandleMessageCreated)
 	})
 	g.Go(func() error { s.sweep(ctx); return nil })

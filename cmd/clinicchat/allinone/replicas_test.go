@@ -153,7 +153,7 @@ func TestTwoGatewaysTwoDeliveryReplicas(t *testing.T) {
 	}
 	stream, err := deliveryA.js.Stream(context.Background(), natsx.StreamDelivery)
 	require.NoError(t, err)
-	subject := natsx.Tenant(natsx.SubjectMessageCreated, "north", "patients/pat1")
+	subject := natsx.CreatedSubject(natsx.Tenant(natsx.SubjectMessageCreated, "north", "patients/pat1"), false)
 	require.Eventually(t, func() bool {
 		info, err := stream.Info(context.Background(), jetstream.WithSubjectFilter(natsx.SubjectMessageCreated+".>"))
 		return err == nil && len(info.State.Subjects) == 1 && info.State.Subjects[subject] == 22

@@ -20,7 +20,8 @@ import (
 // stops: an hour covers both with room.
 var TenantGrace = time.Hour
 
-// Narrow returns filter (as built by Filter) without the pre-tenant forms
+// Narrow returns filter (as built by Filter, or with another tenant form
+// of a base such as CreatedWithAttachments' base.*.*) without the pre-tenant forms
 // that no message can match any more past position (the stream sequence
 // below which the consumer has handled everything: a durable's ack floor,
 // an ephemeral's start minus one). A pre-tenant form is left out when
@@ -40,7 +41,7 @@ var TenantGrace = time.Hour
 func Narrow(ctx context.Context, js jetstream.JetStream, stream string, filter []string, position uint64) []string {
 	var old []string
 	for _, f := range filter {
-		if !strings.ContainsAny(f, "*>") && slices.Contains(filter, f+".>") {
+		if !strings.ContainsAny(f, "*>") && slices.ContainsFunc(filter, func(g string) bool { return strings.HasPrefix(g, f+".") }) {
 			old = append(old, f)
 		}
 	}

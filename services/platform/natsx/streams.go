@@ -266,6 +266,37 @@ func Filter(base ...string) []string {
 	return out
 }
 
+// NoAttachments is the token that follows a message.created subject's
+// practice and patient when the message carries no attachments
+// (<base>.<practice>.<patient>.n; CreatedSubject): the attachment service's
+// consumer filters on the subjects without it (CreatedWithAttachments) and is
+// not delivered the messages it has nothing to record for. A message with
+// attachments keeps the subject versions before this one published for
+// every message, so what they published is still read as possibly
+// carrying attachments. Every other consumer of the kind filters on
+// Filter (base.>), which matches both.
+const NoAttachments = "n"
+
+// CreatedSubject is the subject of a message.created event given its
+// tenant subject (Tenant(base, practice, patient)): marked with
+// NoAttachments when the message carries none.
+func CreatedSubject(tenant string, attachments bool) string {
+	if attachments {
+		return tenant
+	}
+	return tenant + "." + NoAttachments
+}
+
+// CreatedWithAttachments is the filter of a consumer of the message.created
+// events that may carry attachments: the tenant form without the
+// NoAttachments mark (exactly practice and patient after the base: what
+// this version publishes for a message with attachments and what older
+// versions published for every message) and the pre-tenant form (base
+// alone), which Narrow leaves out once none can match.
+func CreatedWithAttachments() []string {
+	return []string{SubjectMessageCreated, SubjectMessageCreated + ".*.*"}
+}
+
 // baseTokens is how many tokens a base subject has after the prefix.
 const baseTokens = 3
 

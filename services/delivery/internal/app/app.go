@@ -200,8 +200,10 @@ func (a *App) Send(ctx context.Context, r SendRequest) (domain.Message, error) {
 	}
 	now := m.CreateTime
 	out, _, err := a.repo.Send(ctx, m, func(m domain.Message) []domain.Event {
-		return []domain.Event{ev(natsx.SubjectMessageCreated, &deliveryv1.MessageCreated{
-			Meta: events.Meta(who, "message.send", m.Name(), now), Message: ToProto(m), Patient: "patients/" + m.PatientID})}
+		e := ev(natsx.SubjectMessageCreated, &deliveryv1.MessageCreated{
+			Meta: events.Meta(who, "message.send", m.Name(), now), Message: ToProto(m), Patient: "patients/" + m.PatientID})
+		e.Subject = natsx.CreatedSubject(e.Subject, len(m.Extras.Attachments) > 0)
+		return []domain.Event{e}
 	})
 	return out, err
 }
