@@ -44,7 +44,7 @@ const DefaultReadLease = 250 * time.Millisecond
 // svcmain.Common's).
 func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ReadLease, "read-lease", DefaultReadLease,
-		"how long callers may keep a GetPatient answer; every patient write returns that long after its commit (0: no lease, writes return at once). Lowering it: restart every delivery replica after every preferences replica")
+		"how long callers may keep a GetPatient answer; every patient write returns that long after its commit (0: no lease, writes return at once). While a roll-out lowers it, a write on a replica with the new value may return before an answer leased by one with the old value has run out")
 }
 
 // MaxReadLease bounds ReadLease: it delays every patient write.
