@@ -28,5 +28,10 @@
 //
 // It consumes no events. A change governs the very next request: reads go to
 // the database, or on SQLite (where this process is the only writer) to a
-// cache of patients that every write invalidates before it returns.
+// cache of patients that every write invalidates before it returns. The
+// standalone binary also leases GetPatient answers to its callers
+// (--read-lease, 250 ms): they may keep one that long, counted from before
+// they asked, and every patient write returns only that long after its
+// commit, so no caller holds an answer older than an acknowledged write
+// (the delivery service's per-send check: delivery's LeasedPreferences).
 package preferences

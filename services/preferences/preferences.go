@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,19 +25,41 @@ type Config struct {
 	// DatabaseDSN is a SQLite file path or a postgres:// URL (the common
 	// --database-dsn flag of svcmain).
 	DatabaseDSN string
+	// ReadLease lets callers keep a GetPatient answer for this long (zero:
+	// never). Every write of a patient then returns only this long after it
+	// committed, so an answer read before a write is gone from every cache
+	// by the time the write is acknowledged: a send that starts after an
+	// opt-out returned never sees the patient as opted in. GetPatient
+	// announces the lease in its response header (grpcx.ReadLeaseHeader);
+	// callers that honour it count it from before they asked.
+	ReadLease time.Duration
 }
 
-// Flags registers the service's own flags on fs. The preferences service has
-// none beyond svcmain.Common's (--database-dsn is common); it exists so every
-// service is configured the same way.
-func (c *Config) Flags(fs *flag.FlagSet) {}
+// DefaultReadLease is --read-lease's default in the standalone binary: the
+// delivery service asks once per patient and token per 250 ms instead of
+// once per send, and an opt-out or a directory change returns 250 ms later.
+const DefaultReadLease = 250 * time.Millisecond
+
+// Flags registers the service's own flags on fs (--database-dsn is
+// svcmain.Common's).
+func (c *Config) Flags(fs *flag.FlagSet) {
+	fs.DurationVar(&c.ReadLease, "read-lease", DefaultReadLease,
+		"how long callers may keep a GetPatient answer; every patient write returns that long after its commit (0: no lease, writes return at once). While a roll-out lowers it, a write on a replica with the new value may return before an answer leased by one with the old value has run out")
+}
+
+// MaxReadLease bounds ReadLease: it delays every patient write.
+const MaxReadLease = 5 * time.Second
 
 // Validate reports every problem of c at once.
 func (c *Config) Validate() error {
+	var problems []error
 	if c.DatabaseDSN == "" {
-		return errors.New("preferences: a database DSN is required")
+		problems = append(problems, errors.New("preferences: a database DSN is required"))
 	}
-	return nil
+	if c.ReadLease < 0 || c.ReadLease > MaxReadLease {
+		problems = append(problems, fmt.Errorf("preferences: --read-lease must be 0 to %s", MaxReadLease))
+	}
+	return errors.Join(problems...)
 }
 
 // Deps are what the service is given.
@@ -73,7 +96,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	return &Service{
 		db:    db,
-		api:   grpcapi.New(app.New(st, log, nil)),
+		api:   grpcapi.New(app.New(st, log, nil), cfg.ReadLease),
 		relay: outbox.NewRelay(db, deps.JS, log),
 	}, nil
 }

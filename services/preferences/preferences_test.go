@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -39,11 +40,17 @@ type env struct {
 
 func newEnv(t *testing.T, b testkit.Backend) *env {
 	t.Helper()
+	return newEnvLease(t, b, 0)
+}
+
+// newEnvLease is newEnv with a read lease (preferences.Config.ReadLease).
+func newEnvLease(t *testing.T, b testkit.Backend, lease time.Duration) *env {
+	t.Helper()
 	_, _, js := testkit.NATS(t)
 	tokens, verifier := testkit.NewTokens()
 	log := testkit.Logger(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	svc, err := preferences.New(ctx, preferences.Config{DatabaseDSN: b.DSN(t)}, preferences.Deps{Log: log, JS: js})
+	svc, err := preferences.New(ctx, preferences.Config{DatabaseDSN: b.DSN(t), ReadLease: lease}, preferences.Deps{Log: log, JS: js})
 	require.NoError(t, err)
 	srv := grpcx.NewServer(log, verifier)
 	svc.Register(srv.Server)
@@ -411,4 +418,44 @@ func TestListPatientsSearchAndPages(t *testing.T) {
 		require.NoError(t, err)
 		require.Empty(t, res.GetPatients())
 	})
+}
+
+// With a read lease, GetPatient announces it and every patient write
+// returns only a lease after its commit; without one, neither.
+func TestReadLease(t *testing.T) {
+	t.Parallel()
+	const lease = 300 * time.Millisecond
+	for _, b := range testkit.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			for _, l := range []time.Duration{lease, 0} {
+				e := newEnvLease(t, b, l)
+				start := time.Now()
+				_, err := e.client.UpsertPatient(e.as("pms", "system", "pr"), upsertReq("patients/p1", "e1", "Ana Ruiz", "1990-01-01", true))
+				require.NoError(t, err)
+				upsert := time.Since(start)
+				start = time.Now()
+				_, err = e.client.UpdateCommunicationPreferences(e.as("p1", "patient", "pr"), &preferencesv1.UpdateCommunicationPreferencesRequest{
+					CommunicationPreferences: &preferencesv1.CommunicationPreferences{Name: "patients/p1/communicationPreferences", ChatOptIn: true}})
+				require.NoError(t, err)
+				update := time.Since(start)
+				var header metadata.MD
+				p, err := e.client.GetPatient(e.as("d", "dentist", "pr"), &preferencesv1.GetPatientRequest{Name: "patients/p1"}, grpc.Header(&header))
+				require.NoError(t, err)
+				require.True(t, p.GetChatEligible())
+				if l > 0 {
+					require.GreaterOrEqual(t, upsert, lease, "an upsert returns a lease after its commit")
+					require.GreaterOrEqual(t, update, lease, "an opt-in change returns a lease after its commit")
+					require.Equal(t, []string{"300000"}, header.Get(grpcx.ReadLeaseHeader))
+				} else {
+					require.Empty(t, header.Get(grpcx.ReadLeaseHeader))
+				}
+				// A refusal carries no lease.
+				header = nil
+				_, err = e.client.GetPatient(e.as("p2", "patient", "pr"), &preferencesv1.GetPatientRequest{Name: "patients/p1"}, grpc.Header(&header))
+				requireCode(t, err, codes.NotFound, "NOT_FOUND")
+				require.Empty(t, header.Get(grpcx.ReadLeaseHeader))
+			}
+		})
+	}
 }

@@ -78,6 +78,8 @@ func Dial(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(8 << 20)),
 		grpc.WithDefaultServiceConfig(ServiceConfig),
 		grpc.WithKeepaliveParams(Keepalive),
+		grpc.WithInitialWindowSize(StreamWindow),
+		grpc.WithInitialConnWindowSize(ConnWindow),
 	}, append(telemetry.GRPCDialOptions(), extra...)...), opts...)
 	return grpc.NewClient(target, opts...)
 }
@@ -122,3 +124,10 @@ func DialListener(dial func(context.Context) (net.Conn, error)) (*grpc.ClientCon
 		return dial(ctx)
 	}))
 }
+
+// ReadLeaseHeader is the response header in which a server lets its caller
+// keep the answer for a while: the lease in microseconds, counted by the
+// caller from before it asked. The server acknowledges no write that could
+// change the answer before the lease has run out (the preferences service's
+// GetPatient: preferences.Config.ReadLease).
+const ReadLeaseHeader = "clinicchat-read-lease-us"

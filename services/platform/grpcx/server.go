@@ -88,6 +88,10 @@ func NewServer(log *zap.Logger, verifier auth.Verifier, opts ...grpc.ServerOptio
 		// they are all busy): a new goroutine per call grew its stack again
 		// through the interceptors, the handler and SQLite every time.
 		grpc.NumStreamWorkers(StreamWorkers),
+		// Fixed flow-control windows (StreamWindow): no BDP estimation,
+		// whose ping and ping ack went with nearly every call.
+		grpc.InitialWindowSize(StreamWindow),
+		grpc.InitialConnWindowSize(ConnWindow),
 	}, append(tracing, opts...)...)
 	s := &Server{Server: grpc.NewServer(opts...), Health: health.NewServer(), Metrics: m,
 		inproc: newInProcess(unary, stream, serverStats, telemetry.GRPCClientHandler())}
@@ -227,3 +231,17 @@ func (i interceptors) toStatus(ctx context.Context, method string, err error) er
 	i.log.Error("internal error", fields...)
 	return status.Errorf(codes.Internal, "Something went wrong on our side (error id %s)", id)
 }
+
+// StreamWindow and ConnWindow are the HTTP/2 flow-control windows of every
+// server and peer connection, per stream and per connection. Setting them
+// turns off grpc-go's BDP estimation, which otherwise sends a PING with the
+// first DATA frame after each ack and has the peer answer it: on calls a
+// few hundred bytes long, one at a time, that was a ping and an ack (a
+// write and a read, and often a wake-up, on each side) for nearly every
+// call. The windows are what BDP estimation would grow to on a LAN: 1 MiB
+// per stream (an 8 MiB upload still streams, the window refills as it is
+// read) and 8 MiB per connection.
+const (
+	StreamWindow = 1 << 20
+	ConnWindow   = 8 << 20
+)

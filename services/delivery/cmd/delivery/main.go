@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/clinicchat/clinicchat/services/delivery"
+	"github.com/clinicchat/clinicchat/services/delivery/internal/adapters"
 	"github.com/clinicchat/clinicchat/services/platform/svcmain"
 )
 
@@ -55,6 +56,12 @@ func run(args []string, stdout io.Writer) error {
 				return nil, err
 			}
 			*peer.conn = conn
+		}
+		if deps.Preferences != nil {
+			// GetPatient answers kept for the preferences service's read
+			// lease: per send, no call to it in the common case, and never a
+			// stale opt-out (adapters.LeasedPreferences).
+			deps.Preferences = &adapters.LeasedPreferences{ClientConnInterface: deps.Preferences}
 		}
 		if cfg.ArtifactProvider.Addr != "" {
 			// TLS and the service's own credential; never the user's token.

@@ -6,10 +6,16 @@ package grpcapi
 
 import (
 	"context"
+	"strconv"
 	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
 	"github.com/clinicchat/clinicchat/services/platform/errs"
+	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/preferences/internal/app"
 )
@@ -18,10 +24,41 @@ import (
 type Server struct {
 	preferencesv1.UnimplementedPreferencesServiceServer
 	app *app.App
+	// lease is how long a caller may keep a GetPatient answer (zero: not
+	// at all); every patient write returns that long after its commit.
+	lease       time.Duration
+	leaseHeader metadata.MD
 }
 
-// New returns the gRPC server of a.
-func New(a *app.App) *Server { return &Server{app: a} }
+// New returns the gRPC server of a. With a lease, GetPatient announces it
+// in its response header (grpcx.ReadLeaseHeader) and UpsertPatient and
+// UpdateCommunicationPreferences return only lease after their commit (see
+// preferences.Config.ReadLease).
+func New(a *app.App, lease time.Duration) *Server {
+	s := &Server{app: a, lease: lease}
+	if lease > 0 {
+		s.leaseHeader = metadata.Pairs(grpcx.ReadLeaseHeader, strconv.FormatInt(lease.Microseconds(), 10))
+	}
+	return s
+}
+
+// outlast waits out the read lease after a committed write, so that no
+// caller still holds an answer read before it when it is acknowledged. A
+// caller that gives up meanwhile gets its context's error: the write is
+// committed all the same (every write here is idempotent to retry).
+func (s *Server) outlast(ctx context.Context) error {
+	if s.lease <= 0 {
+		return nil
+	}
+	t := time.NewTimer(s.lease)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
 // patientID parses "patients/{patient}".
 func patientID(name, field string) (string, error) {
@@ -63,6 +100,9 @@ func (s *Server) UpsertPatient(ctx context.Context, req *preferencesv1.UpsertPat
 	if err != nil {
 		return nil, err
 	}
+	if err := s.outlast(ctx); err != nil {
+		return nil, err
+	}
 	return app.PatientProto(out), nil
 }
 
@@ -75,6 +115,13 @@ func (s *Server) GetPatient(ctx context.Context, req *preferencesv1.GetPatientRe
 	out, err := s.app.GetPatient(ctx, id)
 	if err != nil {
 		return nil, err
+	}
+	if s.leaseHeader != nil {
+		// Only a successful answer carries the lease: refusals and errors
+		// are never kept.
+		if err := grpc.SetHeader(ctx, s.leaseHeader); err != nil {
+			return nil, err
+		}
 	}
 	return app.PatientProto(out), nil
 }
@@ -122,6 +169,9 @@ func (s *Server) UpdateCommunicationPreferences(ctx context.Context, req *prefer
 	}
 	out, err := s.app.UpdatePreferences(ctx, id, prefs.GetChatOptIn())
 	if err != nil {
+		return nil, err
+	}
+	if err := s.outlast(ctx); err != nil {
 		return nil, err
 	}
 	return app.PreferencesProto(out), nil
