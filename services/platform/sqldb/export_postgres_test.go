@@ -23,3 +23,7 @@ func WriteCounter(tx *Tx) func() int {
 	f := tx.pg.filter
 	return func() int { return f.writes }
 }
+
+// WaitingWrites is how many writes wait for a group-commit lane
+// (PostgreSQL): every lane is busy and none has taken them yet.
+func WaitingWrites(d *DB) int { return int(d.pgWaiting.Load()) }

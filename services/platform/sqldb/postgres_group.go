@@ -124,11 +124,15 @@ func (d *DB) writeGrouped(ctx context.Context, fn func(tx *Tx) error) error {
 		return d.writePostgresAlone(ctx, fn)
 	}
 	j := &pgJob{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	d.pgWaiting.Add(1)
 	select {
 	case d.pgJobs <- j:
+		d.pgWaiting.Add(-1)
 	case <-ctx.Done():
+		d.pgWaiting.Add(-1)
 		return ctx.Err()
 	case <-d.pgStop:
+		d.pgWaiting.Add(-1)
 		return errClosed
 	}
 	err := <-j.done

@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -84,6 +85,8 @@ type DB struct {
 	pgJobs chan *pgJob
 	pgStop chan struct{}
 	pgWG   sync.WaitGroup
+	// pgWaiting counts the writes waiting for a lane (tests).
+	pgWaiting atomic.Int32
 }
 
 // readConns is the size of a SQLite database's read pool, and
