@@ -137,6 +137,7 @@ func (d *DB) writeGrouped(ctx context.Context, fn func(tx *Tx) error) error {
 	}
 	err := <-j.done
 	if err == errAlone {
+		d.pgAlone.Add(1)
 		return d.writePostgresAlone(ctx, fn)
 	}
 	if p, ok := err.(fnPanic); ok {
@@ -220,7 +221,7 @@ func (b *pgBatch) run(j *pgJob) {
 	}
 	p := b.p
 	first := len(b.jobs) == 0
-	sets0, at0, lt0, flushes0 := len(p.sets), len(p.atCommit), b.lt, p.flushes
+	sets0, at0, lt0, flushes0, locals0 := len(p.sets), len(p.atCommit), b.lt, p.flushes, p.locals
 	var sp string
 	t := &Tx{pg: p, dialect: Postgres}
 	if !first {
@@ -260,8 +261,9 @@ func (b *pgBatch) run(j *pgJob) {
 	p.atCommit = p.atCommit[:at0]
 	switch {
 	case p.flushes == flushes0 && (!first || !p.begun):
-		// Nothing of it reached the server.
-		p.sets, b.lt, p.locals = p.sets[:sets0], lt0, nil
+		// Nothing of it reached the server: the next write resets what
+		// the one before it set.
+		p.sets, b.lt, p.locals = p.sets[:sets0], lt0, locals0
 	case first:
 		p.rollback(j.ctx)
 		p.release()

@@ -185,7 +185,7 @@ func TestPostgresGroupCommitKeepsEachThreadsOrder(t *testing.T) {
 }
 
 // openPGSchema opens schema (another DB's) with its own pool.
-func openPGSchema(t *testing.T, schema, params string) *sqldb.DB {
+func openPGSchema(t testing.TB, schema, params string) *sqldb.DB {
 	t.Helper()
 	dsn := testkit.PostgresDSN()
 	sep := "?"

@@ -87,6 +87,8 @@ type DB struct {
 	pgWG   sync.WaitGroup
 	// pgWaiting counts the writes waiting for a lane (tests).
 	pgWaiting atomic.Int32
+	// pgAlone counts the writes a lane gave back to run alone (tests).
+	pgAlone atomic.Int64
 }
 
 // readConns is the size of a SQLite database's read pool, and
