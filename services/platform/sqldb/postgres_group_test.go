@@ -243,3 +243,59 @@ func TestPostgresGroupCommitScopesSetLocal(t *testing.T) {
 	require.Equal(t, ids[0], ids[1], "one transaction")
 	require.Equal(t, [2]string{"force_generic_plan", "auto"}, seen)
 }
+
+// A joined write that waits for a lock another transaction holds gives way
+// after lock_timeout instead of holding its transaction's other writes
+// (and their locks) up: it is rolled back to its savepoint, the others
+// commit, and it runs again alone, waiting for the lock as long as it
+// takes.
+func TestPostgresGroupCommitJoinedWriteGivesWayOnALock(t *testing.T) {
+	db := openPG(t, "&group_commit_lanes=1")
+	ctx := context.Background()
+	var schema string
+	require.NoError(t, db.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema))
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return insertKV(ctx, tx, "locked", 1) }))
+	other := openPGSchema(t, schema, "&group_commit_lanes=0&pool_max_conns=1")
+	locked, letOther := make(chan struct{}), make(chan struct{})
+	otherDone := make(chan error, 1)
+	go func() {
+		otherDone <- other.Write(ctx, func(tx *sqldb.Tx) error {
+			if _, err := tx.Exec(ctx, `UPDATE kv SET v = 'other' WHERE k = ?`, "locked"); err != nil {
+				return err
+			}
+			close(locked)
+			<-letOther
+			return nil
+		})
+	}()
+	<-locked
+	errs := make([]chan error, 2)
+	for i := range errs {
+		errs[i] = make(chan error, 1)
+	}
+	release := holdLane(t, db, 2, func(i int) {
+		errs[i] <- db.Write(ctx, func(tx *sqldb.Tx) error {
+			if i == 1 {
+				_, err := tx.Exec(ctx, `UPDATE kv SET v = 'joined' WHERE k = ?`, "locked")
+				return err
+			}
+			return insertKV(ctx, tx, "free", 1)
+		})
+	})
+	// The held write and the free one commit while the lock is still held.
+	require.NoError(t, release())
+	deadline := time.Now().Add(10 * time.Second)
+	for sqldb.AloneWrites(db) < 1 {
+		require.True(t, time.Now().Before(deadline), "the locked write never gave way")
+		runtime.Gosched()
+	}
+	require.NoError(t, <-errs[0], "committed with the held write, the lock still held")
+	close(letOther)
+	require.NoError(t, <-otherDone)
+	require.NoError(t, <-errs[1])
+	require.Contains(t, kvKeys(t, db), "free")
+	var v string
+	require.NoError(t, db.QueryRow(ctx, `SELECT v FROM kv WHERE k = ?`, "locked").Scan(&v))
+	require.Equal(t, "joined", v, "the joined write ran again after the other transaction")
+	require.EqualValues(t, 1, sqldb.AloneWrites(db))
+}
