@@ -574,8 +574,11 @@ func (t *Tx) SetLocal(ctx context.Context, name, value string) error {
 
 // Write runs fn in a transaction and returns once it is durably committed.
 // If fn returns an error nothing it wrote is kept. fn may run again on
-// PostgreSQL after a serialization failure, so it must not have side effects
-// outside tx.
+// PostgreSQL after a serialization failure (or a deadlock, a lock wait in a
+// group commit it joined, a group commit's refused COMMIT: nothing of the
+// earlier run is kept), so it must not have side effects outside tx. On
+// PostgreSQL, a write that joined another's transaction runs to its end
+// even if ctx ends meanwhile, and Write then reports its outcome.
 func (d *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
 	if d.dialect == Postgres {
 		return d.writePostgres(ctx, fn)
