@@ -23,3 +23,11 @@ func WriteCounter(tx *Tx) func() int {
 	f := tx.pg.filter
 	return func() int { return f.writes }
 }
+
+// WaitingWrites is how many writes wait for a group-commit lane
+// (PostgreSQL): every lane is busy and none has taken them yet.
+func WaitingWrites(d *DB) int { return int(d.pgWaiting.Load()) }
+
+// AloneWrites is how many writes a group-commit lane gave back to run
+// again alone (a lock timeout, a serialization failure, a deadlock).
+func AloneWrites(d *DB) int64 { return d.pgAlone.Load() }

@@ -25,12 +25,24 @@ type pgTx struct {
 	// atCommit holds ExecAtCommit's statements: they go with COMMIT, in
 	// one network write (commitWith).
 	atCommit []atCommitStmt
-	// sets are SET LOCAL statements to go ahead of the next statement
-	// (SetLocal); armedBegin and armedSets what the filter is armed with.
-	sets       []string
+	// sets are parameterless statements to go ahead of the next statement
+	// (SetLocal's SET LOCAL; a group commit's SAVEPOINT): armedBegin and
+	// armedSets what the filter is armed with.
+	sets       []preStmt
 	armedBegin bool
-	armedSets  []string
+	armedSets  []preStmt
+	// flushes counts the times the pending statements (BEGIN, sets) went
+	// out ahead of a statement: a group commit tells by it whether a
+	// write reached the server. locals are the settings SetLocal set since
+	// the group commit last looked (pgBatch).
+	flushes    int
+	armedFlush bool
+	locals     []string
 }
+
+// preStmt is a statement sent ahead of another and the tag of its reply
+// (beginFilter checks it).
+type preStmt struct{ q, tag string }
 
 type atCommitStmt struct {
 	q    string
@@ -90,11 +102,12 @@ func (p *pgTx) before(ctx context.Context, simple bool) error {
 			p.begun = true
 		}
 		for len(p.sets) > 0 {
-			if err := p.exec(ctx, p.sets[0]); err != nil {
+			if err := p.exec(ctx, p.sets[0].q); err != nil {
 				return err
 			}
 			p.sets = p.sets[1:]
 		}
+		p.flushes++
 		return nil
 	}
 	p.filter.armed = true
@@ -104,13 +117,15 @@ func (p *pgTx) before(ctx context.Context, simple bool) error {
 		if !p.begun {
 			pre, tags = append(pre, beginMsgs...), append(tags, beginTags...)
 		}
-		for _, q := range p.sets {
-			pre, tags = encodeSimple(pre, q), append(tags, "SET")
+		for _, st := range p.sets {
+			pre, tags = encodeSimple(pre, st.q), append(tags, st.tag)
 		}
 		p.filter.pre, p.filter.preTags = pre, tags
 	}
 	p.armedBegin, p.armedSets = !p.begun, p.sets
 	p.begun, p.sets = true, nil
+	p.flushes++
+	p.armedFlush = true
 	return nil
 }
 
@@ -122,8 +137,11 @@ func (p *pgTx) after() {
 		p.filter.disarm()
 		p.begun = p.begun && !p.armedBegin
 		p.sets = append(p.armedSets, p.sets...)
+		if p.armedFlush {
+			p.flushes--
+		}
 	}
-	p.armedBegin, p.armedSets = false, nil
+	p.armedBegin, p.armedSets, p.armedFlush = false, nil, false
 }
 
 // setLocal readies SET LOCAL name = value to go ahead of the transaction's
@@ -134,10 +152,11 @@ func (p *pgTx) setLocal(ctx context.Context, name, value string) error {
 		return fmt.Errorf("sqldb: SetLocal: bad setting name %q", name)
 	}
 	q := "SET LOCAL " + name + " = '" + strings.ReplaceAll(value, "'", "''") + "'"
+	p.locals = append(p.locals, name)
 	if p.filter == nil {
 		return p.exec(ctx, q)
 	}
-	p.sets = append(p.sets, q)
+	p.sets = append(p.sets, preStmt{q, "SET"})
 	return nil
 }
 
@@ -193,8 +212,8 @@ func (p *pgTx) commitWith(ctx context.Context) error {
 			p.begun = true
 			ahead++
 		}
-		for _, q := range p.sets {
-			b.Queue(q)
+		for _, st := range p.sets {
+			b.Queue(st.q)
 		}
 		p.sets = nil
 		for _, s := range p.atCommit {

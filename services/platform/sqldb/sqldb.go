@@ -3,7 +3,8 @@
 // rebound for PostgreSQL. Writes go through Write, which owns the transaction:
 // on SQLite, one writer goroutine group-commits concurrent writes into one
 // durable transaction (synchronous=FULL), each write in its own savepoint; on
-// PostgreSQL, each write is its own transaction and the server group-commits.
+// PostgreSQL, concurrent writes share a transaction too, each in a savepoint
+// of its own (postgres_group.go).
 // WriteDeferred is a write that on SQLite waits a little for another write's
 // group commit to join instead of starting one.
 package sqldb
@@ -20,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -78,6 +80,15 @@ type DB struct {
 
 	// PostgreSQL: BEGIN goes with a write's first statement (pgTx).
 	pipelined bool
+	// PostgreSQL: the group commit's lanes take writes from pgJobs
+	// (postgres_group.go).
+	pgJobs chan *pgJob
+	pgStop chan struct{}
+	pgWG   sync.WaitGroup
+	// pgWaiting counts the writes waiting for a lane (tests).
+	pgWaiting atomic.Int32
+	// pgAlone counts the writes a lane gave back to run alone (tests).
+	pgAlone atomic.Int64
 }
 
 // readConns is the size of a SQLite database's read pool, and
@@ -175,6 +186,10 @@ func openPostgres(ctx context.Context, dsn string) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
+	dsn, lanes, err := groupLanes(dsn)
+	if err != nil {
+		return nil, err
+	}
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
@@ -190,7 +205,9 @@ func openPostgres(ctx context.Context, dsn string) (*DB, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("connect postgres: %w", err)
 	}
-	return &DB{dialect: Postgres, read: db, write: db, pipelined: pipelined}, nil
+	d := &DB{dialect: Postgres, read: db, write: db, pipelined: pipelined}
+	d.startLanes(lanes)
+	return d, nil
 }
 
 func openSQLite(ctx context.Context, dsn string) (*DB, error) {
@@ -331,6 +348,7 @@ func (d *DB) committed(signals []string, hands []handed) {
 
 // Close stops the writer and closes the connections.
 func (d *DB) Close() error {
+	d.stopLanes()
 	if d.stop != nil {
 		close(d.stop)
 		d.wg.Wait()
@@ -408,8 +426,12 @@ func rebind(d Dialect, q string) string {
 
 // Tx is a write transaction (on SQLite, a savepoint inside a group commit).
 type Tx struct {
-	tx      *sql.Tx // PostgreSQL, BEGIN on its own
-	pg      *pgTx   // PostgreSQL, BEGIN with the first statement
+	tx *sql.Tx // PostgreSQL, BEGIN on its own
+	pg *pgTx   // PostgreSQL, BEGIN with the first statement
+	// batch is the context of the transaction a joined write of a group
+	// commit runs in (PostgreSQL): its statements live by it, not by
+	// their caller's.
+	batch   context.Context
 	dialect Dialect
 	db      *DB      // SQLite: the writer's connection and statements
 	signals []string // topics to signal after the commit
@@ -461,6 +483,9 @@ func (t *Tx) Dialect() Dialect { return t.dialect }
 func (t *Tx) stmtCtx(ctx context.Context) context.Context {
 	if t.dialect == SQLite {
 		return context.WithoutCancel(ctx)
+	}
+	if t.batch != nil {
+		return batchCtx{Context: t.batch, values: ctx}
 	}
 	return ctx
 }
@@ -549,8 +574,11 @@ func (t *Tx) SetLocal(ctx context.Context, name, value string) error {
 
 // Write runs fn in a transaction and returns once it is durably committed.
 // If fn returns an error nothing it wrote is kept. fn may run again on
-// PostgreSQL after a serialization failure, so it must not have side effects
-// outside tx.
+// PostgreSQL after a serialization failure (or a deadlock, a lock wait in a
+// group commit it joined, a group commit's refused COMMIT: nothing of the
+// earlier run is kept), so it must not have side effects outside tx. On
+// PostgreSQL, a write that joined another's transaction runs to its end
+// even if ctx ends meanwhile, and Write then reports its outcome.
 func (d *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
 	if d.dialect == Postgres {
 		return d.writePostgres(ctx, fn)
@@ -585,6 +613,11 @@ func (d *DB) enqueue(ctx context.Context, q chan *job, j *job) error {
 }
 
 func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
+	return d.writeGrouped(ctx, fn)
+}
+
+// writePostgresAlone runs fn in a transaction of its own.
+func (d *DB) writePostgresAlone(ctx context.Context, fn func(tx *Tx) error) error {
 	for attempt := 0; ; attempt++ {
 		t, commit, rollback, err := d.beginPostgres(ctx)
 		if err != nil {
@@ -660,20 +693,31 @@ func IsUniqueViolation(err error) bool {
 // would refuse it as an unknown setting) and returns its value, or
 // DefaultPostgresConns without it.
 func poolMaxConns(dsn string) (string, int, error) {
-	u, err := url.Parse(dsn)
-	if err != nil {
-		return "", 0, errors.New("open postgres: the DSN is not a URL")
-	}
-	q := u.Query()
-	v := q.Get("pool_max_conns")
-	if v == "" {
-		return dsn, DefaultPostgresConns, nil
+	v, dsn, err := takeParam(dsn, "pool_max_conns")
+	if err != nil || v == "" {
+		return dsn, DefaultPostgresConns, err
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > 1000 {
 		return "", 0, fmt.Errorf("open postgres: pool_max_conns=%q must be a whole number from 1 to 1000", v)
 	}
-	q.Del("pool_max_conns")
+	return dsn, n, nil
+}
+
+// takeParam takes the query parameter name out of a postgres:// DSN (the
+// server would refuse it as an unknown setting) and returns its value ("" if
+// absent) and the DSN without it.
+func takeParam(dsn, name string) (string, string, error) {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "", "", errors.New("open postgres: the DSN is not a URL")
+	}
+	q := u.Query()
+	v := q.Get(name)
+	if v == "" {
+		return "", dsn, nil
+	}
+	q.Del(name)
 	u.RawQuery = q.Encode()
-	return u.String(), n, nil
+	return v, u.String(), nil
 }
