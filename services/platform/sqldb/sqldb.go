@@ -583,7 +583,7 @@ func (d *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
 	if d.dialect == Postgres {
 		return d.writePostgres(ctx, fn)
 	}
-	return d.enqueue(ctx, d.jobs, &job{ctx: ctx, fn: fn, done: make(chan error, 1)})
+	return d.enqueue(ctx, d.jobs, &job{ctx: ctx, fn: fn, done: make(chan error, 1), queued: time.Now()})
 }
 
 // WriteDeferred is Write for a write that need not commit at once: on

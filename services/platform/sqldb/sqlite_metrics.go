@@ -17,7 +17,18 @@ type sqliteMetrics struct {
 	jobs       prometheus.Histogram
 	framesDesc *prometheus.Desc
 	frames     atomic.Uint64 // WAL frames written by the writer (counted after each commit)
+
+	// wait: a Write's time in the queue (queued → its statements start);
+	// run: from its statements' start to its commit's end (the rest of the
+	// batch's statements and the COMMIT). Deferred writes are not counted
+	// (they wait on purpose). statements and commit: each batch's time in
+	// the jobs' statements (savepoints included) and in COMMIT (the WAL
+	// frames' pwrites and the fsync).
+	wait, run, statements, commit prometheus.Histogram
 }
+
+// latencyBuckets spans 25 µs to ~0.3 s in steps of ×1.5.
+var latencyBuckets = prometheus.ExponentialBuckets(25e-6, 1.5, 24)
 
 func newSQLiteMetrics(name string) *sqliteMetrics {
 	labels := prometheus.Labels{"db": name}
@@ -32,6 +43,26 @@ func newSQLiteMetrics(name string) *sqliteMetrics {
 			Help:        "Writes (DB.Write calls) carried by each commit of the SQLite database's writer.",
 			ConstLabels: labels,
 			Buckets:     []float64{1, 2, 4, 8, 16, 32, 64, 128},
+		}),
+		wait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "clinicchat_sqldb_write_wait_seconds",
+			Help:        "Time a write (DB.Write) waited in the SQLite writer's queue before its statements ran: behind the batch running when it came.",
+			ConstLabels: labels, Buckets: latencyBuckets,
+		}),
+		run: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "clinicchat_sqldb_write_run_seconds",
+			Help:        "Time from a write's (DB.Write) statements' start to its durable commit: its statements, the rest of its batch's and the COMMIT.",
+			ConstLabels: labels, Buckets: latencyBuckets,
+		}),
+		statements: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "clinicchat_sqldb_batch_statements_seconds",
+			Help:        "Time each SQLite group commit spent in its writes' statements (savepoints included), BEGIN to COMMIT.",
+			ConstLabels: labels, Buckets: latencyBuckets,
+		}),
+		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "clinicchat_sqldb_batch_commit_seconds",
+			Help:        "Time each SQLite group commit spent in COMMIT: writing the WAL frames and the fsync.",
+			ConstLabels: labels, Buckets: latencyBuckets,
 		}),
 		framesDesc: prometheus.NewDesc("clinicchat_sqldb_wal_frames_total",
 			"WAL frames (database pages) written by the SQLite database's commits.", nil, labels),
@@ -56,6 +87,10 @@ func (c dbCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	c.d.metrics.commits.Describe(ch)
 	c.d.metrics.jobs.Describe(ch)
+	c.d.metrics.wait.Describe(ch)
+	c.d.metrics.run.Describe(ch)
+	c.d.metrics.statements.Describe(ch)
+	c.d.metrics.commit.Describe(ch)
 	ch <- c.d.metrics.framesDesc
 }
 
@@ -66,5 +101,9 @@ func (c dbCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	m.commits.Collect(ch)
 	m.jobs.Collect(ch)
+	m.wait.Collect(ch)
+	m.run.Collect(ch)
+	m.statements.Collect(ch)
+	m.commit.Collect(ch)
 	ch <- prometheus.MustNewConstMetric(m.framesDesc, prometheus.CounterValue, float64(m.frames.Load()))
 }

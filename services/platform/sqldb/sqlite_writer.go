@@ -103,6 +103,8 @@ type job struct {
 	fn   func(tx *Tx) error
 	done chan error
 	due  time.Time // WriteDeferred: when it runs even if no other write came
+
+	queued, started time.Time // Write: when it was queued, when its statements started
 }
 
 const maxBatch = 128
@@ -185,6 +187,7 @@ func (d *DB) runBatch(batch []*job, results []error) {
 		}
 	}
 	ctx := context.Background()
+	began := time.Now()
 	if _, err := w.begin.ExecContext(ctx); err != nil {
 		fail(fmt.Errorf("begin: %w", err))
 		return
@@ -196,6 +199,10 @@ func (d *DB) runBatch(batch []*job, results []error) {
 	for {
 		for i := len(results); i < len(batch); i++ {
 			j := batch[i]
+			if !j.queued.IsZero() {
+				j.started = time.Now()
+				d.metrics.wait.Observe(j.started.Sub(j.queued).Seconds())
+			}
 			if err := j.ctx.Err(); err != nil {
 				results = append(results, err)
 				continue
@@ -237,9 +244,18 @@ func (d *DB) runBatch(batch []*job, results []error) {
 			break
 		}
 	}
+	committing := time.Now()
 	if _, err := w.commit.ExecContext(ctx); err != nil {
 		fail(fmt.Errorf("commit: %w", err))
 		return
+	}
+	end := time.Now()
+	d.metrics.statements.Observe(committing.Sub(began).Seconds())
+	d.metrics.commit.Observe(end.Sub(committing).Seconds())
+	for _, j := range batch {
+		if !j.started.IsZero() {
+			d.metrics.run.Observe(end.Sub(j.started).Seconds())
+		}
 	}
 	d.metrics.commits.Inc()
 	d.metrics.jobs.Observe(float64(len(batch)))

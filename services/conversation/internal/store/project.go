@@ -106,6 +106,10 @@ func byThread(ms []domain.MessageApplied) []thread {
 	return out
 }
 
+// projectDelay is how long a projected batch may wait on SQLite for another
+// write's commit to join (sqldb.WriteDeferred).
+const projectDelay = 3 * time.Millisecond
+
 // ApplyMessages implements domain.Repository.
 func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 	evs func(m domain.MessageApplied, c domain.Conversation, recipients []string) []domain.Event) ([]domain.Outcome, error) {
@@ -121,7 +125,7 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 		}
 	}
 	var joined []string // participants the batch made sure of
-	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
+	err := s.db.WriteDeferred(ctx, projectDelay, func(tx *sqldb.Tx) error {
 		// PostgreSQL may run this again.
 		events, traces, joined = events[:0], traces[:0], joined[:0]
 		live, err := lockThreads(ctx, tx, threads)
