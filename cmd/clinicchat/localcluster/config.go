@@ -57,6 +57,10 @@ type Config struct {
 	// Env is extra environment for every process ("OTEL_EXPORTER_OTLP_ENDPOINT=…"
 	// turns tracing on; CLINICCHAT_* settings are never passed on).
 	Env []string
+	// AllCPUs runs every process with Go's default GOMAXPROCS (every CPU of
+	// the machine) instead of the one its CPU limit in deploy/k8s gives it in
+	// a pod (CPULimit).
+	AllCPUs bool
 }
 
 // Flags registers the flags of deploy/local/up.
@@ -78,6 +82,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.PlaintextServices, "plaintext-services", false, "no TLS between the processes (default: mutual TLS with a local CA and certificates under --data-dir/tls)")
 	fs.StringVar(&c.BinDir, "bin-dir", "", "use the binaries already built there (empty: go build them into --data-dir/bin)")
 	fs.IntVar(&c.DBConns, "db-conns", 8, "PostgreSQL connections of each service process (all of them together stay under the server's max_connections)")
+	fs.BoolVar(&c.AllCPUs, "all-cpus", false, "run every process with Go's default GOMAXPROCS (every CPU) instead of its CPU limit in deploy/k8s (1, the gateway 2), which Go reads in a pod; $GOMAXPROCS, when set, wins either way")
 	fs.Func("service-flag", "an extra flag for every service process, repeatable (e.g. --service-flag=--limit-sends-per-second=1000 for a load test)", func(v string) error {
 		if !strings.HasPrefix(v, "-") {
 			return fmt.Errorf("%q is not a flag (it starts with -)", v)
