@@ -133,7 +133,7 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 // readBatch bounds the read receipts of one transaction.
-const readBatch = 32
+const readBatch = 64
 
 // Close closes the database.
 func (s *Service) Close() error { return s.db.Close() }

@@ -49,7 +49,7 @@ func (a *App) HandleConversationReads(ctx context.Context, msgs []jetstream.Msg)
 
 // DefaultReadWindow is how long the read consumer lets receipts gather
 // for its next transaction (ReadConsumer).
-const DefaultReadWindow = 10 * time.Millisecond
+const DefaultReadWindow = 20 * time.Millisecond
 
 // ReadConsumer is HandleConversationReads paced for the consumer's batches
 // (natsx.ConsumeBatch, at most max receipts each): after a batch that was
