@@ -122,17 +122,18 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error { return s.relay.Run(ctx) })
 	g.Go(func() error {
 		// One transaction per batch of read receipts (idempotent and
-		// order-free), acked after its commit.
+		// order-free), acked after its commit; batches paced to gather
+		// (app.ReadConsumer).
 		return natsx.ConsumeBatch(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
 			Stream: natsx.StreamConversation, Durable: "delivery-receipts",
 			FilterSubjects: natsx.Filter(natsx.SubjectConversationRead),
-		}, readBatch, s.app.HandleConversationReads)
+		}, readBatch, s.app.ReadConsumer(app.DefaultReadWindow, readBatch))
 	})
 	return g.Wait()
 }
 
 // readBatch bounds the read receipts of one transaction.
-const readBatch = 32
+const readBatch = 64
 
 // Close closes the database.
 func (s *Service) Close() error { return s.db.Close() }

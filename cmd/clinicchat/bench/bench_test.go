@@ -83,8 +83,13 @@ func TestBenchReadReceipts(t *testing.T) {
 			require.Len(t, res.AckedNames, receipts)
 			require.Zero(t, res.Lost, "a markRead acknowledged whose receipt never reached the sender's stream")
 			require.Zero(t, res.Duplicated, "a receipt seen twice on the sender's stream")
+			require.Zero(t, res.OutOfOrder, "a thread's receipts reached its sender out of message order")
 			require.Empty(t, res.Errors)
 			require.Equal(t, receipts, res.Receipts)
+			// Receipts are gathered and coalesced on their way to the
+			// senders (delivery's read consumer); the audit logs every
+			// markRead all the same, one record each.
+			require.Equal(t, receipts, auditedReads(t, "http://"+in.HTTPAddr, res.Practice))
 			require.Equal(t, receipts, res.Stream.Count)
 			require.Positive(t, res.ReceiptsPerS)
 			require.NotNil(t, res.Server)

@@ -220,8 +220,9 @@ type stream struct {
 	duplicates int
 	// reads stamps each message first read with status READ on a
 	// message.updated (a read receipt); readDups counts READ seen again.
-	reads    map[string]time.Time
-	readDups int
+	reads     map[string]time.Time
+	readOrder []string // message names in the order their READ was first seen
+	readDups  int
 	// receiptsOf, when set, is the one thread whose receipts the stream
 	// counts: others' are skipped without decoding them (a staff stream
 	// carries every thread's receipts of the practice). Until it is set
@@ -239,6 +240,7 @@ type seen struct {
 	order      []string
 	duplicates int
 	reads      map[string]time.Time
+	readOrder  []string
 	readDups   int
 	resets     int
 	reconnects int
@@ -400,7 +402,9 @@ func (s *stream) read(body io.ReadCloser, stop context.CancelFunc) {
 					if _, dup := s.reads[string(name)]; dup {
 						s.readDups++
 					} else {
-						s.reads[string(name)] = at
+						name := string(name)
+						s.reads[name] = at
+						s.readOrder = append(s.readOrder, name)
 						s.progressed()
 					}
 					s.mu.Unlock()
@@ -504,7 +508,7 @@ func (s *stream) snapshot() seen {
 	defer s.mu.Unlock()
 	out := seen{first: make(map[string]time.Time, len(s.first)), order: slices.Clone(s.order),
 		duplicates: s.duplicates, resets: s.resets, reconnects: s.reconnects,
-		reads: maps.Clone(s.reads), readDups: s.readDups}
+		reads: maps.Clone(s.reads), readOrder: slices.Clone(s.readOrder), readDups: s.readDups}
 	for k, v := range s.first {
 		out.first[k] = v
 	}

@@ -108,6 +108,9 @@ func runReads(ctx context.Context, cfg Config, threads []*thread, marker readMar
 			}
 		}
 		res.Duplicated += seen.readDups
+		// Each markRead of a thread turns its next message READ: the
+		// receipts must reach the sender in message order.
+		res.OutOfOrder += outOfOrder(expect[i], seen.readOrder)
 		res.Resets += seen.resets
 		res.Reconnects += seen.reconnects
 		res.AckedNames = append(res.AckedNames, expect[i]...)

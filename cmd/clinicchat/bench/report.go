@@ -57,7 +57,7 @@ func (r *Result) writeReadText(w io.Writer) {
 	fmt.Fprintf(w, "  receipts         %d on the senders' streams, %.0f/s\n", r.Receipts, r.ReceiptsPerS)
 	fmt.Fprintf(w, "  markRead → ack    p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms\n", r.Ack.P50, r.Ack.P95, r.Ack.P99, r.Ack.Max)
 	fmt.Fprintf(w, "  markRead → sender p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms\n", r.Stream.P50, r.Stream.P95, r.Stream.P99, r.Stream.Max)
-	fmt.Fprintf(w, "  lost %d, duplicated %d, stream resets %d\n", r.Lost, r.Duplicated, r.Resets)
+	fmt.Fprintf(w, "  lost %d, duplicated %d, out of order %d, stream resets %d\n", r.Lost, r.Duplicated, r.OutOfOrder, r.Resets)
 	r.writeErrors(w)
 	r.writeServer(w, "receipt", "the senders")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
@@ -44,6 +45,53 @@ func (a *App) HandleConversationReads(ctx context.Context, msgs []jetstream.Msg)
 		}
 	}
 	return errs
+}
+
+// DefaultReadWindow is how long the read consumer lets receipts gather
+// for its next transaction (ReadConsumer).
+const DefaultReadWindow = 20 * time.Millisecond
+
+// ReadConsumer is HandleConversationReads paced for the consumer's batches
+// (natsx.ConsumeBatch, at most max receipts each): after a batch that was
+// not full it returns only once window has passed since the batch started,
+// so that the receipts arriving meanwhile queue up and share the next
+// batch's transaction, and a thread's receipts among them coalesce into
+// one advance. A receipt after a quiet spell is handled at once; each batch
+// is committed, and its events handed to the relay, before the wait, so the
+// wait delays the next batch, never this one's receipts (its acks go out
+// after the wait: a crash in between redelivers receipts that change
+// nothing). Under load the markRead callers never wait for it (they are
+// answered by conversation's commit); it costs a receipt at most window on
+// its way to the sender's stream, and saves a commit and a statement per
+// receipt of the batch. The consumer calls it from one goroutine.
+func (a *App) ReadConsumer(window time.Duration, max int) func(ctx context.Context, msgs []jetstream.Msg) []error {
+	return paced(a.HandleConversationReads, window, max, waitFor)
+}
+
+// paced is h followed, after a batch of fewer than max messages, by wait
+// for what is left of window since the batch started.
+func paced(h func(context.Context, []jetstream.Msg) []error, window time.Duration, max int,
+	wait func(context.Context, time.Duration)) func(context.Context, []jetstream.Msg) []error {
+	return func(ctx context.Context, msgs []jetstream.Msg) []error {
+		start := time.Now()
+		errs := h(ctx, msgs)
+		if len(msgs) < max {
+			if d := window - time.Since(start); d > 0 {
+				wait(ctx, d)
+			}
+		}
+		return errs
+	}
+}
+
+// waitFor waits d or until ctx ends.
+func waitFor(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // coalesce merges each run of sorted receipts of one thread, side and

@@ -1,0 +1,4 @@
+package app
+
+// Paced exposes paced to the tests.
+var Paced = paced
