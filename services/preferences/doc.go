@@ -34,4 +34,6 @@
 // they asked, and every patient write returns only that long after its
 // commit, so no caller holds an answer older than an acknowledged write
 // (the delivery service's per-send check: delivery's LeasedPreferences).
+// A write that creates a patient (no answer about them existed) or changes
+// nothing more than a lease after the last change does not wait.
 package preferences

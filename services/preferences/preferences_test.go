@@ -430,22 +430,36 @@ func TestReadLease(t *testing.T) {
 			t.Parallel()
 			for _, l := range []time.Duration{lease, 0} {
 				e := newEnvLease(t, b, l)
-				start := time.Now()
+				// Creating the patient need not wait (no answer about them
+				// could be leased); changing their entry must, and so must
+				// an upsert that changes nothing within a lease of a change.
 				_, err := e.client.UpsertPatient(e.as("pms", "system", "pr"), upsertReq("patients/p1", "e1", "Ana Ruiz", "1990-01-01", true))
+				require.NoError(t, err)
+				start := time.Now()
+				_, err = e.client.UpsertPatient(e.as("pms", "system", "pr"), upsertReq("patients/p1", "e1", "Ana Ruiz-Ortega", "1990-01-01", true))
 				require.NoError(t, err)
 				upsert := time.Since(start)
 				start = time.Now()
-				_, err = e.client.UpdateCommunicationPreferences(e.as("p1", "patient", "pr"), &preferencesv1.UpdateCommunicationPreferencesRequest{
-					CommunicationPreferences: &preferencesv1.CommunicationPreferences{Name: "patients/p1/communicationPreferences", ChatOptIn: true}})
+				_, err = e.client.UpsertPatient(e.as("pms", "system", "pr"), upsertReq("patients/p1", "e1", "Ana Ruiz-Ortega", "1990-01-01", true))
 				require.NoError(t, err)
-				update := time.Since(start)
+				same := time.Since(start)
+				optIn := func() time.Duration {
+					start := time.Now()
+					_, err := e.client.UpdateCommunicationPreferences(e.as("p1", "patient", "pr"), &preferencesv1.UpdateCommunicationPreferencesRequest{
+						CommunicationPreferences: &preferencesv1.CommunicationPreferences{Name: "patients/p1/communicationPreferences", ChatOptIn: true}})
+					require.NoError(t, err)
+					return time.Since(start)
+				}
+				update, again := optIn(), optIn()
 				var header metadata.MD
 				p, err := e.client.GetPatient(e.as("d", "dentist", "pr"), &preferencesv1.GetPatientRequest{Name: "patients/p1"}, grpc.Header(&header))
 				require.NoError(t, err)
 				require.True(t, p.GetChatEligible())
 				if l > 0 {
 					require.GreaterOrEqual(t, upsert, lease, "an upsert returns a lease after its commit")
+					require.GreaterOrEqual(t, same, lease, "an upsert that changes nothing within a lease of a change waits too")
 					require.GreaterOrEqual(t, update, lease, "an opt-in change returns a lease after its commit")
+					require.GreaterOrEqual(t, again, lease, "the same opt-in again within a lease of the change waits too")
 					require.Equal(t, []string{"300000"}, header.Get(grpcx.ReadLeaseHeader))
 				} else {
 					require.Empty(t, header.Get(grpcx.ReadLeaseHeader))

@@ -85,20 +85,28 @@ func (in *UpsertInput) validate(today time.Time) error {
 // nothing writes and publishes nothing. A new patient has not opted in to
 // chat; an update keeps their opt-in. Callers: system and practice_admin.
 func (a *App) UpsertPatient(ctx context.Context, in UpsertInput) (*domain.Patient, error) {
+	p, _, err := a.UpsertPatientCreated(ctx, in)
+	return p, err
+}
+
+// UpsertPatientCreated is UpsertPatient that also says whether the write
+// created the patient (no earlier answer about them can exist).
+func (a *App) UpsertPatientCreated(ctx context.Context, in UpsertInput) (_ *domain.Patient, created bool, _ error) {
 	who, err := caller(ctx)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if !who.IsSystem() && who.Role != auth.RolePracticeAdmin {
-		return nil, a.deny(ctx, who, ActionPatientUpsert, "patients",
+		return nil, false, a.deny(ctx, who, ActionPatientUpsert, "patients",
 			errs.PermissionDenied("Only the practice management system or a practice admin can change the patient directory"))
 	}
 	in.DisplayName = strings.TrimSpace(in.DisplayName)
 	if err := in.validate(a.now().UTC()); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	key := domain.PatientKey{ID: in.ID, ExternalID: in.ExternalID}
-	return a.repo.UpsertPatient(ctx, who.Practice, key, func(cur *domain.Patient) (*domain.Patient, []domain.Event, error) {
+	p, err := a.repo.UpsertPatient(ctx, who.Practice, key, func(cur *domain.Patient) (*domain.Patient, []domain.Event, error) {
+		created = cur == nil // the last run's (a write may run again)
 		next := domain.Patient{
 			Practice:         who.Practice,
 			ID:               in.ID,
@@ -122,6 +130,10 @@ func (a *App) UpsertPatient(ctx context.Context, in UpsertInput) (*domain.Patien
 			Msg: &preferencesv1.PatientUpserted{Meta: meta, Patient: PatientProto(&next)}}
 		return &next, []domain.Event{ev}, nil
 	})
+	if err != nil {
+		return nil, false, err
+	}
+	return p, created, nil
 }
 
 // GetPatient returns one patient of the caller's practice. Callers: staff and

@@ -42,12 +42,20 @@ func New(a *app.App, lease time.Duration) *Server {
 	return s
 }
 
+// clockSlack covers the difference between replicas' clocks when outlast
+// judges, from a stored change time, whether a lease may still be running.
+const clockSlack = time.Second
+
 // outlast waits out the read lease after a committed write, so that no
 // caller still holds an answer read before it when it is acknowledged. A
 // caller that gives up meanwhile gets its context's error: the write is
 // committed all the same (every write here is idempotent to retry).
-func (s *Server) outlast(ctx context.Context) error {
-	if s.lease <= 0 {
+// changed is when what the write is about last changed (by this write or
+// another): when that is longer ago than the lease (plus clockSlack), every
+// answer read before it has run out and there is nothing to wait for, as
+// for a write that changes nothing in a directory sync.
+func (s *Server) outlast(ctx context.Context, changed time.Time) error {
+	if s.lease <= 0 || time.Since(changed) > s.lease+clockSlack {
 		return nil
 	}
 	t := time.NewTimer(s.lease)
@@ -96,12 +104,16 @@ func (s *Server) UpsertPatient(ctx context.Context, req *preferencesv1.UpsertPat
 			return nil, err
 		}
 	}
-	out, err := s.app.UpsertPatient(ctx, in)
+	out, created, err := s.app.UpsertPatientCreated(ctx, in)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.outlast(ctx); err != nil {
-		return nil, err
+	// A new patient had no answer to lease (NOT_FOUND is never kept): a
+	// first import does not wait once per patient.
+	if !created {
+		if err := s.outlast(ctx, out.UpdateTime); err != nil {
+			return nil, err
+		}
 	}
 	return app.PatientProto(out), nil
 }
@@ -171,7 +183,7 @@ func (s *Server) UpdateCommunicationPreferences(ctx context.Context, req *prefer
 	if err != nil {
 		return nil, err
 	}
-	if err := s.outlast(ctx); err != nil {
+	if err := s.outlast(ctx, out.PrefsUpdateTime); err != nil {
 		return nil, err
 	}
 	return app.PreferencesProto(out), nil
