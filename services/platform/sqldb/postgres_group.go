@@ -118,9 +118,10 @@ func (d *DB) lane() {
 	}
 }
 
-// writeGrouped hands fn to a lane (or runs it alone without lanes).
-func (d *DB) writeGrouped(ctx context.Context, fn func(tx *Tx) error) error {
-	if d.pgJobs == nil || !d.pipelined {
+// writePostgres hands fn to a lane (or runs it alone without lanes:
+// startLanes starts none without pipelining).
+func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
+	if d.pgJobs == nil {
 		return d.writePostgresAlone(ctx, fn)
 	}
 	j := &pgJob{ctx: ctx, fn: fn, done: make(chan error, 1)}

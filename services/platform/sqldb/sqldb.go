@@ -612,10 +612,6 @@ func (d *DB) enqueue(ctx context.Context, q chan *job, j *job) error {
 	return <-j.done
 }
 
-func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
-	return d.writeGrouped(ctx, fn)
-}
-
 // writePostgresAlone runs fn in a transaction of its own.
 func (d *DB) writePostgresAlone(ctx context.Context, fn func(tx *Tx) error) error {
 	for attempt := 0; ; attempt++ {
