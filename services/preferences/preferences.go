@@ -26,8 +26,9 @@ type Config struct {
 	// --database-dsn flag of svcmain).
 	DatabaseDSN string
 	// ReadLease lets callers keep a GetPatient answer for this long (zero:
-	// never). Every write of a patient then returns only this long after it
-	// committed, so an answer read before a write is gone from every cache
+	// never). Every write that changes a patient then returns only this long
+	// after it committed (creating one, or changing nothing a lease after the
+	// last change, needs no wait: grpcapi's outlast), so an answer read before a write is gone from every cache
 	// by the time the write is acknowledged: a send that starts after an
 	// opt-out returned never sees the patient as opted in. GetPatient
 	// announces the lease in its response header (grpcx.ReadLeaseHeader);
@@ -44,7 +45,7 @@ const DefaultReadLease = 250 * time.Millisecond
 // svcmain.Common's).
 func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ReadLease, "read-lease", DefaultReadLease,
-		"how long callers may keep a GetPatient answer; every patient write returns that long after its commit (0: no lease, writes return at once). While a roll-out lowers it, a write on a replica with the new value may return before an answer leased by one with the old value has run out")
+		"how long callers may keep a GetPatient answer; every patient write that changes a patient returns that long after its commit, as does one that changes nothing within a lease of the last change (0: no lease, writes return at once). While a roll-out lowers it, a write on a replica with the new value may return before an answer leased by one with the old value has run out")
 }
 
 // MaxReadLease bounds ReadLease: it delays every patient write.
