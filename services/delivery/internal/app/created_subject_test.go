@@ -37,7 +37,7 @@ func TestMessageCreatedSubjectSaysWhetherTheMessageHasAttachments(t *testing.T) 
 	_, err = a.Send(staff, app.SendRequest{Parent: "conversations/c1", Text: "x-ray", RequestID: "b", Attachments: []string{"attachments/x"}})
 	require.NoError(t, err)
 
-	rows, err := db.Query(ctx, `SELECT subject FROM outbox WHERE subject LIKE '`+natsx.SubjectMessageCreated+`.%' ORDER BY id`)
+	rows, err := db.Query(ctx, `SELECT subject FROM outbox WHERE subject LIKE '`+natsx.SubjectMessageCreated+`.%' ORDER BY seq`)
 	require.NoError(t, err)
 	defer rows.Close()
 	var got []string
