@@ -1,6 +1,7 @@
 package localcluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -103,6 +104,11 @@ type Cluster struct {
 	failErr error
 	stopped bool
 	once    sync.Once
+
+	// ports is every port freeAddr has handed out: each is released
+	// before its process binds it, so without this two processes could be
+	// given the same one (CI, Dec 1: a process exited at start-up).
+	ports map[string]bool
 }
 
 type proc struct {
@@ -136,7 +142,7 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 	}
 	cfg.DataDir = dataDir
 	c = &Cluster{cfg: cfg, logDir: filepath.Join(dataDir, "logs"), procs: map[string]*proc{}, failed: make(chan struct{}),
-		DatabaseDSN: map[string]string{}, Addrs: map[string]string{}, MetricsAddrs: map[string]string{}}
+		DatabaseDSN: map[string]string{}, Addrs: map[string]string{}, MetricsAddrs: map[string]string{}, ports: map[string]bool{}}
 	for _, d := range []string{c.logDir, c.path("blobs")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
@@ -171,7 +177,7 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 	}
 
 	if c.NATSURL = cfg.NATSURL; c.NATSURL == "" {
-		addr, err := freeAddr("127.0.0.1:0")
+		addr, err := c.freeAddr("127.0.0.1:0")
 		if err != nil {
 			return c, err
 		}
@@ -192,14 +198,14 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 	}
 	// Every address is decided first: processes dial their peers lazily.
 	for _, name := range []string{"preferences", "conversation", "attachment", "audit", "demoprovider"} {
-		if c.Addrs[name], err = freeAddr("127.0.0.1:0"); err != nil {
+		if c.Addrs[name], err = c.freeAddr("127.0.0.1:0"); err != nil {
 			return c, err
 		}
 	}
 	var replicas []string
 	for i := range cfg.DeliveryReplicas {
 		name := fmt.Sprintf("delivery-%d", i+1)
-		if c.Addrs[name], err = freeAddr("127.0.0.1:0"); err != nil {
+		if c.Addrs[name], err = c.freeAddr("127.0.0.1:0"); err != nil {
 			return c, err
 		}
 		replicas = append(replicas, c.Addrs[name])
@@ -210,17 +216,17 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 		if name == "delivery" || name == "demoprovider" {
 			continue // the replicas' list; the demo practice system has none
 		}
-		if c.MetricsAddrs[name], err = freeAddr("127.0.0.1:0"); err != nil {
+		if c.MetricsAddrs[name], err = c.freeAddr("127.0.0.1:0"); err != nil {
 			return c, err
 		}
 	}
-	if c.MetricsAddrs["gateway"], err = freeAddr("127.0.0.1:0"); err != nil {
+	if c.MetricsAddrs["gateway"], err = c.freeAddr("127.0.0.1:0"); err != nil {
 		return c, err
 	}
-	if c.HTTPAddr, err = freeAddr(cfg.HTTPAddr); err != nil {
+	if c.HTTPAddr, err = c.freeAddr(cfg.HTTPAddr); err != nil {
 		return c, fmt.Errorf("--http-addr: %w", err)
 	}
-	if c.GRPCAddr, err = freeAddr(cfg.GRPCAddr); err != nil {
+	if c.GRPCAddr, err = c.freeAddr(cfg.GRPCAddr); err != nil {
 		return c, fmt.Errorf("--grpc-addr: %w", err)
 	}
 
@@ -287,16 +293,16 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 // one's flags (later flags win) on free loopback addresses.
 func (c *Cluster) startGatewayReplicas(gw, authArgs []string) error {
 	for i := 2; i <= c.cfg.GatewayReplicas; i++ {
-		httpAddr, err := freeAddr("127.0.0.1:0")
+		httpAddr, err := c.freeAddr("127.0.0.1:0")
 		if err != nil {
 			return err
 		}
-		grpcAddr, err := freeAddr("127.0.0.1:0")
+		grpcAddr, err := c.freeAddr("127.0.0.1:0")
 		if err != nil {
 			return err
 		}
 		name := fmt.Sprintf("gateway-%d", i)
-		if c.MetricsAddrs[name], err = freeAddr("127.0.0.1:0"); err != nil {
+		if c.MetricsAddrs[name], err = c.freeAddr("127.0.0.1:0"); err != nil {
 			return err
 		}
 		args := append(slices.Concat(gw, authArgs), "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--metrics-addr", c.MetricsAddrs[name])
@@ -528,10 +534,24 @@ func (c *Cluster) start(name, bin string, args ...string) error {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if !p.expected && !c.stopped {
-			c.fail(fmt.Errorf("%s exited: %v (see %s)", name, p.err, filepath.Join(c.logDir, name+".log")))
+			logPath := filepath.Join(c.logDir, name+".log")
+			c.fail(fmt.Errorf("%s exited: %v (see %s); its last lines:\n%s", name, p.err, logPath, tail(logPath, 3)))
 		}
 	}()
 	return nil
+}
+
+// tail is the last n lines of the file at path, at most 2 KiB: why a
+// process exited, in the error itself (a test's excerpt in CI may not
+// reach the dumped logs).
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	b = bytes.TrimRight(b[max(0, len(b)-2048):], "\n")
+	lines := bytes.Split(b, []byte("\n"))
+	return string(bytes.Join(lines[max(0, len(lines)-n):], []byte("\n")))
 }
 
 // fail records the first unexpected exit; c.mu is held.
@@ -753,35 +773,43 @@ func (c *Cluster) seed(ctx context.Context) (bool, error) {
 	return demoprovider.Seed(ctx, cc, c.DevIssuer)
 }
 
-// freeAddr returns addr, with a free port in place of port 0.
-func freeAddr(addr string) (string, error) {
-	_, port, err := net.SplitHostPort(addr)
+// freeAddr returns addr, with a free port in place of port 0 that no other
+// process of the cluster has been given.
+func (c *Cluster) freeAddr(addr string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return "", err
 	}
 	if _, err := strconv.Atoi(port); err != nil {
 		return "", fmt.Errorf("port %q", port)
 	}
-	if port == "0" {
-		// The port is released before its process binds it. A port the
-		// kernel picks (the ephemeral range, 32768+) is the next one it
-		// gives an outgoing connection, which then takes it first; a
-		// random one below that range is taken only by another bind.
-		host, _, _ := net.SplitHostPort(addr)
-		for range 100 {
-			lis, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(20000+mrand.IntN(12000))))
-			if err == nil {
-				defer lis.Close()
-				return lis.Addr().String(), nil
-			}
+	if port != "0" {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			return "", err // in use (by another cluster or all-in-one?)
+		}
+		defer lis.Close()
+		c.ports[lis.Addr().String()] = true
+		return lis.Addr().String(), nil
+	}
+	// The port is released before its process binds it. A port the kernel
+	// picks (the ephemeral range, 32768+) is the next one it gives an
+	// outgoing connection, which then takes it first; a random one below
+	// that range is taken only by another bind — or by another of our
+	// processes, had it been handed out twice.
+	for range 100 {
+		try := net.JoinHostPort(host, strconv.Itoa(20000+mrand.IntN(12000)))
+		if c.ports[try] {
+			continue
+		}
+		lis, err := net.Listen("tcp", try)
+		if err == nil {
+			defer lis.Close()
+			c.ports[try] = true
+			return try, nil
 		}
 	}
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return "", err // in use (by another cluster or all-in-one?)
-	}
-	defer lis.Close()
-	return lis.Addr().String(), nil
+	return "", fmt.Errorf("no free port on %s after 100 tries", host)
 }
 
 func redact(dsn string) string {
