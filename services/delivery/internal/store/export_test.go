@@ -19,3 +19,6 @@ type plainTx struct{ tx *sql.Tx }
 func (p plainTx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
 	return p.tx.QueryContext(ctx, q, args...)
 }
+
+// RaiseMarksSQL is raiseMarks' statement for n receipts (SQLite).
+func RaiseMarksSQL(n int) string { return raiseMarksSQL[n] }
