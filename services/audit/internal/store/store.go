@@ -355,6 +355,30 @@ func (s *Store) Range(ctx context.Context, practice string, from, to int64) ([]d
 	return collect(rows)
 }
 
+// LeafHashes implements domain.Repository.
+func (s *Store) LeafHashes(ctx context.Context, practice string, from, to int64) ([]tlog.Hash, error) {
+	rows, err := s.db.Query(ctx, `SELECT leaf_hash FROM audit_events WHERE practice = ? AND idx >= ? AND idx < ? ORDER BY idx`,
+		practice, from, to)
+	if err != nil {
+		return nil, fmt.Errorf("read leaf hashes: %w", err)
+	}
+	defer rows.Close()
+	out := make([]tlog.Hash, 0, max(0, min(to-from, 1<<16)))
+	for rows.Next() {
+		var h []byte
+		if err := rows.Scan(&h); err != nil {
+			return nil, err
+		}
+		var lh tlog.Hash
+		if len(h) != len(lh) {
+			return nil, fmt.Errorf("read leaf hashes: a stored leaf hash of %d bytes", len(h))
+		}
+		copy(lh[:], h)
+		out = append(out, lh)
+	}
+	return out, rows.Err()
+}
+
 // StoredHashes implements domain.Repository.
 func (s *Store) StoredHashes(ctx context.Context, practice string, from, to int64) ([]domain.StoredHash, error) {
 	rows, err := s.db.Query(ctx, `SELECT hidx, hash FROM audit_hashes WHERE practice = ? AND hidx >= ? AND hidx < ? ORDER BY hidx`,

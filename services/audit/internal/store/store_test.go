@@ -71,6 +71,20 @@ func TestAppend(t *testing.T) {
 		require.Equal(t, int64(2), recs[0].Index)
 		require.True(t, recs[0].Matches())
 		require.Equal(t, entry("p1", "p1-e2", 2).Normalize(), recs[0].Entry)
+
+		// LeafHashes are the records' stored hashes, by index, of the
+		// practice asked for only.
+		all, err := st.Range(ctx, "p1", 1, 4)
+		require.NoError(t, err)
+		leaves, err := st.LeafHashes(ctx, "p1", 1, 4)
+		require.NoError(t, err)
+		require.Len(t, leaves, 3)
+		for i, r := range all {
+			require.Equal(t, r.Hash, leaves[i], "index %d", r.Index)
+		}
+		other, err := st.LeafHashes(ctx, "p2", 1, 4)
+		require.NoError(t, err)
+		require.NotEqual(t, leaves, other)
 	})
 }
 
