@@ -137,7 +137,15 @@ func (d *DB) writer() {
 	timer.Stop()
 	for {
 		var first *job
-		if wake, due := heldDue(held); !due {
+		wake, due := heldDue(held)
+		if due {
+			select {
+			case <-d.stop: // not kept running by background writes
+				d.refuse(held)
+				return
+			default:
+			}
+		} else {
 			if !wake.IsZero() {
 				timer.Reset(time.Until(wake))
 			}
