@@ -51,12 +51,15 @@ type benchEnv struct {
 	hc   *http.Client
 }
 
-func startBench(b *testing.B) *benchEnv {
+func startBench(b *testing.B, opts ...func(*allinone.Config)) *benchEnv {
 	b.Helper()
 	natsAddr := freeAddr(b)
 	cfg := allinone.Config{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: b.TempDir(), Dev: true, NATSListen: natsAddr,
 		ArchiveAfter: 8760 * time.Hour, ArchiveSweepInterval: time.Hour, StepUpWindow: 5 * time.Minute, DrainTimeout: 5 * time.Second,
 		Limits: ratelimit.Config{SendsPerSecond: 1e9, SendBurst: 1e9}} // load, not people
+	for _, o := range opts {
+		o(&cfg)
+	}
 	in, err := allinone.Start(context.Background(), cfg, testkit.Logger(b))
 	if err != nil {
 		b.Fatal(err)
