@@ -111,7 +111,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 		c.MemoryLimit = DefaultMemoryLimit
 	}
 	fs.Func("memory-limit", fmt.Sprintf("soft limit of the Go runtime's memory, e.g. 96MiB (the process adds ~36 MiB of program and up to ~30 MiB of SQLite caches): "+
-		"the garbage collector works harder near it, and the limit rises while the live heap needs more (at least half the live heap to allocate into); "+
+		"the garbage collector works harder near it, and the limit rises while the live heap needs more (at least half the live heap and stacks to allocate into); "+
 		"0: none. Default %dMiB, or GOMEMLIMIT if set (then fixed)", DefaultMemoryLimit>>20),
 		func(v string) error {
 			n, err := ParseBytes(v)

@@ -17,14 +17,17 @@ import (
 const DefaultMemoryLimit int64 = 80 << 20
 
 // minHeadroom is the least the memory governor leaves the collector to
-// allocate into between cycles, as a fraction of the live heap: the
-// limit it sets is never below the runtime's other memory plus the live
-// heap times 1+minHeadroom (GOGC=25's goal: at most four times the
-// collections of the default GOGC=100). A target under that is raised to
-// it instead of the collector running all the time, which a fixed limit
-// under the live heap makes it do (an all-in-one holding thousands of
-// event streams has 200 MiB live: issue 9).
-const minHeadroom = 0.25
+// allocate into between cycles, as a fraction of its scan work (the live
+// heap, goroutine stacks and globals, as GOGC counts them): the limit it
+// sets is never below the runtime's memory outside the heap, plus the
+// live heap, plus minHeadroom times the scan work (GOGC=50's goal: at most
+// twice the collections of the default GOGC=100). A target under that is
+// raised to it instead of the collector running all the time, which a
+// fixed limit under the live heap makes it do (mem9: 4.3× CPU per send).
+// A quarter was measured too: with 5,000 event streams open (20 MiB of
+// stacks to scan each cycle) it cost 2.2× CPU per send (BENCHMARKS.md,
+// mem14).
+const minHeadroom = 0.5
 
 // governInterval is how often the governor reads the live heap (the last
 // collection's mark; runtime/metrics, no stop-the-world).
@@ -47,20 +50,23 @@ const (
 	mUnused   = "/memory/classes/heap/unused:bytes"
 	mFree     = "/memory/classes/heap/free:bytes"
 	mReleased = "/memory/classes/heap/released:bytes"
+	mStacks   = "/gc/scan/stack:bytes"
+	mGlobals  = "/gc/scan/globals:bytes"
 )
 
 func newMemoryGovernor(target int64) *memoryGovernor {
 	g := &memoryGovernor{target: target, set: debug.SetMemoryLimit}
-	for _, n := range []string{mLive, mTotal, mObjects, mUnused, mFree, mReleased} {
+	for _, n := range []string{mLive, mTotal, mObjects, mUnused, mFree, mReleased, mStacks, mGlobals} {
 		g.samples = append(g.samples, metrics.Sample{Name: n})
 	}
 	return g
 }
 
-// limitFor is the limit for a live heap of live bytes when the runtime's
-// memory outside the heap (stacks, metadata, buffers) is nonHeap bytes.
-func (g *memoryGovernor) limitFor(live, nonHeap uint64) int64 {
-	floor := int64(nonHeap) + int64(float64(live)*(1+minHeadroom))
+// limitFor is the limit for a live heap of live bytes, scan bytes of
+// it, stacks and globals for the collector to scan, and nonHeap bytes of
+// the runtime's memory outside the heap (stacks, metadata, buffers).
+func (g *memoryGovernor) limitFor(live, scan, nonHeap uint64) int64 {
+	floor := int64(nonHeap) + int64(live) + int64(float64(scan)*minHeadroom)
 	return max(g.target, floor)
 }
 
@@ -78,7 +84,7 @@ func (g *memoryGovernor) update() int64 {
 	if v[mTotal] > heap {
 		nonHeap = v[mTotal] - heap
 	}
-	limit := g.limitFor(v[mLive], nonHeap)
+	limit := g.limitFor(v[mLive], v[mLive]+v[mStacks]+v[mGlobals], nonHeap)
 	if limit != g.last {
 		g.set(limit)
 		g.last = limit
