@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -120,9 +119,10 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	if n, changed := applyGoMaxProcs(cfg.GoMaxProcs); changed {
 		log.Info("go scheduler processors", zap.Int("gomaxprocs", n))
 	}
+	var governor *memoryGovernor
 	if cfg.MemoryLimit > 0 {
-		debug.SetMemoryLimit(cfg.MemoryLimit)
-		log.Info("go memory limit", zap.Int64("bytes", cfg.MemoryLimit))
+		governor = newMemoryGovernor(cfg.MemoryLimit)
+		log.Info("go memory limit", zap.Int64("bytes", cfg.MemoryLimit), zap.Int64("now", governor.update()))
 	}
 	defer func() {
 		if err != nil {
@@ -263,6 +263,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		g.Go(func() error { return in.providerSrv.Serve(providerLis) })
 	}
 	g.Go(func() error { return in.grpcSrv.Serve(grpcLis) })
+	if governor != nil {
+		g.Go(func() error { return governor.run(gctx) })
+	}
 	for _, s := range in.services {
 		g.Go(func() error { return s.Run(gctx) })
 	}

@@ -23,6 +23,8 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -51,12 +53,24 @@ type benchEnv struct {
 	hc   *http.Client
 }
 
-func startBench(b *testing.B) *benchEnv {
+func startBench(b *testing.B, opts ...func(*allinone.Config)) *benchEnv {
 	b.Helper()
 	natsAddr := freeAddr(b)
 	cfg := allinone.Config{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: b.TempDir(), Dev: true, NATSListen: natsAddr,
 		ArchiveAfter: 8760 * time.Hour, ArchiveSweepInterval: time.Hour, StepUpWindow: 5 * time.Minute, DrainTimeout: 5 * time.Second,
 		Limits: ratelimit.Config{SendsPerSecond: 1e9, SendBurst: 1e9}} // load, not people
+	if v := os.Getenv("CLINICCHAT_BENCH_MEMORY_LIMIT"); v != "" { // --memory-limit (the default is off here)
+		n, err := allinone.ParseBytes(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.MemoryLimit = n
+		prev := debug.SetMemoryLimit(-1)
+		b.Cleanup(func() { debug.SetMemoryLimit(prev) })
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
 	in, err := allinone.Start(context.Background(), cfg, testkit.Logger(b))
 	if err != nil {
 		b.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -69,7 +70,9 @@ type Config struct {
 	// snapshot (default: <data-dir>/admin.sock; mode 0600).
 	AdminSocket string
 	// MemoryLimit is the Go runtime's soft memory limit in bytes
-	// (runtime/debug.SetMemoryLimit; 0: leave it to GOMEMLIMIT, if set).
+	// (runtime/debug.SetMemoryLimit), raised while the live heap needs
+	// more (memoryGovernor); 0: leave it to GOMEMLIMIT, if set. The flag's
+	// default is DefaultMemoryLimit unless GOMEMLIMIT is set.
 	MemoryLimit int64
 	// GoMaxProcs is the Go scheduler's processors (runtime.GOMAXPROCS); 0:
 	// the CPUs the runtime sees plus ExtraProcs, unless $GOMAXPROCS is set
@@ -104,8 +107,12 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.AuditSigningKeyFile, "audit-signing-key-file", "", "audit checkpoint signing key (default: <keys-dir>/audit-signing.key, generated in dev mode)")
 	fs.StringVar(&c.AttachmentKEKFile, "attachment-kek-file", "", "attachment key-encryption key (default: <keys-dir>/attachment.kek, generated in dev mode)")
 	fs.StringVar(&c.AdminSocket, "admin-socket", "", "Unix socket (mode 0600) where clinicchat backup asks this process for a snapshot (default: <data-dir>/admin.sock)")
-	fs.Func("memory-limit", "soft limit of the Go runtime's memory, e.g. 96MiB (the process adds ~25 MiB of program and ~20 MiB of SQLite caches); "+
-		"the garbage collector works harder near it. Set it above the live heap (see BENCHMARKS.md). Default: GOMEMLIMIT if set, else none",
+	if os.Getenv("GOMEMLIMIT") == "" {
+		c.MemoryLimit = DefaultMemoryLimit
+	}
+	fs.Func("memory-limit", fmt.Sprintf("soft limit of the Go runtime's memory, e.g. 96MiB (the process adds ~36 MiB of program and up to ~30 MiB of SQLite caches): "+
+		"the garbage collector works harder near it, and the limit rises while the live heap needs more (at least half the live heap and stacks to allocate into); "+
+		"0: none. Default %dMiB, or GOMEMLIMIT if set (then fixed)", DefaultMemoryLimit>>20),
 		func(v string) error {
 			n, err := ParseBytes(v)
 			c.MemoryLimit = n

@@ -12,12 +12,18 @@ package allinone_test
 // (defaults: 300 sends/s, 18,000 messages; CLINICCHAT_BENCH_CPUPROFILE=dir
 // writes a heap profile once the pipeline is idle). When the machine cannot keep
 // the rate, the senders run flat out and the achieved rate is printed.
+// The all-in-one runs with --memory-limit's default (DefaultMemoryLimit),
+// or CLINICCHAT_BENCH_MEMORY_LIMIT ("0": none, as before mem14); every 5 s a
+// line gives RSS, the heap in use and mapped, the live heap and the limit,
+// and at the end the growth per message of the live heap and of RSS.
 
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"strconv"
 	"strings"
@@ -25,6 +31,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
 )
 
 // memSample is the process's memory at one moment.
@@ -34,6 +42,8 @@ type memSample struct {
 	rss, anon, file     int64 // /proc/self/smaps_rollup
 	goMapped, goResid   int64 // Go runtime: mapped, and mapped less released to the OS
 	heapLive, heapGoal  int64
+	heapInuse, heapSys  int64 // as runtime.MemStats' HeapInuse and HeapSys
+	limit               int64 // the runtime's memory limit (math.MaxInt64: none)
 	stacks              int64
 	goroutines, gcCount int64
 }
@@ -59,11 +69,16 @@ func readMemSample(label string, msgs int64) memSample {
 	}
 	ms := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"},
 		{Name: "/gc/heap/live:bytes"}, {Name: "/gc/heap/goal:bytes"}, {Name: "/memory/classes/heap/stacks:bytes"},
-		{Name: "/sched/goroutines:goroutines"}, {Name: "/gc/cycles/total:gc-cycles"}}
+		{Name: "/sched/goroutines:goroutines"}, {Name: "/gc/cycles/total:gc-cycles"},
+		{Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/unused:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"}, {Name: "/gc/gomemlimit:bytes"}}
 	metrics.Read(ms)
 	v := func(i int) int64 { return int64(ms[i].Value.Uint64()) }
 	s.goMapped, s.goResid = v(0), v(0)-v(1)
 	s.heapLive, s.heapGoal, s.stacks, s.goroutines, s.gcCount = v(2), v(3), v(4), v(5), v(6)
+	s.heapInuse = v(7) + v(8)
+	s.heapSys = s.heapInuse + v(9) + v(1)
+	s.limit = v(10)
 	return s
 }
 
@@ -71,6 +86,19 @@ func (s memSample) print() {
 	fmt.Printf("  %-26s %7d msgs  RSS %4d MiB (anon %4d, file %3d)  Go resident %4d MiB (heap live %4d, goal %4d, stacks %2d)  non-Go anon %3d MiB  goroutines %5d  GCs %d\n",
 		s.label, s.msgs, s.rss>>20, s.anon>>20, s.file>>20, s.goResid>>20, s.heapLive>>20, s.heapGoal>>20, s.stacks>>20,
 		(s.anon-s.goResid)>>20, s.goroutines, s.gcCount)
+}
+
+// printSeries prints s as one line of the run's time series.
+func (s memSample) printSeries(at time.Duration) {
+	fmt.Printf("  t %4.0fs %7d msgs  RSS %4d MiB  heap in use %4d MiB  heap mapped %4d MiB  live %4d MiB  goal %4d MiB  limit %s\n",
+		at.Seconds(), s.msgs, s.rss>>20, s.heapInuse>>20, s.heapSys>>20, s.heapLive>>20, s.heapGoal>>20, mib(s.limit))
+}
+
+func mib(n int64) string {
+	if n <= 0 || n == math.MaxInt64 {
+		return "none"
+	}
+	return fmt.Sprintf("%d MiB", n>>20)
 }
 
 func envInt(name string, def int) int {
@@ -84,7 +112,17 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 	raiseNoFile()
 	rate := envInt("CLINICCHAT_BENCH_RATE", 300)
 	total := envInt("CLINICCHAT_BENCH_MESSAGES", 18000)
-	env := startBench(b)
+	limit := allinone.DefaultMemoryLimit
+	if v := os.Getenv("CLINICCHAT_BENCH_MEMORY_LIMIT"); v != "" {
+		n, err := allinone.ParseBytes(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		limit = n
+	}
+	prevLimit := debug.SetMemoryLimit(-1)
+	b.Cleanup(func() { debug.SetMemoryLimit(prevLimit) })
+	env := startBench(b, func(c *allinone.Config) { c.MemoryLimit = limit })
 	threads := env.threads(b, "bench", 8)
 	idle := newIdleWatcher(b, env.nats)
 	lc := startLoadClient(b, env.in.HTTPAddr, 8, 1, "bench", "patient", "bench-patient", true)
@@ -101,11 +139,12 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 	cpu0 := processCPU()
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
-	go func() { // RSS peak and the quarter marks, every 100 ms
+	go func() { // RSS peak and the quarter marks, every 100 ms; a line every 5 s
 		defer close(sampled)
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
 		next := int64(total / 4)
+		nextLine := start
 		for {
 			select {
 			case <-stop:
@@ -113,6 +152,10 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 			case <-tick.C:
 			}
 			s := readMemSample("", sent.Load())
+			if time.Now().After(nextLine) {
+				nextLine = nextLine.Add(5 * time.Second)
+				s.printSeries(time.Since(start))
+			}
 			mu.Lock()
 			peak = max(peak, s.rss)
 			if s.msgs >= next && next < int64(total) {
@@ -162,8 +205,9 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 		s.print()
 	}
 	last := samples[len(samples)-1]
-	fmt.Printf("  peak RSS %d MiB; live heap after the run %.0f B per message sent (minus before)\n",
-		peak>>20, float64(samples[len(samples)-2].heapLive-samples[0].heapLive)/float64(total))
+	fmt.Printf("  peak RSS %d MiB; live heap after the run %.0f B per message sent (minus before); RSS at idle %.0f B per message (minus before)\n",
+		peak>>20, float64(samples[len(samples)-2].heapLive-samples[0].heapLive)/float64(total),
+		float64(samples[len(samples)-2].rss-samples[0].rss)/float64(total))
 	b.ReportMetric(float64(peak)/(1<<20), "peak-RSS-MiB")
 	b.ReportMetric(float64(last.heapLive)/(1<<20), "live-heap-MiB")
 }

@@ -1,0 +1,107 @@
+package allinone
+
+import (
+	"context"
+	"runtime/debug"
+	"runtime/metrics"
+	"time"
+)
+
+// DefaultMemoryLimit is the all-in-one's default --memory-limit: the Go
+// runtime's memory (heap, stacks, runtime metadata) it aims to stay
+// within. The program's ~36 MiB of text and data and up to ~30 MiB of
+// SQLite page caches come on top: at 400-500 sends/s the process held
+// 135 MiB of RSS on average, against 170 without a limit, where the
+// collector lets the heap grow to twice the live heap (GOGC=100);
+// BENCHMARKS.md, mem14.
+const DefaultMemoryLimit int64 = 80 << 20
+
+// minHeadroom is the least the memory governor leaves the collector to
+// allocate into between cycles, as a fraction of its scan work (the live
+// heap, goroutine stacks and globals, as GOGC counts them): the limit it
+// sets is never below the runtime's memory outside the heap, plus the
+// live heap, plus minHeadroom times the scan work (GOGC=50's goal: at most
+// twice the collections of the default GOGC=100). A target under that is
+// raised to it instead of the collector running all the time, which a
+// fixed limit under the live heap makes it do (mem9: 4.3× CPU per send).
+// A quarter was measured too: with 5,000 event streams open (20 MiB of
+// stacks to scan each cycle) it cost 2.2× CPU per send (BENCHMARKS.md,
+// mem14).
+const minHeadroom = 0.5
+
+// governInterval is how often the governor reads the live heap (the last
+// collection's mark; runtime/metrics, no stop-the-world).
+const governInterval = 500 * time.Millisecond
+
+// memoryGovernor holds the Go runtime's soft memory limit at target, or
+// higher when the live heap needs it (minHeadroom).
+type memoryGovernor struct {
+	target  int64
+	samples []metrics.Sample
+	// set is debug.SetMemoryLimit (a test may watch it).
+	set  func(int64) int64
+	last int64
+}
+
+const (
+	mLive     = "/gc/heap/live:bytes"
+	mTotal    = "/memory/classes/total:bytes"
+	mObjects  = "/memory/classes/heap/objects:bytes"
+	mUnused   = "/memory/classes/heap/unused:bytes"
+	mFree     = "/memory/classes/heap/free:bytes"
+	mReleased = "/memory/classes/heap/released:bytes"
+	mStacks   = "/gc/scan/stack:bytes"
+	mGlobals  = "/gc/scan/globals:bytes"
+)
+
+func newMemoryGovernor(target int64) *memoryGovernor {
+	g := &memoryGovernor{target: target, set: debug.SetMemoryLimit}
+	for _, n := range []string{mLive, mTotal, mObjects, mUnused, mFree, mReleased, mStacks, mGlobals} {
+		g.samples = append(g.samples, metrics.Sample{Name: n})
+	}
+	return g
+}
+
+// limitFor is the limit for a live heap of live bytes, scan bytes of
+// it, stacks and globals for the collector to scan, and nonHeap bytes of
+// the runtime's memory outside the heap (stacks, metadata, buffers).
+func (g *memoryGovernor) limitFor(live, scan, nonHeap uint64) int64 {
+	floor := int64(nonHeap) + int64(live) + int64(float64(scan)*minHeadroom)
+	return max(g.target, floor)
+}
+
+// update reads the runtime's memory and sets the limit; it returns it.
+func (g *memoryGovernor) update() int64 {
+	metrics.Read(g.samples)
+	v := make(map[string]uint64, len(g.samples))
+	for _, s := range g.samples {
+		if s.Value.Kind() == metrics.KindUint64 {
+			v[s.Name] = s.Value.Uint64()
+		}
+	}
+	heap := v[mObjects] + v[mUnused] + v[mFree] + v[mReleased]
+	var nonHeap uint64
+	if v[mTotal] > heap {
+		nonHeap = v[mTotal] - heap
+	}
+	limit := g.limitFor(v[mLive], v[mLive]+v[mStacks]+v[mGlobals], nonHeap)
+	if limit != g.last {
+		g.set(limit)
+		g.last = limit
+	}
+	return limit
+}
+
+// run keeps the limit up to date until ctx ends.
+func (g *memoryGovernor) run(ctx context.Context) error {
+	t := time.NewTicker(governInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			g.update()
+		}
+	}
+}

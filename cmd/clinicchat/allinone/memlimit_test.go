@@ -1,0 +1,79 @@
+package allinone
+
+import (
+	"flag"
+	"runtime"
+	"runtime/debug"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// The governor's limit is the target while the live heap leaves the
+// collector at least half its scan work (live heap, stacks, globals) to
+// allocate into, and rises with them beyond that (never a limit under the
+// live heap, where the collector would run all the time).
+func TestMemoryGovernorLimit(t *testing.T) {
+	g := newMemoryGovernor(80 << 20)
+	for _, c := range []struct {
+		live, scan, nonHeap uint64
+		want                int64
+	}{
+		{live: 10 << 20, scan: 12 << 20, nonHeap: 12 << 20, want: 80 << 20},
+		{live: 40 << 20, scan: 44 << 20, nonHeap: 18 << 20, want: 80 << 20},                 // 18 + 40 + 22 = 80
+		{live: 60 << 20, scan: 64 << 20, nonHeap: 12 << 20, want: (12 + 60 + 32) << 20},     // 1,000 sends/s
+		{live: 57 << 20, scan: 78 << 20, nonHeap: 30 << 20, want: (30 + 57 + 39) << 20},     // 5,000 streams: 20 MiB of stacks
+		{live: 200 << 20, scan: 220 << 20, nonHeap: 40 << 20, want: (40 + 200 + 110) << 20}, // issue 9 before
+		{want: 80 << 20},
+	} {
+		require.Equal(t, c.want, g.limitFor(c.live, c.scan, c.nonHeap), "live %d MiB, scan %d MiB, other %d MiB", c.live>>20, c.scan>>20, c.nonHeap>>20)
+	}
+}
+
+// update sets the runtime's limit from its own figures: with a target far
+// under this process's memory, the limit it sets is above the live heap by
+// at least minHeadroom (and is set again only when it changes).
+func TestMemoryGovernorUpdateSetsTheRuntimesLimit(t *testing.T) {
+	prev := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
+	hold := make([][]byte, 0, 64)
+	for range 64 {
+		hold = append(hold, make([]byte, 256<<10)) // 16 MiB live
+	}
+	runtime.GC()
+	g := newMemoryGovernor(1 << 20)
+	var sets int
+	g.set = func(n int64) int64 { sets++; return debug.SetMemoryLimit(n) }
+	limit := g.update()
+	require.Equal(t, limit, debug.SetMemoryLimit(-1))
+	require.Greater(t, limit, int64(16<<20)*3/2, "at least the live heap and half of it")
+	g.update()
+	runtime.KeepAlive(hold)
+	require.LessOrEqual(t, sets, 2)
+
+	g = newMemoryGovernor(1 << 40)
+	require.Equal(t, int64(1<<40), g.update(), "a target above what the heap needs is the limit")
+}
+
+// Without --memory-limit the all-in-one governs the runtime's memory at
+// DefaultMemoryLimit, unless GOMEMLIMIT is set (then the runtime's fixed
+// limit is left alone); --memory-limit 0 turns it off.
+func TestMemoryLimitDefault(t *testing.T) {
+	for _, c := range []struct {
+		env  string
+		args []string
+		want int64
+	}{
+		{env: "", want: DefaultMemoryLimit},
+		{env: "200MiB", want: 0},
+		{env: "", args: []string{"--memory-limit", "0"}, want: 0},
+		{env: "200MiB", args: []string{"--memory-limit", "96MiB"}, want: 96 << 20},
+	} {
+		t.Setenv("GOMEMLIMIT", c.env)
+		fs := flag.NewFlagSet("clinicchat", flag.ContinueOnError)
+		var cfg Config
+		cfg.Flags(fs)
+		require.NoError(t, fs.Parse(c.args))
+		require.Equal(t, c.want, cfg.MemoryLimit, "GOMEMLIMIT=%q %v", c.env, c.args)
+	}
+}
