@@ -55,18 +55,19 @@ func TestMemoryGovernorUpdateSetsTheRuntimesLimit(t *testing.T) {
 	require.Equal(t, int64(1<<40), g.update(), "a target above what the heap needs is the limit")
 }
 
-// Without --memory-limit the all-in-one governs the runtime's memory at
-// DefaultMemoryLimit, unless GOMEMLIMIT is set (then the runtime's fixed
-// limit is left alone); --memory-limit 0 turns it off.
+// Without --memory-limit the all-in-one leaves the runtime's memory to
+// GOMEMLIMIT (none if unset); a limit given is governed (memoryGovernor),
+// and --memory-limit 0 is none.
 func TestMemoryLimitDefault(t *testing.T) {
 	for _, c := range []struct {
 		env  string
 		args []string
 		want int64
 	}{
-		{env: "", want: DefaultMemoryLimit},
+		{env: "", want: 0},
 		{env: "200MiB", want: 0},
 		{env: "", args: []string{"--memory-limit", "0"}, want: 0},
+		{env: "", args: []string{"--memory-limit", "80MiB"}, want: SmallMemoryLimit},
 		{env: "200MiB", args: []string{"--memory-limit", "96MiB"}, want: 96 << 20},
 	} {
 		t.Setenv("GOMEMLIMIT", c.env)
