@@ -39,8 +39,10 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -219,6 +221,14 @@ type Relay struct {
 
 	// held is the PostgreSQL outbox lock between rounds (nil when not held).
 	held *pgLock
+	// PostgreSQL: riding holds the published rows whose DELETE goes with
+	// the next commit of the service's own writes (rideDelete) and is not
+	// known to have committed; unridden the rows of rides that failed, for
+	// the relay to delete itself. Rounds read past both. Lane goroutines
+	// report the rides' outcome: rideMu guards both.
+	rideMu   sync.Mutex
+	riding   map[int64]struct{}
+	unridden []int64
 
 	// afterClaim runs after a PostgreSQL round has read its batch (tests).
 	afterClaim func(ctx context.Context)
@@ -560,11 +570,18 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 		clear(r.last)
 	}
 	h := r.held
+	riding := r.takeUnridden(h)
 	// NULL would match no row of seq <> ALL: empty arrays, not nil.
 	published, del := append([]int64{}, h.published...), []int64{}
 	if len(published) > 0 && (last || len(published) >= deleteRows || time.Since(h.since) >= deleteAfter) {
 		del = published
 	}
+	if last && len(riding) > 0 {
+		// No write may come to take them: the last round deletes them
+		// too (a ride that comes later deletes nothing).
+		del = append(append([]int64{}, del...), riding...)
+	}
+	published = append(published, riding...)
 	rs, err := h.conn.QueryContext(ctx, claimSQL, del, published, r.Batch)
 	if err != nil {
 		r.drop() // the rows of the last round are published again, as duplicates
@@ -590,11 +607,71 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 	// failed: a row is only stored behind the earlier rows of its subject
 	// (publish), so what stays is the failed rows and those behind them.
 	_, done, _, perr := r.publish(ctx, rows)
-	if len(h.published) == 0 {
-		h.since = time.Now()
+	if len(done) > 0 && !r.rideDelete(done) {
+		if len(h.published) == 0 {
+			h.since = time.Now()
+		}
+		h.published = append(h.published, done...)
 	}
-	h.published = append(h.published, done...)
 	return len(done), perr
+}
+
+// rideDelete hands the DELETE of published rows to the service's next
+// group-committed write (sqldb's RideNextCommit): a delete of their own
+// was a commit, and a WAL flush, every deleteRows rows or deleteAfter,
+// and every round read past the rows published and not deleted. The rows
+// stay in riding, read past by every round, until the ride is known to
+// have committed; a ride that failed leaves them to the relay (unridden).
+// False when the database has no group commit: the relay deletes them.
+func (r *Relay) rideDelete(seqs []int64) bool {
+	seqs = slices.Clone(seqs)
+	r.rideMu.Lock()
+	if r.riding == nil {
+		r.riding = map[int64]struct{}{}
+	}
+	for _, s := range seqs {
+		r.riding[s] = struct{}{}
+	}
+	r.rideMu.Unlock()
+	ok := r.db.RideNextCommit(deleteSQL, []any{seqs}, func(err error) {
+		r.rideMu.Lock()
+		defer r.rideMu.Unlock()
+		for _, s := range seqs {
+			delete(r.riding, s)
+		}
+		if err != nil {
+			r.unridden = append(r.unridden, seqs...)
+		} else {
+			r.stats.ridden.Add(int64(len(seqs)))
+		}
+	})
+	if !ok {
+		r.rideMu.Lock()
+		for _, s := range seqs {
+			delete(r.riding, s)
+		}
+		r.rideMu.Unlock()
+	}
+	return ok
+}
+
+// takeUnridden moves the rows of failed rides to h's rows to delete, and
+// returns the rows still riding.
+func (r *Relay) takeUnridden(h *pgLock) []int64 {
+	r.rideMu.Lock()
+	defer r.rideMu.Unlock()
+	if len(r.unridden) > 0 {
+		if len(h.published) == 0 {
+			h.since = time.Now()
+		}
+		h.published = append(h.published, r.unridden...)
+		r.unridden = nil
+	}
+	riding := make([]int64, 0, len(r.riding))
+	for s := range r.riding {
+		riding = append(riding, s)
+	}
+	return riding
 }
 
 // release deletes the rows the last round published and gives the outbox
@@ -608,8 +685,10 @@ func (r *Relay) release(ctx context.Context) (err error) {
 	clear(r.last)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if len(h.published) > 0 {
-		if _, err := h.conn.ExecContext(ctx, deleteSQL, h.published); err != nil {
+	// Rows still riding too: no write may come to take them.
+	riding := r.takeUnridden(h)
+	if del := append(h.published, riding...); len(del) > 0 {
+		if _, err := h.conn.ExecContext(ctx, deleteSQL, del); err != nil {
 			// Published but not deleted: the next round publishes them
 			// again and JetStream drops the duplicates.
 			discard(h.conn) // the session (and with it the lock) is gone or going

@@ -787,3 +787,44 @@ func TestPostgresRelayPublishesARowCommittedLateWithALowerSeq(t *testing.T) {
 	require.Equal(t, "late", events[1].GetMeta().GetId())
 	require.Zero(t, outboxRows(t, db))
 }
+
+// A PostgreSQL relay's published rows are deleted with the commit of the
+// service's next write (sqldb's RideNextCommit), not by a statement of its
+// own; until then its rounds read past them (nothing is published twice),
+// and a relay that stops deletes those still waiting for a write.
+func TestPostgresRelayDeletesWithTheNextWrite(t *testing.T) {
+	ctx := context.Background()
+	_, _, js := testkit.NATS(t)
+	dbA, dbB := openPostgresTwice(t)
+	relay := outbox.NewRelay(dbA, js, testkit.Logger(t))
+	relay.Linger = time.Hour
+
+	addFor(t, dbA, "c", 0)
+	n, err := outbox.Round(relay, ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	require.Equal(t, 1, outboxRows(t, dbB), "published, waiting for a write to delete it")
+
+	addFor(t, dbA, "c", 1) // commits the delete of row 0 with it
+	require.Equal(t, 1, outboxRows(t, dbB), "row 0 deleted with the write of row 1")
+	n, err = outbox.Round(relay, ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "the round publishes row 1 only")
+	addFor(t, dbA, "c", 2)
+	n, err = outbox.Round(relay, ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	require.Equal(t, 1, outboxRows(t, dbB), "row 2 waits for a write")
+	n, err = outbox.Round(relay, ctx)
+	require.NoError(t, err)
+	require.Zero(t, n, "a round reads past a riding row")
+
+	n, err = relay.Flush(ctx) // the last round, then release: deletes what still rides
+	require.NoError(t, err)
+	require.Zero(t, n)
+	require.Zero(t, outboxRows(t, dbB))
+	for i, e := range read(t, ctx, js, 3) {
+		require.Equal(t, fmt.Sprint(i), e.GetMeta().GetDetail())
+	}
+	require.EqualValues(t, 3, streamMsgs(t, ctx, js), "each event exactly once")
+}
