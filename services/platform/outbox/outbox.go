@@ -173,10 +173,11 @@ const Topic = "outbox"
 // wrote them, and no transaction or row lock is open while NATS is slow.
 // While rows keep coming (a wake-up within Linger) the relay keeps the lock,
 // and each further round is one statement that reads the next batch past
-// the rows already published, and deletes those every deleteRows rows or
-// deleteAfter (a durable commit, not one per round); once no wake-up came
-// within Linger, a round that finds nothing more deletes the rest and
-// releases the lock. While it holds the lock its session has
+// the rows already published. Those are deleted with the commit of the
+// service's next group-committed write (rideDelete; without group commit,
+// by a round's statement every deleteRows rows or deleteAfter: a durable
+// commit, not one per round); once no wake-up came within Linger, a round
+// that finds nothing more deletes the rest and releases the lock. While it holds the lock its session has
 // idle_session_timeout = Lease: a frozen relay loses its session, and with
 // it the lock, after Lease and another replica publishes the rows again
 // (JetStream drops the duplicates by Nats-Msg-Id within its duplicate
@@ -570,18 +571,24 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 		clear(r.last)
 	}
 	h := r.held
-	riding := r.takeUnridden(h)
-	// NULL would match no row of seq <> ALL: empty arrays, not nil.
-	published, del := append([]int64{}, h.published...), []int64{}
-	if len(published) > 0 && (last || len(published) >= deleteRows || time.Since(h.since) >= deleteAfter) {
-		del = published
+	riding, unridden := r.takeRides()
+	// NULL would match no row of seq <> ALL: empty arrays, not nil. Rows
+	// of failed rides are deleted by this round's statement.
+	published := make([]int64, 0, len(h.published)+len(riding)+len(unridden))
+	published = append(append(append(published, h.published...), riding...), unridden...)
+	del, deleting := append([]int64{}, unridden...), false
+	if len(h.published) > 0 && (last || len(h.published) >= deleteRows || time.Since(h.since) >= deleteAfter) {
+		if !last && r.rideDelete(h.published) {
+			h.published = h.published[:0]
+		} else {
+			del, deleting = append(del, h.published...), true
+		}
 	}
-	if last && len(riding) > 0 {
-		// No write may come to take them: the last round deletes them
-		// too (a ride that comes later deletes nothing).
-		del = append(append([]int64{}, del...), riding...)
+	if last {
+		// No write may come to take the rows still riding: the last
+		// round deletes them (a ride that comes later deletes nothing).
+		del = append(del, riding...)
 	}
-	published = append(published, riding...)
 	rs, err := h.conn.QueryContext(ctx, claimSQL, del, published, r.Batch)
 	if err != nil {
 		r.drop() // the rows of the last round are published again, as duplicates
@@ -594,7 +601,7 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 	}
 	r.stats.loaded.Add(int64(len(rows)))
 	r.claimed = time.Now()
-	if len(del) > 0 {
+	if deleting {
 		h.published = h.published[:0]
 	}
 	if len(rows) == 0 {
@@ -607,22 +614,20 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 	// failed: a row is only stored behind the earlier rows of its subject
 	// (publish), so what stays is the failed rows and those behind them.
 	_, done, _, perr := r.publish(ctx, rows)
-	if len(done) > 0 && !r.rideDelete(done) {
-		if len(h.published) == 0 {
-			h.since = time.Now()
-		}
-		h.published = append(h.published, done...)
+	if len(h.published) == 0 {
+		h.since = time.Now()
 	}
+	h.published = append(h.published, done...)
 	return len(done), perr
 }
 
 // rideDelete hands the DELETE of published rows to the service's next
-// group-committed write (sqldb's RideNextCommit): a delete of their own
-// was a commit, and a WAL flush, every deleteRows rows or deleteAfter,
-// and every round read past the rows published and not deleted. The rows
-// stay in riding, read past by every round, until the ride is known to
-// have committed; a ride that failed leaves them to the relay (unridden).
-// False when the database has no group commit: the relay deletes them.
+// group-committed write (sqldb's RideNextCommit), where a round would
+// have deleted them in a commit, and a WAL flush, of its own (every
+// deleteRows rows or deleteAfter). The rows stay in riding, read past by
+// every round, until the ride is known to have committed; those of a ride
+// that failed are deleted by the next round (takeRides). False when the
+// database has no group commit: the round deletes them.
 func (r *Relay) rideDelete(seqs []int64) bool {
 	seqs = slices.Clone(seqs)
 	r.rideMu.Lock()
@@ -655,23 +660,17 @@ func (r *Relay) rideDelete(seqs []int64) bool {
 	return ok
 }
 
-// takeUnridden moves the rows of failed rides to h's rows to delete, and
-// returns the rows still riding.
-func (r *Relay) takeUnridden(h *pgLock) []int64 {
+// takeRides returns the rows still riding, and the rows of failed rides
+// (for the caller to delete; no longer kept here).
+func (r *Relay) takeRides() (riding, unridden []int64) {
 	r.rideMu.Lock()
 	defer r.rideMu.Unlock()
-	if len(r.unridden) > 0 {
-		if len(h.published) == 0 {
-			h.since = time.Now()
-		}
-		h.published = append(h.published, r.unridden...)
-		r.unridden = nil
-	}
-	riding := make([]int64, 0, len(r.riding))
+	riding = make([]int64, 0, len(r.riding))
 	for s := range r.riding {
 		riding = append(riding, s)
 	}
-	return riding
+	unridden, r.unridden = r.unridden, nil
+	return riding, unridden
 }
 
 // release deletes the rows the last round published and gives the outbox
@@ -686,8 +685,8 @@ func (r *Relay) release(ctx context.Context) (err error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	// Rows still riding too: no write may come to take them.
-	riding := r.takeUnridden(h)
-	if del := append(h.published, riding...); len(del) > 0 {
+	riding, unridden := r.takeRides()
+	if del := slices.Concat(h.published, riding, unridden); len(del) > 0 {
 		if _, err := h.conn.ExecContext(ctx, deleteSQL, del); err != nil {
 			// Published but not deleted: the next round publishes them
 			// again and JetStream drops the duplicates.

@@ -789,42 +789,47 @@ func TestPostgresRelayPublishesARowCommittedLateWithALowerSeq(t *testing.T) {
 }
 
 // A PostgreSQL relay's published rows are deleted with the commit of the
-// service's next write (sqldb's RideNextCommit), not by a statement of its
-// own; until then its rounds read past them (nothing is published twice),
-// and a relay that stops deletes those still waiting for a write.
+// service's next write (sqldb's RideNextCommit) once there are DeleteRows
+// of them, not by a statement of its own; until then its rounds read past
+// them (nothing is published twice), and a relay that stops deletes those
+// still waiting for a write.
 func TestPostgresRelayDeletesWithTheNextWrite(t *testing.T) {
 	ctx := context.Background()
 	_, _, js := testkit.NATS(t)
 	dbA, dbB := openPostgresTwice(t)
 	relay := outbox.NewRelay(dbA, js, testkit.Logger(t))
 	relay.Linger = time.Hour
+	round := func() int {
+		t.Helper()
+		n, err := outbox.Round(relay, ctx)
+		require.NoError(t, err)
+		return n
+	}
 
-	addFor(t, dbA, "c", 0)
-	n, err := outbox.Round(relay, ctx)
-	require.NoError(t, err)
-	require.Equal(t, 1, n)
-	require.Equal(t, 1, outboxRows(t, dbB), "published, waiting for a write to delete it")
+	require.NoError(t, dbA.Write(ctx, func(tx *sqldb.Tx) error {
+		evs := make([]outbox.Event, outbox.DeleteRows)
+		for i := range evs {
+			id := fmt.Sprintf("ev-c-%04d", i)
+			evs[i] = outbox.Event{ID: id, Subject: natsx.SubjectDeliveryAccess,
+				Msg: &typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p", Resource: "c", Detail: fmt.Sprint(i)}}}
+		}
+		return outbox.AddAll(ctx, tx, evs)
+	}))
+	require.Equal(t, outbox.DeleteRows, round())
+	require.Zero(t, round(), "a round reads past the published rows, and hands their delete to the next write")
+	require.Equal(t, outbox.DeleteRows, outboxRows(t, dbB), "no write yet: nothing deleted")
 
-	addFor(t, dbA, "c", 1) // commits the delete of row 0 with it
-	require.Equal(t, 1, outboxRows(t, dbB), "row 0 deleted with the write of row 1")
-	n, err = outbox.Round(relay, ctx)
-	require.NoError(t, err)
-	require.Equal(t, 1, n, "the round publishes row 1 only")
-	addFor(t, dbA, "c", 2)
-	n, err = outbox.Round(relay, ctx)
-	require.NoError(t, err)
-	require.Equal(t, 1, n)
-	require.Equal(t, 1, outboxRows(t, dbB), "row 2 waits for a write")
-	n, err = outbox.Round(relay, ctx)
-	require.NoError(t, err)
-	require.Zero(t, n, "a round reads past a riding row")
+	addFor(t, dbA, "c", outbox.DeleteRows) // its commit deletes the published rows
+	require.Equal(t, 1, outboxRows(t, dbB), "the published rows deleted with the write")
+	require.Equal(t, 1, round(), "the round publishes the new row only")
+	require.Zero(t, round())
 
-	n, err = relay.Flush(ctx) // the last round, then release: deletes what still rides
+	n, err := relay.Flush(ctx) // the last round, then release: deletes what was published since
 	require.NoError(t, err)
 	require.Zero(t, n)
 	require.Zero(t, outboxRows(t, dbB))
-	for i, e := range read(t, ctx, js, 3) {
+	for i, e := range read(t, ctx, js, outbox.DeleteRows+1) {
 		require.Equal(t, fmt.Sprint(i), e.GetMeta().GetDetail())
 	}
-	require.EqualValues(t, 3, streamMsgs(t, ctx, js), "each event exactly once")
+	require.EqualValues(t, outbox.DeleteRows+1, streamMsgs(t, ctx, js), "each event exactly once")
 }
