@@ -18,10 +18,6 @@ func AddNow(ctx context.Context, tx *sqldb.Tx, id, subject string, msg proto.Mes
 	return addAll(ctx, tx, []Event{{ID: id, Subject: subject, Msg: msg}}, false)
 }
 
-// DeleteRows is how many published rows a PostgreSQL relay keeps before
-// it has them deleted.
-const DeleteRows = deleteRows
-
 // SetAfterClaim makes r call f after each PostgreSQL round has read its batch.
 func SetAfterClaim(r *Relay, f func(ctx context.Context)) { r.afterClaim = f }
 

@@ -41,9 +41,6 @@ var (
 	readDesc = prometheus.NewDesc("clinicchat_outbox_read_events_total",
 		"Events the relay read from the outbox table: on SQLite only those its commit did not hand over "+
 			"(after a restart, a gap, a full hand-off queue or a failed publish); on PostgreSQL every event it publishes, and again after a failure.", nil, nil)
-	riddenDesc = prometheus.NewDesc("clinicchat_outbox_ridden_deletes_total",
-		"PostgreSQL: published events whose outbox rows were deleted with the commit of one of the service's own writes "+
-			"instead of a statement of the relay's.", nil, nil)
 )
 
 // relayStats counts the relay's publishing (read at scrape).
@@ -51,7 +48,6 @@ type relayStats struct {
 	published atomic.Int64 // rows acknowledged
 	waits     atomic.Int64 // waits for the acknowledgements of what is in flight
 	loaded    atomic.Int64 // rows read from the table (on SQLite: not handed over)
-	ridden    atomic.Int64 // PostgreSQL: published rows deleted with a write's commit (rideDelete)
 	// wait is each row's time from its write (created_at, inside the
 	// writer's transaction) to the relay sending it: the rest of that
 	// transaction, its commit, the relay's wake-up and read, and the
@@ -93,7 +89,6 @@ func (c backlogCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- publishedDesc
 	ch <- waitsDesc
 	ch <- readDesc
-	ch <- riddenDesc
 	c.r.stats.wait.Describe(ch)
 	c.r.stats.ack.Describe(ch)
 }
@@ -103,7 +98,6 @@ func (c backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(publishedDesc, prometheus.CounterValue, float64(published))
 	ch <- prometheus.MustNewConstMetric(waitsDesc, prometheus.CounterValue, float64(waits))
 	ch <- prometheus.MustNewConstMetric(readDesc, prometheus.CounterValue, float64(c.r.stats.loaded.Load()))
-	ch <- prometheus.MustNewConstMetric(riddenDesc, prometheus.CounterValue, float64(c.r.stats.ridden.Load()))
 	c.r.stats.wait.Collect(ch)
 	c.r.stats.ack.Collect(ch)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

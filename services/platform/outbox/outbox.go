@@ -39,10 +39,8 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -173,11 +171,10 @@ const Topic = "outbox"
 // wrote them, and no transaction or row lock is open while NATS is slow.
 // While rows keep coming (a wake-up within Linger) the relay keeps the lock,
 // and each further round is one statement that reads the next batch past
-// the rows already published. Those are deleted with the commit of the
-// service's next group-committed write (rideDelete; without group commit,
-// by a round's statement every deleteRows rows or deleteAfter: a durable
-// commit, not one per round); once no wake-up came within Linger, a round
-// that finds nothing more deletes the rest and releases the lock. While it holds the lock its session has
+// the rows already published, and deletes those every deleteRows rows or
+// deleteAfter (a durable commit, not one per round); once no wake-up came
+// within Linger, a round that finds nothing more deletes the rest and
+// releases the lock. While it holds the lock its session has
 // idle_session_timeout = Lease: a frozen relay loses its session, and with
 // it the lock, after Lease and another replica publishes the rows again
 // (JetStream drops the duplicates by Nats-Msg-Id within its duplicate
@@ -222,14 +219,6 @@ type Relay struct {
 
 	// held is the PostgreSQL outbox lock between rounds (nil when not held).
 	held *pgLock
-	// PostgreSQL: riding holds the published rows whose DELETE goes with
-	// the next commit of the service's own writes (rideDelete) and is not
-	// known to have committed; unridden the rows of rides that failed, for
-	// the relay to delete itself. Rounds read past both. Lane goroutines
-	// report the rides' outcome: rideMu guards both.
-	rideMu   sync.Mutex
-	riding   map[int64]struct{}
-	unridden []int64
 
 	// afterClaim runs after a PostgreSQL round has read its batch (tests).
 	afterClaim func(ctx context.Context)
@@ -571,23 +560,10 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 		clear(r.last)
 	}
 	h := r.held
-	riding, unridden := r.takeRides()
-	// NULL would match no row of seq <> ALL: empty arrays, not nil. Rows
-	// of failed rides are deleted by this round's statement.
-	published := make([]int64, 0, len(h.published)+len(riding)+len(unridden))
-	published = append(append(append(published, h.published...), riding...), unridden...)
-	del, deleting := append([]int64{}, unridden...), false
-	if len(h.published) > 0 && (last || len(h.published) >= deleteRows || time.Since(h.since) >= deleteAfter) {
-		if !last && r.rideDelete(h.published) {
-			h.published = h.published[:0]
-		} else {
-			del, deleting = append(del, h.published...), true
-		}
-	}
-	if last {
-		// No write may come to take the rows still riding: the last
-		// round deletes them (a ride that comes later deletes nothing).
-		del = append(del, riding...)
+	// NULL would match no row of seq <> ALL: empty arrays, not nil.
+	published, del := append([]int64{}, h.published...), []int64{}
+	if len(published) > 0 && (last || len(published) >= deleteRows || time.Since(h.since) >= deleteAfter) {
+		del = published
 	}
 	rs, err := h.conn.QueryContext(ctx, claimSQL, del, published, r.Batch)
 	if err != nil {
@@ -601,7 +577,7 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 	}
 	r.stats.loaded.Add(int64(len(rows)))
 	r.claimed = time.Now()
-	if deleting {
+	if len(del) > 0 {
 		h.published = h.published[:0]
 	}
 	if len(rows) == 0 {
@@ -621,58 +597,6 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 	return len(done), perr
 }
 
-// rideDelete hands the DELETE of published rows to the service's next
-// group-committed write (sqldb's RideNextCommit), where a round would
-// have deleted them in a commit, and a WAL flush, of its own (every
-// deleteRows rows or deleteAfter). The rows stay in riding, read past by
-// every round, until the ride is known to have committed; those of a ride
-// that failed are deleted by the next round (takeRides). False when the
-// database has no group commit: the round deletes them.
-func (r *Relay) rideDelete(seqs []int64) bool {
-	seqs = slices.Clone(seqs)
-	r.rideMu.Lock()
-	if r.riding == nil {
-		r.riding = map[int64]struct{}{}
-	}
-	for _, s := range seqs {
-		r.riding[s] = struct{}{}
-	}
-	r.rideMu.Unlock()
-	ok := r.db.RideNextCommit(deleteSQL, []any{seqs}, func(err error) {
-		r.rideMu.Lock()
-		defer r.rideMu.Unlock()
-		for _, s := range seqs {
-			delete(r.riding, s)
-		}
-		if err != nil {
-			r.unridden = append(r.unridden, seqs...)
-		} else {
-			r.stats.ridden.Add(int64(len(seqs)))
-		}
-	})
-	if !ok {
-		r.rideMu.Lock()
-		for _, s := range seqs {
-			delete(r.riding, s)
-		}
-		r.rideMu.Unlock()
-	}
-	return ok
-}
-
-// takeRides returns the rows still riding, and the rows of failed rides
-// (for the caller to delete; no longer kept here).
-func (r *Relay) takeRides() (riding, unridden []int64) {
-	r.rideMu.Lock()
-	defer r.rideMu.Unlock()
-	riding = make([]int64, 0, len(r.riding))
-	for s := range r.riding {
-		riding = append(riding, s)
-	}
-	unridden, r.unridden = r.unridden, nil
-	return riding, unridden
-}
-
 // release deletes the rows the last round published and gives the outbox
 // lock up, if the relay holds it. It runs even when ctx has ended.
 func (r *Relay) release(ctx context.Context) (err error) {
@@ -684,10 +608,8 @@ func (r *Relay) release(ctx context.Context) (err error) {
 	clear(r.last)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	// Rows still riding too: no write may come to take them.
-	riding, unridden := r.takeRides()
-	if del := slices.Concat(h.published, riding, unridden); len(del) > 0 {
-		if _, err := h.conn.ExecContext(ctx, deleteSQL, del); err != nil {
+	if len(h.published) > 0 {
+		if _, err := h.conn.ExecContext(ctx, deleteSQL, h.published); err != nil {
 			// Published but not deleted: the next round publishes them
 			// again and JetStream drops the duplicates.
 			discard(h.conn) // the session (and with it the lock) is gone or going

@@ -103,7 +103,6 @@ func (d *DB) stopLanes() {
 	if d.pgStop != nil {
 		close(d.pgStop)
 		d.pgWG.Wait()
-		d.dropRiders()
 	}
 }
 
@@ -173,53 +172,6 @@ type pgBatch struct {
 	sigs []string
 	sp   int  // savepoints made in p
 	lt   bool // lock_timeout is set (or pending) in p
-}
-
-// rider is a statement that goes with the COMMIT of the next transaction
-// a lane commits (RideNextCommit), and who to tell the outcome.
-type rider struct {
-	q    string
-	args []any
-	done func(error)
-}
-
-// RideNextCommit queues q to go with the COMMIT of the next transaction
-// one of d's group-commit lanes commits (as a write's ExecAtCommit
-// statements do, after them), and calls done with the outcome once that
-// transaction has ended: nil when q committed with it, else an error (q
-// did not run, or ran and was rolled back). done runs on the lane's
-// goroutine and must not block. It reports false, and queues nothing, on
-// a DB without lanes (SQLite, group_commit_lanes=0, or no pipelining):
-// the caller runs q itself. q must not need a write of its own to be
-// correct: it commits with whatever writes the transaction holds, and if it
-// fails, that transaction's writes run again alone (without it). Meant
-// for cheap idempotent clean-up whose own commit would be a WAL flush of
-// its own: the outbox relay's deletes of published rows.
-func (d *DB) RideNextCommit(q string, args []any, done func(error)) bool {
-	if d.pgJobs == nil {
-		return false
-	}
-	d.ridersMu.Lock()
-	d.riders = append(d.riders, rider{q: rebind(Postgres, q), args: args, done: done})
-	d.ridersMu.Unlock()
-	return true
-}
-
-// takeRiders returns, and removes, the statements waiting for a commit.
-func (d *DB) takeRiders() []rider {
-	d.ridersMu.Lock()
-	defer d.ridersMu.Unlock()
-	rs := d.riders
-	d.riders = nil
-	return rs
-}
-
-// dropRiders tells the statements still waiting that they will not run
-// (the lanes stopped).
-func (d *DB) dropRiders() {
-	for _, r := range d.takeRiders() {
-		r.done(errClosed)
-	}
 }
 
 func (d *DB) runPGBatch(first *pgJob) {
@@ -352,33 +304,16 @@ func (b *pgBatch) commit() {
 		return
 	}
 	p := b.p
-	riders := b.d.takeRiders()
-	for _, r := range riders {
-		p.atCommit = append(p.atCommit, atCommitStmt{q: r.q, args: r.args})
-	}
 	err := p.commit(b.ctx)
 	if err != nil {
 		p.rollback(b.ctx)
 	}
 	p.release()
-	for _, r := range riders {
-		if err != nil {
-			r.done(fmt.Errorf("commit: %w", err))
-		} else {
-			r.done(nil)
-		}
-	}
 	switch {
 	case err == nil:
 		b.d.committed(b.sigs, nil)
 		for _, j := range b.jobs {
 			j.done <- nil
-		}
-	case len(riders) > 0 && rolledBack(err):
-		// A rider may have failed it: the writes find their own outcome
-		// alone, without the riders.
-		for _, j := range b.jobs {
-			j.done <- errAlone
 		}
 	case len(b.jobs) == 1 && isRetryable(err):
 		b.jobs[0].done <- errAlone

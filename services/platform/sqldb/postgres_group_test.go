@@ -299,35 +299,3 @@ func TestPostgresGroupCommitJoinedWriteGivesWayOnALock(t *testing.T) {
 	require.Equal(t, "joined", v, "the joined write ran again after the other transaction")
 	require.EqualValues(t, 1, sqldb.AloneWrites(db))
 }
-
-// A statement handed to RideNextCommit waits for the next write a lane
-// commits and commits with it; its done hears the outcome before the
-// write's caller does. One that fails takes nothing with it: the write it
-// rode on runs again alone and commits, and done hears the error. A DB
-// without lanes takes none.
-func TestPostgresRideNextCommit(t *testing.T) {
-	db := openPG(t, "&group_commit_lanes=1")
-	ctx := context.Background()
-	for i, k := range []string{"a", "b", "c"} {
-		require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return insertKV(ctx, tx, k, i) }))
-	}
-	done := make(chan error, 1)
-	require.True(t, db.RideNextCommit(`DELETE FROM kv WHERE k = ANY(?)`, []any{[]string{"a", "b"}}, func(err error) { done <- err }))
-	require.Equal(t, []string{"a", "b", "c"}, kvKeys(t, db), "nothing runs before a write commits")
-	require.Empty(t, done)
-	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return insertKV(ctx, tx, "d", 0) }))
-	require.Len(t, done, 1, "done is told before the write's caller")
-	require.NoError(t, <-done)
-	require.Equal(t, []string{"c", "d"}, kvKeys(t, db))
-
-	require.True(t, db.RideNextCommit(`SELECT raise_state(?)`, []any{"22012"}, func(err error) { done <- err }))
-	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return insertKV(ctx, tx, "e", 0) }))
-	require.Len(t, done, 1)
-	require.ErrorContains(t, <-done, "injected 22012")
-	require.Equal(t, []string{"c", "d", "e"}, kvKeys(t, db), "the write the failed ride was on commits alone")
-	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return insertKV(ctx, tx, "f", 0) }))
-	require.Empty(t, done, "a ride goes once")
-
-	alone := openPG(t, "&group_commit_lanes=0")
-	require.False(t, alone.RideNextCommit(`SELECT 1`, nil, func(error) { t.Error("done of a ride not taken") }))
-}

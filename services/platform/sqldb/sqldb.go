@@ -89,10 +89,6 @@ type DB struct {
 	pgWaiting atomic.Int32
 	// pgAlone counts the writes a lane gave back to run alone (tests).
 	pgAlone atomic.Int64
-	// riders are statements waiting for the next group-committed
-	// transaction (RideNextCommit).
-	ridersMu sync.Mutex
-	riders   []rider
 }
 
 // readConns is the size of a SQLite database's read pool, and
