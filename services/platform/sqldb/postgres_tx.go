@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -202,6 +204,7 @@ func (p *pgTx) commit(ctx context.Context) error {
 // statements up to a Sync are one implicit transaction, committed at the
 // Sync, all or nothing, as durably as an explicit COMMIT.
 func (p *pgTx) commitWith(ctx context.Context) error {
+	p.atCommit = mergeInserts(p.atCommit)
 	return p.raw(func(c *pgx.Conn) error {
 		b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(p.atCommit)+len(p.sets)+2)}
 		// SET LOCALs still pending apply to the held-back statements too:
@@ -326,4 +329,85 @@ func (p *pgTx) pgQueryRow(ctx context.Context, q string, args []any) *sql.Row {
 	_ = p.before(ctx, false)
 	defer p.after()
 	return p.conn.QueryRowContext(ctx, q, args...)
+}
+
+// maxMergedRows bounds the rows of an INSERT mergeInserts builds (and so
+// the distinct statements it makes of one: one per row count).
+const maxMergedRows = 32
+
+// mergeInserts joins held-back statements that follow one another and are
+// the same plain multi-row INSERT, "INSERT INTO t (c…) VALUES ($1, …), …"
+// with nothing after its rows, into one INSERT of all their rows, in their
+// order: a group commit's writes each hold back their outbox rows, and
+// each held-back statement is a Bind and Execute the server runs on its
+// own. The rows are inserted in the same order, in the same transaction,
+// and a failure fails the COMMIT as before (every statement up to the Sync
+// is skipped either way).
+func mergeInserts(stmts []atCommitStmt) []atCommitStmt {
+	if len(stmts) < 2 {
+		return stmts
+	}
+	out := stmts[:0:0]
+	var head string // the INSERT of out's last statement, "" when it cannot take more rows
+	var width, rows int
+	for _, st := range stmts {
+		h, w, r := insertShape(st.q, len(st.args))
+		if h != "" && h == head && w == width && rows+r <= maxMergedRows {
+			last := &out[len(out)-1]
+			rows += r
+			last.args = append(last.args, st.args...)
+			last.q = insertText(h, w, rows)
+			continue
+		}
+		out = append(out, atCommitStmt{q: st.q, args: slices.Clone(st.args)})
+		head, width, rows = h, w, r
+	}
+	return out
+}
+
+// insertShape reads q as insertText(head, width, rows) for n arguments;
+// head is "" when q is not such an INSERT.
+func insertShape(q string, n int) (head string, width, rows int) {
+	if !strings.HasPrefix(q, "INSERT INTO ") {
+		return "", 0, 0
+	}
+	i := strings.Index(q, " VALUES (")
+	if i < 0 || n == 0 {
+		return "", 0, 0
+	}
+	rows = strings.Count(q[i:], "(")
+	if rows == 0 || n%rows != 0 {
+		return "", 0, 0
+	}
+	head, width = q[:i], n/rows
+	if insertText(head, width, rows) != q {
+		return "", 0, 0
+	}
+	return head, width, rows
+}
+
+// insertText is head followed by rows rows of width parameters, numbered
+// from $1 (as rebind writes them).
+func insertText(head string, width, rows int) string {
+	var b strings.Builder
+	b.Grow(len(head) + 8 + rows*width*5)
+	b.WriteString(head)
+	b.WriteString(" VALUES ")
+	k := 0
+	for r := range rows {
+		if r > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('(')
+		for c := range width {
+			if c > 0 {
+				b.WriteString(", ")
+			}
+			k++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(k))
+		}
+		b.WriteByte(')')
+	}
+	return b.String()
 }
