@@ -30,10 +30,21 @@ type client struct {
 	hc    *http.Client
 	url   string
 	token string
+	// md is the token as gRPC metadata, built once: never modified (a
+	// call's context only carries it).
+	md metadata.MD
+}
+
+func newClient(hc *http.Client, url, token string) *client {
+	c := &client{hc: hc, url: url, token: token}
+	if token != "" {
+		c.md = metadata.Pairs("authorization", "Bearer "+token)
+	}
+	return c
 }
 
 // at is the same user on another gateway of the deployment.
-func (c *client) at(url string) *client { return &client{hc: c.hc, url: url, token: c.token} }
+func (c *client) at(url string) *client { return &client{hc: c.hc, url: url, token: c.token, md: c.md} }
 
 // apiError is a refused HTTP call, with the SPEC reason when the body has one.
 type apiError struct {
@@ -82,7 +93,7 @@ func (c *client) as(ctx context.Context, subject, role, practice string) (*clien
 	if out.Token == "" {
 		return nil, errors.New("the dev token issuer answered no token")
 	}
-	return &client{hc: c.hc, url: c.url, token: out.Token}, nil
+	return newClient(c.hc, c.url, out.Token), nil
 }
 
 // call sends a JSON request and decodes a 200 answer into out (if not nil).
@@ -184,13 +195,13 @@ func newGRPCSender(addr string) (*grpcSender, error) {
 func (g *grpcSender) close() { _ = g.conn.Close() }
 
 func (g *grpcSender) send(ctx context.Context, th *thread, text, requestID string) (string, error) {
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+th.staff.token)
+	ctx = metadata.NewOutgoingContext(ctx, th.staff.md)
 	m, err := g.dc.CreateMessage(ctx, &deliveryv1.CreateMessageRequest{Parent: th.conv, Text: text, RequestId: requestID})
 	return m.GetName(), err
 }
 
 func (g *grpcSender) markRead(ctx context.Context, th *thread, upTo string) error {
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+th.patient.token)
+	ctx = metadata.NewOutgoingContext(ctx, th.patient.md)
 	_, err := g.cc.MarkConversationRead(ctx, &conversationv1.MarkConversationReadRequest{Name: th.conv, UpTo: upTo})
 	return err
 }
