@@ -256,3 +256,45 @@ func TestStreamWakes(t *testing.T) {
 		t.Errorf("count %d, want 4", got)
 	}
 }
+
+// FuzzObjectString holds objectString (the HTTP sender's read of an
+// answer's name) to encoding/json: on every input encoding/json accepts
+// into a string field, the same value; on what it refuses, no value.
+func FuzzObjectString(f *testing.F) {
+	f.Add([]byte(`{"name":"conversations/c/messages/1","sender":"users/x","attachments":[],"seq":"1"}`))
+	f.Add([]byte(`{"NAME":"a\"b","x":{"name":"inner"},"nAme":null}`))
+	f.Add([]byte(`{"name":1}`))
+	f.Add([]byte(`{"name":"\u00e9\ud800","n\u0061me":"esc"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, ok := objectString(data, "name")
+		var d struct {
+			Name string `json:"name"`
+		}
+		if err := json.Unmarshal(data, &d); err != nil {
+			if ok && json.Valid(data) {
+				// encoding/json refused the value's type (a number): so must we.
+				t.Fatalf("objectString(%s) = %q; encoding/json: %v", data, got, err)
+			}
+			return
+		}
+		if !ok {
+			t.Fatalf("objectString refused %s, encoding/json read %q", data, d.Name)
+		}
+		if string(got) != d.Name {
+			t.Fatalf("objectString(%s) = %q; encoding/json: %q", data, got, d.Name)
+		}
+	})
+}
+
+// appendJSONString writes what encoding/json reads back as the same string.
+func TestAppendJSONString(t *testing.T) {
+	for _, s := range []string{"", "bench-3-17", strings.Repeat("x", 64), `a"b\c`, "tab\there", "é ü 😀", "<&>", "\x00\xff"} {
+		var back string
+		if err := json.Unmarshal(appendJSONString(nil, s), &back); err != nil {
+			t.Fatalf("%q: %v", s, err)
+		}
+		if want := strings.ToValidUTF8(s, "\uFFFD"); back != want {
+			t.Fatalf("%q read back as %q", s, back)
+		}
+	}
+}
