@@ -35,7 +35,8 @@ func Main(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "Exits 1 when any message (or receipt) is lost or duplicated, or any call fails.")
 		fmt.Fprintln(stderr, "--cpuprofile FILE profiles the client itself. On the server's own machine every ms of the client's CPU")
 		fmt.Fprintln(stderr, "is the server's: GOMAXPROCS=1 clinicchat bench … spends about a sixth less (fewer scheduler wake-ups),")
-		fmt.Fprintln(stderr, "at the price of the client's goroutines queueing for one core (measured in BENCHMARKS.md).")
+		fmt.Fprintln(stderr, "at the price of the client's goroutines queueing for one core (measured in BENCHMARKS.md). Its garbage")
+		fmt.Fprintln(stderr, "collector runs at GOGC=400 unless $GOGC is set.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
