@@ -298,3 +298,45 @@ func TestAppendJSONString(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkHTTPSendCodec is the HTTP sender's own work per send besides the
+// transport: its request body and the answer's name, with encoding/json
+// (before) and written and scanned by hand (httpSender.send).
+func BenchmarkHTTPSendCodec(b *testing.B) {
+	text, reqID := strings.Repeat("x", 64), "bench-3-12345"
+	var answer struct {
+		Message json.RawMessage `json:"message"`
+	}
+	if err := json.Unmarshal([]byte(sseMessage("c0", 12345, "SENT")), &answer); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := json.Marshal(map[string]any{"text": text, "requestId": reqID}); err != nil {
+				b.Fatal(err)
+			}
+			var m struct {
+				Name string `json:"name"`
+			}
+			if err := json.Unmarshal(answer.Message, &m); err != nil || m.Name == "" {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("by-hand", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			body := make([]byte, 0, len(text)+len(reqID)+32)
+			body = append(body, `{"text":`...)
+			body = appendJSONString(body, text)
+			body = append(body, `,"requestId":`...)
+			body = appendJSONString(body, reqID)
+			_ = append(body, '}')
+			name, ok := objectString(answer.Message, "name")
+			if !ok || len(string(name)) == 0 {
+				b.Fatal("no name")
+			}
+		}
+	})
+}
