@@ -742,7 +742,8 @@ func TestHubHoldsLazyEvents(t *testing.T) {
 			h.publish(natsx.SubjectMessageStatusEcho, &deliveryv1.MessageUpdated{Meta: meta("p1", natsx.SystemActor),
 				Message: m, Patient: "patients/pa"})
 			require.Equal(t, EventMessageUpdated, doc.next().Event)
-			require.Equal(t, 1, held(hub.lazy[streamD]), "the patient's echo of its own receipt")
+			require.Eventually(t, func() bool { return held(hub.lazy[streamD]) == 1 }, waitFor, time.Millisecond,
+				"the patient's echo of its own receipt")
 			// The thread's activity: held for both.
 			seq := activity(2)
 			require.Eventually(t, func() bool { return hub.position().c >= seq }, waitFor, time.Millisecond)
