@@ -30,9 +30,9 @@ type conn struct {
 	// keep-alive is due.
 	wake chan struct{}
 
-	// wakeDue[stream]: c waits in that stream's wakeBatch (its mutex
-	// guards it).
-	wakeDue [2]bool
+	// wakeDue[slot]: c waits in that wakeBatch (its mutex guards it): a
+	// stream's burst, then its lazy events (hub.go).
+	wakeDue [4]bool
 
 	// kaSlot is the keep-alive wheel's slot holding c, -1 when none (the
 	// wheel's mutex guards it).
@@ -64,14 +64,14 @@ func (c *conn) takePing() bool {
 }
 
 // push queues e without waking the stream (the hub wakes it at the end of
-// the burst, wakeBatch); false when the connection is gone or too far
-// behind (then it is woken at once, to be told to reset by its own
-// goroutine). Never blocks.
-func (c *conn) push(e *event) bool {
+// the burst, wakeBatch) and returns how many events wait; false when the
+// connection is gone or too far behind (then it is woken at once, to be
+// told to reset by its own goroutine). Never blocks.
+func (c *conn) push(e *event) (queued int, ok bool) {
 	c.mu.Lock()
 	if c.closed || c.overflow {
 		c.mu.Unlock()
-		return false
+		return 0, false
 	}
 	if len(c.items)-c.head >= c.limit {
 		c.overflow = true
@@ -81,21 +81,24 @@ func (c *conn) push(e *event) bool {
 			hook()
 		}
 		c.signal()
-		return false
+		return 0, false
 	}
 	c.items = append(c.items, e)
+	queued = len(c.items) - c.head
 	c.mu.Unlock()
 	c.h.queued.Add(1)
-	return true
+	return queued, true
 }
 
+// signal wakes the stream. A wake-up already pending (not yet taken by the
+// stream's wait) covers this one: onSignal runs only with a new one.
 func (c *conn) signal() {
 	select {
 	case c.wake <- struct{}{}:
+		if c.onSignal != nil {
+			c.onSignal()
+		}
 	default:
-	}
-	if c.onSignal != nil {
-		c.onSignal()
 	}
 }
 

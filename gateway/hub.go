@@ -295,8 +295,9 @@ type hub struct {
 	queued       atomic.Int64 // items waiting in connection queues
 
 	// wakes are each stream's connections with events queued but not yet
-	// woken (wakeBatch).
-	wakes [2]*wakeBatch
+	// woken (wakeBatch); lazy those whose events are only held
+	// (lazyFor).
+	wakes, lazy [2]*wakeBatch
 
 	// keepAlive schedules every connection's keep-alive.
 	keepAlive *keepAliveWheel
@@ -309,6 +310,8 @@ func newHub(s *Server) *hub {
 		keepAlive: newKeepAliveWheel(s.cfg.KeepAlive), stages: newEventStages()}
 	for i := range h.wakes {
 		h.wakes[i] = newWakeBatch(i, wakeWait)
+		h.lazy[i] = newWakeBatch(len(h.wakes)+i, lazyWait)
+		h.lazy[i].max = 0 // a stream's queue bounds what it holds (dispatch)
 	}
 	s.metrics.reg.MustRegister(h.stages.hist)
 	return h
@@ -437,9 +440,12 @@ func (h *hub) consumeOnce(ctx context.Context, stream int) error {
 		default:
 		}
 	}
-	wakes := h.wakes[stream]
-	defer wakes.flush() // nothing queued stays unwoken when the consumer goes
-	next := uint64(1)   // the consumer sequence expected next
+	wakes, lazy := h.wakes[stream], h.lazy[stream]
+	defer func() { // nothing queued stays unwoken when the consumer goes
+		wakes.flush()
+		lazy.flush()
+	}()
+	next := uint64(1) // the consumer sequence expected next
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		md, err := m.Metadata()
 		if err != nil {
@@ -447,6 +453,7 @@ func (h *hub) consumeOnce(ctx context.Context, stream int) error {
 		}
 		if md.Sequence.Consumer != next {
 			wakes.flush()
+			lazy.flush()
 			fail(fmt.Errorf("consumer sequence %d, expected %d", md.Sequence.Consumer, next))
 			return
 		}
@@ -543,16 +550,24 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64, stored time.Time
 		end := h.traceFanout(hdr, subject, e)
 		defer end()
 	}
-	wakes := h.wakes[stream]
+	wakes, lazy := h.wakes[stream], h.lazy[stream]
 	deliver := func(c *conn) {
-		if e.visibleTo(c.id) && c.push(e) {
-			pc.dispatched.Add(1)
-			if e.kind == itemMessageCreated && isRecipient(c.id, e.message) {
-				// A new message for its recipient is not held for the rest
-				// of the burst (wakeBatch): it wakes the stream at once.
-				c.signal()
-				return
-			}
+		if !e.visibleTo(c.id) {
+			return
+		}
+		queued, ok := c.push(e)
+		if !ok {
+			return
+		}
+		pc.dispatched.Add(1)
+		switch {
+		case e.kind == itemMessageCreated && isRecipient(c.id, e.message):
+			// A new message for its recipient is not held for the rest
+			// of the burst (wakeBatch): it wakes the stream at once.
+			c.signal()
+		case lazyFor(c.id, e) && 2*queued <= c.limit:
+			lazy.add(c)
+		default:
 			wakes.add(c)
 		}
 	}
@@ -713,23 +728,53 @@ func (st *eventStages) observe(stage int, d time.Duration) { st.by[stage].Observ
 // took 1–3 ms p90 from the fan-out to its goroutine that way, 0.1 ms when
 // woken at once; BENCHMARKS.md, gateway12); what was held for it goes out
 // in the same write.
+//
+// Some events tell a viewer nothing they are waiting for: a thread's
+// conversation.updated (its preview, counts and order in the list; the
+// message itself came as message.created), a receipt echoed back to the
+// side that received the message (its own DELIVERED and READ), a user's
+// pin or mute echoed to their other tabs, a conversation.read (never
+// written). Those are held (lazyFor) up to lazyWait, not only to the end
+// of their burst: a stream woken for anything else in the meantime (its
+// next new message, above all) writes them in the same write. Under a
+// steady flow a patient's stream then gets one write per message instead
+// of two (message.created, then its thread's conversation.updated a
+// commit later), and its reader one wake-up (BENCHMARKS.md, edge14). A
+// stream whose queue is half full is not held.
 const (
 	// wakeWait bounds how long an event waits for the rest of its burst.
 	wakeWait = 2 * time.Millisecond
 	// wakeMax is the most events a burst holds back.
 	wakeMax = 64
+	// lazyWait bounds how long an event lazyFor its viewer is held.
+	lazyWait = 20 * time.Millisecond
 )
+
+// lazyFor reports whether e can wait for id's stream to be woken for
+// something else, up to lazyWait.
+func lazyFor(id auth.Identity, e *event) bool {
+	switch e.kind {
+	case itemConversation, itemUserState, itemConversationRead:
+		return true
+	case itemMessageUpdated:
+		return isRecipient(id, e.message)
+	}
+	return false
+}
 
 // wakeBatch is one stream's connections with events queued but not yet
 // woken. The stream's consumer callback adds and flushes; its timer and the
 // consumer's end flush too.
 type wakeBatch struct {
-	stream int
+	// slot is the batch's index in conn.wakeDue.
+	slot   int
 	mu     sync.Mutex
 	conns  []*conn
 	events int
-	timer  *time.Timer
-	wait   time.Duration
+	// max is how many events wake the batch at once (0: no bound).
+	max   int
+	timer *time.Timer
+	wait  time.Duration
 	// armed: the timer runs for the current batch.
 	armed bool
 	// wakes counts flushes that woke connections, timed those the timer
@@ -737,8 +782,8 @@ type wakeBatch struct {
 	wakes, timed atomic.Uint64
 }
 
-func newWakeBatch(stream int, wait time.Duration) *wakeBatch {
-	b := &wakeBatch{stream: stream, wait: wait}
+func newWakeBatch(slot int, wait time.Duration) *wakeBatch {
+	b := &wakeBatch{slot: slot, wait: wait, max: wakeMax}
 	b.timer = time.AfterFunc(time.Hour, func() {
 		if b.flush() {
 			b.timed.Add(1)
@@ -751,12 +796,12 @@ func newWakeBatch(stream int, wait time.Duration) *wakeBatch {
 // add records that c has an event queued to wake it for.
 func (b *wakeBatch) add(c *conn) {
 	b.mu.Lock()
-	if !c.wakeDue[b.stream] {
-		c.wakeDue[b.stream] = true
+	if !c.wakeDue[b.slot] {
+		c.wakeDue[b.slot] = true
 		b.conns = append(b.conns, c)
 	}
 	b.events++
-	full := b.events >= wakeMax
+	full := b.max > 0 && b.events >= b.max
 	if !b.armed && !full {
 		b.armed = true
 		b.timer.Reset(b.wait)
@@ -767,8 +812,9 @@ func (b *wakeBatch) add(c *conn) {
 	}
 }
 
-// flush wakes every connection added since the last flush; false when
-// there was none.
+// flush wakes every connection added since the last flush that still has
+// something queued (a stream woken for something else meanwhile wrote what
+// it held: no wake-up for nothing); false when none was added.
 func (b *wakeBatch) flush() bool {
 	b.mu.Lock()
 	conns := b.conns
@@ -782,11 +828,13 @@ func (b *wakeBatch) flush() bool {
 		b.timer.Stop()
 	}
 	for _, c := range conns {
-		c.wakeDue[b.stream] = false
+		c.wakeDue[b.slot] = false
 	}
 	b.mu.Unlock()
 	for _, c := range conns {
-		c.signal()
+		if !c.idle() {
+			c.signal()
+		}
 	}
 	b.wakes.Add(1)
 	return true

@@ -618,7 +618,10 @@ func TestHubWakesARecipientAtOnce(t *testing.T) {
 // wait, each connection once.
 func TestWakeBatchTimeBound(t *testing.T) {
 	b := newWakeBatch(streamD, time.Millisecond)
-	c1, c2 := &conn{wake: make(chan struct{}, 1)}, &conn{wake: make(chan struct{}, 1)}
+	// Each with an event queued: a batch wakes no stream that has written
+	// everything it held (TestWakeBatchSkipsDrainedStreams).
+	c1 := &conn{wake: make(chan struct{}, 1), items: []*event{{}}}
+	c2 := &conn{wake: make(chan struct{}, 1), items: []*event{{}}}
 	b.add(c1)
 	b.add(c2)
 	b.add(c1)
@@ -685,4 +688,91 @@ func subjectMatches(filter, subject string) bool {
 		}
 	}
 	return len(f) == len(s)
+}
+
+// TestHubHoldsLazyEvents: what a viewer is not waiting for (a thread's
+// conversation.updated; a receipt echoed to the side that received the
+// message) is held until its stream is woken for something else, a new
+// message above all, and goes out in the same write, in queue order; the
+// same receipt reaches the message's sender at the end of its burst.
+func TestHubHoldsLazyEvents(t *testing.T) {
+	for _, noHijack := range []bool{false, true} {
+		t.Run(fmt.Sprintf("netHTTP=%v", noHijack), func(t *testing.T) {
+			h := newHarness(t, func(h *harness, c *Config, _ *Deps) {
+				h.noHijack = noHijack
+				c.KeepAlive = time.Hour
+			})
+			h.conv.add("conversations/ca", "p1", "patients/pa")
+			hub := h.gw.hub
+			held := func(b *wakeBatch) int {
+				b.mu.Lock()
+				defer b.mu.Unlock()
+				return len(b.conns)
+			}
+			writes := func() int {
+				n, err := strconv.Atoi(h.metricValue("clinicchat_gateway_sse_writes_total"))
+				require.NoError(t, err)
+				return n
+			}
+			doc := h.openEvents(h.token("doc", auth.RoleDentist, "p1", 0), "")
+			pa := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "")
+			activity := func(seq int64) uint64 {
+				act := meta("p1", natsx.SystemActor)
+				act.Action = actionActivity
+				return h.publish(natsx.SubjectConversationEcho, &conversationv1.ConversationUpdated{Meta: act, MessageSeq: seq,
+					Conversation: &conversationv1.Conversation{Name: "conversations/ca", Patient: "patients/pa", LastMessageSeq: int32(seq)}})
+			}
+			// Each stream's first view of the thread is fetched (and what it
+			// buffered written before the fetch); later ones are built from
+			// the event. The lazy wait's timer writes this one.
+			activity(1)
+			for _, c := range []*sseClient{doc, pa} {
+				require.Equal(t, EventConversationUpdated, c.next().Event)
+			}
+			for _, b := range hub.lazy {
+				b.mu.Lock()
+				b.wait = time.Hour // from here held until something else wakes the stream
+				b.mu.Unlock()
+			}
+			base := writes()
+
+			// A receipt of doc's message: prompt for doc, held for pa.
+			m := messageCreated("p1", "ca", "pa", "m1", "users/doc", "x", 1, false).GetMessage()
+			m.Status = deliveryv1.Message_READ
+			h.publish(natsx.SubjectMessageStatusEcho, &deliveryv1.MessageUpdated{Meta: meta("p1", natsx.SystemActor),
+				Message: m, Patient: "patients/pa"})
+			require.Equal(t, EventMessageUpdated, doc.next().Event)
+			require.Eventually(t, func() bool { return held(hub.lazy[streamD]) == 1 }, waitFor, time.Millisecond,
+				"the patient's echo of its own receipt")
+			// The thread's activity: held for both.
+			seq := activity(2)
+			require.Eventually(t, func() bool { return hub.position().c >= seq }, waitFor, time.Millisecond)
+			require.Equal(t, 2, held(hub.lazy[streamC]))
+			require.Equal(t, base+1, writes(), "nothing written for what is held")
+
+			// A new message for pa wakes it: everything held goes out first,
+			// in the same write.
+			h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m2", "users/doc", "y", 2, false))
+			require.Equal(t, EventMessageUpdated, pa.next().Event)
+			require.Equal(t, EventConversationUpdated, pa.next().Event)
+			requireMessage(t, pa.next(), "conversations/ca/messages/m2")
+			// doc's held activity and the new message: the burst's end wakes it.
+			require.Equal(t, EventConversationUpdated, doc.next().Event)
+			requireMessage(t, doc.next(), "conversations/ca/messages/m2")
+			require.Equal(t, base+3, writes(), "one write for pa's three events, one for doc's two")
+		})
+	}
+}
+
+// TestWakeBatchSkipsDrainedStreams: a stream that wrote what it held
+// (woken for something else meanwhile) is not woken again for nothing.
+func TestWakeBatchSkipsDrainedStreams(t *testing.T) {
+	b := newWakeBatch(streamD, time.Hour)
+	drained := &conn{wake: make(chan struct{}, 1)}
+	waiting := &conn{wake: make(chan struct{}, 1), items: []*event{{}}}
+	b.add(drained)
+	b.add(waiting)
+	require.True(t, b.flush())
+	require.Empty(t, drained.wake)
+	require.Len(t, waiting.wake, 1)
 }

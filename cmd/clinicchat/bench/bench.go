@@ -353,7 +353,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 						return
 					}
 				}
-				reqID := fmt.Sprintf("bench-%d-%d", w, i)
+				reqID := "bench-" + strconv.Itoa(w) + "-" + strconv.FormatInt(i, 10)
 				t0 := time.Now()
 				var name string
 				var err error

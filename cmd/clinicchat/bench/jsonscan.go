@@ -66,6 +66,56 @@ func messageFields(data []byte) (name, status []byte, ok bool) {
 	return name, status, true
 }
 
+// objectString reads the string member key of the JSON object data without
+// decoding the rest, matched as encoding/json matches keys
+// (case-insensitively, the last one winning; null leaves it as it was);
+// ok is false when data is not an object or the member's value is not a
+// string or null (encoding/json's error then). FuzzObjectString holds it to
+// encoding/json on valid input.
+func objectString(data []byte, key string) (val []byte, ok bool) {
+	sc := jsonScanner{b: data}
+	if !sc.enter() {
+		return nil, false
+	}
+	for first := true; ; first = false {
+		k, end, ok := sc.member(first)
+		switch {
+		case !ok:
+			return nil, false
+		case end:
+		case bytes.EqualFold(k, []byte(key)):
+			ok = sc.stringInto(&val)
+		default:
+			ok = sc.skip()
+		}
+		if !ok {
+			return nil, false
+		}
+		if end {
+			break
+		}
+	}
+	if sc.space(); sc.i != len(sc.b) {
+		return nil, false
+	}
+	return val, true
+}
+
+// appendJSONString appends s as a JSON string: as it is between quotes
+// when it is printable ASCII without a quote or backslash (request ids, the
+// bench's texts), through encoding/json otherwise.
+func appendJSONString(out []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			b, _ := json.Marshal(s) // a string always encodes
+			return append(out, b...)
+		}
+	}
+	out = append(out, '"')
+	out = append(out, s...)
+	return append(out, '"')
+}
+
 // jsonScanner walks JSON text; each method reports false on text it cannot walk.
 type jsonScanner struct {
 	b []byte

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"runtime/pprof"
 	"sync"
 	"syscall"
@@ -34,7 +35,8 @@ func Main(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "Exits 1 when any message (or receipt) is lost or duplicated, or any call fails.")
 		fmt.Fprintln(stderr, "--cpuprofile FILE profiles the client itself. On the server's own machine every ms of the client's CPU")
 		fmt.Fprintln(stderr, "is the server's: GOMAXPROCS=1 clinicchat bench … spends about a sixth less (fewer scheduler wake-ups),")
-		fmt.Fprintln(stderr, "at the price of the client's goroutines queueing for one core (measured in BENCHMARKS.md).")
+		fmt.Fprintln(stderr, "at the price of the client's goroutines queueing for one core (measured in BENCHMARKS.md). Its garbage")
+		fmt.Fprintln(stderr, "collector runs at GOGC=400 unless $GOGC is set.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -50,6 +52,14 @@ func Main(args []string, stdout, stderr io.Writer) error {
 		bar := &progressBar{w: stderr}
 		var mu sync.Mutex
 		cfg.Progress = func(sent, total int) { mu.Lock(); bar.update(sent, total); mu.Unlock() }
+	}
+	if os.Getenv("GOGC") == "" {
+		// The client's live heap is a few MB (the run's message names and
+		// latencies) while it allocates ~100 small objects per message in
+		// the transports: at Go's default the collector ran every few
+		// thousand messages, ~3% of the client's CPU, taken from the server
+		// under test on a shared machine. $GOGC still wins.
+		debug.SetGCPercent(400)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

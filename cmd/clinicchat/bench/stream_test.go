@@ -256,3 +256,87 @@ func TestStreamWakes(t *testing.T) {
 		t.Errorf("count %d, want 4", got)
 	}
 }
+
+// FuzzObjectString holds objectString (the HTTP sender's read of an
+// answer's name) to encoding/json: on every input encoding/json accepts
+// into a string field, the same value; on what it refuses, no value.
+func FuzzObjectString(f *testing.F) {
+	f.Add([]byte(`{"name":"conversations/c/messages/1","sender":"users/x","attachments":[],"seq":"1"}`))
+	f.Add([]byte(`{"NAME":"a\"b","x":{"name":"inner"},"nAme":null}`))
+	f.Add([]byte(`{"name":1}`))
+	f.Add([]byte(`{"name":"\u00e9\ud800","n\u0061me":"esc"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, ok := objectString(data, "name")
+		var d struct {
+			Name string `json:"name"`
+		}
+		if err := json.Unmarshal(data, &d); err != nil {
+			if ok && json.Valid(data) {
+				// encoding/json refused the value's type (a number): so must we.
+				t.Fatalf("objectString(%s) = %q; encoding/json: %v", data, got, err)
+			}
+			return
+		}
+		if !ok {
+			t.Fatalf("objectString refused %s, encoding/json read %q", data, d.Name)
+		}
+		if string(got) != d.Name {
+			t.Fatalf("objectString(%s) = %q; encoding/json: %q", data, got, d.Name)
+		}
+	})
+}
+
+// appendJSONString writes what encoding/json reads back as the same string.
+func TestAppendJSONString(t *testing.T) {
+	for _, s := range []string{"", "bench-3-17", strings.Repeat("x", 64), `a"b\c`, "tab\there", "é ü 😀", "<&>", "\x00\xff"} {
+		var back string
+		if err := json.Unmarshal(appendJSONString(nil, s), &back); err != nil {
+			t.Fatalf("%q: %v", s, err)
+		}
+		if want := strings.ToValidUTF8(s, "\uFFFD"); back != want {
+			t.Fatalf("%q read back as %q", s, back)
+		}
+	}
+}
+
+// BenchmarkHTTPSendCodec is the HTTP sender's own work per send besides the
+// transport: its request body and the answer's name, with encoding/json
+// (before) and written and scanned by hand (httpSender.send).
+func BenchmarkHTTPSendCodec(b *testing.B) {
+	text, reqID := strings.Repeat("x", 64), "bench-3-12345"
+	var answer struct {
+		Message json.RawMessage `json:"message"`
+	}
+	if err := json.Unmarshal([]byte(sseMessage("c0", 12345, "SENT")), &answer); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := json.Marshal(map[string]any{"text": text, "requestId": reqID}); err != nil {
+				b.Fatal(err)
+			}
+			var m struct {
+				Name string `json:"name"`
+			}
+			if err := json.Unmarshal(answer.Message, &m); err != nil || m.Name == "" {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("by-hand", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			body := make([]byte, 0, len(text)+len(reqID)+32)
+			body = append(body, `{"text":`...)
+			body = appendJSONString(body, text)
+			body = append(body, `,"requestId":`...)
+			body = appendJSONString(body, reqID)
+			_ = append(body, '}')
+			name, ok := objectString(answer.Message, "name")
+			if !ok || len(string(name)) == 0 {
+				b.Fatal("no name")
+			}
+		}
+	})
+}
