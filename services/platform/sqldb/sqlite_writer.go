@@ -119,9 +119,9 @@ const maxBatch = 128
 // background write only while it has spent less than that on them, and
 // the rest wait for the next batch. It bounds what a write a caller waits
 // on (a send) can be held by writes nobody waits on (delivered and read
-// receipts, the outbox relay's deletes) to about one COMMIT's time (p50
-// 0.6–3 ms on the 2-core bench machine), plus one background write that
-// overruns it. Every batch takes at least one, so they never starve.
+// receipts, the outbox relay's deletes): a commit's fsync is ~1–3 ms here,
+// so a batch's background statements stay below one fsync. Every batch
+// takes at least one, so they never starve.
 const backgroundBudget = time.Millisecond
 
 func (d *DB) writer() {
