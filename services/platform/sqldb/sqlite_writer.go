@@ -137,15 +137,7 @@ func (d *DB) writer() {
 	timer.Stop()
 	for {
 		var first *job
-		wake, due := heldDue(held)
-		if due {
-			select {
-			case <-d.stop: // not kept running by background writes
-				d.refuse(held)
-				return
-			default:
-			}
-		} else {
+		if wake, due := heldDue(held); !due {
 			if !wake.IsZero() {
 				timer.Reset(time.Until(wake))
 			}
