@@ -284,9 +284,8 @@ func sendRound(b *testing.B, idle *idleWatcher, threads []*benchThread, patients
 // stageSeries are the histograms of a message's trip, in trip order:
 // delivery's SQLite writer (sqldb/sqlite_metrics.go: a write's wait in the
 // queue and its run to the durable commit, counting every write of
-// delivery.db a caller waits on, the sends most of them; each group commit's
-// statements and COMMIT, and the part of its statements spent in background
-// writes, receipts and outbox deletes, and their wait), the delivery outbox relay's (row written → sent, sent → acknowledged) and the
+// delivery.db, the sends most of them; and each group commit's statements
+// and COMMIT), the delivery outbox relay's (row written → sent, sent → acknowledged) and the
 // gateway's (outbox/metrics.go, gateway/hub.go eventStages). The relay's
 // count every delivery event (also the delivered receipts).
 var stageSeries = []struct{ name, series string }{
@@ -294,8 +293,6 @@ var stageSeries = []struct{ name, series string }{
 	{"db write run (runs → committed)", `clinicchat_sqldb_write_run_seconds_bucket{db="delivery",`},
 	{"db batch statements", `clinicchat_sqldb_batch_statements_seconds_bucket{db="delivery",`},
 	{"db batch COMMIT", `clinicchat_sqldb_batch_commit_seconds_bucket{db="delivery",`},
-	{"db batch background stmts", `clinicchat_sqldb_batch_background_seconds_bucket{db="delivery",`},
-	{"db background write wait", `clinicchat_sqldb_background_write_wait_seconds_bucket{db="delivery",`},
 	{"relay wait (written → sent)", `clinicchat_outbox_relay_wait_seconds_bucket{service="delivery",`},
 	{"relay ack (sent → acked)", `clinicchat_outbox_relay_ack_seconds_bucket{service="delivery",`},
 	{"stored (written → stored)", `clinicchat_gateway_event_stage_seconds_bucket{stage="stored",`},

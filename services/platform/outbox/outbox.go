@@ -463,11 +463,9 @@ func (r *Relay) next(ctx context.Context, after int64, n int, poll bool) ([]row,
 	return rows, nil
 }
 
-// deleteUpTo deletes the SQLite outbox rows up to seq (published): a
-// background write (sqldb.Background), which gives way to the writes a user
-// waits on.
+// deleteUpTo deletes the SQLite outbox rows up to seq (published).
 func (r *Relay) deleteUpTo(ctx context.Context, seq int64) error {
-	_, err := r.db.Exec(sqldb.Background(ctx), `DELETE FROM outbox WHERE seq <= ?`, seq)
+	_, err := r.db.Exec(ctx, `DELETE FROM outbox WHERE seq <= ?`, seq)
 	return err
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -245,84 +244,4 @@ func TestHandedValuesArriveInCommitOrderAndNeverFromARollback(t *testing.T) {
 	require.Len(t, keys, 3)
 	require.Equal(t, "first", keys[0])
 	require.Equal(t, keys, handed(), "exactly the committed writes, in commit order")
-}
-
-// A write a caller waits on is not queued behind background writes: queued
-// after n of them, each costing a whole backgroundBudget, it commits in the
-// first batch that starts, which takes one of them (background writes do
-// not starve) and leaves the rest to later batches; every one of those still
-// commits, in the order they came.
-func TestWaitedWriteGoesBeforeQueuedBackgroundWrites(t *testing.T) {
-	ctx := context.Background()
-	db, commits, insert := openKV(t)
-	const n = 20
-	var mu sync.Mutex
-	var order []string          // keys in the order their statements ran
-	batch := map[string]int64{} // key → commits before it ran (its batch)
-	record := func(k string, tx *Tx) error {
-		mu.Lock()
-		order, batch[k] = append(order, k), commits.Load()
-		mu.Unlock()
-		return insert(k)(tx)
-	}
-	// Each background write runs statements for backgroundBudget: work,
-	// not a wait.
-	slow := func(k string) func(tx *Tx) error {
-		return func(tx *Tx) error {
-			for start := time.Now(); time.Since(start) < backgroundBudget; {
-				var one int
-				if err := tx.QueryRow(ctx, `SELECT 1`).Scan(&one); err != nil {
-					return err
-				}
-			}
-			return record(k, tx)
-		}
-	}
-	bg := make([]chan error, n)
-	user := make(chan error, 1)
-	require.NoError(t, db.Write(ctx, func(tx *Tx) error {
-		for i := range bg {
-			bg[i] = make(chan error, 1)
-			go func() { bg[i] <- db.Write(Background(ctx), slow(fmt.Sprintf("bg%02d", i))) }()
-			for len(db.background) < i+1 { // queued in this order
-				runtime.Gosched()
-			}
-		}
-		go func() { user <- db.Write(ctx, func(tx *Tx) error { return record("user", tx) }) }()
-		for len(db.jobs) < 1 {
-			runtime.Gosched()
-		}
-		return record("running", tx)
-	}))
-	require.NoError(t, <-user)
-	for _, c := range bg {
-		require.NoError(t, <-c)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	require.Equal(t, batch["running"], batch["user"], "the waited-on write joined the running batch")
-	var with, before []string
-	for _, k := range order {
-		if k == "user" {
-			before = slices.Clone(with)
-		}
-		if strings.HasPrefix(k, "bg") && batch[k] == batch["user"] {
-			with = append(with, k)
-		}
-	}
-	require.Empty(t, before, "no background write ran before the waited-on one")
-	require.Equal(t, []string{"bg00"}, with, "its batch took one background write, within the budget")
-	var bgs []string
-	for _, k := range order {
-		if strings.HasPrefix(k, "bg") {
-			bgs = append(bgs, k)
-		}
-	}
-	require.Len(t, bgs, n)
-	require.True(t, slices.IsSorted(bgs), "background writes run in the order they came: %v", bgs)
-	waits, _ := histogram(t, db.metrics.backgroundWait)
-	require.Equal(t, uint64(n), waits)
-	var rows int
-	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM kv`).Scan(&rows))
-	require.Equal(t, n+2, rows)
 }

@@ -58,9 +58,6 @@ type DB struct {
 	read    *sql.DB
 	write   *sql.DB // SQLite: the single writer connection; Postgres: same as read
 	jobs    chan *job
-	// background holds Write's jobs under a Background context (SQLite):
-	// a batch takes them after jobs' (sqlite_writer.go, backgroundBudget).
-	background chan *job
 	// deferred holds WriteDeferred's jobs (SQLite): they start no batch
 	// of their own until their due time.
 	deferred chan *job
@@ -273,7 +270,7 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 		_ = w.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", filepath.Base(path), err)
 	}
-	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), background: make(chan *job, 1024), deferred: make(chan *job, 1024), stop: make(chan struct{}),
+	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), deferred: make(chan *job, 1024), stop: make(chan struct{}),
 		w: sw, metrics: newSQLiteMetrics(dbName(path))}
 	d.wg.Add(1)
 	go d.writer()
@@ -582,37 +579,11 @@ func (t *Tx) SetLocal(ctx context.Context, name, value string) error {
 // earlier run is kept), so it must not have side effects outside tx. On
 // PostgreSQL, a write that joined another's transaction runs to its end
 // even if ctx ends meanwhile, and Write then reports its outcome.
-//
-// On SQLite a write under a Background context gives way to the others: see
-// Background.
 func (d *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
 	if d.dialect == Postgres {
 		return d.writePostgres(ctx, fn)
 	}
-	j := &job{ctx: ctx, fn: fn, done: make(chan error, 1), queued: time.Now()}
-	if ctx.Value(backgroundKey{}) != nil {
-		j.background = true
-		return d.enqueue(ctx, d.background, j)
-	}
-	return d.enqueue(ctx, d.jobs, j)
-}
-
-type backgroundKey struct{}
-
-// Background marks ctx's writes (Write, Exec) as writes that no user is
-// waiting on (receipts a consumer applies, the outbox relay's deletes). On
-// SQLite, whose one writer commits every write of the database in turn,
-// the writes a user waits on go first: a group commit takes the queued
-// ordinary writes, then background ones one at a time while it has spent
-// less than backgroundBudget (1 ms) in background statements; the rest wait
-// for the next commit, which starts at once. So a send is held by at most
-// about a millisecond of background statements however many are queued, and
-// a background write still commits in the next batch or so. Background
-// writes keep their order among themselves; a write's order against another
-// caller's concurrent write was never promised. On PostgreSQL it changes
-// nothing.
-func Background(ctx context.Context) context.Context {
-	return context.WithValue(ctx, backgroundKey{}, true)
+	return d.enqueue(ctx, d.jobs, &job{ctx: ctx, fn: fn, done: make(chan error, 1), queued: time.Now()})
 }
 
 // WriteDeferred is Write for a write that need not commit at once: on
@@ -620,15 +591,12 @@ func Background(ctx context.Context) context.Context {
 // joins it (no commit of its own), or commits alone when delay has passed.
 // It returns once fn is durably committed, as Write. Meant for writes whose
 // caller does not wait on them (receipts): a commit saved costs their
-// caller up to delay. On SQLite it is a background write (Background): a
-// batch takes it after the others, within backgroundBudget. On PostgreSQL,
-// whose server group-commits, it is Write.
+// caller up to delay. On PostgreSQL, whose server group-commits, it is Write.
 func (d *DB) WriteDeferred(ctx context.Context, delay time.Duration, fn func(tx *Tx) error) error {
 	if d.dialect == Postgres {
 		return d.writePostgres(ctx, fn)
 	}
-	now := time.Now()
-	return d.enqueue(ctx, d.deferred, &job{ctx: ctx, fn: fn, done: make(chan error, 1), background: true, due: now.Add(delay), queued: now})
+	return d.enqueue(ctx, d.deferred, &job{ctx: ctx, fn: fn, done: make(chan error, 1), due: time.Now().Add(delay)})
 }
 
 func (d *DB) enqueue(ctx context.Context, q chan *job, j *job) error {

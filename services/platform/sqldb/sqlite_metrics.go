@@ -20,13 +20,11 @@ type sqliteMetrics struct {
 
 	// wait: a Write's time in the queue (queued → its statements start);
 	// run: from its statements' start to its commit's end (the rest of the
-	// batch's statements and the COMMIT). Background and deferred writes are
-	// not counted (nobody waits on them; deferred ones wait on purpose):
-	// backgroundWait is a Background write's wait. statements and commit:
-	// each batch's time in the jobs' statements (savepoints included) and
-	// in COMMIT (the WAL frames' pwrites and the fsync); background: the
-	// part of statements spent in background writes (backgroundBudget).
-	wait, run, statements, commit, backgroundWait, background prometheus.Histogram
+	// batch's statements and the COMMIT). Deferred writes are not counted
+	// (they wait on purpose). statements and commit: each batch's time in
+	// the jobs' statements (savepoints included) and in COMMIT (the WAL
+	// frames' pwrites and the fsync).
+	wait, run, statements, commit prometheus.Histogram
 }
 
 // latencyBuckets spans 25 µs to ~0.3 s in steps of ×1.5.
@@ -54,16 +52,6 @@ func newSQLiteMetrics(name string) *sqliteMetrics {
 		run: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:        "clinicchat_sqldb_write_run_seconds",
 			Help:        "Time from a write's (DB.Write) statements' start to its durable commit: its statements, the rest of its batch's and the COMMIT.",
-			ConstLabels: labels, Buckets: latencyBuckets,
-		}),
-		backgroundWait: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:        "clinicchat_sqldb_background_write_wait_seconds",
-			Help:        "Time a background write (sqldb.Background) waited in the SQLite writer's queue before its statements ran: writes a user waits on go first.",
-			ConstLabels: labels, Buckets: latencyBuckets,
-		}),
-		background: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:        "clinicchat_sqldb_batch_background_seconds",
-			Help:        "Time each SQLite group commit spent in background writes' statements (sqldb.Background, WriteDeferred; savepoints included), at most about 1 ms plus one write.",
 			ConstLabels: labels, Buckets: latencyBuckets,
 		}),
 		statements: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -103,8 +91,6 @@ func (c dbCollector) Describe(ch chan<- *prometheus.Desc) {
 	c.d.metrics.run.Describe(ch)
 	c.d.metrics.statements.Describe(ch)
 	c.d.metrics.commit.Describe(ch)
-	c.d.metrics.backgroundWait.Describe(ch)
-	c.d.metrics.background.Describe(ch)
 	ch <- c.d.metrics.framesDesc
 }
 
@@ -119,7 +105,5 @@ func (c dbCollector) Collect(ch chan<- prometheus.Metric) {
 	m.run.Collect(ch)
 	m.statements.Collect(ch)
 	m.commit.Collect(ch)
-	m.backgroundWait.Collect(ch)
-	m.background.Collect(ch)
 	ch <- prometheus.MustNewConstMetric(m.framesDesc, prometheus.CounterValue, float64(m.frames.Load()))
 }

@@ -102,119 +102,69 @@ type job struct {
 	ctx  context.Context
 	fn   func(tx *Tx) error
 	done chan error
-	// background: a write no caller is waiting on (Background, or
-	// WriteDeferred), which a batch takes after the waited-on ones and only
-	// within backgroundBudget. due (WriteDeferred): when it runs even if no
-	// other write came; zero: at once.
-	background bool
-	due        time.Time
+	due  time.Time // WriteDeferred: when it runs even if no other write came
 
-	queued, started time.Time // when it was queued, when its statements started
+	queued, started time.Time // Write: when it was queued, when its statements started
 }
 
 const maxBatch = 128
-
-// backgroundBudget is how long a batch may spend in background writes'
-// statements (Background, WriteDeferred): a batch takes the next
-// background write only while it has spent less than that on them, and
-// the rest wait for the next batch. It bounds what a write a caller waits
-// on (a send) can be held by writes nobody waits on (delivered and read
-// receipts, the outbox relay's deletes): a commit's fsync is ~1–3 ms here,
-// so a batch's background statements stay below one fsync. Every batch
-// takes at least one, so they never starve.
-const backgroundBudget = time.Millisecond
 
 func (d *DB) writer() {
 	defer d.wg.Done()
 	batch := make([]*job, 0, maxBatch)
 	results := make([]error, 0, maxBatch)
-	// held: background writes not yet in a batch, in arrival order. A
-	// deferred one (WriteDeferred) waits there for another write to start a
-	// batch, or for its due time; one held back by backgroundBudget, or a
-	// Background one, starts the next batch at once.
-	var held []*job
+	// Deferred writes (WriteDeferred) wait here, at most maxBatch/2 of
+	// them, for another write to start a batch, or for the first one's due
+	// time.
+	var waiting []*job
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
-		var first *job
-		if wake, due := heldDue(held); !due {
-			if !wake.IsZero() {
-				timer.Reset(time.Until(wake))
+		select {
+		case <-d.stop:
+			for _, j := range waiting {
+				j.done <- errors.New("database is closed")
 			}
-			select {
-			case <-d.stop:
-				d.refuse(held)
-				return
-			case j := <-d.jobs:
-				first = j
-			case j := <-d.background:
-				held = append(held, j)
-			case j := <-d.deferred:
-				// At most maxBatch/2 deferred writes wait for another.
-				if held = append(held, j); len(held) < maxBatch/2 {
-					timer.Stop()
-					continue
+			for {
+				select {
+				case j := <-d.jobs:
+					j.done <- errors.New("database is closed")
+				case j := <-d.deferred:
+					j.done <- errors.New("database is closed")
+				default:
+					return
 				}
-			case <-timer.C:
 			}
-			timer.Stop()
+		case j := <-d.deferred:
+			if waiting = append(waiting, j); len(waiting) == 1 {
+				timer.Reset(time.Until(j.due))
+			}
+			if len(waiting) < maxBatch/2 {
+				continue
+			}
+			batch = append(batch[:0], waiting...)
+		case <-timer.C:
+			batch = append(batch[:0], waiting...)
+		case j := <-d.jobs:
+			batch = append(append(batch[:0], j), waiting...)
 		}
-		batch = batch[:0]
-		if first != nil {
-			batch = append(batch, first)
-		}
-		batch = d.fillWaited(batch)
-		held = d.takeBackground(held)
-		batch, held = addBackground(batch, held, 0)
-		if len(batch) == 0 {
-			continue
-		}
-		held = d.runBatch(batch, results[:0], held)
+		clear(waiting)
+		waiting = waiting[:0]
+		timer.Stop()
+		batch = d.fill(batch)
+		d.runBatch(batch, results[:0])
 		clear(batch[:cap(batch)]) // let the jobs go
 	}
 }
 
-// heldDue reports whether a held write is due now, and if none is, the
-// earliest due time (zero: nothing held).
-func heldDue(held []*job) (wake time.Time, due bool) {
-	now := time.Now()
-	for _, j := range held {
-		if j.due.IsZero() || !j.due.After(now) {
-			return time.Time{}, true
-		}
-		if wake.IsZero() || j.due.Before(wake) {
-			wake = j.due
-		}
-	}
-	return wake, false
-}
-
-// refuse fails every write held or still queued: the database is closing.
-func (d *DB) refuse(held []*job) {
-	closed := errors.New("database is closed")
-	for _, j := range held {
-		j.done <- closed
-	}
-	for {
-		select {
-		case j := <-d.jobs:
-			j.done <- closed
-		case j := <-d.background:
-			j.done <- closed
-		case j := <-d.deferred:
-			j.done <- closed
-		default:
-			return
-		}
-	}
-}
-
-// fillWaited adds the queued writes a caller waits on (Write) to batch, up
-// to maxBatch, without waiting.
-func (d *DB) fillWaited(batch []*job) []*job {
+// fill adds the queued jobs, deferred ones included, to batch, up to
+// maxBatch, without waiting.
+func (d *DB) fill(batch []*job) []*job {
 	for len(batch) < maxBatch {
 		select {
 		case j := <-d.jobs:
+			batch = append(batch, j)
+		case j := <-d.deferred:
 			batch = append(batch, j)
 		default:
 			return batch
@@ -223,56 +173,24 @@ func (d *DB) fillWaited(batch []*job) []*job {
 	return batch
 }
 
-// takeBackground moves the queued background writes to held, without
-// waiting, up to maxBatch of them held.
-func (d *DB) takeBackground(held []*job) []*job {
-	for len(held) < maxBatch {
-		select {
-		case j := <-d.background:
-			held = append(held, j)
-		case j := <-d.deferred:
-			held = append(held, j)
-		default:
-			return held
-		}
-	}
-	return held
-}
-
-// addBackground moves the first held write to batch if the batch has spent
-// less than backgroundBudget on background statements so far, and room is
-// left: one at a time, since whether the next fits is known only once
-// this one has run.
-func addBackground(batch, held []*job, spent time.Duration) ([]*job, []*job) {
-	if len(held) == 0 || len(batch) >= maxBatch || spent >= backgroundBudget {
-		return batch, held
-	}
-	batch = append(batch, held[0])
-	held[0] = nil
-	return batch, held[1:]
-}
-
 // runBatch commits a batch in one transaction, each job in a savepoint so a
 // failing job leaves no trace and does not fail the others. Jobs queued while
 // the batch's statements ran join it before the commit: they would wait for
 // that commit anyway, and one commit (one fsync, and the pages the jobs share
-// written once) then serves them all. Background writes join after the
-// waited-on ones, one at a time while the batch has spent less than
-// backgroundBudget on them; it returns the held ones left for a later batch.
-func (d *DB) runBatch(batch []*job, results []error, held []*job) []*job {
+// written once) then serves them all.
+func (d *DB) runBatch(batch []*job, results []error) {
 	w := d.w
-	fail := func(err error) []*job {
+	fail := func(err error) {
 		w.abort()
 		for _, j := range batch {
 			j.done <- err
 		}
-		return held
 	}
-	var spent time.Duration // in background writes' statements
 	ctx := context.Background()
 	began := time.Now()
 	if _, err := w.begin.ExecContext(ctx); err != nil {
-		return fail(fmt.Errorf("begin: %w", err))
+		fail(fmt.Errorf("begin: %w", err))
+		return
 	}
 	t := &Tx{dialect: SQLite, db: d}
 	// A batch of one job runs it without a savepoint: if it fails, the
@@ -281,12 +199,9 @@ func (d *DB) runBatch(batch []*job, results []error, held []*job) []*job {
 	for {
 		for i := len(results); i < len(batch); i++ {
 			j := batch[i]
-			j.started = time.Now()
-			switch {
-			case !j.background:
+			if !j.queued.IsZero() {
+				j.started = time.Now()
 				d.metrics.wait.Observe(j.started.Sub(j.queued).Seconds())
-			case j.due.IsZero(): // deferred ones wait on purpose
-				d.metrics.backgroundWait.Observe(j.started.Sub(j.queued).Seconds())
 			}
 			if err := j.ctx.Err(); err != nil {
 				results = append(results, err)
@@ -294,14 +209,12 @@ func (d *DB) runBatch(batch []*job, results []error, held []*job) []*job {
 			}
 			if bare {
 				results = append(results, j.fn(t))
-				if j.background {
-					spent += time.Since(j.started)
-				}
 				continue
 			}
 			signalled, handed := len(t.signals), len(t.hands)
 			if _, err := w.savepoint.ExecContext(ctx); err != nil {
-				return fail(fmt.Errorf("savepoint: %w", err))
+				fail(fmt.Errorf("savepoint: %w", err))
+				return
 			}
 			err := j.fn(t)
 			results = append(results, err)
@@ -311,42 +224,39 @@ func (d *DB) runBatch(batch []*job, results []error, held []*job) []*job {
 				clear(t.hands[handed:])
 				t.hands = t.hands[:handed]
 				if _, err := w.rollbackTo.ExecContext(ctx); err != nil {
-					return fail(fmt.Errorf("rollback to savepoint: %w", err))
+					fail(fmt.Errorf("rollback to savepoint: %w", err))
+					return
 				}
 			}
 			if _, err := w.release.ExecContext(ctx); err != nil {
-				return fail(fmt.Errorf("release savepoint: %w", err))
-			}
-			if j.background {
-				spent += time.Since(j.started)
+				fail(fmt.Errorf("release savepoint: %w", err))
+				return
 			}
 		}
 		if bare && results[0] != nil {
 			w.abort()
 			batch[0].done <- results[0]
-			return held
+			return
 		}
 		bare = false
 		n := len(batch)
-		batch = d.fillWaited(batch)
-		held = d.takeBackground(held)
-		if batch, held = addBackground(batch, held, spent); len(batch) == n {
+		if batch = d.fill(batch); len(batch) == n {
 			break
 		}
 	}
 	committing := time.Now()
 	if _, err := w.commit.ExecContext(ctx); err != nil {
-		return fail(fmt.Errorf("commit: %w", err))
+		fail(fmt.Errorf("commit: %w", err))
+		return
 	}
 	end := time.Now()
 	d.metrics.statements.Observe(committing.Sub(began).Seconds())
 	d.metrics.commit.Observe(end.Sub(committing).Seconds())
 	for _, j := range batch {
-		if !j.background {
+		if !j.started.IsZero() {
 			d.metrics.run.Observe(end.Sub(j.started).Seconds())
 		}
 	}
-	d.metrics.background.Observe(spent.Seconds())
 	d.metrics.commits.Inc()
 	d.metrics.jobs.Observe(float64(len(batch)))
 	w.walFrames(&d.metrics.frames)
@@ -354,5 +264,4 @@ func (d *DB) runBatch(batch []*job, results []error, held []*job) []*job {
 	for i, j := range batch {
 		j.done <- results[i]
 	}
-	return held
 }

@@ -13,7 +13,6 @@ import (
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
-	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
 
 // HandleConversationReads is the durable consumer of conversation.read
@@ -23,9 +22,7 @@ import (
 // own). The receipts run grouped by thread and side, in stream order within
 // each, so that coalesce merges each thread's run (the store locks the
 // messages in key order itself: concurrent batches of other replicas wait
-// for each other, never deadlock). Nobody waits on the transaction: it is a
-// background write (sqldb.Background), which on SQLite gives way to the
-// sends sharing delivery's one writer.
+// for each other, never deadlock).
 func (a *App) HandleConversationReads(ctx context.Context, msgs []jetstream.Msg) []error {
 	errs := make([]error, len(msgs))
 	advs := make([]domain.Advance, 0, len(msgs))
@@ -42,7 +39,7 @@ func (a *App) HandleConversationReads(ctx context.Context, msgs []jetstream.Msg)
 		return errs
 	}
 	sort.Stable(byThread(advs))
-	if err := a.repo.AdvanceAll(sqldb.Background(ctx), coalesce(advs), updated); err != nil {
+	if err := a.repo.AdvanceAll(ctx, coalesce(advs), updated); err != nil {
 		for _, i := range idx {
 			errs[i] = err
 		}
