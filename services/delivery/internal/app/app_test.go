@@ -13,6 +13,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/delivery/internal/store"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/errs"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
@@ -55,6 +56,7 @@ func (fakeArtifacts) List(context.Context, string, string, int, int) ([]domain.A
 type fixture struct {
 	app      *app.App
 	repo     *store.Store
+	db       *sqldb.DB
 	patients fakePatients
 	staff    context.Context
 	patient  context.Context
@@ -62,14 +64,15 @@ type fixture struct {
 
 func newFixture(t *testing.T) fixture {
 	t.Helper()
-	repo, err := store.New(context.Background(), testkit.OpenDB(t, testkit.Backends()[0]))
+	db := testkit.OpenDB(t, testkit.Backends()[0])
+	repo, err := store.New(context.Background(), db)
 	require.NoError(t, err)
 	pats := fakePatients{"pat": {HasPortalAccount: true, ChatOptIn: true}}
 	a := app.New(repo, fakeConversations{"c1": {ID: "c1", PatientID: "pat"}}, pats, nil, fakeArtifacts{}, testkit.Logger(t))
 	id := func(sub, role string, age time.Duration) context.Context {
 		return auth.WithIdentity(context.Background(), auth.Identity{Subject: sub, Role: role, Practice: "p1", AuthTime: time.Now().Add(-age)})
 	}
-	return fixture{app: a, repo: repo, patients: pats, staff: id("u1", "dentist", 0), patient: id("pat", "patient", time.Hour)}
+	return fixture{app: a, repo: repo, db: db, patients: pats, staff: id("u1", "dentist", 0), patient: id("pat", "patient", time.Hour)}
 }
 
 func TestSendRules(t *testing.T) {

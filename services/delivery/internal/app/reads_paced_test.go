@@ -13,10 +13,7 @@ import (
 
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/app"
-	"github.com/clinicchat/clinicchat/services/delivery/internal/store"
-	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
-	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
 // A batch smaller than the consumer's largest waits for what is left of the
@@ -51,12 +48,8 @@ func TestPacedWaitsOnlyAfterSmallBatches(t *testing.T) {
 // relay's publishing order).
 func TestReadConsumerCoalescedReceiptsInOrderOnce(t *testing.T) {
 	ctx := context.Background()
-	db := testkit.OpenDB(t, testkit.Backends()[0])
-	repo, err := store.New(ctx, db)
-	require.NoError(t, err)
-	a := app.New(repo, fakeConversations{"c1": {ID: "c1", PatientID: "pat"}},
-		fakePatients{"pat": {HasPortalAccount: true, ChatOptIn: true}}, nil, fakeArtifacts{}, testkit.Logger(t))
-	staff := auth.WithIdentity(ctx, auth.Identity{Subject: "u1", Role: "dentist", Practice: "p1"})
+	f := newFixture(t)
+	a, db, staff := f.app, f.db, f.staff
 	const n = 12
 	for i := range n {
 		_, err := a.Send(staff, app.SendRequest{Parent: "conversations/c1", Text: "m", RequestID: fmt.Sprint(i)})
