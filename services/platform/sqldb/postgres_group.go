@@ -75,15 +75,7 @@ type pgJob struct {
 
 // groupLanes takes group_commit_lanes out of a postgres:// DSN.
 func groupLanes(dsn string) (string, int, error) {
-	v, dsn, err := takeParam(dsn, "group_commit_lanes")
-	if err != nil || v == "" {
-		return dsn, DefaultPostgresLanes, err
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 0 || n > 64 {
-		return "", 0, fmt.Errorf("open postgres: group_commit_lanes=%q must be a whole number from 0 to 64", v)
-	}
-	return dsn, n, nil
+	return intParam(dsn, "group_commit_lanes", DefaultPostgresLanes, 0, 64)
 }
 
 // startLanes starts n lanes (none: every Write is its own transaction).

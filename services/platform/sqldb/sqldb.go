@@ -689,13 +689,19 @@ func IsUniqueViolation(err error) bool {
 // would refuse it as an unknown setting) and returns its value, or
 // DefaultPostgresConns without it.
 func poolMaxConns(dsn string) (string, int, error) {
-	v, dsn, err := takeParam(dsn, "pool_max_conns")
+	return intParam(dsn, "pool_max_conns", DefaultPostgresConns, 1, 1000)
+}
+
+// intParam takes the whole-number parameter name, from lo to hi, out of a
+// postgres:// DSN and returns its value, or def without it.
+func intParam(dsn, name string, def, lo, hi int) (string, int, error) {
+	v, dsn, err := takeParam(dsn, name)
 	if err != nil || v == "" {
-		return dsn, DefaultPostgresConns, err
+		return dsn, def, err
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 || n > 1000 {
-		return "", 0, fmt.Errorf("open postgres: pool_max_conns=%q must be a whole number from 1 to 1000", v)
+	if err != nil || n < lo || n > hi {
+		return "", 0, fmt.Errorf("open postgres: %s=%q must be a whole number from %d to %d", name, v, lo, hi)
 	}
 	return dsn, n, nil
 }
