@@ -77,6 +77,7 @@ type DB struct {
 	w         *sqliteWriter
 
 	metrics *sqliteMetrics // SQLite only
+	ckpt    *checkpointer  // SQLite only: WAL checkpoints off the writer (sqlite_checkpoint.go)
 
 	// PostgreSQL: BEGIN goes with a write's first statement (pgTx).
 	pipelined bool
@@ -237,8 +238,21 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	// second process opening the same data dir gets "database is locked"
 	// instead of sharing it.
 	pragmas.Set("vfs", "unix-excl")
+	// The checkpointer's connection: the same pragmas (synchronous=FULL:
+	// a checkpoint fsyncs the WAL, then the database file before the WAL
+	// may be written over).
+	ckptDSN := "file:" + path + "?" + pragmas.Encode()
+	writerPragmas := pragmas
+	if backgroundCheckpoints {
+		// The writer's COMMIT runs no checkpoint: the checkpointer does.
+		writerPragmas = url.Values{}
+		for k, v := range pragmas {
+			writerPragmas[k] = slices.Clone(v)
+		}
+		writerPragmas.Add("_pragma", "wal_autocheckpoint(0)")
+	}
 	// The writer runs BEGIN IMMEDIATE itself (sqliteWriter).
-	w, err := sql.Open("sqlite", "file:"+path+"?"+pragmas.Encode())
+	w, err := sql.Open("sqlite", "file:"+path+"?"+writerPragmas.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
@@ -270,10 +284,30 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 		_ = w.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", filepath.Base(path), err)
 	}
+	var ck *checkpointer
+	if backgroundCheckpoints {
+		cp, err := sql.Open("sqlite", ckptDSN)
+		if err == nil {
+			ck, err = newCheckpointer(ctx, cp)
+			if err != nil {
+				_ = cp.Close()
+			}
+		}
+		if err != nil {
+			_ = sw.close()
+			_ = r.Close()
+			_ = w.Close()
+			return nil, fmt.Errorf("open sqlite %s: checkpointer: %w", filepath.Base(path), err)
+		}
+	}
 	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), deferred: make(chan *job, 1024), stop: make(chan struct{}),
-		w: sw, metrics: newSQLiteMetrics(dbName(path))}
+		w: sw, ckpt: ck, metrics: newSQLiteMetrics(dbName(path))}
 	d.wg.Add(1)
 	go d.writer()
+	if ck != nil {
+		d.wg.Add(1)
+		go d.checkpoints()
+	}
 	return d, nil
 }
 
@@ -351,7 +385,10 @@ func (d *DB) Close() error {
 	d.stopLanes()
 	if d.stop != nil {
 		close(d.stop)
-		d.wg.Wait()
+		d.wg.Wait() // the writer and the checkpointer
+		if d.ckpt != nil {
+			_ = d.ckpt.close()
+		}
 		_ = d.w.close()
 		d.readStmts.close()
 	}

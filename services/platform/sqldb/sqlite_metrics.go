@@ -25,6 +25,16 @@ type sqliteMetrics struct {
 	// the jobs' statements (savepoints included) and in COMMIT (the WAL
 	// frames' pwrites and the fsync).
 	wait, run, statements, commit prometheus.Histogram
+
+	// WAL checkpoints (sqlite_checkpoint.go), by "checkpointer" (its own
+	// connection, beside the writer) or "writer" (between two batches, to
+	// let the WAL start again): how many, the frames each copied into the
+	// database file, how long each took; walDesc is the WAL's size in
+	// frames as the last checkpoint saw it.
+	checkpoints, checkpointFrames *prometheus.CounterVec
+	checkpointTime                *prometheus.HistogramVec
+	checkpointErrors              prometheus.Counter
+	walDesc                       *prometheus.Desc
 }
 
 // latencyBuckets spans 25 µs to ~0.3 s in steps of ×1.5.
@@ -64,6 +74,28 @@ func newSQLiteMetrics(name string) *sqliteMetrics {
 			Help:        "Time each SQLite group commit spent in COMMIT: writing the WAL frames and the fsync.",
 			ConstLabels: labels, Buckets: latencyBuckets,
 		}),
+		checkpoints: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name:        "clinicchat_sqldb_checkpoints_total",
+			Help:        "PASSIVE WAL checkpoints of the SQLite database, by the checkpointer's own connection or by the writer between two batches (to let the WAL start again).",
+			ConstLabels: labels,
+		}, []string{"by"}),
+		checkpointFrames: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name:        "clinicchat_sqldb_checkpoint_frames_total",
+			Help:        "WAL frames (pages) the SQLite database's checkpoints copied into the database file.",
+			ConstLabels: labels,
+		}, []string{"by"}),
+		checkpointTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:        "clinicchat_sqldb_checkpoint_seconds",
+			Help:        "Time each WAL checkpoint of the SQLite database took (copying the frames, the fsyncs).",
+			ConstLabels: labels, Buckets: latencyBuckets,
+		}, []string{"by"}),
+		checkpointErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name:        "clinicchat_sqldb_checkpoint_errors_total",
+			Help:        "WAL checkpoints of the SQLite database that failed.",
+			ConstLabels: labels,
+		}),
+		walDesc: prometheus.NewDesc("clinicchat_sqldb_wal_size_frames",
+			"Frames in the SQLite database's WAL as its last checkpoint saw them.", nil, labels),
 		framesDesc: prometheus.NewDesc("clinicchat_sqldb_wal_frames_total",
 			"WAL frames (database pages) written by the SQLite database's commits.", nil, labels),
 	}
@@ -91,6 +123,11 @@ func (c dbCollector) Describe(ch chan<- *prometheus.Desc) {
 	c.d.metrics.run.Describe(ch)
 	c.d.metrics.statements.Describe(ch)
 	c.d.metrics.commit.Describe(ch)
+	c.d.metrics.checkpoints.Describe(ch)
+	c.d.metrics.checkpointFrames.Describe(ch)
+	c.d.metrics.checkpointTime.Describe(ch)
+	c.d.metrics.checkpointErrors.Describe(ch)
+	ch <- c.d.metrics.walDesc
 	ch <- c.d.metrics.framesDesc
 }
 
@@ -105,5 +142,14 @@ func (c dbCollector) Collect(ch chan<- prometheus.Metric) {
 	m.run.Collect(ch)
 	m.statements.Collect(ch)
 	m.commit.Collect(ch)
+	m.checkpoints.Collect(ch)
+	m.checkpointFrames.Collect(ch)
+	m.checkpointTime.Collect(ch)
+	m.checkpointErrors.Collect(ch)
+	var wal float64
+	if c.d.ckpt != nil {
+		wal = float64(c.d.ckpt.lastLog.Load())
+	}
+	ch <- prometheus.MustNewConstMetric(m.walDesc, prometheus.GaugeValue, wal)
 	ch <- prometheus.MustNewConstMetric(m.framesDesc, prometheus.CounterValue, float64(m.frames.Load()))
 }

@@ -83,8 +83,8 @@ func (w *sqliteWriter) abort() {
 
 // walFrames adds the WAL frames the connection wrote since the last call
 // (SQLITE_DBSTATUS_CACHE_WRITE: a WAL commit counts the frames it appends;
-// read and reset, the C counter being 32 bits) to total.
-func (w *sqliteWriter) walFrames(total interface{ Add(uint64) uint64 }) {
+// read and reset, the C counter being 32 bits) to total, and returns them.
+func (w *sqliteWriter) walFrames(total interface{ Add(uint64) uint64 }) (frames int64) {
 	_ = w.conn.Raw(func(dc any) error {
 		st, ok := dc.(sqlite.DBStatus)
 		if !ok {
@@ -93,9 +93,11 @@ func (w *sqliteWriter) walFrames(total interface{ Add(uint64) uint64 }) {
 		n, _, err := st.Status(sqlite.DBStatusCacheWrite, true)
 		if err == nil && n > 0 {
 			total.Add(uint64(n))
+			frames = int64(n)
 		}
 		return err
 	})
+	return frames
 }
 
 type job struct {
@@ -154,6 +156,7 @@ func (d *DB) writer() {
 		batch = d.fill(batch)
 		d.runBatch(batch, results[:0])
 		clear(batch[:cap(batch)]) // let the jobs go
+		d.afterBatch()
 	}
 }
 
@@ -259,7 +262,9 @@ func (d *DB) runBatch(batch []*job, results []error) {
 	}
 	d.metrics.commits.Inc()
 	d.metrics.jobs.Observe(float64(len(batch)))
-	w.walFrames(&d.metrics.frames)
+	if frames := w.walFrames(&d.metrics.frames); d.ckpt != nil {
+		d.ckpt.committed(frames)
+	}
 	d.committed(t.signals, t.hands)
 	for i, j := range batch {
 		j.done <- results[i]
