@@ -107,6 +107,14 @@ func (d *DB) checkpoint(conn *sql.Conn, by string) (log, done int64, ok bool) {
 	var busy int64
 	err := conn.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &log, &done)
 	took := time.Since(start)
+	if err == nil && busy == 1 && log < 0 {
+		// The other connection was checkpointing: nothing was done. The
+		// writer tries again after its next batch.
+		if by == "writer" {
+			d.ckpt.restart.Store(true)
+		}
+		return 0, 0, false
+	}
 	if err != nil || log < 0 {
 		d.metrics.checkpointErrors.Inc()
 		return 0, 0, false
