@@ -90,10 +90,69 @@ func (m Message) Conversation() string { return "conversations/" + m.Conversatio
 
 // ContentHash identifies what a send asked for, to tell a retry from a reuse
 // of its request id for other content.
+// It is the SHA-256 of json.Marshal([]any{conversationID, text, sensitive,
+// attachments, artifactType, artifactRef}) (stored with every message: a
+// retry after an upgrade must hash the same), written by hand when every
+// string is one json.Marshal copies as it is (contentJSON), which spares
+// its reflection (~0.6 % of the all-in-one's CPU at 8 senders).
 func ContentHash(conversationID, text string, sensitive bool, attachments []string, artifactType int, artifactRef string) string {
-	b, _ := json.Marshal([]any{conversationID, text, sensitive, attachments, artifactType, artifactRef})
+	var buf [512]byte
+	b, ok := contentJSON(buf[:0], conversationID, text, sensitive, attachments, artifactType, artifactRef)
+	if !ok {
+		b, _ = json.Marshal([]any{conversationID, text, sensitive, attachments, artifactType, artifactRef})
+	}
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+	var h [2 * sha256.Size]byte
+	hex.Encode(h[:], sum[:])
+	return string(h[:])
+}
+
+// contentJSON appends what json.Marshal writes for ContentHash's array, or
+// reports false if a string needs one of its escapes.
+func contentJSON(b []byte, conversationID, text string, sensitive bool, attachments []string, artifactType int, artifactRef string) ([]byte, bool) {
+	ok := true
+	str := func(s string) {
+		ok = ok && plainJSON(s)
+		b = append(append(append(b, '"'), s...), '"')
+	}
+	b = append(b, '[')
+	str(conversationID)
+	b = append(b, ',')
+	str(text)
+	b = strconv.AppendBool(append(b, ','), sensitive)
+	b = append(b, ',')
+	if attachments == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '[')
+		for i, a := range attachments {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			str(a)
+		}
+		b = append(b, ']')
+	}
+	b = strconv.AppendInt(append(b, ','), int64(artifactType), 10)
+	b = append(b, ',')
+	str(artifactRef)
+	return append(b, ']'), ok
+}
+
+// plainJSON reports whether json.Marshal writes s as it is between quotes:
+// valid UTF-8 without control characters, '"', '\\', the HTML characters
+// it escapes ('<', '>', '&') or U+2028/U+2029.
+func plainJSON(s string) bool {
+	ascii := true
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		case c >= utf8.RuneSelf:
+			ascii = false
+		}
+	}
+	return ascii || utf8.ValidString(s) && !strings.Contains(s, "\u2028") && !strings.Contains(s, "\u2029")
 }
 
 // NormalizeText returns "" for text that is only white space (Unicode

@@ -91,44 +91,48 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 	if err != nil {
 		return m, false, err
 	}
-	var existing domain.Message
+	// What the write fills in, in one allocation: a domain.Message is too
+	// large for the closure to hold by value, so m, the answer and the
+	// repeat found would each escape on their own.
+	st := &struct{ out, existing domain.Message }{}
 	for attempt := 0; ; attempt++ {
-		out := m
+		st.out = m
 		err = s.db.Write(ctx, func(tx *sqldb.Tx) error {
+			out := &st.out
 			var seq int64
 			var err error
 			if tx.Dialect() == sqldb.Postgres {
-				seq, err = insertPostgres(ctx, tx, out, extras)
+				seq, err = insertPostgres(ctx, tx, *out, extras)
 			} else {
-				seq, err = insertSQLite(ctx, tx, out, extras)
+				seq, err = insertSQLite(ctx, tx, *out, extras)
 			}
 			if err != nil {
 				return err
 			}
 			if seq == 0 {
 				prev, err := one(tx.QueryRow(ctx, `SELECT `+columns+` FROM messages WHERE practice = ? AND sender = ? AND request_id = ?`,
-					m.Practice, m.Sender, m.RequestID))
+					out.Practice, out.Sender, out.RequestID))
 				if err != nil {
 					return fmt.Errorf("find repeated request: %w", err)
 				}
-				existing = prev
+				st.existing = prev
 				return errDuplicate // rolls back the counter (PostgreSQL)
 			}
 			out.Seq = seq
-			return outbox.AddAll(ctx, tx, evs(out))
+			return outbox.AddAll(ctx, tx, evs(*out))
 		})
 		switch {
 		case err == nil:
-			return out, true, nil
+			return st.out, true, nil
 		case errors.Is(err, errDuplicate):
-			if existing.ContentHash != m.ContentHash {
-				return existing, false, domain.ErrRequestIDReused
+			if st.existing.ContentHash != m.ContentHash {
+				return st.existing, false, domain.ErrRequestIDReused
 			}
-			return existing, false, nil
+			return st.existing, false, nil
 		case sqldb.IsUniqueViolation(err) && attempt < 3:
 			continue // a concurrent repeat in another thread won: look again
 		default:
-			return out, false, err
+			return st.out, false, err
 		}
 	}
 }
