@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -27,6 +28,11 @@ func event() domain.Event {
 }
 
 func none(domain.Conversation) []domain.Event { return nil }
+
+// raiseTo is a MarkRead check that lets every caller raise to n.
+func raiseTo(n int64) func(domain.Conversation) (int64, error) {
+	return func(domain.Conversation) (int64, error) { return n, nil }
+}
 
 var (
 	staff   = domain.Viewer{Principal: "users/u1"}
@@ -139,33 +145,33 @@ func TestRepositoryContract(t *testing.T) {
 					advanced, upTo = append(advanced, adv), append(upTo, c.ReadSeq)
 					return nil
 				}
-				c, err = s.MarkRead(ctx, "p1", a.ID, staff, 99, rec)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff, raiseTo(99), rec)
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq, "capped at the newest message")
 				require.Zero(t, c.UnreadCount)
-				c, err = s.MarkRead(ctx, "p1", a.ID, staff, 1, rec)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff, raiseTo(1), rec)
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq, "never lowered")
 				require.Equal(t, []bool{true, false}, advanced)
 				c, err = s.Get(ctx, "p1", a.ID, staff2)
 				require.NoError(t, err)
 				require.Equal(t, 2, c.UnreadCount, "another staff user's count is their own")
-				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, 2, rec)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, raiseTo(2), rec)
 				require.NoError(t, err)
 				require.EqualValues(t, 2, c.ReadSeq)
 				require.Equal(t, 1, c.UnreadCount)
-				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, 3, rec)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, raiseTo(3), rec)
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq, "an existing watermark raised")
 				require.Zero(t, c.UnreadCount)
-				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, 3, rec)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, raiseTo(3), rec)
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq)
 				require.Equal(t, []bool{true, false, true, true, false}, advanced, "the same watermark again does not advance")
 				require.Equal(t, []int64{3, 3, 2, 3, 3}, upTo)
 				empty := create(t, s, "pe", "Eve", t0)
 				advanced = nil
-				c, err = s.MarkRead(ctx, "p1", empty.ID, staff2, 5, func(_ domain.Conversation, adv bool) []domain.Event {
+				c, err = s.MarkRead(ctx, "p1", empty.ID, staff2, raiseTo(5), func(_ domain.Conversation, adv bool) []domain.Event {
 					advanced = append(advanced, adv)
 					return nil
 				})
@@ -175,8 +181,27 @@ func TestRepositoryContract(t *testing.T) {
 				c, err = s.Get(ctx, "p1", a.ID, staff)
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq, "the other staff user's own watermark")
-				_, err = s.MarkRead(ctx, "p1", "missing", staff, 1, rec)
+				_, err = s.MarkRead(ctx, "p1", "missing", staff, raiseTo(1), rec)
 				require.ErrorIs(t, err, domain.ErrNotFound)
+
+				// check sees the thread before the write; its error writes nothing.
+				refused := errors.New("refused")
+				var seen domain.Conversation
+				_, err = s.MarkRead(ctx, "p1", a.ID, patient, func(c domain.Conversation) (int64, error) {
+					seen = c
+					return 0, refused
+				}, func(domain.Conversation, bool) []domain.Event {
+					t.Error("a refused markRead wrote its events")
+					return nil
+				})
+				require.ErrorIs(t, err, refused)
+				require.Equal(t, a.ID, seen.ID)
+				require.Equal(t, "pa", seen.PatientID)
+				require.EqualValues(t, 3, seen.LastMessageSeq)
+				p, err = s.Get(ctx, "p1", a.ID, patient)
+				require.NoError(t, err)
+				require.Zero(t, p.ReadSeq, "nothing written")
+				require.Equal(t, 1, p.UnreadCount)
 			})
 
 			t.Run("archive idle threads; a new message reactivates", func(t *testing.T) {
