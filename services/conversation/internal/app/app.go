@@ -352,24 +352,22 @@ func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversat
 		want = n
 	}
 	await := false // wait for the projection before raising
-	check := func(c domain.Conversation) (int64, error) {
+	check := func(c domain.Conversation) error {
 		// The errors in load's order: a thread the caller is not in, then upTo.
 		if !domain.Participant(c, who.Practice, who.Subject, who.IsStaff() || who.IsSystem(), who.IsPatient()) {
-			return 0, domain.ErrNotFound
+			return domain.ErrNotFound
 		}
 		switch {
 		case upToErr != nil:
-			return 0, upToErr
-		case want == 0:
-			return c.LastMessageSeq, nil
+			return upToErr
 		case want > c.LastMessageSeq+MaxUpToAhead:
-			return 0, domain.ErrUpToAhead
+			return domain.ErrUpToAhead
 		case want > c.LastMessageSeq && !await:
 			// The caller saw a message the projection has not applied yet.
 			await = true
-			return 0, errAwaitProjection
+			return errAwaitProjection
 		}
-		return want, nil
+		return nil
 	}
 	now := a.now()
 	evs := func(c domain.Conversation, advanced bool) []domain.Event {
@@ -381,10 +379,10 @@ func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversat
 			Meta: events.Meta(who, "conversation.read", c.Name(), now), Conversation: c.Name(),
 			Reader: who.Principal(), ReaderRole: who.Role, UpToSeq: c.ReadSeq})}
 	}
-	out, err := a.repo.MarkRead(ctx, who.Practice, id, viewer(who), check, evs)
+	out, err := a.repo.MarkRead(ctx, who.Practice, id, viewer(who), want, check, evs)
 	if errors.Is(err, errAwaitProjection) {
 		a.awaitSeq(ctx, who, domain.Conversation{Practice: who.Practice, ID: id}, want)
-		out, err = a.repo.MarkRead(ctx, who.Practice, id, viewer(who), check, evs)
+		out, err = a.repo.MarkRead(ctx, who.Practice, id, viewer(who), want, check, evs)
 	}
 	if errors.Is(err, domain.ErrNotFound) {
 		return domain.Conversation{}, a.denied(ctx, who, "conversation.read", name, err)
