@@ -37,6 +37,13 @@ func runReads(ctx context.Context, cfg Config, threads []*thread, marker readMar
 	}
 	defer srv.stop()
 
+	if _, ok := marker.(httpMarker); ok {
+		// Through the gateway: one connection per thread, by hand (rawMarker).
+		if rm := newRawMarker(threads); rm != nil {
+			defer rm.close()
+			marker = rm
+		}
+	}
 	res := &Result{Mode: ModeRead, Practice: cfg.Practice, Transport: transport, Senders: cfg.Senders, Errors: map[string]int{}}
 	var (
 		mu      sync.Mutex

@@ -325,34 +325,52 @@ func (a *App) SetFlags(ctx context.Context, name, action string, f domain.UserFl
 }
 
 // MarkRead raises the caller's read watermark to upTo ("" = everything).
-// It authorizes on the shared thread: the caller's watermark and unread
-// count are read in the write's transaction.
+// It authorizes on the shared thread, read in the write's transaction with
+// the caller's watermark and unread count: one job of the writer and no
+// read of its own. An upTo past the projection's last message waits for the
+// projection (awaitSeq) outside the writer and tries again.
 func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversation, error) {
-	who, c, err := a.loadFrom(ctx, name, "conversation.read", true)
+	who, err := a.caller(ctx)
 	if err != nil {
-		return c, err
+		return domain.Conversation{}, err
 	}
-	seq := c.LastMessageSeq
+	id, err := ParseName(name)
+	if err != nil {
+		return domain.Conversation{}, err
+	}
+	var want int64 // 0: the thread's last message
+	var upToErr error
 	if upTo != "" {
 		p, ok := ids.Parse(upTo, "conversations", "messages")
-		if !ok || p[0] != c.ID {
-			return c, domain.ErrBadUpTo
+		n, err := int64(0), error(nil)
+		if ok {
+			n, err = strconv.ParseInt(p[1], 10, 64)
 		}
-		n, err := strconv.ParseInt(p[1], 10, 64)
-		if err != nil || n <= 0 {
-			return c, domain.ErrBadUpTo
+		if !ok || p[0] != id || err != nil || n <= 0 {
+			upToErr = domain.ErrBadUpTo
 		}
-		seq = n
-		if seq > c.LastMessageSeq+MaxUpToAhead {
-			return c, domain.ErrUpToAhead
+		want = n
+	}
+	await := false // wait for the projection before raising
+	check := func(c domain.Conversation) error {
+		// The errors in load's order: a thread the caller is not in, then upTo.
+		if !domain.Participant(c, who.Practice, who.Subject, who.IsStaff() || who.IsSystem(), who.IsPatient()) {
+			return domain.ErrNotFound
 		}
-		if seq > c.LastMessageSeq {
+		switch {
+		case upToErr != nil:
+			return upToErr
+		case want > c.LastMessageSeq+MaxUpToAhead:
+			return domain.ErrUpToAhead
+		case want > c.LastMessageSeq && !await:
 			// The caller saw a message the projection has not applied yet.
-			c = a.awaitSeq(ctx, who, c, seq)
+			await = true
+			return errAwaitProjection
 		}
+		return nil
 	}
 	now := a.now()
-	out, err := a.repo.MarkRead(ctx, who.Practice, c.ID, viewer(who), seq, func(c domain.Conversation, advanced bool) []domain.Event {
+	evs := func(c domain.Conversation, advanced bool) []domain.Event {
 		if !advanced {
 			return []domain.Event{ev(natsx.SubjectConversationAccess,
 				&typev1.AccessRecorded{Meta: events.Meta(who, "conversation.read", c.Name(), now)})}
@@ -360,9 +378,20 @@ func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversat
 		return []domain.Event{ev(natsx.SubjectConversationRead, &conversationv1.ConversationRead{
 			Meta: events.Meta(who, "conversation.read", c.Name(), now), Conversation: c.Name(),
 			Reader: who.Principal(), ReaderRole: who.Role, UpToSeq: c.ReadSeq})}
-	})
+	}
+	out, err := a.repo.MarkRead(ctx, who.Practice, id, viewer(who), want, check, evs)
+	if errors.Is(err, errAwaitProjection) {
+		a.awaitSeq(ctx, who, domain.Conversation{Practice: who.Practice, ID: id}, want)
+		out, err = a.repo.MarkRead(ctx, who.Practice, id, viewer(who), want, check, evs)
+	}
+	if errors.Is(err, domain.ErrNotFound) {
+		return domain.Conversation{}, a.denied(ctx, who, "conversation.read", name, err)
+	}
 	return ForViewer(who, out), err
 }
+
+// errAwaitProjection: MarkRead's upTo is past the projection's last message.
+var errAwaitProjection = errors.New("upTo past the projected messages")
 
 // ApplyMessage projects one new message (ApplyMessages of one).
 func (a *App) ApplyMessage(ctx context.Context, m domain.MessageApplied, practiceName string) error {

@@ -148,9 +148,13 @@ type Repository interface {
 	List(ctx context.Context, q ListQuery) ([]Conversation, *Cursor, error)
 	// SetFlags changes v's pin/mute and writes the events.
 	SetFlags(ctx context.Context, practice, id string, v Viewer, f UserFlags, evs func(Conversation) []Event) (Conversation, error)
-	// MarkRead raises v's read watermark to upTo (never lowers it), capped at
-	// the newest known message. advanced reports whether it moved.
-	MarkRead(ctx context.Context, practice, id string, v Viewer, upTo int64, evs func(c Conversation, advanced bool) []Event) (Conversation, error)
+	// MarkRead raises v's read watermark to upTo (never lowers it; upTo <= 0:
+	// the newest known message), capped at the newest known message. check
+	// runs in the write's transaction, with the thread without per-user
+	// state, before anything is written; its error is returned and nothing
+	// is written. ErrNotFound when the thread is absent. advanced reports
+	// whether the watermark moved.
+	MarkRead(ctx context.Context, practice, id string, v Viewer, upTo int64, check func(c Conversation) error, evs func(c Conversation, advanced bool) []Event) (Conversation, error)
 	// ApplyMessages projects messages in one transaction, idempotent by
 	// (conversation, seq): out[i] is ms[i]'s outcome; an error fails them all
 	// (nothing is written). A thread's messages are applied in sequence order,

@@ -68,7 +68,7 @@ func BenchmarkMarkRead(b *testing.B) {
 				v := domain.Viewer{Principal: fmt.Sprintf("patients/p%d", i), IsPatient: true}
 				wg.Go(func() {
 					for seq := 1; seq <= b.N/threads+boolInt(i < b.N%threads); seq++ {
-						c, err := s.MarkRead(ctx, "p1", conv, v, int64(seq), read)
+						c, err := s.MarkRead(ctx, "p1", conv, v, int64(seq), allow, read)
 						if err != nil || c.ReadSeq != int64(seq) {
 							b.Errorf("mark read %d: %v (read seq %d)", seq, err, c.ReadSeq)
 							return

@@ -299,32 +299,89 @@ func (s *Store) SetFlags(ctx context.Context, practice, id string, v domain.View
 	return out, err
 }
 
-// MarkRead implements domain.Repository. It raises the viewer's watermark
-// to upTo, capped at the thread's last message, in one upsert that never
-// lowers it (and changes no row when it would not rise: advanced), then
-// reads the thread as the viewer sees it once. That read stays in the
-// transaction: outside it, concurrent callers spend that time away from the
-// writer, its batches are smaller, and the commits per receipt (fsyncs, the
-// larger cost) rise (BenchmarkMarkRead).
-func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.Viewer, upTo int64, evs func(domain.Conversation, bool) []domain.Event) (domain.Conversation, error) {
+// MarkRead implements domain.Repository. In one job of the writer it
+// reads, in one statement, the thread (shared columns: the writer's pages
+// are warm, where a read on a reader connection starts a read transaction
+// and reloads the pages other writes changed), the viewer's state, and the
+// unread count the viewer will have once the watermark is raised; hands the
+// thread to check (authorization and the watermark's bounds: its error ends
+// the transaction, nothing written); and raises the watermark, capped at
+// the thread's last message, in one upsert that never lowers it, only when
+// it rises (advanced). So a markRead is two statements and its event. The
+// read stays in the transaction: outside it, concurrent callers spend that
+// time away from the writer, its batches are smaller, and the commits per
+// receipt (fsyncs, the larger cost) rise (BenchmarkMarkRead).
+func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.Viewer, upTo int64, check func(domain.Conversation) error, evs func(domain.Conversation, bool) []domain.Event) (domain.Conversation, error) {
 	var out domain.Conversation
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		res, err := tx.Exec(ctx, `INSERT INTO user_state (practice, conversation_id, user_name, read_seq, update_time)
-			SELECT c.practice, c.id, ?, CASE WHEN c.last_message_seq < ? THEN c.last_message_seq ELSE ? END, ?
-			FROM conversations c WHERE c.practice = ? AND c.id = ? AND c.last_message_seq > 0 AND CAST(? AS BIGINT) > 0
-			ON CONFLICT (practice, conversation_id, user_name) DO UPDATE
-			SET read_seq = excluded.read_seq, update_time = excluded.update_time WHERE user_state.read_seq < excluded.read_seq`,
-			v.Principal, upTo, upTo, sqldb.Micros(time.Now()), practice, id, upTo)
+		// The watermark after the raise: the larger of the stored one and
+		// upTo capped at the last message (everything when upTo <= 0).
+		const target = `CASE WHEN CAST(? AS BIGINT) <= 0 OR c.last_message_seq < CAST(? AS BIGINT) THEN c.last_message_seq ELSE CAST(? AS BIGINT) END`
+		const after = `CASE WHEN COALESCE(u.read_seq, 0) > ` + target + ` THEN COALESCE(u.read_seq, 0) ELSE ` + target + ` END`
+		var pin, mute, unreadAfter int
+		var readBefore int64
+		c, err := scanConv(tx.QueryRow(ctx, `SELECT `+convColumns+`,
+			CASE WHEN u.pinned THEN 1 ELSE 0 END, CASE WHEN u.muted THEN 1 ELSE 0 END, COALESCE(u.read_seq, 0),
+			COALESCE((SELECT m.ordinal FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+				AND m.from_patient = ? ORDER BY m.seq DESC LIMIT 1), 0)
+			- COALESCE((SELECT m.ordinal FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+				AND m.from_patient = ? AND m.seq <= `+after+` ORDER BY m.seq DESC LIMIT 1), 0)
+			FROM conversations c `+viewerJoin+` WHERE c.practice = ? AND c.id = ?`,
+			!v.IsPatient, !v.IsPatient, upTo, upTo, upTo, upTo, upTo, upTo, v.Principal, practice, id),
+			false, &pin, &mute, &readBefore, &unreadAfter)
+		if errors.Is(err, sql.ErrNoRows) {
+			return domain.ErrNotFound // nothing was written
+		}
 		if err != nil {
-			return fmt.Errorf("raise read watermark: %w", err)
+			return err
 		}
-		n, _ := res.RowsAffected()
-		if out, err = getTx(ctx, tx, practice, id, v); err != nil {
-			return err // ErrNotFound: nothing was written
+		if err := check(c); err != nil {
+			return err
 		}
-		return outbox.AddAll(ctx, tx, evs(out, n > 0))
+		mark := c.LastMessageSeq
+		if upTo > 0 {
+			mark = min(upTo, mark)
+		}
+		c.Pinned, c.Muted = pin == 1, mute == 1
+		c.ReadSeq, c.UnreadCount = max(readBefore, mark), unreadAfter
+		advanced := false
+		if mark > readBefore {
+			res, err := tx.Exec(ctx, `INSERT INTO user_state (practice, conversation_id, user_name, read_seq, update_time)
+				VALUES (?, ?, ?, ?, ?)
+				ON CONFLICT (practice, conversation_id, user_name) DO UPDATE
+				SET read_seq = excluded.read_seq, update_time = excluded.update_time WHERE user_state.read_seq < excluded.read_seq`,
+				practice, id, v.Principal, mark, sqldb.Micros(time.Now()))
+			if err != nil {
+				return fmt.Errorf("raise read watermark: %w", err)
+			}
+			n, _ := res.RowsAffected()
+			if advanced = n > 0; !advanced {
+				// Raised meanwhile by another transaction (PostgreSQL):
+				// read what it left.
+				if err := viewerStateTx(ctx, tx, &c, v); err != nil {
+					return err
+				}
+			}
+		}
+		out = c
+		return outbox.AddAll(ctx, tx, evs(out, advanced))
 	})
 	return out, err
+}
+
+// viewerStateTx fills c's per-user state for v (pin, mute, read watermark,
+// unread count), as getTx reads it, without reading the shared columns
+// again.
+func viewerStateTx(ctx context.Context, q sqldb.Querier, c *domain.Conversation, v domain.Viewer) error {
+	var pin, mute int
+	err := q.QueryRow(ctx, `SELECT `+viewerColumns+` FROM conversations c `+viewerJoin+`
+		WHERE c.practice = ? AND c.id = ?`, !v.IsPatient, !v.IsPatient, v.Principal, c.Practice, c.ID).
+		Scan(&pin, &mute, &c.ReadSeq, &c.UnreadCount)
+	if errors.Is(err, sql.ErrNoRows) {
+		return domain.ErrNotFound
+	}
+	c.Pinned, c.Muted = pin == 1, mute == 1
+	return err
 }
 
 // RenamePatient implements domain.Repository.

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -27,6 +28,9 @@ func event() domain.Event {
 }
 
 func none(domain.Conversation) []domain.Event { return nil }
+
+// allow is a MarkRead check that lets every caller in.
+func allow(domain.Conversation) error { return nil }
 
 var (
 	staff   = domain.Viewer{Principal: "users/u1"}
@@ -139,33 +143,33 @@ func TestRepositoryContract(t *testing.T) {
 					advanced, upTo = append(advanced, adv), append(upTo, c.ReadSeq)
 					return nil
 				}
-				c, err = s.MarkRead(ctx, "p1", a.ID, staff, 99, rec)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff, 99, allow, rec)
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq, "capped at the newest message")
 				require.Zero(t, c.UnreadCount)
-				c, err = s.MarkRead(ctx, "p1", a.ID, staff, 1, rec)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff, 1, allow, rec)
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq, "never lowered")
 				require.Equal(t, []bool{true, false}, advanced)
 				c, err = s.Get(ctx, "p1", a.ID, staff2)
 				require.NoError(t, err)
 				require.Equal(t, 2, c.UnreadCount, "another staff user's count is their own")
-				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, 2, rec)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, 2, allow, rec)
 				require.NoError(t, err)
 				require.EqualValues(t, 2, c.ReadSeq)
 				require.Equal(t, 1, c.UnreadCount)
-				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, 3, rec)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, 3, allow, rec)
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq, "an existing watermark raised")
 				require.Zero(t, c.UnreadCount)
-				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, 3, rec)
+				c, err = s.MarkRead(ctx, "p1", a.ID, staff2, 3, allow, rec)
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq)
 				require.Equal(t, []bool{true, false, true, true, false}, advanced, "the same watermark again does not advance")
 				require.Equal(t, []int64{3, 3, 2, 3, 3}, upTo)
 				empty := create(t, s, "pe", "Eve", t0)
 				advanced = nil
-				c, err = s.MarkRead(ctx, "p1", empty.ID, staff2, 5, func(_ domain.Conversation, adv bool) []domain.Event {
+				c, err = s.MarkRead(ctx, "p1", empty.ID, staff2, 5, allow, func(_ domain.Conversation, adv bool) []domain.Event {
 					advanced = append(advanced, adv)
 					return nil
 				})
@@ -175,8 +179,37 @@ func TestRepositoryContract(t *testing.T) {
 				c, err = s.Get(ctx, "p1", a.ID, staff)
 				require.NoError(t, err)
 				require.EqualValues(t, 3, c.ReadSeq, "the other staff user's own watermark")
-				_, err = s.MarkRead(ctx, "p1", "missing", staff, 1, rec)
+				_, err = s.MarkRead(ctx, "p1", "missing", staff, 1, allow, rec)
 				require.ErrorIs(t, err, domain.ErrNotFound)
+
+				// check sees the thread before the write; its error writes nothing.
+				refused := errors.New("refused")
+				var seen domain.Conversation
+				_, err = s.MarkRead(ctx, "p1", a.ID, patient, 2, func(c domain.Conversation) error {
+					seen = c
+					return refused
+				}, func(domain.Conversation, bool) []domain.Event {
+					t.Error("a refused markRead wrote its events")
+					return nil
+				})
+				require.ErrorIs(t, err, refused)
+				require.Equal(t, a.ID, seen.ID)
+				require.Equal(t, "pa", seen.PatientID)
+				require.EqualValues(t, 3, seen.LastMessageSeq)
+				p, err = s.Get(ctx, "p1", a.ID, patient)
+				require.NoError(t, err)
+				require.Zero(t, p.ReadSeq, "nothing written")
+				require.Equal(t, 1, p.UnreadCount)
+				// upTo 0: everything; the answer's watermark and count are the stored ones.
+				p, err = s.MarkRead(ctx, "p1", a.ID, patient, 0, allow, rec)
+				require.NoError(t, err)
+				require.EqualValues(t, 3, p.ReadSeq)
+				require.Zero(t, p.UnreadCount)
+				require.Equal(t, []bool{true}, advanced[len(advanced)-1:])
+				stored, err := s.Get(ctx, "p1", a.ID, patient)
+				require.NoError(t, err)
+				require.Equal(t, p.ReadSeq, stored.ReadSeq)
+				require.Equal(t, p.UnreadCount, stored.UnreadCount)
 			})
 
 			t.Run("archive idle threads; a new message reactivates", func(t *testing.T) {
