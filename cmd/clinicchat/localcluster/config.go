@@ -61,6 +61,11 @@ type Config struct {
 	// the machine) instead of the one its CPU limit in deploy/k8s gives it in
 	// a pod (CPULimit).
 	AllCPUs bool
+	// Debug gives every clinicchat process an operator listener
+	// (--debug-addr: /debug/pprof and the runtime's metrics) and the NATS
+	// server its monitoring port (/varz, /jsz), each on a free loopback
+	// port (Cluster.DebugAddrs), for profiling a load run.
+	Debug bool
 }
 
 // Flags registers the flags of deploy/local/up.
@@ -83,6 +88,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.BinDir, "bin-dir", "", "use the binaries already built there (empty: go build them into --data-dir/bin)")
 	fs.IntVar(&c.DBConns, "db-conns", 8, "PostgreSQL connections of each service process (all of them together stay under the server's max_connections)")
 	fs.BoolVar(&c.AllCPUs, "all-cpus", false, "run every process with Go's default GOMAXPROCS (every CPU) instead of its CPU limit in deploy/k8s (1, the gateway 2), which Go reads in a pod; $GOMAXPROCS, when set, wins either way")
+	fs.BoolVar(&c.Debug, "debug", false, "serve pprof on every clinicchat process (--debug-addr) and NATS monitoring (/varz, /jsz) on free loopback ports, listed at start as <process>-debug=ADDR")
 	fs.Func("service-flag", "an extra flag for every service process, repeatable (e.g. --service-flag=--limit-sends-per-second=1000 for a load test)", func(v string) error {
 		if !strings.HasPrefix(v, "-") {
 			return fmt.Errorf("%q is not a flag (it starts with -)", v)
