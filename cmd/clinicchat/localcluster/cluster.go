@@ -554,6 +554,9 @@ func (c *Cluster) start(name, bin string, args ...string) error {
 	if _, set := os.LookupEnv("GOMAXPROCS"); !set && !c.cfg.AllCPUs && !slices.ContainsFunc(c.cfg.Env, func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") }) {
 		p.cmd.Env = append(p.cmd.Env, "GOMAXPROCS="+strconv.Itoa(min(CPULimit(bin), runtime.NumCPU())))
 	}
+	if _, set := os.LookupEnv("GOGC"); !set && c.cfg.GOGC > 0 && !slices.ContainsFunc(c.cfg.Env, func(kv string) bool { return strings.HasPrefix(kv, "GOGC=") }) {
+		p.cmd.Env = append(p.cmd.Env, "GOGC="+strconv.Itoa(c.cfg.GOGC))
+	}
 	p.cmd.SysProcAttr = sysProcAttr()
 	if err := startCmd(p.cmd); err != nil {
 		_ = logFile.Close()
