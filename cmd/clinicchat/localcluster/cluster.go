@@ -93,6 +93,11 @@ type Cluster struct {
 	// MetricsAddrs is each clinicchat process's --metrics-addr (Prometheus
 	// /metrics): the services by process name, and "gateway".
 	MetricsAddrs map[string]string
+	// DebugAddrs is, with Config.Debug, each clinicchat process's
+	// --debug-addr (pprof) by process name, "nats" the NATS server's
+	// monitoring address (/varz, /jsz, /connz) and "nats-pprof" its
+	// /debug/pprof.
+	DebugAddrs map[string]string
 
 	// tls is each process's TLS files (empty with PlaintextServices).
 	tls map[string]grpcx.TLSConfig
@@ -142,7 +147,7 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 	}
 	cfg.DataDir = dataDir
 	c = &Cluster{cfg: cfg, logDir: filepath.Join(dataDir, "logs"), procs: map[string]*proc{}, failed: make(chan struct{}),
-		DatabaseDSN: map[string]string{}, Addrs: map[string]string{}, MetricsAddrs: map[string]string{}, ports: map[string]bool{}}
+		DatabaseDSN: map[string]string{}, Addrs: map[string]string{}, MetricsAddrs: map[string]string{}, DebugAddrs: map[string]string{}, ports: map[string]bool{}}
 	for _, d := range []string{c.logDir, c.path("blobs")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, err
@@ -182,7 +187,19 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 			return c, err
 		}
 		host, port, _ := net.SplitHostPort(addr)
-		if err := c.start("nats", "nats-server", "-a", host, "-p", port, "-js", "-sd", c.path("nats"), "--server_name", "clinicchat-local"); err != nil {
+		args := []string{"-a", host, "-p", port, "-js", "-sd", c.path("nats"), "--server_name", "clinicchat-local"}
+		if cfg.Debug {
+			if c.DebugAddrs["nats"], err = c.freeAddr("127.0.0.1:0"); err != nil {
+				return c, err
+			}
+			if c.DebugAddrs["nats-pprof"], err = c.freeAddr("127.0.0.1:0"); err != nil {
+				return c, err
+			}
+			_, mport, _ := net.SplitHostPort(c.DebugAddrs["nats"])
+			_, pport, _ := net.SplitHostPort(c.DebugAddrs["nats-pprof"])
+			args = append(args, "-m", mport, "--profile", pport)
+		}
+		if err := c.start("nats", "nats-server", args...); err != nil {
 			return c, err
 		}
 		c.NATSURL = "nats://" + addr
@@ -223,6 +240,13 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 	if c.MetricsAddrs["gateway"], err = c.freeAddr("127.0.0.1:0"); err != nil {
 		return c, err
 	}
+	if cfg.Debug {
+		for name := range c.MetricsAddrs {
+			if c.DebugAddrs[name], err = c.freeAddr("127.0.0.1:0"); err != nil {
+				return c, err
+			}
+		}
+	}
 	if c.HTTPAddr, err = c.freeAddr(cfg.HTTPAddr); err != nil {
 		return c, fmt.Errorf("--http-addr: %w", err)
 	}
@@ -259,6 +283,9 @@ func Start(ctx context.Context, cfg Config, progress io.Writer) (c *Cluster, err
 	}
 	gw := []string{"--http-addr", c.HTTPAddr, "--grpc-addr", c.GRPCAddr, "--nats-url", c.NATSURL,
 		"--log-level", cfg.LogLevel, "--drain-timeout", "5s", "--metrics-addr", c.MetricsAddrs["gateway"]}
+	if a := c.DebugAddrs["gateway"]; a != "" {
+		gw = append(gw, "--debug-addr", a)
+	}
 	for _, svc := range Services {
 		gw = append(gw, "--"+svc+"-addr", c.Addrs[svc])
 	}
@@ -306,6 +333,12 @@ func (c *Cluster) startGatewayReplicas(gw, authArgs []string) error {
 			return err
 		}
 		args := append(slices.Concat(gw, authArgs), "--http-addr", httpAddr, "--grpc-addr", grpcAddr, "--metrics-addr", c.MetricsAddrs[name])
+		if c.cfg.Debug {
+			if c.DebugAddrs[name], err = c.freeAddr("127.0.0.1:0"); err != nil {
+				return err
+			}
+			args = append(args, "--debug-addr", c.DebugAddrs[name])
+		}
 		if err := c.start(name, "gateway", args...); err != nil {
 			return err
 		}
@@ -391,6 +424,9 @@ func (c *Cluster) serviceArgs(svc, name string) ([]string, error) {
 	args := []string{"--grpc-addr", c.Addrs[name], "--database-dsn", c.DatabaseDSN[svc], "--nats-url", c.NATSURL,
 		"--log-level", c.cfg.LogLevel, "--drain-timeout", "5s", "--migrate-on-start=false",
 		"--metrics-addr", c.MetricsAddrs[name]}
+	if a := c.DebugAddrs[name]; a != "" {
+		args = append(args, "--debug-addr", a)
+	}
 	switch svc {
 	case "conversation":
 		args = append(args, "--preferences-addr", c.Addrs["preferences"],
@@ -517,6 +553,9 @@ func (c *Cluster) start(name, bin string, args ...string) error {
 	p.cmd.Env = append(childEnv(), c.cfg.Env...)
 	if _, set := os.LookupEnv("GOMAXPROCS"); !set && !c.cfg.AllCPUs && !slices.ContainsFunc(c.cfg.Env, func(kv string) bool { return strings.HasPrefix(kv, "GOMAXPROCS=") }) {
 		p.cmd.Env = append(p.cmd.Env, "GOMAXPROCS="+strconv.Itoa(min(CPULimit(bin), runtime.NumCPU())))
+	}
+	if _, set := os.LookupEnv("GOGC"); !set && c.cfg.GOGC > 0 && !slices.ContainsFunc(c.cfg.Env, func(kv string) bool { return strings.HasPrefix(kv, "GOGC=") }) {
+		p.cmd.Env = append(p.cmd.Env, "GOGC="+strconv.Itoa(c.cfg.GOGC))
 	}
 	p.cmd.SysProcAttr = sysProcAttr()
 	if err := startCmd(p.cmd); err != nil {
@@ -830,6 +869,9 @@ func (c *Cluster) Summary() string {
 	parts = append(parts, "nats="+c.NATSURL)
 	for _, name := range slices.Sorted(maps.Keys(c.MetricsAddrs)) {
 		parts = append(parts, name+"-metrics="+c.MetricsAddrs[name])
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.DebugAddrs)) {
+		parts = append(parts, name+"-debug="+c.DebugAddrs[name])
 	}
 	return strings.Join(parts, " ")
 }

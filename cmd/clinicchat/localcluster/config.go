@@ -61,6 +61,15 @@ type Config struct {
 	// the machine) instead of the one its CPU limit in deploy/k8s gives it in
 	// a pod (CPULimit).
 	AllCPUs bool
+	// GOGC is the collector's GOGC for every process the cluster starts
+	// (0: Go's default, 100); $GOGC, when set, wins. Flags default it to
+	// DefaultGOGC.
+	GOGC int
+	// Debug gives every clinicchat process an operator listener
+	// (--debug-addr: /debug/pprof and the runtime's metrics) and the NATS
+	// server its monitoring port (/varz, /jsz), each on a free loopback
+	// port (Cluster.DebugAddrs), for profiling a load run.
+	Debug bool
 }
 
 // Flags registers the flags of deploy/local/up.
@@ -83,6 +92,8 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.BinDir, "bin-dir", "", "use the binaries already built there (empty: go build them into --data-dir/bin)")
 	fs.IntVar(&c.DBConns, "db-conns", 8, "PostgreSQL connections of each service process (all of them together stay under the server's max_connections)")
 	fs.BoolVar(&c.AllCPUs, "all-cpus", false, "run every process with Go's default GOMAXPROCS (every CPU) instead of its CPU limit in deploy/k8s (1, the gateway 2), which Go reads in a pod; $GOMAXPROCS, when set, wins either way")
+	fs.IntVar(&c.GOGC, "gogc", DefaultGOGC, "GOGC of every process the cluster starts (0: Go's default, 100); $GOGC, when set, wins")
+	fs.BoolVar(&c.Debug, "debug", false, "serve pprof on every clinicchat process (--debug-addr) and NATS monitoring (/varz, /jsz) on free loopback ports, listed at start as <process>-debug=ADDR")
 	fs.Func("service-flag", "an extra flag for every service process, repeatable (e.g. --service-flag=--limit-sends-per-second=1000 for a load test)", func(v string) error {
 		if !strings.HasPrefix(v, "-") {
 			return fmt.Errorf("%q is not a flag (it starts with -)", v)
@@ -91,6 +102,14 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 		return nil
 	})
 }
+
+// DefaultGOGC is --gogc's default. Each service's live heap is a few MiB,
+// so at Go's default (100) the collector ran every ~3 MiB allocated: 8–20
+// cycles per 1,000 messages in each busy process at 8 senders, ~0.5 ms of GC
+// CPU per message over the stack by the runtime's own estimate; at 400, 1–4
+// cycles and ~0.06–0.1 ms, for heaps of ~15 MiB instead of ~6 (BENCHMARKS.md,
+// dist15).
+const DefaultGOGC = 400
 
 var dbPrefix = regexp.MustCompile(`^[a-z][a-z0-9_]{0,40}$`)
 
@@ -117,6 +136,9 @@ func (c *Config) Validate() error {
 	}
 	if c.GatewayReplicas < 0 || c.GatewayReplicas > 4 {
 		errs = append(errs, fmt.Errorf("the gateway replicas must be 0 to 4 (got %d)", c.GatewayReplicas))
+	}
+	if c.GOGC < 0 || c.GOGC > 10000 {
+		errs = append(errs, fmt.Errorf("--gogc must be 0 to 10000 (got %d)", c.GOGC))
 	}
 	if c.DBConns < 0 || c.DBConns > 100 {
 		errs = append(errs, fmt.Errorf("--db-conns must be 1 to 100 (got %d)", c.DBConns))

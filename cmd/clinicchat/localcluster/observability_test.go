@@ -85,11 +85,14 @@ func (r *otlpReceiver) all() []span {
 // delivery's server span and its publish, audit's and conversation's
 // consumer spans, and the gateway's write to the recipient's stream, in one
 // trace, each the child of the span before it. Each process serves its own
-// /metrics on its --metrics-addr.
+// /metrics on its --metrics-addr; with --debug, its pprof and runtime
+// metrics on a debug address, which show --gogc taken, and the NATS server
+// its monitoring.
 func TestDistributedTraceAndMetrics(t *testing.T) {
 	rcv := startReceiver(t)
 	c := start(t, func(cfg *localcluster.Config) {
 		cfg.Env = []string{"OTEL_EXPORTER_OTLP_ENDPOINT=" + rcv.url, "OTEL_BSP_SCHEDULE_DELAY=100"}
+		cfg.Debug, cfg.GOGC = true, 300
 	})
 	e := env(c)
 	staff, alice := e.As(t, "dr-lee", "dentist"), e.As(t, "alice", "patient")
@@ -225,4 +228,21 @@ func TestDistributedTraceAndMetrics(t *testing.T) {
 	streams, ok := has(scrape("gateway"), "clinicchat_gateway_sse_clients", nil)
 	require.True(t, ok)
 	require.EqualValues(t, 1, streams, "alice's stream")
+
+	// --debug and --gogc, process by process.
+	get := func(addr, path string) string {
+		resp, err := http.Get("http://" + addr + path)
+		require.NoError(t, err, addr+path)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, resp.StatusCode, addr+path)
+		return string(b)
+	}
+	for _, name := range []string{"gateway", "conversation", "delivery-1", "attachment", "preferences", "audit"} {
+		require.NotEmpty(t, c.DebugAddrs[name], name)
+		require.Contains(t, get(c.DebugAddrs[name], "/debug/metrics"), "\n/gc/gogc:percent 300\n", name)
+	}
+	require.Contains(t, get(c.DebugAddrs["nats"], "/varz"), `"in_msgs"`)
+	require.Contains(t, get(c.DebugAddrs["nats-pprof"], "/debug/pprof/"), "goroutine")
 }
