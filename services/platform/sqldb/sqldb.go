@@ -95,7 +95,7 @@ type DB struct {
 // readCacheKiB the page cache of each of its connections.
 const (
 	readConns    = 8
-	readCacheKiB = 128
+	readCacheKiB = 512
 )
 
 // maxStmts bounds each statement cache (queries built with a variable
@@ -252,13 +252,10 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	pragmas.Add("_pragma", "query_only(1)")
 	// Each connection has its own page cache (SQLite's default: up to
 	// 2 MiB), outside the Go heap. The writer keeps the default; the readers
-	// (readConns of them) get a sixteenth each, since the operating system's
-	// page cache holds the file anyway, and in WAL mode a reader's cache is
-	// emptied at the start of every read transaction that follows a commit
-	// (on a busy database, nearly all of them), so its size bounds what one
-	// read holds rather than what it finds again: a deployment's five
-	// databases were up to 90 MiB of process memory, and at 512 KiB per
-	// reader the all-in-one's were still ~30 MiB (issue 10; mem15).
+	// (readConns of them) get a quarter each, since the operating system's
+	// page cache holds the file anyway: a deployment's five databases were
+	// up to 90 MiB of process memory, and the all-in-one's grew with every
+	// page a read touched (issue 10).
 	pragmas.Add("_pragma", fmt.Sprintf("cache_size(%d)", -readCacheKiB))
 	r, err := sql.Open("sqlite", "file:"+path+"?"+pragmas.Encode())
 	if err != nil {
