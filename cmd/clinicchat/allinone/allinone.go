@@ -44,17 +44,20 @@ const internalPipeBytes = 256 << 10
 // duplicateWindow is the streams' duplicate window here. It must outlast
 // every republishing of an event id by a relay, all on SQLite here: a row
 // stored but not acknowledged within its round goes out again after the
-// round's 3 s wait for acknowledgements and at most 1 s of backoff, and a
-// row published before a crash (rows are deleted up to a second after
-// their acknowledgement) goes out again at the next start, which the
-// window covers for a restart within it (the embedded server rebuilds the
-// ids from the stored events: TestEventIDsOutlastARestartOfTheEmbeddedServer).
+// round's 3 s wait for acknowledgements and at most 1 s of backoff, so two
+// such failed rounds in a row end ~6.5 s after the first publish
+// (TestDuplicateWindowOutlastsTheRelaysRepublishing), and a row published
+// before a crash (rows are deleted up to a second after their
+// acknowledgement) goes out again at the next start, which the window
+// covers for a restart within it (the embedded server rebuilds the ids
+// from the stored events: TestEventIDsOutlastARestartOfTheEmbeddedServer).
 // Beyond it, consumers are idempotent by event id. The window costs memory,
-// not CPU: the server holds each id for the window (~110 B, ~5 events per
-// message: ~16 MB at 1,000 sends/s) and purges each once whatever its
-// length (~1 µs; BenchmarkDuplicateWindow in natsx), so a shorter one
-// would save only memory, and shorten the restart it covers.
-const duplicateWindow = 30 * time.Second
+// not CPU: the server holds each id for the window (~0.72 MiB of heap per
+// second of window at 1,000 sends/s, BENCHMARKS.md mem14) and purges each
+// once whatever its length (~1 µs; BenchmarkDuplicateWindow in natsx). It
+// was 30 s, ~22 MiB of live heap at 1,000 sends/s (and as much again of
+// the collector's headroom); 10 s is ~7 MiB (BENCHMARKS.md, mem15).
+const duplicateWindow = 10 * time.Second
 
 // service is what every service package offers the composition root.
 type service interface {

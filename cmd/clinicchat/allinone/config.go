@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -70,7 +71,8 @@ type Config struct {
 	AdminSocket string
 	// MemoryLimit is the Go runtime's soft memory limit in bytes
 	// (runtime/debug.SetMemoryLimit), raised while the live heap needs
-	// more (memoryGovernor); 0: leave it to GOMEMLIMIT, if set.
+	// more (memoryGovernor); 0: leave it to GOMEMLIMIT, if set. The flag's
+	// default is DefaultMemoryLimit unless GOMEMLIMIT is set.
 	MemoryLimit int64
 	// GoMaxProcs is the Go scheduler's processors (runtime.GOMAXPROCS); 0:
 	// the CPUs the runtime sees plus ExtraProcs, unless $GOMAXPROCS is set
@@ -105,9 +107,12 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.AuditSigningKeyFile, "audit-signing-key-file", "", "audit checkpoint signing key (default: <keys-dir>/audit-signing.key, generated in dev mode)")
 	fs.StringVar(&c.AttachmentKEKFile, "attachment-kek-file", "", "attachment key-encryption key (default: <keys-dir>/attachment.kek, generated in dev mode)")
 	fs.StringVar(&c.AdminSocket, "admin-socket", "", "Unix socket (mode 0600) where clinicchat backup asks this process for a snapshot (default: <data-dir>/admin.sock)")
-	fs.Func("memory-limit", fmt.Sprintf("soft limit of the Go runtime's memory, e.g. 96MiB (the process adds ~36 MiB of program and up to ~30 MiB of SQLite caches): "+
-		"the garbage collector works harder near it, and the limit rises while the live heap needs more (at least half the live heap and stacks to allocate into); "+
-		"0: none. Default: GOMEMLIMIT if set (then fixed), else none; %dMiB keeps a process at 1,000 sends/s near 150 MB of RSS at some CPU (BENCHMARKS.md, mem14)", SmallMemoryLimit>>20),
+	if os.Getenv("GOMEMLIMIT") == "" {
+		c.MemoryLimit = DefaultMemoryLimit
+	}
+	fs.Func("memory-limit", fmt.Sprintf("soft limit of the Go runtime's memory, e.g. 80MiB (the process adds ~36 MiB of program and up to ~30 MiB of SQLite caches): "+
+		"the garbage collector works harder near it; it rises by 3 bytes per byte of goroutine stacks (open event streams), and while the live heap needs more "+
+		"(at least half the live heap and stacks to allocate into). 0: none (the heap may grow to twice the live heap). Default %dMiB, or GOMEMLIMIT if set (then fixed); BENCHMARKS.md, mem15", DefaultMemoryLimit>>20),
 		func(v string) error {
 			n, err := ParseBytes(v)
 			c.MemoryLimit = n

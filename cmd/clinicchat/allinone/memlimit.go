@@ -7,17 +7,32 @@ import (
 	"time"
 )
 
-// SmallMemoryLimit is a --memory-limit for a small footprint: the Go
-// runtime's memory (heap, stacks, runtime metadata) it aims to stay
-// within. The program's ~36 MiB of text and data and up to ~30 MiB of
-// SQLite page caches come on top: at 400-500 sends/s the process held
-// 135 MiB of RSS on average, against 170 without a limit, where the
-// collector lets the heap grow to twice the live heap (GOGC=100). It is
-// not the default: the collector's extra cycles cost ~3% CPU per message
-// at a steady rate and 14-20% with 5,000 event streams open (their stacks
-// are scanned every cycle), more than issue 9's 1.3x for open streams
-// allows; BENCHMARKS.md, mem14.
+// DefaultMemoryLimit is --memory-limit's default: the Go runtime's memory
+// (heap, stacks, runtime metadata) the governor aims to stay within, before
+// the allowance for goroutine stacks (stackAllowance). The program's text
+// and data (~25-36 MiB) and SQLite's memory (~25-30 MiB) come on top. It is
+// high enough that at the steady rates measured the collector keeps
+// GOGC=100's pace most of the time (the limit cuts the live heap's peaks,
+// where the heap would grow to twice them); BENCHMARKS.md, mem15.
+const DefaultMemoryLimit int64 = 96 << 20
+
+// SmallMemoryLimit is a --memory-limit for a smaller footprint: at 400-500
+// sends/s the process held 135 MiB of RSS on average, against 170 without
+// a limit, for ~3% CPU per message at a steady rate and 14-20% with 5,000
+// event streams open (their stacks are scanned every cycle); BENCHMARKS.md,
+// mem14.
 const SmallMemoryLimit int64 = 80 << 20
+
+// stackAllowance is how much the governor adds to its target per byte of
+// goroutine stacks: each open event stream holds a stack (~3.9 KiB) and
+// about as much heap again (~2.7 KiB), and GOGC=100 lets the collector
+// allocate as much as it scans before the next cycle. With it, what the
+// streams a user opens take is not counted against the target, and
+// thousands of them do not make the collector run more often than without
+// a limit (BenchmarkIdleStreams: 5,000 streams are ~20 MiB of stacks, ~60
+// MiB more target); the process's own work, a few MiB of stacks, moves the
+// target by little.
+const stackAllowance = 3
 
 // minHeadroom is the least the memory governor leaves the collector to
 // allocate into between cycles, as a fraction of its scan work (the live
@@ -55,22 +70,24 @@ const (
 	mReleased = "/memory/classes/heap/released:bytes"
 	mStacks   = "/gc/scan/stack:bytes"
 	mGlobals  = "/gc/scan/globals:bytes"
+	mStackMem = "/memory/classes/heap/stacks:bytes"
 )
 
 func newMemoryGovernor(target int64) *memoryGovernor {
 	g := &memoryGovernor{target: target, set: debug.SetMemoryLimit}
-	for _, n := range []string{mLive, mTotal, mObjects, mUnused, mFree, mReleased, mStacks, mGlobals} {
+	for _, n := range []string{mLive, mTotal, mObjects, mUnused, mFree, mReleased, mStacks, mGlobals, mStackMem} {
 		g.samples = append(g.samples, metrics.Sample{Name: n})
 	}
 	return g
 }
 
 // limitFor is the limit for a live heap of live bytes, scan bytes of
-// it, stacks and globals for the collector to scan, and nonHeap bytes of
-// the runtime's memory outside the heap (stacks, metadata, buffers).
-func (g *memoryGovernor) limitFor(live, scan, nonHeap uint64) int64 {
+// it, stacks and globals for the collector to scan, nonHeap bytes of the
+// runtime's memory outside the heap (stacks, metadata, buffers), and
+// stacks bytes of goroutine stacks (stackAllowance).
+func (g *memoryGovernor) limitFor(live, scan, nonHeap, stacks uint64) int64 {
 	floor := int64(nonHeap) + int64(live) + int64(float64(scan)*minHeadroom)
-	return max(g.target, floor)
+	return max(g.target+stackAllowance*int64(stacks), floor)
 }
 
 // update reads the runtime's memory and sets the limit; it returns it.
@@ -87,7 +104,7 @@ func (g *memoryGovernor) update() int64 {
 	if v[mTotal] > heap {
 		nonHeap = v[mTotal] - heap
 	}
-	limit := g.limitFor(v[mLive], v[mLive]+v[mStacks]+v[mGlobals], nonHeap)
+	limit := g.limitFor(v[mLive], v[mLive]+v[mStacks]+v[mGlobals], nonHeap, v[mStackMem])
 	if limit != g.last {
 		g.set(limit)
 		g.last = limit

@@ -12,8 +12,8 @@ package allinone_test
 // (defaults: 300 sends/s, 18,000 messages; CLINICCHAT_BENCH_CPUPROFILE=dir
 // writes a heap profile once the pipeline is idle). When the machine cannot keep
 // the rate, the senders run flat out and the achieved rate is printed.
-// The all-in-one runs with --memory-limit SmallMemoryLimit (80MiB), or
-// CLINICCHAT_BENCH_MEMORY_LIMIT ("0": none, the default); every 5 s a
+// The all-in-one runs with --memory-limit's default (DefaultMemoryLimit), or
+// CLINICCHAT_BENCH_MEMORY_LIMIT ("0": none); every 5 s a
 // line gives RSS, the heap in use and mapped, the live heap and the limit,
 // and at the end the growth per message of the live heap and of RSS.
 
@@ -112,7 +112,7 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 	raiseNoFile()
 	rate := envInt("CLINICCHAT_BENCH_RATE", 300)
 	total := envInt("CLINICCHAT_BENCH_MESSAGES", 18000)
-	limit := allinone.SmallMemoryLimit
+	limit := allinone.DefaultMemoryLimit
 	if v := os.Getenv("CLINICCHAT_BENCH_MEMORY_LIMIT"); v != "" {
 		n, err := allinone.ParseBytes(v)
 		if err != nil {
