@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -223,6 +224,12 @@ func checkWorkload(t *testing.T, r *rendered, w string, production bool) {
 	byEnv := flagByEnv(fs)
 	env := containerEnv(t, r, id, c)
 	for name, v := range env {
+		if check, ok := goRuntimeEnv[name]; ok { // read by the Go runtime, not a flag
+			if !v.literal || !check(v.value) {
+				t.Errorf("%s: %s (from %s) = %q is not a value the Go runtime accepts", id, name, v.source, v.value)
+			}
+			continue
+		}
 		f := byEnv[name]
 		if f == nil {
 			t.Errorf("%s: %s (from %s) is not a flag of %s", id, name, v.source, w)
@@ -1033,4 +1040,15 @@ func TestREADMEDocumentsEveryFlag(t *testing.T) {
 			}
 		})
 	}
+}
+
+// goRuntimeEnv are the variables the Go runtime itself reads, with a check of
+// their value as the runtime parses it (GOGC: a percent or "off"; GOMEMLIMIT:
+// bytes with an optional B, KiB, MiB, GiB or TiB suffix).
+var goRuntimeEnv = map[string]func(string) bool{
+	"GOGC": func(v string) bool {
+		n, err := strconv.Atoi(v)
+		return v == "off" || (err == nil && n >= 0)
+	},
+	"GOMEMLIMIT": regexp.MustCompile(`^[0-9]+(B|KiB|MiB|GiB|TiB)?$`).MatchString,
 }
