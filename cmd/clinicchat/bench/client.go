@@ -139,20 +139,7 @@ func (c *client) do(ctx context.Context, method, path string, body []byte) ([]by
 		return nil, err
 	}
 	if resp.StatusCode != http.StatusOK {
-		ae := &apiError{status: resp.StatusCode}
-		var st struct {
-			Details []struct {
-				Reason string `json:"reason"`
-			} `json:"details"`
-		}
-		if json.Unmarshal(raw, &st) == nil {
-			for _, d := range st.Details {
-				if d.Reason != "" {
-					ae.reason = d.Reason
-				}
-			}
-		}
-		return nil, ae
+		return nil, apiErrorOf(resp.StatusCode, raw)
 	}
 	return raw, nil
 }

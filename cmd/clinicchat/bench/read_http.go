@@ -248,7 +248,7 @@ func readN(r io.Reader, b []byte, n int) ([]byte, error) {
 }
 
 // apiErrorOf is a refused call's *apiError, with the SPEC reason when the
-// body has one (as client.do).
+// body has one.
 func apiErrorOf(status int, raw []byte) error {
 	ae := &apiError{status: status}
 	var st struct {
