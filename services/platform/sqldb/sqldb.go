@@ -242,17 +242,13 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	// a checkpoint fsyncs the WAL, then the database file before the WAL
 	// may be written over).
 	ckptDSN := "file:" + path + "?" + pragmas.Encode()
-	writerPragmas := pragmas
+	writerDSN := ckptDSN
 	if backgroundCheckpoints {
 		// The writer's COMMIT runs no checkpoint: the checkpointer does.
-		writerPragmas = url.Values{}
-		for k, v := range pragmas {
-			writerPragmas[k] = slices.Clone(v)
-		}
-		writerPragmas.Add("_pragma", "wal_autocheckpoint(0)")
+		writerDSN += "&" + url.Values{"_pragma": {"wal_autocheckpoint(0)"}}.Encode()
 	}
 	// The writer runs BEGIN IMMEDIATE itself (sqliteWriter).
-	w, err := sql.Open("sqlite", "file:"+path+"?"+writerPragmas.Encode())
+	w, err := sql.Open("sqlite", writerDSN)
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
