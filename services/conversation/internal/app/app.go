@@ -341,15 +341,12 @@ func (a *App) MarkRead(ctx context.Context, name, upTo string) (domain.Conversat
 	var want int64 // 0: the thread's last message
 	var upToErr error
 	if upTo != "" {
-		p, ok := ids.Parse(upTo, "conversations", "messages")
-		n, err := int64(0), error(nil)
-		if ok {
-			n, err = strconv.ParseInt(p[1], 10, 64)
+		upToErr = domain.ErrBadUpTo
+		if p, ok := ids.Parse(upTo, "conversations", "messages"); ok && p[0] == id {
+			if n, err := strconv.ParseInt(p[1], 10, 64); err == nil && n > 0 {
+				want, upToErr = n, nil
+			}
 		}
-		if !ok || p[0] != id || err != nil || n <= 0 {
-			upToErr = domain.ErrBadUpTo
-		}
-		want = n
 	}
 	await := false // wait for the projection before raising
 	check := func(c domain.Conversation) error {

@@ -52,13 +52,23 @@ var returningConvColumns = strings.ReplaceAll(convColumns, "c.", "conversations.
 // messages). The unread count is the ordinal of the other side's newest
 // message less that of its newest message at or below read_seq: two
 // lookups on message_index's key, whatever the backlog.
-const viewerColumns = `CASE WHEN u.pinned THEN 1 ELSE 0 END AS pin,
+const viewerColumns = viewerFlags + `,
+	` + unreadAtOrBelow + `COALESCE(u.read_seq, 0)` + unreadEnd + ` AS unread`
+
+// viewerFlags are viewerColumns without the unread count.
+const viewerFlags = `CASE WHEN u.pinned THEN 1 ELSE 0 END AS pin,
 	CASE WHEN u.muted THEN 1 ELSE 0 END AS mute,
-	COALESCE(u.read_seq, 0) AS read_seq,
-	COALESCE((SELECT m.ordinal FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
+	COALESCE(u.read_seq, 0) AS read_seq`
+
+// unreadAtOrBelow + a watermark expression + unreadEnd is viewerColumns'
+// unread count for that watermark (MarkRead's: the one after its raise).
+const (
+	unreadAtOrBelow = `COALESCE((SELECT m.ordinal FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
 		AND m.from_patient = ? ORDER BY m.seq DESC LIMIT 1), 0)
 	- COALESCE((SELECT m.ordinal FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
-		AND m.from_patient = ? AND m.seq <= COALESCE(u.read_seq, 0) ORDER BY m.seq DESC LIMIT 1), 0) AS unread`
+		AND m.from_patient = ? AND m.seq <= `
+	unreadEnd = ` ORDER BY m.seq DESC LIMIT 1), 0)`
+)
 
 const viewerJoin = `LEFT JOIN user_state u ON u.practice = c.practice AND u.conversation_id = c.id AND u.user_name = ?`
 
@@ -320,12 +330,7 @@ func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.View
 		const after = `CASE WHEN COALESCE(u.read_seq, 0) > ` + target + ` THEN COALESCE(u.read_seq, 0) ELSE ` + target + ` END`
 		var pin, mute, unreadAfter int
 		var readBefore int64
-		c, err := scanConv(tx.QueryRow(ctx, `SELECT `+convColumns+`,
-			CASE WHEN u.pinned THEN 1 ELSE 0 END, CASE WHEN u.muted THEN 1 ELSE 0 END, COALESCE(u.read_seq, 0),
-			COALESCE((SELECT m.ordinal FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
-				AND m.from_patient = ? ORDER BY m.seq DESC LIMIT 1), 0)
-			- COALESCE((SELECT m.ordinal FROM message_index m WHERE m.practice = c.practice AND m.conversation_id = c.id
-				AND m.from_patient = ? AND m.seq <= `+after+` ORDER BY m.seq DESC LIMIT 1), 0)
+		c, err := scanConv(tx.QueryRow(ctx, `SELECT `+convColumns+`, `+viewerFlags+`, `+unreadAtOrBelow+after+unreadEnd+`
 			FROM conversations c `+viewerJoin+` WHERE c.practice = ? AND c.id = ?`,
 			!v.IsPatient, !v.IsPatient, upTo, upTo, upTo, upTo, upTo, upTo, v.Principal, practice, id),
 			false, &pin, &mute, &readBefore, &unreadAfter)
