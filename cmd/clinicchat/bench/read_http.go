@@ -5,12 +5,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -156,96 +154,29 @@ func (c *rawConn) roundTrip(upTo string) (status int, keep bool, err error) {
 	return c.readAnswer()
 }
 
-// readAnswer reads one HTTP/1.1 answer: its status, and its body (by
-// Content-Length or chunked) into c.body.
+// readAnswer reads one HTTP/1.1 answer (net/http's parser: Content-Length,
+// chunked bodies and trailers) and its body, at most maxAnswer bytes, into
+// c.body.
 func (c *rawConn) readAnswer() (status int, keep bool, err error) {
-	line, err := c.br.ReadSlice('\n')
+	resp, err := http.ReadResponse(c.br, nil)
 	if err != nil {
-		return 0, false, err
+		return 0, false, fmt.Errorf("markRead: %w", err)
 	}
-	// "HTTP/1.1 200 OK\r\n"
-	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) {
-		return 0, false, fmt.Errorf("markRead: bad status line %q", line)
-	}
-	status, err = strconv.Atoi(string(line[9:12]))
-	if err != nil {
-		return 0, false, fmt.Errorf("markRead: bad status line %q", line)
-	}
-	length, chunked, closing := -1, false, false
-	for {
-		line, err := c.br.ReadSlice('\n')
-		if err != nil {
-			return 0, false, err
-		}
-		h := bytes.TrimRight(line, "\r\n")
-		if len(h) == 0 {
-			break
-		}
-		k, v, ok := bytes.Cut(h, []byte(":"))
-		if !ok {
-			continue
-		}
-		v = bytes.TrimSpace(v)
-		switch {
-		case bytes.EqualFold(k, []byte("Content-Length")):
-			if length, err = strconv.Atoi(string(v)); err != nil || length < 0 {
-				return 0, false, fmt.Errorf("markRead: bad Content-Length %q", v)
-			}
-		case bytes.EqualFold(k, []byte("Transfer-Encoding")):
-			chunked = bytes.EqualFold(v, []byte("chunked"))
-		case bytes.EqualFold(k, []byte("Connection")):
-			closing = bytes.EqualFold(v, []byte("close"))
-		}
-	}
-	c.body = c.body[:0]
+	defer resp.Body.Close()
+	body := bytes.NewBuffer(c.body[:0])
+	n, err := body.ReadFrom(io.LimitReader(resp.Body, maxAnswer+1))
+	c.body = body.Bytes()
 	switch {
-	case chunked:
-		for {
-			line, err := c.br.ReadSlice('\n')
-			if err != nil {
-				return 0, false, err
-			}
-			size, err := strconv.ParseInt(string(bytes.TrimSpace(bytes.SplitN(line, []byte(";"), 2)[0])), 16, 64)
-			if err != nil || size < 0 || size > 4<<20 {
-				return 0, false, fmt.Errorf("markRead: bad chunk size %q", line)
-			}
-			if size == 0 {
-				for { // trailers up to the blank line
-					line, err := c.br.ReadSlice('\n')
-					if err != nil {
-						return 0, false, err
-					}
-					if len(bytes.TrimRight(line, "\r\n")) == 0 {
-						break
-					}
-				}
-				break
-			}
-			if c.body, err = readN(c.br, c.body, int(size)+2); err != nil { // the chunk and its CRLF
-				return 0, false, err
-			}
-			c.body = c.body[:len(c.body)-2]
-		}
-	case length >= 0:
-		if length > 4<<20 {
-			return 0, false, fmt.Errorf("markRead: answer of %d bytes", length)
-		}
-		if c.body, err = readN(c.br, c.body, length); err != nil {
-			return 0, false, err
-		}
-	default:
-		return 0, false, errors.New("markRead: answer without a length")
+	case err != nil:
+		return 0, false, err
+	case n > maxAnswer:
+		return 0, false, fmt.Errorf("markRead: answer of more than %d bytes", maxAnswer)
 	}
-	return status, !closing, nil
+	return resp.StatusCode, !resp.Close, nil
 }
 
-// readN appends n bytes of r to b.
-func readN(r io.Reader, b []byte, n int) ([]byte, error) {
-	l := len(b)
-	b = slices.Grow(b, n)[:l+n]
-	_, err := io.ReadFull(r, b[l:])
-	return b, err
-}
+// maxAnswer bounds a markRead answer the bench reads (the thread's view).
+const maxAnswer = 4 << 20
 
 // apiErrorOf is a refused call's *apiError, with the SPEC reason when the
 // body has one.

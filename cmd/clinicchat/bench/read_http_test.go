@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// The hand-written markRead client sends what net/http would and reads
+// The raw markRead client sends what net/http would and reads
 // every answer's framing: a length, chunks, a refusal's reason, a closed
 // connection.
 func TestRawMarkerRoundTrips(t *testing.T) {
