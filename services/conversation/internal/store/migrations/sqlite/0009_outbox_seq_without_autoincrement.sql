@@ -1,6 +1,6 @@
 -- The outbox's seq without AUTOINCREMENT (issue 10, wal16). AUTOINCREMENT
 -- updated the outbox's sqlite_sequence row with every INSERT: one WAL frame
--- (a page write) in every commit that wrote events, about one in fourteen of
+-- (a page write) in every commit that wrote events, about one in thirteen of
 -- this database's frames. The SQLite writer now takes the seqs itself
 -- (outbox.AddAll, sqldb.Tx.Seqs): in memory, going up within the process
 -- even once the relay has deleted every row (SQLite's own choice, one more
