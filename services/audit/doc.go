@@ -26,7 +26,7 @@
 // thread-activity echoes), which the consumers' filters leave out, through durable
 // JetStream consumers "audit-<stream>", acked after the record's commit;
 // redeliveries are ignored by event id. The consumers' batches share one
-// transaction, at most one commit per 25 ms while events keep coming
+// transaction, at most one commit per 100 ms while events keep coming
 // (internal/ingest/group.go). Which events are actions is decided in one
 // place, internal/domain/policy.go: everything but notification requests and
 // a short list of the product's own receipt and state echoes. Events

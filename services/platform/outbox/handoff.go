@@ -4,8 +4,8 @@ import "sync"
 
 // The SQLite hand-off. On SQLite one writer goroutine commits every
 // transaction of the process, so rows get their seqs in commit order, and
-// AddAll knows each row's seq (a multi-row INSERT's rows take consecutive
-// seqs, the last one is its LastInsertId). AddAll hands its rows to the
+// AddAll knows each row's seq (it takes a multi-row INSERT's consecutive
+// seqs from the writer's counter, sqldb.Tx.Seqs). AddAll hands its rows to the
 // process's relays with the transaction (sqldb Tx.Hand); the writer gives
 // them over after the commit, in commit order, and never those of a
 // transaction (or a group-commit job) that rolled back. The relay then

@@ -23,9 +23,14 @@
 // insert per event written and a delete per event published. A repeated id
 // could only be among the unpublished rows (deleted within a second of
 // their PubAck), which the stream's duplicate window drops, and consumers
-// are idempotent by event id. AUTOINCREMENT stays everywhere: a seq is never
-// taken twice, even after the relay emptied the table, which the hand-off's
-// "next seq" rule relies on. The relay works with either table.
+// are idempotent by event id. On SQLite the writer takes the seqs (AddAll,
+// sqldb.Tx.Seqs: a counter in memory that starts after the table's highest
+// seq, or its sqlite_sequence row), so within a process a seq is never taken
+// twice, even after the relay emptied the table, which the relay's
+// "published up to" mark and the hand-off's "next seq" rule rely on.
+// AUTOINCREMENT, which also wrote the sqlite_sequence row in every commit
+// (a WAL frame), is then not needed: conversation's outbox is without it
+// (wal16). The relay works with either table.
 //
 // traceparent is the W3C trace context of the transaction that wrote the row
 // (NULL when tracing is off): the relay publishes the event with it as the
@@ -62,7 +67,8 @@ import (
 // eventtype.Event, which links no adapter.
 type Event = eventtype.Event
 
-// AddAll writes events into the outbox inside tx: one INSERT for up to
+// AddAll writes events into the outbox inside tx (on SQLite with the seqs
+// the writer's counter gives them, insertSQLite): one INSERT for up to
 // insertRows events (a statement is a round trip and most of a small
 // statement's cost on PostgreSQL; a send writes two or three events). On
 // PostgreSQL the INSERTs go with the transaction's COMMIT, in its last round
@@ -114,19 +120,22 @@ func addAll(ctx context.Context, tx *sqldb.Tx, events []Event, atCommit bool) er
 			events = events[n:]
 			continue
 		}
-		res, err := tx.Exec(ctx, insertSQL[n], args...)
+		if tx.Dialect() == sqldb.Postgres {
+			if _, err := tx.Exec(ctx, insertSQL[n], args...); err != nil {
+				return fmt.Errorf("insert outbox: %w", err)
+			}
+			events = events[n:]
+			continue
+		}
+		first, err := insertSQLite(ctx, tx, n, args)
 		if err != nil {
 			return fmt.Errorf("insert outbox: %w", err)
 		}
 		if handing {
 			// The writer is SQLite's only one: the statement's rows took
-			// the seqs up to its last, one after another.
-			last, err := res.LastInsertId()
-			if err != nil {
-				return fmt.Errorf("insert outbox: %w", err)
-			}
+			// the seqs from first, one after another.
 			for i := range rows {
-				rows[i].seq = last - int64(n-1-i)
+				rows[i].seq = first + int64(i)
 			}
 			tx.Hand(Topic, rows)
 		}
@@ -147,6 +156,58 @@ var insertSQL = func() [insertRows + 1]string {
 	for n := 1; n <= insertRows; n++ {
 		qs[n] = `INSERT INTO outbox (id, subject, payload, created_at, traceparent) VALUES (?, ?, ?, ?, ?)` +
 			strings.Repeat(`, (?, ?, ?, ?, ?)`, n-1)
+	}
+	return qs
+}()
+
+// insertSQLite inserts n rows (args: insertSQL's five values per row) with
+// the next n seqs of the writer's counter (sqldb.Tx.Seqs), and returns the
+// first. SQLite's own choice for a table without AUTOINCREMENT, one more
+// than the highest seq in the table, would go back down once the relay has
+// deleted every row, below the seq it published last, and it would never
+// look at those rows; AUTOINCREMENT instead writes its sqlite_sequence row,
+// a WAL frame per commit. A seq the counter does not know of (a row written
+// by another statement) makes the INSERT fail: the counter then starts
+// again after the table's highest seq, once.
+func insertSQLite(ctx context.Context, tx *sqldb.Tx, n int, args []any) (int64, error) {
+	vals := make([]any, 0, n*6)
+	for again := true; ; again = false {
+		first, err := tx.Seqs(ctx, Topic, n, highestSeq)
+		if err != nil {
+			return 0, err
+		}
+		vals = vals[:0]
+		for i := range n {
+			vals = append(vals, first+int64(i))
+			vals = append(vals, args[5*i:5*i+5]...)
+		}
+		_, err = tx.Exec(ctx, seqInsertSQL[n], vals...)
+		if err == nil || !again || !sqldb.IsUniqueViolation(err) {
+			return first, err
+		}
+		tx.ResetSeqs(Topic)
+	}
+}
+
+// highestSeq is the highest seq the SQLite outbox holds or, where the table
+// has AUTOINCREMENT (its sqlite_sequence row), ever held.
+func highestSeq(ctx context.Context, tx *sqldb.Tx) (int64, error) {
+	var hi int64
+	err := tx.QueryRow(ctx, `SELECT MAX(COALESCE((SELECT MAX(seq) FROM outbox), 0),
+		COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0))`).Scan(&hi)
+	if err != nil && strings.Contains(err.Error(), "no such table") {
+		// No AUTOINCREMENT table in the database (no sqlite_sequence).
+		err = tx.QueryRow(ctx, `SELECT COALESCE(MAX(seq), 0) FROM outbox`).Scan(&hi)
+	}
+	return hi, err
+}
+
+// seqInsertSQL[n] is insertSQL[n] with the seqs given (SQLite).
+var seqInsertSQL = func() [insertRows + 1]string {
+	var qs [insertRows + 1]string
+	for n := 1; n <= insertRows; n++ {
+		qs[n] = `INSERT INTO outbox (seq, id, subject, payload, created_at, traceparent) VALUES (?, ?, ?, ?, ?, ?)` +
+			strings.Repeat(`, (?, ?, ?, ?, ?, ?)`, n-1)
 	}
 	return qs
 }()

@@ -76,6 +76,10 @@ type DB struct {
 	readStmts stmtCache
 	w         *sqliteWriter
 
+	// seqs are the counters of Tx.Seqs: the last number taken of each
+	// (SQLite only; the writer goroutine's).
+	seqs map[string]int64
+
 	metrics *sqliteMetrics // SQLite only
 	ckpt    *checkpointer  // SQLite only: WAL checkpoints off the writer (sqlite_checkpoint.go)
 
@@ -297,7 +301,7 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 		}
 	}
 	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), deferred: make(chan *job, 1024), stop: make(chan struct{}),
-		w: sw, ckpt: ck, metrics: newSQLiteMetrics(dbName(path))}
+		w: sw, ckpt: ck, seqs: map[string]int64{}, metrics: newSQLiteMetrics(dbName(path))}
 	d.wg.Add(1)
 	go d.writer()
 	if ck != nil {
@@ -466,9 +470,10 @@ type Tx struct {
 	// their caller's.
 	batch   context.Context
 	dialect Dialect
-	db      *DB      // SQLite: the writer's connection and statements
-	signals []string // topics to signal after the commit
-	hands   []handed // values to hand over after the commit (SQLite)
+	db      *DB       // SQLite: the writer's connection and statements
+	signals []string  // topics to signal after the commit
+	hands   []handed  // values to hand over after the commit (SQLite)
+	seqUndo []seqUndo // the counters' changes, to undo on a rollback (SQLite, Seqs)
 }
 
 // Handing reports whether Hand(topic, …) reaches a receiver (DB.OnHand):

@@ -183,8 +183,10 @@ func (d *DB) fill(batch []*job) []*job {
 // written once) then serves them all.
 func (d *DB) runBatch(batch []*job, results []error) {
 	w := d.w
+	t := &Tx{dialect: SQLite, db: d}
 	fail := func(err error) {
 		w.abort()
+		t.undoSeqs(0)
 		for _, j := range batch {
 			j.done <- err
 		}
@@ -195,7 +197,6 @@ func (d *DB) runBatch(batch []*job, results []error) {
 		fail(fmt.Errorf("begin: %w", err))
 		return
 	}
-	t := &Tx{dialect: SQLite, db: d}
 	// A batch of one job runs it without a savepoint: if it fails, the
 	// transaction is rolled back instead.
 	bare := len(batch) == 1
@@ -214,7 +215,7 @@ func (d *DB) runBatch(batch []*job, results []error) {
 				results = append(results, j.fn(t))
 				continue
 			}
-			signalled, handed := len(t.signals), len(t.hands)
+			signalled, handed, counted := len(t.signals), len(t.hands), len(t.seqUndo)
 			if _, err := w.savepoint.ExecContext(ctx); err != nil {
 				fail(fmt.Errorf("savepoint: %w", err))
 				return
@@ -226,6 +227,7 @@ func (d *DB) runBatch(batch []*job, results []error) {
 				t.signals = t.signals[:signalled]
 				clear(t.hands[handed:])
 				t.hands = t.hands[:handed]
+				t.undoSeqs(counted)
 				if _, err := w.rollbackTo.ExecContext(ctx); err != nil {
 					fail(fmt.Errorf("rollback to savepoint: %w", err))
 					return
@@ -238,6 +240,7 @@ func (d *DB) runBatch(batch []*job, results []error) {
 		}
 		if bare && results[0] != nil {
 			w.abort()
+			t.undoSeqs(0)
 			batch[0].done <- results[0]
 			return
 		}

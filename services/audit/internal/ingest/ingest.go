@@ -31,14 +31,23 @@ type Sink interface {
 }
 
 // MaxBatch is how many events of one stream are handed to the log at once
-// at most.
-const MaxBatch = 128
+// at most. A stream's consumer appends about one batch per
+// DefaultCommitInterval while events keep coming, so this bounds its rate:
+// 512 per 100 ms, ~5,000 events a second.
+const MaxBatch = 512
 
 // DefaultCommitInterval is the least time between two of the log's commits
 // while events keep coming (see group): under load every stream's batches of
 // the last interval share one commit; an event after a quiet spell is
 // appended at once.
-const DefaultCommitInterval = 25 * time.Millisecond
+//
+// 100 ms (it was 25 ms): each commit writes a page of the actor index per
+// actor of its events, whatever their number, and a page or more of each
+// other b-tree; at 200 sends/s the log's commits per message went 0.21 →
+// 0.055 and its WAL frames per message 3.6 → 1.7, at 8 senders flat out
+// 2.1 → 0.8 (BENCHMARKS.md, wal16). An event waits for the log at most this
+// long more, well within a second.
+const DefaultCommitInterval = 100 * time.Millisecond
 
 // DurablePrefix starts the name of each of the audit service's durable
 // consumers ("audit-conversation", "audit-delivery", …).

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
@@ -20,8 +21,8 @@ import (
 
 // benchProjection projects b.N staff messages into 8 threads (clinicchat
 // bench's shape: 8 senders, a thread each), round robin, each message
-// telling two events, with apply, and reports the process CPU time and the
-// database commits per message.
+// telling two events, with apply, and reports the process CPU time, the
+// database commits and (SQLite) the WAL frames (pages written) per message.
 func benchProjection(b *testing.B, backend testkit.Backend, apply func(ctx context.Context, s *store.Store, ms []domain.MessageApplied)) {
 	ctx := context.Background()
 	db := testkit.OpenDB(b, backend)
@@ -29,6 +30,18 @@ func benchProjection(b *testing.B, backend testkit.Backend, apply func(ctx conte
 	require.NoError(b, err)
 	var commits atomic.Int64
 	db.OnCommit(func() { commits.Add(1) })
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(db.Collector())
+	frames := func() float64 { // SQLite's WAL frames (pages) written; 0 on PostgreSQL
+		mfs, err := reg.Gather()
+		require.NoError(b, err)
+		for _, mf := range mfs {
+			if mf.GetName() == "clinicchat_sqldb_wal_frames_total" {
+				return mf.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		return 0
+	}
 	const threads = 8
 	var convs []string
 	t0 := time.Now()
@@ -45,7 +58,7 @@ func benchProjection(b *testing.B, backend testkit.Backend, apply func(ctx conte
 	}
 	var before syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
-	c0 := commits.Load()
+	c0, f0 := commits.Load(), frames()
 	b.ResetTimer()
 	apply(ctx, s, ms)
 	b.StopTimer()
@@ -54,6 +67,9 @@ func benchProjection(b *testing.B, backend testkit.Backend, apply func(ctx conte
 	cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
 	b.ReportMetric(float64(commits.Load()-c0)/float64(b.N), "commits/msg")
+	if backend.Name == "sqlite" {
+		b.ReportMetric((frames()-f0)/float64(b.N), "frames/msg")
+	}
 }
 
 func benchEvents(_ domain.MessageApplied, c domain.Conversation, recipients []string) []domain.Event {

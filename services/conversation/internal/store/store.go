@@ -398,12 +398,32 @@ func (s *Store) RenamePatient(ctx context.Context, practice, patientID, displayN
 	})
 }
 
+// idlePractices is the practices of the threads, one index search each (a
+// loose index scan of conversations' indexes that lead with practice): the
+// idle sweep looks for each practice's idle threads through
+// conversations_by_activity (practice, state, last_activity). The sweep
+// archives every idle thread, so it needs no order across practices, and
+// the index on (state, last_activity) it had instead (conversations_idle)
+// was an entry deleted and inserted again by every message projected into
+// a thread: a page written per thread in each commit (0010, wal16). CROSS
+// JOIN keeps the practices the outer loop on SQLite.
+const idlePractices = `WITH RECURSIVE p (practice) AS (SELECT MIN(practice) FROM conversations
+	UNION ALL SELECT (SELECT MIN(n.practice) FROM conversations n WHERE n.practice > p.practice) FROM p WHERE p.practice IS NOT NULL)`
+
+// idleProbeSQL finds whether a thread in a state (domain.Active) is idle
+// since a time; idleSelectSQL reads up to a limit of them.
+const (
+	idleProbeSQL = idlePractices + ` SELECT 1 FROM p CROSS JOIN conversations c
+		WHERE c.practice = p.practice AND c.state = ? AND c.last_activity < ? LIMIT 1`
+	idleSelectSQL = idlePractices + ` SELECT ` + convColumns + ` FROM p CROSS JOIN conversations c
+		WHERE c.practice = p.practice AND c.state = ? AND c.last_activity < ? LIMIT ?`
+)
+
 // ArchiveIdle implements domain.Repository.
 func (s *Store) ArchiveIdle(ctx context.Context, before time.Time, limit int, evs func(domain.Conversation) []domain.Event) (int, error) {
 	// A sweep that finds nothing commits nothing.
 	var one int
-	switch err := s.db.QueryRow(ctx, `SELECT 1 FROM conversations WHERE state = ? AND last_activity < ? LIMIT 1`,
-		int(domain.Active), sqldb.Micros(before)).Scan(&one); {
+	switch err := s.db.QueryRow(ctx, idleProbeSQL, int(domain.Active), sqldb.Micros(before)).Scan(&one); {
 	case errors.Is(err, sql.ErrNoRows):
 		return 0, nil
 	case err != nil:
@@ -412,8 +432,7 @@ func (s *Store) ArchiveIdle(ctx context.Context, before time.Time, limit int, ev
 	n := 0
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
 		n = 0 // PostgreSQL may run this again (a serialization failure or deadlock)
-		rows, err := tx.Query(ctx, `SELECT `+convColumns+` FROM conversations c WHERE c.state = ? AND c.last_activity < ?
-			ORDER BY c.last_activity LIMIT ?`, int(domain.Active), sqldb.Micros(before), limit)
+		rows, err := tx.Query(ctx, idleSelectSQL, int(domain.Active), sqldb.Micros(before), limit)
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -86,4 +87,35 @@ func rows(t *testing.T, db *sqldb.DB) []row {
 	}
 	require.NoError(t, rs.Err())
 	return out
+}
+
+// SeqsWithoutAutoincrement checks a SQLite outbox made without
+// AUTOINCREMENT (migrate makes the schema on an empty database): the
+// writer takes the seqs (outbox.AddAll), so they go on after the relay has
+// deleted every row as they did with AUTOINCREMENT, and no commit writes
+// the sqlite_sequence row.
+func SeqsWithoutAutoincrement(t *testing.T, migrate func(context.Context, *sqldb.DB) error) {
+	ctx := context.Background()
+	db := testkit.OpenDB(t, testkit.Backends()[0])
+	require.NoError(t, migrate(ctx, db))
+	var ddl string
+	require.NoError(t, db.QueryRow(ctx, `SELECT sql FROM sqlite_schema WHERE name = 'outbox'`).Scan(&ddl))
+	require.NotContains(t, strings.ToUpper(ddl), "AUTOINCREMENT")
+	var events []outbox.Event
+	for i := range 4 {
+		events = append(events, outbox.Event{ID: fmt.Sprint("e", i+1), Subject: "clinicchat.test.x", Msg: wrapperspb.String("p")})
+	}
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, events[:3]) }))
+	_, err := db.Exec(ctx, `DELETE FROM outbox WHERE seq <= ?`, 3) // the relay, after the PubAcks
+	require.NoError(t, err)
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, events[3:]) }))
+	after := rows(t, db)
+	require.Len(t, after, 1)
+	require.Equal(t, int64(4), after[0].seq, "the seq after the highest taken, the table emptied meanwhile")
+	var n int
+	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM sqlite_schema WHERE name = 'sqlite_sequence'`).Scan(&n))
+	if n > 0 {
+		require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM sqlite_sequence WHERE name = 'outbox'`).Scan(&n))
+		require.Zero(t, n, "no sqlite_sequence row for the outbox")
+	}
 }
