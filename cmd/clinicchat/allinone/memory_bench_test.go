@@ -22,10 +22,12 @@ package allinone_test
 // and at the end the growth per message of the live heap and of RSS.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -36,7 +38,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
 // memSample is the process's memory at one moment.
@@ -98,6 +104,31 @@ func (s memSample) printSeries(at time.Duration) {
 		at.Seconds(), s.msgs, s.rss>>20, s.heapInuse>>20, s.heapSys>>20, s.heapLive>>20, s.heapGoal>>20, mib(s.limit))
 }
 
+// smallBlockStreams makes the streams in storeDir as a clean stop of the
+// all-in-one leaves them (natsx.PrepareStreamsForRestart), so that its
+// start opens them with 4 MiB blocks instead of 8 (an experiment:
+// CLINICCHAT_BENCH_NATS_4MIB_BLOCKS=1; BENCHMARKS.md, mem16).
+func smallBlockStreams(b *testing.B, storeDir string) {
+	b.Helper()
+	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: storeDir}, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() }()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), benchWait)
+	defer cancel()
+	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{}); err != nil {
+		b.Fatal(err)
+	}
+	if err := natsx.PrepareStreamsForRestart(ctx, js, natsx.StreamsConfig{}); err != nil {
+		b.Fatal(err)
+	}
+}
+
 // printMemoryClasses prints the runtime's /memory/classes/ metrics.
 func printMemoryClasses() {
 	var ms []metrics.Sample
@@ -157,6 +188,9 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 		c.MemoryLimit = limit
 		if !listen {
 			c.NATSListen = ""
+		}
+		if os.Getenv("CLINICCHAT_BENCH_NATS_4MIB_BLOCKS") != "" {
+			smallBlockStreams(b, filepath.Join(c.DataDir, "nats"))
 		}
 	})
 	threads := env.threads(b, "bench", 8)
