@@ -590,7 +590,19 @@ type idleWatcher struct {
 
 func newIdleWatcher(b *testing.B, url string) *idleWatcher {
 	b.Helper()
-	nc, err := nats.Connect(url, nats.Name("benchmark"))
+	return newIdleWatcherOpts(b, url)
+}
+
+// newInProcessIdleWatcher watches env's embedded NATS over an in-process
+// connection (an all-in-one that listens on no NATS port, as by default).
+func newInProcessIdleWatcher(b *testing.B, env *benchEnv) *idleWatcher {
+	b.Helper()
+	return newIdleWatcherOpts(b, "", nats.InProcessServer(allinone.EmbeddedNATS(env.in)))
+}
+
+func newIdleWatcherOpts(b *testing.B, url string, opts ...nats.Option) *idleWatcher {
+	b.Helper()
+	nc, err := nats.Connect(url, append(opts, nats.Name("benchmark"))...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -627,6 +639,43 @@ func (w *idleWatcher) wait(b *testing.B) {
 		}
 		last = seqs
 	}
+}
+
+// streamSize is a stream's content: its events and their stored bytes.
+type streamSize struct {
+	name        string
+	msgs, bytes uint64
+}
+
+// streamSizes returns every stream's content, in name order.
+func (w *idleWatcher) streamSizes(b *testing.B) []streamSize {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), benchWait)
+	defer cancel()
+	var out []streamSize
+	names := w.js.StreamNames(ctx)
+	for name := range names.Name() {
+		s, err := w.js.Stream(ctx, name)
+		if err != nil {
+			b.Fatal(err)
+		}
+		st := s.CachedInfo().State
+		out = append(out, streamSize{name: name, msgs: st.Msgs, bytes: st.Bytes})
+		if os.Getenv("CLINICCHAT_BENCH_SHOW_EVENTS") != "" { // what a stored event holds
+			for seq := st.LastSeq; seq > 0 && seq+6 > st.LastSeq; seq-- {
+				m, err := s.GetMsg(ctx, seq)
+				if err != nil {
+					b.Fatal(err)
+				}
+				fmt.Printf("    %s #%d: subject %q (%d B), header %v, data %d B\n", name, seq, m.Subject, len(m.Subject), m.Header, len(m.Data))
+			}
+		}
+	}
+	if err := names.Err(); err != nil {
+		b.Fatal(err)
+	}
+	slices.SortFunc(out, func(a, b streamSize) int { return strings.Compare(a.name, b.name) })
+	return out
 }
 
 // look returns each stream's last sequence and whether any consumer has work.

@@ -10,7 +10,11 @@ package allinone_test
 //	  go test ./cmd/clinicchat/allinone -run '^$' -bench SteadyRateMemory -benchtime 1x
 //
 // (defaults: 300 sends/s, 18,000 messages; CLINICCHAT_BENCH_CPUPROFILE=dir
-// writes a heap profile once the pipeline is idle). When the machine cannot keep
+// writes a heap profile at each quarter of the sends and once the pipeline
+// is idle; CLINICCHAT_BENCH_MEMORY_CLASSES=1 prints the runtime's memory
+// classes at each quarter). The all-in-one runs as deployed, its NATS
+// listening on no port (CLINICCHAT_BENCH_NATS_LISTEN=1: on a port, as
+// before mem16, which adds the notification requests). When the machine cannot keep
 // the rate, the senders run flat out and the achieved rate is printed.
 // The all-in-one runs with --memory-limit's default (DefaultMemoryLimit), or
 // CLINICCHAT_BENCH_MEMORY_LIMIT ("0": none); every 5 s a
@@ -18,10 +22,12 @@ package allinone_test
 // and at the end the growth per message of the live heap and of RSS.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -32,7 +38,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
 // memSample is the process's memory at one moment.
@@ -94,6 +104,54 @@ func (s memSample) printSeries(at time.Duration) {
 		at.Seconds(), s.msgs, s.rss>>20, s.heapInuse>>20, s.heapSys>>20, s.heapLive>>20, s.heapGoal>>20, mib(s.limit))
 }
 
+// smallBlockStreams makes the streams in storeDir as a clean stop of the
+// all-in-one leaves them (natsx.PrepareStreamsForRestart), so that its
+// start opens them with 4 MiB blocks instead of 8 (an experiment:
+// CLINICCHAT_BENCH_NATS_4MIB_BLOCKS=1; BENCHMARKS.md, mem16).
+func smallBlockStreams(b *testing.B, storeDir string) {
+	b.Helper()
+	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: storeDir}, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() }()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), benchWait)
+	defer cancel()
+	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{}); err != nil {
+		b.Fatal(err)
+	}
+	if err := natsx.PrepareStreamsForRestart(ctx, js, natsx.StreamsConfig{}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// printMemoryClasses prints the runtime's /memory/classes/ metrics.
+func printMemoryClasses() {
+	var ms []metrics.Sample
+	for _, d := range metrics.All() {
+		if strings.HasPrefix(d.Name, "/memory/classes/") {
+			ms = append(ms, metrics.Sample{Name: d.Name})
+		}
+	}
+	metrics.Read(ms)
+	var b strings.Builder
+	for _, m := range ms {
+		fmt.Fprintf(&b, " %s=%.1f", strings.TrimSuffix(strings.TrimPrefix(m.Name, "/memory/classes/"), ":bytes"), float64(m.Value.Uint64())/(1<<20))
+	}
+	fmt.Println("  memory classes (MiB):" + b.String())
+}
+
+// gcCPU is the collector's CPU time so far (runtime/metrics' estimate).
+func gcCPU() time.Duration {
+	s := []metrics.Sample{{Name: "/cpu/classes/gc/total:cpu-seconds"}}
+	metrics.Read(s)
+	return time.Duration(s[0].Value.Float64() * float64(time.Second))
+}
+
 func mib(n int64) string {
 	if n <= 0 || n == math.MaxInt64 {
 		return "none"
@@ -122,9 +180,21 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 	}
 	prevLimit := debug.SetMemoryLimit(-1)
 	b.Cleanup(func() { debug.SetMemoryLimit(prevLimit) })
-	env := startBench(b, func(c *allinone.Config) { c.MemoryLimit = limit })
+	// As deployed: the all-in-one's NATS listens on no port (so it publishes
+	// no notification requests, which only a networked notifier could read),
+	// unless CLINICCHAT_BENCH_NATS_LISTEN is set.
+	listen := os.Getenv("CLINICCHAT_BENCH_NATS_LISTEN") != ""
+	env := startBench(b, func(c *allinone.Config) {
+		c.MemoryLimit = limit
+		if !listen {
+			c.NATSListen = ""
+		}
+		if os.Getenv("CLINICCHAT_BENCH_NATS_4MIB_BLOCKS") != "" {
+			smallBlockStreams(b, filepath.Join(c.DataDir, "nats"))
+		}
+	})
 	threads := env.threads(b, "bench", 8)
-	idle := newIdleWatcher(b, env.nats)
+	idle := newInProcessIdleWatcher(b, env)
 	lc := startLoadClient(b, env.in.HTTPAddr, 8, 1, "bench", "patient", "bench-patient", true)
 	idle.wait(b)
 	runtime.GC()
@@ -136,7 +206,7 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 	errs := make([]error, len(threads))
 	interval := time.Second / time.Duration(rate)
 	start := time.Now()
-	cpu0 := processCPU()
+	cpu0, gc0 := processCPU(), gcCPU()
 	stop := make(chan struct{})
 	sampled := make(chan struct{})
 	go func() { // RSS peak and the quarter marks, every 100 ms; a line every 5 s
@@ -158,12 +228,23 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 			}
 			mu.Lock()
 			peak = max(peak, s.rss)
+			var profile string
 			if s.msgs >= next && next < int64(total) {
-				s.label = fmt.Sprintf("after %d%% of the sends", 100*next/int64(total))
+				pct := 100 * next / int64(total)
+				s.label = fmt.Sprintf("after %d%% of the sends", pct)
 				samples = append(samples, s)
 				next += int64(total / 4)
+				profile = fmt.Sprintf("steady-rate-heap-%d", pct)
 			}
 			mu.Unlock()
+			if profile != "" && os.Getenv("CLINICCHAT_BENCH_MEMORY_CLASSES") != "" {
+				printMemoryClasses()
+			}
+			if profile != "" { // the heap at the last GC, mid-run
+				if err := heapProfileTo(profile); err != nil {
+					fmt.Println("  heap profile:", err)
+				}
+			}
 		}
 	}()
 	var next atomic.Int64
@@ -190,7 +271,7 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 		b.Fatal(err)
 	}
 	idle.wait(b)
-	cpu := processCPU() - cpu0
+	cpu, gc := processCPU()-cpu0, gcCPU()-gc0
 	close(stop)
 	<-sampled
 	samples = append(samples, readMemSample("pipeline idle", sent.Load()))
@@ -201,10 +282,15 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 
 	fmt.Printf("BenchmarkSteadyRateMemory: %d messages at a target of %d sends/s: %.0f sends/s achieved over %s, %.2f ms of CPU per message (the whole test process, until idle)\n",
 		total, rate, float64(total)/elapsed.Seconds(), elapsed.Round(time.Millisecond), ms(cpu/time.Duration(total)))
+	fmt.Printf("  the collector: %.2f ms of CPU per message (%.0f%% of the process's; the runtime's estimate, idle-time marking included)\n",
+		ms(gc/time.Duration(total)), 100*gc.Seconds()/cpu.Seconds())
 	for _, s := range samples {
 		s.print()
 	}
 	last := samples[len(samples)-1]
+	for _, st := range idle.streamSizes(b) {
+		fmt.Printf("  stream %-24s %7d events  %6.1f MiB  %5.0f B per message sent\n", st.name, st.msgs, float64(st.bytes)/(1<<20), float64(st.bytes)/float64(total))
+	}
 	fmt.Printf("  peak RSS %d MiB; live heap after the run %.0f B per message sent (minus before); RSS at idle %.0f B per message (minus before)\n",
 		peak>>20, float64(samples[len(samples)-2].heapLive-samples[0].heapLive)/float64(total),
 		float64(samples[len(samples)-2].rss-samples[0].rss)/float64(total))

@@ -544,18 +544,23 @@ func idleCPUShare(b *testing.B, idle *idleWatcher, d time.Duration, label string
 
 // writeHeapProfile writes $CLINICCHAT_BENCH_CPUPROFILE/<name>.pprof, if set.
 func writeHeapProfile(b *testing.B, name string) {
+	if err := heapProfileTo(name); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// heapProfileTo is writeHeapProfile for any goroutine.
+func heapProfileTo(name string) error {
 	dir := os.Getenv("CLINICCHAT_BENCH_CPUPROFILE")
 	if dir == "" {
-		return
+		return nil
 	}
 	f, err := os.Create(filepath.Join(dir, name+".pprof"))
 	if err != nil {
-		b.Fatal(err)
+		return err
 	}
 	defer f.Close()
-	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
-		b.Fatal(err)
-	}
+	return pprof.Lookup("heap").WriteTo(f, 0)
 }
 
 // BenchmarkNeverReadingStreams: 150 streams (15 patients × 10) that never
