@@ -104,10 +104,14 @@ func (s memSample) printSeries(at time.Duration) {
 		at.Seconds(), s.msgs, s.rss>>20, s.heapInuse>>20, s.heapSys>>20, s.heapLive>>20, s.heapGoal>>20, mib(s.limit))
 }
 
-// smallBlockStreams makes the streams in storeDir as a clean stop of the
-// all-in-one leaves them (natsx.PrepareStreamsForRestart), so that its
-// start opens them with 4 MiB blocks instead of 8 (an experiment:
-// CLINICCHAT_BENCH_NATS_4MIB_BLOCKS=1; BENCHMARKS.md, mem16).
+// smallBlockStreams stores the streams in storeDir with their limits but
+// without MaxBytes and with a per-subject limit no stream reaches, so that
+// the all-in-one's start opens them with 4 MiB blocks instead of 8
+// (nats-server chooses a stream's block size from its limits when it opens
+// it: MaxBytes of 32 MiB or more gives 8 MiB, MaxMsgsPerSubject alone 4 MiB)
+// before EnsureStreams stores the declared limits again. An experiment
+// (CLINICCHAT_BENCH_NATS_4MIB_BLOCKS=1; BENCHMARKS.md, mem16): the file
+// store's caches hold whole blocks, so they shrink with the block.
 func smallBlockStreams(b *testing.B, storeDir string) {
 	b.Helper()
 	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: storeDir}, zap.NewNop())
@@ -124,8 +128,11 @@ func smallBlockStreams(b *testing.B, storeDir string) {
 	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{}); err != nil {
 		b.Fatal(err)
 	}
-	if err := natsx.PrepareStreamsForRestart(ctx, js, natsx.StreamsConfig{}); err != nil {
-		b.Fatal(err)
+	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
+		sc.MaxBytes, sc.MaxMsgsPerSubject = -1, math.MaxInt64
+		if _, err := js.UpdateStream(ctx, sc); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 

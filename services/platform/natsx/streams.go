@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math"
 	"regexp"
 	"strings"
 	"time"
@@ -477,31 +476,6 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamsConfi
 	for _, sc := range Streams(cfg) {
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return fmt.Errorf("reconcile stream %s: %w", sc.Name, err)
-		}
-	}
-	return nil
-}
-
-// PrepareStreamsForRestart stores each stream's limits without MaxBytes
-// and with a per-subject limit no stream reaches (MaxMsgsPerSubject =
-// MaxInt64), so that when a server opens the streams at its next start it
-// writes 4 MiB blocks instead of 8 MiB ones: nats-server chooses a stream's
-// block size from its limits when it opens it (MaxBytes of 32 MiB or more
-// gives 8 MiB, MaxMsgsPerSubject alone 4 MiB), and keeps it while it runs.
-// EnsureStreams, run at that start before anything publishes, stores the
-// declared limits again. It is meant for the last step of an embedded
-// server's clean stop, once nothing publishes; events are kept (neither
-// limit is reached), and after a crash the streams open with the declared
-// limits and 8 MiB blocks, as without it. The file store's caches hold
-// whole blocks (each busy stream's write block, and every block for 10 s
-// after its last write), so they shrink with the block — and with them the
-// live heap, which at GOGC=100 is also the collector's headroom: the
-// all-in-one does not call it yet (BENCHMARKS.md, mem16).
-func PrepareStreamsForRestart(ctx context.Context, js jetstream.JetStream, cfg StreamsConfig) error {
-	for _, sc := range Streams(cfg) {
-		sc.MaxBytes, sc.MaxMsgsPerSubject = -1, math.MaxInt64
-		if _, err := js.UpdateStream(ctx, sc); err != nil {
-			return fmt.Errorf("prepare stream %s for restart: %w", sc.Name, err)
 		}
 	}
 	return nil
