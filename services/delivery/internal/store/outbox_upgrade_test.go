@@ -18,3 +18,21 @@ func TestUpgradeKeepsOutbox(t *testing.T) {
 		return err
 	})
 }
+
+// The outbox made again without AUTOINCREMENT (0009, SQLite) keeps its
+// unpublished rows, and the seqs go on after the highest ever taken, also
+// when the relay had emptied the table (the sqlite_sequence row is kept).
+func TestUpgradeKeepsOutboxSeqs(t *testing.T) {
+	outboxtest.UpgradeKeepsOutbox(t, migrations.FS, ".", "0009", func(ctx context.Context, db *sqldb.DB) error {
+		_, err := store.New(ctx, db)
+		return err
+	})
+}
+
+// A new database's outbox has no AUTOINCREMENT: its seqs are the writer's.
+func TestOutboxSeqsWithoutAutoincrement(t *testing.T) {
+	outboxtest.SeqsWithoutAutoincrement(t, func(ctx context.Context, db *sqldb.DB) error {
+		_, err := store.New(ctx, db)
+		return err
+	})
+}
