@@ -29,8 +29,8 @@
 // twice, even after the relay emptied the table, which the relay's
 // "published up to" mark and the hand-off's "next seq" rule rely on.
 // AUTOINCREMENT, which also wrote the sqlite_sequence row in every commit
-// (a WAL frame), is then not needed: conversation's outbox is without it
-// (wal16). The relay works with either table.
+// (a WAL frame), is then not needed: delivery's and conversation's outboxes
+// are without it (wal16). The relay works with either table.
 //
 // traceparent is the W3C trace context of the transaction that wrote the row
 // (NULL when tracing is off): the relay publishes the event with it as the
