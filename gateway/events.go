@@ -140,7 +140,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 		}
 		if !resumable(resume.d, head[streamD]) || !resumable(resume.c, head[streamC]) {
 			defer end()
-			sw := newSSEWriter(w)
+			sw := newSSEWriter(w, &s.sseBufs)
 			sw.detach()
 			defer sw.attach()
 			sw.start()
@@ -176,7 +176,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 		return
 	}
 	defer end()
-	sw := newSSEWriter(w)
+	sw := newSSEWriter(w, &s.sseBufs)
 	sw.detach()
 	defer sw.attach()
 	st.serve(ctx, sw, resume)

@@ -216,6 +216,9 @@ type Server struct {
 	// noHijack (tests) keeps every stream on net/http.
 	raw      rawConns
 	noHijack bool
+	// sseBufs are the event streams' block buffers, lent for a batch each
+	// (sse.go).
+	sseBufs sseBufs
 }
 
 // newMarshaler is the REST API's JSON, also of /v1/events' data.
