@@ -525,8 +525,14 @@ func (st *eventStream) renderMessage(e *event) ([]byte, error) {
 	v := &e.views[class]
 	v.once.Do(func() {
 		// ForViewer depends on the viewer only through Locked, which is
-		// this class for the caller at now.
-		v.data, v.err = st.s.render("message", messageview.ForViewer(e.message, st.id, now, window))
+		// this class for the caller at now. Unlocked, it is a copy of the
+		// message with locked=false: the event's own message when that
+		// already holds (it is never modified), without the copy.
+		m := e.message
+		if class == viewLocked || m.GetLocked() {
+			m = messageview.ForViewer(e.message, st.id, now, window)
+		}
+		v.data, v.err = st.s.render("message", m)
 		if e.pc != nil {
 			e.pc.rendered.Add(1)
 		}
@@ -539,14 +545,21 @@ func (st *eventStream) renderMessage(e *event) ([]byte, error) {
 
 // render is {"<field>": <resource>} with the REST API's JSON options,
 // encoded straight after the prefix (what s.marshaler.Marshal writes for a
-// proto message, without its two copies).
+// proto message, without its two copies), in a buffer the size of the
+// field's last rendering (renderHint): one allocation, no growth.
 func (s *Server) render(field string, m proto.Message) ([]byte, error) {
-	out := make([]byte, 0, 512)
+	hint := &s.renderHint[0]
+	if field == "conversation" {
+		hint = &s.renderHint[1]
+	}
+	out := make([]byte, 0, max(512, hint.Load()+128))
 	out = append(out, `{"`...)
 	out = append(out, field...)
 	out = append(out, `":`...)
 	if b, ok := appendJSON(out, m.ProtoReflect()); ok {
-		return append(b, '}'), nil
+		b = append(b, '}')
+		hint.Store(int64(min(len(b), 64<<10)))
+		return b, nil
 	}
 	out, err := s.marshaler.MarshalOptions.MarshalAppend(out, m) // out: still just the prefix
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -219,6 +220,9 @@ type Server struct {
 	// sseBufs are the event streams' block buffers, lent for a batch each
 	// (sse.go).
 	sseBufs sseBufs
+	// renderHint is the length of the last message and conversation
+	// rendered for the event streams (render).
+	renderHint [2]atomic.Int64
 }
 
 // newMarshaler is the REST API's JSON, also of /v1/events' data.

@@ -27,6 +27,7 @@ type sseWriter struct {
 	rc  *http.ResponseController
 	raw net.Conn // set when the connection was taken over
 	buf []byte   // the blocks not yet written; nil between batches
+	box *[]byte  // buf's box from bufs (put back with the buffer)
 	// bufs is where buf comes from and goes back to (nil: made for the
 	// batch).
 	bufs *sseBufs
@@ -46,22 +47,24 @@ const sseBufSize = 4 << 10
 // the pool at its size.
 const sseKeepBuf = 64 << 10
 
-// get is an empty buffer.
-func (p *sseBufs) get() []byte {
+// get is an empty buffer, in the box it is given back in.
+func (p *sseBufs) get() *[]byte {
 	if p != nil {
 		if b, ok := p.pool.Get().(*[]byte); ok {
-			return (*b)[:0]
+			*b = (*b)[:0]
+			return b
 		}
 	}
-	return make([]byte, 0, sseBufSize)
+	b := make([]byte, 0, sseBufSize)
+	return &b
 }
 
 // put gives b back (dropped when too large).
-func (p *sseBufs) put(b []byte) {
-	if p == nil || cap(b) > sseKeepBuf {
+func (p *sseBufs) put(b *[]byte) {
+	if p == nil || cap(*b) > sseKeepBuf {
 		return
 	}
-	p.pool.Put(&b)
+	p.pool.Put(b)
 }
 
 func newSSEWriter(w http.ResponseWriter, bufs *sseBufs) *sseWriter {
@@ -79,7 +82,8 @@ func newRawSSEWriter(c net.Conn, head []byte, bufs *sseBufs) *sseWriter {
 // append buffers b, taking a buffer first if the writer holds none.
 func (sw *sseWriter) append(b ...byte) {
 	if sw.buf == nil {
-		sw.buf = sw.bufs.get()
+		sw.box = sw.bufs.get()
+		sw.buf = *sw.box
 	}
 	sw.buf = append(sw.buf, b...)
 }
@@ -87,7 +91,8 @@ func (sw *sseWriter) append(b ...byte) {
 // appendString buffers s, as append.
 func (sw *sseWriter) appendString(s string) {
 	if sw.buf == nil {
-		sw.buf = sw.bufs.get()
+		sw.box = sw.bufs.get()
+		sw.buf = *sw.box
 	}
 	sw.buf = append(sw.buf, s...)
 }
@@ -95,7 +100,8 @@ func (sw *sseWriter) appendString(s string) {
 // appendCursor buffers cur's text form, as append.
 func (sw *sseWriter) appendCursor(cur cursor) {
 	if sw.buf == nil {
-		sw.buf = sw.bufs.get()
+		sw.box = sw.bufs.get()
+		sw.buf = *sw.box
 	}
 	sw.buf = cur.append(sw.buf)
 }
@@ -146,9 +152,12 @@ func (sw *sseWriter) flush() error {
 	if sw.writes != nil {
 		sw.writes.Inc()
 	}
-	buf := sw.buf
-	sw.buf = nil
-	defer sw.bufs.put(buf)
+	buf, box := sw.buf, sw.box
+	sw.buf, sw.box = nil, nil
+	defer func() {
+		*box = buf
+		sw.bufs.put(box)
+	}()
 	if sw.raw != nil {
 		if err := sw.raw.SetWriteDeadline(time.Now().Add(sseWriteTimeout)); err != nil {
 			return err
