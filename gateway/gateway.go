@@ -223,6 +223,9 @@ type Server struct {
 	// renderHint is the length of the last message and conversation
 	// rendered for the event streams (render).
 	renderHint [2]atomic.Int64
+	// headerNoStore and headerNoSniff are the values of the headers every
+	// response carries (instrument), shared by every response.
+	headerNoStore, headerNoSniff []string
 }
 
 // newMarshaler is the REST API's JSON, also of /v1/events' data.
@@ -279,6 +282,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		delivery:      deliveryv1.NewDeliveryServiceClient(deps.Delivery),
 		attachments:   attachmentv1.NewAttachmentServiceClient(deps.Attachment),
 		closing:       make(chan struct{}),
+		headerNoStore: []string{"no-store"},
+		headerNoSniff: []string{"nosniff"},
 	}
 	s.hub = newHub(s)
 	s.limits = newStreamLimits(cfg.MaxStreamsPerIdentity, cfg.MaxStreams)
