@@ -22,6 +22,8 @@ import (
 	"fmt"
 	"github.com/prometheus/client_golang/prometheus"
 	"net/http"
+	"path"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -408,8 +410,25 @@ func (s *Server) routes() error {
 	top.Handle("/", http.HandlerFunc(s.notFound))
 	// Traced when tracing is on: the span of each request is the root of
 	// its trace (a client's traceparent is only linked).
-	s.handler = telemetry.HTTPHandler(s.instrument(top), "gateway")
+	s.handler = telemetry.HTTPHandler(s.instrument(s.apiFirst(top)), "gateway")
 	return nil
+}
+
+// apiFirst sends a request of the API (a clean /v1/... path that is not
+// one of top's own /v1 routes) straight to the grpc-gateway mux, where top
+// would send it after matching its patterns (a copy of the request's path
+// segments, ~5% of an API call's allocations); anything else, top serves
+// (its redirects of unclean paths, its 404 and 405 included).
+func (s *Server) apiFirst(top *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		if r.Method != http.MethodConnect && r.URL.RawPath == "" && strings.HasPrefix(p, "/v1/") &&
+			p != "/v1/dev/tokens" && p != "/v1/clientConfig" && path.Clean(p) == p {
+			s.mux.ServeHTTP(w, r)
+			return
+		}
+		top.ServeHTTP(w, r)
+	})
 }
 
 // Routes of the gateway's own handlers, in grpc-gateway path syntax.
