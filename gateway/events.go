@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -83,6 +84,9 @@ type eventStream struct {
 	// views is the caller's per-thread state for conversation.updated
 	// (convview.go); the stream's goroutine owns it.
 	views convStates
+	// md carries the caller's token on the stream's upstream calls
+	// (streamToken).
+	md metadata.MD
 }
 
 // events serves GET /v1/events as Server-Sent Events (SPEC.md section 3).
@@ -191,7 +195,8 @@ func (st *eventStream) serve(ctx context.Context, sw *sseWriter, resume *cursor)
 	if st.raw != nil {
 		st.c.onSignal = st.raw.wake
 	}
-	st.marks = newDeliveryMarks(func(conv string, seq int64) { s.markDelivered(id, conv, seq) })
+	st.md = streamToken(id)
+	st.marks = newDeliveryMarks(func(conv string, seq int64) { s.markDelivered(id, st.md, conv, seq) })
 	defer st.marks.wait()
 	// Registered first: from here every event after pos reaches the queue.
 	pos := s.hub.register(st.c)
