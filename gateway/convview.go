@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -206,7 +207,7 @@ func seesPracticeFields(id auth.Identity) bool { return id.IsStaff() || id.IsSys
 // pinned, muted). It lists the one row rather than getting it: a pushed list
 // row is not the caller opening the thread, which the audit log records.
 func (st *eventStream) conversation(ctx context.Context, name string) (*conversationv1.Conversation, error) {
-	ctx, cancel := context.WithTimeout(withToken(ctx, st.id), upstreamTimeout)
+	ctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(ctx, st.md), upstreamTimeout)
 	defer cancel()
 	resp, err := st.s.conversations.ListConversations(ctx, &conversationv1.ListConversationsRequest{Names: []string{name}, PageSize: 1})
 	if err != nil {

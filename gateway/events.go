@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -83,6 +84,9 @@ type eventStream struct {
 	// views is the caller's per-thread state for conversation.updated
 	// (convview.go); the stream's goroutine owns it.
 	views convStates
+	// md carries the caller's token on the stream's upstream calls
+	// (streamToken).
+	md metadata.MD
 }
 
 // events serves GET /v1/events as Server-Sent Events (SPEC.md section 3).
@@ -140,7 +144,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 		}
 		if !resumable(resume.d, head[streamD]) || !resumable(resume.c, head[streamC]) {
 			defer end()
-			sw := newSSEWriter(w)
+			sw := newSSEWriter(w, &s.sseBufs)
 			sw.detach()
 			defer sw.attach()
 			sw.start()
@@ -176,7 +180,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 		return
 	}
 	defer end()
-	sw := newSSEWriter(w)
+	sw := newSSEWriter(w, &s.sseBufs)
 	sw.detach()
 	defer sw.attach()
 	st.serve(ctx, sw, resume)
@@ -191,7 +195,8 @@ func (st *eventStream) serve(ctx context.Context, sw *sseWriter, resume *cursor)
 	if st.raw != nil {
 		st.c.onSignal = st.raw.wake
 	}
-	st.marks = newDeliveryMarks(func(conv string, seq int64) { s.markDelivered(id, conv, seq) })
+	st.md = streamToken(id)
+	st.marks = newDeliveryMarks(func(conv string, seq int64) { s.markDelivered(id, st.md, conv, seq) })
 	defer st.marks.wait()
 	// Registered first: from here every event after pos reaches the queue.
 	pos := s.hub.register(st.c)
@@ -525,8 +530,14 @@ func (st *eventStream) renderMessage(e *event) ([]byte, error) {
 	v := &e.views[class]
 	v.once.Do(func() {
 		// ForViewer depends on the viewer only through Locked, which is
-		// this class for the caller at now.
-		v.data, v.err = st.s.render("message", messageview.ForViewer(e.message, st.id, now, window))
+		// this class for the caller at now. Unlocked, it is a copy of the
+		// message with locked=false: the event's own message when that
+		// already holds (it is never modified), without the copy.
+		m := e.message
+		if class == viewLocked || m.GetLocked() {
+			m = messageview.ForViewer(e.message, st.id, now, window)
+		}
+		v.data, v.err = st.s.render("message", m)
 		if e.pc != nil {
 			e.pc.rendered.Add(1)
 		}
@@ -539,14 +550,21 @@ func (st *eventStream) renderMessage(e *event) ([]byte, error) {
 
 // render is {"<field>": <resource>} with the REST API's JSON options,
 // encoded straight after the prefix (what s.marshaler.Marshal writes for a
-// proto message, without its two copies).
+// proto message, without its two copies), in a buffer the size of the
+// field's last rendering (renderHint): one allocation, no growth.
 func (s *Server) render(field string, m proto.Message) ([]byte, error) {
-	out := make([]byte, 0, 512)
+	hint := &s.renderHint[0]
+	if field == "conversation" {
+		hint = &s.renderHint[1]
+	}
+	out := make([]byte, 0, max(512, hint.Load()+128))
 	out = append(out, `{"`...)
 	out = append(out, field...)
 	out = append(out, `":`...)
 	if b, ok := appendJSON(out, m.ProtoReflect()); ok {
-		return append(b, '}'), nil
+		b = append(b, '}')
+		hint.Store(int64(min(len(b), 64<<10)))
+		return b, nil
 	}
 	out, err := s.marshaler.MarshalOptions.MarshalAppend(out, m) // out: still just the prefix
 	if err != nil {

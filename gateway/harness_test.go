@@ -49,7 +49,7 @@ const waitFor = 10 * time.Second
 // interceptors, so the forwarded token is verified again) and a real
 // embedded NATS server.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	gw     *Server
 	ns     *server.Server
 	srv    *httptest.Server
@@ -69,14 +69,14 @@ type harness struct {
 
 type harnessOption func(h *harness, c *Config, d *Deps)
 
-func newHarness(t *testing.T, opts ...harnessOption) *harness {
+func newHarness(t testing.TB, opts ...harnessOption) *harness {
 	t.Helper()
 	return newHarnessOn(t, nil, opts...)
 }
 
 // newHarnessOn is newHarness on from's NATS server and token issuer (nil:
 // its own): a second gateway replica, or the same one after a restart.
-func newHarnessOn(t *testing.T, from *harness, opts ...harnessOption) *harness {
+func newHarnessOn(t testing.TB, from *harness, opts ...harnessOption) *harness {
 	t.Helper()
 	log := testkit.Logger(t)
 	h := &harness{t: t, conv: newFakeConversation(), del: newFakeDelivery(), att: newFakeAttachment()}
@@ -258,7 +258,7 @@ type sseEvent struct {
 
 // sseClient reads /v1/events in a goroutine it owns.
 type sseClient struct {
-	t      *testing.T
+	t      testing.TB
 	resp   *http.Response
 	events chan sseEvent
 	done   chan struct{}

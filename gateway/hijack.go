@@ -73,7 +73,7 @@ func (s *Server) hijackStream(w http.ResponseWriter, r *http.Request) (*hijacked
 	}
 	// Whatever the client sent after its request (it should send nothing)
 	// is left unread in net/http's buffer, which goes with it.
-	hs := &hijackedStream{s: s, conn: c, sw: newRawSSEWriter(c, head.Bytes())}
+	hs := &hijackedStream{s: s, conn: c, sw: newRawSSEWriter(c, head.Bytes(), &s.sseBufs)}
 	s.raw.add(c)
 	return hs, nil
 }

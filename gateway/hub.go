@@ -731,16 +731,20 @@ func (st *eventStages) observe(stage int, d time.Duration) { st.by[stage].Observ
 //
 // Some events tell a viewer nothing they are waiting for: a thread's
 // conversation.updated (its preview, counts and order in the list; the
-// message itself came as message.created), a receipt echoed back to the
-// side that received the message (its own DELIVERED and READ), a user's
-// pin or mute echoed to their other tabs, a conversation.read (never
-// written). Those are held (lazyFor) up to lazyWait, not only to the end
+// message itself came as message.created), a receipt of a message the
+// viewer did not send (the receiving side's own DELIVERED and READ echoed
+// back, and every other staff member's copy of a colleague's receipt: the
+// practice's staff see every thread's), a user's pin or mute echoed to
+// their other tabs, a conversation.read (never written). Those are held (lazyFor) up to lazyWait, not only to the end
 // of their burst: a stream woken for anything else in the meantime (its
 // next new message, above all) writes them in the same write. Under a
 // steady flow a patient's stream then gets one write per message instead
 // of two (message.created, then its thread's conversation.updated a
-// commit later), and its reader one wake-up (BENCHMARKS.md, edge14). A
-// stream whose queue is half full is not held.
+// commit later), and its reader one wake-up (BENCHMARKS.md, edge14); a
+// receipt wakes only its message's sender's streams, not every staff
+// stream of the practice, whose other receipts ride along with their
+// own (BENCHMARKS.md, gw16). A stream whose queue is half full is not
+// held.
 const (
 	// wakeWait bounds how long an event waits for the rest of its burst.
 	wakeWait = 2 * time.Millisecond
@@ -757,7 +761,8 @@ func lazyFor(id auth.Identity, e *event) bool {
 	case itemConversation, itemUserState, itemConversationRead:
 		return true
 	case itemMessageUpdated:
-		return isRecipient(id, e.message)
+		// Prompt only for the message's sender, who waits for its ticks.
+		return e.message.GetSender() != id.Principal()
 	}
 	return false
 }

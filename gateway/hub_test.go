@@ -716,6 +716,7 @@ func TestHubHoldsLazyEvents(t *testing.T) {
 			}
 			doc := h.openEvents(h.token("doc", auth.RoleDentist, "p1", 0), "")
 			pa := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "")
+			nurse := h.openEvents(h.token("nurse", auth.RoleHygienist, "p1", 0), "")
 			activity := func(seq int64) uint64 {
 				act := meta("p1", natsx.SystemActor)
 				act.Action = actionActivity
@@ -726,7 +727,7 @@ func TestHubHoldsLazyEvents(t *testing.T) {
 			// buffered written before the fetch); later ones are built from
 			// the event. The lazy wait's timer writes this one.
 			activity(1)
-			for _, c := range []*sseClient{doc, pa} {
+			for _, c := range []*sseClient{doc, pa, nurse} {
 				require.Equal(t, EventConversationUpdated, c.next().Event)
 			}
 			for _, b := range hub.lazy {
@@ -736,18 +737,19 @@ func TestHubHoldsLazyEvents(t *testing.T) {
 			}
 			base := writes()
 
-			// A receipt of doc's message: prompt for doc, held for pa.
+			// A receipt of doc's message: prompt for doc, held for pa and for
+			// the other staff member.
 			m := messageCreated("p1", "ca", "pa", "m1", "users/doc", "x", 1, false).GetMessage()
 			m.Status = deliveryv1.Message_READ
 			h.publish(natsx.SubjectMessageStatusEcho, &deliveryv1.MessageUpdated{Meta: meta("p1", natsx.SystemActor),
 				Message: m, Patient: "patients/pa"})
 			require.Equal(t, EventMessageUpdated, doc.next().Event)
-			require.Eventually(t, func() bool { return held(hub.lazy[streamD]) == 1 }, waitFor, time.Millisecond,
-				"the patient's echo of its own receipt")
-			// The thread's activity: held for both.
+			require.Eventually(t, func() bool { return held(hub.lazy[streamD]) == 2 }, waitFor, time.Millisecond,
+				"the patient's echo of its own receipt, the other staff member's copy")
+			// The thread's activity: held for all three.
 			seq := activity(2)
 			require.Eventually(t, func() bool { return hub.position().c >= seq }, waitFor, time.Millisecond)
-			require.Equal(t, 2, held(hub.lazy[streamC]))
+			require.Equal(t, 3, held(hub.lazy[streamC]))
 			require.Equal(t, base+1, writes(), "nothing written for what is held")
 
 			// A new message for pa wakes it: everything held goes out first,
@@ -759,7 +761,12 @@ func TestHubHoldsLazyEvents(t *testing.T) {
 			// doc's held activity and the new message: the burst's end wakes it.
 			require.Equal(t, EventConversationUpdated, doc.next().Event)
 			requireMessage(t, doc.next(), "conversations/ca/messages/m2")
-			require.Equal(t, base+3, writes(), "one write for pa's three events, one for doc's two")
+			// nurse's held receipt and activity, and the new message: one
+			// write, in queue order.
+			require.Equal(t, EventMessageUpdated, nurse.next().Event)
+			require.Equal(t, EventConversationUpdated, nurse.next().Event)
+			requireMessage(t, nurse.next(), "conversations/ca/messages/m2")
+			require.Equal(t, base+4, writes(), "one write for pa's three events, one for doc's two, one for nurse's three")
 		})
 	}
 }

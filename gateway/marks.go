@@ -109,9 +109,10 @@ func (d *deliveryMarks) wait() {
 }
 
 // markDelivered records that the caller received messages up to seq. It
-// outlives a disconnect by at most upstreamTimeout.
-func (s *Server) markDelivered(id auth.Identity, conv string, seq int64) {
-	ctx, cancel := context.WithTimeout(withToken(context.Background(), id), upstreamTimeout)
+// outlives a disconnect by at most upstreamTimeout. md is the caller's
+// token as outgoing metadata (streamToken).
+func (s *Server) markDelivered(id auth.Identity, md metadata.MD, conv string, seq int64) {
+	ctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(context.Background(), md), upstreamTimeout)
 	defer cancel()
 	_, err := s.delivery.MarkMessagesDelivered(ctx, &deliveryv1.MarkMessagesDeliveredRequest{Parent: conv, UpToSeq: seq})
 	if err != nil {
@@ -120,9 +121,12 @@ func (s *Server) markDelivered(id auth.Identity, conv string, seq int64) {
 	}
 }
 
-// withToken makes an upstream call as the stream's caller.
-func withToken(ctx context.Context, id auth.Identity) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, auth.MetadataKey, "Bearer "+id.Token)
+// streamToken is the outgoing metadata of a stream's upstream calls, made
+// as its caller: built once per stream (the token is a few hundred bytes)
+// and shared by its calls, which only read it (grpc copies outgoing
+// metadata before changing any).
+func streamToken(id auth.Identity) metadata.MD {
+	return metadata.Pairs(auth.MetadataKey, "Bearer "+id.Token)
 }
 
 // isRecipient reports whether the caller is on the receiving side of m: a

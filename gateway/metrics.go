@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -194,10 +195,19 @@ func setRoute(ctx context.Context, pattern string) {
 }
 
 // tagRoute is a grpc-gateway middleware that records the matched pattern.
+// grpc-gateway applies its middlewares to each route's handler once, when
+// the route is registered, so the handler it returns serves one pattern
+// only: its text (Pattern.String, seven allocations) is made on the first
+// request and kept.
 func (s *Server) tagRoute(next runtime.HandlerFunc) runtime.HandlerFunc {
+	var pattern atomic.Pointer[string]
 	return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
-		if p, ok := runtime.HTTPPattern(r.Context()); ok {
-			setRoute(r.Context(), p.String())
+		if p := pattern.Load(); p != nil {
+			setRoute(r.Context(), *p)
+		} else if hp, ok := runtime.HTTPPattern(r.Context()); ok {
+			text := hp.String()
+			pattern.Store(&text)
+			setRoute(r.Context(), text)
 		}
 		next(w, r, params)
 	}
@@ -232,8 +242,11 @@ func (s *Server) instrument(next http.Handler) http.Handler {
 		// Every response may carry health data: never cached, never sniffed
 		// into something else (a handler may loosen Cache-Control for
 		// static web assets).
-		w.Header().Set("Cache-Control", "no-store")
-		w.Header().Set("X-Content-Type-Options", "nosniff")
+		// (Their values are shared, capacity 1: Set replaces them and Add
+		// appends to a copy.)
+		h := w.Header()
+		h["Cache-Control"] = s.headerNoStore[:1:1]
+		h["X-Content-Type-Options"] = s.headerNoSniff[:1:1]
 		defer func() {
 			p := recover()
 			code := rec.status()
