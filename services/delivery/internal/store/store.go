@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
@@ -21,6 +22,11 @@ import (
 // Store implements domain.Repository.
 type Store struct {
 	db *sqldb.DB
+	// receipts is the one slot of the receipt writes in flight (Advance,
+	// AdvanceAll, MarkDelivered) on PostgreSQL: see receiptWrite.
+	receipts chan struct{}
+	// receiptsWaiting counts the receipt writes waiting for the slot (tests).
+	receiptsWaiting atomic.Int32
 }
 
 var _ domain.Repository = (*Store)(nil)
@@ -30,7 +36,45 @@ func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	if err := sqldb.Migrate(ctx, db, migrations.FS, "."); err != nil {
 		return nil, err
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, receipts: make(chan struct{}, 1)}, nil
+}
+
+// receiptWrite runs write, on PostgreSQL once no other receipt write of
+// this store is in flight. A receipt batch locks the messages it changes
+// and the marks it raises (receipt_marks) until its transaction commits,
+// and on PostgreSQL that transaction is a group-commit lane's (sqldb), shared
+// with the sends that joined it. Two receipt batches of one thread and side
+// in two lanes at once (the DELIVERED receipts' batch and the read
+// consumer's, or two DELIVERED batches when a commit takes longer than the
+// marks' window) want the same mark row, or the same new one: the second
+// waited for the first lane's whole transaction, and as a joined write gave
+// way after the lanes' lock_timeout (50 ms) and ran again alone (~55 times
+// per 36,000 messages, BENCHMARKS.md dist14). One at a time, a receipt batch
+// never waits for another of this process; the next one gathers the
+// receipts that arrive meanwhile (a larger batch, fewer statements). Sends
+// take no lock a receipt takes (a receipt reads the thread's last seq
+// without locking the counter), so they do not wait for this. Receipts of
+// other replicas still wait for each other's locks as before, in one lock
+// order (advancePostgres). On SQLite the writer runs one transaction at a
+// time anyway, and a DELIVERED batch may join a send's commit, so no slot.
+func (s *Store) receiptWrite(ctx context.Context, write func() error) error {
+	if s.db.Dialect() != sqldb.Postgres {
+		return write()
+	}
+	select {
+	case s.receipts <- struct{}{}:
+	default:
+		s.receiptsWaiting.Add(1)
+		select {
+		case s.receipts <- struct{}{}:
+			s.receiptsWaiting.Add(-1)
+		case <-ctx.Done():
+			s.receiptsWaiting.Add(-1)
+			return ctx.Err()
+		}
+	}
+	defer func() { <-s.receipts }()
+	return write()
 }
 
 const columns = `practice, conversation_id, seq, patient_id, sender, sender_role, from_patient, text, extras, sensitive,
@@ -251,11 +295,13 @@ func (s *Store) List(ctx context.Context, practice, conversationID string, befor
 // widens it, and "status < ?" still keeps any message from changing twice.
 func (s *Store) Advance(ctx context.Context, a domain.Advance, evs func([]domain.Message) []domain.Event) ([]domain.Message, error) {
 	var changed []domain.Message
-	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		changed = nil
-		return advanceAll(ctx, tx, []domain.Advance{a}, func(_ domain.Advance, ms []domain.Message) []domain.Event {
-			changed = ms
-			return evs(ms)
+	err := s.receiptWrite(ctx, func() error {
+		return s.db.Write(ctx, func(tx *sqldb.Tx) error {
+			changed = nil
+			return advanceAll(ctx, tx, []domain.Advance{a}, func(_ domain.Advance, ms []domain.Message) []domain.Event {
+				changed = ms
+				return evs(ms)
+			})
 		})
 	})
 	return changed, err
@@ -264,14 +310,18 @@ func (s *Store) Advance(ctx context.Context, a domain.Advance, evs func([]domain
 // AdvanceAll implements domain.Repository: Advance for each of as in order,
 // in one transaction.
 func (s *Store) AdvanceAll(ctx context.Context, as []domain.Advance, evs func(domain.Advance, []domain.Message) []domain.Event) error {
-	return s.db.Write(ctx, func(tx *sqldb.Tx) error { return advanceAll(ctx, tx, as, evs) })
+	return s.receiptWrite(ctx, func() error {
+		return s.db.Write(ctx, func(tx *sqldb.Tx) error { return advanceAll(ctx, tx, as, evs) })
+	})
 }
 
 // MarkDelivered implements domain.Repository: AdvanceAll as a deferred write
 // (sqldb.WriteDeferred), which on SQLite joins another write's commit (a
 // send's) if one starts within delay.
 func (s *Store) MarkDelivered(ctx context.Context, delay time.Duration, as []domain.Advance, evs func(domain.Advance, []domain.Message) []domain.Event) error {
-	return s.db.WriteDeferred(ctx, delay, func(tx *sqldb.Tx) error { return advanceAll(ctx, tx, as, evs) })
+	return s.receiptWrite(ctx, func() error {
+		return s.db.WriteDeferred(ctx, delay, func(tx *sqldb.Tx) error { return advanceAll(ctx, tx, as, evs) })
+	})
 }
 
 // advanceAll runs as in tx, in order, and writes their events (evs of
