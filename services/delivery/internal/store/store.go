@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -382,6 +383,11 @@ func advanceAll(ctx context.Context, tx *sqldb.Tx, as []domain.Advance, evs func
 			if err != nil {
 				return err
 			}
+			total := 0
+			for _, ms := range changed {
+				total += len(ms)
+			}
+			all = slices.Grow(all, total) // an event per changed message, as a rule
 			for i, ms := range changed {
 				if len(ms) > 0 {
 					all = append(all, evs(as[i], ms)...)
