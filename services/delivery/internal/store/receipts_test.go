@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/store"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
@@ -26,10 +28,21 @@ import (
 // the highest of their receipts.
 func TestReceiptWritesDoNotWaitForEachOthersLocks(t *testing.T) {
 	ctx := context.Background()
-	b := testkit.Backends()[1]
-	s, db := openStore(t, b)
+	// Its own application_name: other tests' sessions on the server may
+	// wait for locks of their own.
+	u, err := url.Parse(testkit.PostgresSchema(t)) // skips without PostgreSQL
+	require.NoError(t, err)
+	app := "rcpt_" + ids.New()
+	q := u.Query()
+	q.Set("application_name", app)
+	u.RawQuery = q.Encode()
+	db, err := sqldb.Open(ctx, u.String())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	s, err := store.New(ctx, db)
+	require.NoError(t, err)
 	for range 3 {
-		_, _, err := s.Send(ctx, msg("c1", "users/u1", ids.New(), "x"), oneEvent)
+		_, _, err = s.Send(ctx, msg("c1", "users/u1", ids.New(), "x"), oneEvent)
 		require.NoError(t, err)
 	}
 	receipt := func(upTo int64, to domain.Status) domain.Advance {
@@ -67,10 +80,11 @@ func TestReceiptWritesDoNotWaitForEachOthersLocks(t *testing.T) {
 	})
 	require.Eventually(t, func() bool { return store.ReceiptsWaiting(s) == 1 }, 10*time.Second, time.Millisecond,
 		"the second receipt write waits for the first's commit in the store")
-	var waiting int
-	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM pg_stat_activity
-		WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting))
-	require.Zero(t, waiting, "no session waits for a lock")
+	var sessions, waiting int
+	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*), COUNT(*) FILTER (WHERE wait_event_type = 'Lock')
+		FROM pg_stat_activity WHERE application_name = ?`, app).Scan(&sessions, &waiting))
+	require.Positive(t, sessions, "the store's sessions carry the test's application_name")
+	require.Zero(t, waiting, "no session of the store waits for a lock")
 	let()
 	require.NoError(t, g.Wait())
 	require.Equal(t, map[string]int{"1 3": 1, "2 3": 1, "3 2": 1}, changed, "messages 1-2 READ by the first, 3 DELIVERED by the second")
