@@ -158,24 +158,46 @@ type SendRequest struct {
 
 // Send stores a message once per (sender, requestId).
 func (a *App) Send(ctx context.Context, r SendRequest) (domain.Message, error) {
+	m, _, err := a.send(ctx, r)
+	return m, err
+}
+
+// SendRendered is Send answering with the message rendered in full (what
+// its sender sees): for a new message, the very Message its
+// message.created event carries (marshaled into the outbox before Send
+// returns, and not changed after), rendered once instead of twice.
+func (a *App) SendRendered(ctx context.Context, r SendRequest) (*deliveryv1.Message, error) {
+	m, rendered, err := a.send(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	if rendered == nil {
+		rendered = ToProto(m)
+	}
+	return rendered, nil
+}
+
+// send is Send, with the rendering of the message its event carries when
+// it stored a new one (nil for a repeat).
+func (a *App) send(ctx context.Context, r SendRequest) (domain.Message, *deliveryv1.Message, error) {
 	who, err := caller(ctx)
 	if err != nil {
-		return domain.Message{}, err
+		return domain.Message{}, nil, err
 	}
 	if !who.IsStaff() && !who.IsSystem() && !who.IsPatient() {
-		return domain.Message{}, errs.PermissionDenied("This role cannot send messages")
+		return domain.Message{}, nil, errs.PermissionDenied("This role cannot send messages")
 	}
 	r.Text = domain.NormalizeText(r.Text)
 	hasArtifact := r.ArtifactType != 0 || r.ArtifactRef != ""
 	if err := domain.ValidateSend(r.Text, len(r.Attachments), hasArtifact, r.RequestID); err != nil {
-		return domain.Message{}, err
+		return domain.Message{}, nil, err
 	}
 	if hasArtifact && (r.ArtifactType == 0 || r.ArtifactRef == "") {
-		return domain.Message{}, domain.ErrBadArtifact
+		return domain.Message{}, nil, domain.ErrBadArtifact
 	}
 	p, ok := ids.Parse(r.Parent, "conversations")
 	if !ok {
-		return domain.Message{}, domain.ErrBadParent
+		return domain.Message{}, nil, domain.ErrBadParent
 	}
 	hash := domain.ContentHash(p[0], r.Text, r.Sensitive, r.Attachments, r.ArtifactType, r.ArtifactRef)
 	m, err := a.prepareSend(ctx, who, r, p[0], hash)
@@ -186,26 +208,31 @@ func (a *App) Send(ctx context.Context, r SendRequest) (domain.Message, error) {
 		// can finds its retry inside the repository's write.
 		if prev, ferr := a.repo.FindByRequest(ctx, who.Practice, who.Principal(), r.RequestID); ferr == nil {
 			if prev.ContentHash != hash {
-				return prev, domain.ErrRequestIDReused
+				return prev, nil, domain.ErrRequestIDReused
 			}
-			return prev, nil
+			return prev, nil, nil
 		} else if !errors.Is(ferr, domain.ErrNotFound) {
-			return domain.Message{}, ferr
+			return domain.Message{}, nil, ferr
 		}
 		var d refusal
 		if errors.As(err, &d) {
-			return domain.Message{}, a.refuse(ctx, who, "message.send", r.Parent, d.err)
+			return domain.Message{}, nil, a.refuse(ctx, who, "message.send", r.Parent, d.err)
 		}
-		return domain.Message{}, err
+		return domain.Message{}, nil, err
 	}
 	now := m.CreateTime
-	out, _, err := a.repo.Send(ctx, m, func(m domain.Message) []domain.Event {
+	var rendered *deliveryv1.Message // the last run's: the committed one (the write may run again)
+	out, created, err := a.repo.Send(ctx, m, func(m domain.Message) []domain.Event {
+		rendered = ToProto(m)
 		e := ev(natsx.SubjectMessageCreated, &deliveryv1.MessageCreated{
-			Meta: events.Meta(who, "message.send", m.Name(), now), Message: ToProto(m), Patient: "patients/" + m.PatientID})
+			Meta: events.Meta(who, "message.send", m.Name(), now), Message: rendered, Patient: "patients/" + m.PatientID})
 		e.Subject = natsx.CreatedSubject(e.Subject, len(m.Extras.Attachments) > 0)
 		return []domain.Event{e}
 	})
-	return out, err
+	if err != nil || !created {
+		rendered = nil
+	}
+	return out, rendered, err
 }
 
 // refusal is a send refused for its caller or thread, recorded (refuse)

@@ -1,6 +1,8 @@
 package app
 
 import (
+	"time"
+
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	artifactv1 "github.com/clinicchat/clinicchat/proto/clinicchat/artifact/v1"
@@ -8,11 +10,13 @@ import (
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
 )
 
-func ts(t interface{ IsZero() bool }, p *timestamppb.Timestamp) *timestamppb.Timestamp {
+// ts is t as a Timestamp, nil for the zero time (not yet delivered or
+// read): allocated only when set.
+func ts(t time.Time) *timestamppb.Timestamp {
 	if t.IsZero() {
 		return nil
 	}
-	return p
+	return timestamppb.New(t)
 }
 
 // ToProto renders a stored message in full (before the viewer rules).
@@ -26,8 +30,8 @@ func ToProto(m domain.Message) *deliveryv1.Message {
 		Sensitive:         m.Sensitive,
 		Status:            deliveryv1.Message_Status(m.Status),
 		CreateTime:        timestamppb.New(m.CreateTime),
-		DeliverTime:       ts(m.DeliverTime, timestamppb.New(m.DeliverTime)),
-		ReadTime:          ts(m.ReadTime, timestamppb.New(m.ReadTime)),
+		DeliverTime:       ts(m.DeliverTime),
+		ReadTime:          ts(m.ReadTime),
 		RequestId:         m.RequestID,
 		Seq:               int32(m.Seq),
 		ReadBy:            m.ReadBy,

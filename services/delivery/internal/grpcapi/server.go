@@ -17,15 +17,11 @@ type Server struct {
 
 // CreateMessage implements the RPC.
 func (s *Server) CreateMessage(ctx context.Context, r *deliveryv1.CreateMessageRequest) (*deliveryv1.Message, error) {
-	m, err := s.App.Send(ctx, app.SendRequest{
+	// The sender sees their own message in full.
+	return s.App.SendRendered(ctx, app.SendRequest{
 		Parent: r.GetParent(), Text: r.GetText(), Sensitive: r.GetSensitive(), Attachments: r.GetAttachments(),
 		ArtifactType: int(r.GetArtifact().GetType()), ArtifactRef: r.GetArtifact().GetRef(), RequestID: r.GetRequestId(),
 	})
-	if err != nil {
-		return nil, err
-	}
-	// The sender sees their own message in full.
-	return app.ToProto(m), nil
 }
 
 // GetMessage implements the RPC.

@@ -22,3 +22,7 @@ func (p plainTx) Query(ctx context.Context, q string, args ...any) (*sql.Rows, e
 
 // RaiseMarksSQL is raiseMarks' statement for n receipts (SQLite).
 func RaiseMarksSQL(n int) string { return raiseMarksSQL[n] }
+
+// ReceiptsWaiting is the number of receipt writes waiting for another's
+// commit (PostgreSQL).
+func ReceiptsWaiting(s *Store) int { return int(s.receiptsWaiting.Load()) }

@@ -2,14 +2,15 @@
 package store
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
@@ -21,6 +22,11 @@ import (
 // Store implements domain.Repository.
 type Store struct {
 	db *sqldb.DB
+	// receipts is the one slot of the receipt writes in flight (Advance,
+	// AdvanceAll, MarkDelivered) on PostgreSQL: see receiptWrite.
+	receipts chan struct{}
+	// receiptsWaiting counts the receipt writes waiting for the slot (tests).
+	receiptsWaiting atomic.Int32
 }
 
 var _ domain.Repository = (*Store)(nil)
@@ -30,7 +36,45 @@ func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	if err := sqldb.Migrate(ctx, db, migrations.FS, "."); err != nil {
 		return nil, err
 	}
-	return &Store{db: db}, nil
+	return &Store{db: db, receipts: make(chan struct{}, 1)}, nil
+}
+
+// receiptWrite runs write, on PostgreSQL once no other receipt write of
+// this store is in flight. A receipt batch locks the messages it changes
+// and the marks it raises (receipt_marks) until its transaction commits,
+// and on PostgreSQL that transaction is a group-commit lane's (sqldb), shared
+// with the sends that joined it. Two receipt batches of one thread and side
+// in two lanes at once (the DELIVERED receipts' batch and the read
+// consumer's, or two DELIVERED batches when a commit takes longer than the
+// marks' window) want the same mark row, or the same new one: the second
+// waited for the first lane's whole transaction, and as a joined write gave
+// way after the lanes' lock_timeout (50 ms) and ran again alone (~55 times
+// per 36,000 messages, BENCHMARKS.md dist14). One at a time, a receipt batch
+// never waits for another of this process; the next one gathers the
+// receipts that arrive meanwhile (a larger batch, fewer statements). Sends
+// take no lock a receipt takes (a receipt reads the thread's last seq
+// without locking the counter), so they do not wait for this. Receipts of
+// other replicas still wait for each other's locks as before, in one lock
+// order (advancePostgres). On SQLite the writer runs one transaction at a
+// time anyway, and a DELIVERED batch may join a send's commit, so no slot.
+func (s *Store) receiptWrite(ctx context.Context, write func() error) error {
+	if s.db.Dialect() != sqldb.Postgres {
+		return write()
+	}
+	select {
+	case s.receipts <- struct{}{}:
+	default:
+		s.receiptsWaiting.Add(1)
+		select {
+		case s.receipts <- struct{}{}:
+			s.receiptsWaiting.Add(-1)
+		case <-ctx.Done():
+			s.receiptsWaiting.Add(-1)
+			return ctx.Err()
+		}
+	}
+	defer func() { <-s.receipts }()
+	return write()
 }
 
 const columns = `practice, conversation_id, seq, patient_id, sender, sender_role, from_patient, text, extras, sensitive,
@@ -38,26 +82,51 @@ const columns = `practice, conversation_id, seq, patient_id, sender, sender_role
 
 type scanner interface{ Scan(...any) error }
 
-func scan(s scanner) (domain.Message, error) {
-	var m domain.Message
-	var extras string
-	var status int
-	var create, deliver, read int64
-	err := s.Scan(&m.Practice, &m.ConversationID, &m.Seq, &m.PatientID, &m.Sender, &m.SenderRole, &m.FromPatient, &m.Text,
-		&extras, &m.Sensitive, &status, &create, &deliver, &read, &m.ReadBy, &m.RequestID, &m.ContentHash, &m.SenderDisplayName)
-	if err != nil {
-		return m, err
+// row is the destination of a scan of columns (and, for advancePostgres,
+// the receipt's ordinal after them), made once per query: its fields and
+// the pointers to them in dest are reused for every row, instead of a
+// Message, five temporaries and the argument slice escaping per row.
+type row struct {
+	m                     domain.Message
+	extras                string
+	status                int
+	create, deliver, read int64
+	ord                   int
+	dest                  []any
+}
+
+// newRow is a row for columns, followed by the ordinal when ord is set.
+func newRow(ord bool) *row {
+	r := &row{}
+	m := &r.m
+	r.dest = []any{&m.Practice, &m.ConversationID, &m.Seq, &m.PatientID, &m.Sender, &m.SenderRole, &m.FromPatient, &m.Text,
+		&r.extras, &m.Sensitive, &r.status, &r.create, &r.deliver, &r.read, &m.ReadBy, &m.RequestID, &m.ContentHash,
+		&m.SenderDisplayName, &r.ord}
+	if !ord {
+		r.dest = r.dest[:len(r.dest)-1]
 	}
+	return r
+}
+
+// scan scans the current row of s into a Message.
+func (r *row) scan(s scanner) (domain.Message, error) {
+	r.m.Extras = domain.Extras{}
+	if err := s.Scan(r.dest...); err != nil {
+		return domain.Message{}, err
+	}
+	m := r.m
 	// Most messages have neither attachments nor an artifact: "{}".
-	if extras != "{}" {
-		if err := json.Unmarshal([]byte(extras), &m.Extras); err != nil {
+	if r.extras != "{}" {
+		if err := json.Unmarshal([]byte(r.extras), &m.Extras); err != nil {
 			return m, fmt.Errorf("decode message extras: %w", err)
 		}
 	}
-	m.Status = domain.Status(status)
-	m.CreateTime, m.DeliverTime, m.ReadTime = sqldb.FromMicros(create), sqldb.FromMicros(deliver), sqldb.FromMicros(read)
+	m.Status = domain.Status(r.status)
+	m.CreateTime, m.DeliverTime, m.ReadTime = sqldb.FromMicros(r.create), sqldb.FromMicros(r.deliver), sqldb.FromMicros(r.read)
 	return m, nil
 }
+
+func scan(s scanner) (domain.Message, error) { return newRow(false).scan(s) }
 
 func one(row *sql.Row) (domain.Message, error) {
 	m, err := scan(row)
@@ -92,9 +161,12 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 		return m, false, err
 	}
 	// What the write fills in, in one allocation: a domain.Message is too
-	// large for the closure to hold by value, so m, the answer and the
-	// repeat found would each escape on their own.
-	st := &struct{ out, existing domain.Message }{}
+	// large for the closure to hold by value, so m and the answer would
+	// each escape on their own (the repeat found, rare, is one more).
+	st := &struct {
+		out      domain.Message
+		existing *domain.Message
+	}{}
 	for attempt := 0; ; attempt++ {
 		st.out = m
 		err = s.db.Write(ctx, func(tx *sqldb.Tx) error {
@@ -115,7 +187,7 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 				if err != nil {
 					return fmt.Errorf("find repeated request: %w", err)
 				}
-				st.existing = prev
+				st.existing = &prev
 				return errDuplicate // rolls back the counter (PostgreSQL)
 			}
 			out.Seq = seq
@@ -126,9 +198,9 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 			return st.out, true, nil
 		case errors.Is(err, errDuplicate):
 			if st.existing.ContentHash != m.ContentHash {
-				return st.existing, false, domain.ErrRequestIDReused
+				return *st.existing, false, domain.ErrRequestIDReused
 			}
-			return st.existing, false, nil
+			return *st.existing, false, nil
 		case sqldb.IsUniqueViolation(err) && attempt < 3:
 			continue // a concurrent repeat in another thread won: look again
 		default:
@@ -183,16 +255,7 @@ func insertSQLite(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras st
 // no row for a repeated request.
 func insertPostgres(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras string) (int64, error) {
 	var seq int64
-	err := tx.QueryRow(ctx, `WITH next AS (INSERT INTO conversation_seq (practice, conversation_id, last_seq) VALUES (?, ?, 1)
-			ON CONFLICT (practice, conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1
-			RETURNING last_seq)
-		INSERT INTO messages (`+columns+`)
-		SELECT CAST(? AS TEXT), CAST(? AS TEXT), next.last_seq, CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BOOLEAN),
-			CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS BOOLEAN), CAST(? AS INTEGER), CAST(? AS BIGINT), CAST(? AS BIGINT),
-			CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT) FROM next
-		ON CONFLICT (practice, sender, request_id) DO NOTHING
-		RETURNING seq`,
-		m.Practice, m.ConversationID,
+	err := tx.QueryRow(ctx, insertPostgresSQL,
 		m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
 		extras, m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
 		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName).Scan(&seq)
@@ -204,6 +267,20 @@ func insertPostgres(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras 
 	}
 	return seq, nil
 }
+
+// insertPostgresSQL is insertPostgres' statement. Its placeholders are
+// numbered ($n, not ?), so that sqldb does not rewrite its text on every
+// send (a copy of the statement each), and the practice and thread are
+// sent once for both of their uses.
+const insertPostgresSQL = `WITH next AS (INSERT INTO conversation_seq (practice, conversation_id, last_seq) VALUES ($1, $2, 1)
+		ON CONFLICT (practice, conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + 1
+		RETURNING last_seq)
+	INSERT INTO messages (` + columns + `)
+	SELECT CAST($1 AS TEXT), CAST($2 AS TEXT), next.last_seq, CAST($3 AS TEXT), CAST($4 AS TEXT), CAST($5 AS TEXT), CAST($6 AS BOOLEAN),
+		CAST($7 AS TEXT), CAST($8 AS TEXT), CAST($9 AS BOOLEAN), CAST($10 AS INTEGER), CAST($11 AS BIGINT), CAST($12 AS BIGINT),
+		CAST($13 AS BIGINT), CAST($14 AS TEXT), CAST($15 AS TEXT), CAST($16 AS TEXT), CAST($17 AS TEXT) FROM next
+	ON CONFLICT (practice, sender, request_id) DO NOTHING
+	RETURNING seq`
 
 // Get implements domain.Repository.
 func (s *Store) Get(ctx context.Context, practice, conversationID string, seq int64) (domain.Message, error) {
@@ -227,8 +304,9 @@ func (s *Store) List(ctx context.Context, practice, conversationID string, befor
 	}
 	defer rows.Close()
 	var out []domain.Message
+	r := newRow(false)
 	for rows.Next() {
-		m, err := scan(rows)
+		m, err := r.scan(rows)
 		if err != nil {
 			return nil, err
 		}
@@ -251,11 +329,13 @@ func (s *Store) List(ctx context.Context, practice, conversationID string, befor
 // widens it, and "status < ?" still keeps any message from changing twice.
 func (s *Store) Advance(ctx context.Context, a domain.Advance, evs func([]domain.Message) []domain.Event) ([]domain.Message, error) {
 	var changed []domain.Message
-	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		changed = nil
-		return advanceAll(ctx, tx, []domain.Advance{a}, func(_ domain.Advance, ms []domain.Message) []domain.Event {
-			changed = ms
-			return evs(ms)
+	err := s.receiptWrite(ctx, func() error {
+		return s.db.Write(ctx, func(tx *sqldb.Tx) error {
+			changed = nil
+			return advanceAll(ctx, tx, []domain.Advance{a}, func(_ domain.Advance, ms []domain.Message) []domain.Event {
+				changed = ms
+				return evs(ms)
+			})
 		})
 	})
 	return changed, err
@@ -264,14 +344,18 @@ func (s *Store) Advance(ctx context.Context, a domain.Advance, evs func([]domain
 // AdvanceAll implements domain.Repository: Advance for each of as in order,
 // in one transaction.
 func (s *Store) AdvanceAll(ctx context.Context, as []domain.Advance, evs func(domain.Advance, []domain.Message) []domain.Event) error {
-	return s.db.Write(ctx, func(tx *sqldb.Tx) error { return advanceAll(ctx, tx, as, evs) })
+	return s.receiptWrite(ctx, func() error {
+		return s.db.Write(ctx, func(tx *sqldb.Tx) error { return advanceAll(ctx, tx, as, evs) })
+	})
 }
 
 // MarkDelivered implements domain.Repository: AdvanceAll as a deferred write
 // (sqldb.WriteDeferred), which on SQLite joins another write's commit (a
 // send's) if one starts within delay.
 func (s *Store) MarkDelivered(ctx context.Context, delay time.Duration, as []domain.Advance, evs func(domain.Advance, []domain.Message) []domain.Event) error {
-	return s.db.WriteDeferred(ctx, delay, func(tx *sqldb.Tx) error { return advanceAll(ctx, tx, as, evs) })
+	return s.receiptWrite(ctx, func() error {
+		return s.db.WriteDeferred(ctx, delay, func(tx *sqldb.Tx) error { return advanceAll(ctx, tx, as, evs) })
+	})
 }
 
 // advanceAll runs as in tx, in order, and writes their events (evs of
@@ -299,6 +383,11 @@ func advanceAll(ctx context.Context, tx *sqldb.Tx, as []domain.Advance, evs func
 			if err != nil {
 				return err
 			}
+			total := 0
+			for _, ms := range changed {
+				total += len(ms)
+			}
+			all = slices.Grow(all, total) // an event per changed message, as a rule
 			for i, ms := range changed {
 				if len(ms) > 0 {
 					all = append(all, evs(as[i], ms)...)
@@ -309,9 +398,10 @@ func advanceAll(ctx context.Context, tx *sqldb.Tx, as []domain.Advance, evs func
 		return outbox.AddAll(ctx, tx, all)
 	}
 	var changed []domain.Message
+	var r *row // made at the first changed message, and reused
 	for _, a := range as {
 		var err error
-		if changed, err = advance(ctx, tx, a, changed[:0]); err != nil {
+		if changed, err = advance(ctx, tx, a, &r, changed[:0]); err != nil {
 			return err
 		}
 		if len(changed) > 0 {
@@ -324,15 +414,19 @@ func advanceAll(ctx context.Context, tx *sqldb.Tx, as []domain.Advance, evs func
 	return outbox.AddAll(ctx, tx, all)
 }
 
-// advance runs one receipt in tx (SQLite) and appends the messages it changed to changed.
-func advance(ctx context.Context, tx *sqldb.Tx, a domain.Advance, changed []domain.Message) ([]domain.Message, error) {
+// advance runs one receipt in tx (SQLite) and appends the messages it
+// changed to changed, scanned into *r (made if nil).
+func advance(ctx context.Context, tx *sqldb.Tx, a domain.Advance, r **row, changed []domain.Message) ([]domain.Message, error) {
 	rows, err := advanceSQLite(ctx, tx, a)
 	if err != nil {
 		return nil, fmt.Errorf("advance receipts: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		m, err := scan(rows)
+		if *r == nil {
+			*r = newRow(false)
+		}
+		m, err := (*r).scan(rows)
 		if err != nil {
 			return nil, err
 		}
@@ -400,22 +494,50 @@ func advancePostgres(ctx context.Context, tx querier, as []domain.Advance) ([][]
 		return nil, fmt.Errorf("advance receipts: %w", err)
 	}
 	defer rows.Close()
-	changed := make([][]domain.Message, n)
+	// Every changed message in one slice (most receipts change one or
+	// none), then each receipt's run of it, in seq order.
+	all := make([]domain.Message, 0, n)
+	ords := make([]int, 0, n)
+	r := newRow(true)
 	for rows.Next() {
-		var ord int
-		m, err := scan(ordScanner{rows, &ord})
+		m, err := r.scan(rows)
 		if err != nil {
 			return nil, err
 		}
-		changed[ord-1] = append(changed[ord-1], m)
+		all, ords = append(all, m), append(ords, r.ord)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("advance receipts: %w", err)
 	}
-	for _, ms := range changed {
-		slices.SortFunc(ms, func(a, b domain.Message) int { return cmp.Compare(a.Seq, b.Seq) })
+	sort.Sort(byOrdSeq{all, ords})
+	changed := make([][]domain.Message, n)
+	for i := 0; i < len(all); {
+		j := i + 1
+		for j < len(all) && ords[j] == ords[i] {
+			j++
+		}
+		changed[ords[i]-1] = all[i:j:j] // an append to one never writes over the next
+		i = j
 	}
 	return changed, nil
+}
+
+// byOrdSeq sorts changed messages by their receipt's ordinal, then seq.
+type byOrdSeq struct {
+	ms   []domain.Message
+	ords []int
+}
+
+func (b byOrdSeq) Len() int { return len(b.ms) }
+func (b byOrdSeq) Less(i, j int) bool {
+	if b.ords[i] != b.ords[j] {
+		return b.ords[i] < b.ords[j]
+	}
+	return b.ms[i].Seq < b.ms[j].Seq
+}
+func (b byOrdSeq) Swap(i, j int) {
+	b.ms[i], b.ms[j] = b.ms[j], b.ms[i]
+	b.ords[i], b.ords[j] = b.ords[j], b.ords[i]
 }
 
 // querier runs a query: a sqldb.Tx (the tests also run advancePostgres on
@@ -423,14 +545,6 @@ func advancePostgres(ctx context.Context, tx querier, as []domain.Advance) ([][]
 type querier interface {
 	Query(ctx context.Context, q string, args ...any) (*sql.Rows, error)
 }
-
-// ordScanner scans a row of columns followed by the receipt's ordinal.
-type ordScanner struct {
-	rows *sql.Rows
-	ord  *int
-}
-
-func (o ordScanner) Scan(dest ...any) error { return o.rows.Scan(append(dest, o.ord)...) }
 
 // advanceReadSQL and advanceDeliveredSQL are advancePostgres' statement
 // for READ and DELIVERED receipts. Arguments: arrays of the receipts'
