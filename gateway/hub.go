@@ -735,10 +735,10 @@ func (st *eventStages) observe(stage int, d time.Duration) { st.by[stage].Observ
 // viewer did not send (the receiving side's own DELIVERED and READ echoed
 // back, and every other staff member's copy of a colleague's receipt: the
 // practice's staff see every thread's), a user's pin or mute echoed to
-// their other tabs, a conversation.read (never written). Those are held (lazyFor) up to lazyWait, not only to the end
-// of their burst: a stream woken for anything else in the meantime (its
-// next new message, above all) writes them in the same write. Under a
-// steady flow a patient's stream then gets one write per message instead
+// their other tabs, a conversation.read (never written). Those are held
+// (lazyFor) up to lazyWait, not only to the end of their burst: a stream
+// woken for anything else in the meantime (its next new message, above
+// all) writes them in the same write. Under a steady flow a patient's stream then gets one write per message instead
 // of two (message.created, then its thread's conversation.updated a
 // commit later), and its reader one wake-up (BENCHMARKS.md, edge14); a
 // receipt wakes only its message's sender's streams, not every staff
