@@ -381,9 +381,8 @@ func (a *App) present(ctx context.Context, who auth.Identity, msgs []domain.Mess
 	var deliverTo int64
 	convID := ""
 	for _, m := range msgs {
-		p := ToProto(m)
-		v := messageview.ForViewer(p, who, now, a.StepUpWindow)
-		if p.GetSensitive() && who.IsPatient() && !v.GetLocked() && m.FromPatient != who.IsPatient() {
+		v := messageview.Apply(ToProto(m), who, now, a.StepUpWindow) // ToProto's message is new: no copy
+		if m.Sensitive && who.IsPatient() && !v.GetLocked() && m.FromPatient != who.IsPatient() {
 			evs = append(evs, access(natsx.SubjectDeliveryAccess, events.Meta(who, "message.unlock", m.Name(), now)))
 		}
 		if m.FromPatient != who.IsPatient() && m.Status < domain.Delivered && (who.IsPatient() || who.IsStaff()) {

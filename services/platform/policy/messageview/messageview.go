@@ -32,16 +32,22 @@ func Locked(m *deliveryv1.Message, viewer auth.Identity, now time.Time, window t
 // ForViewer returns m as viewer may see it: a copy with locked=true and no
 // text, attachments or artifact when Locked, else a copy with locked=false.
 func ForViewer(m *deliveryv1.Message, viewer auth.Identity, now time.Time, window time.Duration) *deliveryv1.Message {
-	out := proto.Clone(m).(*deliveryv1.Message)
+	return Apply(proto.Clone(m).(*deliveryv1.Message), viewer, now, window)
+}
+
+// Apply makes m, a message its caller owns (made for this viewer, shared
+// with no one), what ForViewer would return for it, and returns it: no
+// copy.
+func Apply(m *deliveryv1.Message, viewer auth.Identity, now time.Time, window time.Duration) *deliveryv1.Message {
 	if Locked(m, viewer, now, window) {
-		out.Locked = true
-		out.Text = ""
-		out.Attachments = nil
-		out.Artifact = nil
+		m.Locked = true
+		m.Text = ""
+		m.Attachments = nil
+		m.Artifact = nil
 	} else {
-		out.Locked = false
+		m.Locked = false
 	}
-	return out
+	return m
 }
 
 // Preview is the conversation-list preview of m: never the content of a
