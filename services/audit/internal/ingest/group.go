@@ -12,12 +12,15 @@ import (
 // one transaction (one durable commit, the practices' tree hashes written
 // once) for whatever all of them handed over since the last commit. Its
 // one goroutine (run) commits at once when the last commit is more than
-// interval ago, else waits until it is (or until maxGroup events wait),
-// gathering more meanwhile: while
-// events keep coming the log commits at most once per interval, whatever
-// the rate and the number of streams, and an event after a quiet spell
-// waits for nothing. Each consumer's batch is acked only after the commit
-// that holds it, as before.
+// interval ago, else waits until it is, gathering more meanwhile: while
+// events keep coming the log commits at most once per interval, and an
+// event after a quiet spell waits for nothing. It does not wait when
+// maxGroup events wait, or when a stream hands over a full batch (full
+// events or more): that stream has more waiting than a batch carries, and
+// since each consumer hands over one batch per commit, waiting out the
+// interval would cap the log's rate at one batch per stream per interval
+// (256 events per 100 ms on delivery's stream, which 32 senders outrun).
+// Each consumer's batch is acked only after the commit that holds it.
 //
 // If a shared transaction fails, each batch in it is tried again alone, so
 // that one stream's failing batch (redelivered until it passes) never holds
@@ -25,6 +28,7 @@ import (
 type group struct {
 	sink     Sink
 	interval time.Duration
+	full     int // a batch this long commits without waiting out interval
 	reqs     chan *groupReq
 	stopped  chan struct{} // closed when run returns
 }
@@ -40,8 +44,8 @@ type groupReq struct {
 	done chan error
 }
 
-func newGroup(sink Sink, interval time.Duration) *group {
-	return &group{sink: sink, interval: interval, reqs: make(chan *groupReq), stopped: make(chan struct{})}
+func newGroup(sink Sink, interval time.Duration, full int) *group {
+	return &group{sink: sink, interval: interval, full: full, reqs: make(chan *groupReq), stopped: make(chan struct{})}
 }
 
 // ingest hands in to the group and returns the outcome of its commit.
@@ -66,10 +70,11 @@ func (g *group) run(ctx context.Context) {
 	defer close(g.stopped)
 	var last time.Time
 	var pending []*groupReq
-	events := 0
+	events, hurry := 0, false
 	add := func(r *groupReq) {
 		pending = append(pending, r)
 		events += len(r.in)
+		hurry = hurry || events >= maxGroup || len(r.in) >= g.full
 	}
 	answer := func(err error) {
 		for _, r := range pending {
@@ -84,13 +89,13 @@ func (g *group) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		if wait := g.interval - time.Since(last); wait > 0 && events < maxGroup {
+		if wait := g.interval - time.Since(last); wait > 0 && !hurry {
 			t := time.NewTimer(wait)
 		gather:
 			for {
 				select {
 				case r := <-g.reqs:
-					if add(r); events >= maxGroup {
+					if add(r); hurry {
 						t.Stop()
 						break gather
 					}
@@ -116,7 +121,7 @@ func (g *group) run(ctx context.Context) {
 		last = time.Now()
 		g.commit(ctx, pending)
 		clear(pending) // let the batches go
-		pending, events = pending[:0], 0
+		pending, events, hurry = pending[:0], 0, false
 	}
 }
 

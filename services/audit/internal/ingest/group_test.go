@@ -45,8 +45,13 @@ func arrivals(stream, n int) []app.Arrival {
 // runGroup runs a group whose interval never ends during the test, after a
 // first commit (which goes at once); it returns the group and its sink.
 func runGroup(t *testing.T) (*group, *sink) {
+	return runGroupFull(t, maxGroup+1)
+}
+
+// runGroupFull is runGroup with batches of full events or more full.
+func runGroupFull(t *testing.T, full int) (*group, *sink) {
 	s := &sink{bad: "bad"}
-	g := newGroup(s, time.Hour)
+	g := newGroup(s, time.Hour, full)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); g.run(ctx) }()
@@ -99,7 +104,7 @@ func TestGroupIsolatesAFailingBatch(t *testing.T) {
 func TestGroupAnswersWaitingBatchesAtStop(t *testing.T) {
 	t.Parallel()
 	s := &sink{}
-	g := newGroup(s, time.Hour)
+	g := newGroup(s, time.Hour, maxGroup+1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); g.run(ctx) }()
@@ -110,4 +115,31 @@ func TestGroupAnswersWaitingBatchesAtStop(t *testing.T) {
 	require.Error(t, <-errc)
 	<-done
 	require.Len(t, s.calls, 1)
+}
+
+// A full batch (its stream has a backlog) commits at once, with whatever
+// was handed over beside it, instead of waiting out the interval (an hour
+// here): waiting would cap the log's rate at one batch per stream per
+// interval.
+func TestGroupCommitsAFullBatchAtOnce(t *testing.T) {
+	t.Parallel()
+	g, s := runGroupFull(t, 8)
+	short := make(chan error, 1)
+	go func() { short <- g.ingest(context.Background(), arrivals(1, 7)) }()
+	full := make(chan error, 1)
+	go func() { full <- g.ingest(context.Background(), arrivals(2, 8)) }()
+	select {
+	case err := <-full:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("a full batch waited for the interval")
+	}
+	s.mu.Lock()
+	require.Len(t, s.calls, 2, "the first event, then the full batch's commit")
+	n := len(s.calls[1])
+	s.mu.Unlock()
+	require.Contains(t, []int{8, 15}, n, "the full batch, and the short one if it was handed over first")
+	if n == 15 {
+		require.NoError(t, <-short)
+	}
 }

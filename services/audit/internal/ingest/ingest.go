@@ -31,10 +31,18 @@ type Sink interface {
 }
 
 // MaxBatch is how many events of one stream are handed to the log at once
-// at most. A stream's consumer appends about one batch per
-// DefaultCommitInterval while events keep coming, so this bounds its rate:
-// 512 per 100 ms, ~5,000 events a second.
+// at most. A stream's consumer hands over one batch per commit; a full one
+// (a backlog) commits without waiting out DefaultCommitInterval (group), so
+// the interval spaces the commits of a steady flow but never caps the rate.
 const MaxBatch = 512
+
+// maxAckPending is each audit consumer's bound on events in flight: room
+// for a full batch beside the acks of the last ones still on their way (the
+// acks are not awaited), so a backlog is handed over in full batches.
+const maxAckPending = 4 * MaxBatch
+
+// fullBatch is the batch length at which the group commits at once.
+const fullBatch = MaxBatch
 
 // DefaultCommitInterval is the least time between two of the log's commits
 // while events keep coming (see group): under load every stream's batches of
@@ -137,6 +145,7 @@ func Specs() []natsx.ConsumerSpec {
 			Stream:         sc.Name,
 			Durable:        DurablePrefix + natsx.StreamDomain(sc.Name),
 			FilterSubjects: filter,
+			MaxAckPending:  maxAckPending,
 		})
 	}
 	return out
@@ -150,7 +159,7 @@ func (c *Consumers) Run(ctx context.Context) error {
 	if interval <= 0 {
 		interval = DefaultCommitInterval
 	}
-	c.group = newGroup(c.Sink, interval)
+	c.group = newGroup(c.Sink, interval, fullBatch)
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { c.group.run(ctx); return nil })
 	for _, spec := range Specs() {
