@@ -26,8 +26,9 @@
 // thread-activity echoes), which the consumers' filters leave out, through durable
 // JetStream consumers "audit-<stream>", acked after the record's commit;
 // redeliveries are ignored by event id. The consumers' batches share one
-// transaction, at most one commit per 100 ms while events keep coming
-// (internal/ingest/group.go). Which events are actions is decided in one
+// transaction, at most one commit per 100 ms while events keep coming, but
+// at once for a stream's full batch, so a backlog drains at the log's own
+// pace (internal/ingest/group.go). Which events are actions is decided in one
 // place, internal/domain/policy.go: everything but notification requests and
 // a short list of the product's own receipt and state echoes. Events
 // produced: none.
