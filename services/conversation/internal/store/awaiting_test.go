@@ -91,24 +91,31 @@ func TestAwaitingListQueryPlan(t *testing.T) {
 			WHERE c.practice = ? AND c.state = ? AND c.awaiting_reply_since > 0
 			AND (c.awaiting_reply_since > ? OR (c.awaiting_reply_since = ? AND c.id > ?)) ORDER BY c.awaiting_reply_since ASC, c.id ASC LIMIT ?`,
 	} {
-		args := make([]any, strings.Count(q, "?"))
-		for i := range args {
-			args[i] = 1
-		}
-		rows, err := db.Query(ctx, `EXPLAIN QUERY PLAN `+q, args...)
-		require.NoError(t, err)
-		var plan []string
-		for rows.Next() {
-			var id, parent, unused int
-			var detail string
-			require.NoError(t, rows.Scan(&id, &parent, &unused, &detail))
-			plan = append(plan, detail)
-		}
-		require.NoError(t, rows.Err())
-		rows.Close()
-		all := strings.Join(plan, "; ")
+		all := queryPlan(ctx, t, db, q)
 		require.Contains(t, all, "SEARCH c USING INDEX conversations_awaiting (practice=? AND state=?", q)
 		require.NotContains(t, all, "SCAN c", q)
 		require.NotContains(t, all, "TEMP B-TREE FOR ORDER BY", q)
 	}
+}
+
+// queryPlan is SQLite's EXPLAIN QUERY PLAN of q (every ? bound to 1), its
+// steps joined by "; ".
+func queryPlan(ctx context.Context, t *testing.T, db *sqldb.DB, q string) string {
+	t.Helper()
+	args := make([]any, strings.Count(q, "?"))
+	for i := range args {
+		args[i] = 1
+	}
+	rows, err := db.Query(ctx, `EXPLAIN QUERY PLAN `+q, args...)
+	require.NoError(t, err)
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		require.NoError(t, rows.Scan(&id, &parent, &unused, &detail))
+		plan = append(plan, detail)
+	}
+	require.NoError(t, rows.Err())
+	return strings.Join(plan, "; ")
 }

@@ -3,7 +3,6 @@ package store_test
 import (
 	"context"
 	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -82,22 +81,7 @@ func TestArchiveIdleQueryPlan(t *testing.T) {
 	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM sqlite_schema WHERE name = 'conversations_idle'`).Scan(&n))
 	require.Zero(t, n)
 	for _, q := range store.IdleQueries {
-		args := make([]any, strings.Count(q, "?"))
-		for i := range args {
-			args[i] = 1
-		}
-		rows, err := db.Query(ctx, `EXPLAIN QUERY PLAN `+q, args...)
-		require.NoError(t, err)
-		var plan []string
-		for rows.Next() {
-			var id, parent, unused int
-			var detail string
-			require.NoError(t, rows.Scan(&id, &parent, &unused, &detail))
-			plan = append(plan, detail)
-		}
-		require.NoError(t, rows.Err())
-		rows.Close()
-		all := strings.Join(plan, "; ")
+		all := queryPlan(ctx, t, db, q)
 		require.Regexp(t, `SEARCH c USING (COVERING )?INDEX conversations_by_activity \(practice=\? AND state=\? AND last_activity<\?\)`, all, q)
 		require.NotContains(t, all, "SCAN c", q)
 		require.NotContains(t, all, "SCAN conversations", q)
