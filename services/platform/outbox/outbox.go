@@ -27,7 +27,9 @@
 // sqldb.Tx.Seqs: a counter in memory that starts after the table's highest
 // seq, or its sqlite_sequence row), so within a process a seq is never taken
 // twice, even after the relay emptied the table, which the relay's
-// "published up to" mark and the hand-off's "next seq" rule rely on.
+// "published up to" mark and the hand-off's "next seq" rule rely on; the
+// relay makes the counter start before it publishes the first rows it
+// finds (a previous process's), so that it starts above them.
 // AUTOINCREMENT, which also wrote the sqlite_sequence row in every commit
 // (a WAL frame), is then not needed: delivery's and conversation's outboxes
 // are without it (wal16). The relay works with either table.
@@ -280,6 +282,9 @@ type Relay struct {
 
 	// held is the PostgreSQL outbox lock between rounds (nil when not held).
 	held *pgLock
+	// seqsKnown: the SQLite writer's seq counter was read before this
+	// relay's first round (round).
+	seqsKnown bool
 
 	// afterClaim runs after a PostgreSQL round has read its batch (tests).
 	afterClaim func(ctx context.Context)
@@ -469,6 +474,23 @@ func (r *Relay) round(ctx context.Context, last bool) (int, error) {
 	rows, err := r.next(ctx, r.published, r.Batch, r.poll)
 	if err != nil {
 		return 0, err
+	}
+	if len(rows) > 0 && !r.seqsKnown {
+		// The writer's seq counter starts after the table's highest seq
+		// the first time it is taken from. Take it now, before this relay
+		// publishes and deletes the first rows it found (a previous
+		// process's): taken after, it would start below the seqs this
+		// relay has marked published, and the relay would skip (and then
+		// delete) the next rows unpublished. (A round that finds nothing
+		// publishes and deletes nothing: it need not, and commits nothing.)
+		if err := r.db.Write(ctx, func(tx *sqldb.Tx) error {
+			_, err := tx.Seqs(ctx, Topic, 0, highestSeq)
+			return err
+		}); err != nil {
+			r.readTable = true // the rows taken are in the table
+			return 0, fmt.Errorf("outbox: %w", err)
+		}
+		r.seqsKnown = true
 	}
 	r.poll = false
 	// Rows acknowledged after one that failed are sent again next round
