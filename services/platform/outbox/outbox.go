@@ -153,14 +153,18 @@ const insertRows = 16
 
 // insertSQL[n] inserts n rows (seq order is the order of the VALUES list:
 // both databases assign a multi-row INSERT's serial values in list order).
-var insertSQL = func() [insertRows + 1]string {
+var insertSQL = multiInsert(`id, subject, payload, created_at, traceparent`, 5)
+
+// multiInsert is the outbox INSERT of columns (width of them) for each row
+// count from 1 to insertRows.
+func multiInsert(columns string, width int) [insertRows + 1]string {
+	row := `(?` + strings.Repeat(`, ?`, width-1) + `)`
 	var qs [insertRows + 1]string
 	for n := 1; n <= insertRows; n++ {
-		qs[n] = `INSERT INTO outbox (id, subject, payload, created_at, traceparent) VALUES (?, ?, ?, ?, ?)` +
-			strings.Repeat(`, (?, ?, ?, ?, ?)`, n-1)
+		qs[n] = `INSERT INTO outbox (` + columns + `) VALUES ` + row + strings.Repeat(`, `+row, n-1)
 	}
 	return qs
-}()
+}
 
 // insertSQLite inserts n rows (args: insertSQL's five values per row) with
 // the next n seqs of the writer's counter (sqldb.Tx.Seqs), and returns the
@@ -205,14 +209,7 @@ func highestSeq(ctx context.Context, tx *sqldb.Tx) (int64, error) {
 }
 
 // seqInsertSQL[n] is insertSQL[n] with the seqs given (SQLite).
-var seqInsertSQL = func() [insertRows + 1]string {
-	var qs [insertRows + 1]string
-	for n := 1; n <= insertRows; n++ {
-		qs[n] = `INSERT INTO outbox (seq, id, subject, payload, created_at, traceparent) VALUES (?, ?, ?, ?, ?, ?)` +
-			strings.Repeat(`, (?, ?, ?, ?, ?, ?)`, n-1)
-	}
-	return qs
-}()
+var seqInsertSQL = multiInsert(`seq, id, subject, payload, created_at, traceparent`, 6)
 
 // Add writes one event into the outbox inside tx.
 func Add(ctx context.Context, tx *sqldb.Tx, id, subject string, msg proto.Message) error {
