@@ -41,9 +41,6 @@ const MaxBatch = 512
 // acks are not awaited), so a backlog is handed over in full batches.
 const maxAckPending = 4 * MaxBatch
 
-// fullBatch is the batch length at which the group commits at once.
-const fullBatch = MaxBatch
-
 // DefaultCommitInterval is the least time between two of the log's commits
 // while events keep coming (see group): under load every stream's batches of
 // the last interval share one commit; an event after a quiet spell is
@@ -159,7 +156,7 @@ func (c *Consumers) Run(ctx context.Context) error {
 	if interval <= 0 {
 		interval = DefaultCommitInterval
 	}
-	c.group = newGroup(c.Sink, interval, fullBatch)
+	c.group = newGroup(c.Sink, interval, MaxBatch) // a full batch commits at once
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { c.group.run(ctx); return nil })
 	for _, spec := range Specs() {
