@@ -199,12 +199,19 @@ func insertSQLite(ctx context.Context, tx *sqldb.Tx, n int, args []any) (int64, 
 // has AUTOINCREMENT (its sqlite_sequence row), ever held.
 func highestSeq(ctx context.Context, tx *sqldb.Tx) (int64, error) {
 	var hi int64
+	// sqlite_sequence exists only in a database that has (or had) an
+	// AUTOINCREMENT table: asked for first, so that a missing one is not
+	// told from an error's text.
+	var sequences int
+	if err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM sqlite_schema WHERE type = 'table' AND name = 'sqlite_sequence'`).Scan(&sequences); err != nil {
+		return 0, err
+	}
+	if sequences == 0 {
+		err := tx.QueryRow(ctx, `SELECT COALESCE(MAX(seq), 0) FROM outbox`).Scan(&hi)
+		return hi, err
+	}
 	err := tx.QueryRow(ctx, `SELECT MAX(COALESCE((SELECT MAX(seq) FROM outbox), 0),
 		COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'outbox'), 0))`).Scan(&hi)
-	if err != nil && strings.Contains(err.Error(), "no such table") {
-		// No AUTOINCREMENT table in the database (no sqlite_sequence).
-		err = tx.QueryRow(ctx, `SELECT COALESCE(MAX(seq), 0) FROM outbox`).Scan(&hi)
-	}
 	return hi, err
 }
 
