@@ -437,10 +437,43 @@ func (d *DB) Exec(ctx context.Context, q string, args ...any) (sql.Result, error
 // Rebind turns '?' placeholders into '$n' for PostgreSQL.
 func (d *DB) Rebind(q string) string { return rebind(d.dialect, q) }
 
+// rebound caches rebind's PostgreSQL text of each statement (the callers'
+// statements are constants, or built from a few row counts): a statement
+// was rewritten, a builder and a number formatted per placeholder, every
+// time it ran — an outbox INSERT per event written. Up to maxRebound
+// statements; others are rewritten each time.
+var rebound struct {
+	mu sync.RWMutex
+	m  map[string]string
+}
+
+const maxRebound = 1024
+
 func rebind(d Dialect, q string) string {
 	if d != Postgres || !strings.Contains(q, "?") {
 		return q
 	}
+	rebound.mu.RLock()
+	r, ok := rebound.m[q]
+	rebound.mu.RUnlock()
+	if ok {
+		return r
+	}
+	r = rewritePlaceholders(q)
+	rebound.mu.Lock()
+	if rebound.m == nil {
+		rebound.m = map[string]string{}
+	}
+	if len(rebound.m) < maxRebound {
+		rebound.m[q] = r
+	}
+	rebound.mu.Unlock()
+	return r
+}
+
+// rewritePlaceholders is q with its '?' placeholders (outside quotes) as
+// $1, $2…
+func rewritePlaceholders(q string) string {
 	var b strings.Builder
 	b.Grow(len(q) + 8)
 	n := 0

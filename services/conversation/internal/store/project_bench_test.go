@@ -3,6 +3,8 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,8 +25,15 @@ import (
 // bench's shape: 8 senders, a thread each), round robin, each message
 // telling two events, with apply, and reports the process CPU time, the
 // database commits and (SQLite) the WAL frames (pages written) per message.
-func benchProjection(b *testing.B, backend testkit.Backend, apply func(ctx context.Context, s *store.Store, ms []domain.MessageApplied)) {
+//
+// prefill first projects that many messages into each thread (batches of
+// 64, not counted), so that the measured ones go into long threads.
+func benchProjection(b *testing.B, backend testkit.Backend, prefill int, apply func(ctx context.Context, s *store.Store, ms []domain.MessageApplied)) {
 	ctx := context.Background()
+	dbDir := b.TempDir()
+	if backend.Name == "sqlite" {
+		backend.DSN = func(testing.TB) string { return filepath.Join(dbDir, "test.db") }
+	}
 	db := testkit.OpenDB(b, backend)
 	s, err := store.New(ctx, db)
 	require.NoError(b, err)
@@ -51,17 +60,30 @@ func benchProjection(b *testing.B, backend testkit.Backend, apply func(ctx conte
 		require.NoError(b, err)
 		convs = append(convs, c.ID)
 	}
-	ms := make([]domain.MessageApplied, b.N)
-	for i := range ms {
-		ms[i] = domain.MessageApplied{Practice: "p1", ConversationID: convs[i%threads], Seq: int64(i/threads + 1),
-			Sender: fmt.Sprintf("users/u%d", i%threads), Time: t0.Add(time.Duration(i) * time.Millisecond), Preview: "a message preview"}
+	messages := func(from, n int) []domain.MessageApplied {
+		ms := make([]domain.MessageApplied, n)
+		for j := range ms {
+			i := from + j
+			ms[j] = domain.MessageApplied{Practice: "p1", ConversationID: convs[i%threads], Seq: int64(i/threads + 1),
+				Sender: fmt.Sprintf("users/u%d", i%threads), Time: t0.Add(time.Duration(i) * time.Millisecond), Preview: "a message preview"}
+		}
+		return ms
 	}
+	pre := messages(0, prefill*threads)
+	for i := 0; i < len(pre); i += 64 {
+		_, err := s.ApplyMessages(ctx, pre[i:min(i+64, len(pre))], benchEvents)
+		require.NoError(b, err)
+	}
+	ms := messages(len(pre), b.N)
 	var before syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &before)
 	c0, f0 := commits.Load(), frames()
 	b.ResetTimer()
 	apply(ctx, s, ms)
 	b.StopTimer()
+	if dir := os.Getenv("PROJECTION_KEEP"); dir != "" && backend.Name == "sqlite" {
+		keepWAL(b, dbDir, dir)
+	}
 	var after syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &after)
 	cpu := time.Duration(after.Utime.Nano() + after.Stime.Nano() - before.Utime.Nano() - before.Stime.Nano())
@@ -69,6 +91,19 @@ func benchProjection(b *testing.B, backend testkit.Backend, apply func(ctx conte
 	b.ReportMetric(float64(commits.Load()-c0)/float64(b.N), "commits/msg")
 	if backend.Name == "sqlite" {
 		b.ReportMetric((frames()-f0)/float64(b.N), "frames/msg")
+	}
+}
+
+// keepWAL copies the database in from and its WAL to dir (before the WAL is
+// checkpointed away), for sqldb's WAL page count (WALPAGES=dir go test
+// ./services/platform/sqldb -run '^TestWALPages$' -v: the pages the last
+// commits wrote, by b-tree).
+func keepWAL(b *testing.B, from, dir string) {
+	require.NoError(b, os.MkdirAll(dir, 0o755))
+	for _, f := range []string{"test.db", "test.db-wal"} {
+		src, err := os.ReadFile(filepath.Join(from, f))
+		require.NoError(b, err)
+		require.NoError(b, os.WriteFile(filepath.Join(dir, f), src, 0o644))
 	}
 }
 
@@ -111,7 +146,7 @@ func concurrently(ms []domain.MessageApplied, f func(m domain.MessageApplied)) {
 func BenchmarkApplyMessages(b *testing.B) {
 	for _, backend := range testkit.Backends() {
 		b.Run(backend.Name+"/concurrent=16", func(b *testing.B) {
-			benchProjection(b, backend, func(ctx context.Context, s *store.Store, ms []domain.MessageApplied) {
+			benchProjection(b, backend, 0, func(ctx context.Context, s *store.Store, ms []domain.MessageApplied) {
 				concurrently(ms, func(m domain.MessageApplied) {
 					_, err := s.ApplyMessages(ctx, []domain.MessageApplied{m}, benchEvents)
 					if err != nil {
@@ -121,14 +156,18 @@ func BenchmarkApplyMessages(b *testing.B) {
 			})
 		})
 		for _, n := range []int{1, 4, 8, 16, 64} {
-			b.Run(fmt.Sprintf("%s/batch=%d", backend.Name, n), func(b *testing.B) {
-				benchProjection(b, backend, func(ctx context.Context, s *store.Store, ms []domain.MessageApplied) {
+			batches := func(b *testing.B, prefill int) {
+				benchProjection(b, backend, prefill, func(ctx context.Context, s *store.Store, ms []domain.MessageApplied) {
 					for i := 0; i < len(ms); i += n {
 						_, err := s.ApplyMessages(ctx, ms[i:min(i+n, len(ms))], benchEvents)
 						require.NoError(b, err)
 					}
 				})
-			})
+			}
+			b.Run(fmt.Sprintf("%s/batch=%d", backend.Name, n), func(b *testing.B) { batches(b, 0) })
+			if n == 1 || n == 8 { // the same into 10,000-message threads (issue 10: cost flat in thread length)
+				b.Run(fmt.Sprintf("%s/thread=10000/batch=%d", backend.Name, n), func(b *testing.B) { batches(b, 10000) })
+			}
 		}
 	}
 }

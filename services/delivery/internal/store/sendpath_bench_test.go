@@ -15,6 +15,7 @@ import (
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
@@ -29,11 +30,26 @@ import (
 //
 //	go test ./services/delivery/internal/store -run '^$' -bench SendPath -benchtime 4000x
 //
+// thread=new starts from empty threads; thread=10000 first fills each
+// thread with 10,000 messages, read and marked read (issue 10: a send into
+// a 10,000-message thread should cost what one into a new thread does).
+//
 // With SENDPATH_KEEP=DIR it copies the database and its WAL to DIR at the
 // end (before the WAL is checkpointed away): the WAL's frame headers name
 // the pages the last commits wrote, and SQLite's dbstat table which b-tree
 // each page belongs to (BENCHMARKS.md, sqlite14).
 func BenchmarkSendPath(b *testing.B) {
+	b.Run("thread=new", func(b *testing.B) { sendPath(b, 0) })
+	b.Run("thread=10000", func(b *testing.B) { sendPath(b, 10000) })
+}
+
+// prefillSQL inserts messages 1 to ? of a thread (?) from users/u1, read.
+const prefillSQL = `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+	INSERT INTO messages (` + "practice, conversation_id, seq, patient_id, sender, sender_role, from_patient, text, extras, sensitive," + `
+		status, create_time, deliver_time, read_time, read_by, request_id, content_hash, sender_display_name)
+	SELECT 'p1', ?, i, 'pat', 'users/u1', 'dentist', 0, ?, '{}', 0, 3, ?, ?, ?, 'patients/pat', ? || i, '', '' FROM n`
+
+func sendPath(b *testing.B, prefill int) {
 	const threads = 8
 	ctx := context.Background()
 	be := testkit.Backends()[0] // SQLite
@@ -95,6 +111,25 @@ func BenchmarkSendPath(b *testing.B) {
 		}
 		if err := g.Wait(); err != nil {
 			b.Fatal(err)
+		}
+	}
+	if prefill > 0 {
+		at := time.Now().UTC()
+		for i := range threads {
+			conv := fmt.Sprint("c", i)
+			err := db.Write(ctx, func(tx *sqldb.Tx) error {
+				_, err := tx.Exec(ctx, prefillSQL, prefill, conv, text, at.UnixMicro(), at.UnixMicro(), at.UnixMicro(), conv+"-prefill-")
+				return err
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			// The marks at the last prefilled message, as its reader left them.
+			a := domain.Advance{Practice: "p1", ConversationID: conv, ReaderIsPatient: true, Reader: "patients/pat",
+				UpTo: int64(prefill), To: domain.Read, At: at}
+			if err := s.AdvanceAll(ctx, []domain.Advance{a}, per); err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
 	run(20)
