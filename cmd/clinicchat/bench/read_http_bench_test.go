@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -16,7 +17,7 @@ func BenchmarkRawConnAnswer(b *testing.B) {
 		`"state":"ACTIVE","createTime":"2026-12-02T00:00:00Z","lastMessageTime":"2026-12-02T00:00:01.123456Z","lastMessageSeq":"512",` +
 		`"lastMessagePreview":"Your crown is ready","readSeq":"300","unreadCount":212}`
 	answer := "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nGrpc-Metadata-Content-Type: application/grpc\r\n" +
-		"Date: Wed, 02 Dec 2026 00:00:00 GMT\r\nContent-Length: " + itoa(len(body)) + "\r\n\r\n" + body
+		"Date: Wed, 02 Dec 2026 00:00:00 GMT\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
 	r := strings.NewReader("")
 	c := &rawConn{br: bufio.NewReaderSize(r, 8<<10)}
 	b.ReportAllocs()
@@ -27,12 +28,4 @@ func BenchmarkRawConnAnswer(b *testing.B) {
 			b.Fatalf("%d %v", status, err)
 		}
 	}
-}
-
-func itoa(n int) string {
-	var d []byte
-	for ; n > 0 || len(d) == 0; n /= 10 {
-		d = append([]byte{byte('0' + n%10)}, d...)
-	}
-	return string(d)
 }
