@@ -21,6 +21,7 @@ import (
 // and ROLLBACK itself. The connection goes back to the pool only idle (no
 // transaction open): else it is closed.
 type pgTx struct {
+	d      *DB // its database (the receivers of Tx.Hand)
 	conn   *sql.Conn
 	filter *beginFilter
 	begun  bool // BEGIN is sent or armed to go with the next statement
@@ -59,7 +60,7 @@ func (d *DB) beginPipelined(ctx context.Context) (*pgTx, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &pgTx{conn: conn}
+	p := &pgTx{d: d, conn: conn}
 	_ = conn.Raw(func(dc any) error {
 		if c, ok := dc.(*stdlib.Conn); ok {
 			p.filter = filterOf(c.Conn().PgConn())
