@@ -614,12 +614,17 @@ const (
 	deleteAfter = 100 * time.Millisecond
 )
 
-// PostgreSQL statements of a round. claimSQL deletes published rows ($1)
+// PostgreSQL statements of a round. probeSQL looks for a row by the
+// primary key's index, from its lowest seq: a scan of the table's pages
+// (its plan without the ORDER BY) stepped over every row deleted since
+// the last vacuum, ~160 pages a call in conversation's busy outbox
+// (BENCHMARKS.md, pg17), where the index scan marks the dead entries it
+// passes and the next probe skips them. claimSQL deletes published rows ($1)
 // and reads the next batch past every published row ($2, a superset of
 // $1: the DELETE in WITH is not visible to the SELECT's snapshot). Without
 // rows to delete it commits nothing durable.
 const (
-	probeSQL = `SELECT 1 FROM outbox LIMIT 1`
+	probeSQL = `SELECT 1 FROM outbox ORDER BY seq LIMIT 1`
 	lockSQL  = `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false)`
 	claimSQL = `WITH done AS (DELETE FROM outbox WHERE seq = ANY($1)) SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq <> ALL($2) ORDER BY seq LIMIT $3`
 	// claimBareSQL is claimSQL without the payloads (the relay holds them,
