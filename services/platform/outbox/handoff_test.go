@@ -141,7 +141,7 @@ func TestFullHandoffQueueFallsBackToTheTable(t *testing.T) {
 	flushAll(t, relay, 20)
 	require.EqualValues(t, 15, outbox.Loaded(relay), "the queued commit from the queue, the dropped ones from the table")
 	require.NoError(t, testutil.CollectAndCompare(relay.Collector("delivery"), strings.NewReader(`
-# HELP clinicchat_outbox_read_events_total Events the relay read from the outbox table: on SQLite only those its commit did not hand over (after a restart, a gap, a full hand-off queue or a failed publish); on PostgreSQL every event it publishes, and again after a failure.
+# HELP clinicchat_outbox_read_events_total Events the relay read from the outbox table: on SQLite only those its commit did not hand over (after a restart, a gap, a full hand-off queue or a failed publish); on PostgreSQL those whose payload their commit did not hand over (another replica's, a restart's), and again after a failure.
 # TYPE clinicchat_outbox_read_events_total counter
 clinicchat_outbox_read_events_total{service="delivery"} 15
 `), "clinicchat_outbox_read_events_total"))

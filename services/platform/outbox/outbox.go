@@ -8,7 +8,9 @@
 // (sqldb signal Topic) and otherwise looks once per Poll; an idle relay
 // commits nothing. See Relay for how several PostgreSQL replicas share one
 // outbox. On SQLite the commit also hands the rows it wrote to the relay, in
-// memory, so that it publishes them without reading them back (handoff.go).
+// memory, so that it publishes them without reading them back (handoff.go);
+// on PostgreSQL their payloads, so that it reads the rows without them
+// (payloads.go).
 //
 // Each service's migrations create the table:
 //
