@@ -52,3 +52,6 @@ func OnPublish(r *Relay, f func(m *nats.Msg, nc *nats.Conn) error) {
 		return f(c, nc)
 	}
 }
+
+// ProbeSQL is the PostgreSQL relay's look for a row.
+const ProbeSQL = probeSQL

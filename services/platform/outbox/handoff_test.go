@@ -141,7 +141,7 @@ func TestFullHandoffQueueFallsBackToTheTable(t *testing.T) {
 	flushAll(t, relay, 20)
 	require.EqualValues(t, 15, outbox.Loaded(relay), "the queued commit from the queue, the dropped ones from the table")
 	require.NoError(t, testutil.CollectAndCompare(relay.Collector("delivery"), strings.NewReader(`
-# HELP clinicchat_outbox_read_events_total Events the relay read from the outbox table: on SQLite only those its commit did not hand over (after a restart, a gap, a full hand-off queue or a failed publish); on PostgreSQL every event it publishes, and again after a failure.
+# HELP clinicchat_outbox_read_events_total Events the relay read from the outbox table: on SQLite only those its commit did not hand over (after a restart, a gap, a full hand-off queue or a failed publish); on PostgreSQL those whose payload their commit did not hand over (another replica's, a restart's), and again after a failure.
 # TYPE clinicchat_outbox_read_events_total counter
 clinicchat_outbox_read_events_total{service="delivery"} 15
 `), "clinicchat_outbox_read_events_total"))
@@ -244,4 +244,69 @@ func TestRunningRelayPublishesFromTheHandoffInOrder(t *testing.T) {
 	require.Zero(t, outbox.Loaded(relay), "no row read back from the table")
 	cancel()
 	require.NoError(t, <-done)
+}
+
+// On PostgreSQL a commit hands the relay its rows' payloads: the relay
+// publishes them without reading the payloads back, the committed rows
+// only (a write rolled back, alone or as a job of a group commit, hands
+// nothing over), in seq order. A row whose payload it was not handed (a
+// row another process wrote, here the second handle on the database) is
+// read from the table with its payload, in the same round and order.
+func TestPostgresRelayPublishesHandedOverPayloads(t *testing.T) {
+	ctx := context.Background()
+	_, _, js := testkit.NATS(t)
+	db, other := openPostgresTwice(t)
+	relay := outbox.NewRelay(db, js, testkit.Logger(t))
+	boom := errors.New("boom")
+	require.ErrorIs(t, db.Write(ctx, func(tx *sqldb.Tx) error {
+		if err := outbox.AddAll(ctx, tx, handoffEvents("alone-rolled-back", 3)); err != nil {
+			return err
+		}
+		return boom
+	}), boom)
+	var wg sync.WaitGroup
+	const writers = 16
+	for w := range writers {
+		wg.Go(func() {
+			err := db.Write(ctx, func(tx *sqldb.Tx) error {
+				if err := outbox.AddAll(ctx, tx, handoffEvents(fmt.Sprintf("w%d", w), 2)); err != nil {
+					return err
+				}
+				if w%2 == 1 {
+					return boom
+				}
+				return nil
+			})
+			if w%2 == 1 {
+				require.ErrorIs(t, err, boom)
+			} else {
+				require.NoError(t, err)
+			}
+		})
+	}
+	wg.Wait()
+	committed := tableOrder(t, db)
+	require.Len(t, committed, writers)
+
+	flushAll(t, relay, len(committed))
+	require.Zero(t, outbox.Loaded(relay), "every payload came from the hand-off, none from the table")
+	got := read(t, ctx, js, len(committed))
+	require.Equal(t, committed, idsOf(got), "exactly the committed rows, in seq order")
+	for _, e := range got {
+		require.Equal(t, e.GetMeta().GetId(), e.GetMeta().GetDetail(), "the event's own payload")
+	}
+
+	// Rows of another writer between handed-over ones.
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("mine-a", 2)) }))
+	require.NoError(t, other.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("theirs", 2)) }))
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("mine-b", 2)) }))
+	order := tableOrder(t, db)
+	flushAll(t, relay, len(order))
+	require.EqualValues(t, 2, outbox.Loaded(relay), "only the other writer's payloads from the table")
+	got = read(t, ctx, js, len(committed)+len(order))[len(committed):]
+	require.Equal(t, order, idsOf(got))
+	for _, e := range got {
+		require.Equal(t, e.GetMeta().GetId(), e.GetMeta().GetDetail())
+	}
+	require.EqualValues(t, len(committed)+len(order), streamMsgs(t, ctx, js))
 }

@@ -40,14 +40,14 @@ var (
 			"the sequential round trips of its publishing (divided by the events, round trips per event).", nil, nil)
 	readDesc = prometheus.NewDesc("clinicchat_outbox_read_events_total",
 		"Events the relay read from the outbox table: on SQLite only those its commit did not hand over "+
-			"(after a restart, a gap, a full hand-off queue or a failed publish); on PostgreSQL every event it publishes, and again after a failure.", nil, nil)
+			"(after a restart, a gap, a full hand-off queue or a failed publish); on PostgreSQL those whose payload their commit did not hand over (another replica's, a restart's), and again after a failure.", nil, nil)
 )
 
 // relayStats counts the relay's publishing (read at scrape).
 type relayStats struct {
 	published atomic.Int64 // rows acknowledged
 	waits     atomic.Int64 // waits for the acknowledgements of what is in flight
-	loaded    atomic.Int64 // rows read from the table (on SQLite: not handed over)
+	loaded    atomic.Int64 // rows read from the table with their payload (not handed over)
 	// wait is each row's time from its write (created_at, inside the
 	// writer's transaction) to the relay sending it: the rest of that
 	// transaction, its commit, the relay's wake-up and read, and the

@@ -8,7 +8,9 @@
 // (sqldb signal Topic) and otherwise looks once per Poll; an idle relay
 // commits nothing. See Relay for how several PostgreSQL replicas share one
 // outbox. On SQLite the commit also hands the rows it wrote to the relay, in
-// memory, so that it publishes them without reading them back (handoff.go).
+// memory, so that it publishes them without reading them back (handoff.go);
+// on PostgreSQL their payloads, so that it reads the rows without them
+// (payloads.go).
 //
 // Each service's migrations create the table:
 //
@@ -92,7 +94,8 @@ func addAll(ctx context.Context, tx *sqldb.Tx, events []Event, atCommit bool) er
 		traceparent = tp
 	}
 	now := time.Now().UnixMicro()
-	// On SQLite the rows go to the relay with the commit (handoff.go).
+	// The rows go to the relay with the commit: on SQLite in full
+	// (handoff.go), on PostgreSQL their payloads (payloads.go).
 	handing := tx.Handing(Topic)
 	args := make([]any, 0, 5*min(len(events), insertRows))
 	for len(events) > 0 {
@@ -115,16 +118,18 @@ func addAll(ctx context.Context, tx *sqldb.Tx, events []Event, atCommit bool) er
 				}
 			}
 		}
-		if atCommit && tx.Dialect() == sqldb.Postgres {
-			if err := tx.ExecAtCommit(ctx, insertSQL[n], args...); err != nil {
+		if tx.Dialect() == sqldb.Postgres {
+			var err error
+			if atCommit {
+				err = tx.ExecAtCommit(ctx, insertSQL[n], args...)
+			} else {
+				_, err = tx.Exec(ctx, insertSQL[n], args...)
+			}
+			if err != nil {
 				return fmt.Errorf("insert outbox: %w", err)
 			}
-			events = events[n:]
-			continue
-		}
-		if tx.Dialect() == sqldb.Postgres {
-			if _, err := tx.Exec(ctx, insertSQL[n], args...); err != nil {
-				return fmt.Errorf("insert outbox: %w", err)
+			if handing {
+				tx.Hand(Topic, rows)
 			}
 			events = events[n:]
 			continue
@@ -331,6 +336,9 @@ type Relay struct {
 	hand      *handoff
 	readTable bool
 	poll      bool
+	// PostgreSQL: payloads are the payloads handed over by their commits
+	// (payloads.go).
+	payloads *payloads
 
 	// streams remembers natsx.StreamOf by "<prefix>.<service>" (streamOf).
 	streams map[string]string
@@ -344,6 +352,9 @@ func NewRelay(db *sqldb.DB, js jetstream.JetStream, log *zap.Logger) *Relay {
 	if db.Dialect() == sqldb.SQLite {
 		r.hand, r.readTable = &handoff{max: handoffRows}, true
 		db.OnHand(Topic, r.hand.push)
+	} else {
+		r.payloads = newPayloads(handoffRows)
+		db.OnHand(Topic, r.payloads.push)
 	}
 	db.OnSignal(Topic, r.Kick)
 	return r
@@ -612,16 +623,25 @@ const (
 	deleteAfter = 100 * time.Millisecond
 )
 
-// PostgreSQL statements of a round. claimSQL deletes published rows ($1)
+// PostgreSQL statements of a round. probeSQL looks for a row by the
+// primary key's index, from its lowest seq: a scan of the table's pages
+// (its plan without the ORDER BY) stepped over every row deleted since
+// the last vacuum, ~160 pages a call in conversation's busy outbox
+// (BENCHMARKS.md, pg17), where the index scan marks the dead entries it
+// passes and the next probe skips them. claimSQL deletes published rows ($1)
 // and reads the next batch past every published row ($2, a superset of
 // $1: the DELETE in WITH is not visible to the SELECT's snapshot). Without
 // rows to delete it commits nothing durable.
 const (
-	probeSQL  = `SELECT 1 FROM outbox LIMIT 1`
-	lockSQL   = `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false)`
-	claimSQL  = `WITH done AS (DELETE FROM outbox WHERE seq = ANY($1)) SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq <> ALL($2) ORDER BY seq LIMIT $3`
-	deleteSQL = `DELETE FROM outbox WHERE seq = ANY($1)`
-	unlockSQL = `SELECT pg_advisory_unlock($1, hashtext(current_schema())), set_config('idle_session_timeout', '0', false)`
+	probeSQL = `SELECT 1 FROM outbox ORDER BY seq LIMIT 1`
+	lockSQL  = `SELECT pg_advisory_lock($1, hashtext(current_schema())), set_config('idle_session_timeout', $2, false)`
+	claimSQL = `WITH done AS (DELETE FROM outbox WHERE seq = ANY($1)) SELECT seq, id, subject, payload, traceparent, created_at FROM outbox WHERE seq <> ALL($2) ORDER BY seq LIMIT $3`
+	// claimBareSQL is claimSQL without the payloads (the relay holds them,
+	// payloads.go); payloadsSQL reads those it lacks.
+	claimBareSQL = `WITH done AS (DELETE FROM outbox WHERE seq = ANY($1)) SELECT seq, id, subject, traceparent, created_at FROM outbox WHERE seq <> ALL($2) ORDER BY seq LIMIT $3`
+	payloadsSQL  = `SELECT seq, payload FROM outbox WHERE seq = ANY($1)`
+	deleteSQL    = `DELETE FROM outbox WHERE seq = ANY($1)`
+	unlockSQL    = `SELECT pg_advisory_unlock($1, hashtext(current_schema())), set_config('idle_session_timeout', '0', false)`
 )
 
 func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
@@ -652,17 +672,11 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 	if len(published) > 0 && (last || len(published) >= deleteRows || time.Since(h.since) >= deleteAfter) {
 		del = published
 	}
-	rs, err := h.conn.QueryContext(ctx, claimSQL, del, published, r.Batch)
+	rows, err := r.claim(ctx, h.conn, del, published)
 	if err != nil {
 		r.drop() // the rows of the last round are published again, as duplicates
 		return 0, fmt.Errorf("load outbox: %w", err)
 	}
-	rows, err := scan(rs)
-	if err != nil {
-		r.drop()
-		return 0, fmt.Errorf("load outbox: %w", err)
-	}
-	r.stats.loaded.Add(int64(len(rows)))
 	r.claimed = time.Now()
 	if len(del) > 0 {
 		h.published = h.published[:0]
@@ -682,6 +696,67 @@ func (r *Relay) roundPostgres(ctx context.Context, last bool) (int, error) {
 	}
 	h.published = append(h.published, done...)
 	return len(done), perr
+}
+
+// claim deletes the published rows del and reads the next batch past
+// published, with the payloads handed over (payloads.go): when it holds
+// none, the claim reads them; else it reads the rows without and then the
+// payloads of the rows it lacks, in one more statement. A row deleted in
+// between (only a published row is deleted: by a relay that had lost its
+// lease) is left out.
+func (r *Relay) claim(ctx context.Context, conn *sql.Conn, del, published []int64) ([]row, error) {
+	if r.payloads == nil || r.payloads.empty() {
+		rs, err := conn.QueryContext(ctx, claimSQL, del, published, r.Batch)
+		if err != nil {
+			return nil, err
+		}
+		rows, err := scan(rs)
+		r.stats.loaded.Add(int64(len(rows)))
+		return rows, err
+	}
+	rs, err := conn.QueryContext(ctx, claimBareSQL, del, published, r.Batch)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := scanBare(rs)
+	if err != nil {
+		return nil, err
+	}
+	missing := r.payloads.fill(rows)
+	if len(missing) == 0 {
+		return rows, nil
+	}
+	rs, err = conn.QueryContext(ctx, payloadsSQL, missing)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	bySeq := make(map[int64][]byte, len(missing))
+	for rs.Next() {
+		var seq int64
+		var p []byte
+		if err := rs.Scan(&seq, &p); err != nil {
+			return nil, err
+		}
+		bySeq[seq] = p
+	}
+	if err := rs.Err(); err != nil {
+		return nil, err
+	}
+	r.stats.loaded.Add(int64(len(bySeq)))
+	out, m := rows[:0], 0
+	for _, x := range rows {
+		if m < len(missing) && missing[m] == x.seq { // both in seq order
+			m++
+			p, ok := bySeq[x.seq]
+			if !ok {
+				continue
+			}
+			x.payload = p
+		}
+		out = append(out, x)
+	}
+	return out, nil
 }
 
 // release deletes the rows the last round published and gives the outbox
@@ -755,6 +830,20 @@ func scan(rs *sql.Rows) ([]row, error) {
 	for rs.Next() {
 		var x row
 		if err := rs.Scan(&x.seq, &x.id, &x.subject, &x.payload, &x.traceparent, &x.created); err != nil {
+			return nil, err
+		}
+		out = append(out, x)
+	}
+	return out, rs.Err()
+}
+
+// scanBare reads claimBareSQL's rows, without their payloads.
+func scanBare(rs *sql.Rows) ([]row, error) {
+	defer rs.Close()
+	var out []row
+	for rs.Next() {
+		var x row
+		if err := rs.Scan(&x.seq, &x.id, &x.subject, &x.traceparent, &x.created); err != nil {
 			return nil, err
 		}
 		out = append(out, x)

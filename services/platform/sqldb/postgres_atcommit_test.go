@@ -1,8 +1,12 @@
 package sqldb_test
 
 import (
+	"bytes"
 	"context"
+	"database/sql"
 	"errors"
+	"fmt"
+	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -221,4 +225,45 @@ func TestExecAtCommitElsewhereIsExec(t *testing.T) {
 		require.NoError(t, err)
 		check(t, db)
 	})
+}
+
+// The arguments of the statements held back for COMMIT are encoded into a
+// buffer kept from one commit to the next: a commit of a large value no
+// longer regrows pgx's parameter buffer and write buffer from 256 B and
+// 1 KiB (twice the value's size allocated per commit; now once, for the
+// one batch pgconn builds). Every argument arrives as
+// it was given: bytes, text, a number, NULL.
+func TestPostgresAtCommitArgumentsInAKeptBuffer(t *testing.T) {
+	db := openPG(t, "")
+	ctx := context.Background()
+	_, err := db.Exec(ctx, `CREATE TABLE blobs (k TEXT PRIMARY KEY, n BIGINT NOT NULL, b BYTEA NOT NULL, note TEXT)`)
+	require.NoError(t, err)
+	const size = 256 << 10
+	blob := bytes.Repeat([]byte{0, 1, 2, 0xff}, size/4)
+	write := func(k string) {
+		require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
+			return tx.ExecAtCommit(ctx, `INSERT INTO blobs (k, n, b, note) VALUES (?, ?, ?, ?), (?, ?, ?, ?)`,
+				k, int64(len(k)), blob, nil, k+"-2", 2, blob[:3], "note")
+		}))
+	}
+	write("warm") // prepares the statement
+	const n = 20
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	for i := range n {
+		write(fmt.Sprint("k", i))
+	}
+	runtime.ReadMemStats(&m1)
+	perCommit := (m1.TotalAlloc - m0.TotalAlloc) / n
+	require.Less(t, perCommit, uint64(3*size/2), "bytes allocated per commit of a %d-byte value", size)
+
+	var got []byte
+	var num int64
+	var note sql.NullString
+	require.NoError(t, db.QueryRow(ctx, `SELECT n, b, note FROM blobs WHERE k = 'k7'`).Scan(&num, &got, &note))
+	require.Equal(t, int64(2), num)
+	require.Equal(t, blob, got)
+	require.False(t, note.Valid)
+	require.NoError(t, db.QueryRow(ctx, `SELECT n, b, note FROM blobs WHERE k = 'k7-2'`).Scan(&num, &got, &note))
+	require.Equal(t, []any{int64(2), blob[:3], "note"}, []any{num, got, note.String})
 }

@@ -157,13 +157,14 @@ func callFn(fn func(*Tx) error, t *Tx) (err error) {
 
 // pgBatch is a lane's open transaction.
 type pgBatch struct {
-	d    *DB
-	ctx  context.Context
-	p    *pgTx
-	jobs []*pgJob // done in p, waiting for its commit
-	sigs []string
-	sp   int  // savepoints made in p
-	lt   bool // lock_timeout is set (or pending) in p
+	d     *DB
+	ctx   context.Context
+	p     *pgTx
+	jobs  []*pgJob // done in p, waiting for its commit
+	sigs  []string
+	hands []handed // the jobs' Tx.Hand values, in job order
+	sp    int      // savepoints made in p
+	lt    bool     // lock_timeout is set (or pending) in p
 }
 
 func (d *DB) runPGBatch(first *pgJob) {
@@ -244,6 +245,7 @@ func (b *pgBatch) run(j *pgJob) {
 	}
 	if err == nil {
 		b.jobs = append(b.jobs, j)
+		b.hands = append(b.hands, t.hands...)
 		for _, s := range t.signals {
 			if !slices.Contains(b.sigs, s) {
 				b.sigs = append(b.sigs, s)
@@ -288,7 +290,7 @@ func (b *pgBatch) abort() {
 	for _, j := range b.jobs {
 		j.done <- errAlone
 	}
-	b.jobs, b.sigs = nil, nil
+	b.jobs, b.sigs, b.hands = nil, nil, nil
 }
 
 func (b *pgBatch) commit() {
@@ -303,7 +305,7 @@ func (b *pgBatch) commit() {
 	p.release()
 	switch {
 	case err == nil:
-		b.d.committed(b.sigs, nil)
+		b.d.committed(b.sigs, b.hands)
 		for _, j := range b.jobs {
 			j.done <- nil
 		}

@@ -299,3 +299,52 @@ func TestPostgresGroupCommitJoinedWriteGivesWayOnALock(t *testing.T) {
 	require.Equal(t, "joined", v, "the joined write ran again after the other transaction")
 	require.EqualValues(t, 1, sqldb.AloneWrites(db))
 }
+
+// On PostgreSQL, values handed over with a write reach the receiver after
+// its commit, before the write returns: a write alone, and every write a
+// group commit kept, in the order the transaction took them; a write that
+// failed (alone, or a job of a group commit rolled back to its savepoint)
+// hands nothing over.
+func TestPostgresHandedValuesArriveOnlyFromCommittedWrites(t *testing.T) {
+	db := openPG(t, "&group_commit_lanes=1")
+	ctx := context.Background()
+	var mu sync.Mutex
+	var got []string
+	db.OnHand("kv", func(v any) {
+		mu.Lock()
+		got = append(got, v.(string))
+		mu.Unlock()
+	})
+	handed := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), got...)
+	}
+	boom := errors.New("boom")
+	write := func(k string, fail bool) func(tx *sqldb.Tx) error {
+		return func(tx *sqldb.Tx) error {
+			if err := insertKV(ctx, tx, k, 0); err != nil {
+				return err
+			}
+			require.True(t, tx.Handing("kv"))
+			require.False(t, tx.Handing("other"))
+			tx.Hand("kv", k)
+			if fail {
+				return boom
+			}
+			return nil
+		}
+	}
+	require.ErrorIs(t, db.Write(ctx, write("alone-failed", true)), boom)
+	require.NoError(t, db.Write(ctx, write("alone", false)))
+	require.Equal(t, []string{"alone"}, handed(), "a write rolled back alone hands nothing over")
+
+	errs := make(chan error, 3)
+	release := holdLane(t, db, 3, func(i int) {
+		errs <- db.Write(ctx, write(fmt.Sprintf("joined-%d", i), i == 1))
+	})
+	require.NoError(t, release())
+	require.ElementsMatch(t, []error{nil, nil, boom}, []error{<-errs, <-errs, <-errs})
+	require.ElementsMatch(t, []string{"alone", "joined-0", "joined-2"}, handed(), "exactly the committed writes")
+	require.ElementsMatch(t, []string{"alone", "held", "joined-0", "joined-2"}, kvKeys(t, db))
+}

@@ -8,9 +8,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
@@ -21,6 +24,7 @@ import (
 // and ROLLBACK itself. The connection goes back to the pool only idle (no
 // transaction open): else it is closed.
 type pgTx struct {
+	d      *DB // its database (the receivers of Tx.Hand)
 	conn   *sql.Conn
 	filter *beginFilter
 	begun  bool // BEGIN is sent or armed to go with the next statement
@@ -59,7 +63,7 @@ func (d *DB) beginPipelined(ctx context.Context) (*pgTx, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &pgTx{conn: conn}
+	p := &pgTx{d: d, conn: conn}
 	_ = conn.Raw(func(dc any) error {
 		if c, ok := dc.(*stdlib.Conn); ok {
 			p.filter = filterOf(c.Conn().PgConn())
@@ -194,56 +198,145 @@ func (p *pgTx) commit(ctx context.Context) error {
 }
 
 // commitWith sends the statements held back by ExecAtCommit and then
-// COMMIT as one pipeline (pgx's batch: Bind and Execute of each, one Sync at
-// the end, in one network write; a statement not yet prepared on the
-// connection is prepared first, in a round trip of its own, as for any
-// statement): the write's last round trip carries its last statements.
-// If one of them fails, the server skips the rest up to the Sync, COMMIT
-// included, and the transaction is rolled back (rollback). When no other
-// statement ran (no BEGIN was sent), they go without BEGIN and COMMIT: the
-// statements up to a Sync are one implicit transaction, committed at the
-// Sync, all or nothing, as durably as an explicit COMMIT.
+// COMMIT as one pipeline (Bind and Execute of each, one Sync at the end, in
+// one network write; a statement not yet prepared on the connection is
+// prepared first, in a round trip of its own, as for any statement): the
+// write's last round trip carries its last statements. If one of them
+// fails, the server skips the rest up to the Sync, COMMIT included, and the
+// transaction is rolled back (rollback). When no other statement ran (no
+// BEGIN was sent), they go without BEGIN and COMMIT: the statements up to a
+// Sync are one implicit transaction, committed at the Sync, all or nothing,
+// as durably as an explicit COMMIT.
+//
+// The arguments are encoded into a buffer kept from one commit to the next
+// (atCommitBufs) and handed to pgconn as they are: pgx's own batch encoded
+// them into its parameter buffer and copied them into its write buffer,
+// and shrinks both after every statement and every write (to 256 B and
+// 1 KiB), so every COMMIT carrying a few KiB of outbox payloads regrew both
+// by doubling (a quarter to a third of delivery's allocations, BENCHMARKS.md
+// dist16 and pg17).
 func (p *pgTx) commitWith(ctx context.Context) error {
 	p.atCommit = mergeInserts(p.atCommit)
 	return p.raw(func(c *pgx.Conn) error {
-		b := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, 0, len(p.atCommit)+len(p.sets)+2)}
 		// SET LOCALs still pending apply to the held-back statements too:
 		// they go first, in a transaction of their own (begin) if none is.
-		ahead := len(p.sets)
-		if ahead > 0 && !p.begun {
-			b.Queue("begin")
+		var ahead []string
+		if len(p.sets) > 0 && !p.begun {
+			ahead = append(ahead, "begin")
 			p.begun = true
-			ahead++
 		}
 		for _, st := range p.sets {
-			b.Queue(st.q)
+			ahead = append(ahead, st.q)
 		}
 		p.sets = nil
-		for _, s := range p.atCommit {
-			b.Queue(s.q, s.args...)
-		}
-		if p.begun {
-			b.Queue("commit")
-		}
-		br := c.SendBatch(ctx, b)
-		for range ahead + len(p.atCommit) {
-			if _, err := br.Exec(); err != nil {
-				_ = br.Close()
-				return err
-			}
-		}
-		if p.begun {
-			tag, err := br.Exec()
-			if err == nil && tag.String() != "COMMIT" {
-				err = pgx.ErrTxCommitRollback // as in commit
-			}
+		stmts := make([]*pgconn.StatementDescription, len(p.atCommit))
+		for i, s := range p.atCommit {
+			sd, err := c.Prepare(ctx, s.q, s.q) // pgx keeps it: a round trip the first time only
 			if err != nil {
-				_ = br.Close()
+				return err
+			}
+			stmts[i] = sd
+		}
+		var commit *pgconn.StatementDescription
+		if p.begun {
+			var err error
+			if commit, err = c.Prepare(ctx, "commit", "commit"); err != nil {
 				return err
 			}
 		}
-		return br.Close()
+		buf := atCommitBufs.Get().(*atCommitBuf)
+		defer buf.put()
+		batch := &pgconn.Batch{}
+		for _, q := range ahead {
+			batch.ExecParams(q, nil, nil, nil, nil)
+		}
+		for i, s := range p.atCommit {
+			if err := buf.encode(c.TypeMap(), stmts[i], s.args); err != nil {
+				return err
+			}
+		}
+		for i, sd := range stmts {
+			batch.ExecPrepared(sd.Name, buf.params[i], buf.formats[i], nil)
+		}
+		if commit != nil {
+			batch.ExecPrepared(commit.Name, nil, nil, nil)
+		}
+		if p.filter != nil {
+			p.filter.writes++ // pgconn writes a batch past the frontend (and the filter)
+		}
+		results, err := c.PgConn().ExecBatch(ctx, batch).ReadAll()
+		if err != nil {
+			return err
+		}
+		if commit != nil && (len(results) == 0 || results[len(results)-1].CommandTag.String() != "COMMIT") {
+			return pgx.ErrTxCommitRollback // as in commit
+		}
+		return nil
 	})
+}
+
+// atCommitBuf holds the encoded arguments of a COMMIT's held-back
+// statements: params[i] are statement i's values, slices of vals.
+type atCommitBuf struct {
+	vals    []byte
+	params  [][][]byte
+	formats [][]int16
+	flat    [][]byte
+	fmts    []int16
+}
+
+var atCommitBufs = sync.Pool{New: func() any { return &atCommitBuf{} }}
+
+// maxAtCommitBuf bounds the bytes a buffer keeps for the next commit.
+const maxAtCommitBuf = 1 << 20
+
+func (b *atCommitBuf) put() {
+	if cap(b.vals) > maxAtCommitBuf {
+		return
+	}
+	b.vals, b.flat, b.fmts = b.vals[:0], b.flat[:0], b.fmts[:0]
+	clear(b.params)
+	b.params, b.formats = b.params[:0], b.formats[:0]
+	atCommitBufs.Put(b)
+}
+
+// encode appends sd's arguments as pgx would send them (its extended
+// query builder: strings as text, every other value in the format the
+// type map prefers for the parameter's type, else the other one).
+func (b *atCommitBuf) encode(m *pgtype.Map, sd *pgconn.StatementDescription, args []any) error {
+	if len(sd.ParamOIDs) != len(args) {
+		return fmt.Errorf("sqldb: %d arguments for %d parameters", len(args), len(sd.ParamOIDs))
+	}
+	first := len(b.flat)
+	for i, arg := range args {
+		oid := sd.ParamOIDs[i]
+		f := m.FormatCodeForOID(oid)
+		if _, ok := arg.(string); ok {
+			f = pgx.TextFormatCode
+		} else if _, ok := arg.(*string); ok {
+			f = pgx.TextFormatCode
+		}
+		pos := len(b.vals)
+		out, err := m.Encode(oid, f, arg, b.vals)
+		if err != nil {
+			f = 1 - f // the other format
+			if out, err = m.Encode(oid, f, arg, b.vals); err != nil {
+				return fmt.Errorf("failed to encode args[%d]: %w", i, err)
+			}
+		}
+		if out == nil { // NULL
+			b.flat = append(b.flat, nil)
+		} else {
+			b.vals = out
+			b.flat = append(b.flat, out[pos:len(out):len(out)])
+		}
+		b.fmts = append(b.fmts, f)
+	}
+	// A value stays where it was encoded: an append that moves vals (or
+	// flat, fmts) copies it, and the earlier slices keep the old array.
+	b.params = append(b.params, b.flat[first:len(b.flat):len(b.flat)])
+	b.formats = append(b.formats, b.fmts[first:len(b.fmts):len(b.fmts)])
+	return nil
 }
 
 // rollback ends whatever transaction the connection is in, even after ctx

@@ -334,17 +334,17 @@ func (d *DB) OnSignal(topic string, f func()) {
 	d.mu.Unlock()
 }
 
-// OnHand registers f as the receiver of the values a SQLite transaction
-// hands over with Tx.Hand(topic, v): f(v) runs once the transaction has
-// committed, on the writer goroutine, in commit order (and in the order of
-// the Hand calls within a transaction), before the commit's OnCommit and
-// OnSignal hooks; never for a transaction (or a job of a group commit) that
-// rolled back. f must not block. On PostgreSQL nothing is handed over
-// (Tx.Handing is false).
+// OnHand registers f as the receiver of the values a transaction hands
+// over with Tx.Hand(topic, v): f(v) runs once the transaction has
+// committed, before the commit's OnCommit and OnSignal hooks, in the order
+// of the Hand calls within a transaction; never for a transaction (or a
+// job of a group commit) that rolled back, or whose COMMIT had no answer.
+// On SQLite it runs on the writer goroutine, in commit order; on
+// PostgreSQL on the goroutine that committed (a lane's, or the writer's
+// alone), so commits of different lanes may hand over in either order,
+// and a write without a pipelined transaction (pgTx) hands nothing over
+// (Tx.Handing is false). f must not block.
 func (d *DB) OnHand(topic string, f func(v any)) {
-	if d.dialect != SQLite {
-		return
-	}
 	d.mu.Lock()
 	if d.onHand == nil {
 		d.onHand = map[string][]func(any){}
@@ -505,7 +505,7 @@ type Tx struct {
 	dialect Dialect
 	db      *DB       // SQLite: the writer's connection and statements
 	signals []string  // topics to signal after the commit
-	hands   []handed  // values to hand over after the commit (SQLite)
+	hands   []handed  // values to hand over after the commit
 	seqUndo []seqUndo // the counters' changes, to undo on a rollback (SQLite, Seqs)
 }
 
@@ -516,12 +516,16 @@ func (t *Tx) Handing(topic string) bool {
 }
 
 func (t *Tx) receivers(topic string) []func(any) {
-	if t.db == nil {
+	d := t.db
+	if d == nil && t.pg != nil {
+		d = t.pg.d
+	}
+	if d == nil {
 		return nil
 	}
-	t.db.mu.Lock()
-	fs := t.db.onHand[topic]
-	t.db.mu.Unlock()
+	d.mu.Lock()
+	fs := d.onHand[topic]
+	d.mu.Unlock()
 	return fs
 }
 
@@ -709,7 +713,7 @@ func (d *DB) writePostgresAlone(ctx context.Context, fn func(tx *Tx) error) erro
 			}
 			return fmt.Errorf("commit: %w", err)
 		}
-		d.committed(t.signals, nil)
+		d.committed(t.signals, t.hands)
 		return nil
 	}
 }
