@@ -22,12 +22,10 @@ package allinone_test
 // and at the end the growth per message of the live heap and of RSS.
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
@@ -38,11 +36,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
-
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
-	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
 // memSample is the process's memory at one moment.
@@ -104,38 +98,6 @@ func (s memSample) printSeries(at time.Duration) {
 		at.Seconds(), s.msgs, s.rss>>20, s.heapInuse>>20, s.heapSys>>20, s.heapLive>>20, s.heapGoal>>20, mib(s.limit))
 }
 
-// smallBlockStreams stores the streams in storeDir with their limits but
-// without MaxBytes and with a per-subject limit no stream reaches, so that
-// the all-in-one's start opens them with 4 MiB blocks instead of 8
-// (nats-server chooses a stream's block size from its limits when it opens
-// it: MaxBytes of 32 MiB or more gives 8 MiB, MaxMsgsPerSubject alone 4 MiB)
-// before EnsureStreams stores the declared limits again. An experiment
-// (CLINICCHAT_BENCH_NATS_4MIB_BLOCKS=1; BENCHMARKS.md, mem16): the file
-// store's caches hold whole blocks, so they shrink with the block.
-func smallBlockStreams(b *testing.B, storeDir string) {
-	b.Helper()
-	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: storeDir}, zap.NewNop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() }()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), benchWait)
-	defer cancel()
-	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{}); err != nil {
-		b.Fatal(err)
-	}
-	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
-		sc.MaxBytes, sc.MaxMsgsPerSubject = -1, math.MaxInt64
-		if _, err := js.UpdateStream(ctx, sc); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 // printMemoryClasses prints the runtime's /memory/classes/ metrics.
 func printMemoryClasses() {
 	var ms []metrics.Sample
@@ -195,9 +157,6 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 		c.MemoryLimit = limit
 		if !listen {
 			c.NATSListen = ""
-		}
-		if os.Getenv("CLINICCHAT_BENCH_NATS_4MIB_BLOCKS") != "" {
-			smallBlockStreams(b, filepath.Join(c.DataDir, "nats"))
 		}
 	})
 	threads := env.threads(b, "bench", 8)
