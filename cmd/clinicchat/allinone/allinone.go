@@ -64,9 +64,10 @@ const duplicateWindow = 10 * time.Second
 // every clean stop) one it opens at start, has 4 MiB blocks instead of 8.
 // The file store keeps each finished block's cache ~10 s after its last
 // write and the write block's as it fills, so at a steady rate most of the
-// server's heap is whole blocks: with 4 MiB blocks, and GOGC at
-// defaultGCPercent to keep the collector's pace, peak RSS at ~700 sends/s
-// was ~16 MiB lower (BENCHMARKS.md, mem16 and mem17).
+// server's heap is whole blocks: with 4 MiB blocks the live heap was 2–9
+// MiB lower at like rates, and RSS at 600–650 sends/s ~13 MiB lower, for
+// ~10–20% more collections per message at GOGC=100 (BENCHMARKS.md, mem16
+// and mem17).
 var streamsConfig = natsx.StreamsConfig{DuplicateWindow: duplicateWindow, SmallBlocks: true}
 
 // service is what every service package offers the composition root.
@@ -135,7 +136,6 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	if n, changed := applyGoMaxProcs(cfg.GoMaxProcs); changed {
 		log.Info("go scheduler processors", zap.Int("gomaxprocs", n))
 	}
-	log.Info("go collector", zap.Int("gogc", applyGCPercent()))
 	var governor *memoryGovernor
 	if cfg.MemoryLimit > 0 {
 		governor = newMemoryGovernor(cfg.MemoryLimit)

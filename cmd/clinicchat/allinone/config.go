@@ -112,7 +112,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	}
 	fs.Func("memory-limit", fmt.Sprintf("soft limit of the Go runtime's memory, e.g. 80MiB (the process adds ~36 MiB of program and up to ~30 MiB of SQLite caches): "+
 		"the garbage collector works harder near it; it rises by 3 bytes per byte of goroutine stacks (open event streams), and while the live heap needs more "+
-		"(at least half the live heap and stacks to allocate into). 0: none (the heap may grow to GOGC's goal, ~2.15 times the live heap at the default GOGC=115). Default %dMiB, or GOMEMLIMIT if set (then fixed); BENCHMARKS.md, mem15", DefaultMemoryLimit>>20),
+		"(at least half the live heap and stacks to allocate into). 0: none (the heap may grow to twice the live heap). Default %dMiB, or GOMEMLIMIT if set (then fixed); BENCHMARKS.md, mem15", DefaultMemoryLimit>>20),
 		func(v string) error {
 			n, err := ParseBytes(v)
 			c.MemoryLimit = n

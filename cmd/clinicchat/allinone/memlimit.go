@@ -2,7 +2,6 @@ package allinone
 
 import (
 	"context"
-	"os"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -23,27 +22,6 @@ const DefaultMemoryLimit int64 = 96 << 20
 // event streams open (their stacks are scanned every cycle); BENCHMARKS.md,
 // mem14.
 const SmallMemoryLimit int64 = 80 << 20
-
-// defaultGCPercent is the collector's GOGC unless $GOGC is set. The
-// embedded NATS server's 4 MiB blocks (streamsConfig) take ~5–10 MiB of
-// block caches off the live heap at 1,000 sends/s, and at GOGC=100 the
-// heap goal falls with them: the collector ran 18–29% more often per
-// message. 115 gives that headroom back (as many collections per message
-// as 8 MiB blocks at 100) while the peaks stay lower (BENCHMARKS.md, mem16
-// and mem17). The memory governor's floor does not depend on it.
-const defaultGCPercent = 115
-
-// applyGCPercent sets GOGC to defaultGCPercent unless $GOGC is set (the
-// runtime has applied it); it returns the setting.
-func applyGCPercent() int {
-	if os.Getenv("GOGC") != "" {
-		prev := debug.SetGCPercent(100)
-		debug.SetGCPercent(prev)
-		return prev
-	}
-	debug.SetGCPercent(defaultGCPercent)
-	return defaultGCPercent
-}
 
 // stackAllowance is how much the governor adds to its target per byte of
 // goroutine stacks: each open event stream holds a stack (~3.9 KiB) and

@@ -163,19 +163,3 @@ func TestStopPreparesTheStreamsForSmallBlocks(t *testing.T) {
 		require.GreaterOrEqual(t, si.State.Msgs, stopped[name].State.Msgs, name)
 	}
 }
-
-// The all-in-one runs the collector at GOGC=defaultGCPercent (115) unless
-// $GOGC is set.
-func TestAllInOneGCPercent(t *testing.T) {
-	prev := debug.SetGCPercent(100)
-	t.Cleanup(func() { debug.SetGCPercent(prev) })
-	t.Setenv("GOGC", "")
-	in := start(t, t.TempDir())
-	require.Equal(t, 115, debug.SetGCPercent(100))
-	require.NoError(t, in.Stop())
-
-	t.Setenv("GOGC", "100")
-	in = start(t, t.TempDir())
-	require.Equal(t, 100, debug.SetGCPercent(100), "$GOGC set: left as the runtime has it")
-	require.NoError(t, in.Stop())
-}
