@@ -64,10 +64,10 @@ const duplicateWindow = 10 * time.Second
 // every clean stop) one it opens at start, has 4 MiB blocks instead of 8.
 // The file store keeps each finished block's cache ~10 s after its last
 // write and the write block's as it fills, so at a steady rate most of the
-// server's heap is whole blocks: with 4 MiB blocks the live heap was 2–9
-// MiB lower at like rates, and RSS at 600–650 sends/s ~13 MiB lower, for
-// ~10–20% more collections per message at GOGC=100 (BENCHMARKS.md, mem16
-// and mem17).
+// server's heap is whole blocks: with 4 MiB blocks the live heap was 2–5
+// MiB lower at like rates and peak RSS at 466–649 sends/s 13–17 MiB lower
+// than base's at 543–600, for ~10% more collections per message
+// (BENCHMARKS.md, mem16 and mem17).
 var streamsConfig = natsx.StreamsConfig{DuplicateWindow: duplicateWindow, SmallBlocks: true}
 
 // service is what every service package offers the composition root.
