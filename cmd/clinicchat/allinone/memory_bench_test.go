@@ -22,7 +22,6 @@ package allinone_test
 // and at the end the growth per message of the live heap and of RSS.
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -38,11 +37,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
-
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
-	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
 // memSample is the process's memory at one moment.
@@ -104,38 +99,6 @@ func (s memSample) printSeries(at time.Duration) {
 		at.Seconds(), s.msgs, s.rss>>20, s.heapInuse>>20, s.heapSys>>20, s.heapLive>>20, s.heapGoal>>20, mib(s.limit))
 }
 
-// smallBlockStreams stores the streams in storeDir with their limits but
-// without MaxBytes and with a per-subject limit no stream reaches, so that
-// the all-in-one's start opens them with 4 MiB blocks instead of 8
-// (nats-server chooses a stream's block size from its limits when it opens
-// it: MaxBytes of 32 MiB or more gives 8 MiB, MaxMsgsPerSubject alone 4 MiB)
-// before EnsureStreams stores the declared limits again. An experiment
-// (CLINICCHAT_BENCH_NATS_4MIB_BLOCKS=1; BENCHMARKS.md, mem16): the file
-// store's caches hold whole blocks, so they shrink with the block.
-func smallBlockStreams(b *testing.B, storeDir string) {
-	b.Helper()
-	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: storeDir}, zap.NewNop())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { nc.Close(); ns.Shutdown(); ns.WaitForShutdown() }()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), benchWait)
-	defer cancel()
-	if err := natsx.EnsureStreams(ctx, js, natsx.StreamsConfig{}); err != nil {
-		b.Fatal(err)
-	}
-	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
-		sc.MaxBytes, sc.MaxMsgsPerSubject = -1, math.MaxInt64
-		if _, err := js.UpdateStream(ctx, sc); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 // printMemoryClasses prints the runtime's /memory/classes/ metrics.
 func printMemoryClasses() {
 	var ms []metrics.Sample
@@ -191,13 +154,12 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 	// no notification requests, which only a networked notifier could read),
 	// unless CLINICCHAT_BENCH_NATS_LISTEN is set.
 	listen := os.Getenv("CLINICCHAT_BENCH_NATS_LISTEN") != ""
+	var dataDir string
 	env := startBench(b, func(c *allinone.Config) {
 		c.MemoryLimit = limit
+		dataDir = c.DataDir
 		if !listen {
 			c.NATSListen = ""
-		}
-		if os.Getenv("CLINICCHAT_BENCH_NATS_4MIB_BLOCKS") != "" {
-			smallBlockStreams(b, filepath.Join(c.DataDir, "nats"))
 		}
 	})
 	threads := env.threads(b, "bench", 8)
@@ -296,7 +258,10 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 	}
 	last := samples[len(samples)-1]
 	for _, st := range idle.streamSizes(b) {
-		fmt.Printf("  stream %-24s %7d events  %6.1f MiB  %5.0f B per message sent\n", st.name, st.msgs, float64(st.bytes)/(1<<20), float64(st.bytes)/float64(total))
+		// The block files: their count shows the block size (4 MiB as
+		// deployed, 8 MiB before mem17).
+		blocks, _ := filepath.Glob(filepath.Join(dataDir, "nats", "jetstream", "*", "streams", st.name, "msgs", "*.blk"))
+		fmt.Printf("  stream %-24s %7d events  %6.1f MiB  %5.0f B per message sent  %3d block files\n", st.name, st.msgs, float64(st.bytes)/(1<<20), float64(st.bytes)/float64(total), len(blocks))
 	}
 	fmt.Printf("  peak RSS %d MiB; live heap after the run %.0f B per message sent (minus before); RSS at idle %.0f B per message (minus before)\n",
 		peak>>20, float64(samples[len(samples)-2].heapLive-samples[0].heapLive)/float64(total),

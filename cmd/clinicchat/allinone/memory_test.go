@@ -3,11 +3,13 @@ package allinone_test
 import (
 	"context"
 	"flag"
+	"math"
 	"path/filepath"
 	"runtime/debug"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -107,4 +109,57 @@ func TestMemoryLimitFlag(t *testing.T) {
 	in = start(t, t.TempDir())
 	require.Equal(t, prev, debug.SetMemoryLimit(-1), "no flag: unchanged")
 	require.NoError(t, in.Stop())
+}
+
+// streamsOf returns each stream's stored configuration and event count.
+func streamsOf(ctx context.Context, t *testing.T, js jetstream.JetStream) map[string]*jetstream.StreamInfo {
+	t.Helper()
+	out := map[string]*jetstream.StreamInfo{}
+	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
+		s, err := js.Stream(ctx, sc.Name)
+		require.NoError(t, err)
+		out[sc.Name] = s.CachedInfo()
+	}
+	return out
+}
+
+// A clean stop stores the streams as natsx.PrepareStreamsForRestart has
+// them (no MaxBytes, a per-subject limit never reached: nats-server opens
+// them with 4 MiB blocks), every event kept; the next start stores the
+// declared limits again before it serves, and the events are still there.
+func TestStopPreparesTheStreamsForSmallBlocks(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	in := start(t, dir)
+	staff := harness{t: t, in: in}.as("dr-lee", "dentist")
+	conv := staff.startConversation("alice")
+	staff.send(conv.Name, "before the restart", reqID("u", 1))
+	require.Eventually(t, func() bool { // the event is in the delivery stream
+		return staff.conversations("")[0].LastMessagePreview == "before the restart"
+	}, 10*time.Second, 10*time.Millisecond)
+	require.NoError(t, in.Stop())
+
+	js, closeStore := openNATSStore(t, dir)
+	stopped := streamsOf(ctx, t, js)
+	closeStore()
+	for name, si := range stopped {
+		require.Equal(t, int64(-1), si.Config.MaxBytes, name)
+		require.Equal(t, int64(math.MaxInt64), si.Config.MaxMsgsPerSubject, name)
+		require.Equal(t, natsx.DefaultRetention, si.Config.MaxAge, name)
+		require.Equal(t, 10*time.Second, si.Config.Duplicates, name)
+	}
+	require.NotZero(t, stopped[natsx.StreamDelivery].State.Msgs)
+
+	in = start(t, dir)
+	nc, err := nats.Connect("", nats.InProcessServer(allinone.EmbeddedNATS(in)))
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err = jetstream.New(nc)
+	require.NoError(t, err)
+	for name, si := range streamsOf(ctx, t, js) {
+		require.Equal(t, natsx.DefaultStreamMaxBytes, si.Config.MaxBytes, name)
+		require.Equal(t, int64(-1), si.Config.MaxMsgsPerSubject, name)
+		require.GreaterOrEqual(t, si.State.Msgs, stopped[name].State.Msgs, name)
+	}
 }
