@@ -244,7 +244,10 @@ func extract(archive string, m *Manifest, dst func(name string) string) error {
 // rebuildStreams creates the streams in a new JetStream store at storeDir,
 // each starting at its first captured sequence, and publishes the captured
 // events in order, so each keeps its sequence number (live-event cursors
-// taken before the backup still resume).
+// taken before the backup still resume). Each is stored as
+// natsx.SmallBlocksConfig has it, as the all-in-one's clean stop leaves its
+// streams: the first start on the restored data dir opens them with 4 MiB
+// blocks and stores their declared limits again before anything publishes.
 func rebuildStreams(ctx context.Context, m *Manifest, storeDir, eventsDir string, log *zap.Logger) error {
 	configs := map[string]jetstream.StreamConfig{}
 	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
@@ -268,6 +271,7 @@ func rebuildStreams(ctx context.Context, m *Manifest, storeDir, eventsDir string
 		if !ok {
 			return fmt.Errorf("stream %s: this clinicchat does not know it", st.Name)
 		}
+		sc = natsx.SmallBlocksConfig(sc)
 		sc.FirstSeq = max(st.FirstSeq, 1)
 		if _, err := js.CreateStream(ctx, sc); err != nil {
 			return fmt.Errorf("stream %s: %w", st.Name, err)

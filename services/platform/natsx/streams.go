@@ -436,7 +436,7 @@ type StreamsConfig struct {
 	DuplicateWindow time.Duration
 	// SmallBlocks has EnsureStreams open a stream that does not exist yet
 	// with 4 MiB blocks instead of the 8 MiB its MaxBytes gives (see
-	// smallBlocks), for a NATS server in this process, whose clean stop
+	// SmallBlocksConfig), for a NATS server in this process, whose clean stop
 	// calls PrepareStreamsForRestart so that its next start opens the
 	// streams with 4 MiB blocks too.
 	SmallBlocks bool
@@ -479,7 +479,7 @@ func Streams(cfg StreamsConfig) []jetstream.StreamConfig {
 }
 
 // EnsureStreams creates or updates every stream to match its declaration.
-// With cfg.SmallBlocks a missing stream is first created as smallBlocks
+// With cfg.SmallBlocks a missing stream is first created as SmallBlocksConfig
 // has it, then updated to its declaration, both before EnsureStreams
 // returns: the declared limits hold before anything is published.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamsConfig) error {
@@ -488,7 +488,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamsConfi
 			// An existing stream answers "already in use" (or, stored as
 			// PrepareStreamsForRestart leaves it, nothing): it keeps the
 			// blocks it was opened with either way.
-			if _, err := js.CreateStream(ctx, smallBlocks(sc)); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			if _, err := js.CreateStream(ctx, SmallBlocksConfig(sc)); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 				return fmt.Errorf("create stream %s: %w", sc.Name, err)
 			}
 		}
@@ -499,7 +499,7 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamsConfi
 	return nil
 }
 
-// PrepareStreamsForRestart stores every stream as smallBlocks has it, so
+// PrepareStreamsForRestart stores every stream as SmallBlocksConfig has it, so
 // that a NATS server started on the same store opens it with 4 MiB blocks;
 // EnsureStreams at that start stores the declaration again before anything
 // publishes. Call it at a clean stop, after the last publish and once
@@ -508,14 +508,14 @@ func EnsureStreams(ctx context.Context, js jetstream.JetStream, cfg StreamsConfi
 // their declared limits and 8 MiB blocks until the next clean stop.
 func PrepareStreamsForRestart(ctx context.Context, js jetstream.JetStream, cfg StreamsConfig) error {
 	for _, sc := range Streams(cfg) {
-		if _, err := js.UpdateStream(ctx, smallBlocks(sc)); err != nil {
+		if _, err := js.UpdateStream(ctx, SmallBlocksConfig(sc)); err != nil {
 			return fmt.Errorf("prepare stream %s for restart: %w", sc.Name, err)
 		}
 	}
 	return nil
 }
 
-// smallBlocks is sc with limits that make nats-server choose 4 MiB blocks
+// SmallBlocksConfig is sc with limits that make nats-server choose 4 MiB blocks
 // when it opens the stream (it chooses a stream's block size then, from its
 // limits, and keeps it while the stream is open: MaxBytes of 32 MiB or more
 // gives 8 MiB blocks, a per-subject limit with neither MaxBytes nor MaxMsgs
@@ -523,7 +523,7 @@ func PrepareStreamsForRestart(ctx context.Context, js jetstream.JetStream, cfg S
 // limit no stream reaches. Every finished block's cache lives on ~10 s
 // after its last write, so at a steady rate the block size sets most of the
 // server's memory (BENCHMARKS.md, mem16 and mem17).
-func smallBlocks(sc jetstream.StreamConfig) jetstream.StreamConfig {
+func SmallBlocksConfig(sc jetstream.StreamConfig) jetstream.StreamConfig {
 	sc.MaxBytes, sc.MaxMsgsPerSubject = -1, math.MaxInt64
 	return sc
 }
