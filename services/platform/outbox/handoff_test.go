@@ -81,38 +81,7 @@ func TestHandedOverRowsArePublishedOnlyOnceCommitted(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, n)
 
-	boom := errors.New("boom")
-	require.ErrorIs(t, db.Write(ctx, func(tx *sqldb.Tx) error {
-		if err := outbox.AddAll(ctx, tx, handoffEvents("alone-rolled-back", 3)); err != nil {
-			return err
-		}
-		return boom
-	}), boom)
-	// Concurrent writes share group commits; every other one fails after
-	// writing its rows.
-	var wg sync.WaitGroup
-	const writers = 16
-	for w := range writers {
-		wg.Go(func() {
-			err := db.Write(ctx, func(tx *sqldb.Tx) error {
-				if err := outbox.AddAll(ctx, tx, handoffEvents(fmt.Sprintf("w%d", w), 2)); err != nil {
-					return err
-				}
-				if w%2 == 1 {
-					return boom
-				}
-				return nil
-			})
-			if w%2 == 1 {
-				require.ErrorIs(t, err, boom)
-			} else {
-				require.NoError(t, err)
-			}
-		})
-	}
-	wg.Wait()
-	committed := tableOrder(t, db)
-	require.Len(t, committed, writers)
+	committed := writeSomeRolledBack(ctx, t, db)
 
 	flushAll(t, relay, len(committed))
 	require.Zero(t, outbox.Loaded(relay), "every row came from the hand-off, none from the table")
@@ -257,6 +226,37 @@ func TestPostgresRelayPublishesHandedOverPayloads(t *testing.T) {
 	_, _, js := testkit.NATS(t)
 	db, other := openPostgresTwice(t)
 	relay := outbox.NewRelay(db, js, testkit.Logger(t))
+	committed := writeSomeRolledBack(ctx, t, db)
+
+	flushAll(t, relay, len(committed))
+	require.Zero(t, outbox.Loaded(relay), "every payload came from the hand-off, none from the table")
+	got := read(t, ctx, js, len(committed))
+	require.Equal(t, committed, idsOf(got), "exactly the committed rows, in seq order")
+	for _, e := range got {
+		require.Equal(t, e.GetMeta().GetId(), e.GetMeta().GetDetail(), "the event's own payload")
+	}
+
+	// Rows of another writer between handed-over ones.
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("mine-a", 2)) }))
+	require.NoError(t, other.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("theirs", 2)) }))
+	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("mine-b", 2)) }))
+	order := tableOrder(t, db)
+	flushAll(t, relay, len(order))
+	require.EqualValues(t, 2, outbox.Loaded(relay), "only the other writer's payloads from the table")
+	got = read(t, ctx, js, len(committed)+len(order))[len(committed):]
+	require.Equal(t, order, idsOf(got))
+	for _, e := range got {
+		require.Equal(t, e.GetMeta().GetId(), e.GetMeta().GetDetail())
+	}
+	require.EqualValues(t, len(committed)+len(order), streamMsgs(t, ctx, js))
+}
+
+// writeSomeRolledBack writes outbox rows into db: one write rolled back
+// alone, then 16 concurrent writes sharing group commits, every other one
+// failing after writing its rows. It returns the committed rows' ids in
+// the table's order (one per committed write).
+func writeSomeRolledBack(ctx context.Context, t *testing.T, db *sqldb.DB) []string {
+	t.Helper()
 	boom := errors.New("boom")
 	require.ErrorIs(t, db.Write(ctx, func(tx *sqldb.Tx) error {
 		if err := outbox.AddAll(ctx, tx, handoffEvents("alone-rolled-back", 3)); err != nil {
@@ -287,26 +287,5 @@ func TestPostgresRelayPublishesHandedOverPayloads(t *testing.T) {
 	wg.Wait()
 	committed := tableOrder(t, db)
 	require.Len(t, committed, writers)
-
-	flushAll(t, relay, len(committed))
-	require.Zero(t, outbox.Loaded(relay), "every payload came from the hand-off, none from the table")
-	got := read(t, ctx, js, len(committed))
-	require.Equal(t, committed, idsOf(got), "exactly the committed rows, in seq order")
-	for _, e := range got {
-		require.Equal(t, e.GetMeta().GetId(), e.GetMeta().GetDetail(), "the event's own payload")
-	}
-
-	// Rows of another writer between handed-over ones.
-	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("mine-a", 2)) }))
-	require.NoError(t, other.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("theirs", 2)) }))
-	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error { return outbox.AddAll(ctx, tx, handoffEvents("mine-b", 2)) }))
-	order := tableOrder(t, db)
-	flushAll(t, relay, len(order))
-	require.EqualValues(t, 2, outbox.Loaded(relay), "only the other writer's payloads from the table")
-	got = read(t, ctx, js, len(committed)+len(order))[len(committed):]
-	require.Equal(t, order, idsOf(got))
-	for _, e := range got {
-		require.Equal(t, e.GetMeta().GetId(), e.GetMeta().GetDetail())
-	}
-	require.EqualValues(t, len(committed)+len(order), streamMsgs(t, ctx, js))
+	return committed
 }
