@@ -48,6 +48,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -718,7 +719,7 @@ func (r *Relay) claim(ctx context.Context, conn *sql.Conn, del, published []int6
 	if err != nil {
 		return nil, err
 	}
-	rows, err := scanBare(rs)
+	rows, err := scanRows(rs, false)
 	if err != nil {
 		return nil, err
 	}
@@ -824,26 +825,21 @@ func load(ctx context.Context, q sqldb.Querier, query string, args ...any) ([]ro
 	return scan(rs)
 }
 
-func scan(rs *sql.Rows) ([]row, error) {
-	defer rs.Close()
-	var out []row
-	for rs.Next() {
-		var x row
-		if err := rs.Scan(&x.seq, &x.id, &x.subject, &x.payload, &x.traceparent, &x.created); err != nil {
-			return nil, err
-		}
-		out = append(out, x)
-	}
-	return out, rs.Err()
-}
+// scan reads claimSQL's (and the SQLite load's) rows.
+func scan(rs *sql.Rows) ([]row, error) { return scanRows(rs, true) }
 
-// scanBare reads claimBareSQL's rows, without their payloads.
-func scanBare(rs *sql.Rows) ([]row, error) {
+// scanRows reads rows of seq, id, subject, payload (withPayload; without
+// it claimBareSQL's rows), traceparent and created_at.
+func scanRows(rs *sql.Rows, withPayload bool) ([]row, error) {
 	defer rs.Close()
 	var out []row
 	for rs.Next() {
 		var x row
-		if err := rs.Scan(&x.seq, &x.id, &x.subject, &x.traceparent, &x.created); err != nil {
+		dest := []any{&x.seq, &x.id, &x.subject, &x.payload, &x.traceparent, &x.created}
+		if !withPayload {
+			dest = slices.Delete(dest, 3, 4)
+		}
+		if err := rs.Scan(dest...); err != nil {
 			return nil, err
 		}
 		out = append(out, x)
