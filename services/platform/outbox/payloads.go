@@ -43,7 +43,8 @@ type payloads struct {
 
 type payload struct {
 	data    []byte
-	created int64 // the row's created_at
+	created int64     // the row's created_at
+	at      time.Time // when it was handed over: its entry in order
 }
 
 type handedID struct {
@@ -71,9 +72,16 @@ func (p *payloads) push(v any) {
 		if len(p.byID) >= p.max {
 			return
 		}
-		p.byID[x.id] = payload{data: x.payload, created: x.created}
+		p.byID[x.id] = payload{data: x.payload, created: x.created, at: now}
 		p.order = append(p.order, handedID{x.id, now})
 	}
+}
+
+// live reports whether h is the entry in order of a payload p holds: not
+// one taken meanwhile, nor an earlier hand-over of an id handed again.
+func (p *payloads) live(h handedID) bool {
+	e, ok := p.byID[h.id]
+	return ok && e.at.Equal(h.at)
 }
 
 // evict drops the entries handed over more than payloadAge before now,
@@ -82,7 +90,10 @@ func (p *payloads) evict(now time.Time) {
 	i := 0
 	for ; i < len(p.order); i++ {
 		h := p.order[i]
-		if _, ok := p.byID[h.id]; ok && now.Sub(h.at) < payloadAge {
+		if !p.live(h) {
+			continue // taken, or handed again later: that entry is further on
+		}
+		if now.Sub(h.at) < payloadAge {
 			break
 		}
 		delete(p.byID, h.id)
@@ -121,7 +132,7 @@ func (p *payloads) fill(rows []row) (missing []int64) {
 		// Most of order are taken entries: drop them.
 		n := 0
 		for _, h := range p.order {
-			if _, ok := p.byID[h.id]; ok {
+			if p.live(h) {
 				p.order[n] = h
 				n++
 			}
