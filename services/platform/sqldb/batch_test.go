@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -187,18 +186,7 @@ func TestDeferredWritesFailAtClose(t *testing.T) {
 func TestHandedValuesArriveInCommitOrderAndNeverFromARollback(t *testing.T) {
 	ctx := context.Background()
 	db, _, insert := openKV(t)
-	var mu sync.Mutex
-	var got []string
-	db.OnHand("kv", func(v any) {
-		mu.Lock()
-		got = append(got, v.(string))
-		mu.Unlock()
-	})
-	handed := func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]string(nil), got...)
-	}
+	handed := CollectHanded(db, "kv")
 	boom := errors.New("boom")
 	write := func(k string, fail bool) func(tx *Tx) error {
 		return func(tx *Tx) error {

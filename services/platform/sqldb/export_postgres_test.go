@@ -1,5 +1,7 @@
 package sqldb
 
+import "sync"
+
 // NetworkWrites is how many network writes tx's connection has made so far
 // (PostgreSQL with BEGIN pipelined; -1 otherwise).
 func NetworkWrites(tx *Tx) int {
@@ -31,3 +33,20 @@ func WaitingWrites(d *DB) int { return int(d.pgWaiting.Load()) }
 // AloneWrites is how many writes a group-commit lane gave back to run
 // again alone (a lock timeout, a serialization failure, a deadlock).
 func AloneWrites(d *DB) int64 { return d.pgAlone.Load() }
+
+// CollectHanded registers a receiver for topic's handed-over values (all
+// strings) on d, and returns what it has received so far, in order.
+func CollectHanded(d *DB, topic string) func() []string {
+	var mu sync.Mutex
+	var got []string
+	d.OnHand(topic, func(v any) {
+		mu.Lock()
+		got = append(got, v.(string))
+		mu.Unlock()
+	})
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), got...)
+	}
+}

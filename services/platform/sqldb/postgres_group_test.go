@@ -308,18 +308,7 @@ func TestPostgresGroupCommitJoinedWriteGivesWayOnALock(t *testing.T) {
 func TestPostgresHandedValuesArriveOnlyFromCommittedWrites(t *testing.T) {
 	db := openPG(t, "&group_commit_lanes=1")
 	ctx := context.Background()
-	var mu sync.Mutex
-	var got []string
-	db.OnHand("kv", func(v any) {
-		mu.Lock()
-		got = append(got, v.(string))
-		mu.Unlock()
-	})
-	handed := func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]string(nil), got...)
-	}
+	handed := sqldb.CollectHanded(db, "kv")
 	boom := errors.New("boom")
 	write := func(k string, fail bool) func(tx *sqldb.Tx) error {
 		return func(tx *sqldb.Tx) error {
