@@ -228,7 +228,9 @@ func settleMsg(ctx context.Context, log *zap.Logger, m jetstream.Msg, err error)
 // batch with one message (AckAll policy: an ack of an event acks every
 // earlier one the durable delivered) instead of one per event. Never for
 // a server whose durables several processes share (replicas of a service):
-// one replica's ack would ack what another has not committed.
+// one replica's ack would ack what another has not committed. The server
+// must reset consumers (nats-server 2.14+: ConsumeBatch resets a durable
+// left with deliveries unacknowledged to its ack floor).
 func SoleConsumer(js jetstream.JetStream) jetstream.JetStream { return soleConsumer{js} }
 
 type soleConsumer struct{ jetstream.JetStream }
