@@ -164,6 +164,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 		return nil, err
 	}
 	in.streamsEnsured = true
+	// The embedded server's durables have one consumer each, in this
+	// process: their batches are acked with one message each (AckAll).
+	js = natsx.SoleConsumer(js)
 
 	// One gRPC server hosts every service; internal calls reach it in
 	// process (through its interceptors, without the HTTP/2 transport),

@@ -159,7 +159,7 @@ func TestBackupRestoreUnderLoad(t *testing.T) {
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	const auditDurable = "audit-delivery"
+	const auditDurable = "audit-delivery" + natsx.AckAllSuffix // the all-in-one's durables are AckAll
 	_, err = js.PauseConsumer(context.Background(), natsx.StreamDelivery, auditDurable, time.Now().Add(10*time.Minute))
 	require.NoError(t, err, "the audit service's consumer of the delivery stream")
 

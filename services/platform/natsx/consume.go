@@ -45,6 +45,20 @@ type ConsumerSpec struct {
 // returned for the caller to apply to what is delivered and to set once
 // caught up.
 func durable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, wide bool) (jetstream.Consumer, catchUp, error) {
+	return durableAcked(ctx, js, spec, wide, false)
+}
+
+// durableAcked is durable; with ackAll, the durable is spec.Durable +
+// AckAllSuffix with the AckAll policy (sole consumers, ConsumeBatch),
+// created from the explicitly acked spec.Durable a previous version left:
+// at its ack floor + 1, that durable deleted once the new one exists (a
+// crash in between leaves both; the next start deletes the old one). What
+// the old durable had acked past its floor is delivered again: the
+// handlers are idempotent. An AckAll durable that a previous run left with
+// deliveries unacknowledged is reset to its ack floor + 1, so that they
+// are delivered again before anything after them is acked (an ack of a
+// later event would ack them too).
+func durableAcked(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, wide, ackAll bool) (jetstream.Consumer, catchUp, error) {
 	if spec.MaxAckPending == 0 {
 		spec.MaxAckPending = 256
 	}
@@ -57,7 +71,45 @@ func durable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, wid
 	var floor uint64
 	pending := uint64(0)
 	known := false
-	if c, err := js.Consumer(pctx, spec.Stream, spec.Durable); err == nil {
+	cfg := jetstream.ConsumerConfig{
+		Durable:       spec.Durable,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    -1,
+		MaxAckPending: spec.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+	oldDurable := ""
+	if ackAll {
+		cfg.Durable, cfg.AckPolicy = spec.Durable+AckAllSuffix, jetstream.AckAllPolicy
+		// These look-ups decide where the durable starts: a failure is
+		// an error (starting from the stream's first event instead
+		// would hand every event over again).
+		switch c, err := js.Consumer(pctx, spec.Stream, cfg.Durable); {
+		case err == nil:
+			ci := c.CachedInfo()
+			floor, pending, known = ci.AckFloor.Stream, ci.NumPending, true
+			// Its start cannot be updated: keep the one it was created with.
+			cfg.DeliverPolicy, cfg.OptStartSeq = ci.Config.DeliverPolicy, ci.Config.OptStartSeq
+		case errors.Is(err, jetstream.ErrConsumerNotFound):
+		default:
+			return nil, catchUp{}, ctxOr(ctx, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, spec.Stream, err))
+		}
+		switch c, err := js.Consumer(pctx, spec.Stream, spec.Durable); {
+		case err == nil:
+			oldDurable = spec.Durable
+			if !known {
+				ci := c.CachedInfo()
+				floor, pending, known = ci.AckFloor.Stream, ci.NumPending+uint64(ci.NumAckPending), true
+				if floor > 0 {
+					cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, floor+1
+				}
+			}
+		case errors.Is(err, jetstream.ErrConsumerNotFound):
+		default:
+			return nil, catchUp{}, ctxOr(ctx, fmt.Errorf("consumer %s on %s: %w", spec.Durable, spec.Stream, err))
+		}
+	} else if c, err := js.Consumer(pctx, spec.Stream, spec.Durable); err == nil {
 		floor, pending, known = c.CachedInfo().AckFloor.Stream, c.CachedInfo().NumPending, true
 	}
 	cu := catchUp{filter: Narrow(pctx, js, spec.Stream, spec.FilterSubjects, floor)}
@@ -69,15 +121,7 @@ func durable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, wid
 		}
 		cu.wide = pending > CatchUpPending
 	}
-	cfg := jetstream.ConsumerConfig{
-		Durable:        spec.Durable,
-		FilterSubjects: cu.filter,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        30 * time.Second,
-		MaxDeliver:     -1,
-		MaxAckPending:  spec.MaxAckPending,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	}
+	cfg.FilterSubjects = cu.filter
 	if cu.wide {
 		cfg.FilterSubjects = nil
 	}
@@ -86,9 +130,35 @@ func durable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpec, wid
 		if ctx.Err() != nil {
 			return nil, cu, nil
 		}
-		return nil, cu, fmt.Errorf("consumer %s on %s: %w", spec.Durable, spec.Stream, err)
+		return nil, cu, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, spec.Stream, err)
+	}
+	if !ackAll {
+		return cons, cu, nil
+	}
+	if oldDurable != "" {
+		if err := js.DeleteConsumer(ctx, spec.Stream, oldDurable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, cu, ctxOr(ctx, fmt.Errorf("consumer %s on %s replaced by %s, not deleted: %w", oldDurable, spec.Stream, cfg.Durable, err))
+		}
+	}
+	if cons.CachedInfo().NumAckPending > 0 {
+		if _, err := js.ResetConsumer(ctx, spec.Stream, cfg.Durable); err != nil {
+			return nil, cu, ctxOr(ctx, fmt.Errorf("consumer %s on %s not reset to its ack floor: %w", cfg.Durable, spec.Stream, err))
+		}
 	}
 	return cons, cu, nil
+}
+
+// AckAllSuffix ends the name of a ConsumeBatch durable of a SoleConsumer
+// (AckAll policy): a durable's ack policy cannot be changed in place, so
+// it is a durable of its own, created from the explicitly acked one.
+const AckAllSuffix = "-ackall"
+
+// ctxOr is nil once ctx has ended (stopped while starting), else err.
+func ctxOr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
 }
 
 // CatchUpPending is how far behind (events pending) a ConsumeBatch durable

@@ -33,11 +33,18 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 	if maxBatch <= 0 {
 		maxBatch = DefaultMaxBatch
 	}
-	cons, cu, err := durable(ctx, js, spec, true)
+	_, ackAll := js.(soleConsumer)
+	cons, cu, err := durableAcked(ctx, js, spec, true, ackAll)
 	if err != nil || cons == nil {
 		return err // nil: stopped while starting
 	}
-	log = log.With(zap.String(logkeys.Stream, spec.Stream), zap.String(logkeys.Consumer, spec.Durable))
+	log = log.With(zap.String(logkeys.Stream, spec.Stream), zap.String(logkeys.Consumer, cons.CachedInfo().Name))
+	settle := func(m jetstream.Msg, err error) { settleMsg(ctx, log, m, err) }
+	var runs *ackRuns
+	if ackAll {
+		runs = &ackRuns{ctx: ctx, log: log, failed: map[uint64]struct{}{}}
+		settle = runs.settle
+	}
 	// With several filter subjects the durable may deliver every event
 	// (this or another replica started it behind: durable, CatchUpPending):
 	// the others are acked without the handler.
@@ -89,9 +96,12 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 			batch = batch[:n]
 			defer func() {
 				for _, m := range skipped {
-					settleMsg(ctx, log, m, nil)
+					settle(m, nil)
 				}
 				clear(skipped)
+				if runs != nil {
+					runs.flush()
+				}
 			}()
 			if n == 0 {
 				return
@@ -118,7 +128,10 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 				err = errors.New("batch handler returned no result for the message")
 			}
 			ends[i](err)
-			settleMsg(ctx, log, m, err)
+			settle(m, err)
+		}
+		if runs != nil && !filtered {
+			runs.flush() // filtered: once the skipped ones are settled too
 		}
 	}
 	go func() {
@@ -207,4 +220,81 @@ func settleMsg(ctx context.Context, log *zap.Logger, m jetstream.Msg, err error)
 		log.Warn("handler failed; redelivering", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
 		_ = m.NakWithDelay(delay)
 	}
+}
+
+// SoleConsumer marks js as the only client that consumes the durables of
+// its server: the all-in-one's embedded server, whose services run in its
+// one process, one ConsumeBatch per durable. ConsumeBatch then acks a
+// batch with one message (AckAll policy: an ack of an event acks every
+// earlier one the durable delivered) instead of one per event. Never for
+// a server whose durables several processes share (replicas of a service):
+// one replica's ack would ack what another has not committed. The server
+// must reset consumers (nats-server 2.14+: ConsumeBatch resets a durable
+// left with deliveries unacknowledged to its ack floor).
+func SoleConsumer(js jetstream.JetStream) jetstream.JetStream { return soleConsumer{js} }
+
+type soleConsumer struct{ jetstream.JetStream }
+
+// ackRuns settles the messages of an AckAll durable (ConsumeBatch of a
+// SoleConsumer): after each batch, one ack of the latest event handled,
+// unless an event before it failed and has not been handled since (an
+// ack would ack it too): then nothing is acked until it has been, and
+// the ack that follows covers everything handled meanwhile. A failed
+// event is naked (with a growing delay) and delivered again meanwhile; a
+// poison one is logged and covered by the next ack (terminated when it is
+// the latest). Deliveries held unacked past AckWait come again and are
+// handled again: handlers are idempotent.
+type ackRuns struct {
+	ctx    context.Context
+	log    *zap.Logger
+	failed map[uint64]struct{} // stream sequences naked and not handled since
+	// latest is the handled event of the highest stream sequence not
+	// acknowledged yet (nil: none); poison, that it was poison.
+	latest    jetstream.Msg
+	latestSeq uint64
+	poison    bool
+}
+
+func (r *ackRuns) settle(m jetstream.Msg, err error) {
+	md, mErr := m.Metadata()
+	if mErr != nil { // not a JetStream delivery: nothing to ack
+		return
+	}
+	seq := md.Sequence.Stream
+	switch {
+	case err == nil, errors.Is(err, ErrPoison):
+		if err != nil {
+			r.log.Error("poison message skipped", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
+		}
+		delete(r.failed, seq)
+		if seq > r.latestSeq || r.latest == nil {
+			r.latest, r.latestSeq, r.poison = m, seq, err != nil
+		}
+	case r.ctx.Err() != nil:
+		r.failed[seq] = struct{}{}
+		_ = m.Nak() // shutting down: delivered again at the next start
+	default:
+		r.failed[seq] = struct{}{}
+		delay := min(time.Duration(md.NumDelivered)*500*time.Millisecond, 30*time.Second)
+		r.log.Warn("handler failed; redelivering", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
+		_ = m.NakWithDelay(delay)
+	}
+}
+
+// flush acks the latest handled event once no failed one precedes it.
+func (r *ackRuns) flush() {
+	if r.latest == nil {
+		return
+	}
+	for seq := range r.failed {
+		if seq < r.latestSeq {
+			return
+		}
+	}
+	if r.poison {
+		_ = r.latest.Term()
+	} else {
+		_ = r.latest.Ack()
+	}
+	r.latest, r.latestSeq, r.poison = nil, 0, false
 }

@@ -52,11 +52,24 @@ func (c lagCollector) Collect(ch chan<- prometheus.Metric) {
 			return
 		}
 		list := str.ListConsumers(ctx)
+		var infos []*jetstream.ConsumerInfo
+		durables := map[string]bool{}
 		for info := range list.Info() {
+			infos = append(infos, info)
+			durables[info.Config.Durable] = true
+		}
+		for _, info := range infos {
 			name := info.Config.Durable
 			if name == "" || !strings.HasPrefix(name, c.prefix) {
 				continue // ordered (gateway fan-out) and other services' consumers
 			}
+			// A SoleConsumer's AckAll durable is reported under the name of
+			// the explicit one it replaces (one series across the upgrade);
+			// that one, left by a crash until the next start, is not.
+			if durables[name+AckAllSuffix] {
+				continue
+			}
+			name = strings.TrimSuffix(name, AckAllSuffix)
 			ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(info.NumPending), sc.Name, name)
 			ch <- prometheus.MustNewConstMetric(ackPendingDesc, prometheus.GaugeValue, float64(info.NumAckPending), sc.Name, name)
 			ch <- prometheus.MustNewConstMetric(redeliveredDesc, prometheus.GaugeValue, float64(info.NumRedelivered), sc.Name, name)

@@ -69,4 +69,26 @@ clinicchat_nats_consumer_pending_messages{consumer="audit-delivery",stream="CLIN
 	n, err := testutil.GatherAndCount(all, "clinicchat_nats_consumer_pending_messages")
 	require.NoError(t, err)
 	require.Equal(t, 2, n, "every durable, and no ordered consumer")
+
+	// A SoleConsumer's AckAll durable is reported under the name of the
+	// explicit one it replaces; that one (left by a crash) is not.
+	_, err = js.CreateOrUpdateConsumer(ctx, natsx.StreamDelivery, jetstream.ConsumerConfig{
+		Durable: "conversation-projection" + natsx.AckAllSuffix, AckPolicy: jetstream.AckAllPolicy})
+	require.NoError(t, err)
+	cons, err = js.Consumer(ctx, natsx.StreamDelivery, "conversation-projection"+natsx.AckAllSuffix)
+	require.NoError(t, err)
+	batch, err = cons.FetchNoWait(5)
+	require.NoError(t, err)
+	msgs = msgs[:0]
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	require.Len(t, msgs, 5)
+	require.NoError(t, msgs[3].DoubleAck(ctx)) // AckAll: the first four
+	require.NoError(t, testutil.GatherAndCompare(all, strings.NewReader(`
+# HELP clinicchat_nats_consumer_ack_pending_messages Messages delivered to the durable consumer and not yet acknowledged (JetStream num_ack_pending).
+# TYPE clinicchat_nats_consumer_ack_pending_messages gauge
+clinicchat_nats_consumer_ack_pending_messages{consumer="audit-delivery",stream="CLINICCHAT_DELIVERY"} 1
+clinicchat_nats_consumer_ack_pending_messages{consumer="conversation-projection",stream="CLINICCHAT_DELIVERY"} 1
+`), "clinicchat_nats_consumer_ack_pending_messages"))
 }

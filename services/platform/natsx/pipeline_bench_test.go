@@ -27,12 +27,21 @@ import (
 //	go test ./services/platform/natsx -run '^$' -bench EventPipeline -benchtime 20000x
 func BenchmarkEventPipeline(b *testing.B) {
 	for _, consumers := range []int{0, 1, 2, 4} {
-		b.Run(fmt.Sprintf("consumers=%d", consumers), func(b *testing.B) { benchPipeline(b, consumers) })
+		b.Run(fmt.Sprintf("consumers=%d", consumers), func(b *testing.B) { benchPipeline(b, consumers, false) })
+	}
+	// The durables of a SoleConsumer (the all-in-one): a batch acked with
+	// one message.
+	for _, consumers := range []int{1, 4} {
+		b.Run(fmt.Sprintf("consumers=%d/sole", consumers), func(b *testing.B) { benchPipeline(b, consumers, true) })
 	}
 }
 
-func benchPipeline(b *testing.B, consumers int) {
+func benchPipeline(b *testing.B, consumers int, sole bool) {
 	nc, js := benchStreams(b, 30*time.Second)
+	cjs := js
+	if sole {
+		cjs = natsx.SoleConsumer(js)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var handled atomic.Int64
@@ -48,7 +57,7 @@ func benchPipeline(b *testing.B, consumers int) {
 	for i := range consumers {
 		spec := natsx.ConsumerSpec{Stream: natsx.StreamDelivery, Durable: fmt.Sprint("bench-", i),
 			FilterSubjects: natsx.Filter(natsx.SubjectMessageCreated)}
-		go func() { stopped <- natsx.ConsumeBatch(ctx, js, zap.NewNop(), spec, natsx.DefaultMaxBatch, h) }()
+		go func() { stopped <- natsx.ConsumeBatch(ctx, cjs, zap.NewNop(), spec, natsx.DefaultMaxBatch, h) }()
 	}
 	subject := natsx.Tenant(natsx.SubjectMessageCreated, "practice", "patients/p")
 	payload := make([]byte, 200)
