@@ -1055,16 +1055,27 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 	failed := err != nil
 	timeout := time.NewTimer(r.ackWait())
 	defer timeout.Stop()
-	for i := 0; i < len(expect); i++ {
-		var wake chan struct{} // a wake-up: rows may have been committed
+	// taking: the wait takes rows committed meanwhile (a wake-up of the
+	// relay) and sends them at once, chained behind those in flight.
+	taking := func() chan struct{} {
 		if more && predicted && !failed && len(rows) < r.Batch {
-			wake = r.kick
+			return r.kick
 		}
+		return nil
+	}
+	for i := 0; i < len(expect); i++ {
+		wake := taking() // a wake-up: rows may have been committed
 	wait:
 		reply := r.pub.ack(i)
 		if reply == nil {
 			select {
 			case <-wake:
+				// Every commit during the wait is taken as it comes, not
+				// only the first one per acknowledgement: behind a slow
+				// acknowledgement (tens of ms under load) the later ones
+				// waited for it (BENCHMARKS.md, tail18). A wake-up this
+				// wait makes itself (r.Kick below) is left to the next
+				// round: those rows cannot go in this one.
 				wake = nil
 				extra, lerr := r.next(ctx, rows[len(rows)-1].seq, r.Batch-len(rows), false)
 				if lerr != nil {
@@ -1073,12 +1084,13 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 					goto wait
 				}
 				if len(extra) == 0 {
+					wake = taking()
 					goto wait
 				}
 				if len(extra) == r.Batch-len(rows) {
 					r.Kick() // there may be more: the next round looks at once
 				}
-				from := len(rows)
+				from, unknown := len(rows), false
 				for _, x := range extra {
 					rows, ok, streams = append(rows, x), append(ok, false), append(streams, r.streamOf(x.subject))
 					if _, known := next[streams[len(streams)-1]]; !known {
@@ -1087,6 +1099,7 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 						rows, ok, streams = rows[:len(rows)-1], ok[:len(ok)-1], streams[:len(streams)-1]
 						r.readTable = true // the rest may have come from the queue
 						r.Kick()
+						unknown = true
 						break
 					}
 				}
@@ -1099,6 +1112,9 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 				}
 				rows, ok = rows[:len(expect)], ok[:len(expect)] // what was sent
 				timeout.Reset(r.ackWait())
+				if !unknown {
+					wake = taking()
+				}
 				goto wait
 			case <-r.pub.notify:
 				goto wait

@@ -708,33 +708,39 @@ func TestRelaySendsRowsCommittedWhileItWaits(t *testing.T) {
 	for range 4 {
 		<-g.published
 	}
-	write("c")
+	// Every commit during the wait goes out as it comes, not only the
+	// first one per acknowledgement awaited (c, then d and e while the
+	// first acknowledgement is still held back).
 	var sentWhileWaiting []string
-	for len(sentWhileWaiting) < 4 {
-		select {
-		case id := <-g.published:
-			sentWhileWaiting = append(sentWhileWaiting, id)
-		case <-time.After(10 * time.Second): // a bound on a hang, not a wait for an event
-			t.Fatalf("rows committed during the wait were not sent before its acknowledgements (sent: %v)", sentWhileWaiting)
+	for _, prefix := range []string{"c", "d", "e"} {
+		write(prefix)
+		for range 4 {
+			select {
+			case id := <-g.published:
+				sentWhileWaiting = append(sentWhileWaiting, id)
+			case <-time.After(10 * time.Second): // a bound on a hang, not a wait for an event
+				t.Fatalf("rows committed during the wait were not sent before its acknowledgements (sent: %v)", sentWhileWaiting)
+			}
 		}
 	}
 	close(g.gate)
-	require.Equal(t, []string{"c-c0", "c-c1", "c-c2", "c-c3"}, sentWhileWaiting)
+	require.Equal(t, []string{"c-c0", "c-c1", "c-c2", "c-c3", "d-c0", "d-c1", "d-c2", "d-c3", "e-c0", "e-c1", "e-c2", "e-c3"},
+		sentWhileWaiting)
 
-	events := read(t, ctx, js, 12)
-	require.Len(t, events, 12)
+	events := read(t, ctx, js, 20)
+	require.Len(t, events, 20)
 	order := map[string]string{}
 	for _, e := range events {
 		conv := e.GetMeta().GetResource()
 		order[conv] += e.GetMeta().GetDetail()
 	}
 	for c := range 4 {
-		require.Equal(t, "abc", order[fmt.Sprintf("c%d", c)], "conversation c%d's events in write order", c)
+		require.Equal(t, "abcde", order[fmt.Sprintf("c%d", c)], "conversation c%d's events in write order", c)
 	}
-	require.EqualValues(t, 12, streamMsgs(t, ctx, js), "each event once")
+	require.EqualValues(t, 20, streamMsgs(t, ctx, js), "each event once")
 	// The stream has the events before the relay has counted their
 	// acknowledgements (it failed 2 runs in 60 without this wait).
-	require.Eventually(t, func() bool { published, _ := relay.Stats(); return published == 12 }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { published, _ := relay.Stats(); return published == 20 }, 10*time.Second, time.Millisecond)
 	_, waits := relay.Stats()
 	require.EqualValues(t, 2, waits, "one wait for the first round's wave, one for the second round with the rows taken while it waited")
 	cancel()
