@@ -467,6 +467,9 @@ type row struct {
 	payload     []byte
 	traceparent sql.NullString
 	created     int64 // when the row was written, µs since the epoch
+	// handed is when its commit handed it to the relay (SQLite's
+	// hand-off; zero for rows read from the table).
+	handed time.Time
 }
 
 // Flush publishes one batch and returns how many rows it published. On
@@ -979,10 +982,14 @@ func (r *Relay) streamOf(subject string) string {
 	return s
 }
 
-// observeWait records the rows' time from their write to being sent.
+// observeWait records the rows' time from their write, and from their
+// commit's hand-off, to being sent.
 func (r *Relay) observeWait(rows []row, sent time.Time) {
 	for _, x := range rows {
 		r.stats.wait.Observe(sent.Sub(time.UnixMicro(x.created)).Seconds())
+		if !x.handed.IsZero() {
+			r.stats.handoff.Observe(sent.Sub(x.handed).Seconds())
+		}
 	}
 }
 
