@@ -741,8 +741,11 @@ func TestRelaySendsRowsCommittedWhileItWaits(t *testing.T) {
 	// The stream has the events before the relay has counted their
 	// acknowledgements (it failed 2 runs in 60 without this wait).
 	require.Eventually(t, func() bool { published, _ := relay.Stats(); return published == 20 }, 10*time.Second, time.Millisecond)
-	_, waits := relay.Stats()
+	published, waits := relay.Stats()
 	require.EqualValues(t, 2, waits, "one wait for the first round's wave, one for the second round with the rows taken while it waited")
+	require.EqualValues(t, published-outbox.Loaded(relay), outbox.HandedOff(relay),
+		"every row handed over by its commit, and only those, timed from the hand-off to its send")
+	require.NotZero(t, outbox.HandedOff(relay))
 	cancel()
 	require.NoError(t, <-done)
 }
