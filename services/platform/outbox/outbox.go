@@ -1072,6 +1072,13 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 	}
 	for i := 0; i < len(expect); i++ {
 		wake := taking() // a wake-up: rows may have been committed
+		// extended: the wait for acknowledgement i has given the rows
+		// taken meanwhile AckWait once; later ones do not extend it again
+		// (the round's wait grows by at most one AckWait per
+		// acknowledgement, as when it took one commit per acknowledgement),
+		// so a publish never answered still fails the round however often
+		// commits come: each one taken would otherwise put it off again.
+		extended := false
 	wait:
 		reply := r.pub.ack(i)
 		if reply == nil {
@@ -1118,7 +1125,10 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 					r.readTable = true // rows taken and not sent
 				}
 				rows, ok = rows[:len(expect)], ok[:len(expect)] // what was sent
-				timeout.Reset(r.ackWait())
+				if !extended {
+					timeout.Reset(r.ackWait())
+					extended = true
+				}
 				if !unknown {
 					wake = taking()
 				}

@@ -750,6 +750,68 @@ func TestRelaySendsRowsCommittedWhileItWaits(t *testing.T) {
 	require.NoError(t, <-done)
 }
 
+// A chained SQLite round that takes every commit made while it waits still
+// gives up on a publish that is never acknowledged, however often commits
+// come (each taken would otherwise put the round's AckWait off again), and
+// the next round sends its rows again.
+func TestRelayGivesUpOnAnUnansweredPublishWhileCommitsKeepComing(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, js := testkit.NATS(t)
+	db := openOutboxDB(t, testkit.Backends()[0])
+	g := &gatedPub{gate: make(chan struct{}), published: make(chan string, 64)}
+	subject := func(c int) string { return natsx.Tenant(natsx.SubjectDeliveryAccess, "p", fmt.Sprintf("c%d", c)) }
+	write := func(prefix string) {
+		require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
+			for c := range 4 {
+				id := fmt.Sprintf("%s-c%d", prefix, c)
+				if err := outbox.Add(ctx, tx, id, subject(c),
+					&typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p", Resource: fmt.Sprintf("c%d", c), Detail: prefix}}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+	}
+	relay := outbox.NewRelay(db, js, testkit.Logger(t))
+	outbox.OnPublish(relay, g.publish)
+	relay.AckWait = 300 * time.Millisecond
+	relay.Batch = 1 << 20 // the round never fills: only the wait's bound ends it
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+	write("a") // a first round (in waves) teaches the relay the stream's last sequence
+	require.Eventually(t, func() bool { return streamMsgs(t, ctx, js) == 4 }, 10*time.Second, 5*time.Millisecond)
+
+	// Every acknowledgement from now on is held back; commits keep coming,
+	// more often than AckWait, each taken by the round that waits.
+	g.armed.Store(true)
+	write("b")
+	pace := time.NewTicker(50 * time.Millisecond) // the commits' pace, not a wait for an event
+	defer pace.Stop()
+	sent := map[string]int{}
+	for writes := 0; sent["b-c0"] < 2; {
+		select {
+		case id := <-g.published:
+			sent[id]++
+		case <-pace.C:
+			require.Less(t, writes, 200, "b-c0 was never sent again: every commit put the round's wait off")
+			write(fmt.Sprintf("t%d", writes))
+			writes++
+		}
+	}
+	require.Greater(t, sent["t0-c0"], 0, "the round took the commits made while it waited")
+	close(g.gate)
+	cancel()
+	for { // the relay may still send (its next rounds) until it stops
+		select {
+		case <-g.published:
+		case err := <-done:
+			require.NoError(t, err)
+			return
+		}
+	}
+}
+
 // The PostgreSQL relay reads every row not yet published, with no cursor: a
 // row whose transaction took its seq first but committed after a later row
 // was published goes out in the next round, after it (never skipped). The
