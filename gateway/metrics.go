@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 
+	"github.com/clinicchat/clinicchat/services/platform/debugserver"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 )
@@ -108,7 +109,7 @@ func newMetrics(extra ...prometheus.Collector) *metrics {
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.sseClients, m.sseEvents, m.sseResets, m.sseRefused, m.sseDropped, m.sseWrites,
 		m.hubDecoded, m.convViews, m.uploadBytes, m.limited,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		debugserver.GoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(extra...)
 	return m
 }

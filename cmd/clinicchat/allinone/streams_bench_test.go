@@ -294,6 +294,7 @@ var stageSeries = []struct{ name, series string }{
 	{"db batch statements", `clinicchat_sqldb_batch_statements_seconds_bucket{db="delivery",`},
 	{"db batch COMMIT", `clinicchat_sqldb_batch_commit_seconds_bucket{db="delivery",`},
 	{"relay wait (written → sent)", `clinicchat_outbox_relay_wait_seconds_bucket{service="delivery",`},
+	{"relay hand-off (committed → sent)", `clinicchat_outbox_relay_handoff_seconds_bucket{service="delivery",`},
 	{"relay ack (sent → acked)", `clinicchat_outbox_relay_ack_seconds_bucket{service="delivery",`},
 	{"stored (written → stored)", `clinicchat_gateway_event_stage_seconds_bucket{stage="stored",`},
 	{"consumed (→ fan-out)", `clinicchat_gateway_event_stage_seconds_bucket{stage="consumed",`},

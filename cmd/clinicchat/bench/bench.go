@@ -179,6 +179,10 @@ type Result struct {
 	// stream (message.created read off the SSE connection).
 	Ack    Latency `json:"ack"`
 	Stream Latency `json:"stream"`
+	// AckToStream is the acknowledgement → the recipient's stream, per
+	// message (negative when the stream had it first): the part of Stream
+	// after the send's own commit path.
+	AckToStream Latency `json:"ackToStream"`
 	// Receipts counts markRead calls that succeeded, and their rate.
 	Receipts     int     `json:"receipts"`
 	ReceiptsPerS float64 `json:"receiptsPerSecond"`
@@ -316,6 +320,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		mu   sync.Mutex
 		acks []time.Duration
 		sent = map[string]time.Time{} // message name → send start
+		// acked is each message's acknowledgement time.
+		acked = map[string]time.Time{}
 		// ackOrder is each thread's acknowledged messages in order.
 		ackOrder = map[string][]string{}
 		next     atomic.Int64
@@ -387,6 +393,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 					mu.Lock()
 					acks = append(acks, d)
 					sent[name] = t0
+					acked[name] = t0.Add(d)
 					ackOrder[th.conv] = append(ackOrder[th.conv], name)
 					if now := time.Now(); now.After(lastAck) {
 						lastAck = now
@@ -446,7 +453,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	stopReads()
 	readWG.Wait()
-	var streamLat []time.Duration
+	var streamLat, afterAck []time.Duration
 	for name := range sent {
 		res.AckedNames = append(res.AckedNames, name)
 	}
@@ -468,12 +475,14 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				continue
 			}
 			streamLat = append(streamLat, at.Sub(sent[name]))
+			afterAck = append(afterAck, at.Sub(acked[name]))
 		}
 		res.Duplicated += seen.duplicates
 		res.Resets += seen.resets
 		res.Reconnects += seen.reconnects
 	}
 	res.Stream = summarize(streamLat)
+	res.AckToStream = summarize(afterAck)
 	res.Receipts = int(receipts.Load())
 	if res.Seconds > 0 {
 		res.ReceiptsPerS = float64(res.Receipts) / res.Seconds

@@ -44,6 +44,8 @@ func (r *Result) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "  send → ack    p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms\n", r.Ack.P50, r.Ack.P95, r.Ack.P99, r.Ack.Max)
 	fmt.Fprintf(w, "  send → stream p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms (%d seen)\n",
 		r.Stream.P50, r.Stream.P95, r.Stream.P99, r.Stream.Max, r.Stream.Count)
+	fmt.Fprintf(w, "  ack → stream  p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms (each message's stream time after its ack)\n",
+		r.AckToStream.P50, r.AckToStream.P95, r.AckToStream.P99, r.AckToStream.Max)
 	fmt.Fprintf(w, "  receipts      %d markRead, %.0f/s\n", r.Receipts, r.ReceiptsPerS)
 	fmt.Fprintf(w, "  lost %d, duplicated %d, stream resets %d\n", r.Lost, r.Duplicated, r.Resets)
 	r.writeErrors(w)

@@ -16,10 +16,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"regexp"
 	"runtime/metrics"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 )
@@ -65,6 +67,22 @@ func runtimeMetrics(w http.ResponseWriter, _ *http.Request) {
 		}
 	}
 }
+
+// GoCollector is the Go runtime's collector of every /metrics: the default
+// series (memstats, goroutines, GC pause summary) plus the runtime's
+// latency histograms, read at scrape and costing nothing per event:
+// go_sched_latencies_seconds (a runnable goroutine's wait for a CPU: the
+// run queue), go_sched_pauses_{stopping,total}_{gc,other}_seconds (the
+// stop-the-world pauses), and the GC's CPU and cycle counters
+// (go_cpu_classes_gc_*, go_gc_cycles_*). They tell a latency tail made in
+// the process's run queue or its GC from one made elsewhere.
+func GoCollector() prometheus.Collector {
+	return collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
+		collectors.GoRuntimeMetricsRule{Matcher: goLatencyMetrics}))
+}
+
+// goLatencyMetrics are the runtime/metrics names GoCollector adds.
+var goLatencyMetrics = regexp.MustCompile(`^(/sched/latencies:seconds|/sched/pauses/.*|/cpu/classes/gc/.*|/cpu/classes/total:cpu-seconds|/gc/cycles/.*)$`)
 
 // MetricsHandler serves /metrics from g in the Prometheus text format. A
 // collector that fails (the database or NATS unreachable at scrape) drops

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/nats-io/nats.go"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
@@ -55,3 +56,13 @@ func OnPublish(r *Relay, f func(m *nats.Msg, nc *nats.Conn) error) {
 
 // ProbeSQL is the PostgreSQL relay's look for a row.
 const ProbeSQL = probeSQL
+
+// HandedOff is how many sends r's hand-off histogram has observed (rows
+// handed over by their commits, timed from the hand-off to being sent).
+func HandedOff(r *Relay) uint64 {
+	var m dto.Metric
+	if err := r.stats.handoff.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetHistogram().GetSampleCount()
+}

@@ -1,6 +1,9 @@
 package outbox
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // The SQLite hand-off. On SQLite one writer goroutine commits every
 // transaction of the process, so rows get their seqs in commit order, and
@@ -42,6 +45,10 @@ func (h *handoff) push(v any) {
 	rows, ok := v.([]row)
 	if !ok {
 		return
+	}
+	now := time.Now()
+	for i := range rows {
+		rows[i].handed = now
 	}
 	h.mu.Lock()
 	if len(h.rows)+len(rows) > h.max {

@@ -52,8 +52,10 @@ type relayStats struct {
 	// writer's transaction) to the relay sending it: the rest of that
 	// transaction, its commit, the relay's wake-up and read, and the
 	// rounds ahead of it; ack is the time from sending a round to its
-	// last acknowledgement, once per acknowledged row.
-	wait, ack prometheus.Histogram
+	// last acknowledgement, once per acknowledged row. handoff is a
+	// handed-over row's time from its commit's hand-off to being sent (SQLite):
+	// the relay's wake-up and the publishes ahead of it, without the commit.
+	wait, ack, handoff prometheus.Histogram
 }
 
 // relayBuckets are the relay histograms' buckets, in seconds.
@@ -65,6 +67,8 @@ func newRelayStats() relayStats {
 			Help: "Time from an outbox row's write (inside its transaction) to the relay sending it to JetStream."}),
 		ack: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "clinicchat_outbox_relay_ack_seconds", Buckets: relayBuckets,
 			Help: "Time from the relay sending a round of rows to their acknowledgement by JetStream, per row."}),
+		handoff: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "clinicchat_outbox_relay_handoff_seconds", Buckets: relayBuckets,
+			Help: "Time from the commit that handed an outbox row to the relay (SQLite) to the relay sending it to JetStream."}),
 	}
 }
 
@@ -91,6 +95,7 @@ func (c backlogCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- readDesc
 	c.r.stats.wait.Describe(ch)
 	c.r.stats.ack.Describe(ch)
+	c.r.stats.handoff.Describe(ch)
 }
 
 func (c backlogCollector) Collect(ch chan<- prometheus.Metric) {
@@ -100,6 +105,7 @@ func (c backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(readDesc, prometheus.CounterValue, float64(c.r.stats.loaded.Load()))
 	c.r.stats.wait.Collect(ch)
 	c.r.stats.ack.Collect(ch)
+	c.r.stats.handoff.Collect(ch)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	n, oldest, err := c.r.Backlog(ctx)

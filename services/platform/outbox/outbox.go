@@ -467,6 +467,9 @@ type row struct {
 	payload     []byte
 	traceparent sql.NullString
 	created     int64 // when the row was written, µs since the epoch
+	// handed is when its commit handed it to the relay (SQLite's
+	// hand-off; zero for rows read from the table).
+	handed time.Time
 }
 
 // Flush publishes one batch and returns how many rows it published. On
@@ -979,10 +982,14 @@ func (r *Relay) streamOf(subject string) string {
 	return s
 }
 
-// observeWait records the rows' time from their write to being sent.
+// observeWait records the rows' time from their write, and from their
+// commit's hand-off, to being sent.
 func (r *Relay) observeWait(rows []row, sent time.Time) {
 	for _, x := range rows {
 		r.stats.wait.Observe(sent.Sub(time.UnixMicro(x.created)).Seconds())
+		if !x.handed.IsZero() {
+			r.stats.handoff.Observe(sent.Sub(x.handed).Seconds())
+		}
 	}
 }
 
@@ -1055,16 +1062,34 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 	failed := err != nil
 	timeout := time.NewTimer(r.ackWait())
 	defer timeout.Stop()
-	for i := 0; i < len(expect); i++ {
-		var wake chan struct{} // a wake-up: rows may have been committed
+	// taking: the wait takes rows committed meanwhile (a wake-up of the
+	// relay) and sends them at once, chained behind those in flight.
+	taking := func() chan struct{} {
 		if more && predicted && !failed && len(rows) < r.Batch {
-			wake = r.kick
+			return r.kick
 		}
+		return nil
+	}
+	for i := 0; i < len(expect); i++ {
+		wake := taking() // a wake-up: rows may have been committed
+		// extended: the wait for acknowledgement i has given the rows
+		// taken meanwhile AckWait once; later ones do not extend it again
+		// (the round's wait grows by at most one AckWait per
+		// acknowledgement, as when it took one commit per acknowledgement),
+		// so a publish never answered still fails the round however often
+		// commits come: each one taken would otherwise put it off again.
+		extended := false
 	wait:
 		reply := r.pub.ack(i)
 		if reply == nil {
 			select {
 			case <-wake:
+				// Every commit during the wait is taken as it comes, not
+				// only the first one per acknowledgement: behind a slow
+				// acknowledgement (tens of ms under load) the later ones
+				// waited for it (BENCHMARKS.md, tail18). A wake-up this
+				// wait makes itself (r.Kick below) is left to the next
+				// round: those rows cannot go in this one.
 				wake = nil
 				extra, lerr := r.next(ctx, rows[len(rows)-1].seq, r.Batch-len(rows), false)
 				if lerr != nil {
@@ -1073,12 +1098,13 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 					goto wait
 				}
 				if len(extra) == 0 {
+					wake = taking()
 					goto wait
 				}
 				if len(extra) == r.Batch-len(rows) {
 					r.Kick() // there may be more: the next round looks at once
 				}
-				from := len(rows)
+				from, unknown := len(rows), false
 				for _, x := range extra {
 					rows, ok, streams = append(rows, x), append(ok, false), append(streams, r.streamOf(x.subject))
 					if _, known := next[streams[len(streams)-1]]; !known {
@@ -1087,6 +1113,7 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 						rows, ok, streams = rows[:len(rows)-1], ok[:len(ok)-1], streams[:len(streams)-1]
 						r.readTable = true // the rest may have come from the queue
 						r.Kick()
+						unknown = true
 						break
 					}
 				}
@@ -1098,7 +1125,13 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 					r.readTable = true // rows taken and not sent
 				}
 				rows, ok = rows[:len(expect)], ok[:len(expect)] // what was sent
-				timeout.Reset(r.ackWait())
+				if !extended {
+					timeout.Reset(r.ackWait())
+					extended = true
+				}
+				if !unknown {
+					wake = taking()
+				}
 				goto wait
 			case <-r.pub.notify:
 				goto wait

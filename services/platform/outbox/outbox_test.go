@@ -708,37 +708,108 @@ func TestRelaySendsRowsCommittedWhileItWaits(t *testing.T) {
 	for range 4 {
 		<-g.published
 	}
-	write("c")
+	// Every commit during the wait goes out as it comes, not only the
+	// first one per acknowledgement awaited (c, then d and e while the
+	// first acknowledgement is still held back).
 	var sentWhileWaiting []string
-	for len(sentWhileWaiting) < 4 {
-		select {
-		case id := <-g.published:
-			sentWhileWaiting = append(sentWhileWaiting, id)
-		case <-time.After(10 * time.Second): // a bound on a hang, not a wait for an event
-			t.Fatalf("rows committed during the wait were not sent before its acknowledgements (sent: %v)", sentWhileWaiting)
+	for _, prefix := range []string{"c", "d", "e"} {
+		write(prefix)
+		for range 4 {
+			select {
+			case id := <-g.published:
+				sentWhileWaiting = append(sentWhileWaiting, id)
+			case <-time.After(10 * time.Second): // a bound on a hang, not a wait for an event
+				t.Fatalf("rows committed during the wait were not sent before its acknowledgements (sent: %v)", sentWhileWaiting)
+			}
 		}
 	}
 	close(g.gate)
-	require.Equal(t, []string{"c-c0", "c-c1", "c-c2", "c-c3"}, sentWhileWaiting)
+	require.Equal(t, []string{"c-c0", "c-c1", "c-c2", "c-c3", "d-c0", "d-c1", "d-c2", "d-c3", "e-c0", "e-c1", "e-c2", "e-c3"},
+		sentWhileWaiting)
 
-	events := read(t, ctx, js, 12)
-	require.Len(t, events, 12)
+	events := read(t, ctx, js, 20)
+	require.Len(t, events, 20)
 	order := map[string]string{}
 	for _, e := range events {
 		conv := e.GetMeta().GetResource()
 		order[conv] += e.GetMeta().GetDetail()
 	}
 	for c := range 4 {
-		require.Equal(t, "abc", order[fmt.Sprintf("c%d", c)], "conversation c%d's events in write order", c)
+		require.Equal(t, "abcde", order[fmt.Sprintf("c%d", c)], "conversation c%d's events in write order", c)
 	}
-	require.EqualValues(t, 12, streamMsgs(t, ctx, js), "each event once")
+	require.EqualValues(t, 20, streamMsgs(t, ctx, js), "each event once")
 	// The stream has the events before the relay has counted their
 	// acknowledgements (it failed 2 runs in 60 without this wait).
-	require.Eventually(t, func() bool { published, _ := relay.Stats(); return published == 12 }, 10*time.Second, time.Millisecond)
-	_, waits := relay.Stats()
+	require.Eventually(t, func() bool { published, _ := relay.Stats(); return published == 20 }, 10*time.Second, time.Millisecond)
+	published, waits := relay.Stats()
 	require.EqualValues(t, 2, waits, "one wait for the first round's wave, one for the second round with the rows taken while it waited")
+	require.EqualValues(t, published-outbox.Loaded(relay), outbox.HandedOff(relay),
+		"every row handed over by its commit, and only those, timed from the hand-off to its send")
+	require.NotZero(t, outbox.HandedOff(relay))
 	cancel()
 	require.NoError(t, <-done)
+}
+
+// A chained SQLite round that takes every commit made while it waits still
+// gives up on a publish that is never acknowledged, however often commits
+// come (each taken would otherwise put the round's AckWait off again), and
+// the next round sends its rows again.
+func TestRelayGivesUpOnAnUnansweredPublishWhileCommitsKeepComing(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, js := testkit.NATS(t)
+	db := openOutboxDB(t, testkit.Backends()[0])
+	g := &gatedPub{gate: make(chan struct{}), published: make(chan string, 64)}
+	subject := func(c int) string { return natsx.Tenant(natsx.SubjectDeliveryAccess, "p", fmt.Sprintf("c%d", c)) }
+	write := func(prefix string) {
+		require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
+			for c := range 4 {
+				id := fmt.Sprintf("%s-c%d", prefix, c)
+				if err := outbox.Add(ctx, tx, id, subject(c),
+					&typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p", Resource: fmt.Sprintf("c%d", c), Detail: prefix}}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}))
+	}
+	relay := outbox.NewRelay(db, js, testkit.Logger(t))
+	outbox.OnPublish(relay, g.publish)
+	relay.AckWait = 300 * time.Millisecond
+	relay.Batch = 1 << 20 // the round never fills: only the wait's bound ends it
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+	write("a") // a first round (in waves) teaches the relay the stream's last sequence
+	require.Eventually(t, func() bool { return streamMsgs(t, ctx, js) == 4 }, 10*time.Second, 5*time.Millisecond)
+
+	// Every acknowledgement from now on is held back; commits keep coming,
+	// more often than AckWait, each taken by the round that waits.
+	g.armed.Store(true)
+	write("b")
+	pace := time.NewTicker(50 * time.Millisecond) // the commits' pace, not a wait for an event
+	defer pace.Stop()
+	sent := map[string]int{}
+	for writes := 0; sent["b-c0"] < 2; {
+		select {
+		case id := <-g.published:
+			sent[id]++
+		case <-pace.C:
+			require.Less(t, writes, 200, "b-c0 was never sent again: every commit put the round's wait off")
+			write(fmt.Sprintf("t%d", writes))
+			writes++
+		}
+	}
+	require.Greater(t, sent["t0-c0"], 0, "the round took the commits made while it waited")
+	close(g.gate)
+	cancel()
+	for { // the relay may still send (its next rounds) until it stops
+		select {
+		case <-g.published:
+		case err := <-done:
+			require.NoError(t, err)
+			return
+		}
+	}
 }
 
 // The PostgreSQL relay reads every row not yet published, with no cursor: a

@@ -338,7 +338,7 @@ type Collectors interface {
 // when it has any.
 func Registry(name string, srv *grpcx.Server, js jetstream.JetStream, svc any) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
-	cs := []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	cs := []prometheus.Collector{debugserver.GoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		srv.Metrics, natsx.LagCollector(js, name+"-"), natsx.ConnCollector(js.Conn())}
 	if own, ok := svc.(Collectors); ok {
 		cs = append(cs, own.Collectors()...)
