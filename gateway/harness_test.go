@@ -231,6 +231,8 @@ func tenantSubject(base string, m proto.Message) string {
 		tokens = append(tokens, m.GetConversation().GetPatient())
 	case *conversationv1.ConversationUserStateChanged:
 		tokens = append(tokens, m.GetUser())
+	case *conversationv1.ConversationRead:
+		tokens = append(tokens, m.GetReader())
 	}
 	return natsx.Tenant(base, tokens...)
 }

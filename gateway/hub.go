@@ -519,7 +519,13 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64, stored time.Time
 		if pc == nil {
 			return
 		}
-		if len(tokens) > 1 && len(pc.staff) == 0 && len(pc.byPrincipal[tokens[1]]) == 0 {
+		// The second token is the thread's patient, or for the events
+		// only their user sees (a reader's conversation.read, a pin or
+		// mute) that user: those are skipped when the user has no stream
+		// here, however many staff streams the practice has (every
+		// receipt of a patient reading on a phone, in a practice whose
+		// staff have the Chat page open).
+		if len(tokens) > 1 && len(pc.byPrincipal[tokens[1]]) == 0 && (len(pc.staff) == 0 || userAddressed(stream, subject)) {
 			return
 		}
 	}
@@ -586,6 +592,17 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64, stored time.Time
 			}
 		}
 	}
+}
+
+// userAddressed reports whether subject is of a kind only its user sees
+// (visibleTo: conversation.read, userstate.changed), whose tenant form's
+// second token is that user (conversation's events).
+func userAddressed(stream int, subject string) bool {
+	if stream != streamC {
+		return false
+	}
+	base := natsx.Base(subject)
+	return base == natsx.SubjectConversationRead || base == natsx.SubjectConversationUser
 }
 
 // traceFanout starts the fan-out span of a traced event, child of the span

@@ -783,3 +783,45 @@ func TestWakeBatchSkipsDrainedStreams(t *testing.T) {
 	require.Empty(t, drained.wake)
 	require.Len(t, waiting.wake, 1)
 }
+
+// TestHubSkipsUserAddressedEventsOfAbsentUsers: a conversation.read or a
+// pin is seen only by its user (visibleTo), so with only staff streams of
+// the practice here a patient's receipt (each read on a phone, while the
+// practice's staff have the Chat page open) and another staff member's pin
+// are skipped before decoding; the user's own are decoded and applied.
+// Pre-tenant reads (the practice alone in the subject) are still decoded.
+func TestHubSkipsUserAddressedEventsOfAbsentUsers(t *testing.T) {
+	h := newHarness(t)
+	h.conv.add("conversations/ca", "p1", "patients/pa")
+	doc := h.openEvents(h.token("doc", auth.RoleDentist, "p1", 0), "")
+	require.Eventually(t, func() bool {
+		return h.consumers(natsx.StreamDelivery) == 1 && h.consumers(natsx.StreamConversation) == 1
+	}, waitFor, 5*time.Millisecond)
+	before := h.gw.hub.decodedTotal.Load()
+	waitC := func(seq uint64) {
+		t.Helper()
+		require.Eventually(t, func() bool { return h.gw.hub.position().c >= seq }, waitFor, time.Millisecond)
+	}
+
+	h.publish(natsx.SubjectConversationRead, &conversationv1.ConversationRead{Meta: meta("p1", "patients/pa"),
+		Conversation: "conversations/ca", Reader: "patients/pa", ReaderRole: auth.RolePatient, UpToSeq: 3})
+	h.publish(natsx.SubjectConversationUser, &conversationv1.ConversationUserStateChanged{Meta: meta("p1", "users/nurse"),
+		Conversation: "conversations/ca", User: "users/nurse", Pinned: true})
+	waitC(h.publish(natsx.SubjectConversationRead, &conversationv1.ConversationRead{Meta: meta("p1", "users/nurse"),
+		Conversation: "conversations/ca", Reader: "users/nurse", ReaderRole: auth.RoleHygienist, UpToSeq: 3}))
+	require.Equal(t, uint64(0), h.gw.hub.decodedTotal.Load()-before, "user-addressed events of users with no stream here were decoded")
+	require.Equal(t, hubStats{}, h.gw.hub.stats("p1"))
+
+	// The doctor's own read, and a pre-tenant read (practice token only).
+	h.publish(natsx.SubjectConversationRead, &conversationv1.ConversationRead{Meta: meta("p1", "users/doc"),
+		Conversation: "conversations/ca", Reader: "users/doc", ReaderRole: auth.RoleDentist, UpToSeq: 3})
+	waitC(h.publishLegacy(natsx.Tenant(natsx.SubjectConversationRead, "p1"), &conversationv1.ConversationRead{
+		Meta: meta("p1", "patients/pa"), Conversation: "conversations/ca", Reader: "patients/pa", UpToSeq: 4}))
+	require.Equal(t, uint64(2), h.gw.hub.decodedTotal.Load()-before)
+	require.Equal(t, [2]uint64{2, 1}, [2]uint64{h.gw.hub.stats("p1").decoded, h.gw.hub.stats("p1").dispatched},
+		"both decoded, the doctor's own read queued on the doctor's stream")
+
+	// The doctor's stream still gets what staff see.
+	h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m1", "patients/pa", "hi", 1, false))
+	requireMessage(t, doc.next(), "conversations/ca/messages/m1")
+}

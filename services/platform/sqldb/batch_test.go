@@ -164,6 +164,30 @@ func TestDeferredWritesJoinAnotherWritesCommit(t *testing.T) {
 	require.Equal(t, 5, n)
 }
 
+// A deferred write with a short delay is not held to the due time of one
+// with a longer delay that came first (a projected batch's 3 ms, then a
+// markRead's 0.5 ms): the writer's timer follows the earliest due time of
+// what waits, and that batch commits both.
+func TestDeferredWriteShorterDelayCommitsAtItsTime(t *testing.T) {
+	ctx := context.Background()
+	db, commits, insert := openKV(t)
+	long := &job{ctx: ctx, fn: insert("long"), done: make(chan error, 1), due: time.Now().Add(time.Hour)}
+	db.deferred <- long
+	for len(db.deferred) > 0 { // taken by the idle writer, which holds it
+		runtime.Gosched()
+	}
+	short := make(chan error, 1)
+	go func() { short <- db.WriteDeferred(ctx, time.Millisecond, insert("short")) }()
+	select {
+	case err := <-short:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the short deferred write waited for the long one's due time")
+	}
+	require.NoError(t, <-long.done, "committed with it")
+	require.Equal(t, int64(1), commits.Load())
+}
+
 // Deferred writes still waiting when the database closes are refused, not
 // left hanging.
 func TestDeferredWritesFailAtClose(t *testing.T) {

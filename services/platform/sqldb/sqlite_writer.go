@@ -116,9 +116,11 @@ func (d *DB) writer() {
 	batch := make([]*job, 0, maxBatch)
 	results := make([]error, 0, maxBatch)
 	// Deferred writes (WriteDeferred) wait here, at most maxBatch/2 of
-	// them, for another write to start a batch, or for the first one's due
-	// time.
+	// them, for another write to start a batch, or for the earliest of
+	// their due times (due): a short delay is not held to a longer one
+	// that came first.
 	var waiting []*job
+	var due time.Time
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
@@ -138,8 +140,9 @@ func (d *DB) writer() {
 				}
 			}
 		case j := <-d.deferred:
-			if waiting = append(waiting, j); len(waiting) == 1 {
-				timer.Reset(time.Until(j.due))
+			if waiting = append(waiting, j); len(waiting) == 1 || j.due.Before(due) {
+				due = j.due
+				timer.Reset(time.Until(due))
 			}
 			if len(waiting) < maxBatch/2 {
 				continue
