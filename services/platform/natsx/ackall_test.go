@@ -2,7 +2,6 @@ package natsx_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -25,23 +24,6 @@ func TestASoleConsumerAcksABatchOnceAndNothingPastAFailure(t *testing.T) {
 	js := natsx.SoleConsumer(plain)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	const n, maxBatch = 300, 16
-	subject := natsx.SubjectMessageCreated + ".p.x"
-	var flakySeq uint64
-	for i := range n {
-		data := fmt.Sprint(i)
-		switch i {
-		case 7:
-			data = "poison"
-		case 100:
-			data = "flaky"
-		}
-		ack, err := js.Publish(ctx, subject, []byte(data))
-		require.NoError(t, err)
-		if data == "flaky" {
-			flakySeq = ack.Sequence
-		}
-	}
 	var acksMu sync.Mutex
 	acks := map[string]int{}
 	sub, err := nc.Subscribe("$JS.ACK."+natsx.StreamDelivery+".sole-test"+natsx.AckAllSuffix+".>", func(m *nats.Msg) {
@@ -52,67 +34,26 @@ func TestASoleConsumerAcksABatchOnceAndNothingPastAFailure(t *testing.T) {
 	require.NoError(t, err)
 	defer sub.Unsubscribe()
 
-	var mu sync.Mutex
-	var got []string
-	calls := map[string]int{}
-	batches := 0
 	var floorAtRetry uint64
-	done := make(chan struct{})
-	h := func(ctx context.Context, msgs []jetstream.Msg) []error {
-		mu.Lock()
-		defer mu.Unlock()
-		batches++
-		errs := make([]error, len(msgs))
-		for i, m := range msgs {
-			d := string(m.Data())
-			calls[d]++
-			switch {
-			case d == "poison":
-				errs[i] = fmt.Errorf("%w: undecodable", natsx.ErrPoison)
-			case d == "flaky" && calls[d] == 1:
-				errs[i] = errors.New("transient")
-			case d == "flaky":
-				// Everything after it has been handled by now; none of it
-				// may be acked while it is not.
-				cons, err := plain.Consumer(ctx, natsx.StreamDelivery, "sole-test"+natsx.AckAllSuffix)
-				require.NoError(t, err)
-				floorAtRetry = cons.CachedInfo().AckFloor.Stream
-				got = append(got, d)
-			default:
-				got = append(got, d)
-			}
-		}
-		if len(got) == n-1 {
-			close(done)
-		}
-		return errs
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	spec := natsx.ConsumerSpec{Stream: natsx.StreamDelivery, Durable: "sole-test", FilterSubjects: []string{subject}}
-	finished := make(chan error, 1)
-	go func() { finished <- natsx.ConsumeBatch(runCtx, js, testkit.Logger(t), spec, maxBatch, h) }()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		t.Fatal("not every message was handled")
-	}
+	r := runBatches(t, ctx, js, "sole-test", func() {
+		// Everything after it has been handled by now; none of it may be
+		// acked while it is not.
+		cons, err := plain.Consumer(ctx, natsx.StreamDelivery, "sole-test"+natsx.AckAllSuffix)
+		require.NoError(t, err)
+		floorAtRetry = cons.CachedInfo().AckFloor.Stream
+	})
 
-	mu.Lock()
-	require.Equal(t, 1, calls["poison"], "a poison message is not redelivered")
-	require.Equal(t, 2, calls["flaky"], "a failed message comes back once it fails no more")
-	require.Less(t, floorAtRetry, flakySeq, "nothing at or past a failed message is acked before it is handled")
-	var inOrder []string
-	for _, d := range got {
-		if d != "flaky" {
-			inOrder = append(inOrder, d)
-		}
-	}
-	require.Len(t, inOrder, n-2)
+	r.mu.Lock()
+	require.Equal(t, 1, r.calls["poison"], "a poison message is not redelivered")
+	require.Equal(t, 2, r.calls["flaky"], "a failed message comes back once it fails no more")
+	require.Less(t, floorAtRetry, r.flakySeq, "nothing at or past a failed message is acked before it is handled")
+	inOrder := r.inOrder()
+	require.Len(t, inOrder, batchN-2)
 	for i, d := range inOrder[:7] {
 		require.Equal(t, fmt.Sprint(i), d, "stream order")
 	}
-	nBatches := batches
-	mu.Unlock()
+	nBatches := r.batches
+	r.mu.Unlock()
 
 	_, err = plain.Consumer(ctx, natsx.StreamDelivery, "sole-test")
 	require.ErrorIs(t, err, jetstream.ErrConsumerNotFound, "no explicitly acked durable")
@@ -121,10 +62,9 @@ func TestASoleConsumerAcksABatchOnceAndNothingPastAFailure(t *testing.T) {
 	require.Equal(t, jetstream.AckAllPolicy, cons.CachedInfo().Config.AckPolicy)
 	require.Eventually(t, func() bool { // acks are sent without waiting for a reply
 		info, err := cons.Info(ctx)
-		return err == nil && info.NumAckPending == 0 && info.NumPending == 0 && info.AckFloor.Stream == uint64(n)
+		return err == nil && info.NumAckPending == 0 && info.NumPending == 0 && info.AckFloor.Stream == uint64(batchN)
 	}, 10*time.Second, 10*time.Millisecond)
-	stop()
-	require.NoError(t, <-finished)
+	require.NoError(t, r.stop())
 	acksMu.Lock()
 	defer acksMu.Unlock()
 	total := 0
@@ -133,7 +73,7 @@ func TestASoleConsumerAcksABatchOnceAndNothingPastAFailure(t *testing.T) {
 	}
 	require.Equal(t, 1, countPrefix(acks, "-NAK"), "the failure's nak")
 	require.LessOrEqual(t, total-1, nBatches, "at most one ack per batch")
-	require.Less(t, total, n/4)
+	require.Less(t, total, batchN/4)
 }
 
 func countPrefix(m map[string]int, prefix string) int {
