@@ -667,19 +667,12 @@ func (g *gatedPub) publish(m *nats.Msg, nc *nats.Conn) error {
 	return nil
 }
 
-// Rows committed while the SQLite relay waits for a round's
-// acknowledgements are sent at once, chained behind the rows in flight, in
-// the same round (one wait), and each event is still stored once, in order
-// per conversation.
-func TestRelaySendsRowsCommittedWhileItWaits(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	_, _, js := testkit.NATS(t)
-	db := openOutboxDB(t, testkit.Backends()[0])
-	require.NotEqual(t, sqldb.Postgres, db.Dialect())
-	g := &gatedPub{gate: make(chan struct{}), published: make(chan string, 64)}
+// accessWriter returns a write of one commit with an event for each of
+// conversations c0–c3 of practice p, its id "<prefix>-c<n>" and its
+// detail prefix.
+func accessWriter(t *testing.T, ctx context.Context, db *sqldb.DB) func(prefix string) {
 	subject := func(c int) string { return natsx.Tenant(natsx.SubjectDeliveryAccess, "p", fmt.Sprintf("c%d", c)) }
-	write := func(prefix string) {
+	return func(prefix string) {
 		require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
 			for c := range 4 {
 				id := fmt.Sprintf("%s-c%d", prefix, c)
@@ -691,6 +684,20 @@ func TestRelaySendsRowsCommittedWhileItWaits(t *testing.T) {
 			return nil
 		}))
 	}
+}
+
+// Rows committed while the SQLite relay waits for a round's
+// acknowledgements are sent at once, chained behind the rows in flight, in
+// the same round (one wait), and each event is still stored once, in order
+// per conversation.
+func TestRelaySendsRowsCommittedWhileItWaits(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, js := testkit.NATS(t)
+	db := openOutboxDB(t, testkit.Backends()[0])
+	require.NotEqual(t, sqldb.Postgres, db.Dialect())
+	g := &gatedPub{gate: make(chan struct{}), published: make(chan string, 64)}
+	write := accessWriter(t, ctx, db)
 
 	relay := outbox.NewRelay(db, js, testkit.Logger(t))
 	outbox.OnPublish(relay, g.publish)
@@ -760,19 +767,7 @@ func TestRelayGivesUpOnAnUnansweredPublishWhileCommitsKeepComing(t *testing.T) {
 	_, _, js := testkit.NATS(t)
 	db := openOutboxDB(t, testkit.Backends()[0])
 	g := &gatedPub{gate: make(chan struct{}), published: make(chan string, 64)}
-	subject := func(c int) string { return natsx.Tenant(natsx.SubjectDeliveryAccess, "p", fmt.Sprintf("c%d", c)) }
-	write := func(prefix string) {
-		require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
-			for c := range 4 {
-				id := fmt.Sprintf("%s-c%d", prefix, c)
-				if err := outbox.Add(ctx, tx, id, subject(c),
-					&typev1.AccessRecorded{Meta: &typev1.EventMeta{Id: id, Practice: "p", Resource: fmt.Sprintf("c%d", c), Detail: prefix}}); err != nil {
-					return err
-				}
-			}
-			return nil
-		}))
-	}
+	write := accessWriter(t, ctx, db)
 	relay := outbox.NewRelay(db, js, testkit.Logger(t))
 	outbox.OnPublish(relay, g.publish)
 	relay.AckWait = 300 * time.Millisecond
