@@ -106,31 +106,34 @@ const readConns = 8
 // every connection of every database in the process shares one page cache
 // (SQLite's "unified" pcache1 group): a connection allocates pages until it
 // holds its cache_size, and then takes the least recently used page of any
-// connection. So the pages kept are bounded by the sum of the cache_size of
-// the connections that fill theirs, and any one connection may end up with
-// most of them — an audit checkpoint's scan left one reader with 8.5 MiB.
-// With SQLite's default (2 MiB) for the five writers and 512 KiB per reader
-// the all-in-one's bound was ~23 MiB as SQLite counts it, and each cached
-// page costs 8 KiB of RSS in modernc's allocator (its 4 KiB and the
-// cache's header, in an 8 KiB slot): ~43 MiB once a long run has touched
-// enough pages. At 1,000 sends/s the writers hit their cache 5–24 times per
-// message and miss it at most ~0.1 times with these settings (0.001–0.003
-// with the defaults: a miss is a pread of a page the OS caches), and no
-// write transaction spilled (BENCHMARKS.md, mem18).
+// connection, which lets that one allocate again. What bounds the pages
+// kept is the sum of every open connection's cache_size, whether or not it
+// uses its own, and one connection may end up with most of them: at the
+// end of a run the reader of the audit checkpoint's scan held 8.5–8.9 MiB.
+// With SQLite's default (2 MiB) for the five writers and the five
+// checkpointers and 512 KiB per reader, the all-in-one's bound was ~23 MiB
+// as SQLite counts it, and each cached page costs 8 KiB of RSS in modernc's
+// allocator (its 4 KiB and the cache's header, in an 8 KiB slot): ~43 MiB
+// once a long run has touched enough pages. At 1,000 sends/s the writers
+// hit their cache 5–25 times per message and miss it at most ~0.1 times
+// with these settings (0.001–0.003 with the defaults: a miss is a pread of
+// a page the OS caches), and no write transaction spilled (BENCHMARKS.md,
+// mem18).
 //
 //   - writerCacheKiB: the writer's: the b-trees' hot pages, and a write
 //     transaction's dirty pages (past ~90% of it they spill to the WAL
 //     before COMMIT: transactions much larger than the group commits').
+//   - checkpointerCacheKiB: the checkpointer's. A checkpoint copies WAL
+//     frames to the database file through a buffer of its own, so its
+//     cache holds no page; at SQLite's default its 2 MiB were only room
+//     for the other connections' pages.
 //   - readCacheKiB: each reader's (readConns of them): in WAL mode a read
 //     transaction that follows a commit starts with an empty cache, so a
 //     reader's pages serve only the transaction that read them.
-//
-// The checkpointer keeps SQLite's default: a checkpoint copies WAL frames
-// to the database file through a buffer of its own, so its cache holds no
-// page and takes no part of the budget.
 const (
-	writerCacheKiB = 1024
-	readCacheKiB   = 128
+	writerCacheKiB       = 1024
+	checkpointerCacheKiB = 64
+	readCacheKiB         = 128
 )
 
 // maxStmts bounds each statement cache (queries built with a variable
@@ -281,8 +284,9 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 		// The writer's COMMIT runs no checkpoint: the checkpointer does.
 		writerDSN += "&" + url.Values{"_pragma": {"wal_autocheckpoint(0)"}}.Encode()
 	}
-	// The writer's page cache (writerCacheKiB).
+	// The page caches (writerCacheKiB, checkpointerCacheKiB).
 	writerDSN += "&" + url.Values{"_pragma": {fmt.Sprintf("cache_size(%d)", -writerCacheKiB)}}.Encode()
+	ckptDSN += "&" + url.Values{"_pragma": {fmt.Sprintf("cache_size(%d)", -checkpointerCacheKiB)}}.Encode()
 	// The writer runs BEGIN IMMEDIATE itself (sqliteWriter).
 	w, err := sql.Open("sqlite", writerDSN)
 	if err != nil {
