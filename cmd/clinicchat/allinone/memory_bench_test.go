@@ -22,14 +22,17 @@ package allinone_test
 // and at the end the growth per message of the live heap and of RSS.
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,6 +41,7 @@ import (
 	"time"
 
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
 
 // memSample is the process's memory at one moment.
@@ -95,8 +99,9 @@ func (s memSample) print() {
 
 // printSeries prints s as one line of the run's time series.
 func (s memSample) printSeries(at time.Duration) {
-	fmt.Printf("  t %4.0fs %7d msgs  RSS %4d MiB  heap in use %4d MiB  heap mapped %4d MiB  live %4d MiB  goal %4d MiB  limit %s\n",
-		at.Seconds(), s.msgs, s.rss>>20, s.heapInuse>>20, s.heapSys>>20, s.heapLive>>20, s.heapGoal>>20, mib(s.limit))
+	fmt.Printf("  t %4.0fs %7d msgs  RSS %4d MiB  heap in use %4d MiB  heap mapped %4d MiB  live %4d MiB  goal %4d MiB  limit %s  non-Go anon %3d MiB\n",
+		at.Seconds(), s.msgs, s.rss>>20, s.heapInuse>>20, s.heapSys>>20, s.heapLive>>20, s.heapGoal>>20, mib(s.limit),
+		(s.anon-s.goResid)>>20)
 }
 
 // printMemoryClasses prints the runtime's /memory/classes/ metrics.
@@ -113,6 +118,49 @@ func printMemoryClasses() {
 		fmt.Fprintf(&b, " %s=%.1f", strings.TrimSuffix(strings.TrimPrefix(m.Name, "/memory/classes/"), ":bytes"), float64(m.Value.Uint64())/(1<<20))
 	}
 	fmt.Println("  memory classes (MiB):" + b.String())
+}
+
+// sqliteConns sums SQLite's connections by database and pool.
+type sqliteConns map[[2]string]*sqldb.ConnMemory
+
+// printSQLiteMemory prints SQLite's heap by database and connection pool
+// (sqlite3_db_status: page cache, schemas, statements, lookaside) and, with
+// before and the messages sent since, the page cache's hits and misses per
+// message.
+func printSQLiteMemory(label string, before sqliteConns, msgs int64) sqliteConns {
+	fmt.Println("  SQLite's memory, " + label + ":")
+	sums := sqliteConns{}
+	n := map[[2]string]int{}
+	for _, m := range sqldb.SQLiteMemory(context.Background()) {
+		k := [2]string{m.DB, m.Pool}
+		if sums[k] == nil {
+			sums[k] = &sqldb.ConnMemory{}
+		}
+		s := sums[k]
+		s.Cache += m.Cache
+		s.Schema += m.Schema
+		s.Stmts += m.Stmts
+		s.Lookaside += m.Lookaside
+		s.Hits += m.Hits
+		s.Misses += m.Misses
+		s.Spills += m.Spills
+		n[k]++
+	}
+	keys := slices.SortedFunc(maps.Keys(sums), func(a, b [2]string) int { return strings.Compare(a[0]+a[1], b[0]+b[1]) })
+	var total int
+	for _, k := range keys {
+		s := sums[k]
+		total += s.Total()
+		var rates string
+		if b := before[k]; b != nil && msgs > 0 {
+			rates = fmt.Sprintf("  per message: %.2f hits, %.3f misses, %.3f spills", float64(s.Hits-b.Hits)/float64(msgs),
+				float64(s.Misses-b.Misses)/float64(msgs), float64(s.Spills-b.Spills)/float64(msgs))
+		}
+		fmt.Printf("  sqlite %-13s %-12s x%d  cache %6.0f KiB  schema %5.0f  stmts %5.0f  lookaside %5.0f  total %6.0f KiB%s\n",
+			k[0], k[1], n[k], float64(s.Cache)/1024, float64(s.Schema)/1024, float64(s.Stmts)/1024, float64(s.Lookaside)/1024, float64(s.Total())/1024, rates)
+	}
+	fmt.Printf("  sqlite connections together %.1f MiB\n", float64(total)/(1<<20))
+	return sums
 }
 
 // gcCPU is the collector's CPU time so far (runtime/metrics' estimate).
@@ -168,6 +216,7 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 	idle.wait(b)
 	runtime.GC()
 	samples := []memSample{readMemSample("before", 0)}
+	sqliteBefore := printSQLiteMemory("before the sends", nil, 0)
 	peak := samples[0].rss
 
 	var sent atomic.Int64
@@ -244,6 +293,7 @@ func BenchmarkSteadyRateMemory(b *testing.B) {
 	close(stop)
 	<-sampled
 	samples = append(samples, readMemSample("pipeline idle", sent.Load()))
+	printSQLiteMemory("pipeline idle", sqliteBefore, sent.Load())
 	writeHeapProfile(b, "steady-rate-heap") // with CLINICCHAT_BENCH_CPUPROFILE=dir
 	runtime.GC()
 	samples = append(samples, readMemSample("idle, after a GC", sent.Load()))

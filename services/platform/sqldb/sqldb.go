@@ -96,11 +96,44 @@ type DB struct {
 	pgAlone atomic.Int64
 }
 
-// readConns is the size of a SQLite database's read pool, and
-// readCacheKiB the page cache of each of its connections.
+// readConns is the size of a SQLite database's read pool.
+const readConns = 8
+
+// The page caches of a SQLite database's connections (cache_size, in KiB),
+// outside the Go heap (issue 10).
+//
+// modernc.org/sqlite is built with SQLITE_ENABLE_MEMORY_MANAGEMENT, so
+// every connection of every database in the process shares one page cache
+// (SQLite's "unified" pcache1 group): a connection allocates pages until it
+// holds its cache_size, and then takes the least recently used page of any
+// connection, which lets that one allocate again. What bounds the pages
+// kept is the sum of every open connection's cache_size, whether or not it
+// uses its own, and one connection may end up with most of them: at the
+// end of a run the reader of the audit checkpoint's scan held 8.5–8.9 MiB.
+// With SQLite's default (2 MiB) for the five writers and the five
+// checkpointers and 512 KiB per reader, the all-in-one's bound was ~23 MiB
+// as SQLite counts it, and each cached page costs 8 KiB of RSS in modernc's
+// allocator (its 4 KiB and the cache's header, in an 8 KiB slot): ~43 MiB
+// once a long run has touched enough pages. At 1,000 sends/s the writers
+// hit their cache 5–25 times per message and miss it at most ~0.1 times
+// with these settings (0.001–0.003 with the defaults: a miss is a pread of
+// a page the OS caches), and no write transaction spilled (BENCHMARKS.md,
+// mem18).
+//
+//   - writerCacheKiB: the writer's: the b-trees' hot pages, and a write
+//     transaction's dirty pages (past ~90% of it they spill to the WAL
+//     before COMMIT: transactions much larger than the group commits').
+//   - checkpointerCacheKiB: the checkpointer's. A checkpoint copies WAL
+//     frames to the database file through a buffer of its own, so its
+//     cache holds no page; at SQLite's default its 2 MiB were only room
+//     for the other connections' pages.
+//   - readCacheKiB: each reader's (readConns of them): in WAL mode a read
+//     transaction that follows a commit starts with an empty cache, so a
+//     reader's pages serve only the transaction that read them.
 const (
-	readConns    = 8
-	readCacheKiB = 512
+	writerCacheKiB       = 1024
+	checkpointerCacheKiB = 64
+	readCacheKiB         = 128
 )
 
 // maxStmts bounds each statement cache (queries built with a variable
@@ -251,6 +284,9 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 		// The writer's COMMIT runs no checkpoint: the checkpointer does.
 		writerDSN += "&" + url.Values{"_pragma": {"wal_autocheckpoint(0)"}}.Encode()
 	}
+	// The page caches (writerCacheKiB, checkpointerCacheKiB).
+	writerDSN += "&" + url.Values{"_pragma": {fmt.Sprintf("cache_size(%d)", -writerCacheKiB)}}.Encode()
+	ckptDSN += "&" + url.Values{"_pragma": {fmt.Sprintf("cache_size(%d)", -checkpointerCacheKiB)}}.Encode()
 	// The writer runs BEGIN IMMEDIATE itself (sqliteWriter).
 	w, err := sql.Open("sqlite", writerDSN)
 	if err != nil {
@@ -264,12 +300,6 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 		return nil, fmt.Errorf("open sqlite %s: %w", filepath.Base(path), err)
 	}
 	pragmas.Add("_pragma", "query_only(1)")
-	// Each connection has its own page cache (SQLite's default: up to
-	// 2 MiB), outside the Go heap. The writer keeps the default; the readers
-	// (readConns of them) get a quarter each, since the operating system's
-	// page cache holds the file anyway: a deployment's five databases were
-	// up to 90 MiB of process memory, and the all-in-one's grew with every
-	// page a read touched (issue 10).
 	pragmas.Add("_pragma", fmt.Sprintf("cache_size(%d)", -readCacheKiB))
 	r, err := sql.Open("sqlite", "file:"+path+"?"+pragmas.Encode())
 	if err != nil {
@@ -302,6 +332,7 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	}
 	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), deferred: make(chan *job, 1024), stop: make(chan struct{}),
 		w: sw, ckpt: ck, seqs: map[string]int64{}, metrics: newSQLiteMetrics(dbName(path))}
+	registerSQLite(d, dbName(path))
 	d.wg.Add(1)
 	go d.writer()
 	if ck != nil {
@@ -384,6 +415,7 @@ func (d *DB) committed(signals []string, hands []handed) {
 func (d *DB) Close() error {
 	d.stopLanes()
 	if d.stop != nil {
+		unregisterSQLite(d)
 		close(d.stop)
 		d.wg.Wait() // the writer and the checkpointer
 		if d.ckpt != nil {

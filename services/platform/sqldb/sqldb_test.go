@@ -203,8 +203,9 @@ func TestPostgresPoolMaxConns(t *testing.T) {
 	require.ErrorContains(t, err, `pool_max_conns="lots"`)
 }
 
-// SQLite's read connections have a bounded page cache each (outside the Go
-// heap, one per pooled connection); the writer keeps SQLite's default.
+// SQLite's read connections have a small page cache each (outside the Go
+// heap, one per pooled connection), the writer half SQLite's default
+// (sqlite_memory_test.go: what the settings bound together).
 func TestSQLiteReadConnectionsHaveSmallPageCache(t *testing.T) {
 	ctx := context.Background()
 	db := testkit.OpenDB(t, testkit.Backends()[0])
@@ -219,12 +220,12 @@ func TestSQLiteReadConnectionsHaveSmallPageCache(t *testing.T) {
 	for _, c := range conns {
 		var size int
 		require.NoError(t, c.QueryRowContext(ctx, `PRAGMA cache_size`).Scan(&size))
-		require.Equal(t, -512, size, "KiB, as a negative number")
+		require.Equal(t, -128, size, "KiB, as a negative number")
 		require.NoError(t, c.Close())
 	}
 	var writer int
 	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
 		return tx.QueryRow(ctx, `PRAGMA cache_size`).Scan(&writer)
 	}))
-	require.Equal(t, -2000, writer, "SQLite's default")
+	require.Equal(t, -1024, writer, "KiB: half SQLite's default")
 }

@@ -130,11 +130,12 @@ func (s *Store) AppendAll(ctx context.Context, es []domain.Entry) ([]domain.Reco
 func recordsByEventID(ctx context.Context, tx *sqldb.Tx, es []domain.Entry) (map[string]domain.Record, error) {
 	known := make(map[string]domain.Record, len(es))
 	for chunk := range slices.Chunk(es, eventLookupChunk) {
-		args := make([]any, len(chunk))
+		args := make([]any, len(chunk), inListLen(len(chunk)))
 		for i, e := range chunk {
 			args[i] = e.EventID
 		}
-		rows, err := tx.Query(ctx, `SELECT `+recordCols+` FROM audit_events WHERE event_id IN (?`+strings.Repeat(`, ?`, len(chunk)-1)+`)`, args...)
+		args = padInList(args, 0)
+		rows, err := tx.Query(ctx, `SELECT `+recordCols+` FROM audit_events WHERE event_id IN (?`+strings.Repeat(`, ?`, len(args)-1)+`)`, args...)
 		if err != nil {
 			return nil, fmt.Errorf("look up events: %w", err)
 		}
@@ -157,6 +158,30 @@ func recordsByEventID(ctx context.Context, tx *sqldb.Tx, es []domain.Entry) (map
 
 // eventLookupChunk bounds the parameters of one event id lookup.
 const eventLookupChunk = 256
+
+// inListLen is the number of parameters an IN list of n values is given:
+// the power of two at or above n. Each statement text is prepared once per
+// connection and kept (sqldb's statement caches), so a list of every
+// length up to eventLookupChunk made up to 256 statements on the writer,
+// several MiB of SQLite's heap outside the Go heap (issue 10); by powers of
+// two, 9.
+func inListLen(n int) int {
+	k := 1
+	for k < n {
+		k <<= 1
+	}
+	return k
+}
+
+// padInList pads the IN list args[from:] (at least one value) to
+// inListLen by repeating its last value, which selects nothing more.
+func padInList(args []any, from int) []any {
+	last := args[len(args)-1]
+	for n := inListLen(len(args) - from); len(args)-from < n; {
+		args = append(args, last)
+	}
+	return args
+}
 
 // appendBatch is what one AppendAll transaction appended: each practice's log
 // size as the transaction made it (read once; the practice is locked for the
@@ -460,9 +485,9 @@ func (r *hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 
 // read adds the stored hashes of args (the practice, then indexes) to got.
 func (r *hashReader) read(args []any, got map[int64]tlog.Hash) error {
-	n := len(args) - 1
+	args = padInList(args, 1)
 	rows, err := r.q.Query(r.ctx, `SELECT hidx, hash FROM audit_hashes WHERE practice = ? AND hidx IN (?`+
-		strings.Repeat(`, ?`, n-1)+`)`, args...)
+		strings.Repeat(`, ?`, len(args)-2)+`)`, args...)
 	if err != nil {
 		return fmt.Errorf("read tree hashes: %w", err)
 	}

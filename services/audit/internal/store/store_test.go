@@ -390,3 +390,49 @@ func TestAppendAllLargeBatches(t *testing.T) {
 		}
 	})
 }
+
+// Appending batches of every size prepares no more statements on SQLite's
+// writer than batches of powers of two: the event id lookups' IN lists and
+// the tree hash reads are padded to a power of two. Each statement text is
+// kept prepared on the writer connection, in SQLite's heap outside the Go
+// heap: a lookup of every length up to 256 ids was 3.7–4.6 MiB of it in the
+// all-in-one at 1,000 sends/s (issue 10, BENCHMARKS.md mem18).
+func TestAppendAllBatchesOfEverySizePrepareFewStatements(t *testing.T) {
+	ctx := context.Background()
+	stmts := func(name string, sizes []int) int {
+		db, err := sqldb.Open(ctx, t.TempDir()+"/"+name+".db")
+		require.NoError(t, err)
+		defer db.Close()
+		st, err := store.New(ctx, db)
+		require.NoError(t, err)
+		n := 0
+		for _, size := range sizes {
+			var b []domain.Entry
+			for range size {
+				b = append(b, entry("p1", fmt.Sprintf("e%d", n), n))
+				n++
+			}
+			_, added, err := st.AppendAll(ctx, append(b, b[0])) // and a repeated id
+			require.NoError(t, err)
+			require.False(t, added[size])
+		}
+		requireTree(t, st, "p1", int64(n))
+		for _, m := range sqldb.SQLiteMemory(ctx) {
+			if m.DB == name && m.Pool == "writer" {
+				return m.Stmts
+			}
+		}
+		t.Fatalf("no writer for %s", name)
+		return 0
+	}
+	var every, pow2 []int
+	for size := 1; size <= 64; size++ {
+		every = append(every, size)
+		if size&(size-1) == 0 {
+			pow2 = append(pow2, size)
+		}
+	}
+	pow2 = append(pow2, pow2...) // as many entries in the log, roughly, for the hash reads
+	ofEvery, ofPow2 := stmts("every", every), stmts("pow2", pow2)
+	require.LessOrEqual(t, ofEvery, ofPow2+ofPow2/4, "statement memory: every size %d KiB, powers of two %d KiB", ofEvery>>10, ofPow2>>10)
+}
