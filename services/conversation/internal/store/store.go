@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
@@ -28,22 +27,7 @@ type Store struct {
 	// deployment where nothing can read those sets it (Service's
 	// NoNotificationRequests).
 	NoRecipients bool
-	// MarkReadLinger is how long a MarkRead that finds another in flight
-	// may wait on SQLite for more to join its commit (markReadWrite);
-	// New sets DefaultMarkReadLinger, 0 never waits.
-	MarkReadLinger time.Duration
-	// markReads counts the MarkRead writes in flight (queued or running).
-	markReads atomic.Int64
 }
-
-// DefaultMarkReadLinger is Store.MarkReadLinger's default. Under
-// concurrent markReads (every patient and staff member reading at once)
-// the writer's group commits held ~4 of them each, the callers' round
-// trips through the gateway being longer than a commit; a markRead with
-// company that waits up to this long for the next to arrive brings the
-// commits (fsyncs) per receipt from ~0.24 to ~0.16 (BENCHMARKS.md,
-// rcpt18). A markRead alone never waits.
-const DefaultMarkReadLinger = 500 * time.Microsecond
 
 var _ domain.Repository = (*Store)(nil)
 
@@ -52,7 +36,7 @@ func New(ctx context.Context, db *sqldb.DB) (*Store, error) {
 	if err := sqldb.Migrate(ctx, db, migrations.FS, "."); err != nil {
 		return nil, err
 	}
-	return &Store{db: db, MarkReadLinger: DefaultMarkReadLinger}, nil
+	return &Store{db: db}, nil
 }
 
 const convColumns = `c.practice, c.id, c.patient_id, c.patient_display_name, c.state, c.create_time,
@@ -339,7 +323,7 @@ func (s *Store) SetFlags(ctx context.Context, practice, id string, v domain.View
 // receipt (fsyncs, the larger cost) rise (BenchmarkMarkRead).
 func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.Viewer, upTo int64, check func(domain.Conversation) error, evs func(domain.Conversation, bool) []domain.Event) (domain.Conversation, error) {
 	var out domain.Conversation
-	err := s.markReadWrite(ctx, func(tx *sqldb.Tx) error {
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
 		// The watermark after the raise: the larger of the stored one and
 		// upTo capped at the last message (everything when upTo <= 0).
 		const target = `CASE WHEN CAST(? AS BIGINT) <= 0 OR c.last_message_seq < CAST(? AS BIGINT) THEN c.last_message_seq ELSE CAST(? AS BIGINT) END`
@@ -388,20 +372,6 @@ func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.View
 		return outbox.AddAll(ctx, tx, evs(out, advanced))
 	})
 	return out, err
-}
-
-// markReadWrite is MarkRead's write: sqldb.Write when no other MarkRead
-// is in flight (one reader's markRead commits at once), sqldb.WriteDeferred
-// for up to MarkReadLinger when another is, so that concurrent markReads
-// share commits beyond the ones that happen to queue during the previous
-// commit. It returns once fn is durably committed either way; on
-// PostgreSQL, whose server group-commits, WriteDeferred is Write.
-func (s *Store) markReadWrite(ctx context.Context, fn func(tx *sqldb.Tx) error) error {
-	defer s.markReads.Add(-1)
-	if s.markReads.Add(1) > 1 && s.MarkReadLinger > 0 {
-		return s.db.WriteDeferred(ctx, s.MarkReadLinger, fn)
-	}
-	return s.db.Write(ctx, fn)
 }
 
 // viewerStateTx fills c's per-user state for v (pin, mute, read watermark,
