@@ -2,7 +2,6 @@ package allinone_test
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
-	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
 // A data dir of the versions before AckAll durables: each ConsumeBatch
@@ -40,10 +38,7 @@ func TestUpgradeToAckAllDurables(t *testing.T) {
 	// Make it the old version's state: explicit durables, same position.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats")}, testkit.Logger(t))
-	require.NoError(t, err)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	js, closeStreams := stoppedStreams(t, dir)
 	replaced := map[string]bool{}
 	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
 		str, err := js.Stream(ctx, sc.Name)
@@ -80,9 +75,7 @@ func TestUpgradeToAckAllDurables(t *testing.T) {
 	_, err = js.Publish(ctx, natsx.CreatedSubject(natsx.Tenant(natsx.SubjectMessageCreated, "demo", "patients/alice"), false),
 		raw, jetstream.WithMsgID(id2))
 	require.NoError(t, err)
-	nc.Close()
-	ns.Shutdown()
-	ns.WaitForShutdown()
+	closeStreams()
 
 	// The upgrade.
 	in = start(t, dir)

@@ -59,10 +59,7 @@ func TestUpgradeFromPreTenantSubjects(t *testing.T) {
 	// Make it the old version's state, with the old version's leftovers.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats")}, testkit.Logger(t))
-	require.NoError(t, err)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	js, closeStreams := stoppedStreams(t, dir)
 	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
 		str, err := js.Stream(ctx, sc.Name)
 		require.NoError(t, err)
@@ -86,9 +83,7 @@ func TestUpgradeFromPreTenantSubjects(t *testing.T) {
 	require.NoError(t, err)
 	_, err = js.Publish(ctx, natsx.SubjectMessageCreated, raw, jetstream.WithMsgID(id2))
 	require.NoError(t, err)
-	nc.Close()
-	ns.Shutdown()
-	ns.WaitForShutdown()
+	closeStreams()
 
 	db, err := sqldb.Open(ctx, filepath.Join(dir, "delivery.db"))
 	require.NoError(t, err)
@@ -122,4 +117,20 @@ func TestUpgradeFromPreTenantSubjects(t *testing.T) {
 	next := eventMessage(t, resumed.next(t, "message.created"))
 	require.Equal(t, after.Name, next.Name, "nothing twice, then live")
 	require.Equal(t, "after", next.Text)
+}
+
+// stoppedStreams opens the embedded NATS of a stopped all-in-one's data dir
+// on its own, for a test to put its streams and durables in an earlier
+// version's state; closeStreams shuts it down again.
+func stoppedStreams(t *testing.T, dir string) (js jetstream.JetStream, closeStreams func()) {
+	t.Helper()
+	ns, nc, err := natsx.StartEmbedded(natsx.EmbeddedConfig{StoreDir: filepath.Join(dir, "nats")}, testkit.Logger(t))
+	require.NoError(t, err)
+	js, err = jetstream.New(nc)
+	require.NoError(t, err)
+	return js, func() {
+		nc.Close()
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}
 }
