@@ -210,16 +210,26 @@ func settleMsg(ctx context.Context, log *zap.Logger, m jetstream.Msg, err error)
 	case errors.Is(err, ErrPoison):
 		log.Error("poison message terminated", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
 		_ = m.Term()
-	case ctx.Err() != nil:
-		_ = m.Nak() // shutting down: another consumer instance takes it
 	default:
-		delay := time.Second
-		if md, mErr := m.Metadata(); mErr == nil {
-			delay = min(time.Duration(md.NumDelivered)*500*time.Millisecond, 30*time.Second)
-		}
-		log.Warn("handler failed; redelivering", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
-		_ = m.NakWithDelay(delay)
+		md, _ := m.Metadata()
+		nak(ctx, log, m, md, err)
 	}
+}
+
+// nak hands back m, whose handler failed with err: at once when ctx has
+// ended (shutting down: another consumer instance, or the next start, takes
+// it), else with a delay growing with its deliveries (md; nil: not known).
+func nak(ctx context.Context, log *zap.Logger, m jetstream.Msg, md *jetstream.MsgMetadata, err error) {
+	if ctx.Err() != nil {
+		_ = m.Nak()
+		return
+	}
+	delay := time.Second
+	if md != nil {
+		delay = min(time.Duration(md.NumDelivered)*500*time.Millisecond, 30*time.Second)
+	}
+	log.Warn("handler failed; redelivering", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
+	_ = m.NakWithDelay(delay)
 }
 
 // SoleConsumer marks js as the only client that consumes the durables of
@@ -270,14 +280,9 @@ func (r *ackRuns) settle(m jetstream.Msg, err error) {
 		if seq > r.latestSeq || r.latest == nil {
 			r.latest, r.latestSeq, r.poison = m, seq, err != nil
 		}
-	case r.ctx.Err() != nil:
-		r.failed[seq] = struct{}{}
-		_ = m.Nak() // shutting down: delivered again at the next start
 	default:
 		r.failed[seq] = struct{}{}
-		delay := min(time.Duration(md.NumDelivered)*500*time.Millisecond, 30*time.Second)
-		r.log.Warn("handler failed; redelivering", zap.String(logkeys.Subject, m.Subject()), zap.Error(err))
-		_ = m.NakWithDelay(delay)
+		nak(r.ctx, r.log, m, md, err)
 	}
 }
 
