@@ -836,12 +836,13 @@ func scan(rs *sql.Rows) ([]row, error) { return scanRows(rs, true) }
 func scanRows(rs *sql.Rows, withPayload bool) ([]row, error) {
 	defer rs.Close()
 	var out []row
+	var x row // each row is scanned into x, then copied out
+	dest := []any{&x.seq, &x.id, &x.subject, &x.payload, &x.traceparent, &x.created}
+	if !withPayload {
+		dest = slices.Delete(dest, 3, 4)
+	}
 	for rs.Next() {
-		var x row
-		dest := []any{&x.seq, &x.id, &x.subject, &x.payload, &x.traceparent, &x.created}
-		if !withPayload {
-			dest = slices.Delete(dest, 3, 4)
-		}
+		x = row{}
 		if err := rs.Scan(dest...); err != nil {
 			return nil, err
 		}
