@@ -275,6 +275,11 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	// second process opening the same data dir gets "database is locked"
 	// instead of sharing it.
 	pragmas.Set("vfs", "unix-excl")
+	// walVFS (sqlite_walvfs.go): unix-excl, with a commit's WAL frames
+	// written in one pwrite64 instead of two per frame.
+	if registerWALVFS() {
+		pragmas.Set("vfs", walVFSName)
+	}
 	// The checkpointer's connection: the same pragmas (synchronous=FULL:
 	// a checkpoint fsyncs the WAL, then the database file before the WAL
 	// may be written over).
