@@ -2,6 +2,7 @@ package sqldb
 
 import (
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"modernc.org/libc"
@@ -65,6 +66,10 @@ const (
 	walMaxHeld  = 1 << 20
 	walMaxWrite = 96 << 10
 )
+
+// walWrites counts the writes walVFS made to WAL files (the tests' count
+// of pwrite64s per commit).
+var walWrites atomic.Uint64
 
 var (
 	walVFSOnce sync.Once
@@ -190,6 +195,7 @@ func walFlush(tls *libc.TLS, file uintptr) int32 {
 	r, m := inner(file)
 	write := as[xRWFn](m.FxWrite)
 	for done := int64(0); done < n; done += walMaxWrite {
+		walWrites.Add(1)
 		if rc := write(tls, r, f.buf+uintptr(done), int32(min(n-done, walMaxWrite)), start+done); rc != sqlite3.SQLITE_OK {
 			return rc
 		}
@@ -256,6 +262,7 @@ func walWrite(tls *libc.TLS, file, buf uintptr, amt int32, off int64) int32 {
 		return rc
 	}
 	f.end = max(f.end, off+int64(amt))
+	walWrites.Add(1)
 	r, m := inner(file)
 	return as[xRWFn](m.FxWrite)(tls, r, buf, amt, off)
 }
