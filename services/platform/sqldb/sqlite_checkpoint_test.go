@@ -338,3 +338,26 @@ func histQuantile(t testing.TB, h interface{ Write(*dto.Metric) error }, q float
 	}
 	return lo
 }
+
+// At the default thresholds the checkpointer starts a checkpoint once the
+// writer has committed 2,000 frames since the last one, not before, and the
+// WAL starts again at 4,000 (wal19: half as many checkpoints as at 1,000,
+// the WAL's size as before).
+func TestCheckpointerDefaultInterval(t *testing.T) {
+	require.EqualValues(t, 2000, checkpointFrames)
+	require.EqualValues(t, 4000, restartFrames)
+	ctx := context.Background()
+	db := openBlobs(t, filepath.Join(t.TempDir(), "interval.db"))
+	t.Cleanup(func() { _ = db.Close() })
+	frames0 := db.metrics.frames.Load()
+	written := func() int64 { return int64(db.metrics.frames.Load() - frames0) }
+	for written() < checkpointFrames-100 {
+		require.NoError(t, db.Write(ctx, insertBlob(randomKey())))
+	}
+	// The kick is sent inside the commit that crosses the threshold: none yet.
+	require.Zero(t, counterBy(t, db, "checkpointer"), "%d frames", written())
+	for written() < checkpointFrames {
+		require.NoError(t, db.Write(ctx, insertBlob(randomKey())))
+	}
+	require.Eventually(t, func() bool { return counterBy(t, db, "checkpointer") >= 1 }, 30*time.Second, 5*time.Millisecond)
+}
