@@ -13,6 +13,7 @@ import (
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
+	"github.com/clinicchat/clinicchat/services/platform/eventwire"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
@@ -21,13 +22,13 @@ func decodeEventWhole(t *testing.T, stream int, subject string, data []byte) *ev
 	t.Helper()
 	e := decodeEvent(zap.NewNop(), stream, 7, subject, data, "")
 	// The same bytes with the meta moved after the other fields: not the
-	// shape splitEventMeta reads, so unmarshalled whole.
-	if _, _, ok := splitEventMeta(data, ""); ok {
+	// shape eventwire.SplitMeta reads, so unmarshalled whole.
+	if _, _, ok := eventwire.SplitMeta(data, ""); ok {
 		num, typ, n := protowire.ConsumeTag(data)
 		require.Equal(t, protowire.Number(1), num)
 		m := protowire.ConsumeFieldValue(num, typ, data[n:])
 		moved := append(append([]byte{}, data[n+m:]...), data[:n+m]...)
-		_, _, ok := splitEventMeta(moved, "")
+		_, _, ok := eventwire.SplitMeta(moved, "")
 		require.False(t, ok, "meta last")
 		whole := decodeEvent(zap.NewNop(), stream, 7, subject, moved, "")
 		require.Equal(t, e == nil, whole == nil)
@@ -95,7 +96,7 @@ func TestDecodeEventReadsTheMetaFromTheWire(t *testing.T) {
 				return
 			}
 			require.NotNil(t, got)
-			_, _, split := splitEventMeta(data, "")
+			_, _, split := eventwire.SplitMeta(data, "")
 			require.True(t, split, "Go's encoding puts the meta first")
 			if p := got.practice; p != "" {
 				again := decodeEvent(zap.NewNop(), tc.stream, 7, subject, data, "p1")
@@ -151,7 +152,7 @@ func TestDecodeEventRefusesWhatUnmarshalRefuses(t *testing.T) {
 	require.NoError(t, err)
 	data = protowire.AppendTag(data, 2, protowire.BytesType)
 	data = protowire.AppendBytes(data, mb)
-	_, _, ok := splitEventMeta(data, "p1")
+	_, _, ok := eventwire.SplitMeta(data, "p1")
 	require.False(t, ok)
 	var whole deliveryv1.MessageCreated
 	require.NoError(t, proto.Unmarshal(data, &whole))
@@ -169,25 +170,11 @@ func TestDecodeEventTwoMetasMerged(t *testing.T) {
 	b, err := proto.Marshal(&deliveryv1.MessageCreated{Meta: &typev1.EventMeta{Action: "x"}})
 	require.NoError(t, err)
 	data := append(a, b...)
-	_, _, ok := splitEventMeta(data, "")
+	_, _, ok := eventwire.SplitMeta(data, "")
 	require.False(t, ok)
 	e := decodeEvent(zap.NewNop(), streamD, 1, natsx.SubjectMessageCreated, data, "")
 	require.Equal(t, "p1", e.practice)
 	require.Equal(t, "x", e.action)
-}
-
-// The hub's meta read allocates nothing for an event of the expected
-// practice with a known action.
-func TestSplitEventMetaAllocatesNothing(t *testing.T) {
-	data, err := proto.Marshal(&conversationv1.ConversationUpdated{Meta: &typev1.EventMeta{Id: "ev", Practice: "p1", Action: actionActivity,
-		Time: timestamppb.Now(), Actor: "system", Resource: "conversations/c"}, MessageSeq: 2})
-	require.NoError(t, err)
-	require.Zero(t, testing.AllocsPerRun(100, func() {
-		h, _, ok := splitEventMeta(data, "p1")
-		if !ok || h.practice != "p1" || h.action != actionActivity {
-			t.Fatal(h, ok)
-		}
-	}))
 }
 
 // parseAck reads the ack subject as nats.go's Metadata does.

@@ -20,6 +20,7 @@ import (
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/eventwire"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/telemetry"
@@ -193,7 +194,7 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 	e := &event{stream: stream, seq: seq}
 	// The meta is read from the wire (eventhead.go) and the rest of the
 	// event unmarshalled without it; any other shape is unmarshalled whole.
-	head, body, split := splitEventMeta(data, practice)
+	head, body, split := eventwire.SplitMeta(data, practice, actionActivity, actionAssign, actionArchive)
 	if !split {
 		body = data
 	}
@@ -263,14 +264,14 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 		return nil
 	}
 	if !split {
-		head.practice, head.action = meta.GetPractice(), meta.GetAction()
+		head.Practice, head.Action = meta.GetPractice(), meta.GetAction()
 		if meta.GetTime() != nil {
-			head.time = meta.GetTime().AsTime()
+			head.Time = meta.GetTime().AsTime()
 		}
 	}
-	e.practice, e.action = head.practice, head.action
+	e.practice, e.action = head.Practice, head.Action
 	if e.kind == itemMessageCreated {
-		e.wroteAt = head.time
+		e.wroteAt = head.Time
 	}
 	return e
 }
