@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -221,6 +222,51 @@ func TestSubjectTenant(t *testing.T) {
 		}
 		if n > 1 {
 			require.Equal(t, tokens[1], t1)
+		}
+	}
+}
+
+// BenchmarkDecodeEvent is the hub's decode of a message.created and a
+// conversation.updated as published: "wire" reads the meta from the wire,
+// "whole" is the same event with its meta last, which decodeEvent
+// unmarshals whole (as every event was before).
+func BenchmarkDecodeEvent(b *testing.B) {
+	at := time.Now()
+	meta := &typev1.EventMeta{Id: "01JEXAMPLEEVENTID000000000", Time: timestamppb.New(at), Practice: "practice-1", Actor: "users/u-1",
+		ActorRole: "dentist", Action: "message.send", Resource: "conversations/c-1/messages/m-1", Outcome: typev1.EventMeta_ALLOWED}
+	msg := &deliveryv1.Message{Name: "conversations/c-1/messages/m-1", Sender: "users/u-1", SenderRole: "dentist",
+		Text: strings.Repeat("x", 64), CreateTime: timestamppb.New(at), Seq: 3, RequestId: "req-1", SenderDisplayName: "Dr Amy"}
+	for _, tc := range []struct {
+		name    string
+		stream  int
+		subject string
+		ev      proto.Message
+	}{
+		{"message.created", streamD, natsx.SubjectMessageCreated, &deliveryv1.MessageCreated{Meta: meta, Message: msg, Patient: "patients/pa"}},
+		{"conversation.updated", streamC, natsx.SubjectConversationEcho, &conversationv1.ConversationUpdated{
+			Meta: &typev1.EventMeta{Id: "01JEXAMPLEEVENTID000000001", Time: timestamppb.New(at), Practice: "practice-1",
+				Actor: natsx.SystemActor, Action: actionActivity, Resource: "conversations/c-1", Outcome: typev1.EventMeta_ALLOWED},
+			Conversation: &conversationv1.Conversation{Name: "conversations/c-1", Patient: "patients/pa", LastMessageSeq: 3,
+				PatientDisplayName: "Alice", LastMessagePreview: strings.Repeat("x", 64), LastMessageTime: timestamppb.New(at)},
+			MessageSeq: 3}},
+	} {
+		data, err := proto.Marshal(tc.ev)
+		require.NoError(b, err)
+		num, typ, n := protowire.ConsumeTag(data)
+		m := protowire.ConsumeFieldValue(num, typ, data[n:])
+		whole := append(append([]byte{}, data[n+m:]...), data[:n+m]...)
+		for _, v := range []struct {
+			name string
+			data []byte
+		}{{"wire", data}, {"whole", whole}} {
+			b.Run(tc.name+"/"+v.name, func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if decodeEvent(zap.NewNop(), tc.stream, 1, tc.subject, v.data, "practice-1") == nil {
+						b.Fatal("nil")
+					}
+				}
+			})
 		}
 	}
 }

@@ -177,10 +177,10 @@ func (e *event) visibleTo(id auth.Identity) bool {
 		return false
 	}
 	if e.kind == itemUserState || e.kind == itemConversationRead {
-		return e.user == id.Principal()
+		return id.IsPrincipal(e.user)
 	}
 	if id.IsPatient() {
-		return e.patient == id.Principal()
+		return id.IsPrincipal(e.patient)
 	}
 	return id.IsStaff() || id.IsSystem()
 }
@@ -801,7 +801,7 @@ func lazyFor(id auth.Identity, e *event) bool {
 		return true
 	case itemMessageUpdated:
 		// Prompt only for the message's sender, who waits for its ticks.
-		return e.message.GetSender() != id.Principal()
+		return !id.IsPrincipal(e.message.GetSender())
 	}
 	return false
 }
