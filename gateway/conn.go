@@ -222,7 +222,7 @@ func (h *hub) catchUp(ctx context.Context, id auth.Identity, stream int, from, t
 			if seq > to {
 				return nil // the hub delivers the rest
 			}
-			if e := decodeEvent(h.log, stream, seq, m.Subject(), m.Data()); e != nil && e.visibleTo(id) {
+			if e := decodeEvent(h.log, stream, seq, m.Subject(), m.Data(), id.Practice); e != nil && e.visibleTo(id) {
 				if err := each(e); err != nil {
 					return err
 				}

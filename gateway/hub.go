@@ -20,6 +20,7 @@ import (
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/eventwire"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/telemetry"
@@ -86,6 +87,9 @@ type event struct {
 	// conversation, for conversation events: the thread whose view is
 	// fetched once per user (convViews).
 	conversation string
+	// action is the event's EventMeta action (updated carries no meta:
+	// decodeEvent reads it from the wire).
+	action string
 
 	// span is the fan-out span of the event when it was traced (invalid
 	// otherwise): each connection's write is its child.
@@ -173,23 +177,31 @@ func (e *event) visibleTo(id auth.Identity) bool {
 		return false
 	}
 	if e.kind == itemUserState || e.kind == itemConversationRead {
-		return e.user == id.Principal()
+		return id.IsPrincipal(e.user)
 	}
 	if id.IsPatient() {
-		return e.patient == id.Principal()
+		return id.IsPrincipal(e.patient)
 	}
 	return id.IsStaff() || id.IsSystem()
 }
 
 // decodeEvent decodes a message of the hub's subjects; nil for subjects it
-// does not stream and for undecodable payloads (logged).
-func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data []byte) *event {
+// does not stream and for undecodable payloads (logged). practice is the
+// practice the caller expects the event to be of ("" when it does not
+// know): the event's practice is then that string, not a copy.
+func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data []byte, practice string) *event {
 	base := natsx.Base(subject)
 	e := &event{stream: stream, seq: seq}
+	// The meta is read from the wire (eventhead.go) and the rest of the
+	// event unmarshalled without it; any other shape is unmarshalled whole.
+	head, body, split := eventwire.SplitMeta(data, practice, actionActivity, actionAssign, actionArchive)
+	if !split {
+		body = data
+	}
 	var meta *typev1.EventMeta
-	// decoded unmarshals data into ev, or logs why it is skipped.
+	// decoded unmarshals body into ev, or logs why it is skipped.
 	decoded := func(streamName string, ev proto.Message) bool {
-		if err := proto.Unmarshal(data, ev); err != nil {
+		if err := proto.Unmarshal(body, ev); err != nil {
 			log.Warn("undecodable event skipped", zap.String(logkeys.Stream, streamName), zap.Uint64("seq", seq), zap.Error(err))
 			return false
 		}
@@ -251,16 +263,24 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 	if e.kind != itemMessageCreated && e.kind != itemMessageUpdated && e.conversation == "" {
 		return nil
 	}
-	e.practice = meta.GetPractice()
-	if e.kind == itemMessageCreated && meta.GetTime() != nil {
-		e.wroteAt = meta.GetTime().AsTime()
+	if !split {
+		head.Practice, head.Action = meta.GetPractice(), meta.GetAction()
+		if meta.GetTime() != nil {
+			head.Time = meta.GetTime().AsTime()
+		}
+	}
+	e.practice, e.action = head.Practice, head.Action
+	if e.kind == itemMessageCreated {
+		e.wroteAt = head.Time
 	}
 	return e
 }
 
 // practiceConns are the connections of one practice on this gateway.
 type practiceConns struct {
-	staff map[*conn]struct{}
+	// practice is the practice's id.
+	practice string
+	staff    map[*conn]struct{}
 	// byPrincipal holds every connection by its principal's subject token
 	// (natsx.Token("patients/p"), natsx.Token("users/u")).
 	byPrincipal map[string]map[*conn]struct{}
@@ -447,19 +467,19 @@ func (h *hub) consumeOnce(ctx context.Context, stream int) error {
 	}()
 	next := uint64(1) // the consumer sequence expected next
 	cc, err := cons.Consume(func(m jetstream.Msg) {
-		md, err := m.Metadata()
-		if err != nil {
+		md, ok := parseAck(m.Reply()) // m.Metadata() without its allocation
+		if !ok {
 			return
 		}
-		if md.Sequence.Consumer != next {
+		if md.consumer != next {
 			wakes.flush()
 			lazy.flush()
-			fail(fmt.Errorf("consumer sequence %d, expected %d", md.Sequence.Consumer, next))
+			fail(fmt.Errorf("consumer sequence %d, expected %d", md.consumer, next))
 			return
 		}
 		next++
-		h.dispatch(stream, m, md.Sequence.Stream, md.Timestamp)
-		if md.NumPending == 0 {
+		h.dispatch(stream, m, md.stream, md.timestamp)
+		if md.pending == 0 {
 			// The end of what the stream held when this one was delivered:
 			// wake the connections the burst queued on, once each.
 			wakes.flush()
@@ -511,25 +531,27 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64, stored time.Time
 	}
 	defer h.pos[stream].Store(seq)
 	subject := m.Subject()
-	tokens := natsx.Tokens(subject)
+	t0, t1, tokens := subjectTenant(subject)
 	var pc *practiceConns
-	if len(tokens) > 0 {
+	practice := ""
+	if tokens > 0 {
 		// The tenant form: skip events nobody here may see before decoding.
-		pc = h.practices[tokens[0]]
+		pc = h.practices[t0]
 		if pc == nil {
 			return
 		}
+		practice = pc.practice
 		// The second token is the thread's patient, or for the events
 		// only their user sees (a reader's conversation.read, a pin or
 		// mute) that user: those are skipped when the user has no stream
 		// here, however many staff streams the practice has (every
 		// receipt of a patient reading on a phone, in a practice whose
 		// staff have the Chat page open).
-		if len(tokens) > 1 && len(pc.byPrincipal[tokens[1]]) == 0 && (len(pc.staff) == 0 || userAddressed(stream, subject)) {
+		if tokens > 1 && len(pc.byPrincipal[t1]) == 0 && (len(pc.staff) == 0 || userAddressed(stream, subject)) {
 			return
 		}
 	}
-	e := decodeEvent(h.log, stream, seq, subject, m.Data())
+	e := decodeEvent(h.log, stream, seq, subject, m.Data(), practice)
 	h.decodedTotal.Add(1)
 	h.s.metrics.hubDecoded.Inc()
 	if e == nil {
@@ -626,7 +648,7 @@ func (h *hub) register(c *conn) (pos cursor) {
 	defer h.mu.Unlock()
 	pc := h.practices[pt]
 	if pc == nil {
-		pc = &practiceConns{staff: map[*conn]struct{}{}, byPrincipal: map[string]map[*conn]struct{}{}}
+		pc = &practiceConns{practice: c.id.Practice, staff: map[*conn]struct{}{}, byPrincipal: map[string]map[*conn]struct{}{}}
 		h.practices[pt] = pc
 	}
 	if !c.id.IsPatient() {
@@ -779,7 +801,7 @@ func lazyFor(id auth.Identity, e *event) bool {
 		return true
 	case itemMessageUpdated:
 		// Prompt only for the message's sender, who waits for its ticks.
-		return e.message.GetSender() != id.Principal()
+		return !id.IsPrincipal(e.message.GetSender())
 	}
 	return false
 }

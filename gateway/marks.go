@@ -134,7 +134,7 @@ func streamToken(id auth.Identity) metadata.MD {
 func isRecipient(id auth.Identity, m *deliveryv1.Message) bool {
 	switch {
 	case id.IsPatient():
-		return m.GetSender() != id.Principal()
+		return !id.IsPrincipal(m.GetSender())
 	case id.IsStaff():
 		return strings.HasPrefix(m.GetSender(), "patients/")
 	}

@@ -65,6 +65,25 @@ func (id Identity) Principal() string {
 	return "users/" + id.Subject
 }
 
+// IsPrincipal reports whether name is id.Principal(), without making it.
+func (id Identity) IsPrincipal(name string) bool {
+	prefix := "users/"
+	if id.IsPatient() {
+		prefix = "patients/"
+	}
+	return len(name) == len(prefix)+len(id.Subject) && name[:len(prefix)] == prefix && name[len(prefix):] == id.Subject
+}
+
+// AppendPrincipal appends id.Principal() to b.
+func (id Identity) AppendPrincipal(b []byte) []byte {
+	if id.IsPatient() {
+		b = append(b, "patients/"...)
+	} else {
+		b = append(b, "users/"...)
+	}
+	return append(b, id.Subject...)
+}
+
 // SteppedUp reports whether the caller authenticated within window of now.
 func (id Identity) SteppedUp(now time.Time, window time.Duration) bool {
 	return !id.AuthTime.IsZero() && now.Sub(id.AuthTime) <= window

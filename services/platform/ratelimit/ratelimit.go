@@ -134,16 +134,21 @@ func New(name string, perSecond float64, burst int, m *Metrics) *Limiter {
 
 // Take takes n tokens from key's bucket. When they are not there it takes
 // none and returns how long until they would be.
-func (l *Limiter) Take(key string, n int) (bool, time.Duration) {
+func (l *Limiter) Take(key string, n int) (bool, time.Duration) { return take(l, key, n) }
+
+// take is Take of a key given as a string or as bytes: bytes are made a
+// string only for a new bucket (a map lookup by string(key) copies
+// nothing).
+func take[K string | []byte](l *Limiter, key K, n int) (bool, time.Duration) {
 	now := l.now()
 	l.mu.Lock()
-	b, ok := l.buckets[key]
+	b, ok := l.buckets[string(key)]
 	if !ok {
 		if len(l.buckets) >= maxKeys {
 			l.forget(now)
 		}
 		b = rate.NewLimiter(l.limit, l.burst)
-		l.buckets[key] = b
+		l.buckets[string(key)] = b
 	}
 	l.mu.Unlock()
 	if n > l.burst {
@@ -193,7 +198,8 @@ func (l *Limiter) Allow(ctx context.Context, n int, msg string) error {
 	if !ok {
 		return nil
 	}
-	if ok, wait := l.Take(Key(who), n); !ok {
+	var buf [128]byte // the key without a string of its own (take)
+	if ok, wait := take(l, appendKey(buf[:0], who), n); !ok {
 		l.metrics.Refused(l.name)
 		return errs.ResourceExhausted(l.name, roundUp(wait), "%s", msg)
 	}
@@ -201,7 +207,14 @@ func (l *Limiter) Allow(ctx context.Context, n int, msg string) error {
 }
 
 // Key identifies an identity across practices.
-func Key(who auth.Identity) string { return who.Practice + "\x00" + who.Principal() }
+func Key(who auth.Identity) string { return string(appendKey(nil, who)) }
+
+// appendKey appends Key(who) to b.
+func appendKey(b []byte, who auth.Identity) []byte {
+	b = append(b, who.Practice...)
+	b = append(b, 0)
+	return who.AppendPrincipal(b)
+}
 
 // roundUp rounds a wait up to whole seconds (Retry-After's unit).
 func roundUp(d time.Duration) time.Duration {

@@ -77,3 +77,21 @@ func TestUploadBytesPerIdentityAreLimited(t *testing.T) {
 	require.Equal(t, LimitUploadBytes, errs.FromStatus(got[2]).(*errs.Error).Meta[errs.MetaLimit])
 	require.GreaterOrEqual(t, errs.RetryAfter(got[2]), time.Second)
 }
+
+// Allow takes from the bucket of Key(who), whose key it builds without a
+// string of its own.
+func TestAllowUsesKeysBucket(t *testing.T) {
+	l := New("sends", 1, 2, nil)
+	who := auth.Identity{Practice: "p1", Subject: "u1", Role: "dentist"}
+	require.Equal(t, "p1\x00users/u1", Key(who))
+	ctx := auth.WithIdentity(context.Background(), who)
+	require.NoError(t, l.Allow(ctx, 1, "slow down"))
+	ok, _ := l.Take(Key(who), 1)
+	require.True(t, ok, "the second of a burst of 2")
+	require.Error(t, l.Allow(ctx, 1, "slow down"), "the same bucket, empty")
+	require.Len(t, l.buckets, 1)
+	other := auth.WithIdentity(context.Background(), auth.Identity{Practice: "p1", Subject: "u1", Role: auth.RolePatient})
+	require.NoError(t, l.Allow(other, 1, "slow down"), "patients/u1 is another key")
+	var buf [128]byte
+	require.Zero(t, testing.AllocsPerRun(10, func() { _ = appendKey(buf[:0], who) }))
+}

@@ -95,7 +95,8 @@ func ev(base string, msg interface {
 }) domain.Event {
 	meta := msg.GetMeta()
 	base = natsx.PublishBase(base, meta.GetActor(), meta.GetAction())
-	tokens := []string{meta.GetPractice()}
+	var buf [2]string // the tokens, on the stack (Tenant keeps none)
+	tokens := append(buf[:0], meta.GetPractice())
 	switch m := msg.(type) {
 	case *conversationv1.ConversationCreated:
 		tokens = append(tokens, m.GetConversation().GetPatient())

@@ -10,6 +10,7 @@ import (
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	preferencesv1 "github.com/clinicchat/clinicchat/proto/clinicchat/preferences/v1"
 	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
+	"github.com/clinicchat/clinicchat/services/platform/eventwire"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
@@ -47,18 +48,27 @@ func (a *App) HandleMessagesCreated(ctx context.Context, msgs []jetstream.Msg, p
 }
 
 // decodeMessageCreated reads the projection's view of a message.created.
+// Its meta is read from the wire (only the practice is used) and the rest
+// unmarshalled without it: the meta's other strings are not made.
 func decodeMessageCreated(data []byte) (domain.MessageApplied, error) {
 	var e deliveryv1.MessageCreated
-	if err := proto.Unmarshal(data, &e); err != nil {
+	head, rest, split := eventwire.SplitMeta(data, "")
+	if !split {
+		rest = data
+	}
+	if err := proto.Unmarshal(rest, &e); err != nil {
 		return domain.MessageApplied{}, fmt.Errorf("%w: %v", natsx.ErrPoison, err)
+	}
+	if !split {
+		head.Practice = e.GetMeta().GetPractice()
 	}
 	msg := e.GetMessage()
 	p, ok := ids.Parse(msg.GetName(), "conversations", "messages")
-	if !ok || e.GetMeta().GetPractice() == "" {
+	if !ok || head.Practice == "" {
 		return domain.MessageApplied{}, fmt.Errorf("%w: message name", natsx.ErrPoison)
 	}
 	return domain.MessageApplied{
-		Practice:       e.GetMeta().GetPractice(),
+		Practice:       head.Practice,
 		ConversationID: p[0],
 		Seq:            int64(msg.GetSeq()),
 		FromPatient:    msg.GetSenderRole() == "patient",

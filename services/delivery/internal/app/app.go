@@ -2,9 +2,10 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"errors"
-	"sort"
+	"slices"
 	"strconv"
 	"time"
 
@@ -109,7 +110,8 @@ type metaEvent interface {
 func ev(base string, msg metaEvent) domain.Event {
 	meta := msg.GetMeta()
 	base = natsx.PublishBase(base, meta.GetActor(), meta.GetAction())
-	tokens := []string{meta.GetPractice()}
+	var buf [2]string // the tokens, on the stack (Tenant keeps none)
+	tokens := append(buf[:0], meta.GetPractice())
 	if p, ok := msg.(interface{ GetPatient() string }); ok {
 		tokens = append(tokens, p.GetPatient())
 	}
@@ -425,14 +427,18 @@ func (a *App) receipt(who auth.Identity, convID string, upTo int64, to domain.St
 
 func (a *App) advanceAs(ctx context.Context, adv domain.Advance) ([]domain.Message, error) {
 	changed, err := a.repo.Advance(ctx, adv, func(ms []domain.Message) []domain.Event { return updated(adv, ms) })
-	sort.Slice(changed, func(i, j int) bool { return changed[i].Seq < changed[j].Seq })
+	slices.SortFunc(changed, bySeq)
 	return changed, err
 }
+
+// bySeq orders messages by their seq (slices.SortFunc: no allocation,
+// unlike sort.Slice).
+func bySeq(a, b domain.Message) int { return cmp.Compare(a.Seq, b.Seq) }
 
 // updated is a receipt's message.updated events, in seq order (system
 // echoes: natsx.PublishBase puts them on delivery.message.status).
 func updated(adv domain.Advance, ms []domain.Message) []domain.Event {
-	sort.Slice(ms, func(i, j int) bool { return ms[i].Seq < ms[j].Seq })
+	slices.SortFunc(ms, bySeq)
 	out := make([]domain.Event, 0, len(ms))
 	for _, m := range ms {
 		out = append(out, ev(natsx.SubjectMessageUpdated, &deliveryv1.MessageUpdated{

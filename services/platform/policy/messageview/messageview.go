@@ -5,6 +5,7 @@ package messageview
 
 import (
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
@@ -57,6 +58,9 @@ func Preview(m *deliveryv1.Message) string {
 	case m.GetSensitive():
 		return "Sensitive message"
 	case m.GetText() != "":
+		if t := m.GetText(); utf8.RuneCountInString(t) <= 120 && utf8.ValidString(t) {
+			return t // as string([]rune(t)), without its two copies
+		}
 		r := []rune(m.GetText())
 		if len(r) > 120 {
 			return string(r[:119]) + "…"

@@ -1,6 +1,7 @@
 package messageview_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -59,4 +60,15 @@ func TestForViewerAndApply(t *testing.T) {
 			require.True(t, proto.Equal(out, applied), "Apply and ForViewer give the same view")
 		})
 	}
+}
+
+// A short text is its own preview (no copy); a long one is cut at 119
+// characters and an ellipsis; invalid UTF-8 is read as before.
+func TestPreviewText(t *testing.T) {
+	short := strings.Repeat("é", 120)
+	require.Equal(t, short, messageview.Preview(&deliveryv1.Message{Text: short}))
+	require.Zero(t, testing.AllocsPerRun(10, func() { _ = messageview.Preview(&deliveryv1.Message{Text: short}) }))
+	long := strings.Repeat("é", 121)
+	require.Equal(t, strings.Repeat("é", 119)+"…", messageview.Preview(&deliveryv1.Message{Text: long}))
+	require.Equal(t, "a\uFFFDb", messageview.Preview(&deliveryv1.Message{Text: "a\xffb"}))
 }

@@ -1,0 +1,78 @@
+package gateway
+
+import (
+	"strings"
+	"time"
+
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
+)
+
+// The hub reads every event of its streams; what it needs of an event's
+// EventMeta is the practice, the time and the action, which decodeEvent
+// reads from the wire (eventwire.SplitMeta), unmarshalling the event's
+// other fields (the message, the thread) from the bytes after it. The ack
+// subject and the subject's tenant tokens are read here without the
+// allocations of nats.go's Metadata and natsx.Tokens.
+
+// subjectTenant is the first two tokens after the base of a subject in the
+// tenant form (natsx.Tokens' first two, without its slice): n is how many
+// there are (0 for the pre-tenant form, at most 2).
+func subjectTenant(subject string) (t0, t1 string, n int) {
+	b := natsx.Base(subject)
+	if b == "" || len(b) == len(subject) {
+		return "", "", 0
+	}
+	t0, rest, more := strings.Cut(subject[len(b)+1:], ".")
+	if !more {
+		return t0, "", 1
+	}
+	t1, _, _ = strings.Cut(rest, ".")
+	return t0, t1, 2
+}
+
+// ackInfo is what the hub reads of a JetStream message's ack subject.
+type ackInfo struct {
+	stream, consumer, pending uint64
+	timestamp                 time.Time
+}
+
+// parseAck reads reply, a JetStream ack subject, as jetstream.Msg's
+// Metadata does, without allocating its MsgMetadata:
+//
+//	$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<tm>.<pending>
+//	$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<tm>.<pending>[.<token>...]
+func parseAck(reply string) (ackInfo, bool) {
+	rest, ok := strings.CutPrefix(reply, "$JS.ACK.")
+	if !ok {
+		return ackInfo{}, false
+	}
+	tokens := strings.Count(reply, ".") + 1
+	switch {
+	case tokens == 9:
+	case tokens >= 11:
+		for range 2 { // domain, account hash
+			_, rest, _ = strings.Cut(rest, ".")
+		}
+	default:
+		return ackInfo{}, false
+	}
+	var t [7]string // stream, consumer, delivered, sseq, cseq, tm, pending
+	for i := range t {
+		t[i], rest, _ = strings.Cut(rest, ".")
+	}
+	return ackInfo{stream: parseNum(t[3]), consumer: parseNum(t[4]), pending: parseNum(t[6]),
+		timestamp: time.Unix(0, int64(parseNum(t[5])))}, true
+}
+
+// parseNum is a decimal number, 0 when d is not one (as nats.go reads
+// the ack subject's numbers).
+func parseNum(d string) (n uint64) {
+	for i := 0; i < len(d); i++ {
+		c := d[i]
+		if c < '0' || c > '9' {
+			return 0
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n
+}
