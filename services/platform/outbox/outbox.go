@@ -19,8 +19,8 @@
 //	          traceparent TEXT)
 //	Postgres: the same with seq BIGSERIAL and payload BYTEA.
 //
-// On SQLite the services of the send path (delivery, conversation) make the
-// id plain TEXT NOT NULL, without the UNIQUE index (sqlite12): no statement
+// The services of the send path (delivery, conversation) make the id plain
+// TEXT NOT NULL, without the UNIQUE index (SQLite sqlite12, PostgreSQL dist19): no statement
 // reads a row by id and ids are fresh per event, so the index was a b-tree
 // insert per event written and a delete per event published. A repeated id
 // could only be among the unpublished rows (deleted within a second of

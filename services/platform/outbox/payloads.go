@@ -20,12 +20,13 @@ import (
 // evicted or dropped from a full map) are read again with their payload,
 // in one more statement of the round.
 //
-// An id is UNIQUE in a PostgreSQL outbox, and only a committed write hands
-// its rows over: while a row is in the table, the payload handed over with
-// its id is the row's. Should an id be written again after its row was
-// published and deleted (a writer repeating an event), created_at, taken
-// anew by every AddAll, tells the entries apart: a payload is used only for
-// the row of its id and created_at. The table stays the record: a restart
+// Ids are fresh per event (the send path's outboxes have no UNIQUE index on
+// id, as on SQLite), and only a committed write hands its rows over: while a
+// row is in the table, the payload handed over with its id is the row's.
+// Should an id be written again (a writer repeating an event), created_at,
+// taken anew by every AddAll, tells the entries apart: a payload is used
+// only for the row of its id and created_at, and the stream's duplicate
+// window drops the repeat. The table stays the record: a restart
 // or a crash loses the map, and the rows' payloads are read from the table.
 
 // payloadAge is how long a handed-over payload waits for its row's claim:

@@ -1,0 +1,11 @@
+-- The outbox without the UNIQUE index on id, as on SQLite (0008 there,
+-- sqlite12; on PostgreSQL issue 10, dist19). Every event id is fresh
+-- (ids.NewOrdered: 48 bits of milliseconds, 80 random) and no statement
+-- looks a row up by id, so the index only cost a b-tree search and insert
+-- per event written (about two a send, and a buffer and ~110 bytes of WAL
+-- each) and its dead entries to vacuum after every publish; a repeated id
+-- would still be one event on the stream (Nats-Msg-Id, the stream's
+-- duplicate window), and the relay takes a handed-over payload only for the
+-- row of its id and created_at. PostgreSQL drops a constraint in place: the
+-- rows and the seq sequence are untouched.
+ALTER TABLE outbox DROP CONSTRAINT IF EXISTS outbox_id_key;
