@@ -59,11 +59,15 @@ type walFile struct {
 
 const walFileSize = int64(unsafe.Sizeof(walFile{}))
 
-// walMaxHeld: a commit larger than this is written in several writes.
-// walMaxWrite: unix-excl's write (seekAndWrite) takes the size modulo 128
-// KiB, so what is held goes in writes below that.
+// walMaxHeld: a commit larger than this is written in several writes (one
+// per ~23 frames instead of two per frame). It bounds the C memory each
+// writer's WAL handle keeps (the buffer is at most 128 KiB): at 1 MiB the
+// writers' buffers, grown by large batches, held 8-9 MiB more RSS for no
+// CPU the runs could show (BENCHMARKS.md, the Dec 2 ninth-session top
+// section). walMaxWrite: unix-excl's write (seekAndWrite) takes the size
+// modulo 128 KiB, so what is held goes in writes below that.
 const (
-	walMaxHeld  = 1 << 20
+	walMaxHeld  = 96 << 10
 	walMaxWrite = 96 << 10
 )
 
