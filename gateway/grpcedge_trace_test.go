@@ -8,7 +8,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
@@ -40,8 +39,8 @@ func (r *spanRecorder) GetConversation(ctx context.Context, _ *conversationv1.Ge
 // edge: the service's span is the child of the edge's, and a practice
 // system's own traceparent is linked, never adopted as the parent.
 func TestGRPCEdgeStartsTheTrace(t *testing.T) {
-	exp := tracetest.NewInMemoryExporter()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	ended := endedSpans(make(chan sdktrace.ReadOnlySpan, 64))
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(ended))
 	telemetry.Install(tp)
 	t.Cleanup(func() { telemetry.Install(noop.NewTracerProvider()) })
 
@@ -80,13 +79,26 @@ func TestGRPCEdgeStartsTheTrace(t *testing.T) {
 	require.True(t, got.IsValid(), "the service's call is traced")
 	require.NotEqual(t, "4bf92f3577b34da6a3ce929d0e0e4736", got.TraceID().String(), "the caller's trace is not adopted")
 
-	var edgeSpan *tracetest.SpanStub
-	for _, s := range exp.GetSpans() {
-		if s.SpanKind == trace.SpanKindServer && s.SpanContext.TraceID() == got.TraceID() && !s.Parent.IsValid() {
-			edgeSpan = &s
+	// The edge's span ends after its answer is on the wire: wait for it.
+	var edgeSpan sdktrace.ReadOnlySpan
+	for edgeSpan == nil {
+		select {
+		case sp := <-ended:
+			if sp.SpanKind() == trace.SpanKindServer && sp.SpanContext().TraceID() == got.TraceID() && !sp.Parent().IsValid() {
+				edgeSpan = sp
+			}
+		case <-ctx.Done():
+			t.Fatal("the edge's server span, the root, never ended")
 		}
 	}
-	require.NotNil(t, edgeSpan, "the edge's server span is the root")
-	require.Len(t, edgeSpan.Links, 1)
-	require.Equal(t, "4bf92f3577b34da6a3ce929d0e0e4736", edgeSpan.Links[0].SpanContext.TraceID().String(), "linked to the caller's")
+	require.Len(t, edgeSpan.Links(), 1)
+	require.Equal(t, "4bf92f3577b34da6a3ce929d0e0e4736", edgeSpan.Links()[0].SpanContext.TraceID().String(), "linked to the caller's")
 }
+
+// endedSpans hands each span that ends to the test (a span processor).
+type endedSpans chan sdktrace.ReadOnlySpan
+
+func (e endedSpans) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
+func (e endedSpans) OnEnd(s sdktrace.ReadOnlySpan)                   { e <- s }
+func (e endedSpans) Shutdown(context.Context) error                  { return nil }
+func (e endedSpans) ForceFlush(context.Context) error                { return nil }
