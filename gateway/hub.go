@@ -192,16 +192,13 @@ func (e *event) visibleTo(id auth.Identity) bool {
 func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data []byte, practice string) *event {
 	base := natsx.Base(subject)
 	e := &event{stream: stream, seq: seq}
-	// The meta is read from the wire (eventhead.go) and the rest of the
-	// event unmarshalled without it; any other shape is unmarshalled whole.
-	head, body, split := eventwire.SplitMeta(data, practice, actionActivity, actionAssign, actionArchive)
-	if !split {
-		body = data
-	}
-	var meta *typev1.EventMeta
-	// decoded unmarshals body into ev, or logs why it is skipped.
-	decoded := func(streamName string, ev proto.Message) bool {
-		if err := proto.Unmarshal(body, ev); err != nil {
+	// The meta is read from the wire where it can be (eventwire.Unmarshal)
+	// and the rest of the event unmarshalled without it.
+	var head eventwire.Meta
+	// decoded unmarshals data into ev, or logs why it is skipped.
+	decoded := func(streamName string, ev eventwire.Event) bool {
+		var err error
+		if head, err = eventwire.Unmarshal(data, ev, practice, actionActivity, actionAssign, actionArchive); err != nil {
 			log.Warn("undecodable event skipped", zap.String(logkeys.Stream, streamName), zap.Uint64("seq", seq), zap.Error(err))
 			return false
 		}
@@ -225,7 +222,7 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 		if ev.GetMessage() == nil {
 			return nil
 		}
-		meta, e.message, e.patient = ev.GetMeta(), ev.GetMessage(), ev.GetPatient()
+		e.message, e.patient = ev.GetMessage(), ev.GetPatient()
 	case natsx.SubjectConversationCreated, natsx.SubjectConversationUpdated, natsx.SubjectConversationEcho:
 		var ev interface {
 			proto.Message
@@ -239,7 +236,7 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 			return nil
 		}
 		e.kind = itemConversation
-		meta, e.conversation, e.patient = ev.GetMeta(), ev.GetConversation().GetName(), ev.GetConversation().GetPatient()
+		e.conversation, e.patient = ev.GetConversation().GetName(), ev.GetConversation().GetPatient()
 		if u, ok := ev.(*conversationv1.ConversationUpdated); ok {
 			e.updated = u
 		}
@@ -249,25 +246,19 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 			return nil
 		}
 		e.kind = itemConversationRead
-		meta, e.conversation, e.user = ev.GetMeta(), ev.GetConversation(), ev.GetReader()
+		e.conversation, e.user = ev.GetConversation(), ev.GetReader()
 	case natsx.SubjectConversationUser:
 		ev := &conversationv1.ConversationUserStateChanged{}
 		if !decoded(natsx.StreamConversation, ev) {
 			return nil
 		}
 		e.kind = itemUserState
-		meta, e.conversation, e.user = ev.GetMeta(), ev.GetConversation(), ev.GetUser()
+		e.conversation, e.user = ev.GetConversation(), ev.GetUser()
 	default:
 		return nil
 	}
 	if e.kind != itemMessageCreated && e.kind != itemMessageUpdated && e.conversation == "" {
 		return nil
-	}
-	if !split {
-		head.Practice, head.Action = meta.GetPractice(), meta.GetAction()
-		if meta.GetTime() != nil {
-			head.Time = meta.GetTime().AsTime()
-		}
 	}
 	e.practice, e.action = head.Practice, head.Action
 	if e.kind == itemMessageCreated {

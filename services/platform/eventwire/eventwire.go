@@ -10,7 +10,38 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
 )
+
+// Event is a clinicchat event: its EventMeta is field 1.
+type Event interface {
+	proto.Message
+	GetMeta() *typev1.EventMeta
+}
+
+// Unmarshal unmarshals data into ev and returns what SplitMeta reads of
+// its meta: read from the wire when the event has SplitMeta's shape (ev's
+// meta is then left unset), else ev is unmarshalled whole and the Meta
+// taken from its meta. practice and actions are SplitMeta's.
+func Unmarshal(data []byte, ev Event, practice string, actions ...string) (Meta, error) {
+	h, rest, split := SplitMeta(data, practice, actions...)
+	if !split {
+		rest = data
+	}
+	if err := proto.Unmarshal(rest, ev); err != nil {
+		return Meta{}, err
+	}
+	if !split {
+		m := ev.GetMeta()
+		h = Meta{Practice: m.GetPractice(), Action: m.GetAction()}
+		if m.GetTime() != nil {
+			h.Time = m.GetTime().AsTime()
+		}
+	}
+	return h, nil
+}
 
 // Meta is what SplitMeta reads of an event's EventMeta.
 type Meta struct {

@@ -52,15 +52,9 @@ func (a *App) HandleMessagesCreated(ctx context.Context, msgs []jetstream.Msg, p
 // unmarshalled without it: the meta's other strings are not made.
 func decodeMessageCreated(data []byte) (domain.MessageApplied, error) {
 	var e deliveryv1.MessageCreated
-	head, rest, split := eventwire.SplitMeta(data, "")
-	if !split {
-		rest = data
-	}
-	if err := proto.Unmarshal(rest, &e); err != nil {
+	head, err := eventwire.Unmarshal(data, &e, "")
+	if err != nil {
 		return domain.MessageApplied{}, fmt.Errorf("%w: %v", natsx.ErrPoison, err)
-	}
-	if !split {
-		head.Practice = e.GetMeta().GetPractice()
 	}
 	msg := e.GetMessage()
 	p, ok := ids.Parse(msg.GetName(), "conversations", "messages")
