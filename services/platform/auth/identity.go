@@ -56,32 +56,28 @@ func (id Identity) IsPatient() bool { return id.Role == RolePatient }
 // IsSystem reports another practice system.
 func (id Identity) IsSystem() bool { return id.Role == RoleSystem }
 
+// principalPrefix is the collection of the caller's resource name: "patients/"
+// for a patient, "users/" for everyone else.
+func (id Identity) principalPrefix() string {
+	if id.IsPatient() {
+		return "patients/"
+	}
+	return "users/"
+}
+
 // Principal is the caller as a resource name: "patients/{sub}" for a patient,
 // "users/{sub}" for everyone else.
-func (id Identity) Principal() string {
-	if id.IsPatient() {
-		return "patients/" + id.Subject
-	}
-	return "users/" + id.Subject
-}
+func (id Identity) Principal() string { return id.principalPrefix() + id.Subject }
 
 // IsPrincipal reports whether name is id.Principal(), without making it.
 func (id Identity) IsPrincipal(name string) bool {
-	prefix := "users/"
-	if id.IsPatient() {
-		prefix = "patients/"
-	}
+	prefix := id.principalPrefix()
 	return len(name) == len(prefix)+len(id.Subject) && name[:len(prefix)] == prefix && name[len(prefix):] == id.Subject
 }
 
 // AppendPrincipal appends id.Principal() to b.
 func (id Identity) AppendPrincipal(b []byte) []byte {
-	if id.IsPatient() {
-		b = append(b, "patients/"...)
-	} else {
-		b = append(b, "users/"...)
-	}
-	return append(b, id.Subject...)
+	return append(append(b, id.principalPrefix()...), id.Subject...)
 }
 
 // SteppedUp reports whether the caller authenticated within window of now.
