@@ -79,13 +79,17 @@ func TestASendIsOneTraceFromTheGatewayToTheRecipientsStream(t *testing.T) {
 		grpcIn  = "clinicchat.delivery.v1.DeliveryService/CreateMessage"
 		publish = "publish clinicchat.delivery.message.created"
 	)
+	// The gateway's server span ends once the answer is written, which may
+	// be after the client has read it: wait for it to be exported.
 	var sendTrace trace.TraceID
-	for _, s := range exp.GetSpans() {
-		if s.Name == root && s.SpanKind == trace.SpanKindServer {
-			sendTrace = s.SpanContext.TraceID()
+	require.Eventually(t, func() bool {
+		for _, s := range exp.GetSpans() {
+			if s.Name == root && s.SpanKind == trace.SpanKindServer {
+				sendTrace = s.SpanContext.TraceID()
+			}
 		}
-	}
-	require.True(t, sendTrace.IsValid(), "the gateway traced the send")
+		return sendTrace.IsValid()
+	}, 15*time.Second, 5*time.Millisecond, "the gateway traced the send")
 
 	// The consumers finish on their own time: wait until each has ended
 	// its span (spans are exported when they end).

@@ -100,10 +100,16 @@ func TestRelayCarriesTheTraceContextToConsumers(t *testing.T) {
 			require.NoError(t, err)
 			require.Empty(t, raw.Header.Get(telemetry.HeaderTraceparent), "no header without a trace")
 
+			// The consumer's span ends when the handler has returned, which
+			// may be after the test has the event: wait for it to be exported.
 			byName := map[string]tracetest.SpanStub{}
-			for _, s := range exp.GetSpans() {
-				byName[s.Name] = s
-			}
+			require.Eventually(t, func() bool {
+				for _, s := range exp.GetSpans() {
+					byName[s.Name] = s
+				}
+				_, ok := byName["consume test-trace"]
+				return ok
+			}, 10*time.Second, 5*time.Millisecond, "the consumer's span ends")
 			pub, cons := byName["publish clinicchat.delivery.access.recorded"], byName["consume test-trace"]
 			require.Equal(t, trace.SpanKindProducer, pub.SpanKind)
 			require.Equal(t, txSpan.SpanContext().SpanID(), pub.Parent.SpanID(), "publish is a child of the writer")
