@@ -488,6 +488,7 @@ func BenchmarkIdleStreams(b *testing.B) {
 	var ms0 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
 	g0 := runtime.NumGoroutine()
+	clients0 := metricValue(b, env, "clinicchat_gateway_sse_clients")
 	t0 := time.Now()
 	lc := startLoadClient(b, env.in.HTTPAddr, 1000, 5, "other", "dentist", "idle", true)
 	openTime := time.Since(t0)
@@ -504,6 +505,15 @@ func BenchmarkIdleStreams(b *testing.B) {
 	rssAfter := rssBytes()
 	decoded := metricValue(b, env, "clinicchat_gateway_hub_events_decoded_total")
 	clients := metricValue(b, env, "clinicchat_gateway_sse_clients")
+	// The same sends again once the streams are closed: the ratio compares
+	// the round with them open against both rounds without, so that what
+	// drifts over the run (the databases' size, checkpoints, a warmer
+	// process) counts on both sides.
+	nOpen := lc.open
+	lc.stop()
+	waitMetric(b, env, "clinicchat_gateway_sse_clients", clients0)
+	after := sendRound(b, idle, threads, patients, perSender, text, "no other streams, after closing them")
+	noneCPU := (none.cpuPer + after.cpuPer) / 2
 
 	perStream := float64(rss1-rss0) / float64(lc.open)
 	heapStack := float64((ms1.HeapInuse+ms1.StackInuse)-(ms0.HeapInuse+ms0.StackInuse)) / float64(lc.open)
@@ -518,15 +528,16 @@ func BenchmarkIdleStreams(b *testing.B) {
 	none.print()
 	first.print()
 	with.print()
-	fmt.Printf("  CPU per send with them open / none open: %.2f×; hub events decoded in all: %v\n",
-		float64(with.cpuPer)/float64(none.cpuPer), decoded)
+	after.print()
+	fmt.Printf("  CPU per send with the %d open / none open (the mean of the rounds before and after): %.2f× (%.2f× before, %.2f× after); hub events decoded in all: %v\n",
+		nOpen, float64(with.cpuPer)/float64(noneCPU), float64(with.cpuPer)/float64(none.cpuPer), float64(with.cpuPer)/float64(after.cpuPer), decoded)
 	b.ReportMetric(perStream/1024, "KiB/stream")
-	b.ReportMetric(float64(with.cpuPer)/float64(none.cpuPer), "cpu-ratio")
+	b.ReportMetric(float64(with.cpuPer)/float64(noneCPU), "cpu-ratio")
 	s := append(latencies(nil), with.lat...)
 	sortLatencies(s)
 	b.ReportMetric(ms(s.pct(.5)), "p50-ms-open")
 	b.ReportMetric(ms(s.pct(.99)), "p99-ms-open")
-	s = append(latencies(nil), none.lat...)
+	s = append(append(latencies(nil), none.lat...), after.lat...)
 	sortLatencies(s)
 	b.ReportMetric(ms(s.pct(.99)), "p99-ms-none")
 }
@@ -640,6 +651,21 @@ func BenchmarkNeverReadingStreams(b *testing.B) {
 }
 
 // metricValue reads one unlabelled metric from /metrics.
+// waitMetric waits until the gateway's gauge name reads want.
+func waitMetric(b *testing.B, env *benchEnv, name string, want float64) {
+	b.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(time.Minute)
+	for metricValue(b, env, name) != want {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			b.Fatalf("%s is %v after a minute, want %v", name, metricValue(b, env, name), want)
+		}
+	}
+}
+
 func metricValue(b *testing.B, env *benchEnv, name string) float64 {
 	b.Helper()
 	resp, err := env.hc.Get("http://" + env.in.HTTPAddr + "/metrics")
