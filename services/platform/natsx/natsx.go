@@ -118,7 +118,7 @@ func StartEmbedded(cfg EmbeddedConfig, log *zap.Logger) (*server.Server, *nats.C
 		ns.Shutdown()
 		return nil, nil, errors.New("embedded nats: not ready after 30s")
 	}
-	nc, err := nats.Connect("", nats.InProcessServer(bufferedInProcess{ns}), nats.Name("clinicchat"), nats.MaxReconnects(-1))
+	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Name("clinicchat"), nats.MaxReconnects(-1))
 	if err != nil {
 		ns.Shutdown()
 		return nil, nil, fmt.Errorf("embedded nats: connect: %w", err)
