@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -13,6 +15,8 @@ import (
 	artifactv1 "github.com/clinicchat/clinicchat/proto/clinicchat/artifact/v1"
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
 // wireViews are the views appendWireJSON renders of a message of md, each
@@ -149,4 +153,44 @@ func TestRenderWireAllocatesItsOutputOnly(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, s.renderWire(data, false))
 	require.Equal(t, 1.0, testing.AllocsPerRun(100, func() { _ = s.renderWire(data, true) }))
+}
+
+// BenchmarkMessageEventRender is the hub's work per message event before a
+// stream writes it: decode, then render the unlocked view. "wire" is
+// decodeEvent's head and the render from the event's bytes; "decoded"
+// unmarshals the whole event and renders the Message with appendJSON (as
+// every message event was before).
+func BenchmarkMessageEventRender(b *testing.B) {
+	at := timestamppb.Now()
+	ev := &deliveryv1.MessageCreated{Meta: &typev1.EventMeta{Id: "01JEXAMPLEEVENTID000000000", Time: at, Practice: "practice-1",
+		Actor: "users/u-1", ActorRole: "dentist", Action: "message.send", Resource: "conversations/c-1/messages/m-1"},
+		Message: &deliveryv1.Message{Name: "conversations/c-1/messages/m-1", Sender: "users/u-1", SenderRole: "dentist",
+			Text: strings.Repeat("x", 64), CreateTime: at, Seq: 3, RequestId: "req-1", SenderDisplayName: "Dr Amy",
+			Status: deliveryv1.Message_SENT},
+		Patient: "patients/pa"}
+	data, err := proto.Marshal(ev)
+	require.NoError(b, err)
+	s := &Server{}
+	log := zap.NewNop()
+	b.Run("wire", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			e := decodeEvent(log, streamD, 1, natsx.SubjectMessageCreated, data, "practice-1")
+			if e.raw == nil || s.renderWire(e.raw, false) == nil {
+				b.Fatal("not from the wire")
+			}
+		}
+	})
+	b.Run("decoded", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var whole deliveryv1.MessageCreated
+			if err := proto.Unmarshal(data, &whole); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := s.render("message", whole.GetMessage()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
