@@ -3,7 +3,11 @@ package gateway
 import (
 	"strings"
 	"time"
+	"unicode/utf8"
 
+	"google.golang.org/protobuf/encoding/protowire"
+
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
@@ -75,4 +79,98 @@ func parseNum(d string) (n uint64) {
 		n = n*10 + uint64(c-'0')
 	}
 	return n
+}
+
+// messageEventHead reads a MessageCreated or MessageUpdated without its meta
+// (eventwire.SplitMeta's rest): raw is its Message's encoding, patient its
+// patient, and head a Message with only the fields the hub routes and
+// classifies by (name, sender, sensitive, locked, seq). ok is false for any
+// shape proto.Unmarshal might read otherwise (a field twice, which it
+// merges or keeps the last of; another wire type; a string that is not
+// UTF-8; a malformed encoding anywhere in the Message): the caller then
+// unmarshals the event whole, as before.
+func messageEventHead(rest []byte) (raw []byte, patient string, head *deliveryv1.Message, ok bool) {
+	var patientB []byte
+	seenMsg, seenPatient := false, false
+	for b := rest; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, "", nil, false
+		}
+		b = b[n:]
+		switch num {
+		case 2, 3:
+			if typ != protowire.BytesType || (num == 2 && seenMsg) || (num == 3 && seenPatient) {
+				return nil, "", nil, false
+			}
+			v, m := protowire.ConsumeBytes(b)
+			if m < 0 {
+				return nil, "", nil, false
+			}
+			if num == 2 {
+				raw, seenMsg = v, true
+			} else {
+				patientB, seenPatient = v, true
+			}
+			b = b[m:]
+		default:
+			m := protowire.ConsumeFieldValue(num, typ, b)
+			if m < 0 {
+				return nil, "", nil, false
+			}
+			b = b[m:]
+		}
+	}
+	if !seenMsg || !utf8.Valid(patientB) {
+		return nil, "", nil, false
+	}
+	head = &deliveryv1.Message{}
+	var seen uint32
+	for b := raw; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, "", nil, false
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if m < 0 {
+			return nil, "", nil, false
+		}
+		v := b[n : n+m]
+		b = b[n+m:]
+		switch num {
+		case 1, 2, 5, 6, 14:
+		default:
+			continue
+		}
+		if seen&(1<<num) != 0 {
+			return nil, "", nil, false
+		}
+		seen |= 1 << num
+		switch num {
+		case 1, 2: // name, sender
+			s, k := protowire.ConsumeBytes(v)
+			if typ != protowire.BytesType || k < 0 || !utf8.Valid(s) {
+				return nil, "", nil, false
+			}
+			if num == 1 {
+				head.Name = string(s)
+			} else {
+				head.Sender = string(s)
+			}
+		default: // sensitive, locked, seq
+			x, k := protowire.ConsumeVarint(v)
+			if typ != protowire.VarintType || k < 0 {
+				return nil, "", nil, false
+			}
+			switch num {
+			case 5:
+				head.Sensitive = x != 0
+			case 6:
+				head.Locked = x != 0
+			default:
+				head.Seq = int32(x)
+			}
+		}
+	}
+	return raw, string(patientB), head, true
 }

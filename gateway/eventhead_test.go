@@ -49,11 +49,32 @@ func requireSameEvent(t *testing.T, want, got *event) {
 	require.Equal(t, want.conversation, got.conversation)
 	require.True(t, want.wroteAt.Equal(got.wroteAt), "%v %v", want.wroteAt, got.wroteAt)
 	require.Equal(t, want.updateAction(), got.updateAction())
-	require.True(t, proto.Equal(want.message, got.message))
+	require.True(t, proto.Equal(eventMessage(t, want), eventMessage(t, got)))
+	for _, e := range []*event{want, got} {
+		// What routing reads is on the head either way.
+		full := eventMessage(t, e)
+		require.Equal(t, full.GetName(), e.message.GetName())
+		require.Equal(t, full.GetSender(), e.message.GetSender())
+		require.Equal(t, full.GetSensitive(), e.message.GetSensitive())
+		require.Equal(t, full.GetLocked(), e.message.GetLocked())
+		require.Equal(t, full.GetSeq(), e.message.GetSeq())
+	}
 	require.Equal(t, want.updated.GetConversation() == nil, got.updated.GetConversation() == nil)
 	require.True(t, proto.Equal(want.updated.GetConversation(), got.updated.GetConversation()))
 	require.Equal(t, want.updated.GetMessageSeq(), got.updated.GetMessageSeq())
 	require.Equal(t, want.updated.GetMessageFromPatient(), got.updated.GetMessageFromPatient())
+}
+
+// eventMessage is e's whole Message: unmarshalled from its bytes when the
+// hub kept them (messageEventHead), else the one decoded.
+func eventMessage(t *testing.T, e *event) *deliveryv1.Message {
+	t.Helper()
+	if e.raw == nil {
+		return e.message
+	}
+	m := &deliveryv1.Message{}
+	require.NoError(t, proto.Unmarshal(e.raw, m))
+	return m
 }
 
 // The hub reads an event's meta from the wire and unmarshals the rest:

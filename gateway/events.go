@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
@@ -529,23 +530,51 @@ func (st *eventStream) renderMessage(e *event) ([]byte, error) {
 	}
 	v := &e.views[class]
 	v.once.Do(func() {
+		if e.pc != nil {
+			e.pc.rendered.Add(1)
+		}
+		m := e.message
+		if e.raw != nil {
+			// Rendered from the event's bytes as ForViewer's view of the
+			// class (wireView), or, for a shape that is not read there,
+			// unmarshalled and rendered as below.
+			if v.data = st.s.renderWire(e.raw, class == viewLocked); v.data != nil {
+				return
+			}
+			m = &deliveryv1.Message{}
+			if v.err = proto.Unmarshal(e.raw, m); v.err != nil {
+				return
+			}
+		}
 		// ForViewer depends on the viewer only through Locked, which is
 		// this class for the caller at now. Unlocked, it is a copy of the
 		// message with locked=false: the event's own message when that
 		// already holds (it is never modified), without the copy.
-		m := e.message
 		if class == viewLocked || m.GetLocked() {
-			m = messageview.ForViewer(e.message, st.id, now, window)
+			m = messageview.ForViewer(m, st.id, now, window)
 		}
 		v.data, v.err = st.s.render("message", m)
-		if e.pc != nil {
-			e.pc.rendered.Add(1)
-		}
 	})
 	if v.err != nil || v.data == nil {
 		return nil, errRender
 	}
 	return v.data, nil
+}
+
+// renderWire is render("message", …) of a deliveryv1.Message encoded as
+// raw, as messageview.Apply leaves it for a viewer it is locked for or not
+// (appendWireJSON); nil when appendWireJSON does not read it.
+func (s *Server) renderWire(raw []byte, locked bool) []byte {
+	hint := &s.renderHint[0]
+	out := make([]byte, 0, max(512, hint.Load()+128))
+	out = append(out, `{"message":`...)
+	out, ok := appendWireJSON(out, (*deliveryv1.Message)(nil).ProtoReflect().Descriptor(), raw, wireView{message: true, locked: locked})
+	if !ok {
+		return nil
+	}
+	out = append(out, '}')
+	hint.Store(int64(min(len(out), 64<<10)))
+	return out
 }
 
 // render is {"<field>": <resource>} with the REST API's JSON options,

@@ -82,8 +82,11 @@ type event struct {
 	// payload: the thread's shared fields, and which message it projects
 	// (convview.go renders a user's view from it without a fetch).
 	updated *conversationv1.ConversationUpdated
-	// message, for message events (not yet filtered for the viewer).
+	// message, for message events (not yet filtered for the viewer). With
+	// raw set it holds only what routing reads (messageEventHead): the
+	// message is raw, its encoding in the event, rendered from there.
 	message *deliveryv1.Message
+	raw     []byte
 	// conversation, for conversation events: the thread whose view is
 	// fetched once per user (convViews).
 	conversation string
@@ -206,15 +209,26 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 	}
 	switch base {
 	case natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated, natsx.SubjectMessageStatusEcho:
+		e.kind = itemMessageCreated
+		if base != natsx.SubjectMessageCreated {
+			e.kind = itemMessageUpdated
+		}
+		// The Message is kept as it came (rendered from its bytes:
+		// renderMessage), only what routing needs read from it.
+		if h, rest, ok := eventwire.SplitMeta(data, practice, actionActivity, actionAssign, actionArchive); ok {
+			if raw, patient, msg, ok := messageEventHead(rest); ok {
+				head, e.message, e.raw, e.patient = h, msg, raw, patient
+				break
+			}
+		}
 		var ev interface {
 			proto.Message
 			GetMeta() *typev1.EventMeta
 			GetMessage() *deliveryv1.Message
 			GetPatient() string
 		} = &deliveryv1.MessageCreated{}
-		e.kind = itemMessageCreated
 		if base != natsx.SubjectMessageCreated {
-			ev, e.kind = &deliveryv1.MessageUpdated{}, itemMessageUpdated
+			ev = &deliveryv1.MessageUpdated{}
 		}
 		if !decoded(natsx.StreamDelivery, ev) {
 			return nil

@@ -1,0 +1,356 @@
+package gateway
+
+import (
+	"encoding/base64"
+	"math"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// appendWireJSON appends the message of descriptor md encoded as data
+// (protobuf's wire format) as appendJSON writes the decoded message, without
+// decoding it: no message, string or timestamp is made. The hub renders a
+// message event's Message this way from the event's own bytes (events.go,
+// renderMessage). It reports false for every shape it does not read exactly
+// as proto.Unmarshal then appendJSON would — a singular field that occurs
+// twice (Unmarshal merges or keeps the last), a wire type the field's kind
+// does not have, packed or other repeated scalars, field numbers above 63,
+// invalid UTF-8, and whatever appendJSON declines — and the caller then
+// unmarshals and renders as before. Unknown fields are left out, as
+// appendJSON leaves them.
+//
+// locked, when set (the top-level message only), renders the locked view of
+// a deliveryv1.Message (messageview.Apply): locked true and no text,
+// attachments or artifact; otherwise a Message is rendered with locked
+// false, as Apply leaves it for a viewer it is not locked for.
+// TestAppendWireJSONIsAppendJSON holds the two renders to the same output.
+func appendWireJSON(out []byte, md protoreflect.MessageDescriptor, data []byte, view wireView) ([]byte, bool) {
+	if md.FullName() == "google.protobuf.Timestamp" {
+		return appendWireTimestamp(out, data)
+	}
+	if isWellKnown(md) || md.Syntax() != protoreflect.Proto3 {
+		return out, false
+	}
+	// Where each singular field's value is (its bytes after the tag), and
+	// which fields occur at all.
+	var at [64][]byte
+	var seen uint64
+	for b := data; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return out, false
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if m < 0 {
+			return out, false
+		}
+		if num < 64 {
+			fd := md.Fields().ByNumber(num)
+			if fd != nil {
+				if typ != wireType(fd) {
+					return out, false
+				}
+				if !fd.IsList() && seen&(1<<num) != 0 {
+					return out, false
+				}
+				at[num] = b[n : n+m]
+			}
+			seen |= 1 << num
+		} else if md.Fields().ByNumber(num) != nil {
+			return out, false
+		}
+		b = b[n+m:]
+	}
+	fds := md.Fields()
+	out = append(out, '{')
+	first := true
+	for i := range fds.Len() {
+		fd := fds.Get(i)
+		num := fd.Number()
+		has := num < 64 && seen&(1<<num) != 0
+		if has && view.locked && view.strips(fd) {
+			// Left out of the locked view, but read as Unmarshal would
+			// (an event it refuses is refused here too).
+			if _, ok := appendWireField(out, fd, data, at[num]); !ok {
+				return out, false
+			}
+			has = false
+		}
+		if o := fd.ContainingOneof(); has && o != nil && !o.IsSynthetic() {
+			for j := range o.Fields().Len() {
+				if f := o.Fields().Get(j); f != fd && f.Number() < 64 && seen&(1<<f.Number()) != 0 {
+					return out, false // Unmarshal keeps the last of a oneof
+				}
+			}
+		}
+		if !has && fd.ContainingOneof() != nil {
+			continue
+		}
+		if fd.IsMap() || fd.IsExtension() {
+			return out, false
+		}
+		if !first {
+			out = append(out, ',')
+		}
+		first = false
+		out = append(out, '"')
+		out = append(out, fd.JSONName()...)
+		out = append(out, '"', ':')
+		var ok bool
+		switch {
+		case view.message && fd.Name() == "locked" && fd.Kind() == protoreflect.BoolKind:
+			out = strconv.AppendBool(out, view.locked)
+		case fd.IsList() && !has:
+			out = append(out, '[', ']')
+		case !has && fd.HasPresence():
+			out = append(out, "null"...)
+		case !has:
+			if out, ok = appendSingular(out, fd, fd.Default()); !ok {
+				return out, false
+			}
+		default:
+			if out, ok = appendWireField(out, fd, data, at[num]); !ok {
+				return out, false
+			}
+		}
+	}
+	return append(out, '}'), true
+}
+
+// appendWireField appends the value of fd, a field present in data: v is
+// its (last) value's encoding after the tag; a list's every element is
+// read from data.
+func appendWireField(out []byte, fd protoreflect.FieldDescriptor, data, v []byte) ([]byte, bool) {
+	if !fd.IsList() {
+		return appendWireValue(out, fd, v)
+	}
+	if k := fd.Kind(); k != protoreflect.MessageKind && k != protoreflect.StringKind && k != protoreflect.BytesKind {
+		return out, false // packed or unpacked scalars: not read here
+	}
+	out = append(out, '[')
+	j := 0
+	for b := data; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		m := protowire.ConsumeFieldValue(num, typ, b[n:]) // read whole before
+		if num == fd.Number() {
+			if j > 0 {
+				out = append(out, ',')
+			}
+			j++
+			var ok bool
+			if out, ok = appendWireValue(out, fd, b[n:n+m]); !ok {
+				return out, false
+			}
+		}
+		b = b[n+m:]
+	}
+	return append(out, ']'), true
+}
+
+// wireView is how appendWireJSON renders a deliveryv1.Message.
+type wireView struct {
+	// message: the top level is a deliveryv1.Message (its locked field is
+	// the view's).
+	message bool
+	// locked: the locked view.
+	locked bool
+}
+
+// strips reports whether the locked view leaves fd out (messageview.Apply).
+func (wireView) strips(fd protoreflect.FieldDescriptor) bool {
+	switch fd.Name() {
+	case "text", "attachments", "artifact":
+		return true
+	}
+	return false
+}
+
+// wireType is the wire type fd's values are encoded with (unpacked).
+func wireType(fd protoreflect.FieldDescriptor) protowire.Type {
+	switch fd.Kind() {
+	case protoreflect.StringKind, protoreflect.BytesKind, protoreflect.MessageKind:
+		return protowire.BytesType
+	case protoreflect.Fixed32Kind, protoreflect.Sfixed32Kind, protoreflect.FloatKind:
+		return protowire.Fixed32Type
+	case protoreflect.Fixed64Kind, protoreflect.Sfixed64Kind, protoreflect.DoubleKind:
+		return protowire.Fixed64Type
+	case protoreflect.GroupKind:
+		return protowire.StartGroupType
+	}
+	return protowire.VarintType
+}
+
+// appendWireValue appends one value of fd from v, its encoding after the
+// tag (wire type already checked).
+func appendWireValue(out []byte, fd protoreflect.FieldDescriptor, v []byte) ([]byte, bool) {
+	switch fd.Kind() {
+	case protoreflect.StringKind:
+		s, n := protowire.ConsumeBytes(v)
+		if n < 0 {
+			return out, false
+		}
+		return appendJSONBytes(out, s)
+	case protoreflect.BytesKind:
+		s, n := protowire.ConsumeBytes(v)
+		if n < 0 {
+			return out, false
+		}
+		out = append(out, '"')
+		return append(base64.StdEncoding.AppendEncode(out, s), '"'), true
+	case protoreflect.MessageKind:
+		s, n := protowire.ConsumeBytes(v)
+		if n < 0 {
+			return out, false
+		}
+		return appendWireJSON(out, fd.Message(), s, wireView{})
+	case protoreflect.Fixed32Kind:
+		x, n := protowire.ConsumeFixed32(v)
+		if n < 0 {
+			return out, false
+		}
+		return strconv.AppendUint(out, uint64(x), 10), true
+	case protoreflect.Sfixed32Kind:
+		x, n := protowire.ConsumeFixed32(v)
+		if n < 0 {
+			return out, false
+		}
+		return strconv.AppendInt(out, int64(int32(x)), 10), true
+	case protoreflect.Fixed64Kind, protoreflect.Sfixed64Kind:
+		x, n := protowire.ConsumeFixed64(v)
+		if n < 0 {
+			return out, false
+		}
+		out = append(out, '"')
+		if fd.Kind() == protoreflect.Fixed64Kind {
+			out = strconv.AppendUint(out, x, 10)
+		} else {
+			out = strconv.AppendInt(out, int64(x), 10)
+		}
+		return append(out, '"'), true
+	case protoreflect.FloatKind, protoreflect.DoubleKind, protoreflect.GroupKind:
+		return out, false
+	}
+	x, n := protowire.ConsumeVarint(v)
+	if n < 0 {
+		return out, false
+	}
+	var val protoreflect.Value
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		val = protoreflect.ValueOfBool(x != 0)
+	case protoreflect.Int32Kind:
+		val = protoreflect.ValueOfInt32(int32(x))
+	case protoreflect.Sint32Kind:
+		val = protoreflect.ValueOfInt32(int32(protowire.DecodeZigZag(x & math.MaxUint32)))
+	case protoreflect.Uint32Kind:
+		val = protoreflect.ValueOfUint32(uint32(x))
+	case protoreflect.Int64Kind:
+		val = protoreflect.ValueOfInt64(int64(x))
+	case protoreflect.Sint64Kind:
+		val = protoreflect.ValueOfInt64(protowire.DecodeZigZag(x))
+	case protoreflect.Uint64Kind:
+		val = protoreflect.ValueOfUint64(x)
+	case protoreflect.EnumKind:
+		val = protoreflect.ValueOfEnum(protoreflect.EnumNumber(int32(x)))
+	default:
+		return out, false
+	}
+	return appendSingular(out, fd, val)
+}
+
+// appendJSONBytes is appendJSONString of a string's bytes (no copy).
+func appendJSONBytes(out []byte, s []byte) ([]byte, bool) {
+	if !utf8.Valid(s) {
+		return out, false
+	}
+	out = append(out, '"')
+	start := 0
+	for i, c := range s {
+		if c >= ' ' && c != '"' && c != '\\' {
+			continue
+		}
+		out = append(out, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			out = append(out, '\\', c)
+		case '\b':
+			out = append(out, '\\', 'b')
+		case '\f':
+			out = append(out, '\\', 'f')
+		case '\n':
+			out = append(out, '\\', 'n')
+		case '\r':
+			out = append(out, '\\', 'r')
+		case '\t':
+			out = append(out, '\\', 't')
+		default:
+			const hex = "0123456789abcdef"
+			out = append(out, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		start = i + 1
+	}
+	out = append(out, s[start:]...)
+	return append(out, '"'), true
+}
+
+// appendWireTimestamp is appendTimestamp of an encoded Timestamp.
+func appendWireTimestamp(out []byte, b []byte) ([]byte, bool) {
+	var secs int64
+	var nanos int32
+	var seen [3]bool
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return out, false
+		}
+		b = b[n:]
+		if num == 1 || num == 2 {
+			if typ != protowire.VarintType || seen[num] {
+				return out, false
+			}
+			seen[num] = true
+			v, m := protowire.ConsumeVarint(b)
+			if m < 0 {
+				return out, false
+			}
+			if num == 1 {
+				secs = int64(v)
+			} else {
+				nanos = int32(v)
+			}
+			b = b[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return out, false
+		}
+		b = b[m:]
+	}
+	if secs < minTimestampSeconds || secs > maxTimestampSeconds || nanos < 0 || nanos > 999_999_999 {
+		return out, false
+	}
+	out = append(out, '"')
+	out = time.Unix(secs, 0).UTC().AppendFormat(out, "2006-01-02T15:04:05")
+	if nanos != 0 {
+		digits, n := 9, nanos
+		switch {
+		case n%1_000_000 == 0:
+			digits, n = 3, n/1_000_000
+		case n%1_000 == 0:
+			digits, n = 6, n/1_000
+		}
+		out = append(out, '.')
+		var buf [9]byte
+		for i := digits - 1; i >= 0; i-- {
+			buf[i] = byte('0' + n%10)
+			n /= 10
+		}
+		out = append(out, buf[:digits]...)
+	}
+	return append(out, 'Z', '"'), true
+}
