@@ -8,7 +8,12 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
 )
 
 // appendWireJSON appends the message of descriptor md encoded as data
@@ -29,6 +34,9 @@ import (
 // false, as Apply leaves it for a viewer it is not locked for.
 // TestAppendWireJSONIsAppendJSON holds the two renders to the same output.
 func appendWireJSON(out []byte, md protoreflect.MessageDescriptor, data []byte, view wireView) ([]byte, bool) {
+	if view.locked && !lockedView.ok {
+		return out, false
+	}
 	if md.FullName() == "google.protobuf.Timestamp" {
 		return appendWireTimestamp(out, data)
 	}
@@ -162,11 +170,104 @@ type wireView struct {
 
 // strips reports whether the locked view leaves fd out (messageview.Apply).
 func (wireView) strips(fd protoreflect.FieldDescriptor) bool {
-	switch fd.Name() {
-	case "text", "attachments", "artifact":
-		return true
+	return lockedView.strips[fd.Number()]
+}
+
+// lockedView is what messageview.Apply does to a Message for a viewer it is
+// locked for, learnt once by applying it to a message with every field set,
+// so that the rule lives in messageview alone: the fields it clears, and
+// ok, false when it does anything else (it changes a field other than
+// locked without clearing it, or does not lock): appendWireJSON then
+// declines every locked view, and the hub renders those from the decoded
+// message through messageview, as before.
+var lockedView = learnLockedView()
+
+func learnLockedView() (v struct {
+	strips map[protoreflect.FieldNumber]bool
+	ok     bool
+}) {
+	m := &deliveryv1.Message{}
+	r := m.ProtoReflect()
+	fds := r.Descriptor().Fields()
+	for i := range fds.Len() {
+		fd := fds.Get(i)
+		x, ok := sampleValue(r, fd)
+		if !ok {
+			return v
+		}
+		r.Set(fd, x)
 	}
-	return false
+	m.Sensitive, m.Sender, m.Locked = true, "users/lockedview-sender", false
+	before := proto.Clone(m).ProtoReflect()
+	viewer := auth.Identity{Role: auth.RolePatient, Subject: "lockedview-viewer"}
+	messageview.Apply(m, viewer, time.Now(), messageview.DefaultStepUpWindow)
+	if !m.Locked {
+		return v
+	}
+	v.strips = map[protoreflect.FieldNumber]bool{}
+	for i := range fds.Len() {
+		fd := fds.Get(i)
+		switch {
+		case fd.Name() == "locked":
+		case !r.Has(fd):
+			v.strips[fd.Number()] = true
+		case !r.Get(fd).Equal(before.Get(fd)):
+			return v
+		}
+	}
+	v.ok = true
+	return v
+}
+
+// sampleValue is a value of fd that is set (not its default): one element
+// for a list; false for a kind it does not make (a map).
+func sampleValue(r protoreflect.Message, fd protoreflect.FieldDescriptor) (protoreflect.Value, bool) {
+	if fd.IsMap() {
+		return protoreflect.Value{}, false
+	}
+	if fd.IsList() {
+		l := r.NewField(fd)
+		e := l.List().NewElement()
+		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
+			x, ok := sampleScalar(fd)
+			if !ok {
+				return protoreflect.Value{}, false
+			}
+			e = x
+		}
+		l.List().Append(e)
+		return l, true
+	}
+	if fd.Kind() == protoreflect.MessageKind || fd.Kind() == protoreflect.GroupKind {
+		return r.NewField(fd), true
+	}
+	return sampleScalar(fd)
+}
+
+func sampleScalar(fd protoreflect.FieldDescriptor) (protoreflect.Value, bool) {
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		return protoreflect.ValueOfBool(true), true
+	case protoreflect.EnumKind:
+		return protoreflect.ValueOfEnum(1), true
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+		return protoreflect.ValueOfInt32(1), true
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		return protoreflect.ValueOfInt64(1), true
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind:
+		return protoreflect.ValueOfUint32(1), true
+	case protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		return protoreflect.ValueOfUint64(1), true
+	case protoreflect.FloatKind:
+		return protoreflect.ValueOfFloat32(1), true
+	case protoreflect.DoubleKind:
+		return protoreflect.ValueOfFloat64(1), true
+	case protoreflect.StringKind:
+		return protoreflect.ValueOfString("x"), true
+	case protoreflect.BytesKind:
+		return protoreflect.ValueOfBytes([]byte{1}), true
+	}
+	return protoreflect.Value{}, false
 }
 
 // wireType is the wire type fd's values are encoded with (unpacked).

@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
@@ -16,7 +17,9 @@ import (
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
 )
 
 // wireViews are the views appendWireJSON renders of a message of md, each
@@ -46,10 +49,14 @@ func requireWireIsDecoded(t *testing.T, md protoreflect.MessageDescriptor, data 
 		require.NoError(t, uerr, "written from the wire although Unmarshal refuses it: %s %+v", what, view)
 		if view.message {
 			dm := msg.Interface().(*deliveryv1.Message)
-			dm.Locked = view.locked
-			if view.locked {
-				dm.Text, dm.Attachments, dm.Artifact = "", nil, nil
-			}
+			// The view as messageview decides it, for a viewer it is
+			// locked for or not (the message made sensitive only for the
+			// decision).
+			sensitive := dm.Sensitive
+			dm.Sensitive = view.locked
+			messageview.Apply(dm, auth.Identity{Role: auth.RolePatient, Subject: "wire-test-viewer"}, time.Now(), messageview.DefaultStepUpWindow)
+			require.Equal(t, view.locked, dm.Locked)
+			dm.Sensitive = sensitive
 		}
 		want, wok := appendJSON(nil, msg)
 		require.True(t, wok, "written from the wire, declined decoded: %s", what)
@@ -193,4 +200,19 @@ func BenchmarkMessageEventRender(b *testing.B) {
 			}
 		}
 	})
+}
+
+// The locked view's rule is learnt from messageview.Apply, not written
+// again here: the fields it clears for a locked viewer are the ones the
+// wire renderer leaves out.
+func TestLockedViewIsMessageviews(t *testing.T) {
+	require.True(t, lockedView.ok)
+	var names []string
+	fds := (*deliveryv1.Message)(nil).ProtoReflect().Descriptor().Fields()
+	for i := range fds.Len() {
+		if lockedView.strips[fds.Get(i).Number()] {
+			names = append(names, string(fds.Get(i).Name()))
+		}
+	}
+	require.ElementsMatch(t, []string{"text", "attachments", "artifact"}, names)
 }
