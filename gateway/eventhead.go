@@ -8,7 +8,6 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
-	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
 
 // The hub reads every event of its streams; what it needs of an event's
@@ -16,23 +15,7 @@ import (
 // reads from the wire (eventwire.SplitMeta), unmarshalling the event's
 // other fields (the message, the thread) from the bytes after it. The ack
 // subject and the subject's tenant tokens are read here without the
-// allocations of nats.go's Metadata and natsx.Tokens.
-
-// subjectTenant is the first two tokens after the base of a subject in the
-// tenant form (natsx.Tokens' first two, without its slice): n is how many
-// there are (0 for the pre-tenant form, at most 2).
-func subjectTenant(subject string) (t0, t1 string, n int) {
-	b := natsx.Base(subject)
-	if b == "" || len(b) == len(subject) {
-		return "", "", 0
-	}
-	t0, rest, more := strings.Cut(subject[len(b)+1:], ".")
-	if !more {
-		return t0, "", 1
-	}
-	t1, _, _ = strings.Cut(rest, ".")
-	return t0, t1, 2
-}
+// allocations of nats.go's Metadata.
 
 // ackInfo is what the hub reads of a JetStream message's ack subject.
 type ackInfo struct {

@@ -225,28 +225,6 @@ func TestParseAck(t *testing.T) {
 	require.Zero(t, testing.AllocsPerRun(100, func() { _, _ = parseAck("$JS.ACK._.H.DELIVERY.cons.1.42.7.1700000000000000001.0.tok") }))
 }
 
-// subjectTenant is natsx.Tokens' first two.
-func TestSubjectTenant(t *testing.T) {
-
-	for _, s := range []string{
-		natsx.Tenant(natsx.SubjectMessageCreated, "p1", "patients/pa"),
-		natsx.Tenant(natsx.SubjectMessageCreated, "p1"),
-		natsx.Tenant(natsx.SubjectConversationRead, "p.1", "users/u", "x"),
-		natsx.SubjectMessageCreated,
-		"other.subject",
-	} {
-		tokens := natsx.Tokens(s)
-		t0, t1, n := subjectTenant(s)
-		require.Equal(t, min(len(tokens), 2), n, s)
-		if n > 0 {
-			require.Equal(t, tokens[0], t0)
-		}
-		if n > 1 {
-			require.Equal(t, tokens[1], t1)
-		}
-	}
-}
-
 // BenchmarkDecodeEvent is the hub's decode of a message.created and a
 // conversation.updated as published: "wire" reads the meta from the wire,
 // "whole" is the same event with its meta last, which decodeEvent

@@ -536,7 +536,7 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64, stored time.Time
 	}
 	defer h.pos[stream].Store(seq)
 	subject := m.Subject()
-	t0, t1, tokens := subjectTenant(subject)
+	t0, t1, tokens := natsx.TenantTokens(subject)
 	var pc *practiceConns
 	practice := ""
 	if tokens > 0 {

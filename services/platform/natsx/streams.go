@@ -334,14 +334,20 @@ func Kind(subject string) string {
 	return b[len(prefix)+1:]
 }
 
-// Tokens returns the (still encoded) tenant tokens after subject's base:
-// none for the pre-tenant form.
-func Tokens(subject string) []string {
+// TenantTokens returns the first two (still encoded) tenant tokens after
+// subject's base, and how many there are (0 for the pre-tenant form, at most
+// 2), without allocating: the hub reads them for every event it is handed.
+func TenantTokens(subject string) (t0, t1 string, n int) {
 	b := Base(subject)
 	if b == "" || len(b) == len(subject) {
-		return nil
+		return "", "", 0
 	}
-	return strings.Split(subject[len(b)+1:], ".")
+	t0, rest, more := strings.Cut(subject[len(b)+1:], ".")
+	if !more {
+		return t0, "", 1
+	}
+	t1, _, _ = strings.Cut(rest, ".")
+	return t0, t1, 2
 }
 
 // Token encodes an id (a practice id, "patients/p", "users/u": any

@@ -52,9 +52,12 @@ func TestSubjects(t *testing.T) {
 	s := Tenant(SubjectMessageCreated, "demo", "patients/a.b")
 	require.Equal(t, "clinicchat.delivery.message.created.demo.patients/a%2Eb", s)
 	require.Equal(t, SubjectMessageCreated, Base(s))
-	require.Equal(t, []string{"demo", "patients/a%2Eb"}, Tokens(s))
+	t0, t1, n := TenantTokens(s)
+	require.Equal(t, []string{"demo", "patients/a%2Eb"}, []string{t0, t1})
+	require.Equal(t, 2, n)
 	require.Equal(t, SubjectMessageCreated, Base(SubjectMessageCreated), "the pre-tenant form")
-	require.Empty(t, Tokens(SubjectMessageCreated))
+	_, _, n = TenantTokens(SubjectMessageCreated)
+	require.Zero(t, n)
 	require.Empty(t, Base("other.delivery.message.created"))
 	require.Empty(t, Base("clinicchat.delivery.message"))
 	require.Equal(t, []string{SubjectMessageCreated, SubjectMessageCreated + ".>"}, Filter(SubjectMessageCreated))
@@ -141,4 +144,25 @@ func TestPublishBaseKeepsPersonsOffEchoKinds(t *testing.T) {
 	require.Equal(t, SubjectConversationEcho, PublishBase(SubjectConversationUpdated, SystemActor, "conversation.activity"))
 	require.Equal(t, SubjectMessageCreated, PublishBase(SubjectMessageCreated, SystemActor, "message.status"))
 	require.Equal(t, SubjectNotification, PublishBase(SubjectNotification, SystemActor, "conversation.activity"))
+}
+
+// TenantTokens reads the first two tenant tokens, however many follow, and
+// none of the pre-tenant form or another subject, without allocating.
+func TestTenantTokens(t *testing.T) {
+	for _, c := range []struct {
+		subject string
+		t0, t1  string
+		n       int
+	}{
+		{Tenant(SubjectMessageCreated, "p1", "patients/pa"), "p1", "patients/pa", 2},
+		{Tenant(SubjectMessageCreated, "p1"), "p1", "", 1},
+		{Tenant(SubjectConversationRead, "p.1", "users/u", "x"), "p%2E1", "users/u", 2},
+		{SubjectMessageCreated, "", "", 0},
+		{"other.subject", "", "", 0},
+	} {
+		t0, t1, n := TenantTokens(c.subject)
+		require.Equal(t, []any{c.t0, c.t1, c.n}, []any{t0, t1, n}, c.subject)
+	}
+	s := Tenant(SubjectMessageCreated, "p1", "patients/pa")
+	require.Zero(t, testing.AllocsPerRun(100, func() { _, _, _ = TenantTokens(s) }))
 }
