@@ -103,7 +103,7 @@ func (cs *convStates) follow(e *event, id auth.Identity) (ownView, bool) {
 		delete(cs.m, e.conversation) // created, pin/mute: read back
 		return ownView{}, false
 	}
-	switch e.updateAction() {
+	switch e.action {
 	case actionActivity:
 		seq := u.GetMessageSeq()
 		switch {
@@ -127,15 +127,6 @@ func (cs *convStates) follow(e *event, id auth.Identity) (ownView, bool) {
 		return ownView{}, false
 	}
 	return ownView{staff: seesPracticeFields(id), unread: st.unread, pinned: st.pinned, muted: st.muted}, true
-}
-
-// updateAction is the action of a conversation event: read from the wire
-// by decodeEvent, or its payload's meta when it has one.
-func (e *event) updateAction() string {
-	if e.action != "" {
-		return e.action
-	}
-	return e.updated.GetMeta().GetAction()
 }
 
 // keep records the caller's fields of a thread read back when the hub's

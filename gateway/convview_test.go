@@ -28,7 +28,7 @@ func TestConvStatesFollowOnlyWhatTheyKnow(t *testing.T) {
 	streamSeq := uint64(100)
 	updated := func(action string, seq int64, fromPatient bool) *event {
 		streamSeq++
-		return &event{kind: itemConversation, conversation: name, seq: streamSeq, updated: &conversationv1.ConversationUpdated{
+		return &event{kind: itemConversation, conversation: name, seq: streamSeq, action: action, updated: &conversationv1.ConversationUpdated{
 			Meta: &typev1.EventMeta{Practice: "p", Action: action}, MessageSeq: seq, MessageFromPatient: fromPatient,
 			Conversation: &conversationv1.Conversation{Name: name, Patient: "patients/pa", LastMessageSeq: int32(seq),
 				AwaitingReplySince: timestamppb.Now(), Assignee: "users/amy", AssigneeDisplayName: "Amy"}}}
@@ -159,7 +159,7 @@ func BenchmarkConversationViewFanout(b *testing.B) {
 		seq++
 		c := proto.Clone(c).(*conversationv1.Conversation)
 		c.LastMessageSeq = int32(seq)
-		e := &event{kind: itemConversation, conversation: name, seq: uint64(seq), updated: &conversationv1.ConversationUpdated{
+		e := &event{kind: itemConversation, conversation: name, seq: uint64(seq), action: actionActivity, updated: &conversationv1.ConversationUpdated{
 			Meta: &typev1.EventMeta{Practice: "p", Action: actionActivity}, MessageSeq: seq, MessageFromPatient: false,
 			Conversation: c}}
 		for _, st := range streams {
