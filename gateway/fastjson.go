@@ -169,7 +169,11 @@ const (
 // fractional digits.
 func appendTimestamp(out []byte, m protoreflect.Message) ([]byte, bool) {
 	fds := m.Descriptor().Fields()
-	secs, nanos := m.Get(fds.ByNumber(1)).Int(), m.Get(fds.ByNumber(2)).Int()
+	return appendTimestampParts(out, m.Get(fds.ByNumber(1)).Int(), m.Get(fds.ByNumber(2)).Int())
+}
+
+// appendTimestampParts is appendTimestamp of a Timestamp's seconds and nanos.
+func appendTimestampParts(out []byte, secs, nanos int64) ([]byte, bool) {
 	if secs < minTimestampSeconds || secs > maxTimestampSeconds || nanos < 0 || nanos > 999_999_999 {
 		return out, false
 	}

@@ -13,6 +13,7 @@ import (
 
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/eventwire"
 	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
 )
 
@@ -400,58 +401,9 @@ func appendJSONBytes(out []byte, s []byte) ([]byte, bool) {
 
 // appendWireTimestamp is appendTimestamp of an encoded Timestamp.
 func appendWireTimestamp(out []byte, b []byte) ([]byte, bool) {
-	var secs int64
-	var nanos int32
-	var seen [3]bool
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return out, false
-		}
-		b = b[n:]
-		if num == 1 || num == 2 {
-			if typ != protowire.VarintType || seen[num] {
-				return out, false
-			}
-			seen[num] = true
-			v, m := protowire.ConsumeVarint(b)
-			if m < 0 {
-				return out, false
-			}
-			if num == 1 {
-				secs = int64(v)
-			} else {
-				nanos = int32(v)
-			}
-			b = b[m:]
-			continue
-		}
-		m := protowire.ConsumeFieldValue(num, typ, b)
-		if m < 0 {
-			return out, false
-		}
-		b = b[m:]
-	}
-	if secs < minTimestampSeconds || secs > maxTimestampSeconds || nanos < 0 || nanos > 999_999_999 {
+	secs, nanos, ok := eventwire.TimestampParts(b)
+	if !ok {
 		return out, false
 	}
-	out = append(out, '"')
-	out = time.Unix(secs, 0).UTC().AppendFormat(out, "2006-01-02T15:04:05")
-	if nanos != 0 {
-		digits, n := 9, nanos
-		switch {
-		case n%1_000_000 == 0:
-			digits, n = 3, n/1_000_000
-		case n%1_000 == 0:
-			digits, n = 6, n/1_000
-		}
-		out = append(out, '.')
-		var buf [9]byte
-		for i := digits - 1; i >= 0; i-- {
-			buf[i] = byte('0' + n%10)
-			n /= 10
-		}
-		out = append(out, buf[:digits]...)
-	}
-	return append(out, 'Z', '"'), true
+	return appendTimestampParts(out, secs, int64(nanos))
 }

@@ -147,21 +147,34 @@ func SplitMeta(data []byte, practice string, actions ...string) (h Meta, rest []
 // timestampOf is the time of an encoded google.protobuf.Timestamp, as
 // timestamppb's AsTime gives it.
 func timestampOf(b []byte) (time.Time, bool) {
-	var secs int64
-	var nanos int32
+	secs, nanos, ok := TimestampParts(b)
+	if !ok {
+		return time.Time{}, false
+	}
+	return time.Unix(secs, int64(nanos)).UTC(), true
+}
+
+// TimestampParts reads an encoded google.protobuf.Timestamp's seconds and
+// nanos without unmarshalling it. ok is false for a malformed encoding, a
+// field of the wrong wire type, or seconds or nanos given twice (which
+// Unmarshal reads as the last): the caller then unmarshals, as for any
+// shape it does not read.
+func TimestampParts(b []byte) (secs int64, nanos int32, ok bool) {
+	var seen [3]bool
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return time.Time{}, false
+			return 0, 0, false
 		}
 		b = b[n:]
-		if (num == 1 || num == 2) && typ != protowire.VarintType {
-			return time.Time{}, false
-		}
 		if num == 1 || num == 2 {
+			if typ != protowire.VarintType || seen[num] {
+				return 0, 0, false
+			}
+			seen[num] = true
 			v, m := protowire.ConsumeVarint(b)
 			if m < 0 {
-				return time.Time{}, false
+				return 0, 0, false
 			}
 			if num == 1 {
 				secs = int64(v)
@@ -173,11 +186,11 @@ func timestampOf(b []byte) (time.Time, bool) {
 		}
 		m := protowire.ConsumeFieldValue(num, typ, b)
 		if m < 0 {
-			return time.Time{}, false
+			return 0, 0, false
 		}
 		b = b[m:]
 	}
-	return time.Unix(secs, int64(nanos)).UTC(), true
+	return secs, nanos, true
 }
 
 // intern is b as a string: one of known when it is one (no copy).
