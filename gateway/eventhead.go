@@ -64,8 +64,8 @@ func parseNum(d string) (n uint64) {
 	return n
 }
 
-// messageEventHead reads a MessageCreated or MessageUpdated without its meta
-// (eventwire.SplitMeta's rest): raw is its Message's encoding, patient its
+// messageEventHead reads a MessageCreated or MessageUpdated of one message
+// without its meta (eventwire.SplitMeta's rest): raw is its Message's encoding, patient its
 // patient, and head a Message with only the fields the hub routes and
 // classifies by (name, sender, sensitive, locked, seq). ok is false for any
 // shape proto.Unmarshal might read otherwise (a field twice, which it
@@ -82,6 +82,8 @@ func messageEventHead(rest []byte) (raw []byte, patient string, head *deliveryv1
 		}
 		b = b[n:]
 		switch num {
+		case 4: // MessageUpdated.messages: messageBatchHead's, or unmarshalled
+			return nil, "", nil, false
 		case 2, 3:
 			if typ != protowire.BytesType || (num == 2 && seenMsg) || (num == 3 && seenPatient) {
 				return nil, "", nil, false
@@ -107,16 +109,76 @@ func messageEventHead(rest []byte) (raw []byte, patient string, head *deliveryv1
 	if !seenMsg || !utf8.Valid(patientB) {
 		return nil, "", nil, false
 	}
-	head = &deliveryv1.Message{}
-	var seen uint32
-	for b := raw; len(b) > 0; {
+	if head, ok = messageHead(raw); !ok {
+		return nil, "", nil, false
+	}
+	return raw, string(patientB), head, true
+}
+
+// messageBatchHead is messageEventHead for a MessageUpdated that carries
+// several messages (field 4, messages: a receipt advance's echo) and no
+// message (field 2): raws are their encodings and heads what the hub
+// routes by, in order. ok is false for any other shape (the caller then
+// unmarshals the event whole).
+func messageBatchHead(rest []byte) (raws [][]byte, patient string, heads []*deliveryv1.Message, ok bool) {
+	var patientB []byte
+	seenPatient := false
+	for b := rest; len(b) > 0; {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return nil, "", nil, false
 		}
+		b = b[n:]
+		switch num {
+		case 2:
+			return nil, "", nil, false
+		case 3, 4:
+			if typ != protowire.BytesType || (num == 3 && seenPatient) {
+				return nil, "", nil, false
+			}
+			v, m := protowire.ConsumeBytes(b)
+			if m < 0 {
+				return nil, "", nil, false
+			}
+			if num == 4 {
+				raws = append(raws, v)
+			} else {
+				patientB, seenPatient = v, true
+			}
+			b = b[m:]
+		default:
+			m := protowire.ConsumeFieldValue(num, typ, b)
+			if m < 0 {
+				return nil, "", nil, false
+			}
+			b = b[m:]
+		}
+	}
+	if len(raws) == 0 || !utf8.Valid(patientB) {
+		return nil, "", nil, false
+	}
+	heads = make([]*deliveryv1.Message, len(raws))
+	for i, raw := range raws {
+		if heads[i], ok = messageHead(raw); !ok {
+			return nil, "", nil, false
+		}
+	}
+	return raws, string(patientB), heads, true
+}
+
+// messageHead reads a Message's name, sender, sensitive, locked and seq
+// from its encoding raw (messageEventHead's rules).
+func messageHead(raw []byte) (*deliveryv1.Message, bool) {
+	head := &deliveryv1.Message{}
+	var seen uint32
+	for b := raw; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, false
+		}
 		m := protowire.ConsumeFieldValue(num, typ, b[n:])
 		if m < 0 {
-			return nil, "", nil, false
+			return nil, false
 		}
 		v := b[n : n+m]
 		b = b[n+m:]
@@ -126,14 +188,14 @@ func messageEventHead(rest []byte) (raw []byte, patient string, head *deliveryv1
 			continue
 		}
 		if seen&(1<<num) != 0 {
-			return nil, "", nil, false
+			return nil, false
 		}
 		seen |= 1 << num
 		switch num {
 		case 1, 2: // name, sender
 			s, k := protowire.ConsumeBytes(v)
 			if typ != protowire.BytesType || k < 0 || !utf8.Valid(s) {
-				return nil, "", nil, false
+				return nil, false
 			}
 			if num == 1 {
 				head.Name = string(s)
@@ -143,7 +205,7 @@ func messageEventHead(rest []byte) (raw []byte, patient string, head *deliveryv1
 		default: // sensitive, locked, seq
 			x, k := protowire.ConsumeVarint(v)
 			if typ != protowire.VarintType || k < 0 {
-				return nil, "", nil, false
+				return nil, false
 			}
 			switch num {
 			case 5:
@@ -155,5 +217,5 @@ func messageEventHead(rest []byte) (raw []byte, patient string, head *deliveryv1
 			}
 		}
 	}
-	return raw, string(patientB), head, true
+	return head, true
 }

@@ -143,7 +143,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 			s.writeError(w, r, unavailable("Live updates are unavailable right now; try again shortly"))
 			return
 		}
-		if !resumable(resume.d, head[streamD]) || !resumable(resume.c, head[streamC]) {
+		if !resume.resumableD(head[streamD]) || !resumable(resume.c, head[streamC]) {
 			defer end()
 			sw := newSSEWriter(w, &s.sseBufs)
 			sw.detach()
@@ -222,14 +222,21 @@ func (st *eventStream) serve(ctx context.Context, sw *sseWriter, resume *cursor)
 		for _, sp := range []struct {
 			stream   int
 			from, to uint64
-		}{{streamD, cur.d, pos.d}, {streamC, cur.c, pos.c}} {
-			err := s.hub.catchUp(ctx, id, sp.stream, sp.from, sp.to, func(e *event) error {
-				cur = cur.with(e.stream, e.seq)
-				if err := st.write(ctx, sw, e, cur); err != nil {
-					return err
-				}
-				if sw.full() {
-					return st.flush(sw)
+		}{{streamD, cur.at(streamD), pos.d}, {streamC, cur.c, pos.c}} {
+			err := s.hub.catchUp(ctx, id, sp.stream, sp.from, sp.to, func(first *event) error {
+				for e := first; e != nil; e = e.more { // each part of a stream message
+					if cur.covers(e) {
+						continue // a part given before the cursor (inside this message)
+					}
+					cur = cur.after(e)
+					if err := st.write(ctx, sw, e, cur); err != nil {
+						return err
+					}
+					if sw.full() {
+						if err := st.flush(sw); err != nil {
+							return err
+						}
+					}
 				}
 				return nil
 			})
@@ -245,27 +252,12 @@ func (st *eventStream) serve(ctx context.Context, sw *sseWriter, resume *cursor)
 		}
 		// Everything up to pos visible to the caller is written; live
 		// events at or below a cursor that is ahead of pos are skipped.
-		cur = cursor{d: max(cur.d, pos.d), c: max(cur.c, pos.c)}
+		if pos.d >= cur.d {
+			cur.d, cur.dk = pos.d, 0
+		}
+		cur.c = max(cur.c, pos.c)
 	}
 	st.run(ctx, sw, cur)
-}
-
-// with is c with stream's position set to seq.
-func (c cursor) with(stream int, seq uint64) cursor {
-	if stream == streamD {
-		c.d = seq
-	} else {
-		c.c = seq
-	}
-	return c
-}
-
-// at is c's position in stream.
-func (c cursor) at(stream int) uint64 {
-	if stream == streamD {
-		return c.d
-	}
-	return c.c
 }
 
 // trackStream counts a new event stream unless shutdown has begun.
@@ -327,10 +319,10 @@ func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
 			if e == nil {
 				break
 			}
-			if e.seq <= cur.at(e.stream) {
+			if cur.covers(e) {
 				continue // already written (a resume cursor ahead of the hub)
 			}
-			cur = cur.with(e.stream, e.seq)
+			cur = cur.after(e)
 			if err := st.write(ctx, sw, e, cur); err != nil {
 				return
 			}
@@ -360,8 +352,8 @@ func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
 			pos := s.hub.position()
 			moved := false
 			if st.c.idle() {
-				if pos.d > cur.d {
-					cur.d, moved = pos.d, true
+				if pos.d > cur.d || (pos.d == cur.d && cur.dk != 0) {
+					cur.d, cur.dk, moved = pos.d, 0, true
 				}
 				if pos.c > cur.c {
 					cur.c, moved = pos.c, true

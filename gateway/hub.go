@@ -87,6 +87,14 @@ type event struct {
 	// message is raw, its encoding in the event, rendered from there.
 	message *deliveryv1.Message
 	raw     []byte
+	// part is the message's place (1-based) among the messages of a
+	// stream message that carries several (a receipt advance's echo,
+	// MessageUpdated.messages), 0 for a stream message of one event; last
+	// marks the final part, more links to the next one. Each part is an
+	// event of its own on the queues, with its own cursor (cursor.dk).
+	part uint32
+	last bool
+	more *event
 	// conversation, for conversation events: the thread whose view is
 	// fetched once per user (convViews).
 	conversation string
@@ -189,12 +197,15 @@ func (e *event) visibleTo(id auth.Identity) bool {
 }
 
 // decodeEvent decodes a message of the hub's subjects; nil for subjects it
-// does not stream and for undecodable payloads (logged). practice is the
+// does not stream and for undecodable payloads (logged). A message that
+// carries several (a receipt advance's echo) is the first one's event, the
+// others' linked from it (event.more). practice is the
 // practice the caller expects the event to be of ("" when it does not
 // know): the event's practice is then that string, not a copy.
 func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data []byte, practice string) *event {
 	base := natsx.Base(subject)
 	e := &event{stream: stream, seq: seq}
+	var parts []*event // a stream message of several messages: e, then the others
 	// The meta is read from the wire where it can be (eventwire.Unmarshal)
 	// and the rest of the event unmarshalled without it.
 	var head eventwire.Meta
@@ -220,6 +231,17 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 				head, e.message, e.raw, e.patient = h, msg, raw, patient
 				break
 			}
+			if base != natsx.SubjectMessageCreated {
+				if raws, patient, msgs, ok := messageBatchHead(rest); ok {
+					head, e.message, e.raw, e.patient = h, msgs[0], raws[0], patient
+					parts = make([]*event, len(msgs))
+					for i := range msgs {
+						parts[i] = &event{message: msgs[i], raw: raws[i]}
+					}
+					parts[0] = e
+					break
+				}
+			}
 		}
 		var ev interface {
 			proto.Message
@@ -233,10 +255,19 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 		if !decoded(natsx.StreamDelivery, ev) {
 			return nil
 		}
-		if ev.GetMessage() == nil {
+		e.message, e.patient = ev.GetMessage(), ev.GetPatient()
+		if u, ok := ev.(*deliveryv1.MessageUpdated); ok && len(u.GetMessages()) > 0 {
+			// A receipt advance's echo: message (if any), then messages.
+			for _, m := range append([]*deliveryv1.Message{u.GetMessage()}, u.GetMessages()...) {
+				if m != nil {
+					parts = append(parts, &event{message: m})
+				}
+			}
+			e.message, parts[0] = parts[0].message, e
+		}
+		if e.message == nil {
 			return nil
 		}
-		e.message, e.patient = ev.GetMessage(), ev.GetPatient()
 	case natsx.SubjectConversationCreated, natsx.SubjectConversationUpdated, natsx.SubjectConversationEcho:
 		var ev interface {
 			proto.Message
@@ -277,6 +308,18 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 	e.practice, e.action = head.Practice, head.Action
 	if e.kind == itemMessageCreated {
 		e.wroteAt = head.Time
+	}
+	for i, p := range parts {
+		// The parts of a stream message of several: the same event but for
+		// the message, each its own (rendered and written on its own).
+		if i > 0 {
+			p.kind, p.stream, p.seq, p.practice, p.patient, p.action = e.kind, e.stream, e.seq, e.practice, e.patient, e.action
+			parts[i-1].more = p
+		}
+		p.part = uint32(i + 1)
+	}
+	if len(parts) > 0 {
+		parts[len(parts)-1].last = true
 	}
 	return e
 }
@@ -571,7 +614,9 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64, stored time.Time
 		}
 	}
 	pc.decoded.Add(1)
-	e.pc = pc
+	for x := e; x != nil; x = x.more {
+		x.pc = pc
+	}
 	if e.kind == itemMessageCreated && !e.wroteAt.IsZero() {
 		e.dispatched = time.Now()
 		h.stages.observe(stageStored, stored.Sub(e.wroteAt))
@@ -582,9 +627,12 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64, stored time.Time
 		// a string allocated per event for nothing when tracing is off.)
 		end := h.traceFanout(hdr, subject, e)
 		defer end()
+		for x := e.more; x != nil; x = x.more {
+			x.span = e.span
+		}
 	}
 	wakes, lazy := h.wakes[stream], h.lazy[stream]
-	deliver := func(c *conn) {
+	deliver := func(e *event, c *conn) {
 		if !e.visibleTo(c.id) {
 			return
 		}
@@ -607,15 +655,19 @@ func (h *hub) dispatch(stream int, m jetstream.Msg, seq uint64, stored time.Time
 	switch e.kind {
 	case itemUserState, itemConversationRead:
 		for c := range pc.byPrincipal[natsx.Token(e.user)] {
-			deliver(c)
+			deliver(e, c)
 		}
 	default:
-		for c := range pc.staff {
-			deliver(c)
-		}
-		for c := range pc.byPrincipal[natsx.Token(e.patient)] {
-			if c.id.IsPatient() {
-				deliver(c)
+		// Each part of the stream message in turn, so a connection's queue
+		// holds them in order (the parts share their audience).
+		for x := e; x != nil; x = x.more {
+			for c := range pc.staff {
+				deliver(x, c)
+			}
+			for c := range pc.byPrincipal[natsx.Token(e.patient)] {
+				if c.id.IsPatient() {
+					deliver(x, c)
+				}
 			}
 		}
 	}

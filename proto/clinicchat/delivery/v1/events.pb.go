@@ -88,7 +88,11 @@ func (x *MessageCreated) GetPatient() string {
 }
 
 // MessageUpdated: a message's receipt status changed.
-// Subject clinicchat.delivery.message.updated.
+// Subject clinicchat.delivery.message.updated (a person's update) or
+// clinicchat.delivery.message.status (the receipts' echoes, actor system).
+// An echo of a receipt advance that changed several messages of one thread
+// carries them all in messages (in seq order, a bounded number per event)
+// and leaves message unset; a reader takes message, then messages.
 type MessageUpdated struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Who, what, when.
@@ -96,7 +100,9 @@ type MessageUpdated struct {
 	// The full message after the change.
 	Message *Message `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	// The thread's patient, "patients/{p}", for routing.
-	Patient       string `protobuf:"bytes,3,opt,name=patient,proto3" json:"patient,omitempty"`
+	Patient string `protobuf:"bytes,3,opt,name=patient,proto3" json:"patient,omitempty"`
+	// The full messages after the change, when one advance changed several.
+	Messages      []*Message `protobuf:"bytes,4,rep,name=messages,proto3" json:"messages,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -152,6 +158,13 @@ func (x *MessageUpdated) GetPatient() string {
 	return ""
 }
 
+func (x *MessageUpdated) GetMessages() []*Message {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
 var File_clinicchat_delivery_v1_events_proto protoreflect.FileDescriptor
 
 const file_clinicchat_delivery_v1_events_proto_rawDesc = "" +
@@ -160,11 +173,12 @@ const file_clinicchat_delivery_v1_events_proto_rawDesc = "" +
 	"\x0eMessageCreated\x121\n" +
 	"\x04meta\x18\x01 \x01(\v2\x1d.clinicchat.type.v1.EventMetaR\x04meta\x129\n" +
 	"\amessage\x18\x02 \x01(\v2\x1f.clinicchat.delivery.v1.MessageR\amessage\x12\x18\n" +
-	"\apatient\x18\x03 \x01(\tR\apatient\"\x98\x01\n" +
+	"\apatient\x18\x03 \x01(\tR\apatient\"\xd5\x01\n" +
 	"\x0eMessageUpdated\x121\n" +
 	"\x04meta\x18\x01 \x01(\v2\x1d.clinicchat.type.v1.EventMetaR\x04meta\x129\n" +
 	"\amessage\x18\x02 \x01(\v2\x1f.clinicchat.delivery.v1.MessageR\amessage\x12\x18\n" +
-	"\apatient\x18\x03 \x01(\tR\apatientBJZHgithub.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1;deliveryv1b\x06proto3"
+	"\apatient\x18\x03 \x01(\tR\apatient\x12;\n" +
+	"\bmessages\x18\x04 \x03(\v2\x1f.clinicchat.delivery.v1.MessageR\bmessagesBJZHgithub.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1;deliveryv1b\x06proto3"
 
 var (
 	file_clinicchat_delivery_v1_events_proto_rawDescOnce sync.Once
@@ -190,11 +204,12 @@ var file_clinicchat_delivery_v1_events_proto_depIdxs = []int32{
 	3, // 1: clinicchat.delivery.v1.MessageCreated.message:type_name -> clinicchat.delivery.v1.Message
 	2, // 2: clinicchat.delivery.v1.MessageUpdated.meta:type_name -> clinicchat.type.v1.EventMeta
 	3, // 3: clinicchat.delivery.v1.MessageUpdated.message:type_name -> clinicchat.delivery.v1.Message
-	4, // [4:4] is the sub-list for method output_type
-	4, // [4:4] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	3, // 4: clinicchat.delivery.v1.MessageUpdated.messages:type_name -> clinicchat.delivery.v1.Message
+	5, // [5:5] is the sub-list for method output_type
+	5, // [5:5] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_clinicchat_delivery_v1_events_proto_init() }
