@@ -435,17 +435,57 @@ func (a *App) advanceAs(ctx context.Context, adv domain.Advance) ([]domain.Messa
 // unlike sort.Slice).
 func bySeq(a, b domain.Message) int { return cmp.Compare(a.Seq, b.Seq) }
 
-// updated is a receipt's message.updated events, in seq order (system
-// echoes: natsx.PublishBase puts them on delivery.message.status).
+// updated is a receipt advance's message.updated events (system echoes:
+// natsx.PublishBase puts them on delivery.message.status): one event for
+// the messages it changed, in seq order, instead of one each — a run of
+// messages costs one outbox row, one publish and one delivery to each
+// gateway. An advance over more messages than one event should carry is
+// split into events of at most maxStatusMessages messages and about
+// maxStatusBytes each (a message above that goes alone). An event of one
+// message has it in message, as before the batched form existed (so a
+// gateway of an older version still shows it); one of several in messages.
 func updated(adv domain.Advance, ms []domain.Message) []domain.Event {
-	slices.SortFunc(ms, bySeq)
-	out := make([]domain.Event, 0, len(ms))
-	for _, m := range ms {
-		out = append(out, ev(natsx.SubjectMessageUpdated, &deliveryv1.MessageUpdated{
-			Meta: events.System(m.Practice, "message.status", m.Name(), adv.At), Message: ToProto(m), Patient: "patients/" + m.PatientID}))
+	if len(ms) == 0 {
+		return nil
 	}
+	slices.SortFunc(ms, bySeq)
+	out := make([]domain.Event, 0, (len(ms)+maxStatusMessages-1)/maxStatusMessages)
+	var chunk []*deliveryv1.Message
+	size := 0
+	emit := func() {
+		first := ms[0]
+		e := &deliveryv1.MessageUpdated{Patient: "patients/" + first.PatientID}
+		if len(chunk) == 1 {
+			e.Meta = events.System(first.Practice, "message.status", chunk[0].GetName(), adv.At)
+			e.Message = chunk[0]
+		} else {
+			e.Meta = events.System(first.Practice, "message.status", first.Conversation(), adv.At)
+			e.Messages = chunk
+		}
+		out = append(out, ev(natsx.SubjectMessageUpdated, e))
+		chunk, size = nil, 0
+	}
+	for _, m := range ms {
+		p := ToProto(m)
+		n := proto.Size(p)
+		if len(chunk) > 0 && (len(chunk) == maxStatusMessages || size+n > maxStatusBytes) {
+			emit()
+		}
+		if chunk == nil {
+			chunk = make([]*deliveryv1.Message, 0, min(len(ms), maxStatusMessages))
+		}
+		chunk, size = append(chunk, p), size+n
+	}
+	emit()
 	return out
 }
+
+// The bounds of one receipt echo (updated): its messages and their encoded
+// bytes.
+const (
+	maxStatusMessages = 64
+	maxStatusBytes    = 64 << 10
+)
 
 // MarkDelivered records that messages reached a live stream of the caller.
 // It returns once the receipt is durably committed.

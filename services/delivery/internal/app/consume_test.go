@@ -9,12 +9,14 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/app"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
 	"github.com/clinicchat/clinicchat/services/delivery/internal/store"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
@@ -36,7 +38,8 @@ func readEvent(t *testing.T, reader, role string, upTo int64) jetstream.Msg {
 
 // A batch of receipts, several of one reader of a thread among them (stale
 // ones too), turns each message READ once, by its reader, with exactly one
-// message.updated per message; an undecodable receipt fails alone.
+// message.updated per advance, carrying each message it changed once; an
+// undecodable receipt fails alone.
 func TestHandleConversationReadsBatch(t *testing.T) {
 	ctx := context.Background()
 	db := testkit.OpenDB(t, testkit.Backends()[0])
@@ -84,7 +87,8 @@ func TestHandleConversationReadsBatch(t *testing.T) {
 	// the audited message.updated.
 	var updates, audited int
 	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM outbox WHERE subject LIKE '`+natsx.SubjectMessageStatusEcho+`.%'`).Scan(&updates))
-	require.Equal(t, 6, updates, "one message.updated per message")
+	require.Equal(t, 2, updates, "one message.updated per advance: the patient's (1-5) and the dentist's (6)")
+	require.Equal(t, []int32{6, 1, 2, 3, 4, 5}, statusSeqs(t, db, 0), "each message once (the staff side's advance first)")
 	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM outbox WHERE subject LIKE '`+natsx.SubjectMessageUpdated+`.%'`).Scan(&audited))
 	require.Zero(t, audited)
 
@@ -93,5 +97,38 @@ func TestHandleConversationReadsBatch(t *testing.T) {
 		_ = err
 	}
 	require.NoError(t, db.QueryRow(ctx, `SELECT COUNT(*) FROM outbox WHERE subject LIKE '`+natsx.SubjectMessageStatusEcho+`.%'`).Scan(&updates))
-	require.Equal(t, 6, updates, "a replay tells nothing")
+	require.Equal(t, 2, updates, "a replay tells nothing")
+}
+
+// statusSeqs are the seqs of the messages the receipt echoes in the outbox
+// after row start carry, in outbox order (each READ; one message in
+// message, several in messages).
+func statusSeqs(t *testing.T, db *sqldb.DB, start int) []int32 {
+	t.Helper()
+	rows, err := db.Query(context.Background(), `SELECT subject, payload FROM outbox WHERE seq > ? AND subject LIKE '`+
+		natsx.SubjectMessageStatusEcho+`.%' ORDER BY seq`, start)
+	require.NoError(t, err)
+	defer rows.Close()
+	var seqs []int32
+	for rows.Next() {
+		var subject string
+		var payload []byte
+		require.NoError(t, rows.Scan(&subject, &payload))
+		require.Contains(t, subject, natsx.SubjectMessageStatusEcho)
+		var e deliveryv1.MessageUpdated
+		require.NoError(t, proto.Unmarshal(payload, &e))
+		ms := e.GetMessages()
+		if e.GetMessage() != nil {
+			require.Empty(t, ms, "message or messages, not both")
+			ms = []*deliveryv1.Message{e.GetMessage()}
+		} else {
+			require.Greater(t, len(ms), 1, "one message goes in message")
+		}
+		for _, m := range ms {
+			require.Equal(t, deliveryv1.Message_READ, m.GetStatus())
+			seqs = append(seqs, m.GetSeq())
+		}
+	}
+	require.NoError(t, rows.Err())
+	return seqs
 }
