@@ -11,7 +11,8 @@
 //
 // Events it produces (stream CLINICCHAT_DELIVERY): MessageCreated,
 // MessageUpdated (status: the receipts' echoes, actor system, on their own
-// kind delivery.message.status, which the audit does not read),
+// kind delivery.message.status, which the audit does not read; one per
+// receipt advance, carrying every message it changed, in bounded chunks),
 // AccessRecorded (views, unlocks, refused attempts).
 //
 // Events it consumes: conversation's ConversationRead (durable
