@@ -89,7 +89,7 @@ type event struct {
 	raw     []byte
 	// part is the message's place (1-based) among the messages of a
 	// stream message that carries several (a receipt advance's echo,
-	// MessageUpdated.messages), 0 for a stream message of one event; last
+	// MessageUpdated.messages), 0 for a stream message of one; last
 	// marks the final part, more links to the next one. Each part is an
 	// event of its own on the queues, with its own cursor (cursor.dk).
 	part uint32
@@ -197,11 +197,11 @@ func (e *event) visibleTo(id auth.Identity) bool {
 }
 
 // decodeEvent decodes a message of the hub's subjects; nil for subjects it
-// does not stream and for undecodable payloads (logged). A message that
-// carries several (a receipt advance's echo) is the first one's event, the
-// others' linked from it (event.more). practice is the
+// does not stream and for undecodable payloads (logged). practice is the
 // practice the caller expects the event to be of ("" when it does not
-// know): the event's practice is then that string, not a copy.
+// know): the event's practice is then that string, not a copy. A stream
+// message that carries several messages (a receipt advance's echo) is the
+// first one's event, the others' linked from it (event.more).
 func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data []byte, practice string) *event {
 	base := natsx.Base(subject)
 	e := &event{stream: stream, seq: seq}
