@@ -12,7 +12,8 @@ import (
 // FuzzCursor: any Last-Event-ID parses or fails cleanly, and what parses
 // prints as the same cursor.
 func FuzzCursor(f *testing.F) {
-	for _, s := range []string{"d12.c7", "d0.c0", "d18446744073709551615.c1", "d.c", "d1c2", "d-1.c2", "d1.c2.x", ""} {
+	for _, s := range []string{"d12.c7", "d0.c0", "d18446744073709551615.c1", "d.c", "d1c2", "d-1.c2", "d1.c2.x", "",
+		"d12.3.c7", "d12.0.c7", "d0.1.c0", "d12.4294967296.c7"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
