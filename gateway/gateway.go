@@ -219,6 +219,9 @@ type Server struct {
 	// noHijack (tests) keeps every stream on net/http.
 	raw      rawConns
 	noHijack bool
+	// noHotPath (tests) sends sends and markReads to grpc-gateway's
+	// generated handlers too (hotpath.go).
+	noHotPath atomic.Bool
 	// sseBufs are the event streams' block buffers, lent for a batch each
 	// (sse.go).
 	sseBufs sseBufs
@@ -424,6 +427,9 @@ func (s *Server) apiFirst(top *http.ServeMux) http.Handler {
 		p := r.URL.Path
 		if r.Method != http.MethodConnect && r.URL.RawPath == "" && strings.HasPrefix(p, "/v1/") &&
 			p != "/v1/dev/tokens" && p != "/v1/clientConfig" && path.Clean(p) == p {
+			if r.Method == http.MethodPost && s.serveHot(w, r) {
+				return // a send or a markRead (hotpath.go)
+			}
 			s.mux.ServeHTTP(w, r)
 			return
 		}
