@@ -296,6 +296,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if err := s.routes(); err != nil {
 		return nil, err
 	}
+	if onNew != nil {
+		onNew(s) // tests (hotpath.go)
+	}
 	for _, c := range deps.Metrics {
 		if err := s.metrics.reg.Register(c); err != nil {
 			return nil, fmt.Errorf("gateway metrics: %w", err)
@@ -424,9 +427,7 @@ func (s *Server) routes() error {
 // (its redirects of unclean paths, its 404 and 405 included).
 func (s *Server) apiFirst(top *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := r.URL.Path
-		if r.Method != http.MethodConnect && r.URL.RawPath == "" && strings.HasPrefix(p, "/v1/") &&
-			p != "/v1/dev/tokens" && p != "/v1/clientConfig" && path.Clean(p) == p {
+		if isAPIPath(r) {
 			if r.Method == http.MethodPost && s.serveHot(w, r) {
 				return // a send or a markRead (hotpath.go)
 			}
@@ -435,6 +436,13 @@ func (s *Server) apiFirst(top *http.ServeMux) http.Handler {
 		}
 		top.ServeHTTP(w, r)
 	})
+}
+
+// isAPIPath says whether apiFirst sends r to the grpc-gateway mux.
+func isAPIPath(r *http.Request) bool {
+	p := r.URL.Path
+	return r.Method != http.MethodConnect && r.URL.RawPath == "" && strings.HasPrefix(p, "/v1/") &&
+		p != "/v1/dev/tokens" && p != "/v1/clientConfig" && path.Clean(p) == p
 }
 
 // Routes of the gateway's own handlers, in grpc-gateway path syntax.

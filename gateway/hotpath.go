@@ -25,6 +25,10 @@ const (
 	routeMarkRead      = "/v1/{name=conversations/*}:markRead"
 )
 
+// onNew, when set (tests), is given every Server New makes: how a test
+// reaches the gateway of an all-in-one to turn serveHot off.
+var onNew func(*Server)
+
 // serveHot serves a POST of a clean /v1 path (apiFirst) when it is a send or
 // a markRead that it answers exactly as grpc-gateway's generated handler
 // does, and reports whether it did. It does what the mux, the middlewares
@@ -52,43 +56,14 @@ func (s *Server) serveHot(w http.ResponseWriter, r *http.Request) bool {
 	if s.noHotPath.Load() {
 		return false
 	}
-	const prefix = "/v1/conversations/"
+	route, ok := hotRoute(r)
+	if !ok {
+		return false
+	}
+	markRead := route == routeMarkRead
 	p := r.URL.Path
-	if !strings.HasPrefix(p, prefix) {
-		return false
-	}
-	rest := p[len(prefix):]
-	id, markRead := strings.CutSuffix(rest, ":markRead")
-	if !markRead {
-		var ok bool
-		if id, ok = strings.CutSuffix(rest, "/messages"); !ok {
-			return false
-		}
-	}
-	if id == "" || strings.IndexByte(id, '/') >= 0 {
-		return false
-	}
-	h := r.Header
-	if len(h["Grpc-Timeout"]) > 0 || len(h["Te"]) > 0 {
-		return false
-	}
-	switch ct := h["Content-Type"]; {
-	case len(ct) == 0:
-	case len(ct) == 1 && ct[0] == "application/json":
-	default:
-		return false
-	}
-	authz := h["Authorization"]
-	if len(authz) > 1 || len(authz) == 1 && !printableASCII(authz[0]) {
-		return false
-	}
-
-	// tagRoute
-	route := routeCreateMessage
-	if markRead {
-		route = routeMarkRead
-	}
-	setRoute(r.Context(), route)
+	authz := r.Header["Authorization"]
+	setRoute(r.Context(), route) // tagRoute
 	// requireAuth
 	if _, aerr := s.authenticate(r); aerr != nil {
 		s.writeError(w, r, aerr)
@@ -139,6 +114,43 @@ func (s *Server) serveHot(w http.ResponseWriter, r *http.Request) bool {
 		s.log.Debug("write response", zap.String("route", route), zap.Error(err))
 	}
 	return true
+}
+
+// hotRoute says whether serveHot serves r, a POST of a clean /v1 path, and
+// its route.
+func hotRoute(r *http.Request) (route string, ok bool) {
+	const prefix = "/v1/conversations/"
+	p := r.URL.Path
+	if !strings.HasPrefix(p, prefix) {
+		return "", false
+	}
+	rest := p[len(prefix):]
+	id, markRead := strings.CutSuffix(rest, ":markRead")
+	route = routeMarkRead
+	if !markRead {
+		if id, ok = strings.CutSuffix(rest, "/messages"); !ok {
+			return "", false
+		}
+		route = routeCreateMessage
+	}
+	if id == "" || strings.IndexByte(id, '/') >= 0 {
+		return "", false
+	}
+	h := r.Header
+	if len(h["Grpc-Timeout"]) > 0 || len(h["Te"]) > 0 {
+		return "", false
+	}
+	switch ct := h["Content-Type"]; {
+	case len(ct) == 0:
+	case len(ct) == 1 && ct[0] == "application/json":
+	default:
+		return "", false
+	}
+	authz := h["Authorization"]
+	if len(authz) > 1 || len(authz) == 1 && !printableASCII(authz[0]) {
+		return "", false
+	}
+	return route, true
 }
 
 // decodeHotBody is the generated handler's decode of a request body: the
