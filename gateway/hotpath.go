@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -157,13 +158,28 @@ func hotRoute(r *http.Request) (route string, ok bool) {
 // mux's marshaler (apiMarshaler), an empty body leaving req empty, any other
 // failure INVALID_ARGUMENT with the decoder's words (normalized by
 // writeError, as the mux's error handler does).
+//
+// The body is read into a buffer of hotBodies (apiDecoder makes one per
+// request), given back once decoded (decodeRead keeps nothing of it).
 func decodeHotBody(s *Server, body io.Reader, req any) error {
-	d := apiDecoder{r: body, jsonpb: s.marshaler}
-	if err := d.Decode(req); err != nil && !errors.Is(err, io.EOF) {
+	bp := hotBodies.Get().(*[]byte)
+	b, rest := readUpTo(body, fastBodyLimit, (*bp)[:0])
+	err := decodeRead(b, rest, req, s.marshaler)
+	if cap(b) <= maxPooledBody {
+		*bp = b[:0]
+		hotBodies.Put(bp)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
 		return status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	return nil
 }
+
+// hotBodies are decodeHotBody's read buffers; one that grew past
+// maxPooledBody (a long text) is left to the collector.
+var hotBodies = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+const maxPooledBody = 16 << 10
 
 // hotMetadata is the outgoing metadata runtime.AnnotateContext makes of r
 // for this gateway (incomingHeader forwards X-Request-Id only; no metadata
