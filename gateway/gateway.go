@@ -219,6 +219,9 @@ type Server struct {
 	// noHijack (tests) keeps every stream on net/http.
 	raw      rawConns
 	noHijack bool
+	// noHotPath (tests) sends sends and markReads to grpc-gateway's
+	// generated handlers too (hotpath.go).
+	noHotPath atomic.Bool
 	// sseBufs are the event streams' block buffers, lent for a batch each
 	// (sse.go).
 	sseBufs sseBufs
@@ -292,6 +295,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.metrics.registerHub(func() float64 { return float64(s.hub.queued.Load()) })
 	if err := s.routes(); err != nil {
 		return nil, err
+	}
+	if onNew != nil {
+		onNew(s) // tests (hotpath.go)
 	}
 	for _, c := range deps.Metrics {
 		if err := s.metrics.reg.Register(c); err != nil {
@@ -421,14 +427,22 @@ func (s *Server) routes() error {
 // (its redirects of unclean paths, its 404 and 405 included).
 func (s *Server) apiFirst(top *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p := r.URL.Path
-		if r.Method != http.MethodConnect && r.URL.RawPath == "" && strings.HasPrefix(p, "/v1/") &&
-			p != "/v1/dev/tokens" && p != "/v1/clientConfig" && path.Clean(p) == p {
+		if isAPIPath(r) {
+			if r.Method == http.MethodPost && s.serveHot(w, r) {
+				return // a send or a markRead (hotpath.go)
+			}
 			s.mux.ServeHTTP(w, r)
 			return
 		}
 		top.ServeHTTP(w, r)
 	})
+}
+
+// isAPIPath says whether apiFirst sends r to the grpc-gateway mux.
+func isAPIPath(r *http.Request) bool {
+	p := r.URL.Path
+	return r.Method != http.MethodConnect && r.URL.RawPath == "" && strings.HasPrefix(p, "/v1/") &&
+		p != "/v1/dev/tokens" && p != "/v1/clientConfig" && path.Clean(p) == p
 }
 
 // Routes of the gateway's own handlers, in grpc-gateway path syntax.

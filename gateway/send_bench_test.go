@@ -112,6 +112,11 @@ func BenchmarkSendEdge(b *testing.B) {
 	b.Run("handler", func(b *testing.B) {
 		sb.serveEach(b, func(i int) (string, []byte) { return sendPath, sendBody(i) })
 	})
+	b.Run("handler-generated", func(b *testing.B) { // grpc-gateway's generated handler (no hotpath.go)
+		sb.gw.noHotPath.Store(true)
+		defer sb.gw.noHotPath.Store(false)
+		sb.serveEach(b, func(i int) (string, []byte) { return sendPath, sendBody(i) })
+	})
 	b.Run("http", func(b *testing.B) {
 		srv := httptest.NewServer(sb.gw.Handler())
 		defer srv.Close()
@@ -153,12 +158,20 @@ func BenchmarkSendEdge(b *testing.B) {
 }
 
 // BenchmarkMarkReadEdge is one markRead's cost at the edge with a
-// conversation service that does nothing (the gateway's http.Handler alone).
+// conversation service that does nothing (the gateway's http.Handler
+// alone): hot (hotpath.go) and generated (grpc-gateway's generated handler).
 //
 //	go test ./gateway -run '^$' -bench MarkReadEdge -benchmem
 func BenchmarkMarkReadEdge(b *testing.B) {
-	newSendBench(b).serveEach(b, func(i int) (string, []byte) {
+	sb := newSendBench(b)
+	req := func(i int) (string, []byte) {
 		return "/v1/conversations/c1:markRead", fmt.Appendf(nil, `{"upTo":"conversations/c1/messages/m%d"}`, i)
+	}
+	b.Run("hot", func(b *testing.B) { sb.serveEach(b, req) })
+	b.Run("generated", func(b *testing.B) {
+		sb.gw.noHotPath.Store(true)
+		defer sb.gw.noHotPath.Store(false)
+		sb.serveEach(b, req)
 	})
 }
 

@@ -75,15 +75,21 @@ func (d *apiDecoder) Decode(v any) error {
 	default:
 		return d.jsonpb.NewDecoder(d.r).Decode(v)
 	}
-	body, rest := readUpTo(d.r, fastBodyLimit)
+	body, rest := readUpTo(d.r, fastBodyLimit, make([]byte, 0, 512))
+	return decodeRead(body, rest, v, d.jsonpb)
+}
+
+// decodeRead decodes a request body of which readUpTo read body (rest what
+// is left): decodeFast, or JSONPb on exactly the bytes it would have read.
+// Neither keeps body: every string decoded is a copy.
+func decodeRead(body []byte, rest io.Reader, v any, jsonpb *runtime.JSONPb) error {
 	if rest == nil && decodeFast(body, v) {
 		return nil
 	}
-	// JSONPb reads exactly the bytes it would have read from d.r.
 	if rest == nil {
 		rest = eofReader{}
 	}
-	return d.jsonpb.NewDecoder(io.MultiReader(bytes.NewReader(body), rest)).Decode(v)
+	return jsonpb.NewDecoder(io.MultiReader(bytes.NewReader(body), rest)).Decode(v)
 }
 
 // decodeFast decodes body into a request the fast path knows.
@@ -97,11 +103,10 @@ func decodeFast(body []byte, v any) bool {
 	return false
 }
 
-// readUpTo reads r to its end if that comes within limit bytes: rest is
-// then nil. Otherwise rest is what remains to read after body: r, or a
-// reader that gives the read error again.
-func readUpTo(r io.Reader, limit int) (body []byte, rest io.Reader) {
-	body = make([]byte, 0, 512)
+// readUpTo reads r to its end if that comes within limit bytes, appending to
+// body: rest is then nil. Otherwise rest is what remains to read after body:
+// r, or a reader that gives the read error again.
+func readUpTo(r io.Reader, limit int, body []byte) (_ []byte, rest io.Reader) {
 	for len(body) < limit {
 		if len(body) == cap(body) {
 			body = append(body, 0)[:len(body)]
