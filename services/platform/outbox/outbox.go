@@ -1250,8 +1250,10 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 				if reply := r.pub.ack(i); reply != nil {
 					single(i, reply)
 				} else {
-					predicted = false
-					failed = true // unanswered behind a refusal: the next round tells
+					// Unanswered behind a refusal (a server that lost the
+					// batch): maybe stored; the next round tells.
+					predicted, failed = false, true
+					err = errors.Join(err, fmt.Errorf("publish %s: no acknowledgement", rows[i].subject))
 				}
 			}
 			continue
