@@ -75,7 +75,7 @@ func requireOnceInOrder(t *testing.T, ctx context.Context, js jetstream.JetStrea
 }
 
 // msgs is the server's count of messages in and out.
-func msgs(t *testing.T, ns *server.Server) (in, out int64) {
+func msgs(t testing.TB, ns *server.Server) (in, out int64) {
 	t.Helper()
 	v, err := ns.Varz(nil)
 	require.NoError(t, err)
