@@ -211,9 +211,11 @@ func TestFastBatchBehindAnotherWriter(t *testing.T) {
 	flushUntilEmpty(t, ctx, db, relay)
 	other("ev-0002") // row 2 reached the stream another way
 	writeRows(t, db, 2, 10)
+	acks0 := relay.Acks()
 	n, err := step(ctx, db, relay)
 	require.NoError(t, err)
 	require.Equal(t, 8, n, "the batch, its first row already stored")
+	require.EqualValues(t, 1, relay.Acks()-acks0, "one PubAck for the batch")
 	requireOnceInOrder(t, ctx, js, 10)
 
 	other("foreign")
