@@ -1083,10 +1083,10 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 				}
 				e := next[streams[i]]
 				if perr := r.pub.send(round, i, x.subject, x.payload, x.id, true, e, tp, pos); perr != nil {
+					// A batch cut short is never committed nor answered:
+					// not awaited (its rows sent are not acknowledged, and
+					// go again, dropped as duplicates if stored).
 					err = fmt.Errorf("publish %s: %w", x.subject, perr)
-					if k > 0 {
-						units = append(units, unit{idx: u.idx[:k], batch: u.batch})
-					}
 					good = false
 					break streams
 				}
@@ -1098,10 +1098,12 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 		for sent < len(rows) && isSent[sent] {
 			sent++
 		}
+		// What was sent (rows after the first not sent are not the round's).
+		rows, ok, streams = rows[:sent], ok[:sent], streams[:sent]
+		expect, sentAt, isSent = expect[:sent], sentAt[:sent], isSent[:sent]
 		return good
 	}
 	more := send(0) && r.db.Dialect() != sqldb.Postgres
-	rows, ok = rows[:sent], ok[:sent]
 	if len(units) == 0 {
 		return rows, ok, nil, err
 	}
@@ -1208,10 +1210,9 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 				if !send(from) {
 					more, failed = false, true
 				}
-				if sent < len(rows) {
+				if len(rows) < from+len(extra) {
 					r.readTable = true // rows taken and not sent
 				}
-				rows, ok, streams = rows[:sent], ok[:sent], streams[:sent] // what was sent
 				if !extended {
 					timeout.Reset(r.ackWait())
 					extended = true
