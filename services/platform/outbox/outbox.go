@@ -1060,7 +1060,7 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 			expect, sentAt, isSent = append(expect, 0), append(sentAt, time.Time{}), append(isSent, false)
 		}
 		good := true
-	streams:
+	sending:
 		for _, u := range r.plan(rows, streams, from, now) {
 			if !r.claimed.IsZero() && time.Since(r.claimed) > r.lease()/2 {
 				// Frozen in between: the lock may be another replica's by
@@ -1088,7 +1088,7 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 					// go again, dropped as duplicates if stored).
 					err = fmt.Errorf("publish %s: %w", x.subject, perr)
 					good = false
-					break streams
+					break sending
 				}
 				next[streams[i]] = e + 1
 				expect[i], sentAt[i], isSent[i] = e, now, true
