@@ -479,6 +479,12 @@ func Streams(cfg StreamsConfig) []jetstream.StreamConfig {
 			Duplicates:  cfg.DuplicateWindow,
 			Replicas:    cfg.Replicas,
 			Discard:     jetstream.DiscardOld,
+			// Fast batches (nats-server 2.14+): the outbox relays publish
+			// a stream's rows of a round as one batch, one PubAck for all
+			// (outbox.publishChained). Set on existing streams by
+			// EnsureStreams' update; a server before 2.14 does not keep it,
+			// and the relays then publish row by row.
+			AllowBatchPublish: true,
 		})
 	}
 	return out

@@ -66,3 +66,6 @@ func HandedOff(r *Relay) uint64 {
 	}
 	return m.GetHistogram().GetSampleCount()
 }
+
+// SetNoBatches makes r send every row on its own (no fast batches).
+func SetNoBatches(r *Relay, on bool) { r.noBatches = on }

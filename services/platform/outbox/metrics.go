@@ -38,6 +38,9 @@ var (
 	waitsDesc = prometheus.NewDesc("clinicchat_outbox_publish_waits_total",
 		"Times the relay waited for JetStream's acknowledgements of the publishes it had in flight: "+
 			"the sequential round trips of its publishing (divided by the events, round trips per event).", nil, nil)
+	acksDesc = prometheus.NewDesc("clinicchat_outbox_acks_total",
+		"JetStream acknowledgements the relay read: one per event published on its own, one per fast batch "+
+			"(divided by the events, PubAcks per event).", nil, nil)
 	readDesc = prometheus.NewDesc("clinicchat_outbox_read_events_total",
 		"Events the relay read from the outbox table: on SQLite only those its commit did not hand over "+
 			"(after a restart, a gap, a full hand-off queue or a failed publish); on PostgreSQL those whose payload their commit did not hand over (another replica's, a restart's), and again after a failure.", nil, nil)
@@ -47,6 +50,7 @@ var (
 type relayStats struct {
 	published atomic.Int64 // rows acknowledged
 	waits     atomic.Int64 // waits for the acknowledgements of what is in flight
+	acks      atomic.Int64 // acknowledgements read: one per row on its own, one per fast batch
 	loaded    atomic.Int64 // rows read from the table with their payload (not handed over)
 	// wait is each row's time from its write (created_at, inside the
 	// writer's transaction) to the relay sending it: the rest of that
@@ -79,6 +83,10 @@ func (r *Relay) Stats() (published, waits int64) {
 	return r.stats.published.Load(), r.stats.waits.Load()
 }
 
+// Acks returns how many acknowledgements r has read from JetStream: one
+// per row published on its own, one per fast batch.
+func (r *Relay) Acks() int64 { return r.stats.acks.Load() }
+
 // Collector reports the outbox backlog at every scrape, labelled with
 // service (one query on the outbox, bounded by a 2 s timeout).
 func (r *Relay) Collector(service string) prometheus.Collector {
@@ -92,6 +100,7 @@ func (c backlogCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- oldestDesc
 	ch <- publishedDesc
 	ch <- waitsDesc
+	ch <- acksDesc
 	ch <- readDesc
 	c.r.stats.wait.Describe(ch)
 	c.r.stats.ack.Describe(ch)
@@ -102,6 +111,7 @@ func (c backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	published, waits := c.r.Stats()
 	ch <- prometheus.MustNewConstMetric(publishedDesc, prometheus.CounterValue, float64(published))
 	ch <- prometheus.MustNewConstMetric(waitsDesc, prometheus.CounterValue, float64(waits))
+	ch <- prometheus.MustNewConstMetric(acksDesc, prometheus.CounterValue, float64(c.r.stats.acks.Load()))
 	ch <- prometheus.MustNewConstMetric(readDesc, prometheus.CounterValue, float64(c.r.stats.loaded.Load()))
 	c.r.stats.wait.Collect(ch)
 	c.r.stats.ack.Collect(ch)

@@ -43,6 +43,7 @@
 package outbox
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"database/sql/driver"
@@ -54,6 +55,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -343,6 +345,11 @@ type Relay struct {
 
 	// streams remembers natsx.StreamOf by "<prefix>.<service>" (streamOf).
 	streams map[string]string
+	// unbatched holds the streams that refused a fast batch, until when
+	// their rows go one by one (noBatch); noBatches sends every row on its
+	// own (tests, benchmarks: the cost without batches).
+	unbatched map[string]time.Time
+	noBatches bool
 }
 
 // NewRelay returns a relay that wakes after every commit of db that wrote
@@ -1003,6 +1010,20 @@ const wrongLastSequence jetstream.ErrorCode = 10071
 // sequence to be that of the row before it (see publish). It sets ok[i] for
 // the rows acknowledged.
 //
+// The rows of one stream that go out together (at least minBatch of them)
+// go as one JetStream fast batch (nats-server 2.14+, streams with
+// allow_batched; natsx.Streams sets it): one PubAck for the batch instead of
+// one per row. Each row still carries its Nats-Msg-Id and its
+// Nats-Expected-Last-Sequence, checked per row inside a fast batch as for a
+// row on its own; the batch's gap mode is "fail": the server stores its rows
+// in order and stops at the first it refuses (or lacks: a publish lost to a
+// leader change), answering with the count of rows stored from the first
+// (a duplicate counts as stored, not stored again). So the batch's rows up
+// to its count are acknowledged and the rest are not, exactly as the chain
+// leaves them for rows published one by one (BENCHMARKS.md, batch21). A
+// stream that refuses batches (an older server, or allow_batched off) gets
+// its rows one by one from then on, for a while (noBatchFor).
+//
 // On SQLite it also takes rows committed while it waits (a wake-up of the
 // relay), up to Batch in all, and sends them at once, chained behind the
 // rows in flight: they need not wait for this round's acknowledgements and
@@ -1023,41 +1044,71 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 	if err != nil {
 		return rows, ok, nil, fmt.Errorf("publish: %w", err)
 	}
+	// Per row (by index): its expectation, when it was sent, whether it was.
 	expect := make([]uint64, 0, len(rows))
 	sentAt := make([]time.Time, 0, len(rows))
-	// send publishes rows[from:], chained; false after a failed send.
+	isSent := make([]bool, 0, len(rows))
+	// units are what is awaited, in the order sent: a row on its own, or a
+	// fast batch's rows in their order (its PubAck answers for them all).
+	var units []unit
+	sent := 0 // rows[:sent] were all sent
+	// send publishes rows[from:], chained; false after a failed send (the
+	// rows after the first one not sent are then not the round's).
 	send := func(from int) bool {
 		now := time.Now()
-		for i := from; i < len(rows); i++ {
-			x := rows[i]
+		for len(expect) < len(rows) {
+			expect, sentAt, isSent = append(expect, 0), append(sentAt, time.Time{}), append(isSent, false)
+		}
+		good := true
+	sending:
+		for _, u := range r.plan(rows, streams, from, now) {
 			if !r.claimed.IsZero() && time.Since(r.claimed) > r.lease()/2 {
 				// Frozen in between: the lock may be another replica's by
 				// now, and with it the stream; the rest waits for a round.
-				return false
+				good = false
+				break
 			}
-			var tp string
-			if x.traceparent.Valid && telemetry.Enabled() {
-				if spans != nil && len(spans) < len(rows) {
-					spans = append(spans, make([]trace.Span, len(rows)-len(spans))...)
+			for k, i := range u.idx {
+				x := rows[i]
+				var tp string
+				if x.traceparent.Valid && telemetry.Enabled() {
+					if spans != nil && len(spans) < len(rows) {
+						spans = append(spans, make([]trace.Span, len(rows)-len(spans))...)
+					}
+					spans, tp = r.startPublish(ctx, spans, len(rows), i, x)
 				}
-				spans, tp = r.startPublish(ctx, spans, len(rows), i, x)
+				var pos batchPos
+				if u.batch {
+					pos = batchPos{first: u.idx[0], k: k + 1, n: len(u.idx)}
+				}
+				e := next[streams[i]]
+				if perr := r.pub.send(round, i, x.subject, x.payload, x.id, true, e, tp, pos); perr != nil {
+					// A batch cut short is never committed nor answered:
+					// not awaited (its rows sent are not acknowledged, and
+					// go again, dropped as duplicates if stored).
+					err = fmt.Errorf("publish %s: %w", x.subject, perr)
+					good = false
+					break sending
+				}
+				next[streams[i]] = e + 1
+				expect[i], sentAt[i], isSent[i] = e, now, true
 			}
-			e := next[streams[i]]
-			if perr := r.pub.send(round, i, x.subject, x.payload, x.id, true, e, tp); perr != nil {
-				err = fmt.Errorf("publish %s: %w", x.subject, perr)
-				return false
-			}
-			next[streams[i]] = e + 1
-			expect, sentAt = append(expect, e), append(sentAt, now)
+			units = append(units, u)
 		}
-		return true
+		for sent < len(rows) && isSent[sent] {
+			sent++
+		}
+		// What was sent (rows after the first not sent are not the round's).
+		rows, ok, streams = rows[:sent], ok[:sent], streams[:sent]
+		expect, sentAt, isSent = expect[:sent], sentAt[:sent], isSent[:sent]
+		return good
 	}
 	more := send(0) && r.db.Dialect() != sqldb.Postgres
-	if len(expect) == 0 {
+	if len(units) == 0 {
 		return rows, ok, nil, err
 	}
 	r.stats.waits.Add(1)
-	acked = make([]int64, 0, len(expect))
+	acked = make([]int64, 0, len(rows))
 	predicted := true // every row acknowledged as stored where expected
 	rejected := false // a row was refused as out of turn
 	failed := err != nil
@@ -1071,18 +1122,55 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 		}
 		return nil
 	}
-	for i := 0; i < len(expect); i++ {
+	// refused files a row's refusal: out of turn (behind a row refused or
+	// lacking, or a duplicate), else a failure.
+	refused := func(i int, e error) {
+		predicted = false
+		var apiErr *jetstream.APIError
+		if errors.As(e, &apiErr) {
+			switch apiErr.ErrorCode {
+			case wrongLastSequence, batchUnknown:
+				// Not stored. Behind a failure, part of it; else an
+				// earlier row was a duplicate (it takes no sequence).
+				rejected = true
+				return
+			case batchDisabled:
+				// Not stored: the stream takes no fast batch (allow_batched
+				// off, or a server before 2.14 answering so). Rows one by
+				// one for a while; the next round sends them again.
+				r.noBatch(streams[i])
+				rejected = true
+				return
+			}
+		}
+		failed = true
+		err = errors.Join(err, fmt.Errorf("publish %s: %w", rows[i].subject, e))
+	}
+	// single reads a row's own reply.
+	single := func(i int, reply *nats.Msg) {
+		a, e := parseAck(reply)
+		if e != nil {
+			refused(i, e)
+			return
+		}
+		ok[i] = true
+		acked = append(acked, rows[i].seq)
+		r.stats.ack.Observe(time.Since(sentAt[i]).Seconds())
+		if a.duplicate || a.seq != expect[i]+1 || string(a.stream) != streams[i] {
+			predicted = false
+		}
+	}
+	for u := 0; u < len(units); u++ {
 		wake := taking() // a wake-up: rows may have been committed
-		// extended: the wait for acknowledgement i has given the rows
-		// taken meanwhile AckWait once; later ones do not extend it again
+		// extended: the wait for unit u has given the rows taken
+		// meanwhile AckWait once; later ones do not extend it again
 		// (the round's wait grows by at most one AckWait per
 		// acknowledgement, as when it took one commit per acknowledgement),
 		// so a publish never answered still fails the round however often
 		// commits come: each one taken would otherwise put it off again.
 		extended := false
 	wait:
-		reply := r.pub.ack(i)
-		if reply == nil {
+		if !r.answered(units[u]) {
 			select {
 			case <-wake:
 				// Every commit during the wait is taken as it comes, not
@@ -1122,10 +1210,9 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 				if !send(from) {
 					more, failed = false, true
 				}
-				if len(expect) < len(rows) {
+				if len(rows) < from+len(extra) {
 					r.readTable = true // rows taken and not sent
 				}
-				rows, ok = rows[:len(expect)], ok[:len(expect)] // what was sent
 				if !extended {
 					timeout.Reset(r.ackWait())
 					extended = true
@@ -1142,25 +1229,61 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 				return rows, ok, acked, ctx.Err()
 			}
 		}
-		a, e := parseAck(reply)
-		if e != nil {
-			predicted = false
-			var apiErr *jetstream.APIError
-			if errors.As(e, &apiErr) && apiErr.ErrorCode == wrongLastSequence {
-				// Not stored. Behind a failure, part of it; else an
-				// earlier row was a duplicate (it takes no sequence).
-				rejected = true
-				continue
-			}
-			failed = true
-			err = errors.Join(err, fmt.Errorf("publish %s: %w", rows[i].subject, e))
+		idx := units[u].idx
+		for len(idx) > 0 && idx[len(idx)-1] >= len(rows) {
+			idx = idx[:len(idx)-1] // sent after a failed send: not the round's
+		}
+		if len(idx) == 0 {
 			continue
 		}
-		ok[i] = true
-		acked = append(acked, rows[i].seq)
-		r.stats.ack.Observe(time.Since(sentAt[i]).Seconds())
-		if a.duplicate || a.seq != expect[i]+1 || string(a.stream) != streams[i] {
+		r.stats.acks.Add(1)
+		if !units[u].batch {
+			single(idx[0], r.pub.ack(idx[0]))
+			continue
+		}
+		ba := r.pub.batchAck(units[u].idx[0])
+		if ba == nil {
+			// No PubAck for the batch: each row was answered on its own
+			// (stored as a row of its own by a server that does not batch,
+			// or refused), or its last row was refused before the batch.
+			r.stats.acks.Add(int64(len(idx) - 1))
+			for _, i := range idx {
+				if reply := r.pub.ack(i); reply != nil {
+					single(i, reply)
+				} else {
+					// Unanswered behind a refusal (a server that lost the
+					// batch): maybe stored; the next round tells.
+					predicted, failed = false, true
+					err = errors.Join(err, fmt.Errorf("publish %s: no acknowledgement", rows[i].subject))
+				}
+			}
+			continue
+		}
+		a, e := parseAck(ba)
+		if e != nil { // not the server's: it names the batch only on success
+			refused(idx[0], e)
+			continue
+		}
+		c := int(min(a.count, uint64(len(units[u].idx))))
+		for _, i := range idx[:min(c, len(idx))] {
+			ok[i] = true
+			acked = append(acked, rows[i].seq)
+			r.stats.ack.Observe(time.Since(sentAt[i]).Seconds())
+		}
+		lastRow := units[u].idx[len(units[u].idx)-1]
+		if a.duplicate || c < len(units[u].idx) || string(a.stream) != streams[idx[0]] || a.seq != expect[lastRow]+1 {
 			predicted = false
+		}
+		if c < len(idx) {
+			// The batch ended at row c: what the server said of it.
+			if reply := r.pub.ack(idx[c]); reply != nil {
+				if _, e := parseAck(reply); e != nil {
+					refused(idx[c], e)
+					continue
+				}
+			}
+			failed = true // lacking (lost to a leader change): the next round tells
+			err = errors.Join(err, fmt.Errorf("publish %s: fast batch ended after %d of %d rows", rows[idx[c]].subject, c, len(units[u].idx)))
 		}
 	}
 	if predicted && !failed {
@@ -1172,6 +1295,96 @@ func (r *Relay) publishChained(ctx context.Context, rows []row, streams []string
 		r.again = true // the rejected rows go out in the next round, at once
 	}
 	return rows, ok, acked, err
+}
+
+// unit is what a chained round awaits as one: a row on its own (idx one
+// row's index), or a fast batch's rows in their order (batch).
+type unit struct {
+	idx   []int
+	batch bool
+}
+
+// minBatch is the fewest rows of a stream sent as a fast batch: a batch of
+// more than one row is answered twice (a flow message for its first row,
+// then its PubAck), so two rows gain nothing over two publishes.
+const minBatch = 3
+
+// noBatchFor is how long a relay sends a stream's rows one by one after the
+// stream refused a fast batch (allow_batched off: a process of an older
+// version reconciled it, or the server predates 2.14).
+const noBatchFor = time.Minute
+
+// JetStream's error codes for a fast batch refused: the stream takes none
+// (JSBatchPublishDisabledErr), and a row of a batch whose first row was
+// refused (JSBatchPublishUnknownBatchIDErr: the server dropped the batch).
+const (
+	batchDisabled jetstream.ErrorCode = 10205
+	batchUnknown  jetstream.ErrorCode = 10208
+)
+
+// noBatch has the stream's rows sent one by one for noBatchFor.
+func (r *Relay) noBatch(stream string) {
+	if r.unbatched == nil {
+		r.unbatched = map[string]time.Time{}
+	}
+	r.unbatched[stream] = time.Now().Add(noBatchFor)
+}
+
+// plan splits rows[from:] into what send publishes, stream by stream in the
+// order they first appear: a stream's rows as one fast batch when there are
+// at least minBatch of them and the stream takes batches, else each on its
+// own.
+func (r *Relay) plan(rows []row, streams []string, from int, now time.Time) []unit {
+	var order []string
+	by := map[string][]int{}
+	for i := from; i < len(rows); i++ {
+		s := streams[i]
+		if _, seen := by[s]; !seen {
+			order = append(order, s)
+		}
+		by[s] = append(by[s], i)
+	}
+	units := make([]unit, 0, len(order))
+	for _, s := range order {
+		idx := by[s]
+		until, off := r.unbatched[s]
+		if off && now.After(until) {
+			delete(r.unbatched, s)
+			off = false
+		}
+		if len(idx) >= minBatch && !off && !r.noBatches {
+			units = append(units, unit{idx: idx, batch: true})
+			continue
+		}
+		for _, i := range idx {
+			units = append(units, unit{idx: []int{i}})
+		}
+	}
+	return units
+}
+
+// answered says whether unit u has what it waits for: a row's reply; a
+// batch's PubAck, or else a refusal of its last row before the batch (the
+// server will send no PubAck), or a reply of its own for every row (a server
+// that does not batch stores each row on its own).
+func (r *Relay) answered(u unit) bool {
+	if !u.batch {
+		return r.pub.ack(u.idx[0]) != nil
+	}
+	if r.pub.batchAck(u.idx[0]) != nil {
+		return true
+	}
+	if last := r.pub.ack(u.idx[len(u.idx)-1]); last != nil && !bytes.HasPrefix(last.Data, []byte(`{"type"`)) {
+		if _, e := parseAck(last); e != nil {
+			return true
+		}
+	}
+	for _, i := range u.idx {
+		if r.pub.ack(i) == nil {
+			return false
+		}
+	}
+	return true
 }
 
 // publishWaves sends the first row of every subject, pipelined, then once
@@ -1219,7 +1432,7 @@ func (r *Relay) publishWaves(ctx context.Context, rows []row, streams []string, 
 			if x.traceparent.Valid && telemetry.Enabled() {
 				spans, tp = r.startPublish(ctx, spans, len(rows), i, x)
 			}
-			if perr := r.pub.send(round, len(idx), x.subject, x.payload, x.id, false, 0, tp); perr != nil {
+			if perr := r.pub.send(round, len(idx), x.subject, x.payload, x.id, false, 0, tp, batchPos{}); perr != nil {
 				err = fmt.Errorf("publish %s: %w", x.subject, perr)
 				break
 			}
@@ -1246,6 +1459,7 @@ func (r *Relay) publishWaves(ctx context.Context, rows []row, streams []string, 
 					return acked, ctx.Err()
 				}
 			}
+			r.stats.acks.Add(1)
 			a, e := parseAck(reply)
 			if e != nil {
 				err = errors.Join(err, fmt.Errorf("publish %s: %w", rows[i].subject, e))

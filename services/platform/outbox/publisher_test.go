@@ -44,9 +44,9 @@ func TestPublisherReadsWhatTheServerAcknowledged(t *testing.T) {
 
 	round, err := p.begin(3)
 	require.NoError(t, err)
-	require.NoError(t, p.send(round, 0, subject, []byte("a"), "id-a", true, 0, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"))
-	require.NoError(t, p.send(round, 1, subject, []byte("a again"), "id-a", false, 0, ""))
-	require.NoError(t, p.send(round, 2, subject, []byte("b"), "id-b", true, 7, ""))
+	require.NoError(t, p.send(round, 0, subject, []byte("a"), "id-a", true, 0, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", batchPos{}))
+	require.NoError(t, p.send(round, 1, subject, []byte("a again"), "id-a", false, 0, "", batchPos{}))
+	require.NoError(t, p.send(round, 2, subject, []byte("b"), "id-b", true, 7, "", batchPos{}))
 	a, err := parseAck(waitAck(t, p, 0))
 	require.NoError(t, err)
 	require.Equal(t, natsx.StreamDelivery, string(a.stream))
@@ -75,8 +75,8 @@ func TestPublisherReadsWhatTheServerAcknowledged(t *testing.T) {
 	old := round
 	round, err = p.begin(2)
 	require.NoError(t, err)
-	require.NoError(t, p.send(old, 0, subject, []byte("late"), "id-late", false, 0, ""))
-	require.NoError(t, p.send(round, 1, subject, []byte("c"), "id-c", false, 0, ""))
+	require.NoError(t, p.send(old, 0, subject, []byte("late"), "id-late", false, 0, "", batchPos{}))
+	require.NoError(t, p.send(round, 1, subject, []byte("c"), "id-c", false, 0, "", batchPos{}))
 	a, err = parseAck(waitAck(t, p, 1))
 	require.NoError(t, err)
 	require.Equal(t, uint64(3), a.seq, "id-late stored as 2, then id-c")
@@ -89,7 +89,7 @@ func TestPublisherReadsWhatTheServerAcknowledged(t *testing.T) {
 	// No stream holds the subject.
 	round, err = p.begin(1)
 	require.NoError(t, err)
-	require.NoError(t, p.send(round, 0, "nostream.x", []byte("x"), "id-x", false, 0, ""))
+	require.NoError(t, p.send(round, 0, "nostream.x", []byte("x"), "id-x", false, 0, "", batchPos{}))
 	_, err = parseAck(waitAck(t, p, 0))
 	require.ErrorIs(t, err, errNoStream)
 }
@@ -103,16 +103,21 @@ func TestFastAckReadsOnlyTheServersSuccessForms(t *testing.T) {
 		stream    string
 		seq       uint64
 		duplicate bool
+		count     uint64 // a fast batch's PubAck (batch set)
 	}{
-		{`{"stream":"S","seq":12}`, true, "S", 12, false},
-		{`{"stream":"S","domain":"hub","seq":3}`, true, "S", 3, false},
-		{`{"stream":"S","seq":18446744073709551615,"duplicate": true}`, false, "S", 18446744073709551615, true}, // 20 digits: json's
-		{`{"stream":"S","seq":1844674407370955161,"duplicate": true}`, true, "S", 1844674407370955161, true},
-		{`{"stream":"S","seq":5,"duplicate":true}`, true, "S", 5, true},
-		{`{"stream":"S","seq":5,"batch":"b","count":2}`, false, "S", 5, false},
-		{`{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 4"},"stream":"S","seq":0}`, false, "", 0, false},
-		{`{"stream":"S\"x","seq":1}`, false, `S"x`, 1, false},
-		{`{"stream":"S","seq":}`, false, "", 0, false},
+		{`{"stream":"S","seq":12}`, true, "S", 12, false, 0},
+		{`{"stream":"S","domain":"hub","seq":3}`, true, "S", 3, false, 0},
+		{`{"stream":"S","seq":18446744073709551615,"duplicate": true}`, false, "S", 18446744073709551615, true, 0}, // 20 digits: json's
+		{`{"stream":"S","seq":1844674407370955161,"duplicate": true}`, true, "S", 1844674407370955161, true, 0},
+		{`{"stream":"S","seq":5,"duplicate":true}`, true, "S", 5, true, 0},
+		{`{"stream":"S","seq":5,"batch":"b","count":2}`, true, "S", 5, false, 2},
+		{`{"stream":"S","domain":"hub","seq":0,"batch":"tag-1-0","count":3}`, true, "S", 0, false, 3},
+		{`{"stream":"S","seq":7,"duplicate": true,"batch":"b","count":1}`, true, "S", 7, true, 1},
+		{`{"stream":"S","seq":5,"batch":"b"}`, false, "S", 5, false, 0},
+		{`{"stream":"S","seq":5,"batch":"b\"c","count":2}`, false, "S", 5, false, 2},
+		{`{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 4"},"stream":"S","seq":0}`, false, "", 0, false, 0},
+		{`{"stream":"S\"x","seq":1}`, false, `S"x`, 1, false, 0},
+		{`{"stream":"S","seq":}`, false, "", 0, false, 0},
 	} {
 		a, ok := fastAck([]byte(tc.in))
 		require.Equal(t, tc.ok, ok, tc.in)
@@ -120,6 +125,8 @@ func TestFastAckReadsOnlyTheServersSuccessForms(t *testing.T) {
 			require.Equal(t, tc.stream, string(a.stream), tc.in)
 			require.Equal(t, tc.seq, a.seq, tc.in)
 			require.Equal(t, tc.duplicate, a.duplicate, tc.in)
+			require.Equal(t, tc.count, a.count, tc.in)
+			require.Equal(t, tc.count > 0, a.batch, tc.in)
 		}
 		b, err := parseAck(&nats.Msg{Data: []byte(tc.in)})
 		if tc.stream == "" {
@@ -130,5 +137,6 @@ func TestFastAckReadsOnlyTheServersSuccessForms(t *testing.T) {
 		require.Equal(t, tc.stream, string(b.stream), tc.in)
 		require.Equal(t, tc.seq, b.seq, tc.in)
 		require.Equal(t, tc.duplicate, b.duplicate, tc.in)
+		require.Equal(t, tc.count, b.count, tc.in)
 	}
 }

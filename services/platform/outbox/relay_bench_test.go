@@ -24,26 +24,41 @@ import (
 // per row, and the process's CPU time per row (relay, SQLite and the
 // embedded NATS server together: unlike rows/s, it holds on a busy
 // machine).
+//
+// batches=false sends every row on its own (one PubAck per row), as before
+// fast batches; rows=8 relays commits of 8 rows (a round each, about what a
+// relay takes per round in the all-in-one under load) instead of a backlog.
 func BenchmarkRelayFlush(b *testing.B) {
-	for _, subjects := range []int{1, 8, 16, 256} {
-		b.Run(fmt.Sprintf("subjects=%d", subjects), func(b *testing.B) {
-			_, _, js := testkit.NATS(b)
-			db := openOutboxDB(b, testkit.Backends()[0])
-			relay := outbox.NewRelay(db, js, testkit.Logger(b))
-			benchRelay(b, db, relay, subjects, relay.Flush)
-		})
+	for _, batches := range []bool{true, false} {
+		for _, rows := range []int{1024, 8} {
+			for _, subjects := range []int{1, 8, 16, 256} {
+				if rows < subjects {
+					continue
+				}
+				b.Run(fmt.Sprintf("batches=%t/rows=%d/subjects=%d", batches, rows, subjects), func(b *testing.B) {
+					ns, _, js := testkit.NATS(b)
+					db := openOutboxDB(b, testkit.Backends()[0])
+					relay := outbox.NewRelay(db, js, testkit.Logger(b))
+					outbox.SetNoBatches(relay, !batches)
+					in0, out0 := msgs(b, ns)
+					n := benchRelay(b, db, relay, rows, subjects, relay.Flush)
+					in1, out1 := msgs(b, ns)
+					b.ReportMetric(float64(in1-in0+out1-out0)/float64(n), "nats-msgs/row")
+				})
+			}
+		}
 	}
 }
 
-// benchRelay writes a backlog of 1024 rows spread over subjects per
-// iteration and times relaying it with round (Flush, or one round under a
-// held lock), reporting rows/s, waits for acknowledgements per row and CPU
-// time per row.
-func benchRelay(b *testing.B, db *sqldb.DB, relay *outbox.Relay, subjects int, round func(context.Context) (int, error)) {
+// benchRelay writes a backlog of rows spread over subjects per iteration
+// and times relaying it with round (Flush, or one round under a held
+// lock), reporting rows/s, waits for acknowledgements per row, PubAcks read
+// per row and CPU time per row; it returns the rows relayed.
+func benchRelay(b *testing.B, db *sqldb.DB, relay *outbox.Relay, rows, subjects int, round func(context.Context) (int, error)) int {
 	ctx := context.Background()
-	const rows = 1024
 	var total, cpu time.Duration
 	_, waits0 := relay.Stats()
+	acks0 := relay.Acks()
 	for n := 0; b.Loop(); n++ {
 		b.StopTimer()
 		require.NoError(b, db.Write(ctx, func(tx *sqldb.Tx) error {
@@ -70,6 +85,8 @@ func benchRelay(b *testing.B, db *sqldb.DB, relay *outbox.Relay, subjects int, r
 	b.ReportMetric(float64(rows*b.N)/total.Seconds(), "rows/s")
 	b.ReportMetric(float64(waits1-waits0)/float64(rows*b.N), "waits/row")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(rows*b.N), "cpu-µs/row")
+	b.ReportMetric(float64(relay.Acks()-acks0)/float64(rows*b.N), "acks/row")
+	return rows * b.N
 }
 
 // BenchmarkRelayRoundsPostgres is BenchmarkRelayFlush on PostgreSQL, by
@@ -89,7 +106,7 @@ func BenchmarkRelayRoundsPostgres(b *testing.B) {
 				relay := outbox.NewRelay(db, js, testkit.Logger(b))
 				outbox.SetWaves(relay, waves)
 				defer func() { _, _ = relay.Flush(ctx) }() // gives the lock up
-				benchRelay(b, db, relay, subjects, func(ctx context.Context) (int, error) { return outbox.Round(relay, ctx) })
+				benchRelay(b, db, relay, 1024, subjects, func(ctx context.Context) (int, error) { return outbox.Round(relay, ctx) })
 			})
 		}
 	}
