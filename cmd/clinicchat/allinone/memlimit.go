@@ -10,10 +10,11 @@ import (
 // DefaultMemoryLimit is --memory-limit's default: the Go runtime's memory
 // (heap, stacks, runtime metadata) the governor aims to stay within, before
 // the allowance for goroutine stacks (stackAllowance). The program's text
-// and data (~25-36 MiB) and SQLite's memory (~25-30 MiB) come on top. It is
-// high enough that at the steady rates measured the collector keeps
-// GOGC=100's pace most of the time (the limit cuts the live heap's peaks,
-// where the heap would grow to twice them); BENCHMARKS.md, mem15.
+// and data (~25-36 MiB) and SQLite's memory (~10-20 MiB; mem18, mem21)
+// come on top. It is high enough that at the steady rates measured the
+// collector keeps GOGC=100's pace most of the time (the limit cuts the live
+// heap's peaks, where the heap would grow to twice them); BENCHMARKS.md,
+// mem15.
 const DefaultMemoryLimit int64 = 96 << 20
 
 // SmallMemoryLimit is a --memory-limit for a smaller footprint: at 400-500

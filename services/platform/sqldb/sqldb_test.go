@@ -204,8 +204,8 @@ func TestPostgresPoolMaxConns(t *testing.T) {
 }
 
 // SQLite's read connections have a small page cache each (outside the Go
-// heap, one per pooled connection), the writer half SQLite's default
-// (sqlite_memory_test.go: what the settings bound together).
+// heap, one per pooled connection), the writer a quarter of SQLite's
+// default (sqlite_memory_test.go: what the settings bound together).
 func TestSQLiteReadConnectionsHaveSmallPageCache(t *testing.T) {
 	ctx := context.Background()
 	db := testkit.OpenDB(t, testkit.Backends()[0])
@@ -227,5 +227,5 @@ func TestSQLiteReadConnectionsHaveSmallPageCache(t *testing.T) {
 	require.NoError(t, db.Write(ctx, func(tx *sqldb.Tx) error {
 		return tx.QueryRow(ctx, `PRAGMA cache_size`).Scan(&writer)
 	}))
-	require.Equal(t, -1024, writer, "KiB: half SQLite's default")
+	require.Equal(t, -512, writer, "KiB: a quarter of SQLite's default")
 }

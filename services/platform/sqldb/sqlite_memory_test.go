@@ -123,3 +123,35 @@ func TestSQLiteWriterPageCache(t *testing.T) {
 	}))
 	require.Equal(t, -writerCacheKiB, writer)
 }
+
+// A write transaction with more dirty pages than the writer's cache holds
+// spills them to the WAL before its COMMIT, and commits whole: the rows are
+// all there, and a reader saw none of them before the commit.
+func TestSQLiteWriteLargerThanTheWritersCacheCommitsWhole(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, filepath.Join(t.TempDir(), "spill.db"))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	fillRows(t, db, 1)
+	const rows = 4000 // ~4 MiB of rows, 8× the writer's cache
+	var before int
+	require.NoError(t, db.Write(ctx, func(tx *Tx) error {
+		for i := 1; i <= rows; i++ {
+			if _, err := tx.Exec(ctx, `INSERT INTO t (id, body) VALUES (?, hex(randomblob(500)))`, i); err != nil {
+				return err
+			}
+		}
+		return db.QueryRow(ctx, `SELECT count(*) FROM t`).Scan(&before)
+	}))
+	require.Equal(t, 1, before, "a reader does not see the transaction's rows before its COMMIT")
+	var n int
+	require.NoError(t, db.QueryRow(ctx, `SELECT count(*) FROM t`).Scan(&n))
+	require.Equal(t, rows+1, n)
+	var spills int
+	for _, m := range memoryOf("spill") {
+		if m.Pool == "writer" {
+			spills += m.Spills
+		}
+	}
+	require.Positive(t, spills, "the transaction spilled (it is larger than the writer's cache)")
+}
