@@ -73,46 +73,14 @@ func parseNum(d string) (n uint64) {
 // UTF-8; a malformed encoding anywhere in the Message): the caller then
 // unmarshals the event whole, as before.
 func messageEventHead(rest []byte) (raw []byte, patient string, head *deliveryv1.Message, ok bool) {
-	var patientB []byte
-	seenMsg, seenPatient := false, false
-	for b := rest; len(b) > 0; {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return nil, "", nil, false
-		}
-		b = b[n:]
-		switch num {
-		case 4: // MessageUpdated.messages: messageBatchHead's, or unmarshalled
-			return nil, "", nil, false
-		case 2, 3:
-			if typ != protowire.BytesType || (num == 2 && seenMsg) || (num == 3 && seenPatient) {
-				return nil, "", nil, false
-			}
-			v, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return nil, "", nil, false
-			}
-			if num == 2 {
-				raw, seenMsg = v, true
-			} else {
-				patientB, seenPatient = v, true
-			}
-			b = b[m:]
-		default:
-			m := protowire.ConsumeFieldValue(num, typ, b)
-			if m < 0 {
-				return nil, "", nil, false
-			}
-			b = b[m:]
-		}
-	}
-	if !seenMsg || !utf8.Valid(patientB) {
+	f, ok := messageEventFields(rest)
+	if !ok || f.messages != 1 || len(f.batch) > 0 {
 		return nil, "", nil, false
 	}
-	if head, ok = messageHead(raw); !ok {
+	if head, ok = messageHead(f.message); !ok {
 		return nil, "", nil, false
 	}
-	return raw, string(patientB), head, true
+	return f.message, f.patient, head, true
 }
 
 // messageBatchHead is messageEventHead for a MessageUpdated that carries
@@ -121,49 +89,71 @@ func messageEventHead(rest []byte) (raw []byte, patient string, head *deliveryv1
 // routes by, in order. ok is false for any other shape (the caller then
 // unmarshals the event whole).
 func messageBatchHead(rest []byte) (raws [][]byte, patient string, heads []*deliveryv1.Message, ok bool) {
-	var patientB []byte
+	f, ok := messageEventFields(rest)
+	if !ok || f.messages != 0 || len(f.batch) == 0 {
+		return nil, "", nil, false
+	}
+	heads = make([]*deliveryv1.Message, len(f.batch))
+	for i, raw := range f.batch {
+		if heads[i], ok = messageHead(raw); !ok {
+			return nil, "", nil, false
+		}
+	}
+	return f.batch, f.patient, heads, true
+}
+
+// eventFields are the fields of a MessageCreated or MessageUpdated the hub
+// reads (messageEventFields).
+type eventFields struct {
+	message  []byte   // field 2's encoding (the last, if messages > 1)
+	messages int      // how many times field 2 came
+	batch    [][]byte // field 4's encodings, in order (MessageUpdated.messages)
+	patient  string   // field 3
+}
+
+// messageEventFields walks a MessageCreated or MessageUpdated without its
+// meta (eventwire.SplitMeta's rest) once, for messageEventHead and
+// messageBatchHead. ok is false for a field 2, 3 or 4 that is not length-
+// delimited, a patient given twice or not UTF-8, or a malformed encoding.
+func messageEventFields(rest []byte) (f eventFields, ok bool) {
 	seenPatient := false
 	for b := rest; len(b) > 0; {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return nil, "", nil, false
+			return eventFields{}, false
 		}
 		b = b[n:]
 		switch num {
-		case 2:
-			return nil, "", nil, false
-		case 3, 4:
+		case 2, 3, 4:
 			if typ != protowire.BytesType || (num == 3 && seenPatient) {
-				return nil, "", nil, false
+				return eventFields{}, false
 			}
 			v, m := protowire.ConsumeBytes(b)
 			if m < 0 {
-				return nil, "", nil, false
+				return eventFields{}, false
 			}
-			if num == 4 {
-				raws = append(raws, v)
-			} else {
-				patientB, seenPatient = v, true
+			switch num {
+			case 2:
+				f.message = v
+				f.messages++
+			case 3:
+				if !utf8.Valid(v) {
+					return eventFields{}, false
+				}
+				f.patient, seenPatient = string(v), true
+			default:
+				f.batch = append(f.batch, v)
 			}
 			b = b[m:]
 		default:
 			m := protowire.ConsumeFieldValue(num, typ, b)
 			if m < 0 {
-				return nil, "", nil, false
+				return eventFields{}, false
 			}
 			b = b[m:]
 		}
 	}
-	if len(raws) == 0 || !utf8.Valid(patientB) {
-		return nil, "", nil, false
-	}
-	heads = make([]*deliveryv1.Message, len(raws))
-	for i, raw := range raws {
-		if heads[i], ok = messageHead(raw); !ok {
-			return nil, "", nil, false
-		}
-	}
-	return raws, string(patientB), heads, true
+	return f, true
 }
 
 // messageHead reads a Message's name, sender, sensitive, locked and seq
