@@ -424,6 +424,11 @@ func TestPostgresRelayKeepsTheLockWhileBusy(t *testing.T) {
 		require.Equal(t, fmt.Sprint(i), e.GetMeta().GetDetail())
 	}
 	require.True(t, lockHeld(t, dbB))
+	// A consumer can read a row before the relay has its acknowledgement
+	// (a fast batch's comes at the batch's end): a stop before it would
+	// leave the row to be published again, as a duplicate, not deleted.
+	require.Eventually(t, func() bool { n, _ := relay.Stats(); return n == 3 }, 10*time.Second, time.Millisecond,
+		"the relay has the acknowledgements of the three rows")
 
 	cancel()
 	require.NoError(t, <-done)
