@@ -54,16 +54,20 @@ func Valid(s string) bool {
 // against the collection ids given ("conversations", "messages") and returns
 // the ids. ok is false when the name does not have exactly that shape.
 func Parse(name string, collections ...string) (idsOut []string, ok bool) {
-	parts := strings.Split(name, "/")
-	if len(parts) != 2*len(collections) {
+	// Exactly 2n-1 slashes: the name splits into 2n parts. Cut rather than
+	// strings.Split, so that the ids out are the only allocation.
+	if strings.Count(name, "/") != 2*len(collections)-1 {
 		return nil, false
 	}
 	out := make([]string, len(collections))
+	rest := name
 	for i, c := range collections {
-		if parts[2*i] != c || !Valid(parts[2*i+1]) {
+		coll, r, _ := strings.Cut(rest, "/")
+		id, r, _ := strings.Cut(r, "/")
+		if coll != c || !Valid(id) {
 			return nil, false
 		}
-		out[i] = parts[2*i+1]
+		out[i], rest = id, r
 	}
 	return out, true
 }

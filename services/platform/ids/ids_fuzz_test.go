@@ -1,6 +1,7 @@
 package ids
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -13,8 +14,11 @@ func FuzzParse(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
-		for _, cols := range [][]string{{"conversations"}, {"conversations", "messages"}, {"patients"}} {
+		for _, cols := range [][]string{{"conversations"}, {"conversations", "messages"}, {"patients"}, {}} {
 			got, ok := Parse(name, cols...)
+			if want, wantOK := parseBySplit(name, cols...); ok != wantOK || !slices.Equal(got, want) {
+				t.Fatalf("Parse(%q, %q) = %q, %v; strings.Split's reading: %q, %v", name, cols, got, ok, want, wantOK)
+			}
 			if !ok {
 				continue
 			}
@@ -30,4 +34,31 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// parseBySplit is Parse as it was written first, with strings.Split: the
+// reading Parse must keep.
+func parseBySplit(name string, collections ...string) ([]string, bool) {
+	parts := strings.Split(name, "/")
+	if len(parts) != 2*len(collections) {
+		return nil, false
+	}
+	out := make([]string, len(collections))
+	for i, c := range collections {
+		if parts[2*i] != c || !Valid(parts[2*i+1]) {
+			return nil, false
+		}
+		out[i] = parts[2*i+1]
+	}
+	return out, true
+}
+
+// TestParseAllocatesOnlyItsIds: the ids out are Parse's one allocation.
+func TestParseAllocatesOnlyItsIds(t *testing.T) {
+	for _, name := range []string{"conversations/c1/messages/m2", "conversations/c1/messages/", "conversations/c1/x/m2/y"} {
+		allocs := testing.AllocsPerRun(100, func() { _, _ = Parse(name, "conversations", "messages") })
+		if allocs > 1 {
+			t.Errorf("Parse(%q): %v allocations, want at most 1", name, allocs)
+		}
+	}
 }

@@ -97,6 +97,7 @@ func addAll(ctx context.Context, tx *sqldb.Tx, events []Event, atCommit bool) er
 		traceparent = tp
 	}
 	now := time.Now().UnixMicro()
+	nowArg := any(now) // boxed once: every row's created_at
 	// The rows go to the relay with the commit: on SQLite in full
 	// (handoff.go), on PostgreSQL their payloads (payloads.go).
 	handing := tx.Handing(Topic)
@@ -113,7 +114,7 @@ func addAll(ctx context.Context, tx *sqldb.Tx, events []Event, atCommit bool) er
 			if err != nil {
 				return fmt.Errorf("marshal event %s: %w", e.Subject, err)
 			}
-			args = append(args, e.ID, e.Subject, payload, now, traceparent)
+			args = append(args, e.ID, e.Subject, payload, nowArg, traceparent)
 			if handing {
 				rows[i] = row{id: e.ID, subject: e.Subject, payload: payload, created: now}
 				if tp, ok := traceparent.(string); ok {

@@ -10,6 +10,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"strings"
 	"time"
@@ -193,6 +194,39 @@ type appendBatch struct {
 	hashes   map[string]map[int64]tlog.Hash // practice → stored hash index → hash
 	recArgs  []any                          // recordArgs per record
 	hashArgs []any                          // practice, index, hash per stored hash
+
+	// The last argument of each repeating column, boxed: a batch's rows
+	// mostly repeat one practice, actor, role, action and outcome, and
+	// every string put in an argument list (database/sql takes []any) is
+	// an allocation of its own.
+	practice, actor, role, action, outcome box
+	// hashBytes holds the batch's hashes as arguments: appended here,
+	// a hash is not an array of its own on the heap.
+	hashBytes []byte
+}
+
+// box is a string argument and the same string boxed once.
+type box struct {
+	s string
+	v any
+}
+
+// of is s boxed, the one boxed before when s is the same.
+func (b *box) of(s string) any {
+	if b.v == nil || b.s != s {
+		b.s, b.v = s, s
+	}
+	return b.v
+}
+
+// hashArg is h as an argument: its bytes in b's hashBytes.
+func (b *appendBatch) hashArg(h *tlog.Hash) []byte {
+	if cap(b.hashBytes)-len(b.hashBytes) < len(h) {
+		b.hashBytes = make([]byte, 0, 32*len(h)) // earlier hashes keep the old array
+	}
+	i := len(b.hashBytes)
+	b.hashBytes = append(b.hashBytes, h[:]...)
+	return b.hashBytes[i:len(b.hashBytes):len(b.hashBytes)]
 }
 
 func newAppendBatch() *appendBatch {
@@ -233,12 +267,13 @@ func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry, b *appendBatch)
 	if err != nil {
 		return domain.Record{}, fmt.Errorf("tree hashes: %w", err)
 	}
-	b.recArgs = append(b.recArgs, e.Practice, n, e.EventID, e.Time.UnixMicro(), e.Actor, e.ActorRole, e.Action, e.Resource,
-		string(e.Outcome), e.Detail, rec.Hash[:])
+	practice := b.practice.of(e.Practice)
+	b.recArgs = append(b.recArgs, practice, n, e.EventID, e.Time.UnixMicro(), b.actor.of(e.Actor), b.role.of(e.ActorRole),
+		b.action.of(e.Action), e.Resource, b.outcome.of(string(e.Outcome)), e.Detail, b.hashArg(&rec.Hash))
 	base := tlog.StoredHashIndex(0, n)
-	for i, h := range hashes {
-		made[base+int64(i)] = h
-		b.hashArgs = append(b.hashArgs, e.Practice, base+int64(i), h[:])
+	for i := range hashes {
+		made[base+int64(i)] = hashes[i]
+		b.hashArgs = append(b.hashArgs, practice, base+int64(i), b.hashArg(&hashes[i]))
 	}
 	b.sizes[e.Practice] = n + 1
 	return rec, nil
@@ -246,10 +281,10 @@ func appendTx(ctx context.Context, tx *sqldb.Tx, e domain.Entry, b *appendBatch)
 
 // insert writes b's records and hashes.
 func (b *appendBatch) insert(ctx context.Context, tx *sqldb.Tx) error {
-	if err := insertRows(ctx, tx, `INSERT INTO audit_events (`+recordCols+`) VALUES `, recordArgs, maxRecordRows, b.recArgs); err != nil {
+	if err := insertRows(ctx, tx, recordInserts, b.recArgs); err != nil {
 		return fmt.Errorf("insert records: %w", err)
 	}
-	if err := insertRows(ctx, tx, `INSERT INTO audit_hashes (practice, hidx, hash) VALUES `, 3, maxHashRows, b.hashArgs); err != nil {
+	if err := insertRows(ctx, tx, hashInserts, b.hashArgs); err != nil {
 		return fmt.Errorf("insert tree hashes: %w", err)
 	}
 	return nil
@@ -260,21 +295,39 @@ func (b *appendBatch) insert(ctx context.Context, tx *sqldb.Tx) error {
 // transaction reads them after: on PostgreSQL they go with its COMMIT
 // (sqldb.Tx.ExecAtCommit), in its last round trip, still under the
 // practices' locks.
-func insertRows(ctx context.Context, tx *sqldb.Tx, head string, cols, maxRows int, args []any) error {
-	row := `(?` + strings.Repeat(`, ?`, cols-1) + `)`
+func insertRows(ctx context.Context, tx *sqldb.Tx, texts *insertTexts, args []any) error {
 	for len(args) > 0 {
-		k := min(len(args)/cols, maxRows)
-		for k&(k-1) != 0 {
-			k &= k - 1 // the largest power of two not above it
-		}
-		q := head + row + strings.Repeat(`, `+row, k-1)
-		if err := tx.ExecAtCommit(ctx, q, args[:k*cols]...); err != nil {
+		k := min(len(args)/texts.cols, texts.maxRows)
+		log2 := bits.Len(uint(k)) - 1 // the largest power of two not above k
+		k = 1 << log2
+		if err := tx.ExecAtCommit(ctx, texts.q[log2], args[:k*texts.cols]...); err != nil {
 			return err
 		}
-		args = args[k*cols:]
+		args = args[k*texts.cols:]
 	}
 	return nil
 }
+
+// insertTexts are the statements of an insertRows: q[i] inserts 1<<i rows
+// (made once, not per batch).
+type insertTexts struct {
+	cols, maxRows int
+	q             []string
+}
+
+func newInsertTexts(head string, cols, maxRows int) *insertTexts {
+	t := &insertTexts{cols: cols, maxRows: maxRows}
+	row := `(?` + strings.Repeat(`, ?`, cols-1) + `)`
+	for k := 1; k <= maxRows; k <<= 1 {
+		t.q = append(t.q, head+row+strings.Repeat(`, `+row, k-1))
+	}
+	return t
+}
+
+var (
+	recordInserts = newInsertTexts(`INSERT INTO audit_events (`+recordCols+`) VALUES `, recordArgs, maxRecordRows)
+	hashInserts   = newInsertTexts(`INSERT INTO audit_hashes (practice, hidx, hash) VALUES `, 3, maxHashRows)
+)
 
 // Size implements domain.Repository.
 func (s *Store) Size(ctx context.Context, practice string) (int64, error) {

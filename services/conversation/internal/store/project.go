@@ -419,14 +419,22 @@ func applyOnes(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, id
 	if len(applied) == 0 {
 		return nil
 	}
-	args = append(args[:0], int(domain.Active), true, false)
+	// The practice, thread, seq and time boxed for the INSERT go to the
+	// UPDATE again (each boxing is an allocation): applied is a
+	// subsequence of idx, the INSERT's rows.
+	upd := make([]any, 0, 5*len(applied)+3)
+	upd = append(upd, int(domain.Active), true, false)
+	k := 0
 	for _, i := range applied {
-		m := ms[i]
-		args = append(args, m.Practice, m.ConversationID, m.Seq, sqldb.Micros(m.Time), m.Preview)
+		for idx[k] != i {
+			k++
+		}
+		a := args[5*k : 5*k+5] // practice, conversation, seq, from_patient, time
+		upd = append(upd, a[0], a[1], a[2], a[4], ms[i].Preview)
 	}
 	convs := make(map[[2]string]domain.Conversation, len(applied))
 	if err := func() error {
-		rows, err := tx.Query(ctx, updateOnesSQL[len(applied)], args...)
+		rows, err := tx.Query(ctx, updateOnesSQL[len(applied)], upd...)
 		if err != nil {
 			return err
 		}

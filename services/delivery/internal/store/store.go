@@ -232,12 +232,13 @@ func encodeExtras(e domain.Extras) (string, error) {
 // first.
 func insertSQLite(ctx context.Context, tx *sqldb.Tx, m domain.Message, extras string) (int64, error) {
 	var seq int64
+	practice, conv := any(m.Practice), any(m.ConversationID) // each boxed once, used twice
 	err := tx.QueryRow(ctx, `INSERT INTO messages (`+columns+`) VALUES (?, ?,
 			COALESCE((SELECT MAX(seq) FROM messages WHERE practice = ? AND conversation_id = ?), 0) + 1,
 			?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (practice, sender, request_id) DO NOTHING
 		RETURNING seq`,
-		m.Practice, m.ConversationID, m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
+		practice, conv, practice, conv, m.PatientID, m.Sender, m.SenderRole, m.FromPatient, m.Text,
 		extras, m.Sensitive, int(m.Status), sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime),
 		sqldb.Micros(m.ReadTime), m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName).Scan(&seq)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -438,16 +439,6 @@ func advance(ctx context.Context, tx *sqldb.Tx, a domain.Advance, r **row, chang
 	return changed, nil
 }
 
-// set is the SET clause of a receipt's UPDATE and its arguments.
-func set(a domain.Advance) (string, []any) {
-	at := sqldb.Micros(a.At)
-	if a.To == domain.Read {
-		return `status = ?, read_time = ?, read_by = ?, deliver_time = CASE WHEN deliver_time = 0 THEN ? ELSE deliver_time END`,
-			[]any{int(domain.Read), at, a.Reader, at}
-	}
-	return `status = ?, deliver_time = ?`, []any{int(domain.Delivered), at}
-}
-
 // markColumn is the receipt_marks column of a receipt's target status.
 func markColumn(to domain.Status) string {
 	if to == domain.Read {
@@ -608,13 +599,31 @@ func qualified(alias, cols string) string {
 // "status < ?" keeps a message from changing twice (as with a stale mark).
 func advanceSQLite(ctx context.Context, tx *sqldb.Tx, a domain.Advance) (*sql.Rows, error) {
 	from := !a.ReaderIsPatient
-	setClause, args := set(a)
-	args = append(args, a.Practice, a.ConversationID, a.Practice, a.ConversationID, from, a.UpTo, from, int(a.To))
-	return tx.Query(ctx, `UPDATE messages SET `+setClause+`
+	at := any(sqldb.Micros(a.At))
+	practice, conv := any(a.Practice), any(a.ConversationID) // each boxed once, used twice
+	if a.To == domain.Read {
+		return tx.Query(ctx, advanceReadSQLite, int(domain.Read), at, a.Reader, at,
+			practice, conv, practice, conv, from, a.UpTo, from, int(a.To))
+	}
+	return tx.Query(ctx, advanceDeliveredSQLite, int(domain.Delivered), at,
+		practice, conv, practice, conv, from, a.UpTo, from, int(a.To))
+}
+
+// advanceReadSQLite and advanceDeliveredSQLite are advanceSQLite's
+// statements (arguments: the SET clause's, then practice, conversation,
+// practice, conversation, from_patient, upTo, from_patient, target status).
+var (
+	advanceReadSQLite = advanceSQLiteSQL(`status = ?, read_time = ?, read_by = ?, deliver_time = CASE WHEN deliver_time = 0 THEN ? ELSE deliver_time END`,
+		markColumn(domain.Read))
+	advanceDeliveredSQLite = advanceSQLiteSQL(`status = ?, deliver_time = ?`, markColumn(domain.Delivered))
+)
+
+func advanceSQLiteSQL(setClause, mark string) string {
+	return `UPDATE messages SET ` + setClause + `
 		WHERE practice = ? AND conversation_id = ?
-			AND seq > COALESCE((SELECT `+markColumn(a.To)+` FROM receipt_marks WHERE practice = ? AND conversation_id = ? AND from_patient = ?), 0)
+			AND seq > COALESCE((SELECT ` + mark + ` FROM receipt_marks WHERE practice = ? AND conversation_id = ? AND from_patient = ?), 0)
 			AND seq <= ? AND from_patient = ? AND status < ?
-		RETURNING `+columns, args...)
+		RETURNING ` + columns
 }
 
 // raiseMarks raises the marks of as after their UPDATEs (SQLite): each to its upTo or the thread's last
