@@ -74,31 +74,39 @@ const viewerJoin = `LEFT JOIN user_state u ON u.practice = c.practice AND u.conv
 
 type scanner interface{ Scan(...any) error }
 
+// convScan is what scanConv scans a row into, in one allocation: Scan's
+// destinations escape through the scanner interface, and as locals each was
+// an allocation of its own.
+type convScan struct {
+	c                      domain.Conversation
+	state, pin, mute       int
+	create, last, awaiting int64
+	dest                   [20]any // the columns, the viewer's and a few extra
+}
+
 func scanConv(s scanner, withViewer bool, extra ...any) (domain.Conversation, error) {
-	var c domain.Conversation
-	var state int
-	var create, last, awaiting int64
-	dest := []any{&c.Practice, &c.ID, &c.PatientID, &c.PatientDisplayName, &state, &create, &last, &c.LastMessageSeq, &c.LastMessagePreview,
-		&awaiting, &c.Assignee, &c.AssigneeDisplayName}
-	var pin, mute int
+	t := new(convScan)
+	c := &t.c
+	dest := append(t.dest[:0], &c.Practice, &c.ID, &c.PatientID, &c.PatientDisplayName, &t.state, &t.create, &t.last,
+		&c.LastMessageSeq, &c.LastMessagePreview, &t.awaiting, &c.Assignee, &c.AssigneeDisplayName)
 	if withViewer {
-		dest = append(dest, &pin, &mute, &c.ReadSeq, &c.UnreadCount)
+		dest = append(dest, &t.pin, &t.mute, &c.ReadSeq, &c.UnreadCount)
 	}
 	dest = append(dest, extra...)
 	if err := s.Scan(dest...); err != nil {
-		return c, err
+		return *c, err
 	}
-	c.State = domain.State(state)
-	c.CreateTime = sqldb.FromMicros(create)
-	c.LastMessageTime = sqldb.FromMicros(last)
-	if awaiting > 0 {
-		c.AwaitingReplySince = sqldb.FromMicros(awaiting)
+	c.State = domain.State(t.state)
+	c.CreateTime = sqldb.FromMicros(t.create)
+	c.LastMessageTime = sqldb.FromMicros(t.last)
+	if t.awaiting > 0 {
+		c.AwaitingReplySince = sqldb.FromMicros(t.awaiting)
 	}
 	if c.Assignee != "" && c.AssigneeDisplayName == "" {
 		c.AssigneeDisplayName = strings.TrimPrefix(c.Assignee, "users/")
 	}
-	c.Pinned, c.Muted = pin == 1, mute == 1
-	return c, nil
+	c.Pinned, c.Muted = t.pin == 1, t.mute == 1
+	return *c, nil
 }
 
 func getTx(ctx context.Context, q sqldb.Querier, practice, id string, v domain.Viewer) (domain.Conversation, error) {
@@ -330,9 +338,12 @@ func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.View
 		const after = `CASE WHEN COALESCE(u.read_seq, 0) > ` + target + ` THEN COALESCE(u.read_seq, 0) ELSE ` + target + ` END`
 		var pin, mute, unreadAfter int
 		var readBefore int64
+		// Each argument boxed once (a boxing is an allocation): upTo is six
+		// of the read's, the thread and viewer go to the upsert too.
+		up, p, cid, who := any(upTo), any(practice), any(id), any(v.Principal)
 		c, err := scanConv(tx.QueryRow(ctx, `SELECT `+convColumns+`, `+viewerFlags+`, `+unreadAtOrBelow+after+unreadEnd+`
 			FROM conversations c `+viewerJoin+` WHERE c.practice = ? AND c.id = ?`,
-			!v.IsPatient, !v.IsPatient, upTo, upTo, upTo, upTo, upTo, upTo, v.Principal, practice, id),
+			!v.IsPatient, !v.IsPatient, up, up, up, up, up, up, who, p, cid),
 			false, &pin, &mute, &readBefore, &unreadAfter)
 		if errors.Is(err, sql.ErrNoRows) {
 			return domain.ErrNotFound // nothing was written
@@ -355,7 +366,7 @@ func (s *Store) MarkRead(ctx context.Context, practice, id string, v domain.View
 				VALUES (?, ?, ?, ?, ?)
 				ON CONFLICT (practice, conversation_id, user_name) DO UPDATE
 				SET read_seq = excluded.read_seq, update_time = excluded.update_time WHERE user_state.read_seq < excluded.read_seq`,
-				practice, id, v.Principal, mark, sqldb.Micros(time.Now()))
+				p, cid, who, mark, sqldb.Micros(time.Now()))
 			if err != nil {
 				return fmt.Errorf("raise read watermark: %w", err)
 			}
