@@ -15,16 +15,23 @@ import (
 // Meta returns metadata for an action by who on resource, with a fresh id
 // (time-ordered: see ids.NewOrdered).
 func Meta(who auth.Identity, action, resource string, at time.Time) *typev1.EventMeta {
-	return &typev1.EventMeta{
-		Id:        ids.NewOrdered(at),
-		Time:      timestamppb.New(at),
-		Practice:  who.Practice,
-		Actor:     who.Principal(),
-		ActorRole: who.Role,
-		Action:    action,
-		Resource:  resource,
-		Outcome:   typev1.EventMeta_ALLOWED,
-	}
+	return meta(ids.NewOrdered(at), at, who.Practice, who.Principal(), who.Role, action, resource)
+}
+
+// metaAlloc is an EventMeta with its time, in one allocation (the time
+// lives as long as the meta that points to it).
+type metaAlloc struct {
+	meta typev1.EventMeta
+	time timestamppb.Timestamp
+}
+
+func meta(id string, at time.Time, practice, actor, role, action, resource string) *typev1.EventMeta {
+	a := new(metaAlloc)
+	a.time.Seconds, a.time.Nanos = at.Unix(), int32(at.Nanosecond()) // as timestamppb.New
+	m := &a.meta
+	m.Id, m.Time, m.Practice, m.Actor, m.ActorRole = id, &a.time, practice, actor, role
+	m.Action, m.Resource, m.Outcome = action, resource, typev1.EventMeta_ALLOWED
+	return m
 }
 
 // Denied returns metadata for a refused attempt; detail is a reason code.
@@ -38,14 +45,5 @@ func Denied(who auth.Identity, action, resource, detail string, at time.Time) *t
 // System returns metadata for an action of the product itself (the archive
 // sweeper, a consumer) in practice.
 func System(practice, action, resource string, at time.Time) *typev1.EventMeta {
-	return &typev1.EventMeta{
-		Id:        ids.NewOrdered(at),
-		Time:      timestamppb.New(at),
-		Practice:  practice,
-		Actor:     natsx.SystemActor,
-		ActorRole: auth.RoleSystem,
-		Action:    action,
-		Resource:  resource,
-		Outcome:   typev1.EventMeta_ALLOWED,
-	}
+	return meta(ids.NewOrdered(at), at, practice, natsx.SystemActor, auth.RoleSystem, action, resource)
 }

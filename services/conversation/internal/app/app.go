@@ -565,25 +565,40 @@ func Shared(c domain.Conversation) domain.Conversation {
 
 // ToProto renders a thread.
 func ToProto(c domain.Conversation) *conversationv1.Conversation {
-	out := &conversationv1.Conversation{
-		Name:                c.Name(),
-		Patient:             c.Patient(),
-		PatientDisplayName:  c.PatientDisplayName,
-		State:               conversationv1.Conversation_State(c.State),
-		CreateTime:          timestamppb.New(c.CreateTime),
-		LastMessagePreview:  c.LastMessagePreview,
-		UnreadCount:         int32(c.UnreadCount),
-		Pinned:              c.Pinned,
-		Muted:               c.Muted,
-		LastMessageSeq:      int32(c.LastMessageSeq),
-		Assignee:            c.Assignee,
-		AssigneeDisplayName: c.AssigneeDisplayName,
-	}
+	// The thread and its times in one allocation (the times live as long as
+	// the thread that points to them).
+	a := new(conversationAlloc)
+	out := &a.conv
+	out.Name = c.Name()
+	out.Patient = c.Patient()
+	out.PatientDisplayName = c.PatientDisplayName
+	out.State = conversationv1.Conversation_State(c.State)
+	out.CreateTime = a.time(0, c.CreateTime)
+	out.LastMessagePreview = c.LastMessagePreview
+	out.UnreadCount = int32(c.UnreadCount)
+	out.Pinned = c.Pinned
+	out.Muted = c.Muted
+	out.LastMessageSeq = int32(c.LastMessageSeq)
+	out.Assignee = c.Assignee
+	out.AssigneeDisplayName = c.AssigneeDisplayName
 	if !c.LastMessageTime.IsZero() {
-		out.LastMessageTime = timestamppb.New(c.LastMessageTime)
+		out.LastMessageTime = a.time(1, c.LastMessageTime)
 	}
 	if !c.AwaitingReplySince.IsZero() {
-		out.AwaitingReplySince = timestamppb.New(c.AwaitingReplySince)
+		out.AwaitingReplySince = a.time(2, c.AwaitingReplySince)
 	}
 	return out
+}
+
+// conversationAlloc is a rendered thread and room for its three times.
+type conversationAlloc struct {
+	conv  conversationv1.Conversation
+	times [3]timestamppb.Timestamp
+}
+
+// time is t in the i-th time, as timestamppb.New gives it.
+func (a *conversationAlloc) time(i int, t time.Time) *timestamppb.Timestamp {
+	ts := &a.times[i]
+	ts.Seconds, ts.Nanos = t.Unix(), int32(t.Nanosecond())
+	return ts
 }
