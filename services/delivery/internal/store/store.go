@@ -77,7 +77,12 @@ func (s *Store) receiptWrite(ctx context.Context, write func() error) error {
 	return write()
 }
 
-const columns = `practice, conversation_id, seq, patient_id, sender, sender_role, from_patient, text, extras, sensitive,
+const columns = `practice, conversation_id, ` + threadColumns
+
+// threadColumns are columns after the thread's key (practice,
+// conversation_id): what a statement of one thread, which has the key,
+// reads back (advanceSQLite).
+const threadColumns = `seq, patient_id, sender, sender_role, from_patient, text, extras, sensitive,
 	status, create_time, deliver_time, read_time, read_by, request_id, content_hash, sender_display_name`
 
 type scanner interface{ Scan(...any) error }
@@ -107,6 +112,17 @@ func newRow(ord bool) *row {
 	}
 	return r
 }
+
+// newThreadRow is a row for threadColumns: the thread's key is not
+// scanned but set (setThread).
+func newThreadRow() *row {
+	r := newRow(false)
+	r.dest = r.dest[2:]
+	return r
+}
+
+// setThread sets the key of a newThreadRow's messages.
+func (r *row) setThread(practice, id string) { r.m.Practice, r.m.ConversationID = practice, id }
 
 // scan scans the current row of s into a Message.
 func (r *row) scan(s scanner) (domain.Message, error) {
@@ -416,7 +432,7 @@ func advanceAll(ctx context.Context, tx *sqldb.Tx, as []domain.Advance, evs func
 }
 
 // advance runs one receipt in tx (SQLite) and appends the messages it
-// changed to changed, scanned into *r (made if nil).
+// changed to changed, scanned into *r (a newThreadRow, made if nil).
 func advance(ctx context.Context, tx *sqldb.Tx, a domain.Advance, r **row, changed []domain.Message) ([]domain.Message, error) {
 	rows, err := advanceSQLite(ctx, tx, a)
 	if err != nil {
@@ -425,8 +441,9 @@ func advance(ctx context.Context, tx *sqldb.Tx, a domain.Advance, r **row, chang
 	defer rows.Close()
 	for rows.Next() {
 		if *r == nil {
-			*r = newRow(false)
+			*r = newThreadRow()
 		}
+		(*r).setThread(a.Practice, a.ConversationID) // the UPDATE's WHERE: its rows are of this thread
 		m, err := (*r).scan(rows)
 		if err != nil {
 			return nil, err
@@ -623,7 +640,7 @@ func advanceSQLiteSQL(setClause, mark string) string {
 		WHERE practice = ? AND conversation_id = ?
 			AND seq > COALESCE((SELECT ` + mark + ` FROM receipt_marks WHERE practice = ? AND conversation_id = ? AND from_patient = ?), 0)
 			AND seq <= ? AND from_patient = ? AND status < ?
-		RETURNING ` + columns
+		RETURNING ` + threadColumns
 }
 
 // raiseMarks raises the marks of as after their UPDATEs (SQLite): each to its upTo or the thread's last
