@@ -4,6 +4,7 @@
 package domain
 
 import (
+	"crypto/sha256"
 	"strconv"
 	"time"
 
@@ -70,8 +71,10 @@ const leafHeader = "clinicchat audit record v1\n"
 //	outcome 7:ALLOWED
 //	detail 0:
 //	event_id 26:…
-func (r Record) Leaf() []byte {
-	b := make([]byte, 0, 256)
+func (r Record) Leaf() []byte { return r.appendLeaf(make([]byte, 0, 512)) }
+
+// appendLeaf appends the record's Leaf to b.
+func (r Record) appendLeaf(b []byte) []byte {
 	b = append(b, leafHeader...)
 	num := func(k string, v int64) {
 		b = append(b, k...)
@@ -101,7 +104,13 @@ func (r Record) Leaf() []byte {
 }
 
 // LeafHash recomputes the record's leaf hash from its fields.
-func (r Record) LeafHash() tlog.Hash { return tlog.RecordHash(r.Leaf()) }
+// It is tlog.RecordHash(r.Leaf()), SHA256(0x00 || leaf), with the leaf
+// written into a buffer on the stack instead of two on the heap (the leaf
+// and tlog's hash state).
+func (r Record) LeafHash() tlog.Hash {
+	var buf [512]byte
+	return sha256.Sum256(r.appendLeaf(append(buf[:0], 0)))
+}
 
 // Matches reports whether the stored hash is the hash of the stored fields.
 func (r Record) Matches() bool { return r.Hash == r.LeafHash() }

@@ -106,7 +106,7 @@ func (s *Store) AppendAll(ctx context.Context, es []domain.Entry) ([]domain.Reco
 		if err != nil {
 			return err
 		}
-		b := newAppendBatch()
+		b := newAppendBatch(len(es))
 		for i, e := range es {
 			if r, ok := known[e.EventID]; ok {
 				recs[i] = r // already in the log, or earlier in this batch
@@ -229,8 +229,12 @@ func (b *appendBatch) hashArg(h *tlog.Hash) []byte {
 	return b.hashBytes[i:len(b.hashBytes):len(b.hashBytes)]
 }
 
-func newAppendBatch() *appendBatch {
-	return &appendBatch{sizes: map[string]int64{}, hashes: map[string]map[int64]tlog.Hash{}}
+// newAppendBatch is a batch for up to n records: their arguments'
+// slices made at their size at once (a record stores two tree hashes on
+// average: 1 + the trailing ones of its index).
+func newAppendBatch(n int) *appendBatch {
+	return &appendBatch{sizes: map[string]int64{}, hashes: map[string]map[int64]tlog.Hash{},
+		recArgs: make([]any, 0, recordArgs*n), hashArgs: make([]any, 0, 3*2*n), hashBytes: make([]byte, 0, 32*3*n)}
 }
 
 // recordArgs is how many arguments a record row takes (recordCols).
