@@ -11,15 +11,20 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
 	"github.com/clinicchat/clinicchat/services/audit/internal/app"
 	"github.com/clinicchat/clinicchat/services/audit/internal/domain"
+	"github.com/clinicchat/clinicchat/services/platform/auth"
+	"github.com/clinicchat/clinicchat/services/platform/eventwire"
 	"github.com/clinicchat/clinicchat/services/platform/ids"
 	"github.com/clinicchat/clinicchat/services/platform/logkeys"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
@@ -68,6 +73,9 @@ var (
 // Decode reads the audit entry of an event payload. fallback is the time
 // used when the meta carries none (the JetStream publish time).
 func Decode(payload []byte, fallback time.Time) (domain.Entry, error) {
+	if e, ok := readEntry(payload, fallback); ok {
+		return e, nil
+	}
 	var env typev1.EventEnvelope
 	if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(payload, &env); err != nil {
 		return domain.Entry{}, ErrUndecodable
@@ -97,6 +105,129 @@ func Decode(payload []byte, fallback time.Time) (domain.Entry, error) {
 		e.Outcome = domain.OutcomeDenied
 	}
 	return e.Normalize(), nil
+}
+
+// readEntry is Decode of an event of the usual shape, read from the wire
+// instead of unmarshalled: the envelope's meta once, each of the meta's
+// fields at most once with its own wire type, every string UTF-8, an id, a
+// practice and an action. ok is false for anything else (Decode then
+// unmarshals it, which decides as before). It makes the entry's strings
+// (roles and the usual actions without a copy), not the meta and its time.
+func readEntry(payload []byte, fallback time.Time) (domain.Entry, bool) {
+	var meta []byte
+	seenMeta := false
+	for b := payload; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return domain.Entry{}, false
+		}
+		if num == 1 {
+			if typ != protowire.BytesType || seenMeta {
+				return domain.Entry{}, false
+			}
+			v, m := protowire.ConsumeBytes(b[n:])
+			if m < 0 {
+				return domain.Entry{}, false
+			}
+			meta, seenMeta = v, true
+			b = b[n+m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b[n:]) // the event's other fields: not read
+		if m < 0 {
+			return domain.Entry{}, false
+		}
+		b = b[n+m:]
+	}
+	if !seenMeta {
+		return domain.Entry{}, false
+	}
+	var (
+		str  [10][]byte
+		seen [10]bool
+		at   *timestamppb.Timestamp
+		ts   timestamppb.Timestamp
+		out  typev1.EventMeta_Outcome
+	)
+	for b := meta; len(b) > 0; {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 || num < 1 || num > 9 || seen[num] {
+			return domain.Entry{}, false
+		}
+		seen[num] = true
+		b = b[n:]
+		switch num {
+		case 2: // time
+			if typ != protowire.BytesType {
+				return domain.Entry{}, false
+			}
+			v, m := protowire.ConsumeBytes(b)
+			if m < 0 {
+				return domain.Entry{}, false
+			}
+			secs, nanos, ok := eventwire.TimestampParts(v)
+			if !ok {
+				return domain.Entry{}, false
+			}
+			ts.Seconds, ts.Nanos = secs, nanos
+			at = &ts
+			b = b[m:]
+		case 8: // outcome
+			if typ != protowire.VarintType {
+				return domain.Entry{}, false
+			}
+			v, m := protowire.ConsumeVarint(b)
+			if m < 0 {
+				return domain.Entry{}, false
+			}
+			out = typev1.EventMeta_Outcome(int32(v))
+			b = b[m:]
+		default: // strings
+			if typ != protowire.BytesType {
+				return domain.Entry{}, false
+			}
+			v, m := protowire.ConsumeBytes(b)
+			if m < 0 || !utf8.Valid(v) {
+				return domain.Entry{}, false
+			}
+			str[num] = v
+			b = b[m:]
+		}
+	}
+	id := string(str[1])
+	if !ids.Valid(id) || len(str[3]) == 0 || len(str[6]) == 0 {
+		return domain.Entry{}, false
+	}
+	e := domain.Entry{
+		EventID:  id,
+		Time:     fallback,
+		Practice: string(str[3]),
+		Actor:    string(str[4]),
+		ActorRole: known(str[5], auth.RoleDentist, auth.RoleHygienist, auth.RoleAssistant, auth.RoleFrontDesk,
+			auth.RolePracticeAdmin, auth.RolePatient, auth.RoleSystem),
+		Action: known(str[6], "message.send", "conversation.read", "conversation.view", "conversation.create",
+			"notification.request", "message.unlock", "conversation.archive"),
+		Resource: string(str[7]),
+		Outcome:  domain.OutcomeAllowed,
+		Detail:   string(str[9]),
+	}
+	if at != nil && at.IsValid() {
+		e.Time = at.AsTime()
+	}
+	if out == typev1.EventMeta_DENIED {
+		e.Outcome = domain.OutcomeDenied
+	}
+	return e.Normalize(), true
+}
+
+// known is b as a string: one of ks when it is one (no copy).
+func known(b []byte, ks ...string) string {
+	for _, k := range ks {
+		if string(b) == k {
+			return k
+		}
+	}
+	return string(b)
 }
 
 // Consumers runs the audit service's durable consumers.
