@@ -130,6 +130,19 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 	err := s.db.WriteDeferred(ctx, projectDelay, func(tx *sqldb.Tx) error {
 		// PostgreSQL may run this again.
 		events, traces, joined = events[:0], traces[:0], joined[:0]
+		if tx.Dialect() == sqldb.Postgres {
+			// The projection's statements take their rows as parameters
+			// (up to indexRows threads or rows each, a text per count), and
+			// their generic plans are the ones wanted (key lookups on the
+			// primary keys; TestProjectionPlansAreGeneric). PostgreSQL plans
+			// each of them anew for the first five runs per connection and
+			// text — 16 texts a statement, 8 connections: nearly every run of
+			// a benchmark, 0.4–1 ms each (BENCHMARKS.md, dist22). SET LOCAL
+			// goes ahead of the first statement, in its network write.
+			if err := tx.SetLocal(ctx, "plan_cache_mode", "force_generic_plan"); err != nil {
+				return err
+			}
+		}
 		live, err := lockThreads(ctx, tx, threads)
 		if err != nil {
 			return err
