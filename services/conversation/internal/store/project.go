@@ -26,8 +26,8 @@ import (
 // (threadState: what that UPDATE would compute after each message), and
 // one UPDATE with the result; on PostgreSQL the threads with several share
 // the read and the index rows' statements (applyThreads: up to indexRows
-// threads, one round trip each instead of one each per thread). The events of all messages go to the outbox
-// together.
+// threads, one round trip each instead of one each per thread). The events
+// of all messages go to the outbox together.
 //
 // Each index row carries its ordinal within its side of the thread (1 for
 // the side's oldest message; the unread count subtracts two of them). A
@@ -60,7 +60,8 @@ const sidesColumns = `COALESCE((SELECT MAX(m.seq) FROM message_index m WHERE m.p
 const indexRows = 16
 
 // insertIndexSQL[n] inserts n index rows (of one thread or several) and
-// returns the keys of those that were new (a replay's row exists: ON CONFLICT skips it and returns nothing).
+// returns the keys of those that were new (a replay's row exists: ON
+// CONFLICT skips it and returns nothing).
 var insertIndexSQL = func() [indexRows + 1]string {
 	var qs [indexRows + 1]string
 	for n := 1; n <= indexRows; n++ {
@@ -135,10 +136,12 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 			// (up to indexRows threads or rows each, a text per count), and
 			// their generic plans are the ones wanted (key lookups on the
 			// primary keys; TestProjectionPlansAreGeneric). PostgreSQL plans
-			// each of them anew for the first five runs per connection and
-			// text — 16 texts a statement, 8 connections: nearly every run of
-			// a benchmark, 0.4–1 ms each (BENCHMARKS.md, dist22). SET LOCAL
-			// goes ahead of the first statement, in its network write.
+			// a statement anew for its first five runs per connection and
+			// text (16 texts a statement here, 8 connections), and kept
+			// choosing custom plans after them for the thread read and the
+			// single messages' UPDATE: 0.4–1 ms of planning each, more than
+			// their execution (BENCHMARKS.md, dist22). SET LOCAL goes ahead
+			// of the first statement, in its network write.
 			if err := tx.SetLocal(ctx, "plan_cache_mode", "force_generic_plan"); err != nil {
 				return err
 			}
