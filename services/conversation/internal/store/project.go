@@ -24,8 +24,10 @@ import (
 // threads). A thread with several: one read of the thread, the index rows of its
 // messages in one statement, the thread as of each message derived in Go
 // (threadState: what that UPDATE would compute after each message), and
-// one UPDATE with the result. The events of all messages go to the outbox
-// together.
+// one UPDATE with the result; on PostgreSQL the threads with several share
+// the read and the index rows' statements (applyThreads: up to indexRows
+// threads, one round trip each instead of one each per thread). The events
+// of all messages go to the outbox together.
 //
 // Each index row carries its ordinal within its side of the thread (1 for
 // the side's oldest message; the unread count subtracts two of them). A
@@ -57,14 +59,15 @@ const sidesColumns = `COALESCE((SELECT MAX(m.seq) FROM message_index m WHERE m.p
 // statements the statement cache holds for it).
 const indexRows = 16
 
-// insertIndexSQL[n] inserts n index rows and returns the keys of those that
-// were new (a replay's row exists: ON CONFLICT skips it and returns nothing).
+// insertIndexSQL[n] inserts n index rows (of one thread or several) and
+// returns the keys of those that were new (a replay's row exists: ON
+// CONFLICT skips it and returns nothing).
 var insertIndexSQL = func() [indexRows + 1]string {
 	var qs [indexRows + 1]string
 	for n := 1; n <= indexRows; n++ {
 		qs[n] = `INSERT INTO message_index (practice, conversation_id, seq, from_patient, create_time, ordinal) VALUES (?, ?, ?, ?, ?, ?)` +
 			strings.Repeat(`, (?, ?, ?, ?, ?, ?)`, n-1) +
-			` ON CONFLICT (practice, conversation_id, from_patient, seq) DO NOTHING RETURNING seq, from_patient`
+			` ON CONFLICT (practice, conversation_id, from_patient, seq) DO NOTHING RETURNING practice, conversation_id, seq, from_patient`
 	}
 	return qs
 }()
@@ -128,11 +131,27 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 	err := s.db.WriteDeferred(ctx, projectDelay, func(tx *sqldb.Tx) error {
 		// PostgreSQL may run this again.
 		events, traces, joined = events[:0], traces[:0], joined[:0]
+		if tx.Dialect() == sqldb.Postgres {
+			// The projection's statements take their rows as parameters
+			// (up to indexRows threads or rows each, a text per count), and
+			// their generic plans are the ones wanted (key lookups on the
+			// primary keys; TestProjectionPlansAreGeneric). PostgreSQL plans
+			// a statement anew for its first five runs per connection and
+			// text (16 texts a statement here, 8 connections), and kept
+			// choosing custom plans after them for the thread read and the
+			// single messages' UPDATE: 0.4–1 ms of planning each, more than
+			// their execution (BENCHMARKS.md, dist22). SET LOCAL goes ahead
+			// of the first statement, in its network write.
+			if err := tx.SetLocal(ctx, "plan_cache_mode", "force_generic_plan"); err != nil {
+				return err
+			}
+		}
 		live, err := lockThreads(ctx, tx, threads)
 		if err != nil {
 			return err
 		}
-		var ones []int // the batch's messages that are their thread's only new one
+		var ones []int            // the batch's messages that are their thread's only new one
+		var several []freshThread // the threads with several
 		for ti, t := range threads {
 			if live != nil && !live[ti] {
 				for _, i := range t.msgs {
@@ -145,10 +164,22 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 				ones = append(ones, fresh[0])
 				continue
 			}
+			several = append(several, freshThread{thread: t, fresh: fresh})
+		}
+		// On PostgreSQL the threads with several new messages are read in
+		// one statement and take their index rows in one (a round trip each
+		// per thread before); on SQLite, one thread at a time as before.
+		step := 1
+		if tx.Dialect() == sqldb.Postgres {
+			step = indexRows
+		}
+		for rest := several; len(rest) > 0; {
+			n := min(len(rest), step)
 			users := threadUsers{known: &s.participants, joined: &joined, noRecipients: s.NoRecipients}
-			if err := applyThread(ctx, tx, ms, t, fresh, out, &users, emit); err != nil {
+			if err := applyThreads(ctx, tx, ms, rest[:n], out, users, emit); err != nil {
 				return err
 			}
+			rest = rest[n:]
 		}
 		for rest := ones; len(rest) > 0; {
 			n := min(len(rest), indexRows)
@@ -235,72 +266,135 @@ func freshOf(ms []domain.MessageApplied, t thread, out []domain.Outcome) []int {
 	return fresh
 }
 
-// applyThread projects t's fresh messages (several) and sets their outcomes.
-func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, t thread, fresh []int, out []domain.Outcome,
-	users *threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
-	setAll := func(o domain.Outcome) {
-		for _, i := range t.msgs {
-			out[i] = o
+// freshThread is a thread of the batch with its fresh messages (freshOf).
+type freshThread struct {
+	thread
+	fresh []int
+}
+
+// loadThreadSQL reads one thread for applyThreads, loadThreadsSQL[n] n of
+// them (PostgreSQL), in the columns convColumns, sidesColumns. Arguments:
+// false, true, true, false, false, true, then each thread's practice and id.
+var (
+	loadThreadSQL  = `SELECT ` + convColumns + `, ` + sidesColumns + ` FROM conversations c WHERE c.practice = ? AND c.id = ?`
+	loadThreadsSQL = func() [indexRows + 1]string {
+		var qs [indexRows + 1]string
+		qs[1] = loadThreadSQL
+		for n := 2; n <= indexRows; n++ {
+			qs[n] = `SELECT ` + convColumns + `, ` + sidesColumns + ` FROM conversations c WHERE (c.practice, c.id) IN ((?, ?)` +
+				strings.Repeat(`, (?, ?)`, n-1) + `)`
 		}
+		return qs
+	}()
+)
+
+// threadRow is a message_index row's key.
+type threadRow struct {
+	practice, id string
+	indexKey
+}
+
+// loaded is a thread as applyThreads read it.
+type loaded struct {
+	st  threadState
+	ord [2]int64 // the newest staff and patient rows' ordinals
+}
+
+// applyThreads projects the fresh messages (several each) of ts, at most
+// indexRows threads, and sets their outcomes: the threads read in one
+// statement (after lockThreads has locked them on PostgreSQL, so that the
+// read sees what the transactions before committed), their index rows in
+// one statement per indexRows rows, then each thread in order as one
+// thread alone was (renumbering, recipients, events, its UPDATE at COMMIT).
+// batchUsers is copied per thread (nothing loaded yet).
+func applyThreads(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, ts []freshThread, out []domain.Outcome,
+	batchUsers threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
+	args := make([]any, 0, 6+2*len(ts))
+	args = append(args, false, true, true, false, false, true)
+	for _, t := range ts {
+		args = append(args, t.practice, t.id)
 	}
-	var st threadState
-	var ord [2]int64 // the newest staff and patient rows' ordinals
-	c, err := scanConv(tx.QueryRow(ctx, `SELECT `+convColumns+`, `+sidesColumns+` FROM conversations c WHERE c.practice = ? AND c.id = ?`,
-		false, true, true, false, false, true, t.practice, t.id), false, &st.staffSeq, &st.patientSeq, &st.awaiting, &ord[0], &ord[1])
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		setAll(domain.NoThread)
-		return nil
-	case err != nil:
+	got := make(map[[2]string]*loaded, len(ts))
+	if err := func() error {
+		rows, err := tx.Query(ctx, loadThreadsSQL[len(ts)], args...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			l := new(loaded)
+			if l.st.c, err = scanConv(rows, false, &l.st.staffSeq, &l.st.patientSeq, &l.st.awaiting, &l.ord[0], &l.ord[1]); err != nil {
+				return err
+			}
+			l.st.awaitingBefore = l.st.awaiting
+			got[[2]string{l.st.c.Practice, l.st.c.ID}] = l
+		}
+		return rows.Err()
+	}(); err != nil {
 		return fmt.Errorf("load conversation: %w", err)
 	}
-	st.c = c
-	st.awaitingBefore = st.awaiting
 
-	// A staff message older than a patient message already in the index
-	// (arrived out of order) leaves those newer patient messages waiting:
-	// their oldest time is read now, before this batch's rows are in.
-	for _, i := range fresh {
-		m := ms[i]
-		if m.FromPatient || m.Seq <= st.staffSeq || m.Seq >= st.patientSeq {
+	// Each thread's state before the batch's rows, and its rows.
+	states := make([]*loaded, len(ts))
+	var newest [][2]int64 // per thread: the sides' newest before the batch
+	var rowArgs []any
+	for ti, t := range ts {
+		l := got[[2]string{t.practice, t.id}]
+		if l == nil {
+			for _, i := range t.msgs {
+				out[i] = domain.NoThread
+			}
+			newest = append(newest, [2]int64{})
 			continue
 		}
-		var at int64
-		if err := tx.QueryRow(ctx, `SELECT COALESCE(MIN(create_time), 0) FROM message_index WHERE practice = ? AND conversation_id = ?
+		states[ti] = l
+		st := &l.st
+		// A staff message older than a patient message already in the
+		// index (arrived out of order) leaves those newer patient messages
+		// waiting: their oldest time is read now, before this batch's rows
+		// are in.
+		for _, i := range t.fresh {
+			m := ms[i]
+			if m.FromPatient || m.Seq <= st.staffSeq || m.Seq >= st.patientSeq {
+				continue
+			}
+			var at int64
+			if err := tx.QueryRow(ctx, `SELECT COALESCE(MIN(create_time), 0) FROM message_index WHERE practice = ? AND conversation_id = ?
 			AND from_patient = ? AND seq > ?`, t.practice, t.id, true, m.Seq).Scan(&at); err != nil {
-			return fmt.Errorf("read needs reply: %w", err)
+				return fmt.Errorf("read needs reply: %w", err)
+			}
+			if st.waitingAfter == nil {
+				st.waitingAfter = map[int64]int64{}
+			}
+			st.waitingAfter[m.Seq] = at
 		}
-		if st.waitingAfter == nil {
-			st.waitingAfter = map[int64]int64{}
-		}
-		st.waitingAfter[m.Seq] = at
-	}
-	// A message newer than its side's newest takes the next ordinal (it
-	// cannot be a replay); an older one 0 until its side is numbered again
-	// (below), if it was new.
-	newest := [2]int64{st.staffSeq, st.patientSeq}
-	inserted := make(map[indexKey]bool, len(fresh))
-	for rest := fresh; len(rest) > 0; {
-		n := min(len(rest), indexRows)
-		args := make([]any, 0, 6*n)
-		for _, i := range rest[:n] {
+		// A message newer than its side's newest takes the next ordinal (it
+		// cannot be a replay); an older one 0 until its side is numbered
+		// again (below), if it was new.
+		nw := [2]int64{st.staffSeq, st.patientSeq}
+		newest = append(newest, nw)
+		for _, i := range t.fresh {
 			m := ms[i]
 			side, ordinal := sideOf(m.FromPatient), int64(0)
-			if m.Seq > newest[side] {
-				ord[side]++
-				ordinal = ord[side]
+			if m.Seq > nw[side] {
+				l.ord[side]++
+				ordinal = l.ord[side]
 			}
-			args = append(args, m.Practice, m.ConversationID, m.Seq, m.FromPatient, sqldb.Micros(m.Time), ordinal)
+			rowArgs = append(rowArgs, m.Practice, m.ConversationID, m.Seq, m.FromPatient, sqldb.Micros(m.Time), ordinal)
 		}
+	}
+	inserted := make(map[threadRow]bool, len(rowArgs)/6)
+	for len(rowArgs) > 0 {
+		n := min(len(rowArgs)/6, indexRows)
 		if err := func() error {
-			rows, err := tx.Query(ctx, insertIndexSQL[n], args...)
+			rows, err := tx.Query(ctx, insertIndexSQL[n], rowArgs[:6*n]...)
 			if err != nil {
 				return err
 			}
 			defer rows.Close()
 			for rows.Next() {
-				var k indexKey
-				if err := rows.Scan(&k.seq, &k.fromPatient); err != nil {
+				var k threadRow
+				if err := rows.Scan(&k.practice, &k.id, &k.seq, &k.fromPatient); err != nil {
 					return err
 				}
 				inserted[k] = true
@@ -309,49 +403,64 @@ func applyThread(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, 
 		}(); err != nil {
 			return fmt.Errorf("insert message index: %w", err)
 		}
-		rest = rest[n:]
-	}
-	// Number a side again from its oldest new row older than the side's
-	// newest before the batch (fresh is in sequence order).
-	var renumbered [2]bool
-	for _, i := range fresh {
-		m := ms[i]
-		side := sideOf(m.FromPatient)
-		if renumbered[side] || m.Seq > newest[side] || !inserted[indexKey{m.Seq, m.FromPatient}] {
-			continue
-		}
-		if err := renumber(ctx, tx, t.practice, t.id, m.FromPatient, m.Seq); err != nil {
-			return err
-		}
-		renumbered[side] = true
+		rowArgs = rowArgs[6*n:]
 	}
 
-	applied := false
-	for _, i := range fresh {
-		m := ms[i]
-		if !inserted[indexKey{m.Seq, m.FromPatient}] {
-			out[i] = domain.Replayed
+	for ti, t := range ts {
+		l := states[ti]
+		if l == nil {
 			continue
 		}
-		out[i], applied = domain.Applied, true
-		st.apply(m)
-		var recipients []string
-		if m.FromPatient {
-			if recipients, err = users.staff(ctx, tx, t); err != nil {
-				return err
-			}
-		} else {
-			if err := users.ensure(ctx, tx, t, m); err != nil {
-				return err
-			}
-			recipients = []string{st.c.Patient()}
+		st := &l.st
+		isNew := func(m domain.MessageApplied) bool {
+			return inserted[threadRow{t.practice, t.id, indexKey{m.Seq, m.FromPatient}}]
 		}
-		emit(m, st.c, recipients)
+		// Number a side again from its oldest new row older than the side's
+		// newest before the batch (fresh is in sequence order).
+		var renumbered [2]bool
+		for _, i := range t.fresh {
+			m := ms[i]
+			side := sideOf(m.FromPatient)
+			if renumbered[side] || m.Seq > newest[ti][side] || !isNew(m) {
+				continue
+			}
+			if err := renumber(ctx, tx, t.practice, t.id, m.FromPatient, m.Seq); err != nil {
+				return err
+			}
+			renumbered[side] = true
+		}
+
+		applied := false
+		users := batchUsers
+		for _, i := range t.fresh {
+			m := ms[i]
+			if !isNew(m) {
+				out[i] = domain.Replayed
+				continue
+			}
+			out[i], applied = domain.Applied, true
+			st.apply(m)
+			var recipients []string
+			if m.FromPatient {
+				var err error
+				if recipients, err = users.staff(ctx, tx, t.thread); err != nil {
+					return err
+				}
+			} else {
+				if err := users.ensure(ctx, tx, t.thread, m); err != nil {
+					return err
+				}
+				recipients = []string{st.c.Patient()}
+			}
+			emit(m, st.c, recipients)
+		}
+		if applied {
+			if err := st.save(ctx, tx); err != nil {
+				return err
+			}
+		}
 	}
-	if !applied {
-		return nil
-	}
-	return st.save(ctx, tx)
+	return nil
 }
 
 // sideOf indexes per-side arrays: 0 staff, 1 patient.
