@@ -102,7 +102,9 @@ func consumePositioned(t *testing.T, js jetstream.JetStream, db *sqldb.DB, spec 
 	defer cancel()
 	runCtx, stop := context.WithCancel(ctx)
 	finished := make(chan error, 1)
-	go func() { finished <- natsx.ConsumeBatch(runCtx, js, testkit.Logger(t), spec, 8, effectsHandler(db, nil)) }()
+	go func() {
+		finished <- natsx.ConsumeBatch(runCtx, js, testkit.Logger(t), spec, 8, effectsHandler(db, nil))
+	}()
 	require.Eventually(t, func() bool {
 		h := handled(t, db)
 		for _, w := range want {
