@@ -193,23 +193,22 @@ func memoryDurable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpe
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, seq+1
 	}
 	cu := catchUp{filter: Narrow(pctx, js, spec.Stream, spec.FilterSubjects, seq)}
-	if len(cu.filter) > 1 {
-		pending := state.Msgs
-		if seq > 0 {
-			pending = state.LastSeq - seq
-		}
-		cu.wide = pending > CatchUpPending
-	}
 	cfg.FilterSubjects = cu.filter
-	if cu.wide {
-		cfg.FilterSubjects = nil
-	}
 	cons, err := js.CreateConsumer(ctx, spec.Stream, cfg)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, cu, 0, 0, nil
 		}
 		return nil, cu, 0, 0, fmt.Errorf("consumer %s on %s: %w", name, spec.Stream, err)
+	}
+	// Far behind on several subjects: unfiltered until caught up (durable).
+	if len(cu.filter) > 1 && cons.CachedInfo().NumPending > CatchUpPending {
+		cfg.FilterSubjects = nil
+		if wide, err := js.UpdateConsumer(ctx, spec.Stream, cfg); err == nil {
+			cons, cu.wide = wide, true
+		} else if ctx.Err() != nil {
+			return nil, cu, 0, 0, nil
+		}
 	}
 	return cons, cu, seq, streamCreated, nil
 }
