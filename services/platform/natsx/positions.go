@@ -108,7 +108,8 @@ ON CONFLICT (durable) DO UPDATE SET stream_seq = excluded.stream_seq, stream_cre
 // that durable is deleted; the higher of the two when both are there (a
 // crash in between). A memory durable an earlier run in this process left
 // is replaced. A position in another stream of that name (made again
-// since: its creation time differs) starts at the stream's first event.
+// since: its creation time differs) starts at the stream's first event; one
+// past the stream's last event (a stream that lost its tail) after it.
 //
 // It returns the durable, how it was started, its position and the
 // stream's creation time.
@@ -172,6 +173,17 @@ func memoryDurable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpe
 			return nil, catchUp{}, 0, 0, ctxOr(ctx, fmt.Errorf("position of %s from its file-stored durable: %w", spec.Durable, err))
 		}
 		log.Info("durable's position taken from its file-stored durable", zap.Uint64("stream_seq", seq))
+	}
+	if seq > state.LastSeq {
+		// The stream lost its tail (its files are not fsynced at every
+		// write: a power loss) or was made again: the events it numbers
+		// from here on are new to the durable.
+		log.Warn("recorded position past the stream's last event: going on from that event",
+			zap.Uint64("position", seq), zap.Uint64("last_seq", state.LastSeq))
+		seq = state.LastSeq
+		if err := pos.reset(pctx, spec.Durable, seq, streamCreated); err != nil {
+			return nil, catchUp{}, 0, 0, ctxOr(ctx, err)
+		}
 	}
 	// Recorded: the file-stored durables can go (a crash before this
 	// point finds them again, and takes the higher position).

@@ -375,3 +375,39 @@ func TestPositionsChild(t *testing.T) {
 		require.NoError(t, db.Close())
 	}
 }
+
+// A position past the stream's last event (a stream that lost its tail:
+// its files are not fsynced at every write) goes on from that event: the
+// events the stream numbers next are handled, though their sequences are
+// at or below the recorded position; none before them again.
+func TestAMemoryDurablePastItsStreamsLastEventTakesItsNextEvents(t *testing.T) {
+	js := embeddedStreams(t)
+	db := openPositionsDB(t, filepath.Join(t.TempDir(), "service.db"))
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	subject := natsx.SubjectMessageCreated + ".p.tail"
+	publishEvents(t, js, subject, 0, 5)
+	st, err := js.Stream(ctx, natsx.StreamDelivery)
+	require.NoError(t, err)
+	_, err = db.Exec(ctx, `INSERT INTO consumer_positions (durable, stream_seq, stream_created) VALUES ('tail', 1000, ?)`,
+		st.CachedInfo().Created.UnixNano())
+	require.NoError(t, err)
+	spec := natsx.ConsumerSpec{Stream: natsx.StreamDelivery, Durable: "tail", FilterSubjects: []string{subject},
+		Positions: natsx.DBPositions(db)}
+	runCtx, stop := context.WithCancel(ctx)
+	finished := make(chan error, 1)
+	go func() {
+		finished <- natsx.ConsumeBatch(runCtx, natsx.SoleConsumer(js), testkit.Logger(t), spec, 8, effectsHandler(db, nil))
+	}()
+	require.Eventually(t, func() bool {
+		_, err := js.Consumer(ctx, natsx.StreamDelivery, "tail"+natsx.AckAllSuffix)
+		return err == nil
+	}, 10*time.Second, 5*time.Millisecond)
+	publishEvents(t, js, subject, 5, 8)
+	require.Eventually(t, func() bool { return len(handled(t, db)) >= 3 }, 10*time.Second, 5*time.Millisecond)
+	stop()
+	require.NoError(t, <-finished)
+	require.Equal(t, map[string]int{"5": 1, "6": 1, "7": 1}, handled(t, db))
+	require.Equal(t, uint64(8), position(t, db, "tail"))
+}
