@@ -27,9 +27,9 @@ import (
 // database's next commit (sqldb.DB.WriteDeferred: no commit of its own
 // while the service writes), at most once per PositionInterval while the
 // durable is busy, and once more at a clean stop. A crash (kill -9) hands
-// again what was handled since the last recorded position (at most ~one
+// again what was handled since the last recorded position (about one
 // interval's events and a commit's wait); the handlers are idempotent, as
-// for a file-stored durable's state, which is written as often and never
+// for a file-stored durable, whose state file is written as often and never
 // fsynced. Nothing is skipped: a position is only ever an ack floor.
 //
 // The table, consumer_positions (durable TEXT PRIMARY KEY, stream_seq
@@ -225,25 +225,30 @@ func memoryDurable(ctx context.Context, js jetstream.JetStream, spec ConsumerSpe
 	return cons, cu, seq, streamCreated, nil
 }
 
-// positionSaver records a memory durable's ack floor (Positions): the
-// latest one acked, at most once per PositionInterval, each joining the
-// database's next commit.
+// positionSaver records a memory durable's ack floor (Positions): at
+// the first ack PositionInterval or more after the last recorded one, each
+// joining the database's next commit; no timer of its own. What is acked
+// in the last interval before the durable goes quiet is recorded by the
+// next ack, or at a clean stop (close).
 type positionSaver struct {
-	pos     *Positions
-	durable string
-	created int64 // the stream's creation time
-	log     *zap.Logger
+	pos      *Positions
+	durable  string
+	created  int64 // the stream's creation time
+	log      *zap.Logger
+	interval time.Duration
 
-	mu     sync.Mutex
-	latest uint64 // the highest ack floor acked
-	saved  uint64 // the highest recorded
-	kick   chan struct{}
-	stop   chan struct{}
-	done   chan struct{}
+	mu       sync.Mutex
+	latest   uint64    // the highest ack floor acked
+	saved    uint64    // the highest recorded
+	lastKick time.Time // when a recording was last asked for
+	kick     chan struct{}
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 func newPositionSaver(pos *Positions, durable string, start uint64, created int64, log *zap.Logger) *positionSaver {
-	s := &positionSaver{pos: pos, durable: durable, created: created, log: log, latest: start, saved: start,
+	s := &positionSaver{pos: pos, durable: durable, created: created, log: log, interval: PositionInterval,
+		latest: start, saved: start,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go s.run()
 	return s
@@ -251,12 +256,18 @@ func newPositionSaver(pos *Positions, durable string, start uint64, created int6
 
 // acked notes that every event up to seq is handled and acked.
 func (s *positionSaver) acked(seq uint64) {
+	now := time.Now()
 	s.mu.Lock()
 	if seq <= s.latest {
 		s.mu.Unlock()
 		return
 	}
 	s.latest = seq
+	if now.Sub(s.lastKick) < s.interval {
+		s.mu.Unlock()
+		return
+	}
+	s.lastKick = now
 	s.mu.Unlock()
 	select {
 	case s.kick <- struct{}{}:
@@ -285,30 +296,14 @@ func (s *positionSaver) record(seq uint64, wait time.Duration) {
 
 func (s *positionSaver) run() {
 	defer close(s.done)
-	var pace *time.Timer
 	for {
 		select {
 		case <-s.kick:
 		case <-s.stop:
 			return
 		}
-		seq, ok := s.pending()
-		if !ok {
-			continue
-		}
-		began := time.Now()
-		s.record(seq, positionDelay)
-		if wait := PositionInterval - time.Since(began); wait > 0 {
-			if pace == nil {
-				pace = time.NewTimer(wait)
-			} else {
-				pace.Reset(wait)
-			}
-			select {
-			case <-pace.C:
-			case <-s.stop:
-				return
-			}
+		if seq, ok := s.pending(); ok {
+			s.record(seq, positionDelay)
 		}
 	}
 }
