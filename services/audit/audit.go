@@ -24,6 +24,7 @@ import (
 	"github.com/clinicchat/clinicchat/services/audit/internal/signer"
 	"github.com/clinicchat/clinicchat/services/audit/internal/store"
 	"github.com/clinicchat/clinicchat/services/audit/internal/witness"
+	"github.com/clinicchat/clinicchat/services/platform/natsx"
 	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
 
@@ -192,7 +193,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		key:       key,
 		log:       log,
 		health:    deps.Health,
-		consumers: &ingest.Consumers{JS: deps.JS, Sink: a, Log: log},
+		consumers: &ingest.Consumers{JS: deps.JS, Sink: a, Log: log, Positions: natsx.DBPositions(db)},
 		valid: prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinicchat_audit_log_valid",
 			Help: "1 when every audit log verified at the last check (records, hashes, signed checkpoints and the witness), 0 otherwise."}),
 		checked: prometheus.NewGauge(prometheus.GaugeOpts{Name: "clinicchat_audit_log_last_check_timestamp_seconds",

@@ -121,6 +121,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return natsx.ConsumeBatch(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
 			Stream: natsx.StreamDelivery, Durable: "conversation-projection",
 			FilterSubjects: natsx.Filter(natsx.SubjectMessageCreated),
+			Positions:      natsx.DBPositions(s.db),
 		}, projectionBatch, func(ctx context.Context, msgs []jetstream.Msg) []error {
 			return s.app.HandleMessagesCreated(ctx, msgs, s.deps.PracticeName)
 		})

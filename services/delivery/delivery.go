@@ -127,6 +127,7 @@ func (s *Service) Run(ctx context.Context) error {
 		return natsx.ConsumeBatch(ctx, s.deps.JS, s.deps.Log, natsx.ConsumerSpec{
 			Stream: natsx.StreamConversation, Durable: "delivery-receipts",
 			FilterSubjects: natsx.Filter(natsx.SubjectConversationRead),
+			Positions:      natsx.DBPositions(s.db),
 		}, readBatch, s.app.ReadConsumer(app.DefaultReadWindow, readBatch))
 	})
 	return g.Wait()

@@ -2,6 +2,7 @@ package allinone_test
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,14 +14,28 @@ import (
 
 	"github.com/clinicchat/clinicchat/cmd/clinicchat/allinone"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
 )
 
-// A data dir of the versions before AckAll durables: each ConsumeBatch
-// durable is explicitly acked under its own name, at its ack floor, with an
-// event it has not consumed yet. After the upgrade each is replaced by its
-// AckAll durable from that floor: the event is projected and audited once,
-// what was consumed before is not again, and the old durables are gone.
+// A data dir of an earlier version, in each of its two forms: before
+// AckAll durables (explicit), each ConsumeBatch durable is explicitly
+// acked under its own name; before memory durables (ackall: today's main
+// up to cons22), it is a file-stored AckAll durable; either way at its ack
+// floor, with an event it has not consumed yet, and no position in the
+// services' databases. After the upgrade each is an AckAll durable in the
+// server's memory from that floor, its position in its service's database:
+// the event is projected and audited once, what was consumed before is not
+// again, and the old durables and their state files are gone.
 func TestUpgradeToAckAllDurables(t *testing.T) {
+	for _, old := range []string{"explicit", "ackall"} {
+		t.Run(old, func(t *testing.T) { testUpgradeToMemoryDurables(t, old == "explicit") })
+	}
+}
+
+// positionDBs are the all-in-one's databases that hold durables' positions.
+var positionDBs = []string{"conversation.db", "delivery.db", "audit.db"}
+
+func testUpgradeToMemoryDurables(t *testing.T, explicit bool) {
 	dir := t.TempDir()
 	in := start(t, dir)
 	h := harness{t: t, in: in}
@@ -33,36 +48,74 @@ func TestUpgradeToAckAllDurables(t *testing.T) {
 		return staff.conversations("")[0].LastMessagePreview == "first" &&
 			len(admin.auditEvents(`resource="`+first.Name+`" AND action="message.send"`)) == 1
 	}, 10*time.Second, 10*time.Millisecond)
-	require.NoError(t, in.Stop())
 
-	// Make it the old version's state: explicit durables, same position.
+	// The memory durables, as they are when the instance stops.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	type durable struct {
+		stream   string
+		cfg      jetstream.ConsumerConfig
+		ackFloor uint64
+	}
+	var durables []durable
+	{
+		inc, err := nats.Connect("", nats.InProcessServer(allinone.EmbeddedNATS(in)))
+		require.NoError(t, err)
+		ijs, err := jetstream.New(inc)
+		require.NoError(t, err)
+		for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
+			str, err := ijs.Stream(ctx, sc.Name)
+			require.NoError(t, err)
+			for info := range str.ListConsumers(ctx).Info() {
+				if strings.HasSuffix(info.Config.Durable, natsx.AckAllSuffix) {
+					require.True(t, info.Config.MemoryStorage, info.Config.Durable)
+					durables = append(durables, durable{sc.Name, info.Config, info.AckFloor.Stream})
+				}
+			}
+		}
+		inc.Close()
+	}
+	require.NoError(t, in.Stop())
+	// A clean stop recorded each one's position; the earlier version had
+	// none of them (its database had no such table).
+	positions := map[string]uint64{}
+	for _, name := range positionDBs {
+		db, err := sqldb.Open(ctx, filepath.Join(dir, name))
+		require.NoError(t, err)
+		rows, err := db.Query(ctx, `SELECT durable, stream_seq FROM consumer_positions`)
+		require.NoError(t, err)
+		for rows.Next() {
+			var d string
+			var s int64
+			require.NoError(t, rows.Scan(&d, &s))
+			positions[d] = uint64(s)
+		}
+		require.NoError(t, rows.Err())
+		_, err = db.Exec(ctx, `DELETE FROM consumer_positions`)
+		require.NoError(t, err)
+		require.NoError(t, db.Close())
+	}
+
+	// Make it the old version's state: file-stored durables, same position.
 	js, closeStreams := stoppedStreams(t, dir)
 	replaced := map[string]bool{}
-	for _, sc := range natsx.Streams(natsx.StreamsConfig{}) {
-		str, err := js.Stream(ctx, sc.Name)
-		require.NoError(t, err)
-		for name := range str.ConsumerNames(ctx).Name() {
-			old, ok := strings.CutSuffix(name, natsx.AckAllSuffix)
-			if !ok {
-				continue
-			}
-			c, err := js.Consumer(ctx, sc.Name, name)
-			require.NoError(t, err)
-			ci := c.CachedInfo()
-			require.NoError(t, js.DeleteConsumer(ctx, sc.Name, name))
-			cfg := ci.Config
-			cfg.Durable, cfg.Name, cfg.AckPolicy = old, "", jetstream.AckExplicitPolicy
-			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverAllPolicy, 0
-			_, err = js.CreateConsumer(ctx, sc.Name, cfg)
-			require.NoError(t, err)
-			if ci.AckFloor.Stream > 0 {
-				_, err = js.ResetConsumerToSequence(ctx, sc.Name, old, ci.AckFloor.Stream+1)
-				require.NoError(t, err)
-			}
-			replaced[sc.Name+"/"+old] = true
+	for _, d := range durables {
+		name := strings.TrimSuffix(d.cfg.Durable, natsx.AckAllSuffix)
+		pos := positions[name] // none: it has handled nothing
+		require.Equal(t, d.ackFloor, pos, "%s's position recorded at the stop", name)
+		cfg := d.cfg
+		cfg.Name, cfg.MemoryStorage = "", false
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverAllPolicy, 0
+		if explicit {
+			cfg.Durable, cfg.AckPolicy = name, jetstream.AckExplicitPolicy
 		}
+		_, err := js.CreateConsumer(ctx, d.stream, cfg)
+		require.NoError(t, err)
+		if pos > 0 {
+			_, err = js.ResetConsumerToSequence(ctx, d.stream, cfg.Durable, pos+1)
+			require.NoError(t, err)
+		}
+		replaced[d.stream+"/"+name] = true
 	}
 	for _, d := range []string{natsx.StreamDelivery + "/conversation-projection", natsx.StreamDelivery + "/audit-delivery",
 		natsx.StreamConversation + "/delivery-receipts", natsx.StreamConversation + "/audit-conversation"} {
@@ -111,5 +164,16 @@ func TestUpgradeToAckAllDurables(t *testing.T) {
 		c, err := ijs.Consumer(ctx, stream, old+natsx.AckAllSuffix)
 		require.NoError(t, err)
 		require.Equal(t, jetstream.AckAllPolicy, c.CachedInfo().Config.AckPolicy)
+		require.True(t, c.CachedInfo().Config.MemoryStorage, d)
+	}
+	// No consumer state file left but the two plain durables' (Consume).
+	files, err := filepath.Glob(filepath.Join(dir, "nats", "jetstream", "*", "streams", "*", "obs", "*"))
+	require.NoError(t, err)
+	for _, f := range files {
+		require.NotContains(t, f, natsx.AckAllSuffix)
+		for d := range replaced {
+			_, old, _ := strings.Cut(d, "/")
+			require.NotEqual(t, old, filepath.Base(f))
+		}
 	}
 }

@@ -35,6 +35,11 @@ type ConsumerSpec struct {
 	// order). Above 1 the handler must not depend on order (idempotent,
 	// monotonic watermarks); concurrent handlers' writes group-commit.
 	Concurrency int
+	// Positions, for a ConsumeBatch of a SoleConsumer (the all-in-one):
+	// the durable is kept in the server's memory and its position in the
+	// service's database (Positions), instead of a state file. Ignored
+	// elsewhere (nil: a file-stored durable).
+	Positions *Positions
 }
 
 // durable creates or updates spec's durable, explicitly acked consumer

@@ -34,7 +34,26 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 		maxBatch = DefaultMaxBatch
 	}
 	_, ackAll := js.(soleConsumer)
-	cons, cu, err := durableAcked(ctx, js, spec, true, ackAll)
+	var (
+		cons  jetstream.Consumer
+		cu    catchUp
+		err   error
+		saver *positionSaver
+	)
+	if ackAll && spec.Positions != nil {
+		// In memory, its position in the service's database (Positions).
+		var start uint64
+		var created int64
+		cons, cu, start, created, err = memoryDurable(ctx, js, spec, spec.Positions,
+			log.With(zap.String(logkeys.Stream, spec.Stream), zap.String(logkeys.Consumer, spec.Durable+AckAllSuffix)))
+		if err == nil && cons != nil {
+			saver = newPositionSaver(spec.Positions, spec.Durable, start, created,
+				log.With(zap.String(logkeys.Stream, spec.Stream), zap.String(logkeys.Consumer, spec.Durable+AckAllSuffix)))
+			defer saver.close() // after the last batch: a clean stop records where it ended
+		}
+	} else {
+		cons, cu, err = durableAcked(ctx, js, spec, true, ackAll)
+	}
 	if err != nil || cons == nil {
 		return err // nil: stopped while starting
 	}
@@ -43,6 +62,9 @@ func ConsumeBatch(ctx context.Context, js jetstream.JetStream, log *zap.Logger, 
 	var runs *ackRuns
 	if ackAll {
 		runs = &ackRuns{ctx: ctx, log: log, failed: map[uint64]struct{}{}}
+		if saver != nil {
+			runs.onAck = saver.acked
+		}
 		settle = runs.settle
 	}
 	// With several filter subjects the durable may deliver every event
@@ -263,6 +285,9 @@ type ackRuns struct {
 	latest    jetstream.Msg
 	latestSeq uint64
 	poison    bool
+	// onAck, when set, is told each ack's stream sequence: every event
+	// delivered up to it is handled (a memory durable's Positions).
+	onAck func(seq uint64)
 }
 
 func (r *ackRuns) settle(m jetstream.Msg, err error) {
@@ -300,6 +325,9 @@ func (r *ackRuns) flush() {
 		_ = r.latest.Term()
 	} else {
 		_ = r.latest.Ack()
+	}
+	if r.onAck != nil {
+		r.onAck(r.latestSeq)
 	}
 	r.latest, r.latestSeq, r.poison = nil, 0, false
 }

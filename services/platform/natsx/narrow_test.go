@@ -3,6 +3,7 @@ package natsx_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -159,14 +160,27 @@ func TestADurableIsNarrowedInPlaceAndContinuesFromItsAckFloor(t *testing.T) {
 // CatchUpPending is delivered every event of the stream: its handler gets
 // only its kinds, in stream order, the others are acked without it; once
 // caught up it is narrowed again in place, and the next events of other
-// kinds are no longer delivered.
+// kinds are no longer delivered. So for a SoleConsumer's memory durable
+// (Positions).
 func TestAFarBehindDurableCatchesUpUnfilteredAndIsFilteredAgain(t *testing.T) {
+	t.Run("file", func(t *testing.T) { testFarBehind(t, false) })
+	t.Run("memory", func(t *testing.T) { testFarBehind(t, true) })
+}
+
+func testFarBehind(t *testing.T, memory bool) {
 	js := embeddedStreams(t)
 	old := natsx.CatchUpPending
 	natsx.CatchUpPending = 3
 	t.Cleanup(func() { natsx.CatchUpPending = old })
 	created, updated := natsx.SubjectMessageCreated, natsx.SubjectMessageUpdated
 	spec := natsx.ConsumerSpec{Stream: natsx.StreamDelivery, Durable: "audit-like", FilterSubjects: natsx.Filter(created, updated)}
+	plain, name := js, spec.Durable
+	if memory {
+		db := openPositionsDB(t, filepath.Join(t.TempDir(), "service.db"))
+		t.Cleanup(func() { _ = db.Close() })
+		spec.Positions = natsx.DBPositions(db)
+		js, name = natsx.SoleConsumer(js), name+natsx.AckAllSuffix
+	}
 	echo := natsx.Tenant(natsx.SubjectMessageStatusEcho, "p", "patients/a")
 	var want []string
 	for i := range 5 {
@@ -214,8 +228,9 @@ func TestAFarBehindDurableCatchesUpUnfilteredAndIsFilteredAgain(t *testing.T) {
 	}
 	require.Equal(t, want, handled(len(want)), "its kinds, both forms, in stream order; no echo")
 
-	cons, err := js.Consumer(ctx, spec.Stream, spec.Durable)
+	cons, err := plain.Consumer(ctx, spec.Stream, name)
 	require.NoError(t, err)
+	require.Equal(t, memory, cons.CachedInfo().Config.MemoryStorage)
 	var info *jetstream.ConsumerInfo
 	require.Eventually(t, func() bool {
 		info, err = cons.Info(ctx)

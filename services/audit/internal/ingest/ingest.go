@@ -238,6 +238,9 @@ type Consumers struct {
 	// CommitInterval is the least time between two commits while events
 	// keep coming (0: DefaultCommitInterval).
 	CommitInterval time.Duration
+	// Positions, when set, keeps the durables' positions in the audit
+	// database (the all-in-one: natsx.Positions).
+	Positions *natsx.Positions
 
 	group *group
 }
@@ -291,6 +294,7 @@ func (c *Consumers) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { c.group.run(ctx); return nil })
 	for _, spec := range Specs() {
+		spec.Positions = c.Positions
 		g.Go(func() error {
 			backoff := 250 * time.Millisecond
 			for {
