@@ -261,6 +261,8 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	if path == "" {
 		return nil, errors.New("open sqlite: empty path")
 	}
+	// Before anything initializes SQLite (the VFS lookup below does).
+	setupPageCache()
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("open sqlite: %w", err)
 	}
