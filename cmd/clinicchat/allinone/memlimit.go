@@ -17,9 +17,9 @@ import (
 // file-store write caches (4 MiB buffers, which cost the collector nothing
 // to mark but count in its goal), and the Go runtime's memory would reach
 // ~100 MiB at the peaks. 84 MiB (96 until mem22; mem15) held the process
-// at 134 MiB there, under 150 MB, with 6-9% more collections per message
-// (the collector is at most ~6% of the process's CPU); 80 MiB cost ~10%
-// more collections (BENCHMARKS.md, mem22).
+// at 134-138 MiB there, under 150 MB, with 6-13% more collections per
+// message (~0.5% of the process's CPU); 80 MiB cost ~10% more
+// collections than 84 (BENCHMARKS.md, mem22).
 const DefaultMemoryLimit int64 = 84 << 20
 
 // SmallMemoryLimit is a --memory-limit for a smaller footprint: at 400-500
