@@ -110,9 +110,9 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		c.MemoryLimit = DefaultMemoryLimit
 	}
-	fs.Func("memory-limit", fmt.Sprintf("soft limit of the Go runtime's memory, e.g. 80MiB (the process adds ~36 MiB of program and up to ~15-20 MiB of SQLite's memory): "+
+	fs.Func("memory-limit", fmt.Sprintf("soft limit of the Go runtime's memory, e.g. 80MiB (the process adds ~36 MiB of program and ~8-15 MiB of SQLite's memory): "+
 		"the garbage collector works harder near it; it rises by 3 bytes per byte of goroutine stacks (open event streams), and while the live heap needs more "+
-		"(at least half the live heap and stacks to allocate into). 0: none (the heap may grow to twice the live heap). Default %dMiB, or GOMEMLIMIT if set (then fixed); BENCHMARKS.md, mem15", DefaultMemoryLimit>>20),
+		"(at least half the live heap and stacks to allocate into). 0: none (the heap may grow to twice the live heap). Default %dMiB, or GOMEMLIMIT if set (then fixed); BENCHMARKS.md, mem15 and mem22", DefaultMemoryLimit>>20),
 		func(v string) error {
 			n, err := ParseBytes(v)
 			c.MemoryLimit = n

@@ -10,12 +10,17 @@ import (
 // DefaultMemoryLimit is --memory-limit's default: the Go runtime's memory
 // (heap, stacks, runtime metadata) the governor aims to stay within, before
 // the allowance for goroutine stacks (stackAllowance). The program's text
-// and data (~25-36 MiB) and SQLite's memory (~10-20 MiB; mem18, mem21)
-// come on top. It is high enough that at the steady rates measured the
-// collector keeps GOGC=100's pace most of the time (the limit cuts the live
-// heap's peaks, where the heap would grow to twice them); BENCHMARKS.md,
-// mem15.
-const DefaultMemoryLimit int64 = 96 << 20
+// and data (~25-37 MiB) and SQLite's memory (~8-15 MiB; mem18, mem21,
+// mem22) come on top. It cuts the live heap's peaks, where the heap would
+// grow to twice them, and leaves the collector GOGC=100's pace below them:
+// at 1,000 sends/s the live heap is 35-47 MiB, two thirds of it NATS's
+// file-store write caches (4 MiB buffers, which cost the collector nothing
+// to mark but count in its goal), and the Go runtime's memory would reach
+// ~100 MiB at the peaks. 84 MiB (96 until mem22; mem15) held the process
+// at 134-138 MiB there, under 150 MB, with 6-13% more collections per
+// message (~0.5% of the process's CPU); 80 MiB cost ~10% more
+// collections than 84 (BENCHMARKS.md, mem22).
+const DefaultMemoryLimit int64 = 84 << 20
 
 // SmallMemoryLimit is a --memory-limit for a smaller footprint: at 400-500
 // sends/s the process held 135 MiB of RSS on average, against 170 without
