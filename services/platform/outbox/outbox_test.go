@@ -920,8 +920,22 @@ func TestPostgresProbeSkipsDeletedRows(t *testing.T) {
 	_, err = db.Exec(ctx, `INSERT INTO outbox (id, subject, payload, created_at)
 		SELECT 'id' || g, 's', CAST(repeat('x', 600) AS BYTEA), 0 FROM generate_series(1, 3000) g`)
 	require.NoError(t, err)
-	_, err = db.Exec(ctx, `DELETE FROM outbox WHERE seq < 2995`)
-	require.NoError(t, err)
+	var deleter string
+	var deleted int
+	require.NoError(t, db.QueryRow(ctx, `WITH d AS (DELETE FROM outbox WHERE seq < 2995 RETURNING 1)
+		SELECT CAST(pg_current_xact_id() AS text), count(*) FROM d`).Scan(&deleter, &deleted))
+	require.Equal(t, 2994, deleted)
+	// An index scan marks a deleted row's entry (and later scans skip it)
+	// only once the row is dead to every transaction: none may have begun
+	// before the delete. Other packages' tests use this server at the same
+	// time (CI, Dec 2: one of their transactions left all 260 pages read),
+	// so wait until every session's transaction and snapshot is younger.
+	require.Eventually(t, func() bool {
+		var older int
+		require.NoError(t, db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid()
+			AND (age(backend_xid) >= age(CAST($1 AS xid)) OR age(backend_xmin) >= age(CAST($1 AS xid)))`, deleter).Scan(&older))
+		return older == 0
+	}, 60*time.Second, 20*time.Millisecond, "a transaction older than the delete stayed open")
 	_, err = db.Exec(ctx, `ANALYZE outbox`)
 	require.NoError(t, err)
 	var pages int
