@@ -136,6 +136,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (inst *Instance, er
 	if n, changed := applyGoMaxProcs(cfg.GoMaxProcs); changed {
 		log.Info("go scheduler processors", zap.Int("gomaxprocs", n))
 	}
+	if pace, set := applyGCPercent(cfg.GCPercent, cfg.MemoryLimit > 0 || os.Getenv("GOMEMLIMIT") != ""); set {
+		log.Info("go collector pace", zap.Int("gogc", pace))
+	}
 	var governor *memoryGovernor
 	if cfg.MemoryLimit > 0 {
 		governor = newMemoryGovernor(cfg.MemoryLimit)

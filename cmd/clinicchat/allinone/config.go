@@ -74,6 +74,10 @@ type Config struct {
 	// more (memoryGovernor); 0: leave it to GOMEMLIMIT, if set. The flag's
 	// default is DefaultMemoryLimit unless GOMEMLIMIT is set.
 	MemoryLimit int64
+	// GCPercent is the collector's pace (GOGC); 0: DefaultGCPercent while
+	// a memory limit caps the heap, else Go's default ($GOGC, if set, wins
+	// over 0).
+	GCPercent int
 	// GoMaxProcs is the Go scheduler's processors (runtime.GOMAXPROCS); 0:
 	// the CPUs the runtime sees plus ExtraProcs, unless $GOMAXPROCS is set
 	// (see applyGoMaxProcs).
@@ -118,6 +122,8 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 			c.MemoryLimit = n
 			return err
 		})
+	fs.IntVar(&c.GCPercent, "gogc", 0, fmt.Sprintf("the garbage collector's pace, as GOGC (0: %d while a memory limit caps the heap, "+
+		"else Go's 100; $GOGC, if set, wins over 0)", DefaultGCPercent))
 	fs.IntVar(&c.GoMaxProcs, "gomaxprocs", 0, fmt.Sprintf("Go scheduler processors (0: the CPUs Go sees plus %d, for the goroutines blocked in SQLite's "+
 		"file writes and fsyncs; $GOMAXPROCS, if set, wins over 0)", ExtraProcs))
 	fs.StringVar(&c.AuditWitnessFile, "audit-witness-file", "", "file that witnesses every signed audit checkpoint (default: <data-dir>-witness.jsonl)")
@@ -155,6 +161,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Limits.Validate(); err != nil {
 		problems = append(problems, err)
+	}
+	if c.GCPercent < 0 {
+		problems = append(problems, errors.New("--gogc must not be negative"))
 	}
 	if c.MemoryLimit < 0 {
 		problems = append(problems, errors.New("--memory-limit must not be negative"))
