@@ -64,6 +64,11 @@ type Config struct {
 	// run (not counted), which its patient then marks read: how a send's
 	// cost grows with its thread's length.
 	Prefill int
+	// IdleStreams, when above zero, opens this many /v1/events streams of
+	// staff users of another practice (IdleStreamsPerUser each) before
+	// the run and holds them open, idle, through it: what a send costs
+	// with thousands of unrelated connections open (issue 9).
+	IdleStreams int
 	// ServerPID and MetricsURL, when set, let the run measure the server's
 	// CPU and memory (/proc/<pid>, or process_* series on /metrics).
 	ServerPID  int
@@ -107,6 +112,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MarkReadEvery, "mark-read-every", 10, "each recipient marks its thread read after this many messages (0: never)")
 	fs.DurationVar(&c.Wait, "wait", 30*time.Second, "how long to wait for recipients' streams after the last ack")
 	fs.IntVar(&c.Prefill, "prefill", 0, "messages sent into each thread before the measured run (not counted), then marked read")
+	fs.IntVar(&c.IdleStreams, "idle-streams", 0, fmt.Sprintf("open this many /v1/events streams of staff of another practice (%d per user) before the run and hold them open, idle, through it", IdleStreamsPerUser))
 	fs.IntVar(&c.ServerPID, "server-pid", 0, "the server's process id (same machine): adds its CPU per message and peak RSS")
 	fs.StringVar(&c.MetricsURL, "metrics-url", "", "the server's Prometheus /metrics URL: adds its CPU per message, RSS and database commits per message")
 }
@@ -134,6 +140,9 @@ func (c *Config) Validate() error {
 	}
 	if c.TextBytes < 1 || c.TextBytes > 10000 {
 		errs = append(errs, errors.New("--text-bytes must be 1 to 10000 (SPEC: text up to 10,000 characters)"))
+	}
+	if c.IdleStreams < 0 || c.IdleStreams > MaxIdleStreams {
+		errs = append(errs, fmt.Errorf("--idle-streams must be 0 to %d", MaxIdleStreams))
 	}
 	if c.MarkReadEvery < 0 {
 		errs = append(errs, errors.New("--mark-read-every must not be negative"))
@@ -167,14 +176,17 @@ const (
 // Duplicated a receipt seen twice, Receipts and ReceiptsPerS the receipts
 // seen there (per second of the run up to the last one seen).
 type Result struct {
-	Mode      string  `json:"mode"`
-	Practice  string  `json:"practice"`
-	Transport string  `json:"transport"`
-	Senders   int     `json:"senders"`
-	Attempted int     `json:"attempted"`
-	Acked     int     `json:"acked"`
-	Seconds   float64 `json:"seconds"`
-	SendsPerS float64 `json:"sendsPerSecond"`
+	Mode      string `json:"mode"`
+	Practice  string `json:"practice"`
+	Transport string `json:"transport"`
+	Senders   int    `json:"senders"`
+	// IdleStreams is the other practice's streams held open through the
+	// run (Config.IdleStreams).
+	IdleStreams int     `json:"idleStreams,omitempty"`
+	Attempted   int     `json:"attempted"`
+	Acked       int     `json:"acked"`
+	Seconds     float64 `json:"seconds"`
+	SendsPerS   float64 `json:"sendsPerSecond"`
 	// Ack is send → acknowledgement; Stream is send → the recipient's
 	// stream (message.created read off the SSE connection).
 	Ack    Latency `json:"ack"`
@@ -281,6 +293,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			th.stream.close()
 		}
 	}()
+	idle, err := openIdle(ctx, base, cfg.Practice+"-idle", cfg.IdleStreams)
+	defer closeAll(idle)
+	if err != nil {
+		return nil, err
+	}
 	var sender messageSender = httpSender{}
 	transport := "http"
 	if cfg.GRPCAddr != "" {
@@ -315,7 +332,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	defer srv.stop()
 
-	res := &Result{Mode: ModeSend, Practice: cfg.Practice, Transport: transport, Senders: cfg.Senders, Errors: map[string]int{}}
+	res := &Result{Mode: ModeSend, Practice: cfg.Practice, Transport: transport, Senders: cfg.Senders, IdleStreams: cfg.IdleStreams, Errors: map[string]int{}}
 	var (
 		mu   sync.Mutex
 		acks []time.Duration

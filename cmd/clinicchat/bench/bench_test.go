@@ -3,7 +3,11 @@ package bench_test
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -125,4 +129,53 @@ func startAllInOne(t *testing.T) *allinone.Instance {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = in.Stop() })
 	return in
+}
+
+// sseClients is the gateway's open /v1/events streams (its
+// clinicchat_gateway_sse_clients gauge, summed).
+func sseClients(t *testing.T, metricsURL string) int {
+	t.Helper()
+	resp, err := http.Get(metricsURL)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	n := 0.0
+	for _, line := range strings.Split(string(body), "\n") {
+		if name, rest, ok := strings.Cut(line, " "); ok && (name == "clinicchat_gateway_sse_clients" || strings.HasPrefix(name, "clinicchat_gateway_sse_clients{")) {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			require.NoError(t, err)
+			n += v
+		}
+	}
+	return int(n)
+}
+
+// TestBenchHoldsIdleStreamsOpen: --idle-streams opens that many streams of
+// another practice's staff before the run and holds them through it (the
+// gateway counts them while the sends go on), and closes them after.
+func TestBenchHoldsIdleStreamsOpen(t *testing.T) {
+	in := startAllInOne(t)
+	metrics := "http://" + in.HTTPAddr + "/metrics"
+	const senders, idle = 2, 12 // three users: 5, 5 and 2 streams
+	during := -1
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := bench.Run(ctx, bench.Config{HTTPURL: "http://" + in.HTTPAddr, GRPCAddr: in.GRPCAddr, Senders: senders,
+		Messages: 20, TextBytes: 64, Wait: time.Minute, IdleStreams: idle,
+		Progress: func(sent, _ int) {
+			if sent == 1 {
+				during = sseClients(t, metrics)
+			}
+		}})
+	require.NoError(t, err)
+	var out bytes.Buffer
+	res.WriteText(&out)
+	require.Contains(t, out.String(), "idle streams  12 of another practice's staff")
+	require.Equal(t, idle, res.IdleStreams)
+	require.False(t, res.Failed())
+	require.Zero(t, res.Lost)
+	require.Equal(t, senders+idle, during, "the recipients' streams and the idle ones, open while the sends go on")
+	require.Eventually(t, func() bool { return sseClients(t, metrics) == 0 }, 30*time.Second, 10*time.Millisecond,
+		"every stream closed after the run")
 }

@@ -44,7 +44,7 @@ func runReads(ctx context.Context, cfg Config, threads []*thread, marker readMar
 			marker = rm
 		}
 	}
-	res := &Result{Mode: ModeRead, Practice: cfg.Practice, Transport: transport, Senders: cfg.Senders, Errors: map[string]int{}}
+	res := &Result{Mode: ModeRead, Practice: cfg.Practice, Transport: transport, Senders: cfg.Senders, IdleStreams: cfg.IdleStreams, Errors: map[string]int{}}
 	var (
 		mu      sync.Mutex
 		acks    []time.Duration

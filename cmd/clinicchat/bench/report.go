@@ -40,6 +40,7 @@ func (r *Result) WriteText(w io.Writer) {
 		return
 	}
 	fmt.Fprintf(w, "clinicchat bench: %d senders over %s, practice %s\n", r.Senders, r.Transport, r.Practice)
+	r.writeIdle(w)
 	fmt.Fprintf(w, "  sends         %d acknowledged of %d in %.2fs: %.0f sends/s\n", r.Acked, r.Attempted, r.Seconds, r.SendsPerS)
 	fmt.Fprintf(w, "  send → ack    p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms\n", r.Ack.P50, r.Ack.P95, r.Ack.P99, r.Ack.Max)
 	fmt.Fprintf(w, "  send → stream p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms (%d seen)\n",
@@ -55,6 +56,7 @@ func (r *Result) WriteText(w io.Writer) {
 // writeReadText prints a read-mode result.
 func (r *Result) writeReadText(w io.Writer) {
 	fmt.Fprintf(w, "clinicchat bench: read receipts, %d threads over %s, practice %s\n", r.Senders, r.Transport, r.Practice)
+	r.writeIdle(w)
 	fmt.Fprintf(w, "  markRead         %d acknowledged of %d in %.2fs: %.0f/s\n", r.Acked, r.Attempted, r.Seconds, r.SendsPerS)
 	fmt.Fprintf(w, "  receipts         %d on the senders' streams, %.0f/s\n", r.Receipts, r.ReceiptsPerS)
 	fmt.Fprintf(w, "  markRead → ack    p50 %.2f  p95 %.2f  p99 %.2f  max %.2f ms\n", r.Ack.P50, r.Ack.P95, r.Ack.P99, r.Ack.Max)
@@ -126,5 +128,12 @@ func (p *progressBar) update(sent, total int) {
 	fmt.Fprintf(p.w, "\r[%s%s] %d/%d", strings.Repeat("#", n), strings.Repeat(".", width-n), sent, total)
 	if sent >= total {
 		fmt.Fprintln(p.w)
+	}
+}
+
+// writeIdle says how many idle streams of another practice were open.
+func (r *Result) writeIdle(w io.Writer) {
+	if r.IdleStreams > 0 {
+		fmt.Fprintf(w, "  idle streams  %d of another practice's staff, open through the run\n", r.IdleStreams)
 	}
 }
