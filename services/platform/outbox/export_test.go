@@ -69,3 +69,7 @@ func HandedOff(r *Relay) uint64 {
 
 // SetNoBatches makes r send every row on its own (no fast batches).
 func SetNoBatches(r *Relay, on bool) { r.noBatches = on }
+
+// Lingering reports whether r's Run waits for a wake-up holding the
+// PostgreSQL outbox lock, between rounds.
+func Lingering(r *Relay) bool { return r.lingering.Load() }

@@ -318,6 +318,9 @@ type Relay struct {
 	deletes              chan int64
 	// publishedMark is published, for the backlog metric (read at scrape).
 	publishedMark atomic.Int64
+	// lingering: Run waits, holding the PostgreSQL outbox lock, for a
+	// wake-up (no round, no statement in flight; tests).
+	lingering atomic.Bool
 
 	stats relayStats
 
@@ -443,6 +446,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			// without one, a last round deletes what the previous one
 			// published and takes the other replicas' rows.
 			linger.Reset(r.linger())
+			r.lingering.Store(true)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -452,6 +456,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			case <-linger.C:
 				lingered = true
 			}
+			r.lingering.Store(false)
 			continue
 		}
 		lingered = false
