@@ -76,6 +76,13 @@ func Decode(payload []byte, fallback time.Time) (domain.Entry, error) {
 	if e, ok := readEntry(payload, fallback); ok {
 		return e, nil
 	}
+	return decodeUnmarshalled(payload, fallback)
+}
+
+// decodeUnmarshalled is Decode by unmarshalling the envelope (unknown
+// fields discarded): any shape readEntry does not take, and the reading
+// readEntry is held to.
+func decodeUnmarshalled(payload []byte, fallback time.Time) (domain.Entry, error) {
 	var env typev1.EventEnvelope
 	if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(payload, &env); err != nil {
 		return domain.Entry{}, ErrUndecodable

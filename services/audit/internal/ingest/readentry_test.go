@@ -12,35 +12,7 @@ import (
 
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
-	"github.com/clinicchat/clinicchat/services/audit/internal/domain"
-	"github.com/clinicchat/clinicchat/services/platform/ids"
 )
-
-// decodeByUnmarshal is Decode as it was before readEntry: the envelope
-// unmarshalled, unknown fields discarded.
-func decodeByUnmarshal(payload []byte, fallback time.Time) (domain.Entry, error) {
-	var env typev1.EventEnvelope
-	if err := (proto.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(payload, &env); err != nil {
-		return domain.Entry{}, ErrUndecodable
-	}
-	m := env.GetMeta()
-	if m == nil {
-		return domain.Entry{}, ErrNoMeta
-	}
-	if !ids.Valid(m.GetId()) || m.GetPractice() == "" || m.GetAction() == "" {
-		return domain.Entry{}, ErrBadMeta
-	}
-	e := domain.Entry{EventID: m.GetId(), Time: fallback, Practice: m.GetPractice(), Actor: m.GetActor(),
-		ActorRole: m.GetActorRole(), Action: m.GetAction(), Resource: m.GetResource(), Outcome: domain.OutcomeAllowed,
-		Detail: m.GetDetail()}
-	if m.GetTime() != nil && m.GetTime().IsValid() {
-		e.Time = m.GetTime().AsTime()
-	}
-	if m.GetOutcome() == typev1.EventMeta_DENIED {
-		e.Outcome = domain.OutcomeDenied
-	}
-	return e.Normalize(), nil
-}
 
 var readFallback = time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
 
@@ -91,7 +63,7 @@ func FuzzReadEntry(f *testing.F) {
 		if !ok {
 			return
 		}
-		want, err := decodeByUnmarshal(data, readFallback)
+		want, err := decodeUnmarshalled(data, readFallback)
 		if err != nil || got != want {
 			t.Fatalf("read %+v; unmarshalled %+v, %v", got, want, err)
 		}
@@ -104,7 +76,7 @@ func FuzzReadEntry(f *testing.F) {
 func TestReadEntry(t *testing.T) {
 	evs := entryEvents(t)
 	for i, data := range evs {
-		want, wantErr := decodeByUnmarshal(data, readFallback)
+		want, wantErr := decodeUnmarshalled(data, readFallback)
 		got, err := Decode(data, readFallback)
 		if !errors.Is(err, wantErr) || got != want {
 			t.Errorf("event %d: decoded %+v, %v; unmarshalled %+v, %v", i, got, err, want, wantErr)
@@ -115,7 +87,7 @@ func TestReadEntry(t *testing.T) {
 		}
 	}
 	read := testing.AllocsPerRun(100, func() { _, _ = readEntry(evs[0], readFallback) })
-	unmarshalled := testing.AllocsPerRun(100, func() { _, _ = decodeByUnmarshal(evs[0], readFallback) })
+	unmarshalled := testing.AllocsPerRun(100, func() { _, _ = decodeUnmarshalled(evs[0], readFallback) })
 	t.Logf("allocations: %v read, %v unmarshalled", read, unmarshalled)
 	if read > 4 {
 		t.Errorf("readEntry: %v allocations, want at most 4 (id, practice, actor, resource)", read)

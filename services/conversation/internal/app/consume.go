@@ -57,6 +57,13 @@ func decodeMessageCreated(data []byte) (domain.MessageApplied, error) {
 	if d, ok := readMessageCreated(data); ok {
 		return d, nil
 	}
+	return unmarshalMessageCreated(data)
+}
+
+// unmarshalMessageCreated is decodeMessageCreated by unmarshalling the
+// event (without its meta when SplitMeta reads it): any shape
+// readMessageCreated does not take, and the reading it is held to.
+func unmarshalMessageCreated(data []byte) (domain.MessageApplied, error) {
 	var e deliveryv1.MessageCreated
 	head, err := eventwire.Unmarshal(data, &e, "")
 	if err != nil {

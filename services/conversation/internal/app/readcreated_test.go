@@ -12,30 +12,7 @@ import (
 	artifactv1 "github.com/clinicchat/clinicchat/proto/clinicchat/artifact/v1"
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	typev1 "github.com/clinicchat/clinicchat/proto/clinicchat/type/v1"
-	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
-	"github.com/clinicchat/clinicchat/services/platform/eventwire"
-	"github.com/clinicchat/clinicchat/services/platform/ids"
-	"github.com/clinicchat/clinicchat/services/platform/policy/messageview"
 )
-
-// decodeByUnmarshal is decodeMessageCreated as it was before
-// readMessageCreated: the event unmarshalled (without its meta when
-// SplitMeta reads it). ok is false where it returns poison.
-func decodeByUnmarshal(data []byte) (domain.MessageApplied, bool) {
-	var e deliveryv1.MessageCreated
-	head, err := eventwire.Unmarshal(data, &e, "")
-	if err != nil {
-		return domain.MessageApplied{}, false
-	}
-	msg := e.GetMessage()
-	p, ok := ids.Parse(msg.GetName(), "conversations", "messages")
-	if !ok || head.Practice == "" {
-		return domain.MessageApplied{}, false
-	}
-	return domain.MessageApplied{Practice: head.Practice, ConversationID: p[0], Seq: int64(msg.GetSeq()),
-		FromPatient: msg.GetSenderRole() == "patient", Sender: msg.GetSender(), Time: msg.GetCreateTime().AsTime(),
-		Preview: messageview.Preview(msg)}, true
-}
 
 func createdEvents(t testing.TB) [][]byte {
 	at := time.Date(2026, 12, 2, 6, 0, 0, 123456789, time.UTC)
@@ -105,7 +82,8 @@ func FuzzReadMessageCreated(f *testing.F) {
 		if !ok {
 			return
 		}
-		want, wantOK := decodeByUnmarshal(data)
+		want, wantErr := unmarshalMessageCreated(data)
+		wantOK := wantErr == nil
 		if !wantOK || got != want {
 			t.Fatalf("read %+v; unmarshalled %+v (ok %v)", got, want, wantOK)
 		}
@@ -118,7 +96,8 @@ func FuzzReadMessageCreated(f *testing.F) {
 func TestReadMessageCreated(t *testing.T) {
 	evs := createdEvents(t)
 	for i, data := range evs {
-		want, wantOK := decodeByUnmarshal(data)
+		want, wantErr := unmarshalMessageCreated(data)
+		wantOK := wantErr == nil
 		got, err := decodeMessageCreated(data)
 		if wantOK != (err == nil) || (wantOK && got != want) {
 			t.Errorf("event %d: decoded %+v, %v; unmarshalled %+v (ok %v)", i, got, err, want, wantOK)
@@ -129,7 +108,7 @@ func TestReadMessageCreated(t *testing.T) {
 		}
 	}
 	read := testing.AllocsPerRun(100, func() { _, _ = readMessageCreated(evs[0]) })
-	unmarshalled := testing.AllocsPerRun(100, func() { _, _ = decodeByUnmarshal(evs[0]) })
+	unmarshalled := testing.AllocsPerRun(100, func() { _, _ = unmarshalMessageCreated(evs[0]) })
 	t.Logf("allocations: %v read, %v unmarshalled", read, unmarshalled)
 	if read > 5 {
 		t.Errorf("readMessageCreated: %v allocations, want at most 5", read)
