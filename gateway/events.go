@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -88,6 +89,14 @@ type eventStream struct {
 	// md carries the caller's token on the stream's upstream calls
 	// (streamToken).
 	md metadata.MD
+	// registered and counted: open registered the stream with the hub and
+	// counted it in sseClients (shut undoes them).
+	registered, counted bool
+	// A parked stream's (startParked): its cursor between its goroutines,
+	// and what ends it, once.
+	cur      cursor
+	finish   func()
+	finished bool
 }
 
 // events serves GET /v1/events as Server-Sent Events (SPEC.md section 3).
@@ -160,6 +169,11 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 		// From here the connection is the stream's own: served by one fresh
 		// goroutine (small stack), and this handler returns.
 		st.raw = hs
+		if hs.poller != nil {
+			// Served by goroutines only while it has something to do.
+			go st.startParked(end, resume)
+			return
+		}
 		go func() {
 			defer end()
 			defer hs.close()
@@ -190,6 +204,28 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ map[string]str
 // serve runs an accepted stream: registered with the hub, the hello,
 // the catch-up of a resume, then the live events until the stream ends.
 func (st *eventStream) serve(ctx context.Context, sw *sseWriter, resume *cursor) {
+	defer st.shut()
+	if cur, ok := st.open(ctx, sw, resume); ok {
+		st.run(ctx, sw, cur)
+	}
+}
+
+// shut undoes what open did.
+func (st *eventStream) shut() {
+	if st.counted {
+		st.s.metrics.sseClients.Dec()
+	}
+	if st.registered {
+		st.s.hub.unregister(st.c)
+	}
+	if st.marks != nil {
+		st.marks.wait()
+	}
+}
+
+// open registers the stream with the hub and writes the hello and the
+// catch-up of a resume: false when the stream ends there. shut undoes it.
+func (st *eventStream) open(ctx context.Context, sw *sseWriter, resume *cursor) (cursor, bool) {
 	s, id := st.s, st.id
 	sw.writes = s.metrics.sseWrites
 	st.c = newConn(s.hub, id, s.cfg.EventBuffer)
@@ -198,16 +234,15 @@ func (st *eventStream) serve(ctx context.Context, sw *sseWriter, resume *cursor)
 	}
 	st.md = streamToken(id)
 	st.marks = newDeliveryMarks(func(conv string, seq int64) { s.markDelivered(id, st.md, conv, seq) })
-	defer st.marks.wait()
 	// Registered first: from here every event after pos reaches the queue.
 	pos := s.hub.register(st.c)
-	defer s.hub.unregister(st.c)
+	st.registered = true
 	if st.raw == nil {
 		sw.start() // a taken-over connection's head goes out with the hello
 	}
 
 	s.metrics.sseClients.Inc()
-	defer s.metrics.sseClients.Dec()
+	st.counted = true
 	s.log.Debug("event stream open", zap.String(logkeys.Practice, id.Practice), zap.String(logkeys.Actor, id.Principal()),
 		zap.Bool("resumed", resume != nil))
 	cur := pos
@@ -215,7 +250,7 @@ func (st *eventStream) serve(ctx context.Context, sw *sseWriter, resume *cursor)
 		cur = *resume
 	}
 	if err := sw.hello(cur); err != nil {
-		return
+		return cur, false
 	}
 	if resume != nil {
 		// Catch up to where the hub's live events begin for this stream.
@@ -247,7 +282,7 @@ func (st *eventStream) serve(ctx context.Context, sw *sseWriter, resume *cursor)
 				if ctx.Err() == nil {
 					s.log.Warn("event stream: catch-up", zap.Error(err))
 				}
-				return
+				return cur, false
 			}
 		}
 		// Everything up to pos visible to the caller is written; live
@@ -257,7 +292,7 @@ func (st *eventStream) serve(ctx context.Context, sw *sseWriter, resume *cursor)
 		}
 		cur.c = max(cur.c, pos.c)
 	}
-	st.run(ctx, sw, cur)
+	return cur, true
 }
 
 // trackStream counts a new event stream unless shutdown has begun.
@@ -293,7 +328,6 @@ func (s *Server) streamHeads(ctx context.Context) ([2]jetstream.StreamState, err
 // run writes queued events until the client leaves, the token expires, the
 // gateway shuts down, or the client falls too far behind.
 func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
-	s := st.s
 	var expired <-chan time.Time
 	if !st.id.Expiry.IsZero() {
 		if st.raw != nil {
@@ -306,33 +340,7 @@ func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
 		}
 	}
 	for {
-		// Write everything queued before waiting again, in one write per
-		// batch (several writes only past sseFlushAt bytes).
-		for {
-			e, overflowed := st.c.pop()
-			if overflowed {
-				if st.flush(sw) == nil {
-					st.tooFarBehind(sw)
-				}
-				return
-			}
-			if e == nil {
-				break
-			}
-			if cur.covers(e) {
-				continue // already written (a resume cursor ahead of the hub)
-			}
-			cur = cur.after(e)
-			if err := st.write(ctx, sw, e, cur); err != nil {
-				return
-			}
-			if sw.full() {
-				if err := st.flush(sw); err != nil {
-					return
-				}
-			}
-		}
-		if err := st.flush(sw); err != nil {
+		if !st.drain(ctx, sw, &cur) {
 			return
 		}
 		switch st.wait(ctx, expired) {
@@ -343,26 +351,158 @@ func (st *eventStream) run(ctx context.Context, sw *sseWriter, cur cursor) {
 			return
 		case waitWoken:
 			// Events, overflow, or the keep-alive wheel (keepalive.go).
-			if !st.c.takePing() {
-				continue
-			}
-			// Idle: move the cursor past events this caller does not see, so
-			// a later resume starts close to the head. The hub's position is
-			// read first: every event up to it is in the queue or written.
-			pos := s.hub.position()
-			moved := false
-			if st.c.idle() {
-				if pos.d > cur.d || (pos.d == cur.d && cur.dk != 0) {
-					cur.d, cur.dk, moved = pos.d, 0, true
-				}
-				if pos.c > cur.c {
-					cur.c, moved = pos.c, true
-				}
-			}
-			if err := sw.ping(cur, moved); err != nil {
+			if !st.woken(sw, &cur) {
 				return
 			}
 		}
+	}
+}
+
+// drain writes everything queued, in one write per batch (several writes
+// only past sseFlushAt bytes): false when the stream ends (its client
+// fell too far behind, or its connection failed).
+func (st *eventStream) drain(ctx context.Context, sw *sseWriter, cur *cursor) bool {
+	for {
+		e, overflowed := st.c.pop()
+		if overflowed {
+			if st.flush(sw) == nil {
+				st.tooFarBehind(sw)
+			}
+			return false
+		}
+		if e == nil {
+			break
+		}
+		if cur.covers(e) {
+			continue // already written (a resume cursor ahead of the hub)
+		}
+		*cur = cur.after(e)
+		if err := st.write(ctx, sw, e, *cur); err != nil {
+			return false
+		}
+		if sw.full() {
+			if err := st.flush(sw); err != nil {
+				return false
+			}
+		}
+	}
+	return st.flush(sw) == nil
+}
+
+// woken writes a keep-alive if one is due: false when the connection failed.
+func (st *eventStream) woken(sw *sseWriter, cur *cursor) bool {
+	if !st.c.takePing() {
+		return true
+	}
+	// Idle: move the cursor past events this caller does not see, so a
+	// later resume starts close to the head. The hub's position is read
+	// first: every event up to it is in the queue or written.
+	pos := st.s.hub.position()
+	moved := false
+	if st.c.idle() {
+		if pos.d > cur.d || (pos.d == cur.d && cur.dk != 0) {
+			cur.d, cur.dk, moved = pos.d, 0, true
+		}
+		if pos.c > cur.c {
+			cur.c, moved = pos.c, true
+		}
+	}
+	return sw.ping(*cur, moved) == nil
+}
+
+// parkingStreams counts the process's open streams that park while idle
+// (startParked).
+var parkingStreams atomic.Int64
+
+// ParkingStreams is how many event streams of this process's gateways are
+// open and park while idle (hijack.go): they hold no goroutine stack, but
+// their heap (~2.6 KiB each while idle; BENCHMARKS.md, idle23), which a
+// memory governor may allow for as it does for stacks.
+func ParkingStreams() int64 { return parkingStreams.Load() }
+
+// startParked serves a stream on a taken-over connection that parks in
+// the idle poller while it has nothing to do (hijack.go): from here it is
+// served by a goroutine only while it writes or looks.
+func (st *eventStream) startParked(end func(), resume *cursor) {
+	hs := st.raw
+	ctx, cancel := context.WithCancel(context.Background())
+	var expiry *time.Timer
+	st.finish = func() {
+		if st.finished {
+			return
+		}
+		st.finished = true
+		parkingStreams.Add(-1)
+		if expiry != nil {
+			expiry.Stop()
+		}
+		cancel()
+		st.shut()
+		hs.close()
+		end()
+	}
+	hs.resume = func() { st.step(ctx) }
+	parkingStreams.Add(1)
+	defer st.recoverParked()
+	cur, ok := st.open(ctx, hs.sw, resume)
+	if !ok {
+		st.finish()
+		return
+	}
+	st.cur = cur
+	if !st.id.Expiry.IsZero() {
+		expiry = time.AfterFunc(time.Until(st.id.Expiry), hs.expire)
+	}
+	st.step(ctx)
+}
+
+// step writes what is queued and what is due, then parks the stream, or
+// ends it. One goroutine at a time runs it (hijackedStream.state).
+func (st *eventStream) step(ctx context.Context) {
+	defer st.recoverParked()
+	hs, sw := st.raw, st.raw.sw
+	for {
+		if !st.drain(ctx, sw, &st.cur) {
+			st.finish()
+			return
+		}
+		out, ok := hs.look(st)
+		if !ok {
+			parked, err := hs.park()
+			if err != nil {
+				st.s.log.Warn("event stream: park the idle stream", zap.Error(err))
+				st.finish()
+				return
+			}
+			if parked {
+				return // st belongs to the next wake's goroutine
+			}
+			continue
+		}
+		switch out {
+		case waitEnd:
+			st.finish()
+			return
+		case waitExpired:
+			_ = sw.comment("token expired; sign in again")
+			st.finish()
+			return
+		case waitWoken:
+			if !st.woken(sw, &st.cur) {
+				st.finish()
+				return
+			}
+		}
+	}
+}
+
+// recoverParked, as net/http would: a panic ends this stream, not the
+// process.
+func (st *eventStream) recoverParked() {
+	if p := recover(); p != nil {
+		st.s.log.Error("panic", zap.String(logkeys.ErrorID, ids.New()), zap.String("route", routeEvents),
+			zap.Any("panic", p), zap.Stack("stack"))
+		st.finish()
 	}
 }
 

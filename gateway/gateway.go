@@ -219,6 +219,9 @@ type Server struct {
 	// noHijack (tests) keeps every stream on net/http.
 	raw      rawConns
 	noHijack bool
+	// noIdlePoll (tests) keeps an idle taken-over stream's goroutine,
+	// waiting in a read, as on other OSes than Linux.
+	noIdlePoll bool
 	// noHotPath (tests) sends sends and markReads to grpc-gateway's
 	// generated handlers too (hotpath.go).
 	noHotPath atomic.Bool

@@ -65,6 +65,8 @@ type harness struct {
 	// tls serves HTTPS (HTTP/2 too when http2); noHijack keeps event
 	// streams on net/http.
 	tls, http2, noHijack bool
+	// noIdlePoll keeps idle taken-over streams waiting in a read (hijack.go).
+	noIdlePoll bool
 }
 
 type harnessOption func(h *harness, c *Config, d *Deps)
@@ -119,6 +121,7 @@ func newHarnessOn(t testing.TB, from *harness, opts ...harnessOption) *harness {
 	require.NoError(t, err)
 	h.gw.onOverflow = h.overflowHook
 	h.gw.noHijack = h.noHijack
+	h.gw.noIdlePoll = h.noIdlePoll
 	h.srv = httptest.NewUnstartedServer(h.gw.Handler())
 	if h.httpServer != nil {
 		h.httpServer(h.srv.Config)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -23,6 +24,14 @@ import (
 // stream ends at once, as with net/http's background read) or when the
 // stream is woken (events, keep-alive, token expiry, shutdown) by a read
 // deadline in the past. HTTP/2 cannot be taken over and stays on net/http.
+//
+// On Linux an idle stream holds no goroutine at all: once it has written
+// what is queued it parks, its socket armed in the idle poller's epoll set
+// (idlepoll_linux.go), and its goroutine returns. A wake (events,
+// keep-alive, token expiry, shutdown) or the client sending something or
+// hanging up starts a goroutine that looks (without waiting: a hang-up ends
+// the stream at once), writes, and parks again. Thousands of idle streams
+// then cost the collector no stacks to scan (BENCHMARKS.md, idle23).
 
 // errNoHijack says the stream stays on net/http (HTTP/2, or turned off).
 var errNoHijack = errors.New("event stream not taken over")
@@ -38,7 +47,27 @@ type hijackedStream struct {
 	sw      *sseWriter
 	expired atomic.Bool
 	b       [1]byte // the wait's read
+
+	// The idle poller's (nil: the stream waits in a read, wait):
+	poller *idlePoller
+	rc     syscall.RawConn
+	fd     int32
+	polled bool // in the poller's set; only the running goroutine uses it
+	// state is hsRunning, hsPending or hsParked.
+	state atomic.Int32
+	// resume runs the stream again once woken while parked, on a new
+	// goroutine.
+	resume func()
 }
+
+// A parked stream's states: running (a goroutine serves it), pending
+// (running, and woken since it last looked: it looks again before it
+// parks), parked (no goroutine; the next wake starts one).
+const (
+	hsRunning int32 = iota
+	hsPending
+	hsParked
+)
 
 // hijackStream takes the connection of an accepted HTTP/1.1 event stream
 // over and prepares the head every stream response carries: the headers
@@ -74,7 +103,16 @@ func (s *Server) hijackStream(w http.ResponseWriter, r *http.Request) (*hijacked
 	// Whatever the client sent after its request (it should send nothing)
 	// is left unread in net/http's buffer, which goes with it.
 	hs := &hijackedStream{s: s, conn: c, sw: newRawSSEWriter(c, head.Bytes(), &s.sseBufs)}
-	s.raw.add(c)
+	if sc, ok := c.(syscall.Conn); ok && idlePollSupported && !s.noIdlePoll {
+		if p, err := theIdlePoller(); err == nil {
+			if rc, err := sc.SyscallConn(); err == nil {
+				if fd, err := socketFD(rc); err == nil {
+					hs.poller, hs.rc, hs.fd = p, rc, fd
+				}
+			}
+		}
+	}
+	s.raw.add(c, hs)
 	return hs, nil
 }
 
@@ -101,8 +139,62 @@ func (hs *hijackedStream) wait(st *eventStream) waitOutcome {
 	}
 }
 
-// wake makes the stream's wait look again.
-func (hs *hijackedStream) wake() { _ = hs.conn.SetReadDeadline(aLongTimeAgo) }
+// look is wait without waiting, for a stream that parks: false when there
+// is nothing to do.
+func (hs *hijackedStream) look(st *eventStream) (waitOutcome, bool) {
+	select {
+	case <-hs.s.closing:
+		return waitEnd, true
+	case <-st.c.wake:
+		return waitWoken, true
+	default:
+	}
+	if hs.expired.Load() {
+		return waitExpired, true
+	}
+	if peekClosed(hs.rc) {
+		return waitEnd, true
+	}
+	return 0, false
+}
+
+// park arms the stream's socket in the idle poller and lets its goroutine
+// go: true when parked (the caller returns and touches the stream no
+// more), false when it was woken since it last looked (it looks again).
+func (hs *hijackedStream) park() (bool, error) {
+	if err := hs.poller.arm(hs); err != nil {
+		return false, err
+	}
+	if hs.state.CompareAndSwap(hsRunning, hsParked) {
+		return true, nil
+	}
+	hs.state.Store(hsRunning) // it was hsPending
+	return false, nil
+}
+
+// wake makes the stream look again: its wait's read fails at once, or,
+// parked, a goroutine resumes it.
+func (hs *hijackedStream) wake() {
+	if hs.poller == nil {
+		_ = hs.conn.SetReadDeadline(aLongTimeAgo)
+		return
+	}
+	for {
+		switch hs.state.Load() {
+		case hsRunning:
+			if hs.state.CompareAndSwap(hsRunning, hsPending) {
+				return
+			}
+		case hsPending:
+			return
+		case hsParked:
+			if hs.state.CompareAndSwap(hsParked, hsRunning) {
+				go hs.resume()
+				return
+			}
+		}
+	}
+}
 
 // expire ends the stream: the caller's token expired.
 func (hs *hijackedStream) expire() {
@@ -112,6 +204,9 @@ func (hs *hijackedStream) expire() {
 
 // close ends the connection once the stream has finished.
 func (hs *hijackedStream) close() {
+	if hs.poller != nil {
+		hs.poller.remove(hs)
+	}
 	hs.s.raw.remove(hs.conn)
 	_ = hs.conn.Close()
 }
@@ -121,12 +216,12 @@ func (hs *hijackedStream) close() {
 // streams outlive its deadline.
 type rawConns struct {
 	mu     sync.Mutex
-	m      map[net.Conn]struct{}
+	m      map[net.Conn]*hijackedStream
 	closed bool
 }
 
-// add tracks c; closed at once if closeAll ran.
-func (rc *rawConns) add(c net.Conn) {
+// add tracks c, hs's connection; closed at once if closeAll ran.
+func (rc *rawConns) add(c net.Conn, hs *hijackedStream) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	if rc.closed {
@@ -134,9 +229,9 @@ func (rc *rawConns) add(c net.Conn) {
 		return
 	}
 	if rc.m == nil {
-		rc.m = map[net.Conn]struct{}{}
+		rc.m = map[net.Conn]*hijackedStream{}
 	}
-	rc.m[c] = struct{}{}
+	rc.m[c] = hs
 }
 
 func (rc *rawConns) remove(c net.Conn) {
@@ -149,8 +244,8 @@ func (rc *rawConns) remove(c net.Conn) {
 func (rc *rawConns) wakeAll() {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	for c := range rc.m {
-		_ = c.SetReadDeadline(aLongTimeAgo)
+	for _, hs := range rc.m {
+		hs.wake()
 	}
 }
 

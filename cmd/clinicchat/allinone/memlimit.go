@@ -5,6 +5,8 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
+
+	"github.com/clinicchat/clinicchat/gateway"
 )
 
 // DefaultMemoryLimit is --memory-limit's default: the Go runtime's memory
@@ -40,6 +42,14 @@ const SmallMemoryLimit int64 = 80 << 20
 // target by little.
 const stackAllowance = 3
 
+// parkedStreamBytes is what the governor counts as stacks for each event
+// stream that holds no goroutine while idle (gateway.ParkingStreams; on
+// Linux, every HTTP/1.1 stream): about what its goroutine's stack was
+// (~2.6 KiB of heap while idle, and the buffers it is lent while it
+// writes), so thousands of idle streams still do not make the collector
+// run more often (BENCHMARKS.md, idle23).
+const parkedStreamBytes = 4 << 10
+
 // minHeadroom is the least the memory governor leaves the collector to
 // allocate into between cycles, as a fraction of its scan work (the live
 // heap, goroutine stacks and globals, as GOGC counts them): the limit it
@@ -63,8 +73,11 @@ type memoryGovernor struct {
 	target  int64
 	samples []metrics.Sample
 	// set is debug.SetMemoryLimit (a test may watch it).
-	set  func(int64) int64
-	last int64
+	set func(int64) int64
+	// parked is how many event streams park while idle
+	// (gateway.ParkingStreams; a test may set it).
+	parked func() int64
+	last   int64
 }
 
 const (
@@ -80,7 +93,7 @@ const (
 )
 
 func newMemoryGovernor(target int64) *memoryGovernor {
-	g := &memoryGovernor{target: target, set: debug.SetMemoryLimit}
+	g := &memoryGovernor{target: target, set: debug.SetMemoryLimit, parked: gateway.ParkingStreams}
 	for _, n := range []string{mLive, mTotal, mObjects, mUnused, mFree, mReleased, mStacks, mGlobals, mStackMem} {
 		g.samples = append(g.samples, metrics.Sample{Name: n})
 	}
@@ -110,7 +123,8 @@ func (g *memoryGovernor) update() int64 {
 	if v[mTotal] > heap {
 		nonHeap = v[mTotal] - heap
 	}
-	limit := g.limitFor(v[mLive], v[mLive]+v[mStacks]+v[mGlobals], nonHeap, v[mStackMem])
+	stacks := v[mStackMem] + uint64(max(0, g.parked()))*parkedStreamBytes
+	limit := g.limitFor(v[mLive], v[mLive]+v[mStacks]+v[mGlobals], nonHeap, stacks)
 	if limit != g.last {
 		g.set(limit)
 		g.last = limit
