@@ -59,6 +59,19 @@ func TestMemoryGovernorUpdateSetsTheRuntimesLimit(t *testing.T) {
 	require.GreaterOrEqual(t, g.update(), int64(1<<40), "a target above what the heap needs is the limit, with the stacks' allowance")
 }
 
+// Event streams that park while idle (no goroutine, no stack) raise the
+// limit as their stacks did: parkedStreamBytes each, stackAllowance times.
+func TestMemoryGovernorAllowsForParkedStreams(t *testing.T) {
+	prev := debug.SetMemoryLimit(-1)
+	t.Cleanup(func() { debug.SetMemoryLimit(prev) })
+	var parked int64
+	g := newMemoryGovernor(1 << 40)
+	g.parked = func() int64 { return parked }
+	none := g.update()
+	parked = 5000
+	require.Equal(t, none+stackAllowance*5000*parkedStreamBytes, g.update())
+}
+
 // Without --memory-limit the all-in-one governs DefaultMemoryLimit unless
 // GOMEMLIMIT is set (then the runtime's, fixed); a limit given is governed
 // (memoryGovernor), and --memory-limit 0 is none.
