@@ -489,7 +489,9 @@ func markColumn(to domain.Status) string {
 // practice: each lookup then read every message of the practice (up to
 // 8,954 rows removed by the filter per lookup in the distributed bench,
 // BENCHMARKS.md relay23); the ORDER BY costs that index a sort, so the
-// primary key wins (TestReceiptPlansUseThePrimaryKey). Two concurrent batches (replicas, the read consumer against the
+// primary key wins; the UPDATE's lookup has, beside its equalities, the
+// same key as a row comparison (implied by them: no row changes), which
+// only the primary key can search by (TestReceiptPlansUseThePrimaryKey). Two concurrent batches (replicas, the read consumer against the
 // delivered receipts) touching the same threads take their locks in one
 // order and so wait for each other, never deadlock
 // (TestConcurrentBatchesDoNotDeadlock). After a wait, FOR UPDATE rechecks
@@ -603,7 +605,8 @@ func advanceSQL(to domain.Status) string {
 				read_seq = GREATEST(receipt_marks.read_seq, EXCLUDED.read_seq))
 		UPDATE messages m SET ` + setClause + `
 		FROM locked l
-		WHERE m.practice = l.practice AND m.conversation_id = l.conversation_id AND m.seq = l.seq AND m.status < ` + status + `
+		WHERE m.practice = l.practice AND m.conversation_id = l.conversation_id AND m.seq = l.seq
+			AND (m.practice, m.conversation_id, m.seq) >= (l.practice, l.conversation_id, l.seq) AND m.status < ` + status + `
 		RETURNING ` + qualified("m", columns) + `, l.ord`
 }
 
