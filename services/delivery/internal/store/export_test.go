@@ -26,3 +26,12 @@ func RaiseMarksSQL(n int) string { return raiseMarksSQL[n] }
 // ReceiptsWaiting is the number of receipt writes waiting for another's
 // commit (PostgreSQL).
 func ReceiptsWaiting(s *Store) int { return int(s.receiptsWaiting.Load()) }
+
+// AdvanceSQL is advancePostgres' statement for READ (read) or DELIVERED
+// receipts.
+func AdvanceSQL(read bool) string {
+	if read {
+		return advanceReadSQL
+	}
+	return advanceDeliveredSQL
+}

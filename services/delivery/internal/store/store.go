@@ -480,7 +480,18 @@ func markColumn(to domain.Status) string {
 // statement: it is a WITH that nothing reads). The LATERAL … OFFSET 0
 // subqueries also keep the plan on the primary key: joined plainly, a
 // generic plan read the whole messages table into a hash join (3.8 ms
-// against 0.9 ms for 8 receipts on 3,000 messages). Two concurrent batches (replicas, the read consumer against the
+// against 0.9 ms for 8 receipts on 3,000 messages). Their ORDER BY m.seq
+// (and the lock's seq as a range, >= and <=, where an equality would make
+// the order trivial) keeps the generic plan off messages_by_request: made
+// from the statistics of a table of a few rows (a fresh database, before
+// autovacuum's first ANALYZE of a busy table), both indexes cost the same
+// and the planner took messages_by_request, whose only usable column is
+// practice: each lookup then read every message of the practice (up to
+// 8,954 rows removed by the filter per lookup in the distributed bench,
+// BENCHMARKS.md relay23); the ORDER BY costs that index a sort, so the
+// primary key wins; the UPDATE's lookup has, beside its equalities, the
+// same key as a row comparison (implied by them: no row changes), which
+// only the primary key can search by (TestReceiptPlansUseThePrimaryKey). Two concurrent batches (replicas, the read consumer against the
 // delivered receipts) touching the same threads take their locks in one
 // order and so wait for each other, never deadlock
 // (TestConcurrentBatchesDoNotDeadlock). After a wait, FOR UPDATE rechecks
@@ -581,11 +592,11 @@ func advanceSQL(to domain.Status) string {
 				rng.ord, rng.at, rng.reader
 			FROM rng CROSS JOIN LATERAL (SELECT practice, conversation_id, seq FROM messages m
 				WHERE m.practice = rng.practice AND m.conversation_id = rng.conversation_id AND m.seq > rng.lo
-					AND m.seq <= rng.up_to AND m.from_patient = rng.from_patient AND m.status < ` + status + ` OFFSET 0) m
+					AND m.seq <= rng.up_to AND m.from_patient = rng.from_patient AND m.status < ` + status + ` ORDER BY m.seq OFFSET 0) m
 			ORDER BY m.practice, m.conversation_id, m.seq, rng.ord),
 		locked AS MATERIALIZED (SELECT f.* FROM first f CROSS JOIN LATERAL (SELECT 1 FROM messages m
-				WHERE m.practice = f.practice AND m.conversation_id = f.conversation_id AND m.seq = f.seq
-					AND m.status < ` + status + ` OFFSET 0 FOR UPDATE) k),
+				WHERE m.practice = f.practice AND m.conversation_id = f.conversation_id AND m.seq >= f.seq AND m.seq <= f.seq
+					AND m.status < ` + status + ` ORDER BY m.seq OFFSET 0 FOR UPDATE) k),
 		mark AS (INSERT INTO receipt_marks (practice, conversation_id, from_patient, delivered_seq, read_seq)
 			SELECT practice, conversation_id, from_patient, MAX(hi), ` + readSeq + ` FROM rng WHERE hi > lo
 			GROUP BY practice, conversation_id, from_patient ORDER BY practice, conversation_id, from_patient
@@ -594,7 +605,8 @@ func advanceSQL(to domain.Status) string {
 				read_seq = GREATEST(receipt_marks.read_seq, EXCLUDED.read_seq))
 		UPDATE messages m SET ` + setClause + `
 		FROM locked l
-		WHERE m.practice = l.practice AND m.conversation_id = l.conversation_id AND m.seq = l.seq AND m.status < ` + status + `
+		WHERE m.practice = l.practice AND m.conversation_id = l.conversation_id AND m.seq = l.seq
+			AND (m.practice, m.conversation_id, m.seq) >= (l.practice, l.conversation_id, l.seq) AND m.status < ` + status + `
 		RETURNING ` + qualified("m", columns) + `, l.ord`
 }
 
