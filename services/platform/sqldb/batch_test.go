@@ -257,3 +257,29 @@ func TestHandedValuesArriveInCommitOrderAndNeverFromARollback(t *testing.T) {
 	require.Equal(t, "first", keys[0])
 	require.Equal(t, keys, handed(), "exactly the committed writes, in commit order")
 }
+
+// A statement of a SQLite write runs under a context made for it without an
+// allocation (context.WithoutCancel was one per statement, ~4 a chat message
+// in the all-in-one), which neither the caller's cancellation nor its
+// deadline reaches.
+var stmtCtxSink context.Context // where the test's contexts go (they escape, as a statement's do)
+
+func TestSQLiteStatementContextWithoutAllocation(t *testing.T) {
+	db, _, _ := openKV(t)
+	cctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	var allocs float64
+	var sctx context.Context
+	err := db.Write(cctx, func(tx *Tx) error { // no require here: it would end the writer
+		allocs = testing.AllocsPerRun(100, func() { stmtCtxSink = tx.stmtCtx(cctx) })
+		sctx = tx.stmtCtx(cctx)
+		cancel()
+		var n int
+		return tx.QueryRow(cctx, `SELECT COUNT(*) FROM kv`).Scan(&n)
+	})
+	require.NoError(t, err)
+	require.Zero(t, allocs)
+	require.Nil(t, sctx.Done())
+	require.NoError(t, sctx.Err())
+	_, ok := sctx.Deadline()
+	require.False(t, ok)
+}
