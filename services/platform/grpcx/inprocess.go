@@ -161,25 +161,29 @@ func (inprocAddr) String() string  { return "inprocess" }
 
 var inprocPeer = &peer.Peer{Addr: inprocAddr{}, LocalAddr: inprocAddr{}}
 
-// detached has the deadline and cancellation of the caller's context but
-// none of its values (its identity, outgoing metadata, span): the handler
-// learns them from the metadata, as over the network. AfterFunc lets
-// contexts derived from it register with the caller's instead of starting
-// a goroutine each.
-type detached struct{ parent context.Context }
+// detached is the root of a call's handler context: a cancel context
+// derived from the caller's (so it has the caller's deadline and
+// cancellation, and registers with the caller's cancel context directly,
+// without AfterFunc's objects) with none of the caller's values (its
+// identity, outgoing metadata, span): the handler learns them from the
+// metadata, as over the network. The one lookup it passes on is the cancel
+// context's own (the context package's, which answers with that context
+// itself), so that contexts a handler derives from it register with it and
+// start no goroutine each.
+type detached struct{ context.Context }
 
-func (d detached) Deadline() (time.Time, bool)           { return d.parent.Deadline() }
-func (d detached) Done() <-chan struct{}                 { return d.parent.Done() }
-func (d detached) Err() error                            { return d.parent.Err() }
-func (d detached) Value(any) any                         { return nil }
-func (d detached) AfterFunc(f func()) (stop func() bool) { return context.AfterFunc(d.parent, f) }
+func (d *detached) Value(k any) any {
+	if v := d.Context.Value(k); v == any(d.Context) {
+		return v
+	}
+	return nil
+}
 
 // serverContext is the handler's context of a call whose caller's context
 // (after the client interceptors and stats handler) is ctx; cancel ends it
 // when the call is over, as a server does. Its root is a cancel context
-// (registered with the caller's through AfterFunc), so that the contexts a
-// handler derives from it find a cancel context among their parents and
-// start no goroutine each.
+// (detached), so that the contexts a handler derives from it find a cancel
+// context among their parents and start no goroutine each.
 //
 // The handler's incoming metadata is the caller's outgoing metadata (a
 // copy, keys lowercased) with the caller's bearer token added when it has
@@ -201,9 +205,8 @@ func serverContext(ctx context.Context, d *detached, sts grpc.ServerTransportStr
 	if d == nil {
 		d = new(detached)
 	}
-	d.parent = ctx
-	sctx, cancel := context.WithCancel(d)
-	sctx = metadata.NewIncomingContext(sctx, md)
+	d.Context, cancel = context.WithCancel(ctx)
+	sctx := metadata.NewIncomingContext(d, md)
 	sctx = peer.NewContext(sctx, inprocPeer)
 	return grpc.NewContextWithServerTransportStream(sctx, sts), cancel
 }

@@ -257,3 +257,64 @@ func TestHandedValuesArriveInCommitOrderAndNeverFromARollback(t *testing.T) {
 	require.Equal(t, "first", keys[0])
 	require.Equal(t, keys, handed(), "exactly the committed writes, in commit order")
 }
+
+// A statement of a SQLite write runs under a context made for it without an
+// allocation (context.WithoutCancel was one per statement, ~4 a chat message
+// in the all-in-one), which neither the caller's cancellation nor its
+// deadline reaches.
+var stmtCtxSink context.Context // where the test's contexts go (they escape, as a statement's do)
+
+func TestSQLiteStatementContextWithoutAllocation(t *testing.T) {
+	db, _, _ := openKV(t)
+	cctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	var allocs float64
+	var sctx context.Context
+	err := db.Write(cctx, func(tx *Tx) error { // no require here: it would end the writer
+		allocs = testing.AllocsPerRun(100, func() { stmtCtxSink = tx.stmtCtx(cctx) })
+		sctx = tx.stmtCtx(cctx)
+		cancel()
+		var n int
+		return tx.QueryRow(cctx, `SELECT COUNT(*) FROM kv`).Scan(&n)
+	})
+	require.NoError(t, err)
+	require.Zero(t, allocs)
+	require.Nil(t, sctx.Done())
+	require.NoError(t, sctx.Err())
+	_, ok := sctx.Deadline()
+	require.False(t, ok)
+}
+
+// A write's job and its channel come from a pool: a Write allocates no more
+// than its transaction and what its statements do (3 allocations fewer a
+// write than with a new job and channel each), and a pooled job carries
+// nothing of the write before it.
+func TestSQLiteWriteReusesItsJob(t *testing.T) {
+	ctx := context.Background()
+	db, _, _ := openKV(t)
+	noop := func(tx *Tx) error { return nil }
+	require.NoError(t, db.Write(ctx, noop))
+	allocs := testing.AllocsPerRun(200, func() {
+		if err := db.Write(ctx, noop); err != nil {
+			panic(err)
+		}
+	})
+	require.LessOrEqual(t, allocs, float64(wantWriteAllocs))
+	boom := errors.New("boom")
+	for i := range 50 { // outcomes never leak from one write into the next
+		var want error
+		if i%2 == 0 {
+			want = boom
+		}
+		require.ErrorIs(t, db.Write(ctx, func(tx *Tx) error { return want }), want)
+		if want == nil {
+			require.NoError(t, db.Write(ctx, noop))
+		}
+	}
+	j := newJob(ctx, noop)
+	jobs.put(j)
+	require.Nil(t, j.ctx)
+	require.Nil(t, j.fn)
+	require.Zero(t, len(j.done))
+}
+
+const wantWriteAllocs = 7 // 10 with a new job and channel a write

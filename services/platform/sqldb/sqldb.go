@@ -599,10 +599,13 @@ func (t *Tx) Dialect() Dialect { return t.dialect }
 // caller's cancellation must not interrupt the connection (SQLite would roll
 // back the whole batch, other callers' writes included), and a context
 // without Done also spares modernc.org/sqlite a watcher goroutine per
-// statement. The caller still gets its answer only after the commit.
+// statement. The caller still gets its answer only after the commit. Nor
+// does it carry the caller's values: neither database/sql nor the driver
+// reads any, and context.WithoutCancel(ctx) was an allocation per
+// statement (~4 a chat message in the all-in-one).
 func (t *Tx) stmtCtx(ctx context.Context) context.Context {
 	if t.dialect == SQLite {
-		return context.WithoutCancel(ctx)
+		return context.Background()
 	}
 	if t.batch != nil {
 		return batchCtx{Context: t.batch, values: ctx}
@@ -703,7 +706,9 @@ func (d *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
 	if d.dialect == Postgres {
 		return d.writePostgres(ctx, fn)
 	}
-	return d.enqueue(ctx, d.jobs, &job{ctx: ctx, fn: fn, done: make(chan error, 1), queued: time.Now()})
+	j := newJob(ctx, fn)
+	j.queued = time.Now()
+	return d.enqueue(ctx, d.jobs, j)
 }
 
 // WriteDeferred is Write for a write that need not commit at once: on
@@ -716,20 +721,29 @@ func (d *DB) WriteDeferred(ctx context.Context, delay time.Duration, fn func(tx 
 	if d.dialect == Postgres {
 		return d.writePostgres(ctx, fn)
 	}
-	return d.enqueue(ctx, d.deferred, &job{ctx: ctx, fn: fn, done: make(chan error, 1), due: time.Now().Add(delay)})
+	j := newJob(ctx, fn)
+	j.due = time.Now().Add(delay)
+	return d.enqueue(ctx, d.deferred, j)
 }
 
+// enqueue hands j to the writer through q and returns its outcome; j goes
+// back to the pool once the writer is done with it (it sends on j.done last,
+// and keeps no use of j after that) or never had it.
 func (d *DB) enqueue(ctx context.Context, q chan *job, j *job) error {
 	select {
 	case q <- j:
 	case <-ctx.Done():
+		jobs.put(j)
 		return ctx.Err()
 	case <-d.stop:
+		jobs.put(j)
 		return errors.New("database is closed")
 	}
 	// Once queued, the outcome is only known when the batch commits: wait for
 	// it even if ctx ends, so a caller never reports failure for a commit.
-	return <-j.done
+	err := <-j.done
+	jobs.put(j)
+	return err
 }
 
 // writePostgresAlone runs fn in a transaction of its own.

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"modernc.org/sqlite"
@@ -107,6 +108,27 @@ type job struct {
 	due  time.Time // WriteDeferred: when it runs even if no other write came
 
 	queued, started time.Time // Write: when it was queued, when its statements started
+}
+
+// jobPool keeps the jobs of finished writes, each with its channel (3
+// allocations a write fewer). A job goes back only once its caller has its
+// outcome: the writer sends on done as its last use of a job.
+type jobPool struct{ p sync.Pool }
+
+var jobs jobPool
+
+func newJob(ctx context.Context, fn func(tx *Tx) error) *job {
+	j, _ := jobs.p.Get().(*job)
+	if j == nil {
+		j = &job{done: make(chan error, 1)}
+	}
+	j.ctx, j.fn = ctx, fn
+	return j
+}
+
+func (p *jobPool) put(j *job) {
+	*j = job{done: j.done} // done is empty: its one value was received
+	p.p.Put(j)
 }
 
 const maxBatch = 128
