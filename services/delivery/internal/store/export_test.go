@@ -26,3 +26,7 @@ func RaiseMarksSQL(n int) string { return raiseMarksSQL[n] }
 // ReceiptsWaiting is the number of receipt writes waiting for another's
 // commit (PostgreSQL).
 func ReceiptsWaiting(s *Store) int { return int(s.receiptsWaiting.Load()) }
+
+// SentTogether is the number of sends stored in batches of two or more
+// (PostgreSQL).
+func SentTogether(s *Store) int64 { return s.sends.together.Load() }
