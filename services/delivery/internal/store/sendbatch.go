@@ -15,13 +15,14 @@ import (
 )
 
 // Sends on PostgreSQL go in batches: a send puts itself in the store's
-// queue and hands a write to sqldb's group commit; the first of those
-// writes to run takes every send queued by then and stores them all with
-// one statement (insertBatchSQL: the threads' counters each raised by their
-// sends' count, the messages inserted with the seqs under it), so that the
-// sends waiting at once cost one round trip inside the group commit instead
-// of one each. A send whose write finds its send already taken stores
-// nothing (no statement) and waits for the taker's outcome. A batch stores
+// queue; while fewer than maxSendWrites batch writes are in flight, it
+// writes every send queued by then itself (a write of sqldb's group
+// commit), else it waits for the writers in flight, the next of which takes
+// it. A batch is one statement (insertBatchSQL: the threads' counters each
+// raised by their sends' count, the messages inserted with the seqs under
+// it), so that the sends waiting at once cost one round trip inside the
+// group commit instead of one each, and a send waits for one commit, not
+// for its own write's turn in a lane after the others'. A batch stores
 // all of its sends or none: a repeated request id (a row the insert skips)
 // or any error rolls the batch back and each of its sends goes again alone
 // (sendAlone, the one-send statement with its repeat lookup), so that seqs
@@ -34,6 +35,7 @@ const maxSendBatch = 64
 type sendQueue struct {
 	mu      sync.Mutex
 	pending []*queuedSend
+	writing int // batch writes in flight (writeBatches)
 	// together counts the sends stored in batches of two or more (tests).
 	together atomic.Int64
 }
@@ -55,6 +57,11 @@ var errBatchRepeat = errors.New("batch met a repeated request")
 // errBatchPanicked is the outcome of a batch whose write panicked.
 var errBatchPanicked = errors.New("batch write panicked")
 
+// maxSendWrites bounds the batch writes in flight at once: as many as
+// sqldb's group-commit lanes, so that one batch is written while the next
+// gathers.
+const maxSendWrites = sqldb.DefaultPostgresLanes
+
 // sendBatched stores m in a batch with the sends queued with it; ok=false:
 // not stored (the caller sends it alone).
 func (s *Store) sendBatched(ctx context.Context, m domain.Message, extras string, evs func(domain.Message) []domain.Event) (domain.Message, bool, error) {
@@ -62,55 +69,52 @@ func (s *Store) sendBatched(ctx context.Context, m domain.Message, extras string
 	q := &s.sends
 	q.mu.Lock()
 	q.pending = append(q.pending, me)
+	write := q.writing < maxSendWrites
+	if write {
+		q.writing++
+	}
 	q.mu.Unlock()
-	var batch []*queuedSend
-	finished := false
-	defer func() {
-		if !finished { // a panic in the write (sqldb carries it here): the others go alone
-			finish(batch, errBatchPanicked)
-		}
-	}()
-	err := s.db.Write(ctx, func(tx *sqldb.Tx) error {
-		if batch == nil { // the first run takes; a run again keeps its batch
-			q.mu.Lock()
-			n := min(len(q.pending), maxSendBatch)
-			batch = slices.Clone(q.pending[:n])
-			q.pending = slices.Delete(q.pending, 0, n)
-			for _, b := range batch {
-				b.taken = true
-			}
-			q.mu.Unlock()
-		}
-		if len(batch) == 0 {
-			return nil
-		}
-		return insertBatch(ctx, tx, batch)
-	})
-	finished = true
-	mine := slices.Contains(batch, me)
-	if !mine {
-		q.mu.Lock()
-		if !me.taken {
-			// The write never ran (its context ended while it waited for
-			// a lane), or took a full batch without m: m goes alone.
-			q.pending = slices.DeleteFunc(q.pending, func(b *queuedSend) bool { return b == me })
-			q.mu.Unlock()
-			finish(batch, err)
-			return domain.Message{}, false, nil
-		}
-		q.mu.Unlock()
+	if write {
+		s.writeBatches(ctx)
 	}
-	if err == nil && len(batch) > 1 {
-		q.together.Add(int64(len(batch)))
-	}
-	finish(batch, err)
-	if !mine {
-		<-me.done // another write took m: its outcome is m's
-	}
+	<-me.done
 	if me.err != nil {
 		return domain.Message{}, false, nil
 	}
 	return me.out, true, nil
+}
+
+// writeBatches writes the queued sends (up to maxSendBatch) in one write
+// under ctx, and tells them the outcome; if more have queued meanwhile, a
+// goroutine of its own writes them next (a writer stops only with the
+// queue empty, so a queued send always has a writer).
+func (s *Store) writeBatches(ctx context.Context) {
+	q := &s.sends
+	q.mu.Lock()
+	n := min(len(q.pending), maxSendBatch)
+	batch := slices.Clone(q.pending[:n])
+	q.pending = slices.Delete(q.pending, 0, n)
+	q.mu.Unlock()
+	err := errBatchPanicked // a panic in the write (sqldb carries it here): the sends go alone
+	defer func() {
+		finish(batch, err)
+		q.mu.Lock()
+		more := len(q.pending) > 0
+		if !more {
+			q.writing--
+		}
+		q.mu.Unlock()
+		if more {
+			go s.writeBatches(context.WithoutCancel(ctx))
+		}
+	}()
+	err = nil
+	if len(batch) > 0 {
+		err = s.db.Write(ctx, func(tx *sqldb.Tx) error { return insertBatch(ctx, tx, batch) })
+	}
+	if err == nil && len(batch) > 1 {
+		q.together.Add(int64(len(batch)))
+	}
 }
 
 // finish tells batch's sends their write's outcome.
