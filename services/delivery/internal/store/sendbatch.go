@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
 	"github.com/clinicchat/clinicchat/services/platform/outbox"
@@ -30,6 +31,10 @@ import (
 
 // maxSendBatch bounds the sends of one statement.
 const maxSendBatch = 64
+
+// batchWriteTimeout bounds a batch write that no caller's context bounds
+// (one a writer started for the sends queued after its own).
+const batchWriteTimeout = time.Minute
 
 // sendQueue holds the sends waiting for a write.
 type sendQueue struct {
@@ -104,8 +109,12 @@ func (s *Store) writeBatches(ctx context.Context) {
 			q.writing--
 		}
 		q.mu.Unlock()
-		if more {
-			go s.writeBatches(context.WithoutCancel(ctx))
+		if more { // for the queue's sends, not for ctx's caller: its own bound
+			go func() {
+				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), batchWriteTimeout)
+				defer cancel()
+				s.writeBatches(ctx)
+			}()
 		}
 	}()
 	err = nil
