@@ -35,3 +35,7 @@ func AdvanceSQL(read bool) string {
 	}
 	return advanceDeliveredSQL
 }
+
+// SentTogether is the number of sends stored in batches of two or more
+// (PostgreSQL).
+func SentTogether(s *Store) int64 { return s.sends.together.Load() }

@@ -27,6 +27,8 @@ type Store struct {
 	receipts chan struct{}
 	// receiptsWaiting counts the receipt writes waiting for the slot (tests).
 	receiptsWaiting atomic.Int32
+	// sends are the PostgreSQL sends waiting for a write (sendbatch.go).
+	sends sendQueue
 }
 
 var _ domain.Repository = (*Store)(nil)
@@ -176,6 +178,18 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 	if err != nil {
 		return m, false, err
 	}
+	if s.db.Dialect() == sqldb.Postgres {
+		if out, ok, err := s.sendBatched(ctx, m, extras, evs); ok {
+			return out, true, err
+		}
+		// Not stored by a batch (a repeat, or the batch failed): alone.
+	}
+	return s.sendAlone(ctx, m, extras, evs)
+}
+
+// sendAlone is Send's write of m by itself.
+func (s *Store) sendAlone(ctx context.Context, m domain.Message, extras string, evs func(domain.Message) []domain.Event) (domain.Message, bool, error) {
+	var err error
 	// What the write fills in, in one allocation: a domain.Message is too
 	// large for the closure to hold by value, so m and the answer would
 	// each escape on their own (the repeat found, rare, is one more).

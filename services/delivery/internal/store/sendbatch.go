@@ -1,0 +1,240 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
+	"github.com/clinicchat/clinicchat/services/platform/outbox"
+	"github.com/clinicchat/clinicchat/services/platform/sqldb"
+)
+
+// Sends on PostgreSQL go in batches: a send puts itself in the store's
+// queue; while fewer than maxSendWrites batch writes are in flight, it
+// writes every send queued by then itself (a write of sqldb's group
+// commit), else it waits for the writers in flight, the next of which takes
+// it. A batch is one statement (insertBatchSQL: the threads' counters each
+// raised by their sends' count, the messages inserted with the seqs under
+// it), so that the sends waiting at once cost one round trip inside the
+// group commit instead of one each, and a send waits for one commit, not
+// for its own write's turn in a lane after the others'. A batch stores
+// all of its sends or none: a repeated request id (a row the insert skips)
+// or any error rolls the batch back and each of its sends goes again alone
+// (sendAlone, the one-send statement with its repeat lookup), so that seqs
+// stay gapless and a repeat gets its own answer.
+
+// maxSendBatch bounds the sends of one statement.
+const maxSendBatch = 64
+
+// batchWriteTimeout bounds a batch write that no caller's context bounds
+// (one a writer started for the sends queued after its own).
+const batchWriteTimeout = time.Minute
+
+// sendQueue holds the sends waiting for a write.
+type sendQueue struct {
+	mu      sync.Mutex
+	pending []*queuedSend
+	writing int // batch writes in flight (writeBatches)
+	// together counts the sends stored in batches of two or more (tests).
+	together atomic.Int64
+}
+
+// queuedSend is one send in a batch.
+type queuedSend struct {
+	m      domain.Message
+	extras string
+	evs    func(domain.Message) []domain.Event
+	taken  bool           // by a batch (under sendQueue.mu)
+	out    domain.Message // filled in by the batch's fn
+	err    error          // the batch's outcome: nil once committed
+	done   chan struct{}  // closed with err set
+}
+
+// errBatchRepeat rolls back a batch that met a repeated request id.
+var errBatchRepeat = errors.New("batch met a repeated request")
+
+// errBatchPanicked is the outcome of a batch whose write panicked.
+var errBatchPanicked = errors.New("batch write panicked")
+
+// maxSendWrites bounds the batch writes in flight at once: as many as
+// sqldb's group-commit lanes, so that one batch is written while the next
+// gathers.
+const maxSendWrites = sqldb.DefaultPostgresLanes
+
+// sendBatched stores m in a batch with the sends queued with it; ok=false:
+// not stored (the caller sends it alone).
+func (s *Store) sendBatched(ctx context.Context, m domain.Message, extras string, evs func(domain.Message) []domain.Event) (domain.Message, bool, error) {
+	me := &queuedSend{m: m, extras: extras, evs: evs, done: make(chan struct{})}
+	q := &s.sends
+	q.mu.Lock()
+	q.pending = append(q.pending, me)
+	write := q.writing < maxSendWrites
+	if write {
+		q.writing++
+	}
+	q.mu.Unlock()
+	if write {
+		s.writeBatches(ctx)
+	}
+	<-me.done
+	if me.err != nil {
+		return domain.Message{}, false, nil
+	}
+	return me.out, true, nil
+}
+
+// writeBatches writes the queued sends (up to maxSendBatch) in one write
+// under ctx, and tells them the outcome; if more have queued meanwhile, a
+// goroutine of its own writes them next (a writer stops only with the
+// queue empty, so a queued send always has a writer).
+func (s *Store) writeBatches(ctx context.Context) {
+	q := &s.sends
+	q.mu.Lock()
+	n := min(len(q.pending), maxSendBatch)
+	batch := slices.Clone(q.pending[:n])
+	q.pending = slices.Delete(q.pending, 0, n)
+	q.mu.Unlock()
+	err := errBatchPanicked // a panic in the write (sqldb carries it here): the sends go alone
+	defer func() {
+		finish(batch, err)
+		q.mu.Lock()
+		more := len(q.pending) > 0
+		if !more {
+			q.writing--
+		}
+		q.mu.Unlock()
+		if more { // for the queue's sends, not for ctx's caller: its own bound
+			go func() {
+				ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), batchWriteTimeout)
+				defer cancel()
+				s.writeBatches(ctx)
+			}()
+		}
+	}()
+	err = nil
+	if len(batch) > 0 {
+		err = s.db.Write(ctx, func(tx *sqldb.Tx) error { return insertBatch(ctx, tx, batch) })
+	}
+	if err == nil && len(batch) > 1 {
+		q.together.Add(int64(len(batch)))
+	}
+}
+
+// finish tells batch's sends their write's outcome.
+func finish(batch []*queuedSend, err error) {
+	for _, b := range batch {
+		b.err = err
+		close(b.done)
+	}
+}
+
+// insertBatch inserts batch's messages, each thread's in batch order
+// under its counter, and their events; errBatchRepeat if a request id
+// was sent before.
+func insertBatch(ctx context.Context, tx *sqldb.Tx, batch []*queuedSend) error {
+	type thread struct{ practice, conv string }
+	type request struct{ practice, sender, id string }
+	counts := map[thread]int64{}
+	requests := make(map[request]bool, len(batch))
+	for _, b := range batch {
+		r := request{b.m.Practice, b.m.Sender, b.m.RequestID}
+		if requests[r] {
+			return errBatchRepeat // a request twice in one batch: each goes alone
+		}
+		requests[r] = true
+		counts[thread{b.m.Practice, b.m.ConversationID}]++
+	}
+	// The counters in one order, as every batch locks them.
+	threads := make([]thread, 0, len(counts))
+	for t := range counts {
+		threads = append(threads, t)
+	}
+	slices.SortFunc(threads, func(a, b thread) int {
+		if c := strings.Compare(a.practice, b.practice); c != 0 {
+			return c
+		}
+		return strings.Compare(a.conv, b.conv)
+	})
+	tp, tc, tn := make([]string, len(threads)), make([]string, len(threads)), make([]int64, len(threads))
+	for i, t := range threads {
+		tp[i], tc[i], tn[i] = t.practice, t.conv, counts[t]
+	}
+	// back[i]: how far below its thread's new last seq message i's seq is.
+	left := counts
+	n := len(batch)
+	back := make([]int64, n)
+	practice, conv, patient, sender, role, text, extras, readBy, reqID, hash, display :=
+		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n),
+		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	fromPatient, sensitive := make([]bool, n), make([]bool, n)
+	status := make([]int32, n)
+	created, delivered, read := make([]int64, n), make([]int64, n), make([]int64, n)
+	for i, b := range batch {
+		m := b.m
+		t := thread{m.Practice, m.ConversationID}
+		left[t]--
+		back[i] = left[t]
+		practice[i], conv[i], patient[i], sender[i], role[i], text[i], extras[i] = m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.Text, b.extras
+		readBy[i], reqID[i], hash[i], display[i] = m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName
+		fromPatient[i], sensitive[i], status[i] = m.FromPatient, m.Sensitive, int32(m.Status)
+		created[i], delivered[i], read[i] = sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime), sqldb.Micros(m.ReadTime)
+	}
+	rows, err := tx.Query(ctx, insertBatchSQL, tp, tc, tn, practice, conv, back, patient, sender, role, fromPatient, text,
+		extras, sensitive, status, created, delivered, read, readBy, reqID, hash, display)
+	if err != nil {
+		return fmt.Errorf("insert messages: %w", err)
+	}
+	defer rows.Close()
+	got := 0
+	for rows.Next() {
+		var ord, seq int64
+		if err := rows.Scan(&ord, &seq); err != nil {
+			return err
+		}
+		if ord < 1 || ord > int64(n) {
+			return fmt.Errorf("insert messages: ordinal %d of %d", ord, n)
+		}
+		batch[ord-1].out = batch[ord-1].m
+		batch[ord-1].out.Seq = seq
+		got++
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("insert messages: %w", err)
+	}
+	if got != n {
+		return errBatchRepeat // rolls back the counters too
+	}
+	var evs []domain.Event
+	for _, b := range batch {
+		evs = append(evs, b.evs(b.out)...)
+	}
+	return outbox.AddAll(ctx, tx, evs)
+}
+
+// insertBatchSQL raises each thread's counter by its sends ($1–$3) and
+// inserts the messages ($4–$21, one array element each) with the seqs
+// below it, returning each inserted message's ordinal and seq.
+const insertBatchSQL = `WITH next AS (INSERT INTO conversation_seq (practice, conversation_id, last_seq)
+		SELECT * FROM unnest(CAST($1 AS TEXT[]), CAST($2 AS TEXT[]), CAST($3 AS BIGINT[]))
+		ON CONFLICT (practice, conversation_id) DO UPDATE SET last_seq = conversation_seq.last_seq + EXCLUDED.last_seq
+		RETURNING practice, conversation_id, last_seq),
+	m AS (SELECT * FROM unnest(CAST($4 AS TEXT[]), CAST($5 AS TEXT[]), CAST($6 AS BIGINT[]), CAST($7 AS TEXT[]),
+		CAST($8 AS TEXT[]), CAST($9 AS TEXT[]), CAST($10 AS BOOLEAN[]), CAST($11 AS TEXT[]), CAST($12 AS TEXT[]),
+		CAST($13 AS BOOLEAN[]), CAST($14 AS INTEGER[]), CAST($15 AS BIGINT[]), CAST($16 AS BIGINT[]), CAST($17 AS BIGINT[]),
+		CAST($18 AS TEXT[]), CAST($19 AS TEXT[]), CAST($20 AS TEXT[]), CAST($21 AS TEXT[]))
+		WITH ORDINALITY AS t(practice, conversation_id, back, patient_id, sender, sender_role, from_patient, text, extras,
+			sensitive, status, create_time, deliver_time, read_time, read_by, request_id, content_hash, sender_display_name, ord)),
+	ins AS (INSERT INTO messages (` + columns + `)
+		SELECT m.practice, m.conversation_id, next.last_seq - m.back, m.patient_id, m.sender, m.sender_role, m.from_patient,
+			m.text, m.extras, m.sensitive, m.status, m.create_time, m.deliver_time, m.read_time, m.read_by, m.request_id,
+			m.content_hash, m.sender_display_name
+		FROM m JOIN next ON next.practice = m.practice AND next.conversation_id = m.conversation_id
+		ON CONFLICT (practice, sender, request_id) DO NOTHING
+		RETURNING practice, sender, request_id, seq)
+	SELECT m.ord, ins.seq FROM ins JOIN m ON m.practice = ins.practice AND m.sender = ins.sender AND m.request_id = ins.request_id`
