@@ -179,3 +179,25 @@ func TestBenchHoldsIdleStreamsOpen(t *testing.T) {
 	require.Eventually(t, func() bool { return sseClients(t, metrics) == 0 }, 30*time.Second, 10*time.Millisecond,
 		"every stream closed after the run")
 }
+
+// TestBenchIdleStreamRefusedSaysWhy: an idle stream the gateway refuses
+// (here each identity may hold 3, and the bench opens 5 for each idle
+// user) fails the run with the refusal's status and SPEC reason, and the
+// streams it did open are closed.
+func TestBenchIdleStreamRefusedSaysWhy(t *testing.T) {
+	cfg := allinone.Config{HTTPAddr: "127.0.0.1:0", GRPCAddr: "127.0.0.1:0", DataDir: t.TempDir(), Dev: true,
+		ArchiveAfter: 8760 * time.Hour, ArchiveSweepInterval: time.Hour, StepUpWindow: 5 * time.Minute, DrainTimeout: 5 * time.Second,
+		MaxStreamsPerIdentity: 3, MaxStreams: 100,
+		Limits: ratelimit.Config{SendsPerSecond: 1e9, SendBurst: 1e9, UploadBytesPerMinute: ratelimit.DefaultUploadBytesPerMin}}
+	in, err := allinone.Start(context.Background(), cfg, testkit.Logger(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = in.Stop() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = bench.Run(ctx, bench.Config{HTTPURL: "http://" + in.HTTPAddr, GRPCAddr: in.GRPCAddr, Senders: 1,
+		Messages: 2, TextBytes: 16, Wait: time.Minute, IdleStreams: 5})
+	require.ErrorContains(t, err, "idle streams: open 4 of 5: HTTP 429 RESOURCE_EXHAUSTED")
+	metrics := "http://" + in.HTTPAddr + "/metrics"
+	require.Eventually(t, func() bool { return sseClients(t, metrics) == 0 }, 30*time.Second, 10*time.Millisecond,
+		"the streams opened before the refusal are closed")
+}
