@@ -50,7 +50,6 @@ type queuedSend struct {
 	m      domain.Message
 	extras string
 	evs    func(domain.Message) []domain.Event
-	taken  bool           // by a batch (under sendQueue.mu)
 	out    domain.Message // filled in by the batch's fn
 	err    error          // the batch's outcome: nil once committed
 	done   chan struct{}  // closed with err set
