@@ -216,7 +216,8 @@ func (tb *tab) wait(t *testing.T, what, expr string) {
 }
 
 // pageState summarises what a failed wait found: the live status, the
-// composer's text and error, and the thread's last messages.
+// composer's text and error, an open dialog's text (a picker's error
+// shows there), and the thread's last messages.
 func (tb *tab) pageState() string {
 	ctx, cancel := context.WithTimeout(tb.ctx, 2*time.Second)
 	defer cancel()
@@ -224,6 +225,8 @@ func (tb *tab) pageState() string {
 		live: document.querySelector('.live-status')?.dataset.state,
 		composer: document.querySelector('.composer-input')?.value,
 		composerError: document.querySelector('.composer-error')?.textContent,
+		dialog: document.querySelector('dialog')?.textContent.slice(0, 200),
+		dialogOpen: document.querySelector('dialog')?.open,
 		lastMessages: [...document.querySelectorAll('.msg')].slice(-3).map((m) => m.textContent.slice(0, 80)),
 		online: navigator.onLine,
 	})`))
