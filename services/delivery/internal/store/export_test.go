@@ -39,3 +39,7 @@ func AdvanceSQL(read bool) string {
 // SentTogether is the number of sends stored in batches of two or more
 // (PostgreSQL).
 func SentTogether(s *Store) int64 { return s.sends.together.Load() }
+
+// SendWritesAtOnce is the most send batch writes ever in flight at once
+// (PostgreSQL).
+func SendWritesAtOnce(s *Store) int64 { return s.sends.mostWriting.Load() }

@@ -16,10 +16,10 @@ import (
 )
 
 // Sends on PostgreSQL go in batches: a send puts itself in the store's
-// queue; while fewer than maxSendWrites batch writes are in flight, it
-// writes every send queued by then itself (a write of sqldb's group
-// commit), else it waits for the writers in flight, the next of which takes
-// it. A batch is one statement (insertBatchSQL: the threads' counters each
+// queue; while no batch write is in flight (maxSendWrites), it writes every
+// send queued by then itself (a write of sqldb's group commit), else it
+// waits for the writer in flight, which takes it next: the sends that
+// arrive during one batch's write and commit make the next batch. A batch is one statement (insertBatchSQL: the threads' counters each
 // raised by their sends' count, the messages inserted with the seqs under
 // it), so that the sends waiting at once cost one round trip inside the
 // group commit instead of one each, and a send waits for one commit, not
@@ -41,6 +41,8 @@ type sendQueue struct {
 	mu      sync.Mutex
 	pending []*queuedSend
 	writing int // batch writes in flight (writeBatches)
+	// mostWriting is the most batch writes ever in flight at once (tests).
+	mostWriting atomic.Int64
 	// together counts the sends stored in batches of two or more (tests).
 	together atomic.Int64
 }
@@ -61,10 +63,13 @@ var errBatchRepeat = errors.New("batch met a repeated request")
 // errBatchPanicked is the outcome of a batch whose write panicked.
 var errBatchPanicked = errors.New("batch write panicked")
 
-// maxSendWrites bounds the batch writes in flight at once: as many as
-// sqldb's group-commit lanes, so that one batch is written while the next
-// gathers.
-const maxSendWrites = sqldb.DefaultPostgresLanes
+// maxSendWrites bounds the batch writes in flight at once: one, so that
+// the next batch gathers while it is written and committed (group commit),
+// and the other group-commit lane stays free for receipts. With two (as
+// many as the lanes) each lane committed a batch of its own: at 8 senders
+// ~2.4 sends a commit, and delivery's commits a message rose 0.45 → 0.85
+// (BENCHMARKS.md, sendpg23 and pg24).
+const maxSendWrites = 1
 
 // sendBatched stores m in a batch with the sends queued with it; ok=false:
 // not stored (the caller sends it alone).
@@ -76,6 +81,9 @@ func (s *Store) sendBatched(ctx context.Context, m domain.Message, extras string
 	write := q.writing < maxSendWrites
 	if write {
 		q.writing++
+		if w := int64(q.writing); w > q.mostWriting.Load() {
+			q.mostWriting.Store(w)
+		}
 	}
 	q.mu.Unlock()
 	if write {

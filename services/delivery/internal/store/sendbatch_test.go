@@ -95,6 +95,7 @@ func TestConcurrentSendsAreStoredOnceInGaplessSeqs(t *testing.T) {
 			require.Equal(t, total, outboxRows(), "one event per stored message")
 			if b.Name == "postgres" {
 				require.Positive(t, store.SentTogether(s), "sends waiting at once go in one statement")
+				require.EqualValues(t, 1, store.SendWritesAtOnce(s), "one batch write in flight: the next gathers meanwhile")
 			}
 		})
 	}
