@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,17 +60,25 @@ func TestProjectionPlansAreGeneric(t *testing.T) {
 		}
 	}
 	rows, err := db.Query(ctx, `SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements
-		WHERE statement LIKE '%message_index%' OR statement LIKE '%FOR UPDATE%'`)
+		WHERE statement LIKE '%message_index%' OR statement LIKE '%FOR UPDATE%' OR statement LIKE 'UPDATE conversations SET last_message_time = v.column3%'`)
 	require.NoError(t, err)
 	defer rows.Close()
-	n := 0
+	n, saves := 0, 0
 	for rows.Next() {
 		var stmt string
 		var generic, custom int64
 		require.NoError(t, rows.Scan(&stmt, &generic, &custom))
 		require.Zero(t, custom, "planned per call: %s", stmt)
 		n++
+		if strings.HasPrefix(stmt, "UPDATE conversations SET last_message_time = v.column3") {
+			// The three threads of a batch with two new messages each are
+			// updated by one statement of three rows, three times.
+			require.Equal(t, 3, strings.Count(stmt, "CAST($")/7, "threads a statement: %q", stmt)
+			require.EqualValues(t, 3, generic)
+			saves++
+		}
 	}
 	require.NoError(t, rows.Err())
-	require.GreaterOrEqual(t, n, 4, "the lock, the threads' read, the index rows, the single messages' rows and update")
+	require.GreaterOrEqual(t, n, 5, "the lock, the threads' read, the index rows, the single messages' rows and update, the threads' update")
+	require.Equal(t, 1, saves, "one statement updates a batch's threads")
 }

@@ -131,7 +131,9 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 	err := s.db.WriteDeferred(ctx, projectDelay, func(tx *sqldb.Tx) error {
 		// PostgreSQL may run this again.
 		events, traces, joined = events[:0], traces[:0], joined[:0]
+		var saves *threadSaves // nil: each thread's UPDATE on its own (SQLite)
 		if tx.Dialect() == sqldb.Postgres {
+			saves = &threadSaves{}
 			// The projection's statements take their rows as parameters
 			// (up to indexRows threads or rows each, a text per count), and
 			// their generic plans are the ones wanted (key lookups on the
@@ -176,7 +178,7 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 		for rest := several; len(rest) > 0; {
 			n := min(len(rest), step)
 			users := threadUsers{known: &s.participants, joined: &joined, noRecipients: s.NoRecipients}
-			if err := applyThreads(ctx, tx, ms, rest[:n], out, users, emit); err != nil {
+			if err := applyThreads(ctx, tx, ms, rest[:n], out, users, emit, saves); err != nil {
 				return err
 			}
 			rest = rest[n:]
@@ -188,6 +190,9 @@ func (s *Store) ApplyMessages(ctx context.Context, ms []domain.MessageApplied,
 				return err
 			}
 			rest = rest[n:]
+		}
+		if err := saves.flush(ctx, tx); err != nil {
+			return err
 		}
 		// One AddAll for the events of messages of one trace (all of them
 		// when tracing is off), their rows carrying it.
@@ -308,7 +313,7 @@ type loaded struct {
 // thread alone was (renumbering, recipients, events, its UPDATE at COMMIT).
 // batchUsers is copied per thread (nothing loaded yet).
 func applyThreads(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied, ts []freshThread, out []domain.Outcome,
-	batchUsers threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string)) error {
+	batchUsers threadUsers, emit func(domain.MessageApplied, domain.Conversation, []string), saves *threadSaves) error {
 	args := make([]any, 0, 6+2*len(ts))
 	args = append(args, false, true, true, false, false, true)
 	for _, t := range ts {
@@ -455,7 +460,7 @@ func applyThreads(ctx context.Context, tx *sqldb.Tx, ms []domain.MessageApplied,
 			emit(m, st.c, recipients)
 		}
 		if applied {
-			if err := st.save(ctx, tx); err != nil {
+			if err := st.save(ctx, tx, saves); err != nil {
 				return err
 			}
 		}
@@ -721,11 +726,16 @@ func (st *threadState) apply(m domain.MessageApplied) {
 // statement of the thread's (its row is locked by lockThreads), and no
 // later statement of the batch reads that row (each thread is applied once
 // per batch): on PostgreSQL it goes with the COMMIT (sqldb.Tx.ExecAtCommit),
-// in the transaction's last round trip.
-func (st *threadState) save(ctx context.Context, tx *sqldb.Tx) error {
+// in the transaction's last round trip, and a thread whose newest message
+// changed goes into saves (non-nil on PostgreSQL), whose flush updates the
+// batch's threads in one statement.
+func (st *threadState) save(ctx context.Context, tx *sqldb.Tx, saves *threadSaves) error {
 	c := st.c
 	var err error
 	switch {
+	case st.newest && saves != nil:
+		at := sqldb.Micros(c.LastMessageTime)
+		saves.args = append(saves.args, c.Practice, c.ID, at, c.LastMessagePreview, int(c.State), c.LastMessageSeq, st.awaiting)
 	case st.newest:
 		at := sqldb.Micros(c.LastMessageTime)
 		err = tx.ExecAtCommit(ctx, `UPDATE conversations SET last_message_time = ?, last_message_preview = ?, last_activity = ?,
@@ -740,6 +750,46 @@ func (st *threadState) save(ctx context.Context, tx *sqldb.Tx) error {
 	}
 	return nil
 }
+
+// threadSaves are the threads of a batch whose newest message changed
+// (threadState.save), saveArgs arguments each, to be updated in one
+// statement per indexRows threads at COMMIT (flush): a batch of k such
+// threads sent k UPDATEs, each a Bind and Execute the server ran on its own
+// (BENCHMARKS.md, pg24).
+type threadSaves struct{ args []any }
+
+// saveArgs is a thread's arguments in threadSaves: practice, id, newest
+// message's time, preview, state, newest seq, needs reply.
+const saveArgs = 7
+
+// flush holds back the UPDATEs of s's threads to go with COMMIT; s may be nil.
+func (s *threadSaves) flush(ctx context.Context, tx *sqldb.Tx) error {
+	if s == nil {
+		return nil
+	}
+	for args := s.args; len(args) > 0; {
+		n := min(len(args)/saveArgs, indexRows)
+		if err := tx.ExecAtCommit(ctx, saveThreadsSQL[n], args[:saveArgs*n]...); err != nil {
+			return fmt.Errorf("update conversations: %w", err)
+		}
+		args = args[saveArgs*n:]
+	}
+	s.args = s.args[:0]
+	return nil
+}
+
+// saveThreadsSQL[n] sets n threads' newest message and needs reply
+// (threadSaves' rows), as threadState.save's UPDATE does one thread's.
+var saveThreadsSQL = func() [indexRows + 1]string {
+	var qs [indexRows + 1]string
+	for n := 1; n <= indexRows; n++ {
+		qs[n] = `UPDATE conversations SET last_message_time = v.column3, last_message_preview = v.column4,
+			last_activity = v.column3, state = v.column5, last_message_seq = v.column6, awaiting_reply_since = v.column7
+			FROM (` + valuesSQL(n, "TEXT", "TEXT", "BIGINT", "TEXT", "INTEGER", "BIGINT", "BIGINT") + `) AS v
+			WHERE conversations.practice = v.column1 AND conversations.id = v.column2`
+	}
+	return qs
+}()
 
 // threadUsers is a thread's user_state rows, read when a patient message
 // needs its recipients, and kept in step with the staff senders the batch
