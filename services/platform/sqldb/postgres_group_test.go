@@ -337,3 +337,71 @@ func TestPostgresHandedValuesArriveOnlyFromCommittedWrites(t *testing.T) {
 	require.ElementsMatch(t, []string{"alone", "joined-0", "joined-2"}, handed(), "exactly the committed writes")
 	require.ElementsMatch(t, []string{"alone", "held", "joined-0", "joined-2"}, kvKeys(t, db))
 }
+
+// A deferred write made while a lane's transaction is open waits for it
+// (not for the idle lane) and commits in it, in a savepoint of its own;
+// with no transaction open it goes to a lane at once, as Write.
+func TestPostgresDeferredWriteJoinsAnOpenTransaction(t *testing.T) {
+	dsn := testkit.PostgresSchema(t) // a connection for each lane (openPG's pool has one)
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	db, err := sqldb.Open(context.Background(), dsn+sep+"pool_max_conns=2&group_commit_lanes=2")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = db.Close() })
+	ctx := context.Background()
+	_, err = db.Raw().ExecContext(ctx, kvTable)
+	require.NoError(t, err)
+	running, let := make(chan struct{}), make(chan struct{})
+	var heldID, deferredID int64
+	held := make(chan error, 1)
+	go func() {
+		held <- db.Write(ctx, func(tx *sqldb.Tx) error {
+			id, err := txid(ctx, tx)
+			if err != nil {
+				return err
+			}
+			heldID = id
+			close(running)
+			<-let
+			return insertKV(ctx, tx, "held", 1)
+		})
+	}()
+	<-running
+	deferred := make(chan error, 1)
+	go func() {
+		deferred <- db.WriteDeferred(ctx, time.Hour, func(tx *sqldb.Tx) error {
+			id, err := txid(ctx, tx)
+			if err != nil {
+				return err
+			}
+			deferredID = id
+			return insertKV(ctx, tx, "deferred", 1)
+		})
+	}()
+	// The other lane is idle; the deferred write waits for the open
+	// transaction all the same.
+	for sqldb.WaitingWrites(db) < 1 {
+		select {
+		case err := <-deferred:
+			close(let)
+			require.NoError(t, <-held)
+			require.FailNow(t, "the deferred write did not wait for the open transaction", "its outcome: %v", err)
+		default:
+			runtime.Gosched()
+		}
+	}
+	close(let)
+	require.NoError(t, <-held)
+	require.NoError(t, <-deferred)
+	require.Equal(t, heldID, deferredID, "one transaction")
+	require.EqualValues(t, 1, sqldb.JoinedDeferred(db))
+	require.Equal(t, []string{"1:v"}, kvRows(t, db, "deferred"))
+
+	// No transaction open: it goes to a lane at once (an hour's delay
+	// would hold the test up).
+	require.NoError(t, db.WriteDeferred(ctx, time.Hour, func(tx *sqldb.Tx) error { return insertKV(ctx, tx, "idle", 1) }))
+	require.EqualValues(t, 1, sqldb.JoinedDeferred(db))
+	require.Equal(t, []string{"1:v"}, kvRows(t, db, "idle"))
+}
