@@ -50,7 +50,3 @@ func CollectHanded(d *DB, topic string) func() []string {
 		return append([]string(nil), got...)
 	}
 }
-
-// JoinedDeferred is how many deferred writes (WriteDeferred) a group-commit
-// lane's open transaction took (PostgreSQL).
-func JoinedDeferred(d *DB) int64 { return d.pgJoined.Load() }

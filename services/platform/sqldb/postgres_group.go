@@ -84,7 +84,6 @@ func (d *DB) startLanes(n int) {
 		return
 	}
 	d.pgJobs = make(chan *pgJob) // unbuffered: a job is taken by a lane or not queued at all
-	d.pgJoin = make(chan *pgJob)
 	d.pgStop = make(chan struct{})
 	for range n {
 		d.pgWG.Add(1)
@@ -129,52 +128,15 @@ func (d *DB) writePostgres(ctx context.Context, fn func(tx *Tx) error) error {
 		d.pgWaiting.Add(-1)
 		return errClosed
 	}
-	return d.pgOutcome(ctx, j)
-}
-
-// pgOutcome waits for the outcome of j, taken by a lane.
-func (d *DB) pgOutcome(ctx context.Context, j *pgJob) error {
 	err := <-j.done
 	if err == errAlone {
 		d.pgAlone.Add(1)
-		return d.writePostgresAlone(ctx, j.fn)
+		return d.writePostgresAlone(ctx, fn)
 	}
 	if p, ok := err.(fnPanic); ok {
 		panic(p.v) // in the caller's goroutine, as without lanes
 	}
 	return err
-}
-
-// writePostgresDeferred is WriteDeferred on PostgreSQL: while a lane's
-// transaction is open, fn waits up to delay to be taken into it (a lane
-// takes it between two writes, as a write waiting for a lane: a savepoint
-// of its own, no commit of its own), so that a write nobody waits on (a
-// receipt batch, a projection batch) rides on another's COMMIT instead of
-// taking the idle lane for a transaction of its own (BENCHMARKS.md, pg24).
-// With no transaction open, or once delay has passed, it is Write.
-func (d *DB) writePostgresDeferred(ctx context.Context, delay time.Duration, fn func(tx *Tx) error) error {
-	if d.pgJobs == nil || delay <= 0 || d.pgOpen.Load() == 0 {
-		return d.writePostgres(ctx, fn)
-	}
-	j := &pgJob{ctx: ctx, fn: fn, done: make(chan error, 1)}
-	t := time.NewTimer(delay)
-	defer t.Stop()
-	d.pgWaiting.Add(1)
-	select {
-	case d.pgJoin <- j:
-		d.pgWaiting.Add(-1)
-		d.pgJoined.Add(1)
-		return d.pgOutcome(ctx, j)
-	case <-t.C:
-		d.pgWaiting.Add(-1)
-		return d.writePostgres(ctx, fn)
-	case <-ctx.Done():
-		d.pgWaiting.Add(-1)
-		return ctx.Err()
-	case <-d.pgStop:
-		d.pgWaiting.Add(-1)
-		return errClosed
-	}
 }
 
 // fnPanic is a panic of a write's fn, carried to its caller.
@@ -209,21 +171,16 @@ func (d *DB) runPGBatch(first *pgJob) {
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
 	b := &pgBatch{d: d, ctx: ctx}
-	d.pgOpen.Add(1)
 	b.run(first)
 	for len(b.jobs) < maxBatchWrites {
 		select {
 		case j := <-d.pgJobs:
 			b.run(j)
 			continue
-		case j := <-d.pgJoin: // a deferred write waiting for an open transaction
-			b.run(j)
-			continue
 		default:
 		}
 		break
 	}
-	d.pgOpen.Add(-1)
 	b.commit()
 }
 

@@ -88,19 +88,12 @@ type DB struct {
 	// PostgreSQL: the group commit's lanes take writes from pgJobs
 	// (postgres_group.go).
 	pgJobs chan *pgJob
-	// pgJoin takes deferred writes (WriteDeferred) into a lane's open
-	// transaction only; pgOpen counts the lanes whose transaction still
-	// takes writes.
-	pgJoin chan *pgJob
-	pgOpen atomic.Int32
 	pgStop chan struct{}
 	pgWG   sync.WaitGroup
 	// pgWaiting counts the writes waiting for a lane (tests).
 	pgWaiting atomic.Int32
 	// pgAlone counts the writes a lane gave back to run alone (tests).
 	pgAlone atomic.Int64
-	// pgJoined counts the deferred writes an open transaction took (tests).
-	pgJoined atomic.Int64
 }
 
 // readConns is the size of a SQLite database's read pool.
@@ -723,13 +716,10 @@ func (d *DB) Write(ctx context.Context, fn func(tx *Tx) error) error {
 // joins it (no commit of its own), or commits alone when delay has passed.
 // It returns once fn is durably committed, as Write. Meant for writes whose
 // caller does not wait on them (receipts): a commit saved costs their
-// caller up to delay. On PostgreSQL, while a group-commit lane has a
-// transaction open, it waits up to delay for that lane (or the next to
-// open one) to take it into its transaction; with none open, or once delay
-// has passed, it is Write (writePostgresDeferred).
+// caller up to delay. On PostgreSQL, whose server group-commits, it is Write.
 func (d *DB) WriteDeferred(ctx context.Context, delay time.Duration, fn func(tx *Tx) error) error {
 	if d.dialect == Postgres {
-		return d.writePostgresDeferred(ctx, delay, fn)
+		return d.writePostgres(ctx, fn)
 	}
 	j := newJob(ctx, fn)
 	j.due = time.Now().Add(delay)
