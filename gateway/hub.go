@@ -114,7 +114,7 @@ type event struct {
 	wroteAt time.Time
 
 	// views are the message rendered once per viewer class and shared by
-	// every connection of that class (events.go, renderMessage).
+	// every connection of that class (eventrender.go, renderMessage).
 	views [viewClasses]renderedView
 	// convViews are a conversation event's thread as each user sees it
 	// (their unreadCount, pinned, muted): fetched and rendered once per

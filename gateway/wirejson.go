@@ -20,7 +20,7 @@ import (
 // appendWireJSON appends the message of descriptor md encoded as data
 // (protobuf's wire format) as appendJSON writes the decoded message, without
 // decoding it: no message, string or timestamp is made. The hub renders a
-// message event's Message this way from the event's own bytes (events.go,
+// message event's Message this way from the event's own bytes (eventrender.go,
 // renderMessage). It reports false for every shape it does not read exactly
 // as proto.Unmarshal then appendJSON would — a singular field that occurs
 // twice (Unmarshal merges or keeps the last), a wire type the field's kind
