@@ -55,8 +55,8 @@ type hijackedStream struct {
 	polled bool // in the poller's set; only the running goroutine uses it
 	// state is hsRunning, hsPending or hsParked.
 	state atomic.Int32
-	// resume runs the stream again once woken while parked, on a new
-	// goroutine.
+	// resume runs the stream again once woken while parked, on another
+	// goroutine (streamResumers).
 	resume func()
 }
 
@@ -189,7 +189,7 @@ func (hs *hijackedStream) wake() {
 			return
 		case hsParked:
 			if hs.state.CompareAndSwap(hsParked, hsRunning) {
-				go hs.resume()
+				streamResumers.run(hs.resume)
 				return
 			}
 		}

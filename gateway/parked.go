@@ -24,6 +24,48 @@ var parkingStreams atomic.Int64
 // memory governor may allow for as it does for stacks.
 func ParkingStreams() int64 { return parkingStreams.Load() }
 
+// resumers run woken parked streams (hijackedStream.wake) on goroutines
+// kept for it: a resume hands its stream to an idle one, or starts one when
+// none is idle; after a resume a goroutine waits for the next unless max
+// already wait. A stream's write renders its events several calls deep
+// (~16 KiB of stack), so a fresh goroutine per wake grew its stack, copying
+// it, on nearly every wake (runtime.newstack ~3 % of the all-in-one's CPU
+// at 8 senders; BENCHMARKS.md, alloc25); a kept one has it grown already.
+// At most max goroutines wait, so idle streams still hold none of their
+// own.
+type resumers struct {
+	next chan func()
+	idle atomic.Int32
+	max  int32
+}
+
+// streamResumers runs the process's parked streams' resumes.
+var streamResumers = newResumers(8)
+
+func newResumers(max int32) *resumers { return &resumers{next: make(chan func()), max: max} }
+
+// run calls f on a waiting goroutine, or on a new one when none waits.
+func (r *resumers) run(f func()) {
+	select {
+	case r.next <- f:
+	default:
+		go r.work(f)
+	}
+}
+
+func (r *resumers) work(f func()) {
+	for {
+		f()
+		f = nil // hold no stream while waiting
+		if r.idle.Add(1) > r.max {
+			r.idle.Add(-1)
+			return
+		}
+		f = <-r.next
+		r.idle.Add(-1)
+	}
+}
+
 // startParked serves a stream on a taken-over connection that parks in
 // the idle poller while it has nothing to do (hijack.go): from here it is
 // served by a goroutine only while it writes or looks.
