@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
@@ -172,4 +174,36 @@ func BenchmarkConversationViewFanout(b *testing.B) {
 			}
 		}
 	}
+}
+
+// TestShallowConversationCopiesEveryField sets every field of a
+// Conversation (whatever fields it has) and wants them all in the copy.
+func TestShallowConversationCopiesEveryField(t *testing.T) {
+	c := &conversationv1.Conversation{}
+	m := c.ProtoReflect()
+	fields := m.Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		f := fields.Get(i)
+		switch f.Kind() {
+		case protoreflect.StringKind:
+			m.Set(f, protoreflect.ValueOfString("v"+string(f.Name())))
+		case protoreflect.BoolKind:
+			m.Set(f, protoreflect.ValueOfBool(true))
+		case protoreflect.Int32Kind:
+			m.Set(f, protoreflect.ValueOfInt32(int32(i+1)))
+		case protoreflect.EnumKind:
+			m.Set(f, protoreflect.ValueOfEnum(protoreflect.EnumNumber(1)))
+		case protoreflect.MessageKind:
+			m.Set(f, protoreflect.ValueOfMessage(timestamppb.New(time.Unix(int64(i+1), 0)).ProtoReflect()))
+		default:
+			t.Fatalf("field %s of kind %s: teach the test (and shallowConversation) about it", f.Name(), f.Kind())
+		}
+	}
+	got := shallowConversation(c)
+	require.True(t, proto.Equal(c, got), "copy %v of %v", got, c)
+	require.NotSame(t, c, got)
+	got.UnreadCount, got.Assignee = 99, ""
+	require.EqualValues(t, 8, c.GetUnreadCount(), "the original is not changed through the copy")
+	require.Equal(t, "vassignee", c.GetAssignee())
+	require.True(t, proto.Equal(&conversationv1.Conversation{}, shallowConversation(nil)))
 }
