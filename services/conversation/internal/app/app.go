@@ -447,10 +447,12 @@ func (a *App) applyMessages(ctx context.Context, ms []domain.MessageApplied, pra
 // thread's update, then a notification for each recipient but the sender.
 func messageEvents(m domain.MessageApplied, c domain.Conversation, recipients []string, practiceName func(string) string) []domain.Event {
 	out := make([]domain.Event, 0, 1+len(recipients))
+	// The thread's name made once, for every event (it was made for each).
+	name := c.Name()
 	out = append(out, ev(natsx.SubjectConversationUpdated, &conversationv1.ConversationUpdated{
-		Meta: events.System(c.Practice, "conversation.activity", c.Name(), m.Time), Conversation: ToProto(Shared(c)),
+		Meta: events.System(c.Practice, "conversation.activity", name, m.Time), Conversation: toProtoNamed(Shared(c), name),
 		MessageSeq: m.Seq, MessageFromPatient: m.FromPatient}))
-	msgName := c.Name() + "/messages/" + strconv.FormatInt(m.Seq, 10)
+	msgName := name + "/messages/" + strconv.FormatInt(m.Seq, 10)
 	title := ""
 	for _, r := range recipients {
 		if r == m.Sender {
@@ -461,7 +463,7 @@ func messageEvents(m domain.MessageApplied, c domain.Conversation, recipients []
 		}
 		out = append(out, ev(natsx.SubjectNotification, &conversationv1.Notification{
 			Meta:      events.System(c.Practice, "notification.request", msgName, m.Time),
-			Recipient: r, Message: msgName, Conversation: c.Name(), Title: title,
+			Recipient: r, Message: msgName, Conversation: name, Title: title,
 		}))
 	}
 	return out
@@ -564,12 +566,15 @@ func Shared(c domain.Conversation) domain.Conversation {
 }
 
 // ToProto renders a thread.
-func ToProto(c domain.Conversation) *conversationv1.Conversation {
+func ToProto(c domain.Conversation) *conversationv1.Conversation { return toProtoNamed(c, c.Name()) }
+
+// toProtoNamed is ToProto of c, whose name (c.Name()) the caller has.
+func toProtoNamed(c domain.Conversation, name string) *conversationv1.Conversation {
 	// The thread and its times in one allocation (the times live as long as
 	// the thread that points to them).
 	a := new(conversationAlloc)
 	out := &a.conv
-	out.Name = c.Name()
+	out.Name = name
 	out.Patient = c.Patient()
 	out.PatientDisplayName = c.PatientDisplayName
 	out.State = conversationv1.Conversation_State(c.State)

@@ -41,3 +41,37 @@ func TestToProtoInThreeAllocations(t *testing.T) {
 		}
 	}
 }
+
+// TestMessageEventsNameTheThreadOnce: a message's events (the thread's
+// update, a notification per recipient but the sender) all name the thread,
+// whose name is made once (each event made its own before).
+func TestMessageEventsNameTheThreadOnce(t *testing.T) {
+	at := time.Date(2026, 12, 4, 2, 40, 0, 0, time.UTC)
+	c := domain.Conversation{Practice: "p", ID: "c1", PatientID: "alice", State: 1, CreateTime: at, LastMessageTime: at,
+		LastMessageSeq: 7, UnreadCount: 2, Pinned: true}
+	m := domain.MessageApplied{Practice: "p", ConversationID: "c1", Seq: 7, Sender: "users/u", Time: at, Preview: "hi"}
+	recipients := []string{"users/u", "patients/alice", "users/v"}
+	practice := func(string) string { return "Clinic" }
+	out := messageEvents(m, c, recipients, practice)
+	if len(out) != 3 {
+		t.Fatalf("%d events, want 3", len(out))
+	}
+	up := out[0].Msg.(*conversationv1.ConversationUpdated)
+	if want := ToProto(Shared(c)); !proto.Equal(up.GetConversation(), want) {
+		t.Errorf("thread %v, want %v", up.GetConversation(), want)
+	}
+	if up.GetMeta().GetResource() != "conversations/c1" || up.GetMessageSeq() != 7 {
+		t.Errorf("update %v", up)
+	}
+	for i, r := range []string{"patients/alice", "users/v"} {
+		n := out[1+i].Msg.(*conversationv1.Notification)
+		if n.GetRecipient() != r || n.GetConversation() != "conversations/c1" || n.GetMessage() != "conversations/c1/messages/7" ||
+			n.GetTitle() != "New message from Clinic" {
+			t.Errorf("notification %d: %v", i, n)
+		}
+	}
+	// 21 on main (the name made 4 times here).
+	if allocs := testing.AllocsPerRun(100, func() { _ = messageEvents(m, c, recipients, practice) }); allocs > 18 {
+		t.Errorf("messageEvents: %v allocations, want at most 18", allocs)
+	}
+}
