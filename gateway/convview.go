@@ -29,8 +29,16 @@ import (
 //     older one (projected out of order, so maybe after the read back, or
 //     one counted already and received again) discards the state;
 //   - an assignment or archive changes no per-user field;
-//   - the caller's own markRead (conversation.read, reader-addressed) and
-//     pin/mute (userstate.changed) discard the state, and so does any
+//   - the caller's own markRead (conversation.read, reader-addressed, in
+//     the same stream as the thread's updates) up to a watermark at or
+//     past every message the state accounts for leaves nothing unread
+//     that the state knows of: unread 0, and the state now accounts for
+//     every message up to the watermark. A message at or below the
+//     watermark changes nothing from then on (it is read, whichever side
+//     it is from, counted before or not); a newer one counts as above. A
+//     markRead to below the state's newest message (some of the messages
+//     between may be unread) discards the state;
+//   - pin/mute (userstate.changed) discard the state, and so does any
 //     event this does not know.
 //
 // A discarded or unknown state is read back (ListConversations, as before),
@@ -48,6 +56,9 @@ type convState struct {
 	seq int64
 	// readSeq is the thread's last_message_seq when read back.
 	readSeq int64
+	// readTo is the caller's read watermark as their own markRead gave
+	// it since (0: none): no message at or below it is unread.
+	readTo int64
 	// pos is the hub's conversation stream position when the state was
 	// read back: every event up to it was committed before.
 	pos uint64
@@ -140,6 +151,8 @@ func (cs *convStates) follow(e *event, id auth.Identity) (ownView, bool) {
 				st.unread++
 			}
 			st.seq = seq
+		case seq > 0 && seq <= st.readTo:
+			// Read by the caller's markRead since: never unread.
 		case seq > 0 && (e.seq <= st.pos || seq <= st.readSeq && int64(u.GetConversation().GetLastMessageSeq()) == seq):
 			// In what was read back: dispatched before it, or projected in
 			// order at or below the read back's newest message. Without the
@@ -173,9 +186,25 @@ func (cs *convStates) keep(c *conversationv1.Conversation, pos uint64) {
 		seq: int64(c.GetLastMessageSeq()), readSeq: int64(c.GetLastMessageSeq()), pos: pos}
 }
 
-// read is the caller's own markRead of e's thread: its unread count is no
-// longer known.
-func (cs *convStates) read(e *event) { delete(cs.m, e.conversation) }
+// read is the caller's own markRead of e's thread (conversation.read): up
+// to at least the newest message the state accounts for, nothing is
+// unread; otherwise the unread count is no longer known.
+func (cs *convStates) read(e *event) {
+	st := cs.m[e.conversation]
+	if st == nil {
+		return
+	}
+	if e.readTo <= 0 || e.readTo < st.seq {
+		delete(cs.m, e.conversation)
+		return
+	}
+	st.unread, st.seq = 0, e.readTo
+	st.readTo = max(st.readTo, e.readTo)
+}
+
+// drop discards the caller's state of e's thread (a pin or mute: read
+// back).
+func (cs *convStates) drop(e *event) { delete(cs.m, e.conversation) }
 
 // conversationView is e's thread as the caller sees it: from the event and
 // the stream's state of the thread when it has one (convStates), rendered
@@ -223,7 +252,7 @@ func (st *eventStream) knownView(e *event) (ownView, bool) {
 	if e.kind == itemConversation {
 		return st.views.follow(e, st.id)
 	}
-	st.views.read(e) // pin or mute: read back
+	st.views.drop(e) // pin or mute: read back
 	return ownView{}, false
 }
 

@@ -20,8 +20,10 @@ import (
 // TestConvStatesFollowOnlyWhatTheyKnow: a stream's state of its caller's
 // own fields counts new messages from the other side on top of what it read
 // back, and is dropped (so the next view is read back) by anything it cannot
-// account for: an older or unnumbered message, the caller's markRead or
-// pin/mute, another kind of update.
+// account for: an older or unnumbered message, the caller's markRead to
+// below the newest message it knows, a pin/mute, another kind of update.
+// A markRead to at least the newest message it knows leaves none unread,
+// and the messages at or below its watermark never count.
 func TestConvStatesFollowOnlyWhatTheyKnow(t *testing.T) {
 	const name = "conversations/c"
 	staff := auth.Identity{Practice: "p", Subject: "doc", Role: auth.RoleDentist}
@@ -36,6 +38,11 @@ func TestConvStatesFollowOnlyWhatTheyKnow(t *testing.T) {
 				AwaitingReplySince: timestamppb.Now(), Assignee: "users/amy", AssigneeDisplayName: "Amy"}}}
 	}
 	readBack := &conversationv1.Conversation{Name: name, UnreadCount: 2, Pinned: true, Muted: true, LastMessageSeq: 5}
+	// read is the caller's own markRead up to seq (its unread: unused).
+	read := func(seq int64) *event {
+		streamSeq++
+		return &event{kind: itemConversationRead, conversation: name, seq: streamSeq, readTo: seq}
+	}
 
 	type step struct {
 		e      *event
@@ -69,8 +76,18 @@ func TestConvStatesFollowOnlyWhatTheyKnow(t *testing.T) {
 		{"assignment and archive keep the state", staff, []step{
 			{updated(actionAssign, 0, false), 2}, {updated(actionArchive, 0, false), 2}, {updated(actionActivity, 6, true), 3}}},
 		{"an unknown update", staff, []step{{updated("conversation.something", 0, false), -1}}},
-		{"the caller's markRead", staff, []step{
-			{&event{kind: itemConversationRead, conversation: name}, -1}, {updated(actionActivity, 6, true), -1}}},
+		{"the caller's markRead without a watermark (older publisher)", staff, []step{
+			{read(0), -1}, {updated(actionActivity, 6, true), -1}}},
+		{"the caller's markRead to the newest message known: nothing unread", staff, []step{
+			{read(5), 0}, {updated(actionActivity, 6, true), 1}, {updated(actionActivity, 7, false), 1}}},
+		{"the caller's markRead past the newest known: what it covers is read when it comes", patient, []step{
+			{read(8), 0}, {updated(actionActivity, 6, false), 0}, {updated(actionActivity, 8, false), 0},
+			{updated(actionActivity, 7, false), 0}, {updated(actionActivity, 9, false), 1}, {updated(actionActivity, 9, false), -1}}},
+		{"the caller's markRead below the newest known: the unread count is not known", staff, []step{
+			{updated(actionActivity, 6, true), 3}, {updated(actionActivity, 7, true), 4}, {read(6), 0},
+			{updated(actionActivity, 8, true), -1}}},
+		{"a markRead to below what was read back", staff, []step{
+			{read(3), 0}, {updated(actionActivity, 6, true), -1}}},
 		{"a created thread or a pin", staff, []step{
 			{&event{kind: itemConversation, conversation: name}, -1}, {updated(actionActivity, 6, true), -1}}},
 		{"another thread", staff, []step{{func() *event { e := updated(actionActivity, 6, true); e.conversation = "conversations/x"; return e }(), -1}}},

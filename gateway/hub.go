@@ -101,6 +101,9 @@ type event struct {
 	// action is the event's EventMeta action (updated carries no meta:
 	// decodeEvent reads it from the wire).
 	action string
+	// readTo is a conversation.read's watermark (up_to_seq): every message
+	// of the thread at or below it from the other side is read.
+	readTo int64
 
 	// span is the fan-out span of the event when it was traced (invalid
 	// otherwise): each connection's write is its child.
@@ -291,7 +294,7 @@ func decodeEvent(log *zap.Logger, stream int, seq uint64, subject string, data [
 			return nil
 		}
 		e.kind = itemConversationRead
-		e.conversation, e.user = ev.GetConversation(), ev.GetReader()
+		e.conversation, e.user, e.readTo = ev.GetConversation(), ev.GetReader(), ev.GetUpToSeq()
 	case natsx.SubjectConversationUser:
 		ev := &conversationv1.ConversationUserStateChanged{}
 		if !decoded(natsx.StreamConversation, ev) {
