@@ -288,6 +288,9 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	if registerWALVFS() {
 		pragmas.Set("vfs", walVFSName)
 	}
+	// Its WAL's syncs timed (sqlite_walsync.go).
+	metrics := newSQLiteMetrics(dbName(path))
+	registerWAL(path, &walDB{sync: metrics.walSync})
 	// The checkpointer's connection: the same pragmas (synchronous=FULL:
 	// a checkpoint fsyncs the WAL, then the database file before the WAL
 	// may be written over).
@@ -344,7 +347,7 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 		}
 	}
 	d := &DB{dialect: SQLite, read: r, write: w, jobs: make(chan *job, 1024), deferred: make(chan *job, 1024), stop: make(chan struct{}),
-		w: sw, ckpt: ck, seqs: map[string]int64{}, metrics: newSQLiteMetrics(dbName(path))}
+		w: sw, ckpt: ck, seqs: map[string]int64{}, metrics: metrics}
 	registerSQLite(d, dbName(path))
 	d.wg.Add(1)
 	go d.writer()

@@ -26,6 +26,10 @@ type sqliteMetrics struct {
 	// frames' pwrites and the fsync).
 	wait, run, statements, commit prometheus.Histogram
 
+	// walSync: each fsync of the WAL (the writer's commits, the
+	// checkpointer's before it copies; sqlite_walsync.go).
+	walSync prometheus.Histogram
+
 	// WAL checkpoints (sqlite_checkpoint.go), by "checkpointer" (its own
 	// connection, beside the writer) or "writer" (between two batches, to
 	// let the WAL start again): how many, the frames each copied into the
@@ -72,6 +76,11 @@ func newSQLiteMetrics(name string) *sqliteMetrics {
 		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:        "clinicchat_sqldb_batch_commit_seconds",
 			Help:        "Time each SQLite group commit spent in COMMIT: writing the WAL frames and the fsync.",
+			ConstLabels: labels, Buckets: latencyBuckets,
+		}),
+		walSync: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:        "clinicchat_sqldb_wal_sync_seconds",
+			Help:        "Time each fsync of the SQLite database's WAL took (a commit's, or a checkpoint's before it copies).",
 			ConstLabels: labels, Buckets: latencyBuckets,
 		}),
 		checkpoints: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -123,6 +132,7 @@ func (c dbCollector) Describe(ch chan<- *prometheus.Desc) {
 	c.d.metrics.run.Describe(ch)
 	c.d.metrics.statements.Describe(ch)
 	c.d.metrics.commit.Describe(ch)
+	c.d.metrics.walSync.Describe(ch)
 	c.d.metrics.checkpoints.Describe(ch)
 	c.d.metrics.checkpointFrames.Describe(ch)
 	c.d.metrics.checkpointTime.Describe(ch)
@@ -142,6 +152,7 @@ func (c dbCollector) Collect(ch chan<- prometheus.Metric) {
 	m.run.Collect(ch)
 	m.statements.Collect(ch)
 	m.commit.Collect(ch)
+	m.walSync.Collect(ch)
 	m.checkpoints.Collect(ch)
 	m.checkpointFrames.Collect(ch)
 	m.checkpointTime.Collect(ch)

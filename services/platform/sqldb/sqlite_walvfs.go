@@ -54,7 +54,7 @@ type walFile struct {
 	start   int64 // file offset of buf[0]
 	end     int64 // end of the highest write through this handle (the append point)
 	header  int32 // a frame header is held and its page expected: 1, or 2 if it ends a commit
-	_       int32
+	db      int32 // the database's walDBs entry (1-based; 0: none), found at open
 }
 
 const walFileSize = int64(unsafe.Sizeof(walFile{}))
@@ -183,6 +183,9 @@ func walOpen(tls *libc.TLS, vfs, name, file uintptr, flags int32, outFlags uintp
 	rc := open(tls, walBase, name, file+uintptr(walFileSize), flags, outFlags)
 	if rc == sqlite3.SQLITE_OK {
 		f.methods = walMethods
+		if name != 0 {
+			f.db = walDBOf(libc.GoString(name))
+		}
 	}
 	return rc
 }
@@ -308,7 +311,7 @@ func walSync(tls *libc.TLS, file uintptr, flags int32) int32 {
 		return rc
 	}
 	r, m := inner(file)
-	return as[xIntFn](m.FxSync)(tls, r, flags)
+	return timedSync(walDBAt(walOf(file).db), func() int32 { return as[xIntFn](m.FxSync)(tls, r, flags) })
 }
 
 func walFileSizeOf(tls *libc.TLS, file, size uintptr) int32 {
