@@ -198,8 +198,8 @@ func (cs *convStates) read(e *event) {
 		delete(cs.m, e.conversation)
 		return
 	}
-	st.unread, st.seq = 0, e.readTo
-	st.readTo = max(st.readTo, e.readTo)
+	// The state's seq is at least its readTo, so e.readTo is past both.
+	st.unread, st.seq, st.readTo = 0, e.readTo, e.readTo
 }
 
 // drop discards the caller's state of e's thread (a pin or mute: read

@@ -290,7 +290,7 @@ func openSQLite(ctx context.Context, dsn string) (*DB, error) {
 	}
 	// Its WAL's syncs timed (sqlite_walsync.go).
 	metrics := newSQLiteMetrics(dbName(path))
-	registerWAL(path, &walDB{sync: metrics.walSync})
+	registerWAL(path, metrics.walSync)
 	// The checkpointer's connection: the same pragmas (synchronous=FULL:
 	// a checkpoint fsyncs the WAL, then the database file before the WAL
 	// may be written over).

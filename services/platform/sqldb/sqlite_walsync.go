@@ -2,9 +2,9 @@ package sqldb
 
 import (
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -20,44 +20,45 @@ import (
 // flight was measured and dropped: send → stream p99 went up, not down
 // (BENCHMARKS.md, sync26).
 
-// walDB is what the WAL VFS knows of one database's WAL: how its syncs are
-// timed.
-type walDB struct {
-	sync prometheus.Histogram
-}
-
-// walDBs are the databases' WALs by path ("…/delivery.db-wal"); a WAL file
-// opened through walVFS finds its entry once, at its open (walFile.db).
-var walDBs struct {
+// walSyncs are the databases' WAL sync histograms, by the WAL's path
+// ("…/delivery.db-wal"): a WAL file opened through walVFS finds its
+// database's once, at its open (walFile.db, an index into list, which is
+// copied on write so that a sync reads it without a lock).
+var walSyncs struct {
 	sync.Mutex
-	byPath map[string]int32
-	list   atomic.Pointer[[]*walDB] // index walFile.db-1
+	byPath map[string]int32 // 1-based index into list
+	list   atomic.Pointer[[]prometheus.Observer]
 }
 
-// registerWAL records how the WAL of the database at path is synced, for
-// the WAL files opened after it (a database reopened at the same path
-// takes the entry over).
-func registerWAL(path string, db *walDB) {
-	walDBs.Lock()
-	defer walDBs.Unlock()
-	if walDBs.byPath == nil {
-		walDBs.byPath = map[string]int32{}
+// registerWAL records the histogram of the syncs of the WAL of the
+// database at path, for the WAL files opened after it; a database reopened
+// at the same path takes its entry over.
+func registerWAL(path string, h prometheus.Observer) {
+	walSyncs.Lock()
+	defer walSyncs.Unlock()
+	if walSyncs.byPath == nil {
+		walSyncs.byPath = map[string]int32{}
 	}
-	var list []*walDB
-	if p := walDBs.list.Load(); p != nil {
-		list = *p
+	var list []prometheus.Observer
+	if p := walSyncs.list.Load(); p != nil {
+		list = slices.Clone(*p)
 	}
-	list = append(list[:len(list):len(list)], db)
-	walDBs.list.Store(&list)
-	walDBs.byPath[walPath(path)] = int32(len(list))
+	wal := walPath(path)
+	if i, ok := walSyncs.byPath[wal]; ok {
+		list[i-1] = h
+	} else {
+		list = append(list, h)
+		walSyncs.byPath[wal] = int32(len(list))
+	}
+	walSyncs.list.Store(&list)
 }
 
-// walDBOf is the index (1-based, 0: none) of the WAL file at path, as
+// walSyncIndex is the index (1-based, 0: none) of the WAL file at path, as
 // SQLite names it (absolute, symbolic links resolved).
-func walDBOf(path string) int32 {
-	walDBs.Lock()
-	defer walDBs.Unlock()
-	return walDBs.byPath[path]
+func walSyncIndex(path string) int32 {
+	walSyncs.Lock()
+	defer walSyncs.Unlock()
+	return walSyncs.byPath[path]
 }
 
 // walPath is the WAL's path of the database at path as SQLite names it.
@@ -71,25 +72,14 @@ func walPath(path string) string {
 	return path + "-wal"
 }
 
-func walDBAt(i int32) *walDB {
+// walSyncHistogram is the histogram at index i (walSyncIndex), nil for 0.
+func walSyncHistogram(i int32) prometheus.Observer {
 	if i <= 0 {
 		return nil
 	}
-	p := walDBs.list.Load()
+	p := walSyncs.list.Load()
 	if p == nil || int(i) > len(*p) {
 		return nil
 	}
 	return (*p)[i-1]
-}
-
-// timedSync runs sync, a WAL sync of the database db (nil: not
-// registered), and times it.
-func timedSync(db *walDB, sync func() int32) int32 {
-	if db == nil {
-		return sync()
-	}
-	start := time.Now()
-	rc := sync()
-	db.sync.Observe(time.Since(start).Seconds())
-	return rc
 }

@@ -41,8 +41,8 @@ func TestWALSyncsAreTimedPerDatabase(t *testing.T) {
 		}
 		require.GreaterOrEqual(t, histCount(t, db)-n0, uint64(3), "one WAL sync per commit at least")
 	}
-	require.Same(t, first.metrics.walSync, walDBAt(walDBOf(walPath(filepath.Join(dir, "first-synctest.db")))).sync)
-	require.Same(t, other.metrics.walSync, walDBAt(walDBOf(walPath(filepath.Join(dir, "other-synctest.db")))).sync)
+	require.Same(t, first.metrics.walSync, walSyncHistogram(walSyncIndex(walPath(filepath.Join(dir, "first-synctest.db")))))
+	require.Same(t, other.metrics.walSync, walSyncHistogram(walSyncIndex(walPath(filepath.Join(dir, "other-synctest.db")))))
 }
 
 func histCount(t *testing.T, db *DB) uint64 {

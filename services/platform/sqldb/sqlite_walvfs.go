@@ -3,6 +3,7 @@ package sqldb
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"modernc.org/libc"
@@ -54,7 +55,7 @@ type walFile struct {
 	start   int64 // file offset of buf[0]
 	end     int64 // end of the highest write through this handle (the append point)
 	header  int32 // a frame header is held and its page expected: 1, or 2 if it ends a commit
-	db      int32 // the database's walDBs entry (1-based; 0: none), found at open
+	db      int32 // the database's walSyncs entry (1-based; 0: none), found at open
 }
 
 const walFileSize = int64(unsafe.Sizeof(walFile{}))
@@ -184,7 +185,7 @@ func walOpen(tls *libc.TLS, vfs, name, file uintptr, flags int32, outFlags uintp
 	if rc == sqlite3.SQLITE_OK {
 		f.methods = walMethods
 		if name != 0 {
-			f.db = walDBOf(libc.GoString(name))
+			f.db = walSyncIndex(libc.GoString(name))
 		}
 	}
 	return rc
@@ -311,7 +312,14 @@ func walSync(tls *libc.TLS, file uintptr, flags int32) int32 {
 		return rc
 	}
 	r, m := inner(file)
-	return timedSync(walDBAt(walOf(file).db), func() int32 { return as[xIntFn](m.FxSync)(tls, r, flags) })
+	h := walSyncHistogram(walOf(file).db)
+	if h == nil {
+		return as[xIntFn](m.FxSync)(tls, r, flags)
+	}
+	start := time.Now()
+	rc := as[xIntFn](m.FxSync)(tls, r, flags)
+	h.Observe(time.Since(start).Seconds())
+	return rc
 }
 
 func walFileSizeOf(tls *libc.TLS, file, size uintptr) int32 {
