@@ -516,8 +516,10 @@ func BenchmarkIdleStreams(b *testing.B) {
 	noneCPU := (none.cpuPer + after.cpuPer) / 2
 
 	perStream := float64(rss1-rss0) / float64(lc.open)
-	heapStack := float64((ms1.HeapInuse+ms1.StackInuse)-(ms0.HeapInuse+ms0.StackInuse)) / float64(lc.open)
-	stack := float64(ms1.StackInuse-ms0.StackInuse) / float64(lc.open)
+	// In float64: with parked streams the stacks in use can shrink, and
+	// an unsigned difference would wrap to ~2^64.
+	heapStack := (float64(ms1.HeapInuse+ms1.StackInuse) - float64(ms0.HeapInuse+ms0.StackInuse)) / float64(lc.open)
+	stack := (float64(ms1.StackInuse) - float64(ms0.StackInuse)) / float64(lc.open)
 	fmt.Printf("BenchmarkIdleStreams: %d streams of 1,000 staff of another practice opened in %s (sse_clients %v; %.2f goroutines per stream)\n",
 		lc.open, openTime.Round(time.Millisecond), clients, float64(g1-g0)/float64(lc.open))
 	fmt.Printf("  process RSS %d → %d MiB after GC (Go heap+stacks in use %d → %d MiB): %.1f KiB per stream (Go heap+stacks %.1f KiB, of which stacks %.1f KiB); RSS after the sends %d MiB\n",

@@ -218,6 +218,9 @@ type Result struct {
 	Reconnects int `json:"reconnects"`
 	// AckedNames are the acknowledged messages' names.
 	AckedNames []string `json:"-"`
+	// Timeline is every acknowledged message's send time, send → ack and
+	// send → stream, in send order (send mode; WriteTimeline).
+	Timeline []Sample `json:"-"`
 	// Server figures, when a pid or metrics URL was given.
 	Server *ServerFigures `json:"server,omitempty"`
 }
@@ -487,6 +490,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			}
 			streamLat = append(streamLat, at.Sub(sent[name]))
 			afterAck = append(afterAck, at.Sub(acked[name]))
+			res.Timeline = append(res.Timeline, Sample{Name: name, Sent: sent[name], Ack: acked[name].Sub(sent[name]), Stream: at.Sub(sent[name])})
 		}
 		res.Duplicated += seen.duplicates
 		res.Resets += seen.resets

@@ -51,6 +51,29 @@ func TestBenchFindsNothingLost(t *testing.T) {
 			require.Empty(t, res.Errors)
 			require.Zero(t, res.Resets)
 			require.Equal(t, tc.messages, res.Stream.Count)
+			// The timeline: a header and a line a message, in send order,
+			// each message once, its ack and stream times positive (a
+			// stream may have a message before its ack returns).
+			var tl bytes.Buffer
+			require.NoError(t, res.WriteTimeline(&tl))
+			lines := strings.Split(strings.TrimSpace(tl.String()), "\n")
+			require.Len(t, lines, tc.messages+1, "a header and a line a message")
+			seen, prev := map[string]bool{}, int64(0)
+			for _, l := range lines[1:] {
+				f := strings.Split(l, ",")
+				require.Len(t, f, 5, l)
+				sent, err := strconv.ParseInt(f[0], 10, 64)
+				require.NoError(t, err)
+				require.GreaterOrEqual(t, sent, prev, "in send order")
+				prev = sent
+				for _, v := range f[2:4] {
+					d, err := strconv.ParseFloat(v, 64)
+					require.NoError(t, err)
+					require.Positive(t, d, l)
+				}
+				require.False(t, seen[f[4]], "once: %s", f[4])
+				seen[f[4]] = true
+			}
 			require.Positive(t, res.Receipts, "recipients marked their threads read")
 			require.NotNil(t, res.Server)
 			require.Positive(t, res.Server.CPUMsPerMessage)

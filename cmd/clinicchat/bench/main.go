@@ -27,6 +27,7 @@ func Main(args []string, stdout, stderr io.Writer) error {
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	cpuProfile := fs.String("cpuprofile", "", "write the bench client's own CPU profile to this file (go tool pprof FILE)")
+	timeline := fs.String("timeline", "", "send mode: write every message's send time, send → ack and send → stream to this file as CSV (where the tail comes from)")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: clinicchat bench [flags]")
 		fmt.Fprintln(stderr, "\nLoad test against a running clinicchat in dev mode (the all-in-one or deploy/local/up).")
@@ -78,6 +79,11 @@ func Main(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if *timeline != "" {
+		if err := writeTimeline(*timeline, res); err != nil {
+			return err
+		}
+	}
 	if *asJSON {
 		if err := res.WriteJSON(stdout); err != nil {
 			return err
@@ -89,4 +95,17 @@ func Main(args []string, stdout, stderr io.Writer) error {
 		return ErrFailed
 	}
 	return nil
+}
+
+// writeTimeline writes res's timeline to the file at path.
+func writeTimeline(path string, res *Result) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := res.WriteTimeline(f); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }
