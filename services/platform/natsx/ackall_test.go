@@ -177,7 +177,9 @@ func TestASoleConsumerRestartedHandlesWhatItsLastRunLeftUnacked(t *testing.T) {
 	defer cancel()
 	cons, err := plain.Consumer(ctx, natsx.StreamDelivery, name)
 	require.NoError(t, err)
-	batch, err := cons.FetchNoWait(5)
+	// Fetch, not FetchNoWait: a no-wait request can reach the consumer
+	// before it has taken in the events just published, and get none.
+	batch, err := cons.Fetch(5, jetstream.FetchMaxWait(5*time.Second))
 	require.NoError(t, err)
 	n := 0
 	for range batch.Messages() {
@@ -212,7 +214,7 @@ func TestASoleConsumerTakesOverTheExplicitDurableFromItsAckFloor(t *testing.T) {
 	old, err := plain.Consumer(ctx, natsx.StreamDelivery, "upgrade")
 	require.NoError(t, err)
 	require.Equal(t, jetstream.AckExplicitPolicy, old.CachedInfo().Config.AckPolicy)
-	batch, err := old.FetchNoWait(4) // 20..23 delivered, unacked
+	batch, err := old.Fetch(4, jetstream.FetchMaxWait(5*time.Second)) // 20..23 delivered, unacked
 	require.NoError(t, err)
 	for m := range batch.Messages() {
 		if string(m.Data()) == "21" {
