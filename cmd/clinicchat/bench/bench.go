@@ -488,9 +488,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				res.Lost++
 				continue
 			}
-			streamLat = append(streamLat, at.Sub(sent[name]))
-			afterAck = append(afterAck, at.Sub(acked[name]))
-			res.Timeline = append(res.Timeline, Sample{Name: name, Sent: sent[name], Ack: acked[name].Sub(sent[name]), Stream: at.Sub(sent[name])})
+			t0 := sent[name]
+			x := Sample{Name: name, Sent: t0, Ack: acked[name].Sub(t0), Stream: at.Sub(t0)}
+			res.Timeline = append(res.Timeline, x)
+			streamLat = append(streamLat, x.Stream)
+			afterAck = append(afterAck, x.Stream-x.Ack)
 		}
 		res.Duplicated += seen.duplicates
 		res.Resets += seen.resets
