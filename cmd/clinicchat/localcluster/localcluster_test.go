@@ -155,6 +155,7 @@ func TestDistributedStack(t *testing.T) {
 	e2e.Run(t, e)
 	t.Run("GRPCEdge", func(t *testing.T) { grpcEdge(t, c) })
 	t.Run("GatewayConsumersDoNotGrowWithStreams", func(t *testing.T) { gatewayConsumersDoNotGrowWithStreams(t, c) })
+	t.Run("EventsResumeAcrossGateways", func(t *testing.T) { eventsResumeAcrossGateways(t, c) })
 	t.Run("DeliveryReplicaKilledMidSends", func(t *testing.T) { replicaKilled(t, c, e) })
 	t.Run("Archive", func(t *testing.T) {
 		require.NoError(t, c.Restart(context.Background(), "conversation", "--archive-after", "3s", "--archive-sweep-interval", "100ms"))
