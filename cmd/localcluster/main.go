@@ -57,7 +57,7 @@ clinicchat local cluster is up (%s mode)
   logs                     %s/logs/<process>.log
 `, map[bool]string{true: "dev", false: "production"}[cfg.Dev], c.HTTPAddr, c.GRPCAddr, c.Summary(), cfg.DataDir)
 	if cfg.Dev {
-		fmt.Printf(`  dev tokens               curl -s -X POST http://%s/v1/dev/tokens -d '{"subject":"dr-lee","role":"dentist","practice":"demo"}'
+		fmt.Printf(`  dev tokens               curl -s -X POST http://%s/v1/dev/tokens -H 'Content-Type: application/json' -d '{"subject":"dr-lee","role":"dentist","practice":"demo"}'
 `, c.HTTPAddr)
 	}
 	fmt.Println("Ctrl-C stops everything.")
