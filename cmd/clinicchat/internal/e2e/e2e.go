@@ -200,10 +200,20 @@ func (e Event) Message(t *testing.T) Message {
 // Events opens /v1/events; it returns once the subscription is live.
 func (c *Client) Events() *Stream {
 	c.t.Helper()
+	return c.EventsAfter("")
+}
+
+// EventsAfter opens /v1/events resuming after lastEventID (a Last-Event-ID
+// header; none when empty).
+func (c *Client) EventsAfter(lastEventID string) *Stream {
+	c.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, "GET", c.Base+"/v1/events", nil)
 	require.NoError(c.t, err)
 	req.Header.Set("Authorization", "Bearer "+c.Token)
+	if lastEventID != "" {
+		req.Header.Set("Last-Event-ID", lastEventID)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(c.t, err)
 	require.Equal(c.t, 200, resp.StatusCode)
@@ -215,6 +225,9 @@ func (c *Client) Events() *Stream {
 	c.t.Cleanup(cancel)
 	return s
 }
+
+// Close ends the stream (the client goes away).
+func (s *Stream) Close() { s.cancel() }
 
 // ReadEvents parses a text/event-stream body into out, one Event per
 // dispatched block (id-only blocks and comments are skipped), and closes

@@ -1,5 +1,0 @@
-//go:build !race
-
-package sqldb_test
-
-const raceEnabled = false
