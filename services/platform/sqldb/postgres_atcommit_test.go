@@ -255,7 +255,7 @@ func TestPostgresAtCommitArgumentsInAKeptBuffer(t *testing.T) {
 	}
 	runtime.ReadMemStats(&m1)
 	perCommit := (m1.TotalAlloc - m0.TotalAlloc) / n
-	if !raceEnabled {
+	if !testkit.RaceEnabled {
 		require.Less(t, perCommit, uint64(3*size/2), "bytes allocated per commit of a %d-byte value", size)
 	}
 

@@ -9,6 +9,7 @@ import (
 
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	"github.com/clinicchat/clinicchat/services/conversation/internal/domain"
+	"github.com/clinicchat/clinicchat/services/platform/testkit"
 )
 
 // TestToProtoInThreeAllocations: a thread renders as it did field by field
@@ -71,7 +72,7 @@ func TestMessageEventsNameTheThreadOnce(t *testing.T) {
 		}
 	}
 	// 21 on main (the name made 4 times here).
-	if raceEnabled {
+	if testkit.RaceEnabled {
 		return
 	}
 	if allocs := testing.AllocsPerRun(100, func() { _ = messageEvents(m, c, recipients, practice) }); allocs > 18 {
