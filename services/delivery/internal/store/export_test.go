@@ -43,3 +43,9 @@ func SentTogether(s *Store) int64 { return s.sends.together.Load() }
 // SendWritesAtOnce is the most send batch writes ever in flight at once
 // (PostgreSQL).
 func SendWritesAtOnce(s *Store) int64 { return s.sends.mostWriting.Load() }
+
+// SentKnown is the number of sends stored with the seqs the store knew
+// (insertKnown), and KnownFailed the number of such writes that failed
+// and went again reading their seqs back (PostgreSQL).
+func SentKnown(s *Store) int64   { return s.sends.known.Load() }
+func KnownFailed(s *Store) int64 { return s.sends.knownFailed.Load() }

@@ -27,7 +27,10 @@ import (
 // all of its sends or none: a repeated request id (a row the insert skips)
 // or any error rolls the batch back and each of its sends goes again alone
 // (sendAlone, the one-send statement with its repeat lookup), so that seqs
-// stay gapless and a repeat gets its own answer.
+// stay gapless and a repeat gets its own answer. When this process knows
+// every thread's counter (seqCache, knownseqs.go) the batch carries its
+// seqs and its statement goes with the outbox rows and COMMIT
+// (insertKnown): one round trip instead of two on the sends' path.
 
 // maxSendBatch bounds the sends of one statement.
 const maxSendBatch = 64
@@ -43,8 +46,10 @@ type sendQueue struct {
 	writing int // batch writes in flight (writeBatches)
 	// mostWriting is the most batch writes ever in flight at once (tests).
 	mostWriting atomic.Int64
-	// together counts the sends stored in batches of two or more (tests).
-	together atomic.Int64
+	// together counts the sends stored in batches of two or more, known
+	// those stored by insertKnown, and knownFailed its writes that failed
+	// (tests).
+	together, known, knownFailed atomic.Int64
 }
 
 // queuedSend is one send in a batch.
@@ -126,11 +131,35 @@ func (s *Store) writeBatches(ctx context.Context) {
 	}()
 	err = nil
 	if len(batch) > 0 {
-		err = s.db.Write(ctx, func(tx *sqldb.Tx) error { return insertBatch(ctx, tx, batch) })
+		err = s.writeBatch(ctx, batch)
 	}
 	if err == nil && len(batch) > 1 {
 		q.together.Add(int64(len(batch)))
 	}
+}
+
+// writeBatch writes batch in one write: with its seqs when this process
+// knows every thread's counter (insertKnown), else, or when that write
+// fails, reading them back (insertBatch).
+func (s *Store) writeBatch(ctx context.Context, batch []*queuedSend) error {
+	if seqs, ok := s.seqs.plan(batch); ok {
+		err := s.db.Write(ctx, func(tx *sqldb.Tx) error { return insertKnown(ctx, tx, batch, seqs) })
+		if err == nil {
+			s.seqs.learn(batch)
+			s.sends.known.Add(int64(len(batch)))
+			return nil
+		}
+		// A counter moved (another replica's send, a send alone) or the
+		// batch met a repeated request id: written again as below, which
+		// finds either.
+		s.seqs.forgetBatch(batch)
+		s.sends.knownFailed.Add(1)
+	}
+	err := s.db.Write(ctx, func(tx *sqldb.Tx) error { return insertBatch(ctx, tx, batch) })
+	if err == nil {
+		s.seqs.learn(batch)
+	}
+	return err
 }
 
 // finish tells batch's sends their write's outcome.
@@ -145,60 +174,30 @@ func finish(batch []*queuedSend, err error) {
 // under its counter, and their events; errBatchRepeat if a request id
 // was sent before.
 func insertBatch(ctx context.Context, tx *sqldb.Tx, batch []*queuedSend) error {
-	type thread struct{ practice, conv string }
-	type request struct{ practice, sender, id string }
-	counts := map[thread]int64{}
-	requests := make(map[request]bool, len(batch))
-	for _, b := range batch {
-		r := request{b.m.Practice, b.m.Sender, b.m.RequestID}
-		if requests[r] {
-			return errBatchRepeat // a request twice in one batch: each goes alone
-		}
-		requests[r] = true
-		counts[thread{b.m.Practice, b.m.ConversationID}]++
+	if repeats(batch) {
+		return errBatchRepeat // a request twice in one batch: each goes alone
 	}
-	// The counters in one order, as every batch locks them.
-	threads := make([]thread, 0, len(counts))
-	for t := range counts {
-		threads = append(threads, t)
-	}
-	slices.SortFunc(threads, func(a, b thread) int {
-		if c := strings.Compare(a.practice, b.practice); c != 0 {
-			return c
-		}
-		return strings.Compare(a.conv, b.conv)
-	})
+	threads, counts := threadsOf(batch)
 	tp, tc, tn := make([]string, len(threads)), make([]string, len(threads)), make([]int64, len(threads))
 	for i, t := range threads {
 		tp[i], tc[i], tn[i] = t.practice, t.conv, counts[t]
 	}
 	// back[i]: how far below its thread's new last seq message i's seq is.
 	left := counts
-	n := len(batch)
-	back := make([]int64, n)
-	practice, conv, patient, sender, role, text, extras, readBy, reqID, hash, display :=
-		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n),
-		make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	fromPatient, sensitive := make([]bool, n), make([]bool, n)
-	status := make([]int32, n)
-	created, delivered, read := make([]int64, n), make([]int64, n), make([]int64, n)
+	back := make([]int64, len(batch))
 	for i, b := range batch {
-		m := b.m
-		t := thread{m.Practice, m.ConversationID}
+		t := threadKey{b.m.Practice, b.m.ConversationID}
 		left[t]--
 		back[i] = left[t]
-		practice[i], conv[i], patient[i], sender[i], role[i], text[i], extras[i] = m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.Text, b.extras
-		readBy[i], reqID[i], hash[i], display[i] = m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName
-		fromPatient[i], sensitive[i], status[i] = m.FromPatient, m.Sensitive, int32(m.Status)
-		created[i], delivered[i], read[i] = sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime), sqldb.Micros(m.ReadTime)
 	}
-	rows, err := tx.Query(ctx, insertBatchSQL, tp, tc, tn, practice, conv, back, patient, sender, role, fromPatient, text,
-		extras, sensitive, status, created, delivered, read, readBy, reqID, hash, display)
+	c := columnsOf(batch)
+	rows, err := tx.Query(ctx, insertBatchSQL, tp, tc, tn, c.practice, c.conv, back, c.patient, c.sender, c.role, c.fromPatient, c.text,
+		c.extras, c.sensitive, c.status, c.created, c.delivered, c.read, c.readBy, c.reqID, c.hash, c.display)
 	if err != nil {
 		return fmt.Errorf("insert messages: %w", err)
 	}
 	defer rows.Close()
-	got := 0
+	got, n := 0, len(batch)
 	for rows.Next() {
 		var ord, seq int64
 		if err := rows.Scan(&ord, &seq); err != nil {
@@ -224,6 +223,113 @@ func insertBatch(ctx context.Context, tx *sqldb.Tx, batch []*queuedSend) error {
 	return outbox.AddAll(ctx, tx, evs)
 }
 
+// insertKnown is insertBatch when this process knows every thread's
+// counter (seqCache.plan gave each send its seq): the statement needs no
+// answer, so it goes with the events' INSERT and COMMIT in one network
+// write (sqldb's ExecAtCommit), one round trip fewer on the send's path
+// than insertBatch's. It raises each counter from the known value only: a
+// counter that moved since (another replica's send, a send alone) leaves
+// its thread's messages without a seq, and the NOT NULL seq fails the
+// statement, as a repeated request id fails it (no ON CONFLICT here):
+// nothing of the batch is written and the caller writes it again with
+// insertBatch.
+func insertKnown(ctx context.Context, tx *sqldb.Tx, batch []*queuedSend, seqs []int64) error {
+	threads, counts := threadsOf(batch)
+	tp, tc, told := make([]string, len(threads)), make([]string, len(threads)), make([]int64, len(threads))
+	tnew := make([]int64, len(threads))
+	for i, t := range threads {
+		tp[i], tc[i] = t.practice, t.conv
+	}
+	for i, b := range batch {
+		b.out = b.m
+		b.out.Seq = seqs[i]
+		t := threadKey{b.m.Practice, b.m.ConversationID}
+		j, _ := slices.BinarySearchFunc(threads, t, threadKey.compare)
+		if tnew[j] < seqs[i] {
+			tnew[j] = seqs[i]
+		}
+	}
+	for i, t := range threads {
+		told[i] = tnew[i] - counts[t]
+	}
+	c := columnsOf(batch)
+	if err := tx.ExecAtCommit(ctx, insertKnownSQL, tp, tc, told, tnew, c.practice, c.conv, seqs, c.patient, c.sender, c.role,
+		c.fromPatient, c.text, c.extras, c.sensitive, c.status, c.created, c.delivered, c.read, c.readBy, c.reqID, c.hash, c.display); err != nil {
+		return fmt.Errorf("insert messages: %w", err)
+	}
+	var evs []domain.Event
+	for _, b := range batch {
+		evs = append(evs, b.evs(b.out)...)
+	}
+	return outbox.AddAll(ctx, tx, evs)
+}
+
+// repeats reports whether a request id is in batch twice.
+func repeats(batch []*queuedSend) bool {
+	type request struct{ practice, sender, id string }
+	requests := make(map[request]bool, len(batch))
+	for _, b := range batch {
+		r := request{b.m.Practice, b.m.Sender, b.m.RequestID}
+		if requests[r] {
+			return true
+		}
+		requests[r] = true
+	}
+	return false
+}
+
+// threadKey names a thread.
+type threadKey struct{ practice, conv string }
+
+func (a threadKey) compare(b threadKey) int {
+	if c := strings.Compare(a.practice, b.practice); c != 0 {
+		return c
+	}
+	return strings.Compare(a.conv, b.conv)
+}
+
+// threadsOf is batch's threads in one order, as every batch locks their
+// counters, and each one's number of sends.
+func threadsOf(batch []*queuedSend) ([]threadKey, map[threadKey]int64) {
+	counts := map[threadKey]int64{}
+	for _, b := range batch {
+		counts[threadKey{b.m.Practice, b.m.ConversationID}]++
+	}
+	threads := make([]threadKey, 0, len(counts))
+	for t := range counts {
+		threads = append(threads, t)
+	}
+	slices.SortFunc(threads, threadKey.compare)
+	return threads, counts
+}
+
+// batchColumns are a batch's messages as one array per column.
+type batchColumns struct {
+	practice, conv, patient, sender, role, text, extras, readBy, reqID, hash, display []string
+	fromPatient, sensitive                                                            []bool
+	status                                                                            []int32
+	created, delivered, read                                                          []int64
+}
+
+func columnsOf(batch []*queuedSend) batchColumns {
+	n := len(batch)
+	c := batchColumns{
+		practice: make([]string, n), conv: make([]string, n), patient: make([]string, n), sender: make([]string, n),
+		role: make([]string, n), text: make([]string, n), extras: make([]string, n), readBy: make([]string, n),
+		reqID: make([]string, n), hash: make([]string, n), display: make([]string, n),
+		fromPatient: make([]bool, n), sensitive: make([]bool, n), status: make([]int32, n),
+		created: make([]int64, n), delivered: make([]int64, n), read: make([]int64, n),
+	}
+	for i, b := range batch {
+		m := b.m
+		c.practice[i], c.conv[i], c.patient[i], c.sender[i], c.role[i], c.text[i], c.extras[i] = m.Practice, m.ConversationID, m.PatientID, m.Sender, m.SenderRole, m.Text, b.extras
+		c.readBy[i], c.reqID[i], c.hash[i], c.display[i] = m.ReadBy, m.RequestID, m.ContentHash, m.SenderDisplayName
+		c.fromPatient[i], c.sensitive[i], c.status[i] = m.FromPatient, m.Sensitive, int32(m.Status)
+		c.created[i], c.delivered[i], c.read[i] = sqldb.Micros(m.CreateTime), sqldb.Micros(m.DeliverTime), sqldb.Micros(m.ReadTime)
+	}
+	return c
+}
+
 // insertBatchSQL raises each thread's counter by its sends ($1–$3) and
 // inserts the messages ($4–$21, one array element each) with the seqs
 // below it, returning each inserted message's ordinal and seq.
@@ -245,3 +351,25 @@ const insertBatchSQL = `WITH next AS (INSERT INTO conversation_seq (practice, co
 		ON CONFLICT (practice, sender, request_id) DO NOTHING
 		RETURNING practice, sender, request_id, seq)
 	SELECT m.ord, ins.seq FROM ins JOIN m ON m.practice = ins.practice AND m.sender = ins.sender AND m.request_id = ins.request_id`
+
+// insertKnownSQL is insertKnown's statement: each thread's counter ($1,
+// $2) raised from its known value ($3) to its new one ($4), and the
+// messages ($5–$22) inserted with their seqs; a message whose thread's
+// counter was not at the known value gets a NULL seq, which fails the
+// statement (seq is NOT NULL).
+const insertKnownSQL = `WITH next AS (UPDATE conversation_seq c SET last_seq = t.last_seq
+		FROM unnest(CAST($1 AS TEXT[]), CAST($2 AS TEXT[]), CAST($3 AS BIGINT[]), CAST($4 AS BIGINT[]))
+			AS t(practice, conversation_id, known, last_seq)
+		WHERE c.practice = t.practice AND c.conversation_id = t.conversation_id AND c.last_seq = t.known
+		RETURNING c.practice, c.conversation_id),
+	m AS (SELECT * FROM unnest(CAST($5 AS TEXT[]), CAST($6 AS TEXT[]), CAST($7 AS BIGINT[]), CAST($8 AS TEXT[]),
+		CAST($9 AS TEXT[]), CAST($10 AS TEXT[]), CAST($11 AS BOOLEAN[]), CAST($12 AS TEXT[]), CAST($13 AS TEXT[]),
+		CAST($14 AS BOOLEAN[]), CAST($15 AS INTEGER[]), CAST($16 AS BIGINT[]), CAST($17 AS BIGINT[]), CAST($18 AS BIGINT[]),
+		CAST($19 AS TEXT[]), CAST($20 AS TEXT[]), CAST($21 AS TEXT[]), CAST($22 AS TEXT[]))
+		AS t(practice, conversation_id, seq, patient_id, sender, sender_role, from_patient, text, extras,
+			sensitive, status, create_time, deliver_time, read_time, read_by, request_id, content_hash, sender_display_name))
+	INSERT INTO messages (` + columns + `)
+	SELECT m.practice, m.conversation_id, CASE WHEN next.practice IS NOT NULL THEN m.seq END, m.patient_id, m.sender,
+		m.sender_role, m.from_patient, m.text, m.extras, m.sensitive, m.status, m.create_time, m.deliver_time, m.read_time,
+		m.read_by, m.request_id, m.content_hash, m.sender_display_name
+	FROM m LEFT JOIN next ON next.practice = m.practice AND next.conversation_id = m.conversation_id`

@@ -29,6 +29,9 @@ type Store struct {
 	receiptsWaiting atomic.Int32
 	// sends are the PostgreSQL sends waiting for a write (sendbatch.go).
 	sends sendQueue
+	// seqs are threads' counters as this process last committed them
+	// (knownseqs.go).
+	seqs seqCache
 }
 
 var _ domain.Repository = (*Store)(nil)
@@ -182,7 +185,9 @@ func (s *Store) Send(ctx context.Context, m domain.Message, evs func(domain.Mess
 		if out, ok, err := s.sendBatched(ctx, m, extras, evs); ok {
 			return out, true, err
 		}
-		// Not stored by a batch (a repeat, or the batch failed): alone.
+		// Not stored by a batch (a repeat, or the batch failed): alone, and
+		// the thread's counter is no longer known (it may move here).
+		s.seqs.forget(threadKey{m.Practice, m.ConversationID})
 	}
 	return s.sendAlone(ctx, m, extras, evs)
 }
