@@ -2,10 +2,10 @@ package store
 
 import "sync"
 
-// maxKnownThreads bounds seqCache: past it, the cache starts again empty
-// (the next batch of each thread is written by insertBatch, which
-// learns its counter again).
-const maxKnownThreads = 4096
+// maxKnownThreads bounds seqCache (~2 MiB at ~120 B an entry): past it,
+// the cache starts again empty (the next batch of each thread is written
+// by insertBatch, which learns its counter again).
+const maxKnownThreads = 16384
 
 // seqCache holds each thread's counter (its last message's seq) as this
 // process last committed it, so that a batch of sends can carry its seqs
