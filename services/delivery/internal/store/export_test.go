@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"time"
 
 	"github.com/clinicchat/clinicchat/services/delivery/internal/domain"
 )
@@ -49,3 +50,10 @@ func SendWritesAtOnce(s *Store) int64 { return s.sends.mostWriting.Load() }
 // and went again reading their seqs back (PostgreSQL).
 func SentKnown(s *Store) int64   { return s.sends.known.Load() }
 func KnownFailed(s *Store) int64 { return s.sends.knownFailed.Load() }
+
+// SetKnownClock sets the clock of the store's known counters (their
+// pauses after a failed write).
+func SetKnownClock(s *Store, now func() time.Time) { s.seqs.now = now }
+
+// KnownBackoff is how long a thread is paused after a failed known write.
+const KnownBackoff = knownBackoff

@@ -151,8 +151,8 @@ func (s *Store) writeBatch(ctx context.Context, batch []*queuedSend) error {
 		}
 		// A counter moved (another replica's send, a send alone) or the
 		// batch met a repeated request id: written again as below, which
-		// finds either.
-		s.seqs.forgetBatch(batch)
+		// finds either, and its threads paused (knownBackoff).
+		s.seqs.failed(batch)
 		s.sends.knownFailed.Add(1)
 	}
 	err := s.db.Write(ctx, func(tx *sqldb.Tx) error { return insertBatch(ctx, tx, batch) })
