@@ -365,6 +365,7 @@ func (s *Server) routes() error {
 		runtime.WithRoutingErrorHandler(s.handleRoutingError),
 		runtime.WithStreamErrorHandler(s.handleStreamError),
 		runtime.WithIncomingHeaderMatcher(incomingHeader),
+		runtime.WithMetadata(affinity),
 		// No upstream metadata or trailer becomes a response header
 		// (Grpc-Metadata-*, Grpc-Trailer-*).
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 
 	conversationv1 "github.com/clinicchat/clinicchat/proto/clinicchat/conversation/v1"
 	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
+	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 )
 
 // The two API calls of every chat message, served by hand (serveHot): a
@@ -78,7 +80,8 @@ func (s *Server) serveHot(w http.ResponseWriter, r *http.Request) bool {
 	body := http.MaxBytesReader(w, r.Body, maxJSONBody)
 	r.Body = body
 
-	ctx := metadata.NewOutgoingContext(r.Context(), s.hotMetadata(r, authz[0]))
+	md := s.hotMetadata(r, authz[0])
+	ctx := metadata.NewOutgoingContext(r.Context(), md)
 	var resp proto.Message
 	var err error
 	if markRead {
@@ -94,6 +97,8 @@ func (s *Server) serveHot(w http.ResponseWriter, r *http.Request) bool {
 		var req deliveryv1.CreateMessageRequest
 		if err = decodeHotBody(s, body, &req); err == nil {
 			req.Parent = p[len("/v1/") : len(p)-len("/messages")] // "conversations/{id}"
+			// The thread's sends to one delivery replica (grpcx.DialAffine).
+			md[grpcx.AffinityHeader] = []string{req.Parent}
 			_, _ = io.Copy(io.Discard, body)
 			var m *deliveryv1.Message
 			m, err = s.delivery.CreateMessage(ctx, &req)
@@ -115,6 +120,16 @@ func (s *Server) serveHot(w http.ResponseWriter, r *http.Request) bool {
 		s.log.Debug("write response", zap.String("route", route), zap.Error(err))
 	}
 	return true
+}
+
+// affinity is the metadata that sends a send to its thread's delivery
+// replica (grpcx.DialAffine) when grpc-gateway serves it, as serveHot does.
+func affinity(_ context.Context, r *http.Request) metadata.MD {
+	id, ok := strings.CutPrefix(r.URL.Path, "/v1/conversations/")
+	if id, ok = strings.CutSuffix(id, "/messages"); !ok || r.Method != http.MethodPost || id == "" || strings.IndexByte(id, '/') >= 0 {
+		return nil
+	}
+	return metadata.MD{grpcx.AffinityHeader: {"conversations/" + id}}
 }
 
 // hotRoute says whether serveHot serves r, a POST of a clean /v1 path, and

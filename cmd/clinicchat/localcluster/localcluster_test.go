@@ -5,8 +5,11 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -213,6 +216,11 @@ func replicaKilled(t *testing.T, c *localcluster.Cluster, e e2e.Env) {
 		acked   = map[string]string{} // requestId → message name
 		retries int
 	)
+	replicas := []string{"delivery-1", "delivery-2"}
+	before := map[string]int{}
+	for _, name := range replicas {
+		before[name] = createdOn(t, c.MetricsAddrs[name])
+	}
 	killAt := make(chan struct{})
 	var once sync.Once
 	var wg sync.WaitGroup
@@ -247,7 +255,18 @@ func replicaKilled(t *testing.T, c *localcluster.Cluster, e e2e.Env) {
 		}()
 	}
 	<-killAt
-	require.NoError(t, c.Kill("delivery-1"))
+	// The replica that takes the thread's sends (the gateway sends a
+	// thread's to one, grpcx.DialAffine): all 40 so far went there.
+	victim := ""
+	for _, name := range replicas {
+		if n := createdOn(t, c.MetricsAddrs[name]) - before[name]; n >= 40 {
+			victim = name
+		} else {
+			require.Zero(t, n, "%s: the thread's sends go to one replica", name)
+		}
+	}
+	require.NotEmpty(t, victim, "one replica took the thread's sends")
+	require.NoError(t, c.Kill(victim))
 	wg.Wait()
 	t.Logf("%d sends acknowledged, %d failed attempts retried", len(acked), retries)
 	require.Len(t, acked, senders*perSender)
@@ -264,6 +283,26 @@ func replicaKilled(t *testing.T, c *localcluster.Cluster, e e2e.Env) {
 	}
 	// The gateway keeps answering through the surviving replica.
 	staff.Send(conv.Name, "after the kill", e2e.ReqID("after", 0))
+}
+
+// createdOn is the CreateMessage calls a delivery replica answered, from
+// its /metrics at addr.
+func createdOn(t *testing.T, addr string) int {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	n := 0
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "grpc_server_handled_total{") && strings.Contains(line, `grpc_method="CreateMessage"`) {
+			v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+			require.NoError(t, err)
+			n += int(v)
+		}
+	}
+	return n
 }
 
 // idleCommitsPerSecond bounds each service database's commits at rest. The

@@ -116,7 +116,14 @@ func run(args []string) error {
 	var conns [5]*grpc.ClientConn
 	upstreams := map[string]grpc.ClientConnInterface{}
 	for i, addr := range cfg.Upstreams {
-		cc, err := grpcx.Dial(addr, dialOpts...)
+		dial := grpcx.Dial
+		if gateway.UpstreamNames[i] == "delivery" {
+			// A thread's sends to one delivery replica (the gateway sets
+			// grpcx.AffinityHeader to the thread): it batches them and knows
+			// the thread's counter (one round trip a batch).
+			dial = grpcx.DialAffine
+		}
+		cc, err := dial(addr, dialOpts...)
 		if err != nil {
 			return fmt.Errorf("--%s-addr: %w", gateway.UpstreamNames[i], err)
 		}

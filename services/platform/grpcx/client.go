@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	_ "google.golang.org/grpc/balancer/ringhash" // AffineServiceConfig's balancer
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/resolver"
@@ -49,6 +50,26 @@ const ServiceConfig = `{
     }
   ]
 }`
+
+// AffinityHeader is the metadata key of a call's affinity: on a connection
+// from DialAffine, calls that carry the same value go to the same replica
+// while it is up.
+const AffinityHeader = "x-clinicchat-affinity"
+
+// AffineServiceConfig is ServiceConfig with ring_hash instead of
+// round_robin (gRPC's own balancer, gRFC A76): a call with AffinityHeader
+// goes to the replica its value hashes to on the ring (the next one up when
+// that one is down, and back when it returns); a call without it to a
+// random ready replica.
+var AffineServiceConfig = strings.Replace(ServiceConfig, `[{"round_robin": {}}]`,
+	`[{"ring_hash_experimental": {"requestHashHeader": "`+AffinityHeader+`"}}]`, 1)
+
+// DialAffine is Dial with AffineServiceConfig: for delivery, whose replicas
+// batch a thread's sends best, and write them a round trip cheaper, when
+// one replica takes all of them (the gateway sets the header to the thread).
+func DialAffine(target string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	return Dial(target, append(opts, grpc.WithDefaultServiceConfig(AffineServiceConfig))...)
+}
 
 // Keepalive pings an idle connection so that a peer which vanished without
 // closing it (a node lost, a network partition) is noticed within ~40 s

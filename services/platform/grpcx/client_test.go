@@ -2,6 +2,7 @@ package grpcx_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/clinicchat/clinicchat/services/platform/grpcx"
 	"github.com/clinicchat/clinicchat/services/platform/testkit"
@@ -64,6 +66,65 @@ func TestDialListBalancesAndFailsOver(t *testing.T) {
 		require.NoError(t, check(), "the other replica answers")
 	}
 	require.Equal(t, before+50, b.calls.Load())
+}
+
+// DialAffine: calls with the same AffinityHeader go to one replica, the
+// keys spread over the replicas, a key whose replica dies moves to one other
+// replica and every call still succeeds, and calls without it are served.
+func TestDialAffineKeepsAKeyOnOneReplica(t *testing.T) {
+	require.Contains(t, grpcx.AffineServiceConfig, "ring_hash_experimental")
+	rs := []*replica{startReplica(t), startReplica(t), startReplica(t)}
+	cc, err := grpcx.DialAffine(rs[0].addr + "," + rs[1].addr + "," + rs[2].addr)
+	require.NoError(t, err)
+	defer cc.Close()
+	health := healthpb.NewHealthClient(cc)
+	// where sends n calls with key (none: "") and returns the replicas they
+	// reached, as indexes into rs.
+	where := func(key string, n int) map[int]bool {
+		got := map[int]bool{}
+		for range n {
+			before := make([]int64, len(rs))
+			for i, r := range rs {
+				before[i] = r.calls.Load()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if key != "" {
+				ctx = metadata.AppendToOutgoingContext(ctx, grpcx.AffinityHeader, key)
+			}
+			_, err := health.Check(ctx, &healthpb.HealthCheckRequest{})
+			cancel()
+			require.NoError(t, err)
+			for i, r := range rs {
+				if r.calls.Load() != before[i] {
+					got[i] = true
+				}
+			}
+		}
+		return got
+	}
+	owner := map[string]int{}
+	used := map[int]bool{}
+	for k := range 24 {
+		key := fmt.Sprintf("conversations/c%d", k)
+		got := where(key, 4)
+		require.Len(t, got, 1, "key %s: one replica", key)
+		for i := range got {
+			owner[key], used[i] = i, true
+		}
+	}
+	require.Greater(t, len(used), 1, "the keys spread over the replicas")
+	require.NotEmpty(t, where("", 3), "a call without a key is served")
+
+	dead := owner["conversations/c0"]
+	rs[dead].srv.Stop() // closes every connection at once, as a crash would
+	got := where("conversations/c0", 10)
+	require.Len(t, got, 1, "the key moved to one other replica")
+	require.False(t, got[dead])
+	for key, i := range owner {
+		if i != dead {
+			require.Equal(t, map[int]bool{i: true}, where(key, 2), "key %s stays where it was", key)
+		}
+	}
 }
 
 func TestTarget(t *testing.T) {
