@@ -99,19 +99,24 @@ func (st *eventStream) startParked(end func(), resume *cursor) {
 	if !st.id.Expiry.IsZero() {
 		expiry = time.AfterFunc(time.Until(st.id.Expiry), hs.expire)
 	}
+	// What was queued while it opened, then as woken.
+	if !st.drain(ctx, hs.sw, &st.cur) {
+		st.finish()
+		return
+	}
 	st.step(ctx)
 }
 
 // step writes what is queued and what is due, then parks the stream, or
-// ends it. One goroutine at a time runs it (hijackedStream.state).
+// ends it. One goroutine at a time runs it (hijackedStream.state). As run
+// does, it takes the wake-up before it drains: a wake-up left for after
+// the drain would drain again at once and write, apart, what was queued
+// meanwhile without one (an event held for the stream's next wake-up,
+// hubwake.go).
 func (st *eventStream) step(ctx context.Context) {
 	defer st.recoverParked()
 	hs, sw := st.raw, st.raw.sw
 	for {
-		if !st.drain(ctx, sw, &st.cur) {
-			st.finish()
-			return
-		}
 		out, ok := hs.look(st)
 		if !ok {
 			parked, err := hs.park()
@@ -123,7 +128,7 @@ func (st *eventStream) step(ctx context.Context) {
 			if parked {
 				return // st belongs to the next wake's goroutine
 			}
-			continue
+			continue // woken since it looked
 		}
 		switch out {
 		case waitEnd:
@@ -138,6 +143,10 @@ func (st *eventStream) step(ctx context.Context) {
 				st.finish()
 				return
 			}
+		}
+		if !st.drain(ctx, sw, &st.cur) {
+			st.finish()
+			return
 		}
 	}
 }
