@@ -7,12 +7,15 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	deliveryv1 "github.com/clinicchat/clinicchat/proto/clinicchat/delivery/v1"
 	"github.com/clinicchat/clinicchat/services/platform/auth"
 	"github.com/clinicchat/clinicchat/services/platform/natsx"
 )
@@ -99,4 +102,80 @@ func TestEventsIdleStreamsPark(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A parked stream takes its wake-up before it drains, as a stream on
+// net/http does: the wake-up is not left for after the drain, where it
+// would drain again at once and write, apart, an event queued in between
+// without one (held for the stream's next wake-up, hubwake.go). The test
+// holds the stream right after the drain that wrote its new message, lets
+// a receipt queue for it (held: the patient's own echo), and then checks
+// that the stream parked with the receipt still queued and nothing more
+// written.
+func TestParkedStreamTakesItsWakeUpBeforeItDrains(t *testing.T) {
+	if !idlePollSupported {
+		t.Skip("no idle poller on this OS")
+	}
+	h := newHarness(t, func(_ *harness, c *Config, _ *Deps) { c.KeepAlive = time.Hour })
+	h.conv.add("conversations/ca", "p1", "patients/pa")
+	hub := h.gw.hub
+	for _, b := range hub.lazy {
+		b.mu.Lock()
+		b.wait = time.Hour // held until something else wakes the stream
+		b.mu.Unlock()
+	}
+	// armed: the stream's delivery cursor before the new message, +1.
+	var armed atomic.Uint64
+	held := make(chan *eventStream, 1)
+	resume := make(chan struct{})
+	hook := func(st *eventStream) {
+		if st.s != h.gw || !st.id.IsPrincipal("patients/pa") {
+			return
+		}
+		if a := armed.Load(); a == 0 || st.cur.d < a {
+			return
+		}
+		select {
+		case held <- st: // the first drain past the new message
+			<-resume
+		default:
+		}
+	}
+	stepDrained.Store(&hook)
+	t.Cleanup(func() { stepDrained.Store(nil) })
+	writes := func() int {
+		n, err := strconv.Atoi(h.metricValue("clinicchat_gateway_sse_writes_total"))
+		require.NoError(t, err)
+		return n
+	}
+
+	pa := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "")
+	armed.Store(hub.position().d + 1) // nothing else is published here
+	h.publish(natsx.SubjectMessageCreated, messageCreated("p1", "ca", "pa", "m1", "users/doc", "x", 1, false))
+	var st *eventStream
+	select {
+	case st = <-held:
+	case <-time.After(waitFor):
+		t.Fatal("the stream never drained its new message")
+	}
+	requireMessage(t, pa.next(), "conversations/ca/messages/m1")
+	written := writes()
+
+	// The patient's receipt of m1, echoed back to it: queued, not woken.
+	m := messageCreated("p1", "ca", "pa", "m1", "users/doc", "x", 1, false).GetMessage()
+	m.Status = deliveryv1.Message_READ
+	seq := h.publish(natsx.SubjectMessageStatusEcho, &deliveryv1.MessageUpdated{Meta: meta("p1", natsx.SystemActor),
+		Message: m, Patient: "patients/pa"})
+	require.Eventually(t, func() bool { return hub.position().d >= seq }, waitFor, time.Millisecond)
+	require.False(t, st.c.idle(), "the receipt waits in the stream's queue")
+	close(resume)
+
+	require.Eventually(t, func() bool { return st.raw.state.Load() == hsParked }, waitFor, time.Millisecond)
+	require.False(t, st.c.idle(), "parked with the receipt still queued")
+	require.Equal(t, written, writes(), "nothing written for the receipt")
+
+	// The next wake-up writes it.
+	require.True(t, hub.lazy[streamD].flush())
+	require.Equal(t, EventMessageUpdated, pa.next().Event)
+	require.Equal(t, written+1, writes())
 }

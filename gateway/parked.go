@@ -148,8 +148,15 @@ func (st *eventStream) step(ctx context.Context) {
 			st.finish()
 			return
 		}
+		if hook := stepDrained.Load(); hook != nil {
+			(*hook)(st)
+		}
 	}
 }
+
+// stepDrained, when set (tests), runs after each of step's drains: what a
+// test does there happens before the stream looks again.
+var stepDrained atomic.Pointer[func(*eventStream)]
 
 // recoverParked, as net/http would: a panic ends this stream, not the
 // process.
