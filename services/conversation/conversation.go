@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,8 +38,10 @@ type Config struct {
 	// NoNotificationRequests: new messages publish no
 	// conversation.notification.requested events, and a patient message's
 	// recipients are not read for them. For a deployment where no notifier
-	// can subscribe (the all-in-one without --nats-listen): there they would
-	// only be stored for 7 days, unread, at ~10% of the CPU of a message.
+	// consumes them (the all-in-one without --nats-listen, where none can
+	// subscribe; a stack whose operators run none,
+	// --notification-requests=false): there they would only be stored for 7
+	// days, unread, at ~10% of the CPU of a message.
 	NoNotificationRequests bool
 }
 
@@ -47,6 +50,12 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PreferencesAddr, "preferences-addr", "preferences:9090", "preferences service gRPC address")
 	fs.DurationVar(&c.ArchiveAfter, "archive-after", 8760*time.Hour, "archive a conversation with no message for this long")
 	fs.DurationVar(&c.ArchiveSweepInterval, "archive-sweep-interval", time.Hour, "how often to look for idle conversations")
+	fs.BoolFunc("notification-requests", "publish a conversation.notification.requested event for each recipient of a new message, for an outside push/e-mail/SMS notifier; false where none runs (default true)",
+		func(v string) error {
+			on, err := strconv.ParseBool(v)
+			c.NoNotificationRequests = !on
+			return err
+		})
 }
 
 // Validate reports every problem at once.

@@ -430,7 +430,8 @@ func (c *Cluster) serviceArgs(svc, name string) ([]string, error) {
 	switch svc {
 	case "conversation":
 		args = append(args, "--preferences-addr", c.Addrs["preferences"],
-			"--archive-after", c.cfg.ArchiveAfter.String(), "--archive-sweep-interval", c.cfg.ArchiveSweepInterval.String())
+			"--archive-after", c.cfg.ArchiveAfter.String(), "--archive-sweep-interval", c.cfg.ArchiveSweepInterval.String(),
+			"--notification-requests="+strconv.FormatBool(!c.cfg.NoNotificationRequests))
 	case "delivery":
 		args = append(args, "--conversation-addr", c.Addrs["conversation"], "--preferences-addr", c.Addrs["preferences"],
 			"--attachment-addr", c.Addrs["attachment"], "--artifact-provider-addr", c.Addrs["demoprovider"],

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -37,7 +38,10 @@ type Config struct {
 	DeliveryReplicas     int
 	ArchiveAfter         time.Duration
 	ArchiveSweepInterval time.Duration
-	LogLevel             string
+	// NoNotificationRequests: conversation publishes no notification
+	// requests for an outside notifier (its --notification-requests=false).
+	NoNotificationRequests bool
+	LogLevel               string
 	// DBConns is each service process's PostgreSQL connections (0: 8).
 	DBConns int
 	// BinDir holds the binaries (Build); empty: build them into DataDir/bin.
@@ -87,6 +91,12 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.DeliveryReplicas, "delivery-replicas", 1, "delivery processes behind the gateway (1-4)")
 	fs.DurationVar(&c.ArchiveAfter, "archive-after", 8760*time.Hour, "archive a conversation with no message for this long")
 	fs.DurationVar(&c.ArchiveSweepInterval, "archive-sweep-interval", time.Hour, "how often the archive sweeper looks")
+	fs.BoolFunc("notification-requests", "conversation publishes a notification request for each recipient of a new message, for an outside notifier; false where none runs (default true)",
+		func(v string) error {
+			on, err := strconv.ParseBool(v)
+			c.NoNotificationRequests = !on
+			return err
+		})
 	fs.StringVar(&c.LogLevel, "log-level", "info", "the processes' log level: debug, info, warn or error")
 	fs.BoolVar(&c.PlaintextServices, "plaintext-services", false, "no TLS between the processes (default: mutual TLS with a local CA and certificates under --data-dir/tls)")
 	fs.StringVar(&c.BinDir, "bin-dir", "", "use the binaries already built there (empty: go build them into --data-dir/bin)")
