@@ -433,6 +433,9 @@ func (p *inProcess) invoke(ctx context.Context, method string, req, reply any, o
 	if !ok {
 		return status.Errorf(codes.Internal, "in-process call: %T is not a protobuf message", reply)
 	}
+	if err := contextEnded(ctx); err != nil {
+		return err
+	}
 	if p.clientStats != nil {
 		ctx = p.clientStats.TagRPC(ctx, &stats.RPCTagInfo{FullMethodName: method})
 		p.clientStats.HandleRPC(ctx, &stats.Begin{Client: true, BeginTime: time.Now()})
@@ -496,6 +499,19 @@ func (p *inProcess) serveUnary(ctx context.Context, method string, m *inprocMeth
 	return m.unary.Handler(m.impl, ctx, dec, p.unary)
 }
 
+// contextEnded is the status of a call whose context has already ended
+// (CANCELED or DEADLINE_EXCEEDED), nil otherwise: as over the network, such
+// a call fails at once and never reaches the handler. (Started anyway, the
+// handler could answer before the caller saw its context end.)
+func contextEnded(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
+	default:
+		return nil
+	}
+}
+
 // NewStream starts a streaming call: the client interceptors, then the
 // handler on its own goroutine, messages passed (copied) over channels.
 func (p *inProcess) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
@@ -516,6 +532,9 @@ func (p *inProcess) newStream(ctx context.Context, desc *grpc.StreamDesc, method
 	m := p.methods[method]
 	if m == nil || m.stream == nil {
 		return nil, status.Errorf(codes.Unimplemented, "unknown method %s", method)
+	}
+	if err := contextEnded(ctx); err != nil {
+		return nil, err
 	}
 	if p.clientStats != nil {
 		ctx = p.clientStats.TagRPC(ctx, &stats.RPCTagInfo{FullMethodName: method})
