@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -197,6 +198,14 @@ func (h *harness) metricValue(name string) string {
 	}
 	h.t.Fatalf("no sample %s", name)
 	return ""
+}
+
+// sseWrites is the gateway's count of SSE writes so far.
+func (h *harness) sseWrites() int {
+	h.t.Helper()
+	n, err := strconv.Atoi(h.metricValue("clinicchat_gateway_sse_writes_total"))
+	require.NoError(h.t, err)
+	return n
 }
 
 // Events that queue up while a stream's writer is busy are written

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -570,8 +569,7 @@ func TestHubWakesAStreamOncePerBurst(t *testing.T) {
 			// The staff streams get the burst in one write each; the
 			// patient, its recipient, is woken at once for each message
 			// (TestHubWakesARecipientAtOnce), so gets 1 to n writes.
-			writes, err := strconv.Atoi(h.metricValue("clinicchat_gateway_sse_writes_total"))
-			require.NoError(t, err)
+			writes := h.sseWrites()
 			require.GreaterOrEqual(t, writes, 6+2+1)
 			require.LessOrEqual(t, writes, 6+2+n, "the burst in one write per staff stream")
 			require.Equal(t, fmt.Sprint(3*(n+1)), h.metricValue(`clinicchat_gateway_sse_events_total{event="message.created"}`))
@@ -709,11 +707,7 @@ func TestHubHoldsLazyEvents(t *testing.T) {
 				defer b.mu.Unlock()
 				return len(b.conns)
 			}
-			writes := func() int {
-				n, err := strconv.Atoi(h.metricValue("clinicchat_gateway_sse_writes_total"))
-				require.NoError(t, err)
-				return n
-			}
+			writes := h.sseWrites
 			doc := h.openEvents(h.token("doc", auth.RoleDentist, "p1", 0), "")
 			pa := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "")
 			nurse := h.openEvents(h.token("nurse", auth.RoleHygienist, "p1", 0), "")

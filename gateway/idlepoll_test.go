@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -143,11 +142,7 @@ func TestParkedStreamTakesItsWakeUpBeforeItDrains(t *testing.T) {
 	}
 	stepDrained.Store(&hook)
 	t.Cleanup(func() { stepDrained.Store(nil) })
-	writes := func() int {
-		n, err := strconv.Atoi(h.metricValue("clinicchat_gateway_sse_writes_total"))
-		require.NoError(t, err)
-		return n
-	}
+	writes := h.sseWrites
 
 	pa := h.openEvents(h.token("pa", auth.RolePatient, "p1", 0), "")
 	armed.Store(hub.position().d + 1) // nothing else is published here
