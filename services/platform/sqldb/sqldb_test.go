@@ -181,8 +181,7 @@ func TestSQLiteWriteIgnoresCancellationOnceRunning(t *testing.T) {
 // several processes under one server's max_connections) and never reaches
 // the server, which would refuse it as an unknown setting.
 func TestPostgresPoolMaxConns(t *testing.T) {
-	testkit.PostgresSchema(t) // skips without PostgreSQL (fails in CI)
-	dsn := testkit.PostgresDSN()
+	dsn := testkit.PostgresSchema(t) // skips without PostgreSQL (fails in CI)
 	sep := "?"
 	if strings.Contains(dsn, "?") {
 		sep = "&"
