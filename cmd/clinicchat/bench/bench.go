@@ -223,6 +223,9 @@ type Result struct {
 	Timeline []Sample `json:"-"`
 	// Server figures, when a pid or metrics URL was given.
 	Server *ServerFigures `json:"server,omitempty"`
+	// Machine is what a system call and a thread wake-up cost on the
+	// client's machine, measured before the run (nil where it could not be).
+	Machine *Machine `json:"machine,omitempty"`
 }
 
 // ServerFigures are the server's CPU and memory over the run.
@@ -279,6 +282,20 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	// Before any load: the figures are the machine's, not the run's.
+	machine, err := measureMachine()
+	if err != nil {
+		return nil, err
+	}
+	res, err := run(ctx, cfg)
+	if res != nil {
+		res.Machine = machine
+	}
+	return res, err
+}
+
+// run is Run after the calibration.
+func run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Practice == "" {
 		cfg.Practice = fmt.Sprintf("bench-%d", time.Now().UnixNano())
 	}

@@ -79,6 +79,12 @@ func TestBenchFindsNothingLost(t *testing.T) {
 			require.Positive(t, res.Server.CPUMsPerMessage)
 			require.GreaterOrEqual(t, res.Server.CPUMsPerMessageUntilIdle, res.Server.CPUMsPerMessage, "counted on until idle")
 			require.False(t, res.Failed())
+			// The machine's calibration: a wake-up round trip is at
+			// least four system calls (two writes, two reads).
+			require.NotNil(t, res.Machine)
+			require.Positive(t, res.Machine.SyscallMicros)
+			require.Greater(t, res.Machine.WakeupRoundTripMicros, 4*res.Machine.SyscallMicros)
+			require.Contains(t, out.String(), "a thread wake-up round trip")
 		})
 	}
 }

@@ -131,8 +131,13 @@ func (p *progressBar) update(sent, total int) {
 	}
 }
 
-// writeIdle says how many idle streams of another practice were open.
+// writeIdle prints the conditions of the run: the machine's calibration and
+// how many idle streams of another practice were open.
 func (r *Result) writeIdle(w io.Writer) {
+	if m := r.Machine; m != nil {
+		fmt.Fprintf(w, "  machine       a system call %.2f µs, a thread wake-up round trip %.1f µs (before the run)\n",
+			m.SyscallMicros, m.WakeupRoundTripMicros)
+	}
 	if r.IdleStreams > 0 {
 		fmt.Fprintf(w, "  idle streams  %d of another practice's staff, open through the run\n", r.IdleStreams)
 	}

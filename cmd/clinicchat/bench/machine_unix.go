@@ -1,0 +1,132 @@
+//go:build unix
+
+package bench
+
+import (
+	"fmt"
+	"runtime"
+	"sort"
+	"syscall"
+	"time"
+)
+
+// Machine is what a kernel transition costs on the machine the bench runs
+// on, measured just before the run. A message through the stack is dozens
+// of system calls and thread wake-ups in each process it crosses, so where
+// these cost several times more (a VM whose guest kernel traps into the
+// host on every system call and context switch, with page-table isolation
+// on), so does a message, and rates measured on different machines (or on
+// one VM at different times) compare only next to these figures
+// (BENCHMARKS.md, Dec 4 sixth session).
+type Machine struct {
+	// SyscallMicros is one system call that does nothing (getppid), the
+	// median of several rounds.
+	SyscallMicros float64 `json:"syscallMicros"`
+	// WakeupRoundTripMicros is one thread writing a byte into a pipe and
+	// sleeping until a second thread, woken by it, writes one back: two
+	// wake-ups and four context switches, the median of several rounds.
+	WakeupRoundTripMicros float64 `json:"wakeupRoundTripMicros"`
+}
+
+// Calibration sizes: each round is short (a few ms even on a slow VM),
+// the median of the rounds keeps out a round the scheduler disturbed.
+const (
+	calRounds      = 7
+	calSyscalls    = 20000
+	calWakeupTrips = 300
+)
+
+// measureMachine measures the Machine figures, in about 20-100 ms.
+func measureMachine() (*Machine, error) {
+	sys := make([]float64, 0, calRounds)
+	for range calRounds {
+		start := time.Now()
+		for range calSyscalls {
+			syscall.Getppid()
+		}
+		sys = append(sys, float64(time.Since(start).Nanoseconds())/calSyscalls/1000)
+	}
+	trips := make([]float64, 0, calRounds)
+	for range calRounds {
+		us, err := wakeupRoundTrip(calWakeupTrips)
+		if err != nil {
+			return nil, err
+		}
+		trips = append(trips, us)
+	}
+	return &Machine{SyscallMicros: median(sys), WakeupRoundTripMicros: median(trips)}, nil
+}
+
+// wakeupRoundTrip is the mean of n round trips, in µs, between two OS
+// threads over two blocking pipes: each read sleeps in the kernel until the
+// other thread's write wakes it (the runtime's poller is not involved).
+func wakeupRoundTrip(n int) (float64, error) {
+	var ping, pong [2]int
+	if err := syscall.Pipe(ping[:]); err != nil {
+		return 0, fmt.Errorf("calibrate: %w", err)
+	}
+	defer syscall.Close(ping[0])
+	defer syscall.Close(ping[1])
+	if err := syscall.Pipe(pong[:]); err != nil {
+		return 0, fmt.Errorf("calibrate: %w", err)
+	}
+	defer syscall.Close(pong[0])
+	defer syscall.Close(pong[1])
+	echoed := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		b := make([]byte, 1)
+		for range n {
+			if err := readFull(ping[0], b); err != nil {
+				echoed <- err
+				return
+			}
+			if _, err := syscall.Write(pong[1], b); err != nil {
+				echoed <- err
+				return
+			}
+		}
+		echoed <- nil
+	}()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	b := []byte{1}
+	start := time.Now()
+	for range n {
+		if _, err := syscall.Write(ping[1], b); err != nil {
+			return 0, fmt.Errorf("calibrate: %w", err)
+		}
+		if err := readFull(pong[0], b); err != nil {
+			return 0, fmt.Errorf("calibrate: %w", err)
+		}
+	}
+	took := time.Since(start)
+	if err := <-echoed; err != nil {
+		return 0, fmt.Errorf("calibrate: %w", err)
+	}
+	return float64(took.Nanoseconds()) / float64(n) / 1000, nil
+}
+
+// readFull reads len(b) bytes from the blocking fd, retrying EINTR.
+func readFull(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := syscall.Read(fd, b)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err != nil:
+			return err
+		case n == 0:
+			return fmt.Errorf("pipe closed")
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// median of xs (sorted in place); xs is never empty here.
+func median(xs []float64) float64 {
+	sort.Float64s(xs)
+	return xs[len(xs)/2]
+}
