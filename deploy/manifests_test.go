@@ -1051,4 +1051,7 @@ var goRuntimeEnv = map[string]func(string) bool{
 		return v == "off" || (err == nil && n >= 0)
 	},
 	"GOMEMLIMIT": regexp.MustCompile(`^[0-9]+(B|KiB|MiB|GiB|TiB)?$`).MatchString,
+	// name=value settings, comma-separated; values as the runtime parses
+	// its own (a number) or as a setting of the godebug package takes them.
+	"GODEBUG": regexp.MustCompile(`^[a-z0-9]+=[a-z0-9.]+(,[a-z0-9]+=[a-z0-9.]+)*$`).MatchString,
 }

@@ -558,6 +558,9 @@ func (c *Cluster) start(name, bin string, args ...string) error {
 	if _, set := os.LookupEnv("GOGC"); !set && c.cfg.GOGC > 0 && !slices.ContainsFunc(c.cfg.Env, func(kv string) bool { return strings.HasPrefix(kv, "GOGC=") }) {
 		p.cmd.Env = append(p.cmd.Env, "GOGC="+strconv.Itoa(c.cfg.GOGC))
 	}
+	if !c.cfg.SysmonDeepSleep {
+		p.cmd.Env = withGODEBUG(p.cmd.Env, SysmonGODEBUG)
+	}
 	p.cmd.SysProcAttr = sysProcAttr()
 	if err := startCmd(p.cmd); err != nil {
 		_ = logFile.Close()
@@ -614,6 +617,28 @@ func CPULimit(bin string) int {
 		return 2
 	}
 	return 1
+}
+
+// withGODEBUG adds setting ("name=value") to env's GODEBUG, the last one
+// set (the one a process sees), unless it already sets that name.
+func withGODEBUG(env []string, setting string) []string {
+	name, _, _ := strings.Cut(setting, "=")
+	for i := len(env) - 1; i >= 0; i-- {
+		v, ok := strings.CutPrefix(env[i], "GODEBUG=")
+		if !ok {
+			continue
+		}
+		for _, s := range strings.Split(v, ",") {
+			if n, _, _ := strings.Cut(s, "="); n == name {
+				return env
+			}
+		}
+		if v == "" {
+			return append(env, "GODEBUG="+setting)
+		}
+		return append(env, "GODEBUG="+v+","+setting)
+	}
+	return append(env, "GODEBUG="+setting)
 }
 
 // childEnv is the environment without CLINICCHAT_* settings, so that every

@@ -65,6 +65,11 @@ type Config struct {
 	// the machine) instead of the one its CPU limit in deploy/k8s gives it in
 	// a pod (CPULimit).
 	AllCPUs bool
+	// SysmonDeepSleep leaves the Go runtime's system monitor as Go sets it:
+	// it sleeps deeply while every P of its process is idle, and the next
+	// system call wakes it. By default the cluster gives every process
+	// SysmonGODEBUG instead, as deploy/k8s does (see there).
+	SysmonDeepSleep bool
 	// GOGC is the collector's GOGC for every process the cluster starts
 	// (0: Go's default, 100); $GOGC, when set, wins. Flags default it to
 	// DefaultGOGC.
@@ -102,6 +107,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.BinDir, "bin-dir", "", "use the binaries already built there (empty: go build them into --data-dir/bin)")
 	fs.IntVar(&c.DBConns, "db-conns", 8, "PostgreSQL connections of each service process (all of them together stay under the server's max_connections)")
 	fs.BoolVar(&c.AllCPUs, "all-cpus", false, "run every process with Go's default GOMAXPROCS (every CPU) instead of its CPU limit in deploy/k8s (1, the gateway 2), which Go reads in a pod; $GOMAXPROCS, when set, wins either way")
+	fs.BoolVar(&c.SysmonDeepSleep, "sysmon-deep-sleep", false, "leave every process's Go system monitor as Go sets it (deep sleep while the process is idle, woken by its next system call) instead of GODEBUG="+SysmonGODEBUG+", as in deploy/k8s; $GODEBUG with schedtrace wins either way")
 	fs.IntVar(&c.GOGC, "gogc", DefaultGOGC, "GOGC of every process the cluster starts (0: Go's default, 100); $GOGC, when set, wins")
 	fs.BoolVar(&c.Debug, "debug", false, "serve pprof on every clinicchat process (--debug-addr) and NATS monitoring (/varz, /jsz) on free loopback ports, listed at start as <process>-debug=ADDR")
 	fs.Func("service-flag", "an extra flag for every service process, repeatable (e.g. --service-flag=--limit-sends-per-second=1000 for a load test)", func(v string) error {
@@ -120,6 +126,25 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 // cycles and ~0.06–0.1 ms, for heaps of ~15 MiB instead of ~6 (BENCHMARKS.md,
 // dist15).
 const DefaultGOGC = 400
+
+// SysmonGODEBUG is the GODEBUG setting every Go process of the stack runs
+// with (here and in deploy/k8s): a scheduler trace every 24.8 days, the
+// longest period GODEBUG takes, which prints one "SCHED" line to stderr at
+// start (and the scheduler's state should the process crash) and keeps the
+// runtime's system monitor out of its deep sleep. Without it, a process
+// whose every P is idle (a service between two messages) parks the monitor,
+// its next system call wakes it with a futex, and it polls every 20 µs for
+// the next millisecond and more, 50 sleeps and more, before it backs off:
+// in the distributed stack at 8 senders, ~16 nanosleep calls a message over
+// the processes and a fifth of all voluntary context switches (Go issue
+// 18236). With it the monitor never parks: it polls at up to 10 ms, about
+// 100 wake-ups a second per idle process. Measured on the 2-CPU VM
+// (BENCHMARKS.md, Dec 4 sixth session): the stack's CPU a message at 8 HTTP
+// senders 2.19 → 1.31 ms, its voluntary context switches ~24 → ~5 a message,
+// 560 → 718 sends/s (medians of 4 interleaved runs); the idle stack's CPU 1.1
+// → 3.8 % of one core. The all-in-one, one process that is rarely idle
+// under load, gains nothing measurable and runs without it.
+const SysmonGODEBUG = "schedtrace=2147483647"
 
 var dbPrefix = regexp.MustCompile(`^[a-z][a-z0-9_]{0,40}$`)
 

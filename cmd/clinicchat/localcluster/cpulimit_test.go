@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -37,5 +38,25 @@ func TestCPULimitsMatchTheManifests(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, float64(localcluster.CPULimit(bin)), cpus, "%s: a container's CPU limit against CPULimit(%q)", file, bin)
 		}
+	}
+}
+
+// TestSysmonSettingMatchesTheManifests: every Go container in deploy/k8s
+// runs with the GODEBUG the local cluster gives its processes
+// (localcluster.SysmonGODEBUG), so the local production shape schedules as
+// the real one does.
+func TestSysmonSettingMatchesTheManifests(t *testing.T) {
+	godebug := regexp.MustCompile(`(?m)- name: GODEBUG\s*\n\s+value:\s*"?([^"\n]+)"?`)
+	root := filepath.Join("..", "..", "..", "deploy", "k8s")
+	for _, file := range []string{
+		"base/gateway/deployment.yaml", "base/delivery/deployment.yaml", "base/conversation/deployment.yaml",
+		"base/preferences/deployment.yaml", "base/attachment/deployment.yaml", "base/audit/deployment.yaml",
+		"components/nats/statefulset.yaml",
+	} {
+		b, err := os.ReadFile(filepath.Join(root, file))
+		require.NoError(t, err)
+		m := godebug.FindSubmatch(b)
+		require.NotNil(t, m, "%s sets no GODEBUG", file)
+		require.Contains(t, strings.Split(string(m[1]), ","), localcluster.SysmonGODEBUG, file)
 	}
 }

@@ -2,9 +2,12 @@ package localcluster_test
 
 import (
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -245,4 +248,23 @@ func TestDistributedTraceAndMetrics(t *testing.T) {
 	}
 	require.Contains(t, get(c.DebugAddrs["nats"], "/varz"), `"in_msgs"`)
 	require.Contains(t, get(c.DebugAddrs["nats-pprof"], "/debug/pprof/"), "goroutine")
+
+	// Every Go process runs with the stack's GODEBUG (SysmonGODEBUG), the
+	// NATS server included.
+	pids := c.PIDs()
+	for _, name := range []string{"gateway", "conversation", "delivery-1", "attachment", "preferences", "audit", "nats"} {
+		require.Contains(t, pids, name)
+		environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pids[name]))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // no /proc here
+		}
+		require.NoError(t, err, name)
+		godebug := ""
+		for _, kv := range strings.Split(string(environ), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+				godebug = v // the last one is the one the runtime reads
+			}
+		}
+		require.Contains(t, strings.Split(godebug, ","), localcluster.SysmonGODEBUG, name)
+	}
 }
