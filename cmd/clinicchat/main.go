@@ -28,6 +28,9 @@ import (
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "bench" {
+		if err := bench.SteadyMonitor(); err != nil {
+			fmt.Fprintln(os.Stderr, "clinicchat bench: runs with Go's default system monitor:", err)
+		}
 		if err := bench.Main(os.Args[2:], os.Stdout, os.Stderr); err != nil {
 			fmt.Fprintln(os.Stderr, "clinicchat bench:", err)
 			os.Exit(1)

@@ -37,7 +37,9 @@ func Main(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "--cpuprofile FILE profiles the client itself. On the server's own machine every ms of the client's CPU")
 		fmt.Fprintln(stderr, "is the server's: GOMAXPROCS=1 clinicchat bench … spends about a sixth less (fewer scheduler wake-ups),")
 		fmt.Fprintln(stderr, "at the price of the client's goroutines queueing for one core (measured in BENCHMARKS.md). Its garbage")
-		fmt.Fprintln(stderr, "collector runs at GOGC=400 unless $GOGC is set.")
+		fmt.Fprintln(stderr, "collector runs at GOGC=400 unless $GOGC is set. It runs itself again with GODEBUG=schedtrace=2147483647, as")
+		fmt.Fprintln(stderr, "the distributed stack's processes do (Go's system monitor no longer parks and wakes about every send);")
+		fmt.Fprintln(stderr, "GODEBUG=schedtrace=0 keeps Go's default.")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {

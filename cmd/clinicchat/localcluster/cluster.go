@@ -32,6 +32,7 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
 
+	"github.com/clinicchat/clinicchat/cmd/clinicchat/internal/godebug"
 	"github.com/clinicchat/clinicchat/services/attachment"
 	"github.com/clinicchat/clinicchat/services/audit"
 	"github.com/clinicchat/clinicchat/services/demoprovider"
@@ -559,7 +560,7 @@ func (c *Cluster) start(name, bin string, args ...string) error {
 		p.cmd.Env = append(p.cmd.Env, "GOGC="+strconv.Itoa(c.cfg.GOGC))
 	}
 	if !c.cfg.SysmonDeepSleep {
-		p.cmd.Env = withGODEBUG(p.cmd.Env, SysmonGODEBUG)
+		p.cmd.Env = godebug.With(p.cmd.Env, SysmonGODEBUG)
 	}
 	p.cmd.SysProcAttr = sysProcAttr()
 	if err := startCmd(p.cmd); err != nil {
@@ -617,28 +618,6 @@ func CPULimit(bin string) int {
 		return 2
 	}
 	return 1
-}
-
-// withGODEBUG adds setting ("name=value") to env's GODEBUG, the last one
-// set (the one a process sees), unless it already sets that name.
-func withGODEBUG(env []string, setting string) []string {
-	name, _, _ := strings.Cut(setting, "=")
-	for i := len(env) - 1; i >= 0; i-- {
-		v, ok := strings.CutPrefix(env[i], "GODEBUG=")
-		if !ok {
-			continue
-		}
-		for _, s := range strings.Split(v, ",") {
-			if n, _, _ := strings.Cut(s, "="); n == name {
-				return env
-			}
-		}
-		if v == "" {
-			return append(env, "GODEBUG="+setting)
-		}
-		return append(env, "GODEBUG="+v+","+setting)
-	}
-	return append(env, "GODEBUG="+setting)
 }
 
 // childEnv is the environment without CLINICCHAT_* settings, so that every

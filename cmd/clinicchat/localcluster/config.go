@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/clinicchat/clinicchat/cmd/clinicchat/internal/godebug"
 )
 
 // Config is a local cluster's configuration.
@@ -128,23 +130,8 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 const DefaultGOGC = 400
 
 // SysmonGODEBUG is the GODEBUG setting every Go process of the stack runs
-// with (here and in deploy/k8s): a scheduler trace every 24.8 days, the
-// longest period GODEBUG takes, which prints one "SCHED" line to stderr at
-// start (and the scheduler's state should the process crash) and keeps the
-// runtime's system monitor out of its deep sleep. Without it, a process
-// whose every P is idle (a service between two messages) parks the monitor,
-// its next system call wakes it with a futex, and it polls every 20 µs for
-// the next millisecond and more, 50 sleeps and more, before it backs off:
-// in the distributed stack at 8 senders, ~16 nanosleep calls a message over
-// the processes and a fifth of all voluntary context switches (Go issue
-// 18236). With it the monitor never parks: it polls at up to 10 ms, about
-// 100 wake-ups a second per idle process. Measured on the 2-CPU VM
-// (BENCHMARKS.md, Dec 4 sixth session): the stack's CPU a message at 8 HTTP
-// senders 2.19 → 1.31 ms, its voluntary context switches ~24 → ~5 a message,
-// 560 → 718 sends/s (medians of 4 interleaved runs); the idle stack's CPU 1.1
-// → 3.8 % of one core. The all-in-one, one process that is rarely idle
-// under load, gains nothing measurable and runs without it.
-const SysmonGODEBUG = "schedtrace=2147483647"
+// with, here and in deploy/k8s (godebug.Steady: why, and what it costs).
+const SysmonGODEBUG = godebug.Steady
 
 var dbPrefix = regexp.MustCompile(`^[a-z][a-z0-9_]{0,40}$`)
 

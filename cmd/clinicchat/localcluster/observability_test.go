@@ -262,7 +262,7 @@ func TestDistributedTraceAndMetrics(t *testing.T) {
 		godebug := ""
 		for _, kv := range strings.Split(string(environ), "\x00") {
 			if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
-				godebug = v // the last one is the one the runtime reads
+				godebug = v // the cluster leaves one
 			}
 		}
 		require.Contains(t, strings.Split(godebug, ","), localcluster.SysmonGODEBUG, name)
