@@ -7,10 +7,11 @@ import "strings"
 
 // Steady is the GODEBUG setting every Go process of the distributed stack
 // runs with (deploy/local/up and deploy/k8s), and the bench client: a
-// scheduler trace every 24.8 days, the longest period GODEBUG takes, which
-// prints one "SCHED" line to stderr at start (and the scheduler's state
-// should the process crash) and keeps the runtime's system monitor out of
-// its deep sleep. Without it, a process whose every P is idle (a service
+// scheduler trace every 24.8 days, the longest period GODEBUG takes (a
+// "SCHED" line to stderr once the machine has been up that long, the
+// runtime's clock counting from boot, and every 24.8 days after; and the
+// scheduler's state should the process crash), which keeps the runtime's
+// system monitor out of its deep sleep. Without it, a process whose every P is idle (a service
 // between two messages) parks the monitor, its next system call wakes it
 // with a futex, and it polls every 20 µs for the next millisecond and more,
 // 50 sleeps and more, before it backs off: in the distributed stack at 8
