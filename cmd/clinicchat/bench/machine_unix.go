@@ -22,10 +22,15 @@ type Machine struct {
 	// SyscallMicros is one system call that does nothing (getppid), the
 	// median of several rounds.
 	SyscallMicros float64 `json:"syscallMicros"`
-	// WakeupRoundTripMicros is one thread writing a byte into a pipe and
-	// sleeping until a second thread, woken by it, writes one back: two
-	// wake-ups and four context switches, the median of several rounds.
-	WakeupRoundTripMicros float64 `json:"wakeupRoundTripMicros"`
+	// WakeupOneCPUMicros is one thread writing a byte into a pipe and
+	// sleeping until a second thread, woken by it, writes one back, both on
+	// one CPU: two wake-ups and four context switches, the median of
+	// several rounds. WakeupTwoCPUsMicros is the same with the threads on
+	// two CPUs, each wake-up one of a sleeping CPU (0 with one CPU). Left
+	// to the scheduler, a round trip takes one or the other at random,
+	// which is why both are pinned (Linux; elsewhere both are unpinned).
+	WakeupOneCPUMicros  float64 `json:"wakeupOneCpuMicros"`
+	WakeupTwoCPUsMicros float64 `json:"wakeupTwoCpusMicros,omitempty"`
 }
 
 // Calibration sizes: each round is short (a few ms even on a slow VM),
@@ -36,7 +41,7 @@ const (
 	calWakeupTrips = 300
 )
 
-// measureMachine measures the Machine figures, in about 20-100 ms.
+// measureMachine measures the Machine figures, in about 50-150 ms.
 func measureMachine() (*Machine, error) {
 	sys := make([]float64, 0, calRounds)
 	for range calRounds {
@@ -46,21 +51,40 @@ func measureMachine() (*Machine, error) {
 		}
 		sys = append(sys, float64(time.Since(start).Nanoseconds())/calSyscalls/1000)
 	}
+	m := &Machine{SyscallMicros: median(sys)}
+	cpus := allowedCPUs()
+	var err error
+	if m.WakeupOneCPUMicros, err = medianTrip(cpus[0], cpus[0]); err != nil {
+		return nil, err
+	}
+	if len(cpus) > 1 {
+		if m.WakeupTwoCPUsMicros, err = medianTrip(cpus[0], cpus[1]); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// medianTrip is the median over calRounds of wakeupRoundTrip's mean.
+func medianTrip(cpuA, cpuB int) (float64, error) {
 	trips := make([]float64, 0, calRounds)
 	for range calRounds {
-		us, err := wakeupRoundTrip(calWakeupTrips)
+		us, err := wakeupRoundTrip(calWakeupTrips, cpuA, cpuB)
 		if err != nil {
-			return nil, err
+			return 0, err
 		}
 		trips = append(trips, us)
 	}
-	return &Machine{SyscallMicros: median(sys), WakeupRoundTripMicros: median(trips)}, nil
+	return median(trips), nil
 }
 
 // wakeupRoundTrip is the mean of n round trips, in µs, between two OS
-// threads over two blocking pipes: each read sleeps in the kernel until the
-// other thread's write wakes it (the runtime's poller is not involved).
-func wakeupRoundTrip(n int) (float64, error) {
+// threads over two blocking pipes, the first pinned to cpuA and the second
+// to cpuB where pinCPU can (else where the scheduler puts them): each read sleeps in the kernel until the other thread's
+// write wakes it (the runtime's poller is not involved). Each thread is a
+// goroutine's, locked to it and never unlocked, so it ends with it and its
+// pinning never reaches another goroutine.
+func wakeupRoundTrip(n, cpuA, cpuB int) (float64, error) {
 	var ping, pong [2]int
 	if err := syscall.Pipe(ping[:]); err != nil {
 		return 0, fmt.Errorf("calibrate: %w", err)
@@ -74,8 +98,8 @@ func wakeupRoundTrip(n int) (float64, error) {
 	defer syscall.Close(pong[1])
 	echoed := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		pinCPU(cpuB)
 		b := make([]byte, 1)
 		for range n {
 			if err := readFull(ping[0], b); err != nil {
@@ -89,23 +113,36 @@ func wakeupRoundTrip(n int) (float64, error) {
 		}
 		echoed <- nil
 	}()
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	b := []byte{1}
-	start := time.Now()
-	for range n {
-		if _, err := syscall.Write(ping[1], b); err != nil {
-			return 0, fmt.Errorf("calibrate: %w", err)
-		}
-		if err := readFull(pong[0], b); err != nil {
-			return 0, fmt.Errorf("calibrate: %w", err)
-		}
+	type result struct {
+		took time.Duration
+		err  error
 	}
-	took := time.Since(start)
-	if err := <-echoed; err != nil {
-		return 0, fmt.Errorf("calibrate: %w", err)
+	timed := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		pinCPU(cpuA)
+		b := []byte{1}
+		start := time.Now()
+		for range n {
+			if _, err := syscall.Write(ping[1], b); err != nil {
+				timed <- result{err: err}
+				return
+			}
+			if err := readFull(pong[0], b); err != nil {
+				timed <- result{err: err}
+				return
+			}
+		}
+		timed <- result{took: time.Since(start)}
+	}()
+	r := <-timed
+	if err := <-echoed; err != nil && r.err == nil {
+		r.err = err
 	}
-	return float64(took.Nanoseconds()) / float64(n) / 1000, nil
+	if r.err != nil {
+		return 0, fmt.Errorf("calibrate: %w", r.err)
+	}
+	return float64(r.took.Nanoseconds()) / float64(n) / 1000, nil
 }
 
 // readFull reads len(b) bytes from the blocking fd, retrying EINTR.

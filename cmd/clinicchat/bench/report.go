@@ -135,8 +135,12 @@ func (p *progressBar) update(sent, total int) {
 // how many idle streams of another practice were open.
 func (r *Result) writeIdle(w io.Writer) {
 	if m := r.Machine; m != nil {
-		fmt.Fprintf(w, "  machine       a system call %.2f µs, a thread wake-up round trip %.1f µs (before the run)\n",
-			m.SyscallMicros, m.WakeupRoundTripMicros)
+		across := ""
+		if m.WakeupTwoCPUsMicros > 0 {
+			across = fmt.Sprintf(", %.1f µs across two", m.WakeupTwoCPUsMicros)
+		}
+		fmt.Fprintf(w, "  machine       a system call %.2f µs, a thread wake-up round trip %.1f µs on one CPU%s (before the run)\n",
+			m.SyscallMicros, m.WakeupOneCPUMicros, across)
 	}
 	if r.IdleStreams > 0 {
 		fmt.Fprintf(w, "  idle streams  %d of another practice's staff, open through the run\n", r.IdleStreams)
