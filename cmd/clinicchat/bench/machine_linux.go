@@ -20,13 +20,24 @@ func allowedCPUs() []int {
 	return cpus
 }
 
-// pinCPU pins the calling thread to cpu (-1: leaves it as it is). A thread
-// it cannot pin stays where the scheduler puts it.
-func pinCPU(cpu int) {
+// pinCPU pins the calling thread, locked to its goroutine, to cpu (-1:
+// leaves it as it is) and returns what puts its CPUs back, to run before it
+// is unlocked. A thread it cannot pin stays where the scheduler puts it.
+// The thread must go back to the runtime as it was: ended instead (a
+// locked goroutine that returns), it would take with it every child process
+// it had started with Pdeathsig (os/exec's SysProcAttr), as the fault rig
+// does and a CI run showed.
+func pinCPU(cpu int) (restore func()) {
 	if cpu < 0 {
-		return
+		return func() {}
 	}
-	var set unix.CPUSet
+	var old, set unix.CPUSet
+	if unix.SchedGetaffinity(0, &old) != nil {
+		return func() {}
+	}
 	set.Set(cpu)
-	_ = unix.SchedSetaffinity(0, &set)
+	if unix.SchedSetaffinity(0, &set) != nil {
+		return func() {}
+	}
+	return func() { _ = unix.SchedSetaffinity(0, &old) }
 }

@@ -81,9 +81,9 @@ func medianTrip(cpuA, cpuB int) (float64, error) {
 // wakeupRoundTrip is the mean of n round trips, in µs, between two OS
 // threads over two blocking pipes, the first pinned to cpuA and the second
 // to cpuB where pinCPU can (else where the scheduler puts them): each read sleeps in the kernel until the other thread's
-// write wakes it (the runtime's poller is not involved). Each thread is a
-// goroutine's, locked to it and never unlocked, so it ends with it and its
-// pinning never reaches another goroutine.
+// write wakes it (the runtime's poller is not involved). Each thread is
+// locked to its goroutine while pinned, and unpinned before it is unlocked
+// (pinCPU: why it must not end).
 func wakeupRoundTrip(n, cpuA, cpuB int) (float64, error) {
 	var ping, pong [2]int
 	if err := syscall.Pipe(ping[:]); err != nil {
@@ -98,8 +98,9 @@ func wakeupRoundTrip(n, cpuA, cpuB int) (float64, error) {
 	defer syscall.Close(pong[1])
 	echoed := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		pinCPU(cpuB)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		defer pinCPU(cpuB)() // its CPUs back before the thread goes back
 		b := make([]byte, 1)
 		for range n {
 			if err := readFull(ping[0], b); err != nil {
@@ -119,8 +120,9 @@ func wakeupRoundTrip(n, cpuA, cpuB int) (float64, error) {
 	}
 	timed := make(chan result, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		pinCPU(cpuA)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		defer pinCPU(cpuA)()
 		b := []byte{1}
 		start := time.Now()
 		for range n {

@@ -14,4 +14,4 @@ func allowedCPUs() []int {
 }
 
 // pinCPU does nothing here: no portable thread affinity.
-func pinCPU(int) {}
+func pinCPU(int) (restore func()) { return func() {} }
