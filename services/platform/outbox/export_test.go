@@ -73,3 +73,7 @@ func SetNoBatches(r *Relay, on bool) { r.noBatches = on }
 // Lingering reports whether r's Run waits for a wake-up holding the
 // PostgreSQL outbox lock, between rounds.
 func Lingering(r *Relay) bool { return r.lingering.Load() }
+
+// Pacing reports whether r's Run, woken, waits for the rest of its Pace
+// before the next round.
+func Pacing(r *Relay) bool { return r.pacing.Load() }

@@ -443,6 +443,52 @@ func TestPostgresRelayKeepsTheLockWhileBusy(t *testing.T) {
 	require.EqualValues(t, 3, streamMsgs(t, context.Background(), js), "each event exactly once")
 }
 
+// While it keeps the lock, a woken PostgreSQL relay starts its next round
+// no sooner than Pace after the last one read its batch: a row committed
+// meanwhile waits (here for as long as the relay runs), and a stop ends
+// the wait. A wake-up with no round within Pace, here the first, is not
+// delayed, nor one after the relay released the lock.
+func TestPostgresRelayPacesItsRoundsWhileBusy(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, js := testkit.NATS(t)
+	dbA, dbB := openPostgresTwice(t)
+	relay := outbox.NewRelay(dbA, js, testkit.Logger(t))
+	relay.Linger, relay.Pace = time.Hour, time.Hour
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(ctx) }()
+
+	addFor(t, dbA, "c", 0)
+	require.Equal(t, "0", read(t, ctx, js, 1)[0].GetMeta().GetDetail(), "the first round goes at once")
+	require.Eventually(t, func() bool { return outbox.Lingering(relay) }, 10*time.Second, time.Millisecond)
+	addFor(t, dbA, "c", 1)
+	require.Eventually(t, func() bool { return outbox.Pacing(relay) }, 10*time.Second, time.Millisecond,
+		"woken within Pace of its last round, the relay waits")
+	require.EqualValues(t, 1, streamMsgs(t, ctx, js), "the row committed meanwhile waits for the next round")
+
+	cancel()
+	require.NoError(t, <-done, "a stop ends the wait")
+	require.False(t, lockHeld(t, dbB), "and releases the lock")
+	require.Equal(t, 1, outboxRows(t, dbB), "the published row is deleted, the waiting one kept")
+
+	// Another start publishes the waiting row in its first round; idle
+	// then, it releases the lock, and a wake-up after that is not paced.
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	relay = outbox.NewRelay(dbA, js, testkit.Logger(t))
+	relay.Linger, relay.Pace = time.Millisecond, time.Hour
+	go func() { done <- relay.Run(ctx) }()
+	require.Equal(t, "1", read(t, ctx, js, 2)[1].GetMeta().GetDetail())
+	require.Eventually(t, func() bool { return outboxRows(t, dbB) == 0 && !lockHeld(t, dbB) },
+		10*time.Second, 5*time.Millisecond, "idle, it deletes what it published and releases the lock")
+	addFor(t, dbA, "c", 2)
+	require.Equal(t, "2", read(t, ctx, js, 3)[2].GetMeta().GetDetail(),
+		"a wake-up after the relay released the lock is not paced")
+	cancel()
+	require.NoError(t, <-done)
+	require.EqualValues(t, 3, streamMsgs(t, context.Background(), js), "each event exactly once")
+}
+
 // A relay that finds nothing more after its linger deletes what it
 // published and releases the lock, and another replica then takes it.
 func TestPostgresRelayReleasesTheLockWhenIdle(t *testing.T) {
