@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sort"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -90,12 +91,17 @@ func wakeupRoundTrip(n, cpuA, cpuB int) (float64, error) {
 		return 0, fmt.Errorf("calibrate: %w", err)
 	}
 	defer syscall.Close(ping[0])
-	defer syscall.Close(ping[1])
+	// A side that fails closes the pipe it writes to, so that the other,
+	// waiting to read it, ends too (reads the end of it) instead of
+	// waiting for ever; each write end is closed once.
+	closePing := sync.OnceFunc(func() { syscall.Close(ping[1]) })
+	defer closePing()
 	if err := syscall.Pipe(pong[:]); err != nil {
 		return 0, fmt.Errorf("calibrate: %w", err)
 	}
 	defer syscall.Close(pong[0])
-	defer syscall.Close(pong[1])
+	closePong := sync.OnceFunc(func() { syscall.Close(pong[1]) })
+	defer closePong()
 	echoed := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -104,10 +110,12 @@ func wakeupRoundTrip(n, cpuA, cpuB int) (float64, error) {
 		b := make([]byte, 1)
 		for range n {
 			if err := readFull(ping[0], b); err != nil {
+				closePong()
 				echoed <- err
 				return
 			}
 			if _, err := syscall.Write(pong[1], b); err != nil {
+				closePong()
 				echoed <- err
 				return
 			}
@@ -127,10 +135,12 @@ func wakeupRoundTrip(n, cpuA, cpuB int) (float64, error) {
 		start := time.Now()
 		for range n {
 			if _, err := syscall.Write(ping[1], b); err != nil {
+				closePing()
 				timed <- result{err: err}
 				return
 			}
 			if err := readFull(pong[0], b); err != nil {
+				closePing()
 				timed <- result{err: err}
 				return
 			}
