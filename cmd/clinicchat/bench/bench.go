@@ -114,7 +114,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Prefill, "prefill", 0, "messages sent into each thread before the measured run (not counted), then marked read")
 	fs.IntVar(&c.IdleStreams, "idle-streams", 0, fmt.Sprintf("open this many /v1/events streams of staff of another practice (%d per user) before the run and hold them open, idle, through it", IdleStreamsPerUser))
 	fs.IntVar(&c.ServerPID, "server-pid", 0, "the server's process id (same machine): adds its CPU per message and peak RSS")
-	fs.StringVar(&c.MetricsURL, "metrics-url", "", "the server's Prometheus /metrics URL: adds its CPU per message, RSS and database commits per message")
+	fs.StringVar(&c.MetricsURL, "metrics-url", "", "the server's Prometheus /metrics URL, or a distributed deployment's, comma separated (the gateway's and each service's: their sums): adds its CPU per message, RSS, database commits per message and how long after the last ack it caught up")
 }
 
 // Validate reports every problem at once.

@@ -17,10 +17,14 @@ import (
 const clockTicks = 100
 
 // serverWatch samples the server's CPU and memory, from /proc/<pid> on
-// this machine or from the process_* series of its /metrics.
+// this machine or from the process_* series of its /metrics. A distributed
+// deployment is several processes, each with its /metrics (the gateway's,
+// each service's): given them all, the figures are the deployment's, each
+// series summed over them (the NATS server's and the database's own CPU and
+// memory are not among them).
 type serverWatch struct {
 	pid     int
-	metrics string
+	metrics []string
 	hc      *http.Client
 
 	stopOnce sync.Once
@@ -36,13 +40,24 @@ type serverWatch struct {
 	commits0 float64
 }
 
-func newServerWatch(pid int, metricsURL string, hc *http.Client) *serverWatch {
-	return &serverWatch{pid: pid, metrics: metricsURL, hc: hc, stopCh: make(chan struct{}), done: make(chan struct{})}
+// newServerWatch watches pid, or else the /metrics URLs of metricsURLs
+// (comma separated).
+func newServerWatch(pid int, metricsURLs string, hc *http.Client) *serverWatch {
+	var urls []string
+	for u := range strings.SplitSeq(metricsURLs, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	return &serverWatch{pid: pid, metrics: urls, hc: hc, stopCh: make(chan struct{}), done: make(chan struct{})}
 }
 
-func (w *serverWatch) enabled() bool { return w.pid > 0 || w.metrics != "" }
+func (w *serverWatch) enabled() bool { return w.pid > 0 || len(w.metrics) > 0 }
 
-// start records the CPU used so far and samples RSS every 100 ms.
+// start records the CPU used so far and samples RSS every 100 ms, or
+// every second from several metrics URLs (a distributed deployment's: a
+// round of scrapes is several processes' work, and the run's figures
+// would count it).
 func (w *serverWatch) start(ctx context.Context) error {
 	if !w.enabled() {
 		close(w.done)
@@ -57,7 +72,11 @@ func (w *serverWatch) start(ctx context.Context) error {
 	w.commits0 = w.commits(ctx)
 	go func() {
 		defer close(w.done)
-		t := time.NewTicker(100 * time.Millisecond)
+		every := 100 * time.Millisecond
+		if len(w.metrics) > 1 {
+			every = time.Second
+		}
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {
@@ -124,14 +143,21 @@ func (w *serverWatch) finish(ctx context.Context, n int, lastAck time.Time) *Ser
 }
 
 // waitQuiet waits until the server has used under 5% of a core in each of
-// four consecutive 250 ms windows, at most maxWait, and returns when it went
-// quiet: the end of the last busy window, or the call if there was none.
+// four consecutive 250 ms windows (a deployment of several processes 5% for
+// each: every window's samples are a scrape of each, and the scrapes alone
+// kept six processes above 5% together), at most maxWait, and returns when
+// it went quiet: the end of the last busy window, or the call if there was
+// none.
 func (w *serverWatch) waitQuiet(ctx context.Context, maxWait time.Duration) (time.Time, error) {
 	from := time.Now()
 	if !w.enabled() {
 		return from, nil
 	}
 	const window, quietCPU, quietWindows = 250 * time.Millisecond, 0.05, 4
+	procs := 1
+	if w.pid <= 0 {
+		procs = max(len(w.metrics), 1)
+	}
 	last, _, err := w.sample(ctx)
 	if err != nil {
 		return from, err
@@ -152,7 +178,7 @@ func (w *serverWatch) waitQuiet(ctx context.Context, maxWait time.Duration) (tim
 			if err != nil {
 				return lastBusy, err
 			}
-			if cpu-last < quietCPU*window.Seconds() {
+			if cpu-last < quietCPU*float64(procs)*window.Seconds() {
 				quiet++
 			} else {
 				quiet, lastBusy = 0, now
@@ -172,10 +198,10 @@ var backlogSeries = []string{
 	"clinicchat_outbox_backlog_events",
 }
 
-// backlog is the sum of backlogSeries on the metrics URL; found is false
-// when it serves none of them (or there is no metrics URL).
+// backlog is the sum of backlogSeries on the metrics URLs; found is false
+// when they serve none of them (or there is no metrics URL).
 func (w *serverWatch) backlog(ctx context.Context) (n float64, found bool, err error) {
-	if w.metrics == "" {
+	if len(w.metrics) == 0 {
 		return 0, false, nil
 	}
 	err = w.scrape(ctx, func(series, value string) {
@@ -206,7 +232,7 @@ func (w *serverWatch) waitCaughtUp(ctx context.Context, maxWait time.Duration) (
 		case err != nil:
 			return at, err
 		case !found:
-			return at, fmt.Errorf("%s serves no consumer or outbox backlog", w.metrics)
+			return at, fmt.Errorf("%s serves no consumer or outbox backlog", strings.Join(w.metrics, ", "))
 		case n == 0:
 			return at, nil
 		case at.After(deadline):
@@ -220,10 +246,10 @@ func (w *serverWatch) waitCaughtUp(ctx context.Context, maxWait time.Duration) (
 	}
 }
 
-// commits is the sum of clinicchat_sqldb_commits_total on the metrics URL
-// (every database of the deployment behind it), or -1.
+// commits is the sum of clinicchat_sqldb_commits_total on the metrics URLs
+// (every database of the deployment behind them), or -1.
 func (w *serverWatch) commits(ctx context.Context) float64 {
-	if w.metrics == "" {
+	if len(w.metrics) == 0 {
 		return -1
 	}
 	n, found := 0.0, false
@@ -292,42 +318,58 @@ func procHWM(pid int) (float64, error) {
 }
 
 // metricsSample reads process_cpu_seconds_total and
-// process_resident_memory_bytes from a Prometheus text endpoint.
+// process_resident_memory_bytes from each Prometheus text endpoint, and
+// sums them: every one must serve both.
 func (w *serverWatch) metricsSample(ctx context.Context) (cpu, rss float64, err error) {
-	var haveCPU, haveRSS bool
-	if err := w.scrape(ctx, func(name, value string) {
-		switch name {
-		case "process_cpu_seconds_total":
-			var perr error
-			cpu, perr = strconv.ParseFloat(value, 64)
-			haveCPU = perr == nil
-		case "process_resident_memory_bytes":
-			var perr error
-			rss, perr = strconv.ParseFloat(value, 64)
-			haveRSS = perr == nil
+	for _, u := range w.metrics {
+		var c, r float64
+		var haveCPU, haveRSS bool
+		if err := scrapeURL(ctx, w.hc, u, func(name, value string) {
+			switch name {
+			case "process_cpu_seconds_total":
+				var perr error
+				c, perr = strconv.ParseFloat(value, 64)
+				haveCPU = perr == nil
+			case "process_resident_memory_bytes":
+				var perr error
+				r, perr = strconv.ParseFloat(value, 64)
+				haveRSS = perr == nil
+			}
+		}); err != nil {
+			return 0, 0, err
 		}
-	}); err != nil {
-		return 0, 0, err
-	}
-	if !haveCPU || !haveRSS {
-		return 0, 0, fmt.Errorf("%s has no process_cpu_seconds_total and process_resident_memory_bytes", w.metrics)
+		if !haveCPU || !haveRSS {
+			return 0, 0, fmt.Errorf("%s has no process_cpu_seconds_total and process_resident_memory_bytes", u)
+		}
+		cpu, rss = cpu+c, rss+r
 	}
 	return cpu, rss, nil
 }
 
-// scrape calls f with each sample line's series (name and labels) and value.
+// scrape calls f with each sample line's series (name and labels) and
+// value, of every metrics URL in turn.
 func (w *serverWatch) scrape(ctx context.Context, f func(series, value string)) error {
-	req, err := http.NewRequestWithContext(ctx, "GET", w.metrics, nil)
+	for _, u := range w.metrics {
+		if err := scrapeURL(ctx, w.hc, u, f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scrapeURL is scrape of one URL.
+func scrapeURL(ctx context.Context, hc *http.Client, url string, f func(series, value string)) error {
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := w.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: HTTP %d", w.metrics, resp.StatusCode)
+		return fmt.Errorf("%s: HTTP %d", url, resp.StatusCode)
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
