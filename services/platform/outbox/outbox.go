@@ -432,9 +432,6 @@ func (r *Relay) Run(ctx context.Context) error {
 	linger := time.NewTimer(time.Hour)
 	linger.Stop()
 	defer linger.Stop()
-	pace := time.NewTimer(time.Hour)
-	pace.Stop()
-	defer pace.Stop()
 	defer r.release(ctx)
 	defer r.pub.close()
 	if r.db.Dialect() != sqldb.Postgres {
@@ -455,10 +452,8 @@ func (r *Relay) Run(ctx context.Context) error {
 				err = errors.Join(err, rerr)
 			}
 			r.log.Warn("outbox relay: publish failed; will retry", zap.Error(err), zap.Duration("backoff", backoff))
-			select {
-			case <-ctx.Done():
+			if !sleep(ctx, backoff) {
 				return nil
-			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, maxBackoff)
 			continue
@@ -483,15 +478,12 @@ func (r *Relay) Run(ctx context.Context) error {
 				// Under load, rounds come no closer than Pace: the rows
 				// committed meanwhile wait for the next one together.
 				if d := r.pace() - time.Since(r.claimed); d > 0 {
-					pace.Reset(d)
 					r.pacing.Store(true)
-					select {
-					case <-ctx.Done():
-						r.pacing.Store(false)
-						return nil
-					case <-pace.C:
-					}
+					slept := sleep(ctx, d)
 					r.pacing.Store(false)
+					if !slept {
+						return nil
+					}
 				}
 			case <-linger.C:
 				lingered = true
@@ -857,6 +849,18 @@ func (r *Relay) linger() time.Duration {
 		return DefaultLinger
 	}
 	return r.Linger
+}
+
+// sleep waits d, or less if ctx ends first: false then.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // pace is Pace or its default (0: none).
